@@ -1,0 +1,127 @@
+# mq — top-level build.  GNU make, gcc, C11.
+#
+# Layout (see README "Layout"): every folder builds into one archive or program.
+#   kernels/*.c      -> build/libmqkernels.a  (*_avx2.c / *_avx512.c get their ISA flags)
+#   ipc/*.c          -> build/libmqipc.a
+#   daemon/*.c       -> build/libmqd.a (all but main.c) + build/mqd
+#   libclient/*.c    -> build/libmq.so (+ ipc objects)
+#   tools/<name>.c   -> build/<name>        (mqctl, mq, ...)
+#   tests/*/test_*.c -> build/tests/test_*  (linked with everything)
+#   tests/bench/*.c, tests/tools/*.c -> build/<name>
+#
+# BUILD=build-asan SAN=1 gives the ASan+UBSan build used by `make test`.
+
+CC      ?= gcc
+BUILD   ?= build
+SAN     ?= 0
+PREFIX  ?= /usr/local
+DESTDIR ?=
+MQ_SHARED ?= $(abspath ../shared)
+export MQ_SHARED
+
+OPT      ?= -O2
+CFLAGS_BASE = -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
+              -I. -Ikernels -Iipc -Idaemon -Ilibclient -Itests
+ifeq ($(SAN),1)
+CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS_SAN  = -fsanitize=address,undefined
+endif
+CFLAGS  += $(CFLAGS_BASE)
+AVX2_FLAGS   = -mavx2 -mfma -mf16c
+AVX512_FLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
+LIBS    = -luring -lbpf -lcap -lcjson -lsystemd -lpcre2-8 -lxxhash -lm -lpthread
+LDFLAGS += $(LDFLAGS_SAN)
+
+KERNEL_SRC  := $(wildcard kernels/*.c)
+IPC_SRC     := $(wildcard ipc/*.c)
+DAEMON_SRC  := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+CLIENT_SRC  := $(wildcard libclient/*.c)
+TOOL_SRC    := $(wildcard tools/*.c)
+TEST_SRC    := $(wildcard tests/unit/test_*.c tests/golden/test_*.c tests/integration/test_*.c)
+BENCH_SRC   := $(wildcard tests/bench/*.c tests/tools/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+KERNEL_OBJ := $(call obj,$(KERNEL_SRC))
+IPC_OBJ    := $(call obj,$(IPC_SRC))
+DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
+CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+
+LIBKERNELS := $(BUILD)/libmqkernels.a
+LIBIPC     := $(BUILD)/libmqipc.a
+LIBMQD     := $(BUILD)/libmqd.a
+LIBMQ_SO   := $(BUILD)/libmq.so.1
+MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
+TOOLS      := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
+TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCHES    := $(patsubst %.c,$(BUILD)/%,$(notdir $(BENCH_SRC)))
+BENCHES    := $(addprefix $(BUILD)/,$(basename $(notdir $(BENCH_SRC))))
+
+ALL_LIBS = $(LIBMQD) $(LIBKERNELS) $(LIBIPC)
+
+.SECONDARY:
+
+.PHONY: all test test-fast test-asan bench bench-kernels eval run install clean deps fuzz
+all: $(LIBKERNELS) $(LIBIPC) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) $(TESTS) $(BENCHES)
+
+$(BUILD)/obj/%_avx2.o: %_avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(AVX2_FLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/obj/%_avx512.o: %_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(AVX512_FLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIBKERNELS): $(KERNEL_OBJ)
+	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+$(LIBIPC): $(IPC_OBJ)
+	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+$(LIBMQD): $(DAEMON_OBJ)
+	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+
+$(BUILD)/mqd: $(BUILD)/obj/daemon/main.o $(ALL_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(LIBMQ_SO): $(CLIENT_OBJ) $(IPC_OBJ) libclient/libmq.map
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libmq.so.1 -Wl,--version-script=libclient/libmq.map \
+	    -o $@ $(CLIENT_OBJ) $(IPC_OBJ) -lpthread
+	ln -sf libmq.so.1 $(BUILD)/libmq.so
+
+# tools link only libmq (+ ipc, cJSON for the admin protocol)
+$(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC)
+	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lmq $(LIBIPC) -lcjson -lpthread -lm -Wl,-rpath,'$$ORIGIN'
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(if $(CLIENT_SRC),$(LIBMQ_SO))
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(LIBS)
+
+define bench_rule
+$(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
+	$$(CC) $$(LDFLAGS) -o $$@ $$< $(ALL_LIBS) $$(LIBS)
+endef
+$(foreach b,$(BENCH_SRC),$(eval $(call bench_rule,$(b))))
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---------------------------------------------------------------------------
+deps:
+	@sh dist/install-deps.sh
+
+# The suite: optimised build runs every test; the ASan+UBSan build runs tests/unit.
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 asan-tests
+	@sh tests/run.sh build build-asan
+
+.PHONY: asan-tests
+asan-tests: $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+
+test-fast: all
+	@sh tests/run.sh build
+
+bench-kernels: deps all
+	$(BUILD)/bench_kernels
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,172 @@
+/* kernels/mq_kernels.h — the numeric core of mq: codecs, GEMM/GEMV, attention,
+ * norms, RoPE and sampling math.
+ *
+ * Owns: nothing but numbers. No I/O, no threads, no allocation: callers pass memory
+ * and a work range ([n0, n1) output columns, [h0, h1) heads, [r0, r1) rows) so a
+ * thread pool can split one call across threads.
+ *
+ * Every kernel has a scalar reference (kernels/ref.c, the specification) and may have
+ * AVX2+FMA and AVX-512 (VNNI, BF16) variants, chosen once by mq_kernels_init() from
+ * the CPU's features; MQ_ISA=scalar|avx2|avx512 forces one (tests use it).
+ * Thread rules: after mq_kernels_init() everything here is re-entrant.
+ *
+ * Number formats are exactly those of shared/docs/NVFP4.md.
+ */
+#ifndef MQ_KERNELS_H
+#define MQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- ISA selection ------------------------------------------------------------ */
+typedef enum { MQ_ISA_SCALAR = 0, MQ_ISA_AVX2 = 1, MQ_ISA_AVX512 = 2 } mq_isa;
+
+/* Picks the best ISA the CPU has, or $MQ_ISA if set (an unknown or unsupported value
+ * falls back to the best available and is reported by mq_kernels_isa()). Idempotent. */
+mq_isa mq_kernels_init(void);
+/* Forces an ISA (tests, benchmarks). -ENOTSUP if this CPU cannot run it. */
+int mq_kernels_force(mq_isa isa);
+mq_isa mq_kernels_isa(void);
+int mq_kernels_cpu_has(mq_isa isa);
+const char *mq_isa_name(mq_isa isa);
+
+/* ---- Scalar codecs (exact; identical on every ISA) ----------------------------- */
+uint16_t mq_f32_to_bf16(float x);    /* round to nearest even; NaN stays NaN */
+float mq_bf16_to_f32(uint16_t h);
+uint8_t mq_f32_to_e4m3(float x);     /* E4M3 "fn": RNE, saturating to ±448, never NaN */
+float mq_e4m3_to_f32(uint8_t b);
+uint8_t mq_f32_to_e2m1(float x);     /* 4-bit code, RNE ties-to-even, saturating ±6 */
+float mq_e2m1_to_f32(uint8_t code);  /* low 4 bits used */
+
+void mq_f32_to_bf16_row(const float *x, uint16_t *y, size_t n);
+void mq_bf16_to_f32_row(const uint16_t *x, float *y, size_t n);
+
+/* ---- NVFP4 --------------------------------------------------------------------- */
+#define MQ_FP4_BLOCK 16
+#define MQ_FP4_GMAX 2688.0f   /* 448 (E4M3 max) * 6 (E2M1 max) */
+
+static inline int mq_fp4_pad(int k) { return (k + MQ_FP4_BLOCK - 1) / MQ_FP4_BLOCK * MQ_FP4_BLOCK; }
+
+/* g = 2688 / amax, or 1 when amax == 0. */
+float mq_fp4_global_scale(float amax);
+/* max |x| over n floats; returns NAN if any element is NaN or ±Inf. */
+float mq_amax_f32(const float *x, size_t n);
+float mq_amax_bf16(const uint16_t *x, size_t n);
+
+/* Quantizes one row of k floats (padded with zeros to mq_fp4_pad(k)) with global scale g
+ * into kp/2 code bytes and kp/16 E4M3 scales, in the operation order of NVFP4.md.
+ * Returns 0, or -EINVAL if the row holds NaN or Inf (outputs then undefined). */
+int mq_fp4_quantize_row(const float *x, int k, float g, uint8_t *codes, uint8_t *scales);
+/* Inverse: value(q) * float(s_b) / g, for k elements. */
+void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, float g, float *x);
+
+/* An NVFP4 weight matrix W[n, k] prepared for mq_gemm_fp4. Memory is the caller's:
+ * mq_fp4_weight_bytes() says how much, mq_fp4_weight_bind() lays the arrays out in it
+ * (64-byte aligned base required). The canonical arrays (codes, scales) are always
+ * filled; `aux` holds whatever the fast kernels precompute (block sums, repacking). */
+typedef struct mq_fp4_weight {
+    int n, k, kp;         /* rows, logical K, K padded to a multiple of 16 */
+    float g;              /* global scale g_w (a multiplier: 2688 / amax) */
+    uint8_t *codes;       /* [n, kp/2]  E2M1, element 2i in the low nibble */
+    uint8_t *scales;      /* [n, kp/16] E4M3 block scales (already multiplied by g) */
+    void *aux;            /* kernel-private precomputation, laid out by bind */
+} mq_fp4_weight;
+
+size_t mq_fp4_weight_bytes(int n, int k);
+void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem);
+/* Quantizes rows [r0, r1) of src (row stride ld floats) with w->g, which the caller set
+ * beforehand from the whole tensor's amax. -EINVAL on NaN/Inf. */
+int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, int r0, int r1);
+/* Takes rows [r0, r1) already quantized (checkpoint codes/scales, same layout as the
+ * canonical arrays but with rows of k/2 and k/16 bytes when k is a multiple of 16). */
+void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_t *scales, int r0, int r1);
+/* Recomputes `aux` for rows [r0, r1) after codes/scales changed (set_rows calls it). */
+void mq_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1);
+
+/* NVFP4 activations X[m, k], quantized at run time. Same memory rules as weights. */
+typedef struct mq_fp4_act {
+    int m, k, kp;
+    float g;              /* global scale g_x */
+    uint8_t *codes;       /* [m, kp/2] */
+    uint8_t *scales;      /* [m, kp/16] */
+    void *aux;            /* kernel-private (e.g. VNNI byte layout) */
+} mq_fp4_act;
+
+size_t mq_fp4_act_bytes(int m, int k);
+void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem);
+/* Quantizes rows [r0, r1) of x (stride ldx) with a->g, set by the caller: dynamic
+ * (mq_fp4_global_scale of the whole input's amax) or static (checkpoint's g_x; blocks
+ * beyond it saturate). -EINVAL on NaN/Inf. */
+int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
+
+/* Y[m, n0..n1) = X · Wᵀ per NVFP4.md's GEMM formula, FP32 out (row stride ldy). */
+void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
+
+/* ---- BF16 ---------------------------------------------------------------------- */
+/* A BF16 weight matrix W[n, k]. `w` may point straight into a loaded checkpoint
+ * (row-major [n, k]); `aux` is kernel-private (may stay NULL). */
+typedef struct mq_bf16_weight {
+    int n, k;
+    const uint16_t *w;    /* [n, k] BF16 */
+    void *aux;
+} mq_bf16_weight;
+
+size_t mq_bf16_weight_aux_bytes(int n, int k);   /* 0 if the kernels need none */
+void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data, void *aux);
+void mq_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1);
+
+/* Y[m, n0..n1) = X · Wᵀ, X given in BF16 [m, k] (stride ldx elements), FP32 accumulate.
+ * m = 1..8 takes the GEMV path (decode). */
+void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
+                  float *y, size_t ldy, int n0, int n1);
+
+/* ---- Attention ----------------------------------------------------------------- */
+/* Causal grouped-query attention over a paged BF16 KV cache.
+ * Query token i (0 <= i < n_tok) sits at absolute position pos0 + i and attends to
+ * positions 0 .. pos0 + i. Position p's K row lives in
+ *     k_blocks[p / block_tokens] + ((p % block_tokens) * n_kv + kv_head) * head_dim
+ * (V likewise). Head h uses kv_head = h / (n_head / n_kv). head_dim <= 256.
+ * The prefill variant is tiled (online softmax, no score matrix); n_tok == 1 is decode. */
+typedef struct mq_attn_args {
+    const float *q;                  /* [n_tok, n_head, head_dim] */
+    float *out;                      /* [n_tok, n_head, head_dim] */
+    int n_tok, pos0;
+    int n_head, n_kv, head_dim;
+    const uint16_t *const *k_blocks; /* per block: [block_tokens, n_kv, head_dim] BF16 */
+    const uint16_t *const *v_blocks;
+    int block_tokens;
+    float scale;                     /* usually 1/sqrt(head_dim) */
+} mq_attn_args;
+
+/* Computes query heads [h0, h1) for every query token. */
+void mq_attention(const mq_attn_args *a, int h0, int h1);
+
+/* ---- Small ops ----------------------------------------------------------------- */
+/* y = x / sqrt(mean(x²) + eps) * w  (HF RMSNorm, FP32). y may alias x. */
+void mq_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+/* HF rotate-half RoPE on n_heads vectors of head_dim at one position:
+ * cos/sin hold head_dim/2 values for that position. */
+void mq_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin);
+/* HF inv_freq[i] = 1 / theta^(2i / head_dim), computed in FP32 as transformers does. */
+void mq_rope_inv_freq(float *inv_freq, int head_dim, double theta);
+/* cos/sin of pos * inv_freq[i] for i < head_dim/2 (FP32 product, as transformers). */
+void mq_rope_cos_sin(const float *inv_freq, int head_dim, int pos, float *cos, float *sin);
+/* out[i] = silu(gate[i]) * up[i]; out may alias gate. */
+void mq_swiglu(float *out, const float *gate, const float *up, int n);
+/* In-place softmax; returns log-sum-exp of the input (for log-probs). */
+float mq_softmax(float *x, int n);
+float mq_logsumexp(const float *x, int n);
+int mq_argmax(const float *x, int n);
+/* Indices of the k largest values, largest first (ties: lower index first). Returns k'
+ * = min(k, n). idx has room for k. */
+int mq_topk(const float *x, int n, int k, int *idx);
+void mq_add(float *y, const float *x, int n);    /* y += x */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

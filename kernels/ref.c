@@ -1,0 +1,376 @@
+/* kernels/ref.c — scalar reference of every kernel: the specification.
+ *
+ * Plain C, written for clarity; the SIMD variants are tested against these.
+ * Number formats and operation order: shared/docs/NVFP4.md.
+ */
+#include "kernels_internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- codecs ------------------------------------------------------------------- */
+
+uint16_t mq_f32_to_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it quiet and NaN */
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);    /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+float mq_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+#define E4M3_MAX 448.0f
+#define E4M3_MIN_NORMAL 0x1p-6f
+#define E4M3_SUBNORMAL_STEP 0x1p-9f
+
+uint8_t mq_f32_to_e4m3(float x)
+{
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (!(a < E4M3_MAX)) /* >= 448, +Inf (NaN is the caller's bug; saturate it too) */
+        return sign | 0x7e;
+    if (a < E4M3_MIN_NORMAL) {
+        /* subnormal (or rounds up to the smallest normal: code 8 is exactly 2^-6) */
+        return sign | (uint8_t)rintf(a / E4M3_SUBNORMAL_STEP);
+    }
+    int e;
+    float f = frexpf(a, &e);              /* a = f * 2^e, f in [0.5, 1) */
+    int exp = e - 1;                      /* a = (1 + m/8) * 2^exp */
+    int m = (int)rintf((ldexpf(f, 1) - 1.0f) * 8.0f);
+    if (m == 8) {
+        m = 0;
+        exp++;
+    }
+    int biased = exp + 7;
+    if (biased > 15 || (biased == 15 && m == 7)) /* above 448 after rounding: saturate */
+        return sign | 0x7e;
+    return sign | (uint8_t)(biased << 3) | (uint8_t)m;
+}
+
+float mq_e4m3_to_f32(uint8_t b)
+{
+    int e = (b >> 3) & 0xf, m = b & 7;
+    float v;
+    if ((b & 0x7f) == 0x7f)
+        v = NAN;
+    else if (e == 0)
+        v = ldexpf((float)m, -9);
+    else
+        v = ldexpf(1.0f + (float)m / 8.0f, e - 7);
+    return (b & 0x80) ? -v : v;
+}
+
+static const float e2m1_values[8] = { 0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f };
+
+/* Thresholds of NVFP4.md: ties go to the even code (mantissa bit 0). */
+uint8_t mq_f32_to_e2m1(float x)
+{
+    float a = fabsf(x);
+    uint8_t c;
+    if (a <= 0.25f) c = 0;
+    else if (a < 0.75f) c = 1;
+    else if (a <= 1.25f) c = 2;
+    else if (a < 1.75f) c = 3;
+    else if (a <= 2.5f) c = 4;
+    else if (a < 3.5f) c = 5;
+    else if (a <= 5.0f) c = 6;
+    else c = 7;
+    /* Negative inputs keep their sign bit even when they round to zero (code 8 = -0),
+     * as the GPU's cvt.rn.satfinite.e2m1x2 does. */
+    return (x < 0.0f ? 8 : 0) | c;
+}
+
+float mq_e2m1_to_f32(uint8_t code)
+{
+    float v = e2m1_values[code & 7];
+    return (code & 8) ? -v : v;
+}
+
+static void ref_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] = mq_f32_to_bf16(x[i]);
+}
+
+static void ref_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] = mq_bf16_to_f32(x[i]);
+}
+
+/* ---- NVFP4 quantization ------------------------------------------------------- */
+
+float mq_fp4_global_scale(float amax)
+{
+    return amax == 0.0f ? 1.0f : MQ_FP4_GMAX / amax;
+}
+
+static float ref_amax_f32(const float *x, size_t n)
+{
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i])) return NAN;
+        float a = fabsf(x[i]);
+        if (a > m) m = a;
+    }
+    return m;
+}
+
+float mq_amax_bf16(const uint16_t *x, size_t n)
+{
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float v = mq_bf16_to_f32(x[i]);
+        if (!isfinite(v)) return NAN;
+        if (fabsf(v) > m) m = fabsf(v);
+    }
+    return m;
+}
+
+int mq_fp4_quantize_row(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
+{
+    const int kp = mq_fp4_pad(k);
+    const float inv_g = 1.0f / g;
+    memset(codes, 0, (size_t)kp / 2);
+    for (int b = 0; b < kp / MQ_FP4_BLOCK; b++) {
+        float blk[MQ_FP4_BLOCK];
+        float amax_b = 0.0f;
+        for (int j = 0; j < MQ_FP4_BLOCK; j++) {
+            int i = b * MQ_FP4_BLOCK + j;
+            blk[j] = i < k ? x[i] : 0.0f;
+            if (!isfinite(blk[j])) return -EINVAL;
+            if (fabsf(blk[j]) > amax_b) amax_b = fabsf(blk[j]);
+        }
+        uint8_t s = mq_f32_to_e4m3(g * (amax_b / 6.0f)); /* divide first, then multiply */
+        scales[b] = s;
+        float sf = mq_e4m3_to_f32(s);
+        /* Correctly rounded division; the GPU uses rcp.approx here, which can flip the
+         * last bit of `os` and so change a code that sits exactly on an E2M1 tie. */
+        float os = sf == 0.0f ? 0.0f : 1.0f / (sf * inv_g);
+        for (int j = 0; j < MQ_FP4_BLOCK; j++) {
+            uint8_t q = mq_f32_to_e2m1(blk[j] * os);
+            int i = b * MQ_FP4_BLOCK + j;
+            codes[i / 2] |= (uint8_t)(i & 1 ? q << 4 : q);
+        }
+    }
+    return 0;
+}
+
+void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, float g, float *x)
+{
+    for (int i = 0; i < k; i++) {
+        uint8_t q = (codes[i / 2] >> (i & 1 ? 4 : 0)) & 0xf;
+        x[i] = mq_e2m1_to_f32(q) * mq_e4m3_to_f32(scales[i / MQ_FP4_BLOCK]) / g;
+    }
+}
+
+int mq_ref_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
+{
+    for (int r = r0; r < r1; r++) {
+        int rc = mq_fp4_quantize_row(x + (size_t)r * ldx, a->k, a->g,
+                                     a->codes + (size_t)r * (a->kp / 2),
+                                     a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static void ref_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)
+{
+    (void)w; (void)r0; (void)r1; /* the reference GEMM reads the canonical arrays */
+}
+
+/* Twice the E2M1 value as an integer: 0,1,2,3,4,6,8,12 with sign. */
+static int e2m1_twice(uint8_t code)
+{
+    static const int8_t t[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
+    return t[code & 0xf];
+}
+
+void mq_ref_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
+{
+    const int nb = x->kp / MQ_FP4_BLOCK;
+    const float alpha = (1.0f / x->g) * (1.0f / w->g);
+    for (int m = 0; m < x->m; m++) {
+        const uint8_t *xc = x->codes + (size_t)m * (x->kp / 2);
+        const uint8_t *xs = x->scales + (size_t)m * nb;
+        for (int n = n0; n < n1; n++) {
+            const uint8_t *wc = w->codes + (size_t)n * (w->kp / 2);
+            const uint8_t *ws = w->scales + (size_t)n * nb;
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                int isum = 0; /* Σ (2a)(2w): exact */
+                for (int j = 0; j < MQ_FP4_BLOCK / 2; j++) {
+                    uint8_t xb = xc[b * 8 + j], wb = wc[b * 8 + j];
+                    isum += e2m1_twice(xb) * e2m1_twice(wb) + e2m1_twice(xb >> 4) * e2m1_twice(wb >> 4);
+                }
+                acc += mq_e4m3_to_f32(xs[b]) * mq_e4m3_to_f32(ws[b]) * ((float)isum * 0.25f);
+            }
+            y[(size_t)m * ldy + n] = acc * alpha;
+        }
+    }
+}
+
+/* ---- BF16 GEMM ---------------------------------------------------------------- */
+
+static void ref_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
+{
+    (void)w; (void)r0; (void)r1;
+}
+
+void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
+                      float *y, size_t ldy, int n0, int n1)
+{
+    for (int i = 0; i < m; i++) {
+        const uint16_t *xr = x + (size_t)i * ldx;
+        for (int n = n0; n < n1; n++) {
+            const uint16_t *wr = w->w + (size_t)n * w->k;
+            float acc = 0.0f;
+            for (int k = 0; k < w->k; k++) acc += mq_bf16_to_f32(xr[k]) * mq_bf16_to_f32(wr[k]);
+            y[(size_t)i * ldy + n] = acc;
+        }
+    }
+}
+
+/* ---- attention ---------------------------------------------------------------- */
+
+void mq_ref_attention(const mq_attn_args *a, int h0, int h1)
+{
+    const int hd = a->head_dim, group = a->n_head / a->n_kv;
+    for (int t = 0; t < a->n_tok; t++) {
+        const int last = a->pos0 + t;
+        for (int h = h0; h < h1; h++) {
+            const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
+            float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+            const int kvh = h / group;
+            float acc[256] = { 0 };
+            float mx = -INFINITY, l = 0.0f;
+            for (int p = 0; p <= last; p++) { /* online softmax, one key at a time */
+                size_t off = ((size_t)(p % a->block_tokens) * a->n_kv + kvh) * hd;
+                const uint16_t *kr = a->k_blocks[p / a->block_tokens] + off;
+                const uint16_t *vr = a->v_blocks[p / a->block_tokens] + off;
+                float s = 0.0f;
+                for (int d = 0; d < hd; d++) s += q[d] * mq_bf16_to_f32(kr[d]);
+                s *= a->scale;
+                float nm = s > mx ? s : mx;
+                float corr = expf(mx - nm), e = expf(s - nm);
+                l = l * corr + e;
+                for (int d = 0; d < hd; d++) acc[d] = acc[d] * corr + e * mq_bf16_to_f32(vr[d]);
+                mx = nm;
+            }
+            for (int d = 0; d < hd; d++) o[d] = acc[d] / l;
+        }
+    }
+}
+
+/* ---- small ops ---------------------------------------------------------------- */
+
+static void ref_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+{
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+}
+
+void mq_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin)
+{
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float a = v[i], b = v[i + half];
+            v[i] = a * cos[i] - b * sin[i];
+            v[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+void mq_rope_inv_freq(float *inv_freq, int head_dim, double theta)
+{
+    for (int i = 0; i < head_dim / 2; i++) {
+        float e = (float)(2 * i) / (float)head_dim;
+        inv_freq[i] = 1.0f / powf((float)theta, e);
+    }
+}
+
+void mq_rope_cos_sin(const float *inv_freq, int head_dim, int pos, float *cos, float *sin)
+{
+    for (int i = 0; i < head_dim / 2; i++) {
+        float f = (float)pos * inv_freq[i];
+        cos[i] = cosf(f);
+        sin[i] = sinf(f);
+    }
+}
+
+static void ref_swiglu(float *out, const float *gate, const float *up, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+float mq_logsumexp(const float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) if (x[i] > mx) mx = x[i];
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += exp((double)(x[i] - mx));
+    return mx + (float)log(s);
+}
+
+float mq_softmax(float *x, int n)
+{
+    float lse = mq_logsumexp(x, n);
+    for (int i = 0; i < n; i++) x[i] = expf(x[i] - lse);
+    return lse;
+}
+
+int mq_argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+int mq_topk(const float *x, int n, int k, int *idx)
+{
+    if (k > n) k = n;
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        if (have == k && !(x[i] > x[idx[k - 1]])) continue;
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && x[i] > x[idx[j - 1]]) { idx[j] = idx[j - 1]; j--; }
+        idx[j] = i;
+    }
+    return k;
+}
+
+void mq_add(float *y, const float *x, int n)
+{
+    for (int i = 0; i < n; i++) y[i] += x[i];
+}
+
+void mq_kernels_fill_ref(mq_kernel_table *t)
+{
+    t->f32_to_bf16_row = ref_f32_to_bf16_row;
+    t->bf16_to_f32_row = ref_bf16_to_f32_row;
+    t->amax_f32 = ref_amax_f32;
+    t->fp4_act_quantize_rows = mq_ref_fp4_act_quantize_rows;
+    t->fp4_weight_prepare_rows = ref_fp4_weight_prepare_rows;
+    t->gemm_fp4 = mq_ref_gemm_fp4;
+    t->bf16_weight_prepare_rows = ref_bf16_weight_prepare_rows;
+    t->gemm_bf16 = mq_ref_gemm_bf16;
+    t->attention = mq_ref_attention;
+    t->rmsnorm = ref_rmsnorm;
+    t->swiglu = ref_swiglu;
+}
