@@ -147,8 +147,9 @@ static heap_el heap_pop(scratch *s)
 
 static int push_pair(const tok_t *t, scratch *s, int32_t l)
 {
+    if (l < 0) return 0;
     int32_t r = s->next[l];
-    if (l < 0 || r < 0) return 0;
+    if (r < 0) return 0;
     const tok_merge *m = tok_merge_get(t, s->sym[l], s->sym[r]);
     if (!m) return 0;
     return heap_push(s, (heap_el){ m->rank, l, r, s->sym[l], s->sym[r], m->id_plus1 - 1 });
