@@ -93,8 +93,9 @@ int mq_pool_create(mq_pool **out, int nthreads, const cpu_set_t *cpus, const cha
         pthread_attr_destroy(&attr);
         if (rc) break;
         started++;
-        char tn[16];
+        char tn[32];
         snprintf(tn, sizeof tn, "%.10s-%d", name ? name : "pool", t);
+        tn[15] = 0; /* the kernel keeps 15 bytes of a thread name */
         pthread_setname_np(p->threads[t], tn);
     }
     if (rc) {
