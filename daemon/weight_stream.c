@@ -332,16 +332,11 @@ static int stream(struct ws *w, char *err, size_t errlen)
                 s->busy = 0;
                 inflight--;
                 piece_done(w, s);
-            } else if (res == 0) {
+            } else if (res == 0 || (w->direct[rd->file] && (s->done % WS_ALIGN))) {
+                /* O_DIRECT only returns short, unaligned counts at end of file */
                 ws_fail(w, -EIO, "%s: unexpected end of file at offset %llu (tensor %s needs bytes up to %llu)",
                         w->paths[rd->file], (unsigned long long)(s->off + s->done),
                         rd->what ? rd->what : "?", (unsigned long long)(rd->offset + rd->bytes));
-                s->busy = 0;
-                inflight--;
-            } else if (w->direct[rd->file] && (s->done % WS_ALIGN)) {
-                /* a short direct read that is not at EOF and not aligned cannot be resumed */
-                ws_fail(w, -EIO, "%s: short O_DIRECT read at offset %llu (tensor %s)",
-                        w->paths[rd->file], (unsigned long long)(s->off + s->done), rd->what ? rd->what : "?");
                 s->busy = 0;
                 inflight--;
             } else {
