@@ -171,6 +171,21 @@ int mq_argmax(const float *x, int n);
 int mq_topk(const float *x, int n, int k, int *idx);
 void mq_add(float *y, const float *x, int n);    /* y += x */
 
+/* ---- Sampling math (scalar; the sampler in daemon/ composes these) --------------
+ * Probabilities are FP32, sums are taken in FP64 in index order so results do not
+ * depend on the ISA. */
+/* x[i] = x[i] / t (division, as transformers' TemperatureLogitsWarper); t > 0. */
+void mq_temperature(float *x, int n, float t);
+/* p[0..n) sorted largest first (summing to ~1): how many to keep for top-p, i.e. the
+ * smallest k >= 1 with p[0] + ... + p[k-1] >= top_p (n if never). top_p >= 1 keeps n.
+ * Same set as transformers' TopPLogitsWarper up to the order of FP additions. */
+int mq_topp(const float *p, int n, float top_p);
+/* p[0..n) sorted largest first: how many have p[i] >= min_p * p[0] (at least 1). */
+int mq_minp(const float *p, int n, float min_p);
+/* Inverse CDF draw: the smallest i with p[0] + ... + p[i] > u * (p[0] + ... + p[n-1]),
+ * u in [0, 1). p need not be normalised; n >= 1. Returns n - 1 if rounding runs out. */
+int mq_sample_cdf(const float *p, int n, double u);
+
 #ifdef __cplusplus
 }
 #endif
