@@ -154,3 +154,13 @@ $(BPF_GEN)/probes.skel.h: $(BPF_GEN)/probes.bpf.o
 else
 $(info mq: clang, bpftool or $(KERNEL_BTF) missing: building the BPF probes fallback ("BPF not built"))
 endif
+
+# ---------------------------------------------------------------------------
+# Quality evaluation of the three modes (issue 3): perplexity, continuation NLL, KL and
+# top-1 agreement against bf16. Overridable: make eval MODEL=dir CORPUS=file DOCS=n
+MODEL  ?= $(MQ_SHARED)/models/mq-qwen3-80m
+CORPUS ?= $(MQ_SHARED)/corpus/dev.txt
+DOCS   ?= 200
+eval: deps
+	@$(MAKE) --no-print-directory $(BUILD)/mq_eval
+	$(BUILD)/mq_eval --model $(MODEL) --corpus $(CORPUS) --docs $(DOCS) --threads 2
