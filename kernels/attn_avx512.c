@@ -113,22 +113,41 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
     }
 }
 
+/* Asks for keys [j0, j0+TK) while the current tile computes: K/V rows of one kv-head
+ * are n_kv*head_dim apart, too sparse for the hardware prefetcher to follow. */
+static void prefetch_kv_tile(const mq_attn_args *a, int kvh, int j0, int nkeys)
+{
+    const size_t bytes = (size_t)a->head_dim * 2;
+    for (int j = j0; j < j0 + TK && j < nkeys; j++) {
+        const char *k = (const char *)kv_row(a->k_blocks, a, kvh, j);
+        const char *v = (const char *)kv_row(a->v_blocks, a, kvh, j);
+        for (size_t off = 0; off < bytes; off += 64) {
+            _mm_prefetch(k + off, _MM_HINT_T0);
+            _mm_prefetch(v + off, _MM_HINT_T0);
+        }
+    }
+}
+
 /* Scores of rows [r, r+NR) against the key tile: s = (Q_bf16 · K_bf16) in FP32. */
 static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const int NR)
 {
-    __m512 acc[2 * 4];
+    __m512 acc[2 * 8];
+    _Pragma("GCC unroll 16")
     for (int i = 0; i < 2 * NR; i++) acc[i] = _mm512_setzero_ps();
-    const uint32_t *q32[4];
+    const uint32_t *q32[8];
+    _Pragma("GCC unroll 16")
     for (int i = 0; i < NR; i++) q32[i] = (const uint32_t *)t->q[r + i];
     for (int dp = 0; dp < t->hd / 2; dp++) {
         const __m512bh k0 = (__m512bh)_mm512_load_si512(&t->kt[dp][0]);
         const __m512bh k1 = (__m512bh)_mm512_load_si512(&t->kt[dp][16]);
+        _Pragma("GCC unroll 16")
         for (int i = 0; i < NR; i++) {
             const __m512bh qq = (__m512bh)_mm512_set1_epi32((int)q32[i][dp]);
             acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], qq, k0);
             acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], qq, k1);
         }
     }
+    _Pragma("GCC unroll 16")
     for (int i = 0; i < NR; i++) {
         _mm512_store_ps(&t->s[r + i][0], acc[2 * i]);
         _mm512_store_ps(&t->s[r + i][16], acc[2 * i + 1]);
@@ -139,8 +158,9 @@ static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const 
 static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const int NR)
 {
     for (int c = 0; c < t->hdp / 32; c++) {
-        __m512 lo[4], hi[4];
-        const uint32_t *p32[4];
+        __m512 lo[8], hi[8];
+        const uint32_t *p32[8];
+        _Pragma("GCC unroll 16")
         for (int i = 0; i < NR; i++) {
             float *o = t->o + (size_t)(r + i) * t->hdp + 32 * c;
             const __m512 cr = _mm512_set1_ps(t->corr[r + i]);
@@ -151,12 +171,14 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
         for (int jp = 0; jp < TK / 2; jp++) {
             const __m512bh b0 = (__m512bh)_mm512_load_si512(t->vi[c][jp][0]);
             const __m512bh b1 = (__m512bh)_mm512_load_si512(t->vi[c][jp][1]);
+            _Pragma("GCC unroll 16")
             for (int i = 0; i < NR; i++) {
                 const __m512bh pp = (__m512bh)_mm512_set1_epi32((int)p32[i][jp]);
                 lo[i] = _mm512_dpbf16_ps(lo[i], pp, b0);
                 hi[i] = _mm512_dpbf16_ps(hi[i], pp, b1);
             }
         }
+        _Pragma("GCC unroll 16")
         for (int i = 0; i < NR; i++) {
             float *o = t->o + (size_t)(r + i) * t->hdp + 32 * c;
             _mm512_store_ps(o, lo[i]);
@@ -220,14 +242,18 @@ static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh,
         for (int d = 0; d < t->hdp; d += 16) _mm512_store_ps(t->o + (size_t)r * t->hdp + d, _mm512_setzero_ps());
         if (t->limit[r] + 1 > nkeys) nkeys = t->limit[r] + 1;
     }
+    prefetch_kv_tile(a, kvh, 0, nkeys);
     for (int j0 = 0; j0 < nkeys; j0 += TK) {
         load_kv_tile(t, a, kvh, j0, nkeys);
+        prefetch_kv_tile(a, kvh, j0 + TK, nkeys);
         int r = 0;
+        for (; r + 8 <= t->nrows; r += 8) qk_rows(t, r, 8);
         for (; r + 4 <= t->nrows; r += 4) qk_rows(t, r, 4);
         for (; r + 2 <= t->nrows; r += 2) qk_rows(t, r, 2);
         for (; r < t->nrows; r++) qk_rows(t, r, 1);
         softmax_tile(t, j0, a->scale);
-        for (r = 0; r + 4 <= t->nrows; r += 4) pv_rows(t, r, 4);
+        for (r = 0; r + 8 <= t->nrows; r += 8) pv_rows(t, r, 8);
+        for (; r + 4 <= t->nrows; r += 4) pv_rows(t, r, 4);
         for (; r + 2 <= t->nrows; r += 2) pv_rows(t, r, 2);
         for (; r < t->nrows; r++) pv_rows(t, r, 1);
     }
