@@ -94,7 +94,7 @@ $(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(if $(CLIENT_SRC),$(LIBMQ_SO))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS)
 
 define bench_rule
 $(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)

@@ -62,12 +62,12 @@ enum mq_rec_type { MQ_REC_TOKEN = 1, MQ_REC_DONE = 2 };
 
 /* How a request ended (mq_chan_done.end_reason). */
 enum mq_end_reason {
-    MQ_END_STOP = 0,        /* end-of-sequence token or a stop token */
-    MQ_END_LENGTH = 1,      /* max_tokens or the context limit */
-    MQ_END_CANCEL = 2,      /* cancelled by the client or mqctl */
-    MQ_END_ERROR = 3,       /* failed; see error/message */
-    MQ_END_STOP_STRING = 4, /* a stop string matched */
-    MQ_END_SHUTDOWN = 5,    /* mqd drained/shut down before the end */
+    MQ_CHAN_END_STOP = 0,        /* end-of-sequence token or a stop token */
+    MQ_CHAN_END_LENGTH = 1,     /* max_tokens or the context limit */
+    MQ_CHAN_END_CANCEL = 2,      /* cancelled by the client or mqctl */
+    MQ_CHAN_END_ERROR = 3,       /* failed; see error/message */
+    MQ_CHAN_END_STOP_STRING = 4, /* a stop string matched */
+    MQ_CHAN_END_SHUTDOWN = 5,   /* mqd drained/shut down before the end */
 };
 
 typedef struct mq_chan_rec {

@@ -165,7 +165,7 @@ static void test_channel_across_processes(void)
             int tl = snprintf(text, sizeof text, "tok%d ", i);
             int n = i < N ? mq_chan_format_token(rec, sizeof rec, 5, i, 0, text, (uint32_t)tl)
                           : mq_chan_format_done(rec, sizeof rec, 5,
-                                                &(mq_chan_done){.end_reason = MQ_END_LENGTH,
+                                                &(mq_chan_done){.end_reason = MQ_CHAN_END_LENGTH,
                                                                 .gen_tokens = N},
                                                 "fine", 4);
             if (n < 0 || mq_ring_wait_space(&d.token, (uint32_t)n, 5000))
@@ -216,7 +216,7 @@ static void test_channel_across_processes(void)
             } else {
                 mq_chan_done dn;
                 memcpy(&dn, rec + sizeof h, sizeof dn);
-                CHECK(dn.end_reason == MQ_END_LENGTH && dn.gen_tokens == N, "done body");
+                CHECK(dn.end_reason == MQ_CHAN_END_LENGTH && dn.gen_tokens == N, "done body");
                 CHECK(h.text_len == 4 && !memcmp(rec + sizeof h + sizeof dn, "fine", 4), "msg");
                 done = 1;
             }
