@@ -28,11 +28,11 @@ typedef struct field {
     const char *help;
 } field;
 
-#define STR(n, h) {#n, F_STR, offsetof(mq_config, n), sizeof(((mq_config *)0)->n), 0, 0, NULL, h}
-#define U32(n, lo, hi, h) {#n, F_U32, offsetof(mq_config, n), 4, lo, hi, NULL, h}
-#define BOOL(n, h) {#n, F_BOOL, offsetof(mq_config, n), 4, 0, 1, NULL, h}
-#define ENUM(n, w, h) {#n, F_ENUM, offsetof(mq_config, n), 4, 0, 0, w, h}
-#define LIST(n, h) {#n, F_LIST, offsetof(mq_config, n), 0, 0, 0, NULL, h}
+#define STR(n, h) {#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h}
+#define U32(n, lo, hi, h) {#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h}
+#define BOOL(n, h) {#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h}
+#define ENUM(n, w, h) {#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h}
+#define LIST(n, h) {#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h}
 
 static const field fields[] = {
     STR(model_dir, "model folder (config.json, model.safetensors, tokenizer.json)"),
@@ -78,7 +78,7 @@ static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
     return rc;
 }
 
-void mq_config_defaults(mq_config *c)
+void mqd_config_defaults(mqd_config *c)
 {
     memset(c, 0, sizeof *c);
     c->mode = MQ_CFG_MODE_MIXED;
@@ -101,7 +101,7 @@ void mq_config_defaults(mq_config *c)
     c->warmup = 1;
 }
 
-const char *mq_config_mode_name(uint32_t mode)
+const char *mqd_config_mode_name(uint32_t mode)
 {
     return mode < 3 ? mode_words[mode] : "?";
 }
@@ -120,7 +120,7 @@ static const field *find(const char *key)
     return NULL;
 }
 
-static int set_str(mq_config *c, const field *f, const char *v, const char *where, char *err,
+static int set_str(mqd_config *c, const field *f, const char *v, const char *where, char *err,
                    size_t errlen)
 {
     size_t n = strlen(v);
@@ -131,7 +131,7 @@ static int set_str(mq_config *c, const field *f, const char *v, const char *wher
     return 0;
 }
 
-static int set_word(mq_config *c, const field *f, const char *v, const char *where, char *err,
+static int set_word(mqd_config *c, const field *f, const char *v, const char *where, char *err,
                     size_t errlen)
 {
     for (uint32_t i = 0; f->words[i]; i++)
@@ -147,7 +147,7 @@ static int set_word(mq_config *c, const field *f, const char *v, const char *whe
                 allowed);
 }
 
-static int set_u32(mq_config *c, const field *f, double v, const char *where, char *err,
+static int set_u32(mqd_config *c, const field *f, double v, const char *where, char *err,
                    size_t errlen)
 {
     if (v != (double)(long long)v || v < f->min || v > f->max)
@@ -173,7 +173,7 @@ static int list_add(char (*list)[MQ_CFG_NAME], int idx, const char *v, const fie
     return 0;
 }
 
-int mq_config_parse_json(mq_config *c, const char *text, size_t len, const char *name,
+int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const char *name,
                          char *err, size_t errlen)
 {
     char where[300];
@@ -246,7 +246,7 @@ out:
     return rc;
 }
 
-int mq_config_load_file(mq_config *c, const char *path, char *err, size_t errlen)
+int mqd_config_load_file(mqd_config *c, const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -270,12 +270,12 @@ int mq_config_load_file(mq_config *c, const char *path, char *err, size_t errlen
         got += (size_t)r;
     }
     close(fd);
-    int rc = mq_config_parse_json(c, buf, got, path, err, errlen);
+    int rc = mqd_config_parse_json(c, buf, got, path, err, errlen);
     free(buf);
     return rc;
 }
 
-int mq_config_set(mq_config *c, const char *key, const char *value, char *err, size_t errlen)
+int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err, size_t errlen)
 {
     const field *f = find(key);
     if (!f)
@@ -345,7 +345,7 @@ static int valid_cpu_list(const char *s)
     return 1;
 }
 
-int mq_config_validate(const mq_config *c, char *err, size_t errlen)
+int mqd_config_validate(const mqd_config *c, char *err, size_t errlen)
 {
     if (!c->model_dir[0])
         return fail(err, errlen, -EINVAL, "model_dir: not set (config file or --model-dir)");
@@ -385,7 +385,7 @@ int mq_config_validate(const mq_config *c, char *err, size_t errlen)
     return 0;
 }
 
-char *mq_config_to_json(const mq_config *c)
+char *mqd_config_to_json(const mqd_config *c)
 {
     cJSON *o = cJSON_CreateObject();
     if (!o)
@@ -423,7 +423,7 @@ char *mq_config_to_json(const mq_config *c)
     return s;
 }
 
-void mq_config_print_help(void *file)
+void mqd_config_print_help(void *file)
 {
     FILE *out = file;
     for (size_t i = 0; i < N_FIELDS; i++) {

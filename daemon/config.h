@@ -1,6 +1,6 @@
 /* daemon/config.h — mqd's configuration: a JSON file, overridden by command-line flags.
  *
- * Owns: the mq_config struct (plain values, no heap), its defaults, the JSON reader (cJSON),
+ * Owns: the mqd_config struct (plain values, no heap), its defaults, the JSON reader (cJSON),
  * the flag reader and the validation. Every field is described once in a table in
  * config.c (name, type, bounds, allowed words, help); the JSON keys, the flags
  * (`--kv-tokens 65536` sets "kv_tokens"), `mqd --help` and `mqctl config` all come from it.
@@ -28,7 +28,7 @@ enum mq_cfg_mode { MQ_CFG_MODE_MIXED = 0, MQ_CFG_MODE_BF16 = 1, MQ_CFG_MODE_FP4 
 enum mq_cfg_on_full { MQ_CFG_ON_FULL_WAIT = 0, MQ_CFG_ON_FULL_FAIL = 1 };
 enum mq_cfg_huge { MQ_CFG_HUGE_AUTO = 0, MQ_CFG_HUGE_OFF = 1, MQ_CFG_HUGE_REQUIRE = 2 };
 
-typedef struct mq_config {
+typedef struct mqd_config {
     char model_dir[MQ_CFG_PATH];
     uint32_t mode;             /* mq_cfg_mode */
     uint32_t prefill_threads;  /* 0 = number of CPUs in prefill_cpus (or online CPUs) */
@@ -58,30 +58,30 @@ typedef struct mq_config {
     uint32_t drain_timeout_ms;
     uint32_t watchdog;             /* 1: send WATCHDOG=1 when systemd asks for it */
     uint32_t warmup;               /* 1: one short generation before READY=1 */
-} mq_config;
+} mqd_config;
 
-void mq_config_defaults(mq_config *c);
+void mqd_config_defaults(mqd_config *c);
 
 /* Applies a JSON object's fields on top of *c. `name` (file name) prefixes messages. */
-int mq_config_parse_json(mq_config *c, const char *text, size_t len, const char *name,
+int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const char *name,
                          char *err, size_t errlen);
-int mq_config_load_file(mq_config *c, const char *path, char *err, size_t errlen);
+int mqd_config_load_file(mqd_config *c, const char *path, char *err, size_t errlen);
 
 /* Sets one field from a string (a flag's value): "kv_tokens"/"kv-tokens", "65536".
  * Lists take comma-separated words. -ENOENT for an unknown field. */
-int mq_config_set(mq_config *c, const char *key, const char *value, char *err, size_t errlen);
+int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err, size_t errlen);
 
 /* Cross-field checks (model_dir present, block size divides, ring sizes, ...). */
-int mq_config_validate(const mq_config *c, char *err, size_t errlen);
+int mqd_config_validate(const mqd_config *c, char *err, size_t errlen);
 
 /* The whole configuration as a JSON object text (malloc'ed), for `mqctl config` and
  * `mqd --check-config`. NULL on ENOMEM. */
-char *mq_config_to_json(const mq_config *c);
+char *mqd_config_to_json(const mqd_config *c);
 
 /* Writes the flag/field list with help texts (for mqd --help). */
-void mq_config_print_help(void *file /* FILE* */);
+void mqd_config_print_help(void *file /* FILE* */);
 
-const char *mq_config_mode_name(uint32_t mode);
+const char *mqd_config_mode_name(uint32_t mode);
 
 #ifdef __cplusplus
 }

@@ -227,16 +227,24 @@ static void on_post(mq_evloop *l, int fd, uint32_t revents, void *arg)
     uint64_t v;
     ssize_t r = read(fd, &v, sizeof v);
     (void)r;
+    mq_evloop_run_posted(l);
+}
+
+int mq_evloop_run_posted(mq_evloop *l)
+{
+    int n = 0;
     pthread_mutex_lock(&l->post_lock);
     posted *p = l->post_head;
     l->post_head = l->post_tail = NULL;
     pthread_mutex_unlock(&l->post_lock);
     while (p) {
-        posted *n = p->next;
+        posted *nx = p->next;
         p->fn(l, p->arg);
         free(p);
-        p = n;
+        p = nx;
+        n++;
     }
+    return n;
 }
 
 int mq_evloop_post(mq_evloop *l, mq_ev_fn fn, void *arg)

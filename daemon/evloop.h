@@ -61,6 +61,9 @@ int mq_evloop_has_futex(const mq_evloop *l);
 /* Any thread: runs fn(arg) on the loop thread soon. -ENOMEM only. */
 int mq_evloop_post(mq_evloop *l, mq_ev_fn fn, void *arg);
 void mq_evloop_set_before_sleep(mq_evloop *l, mq_ev_fn fn, void *arg);
+/* Runs the calls posted so far on the calling thread (shutdown: let on_done's follow-ups
+ * run after the loop stopped). Returns how many ran. */
+int mq_evloop_run_posted(mq_evloop *l);
 
 /* Runs until mq_evloop_stop(); returns 0 or a negative errno of io_uring. */
 int mq_evloop_run(mq_evloop *l);
