@@ -102,6 +102,11 @@ void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem);
  * (mq_fp4_global_scale of the whole input's amax) or static (checkpoint's g_x; blocks
  * beyond it saturate). -EINVAL on NaN/Inf. */
 int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
+/* Fills a->aux for rows [r0, r1) from codes/scales (the byte form the fast GEMMs read).
+ * mq_fp4_act_quantize_rows() calls it for you; call it yourself only after writing
+ * codes/scales some other way. mq_gemm_fp4 reads aux on the SIMD paths, so every row
+ * must be prepared before the GEMM. Re-entrant for disjoint row ranges. */
+void mq_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1);
 
 /* Y[m, n0..n1) = X · Wᵀ per NVFP4.md's GEMM formula, FP32 out (row stride ldy). */
 void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
@@ -165,6 +170,21 @@ int mq_argmax(const float *x, int n);
  * = min(k, n). idx has room for k. */
 int mq_topk(const float *x, int n, int k, int *idx);
 void mq_add(float *y, const float *x, int n);    /* y += x */
+
+/* ---- Sampling math (scalar; the sampler in daemon/ composes these) --------------
+ * Probabilities are FP32, sums are taken in FP64 in index order so results do not
+ * depend on the ISA. */
+/* x[i] = x[i] / t (division, as transformers' TemperatureLogitsWarper); t > 0. */
+void mq_temperature(float *x, int n, float t);
+/* p[0..n) sorted largest first (summing to ~1): how many to keep for top-p, i.e. the
+ * smallest k >= 1 with p[0] + ... + p[k-1] >= top_p (n if never). top_p >= 1 keeps n.
+ * Same set as transformers' TopPLogitsWarper up to the order of FP additions. */
+int mq_topp(const float *p, int n, float top_p);
+/* p[0..n) sorted largest first: how many have p[i] >= min_p * p[0] (at least 1). */
+int mq_minp(const float *p, int n, float min_p);
+/* Inverse CDF draw: the smallest i with p[0] + ... + p[i] > u * (p[0] + ... + p[n-1]),
+ * u in [0, 1). p need not be normalised; n >= 1. Returns n - 1 if rounding runs out. */
+int mq_sample_cdf(const float *p, int n, double u);
 
 #ifdef __cplusplus
 }

@@ -86,7 +86,8 @@ uint8_t mq_f32_to_e2m1(float x)
     else if (a <= 5.0f) c = 6;
     else c = 7;
     /* Negative inputs keep their sign bit even when they round to zero (code 8 = -0),
-     * as the GPU's cvt.rn.satfinite.e2m1x2 does. */
+     * as the GPU's cvt.rn.satfinite.e2m1x2 does; -0.0f itself (not < 0) gives code 0.
+     * Either zero decodes to 0, so the choice only shows in the code bytes. */
     return (x < 0.0f ? 8 : 0) | c;
 }
 
@@ -135,9 +136,12 @@ float mq_amax_bf16(const uint16_t *x, size_t n)
     return m;
 }
 
+/* One block's scale and the element multiplier `os`, in NVFP4.md's order. The SIMD
+ * quantizers compute exactly these FP32 operations, so their codes are identical. */
 int mq_fp4_quantize_row(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
 {
     const int kp = mq_fp4_pad(k);
+    if (!(g > 0.0f) || !isfinite(g)) return -EINVAL; /* a global scale is a finite multiplier */
     const float inv_g = 1.0f / g;
     memset(codes, 0, (size_t)kp / 2);
     for (int b = 0; b < kp / MQ_FP4_BLOCK; b++) {
@@ -153,7 +157,9 @@ int mq_fp4_quantize_row(const float *x, int k, float g, uint8_t *codes, uint8_t 
         scales[b] = s;
         float sf = mq_e4m3_to_f32(s);
         /* Correctly rounded division; the GPU uses rcp.approx here, which can flip the
-         * last bit of `os` and so change a code that sits exactly on an E2M1 tie. */
+         * last bit of `os` and so change a code that sits exactly on an E2M1 tie.
+         * (os overflows to Inf only for blocks below ~1e-38 under g > ~6e35, i.e. a whole
+         * tensor with amax < ~4e-33; then a zero element gives 0*Inf = NaN, coded 7.) */
         float os = sf == 0.0f ? 0.0f : 1.0f / (sf * inv_g);
         for (int j = 0; j < MQ_FP4_BLOCK; j++) {
             uint8_t q = mq_f32_to_e2m1(blk[j] * os);
@@ -323,6 +329,7 @@ float mq_logsumexp(const float *x, int n)
 {
     float mx = -INFINITY;
     for (int i = 0; i < n; i++) if (x[i] > mx) mx = x[i];
+    if (mx == -INFINITY) return -INFINITY; /* everything masked (or n == 0) */
     double s = 0.0;
     for (int i = 0; i < n; i++) s += exp((double)(x[i] - mx));
     return mx + (float)log(s);
@@ -345,6 +352,7 @@ int mq_argmax(const float *x, int n)
 int mq_topk(const float *x, int n, int k, int *idx)
 {
     if (k > n) k = n;
+    if (k <= 0) return 0;
     int have = 0;
     for (int i = 0; i < n; i++) {
         if (have == k && !(x[i] > x[idx[k - 1]])) continue;
@@ -358,6 +366,45 @@ int mq_topk(const float *x, int n, int k, int *idx)
 void mq_add(float *y, const float *x, int n)
 {
     for (int i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* ---- sampling math ------------------------------------------------------------ */
+
+void mq_temperature(float *x, int n, float t)
+{
+    for (int i = 0; i < n; i++) x[i] = x[i] / t;
+}
+
+int mq_topp(const float *p, int n, float top_p)
+{
+    double cum = 0.0;
+    for (int k = 1; k <= n; k++) {
+        cum += p[k - 1];
+        if (cum >= (double)top_p) return k;
+    }
+    return n;
+}
+
+int mq_minp(const float *p, int n, float min_p)
+{
+    if (n <= 0) return 0;
+    const float cut = min_p * p[0]; /* FP32, as transformers' MinPLogitsWarper */
+    int k = 1;
+    while (k < n && p[k] >= cut) k++;
+    return k;
+}
+
+int mq_sample_cdf(const float *p, int n, double u)
+{
+    double total = 0.0;
+    for (int i = 0; i < n; i++) total += p[i];
+    const double target = u * total;
+    double cum = 0.0;
+    for (int i = 0; i < n; i++) {
+        cum += p[i];
+        if (cum > target) return i;
+    }
+    return n - 1;
 }
 
 void mq_kernels_fill_ref(mq_kernel_table *t)

@@ -1,0 +1,115 @@
+/* daemon/model.h — a loaded model: config plus both weight sets.
+ *
+ * Owns: the weights of one Qwen3 / Qwen2 / Llama model, in the forms the engine runs:
+ *   - BF16 linears (decode path; mq_bf16_weight, `aux` prepared by the kernels),
+ *   - NVFP4 linears (prefill path; mq_fp4_weight), quantized at load from the BF16
+ *     weights per NVFP4.md with g = 2688 / amax(tensor), or taken as stored from a
+ *     compressed-tensors nvfp4-pack-quantized checkpoint,
+ *   - the embedding and LM head in BF16 (the LM head may be the embedding: tied),
+ *   - norms (and Qwen2 biases) in FP32.
+ * A compressed-tensors checkpoint may be paired with a separate BF16 checkpoint
+ * (opts.bf16_dir) for decode, as Mix-Quant pairs Qwen3-8B-NVFP4 with Qwen3-8B; without
+ * one, the BF16 linears are the dequantized NVFP4 weights.
+ *
+ * Loading is split so the runtime can stream the bytes itself (io_uring):
+ *   1. mq_model_plan(): parses config.json and the safetensors headers, checks every
+ *      tensor's dtype and shape against the config, allocates every destination through
+ *      the caller's allocator, and returns the list of reads (file, offset, length, dst).
+ *   2. mq_model_tensor_ready(m, i): after read i's bytes arrived: converts / quantizes
+ *      what depends on it. Callable from several threads at once for different reads.
+ *   3. mq_model_finish(): checks that every read was made ready; frees staging memory.
+ * mq_model_load() does all three with pread (tests, eval, tools).
+ *
+ * Thread rules: after finish, the model is immutable and shared by every engine.
+ * Memory: all weight memory comes from the allocator given to plan (hugepages in mqd);
+ * the model never frees it — the allocator's owner does (mq_model_free calls
+ * alloc->free when set).
+ */
+#ifndef MQ_MODEL_H
+#define MQ_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model_config.h"
+#include "mq_kernels.h"
+#include "safetensors.h"
+
+/* Where weight memory comes from. alloc returns `bytes` bytes aligned to `align` (a power
+ * of two >= 64), or NULL; `what` names the use ("weights.bf16", "weights.fp4", "staging",
+ * ...) for the log. free may be NULL (then staging memory is simply kept). */
+typedef struct mq_alloc {
+    void *(*alloc)(void *ctx, size_t bytes, size_t align, const char *what);
+    void (*free)(void *ctx, void *p, size_t bytes);
+    void *ctx;
+} mq_alloc;
+
+/* An allocator over posix_memalign/free (tests, eval). */
+extern const mq_alloc mq_alloc_heap;
+
+/* One linear layer Y = X·Wᵀ (+ b) in both precisions. */
+typedef struct mq_linear {
+    mq_bf16_weight bf16;   /* W [out, in] BF16 */
+    mq_fp4_weight fp4;     /* W [out, in] NVFP4 (codes/scales/aux), fp4.g = g_w */
+    float in_g;            /* static activation global scale g_x from the checkpoint; 0 = dynamic */
+    float *bias;           /* [out] FP32, Qwen2 q/k/v only, else NULL */
+} mq_linear;
+
+typedef struct mq_layer {
+    float *attn_norm;      /* [hidden]   input_layernorm */
+    float *ffn_norm;       /* [hidden]   post_attention_layernorm */
+    float *q_norm;         /* [head_dim] Qwen3 only, else NULL */
+    float *k_norm;         /* [head_dim] Qwen3 only, else NULL */
+    mq_linear q;           /* [n_head*head_dim, hidden] */
+    mq_linear k;           /* [n_kv*head_dim,   hidden] */
+    mq_linear v;           /* [n_kv*head_dim,   hidden] */
+    mq_linear o;           /* [hidden, n_head*head_dim] */
+    mq_linear gate;        /* [inter, hidden] */
+    mq_linear up;          /* [inter, hidden] */
+    mq_linear down;        /* [hidden, inter] */
+} mq_layer;
+
+typedef struct mq_model {
+    mq_config cfg;
+    uint16_t *embed;       /* [vocab, hidden] BF16 */
+    float *final_norm;     /* [hidden] */
+    mq_bf16_weight lm_head;/* [vocab, hidden] BF16; .w == embed when tied */
+    mq_layer *layers;      /* [n_layers] */
+    size_t bf16_bytes;     /* BF16 copy: linears + embedding + LM head (+ aux) */
+    size_t fp4_bytes;      /* NVFP4 copy: codes + scales + aux */
+    size_t other_bytes;    /* norms, biases */
+    struct mq_load *load;  /* loading state; NULL after finish */
+} mq_model;
+
+/* One read the loader must perform: bytes [offset, offset+bytes) of file `file` into dst. */
+typedef struct mq_read {
+    int file;              /* index into mq_model_files() */
+    uint64_t offset;
+    uint64_t bytes;
+    void *dst;
+    const char *tensor;    /* the checkpoint tensor's name (for messages) */
+} mq_read;
+
+typedef struct mq_model_opts {
+    const char *bf16_dir;  /* NVFP4 checkpoint: separate BF16 checkpoint for decode, or NULL */
+    int no_fp4;            /* skip the NVFP4 copy (BF16-only tools); fp4 mode then refuses */
+} mq_model_opts;
+
+/* Step 1. On success *out is a model whose weights are not yet valid, and *reads /
+ * *n_reads the reads to perform (owned by the model). 0 or negative errno + err. */
+int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc,
+                  mq_model **out, const mq_read **reads, int *n_reads, char *err);
+/* The files the reads refer to: n and paths (valid until finish). */
+int mq_model_files(const mq_model *m, const char *const **paths);
+/* Step 2: read i's bytes are in place. Thread-safe for distinct i. */
+int mq_model_tensor_ready(mq_model *m, int i, char *err);
+/* Step 3. Fails if a read was never made ready. */
+int mq_model_finish(mq_model *m, char *err);
+/* All three with pread (tests, eval, tools). */
+int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, char *err);
+void mq_model_free(mq_model *m);
+
+/* Whether the NVFP4 copy exists (it does unless opts.no_fp4). */
+int mq_model_has_fp4(const mq_model *m);
+
+#endif

@@ -1,0 +1,192 @@
+/* daemon/scheduler.h — sessions, the request queue, chunked prefill and continuous batching.
+ *
+ * (Named scheduler.h, not sched.h: the build puts daemon/ on the include path, and a
+ * daemon/sched.h would shadow the system <sched.h> that <pthread.h> includes.)
+ *
+ * Owns: the sessions (token history + KV block list), the bounded request queue, the two
+ * driver threads (one per worker pool: the prefill pool runs NVFP4 prompt chunks, the
+ * decode pool runs one batched BF16 step for every decoding session), the KV store
+ * (daemon/kv_store.h) and the per-request / global statistics.
+ *
+ * Who calls it: mqd's event loop (front), tests and benchmarks. The model (and tokenizer)
+ * are borrowed: they must outlive the scheduler.
+ *
+ * Sessions keep their history between requests. A request appends `new_tokens` to the
+ * session's history; only tokens whose K/V the session does not hold yet are prefilled.
+ * The history is the ids actually processed plus the tokens sampled by earlier requests
+ * (including the one that stopped generation, e.g. <|im_end|>: it is in the history but
+ * its K/V is computed when the next request prefills). Matching is on token ids, never on
+ * re-rendered text: a caller that renders a chat template appends only what is new after
+ * mq_sched_session_history().
+ * Full KV blocks are indexed by a hash of their whole token prefix, so sessions that
+ * share a prefix (system prompt, tool list) share the blocks (reference counted).
+ *
+ * Thread rules: every function here may be called from any thread except the sink
+ * callbacks; they are not re-entrant into the scheduler for the same session except
+ * mq_sched_cancel. Sink callbacks run on the scheduler's driver threads (the first token
+ * of a request may come from the prefill thread, the rest from the decode thread), never
+ * concurrently for one request, and must not block (copy the bytes into a ring).
+ * After on_done returns, the scheduler never touches the sink again.
+ *
+ * Errors: functions return 0 or a negative errno and, where a buffer is passed, a message
+ * naming the cause. Request-level errors (context limit, KV full, cancel) arrive through
+ * on_done with an end reason; the scheduler never crashes on them.
+ */
+#ifndef MQ_SCHED_H
+#define MQ_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct mq_model;      /* daemon/model.h */
+struct mq_tokenizer;  /* daemon/tokenizer.h */
+
+typedef struct mq_sched mq_sched;
+
+/* Precision of the two phases (NVFP4.md): mixed = NVFP4 prefill + BF16 decode. */
+typedef enum { MQ_SCHED_MIXED = 0, MQ_SCHED_BF16 = 1, MQ_SCHED_FP4 = 2 } mq_sched_mode;
+
+/* What to do when the KV store cannot hold a new request. */
+typedef enum { MQ_KV_FULL_WAIT = 0, MQ_KV_FULL_FAIL = 1 } mq_kv_full_policy;
+
+typedef struct mq_sched_opts {
+    int prefill_threads;        /* threads of the prefill pool (>= 1) */
+    int decode_threads;         /* threads of the decode pool (>= 1) */
+    const char *prefill_cpus;   /* CPU list "0-1,3" for the prefill pool, NULL = any */
+    const char *decode_cpus;    /* CPU list for the decode pool, NULL = any */
+    int chunk_tokens;           /* prefill chunk; bounds the decode stall (default 256) */
+    int max_batch;              /* decoding sessions per batched step (default 16) */
+    int max_queued;             /* requests waiting for prefill before submit fails (64) */
+    int max_sessions;           /* open sessions (default 256) */
+    int kv_blocks;              /* blocks in the KV segment (default: 2 contexts' worth) */
+    int block_tokens;           /* tokens per KV block (default 64) */
+    int context_limit;          /* max tokens per session (default: model's max, <= 32768) */
+    mq_sched_mode mode;
+    mq_kv_full_policy on_kv_full;
+    int kv_hugetlb;             /* 1: try MFD_HUGETLB for the KV segment (default 1) */
+} mq_sched_opts;
+
+/* Fills defaults (zeros above mean "default" too). */
+void mq_sched_opts_default(mq_sched_opts *o);
+
+/* Sampling and stopping. Zero-initialised = greedy, no stops, max_tokens default. */
+#define MQ_SCHED_MAX_STOP_IDS 8
+#define MQ_SCHED_MAX_STOP_STRS 4
+typedef struct mq_gen_params {
+    int max_tokens;             /* tokens to generate; 0 = 256; capped by context_limit */
+    float temperature;          /* 0 = greedy */
+    int top_k;                  /* 0 = off */
+    float top_p;                /* 0 or 1 = off */
+    float min_p;                /* 0 = off */
+    float repetition_penalty;   /* 0 or 1 = off */
+    float presence_penalty;     /* 0 = off */
+    uint64_t seed;              /* sampling seed (reproducible) */
+    int n_stop_ids;
+    int32_t stop_ids[MQ_SCHED_MAX_STOP_IDS];   /* generation ends after emitting one */
+    int n_stop_strs;
+    const char *stop_strs[MQ_SCHED_MAX_STOP_STRS]; /* copied at submit; matched on text */
+    int use_eos;                /* 1: the tokenizer's EOS/end-of-turn ids also stop */
+} mq_gen_params;
+
+typedef enum {
+    MQ_END_STOP_TOKEN = 0,
+    MQ_END_STOP_STRING,
+    MQ_END_LENGTH,              /* max_tokens or context limit reached */
+    MQ_END_CANCEL,
+    MQ_END_CLIENT_GONE,
+    MQ_END_ERROR,               /* err/msg say why (KV full, context limit, shutdown ...) */
+} mq_end_reason;
+
+const char *mq_end_reason_name(mq_end_reason r);
+
+typedef struct mq_req_stats {
+    int prompt_tokens;          /* tokens the request appended */
+    int cached_tokens;          /* history tokens whose K/V was already there (session or index) */
+    int prefilled_tokens;       /* tokens run through prefill for this request */
+    int generated_tokens;
+    double queue_ms;            /* submit -> first prefill chunk */
+    double ttft_ms;             /* submit -> first token sampled */
+    double prefill_tok_s;       /* prefilled tokens / prefill time */
+    double decode_tok_s;        /* (generated - 1) / time from first to last token */
+    double total_ms;
+} mq_req_stats;
+
+typedef struct mq_sink {
+    void *ctx;
+    /* One sampled token; text holds the UTF-8-complete bytes it completes (len may be 0
+     * while a character is split across tokens; NULL/0 without a tokenizer). */
+    void (*on_token)(void *ctx, int32_t id, const char *text, size_t len);
+    /* The end. err = 0 or a negative errno (MQ_END_ERROR), msg a readable reason. */
+    void (*on_done)(void *ctx, mq_end_reason reason, int err, const char *msg,
+                    const mq_req_stats *st);
+} mq_sink;
+
+/* Creates the scheduler: KV segment, pools, engines and the two driver threads. */
+int mq_sched_create(mq_sched **s, struct mq_model *model, struct mq_tokenizer *tok,
+                    const mq_sched_opts *o, char *err, size_t errlen);
+/* Cancels everything still running (on_done MQ_END_CANCEL), joins threads, frees all. */
+void mq_sched_destroy(mq_sched *s);
+
+/* Sessions. -EMFILE when max_sessions are open. Closing a session cancels its request
+ * (on_done is called before close returns) and releases its blocks. */
+int mq_sched_session_open(mq_sched *s, uint64_t *id);
+int mq_sched_session_close(mq_sched *s, uint64_t id);
+/* Copies up to cap history tokens into buf; returns the history length or -ENOENT. */
+int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap);
+
+/* Appends new_tokens (n >= 0; n may be 0 to continue generating) and queues a request.
+ * Immediate errors (nothing queued, sink not called): -ENOENT unknown session, -EBUSY the
+ * session already has a request, -EAGAIN queue full, -E2BIG history over the context
+ * limit, -ENOSPC KV store can never hold it (or is full with the fail policy),
+ * -ESHUTDOWN draining. err/errlen (may be NULL) get a message. On success the sink gets
+ * tokens and exactly one on_done. */
+int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n,
+                    const mq_gen_params *p, const mq_sink *sink, char *err, size_t errlen);
+
+/* Ends the session's running request at its next step with reason (MQ_END_CANCEL or
+ * MQ_END_CLIENT_GONE). -ENOENT unknown session; 0 also if nothing was running. */
+int mq_sched_cancel(mq_sched *s, uint64_t session, mq_end_reason reason);
+
+typedef struct mq_sched_stats {
+    /* totals since start */
+    uint64_t requests_done, requests_failed;
+    uint64_t prompt_tokens, cached_tokens, prefilled_tokens, generated_tokens;
+    double prefill_tok_s;       /* prefilled tokens / busy prefill time */
+    double decode_tok_s;        /* generated tokens / busy decode time */
+    double cache_hit_ratio;     /* cached_tokens / (cached + prefilled) */
+    /* now */
+    int sessions, queued, prefilling, decoding;
+    int kv_blocks, kv_used, kv_cached, kv_free, block_tokens;
+    size_t kv_bytes;
+    const char *kv_memory;      /* "hugetlb", "thp" or "4k" (static string) */
+    /* liveness, for the watchdog: each increases while its driver thread is alive
+     * (every step, and at least every 500 ms when idle) */
+    uint64_t prefill_progress, decode_progress;
+    int draining;
+} mq_sched_stats;
+
+void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st);
+
+typedef struct mq_session_info {
+    uint64_t id;
+    int history_tokens, kv_tokens, kv_blocks, shared_blocks;
+    int busy;                   /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
+    double idle_ms;
+} mq_session_info;
+
+/* Calls cb once per open session (under the scheduler's lock: cb must not call back). */
+void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info *i), void *ctx);
+
+/* Stops accepting requests (-ESHUTDOWN), waits up to timeout_ms for running and queued
+ * requests to finish, then cancels the rest and waits for their on_done. Returns 0 if all
+ * finished by themselves, else the number cancelled. */
+int mq_sched_drain(mq_sched *s, int timeout_ms);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
