@@ -25,6 +25,9 @@
 #include "scheduler.h"
 #include "server.h"
 
+/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 #define MAX_REQ 65536
 #define MAX_REPLY (1u << 20)
 #define MAX_SESSION_ROWS 4096

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,9 @@
 #include "chat_template.h"
 #include "scheduler.h"
 #include "server.h"
+
+/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
 #include "tokenizer.h"
 #include "wire.h"
 

@@ -1,6 +1,9 @@
 /* daemon/config.c — table-driven config: JSON file, flags, validation (see config.h). */
 #include "config.h"
 
+/* Messages are cut to their buffers on purpose. */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -434,4 +437,69 @@ void mqd_config_print_help(void *file)
                 *q = '-';
         fprintf(out, "  %-28s %s\n", flag, fields[i].help);
     }
+}
+/* ---- configuration from file + flags -------------------------------------------- */
+int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc,
+                     char *const *argv, int *check_only, int *help, char *err, size_t errlen)
+{
+    mqd_config_defaults(cfg);
+    config_path[0] = 0;
+    if (check_only)
+        *check_only = 0;
+    if (help)
+        *help = 0;
+    /* The file first, wherever --config appears; then every flag on top of it. */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            snprintf(config_path, pathlen, "%s", argv[++i]);
+        else if (!strncmp(argv[i], "--config=", 9))
+            snprintf(config_path, pathlen, "%s", argv[i] + 9);
+    }
+    if (config_path[0]) {
+        int rc = mqd_config_load_file(cfg, config_path, err, errlen);
+        if (rc)
+            return rc;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--check-config")) {
+            if (check_only)
+                *check_only = 1;
+            continue;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            if (help)
+                *help = 1;
+            continue;
+        }
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(a, "--config=", 9))
+            continue;
+        if (strncmp(a, "--", 2)) {
+            snprintf(err, errlen, "unexpected argument \"%s\" (flags are --name value)", a);
+            return -EINVAL;
+        }
+        char key[64];
+        const char *val;
+        const char *eq = strchr(a, '=');
+        if (eq) {
+            snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
+            val = eq + 1;
+        } else {
+            snprintf(key, sizeof key, "%s", a + 2);
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "flag %s needs a value", a);
+                return -EINVAL;
+            }
+            val = argv[++i];
+        }
+        /* --model is the common short form of --model-dir */
+        int rc = mqd_config_set(cfg, strcmp(key, "model") ? key : "model_dir", val, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }

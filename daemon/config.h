@@ -71,6 +71,13 @@ int mqd_config_load_file(mqd_config *c, const char *path, char *err, size_t errl
  * Lists take comma-separated words. -ENOENT for an unknown field. */
 int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err, size_t errlen);
 
+/* Defaults, then --config FILE (path copied to config_path, "" if none), then every other
+ * "--name value" / "--name=value" flag on top (--model = --model-dir). check_only/help
+ * (may be NULL) report --check-config / --help. */
+int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc,
+                          char *const *argv, int *check_only, int *help, char *err,
+                          size_t errlen);
+
 /* Cross-field checks (model_dir present, block size divides, ring sizes, ...). */
 int mqd_config_validate(const mqd_config *c, char *err, size_t errlen);
 

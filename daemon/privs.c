@@ -26,6 +26,9 @@
 #include "probes.h"
 #include "server.h"
 
+/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 static int parse_id(const char *s, unsigned *out)
 {
     char *end;

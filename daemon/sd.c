@@ -22,6 +22,9 @@
 #include "scheduler.h"
 #include "server.h"
 
+/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 #define LOAD_STATUS_MS 1000
 #define EXTEND_USEC 15000000ull /* each STATUS during loading buys 15 s more */
 

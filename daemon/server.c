@@ -33,8 +33,17 @@
 #include "probes.h"
 #include "scheduler.h"
 #include "server.h"
+
+/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
 #include "tokenizer.h"
 #include "weight_stream.h"
+
+/* Published by the runtime in weight_stream.h; declared here too so this file builds
+ * against either version of the header (identical redeclaration). */
+int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena,
+                     const mq_ws_opts *o, mq_ws_progress *prog, mq_ws_result *res,
+                     struct mq_model **out, char *err, size_t errlen);
 
 #define CLIENT_SOCKET_MODE 0666 /* access is decided by SO_PEERCRED against the config */
 #define ADMIN_SOCKET_MODE 0660
@@ -105,71 +114,6 @@ static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char 
     return fd;
 }
 
-/* ---- configuration from file + flags -------------------------------------------- */
-int mqd_parse_config(mqd_config *cfg, char *config_path, size_t pathlen, int argc,
-                     char *const *argv, int *check_only, int *help, char *err, size_t errlen)
-{
-    mqd_config_defaults(cfg);
-    config_path[0] = 0;
-    if (check_only)
-        *check_only = 0;
-    if (help)
-        *help = 0;
-    /* The file first, wherever --config appears; then every flag on top of it. */
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config") && i + 1 < argc)
-            snprintf(config_path, pathlen, "%s", argv[++i]);
-        else if (!strncmp(argv[i], "--config=", 9))
-            snprintf(config_path, pathlen, "%s", argv[i] + 9);
-    }
-    if (config_path[0]) {
-        int rc = mqd_config_load_file(cfg, config_path, err, errlen);
-        if (rc)
-            return rc;
-    }
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--check-config")) {
-            if (check_only)
-                *check_only = 1;
-            continue;
-        }
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            if (help)
-                *help = 1;
-            continue;
-        }
-        if (!strcmp(a, "--config")) {
-            i++;
-            continue;
-        }
-        if (!strncmp(a, "--config=", 9))
-            continue;
-        if (strncmp(a, "--", 2)) {
-            snprintf(err, errlen, "unexpected argument \"%s\" (flags are --name value)", a);
-            return -EINVAL;
-        }
-        char key[64];
-        const char *val;
-        const char *eq = strchr(a, '=');
-        if (eq) {
-            snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
-            val = eq + 1;
-        } else {
-            snprintf(key, sizeof key, "%s", a + 2);
-            if (i + 1 >= argc) {
-                snprintf(err, errlen, "flag %s needs a value", a);
-                return -EINVAL;
-            }
-            val = argv[++i];
-        }
-        /* --model is the common short form of --model-dir */
-        int rc = mqd_config_set(cfg, strcmp(key, "model") ? key : "model_dir", val, err, errlen);
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
 
 /* ---- the load thread ----------------------------------------------------------- */
 typedef struct warm {
@@ -507,7 +451,7 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     mqd_sd_notify(d, "RELOADING=1\nSTATUS=reloading configuration");
     mqd_config nc;
     char path[MQ_CFG_PATH], err[512];
-    int rc = mqd_parse_config(&nc, path, sizeof path, d->argc, d->argv, NULL, NULL, err,
+    int rc = mqd_config_parse_args(&nc, path, sizeof path, d->argc, d->argv, NULL, NULL, err,
                               sizeof err);
     if (!rc)
         rc = mqd_config_validate(&nc, err, sizeof err);

@@ -108,9 +108,6 @@ uint64_t mqd_now_ms(void);
 void mqd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* server.c */
-/* Defaults, then --config FILE, then every other --flag value on top. */
-int mqd_parse_config(mqd_config *cfg, char *config_path, size_t pathlen, int argc,
-                     char *const *argv, int *check_only, int *help, char *err, size_t errlen);
 int mqd_init(mqd *d, char *err, size_t errlen);  /* sockets, privileges, loop, load thread */
 int mqd_run(mqd *d);                             /* the event loop until exit */
 void mqd_fini(mqd *d);                           /* frees everything (NULL-safe members) */

@@ -323,6 +323,8 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
     if (m->type < 1 || m->type >= MQ_MSG_TYPE_COUNT)
         return fail(err, errlen, -EPROTO, "header.type: unknown type %u", m->type);
     /* HELLO is understood in every version (that is how versions are negotiated). */
+    if (m->version == 0)
+        return fail(err, errlen, -EPROTO, "header.version: 0 is not a version");
     if (m->type != MQ_MSG_HELLO &&
         (m->version < MQ_WIRE_VERSION_MIN || m->version > MQ_WIRE_VERSION_MAX))
         return fail(err, errlen, -EPROTO, "header.version: %u not supported", m->version);
