@@ -2,7 +2,7 @@
  *
  * Flash-style: one kv-head at a time, a tile of query rows (the group's q-heads × a
  * block of query tokens, up to ROWS_MAX rows) walks the keys in tiles of TK = 32 with an
- * online softmax; no score matrix, no allocation (all buffers on the stack, < 64 KiB).
+ * online softmax; no score matrix, no allocation (all buffers on the stack, about 100 KiB).
  * K and V are read once per kv-head and row tile, so decode (n_tok == 1) streams the
  * cache once for all q-heads of the group.
  *
@@ -27,8 +27,10 @@
 #include <math.h>
 
 #define TK 32            /* keys per tile */
-#define ROWS_MAX 32      /* query rows per tile */
-#define ROW_FLOATS 4096  /* ROWS_MAX * head_dim cap: keeps the tile in L1/L2 */
+#ifndef ROWS_MAX
+#define ROWS_MAX 64      /* query rows per tile: each K/V tile load serves this many */
+#endif
+#define ROW_FLOATS 8192  /* rows * head_dim cap: keeps O and Q in L1/L2 */
 #define HD_MAX 256
 #ifndef PREFETCH_TILES_FEW_ROWS
 #define PREFETCH_TILES_FEW_ROWS 8
@@ -39,7 +41,7 @@ typedef struct tile {
     float m[ROWS_MAX], corr[ROWS_MAX];
     _Alignas(64) float l[ROWS_MAX][16];                   /* softmax denominators, 16 partial sums */
     int limit[ROWS_MAX];            /* last key position row r may see */
-    _Alignas(64) uint16_t q[ROWS_MAX][HD_MAX];            /* BF16 Q rows */
+    _Alignas(64) uint16_t q[ROW_FLOATS];                  /* [rows][hdp] BF16 Q */
     _Alignas(64) float o[ROW_FLOATS];                     /* [rows][hdp], permuted dims */
     _Alignas(64) float s[ROWS_MAX][TK];                   /* scores of one key tile */
     _Alignas(64) uint16_t p[ROWS_MAX][TK];                /* BF16 probabilities */
@@ -48,11 +50,6 @@ typedef struct tile {
 } tile;
 
 static const uint16_t zero_row[HD_MAX]; /* stands in for keys past the end of a tile */
-
-static inline const uint16_t *kv_row(const uint16_t *const *blocks, const mq_attn_args *a, int kvh, int p)
-{
-    return blocks[p / a->block_tokens] + ((size_t)(p % a->block_tokens) * a->n_kv + kvh) * a->head_dim;
-}
 
 /* 16x16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i. */
 static inline __attribute__((always_inline)) void transpose16(__m512i r[16])
@@ -127,14 +124,17 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
  * are n_kv*head_dim apart, too sparse for the hardware prefetcher to follow. */
 static void prefetch_kv_tile(const mq_attn_args *a, int kvh, int j0, int nkeys)
 {
+    if (j0 >= nkeys) return;
     const size_t bytes = (size_t)a->head_dim * 2;
+    int b = j0 / a->block_tokens, o = j0 % a->block_tokens; /* one division per tile */
     for (int j = j0; j < j0 + TK && j < nkeys; j++) {
-        const char *k = (const char *)kv_row(a->k_blocks, a, kvh, j);
-        const char *v = (const char *)kv_row(a->v_blocks, a, kvh, j);
-        for (size_t off = 0; off < bytes; off += 64) {
-            _mm_prefetch(k + off, _MM_HINT_T0);
-            _mm_prefetch(v + off, _MM_HINT_T0);
+        const size_t off = ((size_t)o * a->n_kv + kvh) * a->head_dim;
+        const char *k = (const char *)(a->k_blocks[b] + off), *v = (const char *)(a->v_blocks[b] + off);
+        for (size_t c = 0; c < bytes; c += 64) {
+            _mm_prefetch(k + c, _MM_HINT_T0);
+            _mm_prefetch(v + c, _MM_HINT_T0);
         }
+        if (++o == a->block_tokens) { o = 0; b++; }
     }
 }
 
@@ -146,7 +146,7 @@ static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const 
     for (int i = 0; i < 2 * NR; i++) acc[i] = _mm512_setzero_ps();
     const uint32_t *q32[8];
     _Pragma("GCC unroll 16")
-    for (int i = 0; i < NR; i++) q32[i] = (const uint32_t *)t->q[r + i];
+    for (int i = 0; i < NR; i++) q32[i] = (const uint32_t *)(t->q + (size_t)(r + i) * t->hdp);
     for (int dp = 0; dp < t->hd / 2; dp++) {
         const __m512bh k0 = (__m512bh)_mm512_load_si512(&t->kt[dp][0]);
         const __m512bh k1 = (__m512bh)_mm512_load_si512(&t->kt[dp][16]);
@@ -261,7 +261,7 @@ static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh,
         const float *q = a->q + ((size_t)tok * a->n_head + h) * hd;
         for (int d = 0; d < hd; d += 16) {
             const __mmask16 m = hd - d >= 16 ? 0xffff : (__mmask16)((1u << (hd - d)) - 1);
-            _mm256_mask_storeu_epi16(t->q[r] + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
+            _mm256_mask_storeu_epi16(t->q + (size_t)r * t->hdp + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
         }
         t->limit[r] = a->pos0 + tok;
         t->m[r] = -INFINITY;
@@ -270,7 +270,7 @@ static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh,
         if (t->limit[r] + 1 > nkeys) nkeys = t->limit[r] + 1;
     }
     /* few rows (decode) make a tile quick, so ask for keys further ahead */
-    const int ahead = t->nrows <= 8 ? PREFETCH_TILES_FEW_ROWS : 1;
+    const int ahead = t->nrows <= 8 ? PREFETCH_TILES_FEW_ROWS : 2;
     for (int j = 0; j < ahead; j++) prefetch_kv_tile(a, kvh, j * TK, nkeys);
     for (int j0 = 0; j0 < nkeys; j0 += TK) {
         load_kv_tile(t, a, kvh, j0, nkeys);
