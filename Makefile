@@ -34,7 +34,7 @@ LDFLAGS += $(LDFLAGS_SAN)
 
 KERNEL_SRC  := $(wildcard kernels/*.c)
 IPC_SRC     := $(wildcard ipc/*.c)
-DAEMON_SRC  := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+DAEMON_SRC  := $(filter-out daemon/main.c daemon/%.bpf.c,$(wildcard daemon/*.c))
 CLIENT_SRC  := $(wildcard libclient/*.c)
 TOOL_SRC    := $(wildcard tools/*.c)
 TEST_SRC    := $(wildcard tests/unit/test_*.c tests/golden/test_*.c tests/integration/test_*.c)
@@ -123,5 +123,34 @@ test-fast: all
 bench-kernels: deps all
 	$(BUILD)/bench_kernels
 
+# `make bench` runs every target listed in BENCH_TARGETS, in order; other benchmarks
+# append themselves (BENCH_TARGETS += bench-e2e) anywhere in this Makefile.
+BENCH_TARGETS += bench-kernels
+bench:
+	@for t in $(BENCH_TARGETS); do $(MAKE) --no-print-directory $$t || exit 1; done
+
 clean:
 	rm -rf build build-asan
+
+# ---------------------------------------------------------------------------
+# BPF probes (daemon/probes.bpf.c -> libbpf skeleton included by daemon/probes.c).
+# vmlinux.h comes from the running kernel's BTF at build time (never committed). Without
+# clang, bpftool or kernel BTF, probes.c builds its fallback that reports "BPF not built".
+BPF_CLANG   ?= $(shell command -v clang 2>/dev/null)
+BPFTOOL     ?= $(shell command -v bpftool 2>/dev/null || { test -x /usr/sbin/bpftool && echo /usr/sbin/bpftool; })
+KERNEL_BTF  ?= /sys/kernel/btf/vmlinux
+BPF_GEN     := $(BUILD)/gen
+BPF_ARCH    := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+ifneq ($(and $(BPF_CLANG),$(BPFTOOL),$(wildcard $(KERNEL_BTF))),)
+$(BUILD)/obj/daemon/probes.o: $(BPF_GEN)/probes.skel.h
+$(BUILD)/obj/daemon/probes.o: CFLAGS += -I$(BPF_GEN) -DMQ_HAVE_BPF=1
+$(BPF_GEN)/vmlinux.h:
+	@mkdir -p $(dir $@)
+	$(BPFTOOL) btf dump file $(KERNEL_BTF) format c > $@.tmp && mv $@.tmp $@
+$(BPF_GEN)/probes.bpf.o: daemon/probes.bpf.c daemon/probes_shared.h $(BPF_GEN)/vmlinux.h
+	$(BPF_CLANG) -target bpf -D__TARGET_ARCH_$(BPF_ARCH) -O2 -g -I$(BPF_GEN) -Idaemon -c $< -o $@
+$(BPF_GEN)/probes.skel.h: $(BPF_GEN)/probes.bpf.o
+	$(BPFTOOL) gen skeleton $< name mq_probes_bpf > $@.tmp && mv $@.tmp $@
+else
+$(info mq: clang, bpftool or $(KERNEL_BTF) missing: building the BPF probes fallback ("BPF not built"))
+endif

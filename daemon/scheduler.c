@@ -1,9 +1,122 @@
-/* daemon/scheduler.c — see scheduler.h. (Implementation in progress.) */
+/* daemon/scheduler.c — see scheduler.h.
+ *
+ * One mutex (s->mu) guards the session table, the queues and every request's state.
+ * The two driver threads take it to pick work and to publish results, and drop it while
+ * the engine runs. A request belongs to one driver at a time:
+ *   QUEUED (prefill queue) -> PREFILL (prefill thread, chunk by chunk, round-robin)
+ *   -> DECODE (decode thread, batched with every other decoding request) -> done.
+ * While a driver owns a request it may write the session's KV blocks and the history
+ * slots past n_hist without the lock (capacity is reserved at submit); lengths change
+ * under the lock.
+ *
+ * KV admission: when a request leaves the queue, the session first extends its KV from
+ * the prefix index (full blocks only, at most up to the last history token, whose
+ * logits must be computed), then reserves every block it can still need
+ * (history + max_tokens, capped by the context limit). So a running request never meets
+ * a full store; a request that cannot reserve waits (after idle sessions' KV is
+ * reclaimed, oldest first) or fails, per the configured policy.
+ */
+#define _GNU_SOURCE
 #include "scheduler.h"
 
 #include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "kv_store.h"
+#include "model.h"
+#include "pool.h"
+#include "tokenizer.h"
+
+#define SCHED_IDLE_TICK_MS 500      /* drivers bump their progress counter this often when idle */
+#define SCHED_STOP_TAIL 256         /* bytes of generated text kept for stop-string matching */
+#define SCHED_DEFAULT_MAX_TOKENS 256
+#define SCHED_MAX_CONTEXT 32768
+
+enum { RQ_QUEUED = 1, RQ_PREFILL = 2, RQ_DECODE = 3 };
+
+struct session;
+
+struct req {
+    struct session *ss;
+    mq_gen_params p;
+    char *stop[MQ_SCHED_MAX_STOP_STRS];
+    mq_sink sink;
+    int state;
+    int end_code;               /* atomic: 0 or 1 + mq_end_reason requested by cancel */
+    int hist0;                  /* history length before this request */
+    int kv0;                    /* session KV before admission */
+    int limit;                  /* history length at which generation stops */
+    int reserved;               /* KV blocks still reserved */
+    int generated;
+    int emitted_first;
+    mq_req_stats st;
+    double t_submit, t_first_chunk, t_prefill_busy, t_first_tok, t_last_tok;
+    mq_tok_stream ts;
+    char tail[SCHED_STOP_TAIL];
+    int n_tail;
+    struct req *next;           /* queue / decode list link */
+};
+
+struct session {
+    uint64_t id;
+    int32_t *hist;
+    int n_hist, cap_hist;
+    int n_kv;                   /* history[0..n_kv) has K/V in the blocks */
+    int *blk;                   /* [max_blocks] KV store ids */
+    uint8_t **ptr;              /* [max_blocks] block memory (the engine's mq_kv_seq) */
+    uint64_t *hash;             /* [max_blocks] chain hash of each full block */
+    int n_blk;
+    int n_hashed;               /* leading full blocks hashed (and offered to the index) */
+    int n_shared;               /* blocks obtained from the index */
+    struct req *req;
+    double last_used;
+    struct session *next;
+};
+
+struct mq_sched {
+    mq_sched_opts o;
+    mq_model *model;
+    mq_tokenizer *tok;
+    int vocab, max_blocks;
+    mq_mode mode;
+    mq_kv_store *kv;
+    mq_pool *pf_pool, *dec_pool;
+    mq_engine *pf_eng, *dec_eng;
+    float *pf_logits, *dec_logits;  /* [vocab], [max_batch, vocab] */
+    pthread_t pf_th, dec_th;
+    int threads_started;
+
+    pthread_mutex_t mu;
+    pthread_cond_t pf_cv, dec_cv, done_cv;
+    int stop, draining;
+    uint64_t next_id;
+    struct session *sessions;
+    int n_sessions;
+    struct req *queue_head, *queue_tail;  /* QUEUED and PREFILL requests, in order */
+    int n_queued, n_prefilling;
+    struct req *decoding;                 /* DECODE requests */
+    int n_decoding;
+    int rr_decode;                        /* round-robin start when over max_batch */
+
+    /* stats */
+    uint64_t req_done, req_failed, tok_prompt, tok_cached, tok_prefilled, tok_generated;
+    double pf_busy_s, dec_busy_s;
+    uint64_t pf_progress, dec_progress;   /* atomics */
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 void mq_sched_opts_default(mq_sched_opts *o)
 {
@@ -33,10 +146,949 @@ const char *mq_end_reason_name(mq_end_reason r)
     return "?";
 }
 
-int mq_sched_create(mq_sched **s, struct mq_model *model, struct mq_tokenizer *tok,
+/* "0-1,3" -> cpu set; -EINVAL on garbage. */
+static int parse_cpus(const char *s, cpu_set_t *set)
+{
+    CPU_ZERO(set);
+    const char *p = s;
+    while (*p) {
+        char *e;
+        long a = strtol(p, &e, 10), b = a;
+        if (e == p || a < 0 || a >= CPU_SETSIZE) return -EINVAL;
+        p = e;
+        if (*p == '-') {
+            b = strtol(p + 1, &e, 10);
+            if (e == p + 1 || b < a || b >= CPU_SETSIZE) return -EINVAL;
+            p = e;
+        }
+        for (long c = a; c <= b; c++) CPU_SET((int)c, set);
+        if (*p == ',') p++;
+        else if (*p) return -EINVAL;
+    }
+    return CPU_COUNT(set) ? 0 : -EINVAL;
+}
+
+/* ---- sessions and KV (callers hold s->mu unless noted) ---- */
+
+static struct session *find_session(mq_sched *s, uint64_t id)
+{
+    for (struct session *ss = s->sessions; ss; ss = ss->next)
+        if (ss->id == id) return ss;
+    return NULL;
+}
+
+static int blocks_for(const mq_sched *s, int tokens)
+{
+    return (tokens + s->o.block_tokens - 1) / s->o.block_tokens;
+}
+
+/* Drops the session's KV beyond n tokens. A full block is shared-immutable once hashed,
+ * so cutting inside one drops the whole block (the session re-prefills those tokens). */
+static void truncate_kv(mq_sched *s, struct session *ss, int n)
+{
+    int bt = s->o.block_tokens;
+    if (n < ss->n_kv) ss->n_kv = n;
+    int keep = blocks_for(s, ss->n_kv);
+    if (ss->n_kv % bt && keep - 1 < ss->n_hashed) {
+        keep--;
+        ss->n_kv = keep * bt;
+    }
+    while (ss->n_blk > keep) {
+        ss->n_blk--;
+        mq_kv_unref(s->kv, ss->blk[ss->n_blk]);
+        ss->ptr[ss->n_blk] = NULL;
+    }
+    if (ss->n_hashed > ss->n_blk) ss->n_hashed = ss->n_blk;
+    if (ss->n_shared > ss->n_blk) ss->n_shared = ss->n_blk;
+}
+
+/* Hashes and publishes the session's newly full blocks. */
+static void publish_full_blocks(mq_sched *s, struct session *ss)
+{
+    int bt = s->o.block_tokens;
+    while (ss->n_hashed < ss->n_blk && (ss->n_hashed + 1) * bt <= ss->n_kv) {
+        int b = ss->n_hashed;
+        uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
+        ss->hash[b] = mq_kv_prefix_hash(parent, ss->hist + (size_t)b * bt, bt);
+        mq_kv_publish(s->kv, ss->blk[b], parent, ss->hash[b], ss->hist + (size_t)b * bt);
+        ss->n_hashed++;
+    }
+}
+
+/* Extends the session's KV with indexed blocks of its history (never the last token). */
+static void lookup_prefix(mq_sched *s, struct session *ss)
+{
+    int bt = s->o.block_tokens;
+    if (ss->n_kv % bt || ss->n_hashed != ss->n_blk) return;
+    while (ss->n_kv + bt <= ss->n_hist - 1 && ss->n_blk < s->max_blocks) {
+        int b = ss->n_blk;
+        uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
+        const int32_t *t = ss->hist + (size_t)b * bt;
+        uint64_t h = mq_kv_prefix_hash(parent, t, bt);
+        int id = mq_kv_lookup(s->kv, parent, h, t);
+        if (id < 0) break;
+        ss->blk[b] = id;
+        ss->ptr[b] = mq_kv_block_ptr(s->kv, id);
+        ss->hash[b] = h;
+        ss->n_blk++;
+        ss->n_hashed++;
+        ss->n_shared++;
+        ss->n_kv += bt;
+    }
+}
+
+/* Gives back the KV of idle sessions, least recently used first, until `need` blocks
+ * can be reserved. Their histories stay: a later turn re-finds its full blocks in the
+ * index if they were not evicted meanwhile, and prefills the rest. */
+static int reclaim_idle(mq_sched *s, int need, const struct session *except)
+{
+    for (;;) {
+        if (mq_kv_reserve(s->kv, need) == 0) return 0;
+        struct session *victim = NULL;
+        for (struct session *ss = s->sessions; ss; ss = ss->next)
+            if (ss != except && !ss->req && ss->n_blk > 0 && (!victim || ss->last_used < victim->last_used))
+                victim = ss;
+        if (!victim) return -ENOSPC;
+        truncate_kv(s, victim, 0);
+    }
+}
+
+/* ---- request end ---- */
+
+static void fill_stats(struct req *r, double t_end)
+{
+    r->st.generated_tokens = r->generated;
+    r->st.total_ms = (t_end - r->t_submit) * 1e3;
+    r->st.queue_ms = r->t_first_chunk > 0 ? (r->t_first_chunk - r->t_submit) * 1e3 : r->st.total_ms;
+    r->st.ttft_ms = r->t_first_tok > 0 ? (r->t_first_tok - r->t_submit) * 1e3 : 0;
+    r->st.prefill_tok_s = r->t_prefill_busy > 0 ? r->st.prefilled_tokens / r->t_prefill_busy : 0;
+    r->st.decode_tok_s = r->generated > 1 && r->t_last_tok > r->t_first_tok
+                             ? (r->generated - 1) / (r->t_last_tok - r->t_first_tok) : 0;
+}
+
+/* Unlinks a finished request from its session (s->mu held). The caller then calls
+ * finish_notify without the lock. */
+static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err)
+{
+    struct session *ss = r->ss;
+    if (r->reserved) mq_kv_unreserve(s->kv, r->reserved);
+    r->reserved = 0;
+    if (!r->emitted_first && (why == MQ_END_CANCEL || why == MQ_END_CLIENT_GONE || why == MQ_END_ERROR)) {
+        /* nothing was generated: the request leaves the history as it found it */
+        ss->n_hist = r->hist0;
+        if (ss->n_kv > ss->n_hist) truncate_kv(s, ss, ss->n_hist);
+    }
+    ss->req = NULL;
+    ss->last_used = now_s();
+    s->tok_prompt += (uint64_t)r->st.prompt_tokens;
+    s->tok_cached += (uint64_t)r->st.cached_tokens;
+    s->tok_prefilled += (uint64_t)r->st.prefilled_tokens;
+    s->tok_generated += (uint64_t)r->generated;
+    if (why == MQ_END_ERROR) s->req_failed++;
+    else s->req_done++;
+    (void)err;
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_cond_signal(&s->pf_cv);   /* blocks may have freed up for a waiting request */
+}
+
+static void finish_notify(struct req *r, mq_end_reason why, int err, const char *msg)
+{
+    fill_stats(r, now_s());
+    if (r->sink.on_done) r->sink.on_done(r->sink.ctx, why, err, msg ? msg : "", &r->st);
+    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
+    free(r);
+}
+
+static void queue_remove(mq_sched *s, struct req *r)
+{
+    struct req **pp = &s->queue_head, *prev = NULL;
+    while (*pp && *pp != r) { prev = *pp; pp = &(*pp)->next; }
+    if (!*pp) return;
+    *pp = r->next;
+    if (s->queue_tail == r) s->queue_tail = prev;
+    r->next = NULL;
+    if (r->state == RQ_QUEUED) s->n_queued--;
+    else s->n_prefilling--;
+}
+
+static void decode_remove(mq_sched *s, struct req *r)
+{
+    struct req **pp = &s->decoding;
+    while (*pp && *pp != r) pp = &(*pp)->next;
+    if (*pp) {
+        *pp = r->next;
+        s->n_decoding--;
+    }
+    r->next = NULL;
+}
+
+/* ---- sampling and stopping (driver threads, request owned, no lock) ---- */
+
+static int32_t sample(mq_sched *s, struct req *r, float *logits)
+{
+    (void)r;
+    /* greedy until the sampler module lands */
+    return (int32_t)mq_argmax(logits, s->vocab);
+}
+
+static int is_stop_id(mq_sched *s, const struct req *r, int32_t id)
+{
+    for (int i = 0; i < r->p.n_stop_ids; i++)
+        if (r->p.stop_ids[i] == id) return 1;
+    if (r->p.use_eos) {
+        const mq_config *c = &s->model->cfg;
+        for (int i = 0; i < c->n_eos; i++)
+            if (c->eos_ids[i] == id) return 1;
+        if (s->tok && mq_tok_eos(s->tok) == id) return 1;
+    }
+    return 0;
+}
+
+/* Appends the sampled token to the history, emits its text and decides whether the
+ * request ends: returns 0 to go on, or 1 + mq_end_reason. */
+static int accept_token(mq_sched *s, struct req *r, int32_t id)
+{
+    struct session *ss = r->ss;
+    double t = now_s();
+    if (!r->emitted_first) r->t_first_tok = t;
+    r->t_last_tok = t;
+    ss->hist[ss->n_hist] = id;   /* capacity reserved at submit; length published under lock */
+    r->generated++;
+    r->emitted_first = 1;
+    char buf[512];
+    int len = 0;
+    if (s->tok) {
+        len = mq_tok_stream_push(&r->ts, id, buf, sizeof buf);
+        if (len < 0) len = 0;
+    }
+    if (r->sink.on_token) r->sink.on_token(r->sink.ctx, id, len ? buf : NULL, (size_t)len);
+    if (is_stop_id(s, r, id)) return 1 + MQ_END_STOP_TOKEN;
+    if (len > 0 && r->p.n_stop_strs > 0) {
+        /* keep the last SCHED_STOP_TAIL bytes and look for a stop string ending in them */
+        if (len >= SCHED_STOP_TAIL) {
+            memcpy(r->tail, buf + len - SCHED_STOP_TAIL, SCHED_STOP_TAIL);
+            r->n_tail = SCHED_STOP_TAIL;
+        } else {
+            int keep = r->n_tail + len > SCHED_STOP_TAIL ? SCHED_STOP_TAIL - len : r->n_tail;
+            memmove(r->tail, r->tail + r->n_tail - keep, (size_t)keep);
+            memcpy(r->tail + keep, buf, (size_t)len);
+            r->n_tail = keep + len;
+        }
+        for (int i = 0; i < r->p.n_stop_strs; i++)
+            if (r->stop[i] && memmem(r->tail, (size_t)r->n_tail, r->stop[i], strlen(r->stop[i])))
+                return 1 + MQ_END_STOP_STRING;
+    }
+    if (ss->n_hist + 1 >= r->limit) return 1 + MQ_END_LENGTH;
+    return 0;
+}
+
+/* ---- the prefill driver ---- */
+
+/* Admission of the queue's head request: prefix lookup + block reservation.
+ * Returns 1 admitted, 0 must wait, -errno failed (message in msg). */
+static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
+{
+    struct session *ss = r->ss;
+    if (ss->n_kv >= ss->n_hist) truncate_kv(s, ss, ss->n_hist - 1);  /* logits need a token */
+    lookup_prefix(s, ss);
+    int need = blocks_for(s, r->limit) - ss->n_blk;
+    if (need < 0) need = 0;
+    if (mq_kv_reserve(s->kv, need) < 0 && reclaim_idle(s, need, ss) < 0) {
+        int active = s->n_decoding + s->n_prefilling;
+        if (s->o.on_kv_full == MQ_KV_FULL_FAIL || active == 0) {
+            mq_kv_stats ks;
+            mq_kv_stats_get(s->kv, &ks);
+            snprintf(msg, msglen, "KV store full: the request needs %d more blocks of %d tokens, "
+                     "%d are free or evictable (%d in use, %d reserved)", need, s->o.block_tokens,
+                     ks.free + ks.cached - ks.reserved, ks.used, ks.reserved);
+            return -ENOSPC;
+        }
+        return 0;   /* wait: running requests will give blocks back */
+    }
+    r->reserved = need;
+    r->kv0 = ss->n_kv;
+    r->st.cached_tokens = ss->n_kv;
+    return 1;
+}
+
+/* Makes sure blocks cover positions [0, upto) (blocks come from the reservation). */
+static int ensure_blocks(mq_sched *s, struct req *r, int upto)
+{
+    struct session *ss = r->ss;
+    while (ss->n_blk * s->o.block_tokens < upto) {
+        int id = mq_kv_alloc(s->kv, 1);
+        if (id < 0) return id;
+        if (r->reserved > 0) r->reserved--;
+        ss->blk[ss->n_blk] = id;
+        ss->ptr[ss->n_blk] = mq_kv_block_ptr(s->kv, id);
+        ss->n_blk++;
+    }
+    return 0;
+}
+
+static mq_prec prefill_prec(mq_mode m) { return m == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4; }
+
+static void *prefill_main(void *arg)
+{
+    mq_sched *s = arg;
+    char msg[256];
+    pthread_mutex_lock(&s->mu);
+    struct req *rr = NULL;   /* round-robin cursor over started prefills */
+    while (!s->stop) {
+        __atomic_add_fetch(&s->pf_progress, 1, __ATOMIC_RELAXED);
+        /* 1. cancelled requests in the queue end now */
+        struct req *r = NULL;
+        for (struct req *q = s->queue_head; q; q = q->next)
+            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) { r = q; break; }
+        if (r) {
+            queue_remove(s, r);
+            mq_end_reason why = (mq_end_reason)(r->end_code - 1);
+            finish_locked(s, r, why, 0);
+            pthread_mutex_unlock(&s->mu);
+            finish_notify(r, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        /* 2. pick: the next started prefill after the cursor (fairness between long
+         * prompts), else admit the first queued request */
+        r = NULL;
+        struct req *start = rr && rr->state == RQ_PREFILL ? rr->next : s->queue_head;
+        for (int pass = 0; pass < 2 && !r; pass++)
+            for (struct req *q = pass ? s->queue_head : start; q; q = q->next)
+                if (q->state == RQ_PREFILL) { r = q; break; }
+        if (!r) {
+            for (struct req *q = s->queue_head; q; q = q->next) {
+                if (q->state != RQ_QUEUED) continue;
+                int a = admit(s, q, msg, sizeof msg);
+                if (a > 0) {
+                    q->state = RQ_PREFILL;
+                    s->n_queued--;
+                    s->n_prefilling++;
+                    q->t_first_chunk = now_s();
+                    r = q;
+                } else if (a < 0) {
+                    queue_remove(s, q);
+                    finish_locked(s, q, MQ_END_ERROR, a);
+                    pthread_mutex_unlock(&s->mu);
+                    finish_notify(q, MQ_END_ERROR, a, msg);
+                    pthread_mutex_lock(&s->mu);
+                    r = NULL;
+                }
+                break;   /* FIFO admission: the head waits, nobody overtakes it */
+            }
+        }
+        if (!r) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
+            continue;
+        }
+        rr = r;
+
+        /* 3. one chunk */
+        struct session *ss = r->ss;
+        int pos0 = ss->n_kv;
+        int n = ss->n_hist - pos0;
+        if (n > s->o.chunk_tokens) n = s->o.chunk_tokens;
+        int last = pos0 + n == ss->n_hist;
+        int rc = ensure_blocks(s, r, pos0 + n);
+        mq_kv_seq seq = { .blocks = ss->ptr, .n_blocks = ss->n_blk };
+        pthread_mutex_unlock(&s->mu);
+
+        double t0 = now_s();
+        const int *toks = (const int *)ss->hist + pos0;
+        if (rc == 0) {
+            if (!last) {
+                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), NULL, 0);
+            } else if (s->mode == MQ_MODE_MIXED) {
+                /* mixed: the prompt in NVFP4, its last token in BF16 with logits */
+                if (n > 1)
+                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n - 1, pos0, MQ_PREC_FP4, NULL, 0);
+                if (rc == 0)
+                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks + n - 1, 1, pos0 + n - 1,
+                                           MQ_PREC_BF16, s->pf_logits, 1);
+            } else {
+                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode),
+                                       s->pf_logits, 1);
+            }
+        }
+        double dt = now_s() - t0;
+        int end = 0;
+        if (rc == 0 && last) end = accept_token(s, r, sample(s, r, s->pf_logits));
+
+        pthread_mutex_lock(&s->mu);
+        s->pf_busy_s += dt;
+        r->t_prefill_busy += dt;
+        if (rc < 0) {
+            snprintf(msg, sizeof msg, "prefill of positions %d..%d failed: %s", pos0, pos0 + n - 1, strerror(-rc));
+            truncate_kv(s, ss, pos0);
+            queue_remove(s, r);
+            finish_locked(s, r, MQ_END_ERROR, rc);
+            pthread_mutex_unlock(&s->mu);
+            finish_notify(r, MQ_END_ERROR, rc, msg);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        ss->n_kv += n;
+        r->st.prefilled_tokens += n;
+        publish_full_blocks(s, ss);
+        if (last) {
+            ss->n_hist++;   /* the sampled token */
+            queue_remove(s, r);
+            int cancel = __atomic_load_n(&r->end_code, __ATOMIC_ACQUIRE);
+            if (end || cancel) {
+                mq_end_reason why = (mq_end_reason)((end ? end : cancel) - 1);
+                finish_locked(s, r, why, 0);
+                pthread_mutex_unlock(&s->mu);
+                finish_notify(r, why, 0, "");
+                pthread_mutex_lock(&s->mu);
+            } else {
+                r->state = RQ_DECODE;
+                r->next = s->decoding;
+                s->decoding = r;
+                s->n_decoding++;
+                pthread_cond_signal(&s->dec_cv);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ---- the decode driver ---- */
+
+static void *decode_main(void *arg)
+{
+    mq_sched *s = arg;
+    int mb = s->o.max_batch;
+    struct req **batch = calloc((size_t)mb, sizeof *batch);
+    mq_kv_seq *seqs = calloc((size_t)mb, sizeof *seqs);
+    int *toks = calloc((size_t)mb, sizeof(int)), *pos = calloc((size_t)mb, sizeof(int));
+    int *ends = calloc((size_t)mb, sizeof(int));
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop && batch && seqs && toks && pos && ends) {
+        __atomic_add_fetch(&s->dec_progress, 1, __ATOMIC_RELAXED);
+        /* cancelled requests end at this step */
+        struct req *c = NULL;
+        for (struct req *q = s->decoding; q; q = q->next)
+            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) { c = q; break; }
+        if (c) {
+            decode_remove(s, c);
+            mq_end_reason why = (mq_end_reason)(c->end_code - 1);
+            finish_locked(s, c, why, 0);
+            pthread_mutex_unlock(&s->mu);
+            finish_notify(c, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        if (!s->decoding) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&s->dec_cv, &s->mu, &ts);
+            continue;
+        }
+        /* the batch: every decoding request, rotating the start when over max_batch */
+        int nb = 0, skip = s->n_decoding > mb ? s->rr_decode++ % s->n_decoding : 0;
+        for (struct req *q = s->decoding; q && nb < mb; q = q->next) {
+            if (skip > 0) { skip--; continue; }
+            batch[nb++] = q;
+        }
+        for (struct req *q = s->decoding; q && nb < mb && nb < s->n_decoding; q = q->next) {
+            int dup = 0;
+            for (int i = 0; i < nb; i++) dup |= batch[i] == q;
+            if (!dup) batch[nb++] = q;
+        }
+        int fail = 0;
+        for (int i = 0; i < nb; i++) {
+            struct session *ss = batch[i]->ss;
+            int rc = ensure_blocks(s, batch[i], ss->n_kv + 1);
+            if (rc < 0) fail = rc;   /* cannot happen with a correct reservation */
+            seqs[i] = (mq_kv_seq){ .blocks = ss->ptr, .n_blocks = ss->n_blk };
+            toks[i] = ss->hist[ss->n_kv];
+            pos[i] = ss->n_kv;
+        }
+        pthread_mutex_unlock(&s->mu);
+
+        double t0 = now_s();
+        int rc = fail ? fail
+                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb,
+                                         mq_mode_decode_prec(s->mode), s->dec_logits);
+        double dt = now_s() - t0;
+        for (int i = 0; i < nb; i++)
+            ends[i] = rc < 0 ? 0 : accept_token(s, batch[i], sample(s, batch[i], s->dec_logits + (size_t)i * s->vocab));
+
+        pthread_mutex_lock(&s->mu);
+        s->dec_busy_s += dt;
+        for (int i = 0; i < nb; i++) {
+            struct req *r = batch[i];
+            struct session *ss = r->ss;
+            if (rc < 0) {
+                decode_remove(s, r);
+                finish_locked(s, r, MQ_END_ERROR, rc);
+                pthread_mutex_unlock(&s->mu);
+                char m[128];
+                snprintf(m, sizeof m, "decode step failed: %s", strerror(-rc));
+                finish_notify(r, MQ_END_ERROR, rc, m);
+                pthread_mutex_lock(&s->mu);
+                continue;
+            }
+            ss->n_kv++;
+            ss->n_hist++;
+            publish_full_blocks(s, ss);
+            if (ends[i]) {
+                decode_remove(s, r);
+                mq_end_reason why = (mq_end_reason)(ends[i] - 1);
+                finish_locked(s, r, why, 0);
+                pthread_mutex_unlock(&s->mu);
+                finish_notify(r, why, 0, "");
+                pthread_mutex_lock(&s->mu);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(batch);
+    free(seqs);
+    free(toks);
+    free(pos);
+    free(ends);
+    return NULL;
+}
+
+/* ---- public API ---- */
+
+int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer *tok,
                     const mq_sched_opts *o, char *err, size_t errlen)
 {
-    (void)s; (void)model; (void)tok; (void)o;
-    snprintf(err, errlen, "scheduler: not implemented yet");
-    return -ENOSYS;
+    char e[MQ_ERR_LEN] = "";
+    mq_sched *s = calloc(1, sizeof *s);
+    if (!s) return -ENOMEM;
+    mq_sched_opts d;
+    mq_sched_opts_default(&d);
+    s->o = o ? *o : d;
+    if (s->o.prefill_threads <= 0) s->o.prefill_threads = d.prefill_threads;
+    if (s->o.decode_threads <= 0) s->o.decode_threads = d.decode_threads;
+    if (s->o.chunk_tokens <= 0) s->o.chunk_tokens = d.chunk_tokens;
+    if (s->o.max_batch <= 0) s->o.max_batch = d.max_batch;
+    if (s->o.max_queued <= 0) s->o.max_queued = d.max_queued;
+    if (s->o.max_sessions <= 0) s->o.max_sessions = d.max_sessions;
+    if (s->o.block_tokens <= 0) s->o.block_tokens = d.block_tokens;
+    s->model = model;
+    s->tok = tok;
+    s->vocab = model->cfg.vocab;
+    s->next_id = 1;
+    int ctx = s->o.context_limit;
+    if (ctx <= 0) ctx = model->cfg.max_pos > 0 && model->cfg.max_pos < SCHED_MAX_CONTEXT ? model->cfg.max_pos : SCHED_MAX_CONTEXT;
+    if (model->cfg.max_pos > 0 && ctx > model->cfg.max_pos) ctx = model->cfg.max_pos;
+    s->o.context_limit = ctx;
+    s->max_blocks = blocks_for(s, ctx);
+    if (s->o.kv_blocks <= 0) s->o.kv_blocks = 2 * s->max_blocks;
+    s->mode = s->o.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : s->o.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
+    int r;
+    if (s->mode != MQ_MODE_BF16 && !mq_model_has_fp4(model)) {
+        snprintf(err, errlen, "scheduler: mode %s needs the model's NVFP4 weights", mq_mode_name(s->mode));
+        free(s);
+        return -EINVAL;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->pf_cv, NULL);
+    pthread_cond_init(&s->dec_cv, NULL);
+    pthread_cond_init(&s->done_cv, NULL);
+
+    mq_kv_store_opts ko = { .block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens),
+                            .block_tokens = s->o.block_tokens, .n_blocks = s->o.kv_blocks,
+                            .allow_hugetlb = s->o.kv_hugetlb };
+    r = mq_kv_store_create(&s->kv, &ko, err, errlen);
+    if (r < 0) goto fail_quiet;
+
+    cpu_set_t pf_set, dec_set;
+    if (s->o.prefill_cpus && parse_cpus(s->o.prefill_cpus, &pf_set) < 0) {
+        snprintf(err, errlen, "scheduler: bad prefill CPU list \"%s\"", s->o.prefill_cpus);
+        r = -EINVAL;
+        goto fail_quiet;
+    }
+    if (s->o.decode_cpus && parse_cpus(s->o.decode_cpus, &dec_set) < 0) {
+        snprintf(err, errlen, "scheduler: bad decode CPU list \"%s\"", s->o.decode_cpus);
+        r = -EINVAL;
+        goto fail_quiet;
+    }
+    r = mq_pool_create(&s->pf_pool, s->o.prefill_threads, s->o.prefill_cpus ? &pf_set : NULL, "mq-prefill");
+    if (r == 0) r = mq_pool_create(&s->dec_pool, s->o.decode_threads, s->o.decode_cpus ? &dec_set : NULL, "mq-decode");
+    if (r < 0) {
+        snprintf(err, errlen, "scheduler: creating the worker pools: %s", strerror(-r));
+        goto fail_quiet;
+    }
+    mq_engine_opts pe = { .max_chunk = s->o.chunk_tokens, .max_batch = 1, .block_tokens = s->o.block_tokens,
+                          .max_context = ctx };
+    mq_engine_opts de = { .max_chunk = 1, .max_batch = s->o.max_batch, .block_tokens = s->o.block_tokens,
+                          .max_context = ctx };
+    r = mq_engine_create(&s->pf_eng, model, &pe, e);
+    if (r == 0) r = mq_engine_create(&s->dec_eng, model, &de, e);
+    if (r < 0) {
+        snprintf(err, errlen, "scheduler: engine: %s", e);
+        goto fail_quiet;
+    }
+    s->pf_logits = malloc((size_t)s->vocab * sizeof(float));
+    s->dec_logits = malloc((size_t)s->vocab * (size_t)s->o.max_batch * sizeof(float));
+    if (!s->pf_logits || !s->dec_logits) {
+        snprintf(err, errlen, "scheduler: out of memory for logits");
+        r = -ENOMEM;
+        goto fail_quiet;
+    }
+    if (pthread_create(&s->pf_th, NULL, prefill_main, s) != 0) {
+        snprintf(err, errlen, "scheduler: cannot start the prefill thread");
+        r = -EAGAIN;
+        goto fail_quiet;
+    }
+    if (pthread_create(&s->dec_th, NULL, decode_main, s) != 0) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = 1;
+        pthread_cond_broadcast(&s->pf_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->pf_th, NULL);
+        snprintf(err, errlen, "scheduler: cannot start the decode thread");
+        r = -EAGAIN;
+        goto fail_quiet;
+    }
+    pthread_setname_np(s->pf_th, "mq-prefill-drv");
+    pthread_setname_np(s->dec_th, "mq-decode-drv");
+    s->threads_started = 1;
+    *out = s;
+    return 0;
+fail_quiet:
+    mq_sched_destroy(s);
+    return r;
+}
+
+static void free_session(mq_sched *s, struct session *ss)
+{
+    truncate_kv(s, ss, 0);
+    free(ss->hist);
+    free(ss->blk);
+    free(ss->ptr);
+    free(ss->hash);
+    free(ss);
+}
+
+void mq_sched_destroy(mq_sched *s)
+{
+    if (!s) return;
+    if (s->threads_started) {
+        /* cancel everything, let the drivers report, then stop them */
+        pthread_mutex_lock(&s->mu);
+        s->draining = 1;
+        for (struct session *ss = s->sessions; ss; ss = ss->next)
+            if (ss->req) __atomic_store_n(&ss->req->end_code, 1 + MQ_END_CANCEL, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&s->pf_cv);
+        pthread_cond_broadcast(&s->dec_cv);
+        for (;;) {
+            int busy = 0;
+            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL;
+            if (!busy) break;
+            pthread_cond_wait(&s->done_cv, &s->mu);
+        }
+        s->stop = 1;
+        pthread_cond_broadcast(&s->pf_cv);
+        pthread_cond_broadcast(&s->dec_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->pf_th, NULL);
+        pthread_join(s->dec_th, NULL);
+    }
+    while (s->sessions) {
+        struct session *ss = s->sessions;
+        s->sessions = ss->next;
+        free_session(s, ss);
+    }
+    mq_engine_free(s->pf_eng);
+    mq_engine_free(s->dec_eng);
+    mq_pool_destroy(s->pf_pool);
+    mq_pool_destroy(s->dec_pool);
+    mq_kv_store_destroy(s->kv);
+    free(s->pf_logits);
+    free(s->dec_logits);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->pf_cv);
+    pthread_cond_destroy(&s->dec_cv);
+    pthread_cond_destroy(&s->done_cv);
+    free(s);
+}
+
+int mq_sched_session_open(mq_sched *s, uint64_t *id)
+{
+    struct session *ss = calloc(1, sizeof *ss);
+    if (!ss) return -ENOMEM;
+    ss->blk = calloc((size_t)s->max_blocks, sizeof *ss->blk);
+    ss->ptr = calloc((size_t)s->max_blocks, sizeof *ss->ptr);
+    ss->hash = calloc((size_t)s->max_blocks, sizeof *ss->hash);
+    if (!ss->blk || !ss->ptr || !ss->hash) {
+        free(ss->blk);
+        free(ss->ptr);
+        free(ss->hash);
+        free(ss);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->n_sessions >= s->o.max_sessions || s->draining) {
+        int r = s->draining ? -ESHUTDOWN : -EMFILE;
+        pthread_mutex_unlock(&s->mu);
+        free(ss->blk);
+        free(ss->ptr);
+        free(ss->hash);
+        free(ss);
+        return r;
+    }
+    ss->id = s->next_id++;
+    ss->last_used = now_s();
+    ss->next = s->sessions;
+    s->sessions = ss;
+    s->n_sessions++;
+    *id = ss->id;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int mq_sched_session_close(mq_sched *s, uint64_t id)
+{
+    pthread_mutex_lock(&s->mu);
+    struct session *ss = find_session(s, id);
+    if (!ss) {
+        pthread_mutex_unlock(&s->mu);
+        return -ENOENT;
+    }
+    if (ss->req) {
+        int zero = 0;
+        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+        pthread_cond_broadcast(&s->pf_cv);
+        pthread_cond_broadcast(&s->dec_cv);
+        while (ss->req) pthread_cond_wait(&s->done_cv, &s->mu);
+    }
+    struct session **pp = &s->sessions;
+    while (*pp != ss) pp = &(*pp)->next;
+    *pp = ss->next;
+    s->n_sessions--;
+    free_session(s, ss);
+    pthread_cond_signal(&s->pf_cv);   /* freed blocks may admit a waiting request */
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap)
+{
+    pthread_mutex_lock(&s->mu);
+    struct session *ss = find_session(s, id);
+    int n = ss ? ss->n_hist : -ENOENT;
+    if (ss && buf && cap > 0) memcpy(buf, ss->hist, (size_t)(cap < n ? cap : n) * sizeof(int32_t));
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n,
+                    const mq_gen_params *p, const mq_sink *sink, char *err, size_t errlen)
+{
+    char dummy[8];
+    if (!err) { err = dummy; errlen = sizeof dummy; }
+    err[0] = 0;
+    if (n < 0 || (n > 0 && !new_tokens)) {
+        snprintf(err, errlen, "submit: bad token array");
+        return -EINVAL;
+    }
+    for (int i = 0; i < n; i++)
+        if (new_tokens[i] < 0 || new_tokens[i] >= s->vocab) {
+            snprintf(err, errlen, "submit: token %d at index %d is outside the vocabulary (%d)",
+                     new_tokens[i], i, s->vocab);
+            return -EINVAL;
+        }
+    struct req *r = calloc(1, sizeof *r);
+    if (!r) return -ENOMEM;
+    mq_gen_params gp = {0};
+    if (p) gp = *p;
+    if (gp.max_tokens <= 0) gp.max_tokens = SCHED_DEFAULT_MAX_TOKENS;
+    if (gp.n_stop_ids < 0 || gp.n_stop_ids > MQ_SCHED_MAX_STOP_IDS) gp.n_stop_ids = 0;
+    if (gp.n_stop_strs < 0 || gp.n_stop_strs > MQ_SCHED_MAX_STOP_STRS) gp.n_stop_strs = 0;
+    for (int i = 0; i < gp.n_stop_strs; i++) {
+        if (!gp.stop_strs[i] || !*gp.stop_strs[i]) continue;
+        if (strlen(gp.stop_strs[i]) >= SCHED_STOP_TAIL) {
+            snprintf(err, errlen, "submit: stop string %d longer than %d bytes", i, SCHED_STOP_TAIL - 1);
+            for (int j = 0; j < i; j++) free(r->stop[j]);
+            free(r);
+            return -EINVAL;
+        }
+        r->stop[i] = strdup(gp.stop_strs[i]);
+    }
+    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) gp.stop_strs[i] = NULL;
+    r->p = gp;
+    if (sink) r->sink = *sink;
+    r->t_submit = now_s();
+    if (s->tok) mq_tok_stream_init(&r->ts, s->tok, MQ_TOK_SKIP_SPECIAL, 0);
+
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    struct session *ss = find_session(s, session);
+    int ctx = s->o.context_limit;
+    if (s->draining) {
+        rc = -ESHUTDOWN;
+        snprintf(err, errlen, "submit: the scheduler is draining");
+    } else if (!ss) {
+        rc = -ENOENT;
+        snprintf(err, errlen, "submit: unknown session %llu", (unsigned long long)session);
+    } else if (ss->req) {
+        rc = -EBUSY;
+        snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
+    } else if (ss->n_hist + n + 1 > ctx) {
+        rc = -E2BIG;
+        snprintf(err, errlen, "submit: %d history + %d new tokens leave no room to generate within the "
+                 "context limit of %d tokens", ss->n_hist, n, ctx);
+    } else if (ss->n_hist + n == 0) {
+        rc = -EINVAL;
+        snprintf(err, errlen, "submit: empty prompt on an empty session");
+    } else if (s->n_queued >= s->o.max_queued) {
+        rc = -EAGAIN;
+        snprintf(err, errlen, "submit: queue full (%d requests waiting)", s->n_queued);
+    }
+    int limit = 0;
+    if (!rc) {
+        limit = ss->n_hist + n + gp.max_tokens;
+        if (limit > ctx) limit = ctx;
+        if (blocks_for(s, limit) > s->o.kv_blocks) {
+            rc = -ENOSPC;
+            snprintf(err, errlen, "submit: %d tokens need %d KV blocks, the store has %d", limit,
+                     blocks_for(s, limit), s->o.kv_blocks);
+        }
+    }
+    if (!rc && ss->cap_hist < limit + 1) {
+        int32_t *h = realloc(ss->hist, (size_t)(limit + 1) * sizeof(int32_t));
+        if (!h) rc = -ENOMEM;
+        else {
+            ss->hist = h;
+            ss->cap_hist = limit + 1;
+        }
+    }
+    if (rc) {
+        pthread_mutex_unlock(&s->mu);
+        for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
+        free(r);
+        return rc;
+    }
+    r->ss = ss;
+    r->hist0 = ss->n_hist;
+    r->limit = limit;
+    r->st.prompt_tokens = n;
+    memcpy(ss->hist + ss->n_hist, new_tokens, (size_t)n * sizeof(int32_t));
+    ss->n_hist += n;
+    ss->req = r;
+    r->state = RQ_QUEUED;
+    if (s->queue_tail) s->queue_tail->next = r;
+    else s->queue_head = r;
+    s->queue_tail = r;
+    s->n_queued++;
+    pthread_cond_signal(&s->pf_cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int mq_sched_cancel(mq_sched *s, uint64_t session, mq_end_reason reason)
+{
+    if (reason != MQ_END_CLIENT_GONE) reason = MQ_END_CANCEL;
+    pthread_mutex_lock(&s->mu);
+    struct session *ss = find_session(s, session);
+    if (!ss) {
+        pthread_mutex_unlock(&s->mu);
+        return -ENOENT;
+    }
+    if (ss->req) {
+        int zero = 0;
+        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + (int)reason, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+        pthread_cond_broadcast(&s->pf_cv);
+        pthread_cond_broadcast(&s->dec_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    mq_kv_stats ks;
+    mq_kv_stats_get(s->kv, &ks);
+    pthread_mutex_lock(&s->mu);
+    st->requests_done = s->req_done;
+    st->requests_failed = s->req_failed;
+    st->prompt_tokens = s->tok_prompt;
+    st->cached_tokens = s->tok_cached;
+    st->prefilled_tokens = s->tok_prefilled;
+    st->generated_tokens = s->tok_generated;
+    st->prefill_tok_s = s->pf_busy_s > 0 ? s->tok_prefilled / s->pf_busy_s : 0;
+    st->decode_tok_s = s->dec_busy_s > 0 ? s->tok_generated / s->dec_busy_s : 0;
+    uint64_t seen = s->tok_cached + s->tok_prefilled;
+    st->cache_hit_ratio = seen ? (double)s->tok_cached / (double)seen : 0;
+    st->sessions = s->n_sessions;
+    st->queued = s->n_queued;
+    st->prefilling = s->n_prefilling;
+    st->decoding = s->n_decoding;
+    st->draining = s->draining;
+    pthread_mutex_unlock(&s->mu);
+    st->kv_blocks = ks.n_blocks;
+    st->kv_used = ks.used;
+    st->kv_cached = ks.cached;
+    st->kv_free = ks.free;
+    st->block_tokens = ks.block_tokens;
+    st->kv_bytes = ks.segment_bytes;
+    st->kv_memory = ks.memory;
+    st->prefill_progress = __atomic_load_n(&s->pf_progress, __ATOMIC_RELAXED) + mq_pool_runs(s->pf_pool);
+    st->decode_progress = __atomic_load_n(&s->dec_progress, __ATOMIC_RELAXED) + mq_pool_runs(s->dec_pool);
+}
+
+void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info *i), void *ctx)
+{
+    pthread_mutex_lock(&s->mu);
+    double t = now_s();
+    for (struct session *ss = s->sessions; ss; ss = ss->next) {
+        mq_session_info in = { .id = ss->id, .history_tokens = ss->n_hist, .kv_tokens = ss->n_kv,
+                               .kv_blocks = ss->n_blk, .shared_blocks = ss->n_shared,
+                               .busy = ss->req ? ss->req->state : 0,
+                               .idle_ms = ss->req ? 0 : (t - ss->last_used) * 1e3 };
+        cb(ctx, &in);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+int mq_sched_drain(mq_sched *s, int timeout_ms)
+{
+    pthread_mutex_lock(&s->mu);
+    s->draining = 1;
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) { dl.tv_sec++; dl.tv_nsec -= 1000000000L; }
+    int busy;
+    for (;;) {
+        busy = 0;
+        for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL;
+        if (!busy || pthread_cond_timedwait(&s->done_cv, &s->mu, &dl) == ETIMEDOUT) break;
+    }
+    busy = 0;
+    for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL;
+    int cancelled = busy;
+    if (busy) {
+        for (struct session *ss = s->sessions; ss; ss = ss->next)
+            if (ss->req) {
+                int zero = 0;
+                __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0,
+                                            __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+            }
+        pthread_cond_broadcast(&s->pf_cv);
+        pthread_cond_broadcast(&s->dec_cv);
+        for (;;) {
+            busy = 0;
+            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL;
+            if (!busy) break;
+            pthread_cond_wait(&s->done_cv, &s->mu);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return cancelled;
 }
