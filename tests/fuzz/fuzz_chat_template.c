@@ -4,7 +4,7 @@
  * template renders it (full and incremental, with and without the generation prompt);
  * accepted renders must be valid UTF-8 when the input strings are, errors must carry a
  * message. The raw input is also tried as a template text for detection, and dumped with
- * the json.dumps serialiser, whose output must parse back to an equal value.
+ * the json.dumps serialiser, whose output must parse back.
  */
 #include "chat_template.h"
 #include "tokenizer.h"
@@ -49,9 +49,10 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     if (!root) return 0;
     char *dump = mq_chat_json_dumps(root);
     if (dump) {
-        /* json.dumps output is JSON again (NaN/Infinity aside, which cJSON never yields) */
+        /* json.dumps output is JSON again, except Python's Infinity/NaN (cJSON turns an
+         * overflowing number such as 1E999 into inf) */
         cJSON *back = cJSON_Parse(dump);
-        if (!back) abort();
+        if (!back && !strstr(dump, "Infinity") && !strstr(dump, "NaN")) abort();
         cJSON_Delete(back);
         free(dump);
     }
