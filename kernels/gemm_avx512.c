@@ -93,9 +93,15 @@ static inline __mmask32 low_mask32(int n) { return n >= 32 ? 0xffffffffu : (__mm
 
 /* ---- NVFP4 -------------------------------------------------------------------------- */
 
+#ifndef FP4_MR
 #define FP4_MR 4             /* activation rows per tile */
+#endif
+#ifndef FP4_NG
 #define FP4_NG 3             /* 16-column groups per panel */
+#endif
+#ifndef KC_BLOCKS
 #define KC_BLOCKS 16         /* K blocks (of 16) per panel: 256 k */
+#endif
 
 typedef struct fp4_panel {
     int8_t wq[FP4_NG][KC_BLOCKS * 4][16][4];
@@ -150,21 +156,21 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
                  size_t sstr, const fp4_panel *p, int nkb, float *y, size_t ldy,
                  const __mmask16 *mask, int first, int last, float alpha)
 {
-    __m512 acc[FP4_MR][FP4_NG];
+    __m512 acc[6][4];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
         for (int g = 0; g < NG; g++)
             acc[m][g] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
     for (int b = 0; b < nkb; b++) {
-        __m512i ia[FP4_MR][FP4_NG];
+        __m512i ia[6][4];
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) ia[m][g] = _mm512_load_si512(p->corr[g][b]);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
-            __m512i wv[FP4_NG];
+            __m512i wv[4];
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) wv[g] = _mm512_load_si512(p->wq[g][b * 4 + j]);
 #pragma GCC unroll 8
@@ -196,17 +202,19 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
 }
 
 #define FP4_TILE_CASE(MR, NG) \
-    case (MR) * 8 + (NG): fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); break;
+    case (MR) * 8 + (NG): if ((MR) <= FP4_MR && (NG) <= FP4_NG) fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); break;
 
 static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
                          const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask,
                          int first, int last, float alpha)
 {
     switch (mr * 8 + ng) {
-    FP4_TILE_CASE(1, 1) FP4_TILE_CASE(1, 2) FP4_TILE_CASE(1, 3)
-    FP4_TILE_CASE(2, 1) FP4_TILE_CASE(2, 2) FP4_TILE_CASE(2, 3)
-    FP4_TILE_CASE(3, 1) FP4_TILE_CASE(3, 2) FP4_TILE_CASE(3, 3)
-    FP4_TILE_CASE(4, 1) FP4_TILE_CASE(4, 2) FP4_TILE_CASE(4, 3)
+    FP4_TILE_CASE(1, 1) FP4_TILE_CASE(1, 2) FP4_TILE_CASE(1, 3) FP4_TILE_CASE(1, 4)
+    FP4_TILE_CASE(2, 1) FP4_TILE_CASE(2, 2) FP4_TILE_CASE(2, 3) FP4_TILE_CASE(2, 4)
+    FP4_TILE_CASE(3, 1) FP4_TILE_CASE(3, 2) FP4_TILE_CASE(3, 3) FP4_TILE_CASE(3, 4)
+    FP4_TILE_CASE(4, 1) FP4_TILE_CASE(4, 2) FP4_TILE_CASE(4, 3) FP4_TILE_CASE(4, 4)
+    FP4_TILE_CASE(5, 1) FP4_TILE_CASE(5, 2) FP4_TILE_CASE(5, 3) FP4_TILE_CASE(5, 4)
+    FP4_TILE_CASE(6, 1) FP4_TILE_CASE(6, 2) FP4_TILE_CASE(6, 3) FP4_TILE_CASE(6, 4)
     default: break;
     }
 }

@@ -376,7 +376,6 @@ int main(void)
             const int m = Ms[mi];
             if (quick && !((is17 && m == 512) || (is4 && m == 1))) continue;
             for (int nt = 1; nt <= MAX_THREADS; nt++) {
-                if (quick && nt != 2) continue;
                 result r = time_shape(&o, &A, m, nt);
                 double macs = (double)m * s->n * s->k;
                 double wbytes = (double)s->n * s->k * 2;
