@@ -119,6 +119,13 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
     const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
     const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)e2m1_twice_lut));
     const __m512i twelve = _mm512_set1_epi8(12);
+    for (int i = 0; i < nv; i++) { /* as in bf16_pack_group: this chunk now, the next one early */
+        const uint8_t *row = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)kb0 * 8;
+        for (int s = 0; s < nkb * 8; s += 64) _mm_prefetch((const char *)(row + s), _MM_HINT_T0);
+        for (int s = nkb * 8; s < 2 * nkb * 8 && kb0 * 8 + s < w->kp / 2; s += 64)
+            _mm_prefetch((const char *)(row + s), _MM_HINT_T1);
+        _mm_prefetch((const char *)(w->scales + (size_t)(c0 + i) * nb + kb0), _MM_HINT_T0);
+    }
     __m512i r[16];
     for (int sub = 0; sub * 4 < nkb; sub++) {
         const int nbh = nkb - sub * 4 < 4 ? nkb - sub * 4 : 4;
@@ -359,6 +366,10 @@ static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const b
     }
 }
 
+#ifndef GEMV_PREFETCH
+#define GEMV_PREFETCH 512 /* elements ahead (1 KB) */
+#endif
+
 /* GEMV: MR (1..8) rows × NR weight rows at a time, row-major weights. */
 AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx, const uint16_t *w,
                        int K, float *y, size_t ldy, int n)
@@ -372,7 +383,11 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         const __mmask32 lm = low_mask32(K - k);
         __m512i wv[8];
 #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) wv[r] = _mm512_maskz_loadu_epi16(lm, w + (size_t)(n + r) * K + k);
+        for (int r = 0; r < NR; r++) {
+            /* a few rows in flight are too few for the hardware prefetcher to keep DRAM busy */
+            _mm_prefetch((const char *)(w + (size_t)(n + r) * K + k + GEMV_PREFETCH), _MM_HINT_T0);
+            wv[r] = _mm512_maskz_loadu_epi16(lm, w + (size_t)(n + r) * K + k);
+        }
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             __m512i xv = _mm512_maskz_loadu_epi16(lm, x + (size_t)m * ldx + k);
@@ -386,7 +401,7 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         for (int r = 0; r < NR; r++) y[(size_t)m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-#define GEMV_NR(MR) ((MR) <= 2 ? 8 : (MR) <= 4 ? 6 : 3)
+#define GEMV_NR(MR) ((MR) <= 2 ? 8 : (MR) <= 4 ? 6 : (MR) <= 6 ? 4 : 3)
 
 #define GEMV_CASE(MR)                                                                 \
     case MR: {                                                                        \
@@ -425,8 +440,21 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
         for (int k0 = 0; k0 < K; k0 += KC_BF16) {
             const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
             for (int g = 0; g < ng; g++) bf16_pack_group(w, (pg + g) * 16, k0, kc, &p, g);
+            /* The next panel chunk is 64 row pieces of 512 bytes: too many streams for the
+             * hardware prefetcher, so the tiles below request its lines a few at a time. */
+            const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg : pg + BF_NG;
+            const int nkc = K - nk0 < KC_BF16 ? K - nk0 : KC_BF16;
+            const int lines_per_row = (nkc + 31) / 32, n_lines = npg < g1 ? 16 * BF_NG * lines_per_row : 0;
+            const int tiles = (m + BF_MR - 1) / BF_MR, per_tile = (n_lines + tiles - 1) / tiles;
+            int pf = 0;
             for (int m0 = 0; m0 < m; m0 += BF_MR) {
                 const int mr = m - m0 < BF_MR ? m - m0 : BF_MR;
+                for (int e = pf + per_tile; pf < e && pf < n_lines; pf++) {
+                    const int row = npg * 16 + pf / lines_per_row;
+                    if (row < w->n)
+                        _mm_prefetch((const char *)(w->w + (size_t)row * K + nk0 + (pf % lines_per_row) * 32),
+                                     _MM_HINT_T1);
+                }
                 bf16_tile_any(mr, ng, x + (size_t)m0 * ldx + k0, ldx, &p, kc,
                               y + (size_t)m0 * ldy + (size_t)pg * 16, ldy, mask, k0 == 0);
             }
