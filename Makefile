@@ -123,6 +123,12 @@ test-fast: all
 bench-kernels: deps all
 	$(BUILD)/bench_kernels
 
+# `make bench` runs every target listed in BENCH_TARGETS, in order; other benchmarks
+# append themselves (BENCH_TARGETS += bench-e2e) anywhere in this Makefile.
+BENCH_TARGETS += bench-kernels
+bench:
+	@for t in $(BENCH_TARGETS); do $(MAKE) --no-print-directory $$t || exit 1; done
+
 clean:
 	rm -rf build build-asan
 

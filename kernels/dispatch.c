@@ -50,6 +50,7 @@ int mq_kernels_force(mq_isa isa)
     mq_kernel_table t;
     memset(&t, 0, sizeof t);
     mq_kernels_fill_ref(&t);
+    t.fp4_act_prepare_rows = mq_ref_fp4_act_prepare_rows; /* ref.c predates the slot */
     if (isa >= MQ_ISA_AVX2) {
         mq_kernels_fill_gemm_avx2(&t);
         mq_kernels_fill_ops_avx2(&t);
@@ -89,7 +90,15 @@ float mq_amax_f32(const float *x, size_t n) { ENSURE(); return mq_kt.amax_f32(x,
 int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
     ENSURE();
-    return mq_kt.fp4_act_quantize_rows(a, x, ldx, r0, r1);
+    int rc = mq_kt.fp4_act_quantize_rows(a, x, ldx, r0, r1);
+    if (rc == 0) mq_kt.fp4_act_prepare_rows(a, r0, r1); /* so callers never forget */
+    return rc;
+}
+
+void mq_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
+{
+    ENSURE();
+    mq_kt.fp4_act_prepare_rows(a, r0, r1);
 }
 
 void mq_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)

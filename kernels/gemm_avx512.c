@@ -1,7 +1,441 @@
-/* kernels/gemm_avx512.c — avx512 variants of the gemm kernels. Slots left alone fall back to ref.c. */
+/* kernels/gemm_avx512.c — NVFP4 GEMM on AVX512-VNNI, BF16 GEMM/GEMV on AVX512_BF16.
+ *
+ * NVFP4 (NVFP4.md's integer route). Activations arrive prepared (layout.c): unsigned
+ * bytes 2a+12 and FP32 block scales. Per call, a panel of NG groups of 16 weight
+ * columns and KC_BLOCKS blocks of K is repacked into a stack buffer:
+ *     wq    int8  [group][k/4][16 columns][4 k]   signed 2w (one zmm = one k/4 step)
+ *     corr  int32 [group][block][16]              -12·Σ2w over the block
+ *     sw    FP32  [group][block][16]              E4M3 weight scales
+ * so four vpdpbusd (x's 4 bytes broadcast, 16 columns per zmm) complete one 16-element
+ * block for 16 columns exactly; the accumulator starts at `corr`, which removes the +12
+ * bias. Then one convert, one multiply by sw and one FMA by sx per block and 16 columns.
+ * The panel is reused by every activation row; a tile of MR rows × NG groups keeps
+ * MR·NG integer chains in flight (and as many more through renaming across blocks).
+ *
+ * BF16. GEMM (m > 8): a panel of NG groups × 16 columns × KC_BF16 k is repacked into
+ * pairs [group][k/2][16][2] (one zmm = 16 columns × one k pair) and multiplied with
+ * vdpbf16ps against x's pair broadcast, MR rows × NG groups of FP32 accumulators.
+ * GEMV (m <= 8): weights stay row-major; each weight zmm (32 k of one column) is
+ * loaded once and used for all m rows, so W streams from memory exactly once.
+ *
+ * y columns outside [n0, n1) are never touched (masked stores), so threads may split
+ * one call by column ranges that are not multiples of 16.
+ */
 #include "kernels_internal.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
+
+/* ---- shared helpers --------------------------------------------------------------- */
+
+/* In-place transpose of a 16x16 matrix of 32-bit elements: r[i][j] -> r[j][i]. */
+AI void tr16x16(__m512i r[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4b+c], 128-bit lane L = column 4L+c of rows 4b..4b+3 */
+    __m512i u[16];
+    for (int b = 0; b < 4; b++) {
+        u[4 * b + 0] = _mm512_unpacklo_epi64(t[4 * b], t[4 * b + 2]);
+        u[4 * b + 1] = _mm512_unpackhi_epi64(t[4 * b], t[4 * b + 2]);
+        u[4 * b + 2] = _mm512_unpacklo_epi64(t[4 * b + 1], t[4 * b + 3]);
+        u[4 * b + 3] = _mm512_unpackhi_epi64(t[4 * b + 1], t[4 * b + 3]);
+    }
+    /* 4x4 transpose of 128-bit lanes for each c */
+    for (int c = 0; c < 4; c++) {
+        __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);
+        __m512i s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
+        __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+        __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+        r[0 + c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+        r[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
+        r[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
+    }
+}
+
+/* 16 E4M3 bytes -> FP32. Normal codes: exponent rebias by bit arithmetic; subnormal
+ * (exponent field 0): m·2^-9. The NaN codes (never produced) decode to 480. */
+AI __m512 e4m3x16(__m128i b)
+{
+    __m512i v = _mm512_cvtepu8_epi32(b);
+    __m512i mag = _mm512_and_si512(v, _mm512_set1_epi32(0x7f));
+    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x80)), 24);
+    __m512 normal = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20),
+                                                         _mm512_set1_epi32(120 << 23)));
+    __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), _mm512_set1_ps(0x1p-9f));
+    __mmask16 is_sub = _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(8));
+    __m512 r = _mm512_mask_blend_ps(is_sub, normal, sub);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
+}
+
+/* 32 code bytes (64 E2M1 codes, low nibble first) -> 64 bytes through a 16-entry LUT. */
+AI __m512i unpack_codes(__m256i c, __m512i lut)
+{
+    __m512i w = _mm512_cvtepu8_epi16(c);
+    w = _mm512_and_si512(_mm512_or_si512(w, _mm512_slli_epi16(w, 4)), _mm512_set1_epi16(0x0f0f));
+    return _mm512_shuffle_epi8(lut, w);
+}
+
+static __mmask16 col_mask(int c0, int n0, int n1)
+{
+    int lo = n0 > c0 ? n0 - c0 : 0, hi = n1 - c0 < 16 ? n1 - c0 : 16;
+    if (hi <= lo) return 0;
+    return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+static inline __mmask32 low_mask32(int n) { return n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1u); }
+
+/* ---- NVFP4 -------------------------------------------------------------------------- */
+
+#define FP4_MR 4             /* activation rows per tile */
+#define FP4_NG 3             /* 16-column groups per panel */
+#define KC_BLOCKS 16         /* K blocks (of 16) per panel: 256 k */
+
+typedef struct fp4_panel {
+    int8_t wq[FP4_NG][KC_BLOCKS * 4][16][4];
+    int32_t corr[FP4_NG][KC_BLOCKS][16];
+    float sw[FP4_NG][KC_BLOCKS][16];
+} fp4_panel;
+
+static const int8_t e2m1_twice_lut[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
+static const uint8_t e2m1_biased_lut[16] = { 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0 };
+
+/* Repacks weight rows [c0, c0+16) (rows >= n read as zero), blocks [kb0, kb0+nkb). */
+static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4_panel *p, int g)
+{
+    const int nb = w->kp / MQ_FP4_BLOCK;
+    const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)e2m1_twice_lut));
+    const __m512i twelve = _mm512_set1_epi8(12);
+    __m512i r[16];
+    for (int sub = 0; sub * 4 < nkb; sub++) {
+        const int nbh = nkb - sub * 4 < 4 ? nkb - sub * 4 : 4;
+        const __mmask32 lm = low_mask32(nbh * 8);
+        for (int i = 0; i < 16; i++) {
+            if (i < nv) {
+                const uint8_t *src = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)(kb0 + sub * 4) * 8;
+                r[i] = unpack_codes(_mm256_maskz_loadu_epi8(lm, src), lut);
+            } else {
+                r[i] = _mm512_setzero_si512();
+            }
+        }
+        tr16x16(r);
+        for (int j = 0; j < nbh * 4; j++)
+            _mm512_store_si512(p->wq[g][sub * 16 + j], r[j]);
+        for (int bb = 0; bb < nbh; bb++) {
+            __m512i c = _mm512_setzero_si512();
+            for (int j = 0; j < 4; j++) c = _mm512_dpbusd_epi32(c, twelve, r[bb * 4 + j]);
+            _mm512_store_si512(p->corr[g][sub * 4 + bb], _mm512_sub_epi32(_mm512_setzero_si512(), c));
+        }
+    }
+    const __mmask16 sm = (__mmask16)((1u << nkb) - 1u);
+    for (int i = 0; i < 16; i++) {
+        if (i < nv)
+            r[i] = _mm512_castps_si512(e4m3x16(_mm_maskz_loadu_epi8(sm, w->scales + (size_t)(c0 + i) * nb + kb0)));
+        else
+            r[i] = _mm512_setzero_si512();
+    }
+    tr16x16(r);
+    for (int b = 0; b < nkb; b++) _mm512_store_si512(p->sw[g][b], r[b]);
+}
+
+/* One tile: MR activation rows × NG column groups over nkb blocks. */
+AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, const float *xs,
+                 size_t sstr, const fp4_panel *p, int nkb, float *y, size_t ldy,
+                 const __mmask16 *mask, int first, int last, float alpha)
+{
+    __m512 acc[FP4_MR][FP4_NG];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++)
+            acc[m][g] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
+    for (int b = 0; b < nkb; b++) {
+        __m512i ia[FP4_MR][FP4_NG];
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++)
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++) ia[m][g] = _mm512_load_si512(p->corr[g][b]);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            __m512i wv[FP4_NG];
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++) wv[g] = _mm512_load_si512(p->wq[g][b * 4 + j]);
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; m++) {
+                uint32_t x4;
+                memcpy(&x4, xb + (size_t)m * xstr + b * 16 + j * 4, 4);
+                __m512i xv = _mm512_set1_epi32((int)x4);
+#pragma GCC unroll 8
+                for (int g = 0; g < NG; g++) ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], xv, wv[g]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            __m512 sx = _mm512_set1_ps(xs[(size_t)m * sstr + b]);
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++) {
+                __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(ia[m][g]), _mm512_load_ps(p->sw[g][b]));
+                acc[m][g] = _mm512_fmadd_ps(t, sx, acc[m][g]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++) {
+            __m512 v = last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha)) : acc[m][g];
+            _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g], v);
+        }
+}
+
+#define FP4_TILE_CASE(MR, NG) \
+    case (MR) * 8 + (NG): fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); break;
+
+static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
+                         const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask,
+                         int first, int last, float alpha)
+{
+    switch (mr * 8 + ng) {
+    FP4_TILE_CASE(1, 1) FP4_TILE_CASE(1, 2) FP4_TILE_CASE(1, 3)
+    FP4_TILE_CASE(2, 1) FP4_TILE_CASE(2, 2) FP4_TILE_CASE(2, 3)
+    FP4_TILE_CASE(3, 1) FP4_TILE_CASE(3, 2) FP4_TILE_CASE(3, 3)
+    FP4_TILE_CASE(4, 1) FP4_TILE_CASE(4, 2) FP4_TILE_CASE(4, 3)
+    default: break;
+    }
+}
+
+static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
+{
+    if (n0 >= n1 || x->m <= 0) return;
+    const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
+    /* NVFP4.md's alpha, times the 1/4 of the doubled integer products (exact). */
+    const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f;
+    const uint8_t *xbytes = mq_fp4_act_aux_bytes(x);
+    const float *xsx = mq_fp4_act_aux_sx(x);
+    fp4_panel p __attribute__((aligned(64)));
+    const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
+    for (int pg = g0; pg < g1; pg += FP4_NG) {
+        const int ng = g1 - pg < FP4_NG ? g1 - pg : FP4_NG;
+        __mmask16 mask[FP4_NG];
+        for (int g = 0; g < ng; g++) mask[g] = col_mask((pg + g) * 16, n0, n1);
+        for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
+            const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
+            for (int g = 0; g < ng; g++) fp4_pack_group(w, (pg + g) * 16, kb0, nkb, &p, g);
+            for (int m0 = 0; m0 < M; m0 += FP4_MR) {
+                const int mr = M - m0 < FP4_MR ? M - m0 : FP4_MR;
+                fp4_tile_any(mr, ng, xbytes + (size_t)m0 * kp + (size_t)kb0 * 16, (size_t)kp,
+                             xsx + (size_t)m0 * nb + kb0, (size_t)nb, &p, nkb,
+                             y + (size_t)m0 * ldy + (size_t)pg * 16, ldy, mask,
+                             kb0 == 0, kb0 + nkb == nb, alpha);
+            }
+        }
+    }
+}
+
+static void avx512_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)
+{
+    (void)w; (void)r0; (void)r1; /* panels are repacked per call (see the top) */
+}
+
+/* Activation aux, byte-identical to mq_ref_fp4_act_prepare_rows. */
+static void avx512_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
+{
+    const int kp = a->kp, nb = kp / MQ_FP4_BLOCK;
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)e2m1_biased_lut));
+    uint8_t *bytes = mq_fp4_act_aux_bytes(a);
+    float *sx = mq_fp4_act_aux_sx(a);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *c = a->codes + (size_t)r * (kp / 2);
+        uint8_t *o = bytes + (size_t)r * kp;
+        for (int i = 0; i < kp / 2; i += 32) {
+            const int n = kp / 2 - i < 32 ? kp / 2 - i : 32;
+            __m512i v = unpack_codes(_mm256_maskz_loadu_epi8(low_mask32(n), c + i), lut);
+            _mm512_mask_storeu_epi8(o + 2 * i, n >= 32 ? ~(__mmask64)0 : (((__mmask64)1 << (2 * n)) - 1), v);
+        }
+        const uint8_t *s = a->scales + (size_t)r * nb;
+        float *d = sx + (size_t)r * nb;
+        for (int b = 0; b < nb; b += 16) {
+            const int n = nb - b < 16 ? nb - b : 16;
+            const __mmask16 m = (__mmask16)((1u << n) - 1u);
+            _mm512_mask_storeu_ps(d + b, m, e4m3x16(_mm_maskz_loadu_epi8(m, s + b)));
+        }
+    }
+}
+
+/* ---- BF16 ----------------------------------------------------------------------------- */
+
+#define BF_MR 6              /* rows per GEMM tile */
+#define BF_NG 4              /* 16-column groups per panel */
+#define KC_BF16 256          /* k per panel (even) */
+
+typedef struct bf16_panel {
+    uint32_t w[BF_NG][KC_BF16 / 2][16];   /* [group][k pair][column] = two BF16 */
+} bf16_panel;
+
+/* Repacks rows [c0, c0+16) (rows >= n read as zero), k in [k0, k0+kc), odd k padded with 0. */
+static void bf16_pack_group(const mq_bf16_weight *w, int c0, int k0, int kc, bf16_panel *p, int g)
+{
+    const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
+    __m512i r[16];
+    for (int s = 0; s < kc; s += 32) {
+        const int len = kc - s < 32 ? kc - s : 32;
+        const __mmask32 lm = low_mask32(len);
+        for (int i = 0; i < 16; i++)
+            r[i] = i < nv ? _mm512_maskz_loadu_epi16(lm, w->w + (size_t)(c0 + i) * w->k + k0 + s)
+                          : _mm512_setzero_si512();
+        tr16x16(r);
+        for (int j = 0; j < (len + 1) / 2; j++) _mm512_store_si512(p->w[g][s / 2 + j], r[j]);
+    }
+}
+
+AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, const bf16_panel *p,
+                  int kc, float *y, size_t ldy, const __mmask16 *mask, int first)
+{
+    __m512 acc[BF_MR][BF_NG];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++)
+            acc[m][g] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
+    const int np = kc / 2;
+    for (int q = 0; q < np; q++) {
+        __m512i wv[BF_NG];
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++) wv[g] = _mm512_load_si512(p->w[g][q]);
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            uint32_t x2;
+            memcpy(&x2, x + (size_t)m * ldx + 2 * q, 4);
+            __m512i xv = _mm512_set1_epi32((int)x2);
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++)
+                acc[m][g] = _mm512_dpbf16_ps(acc[m][g], (__m512bh)xv, (__m512bh)wv[g]);
+        }
+    }
+    if (kc & 1) { /* odd tail: x's last element alone, never reading past the row */
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            __m512i xv = _mm512_set1_epi32((int)x[(size_t)m * ldx + kc - 1]);
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++)
+                acc[m][g] = _mm512_dpbf16_ps(acc[m][g], (__m512bh)xv, (__m512bh)_mm512_load_si512(p->w[g][np]));
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++) _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g], acc[m][g]);
+}
+
+#define BF_TILE_CASE(MR, NG) \
+    case (MR) * 8 + (NG): bf16_tile(MR, NG, x, ldx, p, kc, y, ldy, mask, first); break;
+
+static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const bf16_panel *p, int kc,
+                          float *y, size_t ldy, const __mmask16 *mask, int first)
+{
+    switch (mr * 8 + ng) {
+    BF_TILE_CASE(1, 1) BF_TILE_CASE(1, 2) BF_TILE_CASE(1, 3) BF_TILE_CASE(1, 4)
+    BF_TILE_CASE(2, 1) BF_TILE_CASE(2, 2) BF_TILE_CASE(2, 3) BF_TILE_CASE(2, 4)
+    BF_TILE_CASE(3, 1) BF_TILE_CASE(3, 2) BF_TILE_CASE(3, 3) BF_TILE_CASE(3, 4)
+    BF_TILE_CASE(4, 1) BF_TILE_CASE(4, 2) BF_TILE_CASE(4, 3) BF_TILE_CASE(4, 4)
+    BF_TILE_CASE(5, 1) BF_TILE_CASE(5, 2) BF_TILE_CASE(5, 3) BF_TILE_CASE(5, 4)
+    BF_TILE_CASE(6, 1) BF_TILE_CASE(6, 2) BF_TILE_CASE(6, 3) BF_TILE_CASE(6, 4)
+    default: break;
+    }
+}
+
+/* GEMV: MR (1..8) rows × NR weight rows at a time, row-major weights. */
+AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx, const uint16_t *w,
+                       int K, float *y, size_t ldy, int n)
+{
+    __m512 acc[8][8];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) acc[m][r] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 32) {
+        const __mmask32 lm = low_mask32(K - k);
+        __m512i wv[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) wv[r] = _mm512_maskz_loadu_epi16(lm, w + (size_t)(n + r) * K + k);
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            __m512i xv = _mm512_maskz_loadu_epi16(lm, x + (size_t)m * ldx + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], (__m512bh)xv, (__m512bh)wv[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) y[(size_t)m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+#define GEMV_NR(MR) ((MR) <= 2 ? 8 : (MR) <= 4 ? 6 : 3)
+
+#define GEMV_CASE(MR)                                                                 \
+    case MR: {                                                                        \
+        int n = n0;                                                                   \
+        for (; n + GEMV_NR(MR) <= n1; n += GEMV_NR(MR))                               \
+            bf16_gemv_cols(MR, GEMV_NR(MR), x, ldx, w->w, w->k, y, ldy, n);           \
+        for (; n < n1; n++) bf16_gemv_cols(MR, 1, x, ldx, w->w, w->k, y, ldy, n);     \
+        break;                                                                        \
+    }
+
+static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
+                      float *y, size_t ldy, int n0, int n1)
+{
+    switch (m) {
+    GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
+    GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
+    default: break;
+    }
+}
+
+static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
+                             float *y, size_t ldy, int n0, int n1)
+{
+    if (n0 >= n1 || m <= 0) return;
+    if (m <= 8) {
+        bf16_gemv(x, m, ldx, w, y, ldy, n0, n1);
+        return;
+    }
+    const int K = w->k;
+    bf16_panel p __attribute__((aligned(64)));
+    const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
+    for (int pg = g0; pg < g1; pg += BF_NG) {
+        const int ng = g1 - pg < BF_NG ? g1 - pg : BF_NG;
+        __mmask16 mask[BF_NG];
+        for (int g = 0; g < ng; g++) mask[g] = col_mask((pg + g) * 16, n0, n1);
+        for (int k0 = 0; k0 < K; k0 += KC_BF16) {
+            const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
+            for (int g = 0; g < ng; g++) bf16_pack_group(w, (pg + g) * 16, k0, kc, &p, g);
+            for (int m0 = 0; m0 < m; m0 += BF_MR) {
+                const int mr = m - m0 < BF_MR ? m - m0 : BF_MR;
+                bf16_tile_any(mr, ng, x + (size_t)m0 * ldx + k0, ldx, &p, kc,
+                              y + (size_t)m0 * ldy + (size_t)pg * 16, ldy, mask, k0 == 0);
+            }
+        }
+    }
+}
+
+static void avx512_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
+{
+    (void)w; (void)r0; (void)r1;
+}
 
 void mq_kernels_fill_gemm_avx512(mq_kernel_table *t)
 {
-    (void)t;
+    t->gemm_fp4 = avx512_gemm_fp4;
+    t->fp4_weight_prepare_rows = avx512_fp4_weight_prepare_rows;
+    t->fp4_act_prepare_rows = avx512_fp4_act_prepare_rows;
+    t->gemm_bf16 = avx512_gemm_bf16;
+    t->bf16_weight_prepare_rows = avx512_bf16_weight_prepare_rows;
 }

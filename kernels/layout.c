@@ -2,6 +2,16 @@
  *
  * Sizes are ISA-independent (the largest any variant needs), so memory can be
  * sized before, and reused after, an ISA change.
+ *
+ * Weights carry no precomputation: the fast GEMMs repack a panel of weight columns
+ * (unpacked int8, or BF16 pairs) into a stack buffer per call and reuse it for every
+ * activation row, which costs a few percent at M >= 128 and keeps memory per weight
+ * element at its minimum (NVFP4: 0.5 + 1/16 bytes; BF16: the checkpoint's 2 bytes).
+ *
+ * Activations carry an `aux` that mq_fp4_act_prepare_rows() fills from the codes:
+ *     bytes  uint8 [m, kp]      2·value(q) + 12, in 0..24 (the unsigned operand of
+ *                               vpdpbusd / vpmaddubsw; see NVFP4.md's integer route)
+ *     sx     float [m, kp/16]   the E4M3 block scales as FP32
  */
 #include "kernels_internal.h"
 
@@ -11,13 +21,12 @@
 
 static size_t fp4_codes_bytes(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / 2), LINE); }
 static size_t fp4_scales_bytes(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK), LINE); }
-/* Private precomputation of the fast kernels: one int32 per (row, block) for now
- * (e.g. 12·Σ2w for the VNNI offset trick). */
-static size_t fp4_aux_bytes(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK) * 4, LINE); }
+static size_t fp4_act_bytes8(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * mq_fp4_pad(k), LINE); }
+static size_t fp4_act_sx_bytes(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK) * 4, LINE); }
 
 size_t mq_fp4_weight_bytes(int n, int k)
 {
-    return fp4_codes_bytes(n, k) + fp4_scales_bytes(n, k) + fp4_aux_bytes(n, k);
+    return fp4_codes_bytes(n, k) + fp4_scales_bytes(n, k);
 }
 
 void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem)
@@ -29,7 +38,7 @@ void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem)
     w->g = 1.0f;
     w->codes = p;
     w->scales = p + fp4_codes_bytes(n, k);
-    w->aux = p + fp4_codes_bytes(n, k) + fp4_scales_bytes(n, k);
+    w->aux = NULL; /* no precomputation (see the top of this file) */
 }
 
 int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, int r0, int r1)
@@ -54,7 +63,7 @@ void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_
 
 size_t mq_fp4_act_bytes(int m, int k)
 {
-    return fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k) + fp4_aux_bytes(m, k);
+    return fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k) + fp4_act_bytes8(m, k) + fp4_act_sx_bytes(m, k);
 }
 
 void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem)
@@ -69,10 +78,37 @@ void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem)
     a->aux = p + fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k);
 }
 
+uint8_t *mq_fp4_act_aux_bytes(const mq_fp4_act *a) { return (uint8_t *)a->aux; }
+
+float *mq_fp4_act_aux_sx(const mq_fp4_act *a)
+{
+    return (float *)((uint8_t *)a->aux + fp4_act_bytes8(a->m, a->k));
+}
+
+/* Scalar form of the activation preparation (the reference; SIMD variants must match
+ * it byte for byte). */
+void mq_ref_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
+{
+    static const uint8_t biased[16] = { 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0 };
+    const int kp = a->kp, nb = kp / MQ_FP4_BLOCK;
+    uint8_t *bytes = mq_fp4_act_aux_bytes(a);
+    float *sx = mq_fp4_act_aux_sx(a);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *c = a->codes + (size_t)r * (kp / 2);
+        uint8_t *o = bytes + (size_t)r * kp;
+        for (int i = 0; i < kp / 2; i++) {
+            o[2 * i] = biased[c[i] & 0xf];
+            o[2 * i + 1] = biased[c[i] >> 4];
+        }
+        for (int b = 0; b < nb; b++)
+            sx[(size_t)r * nb + b] = mq_e4m3_to_f32(a->scales[(size_t)r * nb + b]);
+    }
+}
+
 size_t mq_bf16_weight_aux_bytes(int n, int k)
 {
     (void)n; (void)k;
-    return 0;
+    return 0; /* GEMMs repack panels per call; GEMV reads the row-major rows */
 }
 
 void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data, void *aux)

@@ -102,6 +102,11 @@ void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem);
  * (mq_fp4_global_scale of the whole input's amax) or static (checkpoint's g_x; blocks
  * beyond it saturate). -EINVAL on NaN/Inf. */
 int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
+/* Fills a->aux for rows [r0, r1) from codes/scales (the byte form the fast GEMMs read).
+ * mq_fp4_act_quantize_rows() calls it for you; call it yourself only after writing
+ * codes/scales some other way. mq_gemm_fp4 reads aux on the SIMD paths, so every row
+ * must be prepared before the GEMM. Re-entrant for disjoint row ranges. */
+void mq_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1);
 
 /* Y[m, n0..n1) = X · Wᵀ per NVFP4.md's GEMM formula, FP32 out (row stride ldy). */
 void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);

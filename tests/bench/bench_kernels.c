@@ -1,0 +1,438 @@
+/* tests/bench/bench_kernels.c — `make bench-kernels`: this machine's ceilings and the
+ * NVFP4 / BF16 GEMM and GEMV throughput at Qwen3 linear-layer shapes.
+ *
+ * Ceilings, measured in the same run with 2 threads (and 1), each thread running
+ * CHAINS independent accumulator chains so instruction latency is hidden:
+ *   vnni   vpdpbusd zmm: 64 int8 MACs per instruction
+ *   bf16   vdpbf16ps zmm: 32 BF16 MACs per instruction
+ *   read   streaming 512-bit loads over a buffer far larger than the caches
+ * Then mq_gemm_fp4 (prepared activations; the activation quantization is timed
+ * separately as `q+prep`) and mq_gemm_bf16 at the q/k/v/o/gate/up/down (N, K) of
+ * Qwen3-0.6B, -1.7B and -4B for M = 1, 8, 128, 512, 2048, with 1 and 2 threads (the
+ * threads split the N columns, as the daemon's pools do). Every figure is the best of
+ * several repetitions, because other jobs share the machine.
+ *
+ * The last four lines are single numbers (see README, "Kernels and how to read
+ * `make bench-kernels`"):
+ *   fp4_gemm_vs_bf16_gemm_m512   NVFP4 / BF16 GEMM MAC rate, Qwen3-1.7B linears, M=512, 2 threads
+ *   fp4_gemm_vs_vnni_ceiling     NVFP4 GEMM MAC rate / VNNI ceiling (same shapes)
+ *   bf16_gemm_vs_bf16_ceiling    BF16 GEMM MAC rate / BF16 ceiling (same shapes)
+ *   bf16_gemv_vs_bandwidth       BF16 GEMV weight bytes/s / read bandwidth, all Qwen3-4B
+ *                                linears of one layer in turn (200 MB, so from DRAM), M=1
+ * MQ_BENCH_QUICK=1 runs only the shapes the four lines need.
+ */
+#include "mq_kernels.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CHAINS 24
+#define MAX_THREADS 2
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- a tiny thread team: run fn(t, nt, arg) on nt threads, the caller being t=0 ---- */
+
+typedef void (*job_fn)(int t, int nt, void *arg);
+
+typedef struct team {
+    pthread_t th[MAX_THREADS];
+    pthread_barrier_t start, done;
+    job_fn fn;
+    void *arg;
+    int nt, quit;
+} team;
+
+static team T;
+
+static void *team_main(void *p)
+{
+    int t = (int)(intptr_t)p;
+    for (;;) {
+        pthread_barrier_wait(&T.start);
+        if (T.quit) return NULL;
+        if (t < T.nt) T.fn(t, T.nt, T.arg);
+        pthread_barrier_wait(&T.done);
+    }
+}
+
+static void team_init(void)
+{
+    pthread_barrier_init(&T.start, NULL, MAX_THREADS);
+    pthread_barrier_init(&T.done, NULL, MAX_THREADS);
+    for (int t = 1; t < MAX_THREADS; t++) pthread_create(&T.th[t], NULL, team_main, (void *)(intptr_t)t);
+}
+
+static void team_run(int nt, job_fn fn, void *arg)
+{
+    T.fn = fn;
+    T.arg = arg;
+    T.nt = nt;
+    pthread_barrier_wait(&T.start);
+    fn(0, nt, arg);
+    pthread_barrier_wait(&T.done);
+}
+
+static void team_stop(void)
+{
+    T.quit = 1;
+    pthread_barrier_wait(&T.start);
+    for (int t = 1; t < MAX_THREADS; t++) pthread_join(T.th[t], NULL);
+}
+
+/* ---- ceilings --------------------------------------------------------------------- */
+
+#define CEIL_ITERS 4000000L
+
+typedef struct ceil_arg {
+    long iters;
+    double sink[MAX_THREADS];
+} ceil_arg;
+
+/* The ceilings are written in assembly so that exactly CHAINS (24) accumulators, zmm8..zmm31,
+ * each carry one dependency chain across iterations; x and w sit in zmm0/zmm1. */
+__attribute__((target("avx512f"))) static void vnni_job(int t, int nt, void *p)
+{
+    (void)nt;
+    ceil_arg *a = p;
+    __asm__ volatile("vpternlogd $0xff, %%zmm0, %%zmm0, %%zmm0\n\tvpabsb %%zmm0, %%zmm1" ::: "xmm0", "xmm1");
+    for (long it = 0; it < a->iters; it++)
+        __asm__ volatile("vpdpbusd %%zmm1, %%zmm0, %%zmm8\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm9\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm10\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm11\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm12\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm13\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm14\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm15\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm16\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm17\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm18\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm19\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm20\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm21\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm22\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm23\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm24\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm25\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm26\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm27\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm28\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm29\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm30\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm31" ::: "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+    a->sink[t] = 0;
+}
+
+__attribute__((target("avx512f"))) static void bf16_job(int t, int nt, void *p)
+{
+    (void)nt;
+    ceil_arg *a = p;
+    __asm__ volatile("vpxord %%zmm0, %%zmm0, %%zmm0\n\tvpxord %%zmm1, %%zmm1, %%zmm1" ::: "xmm0", "xmm1");
+    for (long it = 0; it < a->iters; it++)
+        __asm__ volatile("vdpbf16ps %%zmm1, %%zmm0, %%zmm8\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm9\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm10\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm11\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm12\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm13\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm14\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm15\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm16\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm17\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm18\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm19\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm20\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm21\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm22\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm23\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm24\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm25\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm26\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm27\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm28\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm29\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm30\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm31" ::: "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+    a->sink[t] = 0;
+}
+
+typedef struct read_arg {
+    const uint8_t *buf;
+    size_t bytes;
+    double sink[MAX_THREADS];
+} read_arg;
+
+__attribute__((target("avx512f"))) static void read_job(int t, int nt, void *p)
+{
+    read_arg *a = p;
+    size_t per = a->bytes / (size_t)nt / 64 * 64;
+    const __m512i *v = (const __m512i *)(a->buf + per * (size_t)t);
+    size_t n = per / 64;
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        s0 = _mm512_xor_si512(s0, _mm512_load_si512(v + i));
+        s1 = _mm512_xor_si512(s1, _mm512_load_si512(v + i + 1));
+        s2 = _mm512_xor_si512(s2, _mm512_load_si512(v + i + 2));
+        s3 = _mm512_xor_si512(s3, _mm512_load_si512(v + i + 3));
+    }
+    s0 = _mm512_xor_si512(_mm512_xor_si512(s0, s1), _mm512_xor_si512(s2, s3));
+    a->sink[t] = (double)_mm512_reduce_add_epi64(s0);
+}
+
+typedef struct ceilings {
+    double vnni[MAX_THREADS + 1], bf16[MAX_THREADS + 1], read[MAX_THREADS + 1]; /* by thread count */
+} ceilings;
+
+static void measure_ceilings(ceilings *c, const uint8_t *buf, size_t bytes)
+{
+    for (int nt = 1; nt <= MAX_THREADS; nt++) {
+        ceil_arg ca = { .iters = CEIL_ITERS / 4 };
+        for (int rep = 0; rep < 3; rep++) {
+            double t0 = now();
+            team_run(nt, vnni_job, &ca);
+            double r = (double)ca.iters * CHAINS * 64 * nt / (now() - t0);
+            if (r > c->vnni[nt]) c->vnni[nt] = r;
+            t0 = now();
+            team_run(nt, bf16_job, &ca);
+            r = (double)ca.iters * CHAINS * 32 * nt / (now() - t0);
+            if (r > c->bf16[nt]) c->bf16[nt] = r;
+        }
+        read_arg ra = { .buf = buf, .bytes = bytes };
+        for (int rep = 0; rep < 4; rep++) {
+            double t0 = now();
+            team_run(nt, read_job, &ra);
+            double r = (double)(bytes / (size_t)nt / 64 * 64 * (size_t)nt) / (now() - t0);
+            if (r > c->read[nt]) c->read[nt] = r;
+        }
+    }
+}
+
+/* ---- GEMM jobs: threads split the N columns at multiples of 16 ---------------------- */
+
+typedef struct gemm_arg {
+    int fmt; /* 0 NVFP4, 1 BF16 */
+    const mq_fp4_act *xa;
+    const mq_fp4_weight *wf;
+    const uint16_t *xb;
+    const mq_bf16_weight *wb;
+    int m, n;
+    float *y;
+} gemm_arg;
+
+static void gemm_job(int t, int nt, void *p)
+{
+    gemm_arg *a = p;
+    int g = (a->n + 15) / 16;
+    int n0 = g * t / nt * 16, n1 = g * (t + 1) / nt * 16;
+    if (n1 > a->n) n1 = a->n;
+    if (n0 >= n1) return;
+    if (a->fmt == 0) mq_gemm_fp4(a->xa, a->wf, a->y, (size_t)a->n, n0, n1);
+    else mq_gemm_bf16(a->xb, a->m, (size_t)a->wb->k, a->wb, a->y, (size_t)a->n, n0, n1);
+}
+
+typedef struct shape {
+    const char *model, *name;
+    int n, k;
+} shape;
+
+/* Qwen3 configs: hidden, q heads, kv heads, head_dim, ffn. */
+static int qwen3_shapes(shape *s, const char *model, int hidden, int nh, int nkv, int hd, int ffn)
+{
+    shape l[7] = {
+        { model, "q", nh * hd, hidden },   { model, "k", nkv * hd, hidden }, { model, "v", nkv * hd, hidden },
+        { model, "o", hidden, nh * hd },   { model, "gate", ffn, hidden },   { model, "up", ffn, hidden },
+        { model, "down", hidden, ffn },
+    };
+    memcpy(s, l, sizeof l);
+    return 7;
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n)) {
+        fprintf(stderr, "bench_kernels: out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+static unsigned long long rng = 88172645463325252ULL;
+static unsigned rnd8(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (unsigned)(rng >> 24) & 0xff;
+}
+
+/* Operands for one shape: random codes and finite E4M3 scales (speed does not depend on
+ * values), BF16 weights from a fixed pool. */
+typedef struct operands {
+    mq_fp4_weight wf;
+    void *wf_mem;
+    mq_bf16_weight wb;
+    uint16_t *wb_data;
+} operands;
+
+static void make_operands(operands *o, int n, int k)
+{
+    o->wf_mem = xmalloc(mq_fp4_weight_bytes(n, k));
+    mq_fp4_weight_bind(&o->wf, n, k, o->wf_mem);
+    o->wf.g = 100.0f;
+    size_t cb = (size_t)n * o->wf.kp / 2, sb = (size_t)n * o->wf.kp / 16;
+    uint8_t *codes = xmalloc(cb), *scales = xmalloc(sb);
+    for (size_t i = 0; i < cb; i++) codes[i] = (uint8_t)rnd8();
+    for (size_t i = 0; i < sb; i++) scales[i] = (uint8_t)(0x30 + rnd8() % 0x20);
+    mq_fp4_weight_set_rows(&o->wf, codes, scales, 0, n);
+    free(codes);
+    free(scales);
+    o->wb_data = xmalloc((size_t)n * k * 2);
+    for (size_t i = 0; i < (size_t)n * k; i++) o->wb_data[i] = (uint16_t)(0x3c00 + (rnd8() & 0x7f));
+    o->wb.aux = NULL;
+    size_t aux = mq_bf16_weight_aux_bytes(n, k);
+    mq_bf16_weight_bind(&o->wb, n, k, o->wb_data, aux ? xmalloc(aux) : NULL);
+    mq_bf16_weight_prepare_rows(&o->wb, 0, n);
+}
+
+static void free_operands(operands *o)
+{
+    free(o->wf_mem);
+    free(o->wb_data);
+    free(o->wb.aux);
+}
+
+/* Activation buffers sized for the largest M and K. */
+typedef struct acts {
+    float *xf;          /* [M, K] FP32 source for quantization */
+    uint16_t *xb;       /* [M, K] BF16 */
+    void *xa_mem;
+    float *y;
+} acts;
+
+typedef struct quant_arg {
+    mq_fp4_act *a;
+    const float *x;
+} quant_arg;
+
+static void quant_job(int t, int nt, void *p)
+{
+    quant_arg *q = p;
+    int r0 = q->a->m * t / nt, r1 = q->a->m * (t + 1) / nt;
+    if (mq_fp4_act_quantize_rows(q->a, q->x, (size_t)q->a->k, r0, r1)) abort();
+}
+
+static int reps_for(double macs) { return macs > 2e10 ? 2 : macs > 2e9 ? 3 : macs > 1e8 ? 5 : 20; }
+
+typedef struct result {
+    double fp4, bf16, quant; /* seconds, best of reps */
+} result;
+
+static result time_shape(const operands *o, acts *A, int m, int nt)
+{
+    const int n = o->wf.n, k = o->wf.k;
+    result r = { 1e30, 1e30, 1e30 };
+    mq_fp4_act xa;
+    mq_fp4_act_bind(&xa, m, k, A->xa_mem);
+    xa.g = mq_fp4_global_scale(8.0f);
+    quant_arg qa = { &xa, A->xf };
+    gemm_arg ga = { .xa = &xa, .wf = &o->wf, .xb = A->xb, .wb = &o->wb, .m = m, .n = n, .y = A->y };
+    int reps = reps_for((double)m * n * k);
+    for (int rep = 0; rep < reps; rep++) {
+        double t0 = now();
+        team_run(nt, quant_job, &qa);
+        double t1 = now();
+        ga.fmt = 0;
+        team_run(nt, gemm_job, &ga);
+        double t2 = now();
+        ga.fmt = 1;
+        team_run(nt, gemm_job, &ga);
+        double t3 = now();
+        if (t1 - t0 < r.quant) r.quant = t1 - t0;
+        if (t2 - t1 < r.fp4) r.fp4 = t2 - t1;
+        if (t3 - t2 < r.bf16) r.bf16 = t3 - t2;
+    }
+    return r;
+}
+
+int main(void)
+{
+    mq_kernels_init();
+    const int quick = getenv("MQ_BENCH_QUICK") && *getenv("MQ_BENCH_QUICK") == '1';
+    printf("bench_kernels: ISA %s, %d threads max, %d accumulator chains per thread\n",
+           mq_isa_name(mq_kernels_isa()), MAX_THREADS, CHAINS);
+    if (!mq_kernels_cpu_has(MQ_ISA_AVX512)) {
+        fprintf(stderr, "bench_kernels: this CPU has no AVX-512 VNNI/BF16; the ceilings need it\n");
+        return 1;
+    }
+    team_init();
+    const size_t read_bytes = (size_t)1 << 30;
+    uint8_t *rbuf = xmalloc(read_bytes);
+    memset(rbuf, 1, read_bytes);
+    ceilings c;
+    memset(&c, 0, sizeof c);
+    measure_ceilings(&c, rbuf, read_bytes);
+    free(rbuf);
+    printf("\nceilings (best of repetitions)      1 thread     2 threads\n");
+    printf("  int8 VNNI  G MAC/s              %9.1f     %9.1f\n", c.vnni[1] * 1e-9, c.vnni[2] * 1e-9);
+    printf("  BF16 dot   G MAC/s              %9.1f     %9.1f\n", c.bf16[1] * 1e-9, c.bf16[2] * 1e-9);
+    printf("  DRAM read  GB/s                 %9.1f     %9.1f\n", c.read[1] * 1e-9, c.read[2] * 1e-9);
+
+    shape sh[21];
+    int ns = 0;
+    ns += qwen3_shapes(sh + ns, "0.6B", 1024, 16, 8, 128, 3072);
+    ns += qwen3_shapes(sh + ns, "1.7B", 2048, 16, 8, 128, 6144);
+    ns += qwen3_shapes(sh + ns, "4B", 2560, 32, 8, 128, 9728);
+    static const int Ms[] = { 1, 8, 128, 512, 2048 };
+    const int maxM = 2048, maxK = 9728, maxN = 9728;
+    acts A;
+    A.xf = xmalloc(sizeof(float) * (size_t)maxM * maxK);
+    A.xb = xmalloc(sizeof(uint16_t) * (size_t)maxM * maxK);
+    A.xa_mem = xmalloc(mq_fp4_act_bytes(maxM, maxK));
+    A.y = xmalloc(sizeof(float) * (size_t)maxM * maxN);
+    for (size_t i = 0; i < (size_t)maxM * maxK; i++) {
+        A.xf[i] = (float)((int)rnd8() - 128) / 16.0f;
+        A.xb[i] = mq_f32_to_bf16(A.xf[i]);
+    }
+    memset(A.y, 0, sizeof(float) * (size_t)maxM * maxN);
+
+    /* aggregates for the closing lines */
+    double agg_macs = 0, agg_fp4 = 0, agg_bf16 = 0; /* 1.7B, M=512, 2 threads */
+    double gemv_bytes = 0, gemv_time = 0;           /* 4B, M=1, 2 threads */
+
+    printf("\n%-5s %-5s %6s %6s %5s %3s %10s %10s %9s %10s %8s\n", "model", "layer", "N", "K", "M", "thr",
+           "fp4 GMAC/s", "bf16 GMAC/s", "fp4/bf16", "bf16 GB/s", "q+prep ms");
+    double t_start = now();
+    for (int i = 0; i < ns; i++) {
+        const shape *s = &sh[i];
+        const int is17 = !strcmp(s->model, "1.7B"), is4 = !strcmp(s->model, "4B");
+        if (quick && !is17 && !is4) continue;
+        operands o;
+        make_operands(&o, s->n, s->k);
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+            const int m = Ms[mi];
+            if (quick && !((is17 && m == 512) || (is4 && m == 1))) continue;
+            for (int nt = 1; nt <= MAX_THREADS; nt++) {
+                if (quick && nt != 2) continue;
+                result r = time_shape(&o, &A, m, nt);
+                double macs = (double)m * s->n * s->k;
+                double wbytes = (double)s->n * s->k * 2;
+                printf("%-5s %-5s %6d %6d %5d %3d %10.1f %10.1f %9.2f %10.1f %8.3f\n", s->model, s->name, s->n,
+                       s->k, m, nt, macs / r.fp4 * 1e-9, macs / r.bf16 * 1e-9, r.bf16 / r.fp4,
+                       wbytes / r.bf16 * 1e-9, r.quant * 1e3);
+                if (is17 && m == 512 && nt == 2) {
+                    agg_macs += macs;
+                    agg_fp4 += r.fp4;
+                    agg_bf16 += r.bf16;
+                }
+                if (is4 && m == 1 && nt == 2) {
+                    gemv_bytes += wbytes;
+                    gemv_time += r.bf16;
+                }
+            }
+        }
+        free_operands(&o);
+    }
+    printf("\n(shapes timed in %.1f s; weights of a shape are reused across M, so a small shape's\n"
+           " GEMV may run from cache; the bandwidth line below uses only the 200 MB 4B layer)\n",
+           now() - t_start);
+
+    /* the 4B GEMV pass, all seven linears in turn so nothing stays cached */
+    {
+        operands os[7];
+        for (int i = 0; i < 7; i++) make_operands(&os[i], sh[14 + i].n, sh[14 + i].k);
+        double best = 1e30, bytes = 0;
+        for (int i = 0; i < 7; i++) bytes += (double)os[i].wb.n * os[i].wb.k * 2;
+        for (int rep = 0; rep < 8; rep++) {
+            double t0 = now();
+            for (int i = 0; i < 7; i++) {
+                gemm_arg ga = { .fmt = 1, .xb = A.xb, .wb = &os[i].wb, .m = 1, .n = os[i].wb.n, .y = A.y };
+                team_run(2, gemm_job, &ga);
+            }
+            double t = now() - t0;
+            if (t < best) best = t;
+        }
+        for (int i = 0; i < 7; i++) free_operands(&os[i]);
+        printf("4B layer BF16 GEMV, M=1, 2 threads: %.1f MB in %.3f ms = %.1f GB/s (per-shape sum: %.1f GB/s)\n",
+               bytes * 1e-6, best * 1e3, bytes / best * 1e-9, gemv_time > 0 ? gemv_bytes / gemv_time * 1e-9 : 0.0);
+        gemv_bytes = bytes;
+        gemv_time = best;
+    }
+    printf("1.7B linears at M=512, 2 threads: NVFP4 %.1f G MAC/s, BF16 %.1f G MAC/s\n\n",
+           agg_macs / agg_fp4 * 1e-9, agg_macs / agg_bf16 * 1e-9);
+
+    free(A.xf);
+    free(A.xb);
+    free(A.xa_mem);
+    free(A.y);
+    team_stop();
+
+    printf("fp4_gemm_vs_bf16_gemm_m512: %.3f\n", agg_bf16 / agg_fp4);
+    printf("fp4_gemm_vs_vnni_ceiling: %.3f\n", agg_macs / agg_fp4 / c.vnni[2]);
+    printf("bf16_gemm_vs_bf16_ceiling: %.3f\n", agg_macs / agg_bf16 / c.bf16[2]);
+    printf("bf16_gemv_vs_bandwidth: %.3f\n", gemv_bytes / gemv_time / c.read[2]);
+    return 0;
+}

@@ -1,0 +1,166 @@
+/* tests/integration/test_synth.c — the synthetic-checkpoint tool (build/mq_synth).
+ *
+ * Runs the real program twice on Qwen3-0.6B shapes cut to 2 layers: once as one
+ * model.safetensors, once as 3 shards with model.safetensors.index.json. Checks that
+ * config.json parses (daemon/model_config.h) to the released Qwen3-0.6B numbers, that
+ * both layouts open through the engine's safetensors reader with every tensor shaped as
+ * the config says, that the sharded layout holds exactly the bytes of the single file,
+ * that linear weights look like N(0, 0.02) and norms are 1, and that the tokenizer files
+ * are the real ones.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "model_config.h"
+#include "mq_kernels.h"
+#include "safetensors.h"
+
+static char synth_bin[PATH_MAX];
+
+static int run_synth(const char *out, const char *extra)
+{
+    char cmd[3 * PATH_MAX];
+    snprintf(cmd, sizeof cmd, "'%s' --size 0.6b --layers 2 --out '%s' %s > /dev/null", synth_bin, out, extra);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static uint8_t *read_tensor(const mq_st *st, const mq_st_tensor *t)
+{
+    uint8_t *b = malloc(t->bytes);
+    int fd = open(st->paths[t->file], O_RDONLY);
+    if (!b || fd < 0 || pread(fd, b, t->bytes, (off_t)t->offset) != (ssize_t)t->bytes) {
+        free(b);
+        b = NULL;
+    }
+    if (fd >= 0) close(fd);
+    return b;
+}
+
+static void test_synth_layouts(void)
+{
+    char tmpl[] = "/tmp/mq-synth-XXXXXX";
+    CHECK(mkdtemp(tmpl) != NULL, "mkdtemp");
+    char one[PATH_MAX], sh[PATH_MAX], cmd[3 * PATH_MAX];
+    snprintf(one, sizeof one, "%s/one", tmpl);
+    snprintf(sh, sizeof sh, "%s/sharded", tmpl);
+    CHECK(run_synth(one, "") == 0, "mq_synth (single file) failed");
+    CHECK(run_synth(sh, "--shards 3") == 0, "mq_synth --shards 3 failed");
+
+    char err[MQ_ERR_LEN] = "";
+    mq_config cfg;
+    int rc = mq_config_load(&cfg, one, err);
+    CHECK(rc == 0, "config.json: %s", err);
+    if (rc) return;
+    CHECK(cfg.arch == MQ_ARCH_QWEN3 && cfg.hidden == 1024 && cfg.n_layers == 2 && cfg.n_head == 16 &&
+              cfg.n_kv == 8 && cfg.head_dim == 128 && cfg.inter == 3072 && cfg.vocab == 151936 &&
+              cfg.tie_embeddings && cfg.qk_norm && !cfg.qkv_bias,
+          "config: arch %d hidden %d layers %d heads %d/%d hd %d inter %d vocab %d tied %d",
+          cfg.arch, cfg.hidden, cfg.n_layers, cfg.n_head, cfg.n_kv, cfg.head_dim, cfg.inter, cfg.vocab,
+          cfg.tie_embeddings);
+    CHECK(cfg.rope_theta == 1e6 && fabsf(cfg.rms_eps - 1e-6f) < 1e-12f, "rope %g eps %g", cfg.rope_theta,
+          (double)cfg.rms_eps);
+
+    mq_st *a = NULL, *b = NULL;
+    rc = mq_st_open(&a, one, err);
+    CHECK(rc == 0, "open single: %s", err);
+    rc |= mq_st_open(&b, sh, err);
+    CHECK(rc == 0, "open sharded: %s", err);
+    if (!a || !b) goto out;
+    CHECK(a->n_files == 1 && b->n_files == 3, "files: %d and %d", a->n_files, b->n_files);
+    int want = 1 + 2 * 11 + 1;   /* embedding, 11 per layer, final norm (tied: no lm_head) */
+    CHECK(a->n_tensors == want && b->n_tensors == want, "tensors %d / %d, want %d", a->n_tensors,
+          b->n_tensors, want);
+
+    const mq_st_tensor *e = mq_st_find(a, "model.embed_tokens.weight");
+    CHECK(e && e->dtype == MQ_DT_BF16 && e->ndim == 2 && e->shape[0] == 151936 && e->shape[1] == 1024,
+          "embedding shape");
+    const mq_st_tensor *q = mq_st_find(a, "model.layers.1.self_attn.q_proj.weight");
+    CHECK(q && q->shape[0] == 16 * 128 && q->shape[1] == 1024, "q_proj shape");
+    const mq_st_tensor *k = mq_st_find(a, "model.layers.1.self_attn.k_proj.weight");
+    CHECK(k && k->shape[0] == 8 * 128 && k->shape[1] == 1024, "k_proj shape");
+    const mq_st_tensor *d = mq_st_find(a, "model.layers.0.mlp.down_proj.weight");
+    CHECK(d && d->shape[0] == 1024 && d->shape[1] == 3072, "down_proj shape");
+    const mq_st_tensor *qn = mq_st_find(a, "model.layers.0.self_attn.q_norm.weight");
+    CHECK(qn && qn->ndim == 1 && qn->shape[0] == 128, "q_norm shape");
+
+    /* every tensor: same bytes in both layouts */
+    int same = 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        const mq_st_tensor *ta = &a->tensors[i], *tb = mq_st_find(b, ta->name);
+        if (!tb || tb->bytes != ta->bytes) continue;
+        uint8_t *x = read_tensor(a, ta), *y = read_tensor(b, tb);
+        same += x && y && memcmp(x, y, ta->bytes) == 0;
+        free(x);
+        free(y);
+    }
+    CHECK(same == a->n_tensors, "%d of %d tensors identical across layouts", same, a->n_tensors);
+
+    /* statistics of one linear and one norm */
+    if (d) {
+        uint16_t *w = (uint16_t *)read_tensor(a, d);
+        double s1 = 0, s2 = 0;
+        size_t n = (size_t)(d->bytes / 2);
+        for (size_t i = 0; w && i < n; i++) {
+            double v = mq_bf16_to_f32(w[i]);
+            s1 += v;
+            s2 += v * v;
+        }
+        double mean = s1 / (double)n, sd = sqrt(s2 / (double)n - mean * mean);
+        printf("    down_proj: mean %.2e, std %.5f over %zu values\n", mean, sd, n);
+        CHECK(fabs(mean) < 1e-4 && fabs(sd - 0.02) < 0.0005, "down_proj mean %g std %g", mean, sd);
+        free(w);
+    }
+    if (qn) {
+        uint16_t *w = (uint16_t *)read_tensor(a, qn);
+        int ones = 0;
+        for (int i = 0; w && i < 128; i++) ones += mq_bf16_to_f32(w[i]) == 1.0f;
+        CHECK(ones == 128, "q_norm: %d of 128 are 1", ones);
+        free(w);
+    }
+
+    /* the real tokenizer files */
+    size_t l1 = 0, l2 = 0;
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/tokenizer.json", one);
+    char *t1 = harness_read_file(p, &l1);
+    char *t2 = harness_read_file(shared_path("models/mq-qwen3-80m/tokenizer.json"), &l2);
+    CHECK(t1 && t2 && l1 == l2 && memcmp(t1, t2, l1) == 0, "tokenizer.json differs from the shared one");
+    free(t1);
+    free(t2);
+out:
+    mq_st_close(a);
+    mq_st_close(b);
+    mq_config_free(&cfg);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
+    CHECK(system(cmd) == 0, "cleanup");
+}
+
+static void test_synth_refuses_bad_args(void)
+{
+    char cmd[2 * PATH_MAX];
+    snprintf(cmd, sizeof cmd, "'%s' --size 3b --out /tmp/never 2>/dev/null", synth_bin);
+    int st = system(cmd);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 2, "unknown size accepted");
+    CHECK(access("/tmp/never", F_OK) != 0, "wrote a folder for an unknown size");
+}
+
+int main(void)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[n > 0 ? n : 0] = 0;
+    /* build/tests/integration/test_synth -> build/mq_synth */
+    snprintf(synth_bin, sizeof synth_bin, "%s/../../mq_synth", dirname(self));
+    CHECK(access(synth_bin, X_OK) == 0, "%s not built", synth_bin);
+    mq_kernels_init();
+    RUN(test_synth_layouts);
+    RUN(test_synth_refuses_bad_args);
+    return harness_done();
+}

@@ -1,0 +1,354 @@
+/* NVFP4 and BF16 GEMM/GEMV of every ISA this CPU has, against FP64 evaluations.
+ *
+ * NVFP4: Y[m,n] = alpha · Σ_b sx[m,b]·sw[n,b]·Σ_k value(qx)·value(qw) with alpha =
+ * (1/g_x)·(1/g_w) in FP32 (NVFP4.md), evaluated in FP64 from the canonical codes and
+ * scales; a kernel must agree to FP32 rounding: |y - y64| <= 1e-6·sqrt(K/16)·Σ_b|term_b|.
+ * BF16: Σ_k x·w in FP64 from the BF16 operands; FP32 accumulation error allowed
+ * 1e-6·sqrt(K)·Σ|x·w| (products of BF16 are exact in FP32).
+ * Shapes cover K not a multiple of 64 (and K = 172 padded to 176), K spanning several
+ * panels, odd K (BF16), N not a multiple of 16, M = 1..9 and 17, and column sub-ranges
+ * [n0, n1) whose outside must stay untouched.
+ */
+#include "harness.h"
+#include "mq_kernels.h"
+#include "kernels_internal.h" /* the activation aux layout, to compare it byte for byte */
+
+#include <math.h>
+#include <stdint.h>
+
+static void *amalloc(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64)) return NULL;
+    memset(p, 0, n ? n : 64);
+    return p;
+}
+
+static const double e2m1_v[16] = { 0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6 };
+
+static uint8_t code_at(const uint8_t *row, int k) { return (row[k / 2] >> (k & 1 ? 4 : 0)) & 0xf; }
+
+/* A random finite E4M3 scale (no NaN codes), mostly normal, some subnormal and zero. */
+static uint8_t rand_e4m3(unsigned long long *s)
+{
+    for (;;) {
+        uint8_t b = (uint8_t)(harness_rand(s) >> 56) & 0x7f;
+        if (b == 0x7f) continue;
+        return b;
+    }
+}
+
+/* Fills data from several distributions: gaussian, uniform, and gaussian with outliers. */
+static void fill_floats(float *x, size_t n, unsigned long long *s, int dist)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = dist == 0 ? harness_gauss(s) : harness_uniform(s);
+        if (dist == 2 && (harness_rand(s) >> 58) == 0) v *= 40.0f; /* ~1/64 outliers */
+        x[i] = v;
+    }
+}
+
+typedef struct fp4_case {
+    int m, n, k;
+} fp4_case;
+
+/* Builds weights either by quantizing floats or from raw codes/scales (set_rows). */
+static int build_weight(mq_fp4_weight *w, void **mem, int n, int k, int via_set_rows, unsigned long long *s)
+{
+    *mem = amalloc(mq_fp4_weight_bytes(n, k));
+    if (!*mem) return -1;
+    mq_fp4_weight_bind(w, n, k, *mem);
+    const int kp = mq_fp4_pad(k);
+    if (via_set_rows) {
+        uint8_t *codes = malloc((size_t)n * kp / 2), *scales = malloc((size_t)n * kp / 16);
+        for (size_t i = 0; i < (size_t)n * kp / 2; i++) codes[i] = (uint8_t)(harness_rand(s) >> 56);
+        for (size_t i = 0; i < (size_t)n * kp / 16; i++) scales[i] = rand_e4m3(s);
+        w->g = 37.5f;
+        mq_fp4_weight_set_rows(w, codes, scales, 0, n / 2);          /* two pieces */
+        mq_fp4_weight_set_rows(w, codes + (size_t)(n / 2) * kp / 2, scales + (size_t)(n / 2) * kp / 16, n / 2, n);
+        free(codes);
+        free(scales);
+        return 0;
+    }
+    float *src = malloc((size_t)n * k * sizeof(float));
+    fill_floats(src, (size_t)n * k, s, (n + k) % 3);
+    w->g = mq_fp4_global_scale(mq_amax_f32(src, (size_t)n * k));
+    int rc = mq_fp4_weight_quantize_rows(w, src, (size_t)k, 0, n);
+    free(src);
+    return rc;
+}
+
+static int build_act(mq_fp4_act *a, void **mem, int m, int k, int raw, unsigned long long *s)
+{
+    *mem = amalloc(mq_fp4_act_bytes(m, k));
+    if (!*mem) return -1;
+    mq_fp4_act_bind(a, m, k, *mem);
+    const int kp = a->kp;
+    if (raw) { /* codes written directly, then prepared by hand */
+        for (int r = 0; r < m; r++) {
+            for (int i = 0; i < kp / 2; i++) {
+                uint8_t b = (uint8_t)(harness_rand(s) >> 56);
+                if (2 * i >= k) b = 0; /* padding stays zero */
+                else if (2 * i + 1 >= k) b &= 0x0f;
+                a->codes[(size_t)r * kp / 2 + i] = b;
+            }
+            for (int b = 0; b < kp / 16; b++) a->scales[(size_t)r * kp / 16 + b] = rand_e4m3(s);
+        }
+        a->g = 0.75f;
+        mq_fp4_act_prepare_rows(a, 0, m);
+        return 0;
+    }
+    float *x = malloc((size_t)m * k * sizeof(float));
+    fill_floats(x, (size_t)m * k, s, (m + 2 * k) % 3);
+    a->g = mq_fp4_global_scale(mq_amax_f32(x, (size_t)m * k));
+    int rc = mq_fp4_act_quantize_rows(a, x, (size_t)k, 0, m);
+    free(x);
+    return rc;
+}
+
+/* FP64 evaluation of NVFP4.md's formula; *mag gets Σ_b |term_b|. */
+static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int n, double *mag)
+{
+    const int kp = a->kp, nb = kp / 16;
+    const float alpha = (1.0f / a->g) * (1.0f / w->g);
+    const uint8_t *xc = a->codes + (size_t)m * kp / 2, *wc = w->codes + (size_t)n * kp / 2;
+    double sum = 0, am = 0;
+    for (int b = 0; b < nb; b++) {
+        double dot = 0;
+        for (int j = 0; j < 16; j++) dot += e2m1_v[code_at(xc, b * 16 + j)] * e2m1_v[code_at(wc, b * 16 + j)];
+        double t = (double)alpha * mq_e4m3_to_f32(a->scales[(size_t)m * nb + b]) *
+                   mq_e4m3_to_f32(w->scales[(size_t)n * nb + b]) * dot;
+        sum += t;
+        am += fabs(t);
+    }
+    *mag = am;
+    return sum;
+}
+
+static int isas[3], n_isas;
+
+static void collect_isas(void)
+{
+    n_isas = 0;
+    for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
+        if (mq_kernels_cpu_has((mq_isa)i)) isas[n_isas++] = i;
+}
+
+static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned long long seed)
+{
+    unsigned long long s = seed;
+    mq_fp4_weight w;
+    mq_fp4_act a;
+    void *wm, *am;
+    mq_kernels_force(MQ_ISA_SCALAR); /* build once; every ISA must read the same operands */
+    CHECK(build_weight(&w, &wm, c.n, c.k, via_set_rows, &s) == 0, "weight build");
+    CHECK(build_act(&a, &am, c.m, c.k, raw_act, &s) == 0, "act build");
+    const int ldy = c.n + 3;
+    float *y = malloc((size_t)c.m * ldy * sizeof(float));
+    double *want = malloc((size_t)c.m * c.n * sizeof(double)), *mag = malloc((size_t)c.m * c.n * sizeof(double));
+    for (int m = 0; m < c.m; m++)
+        for (int n = 0; n < c.n; n++) want[m * c.n + n] = fp4_ref64(&a, &w, m, n, &mag[m * c.n + n]);
+    const double tol = 1e-6 * sqrt(fmax(1.0, a.kp / 16.0));
+    for (int ii = 0; ii < n_isas; ii++) {
+        CHECK(mq_kernels_force((mq_isa)isas[ii]) == 0, "force");
+        /* the prepared aux must not depend on the ISA that prepared it */
+        mq_fp4_act_prepare_rows(&a, 0, c.m);
+        mq_fp4_weight_prepare_rows(&w, 0, c.n);
+        /* full range, then two sub-ranges split off a multiple of 16 */
+        int cuts[3][2] = { { 0, c.n }, { c.n / 3, c.n }, { 0, c.n / 3 } };
+        for (int r = 0; r < 3; r++) {
+            int n0 = cuts[r][0], n1 = cuts[r][1];
+            for (size_t i = 0; i < (size_t)c.m * ldy; i++) y[i] = NAN;
+            mq_gemm_fp4(&a, &w, y, (size_t)ldy, n0, n1);
+            int bad = 0;
+            for (int m = 0; m < c.m && bad < 5; m++)
+                for (int n = 0; n < ldy && bad < 5; n++) {
+                    float v = y[(size_t)m * ldy + n];
+                    if (n < n0 || n >= n1) {
+                        CHECK(isnan(v), "%s m=%d n=%d outside [%d,%d) was written", mq_isa_name(isas[ii]), m, n, n0, n1);
+                        bad += !isnan(v);
+                        continue;
+                    }
+                    double e = want[m * c.n + n], lim = tol * mag[m * c.n + n];
+                    int ok = fabs((double)v - e) <= lim;
+                    CHECK(ok, "%s M=%d N=%d K=%d%s%s [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
+                          mq_isa_name(isas[ii]), c.m, c.n, c.k, via_set_rows ? " set_rows" : "",
+                          raw_act ? " raw_act" : "", n0, n1, m, n, v, e, fabs(v - e), lim);
+                    bad += !ok;
+                }
+        }
+    }
+    free(y);
+    free(want);
+    free(mag);
+    free(wm);
+    free(am);
+}
+
+static void test_fp4_gemm_shapes(void)
+{
+    static const fp4_case cases[] = {
+        { 1, 16, 16 }, { 1, 1, 64 }, { 2, 37, 48 }, { 3, 64, 172 }, { 4, 100, 272 }, { 5, 48, 64 },
+        { 7, 33, 320 }, { 8, 16, 1040 }, { 9, 70, 176 }, { 17, 50, 528 }, { 6, 130, 96 },
+    };
+    unsigned long long seed = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        check_fp4_case(cases[i], 0, 0, seed + i);
+        check_fp4_case(cases[i], 1, (int)(i & 1), seed + 100 + i);
+    }
+}
+
+/* Extreme scales: E4M3 max (448) and subnormal block scales on both sides. */
+static void test_fp4_gemm_scale_extremes(void)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        unsigned long long s = 77 + pass;
+        const int M = 5, N = 40, K = 96, kp = 96;
+        mq_kernels_force(MQ_ISA_SCALAR);
+        void *wm = amalloc(mq_fp4_weight_bytes(N, K)), *am = amalloc(mq_fp4_act_bytes(M, K));
+        mq_fp4_weight w;
+        mq_fp4_act a;
+        mq_fp4_weight_bind(&w, N, K, wm);
+        mq_fp4_act_bind(&a, M, K, am);
+        uint8_t *codes = malloc((size_t)N * kp / 2), *scales = malloc((size_t)N * kp / 16);
+        for (int i = 0; i < N * kp / 2; i++) codes[i] = (uint8_t)(harness_rand(&s) >> 56) | 0x77; /* ±6 heavy */
+        for (int i = 0; i < N * kp / 16; i++) scales[i] = pass ? (uint8_t)(1 + i % 7) : 0x7e;
+        w.g = 3.0f;
+        mq_fp4_weight_set_rows(&w, codes, scales, 0, N);
+        for (int i = 0; i < M * kp / 2; i++) a.codes[i] = (uint8_t)(harness_rand(&s) >> 56);
+        for (int i = 0; i < M * kp / 16; i++) a.scales[i] = pass ? 0x7e : (uint8_t)(0x80 | (1 + i % 7));
+        a.g = 0.001f;
+        float *y = malloc(sizeof(float) * M * N);
+        for (int ii = 0; ii < n_isas; ii++) {
+            mq_kernels_force((mq_isa)isas[ii]);
+            mq_fp4_act_prepare_rows(&a, 0, M);
+            mq_gemm_fp4(&a, &w, y, N, 0, N);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double mag, e = fp4_ref64(&a, &w, m, n, &mag);
+                    CHECK(fabs(y[m * N + n] - e) <= 1e-6 * sqrt(kp / 16.0) * mag, "%s pass %d y[%d,%d]=%g want %g",
+                          mq_isa_name(isas[ii]), pass, m, n, y[m * N + n], e);
+                }
+        }
+        free(y);
+        free(codes);
+        free(scales);
+        free(wm);
+        free(am);
+    }
+}
+
+/* The activation aux is byte-identical whichever ISA prepared it. */
+static void test_fp4_act_prepare_identical(void)
+{
+    unsigned long long s = 5;
+    const int M = 3, K = 200;
+    size_t bytes = mq_fp4_act_bytes(M, K);
+    void *m0 = NULL, *m1 = amalloc(bytes);
+    mq_fp4_act a0, a1;
+    mq_kernels_force(MQ_ISA_SCALAR);
+    build_act(&a0, &m0, M, K, 1, &s);
+    for (int ii = 0; ii < n_isas; ii++) {
+        mq_kernels_force((mq_isa)isas[ii]);
+        memcpy(m1, m0, bytes);
+        mq_fp4_act_bind(&a1, M, K, m1);
+        a1.g = a0.g;
+        memset(a1.aux, 0xa5, bytes - (size_t)((uint8_t *)a1.aux - (uint8_t *)m1));
+        mq_fp4_act_prepare_rows(&a1, 0, M);
+        CHECK(memcmp(mq_fp4_act_aux_bytes(&a0), mq_fp4_act_aux_bytes(&a1), (size_t)M * a0.kp) == 0,
+              "%s: prepared bytes differ from the scalar form", mq_isa_name(isas[ii]));
+        CHECK(memcmp(mq_fp4_act_aux_sx(&a0), mq_fp4_act_aux_sx(&a1), sizeof(float) * M * (a0.kp / 16)) == 0,
+              "%s: prepared scales differ from the scalar form", mq_isa_name(isas[ii]));
+    }
+    free(m0);
+    free(m1);
+}
+
+/* ---- BF16 ------------------------------------------------------------------------- */
+
+static void check_bf16_case(int M, int N, int K, unsigned long long seed)
+{
+    unsigned long long s = seed;
+    const int ldx = K + 5, ldy = N + 2;
+    uint16_t *x = malloc(sizeof(uint16_t) * (size_t)M * ldx), *wd = malloc(sizeof(uint16_t) * (size_t)N * K);
+    for (size_t i = 0; i < (size_t)M * ldx; i++) x[i] = mq_f32_to_bf16(harness_gauss(&s));
+    for (size_t i = 0; i < (size_t)N * K; i++) wd[i] = mq_f32_to_bf16(harness_uniform(&s) * 0.1f);
+    double *want = malloc(sizeof(double) * M * N), *mag = malloc(sizeof(double) * M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double a = 0, b = 0;
+            for (int k = 0; k < K; k++) {
+                double t = (double)mq_bf16_to_f32(x[(size_t)m * ldx + k]) * mq_bf16_to_f32(wd[(size_t)n * K + k]);
+                a += t;
+                b += fabs(t);
+            }
+            want[m * N + n] = a;
+            mag[m * N + n] = b;
+        }
+    float *y = malloc(sizeof(float) * (size_t)M * ldy);
+    for (int ii = 0; ii < n_isas; ii++) {
+        mq_kernels_force((mq_isa)isas[ii]);
+        void *aux = amalloc(mq_bf16_weight_aux_bytes(N, K));
+        mq_bf16_weight w;
+        mq_bf16_weight_bind(&w, N, K, wd, aux);
+        mq_bf16_weight_prepare_rows(&w, 0, N);
+        int cuts[3][2] = { { 0, N }, { N / 3, N }, { 0, N / 3 } };
+        for (int r = 0; r < 3; r++) {
+            int n0 = cuts[r][0], n1 = cuts[r][1], bad = 0;
+            for (size_t i = 0; i < (size_t)M * ldy; i++) y[i] = NAN;
+            mq_gemm_bf16(x, M, (size_t)ldx, &w, y, (size_t)ldy, n0, n1);
+            for (int m = 0; m < M && bad < 5; m++)
+                for (int n = 0; n < ldy && bad < 5; n++) {
+                    float v = y[(size_t)m * ldy + n];
+                    if (n < n0 || n >= n1) {
+                        CHECK(isnan(v), "%s m=%d n=%d outside [%d,%d) written", mq_isa_name(isas[ii]), m, n, n0, n1);
+                        bad += !isnan(v);
+                        continue;
+                    }
+                    double e = want[m * N + n], lim = 1e-6 * sqrt((double)K) * mag[m * N + n] + 1e-30;
+                    int ok = fabs(v - e) <= lim;
+                    CHECK(ok, "%s M=%d N=%d K=%d [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
+                          mq_isa_name(isas[ii]), M, N, K, n0, n1, m, n, v, e, fabs(v - e), lim);
+                    bad += !ok;
+                }
+        }
+        free(aux);
+    }
+    free(x);
+    free(wd);
+    free(want);
+    free(mag);
+    free(y);
+}
+
+static void test_bf16_gemv(void)
+{
+    static const int ks[] = { 1, 7, 32, 33, 100, 172, 600 };
+    for (int m = 1; m <= 8; m++)
+        for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) check_bf16_case(m, 13 + 7 * m, ks[i], 1000 + m * 10 + i);
+}
+
+static void test_bf16_gemm(void)
+{
+    static const int shapes[][3] = {
+        { 9, 16, 64 }, { 9, 37, 7 }, { 10, 70, 172 }, { 12, 64, 256 }, { 13, 100, 600 },
+        { 17, 33, 513 }, { 17, 130, 96 }, { 24, 5, 31 },
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        check_bf16_case(shapes[i][0], shapes[i][1], shapes[i][2], 2000 + i);
+}
+
+int main(void)
+{
+    mq_kernels_init();
+    collect_isas();
+    printf("  ISAs tested:");
+    for (int i = 0; i < n_isas; i++) printf(" %s", mq_isa_name(isas[i]));
+    printf("\n");
+    RUN(test_fp4_act_prepare_identical);
+    RUN(test_fp4_gemm_shapes);
+    RUN(test_fp4_gemm_scale_extremes);
+    RUN(test_bf16_gemv);
+    RUN(test_bf16_gemm);
+    return harness_done();
+}
