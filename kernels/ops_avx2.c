@@ -204,4 +204,5 @@ void mq_kernels_fill_ops_avx2(mq_kernel_table *t)
     t->fp4_act_quantize_rows = avx2_fp4_act_quantize_rows;
     t->rmsnorm = avx2_rmsnorm;
     t->swiglu = avx2_swiglu;
+    t->attention = mq_attention_avx2;
 }

@@ -177,4 +177,5 @@ void mq_kernels_fill_ops_avx512(mq_kernel_table *t)
     t->fp4_act_quantize_rows = avx512_fp4_act_quantize_rows;
     t->rmsnorm = avx512_rmsnorm;
     t->swiglu = avx512_swiglu;
+    t->attention = mq_attention_avx512;
 }
