@@ -433,7 +433,6 @@ static void *prefill_main(void *arg)
     mq_sched *s = arg;
     char msg[256];
     pthread_mutex_lock(&s->mu);
-    struct req *rr = NULL;   /* round-robin cursor over started prefills */
     while (!s->stop) {
         __atomic_add_fetch(&s->pf_progress, 1, __ATOMIC_RELAXED);
         /* 1. cancelled requests in the queue end now */
@@ -449,34 +448,34 @@ static void *prefill_main(void *arg)
             pthread_mutex_lock(&s->mu);
             continue;
         }
-        /* 2. pick: the next started prefill after the cursor (fairness between long
-         * prompts), else admit the first queued request */
+        /* 2. pick: admit the first queued request if the store can take it (FIFO:
+         * nobody overtakes a waiting head), else the first started prefill. A prefill
+         * that ran a chunk goes to the queue's tail: long prompts take turns, and a
+         * short prompt arriving meanwhile gets its first chunk at once. */
         r = NULL;
-        struct req *start = rr && rr->state == RQ_PREFILL ? rr->next : s->queue_head;
-        for (int pass = 0; pass < 2 && !r; pass++)
-            for (struct req *q = pass ? s->queue_head : start; q; q = q->next)
-                if (q->state == RQ_PREFILL) { r = q; break; }
-        if (!r) {
-            for (struct req *q = s->queue_head; q; q = q->next) {
-                if (q->state != RQ_QUEUED) continue;
-                int a = admit(s, q, msg, sizeof msg);
-                if (a > 0) {
-                    q->state = RQ_PREFILL;
-                    s->n_queued--;
-                    s->n_prefilling++;
-                    q->t_first_chunk = now_s();
-                    r = q;
-                } else if (a < 0) {
-                    queue_remove(s, q);
-                    finish_locked(s, q, MQ_END_ERROR, a);
-                    pthread_mutex_unlock(&s->mu);
-                    finish_notify(q, MQ_END_ERROR, a, msg);
-                    pthread_mutex_lock(&s->mu);
-                    r = NULL;
-                }
-                break;   /* FIFO admission: the head waits, nobody overtakes it */
+        int failed = 0;
+        for (struct req *q = s->queue_head; q; q = q->next) {
+            if (q->state != RQ_QUEUED) continue;
+            int a = admit(s, q, msg, sizeof msg);
+            if (a > 0) {
+                q->state = RQ_PREFILL;
+                s->n_queued--;
+                s->n_prefilling++;
+                q->t_first_chunk = now_s();
+                r = q;
+            } else if (a < 0) {
+                queue_remove(s, q);
+                finish_locked(s, q, MQ_END_ERROR, a);
+                pthread_mutex_unlock(&s->mu);
+                finish_notify(q, MQ_END_ERROR, a, msg);
+                pthread_mutex_lock(&s->mu);
+                failed = 1;
             }
+            break;
         }
+        if (failed) continue;
+        for (struct req *q = s->queue_head; q && !r; q = q->next)
+            if (q->state == RQ_PREFILL) r = q;
         if (!r) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -485,8 +484,6 @@ static void *prefill_main(void *arg)
             pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
             continue;
         }
-        rr = r;
-
         /* 3. one chunk */
         struct session *ss = r->ss;
         int pos0 = ss->n_kv;
@@ -534,6 +531,14 @@ static void *prefill_main(void *arg)
         ss->n_kv += n;
         r->st.prefilled_tokens += n;
         publish_full_blocks(s, ss);
+        if (!last && r != s->queue_tail) {
+            /* round-robin: the next chunk goes to another prompt being read, if any */
+            queue_remove(s, r);
+            r->state = RQ_PREFILL;
+            s->n_prefilling++;
+            s->queue_tail->next = r;
+            s->queue_tail = r;
+        }
         if (last) {
             ss->n_hist++;   /* the sampled token */
             queue_remove(s, r);
