@@ -76,6 +76,7 @@ struct session {
     int n_hashed;               /* leading full blocks hashed (and offered to the index) */
     int n_shared;               /* blocks obtained from the index */
     struct req *req;
+    int notifying;              /* finished requests whose on_done has not returned yet */
     double last_used;
     struct session *next;
 };
@@ -279,6 +280,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
         if (ss->n_kv > ss->n_hist) truncate_kv(s, ss, ss->n_hist);
     }
     ss->req = NULL;
+    ss->notifying++;
     ss->last_used = now_s();
     s->tok_prompt += (uint64_t)r->st.prompt_tokens;
     s->tok_cached += (uint64_t)r->st.cached_tokens;
@@ -291,10 +293,14 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     pthread_cond_signal(&s->pf_cv);   /* blocks may have freed up for a waiting request */
 }
 
-static void finish_notify(struct req *r, mq_end_reason why, int err, const char *msg)
+static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err, const char *msg)
 {
     fill_stats(r, now_s());
     if (r->sink.on_done) r->sink.on_done(r->sink.ctx, why, err, msg ? msg : "", &r->st);
+    pthread_mutex_lock(&s->mu);
+    r->ss->notifying--;   /* close/drain/destroy wait for this: on_done has returned */
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
     free(r);
 }
@@ -444,7 +450,7 @@ static void *prefill_main(void *arg)
             mq_end_reason why = (mq_end_reason)(r->end_code - 1);
             finish_locked(s, r, why, 0);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(r, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            finish_notify(s, r, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -467,7 +473,7 @@ static void *prefill_main(void *arg)
                 queue_remove(s, q);
                 finish_locked(s, q, MQ_END_ERROR, a);
                 pthread_mutex_unlock(&s->mu);
-                finish_notify(q, MQ_END_ERROR, a, msg);
+                finish_notify(s, q, MQ_END_ERROR, a, msg);
                 pthread_mutex_lock(&s->mu);
                 failed = 1;
             }
@@ -524,7 +530,7 @@ static void *prefill_main(void *arg)
             queue_remove(s, r);
             finish_locked(s, r, MQ_END_ERROR, rc);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(r, MQ_END_ERROR, rc, msg);
+            finish_notify(s, r, MQ_END_ERROR, rc, msg);
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -547,7 +553,7 @@ static void *prefill_main(void *arg)
                 mq_end_reason why = (mq_end_reason)((end ? end : cancel) - 1);
                 finish_locked(s, r, why, 0);
                 pthread_mutex_unlock(&s->mu);
-                finish_notify(r, why, 0, "");
+                finish_notify(s, r, why, 0, "");
                 pthread_mutex_lock(&s->mu);
             } else {
                 r->state = RQ_DECODE;
@@ -584,7 +590,7 @@ static void *decode_main(void *arg)
             mq_end_reason why = (mq_end_reason)(c->end_code - 1);
             finish_locked(s, c, why, 0);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(c, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            finish_notify(s, c, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -637,7 +643,7 @@ static void *decode_main(void *arg)
                 pthread_mutex_unlock(&s->mu);
                 char m[128];
                 snprintf(m, sizeof m, "decode step failed: %s", strerror(-rc));
-                finish_notify(r, MQ_END_ERROR, rc, m);
+                finish_notify(s, r, MQ_END_ERROR, rc, m);
                 pthread_mutex_lock(&s->mu);
                 continue;
             }
@@ -649,7 +655,7 @@ static void *decode_main(void *arg)
                 mq_end_reason why = (mq_end_reason)(ends[i] - 1);
                 finish_locked(s, r, why, 0);
                 pthread_mutex_unlock(&s->mu);
-                finish_notify(r, why, 0, "");
+                finish_notify(s, r, why, 0, "");
                 pthread_mutex_lock(&s->mu);
             }
         }
@@ -791,7 +797,7 @@ void mq_sched_destroy(mq_sched *s)
         pthread_cond_broadcast(&s->dec_cv);
         for (;;) {
             int busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL;
+            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL || ss->notifying;
             if (!busy) break;
             pthread_cond_wait(&s->done_cv, &s->mu);
         }
@@ -868,8 +874,8 @@ int mq_sched_session_close(mq_sched *s, uint64_t id)
         __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
-        while (ss->req) pthread_cond_wait(&s->done_cv, &s->mu);
     }
+    while (ss->req || ss->notifying) pthread_cond_wait(&s->done_cv, &s->mu);
     struct session **pp = &s->sessions;
     while (*pp != ss) pp = &(*pp)->next;
     *pp = ss->next;
@@ -939,7 +945,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     } else if (!ss) {
         rc = -ENOENT;
         snprintf(err, errlen, "submit: unknown session %llu", (unsigned long long)session);
-    } else if (ss->req) {
+    } else if (ss->req || ss->notifying) {
         rc = -EBUSY;
         snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
     } else if (ss->n_hist + n + 1 > ctx) {
@@ -1072,7 +1078,7 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
     int busy;
     for (;;) {
         busy = 0;
-        for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL;
+        for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL || ss->notifying;
         if (!busy || pthread_cond_timedwait(&s->done_cv, &s->mu, &dl) == ETIMEDOUT) break;
     }
     busy = 0;
@@ -1089,7 +1095,7 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
         pthread_cond_broadcast(&s->dec_cv);
         for (;;) {
             busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL;
+            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL || ss->notifying;
             if (!busy) break;
             pthread_cond_wait(&s->done_cv, &s->mu);
         }
