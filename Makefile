@@ -94,7 +94,7 @@ $(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(if $(CLIENT_SRC),$(LIBMQ_SO))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS)
 
 define bench_rule
 $(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
@@ -154,3 +154,28 @@ $(BPF_GEN)/probes.skel.h: $(BPF_GEN)/probes.bpf.o
 else
 $(info mq: clang, bpftool or $(KERNEL_BTF) missing: building the BPF probes fallback ("BPF not built"))
 endif
+
+# ---------------------------------------------------------------------------
+# make run: deps, build, start mqd on $(MODEL) in the background with its sockets under
+# $(RUN_DIR), wait until it is ready, answer a prompt through `mq run`, leave it running.
+MODEL   ?= $(MQ_SHARED)/models/mq-qwen3-80m
+RUN_DIR ?= $(CURDIR)/run
+PROMPT  ?= Write a Python function that returns the sum of a list of numbers.
+run: deps
+	@$(MAKE) --no-print-directory $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl
+	@sh dist/run.sh "$(MODEL)" "$(RUN_DIR)" "$(CURDIR)/$(BUILD)" "$(PROMPT)"
+
+# make install: PREFIX (default /usr/local) and DESTDIR honoured.
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+install: $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)/etc/mq
+	install -m 0755 $(MQD) $(BUILD)/mq $(BUILD)/mqctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(LIBMQ_SO) $(DESTDIR)$(PREFIX)/lib/libmq.so.1
+	ln -sf libmq.so.1 $(DESTDIR)$(PREFIX)/lib/libmq.so
+	install -m 0644 libclient/mq.h $(DESTDIR)$(PREFIX)/include/mq.h
+	sed 's|@PREFIX@|$(PREFIX)|g' libclient/libmq.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libmq.pc
+	for u in mqd.service mqd.socket mqd-admin.socket; do \
+	    sed 's|/usr/local|$(PREFIX)|g' dist/$$u > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u; done
+	[ -e $(DESTDIR)/etc/mq/mqd.json ] || install -m 0644 dist/mqd.json $(DESTDIR)/etc/mq/mqd.json
+	[ -n "$(DESTDIR)" ] || ldconfig 2>/dev/null || true

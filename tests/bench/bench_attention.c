@@ -1,12 +1,12 @@
 /* bench_attention — causal attention speed at Qwen3-1.7B head shapes (16 q-heads,
  * 8 kv-heads, head_dim 128), one thread, every ISA this CPU has.
  *
- *   build/bench_attention [n_ctx]        (default 8192)
+ *   build/bench_attention [n_ctx [isa]]      (default 8192, every ISA)
  *
  * Prints, per ISA: prefill of an n_ctx-token prompt through one layer's attention
  * (processed as the engine does, in chunks of 512 tokens at growing pos0; the scalar
  * and AVX2 paths time the last chunk only and scale by the causal work ratio), and one
- * decode step at position n_ctx. The closing lines are single numbers for scripts:
+ * decode step at position n_ctx. Times are the thread's CPU time. The closing lines are single numbers for scripts:
  *   attn_prefill_tok_s_<isa>: tokens/s of one layer's attention over the whole prompt
  */
 #include "mq_kernels.h"
@@ -14,13 +14,16 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 
+/* Thread CPU time: other programs share the 2 cores, and this counts only our own
+ * cycles (caches and memory bandwidth are still shared). */
 static double now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -52,8 +55,9 @@ int main(int argc, char **argv)
                        .block_tokens = bt, .scale = 1.0f / sqrtf((float)hd) };
     double tok_s[3] = { 0 };
     printf("attention, Qwen3-1.7B heads (%d q, %d kv, head_dim %d), %d-token prompt, 1 thread\n", n_head, n_kv, hd, n_ctx);
-    printf("%-8s %14s %14s %12s %12s\n", "isa", "prefill s", "tokens/s", "decode ms", "decode GB/s");
+    printf("%-8s %12s %12s %10s %12s %12s\n", "isa", "prefill s", "tokens/s", "G MAC/s", "decode ms", "decode GB/s");
     for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++) {
+        if (argc > 2 && strcmp(argv[2], mq_isa_name((mq_isa)isa))) continue;
         if (mq_kernels_force((mq_isa)isa)) continue;
         double t = 0;
         const int full = isa == MQ_ISA_AVX512;
@@ -84,7 +88,8 @@ int main(int argc, char **argv)
         }
         double kv_bytes = 2.0 * (n_ctx + 1) * n_kv * hd * 2;
         tok_s[isa] = n_ctx / total;
-        printf("%-8s %14.3f %14.1f %12.3f %12.2f%s\n", mq_isa_name((mq_isa)isa), total, tok_s[isa], best * 1e3,
+        const double macs = work_all * n_head * hd * 2; /* QKᵀ and PV */
+        printf("%-8s %12.3f %12.1f %10.1f %12.3f %12.2f%s\n", mq_isa_name((mq_isa)isa), total, tok_s[isa], macs / total / 1e9, best * 1e3,
                kv_bytes / best / 1e9, full ? "" : "   (prefill scaled from the last chunk)");
     }
     for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++)

@@ -1,0 +1,397 @@
+/* daemon/admin.c — the admin protocol: one JSON object per SOCK_SEQPACKET datagram.
+ *
+ * Request:  {"cmd": "status" | "sessions" | "stats" | "cancel" | "drain" | "reload" |
+ *                   "config" | "top", "id": N (cancel only)}
+ * Reply:    {"ok": true, ...command fields...} or {"ok": false, "error": "text"}
+ * Peers: root, or members of the configured admin_group (SO_PEERCRED + SO_PEERGROUPS);
+ * anyone else gets {"ok": false, "error": "permission denied: ..."} and is disconnected.
+ * A request that is not a JSON object with a known "cmd" gets an error reply; the
+ * connection stays usable. Replies are capped at MAX_REPLY bytes (session lists are
+ * truncated with "truncated": true).
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "arena.h"
+#include "model.h"
+#include "probes.h"
+#include "scheduler.h"
+#include "server.h"
+
+/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+#define MAX_REQ 65536
+#define MAX_REPLY (1u << 20)
+#define MAX_SESSION_ROWS 4096
+
+typedef struct mqd_admin {
+    mqd *d;
+    struct mqd_admin *next;
+    int fd;
+    mq_ev *ev;
+} mqd_admin;
+
+static const char *state_name(enum mqd_state s)
+{
+    switch (s) {
+    case MQD_LOADING:
+        return "loading";
+    case MQD_READY:
+        return "ready";
+    case MQD_DRAINING:
+        return "draining";
+    case MQD_STOPPING:
+        return "stopping";
+    default:
+        return "failed";
+    }
+}
+
+static void add_sched_stats(mqd *d, cJSON *o)
+{
+    if (!d->sched)
+        return;
+    mq_sched_stats st;
+    mq_sched_get_stats(d->sched, &st);
+    cJSON *q = cJSON_AddObjectToObject(o, "queue");
+    cJSON_AddNumberToObject(q, "queued", st.queued);
+    cJSON_AddNumberToObject(q, "prefilling", st.prefilling);
+    cJSON_AddNumberToObject(q, "decoding", st.decoding);
+    cJSON *t = cJSON_AddObjectToObject(o, "tokens");
+    cJSON_AddNumberToObject(t, "requests_done", (double)st.requests_done);
+    cJSON_AddNumberToObject(t, "requests_failed", (double)st.requests_failed);
+    cJSON_AddNumberToObject(t, "prompt", (double)st.prompt_tokens);
+    cJSON_AddNumberToObject(t, "cached", (double)st.cached_tokens);
+    cJSON_AddNumberToObject(t, "prefilled", (double)st.prefilled_tokens);
+    cJSON_AddNumberToObject(t, "generated", (double)st.generated_tokens);
+    cJSON_AddNumberToObject(t, "prefill_tok_s", st.prefill_tok_s);
+    cJSON_AddNumberToObject(t, "decode_tok_s", st.decode_tok_s);
+    cJSON_AddNumberToObject(t, "cached_ratio", st.cache_hit_ratio);
+    cJSON *k = cJSON_AddObjectToObject(o, "kv");
+    cJSON_AddNumberToObject(k, "blocks", st.kv_blocks);
+    cJSON_AddNumberToObject(k, "used", st.kv_used);
+    cJSON_AddNumberToObject(k, "cached", st.kv_cached);
+    cJSON_AddNumberToObject(k, "free", st.kv_free);
+    cJSON_AddNumberToObject(k, "block_tokens", st.block_tokens);
+    cJSON_AddNumberToObject(k, "bytes", (double)st.kv_bytes);
+    cJSON_AddStringToObject(k, "memory", st.kv_memory ? st.kv_memory : "?");
+    cJSON_AddNumberToObject(k, "occupancy", st.kv_blocks ? (double)st.kv_used / st.kv_blocks : 0);
+    cJSON_AddNumberToObject(o, "sessions", st.sessions);
+}
+
+static void cmd_status(mqd *d, cJSON *o)
+{
+    cJSON_AddStringToObject(o, "state", state_name(d->state));
+    cJSON_AddNumberToObject(o, "pid", getpid());
+    cJSON_AddNumberToObject(o, "uid", getuid());
+    cJSON_AddNumberToObject(o, "uptime_s", (mqd_now_ms() - d->start_ms) / 1000.0);
+    cJSON *m = cJSON_AddObjectToObject(o, "model");
+    cJSON_AddStringToObject(m, "name", d->model_name);
+    cJSON_AddStringToObject(m, "dir", d->cfg.model_dir);
+    cJSON_AddStringToObject(m, "mode", mqd_config_mode_name(d->cfg.mode));
+    cJSON_AddNumberToObject(m, "ctx_limit", d->ctx_limit);
+    cJSON *modes = cJSON_AddArrayToObject(m, "modes");
+    cJSON_AddItemToArray(modes, cJSON_CreateString("mixed"));
+    cJSON_AddItemToArray(modes, cJSON_CreateString("bf16"));
+    cJSON_AddItemToArray(modes, cJSON_CreateString("fp4"));
+    cJSON *ld = cJSON_AddObjectToObject(o, "load");
+    uint64_t done = __atomic_load_n(&d->load_bytes_done, __ATOMIC_RELAXED);
+    uint64_t total = __atomic_load_n(&d->load_bytes_total, __ATOMIC_RELAXED);
+    cJSON_AddStringToObject(ld, "phase", d->state == MQD_LOADING ? d->load_phase : "done");
+    cJSON_AddNumberToObject(ld, "bytes_done", (double)done);
+    cJSON_AddNumberToObject(ld, "bytes_total", (double)total);
+    cJSON_AddNumberToObject(ld, "progress", total ? (double)done / total : 0);
+    cJSON_AddNumberToObject(ld, "ms", (double)(d->load_ms ? d->load_ms
+                                                           : mqd_now_ms() - d->load_t0_ms));
+    cJSON_AddStringToObject(ld, "note", d->load_note);
+    cJSON *mem = cJSON_AddObjectToObject(o, "memory");
+    if (d->arena) {
+        mq_arena_stats as;
+        mq_arena_stats_get(d->arena, &as);
+        cJSON *w = cJSON_AddObjectToObject(mem, "weights_mapped");
+        for (int k = 0; k < MQ_MEM_KINDS; k++)
+            cJSON_AddNumberToObject(w, mq_mem_kind_name((mq_mem_kind)k), (double)as.mapped[k]);
+        cJSON_AddNumberToObject(mem, "weights_used", (double)as.used);
+    }
+    if (d->model && d->state != MQD_LOADING) {
+        cJSON_AddNumberToObject(mem, "weights_bf16", (double)d->model->bf16_bytes);
+        cJSON_AddNumberToObject(mem, "weights_fp4", (double)d->model->fp4_bytes);
+        cJSON_AddNumberToObject(mem, "weights_other", (double)d->model->other_bytes);
+    }
+    long hp = mq_hugepages_free();
+    cJSON_AddNumberToObject(mem, "hugepages_free", hp < 0 ? 0 : (double)hp);
+    cJSON *p = cJSON_AddObjectToObject(o, "pools");
+    cJSON *pp = cJSON_AddObjectToObject(p, "prefill");
+    cJSON_AddNumberToObject(pp, "threads", d->cfg.prefill_threads);
+    cJSON_AddStringToObject(pp, "cpus", d->cfg.prefill_cpus[0] ? d->cfg.prefill_cpus : "all");
+    cJSON *dp = cJSON_AddObjectToObject(p, "decode");
+    cJSON_AddNumberToObject(dp, "threads", d->cfg.decode_threads);
+    cJSON_AddStringToObject(dp, "cpus", d->cfg.decode_cpus[0] ? d->cfg.decode_cpus : "all");
+    cJSON_AddNumberToObject(o, "clients", d->n_conns);
+    cJSON_AddStringToObject(o, "bpf", d->probes ? "loaded" : d->probes_err);
+    if (d->state != MQD_LOADING)
+        add_sched_stats(d, o);
+    if (d->fail_msg[0])
+        cJSON_AddStringToObject(o, "error", d->fail_msg);
+}
+
+typedef struct {
+    cJSON *arr;
+    int n;
+    int truncated;
+} rows;
+
+static void sched_session_cb(void *ctx, const mq_session_info *i)
+{
+    rows *r = ctx;
+    if (r->n >= MAX_SESSION_ROWS) {
+        r->truncated = 1;
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "id", (double)i->id);
+    cJSON_AddNumberToObject(o, "history_tokens", i->history_tokens);
+    cJSON_AddNumberToObject(o, "kv_tokens", i->kv_tokens);
+    cJSON_AddNumberToObject(o, "kv_blocks", i->kv_blocks);
+    cJSON_AddNumberToObject(o, "shared_blocks", i->shared_blocks);
+    static const char *const busy[] = {"idle", "queued", "prefilling", "decoding"};
+    cJSON_AddStringToObject(o, "state", i->busy >= 0 && i->busy < 4 ? busy[i->busy] : "?");
+    cJSON_AddNumberToObject(o, "idle_ms", i->idle_ms);
+    cJSON_AddItemToArray(r->arr, o);
+    r->n++;
+}
+
+static void owner_cb(void *ctx, const mqd_session_view *v)
+{
+    cJSON *arr = ctx;
+    cJSON *it;
+    cJSON_ArrayForEach(it, arr)
+    {
+        cJSON *id = cJSON_GetObjectItem(it, "id");
+        if (id && (uint64_t)id->valuedouble == v->session) {
+            cJSON_AddNumberToObject(it, "pid", v->pid);
+            cJSON_AddNumberToObject(it, "uid", v->uid);
+            cJSON_AddStringToObject(it, "mode", v->mode ? "raw" : "chat");
+            cJSON_AddNumberToObject(it, "request", (double)v->running_req);
+            return;
+        }
+    }
+}
+
+static void cmd_sessions(mqd *d, cJSON *o)
+{
+    rows r = {cJSON_AddArrayToObject(o, "sessions"), 0, 0};
+    if (d->sched)
+        mq_sched_sessions(d->sched, sched_session_cb, &r);
+    mqd_client_sessions(d, owner_cb, r.arr);
+    if (r.truncated)
+        cJSON_AddBoolToObject(o, "truncated", 1);
+}
+
+static void top_cb(pid_t tid, const char *comm, uint64_t offcpu_ns, uint64_t faults, void *ctx)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "tid", tid);
+    cJSON_AddStringToObject(o, "name", comm);
+    cJSON_AddNumberToObject(o, "offcpu_ms", offcpu_ns / 1e6);
+    cJSON_AddNumberToObject(o, "faults", (double)faults);
+    cJSON_AddItemToArray(ctx, o);
+}
+
+/* Returns NULL on success or an error text. */
+static const char *run_cmd(mqd *d, const cJSON *req, cJSON *o, char *buf, size_t buflen)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(req, "cmd");
+    if (!cJSON_IsString(c))
+        return "request needs a string field \"cmd\"";
+    const char *cmd = c->valuestring;
+    if (!strcmp(cmd, "status")) {
+        cmd_status(d, o);
+    } else if (!strcmp(cmd, "stats")) {
+        if (d->state == MQD_LOADING)
+            return "mqd is still loading the model";
+        add_sched_stats(d, o);
+    } else if (!strcmp(cmd, "sessions")) {
+        cmd_sessions(d, o);
+    } else if (!strcmp(cmd, "config")) {
+        char *js = mqd_config_to_json(&d->cfg);
+        cJSON *cfg = js ? cJSON_Parse(js) : NULL;
+        free(js);
+        if (!cfg)
+            return "out of memory";
+        cJSON_AddItemToObject(o, "config", cfg);
+        cJSON_AddStringToObject(o, "config_file", d->config_path);
+    } else if (!strcmp(cmd, "cancel")) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+        if (!cJSON_IsNumber(id) || id->valuedouble < 1)
+            return "cancel needs a numeric \"id\" (request or session)";
+        if (!d->sched)
+            return "mqd is still loading the model";
+        if (mqd_client_cancel(d, (uint64_t)id->valuedouble, buf, buflen))
+            return buf;
+        cJSON_AddStringToObject(o, "message", buf);
+    } else if (!strcmp(cmd, "drain")) {
+        if (d->state == MQD_LOADING)
+            return "mqd is still loading the model";
+        mqd_begin_drain(d, "mqctl drain");
+        cJSON_AddStringToObject(o, "state", state_name(d->state));
+        cJSON_AddNumberToObject(o, "timeout_ms", d->cfg.drain_timeout_ms);
+    } else if (!strcmp(cmd, "reload")) {
+        if (mqd_reload(d, buf, buflen))
+            return buf;
+        cJSON_AddStringToObject(o, "message", buf);
+    } else if (!strcmp(cmd, "top")) {
+        if (!d->probes) {
+            snprintf(buf, buflen, "BPF unavailable: %s", d->probes_err[0] ? d->probes_err : "not loaded");
+            return buf;
+        }
+        cJSON *arr = cJSON_AddArrayToObject(o, "threads");
+        int rc = mq_probes_read(d->probes, top_cb, arr);
+        if (rc) {
+            snprintf(buf, buflen, "reading BPF maps: %s", strerror(-rc));
+            return buf;
+        }
+    } else {
+        snprintf(buf, buflen, "unknown command \"%.64s\" (status, sessions, stats, cancel, drain, "
+                              "reload, config, top)", cmd);
+        return buf;
+    }
+    return NULL;
+}
+
+static void send_json(int fd, cJSON *o)
+{
+    char *s = cJSON_PrintUnformatted(o);
+    if (!s)
+        return;
+    size_t n = strlen(s);
+    if (n > MAX_REPLY) {
+        free(s);
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddBoolToObject(e, "ok", 0);
+        cJSON_AddStringToObject(e, "error", "reply too large");
+        s = cJSON_PrintUnformatted(e);
+        cJSON_Delete(e);
+        if (!s)
+            return;
+        n = strlen(s);
+    }
+    /* Admin replies are rare; a blocking send with a timeout keeps large ones whole. */
+    ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+    (void)w;
+    free(s);
+}
+
+static void admin_close(mqd_admin *a)
+{
+    mqd *d = a->d;
+    mq_evloop_del(d->loop, a->ev);
+    close(a->fd);
+    for (mqd_admin **pp = &d->admins; *pp; pp = &(*pp)->next)
+        if (*pp == a) {
+            *pp = a->next;
+            break;
+        }
+    free(a);
+}
+
+static void on_admin_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
+{
+    (void)l;
+    (void)events;
+    mqd_admin *a = arg;
+    char *buf = malloc(MAX_REQ + 1);
+    if (!buf) {
+        admin_close(a);
+        return;
+    }
+    for (;;) {
+        ssize_t n = recv(fd, buf, MAX_REQ + 1, MSG_DONTWAIT | MSG_TRUNC);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        if (n <= 0) {
+            admin_close(a);
+            break;
+        }
+        cJSON *o = cJSON_CreateObject();
+        char msg[512];
+        const char *err = NULL;
+        cJSON *req = NULL;
+        if (n > MAX_REQ)
+            err = "request over 64 KiB";
+        else if (!(req = cJSON_ParseWithLength(buf, (size_t)n)) || !cJSON_IsObject(req))
+            err = "request is not a JSON object";
+        else
+            err = run_cmd(a->d, req, o, msg, sizeof msg);
+        cJSON_Delete(req);
+        if (err) {
+            cJSON_Delete(o);
+            o = cJSON_CreateObject();
+            cJSON_AddBoolToObject(o, "ok", 0);
+            cJSON_AddStringToObject(o, "error", err);
+        } else {
+            cJSON_AddBoolToObject(o, "ok", 1);
+        }
+        send_json(fd, o);
+        cJSON_Delete(o);
+    }
+    free(buf);
+}
+
+void mqd_admin_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
+{
+    (void)events;
+    mqd *d = arg;
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        uid_t uid;
+        pid_t pid;
+        char why[256];
+        if (!mqd_peer_allowed(d, fd, 1, &uid, &pid, why, sizeof why)) {
+            cJSON *o = cJSON_CreateObject();
+            char msg[300];
+            snprintf(msg, sizeof msg, "permission denied: %s", why);
+            cJSON_AddBoolToObject(o, "ok", 0);
+            cJSON_AddStringToObject(o, "error", msg);
+            send_json(fd, o);
+            cJSON_Delete(o);
+            mqd_log("admin socket: refused pid %d uid %u: %s", (int)pid, (unsigned)uid, why);
+            close(fd);
+            continue;
+        }
+        struct timeval tv = {2, 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        int sz = (int)MAX_REPLY + 65536;
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+        mqd_admin *a = calloc(1, sizeof *a);
+        if (!a) {
+            close(fd);
+            continue;
+        }
+        a->d = d;
+        a->fd = fd;
+        if (mq_evloop_add_fd(l, fd, POLLIN, on_admin_readable, a, &a->ev)) {
+            close(fd);
+            free(a);
+            continue;
+        }
+        a->next = d->admins;
+        d->admins = a;
+    }
+}
+
+void mqd_admin_close_all(mqd *d)
+{
+    while (d->admins)
+        admin_close(d->admins);
+}

@@ -1,0 +1,1042 @@
+/* daemon/client_conn.c — one client connection: the wire protocol (ipc/wire.h), its shared
+ * memory channel (ipc/channel.h) and the scheduler sinks that stream tokens into it.
+ *
+ * Life of a connection (event loop thread unless said otherwise):
+ *   accept -> SO_PEERCRED check -> HELLO (version, client's eventfd) -> HELLO_OK + memfd
+ *   -> OPEN/SUBMIT/CANCEL/STATS/CLOSE ... -> hang-up: every session is closed in the
+ *   scheduler (cancelling its request, freeing its KV blocks).
+ * A message that does not decode gets ERROR(MQ_ERR_PROTOCOL) and closes this connection
+ * only.
+ *
+ * Threads: the sink callbacks (on_token/on_done) run on the scheduler's driver threads.
+ * They touch only the channel's token ring and the spill buffer, under conn->tx_lock, and
+ * hand everything else to the loop with mq_evloop_post(). The connection is reference
+ * counted (one ref for the open socket, one per unfinished request, one per pending
+ * flush), so the channel stays mapped until the last callback is over.
+ *
+ * Back-pressure: when the client does not read and its token ring is full, records go to
+ * a bounded spill buffer; the loop then waits (io_uring FUTEX_WAIT) on the ring's tail word
+ * for the client to consume, and flushes. A request whose spill would pass
+ * SPILL_RING_FACTOR ring sizes is cancelled instead of growing memory.
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "channel.h"
+#include "chat_template.h"
+#include "scheduler.h"
+#include "server.h"
+
+/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#include "tokenizer.h"
+#include "wire.h"
+
+#define SPILL_RING_FACTOR 4
+
+typedef struct mqd_req mqd_req;
+
+typedef struct mqd_sess {
+    uint64_t id;         /* the scheduler's session id (also the wire id) */
+    int mode;            /* MQ_WIRE_MODE_* */
+    int turns;           /* requests started */
+    int end_in_session;  /* the last reply ended with the end-of-turn token */
+    cJSON *pending;      /* chat: system messages waiting for the next user/tool message */
+    mqd_req *running;
+} mqd_sess;
+
+struct mqd_req {
+    struct mqd_conn *conn;
+    uint64_t id, session;
+    int no_special_text;
+    int overflow;  /* driver thread only */
+    int end_stop;  /* set before done */
+    int done;      /* atomic: on_done ran */
+};
+
+typedef struct mqd_conn {
+    mqd *d;
+    struct mqd_conn *prev, *next;
+    int fd;
+    mq_ev *ev;
+    uid_t uid;
+    pid_t pid;
+    int hello_done;
+    int closing;
+    int refs; /* atomic */
+    mq_chan chan;
+    int chan_ok;
+    pthread_mutex_t tx_lock;
+    uint8_t *spill;
+    size_t spill_len, spill_cap;
+    int flush_armed; /* under tx_lock */
+    mq_ev *flush_timer;
+    mqd_sess *sess;
+    int n_sess, cap_sess;
+} mqd_conn;
+
+/* ---- references ---------------------------------------------------------------- */
+static void conn_ref(mqd_conn *c) { __atomic_add_fetch(&c->refs, 1, __ATOMIC_SEQ_CST); }
+
+static void conn_unref(mqd_conn *c)
+{
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST))
+        return;
+    if (c->chan_ok)
+        mq_chan_unmap(&c->chan);
+    else if (c->chan.token.efd >= 0)
+        close(c->chan.token.efd);
+    pthread_mutex_destroy(&c->tx_lock);
+    free(c->spill);
+    free(c->sess);
+    free(c);
+}
+
+/* ---- replies ------------------------------------------------------------------- */
+static void conn_close(mqd_conn *c, const char *why);
+
+static int send_reply(mqd_conn *c, mq_msg *m, uint32_t seq, int pass_fd)
+{
+    uint8_t buf[MQ_WIRE_MAX_MSG];
+    m->seq = seq;
+    int n = mq_wire_encode(m, buf, sizeof buf);
+    if (n < 0)
+        return n;
+    struct iovec iov = {buf, (size_t)n};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    union {
+        char b[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    if (pass_fd >= 0) {
+        mh.msg_control = u.b;
+        mh.msg_controllen = sizeof u.b;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    }
+    /* Replies are small and one per request: a full socket buffer means the client does not
+     * read its socket at all; it is dropped rather than blocking the loop. */
+    if (sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        return -errno;
+    return 0;
+}
+
+static void send_error(mqd_conn *c, uint32_t seq, unsigned code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void send_error(mqd_conn *c, uint32_t seq, unsigned code, const char *fmt, ...)
+{
+    mq_msg m = {.type = MQ_MSG_ERROR};
+    m.u.error.code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m.u.error.text, sizeof m.u.error.text, fmt, ap);
+    va_end(ap);
+    send_reply(c, &m, seq, -1);
+}
+
+/* ---- token ring writer (any thread) -------------------------------------------- */
+static void arm_flush(mq_evloop *l, void *arg);
+
+/* Copies whole spilled records into the ring; caller holds tx_lock. */
+static void flush_locked(mqd_conn *c)
+{
+    size_t off = 0;
+    int wrote = 0;
+    while (off < c->spill_len) {
+        mq_chan_rec h;
+        memcpy(&h, c->spill + off, sizeof h);
+        int64_t space = mq_ring_space(&c->chan.token);
+        if (space < (int64_t)h.size)
+            break;
+        mq_ring_write(&c->chan.token, c->spill + off, h.size);
+        off += h.size;
+        wrote = 1;
+    }
+    if (off) {
+        memmove(c->spill, c->spill + off, c->spill_len - off);
+        c->spill_len -= off;
+    }
+    if (wrote)
+        mq_ring_publish(&c->chan.token);
+}
+
+/* Returns 0, or -ENOBUFS when the record was dropped (spill limit; `must` records are
+ * never dropped). */
+static int push_rec(mqd_conn *c, const uint8_t *rec, uint32_t n, int must)
+{
+    int rc = 0;
+    pthread_mutex_lock(&c->tx_lock);
+    if (c->spill_len == 0 && mq_ring_space(&c->chan.token) >= (int64_t)n) {
+        mq_ring_write(&c->chan.token, rec, n);
+        mq_ring_publish(&c->chan.token);
+        goto out;
+    }
+    size_t limit = (size_t)c->chan.token.size * SPILL_RING_FACTOR;
+    if (!must && c->spill_len + n > limit) {
+        rc = -ENOBUFS;
+        goto out;
+    }
+    if (c->spill_len + n > c->spill_cap) {
+        size_t cap = c->spill_cap ? c->spill_cap : 65536;
+        while (cap < c->spill_len + n)
+            cap *= 2;
+        uint8_t *p = realloc(c->spill, cap);
+        if (!p) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        c->spill = p;
+        c->spill_cap = cap;
+    }
+    memcpy(c->spill + c->spill_len, rec, n);
+    c->spill_len += n;
+    if (!c->flush_armed) {
+        c->flush_armed = 1;
+        conn_ref(c);
+        if (mq_evloop_post(c->d->loop, arm_flush, c)) {
+            c->flush_armed = 0;
+            __atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST); /* never the last ref here */
+        }
+    }
+out:
+    pthread_mutex_unlock(&c->tx_lock);
+    return rc;
+}
+
+static void flush_timer_cb(mq_evloop *l, void *arg);
+
+static void on_tail_wake(mq_evloop *l, int res, void *arg)
+{
+    (void)res;
+    arm_flush(l, arg);
+}
+
+/* Loop thread, holding one ref that this chain of callbacks owns. */
+static void arm_flush(mq_evloop *l, void *arg)
+{
+    mqd_conn *c = arg;
+    pthread_mutex_lock(&c->tx_lock);
+    if (!c->closing)
+        flush_locked(c);
+    if (c->closing || c->spill_len == 0) {
+        c->flush_armed = 0;
+        pthread_mutex_unlock(&c->tx_lock);
+        conn_unref(c);
+        return;
+    }
+    mq_ring_ctl *ctl = c->chan.token.ctl;
+    __atomic_store_n(&ctl->tail_waiters, 1, __ATOMIC_SEQ_CST);
+    uint32_t seen = __atomic_load_n(&ctl->tail, __ATOMIC_SEQ_CST);
+    flush_locked(c); /* the client may have consumed before it saw the flag */
+    int empty = c->spill_len == 0;
+    if (empty)
+        c->flush_armed = 0;
+    pthread_mutex_unlock(&c->tx_lock);
+    if (empty) {
+        conn_unref(c);
+        return;
+    }
+    if (mq_evloop_futex_wait(l, &ctl->tail, seen, on_tail_wake, c) == 0)
+        return;
+    /* Kernel without io_uring futexes: look again in a few milliseconds. */
+    if (mq_evloop_add_timer(l, 5, flush_timer_cb, c, &c->flush_timer)) {
+        pthread_mutex_lock(&c->tx_lock);
+        c->flush_armed = 0;
+        pthread_mutex_unlock(&c->tx_lock);
+        conn_unref(c);
+    }
+}
+
+static void flush_timer_cb(mq_evloop *l, void *arg)
+{
+    mqd_conn *c = arg;
+    mq_evloop_del(l, c->flush_timer);
+    c->flush_timer = NULL;
+    arm_flush(l, c);
+}
+
+/* ---- sinks (driver threads) ---------------------------------------------------- */
+static void cancel_overflowed(mq_evloop *l, void *arg)
+{
+    (void)l;
+    mqd_req *r = arg; /* alive: its on_done has not run (done is posted after this) */
+    mq_sched_cancel(r->conn->d->sched, r->session, MQ_END_CANCEL);
+}
+
+static void sink_token(void *ctx, int32_t id, const char *text, size_t len)
+{
+    mqd_req *r = ctx;
+    mqd_conn *c = r->conn;
+    if (r->overflow)
+        return;
+    uint32_t flags = 0;
+    if (c->d->tok && mq_tok_is_special(c->d->tok, id)) {
+        flags |= MQ_REC_SPECIAL;
+        if (r->no_special_text)
+            len = 0;
+    }
+    if (len > 4096)
+        len = 4096; /* one token's text is far smaller; keep records bounded */
+    uint8_t rec[sizeof(mq_chan_rec) + 4096 + 8];
+    int n = mq_chan_format_token(rec, sizeof rec, r->id, id, flags, text, (uint32_t)len);
+    if (n < 0)
+        return;
+    if (push_rec(c, rec, (uint32_t)n, 0) == -ENOBUFS) {
+        r->overflow = 1;
+        mq_evloop_post(c->d->loop, cancel_overflowed, r);
+    }
+}
+
+static void finish_req(mq_evloop *l, void *arg);
+
+static uint32_t wire_err_of(int err)
+{
+    switch (err) {
+    case -E2BIG:
+        return MQ_ERR_TOO_LONG;
+    case -ENOSPC:
+        return MQ_ERR_KV_FULL;
+    case -ESHUTDOWN:
+        return MQ_ERR_DRAINING;
+    case -EAGAIN:
+        return MQ_ERR_LIMIT;
+    case -EBUSY:
+        return MQ_ERR_BUSY;
+    case -ENOENT:
+        return MQ_ERR_NO_SESSION;
+    default:
+        return MQ_ERR_INTERNAL;
+    }
+}
+
+static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
+                      const mq_req_stats *st)
+{
+    mqd_req *r = ctx;
+    mqd_conn *c = r->conn;
+    mq_chan_done d = {0};
+    switch (reason) {
+    case MQ_END_STOP_TOKEN:
+        d.end_reason = MQ_CHAN_END_STOP;
+        break;
+    case MQ_END_STOP_STRING:
+        d.end_reason = MQ_CHAN_END_STOP_STRING;
+        break;
+    case MQ_END_LENGTH:
+        d.end_reason = MQ_CHAN_END_LENGTH;
+        break;
+    case MQ_END_CANCEL:
+    case MQ_END_CLIENT_GONE:
+        d.end_reason = MQ_CHAN_END_CANCEL;
+        break;
+    default:
+        d.end_reason = err == -ESHUTDOWN ? MQ_CHAN_END_SHUTDOWN : MQ_CHAN_END_ERROR;
+        d.error = (int32_t)wire_err_of(err);
+        break;
+    }
+    if (r->overflow && d.end_reason == MQ_CHAN_END_CANCEL) {
+        d.end_reason = MQ_CHAN_END_ERROR;
+        d.error = MQ_ERR_LIMIT;
+        msg = "client did not read its token ring; request cancelled";
+    }
+    if (st) {
+        d.prompt_tokens = (uint32_t)st->prompt_tokens;
+        d.cached_tokens = (uint32_t)st->cached_tokens;
+        d.prefilled_tokens = (uint32_t)st->prefilled_tokens;
+        d.gen_tokens = (uint32_t)st->generated_tokens;
+        d.queue_us = (uint64_t)(st->queue_ms * 1000);
+        d.ttft_us = (uint64_t)(st->ttft_ms * 1000);
+        d.prefill_us = st->prefill_tok_s > 0
+                           ? (uint64_t)(st->prefilled_tokens / st->prefill_tok_s * 1e6)
+                           : 0;
+        d.decode_us = st->decode_tok_s > 0 && st->generated_tokens > 1
+                          ? (uint64_t)((st->generated_tokens - 1) / st->decode_tok_s * 1e6)
+                          : 0;
+    }
+    r->end_stop = reason == MQ_END_STOP_TOKEN;
+    __atomic_store_n(&r->done, 1, __ATOMIC_SEQ_CST);
+    /* Post before the client can see DONE, so the loop learns of the end first. */
+    mq_evloop_post(c->d->loop, finish_req, r);
+    size_t ml = msg ? strlen(msg) : 0;
+    if (ml > 1024)
+        ml = 1024;
+    uint8_t rec[sizeof(mq_chan_rec) + sizeof(mq_chan_done) + 1024 + 8];
+    int n = mq_chan_format_done(rec, sizeof rec, r->id, &d, msg, (uint32_t)ml);
+    if (n > 0)
+        push_rec(c, rec, (uint32_t)n, 1);
+}
+
+/* ---- sessions ------------------------------------------------------------------ */
+static mqd_sess *find_sess(mqd_conn *c, uint64_t id)
+{
+    for (int i = 0; i < c->n_sess; i++)
+        if (c->sess[i].id == id)
+            return &c->sess[i];
+    return NULL;
+}
+
+/* The loop's view of a session's request: a request whose on_done ran is over even if
+ * finish_req has not run yet. */
+static void settle(mqd_sess *s)
+{
+    if (s->running && __atomic_load_n(&s->running->done, __ATOMIC_SEQ_CST)) {
+        s->end_in_session = s->running->end_stop;
+        s->running = NULL;
+    }
+}
+
+static void finish_req(mq_evloop *l, void *arg)
+{
+    (void)l;
+    mqd_req *r = arg;
+    mqd_conn *c = r->conn;
+    mqd_sess *s = find_sess(c, r->session);
+    if (s && s->running == r) {
+        s->end_in_session = r->end_stop;
+        s->running = NULL;
+    }
+    free(r);
+    conn_unref(c);
+}
+
+static void sess_remove(mqd_conn *c, mqd_sess *s)
+{
+    mqd *d = c->d;
+    mq_sched_cancel(d->sched, s->id, MQ_END_CLIENT_GONE);
+    mq_sched_session_close(d->sched, s->id); /* calls on_done of a running request */
+    cJSON_Delete(s->pending);
+    *s = c->sess[--c->n_sess];
+}
+
+/* ---- request handlers ---------------------------------------------------------- */
+static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
+{
+    mqd *d = c->d;
+    unsigned v = m->u.hello.ver_max < MQ_WIRE_VERSION_MAX ? m->u.hello.ver_max
+                                                           : MQ_WIRE_VERSION_MAX;
+    if (v < m->u.hello.ver_min || v < MQ_WIRE_VERSION_MIN) {
+        send_error(c, m->seq, MQ_ERR_VERSION,
+                   "client speaks protocol versions %u..%u, mqd speaks %d..%d",
+                   m->u.hello.ver_min, m->u.hello.ver_max, MQ_WIRE_VERSION_MIN,
+                   MQ_WIRE_VERSION_MAX);
+        conn_close(c, "version mismatch");
+        return;
+    }
+    if (passed_fd >= 0) {
+        /* Only an eventfd is acceptable: mqd writes 8 bytes to it. */
+        char link[64], path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", passed_fd);
+        ssize_t k = readlink(path, link, sizeof link - 1);
+        if (k < 0 || (link[k] = 0, strcmp(link, "anon_inode:[eventfd]"))) {
+            close(passed_fd);
+            send_error(c, m->seq, MQ_ERR_PROTOCOL, "the fd passed with HELLO is not an eventfd");
+            conn_close(c, "bad eventfd");
+            return;
+        }
+        int fl = fcntl(passed_fd, F_GETFL);
+        fcntl(passed_fd, F_SETFL, fl | O_NONBLOCK);
+    }
+    char err[256];
+    int rc = mq_chan_create(&c->chan, d->cfg.prompt_ring_kib * 1024u,
+                            d->cfg.token_ring_kib * 1024u,
+                            d->cfg.hugepages != MQ_CFG_HUGE_OFF, err, sizeof err);
+    if (rc) {
+        if (passed_fd >= 0)
+            close(passed_fd);
+        send_error(c, m->seq, MQ_ERR_INTERNAL, "cannot create the channel: %s", err);
+        conn_close(c, "channel");
+        return;
+    }
+    c->chan_ok = 1;
+    c->chan.token.efd = passed_fd;
+    c->hello_done = 1;
+    mq_msg r = {.type = MQ_MSG_HELLO_OK};
+    r.u.hello_ok.version = (uint16_t)v;
+    r.u.hello_ok.channel_bytes = (uint32_t)c->chan.bytes;
+    r.u.hello_ok.ctx_limit = (uint32_t)d->ctx_limit;
+    r.u.hello_ok.vocab_size = (uint32_t)(d->tok ? mq_tok_vocab_size(d->tok) : 0);
+    r.u.hello_ok.max_sessions = d->cfg.max_sessions_per_client;
+    snprintf(r.u.hello_ok.model, sizeof r.u.hello_ok.model, "%s", d->model_name);
+    if (send_reply(c, &r, m->seq, c->chan.fd))
+        conn_close(c, "reply failed");
+}
+
+static void on_open(mqd_conn *c, const mq_msg *m)
+{
+    mqd *d = c->d;
+    if (d->state != MQD_READY) {
+        send_error(c, m->seq, MQ_ERR_DRAINING, "mqd is shutting down");
+        return;
+    }
+    if (m->u.open.mode == MQ_WIRE_MODE_CHAT && d->chat_kind < 0) {
+        send_error(c, m->seq, MQ_ERR_BAD_PROMPT,
+                   "model %s has no chat template mqd knows; open a raw session",
+                   d->model_name);
+        return;
+    }
+    if (c->n_sess >= (int)d->cfg.max_sessions_per_client) {
+        send_error(c, m->seq, MQ_ERR_LIMIT, "this connection has its %d sessions open",
+                   c->n_sess);
+        return;
+    }
+    if (c->n_sess == c->cap_sess) {
+        int cap = c->cap_sess ? 2 * c->cap_sess : 4;
+        mqd_sess *p = realloc(c->sess, (size_t)cap * sizeof *p);
+        if (!p) {
+            send_error(c, m->seq, MQ_ERR_INTERNAL, "out of memory");
+            return;
+        }
+        c->sess = p;
+        c->cap_sess = cap;
+    }
+    uint64_t id;
+    int rc = mq_sched_session_open(d->sched, &id);
+    if (rc) {
+        send_error(c, m->seq, rc == -EMFILE ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL,
+                   "cannot open a session: %s",
+                   rc == -EMFILE ? "mqd has max_sessions open" : strerror(-rc));
+        return;
+    }
+    c->sess[c->n_sess++] = (mqd_sess){.id = id, .mode = m->u.open.mode};
+    mq_msg r = {.type = MQ_MSG_OPENED};
+    r.u.opened.session = id;
+    send_reply(c, &r, m->seq, -1);
+}
+
+static void on_close_session(mqd_conn *c, const mq_msg *m)
+{
+    mqd_sess *s = find_sess(c, m->u.close.session);
+    if (!s) {
+        send_error(c, m->seq, MQ_ERR_NO_SESSION, "no session %llu on this connection",
+                   (unsigned long long)m->u.close.session);
+        return;
+    }
+    sess_remove(c, s);
+    mq_msg r = {.type = MQ_MSG_CLOSED};
+    r.u.closed.session = m->u.close.session;
+    send_reply(c, &r, m->seq, -1);
+}
+
+static void push_synthetic_done(mqd_conn *c, uint64_t req)
+{
+    mq_chan_done dn = {.end_reason = MQ_CHAN_END_STOP};
+    uint8_t rec[sizeof(mq_chan_rec) + sizeof(mq_chan_done) + 8];
+    int n = mq_chan_format_done(rec, sizeof rec, req, &dn, NULL, 0);
+    if (n > 0)
+        push_rec(c, rec, (uint32_t)n, 1);
+}
+
+/* Turns the prompt bytes into the token ids to append; 0 or an MQ_ERR code + message. */
+static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes,
+                             int32_t **ids, size_t *n_ids, char *msg, size_t msglen)
+{
+    mqd *d = c->d;
+    uint32_t len = m->u.submit.len;
+    *ids = NULL;
+    *n_ids = 0;
+    if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS) {
+        size_t n = len / 4;
+        int32_t *v = malloc(n * sizeof *v);
+        if (!v)
+            return snprintf(msg, msglen, "out of memory"), MQ_ERR_INTERNAL;
+        memcpy(v, bytes, n * 4);
+        int vocab = mq_tok_vocab_size(d->tok);
+        for (size_t i = 0; i < n; i++)
+            if (v[i] < 0 || v[i] >= vocab) {
+                snprintf(msg, msglen, "token id %d at position %zu is outside the vocabulary "
+                                      "[0, %d)", v[i], i, vocab);
+                free(v);
+                return MQ_ERR_BAD_PROMPT;
+            }
+        *ids = v;
+        *n_ids = n;
+        return 0;
+    }
+    if (!mq_utf8_valid((const char *)bytes, len)) {
+        snprintf(msg, msglen, "prompt text is not valid UTF-8");
+        return MQ_ERR_BAD_PROMPT;
+    }
+    char terr[MQ_TOK_ERR_LEN];
+    if (m->u.submit.kind == MQ_WIRE_KIND_TEXT) {
+        unsigned flags = s->turns == 0 ? MQ_TOK_ADD_SPECIAL : 0;
+        int rc = mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr,
+                               sizeof terr);
+        if (rc) {
+            snprintf(msg, msglen, "tokenizing the prompt: %s", terr);
+            return MQ_ERR_BAD_PROMPT;
+        }
+        return 0;
+    }
+    /* A chat message: render what it appends to the conversation. */
+    static const char *const roles[] = {"user", "system", "tool"};
+    cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
+    cJSON *one = cJSON_CreateObject();
+    char *content = strndup((const char *)bytes, len);
+    if (!msgs || !one || !content) {
+        cJSON_Delete(msgs);
+        cJSON_Delete(one);
+        free(content);
+        return snprintf(msg, msglen, "out of memory"), MQ_ERR_INTERNAL;
+    }
+    cJSON_AddStringToObject(one, "role", roles[m->u.submit.role]);
+    cJSON_AddStringToObject(one, "content", content);
+    free(content);
+    cJSON_AddItemToArray(msgs, one);
+    mq_chat_opts o = {.add_generation_prompt = 1,
+                      .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0,
+                      .bos_token = NULL};
+    char *text = NULL;
+    size_t tlen = 0;
+    char cerr[256];
+    int rc = s->turns == 0
+                 ? mq_chat_render((mq_chat_kind)d->chat_kind, msgs, NULL, &o, &text, &tlen, cerr,
+                                  sizeof cerr)
+                 : mq_chat_render_append((mq_chat_kind)d->chat_kind, msgs, &o, s->end_in_session,
+                                         &text, &tlen, cerr, sizeof cerr);
+    cJSON_Delete(msgs);
+    if (rc) {
+        snprintf(msg, msglen, "chat template: %s", cerr);
+        return MQ_ERR_BAD_PROMPT;
+    }
+    /* The rendered text contains the template's special tokens: parse them. */
+    rc = mq_tok_encode(d->tok, text, tlen, 0, ids, n_ids, terr, sizeof terr);
+    free(text);
+    if (rc) {
+        snprintf(msg, msglen, "tokenizing the rendered message: %s", terr);
+        return MQ_ERR_BAD_PROMPT;
+    }
+    return 0;
+}
+
+static void on_submit(mqd_conn *c, const mq_msg *m)
+{
+    mqd *d = c->d;
+    uint32_t len = m->u.submit.len;
+    mq_ring *pr = &c->chan.prompt;
+    /* The bytes must be exactly the next ones of the prompt ring, and published. */
+    int64_t avail = mq_ring_avail(pr);
+    if (m->u.submit.ring_off != pr->pos || len > pr->size || avail < (int64_t)len) {
+        send_error(c, m->seq, MQ_ERR_PROTOCOL,
+                   "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt "
+                   "ring (position %u, %lld published)",
+                   m->u.submit.ring_off, len, avail < 0 ? "valid" : "published", pr->pos,
+                   (long long)avail);
+        conn_close(c, "bad ring offsets");
+        return;
+    }
+    uint8_t *bytes = malloc(len ? len : 1);
+    if (!bytes) {
+        send_error(c, m->seq, MQ_ERR_INTERNAL, "out of memory for a %u-byte prompt", len);
+        return;
+    }
+    mq_ring_peek(pr, 0, bytes, len);
+    mq_ring_consume(pr, len); /* the ring is the client's again */
+
+    char msg[MQ_WIRE_TEXT_MAX + 1] = "";
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    mqd_sess *s = find_sess(c, m->u.submit.session);
+    unsigned code = 0;
+    if (!s) {
+        code = MQ_ERR_NO_SESSION;
+        snprintf(msg, sizeof msg, "no session %llu on this connection",
+                 (unsigned long long)m->u.submit.session);
+        goto out;
+    }
+    settle(s);
+    if (d->state != MQD_READY) {
+        code = MQ_ERR_DRAINING;
+        snprintf(msg, sizeof msg, "mqd is draining; no new requests");
+        goto out;
+    }
+    if (s->running) {
+        code = MQ_ERR_BUSY;
+        snprintf(msg, sizeof msg, "session %llu is running request %llu",
+                 (unsigned long long)s->id, (unsigned long long)s->running->id);
+        goto out;
+    }
+    int is_msg = m->u.submit.kind == MQ_WIRE_KIND_MESSAGE;
+    if (is_msg != (s->mode == MQ_WIRE_MODE_CHAT)) {
+        code = MQ_ERR_BAD_PROMPT;
+        snprintf(msg, sizeof msg, "%s sessions take %s", s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
+                 s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)"
+                                              : "text or tokens (mq_send_text/tokens)");
+        goto out;
+    }
+    uint64_t req_id = ++d->next_req;
+    if (is_msg && m->u.submit.role == MQ_WIRE_ROLE_SYSTEM) {
+        /* A system message does not start a generation: it is kept and rendered with the
+         * next user/tool message. The request completes at once. */
+        if (!mq_utf8_valid((const char *)bytes, len)) {
+            code = MQ_ERR_BAD_PROMPT;
+            snprintf(msg, sizeof msg, "prompt text is not valid UTF-8");
+            goto out;
+        }
+        if (!s->pending)
+            s->pending = cJSON_CreateArray();
+        cJSON *one = cJSON_CreateObject();
+        char *content = strndup((const char *)bytes, len);
+        if (!s->pending || !one || !content) {
+            cJSON_Delete(one);
+            free(content);
+            code = MQ_ERR_INTERNAL;
+            snprintf(msg, sizeof msg, "out of memory");
+            goto out;
+        }
+        cJSON_AddStringToObject(one, "role", "system");
+        cJSON_AddStringToObject(one, "content", content);
+        free(content);
+        cJSON_AddItemToArray(s->pending, one);
+        mq_msg r = {.type = MQ_MSG_SUBMITTED};
+        r.u.submitted.req = req_id;
+        r.u.submitted.session = s->id;
+        send_reply(c, &r, m->seq, -1);
+        push_synthetic_done(c, req_id);
+        goto out;
+    }
+    code = build_tokens(c, s, m, bytes, &ids, &n_ids, msg, sizeof msg);
+    if (code)
+        goto out;
+    if (n_ids > (size_t)d->ctx_limit) {
+        code = MQ_ERR_TOO_LONG;
+        snprintf(msg, sizeof msg, "prompt of %zu tokens is over the context limit of %d tokens",
+                 n_ids, d->ctx_limit);
+        goto out;
+    }
+    const mq_wire_gen *g = &m->u.submit.gen;
+    mq_gen_params p = {0};
+    p.max_tokens = (int)g->max_tokens;
+    p.temperature = (g->flags & MQ_GEN_GREEDY) ? 0.0f : g->temperature;
+    p.top_k = (int)g->top_k;
+    p.top_p = g->top_p;
+    p.min_p = g->min_p;
+    p.repetition_penalty = g->repeat_penalty;
+    p.seed = g->seed;
+    p.use_eos = 1;
+    mqd_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        code = MQ_ERR_INTERNAL;
+        snprintf(msg, sizeof msg, "out of memory");
+        goto out;
+    }
+    r->conn = c;
+    r->id = req_id;
+    r->session = s->id;
+    r->no_special_text = !!(g->flags & MQ_GEN_NO_SPECIAL_TEXT);
+    conn_ref(c);
+    s->running = r;
+    mq_sink sink = {.ctx = r, .on_token = sink_token, .on_done = sink_done};
+    char serr[256] = "";
+    int rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
+    if (rc) {
+        s->running = NULL;
+        free(r);
+        conn_unref(c);
+        code = wire_err_of(rc);
+        snprintf(msg, sizeof msg, "%s", serr[0] ? serr : strerror(-rc));
+        goto out;
+    }
+    s->turns++;
+    cJSON_Delete(s->pending);
+    s->pending = NULL;
+    mq_msg rep = {.type = MQ_MSG_SUBMITTED};
+    rep.u.submitted.req = req_id;
+    rep.u.submitted.session = s->id;
+    send_reply(c, &rep, m->seq, -1);
+out:
+    if (code)
+        send_error(c, m->seq, code, "%s", msg);
+    free(ids);
+    free(bytes);
+}
+
+static void on_cancel(mqd_conn *c, const mq_msg *m)
+{
+    for (int i = 0; i < c->n_sess; i++) {
+        mqd_sess *s = &c->sess[i];
+        settle(s);
+        if (s->running && s->running->id == m->u.cancel.req) {
+            mq_sched_cancel(c->d->sched, s->id, MQ_END_CANCEL);
+            mq_msg r = {.type = MQ_MSG_CANCELED};
+            r.u.canceled.req = m->u.cancel.req;
+            send_reply(c, &r, m->seq, -1);
+            return;
+        }
+    }
+    send_error(c, m->seq, MQ_ERR_NO_REQUEST, "request %llu is not running on this connection",
+               (unsigned long long)m->u.cancel.req);
+}
+
+static void on_stats(mqd_conn *c, const mq_msg *m)
+{
+    mqd *d = c->d;
+    mq_sched_stats st;
+    mq_sched_get_stats(d->sched, &st);
+    mq_msg r = {.type = MQ_MSG_STATS_REPLY};
+    mq_wire_stats *w = &r.u.stats;
+    w->uptime_ms = mqd_now_ms() - d->start_ms;
+    w->sessions = (uint32_t)st.sessions;
+    w->requests_running = (uint32_t)(st.prefilling + st.decoding);
+    w->requests_queued = (uint32_t)st.queued;
+    w->kv_blocks_used = (uint32_t)st.kv_used;
+    w->kv_blocks_total = (uint32_t)st.kv_blocks;
+    w->kv_block_tokens = (uint32_t)st.block_tokens;
+    w->requests_done = st.requests_done;
+    w->prompt_tokens = st.prompt_tokens;
+    w->cached_tokens = st.cached_tokens;
+    w->prefill_tokens = st.prefilled_tokens;
+    w->decode_tokens = st.generated_tokens;
+    w->prefill_tps = (float)st.prefill_tok_s;
+    w->decode_tps = (float)st.decode_tok_s;
+    send_reply(c, &r, m->seq, -1);
+}
+
+static void handle(mqd_conn *c, const mq_msg *m, int passed_fd)
+{
+    if (!c->hello_done && m->type != MQ_MSG_HELLO) {
+        if (passed_fd >= 0)
+            close(passed_fd);
+        send_error(c, m->seq, MQ_ERR_PROTOCOL, "the first message must be HELLO, not %s",
+                   mq_wire_type_name(m->type));
+        conn_close(c, "no HELLO");
+        return;
+    }
+    if (m->type != MQ_MSG_HELLO && passed_fd >= 0) {
+        close(passed_fd); /* descriptors are only expected with HELLO */
+        passed_fd = -1;
+    }
+    switch (m->type) {
+    case MQ_MSG_HELLO:
+        if (c->hello_done) {
+            if (passed_fd >= 0)
+                close(passed_fd);
+            send_error(c, m->seq, MQ_ERR_PROTOCOL, "HELLO sent twice");
+            conn_close(c, "second HELLO");
+            return;
+        }
+        on_hello(c, m, passed_fd);
+        return;
+    case MQ_MSG_OPEN:
+        on_open(c, m);
+        return;
+    case MQ_MSG_CLOSE:
+        on_close_session(c, m);
+        return;
+    case MQ_MSG_SUBMIT:
+        on_submit(c, m);
+        return;
+    case MQ_MSG_CANCEL:
+        on_cancel(c, m);
+        return;
+    case MQ_MSG_STATS:
+        on_stats(c, m);
+        return;
+    default:
+        send_error(c, m->seq, MQ_ERR_PROTOCOL, "%s is not a client request",
+                   mq_wire_type_name(m->type));
+        conn_close(c, "reply type from client");
+    }
+}
+
+static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
+{
+    (void)l;
+    mqd_conn *c = arg;
+    conn_ref(c); /* handlers may close (and drop the socket's ref) */
+    while (!c->closing) {
+        uint8_t buf[MQ_WIRE_MAX_MSG + 1];
+        union {
+            char b[CMSG_SPACE(sizeof(int) * 4)];
+            struct cmsghdr align;
+        } u;
+        struct iovec iov = {buf, sizeof buf};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
+                            .msg_controllen = sizeof u.b};
+        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                if (events & (POLLHUP | POLLERR))
+                    conn_close(c, "hang-up");
+                break;
+            }
+            conn_close(c, "read error");
+            break;
+        }
+        int passed = -1;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < k; i++) {
+                int pfd;
+                memcpy(&pfd, CMSG_DATA(cm) + i * sizeof(int), sizeof pfd);
+                if (passed < 0)
+                    passed = pfd;
+                else
+                    close(pfd);
+            }
+        }
+        if (n == 0) {
+            if (passed >= 0)
+                close(passed);
+            conn_close(c, "client closed");
+            break;
+        }
+        mq_msg m;
+        char err[256];
+        int rc = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+                     ? (snprintf(err, sizeof err, "datagram over %d bytes", MQ_WIRE_MAX_MSG),
+                        -EPROTO)
+                     : mq_wire_decode(buf, (size_t)n, &m, err, sizeof err);
+        if (rc) {
+            if (passed >= 0)
+                close(passed);
+            uint32_t seq = 0;
+            if (n >= 12)
+                memcpy(&seq, buf + 8, 4);
+            send_error(c, seq, MQ_ERR_PROTOCOL, "malformed message: %s", err);
+            mqd_log("client pid %d uid %u: malformed message (%s); closing its connection",
+                    (int)c->pid, (unsigned)c->uid, err);
+            conn_close(c, "protocol error");
+            break;
+        }
+        handle(c, &m, passed);
+    }
+    conn_unref(c);
+}
+
+/* ---- connection life ----------------------------------------------------------- */
+static void conn_close(mqd_conn *c, const char *why)
+{
+    (void)why;
+    if (c->closing)
+        return;
+    mqd *d = c->d;
+    c->closing = 1;
+    mq_evloop_del(d->loop, c->ev);
+    close(c->fd);
+    c->fd = -1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        d->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    d->n_conns--;
+    while (c->n_sess)
+        sess_remove(c, &c->sess[c->n_sess - 1]);
+    /* A pending futex wait on the token ring's tail holds a ref: release it now. */
+    pthread_mutex_lock(&c->tx_lock);
+    int armed = c->flush_armed;
+    pthread_mutex_unlock(&c->tx_lock);
+    if (armed && c->chan_ok)
+        mq_futex_wake(&c->chan.token.ctl->tail);
+    if (c->flush_timer) {
+        mq_evloop_del(d->loop, c->flush_timer);
+        c->flush_timer = NULL;
+        pthread_mutex_lock(&c->tx_lock);
+        c->flush_armed = 0;
+        pthread_mutex_unlock(&c->tx_lock);
+        conn_unref(c);
+    }
+    conn_unref(c);
+}
+
+void mqd_client_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
+{
+    (void)events;
+    mqd *d = arg;
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        uid_t uid;
+        pid_t pid;
+        char why[256];
+        mqd_conn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->d = d;
+        c->fd = fd;
+        c->refs = 1;
+        c->chan.fd = -1;
+        c->chan.token.efd = -1;
+        pthread_mutex_init(&c->tx_lock, NULL);
+        if (!mqd_peer_allowed(d, fd, 0, &uid, &pid, why, sizeof why)) {
+            send_error(c, 0, MQ_ERR_DENIED, "%s", why);
+            mqd_log("client socket: refused pid %d uid %u: %s", (int)pid, (unsigned)uid, why);
+            close(fd);
+            conn_unref(c);
+            continue;
+        }
+        c->uid = uid;
+        c->pid = pid;
+        if (mq_evloop_add_fd(l, fd, POLLIN, on_readable, c, &c->ev)) {
+            close(fd);
+            conn_unref(c);
+            continue;
+        }
+        c->next = d->conns;
+        if (d->conns)
+            d->conns->prev = c;
+        d->conns = c;
+        d->n_conns++;
+    }
+}
+
+void mqd_client_close_all(mqd *d)
+{
+    while (d->conns)
+        conn_close(d->conns, "shutdown");
+}
+
+int mqd_client_cancel(mqd *d, uint64_t id, char *msg, size_t msglen)
+{
+    for (mqd_conn *c = d->conns; c; c = c->next)
+        for (int i = 0; i < c->n_sess; i++) {
+            mqd_sess *s = &c->sess[i];
+            settle(s);
+            if ((s->running && s->running->id == id) || s->id == id) {
+                if (!s->running) {
+                    snprintf(msg, msglen, "session %llu has no running request",
+                             (unsigned long long)s->id);
+                    return -ENOENT;
+                }
+                uint64_t rid = s->running->id;
+                mq_sched_cancel(d->sched, s->id, MQ_END_CANCEL);
+                snprintf(msg, msglen, "cancelled request %llu of session %llu (pid %d)",
+                         (unsigned long long)rid, (unsigned long long)s->id, (int)c->pid);
+                return 0;
+            }
+        }
+    snprintf(msg, msglen, "no running request or session with id %llu",
+             (unsigned long long)id);
+    return -ENOENT;
+}
+
+void mqd_client_sessions(mqd *d, void (*cb)(void *ctx, const mqd_session_view *v), void *ctx)
+{
+    for (mqd_conn *c = d->conns; c; c = c->next)
+        for (int i = 0; i < c->n_sess; i++) {
+            mqd_sess *s = &c->sess[i];
+            settle(s);
+            mqd_session_view v = {s->id, s->running ? s->running->id : 0, c->pid, c->uid,
+                                  s->mode};
+            cb(ctx, &v);
+        }
+}

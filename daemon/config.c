@@ -1,0 +1,505 @@
+/* daemon/config.c — table-driven config: JSON file, flags, validation (see config.h). */
+#include "config.h"
+
+/* Messages are cut to their buffers on purpose. */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_CONFIG_BYTES (1u << 20)
+
+enum ftype { F_STR, F_U32, F_BOOL, F_ENUM, F_LIST };
+
+static const char *const mode_words[] = {"mixed", "bf16", "fp4", NULL};
+static const char *const on_full_words[] = {"wait", "fail", NULL};
+static const char *const huge_words[] = {"auto", "off", "require", NULL};
+
+typedef struct field {
+    const char *name;
+    enum ftype t;
+    size_t off, size;
+    uint32_t min, max;
+    const char *const *words;
+    const char *help;
+} field;
+
+#define STR(n, h) {#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h}
+#define U32(n, lo, hi, h) {#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h}
+#define BOOL(n, h) {#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h}
+#define ENUM(n, w, h) {#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h}
+#define LIST(n, h) {#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h}
+
+static const field fields[] = {
+    STR(model_dir, "model folder (config.json, model.safetensors, tokenizer.json)"),
+    ENUM(mode, mode_words, "mixed = NVFP4 prefill + BF16 decode; bf16; fp4"),
+    U32(prefill_threads, 0, 1024, "prefill pool threads (0 = CPUs of prefill_cpus)"),
+    U32(decode_threads, 0, 1024, "decode pool threads (0 = CPUs of decode_cpus)"),
+    STR(prefill_cpus, "CPU list of the prefill pool, e.g. \"0-3\" (\"\" = all)"),
+    STR(decode_cpus, "CPU list of the decode pool (\"\" = all)"),
+    U32(chunk_tokens, 16, 65536, "prefill chunk in tokens (bounds the decode stall)"),
+    U32(ctx_tokens, 0, 1u << 20, "context limit per session in tokens (0 = the model's)"),
+    U32(kv_tokens, 256, 1u << 26, "KV store capacity in tokens, all sessions"),
+    U32(kv_block_tokens, 1, 4096, "tokens per KV block"),
+    ENUM(on_full, on_full_words, "KV store full: wait for blocks, or fail the request"),
+    ENUM(hugepages, huge_words, "huge pages for weights and KV: auto, off, require"),
+    U32(hugepages_reserve, 0, 1u << 20, "2 MiB pages to reserve when started as root"),
+    U32(io_depth, 1, 256, "weight reads in flight"),
+    U32(io_read_kib, 4, 1u << 20, "size of one weight read in KiB"),
+    U32(max_sessions, 1, 1u << 20, "sessions of all clients"),
+    U32(max_sessions_per_client, 1, 1u << 16, "sessions of one connection"),
+    U32(queue_max, 1, 1u << 20, "queued requests before new ones are refused"),
+    U32(prompt_ring_kib, 4, 1u << 18, "per-client prompt ring in KiB (power of two)"),
+    U32(token_ring_kib, 4, 1u << 18, "per-client token ring in KiB (power of two)"),
+    STR(client_socket, "client socket path (when not socket-activated)"),
+    STR(admin_socket, "admin socket path (when not socket-activated)"),
+    LIST(allowed_users, "users allowed on the client socket (empty = everyone)"),
+    LIST(allowed_groups, "groups allowed on the client socket (empty = everyone)"),
+    STR(admin_group, "group allowed on the admin socket besides root"),
+    STR(user, "user to run as after set-up when started as root"),
+    U32(drain_timeout_ms, 0, 3600000, "SIGTERM: time running requests get to finish"),
+    BOOL(watchdog, "feed the systemd watchdog while both pools make progress"),
+    BOOL(warmup, "run one short generation before announcing READY"),
+};
+#define N_FIELDS (sizeof fields / sizeof fields[0])
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+void mqd_config_defaults(mqd_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->mode = MQ_CFG_MODE_MIXED;
+    c->chunk_tokens = 256;
+    c->kv_tokens = 65536;
+    c->kv_block_tokens = 16;
+    c->on_full = MQ_CFG_ON_FULL_FAIL;
+    c->hugepages = MQ_CFG_HUGE_AUTO;
+    c->io_depth = 8;
+    c->io_read_kib = 1024;
+    c->max_sessions = 256;
+    c->max_sessions_per_client = 64;
+    c->queue_max = 256;
+    c->prompt_ring_kib = 1024;
+    c->token_ring_kib = 1024;
+    snprintf(c->client_socket, sizeof c->client_socket, "/run/mq/client.sock");
+    snprintf(c->admin_socket, sizeof c->admin_socket, "/run/mq/admin.sock");
+    c->drain_timeout_ms = 30000;
+    c->watchdog = 1;
+    c->warmup = 1;
+}
+
+const char *mqd_config_mode_name(uint32_t mode)
+{
+    return mode < 3 ? mode_words[mode] : "?";
+}
+
+static const field *find(const char *key)
+{
+    char k[64];
+    size_t n = strlen(key);
+    if (n >= sizeof k)
+        return NULL;
+    for (size_t i = 0; i <= n; i++)
+        k[i] = key[i] == '-' ? '_' : key[i];
+    for (size_t i = 0; i < N_FIELDS; i++)
+        if (!strcmp(fields[i].name, k))
+            return &fields[i];
+    return NULL;
+}
+
+static int set_str(mqd_config *c, const field *f, const char *v, const char *where, char *err,
+                   size_t errlen)
+{
+    size_t n = strlen(v);
+    if (n >= f->size)
+        return fail(err, errlen, -EINVAL, "%s%s: %zu bytes, at most %zu", where, f->name, n,
+                    f->size - 1);
+    memcpy((char *)c + f->off, v, n + 1);
+    return 0;
+}
+
+static int set_word(mqd_config *c, const field *f, const char *v, const char *where, char *err,
+                    size_t errlen)
+{
+    for (uint32_t i = 0; f->words[i]; i++)
+        if (!strcmp(f->words[i], v)) {
+            *(uint32_t *)((char *)c + f->off) = i;
+            return 0;
+        }
+    char allowed[128] = "";
+    for (int i = 0; f->words[i]; i++)
+        snprintf(allowed + strlen(allowed), sizeof allowed - strlen(allowed), "%s%s",
+                 i ? ", " : "", f->words[i]);
+    return fail(err, errlen, -EINVAL, "%s%s: \"%.64s\" is not one of %s", where, f->name, v,
+                allowed);
+}
+
+static int set_u32(mqd_config *c, const field *f, double v, const char *where, char *err,
+                   size_t errlen)
+{
+    if (v != (double)(long long)v || v < f->min || v > f->max)
+        return fail(err, errlen, -EINVAL, "%s%s: %g is not an integer in [%u, %u]", where,
+                    f->name, v, f->min, f->max);
+    *(uint32_t *)((char *)c + f->off) = (uint32_t)v;
+    return 0;
+}
+
+static int list_add(char (*list)[MQ_CFG_NAME], int idx, const char *v, const field *f,
+                    const char *where, char *err, size_t errlen)
+{
+    if (idx >= MQ_CFG_LIST)
+        return fail(err, errlen, -EINVAL, "%s%s: more than %d entries", where, f->name,
+                    MQ_CFG_LIST);
+    size_t n = strlen(v);
+    if (n == 0 || n >= MQ_CFG_NAME)
+        return fail(err, errlen, -EINVAL, "%s%s[%d]: name of %zu bytes (1..%d allowed)", where,
+                    f->name, idx, n, MQ_CFG_NAME - 1);
+    memcpy(list[idx], v, n + 1);
+    if (idx + 1 < MQ_CFG_LIST)
+        list[idx + 1][0] = 0;
+    return 0;
+}
+
+int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const char *name,
+                         char *err, size_t errlen)
+{
+    char where[300];
+    snprintf(where, sizeof where, "%s: ", name ? name : "config");
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        long off = at && at >= text && at <= text + len ? (long)(at - text) : -1;
+        return fail(err, errlen, -EINVAL, "%snot valid JSON (near byte %ld)", where, off);
+    }
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        rc = fail(err, errlen, -EINVAL, "%sthe top level must be an object", where);
+        goto out;
+    }
+    for (cJSON *it = root->child; it && !rc; it = it->next) {
+        const field *f = it->string ? find(it->string) : NULL;
+        if (!f || strchr(it->string, '-')) {
+            rc = fail(err, errlen, -EINVAL, "%sunknown field \"%.64s\"", where,
+                      it->string ? it->string : "");
+            break;
+        }
+        switch (f->t) {
+        case F_STR:
+            if (!cJSON_IsString(it))
+                rc = fail(err, errlen, -EINVAL, "%s%s: must be a string", where, f->name);
+            else
+                rc = set_str(c, f, it->valuestring, where, err, errlen);
+            break;
+        case F_ENUM:
+            if (!cJSON_IsString(it))
+                rc = fail(err, errlen, -EINVAL, "%s%s: must be a string", where, f->name);
+            else
+                rc = set_word(c, f, it->valuestring, where, err, errlen);
+            break;
+        case F_U32:
+            if (!cJSON_IsNumber(it))
+                rc = fail(err, errlen, -EINVAL, "%s%s: must be a number", where, f->name);
+            else
+                rc = set_u32(c, f, it->valuedouble, where, err, errlen);
+            break;
+        case F_BOOL:
+            if (!cJSON_IsBool(it))
+                rc = fail(err, errlen, -EINVAL, "%s%s: must be true or false", where, f->name);
+            else
+                *(uint32_t *)((char *)c + f->off) = cJSON_IsTrue(it) ? 1 : 0;
+            break;
+        case F_LIST: {
+            if (!cJSON_IsArray(it)) {
+                rc = fail(err, errlen, -EINVAL, "%s%s: must be an array of names", where,
+                          f->name);
+                break;
+            }
+            char(*list)[MQ_CFG_NAME] = (char(*)[MQ_CFG_NAME])((char *)c + f->off);
+            list[0][0] = 0;
+            int i = 0;
+            for (cJSON *e = it->child; e && !rc; e = e->next, i++) {
+                if (!cJSON_IsString(e))
+                    rc = fail(err, errlen, -EINVAL, "%s%s[%d]: must be a string", where,
+                              f->name, i);
+                else
+                    rc = list_add(list, i, e->valuestring, f, where, err, errlen);
+            }
+            break;
+        }
+        }
+    }
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+int mqd_config_load_file(mqd_config *c, const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_size > MAX_CONFIG_BYTES) {
+        close(fd);
+        return fail(err, errlen, -EFBIG, "%s: not a regular file of at most %u bytes", path,
+                    MAX_CONFIG_BYTES);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        close(fd);
+        return -ENOMEM;
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    int rc = mqd_config_parse_json(c, buf, got, path, err, errlen);
+    free(buf);
+    return rc;
+}
+
+int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err, size_t errlen)
+{
+    const field *f = find(key);
+    if (!f)
+        return fail(err, errlen, -ENOENT, "unknown option --%s", key);
+    const char *where = "--";
+    switch (f->t) {
+    case F_STR:
+        return set_str(c, f, value, where, err, errlen);
+    case F_ENUM:
+        return set_word(c, f, value, where, err, errlen);
+    case F_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes"))
+            *(uint32_t *)((char *)c + f->off) = 1;
+        else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no"))
+            *(uint32_t *)((char *)c + f->off) = 0;
+        else
+            return fail(err, errlen, -EINVAL, "--%s: \"%.32s\" is not true/false", f->name,
+                        value);
+        return 0;
+    case F_U32: {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (!*value || *end || errno || value[0] == '-')
+            return fail(err, errlen, -EINVAL, "--%s: \"%.32s\" is not a number", f->name,
+                        value);
+        return set_u32(c, f, (double)v, where, err, errlen);
+    }
+    case F_LIST: {
+        char(*list)[MQ_CFG_NAME] = (char(*)[MQ_CFG_NAME])((char *)c + f->off);
+        list[0][0] = 0;
+        char tmp[MQ_CFG_LIST * MQ_CFG_NAME];
+        snprintf(tmp, sizeof tmp, "%s", value);
+        int i = 0;
+        for (char *save, *tok = strtok_r(tmp, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save), i++) {
+            int rc = list_add(list, i, tok, f, where, err, errlen);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    }
+    return -EINVAL;
+}
+
+static int valid_cpu_list(const char *s)
+{
+    /* "" or comma-separated N or N-M */
+    while (*s) {
+        char *end;
+        long a = strtol(s, &end, 10);
+        if (end == s || a < 0 || a > 4095)
+            return 0;
+        s = end;
+        if (*s == '-') {
+            long b = strtol(s + 1, &end, 10);
+            if (end == s + 1 || b < a || b > 4095)
+                return 0;
+            s = end;
+        }
+        if (*s == ',')
+            s++;
+        else if (*s)
+            return 0;
+    }
+    return 1;
+}
+
+int mqd_config_validate(const mqd_config *c, char *err, size_t errlen)
+{
+    if (!c->model_dir[0])
+        return fail(err, errlen, -EINVAL, "model_dir: not set (config file or --model-dir)");
+    if (!valid_cpu_list(c->prefill_cpus))
+        return fail(err, errlen, -EINVAL, "prefill_cpus: \"%s\" is not a CPU list like 0-3,6",
+                    c->prefill_cpus);
+    if (!valid_cpu_list(c->decode_cpus))
+        return fail(err, errlen, -EINVAL, "decode_cpus: \"%s\" is not a CPU list like 0-3,6",
+                    c->decode_cpus);
+    if (c->kv_tokens % c->kv_block_tokens)
+        return fail(err, errlen, -EINVAL,
+                    "kv_tokens: %u is not a multiple of kv_block_tokens (%u)", c->kv_tokens,
+                    c->kv_block_tokens);
+    if (c->ctx_tokens && c->ctx_tokens > c->kv_tokens)
+        return fail(err, errlen, -EINVAL, "ctx_tokens: %u is more than kv_tokens (%u)",
+                    c->ctx_tokens, c->kv_tokens);
+    if (c->prompt_ring_kib & (c->prompt_ring_kib - 1))
+        return fail(err, errlen, -EINVAL, "prompt_ring_kib: %u is not a power of two",
+                    c->prompt_ring_kib);
+    if (c->token_ring_kib & (c->token_ring_kib - 1))
+        return fail(err, errlen, -EINVAL, "token_ring_kib: %u is not a power of two",
+                    c->token_ring_kib);
+    if (c->max_sessions_per_client > c->max_sessions)
+        return fail(err, errlen, -EINVAL,
+                    "max_sessions_per_client: %u is more than max_sessions (%u)",
+                    c->max_sessions_per_client, c->max_sessions);
+    if (!c->client_socket[0] || c->client_socket[0] != '/' || strlen(c->client_socket) > 107)
+        return fail(err, errlen, -EINVAL,
+                    "client_socket: \"%s\" must be an absolute path of at most 107 bytes",
+                    c->client_socket);
+    if (!c->admin_socket[0] || c->admin_socket[0] != '/' || strlen(c->admin_socket) > 107)
+        return fail(err, errlen, -EINVAL,
+                    "admin_socket: \"%s\" must be an absolute path of at most 107 bytes",
+                    c->admin_socket);
+    if (!strcmp(c->client_socket, c->admin_socket))
+        return fail(err, errlen, -EINVAL, "admin_socket: same path as client_socket");
+    return 0;
+}
+
+char *mqd_config_to_json(const mqd_config *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const field *f = &fields[i];
+        const char *p = (const char *)c + f->off;
+        uint32_t v = 0;
+        if (f->t != F_STR && f->t != F_LIST)
+            memcpy(&v, p, 4);
+        switch (f->t) {
+        case F_STR:
+            cJSON_AddStringToObject(o, f->name, p);
+            break;
+        case F_ENUM:
+            cJSON_AddStringToObject(o, f->name, f->words[v]);
+            break;
+        case F_U32:
+            cJSON_AddNumberToObject(o, f->name, v);
+            break;
+        case F_BOOL:
+            cJSON_AddBoolToObject(o, f->name, v);
+            break;
+        case F_LIST: {
+            cJSON *a = cJSON_AddArrayToObject(o, f->name);
+            const char(*list)[MQ_CFG_NAME] = (const char(*)[MQ_CFG_NAME])p;
+            for (int k = 0; a && k < MQ_CFG_LIST && list[k][0]; k++)
+                cJSON_AddItemToArray(a, cJSON_CreateString(list[k]));
+            break;
+        }
+        }
+    }
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+void mqd_config_print_help(void *file)
+{
+    FILE *out = file;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", fields[i].name);
+        for (char *q = flag + 2; *q; q++)
+            if (*q == '_')
+                *q = '-';
+        fprintf(out, "  %-28s %s\n", flag, fields[i].help);
+    }
+}
+/* ---- configuration from file + flags -------------------------------------------- */
+int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc,
+                     char *const *argv, int *check_only, int *help, char *err, size_t errlen)
+{
+    mqd_config_defaults(cfg);
+    config_path[0] = 0;
+    if (check_only)
+        *check_only = 0;
+    if (help)
+        *help = 0;
+    /* The file first, wherever --config appears; then every flag on top of it. */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            snprintf(config_path, pathlen, "%s", argv[++i]);
+        else if (!strncmp(argv[i], "--config=", 9))
+            snprintf(config_path, pathlen, "%s", argv[i] + 9);
+    }
+    if (config_path[0]) {
+        int rc = mqd_config_load_file(cfg, config_path, err, errlen);
+        if (rc)
+            return rc;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--check-config")) {
+            if (check_only)
+                *check_only = 1;
+            continue;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            if (help)
+                *help = 1;
+            continue;
+        }
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(a, "--config=", 9))
+            continue;
+        if (strncmp(a, "--", 2)) {
+            snprintf(err, errlen, "unexpected argument \"%s\" (flags are --name value)", a);
+            return -EINVAL;
+        }
+        char key[64];
+        const char *val;
+        const char *eq = strchr(a, '=');
+        if (eq) {
+            snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
+            val = eq + 1;
+        } else {
+            snprintf(key, sizeof key, "%s", a + 2);
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "flag %s needs a value", a);
+                return -EINVAL;
+            }
+            val = argv[++i];
+        }
+        /* --model is the common short form of --model-dir */
+        int rc = mqd_config_set(cfg, strcmp(key, "model") ? key : "model_dir", val, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}

@@ -1,0 +1,189 @@
+/* ipc/ring.c — SPSC byte ring with futex wake-ups (see ring.h). */
+#include "ring.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define XCHG(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
+
+int mq_futex_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+{
+    struct timespec ts, *tp = NULL;
+    if (timeout_ms >= 0) {
+        ts.tv_sec = timeout_ms / 1000;
+        ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+        tp = &ts;
+    }
+    /* Shared futex (no FUTEX_PRIVATE_FLAG): the word lives in a memfd mapped by two
+     * processes. */
+    long rc = syscall(SYS_futex, word, FUTEX_WAIT, expected, tp, NULL, 0);
+    if (rc == 0 || errno == EAGAIN)
+        return 0;
+    return -errno;
+}
+
+void mq_futex_wake(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+void mq_ring_ctl_init(mq_ring_ctl *ctl) { memset(ctl, 0, sizeof *ctl); }
+
+static int attach(mq_ring *r, mq_ring_ctl *ctl, void *data, uint32_t size)
+{
+    if (size < 64 || (size & (size - 1)))
+        return -EINVAL;
+    r->ctl = ctl;
+    r->data = data;
+    r->size = size;
+    r->efd = -1;
+    return 0;
+}
+
+int mq_ring_attach_producer(mq_ring *r, mq_ring_ctl *ctl, void *data, uint32_t size)
+{
+    int rc = attach(r, ctl, data, size);
+    if (!rc)
+        r->pos = LOAD(&ctl->head);
+    return rc;
+}
+
+int mq_ring_attach_consumer(mq_ring *r, mq_ring_ctl *ctl, void *data, uint32_t size)
+{
+    int rc = attach(r, ctl, data, size);
+    if (!rc)
+        r->pos = LOAD(&ctl->tail);
+    return rc;
+}
+
+/* ---- producer ------------------------------------------------------------------ */
+int64_t mq_ring_space(const mq_ring *r)
+{
+    uint32_t used = r->pos - LOAD(&r->ctl->tail);
+    if (used > r->size)
+        return -EPROTO;
+    return (int64_t)(r->size - used);
+}
+
+void mq_ring_write(mq_ring *r, const void *src, uint32_t n)
+{
+    uint32_t off = r->pos & (r->size - 1);
+    uint32_t first = r->size - off < n ? r->size - off : n;
+    memcpy(r->data + off, src, first);
+    memcpy(r->data, (const uint8_t *)src + first, n - first);
+    r->pos += n;
+}
+
+void mq_ring_publish(mq_ring *r)
+{
+    STORE(&r->ctl->head, r->pos);
+    if (LOAD(&r->ctl->head_waiters) && XCHG(&r->ctl->head_waiters, 0))
+        mq_futex_wake(&r->ctl->head);
+    if (r->efd >= 0 && LOAD(&r->ctl->poll_armed)) {
+        uint64_t one = 1;
+        ssize_t w = write(r->efd, &one, sizeof one);
+        (void)w; /* EAGAIN = the counter is already non-zero: the reader is notified */
+    }
+}
+
+static int remaining_ms(const struct timespec *deadline)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long ms = (deadline->tv_sec - now.tv_sec) * 1000 + (deadline->tv_nsec - now.tv_nsec) / 1000000;
+    return ms < 0 ? 0 : (int)ms;
+}
+
+static void deadline_in(struct timespec *d, int timeout_ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, d);
+    d->tv_sec += timeout_ms / 1000;
+    d->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (d->tv_nsec >= 1000000000L) {
+        d->tv_sec++;
+        d->tv_nsec -= 1000000000L;
+    }
+}
+
+int mq_ring_wait_space(mq_ring *r, uint32_t n, int timeout_ms)
+{
+    if (n > r->size)
+        return -E2BIG;
+    struct timespec deadline;
+    if (timeout_ms >= 0)
+        deadline_in(&deadline, timeout_ms);
+    for (;;) {
+        int64_t s = mq_ring_space(r);
+        if (s < 0 || s >= n)
+            return s < 0 ? (int)s : 0;
+        uint32_t seen = LOAD(&r->ctl->tail);
+        STORE(&r->ctl->tail_waiters, 1);
+        /* Re-check after announcing: the consumer may have moved in between. */
+        s = mq_ring_space(r);
+        if (s < 0 || s >= n)
+            continue;
+        int left = timeout_ms < 0 ? -1 : remaining_ms(&deadline);
+        if (timeout_ms >= 0 && left == 0)
+            return -ETIMEDOUT;
+        int rc = mq_futex_wait(&r->ctl->tail, seen, left);
+        if (rc && rc != -ETIMEDOUT && rc != -EINTR)
+            return rc;
+    }
+}
+
+/* ---- consumer ------------------------------------------------------------------ */
+int64_t mq_ring_avail(const mq_ring *r)
+{
+    uint32_t avail = LOAD(&r->ctl->head) - r->pos;
+    if (avail > r->size)
+        return -EPROTO;
+    return avail;
+}
+
+void mq_ring_peek(const mq_ring *r, uint32_t off, void *dst, uint32_t n)
+{
+    uint32_t o = (r->pos + off) & (r->size - 1);
+    uint32_t first = r->size - o < n ? r->size - o : n;
+    memcpy(dst, r->data + o, first);
+    memcpy((uint8_t *)dst + first, r->data, n - first);
+}
+
+void mq_ring_consume(mq_ring *r, uint32_t n)
+{
+    r->pos += n;
+    STORE(&r->ctl->tail, r->pos);
+    if (LOAD(&r->ctl->tail_waiters) && XCHG(&r->ctl->tail_waiters, 0))
+        mq_futex_wake(&r->ctl->tail);
+}
+
+int mq_ring_wait_data(mq_ring *r, int timeout_ms)
+{
+    struct timespec deadline;
+    if (timeout_ms >= 0)
+        deadline_in(&deadline, timeout_ms);
+    for (;;) {
+        int64_t a = mq_ring_avail(r);
+        if (a != 0)
+            return a < 0 ? (int)a : 0;
+        uint32_t seen = LOAD(&r->ctl->head);
+        STORE(&r->ctl->head_waiters, 1);
+        a = mq_ring_avail(r);
+        if (a != 0)
+            continue;
+        int left = timeout_ms < 0 ? -1 : remaining_ms(&deadline);
+        if (timeout_ms >= 0 && left == 0)
+            return -ETIMEDOUT;
+        int rc = mq_futex_wait(&r->ctl->head, seen, left);
+        if (rc == -EINTR)
+            return rc;
+        if (rc && rc != -ETIMEDOUT)
+            return rc;
+    }
+}

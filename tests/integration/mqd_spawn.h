@@ -1,0 +1,199 @@
+/* tests/integration/mqd_spawn.h — starting a real mqd for integration tests, talking to
+ * its admin socket, and reading /proc. Header-only (each test program includes it once).
+ *
+ * mqd is the binary of the same build directory as the test (found from /proc/self/exe),
+ * started with the real model $MQ_SHARED/models/mq-qwen3-80m; its stderr goes to
+ * <dir>/mqd.log, which is printed when a test fails to start it.
+ */
+#ifndef MQ_TESTS_MQD_SPAWN_H
+#define MQ_TESTS_MQD_SPAWN_H
+
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static char spawn_bin[4096];
+
+/* build/ of this test binary (build/tests/integration/test_x -> build). */
+static const char *spawn_build_dir(void)
+{
+    if (!spawn_bin[0]) {
+        ssize_t n = readlink("/proc/self/exe", spawn_bin, sizeof spawn_bin - 1);
+        spawn_bin[n > 0 ? n : 0] = 0;
+        for (int k = 0; k < 3; k++) {
+            char *s = strrchr(spawn_bin, '/');
+            if (s)
+                *s = 0;
+        }
+    }
+    return spawn_bin;
+}
+
+static double spawn_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* A fresh directory everyone can traverse (mqd may run as nobody). */
+static void spawn_tmpdir(char *dir, size_t len)
+{
+    snprintf(dir, len, "/tmp/mqtest-XXXXXX");
+    if (!mkdtemp(dir))
+        dir[0] = 0;
+    chmod(dir, 0755);
+}
+
+static const char *spawn_model(void)
+{
+    static char p[4096];
+    snprintf(p, sizeof p, "%s", shared_path("models/mq-qwen3-80m"));
+    return p;
+}
+
+/* fork + exec argv[0] with extra environment entries (NAME=VALUE, NULL-terminated);
+ * stdout/stderr to log. */
+static pid_t spawn(char *const argv[], char *const env_extra[], const char *log)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        for (int i = 0; env_extra && env_extra[i]; i++)
+            putenv(env_extra[i]);
+        execv(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+static void spawn_dump_log(const char *log)
+{
+    FILE *f = fopen(log, "r");
+    if (!f)
+        return;
+    char line[1024];
+    fprintf(stderr, "    --- %s ---\n", log);
+    while (fgets(line, sizeof line, f))
+        fprintf(stderr, "    | %s", line);
+    fclose(f);
+}
+
+/* One admin request ({"cmd": ...} plus extra fields); the reply object, or NULL. */
+static cJSON *admin_call(const char *sock, const char *cmd, long long id)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    struct timeval tv = {20, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[256];
+    if (id)
+        snprintf(req, sizeof req, "{\"cmd\":\"%s\",\"id\":%lld}", cmd, id);
+    else
+        snprintf(req, sizeof req, "{\"cmd\":\"%s\"}", cmd);
+    cJSON *r = NULL;
+    if (send(fd, req, strlen(req), MSG_NOSIGNAL) > 0) {
+        static char buf[1 << 20];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        if (n > 0) {
+            buf[n] = 0;
+            r = cJSON_Parse(buf);
+        }
+    }
+    close(fd);
+    return r;
+}
+
+static double jnum(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
+    if (b)
+        v = cJSON_GetObjectItemCaseSensitive(v, b);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+static const char *jstr(const cJSON *o, const char *a)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+/* Polls the admin socket until state is "ready" (1), the process died (0) or timeout. */
+static int spawn_wait_ready(const char *admin, pid_t pid, int timeout_s)
+{
+    double t0 = spawn_now();
+    while (spawn_now() - t0 < timeout_s) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return 0;
+        cJSON *r = admin_call(admin, "status", 0);
+        int ready = r && !strcmp(jstr(r, "state"), "ready");
+        cJSON_Delete(r);
+        if (ready)
+            return 1;
+        usleep(100 * 1000);
+    }
+    return 0;
+}
+
+/* Waits up to timeout_s for pid; returns its wait status or -1. */
+static int spawn_wait_exit(pid_t pid, int timeout_s)
+{
+    double t0 = spawn_now();
+    int st;
+    while (spawn_now() - t0 < timeout_s) {
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return st;
+        usleep(50 * 1000);
+    }
+    return -1;
+}
+
+/* The value of "Key:" in /proc/<pid>/status, or "" */
+static const char *proc_status(pid_t pid, const char *key, char *out, size_t len)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    out[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return out;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl) && line[kl] == ':') {
+            char *v = line + kl + 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            v[strcspn(v, "\n")] = 0;
+            snprintf(out, len, "%s", v);
+            break;
+        }
+    fclose(f);
+    return out;
+}
+
+#endif

@@ -1,0 +1,131 @@
+/* tests/unit/test_config.c — mqd's configuration: JSON fields, flags over the file,
+ * validation messages that name the field, and the JSON round trip used by
+ * `mqctl config` / `mqd --check-config`. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "harness.h"
+#include "config.h"
+
+static int parse(mqd_config *c, const char *js, char *err)
+{
+    mqd_config_defaults(c);
+    return mqd_config_parse_json(c, js, strlen(js), "t.json", err, 512);
+}
+
+static void test_full_file(void)
+{
+    mqd_config c;
+    char err[512] = "";
+    const char *js = "{\"model_dir\": \"/m\", \"mode\": \"bf16\", \"prefill_threads\": 2,"
+                     "\"decode_cpus\": \"0-1,3\", \"chunk_tokens\": 128, \"kv_tokens\": 8192,"
+                     "\"kv_block_tokens\": 32, \"on_full\": \"wait\", \"hugepages\": \"off\","
+                     "\"allowed_users\": [\"root\", \"nobody\"], \"admin_group\": \"adm\","
+                     "\"watchdog\": false, \"drain_timeout_ms\": 1500,"
+                     "\"client_socket\": \"/tmp/x/c.sock\", \"admin_socket\": \"/tmp/x/a.sock\"}";
+    CHECK(parse(&c, js, err) == 0, "parse: %s", err);
+    CHECK(!strcmp(c.model_dir, "/m") && c.mode == MQ_CFG_MODE_BF16 && c.prefill_threads == 2,
+          "fields");
+    CHECK(c.on_full == MQ_CFG_ON_FULL_WAIT && c.hugepages == MQ_CFG_HUGE_OFF && !c.watchdog,
+          "enums/bools");
+    CHECK(!strcmp(c.allowed_users[1], "nobody") && !c.allowed_users[2][0], "list");
+    CHECK(mqd_config_validate(&c, err, 512) == 0, "validate: %s", err);
+    /* JSON round trip */
+    char *out = mqd_config_to_json(&c);
+    mqd_config back;
+    mqd_config_defaults(&back);
+    CHECK(out && mqd_config_parse_json(&back, out, strlen(out), "out", err, 512) == 0,
+          "reparse: %s", err);
+    CHECK(memcmp(&back, &c, sizeof c) == 0, "round trip differs");
+    free(out);
+}
+
+static void test_errors_name_the_field(void)
+{
+    static const struct {
+        const char *js, *want;
+    } cases[] = {
+        {"{\"modle_dir\": \"/m\"}", "unknown field \"modle_dir\""},
+        {"{\"mode\": \"fp8\"}", "mode: \"fp8\" is not one of mixed, bf16, fp4"},
+        {"{\"chunk_tokens\": 8}", "chunk_tokens: 8 is not an integer in [16, 65536]"},
+        {"{\"chunk_tokens\": 100.5}", "chunk_tokens"},
+        {"{\"chunk_tokens\": \"100\"}", "chunk_tokens: must be a number"},
+        {"{\"watchdog\": 1}", "watchdog: must be true or false"},
+        {"{\"allowed_users\": \"root\"}", "allowed_users: must be an array"},
+        {"{\"allowed_groups\": [\"\"]}", "allowed_groups[0]"},
+        {"[1, 2]", "top level must be an object"},
+        {"{\"mode\": ", "not valid JSON"},
+        {"{\"kv-tokens\": 4096}", "unknown field"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mqd_config c;
+        char err[512] = "";
+        int rc = parse(&c, cases[i].js, err);
+        CHECK(rc == -EINVAL && strstr(err, cases[i].want) && !strncmp(err, "t.json: ", 8),
+              "case %zu: rc %d, err \"%s\", wanted \"%s\"", i, rc, err, cases[i].want);
+    }
+    /* cross-field checks */
+    mqd_config c;
+    char err[512];
+    mqd_config_defaults(&c);
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "model_dir"),
+          "missing model_dir: %s", err);
+    strcpy(c.model_dir, "/m");
+    c.kv_tokens = 1000;
+    c.kv_block_tokens = 16;
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "kv_tokens"),
+          "kv multiple: %s", err);
+    c.kv_tokens = 1024;
+    strcpy(c.decode_cpus, "0-x");
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "decode_cpus"),
+          "cpu list: %s", err);
+    strcpy(c.decode_cpus, "");
+    c.prompt_ring_kib = 48;
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "prompt_ring_kib"),
+          "ring pow2: %s", err);
+    c.prompt_ring_kib = 64;
+    strcpy(c.admin_socket, c.client_socket);
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "admin_socket"),
+          "same sockets: %s", err);
+}
+
+static void test_flags_override_file(void)
+{
+    char path[] = "/tmp/mq-test-config-XXXXXX";
+    int fd = mkstemp(path);
+    const char *js = "{\"model_dir\": \"/from/file\", \"kv_tokens\": 4096, \"mode\": \"fp4\"}";
+    CHECK(fd >= 0 && write(fd, js, strlen(js)) == (ssize_t)strlen(js), "write");
+    close(fd);
+    char *argv[] = {"mqd", "--kv-tokens", "8192", "--config", path, "--model=/from/flag",
+                    "--allowed-users", "root,nobody", "--check-config", NULL};
+    mqd_config c;
+    char cpath[4096], err[512] = "";
+    int check = 0, help = 0;
+    int rc = mqd_config_parse_args(&c, cpath, sizeof cpath, 9, argv, &check, &help, err, sizeof err);
+    CHECK(rc == 0, "parse: %s", err);
+    CHECK(!strcmp(cpath, path), "config path");
+    CHECK(c.kv_tokens == 8192 && !strcmp(c.model_dir, "/from/flag"), "flags win");
+    CHECK(c.mode == MQ_CFG_MODE_FP4, "file value kept");
+    CHECK(!strcmp(c.allowed_users[0], "root") && !strcmp(c.allowed_users[1], "nobody"), "list");
+    CHECK(check == 1 && help == 0, "check flag");
+    char *bad[] = {"mqd", "--kv-tokens", "lots", NULL};
+    rc = mqd_config_parse_args(&c, cpath, sizeof cpath, 3, bad, NULL, NULL, err, sizeof err);
+    CHECK(rc == -EINVAL && strstr(err, "--kv_tokens"), "bad number: %s", err);
+    char *unk[] = {"mqd", "--frobnicate", "1", NULL};
+    rc = mqd_config_parse_args(&c, cpath, sizeof cpath, 3, unk, NULL, NULL, err, sizeof err);
+    CHECK(rc == -ENOENT && strstr(err, "frobnicate"), "unknown flag: %s", err);
+    char *missing[] = {"mqd", "--config", "/nonexistent/mq.json", NULL};
+    rc = mqd_config_parse_args(&c, cpath, sizeof cpath, 3, missing, NULL, NULL, err, sizeof err);
+    CHECK(rc == -ENOENT && strstr(err, "/nonexistent/mq.json"), "missing file: %s", err);
+    unlink(path);
+}
+
+int main(void)
+{
+    RUN(test_full_file);
+    RUN(test_errors_name_the_field);
+    RUN(test_flags_override_file);
+    return harness_done();
+}

@@ -1,0 +1,265 @@
+/* tests/unit/test_wire.c — client protocol encode/decode: round trips of every message,
+ * and refusal (never a crash or an out-of-bounds read) of truncated, oversized, corrupt and
+ * out-of-range messages. */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "harness.h"
+#include "wire.h"
+
+static mq_msg sample(unsigned type)
+{
+    mq_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = (uint16_t)type;
+    m.seq = 0x01020304u + type;
+    switch (type) {
+    case MQ_MSG_HELLO:
+        m.u.hello.ver_min = 1;
+        m.u.hello.ver_max = 3;
+        strcpy(m.u.hello.name, "test-client");
+        break;
+    case MQ_MSG_HELLO_OK:
+        m.u.hello_ok.version = 1;
+        m.u.hello_ok.channel_bytes = 3u << 20;
+        m.u.hello_ok.ctx_limit = 32768;
+        m.u.hello_ok.vocab_size = 151936;
+        m.u.hello_ok.max_sessions = 16;
+        strcpy(m.u.hello_ok.model, "mq-qwen3-80m");
+        break;
+    case MQ_MSG_OPEN:
+        m.u.open.mode = MQ_WIRE_MODE_RAW;
+        break;
+    case MQ_MSG_OPENED:
+    case MQ_MSG_CLOSE:
+    case MQ_MSG_CLOSED:
+        m.u.opened.session = 0x1122334455667788ull;
+        break;
+    case MQ_MSG_SUBMIT:
+        m.u.submit.session = 7;
+        m.u.submit.kind = MQ_WIRE_KIND_MESSAGE;
+        m.u.submit.role = MQ_WIRE_ROLE_TOOL;
+        m.u.submit.ring_off = 0xfffffff0u;
+        m.u.submit.len = 12345;
+        mq_wire_gen_default(&m.u.submit.gen);
+        m.u.submit.gen.seed = 0xdeadbeefcafeull;
+        m.u.submit.gen.temperature = 0.25f;
+        m.u.submit.gen.flags = MQ_GEN_ENABLE_THINKING;
+        break;
+    case MQ_MSG_SUBMITTED:
+        m.u.submitted.req = 99;
+        m.u.submitted.session = 7;
+        break;
+    case MQ_MSG_CANCEL:
+    case MQ_MSG_CANCELED:
+        m.u.cancel.req = 42;
+        break;
+    case MQ_MSG_STATS_REPLY:
+        m.u.stats.uptime_ms = 123456789;
+        m.u.stats.sessions = 3;
+        m.u.stats.kv_blocks_total = 4096;
+        m.u.stats.decode_tokens = 1ull << 40;
+        m.u.stats.prefill_tps = 1234.5f;
+        break;
+    case MQ_MSG_ERROR:
+        m.u.error.code = MQ_ERR_TOO_LONG;
+        strcpy(m.u.error.text, "prompt of 40000 tokens is over the context limit 32768");
+        break;
+    }
+    return m;
+}
+
+static void test_round_trip_every_type(void)
+{
+    for (unsigned t = 1; t < MQ_MSG_TYPE_COUNT; t++) {
+        mq_msg m = sample(t), d;
+        uint8_t buf[MQ_WIRE_MAX_MSG];
+        int n = mq_wire_encode(&m, buf, sizeof buf);
+        CHECK(n >= MQ_WIRE_HDR_SIZE, "%s: encode returned %d", mq_wire_type_name(t), n);
+        if (n < 0)
+            continue;
+        char err[256] = "";
+        int rc = mq_wire_decode(buf, (size_t)n, &d, err, sizeof err);
+        CHECK(rc == 0, "%s: decode %d (%s)", mq_wire_type_name(t), rc, err);
+        m.version = 1; /* encode fills the default version */
+        CHECK(memcmp(&m, &d, sizeof m) == 0, "%s: decoded message differs", mq_wire_type_name(t));
+        /* Every strict prefix is refused as a protocol error. */
+        int bad = 0;
+        for (int k = 0; k < n; k++) {
+            /* patch the payload length so only the content is short (exercises each
+             * field's bounds check, not just the header check) */
+            uint8_t cut[MQ_WIRE_MAX_MSG];
+            memcpy(cut, buf, (size_t)k);
+            if (k >= MQ_WIRE_HDR_SIZE) {
+                uint32_t pl = (uint32_t)(k - MQ_WIRE_HDR_SIZE);
+                memcpy(cut + 12, &pl, 4);
+            }
+            if (mq_wire_decode(cut, (size_t)k, &d, err, sizeof err) == 0)
+                bad++;
+        }
+        /* STATS has an empty payload; its only full prefix is itself. */
+        CHECK(bad == 0, "%s: %d truncated forms decoded", mq_wire_type_name(t), bad);
+    }
+}
+
+static int encode_decode(mq_msg *m, char *err, size_t errlen)
+{
+    uint8_t buf[MQ_WIRE_MAX_MSG];
+    int n = mq_wire_encode(m, buf, sizeof buf);
+    if (n < 0)
+        return n;
+    mq_msg d;
+    return mq_wire_decode(buf, (size_t)n, &d, err, errlen);
+}
+
+static void test_header_checks(void)
+{
+    mq_msg m = sample(MQ_MSG_OPEN), d;
+    uint8_t buf[MQ_WIRE_MAX_MSG];
+    int n = mq_wire_encode(&m, buf, sizeof buf);
+    char err[256];
+    buf[0] ^= 1;
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EPROTO, "bad magic accepted");
+    CHECK(strstr(err, "magic") != NULL, "message names the field: %s", err);
+    buf[0] ^= 1;
+    buf[4] = 77; /* type */
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EPROTO, "unknown type accepted");
+    buf[4] = MQ_MSG_OPEN;
+    buf[6] = 9; /* version 9 */
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EPROTO, "version 9 accepted");
+    buf[6] = 1;
+    buf[12] = 5; /* payload_len lies */
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EPROTO, "length lie accepted");
+    buf[12] = 1;
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0, "restored message: %s", err);
+    /* Trailing byte with a consistent header. */
+    buf[n] = 0;
+    buf[12] = 2;
+    CHECK(mq_wire_decode(buf, (size_t)n + 1, &d, err, sizeof err) == -EPROTO, "trailing accepted");
+    CHECK(mq_wire_decode(buf, 3, &d, err, sizeof err) == -EPROTO, "3 bytes accepted");
+    CHECK(mq_wire_decode(buf, MQ_WIRE_MAX_MSG + 1, &d, err, sizeof err) == -EPROTO,
+          "oversized accepted");
+    /* HELLO from a future version still decodes (negotiation needs it). */
+    mq_msg h = sample(MQ_MSG_HELLO);
+    h.version = 7;
+    n = mq_wire_encode(&h, buf, sizeof buf);
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 && d.version == 7,
+          "future HELLO: %s", err);
+}
+
+static void set_bad(mq_wire_gen *g, int i)
+{
+    switch (i) {
+    case 0: g->max_tokens = 0; break;
+    case 1: g->max_tokens = MQ_WIRE_MAX_TOKENS_LIMIT + 1; break;
+    case 2: g->temperature = NAN; break;
+    case 3: g->temperature = -1; break;
+    case 4: g->top_p = 0; break;
+    case 5: g->top_p = 1.5f; break;
+    case 6: g->min_p = 1; break;
+    case 7: g->top_k = MQ_WIRE_TOP_K_MAX + 1; break;
+    case 8: g->repeat_penalty = 0.01f; break;
+    default: g->flags = 1u << 30; break;
+    }
+}
+
+static void test_field_bounds(void)
+{
+    char err[256];
+    mq_msg m = sample(MQ_MSG_OPEN);
+    m.u.open.mode = 2;
+    CHECK(encode_decode(&m, err, sizeof err) == -EINVAL && strstr(err, "open.mode"),
+          "mode 2: %s", err);
+
+    static const char *const fields[] = {"max_tokens", "max_tokens", "temperature",
+        "temperature", "top_p", "top_p", "min_p", "top_k", "repeat_penalty", "flags"};
+    struct { const char *field; } cases[10];
+    for (size_t i = 0; i < 10; i++)
+        cases[i].field = fields[i];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        m = sample(MQ_MSG_SUBMIT);
+        set_bad(&m.u.submit.gen, (int)i);
+        err[0] = 0;
+        int rc = encode_decode(&m, err, sizeof err);
+        CHECK(rc == -EINVAL && strstr(err, cases[i].field), "case %zu (%s): rc %d err '%s'", i,
+              cases[i].field, rc, err);
+    }
+    m = sample(MQ_MSG_SUBMIT);
+    m.u.submit.kind = MQ_WIRE_KIND_TOKENS;
+    m.u.submit.role = MQ_WIRE_ROLE_USER;
+    m.u.submit.len = 6;
+    CHECK(encode_decode(&m, err, sizeof err) == -EINVAL, "6 bytes of token ids accepted");
+    m.u.submit.len = 0;
+    CHECK(encode_decode(&m, err, sizeof err) == -EINVAL, "empty prompt accepted");
+    m = sample(MQ_MSG_SUBMIT);
+    m.u.submit.kind = MQ_WIRE_KIND_TEXT;
+    CHECK(encode_decode(&m, err, sizeof err) == -EINVAL, "role tool on raw text accepted");
+
+    /* Strings: too long refused at encode; an embedded NUL refused at decode. */
+    m = sample(MQ_MSG_HELLO);
+    memset(m.u.hello.name, 'a', sizeof m.u.hello.name);
+    uint8_t buf[MQ_WIRE_MAX_MSG];
+    CHECK(mq_wire_encode(&m, buf, sizeof buf) == -EINVAL, "over-long name encoded");
+    m = sample(MQ_MSG_HELLO);
+    int n = mq_wire_encode(&m, buf, sizeof buf);
+    buf[n - 3] = 0;
+    mq_msg d;
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EINVAL && strstr(err, "NUL"),
+          "NUL in name: %s", err);
+    /* A string length pointing past the end. */
+    n = mq_wire_encode(&m, buf, sizeof buf);
+    buf[MQ_WIRE_HDR_SIZE + 8] = 60; /* name length 60 > bytes present */
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EPROTO, "string overrun: %s", err);
+    /* Encoding into a too-small buffer. */
+    m = sample(MQ_MSG_ERROR);
+    CHECK(mq_wire_encode(&m, buf, 20) == -ENOSPC, "small buffer");
+}
+
+/* Random corruption of valid messages: decode must return 0 or a negative errno, and the
+ * decoded strings are always NUL-terminated within their fields. */
+static void test_random_corruption(void)
+{
+    uint64_t s = 88172645463325252ull;
+    int ok = 0, refused = 0;
+    for (int it = 0; it < 200000; it++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        mq_msg m = sample(1 + s % (MQ_MSG_TYPE_COUNT - 1)), d;
+        uint8_t buf[MQ_WIRE_MAX_MSG];
+        int n = mq_wire_encode(&m, buf, sizeof buf);
+        int flips = 1 + (int)(s >> 60);
+        for (int f = 0; f < flips; f++)
+            buf[(s >> (8 * (f % 7))) % (uint64_t)n] ^= (uint8_t)(1u << ((s >> 40) % 8));
+        int rc = mq_wire_decode(buf, (size_t)n, &d, NULL, 0);
+        if (rc == 0) {
+            ok++;
+            if (d.type == MQ_MSG_HELLO)
+                CHECK(strlen(d.u.hello.name) <= MQ_WIRE_NAME_MAX, "name unterminated");
+        } else {
+            refused++;
+            CHECK(rc == -EPROTO || rc == -EINVAL, "rc %d", rc);
+        }
+    }
+    CHECK(ok > 0 && refused > 0, "ok %d refused %d", ok, refused);
+}
+
+static void test_names(void)
+{
+    CHECK(!strcmp(mq_wire_type_name(MQ_MSG_SUBMIT), "SUBMIT"), "type name");
+    CHECK(!strcmp(mq_wire_type_name(999), "UNKNOWN"), "unknown type name");
+    CHECK(!strcmp(mq_wire_err_name(MQ_ERR_BUSY), "MQ_ERR_BUSY"), "err name");
+    CHECK(strstr(mq_wire_err_text(MQ_ERR_TOO_LONG), "too long") != NULL, "err text");
+}
+
+int main(void)
+{
+    RUN(test_round_trip_every_type);
+    RUN(test_header_checks);
+    RUN(test_field_bounds);
+    RUN(test_random_corruption);
+    RUN(test_names);
+    return harness_done();
+}

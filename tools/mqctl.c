@@ -1,0 +1,260 @@
+/* tools/mqctl.c — administration of mqd over its admin socket (JSON, see daemon/admin.c).
+ *
+ *   mqctl [--socket PATH] [--json] status | sessions | stats | cancel ID | drain | reload |
+ *                                   config | top
+ * Human-readable tables by default, mqd's JSON reply with --json.
+ * Exit codes: 0 success, 1 mqd refused or the command failed (message on stderr),
+ * 2 usage, 3 cannot reach mqd or its reply was not understood.
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define DEFAULT_ADMIN_SOCKET "/run/mq/admin.sock"
+#define MAX_REPLY ((1u << 20) + 65536)
+#define REPLY_TIMEOUT_S 30
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: mqctl [--socket PATH] [--json] COMMAND\n"
+            "  status       model, mode, state, load progress, memory by kind, pools, queue\n"
+            "  sessions     open sessions with their owner, KV use and state\n"
+            "  stats        token counters, tokens/s per phase, cached ratio, KV occupancy\n"
+            "  cancel ID    cancel a running request (request id or session id)\n"
+            "  drain        finish (or cancel after drain_timeout_ms) running requests, exit\n"
+            "  reload       re-read the configuration file (like SIGHUP)\n"
+            "  config       the configuration in effect\n"
+            "  top          per-thread off-CPU time and page faults (BPF)\n"
+            "socket: --socket, $MQ_ADMIN_SOCKET, or %s\n",
+            DEFAULT_ADMIN_SOCKET);
+}
+
+static double num(const cJSON *o, const char *path)
+{
+    /* "a.b" walks nested objects */
+    char key[64];
+    const char *dot = strchr(path, '.');
+    if (dot) {
+        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
+        return num(cJSON_GetObjectItemCaseSensitive(o, key), dot + 1);
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, path);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *path)
+{
+    char key[64];
+    const char *dot = strchr(path, '.');
+    if (dot) {
+        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
+        return str(cJSON_GetObjectItemCaseSensitive(o, key), dot + 1);
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, path);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static double mib(double b) { return b / 1048576.0; }
+
+static void print_stats(const cJSON *r)
+{
+    printf("requests        %.0f done, %.0f failed\n", num(r, "tokens.requests_done"),
+           num(r, "tokens.requests_failed"));
+    printf("queue           %.0f queued, %.0f prefilling, %.0f decoding\n", num(r, "queue.queued"),
+           num(r, "queue.prefilling"), num(r, "queue.decoding"));
+    printf("prompt tokens   %.0f (%.0f cached, %.0f prefilled; cached ratio %.3f)\n",
+           num(r, "tokens.prompt"), num(r, "tokens.cached"), num(r, "tokens.prefilled"),
+           num(r, "tokens.cached_ratio"));
+    printf("generated       %.0f\n", num(r, "tokens.generated"));
+    printf("prefill         %.1f tok/s\n", num(r, "tokens.prefill_tok_s"));
+    printf("decode          %.1f tok/s\n", num(r, "tokens.decode_tok_s"));
+    printf("KV blocks       %.0f used / %.0f (%.0f cached, %.0f free; %.0f tokens each), "
+           "occupancy %.1f%%, %.1f MiB %s\n",
+           num(r, "kv.used"), num(r, "kv.blocks"), num(r, "kv.cached"), num(r, "kv.free"),
+           num(r, "kv.block_tokens"), 100 * num(r, "kv.occupancy"), mib(num(r, "kv.bytes")),
+           str(r, "kv.memory"));
+    printf("sessions        %.0f\n", num(r, "sessions"));
+}
+
+static void print_status(const cJSON *r)
+{
+    printf("state           %s (pid %.0f, uid %.0f, up %.1f s)\n", str(r, "state"), num(r, "pid"),
+           num(r, "uid"), num(r, "uptime_s"));
+    printf("model           %s (%s), mode %s, context %.0f tokens\n", str(r, "model.name"),
+           str(r, "model.dir"), str(r, "model.mode"), num(r, "model.ctx_limit"));
+    printf("load            %s: %.1f / %.1f MiB (%.0f%%), %.0f ms%s%s\n", str(r, "load.phase"),
+           mib(num(r, "load.bytes_done")), mib(num(r, "load.bytes_total")),
+           100 * num(r, "load.progress"), num(r, "load.ms"), str(r, "load.note")[0] ? "; " : "",
+           str(r, "load.note"));
+    printf("memory          weights BF16 %.1f MiB, NVFP4 %.1f MiB, other %.1f MiB\n",
+           mib(num(r, "memory.weights_bf16")), mib(num(r, "memory.weights_fp4")),
+           mib(num(r, "memory.weights_other")));
+    printf("                mapped: hugetlb %.1f MiB, thp %.1f MiB, 4k %.1f MiB; "
+           "free huge pages %.0f\n",
+           mib(num(r, "memory.weights_mapped.hugetlb")), mib(num(r, "memory.weights_mapped.thp")),
+           mib(num(r, "memory.weights_mapped.4k")), num(r, "memory.hugepages_free"));
+    printf("pools           prefill %.0f threads (cpus %s), decode %.0f threads (cpus %s)\n",
+           num(r, "pools.prefill.threads"), str(r, "pools.prefill.cpus"),
+           num(r, "pools.decode.threads"), str(r, "pools.decode.cpus"));
+    printf("clients         %.0f\n", num(r, "clients"));
+    printf("bpf             %s\n", str(r, "bpf"));
+    if (cJSON_GetObjectItem(r, "kv"))
+        print_stats(r);
+    if (str(r, "error")[0])
+        printf("error           %s\n", str(r, "error"));
+}
+
+static void print_sessions(const cJSON *r)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(r, "sessions");
+    printf("%-8s %-5s %-8s %-6s %-10s %9s %9s %7s %7s %9s\n", "SESSION", "MODE", "PID", "UID",
+           "STATE", "REQUEST", "HISTORY", "KV_BLK", "SHARED", "IDLE_MS");
+    const cJSON *s;
+    cJSON_ArrayForEach(s, arr)
+    {
+        printf("%-8.0f %-5s %-8.0f %-6.0f %-10s %9.0f %9.0f %7.0f %7.0f %9.0f\n", num(s, "id"),
+               str(s, "mode")[0] ? str(s, "mode") : "-", num(s, "pid"), num(s, "uid"),
+               str(s, "state"), num(s, "request"), num(s, "history_tokens"), num(s, "kv_blocks"),
+               num(s, "shared_blocks"), num(s, "idle_ms"));
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItem(r, "truncated")))
+        printf("(list truncated)\n");
+}
+
+static void print_top(const cJSON *r)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(r, "threads");
+    printf("%-8s %-16s %12s %10s\n", "TID", "THREAD", "OFFCPU_MS", "FAULTS");
+    const cJSON *t;
+    cJSON_ArrayForEach(t, arr)
+    printf("%-8.0f %-16s %12.1f %10.0f\n", num(t, "tid"), str(t, "name"), num(t, "offcpu_ms"),
+           num(t, "faults"));
+}
+
+int main(int argc, char **argv)
+{
+    const char *sock = getenv("MQ_ADMIN_SOCKET");
+    int json = 0, i = 1;
+    for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--socket") && i + 1 < argc)
+            sock = argv[++i];
+        else if (!strncmp(argv[i], "--socket=", 9))
+            sock = argv[i] + 9;
+        else if (!strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "mqctl: unknown option %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    static const char *const cmds[] = {"status", "sessions", "stats", "cancel", "drain",
+                                       "reload", "config",   "top",   NULL};
+    int known = 0;
+    for (int k = 0; cmds[k]; k++)
+        known |= !strcmp(cmd, cmds[k]);
+    if (!known) {
+        fprintf(stderr, "mqctl: unknown command \"%s\"\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    cJSON *req = cJSON_CreateObject();
+    cJSON_AddStringToObject(req, "cmd", cmd);
+    if (!strcmp(cmd, "cancel")) {
+        char *end;
+        unsigned long long id = i + 1 < argc ? strtoull(argv[i + 1], &end, 10) : 0;
+        if (i + 1 >= argc || !id || *end) {
+            fprintf(stderr, "mqctl: cancel needs a request or session id\n");
+            cJSON_Delete(req);
+            return 2;
+        }
+        cJSON_AddNumberToObject(req, "id", (double)id);
+    }
+    if (!sock || !*sock)
+        sock = DEFAULT_ADMIN_SOCKET;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(sock) >= sizeof sa.sun_path) {
+        fprintf(stderr, "mqctl: socket path too long\n");
+        return 2;
+    }
+    strcpy(sa.sun_path, sock);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        fprintf(stderr, "mqctl: cannot connect to mqd's admin socket %s: %s\n", sock,
+                strerror(errno));
+        cJSON_Delete(req);
+        return 3;
+    }
+    struct timeval tv = {REPLY_TIMEOUT_S, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char *msg = cJSON_PrintUnformatted(req);
+    cJSON_Delete(req);
+    if (!msg || send(fd, msg, strlen(msg), MSG_NOSIGNAL) < 0) {
+        fprintf(stderr, "mqctl: sending to %s: %s\n", sock, strerror(errno));
+        free(msg);
+        close(fd);
+        return 3;
+    }
+    free(msg);
+    char *buf = malloc(MAX_REPLY + 1);
+    ssize_t n = buf ? recv(fd, buf, MAX_REPLY, 0) : -1;
+    close(fd);
+    if (n <= 0) {
+        fprintf(stderr, "mqctl: no reply from mqd (%s)\n", n < 0 ? strerror(errno) : "closed");
+        free(buf);
+        return 3;
+    }
+    buf[n] = 0;
+    cJSON *r = cJSON_Parse(buf);
+    if (!r || !cJSON_IsObject(r)) {
+        fprintf(stderr, "mqctl: mqd's reply is not JSON\n");
+        cJSON_Delete(r);
+        free(buf);
+        return 3;
+    }
+    int ok = cJSON_IsTrue(cJSON_GetObjectItem(r, "ok"));
+    if (json) {
+        char *s = cJSON_Print(r);
+        printf("%s\n", s ? s : buf);
+        free(s);
+    } else if (!ok) {
+        /* printed below */
+    } else if (!strcmp(cmd, "status")) {
+        print_status(r);
+    } else if (!strcmp(cmd, "stats")) {
+        print_stats(r);
+    } else if (!strcmp(cmd, "sessions")) {
+        print_sessions(r);
+    } else if (!strcmp(cmd, "top")) {
+        print_top(r);
+    } else if (!strcmp(cmd, "config")) {
+        char *s = cJSON_Print(cJSON_GetObjectItem(r, "config"));
+        printf("%s\n", s ? s : "{}");
+        free(s);
+    } else if (!strcmp(cmd, "drain")) {
+        printf("mqd is %s (up to %.0f ms for running requests), then exits\n", str(r, "state"),
+               num(r, "timeout_ms"));
+    } else {
+        printf("%s\n", str(r, "message"));
+    }
+    if (!ok)
+        fprintf(stderr, "mqctl: %s: %s\n", cmd, str(r, "error"));
+    cJSON_Delete(r);
+    free(buf);
+    return ok ? 0 : 1;
+}
