@@ -945,7 +945,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     } else if (!ss) {
         rc = -ENOENT;
         snprintf(err, errlen, "submit: unknown session %llu", (unsigned long long)session);
-    } else if (ss->req || ss->notifying) {
+    } else if (ss->req) {   /* a finished request still in on_done does not count */
         rc = -EBUSY;
         snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
     } else if (ss->n_hist + n + 1 > ctx) {
