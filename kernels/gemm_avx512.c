@@ -401,15 +401,24 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         for (int r = 0; r < NR; r++) y[(size_t)m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-#define GEMV_NR(MR) ((MR) <= 2 ? 8 : (MR) <= 4 ? 6 : (MR) <= 6 ? 4 : 3)
+#define GEMV_NR(MR) ((MR) <= 2 ? 8 : 6)
 
-#define GEMV_CASE(MR)                                                                 \
-    case MR: {                                                                        \
-        int n = n0;                                                                   \
-        for (; n + GEMV_NR(MR) <= n1; n += GEMV_NR(MR))                               \
-            bf16_gemv_cols(MR, GEMV_NR(MR), x, ldx, w->w, w->k, y, ldy, n);           \
-        for (; n < n1; n++) bf16_gemv_cols(MR, 1, x, ldx, w->w, w->k, y, ldy, n);     \
-        break;                                                                        \
+/* m <= 4: one pass. m = 5..8: rows 0..3, then rows 4.. over the same 6 weight rows, which
+ * are still in L1/L2, so W still streams from DRAM once (a single pass over 8 rows could
+ * keep only 3 weight rows in flight, too few to cover DRAM latency). */
+#define GEMV_CASE(MR)                                                                          \
+    case MR: {                                                                                 \
+        const int A = (MR) <= 4 ? (MR) : 4, B = (MR) - A;                                      \
+        int n = n0;                                                                            \
+        for (; n + GEMV_NR(MR) <= n1; n += GEMV_NR(MR)) {                                      \
+            bf16_gemv_cols(A, GEMV_NR(MR), x, ldx, w->w, w->k, y, ldy, n);                     \
+            if (B) bf16_gemv_cols(B, GEMV_NR(MR), x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n); \
+        }                                                                                      \
+        for (; n < n1; n++) {                                                                  \
+            bf16_gemv_cols(A, 1, x, ldx, w->w, w->k, y, ldy, n);                               \
+            if (B) bf16_gemv_cols(B, 1, x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n);    \
+        }                                                                                      \
+        break;                                                                                 \
     }
 
 static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
