@@ -299,7 +299,12 @@ static void avx512_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
 
 #define BF_MR 6              /* rows per GEMM tile */
 #define BF_NG 4              /* 16-column groups per panel */
+#ifndef KC_BF16
 #define KC_BF16 256          /* k per panel (even) */
+#endif
+#ifndef BF_PANELS
+#define BF_PANELS 1          /* panels sharing each pass over x (2 measured slower) */
+#endif
 
 typedef struct bf16_panel {
     uint32_t w[BF_NG][KC_BF16 / 2][16];   /* [group][k pair][column] = two BF16 */
@@ -451,20 +456,26 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
         return;
     }
     const int K = w->k;
-    bf16_panel p __attribute__((aligned(64)));
-    const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
-    for (int pg = g0; pg < g1; pg += BF_NG) {
-        const int ng = g1 - pg < BF_NG ? g1 - pg : BF_NG;
-        __mmask16 mask[BF_NG];
-        for (int g = 0; g < ng; g++) mask[g] = col_mask((pg + g) * 16, n0, n1);
+    /* BF_PANELS panels side by side share each tile's pass over x (see the NVFP4 GEMM). */
+    bf16_panel p[BF_PANELS] __attribute__((aligned(64)));
+    const int g0 = n0 / 16, g1 = (n1 + 15) / 16, span = BF_NG * BF_PANELS;
+    for (int pg0 = g0; pg0 < g1; pg0 += span) {
+        int ng[BF_PANELS];
+        __mmask16 mask[BF_PANELS][BF_NG];
+        for (int q = 0; q < BF_PANELS; q++) {
+            const int pg = pg0 + q * BF_NG;
+            ng[q] = pg >= g1 ? 0 : g1 - pg < BF_NG ? g1 - pg : BF_NG;
+            for (int g = 0; g < ng[q]; g++) mask[q][g] = col_mask((pg + g) * 16, n0, n1);
+        }
         for (int k0 = 0; k0 < K; k0 += KC_BF16) {
             const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
-            for (int g = 0; g < ng; g++) bf16_pack_group(w, (pg + g) * 16, k0, kc, &p, g);
-            /* The next panel chunk is 64 row pieces of 512 bytes: too many streams for the
-             * hardware prefetcher, so the tiles below request its lines a few at a time. */
-            const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg : pg + BF_NG;
+            for (int q = 0; q < BF_PANELS; q++)
+                for (int g = 0; g < ng[q]; g++) bf16_pack_group(w, (pg0 + q * BF_NG + g) * 16, k0, kc, &p[q], g);
+            /* The next chunk is up to 128 row pieces: too many streams for the hardware
+             * prefetcher, so the tiles below request its lines a few at a time. */
+            const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg0 : pg0 + span;
             const int nkc = K - nk0 < KC_BF16 ? K - nk0 : KC_BF16;
-            const int lines_per_row = (nkc + 31) / 32, n_lines = npg < g1 ? 16 * BF_NG * lines_per_row : 0;
+            const int lines_per_row = (nkc + 31) / 32, n_lines = npg < g1 ? 16 * span * lines_per_row : 0;
             const int tiles = (m + BF_MR - 1) / BF_MR, per_tile = (n_lines + tiles - 1) / tiles;
             int pf = 0;
             for (int m0 = 0; m0 < m; m0 += BF_MR) {
@@ -475,8 +486,9 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
                         _mm_prefetch((const char *)(w->w + (size_t)row * K + nk0 + (pf % lines_per_row) * 32),
                                      _MM_HINT_T1);
                 }
-                bf16_tile_any(mr, ng, x + (size_t)m0 * ldx + k0, ldx, &p, kc,
-                              y + (size_t)m0 * ldy + (size_t)pg * 16, ldy, mask, k0 == 0);
+                for (int q = 0; q < BF_PANELS && ng[q]; q++)
+                    bf16_tile_any(mr, ng[q], x + (size_t)m0 * ldx + k0, ldx, &p[q], kc,
+                                  y + (size_t)m0 * ldy + (size_t)(pg0 + q * BF_NG) * 16, ldy, mask[q], k0 == 0);
             }
         }
     }
