@@ -25,6 +25,8 @@
 
 #include "harness.h"
 
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 static char spawn_bin[4096];
 
 /* build/ of this test binary (build/tests/integration/test_x -> build). */
