@@ -520,7 +520,7 @@ int mq_chat_detect(const char *t, mq_chat_kind *kind, char *err, size_t errlen)
 
 static int finish(sbuf *o, int rc, char **out, size_t *len, char *err, size_t errlen)
 {
-    if (!rc && o->oom) rc = fail(err, errlen, -ENOMEM, "chat: out of memory");
+    if ((!rc && o->oom) || rc == -ENOMEM) rc = fail(err, errlen, -ENOMEM, "chat: out of memory");
     if (rc) { free(o->p); *out = NULL; *len = 0; return rc; }
     if (!o->p) sb_add(o, "", 0);
     if (o->oom) { free(o->p); return -ENOMEM; }

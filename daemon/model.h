@@ -78,7 +78,7 @@ typedef struct mq_model {
     size_t bf16_bytes;     /* BF16 copy: linears + embedding + LM head (+ aux) */
     size_t fp4_bytes;      /* NVFP4 copy: codes + scales + aux */
     size_t other_bytes;    /* norms, biases */
-    struct mq_load *load;  /* loading state; NULL after finish */
+    struct mq_load *load;  /* loading state, then the record of allocations */
 } mq_model;
 
 /* One read the loader must perform: bytes [offset, offset+bytes) of file `file` into dst. */

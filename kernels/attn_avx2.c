@@ -16,8 +16,8 @@
 #include <math.h>
 
 #define TK 16
-#define ROWS_MAX 32
-#define ROW_FLOATS 4096
+#define ROWS_MAX 64
+#define ROW_FLOATS 8192
 #define HD_MAX 256
 
 typedef struct tile {
@@ -149,11 +149,11 @@ static inline float hsum8(__m256 v)
 }
 
 /* Online softmax of one key tile for every row; the probabilities replace the scores. */
-static void softmax_tile(tile *t, int j0, float scale)
+static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
-    for (int r = 0; r < t->nrows; r++) {
+    for (int r = r0; r < r1; r++) {
         const int lim = t->limit[r] - j0;
         if (lim < 0) {
             t->corr[r] = 1.0f;
@@ -181,8 +181,12 @@ static void softmax_tile(tile *t, int j0, float scale)
     }
 }
 
-static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh, int t0, int nt)
+/* Rows = heads [hs, hs+nh) × tokens [t0, t0+nt); with nt == 1 (decode) the heads may
+ * span several kv-heads, read key tile by key tile in address order (see attn_avx512.c). */
+static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, int nt)
 {
+    const int group = a->n_head / a->n_kv;
+    const int kv0 = hs / group, kv1 = (hs + nh - 1) / group + 1;
     const int hd = a->head_dim;
     t->nrows = nh * nt;
     t->hd = hd;
@@ -196,15 +200,18 @@ static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh,
         for (int d = 0; d < hd; d += 8) _mm256_store_ps(t->o + (size_t)r * hd + d, _mm256_setzero_ps());
         if (t->limit[r] + 1 > nkeys) nkeys = t->limit[r] + 1;
     }
-    for (int j0 = 0; j0 < nkeys; j0 += TK) {
-        load_kv_tile(t, a, kvh, j0, nkeys);
-        int r = 0;
-        for (; r + 4 <= t->nrows; r += 4) qk_rows(t, r, 4);
-        for (; r < t->nrows; r++) qk_rows(t, r, 1);
-        softmax_tile(t, j0, a->scale);
-        for (r = 0; r + 4 <= t->nrows; r += 4) pv_rows(t, r, 4);
-        for (; r < t->nrows; r++) pv_rows(t, r, 1);
-    }
+    for (int j0 = 0; j0 < nkeys; j0 += TK)
+        for (int kvh = kv0; kvh < kv1; kvh++) {
+            const int ra = nt > 1 ? 0 : (kvh * group > hs ? kvh * group : hs) - hs;
+            const int rb = nt > 1 ? t->nrows : ((kvh + 1) * group < hs + nh ? (kvh + 1) * group : hs + nh) - hs;
+            load_kv_tile(t, a, kvh, j0, nkeys);
+            int r = ra;
+            for (; r + 4 <= rb; r += 4) qk_rows(t, r, 4);
+            for (; r < rb; r++) qk_rows(t, r, 1);
+            softmax_tile(t, j0, a->scale, ra, rb);
+            for (r = ra; r + 4 <= rb; r += 4) pv_rows(t, r, 4);
+            for (; r < rb; r++) pv_rows(t, r, 1);
+        }
     for (int r = 0; r < t->nrows; r++) {
         const int tok = t0 + r / nh, h = hs + r % nh;
         float *out = a->out + ((size_t)tok * a->n_head + h) * hd;
@@ -223,6 +230,11 @@ void mq_attention_avx2(const mq_attn_args *a, int h0, int h1)
     tile t;
     const int group = a->n_head / a->n_kv;
     const int rows = ROW_FLOATS / a->head_dim < ROWS_MAX ? ROW_FLOATS / a->head_dim : ROWS_MAX;
+    if (a->n_tok == 1) { /* decode: all heads of the range in one walk over the cache */
+        for (int hs = h0; hs < h1; hs += rows)
+            attend_tile(&t, a, hs, h1 - hs < rows ? h1 - hs : rows, 0, 1);
+        return;
+    }
     for (int h = h0; h < h1;) {
         const int kvh = h / group;
         const int he = (kvh + 1) * group < h1 ? (kvh + 1) * group : h1;
@@ -230,7 +242,7 @@ void mq_attention_avx2(const mq_attn_args *a, int h0, int h1)
             const int nh = he - hs < rows ? he - hs : rows;
             const int tq = rows / nh;
             for (int t0 = 0; t0 < a->n_tok; t0 += tq)
-                attend_tile(&t, a, kvh, hs, nh, t0, a->n_tok - t0 < tq ? a->n_tok - t0 : tq);
+                attend_tile(&t, a, hs, nh, t0, a->n_tok - t0 < tq ? a->n_tok - t0 : tq);
         }
         h = he;
     }

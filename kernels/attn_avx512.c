@@ -2,7 +2,7 @@
  *
  * Flash-style: one kv-head at a time, a tile of query rows (the group's q-heads × a
  * block of query tokens, up to ROWS_MAX rows) walks the keys in tiles of TK = 32 with an
- * online softmax; no score matrix, no allocation (all buffers on the stack, < 64 KiB).
+ * online softmax; no score matrix, no allocation (all buffers on the stack, about 100 KiB).
  * K and V are read once per kv-head and row tile, so decode (n_tok == 1) streams the
  * cache once for all q-heads of the group.
  *
@@ -27,8 +27,10 @@
 #include <math.h>
 
 #define TK 32            /* keys per tile */
-#define ROWS_MAX 32      /* query rows per tile */
-#define ROW_FLOATS 4096  /* ROWS_MAX * head_dim cap: keeps the tile in L1/L2 */
+#ifndef ROWS_MAX
+#define ROWS_MAX 64      /* query rows per tile: each K/V tile load serves this many */
+#endif
+#define ROW_FLOATS 8192  /* rows * head_dim cap: keeps O and Q in L1/L2 */
 #define HD_MAX 256
 #ifndef PREFETCH_TILES_FEW_ROWS
 #define PREFETCH_TILES_FEW_ROWS 8
@@ -39,7 +41,7 @@ typedef struct tile {
     float m[ROWS_MAX], corr[ROWS_MAX];
     _Alignas(64) float l[ROWS_MAX][16];                   /* softmax denominators, 16 partial sums */
     int limit[ROWS_MAX];            /* last key position row r may see */
-    _Alignas(64) uint16_t q[ROWS_MAX][HD_MAX];            /* BF16 Q rows */
+    _Alignas(64) uint16_t q[ROW_FLOATS];                  /* [rows][hdp] BF16 Q */
     _Alignas(64) float o[ROW_FLOATS];                     /* [rows][hdp], permuted dims */
     _Alignas(64) float s[ROWS_MAX][TK];                   /* scores of one key tile */
     _Alignas(64) uint16_t p[ROWS_MAX][TK];                /* BF16 probabilities */
@@ -48,11 +50,6 @@ typedef struct tile {
 } tile;
 
 static const uint16_t zero_row[HD_MAX]; /* stands in for keys past the end of a tile */
-
-static inline const uint16_t *kv_row(const uint16_t *const *blocks, const mq_attn_args *a, int kvh, int p)
-{
-    return blocks[p / a->block_tokens] + ((size_t)(p % a->block_tokens) * a->n_kv + kvh) * a->head_dim;
-}
 
 /* 16x16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i. */
 static inline __attribute__((always_inline)) void transpose16(__m512i r[16])
@@ -125,16 +122,19 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
 
 /* Asks for keys [j0, j0+TK) while the current tile computes: K/V rows of one kv-head
  * are n_kv*head_dim apart, too sparse for the hardware prefetcher to follow. */
-static void prefetch_kv_tile(const mq_attn_args *a, int kvh, int j0, int nkeys)
+static void prefetch_kv_tile(const mq_attn_args *a, int kv0, int kv1, int j0, int nkeys)
 {
-    const size_t bytes = (size_t)a->head_dim * 2;
+    if (j0 >= nkeys) return;
+    const size_t bytes = (size_t)(kv1 - kv0) * a->head_dim * 2; /* kv-heads [kv0, kv1) are adjacent */
+    int b = j0 / a->block_tokens, o = j0 % a->block_tokens; /* one division per tile */
     for (int j = j0; j < j0 + TK && j < nkeys; j++) {
-        const char *k = (const char *)kv_row(a->k_blocks, a, kvh, j);
-        const char *v = (const char *)kv_row(a->v_blocks, a, kvh, j);
-        for (size_t off = 0; off < bytes; off += 64) {
-            _mm_prefetch(k + off, _MM_HINT_T0);
-            _mm_prefetch(v + off, _MM_HINT_T0);
+        const size_t off = ((size_t)o * a->n_kv + kv0) * a->head_dim;
+        const char *k = (const char *)(a->k_blocks[b] + off), *v = (const char *)(a->v_blocks[b] + off);
+        for (size_t c = 0; c < bytes; c += 64) {
+            _mm_prefetch(k + c, _MM_HINT_T0);
+            _mm_prefetch(v + c, _MM_HINT_T0);
         }
+        if (++o == a->block_tokens) { o = 0; b++; }
     }
 }
 
@@ -146,7 +146,7 @@ static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const 
     for (int i = 0; i < 2 * NR; i++) acc[i] = _mm512_setzero_ps();
     const uint32_t *q32[8];
     _Pragma("GCC unroll 16")
-    for (int i = 0; i < NR; i++) q32[i] = (const uint32_t *)t->q[r + i];
+    for (int i = 0; i < NR; i++) q32[i] = (const uint32_t *)(t->q + (size_t)(r + i) * t->hdp);
     for (int dp = 0; dp < t->hd / 2; dp++) {
         const __m512bh k0 = (__m512bh)_mm512_load_si512(&t->kt[dp][0]);
         const __m512bh k1 = (__m512bh)_mm512_load_si512(&t->kt[dp][16]);
@@ -201,12 +201,12 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
  * Pass 1 finds each row's new running max (scores scaled and masked in place); the
  * rescale factors exp(m_old - m_new) are then computed 16 rows per vector; pass 2 makes
  * the probabilities. l is kept as 16 partial sums per row, reduced once at the end. */
-static void softmax_tile(tile *t, int j0, float scale)
+static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
 {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
     float mold[ROWS_MAX];
-    for (int r = 0; r < t->nrows; r++) {
+    for (int r = r0; r < r1; r++) {
         const int lim = t->limit[r] - j0; /* keys j <= lim are visible */
         mold[r] = t->m[r];
         if (lim < 0) continue;            /* the whole tile is in this row's future */
@@ -222,14 +222,14 @@ static void softmax_tile(tile *t, int j0, float scale)
         const float tmax = _mm512_reduce_max_ps(_mm512_max_ps(s0, s1));
         if (tmax > t->m[r]) t->m[r] = tmax;
     }
-    for (int r = 0; r < t->nrows; r += 16) { /* corr = exp(m_old - m_new); m_old = -inf gives 0 */
-        const __mmask16 k = t->nrows - r >= 16 ? 0xffff : (__mmask16)((1u << (t->nrows - r)) - 1);
+    for (int r = r0; r < r1; r += 16) { /* corr = exp(m_old - m_new); m_old = -inf gives 0 */
+        const __mmask16 k = r1 - r >= 16 ? 0xffff : (__mmask16)((1u << (r1 - r)) - 1);
         const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, mold + r), _mm512_maskz_loadu_ps(k, t->m + r));
         /* every row sees key 0 in the first tile, so m_new is finite: d is -inf (corr 0)
          * there, and 0 for rows whose keys all lie in the future (corr set to 1 below) */
         _mm512_mask_storeu_ps(t->corr + r, k, ops_exp512(d));
     }
-    for (int r = 0; r < t->nrows; r++) {
+    for (int r = r0; r < r1; r++) {
         if (t->limit[r] < j0) {
             t->corr[r] = 1.0f;
             _mm512_store_si512(t->p[r], _mm512_setzero_si512());
@@ -248,9 +248,15 @@ static void softmax_tile(tile *t, int j0, float scale)
     }
 }
 
-/* Rows = heads [hs, hs+nh) × tokens [t0, t0+nt), row index (token - t0) * nh + head. */
-static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh, int t0, int nt)
+/* Rows = heads [hs, hs+nh) × tokens [t0, t0+nt), row index (token - t0) * nh + head.
+ * With nt == 1 (decode) the heads may span several kv-heads: each key tile is then read
+ * for all of them in turn, so the cache is walked in address order (the kv-heads of a
+ * position are adjacent) and the hardware prefetchers can follow. With nt > 1 all
+ * heads share one kv-head. */
+static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, int nt)
 {
+    const int group = a->n_head / a->n_kv;
+    const int kv0 = hs / group, kv1 = (hs + nh - 1) / group + 1;
     const int hd = a->head_dim;
     t->nrows = nh * nt;
     t->hd = hd;
@@ -261,7 +267,7 @@ static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh,
         const float *q = a->q + ((size_t)tok * a->n_head + h) * hd;
         for (int d = 0; d < hd; d += 16) {
             const __mmask16 m = hd - d >= 16 ? 0xffff : (__mmask16)((1u << (hd - d)) - 1);
-            _mm256_mask_storeu_epi16(t->q[r] + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
+            _mm256_mask_storeu_epi16(t->q + (size_t)r * t->hdp + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
         }
         t->limit[r] = a->pos0 + tok;
         t->m[r] = -INFINITY;
@@ -270,21 +276,26 @@ static void attend_tile(tile *t, const mq_attn_args *a, int kvh, int hs, int nh,
         if (t->limit[r] + 1 > nkeys) nkeys = t->limit[r] + 1;
     }
     /* few rows (decode) make a tile quick, so ask for keys further ahead */
-    const int ahead = t->nrows <= 8 ? PREFETCH_TILES_FEW_ROWS : 1;
-    for (int j = 0; j < ahead; j++) prefetch_kv_tile(a, kvh, j * TK, nkeys);
+    const int ahead = t->nrows <= 8 ? PREFETCH_TILES_FEW_ROWS : 2;
+    for (int j = 0; j < ahead; j++) prefetch_kv_tile(a, kv0, kv1, j * TK, nkeys);
     for (int j0 = 0; j0 < nkeys; j0 += TK) {
-        load_kv_tile(t, a, kvh, j0, nkeys);
-        prefetch_kv_tile(a, kvh, j0 + ahead * TK, nkeys);
-        int r = 0;
-        for (; r + 8 <= t->nrows; r += 8) qk_rows(t, r, 8);
-        for (; r + 4 <= t->nrows; r += 4) qk_rows(t, r, 4);
-        for (; r + 2 <= t->nrows; r += 2) qk_rows(t, r, 2);
-        for (; r < t->nrows; r++) qk_rows(t, r, 1);
-        softmax_tile(t, j0, a->scale);
-        for (r = 0; r + 8 <= t->nrows; r += 8) pv_rows(t, r, 8);
-        for (; r + 4 <= t->nrows; r += 4) pv_rows(t, r, 4);
-        for (; r + 2 <= t->nrows; r += 2) pv_rows(t, r, 2);
-        for (; r < t->nrows; r++) pv_rows(t, r, 1);
+        prefetch_kv_tile(a, kv0, kv1, j0 + ahead * TK, nkeys);
+        for (int kvh = kv0; kvh < kv1; kvh++) {
+            /* this kv-head's rows: all of them, or (decode) its heads within [hs, hs+nh) */
+            const int ra = nt > 1 ? 0 : (kvh * group > hs ? kvh * group : hs) - hs;
+            const int rb = nt > 1 ? t->nrows : ((kvh + 1) * group < hs + nh ? (kvh + 1) * group : hs + nh) - hs;
+            load_kv_tile(t, a, kvh, j0, nkeys);
+            int r = ra;
+            for (; r + 8 <= rb; r += 8) qk_rows(t, r, 8);
+            for (; r + 4 <= rb; r += 4) qk_rows(t, r, 4);
+            for (; r + 2 <= rb; r += 2) qk_rows(t, r, 2);
+            for (; r < rb; r++) qk_rows(t, r, 1);
+            softmax_tile(t, j0, a->scale, ra, rb);
+            for (r = ra; r + 8 <= rb; r += 8) pv_rows(t, r, 8);
+            for (; r + 4 <= rb; r += 4) pv_rows(t, r, 4);
+            for (; r + 2 <= rb; r += 2) pv_rows(t, r, 2);
+            for (; r < rb; r++) pv_rows(t, r, 1);
+        }
     }
     /* un-permute: within 32 dims, lo lane l holds dim 8(l/4) + l%4, hi lane l dim 8(l/4) + 4 + l%4 */
     __m512i idx0, idx1;
@@ -323,6 +334,11 @@ void mq_attention_avx512(const mq_attn_args *a, int h0, int h1)
     const int group = a->n_head / a->n_kv;
     const int rows = ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) < ROWS_MAX
                          ? ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) : ROWS_MAX;
+    if (a->n_tok == 1) { /* decode: all heads of the range in one walk over the cache */
+        for (int hs = h0; hs < h1; hs += rows)
+            attend_tile(&t, a, hs, h1 - hs < rows ? h1 - hs : rows, 0, 1);
+        return;
+    }
     for (int h = h0; h < h1;) {
         const int kvh = h / group;
         const int he = (kvh + 1) * group < h1 ? (kvh + 1) * group : h1;
@@ -330,7 +346,7 @@ void mq_attention_avx512(const mq_attn_args *a, int h0, int h1)
             const int nh = he - hs < rows ? he - hs : rows;
             const int tq = rows / nh;
             for (int t0 = 0; t0 < a->n_tok; t0 += tq)
-                attend_tile(&t, a, kvh, hs, nh, t0, a->n_tok - t0 < tq ? a->n_tok - t0 : tq);
+                attend_tile(&t, a, hs, nh, t0, a->n_tok - t0 < tq ? a->n_tok - t0 : tq);
         }
         h = he;
     }

@@ -93,9 +93,15 @@ static inline __mmask32 low_mask32(int n) { return n >= 32 ? 0xffffffffu : (__mm
 
 /* ---- NVFP4 -------------------------------------------------------------------------- */
 
+#ifndef FP4_MR
 #define FP4_MR 4             /* activation rows per tile */
+#endif
+#ifndef FP4_NG
 #define FP4_NG 3             /* 16-column groups per panel */
+#endif
+#ifndef KC_BLOCKS
 #define KC_BLOCKS 16         /* K blocks (of 16) per panel: 256 k */
+#endif
 
 typedef struct fp4_panel {
     int8_t wq[FP4_NG][KC_BLOCKS * 4][16][4];
@@ -113,6 +119,13 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
     const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
     const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)e2m1_twice_lut));
     const __m512i twelve = _mm512_set1_epi8(12);
+    for (int i = 0; i < nv; i++) { /* as in bf16_pack_group: this chunk now, the next one early */
+        const uint8_t *row = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)kb0 * 8;
+        for (int s = 0; s < nkb * 8; s += 64) _mm_prefetch((const char *)(row + s), _MM_HINT_T0);
+        for (int s = nkb * 8; s < 2 * nkb * 8 && kb0 * 8 + s < w->kp / 2; s += 64)
+            _mm_prefetch((const char *)(row + s), _MM_HINT_T1);
+        _mm_prefetch((const char *)(w->scales + (size_t)(c0 + i) * nb + kb0), _MM_HINT_T0);
+    }
     __m512i r[16];
     for (int sub = 0; sub * 4 < nkb; sub++) {
         const int nbh = nkb - sub * 4 < 4 ? nkb - sub * 4 : 4;
@@ -150,21 +163,21 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
                  size_t sstr, const fp4_panel *p, int nkb, float *y, size_t ldy,
                  const __mmask16 *mask, int first, int last, float alpha)
 {
-    __m512 acc[FP4_MR][FP4_NG];
+    __m512 acc[6][4];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
         for (int g = 0; g < NG; g++)
             acc[m][g] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
     for (int b = 0; b < nkb; b++) {
-        __m512i ia[FP4_MR][FP4_NG];
+        __m512i ia[6][4];
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) ia[m][g] = _mm512_load_si512(p->corr[g][b]);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
-            __m512i wv[FP4_NG];
+            __m512i wv[4];
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) wv[g] = _mm512_load_si512(p->wq[g][b * 4 + j]);
 #pragma GCC unroll 8
@@ -196,17 +209,19 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
 }
 
 #define FP4_TILE_CASE(MR, NG) \
-    case (MR) * 8 + (NG): fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); break;
+    case (MR) * 8 + (NG): if ((MR) <= FP4_MR && (NG) <= FP4_NG) fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); break;
 
 static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
                          const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask,
                          int first, int last, float alpha)
 {
     switch (mr * 8 + ng) {
-    FP4_TILE_CASE(1, 1) FP4_TILE_CASE(1, 2) FP4_TILE_CASE(1, 3)
-    FP4_TILE_CASE(2, 1) FP4_TILE_CASE(2, 2) FP4_TILE_CASE(2, 3)
-    FP4_TILE_CASE(3, 1) FP4_TILE_CASE(3, 2) FP4_TILE_CASE(3, 3)
-    FP4_TILE_CASE(4, 1) FP4_TILE_CASE(4, 2) FP4_TILE_CASE(4, 3)
+    FP4_TILE_CASE(1, 1) FP4_TILE_CASE(1, 2) FP4_TILE_CASE(1, 3) FP4_TILE_CASE(1, 4)
+    FP4_TILE_CASE(2, 1) FP4_TILE_CASE(2, 2) FP4_TILE_CASE(2, 3) FP4_TILE_CASE(2, 4)
+    FP4_TILE_CASE(3, 1) FP4_TILE_CASE(3, 2) FP4_TILE_CASE(3, 3) FP4_TILE_CASE(3, 4)
+    FP4_TILE_CASE(4, 1) FP4_TILE_CASE(4, 2) FP4_TILE_CASE(4, 3) FP4_TILE_CASE(4, 4)
+    FP4_TILE_CASE(5, 1) FP4_TILE_CASE(5, 2) FP4_TILE_CASE(5, 3) FP4_TILE_CASE(5, 4)
+    FP4_TILE_CASE(6, 1) FP4_TILE_CASE(6, 2) FP4_TILE_CASE(6, 3) FP4_TILE_CASE(6, 4)
     default: break;
     }
 }
@@ -351,6 +366,10 @@ static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const b
     }
 }
 
+#ifndef GEMV_PREFETCH
+#define GEMV_PREFETCH 512 /* elements ahead (1 KB) */
+#endif
+
 /* GEMV: MR (1..8) rows × NR weight rows at a time, row-major weights. */
 AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx, const uint16_t *w,
                        int K, float *y, size_t ldy, int n)
@@ -364,7 +383,11 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         const __mmask32 lm = low_mask32(K - k);
         __m512i wv[8];
 #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) wv[r] = _mm512_maskz_loadu_epi16(lm, w + (size_t)(n + r) * K + k);
+        for (int r = 0; r < NR; r++) {
+            /* a few rows in flight are too few for the hardware prefetcher to keep DRAM busy */
+            _mm_prefetch((const char *)(w + (size_t)(n + r) * K + k + GEMV_PREFETCH), _MM_HINT_T0);
+            wv[r] = _mm512_maskz_loadu_epi16(lm, w + (size_t)(n + r) * K + k);
+        }
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             __m512i xv = _mm512_maskz_loadu_epi16(lm, x + (size_t)m * ldx + k);
@@ -378,7 +401,7 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         for (int r = 0; r < NR; r++) y[(size_t)m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-#define GEMV_NR(MR) ((MR) <= 2 ? 8 : (MR) <= 4 ? 6 : 3)
+#define GEMV_NR(MR) ((MR) <= 2 ? 8 : (MR) <= 4 ? 6 : (MR) <= 6 ? 4 : 3)
 
 #define GEMV_CASE(MR)                                                                 \
     case MR: {                                                                        \
@@ -417,8 +440,21 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
         for (int k0 = 0; k0 < K; k0 += KC_BF16) {
             const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
             for (int g = 0; g < ng; g++) bf16_pack_group(w, (pg + g) * 16, k0, kc, &p, g);
+            /* The next panel chunk is 64 row pieces of 512 bytes: too many streams for the
+             * hardware prefetcher, so the tiles below request its lines a few at a time. */
+            const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg : pg + BF_NG;
+            const int nkc = K - nk0 < KC_BF16 ? K - nk0 : KC_BF16;
+            const int lines_per_row = (nkc + 31) / 32, n_lines = npg < g1 ? 16 * BF_NG * lines_per_row : 0;
+            const int tiles = (m + BF_MR - 1) / BF_MR, per_tile = (n_lines + tiles - 1) / tiles;
+            int pf = 0;
             for (int m0 = 0; m0 < m; m0 += BF_MR) {
                 const int mr = m - m0 < BF_MR ? m - m0 : BF_MR;
+                for (int e = pf + per_tile; pf < e && pf < n_lines; pf++) {
+                    const int row = npg * 16 + pf / lines_per_row;
+                    if (row < w->n)
+                        _mm_prefetch((const char *)(w->w + (size_t)row * K + nk0 + (pf % lines_per_row) * 32),
+                                     _MM_HINT_T1);
+                }
                 bf16_tile_any(mr, ng, x + (size_t)m0 * ldx + k0, ldx, &p, kc,
                               y + (size_t)m0 * ldy + (size_t)pg * 16, ldy, mask, k0 == 0);
             }

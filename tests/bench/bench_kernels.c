@@ -291,7 +291,7 @@ typedef struct result {
     double fp4, bf16, quant; /* seconds, best of reps */
 } result;
 
-static result time_shape(const operands *o, acts *A, int m, int nt)
+static result time_shape(const operands *o, acts *A, int m, int nt, int reps)
 {
     const int n = o->wf.n, k = o->wf.k;
     result r = { 1e30, 1e30, 1e30 };
@@ -300,7 +300,6 @@ static result time_shape(const operands *o, acts *A, int m, int nt)
     xa.g = mq_fp4_global_scale(8.0f);
     quant_arg qa = { &xa, A->xf };
     gemm_arg ga = { .xa = &xa, .wf = &o->wf, .xb = A->xb, .wb = &o->wb, .m = m, .n = n, .y = A->y };
-    int reps = reps_for((double)m * n * k);
     for (int rep = 0; rep < reps; rep++) {
         double t0 = now();
         team_run(nt, quant_job, &qa);
@@ -318,6 +317,46 @@ static result time_shape(const operands *o, acts *A, int m, int nt)
     return r;
 }
 
+/* One round of the summary phase: the 2-thread ceilings, then the kernels the closing
+ * lines compare with them. Rounds alternate so every figure gets several chances to run
+ * while the machine is quiet; each keeps its best. */
+typedef struct summary {
+    ceilings c;
+    double fp4[7], bf16[7]; /* 1.7B linears, M=512, 2 threads: best seconds */
+    double gemv;            /* 4B layer, M=1, 2 threads: best seconds */
+} summary;
+
+static void summary_round(summary *sm, const operands *l17, const operands *l4, acts *A, const uint8_t *rbuf,
+                          size_t rbytes)
+{
+    ceil_arg ca = { .iters = CEIL_ITERS / 4 };
+    double t0 = now();
+    team_run(2, vnni_job, &ca);
+    double r = (double)ca.iters * CHAINS * 64 * 2 / (now() - t0);
+    if (r > sm->c.vnni[2]) sm->c.vnni[2] = r;
+    t0 = now();
+    team_run(2, bf16_job, &ca);
+    r = (double)ca.iters * CHAINS * 32 * 2 / (now() - t0);
+    if (r > sm->c.bf16[2]) sm->c.bf16[2] = r;
+    read_arg ra = { .buf = rbuf, .bytes = rbytes };
+    t0 = now();
+    team_run(2, read_job, &ra);
+    r = (double)(rbytes / 128 * 128) / (now() - t0);
+    if (r > sm->c.read[2]) sm->c.read[2] = r;
+    for (int i = 0; i < 7; i++) {
+        result res = time_shape(&l17[i], A, 512, 2, 1);
+        if (res.fp4 < sm->fp4[i]) sm->fp4[i] = res.fp4;
+        if (res.bf16 < sm->bf16[i]) sm->bf16[i] = res.bf16;
+    }
+    t0 = now();
+    for (int i = 0; i < 7; i++) {
+        gemm_arg ga = { .fmt = 1, .xb = A->xb, .wb = &l4[i].wb, .m = 1, .n = l4[i].wb.n, .y = A->y };
+        team_run(2, gemm_job, &ga);
+    }
+    double t = now() - t0;
+    if (t < sm->gemv) sm->gemv = t;
+}
+
 int main(void)
 {
     mq_kernels_init();
@@ -329,13 +368,12 @@ int main(void)
         return 1;
     }
     team_init();
-    const size_t read_bytes = (size_t)1 << 30;
+    const size_t read_bytes = (size_t)256 << 20;
     uint8_t *rbuf = xmalloc(read_bytes);
     memset(rbuf, 1, read_bytes);
     ceilings c;
     memset(&c, 0, sizeof c);
     measure_ceilings(&c, rbuf, read_bytes);
-    free(rbuf);
     printf("\nceilings (best of repetitions)      1 thread     2 threads\n");
     printf("  int8 VNNI  G MAC/s              %9.1f     %9.1f\n", c.vnni[1] * 1e-9, c.vnni[2] * 1e-9);
     printf("  BF16 dot   G MAC/s              %9.1f     %9.1f\n", c.bf16[1] * 1e-9, c.bf16[2] * 1e-9);
@@ -359,80 +397,74 @@ int main(void)
     }
     memset(A.y, 0, sizeof(float) * (size_t)maxM * maxN);
 
-    /* aggregates for the closing lines */
-    double agg_macs = 0, agg_fp4 = 0, agg_bf16 = 0; /* 1.7B, M=512, 2 threads */
-    double gemv_bytes = 0, gemv_time = 0;           /* 4B, M=1, 2 threads */
-
-    printf("\n%-5s %-5s %6s %6s %5s %3s %10s %10s %9s %10s %8s\n", "model", "layer", "N", "K", "M", "thr",
-           "fp4 GMAC/s", "bf16 GMAC/s", "fp4/bf16", "bf16 GB/s", "q+prep ms");
-    double t_start = now();
-    for (int i = 0; i < ns; i++) {
-        const shape *s = &sh[i];
-        const int is17 = !strcmp(s->model, "1.7B"), is4 = !strcmp(s->model, "4B");
-        if (quick && !is17 && !is4) continue;
-        operands o;
-        make_operands(&o, s->n, s->k);
-        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
-            const int m = Ms[mi];
-            if (quick && !((is17 && m == 512) || (is4 && m == 1))) continue;
-            for (int nt = 1; nt <= MAX_THREADS; nt++) {
-                if (quick && nt != 2) continue;
-                result r = time_shape(&o, &A, m, nt);
-                double macs = (double)m * s->n * s->k;
-                double wbytes = (double)s->n * s->k * 2;
-                printf("%-5s %-5s %6d %6d %5d %3d %10.1f %10.1f %9.2f %10.1f %8.3f\n", s->model, s->name, s->n,
-                       s->k, m, nt, macs / r.fp4 * 1e-9, macs / r.bf16 * 1e-9, r.bf16 / r.fp4,
-                       wbytes / r.bf16 * 1e-9, r.quant * 1e3);
-                if (is17 && m == 512 && nt == 2) {
-                    agg_macs += macs;
-                    agg_fp4 += r.fp4;
-                    agg_bf16 += r.bf16;
-                }
-                if (is4 && m == 1 && nt == 2) {
-                    gemv_bytes += wbytes;
-                    gemv_time += r.bf16;
+    if (!quick) {
+        printf("\nGMAC/s = M·N·K / time; bf16 GB/s = BF16 weight bytes / time (meaningful for small M);\n"
+               "q+prep = quantizing and preparing the M×K activations (mq_fp4_act_quantize_rows)\n");
+        printf("%-5s %-5s %6s %6s %5s %3s %10s %10s %9s %10s %9s\n", "model", "layer", "N", "K", "M", "thr",
+               "fp4 GMAC/s", "bf16 GMAC/s", "fp4/bf16", "bf16 GB/s", "q+prep ms");
+        double t_start = now();
+        for (int i = 0; i < ns; i++) {
+            const shape *s = &sh[i];
+            operands o;
+            make_operands(&o, s->n, s->k);
+            for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+                const int m = Ms[mi];
+                for (int nt = 1; nt <= MAX_THREADS; nt++) {
+                    double macs = (double)m * s->n * s->k;
+                    result r = time_shape(&o, &A, m, nt, reps_for(macs));
+                    double wbytes = (double)s->n * s->k * 2;
+                    printf("%-5s %-5s %6d %6d %5d %3d %10.1f %10.1f %9.2f %10.1f %9.3f\n", s->model, s->name, s->n,
+                           s->k, m, nt, macs / r.fp4 * 1e-9, macs / r.bf16 * 1e-9, r.bf16 / r.fp4,
+                           wbytes / r.bf16 * 1e-9, r.quant * 1e3);
                 }
             }
+            free_operands(&o);
         }
-        free_operands(&o);
+        printf("(table timed in %.1f s; each shape's weights are reused across M, so small shapes may\n"
+               " run from cache at M=1; the bandwidth line below cycles through a 200 MB layer)\n", now() - t_start);
     }
-    printf("\n(shapes timed in %.1f s; weights of a shape are reused across M, so a small shape's\n"
-           " GEMV may run from cache; the bandwidth line below uses only the 200 MB 4B layer)\n",
-           now() - t_start);
 
-    /* the 4B GEMV pass, all seven linears in turn so nothing stays cached */
-    {
-        operands os[7];
-        for (int i = 0; i < 7; i++) make_operands(&os[i], sh[14 + i].n, sh[14 + i].k);
-        double best = 1e30, bytes = 0;
-        for (int i = 0; i < 7; i++) bytes += (double)os[i].wb.n * os[i].wb.k * 2;
-        for (int rep = 0; rep < 8; rep++) {
-            double t0 = now();
-            for (int i = 0; i < 7; i++) {
-                gemm_arg ga = { .fmt = 1, .xb = A.xb, .wb = &os[i].wb, .m = 1, .n = os[i].wb.n, .y = A.y };
-                team_run(2, gemm_job, &ga);
-            }
-            double t = now() - t0;
-            if (t < best) best = t;
-        }
-        for (int i = 0; i < 7; i++) free_operands(&os[i]);
-        printf("4B layer BF16 GEMV, M=1, 2 threads: %.1f MB in %.3f ms = %.1f GB/s (per-shape sum: %.1f GB/s)\n",
-               bytes * 1e-6, best * 1e3, bytes / best * 1e-9, gemv_time > 0 ? gemv_bytes / gemv_time * 1e-9 : 0.0);
-        gemv_bytes = bytes;
-        gemv_time = best;
+    /* summary phase: the closing lines */
+    operands l17[7], l4[7];
+    for (int i = 0; i < 7; i++) {
+        make_operands(&l17[i], sh[7 + i].n, sh[7 + i].k);
+        make_operands(&l4[i], sh[14 + i].n, sh[14 + i].k);
     }
-    printf("1.7B linears at M=512, 2 threads: NVFP4 %.1f G MAC/s, BF16 %.1f G MAC/s\n\n",
-           agg_macs / agg_fp4 * 1e-9, agg_macs / agg_bf16 * 1e-9);
+    summary sm;
+    memset(&sm, 0, sizeof sm);
+    for (int i = 0; i < 7; i++) sm.fp4[i] = sm.bf16[i] = 1e30;
+    sm.gemv = 1e30;
+    const int rounds = quick ? 4 : 6;
+    for (int r = 0; r < rounds; r++) summary_round(&sm, l17, l4, &A, rbuf, read_bytes);
+    double macs = 0, tf = 0, tb = 0, gbytes = 0;
+    for (int i = 0; i < 7; i++) {
+        macs += (double)512 * l17[i].wb.n * l17[i].wb.k;
+        tf += sm.fp4[i];
+        tb += sm.bf16[i];
+        gbytes += (double)l4[i].wb.n * l4[i].wb.k * 2;
+    }
+    for (int i = 0; i < 7; i++) {
+        free_operands(&l17[i]);
+        free_operands(&l4[i]);
+    }
+    printf("\nsummary (%d interleaved rounds, best of each; 2 threads):\n", rounds);
+    printf("  ceilings: VNNI %.1f G MAC/s, BF16 %.1f G MAC/s, read %.1f GB/s\n", sm.c.vnni[2] * 1e-9,
+           sm.c.bf16[2] * 1e-9, sm.c.read[2] * 1e-9);
+    printf("  Qwen3-1.7B linears (q,k,v,o,gate,up,down), M=512: NVFP4 %.1f G MAC/s, BF16 %.1f G MAC/s\n",
+           macs / tf * 1e-9, macs / tb * 1e-9);
+    printf("  Qwen3-4B layer BF16 GEMV, M=1: %.1f MB in %.3f ms = %.1f GB/s\n\n", gbytes * 1e-6, sm.gemv * 1e3,
+           gbytes / sm.gemv * 1e-9);
 
+    free(rbuf);
     free(A.xf);
     free(A.xb);
     free(A.xa_mem);
     free(A.y);
     team_stop();
 
-    printf("fp4_gemm_vs_bf16_gemm_m512: %.3f\n", agg_bf16 / agg_fp4);
-    printf("fp4_gemm_vs_vnni_ceiling: %.3f\n", agg_macs / agg_fp4 / c.vnni[2]);
-    printf("bf16_gemm_vs_bf16_ceiling: %.3f\n", agg_macs / agg_bf16 / c.bf16[2]);
-    printf("bf16_gemv_vs_bandwidth: %.3f\n", gemv_bytes / gemv_time / c.read[2]);
+    printf("fp4_gemm_vs_bf16_gemm_m512: %.3f\n", tb / tf);
+    printf("fp4_gemm_vs_vnni_ceiling: %.3f\n", macs / tf / sm.c.vnni[2]);
+    printf("bf16_gemm_vs_bf16_ceiling: %.3f\n", macs / tb / sm.c.bf16[2]);
+    printf("bf16_gemv_vs_bandwidth: %.3f\n", gbytes / sm.gemv / sm.c.read[2]);
     return 0;
 }
