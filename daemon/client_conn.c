@@ -371,9 +371,9 @@ static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
                           : 0;
     }
     r->end_stop = reason == MQ_END_STOP_TOKEN;
+    /* done before the client can see DONE: a SUBMIT that follows it finds the session
+     * free (settle()). r and its conn ref live until finish_req, posted last. */
     __atomic_store_n(&r->done, 1, __ATOMIC_SEQ_CST);
-    /* Post before the client can see DONE, so the loop learns of the end first. */
-    mq_evloop_post(c->d->loop, finish_req, r);
     size_t ml = msg ? strlen(msg) : 0;
     if (ml > 1024)
         ml = 1024;
@@ -381,6 +381,7 @@ static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
     int n = mq_chan_format_done(rec, sizeof rec, r->id, &d, msg, (uint32_t)ml);
     if (n > 0)
         push_rec(c, rec, (uint32_t)n, 1);
+    mq_evloop_post(c->d->loop, finish_req, r);
 }
 
 /* ---- sessions ------------------------------------------------------------------ */
