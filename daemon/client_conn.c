@@ -676,7 +676,8 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     int is_msg = m->u.submit.kind == MQ_WIRE_KIND_MESSAGE;
     if (is_msg != (s->mode == MQ_WIRE_MODE_CHAT)) {
         code = MQ_ERR_BAD_PROMPT;
-        snprintf(msg, sizeof msg, "%s sessions take %s", s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
+        snprintf(msg, sizeof msg, "%s sessions take %s",
+                 s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
                  s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)"
                                               : "text or tokens (mq_send_text/tokens)");
         goto out;
