@@ -223,3 +223,13 @@ fuzz: $(FUZZ_BINS)
 .PHONY: fuzz-run
 fuzz-run: fuzz
 	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+# ---------------------------------------------------------------------------
+# Quality evaluation of the three modes (issue 3): perplexity, continuation NLL, KL and
+# top-1 agreement against bf16. Overridable: make eval MODEL=dir CORPUS=file DOCS=n
+# (MODEL defaults to mq-qwen3-80m, set with `make run` above)
+CORPUS ?= $(MQ_SHARED)/corpus/dev.txt
+DOCS   ?= 200
+eval: deps
+	@$(MAKE) --no-print-directory $(BUILD)/mq_eval
+	$(BUILD)/mq_eval --model $(MODEL) --corpus $(CORPUS) --docs $(DOCS) --threads 2

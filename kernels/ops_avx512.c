@@ -80,43 +80,83 @@ static float avx512_amax_f32(const float *x, size_t n)
 
 /* ---- NVFP4 activation quantization ------------------------------------------- */
 
-/* One row, NVFP4.md's order; see mq_fp4_quantize_row for the specification. */
+/* E4M3 codes of 16 values y >= 0 (or +Inf): ops_e4m3_pos, vectorised. */
+static inline __m512i e4m3_pos16(__m512 y)
+{
+    const __m512i u = _mm512_castps_si512(y);
+    __m512i cn = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff),
+                                                      _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1))));
+    cn = _mm512_sub_epi32(_mm512_srli_epi32(cn, 20), _mm512_set1_epi32(120 << 3));
+    const __m512i cs = _mm512_cvt_roundps_epi32(_mm512_mul_ps(y, _mm512_set1_ps(512.0f)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); /* exact product */
+    __m512i c = _mm512_mask_mov_epi32(cn, _mm512_cmp_ps_mask(y, _mm512_set1_ps(0x1p-6f), _CMP_LT_OQ), cs);
+    return _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask(y, _mm512_set1_ps(448.0f), _CMP_NLT_UQ), _mm512_set1_epi32(0x7e));
+}
+
+/* Values of E4M3 codes 0..0x7e: ops_e4m3_val, vectorised. */
+static inline __m512 e4m3_val16(__m512i c)
+{
+    const __m512 nv = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(c, 20), _mm512_set1_epi32(120 << 23)));
+    const __m512 sv = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(0x1p-9f));
+    return _mm512_mask_mov_ps(sv, _mm512_cmpge_epi32_mask(c, _mm512_set1_epi32(8)), nv);
+}
+
+#define QCHUNK 256 /* blocks per pass: bounds the stack arrays */
+
+/* One row, NVFP4.md's order; see mq_fp4_quantize_row for the specification. Three
+ * passes per chunk of blocks, so no block waits on another's scalar steps: block
+ * amaxes; then scales and multipliers 16 blocks per vector; then the codes. */
 static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
 {
     if (!(g > 0.0f) || !isfinite(g)) return -EINVAL;
     const int nb = mq_fp4_pad(k) / MQ_FP4_BLOCK;
-    const float inv_g = 1.0f / g;
+    const __m512 gv = _mm512_set1_ps(g), inv_g = _mm512_set1_ps(1.0f / g), six = _mm512_set1_ps(6.0f);
     const __m512i one = _mm512_set1_epi32(1);
     const __m512 t1 = _mm512_set1_ps(0.25f), t2 = _mm512_set1_ps(0.75f), t3 = _mm512_set1_ps(1.25f),
                  t4 = _mm512_set1_ps(1.75f), t5 = _mm512_set1_ps(2.5f), t6 = _mm512_set1_ps(3.5f),
                  t7 = _mm512_set1_ps(5.0f);
-    for (int b = 0; b < nb; b++) {
-        const int left = k - b * MQ_FP4_BLOCK;
-        const __mmask16 lm = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-        const __m512 v = _mm512_maskz_loadu_ps(lm, x + b * MQ_FP4_BLOCK);
-        if (_mm512_fpclass_ps_mask(v, 0x99)) return -EINVAL; /* QNaN, SNaN, +Inf, -Inf */
-        const float amax_b = _mm512_reduce_max_ps(_mm512_abs_ps(v));
-        const uint8_t s = ops_e4m3_pos(g * (amax_b / 6.0f));
-        scales[b] = s;
-        const float sf = ops_e4m3_val(s);
-        /* Correctly rounded, as ref.c (the GPU's rcp.approx may differ in the last bit). */
-        const float os = sf == 0.0f ? 0.0f : 1.0f / (sf * inv_g);
-        const __m512 p = _mm512_mul_ps(v, _mm512_set1_ps(os));
-        const __m512 t = _mm512_abs_ps(p);
-        /* ref.c's if-chain as a count of thresholds passed; "not <" so NaN gives 7 too. */
-        __m512i c = _mm512_setzero_si512();
-        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t1, _CMP_NLE_UQ), c, one);
-        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t2, _CMP_NLT_UQ), c, one);
-        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t3, _CMP_NLE_UQ), c, one);
-        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t4, _CMP_NLT_UQ), c, one);
-        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t5, _CMP_NLE_UQ), c, one);
-        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t6, _CMP_NLT_UQ), c, one);
-        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t7, _CMP_NLE_UQ), c, one);
-        c = _mm512_mask_or_epi32(c, _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_LT_OQ), c,
-                                 _mm512_set1_epi32(8));
-        /* element 2i (low dword of a qword) in the low nibble, 2i+1 in the high one */
-        const __m512i pair = _mm512_or_si512(c, _mm512_srli_epi64(c, 28));
-        _mm_storel_epi64((__m128i *)(codes + b * 8), _mm512_cvtepi64_epi8(pair));
+    _Alignas(64) float amax[QCHUNK], osv[QCHUNK];
+    for (int b0 = 0; b0 < nb; b0 += QCHUNK) {
+        const int b1 = nb - b0 < QCHUNK ? nb : b0 + QCHUNK;
+        __mmask16 bad = 0;
+        for (int b = b0; b < b1; b++) {
+            const int left = k - b * MQ_FP4_BLOCK;
+            const __mmask16 lm = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+            const __m512 v = _mm512_maskz_loadu_ps(lm, x + b * MQ_FP4_BLOCK);
+            bad |= _mm512_fpclass_ps_mask(v, 0x99); /* QNaN, SNaN, +Inf, -Inf */
+            amax[b - b0] = _mm512_reduce_max_ps(_mm512_abs_ps(v));
+        }
+        if (bad) return -EINVAL;
+        for (int b = b0; b < b1; b += 16) {
+            const __mmask16 m = b1 - b >= 16 ? 0xffff : (__mmask16)((1u << (b1 - b)) - 1);
+            const __m512 am = _mm512_maskz_load_ps(m, amax + (b - b0));
+            const __m512i s = e4m3_pos16(_mm512_mul_ps(gv, _mm512_div_ps(am, six))); /* divide, then multiply */
+            _mm_mask_storeu_epi8(scales + b, m, _mm512_cvtepi32_epi8(s));
+            const __m512 sf = e4m3_val16(s);
+            /* Correctly rounded, as ref.c (the GPU's rcp.approx may differ in the last bit). */
+            const __mmask16 nz = _mm512_cmp_ps_mask(sf, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+            _mm512_store_ps(osv + (b - b0), _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), _mm512_mul_ps(sf, inv_g)));
+        }
+        for (int b = b0; b < b1; b++) {
+            const int left = k - b * MQ_FP4_BLOCK;
+            const __mmask16 lm = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+            const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lm, x + b * MQ_FP4_BLOCK), _mm512_set1_ps(osv[b - b0]));
+            const __m512 t = _mm512_abs_ps(p);
+            /* ref.c's if-chain as a count of thresholds passed; "not <" so NaN gives 7 too. */
+            __m512i c = _mm512_setzero_si512();
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t1, _CMP_NLE_UQ), c, one);
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t2, _CMP_NLT_UQ), c, one);
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t3, _CMP_NLE_UQ), c, one);
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t4, _CMP_NLT_UQ), c, one);
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t5, _CMP_NLE_UQ), c, one);
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t6, _CMP_NLT_UQ), c, one);
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(t, t7, _CMP_NLE_UQ), c, one);
+            c = _mm512_mask_or_epi32(c, _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_LT_OQ), c,
+                                     _mm512_set1_epi32(8));
+            /* element 2i (low dword of a qword) in the low nibble, 2i+1 in the high one */
+            const __m512i pair = _mm512_or_si512(c, _mm512_srli_epi64(c, 28));
+            _mm_storel_epi64((__m128i *)(codes + b * 8), _mm512_cvtepi64_epi8(pair));
+        }
     }
     return 0;
 }

@@ -328,6 +328,43 @@ static void test_quantize_isas_bitexact(void)
         }
 }
 
+/* Weights quantized at load go through the same fast quantizers: every ISA gives the
+ * reference's codes, for a row range in the middle of the matrix. */
+static void test_weight_quantize_isas(void)
+{
+    const int n = 9, k = 172, r0 = 2, r1 = 8;
+    unsigned long long s = 4242;
+    float *x = malloc(sizeof(float) * n * k);
+    for (int i = 0; i < n * k; i++) x[i] = harness_gauss(&s) * ((i % 29) ? 1.0f : 50.0f);
+    const float g = mq_fp4_global_scale(mq_amax_f32(x, (size_t)n * k));
+    const int kp = mq_fp4_pad(k);
+    uint8_t want_c[9 * 88], want_s[9 * 11];
+    for (int r = r0; r < r1; r++) mq_fp4_quantize_row(x + r * k, k, g, want_c + r * kp / 2, want_s + r * kp / 16);
+    mq_isa isas[3];
+    int ni = isa_list(isas);
+    for (int i = 0; i < ni; i++) {
+        mq_kernels_force(isas[i]);
+        size_t bytes = mq_fp4_weight_bytes(n, k);
+        void *mem = amalloc(bytes);
+        memset(mem, 0x5a, bytes);
+        mq_fp4_weight w;
+        mq_fp4_weight_bind(&w, n, k, mem);
+        w.g = g;
+        CHECK(mq_fp4_weight_quantize_rows(&w, x + r0 * k, k, r0, r1) == 0, "%s rc", mq_isa_name(isas[i]));
+        CHECK(!memcmp(w.codes + r0 * kp / 2, want_c + r0 * kp / 2, (size_t)(r1 - r0) * kp / 2) &&
+              !memcmp(w.scales + r0 * kp / 16, want_s + r0 * kp / 16, (size_t)(r1 - r0) * kp / 16),
+              "%s weight rows differ from the reference", mq_isa_name(isas[i]));
+        CHECK(w.codes[0] == 0x5a && w.codes[(size_t)r1 * kp / 2] == 0x5a, "%s wrote outside rows [r0, r1)", mq_isa_name(isas[i]));
+        x[r0 * k + 5] = NAN;
+        CHECK(mq_fp4_weight_quantize_rows(&w, x + r0 * k, k, r0, r1) == -EINVAL, "%s NaN weight", mq_isa_name(isas[i]));
+        x[r0 * k + 5] = 1.0f;
+        mq_fp4_quantize_row(x + r0 * k, k, g, want_c + r0 * kp / 2, want_s + r0 * kp / 16);
+        free(mem);
+    }
+    mq_kernels_force(isas[ni - 1]);
+    free(x);
+}
+
 static void test_quantize_saturation_and_zero(void)
 {
     float x[32] = { 0 };
@@ -419,6 +456,7 @@ int main(void)
     RUN(test_bf16_vs_oracle);
     RUN(test_quantize_ref_vs_oracle);
     RUN(test_quantize_isas_bitexact);
+    RUN(test_weight_quantize_isas);
     RUN(test_quantize_saturation_and_zero);
     RUN(test_quantize_rejects_nonfinite);
     RUN(test_rows_isas_bitexact);

@@ -1,0 +1,349 @@
+/* tests/golden/test_nvfp4_checkpoint.c — the compressed-tensors NVFP4 path of the loader.
+ *
+ * build/mq_nvfp4_export (the project's quantizer, tests/tools/mq_nvfp4_export.c) writes
+ * mq-qwen3-80m as an nvfp4-pack-quantized checkpoint into a temporary folder; the engine
+ * loads it back with the original folder as the BF16 decode checkpoint (opts.bf16_dir), as
+ * Mix-Quant pairs Qwen3-8B-NVFP4 with Qwen3-8B. Two exports:
+ *   1. --no-fuse --dynamic: per-tensor g_w, no static activation scale. This is exactly
+ *      what mq does when it quantizes the BF16 checkpoint at load, so every NVFP4 weight
+ *      (codes, block scales, g_w) must be bit-identical to the at-load ones, and the logits
+ *      of every mode must be bit-identical too.
+ *   2. the default (llm-compressor's layout): q/k/v and gate/up share the minimum g_w of
+ *      their group and the activations get calibrated static scales. Checked: the loader
+ *      uses the stored codes/scales/scalars as stored; o/down equal the at-load weights bit
+ *      for bit; q/k/v/gate/up equal the project's quantizer run at load with the shared g_w;
+ *      BF16 logits are bit-identical to the original model's; the fp4-mode logits are as
+ *      close to bf16 as the at-load fp4 ones (KL within 1.5x, top-1 agreement within 5%).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench/eval_corpus.h"
+#include "engine.h"
+#include "harness.h"
+#include "model.h"
+#include "mq_kernels.h"
+#include "pool.h"
+#include "safetensors.h"
+
+#define BT 16
+#define NTOK 200
+
+static char export_bin[PATH_MAX];
+static char tmpdir[64];
+static const char *orig_dir;
+static int32_t prompt[NTOK];
+static int have_prompt;
+
+static const char *lin_name[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+static mq_linear *lin_of(mq_layer *L, int j)
+{
+    mq_linear *t[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+    return t[j];
+}
+
+static int run_export(const char *out, const char *extra)
+{
+    char cmd[3 * PATH_MAX];
+    snprintf(cmd, sizeof cmd, "'%s' --in '%s' --out '%s' %s > /dev/null", export_bin, orig_dir, out, extra);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Last-position logits of the prompt in `mode`, and every position's logits (rows) in
+ * precision `prec` when rows != NULL. */
+typedef struct runner {
+    mq_engine *e;
+    mq_pool *pool;
+    uint8_t *kv;
+    uint8_t *blocks[(NTOK + BT - 1) / BT];
+} runner;
+
+static int runner_init(runner *r, const mq_model *m, mq_pool *pool)
+{
+    char err[MQ_ERR_LEN] = "";
+    memset(r, 0, sizeof *r);
+    r->pool = pool;
+    mq_engine_opts o = {.max_chunk = NTOK, .max_batch = 1, .block_tokens = BT, .max_context = NTOK};
+    int rc = mq_engine_create(&r->e, m, &o, err);
+    CHECK(rc == 0, "engine: %s", err);
+    if (rc) return rc;
+    size_t bb = (mq_kv_block_bytes(&m->cfg, BT) + 63) / 64 * 64;
+    int nb = (NTOK + BT - 1) / BT;
+    if (posix_memalign((void **)&r->kv, 64, bb * (size_t)nb)) return -ENOMEM;
+    for (int b = 0; b < nb; b++) r->blocks[b] = r->kv + (size_t)b * bb;
+    return 0;
+}
+
+static void runner_free(runner *r)
+{
+    mq_engine_free(r->e);
+    free(r->kv);
+}
+
+static int run_mode(runner *r, mq_mode mode, float *logits)
+{
+    mq_kv_seq seq = {r->blocks, (NTOK + BT - 1) / BT};
+    return mq_engine_prompt(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, mode, logits);
+}
+
+static int run_all_rows(runner *r, mq_prec prec, float *logits)
+{
+    mq_kv_seq seq = {r->blocks, (NTOK + BT - 1) / BT};
+    return mq_engine_forward(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, prec, logits, NTOK);
+}
+
+static int same_fp4(const mq_fp4_weight *a, const mq_fp4_weight *b)
+{
+    if (a->n != b->n || a->k != b->k || a->kp != b->kp || memcmp(&a->g, &b->g, 4)) return 0;
+    return !memcmp(a->codes, b->codes, (size_t)a->n * a->kp / 2) &&
+           !memcmp(a->scales, b->scales, (size_t)a->n * a->kp / 16);
+}
+
+/* mean over rows of KL(softmax(p) || softmax(q)) */
+static double mean_kl(const float *p, const float *q, int rows, int vocab)
+{
+    double sum = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *a = p + (size_t)r * vocab, *b = q + (size_t)r * vocab;
+        double la = mq_logsumexp(a, vocab), lb = mq_logsumexp(b, vocab), k = 0;
+        for (int i = 0; i < vocab; i++) {
+            double x = a[i] - la, y = b[i] - lb;
+            k += exp(x) * (x - y);
+        }
+        sum += k;
+    }
+    return sum / rows;
+}
+
+static void test_exact_export(void)
+{
+    char dir[PATH_MAX], err[MQ_ERR_LEN] = "";
+    snprintf(dir, sizeof dir, "%s/exact", tmpdir);
+    CHECK(run_export(dir, "--no-fuse --dynamic") == 0, "mq_nvfp4_export --no-fuse --dynamic failed");
+    mq_model *mo = NULL, *mx = NULL;
+    int rc = mq_model_load(orig_dir, NULL, &mo, err);
+    CHECK(rc == 0, "load %s: %s", orig_dir, err);
+    mq_model_opts opts = {.bf16_dir = orig_dir};
+    if (!rc) rc = mq_model_load(dir, &opts, &mx, err);
+    CHECK(rc == 0, "load exported %s: %s", dir, err);
+    if (rc) goto out;
+    CHECK(mx->cfg.nvfp4_ckpt == 1, "exported config not read as NVFP4");
+    int same = 0, bf_same = 0, dyn = 0, total = 0;
+    for (int l = 0; l < mo->cfg.n_layers; l++)
+        for (int j = 0; j < 7; j++) {
+            mq_linear *a = lin_of(&mo->layers[l], j), *b = lin_of(&mx->layers[l], j);
+            total++;
+            same += same_fp4(&a->fp4, &b->fp4);
+            bf_same += !memcmp(a->bf16.w, b->bf16.w, (size_t)a->bf16.n * a->bf16.k * 2);
+            dyn += b->in_g == 0;
+        }
+    CHECK(same == total, "%d of %d NVFP4 linears bit-identical to the at-load quantization", same, total);
+    CHECK(bf_same == total, "%d of %d BF16 linears identical (taken from bf16_dir)", bf_same, total);
+    CHECK(dyn == total, "%d of %d linears without input_global_scale use the dynamic scale", dyn, total);
+    if (!have_prompt) goto out;
+
+    mq_pool *pool = NULL;
+    mq_pool_create(&pool, 2, NULL, "t-nvfp4");
+    runner ro, rx;
+    int vocab = mo->cfg.vocab;
+    float *lo = malloc((size_t)vocab * 4), *lx = malloc((size_t)vocab * 4);
+    if (pool && lo && lx && !runner_init(&ro, mo, pool) && !runner_init(&rx, mx, pool)) {
+        static const mq_mode modes[3] = {MQ_MODE_BF16, MQ_MODE_MIXED, MQ_MODE_FP4};
+        for (int mi = 0; mi < 3; mi++) {
+            int r1 = run_mode(&ro, modes[mi], lo), r2 = run_mode(&rx, modes[mi], lx);
+            CHECK(r1 == 0 && r2 == 0, "forward %s: %d %d", mq_mode_name(modes[mi]), r1, r2);
+            CHECK(!memcmp(lo, lx, (size_t)vocab * 4), "mode %s: logits of the exported checkpoint differ",
+                  mq_mode_name(modes[mi]));
+        }
+        runner_free(&ro);
+        runner_free(&rx);
+    }
+    free(lo);
+    free(lx);
+    mq_pool_destroy(pool);
+out:
+    mq_model_free(mo);
+    mq_model_free(mx);
+}
+
+static void test_calibrated_export(void)
+{
+    char dir[PATH_MAX], err[MQ_ERR_LEN] = "";
+    snprintf(dir, sizeof dir, "%s/calibrated", tmpdir);
+    CHECK(run_export(dir, "") == 0, "mq_nvfp4_export failed");
+    mq_model *mo = NULL, *mc = NULL;
+    mq_st *st = NULL;
+    int rc = mq_model_load(orig_dir, NULL, &mo, err);
+    CHECK(rc == 0, "load %s: %s", orig_dir, err);
+    mq_model_opts opts = {.bf16_dir = orig_dir};
+    if (!rc) rc = mq_model_load(dir, &opts, &mc, err);
+    CHECK(rc == 0, "load exported %s: %s", dir, err);
+    if (!rc) rc = mq_st_open(&st, dir, err);
+    CHECK(rc == 0, "open exported safetensors: %s", err);
+    if (rc) goto out;
+    int fd = open(st->paths[0], O_RDONLY);
+    int as_stored = 0, exact_unfused = 0, exact_fused = 0, fused_min = 0, static_g = 0, total = 0;
+    int n_unfused = 0, n_fused = 0;
+    char nm[160];
+    for (int l = 0; l < mo->cfg.n_layers; l++) {
+        mq_layer *Lo = &mo->layers[l], *Lc = &mc->layers[l];
+        for (int j = 0; j < 7; j++) {
+            mq_linear *a = lin_of(Lo, j), *b = lin_of(Lc, j);
+            const mq_fp4_weight *w = &b->fp4;
+            total++;
+            /* the loader took the stored bytes and scalars */
+            const char *suf[4] = {"weight_packed", "weight_scale", "weight_global_scale", "input_global_scale"};
+            int ok = 1;
+            for (int s = 0; s < 4 && ok; s++) {
+                snprintf(nm, sizeof nm, "model.layers.%d.%s.%s", l, lin_name[j], suf[s]);
+                const mq_st_tensor *t = mq_st_find(st, nm);
+                uint8_t *buf = t ? malloc(t->bytes) : NULL;
+                ok = buf && pread(fd, buf, t->bytes, (off_t)t->offset) == (ssize_t)t->bytes;
+                if (ok && s == 0) ok = t->bytes == (uint64_t)w->n * w->kp / 2 && !memcmp(buf, w->codes, t->bytes);
+                if (ok && s == 1) ok = t->bytes == (uint64_t)w->n * w->kp / 16 && !memcmp(buf, w->scales, t->bytes);
+                if (ok && s == 2) ok = !memcmp(buf, &w->g, 4);
+                if (ok && s == 3) ok = !memcmp(buf, &b->in_g, 4) && b->in_g > 0;
+                free(buf);
+            }
+            as_stored += ok;
+            static_g += b->in_g > 0;
+            int fused = j != 3 && j != 6;
+            if (!fused) {
+                n_unfused++;
+                exact_unfused += same_fp4(&a->fp4, w);
+                continue;
+            }
+            n_fused++;
+            /* shared g = min over the group of the at-load (per-tensor) g */
+            int g0 = j < 3 ? 0 : 4, g1 = j < 3 ? 3 : 6;
+            float gmin = INFINITY;
+            for (int o = g0; o < g1; o++) gmin = fminf(gmin, lin_of(Lo, o)->fp4.g);
+            fused_min += w->g == gmin;
+            /* the project's quantizer at load, with that g */
+            mq_fp4_weight q;
+            void *mem = NULL;
+            if (posix_memalign(&mem, 64, mq_fp4_weight_bytes(w->n, w->k))) continue;
+            mq_fp4_weight_bind(&q, w->n, w->k, mem);
+            q.g = gmin;
+            float *row = malloc((size_t)w->k * 4);
+            int qok = row != NULL;
+            for (int r = 0; r < w->n && qok; r++) {
+                mq_bf16_to_f32_row(a->bf16.w + (size_t)r * w->k, row, (size_t)w->k);
+                qok = mq_fp4_weight_quantize_rows(&q, row, (size_t)w->k, r, r + 1) == 0;
+            }
+            exact_fused += qok && same_fp4(&q, w);
+            free(row);
+            free(mem);
+        }
+    }
+    close(fd);
+    printf("    %d linears: %d taken as stored, %d/%d unfused bit-identical to at-load, %d/%d fused equal "
+           "to the quantizer with the shared g (min of the group: %d), %d with a static g_x\n",
+           total, as_stored, exact_unfused, n_unfused, exact_fused, n_fused, fused_min, static_g);
+    CHECK(as_stored == total, "%d of %d linears use the checkpoint's bytes as stored", as_stored, total);
+    CHECK(exact_unfused == n_unfused, "o/down: %d of %d bit-identical to the at-load quantization", exact_unfused,
+          n_unfused);
+    CHECK(fused_min == n_fused, "fused: %d of %d carry the minimum g of their group", fused_min, n_fused);
+    CHECK(exact_fused == n_fused, "fused: %d of %d equal to the quantizer run with the shared g", exact_fused,
+          n_fused);
+    CHECK(static_g == total, "%d of %d linears have a static activation scale", static_g, total);
+    if (!have_prompt) goto out;
+
+    mq_pool *pool = NULL;
+    mq_pool_create(&pool, 2, NULL, "t-nvfp4");
+    runner ro, rc_;
+    int vocab = mo->cfg.vocab;
+    float *a = malloc((size_t)NTOK * vocab * 4), *b = malloc((size_t)NTOK * vocab * 4),
+          *ref = malloc((size_t)NTOK * vocab * 4);
+    if (pool && a && b && ref && !runner_init(&ro, mo, pool) && !runner_init(&rc_, mc, pool)) {
+        /* BF16 weights come from bf16_dir: bit-identical BF16 logits */
+        int r1 = run_all_rows(&ro, MQ_PREC_BF16, ref), r2 = run_all_rows(&rc_, MQ_PREC_BF16, b);
+        CHECK(r1 == 0 && r2 == 0 && !memcmp(ref, b, (size_t)NTOK * vocab * 4), "BF16 logits differ (%d %d)", r1, r2);
+        /* NVFP4: calibrated static scales + fused g vs at-load dynamic */
+        r1 = run_all_rows(&ro, MQ_PREC_FP4, a);
+        r2 = run_all_rows(&rc_, MQ_PREC_FP4, b);
+        CHECK(r1 == 0 && r2 == 0, "fp4 forward %d %d", r1, r2);
+        double kl_ckpt = mean_kl(a, b, NTOK, vocab);      /* at-load fp4 vs checkpoint fp4 */
+        double kl_fp4 = mean_kl(ref, a, NTOK, vocab);     /* bf16 vs at-load fp4 */
+        double kl_ck_bf = mean_kl(ref, b, NTOK, vocab);   /* bf16 vs checkpoint fp4 */
+        int agree = 0, top_a = 0, top_b = 0;
+        for (int r = 0; r < NTOK; r++) {
+            int ta = mq_argmax(a + (size_t)r * vocab, vocab), tb = mq_argmax(b + (size_t)r * vocab, vocab);
+            int tr = mq_argmax(ref + (size_t)r * vocab, vocab);
+            agree += ta == tb;
+            top_a += ta == tr;
+            top_b += tb == tr;
+        }
+        printf("    fp4 logits over %d positions: KL(bf16 || at-load) %.5f, KL(bf16 || checkpoint) %.5f, "
+               "KL(at-load || checkpoint) %.5f; top-1 = bf16: at-load %d, checkpoint %d; at-load = checkpoint %d\n",
+               NTOK, kl_fp4, kl_ck_bf, kl_ckpt, top_a, top_b, agree);
+        /* Both are NVFP4 approximations of the same BF16 model with independent rounding
+         * (per-call vs calibrated activation scale, per-tensor vs shared g_w), so they sit
+         * about equally far from bf16, and from each other about as far as the two errors add. */
+        CHECK(kl_ck_bf < 1.5 * kl_fp4, "checkpoint NVFP4 further from bf16 than at-load NVFP4: KL %.5f vs %.5f",
+              kl_ck_bf, kl_fp4);
+        CHECK(kl_ckpt < 1.5 * (kl_fp4 + kl_ck_bf), "the NVFP4 variants differ by KL %.5f, more than their errors "
+              "to bf16 add up (%.5f + %.5f)", kl_ckpt, kl_fp4, kl_ck_bf);
+        CHECK(top_b >= top_a - NTOK / 20, "top-1 agreement with bf16: checkpoint %d, at-load %d", top_b, top_a);
+        /* mixed mode: BF16 last token over the checkpoint's NVFP4 KV */
+        r1 = run_mode(&ro, MQ_MODE_MIXED, a);
+        r2 = run_mode(&rc_, MQ_MODE_MIXED, b);
+        CHECK(r1 == 0 && r2 == 0 && mq_argmax(a, vocab) == mq_argmax(b, vocab), "mixed: last-token argmax differs");
+        runner_free(&ro);
+        runner_free(&rc_);
+    }
+    free(a);
+    free(b);
+    free(ref);
+    mq_pool_destroy(pool);
+out:
+    mq_st_close(st);
+    mq_model_free(mo);
+    mq_model_free(mc);
+}
+
+int main(void)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[n > 0 ? n : 0] = 0;
+    snprintf(export_bin, sizeof export_bin, "%s/../../mq_nvfp4_export", dirname(self));
+    CHECK(access(export_bin, X_OK) == 0, "%s not built", export_bin);
+    mq_kernels_init();
+    static char orig[PATH_MAX];
+    snprintf(orig, sizeof orig, "%s", shared_path("models/mq-qwen3-80m"));
+    orig_dir = orig;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/mq-nvfp4-XXXXXX");
+    CHECK(mkdtemp(tmpdir) != NULL, "mkdtemp");
+
+    /* a real prompt: the first corpus document with at least NTOK tokens */
+    char err[256] = "";
+    mq_tokenizer *tok = NULL;
+    eval_corpus c = {0};
+    int rc = mq_tok_load_dir(orig_dir, &tok, err, sizeof err);
+    CHECK(rc == 0, "tokenizer: %s", err);
+    if (!rc) rc = eval_corpus_load(&c, shared_path("corpus/dev.txt"), tok, 40, NTOK, err, sizeof err);
+    CHECK(rc == 0, "corpus: %s", err);
+    for (int i = 0; i < c.n && !have_prompt; i++)
+        if (c.docs[i].n >= NTOK) {
+            memcpy(prompt, c.docs[i].ids, sizeof prompt);
+            have_prompt = 1;
+        }
+    CHECK(have_prompt, "no corpus document of %d tokens", NTOK);
+    eval_corpus_free(&c);
+    mq_tok_free(tok);
+
+    RUN(test_exact_export);
+    RUN(test_calibrated_export);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", tmpdir);
+    return harness_done();
+}
