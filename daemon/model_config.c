@@ -210,8 +210,8 @@ int mq_config_parse(mq_config *c, const char *json, size_t len, char *err)
         FAIL("config.json: field \"max_position_embeddings\" must be a positive integer");
 
     double eps = 1e-6;
-    if (get_num(root, "rms_norm_eps", &eps) < 0 || !(eps > 0 && eps < 1))
-        FAIL("config.json: field \"rms_norm_eps\" must be a number in (0, 1)");
+    if (get_num(root, "rms_norm_eps", &eps) < 0 || !(eps > 0 && eps < 1) || !((float)eps > 0))
+        FAIL("config.json: field \"rms_norm_eps\" must be a number in (0, 1) (and not 0 in FP32)");
     c->rms_eps = (float)eps;
     if ((rc = parse_rope(c, root, err))) goto out;
 

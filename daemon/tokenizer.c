@@ -399,6 +399,24 @@ static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_
             int rc = compile_regex(op, GPT2_REGEX, 0, name, err, errlen);
             if (rc) return rc;
         }
+    } else if (!strcmp(type, "Metaspace")) {
+        /* spaces -> replacement, a replacement prepended (always / first segment only /
+         * never), then (split=true) pieces start at each replacement */
+        const char *rep = jstr(p, "replacement"), *scheme = jstr(p, "prepend_scheme");
+        if (!rep || !*rep || strlen(rep) >= sizeof op->replacement || !mq_utf8_valid(rep, strlen(rep)))
+            return fail(err, errlen, -EINVAL, "%s: Metaspace needs a short \"replacement\"", name);
+        strcpy(op->replacement, rep);
+        op->kind = PRE_METASPACE;
+        if (!scheme) op->prepend_scheme = jbool(p, "add_prefix_space", 1) ? PREPEND_ALWAYS : PREPEND_NEVER;
+        else if (!strcmp(scheme, "always")) op->prepend_scheme = PREPEND_ALWAYS;
+        else if (!strcmp(scheme, "first")) op->prepend_scheme = PREPEND_FIRST;
+        else if (!strcmp(scheme, "never")) op->prepend_scheme = PREPEND_NEVER;
+        else return fail(err, errlen, -ENOTSUP, "%s: Metaspace prepend_scheme \"%s\"", name, scheme);
+        if (jbool(p, "split", 1)) {
+            op->behavior = SPLIT_MERGED_NEXT;
+            int rc = compile_regex(op, rep, 1, name, err, errlen);
+            if (rc) return rc;
+        }
     } else if (!strcmp(type, "Digits")) {
         op->kind = PRE_SPLIT;
         op->behavior = SPLIT_ISOLATED;
@@ -430,6 +448,16 @@ static int load_decoder(tok_t *t, const cJSON *d, const char *name, char *err, s
     }
     if (!strcmp(type, "ByteLevel")) { t->byte_level = 1; return 0; }
     if (!strcmp(type, "ByteFallback")) { t->dec_byte_fallback = 1; return 0; }
+    if (!strcmp(type, "Metaspace")) { /* replacement -> ' ', and the prepended one dropped */
+        const char *rep = jstr(d, "replacement"), *scheme = jstr(d, "prepend_scheme");
+        if (!rep || !*rep || strlen(rep) >= sizeof t->dec_from)
+            return fail(err, errlen, -EINVAL, "%s: decoder Metaspace needs a short \"replacement\"", name);
+        if (t->dec_from[0]) return fail(err, errlen, -ENOTSUP, "%s: more than one Replace/Metaspace decoder", name);
+        strcpy(t->dec_from, rep);
+        strcpy(t->dec_to, " ");
+        t->dec_strip_start = scheme ? strcmp(scheme, "never") != 0 : jbool(d, "add_prefix_space", 1);
+        return 0;
+    }
     if (!strcmp(type, "Fuse")) return 0; /* decoding already concatenates */
     if (!strcmp(type, "Replace")) {
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(d, "pattern");

@@ -407,8 +407,31 @@ out:
     return rc;
 }
 
-static int pretokenize(const tok_t *t, scratch *s, const char *text, size_t n, pieces **result,
-                       char *err, size_t errlen)
+/* Metaspace on one piece: spaces -> replacement, the prepend rule, then the split. */
+static int metaspace_piece(const tok_pre *op, scratch *s, const char *p, size_t pl, int first_segment,
+                           pieces *out, char *err, size_t errlen)
+{
+    size_t rl = strlen(op->replacement), spaces = 0;
+    for (size_t i = 0; i < pl; i++) spaces += p[i] == ' ';
+    char *tmp = malloc(pl + (spaces + 1) * rl + 1);
+    if (!tmp) return -ENOMEM;
+    size_t o = 0;
+    int prepend = op->prepend_scheme == PREPEND_ALWAYS || (op->prepend_scheme == PREPEND_FIRST && first_segment);
+    if (prepend && !(pl >= 1 && p[0] == ' ') && !(pl >= rl && !memcmp(p, op->replacement, rl))) {
+        memcpy(tmp, op->replacement, rl);
+        o = rl;
+    }
+    for (size_t i = 0; i < pl; i++) {
+        if (p[i] == ' ') { memcpy(tmp + o, op->replacement, rl); o += rl; }
+        else tmp[o++] = p[i];
+    }
+    int rc = op->re ? split_piece(op, s, tmp, o, out, err, errlen) : pieces_add(out, tmp, o, "", 0);
+    free(tmp);
+    return rc;
+}
+
+static int pretokenize(const tok_t *t, scratch *s, const char *text, size_t n, int first_segment,
+                       pieces **result, char *err, size_t errlen)
 {
     pieces *cur = &s->a, *nxt = &s->b;
     cur->n = cur->len = 0;
@@ -430,7 +453,8 @@ static int pretokenize(const tok_t *t, scratch *s, const char *text, size_t n, p
                 if (rc) return rc;
                 continue;
             }
-            rc = op->re ? split_piece(op, s, p, pl, nxt, err, errlen) : pieces_add(nxt, p, pl, "", 0);
+            if (op->kind == PRE_METASPACE) rc = metaspace_piece(op, s, p, pl, first_segment && j == 0, nxt, err, errlen);
+            else rc = op->re ? split_piece(op, s, p, pl, nxt, err, errlen) : pieces_add(nxt, p, pl, "", 0);
             if (rc) return rc;
         }
         pieces *x = cur; cur = nxt; nxt = x;
@@ -441,8 +465,8 @@ static int pretokenize(const tok_t *t, scratch *s, const char *text, size_t n, p
 
 /* ---- one segment between added tokens ------------------------------------------------------ */
 
-static int encode_segment(const tok_t *t, scratch *s, const char *p, size_t n, int32_t **ids, size_t *nids,
-                          size_t *cap, char *err, size_t errlen)
+static int encode_segment(const tok_t *t, scratch *s, const char *p, size_t n, int first_segment, int32_t **ids,
+                          size_t *nids, size_t *cap, char *err, size_t errlen)
 {
     if (n == 0) return 0;
     size_t nl;
@@ -451,7 +475,7 @@ static int encode_segment(const tok_t *t, scratch *s, const char *p, size_t n, i
     if (nl == 0) return 0;
     /* the pre-tokenizer copies out of s->norm before normalize() runs again */
     pieces *pc;
-    if ((rc = pretokenize(t, s, s->norm, nl, &pc, err, errlen))) return rc;
+    if ((rc = pretokenize(t, s, s->norm, nl, first_segment, &pc, err, errlen))) return rc;
     for (size_t i = 0; i < pc->n; i++)
         if ((rc = bpe_piece(t, s, pc->buf + pc->start[i], pc->plen[i], ids, nids, cap, err, errlen))) return rc;
     return 0;
@@ -485,12 +509,12 @@ int mq_tok_encode_append(const mq_tokenizer *t, const char *text, size_t len, un
             }
         }
         if (hit < 0) { pos++; continue; }
-        rc = encode_segment(t, &s, text + seg, pos - seg, ids, n, cap, err, errlen);
+        rc = encode_segment(t, &s, text + seg, pos - seg, seg == 0, ids, n, cap, err, errlen);
         if (!rc) rc = ids_push(ids, n, cap, hit);
         pos += hit_len;
         seg = pos;
     }
-    if (!rc) rc = encode_segment(t, &s, text + seg, len - seg, ids, n, cap, err, errlen);
+    if (!rc) rc = encode_segment(t, &s, text + seg, len - seg, seg == 0, ids, n, cap, err, errlen);
     if (flags & MQ_TOK_ADD_SPECIAL)
         for (int i = 0; i < t->n_post_ids && !rc; i++) rc = ids_push(ids, n, cap, t->post_ids[i]);
     pcre2_match_data_free(s.md);

@@ -39,12 +39,15 @@ typedef struct tok_norm {
     char *a, *b; /* Prepend: a; Replace: a -> b */
 } tok_norm;
 
-enum { PRE_SPLIT, PRE_BYTELEVEL };
+enum { PRE_SPLIT, PRE_BYTELEVEL, PRE_METASPACE };
+enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
 enum { SPLIT_ISOLATED, SPLIT_REMOVED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT };
 typedef struct tok_pre {
     int kind;
     int behavior, invert;
     int add_prefix_space; /* ByteLevel */
+    char replacement[8];  /* Metaspace: usually U+2581 */
+    int prepend_scheme;   /* Metaspace */
     pcre2_code *re;       /* Split, Digits, ByteLevel(use_regex); NULL = no split */
     int jit;
 } tok_pre;

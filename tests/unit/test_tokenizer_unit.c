@@ -212,9 +212,48 @@ static void test_malformed(void)
           strstr(err, "/nonexistent"), "missing file: %s", err);
 }
 
+/* Metaspace pre-tokenizer + decoder (Llama/Mistral conversions with legacy=false). */
+static void test_metaspace(void)
+{
+    const char *schemes[] = { "first", "always" };
+    for (int k = 0; k < 2; k++) {
+        char js[2048];
+        snprintf(js, sizeof js,
+                 "{\"added_tokens\":[{\"id\":20,\"content\":\"<x>\",\"special\":true}],"
+                 "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"%s\",\"split\":true},"
+                 "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"%s\",\"split\":true},"
+                 "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xE2\x96\x81\":0,\"H\":1,\"e\":2,\"l\":3,\"o\":4,\"w\":5,\"r\":6,\"d\":7,"
+                 "\"\xE2\x96\x81H\":8,\"ll\":9,\"\xE2\x96\x81He\":10,\"\xE2\x96\x81Hell\":11,\"\xE2\x96\x81Hello\":12},"
+                 "\"merges\":[\"\xE2\x96\x81 H\",\"l l\",\"\xE2\x96\x81H e\",\"\xE2\x96\x81He ll\",\"\xE2\x96\x81Hell o\"]}}",
+                 schemes[k], schemes[k]);
+        mq_tokenizer *t = NULL;
+        char err[MQ_TOK_ERR_LEN] = "";
+        CHECK(mq_tok_load_mem(js, strlen(js), NULL, 0, "metaspace", &t, err, sizeof err) == 0, "load: %s", err);
+        if (!t) continue;
+        int32_t ids[32];
+        int n = encode_str(t, "Hello world", ids, 32);
+        int32_t want[] = { 12, 0, 5, 4, 6, 3, 7 };
+        CHECK(n == 7 && !memcmp(ids, want, sizeof want), "%s: split at spaces (n=%d)", schemes[k], n);
+        char *txt = NULL;
+        size_t tl;
+        CHECK(mq_tok_decode(t, ids, (size_t)n, 0, &txt, &tl) == 0 && !strcmp(txt, "Hello world"), "decode '%s'", txt);
+        free(txt);
+        n = encode_str(t, "Hello<x>Hello", ids, 32);
+        if (k == 0) {
+            int32_t w2[] = { 12, 20, 1, 2, 9, 4 }; /* "first": no prepend after an added token */
+            CHECK(n == 6 && !memcmp(ids, w2, sizeof w2), "first scheme (n=%d)", n);
+        } else {
+            int32_t w2[] = { 12, 20, 12 };
+            CHECK(n == 3 && !memcmp(ids, w2, sizeof w2), "always scheme (n=%d)", n);
+        }
+        mq_tok_free(t);
+    }
+}
+
 int main(void)
 {
     RUN(test_gpt2_style);
+    RUN(test_metaspace);
     RUN(test_split_behaviors);
     RUN(test_decode_repair);
     RUN(test_malformed);
