@@ -268,3 +268,13 @@ void mq_arena_describe(mq_arena *a, char *buf, size_t len)
     }
     if (!off) snprintf(buf, len, "nothing mapped");
 }
+
+int mq_arena_owns(mq_arena *a, const void *p)
+{
+    const uint8_t *q = p;
+    int r = 0;
+    pthread_mutex_lock(&a->mu);
+    for (int i = 0; i < a->n_map && !r; i++) r = q >= a->map[i].base && q < a->map[i].base + a->map[i].len;
+    pthread_mutex_unlock(&a->mu);
+    return r;
+}

@@ -65,6 +65,8 @@ void *mq_arena_alloc(mq_arena *a, size_t bytes, size_t align, const char *what);
  * ctx is the mq_arena. */
 void *mq_arena_alloc_cb(void *ctx, size_t bytes, size_t align, const char *what);
 void mq_arena_destroy(mq_arena *a);
+/* 1 if p lies inside one of the arena's mappings. */
+int mq_arena_owns(mq_arena *a, const void *p);
 
 typedef struct mq_arena_stats {
     size_t mapped[MQ_MEM_KINDS];  /* bytes mapped of each kind */

@@ -76,6 +76,7 @@ struct session {
     int n_hashed;               /* leading full blocks hashed (and offered to the index) */
     int n_shared;               /* blocks obtained from the index */
     struct req *req;
+    int notifying;              /* finished requests whose on_done has not returned yet */
     double last_used;
     struct session *next;
 };
@@ -279,6 +280,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
         if (ss->n_kv > ss->n_hist) truncate_kv(s, ss, ss->n_hist);
     }
     ss->req = NULL;
+    ss->notifying++;
     ss->last_used = now_s();
     s->tok_prompt += (uint64_t)r->st.prompt_tokens;
     s->tok_cached += (uint64_t)r->st.cached_tokens;
@@ -291,10 +293,14 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     pthread_cond_signal(&s->pf_cv);   /* blocks may have freed up for a waiting request */
 }
 
-static void finish_notify(struct req *r, mq_end_reason why, int err, const char *msg)
+static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err, const char *msg)
 {
     fill_stats(r, now_s());
     if (r->sink.on_done) r->sink.on_done(r->sink.ctx, why, err, msg ? msg : "", &r->st);
+    pthread_mutex_lock(&s->mu);
+    r->ss->notifying--;   /* close/drain/destroy wait for this: on_done has returned */
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
     free(r);
 }
@@ -433,7 +439,6 @@ static void *prefill_main(void *arg)
     mq_sched *s = arg;
     char msg[256];
     pthread_mutex_lock(&s->mu);
-    struct req *rr = NULL;   /* round-robin cursor over started prefills */
     while (!s->stop) {
         __atomic_add_fetch(&s->pf_progress, 1, __ATOMIC_RELAXED);
         /* 1. cancelled requests in the queue end now */
@@ -445,38 +450,38 @@ static void *prefill_main(void *arg)
             mq_end_reason why = (mq_end_reason)(r->end_code - 1);
             finish_locked(s, r, why, 0);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(r, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            finish_notify(s, r, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
             pthread_mutex_lock(&s->mu);
             continue;
         }
-        /* 2. pick: the next started prefill after the cursor (fairness between long
-         * prompts), else admit the first queued request */
+        /* 2. pick: admit the first queued request if the store can take it (FIFO:
+         * nobody overtakes a waiting head), else the first started prefill. A prefill
+         * that ran a chunk goes to the queue's tail: long prompts take turns, and a
+         * short prompt arriving meanwhile gets its first chunk at once. */
         r = NULL;
-        struct req *start = rr && rr->state == RQ_PREFILL ? rr->next : s->queue_head;
-        for (int pass = 0; pass < 2 && !r; pass++)
-            for (struct req *q = pass ? s->queue_head : start; q; q = q->next)
-                if (q->state == RQ_PREFILL) { r = q; break; }
-        if (!r) {
-            for (struct req *q = s->queue_head; q; q = q->next) {
-                if (q->state != RQ_QUEUED) continue;
-                int a = admit(s, q, msg, sizeof msg);
-                if (a > 0) {
-                    q->state = RQ_PREFILL;
-                    s->n_queued--;
-                    s->n_prefilling++;
-                    q->t_first_chunk = now_s();
-                    r = q;
-                } else if (a < 0) {
-                    queue_remove(s, q);
-                    finish_locked(s, q, MQ_END_ERROR, a);
-                    pthread_mutex_unlock(&s->mu);
-                    finish_notify(q, MQ_END_ERROR, a, msg);
-                    pthread_mutex_lock(&s->mu);
-                    r = NULL;
-                }
-                break;   /* FIFO admission: the head waits, nobody overtakes it */
+        int failed = 0;
+        for (struct req *q = s->queue_head; q; q = q->next) {
+            if (q->state != RQ_QUEUED) continue;
+            int a = admit(s, q, msg, sizeof msg);
+            if (a > 0) {
+                q->state = RQ_PREFILL;
+                s->n_queued--;
+                s->n_prefilling++;
+                q->t_first_chunk = now_s();
+                r = q;
+            } else if (a < 0) {
+                queue_remove(s, q);
+                finish_locked(s, q, MQ_END_ERROR, a);
+                pthread_mutex_unlock(&s->mu);
+                finish_notify(s, q, MQ_END_ERROR, a, msg);
+                pthread_mutex_lock(&s->mu);
+                failed = 1;
             }
+            break;
         }
+        if (failed) continue;
+        for (struct req *q = s->queue_head; q && !r; q = q->next)
+            if (q->state == RQ_PREFILL) r = q;
         if (!r) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -485,8 +490,6 @@ static void *prefill_main(void *arg)
             pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
             continue;
         }
-        rr = r;
-
         /* 3. one chunk */
         struct session *ss = r->ss;
         int pos0 = ss->n_kv;
@@ -527,13 +530,21 @@ static void *prefill_main(void *arg)
             queue_remove(s, r);
             finish_locked(s, r, MQ_END_ERROR, rc);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(r, MQ_END_ERROR, rc, msg);
+            finish_notify(s, r, MQ_END_ERROR, rc, msg);
             pthread_mutex_lock(&s->mu);
             continue;
         }
         ss->n_kv += n;
         r->st.prefilled_tokens += n;
         publish_full_blocks(s, ss);
+        if (!last && r != s->queue_tail) {
+            /* round-robin: the next chunk goes to another prompt being read, if any */
+            queue_remove(s, r);
+            r->state = RQ_PREFILL;
+            s->n_prefilling++;
+            s->queue_tail->next = r;
+            s->queue_tail = r;
+        }
         if (last) {
             ss->n_hist++;   /* the sampled token */
             queue_remove(s, r);
@@ -542,7 +553,7 @@ static void *prefill_main(void *arg)
                 mq_end_reason why = (mq_end_reason)((end ? end : cancel) - 1);
                 finish_locked(s, r, why, 0);
                 pthread_mutex_unlock(&s->mu);
-                finish_notify(r, why, 0, "");
+                finish_notify(s, r, why, 0, "");
                 pthread_mutex_lock(&s->mu);
             } else {
                 r->state = RQ_DECODE;
@@ -579,7 +590,7 @@ static void *decode_main(void *arg)
             mq_end_reason why = (mq_end_reason)(c->end_code - 1);
             finish_locked(s, c, why, 0);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(c, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            finish_notify(s, c, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -632,7 +643,7 @@ static void *decode_main(void *arg)
                 pthread_mutex_unlock(&s->mu);
                 char m[128];
                 snprintf(m, sizeof m, "decode step failed: %s", strerror(-rc));
-                finish_notify(r, MQ_END_ERROR, rc, m);
+                finish_notify(s, r, MQ_END_ERROR, rc, m);
                 pthread_mutex_lock(&s->mu);
                 continue;
             }
@@ -644,7 +655,7 @@ static void *decode_main(void *arg)
                 mq_end_reason why = (mq_end_reason)(ends[i] - 1);
                 finish_locked(s, r, why, 0);
                 pthread_mutex_unlock(&s->mu);
-                finish_notify(r, why, 0, "");
+                finish_notify(s, r, why, 0, "");
                 pthread_mutex_lock(&s->mu);
             }
         }
@@ -786,7 +797,7 @@ void mq_sched_destroy(mq_sched *s)
         pthread_cond_broadcast(&s->dec_cv);
         for (;;) {
             int busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL;
+            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL || ss->notifying;
             if (!busy) break;
             pthread_cond_wait(&s->done_cv, &s->mu);
         }
@@ -863,8 +874,8 @@ int mq_sched_session_close(mq_sched *s, uint64_t id)
         __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
-        while (ss->req) pthread_cond_wait(&s->done_cv, &s->mu);
     }
+    while (ss->req || ss->notifying) pthread_cond_wait(&s->done_cv, &s->mu);
     struct session **pp = &s->sessions;
     while (*pp != ss) pp = &(*pp)->next;
     *pp = ss->next;
@@ -934,7 +945,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     } else if (!ss) {
         rc = -ENOENT;
         snprintf(err, errlen, "submit: unknown session %llu", (unsigned long long)session);
-    } else if (ss->req) {
+    } else if (ss->req) {   /* a finished request still in on_done does not count */
         rc = -EBUSY;
         snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
     } else if (ss->n_hist + n + 1 > ctx) {
@@ -1067,7 +1078,7 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
     int busy;
     for (;;) {
         busy = 0;
-        for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL;
+        for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL || ss->notifying;
         if (!busy || pthread_cond_timedwait(&s->done_cv, &s->mu, &dl) == ETIMEDOUT) break;
     }
     busy = 0;
@@ -1084,7 +1095,7 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
         pthread_cond_broadcast(&s->dec_cv);
         for (;;) {
             busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL;
+            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL || ss->notifying;
             if (!busy) break;
             pthread_cond_wait(&s->done_cv, &s->mu);
         }

@@ -80,6 +80,18 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
               const mq_ws_opts *o, mq_ws_ready_fn ready, void *ctx, mq_ws_progress *prog,
               mq_ws_result *res, char *err, size_t errlen);
 
+/* ---- loading a model folder (daemon/model.h) through the stream ---- */
+struct mq_model;
+struct mq_model_opts;
+struct mq_arena;
+
+/* mq_model_plan + mq_ws_run (ready = mq_model_tensor_ready) + mq_model_finish, with all
+ * weight memory from `arena` (hugepage-backed) and staging buffers mapped separately and
+ * unmapped by the model when done. err: MQ_ERR_LEN bytes or more. */
+int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena,
+                     const mq_ws_opts *o, mq_ws_progress *prog, mq_ws_result *res,
+                     struct mq_model **out, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,80 @@
+/* daemon/weight_load.c — mq_ws_load_model (weight_stream.h): a model folder streamed into
+ * the arena. Its own file so the streamer links without the model loader. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "weight_stream.h"
+
+#include "arena.h"
+#include "model.h"
+
+#define STAGING_MAP_MIN MQ_HUGEPAGE_BYTES   /* smaller staging buffers come from the heap */
+
+/* Weights go to the arena; staging buffers (freed by the model after conversion) are
+ * mapped on their own so their memory really returns. */
+static void *load_alloc(void *ctx, size_t bytes, size_t align, const char *what)
+{
+    if (what && strncmp(what, "staging", 7) == 0) {
+        if (bytes >= STAGING_MAP_MIN) return mq_mem_map(bytes, 0, 1, NULL);
+        void *p = NULL;
+        return posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, bytes) ? NULL : p;
+    }
+    return mq_arena_alloc((mq_arena *)ctx, bytes, align, what);
+}
+
+static void load_free(void *ctx, void *p, size_t bytes)
+{
+    if (!p || mq_arena_owns((mq_arena *)ctx, p)) return;   /* arena memory lives with the arena */
+    if (bytes >= STAGING_MAP_MIN) mq_mem_unmap(p, bytes);
+    else free(p);
+}
+
+static int load_ready(void *ctx, int i, char *err, size_t errlen)
+{
+    char e[MQ_ERR_LEN] = "";
+    int r = mq_model_tensor_ready((mq_model *)ctx, i, e);
+    if (r < 0) snprintf(err, errlen, "%s", e);
+    return r;
+}
+
+int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena,
+                     const mq_ws_opts *o, mq_ws_progress *prog, mq_ws_result *res,
+                     struct mq_model **out, char *err, size_t errlen)
+{
+    char e[MQ_ERR_LEN] = "";
+    mq_alloc al = { .alloc = load_alloc, .free = load_free, .ctx = arena };
+    mq_model *m = NULL;
+    const mq_read *reads = NULL;
+    int n_reads = 0;
+    int r = mq_model_plan(dir, mopts, &al, &m, &reads, &n_reads, e);
+    if (r < 0) {
+        snprintf(err, errlen, "%s", e);
+        return r;
+    }
+    const char *const *paths = NULL;
+    int n_files = mq_model_files(m, &paths);
+    mq_ws_read *wr = calloc((size_t)n_reads + 1, sizeof *wr);
+    if (!wr) {
+        mq_model_free(m);
+        snprintf(err, errlen, "%s: out of memory for %d reads", dir, n_reads);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < n_reads; i++)
+        wr[i] = (mq_ws_read){ .file = reads[i].file, .offset = reads[i].offset, .bytes = reads[i].bytes,
+                              .dst = reads[i].dst, .what = reads[i].tensor };
+    r = mq_ws_run(paths, n_files, wr, n_reads, o, load_ready, m, prog, res, err, errlen);
+    free(wr);
+    if (r == 0) {
+        r = mq_model_finish(m, e);
+        if (r < 0) snprintf(err, errlen, "%s", e);
+    }
+    if (r < 0) {
+        mq_model_free(m);
+        return r;
+    }
+    *out = m;
+    return 0;
+}

@@ -1,0 +1,596 @@
+/* tests/bench/bench_e2e.c — end-to-end benchmarks of mqd's core (`make bench-e2e`, part
+ * of `make bench`): weight loading, prefill per mode, decode against memory bandwidth,
+ * an agent replay with KV reuse, and the decode stall while a long prompt is read.
+ *
+ *   build/bench_e2e [--models DIR] [--threads N] [--quick]
+ *
+ * Synthetic Qwen3-0.6B and -1.7B checkpoints (random BF16 weights, the real shapes and
+ * tokenizer) are written by build/mq_synth into DIR (default build/models) the first time
+ * and reused after. Every figure of one run comes from the same process, so ratios are
+ * comparable even on a busy machine. The last lines are the ones scripts read:
+ *   load_vs_read_ratio, prefill_mixed_vs_bf16, decode_vs_bandwidth,
+ *   agent_replay_prefill_ratio, agent_replay_ttft_speedup, decode_stall_ms_p99
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "arena.h"
+#include "chat_template.h"
+#include "engine.h"
+#include "model.h"
+#include "pool.h"
+#include "scheduler.h"
+#include "tokenizer.h"
+#include "weight_stream.h"
+
+static int g_threads = 2;
+static int g_quick;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "bench_e2e: ");
+    fprintf(stderr, fmt, a, b);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+/* ---- checkpoints ---- */
+
+static void ensure_model(const char *root, const char *size, char *dir, size_t len)
+{
+    snprintf(dir, len, "%s/qwen3-%s", root, size);
+    char probe[1200];
+    snprintf(probe, sizeof probe, "%s/config.json", dir);
+    struct stat st;
+    if (stat(probe, &st) == 0) return;
+    mkdir(root, 0755);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "build/mq_synth --size %s --out %s.tmp && rm -rf %s && mv %s.tmp %s", size, dir, dir,
+             dir, dir);
+    fprintf(stderr, "bench_e2e: writing synthetic Qwen3-%s into %s (once)\n", size, dir);
+    if (system(cmd) != 0) die("%s failed%s", cmd, "");
+}
+
+/* ---- loading ---- */
+
+static double time_plain_read(const char *path, size_t *bytes)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("open %s: %s", path, strerror(errno));
+    struct stat st;
+    fstat(fd, &st);
+    size_t n = (size_t)st.st_size;
+    uint8_t *buf = malloc(n);
+    if (!buf) die("no memory for %s%s", path, "");
+    double t0 = now_s();
+    size_t off = 0;
+    while (off < n) {
+        ssize_t r = read(fd, buf + off, n - off > (8u << 20) ? (8u << 20) : n - off);
+        if (r <= 0) die("read %s: %s", path, r ? strerror(errno) : "EOF");
+        off += (size_t)r;
+    }
+    double t = now_s() - t0;
+    close(fd);
+    free(buf);
+    *bytes = n;
+    return t;
+}
+
+static double time_mmap_touch(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    fstat(fd, &st);
+    double t0 = now_s();
+    volatile const uint8_t *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) die("mmap %s: %s", path, strerror(errno));
+    unsigned sum = 0;
+    for (size_t i = 0; i < (size_t)st.st_size; i += 4096) sum += p[i];
+    double t = now_s() - t0;
+    munmap((void *)p, (size_t)st.st_size);
+    close(fd);
+    (void)sum;
+    return t;
+}
+
+static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, mq_ws_result *res)
+{
+    char err[512];
+    mq_arena_opts ao;
+    mq_arena_opts_default(&ao);
+    ao.chunk_bytes = (size_t)1 << 30;
+    mq_arena_create(arena, &ao);
+    mq_ws_opts wo;
+    mq_ws_opts_default(&wo);
+    wo.helpers = g_threads;
+    mq_model *m = NULL;
+    double t0 = now_s();
+    int r = mq_ws_load_model(dir, NULL, *arena, &wo, NULL, res, &m, err, sizeof err);
+    *secs = now_s() - t0;
+    if (r < 0) die("load %s: %s", dir, err);
+    return m;
+}
+
+/* ---- memory bandwidth (2 threads, 1 GiB, best of 3) ---- */
+
+struct bw_arg { const uint64_t *p; size_t n; uint64_t sum[64]; };
+static void bw_fn(void *arg, int tid, int nt)
+{
+    struct bw_arg *a = arg;
+    int lo, hi;
+    mq_pool_split((int)(a->n / 64), 1, tid, nt, &lo, &hi);
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    for (size_t i = (size_t)lo * 64; i < (size_t)hi * 64; i += 8) {
+        s0 += a->p[i]; s1 += a->p[i + 1]; s2 += a->p[i + 2]; s3 += a->p[i + 3];
+        s4 += a->p[i + 4]; s5 += a->p[i + 5]; s6 += a->p[i + 6]; s7 += a->p[i + 7];
+    }
+    a->sum[tid & 63] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+}
+
+static double read_bandwidth(mq_pool *pool)
+{
+    size_t bytes = (size_t)1 << 30;
+    uint64_t *p = mq_mem_map(bytes, 0, 1, NULL);
+    memset(p, 1, bytes);
+    struct bw_arg a = { .p = p, .n = bytes / 8 };
+    double best = 0;
+    for (int k = 0; k < 3; k++) {
+        double t0 = now_s();
+        mq_pool_run(pool, bw_fn, &a);
+        double bw = bytes / (now_s() - t0);
+        if (bw > best) best = bw;
+    }
+    mq_mem_unmap(p, bytes);
+    return best;
+}
+
+/* ---- scheduler helpers ---- */
+
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, n;
+    mq_end_reason why;
+    char msg[256];
+    mq_req_stats st;
+    double *t;              /* token times (cap) */
+    int cap;
+    int32_t *ids;
+    volatile int *stop_flag; /* when set, the sink asks for cancel (through main) */
+};
+
+static void w_init(struct waiter *w, int cap)
+{
+    memset(w, 0, sizeof *w);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->cap = cap;
+    w->t = calloc((size_t)cap + 1, sizeof(double));
+    w->ids = calloc((size_t)cap + 1, sizeof(int32_t));
+}
+static void w_free(struct waiter *w)
+{
+    free(w->t);
+    free(w->ids);
+}
+static void w_token(void *ctx, int32_t id, const char *text, size_t len)
+{
+    (void)text;
+    (void)len;
+    struct waiter *w = ctx;
+    pthread_mutex_lock(&w->mu);
+    if (w->n < w->cap) {
+        w->t[w->n] = now_s();
+        w->ids[w->n] = id;
+    }
+    w->n++;
+    pthread_mutex_unlock(&w->mu);
+}
+static void w_done(void *ctx, mq_end_reason why, int err, const char *msg, const mq_req_stats *st)
+{
+    (void)err;
+    struct waiter *w = ctx;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    w->why = why;
+    snprintf(w->msg, sizeof w->msg, "%s", msg);
+    w->st = *st;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+static void w_wait(struct waiter *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done) pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    if (w->why == MQ_END_ERROR) die("request failed: %s%s", w->msg, "");
+}
+
+static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_sched_mode mode, int chunk, int ctx)
+{
+    mq_sched_opts o;
+    mq_sched_opts_default(&o);
+    o.prefill_threads = g_threads;
+    o.decode_threads = g_threads;
+    o.mode = mode;
+    o.chunk_tokens = chunk;
+    o.context_limit = ctx;
+    o.kv_blocks = 3 * ((ctx + 63) / 64);
+    mq_sched *s = NULL;
+    char err[256];
+    if (mq_sched_create(&s, m, tok, &o, err, sizeof err) < 0) die("scheduler: %s%s", err, "");
+    return s;
+}
+
+static void run(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_tokens, struct waiter *w)
+{
+    mq_gen_params p = { .max_tokens = max_tokens };
+    mq_sink k = { .ctx = w, .on_token = w_token, .on_done = w_done };
+    char err[256];
+    int r = mq_sched_submit(s, sess, t, n, &p, &k, err, sizeof err);
+    if (r < 0) die("submit: %s%s", err, "");
+}
+
+/* Prompt text: corpus documents (real text), tokenized, cut to n tokens. */
+static int32_t *corpus_tokens(mq_tokenizer *tok, int n)
+{
+    const char *root = getenv("MQ_SHARED");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/corpus/dev.txt", root && *root ? root : "../shared");
+    FILE *f = fopen(path, "rb");
+    if (!f) die("cannot open %s%s", path, "");
+    size_t cap = (size_t)n * 8 + 4096;
+    char *text = malloc(cap + 1);
+    size_t len = fread(text, 1, cap, f);
+    fclose(f);
+    text[len] = 0;
+    while (len && (text[len - 1] & 0xC0) == 0x80) len--;   /* whole UTF-8 characters */
+    if (len) len--;
+    int32_t *ids = NULL;
+    size_t nid = 0;
+    char err[256];
+    if (mq_tok_encode(tok, text, len, MQ_TOK_NO_PARSE_SPECIAL, &ids, &nid, err, sizeof err) < 0)
+        die("encode: %s%s", err, "");
+    free(text);
+    if ((int)nid < n) die("corpus too short for %s tokens%s", "n", "");
+    return ids;
+}
+
+static double prefill_rate(mq_model *m, mq_tokenizer *tok, mq_sched_mode mode, const int32_t *t, int n)
+{
+    mq_sched *s = sched_new(m, tok, mode, 512, n + 64);
+    uint64_t id;
+    mq_sched_session_open(s, &id);
+    struct waiter w;
+    w_init(&w, 4);
+    run(s, id, t, n, 1, &w);
+    w_wait(&w);
+    double rate = w.st.prefill_tok_s;
+    w_free(&w);
+    mq_sched_destroy(s);
+    return rate;
+}
+
+/* bytes a decode step reads: every linear's BF16 weights, the LM head, the norms, and
+ * the KV of the context */
+static double decode_step_bytes(const mq_config *c, int ctx)
+{
+    double lin = (double)c->n_layers *
+                 ((double)c->hidden * c->n_head * c->head_dim * 2 + (double)c->hidden * c->n_kv * c->head_dim * 2 +
+                  3.0 * c->hidden * c->inter);
+    double head = (double)c->vocab * c->hidden;
+    double kv = 2.0 * c->n_layers * ctx * c->n_kv * c->head_dim;
+    return 2.0 * (lin + head + kv);
+}
+
+/* ---- agent replay ---- */
+
+static int append_tokens(mq_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n, size_t *cap)
+{
+    char err[256];
+    int r = mq_tok_encode_append(tok, text, len, 0, ids, n, cap, err, sizeof err);
+    if (r < 0) die("encode: %s%s", err, "");
+    return r;
+}
+
+static char *tool_response(int turn, int words)
+{
+    static const char *W[] = { "def", "return", "self", "value", "config", "path", "open", "read", "line",
+                               "error", "result", "import", "class", "data", "file", "for", "in", "if",
+                               "None", "True", "print", "json", "os", "len", "range", "list", "dict" };
+    size_t cap = (size_t)words * 12 + 64;
+    char *s = malloc(cap);
+    size_t o = (size_t)snprintf(s, cap, "output of step %d:\n", turn);
+    unsigned long long x = 0x9e3779b97f4a7c15ULL * (unsigned long long)(turn + 1);
+    for (int i = 0; i < words; i++) {
+        x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+        const char *w = W[(x * 2685821657736338717ULL >> 33) % (sizeof W / sizeof *W)];
+        o += (size_t)snprintf(s + o, cap - o, "%s%s", w, i % 12 == 11 ? "\n" : " ");
+    }
+    return s;
+}
+
+struct replay_out {
+    long new_tokens, prefilled;
+    double ttft_last;       /* turn 10 of session 0 */
+    int history_last;
+    int32_t *hist;          /* session 0's history at turn 10 (before the turn's prompt) */
+};
+
+/* Two agents share the system prompt and tool list; 10 turns each: the model answers,
+ * a tool response of a few hundred tokens comes back. Returns session 0's figures. */
+static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out, int *turn10_len,
+                         int32_t **turn10_prompt)
+{
+    const int TURNS = 10, GEN = 24, CTX = 10240;
+    mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, 256, CTX);
+    cJSON *tools = cJSON_Parse(
+        "[{\"type\": \"function\", \"function\": {\"name\": \"read_file\", \"description\": \"Read a file of the "
+        "repository and return its text.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"path\": "
+        "{\"type\": \"string\", \"description\": \"path relative to the repository root\"}}, \"required\": "
+        "[\"path\"]}}}, {\"type\": \"function\", \"function\": {\"name\": \"run\", \"description\": \"Run a shell "
+        "command in the repository and return stdout and stderr.\", \"parameters\": {\"type\": \"object\", "
+        "\"properties\": {\"cmd\": {\"type\": \"string\"}, \"timeout\": {\"type\": \"integer\"}}, \"required\": "
+        "[\"cmd\"]}}}, {\"type\": \"function\", \"function\": {\"name\": \"search\", \"description\": \"Search the "
+        "code base for a regular expression.\", \"parameters\": {\"type\": \"object\", \"properties\": "
+        "{\"pattern\": {\"type\": \"string\"}}, \"required\": [\"pattern\"]}}}]");
+    char sysmsg[4096] = "You are a coding agent working in a Python repository. Think step by step, call one tool "
+                        "at a time, read the result, and keep going until the task is done. ";
+    for (int i = 0; i < 6; i++)
+        strcat(sysmsg, "Prefer small, verified edits; run the tests after every change; never guess file names. ");
+    uint64_t sess[2];
+    long new_tok = 0, prefilled = 0;
+    for (int a = 0; a < 2; a++) mq_sched_session_open(s, &sess[a]);
+    for (int turn = 0; turn < TURNS; turn++) {
+        for (int a = 0; a < 2; a++) {
+            char err[256], *txt = NULL;
+            size_t len = 0;
+            cJSON *msgs = cJSON_CreateArray();
+            mq_chat_opts co = { .add_generation_prompt = 1, .enable_thinking = 0 };
+            int r;
+            if (turn == 0) {
+                cJSON *sm = cJSON_CreateObject();
+                cJSON_AddStringToObject(sm, "role", "system");
+                cJSON_AddStringToObject(sm, "content", sysmsg);
+                cJSON_AddItemToArray(msgs, sm);
+                cJSON *um = cJSON_CreateObject();
+                cJSON_AddStringToObject(um, "role", "user");
+                cJSON_AddStringToObject(um, "content", a ? "Find why test_config fails and fix it."
+                                                         : "Add a --verbose flag to the command-line tool.");
+                cJSON_AddItemToArray(msgs, um);
+                r = mq_chat_render(MQ_CHAT_QWEN3, msgs, tools, &co, &txt, &len, err, sizeof err);
+            } else {
+                char *resp = tool_response(turn * 2 + a, 220 + 40 * (turn % 3));
+                cJSON *tm = cJSON_CreateObject();
+                cJSON_AddStringToObject(tm, "role", "tool");
+                cJSON_AddStringToObject(tm, "content", resp);
+                cJSON_AddItemToArray(msgs, tm);
+                free(resp);
+                /* generation ended on the length limit: the end token is not in the session */
+                r = mq_chat_render_append(MQ_CHAT_QWEN3, msgs, &co, 0, &txt, &len, err, sizeof err);
+            }
+            cJSON_Delete(msgs);
+            if (r < 0) die("chat template: %s%s", err, "");
+            int32_t *ids = NULL;
+            size_t n = 0, cap = 0;
+            append_tokens(tok, txt, len, &ids, &n, &cap);
+            free(txt);
+            if (turn == TURNS - 1 && a == 0) {
+                /* the whole prompt of turn 10, for the run without reuse */
+                int h = mq_sched_session_history(s, sess[0], NULL, 0);
+                *turn10_prompt = malloc(((size_t)h + n) * sizeof(int32_t));
+                mq_sched_session_history(s, sess[0], *turn10_prompt, h);
+                memcpy(*turn10_prompt + h, ids, n * sizeof(int32_t));
+                *turn10_len = h + (int)n;
+            }
+            struct waiter w;
+            w_init(&w, GEN + 1);
+            run(s, sess[a], ids, (int)n, GEN, &w);
+            w_wait(&w);
+            new_tok += w.st.prompt_tokens;
+            prefilled += w.st.prefilled_tokens;
+            if (turn == TURNS - 1 && a == 0) out->ttft_last = w.st.ttft_ms;
+            printf("  replay turn %2d agent %d: new %5d cached %5d prefilled %5d  ttft %8.1f ms\n", turn + 1, a,
+                   w.st.prompt_tokens, w.st.cached_tokens, w.st.prefilled_tokens, w.st.ttft_ms);
+            w_free(&w);
+            free(ids);
+        }
+    }
+    out->new_tokens = new_tok;
+    out->prefilled = prefilled;
+    out->history_last = mq_sched_session_history(s, sess[0], NULL, 0);
+    cJSON_Delete(tools);
+    mq_sched_destroy(s);
+}
+
+/* ---- decode stall ---- */
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, int chunk,
+                               double *p50, int *gaps_out)
+{
+    mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, chunk, nlong + 4096);
+    uint64_t a, b;
+    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, &b);
+    struct waiter wa, wb;
+    w_init(&wa, 8192);
+    w_init(&wb, 4);
+    run(s, a, longp, 32, 4000, &wa);
+    while (1) {   /* a is decoding */
+        pthread_mutex_lock(&wa.mu);
+        int k = wa.n;
+        pthread_mutex_unlock(&wa.mu);
+        if (k >= 4) break;
+        usleep(2000);
+    }
+    double t_sub = now_s();
+    run(s, b, longp, nlong, 1, &wb);
+    w_wait(&wb);
+    double t_end = now_s();
+    mq_sched_cancel(s, a, MQ_END_CANCEL);
+    w_wait(&wa);
+    /* gaps between a's tokens during b's prefill (from b's submit to b's first token) */
+    double *g = malloc(8192 * sizeof(double));
+    int ng = 0;
+    int lim = wa.n < wa.cap ? wa.n : wa.cap;
+    double last = -1;
+    for (int i = 0; i < lim; i++) {
+        if (wa.t[i] < t_sub) { last = wa.t[i]; continue; }
+        if (wa.t[i] > t_end) break;
+        if (last > 0) g[ng++] = (wa.t[i] - last) * 1e3;
+        last = wa.t[i];
+    }
+    double p99 = 0;
+    if (ng > 0) {
+        qsort(g, (size_t)ng, sizeof *g, cmp_d);
+        p99 = g[(int)(0.99 * (ng - 1))];
+        *p50 = g[(ng - 1) / 2];
+    }
+    *gaps_out = ng;
+    free(g);
+    w_free(&wa);
+    w_free(&wb);
+    mq_sched_destroy(s);
+    return p99;
+}
+
+int main(int argc, char **argv)
+{
+    const char *root = "build/models";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--models") && i + 1 < argc) root = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) g_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) g_quick = 1;
+        else die("usage: bench_e2e [--models DIR] [--threads N] [--quick]%s%s", "", "");
+    }
+    mq_kernels_init();
+    char d06[1100], d17[1100], path[1200];
+    ensure_model(root, "0.6b", d06, sizeof d06);
+    ensure_model(root, "1.7b", d17, sizeof d17);
+    printf("bench_e2e: %d threads, ISA %s, models in %s\n", g_threads, mq_isa_name(mq_kernels_isa()), root);
+
+    /* 1. loading the 1.7B checkpoint, warm page cache */
+    snprintf(path, sizeof path, "%s/model.safetensors", d17);
+    size_t fbytes;
+    time_plain_read(path, &fbytes);                     /* warm the cache */
+    double t_read = time_plain_read(path, &fbytes);
+    double t_mmap = time_mmap_touch(path);
+    mq_arena *ar17;
+    double t_load;
+    mq_ws_result wres;
+    mq_model *m17 = load_streamed(d17, &ar17, &t_load, &wres);
+    char mem[256];
+    mq_arena_describe(ar17, mem, sizeof mem);
+    printf("\n%-34s %10s %10s\n", "load Qwen3-1.7B (synthetic)", "seconds", "GB/s");
+    printf("%-34s %10.3f %10.2f\n", "plain read()", t_read, fbytes / t_read / 1e9);
+    printf("%-34s %10.3f %10.2f\n", "mmap + touch every page", t_mmap, fbytes / t_mmap / 1e9);
+    printf("%-34s %10.3f %10.2f\n", "mq load (io_uring + NVFP4 quant)", t_load, fbytes / t_load / 1e9);
+    printf("  file %.2f GB; BF16 copy %.2f GB, NVFP4 copy %.2f GB; memory: %s; %s%s\n", fbytes / 1e9,
+           m17->bf16_bytes / 1e9, m17->fp4_bytes / 1e9, mem, wres.direct_used ? "O_DIRECT" : "buffered",
+           wres.note[0] ? wres.note : "");
+
+    mq_tokenizer *tok = NULL;
+    char err[512];
+    if (mq_tok_load_dir(d17, &tok, err, sizeof err) < 0) die("tokenizer: %s%s", err, "");
+
+    /* 2. prefill per mode, 2048-token prompt */
+    int NP = g_quick ? 512 : 2048;
+    int32_t *prompt = corpus_tokens(tok, 9000);
+    printf("\n%-34s %12s %12s %8s\n", "prefill, prompt of tokens", "mixed tok/s", "bf16 tok/s", "ratio");
+    double pm17 = prefill_rate(m17, tok, MQ_SCHED_MIXED, prompt, NP);
+    double pb17 = prefill_rate(m17, tok, MQ_SCHED_BF16, prompt, NP);
+    printf("%-29s %4d %12.1f %12.1f %8.2f\n", "Qwen3-1.7B", NP, pm17, pb17, pm17 / pb17);
+
+    /* 3. decode vs bandwidth (1.7B, one session) */
+    mq_pool *pool;
+    mq_pool_create(&pool, g_threads, NULL, "bw");
+    double bw = read_bandwidth(pool);
+    mq_pool_destroy(pool);
+    mq_sched *s = sched_new(m17, tok, MQ_SCHED_MIXED, 512, 2048);
+    uint64_t id;
+    mq_sched_session_open(s, &id);
+    struct waiter w;
+    int GEN = g_quick ? 16 : 48;
+    w_init(&w, GEN + 1);
+    run(s, id, prompt, 128, GEN, &w);
+    w_wait(&w);
+    double step = (w.t[GEN - 1] - w.t[1]) / (GEN - 2);
+    double sb = decode_step_bytes(&m17->cfg, 128 + GEN / 2);
+    double dec_ratio = sb / step / bw;
+    printf("\n%-34s %10s %10s %10s\n", "decode Qwen3-1.7B, 1 session", "tok/s", "GB/step", "GB/s");
+    printf("%-34s %10.2f %10.3f %10.2f\n", "BF16 decode", 1 / step, sb / 1e9, sb / step / 1e9);
+    printf("%-34s %10s %10s %10.2f\n", "measured read bandwidth", "", "", bw / 1e9);
+    w_free(&w);
+    mq_sched_destroy(s);
+    mq_model_free(m17);
+    mq_arena_destroy(ar17);
+
+    /* 4. 0.6B: prefill ratio too, agent replay and decode stall */
+    mq_arena *ar06;
+    double t06;
+    mq_model *m06 = load_streamed(d06, &ar06, &t06, &wres);
+    double pm06 = prefill_rate(m06, tok, MQ_SCHED_MIXED, prompt, NP);
+    double pb06 = prefill_rate(m06, tok, MQ_SCHED_BF16, prompt, NP);
+    printf("\n%-29s %4d %12.1f %12.1f %8.2f\n", "prefill Qwen3-0.6B", NP, pm06, pb06, pm06 / pb06);
+
+    printf("\nagent replay, Qwen3-0.6B, 2 agents x 10 turns, shared system prompt + tools, mixed mode\n");
+    struct replay_out ro = {0};
+    int n10 = 0;
+    int32_t *p10 = NULL;
+    agent_replay(m06, tok, &ro, &n10, &p10);
+    /* turn 10 without reuse: a fresh scheduler (empty index) reads the whole prompt */
+    s = sched_new(m06, tok, MQ_SCHED_MIXED, 256, 10240);
+    mq_sched_session_open(s, &id);
+    w_init(&w, 4);
+    run(s, id, p10, n10, 1, &w);
+    w_wait(&w);
+    double ttft_cold = w.st.ttft_ms;
+    w_free(&w);
+    mq_sched_destroy(s);
+    printf("  turn 10 prompt %d tokens: TTFT %.1f ms with reuse, %.1f ms without\n", n10, ro.ttft_last, ttft_cold);
+
+    int NL = g_quick ? 2048 : 8192, CH = 256;
+    double p50 = 0;
+    int ng = 0;
+    double stall = decode_stall_p99(m06, tok, prompt, NL, CH, &p50, &ng);
+    printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n", NL, CH);
+    printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms\n", ng, p50, stall);
+
+    mq_model_free(m06);
+    mq_arena_destroy(ar06);
+    mq_tok_free(tok);
+    free(prompt);
+    free(p10);
+
+    printf("\nload_vs_read_ratio: %.3f (mmap+touch %.3f s, read %.3f s, mq %.3f s)\n", t_load / t_read, t_mmap, t_read,
+           t_load);
+    printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);
+    printf("decode_vs_bandwidth: %.3f\n", dec_ratio);
+    printf("agent_replay_prefill_ratio: %.3f\n", (double)ro.prefilled / (double)ro.new_tokens);
+    printf("agent_replay_ttft_speedup: %.2f\n", ttft_cold / ro.ttft_last);
+    printf("decode_stall_ms_p99: %.1f\n", stall);
+    return 0;
+}

@@ -1,0 +1,525 @@
+/* Scheduler with the real model (shared/models/mq-qwen3-80m), loaded through the io_uring
+ * streamer into the arena: prefix sharing between sessions, second turns that prefill
+ * only new tokens, batched outputs equal to solo outputs, cancel, KV exhaustion (fail and
+ * wait), chunked prefill interleaved with decoding, immediate errors, stop tokens and
+ * strings, drain. */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+
+#include "arena.h"
+#include "engine.h"
+#include "model.h"
+#include "scheduler.h"
+#include "tokenizer.h"
+#include "weight_stream.h"
+
+static mq_model *g_model;
+static mq_tokenizer *g_tok;
+static mq_arena *g_arena;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- a sink that records everything ---- */
+#define MAXTOK 1024
+struct rec {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int32_t ids[MAXTOK];
+    double t[MAXTOK];
+    int n;
+    char text[8192];
+    size_t n_text;
+    int done;
+    mq_end_reason why;
+    int err;
+    char msg[256];
+    mq_req_stats st;
+    mq_sched *s;            /* cancel after cancel_after tokens (0 = never) */
+    uint64_t sess;
+    int cancel_after;
+};
+
+static void rec_init(struct rec *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+}
+
+static void on_token(void *ctx, int32_t id, const char *text, size_t len)
+{
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    if (r->n < MAXTOK) {
+        r->ids[r->n] = id;
+        r->t[r->n] = now_s();
+    }
+    r->n++;
+    if (text && r->n_text + len < sizeof r->text) {
+        memcpy(r->text + r->n_text, text, len);
+        r->n_text += len;
+        r->text[r->n_text] = 0;
+    }
+    int cancel = r->cancel_after && r->n == r->cancel_after;
+    pthread_mutex_unlock(&r->mu);
+    if (cancel) mq_sched_cancel(r->s, r->sess, MQ_END_CANCEL);
+}
+
+static void on_done(void *ctx, mq_end_reason why, int err, const char *msg, const mq_req_stats *st)
+{
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    r->done = 1;
+    r->why = why;
+    r->err = err;
+    snprintf(r->msg, sizeof r->msg, "%s", msg);
+    r->st = *st;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int rec_wait(struct rec *r, double timeout_s)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += (time_t)timeout_s;
+    pthread_mutex_lock(&r->mu);
+    while (!r->done)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT) break;
+    int d = r->done;
+    pthread_mutex_unlock(&r->mu);
+    CHECK(d, "request finished within %.0f s", timeout_s);
+    return d;
+}
+
+static mq_sink sink_of(struct rec *r) { return (mq_sink){ .ctx = r, .on_token = on_token, .on_done = on_done }; }
+
+static mq_sched *make_sched(mq_sched_mode mode, int kv_blocks, int block_tokens, int chunk,
+                            mq_kv_full_policy pol)
+{
+    mq_sched_opts o;
+    mq_sched_opts_default(&o);
+    o.prefill_threads = 1;
+    o.decode_threads = 1;
+    o.mode = mode;
+    o.kv_blocks = kv_blocks;
+    o.block_tokens = block_tokens;
+    o.chunk_tokens = chunk;
+    o.context_limit = 4096;
+    o.on_kv_full = pol;
+    mq_sched *s = NULL;
+    char err[256] = "";
+    int r = mq_sched_create(&s, g_model, g_tok, &o, err, sizeof err);
+    CHECK(r == 0, "sched create: %d %s", r, err);
+    return s;
+}
+
+/* Deterministic "text" tokens: ids of ordinary words from the tokenizer. */
+static int make_tokens(const char *text, int32_t **ids)
+{
+    size_t n = 0;
+    char err[256];
+    int r = mq_tok_encode(g_tok, text, strlen(text), 0, ids, &n, err, sizeof err);
+    CHECK(r == 0, "encode: %s", err);
+    return (int)n;
+}
+
+static int cat(int32_t *dst, const int32_t *a, int na, const int32_t *b, int nb)
+{
+    memcpy(dst, a, (size_t)na * sizeof *a);
+    memcpy(dst + na, b, (size_t)nb * sizeof *b);
+    return na + nb;
+}
+
+static const char *SYSTEM =
+    "<|im_start|>system\nYou are a careful assistant that writes Python. You can call these tools: "
+    "read_file(path) returns the text of a file; write_file(path, text) writes it; run(cmd) runs a "
+    "shell command and returns its output; search(query) searches the code base. Always explain what "
+    "you are about to do, then call exactly one tool, then wait for its result. Keep answers short and "
+    "precise. Never invent file names; list the directory first when unsure.<|im_end|>\n";
+
+static int submit(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_tokens, struct rec *r)
+{
+    mq_gen_params p = { .max_tokens = max_tokens };
+    mq_sink k = sink_of(r);
+    char err[256] = "";
+    int rc = mq_sched_submit(s, sess, t, n, &p, &k, err, sizeof err);
+    CHECK(rc == 0, "submit: %d %s", rc, err);
+    return rc;
+}
+
+static void test_prefix_shared_and_second_turn(void)
+{
+    const int BT = 16;
+    mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, BT, 64, MQ_KV_FULL_FAIL);
+    if (!s) return;
+    int32_t *sys = NULL, *ua = NULL, *ub = NULL, *u2 = NULL;
+    int nsys = make_tokens(SYSTEM, &sys);
+    int nua = make_tokens("<|im_start|>user\nList the files in src/.<|im_end|>\n<|im_start|>assistant\n", &ua);
+    int nub = make_tokens("<|im_start|>user\nWhat does main.py do?<|im_end|>\n<|im_start|>assistant\n", &ub);
+    int nu2 = make_tokens("<|im_end|>\n<|im_start|>user\nNow open the first one.<|im_end|>\n<|im_start|>assistant\n", &u2);
+    CHECK(nsys > 3 * BT, "system prompt spans several blocks (%d tokens)", nsys);
+    int32_t buf[1024];
+    uint64_t a, b;
+    CHECK(mq_sched_session_open(s, &a) == 0 && mq_sched_session_open(s, &b) == 0, "open");
+
+    struct rec ra, rb, r2;
+    rec_init(&ra);
+    int n = cat(buf, sys, nsys, ua, nua);
+    submit(s, a, buf, n, 8, &ra);
+    rec_wait(&ra, 60);
+    CHECK(ra.why == MQ_END_LENGTH && ra.n == 8, "8 tokens then length: %s n=%d (%s)", mq_end_reason_name(ra.why), ra.n, ra.msg);
+    CHECK(ra.st.prompt_tokens == n && ra.st.cached_tokens == 0 && ra.st.prefilled_tokens == n,
+          "first request: prompt %d cached %d prefilled %d", ra.st.prompt_tokens, ra.st.cached_tokens, ra.st.prefilled_tokens);
+    CHECK(ra.st.ttft_ms > 0 && ra.st.generated_tokens == 8, "stats ttft %.1f gen %d", ra.st.ttft_ms, ra.st.generated_tokens);
+
+    /* session b shares the system prompt: its full blocks come from the index */
+    rec_init(&rb);
+    n = cat(buf, sys, nsys, ub, nub);
+    submit(s, b, buf, n, 4, &rb);
+    rec_wait(&rb, 60);
+    int shared = nsys / BT * BT;
+    CHECK(rb.st.cached_tokens >= shared && rb.st.cached_tokens % BT == 0,
+          "session b reuses the system prompt: cached %d, want >= %d", rb.st.cached_tokens, shared);
+    CHECK(rb.st.prefilled_tokens == n - rb.st.cached_tokens, "b prefilled %d = %d - %d", rb.st.prefilled_tokens, n,
+          rb.st.cached_tokens);
+
+    /* second turn of a: only the new tokens (plus the last generated one) are prefilled */
+    int hist = mq_sched_session_history(s, a, buf, 1024);
+    CHECK(hist == nsys + nua + 8, "history holds prompt + generated: %d", hist);
+    CHECK(memcmp(buf + nsys + nua, ra.ids, 8 * sizeof(int32_t)) == 0, "history ends with the generated ids");
+    rec_init(&r2);
+    submit(s, a, u2, nu2, 4, &r2);
+    rec_wait(&r2, 60);
+    CHECK(r2.st.prompt_tokens == nu2 && r2.st.cached_tokens == hist - 1 && r2.st.prefilled_tokens == nu2 + 1,
+          "turn 2: prompt %d cached %d (want %d) prefilled %d (want %d)", r2.st.prompt_tokens, r2.st.cached_tokens,
+          hist - 1, r2.st.prefilled_tokens, nu2 + 1);
+
+    mq_sched_stats st;
+    mq_sched_get_stats(s, &st);
+    CHECK(st.requests_done == 3 && st.cached_tokens > 0 && st.cache_hit_ratio > 0 && st.kv_used > 0,
+          "global stats: done %llu cached %llu ratio %.2f used %d", (unsigned long long)st.requests_done,
+          (unsigned long long)st.cached_tokens, st.cache_hit_ratio, st.kv_used);
+    CHECK(mq_sched_session_close(s, a) == 0 && mq_sched_session_close(s, b) == 0, "close");
+    mq_sched_get_stats(s, &st);
+    CHECK(st.kv_used == 0 && st.kv_cached > 0, "after close: used %d cached %d", st.kv_used, st.kv_cached);
+    mq_sched_destroy(s);
+    free(sys); free(ua); free(ub); free(u2);
+}
+
+/* Greedy outputs of sessions decoding together equal those of each alone (BF16 mode, so
+ * that chunking and batching change nothing but the order of independent work). */
+static void test_batched_equals_solo(void)
+{
+    mq_sched *s = make_sched(MQ_SCHED_BF16, 256, 16, 32, MQ_KV_FULL_FAIL);
+    if (!s) return;
+    const char *prompts[3] = { "def fibonacci(n):\n    ", "The old lighthouse keeper looked at the sea and",
+                               "import os\nimport sys\n\nclass Config:\n    def __init__(self" };
+    int32_t *t[3];
+    int nt[3];
+    struct rec solo[3], both[3];
+    for (int i = 0; i < 3; i++) nt[i] = make_tokens(prompts[i], &t[i]);
+    for (int i = 0; i < 3; i++) {
+        uint64_t id;
+        mq_sched_session_open(s, &id);
+        rec_init(&solo[i]);
+        submit(s, id, t[i], nt[i], 24, &solo[i]);
+        rec_wait(&solo[i], 60);
+        mq_sched_session_close(s, id);
+    }
+    mq_sched_destroy(s);
+    s = make_sched(MQ_SCHED_BF16, 256, 16, 32, MQ_KV_FULL_FAIL);   /* fresh: no cached prefixes */
+    if (!s) return;
+    uint64_t ids[3];
+    for (int i = 0; i < 3; i++) {
+        mq_sched_session_open(s, &ids[i]);
+        rec_init(&both[i]);
+        submit(s, ids[i], t[i], nt[i], 24, &both[i]);
+    }
+    for (int i = 0; i < 3; i++) rec_wait(&both[i], 120);
+    for (int i = 0; i < 3; i++) {
+        CHECK(both[i].n == 24 && solo[i].n == 24, "24 tokens each (%d, %d)", both[i].n, solo[i].n);
+        int same = memcmp(both[i].ids, solo[i].ids, 24 * sizeof(int32_t)) == 0;
+        CHECK(same, "session %d: batched output differs from solo: \"%s\" vs \"%s\"", i, both[i].text, solo[i].text);
+        CHECK(strcmp(both[i].text, solo[i].text) == 0, "streamed text equal");
+        free(t[i]);
+    }
+    mq_sched_destroy(s);
+}
+
+static void test_cancel_and_errors(void)
+{
+    mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
+    if (!s) return;
+    int32_t *t = NULL;
+    int n = make_tokens("Once upon a time, in a small village by the river,", &t);
+    uint64_t a;
+    mq_sched_session_open(s, &a);
+    struct rec r;
+    rec_init(&r);
+    r.s = s;
+    r.sess = a;
+    r.cancel_after = 5;   /* the sink cancels from the decode thread */
+    submit(s, a, t, n, 500, &r);
+    rec_wait(&r, 60);
+    CHECK(r.why == MQ_END_CANCEL, "cancelled: %s", mq_end_reason_name(r.why));
+    CHECK(r.n >= 5 && r.n <= 7, "cancel takes effect at the next step: %d tokens", r.n);
+    CHECK(mq_sched_session_history(s, a, NULL, 0) == n + r.n, "history keeps the generated tokens");
+
+    char err[256];
+    mq_sink k = sink_of(&r);
+    CHECK(mq_sched_submit(s, 9999, t, n, NULL, &k, err, sizeof err) == -ENOENT, "unknown session");
+    int32_t bad = 999999;
+    CHECK(mq_sched_submit(s, a, &bad, 1, NULL, &k, err, sizeof err) == -EINVAL && strstr(err, "vocabulary"),
+          "token outside the vocabulary: %s", err);
+    int32_t *big = calloc(5000, sizeof *big);
+    CHECK(mq_sched_submit(s, a, big, 5000, NULL, &k, err, sizeof err) == -E2BIG && strstr(err, "context"),
+          "over the context limit: %s", err);
+    free(big);
+    CHECK(mq_sched_cancel(s, 4242, MQ_END_CANCEL) == -ENOENT, "cancel unknown");
+
+    /* busy session */
+    struct rec r2, r3;
+    rec_init(&r2);
+    rec_init(&r3);
+    submit(s, a, t, 4, 40, &r2);
+    mq_sink k3 = sink_of(&r3);
+    CHECK(mq_sched_submit(s, a, t, 4, NULL, &k3, err, sizeof err) == -EBUSY, "second request on a busy session");
+    CHECK(mq_sched_cancel(s, a, MQ_END_CLIENT_GONE) == 0, "client gone");
+    rec_wait(&r2, 60);
+    CHECK(r2.why == MQ_END_CLIENT_GONE || r2.why == MQ_END_LENGTH, "ends: %s", mq_end_reason_name(r2.why));
+    mq_sched_destroy(s);
+    free(t);
+}
+
+/* KV store of 12 blocks x 16 tokens: a running request holds its reservation; a second
+ * one fails (fail policy) or waits and then completes (wait policy). */
+static void test_kv_full(void)
+{
+    int32_t *t = NULL;
+    int n = make_tokens(SYSTEM, &t);   /* ~100 tokens */
+    if (n > 120) n = 120;
+    for (int pol = 0; pol < 2; pol++) {
+        mq_sched *s = make_sched(MQ_SCHED_MIXED, 12, 16, 64, pol ? MQ_KV_FULL_FAIL : MQ_KV_FULL_WAIT);
+        if (!s) return;
+        uint64_t a, b;
+        mq_sched_session_open(s, &a);
+        mq_sched_session_open(s, &b);
+        struct rec ra, rb;
+        rec_init(&ra);
+        rec_init(&rb);
+        /* a needs ceil((n+40)/16) blocks; b (different tokens) as many: both do not fit */
+        submit(s, a, t, n, 40, &ra);
+        int32_t *t2 = malloc((size_t)n * sizeof *t2);
+        for (int i = 0; i < n; i++) t2[i] = t[n - 1 - i];
+        submit(s, b, t2, n, 40, &rb);
+        rec_wait(&ra, 60);
+        rec_wait(&rb, 60);
+        CHECK(ra.why == MQ_END_LENGTH && ra.n == 40, "a completes (%s, %d)", mq_end_reason_name(ra.why), ra.n);
+        if (pol) {
+            CHECK(rb.why == MQ_END_ERROR && rb.err == -ENOSPC && strstr(rb.msg, "KV store full"),
+                  "fail policy: b gets a clear error: %s %d %s", mq_end_reason_name(rb.why), rb.err, rb.msg);
+            CHECK(mq_sched_session_history(s, b, NULL, 0) == 0, "failed request left no history");
+        } else {
+            CHECK(rb.why == MQ_END_LENGTH && rb.n == 40, "wait policy: b completes after a (%s %s)",
+                  mq_end_reason_name(rb.why), rb.msg);
+            /* b could only start when a's blocks were reclaimed from the idle session */
+            CHECK(rb.t[0] > ra.t[ra.n - 1], "b's first token after a's last");
+        }
+        /* more than the whole store: refused at submit */
+        char err[256];
+        mq_sink k = sink_of(&rb);
+        mq_gen_params p = { .max_tokens = 1000 };
+        uint64_t c;
+        mq_sched_session_open(s, &c);
+        CHECK(mq_sched_submit(s, c, t, n, &p, &k, err, sizeof err) == -ENOSPC && strstr(err, "KV blocks"),
+              "too big for the store: %s", err);
+        free(t2);
+        mq_sched_destroy(s);
+    }
+    free(t);
+}
+
+/* A long prompt is read in chunks while another session keeps decoding. */
+static void test_chunked_prefill_interleaves(void)
+{
+    mq_sched *s = make_sched(MQ_SCHED_MIXED, 512, 16, 32, MQ_KV_FULL_FAIL);
+    if (!s) return;
+    int32_t *t = NULL;
+    int n = make_tokens("def add(a, b):\n    return a + b\n", &t);
+    uint64_t a, b;
+    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, &b);
+    struct rec ra, rb;
+    rec_init(&ra);
+    rec_init(&rb);
+    submit(s, a, t, n, 120, &ra);
+    /* wait until a decodes */
+    for (int i = 0; i < 2000; i++) {
+        pthread_mutex_lock(&ra.mu);
+        int k = ra.n;
+        pthread_mutex_unlock(&ra.mu);
+        if (k >= 2) break;
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+    int32_t *longp = NULL;
+    char *text = malloc(20000);
+    text[0] = 0;
+    for (int i = 0; i < 40; i++)
+        strcat(text, "The quick brown fox jumps over the lazy dog while the cat sleeps near the fire. ");
+    int nl = make_tokens(text, &longp);
+    double t_sub = now_s();
+    submit(s, b, longp, nl, 2, &rb);
+    rec_wait(&rb, 120);
+    rec_wait(&ra, 120);
+    double t_b_first = rb.t[0];
+    int during = 0;
+    for (int i = 0; i < ra.n && i < MAXTOK; i++) during += ra.t[i] > t_sub && ra.t[i] < t_b_first;
+    CHECK(nl > 20 * 32, "long prompt: %d tokens = %d chunks", nl, nl / 32);
+    CHECK(rb.st.prefilled_tokens == nl, "b prefilled all %d", rb.st.prefilled_tokens);
+    CHECK(during >= 3, "a generated %d tokens while b's prompt was read", during);
+    mq_sched_destroy(s);
+    free(t);
+    free(longp);
+    free(text);
+}
+
+static void test_stops_and_drain(void)
+{
+    mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
+    if (!s) return;
+    int32_t *t = NULL;
+    int n = make_tokens("def main():\n    print(", &t);
+    uint64_t a;
+    mq_sched_session_open(s, &a);
+    struct rec r0;
+    rec_init(&r0);
+    submit(s, a, t, n, 12, &r0);
+    rec_wait(&r0, 60);
+    mq_sched_session_close(s, a);
+    /* stop at the 4th greedy token (first occurrence) */
+    int k = 3;
+    for (int i = 0; i < 3; i++)
+        if (r0.ids[i] == r0.ids[3]) k = i;
+    mq_sched_session_open(s, &a);
+    struct rec r1;
+    rec_init(&r1);
+    mq_gen_params p = { .max_tokens = 12, .n_stop_ids = 1, .stop_ids = { r0.ids[k] } };
+    mq_sink sk = sink_of(&r1);
+    char err[256];
+    CHECK(mq_sched_submit(s, a, t, n, &p, &sk, err, sizeof err) == 0, "submit");
+    rec_wait(&r1, 60);
+    CHECK(r1.why == MQ_END_STOP_TOKEN && r1.n == k + 1, "stop token after %d tokens: %s %d", k + 1,
+          mq_end_reason_name(r1.why), r1.n);
+    mq_sched_session_close(s, a);
+
+    /* stop string: a piece of the text the greedy run produced */
+    if (r0.n_text >= 4) {
+        char stop[8] = {0};
+        size_t off = r0.n_text / 2;
+        memcpy(stop, r0.text + off, 2);
+        mq_sched_session_open(s, &a);
+        struct rec r2;
+        rec_init(&r2);
+        mq_gen_params p2 = { .max_tokens = 12, .n_stop_strs = 1, .stop_strs = { stop } };
+        mq_sink s2 = sink_of(&r2);
+        CHECK(mq_sched_submit(s, a, t, n, &p2, &s2, err, sizeof err) == 0, "submit");
+        rec_wait(&r2, 60);
+        CHECK(r2.why == MQ_END_STOP_STRING && strstr(r2.text, stop), "stop string \"%s\": %s \"%s\"", stop,
+              mq_end_reason_name(r2.why), r2.text);
+        mq_sched_session_close(s, a);
+    }
+
+    /* drain: a running request is cancelled at the timeout, new ones are refused */
+    mq_sched_session_open(s, &a);
+    struct rec r3;
+    rec_init(&r3);
+    submit(s, a, t, n, 1000, &r3);
+    int c = mq_sched_drain(s, 300);
+    CHECK(c == 1 && r3.done && r3.why == MQ_END_CANCEL, "drain cancelled 1: %d %s", c, mq_end_reason_name(r3.why));
+    mq_sink s3 = sink_of(&r3);
+    CHECK(mq_sched_submit(s, a, t, n, NULL, &s3, err, sizeof err) == -ESHUTDOWN, "refused while draining");
+    mq_sched_destroy(s);
+    free(t);
+}
+
+/* The streamed model computes the same logits as the model loaded with pread. */
+static void test_streamed_equals_pread(void)
+{
+    char err[MQ_ERR_LEN];
+    mq_model *m2 = NULL;
+    int r = mq_model_load(shared_path("models/mq-qwen3-80m"), NULL, &m2, err);
+    CHECK(r == 0, "mq_model_load: %s", err);
+    if (r) return;
+    mq_pool *pool;
+    mq_pool_create(&pool, 1, NULL, "t");
+    int32_t *t = NULL;
+    int n = make_tokens("Hello world, this is a test of the loader.", &t);
+    float *l1 = malloc((size_t)g_model->cfg.vocab * 4), *l2 = malloc((size_t)g_model->cfg.vocab * 4);
+    mq_model *ms[2] = { g_model, m2 };
+    float *ls[2] = { l1, l2 };
+    for (int k = 0; k < 2; k++) {
+        mq_engine_opts eo = { .max_chunk = 64, .max_batch = 1, .block_tokens = 16, .max_context = 64 };
+        mq_engine *e;
+        CHECK(mq_engine_create(&e, ms[k], &eo, err) == 0, "engine: %s", err);
+        size_t bb = mq_kv_block_bytes(&ms[k]->cfg, 16);
+        uint8_t *blocks[4];
+        for (int i = 0; i < 4; i++) blocks[i] = aligned_alloc(64, (bb + 63) / 64 * 64);
+        mq_kv_seq seq = { blocks, 4 };
+        CHECK(mq_engine_prompt(e, pool, &seq, t, n, 0, MQ_MODE_MIXED, ls[k]) == 0, "prompt");
+        for (int i = 0; i < 4; i++) free(blocks[i]);
+        mq_engine_free(e);
+    }
+    CHECK(memcmp(l1, l2, (size_t)g_model->cfg.vocab * 4) == 0, "streamed and pread models give identical logits");
+    free(l1);
+    free(l2);
+    free(t);
+    mq_pool_destroy(pool);
+    mq_model_free(m2);
+}
+
+int main(void)
+{
+    char err[512];
+    const char *dir = shared_path("models/mq-qwen3-80m");
+    char d[1024];
+    snprintf(d, sizeof d, "%s", dir);
+    mq_arena_create(&g_arena, NULL);
+    mq_ws_opts wo;
+    mq_ws_opts_default(&wo);
+    wo.read_bytes = 1 << 20;
+    mq_ws_result res;
+    int r = mq_ws_load_model(d, NULL, g_arena, &wo, NULL, &res, &g_model, err, sizeof err);
+    if (r < 0) {
+        fprintf(stderr, "cannot load %s: %s\n", d, err);
+        printf("@@ 0 1\n");
+        return 1;
+    }
+    r = mq_tok_load_dir(d, &g_tok, err, sizeof err);
+    if (r < 0) {
+        fprintf(stderr, "cannot load the tokenizer of %s: %s\n", d, err);
+        printf("@@ 0 1\n");
+        return 1;
+    }
+    RUN(test_streamed_equals_pread);
+    RUN(test_prefix_shared_and_second_turn);
+    RUN(test_batched_equals_solo);
+    RUN(test_cancel_and_errors);
+    RUN(test_kv_full);
+    RUN(test_chunked_prefill_interleaves);
+    RUN(test_stops_and_drain);
+    mq_tok_free(g_tok);
+    mq_model_free(g_model);
+    mq_arena_destroy(g_arena);
+    return harness_done();
+}
