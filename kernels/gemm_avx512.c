@@ -99,6 +99,9 @@ static inline __mmask32 low_mask32(int n) { return n >= 32 ? 0xffffffffu : (__mm
 #ifndef FP4_NG
 #define FP4_NG 3             /* 16-column groups per panel */
 #endif
+#ifndef FP4_PANELS
+#define FP4_PANELS 2         /* panels sharing each pass over the activations */
+#endif
 #ifndef KC_BLOCKS
 #define KC_BLOCKS 16         /* K blocks (of 16) per panel: 256 k */
 #endif
@@ -234,21 +237,29 @@ static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f;
     const uint8_t *xbytes = mq_fp4_act_aux_bytes(x);
     const float *xsx = mq_fp4_act_aux_sx(x);
-    fp4_panel p __attribute__((aligned(64)));
+    /* FP4_PANELS panels side by side: each tile's activation bytes, once loaded, serve
+     * FP4_PANELS·48 columns, so the activations stream from L3 fewer times. */
+    fp4_panel p[FP4_PANELS] __attribute__((aligned(64)));
     const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
-    for (int pg = g0; pg < g1; pg += FP4_NG) {
-        const int ng = g1 - pg < FP4_NG ? g1 - pg : FP4_NG;
-        __mmask16 mask[FP4_NG];
-        for (int g = 0; g < ng; g++) mask[g] = col_mask((pg + g) * 16, n0, n1);
+    for (int pg0 = g0; pg0 < g1; pg0 += FP4_NG * FP4_PANELS) {
+        int ng[FP4_PANELS];
+        __mmask16 mask[FP4_PANELS][FP4_NG];
+        for (int q = 0; q < FP4_PANELS; q++) {
+            const int pg = pg0 + q * FP4_NG;
+            ng[q] = pg >= g1 ? 0 : g1 - pg < FP4_NG ? g1 - pg : FP4_NG;
+            for (int g = 0; g < ng[q]; g++) mask[q][g] = col_mask((pg + g) * 16, n0, n1);
+        }
         for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
             const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
-            for (int g = 0; g < ng; g++) fp4_pack_group(w, (pg + g) * 16, kb0, nkb, &p, g);
+            for (int q = 0; q < FP4_PANELS; q++)
+                for (int g = 0; g < ng[q]; g++) fp4_pack_group(w, (pg0 + q * FP4_NG + g) * 16, kb0, nkb, &p[q], g);
             for (int m0 = 0; m0 < M; m0 += FP4_MR) {
                 const int mr = M - m0 < FP4_MR ? M - m0 : FP4_MR;
-                fp4_tile_any(mr, ng, xbytes + (size_t)m0 * kp + (size_t)kb0 * 16, (size_t)kp,
-                             xsx + (size_t)m0 * nb + kb0, (size_t)nb, &p, nkb,
-                             y + (size_t)m0 * ldy + (size_t)pg * 16, ldy, mask,
-                             kb0 == 0, kb0 + nkb == nb, alpha);
+                for (int q = 0; q < FP4_PANELS && ng[q]; q++)
+                    fp4_tile_any(mr, ng[q], xbytes + (size_t)m0 * kp + (size_t)kb0 * 16, (size_t)kp,
+                                 xsx + (size_t)m0 * nb + kb0, (size_t)nb, &p[q], nkb,
+                                 y + (size_t)m0 * ldy + (size_t)(pg0 + q * FP4_NG) * 16, ldy, mask[q],
+                                 kb0 == 0, kb0 + nkb == nb, alpha);
             }
         }
     }
@@ -288,7 +299,12 @@ static void avx512_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
 
 #define BF_MR 6              /* rows per GEMM tile */
 #define BF_NG 4              /* 16-column groups per panel */
+#ifndef KC_BF16
 #define KC_BF16 256          /* k per panel (even) */
+#endif
+#ifndef BF_PANELS
+#define BF_PANELS 1          /* panels sharing each pass over x (2 measured slower) */
+#endif
 
 typedef struct bf16_panel {
     uint32_t w[BF_NG][KC_BF16 / 2][16];   /* [group][k pair][column] = two BF16 */
@@ -401,15 +417,24 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         for (int r = 0; r < NR; r++) y[(size_t)m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
-#define GEMV_NR(MR) ((MR) <= 2 ? 8 : (MR) <= 4 ? 6 : (MR) <= 6 ? 4 : 3)
+#define GEMV_NR(MR) ((MR) <= 2 ? 8 : 6)
 
-#define GEMV_CASE(MR)                                                                 \
-    case MR: {                                                                        \
-        int n = n0;                                                                   \
-        for (; n + GEMV_NR(MR) <= n1; n += GEMV_NR(MR))                               \
-            bf16_gemv_cols(MR, GEMV_NR(MR), x, ldx, w->w, w->k, y, ldy, n);           \
-        for (; n < n1; n++) bf16_gemv_cols(MR, 1, x, ldx, w->w, w->k, y, ldy, n);     \
-        break;                                                                        \
+/* m <= 4: one pass. m = 5..8: rows 0..3, then rows 4.. over the same 6 weight rows, which
+ * are still in L1/L2, so W still streams from DRAM once (a single pass over 8 rows could
+ * keep only 3 weight rows in flight, too few to cover DRAM latency). */
+#define GEMV_CASE(MR)                                                                          \
+    case MR: {                                                                                 \
+        const int A = (MR) <= 4 ? (MR) : 4, B = (MR) - A;                                      \
+        int n = n0;                                                                            \
+        for (; n + GEMV_NR(MR) <= n1; n += GEMV_NR(MR)) {                                      \
+            bf16_gemv_cols(A, GEMV_NR(MR), x, ldx, w->w, w->k, y, ldy, n);                     \
+            if (B) bf16_gemv_cols(B, GEMV_NR(MR), x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n); \
+        }                                                                                      \
+        for (; n < n1; n++) {                                                                  \
+            bf16_gemv_cols(A, 1, x, ldx, w->w, w->k, y, ldy, n);                               \
+            if (B) bf16_gemv_cols(B, 1, x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n);    \
+        }                                                                                      \
+        break;                                                                                 \
     }
 
 static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
@@ -431,20 +456,26 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
         return;
     }
     const int K = w->k;
-    bf16_panel p __attribute__((aligned(64)));
-    const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
-    for (int pg = g0; pg < g1; pg += BF_NG) {
-        const int ng = g1 - pg < BF_NG ? g1 - pg : BF_NG;
-        __mmask16 mask[BF_NG];
-        for (int g = 0; g < ng; g++) mask[g] = col_mask((pg + g) * 16, n0, n1);
+    /* BF_PANELS panels side by side share each tile's pass over x (see the NVFP4 GEMM). */
+    bf16_panel p[BF_PANELS] __attribute__((aligned(64)));
+    const int g0 = n0 / 16, g1 = (n1 + 15) / 16, span = BF_NG * BF_PANELS;
+    for (int pg0 = g0; pg0 < g1; pg0 += span) {
+        int ng[BF_PANELS];
+        __mmask16 mask[BF_PANELS][BF_NG];
+        for (int q = 0; q < BF_PANELS; q++) {
+            const int pg = pg0 + q * BF_NG;
+            ng[q] = pg >= g1 ? 0 : g1 - pg < BF_NG ? g1 - pg : BF_NG;
+            for (int g = 0; g < ng[q]; g++) mask[q][g] = col_mask((pg + g) * 16, n0, n1);
+        }
         for (int k0 = 0; k0 < K; k0 += KC_BF16) {
             const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
-            for (int g = 0; g < ng; g++) bf16_pack_group(w, (pg + g) * 16, k0, kc, &p, g);
-            /* The next panel chunk is 64 row pieces of 512 bytes: too many streams for the
-             * hardware prefetcher, so the tiles below request its lines a few at a time. */
-            const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg : pg + BF_NG;
+            for (int q = 0; q < BF_PANELS; q++)
+                for (int g = 0; g < ng[q]; g++) bf16_pack_group(w, (pg0 + q * BF_NG + g) * 16, k0, kc, &p[q], g);
+            /* The next chunk is up to 128 row pieces: too many streams for the hardware
+             * prefetcher, so the tiles below request its lines a few at a time. */
+            const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg0 : pg0 + span;
             const int nkc = K - nk0 < KC_BF16 ? K - nk0 : KC_BF16;
-            const int lines_per_row = (nkc + 31) / 32, n_lines = npg < g1 ? 16 * BF_NG * lines_per_row : 0;
+            const int lines_per_row = (nkc + 31) / 32, n_lines = npg < g1 ? 16 * span * lines_per_row : 0;
             const int tiles = (m + BF_MR - 1) / BF_MR, per_tile = (n_lines + tiles - 1) / tiles;
             int pf = 0;
             for (int m0 = 0; m0 < m; m0 += BF_MR) {
@@ -455,8 +486,9 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
                         _mm_prefetch((const char *)(w->w + (size_t)row * K + nk0 + (pf % lines_per_row) * 32),
                                      _MM_HINT_T1);
                 }
-                bf16_tile_any(mr, ng, x + (size_t)m0 * ldx + k0, ldx, &p, kc,
-                              y + (size_t)m0 * ldy + (size_t)pg * 16, ldy, mask, k0 == 0);
+                for (int q = 0; q < BF_PANELS && ng[q]; q++)
+                    bf16_tile_any(mr, ng[q], x + (size_t)m0 * ldx + k0, ldx, &p[q], kc,
+                                  y + (size_t)m0 * ldy + (size_t)(pg0 + q * BF_NG) * 16, ldy, mask[q], k0 == 0);
             }
         }
     }
