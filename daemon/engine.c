@@ -195,7 +195,7 @@ static void prep_run(void *arg, int tid, int nt)
             mq_f32_to_bf16_row(d, e->xb16 + (size_t)r * o->dim, (size_t)o->dim);
         } else {
             float a = mq_amax_f32(d, (size_t)o->dim);
-            if (!(a <= INFINITY) || isinf(a)) { o->bad = 1; a = 0; }
+            if (!isfinite(a)) { o->bad = 1; a = 0; }
             if (a > amax) amax = a;
         }
     }

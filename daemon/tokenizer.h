@@ -6,7 +6,10 @@
  *     tokenizer Split regex (PCRE2, UTF+UCP, read from the JSON), ByteLevel, Digits,
  *     Sequence; merges by rank;
  *   - byte-fallback BPE (Llama-2 / TinyStories, sentencepiece converted): Prepend/Replace
- *     normalizers, U+2581 for spaces, <0xXX> byte tokens for characters not in the vocab.
+ *     normalizers or the Metaspace pre-tokenizer, U+2581 for spaces, <0xXX> byte tokens for
+ *     characters not in the vocab.
+ * BOS/EOS around an encoded text come from the post_processor (TemplateProcessing), as
+ * tokenizers does; tokenizer_config.json's add_bos_token is not consulted.
  * Added tokens (special or not) are matched first on the raw text, longest first.
  *
  * Internally every token is kept as its raw bytes (byte-level vocab keys are mapped back
@@ -109,10 +112,10 @@ typedef struct mq_tok_stream {
 
 void mq_tok_stream_init(mq_tok_stream *s, const mq_tokenizer *tok, unsigned flags,
                         int strip_leading);
-/* Writes the text that token `id` completes to out (at most cap bytes; a token yields at
- * most its byte length + 4 + 3*4 bytes, and cap >= 64 + token bytes always suffices — use
- * mq_tok_stream_max() for a safe size). Returns the byte count, or -EINVAL (unknown id),
- * -ENOSPC (cap too small; nothing consumed). */
+/* Writes the text that token `id` completes to out (at most cap bytes; cap must be at least
+ * 3 * (held + token bytes) + 3 — mq_tok_stream_max() is always enough: 400 bytes for
+ * Qwen3, whose longest token is 128 bytes). Returns the byte count, or -EINVAL (unknown
+ * id), -ENOSPC (cap too small; nothing consumed). */
 int mq_tok_stream_push(mq_tok_stream *s, int32_t id, char *out, size_t cap);
 /* End of stream: the held incomplete bytes become U+FFFD. Returns the byte count. */
 int mq_tok_stream_flush(mq_tok_stream *s, char *out, size_t cap);
