@@ -250,7 +250,8 @@ static const char *run_cmd(mqd *d, const cJSON *req, cJSON *o, char *buf, size_t
         cJSON_AddStringToObject(o, "message", buf);
     } else if (!strcmp(cmd, "top")) {
         if (!d->probes) {
-            snprintf(buf, buflen, "BPF unavailable: %s", d->probes_err[0] ? d->probes_err : "not loaded");
+            snprintf(buf, buflen, "BPF unavailable: %s",
+                     d->probes_err[0] ? d->probes_err : "not loaded");
             return buf;
         }
         cJSON *arr = cJSON_AddArrayToObject(o, "threads");

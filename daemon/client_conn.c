@@ -43,6 +43,8 @@
 #include "wire.h"
 
 #define SPILL_RING_FACTOR 4
+#define BUSY_RETRIES 200   /* x BUSY_RETRY_US: at most 40 ms */
+#define BUSY_RETRY_US 200
 
 typedef struct mqd_req mqd_req;
 
@@ -72,6 +74,8 @@ typedef struct mqd_conn {
     uid_t uid;
     pid_t pid;
     int hello_done;
+    int denied;      /* SO_PEERCRED refused: answer the first message with ERROR, close */
+    char deny_msg[256];
     int closing;
     int refs; /* atomic */
     mq_chan chan;
@@ -367,9 +371,9 @@ static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
                           : 0;
     }
     r->end_stop = reason == MQ_END_STOP_TOKEN;
+    /* done before the client can see DONE: a SUBMIT that follows it finds the session
+     * free (settle()). r and its conn ref live until finish_req, posted last. */
     __atomic_store_n(&r->done, 1, __ATOMIC_SEQ_CST);
-    /* Post before the client can see DONE, so the loop learns of the end first. */
-    mq_evloop_post(c->d->loop, finish_req, r);
     size_t ml = msg ? strlen(msg) : 0;
     if (ml > 1024)
         ml = 1024;
@@ -377,6 +381,7 @@ static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
     int n = mq_chan_format_done(rec, sizeof rec, r->id, &d, msg, (uint32_t)ml);
     if (n > 0)
         push_rec(c, rec, (uint32_t)n, 1);
+    mq_evloop_post(c->d->loop, finish_req, r);
 }
 
 /* ---- sessions ------------------------------------------------------------------ */
@@ -671,7 +676,8 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     int is_msg = m->u.submit.kind == MQ_WIRE_KIND_MESSAGE;
     if (is_msg != (s->mode == MQ_WIRE_MODE_CHAT)) {
         code = MQ_ERR_BAD_PROMPT;
-        snprintf(msg, sizeof msg, "%s sessions take %s", s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
+        snprintf(msg, sizeof msg, "%s sessions take %s",
+                 s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
                  s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)"
                                               : "text or tokens (mq_send_text/tokens)");
         goto out;
@@ -741,6 +747,12 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     mq_sink sink = {.ctx = r, .on_token = sink_token, .on_done = sink_done};
     char serr[256] = "";
     int rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
+    /* The client sees DONE while the previous on_done is still returning; the scheduler
+     * calls the session busy until it has. That window is microseconds: wait it out. */
+    for (int i = 0; rc == -EBUSY && i < BUSY_RETRIES; i++) {
+        usleep(BUSY_RETRY_US);
+        rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
+    }
     if (rc) {
         s->running = NULL;
         free(r);
@@ -806,6 +818,13 @@ static void on_stats(mqd_conn *c, const mq_msg *m)
 
 static void handle(mqd_conn *c, const mq_msg *m, int passed_fd)
 {
+    if (c->denied) {
+        if (passed_fd >= 0)
+            close(passed_fd);
+        send_error(c, m->seq, MQ_ERR_DENIED, "%s", c->deny_msg);
+        conn_close(c, "denied");
+        return;
+    }
     if (!c->hello_done && m->type != MQ_MSG_HELLO) {
         if (passed_fd >= 0)
             close(passed_fd);
@@ -978,11 +997,11 @@ void mqd_client_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
         c->chan.token.efd = -1;
         pthread_mutex_init(&c->tx_lock, NULL);
         if (!mqd_peer_allowed(d, fd, 0, &uid, &pid, why, sizeof why)) {
-            send_error(c, 0, MQ_ERR_DENIED, "%s", why);
+            /* Answered at its first message: closing now, with the HELLO unread, would
+             * reach the client as ECONNRESET instead of a readable refusal. */
+            c->denied = 1;
+            snprintf(c->deny_msg, sizeof c->deny_msg, "%s", why);
             mqd_log("client socket: refused pid %d uid %u: %s", (int)pid, (unsigned)uid, why);
-            close(fd);
-            conn_unref(c);
-            continue;
         }
         c->uid = uid;
         c->pid = pid;

@@ -39,12 +39,6 @@
 #include "tokenizer.h"
 #include "weight_stream.h"
 
-/* Published by the runtime in weight_stream.h; declared here too so this file builds
- * against either version of the header (identical redeclaration). */
-int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena,
-                     const mq_ws_opts *o, mq_ws_progress *prog, mq_ws_result *res,
-                     struct mq_model **out, char *err, size_t errlen);
-
 #define CLIENT_SOCKET_MODE 0666 /* access is decided by SO_PEERCRED against the config */
 #define ADMIN_SOCKET_MODE 0660
 #define CTX_DEFAULT_MAX 32768
@@ -227,6 +221,113 @@ static void set_phase(mqd *d, const char *phase)
     mqd_log("loading: %s", phase);
 }
 
+/* ---- weights: mq_model_plan -> io_uring stream (weight_stream.h) -> finish ---------
+ * Weight memory comes from the arena (hugepage-backed); the model's staging buffers
+ * ("staging*", freed by the model after conversion) come from the heap so they really
+ * return. The list of live staging buffers tells the two apart in free(). */
+typedef struct loader {
+    mq_arena *arena;
+    mq_model *model;
+    pthread_mutex_t mu;
+    void **staging;
+    int n_staging, cap_staging;
+} loader;
+
+static void *loader_alloc(void *ctx, size_t bytes, size_t align, const char *what)
+{
+    loader *ld = ctx;
+    if (!what || strncmp(what, "staging", 7))
+        return mq_arena_alloc(ld->arena, bytes, align, what);
+    void *p = NULL;
+    if (posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, bytes))
+        return NULL;
+    pthread_mutex_lock(&ld->mu);
+    if (ld->n_staging == ld->cap_staging) {
+        int cap = ld->cap_staging ? 2 * ld->cap_staging : 64;
+        void **a = realloc(ld->staging, (size_t)cap * sizeof *a);
+        if (!a) {
+            pthread_mutex_unlock(&ld->mu);
+            free(p);
+            return NULL;
+        }
+        ld->staging = a;
+        ld->cap_staging = cap;
+    }
+    ld->staging[ld->n_staging++] = p;
+    pthread_mutex_unlock(&ld->mu);
+    return p;
+}
+
+static void loader_free(void *ctx, void *p, size_t bytes)
+{
+    (void)bytes;
+    loader *ld = ctx;
+    pthread_mutex_lock(&ld->mu);
+    for (int i = 0; i < ld->n_staging; i++)
+        if (ld->staging[i] == p) {
+            ld->staging[i] = ld->staging[--ld->n_staging];
+            free(p);
+            break;
+        } /* otherwise arena memory: it lives as long as the arena */
+    pthread_mutex_unlock(&ld->mu);
+}
+
+static int loader_ready(void *ctx, int i, char *err, size_t errlen)
+{
+    loader *ld = ctx;
+    char e[MQ_ERR_LEN] = "";
+    int rc = mq_model_tensor_ready(ld->model, i, e);
+    if (rc < 0)
+        snprintf(err, errlen, "%s", e);
+    return rc;
+}
+
+static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_ws_result *res,
+                        char *err, size_t errlen)
+{
+    loader *ld = calloc(1, sizeof *ld); /* outlives the load: the model frees through it */
+    if (!ld)
+        return -ENOMEM;
+    ld->arena = d->arena;
+    pthread_mutex_init(&ld->mu, NULL);
+    d->loader = ld;
+    mq_alloc al = {.alloc = loader_alloc, .free = loader_free, .ctx = ld};
+    const mq_read *reads = NULL;
+    int n_reads = 0;
+    char e[MQ_ERR_LEN] = "";
+    mq_model_opts mo = {0};
+    int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &ld->model, &reads, &n_reads, e);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s", e);
+        return rc;
+    }
+    const char *const *paths = NULL;
+    int n_files = mq_model_files(ld->model, &paths);
+    mq_ws_read *wr = calloc((size_t)n_reads + 1, sizeof *wr);
+    if (!wr) {
+        mq_model_free(ld->model);
+        snprintf(err, errlen, "%s: out of memory for %d reads", d->cfg.model_dir, n_reads);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < n_reads; i++)
+        wr[i] = (mq_ws_read){.file = reads[i].file, .offset = reads[i].offset,
+                             .bytes = reads[i].bytes, .dst = reads[i].dst,
+                             .what = reads[i].tensor};
+    rc = mq_ws_run(paths, n_files, wr, n_reads, wo, loader_ready, ld, prog, res, err, errlen);
+    free(wr);
+    if (rc == 0) {
+        rc = mq_model_finish(ld->model, e);
+        if (rc < 0)
+            snprintf(err, errlen, "%s", e);
+    }
+    if (rc < 0) {
+        mq_model_free(ld->model);
+        return rc;
+    }
+    d->model = ld->model;
+    return 0;
+}
+
 typedef struct load_result {
     mqd *d;
     int rc;
@@ -235,7 +336,7 @@ typedef struct load_result {
 
 static void load_done(mq_evloop *l, void *arg);
 
-/* Progress of mq_ws_load_model, copied into the context for the status surfaces. */
+/* Progress of the weight stream, copied into the context for the status surfaces. */
 typedef struct ws_watch {
     mqd *d;
     mq_ws_progress *prog;
@@ -289,9 +390,7 @@ static void *load_main(void *arg)
     memset(&wres, 0, sizeof wres);
     ws_watch watch = {.d = d, .prog = &prog};
     int watching = pthread_create(&watch.th, NULL, ws_watch_main, &watch) == 0;
-    mq_model_opts mo = {0};
-    rc = mq_ws_load_model(d->cfg.model_dir, &mo, d->arena, &wo, &prog, &wres, &d->model, err,
-                          sizeof err);
+    rc = load_weights(d, &wo, &prog, &wres, err, sizeof err);
     if (watching) {
         __atomic_store_n(&watch.stop, 1, __ATOMIC_SEQ_CST);
         pthread_join(watch.th, NULL);
@@ -607,6 +706,14 @@ void mqd_fini(mqd *d)
         mq_model_free(d->model);
     if (d->arena)
         mq_arena_destroy(d->arena);
+    if (d->loader) {
+        struct loader *ld = d->loader;
+        pthread_mutex_destroy(&ld->mu);
+        for (int i = 0; i < ld->n_staging; i++)
+            free(ld->staging[i]);
+        free(ld->staging);
+        free(ld);
+    }
     mq_probes_stop(d->probes);
     if (d->client_fd >= 0) {
         close(d->client_fd);

@@ -55,6 +55,7 @@ typedef struct mqd {
 
     /* model side (owned; created by the load thread, read-only afterwards) */
     struct mq_arena *arena;
+    void *loader;      /* server.c: weight allocator state (staging buffers) */
     struct mq_model *model;
     struct mq_tokenizer *tok;
     struct mq_sched *sched;

@@ -41,10 +41,10 @@ typedef struct tile {
     float m[ROWS_MAX], corr[ROWS_MAX];
     _Alignas(64) float l[ROWS_MAX][16];                   /* softmax denominators, 16 partial sums */
     int limit[ROWS_MAX];            /* last key position row r may see */
-    _Alignas(64) uint16_t q[ROW_FLOATS];                  /* [rows][hdp] BF16 Q */
+    _Alignas(64) uint32_t q[ROW_FLOATS / 2];              /* [rows][hdp/2] BF16 Q, as pairs */
     _Alignas(64) float o[ROW_FLOATS];                     /* [rows][hdp], permuted dims */
     _Alignas(64) float s[ROWS_MAX][TK];                   /* scores of one key tile */
-    _Alignas(64) uint16_t p[ROWS_MAX][TK];                /* BF16 probabilities */
+    _Alignas(64) uint32_t p[ROWS_MAX][TK / 2];            /* BF16 probabilities, as pairs */
     _Alignas(64) uint32_t kt[HD_MAX / 2][TK];
     _Alignas(64) uint16_t vi[HD_MAX / 32][TK / 2][2][32];
 } tile;
@@ -146,7 +146,7 @@ static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const 
     for (int i = 0; i < 2 * NR; i++) acc[i] = _mm512_setzero_ps();
     const uint32_t *q32[8];
     _Pragma("GCC unroll 16")
-    for (int i = 0; i < NR; i++) q32[i] = (const uint32_t *)(t->q + (size_t)(r + i) * t->hdp);
+    for (int i = 0; i < NR; i++) q32[i] = t->q + (size_t)(r + i) * t->hdp / 2;
     for (int dp = 0; dp < t->hd / 2; dp++) {
         const __m512bh k0 = (__m512bh)_mm512_load_si512(&t->kt[dp][0]);
         const __m512bh k1 = (__m512bh)_mm512_load_si512(&t->kt[dp][16]);
@@ -176,7 +176,7 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
             const __m512 cr = _mm512_set1_ps(t->corr[r + i]);
             lo[i] = _mm512_mul_ps(_mm512_load_ps(o), cr);
             hi[i] = _mm512_mul_ps(_mm512_load_ps(o + 16), cr);
-            p32[i] = (const uint32_t *)t->p[r + i];
+            p32[i] = t->p[r + i];
         }
         for (int jp = 0; jp < TK / 2; jp++) {
             const __m512bh b0 = (__m512bh)_mm512_load_si512(t->vi[c][jp][0]);
@@ -267,7 +267,7 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
         const float *q = a->q + ((size_t)tok * a->n_head + h) * hd;
         for (int d = 0; d < hd; d += 16) {
             const __mmask16 m = hd - d >= 16 ? 0xffff : (__mmask16)((1u << (hd - d)) - 1);
-            _mm256_mask_storeu_epi16(t->q + (size_t)r * t->hdp + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
+            _mm256_mask_storeu_epi16((uint16_t *)(t->q + (size_t)r * t->hdp / 2) + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
         }
         t->limit[r] = a->pos0 + tok;
         t->m[r] = -INFINITY;

@@ -19,7 +19,9 @@
 
 _Static_assert((int)MQ_EPROTOCOL == (int)MQ_ERR_PROTOCOL && (int)MQ_EKVFULL == (int)MQ_ERR_KV_FULL,
                "public error codes mirror the wire codes");
-_Static_assert((int)MQ_END_CANCELLED == (int)MQ_CHAN_END_CANCEL && (int)MQ_END_SHUTDOWN == (int)MQ_CHAN_END_SHUTDOWN, "end reasons");
+_Static_assert((int)MQ_END_CANCELLED == (int)MQ_CHAN_END_CANCEL &&
+                   (int)MQ_END_SHUTDOWN == (int)MQ_CHAN_END_SHUTDOWN,
+               "end reasons");
 _Static_assert((int)MQ_PARAM_ENABLE_THINKING == (int)MQ_GEN_ENABLE_THINKING, "param flags");
 
 #define REPLY_TIMEOUT_S 300 /* a SUBMIT of a 100k-token text prompt is tokenized in mqd */

@@ -140,6 +140,7 @@ static int ask(mq_conn *c, uint64_t session, const opts *o, const char *text)
                 fprintf(stderr, "mq: request failed: %s%s%s\n", mq_strerror(ev.error),
                         ev.text_len ? ": " : "", ev.text);
         }
+        fflush(stdout); /* the statistics line follows the answer */
         if (o->stats)
             fprintf(stderr,
                     "[%s] prompt %u tokens (%u cached, %u prefilled), %u generated, TTFT %.1f ms, "

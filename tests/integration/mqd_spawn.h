@@ -25,10 +25,12 @@
 
 #include "harness.h"
 
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 static char spawn_bin[4096];
 
 /* build/ of this test binary (build/tests/integration/test_x -> build). */
-static const char *spawn_build_dir(void)
+static inline const char *spawn_build_dir(void)
 {
     if (!spawn_bin[0]) {
         ssize_t n = readlink("/proc/self/exe", spawn_bin, sizeof spawn_bin - 1);
@@ -42,7 +44,7 @@ static const char *spawn_build_dir(void)
     return spawn_bin;
 }
 
-static double spawn_now(void)
+static inline double spawn_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -50,7 +52,7 @@ static double spawn_now(void)
 }
 
 /* A fresh directory everyone can traverse (mqd may run as nobody). */
-static void spawn_tmpdir(char *dir, size_t len)
+static inline void spawn_tmpdir(char *dir, size_t len)
 {
     snprintf(dir, len, "/tmp/mqtest-XXXXXX");
     if (!mkdtemp(dir))
@@ -58,7 +60,7 @@ static void spawn_tmpdir(char *dir, size_t len)
     chmod(dir, 0755);
 }
 
-static const char *spawn_model(void)
+static inline const char *spawn_model(void)
 {
     static char p[4096];
     snprintf(p, sizeof p, "%s", shared_path("models/mq-qwen3-80m"));
@@ -67,7 +69,7 @@ static const char *spawn_model(void)
 
 /* fork + exec argv[0] with extra environment entries (NAME=VALUE, NULL-terminated);
  * stdout/stderr to log. */
-static pid_t spawn(char *const argv[], char *const env_extra[], const char *log)
+static inline pid_t spawn(char *const argv[], char *const env_extra[], const char *log)
 {
     pid_t pid = fork();
     if (pid == 0) {
@@ -85,7 +87,7 @@ static pid_t spawn(char *const argv[], char *const env_extra[], const char *log)
     return pid;
 }
 
-static void spawn_dump_log(const char *log)
+static inline void spawn_dump_log(const char *log)
 {
     FILE *f = fopen(log, "r");
     if (!f)
@@ -98,7 +100,7 @@ static void spawn_dump_log(const char *log)
 }
 
 /* One admin request ({"cmd": ...} plus extra fields); the reply object, or NULL. */
-static cJSON *admin_call(const char *sock, const char *cmd, long long id)
+static inline cJSON *admin_call(const char *sock, const char *cmd, long long id)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -128,7 +130,7 @@ static cJSON *admin_call(const char *sock, const char *cmd, long long id)
     return r;
 }
 
-static double jnum(const cJSON *o, const char *a, const char *b)
+static inline double jnum(const cJSON *o, const char *a, const char *b)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
     if (b)
@@ -136,14 +138,14 @@ static double jnum(const cJSON *o, const char *a, const char *b)
     return cJSON_IsNumber(v) ? v->valuedouble : -1;
 }
 
-static const char *jstr(const cJSON *o, const char *a)
+static inline const char *jstr(const cJSON *o, const char *a)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
 /* Polls the admin socket until state is "ready" (1), the process died (0) or timeout. */
-static int spawn_wait_ready(const char *admin, pid_t pid, int timeout_s)
+static inline int spawn_wait_ready(const char *admin, pid_t pid, int timeout_s)
 {
     double t0 = spawn_now();
     while (spawn_now() - t0 < timeout_s) {
@@ -161,7 +163,7 @@ static int spawn_wait_ready(const char *admin, pid_t pid, int timeout_s)
 }
 
 /* Waits up to timeout_s for pid; returns its wait status or -1. */
-static int spawn_wait_exit(pid_t pid, int timeout_s)
+static inline int spawn_wait_exit(pid_t pid, int timeout_s)
 {
     double t0 = spawn_now();
     int st;
@@ -174,7 +176,7 @@ static int spawn_wait_exit(pid_t pid, int timeout_s)
 }
 
 /* The value of "Key:" in /proc/<pid>/status, or "" */
-static const char *proc_status(pid_t pid, const char *key, char *out, size_t len)
+static inline const char *proc_status(pid_t pid, const char *key, char *out, size_t len)
 {
     char path[64], line[512];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
