@@ -32,6 +32,7 @@
 #include "kv_store.h"
 #include "model.h"
 #include "pool.h"
+#include "sampler.h"
 #include "tokenizer.h"
 
 #define SCHED_IDLE_TICK_MS 500      /* drivers bump their progress counter this often when idle */
@@ -59,8 +60,10 @@ struct req {
     mq_req_stats st;
     double t_submit, t_first_chunk, t_prefill_busy, t_first_tok, t_last_tok;
     mq_tok_stream ts;
-    char tail[SCHED_STOP_TAIL];
-    int n_tail;
+    mq_sampler smp;            /* per-request sampling state (daemon/sampler.h) */
+    int has_smp;
+    mq_stop stopper;            /* stop strings on the streamed text, withholding partial matches */
+    int has_stop;
     struct req *next;           /* queue / decode list link */
 };
 
@@ -256,6 +259,14 @@ static int reclaim_idle(mq_sched *s, int need, const struct session *except)
 
 /* ---- request end ---- */
 
+static void req_free(struct req *r)
+{
+    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
+    if (r->has_smp) mq_sampler_free(&r->smp);
+    if (r->has_stop) mq_stop_free(&r->stopper);
+    free(r);
+}
+
 static void fill_stats(struct req *r, double t_end)
 {
     r->st.generated_tokens = r->generated;
@@ -301,8 +312,7 @@ static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err
     r->ss->notifying--;   /* close/drain/destroy wait for this: on_done has returned */
     pthread_cond_broadcast(&s->done_cv);
     pthread_mutex_unlock(&s->mu);
-    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
-    free(r);
+    req_free(r);
 }
 
 static void queue_remove(mq_sched *s, struct req *r)
@@ -332,8 +342,11 @@ static void decode_remove(mq_sched *s, struct req *r)
 
 static int32_t sample(mq_sched *s, struct req *r, float *logits)
 {
-    (void)r;
-    /* greedy until the sampler module lands */
+    if (r->has_smp) {
+        /* penalties see the whole history: prompt and generated ids, as transformers */
+        int32_t id = mq_sampler_sample(&r->smp, logits, r->ss->hist, (size_t)r->ss->n_hist);
+        if (id >= 0) return id;
+    }
     return (int32_t)mq_argmax(logits, s->vocab);
 }
 
@@ -361,31 +374,42 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
     ss->hist[ss->n_hist] = id;   /* capacity reserved at submit; length published under lock */
     r->generated++;
     r->emitted_first = 1;
-    char buf[512];
+    int end = 0;
+    if (is_stop_id(s, r, id)) end = 1 + MQ_END_STOP_TOKEN;
+    else if (ss->n_hist + 1 >= r->limit) end = 1 + MQ_END_LENGTH;
+    /* text: the tokenizer's streaming decoder (UTF-8 complete), then the stop-string
+     * matcher, which withholds what may be the start of a stop string */
+    char buf[1024], out[2048];
     int len = 0;
+    size_t olen = 0;
     if (s->tok) {
         len = mq_tok_stream_push(&r->ts, id, buf, sizeof buf);
         if (len < 0) len = 0;
-    }
-    if (r->sink.on_token) r->sink.on_token(r->sink.ctx, id, len ? buf : NULL, (size_t)len);
-    if (is_stop_id(s, r, id)) return 1 + MQ_END_STOP_TOKEN;
-    if (len > 0 && r->p.n_stop_strs > 0) {
-        /* keep the last SCHED_STOP_TAIL bytes and look for a stop string ending in them */
-        if (len >= SCHED_STOP_TAIL) {
-            memcpy(r->tail, buf + len - SCHED_STOP_TAIL, SCHED_STOP_TAIL);
-            r->n_tail = SCHED_STOP_TAIL;
-        } else {
-            int keep = r->n_tail + len > SCHED_STOP_TAIL ? SCHED_STOP_TAIL - len : r->n_tail;
-            memmove(r->tail, r->tail + r->n_tail - keep, (size_t)keep);
-            memcpy(r->tail + keep, buf, (size_t)len);
-            r->n_tail = keep + len;
+        if (end) {
+            int f = mq_tok_stream_flush(&r->ts, buf + len, sizeof buf - (size_t)len);
+            if (f > 0) len += f;
         }
-        for (int i = 0; i < r->p.n_stop_strs; i++)
-            if (r->stop[i] && memmem(r->tail, (size_t)r->n_tail, r->stop[i], strlen(r->stop[i])))
-                return 1 + MQ_END_STOP_STRING;
     }
-    if (ss->n_hist + 1 >= r->limit) return 1 + MQ_END_LENGTH;
-    return 0;
+    if (r->has_stop) {
+        const char *rel = NULL;
+        size_t rl = 0;
+        int st = len > 0 ? mq_stop_feed(&r->stopper, buf, (size_t)len, &rel, &rl) : 0;
+        if (st > 0) end = 1 + MQ_END_STOP_STRING;
+        if (rl > sizeof out) rl = sizeof out;
+        if (rl) memcpy(out, rel, rl);
+        olen = rl;
+        if (end && st <= 0) {   /* ending for another reason: release what was held back */
+            mq_stop_flush(&r->stopper, &rel, &rl);
+            if (rl > sizeof out - olen) rl = sizeof out - olen;
+            if (rl) memcpy(out + olen, rel, rl);
+            olen += rl;
+        }
+    } else {
+        memcpy(out, buf, (size_t)len);
+        olen = (size_t)len;
+    }
+    if (r->sink.on_token) r->sink.on_token(r->sink.ctx, id, olen ? out : NULL, olen);
+    return end;
 }
 
 /* ---- the prefill driver ---- */
@@ -931,6 +955,33 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     }
     for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) gp.stop_strs[i] = NULL;
     r->p = gp;
+    mq_sampler_params sp;
+    mq_sampler_params_default(&sp);
+    sp.temperature = gp.temperature;
+    sp.top_k = gp.top_k;
+    sp.top_p = gp.top_p > 0 && gp.top_p < 1 ? gp.top_p : 1;
+    sp.min_p = gp.min_p;
+    sp.repetition_penalty = gp.repetition_penalty > 0 ? gp.repetition_penalty : 1;
+    sp.presence_penalty = gp.presence_penalty;
+    sp.seed = gp.seed;
+    int sr = 0;
+    if (gp.temperature > 0 || sp.repetition_penalty != 1 || sp.presence_penalty != 0) {
+        sr = mq_sampler_init(&r->smp, &sp, s->vocab);
+        r->has_smp = sr == 0;
+    }
+    int n_strs = 0;
+    const char *strs[MQ_SCHED_MAX_STOP_STRS];
+    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++)
+        if (r->stop[i]) strs[n_strs++] = r->stop[i];
+    if (sr == 0 && n_strs > 0) {
+        sr = mq_stop_init(&r->stopper, NULL, 0, strs, n_strs);
+        r->has_stop = sr == 0;
+    }
+    if (sr < 0) {
+        snprintf(err, errlen, "submit: bad sampling parameters or stop strings (%s)", strerror(-sr));
+        req_free(r);
+        return sr;
+    }
     if (sink) r->sink = *sink;
     r->t_submit = now_s();
     if (s->tok) mq_tok_stream_init(&r->ts, s->tok, MQ_TOK_SKIP_SPECIAL, 0);
@@ -979,8 +1030,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     }
     if (rc) {
         pthread_mutex_unlock(&s->mu);
-        for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
-        free(r);
+        req_free(r);
         return rc;
     }
     r->ss = ss;

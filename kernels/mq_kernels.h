@@ -108,7 +108,9 @@ int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, 
  * must be prepared before the GEMM. Re-entrant for disjoint row ranges. */
 void mq_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1);
 
-/* Y[m, n0..n1) = X · Wᵀ per NVFP4.md's GEMM formula, FP32 out (row stride ldy). */
+/* Y[m, n0..n1) = X · Wᵀ per NVFP4.md's GEMM formula, FP32 out (row stride ldy).
+ * The SIMD GEMMs (this and mq_gemm_bf16) repack weight panels on the stack: give calling
+ * threads at least 64 KB of stack beyond their own use (they take about 40 KB). */
 void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
 
 /* ---- BF16 ---------------------------------------------------------------------- */

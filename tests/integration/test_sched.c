@@ -7,6 +7,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -435,10 +436,32 @@ static void test_stops_and_drain(void)
         mq_sink s2 = sink_of(&r2);
         CHECK(mq_sched_submit(s, a, t, n, &p2, &s2, err, sizeof err) == 0, "submit");
         rec_wait(&r2, 60);
-        CHECK(r2.why == MQ_END_STOP_STRING && strstr(r2.text, stop), "stop string \"%s\": %s \"%s\"", stop,
-              mq_end_reason_name(r2.why), r2.text);
+        /* the text before the stop string is released, the stop string is not */
+        size_t before = (size_t)(strstr(r0.text, stop) - r0.text);
+        CHECK(r2.why == MQ_END_STOP_STRING && r2.n_text == before && strncmp(r2.text, r0.text, before) == 0,
+              "stop string \"%s\": %s \"%s\" (greedy text \"%s\")", stop, mq_end_reason_name(r2.why), r2.text,
+              r0.text);
         mq_sched_session_close(s, a);
     }
+
+    /* sampling: the same seed draws the same tokens, another seed other ones */
+    struct rec rs[3];
+    uint64_t seeds[3] = { 7, 7, 8 };
+    for (int i = 0; i < 3; i++) {
+        mq_sched_session_open(s, &a);
+        rec_init(&rs[i]);
+        mq_gen_params ps = { .max_tokens = 16, .temperature = 1.0f, .top_p = 0.95f, .seed = seeds[i] };
+        mq_sink ss = sink_of(&rs[i]);
+        CHECK(mq_sched_submit(s, a, t, n, &ps, &ss, err, sizeof err) == 0, "submit sampled: %s", err);
+        rec_wait(&rs[i], 60);
+        mq_sched_session_close(s, a);
+    }
+    CHECK(memcmp(rs[0].ids, rs[1].ids, 16 * sizeof(int32_t)) == 0, "same seed, same tokens");
+    CHECK(memcmp(rs[0].ids, rs[2].ids, 16 * sizeof(int32_t)) != 0, "another seed, other tokens");
+    mq_gen_params bad = { .max_tokens = 4, .temperature = 1.0f, .top_p = -1.0f, .min_p = NAN };
+    mq_sink sb = sink_of(&rs[0]);
+    mq_sched_session_open(s, &a);
+    CHECK(mq_sched_submit(s, a, t, n, &bad, &sb, err, sizeof err) == -EINVAL, "bad sampling parameters refused: %s", err);
 
     /* drain: a running request is cancelled at the timeout, new ones are refused */
     mq_sched_session_open(s, &a);
