@@ -60,7 +60,7 @@ ALL_LIBS = $(LIBMQD) $(LIBKERNELS) $(LIBIPC)
 
 .SECONDARY:
 
-.PHONY: all test test-fast test-asan bench bench-kernels eval run install clean deps fuzz
+.PHONY: all test test-fast test-asan bench bench-kernels bench-e2e eval run install clean deps fuzz
 all: $(LIBKERNELS) $(LIBIPC) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) $(TESTS) $(BENCHES)
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
@@ -127,6 +127,11 @@ bench-kernels: deps all
 # `make bench` runs every target listed in BENCH_TARGETS, in order; other benchmarks
 # append themselves (BENCH_TARGETS += bench-e2e) anywhere in this Makefile.
 BENCH_TARGETS += bench-kernels
+# End to end: scheduler + engine on synthetic Qwen3-0.6B/-1.7B checkpoints (written once
+# into build/models by build/mq_synth). BENCH_E2E_FLAGS=--quick for a shorter run.
+BENCH_TARGETS += bench-e2e
+bench-e2e: deps all
+	$(BUILD)/bench_e2e $(BENCH_E2E_FLAGS)
 bench:
 	@for t in $(BENCH_TARGETS); do $(MAKE) --no-print-directory $$t || exit 1; done
 
