@@ -1,5 +1,6 @@
 /* ipc/channel.c — creation/mapping of the per-client memfd channel (see channel.h). */
 #define _GNU_SOURCE
+#include "errmsg.h"
 #include "channel.h"
 
 #include <errno.h>
@@ -19,16 +20,6 @@ _Static_assert(sizeof(mq_chan_hdr) <= MQ_CHAN_HDR_BYTES, "header fits its page")
 _Static_assert(sizeof(mq_chan_rec) == 24, "record header is 24 bytes");
 _Static_assert(sizeof(mq_chan_done) == 56, "done body is 56 bytes");
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 static int pow2_ok(uint32_t v) { return v >= 4096 && v <= MQ_CHAN_RING_MAX && !(v & (v - 1)); }
 
@@ -38,7 +29,7 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
     memset(c, 0, sizeof *c);
     c->fd = -1;
     if (!pow2_ok(prompt_size) || !pow2_ok(token_size))
-        return fail(err, errlen, -EINVAL,
+        return mq_errf(err, errlen, -EINVAL,
                     "channel ring sizes %u/%u must be powers of two in [4096, %u]", prompt_size,
                     token_size, MQ_CHAN_RING_MAX);
     size_t bytes = (size_t)MQ_CHAN_HDR_BYTES + prompt_size + token_size;
@@ -62,18 +53,18 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
     if (base == MAP_FAILED) {
         fd = memfd_create("mq-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0)
-            return fail(err, errlen, -errno, "memfd_create: %s", strerror(errno));
+            return mq_errf(err, errlen, -errno, "memfd_create: %s", strerror(errno));
         if (ftruncate(fd, (off_t)bytes) < 0) {
             int e = errno;
             close(fd);
-            return fail(err, errlen, -e, "ftruncate channel to %zu bytes: %s", bytes,
+            return mq_errf(err, errlen, -e, "ftruncate channel to %zu bytes: %s", bytes,
                         strerror(e));
         }
         base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (base == MAP_FAILED) {
             int e = errno;
             close(fd);
-            return fail(err, errlen, -e, "mmap channel of %zu bytes: %s", bytes, strerror(e));
+            return mq_errf(err, errlen, -e, "mmap channel of %zu bytes: %s", bytes, strerror(e));
         }
     }
     /* The client must not be able to shrink the file under our mapping (SIGBUS in mqd). */
@@ -81,7 +72,7 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
         int e = errno;
         munmap(base, bytes);
         close(fd);
-        return fail(err, errlen, -e, "sealing the channel memfd: %s", strerror(e));
+        return mq_errf(err, errlen, -e, "sealing the channel memfd: %s", strerror(e));
     }
     c->fd = fd;
     c->base = base;
@@ -113,11 +104,11 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     if (fstat(fd, &st) < 0) {
         int e = errno;
         close(fd);
-        return fail(err, errlen, -e, "fstat channel memfd: %s", strerror(e));
+        return mq_errf(err, errlen, -e, "fstat channel memfd: %s", strerror(e));
     }
     if (st.st_size < MQ_CHAN_HDR_BYTES || st.st_size > (off_t)2 * MQ_CHAN_RING_MAX + 2 * HUGE_2M) {
         close(fd);
-        return fail(err, errlen, -EPROTO, "channel memfd has an implausible size %lld",
+        return mq_errf(err, errlen, -EPROTO, "channel memfd has an implausible size %lld",
                     (long long)st.st_size);
     }
     size_t bytes = (size_t)st.st_size;
@@ -125,7 +116,7 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     if (base == MAP_FAILED) {
         int e = errno;
         close(fd);
-        return fail(err, errlen, -e, "mmap channel: %s", strerror(e));
+        return mq_errf(err, errlen, -e, "mmap channel: %s", strerror(e));
     }
     mq_chan_hdr *h = base;
     const char *bad = NULL;
@@ -144,7 +135,7 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     if (bad) {
         munmap(base, bytes);
         close(fd);
-        return fail(err, errlen, -EPROTO, "channel header field %s is invalid", bad);
+        return mq_errf(err, errlen, -EPROTO, "channel header field %s is invalid", bad);
     }
     c->fd = fd;
     c->base = base;

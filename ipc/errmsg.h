@@ -1,0 +1,15 @@
+/* ipc/errmsg.h — the one way mq code reports an error to a caller's message buffer.
+ *
+ * Convention across daemon/ and ipc/: a function returns 0 or a negative errno and, when
+ * given a buffer, writes one line naming the file, field or peer at fault. Thread-safe.
+ */
+#ifndef MQ_IPC_ERRMSG_H
+#define MQ_IPC_ERRMSG_H
+
+#include <stddef.h>
+
+/* Formats into err[errlen] (if err && errlen) and returns rc, so callers can write
+ * `return mq_errf(err, errlen, -EINVAL, "%s: bad field", path);`. */
+int mq_errf(char *err, size_t errlen, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+#endif
