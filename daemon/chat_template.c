@@ -177,25 +177,25 @@ static int content_of(const cJSON *m, sbuf *out)
 
 static int check_messages(const cJSON *messages, char *err, size_t errlen)
 {
-    if (!cJSON_IsArray(messages)) return mq_errf(err, errlen, -EINVAL, "chat: messages must be a JSON array");
+    if (!cJSON_IsArray(messages)) return mq_errmsg(err, errlen, -EINVAL, "chat: messages must be a JSON array");
     int i = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, messages) {
-        if (!cJSON_IsObject(m)) return mq_errf(err, errlen, -EINVAL, "chat: messages[%d] is not an object", i);
+        if (!cJSON_IsObject(m)) return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d] is not an object", i);
         if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(m, "role")))
-            return mq_errf(err, errlen, -EINVAL, "chat: messages[%d] has no string \"role\"", i);
+            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d] has no string \"role\"", i);
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (c && !cJSON_IsString(c) && !cJSON_IsNull(c) && !cJSON_IsArray(c))
-            return mq_errf(err, errlen, -EINVAL, "chat: messages[%d].content must be a string, null or a list", i);
+            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content must be a string, null or a list", i);
         if (cJSON_IsArray(c)) {
             const cJSON *it;
             cJSON_ArrayForEach(it, c)
                 if (!cJSON_IsString(it) && !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "text")))
-                    return mq_errf(err, errlen, -EINVAL, "chat: messages[%d].content has a non-text part", i);
+                    return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content has a non-text part", i);
         }
         const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
         if (tc && !cJSON_IsNull(tc) && !cJSON_IsArray(tc))
-            return mq_errf(err, errlen, -EINVAL, "chat: messages[%d].tool_calls must be a list", i);
+            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].tool_calls must be a list", i);
         i++;
     }
     return 0;
@@ -267,7 +267,7 @@ static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const
     for (int i = from; i < n; i++, m = m->next) {
         const char *role = role_of(m);
         sbuf c = { 0 };
-        if (content_of(m, &c)) { free(c.p); return mq_errf(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
+        if (content_of(m, &c)) { free(c.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
         int is_last = i == n - 1;
         if (!strcmp(role, "user") || (!strcmp(role, "system") && i != 0)) {
             sb_puts(o, "<|im_start|>");
@@ -358,7 +358,7 @@ static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq
     const cJSON *m0 = cJSON_GetArrayItem(msgs, 0);
     int first_system = m0 && !strcmp(role_of(m0), "system");
     sbuf c0 = { 0 };
-    if (m0 && content_of(m0, &c0)) { free(c0.p); return mq_errf(err, errlen, -EINVAL, "chat: messages[0].content"); }
+    if (m0 && content_of(m0, &c0)) { free(c0.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[0].content"); }
     if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) { /* {%- if tools %} */
         sb_puts(o, "<|im_start|>system\n");
         if (first_system) { sb_add(o, c0.p, c0.len); sb_puts(o, "\n\n"); }
@@ -395,7 +395,7 @@ static int render_chatml_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs) {
         sbuf c = { 0 };
-        if (content_of(m, &c)) { free(c.p); return mq_errf(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
+        if (content_of(m, &c)) { free(c.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
         sb_puts(o, "<|im_start|>");
         sb_puts(o, role_of(m));
         sb_puts(o, "\n");
@@ -447,7 +447,7 @@ static int render_llama3_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs) {
         sbuf c = { 0 };
-        if (content_of(m, &c)) { free(c.p); return mq_errf(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
+        if (content_of(m, &c)) { free(c.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
         const char *a = c.p, *b = c.p + c.len;
         py_strip(&a, &b); /* message['content'] | trim */
         sb_puts(o, "<|start_header_id|>");
@@ -485,7 +485,7 @@ const char *mq_chat_name(mq_chat_kind kind)
 
 int mq_chat_detect(const char *t, mq_chat_kind *kind, char *err, size_t errlen)
 {
-    if (!t) return mq_errf(err, errlen, -ENOENT, "chat template: tokenizer_config.json has no chat_template; "
+    if (!t) return mq_errmsg(err, errlen, -ENOENT, "chat template: tokenizer_config.json has no chat_template; "
                                               "choose one by name (qwen3, chatml, llama3)");
     int im = strstr(t, "<|im_start|>") != NULL;
     /* Qwen3: ChatML with reasoning_content/<think> handling and <tool_response> grouping */
@@ -504,13 +504,13 @@ int mq_chat_detect(const char *t, mq_chat_kind *kind, char *err, size_t errlen)
         *kind = MQ_CHAT_LLAMA3;
         return 0;
     }
-    return mq_errf(err, errlen, -ENOTSUP, "chat template not recognised (starts \"%.60s\"); "
+    return mq_errmsg(err, errlen, -ENOTSUP, "chat template not recognised (starts \"%.60s\"); "
                                        "choose one by name: qwen3, chatml, llama3", t);
 }
 
 static int finish(sbuf *o, int rc, char **out, size_t *len, char *err, size_t errlen)
 {
-    if ((!rc && o->oom) || rc == -ENOMEM) rc = mq_errf(err, errlen, -ENOMEM, "chat: out of memory");
+    if ((!rc && o->oom) || rc == -ENOMEM) rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
     if (rc) { free(o->p); *out = NULL; *len = 0; return rc; }
     if (!o->p) sb_add(o, "", 0);
     if (o->oom) { free(o->p); return -ENOMEM; }
@@ -528,10 +528,10 @@ int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools,
     int rc = check_messages(messages, err, errlen);
     if (rc) return rc;
     if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools))
-        return mq_errf(err, errlen, -EINVAL, "chat: tools must be a list");
+        return mq_errmsg(err, errlen, -EINVAL, "chat: tools must be a list");
     switch (kind) {
     case MQ_CHAT_QWEN3:
-        if (cJSON_GetArraySize(messages) == 0) return mq_errf(err, errlen, -EINVAL, "chat: qwen3 needs at least one message");
+        if (cJSON_GetArraySize(messages) == 0) return mq_errmsg(err, errlen, -EINVAL, "chat: qwen3 needs at least one message");
         rc = render_qwen3(&o, messages, tools, opts, err, errlen);
         break;
     case MQ_CHAT_CHATML:
@@ -544,7 +544,7 @@ int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools,
         if (!rc && opts->add_generation_prompt) sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     default:
-        rc = mq_errf(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
+        rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }
     return finish(&o, rc, out, len, err, errlen);
 }
@@ -571,7 +571,7 @@ int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq
             if (!all || !prev || !cJSON_AddStringToObject(prev, "role", "assistant")) {
                 cJSON_Delete(all);
                 cJSON_Delete(prev);
-                return mq_errf(err, errlen, -ENOMEM, "chat: out of memory");
+                return mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
             }
             cJSON_AddItemToArray(all, prev);
             const cJSON *m;
@@ -581,7 +581,7 @@ int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq
                 if (!ref) { ok = 0; break; }
                 cJSON_AddItemToArray(all, ref);
             }
-            if (!ok) rc = mq_errf(err, errlen, -ENOMEM, "chat: out of memory");
+            if (!ok) rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
             else rc = qwen3_loop(&o, all, 1, qwen3_last_query(all, 0), "assistant", err, errlen);
             cJSON_Delete(all);
         }
@@ -598,7 +598,7 @@ int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq
         if (!rc && opts->add_generation_prompt) sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     default:
-        rc = mq_errf(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
+        rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }
     return finish(&o, rc, out, len, err, errlen);
 }

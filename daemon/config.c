@@ -119,7 +119,7 @@ static int set_str(mqd_config *c, const field *f, const char *v, const char *whe
 {
     size_t n = strlen(v);
     if (n >= f->size)
-        return mq_errf(err, errlen, -EINVAL, "%s%s: %zu bytes, at most %zu", where, f->name, n,
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s: %zu bytes, at most %zu", where, f->name, n,
                     f->size - 1);
     memcpy((char *)c + f->off, v, n + 1);
     return 0;
@@ -137,7 +137,7 @@ static int set_word(mqd_config *c, const field *f, const char *v, const char *wh
     for (int i = 0; f->words[i]; i++)
         snprintf(allowed + strlen(allowed), sizeof allowed - strlen(allowed), "%s%s",
                  i ? ", " : "", f->words[i]);
-    return mq_errf(err, errlen, -EINVAL, "%s%s: \"%.64s\" is not one of %s", where, f->name, v,
+    return mq_errmsg(err, errlen, -EINVAL, "%s%s: \"%.64s\" is not one of %s", where, f->name, v,
                 allowed);
 }
 
@@ -145,7 +145,7 @@ static int set_u32(mqd_config *c, const field *f, double v, const char *where, c
                    size_t errlen)
 {
     if (v != (double)(long long)v || v < f->min || v > f->max)
-        return mq_errf(err, errlen, -EINVAL, "%s%s: %g is not an integer in [%u, %u]", where,
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s: %g is not an integer in [%u, %u]", where,
                     f->name, v, f->min, f->max);
     *(uint32_t *)((char *)c + f->off) = (uint32_t)v;
     return 0;
@@ -155,11 +155,11 @@ static int list_add(char (*list)[MQ_CFG_NAME], int idx, const char *v, const fie
                     const char *where, char *err, size_t errlen)
 {
     if (idx >= MQ_CFG_LIST)
-        return mq_errf(err, errlen, -EINVAL, "%s%s: more than %d entries", where, f->name,
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s: more than %d entries", where, f->name,
                     MQ_CFG_LIST);
     size_t n = strlen(v);
     if (n == 0 || n >= MQ_CFG_NAME)
-        return mq_errf(err, errlen, -EINVAL, "%s%s[%d]: name of %zu bytes (1..%d allowed)", where,
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s[%d]: name of %zu bytes (1..%d allowed)", where,
                     f->name, idx, n, MQ_CFG_NAME - 1);
     memcpy(list[idx], v, n + 1);
     if (idx + 1 < MQ_CFG_LIST)
@@ -176,48 +176,48 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         long off = at && at >= text && at <= text + len ? (long)(at - text) : -1;
-        return mq_errf(err, errlen, -EINVAL, "%snot valid JSON (near byte %ld)", where, off);
+        return mq_errmsg(err, errlen, -EINVAL, "%snot valid JSON (near byte %ld)", where, off);
     }
     int rc = 0;
     if (!cJSON_IsObject(root)) {
-        rc = mq_errf(err, errlen, -EINVAL, "%sthe top level must be an object", where);
+        rc = mq_errmsg(err, errlen, -EINVAL, "%sthe top level must be an object", where);
         goto out;
     }
     for (cJSON *it = root->child; it && !rc; it = it->next) {
         const field *f = it->string ? find(it->string) : NULL;
         if (!f || strchr(it->string, '-')) {
-            rc = mq_errf(err, errlen, -EINVAL, "%sunknown field \"%.64s\"", where,
+            rc = mq_errmsg(err, errlen, -EINVAL, "%sunknown field \"%.64s\"", where,
                       it->string ? it->string : "");
             break;
         }
         switch (f->t) {
         case F_STR:
             if (!cJSON_IsString(it))
-                rc = mq_errf(err, errlen, -EINVAL, "%s%s: must be a string", where, f->name);
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a string", where, f->name);
             else
                 rc = set_str(c, f, it->valuestring, where, err, errlen);
             break;
         case F_ENUM:
             if (!cJSON_IsString(it))
-                rc = mq_errf(err, errlen, -EINVAL, "%s%s: must be a string", where, f->name);
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a string", where, f->name);
             else
                 rc = set_word(c, f, it->valuestring, where, err, errlen);
             break;
         case F_U32:
             if (!cJSON_IsNumber(it))
-                rc = mq_errf(err, errlen, -EINVAL, "%s%s: must be a number", where, f->name);
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a number", where, f->name);
             else
                 rc = set_u32(c, f, it->valuedouble, where, err, errlen);
             break;
         case F_BOOL:
             if (!cJSON_IsBool(it))
-                rc = mq_errf(err, errlen, -EINVAL, "%s%s: must be true or false", where, f->name);
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be true or false", where, f->name);
             else
                 *(uint32_t *)((char *)c + f->off) = cJSON_IsTrue(it) ? 1 : 0;
             break;
         case F_LIST: {
             if (!cJSON_IsArray(it)) {
-                rc = mq_errf(err, errlen, -EINVAL, "%s%s: must be an array of names", where,
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be an array of names", where,
                           f->name);
                 break;
             }
@@ -226,7 +226,7 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
             int i = 0;
             for (cJSON *e = it->child; e && !rc; e = e->next, i++) {
                 if (!cJSON_IsString(e))
-                    rc = mq_errf(err, errlen, -EINVAL, "%s%s[%d]: must be a string", where,
+                    rc = mq_errmsg(err, errlen, -EINVAL, "%s%s[%d]: must be a string", where,
                               f->name, i);
                 else
                     rc = list_add(list, i, e->valuestring, f, where, err, errlen);
@@ -244,11 +244,11 @@ int mqd_config_load_file(mqd_config *c, const char *path, char *err, size_t errl
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return mq_errf(err, errlen, -errno, "%s: %s", path, strerror(errno));
+        return mq_errmsg(err, errlen, -errno, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0 || st.st_size > MAX_CONFIG_BYTES) {
         close(fd);
-        return mq_errf(err, errlen, -EFBIG, "%s: not a regular file of at most %u bytes", path,
+        return mq_errmsg(err, errlen, -EFBIG, "%s: not a regular file of at most %u bytes", path,
                     MAX_CONFIG_BYTES);
     }
     char *buf = malloc((size_t)st.st_size + 1);
@@ -273,7 +273,7 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
 {
     const field *f = find(key);
     if (!f)
-        return mq_errf(err, errlen, -ENOENT, "unknown option --%s", key);
+        return mq_errmsg(err, errlen, -ENOENT, "unknown option --%s", key);
     const char *where = "--";
     switch (f->t) {
     case F_STR:
@@ -286,7 +286,7 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
         else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no"))
             *(uint32_t *)((char *)c + f->off) = 0;
         else
-            return mq_errf(err, errlen, -EINVAL, "--%s: \"%.32s\" is not true/false", f->name,
+            return mq_errmsg(err, errlen, -EINVAL, "--%s: \"%.32s\" is not true/false", f->name,
                         value);
         return 0;
     case F_U32: {
@@ -294,7 +294,7 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
         errno = 0;
         unsigned long long v = strtoull(value, &end, 10);
         if (!*value || *end || errno || value[0] == '-')
-            return mq_errf(err, errlen, -EINVAL, "--%s: \"%.32s\" is not a number", f->name,
+            return mq_errmsg(err, errlen, -EINVAL, "--%s: \"%.32s\" is not a number", f->name,
                         value);
         return set_u32(c, f, (double)v, where, err, errlen);
     }
@@ -342,40 +342,40 @@ static int valid_cpu_list(const char *s)
 int mqd_config_validate(const mqd_config *c, char *err, size_t errlen)
 {
     if (!c->model_dir[0])
-        return mq_errf(err, errlen, -EINVAL, "model_dir: not set (config file or --model-dir)");
+        return mq_errmsg(err, errlen, -EINVAL, "model_dir: not set (config file or --model-dir)");
     if (!valid_cpu_list(c->prefill_cpus))
-        return mq_errf(err, errlen, -EINVAL, "prefill_cpus: \"%s\" is not a CPU list like 0-3,6",
+        return mq_errmsg(err, errlen, -EINVAL, "prefill_cpus: \"%s\" is not a CPU list like 0-3,6",
                     c->prefill_cpus);
     if (!valid_cpu_list(c->decode_cpus))
-        return mq_errf(err, errlen, -EINVAL, "decode_cpus: \"%s\" is not a CPU list like 0-3,6",
+        return mq_errmsg(err, errlen, -EINVAL, "decode_cpus: \"%s\" is not a CPU list like 0-3,6",
                     c->decode_cpus);
     if (c->kv_tokens % c->kv_block_tokens)
-        return mq_errf(err, errlen, -EINVAL,
+        return mq_errmsg(err, errlen, -EINVAL,
                     "kv_tokens: %u is not a multiple of kv_block_tokens (%u)", c->kv_tokens,
                     c->kv_block_tokens);
     if (c->ctx_tokens && c->ctx_tokens > c->kv_tokens)
-        return mq_errf(err, errlen, -EINVAL, "ctx_tokens: %u is more than kv_tokens (%u)",
+        return mq_errmsg(err, errlen, -EINVAL, "ctx_tokens: %u is more than kv_tokens (%u)",
                     c->ctx_tokens, c->kv_tokens);
     if (c->prompt_ring_kib & (c->prompt_ring_kib - 1))
-        return mq_errf(err, errlen, -EINVAL, "prompt_ring_kib: %u is not a power of two",
+        return mq_errmsg(err, errlen, -EINVAL, "prompt_ring_kib: %u is not a power of two",
                     c->prompt_ring_kib);
     if (c->token_ring_kib & (c->token_ring_kib - 1))
-        return mq_errf(err, errlen, -EINVAL, "token_ring_kib: %u is not a power of two",
+        return mq_errmsg(err, errlen, -EINVAL, "token_ring_kib: %u is not a power of two",
                     c->token_ring_kib);
     if (c->max_sessions_per_client > c->max_sessions)
-        return mq_errf(err, errlen, -EINVAL,
+        return mq_errmsg(err, errlen, -EINVAL,
                     "max_sessions_per_client: %u is more than max_sessions (%u)",
                     c->max_sessions_per_client, c->max_sessions);
     if (!c->client_socket[0] || c->client_socket[0] != '/' || strlen(c->client_socket) > 107)
-        return mq_errf(err, errlen, -EINVAL,
+        return mq_errmsg(err, errlen, -EINVAL,
                     "client_socket: \"%s\" must be an absolute path of at most 107 bytes",
                     c->client_socket);
     if (!c->admin_socket[0] || c->admin_socket[0] != '/' || strlen(c->admin_socket) > 107)
-        return mq_errf(err, errlen, -EINVAL,
+        return mq_errmsg(err, errlen, -EINVAL,
                     "admin_socket: \"%s\" must be an absolute path of at most 107 bytes",
                     c->admin_socket);
     if (!strcmp(c->client_socket, c->admin_socket))
-        return mq_errf(err, errlen, -EINVAL, "admin_socket: same path as client_socket");
+        return mq_errmsg(err, errlen, -EINVAL, "admin_socket: same path as client_socket");
     return 0;
 }
 

@@ -275,11 +275,11 @@ static int load_normalizer(tok_t *t, const cJSON *n, const char *name, char *err
 {
     if (!n || cJSON_IsNull(n)) return 0;
     const char *type = jstr(n, "type");
-    if (!type) return mq_errf(err, errlen, -EINVAL, "%s: normalizer without \"type\"", name);
+    if (!type) return mq_errmsg(err, errlen, -EINVAL, "%s: normalizer without \"type\"", name);
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers");
         if (!cJSON_IsArray(list))
-            return mq_errf(err, errlen, -EINVAL, "%s: normalizer Sequence without \"normalizers\"", name);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: normalizer Sequence without \"normalizers\"", name);
         const cJSON *it;
         cJSON_ArrayForEach(it, list) {
             int rc = load_normalizer(t, it, name, err, errlen);
@@ -288,7 +288,7 @@ static int load_normalizer(tok_t *t, const cJSON *n, const char *name, char *err
         return 0;
     }
     if (t->n_norm >= TOK_MAX_OPS)
-        return mq_errf(err, errlen, -E2BIG, "%s: more than %d normalizers", name, TOK_MAX_OPS);
+        return mq_errmsg(err, errlen, -E2BIG, "%s: more than %d normalizers", name, TOK_MAX_OPS);
     tok_norm *op = &t->norm[t->n_norm];
     memset(op, 0, sizeof *op);
     if (!strcmp(type, "NFC")) op->kind = NORM_NFC;
@@ -297,7 +297,7 @@ static int load_normalizer(tok_t *t, const cJSON *n, const char *name, char *err
     else if (!strcmp(type, "NFKD")) op->kind = NORM_NFKD;
     else if (!strcmp(type, "Prepend")) {
         const char *s = jstr(n, "prepend");
-        if (!s) return mq_errf(err, errlen, -EINVAL, "%s: Prepend normalizer without \"prepend\"", name);
+        if (!s) return mq_errmsg(err, errlen, -EINVAL, "%s: Prepend normalizer without \"prepend\"", name);
         op->kind = NORM_PREPEND;
         op->a = strdup(s);
         if (!op->a) return -ENOMEM;
@@ -305,7 +305,7 @@ static int load_normalizer(tok_t *t, const cJSON *n, const char *name, char *err
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(n, "pattern");
         const char *s = jstr(pat, "String"), *c = jstr(n, "content");
         if (!s || !c || !*s)
-            return mq_errf(err, errlen, -ENOTSUP,
+            return mq_errmsg(err, errlen, -ENOTSUP,
                         "%s: Replace normalizer needs a non-empty \"pattern\".\"String\" and \"content\" "
                         "(Regex patterns are not supported)", name);
         op->kind = NORM_REPLACE;
@@ -313,12 +313,12 @@ static int load_normalizer(tok_t *t, const cJSON *n, const char *name, char *err
         op->b = strdup(c);
         if (!op->a || !op->b) { free(op->a); free(op->b); return -ENOMEM; }
     } else {
-        return mq_errf(err, errlen, -ENOTSUP, "%s: unsupported normalizer type \"%s\"", name, type);
+        return mq_errmsg(err, errlen, -ENOTSUP, "%s: unsupported normalizer type \"%s\"", name, type);
     }
     t->n_norm++;
     /* the pre-tokenizer regex runs without re-checking UTF-8: inserted text must be valid */
     if ((op->a && !mq_utf8_valid(op->a, strlen(op->a))) || (op->b && !mq_utf8_valid(op->b, strlen(op->b))))
-        return mq_errf(err, errlen, -EILSEQ, "%s: normalizer %s inserts invalid UTF-8", name, type);
+        return mq_errmsg(err, errlen, -EILSEQ, "%s: normalizer %s inserts invalid UTF-8", name, type);
     return 0;
 }
 
@@ -337,7 +337,7 @@ static int compile_regex(tok_pre *op, const char *pat, int literal, const char *
     if (!op->re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof msg);
-        return mq_errf(err, errlen, -EINVAL, "%s: pre_tokenizer regex does not compile at offset %zu: %s",
+        return mq_errmsg(err, errlen, -EINVAL, "%s: pre_tokenizer regex does not compile at offset %zu: %s",
                     name, (size_t)eo, (char *)msg);
     }
     op->jit = pcre2_jit_compile(op->re, PCRE2_JIT_COMPLETE) == 0;
@@ -348,11 +348,11 @@ static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_
 {
     if (!p || cJSON_IsNull(p)) return 0;
     const char *type = jstr(p, "type");
-    if (!type) return mq_errf(err, errlen, -EINVAL, "%s: pre_tokenizer without \"type\"", name);
+    if (!type) return mq_errmsg(err, errlen, -EINVAL, "%s: pre_tokenizer without \"type\"", name);
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers");
         if (!cJSON_IsArray(list))
-            return mq_errf(err, errlen, -EINVAL, "%s: pre_tokenizer Sequence without \"pretokenizers\"", name);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: pre_tokenizer Sequence without \"pretokenizers\"", name);
         const cJSON *it;
         cJSON_ArrayForEach(it, list) {
             int rc = load_pre(t, it, name, err, errlen);
@@ -361,7 +361,7 @@ static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_
         return 0;
     }
     if (t->n_pre >= TOK_MAX_OPS)
-        return mq_errf(err, errlen, -E2BIG, "%s: more than %d pre_tokenizers", name, TOK_MAX_OPS);
+        return mq_errmsg(err, errlen, -E2BIG, "%s: more than %d pre_tokenizers", name, TOK_MAX_OPS);
     tok_pre *op = &t->pre[t->n_pre];
     memset(op, 0, sizeof *op);
     if (!strcmp(type, "Split")) {
@@ -369,12 +369,12 @@ static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_
         const char *re = jstr(pat, "Regex"), *lit = jstr(pat, "String");
         const char *beh = jstr(p, "behavior");
         if ((!re && !lit) || !beh)
-            return mq_errf(err, errlen, -EINVAL, "%s: Split pre_tokenizer needs \"pattern\" and \"behavior\"", name);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: Split pre_tokenizer needs \"pattern\" and \"behavior\"", name);
         if (!strcmp(beh, "Isolated")) op->behavior = SPLIT_ISOLATED;
         else if (!strcmp(beh, "Removed")) op->behavior = SPLIT_REMOVED;
         else if (!strcmp(beh, "MergedWithPrevious")) op->behavior = SPLIT_MERGED_PREV;
         else if (!strcmp(beh, "MergedWithNext")) op->behavior = SPLIT_MERGED_NEXT;
-        else return mq_errf(err, errlen, -ENOTSUP, "%s: Split behavior \"%s\" is not supported", name, beh);
+        else return mq_errmsg(err, errlen, -ENOTSUP, "%s: Split behavior \"%s\" is not supported", name, beh);
         op->invert = jbool(p, "invert", 0);
         op->kind = PRE_SPLIT;
         int rc = compile_regex(op, re ? re : lit, !re, name, err, errlen);
@@ -393,14 +393,14 @@ static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_
          * never), then (split=true) pieces start at each replacement */
         const char *rep = jstr(p, "replacement"), *scheme = jstr(p, "prepend_scheme");
         if (!rep || !*rep || strlen(rep) >= sizeof op->replacement || !mq_utf8_valid(rep, strlen(rep)))
-            return mq_errf(err, errlen, -EINVAL, "%s: Metaspace needs a short \"replacement\"", name);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: Metaspace needs a short \"replacement\"", name);
         strcpy(op->replacement, rep);
         op->kind = PRE_METASPACE;
         if (!scheme) op->prepend_scheme = jbool(p, "add_prefix_space", 1) ? PREPEND_ALWAYS : PREPEND_NEVER;
         else if (!strcmp(scheme, "always")) op->prepend_scheme = PREPEND_ALWAYS;
         else if (!strcmp(scheme, "first")) op->prepend_scheme = PREPEND_FIRST;
         else if (!strcmp(scheme, "never")) op->prepend_scheme = PREPEND_NEVER;
-        else return mq_errf(err, errlen, -ENOTSUP, "%s: Metaspace prepend_scheme \"%s\"", name, scheme);
+        else return mq_errmsg(err, errlen, -ENOTSUP, "%s: Metaspace prepend_scheme \"%s\"", name, scheme);
         if (jbool(p, "split", 1)) {
             op->behavior = SPLIT_MERGED_NEXT;
             int rc = compile_regex(op, rep, 1, name, err, errlen);
@@ -412,7 +412,7 @@ static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_
         int rc = compile_regex(op, jbool(p, "individual_digits", 0) ? "\\p{N}" : "\\p{N}+", 0, name, err, errlen);
         if (rc) return rc;
     } else {
-        return mq_errf(err, errlen, -ENOTSUP, "%s: unsupported pre_tokenizer type \"%s\"", name, type);
+        return mq_errmsg(err, errlen, -ENOTSUP, "%s: unsupported pre_tokenizer type \"%s\"", name, type);
     }
     t->n_pre++;
     return 0;
@@ -424,11 +424,11 @@ static int load_decoder(tok_t *t, const cJSON *d, const char *name, char *err, s
 {
     if (!d || cJSON_IsNull(d)) return 0;
     const char *type = jstr(d, "type");
-    if (!type) return mq_errf(err, errlen, -EINVAL, "%s: decoder without \"type\"", name);
+    if (!type) return mq_errmsg(err, errlen, -EINVAL, "%s: decoder without \"type\"", name);
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders");
         const cJSON *it;
-        if (!cJSON_IsArray(list)) return mq_errf(err, errlen, -EINVAL, "%s: decoder Sequence without \"decoders\"", name);
+        if (!cJSON_IsArray(list)) return mq_errmsg(err, errlen, -EINVAL, "%s: decoder Sequence without \"decoders\"", name);
         cJSON_ArrayForEach(it, list) {
             int rc = load_decoder(t, it, name, err, errlen);
             if (rc) return rc;
@@ -440,8 +440,8 @@ static int load_decoder(tok_t *t, const cJSON *d, const char *name, char *err, s
     if (!strcmp(type, "Metaspace")) { /* replacement -> ' ', and the prepended one dropped */
         const char *rep = jstr(d, "replacement"), *scheme = jstr(d, "prepend_scheme");
         if (!rep || !*rep || strlen(rep) >= sizeof t->dec_from)
-            return mq_errf(err, errlen, -EINVAL, "%s: decoder Metaspace needs a short \"replacement\"", name);
-        if (t->dec_from[0]) return mq_errf(err, errlen, -ENOTSUP, "%s: more than one Replace/Metaspace decoder", name);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: decoder Metaspace needs a short \"replacement\"", name);
+        if (t->dec_from[0]) return mq_errmsg(err, errlen, -ENOTSUP, "%s: more than one Replace/Metaspace decoder", name);
         strcpy(t->dec_from, rep);
         strcpy(t->dec_to, " ");
         t->dec_strip_start = scheme ? strcmp(scheme, "never") != 0 : jbool(d, "add_prefix_space", 1);
@@ -452,8 +452,8 @@ static int load_decoder(tok_t *t, const cJSON *d, const char *name, char *err, s
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(d, "pattern");
         const char *s = jstr(pat, "String"), *c = jstr(d, "content");
         if (!s || !c || strlen(s) >= sizeof t->dec_from || strlen(c) >= sizeof t->dec_to || !*s)
-            return mq_errf(err, errlen, -ENOTSUP, "%s: decoder Replace needs a short \"pattern\".\"String\"", name);
-        if (t->dec_from[0]) return mq_errf(err, errlen, -ENOTSUP, "%s: more than one Replace decoder", name);
+            return mq_errmsg(err, errlen, -ENOTSUP, "%s: decoder Replace needs a short \"pattern\".\"String\"", name);
+        if (t->dec_from[0]) return mq_errmsg(err, errlen, -ENOTSUP, "%s: more than one Replace decoder", name);
         strcpy(t->dec_from, s);
         strcpy(t->dec_to, c);
         return 0;
@@ -463,11 +463,11 @@ static int load_decoder(tok_t *t, const cJSON *d, const char *name, char *err, s
         const cJSON *start = cJSON_GetObjectItemCaseSensitive(d, "start");
         const cJSON *stop = cJSON_GetObjectItemCaseSensitive(d, "stop");
         if (!c || strcmp(c, " ") || !cJSON_IsNumber(start) || (cJSON_IsNumber(stop) && stop->valueint != 0))
-            return mq_errf(err, errlen, -ENOTSUP, "%s: decoder Strip supported only for content \" \" at the start", name);
+            return mq_errmsg(err, errlen, -ENOTSUP, "%s: decoder Strip supported only for content \" \" at the start", name);
         t->dec_strip_start = start->valueint;
         return 0;
     }
-    return mq_errf(err, errlen, -ENOTSUP, "%s: unsupported decoder type \"%s\"", name, type);
+    return mq_errmsg(err, errlen, -ENOTSUP, "%s: unsupported decoder type \"%s\"", name, type);
 }
 
 /* ---- loading: post-processor (BOS / EOS around a single sequence) ---------------------------- */
@@ -476,11 +476,11 @@ static int load_post(tok_t *t, const cJSON *p, const char *name, char *err, size
 {
     if (!p || cJSON_IsNull(p)) return 0;
     const char *type = jstr(p, "type");
-    if (!type) return mq_errf(err, errlen, -EINVAL, "%s: post_processor without \"type\"", name);
+    if (!type) return mq_errmsg(err, errlen, -EINVAL, "%s: post_processor without \"type\"", name);
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "processors");
         const cJSON *it;
-        if (!cJSON_IsArray(list)) return mq_errf(err, errlen, -EINVAL, "%s: post_processor Sequence without \"processors\"", name);
+        if (!cJSON_IsArray(list)) return mq_errmsg(err, errlen, -EINVAL, "%s: post_processor Sequence without \"processors\"", name);
         cJSON_ArrayForEach(it, list) {
             int rc = load_post(t, it, name, err, errlen);
             if (rc) return rc;
@@ -492,7 +492,7 @@ static int load_post(tok_t *t, const cJSON *p, const char *name, char *err, size
         const cJSON *single = cJSON_GetObjectItemCaseSensitive(p, "single");
         const cJSON *specials = cJSON_GetObjectItemCaseSensitive(p, "special_tokens");
         if (!cJSON_IsArray(single))
-            return mq_errf(err, errlen, -EINVAL, "%s: TemplateProcessing without \"single\"", name);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: TemplateProcessing without \"single\"", name);
         int after = 0;
         const cJSON *it;
         t->n_pre_ids = t->n_post_ids = 0;
@@ -503,20 +503,20 @@ static int load_post(tok_t *t, const cJSON *p, const char *name, char *err, size
             const cJSON *def = sid ? cJSON_GetObjectItemCaseSensitive(specials, sid) : NULL;
             const cJSON *ids = cJSON_GetObjectItemCaseSensitive(def, "ids");
             if (!cJSON_IsArray(ids))
-                return mq_errf(err, errlen, -EINVAL, "%s: TemplateProcessing special token %s has no \"ids\"",
+                return mq_errmsg(err, errlen, -EINVAL, "%s: TemplateProcessing special token %s has no \"ids\"",
                             name, sid ? sid : "(unnamed)");
             const cJSON *idv;
             cJSON_ArrayForEach(idv, ids) {
-                if (!cJSON_IsNumber(idv)) return mq_errf(err, errlen, -EINVAL, "%s: TemplateProcessing ids must be numbers", name);
+                if (!cJSON_IsNumber(idv)) return mq_errmsg(err, errlen, -EINVAL, "%s: TemplateProcessing ids must be numbers", name);
                 int32_t *arr = after ? t->post_ids : t->pre_ids;
                 int *cnt = after ? &t->n_post_ids : &t->n_pre_ids;
-                if (*cnt >= TOK_MAX_OPS) return mq_errf(err, errlen, -E2BIG, "%s: too many template tokens", name);
+                if (*cnt >= TOK_MAX_OPS) return mq_errmsg(err, errlen, -E2BIG, "%s: too many template tokens", name);
                 arr[(*cnt)++] = (int32_t)idv->valuedouble;
             }
         }
         return 0;
     }
-    return mq_errf(err, errlen, -ENOTSUP, "%s: unsupported post_processor type \"%s\"", name, type);
+    return mq_errmsg(err, errlen, -ENOTSUP, "%s: unsupported post_processor type \"%s\"", name, type);
 }
 
 /* ---- loading: model ------------------------------------------------------------------------ */
@@ -566,18 +566,18 @@ static int load_model(tok_t *t, const cJSON *m, const char *name, char *err, siz
 {
     const char *type = jstr(m, "type");
     if (!type || strcmp(type, "BPE"))
-        return mq_errf(err, errlen, -ENOTSUP, "%s: model.type \"%s\" is not supported (only BPE)", name,
+        return mq_errmsg(err, errlen, -ENOTSUP, "%s: model.type \"%s\" is not supported (only BPE)", name,
                     type ? type : "(missing)");
     const char *cont = jstr(m, "continuing_subword_prefix"), *eow = jstr(m, "end_of_word_suffix");
     if ((cont && *cont) || (eow && *eow))
-        return mq_errf(err, errlen, -ENOTSUP, "%s: model.continuing_subword_prefix/end_of_word_suffix are not supported", name);
+        return mq_errmsg(err, errlen, -ENOTSUP, "%s: model.continuing_subword_prefix/end_of_word_suffix are not supported", name);
     t->byte_fallback = jbool(m, "byte_fallback", 0);
     t->ignore_merges = jbool(m, "ignore_merges", 0);
     t->fuse_unk = jbool(m, "fuse_unk", 0);
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(m, "vocab");
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(m, "merges");
-    if (!cJSON_IsObject(vocab)) return mq_errf(err, errlen, -EINVAL, "%s: model.vocab missing or not an object", name);
-    if (merges && !cJSON_IsArray(merges)) return mq_errf(err, errlen, -EINVAL, "%s: model.merges is not an array", name);
+    if (!cJSON_IsObject(vocab)) return mq_errmsg(err, errlen, -EINVAL, "%s: model.vocab missing or not an object", name);
+    if (merges && !cJSON_IsArray(merges)) return mq_errmsg(err, errlen, -EINVAL, "%s: model.merges is not an array", name);
     int nv = cJSON_GetArraySize(vocab), nm = merges ? cJSON_GetArraySize(merges) : 0;
     int rc = ensure_ids(t, nv > 0 ? nv - 1 : 0);
     if (rc) return rc;
@@ -593,12 +593,12 @@ static int load_model(tok_t *t, const cJSON *m, const char *name, char *err, siz
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= (1 << 24) ||
             it->valuedouble != (double)(int32_t)it->valuedouble) {
             free(scratch);
-            return mq_errf(err, errlen, -EINVAL, "%s: model.vocab[\"%.40s\"] is not a valid id", name, it->string);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: model.vocab[\"%.40s\"] is not a valid id", name, it->string);
         }
         rc = add_vocab_entry(t, it->string, (int32_t)it->valuedouble, scratch);
         if (rc) {
             free(scratch);
-            return mq_errf(err, errlen, rc, "%s: model.vocab[\"%.40s\"]: %s", name, it->string,
+            return mq_errmsg(err, errlen, rc, "%s: model.vocab[\"%.40s\"]: %s", name, it->string,
                         rc == -EEXIST ? "duplicate id" : strerror(-rc));
         }
     }
@@ -626,7 +626,7 @@ static int load_merges(tok_t *t, const char *name, char *err, size_t errlen)
         size_t al, bl;
         if (split_merge(it, &a, &al, &b, &bl)) {
             free(buf);
-            return mq_errf(err, errlen, -EINVAL, "%s: model.merges[%d] is neither \"a b\" nor [\"a\", \"b\"]", name, rank);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: model.merges[%d] is neither \"a b\" nor [\"a\", \"b\"]", name, rank);
         }
         if (al + bl > bufcap) {
             bufcap = (al + bl) * 2 + 64;
@@ -639,7 +639,7 @@ static int load_merges(tok_t *t, const char *name, char *err, size_t errlen)
         int32_t im = tok_lookup(t, buf, (size_t)(ra + rb));
         if (ia < 0 || ib < 0 || im < 0) {
             free(buf);
-            return mq_errf(err, errlen, -EINVAL, "%s: model.merges[%d] (\"%.30s\" + \"%.30s\") uses a token not in the vocab",
+            return mq_errmsg(err, errlen, -EINVAL, "%s: model.merges[%d] (\"%.30s\" + \"%.30s\") uses a token not in the vocab",
                         name, rank, a, b);
         }
         merge_put(t, ia, ib, rank, im);
@@ -661,7 +661,7 @@ static int cmp_added(const void *x, const void *y)
 static int load_added(tok_t *t, const cJSON *list, const char *name, char *err, size_t errlen)
 {
     if (!list || cJSON_IsNull(list)) return 0;
-    if (!cJSON_IsArray(list)) return mq_errf(err, errlen, -EINVAL, "%s: added_tokens is not an array", name);
+    if (!cJSON_IsArray(list)) return mq_errmsg(err, errlen, -EINVAL, "%s: added_tokens is not an array", name);
     int n = cJSON_GetArraySize(list);
     t->added = calloc((size_t)n + 1, sizeof *t->added);
     if (!t->added) return -ENOMEM;
@@ -671,11 +671,11 @@ static int load_added(tok_t *t, const cJSON *list, const char *name, char *err, 
         const cJSON *idv = cJSON_GetObjectItemCaseSensitive(it, "id");
         const char *content = jstr(it, "content");
         if (!cJSON_IsNumber(idv) || !content || !*content || idv->valuedouble < 0 || idv->valuedouble >= (1 << 24))
-            return mq_errf(err, errlen, -EINVAL, "%s: added_tokens[%d] needs \"id\" and a non-empty \"content\"", name, i);
+            return mq_errmsg(err, errlen, -EINVAL, "%s: added_tokens[%d] needs \"id\" and a non-empty \"content\"", name, i);
         int32_t id = (int32_t)idv->valuedouble;
         int special = jbool(it, "special", 0);
         int rc = set_token(t, id, content, strlen(content), TOKF_ADDED | (special ? TOKF_SPECIAL : 0));
-        if (rc) return mq_errf(err, errlen, rc, "%s: added_tokens[%d]: %s", name, i, strerror(-rc));
+        if (rc) return mq_errmsg(err, errlen, rc, "%s: added_tokens[%d]: %s", name, i, strerror(-rc));
         t->added[i] = (tok_added){ id, (uint32_t)strlen(content), special };
         t->first_byte[(uint8_t)content[0]] = 1;
         i++;
@@ -737,7 +737,7 @@ static int load_config(tok_t *t, const char *cfg_text, size_t cfg_len, const cha
     cJSON *cfg = cJSON_ParseWithLength(cfg_text, cfg_len);
     if (!cfg || !cJSON_IsObject(cfg)) {
         cJSON_Delete(cfg);
-        return mq_errf(err, errlen, -EINVAL, "%s: tokenizer_config.json is not a JSON object", name);
+        return mq_errmsg(err, errlen, -EINVAL, "%s: tokenizer_config.json is not a JSON object", name);
     }
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
     if (bos) t->bos_id = mq_tok_find(t, bos);
@@ -768,7 +768,7 @@ int mq_tok_load_mem(const char *json, size_t len, const char *config_json, size_
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return mq_errf(err, errlen, -EINVAL, "%s: not a JSON object", name);
+        return mq_errmsg(err, errlen, -EINVAL, "%s: not a JSON object", name);
     }
     tok_t *t = calloc(1, sizeof *t);
     if (!t) { cJSON_Delete(root); return -ENOMEM; }
@@ -780,7 +780,7 @@ int mq_tok_load_mem(const char *json, size_t len, const char *config_json, size_
 
     int rc;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!cJSON_IsObject(model)) { rc = mq_errf(err, errlen, -EINVAL, "%s: no \"model\" object", name); goto out; }
+    if (!cJSON_IsObject(model)) { rc = mq_errmsg(err, errlen, -EINVAL, "%s: no \"model\" object", name); goto out; }
     /* pre_tokenizer and decoder first: they tell whether vocab keys are byte-level */
     if ((rc = load_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), name, err, errlen))) goto out;
     if ((rc = load_pre(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), name, err, errlen))) goto out;
@@ -834,7 +834,7 @@ out:
 static int read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return mq_errf(err, errlen, -errno, "%s: %s", path, strerror(errno));
+    if (!f) return mq_errmsg(err, errlen, -errno, "%s: %s", path, strerror(errno));
     int rc = 0;
     if (fseek(f, 0, SEEK_END) == 0) {
         long n = ftell(f);
@@ -847,7 +847,7 @@ static int read_file(const char *path, char **buf, size_t *len, char *err, size_
         }
     } else rc = -EIO;
     fclose(f);
-    if (rc) return mq_errf(err, errlen, rc, "%s: read failed: %s", path, strerror(-rc));
+    if (rc) return mq_errmsg(err, errlen, rc, "%s: read failed: %s", path, strerror(-rc));
     return 0;
 }
 

@@ -175,7 +175,7 @@ static int bpe_piece(const tok_t *t, scratch *s, const char *p, size_t n, int32_
             int32_t id = t->byte_id[u[i]];
             if (id < 0) id = t->unk_id;
             if (id < 0)
-                return mq_errf(err, errlen, -EINVAL, "tokenizer: byte 0x%02X has no token and there is no unk_token", u[i]);
+                return mq_errmsg(err, errlen, -EINVAL, "tokenizer: byte 0x%02X has no token and there is no unk_token", u[i]);
             s->sym[m++] = id;
         }
     } else {
@@ -197,7 +197,7 @@ static int bpe_piece(const tok_t *t, scratch *s, const char *p, size_t n, int32_
                 } else if (t->unk_id >= 0) {
                     if (!(t->fuse_unk && m > 0 && s->sym[m - 1] == t->unk_id)) s->sym[m++] = t->unk_id;
                 } else {
-                    return mq_errf(err, errlen, -EINVAL, "tokenizer: character not in the vocab and no unk_token/byte_fallback");
+                    return mq_errmsg(err, errlen, -EINVAL, "tokenizer: character not in the vocab and no unk_token/byte_fallback");
                 }
             }
             i += k;
@@ -347,7 +347,7 @@ static int split_piece(const tok_pre *op, scratch *s, const char *p, size_t n, p
         if (r < 0) {
             PCRE2_UCHAR msg[120];
             pcre2_get_error_message(r, msg, sizeof msg);
-            rc = mq_errf(err, errlen, -EINVAL, "tokenizer: pre_tokenizer regex failed: %s", (char *)msg);
+            rc = mq_errmsg(err, errlen, -EINVAL, "tokenizer: pre_tokenizer regex failed: %s", (char *)msg);
             goto out;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(s->md);
@@ -460,7 +460,7 @@ static int encode_segment(const tok_t *t, scratch *s, const char *p, size_t n, i
     if (n == 0) return 0;
     size_t nl;
     int rc = normalize(t, s, p, n, &nl);
-    if (rc) return rc == -EILSEQ ? mq_errf(err, errlen, rc, "tokenizer: normalization failed") : rc;
+    if (rc) return rc == -EILSEQ ? mq_errmsg(err, errlen, rc, "tokenizer: normalization failed") : rc;
     if (nl == 0) return 0;
     /* the pre-tokenizer copies out of s->norm before normalize() runs again */
     pieces *pc;
@@ -475,7 +475,7 @@ int mq_tok_encode_append(const mq_tokenizer *t, const char *text, size_t len, un
 {
     if (len && !text) return -EINVAL;
     if (!mq_utf8_valid(text, len))
-        return mq_errf(err, errlen, -EILSEQ, "tokenizer: input is not valid UTF-8");
+        return mq_errmsg(err, errlen, -EILSEQ, "tokenizer: input is not valid UTF-8");
     scratch s = { 0 };
     int rc = 0;
     s.md = pcre2_match_data_create(1, NULL);
@@ -514,7 +514,7 @@ int mq_tok_encode_append(const mq_tokenizer *t, const char *text, size_t len, un
     free(s.next);
     free(s.heap);
     free(s.norm);
-    if (rc == -ENOMEM) mq_errf(err, errlen, rc, "tokenizer: out of memory");
+    if (rc == -ENOMEM) mq_errmsg(err, errlen, rc, "tokenizer: out of memory");
     return rc;
 }
 

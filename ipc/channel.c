@@ -29,7 +29,7 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
     memset(c, 0, sizeof *c);
     c->fd = -1;
     if (!pow2_ok(prompt_size) || !pow2_ok(token_size))
-        return mq_errf(err, errlen, -EINVAL,
+        return mq_errmsg(err, errlen, -EINVAL,
                     "channel ring sizes %u/%u must be powers of two in [4096, %u]", prompt_size,
                     token_size, MQ_CHAN_RING_MAX);
     size_t bytes = (size_t)MQ_CHAN_HDR_BYTES + prompt_size + token_size;
@@ -53,18 +53,18 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
     if (base == MAP_FAILED) {
         fd = memfd_create("mq-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0)
-            return mq_errf(err, errlen, -errno, "memfd_create: %s", strerror(errno));
+            return mq_errmsg(err, errlen, -errno, "memfd_create: %s", strerror(errno));
         if (ftruncate(fd, (off_t)bytes) < 0) {
             int e = errno;
             close(fd);
-            return mq_errf(err, errlen, -e, "ftruncate channel to %zu bytes: %s", bytes,
+            return mq_errmsg(err, errlen, -e, "ftruncate channel to %zu bytes: %s", bytes,
                         strerror(e));
         }
         base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (base == MAP_FAILED) {
             int e = errno;
             close(fd);
-            return mq_errf(err, errlen, -e, "mmap channel of %zu bytes: %s", bytes, strerror(e));
+            return mq_errmsg(err, errlen, -e, "mmap channel of %zu bytes: %s", bytes, strerror(e));
         }
     }
     /* The client must not be able to shrink the file under our mapping (SIGBUS in mqd). */
@@ -72,7 +72,7 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
         int e = errno;
         munmap(base, bytes);
         close(fd);
-        return mq_errf(err, errlen, -e, "sealing the channel memfd: %s", strerror(e));
+        return mq_errmsg(err, errlen, -e, "sealing the channel memfd: %s", strerror(e));
     }
     c->fd = fd;
     c->base = base;
@@ -104,11 +104,11 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     if (fstat(fd, &st) < 0) {
         int e = errno;
         close(fd);
-        return mq_errf(err, errlen, -e, "fstat channel memfd: %s", strerror(e));
+        return mq_errmsg(err, errlen, -e, "fstat channel memfd: %s", strerror(e));
     }
     if (st.st_size < MQ_CHAN_HDR_BYTES || st.st_size > (off_t)2 * MQ_CHAN_RING_MAX + 2 * HUGE_2M) {
         close(fd);
-        return mq_errf(err, errlen, -EPROTO, "channel memfd has an implausible size %lld",
+        return mq_errmsg(err, errlen, -EPROTO, "channel memfd has an implausible size %lld",
                     (long long)st.st_size);
     }
     size_t bytes = (size_t)st.st_size;
@@ -116,7 +116,7 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     if (base == MAP_FAILED) {
         int e = errno;
         close(fd);
-        return mq_errf(err, errlen, -e, "mmap channel: %s", strerror(e));
+        return mq_errmsg(err, errlen, -e, "mmap channel: %s", strerror(e));
     }
     mq_chan_hdr *h = base;
     const char *bad = NULL;
@@ -135,7 +135,7 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     if (bad) {
         munmap(base, bytes);
         close(fd);
-        return mq_errf(err, errlen, -EPROTO, "channel header field %s is invalid", bad);
+        return mq_errmsg(err, errlen, -EPROTO, "channel header field %s is invalid", bad);
     }
     c->fd = fd;
     c->base = base;

@@ -4,7 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-int mq_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
+int mq_errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
     if (err && errlen) {
         va_list ap;

@@ -9,7 +9,7 @@
 #include <stddef.h>
 
 /* Formats into err[errlen] (if err && errlen) and returns rc, so callers can write
- * `return mq_errf(err, errlen, -EINVAL, "%s: bad field", path);`. */
-int mq_errf(char *err, size_t errlen, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+ * `return mq_errmsg(err, errlen, -EINVAL, "%s: bad field", path);`. */
+int mq_errmsg(char *err, size_t errlen, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 #endif

@@ -106,14 +106,14 @@ static int get_str(rd *r, char *dst, size_t max, const char *field, char *err, s
 {
     uint16_t n = get_u16(r);
     if (r->short_read)
-        return mq_errf(err, errlen, -EPROTO, "%s: truncated length", field);
+        return mq_errmsg(err, errlen, -EPROTO, "%s: truncated length", field);
     if (n > max)
-        return mq_errf(err, errlen, -EINVAL, "%s: %u bytes, at most %zu allowed", field, n, max);
+        return mq_errmsg(err, errlen, -EINVAL, "%s: %u bytes, at most %zu allowed", field, n, max);
     const uint8_t *q = take(r, n);
     if (!q)
-        return mq_errf(err, errlen, -EPROTO, "%s: truncated (%u bytes announced)", field, n);
+        return mq_errmsg(err, errlen, -EPROTO, "%s: truncated (%u bytes announced)", field, n);
     if (memchr(q, 0, n))
-        return mq_errf(err, errlen, -EINVAL, "%s: contains a NUL byte", field);
+        return mq_errmsg(err, errlen, -EINVAL, "%s: contains a NUL byte", field);
     memcpy(dst, q, n);
     dst[n] = 0;
     return 0;
@@ -136,26 +136,26 @@ void mq_wire_gen_default(mq_wire_gen *g)
 int mq_wire_gen_check(const mq_wire_gen *g, char *err, size_t errlen)
 {
     if (g->max_tokens < 1 || g->max_tokens > MQ_WIRE_MAX_TOKENS_LIMIT)
-        return mq_errf(err, errlen, -EINVAL, "gen.max_tokens: %u not in [1, %u]", g->max_tokens,
+        return mq_errmsg(err, errlen, -EINVAL, "gen.max_tokens: %u not in [1, %u]", g->max_tokens,
                     MQ_WIRE_MAX_TOKENS_LIMIT);
     if (!isfinite(g->temperature) || g->temperature < 0 ||
         g->temperature > MQ_WIRE_TEMPERATURE_MAX)
-        return mq_errf(err, errlen, -EINVAL, "gen.temperature: %g not in [0, %g]",
+        return mq_errmsg(err, errlen, -EINVAL, "gen.temperature: %g not in [0, %g]",
                     (double)g->temperature, (double)MQ_WIRE_TEMPERATURE_MAX);
     if (!isfinite(g->top_p) || g->top_p <= 0 || g->top_p > 1)
-        return mq_errf(err, errlen, -EINVAL, "gen.top_p: %g not in (0, 1]", (double)g->top_p);
+        return mq_errmsg(err, errlen, -EINVAL, "gen.top_p: %g not in (0, 1]", (double)g->top_p);
     if (!isfinite(g->min_p) || g->min_p < 0 || g->min_p >= 1)
-        return mq_errf(err, errlen, -EINVAL, "gen.min_p: %g not in [0, 1)", (double)g->min_p);
+        return mq_errmsg(err, errlen, -EINVAL, "gen.min_p: %g not in [0, 1)", (double)g->min_p);
     if (g->top_k > MQ_WIRE_TOP_K_MAX)
-        return mq_errf(err, errlen, -EINVAL, "gen.top_k: %u over %u", g->top_k,
+        return mq_errmsg(err, errlen, -EINVAL, "gen.top_k: %u over %u", g->top_k,
                     MQ_WIRE_TOP_K_MAX);
     if (!isfinite(g->repeat_penalty) ||
         (g->repeat_penalty != 0 && (g->repeat_penalty < 0.125f || g->repeat_penalty > 8)))
-        return mq_errf(err, errlen, -EINVAL, "gen.repeat_penalty: %g not 0 or in [0.125, 8]",
+        return mq_errmsg(err, errlen, -EINVAL, "gen.repeat_penalty: %g not 0 or in [0.125, 8]",
                     (double)g->repeat_penalty);
     const uint32_t known = MQ_GEN_GREEDY | MQ_GEN_ENABLE_THINKING | MQ_GEN_NO_SPECIAL_TEXT;
     if (g->flags & ~known)
-        return mq_errf(err, errlen, -EINVAL, "gen.flags: unknown bits 0x%x", g->flags & ~known);
+        return mq_errmsg(err, errlen, -EINVAL, "gen.flags: unknown bits 0x%x", g->flags & ~known);
     return 0;
 }
 
@@ -298,29 +298,29 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
 {
     memset(m, 0, sizeof *m);
     if (len < MQ_WIRE_HDR_SIZE)
-        return mq_errf(err, errlen, -EPROTO, "message of %zu bytes is shorter than the header",
+        return mq_errmsg(err, errlen, -EPROTO, "message of %zu bytes is shorter than the header",
                     len);
     if (len > MQ_WIRE_MAX_MSG)
-        return mq_errf(err, errlen, -EPROTO, "message of %zu bytes is over %d", len,
+        return mq_errmsg(err, errlen, -EPROTO, "message of %zu bytes is over %d", len,
                     MQ_WIRE_MAX_MSG);
     rd r = {buf, 0, len, 0};
     uint32_t magic = get_u32(&r);
     if (magic != MQ_WIRE_MAGIC)
-        return mq_errf(err, errlen, -EPROTO, "header.magic: 0x%08x is not MQW1", magic);
+        return mq_errmsg(err, errlen, -EPROTO, "header.magic: 0x%08x is not MQW1", magic);
     m->type = get_u16(&r);
     m->version = get_u16(&r);
     m->seq = get_u32(&r);
     uint32_t plen = get_u32(&r);
     if (m->type < 1 || m->type >= MQ_MSG_TYPE_COUNT)
-        return mq_errf(err, errlen, -EPROTO, "header.type: unknown type %u", m->type);
+        return mq_errmsg(err, errlen, -EPROTO, "header.type: unknown type %u", m->type);
     /* HELLO is understood in every version (that is how versions are negotiated). */
     if (m->version == 0)
-        return mq_errf(err, errlen, -EPROTO, "header.version: 0 is not a version");
+        return mq_errmsg(err, errlen, -EPROTO, "header.version: 0 is not a version");
     if (m->type != MQ_MSG_HELLO &&
         (m->version < MQ_WIRE_VERSION_MIN || m->version > MQ_WIRE_VERSION_MAX))
-        return mq_errf(err, errlen, -EPROTO, "header.version: %u not supported", m->version);
+        return mq_errmsg(err, errlen, -EPROTO, "header.version: %u not supported", m->version);
     if (plen != len - MQ_WIRE_HDR_SIZE)
-        return mq_errf(err, errlen, -EPROTO,
+        return mq_errmsg(err, errlen, -EPROTO,
                     "header.payload_len: %u but the datagram carries %zu payload bytes", plen,
                     len - MQ_WIRE_HDR_SIZE);
     int rc = 0;
@@ -331,10 +331,10 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
         m->u.hello.flags = get_u32(&r);
         rc = get_str(&r, m->u.hello.name, MQ_WIRE_NAME_MAX, "hello.name", err, errlen);
         if (!rc && m->u.hello.ver_min > m->u.hello.ver_max)
-            rc = mq_errf(err, errlen, -EINVAL, "hello.ver_min %u > ver_max %u",
+            rc = mq_errmsg(err, errlen, -EINVAL, "hello.ver_min %u > ver_max %u",
                       m->u.hello.ver_min, m->u.hello.ver_max);
         if (!rc && m->u.hello.flags)
-            rc = mq_errf(err, errlen, -EINVAL, "hello.flags: 0x%x, must be 0", m->u.hello.flags);
+            rc = mq_errmsg(err, errlen, -EINVAL, "hello.flags: 0x%x, must be 0", m->u.hello.flags);
         break;
     case MQ_MSG_HELLO_OK:
         m->u.hello_ok.version = get_u16(&r);
@@ -349,7 +349,7 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
     case MQ_MSG_OPEN:
         m->u.open.mode = get_u8(&r);
         if (!r.short_read && m->u.open.mode > MQ_WIRE_MODE_RAW)
-            rc = mq_errf(err, errlen, -EINVAL, "open.mode: %u is neither chat (0) nor raw (1)",
+            rc = mq_errmsg(err, errlen, -EINVAL, "open.mode: %u is neither chat (0) nor raw (1)",
                       m->u.open.mode);
         break;
     case MQ_MSG_OPENED:
@@ -368,18 +368,18 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
         if (r.short_read)
             break;
         if (reserved)
-            rc = mq_errf(err, errlen, -EINVAL, "submit.reserved: %u, must be 0", reserved);
+            rc = mq_errmsg(err, errlen, -EINVAL, "submit.reserved: %u, must be 0", reserved);
         else if (m->u.submit.kind > MQ_WIRE_KIND_MESSAGE)
-            rc = mq_errf(err, errlen, -EINVAL, "submit.kind: unknown kind %u", m->u.submit.kind);
+            rc = mq_errmsg(err, errlen, -EINVAL, "submit.kind: unknown kind %u", m->u.submit.kind);
         else if (m->u.submit.role > MQ_WIRE_ROLE_TOOL)
-            rc = mq_errf(err, errlen, -EINVAL, "submit.role: unknown role %u", m->u.submit.role);
+            rc = mq_errmsg(err, errlen, -EINVAL, "submit.role: unknown role %u", m->u.submit.role);
         else if (m->u.submit.kind != MQ_WIRE_KIND_MESSAGE &&
                  m->u.submit.role != MQ_WIRE_ROLE_USER)
-            rc = mq_errf(err, errlen, -EINVAL, "submit.role: only chat messages have a role");
+            rc = mq_errmsg(err, errlen, -EINVAL, "submit.role: only chat messages have a role");
         else if (m->u.submit.len == 0)
-            rc = mq_errf(err, errlen, -EINVAL, "submit.len: empty prompt");
+            rc = mq_errmsg(err, errlen, -EINVAL, "submit.len: empty prompt");
         else if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS && m->u.submit.len % 4)
-            rc = mq_errf(err, errlen, -EINVAL,
+            rc = mq_errmsg(err, errlen, -EINVAL,
                       "submit.len: %u bytes of token ids is not a multiple of 4",
                       m->u.submit.len);
         else
@@ -407,10 +407,10 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
     if (rc)
         return rc;
     if (r.short_read)
-        return mq_errf(err, errlen, -EPROTO, "%s: payload of %u bytes is too short",
+        return mq_errmsg(err, errlen, -EPROTO, "%s: payload of %u bytes is too short",
                     mq_wire_type_name(m->type), plen);
     if (r.n != len)
-        return mq_errf(err, errlen, -EPROTO, "%s: %zu trailing bytes", mq_wire_type_name(m->type),
+        return mq_errmsg(err, errlen, -EPROTO, "%s: %zu trailing bytes", mq_wire_type_name(m->type),
                     len - r.n);
     return 0;
 }
