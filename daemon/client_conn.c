@@ -20,6 +20,7 @@
  * SPILL_RING_FACTOR ring sizes is cancelled instead of growing memory.
  */
 #define _GNU_SOURCE
+#include "sock.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -116,26 +117,9 @@ static int send_reply(mqd_conn *c, mq_msg *m, uint32_t seq, int pass_fd)
     int n = mq_wire_encode(m, buf, sizeof buf);
     if (n < 0)
         return n;
-    struct iovec iov = {buf, (size_t)n};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    union {
-        char b[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    if (pass_fd >= 0) {
-        mh.msg_control = u.b;
-        mh.msg_controllen = sizeof u.b;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-    }
     /* Replies are small and one per request: a full socket buffer means the client does not
      * read its socket at all; it is dropped rather than blocking the loop. */
-    if (sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
-        return -errno;
-    return 0;
+    return mq_sock_send(c->fd, buf, (size_t)n, pass_fd, MSG_DONTWAIT);
 }
 
 static void send_error(mqd_conn *c, uint32_t seq, unsigned code, const char *fmt, ...)

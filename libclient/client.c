@@ -1,5 +1,6 @@
 /* libclient/client.c — libmq: the client side of ipc/wire.h and ipc/channel.h. */
 #define _GNU_SOURCE
+#include "sock.h"
 #include "mq.h"
 
 #include <errno.h>
@@ -99,27 +100,9 @@ static int send_msg(mq_conn *c, mq_msg *m, int pass_fd)
     int n = mq_wire_encode(m, buf, sizeof buf);
     if (n < 0)
         return set_err(c, n, "cannot encode %s", mq_wire_type_name(m->type));
-    struct iovec iov = {buf, (size_t)n};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    union {
-        char b[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    if (pass_fd >= 0) {
-        mh.msg_control = u.b;
-        mh.msg_controllen = sizeof u.b;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-    }
-    ssize_t w;
-    do
-        w = sendmsg(c->sock, &mh, MSG_NOSIGNAL);
-    while (w < 0 && errno == EINTR);
+    int w = mq_sock_send(c->sock, buf, (size_t)n, pass_fd, 0);
     if (w < 0) {
-        int e = errno;
+        int e = -w;
         if (e == EPIPE || e == ECONNRESET)
             c->dead = 1;
         return set_err(c, -e, "sending %s to mqd: %s", mq_wire_type_name(m->type),
