@@ -175,6 +175,21 @@ static inline int spawn_wait_exit(pid_t pid, int timeout_s)
     return -1;
 }
 
+/* Runs argv to its end (at most timeout_s), stdout and stderr going to the file log,
+ * whose first len-1 bytes land in out. The exit code, or -1 if it did not exit in time. */
+static inline int spawn_capture(char *const argv[], const char *log, int timeout_s, char *out, size_t len)
+{
+    unlink(log);
+    pid_t pid = spawn(argv, NULL, log);
+    int st = spawn_wait_exit(pid, timeout_s);
+    FILE *f = fopen(log, "r");
+    size_t n = f ? fread(out, 1, len - 1, f) : 0;
+    out[n] = 0;
+    if (f)
+        fclose(f);
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 /* The value of "Key:" in /proc/<pid>/status, or "" */
 static inline const char *proc_status(pid_t pid, const char *key, char *out, size_t len)
 {

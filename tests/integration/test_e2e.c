@@ -554,15 +554,7 @@ static int run_tool(char *const argv[], char *out, size_t len)
 {
     char log[400];
     snprintf(log, sizeof log, "%s/tool.out", dir);
-    unlink(log);
-    pid_t pid = spawn(argv, NULL, log);
-    int st = spawn_wait_exit(pid, 60);
-    FILE *f = fopen(log, "r");
-    size_t n = f ? fread(out, 1, len - 1, f) : 0;
-    out[n] = 0;
-    if (f)
-        fclose(f);
-    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return spawn_capture(argv, log, 60, out, len);
 }
 
 /* mq and mqctl against the live daemon: output and exit codes scripts rely on. */

@@ -185,15 +185,7 @@ static int run_capture(char *const argv[], char *out, size_t len)
 {
     char log[320];
     snprintf(log, sizeof log, "%s/check.log", dir);
-    unlink(log);
-    pid_t pid = spawn(argv, NULL, log);
-    int st = spawn_wait_exit(pid, 20);
-    FILE *f = fopen(log, "r");
-    size_t n = f ? fread(out, 1, len - 1, f) : 0;
-    out[n] = 0;
-    if (f)
-        fclose(f);
-    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return spawn_capture(argv, log, 20, out, len);
 }
 
 static void test_check_config(void)
