@@ -1,7 +1,8 @@
 /* daemon/privs.c — privileges: what mqd does as root, then how it stops being root.
  *
  * Started as root, mqd (1) raises RLIMIT_MEMLOCK so the run-as user can lock weights and
- * KV, (2) reserves huge pages if configured, (3) loads the BPF probes (need CAP_BPF /
+ * KV, (2) reserves huge pages if configured (a root helper process gives them back at
+ * exit, see below), (3) loads the BPF probes (need CAP_BPF /
  * CAP_PERFMON), (4) binds its sockets (server.c), then mqd_privs_drop(): empties the
  * capability bounding set, switches groups, gid and uid to the configured user, clears
  * every remaining capability (permitted, effective, inheritable, ambient) and sets
@@ -20,6 +21,8 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "arena.h"
@@ -157,6 +160,145 @@ int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, ch
     return 0;
 }
 
+/* ---- huge page reservation -------------------------------------------------------
+ * With hugepages_reserve = N (and hugepages not "off"), mqd started as root raises
+ * /proc/sys/vm/nr_hugepages by N before it maps anything, so the weights (arena) and the
+ * KV segment come from the reserved pool; the kernel may give fewer pages than asked
+ * (fragmented memory), so the value is read back and logged. Giving the pages back needs
+ * root again, which mqd no longer is at exit. So a helper process forked here keeps uid 0
+ * (with no capabilities and no_new_privs: writing the root-owned sysctl as its owner needs
+ * neither) and only waits on a socket. mqd_fini sends "release" after the weights and the
+ * KV segment are unmapped and waits for the answer, so the pages are back before mqd
+ * exits (normal exit, SIGTERM drain, failed start-up); if mqd dies without a word (crash,
+ * SIGKILL) the helper sees end-of-file and gives them back then.
+ * Giving back lowers nr_hugepages by the pages mqd ADDED, from its current value — not
+ * back to the value seen at start — so a change someone else made meanwhile is kept.
+ * Not root: nothing is reserved, the log says so, mqd uses what the pool has. */
+#define HP_HELPER_TIMEOUT_S 10
+
+static void hp_helper_main(int fd, long added)
+{
+    /* systemd signals the whole cgroup on stop: mqd's exit is what counts here */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    if (fd != 3) {
+        dup2(fd, 3);
+        fd = 3;
+    }
+    close_range(4, ~0U, 0); /* mqd's sockets are none of the helper's business */
+    prctl(PR_SET_NAME, "mqd-hugepages", 0, 0, 0);
+    cap_t none = cap_init();
+    if (none) {
+        cap_set_proc(none);
+        cap_free(none);
+    }
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    char buf[64];
+    ssize_t n;
+    do
+        n = recv(fd, buf, sizeof buf, 0);
+    while (n < 0 && errno == EINTR);
+    long now = mq_hugepages_giveback(added);
+    if (n <= 0)
+        mqd_log("huge pages: mqd is gone; gave back %ld page(s): %s", added,
+                now < 0 ? strerror((int)-now) : "done");
+    char reply[32];
+    int len = snprintf(reply, sizeof reply, "%ld", now);
+    send(fd, reply, (size_t)len, MSG_NOSIGNAL);
+    _exit(now < 0 ? 1 : 0);
+}
+
+static void hugepages_reserve(mqd *d)
+{
+    long asked = (long)d->cfg.hugepages_reserve;
+    d->hp_asked = asked;
+    d->hp_fd = -1;
+    if (!asked)
+        return;
+    if (d->cfg.hugepages == MQ_CFG_HUGE_OFF) {
+        snprintf(d->hp_note, sizeof d->hp_note, "reservation of %ld page(s) skipped: hugepages is off",
+                 asked);
+    } else if (geteuid() != 0) {
+        snprintf(d->hp_note, sizeof d->hp_note,
+                 "reservation of %ld page(s) skipped: not root (euid %u); using the pool as "
+                 "it is (%ld free)",
+                 asked, (unsigned)geteuid(), mq_hugepages_free());
+    } else {
+        long prev = 0;
+        long got = mq_hugepages_reserve(asked, &prev);
+        if (got < 0) {
+            snprintf(d->hp_note, sizeof d->hp_note,
+                     "reservation of %ld page(s) failed: /proc/sys/vm/nr_hugepages: %s", asked,
+                     strerror((int)-got));
+        } else if (got == 0) {
+            snprintf(d->hp_note, sizeof d->hp_note,
+                     "asked %ld page(s), the kernel gave none (nr_hugepages stays %ld)", asked,
+                     prev);
+        } else {
+            int sv[2];
+            pid_t pid = -1;
+            if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0) {
+                fflush(stderr);
+                pid = fork();
+                if (pid == 0) {
+                    close(sv[0]);
+                    hp_helper_main(sv[1], got);
+                }
+                close(sv[1]);
+                if (pid < 0)
+                    close(sv[0]);
+            }
+            if (pid < 0) {
+                int e = errno;
+                long now = mq_hugepages_giveback(got);
+                snprintf(d->hp_note, sizeof d->hp_note,
+                         "reserved %ld page(s) but cannot start the helper that gives them "
+                         "back (%s): given back now (nr_hugepages %ld)",
+                         got, strerror(e), now);
+            } else {
+                d->hp_pid = pid;
+                d->hp_fd = sv[0];
+                d->hp_added = got;
+                snprintf(d->hp_note, sizeof d->hp_note,
+                         "reserved %ld of %ld page(s) asked (%ld MiB), nr_hugepages %ld -> %ld",
+                         got, asked, got * 2, prev, prev + got);
+            }
+        }
+    }
+    mqd_log("huge pages: %s", d->hp_note);
+}
+
+void mqd_hugepages_giveback(mqd *d)
+{
+    if (d->hp_pid <= 0)
+        return;
+    struct timeval tv = {HP_HELPER_TIMEOUT_S, 0};
+    setsockopt(d->hp_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[32];
+    ssize_t n = -1;
+    if (send(d->hp_fd, "release", 7, MSG_NOSIGNAL) == 7)
+        n = recv(d->hp_fd, buf, sizeof buf - 1, 0);
+    int e = errno;
+    close(d->hp_fd);
+    waitpid(d->hp_pid, NULL, 0); /* it exits right after answering (or on our close) */
+    if (n > 0) {
+        buf[n] = 0;
+        long now = strtol(buf, NULL, 10);
+        if (now >= 0)
+            mqd_log("huge pages: gave back %ld page(s), nr_hugepages now %ld", d->hp_added, now);
+        else
+            mqd_log("huge pages: giving back %ld page(s) failed: %s", d->hp_added,
+                    strerror((int)-now));
+    } else {
+        mqd_log("huge pages: no answer from the helper (pid %d): %s", (int)d->hp_pid,
+                n == 0 ? "it is gone" : strerror(e));
+    }
+    d->hp_pid = 0;
+    d->hp_fd = -1;
+}
+
 int mqd_privs_setup(mqd *d, char *err, size_t errlen)
 {
     (void)err;
@@ -165,13 +307,8 @@ int mqd_privs_setup(mqd *d, char *err, size_t errlen)
         struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
         if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
             mqd_log("privileges: cannot raise RLIMIT_MEMLOCK: %s", strerror(errno));
-        if (d->cfg.hugepages_reserve && d->cfg.hugepages != MQ_CFG_HUGE_OFF) {
-            long prev = 0;
-            long got = mq_hugepages_reserve((long)d->cfg.hugepages_reserve, &prev);
-            mqd_log("privileges: huge pages: asked %u, now %ld reserved (was %ld)",
-                    d->cfg.hugepages_reserve, got, prev);
-        }
     }
+    hugepages_reserve(d);
     /* BPF needs its capabilities: load before dropping them. */
     int rc = mq_probes_start(&d->probes, getpid(), d->probes_err, sizeof d->probes_err);
     if (rc) {

@@ -3,13 +3,15 @@
  *
  * Start-up order (each step needs the one before):
  *   config -> named sockets from systemd -> privileged set-up (as root: memlock limit,
- *   huge pages, BPF) -> bind own sockets -> drop privileges -> event loop + signals (blocked
+ *   huge page reservation with its give-back helper, BPF) -> bind own sockets -> drop privileges -> event loop + signals (blocked
  *   before any other thread exists, so every thread inherits the mask) -> load thread
  *   (weights via io_uring into the arena, tokenizer, scheduler, warm-up) -> READY=1 and
  *   only then accept on the client socket. The admin socket is served during the load so
  *   `mqctl status` can show its progress.
  * Shutdown: SIGTERM/SIGINT/`mqctl drain` -> STOPPING=1, stop accepting, drain thread
- * (mq_sched_drain with drain_timeout_ms) -> close clients -> stop the loop -> exit 0.
+ * (mq_sched_drain with drain_timeout_ms) -> close clients -> stop the loop -> free
+ * everything -> reserved huge pages given back (mqd_fini, also after a failed start) ->
+ * exit 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -402,6 +404,9 @@ static void *load_main(void *arg)
     __atomic_store_n(&d->load_bytes_total, bt, __ATOMIC_RELAXED);
     if (rc)
         goto out;
+    /* The last mapping is a whole chunk: unmapping its unused tail returns those hugetlb
+     * pages to the pool before the KV segment is mapped from it. */
+    mq_arena_trim(d->arena);
     char desc[256];
     mq_arena_describe(d->arena, desc, sizeof desc);
     snprintf(d->load_note, sizeof d->load_note, "%s%s%s", desc, wres.note[0] ? "; " : "",
@@ -449,6 +454,12 @@ static void *load_main(void *arg)
     rc = mq_sched_create(&d->sched, d->model, d->tok, &so, err, sizeof err);
     if (rc)
         goto out;
+    mq_sched_stats kst;
+    mq_sched_get_stats(d->sched, &kst);
+    long hp_free = mq_hugepages_free();
+    mqd_log("kv: segment %.1f MiB %s (%d blocks of %d tokens); huge pages free now %ld",
+            kst.kv_bytes / 1048576.0, kst.kv_memory ? kst.kv_memory : "?", kst.kv_blocks,
+            kst.block_tokens, hp_free < 0 ? 0 : hp_free);
 
     if (d->cfg.warmup) {
         set_phase(d, "warm-up");
@@ -727,4 +738,5 @@ void mqd_fini(mqd *d)
     }
     mq_evloop_destroy(d->loop);
     d->loop = NULL;
+    mqd_hugepages_giveback(d); /* last: weights and KV segment are unmapped by now */
 }
