@@ -279,7 +279,9 @@ void mqd_hugepages_giveback(mqd *d)
     char buf[32];
     ssize_t n = -1;
     if (send(d->hp_fd, "release", 7, MSG_NOSIGNAL) == 7)
-        n = recv(d->hp_fd, buf, sizeof buf - 1, 0);
+        do /* the helper's own exit (SIGCHLD) may interrupt the wait for its answer */
+            n = recv(d->hp_fd, buf, sizeof buf - 1, 0);
+        while (n < 0 && errno == EINTR);
     int e = errno;
     close(d->hp_fd);
     waitpid(d->hp_pid, NULL, 0); /* it exits right after answering (or on our close) */

@@ -129,7 +129,6 @@ static pid_t start_mqd(const char *model, const char *log, int as_nobody)
 
 static void test_reserve_use_giveback(void)
 {
-    int failed0 = harness_failed;
     char log[320];
     snprintf(log, sizeof log, "%s/mqd.log", dir);
     long before = nr_hugepages();
@@ -198,13 +197,12 @@ static void test_reserve_use_giveback(void)
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(),
           before);
     CHECK(log_has(log, "gave back 100 page(s)"), "log says the pages were given back");
-    if (harness_failed > failed0)
+    if (harness_cur_fail)
         spawn_dump_log(log);
 }
 
 static void test_sigkill_giveback(void)
 {
-    int failed0 = harness_failed;
     char log[320];
     snprintf(log, sizeof log, "%s/mqd-kill.log", dir);
     long before = nr_hugepages();
@@ -228,13 +226,12 @@ static void test_sigkill_giveback(void)
     CHECK(log_has(log, "mqd is gone; gave back 100 page(s)"), "helper logged the give-back");
     unlink(client_sock); /* a killed mqd leaves its sockets */
     unlink(admin_sock);
-    if (harness_failed > failed0)
+    if (harness_cur_fail)
         spawn_dump_log(log);
 }
 
 static void test_failed_start_giveback(void)
 {
-    int failed0 = harness_failed;
     char log[320], empty[300];
     snprintf(log, sizeof log, "%s/mqd-fail.log", dir);
     snprintf(empty, sizeof empty, "%s/no-model", dir);
@@ -249,13 +246,12 @@ static void test_failed_start_giveback(void)
     CHECK(log_has(log, "gave back 100 page(s)"), "and given back");
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after failed start, was %ld",
           nr_hugepages(), before);
-    if (harness_failed > failed0)
+    if (harness_cur_fail)
         spawn_dump_log(log);
 }
 
 static void test_not_root_skips(void)
 {
-    int failed0 = harness_failed;
     char log[320];
     snprintf(log, sizeof log, "%s/mqd-nobody.log", dir);
     /* mqd as nobody makes its own socket folder: give it one it may write to */
@@ -289,7 +285,7 @@ static void test_not_root_skips(void)
     CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %d", ws);
     if (ws >= 0)
         mqd_pid = 0;
-    if (harness_failed > failed0)
+    if (harness_cur_fail)
         spawn_dump_log(log);
 }
 
