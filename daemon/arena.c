@@ -61,6 +61,7 @@ static long meminfo_value(const char *key)
 }
 
 long mq_hugepages_free(void) { return meminfo_value("HugePages_Free"); }
+long mq_meminfo_kib(const char *key) { return meminfo_value(key); }
 
 void *mq_mem_map(size_t bytes, int allow_hugetlb, int allow_thp, mq_mem_kind *kind)
 {

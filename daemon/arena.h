@@ -37,6 +37,8 @@ void mq_mem_unmap(void *p, size_t bytes);
 int mq_thp_available(void);
 /* Free 2 MiB hugetlb pages right now (from /proc/meminfo), or -errno. */
 long mq_hugepages_free(void);
+/* A /proc/meminfo value ("MemTotal": kB; "HugePages_Free": pages), or -errno. */
+long mq_meminfo_kib(const char *key);
 
 /* Reservation of hugetlb pages (root only): raises /proc/sys/vm/nr_hugepages by `pages`
  * and remembers the previous value in *prev so mq_hugepages_release can give them back.

@@ -149,6 +149,10 @@ void mqd_sd_start_timers(mqd *d);                     /* watchdog + loading STAT
 int mqd_privs_setup(mqd *d, char *err, size_t errlen); /* as root: limits, hugepages */
 int mqd_privs_drop(mqd *d, char *err, size_t errlen);  /* user, groups, caps, no_new_privs */
 void mqd_hugepages_giveback(mqd *d); /* at exit, after weights and KV are unmapped */
+/* hugepages_reserve = "auto": asks the helper for `pages` (once; the load thread, before the
+ * weights are mapped); `why` says how they were counted. Pages added, 0 when not in auto
+ * mode or without a helper, or -errno. */
+long mqd_hugepages_auto(mqd *d, long pages, const char *why);
 int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, char *why,
                      size_t whylen);
 

@@ -6,12 +6,14 @@
  *     JSON report hugetlb bytes for both), and after SIGTERM nr_hugepages is back;
  *   - killed with SIGKILL, mqd's helper still gives the pages back;
  *   - a failed start-up (a model folder without a model) gives them back too;
+ *   - "auto" reserves exactly the pages of weights + KV segment (from the model's plan);
  *   - not root (mqd started as nobody): nothing is reserved and the status says why.
  * The test puts nr_hugepages back to its starting value itself if anything goes wrong.
  */
 #include "mqd_spawn.h"
 
 #include <grp.h>
+#include <math.h>
 #include <pwd.h>
 
 #define RESERVE 100 /* 200 MiB: weights (~164 MiB) + a 12 MiB KV segment + slack */
@@ -95,13 +97,14 @@ static int log_has(const char *log, const char *what)
 }
 
 /* Starts mqd with huge page reservation; as_nobody: the process itself is not root. */
-static pid_t start_mqd(const char *model, const char *log, int as_nobody)
+static pid_t start_mqd_reserve(const char *model, const char *log, int as_nobody,
+                               const char *reserve)
 {
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     unlink(log);
     char res[16];
-    snprintf(res, sizeof res, "%d", RESERVE);
+    snprintf(res, sizeof res, "%s", reserve);
     char *argv[] = {bin, "--model-dir", (char *)model, "--client-socket", client_sock,
                     "--admin-socket", admin_sock, "--kv-tokens", KV_TOKENS, "--ctx-tokens",
                     KV_TOKENS, "--hugepages-reserve", res, "--drain-timeout-ms", "1000",
@@ -125,6 +128,13 @@ static pid_t start_mqd(const char *model, const char *log, int as_nobody)
         _exit(127);
     }
     return pid;
+}
+
+static pid_t start_mqd(const char *model, const char *log, int as_nobody)
+{
+    char res[16];
+    snprintf(res, sizeof res, "%d", RESERVE);
+    return start_mqd_reserve(model, log, as_nobody, res);
 }
 
 static void test_reserve_use_giveback(void)
@@ -250,6 +260,58 @@ static void test_failed_start_giveback(void)
         spawn_dump_log(log);
 }
 
+static double pages_of(double bytes) { return ceil(bytes / (2 << 20)); }
+
+/* "auto": as many pages as weights + KV segment need, counted from the model's plan
+ * before anything is mapped; the weights then sit in one exactly sized hugetlb mapping. */
+static void test_auto(void)
+{
+    char log[320];
+    snprintf(log, sizeof log, "%s/mqd-auto.log", dir);
+    long before = nr_hugepages();
+    mqd_pid = start_mqd_reserve(spawn_model(), log, 0, "auto");
+    int ready = spawn_wait_ready(admin_sock, mqd_pid, 60);
+    CHECK(ready, "mqd did not become ready");
+    if (!ready) {
+        spawn_dump_log(log);
+        return;
+    }
+    cJSON *st = admin_call(admin_sock, "status", 0);
+    double reserved = jpath(st, "memory", "hugepages_reserved", NULL);
+    double asked = jpath(st, "memory", "hugepages_asked", NULL);
+    double used = jpath(st, "memory", "weights_used", NULL);
+    double w_huge = jpath(st, "memory", "weights_mapped", "hugetlb");
+    double w_other = jpath(st, "memory", "weights_mapped", "thp") +
+                     jpath(st, "memory", "weights_mapped", "4k");
+    double kv_huge = jpath(st, "memory", "kv_mapped", "hugetlb");
+    double kv_bytes = jpath(st, "kv", "bytes", NULL);
+    long nr = nr_hugepages();
+    printf("    auto: asked %.0f, reserved %.0f (weights used %.1f MiB -> %.0f pages, KV %.1f "
+           "MiB -> %.0f pages), nr_hugepages %ld -> %ld\n",
+           asked, reserved, used / 1048576, pages_of(used), kv_bytes / 1048576,
+           pages_of(kv_bytes), before, nr);
+    CHECK(used > 100e6 && kv_bytes >= 12 << 20, "status: weights %.0f, KV %.0f bytes", used,
+          kv_bytes);
+    CHECK(asked == pages_of(used) + pages_of(kv_bytes),
+          "asked %.0f pages for %.0f weight + %.0f KV bytes", asked, used, kv_bytes);
+    CHECK(reserved == asked && nr == before + (long)reserved, "reserved %.0f, nr %ld", reserved,
+          nr);
+    CHECK(w_huge == pages_of(used) * (2 << 20) && w_other == 0,
+          "weights: hugetlb %.0f bytes (one exact mapping), other %.0f", w_huge, w_other);
+    CHECK(kv_huge == kv_bytes, "KV hugetlb %.0f of %.0f bytes", kv_huge, kv_bytes);
+    CHECK(log_has(log, "auto: reserved"), "log says what auto reserved");
+    cJSON_Delete(st);
+    kill(mqd_pid, SIGTERM);
+    int ws = spawn_wait_exit(mqd_pid, 20);
+    CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %d", ws);
+    if (ws >= 0)
+        mqd_pid = 0;
+    CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(),
+          before);
+    if (harness_cur_fail)
+        spawn_dump_log(log);
+}
+
 static void test_not_root_skips(void)
 {
     char log[320];
@@ -306,6 +368,8 @@ int main(void)
     RUN(test_sigkill_giveback);
     restore();
     RUN(test_failed_start_giveback);
+    restore();
+    RUN(test_auto);
     restore();
     RUN(test_not_root_skips);
     restore();
