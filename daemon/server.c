@@ -478,6 +478,18 @@ static void *load_main(void *arg)
     mq_arena_trim(d->arena);
     char desc[256];
     mq_arena_describe(d->arena, desc, sizeof desc);
+    if (d->cfg.hugepages == MQ_CFG_HUGE_REQUIRE) {
+        mq_arena_stats as;
+        mq_arena_stats_get(d->arena, &as);
+        if (as.mapped[MQ_MEM_THP] || as.mapped[MQ_MEM_4K]) {
+            snprintf(err, sizeof err,
+                     "hugepages is \"require\" but the weights got %s (%ld huge pages free; "
+                     "set hugepages_reserve, e.g. \"auto\", or raise nr_hugepages)",
+                     desc, mq_hugepages_free());
+            rc = -ENOMEM;
+            goto out;
+        }
+    }
     snprintf(d->load_note, sizeof d->load_note, "%s%s%s", desc, wres.note[0] ? "; " : "",
              wres.note);
     mqd_log("weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB; %s",
@@ -526,6 +538,15 @@ static void *load_main(void *arg)
     mq_sched_stats kst;
     mq_sched_get_stats(d->sched, &kst);
     long hp_free = mq_hugepages_free();
+    if (d->cfg.hugepages == MQ_CFG_HUGE_REQUIRE &&
+        (!kst.kv_memory || strcmp(kst.kv_memory, "hugetlb"))) {
+        snprintf(err, sizeof err,
+                 "hugepages is \"require\" but the KV segment (%.1f MiB) got %s pages (%ld huge "
+                 "pages free; set hugepages_reserve, e.g. \"auto\", or raise nr_hugepages)",
+                 kst.kv_bytes / 1048576.0, kst.kv_memory ? kst.kv_memory : "?", hp_free);
+        rc = -ENOMEM;
+        goto out;
+    }
     mqd_log("kv: segment %.1f MiB %s (%d blocks of %d tokens); huge pages free now %ld",
             kst.kv_bytes / 1048576.0, kst.kv_memory ? kst.kv_memory : "?", kst.kv_blocks,
             kst.block_tokens, hp_free < 0 ? 0 : hp_free);

@@ -6,7 +6,8 @@
  *     JSON report hugetlb bytes for both), and after SIGTERM nr_hugepages is back;
  *   - killed with SIGKILL, mqd's helper still gives the pages back;
  *   - a failed start-up (a model folder without a model) gives them back too;
- *   - "auto" reserves exactly the pages of weights + KV segment (from the model's plan);
+ *   - "auto" reserves exactly the pages of weights + KV segment (from the model's plan),
+ *     and satisfies hugepages "require"; "require" without free pages fails the start;
  *   - not root (mqd started as nobody): nothing is reserved and the status says why.
  * The test puts nr_hugepages back to its starting value itself if anything goes wrong.
  */
@@ -98,7 +99,7 @@ static int log_has(const char *log, const char *what)
 
 /* Starts mqd with huge page reservation; as_nobody: the process itself is not root. */
 static pid_t start_mqd_reserve(const char *model, const char *log, int as_nobody,
-                               const char *reserve)
+                               const char *reserve, const char *huge_mode)
 {
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
@@ -108,6 +109,7 @@ static pid_t start_mqd_reserve(const char *model, const char *log, int as_nobody
     char *argv[] = {bin, "--model-dir", (char *)model, "--client-socket", client_sock,
                     "--admin-socket", admin_sock, "--kv-tokens", KV_TOKENS, "--ctx-tokens",
                     KV_TOKENS, "--hugepages-reserve", res, "--drain-timeout-ms", "1000",
+                    "--hugepages", (char *)(huge_mode ? huge_mode : "auto"),
                     "--user", as_nobody ? "" : "nobody", NULL};
     if (!as_nobody)
         return spawn(argv, NULL, log);
@@ -123,7 +125,7 @@ static pid_t start_mqd_reserve(const char *model, const char *log, int as_nobody
         gid_t g = pw ? pw->pw_gid : 65534;
         if (setgroups(0, NULL) < 0 || setresgid(g, g, g) < 0 || setresuid(u, u, u) < 0)
             _exit(126);
-        argv[15] = NULL; /* no --user: it is nobody already */
+        argv[17] = NULL; /* no --user: it is nobody already */
         execv(argv[0], argv);
         _exit(127);
     }
@@ -134,7 +136,7 @@ static pid_t start_mqd(const char *model, const char *log, int as_nobody)
 {
     char res[16];
     snprintf(res, sizeof res, "%d", RESERVE);
-    return start_mqd_reserve(model, log, as_nobody, res);
+    return start_mqd_reserve(model, log, as_nobody, res, NULL);
 }
 
 static void test_reserve_use_giveback(void)
@@ -269,7 +271,8 @@ static void test_auto(void)
     char log[320];
     snprintf(log, sizeof log, "%s/mqd-auto.log", dir);
     long before = nr_hugepages();
-    mqd_pid = start_mqd_reserve(spawn_model(), log, 0, "auto");
+    /* with "require": start-up would fail if any of it were not hugetlb */
+    mqd_pid = start_mqd_reserve(spawn_model(), log, 0, "auto", "require");
     int ready = spawn_wait_ready(admin_sock, mqd_pid, 60);
     CHECK(ready, "mqd did not become ready");
     if (!ready) {
@@ -308,6 +311,24 @@ static void test_auto(void)
         mqd_pid = 0;
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(),
           before);
+    if (harness_cur_fail)
+        spawn_dump_log(log);
+}
+
+/* hugepages "require" without pages: start-up fails and says why, nothing is left behind */
+static void test_require_without_pages_fails(void)
+{
+    char log[320];
+    snprintf(log, sizeof log, "%s/mqd-require.log", dir);
+    long before = nr_hugepages(), fr = meminfo("HugePages_Free");
+    CHECK(fr >= 0 && fr < 82, "this test needs fewer than 82 free huge pages, %ld free", fr);
+    mqd_pid = start_mqd_reserve(spawn_model(), log, 0, "0", "require");
+    int ws = spawn_wait_exit(mqd_pid, 30);
+    CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "exit status %d", ws);
+    if (ws >= 0)
+        mqd_pid = 0;
+    CHECK(log_has(log, "hugepages is \"require\" but the weights got"), "log says why");
+    CHECK(nr_hugepages() == before, "nr_hugepages %ld, was %ld", nr_hugepages(), before);
     if (harness_cur_fail)
         spawn_dump_log(log);
 }
@@ -370,6 +391,8 @@ int main(void)
     RUN(test_failed_start_giveback);
     restore();
     RUN(test_auto);
+    restore();
+    RUN(test_require_without_pages_fails);
     restore();
     RUN(test_not_root_skips);
     restore();
