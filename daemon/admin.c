@@ -126,8 +126,24 @@ static void cmd_status(mqd *d, cJSON *o)
         cJSON_AddNumberToObject(mem, "weights_fp4", (double)d->model->fp4_bytes);
         cJSON_AddNumberToObject(mem, "weights_other", (double)d->model->other_bytes);
     }
-    long hp = mq_hugepages_free();
+    if (d->sched) {
+        /* the KV segment is one mapping of one kind; same shape as weights_mapped */
+        mq_sched_stats ks;
+        mq_sched_get_stats(d->sched, &ks);
+        cJSON *kv = cJSON_AddObjectToObject(mem, "kv_mapped");
+        for (int k = 0; k < MQ_MEM_KINDS; k++) {
+            const char *name = mq_mem_kind_name((mq_mem_kind)k);
+            int here = ks.kv_memory && !strcmp(ks.kv_memory, name);
+            cJSON_AddNumberToObject(kv, name, here ? (double)ks.kv_bytes : 0);
+        }
+    }
+    long hp = mq_hugepages_free(), nr = mq_hugepages_nr();
     cJSON_AddNumberToObject(mem, "hugepages_free", hp < 0 ? 0 : (double)hp);
+    cJSON_AddNumberToObject(mem, "hugepages_total", nr < 0 ? 0 : (double)nr);
+    /* what mqd itself reserved at start (hugepages_reserve) and how that went */
+    cJSON_AddNumberToObject(mem, "hugepages_asked", (double)d->hp_asked);
+    cJSON_AddNumberToObject(mem, "hugepages_reserved", (double)d->hp_added);
+    cJSON_AddStringToObject(mem, "hugepages_note", d->hp_note);
     cJSON *p = cJSON_AddObjectToObject(o, "pools");
     cJSON *pp = cJSON_AddObjectToObject(p, "prefill");
     cJSON_AddNumberToObject(pp, "threads", d->cfg.prefill_threads);

@@ -61,6 +61,7 @@ static long meminfo_value(const char *key)
 }
 
 long mq_hugepages_free(void) { return meminfo_value("HugePages_Free"); }
+long mq_meminfo_kib(const char *key) { return meminfo_value(key); }
 
 void *mq_mem_map(size_t bytes, int allow_hugetlb, int allow_thp, mq_mem_kind *kind)
 {
@@ -141,6 +142,17 @@ int mq_hugepages_release(long prev)
     return write_long_file(NR_HUGEPAGES, prev);
 }
 
+long mq_hugepages_giveback(long added)
+{
+    if (added <= 0) return -EINVAL;
+    long cur = read_long_file(NR_HUGEPAGES);
+    if (cur < 0) return cur;
+    long want = cur > added ? cur - added : 0;
+    int r = write_long_file(NR_HUGEPAGES, want);
+    if (r < 0) return r;
+    return read_long_file(NR_HUGEPAGES);
+}
+
 struct mapping {
     uint8_t *base;
     size_t len, used;
@@ -175,11 +187,20 @@ int mq_arena_create(mq_arena **out, const mq_arena_opts *o)
     return 0;
 }
 
-/* Caller holds a->mu. */
-static int add_mapping(mq_arena *a, size_t bytes)
+/* Caller holds a->mu. Maps `want` bytes, or fewer (at least `need`) when that is what the
+ * free hugetlb pages cover: a reservation smaller than a chunk is used rather than passed
+ * over for THP (mq_arena_trim gives back what the load did not use). */
+static int add_mapping(mq_arena *a, size_t want, size_t need)
 {
     if (a->n_map == ARENA_MAX_MAPPINGS) return -ENOMEM;
-    size_t len = round_up(bytes, MQ_HUGEPAGE_BYTES);
+    size_t len = round_up(want, MQ_HUGEPAGE_BYTES);
+    need = round_up(need, MQ_HUGEPAGE_BYTES);
+    if (a->o.allow_hugetlb && need < len) {
+        long fr = mq_hugepages_free();
+        if (fr > 0 && (size_t)fr * MQ_HUGEPAGE_BYTES >= need &&
+            (size_t)fr * MQ_HUGEPAGE_BYTES < len)
+            len = (size_t)fr * MQ_HUGEPAGE_BYTES;
+    }
     mq_mem_kind kind;
     void *p = mq_mem_map(len, a->o.allow_hugetlb, a->o.allow_thp, &kind);
     if (!p) return -errno;
@@ -190,7 +211,7 @@ static int add_mapping(mq_arena *a, size_t bytes)
 int mq_arena_reserve(mq_arena *a, size_t bytes)
 {
     pthread_mutex_lock(&a->mu);
-    int r = add_mapping(a, bytes);
+    int r = add_mapping(a, bytes, bytes);
     pthread_mutex_unlock(&a->mu);
     return r;
 }
@@ -219,7 +240,7 @@ void *mq_arena_alloc(mq_arena *a, size_t bytes, size_t align, const char *what)
             }
         }
         if (!p && pass == 0) {
-            int r = add_mapping(a, bytes > a->o.chunk_bytes ? bytes : a->o.chunk_bytes);
+            int r = add_mapping(a, bytes > a->o.chunk_bytes ? bytes : a->o.chunk_bytes, bytes);
             if (r < 0) {
                 errno = -r;
                 break;
@@ -278,3 +299,21 @@ int mq_arena_owns(mq_arena *a, const void *p)
     pthread_mutex_unlock(&a->mu);
     return r;
 }
+
+size_t mq_arena_trim(mq_arena *a)
+{
+    size_t freed = 0;
+    pthread_mutex_lock(&a->mu);
+    for (int i = 0; i < a->n_map; i++) {
+        struct mapping *m = &a->map[i];
+        size_t keep = round_up(m->used ? m->used : 1, MQ_HUGEPAGE_BYTES);
+        if (keep < m->len && munmap(m->base + keep, m->len - keep) == 0) {
+            freed += m->len - keep;
+            m->len = keep;
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    return freed;
+}
+
+long mq_hugepages_nr(void) { return read_long_file(NR_HUGEPAGES); }

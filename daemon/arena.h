@@ -37,6 +37,8 @@ void mq_mem_unmap(void *p, size_t bytes);
 int mq_thp_available(void);
 /* Free 2 MiB hugetlb pages right now (from /proc/meminfo), or -errno. */
 long mq_hugepages_free(void);
+/* A /proc/meminfo value ("MemTotal": kB; "HugePages_Free": pages), or -errno. */
+long mq_meminfo_kib(const char *key);
 
 /* Reservation of hugetlb pages (root only): raises /proc/sys/vm/nr_hugepages by `pages`
  * and remembers the previous value in *prev so mq_hugepages_release can give them back.
@@ -44,6 +46,13 @@ long mq_hugepages_free(void);
  * (-EPERM when not root). */
 long mq_hugepages_reserve(long pages, long *prev);
 int mq_hugepages_release(long prev);
+/* Gives back `added` pages (what mq_hugepages_reserve returned): lowers nr_hugepages by
+ * that many from its CURRENT value (not back to the value seen at reservation), so a
+ * change someone else made meanwhile is kept. Pages still mapped become surplus pages and
+ * return to the kernel when unmapped. Returns nr_hugepages afterwards, or -errno. */
+long mq_hugepages_giveback(long added);
+/* /proc/sys/vm/nr_hugepages (the persistent pool size), or -errno. */
+long mq_hugepages_nr(void);
 
 typedef struct mq_arena mq_arena;
 
@@ -65,6 +74,10 @@ void *mq_arena_alloc(mq_arena *a, size_t bytes, size_t align, const char *what);
  * ctx is the mq_arena. */
 void *mq_arena_alloc_cb(void *ctx, size_t bytes, size_t align, const char *what);
 void mq_arena_destroy(mq_arena *a);
+/* Unmaps the unused tail (whole 2 MiB pages) of every mapping, e.g. after the model is
+ * loaded, so unused hugetlb pages go back to the free pool (for the KV segment). Later
+ * allocations then need new mappings. Returns the bytes unmapped. */
+size_t mq_arena_trim(mq_arena *a);
 /* 1 if p lies inside one of the arena's mappings. */
 int mq_arena_owns(mq_arena *a, const void *p);
 

@@ -30,13 +30,15 @@ typedef struct field {
     uint32_t min, max;
     const char *const *words;
     const char *help;
+    const char *auto_word; /* F_U32: this string stands for MQ_CFG_U32_AUTO */
 } field;
 
-#define STR(n, h) {#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h}
-#define U32(n, lo, hi, h) {#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h}
-#define BOOL(n, h) {#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h}
-#define ENUM(n, w, h) {#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h}
-#define LIST(n, h) {#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h}
+#define STR(n, h) {#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h, NULL}
+#define U32(n, lo, hi, h) {#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, NULL}
+#define U32_AUTO(n, lo, hi, h) {#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, "auto"}
+#define BOOL(n, h) {#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h, NULL}
+#define ENUM(n, w, h) {#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h, NULL}
+#define LIST(n, h) {#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h, NULL}
 
 static const field fields[] = {
     STR(model_dir, "model folder (config.json, model.safetensors, tokenizer.json)"),
@@ -50,8 +52,10 @@ static const field fields[] = {
     U32(kv_tokens, 256, 1u << 26, "KV store capacity in tokens, all sessions"),
     U32(kv_block_tokens, 1, 4096, "tokens per KV block"),
     ENUM(on_full, on_full_words, "KV store full: wait for blocks, or fail the request"),
-    ENUM(hugepages, huge_words, "huge pages for weights and KV: auto, off, require"),
-    U32(hugepages_reserve, 0, 1u << 20, "2 MiB pages to reserve when started as root"),
+    ENUM(hugepages, huge_words,
+         "huge pages for weights and KV: auto, off, require (start fails without)"),
+    U32_AUTO(hugepages_reserve, 0, 1u << 20,
+             "2 MiB pages to reserve when started as root (auto = weights + KV)"),
     U32(io_depth, 1, 256, "weight reads in flight"),
     U32(io_read_kib, 4, 1u << 20, "size of one weight read in KiB"),
     U32(max_sessions, 1, 1u << 20, "sessions of all clients"),
@@ -204,8 +208,12 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
                 rc = set_word(c, f, it->valuestring, where, err, errlen);
             break;
         case F_U32:
-            if (!cJSON_IsNumber(it))
-                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a number", where, f->name);
+            if (f->auto_word && cJSON_IsString(it) && !strcmp(it->valuestring, f->auto_word))
+                *(uint32_t *)((char *)c + f->off) = MQ_CFG_U32_AUTO;
+            else if (!cJSON_IsNumber(it))
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a number%s%s", where,
+                               f->name, f->auto_word ? " or " : "",
+                               f->auto_word ? f->auto_word : "");
             else
                 rc = set_u32(c, f, it->valuedouble, where, err, errlen);
             break;
@@ -290,6 +298,10 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
                         value);
         return 0;
     case F_U32: {
+        if (f->auto_word && !strcmp(value, f->auto_word)) {
+            *(uint32_t *)((char *)c + f->off) = MQ_CFG_U32_AUTO;
+            return 0;
+        }
         char *end;
         errno = 0;
         unsigned long long v = strtoull(value, &end, 10);
@@ -398,7 +410,10 @@ char *mqd_config_to_json(const mqd_config *c)
             cJSON_AddStringToObject(o, f->name, f->words[v]);
             break;
         case F_U32:
-            cJSON_AddNumberToObject(o, f->name, v);
+            if (f->auto_word && v == MQ_CFG_U32_AUTO)
+                cJSON_AddStringToObject(o, f->name, f->auto_word);
+            else
+                cJSON_AddNumberToObject(o, f->name, v);
             break;
         case F_BOOL:
             cJSON_AddBoolToObject(o, f->name, v);

@@ -23,6 +23,7 @@ extern "C" {
 #define MQ_CFG_PATH 4096
 #define MQ_CFG_NAME 64
 #define MQ_CFG_LIST 16 /* entries in allowed_users / allowed_groups */
+#define MQ_CFG_U32_AUTO 0xffffffffu /* a number field given as "auto" (hugepages_reserve) */
 
 enum mq_cfg_mode { MQ_CFG_MODE_MIXED = 0, MQ_CFG_MODE_BF16 = 1, MQ_CFG_MODE_FP4 = 2 };
 enum mq_cfg_on_full { MQ_CFG_ON_FULL_WAIT = 0, MQ_CFG_ON_FULL_FAIL = 1 };
@@ -41,7 +42,8 @@ typedef struct mqd_config {
     uint32_t kv_block_tokens;  /* tokens per KV block */
     uint32_t on_full;          /* mq_cfg_on_full */
     uint32_t hugepages;        /* mq_cfg_huge */
-    uint32_t hugepages_reserve;/* 2 MiB pages mqd reserves when started as root; 0 = none */
+    uint32_t hugepages_reserve;/* 2 MiB pages mqd reserves when started as root; 0 = none;
+                                * MQ_CFG_U32_AUTO ("auto") = what weights + KV need */
     uint32_t io_depth;         /* reads in flight while loading weights */
     uint32_t io_read_kib;      /* size of one read */
     uint32_t max_sessions;     /* all clients */

@@ -1,7 +1,8 @@
 /* daemon/privs.c — privileges: what mqd does as root, then how it stops being root.
  *
  * Started as root, mqd (1) raises RLIMIT_MEMLOCK so the run-as user can lock weights and
- * KV, (2) reserves huge pages if configured, (3) loads the BPF probes (need CAP_BPF /
+ * KV, (2) reserves huge pages if configured (a root helper process gives them back at
+ * exit, see below), (3) loads the BPF probes (need CAP_BPF /
  * CAP_PERFMON), (4) binds its sockets (server.c), then mqd_privs_drop(): empties the
  * capability bounding set, switches groups, gid and uid to the configured user, clears
  * every remaining capability (permitted, effective, inheritable, ambient) and sets
@@ -20,6 +21,8 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "arena.h"
@@ -157,6 +160,234 @@ int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, ch
     return 0;
 }
 
+/* ---- huge page reservation -------------------------------------------------------
+ * With hugepages_reserve = N (and hugepages not "off"), mqd started as root raises
+ * /proc/sys/vm/nr_hugepages by N before it maps anything, so the weights (arena) and the
+ * KV segment come from the reserved pool; the kernel may give fewer pages than asked
+ * (fragmented memory), so the value is read back and logged. Giving the pages back needs
+ * root again, which mqd no longer is at exit. So a helper process forked here keeps uid 0
+ * (with no capabilities and no_new_privs: writing the root-owned sysctl as its owner needs
+ * neither) and only waits on a socket. mqd_fini sends "release" after the weights and the
+ * KV segment are unmapped and waits for the answer, so the pages are back before mqd
+ * exits (normal exit, SIGTERM drain, failed start-up); if mqd dies without a word (crash,
+ * SIGKILL) the helper sees end-of-file and gives them back then.
+ * Giving back lowers nr_hugepages by the pages mqd ADDED, from its current value — not
+ * back to the value seen at start — so a change someone else made meanwhile is kept.
+ * hugepages_reserve = "auto": the helper starts with nothing reserved; the load thread,
+ * once a dry run of the model's plan says what weights + KV segment need, asks it once
+ * (mqd_hugepages_auto; capped at 3/4 of MemTotal so mqd alone cannot make the root helper
+ * take all memory).
+ * Not root: nothing is reserved, the log says so, mqd uses what the pool has. */
+#define HP_HELPER_TIMEOUT_S 30 /* a large reservation may make the kernel compact memory */
+
+/* The helper: answers "reserve N" (once, only in auto mode, at most `cap` pages) with
+ * "<added> <nr_hugepages before> <after>", and "release" (or end-of-file) with
+ * "<nr_hugepages after giving back>", then exits. */
+static void hp_helper_main(int fd, long added, long cap)
+{
+    /* systemd signals the whole cgroup on stop: mqd's exit is what counts here */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    if (fd != 3) {
+        dup2(fd, 3);
+        fd = 3;
+    }
+    close_range(4, ~0U, 0); /* mqd's sockets are none of the helper's business */
+    prctl(PR_SET_NAME, "mqd-hugepages", 0, 0, 0);
+    cap_t none = cap_init();
+    if (none) {
+        cap_set_proc(none);
+        cap_free(none);
+    }
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    char buf[64], reply[64];
+    for (;;) {
+        ssize_t n;
+        do
+            n = recv(fd, buf, sizeof buf - 1, 0);
+        while (n < 0 && errno == EINTR);
+        if (n > 8 && !strncmp(buf, "reserve ", 8) && cap > 0) {
+            buf[n] = 0;
+            long want = strtol(buf + 8, NULL, 10), prev = mq_hugepages_nr();
+            if (want > cap)
+                want = cap;
+            cap = 0; /* one reservation per run */
+            long got = want > 0 ? mq_hugepages_reserve(want, &prev) : 0;
+            if (got > 0)
+                added = got;
+            int len = snprintf(reply, sizeof reply, "%ld %ld %ld", got, prev, mq_hugepages_nr());
+            send(fd, reply, (size_t)len, MSG_NOSIGNAL);
+            continue;
+        }
+        long now = added > 0 ? mq_hugepages_giveback(added) : mq_hugepages_nr();
+        if (n <= 0 && added > 0)
+            mqd_log("huge pages: mqd is gone; gave back %ld page(s): %s", added,
+                    now < 0 ? strerror((int)-now) : "done");
+        int len = snprintf(reply, sizeof reply, "%ld", now);
+        send(fd, reply, (size_t)len, MSG_NOSIGNAL);
+        _exit(now < 0 ? 1 : 0);
+    }
+}
+
+/* Forks the helper; 0 or -errno (then nothing was started). */
+static int hp_helper_start(mqd *d, long added, long cap)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return -errno;
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(sv[0]);
+        hp_helper_main(sv[1], added, cap);
+    }
+    int e = errno;
+    close(sv[1]);
+    if (pid < 0) {
+        close(sv[0]);
+        return -e;
+    }
+    d->hp_pid = pid;
+    d->hp_fd = sv[0];
+    return 0;
+}
+
+/* One request to the helper and its answer (NUL-terminated in buf); length or -errno. */
+static ssize_t hp_call(mqd *d, const char *req, char *buf, size_t len)
+{
+    struct timeval tv = {HP_HELPER_TIMEOUT_S, 0};
+    setsockopt(d->hp_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ssize_t n = send(d->hp_fd, req, strlen(req), MSG_NOSIGNAL);
+    if (n < 0)
+        return -errno;
+    do /* the helper's own exit (SIGCHLD) may interrupt the wait for its answer */
+        n = recv(d->hp_fd, buf, len - 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
+        return -EPIPE;
+    buf[n] = 0;
+    return n;
+}
+
+static void hugepages_reserve(mqd *d)
+{
+    long asked = (long)d->cfg.hugepages_reserve;
+    int is_auto = d->cfg.hugepages_reserve == MQ_CFG_U32_AUTO;
+    d->hp_asked = is_auto ? 0 : asked;
+    d->hp_fd = -1;
+    if (!asked)
+        return;
+    char what[48];
+    if (is_auto)
+        snprintf(what, sizeof what, "auto reservation");
+    else
+        snprintf(what, sizeof what, "reservation of %ld page(s)", asked);
+    if (d->cfg.hugepages == MQ_CFG_HUGE_OFF) {
+        snprintf(d->hp_note, sizeof d->hp_note, "%s skipped: hugepages is off", what);
+    } else if (geteuid() != 0) {
+        snprintf(d->hp_note, sizeof d->hp_note,
+                 "%s skipped: not root (euid %u); using the pool as it is (%ld free)", what,
+                 (unsigned)geteuid(), mq_hugepages_free());
+    } else if (is_auto) {
+        /* sized by the load thread once the model's plan is known (mqd_hugepages_auto);
+         * a bound, so that mqd alone cannot make the helper take all memory */
+        long cap = mq_meminfo_kib("MemTotal") / 2048 * 3 / 4;
+        int rc = hp_helper_start(d, 0, cap);
+        if (rc < 0)
+            snprintf(d->hp_note, sizeof d->hp_note, "%s skipped: cannot start its helper: %s",
+                     what, strerror(-rc));
+        else
+            snprintf(d->hp_note, sizeof d->hp_note,
+                     "auto: sized from the model once its plan is read (at most %ld pages)",
+                     cap);
+    } else {
+        long prev = 0;
+        long got = mq_hugepages_reserve(asked, &prev);
+        if (got < 0) {
+            snprintf(d->hp_note, sizeof d->hp_note,
+                     "%s failed: /proc/sys/vm/nr_hugepages: %s", what, strerror((int)-got));
+        } else if (got == 0) {
+            snprintf(d->hp_note, sizeof d->hp_note,
+                     "asked %ld page(s), the kernel gave none (nr_hugepages stays %ld)", asked,
+                     prev);
+        } else {
+            int rc = hp_helper_start(d, got, 0);
+            if (rc < 0) {
+                long now = mq_hugepages_giveback(got);
+                snprintf(d->hp_note, sizeof d->hp_note,
+                         "reserved %ld page(s) but cannot start the helper that gives them "
+                         "back (%s): given back now (nr_hugepages %ld)",
+                         got, strerror(-rc), now);
+            } else {
+                d->hp_added = got;
+                snprintf(d->hp_note, sizeof d->hp_note,
+                         "reserved %ld of %ld page(s) asked (%ld MiB), nr_hugepages %ld -> %ld",
+                         got, asked, got * 2, prev, prev + got);
+            }
+        }
+    }
+    mqd_log("huge pages: %s", d->hp_note);
+}
+
+long mqd_hugepages_auto(mqd *d, long pages, const char *why)
+{
+    if (d->hp_pid <= 0 || d->cfg.hugepages_reserve != MQ_CFG_U32_AUTO)
+        return 0;
+    char req[32], buf[64];
+    snprintf(req, sizeof req, "reserve %ld", pages);
+    ssize_t n = hp_call(d, req, buf, sizeof buf);
+    long got = -1, prev = -1, now = -1;
+    if (n > 0 && sscanf(buf, "%ld %ld %ld", &got, &prev, &now) != 3)
+        n = -EPROTO;
+    __atomic_store_n(&d->hp_asked, pages, __ATOMIC_RELAXED);
+    if (n < 0)
+        snprintf(d->hp_note, sizeof d->hp_note, "auto reservation of %ld page(s) failed: %s",
+                 pages, strerror((int)-n));
+    else if (got < 0)
+        snprintf(d->hp_note, sizeof d->hp_note,
+                 "auto reservation of %ld page(s) failed: /proc/sys/vm/nr_hugepages: %s",
+                 pages, strerror((int)-got));
+    else
+        snprintf(d->hp_note, sizeof d->hp_note,
+                 "auto: reserved %ld of %ld page(s) asked (%ld MiB; %s), nr_hugepages %ld -> "
+                 "%ld",
+                 got, pages, got * 2, why, prev, now);
+    if (n > 0 && got > 0)
+        __atomic_store_n(&d->hp_added, got, __ATOMIC_RELAXED);
+    mqd_log("huge pages: %s", d->hp_note);
+    return n < 0 ? (long)n : got;
+}
+
+void mqd_hugepages_giveback(mqd *d)
+{
+    if (d->hp_pid <= 0)
+        return;
+    char buf[32];
+    ssize_t n = hp_call(d, "release", buf, sizeof buf);
+    close(d->hp_fd);
+    waitpid(d->hp_pid, NULL, 0); /* it exits right after answering (or on our close) */
+    long added = __atomic_load_n(&d->hp_added, __ATOMIC_RELAXED);
+    if (n > 0) {
+        long now = strtol(buf, NULL, 10);
+        if (added <= 0)
+            ; /* auto mode that reserved nothing: nothing to say */
+        else if (now >= 0)
+            mqd_log("huge pages: gave back %ld page(s), nr_hugepages now %ld", added, now);
+        else
+            mqd_log("huge pages: giving back %ld page(s) failed: %s", added,
+                    strerror((int)-now));
+    } else {
+        mqd_log("huge pages: no answer from the helper (pid %d): %s", (int)d->hp_pid,
+                strerror((int)-n));
+    }
+    d->hp_pid = 0;
+    d->hp_fd = -1;
+}
+
 int mqd_privs_setup(mqd *d, char *err, size_t errlen)
 {
     (void)err;
@@ -165,13 +396,8 @@ int mqd_privs_setup(mqd *d, char *err, size_t errlen)
         struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
         if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
             mqd_log("privileges: cannot raise RLIMIT_MEMLOCK: %s", strerror(errno));
-        if (d->cfg.hugepages_reserve && d->cfg.hugepages != MQ_CFG_HUGE_OFF) {
-            long prev = 0;
-            long got = mq_hugepages_reserve((long)d->cfg.hugepages_reserve, &prev);
-            mqd_log("privileges: huge pages: asked %u, now %ld reserved (was %ld)",
-                    d->cfg.hugepages_reserve, got, prev);
-        }
     }
+    hugepages_reserve(d);
     /* BPF needs its capabilities: load before dropping them. */
     int rc = mq_probes_start(&d->probes, getpid(), d->probes_err, sizeof d->probes_err);
     if (rc) {

@@ -3,13 +3,15 @@
  *
  * Start-up order (each step needs the one before):
  *   config -> named sockets from systemd -> privileged set-up (as root: memlock limit,
- *   huge pages, BPF) -> bind own sockets -> drop privileges -> event loop + signals (blocked
+ *   huge page reservation with its give-back helper, BPF) -> bind own sockets -> drop privileges -> event loop + signals (blocked
  *   before any other thread exists, so every thread inherits the mask) -> load thread
  *   (weights via io_uring into the arena, tokenizer, scheduler, warm-up) -> READY=1 and
  *   only then accept on the client socket. The admin socket is served during the load so
  *   `mqctl status` can show its progress.
  * Shutdown: SIGTERM/SIGINT/`mqctl drain` -> STOPPING=1, stop accepting, drain thread
- * (mq_sched_drain with drain_timeout_ms) -> close clients -> stop the loop -> exit 0.
+ * (mq_sched_drain with drain_timeout_ms) -> close clients -> stop the loop -> free
+ * everything -> reserved huge pages given back (mqd_fini, also after a failed start) ->
+ * exit 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,6 +32,7 @@
 
 #include "arena.h"
 #include "chat_template.h"
+#include "engine.h"
 #include "model.h"
 #include "probes.h"
 #include "scheduler.h"
@@ -328,6 +332,68 @@ static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_w
     return 0;
 }
 
+/* ---- hugepages_reserve = "auto": weights + KV segment, counted before mapping them -----
+ * A dry run of mq_model_plan (headers only) with an allocator that hands out untouched
+ * MAP_NORESERVE memory and adds up what the arena would hold (same 64-byte alignment, one
+ * mapping: load_weights then maps exactly that with mq_arena_reserve); the KV segment is
+ * sized as kv_store.c sizes it. */
+typedef struct measure {
+    size_t arena_bytes;
+} measure;
+
+static void *measure_alloc(void *ctx, size_t bytes, size_t align, const char *what)
+{
+    measure *m = ctx;
+    if (!align)
+        align = 64;
+    if (!what || strncmp(what, "staging", 7)) /* staging comes from the heap, see loader */
+        m->arena_bytes = (m->arena_bytes + align - 1) / align * align + (bytes ? bytes : 1);
+    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void measure_free(void *ctx, void *p, size_t bytes)
+{
+    (void)ctx;
+    munmap(p, bytes ? bytes : 1);
+}
+
+static size_t pages_of(size_t bytes)
+{
+    return (bytes + MQ_HUGEPAGE_BYTES - 1) / MQ_HUGEPAGE_BYTES;
+}
+
+/* Reserves what weights + KV need (auto mode); the weights' bytes in *arena_bytes (0 when
+ * not measured). Failures only cost the huge pages: the load goes on. */
+static void reserve_auto(mqd *d, size_t *arena_bytes)
+{
+    *arena_bytes = 0;
+    if (d->cfg.hugepages_reserve != MQ_CFG_U32_AUTO || d->hp_pid <= 0)
+        return;
+    measure ms = {0};
+    mq_alloc al = {.alloc = measure_alloc, .free = measure_free, .ctx = &ms};
+    mq_model *m = NULL;
+    const mq_read *reads = NULL;
+    int n_reads = 0;
+    char e[MQ_ERR_LEN] = "";
+    mq_model_opts mo = {0};
+    int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e);
+    if (rc < 0) {
+        mqd_log("huge pages: auto: cannot size the model (%s); nothing reserved", e);
+        return; /* the real plan reports the same error */
+    }
+    int blocks = (int)(d->cfg.kv_tokens / d->cfg.kv_block_tokens);
+    size_t stride = (mq_kv_block_bytes(&m->cfg, (int)d->cfg.kv_block_tokens) + 63) / 64 * 64;
+    size_t kv = stride * (size_t)blocks;
+    mq_model_free(m);
+    char why[96];
+    snprintf(why, sizeof why, "weights %.1f MiB + KV segment %.1f MiB",
+             ms.arena_bytes / 1048576.0, kv / 1048576.0);
+    if (mqd_hugepages_auto(d, (long)(pages_of(ms.arena_bytes) + pages_of(kv)), why) > 0)
+        *arena_bytes = ms.arena_bytes;
+}
+
 typedef struct load_result {
     mqd *d;
     int rc;
@@ -374,11 +440,16 @@ static void *load_main(void *arg)
     mq_arena_opts_default(&ao);
     ao.allow_hugetlb = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
     ao.allow_thp = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
+    size_t planned = 0;
+    reserve_auto(d, &planned);
     rc = mq_arena_create(&d->arena, &ao);
     if (rc) {
         snprintf(err, sizeof err, "arena: %s", strerror(-rc));
         goto out;
     }
+    /* the whole model in one mapping, from the pages just reserved for it */
+    if (planned && mq_arena_reserve(d->arena, planned) < 0)
+        mqd_log("huge pages: auto: mapping %zu bytes up front failed; chunks instead", planned);
     mq_ws_opts wo;
     mq_ws_opts_default(&wo);
     wo.queue_depth = (int)d->cfg.io_depth;
@@ -402,8 +473,23 @@ static void *load_main(void *arg)
     __atomic_store_n(&d->load_bytes_total, bt, __ATOMIC_RELAXED);
     if (rc)
         goto out;
+    /* The last mapping is a whole chunk: unmapping its unused tail returns those hugetlb
+     * pages to the pool before the KV segment is mapped from it. */
+    mq_arena_trim(d->arena);
     char desc[256];
     mq_arena_describe(d->arena, desc, sizeof desc);
+    if (d->cfg.hugepages == MQ_CFG_HUGE_REQUIRE) {
+        mq_arena_stats as;
+        mq_arena_stats_get(d->arena, &as);
+        if (as.mapped[MQ_MEM_THP] || as.mapped[MQ_MEM_4K]) {
+            snprintf(err, sizeof err,
+                     "hugepages is \"require\" but the weights got %s (%ld huge pages free; "
+                     "set hugepages_reserve, e.g. \"auto\", or raise nr_hugepages)",
+                     desc, mq_hugepages_free());
+            rc = -ENOMEM;
+            goto out;
+        }
+    }
     snprintf(d->load_note, sizeof d->load_note, "%s%s%s", desc, wres.note[0] ? "; " : "",
              wres.note);
     mqd_log("weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB; %s",
@@ -449,6 +535,21 @@ static void *load_main(void *arg)
     rc = mq_sched_create(&d->sched, d->model, d->tok, &so, err, sizeof err);
     if (rc)
         goto out;
+    mq_sched_stats kst;
+    mq_sched_get_stats(d->sched, &kst);
+    long hp_free = mq_hugepages_free();
+    if (d->cfg.hugepages == MQ_CFG_HUGE_REQUIRE &&
+        (!kst.kv_memory || strcmp(kst.kv_memory, "hugetlb"))) {
+        snprintf(err, sizeof err,
+                 "hugepages is \"require\" but the KV segment (%.1f MiB) got %s pages (%ld huge "
+                 "pages free; set hugepages_reserve, e.g. \"auto\", or raise nr_hugepages)",
+                 kst.kv_bytes / 1048576.0, kst.kv_memory ? kst.kv_memory : "?", hp_free);
+        rc = -ENOMEM;
+        goto out;
+    }
+    mqd_log("kv: segment %.1f MiB %s (%d blocks of %d tokens); huge pages free now %ld",
+            kst.kv_bytes / 1048576.0, kst.kv_memory ? kst.kv_memory : "?", kst.kv_blocks,
+            kst.block_tokens, hp_free < 0 ? 0 : hp_free);
 
     if (d->cfg.warmup) {
         set_phase(d, "warm-up");
@@ -727,4 +828,5 @@ void mqd_fini(mqd *d)
     }
     mq_evloop_destroy(d->loop);
     d->loop = NULL;
+    mqd_hugepages_giveback(d); /* last: weights and KV segment are unmapped by now */
 }

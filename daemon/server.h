@@ -103,6 +103,13 @@ typedef struct mqd {
     /* BPF */
     struct mq_probes *probes;
     char probes_err[256];
+
+    /* huge pages mqd reserved itself (privs.c): a root helper process (hp_pid, 0 = none)
+     * gives the hp_added pages back when told through hp_fd or when mqd is gone */
+    pid_t hp_pid;
+    int hp_fd;
+    long hp_asked, hp_added;
+    char hp_note[160]; /* what happened to hugepages_reserve, for the log and status */
 } mqd;
 
 uint64_t mqd_now_ms(void);
@@ -141,6 +148,11 @@ void mqd_sd_start_timers(mqd *d);                     /* watchdog + loading STAT
 /* privs.c */
 int mqd_privs_setup(mqd *d, char *err, size_t errlen); /* as root: limits, hugepages */
 int mqd_privs_drop(mqd *d, char *err, size_t errlen);  /* user, groups, caps, no_new_privs */
+void mqd_hugepages_giveback(mqd *d); /* at exit, after weights and KV are unmapped */
+/* hugepages_reserve = "auto": asks the helper for `pages` (once; the load thread, before the
+ * weights are mapped); `why` says how they were counted. Pages added, 0 when not in auto
+ * mode or without a helper, or -errno. */
+long mqd_hugepages_auto(mqd *d, long pages, const char *why);
 int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, char *why,
                      size_t whylen);
 

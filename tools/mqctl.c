@@ -96,10 +96,16 @@ static void print_status(const cJSON *r)
     printf("memory          weights BF16 %.1f MiB, NVFP4 %.1f MiB, other %.1f MiB\n",
            mib(num(r, "memory.weights_bf16")), mib(num(r, "memory.weights_fp4")),
            mib(num(r, "memory.weights_other")));
-    printf("                mapped: hugetlb %.1f MiB, thp %.1f MiB, 4k %.1f MiB; "
-           "free huge pages %.0f\n",
+    printf("                weights mapped: hugetlb %.1f MiB, thp %.1f MiB, 4k %.1f MiB\n",
            mib(num(r, "memory.weights_mapped.hugetlb")), mib(num(r, "memory.weights_mapped.thp")),
-           mib(num(r, "memory.weights_mapped.4k")), num(r, "memory.hugepages_free"));
+           mib(num(r, "memory.weights_mapped.4k")));
+    printf("                KV segment: hugetlb %.1f MiB, thp %.1f MiB, 4k %.1f MiB\n",
+           mib(num(r, "memory.kv_mapped.hugetlb")), mib(num(r, "memory.kv_mapped.thp")),
+           mib(num(r, "memory.kv_mapped.4k")));
+    printf("huge pages      %.0f free of %.0f; mqd reserved %.0f of %.0f asked%s%s\n",
+           num(r, "memory.hugepages_free"), num(r, "memory.hugepages_total"),
+           num(r, "memory.hugepages_reserved"), num(r, "memory.hugepages_asked"),
+           str(r, "memory.hugepages_note")[0] ? ": " : "", str(r, "memory.hugepages_note"));
     printf("pools           prefill %.0f threads (cpus %s), decode %.0f threads (cpus %s)\n",
            num(r, "pools.prefill.threads"), str(r, "pools.prefill.cpus"),
            num(r, "pools.decode.threads"), str(r, "pools.decode.cpus"));

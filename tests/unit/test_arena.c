@@ -86,9 +86,58 @@ static void test_hugetlb_reserved(void)
     CHECK(mq_hugepages_release(prev) == 0, "release");
 }
 
+/* A reservation smaller than a chunk is used (the mapping shrinks to the free pages),
+ * mq_arena_trim returns the unused tail to the pool, and mq_hugepages_giveback lowers
+ * nr_hugepages by what was added, keeping a change made by someone else meanwhile. */
+static void test_partial_chunk_trim_giveback(void)
+{
+    if (geteuid() != 0)
+        return; /* covered by test_hugetlb_reserved's EPERM check */
+    long prev = -1;
+    long got = mq_hugepages_reserve(4, &prev);
+    CHECK(got >= 0, "reserve 4 pages: %ld", got);
+    if (got < 4) {
+        if (got >= 0) mq_hugepages_release(prev);
+        return;
+    }
+    long free0 = mq_hugepages_free();
+    mq_arena_opts o;
+    mq_arena_opts_default(&o);
+    o.chunk_bytes = 16 << 20;   /* 8 pages: more than the pool has */
+    mq_arena *a = NULL;
+    CHECK(mq_arena_create(&a, &o) == 0, "create");
+    uint8_t *p = mq_arena_alloc(a, 3 << 20, 0, "w");
+    CHECK(p != NULL, "alloc");
+    if (p) memset(p, 2, 3 << 20);
+    mq_arena_stats st;
+    mq_arena_stats_get(a, &st);
+    CHECK(st.mapped[MQ_MEM_HUGETLB] == (size_t)free0 << 21 && st.mapped[MQ_MEM_THP] == 0,
+          "hugetlb mapped %zu for %ld free pages", st.mapped[MQ_MEM_HUGETLB], free0);
+    size_t freed = mq_arena_trim(a);
+    mq_arena_stats_get(a, &st);
+    CHECK(st.mapped[MQ_MEM_HUGETLB] == (4u << 20) && freed == ((size_t)free0 << 21) - (4u << 20),
+          "after trim %zu mapped, %zu freed", st.mapped[MQ_MEM_HUGETLB], freed);
+    CHECK(mq_hugepages_free() == free0 - 2, "free pages after trim %ld", mq_hugepages_free());
+    CHECK(p && p[(3 << 20) - 1] == 2 && mq_arena_owns(a, p + (3 << 20) - 1), "data kept");
+    mq_arena_destroy(a);
+    /* someone else adds a page meanwhile: giving back keeps it */
+    long nr = mq_hugepages_nr();
+    CHECK(nr == prev + 4, "nr_hugepages %ld, expected %ld", nr, prev + 4);
+    FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
+    if (f) {
+        fprintf(f, "%ld\n", nr + 1);
+        fclose(f);
+    }
+    long after = mq_hugepages_giveback(4);
+    CHECK(after == prev + 1, "after give-back %ld, expected %ld", after, prev + 1);
+    CHECK(mq_hugepages_giveback(0) == -EINVAL, "nothing to give back");
+    CHECK(mq_hugepages_release(prev) == 0, "release");
+}
+
 int main(void)
 {
     RUN(test_alloc_align_account);
     RUN(test_hugetlb_reserved);
+    RUN(test_partial_chunk_trim_giveback);
     return harness_done();
 }

@@ -122,10 +122,41 @@ static void test_flags_override_file(void)
     unlink(path);
 }
 
+/* hugepages_reserve takes a page count or "auto" (weights + KV), in the file and as a flag,
+ * and prints back as it was given; other number fields do not take "auto". */
+static void test_hugepages_reserve_auto(void)
+{
+    mqd_config c;
+    char err[512] = "";
+    CHECK(parse(&c, "{\"model_dir\": \"/m\", \"hugepages_reserve\": \"auto\"}", err) == 0,
+          "parse: %s", err);
+    CHECK(c.hugepages_reserve == MQ_CFG_U32_AUTO, "auto: %u", c.hugepages_reserve);
+    CHECK(mqd_config_validate(&c, err, 512) == 0, "validate: %s", err);
+    char *out = mqd_config_to_json(&c);
+    CHECK(out && strstr(out, "\"hugepages_reserve\":\t\"auto\""), "printed: %s", out);
+    free(out);
+    CHECK(parse(&c, "{\"hugepages_reserve\": 300}", err) == 0 && c.hugepages_reserve == 300,
+          "number: %s", err);
+    CHECK(parse(&c, "{\"hugepages_reserve\": \"lots\"}", err) == -EINVAL &&
+              strstr(err, "hugepages_reserve: must be a number or auto"),
+          "bad word: %s", err);
+    CHECK(parse(&c, "{\"kv_tokens\": \"auto\"}", err) == -EINVAL &&
+              strstr(err, "kv_tokens: must be a number"),
+          "auto elsewhere: %s", err);
+    mqd_config_defaults(&c);
+    CHECK(mqd_config_set(&c, "hugepages-reserve", "auto", err, sizeof err) == 0 &&
+              c.hugepages_reserve == MQ_CFG_U32_AUTO,
+          "flag: %s", err);
+    CHECK(mqd_config_set(&c, "hugepages-reserve", "12", err, sizeof err) == 0 &&
+              c.hugepages_reserve == 12,
+          "flag number: %s", err);
+}
+
 int main(void)
 {
     RUN(test_full_file);
     RUN(test_errors_name_the_field);
     RUN(test_flags_override_file);
+    RUN(test_hugepages_reserve_auto);
     return harness_done();
 }
