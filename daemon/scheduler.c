@@ -514,8 +514,13 @@ static void *prefill_main(void *arg)
             pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
             continue;
         }
-        /* 3. one chunk */
+        /* 3. one chunk. First take the blocks other sessions published since the last
+         * chunk: agents that send the same system prompt at the same time then read it
+         * once between them, each chunk by whichever of them gets to it first. */
         struct session *ss = r->ss;
+        int had = ss->n_kv;
+        lookup_prefix(s, ss);
+        r->st.cached_tokens += ss->n_kv - had;
         int pos0 = ss->n_kv;
         int n = ss->n_hist - pos0;
         if (n > s->o.chunk_tokens) n = s->o.chunk_tokens;

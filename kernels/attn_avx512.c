@@ -2,7 +2,7 @@
  *
  * Flash-style: one kv-head at a time, a tile of query rows (the group's q-heads × a
  * block of query tokens, up to ROWS_MAX rows) walks the keys in tiles of TK = 32 with an
- * online softmax; no score matrix, no allocation (all buffers on the stack, about 100 KiB).
+ * online softmax; no score matrix, no allocation (all buffers on the stack, about 290 KiB).
  * K and V are read once per kv-head and row tile, so decode (n_tok == 1) streams the
  * cache once for all q-heads of the group.
  *
@@ -28,9 +28,9 @@
 
 #define TK 32            /* keys per tile */
 #ifndef ROWS_MAX
-#define ROWS_MAX 64      /* query rows per tile: each K/V tile load serves this many */
+#define ROWS_MAX 256     /* query rows per tile: each K/V tile load serves this many */
 #endif
-#define ROW_FLOATS 8192  /* rows * head_dim cap: keeps O and Q in L1/L2 */
+#define ROW_FLOATS 32768 /* rows * head_dim cap: O (128 KiB) and Q stay in L2 */
 #define HD_MAX 256
 #ifndef PREFETCH_TILES_FEW_ROWS
 #define PREFETCH_TILES_FEW_ROWS 8
@@ -282,8 +282,15 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
         prefetch_kv_tile(a, kv0, kv1, j0 + ahead * TK, nkeys);
         for (int kvh = kv0; kvh < kv1; kvh++) {
             /* this kv-head's rows: all of them, or (decode) its heads within [hs, hs+nh) */
-            const int ra = nt > 1 ? 0 : (kvh * group > hs ? kvh * group : hs) - hs;
+            int ra = nt > 1 ? 0 : (kvh * group > hs ? kvh * group : hs) - hs;
             const int rb = nt > 1 ? t->nrows : ((kvh + 1) * group < hs + nh ? (kvh + 1) * group : hs + nh) - hs;
+            /* rows are token-major and a row sees keys up to pos0 + its token: rows whose
+             * tokens lie before this key tile are the leading ones; they skip it whole */
+            if (nt > 1 && j0 > a->pos0 + t0) {
+                const int first = (j0 - a->pos0 - t0) * nh;
+                if (first > ra) ra = first < rb ? first : rb;
+            }
+            if (ra >= rb) continue;
             load_kv_tile(t, a, kvh, j0, nkeys);
             int r = ra;
             for (; r + 8 <= rb; r += 8) qk_rows(t, r, 8);

@@ -2,7 +2,7 @@
  * of `make bench`): weight loading, prefill per mode, decode against memory bandwidth,
  * an agent replay with KV reuse, and the decode stall while a long prompt is read.
  *
- *   build/bench_e2e [--models DIR] [--threads N] [--quick]
+ *   build/bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,replay,stall]
  *
  * Synthetic Qwen3-0.6B and -1.7B checkpoints (random BF16 weights, the real shapes and
  * tokenizer) are written by build/mq_synth into DIR (default build/models) the first time
@@ -35,6 +35,23 @@
 
 static int g_threads = 2;
 static int g_quick;
+enum { P_LOAD = 1, P_PREFILL = 2, P_DECODE = 4, P_REPLAY = 8, P_STALL = 16, P_ALL = 31 };
+static int g_parts = P_ALL;      /* --only: the sections to run */
+
+static int parse_parts(const char *list)
+{
+    static const char *const names[] = { "load", "prefill", "decode", "replay", "stall" };
+    int parts = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        int k = 0;
+        while (k < 5 && strcmp(t, names[k])) k++;
+        if (k == 5) return -1;
+        parts |= 1 << k;
+    }
+    return parts;
+}
 
 static double now_s(void)
 {
@@ -346,88 +363,173 @@ struct replay_out {
     int32_t *hist;          /* session 0's history at turn 10 (before the turn's prompt) */
 };
 
-/* Two agents share the system prompt and tool list; 10 turns each: the model answers,
- * a tool response of a few hundred tokens comes back. Returns session 0's figures. */
+/* The shared head of both agents' conversations: a coding agent's system prompt, a map
+ * of the repository and six tools, about 2.5k tokens (real agents ship 2k-10k). */
+static const char *const AGENT_RULES[] = {
+    "You are a coding agent working in a Python repository on behalf of a developer.",
+    "Work in small steps: think about what you need to know, call exactly one tool, read its result, then decide the next step.",
+    "Never guess file names or function signatures: list or search first, then read the file.",
+    "Before you edit a file, read the part you are going to change and the code that calls it.",
+    "Keep edits minimal and focused on the task; do not reformat code you are not changing.",
+    "After every change run the relevant tests with the run tool and read the whole output, including warnings.",
+    "If a test fails, find the cause before changing anything else; do not weaken or delete tests to make them pass.",
+    "Prefer the standard library and the helpers that already exist in the repository over new dependencies.",
+    "Follow the style of the surrounding code: naming, error handling, logging and docstrings.",
+    "When a command takes long, give it a timeout; never start servers or watchers that do not exit.",
+    "Do not touch files outside the repository, and never print secrets such as tokens or passwords from the environment.",
+    "When the task is ambiguous, choose the interpretation a careful maintainer would choose and say which one you chose.",
+    "Write commit messages that say what changed and why, in the imperative mood, under 72 characters for the first line.",
+    "If a tool returns an error, read it carefully: a wrong path, a missing argument or a timeout each need a different fix.",
+    "Report progress briefly: what you learned from the last tool call and what you will do next.",
+    "When you are done, summarise the change, the tests you ran and anything you left undone.",
+};
+
+static const char *const AGENT_MODULES[] = { "cli", "config", "server", "storage", "auth", "cache", "jobs", "api",
+                                             "models", "utils", "metrics", "plugins" };
+static const char *const AGENT_FILES[] = { "__init__", "core", "errors", "schema", "io" };
+
+static char *agent_system_prompt(void)
+{
+    size_t cap = 32768, o = 0;
+    char *s = malloc(cap);
+    o += (size_t)snprintf(s + o, cap - o, "# Role and rules\n");
+    for (size_t i = 0; i < sizeof AGENT_RULES / sizeof *AGENT_RULES; i++)
+        o += (size_t)snprintf(s + o, cap - o, "%zu. %s\n", i + 1, AGENT_RULES[i]);
+    o += (size_t)snprintf(s + o, cap - o, "\n# Repository map\n");
+    for (size_t m = 0; m < sizeof AGENT_MODULES / sizeof *AGENT_MODULES; m++)
+        for (size_t f = 0; f < sizeof AGENT_FILES / sizeof *AGENT_FILES; f++)
+            o += (size_t)snprintf(s + o, cap - o, "- src/app/%s/%s.py: the %s %s (%zu functions, %zu lines)\n",
+                                  AGENT_MODULES[m], AGENT_FILES[f], AGENT_MODULES[m],
+                                  f == 0 ? "package exports" : f == 1 ? "main logic" : f == 2 ? "exception types"
+                                  : f == 3 ? "data classes and validation" : "file and network access",
+                                  3 + (m * 7 + f * 5) % 17, 40 + (m * 131 + f * 67) % 900);
+    o += (size_t)snprintf(s + o, cap - o, "\n# Environment\nPython 3.11, pytest, ruff. Tests live in tests/, "
+                                          "one file per module. The default branch is main.\n");
+    return s;
+}
+
+static const char AGENT_TOOLS[] =
+    "[{\"type\": \"function\", \"function\": {\"name\": \"read_file\", \"description\": \"Read a file of the "
+    "repository and return its text with line numbers. Large files are cut at 400 lines: pass start and end to read "
+    "a range.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"path\": {\"type\": \"string\", "
+    "\"description\": \"path relative to the repository root\"}, \"start\": {\"type\": \"integer\", \"description\": "
+    "\"first line, 1-based\"}, \"end\": {\"type\": \"integer\", \"description\": \"last line, inclusive\"}}, "
+    "\"required\": [\"path\"]}}}, "
+    "{\"type\": \"function\", \"function\": {\"name\": \"edit_file\", \"description\": \"Replace one exact, unique "
+    "occurrence of old_text with new_text in a file. Fails if old_text occurs zero or several times.\", "
+    "\"parameters\": {\"type\": \"object\", \"properties\": {\"path\": {\"type\": \"string\"}, \"old_text\": "
+    "{\"type\": \"string\", \"description\": \"text to replace, including enough context to be unique\"}, "
+    "\"new_text\": {\"type\": \"string\"}}, \"required\": [\"path\", \"old_text\", \"new_text\"]}}}, "
+    "{\"type\": \"function\", \"function\": {\"name\": \"create_file\", \"description\": \"Create a new file with the "
+    "given content. Fails if the file exists.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"path\": "
+    "{\"type\": \"string\"}, \"content\": {\"type\": \"string\"}}, \"required\": [\"path\", \"content\"]}}}, "
+    "{\"type\": \"function\", \"function\": {\"name\": \"run\", \"description\": \"Run a shell command in the "
+    "repository root and return its exit status, stdout and stderr (each cut at 20000 characters).\", "
+    "\"parameters\": {\"type\": \"object\", \"properties\": {\"cmd\": {\"type\": \"string\", \"description\": "
+    "\"the command line, run by /bin/sh\"}, \"timeout\": {\"type\": \"integer\", \"description\": \"seconds, "
+    "default 120\"}}, \"required\": [\"cmd\"]}}}, "
+    "{\"type\": \"function\", \"function\": {\"name\": \"search\", \"description\": \"Search the code base for a "
+    "regular expression and return matching lines as path:line:text, at most 200 matches.\", \"parameters\": "
+    "{\"type\": \"object\", \"properties\": {\"pattern\": {\"type\": \"string\"}, \"glob\": {\"type\": \"string\", "
+    "\"description\": \"only files matching this glob, e.g. *.py\"}}, \"required\": [\"pattern\"]}}}, "
+    "{\"type\": \"function\", \"function\": {\"name\": \"list_dir\", \"description\": \"List the entries of a "
+    "directory with their sizes; directories end with a slash.\", \"parameters\": {\"type\": \"object\", "
+    "\"properties\": {\"path\": {\"type\": \"string\"}, \"depth\": {\"type\": \"integer\", \"description\": "
+    "\"levels to descend, default 1\"}}, \"required\": [\"path\"]}}}]";
+
+/* Renders one agent's next prompt: the first turn (system, tools, task) or a tool
+ * response appended to what the session already holds. */
+static int32_t *agent_turn_tokens(mq_tokenizer *tok, int turn, int agent, const char *sysmsg, const cJSON *tools,
+                                  int end_in_session, size_t *n)
+{
+    char err[256], *txt = NULL;
+    size_t len = 0;
+    cJSON *msgs = cJSON_CreateArray();
+    mq_chat_opts co = { .add_generation_prompt = 1, .enable_thinking = 0 };
+    int r;
+    if (turn == 0) {
+        cJSON *sm = cJSON_CreateObject();
+        cJSON_AddStringToObject(sm, "role", "system");
+        cJSON_AddStringToObject(sm, "content", sysmsg);
+        cJSON_AddItemToArray(msgs, sm);
+        cJSON *um = cJSON_CreateObject();
+        cJSON_AddStringToObject(um, "role", "user");
+        cJSON_AddStringToObject(um, "content", agent ? "Find why test_config fails and fix it."
+                                                     : "Add a --verbose flag to the command-line tool.");
+        cJSON_AddItemToArray(msgs, um);
+        r = mq_chat_render(MQ_CHAT_QWEN3, msgs, tools, &co, &txt, &len, err, sizeof err);
+    } else {
+        char *resp = tool_response(turn * 2 + agent, 300 + 50 * (turn % 3));   /* 350-450 tokens */
+        cJSON *tm = cJSON_CreateObject();
+        cJSON_AddStringToObject(tm, "role", "tool");
+        cJSON_AddStringToObject(tm, "content", resp);
+        cJSON_AddItemToArray(msgs, tm);
+        free(resp);
+        r = mq_chat_render_append(MQ_CHAT_QWEN3, msgs, &co, end_in_session, &txt, &len, err, sizeof err);
+    }
+    cJSON_Delete(msgs);
+    if (r < 0) die("chat template: %s%s", err, "");
+    int32_t *ids = NULL;
+    size_t cap = 0;
+    *n = 0;
+    append_tokens(tok, txt, len, &ids, n, &cap);
+    free(txt);
+    return ids;
+}
+
+/* Two agents share the system prompt and tool list; 10 turns each, both agents at once:
+ * the model writes a reply of GEN tokens (its reasoning and tool call, which stay in the
+ * session's KV), then a tool response of a few hundred tokens comes back. By turn 10 the
+ * history is about 8k tokens. Agent 0's turn 10 runs alone, so its TTFT is its own.
+ * Returns agent 0's figures. */
 static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out, int *turn10_len,
                          int32_t **turn10_prompt)
 {
-    const int TURNS = 10, GEN = 24, CTX = 10240;
+    const int TURNS = 10, GEN = 160, CTX = 10240;
     mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, 256, CTX);
-    cJSON *tools = cJSON_Parse(
-        "[{\"type\": \"function\", \"function\": {\"name\": \"read_file\", \"description\": \"Read a file of the "
-        "repository and return its text.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"path\": "
-        "{\"type\": \"string\", \"description\": \"path relative to the repository root\"}}, \"required\": "
-        "[\"path\"]}}}, {\"type\": \"function\", \"function\": {\"name\": \"run\", \"description\": \"Run a shell "
-        "command in the repository and return stdout and stderr.\", \"parameters\": {\"type\": \"object\", "
-        "\"properties\": {\"cmd\": {\"type\": \"string\"}, \"timeout\": {\"type\": \"integer\"}}, \"required\": "
-        "[\"cmd\"]}}}, {\"type\": \"function\", \"function\": {\"name\": \"search\", \"description\": \"Search the "
-        "code base for a regular expression.\", \"parameters\": {\"type\": \"object\", \"properties\": "
-        "{\"pattern\": {\"type\": \"string\"}}, \"required\": [\"pattern\"]}}}]");
-    char sysmsg[4096] = "You are a coding agent working in a Python repository. Think step by step, call one tool "
-                        "at a time, read the result, and keep going until the task is done. ";
-    for (int i = 0; i < 6; i++)
-        strcat(sysmsg, "Prefer small, verified edits; run the tests after every change; never guess file names. ");
+    cJSON *tools = cJSON_Parse(AGENT_TOOLS);
+    if (!tools) die("tool list: bad JSON%s%s", "", "");
+    char *sysmsg = agent_system_prompt();
     uint64_t sess[2];
+    int end_in[2] = { 0, 0 };
     long new_tok = 0, prefilled = 0;
     for (int a = 0; a < 2; a++) mq_sched_session_open(s, &sess[a]);
     for (int turn = 0; turn < TURNS; turn++) {
+        struct waiter w[2];
+        int32_t *ids[2];
+        const int last = turn == TURNS - 1;
         for (int a = 0; a < 2; a++) {
-            char err[256], *txt = NULL;
-            size_t len = 0;
-            cJSON *msgs = cJSON_CreateArray();
-            mq_chat_opts co = { .add_generation_prompt = 1, .enable_thinking = 0 };
-            int r;
-            if (turn == 0) {
-                cJSON *sm = cJSON_CreateObject();
-                cJSON_AddStringToObject(sm, "role", "system");
-                cJSON_AddStringToObject(sm, "content", sysmsg);
-                cJSON_AddItemToArray(msgs, sm);
-                cJSON *um = cJSON_CreateObject();
-                cJSON_AddStringToObject(um, "role", "user");
-                cJSON_AddStringToObject(um, "content", a ? "Find why test_config fails and fix it."
-                                                         : "Add a --verbose flag to the command-line tool.");
-                cJSON_AddItemToArray(msgs, um);
-                r = mq_chat_render(MQ_CHAT_QWEN3, msgs, tools, &co, &txt, &len, err, sizeof err);
-            } else {
-                char *resp = tool_response(turn * 2 + a, 560 + 60 * (turn % 3));   /* ~700 tokens: ~8k by turn 10 */
-                cJSON *tm = cJSON_CreateObject();
-                cJSON_AddStringToObject(tm, "role", "tool");
-                cJSON_AddStringToObject(tm, "content", resp);
-                cJSON_AddItemToArray(msgs, tm);
-                free(resp);
-                /* generation ended on the length limit: the end token is not in the session */
-                r = mq_chat_render_append(MQ_CHAT_QWEN3, msgs, &co, 0, &txt, &len, err, sizeof err);
-            }
-            cJSON_Delete(msgs);
-            if (r < 0) die("chat template: %s%s", err, "");
-            int32_t *ids = NULL;
-            size_t n = 0, cap = 0;
-            append_tokens(tok, txt, len, &ids, &n, &cap);
-            free(txt);
-            if (turn == TURNS - 1 && a == 0) {
+            size_t n = 0;
+            ids[a] = agent_turn_tokens(tok, turn, a, sysmsg, tools, end_in[a], &n);
+            if (last && a == 0) {
                 /* the whole prompt of turn 10, for the run without reuse */
                 int h = mq_sched_session_history(s, sess[0], NULL, 0);
                 *turn10_prompt = malloc(((size_t)h + n) * sizeof(int32_t));
                 mq_sched_session_history(s, sess[0], *turn10_prompt, h);
-                memcpy(*turn10_prompt + h, ids, n * sizeof(int32_t));
+                memcpy(*turn10_prompt + h, ids[0], n * sizeof(int32_t));
                 *turn10_len = h + (int)n;
             }
-            struct waiter w;
-            w_init(&w, GEN + 1);
-            run(s, sess[a], ids, (int)n, GEN, &w);
-            w_wait(&w);
-            new_tok += w.st.prompt_tokens;
-            prefilled += w.st.prefilled_tokens;
-            if (turn == TURNS - 1 && a == 0) out->ttft_last = w.st.ttft_ms;
-            printf("  replay turn %2d agent %d: new %5d cached %5d prefilled %5d  ttft %8.1f ms\n", turn + 1, a,
-                   w.st.prompt_tokens, w.st.cached_tokens, w.st.prefilled_tokens, w.st.ttft_ms);
-            w_free(&w);
-            free(ids);
+            w_init(&w[a], GEN + 1);
+            run(s, sess[a], ids[a], (int)n, GEN, &w[a]);
+            if (last && a == 0) w_wait(&w[0]);   /* alone */
+        }
+        for (int a = 0; a < 2; a++) {
+            w_wait(&w[a]);
+            end_in[a] = w[a].why == MQ_END_STOP_TOKEN;
+            new_tok += w[a].st.prompt_tokens;
+            prefilled += w[a].st.prefilled_tokens;
+            if (last && a == 0) out->ttft_last = w[a].st.ttft_ms;
+            printf("  replay turn %2d agent %d: new %5d cached %5d prefilled %5d  ttft %8.1f ms  history %5d\n",
+                   turn + 1, a, w[a].st.prompt_tokens, w[a].st.cached_tokens, w[a].st.prefilled_tokens,
+                   w[a].st.ttft_ms, mq_sched_session_history(s, sess[a], NULL, 0));
+            w_free(&w[a]);
+            free(ids[a]);
         }
     }
     out->new_tokens = new_tok;
     out->prefilled = prefilled;
     out->history_last = mq_sched_session_history(s, sess[0], NULL, 0);
+    free(sysmsg);
     cJSON_Delete(tools);
     mq_sched_destroy(s);
 }
@@ -496,7 +598,8 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--models") && i + 1 < argc) root = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) g_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) g_quick = 1;
-        else die("usage: bench_e2e [--models DIR] [--threads N] [--quick]%s%s", "", "");
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {}
+        else die("usage: bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,replay,stall]%s%s", "", "");
     }
     setvbuf(stdout, NULL, _IOLBF, 0);   // progress is visible when piped
     mq_kernels_init();
@@ -506,103 +609,131 @@ int main(int argc, char **argv)
     printf("bench_e2e: %d threads, ISA %s, models in %s\n", g_threads, mq_isa_name(mq_kernels_isa()), root);
 
     /* 1. loading the 1.7B checkpoint, warm page cache */
-    snprintf(path, sizeof path, "%s/model.safetensors", d17);
-    size_t fbytes;
-    time_plain_read(path, &fbytes);                     /* warm the cache */
-    double t_read = time_plain_read(path, &fbytes);
-    double t_mmap = time_mmap_touch(path);
-    mq_arena *ar17;
-    double t_load;
+    double t_load = 0, t_read = 0;
     mq_ws_result wres;
-    mq_model *m17 = load_streamed(d17, &ar17, &t_load, &wres);
-    char mem[256];
-    mq_arena_describe(ar17, mem, sizeof mem);
-    printf("\n%-34s %10s %10s\n", "load Qwen3-1.7B (synthetic)", "seconds", "GB/s");
-    printf("%-34s %10.3f %10.2f\n", "plain read()", t_read, fbytes / t_read / 1e9);
-    printf("%-34s %10.3f %10.2f\n", "mmap + touch every page", t_mmap, fbytes / t_mmap / 1e9);
-    printf("%-34s %10.3f %10.2f\n", "mq load (io_uring + NVFP4 quant)", t_load, fbytes / t_load / 1e9);
-    printf("  file %.2f GB; BF16 copy %.2f GB, NVFP4 copy %.2f GB; memory: %s; %s%s\n", fbytes / 1e9,
-           m17->bf16_bytes / 1e9, m17->fp4_bytes / 1e9, mem, wres.direct_used ? "O_DIRECT" : "buffered",
-           wres.note[0] ? wres.note : "");
+    mq_arena *ar17 = NULL;
+    mq_model *m17 = NULL;
+    if (g_parts & (P_LOAD | P_PREFILL | P_DECODE)) {
+        snprintf(path, sizeof path, "%s/model.safetensors", d17);
+        size_t fbytes;
+        double t_mmap = 0;
+        if (g_parts & P_LOAD) {
+            time_plain_read(path, &fbytes);                     /* warm the cache */
+            t_read = time_plain_read(path, &fbytes);
+            t_mmap = time_mmap_touch(path);
+        }
+        m17 = load_streamed(d17, &ar17, &t_load, &wres);
+        if (g_parts & P_LOAD) {
+            char mem[256];
+            mq_arena_describe(ar17, mem, sizeof mem);
+            printf("\n%-34s %10s %10s\n", "load Qwen3-1.7B (synthetic)", "seconds", "GB/s");
+            printf("%-34s %10.3f %10.2f\n", "plain read()", t_read, fbytes / t_read / 1e9);
+            printf("%-34s %10.3f %10.2f\n", "mmap + touch every page", t_mmap, fbytes / t_mmap / 1e9);
+            printf("%-34s %10.3f %10.2f\n", "mq load (io_uring + NVFP4 quant)", t_load, fbytes / t_load / 1e9);
+            printf("  file %.2f GB; BF16 copy %.2f GB, NVFP4 copy %.2f GB; memory: %s; %s%s\n", fbytes / 1e9,
+                   m17->bf16_bytes / 1e9, m17->fp4_bytes / 1e9, mem, wres.direct_used ? "O_DIRECT" : "buffered",
+                   wres.note[0] ? wres.note : "");
+        }
+    }
 
     mq_tokenizer *tok = NULL;
     char err[512];
     if (mq_tok_load_dir(d17, &tok, err, sizeof err) < 0) die("tokenizer: %s%s", err, "");
+    int32_t *prompt = corpus_tokens(tok, 9000);
+    mq_sched *s;
+    uint64_t id;
+    struct waiter w;
 
     /* 2. prefill per mode, 2048-token prompt */
     int NP = g_quick ? 512 : 2048;
-    int32_t *prompt = corpus_tokens(tok, 9000);
-    printf("\n%-34s %12s %12s %8s\n", "prefill, prompt of tokens", "mixed tok/s", "bf16 tok/s", "ratio");
-    double pm17 = prefill_rate(m17, tok, MQ_SCHED_MIXED, prompt, NP);
-    double pb17 = prefill_rate(m17, tok, MQ_SCHED_BF16, prompt, NP);
-    printf("%-29s %4d %12.1f %12.1f %8.2f\n", "Qwen3-1.7B", NP, pm17, pb17, pm17 / pb17);
+    double pm17 = 0, pb17 = 0;
+    if (g_parts & P_PREFILL) {
+        printf("\n%-34s %12s %12s %8s\n", "prefill, prompt of tokens", "mixed tok/s", "bf16 tok/s", "ratio");
+        pm17 = prefill_rate(m17, tok, MQ_SCHED_MIXED, prompt, NP);
+        pb17 = prefill_rate(m17, tok, MQ_SCHED_BF16, prompt, NP);
+        printf("%-29s %4d %12.1f %12.1f %8.2f\n", "Qwen3-1.7B", NP, pm17, pb17, pm17 / pb17);
+    }
 
     /* 3. decode vs bandwidth (1.7B, one session) */
-    mq_pool *pool;
-    mq_pool_create(&pool, g_threads, NULL, "bw");
-    double bw = read_bandwidth(pool);
-    mq_pool_destroy(pool);
-    mq_sched *s = sched_new(m17, tok, MQ_SCHED_MIXED, 512, 2048);
-    uint64_t id;
-    mq_sched_session_open(s, &id);
-    struct waiter w;
-    int GEN = g_quick ? 16 : 48;
-    w_init(&w, GEN + 1);
-    run(s, id, prompt, 128, GEN, &w);
-    w_wait(&w);
-    double step = (w.t[GEN - 1] - w.t[1]) / (GEN - 2);
-    double sb = decode_step_bytes(&m17->cfg, 128 + GEN / 2);
-    double dec_ratio = sb / step / bw;
-    printf("\n%-34s %10s %10s %10s\n", "decode Qwen3-1.7B, 1 session", "tok/s", "GB/step", "GB/s");
-    printf("%-34s %10.2f %10.3f %10.2f\n", "BF16 decode", 1 / step, sb / 1e9, sb / step / 1e9);
-    printf("%-34s %10s %10s %10.2f\n", "measured read bandwidth", "", "", bw / 1e9);
-    w_free(&w);
-    mq_sched_destroy(s);
-    mq_model_free(m17);
-    mq_arena_destroy(ar17);
+    double dec_ratio = 0;
+    if (g_parts & P_DECODE) {
+        mq_pool *pool;
+        mq_pool_create(&pool, g_threads, NULL, "bw");
+        double bw = read_bandwidth(pool);
+        mq_pool_destroy(pool);
+        s = sched_new(m17, tok, MQ_SCHED_MIXED, 512, 2048);
+        mq_sched_session_open(s, &id);
+        int GEN = g_quick ? 16 : 48;
+        w_init(&w, GEN + 1);
+        run(s, id, prompt, 128, GEN, &w);
+        w_wait(&w);
+        double step = (w.t[GEN - 1] - w.t[1]) / (GEN - 2);
+        double sb = decode_step_bytes(&m17->cfg, 128 + GEN / 2);
+        dec_ratio = sb / step / bw;
+        printf("\n%-34s %10s %10s %10s\n", "decode Qwen3-1.7B, 1 session", "tok/s", "GB/step", "GB/s");
+        printf("%-34s %10.2f %10.3f %10.2f\n", "BF16 decode", 1 / step, sb / 1e9, sb / step / 1e9);
+        printf("%-34s %10s %10s %10.2f\n", "measured read bandwidth", "", "", bw / 1e9);
+        w_free(&w);
+        mq_sched_destroy(s);
+    }
+    if (m17) {
+        mq_model_free(m17);
+        mq_arena_destroy(ar17);
+    }
 
     /* 4. 0.6B: prefill ratio too, agent replay and decode stall */
-    mq_arena *ar06;
-    double t06;
-    mq_model *m06 = load_streamed(d06, &ar06, &t06, &wres);
-    double pm06 = prefill_rate(m06, tok, MQ_SCHED_MIXED, prompt, NP);
-    double pb06 = prefill_rate(m06, tok, MQ_SCHED_BF16, prompt, NP);
-    printf("\n%-29s %4d %12.1f %12.1f %8.2f\n", "prefill Qwen3-0.6B", NP, pm06, pb06, pm06 / pb06);
-
-    printf("\nagent replay, Qwen3-0.6B, 2 agents x 10 turns, shared system prompt + tools, mixed mode\n");
     struct replay_out ro = {0};
-    int n10 = 0;
+    double ttft_cold = 0, stall = 0;
     int32_t *p10 = NULL;
-    agent_replay(m06, tok, &ro, &n10, &p10);
-    /* turn 10 without reuse: a fresh scheduler (empty index) reads the whole prompt */
-    s = sched_new(m06, tok, MQ_SCHED_MIXED, 256, 10240);
-    mq_sched_session_open(s, &id);
-    w_init(&w, 4);
-    run(s, id, p10, n10, 1, &w);
-    w_wait(&w);
-    double ttft_cold = w.st.ttft_ms;
-    w_free(&w);
-    mq_sched_destroy(s);
-    printf("  turn 10 prompt %d tokens: TTFT %.1f ms with reuse, %.1f ms without\n", n10, ro.ttft_last, ttft_cold);
-
-    int NL = g_quick ? 2048 : 8192, CH = 256;
-    double p50 = 0;
-    int ng = 0;
-    double stall = decode_stall_p99(m06, tok, prompt, NL, CH, &p50, &ng);
-    printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n", NL, CH);
-    printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms\n", ng, p50, stall);
-
-    mq_model_free(m06);
-    mq_arena_destroy(ar06);
+    if (g_parts & (P_PREFILL | P_REPLAY | P_STALL)) {
+        mq_arena *ar06;
+        double t06;
+        mq_model *m06 = load_streamed(d06, &ar06, &t06, &wres);
+        if (g_parts & P_PREFILL) {
+            double pm06 = prefill_rate(m06, tok, MQ_SCHED_MIXED, prompt, NP);
+            double pb06 = prefill_rate(m06, tok, MQ_SCHED_BF16, prompt, NP);
+            printf("\n%-29s %4d %12.1f %12.1f %8.2f\n", "prefill Qwen3-0.6B", NP, pm06, pb06, pm06 / pb06);
+        }
+        if (g_parts & P_REPLAY) {
+            printf("\nagent replay, Qwen3-0.6B, 2 agents x 10 turns, shared system prompt + tools, mixed mode\n");
+            int n10 = 0;
+            agent_replay(m06, tok, &ro, &n10, &p10);
+            /* turn 10 without reuse: a fresh scheduler (empty index) reads the whole prompt */
+            s = sched_new(m06, tok, MQ_SCHED_MIXED, 256, 10240);
+            mq_sched_session_open(s, &id);
+            w_init(&w, 4);
+            run(s, id, p10, n10, 1, &w);
+            w_wait(&w);
+            ttft_cold = w.st.ttft_ms;
+            w_free(&w);
+            mq_sched_destroy(s);
+            printf("  turn 10 prompt %d tokens: TTFT %.1f ms with reuse, %.1f ms without\n", n10, ro.ttft_last,
+                   ttft_cold);
+        }
+        if (g_parts & P_STALL) {
+            int NL = g_quick ? 2048 : 8192, CH = 256;
+            double p50 = 0;
+            int ng = 0;
+            stall = decode_stall_p99(m06, tok, prompt, NL, CH, &p50, &ng);
+            printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n",
+                   NL, CH);
+            printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms\n", ng, p50, stall);
+        }
+        mq_model_free(m06);
+        mq_arena_destroy(ar06);
+    }
     mq_tok_free(tok);
     free(prompt);
     free(p10);
 
-    printf("\nload_vs_read_ratio: %.3f\n", t_load / t_read);   /* mmap+touch: in the table */
-    printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);
-    printf("decode_vs_bandwidth: %.3f\n", dec_ratio);
-    printf("agent_replay_prefill_ratio: %.3f\n", (double)ro.prefilled / (double)ro.new_tokens);
-    printf("agent_replay_ttft_speedup: %.2f\n", ttft_cold / ro.ttft_last);
-    printf("decode_stall_ms_p99: %.1f\n", stall);
+    printf("\n");
+    if (g_parts & P_LOAD) printf("load_vs_read_ratio: %.3f\n", t_load / t_read);   /* mmap+touch: in the table */
+    if (g_parts & P_PREFILL) printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);
+    if (g_parts & P_DECODE) printf("decode_vs_bandwidth: %.3f\n", dec_ratio);
+    if (g_parts & P_REPLAY) {
+        printf("agent_replay_prefill_ratio: %.3f\n", (double)ro.prefilled / (double)ro.new_tokens);
+        printf("agent_replay_ttft_speedup: %.2f\n", ttft_cold / ro.ttft_last);
+    }
+    if (g_parts & P_STALL) printf("decode_stall_ms_p99: %.1f\n", stall);
     return 0;
 }

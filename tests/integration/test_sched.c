@@ -217,6 +217,62 @@ static void test_prefix_shared_and_second_turn(void)
     free(sys); free(ua); free(ub); free(u2);
 }
 
+/* Two prompts with the same long head arrive together: the head's full blocks are read
+ * once between the two requests (each chunk by whichever session gets to it first), and
+ * both outputs equal those of each prompt alone (BF16 mode: chunk boundaries change no
+ * number). */
+static void test_concurrent_prompts_read_shared_head_once(void)
+{
+    const int BT = 16, CHUNK = 32, GEN = 6;
+    int32_t *sys = NULL, *ua = NULL, *ub = NULL;
+    int nsys = make_tokens(SYSTEM, &sys);
+    int nua = make_tokens("<|im_start|>user\nList the files in src/.<|im_end|>\n<|im_start|>assistant\n", &ua);
+    int nub = make_tokens("<|im_start|>user\nWhat does main.py do?<|im_end|>\n<|im_start|>assistant\n", &ub);
+    int32_t pa[1024], pb[1024];
+    int na = cat(pa, sys, nsys, ua, nua), nb = cat(pb, sys, nsys, ub, nub);
+    int common = 0;
+    while (common < na && common < nb && pa[common] == pb[common]) common++;
+    const int shared = common / BT * BT;
+    CHECK(shared >= 3 * CHUNK, "the common head spans several chunks (%d tokens)", shared);
+
+    struct rec solo[2], both[2];
+    const int32_t *p[2] = { pa, pb };
+    const int n[2] = { na, nb };
+    for (int i = 0; i < 2; i++) {   /* each alone, in a fresh scheduler */
+        mq_sched *s = make_sched(MQ_SCHED_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
+        if (!s) return;
+        uint64_t id;
+        mq_sched_session_open(s, &id);
+        rec_init(&solo[i]);
+        submit(s, id, p[i], n[i], GEN, &solo[i]);
+        rec_wait(&solo[i], 60);
+        mq_sched_destroy(s);
+    }
+    mq_sched *s = make_sched(MQ_SCHED_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
+    if (!s) return;
+    uint64_t ids[2];
+    for (int i = 0; i < 2; i++) {
+        mq_sched_session_open(s, &ids[i]);
+        rec_init(&both[i]);
+    }
+    for (int i = 0; i < 2; i++) submit(s, ids[i], p[i], n[i], GEN, &both[i]);
+    for (int i = 0; i < 2; i++) rec_wait(&both[i], 60);
+    int prefilled = both[0].st.prefilled_tokens + both[1].st.prefilled_tokens;
+    int cached = both[0].st.cached_tokens + both[1].st.cached_tokens;
+    CHECK(prefilled == na + nb - shared && cached == shared,
+          "the shared head is read once: prefilled %d + %d (want %d in all), cached %d + %d (want %d)",
+          both[0].st.prefilled_tokens, both[1].st.prefilled_tokens, na + nb - shared, both[0].st.cached_tokens,
+          both[1].st.cached_tokens, shared);
+    for (int i = 0; i < 2; i++) {
+        CHECK(both[i].n == GEN && solo[i].n == GEN, "%d tokens each (%d, %d)", GEN, both[i].n, solo[i].n);
+        CHECK(memcmp(both[i].ids, solo[i].ids, GEN * sizeof(int32_t)) == 0,
+              "prompt %d: output with a shared read differs from alone: \"%s\" vs \"%s\"", i, both[i].text,
+              solo[i].text);
+    }
+    mq_sched_destroy(s);
+    free(sys); free(ua); free(ub);
+}
+
 /* Greedy outputs of sessions decoding together equal those of each alone (BF16 mode, so
  * that chunking and batching change nothing but the order of independent work). */
 static void test_batched_equals_solo(void)
@@ -536,6 +592,7 @@ int main(void)
     }
     RUN(test_streamed_equals_pread);
     RUN(test_prefix_shared_and_second_turn);
+    RUN(test_concurrent_prompts_read_shared_head_once);
     RUN(test_batched_equals_solo);
     RUN(test_cancel_and_errors);
     RUN(test_kv_full);

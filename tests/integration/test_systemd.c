@@ -115,7 +115,9 @@ static void test_socket_activation_and_notify(void)
     int rc = mq_connect(client, &c);
     double t_conn = spawn_now();
     CHECK(rc == 0, "connect through the activated socket: %s", mq_strerror(rc));
-    int i_ready = find_note(0, "READY=1");
+    /* mqd sent READY before it answered, but the collector thread may not have read the
+     * datagram yet on a busy machine */
+    int i_ready = wait_note(0, "READY=1", 5);
     int i_load = find_note(0, "STATUS=loading");
     CHECK(i_load >= 0 && i_ready > i_load, "notify order: loading at %d, READY at %d", i_load,
           i_ready);
