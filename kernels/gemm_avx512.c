@@ -12,6 +12,22 @@
  * The panel is reused by every activation row; a tile of MR rows × NG groups keeps
  * MR·NG integer chains in flight (and as many more through renaming across blocks).
  *
+ * Where the time goes (AMD Zen 5 EPYC; `build/bench_pipes` shows the pipe sharing):
+ * vpdpbusd issues 2 per cycle with latency 4, on the same two pipes as vmulps and
+ * vfmadd231ps (and vpmulld, vdpbf16ps; vpermps takes about half a slot). Loads,
+ * broadcasts, register moves, vcvtdq2ps, vaddps, vpaddd, vscalefps, vgetexpps and
+ * vpshufd run beside them at no cost. Per row, 16 columns and block the tile issues
+ * 4 vpdpbusd + 1 vmulps + 1 vfmadd on those pipes, so it cannot pass 4/6 = 0.67 of the
+ * VNNI peak; alone, with everything in L1, it does reach that (≈300 of ≈445 G MAC/s per
+ * thread), so MR/NG/panel choices only matter through memory. The whole GEMM at M=512
+ * gets ≈0.58-0.61: activation bytes/scales and y rows come from L2 (≈6% each when alone,
+ * ≈7% together), the per-call repack costs ≈4%, the rest is column tails and loop
+ * overhead. Breaking the 0.67 bound needs the sx·sw product off those two pipes; a
+ * panel holding sw·(1 + f/8) for the 8 mantissas f of sx (then a load + vscalefps by
+ * sx's exponent + one FMA) ran 10-20% faster as a tile in L1, but lost it in the GEMM
+ * (panel 8× larger in L1, and each block's scale load waits on sx from L2), so it is
+ * not used.
+ *
  * BF16. GEMM (m > 8): a panel of NG groups × 16 columns × KC_BF16 k is repacked into
  * pairs [group][k/2][16][2] (one zmm = 16 columns × one k pair) and multiplied with
  * vdpbf16ps against x's pair broadcast, MR rows × NG groups of FP32 accumulators.
