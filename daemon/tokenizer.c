@@ -247,6 +247,15 @@ static int set_token(tok_t *t, int32_t id, const void *p, size_t n, unsigned fla
 
 /* ---- JSON helpers ------------------------------------------------------------------------ */
 
+/* A token id in JSON: an integer in [0, 2^24). 0, or -1 for anything else (NaN, huge,
+ * fractional, not a number), so no double is ever cast out of int32 range. */
+static int json_token_id(const cJSON *v, int32_t *id)
+{
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < (1 << 24))) return -1;
+    *id = (int32_t)v->valuedouble;
+    return (double)*id == v->valuedouble ? 0 : -1;
+}
+
 static const char *jstr(const cJSON *o, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -507,11 +516,13 @@ static int load_post(tok_t *t, const cJSON *p, const char *name, char *err, size
                             name, sid ? sid : "(unnamed)");
             const cJSON *idv;
             cJSON_ArrayForEach(idv, ids) {
-                if (!cJSON_IsNumber(idv)) return mq_errmsg(err, errlen, -EINVAL, "%s: TemplateProcessing ids must be numbers", name);
+                int32_t id;
+                if (json_token_id(idv, &id) < 0)
+                    return mq_errmsg(err, errlen, -EINVAL, "%s: TemplateProcessing ids must be token ids (integers in [0, 2^24))", name);
                 int32_t *arr = after ? t->post_ids : t->pre_ids;
                 int *cnt = after ? &t->n_post_ids : &t->n_pre_ids;
                 if (*cnt >= TOK_MAX_OPS) return mq_errmsg(err, errlen, -E2BIG, "%s: too many template tokens", name);
-                arr[(*cnt)++] = (int32_t)idv->valuedouble;
+                arr[(*cnt)++] = id;
             }
         }
         return 0;
@@ -590,12 +601,12 @@ static int load_model(tok_t *t, const cJSON *m, const char *name, char *err, siz
     uint8_t *scratch = malloc(2 * maxkey + 8);
     if (!scratch) return -ENOMEM;
     cJSON_ArrayForEach(it, vocab) {
-        if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= (1 << 24) ||
-            it->valuedouble != (double)(int32_t)it->valuedouble) {
+        int32_t id;
+        if (json_token_id(it, &id) < 0) {
             free(scratch);
             return mq_errmsg(err, errlen, -EINVAL, "%s: model.vocab[\"%.40s\"] is not a valid id", name, it->string);
         }
-        rc = add_vocab_entry(t, it->string, (int32_t)it->valuedouble, scratch);
+        rc = add_vocab_entry(t, it->string, id, scratch);
         if (rc) {
             free(scratch);
             return mq_errmsg(err, errlen, rc, "%s: model.vocab[\"%.40s\"]: %s", name, it->string,
@@ -670,9 +681,9 @@ static int load_added(tok_t *t, const cJSON *list, const char *name, char *err, 
     cJSON_ArrayForEach(it, list) {
         const cJSON *idv = cJSON_GetObjectItemCaseSensitive(it, "id");
         const char *content = jstr(it, "content");
-        if (!cJSON_IsNumber(idv) || !content || !*content || idv->valuedouble < 0 || idv->valuedouble >= (1 << 24))
-            return mq_errmsg(err, errlen, -EINVAL, "%s: added_tokens[%d] needs \"id\" and a non-empty \"content\"", name, i);
-        int32_t id = (int32_t)idv->valuedouble;
+        int32_t id;
+        if (json_token_id(idv, &id) < 0 || !content || !*content)
+            return mq_errmsg(err, errlen, -EINVAL, "%s: added_tokens[%d] needs an \"id\" and a non-empty \"content\"", name, i);
         int special = jbool(it, "special", 0);
         int rc = set_token(t, id, content, strlen(content), TOKF_ADDED | (special ? TOKF_SPECIAL : 0));
         if (rc) return mq_errmsg(err, errlen, rc, "%s: added_tokens[%d]: %s", name, i, strerror(-rc));
