@@ -94,7 +94,7 @@ static void *producer(void *arg)
             buf[i] = (uint8_t)(x >> 16);
             s->sum_in = s->sum_in * 31 + buf[i];
         }
-        int rc = mq_ring_wait_space(&s->p, n, 5000);
+        int rc = mq_ring_wait_space(&s->p, n, 30000); /* generous: ASan on a loaded 2-core box */
         if (rc) {
             s->err = rc;
             return NULL;
@@ -121,7 +121,7 @@ static void test_threads_futex(void)
     size_t got = 0;
     uint8_t buf[777];
     while (got < s.total) {
-        int rc = mq_ring_wait_data(&s.c, 5000);
+        int rc = mq_ring_wait_data(&s.c, 30000);
         if (rc) {
             CHECK(0, "wait_data %d after %zu bytes", rc, got);
             break;
