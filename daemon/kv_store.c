@@ -43,7 +43,7 @@ struct mq_kv_store {
     int *slots;             /* index: block id or -1 */
     size_t n_slots;         /* power of two */
     int reserved, used;
-    uint64_t lookups, hits, evictions;
+    uint64_t lookups, hits, evictions, refused;
 };
 
 uint64_t mq_kv_prefix_hash(uint64_t parent, const int32_t *tokens, int block_tokens)
@@ -327,6 +327,12 @@ int mq_kv_lookup(mq_kv_store *kv, uint64_t parent, uint64_t h, const int32_t *to
                     memcmp(kv->tokens + (size_t)id * kv->o.block_tokens, tokens,
                            (size_t)kv->o.block_tokens * sizeof(int32_t)) != 0))
         id = -1;
+    /* a cached block that reservations are counting on (as evictable) stays theirs:
+     * taking it would leave a promised allocation without a block */
+    if (id >= 0 && kv->b[id].ref == 0 && kv->n_free + kv->n_cached - 1 < kv->reserved) {
+        id = -1;
+        kv->refused++;
+    }
     if (id >= 0) {
         struct kv_block *b = &kv->b[id];
         if (b->ref == 0) {
@@ -354,6 +360,7 @@ void mq_kv_stats_get(mq_kv_store *kv, mq_kv_stats *st)
     st->lookups = kv->lookups;
     st->hits = kv->hits;
     st->evictions = kv->evictions;
+    st->refused = kv->refused;
     st->memory = mq_mem_kind_name(kv->kind);
     pthread_mutex_unlock(&kv->mu);
 }

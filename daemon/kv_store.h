@@ -70,14 +70,16 @@ void mq_kv_unref(mq_kv_store *kv, int id);
  * already indexed by another block, nothing changes and 0 is returned; 1 when indexed. */
 int mq_kv_publish(mq_kv_store *kv, int id, uint64_t parent, uint64_t h, const int32_t *tokens);
 /* Looks up the block for hash h whose tokens and parent match; on a hit takes a reference
- * (a cached block becomes in use) and returns its id; -ENOENT on a miss. */
+ * (a cached block becomes in use) and returns its id; -ENOENT on a miss. A cached block
+ * is not taken when the reservations need it (free + cached would drop below reserved):
+ * that is a miss too, counted in `refused`. */
 int mq_kv_lookup(mq_kv_store *kv, uint64_t parent, uint64_t h, const int32_t *tokens);
 
 typedef struct mq_kv_stats {
     int n_blocks, block_tokens;
     int used, cached, free, reserved;
     size_t block_bytes, segment_bytes;
-    uint64_t lookups, hits, evictions;
+    uint64_t lookups, hits, evictions, refused;
     const char *memory;     /* "hugetlb", "thp" or "4k" */
 } mq_kv_stats;
 void mq_kv_stats_get(mq_kv_store *kv, mq_kv_stats *st);

@@ -518,9 +518,16 @@ static void *prefill_main(void *arg)
          * chunk: agents that send the same system prompt at the same time then read it
          * once between them, each chunk by whichever of them gets to it first. */
         struct session *ss = r->ss;
-        int had = ss->n_kv;
+        int had = ss->n_kv, had_blk = ss->n_blk;
         lookup_prefix(s, ss);
         r->st.cached_tokens += ss->n_kv - had;
+        /* each block found replaces one this request reserved to allocate: hand those back,
+         * so that pinning a cached block never eats into another request's reservation */
+        int found = ss->n_blk - had_blk < r->reserved ? ss->n_blk - had_blk : r->reserved;
+        if (found > 0) {
+            mq_kv_unreserve(s->kv, found);
+            r->reserved -= found;
+        }
         int pos0 = ss->n_kv;
         int n = ss->n_hist - pos0;
         if (n > s->o.chunk_tokens) n = s->o.chunk_tokens;

@@ -198,36 +198,42 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
 }
 
 /* Online softmax of one key tile for every row: updates m, l, corr; writes BF16 p.
- * Pass 1 finds each row's new running max (scores scaled and masked in place); the
- * rescale factors exp(m_old - m_new) are then computed 16 rows per vector; pass 2 makes
- * the probabilities. l is kept as 16 partial sums per row, reduced once at the end. */
+ * m is the running max of the raw scores (scale > 0, so it is also the max of the scaled
+ * ones) and p = exp(s·scale − m·scale) in one FMA. Pass 1 masks the scores past a row's
+ * limit and raises m; the max only grows, so the horizontal reduction runs only when a
+ * score of the tile passes it (rare once a long context has been seen). The rescale
+ * factors exp((m_old − m_new)·scale) are then computed 16 rows per vector; pass 2 makes
+ * the probabilities. l is kept as 16 partial sums per row of the BF16-rounded weights PV
+ * uses (one vdpbf16ps against ones), reduced once at the end. */
 static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
 {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3f80);
     float mold[ROWS_MAX];
     for (int r = r0; r < r1; r++) {
         const int lim = t->limit[r] - j0; /* keys j <= lim are visible */
         mold[r] = t->m[r];
         if (lim < 0) continue;            /* the whole tile is in this row's future */
-        __m512 s0 = _mm512_mul_ps(_mm512_load_ps(&t->s[r][0]), sc);
-        __m512 s1 = _mm512_mul_ps(_mm512_load_ps(&t->s[r][16]), sc);
+        __m512 s0 = _mm512_load_ps(&t->s[r][0]);
+        __m512 s1 = _mm512_load_ps(&t->s[r][16]);
         if (lim < TK - 1) {
             const __m512i lv = _mm512_set1_epi32(lim);
             s0 = _mm512_mask_mov_ps(s0, _mm512_cmpgt_epi32_mask(lane, lv), ninf);
             s1 = _mm512_mask_mov_ps(s1, _mm512_cmpgt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16)), lv), ninf);
+            _mm512_store_ps(&t->s[r][0], s0);
+            _mm512_store_ps(&t->s[r][16], s1);
         }
-        _mm512_store_ps(&t->s[r][0], s0);
-        _mm512_store_ps(&t->s[r][16], s1);
-        const float tmax = _mm512_reduce_max_ps(_mm512_max_ps(s0, s1));
-        if (tmax > t->m[r]) t->m[r] = tmax;
+        const __m512 mx = _mm512_max_ps(s0, s1);
+        if (_mm512_cmp_ps_mask(mx, _mm512_set1_ps(t->m[r]), _CMP_GT_OQ))
+            t->m[r] = _mm512_reduce_max_ps(mx);
     }
-    for (int r = r0; r < r1; r += 16) { /* corr = exp(m_old - m_new); m_old = -inf gives 0 */
+    for (int r = r0; r < r1; r += 16) { /* corr = exp((m_old - m_new)·scale); m_old = -inf gives 0 */
         const __mmask16 k = r1 - r >= 16 ? 0xffff : (__mmask16)((1u << (r1 - r)) - 1);
         const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, mold + r), _mm512_maskz_loadu_ps(k, t->m + r));
         /* every row sees key 0 in the first tile, so m_new is finite: d is -inf (corr 0)
          * there, and 0 for rows whose keys all lie in the future (corr set to 1 below) */
-        _mm512_mask_storeu_ps(t->corr + r, k, ops_exp512(d));
+        _mm512_mask_storeu_ps(t->corr + r, k, ops_exp512(_mm512_mul_ps(d, sc)));
     }
     for (int r = r0; r < r1; r++) {
         if (t->limit[r] < j0) {
@@ -235,16 +241,14 @@ static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
             _mm512_store_si512(t->p[r], _mm512_setzero_si512());
             continue;
         }
-        const __m512 mv = _mm512_set1_ps(t->m[r]);
-        const __m512 p0 = ops_exp512(_mm512_sub_ps(_mm512_load_ps(&t->s[r][0]), mv));
-        const __m512 p1 = ops_exp512(_mm512_sub_ps(_mm512_load_ps(&t->s[r][16]), mv));
-        const __m512i pb = (__m512i)_mm512_cvtne2ps_pbh(p1, p0);
-        _mm512_store_si512(t->p[r], pb);
+        const __m512 nm = _mm512_set1_ps(-t->m[r] * scale);
+        const __m512 p0 = ops_exp512(_mm512_fmadd_ps(_mm512_load_ps(&t->s[r][0]), sc, nm));
+        const __m512 p1 = ops_exp512(_mm512_fmadd_ps(_mm512_load_ps(&t->s[r][16]), sc, nm));
+        const __m512bh pb = _mm512_cvtne2ps_pbh(p1, p0);
+        _mm512_store_si512(t->p[r], (__m512i)pb);
         /* the denominator sums the BF16-rounded weights that PV uses */
-        const __m512 q0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(pb)), 16));
-        const __m512 q1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pb, 1)), 16));
-        const __m512 l = _mm512_fmadd_ps(_mm512_load_ps(t->l[r]), _mm512_set1_ps(t->corr[r]), _mm512_add_ps(q0, q1));
-        _mm512_store_ps(t->l[r], l);
+        const __m512 l = _mm512_mul_ps(_mm512_load_ps(t->l[r]), _mm512_set1_ps(t->corr[r]));
+        _mm512_store_ps(t->l[r], _mm512_dpbf16_ps(l, pb, ones));
     }
 }
 
@@ -333,7 +337,7 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
 
 void mq_attention_avx512(const mq_attn_args *a, int h0, int h1)
 {
-    if (a->head_dim % 16 || a->head_dim > HD_MAX || a->head_dim <= 0) {
+    if (a->head_dim % 16 || a->head_dim > HD_MAX || a->head_dim <= 0 || !(a->scale > 0)) {
         mq_ref_attention(a, h0, h1);
         return;
     }

@@ -543,7 +543,7 @@ static int cmp_d(const void *a, const void *b)
 }
 
 static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, int chunk,
-                               double *p50, int *gaps_out)
+                               double *p50, int *gaps_out, double *alone_ms, double *chunk_ms)
 {
     mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, chunk, nlong + 4096);
     uint64_t a, b;
@@ -557,12 +557,20 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
         pthread_mutex_lock(&wa.mu);
         int k = wa.n;
         pthread_mutex_unlock(&wa.mu);
-        if (k >= 4) break;
+        if (k >= 12) break;
         usleep(2000);
     }
     double t_sub = now_s();
     run(s, b, longp, nlong, 1, &wb);
     w_wait(&wb);
+    {   /* a's step alone: the median gap before b came; one chunk: b's TTFT / its chunks */
+        double g0[12];
+        int k0 = 0;
+        for (int i = 1; i < 12 && wa.t[i] < t_sub; i++) g0[k0++] = (wa.t[i] - wa.t[i - 1]) * 1e3;
+        qsort(g0, (size_t)k0, sizeof *g0, cmp_d);
+        *alone_ms = k0 ? g0[k0 / 2] : 0;
+        *chunk_ms = wb.st.ttft_ms / ((nlong + chunk - 1) / chunk);
+    }
     double t_end = now_s();
     mq_sched_cancel(s, a, MQ_END_CANCEL);
     w_wait(&wa);
@@ -712,12 +720,13 @@ int main(int argc, char **argv)
         }
         if (g_parts & P_STALL) {
             int NL = g_quick ? 2048 : 8192, CH = 256;
-            double p50 = 0;
+            double p50 = 0, alone = 0, chunk_ms = 0;
             int ng = 0;
-            stall = decode_stall_p99(m06, tok, prompt, NL, CH, &p50, &ng);
+            stall = decode_stall_p99(m06, tok, prompt, NL, CH, &p50, &ng, &alone, &chunk_ms);
             printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n",
                    NL, CH);
-            printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms\n", ng, p50, stall);
+            printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms; a step alone %.1f ms, one chunk %.1f ms "
+                   "on average (the prompt's TTFT / its chunks)\n", ng, p50, stall, alone, chunk_ms);
         }
         mq_model_free(m06);
         mq_arena_destroy(ar06);

@@ -139,18 +139,27 @@ static pid_t start_mqd(const char *model, const char *log, int as_nobody)
     return start_mqd_reserve(model, log, as_nobody, res, NULL);
 }
 
+/* Starts mqd on the test model (reserve NULL: RESERVE pages) and waits until it answers;
+ * if it does not, the check fails, its log is shown and 0 comes back. */
+static int start_ready(const char *log, int as_nobody, const char *reserve, const char *huge_mode)
+{
+    char res[16];
+    snprintf(res, sizeof res, "%d", RESERVE);
+    mqd_pid = start_mqd_reserve(spawn_model(), log, as_nobody, reserve ? reserve : res, huge_mode);
+    int ready = spawn_wait_ready(admin_sock, mqd_pid, 60);
+    CHECK(ready, "mqd did not become ready");
+    if (!ready)
+        spawn_dump_log(log);
+    return ready;
+}
+
 static void test_reserve_use_giveback(void)
 {
     char log[320];
     snprintf(log, sizeof log, "%s/mqd.log", dir);
     long before = nr_hugepages();
-    mqd_pid = start_mqd(spawn_model(), log, 0);
-    int ready = spawn_wait_ready(admin_sock, mqd_pid, 60);
-    CHECK(ready, "mqd did not become ready");
-    if (!ready) {
-        spawn_dump_log(log);
+    if (!start_ready(log, 0, NULL, NULL))
         return;
-    }
     cJSON *st = admin_call(admin_sock, "status", 0);
     CHECK(st != NULL, "status");
     double reserved = jpath(st, "memory", "hugepages_reserved", NULL);
@@ -218,13 +227,8 @@ static void test_sigkill_giveback(void)
     char log[320];
     snprintf(log, sizeof log, "%s/mqd-kill.log", dir);
     long before = nr_hugepages();
-    mqd_pid = start_mqd(spawn_model(), log, 0);
-    int ready = spawn_wait_ready(admin_sock, mqd_pid, 60);
-    CHECK(ready, "mqd did not become ready");
-    if (!ready) {
-        spawn_dump_log(log);
+    if (!start_ready(log, 0, NULL, NULL))
         return;
-    }
     CHECK(nr_hugepages() == before + RESERVE, "nr_hugepages %ld while running", nr_hugepages());
     kill(mqd_pid, SIGKILL);
     waitpid(mqd_pid, NULL, 0);
@@ -272,13 +276,8 @@ static void test_auto(void)
     snprintf(log, sizeof log, "%s/mqd-auto.log", dir);
     long before = nr_hugepages();
     /* with "require": start-up would fail if any of it were not hugetlb */
-    mqd_pid = start_mqd_reserve(spawn_model(), log, 0, "auto", "require");
-    int ready = spawn_wait_ready(admin_sock, mqd_pid, 60);
-    CHECK(ready, "mqd did not become ready");
-    if (!ready) {
-        spawn_dump_log(log);
+    if (!start_ready(log, 0, "auto", "require"))
         return;
-    }
     cJSON *st = admin_call(admin_sock, "status", 0);
     double reserved = jpath(st, "memory", "hugepages_reserved", NULL);
     double asked = jpath(st, "memory", "hugepages_asked", NULL);

@@ -141,6 +141,36 @@ static void test_reservations(void)
     mq_kv_store_destroy(kv);
 }
 
+/* A cached block that a reservation counts on is not taken by a lookup: every reserved
+ * allocation still succeeds. */
+static void test_lookup_respects_reservations(void)
+{
+    mq_kv_store *kv = make(4);
+    if (!kv) return;
+    int32_t toks[4 * BT];
+    for (int i = 0; i < 4 * BT; i++) toks[i] = 7 + 3 * i;
+    uint64_t h[4], parent = MQ_KV_HASH_SEED;
+    int blk[4];
+    for (int i = 0; i < 4; i++) {   /* four indexed blocks, then released: all cached */
+        h[i] = mq_kv_prefix_hash(parent, toks + i * BT, BT);
+        blk[i] = mq_kv_alloc(kv, 0);
+        mq_kv_publish(kv, blk[i], parent, h[i], toks + i * BT);
+        parent = h[i];
+    }
+    for (int i = 0; i < 4; i++) mq_kv_unref(kv, blk[i]);
+    CHECK(mq_kv_reserve(kv, 3) == 0, "reserve 3 of the 4 cached blocks");
+    int id = mq_kv_lookup(kv, MQ_KV_HASH_SEED, h[0], toks);
+    CHECK(id == blk[0], "one cached block is spare: found (%d)", id);
+    id = mq_kv_lookup(kv, h[0], h[1], toks + BT);
+    CHECK(id == -ENOENT, "the next one is promised to the reservation: a miss (%d)", id);
+    mq_kv_stats st;
+    mq_kv_stats_get(kv, &st);
+    CHECK(st.refused == 1 && st.hits == 1, "refused %llu hits %llu", (unsigned long long)st.refused,
+          (unsigned long long)st.hits);
+    for (int i = 0; i < 3; i++) CHECK(mq_kv_alloc(kv, 1) >= 0, "reserved alloc %d succeeds", i);
+    mq_kv_store_destroy(kv);
+}
+
 /* Many random operations against a model of the refcounts: no block is ever handed out
  * twice while in use. */
 static void test_random_ops(void)
@@ -194,6 +224,7 @@ int main(void)
     RUN(test_prefix_share);
     RUN(test_evict_oldest_first);
     RUN(test_reservations);
+    RUN(test_lookup_respects_reservations);
     RUN(test_random_ops);
     return harness_done();
 }
