@@ -21,12 +21,15 @@
  * VNNI peak; alone, with everything in L1, it does reach that (≈300 of ≈445 G MAC/s per
  * thread), so MR/NG/panel choices only matter through memory. The whole GEMM at M=512
  * gets ≈0.58-0.61: activation bytes/scales and y rows come from L2 (≈6% each when alone,
- * ≈7% together), the per-call repack costs ≈4%, the rest is column tails and loop
- * overhead. Breaking the 0.67 bound needs the sx·sw product off those two pipes; a
- * panel holding sw·(1 + f/8) for the 8 mantissas f of sx (then a load + vscalefps by
- * sx's exponent + one FMA) ran 10-20% faster as a tile in L1, but lost it in the GEMM
- * (panel 8× larger in L1, and each block's scale load waits on sx from L2), so it is
- * not used.
+ * ≈7% together), the per-call repack costs ≈5%, the rest is column tails and loop
+ * overhead. Breaking the 0.67 bound needs the sx·sw product off those two pipes. Tried:
+ * a panel holding sw·(1 + f/8) for the 8 mantissas f of sx, so that sx·sw is a load
+ * indexed by f plus a vscalefps by sx's exponent and each block costs 4 vpdpbusd + 1 FMA.
+ * As a tile it ran 10-20% faster (L1) and 8-11% faster with x and y from L2 (with sx
+ * split per tile, one panel of 48 columns), but the 8× larger scale part of the panel
+ * (24 KB per 48 columns × 256 k, rewritten per call) cost as much back in the GEMM:
+ * bench_kernels showed no gain, so it is not used. Prefetching the next tile's x and y
+ * rows, MR/NG of 4/2, 5/2, 6/2, 6/3, 4/4, one panel, KC_BLOCKS 8 or 32: no gain either.
  *
  * BF16. GEMM (m > 8): a panel of NG groups × 16 columns × KC_BF16 k is repacked into
  * pairs [group][k/2][16][2] (one zmm = 16 columns × one k pair) and multiplied with
