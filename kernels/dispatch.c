@@ -86,6 +86,7 @@ mq_isa mq_kernels_isa(void) { return active_isa; }
 void mq_f32_to_bf16_row(const float *x, uint16_t *y, size_t n) { ENSURE(); mq_kt.f32_to_bf16_row(x, y, n); }
 void mq_bf16_to_f32_row(const uint16_t *x, float *y, size_t n) { ENSURE(); mq_kt.bf16_to_f32_row(x, y, n); }
 float mq_amax_f32(const float *x, size_t n) { ENSURE(); return mq_kt.amax_f32(x, n); }
+float mq_amax_bf16(const uint16_t *x, size_t n) { ENSURE(); return mq_kt.amax_bf16(x, n); }
 
 int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {

@@ -13,6 +13,7 @@ typedef struct mq_kernel_table {
     void (*f32_to_bf16_row)(const float *x, uint16_t *y, size_t n);
     void (*bf16_to_f32_row)(const uint16_t *x, float *y, size_t n);
     float (*amax_f32)(const float *x, size_t n);
+    float (*amax_bf16)(const uint16_t *x, size_t n);
     int (*fp4_act_quantize_rows)(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
     void (*fp4_weight_prepare_rows)(mq_fp4_weight *w, int r0, int r1);
     void (*gemm_fp4)(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);

@@ -78,6 +78,31 @@ static float avx512_amax_f32(const float *x, size_t n)
     return top >= 0x7f800000u ? NAN : ops_u2f(top);
 }
 
+/* The same on BF16 (weights at load time): 32 magnitudes per vector, max as 16-bit
+ * integers; NaN/Inf are the magnitudes >= 0x7f80. */
+static float avx512_amax_bf16(const uint16_t *x, size_t n)
+{
+    const __m512i absm = _mm512_set1_epi16(0x7fff);
+    __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
+    size_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(x + i), absm));
+        m1 = _mm512_max_epu16(m1, _mm512_and_si512(_mm512_loadu_si512(x + i + 32), absm));
+        m2 = _mm512_max_epu16(m2, _mm512_and_si512(_mm512_loadu_si512(x + i + 64), absm));
+        m3 = _mm512_max_epu16(m3, _mm512_and_si512(_mm512_loadu_si512(x + i + 96), absm));
+    }
+    for (; i + 32 <= n; i += 32)
+        m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(x + i), absm));
+    if (i < n)
+        m1 = _mm512_max_epu16(m1, _mm512_and_si512(_mm512_maskz_loadu_epi16((__mmask32)((1u << (n - i)) - 1), x + i), absm));
+    __m512i m = _mm512_max_epu16(_mm512_max_epu16(m0, m1), _mm512_max_epu16(m2, m3));
+    /* 32 u16 -> the largest: widen the two halves to u32 and reduce */
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(m));
+    const __m512i hi = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(m, 1));
+    const uint32_t top = _mm512_reduce_max_epu32(_mm512_max_epu32(lo, hi));
+    return top >= 0x7f80u ? NAN : ops_u2f(top << 16);
+}
+
 /* ---- NVFP4 activation quantization ------------------------------------------- */
 
 /* E4M3 codes of 16 values y >= 0 (or +Inf): ops_e4m3_pos, vectorised. */
@@ -214,6 +239,7 @@ void mq_kernels_fill_ops_avx512(mq_kernel_table *t)
     t->f32_to_bf16_row = avx512_f32_to_bf16_row;
     t->bf16_to_f32_row = avx512_bf16_to_f32_row;
     t->amax_f32 = avx512_amax_f32;
+    t->amax_bf16 = avx512_amax_bf16;
     t->fp4_act_quantize_rows = avx512_fp4_act_quantize_rows;
     t->rmsnorm = avx512_rmsnorm;
     t->swiglu = avx512_swiglu;

@@ -125,7 +125,7 @@ static float ref_amax_f32(const float *x, size_t n)
     return m;
 }
 
-float mq_amax_bf16(const uint16_t *x, size_t n)
+static float ref_amax_bf16(const uint16_t *x, size_t n)
 {
     float m = 0.0f;
     for (size_t i = 0; i < n; i++) {
@@ -412,6 +412,7 @@ void mq_kernels_fill_ref(mq_kernel_table *t)
     t->f32_to_bf16_row = ref_f32_to_bf16_row;
     t->bf16_to_f32_row = ref_bf16_to_f32_row;
     t->amax_f32 = ref_amax_f32;
+    t->amax_bf16 = ref_amax_bf16;
     t->fp4_act_quantize_rows = mq_ref_fp4_act_quantize_rows;
     t->fp4_weight_prepare_rows = ref_fp4_weight_prepare_rows;
     t->gemm_fp4 = mq_ref_gemm_fp4;

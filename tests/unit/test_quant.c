@@ -301,6 +301,42 @@ static void check_act_isas(const float *x, int m, int k, size_t ldx, float g, co
     mq_kernels_force(isas[n - 1]);
 }
 
+/* amax of BF16 rows (the weights' global scale at load): every ISA equals a plain FP64
+ * scan, over odd lengths, signs, subnormals, and with NaN/Inf anywhere giving NaN. */
+static void test_amax_bf16_isas(void)
+{
+    mq_isa isas[3];
+    int n_isa = isa_list(isas);
+    enum { N = 5000 };
+    uint16_t *x = malloc(N * sizeof *x);
+    uint32_t s = 12345;
+    for (int t = 0; t < 60; t++) {
+        size_t n = t < 40 ? (size_t)t * 7 + (size_t)(t % 3) : (size_t)(N - t);
+        for (size_t i = 0; i < n; i++) {
+            s = s * 1664525u + 1013904223u;
+            uint16_t e = (uint16_t)(t % 4 == 0 ? (s >> 8) & 0x7f : 0x30 + ((s >> 8) % 0x20)); /* subnormals too */
+            x[i] = (uint16_t)(((s >> 31) << 15) | (e << 7) | ((s >> 16) & 0x7f));
+        }
+        int special = t >= 50 && n > 0;
+        if (special) x[(size_t)s % n] = t % 2 ? 0x7f80 : 0xffc1;   /* +Inf or a NaN */
+        double want = 0;
+        for (size_t i = 0; i < n; i++) {
+            float v = mq_bf16_to_f32(x[i]);
+            if (fabs((double)v) > want) want = fabs((double)v);
+        }
+        for (int i = 0; i < n_isa; i++) {
+            mq_kernels_force(isas[i]);
+            float got = mq_amax_bf16(x, n);
+            if (special)
+                CHECK(isnan(got), "%s n=%zu: non-finite input gives %g, want NaN", mq_isa_name(isas[i]), n, got);
+            else
+                CHECK((double)got == want, "%s n=%zu: amax %.9g, want %.9g", mq_isa_name(isas[i]), n, got, want);
+        }
+    }
+    mq_kernels_force(isas[n_isa - 1]);
+    free(x);
+}
+
 static void test_quantize_isas_bitexact(void)
 {
     unsigned long long s = 1234;
@@ -456,6 +492,7 @@ int main(void)
     RUN(test_bf16_vs_oracle);
     RUN(test_quantize_ref_vs_oracle);
     RUN(test_quantize_isas_bitexact);
+    RUN(test_amax_bf16_isas);
     RUN(test_weight_quantize_isas);
     RUN(test_quantize_saturation_and_zero);
     RUN(test_quantize_rejects_nonfinite);
