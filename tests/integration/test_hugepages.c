@@ -153,6 +153,16 @@ static int start_ready(const char *log, int as_nobody, const char *reserve, cons
     return ready;
 }
 
+/* SIGTERM, then mqd must exit 0 (drained) within 20 s. */
+static void stop_mqd(void)
+{
+    kill(mqd_pid, SIGTERM);
+    int ws = spawn_wait_exit(mqd_pid, 20);
+    CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "mqd exit status %d", ws);
+    if (ws >= 0)
+        mqd_pid = 0;
+}
+
 static void test_reserve_use_giveback(void)
 {
     char log[320];
@@ -209,11 +219,7 @@ static void test_reserve_use_giveback(void)
     CHECK(mw > 100 && mk >= 12, "mqctl status: weights hugetlb %.1f MiB, KV %.1f MiB:\n%s", mw,
           mk, out);
 
-    kill(mqd_pid, SIGTERM);
-    int ws = spawn_wait_exit(mqd_pid, 20);
-    CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "mqd exit status %d", ws);
-    if (ws >= 0)
-        mqd_pid = 0;
+    stop_mqd();
     /* given back before mqd exited: no waiting */
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(),
           before);
@@ -303,11 +309,7 @@ static void test_auto(void)
     CHECK(kv_huge == kv_bytes, "KV hugetlb %.0f of %.0f bytes", kv_huge, kv_bytes);
     CHECK(log_has(log, "auto: reserved"), "log says what auto reserved");
     cJSON_Delete(st);
-    kill(mqd_pid, SIGTERM);
-    int ws = spawn_wait_exit(mqd_pid, 20);
-    CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %d", ws);
-    if (ws >= 0)
-        mqd_pid = 0;
+    stop_mqd();
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(),
           before);
     if (harness_cur_fail)
@@ -362,11 +364,7 @@ static void test_not_root_skips(void)
     CHECK(nr_hugepages() == before, "nr_hugepages changed to %ld", nr_hugepages());
     CHECK(log_has(log, "skipped: not root"), "log says why nothing was reserved");
     cJSON_Delete(st);
-    kill(mqd_pid, SIGTERM);
-    int ws = spawn_wait_exit(mqd_pid, 20);
-    CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %d", ws);
-    if (ws >= 0)
-        mqd_pid = 0;
+    stop_mqd();
     if (harness_cur_fail)
         spawn_dump_log(log);
 }
