@@ -84,6 +84,10 @@ static void add_sched_stats(mqd *d, cJSON *o)
     cJSON_AddNumberToObject(k, "bytes", (double)st.kv_bytes);
     cJSON_AddStringToObject(k, "memory", st.kv_memory ? st.kv_memory : "?");
     cJSON_AddNumberToObject(k, "occupancy", st.kv_blocks ? (double)st.kv_used / st.kv_blocks : 0);
+    cJSON_AddNumberToObject(k, "lookups", (double)st.kv_lookups);
+    cJSON_AddNumberToObject(k, "hits", (double)st.kv_hits);
+    cJSON_AddNumberToObject(k, "evictions", (double)st.kv_evictions);
+    cJSON_AddNumberToObject(k, "refused", (double)st.kv_refused);
     cJSON_AddNumberToObject(o, "sessions", st.sessions);
 }
 

@@ -1107,6 +1107,10 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
     st->kv_used = ks.used;
     st->kv_cached = ks.cached;
     st->kv_free = ks.free;
+    st->kv_lookups = ks.lookups;
+    st->kv_hits = ks.hits;
+    st->kv_evictions = ks.evictions;
+    st->kv_refused = ks.refused;
     st->block_tokens = ks.block_tokens;
     st->kv_bytes = ks.segment_bytes;
     st->kv_memory = ks.memory;

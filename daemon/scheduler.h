@@ -161,6 +161,7 @@ typedef struct mq_sched_stats {
     /* now */
     int sessions, queued, prefilling, decoding;
     int kv_blocks, kv_used, kv_cached, kv_free, block_tokens;
+    uint64_t kv_lookups, kv_hits, kv_evictions, kv_refused;   /* prefix index, since start */
     size_t kv_bytes;
     const char *kv_memory;      /* "hugetlb", "thp" or "4k" (static string) */
     /* liveness, for the watchdog: each increases while its driver thread is alive

@@ -207,6 +207,9 @@ static void test_prefix_shared_and_second_turn(void)
 
     mq_sched_stats st;
     mq_sched_get_stats(s, &st);
+    CHECK(st.kv_hits >= (uint64_t)(shared / BT) && st.kv_lookups >= st.kv_hits && st.kv_refused == 0,
+          "index stats: %llu lookups, %llu hits (want >= %d), %llu refused", (unsigned long long)st.kv_lookups,
+          (unsigned long long)st.kv_hits, shared / BT, (unsigned long long)st.kv_refused);
     CHECK(st.requests_done == 3 && st.cached_tokens > 0 && st.cache_hit_ratio > 0 && st.kv_used > 0,
           "global stats: done %llu cached %llu ratio %.2f used %d", (unsigned long long)st.requests_done,
           (unsigned long long)st.cached_tokens, st.cache_hit_ratio, st.kv_used);
