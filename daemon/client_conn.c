@@ -216,22 +216,28 @@ static void on_tail_wake(mq_evloop *l, int res, void *arg)
 static void arm_flush(mq_evloop *l, void *arg)
 {
     mqd_conn *c = arg;
+    /* The waiter owns the flag (ipc/ring.h): set before the re-check, cleared here when
+     * the wait ends; the client's consume only reads it. */
+    mq_ring_ctl *ctl = c->chan.token.ctl;
     pthread_mutex_lock(&c->tx_lock);
     if (!c->closing)
         flush_locked(c);
     if (c->closing || c->spill_len == 0) {
         c->flush_armed = 0;
+        if (c->chan_ok)
+            __atomic_store_n(&ctl->tail_waiters, 0, __ATOMIC_SEQ_CST);
         pthread_mutex_unlock(&c->tx_lock);
         conn_unref(c);
         return;
     }
-    mq_ring_ctl *ctl = c->chan.token.ctl;
     __atomic_store_n(&ctl->tail_waiters, 1, __ATOMIC_SEQ_CST);
     uint32_t seen = __atomic_load_n(&ctl->tail, __ATOMIC_SEQ_CST);
     flush_locked(c); /* the client may have consumed before it saw the flag */
     int empty = c->spill_len == 0;
-    if (empty)
+    if (empty) {
         c->flush_armed = 0;
+        __atomic_store_n(&ctl->tail_waiters, 0, __ATOMIC_SEQ_CST);
+    }
     pthread_mutex_unlock(&c->tx_lock);
     if (empty) {
         conn_unref(c);

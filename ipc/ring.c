@@ -11,7 +11,6 @@
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-#define XCHG(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
 
 int mq_futex_wait(uint32_t *word, uint32_t expected, int timeout_ms)
 {
@@ -84,7 +83,7 @@ void mq_ring_write(mq_ring *r, const void *src, uint32_t n)
 void mq_ring_publish(mq_ring *r)
 {
     STORE(&r->ctl->head, r->pos);
-    if (LOAD(&r->ctl->head_waiters) && XCHG(&r->ctl->head_waiters, 0))
+    if (LOAD(&r->ctl->head_waiters))
         mq_futex_wake(&r->ctl->head);
     if (r->efd >= 0 && LOAD(&r->ctl->poll_armed)) {
         uint64_t one = 1;
@@ -112,6 +111,10 @@ static void deadline_in(struct timespec *d, int timeout_ms)
     }
 }
 
+/* The waiter owns its flag: it sets it before re-checking and clears it when it stops
+ * waiting. A waker only reads it. (When the waker cleared it, a wake meant for an earlier
+ * wait could clear the flag of the next one between its announce and its sleep, and
+ * both sides then slept until their timeouts.) */
 int mq_ring_wait_space(mq_ring *r, uint32_t n, int timeout_ms)
 {
     if (n > r->size)
@@ -119,10 +122,13 @@ int mq_ring_wait_space(mq_ring *r, uint32_t n, int timeout_ms)
     struct timespec deadline;
     if (timeout_ms >= 0)
         deadline_in(&deadline, timeout_ms);
+    int rc = 0;
     for (;;) {
         int64_t s = mq_ring_space(r);
-        if (s < 0 || s >= n)
-            return s < 0 ? (int)s : 0;
+        if (s < 0 || s >= n) {
+            rc = s < 0 ? (int)s : 0;
+            break;
+        }
         uint32_t seen = LOAD(&r->ctl->tail);
         STORE(&r->ctl->tail_waiters, 1);
         /* Re-check after announcing: the consumer may have moved in between. */
@@ -130,12 +136,17 @@ int mq_ring_wait_space(mq_ring *r, uint32_t n, int timeout_ms)
         if (s < 0 || s >= n)
             continue;
         int left = timeout_ms < 0 ? -1 : remaining_ms(&deadline);
-        if (timeout_ms >= 0 && left == 0)
-            return -ETIMEDOUT;
-        int rc = mq_futex_wait(&r->ctl->tail, seen, left);
+        if (timeout_ms >= 0 && left == 0) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        rc = mq_futex_wait(&r->ctl->tail, seen, left);
         if (rc && rc != -ETIMEDOUT && rc != -EINTR)
-            return rc;
+            break;
     }
+    if (LOAD(&r->ctl->tail_waiters))
+        STORE(&r->ctl->tail_waiters, 0);
+    return rc;
 }
 
 /* ---- consumer ------------------------------------------------------------------ */
@@ -159,7 +170,7 @@ void mq_ring_consume(mq_ring *r, uint32_t n)
 {
     r->pos += n;
     STORE(&r->ctl->tail, r->pos);
-    if (LOAD(&r->ctl->tail_waiters) && XCHG(&r->ctl->tail_waiters, 0))
+    if (LOAD(&r->ctl->tail_waiters))
         mq_futex_wake(&r->ctl->tail);
 }
 
@@ -168,22 +179,28 @@ int mq_ring_wait_data(mq_ring *r, int timeout_ms)
     struct timespec deadline;
     if (timeout_ms >= 0)
         deadline_in(&deadline, timeout_ms);
+    int rc = 0;
     for (;;) {
         int64_t a = mq_ring_avail(r);
-        if (a != 0)
-            return a < 0 ? (int)a : 0;
+        if (a != 0) {
+            rc = a < 0 ? (int)a : 0;
+            break;
+        }
         uint32_t seen = LOAD(&r->ctl->head);
         STORE(&r->ctl->head_waiters, 1);
         a = mq_ring_avail(r);
         if (a != 0)
             continue;
         int left = timeout_ms < 0 ? -1 : remaining_ms(&deadline);
-        if (timeout_ms >= 0 && left == 0)
-            return -ETIMEDOUT;
-        int rc = mq_futex_wait(&r->ctl->head, seen, left);
-        if (rc == -EINTR)
-            return rc;
+        if (timeout_ms >= 0 && left == 0) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        rc = mq_futex_wait(&r->ctl->head, seen, left);
         if (rc && rc != -ETIMEDOUT)
-            return rc;
+            break;   /* -EINTR included: the caller decides */
     }
+    if (LOAD(&r->ctl->head_waiters))
+        STORE(&r->ctl->head_waiters, 0);
+    return rc;
 }

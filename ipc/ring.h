@@ -13,7 +13,8 @@
  *
  * Wake-ups: a side that has to wait sets a waiter flag and sleeps with FUTEX_WAIT on the
  * peer's published position (not FUTEX_PRIVATE: the words are in a MAP_SHARED memfd seen by
- * two processes). The peer, after publishing, clears the flag and FUTEX_WAKEs. A consumer
+ * two processes). The peer, after publishing, FUTEX_WAKEs while the flag is set; only the
+ * waiter clears its flag, when it stops waiting. A consumer
  * that uses poll()/epoll instead sets `poll_armed` and hands the producer an eventfd, which
  * the producer writes after each publish. No side ever spins.
  *

@@ -72,6 +72,35 @@ static void test_timeouts(void)
     CHECK(mq_ring_wait_data(&c, 0) == 0, "data ready");
 }
 
+/* The waker only reads the waiter's flag; the waiter clears it when it stops waiting.
+ * (A waker that cleared it could swallow the wake of the waiter's next wait: both sides
+ * then slept until their timeouts, about 1 run in 15 of test_threads_futex.) */
+static void test_waiter_owns_flag(void)
+{
+    static mq_ring_ctl ctl;
+    static uint8_t data[64];
+    mq_ring p, c;
+    mq_ring_ctl_init(&ctl);
+    mq_ring_attach_producer(&p, &ctl, data, 64);
+    mq_ring_attach_consumer(&c, &ctl, data, 64);
+    uint8_t buf[64] = {0};
+    mq_ring_write(&p, buf, 64);
+    mq_ring_publish(&p);
+    CHECK(mq_ring_wait_space(&p, 8, 10) == -ETIMEDOUT, "full");
+    CHECK(ctl.tail_waiters == 0, "a wait that ended (timeout) leaves no flag behind");
+    ctl.tail_waiters = 1;                 /* a producer announced a wait */
+    mq_ring_consume(&c, 16);
+    CHECK(ctl.tail_waiters == 1, "consume woke but did not clear the producer's flag");
+    CHECK(mq_ring_wait_space(&p, 8, 10) == 0 && ctl.tail_waiters == 0, "the producer clears it on return");
+    mq_ring_consume(&c, 48);
+    CHECK(mq_ring_wait_data(&c, 10) == -ETIMEDOUT && ctl.head_waiters == 0, "empty; consumer's flag cleared");
+    ctl.head_waiters = 1;
+    mq_ring_write(&p, buf, 8);
+    mq_ring_publish(&p);
+    CHECK(ctl.head_waiters == 1, "publish woke but did not clear the consumer's flag");
+    CHECK(mq_ring_wait_data(&c, 10) == 0 && ctl.head_waiters == 0, "the consumer clears it on return");
+}
+
 /* ---- threaded stream through a 4 KiB ring -------------------------------------- */
 struct stream {
     mq_ring p, c;
@@ -94,7 +123,7 @@ static void *producer(void *arg)
             buf[i] = (uint8_t)(x >> 16);
             s->sum_in = s->sum_in * 31 + buf[i];
         }
-        int rc = mq_ring_wait_space(&s->p, n, 30000); /* generous: ASan on a loaded 2-core box */
+        int rc = mq_ring_wait_space(&s->p, n, 5000);
         if (rc) {
             s->err = rc;
             return NULL;
@@ -121,7 +150,7 @@ static void test_threads_futex(void)
     size_t got = 0;
     uint8_t buf[777];
     while (got < s.total) {
-        int rc = mq_ring_wait_data(&s.c, 30000);
+        int rc = mq_ring_wait_data(&s.c, 5000);
         if (rc) {
             CHECK(0, "wait_data %d after %zu bytes", rc, got);
             break;
@@ -250,6 +279,7 @@ int main(void)
 {
     RUN(test_wrap_around);
     RUN(test_timeouts);
+    RUN(test_waiter_owns_flag);
     RUN(test_threads_futex);
     RUN(test_channel_across_processes);
     return harness_done();
