@@ -111,42 +111,55 @@ static void deadline_in(struct timespec *d, int timeout_ms)
     }
 }
 
-/* The waiter owns its flag: it sets it before re-checking and clears it when it stops
- * waiting. A waker only reads it. (When the waker cleared it, a wake meant for an earlier
- * wait could clear the flag of the next one between its announce and its sleep, and
- * both sides then slept until their timeouts.) */
-int mq_ring_wait_space(mq_ring *r, uint32_t n, int timeout_ms)
+/* One wait protocol for both sides. `ready` says whether the wait is over: > 0 yes,
+ * 0 not yet, < 0 an error to return. The waiter owns its flag: it sets it before
+ * re-checking and clears it when it stops waiting; a waker only reads it. (When the waker
+ * cleared it, a wake meant for an earlier wait could clear the flag of the next one
+ * between its announce and its sleep, and both sides then slept until their timeouts.)
+ * The sleep is on the peer's published position `word`. */
+static int ring_wait(mq_ring *r, uint32_t *word, uint32_t *flag, int64_t (*ready)(const mq_ring *, uint32_t),
+                     uint32_t n, int timeout_ms, int eintr_returns)
 {
-    if (n > r->size)
-        return -E2BIG;
     struct timespec deadline;
     if (timeout_ms >= 0)
         deadline_in(&deadline, timeout_ms);
     int rc = 0;
     for (;;) {
-        int64_t s = mq_ring_space(r);
-        if (s < 0 || s >= n) {
-            rc = s < 0 ? (int)s : 0;
+        int64_t k = ready(r, n);
+        if (k != 0) {
+            rc = k < 0 ? (int)k : 0;
             break;
         }
-        uint32_t seen = LOAD(&r->ctl->tail);
-        STORE(&r->ctl->tail_waiters, 1);
-        /* Re-check after announcing: the consumer may have moved in between. */
-        s = mq_ring_space(r);
-        if (s < 0 || s >= n)
+        uint32_t seen = LOAD(word);
+        STORE(flag, 1);
+        /* Re-check after announcing: the peer may have moved in between. */
+        if (ready(r, n) != 0)
             continue;
         int left = timeout_ms < 0 ? -1 : remaining_ms(&deadline);
         if (timeout_ms >= 0 && left == 0) {
             rc = -ETIMEDOUT;
             break;
         }
-        rc = mq_futex_wait(&r->ctl->tail, seen, left);
-        if (rc && rc != -ETIMEDOUT && rc != -EINTR)
+        rc = mq_futex_wait(word, seen, left);
+        if (rc && rc != -ETIMEDOUT && (rc != -EINTR || eintr_returns))
             break;
     }
-    if (LOAD(&r->ctl->tail_waiters))
-        STORE(&r->ctl->tail_waiters, 0);
+    if (LOAD(flag))
+        STORE(flag, 0);
     return rc;
+}
+
+static int64_t space_ready(const mq_ring *r, uint32_t n)
+{
+    int64_t s = mq_ring_space(r);
+    return s < 0 ? s : s >= n;
+}
+
+int mq_ring_wait_space(mq_ring *r, uint32_t n, int timeout_ms)
+{
+    if (n > r->size)
+        return -E2BIG;
+    return ring_wait(r, &r->ctl->tail, &r->ctl->tail_waiters, space_ready, n, timeout_ms, 0);
 }
 
 /* ---- consumer ------------------------------------------------------------------ */
@@ -174,33 +187,14 @@ void mq_ring_consume(mq_ring *r, uint32_t n)
         mq_futex_wake(&r->ctl->tail);
 }
 
+static int64_t data_ready(const mq_ring *r, uint32_t n)
+{
+    (void)n;
+    return mq_ring_avail(r);   /* bytes, or -EPROTO */
+}
+
+/* -EINTR returns to the caller (it may have a signal to handle). */
 int mq_ring_wait_data(mq_ring *r, int timeout_ms)
 {
-    struct timespec deadline;
-    if (timeout_ms >= 0)
-        deadline_in(&deadline, timeout_ms);
-    int rc = 0;
-    for (;;) {
-        int64_t a = mq_ring_avail(r);
-        if (a != 0) {
-            rc = a < 0 ? (int)a : 0;
-            break;
-        }
-        uint32_t seen = LOAD(&r->ctl->head);
-        STORE(&r->ctl->head_waiters, 1);
-        a = mq_ring_avail(r);
-        if (a != 0)
-            continue;
-        int left = timeout_ms < 0 ? -1 : remaining_ms(&deadline);
-        if (timeout_ms >= 0 && left == 0) {
-            rc = -ETIMEDOUT;
-            break;
-        }
-        rc = mq_futex_wait(&r->ctl->head, seen, left);
-        if (rc && rc != -ETIMEDOUT)
-            break;   /* -EINTR included: the caller decides */
-    }
-    if (LOAD(&r->ctl->head_waiters))
-        STORE(&r->ctl->head_waiters, 0);
-    return rc;
+    return ring_wait(r, &r->ctl->head, &r->ctl->head_waiters, data_ready, 0, timeout_ms, 1);
 }
