@@ -45,9 +45,10 @@ static int parse_parts(const char *list)
     char buf[256];
     snprintf(buf, sizeof buf, "%s", list);
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        const int nn = (int)(sizeof names / sizeof *names);
         int k = 0;
-        while (k < 5 && strcmp(t, names[k])) k++;
-        if (k == 5) return -1;
+        while (k < nn && strcmp(t, names[k])) k++;
+        if (k == nn) return -1;
         parts |= 1 << k;
     }
     return parts;
@@ -387,6 +388,8 @@ static const char *const AGENT_RULES[] = {
 static const char *const AGENT_MODULES[] = { "cli", "config", "server", "storage", "auth", "cache", "jobs", "api",
                                              "models", "utils", "metrics", "plugins" };
 static const char *const AGENT_FILES[] = { "__init__", "core", "errors", "schema", "io" };
+static const char *const AGENT_FILE_ROLES[] = { "package exports", "main logic", "exception types",
+                                                "data classes and validation", "file and network access" };
 
 static char *agent_system_prompt(void)
 {
@@ -399,9 +402,7 @@ static char *agent_system_prompt(void)
     for (size_t m = 0; m < sizeof AGENT_MODULES / sizeof *AGENT_MODULES; m++)
         for (size_t f = 0; f < sizeof AGENT_FILES / sizeof *AGENT_FILES; f++)
             o += (size_t)snprintf(s + o, cap - o, "- src/app/%s/%s.py: the %s %s (%zu functions, %zu lines)\n",
-                                  AGENT_MODULES[m], AGENT_FILES[f], AGENT_MODULES[m],
-                                  f == 0 ? "package exports" : f == 1 ? "main logic" : f == 2 ? "exception types"
-                                  : f == 3 ? "data classes and validation" : "file and network access",
+                                  AGENT_MODULES[m], AGENT_FILES[f], AGENT_MODULES[m], AGENT_FILE_ROLES[f],
                                   3 + (m * 7 + f * 5) % 17, 40 + (m * 131 + f * 67) % 900);
     o += (size_t)snprintf(s + o, cap - o, "\n# Environment\nPython 3.11, pytest, ruff. Tests live in tests/, "
                                           "one file per module. The default branch is main.\n");
