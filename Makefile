@@ -2,9 +2,11 @@
 #
 # Layout (see README "Layout"): every folder builds into one archive or program.
 #   kernels/*.c      -> build/libmqkernels.a  (*_avx2.c / *_avx512.c get their ISA flags)
+#   common/*.c       -> build/libmqcommon.a   (error messages, clocks)
 #   ipc/*.c          -> build/libmqipc.a
+#   engine/*.c       -> build/libmqengine.a   (runs a model; no sockets)
 #   daemon/*.c       -> build/libmqd.a (all but main.c) + build/mqd
-#   libclient/*.c    -> build/libmq.so (+ ipc objects)
+#   libclient/*.c    -> build/libmq.so (+ ipc and common objects)
 #   tools/<name>.c   -> build/<name>        (mqctl, mq, ...)
 #   tests/*/test_*.c -> build/tests/test_*  (linked with everything)
 #   tests/bench/*.c, tests/tools/*.c -> build/<name>
@@ -21,7 +23,7 @@ export MQ_SHARED
 
 OPT      ?= -O2
 CFLAGS_BASE = -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
-              -I. -Ikernels -Iipc -Idaemon -Ilibclient -Itests
+              -I.
 ifeq ($(SAN),1)
 CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS_SAN  = -fsanitize=address,undefined
@@ -33,7 +35,9 @@ LIBS    = -luring -lbpf -lcap -lcjson -lsystemd -lpcre2-8 -lxxhash -lutf8proc -l
 LDFLAGS += $(LDFLAGS_SAN)
 
 KERNEL_SRC  := $(wildcard kernels/*.c)
+COMMON_SRC  := $(wildcard common/*.c)
 IPC_SRC     := $(wildcard ipc/*.c)
+ENGINE_SRC  := $(wildcard engine/*.c)
 DAEMON_SRC  := $(filter-out daemon/main.c daemon/%.bpf.c,$(wildcard daemon/*.c))
 CLIENT_SRC  := $(wildcard libclient/*.c)
 TOOL_SRC    := $(wildcard tools/*.c)
@@ -42,12 +46,16 @@ BENCH_SRC   := $(wildcard tests/bench/*.c tests/tools/*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 KERNEL_OBJ := $(call obj,$(KERNEL_SRC))
+COMMON_OBJ := $(call obj,$(COMMON_SRC))
 IPC_OBJ    := $(call obj,$(IPC_SRC))
+ENGINE_OBJ := $(call obj,$(ENGINE_SRC))
 DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
 
 LIBKERNELS := $(BUILD)/libmqkernels.a
+LIBCOMMON  := $(BUILD)/libmqcommon.a
 LIBIPC     := $(BUILD)/libmqipc.a
+LIBENGINE  := $(BUILD)/libmqengine.a
 LIBMQD     := $(BUILD)/libmqd.a
 LIBMQ_SO   := $(BUILD)/libmq.so.1
 MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
@@ -56,12 +64,12 @@ TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCHES    := $(patsubst %.c,$(BUILD)/%,$(notdir $(BENCH_SRC)))
 BENCHES    := $(addprefix $(BUILD)/,$(basename $(notdir $(BENCH_SRC))))
 
-ALL_LIBS = $(LIBMQD) $(LIBKERNELS) $(LIBIPC)
+ALL_LIBS = $(LIBMQD) $(LIBENGINE) $(LIBKERNELS) $(LIBIPC) $(LIBCOMMON)
 
 .SECONDARY:
 
 .PHONY: all test test-fast test-asan bench bench-kernels bench-e2e eval run install clean deps fuzz
-all: $(LIBKERNELS) $(LIBIPC) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) $(TESTS) $(BENCHES)
+all: $(LIBKERNELS) $(LIBCOMMON) $(LIBIPC) $(LIBENGINE) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) $(TESTS) $(BENCHES)
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
@@ -75,7 +83,11 @@ $(BUILD)/obj/%.o: %.c
 
 $(LIBKERNELS): $(KERNEL_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+$(LIBCOMMON): $(COMMON_OBJ)
+	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(LIBIPC): $(IPC_OBJ)
+	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+$(LIBENGINE): $(ENGINE_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(LIBMQD): $(DAEMON_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
@@ -83,14 +95,14 @@ $(LIBMQD): $(DAEMON_OBJ)
 $(BUILD)/mqd: $(BUILD)/obj/daemon/main.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(LIBMQ_SO): $(CLIENT_OBJ) $(IPC_OBJ) libclient/libmq.map
+$(LIBMQ_SO): $(CLIENT_OBJ) $(IPC_OBJ) $(COMMON_OBJ) libclient/libmq.map
 	$(CC) $(LDFLAGS) -shared -Wl,-soname,libmq.so.1 -Wl,--version-script=libclient/libmq.map \
-	    -o $@ $(CLIENT_OBJ) $(IPC_OBJ) -lpthread
+	    -o $@ $(CLIENT_OBJ) $(IPC_OBJ) $(COMMON_OBJ) -lpthread
 	ln -sf libmq.so.1 $(BUILD)/libmq.so
 
 # tools link only libmq (+ ipc, cJSON for the admin protocol)
-$(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC)
-	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lmq $(LIBIPC) -lcjson -lpthread -lm -Wl,-rpath,'$$ORIGIN'
+$(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lmq $(LIBIPC) $(LIBCOMMON) -lcjson -lpthread -lm -Wl,-rpath,'$$ORIGIN'
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(if $(CLIENT_SRC),$(LIBMQ_SO))
 	@mkdir -p $(dir $@)
@@ -154,7 +166,7 @@ $(BPF_GEN)/vmlinux.h:
 	@mkdir -p $(dir $@)
 	$(BPFTOOL) btf dump file $(KERNEL_BTF) format c > $@.tmp && mv $@.tmp $@
 $(BPF_GEN)/probes.bpf.o: daemon/probes.bpf.c daemon/probes_shared.h $(BPF_GEN)/vmlinux.h
-	$(BPF_CLANG) -target bpf -D__TARGET_ARCH_$(BPF_ARCH) -O2 -g -I$(BPF_GEN) -Idaemon -c $< -o $@
+	$(BPF_CLANG) -target bpf -D__TARGET_ARCH_$(BPF_ARCH) -O2 -g -I$(BPF_GEN) -I. -c $< -o $@
 $(BPF_GEN)/probes.skel.h: $(BPF_GEN)/probes.bpf.o
 	$(BPFTOOL) gen skeleton $< name mq_probes_bpf > $@.tmp && mv $@.tmp $@
 else
@@ -188,7 +200,7 @@ install: $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl
 
 # ---------------------------------------------------------------------------
 # Fuzzing: every tests/fuzz/fuzz_<x>.c becomes build-fuzz/fuzz_<x> (clang, libFuzzer +
-# ASan + UBSan), linked with kernels/, ipc/ and daemon/ (not daemon/main.c) compiled by
+# ASan + UBSan), linked with kernels/, common/, ipc/, engine/ and daemon/ (not daemon/main.c) compiled by
 # clang with the same sanitizers. `make fuzz-run` runs each for FUZZ_SECONDS (seed corpus:
 # tests/fuzz/corpus/fuzz_<x>/ if present); a crash fails it. `make test` runs it.
 FUZZ_CC      ?= clang
@@ -196,14 +208,14 @@ FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 10
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS    := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(KERNEL_SRC) $(IPC_SRC) $(DAEMON_SRC))
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(KERNEL_SRC) $(COMMON_SRC) $(IPC_SRC) $(ENGINE_SRC) $(DAEMON_SRC))
 FUZZ_CFLAGS   = -std=gnu11 -O1 -g -fno-omit-frame-pointer -fPIC -pthread \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-                -I. -Ikernels -Iipc -Idaemon -Ilibclient -Itests
+                -I.
 
 # kernels/ are numeric code the fuzzers do not target: built plainly (instrumenting the
 # AVX-512 GEMM with ASan+UBSan+coverage costs clang minutes).
-FUZZ_PLAIN    = -std=gnu11 -O1 -g -fPIC -pthread -I. -Ikernels
+FUZZ_PLAIN    = -std=gnu11 -O1 -g -fPIC -pthread -I.
 $(FUZZ_BUILD)/obj/kernels/%_avx2.o: kernels/%_avx2.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_PLAIN) $(AVX2_FLAGS) -MMD -MP -c $< -o $@

@@ -19,11 +19,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "model.h"
-#include "probes.h"
-#include "scheduler.h"
-#include "server.h"
+#include "engine/arena.h"
+#include "engine/model.h"
+#include "daemon/probes.h"
+#include "engine/scheduler.h"
+#include "daemon/server.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
 #pragma GCC diagnostic ignored "-Wformat-truncation"

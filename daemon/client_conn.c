@@ -20,7 +20,7 @@
  * SPILL_RING_FACTOR ring sizes is cancelled instead of growing memory.
  */
 #define _GNU_SOURCE
-#include "sock.h"
+#include "ipc/sock.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -33,15 +33,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "channel.h"
-#include "chat_template.h"
-#include "scheduler.h"
-#include "server.h"
+#include "ipc/channel.h"
+#include "engine/chat_template.h"
+#include "engine/scheduler.h"
+#include "daemon/server.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
-#include "tokenizer.h"
-#include "wire.h"
+#include "engine/tokenizer.h"
+#include "ipc/wire.h"
 
 #define SPILL_RING_FACTOR 4
 #define BUSY_RETRIES 200   /* x BUSY_RETRY_US: at most 40 ms */

@@ -1,6 +1,6 @@
 /* daemon/config.c — table-driven config: JSON file, flags, validation (see config.h). */
-#include "errmsg.h"
-#include "config.h"
+#include "common/errmsg.h"
+#include "daemon/config.h"
 
 /* Messages are cut to their buffers on purpose. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"

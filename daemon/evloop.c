@@ -1,6 +1,6 @@
 /* daemon/evloop.c — io_uring event loop (see evloop.h). */
 #define _GNU_SOURCE
-#include "evloop.h"
+#include "daemon/evloop.h"
 
 #include <errno.h>
 #include <liburing.h>

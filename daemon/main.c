@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server.h"
+#include "daemon/server.h"
 
 static void usage(FILE *out)
 {

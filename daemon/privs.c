@@ -25,9 +25,9 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "probes.h"
-#include "server.h"
+#include "engine/arena.h"
+#include "daemon/probes.h"
+#include "daemon/server.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
 #pragma GCC diagnostic ignored "-Wformat-truncation"

@@ -17,7 +17,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 
-#include "probes_shared.h"
+#include "daemon/probes_shared.h"
 
 char LICENSE[] SEC("license") = "GPL";   /* sched_switch tp_btf needs GPL helpers */
 

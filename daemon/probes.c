@@ -4,7 +4,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "probes.h"
+#include "daemon/probes.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -17,7 +17,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
-#include "probes_shared.h"
+#include "daemon/probes_shared.h"
 #include "probes.skel.h"
 
 #define KERNEL_BTF "/sys/kernel/btf/vmlinux"

@@ -19,8 +19,8 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "scheduler.h"
-#include "server.h"
+#include "engine/scheduler.h"
+#include "daemon/server.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
 #pragma GCC diagnostic ignored "-Wformat-truncation"

@@ -30,18 +30,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "chat_template.h"
-#include "engine.h"
-#include "model.h"
-#include "probes.h"
-#include "scheduler.h"
-#include "server.h"
+#include "engine/arena.h"
+#include "engine/chat_template.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "daemon/probes.h"
+#include "engine/scheduler.h"
+#include "daemon/server.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
-#include "tokenizer.h"
-#include "weight_stream.h"
+#include "engine/tokenizer.h"
+#include "engine/weight_stream.h"
 
 #define CLIENT_SOCKET_MODE 0666 /* access is decided by SO_PEERCRED against the config */
 #define ADMIN_SOCKET_MODE 0660

@@ -23,8 +23,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "config.h"
-#include "evloop.h"
+#include "daemon/config.h"
+#include "daemon/evloop.h"
 
 #ifdef __cplusplus
 extern "C" {

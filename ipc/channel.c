@@ -1,7 +1,7 @@
 /* ipc/channel.c — creation/mapping of the per-client memfd channel (see channel.h). */
 #define _GNU_SOURCE
-#include "errmsg.h"
-#include "channel.h"
+#include "common/errmsg.h"
+#include "ipc/channel.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ring.h"
+#include "ipc/ring.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,5 +1,5 @@
 /* ipc/ring.c — SPSC byte ring with futex wake-ups (see ring.h). */
-#include "ring.h"
+#include "ipc/ring.h"
 
 #include <errno.h>
 #include <limits.h>

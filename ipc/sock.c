@@ -1,5 +1,5 @@
 /* ipc/sock.c — see sock.h. */
-#include "sock.h"
+#include "ipc/sock.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* ipc/wire.c — encoder/decoder of the client protocol (layout in wire.h). */
-#include "errmsg.h"
-#include "wire.h"
+#include "common/errmsg.h"
+#include "ipc/wire.h"
 
 #include <errno.h>
 #include <math.h>

@@ -10,7 +10,7 @@
  *            broadcast Q element gives 8 scores;
  *  vf[j][d]  V[j][d] as FP32.
  */
-#include "ops_simd.h"
+#include "kernels/ops_simd.h"
 
 #include <immintrin.h>
 #include <math.h>

@@ -21,7 +21,7 @@
  *              unpacklo/hi, so one vdpbf16ps with a broadcast P pair adds two keys' rows
  *              into 16 output dims; the dims come out permuted (undone at the end).
  */
-#include "ops_simd.h"
+#include "kernels/ops_simd.h"
 
 #include <immintrin.h>
 #include <math.h>

@@ -3,7 +3,7 @@
  * The table is filled in layers: the scalar reference first, then each SIMD
  * variant up to the chosen ISA overwrites the slots it implements.
  */
-#include "kernels_internal.h"
+#include "kernels/kernels_internal.h"
 
 #include <cpuid.h>
 #include <errno.h>

@@ -10,7 +10,7 @@
  * reads row-major weights once, widening BF16 by a 16-bit shift.
  * Columns outside [n0, n1) of y are never written.
  */
-#include "kernels_internal.h"
+#include "kernels/kernels_internal.h"
 
 #include <immintrin.h>
 #include <string.h>

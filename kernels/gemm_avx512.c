@@ -40,7 +40,7 @@
  * y columns outside [n0, n1) are never touched (masked stores), so threads may split
  * one call by column ranges that are not multiples of 16.
  */
-#include "kernels_internal.h"
+#include "kernels/kernels_internal.h"
 
 #include <immintrin.h>
 #include <string.h>

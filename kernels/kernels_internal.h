@@ -7,7 +7,7 @@
 #ifndef MQ_KERNELS_INTERNAL_H
 #define MQ_KERNELS_INTERNAL_H
 
-#include "mq_kernels.h"
+#include "kernels/mq_kernels.h"
 
 typedef struct mq_kernel_table {
     void (*f32_to_bf16_row)(const float *x, uint16_t *y, size_t n);

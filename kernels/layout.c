@@ -13,7 +13,7 @@
  *                               vpdpbusd / vpmaddubsw; see NVFP4.md's integer route)
  *     sx     float [m, kp/16]   the E4M3 block scales as FP32
  */
-#include "kernels_internal.h"
+#include "kernels/kernels_internal.h"
 
 #include <string.h>
 

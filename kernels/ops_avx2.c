@@ -6,7 +6,7 @@
  * the same order; no FMA where the reference has a separate multiply and add).
  * RMSNorm and SiLU·mul sum/approximate differently: a few ulp, tested against FP64.
  */
-#include "ops_simd.h"
+#include "kernels/ops_simd.h"
 
 #include <errno.h>
 #include <immintrin.h>

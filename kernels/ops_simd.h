@@ -7,7 +7,7 @@
 #ifndef MQ_OPS_SIMD_H
 #define MQ_OPS_SIMD_H
 
-#include "kernels_internal.h"
+#include "kernels/kernels_internal.h"
 
 #include <immintrin.h>
 #include <math.h>

@@ -3,7 +3,7 @@
  * Plain C, written for clarity; the SIMD variants are tested against these.
  * Number formats and operation order: shared/docs/NVFP4.md.
  */
-#include "kernels_internal.h"
+#include "kernels/kernels_internal.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,7 +1,7 @@
 /* libclient/client.c — libmq: the client side of ipc/wire.h and ipc/channel.h. */
 #define _GNU_SOURCE
-#include "sock.h"
-#include "mq.h"
+#include "ipc/sock.h"
+#include "libclient/mq.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -15,8 +15,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "channel.h"
-#include "wire.h"
+#include "ipc/channel.h"
+#include "ipc/wire.h"
 
 _Static_assert((int)MQ_EPROTOCOL == (int)MQ_ERR_PROTOCOL && (int)MQ_EKVFULL == (int)MQ_ERR_KV_FULL,
                "public error codes mirror the wire codes");

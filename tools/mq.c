@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "mq.h"
+#include "libclient/mq.h"
 
 typedef struct opts {
     const char *socket;

@@ -9,7 +9,7 @@
  * decode step at position n_ctx. Times are the thread's CPU time. The closing lines are single numbers for scripts:
  *   attn_prefill_tok_s_<isa>: tokens/s of one layer's attention over the whole prompt
  */
-#include "mq_kernels.h"
+#include "kernels/mq_kernels.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -24,14 +24,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "chat_template.h"
-#include "engine.h"
-#include "model.h"
-#include "pool.h"
-#include "scheduler.h"
-#include "tokenizer.h"
-#include "weight_stream.h"
+#include "engine/arena.h"
+#include "engine/chat_template.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/pool.h"
+#include "engine/scheduler.h"
+#include "engine/tokenizer.h"
+#include "engine/weight_stream.h"
 
 static int g_threads = 2;
 static int g_quick;

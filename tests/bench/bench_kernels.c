@@ -21,7 +21,7 @@
  *                                linears of one layer in turn (200 MB, so from DRAM), M=1
  * MQ_BENCH_QUICK=1 runs only the shapes the four lines need.
  */
-#include "mq_kernels.h"
+#include "kernels/mq_kernels.h"
 
 #include <immintrin.h>
 #include <pthread.h>

@@ -6,7 +6,7 @@
  *
  * Times are the thread's CPU time (other programs share the cores), best of 5.
  */
-#include "kernels_internal.h"
+#include "kernels/kernels_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -12,7 +12,7 @@
  * neither drop nor merge anything. Thread CPU time, best of 5 (other programs share
  * the machine).
  */
-#include "mq_kernels.h"
+#include "kernels/mq_kernels.h"
 
 #include <stdio.h>
 #include <time.h>

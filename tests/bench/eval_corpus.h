@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 #define EVAL_MAX_TOKENS 1024
 

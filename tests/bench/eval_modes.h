@@ -24,11 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bench/eval_corpus.h"
-#include "engine.h"
-#include "model.h"
-#include "mq_kernels.h"
-#include "pool.h"
+#include "tests/bench/eval_corpus.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "kernels/mq_kernels.h"
+#include "engine/pool.h"
 
 #define PREFIX 512
 #define CONT 128

@@ -32,11 +32,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "bench/eval_modes.h"
-#include "engine.h"
-#include "model.h"
-#include "mq_kernels.h"
-#include "pool.h"
+#include "tests/bench/eval_modes.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "kernels/mq_kernels.h"
+#include "engine/pool.h"
 
 static double now_s(void)
 {

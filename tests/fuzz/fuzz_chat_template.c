@@ -6,8 +6,8 @@
  * message. The raw input is also tried as a template text for detection, and dumped with
  * the json.dumps serialiser, whose output must parse back.
  */
-#include "chat_template.h"
-#include "tokenizer.h"
+#include "engine/chat_template.h"
+#include "engine/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>

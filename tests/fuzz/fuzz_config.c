@@ -1,12 +1,12 @@
 /* tests/fuzz/fuzz_config.c — libFuzzer target for mqd's JSON configuration reader.
- * Build: clang -fsanitize=fuzzer,address -Idaemon tests/fuzz/fuzz_config.c daemon/config.c -lcjson
+ * Build: clang -fsanitize=fuzzer,address -I. tests/fuzz/fuzz_config.c daemon/config.c -lcjson
  * Any input must be accepted or refused with a message; an accepted config serialises to
  * JSON that parses back to the same struct. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "daemon/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

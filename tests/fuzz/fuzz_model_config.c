@@ -1,11 +1,11 @@
 /* tests/fuzz/fuzz_model_config.c — libFuzzer target for config.json parsing.
- * Build: clang -fsanitize=fuzzer,address -Idaemon tests/fuzz/fuzz_model_config.c
- *        daemon/model_config.c -lcjson -lm
+ * Build: clang -fsanitize=fuzzer,address -I. tests/fuzz/fuzz_model_config.c
+ *        engine/model_config.c -lcjson -lm
  * Any input is accepted with sane sizes, or refused with a message naming the cause. */
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "model_config.h"
+#include "engine/model_config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,6 +1,6 @@
 /* tests/fuzz/fuzz_safetensors.c — libFuzzer target for the safetensors header reader.
- * Build: clang -fsanitize=fuzzer,address -Idaemon -Ikernels tests/fuzz/fuzz_safetensors.c
- *        daemon/safetensors.c daemon/model_config.c -lcjson -lm
+ * Build: clang -fsanitize=fuzzer,address -I. tests/fuzz/fuzz_safetensors.c
+ *        engine/safetensors.c engine/model_config.c -lcjson -lm
  * The input is a file's start (8-byte length + JSON); the first input byte also picks how
  * much data the "file" claims beyond it. Any input must be accepted with every tensor
  * inside the file, or refused with a message. */
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "safetensors.h"
+#include "engine/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

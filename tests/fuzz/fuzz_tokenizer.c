@@ -8,7 +8,7 @@
  * Built by `make fuzz` (clang -fsanitize=fuzzer,address,undefined); `make test` runs it
  * briefly. Needs $MQ_SHARED (set by the Makefile).
  */
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 #include <errno.h>
 #include <stdio.h>

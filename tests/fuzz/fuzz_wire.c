@@ -1,12 +1,12 @@
 /* tests/fuzz/fuzz_wire.c — libFuzzer target for the client protocol decoder.
- * Build: clang -fsanitize=fuzzer,address -Iipc tests/fuzz/fuzz_wire.c ipc/wire.c -lm
+ * Build: clang -fsanitize=fuzzer,address -I. tests/fuzz/fuzz_wire.c ipc/wire.c -lm
  * Any input must decode to 0 or a negative errno, never read outside the buffer, and a
  * message that decodes must re-encode to exactly the same bytes (the layout is canonical). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "wire.h"
+#include "ipc/wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

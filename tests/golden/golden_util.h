@@ -3,8 +3,8 @@
 #ifndef MQ_GOLDEN_UTIL_H
 #define MQ_GOLDEN_UTIL_H
 
-#include "engine.h"
-#include "harness.h"
+#include "engine/engine.h"
+#include "tests/harness.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -6,9 +6,9 @@
  * escaping, ChatML, Llama-3) are checked against strings derived by hand from the Jinja
  * source, statement by statement. The incremental API is checked against full renders.
  */
-#include "harness.h"
-#include "chat_template.h"
-#include "tokenizer.h"
+#include "tests/harness.h"
+#include "engine/chat_template.h"
+#include "engine/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

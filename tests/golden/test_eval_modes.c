@@ -15,8 +15,8 @@
  * GEMM call (NVFP4.md), so NVFP4 KV depends on which tokens share the call.
  */
 #define _GNU_SOURCE
-#include "bench/eval_modes.h"
-#include "harness.h"
+#include "tests/bench/eval_modes.h"
+#include "tests/harness.h"
 
 #define NPOS 80
 #define TOL 2e-2

@@ -11,8 +11,8 @@
  * reorders FP32 sums. The BF16 activations rounded from those sums can then differ in
  * their last bit, so "equal" means max |dlogit| <= SAME_TOL (logits span ±20).
  */
-#include "golden_util.h"
-#include "safetensors.h"
+#include "tests/golden/golden_util.h"
+#include "engine/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

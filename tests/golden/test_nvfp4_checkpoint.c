@@ -23,13 +23,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "bench/eval_corpus.h"
-#include "engine.h"
-#include "harness.h"
-#include "model.h"
-#include "mq_kernels.h"
-#include "pool.h"
-#include "safetensors.h"
+#include "tests/bench/eval_corpus.h"
+#include "engine/engine.h"
+#include "tests/harness.h"
+#include "engine/model.h"
+#include "kernels/mq_kernels.h"
+#include "engine/pool.h"
+#include "engine/safetensors.h"
 
 #define BT 16
 #define NTOK 200

@@ -18,12 +18,12 @@
 #include <math.h>
 #include <time.h>
 
-#include "bench/eval_corpus.h"
-#include "engine.h"
-#include "harness.h"
-#include "model.h"
-#include "mq_kernels.h"
-#include "pool.h"
+#include "tests/bench/eval_corpus.h"
+#include "engine/engine.h"
+#include "tests/harness.h"
+#include "engine/model.h"
+#include "kernels/mq_kernels.h"
+#include "engine/pool.h"
 
 #define CHUNK 256
 #define BT 16

@@ -11,7 +11,7 @@
  * printed by the test). 0.1 is ~3x that, and well below the 0.1 top-2 gap the greedy
  * criterion uses, so a pass means the argmax-level behaviour matches.
  */
-#include "golden_util.h"
+#include "tests/golden/golden_util.h"
 
 #include <cjson/cJSON.h>
 

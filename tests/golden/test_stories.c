@@ -5,8 +5,8 @@
  *   BF16 roundings of activations and KV, bounded below;
  * - the NVFP4 path (with padding) runs, stays finite, and tracks BF16 loosely.
  */
-#include "golden_util.h"
-#include "tokenizer.h"
+#include "tests/golden/golden_util.h"
+#include "engine/tokenizer.h"
 
 #include <ctype.h>
 

@@ -6,8 +6,8 @@
  * on a synthetic vocabulary). stories260K (byte-fallback BPE) is checked against a naive
  * string-level BPE written here from the merges list, and by round trips.
  */
-#include "harness.h"
-#include "tokenizer.h"
+#include "tests/harness.h"
+#include "engine/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "harness.h"
+#include "tests/harness.h"
 
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 

@@ -14,9 +14,9 @@
 #include <pthread.h>
 #include <pwd.h>
 
-#include "mq.h"
-#include "mqd_spawn.h"
-#include "wire.h"
+#include "libclient/mq.h"
+#include "tests/integration/mqd_spawn.h"
+#include "ipc/wire.h"
 
 #define CTX_LIMIT 24576
 #define GEN 24

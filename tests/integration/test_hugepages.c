@@ -11,7 +11,7 @@
  *   - not root (mqd started as nobody): nothing is reserved and the status says why.
  * The test puts nr_hugepages back to its starting value itself if anything goes wrong.
  */
-#include "mqd_spawn.h"
+#include "tests/integration/mqd_spawn.h"
 
 #include <grp.h>
 #include <math.h>

@@ -17,8 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "harness.h"
-#include "probes.h"
+#include "tests/harness.h"
+#include "daemon/probes.h"
 
 #define FAULT_BYTES (64u << 20)
 #define PAGE 4096u

@@ -4,19 +4,19 @@
  * wait), chunked prefill interleaved with decoding, immediate errors, stop tokens and
  * strings, drain. */
 #define _GNU_SOURCE
-#include "harness.h"
+#include "tests/harness.h"
 
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <time.h>
 
-#include "arena.h"
-#include "engine.h"
-#include "model.h"
-#include "scheduler.h"
-#include "tokenizer.h"
-#include "weight_stream.h"
+#include "engine/arena.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/scheduler.h"
+#include "engine/tokenizer.h"
+#include "engine/weight_stream.h"
 
 static mq_model *g_model;
 static mq_tokenizer *g_tok;

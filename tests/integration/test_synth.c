@@ -2,7 +2,7 @@
  *
  * Runs the real program twice on Qwen3-0.6B shapes cut to 2 layers: once as one
  * model.safetensors, once as 3 shards with model.safetensors.index.json. Checks that
- * config.json parses (daemon/model_config.h) to the released Qwen3-0.6B numbers, that
+ * config.json parses (engine/model_config.h) to the released Qwen3-0.6B numbers, that
  * both layouts open through the engine's safetensors reader with every tensor shaped as
  * the config says, that the sharded layout holds exactly the bytes of the single file,
  * that linear weights look like N(0, 0.02) and norms are 1, and that the tokenizer files
@@ -17,13 +17,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine.h"
-#include "harness.h"
-#include "model.h"
-#include "pool.h"
-#include "model_config.h"
-#include "mq_kernels.h"
-#include "safetensors.h"
+#include "engine/engine.h"
+#include "tests/harness.h"
+#include "engine/model.h"
+#include "engine/pool.h"
+#include "engine/model_config.h"
+#include "kernels/mq_kernels.h"
+#include "engine/safetensors.h"
 
 static char synth_bin[PATH_MAX];
 

@@ -10,8 +10,8 @@
  */
 #include <pthread.h>
 
-#include "mq.h"
-#include "mqd_spawn.h"
+#include "libclient/mq.h"
+#include "tests/integration/mqd_spawn.h"
 
 static char dir[256];
 

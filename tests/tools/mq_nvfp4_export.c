@@ -41,11 +41,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model_config.h"
-#include "mq_kernels.h"
-#include "pool.h"
-#include "safetensors.h"
-#include "tokenizer.h"
+#include "engine/model_config.h"
+#include "kernels/mq_kernels.h"
+#include "engine/pool.h"
+#include "engine/safetensors.h"
+#include "engine/tokenizer.h"
 
 enum { L_Q, L_K, L_V, L_O, L_GATE, L_UP, L_DOWN, N_LIN };
 static const char *const LIN_NAME[N_LIN] = {

@@ -32,9 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mq_kernels.h"
-#include "pool.h"
-#include "safetensors.h"
+#include "kernels/mq_kernels.h"
+#include "engine/pool.h"
+#include "engine/safetensors.h"
 
 typedef struct shape_def {
     const char *name;                       /* "0.6b" */

@@ -1,7 +1,7 @@
 /* Arena: alignment, no overlap, zeroed memory, accounting of page kinds, hugetlb when
  * pages are reserved (root), THP when allowed, 4k when neither is. */
-#include "harness.h"
-#include "arena.h"
+#include "tests/harness.h"
+#include "engine/arena.h"
 
 #include <errno.h>
 #include <stdint.h>

@@ -9,8 +9,8 @@
  * Q at 3e-3 of max|v| (about 3x the largest error seen; the probabilities' BF16 rounding
  * is 2^-9 relative).
  */
-#include "harness.h"
-#include "mq_kernels.h"
+#include "tests/harness.h"
+#include "kernels/mq_kernels.h"
 
 #include <math.h>
 #include <string.h>

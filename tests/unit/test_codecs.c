@@ -1,6 +1,6 @@
 /* Codec basics against values worked out by hand from NVFP4.md. */
-#include "harness.h"
-#include "mq_kernels.h"
+#include "tests/harness.h"
+#include "kernels/mq_kernels.h"
 
 #include <math.h>
 

@@ -5,9 +5,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "harness.h"
-#include "config.h"
+#include "daemon/config.h"
+#include "tests/harness.h"
+#include "daemon/config.h"
 
 static int parse(mqd_config *c, const char *js, char *err)
 {

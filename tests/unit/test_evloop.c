@@ -9,9 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "evloop.h"
-#include "harness.h"
-#include "ring.h"
+#include "daemon/evloop.h"
+#include "tests/harness.h"
+#include "ipc/ring.h"
 
 struct st {
     int reads, ticks, posts, sig, futex_res, futex_hits;

@@ -9,9 +9,9 @@
  * panels, odd K (BF16), N not a multiple of 16, M = 1..9 and 17, and column sub-ranges
  * [n0, n1) whose outside must stay untouched.
  */
-#include "harness.h"
-#include "mq_kernels.h"
-#include "kernels_internal.h" /* the activation aux layout, to compare it byte for byte */
+#include "tests/harness.h"
+#include "kernels/mq_kernels.h"
+#include "kernels/kernels_internal.h" /* the activation aux layout, to compare it byte for byte */
 
 #include <math.h>
 #include <stdint.h>

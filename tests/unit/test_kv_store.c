@@ -1,7 +1,7 @@
 /* KV store: alloc/free, sharing with refcounts, prefix-hash lookups, eviction order,
  * reservations and exhaustion. */
-#include "harness.h"
-#include "kv_store.h"
+#include "tests/harness.h"
+#include "engine/kv_store.h"
 
 #include <errno.h>
 #include <stdint.h>

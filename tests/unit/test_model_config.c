@@ -1,7 +1,7 @@
 /* config.json parsing: the three architectures, rope_theta in its three places, eos lists,
  * NVFP4 quantization_config, and refusals that name the field. */
-#include "harness.h"
-#include "model_config.h"
+#include "tests/harness.h"
+#include "engine/model_config.h"
 
 #include <errno.h>
 

@@ -1,8 +1,8 @@
 /* Small ops against FP64: RMSNorm, SiLU·mul (every ISA), RoPE against the Hugging Face
  * formula, softmax / log-sum-exp, argmax, top-k, and the sampling helpers against brute
  * force. */
-#include "harness.h"
-#include "mq_kernels.h"
+#include "tests/harness.h"
+#include "kernels/mq_kernels.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* The pool runs every tid exactly once per run, the caller as tid 0, and counts runs. */
 #define _GNU_SOURCE
-#include "harness.h"
-#include "pool.h"
+#include "tests/harness.h"
+#include "engine/pool.h"
 
 #include <pthread.h>
 #include <errno.h>

@@ -7,8 +7,8 @@
  *    several distributions and on the edge cases: ties at every E2M1 threshold times
  *    scale, all-zero blocks, E4M3 saturation and subnormal scales, K padding, NaN/Inf.
  */
-#include "harness.h"
-#include "mq_kernels.h"
+#include "tests/harness.h"
+#include "kernels/mq_kernels.h"
 
 #include <errno.h>
 #include <math.h>

@@ -13,9 +13,9 @@
 #include <poll.h>
 #include <unistd.h>
 
-#include "channel.h"
-#include "harness.h"
-#include "ring.h"
+#include "ipc/channel.h"
+#include "tests/harness.h"
+#include "ipc/ring.h"
 
 static void test_wrap_around(void)
 {

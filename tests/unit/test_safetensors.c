@@ -1,9 +1,9 @@
 /* safetensors: writer → reader round trip, shards, and every malformation the reader
  * must turn into a clear error (never a crash: this runs under ASan). Also the model
  * loader's checks against the config, and a tiny synthetic model end to end. */
-#include "engine.h"
-#include "harness.h"
-#include "safetensors.h"
+#include "engine/engine.h"
+#include "tests/harness.h"
+#include "engine/safetensors.h"
 
 #include <errno.h>
 #include <math.h>

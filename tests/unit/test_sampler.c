@@ -1,9 +1,9 @@
 /* tests/unit/test_sampler.c — the sampler against a brute-force FP64 reference and
  * statistics; the stop-string matcher against a brute-force search. */
 #define _GNU_SOURCE
-#include "harness.h"
-#include "mq_kernels.h"
-#include "sampler.h"
+#include "tests/harness.h"
+#include "kernels/mq_kernels.h"
+#include "engine/sampler.h"
 
 #include <errno.h>
 #include <math.h>

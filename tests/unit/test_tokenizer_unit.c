@@ -2,8 +2,8 @@
  * a synthetic GPT-2/SmolLM2-style tokenizer (Digits + ByteLevel(use_regex)), Split
  * behaviors, UTF-8 repair in decode, malformed tokenizer.json files (clear errors, no
  * leaks under ASan). Fast: runs in the sanitizer build too. */
-#include "harness.h"
-#include "tokenizer.h"
+#include "tests/harness.h"
+#include "engine/tokenizer.h"
 
 #include <errno.h>
 

@@ -2,8 +2,8 @@
  * O_DIRECT reads, with and without helper threads, tiny pieces and queue depths; each read
  * is made ready exactly once, after its bytes arrived; a truncated file, a missing file
  * and a failing ready callback end with errors naming the file, offset and tensor. */
-#include "harness.h"
-#include "weight_stream.h"
+#include "tests/harness.h"
+#include "engine/weight_stream.h"
 
 #include <errno.h>
 #include <fcntl.h>

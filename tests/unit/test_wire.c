@@ -6,8 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "harness.h"
-#include "wire.h"
+#include "tests/harness.h"
+#include "ipc/wire.h"
 
 static mq_msg sample(unsigned type)
 {

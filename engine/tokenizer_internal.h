@@ -1,7 +1,7 @@
-/* daemon/tokenizer_internal.h — the tokenizer's private layout, shared by tokenizer.c
+/* engine/tokenizer_internal.h — the tokenizer's private layout, shared by tokenizer.c
  * (loading, decoding) and tokenizer_encode.c (encoding). Not for other modules. */
-#ifndef MQ_DAEMON_TOKENIZER_INTERNAL_H
-#define MQ_DAEMON_TOKENIZER_INTERNAL_H
+#ifndef MQ_ENGINE_TOKENIZER_INTERNAL_H
+#define MQ_ENGINE_TOKENIZER_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>

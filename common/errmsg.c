@@ -1,5 +1,5 @@
-/* ipc/errmsg.c — see errmsg.h. */
-#include "errmsg.h"
+/* common/errmsg.c — see errmsg.h. */
+#include "common/errmsg.h"
 
 #include <stdarg.h>
 #include <stdio.h>

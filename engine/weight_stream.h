@@ -1,4 +1,4 @@
-/* daemon/weight_stream.h — streams checkpoint bytes into memory with io_uring and hands
+/* engine/weight_stream.h — streams checkpoint bytes into memory with io_uring and hands
  * each finished tensor to a "ready" callback (quantization) while later reads proceed.
  *
  * Owns: one io_uring (queue_depth entries), the open files, bounce buffers for O_DIRECT,
@@ -80,7 +80,7 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
               const mq_ws_opts *o, mq_ws_ready_fn ready, void *ctx, mq_ws_progress *prog,
               mq_ws_result *res, char *err, size_t errlen);
 
-/* ---- loading a model folder (daemon/model.h) through the stream ---- */
+/* ---- loading a model folder (engine/model.h) through the stream ---- */
 struct mq_model;
 struct mq_model_opts;
 struct mq_arena;

@@ -1,12 +1,12 @@
-/* daemon/tokenizer.c — tokenizer.json loading, BPE encode, decode, streaming decode.
+/* engine/tokenizer.c — tokenizer.json loading, BPE encode, decode, streaming decode.
  * See tokenizer.h for the contract. The pipeline follows Hugging Face `tokenizers`:
  *   added tokens split the text -> normalizer (per remaining segment) -> pre-tokenizer
  *   pieces -> BPE model per piece -> post-processor (BOS/EOS).
  */
 #define _GNU_SOURCE
-#include "errmsg.h"
-#include "tokenizer.h"
-#include "tokenizer_internal.h"
+#include "common/errmsg.h"
+#include "engine/tokenizer.h"
+#include "engine/tokenizer_internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,13 +1,13 @@
-/* daemon/tokenizer_encode.c — text -> ids: added tokens, normalizer, pre-tokenizer, BPE.
+/* engine/tokenizer_encode.c — text -> ids: added tokens, normalizer, pre-tokenizer, BPE.
  *
  * BPE runs per pre-tokenized piece with a binary heap of candidate pairs ordered by
  * (merge rank, position), as Hugging Face `tokenizers` does, so a long piece (a run of
  * 10k spaces) costs O(n log n), not O(n^2).
  */
 #define _GNU_SOURCE
-#include "errmsg.h"
-#include "tokenizer.h"
-#include "tokenizer_internal.h"
+#include "common/errmsg.h"
+#include "engine/tokenizer.h"
+#include "engine/tokenizer_internal.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -1,4 +1,4 @@
-/* daemon/tokenizer.h — Hugging Face tokenizer.json: BPE encode and decode.
+/* engine/tokenizer.h — Hugging Face tokenizer.json: BPE encode and decode.
  *
  * Owns: one immutable tokenizer loaded from a `tokenizer.json` (+ optionally the folder's
  * `tokenizer_config.json` for BOS/EOS names and the chat template). Two model families:
@@ -25,8 +25,8 @@
  * Errors: functions return 0 or a negative errno; when `err` is non-NULL a message naming
  * the file/field at fault is written there (MQ_TOK_ERR_LEN bytes is enough).
  */
-#ifndef MQ_DAEMON_TOKENIZER_H
-#define MQ_DAEMON_TOKENIZER_H
+#ifndef MQ_ENGINE_TOKENIZER_H
+#define MQ_ENGINE_TOKENIZER_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* daemon/chat_template.h — chat templates rendered in C (no Jinja engine).
+/* engine/chat_template.h — chat templates rendered in C (no Jinja engine).
  *
  * Owns: the logic of three templates, each written to produce exactly the text that
  * transformers' apply_chat_template(..., tokenize=False) renders:
@@ -21,8 +21,8 @@
  * Who calls it: the scheduler (chat requests), tests. Thread rules: pure functions.
  * Errors: 0 or a negative errno, with a message in err (naming the message index/field).
  */
-#ifndef MQ_DAEMON_CHAT_TEMPLATE_H
-#define MQ_DAEMON_CHAT_TEMPLATE_H
+#ifndef MQ_ENGINE_CHAT_TEMPLATE_H
+#define MQ_ENGINE_CHAT_TEMPLATE_H
 
 #include <stddef.h>
 

@@ -1,4 +1,4 @@
-/* daemon/sampler.h — next-token choice and stop conditions for one request.
+/* engine/sampler.h — next-token choice and stop conditions for one request.
  *
  * Owns: per-request sampling state (parameters, a seeded RNG, scratch sized to the
  * vocabulary) and the stop-string matcher. No global state: two requests with the same
@@ -17,8 +17,8 @@
  * Who calls it: the decode pool, once per generated token of a request. Thread rules: a
  * mq_sampler / mq_stop belongs to one request, used by one thread at a time.
  */
-#ifndef MQ_DAEMON_SAMPLER_H
-#define MQ_DAEMON_SAMPLER_H
+#ifndef MQ_ENGINE_SAMPLER_H
+#define MQ_ENGINE_SAMPLER_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
-/* daemon/model_config.c — config.json → mq_config, refusing what the engine cannot run. */
-#include "model_config.h"
+/* engine/model_config.c — config.json → mq_config, refusing what the engine cannot run. */
+#include "engine/model_config.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,10 +1,10 @@
-/* daemon/safetensors.c — header parsing/validation, shard index, and the writer.
+/* engine/safetensors.c — header parsing/validation, shard index, and the writer.
  *
  * File layout (safetensors): u64 little-endian N, N bytes of JSON
  *   { "__metadata__": {...}, "<name>": {"dtype": "BF16", "shape": [..], "data_offsets": [b, e]}, ... }
  * then the data; offsets are relative to the first byte after the JSON.
  */
-#include "safetensors.h"
+#include "engine/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

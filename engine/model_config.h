@@ -1,4 +1,4 @@
-/* daemon/model_config.h — what a Hugging Face config.json says about the model.
+/* engine/model_config.h — what a Hugging Face config.json says about the model.
  *
  * Owns: the parsed, validated hyper-parameters of one decoder-only model. Supported
  * architectures: Qwen3ForCausalLM (q/k RMSNorm per head), Qwen2ForCausalLM (q/k/v bias),

@@ -1,4 +1,4 @@
-/* daemon/arena.h — hugepage-backed memory for weights and other long-lived buffers.
+/* engine/arena.h — hugepage-backed memory for weights and other long-lived buffers.
  *
  * Owns: large mappings, each backed by the best kind of page available:
  *   hugetlb — 2 MiB pages from the reserved pool (/proc/sys/vm/nr_hugepages), when

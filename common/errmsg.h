@@ -1,10 +1,10 @@
-/* ipc/errmsg.h — the one way mq code reports an error to a caller's message buffer.
+/* common/errmsg.h — the one way mq code reports an error to a caller's message buffer.
  *
  * Convention across daemon/ and ipc/: a function returns 0 or a negative errno and, when
  * given a buffer, writes one line naming the file, field or peer at fault. Thread-safe.
  */
-#ifndef MQ_IPC_ERRMSG_H
-#define MQ_IPC_ERRMSG_H
+#ifndef MQ_COMMON_ERRMSG_H
+#define MQ_COMMON_ERRMSG_H
 
 #include <stddef.h>
 

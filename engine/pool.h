@@ -1,4 +1,4 @@
-/* daemon/pool.h — a fixed set of worker threads that run one function together.
+/* engine/pool.h — a fixed set of worker threads that run one function together.
  *
  * Owns: nthreads-1 persistent threads (the calling thread is the nth). The engine splits
  * every kernel call across them (columns of a GEMM, heads of attention, rows of a

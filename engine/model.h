@@ -1,4 +1,4 @@
-/* daemon/model.h — a loaded model: config plus both weight sets.
+/* engine/model.h — a loaded model: config plus both weight sets.
  *
  * Owns: the weights of one Qwen3 / Qwen2 / Llama model, in the forms the engine runs:
  *   - BF16 linears (decode path; mq_bf16_weight, `aux` prepared by the kernels),
@@ -31,9 +31,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model_config.h"
-#include "mq_kernels.h"
-#include "safetensors.h"
+#include "engine/model_config.h"
+#include "kernels/mq_kernels.h"
+#include "engine/safetensors.h"
 
 /* Where weight memory comes from. alloc returns `bytes` bytes aligned to `align` (a power
  * of two >= 64), or NULL; `what` names the use ("weights.bf16", "weights.fp4", "staging",

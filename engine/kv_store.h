@@ -1,4 +1,4 @@
-/* daemon/kv_store.h — the KV segment: fixed-size blocks of tokens (all layers' K and V)
+/* engine/kv_store.h — the KV segment: fixed-size blocks of tokens (all layers' K and V)
  * in one memfd, shared between sessions through a prefix index.
  *
  * Owns: the segment (memfd, MFD_HUGETLB when hugetlb pages are free, else THP when the

@@ -1,12 +1,9 @@
-/* daemon/scheduler.h — sessions, the request queue, chunked prefill and continuous batching.
- *
- * (Named scheduler.h, not sched.h: the build puts daemon/ on the include path, and a
- * daemon/sched.h would shadow the system <sched.h> that <pthread.h> includes.)
+/* engine/scheduler.h — sessions, the request queue, chunked prefill and continuous batching.
  *
  * Owns: the sessions (token history + KV block list), the bounded request queue, the two
  * driver threads (one per worker pool: the prefill pool runs NVFP4 prompt chunks, the
  * decode pool runs one batched BF16 step for every decoding session), the KV store
- * (daemon/kv_store.h) and the per-request / global statistics.
+ * (engine/kv_store.h) and the per-request / global statistics.
  *
  * Who calls it: mqd's event loop (front), tests and benchmarks. The model (and tokenizer)
  * are borrowed: they must outlive the scheduler.
@@ -42,8 +39,8 @@
 extern "C" {
 #endif
 
-struct mq_model;      /* daemon/model.h */
-struct mq_tokenizer;  /* daemon/tokenizer.h */
+struct mq_model;      /* engine/model.h */
+struct mq_tokenizer;  /* engine/tokenizer.h */
 
 typedef struct mq_sched mq_sched;
 

@@ -1,4 +1,4 @@
-/* daemon/safetensors.h — the tensor directory of a safetensors checkpoint, validated.
+/* engine/safetensors.h — the tensor directory of a safetensors checkpoint, validated.
  *
  * Owns: the list of tensors (name, dtype, shape, file, absolute offset, length) of a
  * single-file (model.safetensors) or sharded (model.safetensors.index.json + shards)
@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model_config.h"   /* MQ_ERR_LEN */
+#include "engine/model_config.h"   /* MQ_ERR_LEN */
 
 typedef enum {
     MQ_DT_BF16, MQ_DT_F16, MQ_DT_F32, MQ_DT_U8, MQ_DT_F8_E4M3, MQ_DT_I32, MQ_DT_I64, MQ_DT_F64,

@@ -1,4 +1,4 @@
-/* daemon/engine.h — the forward pass: tokens in, K/V and logits out.
+/* engine/engine.h — the forward pass: tokens in, K/V and logits out.
  *
  * Owns: the scratch memory of one pool's forward passes (activations, quantized
  * activations, RoPE tables), sized up front for `max_chunk` prompt tokens and
@@ -18,14 +18,14 @@
  * Modes (mq_engine_prompt): mixed = tokens 0..n-2 FP4 (KV only), last token BF16 with
  * logits; bf16 = all BF16; fp4 = all FP4. Decode precision per mode: mq_mode_decode_prec.
  */
-#ifndef MQ_ENGINE_H
-#define MQ_ENGINE_H
+#ifndef MQ_ENGINE_ENGINE_H
+#define MQ_ENGINE_ENGINE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
-#include "pool.h"
+#include "engine/model.h"
+#include "engine/pool.h"
 
 typedef enum { MQ_MODE_MIXED, MQ_MODE_BF16, MQ_MODE_FP4 } mq_mode;
 typedef enum { MQ_PREC_BF16, MQ_PREC_FP4 } mq_prec;

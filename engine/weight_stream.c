@@ -1,4 +1,4 @@
-/* daemon/weight_stream.c — see weight_stream.h.
+/* engine/weight_stream.c — see weight_stream.h.
  *
  * The shape follows liburing's io_uring-cp example: keep the submission queue full,
  * resubmit short reads for the rest, account for every piece in flight. A piece is a
@@ -6,7 +6,7 @@
  * destination, direct pieces into the slot's aligned bounce buffer.
  */
 #define _GNU_SOURCE
-#include "weight_stream.h"
+#include "engine/weight_stream.h"
 
 #include <errno.h>
 #include <fcntl.h>

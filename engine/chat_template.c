@@ -1,9 +1,9 @@
-/* daemon/chat_template.c — Qwen3 / ChatML / Llama-3 chat templates in C.
+/* engine/chat_template.c — Qwen3 / ChatML / Llama-3 chat templates in C.
  * Each render function follows its Jinja source statement by statement; the comments
  * quote the Jinja they implement. */
 #define _GNU_SOURCE
-#include "errmsg.h"
-#include "chat_template.h"
+#include "common/errmsg.h"
+#include "engine/chat_template.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

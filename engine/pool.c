@@ -1,11 +1,11 @@
-/* daemon/pool.c — persistent worker threads, generation counter + futex.
+/* engine/pool.c — persistent worker threads, generation counter + futex.
  *
  * One run: the caller publishes (fn, arg), bumps `gen` and wakes the workers; each
  * worker sees the new generation, runs fn, and decrements `pending`; the one that brings
  * it to zero wakes the caller. Spinning first keeps the wake-up latency of back-to-back
  * kernel calls (a forward pass makes hundreds) in the microsecond range.
  */
-#include "pool.h"
+#include "engine/pool.h"
 
 #include <errno.h>
 #include <linux/futex.h>

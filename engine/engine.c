@@ -1,4 +1,4 @@
-/* daemon/engine.c — the Qwen3 / Qwen2 / Llama forward pass over mq_kernels.
+/* engine/engine.c — the Qwen3 / Qwen2 / Llama forward pass over mq_kernels.
  *
  * A forward runs `m` token rows at once. Rows belong to sequences: a prefill chunk is
  * one sequence with n rows at positions pos0.., a decode step is nseq sequences with one
@@ -21,7 +21,7 @@
  * linear's input goes to BF16 (BF16 path) or to NVFP4 with g = 2688/amax over the whole
  * input (a per-thread amax, reduced by the caller between two runs).
  */
-#include "engine.h"
+#include "engine/engine.h"
 
 #include <errno.h>
 #include <math.h>

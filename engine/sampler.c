@@ -1,10 +1,10 @@
-/* daemon/sampler.c — penalties, temperature, top-k/top-p/min-p, seeded draws, stop strings.
+/* engine/sampler.c — penalties, temperature, top-k/top-p/min-p, seeded draws, stop strings.
  * See sampler.h for the contract and the order of operations. */
 #define _GNU_SOURCE
-#include "sampler.h"
+#include "engine/sampler.h"
 
-#include "mq_kernels.h"
-#include "tokenizer.h"
+#include "kernels/mq_kernels.h"
+#include "engine/tokenizer.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,4 +1,4 @@
-/* daemon/scheduler.c — see scheduler.h.
+/* engine/scheduler.c — see scheduler.h.
  *
  * One mutex (s->mu) guards the session table, the queues and every request's state.
  * The two driver threads take it to pick work and to publish results, and drop it while
@@ -17,7 +17,7 @@
  * reclaimed, oldest first) or fails, per the configured policy.
  */
 #define _GNU_SOURCE
-#include "scheduler.h"
+#include "engine/scheduler.h"
 
 #include <errno.h>
 #include <math.h>
@@ -28,12 +28,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine.h"
-#include "kv_store.h"
-#include "model.h"
-#include "pool.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "engine/engine.h"
+#include "engine/kv_store.h"
+#include "engine/model.h"
+#include "engine/pool.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
 
 #define SCHED_IDLE_TICK_MS 500      /* drivers bump their progress counter this often when idle */
 #define SCHED_STOP_TAIL 256         /* bytes of generated text kept for stop-string matching */
@@ -60,7 +60,7 @@ struct req {
     mq_req_stats st;
     double t_submit, t_first_chunk, t_prefill_busy, t_first_tok, t_last_tok;
     mq_tok_stream ts;
-    mq_sampler smp;            /* per-request sampling state (daemon/sampler.h) */
+    mq_sampler smp;            /* per-request sampling state (engine/sampler.h) */
     int has_smp;
     mq_stop stopper;            /* stop strings on the streamed text, withholding partial matches */
     int has_stop;

@@ -1,6 +1,6 @@
-/* daemon/arena.c — see arena.h. */
+/* engine/arena.c — see arena.h. */
 #define _GNU_SOURCE
-#include "arena.h"
+#include "engine/arena.h"
 
 #include <errno.h>
 #include <fcntl.h>

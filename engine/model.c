@@ -1,4 +1,4 @@
-/* daemon/model.c — from a checkpoint folder to mq_model: plan, per-tensor ready, finish.
+/* engine/model.c — from a checkpoint folder to mq_model: plan, per-tensor ready, finish.
  *
  * Every checkpoint tensor the model uses becomes one read and one job. A job knows where
  * its bytes land (the final BF16 array when the checkpoint already holds BF16, else a
@@ -7,7 +7,7 @@
  * (weight_packed, weight_scale, weight_global_scale, input_global_scale); the linear is
  * finished by whichever of its jobs completes last (an atomic count).
  */
-#include "model.h"
+#include "engine/model.h"
 
 #include <errno.h>
 #include <fcntl.h>

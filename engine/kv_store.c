@@ -1,4 +1,4 @@
-/* daemon/kv_store.c — see kv_store.h.
+/* engine/kv_store.c — see kv_store.h.
  *
  * Block table: per block a refcount, an index entry (hash, parent, tokens) and links in
  * either the free stack or the cached LRU list (oldest released at the head). The index
@@ -6,8 +6,8 @@
  * tombstone-free deletion by backward shift).
  */
 #define _GNU_SOURCE
-#include "kv_store.h"
-#include "arena.h"
+#include "engine/kv_store.h"
+#include "engine/arena.h"
 
 #include <errno.h>
 #include <pthread.h>

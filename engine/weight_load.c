@@ -1,4 +1,4 @@
-/* daemon/weight_load.c — mq_ws_load_model (weight_stream.h): a model folder streamed into
+/* engine/weight_load.c — mq_ws_load_model (weight_stream.h): a model folder streamed into
  * the arena. Its own file so the streamer links without the model loader. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "weight_stream.h"
+#include "engine/weight_stream.h"
 
-#include "arena.h"
-#include "model.h"
+#include "engine/arena.h"
+#include "engine/model.h"
 
 #define STAGING_MAP_MIN MQ_HUGEPAGE_BYTES   /* smaller staging buffers come from the heap */
 
