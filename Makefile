@@ -68,6 +68,15 @@ ALL_LIBS = $(LIBMQD) $(LIBENGINE) $(LIBKERNELS) $(LIBIPC) $(LIBCOMMON)
 
 .SECONDARY:
 
+.PHONY: format format-check
+# One style (.clang-format, clang-format 14 as Debian 12 ships it). `make test` checks it.
+FORMAT_SRC = $(filter-out daemon/probes.bpf.c,$(shell git ls-files '*.c' '*.h' 2>/dev/null))
+format:
+	@clang-format -i $(FORMAT_SRC)
+format-check:
+	@bad=$$(for f in $(FORMAT_SRC); do clang-format $$f | cmp -s - $$f || echo $$f; done); \
+	if [ -n "$$bad" ]; then echo "not formatted (run make format):" $$bad; exit 1; fi
+
 .PHONY: all test test-fast test-asan bench bench-kernels bench-e2e eval run install clean deps fuzz
 all: $(LIBKERNELS) $(LIBCOMMON) $(LIBIPC) $(LIBENGINE) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) $(TESTS) $(BENCHES)
 
@@ -122,6 +131,7 @@ deps:
 
 # The suite: optimised build runs every test; the ASan+UBSan build runs tests/unit.
 test: deps
+	@$(MAKE) --no-print-directory format-check
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 asan-tests
 	@$(MAKE) --no-print-directory fuzz-run

@@ -28,8 +28,8 @@
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
-#define MAX_REQ 65536
-#define MAX_REPLY (1u << 20)
+#define MAX_REQ          65536
+#define MAX_REPLY        (1u << 20)
 #define MAX_SESSION_ROWS 4096
 
 typedef struct mqd_admin {
@@ -42,16 +42,11 @@ typedef struct mqd_admin {
 static const char *state_name(enum mqd_state s)
 {
     switch (s) {
-    case MQD_LOADING:
-        return "loading";
-    case MQD_READY:
-        return "ready";
-    case MQD_DRAINING:
-        return "draining";
-    case MQD_STOPPING:
-        return "stopping";
-    default:
-        return "failed";
+    case MQD_LOADING: return "loading";
+    case MQD_READY: return "ready";
+    case MQD_DRAINING: return "draining";
+    case MQD_STOPPING: return "stopping";
+    default: return "failed";
     }
 }
 
@@ -113,8 +108,7 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON_AddNumberToObject(ld, "bytes_done", (double)done);
     cJSON_AddNumberToObject(ld, "bytes_total", (double)total);
     cJSON_AddNumberToObject(ld, "progress", total ? (double)done / total : 0);
-    cJSON_AddNumberToObject(ld, "ms", (double)(d->load_ms ? d->load_ms
-                                                           : mqd_now_ms() - d->load_t0_ms));
+    cJSON_AddNumberToObject(ld, "ms", (double)(d->load_ms ? d->load_ms : mqd_now_ms() - d->load_t0_ms));
     cJSON_AddStringToObject(ld, "note", d->load_note);
     cJSON *mem = cJSON_AddObjectToObject(o, "memory");
     if (d->arena) {
@@ -182,7 +176,7 @@ static void sched_session_cb(void *ctx, const mq_session_info *i)
     cJSON_AddNumberToObject(o, "kv_tokens", i->kv_tokens);
     cJSON_AddNumberToObject(o, "kv_blocks", i->kv_blocks);
     cJSON_AddNumberToObject(o, "shared_blocks", i->shared_blocks);
-    static const char *const busy[] = {"idle", "queued", "prefilling", "decoding"};
+    static const char *const busy[] = { "idle", "queued", "prefilling", "decoding" };
     cJSON_AddStringToObject(o, "state", i->busy >= 0 && i->busy < 4 ? busy[i->busy] : "?");
     cJSON_AddNumberToObject(o, "idle_ms", i->idle_ms);
     cJSON_AddItemToArray(r->arr, o);
@@ -208,7 +202,7 @@ static void owner_cb(void *ctx, const mqd_session_view *v)
 
 static void cmd_sessions(mqd *d, cJSON *o)
 {
-    rows r = {cJSON_AddArrayToObject(o, "sessions"), 0, 0};
+    rows r = { cJSON_AddArrayToObject(o, "sessions"), 0, 0 };
     if (d->sched)
         mq_sched_sessions(d->sched, sched_session_cb, &r);
     mqd_client_sessions(d, owner_cb, r.arr);
@@ -270,8 +264,7 @@ static const char *run_cmd(mqd *d, const cJSON *req, cJSON *o, char *buf, size_t
         cJSON_AddStringToObject(o, "message", buf);
     } else if (!strcmp(cmd, "top")) {
         if (!d->probes) {
-            snprintf(buf, buflen, "BPF unavailable: %s",
-                     d->probes_err[0] ? d->probes_err : "not loaded");
+            snprintf(buf, buflen, "BPF unavailable: %s", d->probes_err[0] ? d->probes_err : "not loaded");
             return buf;
         }
         cJSON *arr = cJSON_AddArrayToObject(o, "threads");
@@ -281,8 +274,10 @@ static const char *run_cmd(mqd *d, const cJSON *req, cJSON *o, char *buf, size_t
             return buf;
         }
     } else {
-        snprintf(buf, buflen, "unknown command \"%.64s\" (status, sessions, stats, cancel, drain, "
-                              "reload, config, top)", cmd);
+        snprintf(buf, buflen,
+                 "unknown command \"%.64s\" (status, sessions, stats, cancel, drain, "
+                 "reload, config, top)",
+                 cmd);
         return buf;
     }
     return NULL;
@@ -390,7 +385,7 @@ void mqd_admin_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
             close(fd);
             continue;
         }
-        struct timeval tv = {2, 0};
+        struct timeval tv = { 2, 0 };
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         int sz = (int)MAX_REPLY + 65536;
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);

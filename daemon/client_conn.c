@@ -44,17 +44,17 @@
 #include "ipc/wire.h"
 
 #define SPILL_RING_FACTOR 4
-#define BUSY_RETRIES 200   /* x BUSY_RETRY_US: at most 40 ms */
-#define BUSY_RETRY_US 200
+#define BUSY_RETRIES      200 /* x BUSY_RETRY_US: at most 40 ms */
+#define BUSY_RETRY_US     200
 
 typedef struct mqd_req mqd_req;
 
 typedef struct mqd_sess {
-    uint64_t id;         /* the scheduler's session id (also the wire id) */
-    int mode;            /* MQ_WIRE_MODE_* */
-    int turns;           /* requests started */
-    int end_in_session;  /* the last reply ended with the end-of-turn token */
-    cJSON *pending;      /* chat: system messages waiting for the next user/tool message */
+    uint64_t id;        /* the scheduler's session id (also the wire id) */
+    int mode;           /* MQ_WIRE_MODE_* */
+    int turns;          /* requests started */
+    int end_in_session; /* the last reply ended with the end-of-turn token */
+    cJSON *pending;     /* chat: system messages waiting for the next user/tool message */
     mqd_req *running;
 } mqd_sess;
 
@@ -62,9 +62,9 @@ struct mqd_req {
     struct mqd_conn *conn;
     uint64_t id, session;
     int no_special_text;
-    int overflow;  /* driver thread only */
-    int end_stop;  /* set before done */
-    int done;      /* atomic: on_done ran */
+    int overflow; /* driver thread only */
+    int end_stop; /* set before done */
+    int done;     /* atomic: on_done ran */
 };
 
 typedef struct mqd_conn {
@@ -75,7 +75,7 @@ typedef struct mqd_conn {
     uid_t uid;
     pid_t pid;
     int hello_done;
-    int denied;      /* SO_PEERCRED refused: answer the first message with ERROR, close */
+    int denied; /* SO_PEERCRED refused: answer the first message with ERROR, close */
     char deny_msg[256];
     int closing;
     int refs; /* atomic */
@@ -91,7 +91,10 @@ typedef struct mqd_conn {
 } mqd_conn;
 
 /* ---- references ---------------------------------------------------------------- */
-static void conn_ref(mqd_conn *c) { __atomic_add_fetch(&c->refs, 1, __ATOMIC_SEQ_CST); }
+static void conn_ref(mqd_conn *c)
+{
+    __atomic_add_fetch(&c->refs, 1, __ATOMIC_SEQ_CST);
+}
 
 static void conn_unref(mqd_conn *c)
 {
@@ -126,7 +129,7 @@ static void send_error(mqd_conn *c, uint32_t seq, unsigned code, const char *fmt
     __attribute__((format(printf, 4, 5)));
 static void send_error(mqd_conn *c, uint32_t seq, unsigned code, const char *fmt, ...)
 {
-    mq_msg m = {.type = MQ_MSG_ERROR};
+    mq_msg m = { .type = MQ_MSG_ERROR };
     m.u.error.code = code;
     va_list ap;
     va_start(ap, fmt);
@@ -299,43 +302,27 @@ static void finish_req(mq_evloop *l, void *arg);
 static uint32_t wire_err_of(int err)
 {
     switch (err) {
-    case -E2BIG:
-        return MQ_ERR_TOO_LONG;
-    case -ENOSPC:
-        return MQ_ERR_KV_FULL;
-    case -ESHUTDOWN:
-        return MQ_ERR_DRAINING;
-    case -EAGAIN:
-        return MQ_ERR_LIMIT;
-    case -EBUSY:
-        return MQ_ERR_BUSY;
-    case -ENOENT:
-        return MQ_ERR_NO_SESSION;
-    default:
-        return MQ_ERR_INTERNAL;
+    case -E2BIG: return MQ_ERR_TOO_LONG;
+    case -ENOSPC: return MQ_ERR_KV_FULL;
+    case -ESHUTDOWN: return MQ_ERR_DRAINING;
+    case -EAGAIN: return MQ_ERR_LIMIT;
+    case -EBUSY: return MQ_ERR_BUSY;
+    case -ENOENT: return MQ_ERR_NO_SESSION;
+    default: return MQ_ERR_INTERNAL;
     }
 }
 
-static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
-                      const mq_req_stats *st)
+static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st)
 {
     mqd_req *r = ctx;
     mqd_conn *c = r->conn;
-    mq_chan_done d = {0};
+    mq_chan_done d = { 0 };
     switch (reason) {
-    case MQ_END_STOP_TOKEN:
-        d.end_reason = MQ_CHAN_END_STOP;
-        break;
-    case MQ_END_STOP_STRING:
-        d.end_reason = MQ_CHAN_END_STOP_STRING;
-        break;
-    case MQ_END_LENGTH:
-        d.end_reason = MQ_CHAN_END_LENGTH;
-        break;
+    case MQ_END_STOP_TOKEN: d.end_reason = MQ_CHAN_END_STOP; break;
+    case MQ_END_STOP_STRING: d.end_reason = MQ_CHAN_END_STOP_STRING; break;
+    case MQ_END_LENGTH: d.end_reason = MQ_CHAN_END_LENGTH; break;
     case MQ_END_CANCEL:
-    case MQ_END_CLIENT_GONE:
-        d.end_reason = MQ_CHAN_END_CANCEL;
-        break;
+    case MQ_END_CLIENT_GONE: d.end_reason = MQ_CHAN_END_CANCEL; break;
     default:
         d.end_reason = err == -ESHUTDOWN ? MQ_CHAN_END_SHUTDOWN : MQ_CHAN_END_ERROR;
         d.error = (int32_t)wire_err_of(err);
@@ -353,9 +340,7 @@ static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
         d.gen_tokens = (uint32_t)st->generated_tokens;
         d.queue_us = (uint64_t)(st->queue_ms * 1000);
         d.ttft_us = (uint64_t)(st->ttft_ms * 1000);
-        d.prefill_us = st->prefill_tok_s > 0
-                           ? (uint64_t)(st->prefilled_tokens / st->prefill_tok_s * 1e6)
-                           : 0;
+        d.prefill_us = st->prefill_tok_s > 0 ? (uint64_t)(st->prefilled_tokens / st->prefill_tok_s * 1e6) : 0;
         d.decode_us = st->decode_tok_s > 0 && st->generated_tokens > 1
                           ? (uint64_t)((st->generated_tokens - 1) / st->decode_tok_s * 1e6)
                           : 0;
@@ -420,13 +405,10 @@ static void sess_remove(mqd_conn *c, mqd_sess *s)
 static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
 {
     mqd *d = c->d;
-    unsigned v = m->u.hello.ver_max < MQ_WIRE_VERSION_MAX ? m->u.hello.ver_max
-                                                           : MQ_WIRE_VERSION_MAX;
+    unsigned v = m->u.hello.ver_max < MQ_WIRE_VERSION_MAX ? m->u.hello.ver_max : MQ_WIRE_VERSION_MAX;
     if (v < m->u.hello.ver_min || v < MQ_WIRE_VERSION_MIN) {
-        send_error(c, m->seq, MQ_ERR_VERSION,
-                   "client speaks protocol versions %u..%u, mqd speaks %d..%d",
-                   m->u.hello.ver_min, m->u.hello.ver_max, MQ_WIRE_VERSION_MIN,
-                   MQ_WIRE_VERSION_MAX);
+        send_error(c, m->seq, MQ_ERR_VERSION, "client speaks protocol versions %u..%u, mqd speaks %d..%d",
+                   m->u.hello.ver_min, m->u.hello.ver_max, MQ_WIRE_VERSION_MIN, MQ_WIRE_VERSION_MAX);
         conn_close(c, "version mismatch");
         return;
     }
@@ -445,8 +427,7 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
         fcntl(passed_fd, F_SETFL, fl | O_NONBLOCK);
     }
     char err[256];
-    int rc = mq_chan_create(&c->chan, d->cfg.prompt_ring_kib * 1024u,
-                            d->cfg.token_ring_kib * 1024u,
+    int rc = mq_chan_create(&c->chan, d->cfg.prompt_ring_kib * 1024u, d->cfg.token_ring_kib * 1024u,
                             d->cfg.hugepages != MQ_CFG_HUGE_OFF, err, sizeof err);
     if (rc) {
         if (passed_fd >= 0)
@@ -458,7 +439,7 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
     c->chan_ok = 1;
     c->chan.token.efd = passed_fd;
     c->hello_done = 1;
-    mq_msg r = {.type = MQ_MSG_HELLO_OK};
+    mq_msg r = { .type = MQ_MSG_HELLO_OK };
     r.u.hello_ok.version = (uint16_t)v;
     r.u.hello_ok.channel_bytes = (uint32_t)c->chan.bytes;
     r.u.hello_ok.ctx_limit = (uint32_t)d->ctx_limit;
@@ -477,14 +458,12 @@ static void on_open(mqd_conn *c, const mq_msg *m)
         return;
     }
     if (m->u.open.mode == MQ_WIRE_MODE_CHAT && d->chat_kind < 0) {
-        send_error(c, m->seq, MQ_ERR_BAD_PROMPT,
-                   "model %s has no chat template mqd knows; open a raw session",
+        send_error(c, m->seq, MQ_ERR_BAD_PROMPT, "model %s has no chat template mqd knows; open a raw session",
                    d->model_name);
         return;
     }
     if (c->n_sess >= (int)d->cfg.max_sessions_per_client) {
-        send_error(c, m->seq, MQ_ERR_LIMIT, "this connection has its %d sessions open",
-                   c->n_sess);
+        send_error(c, m->seq, MQ_ERR_LIMIT, "this connection has its %d sessions open", c->n_sess);
         return;
     }
     if (c->n_sess == c->cap_sess) {
@@ -500,13 +479,12 @@ static void on_open(mqd_conn *c, const mq_msg *m)
     uint64_t id;
     int rc = mq_sched_session_open(d->sched, &id);
     if (rc) {
-        send_error(c, m->seq, rc == -EMFILE ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL,
-                   "cannot open a session: %s",
+        send_error(c, m->seq, rc == -EMFILE ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL, "cannot open a session: %s",
                    rc == -EMFILE ? "mqd has max_sessions open" : strerror(-rc));
         return;
     }
-    c->sess[c->n_sess++] = (mqd_sess){.id = id, .mode = m->u.open.mode};
-    mq_msg r = {.type = MQ_MSG_OPENED};
+    c->sess[c->n_sess++] = (mqd_sess){ .id = id, .mode = m->u.open.mode };
+    mq_msg r = { .type = MQ_MSG_OPENED };
     r.u.opened.session = id;
     send_reply(c, &r, m->seq, -1);
 }
@@ -520,14 +498,14 @@ static void on_close_session(mqd_conn *c, const mq_msg *m)
         return;
     }
     sess_remove(c, s);
-    mq_msg r = {.type = MQ_MSG_CLOSED};
+    mq_msg r = { .type = MQ_MSG_CLOSED };
     r.u.closed.session = m->u.close.session;
     send_reply(c, &r, m->seq, -1);
 }
 
 static void push_synthetic_done(mqd_conn *c, uint64_t req)
 {
-    mq_chan_done dn = {.end_reason = MQ_CHAN_END_STOP};
+    mq_chan_done dn = { .end_reason = MQ_CHAN_END_STOP };
     uint8_t rec[sizeof(mq_chan_rec) + sizeof(mq_chan_done) + 8];
     int n = mq_chan_format_done(rec, sizeof rec, req, &dn, NULL, 0);
     if (n > 0)
@@ -535,8 +513,8 @@ static void push_synthetic_done(mqd_conn *c, uint64_t req)
 }
 
 /* Turns the prompt bytes into the token ids to append; 0 or an MQ_ERR code + message. */
-static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes,
-                             int32_t **ids, size_t *n_ids, char *msg, size_t msglen)
+static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, int32_t **ids,
+                             size_t *n_ids, char *msg, size_t msglen)
 {
     mqd *d = c->d;
     uint32_t len = m->u.submit.len;
@@ -551,8 +529,10 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
         int vocab = mq_tok_vocab_size(d->tok);
         for (size_t i = 0; i < n; i++)
             if (v[i] < 0 || v[i] >= vocab) {
-                snprintf(msg, msglen, "token id %d at position %zu is outside the vocabulary "
-                                      "[0, %d)", v[i], i, vocab);
+                snprintf(msg, msglen,
+                         "token id %d at position %zu is outside the vocabulary "
+                         "[0, %d)",
+                         v[i], i, vocab);
                 free(v);
                 return MQ_ERR_BAD_PROMPT;
             }
@@ -567,8 +547,7 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
     char terr[MQ_TOK_ERR_LEN];
     if (m->u.submit.kind == MQ_WIRE_KIND_TEXT) {
         unsigned flags = s->turns == 0 ? MQ_TOK_ADD_SPECIAL : 0;
-        int rc = mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr,
-                               sizeof terr);
+        int rc = mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr);
         if (rc) {
             snprintf(msg, msglen, "tokenizing the prompt: %s", terr);
             return MQ_ERR_BAD_PROMPT;
@@ -576,7 +555,7 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
         return 0;
     }
     /* A chat message: render what it appends to the conversation. */
-    static const char *const roles[] = {"user", "system", "tool"};
+    static const char *const roles[] = { "user", "system", "tool" };
     cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
     cJSON *one = cJSON_CreateObject();
     char *content = strndup((const char *)bytes, len);
@@ -590,17 +569,15 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
     cJSON_AddStringToObject(one, "content", content);
     free(content);
     cJSON_AddItemToArray(msgs, one);
-    mq_chat_opts o = {.add_generation_prompt = 1,
-                      .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0,
-                      .bos_token = NULL};
+    mq_chat_opts o = { .add_generation_prompt = 1,
+                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0,
+                       .bos_token = NULL };
     char *text = NULL;
     size_t tlen = 0;
     char cerr[256];
-    int rc = s->turns == 0
-                 ? mq_chat_render((mq_chat_kind)d->chat_kind, msgs, NULL, &o, &text, &tlen, cerr,
-                                  sizeof cerr)
-                 : mq_chat_render_append((mq_chat_kind)d->chat_kind, msgs, &o, s->end_in_session,
-                                         &text, &tlen, cerr, sizeof cerr);
+    int rc = s->turns == 0 ? mq_chat_render((mq_chat_kind)d->chat_kind, msgs, NULL, &o, &text, &tlen, cerr, sizeof cerr)
+                           : mq_chat_render_append((mq_chat_kind)d->chat_kind, msgs, &o, s->end_in_session, &text,
+                                                   &tlen, cerr, sizeof cerr);
     cJSON_Delete(msgs);
     if (rc) {
         snprintf(msg, msglen, "chat template: %s", cerr);
@@ -627,8 +604,7 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
         send_error(c, m->seq, MQ_ERR_PROTOCOL,
                    "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt "
                    "ring (position %u, %lld published)",
-                   m->u.submit.ring_off, len, avail < 0 ? "valid" : "published", pr->pos,
-                   (long long)avail);
+                   m->u.submit.ring_off, len, avail < 0 ? "valid" : "published", pr->pos, (long long)avail);
         conn_close(c, "bad ring offsets");
         return;
     }
@@ -647,8 +623,7 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     unsigned code = 0;
     if (!s) {
         code = MQ_ERR_NO_SESSION;
-        snprintf(msg, sizeof msg, "no session %llu on this connection",
-                 (unsigned long long)m->u.submit.session);
+        snprintf(msg, sizeof msg, "no session %llu on this connection", (unsigned long long)m->u.submit.session);
         goto out;
     }
     settle(s);
@@ -659,17 +634,15 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     }
     if (s->running) {
         code = MQ_ERR_BUSY;
-        snprintf(msg, sizeof msg, "session %llu is running request %llu",
-                 (unsigned long long)s->id, (unsigned long long)s->running->id);
+        snprintf(msg, sizeof msg, "session %llu is running request %llu", (unsigned long long)s->id,
+                 (unsigned long long)s->running->id);
         goto out;
     }
     int is_msg = m->u.submit.kind == MQ_WIRE_KIND_MESSAGE;
     if (is_msg != (s->mode == MQ_WIRE_MODE_CHAT)) {
         code = MQ_ERR_BAD_PROMPT;
-        snprintf(msg, sizeof msg, "%s sessions take %s",
-                 s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
-                 s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)"
-                                              : "text or tokens (mq_send_text/tokens)");
+        snprintf(msg, sizeof msg, "%s sessions take %s", s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
+                 s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)" : "text or tokens (mq_send_text/tokens)");
         goto out;
     }
     uint64_t req_id = ++d->next_req;
@@ -696,7 +669,7 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
         cJSON_AddStringToObject(one, "content", content);
         free(content);
         cJSON_AddItemToArray(s->pending, one);
-        mq_msg r = {.type = MQ_MSG_SUBMITTED};
+        mq_msg r = { .type = MQ_MSG_SUBMITTED };
         r.u.submitted.req = req_id;
         r.u.submitted.session = s->id;
         send_reply(c, &r, m->seq, -1);
@@ -708,12 +681,11 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
         goto out;
     if (n_ids > (size_t)d->ctx_limit) {
         code = MQ_ERR_TOO_LONG;
-        snprintf(msg, sizeof msg, "prompt of %zu tokens is over the context limit of %d tokens",
-                 n_ids, d->ctx_limit);
+        snprintf(msg, sizeof msg, "prompt of %zu tokens is over the context limit of %d tokens", n_ids, d->ctx_limit);
         goto out;
     }
     const mq_wire_gen *g = &m->u.submit.gen;
-    mq_gen_params p = {0};
+    mq_gen_params p = { 0 };
     p.max_tokens = (int)g->max_tokens;
     p.temperature = (g->flags & MQ_GEN_GREEDY) ? 0.0f : g->temperature;
     p.top_k = (int)g->top_k;
@@ -734,7 +706,7 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     r->no_special_text = !!(g->flags & MQ_GEN_NO_SPECIAL_TEXT);
     conn_ref(c);
     s->running = r;
-    mq_sink sink = {.ctx = r, .on_token = sink_token, .on_done = sink_done};
+    mq_sink sink = { .ctx = r, .on_token = sink_token, .on_done = sink_done };
     char serr[256] = "";
     int rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
     /* The client sees DONE while the previous on_done is still returning; the scheduler
@@ -754,7 +726,7 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     s->turns++;
     cJSON_Delete(s->pending);
     s->pending = NULL;
-    mq_msg rep = {.type = MQ_MSG_SUBMITTED};
+    mq_msg rep = { .type = MQ_MSG_SUBMITTED };
     rep.u.submitted.req = req_id;
     rep.u.submitted.session = s->id;
     send_reply(c, &rep, m->seq, -1);
@@ -772,7 +744,7 @@ static void on_cancel(mqd_conn *c, const mq_msg *m)
         settle(s);
         if (s->running && s->running->id == m->u.cancel.req) {
             mq_sched_cancel(c->d->sched, s->id, MQ_END_CANCEL);
-            mq_msg r = {.type = MQ_MSG_CANCELED};
+            mq_msg r = { .type = MQ_MSG_CANCELED };
             r.u.canceled.req = m->u.cancel.req;
             send_reply(c, &r, m->seq, -1);
             return;
@@ -787,7 +759,7 @@ static void on_stats(mqd_conn *c, const mq_msg *m)
     mqd *d = c->d;
     mq_sched_stats st;
     mq_sched_get_stats(d->sched, &st);
-    mq_msg r = {.type = MQ_MSG_STATS_REPLY};
+    mq_msg r = { .type = MQ_MSG_STATS_REPLY };
     mq_wire_stats *w = &r.u.stats;
     w->uptime_ms = mqd_now_ms() - d->start_ms;
     w->sessions = (uint32_t)st.sessions;
@@ -818,8 +790,7 @@ static void handle(mqd_conn *c, const mq_msg *m, int passed_fd)
     if (!c->hello_done && m->type != MQ_MSG_HELLO) {
         if (passed_fd >= 0)
             close(passed_fd);
-        send_error(c, m->seq, MQ_ERR_PROTOCOL, "the first message must be HELLO, not %s",
-                   mq_wire_type_name(m->type));
+        send_error(c, m->seq, MQ_ERR_PROTOCOL, "the first message must be HELLO, not %s", mq_wire_type_name(m->type));
         conn_close(c, "no HELLO");
         return;
     }
@@ -838,24 +809,13 @@ static void handle(mqd_conn *c, const mq_msg *m, int passed_fd)
         }
         on_hello(c, m, passed_fd);
         return;
-    case MQ_MSG_OPEN:
-        on_open(c, m);
-        return;
-    case MQ_MSG_CLOSE:
-        on_close_session(c, m);
-        return;
-    case MQ_MSG_SUBMIT:
-        on_submit(c, m);
-        return;
-    case MQ_MSG_CANCEL:
-        on_cancel(c, m);
-        return;
-    case MQ_MSG_STATS:
-        on_stats(c, m);
-        return;
+    case MQ_MSG_OPEN: on_open(c, m); return;
+    case MQ_MSG_CLOSE: on_close_session(c, m); return;
+    case MQ_MSG_SUBMIT: on_submit(c, m); return;
+    case MQ_MSG_CANCEL: on_cancel(c, m); return;
+    case MQ_MSG_STATS: on_stats(c, m); return;
     default:
-        send_error(c, m->seq, MQ_ERR_PROTOCOL, "%s is not a client request",
-                   mq_wire_type_name(m->type));
+        send_error(c, m->seq, MQ_ERR_PROTOCOL, "%s is not a client request", mq_wire_type_name(m->type));
         conn_close(c, "reply type from client");
     }
 }
@@ -871,9 +831,8 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
             char b[CMSG_SPACE(sizeof(int) * 4)];
             struct cmsghdr align;
         } u;
-        struct iovec iov = {buf, sizeof buf};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
-                            .msg_controllen = sizeof u.b};
+        struct iovec iov = { buf, sizeof buf };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
         ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) {
@@ -907,8 +866,7 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
         mq_msg m;
         char err[256];
         int rc = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
-                     ? (snprintf(err, sizeof err, "datagram over %d bytes", MQ_WIRE_MAX_MSG),
-                        -EPROTO)
+                     ? (snprintf(err, sizeof err, "datagram over %d bytes", MQ_WIRE_MAX_MSG), -EPROTO)
                      : mq_wire_decode(buf, (size_t)n, &m, err, sizeof err);
         if (rc) {
             if (passed >= 0)
@@ -917,8 +875,8 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
             if (n >= 12)
                 memcpy(&seq, buf + 8, 4);
             send_error(c, seq, MQ_ERR_PROTOCOL, "malformed message: %s", err);
-            mqd_log("client pid %d uid %u: malformed message (%s); closing its connection",
-                    (int)c->pid, (unsigned)c->uid, err);
+            mqd_log("client pid %d uid %u: malformed message (%s); closing its connection", (int)c->pid,
+                    (unsigned)c->uid, err);
             conn_close(c, "protocol error");
             break;
         }
@@ -1022,19 +980,17 @@ int mqd_client_cancel(mqd *d, uint64_t id, char *msg, size_t msglen)
             settle(s);
             if ((s->running && s->running->id == id) || s->id == id) {
                 if (!s->running) {
-                    snprintf(msg, msglen, "session %llu has no running request",
-                             (unsigned long long)s->id);
+                    snprintf(msg, msglen, "session %llu has no running request", (unsigned long long)s->id);
                     return -ENOENT;
                 }
                 uint64_t rid = s->running->id;
                 mq_sched_cancel(d->sched, s->id, MQ_END_CANCEL);
-                snprintf(msg, msglen, "cancelled request %llu of session %llu (pid %d)",
-                         (unsigned long long)rid, (unsigned long long)s->id, (int)c->pid);
+                snprintf(msg, msglen, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
+                         (unsigned long long)s->id, (int)c->pid);
                 return 0;
             }
         }
-    snprintf(msg, msglen, "no running request or session with id %llu",
-             (unsigned long long)id);
+    snprintf(msg, msglen, "no running request or session with id %llu", (unsigned long long)id);
     return -ENOENT;
 }
 
@@ -1044,8 +1000,7 @@ void mqd_client_sessions(mqd *d, void (*cb)(void *ctx, const mqd_session_view *v
         for (int i = 0; i < c->n_sess; i++) {
             mqd_sess *s = &c->sess[i];
             settle(s);
-            mqd_session_view v = {s->id, s->running ? s->running->id : 0, c->pid, c->uid,
-                                  s->mode};
+            mqd_session_view v = { s->id, s->running ? s->running->id : 0, c->pid, c->uid, s->mode };
             cb(ctx, &v);
         }
 }

@@ -19,9 +19,9 @@
 
 enum ftype { F_STR, F_U32, F_BOOL, F_ENUM, F_LIST };
 
-static const char *const mode_words[] = {"mixed", "bf16", "fp4", NULL};
-static const char *const on_full_words[] = {"wait", "fail", NULL};
-static const char *const huge_words[] = {"auto", "off", "require", NULL};
+static const char *const mode_words[] = { "mixed", "bf16", "fp4", NULL };
+static const char *const on_full_words[] = { "wait", "fail", NULL };
+static const char *const huge_words[] = { "auto", "off", "require", NULL };
 
 typedef struct field {
     const char *name;
@@ -33,12 +33,30 @@ typedef struct field {
     const char *auto_word; /* F_U32: this string stands for MQ_CFG_U32_AUTO */
 } field;
 
-#define STR(n, h) {#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h, NULL}
-#define U32(n, lo, hi, h) {#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, NULL}
-#define U32_AUTO(n, lo, hi, h) {#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, "auto"}
-#define BOOL(n, h) {#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h, NULL}
-#define ENUM(n, w, h) {#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h, NULL}
-#define LIST(n, h) {#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h, NULL}
+#define STR(n, h)                                                                             \
+    {                                                                                         \
+#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h, NULL \
+    }
+#define U32(n, lo, hi, h)                                            \
+    {                                                                \
+#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, NULL \
+    }
+#define U32_AUTO(n, lo, hi, h)                                         \
+    {                                                                  \
+#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, "auto" \
+    }
+#define BOOL(n, h)                                                  \
+    {                                                               \
+#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h, NULL \
+    }
+#define ENUM(n, w, h)                                            \
+    {                                                            \
+#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h, NULL \
+    }
+#define LIST(n, h)                                                  \
+    {                                                               \
+#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h, NULL \
+    }
 
 static const field fields[] = {
     STR(model_dir, "model folder (config.json, model.safetensors, tokenizer.json)"),
@@ -52,10 +70,8 @@ static const field fields[] = {
     U32(kv_tokens, 256, 1u << 26, "KV store capacity in tokens, all sessions"),
     U32(kv_block_tokens, 1, 4096, "tokens per KV block"),
     ENUM(on_full, on_full_words, "KV store full: wait for blocks, or fail the request"),
-    ENUM(hugepages, huge_words,
-         "huge pages for weights and KV: auto, off, require (start fails without)"),
-    U32_AUTO(hugepages_reserve, 0, 1u << 20,
-             "2 MiB pages to reserve when started as root (auto = weights + KV)"),
+    ENUM(hugepages, huge_words, "huge pages for weights and KV: auto, off, require (start fails without)"),
+    U32_AUTO(hugepages_reserve, 0, 1u << 20, "2 MiB pages to reserve when started as root (auto = weights + KV)"),
     U32(io_depth, 1, 256, "weight reads in flight"),
     U32(io_read_kib, 4, 1u << 20, "size of one weight read in KiB"),
     U32(max_sessions, 1, 1u << 20, "sessions of all clients"),
@@ -74,7 +90,6 @@ static const field fields[] = {
     BOOL(warmup, "run one short generation before announcing READY"),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
-
 
 void mqd_config_defaults(mqd_config *c)
 {
@@ -118,19 +133,16 @@ static const field *find(const char *key)
     return NULL;
 }
 
-static int set_str(mqd_config *c, const field *f, const char *v, const char *where, char *err,
-                   size_t errlen)
+static int set_str(mqd_config *c, const field *f, const char *v, const char *where, char *err, size_t errlen)
 {
     size_t n = strlen(v);
     if (n >= f->size)
-        return mq_errmsg(err, errlen, -EINVAL, "%s%s: %zu bytes, at most %zu", where, f->name, n,
-                    f->size - 1);
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s: %zu bytes, at most %zu", where, f->name, n, f->size - 1);
     memcpy((char *)c + f->off, v, n + 1);
     return 0;
 }
 
-static int set_word(mqd_config *c, const field *f, const char *v, const char *where, char *err,
-                    size_t errlen)
+static int set_word(mqd_config *c, const field *f, const char *v, const char *where, char *err, size_t errlen)
 {
     for (uint32_t i = 0; f->words[i]; i++)
         if (!strcmp(f->words[i], v)) {
@@ -139,40 +151,35 @@ static int set_word(mqd_config *c, const field *f, const char *v, const char *wh
         }
     char allowed[128] = "";
     for (int i = 0; f->words[i]; i++)
-        snprintf(allowed + strlen(allowed), sizeof allowed - strlen(allowed), "%s%s",
-                 i ? ", " : "", f->words[i]);
-    return mq_errmsg(err, errlen, -EINVAL, "%s%s: \"%.64s\" is not one of %s", where, f->name, v,
-                allowed);
+        snprintf(allowed + strlen(allowed), sizeof allowed - strlen(allowed), "%s%s", i ? ", " : "", f->words[i]);
+    return mq_errmsg(err, errlen, -EINVAL, "%s%s: \"%.64s\" is not one of %s", where, f->name, v, allowed);
 }
 
-static int set_u32(mqd_config *c, const field *f, double v, const char *where, char *err,
-                   size_t errlen)
+static int set_u32(mqd_config *c, const field *f, double v, const char *where, char *err, size_t errlen)
 {
     if (v != (double)(long long)v || v < f->min || v > f->max)
-        return mq_errmsg(err, errlen, -EINVAL, "%s%s: %g is not an integer in [%u, %u]", where,
-                    f->name, v, f->min, f->max);
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s: %g is not an integer in [%u, %u]", where, f->name, v, f->min,
+                         f->max);
     *(uint32_t *)((char *)c + f->off) = (uint32_t)v;
     return 0;
 }
 
-static int list_add(char (*list)[MQ_CFG_NAME], int idx, const char *v, const field *f,
-                    const char *where, char *err, size_t errlen)
+static int list_add(char (*list)[MQ_CFG_NAME], int idx, const char *v, const field *f, const char *where, char *err,
+                    size_t errlen)
 {
     if (idx >= MQ_CFG_LIST)
-        return mq_errmsg(err, errlen, -EINVAL, "%s%s: more than %d entries", where, f->name,
-                    MQ_CFG_LIST);
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s: more than %d entries", where, f->name, MQ_CFG_LIST);
     size_t n = strlen(v);
     if (n == 0 || n >= MQ_CFG_NAME)
-        return mq_errmsg(err, errlen, -EINVAL, "%s%s[%d]: name of %zu bytes (1..%d allowed)", where,
-                    f->name, idx, n, MQ_CFG_NAME - 1);
+        return mq_errmsg(err, errlen, -EINVAL, "%s%s[%d]: name of %zu bytes (1..%d allowed)", where, f->name, idx, n,
+                         MQ_CFG_NAME - 1);
     memcpy(list[idx], v, n + 1);
     if (idx + 1 < MQ_CFG_LIST)
         list[idx + 1][0] = 0;
     return 0;
 }
 
-int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const char *name,
-                         char *err, size_t errlen)
+int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const char *name, char *err, size_t errlen)
 {
     char where[300];
     snprintf(where, sizeof where, "%s: ", name ? name : "config");
@@ -190,8 +197,7 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
     for (cJSON *it = root->child; it && !rc; it = it->next) {
         const field *f = it->string ? find(it->string) : NULL;
         if (!f || strchr(it->string, '-')) {
-            rc = mq_errmsg(err, errlen, -EINVAL, "%sunknown field \"%.64s\"", where,
-                      it->string ? it->string : "");
+            rc = mq_errmsg(err, errlen, -EINVAL, "%sunknown field \"%.64s\"", where, it->string ? it->string : "");
             break;
         }
         switch (f->t) {
@@ -211,9 +217,8 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
             if (f->auto_word && cJSON_IsString(it) && !strcmp(it->valuestring, f->auto_word))
                 *(uint32_t *)((char *)c + f->off) = MQ_CFG_U32_AUTO;
             else if (!cJSON_IsNumber(it))
-                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a number%s%s", where,
-                               f->name, f->auto_word ? " or " : "",
-                               f->auto_word ? f->auto_word : "");
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a number%s%s", where, f->name,
+                               f->auto_word ? " or " : "", f->auto_word ? f->auto_word : "");
             else
                 rc = set_u32(c, f, it->valuedouble, where, err, errlen);
             break;
@@ -225,8 +230,7 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
             break;
         case F_LIST: {
             if (!cJSON_IsArray(it)) {
-                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be an array of names", where,
-                          f->name);
+                rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be an array of names", where, f->name);
                 break;
             }
             char(*list)[MQ_CFG_NAME] = (char(*)[MQ_CFG_NAME])((char *)c + f->off);
@@ -234,8 +238,7 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
             int i = 0;
             for (cJSON *e = it->child; e && !rc; e = e->next, i++) {
                 if (!cJSON_IsString(e))
-                    rc = mq_errmsg(err, errlen, -EINVAL, "%s%s[%d]: must be a string", where,
-                              f->name, i);
+                    rc = mq_errmsg(err, errlen, -EINVAL, "%s%s[%d]: must be a string", where, f->name, i);
                 else
                     rc = list_add(list, i, e->valuestring, f, where, err, errlen);
             }
@@ -256,8 +259,7 @@ int mqd_config_load_file(mqd_config *c, const char *path, char *err, size_t errl
     struct stat st;
     if (fstat(fd, &st) < 0 || st.st_size > MAX_CONFIG_BYTES) {
         close(fd);
-        return mq_errmsg(err, errlen, -EFBIG, "%s: not a regular file of at most %u bytes", path,
-                    MAX_CONFIG_BYTES);
+        return mq_errmsg(err, errlen, -EFBIG, "%s: not a regular file of at most %u bytes", path, MAX_CONFIG_BYTES);
     }
     char *buf = malloc((size_t)st.st_size + 1);
     if (!buf) {
@@ -284,18 +286,15 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
         return mq_errmsg(err, errlen, -ENOENT, "unknown option --%s", key);
     const char *where = "--";
     switch (f->t) {
-    case F_STR:
-        return set_str(c, f, value, where, err, errlen);
-    case F_ENUM:
-        return set_word(c, f, value, where, err, errlen);
+    case F_STR: return set_str(c, f, value, where, err, errlen);
+    case F_ENUM: return set_word(c, f, value, where, err, errlen);
     case F_BOOL:
         if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes"))
             *(uint32_t *)((char *)c + f->off) = 1;
         else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no"))
             *(uint32_t *)((char *)c + f->off) = 0;
         else
-            return mq_errmsg(err, errlen, -EINVAL, "--%s: \"%.32s\" is not true/false", f->name,
-                        value);
+            return mq_errmsg(err, errlen, -EINVAL, "--%s: \"%.32s\" is not true/false", f->name, value);
         return 0;
     case F_U32: {
         if (f->auto_word && !strcmp(value, f->auto_word)) {
@@ -306,8 +305,7 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
         errno = 0;
         unsigned long long v = strtoull(value, &end, 10);
         if (!*value || *end || errno || value[0] == '-')
-            return mq_errmsg(err, errlen, -EINVAL, "--%s: \"%.32s\" is not a number", f->name,
-                        value);
+            return mq_errmsg(err, errlen, -EINVAL, "--%s: \"%.32s\" is not a number", f->name, value);
         return set_u32(c, f, (double)v, where, err, errlen);
     }
     case F_LIST: {
@@ -316,8 +314,7 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
         char tmp[MQ_CFG_LIST * MQ_CFG_NAME];
         snprintf(tmp, sizeof tmp, "%s", value);
         int i = 0;
-        for (char *save, *tok = strtok_r(tmp, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save), i++) {
+        for (char *save, *tok = strtok_r(tmp, ",", &save); tok; tok = strtok_r(NULL, ",", &save), i++) {
             int rc = list_add(list, i, tok, f, where, err, errlen);
             if (rc)
                 return rc;
@@ -356,36 +353,28 @@ int mqd_config_validate(const mqd_config *c, char *err, size_t errlen)
     if (!c->model_dir[0])
         return mq_errmsg(err, errlen, -EINVAL, "model_dir: not set (config file or --model-dir)");
     if (!valid_cpu_list(c->prefill_cpus))
-        return mq_errmsg(err, errlen, -EINVAL, "prefill_cpus: \"%s\" is not a CPU list like 0-3,6",
-                    c->prefill_cpus);
+        return mq_errmsg(err, errlen, -EINVAL, "prefill_cpus: \"%s\" is not a CPU list like 0-3,6", c->prefill_cpus);
     if (!valid_cpu_list(c->decode_cpus))
-        return mq_errmsg(err, errlen, -EINVAL, "decode_cpus: \"%s\" is not a CPU list like 0-3,6",
-                    c->decode_cpus);
+        return mq_errmsg(err, errlen, -EINVAL, "decode_cpus: \"%s\" is not a CPU list like 0-3,6", c->decode_cpus);
     if (c->kv_tokens % c->kv_block_tokens)
-        return mq_errmsg(err, errlen, -EINVAL,
-                    "kv_tokens: %u is not a multiple of kv_block_tokens (%u)", c->kv_tokens,
-                    c->kv_block_tokens);
+        return mq_errmsg(err, errlen, -EINVAL, "kv_tokens: %u is not a multiple of kv_block_tokens (%u)", c->kv_tokens,
+                         c->kv_block_tokens);
     if (c->ctx_tokens && c->ctx_tokens > c->kv_tokens)
-        return mq_errmsg(err, errlen, -EINVAL, "ctx_tokens: %u is more than kv_tokens (%u)",
-                    c->ctx_tokens, c->kv_tokens);
+        return mq_errmsg(err, errlen, -EINVAL, "ctx_tokens: %u is more than kv_tokens (%u)", c->ctx_tokens,
+                         c->kv_tokens);
     if (c->prompt_ring_kib & (c->prompt_ring_kib - 1))
-        return mq_errmsg(err, errlen, -EINVAL, "prompt_ring_kib: %u is not a power of two",
-                    c->prompt_ring_kib);
+        return mq_errmsg(err, errlen, -EINVAL, "prompt_ring_kib: %u is not a power of two", c->prompt_ring_kib);
     if (c->token_ring_kib & (c->token_ring_kib - 1))
-        return mq_errmsg(err, errlen, -EINVAL, "token_ring_kib: %u is not a power of two",
-                    c->token_ring_kib);
+        return mq_errmsg(err, errlen, -EINVAL, "token_ring_kib: %u is not a power of two", c->token_ring_kib);
     if (c->max_sessions_per_client > c->max_sessions)
-        return mq_errmsg(err, errlen, -EINVAL,
-                    "max_sessions_per_client: %u is more than max_sessions (%u)",
-                    c->max_sessions_per_client, c->max_sessions);
+        return mq_errmsg(err, errlen, -EINVAL, "max_sessions_per_client: %u is more than max_sessions (%u)",
+                         c->max_sessions_per_client, c->max_sessions);
     if (!c->client_socket[0] || c->client_socket[0] != '/' || strlen(c->client_socket) > 107)
-        return mq_errmsg(err, errlen, -EINVAL,
-                    "client_socket: \"%s\" must be an absolute path of at most 107 bytes",
-                    c->client_socket);
+        return mq_errmsg(err, errlen, -EINVAL, "client_socket: \"%s\" must be an absolute path of at most 107 bytes",
+                         c->client_socket);
     if (!c->admin_socket[0] || c->admin_socket[0] != '/' || strlen(c->admin_socket) > 107)
-        return mq_errmsg(err, errlen, -EINVAL,
-                    "admin_socket: \"%s\" must be an absolute path of at most 107 bytes",
-                    c->admin_socket);
+        return mq_errmsg(err, errlen, -EINVAL, "admin_socket: \"%s\" must be an absolute path of at most 107 bytes",
+                         c->admin_socket);
     if (!strcmp(c->client_socket, c->admin_socket))
         return mq_errmsg(err, errlen, -EINVAL, "admin_socket: same path as client_socket");
     return 0;
@@ -403,21 +392,15 @@ char *mqd_config_to_json(const mqd_config *c)
         if (f->t != F_STR && f->t != F_LIST)
             memcpy(&v, p, 4);
         switch (f->t) {
-        case F_STR:
-            cJSON_AddStringToObject(o, f->name, p);
-            break;
-        case F_ENUM:
-            cJSON_AddStringToObject(o, f->name, f->words[v]);
-            break;
+        case F_STR: cJSON_AddStringToObject(o, f->name, p); break;
+        case F_ENUM: cJSON_AddStringToObject(o, f->name, f->words[v]); break;
         case F_U32:
             if (f->auto_word && v == MQ_CFG_U32_AUTO)
                 cJSON_AddStringToObject(o, f->name, f->auto_word);
             else
                 cJSON_AddNumberToObject(o, f->name, v);
             break;
-        case F_BOOL:
-            cJSON_AddBoolToObject(o, f->name, v);
-            break;
+        case F_BOOL: cJSON_AddBoolToObject(o, f->name, v); break;
         case F_LIST: {
             cJSON *a = cJSON_AddArrayToObject(o, f->name);
             const char(*list)[MQ_CFG_NAME] = (const char(*)[MQ_CFG_NAME])p;
@@ -445,8 +428,8 @@ void mqd_config_print_help(void *file)
     }
 }
 /* ---- configuration from file + flags -------------------------------------------- */
-int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc,
-                     char *const *argv, int *check_only, int *help, char *err, size_t errlen)
+int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc, char *const *argv,
+                          int *check_only, int *help, char *err, size_t errlen)
 {
     mqd_config_defaults(cfg);
     config_path[0] = 0;

@@ -20,9 +20,9 @@
 extern "C" {
 #endif
 
-#define MQ_CFG_PATH 4096
-#define MQ_CFG_NAME 64
-#define MQ_CFG_LIST 16 /* entries in allowed_users / allowed_groups */
+#define MQ_CFG_PATH     4096
+#define MQ_CFG_NAME     64
+#define MQ_CFG_LIST     16          /* entries in allowed_users / allowed_groups */
 #define MQ_CFG_U32_AUTO 0xffffffffu /* a number field given as "auto" (hugepages_reserve) */
 
 enum mq_cfg_mode { MQ_CFG_MODE_MIXED = 0, MQ_CFG_MODE_BF16 = 1, MQ_CFG_MODE_FP4 = 2 };
@@ -31,42 +31,41 @@ enum mq_cfg_huge { MQ_CFG_HUGE_AUTO = 0, MQ_CFG_HUGE_OFF = 1, MQ_CFG_HUGE_REQUIR
 
 typedef struct mqd_config {
     char model_dir[MQ_CFG_PATH];
-    uint32_t mode;             /* mq_cfg_mode */
-    uint32_t prefill_threads;  /* 0 = number of CPUs in prefill_cpus (or online CPUs) */
+    uint32_t mode;            /* mq_cfg_mode */
+    uint32_t prefill_threads; /* 0 = number of CPUs in prefill_cpus (or online CPUs) */
     uint32_t decode_threads;
     char prefill_cpus[MQ_CFG_NAME]; /* "0-3,6" or "" = all */
     char decode_cpus[MQ_CFG_NAME];
-    uint32_t chunk_tokens;     /* prefill chunk: bounds the decode stall */
-    uint32_t ctx_tokens;       /* per-session context limit; 0 = the model's */
-    uint32_t kv_tokens;        /* KV store capacity in tokens (all sessions) */
-    uint32_t kv_block_tokens;  /* tokens per KV block */
-    uint32_t on_full;          /* mq_cfg_on_full */
-    uint32_t hugepages;        /* mq_cfg_huge */
-    uint32_t hugepages_reserve;/* 2 MiB pages mqd reserves when started as root; 0 = none;
+    uint32_t chunk_tokens;      /* prefill chunk: bounds the decode stall */
+    uint32_t ctx_tokens;        /* per-session context limit; 0 = the model's */
+    uint32_t kv_tokens;         /* KV store capacity in tokens (all sessions) */
+    uint32_t kv_block_tokens;   /* tokens per KV block */
+    uint32_t on_full;           /* mq_cfg_on_full */
+    uint32_t hugepages;         /* mq_cfg_huge */
+    uint32_t hugepages_reserve; /* 2 MiB pages mqd reserves when started as root; 0 = none;
                                 * MQ_CFG_U32_AUTO ("auto") = what weights + KV need */
-    uint32_t io_depth;         /* reads in flight while loading weights */
-    uint32_t io_read_kib;      /* size of one read */
-    uint32_t max_sessions;     /* all clients */
+    uint32_t io_depth;          /* reads in flight while loading weights */
+    uint32_t io_read_kib;       /* size of one read */
+    uint32_t max_sessions;      /* all clients */
     uint32_t max_sessions_per_client;
-    uint32_t queue_max;        /* queued requests before MQ_ERR_LIMIT */
-    uint32_t prompt_ring_kib;  /* per-client prompt ring (power of two) */
-    uint32_t token_ring_kib;   /* per-client token ring (power of two) */
+    uint32_t queue_max;       /* queued requests before MQ_ERR_LIMIT */
+    uint32_t prompt_ring_kib; /* per-client prompt ring (power of two) */
+    uint32_t token_ring_kib;  /* per-client token ring (power of two) */
     char client_socket[MQ_CFG_PATH];
     char admin_socket[MQ_CFG_PATH];
-    char allowed_users[MQ_CFG_LIST][MQ_CFG_NAME];  /* "" ends; none = everyone */
+    char allowed_users[MQ_CFG_LIST][MQ_CFG_NAME]; /* "" ends; none = everyone */
     char allowed_groups[MQ_CFG_LIST][MQ_CFG_NAME];
     char admin_group[MQ_CFG_NAME]; /* "" = root only */
     char user[MQ_CFG_NAME];        /* run-as user when started as root; "" = stay */
     uint32_t drain_timeout_ms;
-    uint32_t watchdog;             /* 1: send WATCHDOG=1 when systemd asks for it */
-    uint32_t warmup;               /* 1: one short generation before READY=1 */
+    uint32_t watchdog; /* 1: send WATCHDOG=1 when systemd asks for it */
+    uint32_t warmup;   /* 1: one short generation before READY=1 */
 } mqd_config;
 
 void mqd_config_defaults(mqd_config *c);
 
 /* Applies a JSON object's fields on top of *c. `name` (file name) prefixes messages. */
-int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const char *name,
-                         char *err, size_t errlen);
+int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const char *name, char *err, size_t errlen);
 int mqd_config_load_file(mqd_config *c, const char *path, char *err, size_t errlen);
 
 /* Sets one field from a string (a flag's value): "kv_tokens"/"kv-tokens", "65536".
@@ -76,9 +75,8 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
 /* Defaults, then --config FILE (path copied to config_path, "" if none), then every other
  * "--name value" / "--name=value" flag on top (--model = --model-dir). check_only/help
  * (may be NULL) report --check-config / --help. */
-int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc,
-                          char *const *argv, int *check_only, int *help, char *err,
-                          size_t errlen);
+int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc, char *const *argv,
+                          int *check_only, int *help, char *err, size_t errlen);
 
 /* Cross-field checks (model_dir present, block size divides, ring sizes, ...). */
 int mqd_config_validate(const mqd_config *c, char *err, size_t errlen);

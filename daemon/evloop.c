@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 /* io_uring futex opcodes (Linux 6.7); Debian 12's headers predate them. */
-#define MQ_IORING_OP_FUTEX_WAIT 51
-#define MQ_FUTEX2_SIZE_U32 0x02
+#define MQ_IORING_OP_FUTEX_WAIT   51
+#define MQ_FUTEX2_SIZE_U32        0x02
 #define MQ_FUTEX_BITSET_MATCH_ANY 0xffffffffu
 
 enum kind { EV_FD = 1, EV_TIMER, EV_FUTEX };
@@ -101,14 +101,9 @@ static int arm(mq_evloop *l, mq_ev *ev)
     if (!sqe)
         return -EBUSY;
     switch (ev->kind) {
-    case EV_FD:
-        io_uring_prep_poll_multishot(sqe, ev->fd, ev->events);
-        break;
-    case EV_TIMER:
-        io_uring_prep_timeout(sqe, &ev->ts, 0, 0);
-        break;
-    case EV_FUTEX:
-        return -EINVAL; /* armed by mq_evloop_futex_wait */
+    case EV_FD: io_uring_prep_poll_multishot(sqe, ev->fd, ev->events); break;
+    case EV_TIMER: io_uring_prep_timeout(sqe, &ev->ts, 0, 0); break;
+    case EV_FUTEX: return -EINVAL; /* armed by mq_evloop_futex_wait */
     }
     io_uring_sqe_set_data(sqe, ev);
     ev->armed = 1;
@@ -130,8 +125,7 @@ static mq_ev *new_ev(mq_evloop *l, enum kind k, void *arg)
     return ev;
 }
 
-int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void *arg,
-                     mq_ev **out)
+int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void *arg, mq_ev **out)
 {
     mq_ev *ev = new_ev(l, EV_FD, arg);
     if (!ev)
@@ -150,8 +144,7 @@ int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void
     return 0;
 }
 
-int mq_evloop_add_timer(mq_evloop *l, uint32_t interval_ms, mq_ev_fn fn, void *arg,
-                        mq_ev **out)
+int mq_evloop_add_timer(mq_evloop *l, uint32_t interval_ms, mq_ev_fn fn, void *arg, mq_ev **out)
 {
     mq_ev *ev = new_ev(l, EV_TIMER, arg);
     if (!ev)
@@ -191,8 +184,7 @@ void mq_evloop_del(mq_evloop *l, mq_ev *ev)
     l->dead = ev;
 }
 
-int mq_evloop_futex_wait(mq_evloop *l, uint32_t *word, uint32_t val, mq_ev_futex_fn fn,
-                         void *arg)
+int mq_evloop_futex_wait(mq_evloop *l, uint32_t *word, uint32_t val, mq_ev_futex_fn fn, void *arg)
 {
     if (!l->has_futex)
         return -EOPNOTSUPP;
@@ -217,7 +209,10 @@ int mq_evloop_futex_wait(mq_evloop *l, uint32_t *word, uint32_t val, mq_ev_futex
     return 0;
 }
 
-int mq_evloop_has_futex(const mq_evloop *l) { return l->has_futex; }
+int mq_evloop_has_futex(const mq_evloop *l)
+{
+    return l->has_futex;
+}
 
 /* ---- posted calls and signals (internal fd handlers) --------------------------- */
 static void on_post(mq_evloop *l, int fd, uint32_t revents, void *arg)
@@ -290,8 +285,7 @@ static void on_signalfd(mq_evloop *l, int fd, uint32_t revents, void *arg)
             l->sig_fn(l, (int)si.ssi_signo, l->sig_arg);
 }
 
-int mq_evloop_add_signals(mq_evloop *l, const int *signos, int n, mq_ev_signal_fn fn,
-                          void *arg)
+int mq_evloop_add_signals(mq_evloop *l, const int *signos, int n, mq_ev_signal_fn fn, void *arg)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -322,8 +316,7 @@ static int probe_futex(mq_evloop *l)
     struct io_uring_probe *p = io_uring_get_probe_ring(&l->ring);
     if (!p)
         return 0;
-    int ok = p->last_op >= MQ_IORING_OP_FUTEX_WAIT &&
-             (p->ops[MQ_IORING_OP_FUTEX_WAIT].flags & IO_URING_OP_SUPPORTED);
+    int ok = p->last_op >= MQ_IORING_OP_FUTEX_WAIT && (p->ops[MQ_IORING_OP_FUTEX_WAIT].flags & IO_URING_OP_SUPPORTED);
     io_uring_free_probe(p);
     return ok;
 }

@@ -39,23 +39,19 @@ int mq_evloop_create(mq_evloop **out, unsigned entries);
 void mq_evloop_destroy(mq_evloop *l);
 
 /* Calls fn whenever fd has `events` (POLLIN...). */
-int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void *arg,
-                     mq_ev **out);
+int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void *arg, mq_ev **out);
 /* Calls fn every interval_ms (first after interval_ms). */
-int mq_evloop_add_timer(mq_evloop *l, uint32_t interval_ms, mq_ev_fn fn, void *arg,
-                        mq_ev **out);
+int mq_evloop_add_timer(mq_evloop *l, uint32_t interval_ms, mq_ev_fn fn, void *arg, mq_ev **out);
 /* Deletes an fd handler or a timer (NULL is fine). */
 void mq_evloop_del(mq_evloop *l, mq_ev *ev);
 
 /* Blocks `signos` for the calling thread (call before creating other threads so they
  * inherit the mask) and delivers them to fn through a signalfd. */
-int mq_evloop_add_signals(mq_evloop *l, const int *signos, int n, mq_ev_signal_fn fn,
-                          void *arg);
+int mq_evloop_add_signals(mq_evloop *l, const int *signos, int n, mq_ev_signal_fn fn, void *arg);
 /* One-shot: fn runs when *word != val or a FUTEX_WAKE hits word. -EOPNOTSUPP when the
  * kernel lacks io_uring futex support (caller then falls back to a timer). The word must
  * stay mapped until fn ran (or the loop is destroyed). */
-int mq_evloop_futex_wait(mq_evloop *l, uint32_t *word, uint32_t val, mq_ev_futex_fn fn,
-                         void *arg);
+int mq_evloop_futex_wait(mq_evloop *l, uint32_t *word, uint32_t val, mq_ev_futex_fn fn, void *arg);
 int mq_evloop_has_futex(const mq_evloop *l);
 
 /* Any thread: runs fn(arg) on the loop thread soon. -ENOMEM only. */

@@ -8,11 +8,10 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: mqd [--config FILE] [--check-config] [--model DIR] [--flag value ...]\n"
-            "\n"
-            "Serves an LLM (NVFP4 prefill, BF16 decode) to libmq clients on a Unix socket.\n"
-            "Every field of the JSON config file is also a flag (flags win):\n");
+    fprintf(out, "usage: mqd [--config FILE] [--check-config] [--model DIR] [--flag value ...]\n"
+                 "\n"
+                 "Serves an LLM (NVFP4 prefill, BF16 decode) to libmq clients on a Unix socket.\n"
+                 "Every field of the JSON config file is also a flag (flags win):\n");
     mqd_config_print_help(out);
     fprintf(out, "\n  --check-config               validate the configuration, print it, exit\n"
                  "Signals: SIGTERM/SIGINT drain then exit 0, SIGHUP reloads the config file.\n");
@@ -25,8 +24,8 @@ int main(int argc, char **argv)
         return 1;
     char err[1024] = "";
     int check = 0, help = 0;
-    int rc = mqd_config_parse_args(&d->cfg, d->config_path, sizeof d->config_path, argc, argv,
-                              &check, &help, err, sizeof err);
+    int rc = mqd_config_parse_args(&d->cfg, d->config_path, sizeof d->config_path, argc, argv, &check, &help, err,
+                                   sizeof err);
     if (help) {
         usage(stdout);
         free(d);
@@ -42,8 +41,7 @@ int main(int argc, char **argv)
     if (check) {
         char *js = mqd_config_to_json(&d->cfg);
         printf("%s\n", js ? js : "{}");
-        fprintf(stderr, "mqd: configuration OK%s%s\n", d->config_path[0] ? ": " : "",
-                d->config_path);
+        fprintf(stderr, "mqd: configuration OK%s%s\n", d->config_path[0] ? ": " : "", d->config_path);
         free(js);
         free(d);
         return 0;

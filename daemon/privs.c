@@ -88,8 +88,7 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     }
     for (int i = 0; i < MQ_CFG_LIST && c->allowed_groups[i][0]; i++) {
         if (group_id(c->allowed_groups[i], &d->allowed_gids[d->n_allowed_gids])) {
-            snprintf(err, errlen, "allowed_groups[%d]: no group \"%s\"", i,
-                     c->allowed_groups[i]);
+            snprintf(err, errlen, "allowed_groups[%d]: no group \"%s\"", i, c->allowed_groups[i]);
             return -ENOENT;
         }
         d->n_allowed_gids++;
@@ -112,8 +111,7 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     return 0;
 }
 
-int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, char *why,
-                     size_t whylen)
+int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, char *why, size_t whylen)
 {
     struct ucred cr;
     socklen_t sl = sizeof cr;
@@ -141,8 +139,7 @@ int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, ch
                     return 1;
         }
         snprintf(why, whylen, "uid %u is not root%s%s", (unsigned)cr.uid,
-                 d->admin_gid_set ? " and not in admin_group " : "",
-                 d->admin_gid_set ? d->cfg.admin_group : "");
+                 d->admin_gid_set ? " and not in admin_group " : "", d->admin_gid_set ? d->cfg.admin_group : "");
         return 0;
     }
     for (int i = 0; i < d->n_allowed_uids; i++)
@@ -155,8 +152,7 @@ int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, ch
             if (groups[k] == d->allowed_gids[i])
                 return 1;
     }
-    snprintf(why, whylen, "uid %u gid %u is not in allowed_users/allowed_groups",
-             (unsigned)cr.uid, (unsigned)cr.gid);
+    snprintf(why, whylen, "uid %u gid %u is not in allowed_users/allowed_groups", (unsigned)cr.uid, (unsigned)cr.gid);
     return 0;
 }
 
@@ -257,7 +253,7 @@ static int hp_helper_start(mqd *d, long added, long cap)
 /* One request to the helper and its answer (NUL-terminated in buf); length or -errno. */
 static ssize_t hp_call(mqd *d, const char *req, char *buf, size_t len)
 {
-    struct timeval tv = {HP_HELPER_TIMEOUT_S, 0};
+    struct timeval tv = { HP_HELPER_TIMEOUT_S, 0 };
     setsockopt(d->hp_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ssize_t n = send(d->hp_fd, req, strlen(req), MSG_NOSIGNAL);
     if (n < 0)
@@ -289,31 +285,27 @@ static void hugepages_reserve(mqd *d)
     if (d->cfg.hugepages == MQ_CFG_HUGE_OFF) {
         snprintf(d->hp_note, sizeof d->hp_note, "%s skipped: hugepages is off", what);
     } else if (geteuid() != 0) {
-        snprintf(d->hp_note, sizeof d->hp_note,
-                 "%s skipped: not root (euid %u); using the pool as it is (%ld free)", what,
-                 (unsigned)geteuid(), mq_hugepages_free());
+        snprintf(d->hp_note, sizeof d->hp_note, "%s skipped: not root (euid %u); using the pool as it is (%ld free)",
+                 what, (unsigned)geteuid(), mq_hugepages_free());
     } else if (is_auto) {
         /* sized by the load thread once the model's plan is known (mqd_hugepages_auto);
          * a bound, so that mqd alone cannot make the helper take all memory */
         long cap = mq_meminfo_kib("MemTotal") / 2048 * 3 / 4;
         int rc = hp_helper_start(d, 0, cap);
         if (rc < 0)
-            snprintf(d->hp_note, sizeof d->hp_note, "%s skipped: cannot start its helper: %s",
-                     what, strerror(-rc));
+            snprintf(d->hp_note, sizeof d->hp_note, "%s skipped: cannot start its helper: %s", what, strerror(-rc));
         else
             snprintf(d->hp_note, sizeof d->hp_note,
-                     "auto: sized from the model once its plan is read (at most %ld pages)",
-                     cap);
+                     "auto: sized from the model once its plan is read (at most %ld pages)", cap);
     } else {
         long prev = 0;
         long got = mq_hugepages_reserve(asked, &prev);
         if (got < 0) {
-            snprintf(d->hp_note, sizeof d->hp_note,
-                     "%s failed: /proc/sys/vm/nr_hugepages: %s", what, strerror((int)-got));
+            snprintf(d->hp_note, sizeof d->hp_note, "%s failed: /proc/sys/vm/nr_hugepages: %s", what,
+                     strerror((int)-got));
         } else if (got == 0) {
-            snprintf(d->hp_note, sizeof d->hp_note,
-                     "asked %ld page(s), the kernel gave none (nr_hugepages stays %ld)", asked,
-                     prev);
+            snprintf(d->hp_note, sizeof d->hp_note, "asked %ld page(s), the kernel gave none (nr_hugepages stays %ld)",
+                     asked, prev);
         } else {
             int rc = hp_helper_start(d, got, 0);
             if (rc < 0) {
@@ -325,8 +317,8 @@ static void hugepages_reserve(mqd *d)
             } else {
                 d->hp_added = got;
                 snprintf(d->hp_note, sizeof d->hp_note,
-                         "reserved %ld of %ld page(s) asked (%ld MiB), nr_hugepages %ld -> %ld",
-                         got, asked, got * 2, prev, prev + got);
+                         "reserved %ld of %ld page(s) asked (%ld MiB), nr_hugepages %ld -> %ld", got, asked, got * 2,
+                         prev, prev + got);
             }
         }
     }
@@ -345,11 +337,9 @@ long mqd_hugepages_auto(mqd *d, long pages, const char *why)
         n = -EPROTO;
     __atomic_store_n(&d->hp_asked, pages, __ATOMIC_RELAXED);
     if (n < 0)
-        snprintf(d->hp_note, sizeof d->hp_note, "auto reservation of %ld page(s) failed: %s",
-                 pages, strerror((int)-n));
+        snprintf(d->hp_note, sizeof d->hp_note, "auto reservation of %ld page(s) failed: %s", pages, strerror((int)-n));
     else if (got < 0)
-        snprintf(d->hp_note, sizeof d->hp_note,
-                 "auto reservation of %ld page(s) failed: /proc/sys/vm/nr_hugepages: %s",
+        snprintf(d->hp_note, sizeof d->hp_note, "auto reservation of %ld page(s) failed: /proc/sys/vm/nr_hugepages: %s",
                  pages, strerror((int)-got));
     else
         snprintf(d->hp_note, sizeof d->hp_note,
@@ -378,11 +368,9 @@ void mqd_hugepages_giveback(mqd *d)
         else if (now >= 0)
             mqd_log("huge pages: gave back %ld page(s), nr_hugepages now %ld", added, now);
         else
-            mqd_log("huge pages: giving back %ld page(s) failed: %s", added,
-                    strerror((int)-now));
+            mqd_log("huge pages: giving back %ld page(s) failed: %s", added, strerror((int)-now));
     } else {
-        mqd_log("huge pages: no answer from the helper (pid %d): %s", (int)d->hp_pid,
-                strerror((int)-n));
+        mqd_log("huge pages: no answer from the helper (pid %d): %s", (int)d->hp_pid, strerror((int)-n));
     }
     d->hp_pid = 0;
     d->hp_fd = -1;
@@ -393,7 +381,7 @@ int mqd_privs_setup(mqd *d, char *err, size_t errlen)
     (void)err;
     (void)errlen;
     if (geteuid() == 0) {
-        struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
+        struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
         if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
             mqd_log("privileges: cannot raise RLIMIT_MEMLOCK: %s", strerror(errno));
     }
@@ -416,8 +404,7 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
         /* Empty the bounding set while we still hold CAP_SETPCAP. */
         for (int cap = 0; cap <= CAP_LAST_CAP; cap++)
             if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) {
-                snprintf(err, errlen, "dropping capability %d from the bounding set: %s", cap,
-                         strerror(errno));
+                snprintf(err, errlen, "dropping capability %d from the bounding set: %s", cap, strerror(errno));
                 return -errno;
             }
     }
@@ -432,8 +419,7 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
             return -errno;
         }
         if (setresuid(d->run_uid, d->run_uid, d->run_uid) < 0) {
-            snprintf(err, errlen, "setuid %u (%s): %s", (unsigned)d->run_uid, d->cfg.user,
-                     strerror(errno));
+            snprintf(err, errlen, "setuid %u (%s): %s", (unsigned)d->run_uid, d->cfg.user, strerror(errno));
             return -errno;
         }
         if (setuid(0) == 0) {
@@ -455,7 +441,7 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
         snprintf(err, errlen, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
         return -errno;
     }
-    mqd_log("privileges: running as uid %u gid %u, no capabilities, no_new_privs",
-            (unsigned)getuid(), (unsigned)getgid());
+    mqd_log("privileges: running as uid %u gid %u, no capabilities, no_new_privs", (unsigned)getuid(),
+            (unsigned)getgid());
     return 0;
 }

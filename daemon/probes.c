@@ -27,7 +27,10 @@ struct mq_probes {
     pid_t tgid;
 };
 
-int mq_probes_built(void) { return 1; }
+int mq_probes_built(void)
+{
+    return 1;
+}
 
 static int fail(int rc, char *err, size_t errlen, const char *what)
 {
@@ -42,12 +45,12 @@ int mq_probes_start(mq_probes **out, pid_t tgid, char *err, size_t errlen)
 {
     *out = NULL;
     if (access(KERNEL_BTF, R_OK) != 0) {
-        snprintf(err, errlen, "BPF probes: kernel has no BTF (%s missing), CO-RE cannot load",
-                 KERNEL_BTF);
+        snprintf(err, errlen, "BPF probes: kernel has no BTF (%s missing), CO-RE cannot load", KERNEL_BTF);
         return -ENOTSUP;
     }
     mq_probes *p = calloc(1, sizeof *p);
-    if (!p) return fail(-ENOMEM, err, errlen, "allocating");
+    if (!p)
+        return fail(-ENOMEM, err, errlen, "allocating");
     p->tgid = tgid;
     p->skel = mq_probes_bpf__open();
     if (!p->skel) {
@@ -85,26 +88,28 @@ int mq_probes_read(mq_probes *p, mq_probes_cb cb, void *ctx)
 {
     int fd = bpf_map__fd(p->skel->maps.stats);
     row *rows = malloc(sizeof *rows * MQ_PROBES_MAX_THREADS);
-    if (!rows) return -ENOMEM;
+    if (!rows)
+        return -ENOMEM;
     int n = 0;
     __u32 key, next;
     __u32 *prev = NULL;
     while (n < MQ_PROBES_MAX_THREADS && bpf_map_get_next_key(fd, prev, &next) == 0) {
         key = next;
         prev = &key;
-        if (bpf_map_lookup_elem(fd, &key, &rows[n].st) == 0) {   /* deleted meanwhile: skip */
+        if (bpf_map_lookup_elem(fd, &key, &rows[n].st) == 0) { /* deleted meanwhile: skip */
             rows[n].tid = key;
             n++;
         }
     }
     qsort(rows, (size_t)n, sizeof *rows, row_cmp);
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);   /* the clock of bpf_ktime_get_ns() */
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock of bpf_ktime_get_ns() */
     uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     for (int i = 0; i < n; i++) {
         uint64_t off = rows[i].st.offcpu_ns;
         uint64_t since = rows[i].st.off_since_ns;
-        if (since && now > since) off += now - since;   /* off a CPU right now */
+        if (since && now > since)
+            off += now - since; /* off a CPU right now */
         char comm[MQ_PROBES_COMM_LEN + 1];
         memcpy(comm, rows[i].st.comm, MQ_PROBES_COMM_LEN);
         comm[MQ_PROBES_COMM_LEN] = 0;
@@ -116,14 +121,18 @@ int mq_probes_read(mq_probes *p, mq_probes_cb cb, void *ctx)
 
 void mq_probes_stop(mq_probes *p)
 {
-    if (!p) return;
+    if (!p)
+        return;
     mq_probes_bpf__destroy(p->skel);
     free(p);
 }
 
 #else /* !MQ_HAVE_BPF: the build had no clang/bpftool/kernel BTF */
 
-int mq_probes_built(void) { return 0; }
+int mq_probes_built(void)
+{
+    return 0;
+}
 
 int mq_probes_start(mq_probes **out, pid_t tgid, char *err, size_t errlen)
 {
@@ -135,10 +144,15 @@ int mq_probes_start(mq_probes **out, pid_t tgid, char *err, size_t errlen)
 
 int mq_probes_read(mq_probes *p, mq_probes_cb cb, void *ctx)
 {
-    (void)p; (void)cb; (void)ctx;
+    (void)p;
+    (void)cb;
+    (void)ctx;
     return -ENOTSUP;
 }
 
-void mq_probes_stop(mq_probes *p) { (void)p; }
+void mq_probes_stop(mq_probes *p)
+{
+    (void)p;
+}
 
 #endif

@@ -32,8 +32,7 @@ typedef struct mq_probes mq_probes;
 
 /* Called once per thread seen: tid, thread name (NUL-terminated, <= 15 chars),
  * off-CPU nanoseconds and page faults since start. */
-typedef void (*mq_probes_cb)(pid_t tid, const char *comm, uint64_t offcpu_ns, uint64_t faults,
-                             void *ctx);
+typedef void (*mq_probes_cb)(pid_t tid, const char *comm, uint64_t offcpu_ns, uint64_t faults, void *ctx);
 
 /* Loads and attaches the probes for process tgid. 0, or a negative errno with a reason
  * in err (errlen bytes): -ENOTSUP when mq was built without BPF ("BPF not built") or the

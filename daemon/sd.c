@@ -26,7 +26,7 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #define LOAD_STATUS_MS 1000
-#define EXTEND_USEC 15000000ull /* each STATUS during loading buys 15 s more */
+#define EXTEND_USEC    15000000ull /* each STATUS during loading buys 15 s more */
 
 int mqd_sd_sockets(mqd *d, char *err, size_t errlen)
 {
@@ -74,8 +74,8 @@ int mqd_sd_sockets(mqd *d, char *err, size_t errlen)
         free(names);
     }
     if (!rc && n > 0)
-        mqd_log("socket activation: %d socket(s) from systemd (client %s, admin %s)", n,
-                d->client_sd ? "yes" : "no", d->admin_sd ? "yes" : "no");
+        mqd_log("socket activation: %d socket(s) from systemd (client %s, admin %s)", n, d->client_sd ? "yes" : "no",
+                d->admin_sd ? "yes" : "no");
     return rc;
 }
 
@@ -106,9 +106,8 @@ static void load_status(mq_evloop *l, void *arg)
     char phase[64];
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     snprintf(phase, sizeof phase, "%s", d->load_phase);
-    mqd_sd_notify(d, "STATUS=loading %s: %.0f/%.0f MiB (%.0f MiB/s)\nEXTEND_TIMEOUT_USEC=%llu",
-                  phase, done / 1048576.0, total / 1048576.0, rate,
-                  (unsigned long long)EXTEND_USEC);
+    mqd_sd_notify(d, "STATUS=loading %s: %.0f/%.0f MiB (%.0f MiB/s)\nEXTEND_TIMEOUT_USEC=%llu", phase, done / 1048576.0,
+                  total / 1048576.0, rate, (unsigned long long)EXTEND_USEC);
 }
 
 static void watchdog(mq_evloop *l, void *arg)

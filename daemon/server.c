@@ -44,9 +44,9 @@
 #include "engine/weight_stream.h"
 
 #define CLIENT_SOCKET_MODE 0666 /* access is decided by SO_PEERCRED against the config */
-#define ADMIN_SOCKET_MODE 0660
-#define CTX_DEFAULT_MAX 32768
-#define WARMUP_TIMEOUT_S 120
+#define ADMIN_SOCKET_MODE  0660
+#define CTX_DEFAULT_MAX    32768
+#define WARMUP_TIMEOUT_S   120
 
 uint64_t mqd_now_ms(void)
 {
@@ -66,8 +66,7 @@ void mqd_log(const char *fmt, ...)
 }
 
 /* ---- sockets ------------------------------------------------------------------- */
-static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char *err,
-                       size_t errlen)
+static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char *err, size_t errlen)
 {
     char dir[MQ_CFG_PATH];
     snprintf(dir, sizeof dir, "%s", path);
@@ -79,7 +78,7 @@ static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char 
             if (chown(dir, d->run_uid, d->run_gid) < 0)
                 mqd_log("chown %s: %s", dir, strerror(errno));
     }
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(path) >= sizeof sa.sun_path) {
         snprintf(err, errlen, "socket path %s is too long", path);
         return -ENAMETOOLONG;
@@ -99,8 +98,7 @@ static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char 
     close(fd);
     unlink(path);
     fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-        chmod(path, mode) < 0 || listen(fd, 128) < 0) {
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(path, mode) < 0 || listen(fd, 128) < 0) {
         int e = errno;
         snprintf(err, errlen, "binding %s: %s", path, strerror(e));
         if (fd >= 0)
@@ -111,7 +109,6 @@ static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char 
         mqd_log("chown %s: %s", path, strerror(errno));
     return fd;
 }
-
 
 /* ---- the load thread ----------------------------------------------------------- */
 typedef struct warm {
@@ -130,8 +127,7 @@ static void warm_token(void *ctx, int32_t id, const char *text, size_t len)
     (void)len;
 }
 
-static void warm_done(void *ctx, mq_end_reason reason, int err, const char *msg,
-                      const mq_req_stats *st)
+static void warm_done(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st)
 {
     (void)st;
     warm *w = ctx;
@@ -157,18 +153,17 @@ static int warm_up(mqd *d, char *err, size_t errlen)
     int32_t *ids = NULL;
     size_t n = 0;
     char terr[MQ_TOK_ERR_LEN];
-    rc = mq_tok_encode(d->tok, "Hello, world.", 13, MQ_TOK_ADD_SPECIAL, &ids, &n, terr,
-                       sizeof terr);
+    rc = mq_tok_encode(d->tok, "Hello, world.", 13, MQ_TOK_ADD_SPECIAL, &ids, &n, terr, sizeof terr);
     if (rc) {
         mq_sched_session_close(d->sched, sid);
         snprintf(err, errlen, "warm-up: tokenizer: %s", terr);
         return rc;
     }
-    warm w = {.done = 0};
+    warm w = { .done = 0 };
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
-    mq_gen_params p = {.max_tokens = 2};
-    mq_sink sink = {.ctx = &w, .on_token = warm_token, .on_done = warm_done};
+    mq_gen_params p = { .max_tokens = 2 };
+    mq_sink sink = { .ctx = &w, .on_token = warm_token, .on_done = warm_done };
     char serr[256] = "";
     rc = mq_sched_submit(d->sched, sid, ids, (int)n, &p, &sink, serr, sizeof serr);
     free(ids);
@@ -286,8 +281,7 @@ static int loader_ready(void *ctx, int i, char *err, size_t errlen)
     return rc;
 }
 
-static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_ws_result *res,
-                        char *err, size_t errlen)
+static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_ws_result *res, char *err, size_t errlen)
 {
     loader *ld = calloc(1, sizeof *ld); /* outlives the load: the model frees through it */
     if (!ld)
@@ -295,11 +289,11 @@ static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_w
     ld->arena = d->arena;
     pthread_mutex_init(&ld->mu, NULL);
     d->loader = ld;
-    mq_alloc al = {.alloc = loader_alloc, .free = loader_free, .ctx = ld};
+    mq_alloc al = { .alloc = loader_alloc, .free = loader_free, .ctx = ld };
     const mq_read *reads = NULL;
     int n_reads = 0;
     char e[MQ_ERR_LEN] = "";
-    mq_model_opts mo = {0};
+    mq_model_opts mo = { 0 };
     int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &ld->model, &reads, &n_reads, e);
     if (rc < 0) {
         snprintf(err, errlen, "%s", e);
@@ -314,9 +308,11 @@ static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_w
         return -ENOMEM;
     }
     for (int i = 0; i < n_reads; i++)
-        wr[i] = (mq_ws_read){.file = reads[i].file, .offset = reads[i].offset,
-                             .bytes = reads[i].bytes, .dst = reads[i].dst,
-                             .what = reads[i].tensor};
+        wr[i] = (mq_ws_read){ .file = reads[i].file,
+                              .offset = reads[i].offset,
+                              .bytes = reads[i].bytes,
+                              .dst = reads[i].dst,
+                              .what = reads[i].tensor };
     rc = mq_ws_run(paths, n_files, wr, n_reads, wo, loader_ready, ld, prog, res, err, errlen);
     free(wr);
     if (rc == 0) {
@@ -348,8 +344,7 @@ static void *measure_alloc(void *ctx, size_t bytes, size_t align, const char *wh
         align = 64;
     if (!what || strncmp(what, "staging", 7)) /* staging comes from the heap, see loader */
         m->arena_bytes = (m->arena_bytes + align - 1) / align * align + (bytes ? bytes : 1);
-    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -371,13 +366,13 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     *arena_bytes = 0;
     if (d->cfg.hugepages_reserve != MQ_CFG_U32_AUTO || d->hp_pid <= 0)
         return;
-    measure ms = {0};
-    mq_alloc al = {.alloc = measure_alloc, .free = measure_free, .ctx = &ms};
+    measure ms = { 0 };
+    mq_alloc al = { .alloc = measure_alloc, .free = measure_free, .ctx = &ms };
     mq_model *m = NULL;
     const mq_read *reads = NULL;
     int n_reads = 0;
     char e[MQ_ERR_LEN] = "";
-    mq_model_opts mo = {0};
+    mq_model_opts mo = { 0 };
     int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e);
     if (rc < 0) {
         mqd_log("huge pages: auto: cannot size the model (%s); nothing reserved", e);
@@ -388,8 +383,7 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     size_t kv = stride * (size_t)blocks;
     mq_model_free(m);
     char why[96];
-    snprintf(why, sizeof why, "weights %.1f MiB + KV segment %.1f MiB",
-             ms.arena_bytes / 1048576.0, kv / 1048576.0);
+    snprintf(why, sizeof why, "weights %.1f MiB + KV segment %.1f MiB", ms.arena_bytes / 1048576.0, kv / 1048576.0);
     if (mqd_hugepages_auto(d, (long)(pages_of(ms.arena_bytes) + pages_of(kv)), why) > 0)
         *arena_bytes = ms.arena_bytes;
 }
@@ -459,7 +453,7 @@ static void *load_main(void *arg)
     memset(&prog, 0, sizeof prog);
     mq_ws_result wres;
     memset(&wres, 0, sizeof wres);
-    ws_watch watch = {.d = d, .prog = &prog};
+    ws_watch watch = { .d = d, .prog = &prog };
     int watching = pthread_create(&watch.th, NULL, ws_watch_main, &watch) == 0;
     rc = load_weights(d, &wo, &prog, &wres, err, sizeof err);
     if (watching) {
@@ -490,11 +484,10 @@ static void *load_main(void *arg)
             goto out;
         }
     }
-    snprintf(d->load_note, sizeof d->load_note, "%s%s%s", desc, wres.note[0] ? "; " : "",
-             wres.note);
-    mqd_log("weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB; %s",
-            bd / 1048576.0, wres.seconds, wres.seconds > 0 ? bd / 1048576.0 / wres.seconds : 0,
-            d->model->bf16_bytes / 1048576.0, d->model->fp4_bytes / 1048576.0, d->load_note);
+    snprintf(d->load_note, sizeof d->load_note, "%s%s%s", desc, wres.note[0] ? "; " : "", wres.note);
+    mqd_log("weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB; %s", bd / 1048576.0, wres.seconds,
+            wres.seconds > 0 ? bd / 1048576.0 / wres.seconds : 0, d->model->bf16_bytes / 1048576.0,
+            d->model->fp4_bytes / 1048576.0, d->load_note);
 
     set_phase(d, "tokenizer");
     rc = mq_tok_load_dir(d->cfg.model_dir, &d->tok, err, sizeof err);
@@ -510,10 +503,8 @@ static void *load_main(void *arg)
     set_phase(d, "scheduler");
     mq_sched_opts so;
     mq_sched_opts_default(&so);
-    so.prefill_threads = d->cfg.prefill_threads ? (int)d->cfg.prefill_threads
-                                                : count_cpus(d->cfg.prefill_cpus);
-    so.decode_threads = d->cfg.decode_threads ? (int)d->cfg.decode_threads
-                                              : count_cpus(d->cfg.decode_cpus);
+    so.prefill_threads = d->cfg.prefill_threads ? (int)d->cfg.prefill_threads : count_cpus(d->cfg.prefill_cpus);
+    so.decode_threads = d->cfg.decode_threads ? (int)d->cfg.decode_threads : count_cpus(d->cfg.decode_cpus);
     so.prefill_cpus = d->cfg.prefill_cpus[0] ? d->cfg.prefill_cpus : NULL;
     so.decode_cpus = d->cfg.decode_cpus[0] ? d->cfg.decode_cpus : NULL;
     so.chunk_tokens = (int)d->cfg.chunk_tokens;
@@ -522,8 +513,8 @@ static void *load_main(void *arg)
     so.block_tokens = (int)d->cfg.kv_block_tokens;
     so.kv_blocks = (int)(d->cfg.kv_tokens / d->cfg.kv_block_tokens);
     int model_max = d->model->cfg.max_pos > 0 ? d->model->cfg.max_pos : CTX_DEFAULT_MAX;
-    d->ctx_limit = d->cfg.ctx_tokens ? (int)d->cfg.ctx_tokens
-                                     : (model_max < CTX_DEFAULT_MAX ? model_max : CTX_DEFAULT_MAX);
+    d->ctx_limit =
+        d->cfg.ctx_tokens ? (int)d->cfg.ctx_tokens : (model_max < CTX_DEFAULT_MAX ? model_max : CTX_DEFAULT_MAX);
     if (d->ctx_limit > (int)d->cfg.kv_tokens)
         d->ctx_limit = (int)d->cfg.kv_tokens;
     so.context_limit = d->ctx_limit;
@@ -538,8 +529,7 @@ static void *load_main(void *arg)
     mq_sched_stats kst;
     mq_sched_get_stats(d->sched, &kst);
     long hp_free = mq_hugepages_free();
-    if (d->cfg.hugepages == MQ_CFG_HUGE_REQUIRE &&
-        (!kst.kv_memory || strcmp(kst.kv_memory, "hugetlb"))) {
+    if (d->cfg.hugepages == MQ_CFG_HUGE_REQUIRE && (!kst.kv_memory || strcmp(kst.kv_memory, "hugetlb"))) {
         snprintf(err, sizeof err,
                  "hugepages is \"require\" but the KV segment (%.1f MiB) got %s pages (%ld huge "
                  "pages free; set hugepages_reserve, e.g. \"auto\", or raise nr_hugepages)",
@@ -547,9 +537,8 @@ static void *load_main(void *arg)
         rc = -ENOMEM;
         goto out;
     }
-    mqd_log("kv: segment %.1f MiB %s (%d blocks of %d tokens); huge pages free now %ld",
-            kst.kv_bytes / 1048576.0, kst.kv_memory ? kst.kv_memory : "?", kst.kv_blocks,
-            kst.block_tokens, hp_free < 0 ? 0 : hp_free);
+    mqd_log("kv: segment %.1f MiB %s (%d blocks of %d tokens); huge pages free now %ld", kst.kv_bytes / 1048576.0,
+            kst.kv_memory ? kst.kv_memory : "?", kst.kv_blocks, kst.block_tokens, hp_free < 0 ? 0 : hp_free);
 
     if (d->cfg.warmup) {
         set_phase(d, "warm-up");
@@ -571,8 +560,7 @@ static void load_done(mq_evloop *l, void *arg)
     mqd *d = res->d;
     int rc = res->rc;
     if (rc) {
-        snprintf(d->fail_msg, sizeof d->fail_msg, "loading %s failed: %s", d->cfg.model_dir,
-                 res->err);
+        snprintf(d->fail_msg, sizeof d->fail_msg, "loading %s failed: %s", d->cfg.model_dir, res->err);
         free(res);
         mqd_log("%s", d->fail_msg);
         mqd_sd_notify(d, "STATUS=%s\nERRNO=%d", d->fail_msg, -rc);
@@ -598,10 +586,9 @@ static void load_done(mq_evloop *l, void *arg)
     mqd_log("ready: model %s, mode %s, context %d tokens, %llu ms from start, client socket "
             "%s",
             d->model_name, mqd_config_mode_name(d->cfg.mode), d->ctx_limit,
-            (unsigned long long)(mqd_now_ms() - d->start_ms),
-            d->client_sd ? "(from systemd)" : d->cfg.client_socket);
-    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), %llu ms load", d->model_name,
-                  mqd_config_mode_name(d->cfg.mode), (unsigned long long)d->load_ms);
+            (unsigned long long)(mqd_now_ms() - d->start_ms), d->client_sd ? "(from systemd)" : d->cfg.client_socket);
+    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), %llu ms load", d->model_name, mqd_config_mode_name(d->cfg.mode),
+                  (unsigned long long)d->load_ms);
 }
 
 /* ---- drain and reload ---------------------------------------------------------- */
@@ -651,8 +638,7 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     mqd_sd_notify(d, "RELOADING=1\nSTATUS=reloading configuration");
     mqd_config nc;
     char path[MQ_CFG_PATH], err[512];
-    int rc = mqd_config_parse_args(&nc, path, sizeof path, d->argc, d->argv, NULL, NULL, err,
-                              sizeof err);
+    int rc = mqd_config_parse_args(&nc, path, sizeof path, d->argc, d->argv, NULL, NULL, err, sizeof err);
     if (!rc)
         rc = mqd_config_validate(&nc, err, sizeof err);
     if (rc) {
@@ -682,17 +668,15 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     nc.decode_threads = d->cfg.decode_threads;
     mqd_config cmp = nc;
     memcpy(cmp.allowed_users, d->cfg.allowed_users, sizeof cmp.allowed_users);
-    if (memcmp(&cmp.model_dir, &d->cfg.model_dir, sizeof cmp.model_dir) ||
-        cmp.mode != d->cfg.mode || cmp.kv_tokens != d->cfg.kv_tokens ||
-        cmp.kv_block_tokens != d->cfg.kv_block_tokens || cmp.chunk_tokens != d->cfg.chunk_tokens ||
-        strcmp(cmp.client_socket, d->cfg.client_socket) || cmp.ctx_tokens != d->cfg.ctx_tokens)
-        snprintf(restart, sizeof restart,
-                 "; model, mode, KV, chunk, context and socket changes need a restart");
+    if (memcmp(&cmp.model_dir, &d->cfg.model_dir, sizeof cmp.model_dir) || cmp.mode != d->cfg.mode ||
+        cmp.kv_tokens != d->cfg.kv_tokens || cmp.kv_block_tokens != d->cfg.kv_block_tokens ||
+        cmp.chunk_tokens != d->cfg.chunk_tokens || strcmp(cmp.client_socket, d->cfg.client_socket) ||
+        cmp.ctx_tokens != d->cfg.ctx_tokens)
+        snprintf(restart, sizeof restart, "; model, mode, KV, chunk, context and socket changes need a restart");
     snprintf(msg, msglen, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
              path[0] ? path : "(no config file)", restart);
     mqd_log("%s", msg);
-    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name,
-                  mqd_config_mode_name(d->cfg.mode));
+    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mqd_config_mode_name(d->cfg.mode));
     return 0;
 }
 
@@ -717,8 +701,7 @@ int mqd_init(mqd *d, char *err, size_t errlen)
     d->under_systemd = getenv("NOTIFY_SOCKET") != NULL;
     snprintf(d->load_phase, sizeof d->load_phase, "starting");
     const char *base = strrchr(d->cfg.model_dir, '/');
-    snprintf(d->model_name, sizeof d->model_name, "%s",
-             base && base[1] ? base + 1 : d->cfg.model_dir);
+    snprintf(d->model_name, sizeof d->model_name, "%s", base && base[1] ? base + 1 : d->cfg.model_dir);
     int rc = mqd_resolve_ids(d, err, errlen);
     if (rc)
         return rc;
@@ -735,8 +718,8 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         d->client_fd = rc;
     }
     if (d->admin_fd < 0) {
-        rc = bind_socket(d, d->cfg.admin_socket, ADMIN_SOCKET_MODE,
-                         d->admin_gid_set ? d->admin_gid : d->run_gid, err, errlen);
+        rc = bind_socket(d, d->cfg.admin_socket, ADMIN_SOCKET_MODE, d->admin_gid_set ? d->admin_gid : d->run_gid, err,
+                         errlen);
         if (rc < 0)
             return rc;
         d->admin_fd = rc;
@@ -749,7 +732,7 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         snprintf(err, errlen, "io_uring: %s", strerror(-rc));
         return rc;
     }
-    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+    static const int sigs[] = { SIGTERM, SIGINT, SIGHUP };
     rc = mq_evloop_add_signals(d->loop, sigs, 3, on_signal, d);
     if (rc) {
         snprintf(err, errlen, "signalfd: %s", strerror(-rc));

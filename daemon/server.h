@@ -55,7 +55,7 @@ typedef struct mqd {
 
     /* model side (owned; created by the load thread, read-only afterwards) */
     struct mq_arena *arena;
-    void *loader;      /* server.c: weight allocator state (staging buffers) */
+    void *loader; /* server.c: weight allocator state (staging buffers) */
     struct mq_model *model;
     struct mq_tokenizer *tok;
     struct mq_sched *sched;
@@ -116,11 +116,11 @@ uint64_t mqd_now_ms(void);
 void mqd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* server.c */
-int mqd_init(mqd *d, char *err, size_t errlen);  /* sockets, privileges, loop, load thread */
-int mqd_run(mqd *d);                             /* the event loop until exit */
-void mqd_fini(mqd *d);                           /* frees everything (NULL-safe members) */
-void mqd_begin_drain(mqd *d, const char *why);   /* SIGTERM, mqctl drain */
-int mqd_reload(mqd *d, char *msg, size_t msglen);/* SIGHUP, mqctl reload */
+int mqd_init(mqd *d, char *err, size_t errlen);   /* sockets, privileges, loop, load thread */
+int mqd_run(mqd *d);                              /* the event loop until exit */
+void mqd_fini(mqd *d);                            /* frees everything (NULL-safe members) */
+void mqd_begin_drain(mqd *d, const char *why);    /* SIGTERM, mqctl drain */
+int mqd_reload(mqd *d, char *msg, size_t msglen); /* SIGHUP, mqctl reload */
 int mqd_resolve_ids(mqd *d, char *err, size_t errlen);
 
 /* client_conn.c */
@@ -143,18 +143,17 @@ void mqd_admin_close_all(mqd *d);
 /* sd.c */
 int mqd_sd_sockets(mqd *d, char *err, size_t errlen); /* named fds from systemd, if any */
 void mqd_sd_notify(mqd *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void mqd_sd_start_timers(mqd *d);                     /* watchdog + loading STATUS */
+void mqd_sd_start_timers(mqd *d); /* watchdog + loading STATUS */
 
 /* privs.c */
 int mqd_privs_setup(mqd *d, char *err, size_t errlen); /* as root: limits, hugepages */
 int mqd_privs_drop(mqd *d, char *err, size_t errlen);  /* user, groups, caps, no_new_privs */
-void mqd_hugepages_giveback(mqd *d); /* at exit, after weights and KV are unmapped */
+void mqd_hugepages_giveback(mqd *d);                   /* at exit, after weights and KV are unmapped */
 /* hugepages_reserve = "auto": asks the helper for `pages` (once; the load thread, before the
  * weights are mapped); `why` says how they were counted. Pages added, 0 when not in auto
  * mode or without a helper, or -errno. */
 long mqd_hugepages_auto(mqd *d, long pages, const char *why);
-int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, char *why,
-                     size_t whylen);
+int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, char *why, size_t whylen);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,7 @@
 # Installs the Debian packages mq needs to build and test, only those missing.
 # Called by `make deps` (and so by `make test` / `make run`).
 set -e
-PKGS="gcc make pkg-config liburing-dev libbpf-dev libcap-dev libcjson-dev libsystemd-dev \
+PKGS="gcc make pkg-config clang-format liburing-dev libbpf-dev libcap-dev libcjson-dev libsystemd-dev \
 libpcre2-dev libxxhash-dev libutf8proc-dev clang llvm libclang-rt-14-dev bpftool systemd"
 missing=""
 for p in $PKGS; do

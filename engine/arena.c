@@ -17,7 +17,7 @@
 #define MAP_HUGE_2MB_FLAG (21 << MAP_HUGE_SHIFT)
 
 #define ARENA_DEFAULT_CHUNK ((size_t)256 << 20)
-#define ARENA_MAX_MAPPINGS 256
+#define ARENA_MAX_MAPPINGS  256
 
 const char *mq_mem_kind_name(mq_mem_kind k)
 {
@@ -29,16 +29,21 @@ const char *mq_mem_kind_name(mq_mem_kind k)
     }
 }
 
-static size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+static size_t round_up(size_t x, size_t a)
+{
+    return (x + a - 1) / a * a;
+}
 
 int mq_thp_available(void)
 {
-    char buf[128] = {0};
+    char buf[128] = { 0 };
     int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
+    if (fd < 0)
+        return 0;
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
-    if (n <= 0) return 0;
+    if (n <= 0)
+        return 0;
     /* the active setting is bracketed: "always [madvise] never" */
     return strstr(buf, "[never]") == NULL;
 }
@@ -46,7 +51,8 @@ int mq_thp_available(void)
 static long meminfo_value(const char *key)
 {
     FILE *f = fopen("/proc/meminfo", "re");
-    if (!f) return -errno;
+    if (!f)
+        return -errno;
     char line[256];
     long v = -ENOENT;
     size_t kl = strlen(key);
@@ -60,18 +66,25 @@ static long meminfo_value(const char *key)
     return v;
 }
 
-long mq_hugepages_free(void) { return meminfo_value("HugePages_Free"); }
-long mq_meminfo_kib(const char *key) { return meminfo_value(key); }
+long mq_hugepages_free(void)
+{
+    return meminfo_value("HugePages_Free");
+}
+long mq_meminfo_kib(const char *key)
+{
+    return meminfo_value(key);
+}
 
 void *mq_mem_map(size_t bytes, int allow_hugetlb, int allow_thp, mq_mem_kind *kind)
 {
     size_t len = round_up(bytes ? bytes : 1, MQ_HUGEPAGE_BYTES);
     if (allow_hugetlb && mq_hugepages_free() >= (long)(len / MQ_HUGEPAGE_BYTES)) {
         /* hugetlb reserves the pages at mmap time, so a shortage fails here, cleanly */
-        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB_FLAG, -1, 0);
+        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB_FLAG,
+                       -1, 0);
         if (p != MAP_FAILED) {
-            if (kind) *kind = MQ_MEM_HUGETLB;
+            if (kind)
+                *kind = MQ_MEM_HUGETLB;
             return p;
         }
     }
@@ -79,32 +92,40 @@ void *mq_mem_map(size_t bytes, int allow_hugetlb, int allow_thp, mq_mem_kind *ki
      * only back aligned 2 MiB ranges). */
     size_t over = len + MQ_HUGEPAGE_BYTES;
     uint8_t *raw = mmap(NULL, over, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return NULL;
+    if (raw == MAP_FAILED)
+        return NULL;
     uintptr_t start = round_up((uintptr_t)raw, MQ_HUGEPAGE_BYTES);
     size_t head = start - (uintptr_t)raw, tail = over - head - len;
-    if (head) munmap(raw, head);
-    if (tail) munmap((uint8_t *)start + len, tail);
+    if (head)
+        munmap(raw, head);
+    if (tail)
+        munmap((uint8_t *)start + len, tail);
     void *p = (void *)start;
     mq_mem_kind k = MQ_MEM_4K;
-    if (allow_thp && mq_thp_available() && madvise(p, len, MADV_HUGEPAGE) == 0) k = MQ_MEM_THP;
-    if (kind) *kind = k;
+    if (allow_thp && mq_thp_available() && madvise(p, len, MADV_HUGEPAGE) == 0)
+        k = MQ_MEM_THP;
+    if (kind)
+        *kind = k;
     return p;
 }
 
 void mq_mem_unmap(void *p, size_t bytes)
 {
-    if (p) munmap(p, round_up(bytes ? bytes : 1, MQ_HUGEPAGE_BYTES));
+    if (p)
+        munmap(p, round_up(bytes ? bytes : 1, MQ_HUGEPAGE_BYTES));
 }
 
 static long read_long_file(const char *path)
 {
-    char buf[64] = {0};
+    char buf[64] = { 0 };
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -errno;
+    if (fd < 0)
+        return -errno;
     ssize_t n = read(fd, buf, sizeof buf - 1);
     int e = errno;
     close(fd);
-    if (n <= 0) return n < 0 ? -e : -EIO;
+    if (n <= 0)
+        return n < 0 ? -e : -EIO;
     return strtol(buf, NULL, 10);
 }
 
@@ -113,7 +134,8 @@ static int write_long_file(const char *path, long v)
     char buf[64];
     int len = snprintf(buf, sizeof buf, "%ld\n", v);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return -errno;
+    if (fd < 0)
+        return -errno;
     ssize_t n = write(fd, buf, (size_t)len);
     int e = errno;
     close(fd);
@@ -124,32 +146,42 @@ static int write_long_file(const char *path, long v)
 
 long mq_hugepages_reserve(long pages, long *prev)
 {
-    if (pages <= 0) return -EINVAL;
-    if (geteuid() != 0) return -EPERM;
+    if (pages <= 0)
+        return -EINVAL;
+    if (geteuid() != 0)
+        return -EPERM;
     long cur = read_long_file(NR_HUGEPAGES);
-    if (cur < 0) return cur;
+    if (cur < 0)
+        return cur;
     int r = write_long_file(NR_HUGEPAGES, cur + pages);
-    if (r < 0) return r;
-    long now = read_long_file(NR_HUGEPAGES);   /* the kernel may find fewer free pages */
-    if (now < 0) return now;
-    if (prev) *prev = cur;
+    if (r < 0)
+        return r;
+    long now = read_long_file(NR_HUGEPAGES); /* the kernel may find fewer free pages */
+    if (now < 0)
+        return now;
+    if (prev)
+        *prev = cur;
     return now - cur;
 }
 
 int mq_hugepages_release(long prev)
 {
-    if (prev < 0) return -EINVAL;
+    if (prev < 0)
+        return -EINVAL;
     return write_long_file(NR_HUGEPAGES, prev);
 }
 
 long mq_hugepages_giveback(long added)
 {
-    if (added <= 0) return -EINVAL;
+    if (added <= 0)
+        return -EINVAL;
     long cur = read_long_file(NR_HUGEPAGES);
-    if (cur < 0) return cur;
+    if (cur < 0)
+        return cur;
     long want = cur > added ? cur - added : 0;
     int r = write_long_file(NR_HUGEPAGES, want);
-    if (r < 0) return r;
+    if (r < 0)
+        return r;
     return read_long_file(NR_HUGEPAGES);
 }
 
@@ -177,10 +209,14 @@ void mq_arena_opts_default(mq_arena_opts *o)
 int mq_arena_create(mq_arena **out, const mq_arena_opts *o)
 {
     mq_arena *a = calloc(1, sizeof *a);
-    if (!a) return -ENOMEM;
-    if (o) a->o = *o;
-    else mq_arena_opts_default(&a->o);
-    if (!a->o.chunk_bytes) a->o.chunk_bytes = ARENA_DEFAULT_CHUNK;
+    if (!a)
+        return -ENOMEM;
+    if (o)
+        a->o = *o;
+    else
+        mq_arena_opts_default(&a->o);
+    if (!a->o.chunk_bytes)
+        a->o.chunk_bytes = ARENA_DEFAULT_CHUNK;
     a->o.chunk_bytes = round_up(a->o.chunk_bytes, MQ_HUGEPAGE_BYTES);
     pthread_mutex_init(&a->mu, NULL);
     *out = a;
@@ -192,18 +228,19 @@ int mq_arena_create(mq_arena **out, const mq_arena_opts *o)
  * over for THP (mq_arena_trim gives back what the load did not use). */
 static int add_mapping(mq_arena *a, size_t want, size_t need)
 {
-    if (a->n_map == ARENA_MAX_MAPPINGS) return -ENOMEM;
+    if (a->n_map == ARENA_MAX_MAPPINGS)
+        return -ENOMEM;
     size_t len = round_up(want, MQ_HUGEPAGE_BYTES);
     need = round_up(need, MQ_HUGEPAGE_BYTES);
     if (a->o.allow_hugetlb && need < len) {
         long fr = mq_hugepages_free();
-        if (fr > 0 && (size_t)fr * MQ_HUGEPAGE_BYTES >= need &&
-            (size_t)fr * MQ_HUGEPAGE_BYTES < len)
+        if (fr > 0 && (size_t)fr * MQ_HUGEPAGE_BYTES >= need && (size_t)fr * MQ_HUGEPAGE_BYTES < len)
             len = (size_t)fr * MQ_HUGEPAGE_BYTES;
     }
     mq_mem_kind kind;
     void *p = mq_mem_map(len, a->o.allow_hugetlb, a->o.allow_thp, &kind);
-    if (!p) return -errno;
+    if (!p)
+        return -errno;
     a->map[a->n_map++] = (struct mapping){ .base = p, .len = len, .used = 0, .kind = kind };
     return 0;
 }
@@ -219,12 +256,14 @@ int mq_arena_reserve(mq_arena *a, size_t bytes)
 void *mq_arena_alloc(mq_arena *a, size_t bytes, size_t align, const char *what)
 {
     (void)what;
-    if (!align) align = 64;
+    if (!align)
+        align = 64;
     if ((align & (align - 1)) || align > MQ_HUGEPAGE_BYTES) {
         errno = EINVAL;
         return NULL;
     }
-    if (!bytes) bytes = 1;
+    if (!bytes)
+        bytes = 1;
     pthread_mutex_lock(&a->mu);
     void *p = NULL;
     /* first fit over the mappings: large reservations are filled before new chunks */
@@ -248,7 +287,7 @@ void *mq_arena_alloc(mq_arena *a, size_t bytes, size_t align, const char *what)
         }
     }
     pthread_mutex_unlock(&a->mu);
-    return p;   /* fresh anonymous mappings are zeroed and never reused */
+    return p; /* fresh anonymous mappings are zeroed and never reused */
 }
 
 void *mq_arena_alloc_cb(void *ctx, size_t bytes, size_t align, const char *what)
@@ -258,8 +297,10 @@ void *mq_arena_alloc_cb(void *ctx, size_t bytes, size_t align, const char *what)
 
 void mq_arena_destroy(mq_arena *a)
 {
-    if (!a) return;
-    for (int i = 0; i < a->n_map; i++) mq_mem_unmap(a->map[i].base, a->map[i].len);
+    if (!a)
+        return;
+    for (int i = 0; i < a->n_map; i++)
+        mq_mem_unmap(a->map[i].base, a->map[i].len);
     pthread_mutex_destroy(&a->mu);
     free(a);
 }
@@ -268,7 +309,8 @@ void mq_arena_stats_get(mq_arena *a, mq_arena_stats *st)
 {
     memset(st, 0, sizeof *st);
     pthread_mutex_lock(&a->mu);
-    for (int i = 0; i < a->n_map; i++) st->mapped[a->map[i].kind] += a->map[i].len;
+    for (int i = 0; i < a->n_map; i++)
+        st->mapped[a->map[i].kind] += a->map[i].len;
     st->used = a->used;
     st->mappings = a->n_map;
     pthread_mutex_unlock(&a->mu);
@@ -281,13 +323,16 @@ void mq_arena_describe(mq_arena *a, char *buf, size_t len)
     size_t off = 0;
     buf[0] = 0;
     for (int k = 0; k < MQ_MEM_KINDS; k++) {
-        if (!st.mapped[k]) continue;
-        int n = snprintf(buf + off, len - off, "%s%.1f MiB %s", off ? " + " : "",
-                         st.mapped[k] / 1048576.0, mq_mem_kind_name((mq_mem_kind)k));
-        if (n < 0 || (size_t)n >= len - off) break;
+        if (!st.mapped[k])
+            continue;
+        int n = snprintf(buf + off, len - off, "%s%.1f MiB %s", off ? " + " : "", st.mapped[k] / 1048576.0,
+                         mq_mem_kind_name((mq_mem_kind)k));
+        if (n < 0 || (size_t)n >= len - off)
+            break;
         off += (size_t)n;
     }
-    if (!off) snprintf(buf, len, "nothing mapped");
+    if (!off)
+        snprintf(buf, len, "nothing mapped");
 }
 
 int mq_arena_owns(mq_arena *a, const void *p)
@@ -295,7 +340,8 @@ int mq_arena_owns(mq_arena *a, const void *p)
     const uint8_t *q = p;
     int r = 0;
     pthread_mutex_lock(&a->mu);
-    for (int i = 0; i < a->n_map && !r; i++) r = q >= a->map[i].base && q < a->map[i].base + a->map[i].len;
+    for (int i = 0; i < a->n_map && !r; i++)
+        r = q >= a->map[i].base && q < a->map[i].base + a->map[i].len;
     pthread_mutex_unlock(&a->mu);
     return r;
 }
@@ -316,4 +362,7 @@ size_t mq_arena_trim(mq_arena *a)
     return freed;
 }
 
-long mq_hugepages_nr(void) { return read_long_file(NR_HUGEPAGES); }
+long mq_hugepages_nr(void)
+{
+    return read_long_file(NR_HUGEPAGES);
+}

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 typedef enum { MQ_MEM_HUGETLB = 0, MQ_MEM_THP = 1, MQ_MEM_4K = 2, MQ_MEM_KINDS = 3 } mq_mem_kind;
-const char *mq_mem_kind_name(mq_mem_kind k);   /* "hugetlb", "thp", "4k" */
+const char *mq_mem_kind_name(mq_mem_kind k); /* "hugetlb", "thp", "4k" */
 
 #define MQ_HUGEPAGE_BYTES ((size_t)2 << 20)
 
@@ -57,9 +57,9 @@ long mq_hugepages_nr(void);
 typedef struct mq_arena mq_arena;
 
 typedef struct mq_arena_opts {
-    size_t chunk_bytes;   /* granularity of new mappings (default 256 MiB) */
-    int allow_hugetlb;    /* default 1 */
-    int allow_thp;        /* default 1 */
+    size_t chunk_bytes; /* granularity of new mappings (default 256 MiB) */
+    int allow_hugetlb;  /* default 1 */
+    int allow_thp;      /* default 1 */
 } mq_arena_opts;
 
 void mq_arena_opts_default(mq_arena_opts *o);
@@ -82,8 +82,8 @@ size_t mq_arena_trim(mq_arena *a);
 int mq_arena_owns(mq_arena *a, const void *p);
 
 typedef struct mq_arena_stats {
-    size_t mapped[MQ_MEM_KINDS];  /* bytes mapped of each kind */
-    size_t used;                  /* bytes handed out */
+    size_t mapped[MQ_MEM_KINDS]; /* bytes mapped of each kind */
+    size_t used;                 /* bytes handed out */
     int mappings;
 } mq_arena_stats;
 void mq_arena_stats_get(mq_arena *a, mq_arena_stats *st);

@@ -24,12 +24,17 @@ typedef struct sbuf {
 
 static void sb_add(sbuf *b, const char *s, size_t n)
 {
-    if (b->oom) return;
+    if (b->oom)
+        return;
     if (b->len + n + 1 > b->cap) {
         size_t c = b->cap ? b->cap : 256;
-        while (c < b->len + n + 1) c *= 2;
+        while (c < b->len + n + 1)
+            c *= 2;
         char *q = realloc(b->p, c);
-        if (!q) { b->oom = 1; return; }
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
         b->p = q;
         b->cap = c;
     }
@@ -38,8 +43,10 @@ static void sb_add(sbuf *b, const char *s, size_t n)
     b->p[b->len] = 0;
 }
 
-static void sb_puts(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
-
+static void sb_puts(sbuf *b, const char *s)
+{
+    sb_add(b, s, strlen(s));
+}
 
 /* ---- Python json.dumps ----------------------------------------------------------------- */
 
@@ -60,7 +67,8 @@ static void dump_string(sbuf *b, const char *s)
             if (*p < 0x20) {
                 snprintf(esc, sizeof esc, "\\u%04x", *p);
                 sb_add(b, esc, 6);
-            } else sb_add(b, (const char *)p, 1); /* ensure_ascii=False: UTF-8 as is */
+            } else
+                sb_add(b, (const char *)p, 1); /* ensure_ascii=False: UTF-8 as is */
         }
     }
     sb_add(b, "\"", 1);
@@ -71,8 +79,14 @@ static void dump_string(sbuf *b, const char *s)
 static void dump_number(sbuf *b, double v)
 {
     char buf[64];
-    if (isnan(v)) { sb_puts(b, "NaN"); return; }
-    if (isinf(v)) { sb_puts(b, v > 0 ? "Infinity" : "-Infinity"); return; }
+    if (isnan(v)) {
+        sb_puts(b, "NaN");
+        return;
+    }
+    if (isinf(v)) {
+        sb_puts(b, v > 0 ? "Infinity" : "-Infinity");
+        return;
+    }
     if (v == floor(v) && fabs(v) < 9007199254740992.0) { /* an integer in the source JSON */
         snprintf(buf, sizeof buf, "%lld", (long long)v);
         sb_puts(b, buf);
@@ -81,54 +95,78 @@ static void dump_number(sbuf *b, double v)
     int prec;
     for (prec = 1; prec <= 17; prec++) {
         snprintf(buf, sizeof buf, "%.*e", prec - 1, v);
-        if (strtod(buf, NULL) == v) break;
+        if (strtod(buf, NULL) == v)
+            break;
     }
     /* buf = [-]d.ddde[+-]XX */
     char digits[32];
     int nd = 0, neg = buf[0] == '-';
     const char *q = buf + neg;
     for (; *q && *q != 'e'; q++)
-        if (*q >= '0' && *q <= '9') digits[nd++] = *q;
+        if (*q >= '0' && *q <= '9')
+            digits[nd++] = *q;
     int exp10 = atoi(q + 1);
-    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
     digits[nd] = 0;
     sbuf o = { 0 };
-    if (neg) sb_add(&o, "-", 1);
+    if (neg)
+        sb_add(&o, "-", 1);
     if (exp10 < -4 || exp10 >= 16) {
         sb_add(&o, digits, 1);
-        if (nd > 1) { sb_add(&o, ".", 1); sb_add(&o, digits + 1, (size_t)nd - 1); }
+        if (nd > 1) {
+            sb_add(&o, ".", 1);
+            sb_add(&o, digits + 1, (size_t)nd - 1);
+        }
         snprintf(buf, sizeof buf, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
         sb_puts(&o, buf);
     } else if (exp10 < 0) {
         sb_add(&o, "0.", 2);
-        for (int i = 0; i < -exp10 - 1; i++) sb_add(&o, "0", 1);
+        for (int i = 0; i < -exp10 - 1; i++)
+            sb_add(&o, "0", 1);
         sb_add(&o, digits, (size_t)nd);
     } else {
         int ip = exp10 + 1; /* digits before the point */
-        for (int i = 0; i < ip; i++) sb_add(&o, i < nd ? &digits[i] : "0", 1);
+        for (int i = 0; i < ip; i++)
+            sb_add(&o, i < nd ? &digits[i] : "0", 1);
         sb_add(&o, ".", 1);
-        if (nd > ip) sb_add(&o, digits + ip, (size_t)(nd - ip));
-        else sb_add(&o, "0", 1);
+        if (nd > ip)
+            sb_add(&o, digits + ip, (size_t)(nd - ip));
+        else
+            sb_add(&o, "0", 1);
     }
-    if (o.oom) { b->oom = 1; free(o.p); return; }
+    if (o.oom) {
+        b->oom = 1;
+        free(o.p);
+        return;
+    }
     sb_add(b, o.p, o.len);
     free(o.p);
 }
 
 static void dump_value(sbuf *b, const cJSON *v, int depth)
 {
-    if (depth > 200) { b->oom = 1; return; } /* cJSON caps nesting lower; belt and braces */
-    if (cJSON_IsString(v)) dump_string(b, v->valuestring);
-    else if (cJSON_IsNumber(v)) dump_number(b, v->valuedouble);
-    else if (cJSON_IsTrue(v)) sb_puts(b, "true");
-    else if (cJSON_IsFalse(v)) sb_puts(b, "false");
+    if (depth > 200) {
+        b->oom = 1;
+        return;
+    } /* cJSON caps nesting lower; belt and braces */
+    if (cJSON_IsString(v))
+        dump_string(b, v->valuestring);
+    else if (cJSON_IsNumber(v))
+        dump_number(b, v->valuedouble);
+    else if (cJSON_IsTrue(v))
+        sb_puts(b, "true");
+    else if (cJSON_IsFalse(v))
+        sb_puts(b, "false");
     else if (cJSON_IsArray(v) || cJSON_IsObject(v)) {
         int obj = cJSON_IsObject(v);
         sb_add(b, obj ? "{" : "[", 1);
         const cJSON *it;
         int first = 1;
-        cJSON_ArrayForEach(it, v) {
-            if (!first) sb_add(b, ", ", 2);
+        cJSON_ArrayForEach(it, v)
+        {
+            if (!first)
+                sb_add(b, ", ", 2);
             first = 0;
             if (obj) {
                 dump_string(b, it->string ? it->string : "");
@@ -137,15 +175,20 @@ static void dump_value(sbuf *b, const cJSON *v, int depth)
             dump_value(b, it, depth + 1);
         }
         sb_add(b, obj ? "}" : "]", 1);
-    } else sb_puts(b, "null");
+    } else
+        sb_puts(b, "null");
 }
 
 char *mq_chat_json_dumps(const cJSON *v)
 {
     sbuf b = { 0 };
     dump_value(&b, v, 0);
-    if (b.oom) { free(b.p); return NULL; }
-    if (!b.p) return strdup("");
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    if (!b.p)
+        return strdup("");
     return b.p;
 }
 
@@ -161,27 +204,36 @@ static const char *role_of(const cJSON *m)
 static int content_of(const cJSON *m, sbuf *out)
 {
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-    if (cJSON_IsString(c)) sb_puts(out, c->valuestring);
+    if (cJSON_IsString(c))
+        sb_puts(out, c->valuestring);
     else if (cJSON_IsArray(c)) {
         const cJSON *it;
-        cJSON_ArrayForEach(it, c) {
+        cJSON_ArrayForEach(it, c)
+        {
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(it, "text");
-            if (cJSON_IsString(it)) sb_puts(out, it->valuestring);
-            else if (cJSON_IsString(t)) sb_puts(out, t->valuestring);
-            else return -EINVAL;
+            if (cJSON_IsString(it))
+                sb_puts(out, it->valuestring);
+            else if (cJSON_IsString(t))
+                sb_puts(out, t->valuestring);
+            else
+                return -EINVAL;
         }
-    } else if (c && !cJSON_IsNull(c)) return -EINVAL;
+    } else if (c && !cJSON_IsNull(c))
+        return -EINVAL;
     sb_add(out, "", 0); /* non-NULL p */
     return out->oom ? -ENOMEM : 0;
 }
 
 static int check_messages(const cJSON *messages, char *err, size_t errlen)
 {
-    if (!cJSON_IsArray(messages)) return mq_errmsg(err, errlen, -EINVAL, "chat: messages must be a JSON array");
+    if (!cJSON_IsArray(messages))
+        return mq_errmsg(err, errlen, -EINVAL, "chat: messages must be a JSON array");
     int i = 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, messages) {
-        if (!cJSON_IsObject(m)) return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d] is not an object", i);
+    cJSON_ArrayForEach(m, messages)
+    {
+        if (!cJSON_IsObject(m))
+            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d] is not an object", i);
         if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(m, "role")))
             return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d] has no string \"role\"", i);
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
@@ -189,9 +241,11 @@ static int check_messages(const cJSON *messages, char *err, size_t errlen)
             return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content must be a string, null or a list", i);
         if (cJSON_IsArray(c)) {
             const cJSON *it;
-            cJSON_ArrayForEach(it, c)
-                if (!cJSON_IsString(it) && !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "text")))
-                    return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content has a non-text part", i);
+            cJSON_ArrayForEach(
+                it, c) if (!cJSON_IsString(it) &&
+                           !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(
+                               it, "text"))) return mq_errmsg(err, errlen, -EINVAL,
+                                                              "chat: messages[%d].content has a non-text part", i);
         }
         const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
         if (tc && !cJSON_IsNull(tc) && !cJSON_IsArray(tc))
@@ -215,39 +269,55 @@ static int ends_with(const char *s, size_t n, const char *suf)
 /* ---- Qwen3 ------------------------------------------------------------------------------ */
 
 /* Python's s.lstrip('\n') / rstrip('\n') on [*a, *b) */
-static void lstrip_nl(const char **a, const char *b) { while (*a < b && **a == '\n') (*a)++; }
-static void rstrip_nl(const char *a, const char **b) { while (*b > a && (*b)[-1] == '\n') (*b)--; }
+static void lstrip_nl(const char **a, const char *b)
+{
+    while (*a < b && **a == '\n')
+        (*a)++;
+}
+static void rstrip_nl(const char *a, const char **b)
+{
+    while (*b > a && (*b)[-1] == '\n')
+        (*b)--;
+}
 
 static const char *memmem_last(const char *h, size_t hn, const char *n)
 {
     size_t k = strlen(n);
-    if (hn < k) return NULL;
+    if (hn < k)
+        return NULL;
     for (size_t i = hn - k + 1; i-- > 0;)
-        if (!memcmp(h + i, n, k)) return h + i;
+        if (!memcmp(h + i, n, k))
+            return h + i;
     return NULL;
 }
 
 static int qwen3_tool_calls(sbuf *o, const cJSON *m, int content_nonempty)
 {
     const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
-    if (!cJSON_IsArray(calls) || cJSON_GetArraySize(calls) == 0) return 0; /* {%- if message.tool_calls %} */
+    if (!cJSON_IsArray(calls) || cJSON_GetArraySize(calls) == 0)
+        return 0; /* {%- if message.tool_calls %} */
     int first = 1;
     const cJSON *tc;
-    cJSON_ArrayForEach(tc, calls) {
+    cJSON_ArrayForEach(tc, calls)
+    {
         /* {%- if (loop.first and content) or (not loop.first) %}{{- '\n' }} */
-        if ((first && content_nonempty) || !first) sb_puts(o, "\n");
+        if ((first && content_nonempty) || !first)
+            sb_puts(o, "\n");
         first = 0;
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
         const cJSON *call = fn && cJSON_IsObject(fn) && fn->child ? fn : tc; /* {%- if tool_call.function %} */
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(call, "name");
         const cJSON *args = cJSON_GetObjectItemCaseSensitive(call, "arguments");
         sb_puts(o, "<tool_call>\n{\"name\": \"");
-        if (cJSON_IsString(name)) sb_puts(o, name->valuestring);
+        if (cJSON_IsString(name))
+            sb_puts(o, name->valuestring);
         sb_puts(o, "\", \"arguments\": ");
-        if (cJSON_IsString(args)) sb_puts(o, args->valuestring); /* already JSON text */
+        if (cJSON_IsString(args))
+            sb_puts(o, args->valuestring); /* already JSON text */
         else if (args) {
             char *j = mq_chat_json_dumps(args);
-            if (!j) return -ENOMEM;
+            if (!j)
+                return -ENOMEM;
             sb_puts(o, j);
             free(j);
         }
@@ -259,15 +329,18 @@ static int qwen3_tool_calls(sbuf *o, const cJSON *m, int content_nonempty)
 /* Renders messages[from..n) of `all` (an array) as the Qwen3 loop does. last_query is
  * ns.last_query_index over the whole conversation (index into `all`); prev_role is the
  * role before `from` ("" if none) for the tool-grouping rule. */
-static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const char *prev_role,
-                      char *err, size_t errlen)
+static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const char *prev_role, char *err,
+                      size_t errlen)
 {
     int n = cJSON_GetArraySize(all);
     const cJSON *m = cJSON_GetArrayItem(all, from);
     for (int i = from; i < n; i++, m = m->next) {
         const char *role = role_of(m);
         sbuf c = { 0 };
-        if (content_of(m, &c)) { free(c.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
+        if (content_of(m, &c)) {
+            free(c.p);
+            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i);
+        }
         int is_last = i == n - 1;
         if (!strcmp(role, "user") || (!strcmp(role, "system") && i != 0)) {
             sb_puts(o, "<|im_start|>");
@@ -293,7 +366,8 @@ static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const
                 re = first;
                 rstrip_nl(rb, &re);
                 const char *open = memmem_last(rb, (size_t)(re - rb), "<think>");
-                if (open) rb = open + 7;
+                if (open)
+                    rb = open + 7;
                 lstrip_nl(&rb, re);
             }
             if (i > last_query && (is_last || re > rb)) {
@@ -311,15 +385,20 @@ static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const
                 sb_puts(o, "<|im_start|>assistant\n");
                 sb_add(o, cb, (size_t)(ce - cb));
             }
-            if (qwen3_tool_calls(o, m, ce > cb)) { free(c.p); return -ENOMEM; }
+            if (qwen3_tool_calls(o, m, ce > cb)) {
+                free(c.p);
+                return -ENOMEM;
+            }
             sb_puts(o, "<|im_end|>\n");
         } else if (!strcmp(role, "tool")) {
             const char *before = i == from ? prev_role : role_of(m->prev);
-            if (i == 0 || strcmp(before, "tool")) sb_puts(o, "<|im_start|>user");
+            if (i == 0 || strcmp(before, "tool"))
+                sb_puts(o, "<|im_start|>user");
             sb_puts(o, "\n<tool_response>\n");
             sb_add(o, c.p, c.len);
             sb_puts(o, "\n</tool_response>");
-            if (is_last || strcmp(role_of(m->next), "tool")) sb_puts(o, "<|im_end|>\n");
+            if (is_last || strcmp(role_of(m->next), "tool"))
+                sb_puts(o, "<|im_end|>\n");
         }
         /* other roles render nothing, as in the template */
         free(c.p);
@@ -334,40 +413,57 @@ static int qwen3_last_query(const cJSON *msgs, int dflt)
     int n = cJSON_GetArraySize(msgs);
     for (int i = n - 1; i >= 0; i--) {
         const cJSON *m = cJSON_GetArrayItem(msgs, i);
-        if (strcmp(role_of(m), "user")) continue;
+        if (strcmp(role_of(m), "user"))
+            continue;
         sbuf c = { 0 };
-        if (content_of(m, &c)) { free(c.p); continue; }
+        if (content_of(m, &c)) {
+            free(c.p);
+            continue;
+        }
         int wrapped = starts_with(c.p, c.len, "<tool_response>") && ends_with(c.p, c.len, "</tool_response>");
         free(c.p);
-        if (!wrapped) return i;
+        if (!wrapped)
+            return i;
     }
     return dflt;
 }
 
 static void qwen3_gen_prompt(sbuf *o, const mq_chat_opts *opts)
 {
-    if (!opts->add_generation_prompt) return;
+    if (!opts->add_generation_prompt)
+        return;
     sb_puts(o, "<|im_start|>assistant\n");
-    if (opts->enable_thinking == 0) sb_puts(o, "<think>\n\n</think>\n\n");
+    if (opts->enable_thinking == 0)
+        sb_puts(o, "<think>\n\n</think>\n\n");
 }
 
-static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq_chat_opts *opts,
-                        char *err, size_t errlen)
+static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq_chat_opts *opts, char *err,
+                        size_t errlen)
 {
     int n = cJSON_GetArraySize(msgs);
     const cJSON *m0 = cJSON_GetArrayItem(msgs, 0);
     int first_system = m0 && !strcmp(role_of(m0), "system");
     sbuf c0 = { 0 };
-    if (m0 && content_of(m0, &c0)) { free(c0.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[0].content"); }
+    if (m0 && content_of(m0, &c0)) {
+        free(c0.p);
+        return mq_errmsg(err, errlen, -EINVAL, "chat: messages[0].content");
+    }
     if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) { /* {%- if tools %} */
         sb_puts(o, "<|im_start|>system\n");
-        if (first_system) { sb_add(o, c0.p, c0.len); sb_puts(o, "\n\n"); }
+        if (first_system) {
+            sb_add(o, c0.p, c0.len);
+            sb_puts(o, "\n\n");
+        }
         sb_puts(o, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>");
         const cJSON *t;
-        cJSON_ArrayForEach(t, tools) {
+        cJSON_ArrayForEach(t, tools)
+        {
             char *j = mq_chat_json_dumps(t);
-            if (!j) { free(c0.p); return -ENOMEM; }
+            if (!j) {
+                free(c0.p);
+                return -ENOMEM;
+            }
             sb_puts(o, "\n");
             sb_puts(o, j);
             free(j);
@@ -382,7 +478,8 @@ static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq
     }
     free(c0.p);
     int rc = qwen3_loop(o, msgs, 0, qwen3_last_query(msgs, n - 1), "", err, errlen);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     qwen3_gen_prompt(o, opts);
     return 0;
 }
@@ -393,9 +490,13 @@ static int render_chatml_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
 {
     int i = 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, msgs) {
+    cJSON_ArrayForEach(m, msgs)
+    {
         sbuf c = { 0 };
-        if (content_of(m, &c)) { free(c.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
+        if (content_of(m, &c)) {
+            free(c.p);
+            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i);
+        }
         sb_puts(o, "<|im_start|>");
         sb_puts(o, role_of(m));
         sb_puts(o, "\n");
@@ -410,16 +511,19 @@ static int render_chatml_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
 /* Python str.isspace() code points, for Jinja's trim (= str.strip()). */
 static int py_space(uint32_t cp)
 {
-    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
-           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-           cp == 0x205F || cp == 0x3000;
+    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+           cp == 0x3000;
 }
 
 static uint32_t cp_at(const unsigned char *s, size_t k)
 {
-    if (k == 1) return s[0];
-    if (k == 2) return (uint32_t)(s[0] & 0x1F) << 6 | (s[1] & 0x3F);
-    if (k == 3) return (uint32_t)(s[0] & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
+    if (k == 1)
+        return s[0];
+    if (k == 2)
+        return (uint32_t)(s[0] & 0x1F) << 6 | (s[1] & 0x3F);
+    if (k == 3)
+        return (uint32_t)(s[0] & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
     return (uint32_t)(s[0] & 0x07) << 18 | (uint32_t)(s[1] & 0x3F) << 12 | (uint32_t)(s[2] & 0x3F) << 6 | (s[3] & 0x3F);
 }
 
@@ -427,16 +531,21 @@ static void py_strip(const char **a, const char **b)
 {
     for (;;) { /* front */
         const unsigned char *s = (const unsigned char *)*a;
-        if (*a >= *b) return;
+        if (*a >= *b)
+            return;
         size_t k = s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC0 ? 2 : 1;
-        if ((size_t)(*b - *a) < k || !py_space(cp_at(s, k))) break;
+        if ((size_t)(*b - *a) < k || !py_space(cp_at(s, k)))
+            break;
         *a += k;
     }
     for (;;) { /* back: step to the start of the last character */
-        if (*b <= *a) return;
+        if (*b <= *a)
+            return;
         const char *p = *b - 1;
-        while (p > *a && ((unsigned char)*p & 0xC0) == 0x80) p--;
-        if (!py_space(cp_at((const unsigned char *)p, (size_t)(*b - p)))) break;
+        while (p > *a && ((unsigned char)*p & 0xC0) == 0x80)
+            p--;
+        if (!py_space(cp_at((const unsigned char *)p, (size_t)(*b - p))))
+            break;
         *b = p;
     }
 }
@@ -445,9 +554,13 @@ static int render_llama3_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
 {
     int i = 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, msgs) {
+    cJSON_ArrayForEach(m, msgs)
+    {
         sbuf c = { 0 };
-        if (content_of(m, &c)) { free(c.p); return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i); }
+        if (content_of(m, &c)) {
+            free(c.p);
+            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i);
+        }
         const char *a = c.p, *b = c.p + c.len;
         py_strip(&a, &b); /* message['content'] | trim */
         sb_puts(o, "<|start_header_id|>");
@@ -465,11 +578,16 @@ static int render_llama3_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
 
 int mq_chat_from_name(const char *name, mq_chat_kind *kind)
 {
-    if (!name) return -ENOTSUP;
-    if (!strcmp(name, "qwen3")) *kind = MQ_CHAT_QWEN3;
-    else if (!strcmp(name, "chatml")) *kind = MQ_CHAT_CHATML;
-    else if (!strcmp(name, "llama3")) *kind = MQ_CHAT_LLAMA3;
-    else return -ENOTSUP;
+    if (!name)
+        return -ENOTSUP;
+    if (!strcmp(name, "qwen3"))
+        *kind = MQ_CHAT_QWEN3;
+    else if (!strcmp(name, "chatml"))
+        *kind = MQ_CHAT_CHATML;
+    else if (!strcmp(name, "llama3"))
+        *kind = MQ_CHAT_LLAMA3;
+    else
+        return -ENOTSUP;
     return 0;
 }
 
@@ -485,8 +603,10 @@ const char *mq_chat_name(mq_chat_kind kind)
 
 int mq_chat_detect(const char *t, mq_chat_kind *kind, char *err, size_t errlen)
 {
-    if (!t) return mq_errmsg(err, errlen, -ENOENT, "chat template: tokenizer_config.json has no chat_template; "
-                                              "choose one by name (qwen3, chatml, llama3)");
+    if (!t)
+        return mq_errmsg(err, errlen, -ENOENT,
+                         "chat template: tokenizer_config.json has no chat_template; "
+                         "choose one by name (qwen3, chatml, llama3)");
     int im = strstr(t, "<|im_start|>") != NULL;
     /* Qwen3: ChatML with reasoning_content/<think> handling and <tool_response> grouping */
     if (im && strstr(t, "reasoning_content") && strstr(t, "</think>") && strstr(t, "<tool_response>") &&
@@ -504,47 +624,63 @@ int mq_chat_detect(const char *t, mq_chat_kind *kind, char *err, size_t errlen)
         *kind = MQ_CHAT_LLAMA3;
         return 0;
     }
-    return mq_errmsg(err, errlen, -ENOTSUP, "chat template not recognised (starts \"%.60s\"); "
-                                       "choose one by name: qwen3, chatml, llama3", t);
+    return mq_errmsg(err, errlen, -ENOTSUP,
+                     "chat template not recognised (starts \"%.60s\"); "
+                     "choose one by name: qwen3, chatml, llama3",
+                     t);
 }
 
 static int finish(sbuf *o, int rc, char **out, size_t *len, char *err, size_t errlen)
 {
-    if ((!rc && o->oom) || rc == -ENOMEM) rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
-    if (rc) { free(o->p); *out = NULL; *len = 0; return rc; }
-    if (!o->p) sb_add(o, "", 0);
-    if (o->oom) { free(o->p); return -ENOMEM; }
+    if ((!rc && o->oom) || rc == -ENOMEM)
+        rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
+    if (rc) {
+        free(o->p);
+        *out = NULL;
+        *len = 0;
+        return rc;
+    }
+    if (!o->p)
+        sb_add(o, "", 0);
+    if (o->oom) {
+        free(o->p);
+        return -ENOMEM;
+    }
     *out = o->p;
     *len = o->len;
     return 0;
 }
 
-int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts,
-                   char **out, size_t *len, char *err, size_t errlen)
+int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts, char **out,
+                   size_t *len, char *err, size_t errlen)
 {
     sbuf o = { 0 };
     *out = NULL;
     *len = 0;
     int rc = check_messages(messages, err, errlen);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools))
         return mq_errmsg(err, errlen, -EINVAL, "chat: tools must be a list");
     switch (kind) {
     case MQ_CHAT_QWEN3:
-        if (cJSON_GetArraySize(messages) == 0) return mq_errmsg(err, errlen, -EINVAL, "chat: qwen3 needs at least one message");
+        if (cJSON_GetArraySize(messages) == 0)
+            return mq_errmsg(err, errlen, -EINVAL, "chat: qwen3 needs at least one message");
         rc = render_qwen3(&o, messages, tools, opts, err, errlen);
         break;
     case MQ_CHAT_CHATML:
         rc = render_chatml_msgs(&o, messages, err, errlen);
-        if (!rc && opts->add_generation_prompt) sb_puts(&o, "<|im_start|>assistant\n");
+        if (!rc && opts->add_generation_prompt)
+            sb_puts(&o, "<|im_start|>assistant\n");
         break;
     case MQ_CHAT_LLAMA3:
-        if (opts->bos_token) sb_puts(&o, opts->bos_token);
+        if (opts->bos_token)
+            sb_puts(&o, opts->bos_token);
         rc = render_llama3_msgs(&o, messages, err, errlen);
-        if (!rc && opts->add_generation_prompt) sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        if (!rc && opts->add_generation_prompt)
+            sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
-    default:
-        rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
+    default: rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }
     return finish(&o, rc, out, len, err, errlen);
 }
@@ -556,7 +692,8 @@ int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq
     *out = NULL;
     *len = 0;
     int rc = check_messages(new_messages, err, errlen);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     switch (kind) {
     case MQ_CHAT_QWEN3:
         /* the assistant turn ends "<|im_end|>\n"; generation stopped at <|im_end|> */
@@ -576,29 +713,38 @@ int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq
             cJSON_AddItemToArray(all, prev);
             const cJSON *m;
             int ok = 1;
-            cJSON_ArrayForEach(m, new_messages) {
+            cJSON_ArrayForEach(m, new_messages)
+            {
                 cJSON *ref = cJSON_CreateObjectReference(m->child);
-                if (!ref) { ok = 0; break; }
+                if (!ref) {
+                    ok = 0;
+                    break;
+                }
                 cJSON_AddItemToArray(all, ref);
             }
-            if (!ok) rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
-            else rc = qwen3_loop(&o, all, 1, qwen3_last_query(all, 0), "assistant", err, errlen);
+            if (!ok)
+                rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
+            else
+                rc = qwen3_loop(&o, all, 1, qwen3_last_query(all, 0), "assistant", err, errlen);
             cJSON_Delete(all);
         }
-        if (!rc) qwen3_gen_prompt(&o, opts);
+        if (!rc)
+            qwen3_gen_prompt(&o, opts);
         break;
     case MQ_CHAT_CHATML:
         sb_puts(&o, end_token_in_session ? "\n" : "<|im_end|>\n");
         rc = render_chatml_msgs(&o, new_messages, err, errlen);
-        if (!rc && opts->add_generation_prompt) sb_puts(&o, "<|im_start|>assistant\n");
+        if (!rc && opts->add_generation_prompt)
+            sb_puts(&o, "<|im_start|>assistant\n");
         break;
     case MQ_CHAT_LLAMA3:
-        if (!end_token_in_session) sb_puts(&o, "<|eot_id|>");
+        if (!end_token_in_session)
+            sb_puts(&o, "<|eot_id|>");
         rc = render_llama3_msgs(&o, new_messages, err, errlen);
-        if (!rc && opts->add_generation_prompt) sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        if (!rc && opts->add_generation_prompt)
+            sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
-    default:
-        rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
+    default: rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }
     return finish(&o, rc, out, len, err, errlen);
 }

@@ -50,8 +50,8 @@ typedef struct mq_chat_opts {
 
 /* Full render of a conversation. tools: a JSON array or NULL. *out is malloc'ed and
  * NUL-terminated. */
-int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts,
-                   char **out, size_t *len, char *err, size_t errlen);
+int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts, char **out,
+                   size_t *len, char *err, size_t errlen);
 
 /* Incremental turn: the session has already processed the conversation up to the end of
  * an assistant reply (generation stopped on the end-of-turn token: <|im_end|> for

@@ -29,28 +29,28 @@
 #include <string.h>
 
 #define MAX_THREADS 256
-#define COL_ALIGN 16           /* columns per thread slice: whole SIMD vectors */
+#define COL_ALIGN   16 /* columns per thread slice: whole SIMD vectors */
 
 struct mq_engine {
     const mq_model *m;
     const mq_config *c;
     int max_chunk, max_batch, max_rows, block_tokens, max_blocks, max_k;
-    float *x;                  /* [max_rows, hidden] residual stream */
-    float *xn;                 /* [max_rows, hidden] normed input of a linear */
-    float *q;                  /* [max_rows, qd] */
-    float *k, *v;              /* [max_rows, kvd] */
-    float *att;                /* [max_rows, qd] attention output */
-    float *delta;              /* [max_rows, hidden] o_proj / down_proj output */
-    float *gate, *up;          /* [max_rows, inter] */
-    uint16_t *xb16;            /* [max_rows, max_k] BF16 copy of a linear's input */
-    void *act_mem;             /* NVFP4 activation memory, bound per linear */
+    float *x;         /* [max_rows, hidden] residual stream */
+    float *xn;        /* [max_rows, hidden] normed input of a linear */
+    float *q;         /* [max_rows, qd] */
+    float *k, *v;     /* [max_rows, kvd] */
+    float *att;       /* [max_rows, qd] attention output */
+    float *delta;     /* [max_rows, hidden] o_proj / down_proj output */
+    float *gate, *up; /* [max_rows, inter] */
+    uint16_t *xb16;   /* [max_rows, max_k] BF16 copy of a linear's input */
+    void *act_mem;    /* NVFP4 activation memory, bound per linear */
     mq_fp4_act act;
-    float *inv_freq;           /* [head_dim/2] RoPE */
-    float amax_part[MAX_THREADS * 16];   /* per thread, a cache line apart */
-    const uint16_t **kptr, **vptr;       /* [max_batch][max_blocks] block pointers of one layer */
-    int *row_seq, *row_pos;    /* [max_rows] */
-    int *seq_row0;             /* [max_batch] first row of each sequence */
-    int *ones;                 /* [max_batch] = 1 (decode: one token per sequence) */
+    float *inv_freq;                   /* [head_dim/2] RoPE */
+    float amax_part[MAX_THREADS * 16]; /* per thread, a cache line apart */
+    const uint16_t **kptr, **vptr;     /* [max_batch][max_blocks] block pointers of one layer */
+    int *row_seq, *row_pos;            /* [max_rows] */
+    int *seq_row0;                     /* [max_batch] first row of each sequence */
+    int *ones;                         /* [max_batch] = 1 (decode: one token per sequence) */
     size_t bytes;
 };
 
@@ -67,15 +67,22 @@ const char *mq_mode_name(mq_mode m)
 int mq_mode_parse(const char *s, mq_mode *m)
 {
     for (int i = 0; i <= MQ_MODE_FP4; i++)
-        if (!strcmp(s, mq_mode_name((mq_mode)i))) { *m = (mq_mode)i; return 0; }
+        if (!strcmp(s, mq_mode_name((mq_mode)i))) {
+            *m = (mq_mode)i;
+            return 0;
+        }
     return -EINVAL;
 }
 
-mq_prec mq_mode_decode_prec(mq_mode m) { return m == MQ_MODE_FP4 ? MQ_PREC_FP4 : MQ_PREC_BF16; }
+mq_prec mq_mode_decode_prec(mq_mode m)
+{
+    return m == MQ_MODE_FP4 ? MQ_PREC_FP4 : MQ_PREC_BF16;
+}
 
 size_t mq_kv_block_bytes(const mq_config *cfg, int block_tokens)
 {
-    return (size_t)cfg->n_layers * 2 * (size_t)block_tokens * (size_t)cfg->n_kv * (size_t)cfg->head_dim * sizeof(uint16_t);
+    return (size_t)cfg->n_layers * 2 * (size_t)block_tokens * (size_t)cfg->n_kv * (size_t)cfg->head_dim *
+           sizeof(uint16_t);
 }
 
 /* ---- creation ------------------------------------------------------------------- */
@@ -84,7 +91,8 @@ static void *scratch(mq_engine *e, size_t bytes)
 {
     bytes = (bytes + 63) / 64 * 64;
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64))
+        return NULL;
     memset(p, 0, bytes);
     e->bytes += bytes;
     return p;
@@ -100,7 +108,8 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
         return -EINVAL;
     }
     mq_engine *e = calloc(1, sizeof *e);
-    if (!e) return -ENOMEM;
+    if (!e)
+        return -ENOMEM;
     e->m = model;
     e->c = c;
     e->max_chunk = o->max_chunk;
@@ -111,13 +120,16 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
     e->max_blocks = (ctx + o->block_tokens - 1) / o->block_tokens;
     const size_t R = (size_t)e->max_rows, qd = (size_t)c->n_head * c->head_dim, kvd = (size_t)c->n_kv * c->head_dim;
     e->max_k = c->hidden;
-    if ((int)qd > e->max_k) e->max_k = (int)qd;
-    if (c->inter > e->max_k) e->max_k = c->inter;
+    if ((int)qd > e->max_k)
+        e->max_k = (int)qd;
+    if (c->inter > e->max_k)
+        e->max_k = c->inter;
     size_t act = 0;
     const int ks[3] = { c->hidden, (int)qd, c->inter };
     for (int i = 0; i < 3; i++) {
         size_t b = mq_fp4_act_bytes(e->max_rows, ks[i]);
-        if (b > act) act = b;
+        if (b > act)
+            act = b;
     }
     e->x = scratch(e, R * c->hidden * 4);
     e->xn = scratch(e, R * c->hidden * 4);
@@ -137,14 +149,14 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
     e->row_pos = scratch(e, R * sizeof(int));
     e->seq_row0 = scratch(e, (size_t)o->max_batch * sizeof(int));
     e->ones = scratch(e, (size_t)o->max_batch * sizeof(int));
-    if (!e->x || !e->xn || !e->delta || !e->q || !e->att || !e->k || !e->v || !e->gate || !e->up ||
-        !e->xb16 || !e->act_mem || !e->inv_freq || !e->kptr || !e->vptr || !e->row_seq || !e->row_pos ||
-        !e->seq_row0 || !e->ones) {
+    if (!e->x || !e->xn || !e->delta || !e->q || !e->att || !e->k || !e->v || !e->gate || !e->up || !e->xb16 ||
+        !e->act_mem || !e->inv_freq || !e->kptr || !e->vptr || !e->row_seq || !e->row_pos || !e->seq_row0 || !e->ones) {
         mq_errf(err, "engine: out of memory for scratch (%zu bytes so far)", e->bytes);
         mq_engine_free(e);
         return -ENOMEM;
     }
-    for (int i = 0; i < o->max_batch; i++) e->ones[i] = 1;
+    for (int i = 0; i < o->max_batch; i++)
+        e->ones[i] = 1;
     mq_rope_inv_freq(e->inv_freq, c->head_dim, c->rope_theta);
     *out = e;
     return 0;
@@ -152,14 +164,19 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
 
 void mq_engine_free(mq_engine *e)
 {
-    if (!e) return;
-    void *ps[] = { e->x, e->xn, e->delta, e->q, e->att, e->k, e->v, e->gate, e->up, e->xb16, e->act_mem,
-                   e->inv_freq, e->kptr, e->vptr, e->row_seq, e->row_pos, e->seq_row0, e->ones };
-    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
+    if (!e)
+        return;
+    void *ps[] = { e->x,    e->xn,      e->delta,    e->q,    e->att,  e->k,       e->v,       e->gate,     e->up,
+                   e->xb16, e->act_mem, e->inv_freq, e->kptr, e->vptr, e->row_seq, e->row_pos, e->seq_row0, e->ones };
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
+        free(ps[i]);
     free(e);
 }
 
-size_t mq_engine_scratch_bytes(const mq_engine *e) { return e->bytes; }
+size_t mq_engine_scratch_bytes(const mq_engine *e)
+{
+    return e->bytes;
+}
 
 /* ---- one step = one pool run ----------------------------------------------------- */
 
@@ -175,7 +192,7 @@ struct prep_op {
     const float *delta, *up, *norm;
     float *dst;
     want_t want;
-    int bad;                   /* a thread saw NaN/Inf */
+    int bad; /* a thread saw NaN/Inf */
 };
 
 static void prep_run(void *arg, int tid, int nt)
@@ -187,29 +204,43 @@ static void prep_run(void *arg, int tid, int nt)
     float amax = 0.0f;
     for (int r = r0; r < r1; r++) {
         float *s = o->src + (size_t)r * o->dim, *d = o->dst + (size_t)r * o->dim;
-        if (o->delta) mq_add(s, o->delta + (size_t)r * o->dim, o->dim);
-        if (o->up) mq_swiglu(s, s, o->up + (size_t)r * o->dim, o->dim);
-        if (o->norm) mq_rmsnorm(d, s, o->norm, o->dim, e->c->rms_eps);
-        else if (d != s) memcpy(d, s, (size_t)o->dim * sizeof(float));
+        if (o->delta)
+            mq_add(s, o->delta + (size_t)r * o->dim, o->dim);
+        if (o->up)
+            mq_swiglu(s, s, o->up + (size_t)r * o->dim, o->dim);
+        if (o->norm)
+            mq_rmsnorm(d, s, o->norm, o->dim, e->c->rms_eps);
+        else if (d != s)
+            memcpy(d, s, (size_t)o->dim * sizeof(float));
         if (o->want == WANT_BF16) {
             mq_f32_to_bf16_row(d, e->xb16 + (size_t)r * o->dim, (size_t)o->dim);
         } else {
             float a = mq_amax_f32(d, (size_t)o->dim);
-            if (!isfinite(a)) { o->bad = 1; a = 0; }
-            if (a > amax) amax = a;
+            if (!isfinite(a)) {
+                o->bad = 1;
+                a = 0;
+            }
+            if (a > amax)
+                amax = a;
         }
     }
     e->amax_part[tid * 16] = amax;
 }
 
-struct quant_op { mq_engine *e; const float *x; int m, k; int bad; };
+struct quant_op {
+    mq_engine *e;
+    const float *x;
+    int m, k;
+    int bad;
+};
 
 static void quant_run(void *arg, int tid, int nt)
 {
     struct quant_op *o = arg;
     int r0, r1;
     mq_pool_split(o->m, 1, tid, nt, &r0, &r1);
-    if (r0 < r1 && mq_fp4_act_quantize_rows(&o->e->act, o->x, (size_t)o->k, r0, r1)) o->bad = 1;
+    if (r0 < r1 && mq_fp4_act_quantize_rows(&o->e->act, o->x, (size_t)o->k, r0, r1))
+        o->bad = 1;
 }
 
 /* Y_i = X · W_iᵀ for up to 3 linears sharing X; their columns are split as one range. */
@@ -225,22 +256,26 @@ static void gemm_run(void *arg, int tid, int nt)
 {
     struct gemm_op *o = arg;
     int total = 0;
-    for (int i = 0; i < o->n_lin; i++) total += o->lin[i]->bf16.n;
+    for (int i = 0; i < o->n_lin; i++)
+        total += o->lin[i]->bf16.n;
     int c0, c1, base = 0;
     mq_pool_split(total, COL_ALIGN, tid, nt, &c0, &c1);
     for (int i = 0; i < o->n_lin; i++) {
         const mq_linear *L = o->lin[i];
         const int n = L->bf16.n;
         int a = c0 - base, b = c1 - base;
-        if (a < 0) a = 0;
-        if (b > n) b = n;
+        if (a < 0)
+            a = 0;
+        if (b > n)
+            b = n;
         if (a < b) {
             if (o->prec == MQ_PREC_BF16)
                 mq_gemm_bf16(o->e->xb16, o->m, (size_t)L->bf16.k, &L->bf16, o->y[i], (size_t)n, a, b);
             else
                 mq_gemm_fp4(&o->e->act, &L->fp4, o->y[i], (size_t)n, a, b);
             if (L->bias)
-                for (int r = 0; r < o->m; r++) mq_add(o->y[i] + (size_t)r * n + a, L->bias + a, b - a);
+                for (int r = 0; r < o->m; r++)
+                    mq_add(o->y[i] + (size_t)r * n + a, L->bias + a, b - a);
         }
         base += n;
     }
@@ -248,30 +283,39 @@ static void gemm_run(void *arg, int tid, int nt)
 
 /* Runs up to 3 linears on the prepared input `x` [m, k] (prep_run already produced the
  * BF16 copy or the per-thread amax). NVFP4: one quantization per distinct g_x. */
-static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, int m, int k,
-                   const mq_linear *const *lin, float *const *y, int n_lin)
+static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, int m, int k, const mq_linear *const *lin,
+                   float *const *y, int n_lin)
 {
     if (prec == MQ_PREC_BF16) {
         struct gemm_op g = { e, prec, m, n_lin, { 0 }, { 0 } };
-        for (int i = 0; i < n_lin; i++) { g.lin[i] = lin[i]; g.y[i] = y[i]; }
+        for (int i = 0; i < n_lin; i++) {
+            g.lin[i] = lin[i];
+            g.y[i] = y[i];
+        }
         mq_pool_run(pool, gemm_run, &g);
         return 0;
     }
     float amax = 0.0f;
     for (int t = 0; t < mq_pool_threads(pool); t++)
-        if (e->amax_part[t * 16] > amax) amax = e->amax_part[t * 16];
+        if (e->amax_part[t * 16] > amax)
+            amax = e->amax_part[t * 16];
     const float g_dyn = mq_fp4_global_scale(amax);
     for (int i = 0; i < n_lin;) {
         const float g = lin[i]->in_g > 0 ? lin[i]->in_g : g_dyn;
         int j = i + 1;
-        while (j < n_lin && (lin[j]->in_g > 0 ? lin[j]->in_g : g_dyn) == g) j++;
+        while (j < n_lin && (lin[j]->in_g > 0 ? lin[j]->in_g : g_dyn) == g)
+            j++;
         mq_fp4_act_bind(&e->act, m, k, e->act_mem);
         e->act.g = g;
         struct quant_op qo = { e, x, m, k, 0 };
         mq_pool_run(pool, quant_run, &qo);
-        if (qo.bad) return -EDOM;
+        if (qo.bad)
+            return -EDOM;
         struct gemm_op go = { e, prec, m, j - i, { 0 }, { 0 } };
-        for (int t = i; t < j; t++) { go.lin[t - i] = lin[t]; go.y[t - i] = y[t]; }
+        for (int t = i; t < j; t++) {
+            go.lin[t - i] = lin[t];
+            go.y[t - i] = y[t];
+        }
         mq_pool_run(pool, gemm_run, &go);
         i = j;
     }
@@ -279,18 +323,24 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
 }
 
 /* prep + linears: the common "normalize, then project" step. */
-static int project(mq_engine *e, mq_pool *pool, mq_prec prec, struct prep_op *p,
-                   const mq_linear *const *lin, float *const *y, int n_lin)
+static int project(mq_engine *e, mq_pool *pool, mq_prec prec, struct prep_op *p, const mq_linear *const *lin,
+                   float *const *y, int n_lin)
 {
     p->e = e;
     p->want = prec == MQ_PREC_BF16 ? WANT_BF16 : WANT_AMAX;
     mq_pool_run(pool, prep_run, p);
-    if (p->bad) return -EDOM;
+    if (p->bad)
+        return -EDOM;
     return linears(e, pool, prec, p->dst, p->m, p->dim, lin, y, n_lin);
 }
 
 /* Per row: q/k RMSNorm per head (Qwen3), RoPE at the row's position, K/V into the cache. */
-struct qkv_op { mq_engine *e; const mq_layer *L; int layer, m; const mq_kv_seq *seqs; };
+struct qkv_op {
+    mq_engine *e;
+    const mq_layer *L;
+    int layer, m;
+    const mq_kv_seq *seqs;
+};
 
 static void qkv_run(void *arg, int tid, int nt)
 {
@@ -298,14 +348,16 @@ static void qkv_run(void *arg, int tid, int nt)
     mq_engine *e = o->e;
     const mq_config *c = e->c;
     const int hd = c->head_dim, qd = c->n_head * hd, kvd = c->n_kv * hd, bt = e->block_tokens;
-    float cos[128], sin[128];   /* head_dim <= 256 (config check) */
+    float cos[128], sin[128]; /* head_dim <= 256 (config check) */
     int r0, r1;
     mq_pool_split(o->m, 1, tid, nt, &r0, &r1);
     for (int r = r0; r < r1; r++) {
         float *q = e->q + (size_t)r * qd, *k = e->k + (size_t)r * kvd, *v = e->v + (size_t)r * kvd;
         if (o->L->q_norm) {
-            for (int h = 0; h < c->n_head; h++) mq_rmsnorm(q + h * hd, q + h * hd, o->L->q_norm, hd, c->rms_eps);
-            for (int h = 0; h < c->n_kv; h++) mq_rmsnorm(k + h * hd, k + h * hd, o->L->k_norm, hd, c->rms_eps);
+            for (int h = 0; h < c->n_head; h++)
+                mq_rmsnorm(q + h * hd, q + h * hd, o->L->q_norm, hd, c->rms_eps);
+            for (int h = 0; h < c->n_kv; h++)
+                mq_rmsnorm(k + h * hd, k + h * hd, o->L->k_norm, hd, c->rms_eps);
         }
         const int pos = e->row_pos[r];
         mq_rope_cos_sin(e->inv_freq, hd, pos, cos, sin);
@@ -321,7 +373,11 @@ static void qkv_run(void *arg, int tid, int nt)
 }
 
 /* Attention: work items are (sequence, head) pairs. */
-struct attn_op { mq_engine *e; int nseq; const int *ntok, *pos0; };
+struct attn_op {
+    mq_engine *e;
+    int nseq;
+    const int *ntok, *pos0;
+};
 
 static void attn_run(void *arg, int tid, int nt)
 {
@@ -336,10 +392,17 @@ static void attn_run(void *arg, int tid, int nt)
         const int h1 = (i1 - s * nh) < nh ? i1 - s * nh : nh;
         const size_t row = (size_t)e->seq_row0[s] * nh * hd;
         mq_attn_args a = {
-            .q = e->q + row, .out = e->att + row, .n_tok = o->ntok[s], .pos0 = o->pos0[s],
-            .n_head = nh, .n_kv = c->n_kv, .head_dim = hd,
-            .k_blocks = e->kptr + (size_t)s * e->max_blocks, .v_blocks = e->vptr + (size_t)s * e->max_blocks,
-            .block_tokens = e->block_tokens, .scale = 1.0f / sqrtf((float)hd),
+            .q = e->q + row,
+            .out = e->att + row,
+            .n_tok = o->ntok[s],
+            .pos0 = o->pos0[s],
+            .n_head = nh,
+            .n_kv = c->n_kv,
+            .head_dim = hd,
+            .k_blocks = e->kptr + (size_t)s * e->max_blocks,
+            .v_blocks = e->vptr + (size_t)s * e->max_blocks,
+            .block_tokens = e->block_tokens,
+            .scale = 1.0f / sqrtf((float)hd),
         };
         mq_attention(&a, h0, h1);
         i0 += h1 - h0;
@@ -350,20 +413,23 @@ static void attn_run(void *arg, int tid, int nt)
 
 /* Rows of nseq sequences: sequence s has ntok[s] tokens at positions pos0[s].. .
  * logits_rows: 0 none, 1 the last row of each sequence, else every row. */
-static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int nseq, const int *ntok,
-                        const int *pos0, const int *tokens, mq_prec prec, float *logits, int logits_rows)
+static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int nseq, const int *ntok, const int *pos0,
+                        const int *tokens, mq_prec prec, float *logits, int logits_rows)
 {
     const mq_model *md = e->m;
     const mq_config *c = e->c;
     const int D = c->hidden, hd = c->head_dim, bt = e->block_tokens;
-    if (mq_pool_threads(pool) > MAX_THREADS) return -EINVAL;
-    if (prec == MQ_PREC_FP4 && !mq_model_has_fp4(md)) return -EINVAL;
+    if (mq_pool_threads(pool) > MAX_THREADS)
+        return -EINVAL;
+    if (prec == MQ_PREC_FP4 && !mq_model_has_fp4(md))
+        return -EINVAL;
 
     /* rows ↔ (sequence, position); every position must have a KV block */
     int m = 0;
     for (int s = 0; s < nseq; s++) {
         const int end = pos0[s] + ntok[s];
-        if (ntok[s] < 1 || pos0[s] < 0 || end > e->max_blocks * bt || end > seqs[s].n_blocks * bt) return -EINVAL;
+        if (ntok[s] < 1 || pos0[s] < 0 || end > e->max_blocks * bt || end > seqs[s].n_blocks * bt)
+            return -EINVAL;
         e->seq_row0[s] = m;
         for (int i = 0; i < ntok[s]; i++, m++) {
             e->row_seq[m] = s;
@@ -371,7 +437,8 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
         }
     }
     for (int r = 0; r < m; r++)
-        if (tokens[r] < 0 || tokens[r] >= c->vocab) return -EINVAL;
+        if (tokens[r] < 0 || tokens[r] >= c->vocab)
+            return -EINVAL;
 
     /* embedding: x[r] = embed[token] */
     for (int r = 0; r < m; r++)
@@ -381,11 +448,13 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const mq_layer *L = &md->layers[l];
         /* attention block: xn = norm(x (+ previous FFN output)); q, k, v */
-        struct prep_op p = { .m = m, .dim = D, .src = e->x, .delta = l ? e->delta : NULL,
-                             .norm = L->attn_norm, .dst = e->xn };
+        struct prep_op p = {
+            .m = m, .dim = D, .src = e->x, .delta = l ? e->delta : NULL, .norm = L->attn_norm, .dst = e->xn
+        };
         const mq_linear *qkv[3] = { &L->q, &L->k, &L->v };
         float *qkv_out[3] = { e->q, e->k, e->v };
-        if ((rc = project(e, pool, prec, &p, qkv, qkv_out, 3))) break;
+        if ((rc = project(e, pool, prec, &p, qkv, qkv_out, 3)))
+            break;
 
         /* q/k norm, RoPE, K/V → cache */
         struct qkv_op qo = { e, L, l, m, seqs };
@@ -408,27 +477,38 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
         struct prep_op po = { .m = m, .dim = c->n_head * hd, .src = e->att, .dst = e->att };
         const mq_linear *o_lin[1] = { &L->o };
         float *o_out[1] = { e->delta };
-        if ((rc = project(e, pool, prec, &po, o_lin, o_out, 1))) break;
+        if ((rc = project(e, pool, prec, &po, o_lin, o_out, 1)))
+            break;
 
         /* FFN: xn = norm(x += attn out); gate, up */
         struct prep_op pf = { .m = m, .dim = D, .src = e->x, .delta = e->delta, .norm = L->ffn_norm, .dst = e->xn };
         const mq_linear *gu[2] = { &L->gate, &L->up };
         float *gu_out[2] = { e->gate, e->up };
-        if ((rc = project(e, pool, prec, &pf, gu, gu_out, 2))) break;
+        if ((rc = project(e, pool, prec, &pf, gu, gu_out, 2)))
+            break;
 
         /* h = silu(gate) * up; delta = h · Wdownᵀ */
         struct prep_op pd = { .m = m, .dim = c->inter, .src = e->gate, .up = e->up, .dst = e->gate };
         const mq_linear *dn[1] = { &L->down };
         float *dn_out[1] = { e->delta };
-        if ((rc = project(e, pool, prec, &pd, dn, dn_out, 1))) break;
+        if ((rc = project(e, pool, prec, &pd, dn, dn_out, 1)))
+            break;
     }
-    if (rc) return rc;
+    if (rc)
+        return rc;
 
     /* x += last FFN output; final norm of the rows that need logits; LM head in BF16 */
-    struct prep_op pl = { .e = e, .m = m, .dim = D, .src = e->x, .delta = e->delta, .norm = md->final_norm,
-                          .dst = e->xn, .want = WANT_BF16 };
+    struct prep_op pl = { .e = e,
+                          .m = m,
+                          .dim = D,
+                          .src = e->x,
+                          .delta = e->delta,
+                          .norm = md->final_norm,
+                          .dst = e->xn,
+                          .want = WANT_BF16 };
     mq_pool_run(pool, prep_run, &pl);
-    if (!logits_rows) return 0;
+    if (!logits_rows)
+        return 0;
     if (logits_rows == 1 && nseq == 1 && m > 1) {
         /* only the last row: move its BF16 input to row 0 */
         memmove(e->xb16, e->xb16 + (size_t)(m - 1) * D, (size_t)D * 2);
@@ -444,24 +524,27 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
     return 0;
 }
 
-int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n,
-                      int pos0, mq_prec prec, float *logits, int logits_rows)
+int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                      mq_prec prec, float *logits, int logits_rows)
 {
-    if (n < 1 || n > e->max_chunk || (logits_rows != 0 && logits_rows != 1 && logits_rows != n)) return -EINVAL;
+    if (n < 1 || n > e->max_chunk || (logits_rows != 0 && logits_rows != 1 && logits_rows != n))
+        return -EINVAL;
     return forward_rows(e, pool, seq, 1, &n, &pos0, tokens, prec, logits, logits_rows == n && n > 1 ? n : logits_rows);
 }
 
-int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const int *tokens,
-                     const int *pos, int nseq, mq_prec prec, float *logits)
+int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const int *tokens, const int *pos, int nseq,
+                     mq_prec prec, float *logits)
 {
-    if (nseq < 1 || nseq > e->max_batch) return -EINVAL;
+    if (nseq < 1 || nseq > e->max_batch)
+        return -EINVAL;
     return forward_rows(e, pool, seqs, nseq, e->ones, pos, tokens, prec, logits, 1);
 }
 
-int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n,
-                     int pos0, mq_mode mode, float *logits_last)
+int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                     mq_mode mode, float *logits_last)
 {
-    if (n < 1) return -EINVAL;
+    if (n < 1)
+        return -EINVAL;
     /* mixed: all but the last token in NVFP4 (KV only), the last one in BF16 */
     const mq_prec body = mode == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
     const int n_body = mode == MQ_MODE_MIXED ? n - 1 : n;

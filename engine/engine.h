@@ -31,8 +31,8 @@ typedef enum { MQ_MODE_MIXED, MQ_MODE_BF16, MQ_MODE_FP4 } mq_mode;
 typedef enum { MQ_PREC_BF16, MQ_PREC_FP4 } mq_prec;
 
 const char *mq_mode_name(mq_mode m);
-int mq_mode_parse(const char *s, mq_mode *m);        /* "mixed" | "bf16" | "fp4"; -EINVAL */
-mq_prec mq_mode_decode_prec(mq_mode m);              /* fp4 -> FP4, else BF16 */
+int mq_mode_parse(const char *s, mq_mode *m); /* "mixed" | "bf16" | "fp4"; -EINVAL */
+mq_prec mq_mode_decode_prec(mq_mode m);       /* fp4 -> FP4, else BF16 */
 
 /* One sequence's KV: blocks[b] holds positions [b*block_tokens, (b+1)*block_tokens). */
 typedef struct mq_kv_seq {
@@ -43,10 +43,10 @@ typedef struct mq_kv_seq {
 size_t mq_kv_block_bytes(const mq_config *cfg, int block_tokens);
 
 typedef struct mq_engine_opts {
-    int max_chunk;         /* most tokens per mq_engine_forward call (>= 1) */
-    int max_batch;         /* most sequences per mq_engine_decode call (>= 1) */
-    int block_tokens;      /* KV block size in tokens */
-    int max_context;       /* longest sequence (positions); 0 = config max_position_embeddings */
+    int max_chunk;    /* most tokens per mq_engine_forward call (>= 1) */
+    int max_batch;    /* most sequences per mq_engine_decode call (>= 1) */
+    int block_tokens; /* KV block size in tokens */
+    int max_context;  /* longest sequence (positions); 0 = config max_position_embeddings */
 } mq_engine_opts;
 
 typedef struct mq_engine mq_engine;
@@ -61,17 +61,17 @@ size_t mq_engine_scratch_bytes(const mq_engine *e);
  * in logits[n, vocab]. Forward with pos0 = 0, c, 2c, ... equals one big forward.
  * 0 or negative errno (-EINVAL: n > max_chunk, a token outside the vocabulary, too few
  * KV blocks; -EDOM: the activations went NaN/Inf). */
-int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n,
-                      int pos0, mq_prec prec, float *logits, int logits_rows);
+int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                      mq_prec prec, float *logits, int logits_rows);
 
 /* Decode step for a batch: sequence s gets tokens[s] at position pos[s] (its KV holds
  * 0..pos[s]-1); logits[nseq, vocab]. The linears run once over the whole batch. */
-int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const int *tokens,
-                     const int *pos, int nseq, mq_prec prec, float *logits);
+int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const int *tokens, const int *pos, int nseq,
+                     mq_prec prec, float *logits);
 
 /* A whole prompt (or its new part from pos0) under mode's rule, chunked by max_chunk;
  * logits_last[vocab] = the last token's logits (from BF16 in mixed and bf16 modes). */
-int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n,
-                     int pos0, mq_mode mode, float *logits_last);
+int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                     mq_mode mode, float *logits_last);
 
 #endif

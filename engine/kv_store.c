@@ -25,7 +25,7 @@
 struct kv_block {
     int ref;
     int indexed;
-    int prev, next;         /* LRU links while cached (ref 0 and indexed) */
+    int prev, next; /* LRU links while cached (ref 0 and indexed) */
     uint64_t hash, parent;
 };
 
@@ -37,11 +37,11 @@ struct mq_kv_store {
     size_t seg_bytes, stride;
     mq_mem_kind kind;
     struct kv_block *b;
-    int32_t *tokens;        /* [n_blocks, block_tokens] ids of indexed blocks */
+    int32_t *tokens; /* [n_blocks, block_tokens] ids of indexed blocks */
     int *free_stack, n_free;
     int lru_head, lru_tail, n_cached;
-    int *slots;             /* index: block id or -1 */
-    size_t n_slots;         /* power of two */
+    int *slots;     /* index: block id or -1 */
+    size_t n_slots; /* power of two */
     int reserved, used;
     uint64_t lookups, hits, evictions, refused;
 };
@@ -51,7 +51,10 @@ uint64_t mq_kv_prefix_hash(uint64_t parent, const int32_t *tokens, int block_tok
     return XXH3_64bits_withSeed(tokens, (size_t)block_tokens * sizeof(int32_t), parent);
 }
 
-static size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+static size_t round_up(size_t x, size_t a)
+{
+    return (x + a - 1) / a * a;
+}
 
 int mq_kv_store_create(mq_kv_store **out, const mq_kv_store_opts *o, char *err, size_t errlen)
 {
@@ -60,7 +63,8 @@ int mq_kv_store_create(mq_kv_store **out, const mq_kv_store_opts *o, char *err, 
         return -EINVAL;
     }
     mq_kv_store *kv = calloc(1, sizeof *kv);
-    if (!kv) return -ENOMEM;
+    if (!kv)
+        return -ENOMEM;
     kv->o = *o;
     kv->fd = -1;
     kv->stride = round_up(o->block_bytes, 64);
@@ -106,15 +110,15 @@ int mq_kv_store_create(mq_kv_store **out, const mq_kv_store_opts *o, char *err, 
         /* shmem THP only when shmem_enabled allows advise/always; madvise succeeding is
          * not proof, so only claim "thp" when the kernel setting says so */
         kv->kind = MQ_MEM_4K;
-        char buf[128] = {0};
+        char buf[128] = { 0 };
         FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "re");
         if (f) {
-            if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+            if (!fgets(buf, sizeof buf, f))
+                buf[0] = 0;
             fclose(f);
         }
-        if (madvise(p, kv->seg_bytes, MADV_HUGEPAGE) == 0 &&
-            (strstr(buf, "[always]") || strstr(buf, "[advise]") || strstr(buf, "[within_size]") ||
-             strstr(buf, "[force]")))
+        if (madvise(p, kv->seg_bytes, MADV_HUGEPAGE) == 0 && (strstr(buf, "[always]") || strstr(buf, "[advise]") ||
+                                                              strstr(buf, "[within_size]") || strstr(buf, "[force]")))
             kv->kind = MQ_MEM_THP;
     }
 
@@ -123,24 +127,29 @@ int mq_kv_store_create(mq_kv_store **out, const mq_kv_store_opts *o, char *err, 
     kv->tokens = calloc((size_t)n * (size_t)o->block_tokens, sizeof(int32_t));
     kv->free_stack = malloc((size_t)n * sizeof(int));
     kv->n_slots = 16;
-    while (kv->n_slots < (size_t)n * 2) kv->n_slots *= 2;
+    while (kv->n_slots < (size_t)n * 2)
+        kv->n_slots *= 2;
     kv->slots = malloc(kv->n_slots * sizeof(int));
     if (!kv->b || !kv->tokens || !kv->free_stack || !kv->slots) {
         r = -ENOMEM;
         snprintf(err, errlen, "kv store: out of memory for the block table");
         goto fail;
     }
-    for (size_t i = 0; i < kv->n_slots; i++) kv->slots[i] = -1;
+    for (size_t i = 0; i < kv->n_slots; i++)
+        kv->slots[i] = -1;
     /* lowest ids on top of the stack: blocks are handed out in address order */
-    for (int i = 0; i < n; i++) kv->free_stack[i] = n - 1 - i;
+    for (int i = 0; i < n; i++)
+        kv->free_stack[i] = n - 1 - i;
     kv->n_free = n;
     kv->lru_head = kv->lru_tail = -1;
     pthread_mutex_init(&kv->mu, NULL);
     *out = kv;
     return 0;
 fail:
-    if (kv->seg) munmap(kv->seg, kv->seg_bytes);
-    if (kv->fd >= 0) close(kv->fd);
+    if (kv->seg)
+        munmap(kv->seg, kv->seg_bytes);
+    if (kv->fd >= 0)
+        close(kv->fd);
     free(kv->b);
     free(kv->tokens);
     free(kv->free_stack);
@@ -151,7 +160,8 @@ fail:
 
 void mq_kv_store_destroy(mq_kv_store *kv)
 {
-    if (!kv) return;
+    if (!kv)
+        return;
     munmap(kv->seg, kv->seg_bytes);
     close(kv->fd);
     pthread_mutex_destroy(&kv->mu);
@@ -164,11 +174,15 @@ void mq_kv_store_destroy(mq_kv_store *kv)
 
 uint8_t *mq_kv_block_ptr(mq_kv_store *kv, int id)
 {
-    if (id < 0 || id >= kv->o.n_blocks) return NULL;
+    if (id < 0 || id >= kv->o.n_blocks)
+        return NULL;
     return kv->seg + (size_t)id * kv->stride;
 }
 
-int mq_kv_store_fd(mq_kv_store *kv) { return kv->fd; }
+int mq_kv_store_fd(mq_kv_store *kv)
+{
+    return kv->fd;
+}
 
 /* ---- LRU of cached blocks (caller holds mu) ---- */
 static void lru_push_tail(mq_kv_store *kv, int id)
@@ -176,8 +190,10 @@ static void lru_push_tail(mq_kv_store *kv, int id)
     struct kv_block *b = &kv->b[id];
     b->prev = kv->lru_tail;
     b->next = -1;
-    if (kv->lru_tail >= 0) kv->b[kv->lru_tail].next = id;
-    else kv->lru_head = id;
+    if (kv->lru_tail >= 0)
+        kv->b[kv->lru_tail].next = id;
+    else
+        kv->lru_head = id;
     kv->lru_tail = id;
     kv->n_cached++;
 }
@@ -185,22 +201,30 @@ static void lru_push_tail(mq_kv_store *kv, int id)
 static void lru_remove(mq_kv_store *kv, int id)
 {
     struct kv_block *b = &kv->b[id];
-    if (b->prev >= 0) kv->b[b->prev].next = b->next;
-    else kv->lru_head = b->next;
-    if (b->next >= 0) kv->b[b->next].prev = b->prev;
-    else kv->lru_tail = b->prev;
+    if (b->prev >= 0)
+        kv->b[b->prev].next = b->next;
+    else
+        kv->lru_head = b->next;
+    if (b->next >= 0)
+        kv->b[b->next].prev = b->prev;
+    else
+        kv->lru_tail = b->prev;
     b->prev = b->next = -1;
     kv->n_cached--;
 }
 
 /* ---- index (caller holds mu) ---- */
-static size_t slot_of(const mq_kv_store *kv, uint64_t h) { return (size_t)h & (kv->n_slots - 1); }
+static size_t slot_of(const mq_kv_store *kv, uint64_t h)
+{
+    return (size_t)h & (kv->n_slots - 1);
+}
 
 static void index_remove(mq_kv_store *kv, int id)
 {
     size_t mask = kv->n_slots - 1, i = slot_of(kv, kv->b[id].hash);
     while (kv->slots[i] != id) {
-        if (kv->slots[i] < 0) return;   /* not present (cannot happen while indexed) */
+        if (kv->slots[i] < 0)
+            return; /* not present (cannot happen while indexed) */
         i = (i + 1) & mask;
     }
     /* backward-shift deletion keeps probe chains intact without tombstones */
@@ -215,7 +239,8 @@ static void index_remove(mq_kv_store *kv, int id)
             }
             size_t home = slot_of(kv, kv->b[kv->slots[j]].hash);
             /* move slot j back to i if its home is not in (i, j] cyclically */
-            if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) break;
+            if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j)))
+                break;
         }
         kv->slots[i] = kv->slots[j];
         i = j;
@@ -227,18 +252,22 @@ static int index_find(mq_kv_store *kv, uint64_t h)
     size_t mask = kv->n_slots - 1;
     for (size_t i = slot_of(kv, h);; i = (i + 1) & mask) {
         int id = kv->slots[i];
-        if (id < 0) return -1;
-        if (kv->b[id].hash == h) return id;
+        if (id < 0)
+            return -1;
+        if (kv->b[id].hash == h)
+            return id;
     }
 }
 
 int mq_kv_reserve(mq_kv_store *kv, int n)
 {
-    if (n < 0) return -EINVAL;
+    if (n < 0)
+        return -EINVAL;
     pthread_mutex_lock(&kv->mu);
     int avail = kv->n_free + kv->n_cached - kv->reserved;
     int r = n <= avail ? 0 : -ENOSPC;
-    if (!r) kv->reserved += n;
+    if (!r)
+        kv->reserved += n;
     pthread_mutex_unlock(&kv->mu);
     return r;
 }
@@ -247,7 +276,8 @@ void mq_kv_unreserve(mq_kv_store *kv, int n)
 {
     pthread_mutex_lock(&kv->mu);
     kv->reserved -= n;
-    if (kv->reserved < 0) kv->reserved = 0;
+    if (kv->reserved < 0)
+        kv->reserved = 0;
     pthread_mutex_unlock(&kv->mu);
 }
 
@@ -260,7 +290,7 @@ int mq_kv_alloc(mq_kv_store *kv, int reserved)
         if (kv->n_free > 0) {
             id = kv->free_stack[--kv->n_free];
         } else {
-            id = kv->lru_head;   /* the oldest released cached block */
+            id = kv->lru_head; /* the oldest released cached block */
             lru_remove(kv, id);
             index_remove(kv, id);
             kv->evictions++;
@@ -268,7 +298,8 @@ int mq_kv_alloc(mq_kv_store *kv, int reserved)
         kv->b[id].ref = 1;
         kv->b[id].indexed = 0;
         kv->used++;
-        if (reserved && kv->reserved > 0) kv->reserved--;
+        if (reserved && kv->reserved > 0)
+            kv->reserved--;
     }
     pthread_mutex_unlock(&kv->mu);
     return id;
@@ -292,8 +323,10 @@ void mq_kv_unref(mq_kv_store *kv, int id)
     struct kv_block *b = &kv->b[id];
     if (b->ref > 0 && --b->ref == 0) {
         kv->used--;
-        if (b->indexed) lru_push_tail(kv, id);
-        else kv->free_stack[kv->n_free++] = id;
+        if (b->indexed)
+            lru_push_tail(kv, id);
+        else
+            kv->free_stack[kv->n_free++] = id;
     }
     pthread_mutex_unlock(&kv->mu);
 }
@@ -307,10 +340,10 @@ int mq_kv_publish(mq_kv_store *kv, int id, uint64_t parent, uint64_t h, const in
         b->hash = h;
         b->parent = parent;
         b->indexed = 1;
-        memcpy(kv->tokens + (size_t)id * kv->o.block_tokens, tokens,
-               (size_t)kv->o.block_tokens * sizeof(int32_t));
+        memcpy(kv->tokens + (size_t)id * kv->o.block_tokens, tokens, (size_t)kv->o.block_tokens * sizeof(int32_t));
         size_t mask = kv->n_slots - 1, i = slot_of(kv, h);
-        while (kv->slots[i] >= 0) i = (i + 1) & mask;
+        while (kv->slots[i] >= 0)
+            i = (i + 1) & mask;
         kv->slots[i] = id;
         r = 1;
     }
@@ -323,9 +356,8 @@ int mq_kv_lookup(mq_kv_store *kv, uint64_t parent, uint64_t h, const int32_t *to
     pthread_mutex_lock(&kv->mu);
     kv->lookups++;
     int id = index_find(kv, h);
-    if (id >= 0 && (kv->b[id].parent != parent ||
-                    memcmp(kv->tokens + (size_t)id * kv->o.block_tokens, tokens,
-                           (size_t)kv->o.block_tokens * sizeof(int32_t)) != 0))
+    if (id >= 0 && (kv->b[id].parent != parent || memcmp(kv->tokens + (size_t)id * kv->o.block_tokens, tokens,
+                                                         (size_t)kv->o.block_tokens * sizeof(int32_t)) != 0))
         id = -1;
     /* a cached block that reservations are counting on (as evictable) stays theirs:
      * taking it would leave a promised allocation without a block */

@@ -34,22 +34,22 @@
 extern "C" {
 #endif
 
-#define MQ_KV_HASH_SEED 0x6d712d6b762d3031ULL  /* "mq-kv-01" */
+#define MQ_KV_HASH_SEED 0x6d712d6b762d3031ULL /* "mq-kv-01" */
 
 typedef struct mq_kv_store mq_kv_store;
 
 typedef struct mq_kv_store_opts {
-    size_t block_bytes;     /* bytes of one block (engine: mq_kv_block_bytes) */
-    int block_tokens;       /* tokens per block */
+    size_t block_bytes; /* bytes of one block (engine: mq_kv_block_bytes) */
+    int block_tokens;   /* tokens per block */
     int n_blocks;
-    int allow_hugetlb;      /* try MFD_HUGETLB first (default 1 via opts_default) */
+    int allow_hugetlb; /* try MFD_HUGETLB first (default 1 via opts_default) */
 } mq_kv_store_opts;
 
 int mq_kv_store_create(mq_kv_store **kv, const mq_kv_store_opts *o, char *err, size_t errlen);
 void mq_kv_store_destroy(mq_kv_store *kv);
 
-uint8_t *mq_kv_block_ptr(mq_kv_store *kv, int id);   /* 64-byte aligned */
-int mq_kv_store_fd(mq_kv_store *kv);                  /* the memfd */
+uint8_t *mq_kv_block_ptr(mq_kv_store *kv, int id); /* 64-byte aligned */
+int mq_kv_store_fd(mq_kv_store *kv);               /* the memfd */
 
 /* Chain hash of one block of block_tokens ids after a prefix whose hash is parent. */
 uint64_t mq_kv_prefix_hash(uint64_t parent, const int32_t *tokens, int block_tokens);
@@ -80,7 +80,7 @@ typedef struct mq_kv_stats {
     int used, cached, free, reserved;
     size_t block_bytes, segment_bytes;
     uint64_t lookups, hits, evictions, refused;
-    const char *memory;     /* "hugetlb", "thp" or "4k" */
+    const char *memory; /* "hugetlb", "thp" or "4k" */
 } mq_kv_stats;
 void mq_kv_stats_get(mq_kv_store *kv, mq_kv_stats *st);
 int mq_kv_refcount(mq_kv_store *kv, int id);

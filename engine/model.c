@@ -22,63 +22,73 @@
 
 static void *heap_alloc(void *ctx, size_t bytes, size_t align, const char *what)
 {
-    (void)ctx; (void)what;
+    (void)ctx;
+    (void)what;
     void *p = NULL;
-    if (posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, bytes ? bytes : 1)) return NULL;
+    if (posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, bytes ? bytes : 1))
+        return NULL;
     return p;
 }
-static void heap_free(void *ctx, void *p, size_t bytes) { (void)ctx; (void)bytes; free(p); }
+static void heap_free(void *ctx, void *p, size_t bytes)
+{
+    (void)ctx;
+    (void)bytes;
+    free(p);
+}
 const mq_alloc mq_alloc_heap = { heap_alloc, heap_free, NULL };
 
 /* ---- loading state ---------------------------------------------------------------- */
 
 typedef enum {
-    JOB_LINEAR,      /* a linear's dense weight: to BF16 (+ NVFP4 unless the checkpoint has it) */
-    JOB_VEC,         /* norm or bias: to FP32 */
-    JOB_EMBED,       /* embedding or untied LM head: to BF16 */
-    JOB_FP4_CODES,   /* weight_packed, read straight into fp4.codes */
-    JOB_FP4_SCALES,  /* weight_scale, read straight into fp4.scales */
-    JOB_FP4_WGS,     /* weight_global_scale [1] F32 */
-    JOB_FP4_IGS,     /* input_global_scale [1] F32 */
+    JOB_LINEAR,     /* a linear's dense weight: to BF16 (+ NVFP4 unless the checkpoint has it) */
+    JOB_VEC,        /* norm or bias: to FP32 */
+    JOB_EMBED,      /* embedding or untied LM head: to BF16 */
+    JOB_FP4_CODES,  /* weight_packed, read straight into fp4.codes */
+    JOB_FP4_SCALES, /* weight_scale, read straight into fp4.scales */
+    JOB_FP4_WGS,    /* weight_global_scale [1] F32 */
+    JOB_FP4_IGS,    /* input_global_scale [1] F32 */
 } job_kind;
 
-struct lin_state {            /* per linear, NVFP4 checkpoint bookkeeping */
+struct lin_state { /* per linear, NVFP4 checkpoint bookkeeping */
     mq_linear *lin;
-    uint16_t *bf16_dst;       /* where dequantized BF16 goes (no bf16_dir), else NULL */
-    _Atomic int parts_left;   /* NVFP4 parts still to arrive */
+    uint16_t *bf16_dst;     /* where dequantized BF16 goes (no bf16_dir), else NULL */
+    _Atomic int parts_left; /* NVFP4 parts still to arrive */
 };
 
 struct job {
     job_kind kind;
-    mq_dtype dtype;           /* as stored */
+    mq_dtype dtype; /* as stored */
     size_t numel;
-    void *staging;            /* read destination when not the final array (freed after) */
-    int staging_idx;          /* its index in mq_load.allocs */
-    void *dst;                /* final array: uint16_t* (BF16) or float* (FP32) */
-    mq_linear *lin;           /* JOB_LINEAR, JOB_FP4_* */
-    struct lin_state *ls;     /* JOB_FP4_* */
-    int quantize;             /* JOB_LINEAR: also make the NVFP4 copy */
+    void *staging;        /* read destination when not the final array (freed after) */
+    int staging_idx;      /* its index in mq_load.allocs */
+    void *dst;            /* final array: uint16_t* (BF16) or float* (FP32) */
+    mq_linear *lin;       /* JOB_LINEAR, JOB_FP4_* */
+    struct lin_state *ls; /* JOB_FP4_* */
+    int quantize;         /* JOB_LINEAR: also make the NVFP4 copy */
     _Atomic int done;
 };
 
 struct mq_load {
     mq_alloc alloc;
     mq_st *st, *st_bf16;
-    char **paths;             /* st's files then st_bf16's */
+    char **paths; /* st's files then st_bf16's */
     int n_files;
     mq_read *reads;
     struct job *jobs;
     int n_reads, cap;
-    struct lin_state *lins;   /* [n_layers * 7] */
+    struct lin_state *lins; /* [n_layers * 7] */
     int no_fp4;
-    struct { void *p; size_t bytes; } *allocs;  /* everything from alloc, for mq_model_free */
+    struct {
+        void *p;
+        size_t bytes;
+    } * allocs; /* everything from alloc, for mq_model_free */
     int n_allocs, cap_allocs;
-    int finished;             /* after finish only alloc/allocs remain */
+    int finished; /* after finish only alloc/allocs remain */
 };
 
 static const char *const lin_names[7] = {
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
 };
 
 static mq_linear *layer_lin(mq_layer *L, int j)
@@ -104,16 +114,20 @@ static void *xalloc_idx(mq_model *m, size_t bytes, const char *what, size_t *acc
     if (L->n_allocs == L->cap_allocs) {
         int nc = L->cap_allocs ? L->cap_allocs * 2 : 256;
         void *na = realloc(L->allocs, (size_t)nc * sizeof *L->allocs);
-        if (!na) return NULL;
+        if (!na)
+            return NULL;
         L->allocs = na;
         L->cap_allocs = nc;
     }
     void *p = L->alloc.alloc(L->alloc.ctx, bytes, 64, what);
-    if (!p) return NULL;
-    if (acct) *acct += bytes;
+    if (!p)
+        return NULL;
+    if (acct)
+        *acct += bytes;
     L->allocs[L->n_allocs].p = p;
     L->allocs[L->n_allocs].bytes = bytes;
-    if (idx) *idx = L->n_allocs;
+    if (idx)
+        *idx = L->n_allocs;
     L->n_allocs++;
     return p;
 }
@@ -134,8 +148,8 @@ static void xfree_idx(mq_model *m, int idx)
 }
 
 /* Looks a tensor up and checks dtype (one of `ok`) and shape. */
-static const mq_st_tensor *want(const mq_st *st, const char *name, const mq_dtype *ok, int n_ok,
-                                int ndim, int64_t d0, int64_t d1, char *err)
+static const mq_st_tensor *want(const mq_st *st, const char *name, const mq_dtype *ok, int n_ok, int ndim, int64_t d0,
+                                int64_t d1, char *err)
 {
     const mq_st_tensor *t = mq_st_find(st, name);
     if (!t) {
@@ -143,7 +157,8 @@ static const mq_st_tensor *want(const mq_st *st, const char *name, const mq_dtyp
         return NULL;
     }
     int good = 0;
-    for (int i = 0; i < n_ok; i++) good |= t->dtype == ok[i];
+    for (int i = 0; i < n_ok; i++)
+        good |= t->dtype == ok[i];
     if (!good) {
         mq_errf(err, "%s: tensor \"%s\": dtype %s not supported here", st->paths[t->file], name,
                 mq_dtype_name(t->dtype));
@@ -151,10 +166,12 @@ static const mq_st_tensor *want(const mq_st *st, const char *name, const mq_dtyp
     }
     int64_t d[2] = { d0, d1 };
     int shape_ok = t->ndim == ndim;
-    for (int i = 0; i < ndim && shape_ok; i++) shape_ok = t->shape[i] == d[i];
+    for (int i = 0; i < ndim && shape_ok; i++)
+        shape_ok = t->shape[i] == d[i];
     if (!shape_ok) {
         char got[128] = "", *p = got;
-        for (int i = 0; i < t->ndim && i < 4; i++) p += snprintf(p, 24, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+        for (int i = 0; i < t->ndim && i < 4; i++)
+            p += snprintf(p, 24, i ? ", %lld" : "%lld", (long long)t->shape[i]);
         mq_errf(err, "%s: tensor \"%s\": shape [%s], config needs [%lld%s%.0lld]", st->paths[t->file], name, got,
                 (long long)d0, ndim > 1 ? ", " : "", ndim > 1 ? (long long)d1 : 0LL);
         return NULL;
@@ -169,10 +186,12 @@ static struct job *add_read(mq_model *m, const mq_st_tensor *t, int file_base, v
     if (L->n_reads == L->cap) {
         int nc = L->cap ? L->cap * 2 : 256;
         mq_read *nr = realloc(L->reads, (size_t)nc * sizeof *nr);
-        if (!nr) return NULL;
+        if (!nr)
+            return NULL;
         L->reads = nr;
         struct job *nj = realloc(L->jobs, (size_t)nc * sizeof *nj);
-        if (!nj) return NULL;
+        if (!nj)
+            return NULL;
         L->jobs = nj;
         L->cap = nc;
     }
@@ -189,9 +208,11 @@ static struct job *add_staged(mq_model *m, const mq_st_tensor *t, int file_base,
 {
     int idx;
     void *s = xalloc_idx(m, t->bytes, "staging", NULL, &idx);
-    if (!s) return NULL;
+    if (!s)
+        return NULL;
     struct job *j = add_read(m, t, file_base, s);
-    if (!j) return NULL;
+    if (!j)
+        return NULL;
     j->kind = kind;
     j->staging = s;
     j->staging_idx = idx;
@@ -205,8 +226,10 @@ static const mq_dtype DENSE[] = { MQ_DT_BF16, MQ_DT_F16, MQ_DT_F32 };
 static int plan_vec(mq_model *m, const mq_st *st, const char *name, int n, float **out, char *err)
 {
     const mq_st_tensor *t = want(st, name, DENSE, 3, 1, n, 0, err);
-    if (!t) return -EINVAL;
-    if (!(*out = xalloc(m, (size_t)n * sizeof(float), "weights.f32", &m->other_bytes))) return -ENOMEM;
+    if (!t)
+        return -EINVAL;
+    if (!(*out = xalloc(m, (size_t)n * sizeof(float), "weights.f32", &m->other_bytes)))
+        return -ENOMEM;
     return add_staged(m, t, 0, JOB_VEC, *out) ? 0 : -ENOMEM;
 }
 
@@ -215,11 +238,14 @@ static int plan_bf16_matrix(mq_model *m, const mq_st *st, int file_base, const c
                             job_kind kind, uint16_t **out, struct job **jout, char *err)
 {
     const mq_st_tensor *t = want(st, name, DENSE, 3, 2, rows, cols, err);
-    if (!t) return -EINVAL;
+    if (!t)
+        return -EINVAL;
     size_t bytes = (size_t)rows * (size_t)cols * 2;
-    if (!(*out = xalloc(m, bytes, "weights.bf16", &m->bf16_bytes))) return -ENOMEM;
+    if (!(*out = xalloc(m, bytes, "weights.bf16", &m->bf16_bytes)))
+        return -ENOMEM;
     struct job *j = t->dtype == MQ_DT_BF16 ? add_read(m, t, file_base, *out) : add_staged(m, t, file_base, kind, *out);
-    if (!j) return -ENOMEM;
+    if (!j)
+        return -ENOMEM;
     j->kind = kind;
     j->dst = *out;
     *jout = j;
@@ -242,7 +268,8 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
     /* NVFP4 copy memory */
     if (!L->no_fp4) {
         void *mem = xalloc(m, mq_fp4_weight_bytes(n, k), "weights.fp4", &m->fp4_bytes);
-        if (!mem) return -ENOMEM;
+        if (!mem)
+            return -ENOMEM;
         mq_fp4_weight_bind(&lin->fp4, n, k, mem);
     }
     /* BF16 copy: from the checkpoint, the BF16 folder, or dequantized later */
@@ -252,26 +279,39 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
         int base = packed ? L->st->n_files : 0;
         struct job *j;
         snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", layer, lin_names[jl]);
-        if ((rc = plan_bf16_matrix(m, src, base, nm, n, k, JOB_LINEAR, &bf, &j, err))) return rc;
+        if ((rc = plan_bf16_matrix(m, src, base, nm, n, k, JOB_LINEAR, &bf, &j, err)))
+            return rc;
         j->lin = lin;
         j->quantize = !packed && !L->no_fp4;
     } else {
-        if (!(bf = xalloc(m, (size_t)n * k * 2, "weights.bf16", &m->bf16_bytes))) return -ENOMEM;
+        if (!(bf = xalloc(m, (size_t)n * k * 2, "weights.bf16", &m->bf16_bytes)))
+            return -ENOMEM;
         ls->bf16_dst = bf;
     }
     size_t auxb = mq_bf16_weight_aux_bytes(n, k);
     void *aux = auxb ? xalloc(m, auxb, "weights.bf16.aux", &m->bf16_bytes) : NULL;
-    if (auxb && !aux) return -ENOMEM;
+    if (auxb && !aux)
+        return -ENOMEM;
     mq_bf16_weight_bind(&lin->bf16, n, k, bf, aux);
 
     if (packed) {
-        if (L->no_fp4) { mq_errf(err, "%s: NVFP4 checkpoint but the NVFP4 copy was disabled", nm); return -EINVAL; }
+        if (L->no_fp4) {
+            mq_errf(err, "%s: NVFP4 checkpoint but the NVFP4 copy was disabled", nm);
+            return -EINVAL;
+        }
         if (k % MQ_FP4_BLOCK) {
             mq_errf(err, "%s: NVFP4 checkpoint with K = %d not a multiple of 16", nm, k);
             return -EINVAL;
         }
         static const mq_dtype U8[] = { MQ_DT_U8 }, E4M3[] = { MQ_DT_F8_E4M3 }, F32[] = { MQ_DT_F32 };
-        const struct { const char *suffix; const mq_dtype *dt; int64_t d0, d1; int ndim; job_kind kind; void *dst; } parts[4] = {
+        const struct {
+            const char *suffix;
+            const mq_dtype *dt;
+            int64_t d0, d1;
+            int ndim;
+            job_kind kind;
+            void *dst;
+        } parts[4] = {
             { "weight_packed", U8, n, k / 2, 2, JOB_FP4_CODES, lin->fp4.codes },
             { "weight_scale", E4M3, n, k / 16, 2, JOB_FP4_SCALES, lin->fp4.scales },
             { "weight_global_scale", F32, 1, 0, 1, JOB_FP4_WGS, NULL },
@@ -280,11 +320,16 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
         int nparts = 0;
         for (int p = 0; p < 4; p++) {
             snprintf(nm, sizeof nm, "model.layers.%d.%s.%s", layer, lin_names[jl], parts[p].suffix);
-            if (p == 3 && !mq_st_find(L->st, nm)) { lin->in_g = 0; continue; } /* dynamic g_x */
+            if (p == 3 && !mq_st_find(L->st, nm)) {
+                lin->in_g = 0;
+                continue;
+            } /* dynamic g_x */
             const mq_st_tensor *t = want(L->st, nm, parts[p].dt, 1, parts[p].ndim, parts[p].d0, parts[p].d1, err);
-            if (!t) return -EINVAL;
+            if (!t)
+                return -EINVAL;
             struct job *j = parts[p].dst ? add_read(m, t, 0, parts[p].dst) : add_staged(m, t, 0, parts[p].kind, NULL);
-            if (!j) return -ENOMEM;
+            if (!j)
+                return -ENOMEM;
             j->kind = parts[p].kind;
             j->lin = lin;
             j->ls = ls;
@@ -294,7 +339,8 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
     }
     if (c->qkv_bias && jl < 3) {
         snprintf(nm, sizeof nm, "model.layers.%d.%s.bias", layer, lin_names[jl]);
-        if ((rc = plan_vec(m, L->st, nm, n, &lin->bias, err))) return rc;
+        if ((rc = plan_vec(m, L->st, nm, n, &lin->bias, err)))
+            return rc;
     }
     return 0;
 }
@@ -307,9 +353,12 @@ static int check_unused(mq_model *m, char *err)
     for (int i = 0; i < L->st->n_tensors; i++) {
         const mq_st_tensor *t = &L->st->tensors[i];
         int used = 0;
-        for (int r = 0; r < L->n_reads && !used; r++) used = L->reads[r].tensor == t->name;
-        if (used || strstr(t->name, "rotary_emb.inv_freq")) continue;
-        if (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight")) continue;
+        for (int r = 0; r < L->n_reads && !used; r++)
+            used = L->reads[r].tensor == t->name;
+        if (used || strstr(t->name, "rotary_emb.inv_freq"))
+            continue;
+        if (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight"))
+            continue;
         mq_errf(err, "%s: tensor \"%s\" is not part of a %s model", L->st->paths[t->file], t->name,
                 mq_arch_name(m->cfg.arch));
         return -EINVAL;
@@ -317,81 +366,114 @@ static int check_unused(mq_model *m, char *err)
     return 0;
 }
 
-int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc,
-                  mq_model **out, const mq_read **reads, int *n_reads, char *err)
+int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc, mq_model **out,
+                  const mq_read **reads, int *n_reads, char *err)
 {
     static const mq_model_opts none = { 0 };
-    if (!opts) opts = &none;
-    if (!alloc) alloc = &mq_alloc_heap;
+    if (!opts)
+        opts = &none;
+    if (!alloc)
+        alloc = &mq_alloc_heap;
     *out = NULL;
     mq_model *m = calloc(1, sizeof *m);
-    if (!m) return -ENOMEM;
+    if (!m)
+        return -ENOMEM;
     struct mq_load *L = calloc(1, sizeof *L);
-    if (!L) { free(m); return -ENOMEM; }
+    if (!L) {
+        free(m);
+        return -ENOMEM;
+    }
     m->load = L;
     L->alloc = *alloc;
     L->no_fp4 = opts->no_fp4;
     int rc;
-    if ((rc = mq_config_load(&m->cfg, dir, err))) goto fail;
+    if ((rc = mq_config_load(&m->cfg, dir, err)))
+        goto fail;
     const mq_config *c = &m->cfg;
-    if ((rc = mq_st_open(&L->st, dir, err))) goto fail;
-    if (opts->bf16_dir && (rc = mq_st_open(&L->st_bf16, opts->bf16_dir, err))) goto fail;
+    if ((rc = mq_st_open(&L->st, dir, err)))
+        goto fail;
+    if (opts->bf16_dir && (rc = mq_st_open(&L->st_bf16, opts->bf16_dir, err)))
+        goto fail;
     if (opts->bf16_dir && !c->nvfp4_ckpt) {
         mq_errf(err, "%s: a BF16 folder for decode only pairs with an NVFP4 checkpoint", dir);
-        rc = -EINVAL; goto fail;
+        rc = -EINVAL;
+        goto fail;
     }
     L->n_files = L->st->n_files + (L->st_bf16 ? L->st_bf16->n_files : 0);
-    if (!(L->paths = calloc((size_t)L->n_files, sizeof *L->paths))) { rc = -ENOMEM; goto fail; }
-    for (int i = 0; i < L->st->n_files; i++) L->paths[i] = L->st->paths[i];
-    for (int i = 0; L->st_bf16 && i < L->st_bf16->n_files; i++) L->paths[L->st->n_files + i] = L->st_bf16->paths[i];
+    if (!(L->paths = calloc((size_t)L->n_files, sizeof *L->paths))) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < L->st->n_files; i++)
+        L->paths[i] = L->st->paths[i];
+    for (int i = 0; L->st_bf16 && i < L->st_bf16->n_files; i++)
+        L->paths[L->st->n_files + i] = L->st_bf16->paths[i];
 
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     L->lins = calloc((size_t)c->n_layers * 7, sizeof *L->lins);
-    if (!m->layers || !L->lins) { rc = -ENOMEM; goto fail; }
+    if (!m->layers || !L->lins) {
+        rc = -ENOMEM;
+        goto fail;
+    }
 
     struct job *j;
-    if ((rc = plan_bf16_matrix(m, L->st, 0, "model.embed_tokens.weight", c->vocab, c->hidden, JOB_EMBED,
-                               &m->embed, &j, err))) goto fail;
+    if ((rc = plan_bf16_matrix(m, L->st, 0, "model.embed_tokens.weight", c->vocab, c->hidden, JOB_EMBED, &m->embed, &j,
+                               err)))
+        goto fail;
     for (int l = 0; l < c->n_layers; l++) {
         mq_layer *ly = &m->layers[l];
         char nm[256];
         snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
-        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->attn_norm, err))) goto fail;
+        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->attn_norm, err)))
+            goto fail;
         snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->ffn_norm, err))) goto fail;
+        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->ffn_norm, err)))
+            goto fail;
         if (c->qk_norm) {
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
-            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->q_norm, err))) goto fail;
+            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->q_norm, err)))
+                goto fail;
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
-            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->k_norm, err))) goto fail;
+            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->k_norm, err)))
+                goto fail;
         }
         for (int jl = 0; jl < 7; jl++)
-            if ((rc = plan_linear(m, l, jl, err))) goto fail;
+            if ((rc = plan_linear(m, l, jl, err)))
+                goto fail;
     }
-    if ((rc = plan_vec(m, L->st, "model.norm.weight", c->hidden, &m->final_norm, err))) goto fail;
+    if ((rc = plan_vec(m, L->st, "model.norm.weight", c->hidden, &m->final_norm, err)))
+        goto fail;
     uint16_t *head = m->embed;
     if (!c->tie_embeddings &&
         (rc = plan_bf16_matrix(m, L->st, 0, "lm_head.weight", c->vocab, c->hidden, JOB_EMBED, &head, &j, err)))
         goto fail;
     size_t auxb = mq_bf16_weight_aux_bytes(c->vocab, c->hidden);
     void *aux = auxb ? xalloc(m, auxb, "weights.bf16.aux", &m->bf16_bytes) : NULL;
-    if (auxb && !aux) { rc = -ENOMEM; goto fail; }
+    if (auxb && !aux) {
+        rc = -ENOMEM;
+        goto fail;
+    }
     mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head, aux);
-    if ((rc = check_unused(m, err))) goto fail;
+    if ((rc = check_unused(m, err)))
+        goto fail;
 
     *out = m;
     *reads = L->reads;
     *n_reads = L->n_reads;
     return 0;
 fail:
-    if (rc == -ENOMEM && err && !*err) mq_errf(err, "%s: out of memory while planning the load", dir);
+    if (rc == -ENOMEM && err && !*err)
+        mq_errf(err, "%s: out of memory while planning the load", dir);
     mq_model_free(m);
     return rc;
 }
 
 int mq_model_files(const mq_model *m, const char *const **paths)
 {
-    if (!m->load || m->load->finished) { *paths = NULL; return 0; }
+    if (!m->load || m->load->finished) {
+        *paths = NULL;
+        return 0;
+    }
     *paths = (const char *const *)m->load->paths;
     return m->load->n_files;
 }
@@ -402,9 +484,12 @@ static float f16_to_f32(uint16_t h)
 {
     uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, f = h & 0x3ff;
     float v;
-    if (e == 0) v = ldexpf((float)f, -24);
-    else if (e == 31) v = f ? NAN : INFINITY;
-    else v = ldexpf((float)(f | 0x400), (int)e - 25);
+    if (e == 0)
+        v = ldexpf((float)f, -24);
+    else if (e == 31)
+        v = f ? NAN : INFINITY;
+    else
+        v = ldexpf((float)(f | 0x400), (int)e - 25);
     return s ? -v : v;
 }
 
@@ -413,7 +498,11 @@ static float elem_f32(mq_dtype dt, const void *src, size_t i)
     switch (dt) {
     case MQ_DT_BF16: return mq_bf16_to_f32(((const uint16_t *)src)[i]);
     case MQ_DT_F16: return f16_to_f32(((const uint16_t *)src)[i]);
-    case MQ_DT_F32: { float v; memcpy(&v, (const char *)src + 4 * i, 4); return v; }
+    case MQ_DT_F32: {
+        float v;
+        memcpy(&v, (const char *)src + 4 * i, 4);
+        return v;
+    }
     default: return NAN;
     }
 }
@@ -423,11 +512,15 @@ static int quantize_linear(mq_linear *lin, const char *name, char *err)
 {
     const int n = lin->bf16.n, k = lin->bf16.k;
     float amax = mq_amax_bf16(lin->bf16.w, (size_t)n * k);
-    if (!isfinite(amax)) { mq_errf(err, "tensor \"%s\": NaN or Inf in the weights", name); return -EINVAL; }
+    if (!isfinite(amax)) {
+        mq_errf(err, "tensor \"%s\": NaN or Inf in the weights", name);
+        return -EINVAL;
+    }
     lin->fp4.g = mq_fp4_global_scale(amax);
     enum { CHUNK = 32 };
     float *buf = malloc((size_t)CHUNK * k * sizeof(float));
-    if (!buf) return -ENOMEM;
+    if (!buf)
+        return -ENOMEM;
     int rc = 0;
     for (int r0 = 0; r0 < n && !rc; r0 += CHUNK) {
         int r1 = r0 + CHUNK < n ? r0 + CHUNK : n;
@@ -435,7 +528,8 @@ static int quantize_linear(mq_linear *lin, const char *name, char *err)
         rc = mq_fp4_weight_quantize_rows(&lin->fp4, buf, (size_t)k, r0, r1);
     }
     free(buf);
-    if (rc) mq_errf(err, "tensor \"%s\": cannot quantize to NVFP4", name);
+    if (rc)
+        mq_errf(err, "tensor \"%s\": cannot quantize to NVFP4", name);
     return rc;
 }
 
@@ -449,9 +543,11 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err)
         return -EINVAL;
     }
     mq_fp4_weight_prepare_rows(&lin->fp4, 0, n);
-    if (!ls->bf16_dst) return 0;
+    if (!ls->bf16_dst)
+        return 0;
     float *row = malloc((size_t)k * sizeof(float));
-    if (!row) return -ENOMEM;
+    if (!row)
+        return -ENOMEM;
     for (int r = 0; r < n; r++) {
         mq_fp4_dequantize_row(lin->fp4.codes + (size_t)r * (k / 2), lin->fp4.scales + (size_t)r * (k / 16), k,
                               lin->fp4.g, row);
@@ -465,7 +561,8 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err)
 int mq_model_tensor_ready(mq_model *m, int i, char *err)
 {
     struct mq_load *L = m->load;
-    if (!L || L->finished || i < 0 || i >= L->n_reads) return -EINVAL;
+    if (!L || L->finished || i < 0 || i >= L->n_reads)
+        return -EINVAL;
     struct job *j = &L->jobs[i];
     const char *name = L->reads[i].tensor;
     int expect = 0, rc = 0;
@@ -475,15 +572,18 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err)
     }
     switch (j->kind) {
     case JOB_VEC:
-        for (size_t e = 0; e < j->numel; e++) ((float *)j->dst)[e] = elem_f32(j->dtype, j->staging, e);
+        for (size_t e = 0; e < j->numel; e++)
+            ((float *)j->dst)[e] = elem_f32(j->dtype, j->staging, e);
         break;
     case JOB_EMBED:
     case JOB_LINEAR:
         if (j->staging)
-            for (size_t e = 0; e < j->numel; e++) ((uint16_t *)j->dst)[e] = mq_f32_to_bf16(elem_f32(j->dtype, j->staging, e));
+            for (size_t e = 0; e < j->numel; e++)
+                ((uint16_t *)j->dst)[e] = mq_f32_to_bf16(elem_f32(j->dtype, j->staging, e));
         if (j->kind == JOB_LINEAR) {
             mq_bf16_weight_prepare_rows(&j->lin->bf16, 0, j->lin->bf16.n);
-            if (j->quantize) rc = quantize_linear(j->lin, name, err);
+            if (j->quantize)
+                rc = quantize_linear(j->lin, name, err);
         }
         break;
     case JOB_FP4_WGS:
@@ -494,25 +594,29 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err)
             mq_errf(err, "tensor \"%s\" must be a positive number (got %g)", name, g);
             rc = -EINVAL;
         }
-        if (j->kind == JOB_FP4_WGS) j->lin->fp4.g = g; else j->lin->in_g = g;
+        if (j->kind == JOB_FP4_WGS)
+            j->lin->fp4.g = g;
+        else
+            j->lin->in_g = g;
         break;
     }
     case JOB_FP4_CODES:
-    case JOB_FP4_SCALES:
-        break;
+    case JOB_FP4_SCALES: break;
     }
     if (j->staging) {
         xfree_idx(m, j->staging_idx);
         j->staging = NULL;
     }
-    if (!rc && j->ls && atomic_fetch_sub(&j->ls->parts_left, 1) == 1) rc = finish_fp4_linear(j->ls, name, err);
+    if (!rc && j->ls && atomic_fetch_sub(&j->ls->parts_left, 1) == 1)
+        rc = finish_fp4_linear(j->ls, name, err);
     return rc;
 }
 
 int mq_model_finish(mq_model *m, char *err)
 {
     struct mq_load *L = m->load;
-    if (!L || L->finished) return 0;
+    if (!L || L->finished)
+        return 0;
     for (int i = 0; i < L->n_reads; i++)
         if (!atomic_load(&L->jobs[i].done)) {
             mq_errf(err, "tensor \"%s\" was never loaded", L->reads[i].tensor);
@@ -522,10 +626,14 @@ int mq_model_finish(mq_model *m, char *err)
     mq_st_close(L->st);
     mq_st_close(L->st_bf16);
     L->st = L->st_bf16 = NULL;
-    free(L->paths); L->paths = NULL;
-    free(L->reads); L->reads = NULL;
-    free(L->jobs); L->jobs = NULL;
-    free(L->lins); L->lins = NULL;
+    free(L->paths);
+    L->paths = NULL;
+    free(L->reads);
+    L->reads = NULL;
+    free(L->jobs);
+    L->jobs = NULL;
+    free(L->lins);
+    L->lins = NULL;
     L->n_reads = L->n_files = 0;
     L->finished = 1;
     return 0;
@@ -542,9 +650,16 @@ static int pread_all(int fd, void *dst, uint64_t bytes, uint64_t off)
     while (bytes) {
         size_t want_b = bytes > (1u << 30) ? (1u << 30) : (size_t)bytes;
         ssize_t r = pread(fd, p, want_b, (off_t)off);
-        if (r < 0) { if (errno == EINTR) continue; return -errno; }
-        if (r == 0) return -EIO;
-        p += r; off += (uint64_t)r; bytes -= (uint64_t)r;
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            return -EIO;
+        p += r;
+        off += (uint64_t)r;
+        bytes -= (uint64_t)r;
     }
     return 0;
 }
@@ -555,12 +670,17 @@ int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, ch
     int n, rc;
     mq_model *m;
     *out = NULL;
-    if ((rc = mq_model_plan(dir, opts, &mq_alloc_heap, &m, &reads, &n, err))) return rc;
+    if ((rc = mq_model_plan(dir, opts, &mq_alloc_heap, &m, &reads, &n, err)))
+        return rc;
     const char *const *paths;
     int nf = mq_model_files(m, &paths);
     int *fds = calloc((size_t)nf, sizeof *fds);
-    if (!fds) { mq_model_free(m); return -ENOMEM; }
-    for (int f = 0; f < nf; f++) fds[f] = -1;
+    if (!fds) {
+        mq_model_free(m);
+        return -ENOMEM;
+    }
+    for (int f = 0; f < nf; f++)
+        fds[f] = -1;
     for (int f = 0; f < nf && !rc; f++)
         if ((fds[f] = open(paths[f], O_RDONLY | O_CLOEXEC)) < 0) {
             rc = -errno;
@@ -573,10 +693,16 @@ int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, ch
         }
         rc = mq_model_tensor_ready(m, i, err);
     }
-    for (int f = 0; f < nf; f++) if (fds[f] >= 0) close(fds[f]);
+    for (int f = 0; f < nf; f++)
+        if (fds[f] >= 0)
+            close(fds[f]);
     free(fds);
-    if (!rc) rc = mq_model_finish(m, err);
-    if (rc) { mq_model_free(m); return rc; }
+    if (!rc)
+        rc = mq_model_finish(m, err);
+    if (rc) {
+        mq_model_free(m);
+        return rc;
+    }
     *out = m;
     return 0;
 }
@@ -585,11 +711,13 @@ int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, ch
  * the memory, e.g. mqd's arena). */
 void mq_model_free(mq_model *m)
 {
-    if (!m) return;
+    if (!m)
+        return;
     struct mq_load *L = m->load;
     if (L) {
         for (int i = 0; i < L->n_allocs; i++)
-            if (L->allocs[i].p && L->alloc.free) L->alloc.free(L->alloc.ctx, L->allocs[i].p, L->allocs[i].bytes);
+            if (L->allocs[i].p && L->alloc.free)
+                L->alloc.free(L->alloc.ctx, L->allocs[i].p, L->allocs[i].bytes);
         mq_st_close(L->st);
         mq_st_close(L->st_bf16);
         free(L->paths);

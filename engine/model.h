@@ -49,56 +49,56 @@ extern const mq_alloc mq_alloc_heap;
 
 /* One linear layer Y = X·Wᵀ (+ b) in both precisions. */
 typedef struct mq_linear {
-    mq_bf16_weight bf16;   /* W [out, in] BF16 */
-    mq_fp4_weight fp4;     /* W [out, in] NVFP4 (codes/scales/aux), fp4.g = g_w */
-    float in_g;            /* static activation global scale g_x from the checkpoint; 0 = dynamic */
-    float *bias;           /* [out] FP32, Qwen2 q/k/v only, else NULL */
+    mq_bf16_weight bf16; /* W [out, in] BF16 */
+    mq_fp4_weight fp4;   /* W [out, in] NVFP4 (codes/scales/aux), fp4.g = g_w */
+    float in_g;          /* static activation global scale g_x from the checkpoint; 0 = dynamic */
+    float *bias;         /* [out] FP32, Qwen2 q/k/v only, else NULL */
 } mq_linear;
 
 typedef struct mq_layer {
-    float *attn_norm;      /* [hidden]   input_layernorm */
-    float *ffn_norm;       /* [hidden]   post_attention_layernorm */
-    float *q_norm;         /* [head_dim] Qwen3 only, else NULL */
-    float *k_norm;         /* [head_dim] Qwen3 only, else NULL */
-    mq_linear q;           /* [n_head*head_dim, hidden] */
-    mq_linear k;           /* [n_kv*head_dim,   hidden] */
-    mq_linear v;           /* [n_kv*head_dim,   hidden] */
-    mq_linear o;           /* [hidden, n_head*head_dim] */
-    mq_linear gate;        /* [inter, hidden] */
-    mq_linear up;          /* [inter, hidden] */
-    mq_linear down;        /* [hidden, inter] */
+    float *attn_norm; /* [hidden]   input_layernorm */
+    float *ffn_norm;  /* [hidden]   post_attention_layernorm */
+    float *q_norm;    /* [head_dim] Qwen3 only, else NULL */
+    float *k_norm;    /* [head_dim] Qwen3 only, else NULL */
+    mq_linear q;      /* [n_head*head_dim, hidden] */
+    mq_linear k;      /* [n_kv*head_dim,   hidden] */
+    mq_linear v;      /* [n_kv*head_dim,   hidden] */
+    mq_linear o;      /* [hidden, n_head*head_dim] */
+    mq_linear gate;   /* [inter, hidden] */
+    mq_linear up;     /* [inter, hidden] */
+    mq_linear down;   /* [hidden, inter] */
 } mq_layer;
 
 typedef struct mq_model {
     mq_config cfg;
-    uint16_t *embed;       /* [vocab, hidden] BF16 */
-    float *final_norm;     /* [hidden] */
-    mq_bf16_weight lm_head;/* [vocab, hidden] BF16; .w == embed when tied */
-    mq_layer *layers;      /* [n_layers] */
-    size_t bf16_bytes;     /* BF16 copy: linears + embedding + LM head (+ aux) */
-    size_t fp4_bytes;      /* NVFP4 copy: codes + scales + aux */
-    size_t other_bytes;    /* norms, biases */
-    struct mq_load *load;  /* loading state, then the record of allocations */
+    uint16_t *embed;        /* [vocab, hidden] BF16 */
+    float *final_norm;      /* [hidden] */
+    mq_bf16_weight lm_head; /* [vocab, hidden] BF16; .w == embed when tied */
+    mq_layer *layers;       /* [n_layers] */
+    size_t bf16_bytes;      /* BF16 copy: linears + embedding + LM head (+ aux) */
+    size_t fp4_bytes;       /* NVFP4 copy: codes + scales + aux */
+    size_t other_bytes;     /* norms, biases */
+    struct mq_load *load;   /* loading state, then the record of allocations */
 } mq_model;
 
 /* One read the loader must perform: bytes [offset, offset+bytes) of file `file` into dst. */
 typedef struct mq_read {
-    int file;              /* index into mq_model_files() */
+    int file; /* index into mq_model_files() */
     uint64_t offset;
     uint64_t bytes;
     void *dst;
-    const char *tensor;    /* the checkpoint tensor's name (for messages) */
+    const char *tensor; /* the checkpoint tensor's name (for messages) */
 } mq_read;
 
 typedef struct mq_model_opts {
-    const char *bf16_dir;  /* NVFP4 checkpoint: separate BF16 checkpoint for decode, or NULL */
-    int no_fp4;            /* skip the NVFP4 copy (BF16-only tools); fp4 mode then refuses */
+    const char *bf16_dir; /* NVFP4 checkpoint: separate BF16 checkpoint for decode, or NULL */
+    int no_fp4;           /* skip the NVFP4 copy (BF16-only tools); fp4 mode then refuses */
 } mq_model_opts;
 
 /* Step 1. On success *out is a model whose weights are not yet valid, and *reads /
  * *n_reads the reads to perform (owned by the model). 0 or negative errno + err. */
-int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc,
-                  mq_model **out, const mq_read **reads, int *n_reads, char *err);
+int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc, mq_model **out,
+                  const mq_read **reads, int *n_reads, char *err);
 /* The files the reads refer to: n and paths (valid until finish). */
 int mq_model_files(const mq_model *m, const char *const **paths);
 /* Step 2: read i's bytes are in place. Thread-safe for distinct i. */

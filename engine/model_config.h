@@ -14,7 +14,7 @@
 
 #include <stddef.h>
 
-#define MQ_ERR_LEN 256     /* size of the error buffers passed around daemon/ */
+#define MQ_ERR_LEN 256 /* size of the error buffers passed around daemon/ */
 #define MQ_MAX_EOS 8
 
 /* Formats an error message into err (MQ_ERR_LEN bytes, truncated if longer). */
@@ -24,25 +24,25 @@ typedef enum { MQ_ARCH_QWEN3, MQ_ARCH_QWEN2, MQ_ARCH_LLAMA } mq_arch;
 
 typedef struct mq_config {
     mq_arch arch;
-    int n_layers;          /* num_hidden_layers */
-    int hidden;            /* hidden_size */
-    int n_head;            /* num_attention_heads */
-    int n_kv;              /* num_key_value_heads (defaults to n_head) */
-    int head_dim;          /* head_dim, or hidden / n_head */
-    int inter;             /* intermediate_size (SwiGLU width) */
-    int vocab;             /* vocab_size */
-    int max_pos;           /* max_position_embeddings */
-    float rms_eps;         /* rms_norm_eps */
-    double rope_theta;     /* rope_theta / rope_parameters.rope_theta / rope_scaling.rope_theta */
-    int tie_embeddings;    /* tie_word_embeddings (default false, as in transformers) */
-    int qk_norm;           /* Qwen3: q_norm/k_norm RMSNorm over each head */
-    int qkv_bias;          /* Qwen2 (or attention_bias: true): biases on q, k, v */
-    int bos_id;            /* -1 when absent */
+    int n_layers;       /* num_hidden_layers */
+    int hidden;         /* hidden_size */
+    int n_head;         /* num_attention_heads */
+    int n_kv;           /* num_key_value_heads (defaults to n_head) */
+    int head_dim;       /* head_dim, or hidden / n_head */
+    int inter;          /* intermediate_size (SwiGLU width) */
+    int vocab;          /* vocab_size */
+    int max_pos;        /* max_position_embeddings */
+    float rms_eps;      /* rms_norm_eps */
+    double rope_theta;  /* rope_theta / rope_parameters.rope_theta / rope_scaling.rope_theta */
+    int tie_embeddings; /* tie_word_embeddings (default false, as in transformers) */
+    int qk_norm;        /* Qwen3: q_norm/k_norm RMSNorm over each head */
+    int qkv_bias;       /* Qwen2 (or attention_bias: true): biases on q, k, v */
+    int bos_id;         /* -1 when absent */
     int eos_ids[MQ_MAX_EOS];
     int n_eos;
     /* quantization_config: compressed-tensors, format nvfp4-pack-quantized */
-    int nvfp4_ckpt;        /* 1 = linears stored as NVFP4 (weight_packed, ...) */
-    char **fp4_ignore;     /* module names left unquantized (usually "lm_head") */
+    int nvfp4_ckpt;    /* 1 = linears stored as NVFP4 (weight_packed, ...) */
+    char **fp4_ignore; /* module names left unquantized (usually "lm_head") */
     int n_fp4_ignore;
 } mq_config;
 

@@ -29,11 +29,14 @@ struct mq_pool {
     pthread_t *threads;
     mq_pool_fn fn;
     void *arg;
-    _Atomic uint32_t gen;      /* bumped once per run (futex word for the workers) */
-    _Atomic uint32_t pending;  /* workers still running this run (futex word for the caller) */
+    _Atomic uint32_t gen;     /* bumped once per run (futex word for the workers) */
+    _Atomic uint32_t pending; /* workers still running this run (futex word for the caller) */
     _Atomic int stop;
     _Atomic uint64_t runs;
-    struct worker { mq_pool *p; int tid; } *workers;
+    struct worker {
+        mq_pool *p;
+        int tid;
+    } * workers;
 };
 
 static long futex(_Atomic uint32_t *addr, int op, uint32_t val)
@@ -41,7 +44,10 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val)
     return syscall(SYS_futex, (uint32_t *)addr, op, val, NULL, NULL, 0);
 }
 
-static inline void cpu_relax(void) { __builtin_ia32_pause(); }
+static inline void cpu_relax(void)
+{
+    __builtin_ia32_pause();
+}
 
 static void *worker_main(void *v)
 {
@@ -52,11 +58,15 @@ static void *worker_main(void *v)
         uint32_t g;
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
-            if (++spins < POOL_SPIN) { cpu_relax(); continue; }
+            if (++spins < POOL_SPIN) {
+                cpu_relax();
+                continue;
+            }
             futex(&p->gen, FUTEX_WAIT_PRIVATE, seen);
         }
         seen = g;
-        if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
+        if (atomic_load_explicit(&p->stop, memory_order_acquire))
+            return NULL;
         p->fn(p->arg, w->tid, p->nthreads);
         if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1)
             futex(&p->pending, FUTEX_WAKE_PRIVATE, 1);
@@ -65,7 +75,8 @@ static void *worker_main(void *v)
 
 void mq_pool_split(int n, int align, int tid, int nthreads, int *lo, int *hi)
 {
-    if (align < 1) align = 1;
+    if (align < 1)
+        align = 1;
     long units = (n + align - 1) / align;
     long a = units * tid / nthreads, b = units * (tid + 1) / nthreads;
     long l = a * align, h = b * align;
@@ -76,25 +87,31 @@ void mq_pool_split(int n, int align, int tid, int nthreads, int *lo, int *hi)
 int mq_pool_create(mq_pool **out, int nthreads, const cpu_set_t *cpus, const char *name)
 {
     *out = NULL;
-    if (nthreads < 1 || nthreads > 1024) return -EINVAL;
+    if (nthreads < 1 || nthreads > 1024)
+        return -EINVAL;
     mq_pool *p = calloc(1, sizeof *p);
-    if (!p) return -ENOMEM;
+    if (!p)
+        return -ENOMEM;
     p->nthreads = nthreads;
     p->threads = calloc((size_t)nthreads, sizeof *p->threads);
     p->workers = calloc((size_t)nthreads, sizeof *p->workers);
     if (!p->threads || !p->workers) {
-        free(p->threads); free(p->workers); free(p);
+        free(p->threads);
+        free(p->workers);
+        free(p);
         return -ENOMEM;
     }
     int started = 1, rc = 0;
     for (int t = 1; t < nthreads; t++) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
-        if (cpus) pthread_attr_setaffinity_np(&attr, sizeof *cpus, cpus);
+        if (cpus)
+            pthread_attr_setaffinity_np(&attr, sizeof *cpus, cpus);
         p->workers[t] = (struct worker){ p, t };
         rc = -pthread_create(&p->threads[t], &attr, worker_main, &p->workers[t]);
         pthread_attr_destroy(&attr);
-        if (rc) break;
+        if (rc)
+            break;
         started++;
         char tn[32];
         snprintf(tn, sizeof tn, "%.10s-%d", name ? name : "pool", t);
@@ -124,14 +141,20 @@ void mq_pool_run(mq_pool *p, mq_pool_fn fn, void *arg)
         uint32_t left;
         int spins = 0;
         while ((left = atomic_load_explicit(&p->pending, memory_order_acquire)) != 0) {
-            if (++spins < POOL_SPIN) { cpu_relax(); continue; }
+            if (++spins < POOL_SPIN) {
+                cpu_relax();
+                continue;
+            }
             futex(&p->pending, FUTEX_WAIT_PRIVATE, left);
         }
     }
     atomic_fetch_add_explicit(&p->runs, 1, memory_order_release);
 }
 
-int mq_pool_threads(const mq_pool *p) { return p->nthreads; }
+int mq_pool_threads(const mq_pool *p)
+{
+    return p->nthreads;
+}
 
 uint64_t mq_pool_runs(const mq_pool *p)
 {
@@ -140,12 +163,14 @@ uint64_t mq_pool_runs(const mq_pool *p)
 
 void mq_pool_destroy(mq_pool *p)
 {
-    if (!p) return;
+    if (!p)
+        return;
     if (p->nthreads > 1) {
         atomic_store_explicit(&p->stop, 1, memory_order_release);
         atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
         futex(&p->gen, FUTEX_WAKE_PRIVATE, INT32_MAX);
-        for (int t = 1; t < p->nthreads; t++) pthread_join(p->threads[t], NULL);
+        for (int t = 1; t < p->nthreads; t++)
+            pthread_join(p->threads[t], NULL);
     }
     free(p->threads);
     free(p->workers);

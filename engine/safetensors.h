@@ -19,36 +19,46 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/model_config.h"   /* MQ_ERR_LEN */
+#include "engine/model_config.h" /* MQ_ERR_LEN */
 
 typedef enum {
-    MQ_DT_BF16, MQ_DT_F16, MQ_DT_F32, MQ_DT_U8, MQ_DT_F8_E4M3, MQ_DT_I32, MQ_DT_I64, MQ_DT_F64,
-    MQ_DT_BOOL, MQ_DT_I8, MQ_DT_I16, MQ_DT_U16,
+    MQ_DT_BF16,
+    MQ_DT_F16,
+    MQ_DT_F32,
+    MQ_DT_U8,
+    MQ_DT_F8_E4M3,
+    MQ_DT_I32,
+    MQ_DT_I64,
+    MQ_DT_F64,
+    MQ_DT_BOOL,
+    MQ_DT_I8,
+    MQ_DT_I16,
+    MQ_DT_U16,
     MQ_DT_COUNT
 } mq_dtype;
 
-#define MQ_ST_MAX_DIMS 8
-#define MQ_ST_HEADER_MAX (100u << 20)   /* safetensors' own limit on the JSON header */
+#define MQ_ST_MAX_DIMS   8
+#define MQ_ST_HEADER_MAX (100u << 20) /* safetensors' own limit on the JSON header */
 
 typedef struct mq_st_tensor {
     char *name;
     mq_dtype dtype;
     int ndim;
     int64_t shape[MQ_ST_MAX_DIMS];
-    int file;               /* index into mq_st.paths */
-    uint64_t offset;        /* absolute byte offset in the file */
+    int file;        /* index into mq_st.paths */
+    uint64_t offset; /* absolute byte offset in the file */
     uint64_t bytes;
 } mq_st_tensor;
 
 typedef struct mq_st {
     int n_files;
-    char **paths;           /* [n_files] */
-    uint64_t *file_bytes;   /* [n_files] */
+    char **paths;         /* [n_files] */
+    uint64_t *file_bytes; /* [n_files] */
     int n_tensors;
-    mq_st_tensor *tensors;  /* [n_tensors], sorted by name */
+    mq_st_tensor *tensors; /* [n_tensors], sorted by name */
 } mq_st;
 
-const char *mq_dtype_name(mq_dtype d);   /* safetensors spelling: "BF16", "F8_E4M3", ... */
+const char *mq_dtype_name(mq_dtype d); /* safetensors spelling: "BF16", "F8_E4M3", ... */
 size_t mq_dtype_size(mq_dtype d);
 int64_t mq_st_numel(const mq_st_tensor *t);
 
@@ -60,8 +70,8 @@ int mq_st_open_file(mq_st **out, const char *path, char *err);
 /* Validates one file's header in memory: buf holds at least the 8-byte length and the
  * JSON (buf_len bytes), file_bytes is the whole file's size. Appends the tensors to st
  * with file index `file`. Used by open and by the fuzzer. */
-int mq_st_parse_header(mq_st *st, int file, const uint8_t *buf, size_t buf_len, uint64_t file_bytes,
-                       const char *what, char *err);
+int mq_st_parse_header(mq_st *st, int file, const uint8_t *buf, size_t buf_len, uint64_t file_bytes, const char *what,
+                       char *err);
 const mq_st_tensor *mq_st_find(const mq_st *st, const char *name);
 void mq_st_close(mq_st *st);
 
@@ -74,8 +84,8 @@ typedef struct mq_st_writer mq_st_writer;
 int mq_st_writer_create(mq_st_writer **out);
 /* Adds a tensor; `data` (bytes long, not copied: keep it alive until write) or, when data
  * is NULL, `fill` produces the bytes at write time. */
-int mq_st_writer_add(mq_st_writer *w, const char *name, mq_dtype dt, const int64_t *shape, int ndim,
-                     const void *data, mq_st_fill_fn fill, void *fill_ctx);
+int mq_st_writer_add(mq_st_writer *w, const char *name, mq_dtype dt, const int64_t *shape, int ndim, const void *data,
+                     mq_st_fill_fn fill, void *fill_ctx);
 /* Writes the file (header with "__metadata__": {"format": "pt"}, then the data in the
  * order added, 8-byte aligned header). 0 or negative errno with err. */
 int mq_st_writer_write(mq_st_writer *w, const char *path, char *err);

@@ -45,10 +45,10 @@ void mq_sampler_params_default(mq_sampler_params *p);
 typedef struct mq_sampler {
     mq_sampler_params p;
     int vocab;
-    uint64_t rng[4];      /* xoshiro256**, seeded from p.seed by splitmix64 */
-    int *idx;             /* [vocab] candidate ids */
-    float *prob;          /* [vocab] candidate probabilities */
-    uint32_t *count;      /* [vocab] occurrences in the history (zero between calls) */
+    uint64_t rng[4]; /* xoshiro256**, seeded from p.seed by splitmix64 */
+    int *idx;        /* [vocab] candidate ids */
+    float *prob;     /* [vocab] candidate probabilities */
+    uint32_t *count; /* [vocab] occurrences in the history (zero between calls) */
 } mq_sampler;
 
 /* -EINVAL for a bad parameter (NaN, top_p <= 0, negative penalty...), -ENOMEM. */
@@ -60,8 +60,7 @@ void mq_sampler_free(mq_sampler *s);
  * when none is), probs summing to 1. logits [vocab] are modified in place (penalised and
  * divided by the temperature). ids/probs may be s->idx / s->prob. Greedy gives k = 1.
  * Returns k >= 1 or -ENOMEM. */
-int mq_sampler_candidates(mq_sampler *s, float *logits, const int32_t *history, size_t n_hist,
-                          int *ids, float *probs);
+int mq_sampler_candidates(mq_sampler *s, float *logits, const int32_t *history, size_t n_hist, int *ids, float *probs);
 /* One token id, or -ENOMEM. Same logits rule as above. Consumes one RNG draw unless
  * greedy. Cost: O(vocab) plus a sort of the ids top-p/min-p/top-k may keep. */
 int32_t mq_sampler_sample(mq_sampler *s, float *logits, const int32_t *history, size_t n_hist);
@@ -80,9 +79,9 @@ typedef struct mq_stop {
     char **strs;
     size_t *lens;
     int n_strs;
-    char *buf;         /* withheld bytes + the text being fed */
+    char *buf; /* withheld bytes + the text being fed */
     size_t n_held, cap;
-    char *out;         /* released text of the last call */
+    char *out; /* released text of the last call */
     size_t out_cap;
     int stopped;
 } mq_stop;
@@ -97,7 +96,10 @@ int mq_stop_is_token(const mq_stop *s, int32_t id);
 int mq_stop_feed(mq_stop *s, const char *text, size_t len, const char **out, size_t *out_len);
 /* End of generation for another reason (stop token, length): releases the held text. */
 void mq_stop_flush(mq_stop *s, const char **out, size_t *out_len);
-static inline size_t mq_stop_withheld(const mq_stop *s) { return s->n_held; }
+static inline size_t mq_stop_withheld(const mq_stop *s)
+{
+    return s->n_held;
+}
 
 #ifdef __cplusplus
 }

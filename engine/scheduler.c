@@ -35,10 +35,10 @@
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
-#define SCHED_IDLE_TICK_MS 500      /* drivers bump their progress counter this often when idle */
-#define SCHED_STOP_TAIL 256         /* bytes of generated text kept for stop-string matching */
+#define SCHED_IDLE_TICK_MS       500 /* drivers bump their progress counter this often when idle */
+#define SCHED_STOP_TAIL          256 /* bytes of generated text kept for stop-string matching */
 #define SCHED_DEFAULT_MAX_TOKENS 256
-#define SCHED_MAX_CONTEXT 32768
+#define SCHED_MAX_CONTEXT        32768
 
 enum { RQ_QUEUED = 1, RQ_PREFILL = 2, RQ_DECODE = 3 };
 
@@ -50,36 +50,36 @@ struct req {
     char *stop[MQ_SCHED_MAX_STOP_STRS];
     mq_sink sink;
     int state;
-    int end_code;               /* atomic: 0 or 1 + mq_end_reason requested by cancel */
-    int hist0;                  /* history length before this request */
-    int kv0;                    /* session KV before admission */
-    int limit;                  /* history length at which generation stops */
-    int reserved;               /* KV blocks still reserved */
+    int end_code; /* atomic: 0 or 1 + mq_end_reason requested by cancel */
+    int hist0;    /* history length before this request */
+    int kv0;      /* session KV before admission */
+    int limit;    /* history length at which generation stops */
+    int reserved; /* KV blocks still reserved */
     int generated;
     int emitted_first;
     mq_req_stats st;
     double t_submit, t_first_chunk, t_prefill_busy, t_first_tok, t_last_tok;
     mq_tok_stream ts;
-    mq_sampler smp;            /* per-request sampling state (engine/sampler.h) */
+    mq_sampler smp; /* per-request sampling state (engine/sampler.h) */
     int has_smp;
-    mq_stop stopper;            /* stop strings on the streamed text, withholding partial matches */
+    mq_stop stopper; /* stop strings on the streamed text, withholding partial matches */
     int has_stop;
-    struct req *next;           /* queue / decode list link */
+    struct req *next; /* queue / decode list link */
 };
 
 struct session {
     uint64_t id;
     int32_t *hist;
     int n_hist, cap_hist;
-    int n_kv;                   /* history[0..n_kv) has K/V in the blocks */
-    int *blk;                   /* [max_blocks] KV store ids */
-    uint8_t **ptr;              /* [max_blocks] block memory (the engine's mq_kv_seq) */
-    uint64_t *hash;             /* [max_blocks] chain hash of each full block */
+    int n_kv;       /* history[0..n_kv) has K/V in the blocks */
+    int *blk;       /* [max_blocks] KV store ids */
+    uint8_t **ptr;  /* [max_blocks] block memory (the engine's mq_kv_seq) */
+    uint64_t *hash; /* [max_blocks] chain hash of each full block */
     int n_blk;
-    int n_hashed;               /* leading full blocks hashed (and offered to the index) */
-    int n_shared;               /* blocks obtained from the index */
+    int n_hashed; /* leading full blocks hashed (and offered to the index) */
+    int n_shared; /* blocks obtained from the index */
     struct req *req;
-    int notifying;              /* finished requests whose on_done has not returned yet */
+    int notifying; /* finished requests whose on_done has not returned yet */
     double last_used;
     struct session *next;
 };
@@ -93,7 +93,7 @@ struct mq_sched {
     mq_kv_store *kv;
     mq_pool *pf_pool, *dec_pool;
     mq_engine *pf_eng, *dec_eng;
-    float *pf_logits, *dec_logits;  /* [vocab], [max_batch, vocab] */
+    float *pf_logits, *dec_logits; /* [vocab], [max_batch, vocab] */
     pthread_t pf_th, dec_th;
     int threads_started;
 
@@ -103,16 +103,16 @@ struct mq_sched {
     uint64_t next_id;
     struct session *sessions;
     int n_sessions;
-    struct req *queue_head, *queue_tail;  /* QUEUED and PREFILL requests, in order */
+    struct req *queue_head, *queue_tail; /* QUEUED and PREFILL requests, in order */
     int n_queued, n_prefilling;
-    struct req *decoding;                 /* DECODE requests */
+    struct req *decoding; /* DECODE requests */
     int n_decoding;
-    int rr_decode;                        /* round-robin start when over max_batch */
+    int rr_decode; /* round-robin start when over max_batch */
 
     /* stats */
     uint64_t req_done, req_failed, tok_prompt, tok_cached, tok_prefilled, tok_generated;
     double pf_busy_s, dec_busy_s;
-    uint64_t pf_progress, dec_progress;   /* atomics */
+    uint64_t pf_progress, dec_progress; /* atomics */
 };
 
 static double now_s(void)
@@ -158,16 +158,21 @@ static int parse_cpus(const char *s, cpu_set_t *set)
     while (*p) {
         char *e;
         long a = strtol(p, &e, 10), b = a;
-        if (e == p || a < 0 || a >= CPU_SETSIZE) return -EINVAL;
+        if (e == p || a < 0 || a >= CPU_SETSIZE)
+            return -EINVAL;
         p = e;
         if (*p == '-') {
             b = strtol(p + 1, &e, 10);
-            if (e == p + 1 || b < a || b >= CPU_SETSIZE) return -EINVAL;
+            if (e == p + 1 || b < a || b >= CPU_SETSIZE)
+                return -EINVAL;
             p = e;
         }
-        for (long c = a; c <= b; c++) CPU_SET((int)c, set);
-        if (*p == ',') p++;
-        else if (*p) return -EINVAL;
+        for (long c = a; c <= b; c++)
+            CPU_SET((int)c, set);
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return -EINVAL;
     }
     return CPU_COUNT(set) ? 0 : -EINVAL;
 }
@@ -177,7 +182,8 @@ static int parse_cpus(const char *s, cpu_set_t *set)
 static struct session *find_session(mq_sched *s, uint64_t id)
 {
     for (struct session *ss = s->sessions; ss; ss = ss->next)
-        if (ss->id == id) return ss;
+        if (ss->id == id)
+            return ss;
     return NULL;
 }
 
@@ -191,7 +197,8 @@ static int blocks_for(const mq_sched *s, int tokens)
 static void truncate_kv(mq_sched *s, struct session *ss, int n)
 {
     int bt = s->o.block_tokens;
-    if (n < ss->n_kv) ss->n_kv = n;
+    if (n < ss->n_kv)
+        ss->n_kv = n;
     int keep = blocks_for(s, ss->n_kv);
     if (ss->n_kv % bt && keep - 1 < ss->n_hashed) {
         keep--;
@@ -202,8 +209,10 @@ static void truncate_kv(mq_sched *s, struct session *ss, int n)
         mq_kv_unref(s->kv, ss->blk[ss->n_blk]);
         ss->ptr[ss->n_blk] = NULL;
     }
-    if (ss->n_hashed > ss->n_blk) ss->n_hashed = ss->n_blk;
-    if (ss->n_shared > ss->n_blk) ss->n_shared = ss->n_blk;
+    if (ss->n_hashed > ss->n_blk)
+        ss->n_hashed = ss->n_blk;
+    if (ss->n_shared > ss->n_blk)
+        ss->n_shared = ss->n_blk;
 }
 
 /* Hashes and publishes the session's newly full blocks. */
@@ -223,14 +232,16 @@ static void publish_full_blocks(mq_sched *s, struct session *ss)
 static void lookup_prefix(mq_sched *s, struct session *ss)
 {
     int bt = s->o.block_tokens;
-    if (ss->n_kv % bt || ss->n_hashed != ss->n_blk) return;
+    if (ss->n_kv % bt || ss->n_hashed != ss->n_blk)
+        return;
     while (ss->n_kv + bt <= ss->n_hist - 1 && ss->n_blk < s->max_blocks) {
         int b = ss->n_blk;
         uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
         const int32_t *t = ss->hist + (size_t)b * bt;
         uint64_t h = mq_kv_prefix_hash(parent, t, bt);
         int id = mq_kv_lookup(s->kv, parent, h, t);
-        if (id < 0) break;
+        if (id < 0)
+            break;
         ss->blk[b] = id;
         ss->ptr[b] = mq_kv_block_ptr(s->kv, id);
         ss->hash[b] = h;
@@ -247,12 +258,14 @@ static void lookup_prefix(mq_sched *s, struct session *ss)
 static int reclaim_idle(mq_sched *s, int need, const struct session *except)
 {
     for (;;) {
-        if (mq_kv_reserve(s->kv, need) == 0) return 0;
+        if (mq_kv_reserve(s->kv, need) == 0)
+            return 0;
         struct session *victim = NULL;
         for (struct session *ss = s->sessions; ss; ss = ss->next)
             if (ss != except && !ss->req && ss->n_blk > 0 && (!victim || ss->last_used < victim->last_used))
                 victim = ss;
-        if (!victim) return -ENOSPC;
+        if (!victim)
+            return -ENOSPC;
         truncate_kv(s, victim, 0);
     }
 }
@@ -261,9 +274,12 @@ static int reclaim_idle(mq_sched *s, int need, const struct session *except)
 
 static void req_free(struct req *r)
 {
-    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) free(r->stop[i]);
-    if (r->has_smp) mq_sampler_free(&r->smp);
-    if (r->has_stop) mq_stop_free(&r->stopper);
+    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++)
+        free(r->stop[i]);
+    if (r->has_smp)
+        mq_sampler_free(&r->smp);
+    if (r->has_stop)
+        mq_stop_free(&r->stopper);
     free(r);
 }
 
@@ -274,8 +290,8 @@ static void fill_stats(struct req *r, double t_end)
     r->st.queue_ms = r->t_first_chunk > 0 ? (r->t_first_chunk - r->t_submit) * 1e3 : r->st.total_ms;
     r->st.ttft_ms = r->t_first_tok > 0 ? (r->t_first_tok - r->t_submit) * 1e3 : 0;
     r->st.prefill_tok_s = r->t_prefill_busy > 0 ? r->st.prefilled_tokens / r->t_prefill_busy : 0;
-    r->st.decode_tok_s = r->generated > 1 && r->t_last_tok > r->t_first_tok
-                             ? (r->generated - 1) / (r->t_last_tok - r->t_first_tok) : 0;
+    r->st.decode_tok_s =
+        r->generated > 1 && r->t_last_tok > r->t_first_tok ? (r->generated - 1) / (r->t_last_tok - r->t_first_tok) : 0;
 }
 
 /* Unlinks a finished request from its session (s->mu held). The caller then calls
@@ -283,12 +299,14 @@ static void fill_stats(struct req *r, double t_end)
 static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err)
 {
     struct session *ss = r->ss;
-    if (r->reserved) mq_kv_unreserve(s->kv, r->reserved);
+    if (r->reserved)
+        mq_kv_unreserve(s->kv, r->reserved);
     r->reserved = 0;
     if (!r->emitted_first && (why == MQ_END_CANCEL || why == MQ_END_CLIENT_GONE || why == MQ_END_ERROR)) {
         /* nothing was generated: the request leaves the history as it found it */
         ss->n_hist = r->hist0;
-        if (ss->n_kv > ss->n_hist) truncate_kv(s, ss, ss->n_hist);
+        if (ss->n_kv > ss->n_hist)
+            truncate_kv(s, ss, ss->n_hist);
     }
     ss->req = NULL;
     ss->notifying++;
@@ -297,19 +315,22 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     s->tok_cached += (uint64_t)r->st.cached_tokens;
     s->tok_prefilled += (uint64_t)r->st.prefilled_tokens;
     s->tok_generated += (uint64_t)r->generated;
-    if (why == MQ_END_ERROR) s->req_failed++;
-    else s->req_done++;
+    if (why == MQ_END_ERROR)
+        s->req_failed++;
+    else
+        s->req_done++;
     (void)err;
     pthread_cond_broadcast(&s->done_cv);
-    pthread_cond_signal(&s->pf_cv);   /* blocks may have freed up for a waiting request */
+    pthread_cond_signal(&s->pf_cv); /* blocks may have freed up for a waiting request */
 }
 
 static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err, const char *msg)
 {
     fill_stats(r, now_s());
-    if (r->sink.on_done) r->sink.on_done(r->sink.ctx, why, err, msg ? msg : "", &r->st);
+    if (r->sink.on_done)
+        r->sink.on_done(r->sink.ctx, why, err, msg ? msg : "", &r->st);
     pthread_mutex_lock(&s->mu);
-    r->ss->notifying--;   /* close/drain/destroy wait for this: on_done has returned */
+    r->ss->notifying--; /* close/drain/destroy wait for this: on_done has returned */
     pthread_cond_broadcast(&s->done_cv);
     pthread_mutex_unlock(&s->mu);
     req_free(r);
@@ -318,19 +339,27 @@ static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err
 static void queue_remove(mq_sched *s, struct req *r)
 {
     struct req **pp = &s->queue_head, *prev = NULL;
-    while (*pp && *pp != r) { prev = *pp; pp = &(*pp)->next; }
-    if (!*pp) return;
+    while (*pp && *pp != r) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
     *pp = r->next;
-    if (s->queue_tail == r) s->queue_tail = prev;
+    if (s->queue_tail == r)
+        s->queue_tail = prev;
     r->next = NULL;
-    if (r->state == RQ_QUEUED) s->n_queued--;
-    else s->n_prefilling--;
+    if (r->state == RQ_QUEUED)
+        s->n_queued--;
+    else
+        s->n_prefilling--;
 }
 
 static void decode_remove(mq_sched *s, struct req *r)
 {
     struct req **pp = &s->decoding;
-    while (*pp && *pp != r) pp = &(*pp)->next;
+    while (*pp && *pp != r)
+        pp = &(*pp)->next;
     if (*pp) {
         *pp = r->next;
         s->n_decoding--;
@@ -345,7 +374,8 @@ static int32_t sample(mq_sched *s, struct req *r, float *logits)
     if (r->has_smp) {
         /* penalties see the whole history: prompt and generated ids, as transformers */
         int32_t id = mq_sampler_sample(&r->smp, logits, r->ss->hist, (size_t)r->ss->n_hist);
-        if (id >= 0) return id;
+        if (id >= 0)
+            return id;
     }
     return (int32_t)mq_argmax(logits, s->vocab);
 }
@@ -353,12 +383,15 @@ static int32_t sample(mq_sched *s, struct req *r, float *logits)
 static int is_stop_id(mq_sched *s, const struct req *r, int32_t id)
 {
     for (int i = 0; i < r->p.n_stop_ids; i++)
-        if (r->p.stop_ids[i] == id) return 1;
+        if (r->p.stop_ids[i] == id)
+            return 1;
     if (r->p.use_eos) {
         const mq_config *c = &s->model->cfg;
         for (int i = 0; i < c->n_eos; i++)
-            if (c->eos_ids[i] == id) return 1;
-        if (s->tok && mq_tok_eos(s->tok) == id) return 1;
+            if (c->eos_ids[i] == id)
+                return 1;
+        if (s->tok && mq_tok_eos(s->tok) == id)
+            return 1;
     }
     return 0;
 }
@@ -369,14 +402,17 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
 {
     struct session *ss = r->ss;
     double t = now_s();
-    if (!r->emitted_first) r->t_first_tok = t;
+    if (!r->emitted_first)
+        r->t_first_tok = t;
     r->t_last_tok = t;
-    ss->hist[ss->n_hist] = id;   /* capacity reserved at submit; length published under lock */
+    ss->hist[ss->n_hist] = id; /* capacity reserved at submit; length published under lock */
     r->generated++;
     r->emitted_first = 1;
     int end = 0;
-    if (is_stop_id(s, r, id)) end = 1 + MQ_END_STOP_TOKEN;
-    else if (ss->n_hist + 1 >= r->limit) end = 1 + MQ_END_LENGTH;
+    if (is_stop_id(s, r, id))
+        end = 1 + MQ_END_STOP_TOKEN;
+    else if (ss->n_hist + 1 >= r->limit)
+        end = 1 + MQ_END_LENGTH;
     /* text: the tokenizer's streaming decoder (UTF-8 complete), then the stop-string
      * matcher, which withholds what may be the start of a stop string */
     char buf[1024], out[2048];
@@ -384,31 +420,39 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
     size_t olen = 0;
     if (s->tok) {
         len = mq_tok_stream_push(&r->ts, id, buf, sizeof buf);
-        if (len < 0) len = 0;
+        if (len < 0)
+            len = 0;
         if (end) {
             int f = mq_tok_stream_flush(&r->ts, buf + len, sizeof buf - (size_t)len);
-            if (f > 0) len += f;
+            if (f > 0)
+                len += f;
         }
     }
     if (r->has_stop) {
         const char *rel = NULL;
         size_t rl = 0;
         int st = len > 0 ? mq_stop_feed(&r->stopper, buf, (size_t)len, &rel, &rl) : 0;
-        if (st > 0) end = 1 + MQ_END_STOP_STRING;
-        if (rl > sizeof out) rl = sizeof out;
-        if (rl) memcpy(out, rel, rl);
+        if (st > 0)
+            end = 1 + MQ_END_STOP_STRING;
+        if (rl > sizeof out)
+            rl = sizeof out;
+        if (rl)
+            memcpy(out, rel, rl);
         olen = rl;
-        if (end && st <= 0) {   /* ending for another reason: release what was held back */
+        if (end && st <= 0) { /* ending for another reason: release what was held back */
             mq_stop_flush(&r->stopper, &rel, &rl);
-            if (rl > sizeof out - olen) rl = sizeof out - olen;
-            if (rl) memcpy(out + olen, rel, rl);
+            if (rl > sizeof out - olen)
+                rl = sizeof out - olen;
+            if (rl)
+                memcpy(out + olen, rel, rl);
             olen += rl;
         }
     } else {
         memcpy(out, buf, (size_t)len);
         olen = (size_t)len;
     }
-    if (r->sink.on_token) r->sink.on_token(r->sink.ctx, id, olen ? out : NULL, olen);
+    if (r->sink.on_token)
+        r->sink.on_token(r->sink.ctx, id, olen ? out : NULL, olen);
     return end;
 }
 
@@ -419,21 +463,24 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
 static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
 {
     struct session *ss = r->ss;
-    if (ss->n_kv >= ss->n_hist) truncate_kv(s, ss, ss->n_hist - 1);  /* logits need a token */
+    if (ss->n_kv >= ss->n_hist)
+        truncate_kv(s, ss, ss->n_hist - 1); /* logits need a token */
     lookup_prefix(s, ss);
     int need = blocks_for(s, r->limit) - ss->n_blk;
-    if (need < 0) need = 0;
+    if (need < 0)
+        need = 0;
     if (mq_kv_reserve(s->kv, need) < 0 && reclaim_idle(s, need, ss) < 0) {
         int active = s->n_decoding + s->n_prefilling;
         if (s->o.on_kv_full == MQ_KV_FULL_FAIL || active == 0) {
             mq_kv_stats ks;
             mq_kv_stats_get(s->kv, &ks);
-            snprintf(msg, msglen, "KV store full: the request needs %d more blocks of %d tokens, "
-                     "%d are free or evictable (%d in use, %d reserved)", need, s->o.block_tokens,
-                     ks.free + ks.cached - ks.reserved, ks.used, ks.reserved);
+            snprintf(msg, msglen,
+                     "KV store full: the request needs %d more blocks of %d tokens, "
+                     "%d are free or evictable (%d in use, %d reserved)",
+                     need, s->o.block_tokens, ks.free + ks.cached - ks.reserved, ks.used, ks.reserved);
             return -ENOSPC;
         }
-        return 0;   /* wait: running requests will give blocks back */
+        return 0; /* wait: running requests will give blocks back */
     }
     r->reserved = need;
     r->kv0 = ss->n_kv;
@@ -447,8 +494,10 @@ static int ensure_blocks(mq_sched *s, struct req *r, int upto)
     struct session *ss = r->ss;
     while (ss->n_blk * s->o.block_tokens < upto) {
         int id = mq_kv_alloc(s->kv, 1);
-        if (id < 0) return id;
-        if (r->reserved > 0) r->reserved--;
+        if (id < 0)
+            return id;
+        if (r->reserved > 0)
+            r->reserved--;
         ss->blk[ss->n_blk] = id;
         ss->ptr[ss->n_blk] = mq_kv_block_ptr(s->kv, id);
         ss->n_blk++;
@@ -456,7 +505,10 @@ static int ensure_blocks(mq_sched *s, struct req *r, int upto)
     return 0;
 }
 
-static mq_prec prefill_prec(mq_mode m) { return m == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4; }
+static mq_prec prefill_prec(mq_mode m)
+{
+    return m == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
+}
 
 static void *prefill_main(void *arg)
 {
@@ -468,7 +520,10 @@ static void *prefill_main(void *arg)
         /* 1. cancelled requests in the queue end now */
         struct req *r = NULL;
         for (struct req *q = s->queue_head; q; q = q->next)
-            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) { r = q; break; }
+            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) {
+                r = q;
+                break;
+            }
         if (r) {
             queue_remove(s, r);
             mq_end_reason why = (mq_end_reason)(r->end_code - 1);
@@ -485,7 +540,8 @@ static void *prefill_main(void *arg)
         r = NULL;
         int failed = 0;
         for (struct req *q = s->queue_head; q; q = q->next) {
-            if (q->state != RQ_QUEUED) continue;
+            if (q->state != RQ_QUEUED)
+                continue;
             int a = admit(s, q, msg, sizeof msg);
             if (a > 0) {
                 q->state = RQ_PREFILL;
@@ -503,14 +559,19 @@ static void *prefill_main(void *arg)
             }
             break;
         }
-        if (failed) continue;
+        if (failed)
+            continue;
         for (struct req *q = s->queue_head; q && !r; q = q->next)
-            if (q->state == RQ_PREFILL) r = q;
+            if (q->state == RQ_PREFILL)
+                r = q;
         if (!r) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
             pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
             continue;
         }
@@ -530,7 +591,8 @@ static void *prefill_main(void *arg)
         }
         int pos0 = ss->n_kv;
         int n = ss->n_hist - pos0;
-        if (n > s->o.chunk_tokens) n = s->o.chunk_tokens;
+        if (n > s->o.chunk_tokens)
+            n = s->o.chunk_tokens;
         int last = pos0 + n == ss->n_hist;
         int rc = ensure_blocks(s, r, pos0 + n);
         mq_kv_seq seq = { .blocks = ss->ptr, .n_blocks = ss->n_blk };
@@ -546,16 +608,17 @@ static void *prefill_main(void *arg)
                 if (n > 1)
                     rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n - 1, pos0, MQ_PREC_FP4, NULL, 0);
                 if (rc == 0)
-                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks + n - 1, 1, pos0 + n - 1,
-                                           MQ_PREC_BF16, s->pf_logits, 1);
+                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks + n - 1, 1, pos0 + n - 1, MQ_PREC_BF16,
+                                           s->pf_logits, 1);
             } else {
-                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode),
-                                       s->pf_logits, 1);
+                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), s->pf_logits,
+                                       1);
             }
         }
         double dt = now_s() - t0;
         int end = 0;
-        if (rc == 0 && last) end = accept_token(s, r, sample(s, r, s->pf_logits));
+        if (rc == 0 && last)
+            end = accept_token(s, r, sample(s, r, s->pf_logits));
 
         pthread_mutex_lock(&s->mu);
         s->pf_busy_s += dt;
@@ -582,7 +645,7 @@ static void *prefill_main(void *arg)
             s->queue_tail = r;
         }
         if (last) {
-            ss->n_hist++;   /* the sampled token */
+            ss->n_hist++; /* the sampled token */
             queue_remove(s, r);
             int cancel = __atomic_load_n(&r->end_code, __ATOMIC_ACQUIRE);
             if (end || cancel) {
@@ -620,7 +683,10 @@ static void *decode_main(void *arg)
         /* cancelled requests end at this step */
         struct req *c = NULL;
         for (struct req *q = s->decoding; q; q = q->next)
-            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) { c = q; break; }
+            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) {
+                c = q;
+                break;
+            }
         if (c) {
             decode_remove(s, c);
             mq_end_reason why = (mq_end_reason)(c->end_code - 1);
@@ -634,26 +700,35 @@ static void *decode_main(void *arg)
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
             pthread_cond_timedwait(&s->dec_cv, &s->mu, &ts);
             continue;
         }
         /* the batch: every decoding request, rotating the start when over max_batch */
         int nb = 0, skip = s->n_decoding > mb ? s->rr_decode++ % s->n_decoding : 0;
         for (struct req *q = s->decoding; q && nb < mb; q = q->next) {
-            if (skip > 0) { skip--; continue; }
+            if (skip > 0) {
+                skip--;
+                continue;
+            }
             batch[nb++] = q;
         }
         for (struct req *q = s->decoding; q && nb < mb && nb < s->n_decoding; q = q->next) {
             int dup = 0;
-            for (int i = 0; i < nb; i++) dup |= batch[i] == q;
-            if (!dup) batch[nb++] = q;
+            for (int i = 0; i < nb; i++)
+                dup |= batch[i] == q;
+            if (!dup)
+                batch[nb++] = q;
         }
         int fail = 0;
         for (int i = 0; i < nb; i++) {
             struct session *ss = batch[i]->ss;
             int rc = ensure_blocks(s, batch[i], ss->n_kv + 1);
-            if (rc < 0) fail = rc;   /* cannot happen with a correct reservation */
+            if (rc < 0)
+                fail = rc; /* cannot happen with a correct reservation */
             seqs[i] = (mq_kv_seq){ .blocks = ss->ptr, .n_blocks = ss->n_blk };
             toks[i] = ss->hist[ss->n_kv];
             pos[i] = ss->n_kv;
@@ -662,8 +737,8 @@ static void *decode_main(void *arg)
 
         double t0 = now_s();
         int rc = fail ? fail
-                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb,
-                                         mq_mode_decode_prec(s->mode), s->dec_logits);
+                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_mode_decode_prec(s->mode),
+                                         s->dec_logits);
         double dt = now_s() - t0;
         for (int i = 0; i < nb; i++)
             ends[i] = rc < 0 ? 0 : accept_token(s, batch[i], sample(s, batch[i], s->dec_logits + (size_t)i * s->vocab));
@@ -707,32 +782,43 @@ static void *decode_main(void *arg)
 
 /* ---- public API ---- */
 
-int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer *tok,
-                    const mq_sched_opts *o, char *err, size_t errlen)
+int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer *tok, const mq_sched_opts *o, char *err,
+                    size_t errlen)
 {
     char e[MQ_ERR_LEN] = "";
     mq_sched *s = calloc(1, sizeof *s);
-    if (!s) return -ENOMEM;
+    if (!s)
+        return -ENOMEM;
     mq_sched_opts d;
     mq_sched_opts_default(&d);
     s->o = o ? *o : d;
-    if (s->o.prefill_threads <= 0) s->o.prefill_threads = d.prefill_threads;
-    if (s->o.decode_threads <= 0) s->o.decode_threads = d.decode_threads;
-    if (s->o.chunk_tokens <= 0) s->o.chunk_tokens = d.chunk_tokens;
-    if (s->o.max_batch <= 0) s->o.max_batch = d.max_batch;
-    if (s->o.max_queued <= 0) s->o.max_queued = d.max_queued;
-    if (s->o.max_sessions <= 0) s->o.max_sessions = d.max_sessions;
-    if (s->o.block_tokens <= 0) s->o.block_tokens = d.block_tokens;
+    if (s->o.prefill_threads <= 0)
+        s->o.prefill_threads = d.prefill_threads;
+    if (s->o.decode_threads <= 0)
+        s->o.decode_threads = d.decode_threads;
+    if (s->o.chunk_tokens <= 0)
+        s->o.chunk_tokens = d.chunk_tokens;
+    if (s->o.max_batch <= 0)
+        s->o.max_batch = d.max_batch;
+    if (s->o.max_queued <= 0)
+        s->o.max_queued = d.max_queued;
+    if (s->o.max_sessions <= 0)
+        s->o.max_sessions = d.max_sessions;
+    if (s->o.block_tokens <= 0)
+        s->o.block_tokens = d.block_tokens;
     s->model = model;
     s->tok = tok;
     s->vocab = model->cfg.vocab;
     s->next_id = 1;
     int ctx = s->o.context_limit;
-    if (ctx <= 0) ctx = model->cfg.max_pos > 0 && model->cfg.max_pos < SCHED_MAX_CONTEXT ? model->cfg.max_pos : SCHED_MAX_CONTEXT;
-    if (model->cfg.max_pos > 0 && ctx > model->cfg.max_pos) ctx = model->cfg.max_pos;
+    if (ctx <= 0)
+        ctx = model->cfg.max_pos > 0 && model->cfg.max_pos < SCHED_MAX_CONTEXT ? model->cfg.max_pos : SCHED_MAX_CONTEXT;
+    if (model->cfg.max_pos > 0 && ctx > model->cfg.max_pos)
+        ctx = model->cfg.max_pos;
     s->o.context_limit = ctx;
     s->max_blocks = blocks_for(s, ctx);
-    if (s->o.kv_blocks <= 0) s->o.kv_blocks = 2 * s->max_blocks;
+    if (s->o.kv_blocks <= 0)
+        s->o.kv_blocks = 2 * s->max_blocks;
     s->mode = s->o.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : s->o.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
     int r;
     if (s->mode != MQ_MODE_BF16 && !mq_model_has_fp4(model)) {
@@ -746,10 +832,12 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     pthread_cond_init(&s->done_cv, NULL);
 
     mq_kv_store_opts ko = { .block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens),
-                            .block_tokens = s->o.block_tokens, .n_blocks = s->o.kv_blocks,
+                            .block_tokens = s->o.block_tokens,
+                            .n_blocks = s->o.kv_blocks,
                             .allow_hugetlb = s->o.kv_hugetlb };
     r = mq_kv_store_create(&s->kv, &ko, err, errlen);
-    if (r < 0) goto fail_quiet;
+    if (r < 0)
+        goto fail_quiet;
 
     cpu_set_t pf_set, dec_set;
     if (s->o.prefill_cpus && parse_cpus(s->o.prefill_cpus, &pf_set) < 0) {
@@ -763,17 +851,21 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
         goto fail_quiet;
     }
     r = mq_pool_create(&s->pf_pool, s->o.prefill_threads, s->o.prefill_cpus ? &pf_set : NULL, "mq-prefill");
-    if (r == 0) r = mq_pool_create(&s->dec_pool, s->o.decode_threads, s->o.decode_cpus ? &dec_set : NULL, "mq-decode");
+    if (r == 0)
+        r = mq_pool_create(&s->dec_pool, s->o.decode_threads, s->o.decode_cpus ? &dec_set : NULL, "mq-decode");
     if (r < 0) {
         snprintf(err, errlen, "scheduler: creating the worker pools: %s", strerror(-r));
         goto fail_quiet;
     }
-    mq_engine_opts pe = { .max_chunk = s->o.chunk_tokens, .max_batch = 1, .block_tokens = s->o.block_tokens,
-                          .max_context = ctx };
-    mq_engine_opts de = { .max_chunk = 1, .max_batch = s->o.max_batch, .block_tokens = s->o.block_tokens,
-                          .max_context = ctx };
+    mq_engine_opts pe = {
+        .max_chunk = s->o.chunk_tokens, .max_batch = 1, .block_tokens = s->o.block_tokens, .max_context = ctx
+    };
+    mq_engine_opts de = {
+        .max_chunk = 1, .max_batch = s->o.max_batch, .block_tokens = s->o.block_tokens, .max_context = ctx
+    };
     r = mq_engine_create(&s->pf_eng, model, &pe, e);
-    if (r == 0) r = mq_engine_create(&s->dec_eng, model, &de, e);
+    if (r == 0)
+        r = mq_engine_create(&s->dec_eng, model, &de, e);
     if (r < 0) {
         snprintf(err, errlen, "scheduler: engine: %s", e);
         goto fail_quiet;
@@ -822,19 +914,23 @@ static void free_session(mq_sched *s, struct session *ss)
 
 void mq_sched_destroy(mq_sched *s)
 {
-    if (!s) return;
+    if (!s)
+        return;
     if (s->threads_started) {
         /* cancel everything, let the drivers report, then stop them */
         pthread_mutex_lock(&s->mu);
         s->draining = 1;
         for (struct session *ss = s->sessions; ss; ss = ss->next)
-            if (ss->req) __atomic_store_n(&ss->req->end_code, 1 + MQ_END_CANCEL, __ATOMIC_RELEASE);
+            if (ss->req)
+                __atomic_store_n(&ss->req->end_code, 1 + MQ_END_CANCEL, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
         for (;;) {
             int busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL || ss->notifying;
-            if (!busy) break;
+            for (struct session *ss = s->sessions; ss; ss = ss->next)
+                busy |= ss->req != NULL || ss->notifying;
+            if (!busy)
+                break;
             pthread_cond_wait(&s->done_cv, &s->mu);
         }
         s->stop = 1;
@@ -866,7 +962,8 @@ void mq_sched_destroy(mq_sched *s)
 int mq_sched_session_open(mq_sched *s, uint64_t *id)
 {
     struct session *ss = calloc(1, sizeof *ss);
-    if (!ss) return -ENOMEM;
+    if (!ss)
+        return -ENOMEM;
     ss->blk = calloc((size_t)s->max_blocks, sizeof *ss->blk);
     ss->ptr = calloc((size_t)s->max_blocks, sizeof *ss->ptr);
     ss->hash = calloc((size_t)s->max_blocks, sizeof *ss->hash);
@@ -907,17 +1004,20 @@ int mq_sched_session_close(mq_sched *s, uint64_t id)
     }
     if (ss->req) {
         int zero = 0;
-        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE,
+                                    __ATOMIC_RELAXED);
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
     }
-    while (ss->req || ss->notifying) pthread_cond_wait(&s->done_cv, &s->mu);
+    while (ss->req || ss->notifying)
+        pthread_cond_wait(&s->done_cv, &s->mu);
     struct session **pp = &s->sessions;
-    while (*pp != ss) pp = &(*pp)->next;
+    while (*pp != ss)
+        pp = &(*pp)->next;
     *pp = ss->next;
     s->n_sessions--;
     free_session(s, ss);
-    pthread_cond_signal(&s->pf_cv);   /* freed blocks may admit a waiting request */
+    pthread_cond_signal(&s->pf_cv); /* freed blocks may admit a waiting request */
     pthread_mutex_unlock(&s->mu);
     return 0;
 }
@@ -927,16 +1027,20 @@ int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap)
     pthread_mutex_lock(&s->mu);
     struct session *ss = find_session(s, id);
     int n = ss ? ss->n_hist : -ENOENT;
-    if (ss && buf && cap > 0) memcpy(buf, ss->hist, (size_t)(cap < n ? cap : n) * sizeof(int32_t));
+    if (ss && buf && cap > 0)
+        memcpy(buf, ss->hist, (size_t)(cap < n ? cap : n) * sizeof(int32_t));
     pthread_mutex_unlock(&s->mu);
     return n;
 }
 
-int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n,
-                    const mq_gen_params *p, const mq_sink *sink, char *err, size_t errlen)
+int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n, const mq_gen_params *p,
+                    const mq_sink *sink, char *err, size_t errlen)
 {
     char dummy[8];
-    if (!err) { err = dummy; errlen = sizeof dummy; }
+    if (!err) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
     err[0] = 0;
     if (n < 0 || (n > 0 && !new_tokens)) {
         snprintf(err, errlen, "submit: bad token array");
@@ -944,28 +1048,36 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     }
     for (int i = 0; i < n; i++)
         if (new_tokens[i] < 0 || new_tokens[i] >= s->vocab) {
-            snprintf(err, errlen, "submit: token %d at index %d is outside the vocabulary (%d)",
-                     new_tokens[i], i, s->vocab);
+            snprintf(err, errlen, "submit: token %d at index %d is outside the vocabulary (%d)", new_tokens[i], i,
+                     s->vocab);
             return -EINVAL;
         }
     struct req *r = calloc(1, sizeof *r);
-    if (!r) return -ENOMEM;
-    mq_gen_params gp = {0};
-    if (p) gp = *p;
-    if (gp.max_tokens <= 0) gp.max_tokens = SCHED_DEFAULT_MAX_TOKENS;
-    if (gp.n_stop_ids < 0 || gp.n_stop_ids > MQ_SCHED_MAX_STOP_IDS) gp.n_stop_ids = 0;
-    if (gp.n_stop_strs < 0 || gp.n_stop_strs > MQ_SCHED_MAX_STOP_STRS) gp.n_stop_strs = 0;
+    if (!r)
+        return -ENOMEM;
+    mq_gen_params gp = { 0 };
+    if (p)
+        gp = *p;
+    if (gp.max_tokens <= 0)
+        gp.max_tokens = SCHED_DEFAULT_MAX_TOKENS;
+    if (gp.n_stop_ids < 0 || gp.n_stop_ids > MQ_SCHED_MAX_STOP_IDS)
+        gp.n_stop_ids = 0;
+    if (gp.n_stop_strs < 0 || gp.n_stop_strs > MQ_SCHED_MAX_STOP_STRS)
+        gp.n_stop_strs = 0;
     for (int i = 0; i < gp.n_stop_strs; i++) {
-        if (!gp.stop_strs[i] || !*gp.stop_strs[i]) continue;
+        if (!gp.stop_strs[i] || !*gp.stop_strs[i])
+            continue;
         if (strlen(gp.stop_strs[i]) >= SCHED_STOP_TAIL) {
             snprintf(err, errlen, "submit: stop string %d longer than %d bytes", i, SCHED_STOP_TAIL - 1);
-            for (int j = 0; j < i; j++) free(r->stop[j]);
+            for (int j = 0; j < i; j++)
+                free(r->stop[j]);
             free(r);
             return -EINVAL;
         }
         r->stop[i] = strdup(gp.stop_strs[i]);
     }
-    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++) gp.stop_strs[i] = NULL;
+    for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++)
+        gp.stop_strs[i] = NULL;
     r->p = gp;
     mq_sampler_params sp;
     mq_sampler_params_default(&sp);
@@ -984,7 +1096,8 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     int n_strs = 0;
     const char *strs[MQ_SCHED_MAX_STOP_STRS];
     for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++)
-        if (r->stop[i]) strs[n_strs++] = r->stop[i];
+        if (r->stop[i])
+            strs[n_strs++] = r->stop[i];
     if (sr == 0 && n_strs > 0) {
         sr = mq_stop_init(&r->stopper, NULL, 0, strs, n_strs);
         r->has_stop = sr == 0;
@@ -994,9 +1107,11 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         req_free(r);
         return sr;
     }
-    if (sink) r->sink = *sink;
+    if (sink)
+        r->sink = *sink;
     r->t_submit = now_s();
-    if (s->tok) mq_tok_stream_init(&r->ts, s->tok, MQ_TOK_SKIP_SPECIAL, 0);
+    if (s->tok)
+        mq_tok_stream_init(&r->ts, s->tok, MQ_TOK_SKIP_SPECIAL, 0);
 
     int rc = 0;
     pthread_mutex_lock(&s->mu);
@@ -1008,13 +1123,15 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     } else if (!ss) {
         rc = -ENOENT;
         snprintf(err, errlen, "submit: unknown session %llu", (unsigned long long)session);
-    } else if (ss->req) {   /* a finished request still in on_done does not count */
+    } else if (ss->req) { /* a finished request still in on_done does not count */
         rc = -EBUSY;
         snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
     } else if (ss->n_hist + n + 1 > ctx) {
         rc = -E2BIG;
-        snprintf(err, errlen, "submit: %d history + %d new tokens leave no room to generate within the "
-                 "context limit of %d tokens", ss->n_hist, n, ctx);
+        snprintf(err, errlen,
+                 "submit: %d history + %d new tokens leave no room to generate within the "
+                 "context limit of %d tokens",
+                 ss->n_hist, n, ctx);
     } else if (ss->n_hist + n == 0) {
         rc = -EINVAL;
         snprintf(err, errlen, "submit: empty prompt on an empty session");
@@ -1025,16 +1142,18 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     int limit = 0;
     if (!rc) {
         limit = ss->n_hist + n + gp.max_tokens;
-        if (limit > ctx) limit = ctx;
+        if (limit > ctx)
+            limit = ctx;
         if (blocks_for(s, limit) > s->o.kv_blocks) {
             rc = -ENOSPC;
-            snprintf(err, errlen, "submit: %d tokens need %d KV blocks, the store has %d", limit,
-                     blocks_for(s, limit), s->o.kv_blocks);
+            snprintf(err, errlen, "submit: %d tokens need %d KV blocks, the store has %d", limit, blocks_for(s, limit),
+                     s->o.kv_blocks);
         }
     }
     if (!rc && ss->cap_hist < limit + 1) {
         int32_t *h = realloc(ss->hist, (size_t)(limit + 1) * sizeof(int32_t));
-        if (!h) rc = -ENOMEM;
+        if (!h)
+            rc = -ENOMEM;
         else {
             ss->hist = h;
             ss->cap_hist = limit + 1;
@@ -1053,8 +1172,10 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     ss->n_hist += n;
     ss->req = r;
     r->state = RQ_QUEUED;
-    if (s->queue_tail) s->queue_tail->next = r;
-    else s->queue_head = r;
+    if (s->queue_tail)
+        s->queue_tail->next = r;
+    else
+        s->queue_head = r;
     s->queue_tail = r;
     s->n_queued++;
     pthread_cond_signal(&s->pf_cv);
@@ -1064,7 +1185,8 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
 
 int mq_sched_cancel(mq_sched *s, uint64_t session, mq_end_reason reason)
 {
-    if (reason != MQ_END_CLIENT_GONE) reason = MQ_END_CANCEL;
+    if (reason != MQ_END_CLIENT_GONE)
+        reason = MQ_END_CANCEL;
     pthread_mutex_lock(&s->mu);
     struct session *ss = find_session(s, session);
     if (!ss) {
@@ -1123,8 +1245,11 @@ void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info 
     pthread_mutex_lock(&s->mu);
     double t = now_s();
     for (struct session *ss = s->sessions; ss; ss = ss->next) {
-        mq_session_info in = { .id = ss->id, .history_tokens = ss->n_hist, .kv_tokens = ss->n_kv,
-                               .kv_blocks = ss->n_blk, .shared_blocks = ss->n_shared,
+        mq_session_info in = { .id = ss->id,
+                               .history_tokens = ss->n_hist,
+                               .kv_tokens = ss->n_kv,
+                               .kv_blocks = ss->n_blk,
+                               .shared_blocks = ss->n_shared,
                                .busy = ss->req ? ss->req->state : 0,
                                .idle_ms = ss->req ? 0 : (t - ss->last_used) * 1e3 };
         cb(ctx, &in);
@@ -1140,29 +1265,37 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += timeout_ms / 1000;
     dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) { dl.tv_sec++; dl.tv_nsec -= 1000000000L; }
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
     int busy;
     for (;;) {
         busy = 0;
-        for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL || ss->notifying;
-        if (!busy || pthread_cond_timedwait(&s->done_cv, &s->mu, &dl) == ETIMEDOUT) break;
+        for (struct session *ss = s->sessions; ss; ss = ss->next)
+            busy += ss->req != NULL || ss->notifying;
+        if (!busy || pthread_cond_timedwait(&s->done_cv, &s->mu, &dl) == ETIMEDOUT)
+            break;
     }
     busy = 0;
-    for (struct session *ss = s->sessions; ss; ss = ss->next) busy += ss->req != NULL;
+    for (struct session *ss = s->sessions; ss; ss = ss->next)
+        busy += ss->req != NULL;
     int cancelled = busy;
     if (busy) {
         for (struct session *ss = s->sessions; ss; ss = ss->next)
             if (ss->req) {
                 int zero = 0;
-                __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0,
-                                            __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+                __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE,
+                                            __ATOMIC_RELAXED);
             }
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
         for (;;) {
             busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next) busy |= ss->req != NULL || ss->notifying;
-            if (!busy) break;
+            for (struct session *ss = s->sessions; ss; ss = ss->next)
+                busy |= ss->req != NULL || ss->notifying;
+            if (!busy)
+                break;
             pthread_cond_wait(&s->done_cv, &s->mu);
         }
     }

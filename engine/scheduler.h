@@ -39,8 +39,8 @@
 extern "C" {
 #endif
 
-struct mq_model;      /* engine/model.h */
-struct mq_tokenizer;  /* engine/tokenizer.h */
+struct mq_model;     /* engine/model.h */
+struct mq_tokenizer; /* engine/tokenizer.h */
 
 typedef struct mq_sched mq_sched;
 
@@ -51,64 +51,64 @@ typedef enum { MQ_SCHED_MIXED = 0, MQ_SCHED_BF16 = 1, MQ_SCHED_FP4 = 2 } mq_sche
 typedef enum { MQ_KV_FULL_WAIT = 0, MQ_KV_FULL_FAIL = 1 } mq_kv_full_policy;
 
 typedef struct mq_sched_opts {
-    int prefill_threads;        /* threads of the prefill pool (>= 1) */
-    int decode_threads;         /* threads of the decode pool (>= 1) */
-    const char *prefill_cpus;   /* CPU list "0-1,3" for the prefill pool, NULL = any */
-    const char *decode_cpus;    /* CPU list for the decode pool, NULL = any */
-    int chunk_tokens;           /* prefill chunk; bounds the decode stall (default 256) */
-    int max_batch;              /* decoding sessions per batched step (default 16) */
-    int max_queued;             /* requests waiting for prefill before submit fails (64) */
-    int max_sessions;           /* open sessions (default 256) */
-    int kv_blocks;              /* blocks in the KV segment (default: 2 contexts' worth) */
-    int block_tokens;           /* tokens per KV block (default 64) */
-    int context_limit;          /* max tokens per session (default: model's max, <= 32768) */
+    int prefill_threads;      /* threads of the prefill pool (>= 1) */
+    int decode_threads;       /* threads of the decode pool (>= 1) */
+    const char *prefill_cpus; /* CPU list "0-1,3" for the prefill pool, NULL = any */
+    const char *decode_cpus;  /* CPU list for the decode pool, NULL = any */
+    int chunk_tokens;         /* prefill chunk; bounds the decode stall (default 256) */
+    int max_batch;            /* decoding sessions per batched step (default 16) */
+    int max_queued;           /* requests waiting for prefill before submit fails (64) */
+    int max_sessions;         /* open sessions (default 256) */
+    int kv_blocks;            /* blocks in the KV segment (default: 2 contexts' worth) */
+    int block_tokens;         /* tokens per KV block (default 64) */
+    int context_limit;        /* max tokens per session (default: model's max, <= 32768) */
     mq_sched_mode mode;
     mq_kv_full_policy on_kv_full;
-    int kv_hugetlb;             /* 1: try MFD_HUGETLB for the KV segment (default 1) */
+    int kv_hugetlb; /* 1: try MFD_HUGETLB for the KV segment (default 1) */
 } mq_sched_opts;
 
 /* Fills defaults (zeros above mean "default" too). */
 void mq_sched_opts_default(mq_sched_opts *o);
 
 /* Sampling and stopping. Zero-initialised = greedy, no stops, max_tokens default. */
-#define MQ_SCHED_MAX_STOP_IDS 8
+#define MQ_SCHED_MAX_STOP_IDS  8
 #define MQ_SCHED_MAX_STOP_STRS 4
 typedef struct mq_gen_params {
-    int max_tokens;             /* tokens to generate; 0 = 256; capped by context_limit */
-    float temperature;          /* 0 = greedy */
-    int top_k;                  /* 0 = off */
-    float top_p;                /* 0 or 1 = off */
-    float min_p;                /* 0 = off */
-    float repetition_penalty;   /* 0 or 1 = off */
-    float presence_penalty;     /* 0 = off */
-    uint64_t seed;              /* sampling seed (reproducible) */
+    int max_tokens;           /* tokens to generate; 0 = 256; capped by context_limit */
+    float temperature;        /* 0 = greedy */
+    int top_k;                /* 0 = off */
+    float top_p;              /* 0 or 1 = off */
+    float min_p;              /* 0 = off */
+    float repetition_penalty; /* 0 or 1 = off */
+    float presence_penalty;   /* 0 = off */
+    uint64_t seed;            /* sampling seed (reproducible) */
     int n_stop_ids;
-    int32_t stop_ids[MQ_SCHED_MAX_STOP_IDS];   /* generation ends after emitting one */
+    int32_t stop_ids[MQ_SCHED_MAX_STOP_IDS]; /* generation ends after emitting one */
     int n_stop_strs;
     const char *stop_strs[MQ_SCHED_MAX_STOP_STRS]; /* copied at submit; matched on text */
-    int use_eos;                /* 1: the tokenizer's EOS/end-of-turn ids also stop */
+    int use_eos;                                   /* 1: the tokenizer's EOS/end-of-turn ids also stop */
 } mq_gen_params;
 
 typedef enum {
     MQ_END_STOP_TOKEN = 0,
     MQ_END_STOP_STRING,
-    MQ_END_LENGTH,              /* max_tokens or context limit reached */
+    MQ_END_LENGTH, /* max_tokens or context limit reached */
     MQ_END_CANCEL,
     MQ_END_CLIENT_GONE,
-    MQ_END_ERROR,               /* err/msg say why (KV full, context limit, shutdown ...) */
+    MQ_END_ERROR, /* err/msg say why (KV full, context limit, shutdown ...) */
 } mq_end_reason;
 
 const char *mq_end_reason_name(mq_end_reason r);
 
 typedef struct mq_req_stats {
-    int prompt_tokens;          /* tokens the request appended */
-    int cached_tokens;          /* history tokens whose K/V was already there (session or index) */
-    int prefilled_tokens;       /* tokens run through prefill for this request */
+    int prompt_tokens;    /* tokens the request appended */
+    int cached_tokens;    /* history tokens whose K/V was already there (session or index) */
+    int prefilled_tokens; /* tokens run through prefill for this request */
     int generated_tokens;
-    double queue_ms;            /* submit -> first prefill chunk */
-    double ttft_ms;             /* submit -> first token sampled */
-    double prefill_tok_s;       /* prefilled tokens / prefill time */
-    double decode_tok_s;        /* (generated - 1) / time from first to last token */
+    double queue_ms;      /* submit -> first prefill chunk */
+    double ttft_ms;       /* submit -> first token sampled */
+    double prefill_tok_s; /* prefilled tokens / prefill time */
+    double decode_tok_s;  /* (generated - 1) / time from first to last token */
     double total_ms;
 } mq_req_stats;
 
@@ -118,13 +118,12 @@ typedef struct mq_sink {
      * while a character is split across tokens; NULL/0 without a tokenizer). */
     void (*on_token)(void *ctx, int32_t id, const char *text, size_t len);
     /* The end. err = 0 or a negative errno (MQ_END_ERROR), msg a readable reason. */
-    void (*on_done)(void *ctx, mq_end_reason reason, int err, const char *msg,
-                    const mq_req_stats *st);
+    void (*on_done)(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st);
 } mq_sink;
 
 /* Creates the scheduler: KV segment, pools, engines and the two driver threads. */
-int mq_sched_create(mq_sched **s, struct mq_model *model, struct mq_tokenizer *tok,
-                    const mq_sched_opts *o, char *err, size_t errlen);
+int mq_sched_create(mq_sched **s, struct mq_model *model, struct mq_tokenizer *tok, const mq_sched_opts *o, char *err,
+                    size_t errlen);
 /* Cancels everything still running (on_done MQ_END_CANCEL), joins threads, frees all. */
 void mq_sched_destroy(mq_sched *s);
 
@@ -141,8 +140,8 @@ int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap);
  * limit, -ENOSPC KV store can never hold it (or is full with the fail policy),
  * -ESHUTDOWN draining. err/errlen (may be NULL) get a message. On success the sink gets
  * tokens and exactly one on_done. */
-int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n,
-                    const mq_gen_params *p, const mq_sink *sink, char *err, size_t errlen);
+int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n, const mq_gen_params *p,
+                    const mq_sink *sink, char *err, size_t errlen);
 
 /* Ends the session's running request at its next step with reason (MQ_END_CANCEL or
  * MQ_END_CLIENT_GONE). -ENOENT unknown session; 0 also if nothing was running. */
@@ -152,15 +151,15 @@ typedef struct mq_sched_stats {
     /* totals since start */
     uint64_t requests_done, requests_failed;
     uint64_t prompt_tokens, cached_tokens, prefilled_tokens, generated_tokens;
-    double prefill_tok_s;       /* prefilled tokens / busy prefill time */
-    double decode_tok_s;        /* generated tokens / busy decode time */
-    double cache_hit_ratio;     /* cached_tokens / (cached + prefilled) */
+    double prefill_tok_s;   /* prefilled tokens / busy prefill time */
+    double decode_tok_s;    /* generated tokens / busy decode time */
+    double cache_hit_ratio; /* cached_tokens / (cached + prefilled) */
     /* now */
     int sessions, queued, prefilling, decoding;
     int kv_blocks, kv_used, kv_cached, kv_free, block_tokens;
-    uint64_t kv_lookups, kv_hits, kv_evictions, kv_refused;   /* prefix index, since start */
+    uint64_t kv_lookups, kv_hits, kv_evictions, kv_refused; /* prefix index, since start */
     size_t kv_bytes;
-    const char *kv_memory;      /* "hugetlb", "thp" or "4k" (static string) */
+    const char *kv_memory; /* "hugetlb", "thp" or "4k" (static string) */
     /* liveness, for the watchdog: each increases while its driver thread is alive
      * (every step, and at least every 500 ms when idle) */
     uint64_t prefill_progress, decode_progress;
@@ -172,7 +171,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st);
 typedef struct mq_session_info {
     uint64_t id;
     int history_tokens, kv_tokens, kv_blocks, shared_blocks;
-    int busy;                   /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
+    int busy; /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
     double idle_ms;
 } mq_session_info;
 

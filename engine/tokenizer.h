@@ -42,12 +42,11 @@ typedef struct mq_tokenizer mq_tokenizer;
 /* Loads `dir`/tokenizer.json and, when present, `dir`/tokenizer_config.json. */
 int mq_tok_load_dir(const char *dir, mq_tokenizer **out, char *err, size_t errlen);
 /* Loads one tokenizer.json file; config_path may be NULL. */
-int mq_tok_load_file(const char *json_path, const char *config_path, mq_tokenizer **out,
-                     char *err, size_t errlen);
+int mq_tok_load_file(const char *json_path, const char *config_path, mq_tokenizer **out, char *err, size_t errlen);
 /* Same from memory (tokenizer.json text, tokenizer_config.json text or NULL). `name` is
  * used in error messages. */
-int mq_tok_load_mem(const char *json, size_t len, const char *config_json, size_t config_len,
-                    const char *name, mq_tokenizer **out, char *err, size_t errlen);
+int mq_tok_load_mem(const char *json, size_t len, const char *config_json, size_t config_len, const char *name,
+                    mq_tokenizer **out, char *err, size_t errlen);
 void mq_tok_free(mq_tokenizer *tok);
 
 /* Encode flags. */
@@ -63,11 +62,11 @@ enum {
 
 /* Text (UTF-8, `len` bytes, not NUL-terminated) -> ids. *ids is malloc'ed (caller frees;
  * NULL when *n == 0 is allowed). Invalid UTF-8 is -EILSEQ. */
-int mq_tok_encode(const mq_tokenizer *tok, const char *text, size_t len, unsigned flags,
-                  int32_t **ids, size_t *n, char *err, size_t errlen);
+int mq_tok_encode(const mq_tokenizer *tok, const char *text, size_t len, unsigned flags, int32_t **ids, size_t *n,
+                  char *err, size_t errlen);
 /* Appends to a caller-grown array (ids, n, cap: realloc storage). */
-int mq_tok_encode_append(const mq_tokenizer *tok, const char *text, size_t len, unsigned flags,
-                         int32_t **ids, size_t *n, size_t *cap, char *err, size_t errlen);
+int mq_tok_encode_append(const mq_tokenizer *tok, const char *text, size_t len, unsigned flags, int32_t **ids,
+                         size_t *n, size_t *cap, char *err, size_t errlen);
 
 /* Decode flags. */
 enum { MQ_TOK_SKIP_SPECIAL = 1u << 0 };
@@ -76,22 +75,21 @@ enum { MQ_TOK_SKIP_SPECIAL = 1u << 0 };
  * clean_up_tokenization_spaces=False: invalid UTF-8 becomes U+FFFD per maximal invalid
  * subsequence. *text is malloc'ed and NUL-terminated; *len excludes the NUL. Unknown ids
  * are -EINVAL. */
-int mq_tok_decode(const mq_tokenizer *tok, const int32_t *ids, size_t n, unsigned flags,
-                  char **text, size_t *len);
+int mq_tok_decode(const mq_tokenizer *tok, const int32_t *ids, size_t n, unsigned flags, char **text, size_t *len);
 
 /* Raw bytes of one token as decoding emits them (before UTF-8 repair and before the
  * leading-space strip of sentencepiece decoders). NULL for an unknown id. */
 const char *mq_tok_token_bytes(const mq_tokenizer *tok, int32_t id, size_t *len);
 
 /* Vocabulary facts. */
-int mq_tok_vocab_size(const mq_tokenizer *tok);        /* max id + 1 */
+int mq_tok_vocab_size(const mq_tokenizer *tok);                  /* max id + 1 */
 int32_t mq_tok_find(const mq_tokenizer *tok, const char *token); /* exact token string -> id
                                                                   * (added tokens and vocab
                                                                   * keys as written in the
                                                                   * JSON); -1 if none */
 int mq_tok_is_special(const mq_tokenizer *tok, int32_t id);
-int32_t mq_tok_bos(const mq_tokenizer *tok);           /* -1 if none */
-int32_t mq_tok_eos(const mq_tokenizer *tok);           /* -1 if none */
+int32_t mq_tok_bos(const mq_tokenizer *tok); /* -1 if none */
+int32_t mq_tok_eos(const mq_tokenizer *tok); /* -1 if none */
 /* The chat template text of tokenizer_config.json, or NULL. */
 const char *mq_tok_chat_template(const mq_tokenizer *tok);
 
@@ -104,14 +102,13 @@ const char *mq_tok_chat_template(const mq_tokenizer *tok);
  * prompt, where the space is real. */
 typedef struct mq_tok_stream {
     const mq_tokenizer *tok;
-    unsigned flags;          /* MQ_TOK_SKIP_SPECIAL */
-    int at_start;            /* the leading-space strip still applies */
-    uint8_t held[4];         /* an incomplete UTF-8 sequence */
+    unsigned flags;  /* MQ_TOK_SKIP_SPECIAL */
+    int at_start;    /* the leading-space strip still applies */
+    uint8_t held[4]; /* an incomplete UTF-8 sequence */
     int n_held;
 } mq_tok_stream;
 
-void mq_tok_stream_init(mq_tok_stream *s, const mq_tokenizer *tok, unsigned flags,
-                        int strip_leading);
+void mq_tok_stream_init(mq_tok_stream *s, const mq_tokenizer *tok, unsigned flags, int strip_leading);
 /* Writes the text that token `id` completes to out (at most cap bytes; cap must be at least
  * 3 * (held + token bytes) + 3 — mq_tok_stream_max() is always enough: 400 bytes for
  * Qwen3, whose longest token is 128 bytes). Returns the byte count, or -EINVAL (unknown

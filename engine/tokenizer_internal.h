@@ -22,7 +22,7 @@ typedef struct tok_entry {
 } tok_entry;
 
 typedef struct tok_merge {
-    uint64_t key;     /* left id << 32 | right id */
+    uint64_t key; /* left id << 32 | right id */
     int32_t rank;
     int32_t id_plus1; /* merged id + 1; 0 = empty slot */
 } tok_merge;
@@ -58,11 +58,11 @@ struct mq_tokenizer {
     size_t tokens_cap;
     char *arena;
     size_t arena_len, arena_cap;
-    uint32_t *vslot;   /* open addressing: id + 1, 0 = empty; keyed by raw bytes */
+    uint32_t *vslot; /* open addressing: id + 1, 0 = empty; keyed by raw bytes */
     size_t vmask;
     tok_merge *merges;
     size_t mmask;
-    tok_added *added;  /* longest first */
+    tok_added *added; /* longest first */
     int n_added;
     uint8_t first_byte[256]; /* 1 if some added token starts with this byte */
 
@@ -70,10 +70,10 @@ struct mq_tokenizer {
     int n_norm;
     tok_pre pre[TOK_MAX_OPS];
     int n_pre;
-    int byte_level;         /* vocab keys are GPT-2 byte-level strings */
+    int byte_level; /* vocab keys are GPT-2 byte-level strings */
     int byte_fallback, ignore_merges, fuse_unk;
     int16_t byte_of_cp[512];
-    int32_t byte_id[256];   /* byte-level: token of each byte; byte_fallback: <0xXX> */
+    int32_t byte_id[256]; /* byte-level: token of each byte; byte_fallback: <0xXX> */
     int32_t unk_id, bos_id, eos_id;
     int32_t pre_ids[TOK_MAX_OPS], post_ids[TOK_MAX_OPS];
     int n_pre_ids, n_post_ids;

@@ -11,14 +11,15 @@
 #include "engine/arena.h"
 #include "engine/model.h"
 
-#define STAGING_MAP_MIN MQ_HUGEPAGE_BYTES   /* smaller staging buffers come from the heap */
+#define STAGING_MAP_MIN MQ_HUGEPAGE_BYTES /* smaller staging buffers come from the heap */
 
 /* Weights go to the arena; staging buffers (freed by the model after conversion) are
  * mapped on their own so their memory really returns. */
 static void *load_alloc(void *ctx, size_t bytes, size_t align, const char *what)
 {
     if (what && strncmp(what, "staging", 7) == 0) {
-        if (bytes >= STAGING_MAP_MIN) return mq_mem_map(bytes, 0, 1, NULL);
+        if (bytes >= STAGING_MAP_MIN)
+            return mq_mem_map(bytes, 0, 1, NULL);
         void *p = NULL;
         return posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, bytes) ? NULL : p;
     }
@@ -27,22 +28,25 @@ static void *load_alloc(void *ctx, size_t bytes, size_t align, const char *what)
 
 static void load_free(void *ctx, void *p, size_t bytes)
 {
-    if (!p || mq_arena_owns((mq_arena *)ctx, p)) return;   /* arena memory lives with the arena */
-    if (bytes >= STAGING_MAP_MIN) mq_mem_unmap(p, bytes);
-    else free(p);
+    if (!p || mq_arena_owns((mq_arena *)ctx, p))
+        return; /* arena memory lives with the arena */
+    if (bytes >= STAGING_MAP_MIN)
+        mq_mem_unmap(p, bytes);
+    else
+        free(p);
 }
 
 static int load_ready(void *ctx, int i, char *err, size_t errlen)
 {
     char e[MQ_ERR_LEN] = "";
     int r = mq_model_tensor_ready((mq_model *)ctx, i, e);
-    if (r < 0) snprintf(err, errlen, "%s", e);
+    if (r < 0)
+        snprintf(err, errlen, "%s", e);
     return r;
 }
 
-int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena,
-                     const mq_ws_opts *o, mq_ws_progress *prog, mq_ws_result *res,
-                     struct mq_model **out, char *err, size_t errlen)
+int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena, const mq_ws_opts *o,
+                     mq_ws_progress *prog, mq_ws_result *res, struct mq_model **out, char *err, size_t errlen)
 {
     char e[MQ_ERR_LEN] = "";
     mq_alloc al = { .alloc = load_alloc, .free = load_free, .ctx = arena };
@@ -63,13 +67,17 @@ int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct 
         return -ENOMEM;
     }
     for (int i = 0; i < n_reads; i++)
-        wr[i] = (mq_ws_read){ .file = reads[i].file, .offset = reads[i].offset, .bytes = reads[i].bytes,
-                              .dst = reads[i].dst, .what = reads[i].tensor };
+        wr[i] = (mq_ws_read){ .file = reads[i].file,
+                              .offset = reads[i].offset,
+                              .bytes = reads[i].bytes,
+                              .dst = reads[i].dst,
+                              .what = reads[i].tensor };
     r = mq_ws_run(paths, n_files, wr, n_reads, o, load_ready, m, prog, res, err, errlen);
     free(wr);
     if (r == 0) {
         r = mq_model_finish(m, e);
-        if (r < 0) snprintf(err, errlen, "%s", e);
+        if (r < 0)
+            snprintf(err, errlen, "%s", e);
     }
     if (r < 0) {
         mq_model_free(m);

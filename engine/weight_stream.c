@@ -22,10 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WS_ALIGN 4096u                 /* O_DIRECT alignment (covers 512 and 4K sectors) */
-#define WS_DEFAULT_QD 16
+#define WS_ALIGN        4096u /* O_DIRECT alignment (covers 512 and 4K sectors) */
+#define WS_DEFAULT_QD   16
 #define WS_DEFAULT_READ ((size_t)4 << 20)
-#define WS_MAX_HELPERS 64
+#define WS_MAX_HELPERS  64
 
 static uint64_t now_ns(void)
 {
@@ -34,9 +34,9 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
-#define ADD(x, v) __atomic_add_fetch(&(x), (v), __ATOMIC_RELAXED)
+#define ADD(x, v)   __atomic_add_fetch(&(x), (v), __ATOMIC_RELAXED)
 
 void mq_ws_opts_default(mq_ws_opts *o)
 {
@@ -47,14 +47,18 @@ void mq_ws_opts_default(mq_ws_opts *o)
     o->helpers = 1;
 }
 
-void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t *bytes_total,
-                        uint64_t *reads_done, uint64_t *reads_total, double *rate_bps)
+void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t *bytes_total, uint64_t *reads_done,
+                        uint64_t *reads_total, double *rate_bps)
 {
     uint64_t bd = LOAD(p->bytes_done), st = LOAD(p->start_ns), en = LOAD(p->end_ns);
-    if (bytes_done) *bytes_done = bd;
-    if (bytes_total) *bytes_total = LOAD(p->bytes_total);
-    if (reads_done) *reads_done = LOAD(p->reads_done);
-    if (reads_total) *reads_total = LOAD(p->reads_total);
+    if (bytes_done)
+        *bytes_done = bd;
+    if (bytes_total)
+        *bytes_total = LOAD(p->bytes_total);
+    if (reads_done)
+        *reads_done = LOAD(p->reads_done);
+    if (reads_total)
+        *reads_total = LOAD(p->reads_total);
     if (rate_bps) {
         uint64_t t = (en ? en : now_ns()) - st;
         *rate_bps = st && t ? bd / (t * 1e-9) : 0;
@@ -62,10 +66,10 @@ void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t 
 }
 
 struct slot {
-    int read;              /* index of the read this piece belongs to */
-    uint64_t off;          /* file offset of the piece */
-    uint32_t len, done;    /* piece length, bytes arrived */
-    uint8_t *buf;          /* destination (dst + delta, or the bounce buffer) */
+    int read;           /* index of the read this piece belongs to */
+    uint64_t off;       /* file offset of the piece */
+    uint32_t len, done; /* piece length, bytes arrived */
+    uint8_t *buf;       /* destination (dst + delta, or the bounce buffer) */
     int busy;
 };
 
@@ -79,13 +83,13 @@ struct ws {
     void *ctx;
     mq_ws_progress *prog;
     mq_ws_result *res;
-    uint64_t *remaining;   /* per read: bytes still to arrive */
+    uint64_t *remaining; /* per read: bytes still to arrive */
 
     /* ready queue for helpers */
     pthread_mutex_t mu;
     pthread_cond_t cv, done_cv;
     int *q, q_head, q_tail, q_closed, q_busy;
-    int failed;            /* set once; err holds the message */
+    int failed; /* set once; err holds the message */
     char err[512];
 };
 
@@ -116,9 +120,8 @@ static void run_ready(struct ws *w, int i)
     int r = w->ready ? w->ready(w->ctx, i, e, sizeof e) : 0;
     if (r < 0) {
         const mq_ws_read *rd = &w->reads[i];
-        ws_fail(w, r, "%s (tensor %s, %s at offset %llu): %s", e[0] ? e : "ready failed",
-                rd->what ? rd->what : "?", w->paths[rd->file], (unsigned long long)rd->offset,
-                strerror(-r));
+        ws_fail(w, r, "%s (tensor %s, %s at offset %llu): %s", e[0] ? e : "ready failed", rd->what ? rd->what : "?",
+                w->paths[rd->file], (unsigned long long)rd->offset, strerror(-r));
         return;
     }
     ADD(w->prog->reads_done, 1);
@@ -129,15 +132,18 @@ static void *helper_main(void *arg)
     struct ws *w = arg;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (w->q_head == w->q_tail && !w->q_closed && !w->failed) pthread_cond_wait(&w->cv, &w->mu);
-        if (w->failed || w->q_head == w->q_tail) break;
+        while (w->q_head == w->q_tail && !w->q_closed && !w->failed)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->failed || w->q_head == w->q_tail)
+            break;
         int i = w->q[w->q_head++];
         w->q_busy++;
         pthread_mutex_unlock(&w->mu);
         run_ready(w, i);
         pthread_mutex_lock(&w->mu);
         w->q_busy--;
-        if (w->q_head == w->q_tail && !w->q_busy) pthread_cond_broadcast(&w->done_cv);
+        if (w->q_head == w->q_tail && !w->q_busy)
+            pthread_cond_broadcast(&w->done_cv);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -150,7 +156,7 @@ static void deliver(struct ws *w, int i)
         return;
     }
     pthread_mutex_lock(&w->mu);
-    w->q[w->q_tail++] = i;   /* each read is delivered once: n_reads slots suffice */
+    w->q[w->q_tail++] = i; /* each read is delivered once: n_reads slots suffice */
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
@@ -158,16 +164,19 @@ static void deliver(struct ws *w, int i)
 /* Fraction of the file's pages in the page cache (0..1), or -1 if unknown. */
 static double cached_fraction(int fd, uint64_t size)
 {
-    if (size == 0) return 1;
+    if (size == 0)
+        return 1;
     void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) return -1;
+    if (p == MAP_FAILED)
+        return -1;
     long pg = sysconf(_SC_PAGESIZE);
     size_t n = (size + (size_t)pg - 1) / (size_t)pg;
     unsigned char *vec = malloc(n);
     double f = -1;
     if (vec && mincore(p, size, vec) == 0) {
         size_t in = 0;
-        for (size_t i = 0; i < n; i++) in += vec[i] & 1;
+        for (size_t i = 0; i < n; i++)
+            in += vec[i] & 1;
         f = (double)in / (double)n;
     }
     free(vec);
@@ -177,7 +186,8 @@ static double cached_fraction(int fd, uint64_t size)
 
 static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
 {
-    for (int f = 0; f < n_files; f++) w->fds[f] = -1;
+    for (int f = 0; f < n_files; f++)
+        w->fds[f] = -1;
     for (int f = 0; f < n_files; f++) {
         int fd = open(w->paths[f], O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
@@ -205,13 +215,14 @@ static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
                 w->direct[f] = 1;
             } else {
                 size_t l = strlen(w->res->note);
-                snprintf(w->res->note + l, sizeof w->res->note - l,
-                         "%sO_DIRECT refused on %s (%s): buffered reads", l ? "; " : "",
-                         w->paths[f], strerror(errno));
+                snprintf(w->res->note + l, sizeof w->res->note - l, "%sO_DIRECT refused on %s (%s): buffered reads",
+                         l ? "; " : "", w->paths[f], strerror(errno));
             }
         }
-        if (w->direct[f]) w->res->direct_used++;
-        else w->res->buffered_used++;
+        if (w->direct[f])
+            w->res->direct_used++;
+        else
+            w->res->buffered_used++;
         w->fds[f] = fd;
     }
     return 0;
@@ -221,7 +232,7 @@ static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
  * aligned window. */
 struct cursor {
     int read;
-    uint64_t pos;          /* next file offset to issue within the current read */
+    uint64_t pos; /* next file offset to issue within the current read */
 };
 
 static uint64_t win_lo(const struct ws *w, const mq_ws_read *r)
@@ -254,7 +265,8 @@ static void piece_done(struct ws *w, struct slot *s)
         memcpy((uint8_t *)r->dst + (lo - r->offset), s->buf + (lo - s->off), n);
     ADD(w->prog->bytes_done, n);
     w->remaining[s->read] -= n;
-    if (w->remaining[s->read] == 0) deliver(w, s->read);
+    if (w->remaining[s->read] == 0)
+        deliver(w, s->read);
 }
 
 static int stream(struct ws *w, char *err, size_t errlen)
@@ -269,8 +281,10 @@ static int stream(struct ws *w, char *err, size_t errlen)
     struct slot *slots = calloc((size_t)qd, sizeof *slots);
     uint8_t *bounce = NULL;
     int any_direct = 0;
-    for (int i = 0; i < w->n_reads; i++) any_direct |= w->direct[w->reads[i].file];
-    if (any_direct && posix_memalign((void **)&bounce, WS_ALIGN, (size_t)qd * w->o.read_bytes)) bounce = NULL;
+    for (int i = 0; i < w->n_reads; i++)
+        any_direct |= w->direct[w->reads[i].file];
+    if (any_direct && posix_memalign((void **)&bounce, WS_ALIGN, (size_t)qd * w->o.read_bytes))
+        bounce = NULL;
     if (!slots || (any_direct && !bounce)) {
         free(slots);
         free(bounce);
@@ -280,27 +294,32 @@ static int stream(struct ws *w, char *err, size_t errlen)
     }
 
     struct cursor c = { 0, 0 };
-    while (c.read < w->n_reads && w->reads[c.read].bytes == 0) deliver(w, c.read++);
-    if (c.read < w->n_reads) c.pos = win_lo(w, &w->reads[c.read]);
+    while (c.read < w->n_reads && w->reads[c.read].bytes == 0)
+        deliver(w, c.read++);
+    if (c.read < w->n_reads)
+        c.pos = win_lo(w, &w->reads[c.read]);
     int inflight = 0;
     while (!ws_failed(w) && (inflight > 0 || c.read < w->n_reads)) {
         /* fill every free slot */
         for (int i = 0; i < qd && c.read < w->n_reads; i++) {
             struct slot *s = &slots[i];
-            if (s->busy) continue;
+            if (s->busy)
+                continue;
             const mq_ws_read *rd = &w->reads[c.read];
             uint64_t hi = win_hi(w, rd);
             uint64_t len = hi - c.pos < w->o.read_bytes ? hi - c.pos : w->o.read_bytes;
             *s = (struct slot){ .read = c.read, .off = c.pos, .len = (uint32_t)len, .busy = 1 };
-            s->buf = w->direct[rd->file] ? bounce + (size_t)i * w->o.read_bytes
-                                         : (uint8_t *)rd->dst + (c.pos - rd->offset);
+            s->buf =
+                w->direct[rd->file] ? bounce + (size_t)i * w->o.read_bytes : (uint8_t *)rd->dst + (c.pos - rd->offset);
             prep(w, &ring, s, i);
             inflight++;
             c.pos += len;
             if (c.pos >= hi) {
                 c.read++;
-                while (c.read < w->n_reads && w->reads[c.read].bytes == 0) deliver(w, c.read++);
-                if (c.read < w->n_reads) c.pos = win_lo(w, &w->reads[c.read]);
+                while (c.read < w->n_reads && w->reads[c.read].bytes == 0)
+                    deliver(w, c.read++);
+                if (c.read < w->n_reads)
+                    c.pos = win_lo(w, &w->reads[c.read]);
             }
         }
         r = io_uring_submit_and_wait(&ring, 1);
@@ -310,16 +329,17 @@ static int stream(struct ws *w, char *err, size_t errlen)
         }
         struct io_uring_cqe *cqe;
         unsigned head, seen = 0;
-        io_uring_for_each_cqe(&ring, head, cqe) {
+        io_uring_for_each_cqe(&ring, head, cqe)
+        {
             seen++;
             int idx = (int)io_uring_cqe_get_data64(cqe);
             struct slot *s = &slots[idx];
             const mq_ws_read *rd = &w->reads[s->read];
             int res = cqe->res;
             if (res < 0) {
-                ws_fail(w, res, "%s: read of %u bytes at offset %llu (tensor %s) failed: %s",
-                        w->paths[rd->file], s->len - s->done, (unsigned long long)(s->off + s->done),
-                        rd->what ? rd->what : "?", strerror(-res));
+                ws_fail(w, res, "%s: read of %u bytes at offset %llu (tensor %s) failed: %s", w->paths[rd->file],
+                        s->len - s->done, (unsigned long long)(s->off + s->done), rd->what ? rd->what : "?",
+                        strerror(-res));
                 s->busy = 0;
                 inflight--;
                 continue;
@@ -335,13 +355,13 @@ static int stream(struct ws *w, char *err, size_t errlen)
             } else if (res == 0 || (w->direct[rd->file] && (s->done % WS_ALIGN))) {
                 /* O_DIRECT only returns short, unaligned counts at end of file */
                 ws_fail(w, -EIO, "%s: unexpected end of file at offset %llu (tensor %s needs bytes up to %llu)",
-                        w->paths[rd->file], (unsigned long long)(s->off + s->done),
-                        rd->what ? rd->what : "?", (unsigned long long)(rd->offset + rd->bytes));
+                        w->paths[rd->file], (unsigned long long)(s->off + s->done), rd->what ? rd->what : "?",
+                        (unsigned long long)(rd->offset + rd->bytes));
                 s->busy = 0;
                 inflight--;
             } else {
                 w->res->short_reads++;
-                prep(w, &ring, s, idx);   /* the rest of the piece; submitted with the next batch */
+                prep(w, &ring, s, idx); /* the rest of the piece; submitted with the next batch */
             }
         }
         io_uring_cq_advance(&ring, seen);
@@ -349,7 +369,8 @@ static int stream(struct ws *w, char *err, size_t errlen)
     /* on failure, reap what is still in flight before freeing the buffers it targets */
     while (inflight > 0) {
         struct io_uring_cqe *cqe;
-        if (io_uring_submit_and_wait(&ring, 1) < 0) break;
+        if (io_uring_submit_and_wait(&ring, 1) < 0)
+            break;
         unsigned head, seen = 0;
         io_uring_for_each_cqe(&ring, head, cqe) seen++;
         io_uring_cq_advance(&ring, seen);
@@ -361,37 +382,49 @@ static int stream(struct ws *w, char *err, size_t errlen)
     return 0;
 }
 
-int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, int n_reads,
-              const mq_ws_opts *o, mq_ws_ready_fn ready, void *ctx, mq_ws_progress *prog,
-              mq_ws_result *res, char *err, size_t errlen)
+int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, int n_reads, const mq_ws_opts *o,
+              mq_ws_ready_fn ready, void *ctx, mq_ws_progress *prog, mq_ws_result *res, char *err, size_t errlen)
 {
     static char dummy_err[8];
-    if (!err) { err = dummy_err; errlen = sizeof dummy_err; }
+    if (!err) {
+        err = dummy_err;
+        errlen = sizeof dummy_err;
+    }
     err[0] = 0;
     mq_ws_progress lprog;
     mq_ws_result lres;
-    if (!prog) prog = &lprog;
-    if (!res) res = &lres;
+    if (!prog)
+        prog = &lprog;
+    if (!res)
+        res = &lres;
     memset(res, 0, sizeof *res);
-    struct ws w = { .reads = reads, .n_reads = n_reads, .paths = paths, .ready = ready,
-                    .ctx = ctx, .prog = prog, .res = res };
-    if (o) w.o = *o;
-    else mq_ws_opts_default(&w.o);
-    if (w.o.queue_depth <= 0) w.o.queue_depth = WS_DEFAULT_QD;
-    if (w.o.read_bytes < WS_ALIGN) w.o.read_bytes = WS_DEFAULT_READ;
+    struct ws w = {
+        .reads = reads, .n_reads = n_reads, .paths = paths, .ready = ready, .ctx = ctx, .prog = prog, .res = res
+    };
+    if (o)
+        w.o = *o;
+    else
+        mq_ws_opts_default(&w.o);
+    if (w.o.queue_depth <= 0)
+        w.o.queue_depth = WS_DEFAULT_QD;
+    if (w.o.read_bytes < WS_ALIGN)
+        w.o.read_bytes = WS_DEFAULT_READ;
     w.o.read_bytes = w.o.read_bytes / WS_ALIGN * WS_ALIGN;
-    if (w.o.read_bytes > (1u << 30)) w.o.read_bytes = 1u << 30;
-    if (w.o.helpers > WS_MAX_HELPERS) w.o.helpers = WS_MAX_HELPERS;
+    if (w.o.read_bytes > (1u << 30))
+        w.o.read_bytes = 1u << 30;
+    if (w.o.helpers > WS_MAX_HELPERS)
+        w.o.helpers = WS_MAX_HELPERS;
 
     for (int i = 0; i < n_reads; i++) {
         if (reads[i].file < 0 || reads[i].file >= n_files || (!reads[i].dst && reads[i].bytes)) {
-            snprintf(err, errlen, "weight stream: read %d (%s) has a bad file index or no destination",
-                     i, reads[i].what ? reads[i].what : "?");
+            snprintf(err, errlen, "weight stream: read %d (%s) has a bad file index or no destination", i,
+                     reads[i].what ? reads[i].what : "?");
             return -EINVAL;
         }
     }
     uint64_t total = 0;
-    for (int i = 0; i < n_reads; i++) total += reads[i].bytes;
+    for (int i = 0; i < n_reads; i++)
+        total += reads[i].bytes;
     STORE(prog->bytes_total, total);
     STORE(prog->bytes_done, 0);
     STORE(prog->reads_total, (uint64_t)n_reads);
@@ -413,17 +446,21 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
         r = -ENOMEM;
         goto out;
     }
-    for (int i = 0; i < n_reads; i++) w.remaining[i] = reads[i].bytes;
+    for (int i = 0; i < n_reads; i++)
+        w.remaining[i] = reads[i].bytes;
     r = open_files(&w, n_files, err, errlen);
-    if (r < 0) goto out;
+    if (r < 0)
+        goto out;
     for (int i = 0; i < w.o.helpers; i++) {
-        if (pthread_create(&th[n_th], NULL, helper_main, &w) != 0) break;
+        if (pthread_create(&th[n_th], NULL, helper_main, &w) != 0)
+            break;
         if (w.o.helper_cpus)
             pthread_setaffinity_np(th[n_th], sizeof(cpu_set_t), (const cpu_set_t *)w.o.helper_cpus);
         pthread_setname_np(th[n_th], "mq-quantize");
         n_th++;
     }
-    if (w.o.helpers > 0 && n_th == 0) w.o.helpers = 0;   /* no threads: run ready inline */
+    if (w.o.helpers > 0 && n_th == 0)
+        w.o.helpers = 0; /* no threads: run ready inline */
 
     uint64_t t0 = now_ns();
     r = stream(&w, err, errlen);
@@ -432,7 +469,8 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     w.q_closed = 1;
     pthread_cond_broadcast(&w.cv);
     pthread_mutex_unlock(&w.mu);
-    for (int i = 0; i < n_th; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < n_th; i++)
+        pthread_join(th[i], NULL);
     n_th = 0;
     res->seconds = (now_ns() - t0) * 1e-9;
     if (r == 0 && w.failed) {
@@ -445,11 +483,13 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
         r = -EIO;
     }
 out:
-    for (int i = 0; i < n_th; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < n_th; i++)
+        pthread_join(th[i], NULL);
     STORE(prog->end_ns, now_ns());
     if (w.fds)
         for (int f = 0; f < n_files; f++)
-            if (w.fds[f] >= 0) close(w.fds[f]);
+            if (w.fds[f] >= 0)
+                close(w.fds[f]);
     free(w.fds);
     free(w.direct);
     free(w.remaining);

@@ -35,50 +35,49 @@ extern "C" {
 #endif
 
 typedef struct mq_ws_read {
-    int file;               /* index into the paths given to mq_ws_run */
+    int file; /* index into the paths given to mq_ws_run */
     uint64_t offset;
     uint64_t bytes;
     void *dst;
-    const char *what;       /* tensor name for messages (may be NULL) */
+    const char *what; /* tensor name for messages (may be NULL) */
 } mq_ws_read;
 
 typedef enum { MQ_WS_DIRECT_AUTO = 0, MQ_WS_DIRECT_ON = 1, MQ_WS_DIRECT_OFF = 2 } mq_ws_direct;
 
 typedef struct mq_ws_opts {
-    int queue_depth;        /* pieces in flight (default 16) */
-    size_t read_bytes;      /* largest piece (default 4 MiB; multiple of 4096) */
+    int queue_depth;   /* pieces in flight (default 16) */
+    size_t read_bytes; /* largest piece (default 4 MiB; multiple of 4096) */
     mq_ws_direct direct;
-    int helpers;            /* threads running ready() (default 1; 0 = caller's thread) */
-    const void *helper_cpus;/* cpu_set_t * for the helpers, or NULL */
+    int helpers;             /* threads running ready() (default 1; 0 = caller's thread) */
+    const void *helper_cpus; /* cpu_set_t * for the helpers, or NULL */
 } mq_ws_opts;
 
 void mq_ws_opts_default(mq_ws_opts *o);
 
 typedef struct mq_ws_progress {
-    uint64_t bytes_total, bytes_done;       /* atomics */
-    uint64_t reads_total, reads_done;       /* read = tensor; done = made ready */
-    uint64_t start_ns, end_ns;              /* CLOCK_MONOTONIC; end 0 while running */
+    uint64_t bytes_total, bytes_done; /* atomics */
+    uint64_t reads_total, reads_done; /* read = tensor; done = made ready */
+    uint64_t start_ns, end_ns;        /* CLOCK_MONOTONIC; end 0 while running */
 } mq_ws_progress;
 
 /* Consistent-enough snapshot; rate_bps = bytes_done / elapsed (0 before start). */
-void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t *bytes_total,
-                        uint64_t *reads_done, uint64_t *reads_total, double *rate_bps);
+void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t *bytes_total, uint64_t *reads_done,
+                        uint64_t *reads_total, double *rate_bps);
 
 typedef struct mq_ws_result {
-    int direct_used;        /* files read with O_DIRECT */
-    int buffered_used;      /* files read buffered */
+    int direct_used;   /* files read with O_DIRECT */
+    int buffered_used; /* files read buffered */
     uint64_t submits, short_reads;
     double seconds;
-    char note[256];         /* "O_DIRECT refused by the file system on X; buffered" etc. */
+    char note[256]; /* "O_DIRECT refused by the file system on X; buffered" etc. */
 } mq_ws_result;
 
 /* ready(ctx, i, err, errlen) after read i's bytes are all in reads[i].dst; a negative
  * return stops the stream with that error. */
 typedef int (*mq_ws_ready_fn)(void *ctx, int i, char *err, size_t errlen);
 
-int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, int n_reads,
-              const mq_ws_opts *o, mq_ws_ready_fn ready, void *ctx, mq_ws_progress *prog,
-              mq_ws_result *res, char *err, size_t errlen);
+int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, int n_reads, const mq_ws_opts *o,
+              mq_ws_ready_fn ready, void *ctx, mq_ws_progress *prog, mq_ws_result *res, char *err, size_t errlen);
 
 /* ---- loading a model folder (engine/model.h) through the stream ---- */
 struct mq_model;
@@ -88,9 +87,8 @@ struct mq_arena;
 /* mq_model_plan + mq_ws_run (ready = mq_model_tensor_ready) + mq_model_finish, with all
  * weight memory from `arena` (hugepage-backed) and staging buffers mapped separately and
  * unmapped by the model when done. err: MQ_ERR_LEN bytes or more. */
-int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena,
-                     const mq_ws_opts *o, mq_ws_progress *prog, mq_ws_result *res,
-                     struct mq_model **out, char *err, size_t errlen);
+int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena, const mq_ws_opts *o,
+                     mq_ws_progress *prog, mq_ws_result *res, struct mq_model **out, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

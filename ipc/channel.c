@@ -20,18 +20,18 @@ _Static_assert(sizeof(mq_chan_hdr) <= MQ_CHAN_HDR_BYTES, "header fits its page")
 _Static_assert(sizeof(mq_chan_rec) == 24, "record header is 24 bytes");
 _Static_assert(sizeof(mq_chan_done) == 56, "done body is 56 bytes");
 
+static int pow2_ok(uint32_t v)
+{
+    return v >= 4096 && v <= MQ_CHAN_RING_MAX && !(v & (v - 1));
+}
 
-static int pow2_ok(uint32_t v) { return v >= 4096 && v <= MQ_CHAN_RING_MAX && !(v & (v - 1)); }
-
-int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int try_hugetlb,
-                   char *err, size_t errlen)
+int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int try_hugetlb, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     c->fd = -1;
     if (!pow2_ok(prompt_size) || !pow2_ok(token_size))
-        return mq_errmsg(err, errlen, -EINVAL,
-                    "channel ring sizes %u/%u must be powers of two in [4096, %u]", prompt_size,
-                    token_size, MQ_CHAN_RING_MAX);
+        return mq_errmsg(err, errlen, -EINVAL, "channel ring sizes %u/%u must be powers of two in [4096, %u]",
+                         prompt_size, token_size, MQ_CHAN_RING_MAX);
     size_t bytes = (size_t)MQ_CHAN_HDR_BYTES + prompt_size + token_size;
     int fd = -1;
     void *base = MAP_FAILED;
@@ -57,8 +57,7 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
         if (ftruncate(fd, (off_t)bytes) < 0) {
             int e = errno;
             close(fd);
-            return mq_errmsg(err, errlen, -e, "ftruncate channel to %zu bytes: %s", bytes,
-                        strerror(e));
+            return mq_errmsg(err, errlen, -e, "ftruncate channel to %zu bytes: %s", bytes, strerror(e));
         }
         base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (base == MAP_FAILED) {
@@ -89,10 +88,8 @@ int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int tr
     c->hdr->flags = c->hugetlb ? MQ_CHAN_HUGETLB : 0;
     mq_ring_ctl_init(&c->hdr->prompt);
     mq_ring_ctl_init(&c->hdr->token);
-    mq_ring_attach_consumer(&c->prompt, &c->hdr->prompt, (uint8_t *)base + MQ_CHAN_HDR_BYTES,
-                            prompt_size);
-    mq_ring_attach_producer(&c->token, &c->hdr->token,
-                            (uint8_t *)base + MQ_CHAN_HDR_BYTES + prompt_size, token_size);
+    mq_ring_attach_consumer(&c->prompt, &c->hdr->prompt, (uint8_t *)base + MQ_CHAN_HDR_BYTES, prompt_size);
+    mq_ring_attach_producer(&c->token, &c->hdr->token, (uint8_t *)base + MQ_CHAN_HDR_BYTES + prompt_size, token_size);
     return 0;
 }
 
@@ -108,8 +105,7 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     }
     if (st.st_size < MQ_CHAN_HDR_BYTES || st.st_size > (off_t)2 * MQ_CHAN_RING_MAX + 2 * HUGE_2M) {
         close(fd);
-        return mq_errmsg(err, errlen, -EPROTO, "channel memfd has an implausible size %lld",
-                    (long long)st.st_size);
+        return mq_errmsg(err, errlen, -EPROTO, "channel memfd has an implausible size %lld", (long long)st.st_size);
     }
     size_t bytes = (size_t)st.st_size;
     void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -128,8 +124,7 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
         bad = "total_bytes";
     else if (!pow2_ok(h->prompt_size) || !pow2_ok(h->token_size))
         bad = "ring size";
-    else if (h->prompt_off != MQ_CHAN_HDR_BYTES ||
-             (uint64_t)h->prompt_off + h->prompt_size > h->token_off ||
+    else if (h->prompt_off != MQ_CHAN_HDR_BYTES || (uint64_t)h->prompt_off + h->prompt_size > h->token_off ||
              (uint64_t)h->token_off + h->token_size > bytes)
         bad = "ring offsets";
     if (bad) {
@@ -142,10 +137,8 @@ int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen)
     c->bytes = bytes;
     c->hdr = h;
     c->hugetlb = !!(h->flags & MQ_CHAN_HUGETLB);
-    mq_ring_attach_producer(&c->prompt, &h->prompt, (uint8_t *)base + h->prompt_off,
-                            h->prompt_size);
-    mq_ring_attach_consumer(&c->token, &h->token, (uint8_t *)base + h->token_off,
-                            h->token_size);
+    mq_ring_attach_producer(&c->prompt, &h->prompt, (uint8_t *)base + h->prompt_off, h->prompt_size);
+    mq_ring_attach_consumer(&c->token, &h->token, (uint8_t *)base + h->token_off, h->token_size);
     return 0;
 }
 
@@ -160,7 +153,10 @@ void mq_chan_unmap(mq_chan *c)
 }
 
 /* ---- records ------------------------------------------------------------------- */
-static uint32_t align8(uint32_t v) { return (v + 7u) & ~7u; }
+static uint32_t align8(uint32_t v)
+{
+    return (v + 7u) & ~7u;
+}
 
 uint32_t mq_chan_rec_bytes_token(uint32_t text_len)
 {
@@ -172,15 +168,15 @@ uint32_t mq_chan_rec_bytes_done(uint32_t msg_len)
     return align8((uint32_t)(sizeof(mq_chan_rec) + sizeof(mq_chan_done)) + msg_len);
 }
 
-int mq_chan_format_token(uint8_t *buf, size_t cap, uint64_t req, int32_t token, uint32_t flags,
-                         const char *text, uint32_t text_len)
+int mq_chan_format_token(uint8_t *buf, size_t cap, uint64_t req, int32_t token, uint32_t flags, const char *text,
+                         uint32_t text_len)
 {
     if (text_len > 65535)
         return -E2BIG;
     uint32_t n = mq_chan_rec_bytes_token(text_len);
     if (n > cap)
         return -E2BIG;
-    mq_chan_rec h = {n, MQ_REC_TOKEN, (uint16_t)text_len, req, token, flags};
+    mq_chan_rec h = { n, MQ_REC_TOKEN, (uint16_t)text_len, req, token, flags };
     memcpy(buf, &h, sizeof h);
     if (text_len)
         memcpy(buf + sizeof h, text, text_len);
@@ -188,15 +184,15 @@ int mq_chan_format_token(uint8_t *buf, size_t cap, uint64_t req, int32_t token, 
     return (int)n;
 }
 
-int mq_chan_format_done(uint8_t *buf, size_t cap, uint64_t req, const mq_chan_done *d,
-                        const char *msg, uint32_t msg_len)
+int mq_chan_format_done(uint8_t *buf, size_t cap, uint64_t req, const mq_chan_done *d, const char *msg,
+                        uint32_t msg_len)
 {
     if (msg_len > 65535)
         msg_len = 65535;
     uint32_t n = mq_chan_rec_bytes_done(msg_len);
     if (n > cap)
         return -E2BIG;
-    mq_chan_rec h = {n, MQ_REC_DONE, (uint16_t)msg_len, req, -1, 0};
+    mq_chan_rec h = { n, MQ_REC_DONE, (uint16_t)msg_len, req, -1, 0 };
     memcpy(buf, &h, sizeof h);
     memcpy(buf + sizeof h, d, sizeof *d);
     if (msg_len)

@@ -38,12 +38,12 @@
 extern "C" {
 #endif
 
-#define MQ_CHAN_MAGIC 0x4e48434du /* "MCHN" */
-#define MQ_CHAN_VERSION 1
-#define MQ_CHAN_HDR_BYTES 4096
+#define MQ_CHAN_MAGIC          0x4e48434du /* "MCHN" */
+#define MQ_CHAN_VERSION        1
+#define MQ_CHAN_HDR_BYTES      4096
 #define MQ_CHAN_PROMPT_DEFAULT (1u << 20)
-#define MQ_CHAN_TOKEN_DEFAULT (1u << 20)
-#define MQ_CHAN_RING_MAX (1u << 28)
+#define MQ_CHAN_TOKEN_DEFAULT  (1u << 20)
+#define MQ_CHAN_RING_MAX       (1u << 28)
 
 typedef struct mq_chan_hdr {
     uint32_t magic, version;
@@ -63,11 +63,11 @@ enum mq_rec_type { MQ_REC_TOKEN = 1, MQ_REC_DONE = 2 };
 /* How a request ended (mq_chan_done.end_reason). */
 enum mq_end_reason {
     MQ_CHAN_END_STOP = 0,        /* end-of-sequence token or a stop token */
-    MQ_CHAN_END_LENGTH = 1,     /* max_tokens or the context limit */
+    MQ_CHAN_END_LENGTH = 1,      /* max_tokens or the context limit */
     MQ_CHAN_END_CANCEL = 2,      /* cancelled by the client or mqctl */
     MQ_CHAN_END_ERROR = 3,       /* failed; see error/message */
     MQ_CHAN_END_STOP_STRING = 4, /* a stop string matched */
-    MQ_CHAN_END_SHUTDOWN = 5,   /* mqd drained/shut down before the end */
+    MQ_CHAN_END_SHUTDOWN = 5,    /* mqd drained/shut down before the end */
 };
 
 typedef struct mq_chan_rec {
@@ -75,8 +75,8 @@ typedef struct mq_chan_rec {
     uint16_t type;     /* mq_rec_type */
     uint16_t text_len; /* bytes of text (TOKEN) or message (DONE) */
     uint64_t req;
-    int32_t token;     /* TOKEN: token id; DONE: -1 */
-    uint32_t flags;    /* TOKEN: MQ_REC_SPECIAL if a special token */
+    int32_t token;  /* TOKEN: token id; DONE: -1 */
+    uint32_t flags; /* TOKEN: MQ_REC_SPECIAL if a special token */
 } mq_chan_rec;
 
 enum { MQ_REC_SPECIAL = 1u << 0 };
@@ -99,17 +99,16 @@ typedef struct mq_chan_done {
 typedef struct mq_chan {
     void *base;
     size_t bytes;
-    int fd;            /* the memfd (owned) */
-    int hugetlb;       /* 1 if MFD_HUGETLB backed */
+    int fd;      /* the memfd (owned) */
+    int hugetlb; /* 1 if MFD_HUGETLB backed */
     mq_chan_hdr *hdr;
-    mq_ring prompt;    /* mqd: consumer; client: producer */
-    mq_ring token;     /* mqd: producer; client: consumer */
+    mq_ring prompt; /* mqd: consumer; client: producer */
+    mq_ring token;  /* mqd: producer; client: consumer */
 } mq_chan;
 
 /* mqd side: creates, sizes, seals and maps a channel. Ring sizes: powers of two in
  * [4096, MQ_CHAN_RING_MAX]. try_hugetlb = 0 skips the MFD_HUGETLB attempt. */
-int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int try_hugetlb,
-                   char *err, size_t errlen);
+int mq_chan_create(mq_chan *c, uint32_t prompt_size, uint32_t token_size, int try_hugetlb, char *err, size_t errlen);
 /* Client side: maps a memfd received from mqd (takes ownership of fd), validating every
  * header field against the file's real size. */
 int mq_chan_map(mq_chan *c, int fd, char *err, size_t errlen);
@@ -121,10 +120,10 @@ uint32_t mq_chan_rec_bytes_token(uint32_t text_len);
 uint32_t mq_chan_rec_bytes_done(uint32_t msg_len);
 /* Writes a whole record into a buffer (for spilling) or directly into the ring. Return the
  * byte count, or -E2BIG. */
-int mq_chan_format_token(uint8_t *buf, size_t cap, uint64_t req, int32_t token, uint32_t flags,
-                         const char *text, uint32_t text_len);
-int mq_chan_format_done(uint8_t *buf, size_t cap, uint64_t req, const mq_chan_done *d,
-                        const char *msg, uint32_t msg_len);
+int mq_chan_format_token(uint8_t *buf, size_t cap, uint64_t req, int32_t token, uint32_t flags, const char *text,
+                         uint32_t text_len);
+int mq_chan_format_done(uint8_t *buf, size_t cap, uint64_t req, const mq_chan_done *d, const char *msg,
+                        uint32_t msg_len);
 
 /* ---- token ring records (client) ---- */
 /* Reads the next record into buf (cap >= MQ_CHAN_REC_MAX is always enough) and releases it

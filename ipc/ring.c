@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define LOAD(p)     __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
 
 int mq_futex_wait(uint32_t *word, uint32_t expected, int timeout_ms)
@@ -33,7 +33,10 @@ void mq_futex_wake(uint32_t *word)
     syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-void mq_ring_ctl_init(mq_ring_ctl *ctl) { memset(ctl, 0, sizeof *ctl); }
+void mq_ring_ctl_init(mq_ring_ctl *ctl)
+{
+    memset(ctl, 0, sizeof *ctl);
+}
 
 static int attach(mq_ring *r, mq_ring_ctl *ctl, void *data, uint32_t size)
 {
@@ -190,7 +193,7 @@ void mq_ring_consume(mq_ring *r, uint32_t n)
 static int64_t data_ready(const mq_ring *r, uint32_t n)
 {
     (void)n;
-    return mq_ring_avail(r);   /* bytes, or -EPROTO */
+    return mq_ring_avail(r); /* bytes, or -EPROTO */
 }
 
 /* -EINTR returns to the caller (it may have a signal to handle). */

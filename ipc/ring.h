@@ -44,10 +44,10 @@ typedef struct mq_ring_ctl {
 
 typedef struct mq_ring {
     mq_ring_ctl *ctl;
-    uint8_t *data;  /* [size] */
-    uint32_t size;  /* power of two */
-    uint32_t pos;   /* this side's private position (head if producer, tail if consumer) */
-    int efd;        /* producer side: eventfd to write when poll_armed, or -1 */
+    uint8_t *data; /* [size] */
+    uint32_t size; /* power of two */
+    uint32_t pos;  /* this side's private position (head if producer, tail if consumer) */
+    int efd;       /* producer side: eventfd to write when poll_armed, or -1 */
 } mq_ring;
 
 /* Zeroes a control block (the creator does it once). */

@@ -24,15 +24,18 @@ static void put(wr *w, const void *src, size_t n)
     memcpy(w->p + w->n, src, n);
     w->n += n;
 }
-static void put_u8(wr *w, uint8_t v) { put(w, &v, 1); }
+static void put_u8(wr *w, uint8_t v)
+{
+    put(w, &v, 1);
+}
 static void put_u16(wr *w, uint16_t v)
 {
-    uint8_t b[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+    uint8_t b[2] = { (uint8_t)v, (uint8_t)(v >> 8) };
     put(w, b, 2);
 }
 static void put_u32(wr *w, uint32_t v)
 {
-    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    uint8_t b[4] = { (uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24) };
     put(w, b, 4);
 }
 static void put_u64(wr *w, uint64_t v)
@@ -83,9 +86,7 @@ static uint16_t get_u16(rd *r)
 static uint32_t get_u32(rd *r)
 {
     const uint8_t *q = take(r, 4);
-    return q ? (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 |
-                   (uint32_t)q[3] << 24
-             : 0;
+    return q ? (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24 : 0;
 }
 static uint64_t get_u64(rd *r)
 {
@@ -99,7 +100,6 @@ static float get_f32(rd *r)
     memcpy(&f, &v, 4);
     return f;
 }
-
 
 /* Reads a string of at most `max` bytes into dst[max+1]; refuses embedded NULs. */
 static int get_str(rd *r, char *dst, size_t max, const char *field, char *err, size_t errlen)
@@ -137,22 +137,20 @@ int mq_wire_gen_check(const mq_wire_gen *g, char *err, size_t errlen)
 {
     if (g->max_tokens < 1 || g->max_tokens > MQ_WIRE_MAX_TOKENS_LIMIT)
         return mq_errmsg(err, errlen, -EINVAL, "gen.max_tokens: %u not in [1, %u]", g->max_tokens,
-                    MQ_WIRE_MAX_TOKENS_LIMIT);
-    if (!isfinite(g->temperature) || g->temperature < 0 ||
-        g->temperature > MQ_WIRE_TEMPERATURE_MAX)
-        return mq_errmsg(err, errlen, -EINVAL, "gen.temperature: %g not in [0, %g]",
-                    (double)g->temperature, (double)MQ_WIRE_TEMPERATURE_MAX);
+                         MQ_WIRE_MAX_TOKENS_LIMIT);
+    if (!isfinite(g->temperature) || g->temperature < 0 || g->temperature > MQ_WIRE_TEMPERATURE_MAX)
+        return mq_errmsg(err, errlen, -EINVAL, "gen.temperature: %g not in [0, %g]", (double)g->temperature,
+                         (double)MQ_WIRE_TEMPERATURE_MAX);
     if (!isfinite(g->top_p) || g->top_p <= 0 || g->top_p > 1)
         return mq_errmsg(err, errlen, -EINVAL, "gen.top_p: %g not in (0, 1]", (double)g->top_p);
     if (!isfinite(g->min_p) || g->min_p < 0 || g->min_p >= 1)
         return mq_errmsg(err, errlen, -EINVAL, "gen.min_p: %g not in [0, 1)", (double)g->min_p);
     if (g->top_k > MQ_WIRE_TOP_K_MAX)
-        return mq_errmsg(err, errlen, -EINVAL, "gen.top_k: %u over %u", g->top_k,
-                    MQ_WIRE_TOP_K_MAX);
+        return mq_errmsg(err, errlen, -EINVAL, "gen.top_k: %u over %u", g->top_k, MQ_WIRE_TOP_K_MAX);
     if (!isfinite(g->repeat_penalty) ||
         (g->repeat_penalty != 0 && (g->repeat_penalty < 0.125f || g->repeat_penalty > 8)))
         return mq_errmsg(err, errlen, -EINVAL, "gen.repeat_penalty: %g not 0 or in [0.125, 8]",
-                    (double)g->repeat_penalty);
+                         (double)g->repeat_penalty);
     const uint32_t known = MQ_GEN_GREEDY | MQ_GEN_ENABLE_THINKING | MQ_GEN_NO_SPECIAL_TEXT;
     if (g->flags & ~known)
         return mq_errmsg(err, errlen, -EINVAL, "gen.flags: unknown bits 0x%x", g->flags & ~known);
@@ -222,7 +220,7 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
 {
     if (m->type < 1 || m->type >= MQ_MSG_TYPE_COUNT)
         return -EINVAL;
-    wr w = {buf, 0, cap, 0};
+    wr w = { buf, 0, cap, 0 };
     put_u32(&w, MQ_WIRE_MAGIC);
     put_u16(&w, m->type);
     put_u16(&w, m->version ? m->version : 1);
@@ -248,14 +246,10 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
         put_u32(&w, m->u.hello_ok.max_sessions);
         put_str(&w, m->u.hello_ok.model);
         break;
-    case MQ_MSG_OPEN:
-        put_u8(&w, m->u.open.mode);
-        break;
+    case MQ_MSG_OPEN: put_u8(&w, m->u.open.mode); break;
     case MQ_MSG_OPENED:
     case MQ_MSG_CLOSE:
-    case MQ_MSG_CLOSED:
-        put_u64(&w, m->u.opened.session);
-        break;
+    case MQ_MSG_CLOSED: put_u64(&w, m->u.opened.session); break;
     case MQ_MSG_SUBMIT:
         put_u64(&w, m->u.submit.session);
         put_u8(&w, m->u.submit.kind);
@@ -270,14 +264,9 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
         put_u64(&w, m->u.submitted.session);
         break;
     case MQ_MSG_CANCEL:
-    case MQ_MSG_CANCELED:
-        put_u64(&w, m->u.cancel.req);
-        break;
-    case MQ_MSG_STATS:
-        break;
-    case MQ_MSG_STATS_REPLY:
-        put_stats(&w, &m->u.stats);
-        break;
+    case MQ_MSG_CANCELED: put_u64(&w, m->u.cancel.req); break;
+    case MQ_MSG_STATS: break;
+    case MQ_MSG_STATS_REPLY: put_stats(&w, &m->u.stats); break;
     case MQ_MSG_ERROR:
         if (strnlen(m->u.error.text, MQ_WIRE_TEXT_MAX + 1) > MQ_WIRE_TEXT_MAX)
             return -EINVAL;
@@ -288,7 +277,7 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
     if (w.overflow || w.n > MQ_WIRE_MAX_MSG)
         return -ENOSPC;
     uint32_t plen = (uint32_t)(w.n - MQ_WIRE_HDR_SIZE);
-    wr h = {buf + 12, 0, 4, 0};
+    wr h = { buf + 12, 0, 4, 0 };
     put_u32(&h, plen);
     return (int)w.n;
 }
@@ -298,12 +287,10 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
 {
     memset(m, 0, sizeof *m);
     if (len < MQ_WIRE_HDR_SIZE)
-        return mq_errmsg(err, errlen, -EPROTO, "message of %zu bytes is shorter than the header",
-                    len);
+        return mq_errmsg(err, errlen, -EPROTO, "message of %zu bytes is shorter than the header", len);
     if (len > MQ_WIRE_MAX_MSG)
-        return mq_errmsg(err, errlen, -EPROTO, "message of %zu bytes is over %d", len,
-                    MQ_WIRE_MAX_MSG);
-    rd r = {buf, 0, len, 0};
+        return mq_errmsg(err, errlen, -EPROTO, "message of %zu bytes is over %d", len, MQ_WIRE_MAX_MSG);
+    rd r = { buf, 0, len, 0 };
     uint32_t magic = get_u32(&r);
     if (magic != MQ_WIRE_MAGIC)
         return mq_errmsg(err, errlen, -EPROTO, "header.magic: 0x%08x is not MQW1", magic);
@@ -316,13 +303,11 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
     /* HELLO is understood in every version (that is how versions are negotiated). */
     if (m->version == 0)
         return mq_errmsg(err, errlen, -EPROTO, "header.version: 0 is not a version");
-    if (m->type != MQ_MSG_HELLO &&
-        (m->version < MQ_WIRE_VERSION_MIN || m->version > MQ_WIRE_VERSION_MAX))
+    if (m->type != MQ_MSG_HELLO && (m->version < MQ_WIRE_VERSION_MIN || m->version > MQ_WIRE_VERSION_MAX))
         return mq_errmsg(err, errlen, -EPROTO, "header.version: %u not supported", m->version);
     if (plen != len - MQ_WIRE_HDR_SIZE)
-        return mq_errmsg(err, errlen, -EPROTO,
-                    "header.payload_len: %u but the datagram carries %zu payload bytes", plen,
-                    len - MQ_WIRE_HDR_SIZE);
+        return mq_errmsg(err, errlen, -EPROTO, "header.payload_len: %u but the datagram carries %zu payload bytes",
+                         plen, len - MQ_WIRE_HDR_SIZE);
     int rc = 0;
     switch (m->type) {
     case MQ_MSG_HELLO:
@@ -331,8 +316,8 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
         m->u.hello.flags = get_u32(&r);
         rc = get_str(&r, m->u.hello.name, MQ_WIRE_NAME_MAX, "hello.name", err, errlen);
         if (!rc && m->u.hello.ver_min > m->u.hello.ver_max)
-            rc = mq_errmsg(err, errlen, -EINVAL, "hello.ver_min %u > ver_max %u",
-                      m->u.hello.ver_min, m->u.hello.ver_max);
+            rc = mq_errmsg(err, errlen, -EINVAL, "hello.ver_min %u > ver_max %u", m->u.hello.ver_min,
+                           m->u.hello.ver_max);
         if (!rc && m->u.hello.flags)
             rc = mq_errmsg(err, errlen, -EINVAL, "hello.flags: 0x%x, must be 0", m->u.hello.flags);
         break;
@@ -343,20 +328,16 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
         m->u.hello_ok.ctx_limit = get_u32(&r);
         m->u.hello_ok.vocab_size = get_u32(&r);
         m->u.hello_ok.max_sessions = get_u32(&r);
-        rc = get_str(&r, m->u.hello_ok.model, MQ_WIRE_NAME_MAX, "hello_ok.model", err,
-                     errlen);
+        rc = get_str(&r, m->u.hello_ok.model, MQ_WIRE_NAME_MAX, "hello_ok.model", err, errlen);
         break;
     case MQ_MSG_OPEN:
         m->u.open.mode = get_u8(&r);
         if (!r.short_read && m->u.open.mode > MQ_WIRE_MODE_RAW)
-            rc = mq_errmsg(err, errlen, -EINVAL, "open.mode: %u is neither chat (0) nor raw (1)",
-                      m->u.open.mode);
+            rc = mq_errmsg(err, errlen, -EINVAL, "open.mode: %u is neither chat (0) nor raw (1)", m->u.open.mode);
         break;
     case MQ_MSG_OPENED:
     case MQ_MSG_CLOSE:
-    case MQ_MSG_CLOSED:
-        m->u.opened.session = get_u64(&r);
-        break;
+    case MQ_MSG_CLOSED: m->u.opened.session = get_u64(&r); break;
     case MQ_MSG_SUBMIT: {
         m->u.submit.session = get_u64(&r);
         m->u.submit.kind = get_u8(&r);
@@ -373,15 +354,13 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
             rc = mq_errmsg(err, errlen, -EINVAL, "submit.kind: unknown kind %u", m->u.submit.kind);
         else if (m->u.submit.role > MQ_WIRE_ROLE_TOOL)
             rc = mq_errmsg(err, errlen, -EINVAL, "submit.role: unknown role %u", m->u.submit.role);
-        else if (m->u.submit.kind != MQ_WIRE_KIND_MESSAGE &&
-                 m->u.submit.role != MQ_WIRE_ROLE_USER)
+        else if (m->u.submit.kind != MQ_WIRE_KIND_MESSAGE && m->u.submit.role != MQ_WIRE_ROLE_USER)
             rc = mq_errmsg(err, errlen, -EINVAL, "submit.role: only chat messages have a role");
         else if (m->u.submit.len == 0)
             rc = mq_errmsg(err, errlen, -EINVAL, "submit.len: empty prompt");
         else if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS && m->u.submit.len % 4)
-            rc = mq_errmsg(err, errlen, -EINVAL,
-                      "submit.len: %u bytes of token ids is not a multiple of 4",
-                      m->u.submit.len);
+            rc = mq_errmsg(err, errlen, -EINVAL, "submit.len: %u bytes of token ids is not a multiple of 4",
+                           m->u.submit.len);
         else
             rc = mq_wire_gen_check(&m->u.submit.gen, err, errlen);
         break;
@@ -391,14 +370,9 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
         m->u.submitted.session = get_u64(&r);
         break;
     case MQ_MSG_CANCEL:
-    case MQ_MSG_CANCELED:
-        m->u.cancel.req = get_u64(&r);
-        break;
-    case MQ_MSG_STATS:
-        break;
-    case MQ_MSG_STATS_REPLY:
-        get_stats(&r, &m->u.stats);
-        break;
+    case MQ_MSG_CANCELED: m->u.cancel.req = get_u64(&r); break;
+    case MQ_MSG_STATS: break;
+    case MQ_MSG_STATS_REPLY: get_stats(&r, &m->u.stats); break;
     case MQ_MSG_ERROR:
         m->u.error.code = get_u32(&r);
         rc = get_str(&r, m->u.error.text, MQ_WIRE_TEXT_MAX, "error.text", err, errlen);
@@ -407,11 +381,10 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
     if (rc)
         return rc;
     if (r.short_read)
-        return mq_errmsg(err, errlen, -EPROTO, "%s: payload of %u bytes is too short",
-                    mq_wire_type_name(m->type), plen);
+        return mq_errmsg(err, errlen, -EPROTO, "%s: payload of %u bytes is too short", mq_wire_type_name(m->type),
+                         plen);
     if (r.n != len)
-        return mq_errmsg(err, errlen, -EPROTO, "%s: %zu trailing bytes", mq_wire_type_name(m->type),
-                    len - r.n);
+        return mq_errmsg(err, errlen, -EPROTO, "%s: %zu trailing bytes", mq_wire_type_name(m->type), len - r.n);
     return 0;
 }
 
@@ -419,12 +392,10 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
 const char *mq_wire_type_name(unsigned type)
 {
     static const char *const names[MQ_MSG_TYPE_COUNT] = {
-        [MQ_MSG_HELLO] = "HELLO",         [MQ_MSG_HELLO_OK] = "HELLO_OK",
-        [MQ_MSG_OPEN] = "OPEN",           [MQ_MSG_OPENED] = "OPENED",
-        [MQ_MSG_CLOSE] = "CLOSE",         [MQ_MSG_CLOSED] = "CLOSED",
-        [MQ_MSG_SUBMIT] = "SUBMIT",       [MQ_MSG_SUBMITTED] = "SUBMITTED",
-        [MQ_MSG_CANCEL] = "CANCEL",       [MQ_MSG_CANCELED] = "CANCELED",
-        [MQ_MSG_STATS] = "STATS",         [MQ_MSG_STATS_REPLY] = "STATS_REPLY",
+        [MQ_MSG_HELLO] = "HELLO",       [MQ_MSG_HELLO_OK] = "HELLO_OK",   [MQ_MSG_OPEN] = "OPEN",
+        [MQ_MSG_OPENED] = "OPENED",     [MQ_MSG_CLOSE] = "CLOSE",         [MQ_MSG_CLOSED] = "CLOSED",
+        [MQ_MSG_SUBMIT] = "SUBMIT",     [MQ_MSG_SUBMITTED] = "SUBMITTED", [MQ_MSG_CANCEL] = "CANCEL",
+        [MQ_MSG_CANCELED] = "CANCELED", [MQ_MSG_STATS] = "STATS",         [MQ_MSG_STATS_REPLY] = "STATS_REPLY",
         [MQ_MSG_ERROR] = "ERROR",
     };
     return type < MQ_MSG_TYPE_COUNT && names[type] ? names[type] : "UNKNOWN";
@@ -434,18 +405,18 @@ static const struct {
     unsigned code;
     const char *name, *text;
 } err_table[] = {
-    {MQ_ERR_PROTOCOL, "MQ_ERR_PROTOCOL", "malformed protocol message"},
-    {MQ_ERR_VERSION, "MQ_ERR_VERSION", "no common protocol version"},
-    {MQ_ERR_DENIED, "MQ_ERR_DENIED", "permission denied by mqd (user/group not allowed)"},
-    {MQ_ERR_NO_SESSION, "MQ_ERR_NO_SESSION", "no such session on this connection"},
-    {MQ_ERR_NO_REQUEST, "MQ_ERR_NO_REQUEST", "no such request on this connection"},
-    {MQ_ERR_BUSY, "MQ_ERR_BUSY", "a request is already running on this session"},
-    {MQ_ERR_TOO_LONG, "MQ_ERR_TOO_LONG", "prompt too long (context limit or ring size)"},
-    {MQ_ERR_LIMIT, "MQ_ERR_LIMIT", "limit reached (sessions or queue)"},
-    {MQ_ERR_BAD_PROMPT, "MQ_ERR_BAD_PROMPT", "invalid prompt"},
-    {MQ_ERR_DRAINING, "MQ_ERR_DRAINING", "mqd is draining or shutting down"},
-    {MQ_ERR_INTERNAL, "MQ_ERR_INTERNAL", "internal error in mqd"},
-    {MQ_ERR_KV_FULL, "MQ_ERR_KV_FULL", "KV store full"},
+    { MQ_ERR_PROTOCOL, "MQ_ERR_PROTOCOL", "malformed protocol message" },
+    { MQ_ERR_VERSION, "MQ_ERR_VERSION", "no common protocol version" },
+    { MQ_ERR_DENIED, "MQ_ERR_DENIED", "permission denied by mqd (user/group not allowed)" },
+    { MQ_ERR_NO_SESSION, "MQ_ERR_NO_SESSION", "no such session on this connection" },
+    { MQ_ERR_NO_REQUEST, "MQ_ERR_NO_REQUEST", "no such request on this connection" },
+    { MQ_ERR_BUSY, "MQ_ERR_BUSY", "a request is already running on this session" },
+    { MQ_ERR_TOO_LONG, "MQ_ERR_TOO_LONG", "prompt too long (context limit or ring size)" },
+    { MQ_ERR_LIMIT, "MQ_ERR_LIMIT", "limit reached (sessions or queue)" },
+    { MQ_ERR_BAD_PROMPT, "MQ_ERR_BAD_PROMPT", "invalid prompt" },
+    { MQ_ERR_DRAINING, "MQ_ERR_DRAINING", "mqd is draining or shutting down" },
+    { MQ_ERR_INTERNAL, "MQ_ERR_INTERNAL", "internal error in mqd" },
+    { MQ_ERR_KV_FULL, "MQ_ERR_KV_FULL", "KV store full" },
 };
 
 const char *mq_wire_err_name(unsigned code)

@@ -43,19 +43,19 @@
 extern "C" {
 #endif
 
-#define MQ_WIRE_MAGIC 0x3157514du /* "MQW1" read as a little-endian u32 */
+#define MQ_WIRE_MAGIC       0x3157514du /* "MQW1" read as a little-endian u32 */
 #define MQ_WIRE_VERSION_MIN 1
 #define MQ_WIRE_VERSION_MAX 1
-#define MQ_WIRE_HDR_SIZE 16
-#define MQ_WIRE_MAX_MSG 1024 /* bytes of one datagram, header included */
+#define MQ_WIRE_HDR_SIZE    16
+#define MQ_WIRE_MAX_MSG     1024 /* bytes of one datagram, header included */
 
-#define MQ_WIRE_NAME_MAX 63   /* client or model name, bytes */
-#define MQ_WIRE_TEXT_MAX 511  /* error text, bytes */
+#define MQ_WIRE_NAME_MAX 63  /* client or model name, bytes */
+#define MQ_WIRE_TEXT_MAX 511 /* error text, bytes */
 
 /* Limits of generation parameters: the decoder refuses anything outside. */
 #define MQ_WIRE_MAX_TOKENS_LIMIT (1u << 20)
-#define MQ_WIRE_TEMPERATURE_MAX 100.0f
-#define MQ_WIRE_TOP_K_MAX 1000000u
+#define MQ_WIRE_TEMPERATURE_MAX  100.0f
+#define MQ_WIRE_TOP_K_MAX        1000000u
 
 enum mq_msg_type {
     MQ_MSG_HELLO = 1,
@@ -89,18 +89,18 @@ enum mq_wire_role { MQ_WIRE_ROLE_USER = 0, MQ_WIRE_ROLE_SYSTEM = 1, MQ_WIRE_ROLE
 /* Error codes (positive on the wire; libmq returns them negated as -MQ_ERR_x). Values
  * start at 1000 so they never collide with errno values. */
 enum mq_wire_err {
-    MQ_ERR_PROTOCOL = 1000,  /* malformed message; the connection is closed */
-    MQ_ERR_VERSION = 1001,   /* no common protocol version */
-    MQ_ERR_DENIED = 1002,    /* peer credentials not allowed */
-    MQ_ERR_NO_SESSION = 1003,/* unknown session id (or not this connection's) */
-    MQ_ERR_NO_REQUEST = 1004,/* unknown request id */
-    MQ_ERR_BUSY = 1005,      /* a request is already running on this session */
-    MQ_ERR_TOO_LONG = 1006,  /* prompt over the context limit or the ring */
-    MQ_ERR_LIMIT = 1007,     /* too many sessions / queue full */
-    MQ_ERR_BAD_PROMPT = 1008,/* prompt bytes invalid (UTF-8, token ids, mode mismatch) */
-    MQ_ERR_DRAINING = 1009,  /* mqd is shutting down or draining */
-    MQ_ERR_INTERNAL = 1010,  /* anything else inside mqd; see the text */
-    MQ_ERR_KV_FULL = 1011,   /* KV store exhausted */
+    MQ_ERR_PROTOCOL = 1000,   /* malformed message; the connection is closed */
+    MQ_ERR_VERSION = 1001,    /* no common protocol version */
+    MQ_ERR_DENIED = 1002,     /* peer credentials not allowed */
+    MQ_ERR_NO_SESSION = 1003, /* unknown session id (or not this connection's) */
+    MQ_ERR_NO_REQUEST = 1004, /* unknown request id */
+    MQ_ERR_BUSY = 1005,       /* a request is already running on this session */
+    MQ_ERR_TOO_LONG = 1006,   /* prompt over the context limit or the ring */
+    MQ_ERR_LIMIT = 1007,      /* too many sessions / queue full */
+    MQ_ERR_BAD_PROMPT = 1008, /* prompt bytes invalid (UTF-8, token ids, mode mismatch) */
+    MQ_ERR_DRAINING = 1009,   /* mqd is shutting down or draining */
+    MQ_ERR_INTERNAL = 1010,   /* anything else inside mqd; see the text */
+    MQ_ERR_KV_FULL = 1011,    /* KV store exhausted */
 };
 
 /* Flags of mq_wire_gen.flags. */
@@ -118,7 +118,7 @@ typedef struct mq_wire_gen {
     uint32_t top_k;       /* 0 = off .. MQ_WIRE_TOP_K_MAX */
     float repeat_penalty; /* 0 = off, else [1/8 .. 8] */
     uint64_t seed;
-    uint32_t flags;       /* MQ_GEN_* */
+    uint32_t flags; /* MQ_GEN_* */
 } mq_wire_gen;
 
 typedef struct mq_wire_stats {
@@ -130,11 +130,11 @@ typedef struct mq_wire_stats {
     uint32_t kv_blocks_total;
     uint32_t kv_block_tokens;
     uint64_t requests_done;
-    uint64_t prompt_tokens;    /* over all requests */
-    uint64_t cached_tokens;    /* of which reused from the KV store */
-    uint64_t prefill_tokens;   /* of which computed */
+    uint64_t prompt_tokens;  /* over all requests */
+    uint64_t cached_tokens;  /* of which reused from the KV store */
+    uint64_t prefill_tokens; /* of which computed */
     uint64_t decode_tokens;
-    float prefill_tps;         /* recent tokens/s of the prefill pool */
+    float prefill_tps; /* recent tokens/s of the prefill pool */
     float decode_tps;
 } mq_wire_stats;
 
@@ -150,23 +150,31 @@ typedef struct mq_msg {
         } hello;
         struct {
             uint16_t version;
-            uint32_t channel_bytes;     /* size of the memfd */
-            uint32_t ctx_limit;         /* tokens per session */
+            uint32_t channel_bytes; /* size of the memfd */
+            uint32_t ctx_limit;     /* tokens per session */
             uint32_t vocab_size;
-            uint32_t max_sessions;      /* per connection */
+            uint32_t max_sessions; /* per connection */
             char model[MQ_WIRE_NAME_MAX + 1];
         } hello_ok;
-        struct { uint8_t mode; } open;
-        struct { uint64_t session; } opened, close, closed;
+        struct {
+            uint8_t mode;
+        } open;
         struct {
             uint64_t session;
-            uint8_t kind, role;   /* mq_wire_kind, mq_wire_role */
-            uint32_t ring_off;    /* prompt-ring position of the first byte */
-            uint32_t len;         /* bytes in the prompt ring */
+        } opened, close, closed;
+        struct {
+            uint64_t session;
+            uint8_t kind, role; /* mq_wire_kind, mq_wire_role */
+            uint32_t ring_off;  /* prompt-ring position of the first byte */
+            uint32_t len;       /* bytes in the prompt ring */
             mq_wire_gen gen;
         } submit;
-        struct { uint64_t req, session; } submitted;
-        struct { uint64_t req; } cancel, canceled;
+        struct {
+            uint64_t req, session;
+        } submitted;
+        struct {
+            uint64_t req;
+        } cancel, canceled;
         mq_wire_stats stats; /* STATS_REPLY; STATS has no payload */
         struct {
             uint32_t code; /* mq_wire_err */

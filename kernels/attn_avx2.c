@@ -15,18 +15,18 @@
 #include <immintrin.h>
 #include <math.h>
 
-#define TK 16
-#define ROWS_MAX 64
+#define TK         16
+#define ROWS_MAX   64
 #define ROW_FLOATS 8192
-#define HD_MAX 256
+#define HD_MAX     256
 
 typedef struct tile {
     int nrows, hd;
     float m[ROWS_MAX], l[ROWS_MAX], corr[ROWS_MAX];
     int limit[ROWS_MAX];
     const float *q[ROWS_MAX];
-    _Alignas(32) float o[ROW_FLOATS];        /* [rows][hd] */
-    _Alignas(32) float s[ROWS_MAX][TK];      /* scores, then probabilities */
+    _Alignas(32) float o[ROW_FLOATS];   /* [rows][hd] */
+    _Alignas(32) float s[ROWS_MAX][TK]; /* scores, then probabilities */
     _Alignas(32) float kt[HD_MAX][TK];
     _Alignas(32) float vf[TK][HD_MAX];
 } tile;
@@ -66,7 +66,10 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
             size_t off = ((size_t)o * a->n_kv + kvh) * a->head_dim;
             kr[j] = a->k_blocks[b] + off;
             vr[j] = a->v_blocks[b] + off;
-            if (++o == a->block_tokens) { o = 0; b++; }
+            if (++o == a->block_tokens) {
+                o = 0;
+                b++;
+            }
         } else {
             kr[j] = vr[j] = zero_row;
         }
@@ -74,30 +77,32 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
     for (int d0 = 0; d0 < t->hd; d0 += 8)
         for (int g = 0; g < TK; g += 8) {
             __m256 r[8];
-            for (int i = 0; i < 8; i++) r[i] = bf16x8(kr[g + i] + d0);
+            for (int i = 0; i < 8; i++)
+                r[i] = bf16x8(kr[g + i] + d0);
             transpose8(r);
-            for (int i = 0; i < 8; i++) _mm256_store_ps(&t->kt[d0 + i][g], r[i]);
+            for (int i = 0; i < 8; i++)
+                _mm256_store_ps(&t->kt[d0 + i][g], r[i]);
         }
     for (int j = 0; j < TK; j++)
-        for (int d = 0; d < t->hd; d += 8) _mm256_store_ps(&t->vf[j][d], bf16x8(vr[j] + d));
+        for (int d = 0; d < t->hd; d += 8)
+            _mm256_store_ps(&t->vf[j][d], bf16x8(vr[j] + d));
 }
 
 static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const int NR)
 {
     __m256 acc[8];
-    _Pragma("GCC unroll 8")
-    for (int i = 0; i < 2 * NR; i++) acc[i] = _mm256_setzero_ps();
+    _Pragma("GCC unroll 8") for (int i = 0; i < 2 * NR; i++) acc[i] = _mm256_setzero_ps();
     for (int d = 0; d < t->hd; d++) {
         const __m256 k0 = _mm256_load_ps(&t->kt[d][0]), k1 = _mm256_load_ps(&t->kt[d][8]);
-        _Pragma("GCC unroll 4")
-        for (int i = 0; i < NR; i++) {
+        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++)
+        {
             const __m256 qq = _mm256_broadcast_ss(t->q[r + i] + d);
             acc[2 * i] = _mm256_fmadd_ps(qq, k0, acc[2 * i]);
             acc[2 * i + 1] = _mm256_fmadd_ps(qq, k1, acc[2 * i + 1]);
         }
     }
-    _Pragma("GCC unroll 4")
-    for (int i = 0; i < NR; i++) {
+    _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++)
+    {
         _mm256_store_ps(&t->s[r + i][0], acc[2 * i]);
         _mm256_store_ps(&t->s[r + i][8], acc[2 * i + 1]);
     }
@@ -107,8 +112,8 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
 {
     for (int c = 0; c < t->hd; c += 16) {
         __m256 lo[4], hi[4];
-        _Pragma("GCC unroll 4")
-        for (int i = 0; i < NR; i++) {
+        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++)
+        {
             const float *o = t->o + (size_t)(r + i) * t->hd + c;
             const __m256 cr = _mm256_set1_ps(t->corr[r + i]);
             lo[i] = _mm256_mul_ps(_mm256_load_ps(o), cr);
@@ -116,15 +121,15 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
         }
         for (int j = 0; j < TK; j++) {
             const __m256 v0 = _mm256_load_ps(&t->vf[j][c]), v1 = _mm256_load_ps(&t->vf[j][c + 8]);
-            _Pragma("GCC unroll 4")
-            for (int i = 0; i < NR; i++) {
+            _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++)
+            {
                 const __m256 pp = _mm256_broadcast_ss(&t->s[r + i][j]);
                 lo[i] = _mm256_fmadd_ps(pp, v0, lo[i]);
                 hi[i] = _mm256_fmadd_ps(pp, v1, hi[i]);
             }
         }
-        _Pragma("GCC unroll 4")
-        for (int i = 0; i < NR; i++) {
+        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++)
+        {
             float *o = t->o + (size_t)(r + i) * t->hd + c;
             _mm256_store_ps(o, lo[i]);
             _mm256_store_ps(o + 8, hi[i]);
@@ -166,8 +171,8 @@ static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
         if (lim < TK - 1) {
             const __m256i lv = _mm256_set1_epi32(lim);
             s0 = _mm256_blendv_ps(s0, ninf, _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, lv)));
-            s1 = _mm256_blendv_ps(s1, ninf, _mm256_castsi256_ps(
-                                                _mm256_cmpgt_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32(8)), lv)));
+            s1 = _mm256_blendv_ps(
+                s1, ninf, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32(8)), lv)));
         }
         const float tmax = hmax8(_mm256_max_ps(s0, s1));
         const float mnew = tmax > t->m[r] ? tmax : t->m[r];
@@ -197,8 +202,10 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
         t->limit[r] = a->pos0 + tok;
         t->m[r] = -INFINITY;
         t->l[r] = 0.0f;
-        for (int d = 0; d < hd; d += 8) _mm256_store_ps(t->o + (size_t)r * hd + d, _mm256_setzero_ps());
-        if (t->limit[r] + 1 > nkeys) nkeys = t->limit[r] + 1;
+        for (int d = 0; d < hd; d += 8)
+            _mm256_store_ps(t->o + (size_t)r * hd + d, _mm256_setzero_ps());
+        if (t->limit[r] + 1 > nkeys)
+            nkeys = t->limit[r] + 1;
     }
     for (int j0 = 0; j0 < nkeys; j0 += TK)
         for (int kvh = kv0; kvh < kv1; kvh++) {
@@ -206,11 +213,15 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
             const int rb = nt > 1 ? t->nrows : ((kvh + 1) * group < hs + nh ? (kvh + 1) * group : hs + nh) - hs;
             load_kv_tile(t, a, kvh, j0, nkeys);
             int r = ra;
-            for (; r + 4 <= rb; r += 4) qk_rows(t, r, 4);
-            for (; r < rb; r++) qk_rows(t, r, 1);
+            for (; r + 4 <= rb; r += 4)
+                qk_rows(t, r, 4);
+            for (; r < rb; r++)
+                qk_rows(t, r, 1);
             softmax_tile(t, j0, a->scale, ra, rb);
-            for (r = ra; r + 4 <= rb; r += 4) pv_rows(t, r, 4);
-            for (; r < rb; r++) pv_rows(t, r, 1);
+            for (r = ra; r + 4 <= rb; r += 4)
+                pv_rows(t, r, 4);
+            for (; r < rb; r++)
+                pv_rows(t, r, 1);
         }
     for (int r = 0; r < t->nrows; r++) {
         const int tok = t0 + r / nh, h = hs + r % nh;

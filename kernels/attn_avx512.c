@@ -26,25 +26,25 @@
 #include <immintrin.h>
 #include <math.h>
 
-#define TK 32            /* keys per tile */
+#define TK 32 /* keys per tile */
 #ifndef ROWS_MAX
-#define ROWS_MAX 256     /* query rows per tile: each K/V tile load serves this many */
+#define ROWS_MAX 256 /* query rows per tile: each K/V tile load serves this many */
 #endif
 #define ROW_FLOATS 32768 /* rows * head_dim cap: O (128 KiB) and Q stay in L2 */
-#define HD_MAX 256
+#define HD_MAX     256
 #ifndef PREFETCH_TILES_FEW_ROWS
 #define PREFETCH_TILES_FEW_ROWS 8
 #endif
 
 typedef struct tile {
-    int nrows, hd, hdp;             /* rows, head_dim, head_dim rounded up to 32 */
+    int nrows, hd, hdp; /* rows, head_dim, head_dim rounded up to 32 */
     float m[ROWS_MAX], corr[ROWS_MAX];
-    _Alignas(64) float l[ROWS_MAX][16];                   /* softmax denominators, 16 partial sums */
-    int limit[ROWS_MAX];            /* last key position row r may see */
-    _Alignas(64) uint32_t q[ROW_FLOATS / 2];              /* [rows][hdp/2] BF16 Q, as pairs */
-    _Alignas(64) float o[ROW_FLOATS];                     /* [rows][hdp], permuted dims */
-    _Alignas(64) float s[ROWS_MAX][TK];                   /* scores of one key tile */
-    _Alignas(64) uint32_t p[ROWS_MAX][TK / 2];            /* BF16 probabilities, as pairs */
+    _Alignas(64) float l[ROWS_MAX][16];        /* softmax denominators, 16 partial sums */
+    int limit[ROWS_MAX];                       /* last key position row r may see */
+    _Alignas(64) uint32_t q[ROW_FLOATS / 2];   /* [rows][hdp/2] BF16 Q, as pairs */
+    _Alignas(64) float o[ROW_FLOATS];          /* [rows][hdp], permuted dims */
+    _Alignas(64) float s[ROWS_MAX][TK];        /* scores of one key tile */
+    _Alignas(64) uint32_t p[ROWS_MAX][TK / 2]; /* BF16 probabilities, as pairs */
     _Alignas(64) uint32_t kt[HD_MAX / 2][TK];
     _Alignas(64) uint16_t vi[HD_MAX / 32][TK / 2][2][32];
 } tile;
@@ -55,21 +55,21 @@ static const uint16_t zero_row[HD_MAX]; /* stands in for keys past the end of a 
 static inline __attribute__((always_inline)) void transpose16(__m512i r[16])
 {
     __m512i t[16], u[16];
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < 16; i += 2) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 2)
+    {
         t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
     }
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < 16; i += 4) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 4)
+    {
         u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
         u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
         u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
         u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
     }
     /* u[4b + c] lane L = column 4L + c of rows 4b..4b+3 */
-    _Pragma("GCC unroll 16")
-    for (int c = 0; c < 4; c++) {
+    _Pragma("GCC unroll 16") for (int c = 0; c < 4; c++)
+    {
         __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);
         __m512i v4 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
         __m512i v8 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
@@ -91,7 +91,10 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
             size_t off = ((size_t)o * a->n_kv + kvh) * a->head_dim;
             kr[j] = a->k_blocks[b] + off;
             vr[j] = a->v_blocks[b] + off;
-            if (++o == a->block_tokens) { o = 0; b++; }
+            if (++o == a->block_tokens) {
+                o = 0;
+                b++;
+            }
         } else {
             kr[j] = vr[j] = zero_row;
         }
@@ -101,11 +104,10 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
         const __mmask16 m = ndp - dp0 >= 16 ? 0xffff : (__mmask16)((1u << (ndp - dp0)) - 1);
         for (int g = 0; g < TK; g += 16) {
             __m512i r[16];
-            _Pragma("GCC unroll 16")
-            for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_epi32(m, kr[g + i] + 2 * dp0);
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) r[i] =
+                _mm512_maskz_loadu_epi32(m, kr[g + i] + 2 * dp0);
             transpose16(r);
-            _Pragma("GCC unroll 16")
-            for (int i = 0; i < 16; i++) /* kt has room for a whole 16-pair chunk */
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) /* kt has room for a whole 16-pair chunk */
                 _mm512_store_si512(&t->kt[dp0 + i][g], r[i]);
         }
     }
@@ -124,9 +126,10 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
  * are n_kv*head_dim apart, too sparse for the hardware prefetcher to follow. */
 static void prefetch_kv_tile(const mq_attn_args *a, int kv0, int kv1, int j0, int nkeys)
 {
-    if (j0 >= nkeys) return;
+    if (j0 >= nkeys)
+        return;
     const size_t bytes = (size_t)(kv1 - kv0) * a->head_dim * 2; /* kv-heads [kv0, kv1) are adjacent */
-    int b = j0 / a->block_tokens, o = j0 % a->block_tokens; /* one division per tile */
+    int b = j0 / a->block_tokens, o = j0 % a->block_tokens;     /* one division per tile */
     for (int j = j0; j < j0 + TK && j < nkeys; j++) {
         const size_t off = ((size_t)o * a->n_kv + kv0) * a->head_dim;
         const char *k = (const char *)(a->k_blocks[b] + off), *v = (const char *)(a->v_blocks[b] + off);
@@ -134,7 +137,10 @@ static void prefetch_kv_tile(const mq_attn_args *a, int kv0, int kv1, int j0, in
             _mm_prefetch(k + c, _MM_HINT_T0);
             _mm_prefetch(v + c, _MM_HINT_T0);
         }
-        if (++o == a->block_tokens) { o = 0; b++; }
+        if (++o == a->block_tokens) {
+            o = 0;
+            b++;
+        }
     }
 }
 
@@ -142,23 +148,21 @@ static void prefetch_kv_tile(const mq_attn_args *a, int kv0, int kv1, int j0, in
 static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const int NR)
 {
     __m512 acc[2 * 8];
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < 2 * NR; i++) acc[i] = _mm512_setzero_ps();
+    _Pragma("GCC unroll 16") for (int i = 0; i < 2 * NR; i++) acc[i] = _mm512_setzero_ps();
     const uint32_t *q32[8];
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < NR; i++) q32[i] = t->q + (size_t)(r + i) * t->hdp / 2;
+    _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++) q32[i] = t->q + (size_t)(r + i) * t->hdp / 2;
     for (int dp = 0; dp < t->hd / 2; dp++) {
         const __m512bh k0 = (__m512bh)_mm512_load_si512(&t->kt[dp][0]);
         const __m512bh k1 = (__m512bh)_mm512_load_si512(&t->kt[dp][16]);
-        _Pragma("GCC unroll 16")
-        for (int i = 0; i < NR; i++) {
+        _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+        {
             const __m512bh qq = (__m512bh)_mm512_set1_epi32((int)q32[i][dp]);
             acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], qq, k0);
             acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], qq, k1);
         }
     }
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < NR; i++) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+    {
         _mm512_store_ps(&t->s[r + i][0], acc[2 * i]);
         _mm512_store_ps(&t->s[r + i][16], acc[2 * i + 1]);
     }
@@ -170,8 +174,8 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
     for (int c = 0; c < t->hdp / 32; c++) {
         __m512 lo[8], hi[8];
         const uint32_t *p32[8];
-        _Pragma("GCC unroll 16")
-        for (int i = 0; i < NR; i++) {
+        _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+        {
             float *o = t->o + (size_t)(r + i) * t->hdp + 32 * c;
             const __m512 cr = _mm512_set1_ps(t->corr[r + i]);
             lo[i] = _mm512_mul_ps(_mm512_load_ps(o), cr);
@@ -181,15 +185,15 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
         for (int jp = 0; jp < TK / 2; jp++) {
             const __m512bh b0 = (__m512bh)_mm512_load_si512(t->vi[c][jp][0]);
             const __m512bh b1 = (__m512bh)_mm512_load_si512(t->vi[c][jp][1]);
-            _Pragma("GCC unroll 16")
-            for (int i = 0; i < NR; i++) {
+            _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+            {
                 const __m512bh pp = (__m512bh)_mm512_set1_epi32((int)p32[i][jp]);
                 lo[i] = _mm512_dpbf16_ps(lo[i], pp, b0);
                 hi[i] = _mm512_dpbf16_ps(hi[i], pp, b1);
             }
         }
-        _Pragma("GCC unroll 16")
-        for (int i = 0; i < NR; i++) {
+        _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+        {
             float *o = t->o + (size_t)(r + i) * t->hdp + 32 * c;
             _mm512_store_ps(o, lo[i]);
             _mm512_store_ps(o + 16, hi[i]);
@@ -214,13 +218,15 @@ static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
     for (int r = r0; r < r1; r++) {
         const int lim = t->limit[r] - j0; /* keys j <= lim are visible */
         mold[r] = t->m[r];
-        if (lim < 0) continue;            /* the whole tile is in this row's future */
+        if (lim < 0)
+            continue; /* the whole tile is in this row's future */
         __m512 s0 = _mm512_load_ps(&t->s[r][0]);
         __m512 s1 = _mm512_load_ps(&t->s[r][16]);
         if (lim < TK - 1) {
             const __m512i lv = _mm512_set1_epi32(lim);
             s0 = _mm512_mask_mov_ps(s0, _mm512_cmpgt_epi32_mask(lane, lv), ninf);
-            s1 = _mm512_mask_mov_ps(s1, _mm512_cmpgt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16)), lv), ninf);
+            s1 = _mm512_mask_mov_ps(s1, _mm512_cmpgt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16)), lv),
+                                    ninf);
             _mm512_store_ps(&t->s[r][0], s0);
             _mm512_store_ps(&t->s[r][16], s1);
         }
@@ -271,17 +277,21 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
         const float *q = a->q + ((size_t)tok * a->n_head + h) * hd;
         for (int d = 0; d < hd; d += 16) {
             const __mmask16 m = hd - d >= 16 ? 0xffff : (__mmask16)((1u << (hd - d)) - 1);
-            _mm256_mask_storeu_epi16((uint16_t *)(t->q + (size_t)r * t->hdp / 2) + d, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
+            _mm256_mask_storeu_epi16((uint16_t *)(t->q + (size_t)r * t->hdp / 2) + d, m,
+                                     (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
         }
         t->limit[r] = a->pos0 + tok;
         t->m[r] = -INFINITY;
         _mm512_store_ps(t->l[r], _mm512_setzero_ps());
-        for (int d = 0; d < t->hdp; d += 16) _mm512_store_ps(t->o + (size_t)r * t->hdp + d, _mm512_setzero_ps());
-        if (t->limit[r] + 1 > nkeys) nkeys = t->limit[r] + 1;
+        for (int d = 0; d < t->hdp; d += 16)
+            _mm512_store_ps(t->o + (size_t)r * t->hdp + d, _mm512_setzero_ps());
+        if (t->limit[r] + 1 > nkeys)
+            nkeys = t->limit[r] + 1;
     }
     /* few rows (decode) make a tile quick, so ask for keys further ahead */
     const int ahead = t->nrows <= 8 ? PREFETCH_TILES_FEW_ROWS : 2;
-    for (int j = 0; j < ahead; j++) prefetch_kv_tile(a, kv0, kv1, j * TK, nkeys);
+    for (int j = 0; j < ahead; j++)
+        prefetch_kv_tile(a, kv0, kv1, j * TK, nkeys);
     for (int j0 = 0; j0 < nkeys; j0 += TK) {
         prefetch_kv_tile(a, kv0, kv1, j0 + ahead * TK, nkeys);
         for (int kvh = kv0; kvh < kv1; kvh++) {
@@ -292,20 +302,30 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
              * tokens lie before this key tile are the leading ones; they skip it whole */
             if (nt > 1 && j0 > a->pos0 + t0) {
                 const int first = (j0 - a->pos0 - t0) * nh;
-                if (first > ra) ra = first < rb ? first : rb;
+                if (first > ra)
+                    ra = first < rb ? first : rb;
             }
-            if (ra >= rb) continue;
+            if (ra >= rb)
+                continue;
             load_kv_tile(t, a, kvh, j0, nkeys);
             int r = ra;
-            for (; r + 8 <= rb; r += 8) qk_rows(t, r, 8);
-            for (; r + 4 <= rb; r += 4) qk_rows(t, r, 4);
-            for (; r + 2 <= rb; r += 2) qk_rows(t, r, 2);
-            for (; r < rb; r++) qk_rows(t, r, 1);
+            for (; r + 8 <= rb; r += 8)
+                qk_rows(t, r, 8);
+            for (; r + 4 <= rb; r += 4)
+                qk_rows(t, r, 4);
+            for (; r + 2 <= rb; r += 2)
+                qk_rows(t, r, 2);
+            for (; r < rb; r++)
+                qk_rows(t, r, 1);
             softmax_tile(t, j0, a->scale, ra, rb);
-            for (r = ra; r + 8 <= rb; r += 8) pv_rows(t, r, 8);
-            for (; r + 4 <= rb; r += 4) pv_rows(t, r, 4);
-            for (; r + 2 <= rb; r += 2) pv_rows(t, r, 2);
-            for (; r < rb; r++) pv_rows(t, r, 1);
+            for (r = ra; r + 8 <= rb; r += 8)
+                pv_rows(t, r, 8);
+            for (; r + 4 <= rb; r += 4)
+                pv_rows(t, r, 4);
+            for (; r + 2 <= rb; r += 2)
+                pv_rows(t, r, 2);
+            for (; r < rb; r++)
+                pv_rows(t, r, 1);
         }
     }
     /* un-permute: within 32 dims, lo lane l holds dim 8(l/4) + l%4, hi lane l dim 8(l/4) + 4 + l%4 */
@@ -315,7 +335,10 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
         for (int d = 0; d < 32; d++) {
             int q = d / 8, w = d % 8;
             int src = w < 4 ? 4 * q + w : 16 + 4 * q + (w - 4);
-            if (d < 16) i0[d] = src; else i1[d - 16] = src;
+            if (d < 16)
+                i0[d] = src;
+            else
+                i1[d - 16] = src;
         }
         idx0 = _mm512_loadu_si512(i0);
         idx1 = _mm512_loadu_si512(i1);
@@ -330,7 +353,8 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
             const __m512 d0 = _mm512_mul_ps(_mm512_permutex2var_ps(lo, idx0, hi), inv);
             const __m512 d1 = _mm512_mul_ps(_mm512_permutex2var_ps(lo, idx1, hi), inv);
             _mm512_storeu_ps(out + 32 * c, d0);
-            if (hd - 32 * c > 16) _mm512_storeu_ps(out + 32 * c + 16, d1);
+            if (hd - 32 * c > 16)
+                _mm512_storeu_ps(out + 32 * c + 16, d1);
         }
     }
 }
@@ -343,8 +367,8 @@ void mq_attention_avx512(const mq_attn_args *a, int h0, int h1)
     }
     tile t;
     const int group = a->n_head / a->n_kv;
-    const int rows = ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) < ROWS_MAX
-                         ? ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) : ROWS_MAX;
+    const int rows =
+        ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) < ROWS_MAX ? ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) : ROWS_MAX;
     if (a->n_tok == 1) { /* decode: all heads of the range in one walk over the cache */
         for (int hs = h0; hs < h1; hs += rows)
             attend_tile(&t, a, hs, h1 - hs < rows ? h1 - hs : rows, 0, 1);

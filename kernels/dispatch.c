@@ -24,15 +24,20 @@ static int os_saves_zmm(void)
 int mq_kernels_cpu_has(mq_isa isa)
 {
     unsigned a, b, c, d;
-    if (isa == MQ_ISA_SCALAR) return 1;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (isa == MQ_ISA_SCALAR)
+        return 1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
     unsigned b7 = b, c7 = c;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
     int avx2 = (b7 & bit_AVX2) && (c & bit_FMA) && (c & bit_F16C) && (c & bit_OSXSAVE);
-    if (isa == MQ_ISA_AVX2) return avx2;
-    if (!avx2 || !os_saves_zmm()) return 0;
-    int f = (b7 & bit_AVX512F) && (b7 & bit_AVX512BW) && (b7 & bit_AVX512VL) &&
-            (b7 & bit_AVX512DQ) && (c7 & bit_AVX512VNNI);
+    if (isa == MQ_ISA_AVX2)
+        return avx2;
+    if (!avx2 || !os_saves_zmm())
+        return 0;
+    int f = (b7 & bit_AVX512F) && (b7 & bit_AVX512BW) && (b7 & bit_AVX512VL) && (b7 & bit_AVX512DQ) &&
+            (c7 & bit_AVX512VNNI);
     unsigned a1 = 0, b1, c1, d1;
     __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
     return f && (a1 & (1u << 5)); /* AVX512_BF16 */
@@ -46,7 +51,8 @@ const char *mq_isa_name(mq_isa isa)
 
 int mq_kernels_force(mq_isa isa)
 {
-    if ((unsigned)isa > MQ_ISA_AVX512 || !mq_kernels_cpu_has(isa)) return -ENOTSUP;
+    if ((unsigned)isa > MQ_ISA_AVX512 || !mq_kernels_cpu_has(isa))
+        return -ENOTSUP;
     mq_kernel_table t;
     memset(&t, 0, sizeof t);
     mq_kernels_fill_ref(&t);
@@ -67,32 +73,60 @@ int mq_kernels_force(mq_isa isa)
 
 mq_isa mq_kernels_init(void)
 {
-    if (initialised) return active_isa;
+    if (initialised)
+        return active_isa;
     mq_isa want = MQ_ISA_AVX512;
     const char *env = getenv("MQ_ISA");
-    if (env && !strcmp(env, "scalar")) want = MQ_ISA_SCALAR;
-    else if (env && !strcmp(env, "avx2")) want = MQ_ISA_AVX2;
-    while (want > MQ_ISA_SCALAR && !mq_kernels_cpu_has(want)) want--;
+    if (env && !strcmp(env, "scalar"))
+        want = MQ_ISA_SCALAR;
+    else if (env && !strcmp(env, "avx2"))
+        want = MQ_ISA_AVX2;
+    while (want > MQ_ISA_SCALAR && !mq_kernels_cpu_has(want))
+        want--;
     mq_kernels_force(want);
     return active_isa;
 }
 
-mq_isa mq_kernels_isa(void) { return active_isa; }
+mq_isa mq_kernels_isa(void)
+{
+    return active_isa;
+}
 
-#define ENSURE() do { if (!initialised) mq_kernels_init(); } while (0)
+#define ENSURE()               \
+    do {                       \
+        if (!initialised)      \
+            mq_kernels_init(); \
+    } while (0)
 
 /* ---- public entry points: one line each through the table -------------------- */
 
-void mq_f32_to_bf16_row(const float *x, uint16_t *y, size_t n) { ENSURE(); mq_kt.f32_to_bf16_row(x, y, n); }
-void mq_bf16_to_f32_row(const uint16_t *x, float *y, size_t n) { ENSURE(); mq_kt.bf16_to_f32_row(x, y, n); }
-float mq_amax_f32(const float *x, size_t n) { ENSURE(); return mq_kt.amax_f32(x, n); }
-float mq_amax_bf16(const uint16_t *x, size_t n) { ENSURE(); return mq_kt.amax_bf16(x, n); }
+void mq_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
+{
+    ENSURE();
+    mq_kt.f32_to_bf16_row(x, y, n);
+}
+void mq_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
+{
+    ENSURE();
+    mq_kt.bf16_to_f32_row(x, y, n);
+}
+float mq_amax_f32(const float *x, size_t n)
+{
+    ENSURE();
+    return mq_kt.amax_f32(x, n);
+}
+float mq_amax_bf16(const uint16_t *x, size_t n)
+{
+    ENSURE();
+    return mq_kt.amax_bf16(x, n);
+}
 
 int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
     ENSURE();
     int rc = mq_kt.fp4_act_quantize_rows(a, x, ldx, r0, r1);
-    if (rc == 0) mq_kt.fp4_act_prepare_rows(a, r0, r1); /* so callers never forget */
+    if (rc == 0)
+        mq_kt.fp4_act_prepare_rows(a, r0, r1); /* so callers never forget */
     return rc;
 }
 
@@ -120,13 +154,24 @@ void mq_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
     mq_kt.bf16_weight_prepare_rows(w, r0, r1);
 }
 
-void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                  float *y, size_t ldy, int n0, int n1)
+void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0, int n1)
 {
     ENSURE();
     mq_kt.gemm_bf16(x, m, ldx, w, y, ldy, n0, n1);
 }
 
-void mq_attention(const mq_attn_args *a, int h0, int h1) { ENSURE(); mq_kt.attention(a, h0, h1); }
-void mq_rmsnorm(float *y, const float *x, const float *w, int n, float eps) { ENSURE(); mq_kt.rmsnorm(y, x, w, n, eps); }
-void mq_swiglu(float *out, const float *gate, const float *up, int n) { ENSURE(); mq_kt.swiglu(out, gate, up, n); }
+void mq_attention(const mq_attn_args *a, int h0, int h1)
+{
+    ENSURE();
+    mq_kt.attention(a, h0, h1);
+}
+void mq_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+{
+    ENSURE();
+    mq_kt.rmsnorm(y, x, w, n, eps);
+}
+void mq_swiglu(float *out, const float *gate, const float *up, int n)
+{
+    ENSURE();
+    mq_kt.swiglu(out, gate, up, n);
+}

@@ -37,20 +37,22 @@ static inline float e4m3_fast(uint8_t b)
 AI void store_cols(float *y, int c0, int n0, int n1, __m256 v, int add)
 {
     if (c0 >= n0 && c0 + 8 <= n1) {
-        if (add) v = _mm256_add_ps(v, _mm256_loadu_ps(y));
+        if (add)
+            v = _mm256_add_ps(v, _mm256_loadu_ps(y));
         _mm256_storeu_ps(y, v);
         return;
     }
     float t[8];
     _mm256_storeu_ps(t, v);
     for (int i = 0; i < 8; i++)
-        if (c0 + i >= n0 && c0 + i < n1) y[i] = add ? y[i] + t[i] : t[i];
+        if (c0 + i >= n0 && c0 + i < n1)
+            y[i] = add ? y[i] + t[i] : t[i];
 }
 
 /* ---- NVFP4 ---------------------------------------------------------------------------- */
 
-#define A2_MR 4
-#define A2_NG 2
+#define A2_MR  4
+#define A2_NG  2
 #define A2_KCB 16
 
 typedef struct fp4_panel2 {
@@ -92,19 +94,22 @@ AI void fp4_tile2(const int MR, const int NG, const uint8_t *xb, size_t xstr, co
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
-            for (int g = 0; g < NG; g++) s16[m][g] = _mm256_setzero_si256();
+            for (int g = 0; g < NG; g++)
+                s16[m][g] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m256i wv[A2_NG];
 #pragma GCC unroll 8
-            for (int g = 0; g < NG; g++) wv[g] = _mm256_load_si256((const __m256i *)p->wq[g][b * 4 + j]);
+            for (int g = 0; g < NG; g++)
+                wv[g] = _mm256_load_si256((const __m256i *)p->wq[g][b * 4 + j]);
 #pragma GCC unroll 8
             for (int m = 0; m < MR; m++) {
                 uint32_t x4;
                 memcpy(&x4, xb + (size_t)m * xstr + b * 16 + j * 4, 4);
                 __m256i xv = _mm256_set1_epi32((int)x4);
 #pragma GCC unroll 8
-                for (int g = 0; g < NG; g++) s16[m][g] = _mm256_add_epi16(s16[m][g], _mm256_maddubs_epi16(xv, wv[g]));
+                for (int g = 0; g < NG; g++)
+                    s16[m][g] = _mm256_add_epi16(s16[m][g], _mm256_maddubs_epi16(xv, wv[g]));
             }
         }
 #pragma GCC unroll 8
@@ -123,7 +128,8 @@ AI void fp4_tile2(const int MR, const int NG, const uint8_t *xb, size_t xstr, co
 
 static void avx2_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
-    if (n0 >= n1 || x->m <= 0) return;
+    if (n0 >= n1 || x->m <= 0)
+        return;
     const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
     const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f; /* 1/4: doubled integer products */
     const uint8_t *xbytes = mq_fp4_act_aux_bytes(x);
@@ -134,12 +140,14 @@ static void avx2_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
         const int ng = g1 - pg < A2_NG ? g1 - pg : A2_NG;
         for (int kb0 = 0; kb0 < nb; kb0 += A2_KCB) {
             const int nkb = nb - kb0 < A2_KCB ? nb - kb0 : A2_KCB;
-            for (int g = 0; g < ng; g++) fp4_pack_group2(w, (pg + g) * 8, kb0, nkb, &p, g);
+            for (int g = 0; g < ng; g++)
+                fp4_pack_group2(w, (pg + g) * 8, kb0, nkb, &p, g);
             for (int m0 = 0; m0 < M; m0 += A2_MR) {
                 const int mr = M - m0 < A2_MR ? M - m0 : A2_MR;
                 __m256 acc[A2_MR][A2_NG];
                 for (int m = 0; m < A2_MR; m++)
-                    for (int g = 0; g < A2_NG; g++) acc[m][g] = _mm256_setzero_ps();
+                    for (int g = 0; g < A2_NG; g++)
+                        acc[m][g] = _mm256_setzero_ps();
                 const uint8_t *xb = xbytes + (size_t)m0 * kp + (size_t)kb0 * 16;
                 const float *xs = xsx + (size_t)m0 * nb + kb0;
                 if (mr == A2_MR && ng == A2_NG) {
@@ -148,8 +156,10 @@ static void avx2_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
                     for (int m = 0; m < mr; m++) {
                         const uint8_t *xr = xb + (size_t)m * kp;
                         const float *sr = xs + (size_t)m * nb;
-                        if (ng == 2) fp4_tile2(1, 2, xr, (size_t)kp, sr, (size_t)nb, &p, nkb, acc + m);
-                        else fp4_tile2(1, 1, xr, (size_t)kp, sr, (size_t)nb, &p, nkb, acc + m);
+                        if (ng == 2)
+                            fp4_tile2(1, 2, xr, (size_t)kp, sr, (size_t)nb, &p, nkb, acc + m);
+                        else
+                            fp4_tile2(1, 1, xr, (size_t)kp, sr, (size_t)nb, &p, nkb, acc + m);
                     }
                 }
                 const int last = kb0 + nkb == nb;
@@ -163,7 +173,8 @@ static void avx2_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
                             _mm256_storeu_ps(t, acc[m][g]);
                             for (int i = 0; i < 8; i++) {
                                 int c = (pg + g) * 8 + i;
-                                if (c >= n0 && c < n1) yp[i] = (yp[i] + t[i]) * alpha;
+                                if (c >= n0 && c < n1)
+                                    yp[i] = (yp[i] + t[i]) * alpha;
                             }
                         } else {
                             store_cols(yp, (pg + g) * 8, n0, n1, v, kb0 > 0);
@@ -204,12 +215,14 @@ AI void bf16_tile2(const int MR, const int NG, const uint16_t *x, size_t ldx, co
     for (int k = 0; k < kc; k++) {
         __m256 wv[B2_NG];
 #pragma GCC unroll 8
-        for (int g = 0; g < NG; g++) wv[g] = _mm256_load_ps(p->w[g][k]);
+        for (int g = 0; g < NG; g++)
+            wv[g] = _mm256_load_ps(p->w[g][k]);
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             __m256 xv = _mm256_set1_ps(mq_bf16_to_f32(x[(size_t)m * ldx + k]));
 #pragma GCC unroll 8
-            for (int g = 0; g < NG; g++) acc[m][g] = _mm256_fmadd_ps(xv, wv[g], acc[m][g]);
+            for (int g = 0; g < NG; g++)
+                acc[m][g] = _mm256_fmadd_ps(xv, wv[g], acc[m][g]);
         }
     }
 }
@@ -223,24 +236,27 @@ AI float hsum8(__m256 v)
 }
 
 /* GEMV: MR rows × NR weight rows, K in steps of 8 (tail scalar). */
-AI void bf16_gemv_cols2(const int MR, const int NR, const uint16_t *x, size_t ldx, const uint16_t *w, int K,
-                        float *y, size_t ldy, int n)
+AI void bf16_gemv_cols2(const int MR, const int NR, const uint16_t *x, size_t ldx, const uint16_t *w, int K, float *y,
+                        size_t ldy, int n)
 {
     __m256 acc[8][4];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) acc[m][r] = _mm256_setzero_ps();
+        for (int r = 0; r < NR; r++)
+            acc[m][r] = _mm256_setzero_ps();
     int k = 0;
     for (; k + 8 <= K; k += 8) {
         __m256 wv[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) wv[r] = bf16x8(w + (size_t)(n + r) * K + k);
+        for (int r = 0; r < NR; r++)
+            wv[r] = bf16x8(w + (size_t)(n + r) * K + k);
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             __m256 xv = bf16x8(x + (size_t)m * ldx + k);
 #pragma GCC unroll 4
-            for (int r = 0; r < NR; r++) acc[m][r] = _mm256_fmadd_ps(xv, wv[r], acc[m][r]);
+            for (int r = 0; r < NR; r++)
+                acc[m][r] = _mm256_fmadd_ps(xv, wv[r], acc[m][r]);
         }
     }
     for (int m = 0; m < MR; m++)
@@ -253,24 +269,35 @@ AI void bf16_gemv_cols2(const int MR, const int NR, const uint16_t *x, size_t ld
 }
 
 #define GEMV2_NR(MR) ((MR) <= 2 ? 4 : (MR) <= 4 ? 2 : 1)
-#define GEMV2_CASE(MR)                                                                \
-    case MR: {                                                                        \
-        int n = n0;                                                                   \
-        for (; n + GEMV2_NR(MR) <= n1; n += GEMV2_NR(MR))                             \
-            bf16_gemv_cols2(MR, GEMV2_NR(MR), x, ldx, w->w, w->k, y, ldy, n);         \
-        for (; n < n1; n++) bf16_gemv_cols2(MR, 1, x, ldx, w->w, w->k, y, ldy, n);    \
-        return;                                                                       \
+#define GEMV2_CASE(MR)                                                        \
+    case MR: {                                                                \
+        int n = n0;                                                           \
+        for (; n + GEMV2_NR(MR) <= n1; n += GEMV2_NR(MR))                     \
+            bf16_gemv_cols2(MR, GEMV2_NR(MR), x, ldx, w->w, w->k, y, ldy, n); \
+        for (; n < n1; n++)                                                   \
+            bf16_gemv_cols2(MR, 1, x, ldx, w->w, w->k, y, ldy, n);            \
+        return;                                                               \
     }
 
-static void avx2_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                           float *y, size_t ldy, int n0, int n1)
+static void avx2_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                           int n1)
 {
-    if (n0 >= n1 || m <= 0) return;
+    if (n0 >= n1 || m <= 0)
+        return;
+    /* one macro-generated case per line */
+    /* clang-format off */
     switch (m) {
-    GEMV2_CASE(1) GEMV2_CASE(2) GEMV2_CASE(3) GEMV2_CASE(4)
-    GEMV2_CASE(5) GEMV2_CASE(6) GEMV2_CASE(7) GEMV2_CASE(8)
+    GEMV2_CASE(1)
+    GEMV2_CASE(2)
+    GEMV2_CASE(3)
+    GEMV2_CASE(4)
+    GEMV2_CASE(5)
+    GEMV2_CASE(6)
+    GEMV2_CASE(7)
+    GEMV2_CASE(8)
     default: break;
     }
+    /* clang-format on */
     const int K = w->k;
     bf16_panel2 p __attribute__((aligned(32)));
     const int g0 = n0 / 8, g1 = (n1 + 7) / 8;
@@ -278,26 +305,41 @@ static void avx2_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_w
         const int ng = g1 - pg < B2_NG ? g1 - pg : B2_NG;
         for (int k0 = 0; k0 < K; k0 += B2_KC) {
             const int kc = K - k0 < B2_KC ? K - k0 : B2_KC;
-            for (int g = 0; g < B2_NG; g++) bf16_pack_group2(w, (pg + g) * 8, k0, kc, &p, g); /* rows past n: 0 */
+            for (int g = 0; g < B2_NG; g++)
+                bf16_pack_group2(w, (pg + g) * 8, k0, kc, &p, g); /* rows past n: 0 */
             for (int m0 = 0; m0 < m; m0 += B2_MR) {
                 const int mr = m - m0 < B2_MR ? m - m0 : B2_MR;
                 __m256 acc[B2_MR][B2_NG];
                 for (int i = 0; i < B2_MR; i++)
-                    for (int g = 0; g < B2_NG; g++) acc[i][g] = _mm256_setzero_ps();
+                    for (int g = 0; g < B2_NG; g++)
+                        acc[i][g] = _mm256_setzero_ps();
                 const uint16_t *xm = x + (size_t)m0 * ldx + k0;
-                if (mr == B2_MR && ng == B2_NG) bf16_tile2(B2_MR, B2_NG, xm, ldx, &p, kc, acc);
-                else for (int i = 0; i < mr; i++) bf16_tile2(1, B2_NG, xm + (size_t)i * ldx, ldx, &p, kc, acc + i);
+                if (mr == B2_MR && ng == B2_NG)
+                    bf16_tile2(B2_MR, B2_NG, xm, ldx, &p, kc, acc);
+                else
+                    for (int i = 0; i < mr; i++)
+                        bf16_tile2(1, B2_NG, xm + (size_t)i * ldx, ldx, &p, kc, acc + i);
                 for (int i = 0; i < mr; i++)
                     for (int g = 0; g < ng; g++)
-                        store_cols(y + (size_t)(m0 + i) * ldy + (size_t)(pg + g) * 8, (pg + g) * 8, n0, n1,
-                                   acc[i][g], k0 > 0);
+                        store_cols(y + (size_t)(m0 + i) * ldy + (size_t)(pg + g) * 8, (pg + g) * 8, n0, n1, acc[i][g],
+                                   k0 > 0);
             }
         }
     }
 }
 
-static void avx2_noop_prepare_fp4(mq_fp4_weight *w, int r0, int r1) { (void)w; (void)r0; (void)r1; }
-static void avx2_noop_prepare_bf16(mq_bf16_weight *w, int r0, int r1) { (void)w; (void)r0; (void)r1; }
+static void avx2_noop_prepare_fp4(mq_fp4_weight *w, int r0, int r1)
+{
+    (void)w;
+    (void)r0;
+    (void)r1;
+}
+static void avx2_noop_prepare_bf16(mq_bf16_weight *w, int r0, int r1)
+{
+    (void)w;
+    (void)r0;
+    (void)r1;
+}
 
 void mq_kernels_fill_gemm_avx2(mq_kernel_table *t)
 {

@@ -85,8 +85,7 @@ AI __m512 e4m3x16(__m128i b)
     __m512i v = _mm512_cvtepu8_epi32(b);
     __m512i mag = _mm512_and_si512(v, _mm512_set1_epi32(0x7f));
     __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x80)), 24);
-    __m512 normal = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20),
-                                                         _mm512_set1_epi32(120 << 23)));
+    __m512 normal = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
     __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), _mm512_set1_ps(0x1p-9f));
     __mmask16 is_sub = _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(8));
     __m512 r = _mm512_mask_blend_ps(is_sub, normal, sub);
@@ -104,25 +103,29 @@ AI __m512i unpack_codes(__m256i c, __m512i lut)
 static __mmask16 col_mask(int c0, int n0, int n1)
 {
     int lo = n0 > c0 ? n0 - c0 : 0, hi = n1 - c0 < 16 ? n1 - c0 : 16;
-    if (hi <= lo) return 0;
+    if (hi <= lo)
+        return 0;
     return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
 }
 
-static inline __mmask32 low_mask32(int n) { return n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1u); }
+static inline __mmask32 low_mask32(int n)
+{
+    return n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
+}
 
 /* ---- NVFP4 -------------------------------------------------------------------------- */
 
 #ifndef FP4_MR
-#define FP4_MR 4             /* activation rows per tile */
+#define FP4_MR 4 /* activation rows per tile */
 #endif
 #ifndef FP4_NG
-#define FP4_NG 3             /* 16-column groups per panel */
+#define FP4_NG 3 /* 16-column groups per panel */
 #endif
 #ifndef FP4_PANELS
-#define FP4_PANELS 2         /* panels sharing each pass over the activations */
+#define FP4_PANELS 2 /* panels sharing each pass over the activations */
 #endif
 #ifndef KC_BLOCKS
-#define KC_BLOCKS 16         /* K blocks (of 16) per panel: 256 k */
+#define KC_BLOCKS 16 /* K blocks (of 16) per panel: 256 k */
 #endif
 
 typedef struct fp4_panel {
@@ -143,7 +146,8 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
     const __m512i twelve = _mm512_set1_epi8(12);
     for (int i = 0; i < nv; i++) { /* as in bf16_pack_group: this chunk now, the next one early */
         const uint8_t *row = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)kb0 * 8;
-        for (int s = 0; s < nkb * 8; s += 64) _mm_prefetch((const char *)(row + s), _MM_HINT_T0);
+        for (int s = 0; s < nkb * 8; s += 64)
+            _mm_prefetch((const char *)(row + s), _MM_HINT_T0);
         for (int s = nkb * 8; s < 2 * nkb * 8 && kb0 * 8 + s < w->kp / 2; s += 64)
             _mm_prefetch((const char *)(row + s), _MM_HINT_T1);
         _mm_prefetch((const char *)(w->scales + (size_t)(c0 + i) * nb + kb0), _MM_HINT_T0);
@@ -165,7 +169,8 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
             _mm512_store_si512(p->wq[g][sub * 16 + j], r[j]);
         for (int bb = 0; bb < nbh; bb++) {
             __m512i c = _mm512_setzero_si512();
-            for (int j = 0; j < 4; j++) c = _mm512_dpbusd_epi32(c, twelve, r[bb * 4 + j]);
+            for (int j = 0; j < 4; j++)
+                c = _mm512_dpbusd_epi32(c, twelve, r[bb * 4 + j]);
             _mm512_store_si512(p->corr[g][sub * 4 + bb], _mm512_sub_epi32(_mm512_setzero_si512(), c));
         }
     }
@@ -177,13 +182,14 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
             r[i] = _mm512_setzero_si512();
     }
     tr16x16(r);
-    for (int b = 0; b < nkb; b++) _mm512_store_si512(p->sw[g][b], r[b]);
+    for (int b = 0; b < nkb; b++)
+        _mm512_store_si512(p->sw[g][b], r[b]);
 }
 
 /* One tile: MR activation rows × NG column groups over nkb blocks. */
-AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, const float *xs,
-                 size_t sstr, const fp4_panel *p, int nkb, float *y, size_t ldy,
-                 const __mmask16 *mask, int first, int last, float alpha)
+AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
+                 const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask, int first, int last,
+                 float alpha)
 {
     __m512 acc[6][4];
 #pragma GCC unroll 8
@@ -196,19 +202,22 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
-            for (int g = 0; g < NG; g++) ia[m][g] = _mm512_load_si512(p->corr[g][b]);
+            for (int g = 0; g < NG; g++)
+                ia[m][g] = _mm512_load_si512(p->corr[g][b]);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m512i wv[4];
 #pragma GCC unroll 8
-            for (int g = 0; g < NG; g++) wv[g] = _mm512_load_si512(p->wq[g][b * 4 + j]);
+            for (int g = 0; g < NG; g++)
+                wv[g] = _mm512_load_si512(p->wq[g][b * 4 + j]);
 #pragma GCC unroll 8
             for (int m = 0; m < MR; m++) {
                 uint32_t x4;
                 memcpy(&x4, xb + (size_t)m * xstr + b * 16 + j * 4, 4);
                 __m512i xv = _mm512_set1_epi32((int)x4);
 #pragma GCC unroll 8
-                for (int g = 0; g < NG; g++) ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], xv, wv[g]);
+                for (int g = 0; g < NG; g++)
+                    ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], xv, wv[g]);
             }
         }
 #pragma GCC unroll 8
@@ -230,13 +239,17 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
         }
 }
 
-#define FP4_TILE_CASE(MR, NG) \
-    case (MR) * 8 + (NG): if ((MR) <= FP4_MR && (NG) <= FP4_NG) fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); break;
+#define FP4_TILE_CASE(MR, NG)                                                               \
+    case (MR)*8 + (NG):                                                                     \
+        if ((MR) <= FP4_MR && (NG) <= FP4_NG)                                               \
+            fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); \
+        break;
 
 static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
-                         const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask,
-                         int first, int last, float alpha)
+                         const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask, int first, int last,
+                         float alpha)
 {
+    /* clang-format off */
     switch (mr * 8 + ng) {
     FP4_TILE_CASE(1, 1) FP4_TILE_CASE(1, 2) FP4_TILE_CASE(1, 3) FP4_TILE_CASE(1, 4)
     FP4_TILE_CASE(2, 1) FP4_TILE_CASE(2, 2) FP4_TILE_CASE(2, 3) FP4_TILE_CASE(2, 4)
@@ -246,11 +259,13 @@ static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const f
     FP4_TILE_CASE(6, 1) FP4_TILE_CASE(6, 2) FP4_TILE_CASE(6, 3) FP4_TILE_CASE(6, 4)
     default: break;
     }
+    /* clang-format on */
 }
 
 static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
-    if (n0 >= n1 || x->m <= 0) return;
+    if (n0 >= n1 || x->m <= 0)
+        return;
     const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
     /* NVFP4.md's alpha, times the 1/4 of the doubled integer products (exact). */
     const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f;
@@ -266,19 +281,21 @@ static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *
         for (int q = 0; q < FP4_PANELS; q++) {
             const int pg = pg0 + q * FP4_NG;
             ng[q] = pg >= g1 ? 0 : g1 - pg < FP4_NG ? g1 - pg : FP4_NG;
-            for (int g = 0; g < ng[q]; g++) mask[q][g] = col_mask((pg + g) * 16, n0, n1);
+            for (int g = 0; g < ng[q]; g++)
+                mask[q][g] = col_mask((pg + g) * 16, n0, n1);
         }
         for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
             const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
             for (int q = 0; q < FP4_PANELS; q++)
-                for (int g = 0; g < ng[q]; g++) fp4_pack_group(w, (pg0 + q * FP4_NG + g) * 16, kb0, nkb, &p[q], g);
+                for (int g = 0; g < ng[q]; g++)
+                    fp4_pack_group(w, (pg0 + q * FP4_NG + g) * 16, kb0, nkb, &p[q], g);
             for (int m0 = 0; m0 < M; m0 += FP4_MR) {
                 const int mr = M - m0 < FP4_MR ? M - m0 : FP4_MR;
                 for (int q = 0; q < FP4_PANELS && ng[q]; q++)
                     fp4_tile_any(mr, ng[q], xbytes + (size_t)m0 * kp + (size_t)kb0 * 16, (size_t)kp,
                                  xsx + (size_t)m0 * nb + kb0, (size_t)nb, &p[q], nkb,
-                                 y + (size_t)m0 * ldy + (size_t)(pg0 + q * FP4_NG) * 16, ldy, mask[q],
-                                 kb0 == 0, kb0 + nkb == nb, alpha);
+                                 y + (size_t)m0 * ldy + (size_t)(pg0 + q * FP4_NG) * 16, ldy, mask[q], kb0 == 0,
+                                 kb0 + nkb == nb, alpha);
             }
         }
     }
@@ -286,7 +303,9 @@ static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *
 
 static void avx512_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)
 {
-    (void)w; (void)r0; (void)r1; /* panels are repacked per call (see the top) */
+    (void)w;
+    (void)r0;
+    (void)r1; /* panels are repacked per call (see the top) */
 }
 
 /* Activation aux, byte-identical to mq_ref_fp4_act_prepare_rows. */
@@ -316,17 +335,17 @@ static void avx512_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
 
 /* ---- BF16 ----------------------------------------------------------------------------- */
 
-#define BF_MR 6              /* rows per GEMM tile */
-#define BF_NG 4              /* 16-column groups per panel */
+#define BF_MR 6 /* rows per GEMM tile */
+#define BF_NG 4 /* 16-column groups per panel */
 #ifndef KC_BF16
-#define KC_BF16 256          /* k per panel (even) */
+#define KC_BF16 256 /* k per panel (even) */
 #endif
 #ifndef BF_PANELS
-#define BF_PANELS 1          /* panels sharing each pass over x (2 measured slower) */
+#define BF_PANELS 1 /* panels sharing each pass over x (2 measured slower) */
 #endif
 
 typedef struct bf16_panel {
-    uint32_t w[BF_NG][KC_BF16 / 2][16];   /* [group][k pair][column] = two BF16 */
+    uint32_t w[BF_NG][KC_BF16 / 2][16]; /* [group][k pair][column] = two BF16 */
 } bf16_panel;
 
 /* Repacks rows [c0, c0+16) (rows >= n read as zero), k in [k0, k0+kc), odd k padded with 0. */
@@ -338,15 +357,16 @@ static void bf16_pack_group(const mq_bf16_weight *w, int c0, int k0, int kc, bf1
         const int len = kc - s < 32 ? kc - s : 32;
         const __mmask32 lm = low_mask32(len);
         for (int i = 0; i < 16; i++)
-            r[i] = i < nv ? _mm512_maskz_loadu_epi16(lm, w->w + (size_t)(c0 + i) * w->k + k0 + s)
-                          : _mm512_setzero_si512();
+            r[i] =
+                i < nv ? _mm512_maskz_loadu_epi16(lm, w->w + (size_t)(c0 + i) * w->k + k0 + s) : _mm512_setzero_si512();
         tr16x16(r);
-        for (int j = 0; j < (len + 1) / 2; j++) _mm512_store_si512(p->w[g][s / 2 + j], r[j]);
+        for (int j = 0; j < (len + 1) / 2; j++)
+            _mm512_store_si512(p->w[g][s / 2 + j], r[j]);
     }
 }
 
-AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, const bf16_panel *p,
-                  int kc, float *y, size_t ldy, const __mmask16 *mask, int first)
+AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, const bf16_panel *p, int kc, float *y,
+                  size_t ldy, const __mmask16 *mask, int first)
 {
     __m512 acc[BF_MR][BF_NG];
 #pragma GCC unroll 8
@@ -358,7 +378,8 @@ AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, con
     for (int q = 0; q < np; q++) {
         __m512i wv[BF_NG];
 #pragma GCC unroll 8
-        for (int g = 0; g < NG; g++) wv[g] = _mm512_load_si512(p->w[g][q]);
+        for (int g = 0; g < NG; g++)
+            wv[g] = _mm512_load_si512(p->w[g][q]);
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             uint32_t x2;
@@ -381,15 +402,17 @@ AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, con
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
-        for (int g = 0; g < NG; g++) _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g], acc[m][g]);
+        for (int g = 0; g < NG; g++)
+            _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g], acc[m][g]);
 }
 
 #define BF_TILE_CASE(MR, NG) \
-    case (MR) * 8 + (NG): bf16_tile(MR, NG, x, ldx, p, kc, y, ldy, mask, first); break;
+    case (MR)*8 + (NG): bf16_tile(MR, NG, x, ldx, p, kc, y, ldy, mask, first); break;
 
-static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const bf16_panel *p, int kc,
-                          float *y, size_t ldy, const __mmask16 *mask, int first)
+static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const bf16_panel *p, int kc, float *y,
+                          size_t ldy, const __mmask16 *mask, int first)
 {
+    /* clang-format off */
     switch (mr * 8 + ng) {
     BF_TILE_CASE(1, 1) BF_TILE_CASE(1, 2) BF_TILE_CASE(1, 3) BF_TILE_CASE(1, 4)
     BF_TILE_CASE(2, 1) BF_TILE_CASE(2, 2) BF_TILE_CASE(2, 3) BF_TILE_CASE(2, 4)
@@ -399,6 +422,7 @@ static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const b
     BF_TILE_CASE(6, 1) BF_TILE_CASE(6, 2) BF_TILE_CASE(6, 3) BF_TILE_CASE(6, 4)
     default: break;
     }
+    /* clang-format on */
 }
 
 #ifndef GEMV_PREFETCH
@@ -406,14 +430,15 @@ static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const b
 #endif
 
 /* GEMV: MR (1..8) rows × NR weight rows at a time, row-major weights. */
-AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx, const uint16_t *w,
-                       int K, float *y, size_t ldy, int n)
+AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx, const uint16_t *w, int K, float *y,
+                       size_t ldy, int n)
 {
     __m512 acc[8][8];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) acc[m][r] = _mm512_setzero_ps();
+        for (int r = 0; r < NR; r++)
+            acc[m][r] = _mm512_setzero_ps();
     for (int k = 0; k < K; k += 32) {
         const __mmask32 lm = low_mask32(K - k);
         __m512i wv[8];
@@ -427,13 +452,15 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         for (int m = 0; m < MR; m++) {
             __m512i xv = _mm512_maskz_loadu_epi16(lm, x + (size_t)m * ldx + k);
 #pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], (__m512bh)xv, (__m512bh)wv[r]);
+            for (int r = 0; r < NR; r++)
+                acc[m][r] = _mm512_dpbf16_ps(acc[m][r], (__m512bh)xv, (__m512bh)wv[r]);
         }
     }
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) y[(size_t)m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]);
+        for (int r = 0; r < NR; r++)
+            y[(size_t)m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
 #define GEMV_NR(MR) ((MR) <= 2 ? 8 : 6)
@@ -441,35 +468,47 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
 /* m <= 4: one pass. m = 5..8: rows 0..3, then rows 4.. over the same 6 weight rows, which
  * are still in L1/L2, so W still streams from DRAM once (a single pass over 8 rows could
  * keep only 3 weight rows in flight, too few to cover DRAM latency). */
-#define GEMV_CASE(MR)                                                                          \
-    case MR: {                                                                                 \
-        const int A = (MR) <= 4 ? (MR) : 4, B = (MR) - A;                                      \
-        int n = n0;                                                                            \
-        for (; n + GEMV_NR(MR) <= n1; n += GEMV_NR(MR)) {                                      \
-            bf16_gemv_cols(A, GEMV_NR(MR), x, ldx, w->w, w->k, y, ldy, n);                     \
-            if (B) bf16_gemv_cols(B, GEMV_NR(MR), x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n); \
-        }                                                                                      \
-        for (; n < n1; n++) {                                                                  \
-            bf16_gemv_cols(A, 1, x, ldx, w->w, w->k, y, ldy, n);                               \
-            if (B) bf16_gemv_cols(B, 1, x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n);    \
-        }                                                                                      \
-        break;                                                                                 \
+#define GEMV_CASE(MR)                                                                              \
+    case MR: {                                                                                     \
+        const int A = (MR) <= 4 ? (MR) : 4, B = (MR)-A;                                            \
+        int n = n0;                                                                                \
+        for (; n + GEMV_NR(MR) <= n1; n += GEMV_NR(MR)) {                                          \
+            bf16_gemv_cols(A, GEMV_NR(MR), x, ldx, w->w, w->k, y, ldy, n);                         \
+            if (B)                                                                                 \
+                bf16_gemv_cols(B, GEMV_NR(MR), x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n); \
+        }                                                                                          \
+        for (; n < n1; n++) {                                                                      \
+            bf16_gemv_cols(A, 1, x, ldx, w->w, w->k, y, ldy, n);                                   \
+            if (B)                                                                                 \
+                bf16_gemv_cols(B, 1, x + 4 * ldx, ldx, w->w, w->k, y + 4 * ldy, ldy, n);           \
+        }                                                                                          \
+        break;                                                                                     \
     }
 
-static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                      float *y, size_t ldy, int n0, int n1)
+static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                      int n1)
 {
+    /* one macro-generated case per line */
+    /* clang-format off */
     switch (m) {
-    GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
-    GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
+    GEMV_CASE(1)
+    GEMV_CASE(2)
+    GEMV_CASE(3)
+    GEMV_CASE(4)
+    GEMV_CASE(5)
+    GEMV_CASE(6)
+    GEMV_CASE(7)
+    GEMV_CASE(8)
     default: break;
     }
+    /* clang-format on */
 }
 
-static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                             float *y, size_t ldy, int n0, int n1)
+static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
+                             int n0, int n1)
 {
-    if (n0 >= n1 || m <= 0) return;
+    if (n0 >= n1 || m <= 0)
+        return;
     if (m <= 8) {
         bf16_gemv(x, m, ldx, w, y, ldy, n0, n1);
         return;
@@ -484,12 +523,14 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
         for (int q = 0; q < BF_PANELS; q++) {
             const int pg = pg0 + q * BF_NG;
             ng[q] = pg >= g1 ? 0 : g1 - pg < BF_NG ? g1 - pg : BF_NG;
-            for (int g = 0; g < ng[q]; g++) mask[q][g] = col_mask((pg + g) * 16, n0, n1);
+            for (int g = 0; g < ng[q]; g++)
+                mask[q][g] = col_mask((pg + g) * 16, n0, n1);
         }
         for (int k0 = 0; k0 < K; k0 += KC_BF16) {
             const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
             for (int q = 0; q < BF_PANELS; q++)
-                for (int g = 0; g < ng[q]; g++) bf16_pack_group(w, (pg0 + q * BF_NG + g) * 16, k0, kc, &p[q], g);
+                for (int g = 0; g < ng[q]; g++)
+                    bf16_pack_group(w, (pg0 + q * BF_NG + g) * 16, k0, kc, &p[q], g);
             /* The next chunk is up to 128 row pieces: too many streams for the hardware
              * prefetcher, so the tiles below request its lines a few at a time. */
             const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg0 : pg0 + span;
@@ -515,7 +556,9 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
 
 static void avx512_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
 {
-    (void)w; (void)r0; (void)r1;
+    (void)w;
+    (void)r0;
+    (void)r1;
 }
 
 void mq_kernels_fill_gemm_avx512(mq_kernel_table *t)

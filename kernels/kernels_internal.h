@@ -18,8 +18,8 @@ typedef struct mq_kernel_table {
     void (*fp4_weight_prepare_rows)(mq_fp4_weight *w, int r0, int r1);
     void (*gemm_fp4)(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
     void (*bf16_weight_prepare_rows)(mq_bf16_weight *w, int r0, int r1);
-    void (*gemm_bf16)(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                      float *y, size_t ldy, int n0, int n1);
+    void (*gemm_bf16)(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                      int n1);
     void (*attention)(const mq_attn_args *a, int h0, int h1);
     void (*rmsnorm)(float *y, const float *x, const float *w, int n, float eps);
     void (*swiglu)(float *out, const float *gate, const float *up, int n);
@@ -42,8 +42,8 @@ void mq_kernels_fill_ops_avx512(mq_kernel_table *t);
 /* Scalar references, callable directly by the SIMD variants for tails. */
 int mq_ref_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
 void mq_ref_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
-void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                      float *y, size_t ldy, int n0, int n1);
+void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                      int n1);
 void mq_ref_attention(const mq_attn_args *a, int h0, int h1);
 
 /* layout.c: the activation aux (bytes 2·value+12 [m, kp], then FP32 scales [m, kp/16])
@@ -52,6 +52,6 @@ uint8_t *mq_fp4_act_aux_bytes(const mq_fp4_act *a);
 float *mq_fp4_act_aux_sx(const mq_fp4_act *a);
 void mq_ref_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1);
 
-#define MQ_ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
+#define MQ_ALIGN_UP(x, a) (((x) + (a)-1) / (a) * (a))
 
 #endif

@@ -19,10 +19,22 @@
 
 #define LINE 64
 
-static size_t fp4_codes_bytes(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / 2), LINE); }
-static size_t fp4_scales_bytes(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK), LINE); }
-static size_t fp4_act_bytes8(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * mq_fp4_pad(k), LINE); }
-static size_t fp4_act_sx_bytes(int rows, int k) { return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK) * 4, LINE); }
+static size_t fp4_codes_bytes(int rows, int k)
+{
+    return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / 2), LINE);
+}
+static size_t fp4_scales_bytes(int rows, int k)
+{
+    return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK), LINE);
+}
+static size_t fp4_act_bytes8(int rows, int k)
+{
+    return MQ_ALIGN_UP((size_t)rows * mq_fp4_pad(k), LINE);
+}
+static size_t fp4_act_sx_bytes(int rows, int k)
+{
+    return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK) * 4, LINE);
+}
 
 size_t mq_fp4_weight_bytes(int n, int k)
 {
@@ -48,13 +60,17 @@ int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, i
      * loaded from a BF16 checkpoint use it. */
     mq_kernels_init();
     mq_fp4_act view = {
-        .m = r1 - r0, .k = w->k, .kp = w->kp, .g = w->g,
+        .m = r1 - r0,
+        .k = w->k,
+        .kp = w->kp,
+        .g = w->g,
         .codes = w->codes + (size_t)r0 * (w->kp / 2),
         .scales = w->scales + (size_t)r0 * (w->kp / MQ_FP4_BLOCK),
         .aux = NULL,
     };
     int rc = mq_kt.fp4_act_quantize_rows(&view, src, ld, 0, r1 - r0);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     mq_fp4_weight_prepare_rows(w, r0, r1);
     return 0;
 }
@@ -84,7 +100,10 @@ void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem)
     a->aux = p + fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k);
 }
 
-uint8_t *mq_fp4_act_aux_bytes(const mq_fp4_act *a) { return (uint8_t *)a->aux; }
+uint8_t *mq_fp4_act_aux_bytes(const mq_fp4_act *a)
+{
+    return (uint8_t *)a->aux;
+}
 
 float *mq_fp4_act_aux_sx(const mq_fp4_act *a)
 {
@@ -113,7 +132,8 @@ void mq_ref_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
 
 size_t mq_bf16_weight_aux_bytes(int n, int k)
 {
-    (void)n; (void)k;
+    (void)n;
+    (void)k;
     return 0; /* GEMMs repack panels per call; GEMV reads the row-major rows */
 }
 

@@ -35,21 +35,24 @@ int mq_kernels_cpu_has(mq_isa isa);
 const char *mq_isa_name(mq_isa isa);
 
 /* ---- Scalar codecs (exact; identical on every ISA) ----------------------------- */
-uint16_t mq_f32_to_bf16(float x);    /* round to nearest even; NaN stays NaN */
+uint16_t mq_f32_to_bf16(float x); /* round to nearest even; NaN stays NaN */
 float mq_bf16_to_f32(uint16_t h);
-uint8_t mq_f32_to_e4m3(float x);     /* E4M3 "fn": RNE, saturating to ±448, never NaN */
+uint8_t mq_f32_to_e4m3(float x); /* E4M3 "fn": RNE, saturating to ±448, never NaN */
 float mq_e4m3_to_f32(uint8_t b);
-uint8_t mq_f32_to_e2m1(float x);     /* 4-bit code, RNE ties-to-even, saturating ±6 */
-float mq_e2m1_to_f32(uint8_t code);  /* low 4 bits used */
+uint8_t mq_f32_to_e2m1(float x);    /* 4-bit code, RNE ties-to-even, saturating ±6 */
+float mq_e2m1_to_f32(uint8_t code); /* low 4 bits used */
 
 void mq_f32_to_bf16_row(const float *x, uint16_t *y, size_t n);
 void mq_bf16_to_f32_row(const uint16_t *x, float *y, size_t n);
 
 /* ---- NVFP4 --------------------------------------------------------------------- */
 #define MQ_FP4_BLOCK 16
-#define MQ_FP4_GMAX 2688.0f   /* 448 (E4M3 max) * 6 (E2M1 max) */
+#define MQ_FP4_GMAX  2688.0f /* 448 (E4M3 max) * 6 (E2M1 max) */
 
-static inline int mq_fp4_pad(int k) { return (k + MQ_FP4_BLOCK - 1) / MQ_FP4_BLOCK * MQ_FP4_BLOCK; }
+static inline int mq_fp4_pad(int k)
+{
+    return (k + MQ_FP4_BLOCK - 1) / MQ_FP4_BLOCK * MQ_FP4_BLOCK;
+}
 
 /* g = 2688 / amax, or 1 when amax == 0. */
 float mq_fp4_global_scale(float amax);
@@ -69,11 +72,11 @@ void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, f
  * (64-byte aligned base required). The canonical arrays (codes, scales) are always
  * filled; `aux` holds whatever the fast kernels precompute (block sums, repacking). */
 typedef struct mq_fp4_weight {
-    int n, k, kp;         /* rows, logical K, K padded to a multiple of 16 */
-    float g;              /* global scale g_w (a multiplier: 2688 / amax) */
-    uint8_t *codes;       /* [n, kp/2]  E2M1, element 2i in the low nibble */
-    uint8_t *scales;      /* [n, kp/16] E4M3 block scales (already multiplied by g) */
-    void *aux;            /* kernel-private precomputation, laid out by bind */
+    int n, k, kp;    /* rows, logical K, K padded to a multiple of 16 */
+    float g;         /* global scale g_w (a multiplier: 2688 / amax) */
+    uint8_t *codes;  /* [n, kp/2]  E2M1, element 2i in the low nibble */
+    uint8_t *scales; /* [n, kp/16] E4M3 block scales (already multiplied by g) */
+    void *aux;       /* kernel-private precomputation, laid out by bind */
 } mq_fp4_weight;
 
 size_t mq_fp4_weight_bytes(int n, int k);
@@ -90,10 +93,10 @@ void mq_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1);
 /* NVFP4 activations X[m, k], quantized at run time. Same memory rules as weights. */
 typedef struct mq_fp4_act {
     int m, k, kp;
-    float g;              /* global scale g_x */
-    uint8_t *codes;       /* [m, kp/2] */
-    uint8_t *scales;      /* [m, kp/16] */
-    void *aux;            /* kernel-private (e.g. VNNI byte layout) */
+    float g;         /* global scale g_x */
+    uint8_t *codes;  /* [m, kp/2] */
+    uint8_t *scales; /* [m, kp/16] */
+    void *aux;       /* kernel-private (e.g. VNNI byte layout) */
 } mq_fp4_act;
 
 size_t mq_fp4_act_bytes(int m, int k);
@@ -118,18 +121,17 @@ void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t l
  * (row-major [n, k]); `aux` is kernel-private (may stay NULL). */
 typedef struct mq_bf16_weight {
     int n, k;
-    const uint16_t *w;    /* [n, k] BF16 */
+    const uint16_t *w; /* [n, k] BF16 */
     void *aux;
 } mq_bf16_weight;
 
-size_t mq_bf16_weight_aux_bytes(int n, int k);   /* 0 if the kernels need none */
+size_t mq_bf16_weight_aux_bytes(int n, int k); /* 0 if the kernels need none */
 void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data, void *aux);
 void mq_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1);
 
 /* Y[m, n0..n1) = X · Wᵀ, X given in BF16 [m, k] (stride ldx elements), FP32 accumulate.
  * m = 1..8 takes the GEMV path (decode). */
-void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                  float *y, size_t ldy, int n0, int n1);
+void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0, int n1);
 
 /* ---- Attention ----------------------------------------------------------------- */
 /* Causal grouped-query attention over a paged BF16 KV cache.
@@ -139,14 +141,14 @@ void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
  * (V likewise). Head h uses kv_head = h / (n_head / n_kv). head_dim <= 256.
  * The prefill variant is tiled (online softmax, no score matrix); n_tok == 1 is decode. */
 typedef struct mq_attn_args {
-    const float *q;                  /* [n_tok, n_head, head_dim] */
-    float *out;                      /* [n_tok, n_head, head_dim] */
+    const float *q; /* [n_tok, n_head, head_dim] */
+    float *out;     /* [n_tok, n_head, head_dim] */
     int n_tok, pos0;
     int n_head, n_kv, head_dim;
     const uint16_t *const *k_blocks; /* per block: [block_tokens, n_kv, head_dim] BF16 */
     const uint16_t *const *v_blocks;
     int block_tokens;
-    float scale;                     /* usually 1/sqrt(head_dim) */
+    float scale; /* usually 1/sqrt(head_dim) */
 } mq_attn_args;
 
 /* Computes query heads [h0, h1) for every query token.
@@ -176,7 +178,7 @@ int mq_argmax(const float *x, int n);
 /* Indices of the k largest values, largest first (ties: lower index first). Returns k'
  * = min(k, n). idx has room for k. */
 int mq_topk(const float *x, int n, int k, int *idx);
-void mq_add(float *y, const float *x, int n);    /* y += x */
+void mq_add(float *y, const float *x, int n); /* y += x */
 
 /* ---- Sampling math (scalar; the sampler in daemon/ composes these) --------------
  * Probabilities are FP32, sums are taken in FP64 in index order so results do not

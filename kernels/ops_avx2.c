@@ -14,8 +14,7 @@
 
 static inline __m256i tail_mask(size_t left) /* lanes < left set, for maskload/maskstore */
 {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? left : 8)),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? left : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 /* ---- BF16 rows ---------------------------------------------------------------- */
@@ -27,8 +26,8 @@ static inline __m128i f32_to_bf16_8(__m256 x)
     __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
                                                      _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
     r = _mm256_srli_epi32(r, 16);
-    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                           _mm256_set1_epi32(0x7f800000));
+    const __m256i nan =
+        _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
     const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
     r = _mm256_blendv_epi8(r, qnan, nan);
     /* values are < 65536: packus keeps them; fix the lane interleave afterwards */
@@ -42,7 +41,8 @@ static void avx2_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(y + i), f32_to_bf16_8(_mm256_loadu_ps(x + i)));
-    for (; i < n; i++) y[i] = mq_f32_to_bf16(x[i]);
+    for (; i < n; i++)
+        y[i] = mq_f32_to_bf16(x[i]);
 }
 
 static void avx2_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
@@ -52,7 +52,8 @@ static void avx2_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
         __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
         _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
     }
-    for (; i < n; i++) y[i] = mq_bf16_to_f32(x[i]);
+    for (; i < n; i++)
+        y[i] = mq_bf16_to_f32(x[i]);
 }
 
 /* ---- amax: integer max of the magnitude bits (see ops_avx512.c) -------------- */
@@ -74,7 +75,8 @@ static float avx2_amax_f32(const float *x, size_t n)
     uint32_t lanes[8];
     _mm256_storeu_si256((__m256i *)lanes, m0);
     uint32_t top = 0;
-    for (int j = 0; j < 8; j++) top = lanes[j] > top ? lanes[j] : top;
+    for (int j = 0; j < 8; j++)
+        top = lanes[j] > top ? lanes[j] : top;
     for (; i < n; i++) {
         uint32_t u = ops_f2u(x[i]) & 0x7fffffffu;
         top = u > top ? u : top;
@@ -91,8 +93,13 @@ static inline __m256i e2m1_8(__m256 p)
     const __m256 t = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), p);
     __m256i c = _mm256_setzero_si256();
 #define STEP(th, pred) c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(t, _mm256_set1_ps(th), pred)))
-    STEP(0.25f, _CMP_NLE_UQ); STEP(0.75f, _CMP_NLT_UQ); STEP(1.25f, _CMP_NLE_UQ); STEP(1.75f, _CMP_NLT_UQ);
-    STEP(2.5f, _CMP_NLE_UQ); STEP(3.5f, _CMP_NLT_UQ); STEP(5.0f, _CMP_NLE_UQ);
+    STEP(0.25f, _CMP_NLE_UQ);
+    STEP(0.75f, _CMP_NLT_UQ);
+    STEP(1.25f, _CMP_NLE_UQ);
+    STEP(1.75f, _CMP_NLT_UQ);
+    STEP(2.5f, _CMP_NLE_UQ);
+    STEP(3.5f, _CMP_NLT_UQ);
+    STEP(5.0f, _CMP_NLE_UQ);
 #undef STEP
     const __m256 neg = _mm256_cmp_ps(p, _mm256_setzero_ps(), _CMP_LT_OQ);
     return _mm256_or_si256(c, _mm256_and_si256(_mm256_castps_si256(neg), _mm256_set1_epi32(8)));
@@ -108,7 +115,8 @@ static inline __m128i pack_nibbles_8(__m256i c)
 
 static int quantize_row_avx2(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
 {
-    if (!(g > 0.0f) || !isfinite(g)) return -EINVAL;
+    if (!(g > 0.0f) || !isfinite(g))
+        return -EINVAL;
     const int nb = mq_fp4_pad(k) / MQ_FP4_BLOCK;
     const float inv_g = 1.0f / g;
     const __m256i absm = _mm256_set1_epi32(0x7fffffff), infb = _mm256_set1_epi32(0x7f7fffff);
@@ -126,7 +134,8 @@ static int quantize_row_avx2(const float *x, int k, float g, uint8_t *codes, uin
         const __m256i a0 = _mm256_and_si256(_mm256_castps_si256(v0), absm);
         const __m256i a1 = _mm256_and_si256(_mm256_castps_si256(v1), absm);
         const __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(a0, infb), _mm256_cmpgt_epi32(a1, infb));
-        if (!_mm256_testz_si256(bad, bad)) return -EINVAL; /* NaN or Inf */
+        if (!_mm256_testz_si256(bad, bad))
+            return -EINVAL; /* NaN or Inf */
         __m256i m = _mm256_max_epu32(a0, a1);
         __m128i m4 = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
         m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0x4e));
@@ -149,10 +158,10 @@ static int quantize_row_avx2(const float *x, int k, float g, uint8_t *codes, uin
 static int avx2_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
     for (int r = r0; r < r1; r++) {
-        int rc = quantize_row_avx2(x + (size_t)r * ldx, a->k, a->g,
-                                   a->codes + (size_t)r * (a->kp / 2),
+        int rc = quantize_row_avx2(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
                                    a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
-        if (rc) return rc;
+        if (rc)
+            return rc;
     }
     return 0;
 }
@@ -171,13 +180,16 @@ static void avx2_rmsnorm(float *y, const float *x, const float *w, int n, float 
     float lanes[8];
     _mm256_storeu_ps(lanes, _mm256_add_ps(s0, s1));
     float ss = 0.0f;
-    for (int j = 0; j < 8; j++) ss += lanes[j];
-    for (; i < n; i++) ss += x[i] * x[i];
+    for (int j = 0; j < 8; j++)
+        ss += lanes[j];
+    for (; i < n; i++)
+        ss += x[i] * x[i];
     const float rs = 1.0f / sqrtf(ss / (float)n + eps);
     const __m256 r = _mm256_set1_ps(rs);
     for (i = 0; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), r)));
-    for (; i < n; i++) y[i] = w[i] * (x[i] * rs);
+    for (; i < n; i++)
+        y[i] = w[i] * (x[i] * rs);
 }
 
 static void avx2_swiglu(float *out, const float *gate, const float *up, int n)

@@ -22,8 +22,8 @@ static inline __m256i f32_to_bf16_16(__m512 x)
     __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
                                                      _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
     r = _mm512_srli_epi32(r, 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                  _mm512_set1_epi32(0x7f800000));
+    const __mmask16 nan =
+        _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
     r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     return _mm512_cvtepi32_epi16(r);
 }
@@ -94,7 +94,8 @@ static float avx512_amax_bf16(const uint16_t *x, size_t n)
     for (; i + 32 <= n; i += 32)
         m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(x + i), absm));
     if (i < n)
-        m1 = _mm512_max_epu16(m1, _mm512_and_si512(_mm512_maskz_loadu_epi16((__mmask32)((1u << (n - i)) - 1), x + i), absm));
+        m1 = _mm512_max_epu16(
+            m1, _mm512_and_si512(_mm512_maskz_loadu_epi16((__mmask32)((1u << (n - i)) - 1), x + i), absm));
     __m512i m = _mm512_max_epu16(_mm512_max_epu16(m0, m1), _mm512_max_epu16(m2, m3));
     /* 32 u16 -> the largest: widen the two halves to u32 and reduce */
     const __m512i lo = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(m));
@@ -109,13 +110,15 @@ static float avx512_amax_bf16(const uint16_t *x, size_t n)
 static inline __m512i e4m3_pos16(__m512 y)
 {
     const __m512i u = _mm512_castps_si512(y);
-    __m512i cn = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff),
-                                                      _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1))));
+    __m512i cn =
+        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff),
+                                             _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1))));
     cn = _mm512_sub_epi32(_mm512_srli_epi32(cn, 20), _mm512_set1_epi32(120 << 3));
     const __m512i cs = _mm512_cvt_roundps_epi32(_mm512_mul_ps(y, _mm512_set1_ps(512.0f)),
                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); /* exact product */
     __m512i c = _mm512_mask_mov_epi32(cn, _mm512_cmp_ps_mask(y, _mm512_set1_ps(0x1p-6f), _CMP_LT_OQ), cs);
-    return _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask(y, _mm512_set1_ps(448.0f), _CMP_NLT_UQ), _mm512_set1_epi32(0x7e));
+    return _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask(y, _mm512_set1_ps(448.0f), _CMP_NLT_UQ),
+                                 _mm512_set1_epi32(0x7e));
 }
 
 /* Values of E4M3 codes 0..0x7e: ops_e4m3_val, vectorised. */
@@ -133,7 +136,8 @@ static inline __m512 e4m3_val16(__m512i c)
  * amaxes; then scales and multipliers 16 blocks per vector; then the codes. */
 static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
 {
-    if (!(g > 0.0f) || !isfinite(g)) return -EINVAL;
+    if (!(g > 0.0f) || !isfinite(g))
+        return -EINVAL;
     const int nb = mq_fp4_pad(k) / MQ_FP4_BLOCK;
     const __m512 gv = _mm512_set1_ps(g), inv_g = _mm512_set1_ps(1.0f / g), six = _mm512_set1_ps(6.0f);
     const __m512i one = _mm512_set1_epi32(1);
@@ -151,7 +155,8 @@ static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, u
             bad |= _mm512_fpclass_ps_mask(v, 0x99); /* QNaN, SNaN, +Inf, -Inf */
             amax[b - b0] = _mm512_reduce_max_ps(_mm512_abs_ps(v));
         }
-        if (bad) return -EINVAL;
+        if (bad)
+            return -EINVAL;
         for (int b = b0; b < b1; b += 16) {
             const __mmask16 m = b1 - b >= 16 ? 0xffff : (__mmask16)((1u << (b1 - b)) - 1);
             const __m512 am = _mm512_maskz_load_ps(m, amax + (b - b0));
@@ -165,7 +170,8 @@ static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, u
         for (int b = b0; b < b1; b++) {
             const int left = k - b * MQ_FP4_BLOCK;
             const __mmask16 lm = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-            const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lm, x + b * MQ_FP4_BLOCK), _mm512_set1_ps(osv[b - b0]));
+            const __m512 p =
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(lm, x + b * MQ_FP4_BLOCK), _mm512_set1_ps(osv[b - b0]));
             const __m512 t = _mm512_abs_ps(p);
             /* ref.c's if-chain as a count of thresholds passed; "not <" so NaN gives 7 too. */
             __m512i c = _mm512_setzero_si512();
@@ -189,10 +195,10 @@ static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, u
 static int avx512_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
     for (int r = r0; r < r1; r++) {
-        int rc = quantize_row_avx512(x + (size_t)r * ldx, a->k, a->g,
-                                     a->codes + (size_t)r * (a->kp / 2),
+        int rc = quantize_row_avx512(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
                                      a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
-        if (rc) return rc;
+        if (rc)
+            return rc;
     }
     return 0;
 }

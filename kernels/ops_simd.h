@@ -13,8 +13,18 @@
 #include <math.h>
 #include <string.h>
 
-static inline uint32_t ops_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float ops_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t ops_f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float ops_u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
 /* mq_f32_to_e4m3 for y >= 0 (or +Inf): RNE, saturating to 448 (code 0x7e).
  * Normal range: round the FP32 mantissa to 3 bits with the integer RNE trick and
@@ -22,8 +32,10 @@ static inline float ops_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; 
  * magic-number add rounds it to an integer with FP32's own RNE. */
 static inline uint8_t ops_e4m3_pos(float y)
 {
-    if (!(y < 448.0f)) return 0x7e;
-    if (y < 0x1p-6f) return (uint8_t)ops_f2u((y * 512.0f + 0x1p23f)) & 0xf;
+    if (!(y < 448.0f))
+        return 0x7e;
+    if (y < 0x1p-6f)
+        return (uint8_t)ops_f2u((y * 512.0f + 0x1p23f)) & 0xf;
     uint32_t u = ops_f2u(y);
     u += 0x7ffffu + ((u >> 20) & 1u);
     return (uint8_t)((u >> 20) - (120u << 3));
@@ -32,7 +44,8 @@ static inline uint8_t ops_e4m3_pos(float y)
 /* mq_e4m3_to_f32 for codes 0..0x7e. */
 static inline float ops_e4m3_val(uint8_t c)
 {
-    if (c >> 3) return ops_u2f(((uint32_t)c << 20) + (120u << 23));
+    if (c >> 3)
+        return ops_u2f(((uint32_t)c << 20) + (120u << 23));
     return (float)c * 0x1p-9f;
 }
 
@@ -65,8 +78,8 @@ static inline __m256 ops_exp256(__m256 x0)
 {
     const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
     __m256 x = _mm256_min_ps(_mm256_max_ps(x0, lo), hi);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 n =
+        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
     __m256 p = _mm256_set1_ps(1.9875691500e-4f);

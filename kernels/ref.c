@@ -17,7 +17,7 @@ uint16_t mq_f32_to_bf16(float x)
     memcpy(&u, &x, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it quiet and NaN */
         return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);    /* round to nearest even */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
     return (uint16_t)(u >> 16);
 }
 
@@ -29,8 +29,8 @@ float mq_bf16_to_f32(uint16_t h)
     return x;
 }
 
-#define E4M3_MAX 448.0f
-#define E4M3_MIN_NORMAL 0x1p-6f
+#define E4M3_MAX            448.0f
+#define E4M3_MIN_NORMAL     0x1p-6f
 #define E4M3_SUBNORMAL_STEP 0x1p-9f
 
 uint8_t mq_f32_to_e4m3(float x)
@@ -44,8 +44,8 @@ uint8_t mq_f32_to_e4m3(float x)
         return sign | (uint8_t)rintf(a / E4M3_SUBNORMAL_STEP);
     }
     int e;
-    float f = frexpf(a, &e);              /* a = f * 2^e, f in [0.5, 1) */
-    int exp = e - 1;                      /* a = (1 + m/8) * 2^exp */
+    float f = frexpf(a, &e); /* a = f * 2^e, f in [0.5, 1) */
+    int exp = e - 1;         /* a = (1 + m/8) * 2^exp */
     int m = (int)rintf((ldexpf(f, 1) - 1.0f) * 8.0f);
     if (m == 8) {
         m = 0;
@@ -77,14 +77,22 @@ uint8_t mq_f32_to_e2m1(float x)
 {
     float a = fabsf(x);
     uint8_t c;
-    if (a <= 0.25f) c = 0;
-    else if (a < 0.75f) c = 1;
-    else if (a <= 1.25f) c = 2;
-    else if (a < 1.75f) c = 3;
-    else if (a <= 2.5f) c = 4;
-    else if (a < 3.5f) c = 5;
-    else if (a <= 5.0f) c = 6;
-    else c = 7;
+    if (a <= 0.25f)
+        c = 0;
+    else if (a < 0.75f)
+        c = 1;
+    else if (a <= 1.25f)
+        c = 2;
+    else if (a < 1.75f)
+        c = 3;
+    else if (a <= 2.5f)
+        c = 4;
+    else if (a < 3.5f)
+        c = 5;
+    else if (a <= 5.0f)
+        c = 6;
+    else
+        c = 7;
     /* Negative inputs keep their sign bit even when they round to zero (code 8 = -0),
      * as the GPU's cvt.rn.satfinite.e2m1x2 does; -0.0f itself (not < 0) gives code 0.
      * Either zero decodes to 0, so the choice only shows in the code bytes. */
@@ -99,12 +107,14 @@ float mq_e2m1_to_f32(uint8_t code)
 
 static void ref_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
 {
-    for (size_t i = 0; i < n; i++) y[i] = mq_f32_to_bf16(x[i]);
+    for (size_t i = 0; i < n; i++)
+        y[i] = mq_f32_to_bf16(x[i]);
 }
 
 static void ref_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
 {
-    for (size_t i = 0; i < n; i++) y[i] = mq_bf16_to_f32(x[i]);
+    for (size_t i = 0; i < n; i++)
+        y[i] = mq_bf16_to_f32(x[i]);
 }
 
 /* ---- NVFP4 quantization ------------------------------------------------------- */
@@ -118,9 +128,11 @@ static float ref_amax_f32(const float *x, size_t n)
 {
     float m = 0.0f;
     for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i])) return NAN;
+        if (!isfinite(x[i]))
+            return NAN;
         float a = fabsf(x[i]);
-        if (a > m) m = a;
+        if (a > m)
+            m = a;
     }
     return m;
 }
@@ -130,8 +142,10 @@ static float ref_amax_bf16(const uint16_t *x, size_t n)
     float m = 0.0f;
     for (size_t i = 0; i < n; i++) {
         float v = mq_bf16_to_f32(x[i]);
-        if (!isfinite(v)) return NAN;
-        if (fabsf(v) > m) m = fabsf(v);
+        if (!isfinite(v))
+            return NAN;
+        if (fabsf(v) > m)
+            m = fabsf(v);
     }
     return m;
 }
@@ -141,7 +155,8 @@ static float ref_amax_bf16(const uint16_t *x, size_t n)
 int mq_fp4_quantize_row(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
 {
     const int kp = mq_fp4_pad(k);
-    if (!(g > 0.0f) || !isfinite(g)) return -EINVAL; /* a global scale is a finite multiplier */
+    if (!(g > 0.0f) || !isfinite(g))
+        return -EINVAL; /* a global scale is a finite multiplier */
     const float inv_g = 1.0f / g;
     memset(codes, 0, (size_t)kp / 2);
     for (int b = 0; b < kp / MQ_FP4_BLOCK; b++) {
@@ -150,8 +165,10 @@ int mq_fp4_quantize_row(const float *x, int k, float g, uint8_t *codes, uint8_t 
         for (int j = 0; j < MQ_FP4_BLOCK; j++) {
             int i = b * MQ_FP4_BLOCK + j;
             blk[j] = i < k ? x[i] : 0.0f;
-            if (!isfinite(blk[j])) return -EINVAL;
-            if (fabsf(blk[j]) > amax_b) amax_b = fabsf(blk[j]);
+            if (!isfinite(blk[j]))
+                return -EINVAL;
+            if (fabsf(blk[j]) > amax_b)
+                amax_b = fabsf(blk[j]);
         }
         uint8_t s = mq_f32_to_e4m3(g * (amax_b / 6.0f)); /* divide first, then multiply */
         scales[b] = s;
@@ -181,17 +198,19 @@ void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, f
 int mq_ref_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
     for (int r = r0; r < r1; r++) {
-        int rc = mq_fp4_quantize_row(x + (size_t)r * ldx, a->k, a->g,
-                                     a->codes + (size_t)r * (a->kp / 2),
+        int rc = mq_fp4_quantize_row(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
                                      a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
-        if (rc) return rc;
+        if (rc)
+            return rc;
     }
     return 0;
 }
 
 static void ref_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)
 {
-    (void)w; (void)r0; (void)r1; /* the reference GEMM reads the canonical arrays */
+    (void)w;
+    (void)r0;
+    (void)r1; /* the reference GEMM reads the canonical arrays */
 }
 
 /* Twice the E2M1 value as an integer: 0,1,2,3,4,6,8,12 with sign. */
@@ -229,18 +248,21 @@ void mq_ref_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size
 
 static void ref_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
 {
-    (void)w; (void)r0; (void)r1;
+    (void)w;
+    (void)r0;
+    (void)r1;
 }
 
-void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
-                      float *y, size_t ldy, int n0, int n1)
+void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                      int n1)
 {
     for (int i = 0; i < m; i++) {
         const uint16_t *xr = x + (size_t)i * ldx;
         for (int n = n0; n < n1; n++) {
             const uint16_t *wr = w->w + (size_t)n * w->k;
             float acc = 0.0f;
-            for (int k = 0; k < w->k; k++) acc += mq_bf16_to_f32(xr[k]) * mq_bf16_to_f32(wr[k]);
+            for (int k = 0; k < w->k; k++)
+                acc += mq_bf16_to_f32(xr[k]) * mq_bf16_to_f32(wr[k]);
             y[(size_t)i * ldy + n] = acc;
         }
     }
@@ -264,15 +286,18 @@ void mq_ref_attention(const mq_attn_args *a, int h0, int h1)
                 const uint16_t *kr = a->k_blocks[p / a->block_tokens] + off;
                 const uint16_t *vr = a->v_blocks[p / a->block_tokens] + off;
                 float s = 0.0f;
-                for (int d = 0; d < hd; d++) s += q[d] * mq_bf16_to_f32(kr[d]);
+                for (int d = 0; d < hd; d++)
+                    s += q[d] * mq_bf16_to_f32(kr[d]);
                 s *= a->scale;
                 float nm = s > mx ? s : mx;
                 float corr = expf(mx - nm), e = expf(s - nm);
                 l = l * corr + e;
-                for (int d = 0; d < hd; d++) acc[d] = acc[d] * corr + e * mq_bf16_to_f32(vr[d]);
+                for (int d = 0; d < hd; d++)
+                    acc[d] = acc[d] * corr + e * mq_bf16_to_f32(vr[d]);
                 mx = nm;
             }
-            for (int d = 0; d < hd; d++) o[d] = acc[d] / l;
+            for (int d = 0; d < hd; d++)
+                o[d] = acc[d] / l;
         }
     }
 }
@@ -282,9 +307,11 @@ void mq_ref_attention(const mq_attn_args *a, int h0, int h1)
 static void ref_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 {
     float ss = 0.0f;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    for (int i = 0; i < n; i++)
+        ss += x[i] * x[i];
     float r = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+    for (int i = 0; i < n; i++)
+        y[i] = w[i] * (x[i] * r);
 }
 
 void mq_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin)
@@ -328,36 +355,49 @@ static void ref_swiglu(float *out, const float *gate, const float *up, int n)
 float mq_logsumexp(const float *x, int n)
 {
     float mx = -INFINITY;
-    for (int i = 0; i < n; i++) if (x[i] > mx) mx = x[i];
-    if (mx == -INFINITY) return -INFINITY; /* everything masked (or n == 0) */
+    for (int i = 0; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    if (mx == -INFINITY)
+        return -INFINITY; /* everything masked (or n == 0) */
     double s = 0.0;
-    for (int i = 0; i < n; i++) s += exp((double)(x[i] - mx));
+    for (int i = 0; i < n; i++)
+        s += exp((double)(x[i] - mx));
     return mx + (float)log(s);
 }
 
 float mq_softmax(float *x, int n)
 {
     float lse = mq_logsumexp(x, n);
-    for (int i = 0; i < n; i++) x[i] = expf(x[i] - lse);
+    for (int i = 0; i < n; i++)
+        x[i] = expf(x[i] - lse);
     return lse;
 }
 
 int mq_argmax(const float *x, int n)
 {
     int best = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
     return best;
 }
 
 int mq_topk(const float *x, int n, int k, int *idx)
 {
-    if (k > n) k = n;
-    if (k <= 0) return 0;
+    if (k > n)
+        k = n;
+    if (k <= 0)
+        return 0;
     int have = 0;
     for (int i = 0; i < n; i++) {
-        if (have == k && !(x[i] > x[idx[k - 1]])) continue;
+        if (have == k && !(x[i] > x[idx[k - 1]]))
+            continue;
         int j = have < k ? have++ : k - 1;
-        while (j > 0 && x[i] > x[idx[j - 1]]) { idx[j] = idx[j - 1]; j--; }
+        while (j > 0 && x[i] > x[idx[j - 1]]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
         idx[j] = i;
     }
     return k;
@@ -365,14 +405,16 @@ int mq_topk(const float *x, int n, int k, int *idx)
 
 void mq_add(float *y, const float *x, int n)
 {
-    for (int i = 0; i < n; i++) y[i] += x[i];
+    for (int i = 0; i < n; i++)
+        y[i] += x[i];
 }
 
 /* ---- sampling math ------------------------------------------------------------ */
 
 void mq_temperature(float *x, int n, float t)
 {
-    for (int i = 0; i < n; i++) x[i] = x[i] / t;
+    for (int i = 0; i < n; i++)
+        x[i] = x[i] / t;
 }
 
 int mq_topp(const float *p, int n, float top_p)
@@ -380,29 +422,34 @@ int mq_topp(const float *p, int n, float top_p)
     double cum = 0.0;
     for (int k = 1; k <= n; k++) {
         cum += p[k - 1];
-        if (cum >= (double)top_p) return k;
+        if (cum >= (double)top_p)
+            return k;
     }
     return n;
 }
 
 int mq_minp(const float *p, int n, float min_p)
 {
-    if (n <= 0) return 0;
+    if (n <= 0)
+        return 0;
     const float cut = min_p * p[0]; /* FP32, as transformers' MinPLogitsWarper */
     int k = 1;
-    while (k < n && p[k] >= cut) k++;
+    while (k < n && p[k] >= cut)
+        k++;
     return k;
 }
 
 int mq_sample_cdf(const float *p, int n, double u)
 {
     double total = 0.0;
-    for (int i = 0; i < n; i++) total += p[i];
+    for (int i = 0; i < n; i++)
+        total += p[i];
     const double target = u * total;
     double cum = 0.0;
     for (int i = 0; i < n; i++) {
         cum += p[i];
-        if (cum > target) return i;
+        if (cum > target)
+            return i;
     }
     return n - 1;
 }

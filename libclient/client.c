@@ -20,13 +20,12 @@
 
 _Static_assert((int)MQ_EPROTOCOL == (int)MQ_ERR_PROTOCOL && (int)MQ_EKVFULL == (int)MQ_ERR_KV_FULL,
                "public error codes mirror the wire codes");
-_Static_assert((int)MQ_END_CANCELLED == (int)MQ_CHAN_END_CANCEL &&
-                   (int)MQ_END_SHUTDOWN == (int)MQ_CHAN_END_SHUTDOWN,
+_Static_assert((int)MQ_END_CANCELLED == (int)MQ_CHAN_END_CANCEL && (int)MQ_END_SHUTDOWN == (int)MQ_CHAN_END_SHUTDOWN,
                "end reasons");
 _Static_assert((int)MQ_PARAM_ENABLE_THINKING == (int)MQ_GEN_ENABLE_THINKING, "param flags");
 
-#define REPLY_TIMEOUT_S 300 /* a SUBMIT of a 100k-token text prompt is tokenized in mqd */
-#define HUP_CHECK_MS 1000   /* while sleeping on the futex, look for a dead mqd this often */
+#define REPLY_TIMEOUT_S 300  /* a SUBMIT of a 100k-token text prompt is tokenized in mqd */
+#define HUP_CHECK_MS    1000 /* while sleeping on the futex, look for a dead mqd this often */
 
 struct mq_conn {
     int sock;
@@ -105,8 +104,7 @@ static int send_msg(mq_conn *c, mq_msg *m, int pass_fd)
         int e = -w;
         if (e == EPIPE || e == ECONNRESET)
             c->dead = 1;
-        return set_err(c, -e, "sending %s to mqd: %s", mq_wire_type_name(m->type),
-                       strerror(e));
+        return set_err(c, -e, "sending %s to mqd: %s", mq_wire_type_name(m->type), strerror(e));
     }
     return 0;
 }
@@ -122,9 +120,8 @@ static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fd_out)
     if (fd_out)
         *fd_out = -1;
     for (;;) {
-        struct iovec iov = {buf, sizeof buf};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
-                            .msg_controllen = sizeof u.b};
+        struct iovec iov = { buf, sizeof buf };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
         ssize_t n;
         do
             n = recvmsg(c->sock, &mh, MSG_CMSG_CLOEXEC);
@@ -132,8 +129,7 @@ static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fd_out)
         if (n < 0) {
             int e = errno;
             if (e == EAGAIN)
-                return set_err(c, -ETIMEDOUT, "mqd did not answer within %d s",
-                               REPLY_TIMEOUT_S);
+                return set_err(c, -ETIMEDOUT, "mqd did not answer within %d s", REPLY_TIMEOUT_S);
             c->dead = 1;
             return set_err(c, -e, "receiving from mqd: %s", strerror(e));
         }
@@ -171,14 +167,13 @@ static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fd_out)
             if (m->u.error.code == MQ_ERR_PROTOCOL || m->u.error.code == MQ_ERR_DENIED ||
                 m->u.error.code == MQ_ERR_VERSION)
                 c->dead = 1;
-            return set_err(c, -(int)m->u.error.code, "%s", m->u.error.text[0]
-                                                              ? m->u.error.text
-                                                              : mq_wire_err_text(m->u.error.code));
+            return set_err(c, -(int)m->u.error.code, "%s",
+                           m->u.error.text[0] ? m->u.error.text : mq_wire_err_text(m->u.error.code));
         }
         if (m->type != want_type) {
             c->dead = 1;
-            return set_err(c, -EPROTO, "mqd answered %s to a request expecting %s",
-                           mq_wire_type_name(m->type), mq_wire_type_name(want_type));
+            return set_err(c, -EPROTO, "mqd answered %s to a request expecting %s", mq_wire_type_name(m->type),
+                           mq_wire_type_name(want_type));
         }
         return 0;
     }
@@ -203,7 +198,7 @@ int mq_connect(const char *socket_path, mq_conn **out)
         socket_path = getenv("MQ_SOCKET");
     if (!socket_path || !*socket_path)
         socket_path = MQ_DEFAULT_SOCKET;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(socket_path) >= sizeof sa.sun_path)
         return -ENAMETOOLONG;
     strcpy(sa.sun_path, socket_path);
@@ -221,7 +216,7 @@ int mq_connect(const char *socket_path, mq_conn **out)
         rc = -errno;
         goto fail;
     }
-    struct timeval tv = {REPLY_TIMEOUT_S, 0};
+    struct timeval tv = { REPLY_TIMEOUT_S, 0 };
     setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) < 0) {
         rc = -errno;
@@ -232,7 +227,7 @@ int mq_connect(const char *socket_path, mq_conn **out)
         rc = -errno;
         goto fail;
     }
-    mq_msg m = {.type = MQ_MSG_HELLO}, r;
+    mq_msg m = { .type = MQ_MSG_HELLO }, r;
     m.u.hello.ver_min = MQ_WIRE_VERSION_MIN;
     m.u.hello.ver_max = MQ_WIRE_VERSION_MAX;
     snprintf(m.u.hello.name, sizeof m.u.hello.name, "libmq/%d", (int)getpid());
@@ -295,7 +290,7 @@ int mq_open_session(mq_conn *c, int mode, uint64_t *session)
 {
     if (mode != MQ_MODE_CHAT && mode != MQ_MODE_RAW)
         return set_err(c, -EINVAL, "mode %d is neither MQ_MODE_CHAT nor MQ_MODE_RAW", mode);
-    mq_msg m = {.type = MQ_MSG_OPEN}, r;
+    mq_msg m = { .type = MQ_MSG_OPEN }, r;
     m.u.open.mode = (uint8_t)mode;
     pthread_mutex_lock(&c->lock);
     int rc = call(c, &m, MQ_MSG_OPENED, &r);
@@ -307,7 +302,7 @@ int mq_open_session(mq_conn *c, int mode, uint64_t *session)
 
 int mq_close_session(mq_conn *c, uint64_t session)
 {
-    mq_msg m = {.type = MQ_MSG_CLOSE}, r;
+    mq_msg m = { .type = MQ_MSG_CLOSE }, r;
     m.u.close.session = session;
     pthread_mutex_lock(&c->lock);
     int rc = call(c, &m, MQ_MSG_CLOSED, &r);
@@ -315,15 +310,15 @@ int mq_close_session(mq_conn *c, uint64_t session)
     return rc;
 }
 
-static int submit(mq_conn *c, uint64_t session, int kind, int role, const void *bytes,
-                  size_t len, const mq_params *p, uint64_t *req)
+static int submit(mq_conn *c, uint64_t session, int kind, int role, const void *bytes, size_t len, const mq_params *p,
+                  uint64_t *req)
 {
     mq_params def;
     if (!p) {
         mq_params_init(&def);
         p = &def;
     }
-    mq_msg m = {.type = MQ_MSG_SUBMIT}, r;
+    mq_msg m = { .type = MQ_MSG_SUBMIT }, r;
     m.u.submit.session = session;
     m.u.submit.kind = (uint8_t)kind;
     m.u.submit.role = (uint8_t)role;
@@ -347,8 +342,7 @@ static int submit(mq_conn *c, uint64_t session, int kind, int role, const void *
     int rc;
     mq_ring *ring = &c->chan.prompt;
     if (len > ring->size) {
-        rc = set_err(c, -MQ_ETOOLONG, "prompt of %zu bytes is larger than the prompt ring (%u)",
-                     len, ring->size);
+        rc = set_err(c, -MQ_ETOOLONG, "prompt of %zu bytes is larger than the prompt ring (%u)", len, ring->size);
         goto out;
     }
     if (c->dead) {
@@ -373,20 +367,18 @@ out:
     return rc;
 }
 
-int mq_send_message(mq_conn *c, uint64_t session, int role, const char *text, size_t len,
-                    const mq_params *p, uint64_t *req)
+int mq_send_message(mq_conn *c, uint64_t session, int role, const char *text, size_t len, const mq_params *p,
+                    uint64_t *req)
 {
     return submit(c, session, MQ_WIRE_KIND_MESSAGE, role, text, len, p, req);
 }
 
-int mq_send_text(mq_conn *c, uint64_t session, const char *text, size_t len,
-                 const mq_params *p, uint64_t *req)
+int mq_send_text(mq_conn *c, uint64_t session, const char *text, size_t len, const mq_params *p, uint64_t *req)
 {
     return submit(c, session, MQ_WIRE_KIND_TEXT, MQ_ROLE_USER, text, len, p, req);
 }
 
-int mq_send_tokens(mq_conn *c, uint64_t session, const int32_t *ids, size_t n,
-                   const mq_params *p, uint64_t *req)
+int mq_send_tokens(mq_conn *c, uint64_t session, const int32_t *ids, size_t n, const mq_params *p, uint64_t *req)
 {
     if (n > SIZE_MAX / 4)
         return set_err(c, -EINVAL, "too many token ids");
@@ -395,7 +387,7 @@ int mq_send_tokens(mq_conn *c, uint64_t session, const int32_t *ids, size_t n,
 
 int mq_cancel(mq_conn *c, uint64_t req)
 {
-    mq_msg m = {.type = MQ_MSG_CANCEL}, r;
+    mq_msg m = { .type = MQ_MSG_CANCEL }, r;
     m.u.cancel.req = req;
     pthread_mutex_lock(&c->lock);
     int rc = call(c, &m, MQ_MSG_CANCELED, &r);
@@ -405,7 +397,7 @@ int mq_cancel(mq_conn *c, uint64_t req)
 
 int mq_stats_get(mq_conn *c, mq_stats *out)
 {
-    mq_msg m = {.type = MQ_MSG_STATS}, r;
+    mq_msg m = { .type = MQ_MSG_STATS }, r;
     pthread_mutex_lock(&c->lock);
     int rc = call(c, &m, MQ_MSG_STATS_REPLY, &r);
     pthread_mutex_unlock(&c->lock);
@@ -439,7 +431,7 @@ int mq_event_fd(mq_conn *c)
 /* Is mqd still there? (The socket turns readable with EOF/HUP when it dies.) */
 static int peer_gone(mq_conn *c)
 {
-    struct pollfd pf = {c->sock, POLLIN, 0};
+    struct pollfd pf = { c->sock, POLLIN, 0 };
     if (poll(&pf, 1, 0) == 1 && (pf.revents & (POLLHUP | POLLERR)))
         return 1;
     return c->dead;

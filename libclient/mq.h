@@ -53,18 +53,18 @@ typedef struct mq_conn mq_conn;
 
 /* Errors reported by mqd (returned negated). */
 enum {
-    MQ_EPROTOCOL = 1000, /* malformed protocol message (the connection is closed) */
-    MQ_EVERSION = 1001,  /* no common protocol version */
-    MQ_EDENIED = 1002,   /* this user/group may not use mqd */
-    MQ_ENOSESSION = 1003,/* unknown session */
-    MQ_ENOREQUEST = 1004,/* unknown or finished request */
-    MQ_EBUSY = 1005,     /* a request is already running on this session */
-    MQ_ETOOLONG = 1006,  /* prompt over the context limit (or the prompt ring) */
-    MQ_ELIMIT = 1007,    /* too many sessions, or the queue is full */
-    MQ_EBADPROMPT = 1008,/* invalid UTF-8 / token id / message kind for the session mode */
-    MQ_EDRAINING = 1009, /* mqd is shutting down */
-    MQ_EINTERNAL = 1010, /* internal error in mqd */
-    MQ_EKVFULL = 1011,   /* the KV store is full */
+    MQ_EPROTOCOL = 1000,  /* malformed protocol message (the connection is closed) */
+    MQ_EVERSION = 1001,   /* no common protocol version */
+    MQ_EDENIED = 1002,    /* this user/group may not use mqd */
+    MQ_ENOSESSION = 1003, /* unknown session */
+    MQ_ENOREQUEST = 1004, /* unknown or finished request */
+    MQ_EBUSY = 1005,      /* a request is already running on this session */
+    MQ_ETOOLONG = 1006,   /* prompt over the context limit (or the prompt ring) */
+    MQ_ELIMIT = 1007,     /* too many sessions, or the queue is full */
+    MQ_EBADPROMPT = 1008, /* invalid UTF-8 / token id / message kind for the session mode */
+    MQ_EDRAINING = 1009,  /* mqd is shutting down */
+    MQ_EINTERNAL = 1010,  /* internal error in mqd */
+    MQ_EKVFULL = 1011,    /* the KV store is full */
 };
 
 enum mq_mode { MQ_MODE_CHAT = 0, MQ_MODE_RAW = 1 };
@@ -100,11 +100,11 @@ void mq_disconnect(mq_conn *c);
 /* What mqd reported at connect time. */
 typedef struct mq_server_info {
     unsigned protocol_version;
-    uint32_t ctx_limit;      /* tokens per session */
+    uint32_t ctx_limit; /* tokens per session */
     uint32_t vocab_size;
-    uint32_t max_sessions;   /* per connection */
-    uint32_t prompt_ring;    /* bytes: the largest prompt one call can send */
-    int hugetlb;             /* 1 if the channel is backed by huge pages */
+    uint32_t max_sessions; /* per connection */
+    uint32_t prompt_ring;  /* bytes: the largest prompt one call can send */
+    int hugetlb;           /* 1 if the channel is backed by huge pages */
     char model[64];
 } mq_server_info;
 int mq_server_info_get(mq_conn *c, mq_server_info *info);
@@ -116,14 +116,12 @@ int mq_close_session(mq_conn *c, uint64_t session);
 
 /* ---- prompts: each call starts one request; *req (may be NULL) gets its id ----------- */
 /* Chat sessions: one message (role user, system or tool), then the assistant answers. */
-int mq_send_message(mq_conn *c, uint64_t session, int role, const char *text, size_t len,
-                    const mq_params *p, uint64_t *req);
+int mq_send_message(mq_conn *c, uint64_t session, int role, const char *text, size_t len, const mq_params *p,
+                    uint64_t *req);
 /* Raw sessions: UTF-8 text appended to the session's context, then generation. */
-int mq_send_text(mq_conn *c, uint64_t session, const char *text, size_t len,
-                 const mq_params *p, uint64_t *req);
+int mq_send_text(mq_conn *c, uint64_t session, const char *text, size_t len, const mq_params *p, uint64_t *req);
 /* Raw sessions: token ids appended to the session's context, then generation. */
-int mq_send_tokens(mq_conn *c, uint64_t session, const int32_t *ids, size_t n,
-                   const mq_params *p, uint64_t *req);
+int mq_send_tokens(mq_conn *c, uint64_t session, const int32_t *ids, size_t n, const mq_params *p, uint64_t *req);
 /* Asks mqd to stop a request; its MQ_EVENT_DONE (end_reason MQ_END_CANCELLED) follows. */
 int mq_cancel(mq_conn *c, uint64_t req);
 
@@ -135,7 +133,7 @@ enum mq_end {
     MQ_END_CANCELLED = 2, /* mq_cancel or an administrator */
     MQ_END_FAILED = 3,    /* see error and text */
     MQ_END_STOP_STRING = 4,
-    MQ_END_SHUTDOWN = 5,  /* mqd shut down first */
+    MQ_END_SHUTDOWN = 5, /* mqd shut down first */
 };
 
 typedef struct mq_req_stats {
@@ -147,7 +145,7 @@ typedef struct mq_req_stats {
 } mq_req_stats;
 
 typedef struct mq_event {
-    int type;           /* mq_event_type */
+    int type; /* mq_event_type */
     uint64_t req;
     int32_t token;      /* TOKEN: the token id */
     int special;        /* TOKEN: 1 if a special token (e.g. <|im_end|>) */

@@ -17,31 +17,30 @@
 
 static int harness_cur_fail, harness_passed, harness_failed;
 
-#define CHECK(cond, ...)                                                          \
-    do {                                                                          \
-        if (!(cond)) {                                                            \
-            harness_cur_fail++;                                                   \
-            if (harness_cur_fail <= 10) {                                         \
-                fprintf(stderr, "    %s:%d: CHECK(%s) failed: ", __FILE__,        \
-                        __LINE__, #cond);                                         \
-                fprintf(stderr, __VA_ARGS__);                                     \
-                fputc('\n', stderr);                                              \
-            }                                                                     \
-        }                                                                         \
+#define CHECK(cond, ...)                                                                     \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            harness_cur_fail++;                                                              \
+            if (harness_cur_fail <= 10) {                                                    \
+                fprintf(stderr, "    %s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
+                fprintf(stderr, __VA_ARGS__);                                                \
+                fputc('\n', stderr);                                                         \
+            }                                                                                \
+        }                                                                                    \
     } while (0)
 
-#define RUN(fn)                                                                   \
-    do {                                                                          \
-        harness_cur_fail = 0;                                                     \
-        fn();                                                                     \
-        if (harness_cur_fail) {                                                   \
-            harness_failed++;                                                     \
-            printf("  FAIL %s (%d checks failed)\n", #fn, harness_cur_fail);      \
-        } else {                                                                  \
-            harness_passed++;                                                     \
-            printf("  ok   %s\n", #fn);                                           \
-        }                                                                         \
-        fflush(stdout);                                                           \
+#define RUN(fn)                                                              \
+    do {                                                                     \
+        harness_cur_fail = 0;                                                \
+        fn();                                                                \
+        if (harness_cur_fail) {                                              \
+            harness_failed++;                                                \
+            printf("  FAIL %s (%d checks failed)\n", #fn, harness_cur_fail); \
+        } else {                                                             \
+            harness_passed++;                                                \
+            printf("  ok   %s\n", #fn);                                      \
+        }                                                                    \
+        fflush(stdout);                                                      \
     } while (0)
 
 static inline int harness_done(void)
@@ -79,7 +78,8 @@ static inline char *harness_read_file(const char *path, size_t *len)
     fclose(f);
     if (p) {
         p[n] = 0;
-        if (len) *len = (size_t)n;
+        if (len)
+            *len = (size_t)n;
     }
     return p;
 }
@@ -87,7 +87,9 @@ static inline char *harness_read_file(const char *path, size_t *len)
 /* xorshift64* — deterministic test data without global state in the code under test. */
 static inline unsigned long long harness_rand(unsigned long long *s)
 {
-    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
     return *s * 2685821657736338717ULL;
 }
 static inline float harness_uniform(unsigned long long *s) /* [-1, 1) */
@@ -97,7 +99,8 @@ static inline float harness_uniform(unsigned long long *s) /* [-1, 1) */
 static inline float harness_gauss(unsigned long long *s)
 {
     float a = 0;
-    for (int i = 0; i < 12; i++) a += (harness_uniform(s) + 1.0f) * 0.5f;
+    for (int i = 0; i < 12; i++)
+        a += (harness_uniform(s) + 1.0f) * 0.5f;
     return a - 6.0f;
 }
 

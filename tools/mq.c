@@ -51,8 +51,7 @@ static void usage(FILE *f)
 
 static const char *end_name(int r)
 {
-    static const char *const n[] = {"stop", "length", "cancelled", "failed", "stop_string",
-                                    "shutdown"};
+    static const char *const n[] = { "stop", "length", "cancelled", "failed", "stop_string", "shutdown" };
     return r >= 0 && r < 6 ? n[r] : "?";
 }
 
@@ -137,16 +136,16 @@ static int ask(mq_conn *c, uint64_t session, const opts *o, const char *text)
         } else {
             printf("\n");
             if (ev.error || ev.end_reason == MQ_END_FAILED)
-                fprintf(stderr, "mq: request failed: %s%s%s\n", mq_strerror(ev.error),
-                        ev.text_len ? ": " : "", ev.text);
+                fprintf(stderr, "mq: request failed: %s%s%s\n", mq_strerror(ev.error), ev.text_len ? ": " : "",
+                        ev.text);
         }
         fflush(stdout); /* the statistics line follows the answer */
         if (o->stats)
             fprintf(stderr,
                     "[%s] prompt %u tokens (%u cached, %u prefilled), %u generated, TTFT %.1f ms, "
                     "decode %.1f tok/s\n",
-                    end_name(ev.end_reason), ev.stats.prompt_tokens, ev.stats.cached_tokens,
-                    ev.stats.prefilled_tokens, ev.stats.gen_tokens, ev.stats.ttft_us / 1000.0,
+                    end_name(ev.end_reason), ev.stats.prompt_tokens, ev.stats.cached_tokens, ev.stats.prefilled_tokens,
+                    ev.stats.gen_tokens, ev.stats.ttft_us / 1000.0,
                     ev.stats.decode_us && ev.stats.gen_tokens > 1
                         ? (ev.stats.gen_tokens - 1) / (ev.stats.decode_us / 1e6)
                         : 0.0);
@@ -220,22 +219,21 @@ static int cmd_stats(mq_conn *c, const opts *o)
                "\"kv_blocks_used\":%u,\"kv_blocks_total\":%u,\"requests_done\":%llu,"
                "\"prompt_tokens\":%llu,\"cached_tokens\":%llu,\"prefill_tokens\":%llu,"
                "\"decode_tokens\":%llu,\"prefill_tps\":%.1f,\"decode_tps\":%.1f}\n",
-               (unsigned long long)st.uptime_ms, st.sessions, st.requests_running,
-               st.requests_queued, st.kv_blocks_used, st.kv_blocks_total,
-               (unsigned long long)st.requests_done, (unsigned long long)st.prompt_tokens,
-               (unsigned long long)st.cached_tokens, (unsigned long long)st.prefill_tokens,
-               (unsigned long long)st.decode_tokens, st.prefill_tps, st.decode_tps);
+               (unsigned long long)st.uptime_ms, st.sessions, st.requests_running, st.requests_queued,
+               st.kv_blocks_used, st.kv_blocks_total, (unsigned long long)st.requests_done,
+               (unsigned long long)st.prompt_tokens, (unsigned long long)st.cached_tokens,
+               (unsigned long long)st.prefill_tokens, (unsigned long long)st.decode_tokens, st.prefill_tps,
+               st.decode_tps);
         return 0;
     }
     printf("uptime          %.1f s\nsessions        %u\nrunning         %u\nqueued          %u\n"
            "kv blocks       %u / %u (%u tokens each)\nrequests done   %llu\n"
            "prompt tokens   %llu (%llu cached, %llu prefilled)\ngenerated       %llu\n"
            "prefill         %.1f tok/s\ndecode          %.1f tok/s\n",
-           st.uptime_ms / 1000.0, st.sessions, st.requests_running, st.requests_queued,
-           st.kv_blocks_used, st.kv_blocks_total, st.kv_block_tokens,
-           (unsigned long long)st.requests_done, (unsigned long long)st.prompt_tokens,
-           (unsigned long long)st.cached_tokens, (unsigned long long)st.prefill_tokens,
-           (unsigned long long)st.decode_tokens, st.prefill_tps, st.decode_tps);
+           st.uptime_ms / 1000.0, st.sessions, st.requests_running, st.requests_queued, st.kv_blocks_used,
+           st.kv_blocks_total, st.kv_block_tokens, (unsigned long long)st.requests_done,
+           (unsigned long long)st.prompt_tokens, (unsigned long long)st.cached_tokens,
+           (unsigned long long)st.prefill_tokens, (unsigned long long)st.decode_tokens, st.prefill_tps, st.decode_tps);
     return 0;
 }
 
@@ -254,18 +252,34 @@ static int num(const char *s, double lo, double hi, const char *flag, double *ou
 
 int main(int argc, char **argv)
 {
-    opts o = {0};
+    opts o = { 0 };
     mq_params_init(&o.p);
     o.p.flags |= MQ_PARAM_NO_SPECIAL_TEXT;
-    enum { O_SOCK = 256, O_JSON, O_RAW, O_SYS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP,
-           O_SEED, O_GREEDY, O_THINK, O_STATS, O_HELP };
-    static const struct option lo[] = {
-        {"socket", 1, 0, O_SOCK},      {"json", 0, 0, O_JSON},       {"raw", 0, 0, O_RAW},
-        {"system", 1, 0, O_SYS},       {"max-tokens", 1, 0, O_MAX},  {"temperature", 1, 0, O_TEMP},
-        {"top-k", 1, 0, O_TOPK},       {"top-p", 1, 0, O_TOPP},      {"min-p", 1, 0, O_MINP},
-        {"repeat-penalty", 1, 0, O_REP}, {"seed", 1, 0, O_SEED},     {"greedy", 0, 0, O_GREEDY},
-        {"think", 0, 0, O_THINK},      {"stats", 0, 0, O_STATS},     {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0}};
+    enum {
+        O_SOCK = 256,
+        O_JSON,
+        O_RAW,
+        O_SYS,
+        O_MAX,
+        O_TEMP,
+        O_TOPK,
+        O_TOPP,
+        O_MINP,
+        O_REP,
+        O_SEED,
+        O_GREEDY,
+        O_THINK,
+        O_STATS,
+        O_HELP
+    };
+    static const struct option lo[] = { { "socket", 1, 0, O_SOCK },    { "json", 0, 0, O_JSON },
+                                        { "raw", 0, 0, O_RAW },        { "system", 1, 0, O_SYS },
+                                        { "max-tokens", 1, 0, O_MAX }, { "temperature", 1, 0, O_TEMP },
+                                        { "top-k", 1, 0, O_TOPK },     { "top-p", 1, 0, O_TOPP },
+                                        { "min-p", 1, 0, O_MINP },     { "repeat-penalty", 1, 0, O_REP },
+                                        { "seed", 1, 0, O_SEED },      { "greedy", 0, 0, O_GREEDY },
+                                        { "think", 0, 0, O_THINK },    { "stats", 0, 0, O_STATS },
+                                        { "help", 0, 0, O_HELP },      { 0, 0, 0, 0 } };
     int ch;
     double v;
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -275,31 +289,38 @@ int main(int argc, char **argv)
         case O_RAW: o.raw = 1; break;
         case O_SYS: o.system = optarg; break;
         case O_MAX:
-            if (num(optarg, 1, 1 << 20, "--max-tokens", &v)) return 2;
+            if (num(optarg, 1, 1 << 20, "--max-tokens", &v))
+                return 2;
             o.p.max_tokens = (uint32_t)v;
             break;
         case O_TEMP:
-            if (num(optarg, 0, 100, "--temperature", &v)) return 2;
+            if (num(optarg, 0, 100, "--temperature", &v))
+                return 2;
             o.p.temperature = (float)v;
             break;
         case O_TOPK:
-            if (num(optarg, 0, 1000000, "--top-k", &v)) return 2;
+            if (num(optarg, 0, 1000000, "--top-k", &v))
+                return 2;
             o.p.top_k = (uint32_t)v;
             break;
         case O_TOPP:
-            if (num(optarg, 1e-6, 1, "--top-p", &v)) return 2;
+            if (num(optarg, 1e-6, 1, "--top-p", &v))
+                return 2;
             o.p.top_p = (float)v;
             break;
         case O_MINP:
-            if (num(optarg, 0, 0.999999, "--min-p", &v)) return 2;
+            if (num(optarg, 0, 0.999999, "--min-p", &v))
+                return 2;
             o.p.min_p = (float)v;
             break;
         case O_REP:
-            if (num(optarg, 0, 8, "--repeat-penalty", &v)) return 2;
+            if (num(optarg, 0, 8, "--repeat-penalty", &v))
+                return 2;
             o.p.repeat_penalty = (float)v;
             break;
         case O_SEED:
-            if (num(optarg, 0, 1.8e19, "--seed", &v)) return 2;
+            if (num(optarg, 0, 1.8e19, "--seed", &v))
+                return 2;
             o.p.seed = (uint64_t)v;
             break;
         case O_GREEDY: o.p.flags |= MQ_PARAM_GREEDY; break;
@@ -324,14 +345,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "mq: run needs a prompt: mq run \"...\"\n");
         return 2;
     }
-    struct sigaction sa = {.sa_handler = on_sigint};
+    struct sigaction sa = { .sa_handler = on_sigint };
     sigaction(SIGINT, &sa, NULL);
     mq_conn *c;
     int rc = mq_connect(o.socket, &c);
     if (rc) {
         const char *path = o.socket ? o.socket : getenv("MQ_SOCKET");
-        fprintf(stderr, "mq: cannot connect to mqd at %s: %s\n",
-                path && *path ? path : MQ_DEFAULT_SOCKET, mq_strerror(rc));
+        fprintf(stderr, "mq: cannot connect to mqd at %s: %s\n", path && *path ? path : MQ_DEFAULT_SOCKET,
+                mq_strerror(rc));
         return 3;
     }
     int code;

@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #define DEFAULT_ADMIN_SOCKET "/run/mq/admin.sock"
-#define MAX_REPLY ((1u << 20) + 65536)
-#define REPLY_TIMEOUT_S 30
+#define MAX_REPLY            ((1u << 20) + 65536)
+#define REPLY_TIMEOUT_S      30
 
 static void usage(FILE *f)
 {
@@ -61,7 +61,10 @@ static const char *str(const cJSON *o, const char *path)
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
-static double mib(double b) { return b / 1048576.0; }
+static double mib(double b)
+{
+    return b / 1048576.0;
+}
 
 static void print_stats(const cJSON *r)
 {
@@ -69,17 +72,15 @@ static void print_stats(const cJSON *r)
            num(r, "tokens.requests_failed"));
     printf("queue           %.0f queued, %.0f prefilling, %.0f decoding\n", num(r, "queue.queued"),
            num(r, "queue.prefilling"), num(r, "queue.decoding"));
-    printf("prompt tokens   %.0f (%.0f cached, %.0f prefilled; cached ratio %.3f)\n",
-           num(r, "tokens.prompt"), num(r, "tokens.cached"), num(r, "tokens.prefilled"),
-           num(r, "tokens.cached_ratio"));
+    printf("prompt tokens   %.0f (%.0f cached, %.0f prefilled; cached ratio %.3f)\n", num(r, "tokens.prompt"),
+           num(r, "tokens.cached"), num(r, "tokens.prefilled"), num(r, "tokens.cached_ratio"));
     printf("generated       %.0f\n", num(r, "tokens.generated"));
     printf("prefill         %.1f tok/s\n", num(r, "tokens.prefill_tok_s"));
     printf("decode          %.1f tok/s\n", num(r, "tokens.decode_tok_s"));
     printf("KV blocks       %.0f used / %.0f (%.0f cached, %.0f free; %.0f tokens each), "
            "occupancy %.1f%%, %.1f MiB %s\n",
-           num(r, "kv.used"), num(r, "kv.blocks"), num(r, "kv.cached"), num(r, "kv.free"),
-           num(r, "kv.block_tokens"), 100 * num(r, "kv.occupancy"), mib(num(r, "kv.bytes")),
-           str(r, "kv.memory"));
+           num(r, "kv.used"), num(r, "kv.blocks"), num(r, "kv.cached"), num(r, "kv.free"), num(r, "kv.block_tokens"),
+           100 * num(r, "kv.occupancy"), mib(num(r, "kv.bytes")), str(r, "kv.memory"));
     printf("KV index        %.0f lookups, %.0f hits, %.0f evictions, %.0f refused (kept for reservations)\n",
            num(r, "kv.lookups"), num(r, "kv.hits"), num(r, "kv.evictions"), num(r, "kv.refused"));
     printf("sessions        %.0f\n", num(r, "sessions"));
@@ -87,30 +88,27 @@ static void print_stats(const cJSON *r)
 
 static void print_status(const cJSON *r)
 {
-    printf("state           %s (pid %.0f, uid %.0f, up %.1f s)\n", str(r, "state"), num(r, "pid"),
-           num(r, "uid"), num(r, "uptime_s"));
-    printf("model           %s (%s), mode %s, context %.0f tokens\n", str(r, "model.name"),
-           str(r, "model.dir"), str(r, "model.mode"), num(r, "model.ctx_limit"));
+    printf("state           %s (pid %.0f, uid %.0f, up %.1f s)\n", str(r, "state"), num(r, "pid"), num(r, "uid"),
+           num(r, "uptime_s"));
+    printf("model           %s (%s), mode %s, context %.0f tokens\n", str(r, "model.name"), str(r, "model.dir"),
+           str(r, "model.mode"), num(r, "model.ctx_limit"));
     printf("load            %s: %.1f / %.1f MiB (%.0f%%), %.0f ms%s%s\n", str(r, "load.phase"),
-           mib(num(r, "load.bytes_done")), mib(num(r, "load.bytes_total")),
-           100 * num(r, "load.progress"), num(r, "load.ms"), str(r, "load.note")[0] ? "; " : "",
-           str(r, "load.note"));
+           mib(num(r, "load.bytes_done")), mib(num(r, "load.bytes_total")), 100 * num(r, "load.progress"),
+           num(r, "load.ms"), str(r, "load.note")[0] ? "; " : "", str(r, "load.note"));
     printf("memory          weights BF16 %.1f MiB, NVFP4 %.1f MiB, other %.1f MiB\n",
-           mib(num(r, "memory.weights_bf16")), mib(num(r, "memory.weights_fp4")),
-           mib(num(r, "memory.weights_other")));
+           mib(num(r, "memory.weights_bf16")), mib(num(r, "memory.weights_fp4")), mib(num(r, "memory.weights_other")));
     printf("                weights mapped: hugetlb %.1f MiB, thp %.1f MiB, 4k %.1f MiB\n",
            mib(num(r, "memory.weights_mapped.hugetlb")), mib(num(r, "memory.weights_mapped.thp")),
            mib(num(r, "memory.weights_mapped.4k")));
     printf("                KV segment: hugetlb %.1f MiB, thp %.1f MiB, 4k %.1f MiB\n",
            mib(num(r, "memory.kv_mapped.hugetlb")), mib(num(r, "memory.kv_mapped.thp")),
            mib(num(r, "memory.kv_mapped.4k")));
-    printf("huge pages      %.0f free of %.0f; mqd reserved %.0f of %.0f asked%s%s\n",
-           num(r, "memory.hugepages_free"), num(r, "memory.hugepages_total"),
-           num(r, "memory.hugepages_reserved"), num(r, "memory.hugepages_asked"),
+    printf("huge pages      %.0f free of %.0f; mqd reserved %.0f of %.0f asked%s%s\n", num(r, "memory.hugepages_free"),
+           num(r, "memory.hugepages_total"), num(r, "memory.hugepages_reserved"), num(r, "memory.hugepages_asked"),
            str(r, "memory.hugepages_note")[0] ? ": " : "", str(r, "memory.hugepages_note"));
     printf("pools           prefill %.0f threads (cpus %s), decode %.0f threads (cpus %s)\n",
-           num(r, "pools.prefill.threads"), str(r, "pools.prefill.cpus"),
-           num(r, "pools.decode.threads"), str(r, "pools.decode.cpus"));
+           num(r, "pools.prefill.threads"), str(r, "pools.prefill.cpus"), num(r, "pools.decode.threads"),
+           str(r, "pools.decode.cpus"));
     printf("clients         %.0f\n", num(r, "clients"));
     printf("bpf             %s\n", str(r, "bpf"));
     if (cJSON_GetObjectItem(r, "kv"))
@@ -122,15 +120,15 @@ static void print_status(const cJSON *r)
 static void print_sessions(const cJSON *r)
 {
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(r, "sessions");
-    printf("%-8s %-5s %-8s %-6s %-10s %9s %9s %7s %7s %9s\n", "SESSION", "MODE", "PID", "UID",
-           "STATE", "REQUEST", "HISTORY", "KV_BLK", "SHARED", "IDLE_MS");
+    printf("%-8s %-5s %-8s %-6s %-10s %9s %9s %7s %7s %9s\n", "SESSION", "MODE", "PID", "UID", "STATE", "REQUEST",
+           "HISTORY", "KV_BLK", "SHARED", "IDLE_MS");
     const cJSON *s;
     cJSON_ArrayForEach(s, arr)
     {
         printf("%-8.0f %-5s %-8.0f %-6.0f %-10s %9.0f %9.0f %7.0f %7.0f %9.0f\n", num(s, "id"),
-               str(s, "mode")[0] ? str(s, "mode") : "-", num(s, "pid"), num(s, "uid"),
-               str(s, "state"), num(s, "request"), num(s, "history_tokens"), num(s, "kv_blocks"),
-               num(s, "shared_blocks"), num(s, "idle_ms"));
+               str(s, "mode")[0] ? str(s, "mode") : "-", num(s, "pid"), num(s, "uid"), str(s, "state"),
+               num(s, "request"), num(s, "history_tokens"), num(s, "kv_blocks"), num(s, "shared_blocks"),
+               num(s, "idle_ms"));
     }
     if (cJSON_IsTrue(cJSON_GetObjectItem(r, "truncated")))
         printf("(list truncated)\n");
@@ -142,8 +140,7 @@ static void print_top(const cJSON *r)
     printf("%-8s %-16s %12s %10s\n", "TID", "THREAD", "OFFCPU_MS", "FAULTS");
     const cJSON *t;
     cJSON_ArrayForEach(t, arr)
-    printf("%-8.0f %-16s %12.1f %10.0f\n", num(t, "tid"), str(t, "name"), num(t, "offcpu_ms"),
-           num(t, "faults"));
+        printf("%-8.0f %-16s %12.1f %10.0f\n", num(t, "tid"), str(t, "name"), num(t, "offcpu_ms"), num(t, "faults"));
 }
 
 int main(int argc, char **argv)
@@ -171,8 +168,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[i];
-    static const char *const cmds[] = {"status", "sessions", "stats", "cancel", "drain",
-                                       "reload", "config",   "top",   NULL};
+    static const char *const cmds[] = { "status", "sessions", "stats", "cancel", "drain",
+                                        "reload", "config",   "top",   NULL };
     int known = 0;
     for (int k = 0; cmds[k]; k++)
         known |= !strcmp(cmd, cmds[k]);
@@ -195,7 +192,7 @@ int main(int argc, char **argv)
     }
     if (!sock || !*sock)
         sock = DEFAULT_ADMIN_SOCKET;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(sock) >= sizeof sa.sun_path) {
         fprintf(stderr, "mqctl: socket path too long\n");
         return 2;
@@ -203,12 +200,11 @@ int main(int argc, char **argv)
     strcpy(sa.sun_path, sock);
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        fprintf(stderr, "mqctl: cannot connect to mqd's admin socket %s: %s\n", sock,
-                strerror(errno));
+        fprintf(stderr, "mqctl: cannot connect to mqd's admin socket %s: %s\n", sock, strerror(errno));
         cJSON_Delete(req);
         return 3;
     }
-    struct timeval tv = {REPLY_TIMEOUT_S, 0};
+    struct timeval tv = { REPLY_TIMEOUT_S, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char *msg = cJSON_PrintUnformatted(req);
     cJSON_Delete(req);
@@ -255,8 +251,7 @@ int main(int argc, char **argv)
         printf("%s\n", s ? s : "{}");
         free(s);
     } else if (!strcmp(cmd, "drain")) {
-        printf("mqd is %s (up to %.0f ms for running requests), then exits\n", str(r, "state"),
-               num(r, "timeout_ms"));
+        printf("mqd is %s (up to %.0f ms for running requests), then exits\n", str(r, "state"), num(r, "timeout_ms"));
     } else {
         printf("%s\n", str(r, "message"));
     }

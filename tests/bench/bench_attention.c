@@ -35,30 +35,43 @@ int main(int argc, char **argv)
     uint16_t **kb = malloc(sizeof *kb * nblk), **vb = malloc(sizeof *vb * nblk);
     unsigned long long s = 88172645463325252ULL;
     /* one hugepage-backed segment cut into blocks, as the daemon's KV store */
-    const size_t per = (size_t)bt * n_kv * hd, seg_bytes = ((per * 2 * 2 * nblk) + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    const size_t per = (size_t)bt * n_kv * hd,
+                 seg_bytes = ((per * 2 * 2 * nblk) + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
     uint16_t *seg = aligned_alloc(2u << 20, seg_bytes);
     madvise(seg, seg_bytes, MADV_HUGEPAGE);
     for (int b = 0; b < nblk; b++) {
         kb[b] = seg + (size_t)(2 * b) * per;
         vb[b] = seg + (size_t)(2 * b + 1) * per;
         for (size_t i = 0; i < per; i++) {
-            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
             kb[b][i] = mq_f32_to_bf16((float)((s >> 40) & 0xffff) / 65536.0f - 0.5f);
             vb[b][i] = mq_f32_to_bf16((float)((s >> 20) & 0xffff) / 65536.0f - 0.5f);
         }
     }
     const size_t qn = (size_t)chunk * n_head * hd;
     float *q = malloc(sizeof(float) * qn), *out = malloc(sizeof(float) * qn);
-    for (size_t i = 0; i < qn; i++) q[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
-    mq_attn_args a = { .q = q, .out = out, .n_head = n_head, .n_kv = n_kv, .head_dim = hd,
-                       .k_blocks = (const uint16_t *const *)kb, .v_blocks = (const uint16_t *const *)vb,
-                       .block_tokens = bt, .scale = 1.0f / sqrtf((float)hd) };
+    for (size_t i = 0; i < qn; i++)
+        q[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+    mq_attn_args a = { .q = q,
+                       .out = out,
+                       .n_head = n_head,
+                       .n_kv = n_kv,
+                       .head_dim = hd,
+                       .k_blocks = (const uint16_t *const *)kb,
+                       .v_blocks = (const uint16_t *const *)vb,
+                       .block_tokens = bt,
+                       .scale = 1.0f / sqrtf((float)hd) };
     double tok_s[3] = { 0 };
-    printf("attention, Qwen3-1.7B heads (%d q, %d kv, head_dim %d), %d-token prompt, 1 thread\n", n_head, n_kv, hd, n_ctx);
+    printf("attention, Qwen3-1.7B heads (%d q, %d kv, head_dim %d), %d-token prompt, 1 thread\n", n_head, n_kv, hd,
+           n_ctx);
     printf("%-8s %12s %12s %10s %12s %12s\n", "isa", "prefill s", "tokens/s", "G MAC/s", "decode ms", "decode GB/s");
     for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++) {
-        if (argc > 2 && strcmp(argv[2], mq_isa_name((mq_isa)isa))) continue;
-        if (mq_kernels_force((mq_isa)isa)) continue;
+        if (argc > 2 && strcmp(argv[2], mq_isa_name((mq_isa)isa)))
+            continue;
+        if (mq_kernels_force((mq_isa)isa))
+            continue;
         double t = 0;
         const int full = isa == MQ_ISA_AVX512;
         /* the slow paths time 32 tokens of the last chunk and scale by causal work */
@@ -67,8 +80,10 @@ int main(int argc, char **argv)
         for (int p0 = 0; p0 < n_ctx; p0 += chunk) {
             int n = n_ctx - p0 < chunk ? n_ctx - p0 : chunk;
             work_all += (double)n * p0 + (double)n * (n + 1) / 2;
-            if (!full && p0 != last) continue;
-            if (!full && n > 32) n = 32;
+            if (!full && p0 != last)
+                continue;
+            if (!full && n > 32)
+                n = 32;
             work_done += (double)n * p0 + (double)n * (n + 1) / 2;
             a.pos0 = p0;
             a.n_tok = n;
@@ -89,12 +104,17 @@ int main(int argc, char **argv)
         double kv_bytes = 2.0 * (n_ctx + 1) * n_kv * hd * 2;
         tok_s[isa] = n_ctx / total;
         const double macs = work_all * n_head * hd * 2; /* QKᵀ and PV */
-        printf("%-8s %12.3f %12.1f %10.1f %12.3f %12.2f%s\n", mq_isa_name((mq_isa)isa), total, tok_s[isa], macs / total / 1e9, best * 1e3,
-               kv_bytes / best / 1e9, full ? "" : "   (prefill scaled from the last chunk)");
+        printf("%-8s %12.3f %12.1f %10.1f %12.3f %12.2f%s\n", mq_isa_name((mq_isa)isa), total, tok_s[isa],
+               macs / total / 1e9, best * 1e3, kv_bytes / best / 1e9,
+               full ? "" : "   (prefill scaled from the last chunk)");
     }
     for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++)
-        if (tok_s[isa] > 0) printf("attn_prefill_tok_s_%s: %.1f\n", mq_isa_name((mq_isa)isa), tok_s[isa]);
+        if (tok_s[isa] > 0)
+            printf("attn_prefill_tok_s_%s: %.1f\n", mq_isa_name((mq_isa)isa), tok_s[isa]);
     free(seg);
-    free(kb); free(vb); free(q); free(out);
+    free(kb);
+    free(vb);
+    free(q);
+    free(out);
     return 0;
 }

@@ -36,7 +36,7 @@
 static int g_threads = 2;
 static int g_quick;
 enum { P_LOAD = 1, P_PREFILL = 2, P_DECODE = 4, P_REPLAY = 8, P_STALL = 16, P_ALL = 31 };
-static int g_parts = P_ALL;      /* --only: the sections to run */
+static int g_parts = P_ALL; /* --only: the sections to run */
 
 static int parse_parts(const char *list)
 {
@@ -47,8 +47,10 @@ static int parse_parts(const char *list)
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         const int nn = (int)(sizeof names / sizeof *names);
         int k = 0;
-        while (k < nn && strcmp(t, names[k])) k++;
-        if (k == nn) return -1;
+        while (k < nn && strcmp(t, names[k]))
+            k++;
+        if (k == nn)
+            return -1;
         parts |= 1 << k;
     }
     return parts;
@@ -77,13 +79,15 @@ static void ensure_model(const char *root, const char *size, char *dir, size_t l
     char probe[1200];
     snprintf(probe, sizeof probe, "%s/config.json", dir);
     struct stat st;
-    if (stat(probe, &st) == 0) return;
+    if (stat(probe, &st) == 0)
+        return;
     mkdir(root, 0755);
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "build/mq_synth --size %s --out %s.tmp && rm -rf %s && mv %s.tmp %s", size, dir, dir,
-             dir, dir);
+    snprintf(cmd, sizeof cmd, "build/mq_synth --size %s --out %s.tmp && rm -rf %s && mv %s.tmp %s", size, dir, dir, dir,
+             dir);
     fprintf(stderr, "bench_e2e: writing synthetic Qwen3-%s into %s (once)\n", size, dir);
-    if (system(cmd) != 0) die("%s failed%s", cmd, "");
+    if (system(cmd) != 0)
+        die("%s failed%s", cmd, "");
 }
 
 /* ---- loading ---- */
@@ -91,17 +95,20 @@ static void ensure_model(const char *root, const char *size, char *dir, size_t l
 static double time_plain_read(const char *path, size_t *bytes)
 {
     int fd = open(path, O_RDONLY);
-    if (fd < 0) die("open %s: %s", path, strerror(errno));
+    if (fd < 0)
+        die("open %s: %s", path, strerror(errno));
     struct stat st;
     fstat(fd, &st);
     size_t n = (size_t)st.st_size;
     uint8_t *buf = malloc(n);
-    if (!buf) die("no memory for %s%s", path, "");
+    if (!buf)
+        die("no memory for %s%s", path, "");
     double t0 = now_s();
     size_t off = 0;
     while (off < n) {
         ssize_t r = read(fd, buf + off, n - off > (8u << 20) ? (8u << 20) : n - off);
-        if (r <= 0) die("read %s: %s", path, r ? strerror(errno) : "EOF");
+        if (r <= 0)
+            die("read %s: %s", path, r ? strerror(errno) : "EOF");
         off += (size_t)r;
     }
     double t = now_s() - t0;
@@ -118,9 +125,11 @@ static double time_mmap_touch(const char *path)
     fstat(fd, &st);
     double t0 = now_s();
     volatile const uint8_t *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) die("mmap %s: %s", path, strerror(errno));
+    if (p == MAP_FAILED)
+        die("mmap %s: %s", path, strerror(errno));
     unsigned sum = 0;
-    for (size_t i = 0; i < (size_t)st.st_size; i += 4096) sum += p[i];
+    for (size_t i = 0; i < (size_t)st.st_size; i += 4096)
+        sum += p[i];
     double t = now_s() - t0;
     munmap((void *)p, (size_t)st.st_size);
     close(fd);
@@ -142,13 +151,18 @@ static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, 
     double t0 = now_s();
     int r = mq_ws_load_model(dir, NULL, *arena, &wo, NULL, res, &m, err, sizeof err);
     *secs = now_s() - t0;
-    if (r < 0) die("load %s: %s", dir, err);
+    if (r < 0)
+        die("load %s: %s", dir, err);
     return m;
 }
 
 /* ---- memory bandwidth (2 threads, 1 GiB, best of 3) ---- */
 
-struct bw_arg { const uint64_t *p; size_t n; uint64_t sum[64]; };
+struct bw_arg {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sum[64];
+};
 static void bw_fn(void *arg, int tid, int nt)
 {
     struct bw_arg *a = arg;
@@ -156,8 +170,14 @@ static void bw_fn(void *arg, int tid, int nt)
     mq_pool_split((int)(a->n / 64), 1, tid, nt, &lo, &hi);
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
     for (size_t i = (size_t)lo * 64; i < (size_t)hi * 64; i += 8) {
-        s0 += a->p[i]; s1 += a->p[i + 1]; s2 += a->p[i + 2]; s3 += a->p[i + 3];
-        s4 += a->p[i + 4]; s5 += a->p[i + 5]; s6 += a->p[i + 6]; s7 += a->p[i + 7];
+        s0 += a->p[i];
+        s1 += a->p[i + 1];
+        s2 += a->p[i + 2];
+        s3 += a->p[i + 3];
+        s4 += a->p[i + 4];
+        s5 += a->p[i + 5];
+        s6 += a->p[i + 6];
+        s7 += a->p[i + 7];
     }
     a->sum[tid & 63] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
 }
@@ -173,7 +193,8 @@ static double read_bandwidth(mq_pool *pool)
         double t0 = now_s();
         mq_pool_run(pool, bw_fn, &a);
         double bw = bytes / (now_s() - t0);
-        if (bw > best) best = bw;
+        if (bw > best)
+            best = bw;
     }
     mq_mem_unmap(p, bytes);
     return best;
@@ -188,7 +209,7 @@ struct waiter {
     mq_end_reason why;
     char msg[256];
     mq_req_stats st;
-    double *t;              /* token times (cap) */
+    double *t; /* token times (cap) */
     int cap;
     int32_t *ids;
     volatile int *stop_flag; /* when set, the sink asks for cancel (through main) */
@@ -236,9 +257,11 @@ static void w_done(void *ctx, mq_end_reason why, int err, const char *msg, const
 static void w_wait(struct waiter *w)
 {
     pthread_mutex_lock(&w->mu);
-    while (!w->done) pthread_cond_wait(&w->cv, &w->mu);
+    while (!w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
     pthread_mutex_unlock(&w->mu);
-    if (w->why == MQ_END_ERROR) die("request failed: %s%s", w->msg, "");
+    if (w->why == MQ_END_ERROR)
+        die("request failed: %s%s", w->msg, "");
 }
 
 static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_sched_mode mode, int chunk, int ctx)
@@ -253,7 +276,8 @@ static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_sched_mode mode, i
     o.kv_blocks = 3 * ((ctx + 63) / 64);
     mq_sched *s = NULL;
     char err[256];
-    if (mq_sched_create(&s, m, tok, &o, err, sizeof err) < 0) die("scheduler: %s%s", err, "");
+    if (mq_sched_create(&s, m, tok, &o, err, sizeof err) < 0)
+        die("scheduler: %s%s", err, "");
     return s;
 }
 
@@ -263,7 +287,8 @@ static void run(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_tok
     mq_sink k = { .ctx = w, .on_token = w_token, .on_done = w_done };
     char err[256];
     int r = mq_sched_submit(s, sess, t, n, &p, &k, err, sizeof err);
-    if (r < 0) die("submit: %s%s", err, "");
+    if (r < 0)
+        die("submit: %s%s", err, "");
 }
 
 /* Prompt text: corpus documents (real text), tokenized, cut to n tokens. */
@@ -273,21 +298,25 @@ static int32_t *corpus_tokens(mq_tokenizer *tok, int n)
     char path[1024];
     snprintf(path, sizeof path, "%s/corpus/dev.txt", root && *root ? root : "../shared");
     FILE *f = fopen(path, "rb");
-    if (!f) die("cannot open %s%s", path, "");
+    if (!f)
+        die("cannot open %s%s", path, "");
     size_t cap = (size_t)n * 8 + 4096;
     char *text = malloc(cap + 1);
     size_t len = fread(text, 1, cap, f);
     fclose(f);
     text[len] = 0;
-    while (len && (text[len - 1] & 0xC0) == 0x80) len--;   /* whole UTF-8 characters */
-    if (len) len--;
+    while (len && (text[len - 1] & 0xC0) == 0x80)
+        len--; /* whole UTF-8 characters */
+    if (len)
+        len--;
     int32_t *ids = NULL;
     size_t nid = 0;
     char err[256];
     if (mq_tok_encode(tok, text, len, MQ_TOK_NO_PARSE_SPECIAL, &ids, &nid, err, sizeof err) < 0)
         die("encode: %s%s", err, "");
     free(text);
-    if ((int)nid < n) die("corpus too short for %s tokens%s", "n", "");
+    if ((int)nid < n)
+        die("corpus too short for %s tokens%s", "n", "");
     return ids;
 }
 
@@ -322,9 +351,8 @@ static double prefill_rate(mq_model *m, mq_tokenizer *tok, mq_sched_mode mode, c
  * the KV of the context */
 static double decode_step_bytes(const mq_config *c, int ctx)
 {
-    double lin = (double)c->n_layers *
-                 ((double)c->hidden * c->n_head * c->head_dim * 2 + (double)c->hidden * c->n_kv * c->head_dim * 2 +
-                  3.0 * c->hidden * c->inter);
+    double lin = (double)c->n_layers * ((double)c->hidden * c->n_head * c->head_dim * 2 +
+                                        (double)c->hidden * c->n_kv * c->head_dim * 2 + 3.0 * c->hidden * c->inter);
     double head = (double)c->vocab * c->hidden;
     double kv = 2.0 * c->n_layers * ctx * c->n_kv * c->head_dim;
     return 2.0 * (lin + head + kv);
@@ -336,21 +364,24 @@ static int append_tokens(mq_tokenizer *tok, const char *text, size_t len, int32_
 {
     char err[256];
     int r = mq_tok_encode_append(tok, text, len, 0, ids, n, cap, err, sizeof err);
-    if (r < 0) die("encode: %s%s", err, "");
+    if (r < 0)
+        die("encode: %s%s", err, "");
     return r;
 }
 
 static char *tool_response(int turn, int words)
 {
-    static const char *W[] = { "def", "return", "self", "value", "config", "path", "open", "read", "line",
-                               "error", "result", "import", "class", "data", "file", "for", "in", "if",
-                               "None", "True", "print", "json", "os", "len", "range", "list", "dict" };
+    static const char *W[] = { "def",   "return", "self",   "value", "config", "path", "open",  "read", "line",
+                               "error", "result", "import", "class", "data",   "file", "for",   "in",   "if",
+                               "None",  "True",   "print",  "json",  "os",     "len",  "range", "list", "dict" };
     size_t cap = (size_t)words * 12 + 64;
     char *s = malloc(cap);
     size_t o = (size_t)snprintf(s, cap, "output of step %d:\n", turn);
     unsigned long long x = 0x9e3779b97f4a7c15ULL * (unsigned long long)(turn + 1);
     for (int i = 0; i < words; i++) {
-        x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
         const char *w = W[(x * 2685821657736338717ULL >> 33) % (sizeof W / sizeof *W)];
         o += (size_t)snprintf(s + o, cap - o, "%s%s", w, i % 12 == 11 ? "\n" : " ");
     }
@@ -359,16 +390,17 @@ static char *tool_response(int turn, int words)
 
 struct replay_out {
     long new_tokens, prefilled;
-    double ttft_last;       /* turn 10 of session 0 */
+    double ttft_last; /* turn 10 of session 0 */
     int history_last;
-    int32_t *hist;          /* session 0's history at turn 10 (before the turn's prompt) */
+    int32_t *hist; /* session 0's history at turn 10 (before the turn's prompt) */
 };
 
 /* The shared head of both agents' conversations: a coding agent's system prompt, a map
  * of the repository and six tools, about 2.5k tokens (real agents ship 2k-10k). */
 static const char *const AGENT_RULES[] = {
     "You are a coding agent working in a Python repository on behalf of a developer.",
-    "Work in small steps: think about what you need to know, call exactly one tool, read its result, then decide the next step.",
+    "Work in small steps: think about what you need to know, call exactly one tool, read its result, then decide the "
+    "next step.",
     "Never guess file names or function signatures: list or search first, then read the file.",
     "Before you edit a file, read the part you are going to change and the code that calls it.",
     "Keep edits minimal and focused on the task; do not reformat code you are not changing.",
@@ -377,16 +409,20 @@ static const char *const AGENT_RULES[] = {
     "Prefer the standard library and the helpers that already exist in the repository over new dependencies.",
     "Follow the style of the surrounding code: naming, error handling, logging and docstrings.",
     "When a command takes long, give it a timeout; never start servers or watchers that do not exit.",
-    "Do not touch files outside the repository, and never print secrets such as tokens or passwords from the environment.",
-    "When the task is ambiguous, choose the interpretation a careful maintainer would choose and say which one you chose.",
-    "Write commit messages that say what changed and why, in the imperative mood, under 72 characters for the first line.",
-    "If a tool returns an error, read it carefully: a wrong path, a missing argument or a timeout each need a different fix.",
+    "Do not touch files outside the repository, and never print secrets such as tokens or passwords from the "
+    "environment.",
+    "When the task is ambiguous, choose the interpretation a careful maintainer would choose and say which one you "
+    "chose.",
+    "Write commit messages that say what changed and why, in the imperative mood, under 72 characters for the first "
+    "line.",
+    "If a tool returns an error, read it carefully: a wrong path, a missing argument or a timeout each need a "
+    "different fix.",
     "Report progress briefly: what you learned from the last tool call and what you will do next.",
     "When you are done, summarise the change, the tests you ran and anything you left undone.",
 };
 
-static const char *const AGENT_MODULES[] = { "cli", "config", "server", "storage", "auth", "cache", "jobs", "api",
-                                             "models", "utils", "metrics", "plugins" };
+static const char *const AGENT_MODULES[] = { "cli",  "config", "server", "storage", "auth",    "cache",
+                                             "jobs", "api",    "models", "utils",   "metrics", "plugins" };
 static const char *const AGENT_FILES[] = { "__init__", "core", "errors", "schema", "io" };
 static const char *const AGENT_FILE_ROLES[] = { "package exports", "main logic", "exception types",
                                                 "data classes and validation", "file and network access" };
@@ -404,8 +440,9 @@ static char *agent_system_prompt(void)
             o += (size_t)snprintf(s + o, cap - o, "- src/app/%s/%s.py: the %s %s (%zu functions, %zu lines)\n",
                                   AGENT_MODULES[m], AGENT_FILES[f], AGENT_MODULES[m], AGENT_FILE_ROLES[f],
                                   3 + (m * 7 + f * 5) % 17, 40 + (m * 131 + f * 67) % 900);
-    o += (size_t)snprintf(s + o, cap - o, "\n# Environment\nPython 3.11, pytest, ruff. Tests live in tests/, "
-                                          "one file per module. The default branch is main.\n");
+    o += (size_t)snprintf(s + o, cap - o,
+                          "\n# Environment\nPython 3.11, pytest, ruff. Tests live in tests/, "
+                          "one file per module. The default branch is main.\n");
     return s;
 }
 
@@ -455,12 +492,13 @@ static int32_t *agent_turn_tokens(mq_tokenizer *tok, int turn, int agent, const 
         cJSON_AddItemToArray(msgs, sm);
         cJSON *um = cJSON_CreateObject();
         cJSON_AddStringToObject(um, "role", "user");
-        cJSON_AddStringToObject(um, "content", agent ? "Find why test_config fails and fix it."
-                                                     : "Add a --verbose flag to the command-line tool.");
+        cJSON_AddStringToObject(um, "content",
+                                agent ? "Find why test_config fails and fix it."
+                                      : "Add a --verbose flag to the command-line tool.");
         cJSON_AddItemToArray(msgs, um);
         r = mq_chat_render(MQ_CHAT_QWEN3, msgs, tools, &co, &txt, &len, err, sizeof err);
     } else {
-        char *resp = tool_response(turn * 2 + agent, 300 + 50 * (turn % 3));   /* 350-450 tokens */
+        char *resp = tool_response(turn * 2 + agent, 300 + 50 * (turn % 3)); /* 350-450 tokens */
         cJSON *tm = cJSON_CreateObject();
         cJSON_AddStringToObject(tm, "role", "tool");
         cJSON_AddStringToObject(tm, "content", resp);
@@ -469,7 +507,8 @@ static int32_t *agent_turn_tokens(mq_tokenizer *tok, int turn, int agent, const 
         r = mq_chat_render_append(MQ_CHAT_QWEN3, msgs, &co, end_in_session, &txt, &len, err, sizeof err);
     }
     cJSON_Delete(msgs);
-    if (r < 0) die("chat template: %s%s", err, "");
+    if (r < 0)
+        die("chat template: %s%s", err, "");
     int32_t *ids = NULL;
     size_t cap = 0;
     *n = 0;
@@ -489,12 +528,14 @@ static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out,
     const int TURNS = 10, GEN = 160, CTX = 10240;
     mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, 256, CTX);
     cJSON *tools = cJSON_Parse(AGENT_TOOLS);
-    if (!tools) die("tool list: bad JSON%s%s", "", "");
+    if (!tools)
+        die("tool list: bad JSON%s%s", "", "");
     char *sysmsg = agent_system_prompt();
     uint64_t sess[2];
     int end_in[2] = { 0, 0 };
     long new_tok = 0, prefilled = 0;
-    for (int a = 0; a < 2; a++) mq_sched_session_open(s, &sess[a]);
+    for (int a = 0; a < 2; a++)
+        mq_sched_session_open(s, &sess[a]);
     for (int turn = 0; turn < TURNS; turn++) {
         struct waiter w[2];
         int32_t *ids[2];
@@ -512,17 +553,19 @@ static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out,
             }
             w_init(&w[a], GEN + 1);
             run(s, sess[a], ids[a], (int)n, GEN, &w[a]);
-            if (last && a == 0) w_wait(&w[0]);   /* alone */
+            if (last && a == 0)
+                w_wait(&w[0]); /* alone */
         }
         for (int a = 0; a < 2; a++) {
             w_wait(&w[a]);
             end_in[a] = w[a].why == MQ_END_STOP_TOKEN;
             new_tok += w[a].st.prompt_tokens;
             prefilled += w[a].st.prefilled_tokens;
-            if (last && a == 0) out->ttft_last = w[a].st.ttft_ms;
+            if (last && a == 0)
+                out->ttft_last = w[a].st.ttft_ms;
             printf("  replay turn %2d agent %d: new %5d cached %5d prefilled %5d  ttft %8.1f ms  history %5d\n",
-                   turn + 1, a, w[a].st.prompt_tokens, w[a].st.cached_tokens, w[a].st.prefilled_tokens,
-                   w[a].st.ttft_ms, mq_sched_session_history(s, sess[a], NULL, 0));
+                   turn + 1, a, w[a].st.prompt_tokens, w[a].st.cached_tokens, w[a].st.prefilled_tokens, w[a].st.ttft_ms,
+                   mq_sched_session_history(s, sess[a], NULL, 0));
             w_free(&w[a]);
             free(ids[a]);
         }
@@ -543,8 +586,8 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, int chunk,
-                               double *p50, int *gaps_out, double *alone_ms, double *chunk_ms)
+static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, int chunk, double *p50,
+                               int *gaps_out, double *alone_ms, double *chunk_ms)
 {
     mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, chunk, nlong + 4096);
     uint64_t a, b;
@@ -554,20 +597,22 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
     w_init(&wa, 8192);
     w_init(&wb, 4);
     run(s, a, longp, 32, 4000, &wa);
-    while (1) {   /* a is decoding */
+    while (1) { /* a is decoding */
         pthread_mutex_lock(&wa.mu);
         int k = wa.n;
         pthread_mutex_unlock(&wa.mu);
-        if (k >= 12) break;
+        if (k >= 12)
+            break;
         usleep(2000);
     }
     double t_sub = now_s();
     run(s, b, longp, nlong, 1, &wb);
     w_wait(&wb);
-    {   /* a's step alone: the median gap before b came; one chunk: b's TTFT / its chunks */
+    { /* a's step alone: the median gap before b came; one chunk: b's TTFT / its chunks */
         double g0[12];
         int k0 = 0;
-        for (int i = 1; i < 12 && wa.t[i] < t_sub; i++) g0[k0++] = (wa.t[i] - wa.t[i - 1]) * 1e3;
+        for (int i = 1; i < 12 && wa.t[i] < t_sub; i++)
+            g0[k0++] = (wa.t[i] - wa.t[i - 1]) * 1e3;
         qsort(g0, (size_t)k0, sizeof *g0, cmp_d);
         *alone_ms = k0 ? g0[k0 / 2] : 0;
         *chunk_ms = wb.st.ttft_ms / ((nlong + chunk - 1) / chunk);
@@ -581,9 +626,14 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
     int lim = wa.n < wa.cap ? wa.n : wa.cap;
     double last = -1;
     for (int i = 0; i < lim; i++) {
-        if (wa.t[i] < t_sub) { last = wa.t[i]; continue; }
-        if (wa.t[i] > t_end) break;
-        if (last > 0) g[ng++] = (wa.t[i] - last) * 1e3;
+        if (wa.t[i] < t_sub) {
+            last = wa.t[i];
+            continue;
+        }
+        if (wa.t[i] > t_end)
+            break;
+        if (last > 0)
+            g[ng++] = (wa.t[i] - last) * 1e3;
         last = wa.t[i];
     }
     double p99 = 0;
@@ -604,13 +654,18 @@ int main(int argc, char **argv)
 {
     const char *root = "build/models";
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--models") && i + 1 < argc) root = argv[++i];
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) g_threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--quick")) g_quick = 1;
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {}
-        else die("usage: bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,replay,stall]%s%s", "", "");
+        if (!strcmp(argv[i], "--models") && i + 1 < argc)
+            root = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            g_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            g_quick = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {
+        } else
+            die("usage: bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,replay,stall]%s%s",
+                "", "");
     }
-    setvbuf(stdout, NULL, _IOLBF, 0);   // progress is visible when piped
+    setvbuf(stdout, NULL, _IOLBF, 0); // progress is visible when piped
     mq_kernels_init();
     char d06[1100], d17[1100], path[1200];
     ensure_model(root, "0.6b", d06, sizeof d06);
@@ -627,7 +682,7 @@ int main(int argc, char **argv)
         size_t fbytes;
         double t_mmap = 0;
         if (g_parts & P_LOAD) {
-            time_plain_read(path, &fbytes);                     /* warm the cache */
+            time_plain_read(path, &fbytes); /* warm the cache */
             t_read = time_plain_read(path, &fbytes);
             t_mmap = time_mmap_touch(path);
         }
@@ -647,7 +702,8 @@ int main(int argc, char **argv)
 
     mq_tokenizer *tok = NULL;
     char err[512];
-    if (mq_tok_load_dir(d17, &tok, err, sizeof err) < 0) die("tokenizer: %s%s", err, "");
+    if (mq_tok_load_dir(d17, &tok, err, sizeof err) < 0)
+        die("tokenizer: %s%s", err, "");
     int32_t *prompt = corpus_tokens(tok, 9000);
     mq_sched *s;
     uint64_t id;
@@ -691,7 +747,7 @@ int main(int argc, char **argv)
     }
 
     /* 4. 0.6B: prefill ratio too, agent replay and decode stall */
-    struct replay_out ro = {0};
+    struct replay_out ro = { 0 };
     double ttft_cold = 0, stall = 0;
     int32_t *p10 = NULL;
     if (g_parts & (P_PREFILL | P_REPLAY | P_STALL)) {
@@ -727,7 +783,8 @@ int main(int argc, char **argv)
             printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n",
                    NL, CH);
             printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms; a step alone %.1f ms, one chunk %.1f ms "
-                   "on average (the prompt's TTFT / its chunks)\n", ng, p50, stall, alone, chunk_ms);
+                   "on average (the prompt's TTFT / its chunks)\n",
+                   ng, p50, stall, alone, chunk_ms);
         }
         mq_model_free(m06);
         mq_arena_destroy(ar06);
@@ -737,13 +794,17 @@ int main(int argc, char **argv)
     free(p10);
 
     printf("\n");
-    if (g_parts & P_LOAD) printf("load_vs_read_ratio: %.3f\n", t_load / t_read);   /* mmap+touch: in the table */
-    if (g_parts & P_PREFILL) printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);
-    if (g_parts & P_DECODE) printf("decode_vs_bandwidth: %.3f\n", dec_ratio);
+    if (g_parts & P_LOAD)
+        printf("load_vs_read_ratio: %.3f\n", t_load / t_read); /* mmap+touch: in the table */
+    if (g_parts & P_PREFILL)
+        printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);
+    if (g_parts & P_DECODE)
+        printf("decode_vs_bandwidth: %.3f\n", dec_ratio);
     if (g_parts & P_REPLAY) {
         printf("agent_replay_prefill_ratio: %.3f\n", (double)ro.prefilled / (double)ro.new_tokens);
         printf("agent_replay_ttft_speedup: %.2f\n", ttft_cold / ro.ttft_last);
     }
-    if (g_parts & P_STALL) printf("decode_stall_ms_p99: %.1f\n", stall);
+    if (g_parts & P_STALL)
+        printf("decode_stall_ms_p99: %.1f\n", stall);
     return 0;
 }

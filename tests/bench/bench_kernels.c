@@ -31,7 +31,7 @@
 #include <string.h>
 #include <time.h>
 
-#define CHAINS 24
+#define CHAINS      24
 #define MAX_THREADS 2
 
 static double cpu_now(void) /* this thread's CPU time: excludes time preempted by other jobs */
@@ -68,7 +68,8 @@ static void *team_main(void *p)
     int t = (int)(intptr_t)p;
     for (;;) {
         pthread_barrier_wait(&T.start);
-        if (T.quit) return NULL;
+        if (T.quit)
+            return NULL;
         if (t < T.nt) {
             double c0 = cpu_now();
             T.fn(t, T.nt, T.arg);
@@ -82,7 +83,8 @@ static void team_init(void)
 {
     pthread_barrier_init(&T.start, NULL, MAX_THREADS);
     pthread_barrier_init(&T.done, NULL, MAX_THREADS);
-    for (int t = 1; t < MAX_THREADS; t++) pthread_create(&T.th[t], NULL, team_main, (void *)(intptr_t)t);
+    for (int t = 1; t < MAX_THREADS; t++)
+        pthread_create(&T.th[t], NULL, team_main, (void *)(intptr_t)t);
 }
 
 /* Returns the job's busy time: the largest CPU time any of its threads spent in it. */
@@ -97,7 +99,8 @@ static double team_run(int nt, job_fn fn, void *arg)
     T.cpu[0] = cpu_now() - c0;
     pthread_barrier_wait(&T.done);
     double m = 0;
-    for (int t = 0; t < nt; t++) m = T.cpu[t] > m ? T.cpu[t] : m;
+    for (int t = 0; t < nt; t++)
+        m = T.cpu[t] > m ? T.cpu[t] : m;
     return m;
 }
 
@@ -105,7 +108,8 @@ static void team_stop(void)
 {
     T.quit = 1;
     pthread_barrier_wait(&T.start);
-    for (int t = 1; t < MAX_THREADS; t++) pthread_join(T.th[t], NULL);
+    for (int t = 1; t < MAX_THREADS; t++)
+        pthread_join(T.th[t], NULL);
 }
 
 /* ---- ceilings --------------------------------------------------------------------- */
@@ -125,7 +129,19 @@ __attribute__((target("avx512f"))) static void vnni_job(int t, int nt, void *p)
     ceil_arg *a = p;
     __asm__ volatile("vpternlogd $0xff, %%zmm0, %%zmm0, %%zmm0\n\tvpabsb %%zmm0, %%zmm1" ::: "xmm0", "xmm1");
     for (long it = 0; it < a->iters; it++)
-        __asm__ volatile("vpdpbusd %%zmm1, %%zmm0, %%zmm8\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm9\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm10\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm11\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm12\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm13\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm14\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm15\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm16\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm17\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm18\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm19\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm20\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm21\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm22\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm23\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm24\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm25\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm26\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm27\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm28\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm29\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm30\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm31" ::: "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+        __asm__ volatile(
+            "vpdpbusd %%zmm1, %%zmm0, %%zmm8\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm9\n\tvpdpbusd %%zmm1, %%zmm0, "
+            "%%zmm10\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm11\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm12\n\tvpdpbusd %%zmm1, "
+            "%%zmm0, %%zmm13\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm14\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm15\n\tvpdpbusd "
+            "%%zmm1, %%zmm0, %%zmm16\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm17\n\tvpdpbusd %%zmm1, %%zmm0, "
+            "%%zmm18\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm19\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm20\n\tvpdpbusd %%zmm1, "
+            "%%zmm0, %%zmm21\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm22\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm23\n\tvpdpbusd "
+            "%%zmm1, %%zmm0, %%zmm24\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm25\n\tvpdpbusd %%zmm1, %%zmm0, "
+            "%%zmm26\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm27\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm28\n\tvpdpbusd %%zmm1, "
+            "%%zmm0, %%zmm29\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm30\n\tvpdpbusd %%zmm1, %%zmm0, %%zmm31" ::
+                : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16",
+                  "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27",
+                  "xmm28", "xmm29", "xmm30", "xmm31");
     a->sink[t] = 0;
 }
 
@@ -135,7 +151,19 @@ __attribute__((target("avx512f"))) static void bf16_job(int t, int nt, void *p)
     ceil_arg *a = p;
     __asm__ volatile("vpxord %%zmm0, %%zmm0, %%zmm0\n\tvpxord %%zmm1, %%zmm1, %%zmm1" ::: "xmm0", "xmm1");
     for (long it = 0; it < a->iters; it++)
-        __asm__ volatile("vdpbf16ps %%zmm1, %%zmm0, %%zmm8\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm9\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm10\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm11\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm12\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm13\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm14\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm15\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm16\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm17\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm18\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm19\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm20\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm21\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm22\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm23\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm24\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm25\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm26\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm27\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm28\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm29\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm30\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm31" ::: "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+        __asm__ volatile(
+            "vdpbf16ps %%zmm1, %%zmm0, %%zmm8\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm9\n\tvdpbf16ps %%zmm1, %%zmm0, "
+            "%%zmm10\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm11\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm12\n\tvdpbf16ps %%zmm1, "
+            "%%zmm0, %%zmm13\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm14\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm15\n\tvdpbf16ps "
+            "%%zmm1, %%zmm0, %%zmm16\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm17\n\tvdpbf16ps %%zmm1, %%zmm0, "
+            "%%zmm18\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm19\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm20\n\tvdpbf16ps %%zmm1, "
+            "%%zmm0, %%zmm21\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm22\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm23\n\tvdpbf16ps "
+            "%%zmm1, %%zmm0, %%zmm24\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm25\n\tvdpbf16ps %%zmm1, %%zmm0, "
+            "%%zmm26\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm27\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm28\n\tvdpbf16ps %%zmm1, "
+            "%%zmm0, %%zmm29\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm30\n\tvdpbf16ps %%zmm1, %%zmm0, %%zmm31" ::
+                : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16",
+                  "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27",
+                  "xmm28", "xmm29", "xmm30", "xmm31");
     a->sink[t] = 0;
 }
 
@@ -174,18 +202,21 @@ static void measure_ceilings(ceilings *c, const uint8_t *buf, size_t bytes)
             double t0 = now();
             team_run(nt, vnni_job, &ca);
             double r = (double)ca.iters * CHAINS * 64 * nt / (now() - t0);
-            if (r > c->vnni[nt]) c->vnni[nt] = r;
+            if (r > c->vnni[nt])
+                c->vnni[nt] = r;
             t0 = now();
             team_run(nt, bf16_job, &ca);
             r = (double)ca.iters * CHAINS * 32 * nt / (now() - t0);
-            if (r > c->bf16[nt]) c->bf16[nt] = r;
+            if (r > c->bf16[nt])
+                c->bf16[nt] = r;
         }
         read_arg ra = { .buf = buf, .bytes = bytes };
         for (int rep = 0; rep < 4; rep++) {
             double t0 = now();
             team_run(nt, read_job, &ra);
             double r = (double)(bytes / (size_t)nt / 64 * 64 * (size_t)nt) / (now() - t0);
-            if (r > c->read[nt]) c->read[nt] = r;
+            if (r > c->read[nt])
+                c->read[nt] = r;
         }
     }
 }
@@ -207,10 +238,14 @@ static void gemm_job(int t, int nt, void *p)
     gemm_arg *a = p;
     int g = (a->n + 15) / 16;
     int n0 = g * t / nt * 16, n1 = g * (t + 1) / nt * 16;
-    if (n1 > a->n) n1 = a->n;
-    if (n0 >= n1) return;
-    if (a->fmt == 0) mq_gemm_fp4(a->xa, a->wf, a->y, (size_t)a->n, n0, n1);
-    else mq_gemm_bf16(a->xb, a->m, (size_t)a->wb->k, a->wb, a->y, (size_t)a->n, n0, n1);
+    if (n1 > a->n)
+        n1 = a->n;
+    if (n0 >= n1)
+        return;
+    if (a->fmt == 0)
+        mq_gemm_fp4(a->xa, a->wf, a->y, (size_t)a->n, n0, n1);
+    else
+        mq_gemm_bf16(a->xb, a->m, (size_t)a->wb->k, a->wb, a->y, (size_t)a->n, n0, n1);
 }
 
 typedef struct shape {
@@ -222,8 +257,8 @@ typedef struct shape {
 static int qwen3_shapes(shape *s, const char *model, int hidden, int nh, int nkv, int hd, int ffn)
 {
     shape l[7] = {
-        { model, "q", nh * hd, hidden },   { model, "k", nkv * hd, hidden }, { model, "v", nkv * hd, hidden },
-        { model, "o", hidden, nh * hd },   { model, "gate", ffn, hidden },   { model, "up", ffn, hidden },
+        { model, "q", nh * hd, hidden }, { model, "k", nkv * hd, hidden }, { model, "v", nkv * hd, hidden },
+        { model, "o", hidden, nh * hd }, { model, "gate", ffn, hidden },   { model, "up", ffn, hidden },
         { model, "down", hidden, ffn },
     };
     memcpy(s, l, sizeof l);
@@ -243,7 +278,9 @@ static void *xmalloc(size_t n)
 static unsigned long long rng = 88172645463325252ULL;
 static unsigned rnd8(void)
 {
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
     return (unsigned)(rng >> 24) & 0xff;
 }
 
@@ -263,13 +300,16 @@ static void make_operands(operands *o, int n, int k)
     o->wf.g = 100.0f;
     size_t cb = (size_t)n * o->wf.kp / 2, sb = (size_t)n * o->wf.kp / 16;
     uint8_t *codes = xmalloc(cb), *scales = xmalloc(sb);
-    for (size_t i = 0; i < cb; i++) codes[i] = (uint8_t)rnd8();
-    for (size_t i = 0; i < sb; i++) scales[i] = (uint8_t)(0x30 + rnd8() % 0x20);
+    for (size_t i = 0; i < cb; i++)
+        codes[i] = (uint8_t)rnd8();
+    for (size_t i = 0; i < sb; i++)
+        scales[i] = (uint8_t)(0x30 + rnd8() % 0x20);
     mq_fp4_weight_set_rows(&o->wf, codes, scales, 0, n);
     free(codes);
     free(scales);
     o->wb_data = xmalloc((size_t)n * k * 2);
-    for (size_t i = 0; i < (size_t)n * k; i++) o->wb_data[i] = (uint16_t)(0x3c00 + (rnd8() & 0x7f));
+    for (size_t i = 0; i < (size_t)n * k; i++)
+        o->wb_data[i] = (uint16_t)(0x3c00 + (rnd8() & 0x7f));
     o->wb.aux = NULL;
     size_t aux = mq_bf16_weight_aux_bytes(n, k);
     mq_bf16_weight_bind(&o->wb, n, k, o->wb_data, aux ? xmalloc(aux) : NULL);
@@ -285,8 +325,8 @@ static void free_operands(operands *o)
 
 /* Activation buffers sized for the largest M and K. */
 typedef struct acts {
-    float *xf;          /* [M, K] FP32 source for quantization */
-    uint16_t *xb;       /* [M, K] BF16 */
+    float *xf;    /* [M, K] FP32 source for quantization */
+    uint16_t *xb; /* [M, K] BF16 */
     void *xa_mem;
     float *y;
 } acts;
@@ -300,10 +340,14 @@ static void quant_job(int t, int nt, void *p)
 {
     quant_arg *q = p;
     int r0 = q->a->m * t / nt, r1 = q->a->m * (t + 1) / nt;
-    if (mq_fp4_act_quantize_rows(q->a, q->x, (size_t)q->a->k, r0, r1)) abort();
+    if (mq_fp4_act_quantize_rows(q->a, q->x, (size_t)q->a->k, r0, r1))
+        abort();
 }
 
-static int reps_for(double macs) { return macs > 2e10 ? 2 : macs > 2e9 ? 3 : macs > 1e8 ? 5 : 20; }
+static int reps_for(double macs)
+{
+    return macs > 2e10 ? 2 : macs > 2e9 ? 3 : macs > 1e8 ? 5 : 20;
+}
 
 typedef struct result {
     double fp4, bf16, quant;  /* wall seconds, best of reps */
@@ -329,11 +373,16 @@ static result time_shape(const operands *o, acts *A, int m, int nt, int reps)
         ga.fmt = 1;
         double c_bf16 = team_run(nt, gemm_job, &ga);
         double t3 = now();
-        if (c_fp4 < r.fp4_cpu) r.fp4_cpu = c_fp4;
-        if (c_bf16 < r.bf16_cpu) r.bf16_cpu = c_bf16;
-        if (t1 - t0 < r.quant) r.quant = t1 - t0;
-        if (t2 - t1 < r.fp4) r.fp4 = t2 - t1;
-        if (t3 - t2 < r.bf16) r.bf16 = t3 - t2;
+        if (c_fp4 < r.fp4_cpu)
+            r.fp4_cpu = c_fp4;
+        if (c_bf16 < r.bf16_cpu)
+            r.bf16_cpu = c_bf16;
+        if (t1 - t0 < r.quant)
+            r.quant = t1 - t0;
+        if (t2 - t1 < r.fp4)
+            r.fp4 = t2 - t1;
+        if (t3 - t2 < r.bf16)
+            r.bf16 = t3 - t2;
     }
     return r;
 }
@@ -342,13 +391,21 @@ static result time_shape(const operands *o, acts *A, int m, int nt, int reps)
  * lines compare with them. Rounds alternate so every figure gets several chances to run
  * while the machine is quiet; each keeps its best. */
 typedef struct summary {
-    ceilings c, c_cpu;                        /* [2]: 2 threads, wall and busy time */
+    ceilings c, c_cpu;                               /* [2]: 2 threads, wall and busy time */
     double fp4[7], bf16[7], fp4_cpu[7], bf16_cpu[7]; /* 1.7B linears, M=512: best seconds */
-    double gemv, gemv_cpu;                    /* 4B layer, M=1: best seconds */
+    double gemv, gemv_cpu;                           /* 4B layer, M=1: best seconds */
 } summary;
 
-static void keep_max(double *best, double v) { if (v > *best) *best = v; }
-static void keep_min(double *best, double v) { if (v < *best) *best = v; }
+static void keep_max(double *best, double v)
+{
+    if (v > *best)
+        *best = v;
+}
+static void keep_min(double *best, double v)
+{
+    if (v < *best)
+        *best = v;
+}
 
 static void summary_round(summary *sm, const operands *l17, const operands *l4, acts *A, const uint8_t *rbuf,
                           size_t rbytes)
@@ -388,8 +445,8 @@ int main(void)
 {
     mq_kernels_init();
     const int quick = getenv("MQ_BENCH_QUICK") && *getenv("MQ_BENCH_QUICK") == '1';
-    printf("bench_kernels: ISA %s, %d threads max, %d accumulator chains per thread\n",
-           mq_isa_name(mq_kernels_isa()), MAX_THREADS, CHAINS);
+    printf("bench_kernels: ISA %s, %d threads max, %d accumulator chains per thread\n", mq_isa_name(mq_kernels_isa()),
+           MAX_THREADS, CHAINS);
     if (!mq_kernels_cpu_has(MQ_ISA_AVX512)) {
         fprintf(stderr, "bench_kernels: this CPU has no AVX-512 VNNI/BF16; the ceilings need it\n");
         return 1;
@@ -448,7 +505,8 @@ int main(void)
             free_operands(&o);
         }
         printf("(table timed in %.1f s; each shape's weights are reused across M, so small shapes may\n"
-               " run from cache at M=1; the bandwidth line below cycles through a 200 MB layer)\n", now() - t_start);
+               " run from cache at M=1; the bandwidth line below cycles through a 200 MB layer)\n",
+               now() - t_start);
     }
 
     /* summary phase: the closing lines */
@@ -459,10 +517,12 @@ int main(void)
     }
     summary sm;
     memset(&sm, 0, sizeof sm);
-    for (int i = 0; i < 7; i++) sm.fp4[i] = sm.bf16[i] = sm.fp4_cpu[i] = sm.bf16_cpu[i] = 1e30;
+    for (int i = 0; i < 7; i++)
+        sm.fp4[i] = sm.bf16[i] = sm.fp4_cpu[i] = sm.bf16_cpu[i] = 1e30;
     sm.gemv = sm.gemv_cpu = 1e30;
     const int rounds = quick ? 4 : 6;
-    for (int r = 0; r < rounds; r++) summary_round(&sm, l17, l4, &A, rbuf, read_bytes);
+    for (int r = 0; r < rounds; r++)
+        summary_round(&sm, l17, l4, &A, rbuf, read_bytes);
     double macs = 0, tf = 0, tb = 0, tfc = 0, tbc = 0, gbytes = 0;
     for (int i = 0; i < 7; i++) {
         macs += (double)512 * l17[i].wb.n * l17[i].wb.k;

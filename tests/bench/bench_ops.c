@@ -19,16 +19,16 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-#define BEST_OF(expr, out)                                   \
-    do {                                                     \
-        double best_ = 1e30;                                 \
-        for (int rep_ = 0; rep_ < 5; rep_++) {               \
-            double t0_ = now();                              \
-            expr;                                            \
-            double d_ = now() - t0_;                         \
-            best_ = d_ < best_ ? d_ : best_;                 \
-        }                                                    \
-        out = best_;                                         \
+#define BEST_OF(expr, out)                     \
+    do {                                       \
+        double best_ = 1e30;                   \
+        for (int rep_ = 0; rep_ < 5; rep_++) { \
+            double t0_ = now();                \
+            expr;                              \
+            double d_ = now() - t0_;           \
+            best_ = d_ < best_ ? d_ : best_;   \
+        }                                      \
+        out = best_;                           \
     } while (0)
 
 int main(void)
@@ -39,10 +39,13 @@ int main(void)
     uint16_t *h = malloc(2 * n);
     unsigned long long s = 1;
     for (size_t i = 0; i < n; i++) {
-        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
         x[i] = (float)((s >> 40) & 0xffff) / 8192.0f - 4.0f;
     }
-    for (int i = 0; i < k; i++) w[i] = 1.0f;
+    for (int i = 0; i < k; i++)
+        w[i] = 1.0f;
     void *mem = aligned_alloc(64, (mq_fp4_act_bytes(m, k) + 63) / 64 * 64);
     mq_fp4_act a;
     mq_fp4_act_bind(&a, m, k, mem);
@@ -50,7 +53,8 @@ int main(void)
     printf("ops kernels, %d x %d floats, 1 thread, ns per element (lower is better)\n", m, k);
     printf("%-8s %12s %14s %12s %10s %10s\n", "isa", "fp4 quant", "quant+prepare", "f32->bf16", "rmsnorm", "swiglu");
     for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++) {
-        if (mq_kernels_force((mq_isa)isa)) continue;
+        if (mq_kernels_force((mq_isa)isa))
+            continue;
         double tq, tqp, tb, tr, ts;
         BEST_OF(mq_kt.fp4_act_quantize_rows(&a, x, (size_t)k, 0, m), tq);
         BEST_OF(mq_fp4_act_quantize_rows(&a, x, (size_t)k, 0, m), tqp);
@@ -60,6 +64,10 @@ int main(void)
         printf("%-8s %12.3f %14.3f %12.3f %10.3f %10.3f\n", mq_isa_name((mq_isa)isa), tq / n * 1e9, tqp / n * 1e9,
                tb / n * 1e9, tr / n * 1e9, ts / n * 1e9);
     }
-    free(x); free(y); free(w); free(h); free(mem);
+    free(x);
+    free(y);
+    free(w);
+    free(h);
+    free(mem);
     return 0;
 }

@@ -28,38 +28,43 @@ static double cpu_now(void)
 
 static int buf[256] __attribute__((aligned(64)));
 
-#define CLOBBERS "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", \
-    "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20",        \
-    "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
+#define CLOBBERS                                                                                                    \
+    "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",     \
+        "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", \
+        "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
 
 /* zmm8..zmm19 are the chains; zmm0/zmm1 their inputs; zmm2/zmm3 inputs of the extras,
  * which write zmm24..zmm31. */
-#define V12                                                                                   \
-    "vpdpbusd %%zmm1,%%zmm0,%%zmm8\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm9\n\t"                      \
-    "vpdpbusd %%zmm1,%%zmm0,%%zmm10\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm11\n\t"                    \
-    "vpdpbusd %%zmm1,%%zmm0,%%zmm12\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm13\n\t"                    \
-    "vpdpbusd %%zmm1,%%zmm0,%%zmm14\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm15\n\t"                    \
-    "vpdpbusd %%zmm1,%%zmm0,%%zmm16\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm17\n\t"                    \
+#define V12                                                                \
+    "vpdpbusd %%zmm1,%%zmm0,%%zmm8\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm9\n\t"   \
+    "vpdpbusd %%zmm1,%%zmm0,%%zmm10\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm11\n\t" \
+    "vpdpbusd %%zmm1,%%zmm0,%%zmm12\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm13\n\t" \
+    "vpdpbusd %%zmm1,%%zmm0,%%zmm14\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm15\n\t" \
+    "vpdpbusd %%zmm1,%%zmm0,%%zmm16\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm17\n\t" \
     "vpdpbusd %%zmm1,%%zmm0,%%zmm18\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm19\n\t"
-#define X4(op) op " %%zmm2,%%zmm3,%%zmm24\n\t" op " %%zmm2,%%zmm3,%%zmm25\n\t" \
-    op " %%zmm2,%%zmm3,%%zmm26\n\t" op " %%zmm2,%%zmm3,%%zmm27\n\t"
+#define X4(op)                                                                                         \
+    op " %%zmm2,%%zmm3,%%zmm24\n\t" op " %%zmm2,%%zmm3,%%zmm25\n\t" op " %%zmm2,%%zmm3,%%zmm26\n\t" op \
+       " %%zmm2,%%zmm3,%%zmm27\n\t"
 #define X4U(op) op " %%zmm2,%%zmm24\n\t" op " %%zmm2,%%zmm25\n\t" op " %%zmm2,%%zmm26\n\t" op " %%zmm2,%%zmm27\n\t"
-#define X8(op) X4(op) op " %%zmm2,%%zmm3,%%zmm28\n\t" op " %%zmm2,%%zmm3,%%zmm29\n\t" \
-    op " %%zmm2,%%zmm3,%%zmm30\n\t" op " %%zmm2,%%zmm3,%%zmm31\n\t"
+#define X8(op)                                                                                         \
+    X4(op)                                                                                             \
+    op " %%zmm2,%%zmm3,%%zmm28\n\t" op " %%zmm2,%%zmm3,%%zmm29\n\t" op " %%zmm2,%%zmm3,%%zmm30\n\t" op \
+       " %%zmm2,%%zmm3,%%zmm31\n\t"
 
-#define CASE(name, nv, body)                                                                 \
-    {                                                                                      \
-        double best = 1e30;                                                                \
-        for (int rep = 0; rep < 5; rep++) {                                                \
-            double t0 = cpu_now();                                                         \
-            for (long i = 0; i < ITERS; i++) __asm__ volatile(body ::"r"(buf) : CLOBBERS); \
-            double t = cpu_now() - t0;                                                     \
-            best = t < best ? t : best;                                                    \
-        }                                                                                  \
-        const double ns = best / ITERS * 1e9;                                              \
-        if (base == 0) base = ns;                                                          \
-        printf("  %-34s %6.3f ns  %+6.3f ns  %5.2f vpdpbusd/ns\n", name, ns, ns - base,     \
-               (nv) / ns);                                                                 \
+#define CASE(name, nv, body)                                                                        \
+    {                                                                                               \
+        double best = 1e30;                                                                         \
+        for (int rep = 0; rep < 5; rep++) {                                                         \
+            double t0 = cpu_now();                                                                  \
+            for (long i = 0; i < ITERS; i++)                                                        \
+                __asm__ volatile(body ::"r"(buf) : CLOBBERS);                                       \
+            double t = cpu_now() - t0;                                                              \
+            best = t < best ? t : best;                                                             \
+        }                                                                                           \
+        const double ns = best / ITERS * 1e9;                                                       \
+        if (base == 0)                                                                              \
+            base = ns;                                                                              \
+        printf("  %-34s %6.3f ns  %+6.3f ns  %5.2f vpdpbusd/ns\n", name, ns, ns - base, (nv) / ns); \
     }
 
 __attribute__((target("avx512f"))) static void run(void)
@@ -67,29 +72,35 @@ __attribute__((target("avx512f"))) static void run(void)
     double base = 0;
     printf("per iteration: 12 vpdpbusd + the extras named   time   extra  VNNI rate\n");
     __asm__ volatile("vpternlogd $0xff, %%zmm0, %%zmm0, %%zmm0\n\tvpabsb %%zmm0, %%zmm1\n\t"
-                     "vmovaps %%zmm1, %%zmm2\n\tvmovaps %%zmm1, %%zmm3" ::: "xmm0", "xmm1", "xmm2", "xmm3");
+                     "vmovaps %%zmm1, %%zmm2\n\tvmovaps %%zmm1, %%zmm3" ::
+                         : "xmm0", "xmm1", "xmm2", "xmm3");
     CASE("(none)", 12, V12)
-    CASE("+4 vpbroadcastd m32 +3 zmm loads", 12, V12 "vpbroadcastd (%0),%%zmm24\n\tvpbroadcastd 4(%0),%%zmm25\n\t"
-         "vpbroadcastd 8(%0),%%zmm26\n\tvpbroadcastd 12(%0),%%zmm27\n\tvmovdqa64 64(%0),%%zmm28\n\t"
-         "vmovdqa64 128(%0),%%zmm29\n\tvmovdqa64 192(%0),%%zmm30\n\t")
-    CASE("+8 vmovdqa64 reg", 12, V12 "vmovdqa64 %%zmm2,%%zmm24\n\tvmovdqa64 %%zmm2,%%zmm25\n\t"
-         "vmovdqa64 %%zmm2,%%zmm26\n\tvmovdqa64 %%zmm2,%%zmm27\n\tvmovdqa64 %%zmm3,%%zmm28\n\t"
-         "vmovdqa64 %%zmm3,%%zmm29\n\tvmovdqa64 %%zmm3,%%zmm30\n\tvmovdqa64 %%zmm3,%%zmm31\n\t")
+    CASE("+4 vpbroadcastd m32 +3 zmm loads", 12,
+         V12 "vpbroadcastd (%0),%%zmm24\n\tvpbroadcastd 4(%0),%%zmm25\n\t"
+             "vpbroadcastd 8(%0),%%zmm26\n\tvpbroadcastd 12(%0),%%zmm27\n\tvmovdqa64 64(%0),%%zmm28\n\t"
+             "vmovdqa64 128(%0),%%zmm29\n\tvmovdqa64 192(%0),%%zmm30\n\t")
+    CASE("+8 vmovdqa64 reg", 12,
+         V12 "vmovdqa64 %%zmm2,%%zmm24\n\tvmovdqa64 %%zmm2,%%zmm25\n\t"
+             "vmovdqa64 %%zmm2,%%zmm26\n\tvmovdqa64 %%zmm2,%%zmm27\n\tvmovdqa64 %%zmm3,%%zmm28\n\t"
+             "vmovdqa64 %%zmm3,%%zmm29\n\tvmovdqa64 %%zmm3,%%zmm30\n\tvmovdqa64 %%zmm3,%%zmm31\n\t")
     CASE("+4 vcvtdq2ps", 12, V12 X4U("vcvtdq2ps"))
-    CASE("+4 vcvtph2ps", 12, V12 "vcvtph2ps %%ymm2,%%zmm24\n\tvcvtph2ps %%ymm2,%%zmm25\n\t"
-         "vcvtph2ps %%ymm2,%%zmm26\n\tvcvtph2ps %%ymm2,%%zmm27\n\t")
+    CASE("+4 vcvtph2ps", 12,
+         V12 "vcvtph2ps %%ymm2,%%zmm24\n\tvcvtph2ps %%ymm2,%%zmm25\n\t"
+             "vcvtph2ps %%ymm2,%%zmm26\n\tvcvtph2ps %%ymm2,%%zmm27\n\t")
     CASE("+8 vaddps", 12, V12 X8("vaddps"))
     CASE("+8 vpaddd", 12, V12 X8("vpaddd"))
     CASE("+4 vscalefps", 12, V12 X4("vscalefps"))
     CASE("+4 vgetexpps", 12, V12 X4U("vgetexpps"))
-    CASE("+4 vpshufd", 12, V12 "vpshufd $0,%%zmm2,%%zmm24\n\tvpshufd $0x55,%%zmm2,%%zmm25\n\t"
-         "vpshufd $0xaa,%%zmm2,%%zmm26\n\tvpshufd $0xff,%%zmm2,%%zmm27\n\t")
+    CASE("+4 vpshufd", 12,
+         V12 "vpshufd $0,%%zmm2,%%zmm24\n\tvpshufd $0x55,%%zmm2,%%zmm25\n\t"
+             "vpshufd $0xaa,%%zmm2,%%zmm26\n\tvpshufd $0xff,%%zmm2,%%zmm27\n\t")
     CASE("+4 vpermps", 12, V12 X4("vpermps"))
     CASE("+4 vmulps", 12, V12 X4("vmulps"))
     CASE("+4 vfmadd231ps", 12, V12 X4("vfmadd231ps"))
     CASE("+4 vpmulld", 12, V12 X4("vpmulld"))
     CASE("+4 vdpbf16ps", 12, V12 X4("vdpbf16ps"))
-    CASE("1 chain of 4 (latency of 4)", 4, "vpdpbusd %%zmm1,%%zmm0,%%zmm8\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm8\n\t"
+    CASE("1 chain of 4 (latency of 4)", 4,
+         "vpdpbusd %%zmm1,%%zmm0,%%zmm8\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm8\n\t"
          "vpdpbusd %%zmm1,%%zmm0,%%zmm8\n\tvpdpbusd %%zmm1,%%zmm0,%%zmm8\n\t")
 }
 

@@ -24,8 +24,8 @@
 
 typedef struct eval_doc {
     int32_t *ids;
-    int n;            /* tokens after the cut */
-    int n_full;       /* tokens before the cut */
+    int n;      /* tokens after the cut */
+    int n_full; /* tokens before the cut */
 } eval_doc;
 
 typedef struct eval_corpus {
@@ -42,16 +42,23 @@ __attribute__((format(printf, 3, 4))) static void eval_errf(char *err, size_t er
     va_end(ap);
 }
 
-static int eval_is_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f); }
+static int eval_is_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
 
 /* Reads `path` and tokenizes its first max_docs non-empty documents (all if max_docs <= 0),
  * keeping at most `cut` tokens of each. 0 or -errno with a message in err. */
-static int eval_corpus_load(eval_corpus *c, const char *path, const mq_tokenizer *tok, int max_docs, int cut,
-                            char *err, size_t errlen)
+static int eval_corpus_load(eval_corpus *c, const char *path, const mq_tokenizer *tok, int max_docs, int cut, char *err,
+                            size_t errlen)
 {
     memset(c, 0, sizeof *c);
     FILE *f = fopen(path, "rb");
-    if (!f) { int e = errno; eval_errf(err, errlen, "%s: %s", path, strerror(e)); return -e; }
+    if (!f) {
+        int e = errno;
+        eval_errf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -68,22 +75,33 @@ static int eval_corpus_load(eval_corpus *c, const char *path, const mq_tokenizer
     int cap = 0, rc = 0;
     for (char *p = text; p && (max_docs <= 0 || c->n < max_docs);) {
         char *e = strstr(p, SEP);
-        if (e) *e = 0;
+        if (e)
+            *e = 0;
         char *s = p;
         p = e ? e + sizeof SEP - 1 : NULL;
-        while (*s && eval_is_space((unsigned char)*s)) s++;
+        while (*s && eval_is_space((unsigned char)*s))
+            s++;
         size_t l = strlen(s);
-        while (l && eval_is_space((unsigned char)s[l - 1])) l--;
-        if (!l) continue;
+        while (l && eval_is_space((unsigned char)s[l - 1]))
+            l--;
+        if (!l)
+            continue;
         int32_t *ids = NULL;
         size_t n = 0;
         char terr[MQ_TOK_ERR_LEN];
         rc = mq_tok_encode(tok, s, l, 0, &ids, &n, terr, sizeof terr);
-        if (rc) { eval_errf(err, errlen, "%s: document %d: %s", path, c->n, terr); break; }
+        if (rc) {
+            eval_errf(err, errlen, "%s: document %d: %s", path, c->n, terr);
+            break;
+        }
         if (c->n == cap) {
             cap = cap ? cap * 2 : 256;
             eval_doc *nd = realloc(c->docs, (size_t)cap * sizeof *nd);
-            if (!nd) { free(ids); rc = -ENOMEM; break; }
+            if (!nd) {
+                free(ids);
+                rc = -ENOMEM;
+                break;
+            }
             c->docs = nd;
         }
         c->docs[c->n].ids = ids;
@@ -97,7 +115,8 @@ static int eval_corpus_load(eval_corpus *c, const char *path, const mq_tokenizer
 
 static void eval_corpus_free(eval_corpus *c)
 {
-    for (int i = 0; i < c->n; i++) free(c->docs[i].ids);
+    for (int i = 0; i < c->n; i++)
+        free(c->docs[i].ids);
     free(c->docs);
     memset(c, 0, sizeof *c);
 }

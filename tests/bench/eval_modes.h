@@ -30,10 +30,10 @@
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
 
-#define PREFIX 512
-#define CONT 128
-#define CHUNK 256
-#define BATCH 32
+#define PREFIX       512
+#define CONT         128
+#define CHUNK        256
+#define BATCH        32
 #define BLOCK_TOKENS 16
 
 typedef struct ev {
@@ -42,39 +42,47 @@ typedef struct ev {
     mq_pool *pool;
     int vocab;
     size_t block_bytes;
-    int nb;                    /* blocks for EVAL_MAX_TOKENS positions */
-    uint8_t *kv_mem;           /* nb shared + BATCH private blocks */
-    uint8_t **shared;          /* [nb] */
-    uint8_t **priv;            /* [BATCH] */
-    uint8_t **vblocks;         /* [BATCH][nb]: block lists of the mixed-mode virtual sequences */
-    float *logits;             /* [max(CHUNK, BATCH, CONT), vocab] */
+    int nb;            /* blocks for EVAL_MAX_TOKENS positions */
+    uint8_t *kv_mem;   /* nb shared + BATCH private blocks */
+    uint8_t **shared;  /* [nb] */
+    uint8_t **priv;    /* [BATCH] */
+    uint8_t **vblocks; /* [BATCH][nb]: block lists of the mixed-mode virtual sequences */
+    float *logits;     /* [max(CHUNK, BATCH, CONT), vocab] */
 } ev;
 
 static inline int ev_init(ev *v, const char *dir, int threads, char *err)
 {
     memset(v, 0, sizeof *v);
     int rc = mq_model_load(dir, NULL, &v->m, err);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     v->vocab = v->m->cfg.vocab;
     if ((rc = mq_pool_create(&v->pool, threads, NULL, "mq-eval"))) {
         mq_errf(err, "pool: %s", strerror(-rc));
         return rc;
     }
-    mq_engine_opts o = {.max_chunk = CHUNK, .max_batch = BATCH, .block_tokens = BLOCK_TOKENS,
-                        .max_context = EVAL_MAX_TOKENS};
-    if ((rc = mq_engine_create(&v->e, v->m, &o, err))) return rc;
+    mq_engine_opts o = {
+        .max_chunk = CHUNK, .max_batch = BATCH, .block_tokens = BLOCK_TOKENS, .max_context = EVAL_MAX_TOKENS
+    };
+    if ((rc = mq_engine_create(&v->e, v->m, &o, err)))
+        return rc;
     v->block_bytes = (mq_kv_block_bytes(&v->m->cfg, BLOCK_TOKENS) + 63) / 64 * 64;
     v->nb = (EVAL_MAX_TOKENS + BLOCK_TOKENS - 1) / BLOCK_TOKENS;
-    if (posix_memalign((void **)&v->kv_mem, 64, v->block_bytes * (size_t)(v->nb + BATCH))) return -ENOMEM;
+    if (posix_memalign((void **)&v->kv_mem, 64, v->block_bytes * (size_t)(v->nb + BATCH)))
+        return -ENOMEM;
     v->shared = calloc((size_t)v->nb, sizeof *v->shared);
     v->priv = calloc(BATCH, sizeof *v->priv);
     v->vblocks = calloc((size_t)BATCH * (size_t)v->nb, sizeof *v->vblocks);
     int rows = CHUNK > BATCH ? CHUNK : BATCH;
-    if (rows < CONT) rows = CONT;
+    if (rows < CONT)
+        rows = CONT;
     v->logits = malloc((size_t)rows * (size_t)v->vocab * sizeof *v->logits);
-    if (!v->shared || !v->priv || !v->vblocks || !v->logits) return -ENOMEM;
-    for (int b = 0; b < v->nb; b++) v->shared[b] = v->kv_mem + (size_t)b * v->block_bytes;
-    for (int s = 0; s < BATCH; s++) v->priv[s] = v->kv_mem + (size_t)(v->nb + s) * v->block_bytes;
+    if (!v->shared || !v->priv || !v->vblocks || !v->logits)
+        return -ENOMEM;
+    for (int b = 0; b < v->nb; b++)
+        v->shared[b] = v->kv_mem + (size_t)b * v->block_bytes;
+    for (int s = 0; s < BATCH; s++)
+        v->priv[s] = v->kv_mem + (size_t)(v->nb + s) * v->block_bytes;
     return 0;
 }
 
@@ -102,16 +110,17 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, d
 {
     const int *ids = (const int *)d->ids;
     int n = d->n, rc = 0;
-    mq_kv_seq seq = {v->shared, v->nb};
+    mq_kv_seq seq = { v->shared, v->nb };
     if (mode != MQ_MODE_MIXED) {
         mq_prec prec = mode == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
         for (int p0 = 0; p0 < n - 1 && !rc; p0 += CHUNK) {
-            int len = n - 1 - p0 < CHUNK ? n - 1 - p0 : CHUNK;   /* the last token predicts nothing */
+            int len = n - 1 - p0 < CHUNK ? n - 1 - p0 : CHUNK; /* the last token predicts nothing */
             rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prec, v->logits, len);
             for (int r = 0; r < len && !rc; r++) {
                 double x = nll_of(v->logits + (size_t)r * v->vocab, v->vocab, ids[p0 + r + 1]);
                 *sum += x;
-                if (per_pos) per_pos[p0 + r] = x;
+                if (per_pos)
+                    per_pos[p0 + r] = x;
             }
         }
         return rc;
@@ -128,8 +137,9 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, d
         for (int s = 0; s < ns; s++) {
             int p = i0 + s, b = p / BLOCK_TOKENS;
             uint8_t **bl = v->vblocks + (size_t)s * v->nb;
-            for (int j = 0; j < b; j++) bl[j] = v->shared[j];
-            memcpy(v->priv[s], v->shared[b], v->block_bytes);   /* positions < p of block b */
+            for (int j = 0; j < b; j++)
+                bl[j] = v->shared[j];
+            memcpy(v->priv[s], v->shared[b], v->block_bytes); /* positions < p of block b */
             bl[b] = v->priv[s];
             seqs[s].blocks = bl;
             seqs[s].n_blocks = b + 1;
@@ -140,7 +150,8 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, d
         for (int s = 0; s < ns && !rc; s++) {
             double x = nll_of(v->logits + (size_t)s * v->vocab, v->vocab, ids[i0 + s + 1]);
             *sum += x;
-            if (per_pos) per_pos[i0 + s] = x;
+            if (per_pos)
+                per_pos[i0 + s] = x;
         }
     }
     return rc;
@@ -150,7 +161,7 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, d
 static inline int cont_logprobs(ev *v, const eval_doc *d, mq_mode mode, float *out)
 {
     const int *ids = (const int *)d->ids;
-    mq_kv_seq seq = {v->shared, v->nb};
+    mq_kv_seq seq = { v->shared, v->nb };
     int rc = mq_engine_prompt(v->e, v->pool, &seq, ids, PREFIX, 0, mode, out);
     if (!rc)
         rc = mq_engine_forward(v->e, v->pool, &seq, ids + PREFIX, CONT - 1, PREFIX, mq_mode_decode_prec(mode),
@@ -158,8 +169,10 @@ static inline int cont_logprobs(ev *v, const eval_doc *d, mq_mode mode, float *o
     for (int r = 0; r < CONT && !rc; r++) {
         float *row = out + (size_t)r * v->vocab;
         float lse = mq_logsumexp(row, v->vocab);
-        if (!isfinite(lse)) return -EDOM;
-        for (int i = 0; i < v->vocab; i++) row[i] -= lse;
+        if (!isfinite(lse))
+            return -EDOM;
+        for (int i = 0; i < v->vocab; i++)
+            row[i] -= lse;
     }
     return rc;
 }

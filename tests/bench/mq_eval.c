@@ -54,12 +54,14 @@ static void golden_compare(const char *model, int docs, long scored, double ppl)
     char path[8192];
     snprintf(path, sizeof path, "%s/golden/%s/logits.json", root && *root ? root : "../shared", name);
     FILE *f = fopen(path, "rb");
-    if (!f) return;
+    if (!f)
+        return;
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
     fseek(f, 0, SEEK_SET);
     char *txt = len > 0 ? malloc((size_t)len) : NULL;
-    cJSON *root_js = txt && fread(txt, 1, (size_t)len, f) == (size_t)len ? cJSON_ParseWithLength(txt, (size_t)len) : NULL;
+    cJSON *root_js =
+        txt && fread(txt, 1, (size_t)len, f) == (size_t)len ? cJSON_ParseWithLength(txt, (size_t)len) : NULL;
     fclose(f);
     free(txt);
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root_js, "perplexity");
@@ -72,7 +74,7 @@ static void golden_compare(const char *model, int docs, long scored, double ppl)
     cJSON_Delete(root_js);
 }
 
-static const mq_mode MODES[3] = {MQ_MODE_BF16, MQ_MODE_MIXED, MQ_MODE_FP4};
+static const mq_mode MODES[3] = { MQ_MODE_BF16, MQ_MODE_MIXED, MQ_MODE_FP4 };
 
 int main(int argc, char **argv)
 {
@@ -83,12 +85,20 @@ int main(int argc, char **argv)
     const char *model = model_def, *corpus = corpus_def;
     int docs = 200, n_cont = 100, threads = 2;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--model")) model = argv[i + 1];
-        else if (!strcmp(argv[i], "--corpus")) corpus = argv[i + 1];
-        else if (!strcmp(argv[i], "--docs")) docs = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--cont")) n_cont = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else { fprintf(stderr, "mq_eval: unknown option %s\n", argv[i]); return 2; }
+        if (!strcmp(argv[i], "--model"))
+            model = argv[i + 1];
+        else if (!strcmp(argv[i], "--corpus"))
+            corpus = argv[i + 1];
+        else if (!strcmp(argv[i], "--docs"))
+            docs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--cont"))
+            n_cont = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads"))
+            threads = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "mq_eval: unknown option %s\n", argv[i]);
+            return 2;
+        }
     }
     if ((argc - 1) % 2 || docs < 1 || n_cont < 0 || threads < 1) {
         fprintf(stderr, "usage: mq_eval [--model DIR] [--corpus FILE] [--docs N] [--cont N] [--threads N]\n");
@@ -98,12 +108,18 @@ int main(int argc, char **argv)
     char err[MQ_ERR_LEN] = "";
     mq_tokenizer *tok = NULL;
     int rc = mq_tok_load_dir(model, &tok, err, sizeof err);
-    if (rc) { fprintf(stderr, "mq_eval: tokenizer: %s\n", err); return 1; }
+    if (rc) {
+        fprintf(stderr, "mq_eval: tokenizer: %s\n", err);
+        return 1;
+    }
     eval_corpus c;
     double t0 = now_s();
     rc = eval_corpus_load(&c, corpus, tok, 0, EVAL_MAX_TOKENS, err, sizeof err);
     mq_tok_free(tok);
-    if (rc) { fprintf(stderr, "mq_eval: %s\n", err); return 1; }
+    if (rc) {
+        fprintf(stderr, "mq_eval: %s\n", err);
+        return 1;
+    }
     ev v;
     rc = ev_init(&v, model, threads, err);
     if (rc) {
@@ -112,35 +128,46 @@ int main(int argc, char **argv)
         eval_corpus_free(&c);
         return 1;
     }
-    if (docs > c.n) docs = c.n;
-    printf("mq_eval: %s, %s (%d documents), ISA %s, %d threads\n", model, corpus, c.n,
-           mq_isa_name(mq_kernels_isa()), threads);
+    if (docs > c.n)
+        docs = c.n;
+    printf("mq_eval: %s, %s (%d documents), ISA %s, %d threads\n", model, corpus, c.n, mq_isa_name(mq_kernels_isa()),
+           threads);
 
     /* ---- perplexity ---- */
-    double ppl_sum[3] = {0}, ppl_time[3] = {0};
+    double ppl_sum[3] = { 0 }, ppl_time[3] = { 0 };
     long scored = 0;
-    for (int i = 0; i < docs; i++) scored += c.docs[i].n > 1 ? c.docs[i].n - 1 : 0;
+    for (int i = 0; i < docs; i++)
+        scored += c.docs[i].n > 1 ? c.docs[i].n - 1 : 0;
     for (int mi = 0; mi < 3 && !rc; mi++) {
         double t = now_s();
         for (int i = 0; i < docs && !rc; i++)
-            if (c.docs[i].n > 1) rc = doc_nll(&v, &c.docs[i], MODES[mi], &ppl_sum[mi], NULL);
+            if (c.docs[i].n > 1)
+                rc = doc_nll(&v, &c.docs[i], MODES[mi], &ppl_sum[mi], NULL);
         ppl_time[mi] = now_s() - t;
-        if (rc) fprintf(stderr, "mq_eval: perplexity, mode %s: %s\n", mq_mode_name(MODES[mi]), strerror(-rc));
+        if (rc)
+            fprintf(stderr, "mq_eval: perplexity, mode %s: %s\n", mq_mode_name(MODES[mi]), strerror(-rc));
     }
 
     /* ---- continuations ---- */
-    double nll[3] = {0}, kl[3] = {0}, cont_time = 0;
-    long agree[3] = {0}, cont_tok = 0;
+    double nll[3] = { 0 }, kl[3] = { 0 }, cont_time = 0;
+    long agree[3] = { 0 }, cont_tok = 0;
     int used = 0;
-    float *lp[3] = {0};
-    for (int mi = 0; mi < 3; mi++) lp[mi] = malloc((size_t)CONT * (size_t)v.vocab * sizeof(float));
-    if (!lp[0] || !lp[1] || !lp[2]) rc = rc ? rc : -ENOMEM;
+    float *lp[3] = { 0 };
+    for (int mi = 0; mi < 3; mi++)
+        lp[mi] = malloc((size_t)CONT * (size_t)v.vocab * sizeof(float));
+    if (!lp[0] || !lp[1] || !lp[2])
+        rc = rc ? rc : -ENOMEM;
     double t = now_s();
     for (int i = 0; i < c.n && used < n_cont && !rc; i++) {
         const eval_doc *d = &c.docs[i];
-        if (d->n < PREFIX + CONT) continue;
-        for (int mi = 0; mi < 3 && !rc; mi++) rc = cont_logprobs(&v, d, MODES[mi], lp[mi]);
-        if (rc) { fprintf(stderr, "mq_eval: continuation of document %d: %s\n", i, strerror(-rc)); break; }
+        if (d->n < PREFIX + CONT)
+            continue;
+        for (int mi = 0; mi < 3 && !rc; mi++)
+            rc = cont_logprobs(&v, d, MODES[mi], lp[mi]);
+        if (rc) {
+            fprintf(stderr, "mq_eval: continuation of document %d: %s\n", i, strerror(-rc));
+            break;
+        }
         for (int r = 0; r < CONT; r++) {
             int target = d->ids[PREFIX + r];
             const float *ref = lp[0] + (size_t)r * v.vocab;
@@ -149,7 +176,8 @@ int main(int argc, char **argv)
                 const float *row = lp[mi] + (size_t)r * v.vocab;
                 nll[mi] -= row[target];
                 double k = 0;
-                for (int j = 0; j < v.vocab; j++) k += exp((double)ref[j]) * ((double)ref[j] - (double)row[j]);
+                for (int j = 0; j < v.vocab; j++)
+                    k += exp((double)ref[j]) * ((double)ref[j] - (double)row[j]);
                 kl[mi] += k;
                 agree[mi] += mq_argmax(row, v.vocab) == top_ref;
             }
@@ -158,7 +186,8 @@ int main(int argc, char **argv)
         used++;
     }
     cont_time = now_s() - t;
-    for (int mi = 0; mi < 3; mi++) free(lp[mi]);
+    for (int mi = 0; mi < 3; mi++)
+        free(lp[mi]);
     if (rc) {
         ev_free(&v);
         eval_corpus_free(&c);
@@ -166,9 +195,10 @@ int main(int argc, char **argv)
     }
 
     printf("\nperplexity: first %d documents, %ld scored tokens; continuations: %d documents x %d tokens "
-           "after a %d-token prefix\n\n", docs, scored, used, CONT, PREFIX);
-    printf("%-6s | %10s | %9s | %12s | %12s | %12s | %8s\n", "mode", "perplexity", "ppl time", "cont NLL",
-           "KL vs bf16", "top-1 = bf16", "time");
+           "after a %d-token prefix\n\n",
+           docs, scored, used, CONT, PREFIX);
+    printf("%-6s | %10s | %9s | %12s | %12s | %12s | %8s\n", "mode", "perplexity", "ppl time", "cont NLL", "KL vs bf16",
+           "top-1 = bf16", "time");
     printf("-------+------------+-----------+--------------+--------------+--------------+---------\n");
     double denom = cont_tok ? (double)cont_tok : 1;
     for (int mi = 0; mi < 3; mi++)

@@ -22,15 +22,19 @@ static void render_all(const cJSON *msgs, const cJSON *tools)
             size_t len = 0;
             int rc = mq_chat_render((mq_chat_kind)kind, msgs, tools, &o, &out, &len, err, sizeof err);
             if (rc == 0) {
-                if (!out || strlen(out) != len) abort();
+                if (!out || strlen(out) != len)
+                    abort();
                 free(out);
-            } else if (!err[0] || out) abort();
+            } else if (!err[0] || out)
+                abort();
             err[0] = 0;
             rc = mq_chat_render_append((mq_chat_kind)kind, msgs, &o, gen, &out, &len, err, sizeof err);
             if (rc == 0) {
-                if (!out || strlen(out) != len) abort();
+                if (!out || strlen(out) != len)
+                    abort();
                 free(out);
-            } else if (!err[0] || out) abort();
+            } else if (!err[0] || out)
+                abort();
         }
     }
 }
@@ -38,7 +42,8 @@ static void render_all(const cJSON *msgs, const cJSON *tools)
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
     char *text = malloc(size + 1);
-    if (!text) return 0;
+    if (!text)
+        return 0;
     memcpy(text, data, size);
     text[size] = 0;
     mq_chat_kind k;
@@ -46,21 +51,25 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     (void)mq_chat_detect(text, &k, err, sizeof err);
     cJSON *root = cJSON_ParseWithLength(text, size);
     free(text);
-    if (!root) return 0;
+    if (!root)
+        return 0;
     char *dump = mq_chat_json_dumps(root);
     if (dump) {
         /* json.dumps output is JSON again, except Python's Infinity/NaN (cJSON turns an
          * overflowing number such as 1E999 into inf) */
         cJSON *back = cJSON_Parse(dump);
-        if (!back && !strstr(dump, "Infinity") && !strstr(dump, "NaN")) abort();
+        if (!back && !strstr(dump, "Infinity") && !strstr(dump, "NaN"))
+            abort();
         cJSON_Delete(back);
         free(dump);
     }
-    if (cJSON_IsArray(root)) render_all(root, NULL);
+    if (cJSON_IsArray(root))
+        render_all(root, NULL);
     else if (cJSON_IsObject(root)) {
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tools");
-        if (m) render_all(m, t);
+        if (m)
+            render_all(m, t);
     }
     cJSON_Delete(root);
     return 0;

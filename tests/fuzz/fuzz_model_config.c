@@ -15,7 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char err[MQ_ERR_LEN] = "";
     int rc = mq_config_parse(&c, (const char *)data, size, err);
     if (rc) {
-        if (!err[0]) abort();
+        if (!err[0])
+            abort();
         return 0;
     }
     if (c.n_layers < 1 || c.hidden < 1 || c.n_head < 1 || c.n_kv < 1 || c.n_head % c.n_kv || c.head_dim < 2 ||

@@ -14,19 +14,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1) return 0;
+    if (size < 1)
+        return 0;
     const uint64_t extra = (uint64_t)data[0] * 64;
     data++, size--;
     mq_st *st = calloc(1, sizeof *st);
-    if (!st) return 0;
+    if (!st)
+        return 0;
     char err[MQ_ERR_LEN] = "";
     const uint64_t file_bytes = size + extra;
     int rc = mq_st_parse_header(st, 0, data, size, file_bytes, "fuzz", err);
-    if (rc && !err[0] && rc != -12 /* ENOMEM */) abort(); /* every refusal names its cause */
+    if (rc && !err[0] && rc != -12 /* ENOMEM */)
+        abort(); /* every refusal names its cause */
     if (!rc)
         for (int i = 0; i < st->n_tensors; i++) {
             const mq_st_tensor *t = &st->tensors[i];
-            if (t->offset + t->bytes > file_bytes || t->offset < 8 || mq_st_numel(t) * (int64_t)mq_dtype_size(t->dtype) != (int64_t)t->bytes)
+            if (t->offset + t->bytes > file_bytes || t->offset < 8 ||
+                mq_st_numel(t) * (int64_t)mq_dtype_size(t->dtype) != (int64_t)t->bytes)
                 abort();
         }
     mq_st_close(st);

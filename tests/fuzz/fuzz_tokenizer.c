@@ -43,8 +43,10 @@ static void check_stream(const mq_tokenizer *t, const int32_t *ids, size_t n)
 {
     char *full = NULL;
     size_t fl = 0;
-    if (mq_tok_decode(t, ids, n, 0, &full, &fl)) abort();
-    if (!mq_utf8_valid(full, fl)) abort();
+    if (mq_tok_decode(t, ids, n, 0, &full, &fl))
+        abort();
+    if (!mq_utf8_valid(full, fl))
+        abort();
     size_t cap = mq_tok_stream_max(t);
     char *buf = malloc(cap), *acc = malloc(fl + 16);
     size_t al = 0;
@@ -52,15 +54,18 @@ static void check_stream(const mq_tokenizer *t, const int32_t *ids, size_t n)
     mq_tok_stream_init(&st, t, 0, 1);
     for (size_t i = 0; i < n; i++) {
         int k = mq_tok_stream_push(&st, ids[i], buf, cap);
-        if (k < 0 || al + (size_t)k > fl || !mq_utf8_valid(buf, (size_t)k)) abort();
+        if (k < 0 || al + (size_t)k > fl || !mq_utf8_valid(buf, (size_t)k))
+            abort();
         memcpy(acc + al, buf, (size_t)k);
         al += (size_t)k;
     }
     int k = mq_tok_stream_flush(&st, buf, cap);
-    if (k < 0 || al + (size_t)k > fl) abort();
+    if (k < 0 || al + (size_t)k > fl)
+        abort();
     memcpy(acc + al, buf, (size_t)k);
     al += (size_t)k;
-    if (al != fl || memcmp(acc, full, fl)) abort();
+    if (al != fl || memcmp(acc, full, fl))
+        abort();
     free(buf);
     free(acc);
     free(full);
@@ -72,13 +77,16 @@ static void text_mode(const mq_tokenizer *t, const char *s, size_t n, unsigned f
     size_t nids = 0;
     char err[MQ_TOK_ERR_LEN];
     int rc = mq_tok_encode(t, s, n, flags, &ids, &nids, err, sizeof err);
-    if (rc == -EILSEQ && !mq_utf8_valid(s, n)) return;
-    if (rc) abort(); /* valid UTF-8 always encodes with these vocabularies */
+    if (rc == -EILSEQ && !mq_utf8_valid(s, n))
+        return;
+    if (rc)
+        abort(); /* valid UTF-8 always encodes with these vocabularies */
     check_stream(t, ids, nids);
     if (check_round_trip) {
         char *back = NULL;
         size_t bl = 0;
-        if (mq_tok_decode(t, ids, nids, 0, &back, &bl) || bl != n || memcmp(back, s, n)) abort();
+        if (mq_tok_decode(t, ids, nids, 0, &back, &bl) || bl != n || memcmp(back, s, n))
+            abort();
         free(back);
     }
     free(ids);
@@ -86,7 +94,8 @@ static void text_mode(const mq_tokenizer *t, const char *s, size_t n, unsigned f
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
-    if (size < 1) return 0;
+    if (size < 1)
+        return 0;
     const char *s = (const char *)data + 1;
     size_t n = size - 1;
     if ((data[0] & 1) == 0) {
@@ -99,7 +108,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
             if (mq_tok_encode(t, sample, strlen(sample), MQ_TOK_ADD_SPECIAL, &ids, &nids, err, sizeof err) == 0) {
                 char *txt = NULL;
                 size_t tl;
-                if (mq_tok_decode(t, ids, nids, MQ_TOK_SKIP_SPECIAL, &txt, &tl) == 0 && !mq_utf8_valid(txt, tl)) abort();
+                if (mq_tok_decode(t, ids, nids, MQ_TOK_SKIP_SPECIAL, &txt, &tl) == 0 && !mq_utf8_valid(txt, tl))
+                    abort();
                 free(txt);
             }
             free(ids);
@@ -108,7 +118,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         return 0;
     }
     int ascii = 1;
-    for (size_t i = 0; i < n; i++) ascii &= data[1 + i] < 0x80;
+    for (size_t i = 0; i < n; i++)
+        ascii &= data[1 + i] < 0x80;
     unsigned flags = (data[0] & 2) ? MQ_TOK_NO_PARSE_SPECIAL : 0;
     text_mode(qwen, s, n, flags, ascii && (flags & MQ_TOK_NO_PARSE_SPECIAL));
     text_mode(stories, s, n, (data[0] & 4) ? MQ_TOK_ADD_SPECIAL : 0, 0);

@@ -25,8 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int n = mq_wire_encode(&m, out, sizeof out);
         /* reserved header/pad fields are not kept, so compare the re-decoded message */
         mq_msg again;
-        if (n < 0 || mq_wire_decode(out, (size_t)n, &again, NULL, 0) != 0 ||
-            memcmp(&again, &m, sizeof m) != 0)
+        if (n < 0 || mq_wire_decode(out, (size_t)n, &again, NULL, 0) != 0 || memcmp(&again, &m, sizeof m) != 0)
             abort();
     } else if (rc != -71 /* EPROTO */ && rc != -22 /* EINVAL */) {
         abort();

@@ -20,11 +20,13 @@ static inline int gu_kv_init(gu_kv *kv, const mq_config *c, int block_tokens, in
 {
     kv->n_blocks = (max_pos + block_tokens - 1) / block_tokens;
     kv->blocks = calloc((size_t)kv->n_blocks, sizeof *kv->blocks);
-    if (!kv->blocks) return -1;
+    if (!kv->blocks)
+        return -1;
     size_t bb = mq_kv_block_bytes(c, block_tokens);
     for (int b = 0; b < kv->n_blocks; b++) {
         /* NaN-filled: reading a position never written shows up in the logits */
-        if (posix_memalign((void **)&kv->blocks[b], 64, bb)) return -1;
+        if (posix_memalign((void **)&kv->blocks[b], 64, bb))
+            return -1;
         memset(kv->blocks[b], 0xff, bb);
     }
     kv->seq.blocks = kv->blocks;
@@ -34,7 +36,8 @@ static inline int gu_kv_init(gu_kv *kv, const mq_config *c, int block_tokens, in
 
 static inline void gu_kv_free(gu_kv *kv)
 {
-    for (int b = 0; kv->blocks && b < kv->n_blocks; b++) free(kv->blocks[b]);
+    for (int b = 0; kv->blocks && b < kv->n_blocks; b++)
+        free(kv->blocks[b]);
     free(kv->blocks);
     kv->blocks = NULL;
 }
@@ -44,7 +47,8 @@ static inline float gu_max_abs_diff(const float *a, const float *b, size_t n)
     float d = 0;
     for (size_t i = 0; i < n; i++) {
         float x = fabsf(a[i] - b[i]);
-        if (!(x <= d)) d = x; /* NaN propagates as the max */
+        if (!(x <= d))
+            d = x; /* NaN propagates as the max */
     }
     return d;
 }

@@ -34,21 +34,26 @@ static void test_detect(void)
     char err[MQ_TOK_ERR_LEN] = "";
     int rc = mq_tok_load_dir(shared_path("models/mq-qwen3-80m"), &qwen, err, sizeof err);
     CHECK(rc == 0, "load: %s", err);
-    if (!qwen) return;
+    if (!qwen)
+        return;
     mq_chat_kind k = MQ_CHAT_LLAMA3;
     CHECK(mq_chat_detect(mq_tok_chat_template(qwen), &k, err, sizeof err) == 0 && k == MQ_CHAT_QWEN3,
           "qwen3 detected: %s", err);
-    const char *chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-                         "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    const char *chatml =
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
     CHECK(mq_chat_detect(chatml, &k, err, sizeof err) == 0 && k == MQ_CHAT_CHATML, "chatml");
-    const char *llama3 = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-                         "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
-                         "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-                         "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+    const char *llama3 =
+        "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+        "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+        "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+        "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
+        "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
     CHECK(mq_chat_detect(llama3, &k, err, sizeof err) == 0 && k == MQ_CHAT_LLAMA3, "llama3");
     err[0] = 0;
     CHECK(mq_chat_detect("{{ messages[0].content }} [INST]", &k, err, sizeof err) == -ENOTSUP &&
-          strstr(err, "choose one by name"), "unknown: %s", err);
+              strstr(err, "choose one by name"),
+          "unknown: %s", err);
     CHECK(mq_chat_detect(NULL, &k, err, sizeof err) == -ENOENT, "none");
     CHECK(mq_chat_from_name("llama3", &k) == 0 && k == MQ_CHAT_LLAMA3, "by name");
     CHECK(mq_chat_from_name("vicuna", &k) == -ENOTSUP, "bad name");
@@ -57,16 +62,21 @@ static void test_detect(void)
 
 static void test_golden(void)
 {
-    if (!qwen) { CHECK(0, "no tokenizer"); return; }
+    if (!qwen) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
     char *js = harness_read_file(shared_path("golden/chat_template_cases.json"), NULL);
-    if (!js) return;
+    if (!js)
+        return;
     cJSON *root = cJSON_Parse(js);
     int idx = 0;
     const cJSON *c;
-    cJSON_ArrayForEach(c, root) {
+    cJSON_ArrayForEach(c, root)
+    {
         const cJSON *et = cJSON_GetObjectItem(c, "enable_thinking");
-        mq_chat_opts o = { cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")),
-                           et ? cJSON_IsTrue(et) : -1, NULL };
+        mq_chat_opts o = { cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")), et ? cJSON_IsTrue(et) : -1,
+                           NULL };
         char *out = NULL, err[256] = "";
         size_t len = 0;
         int rc = mq_chat_render(MQ_CHAT_QWEN3, cJSON_GetObjectItem(c, "messages"), cJSON_GetObjectItem(c, "tools"), &o,
@@ -78,7 +88,8 @@ static void test_golden(void)
         rc = mq_tok_encode(qwen, out, len, 0, &ids, &n, err, sizeof err);
         const cJSON *wids = cJSON_GetObjectItem(c, "ids");
         int same = rc == 0 && (int)n == cJSON_GetArraySize(wids);
-        for (size_t i = 0; same && i < n; i++) same = ids[i] == cJSON_GetArrayItem(wids, (int)i)->valueint;
+        for (size_t i = 0; same && i < n; i++)
+            same = ids[i] == cJSON_GetArrayItem(wids, (int)i)->valueint;
         CHECK(same, "case %d ids differ (%zu vs %d)", idx, n, cJSON_GetArraySize(wids));
         free(ids);
         free(out);
@@ -105,12 +116,13 @@ static void test_qwen3_hand(void)
                      "{\"role\":\"tool\",\"content\":\"r1\"},{\"role\":\"tool\",\"content\":\"r2\"},"
                      "{\"role\":\"assistant\",\"content\":\"<think>\\nok\\n</think>\\n\\nDone.\"}]",
                      NULL, 0, -1);
-    expect(s,
-           "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\nplan\n</think>\n\n<tool_call>\n"
-           "{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n"
-           "</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\nok\n"
-           "</think>\n\nDone.<|im_end|>\n",
-           "multi-step tools");
+    expect(
+        s,
+        "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\nplan\n</think>\n\n<tool_call>\n"
+        "{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n"
+        "</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\nok\n"
+        "</think>\n\nDone.<|im_end|>\n",
+        "multi-step tools");
     free(s);
     /* reasoning_content field, mid-conversation system, enable_thinking=false */
     s = render(MQ_CHAT_QWEN3,
@@ -120,12 +132,15 @@ static void test_qwen3_hand(void)
                NULL, 1, 0);
     expect(s,
            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
-           "<|im_start|>system\nS2<|im_end|>\n<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+           "<|im_start|>system\nS2<|im_end|>\n<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n<think>\n\n</"
+           "think>\n\n",
            "reasoning_content + system");
     free(s);
     /* the last assistant turn always gets a think block, even an empty one */
-    s = render(MQ_CHAT_QWEN3, "[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\",\"content\":\"y\"}]", NULL, 0, -1);
-    expect(s, "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\ny<|im_end|>\n", "last assistant");
+    s = render(MQ_CHAT_QWEN3, "[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\",\"content\":\"y\"}]",
+               NULL, 0, -1);
+    expect(s, "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\ny<|im_end|>\n",
+           "last assistant");
     free(s);
     /* tool arguments as an object: json.dumps with ensure_ascii=False, escapes, floats;
      * system prompt before the tools block; two calls and text content */
@@ -135,19 +150,24 @@ static void test_qwen3_hand(void)
                "{\"function\":{\"name\":\"g\",\"arguments\":{\"city\":\"Zürich\",\"q\":\"a\\\"b\\n\\u0001\",\"n\":1.5,"
                "\"m\":1e-7,\"big\":1e16,\"l\":[true,null,false],\"o\":{}}}},"
                "{\"name\":\"h\",\"arguments\":{}}]}]",
-               "[{\"type\":\"function\",\"function\":{\"name\":\"g\",\"description\":\"Grüße — \\\"quoted\\\"\",\"parameters\":{}}}]",
+               "[{\"type\":\"function\",\"function\":{\"name\":\"g\",\"description\":\"Grüße — "
+               "\\\"quoted\\\"\",\"parameters\":{}}}]",
                0, -1);
-    expect(s,
-           "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-           "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-           "{\"type\": \"function\", \"function\": {\"name\": \"g\", \"description\": \"Grüße — \\\"quoted\\\"\", \"parameters\": {}}}\n"
-           "</tools>\n\nFor each function call, return a json object with function name and arguments within "
-           "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
-           "</tool_call><|im_end|>\n<|im_start|>user\ngo<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nSure.\n"
-           "<tool_call>\n{\"name\": \"g\", \"arguments\": {\"city\": \"Zürich\", \"q\": \"a\\\"b\\n\\u0001\", \"n\": 1.5, "
-           "\"m\": 1e-07, \"big\": 1e+16, \"l\": [true, null, false], \"o\": {}}}\n</tool_call>\n<tool_call>\n"
-           "{\"name\": \"h\", \"arguments\": {}}\n</tool_call><|im_end|>\n",
-           "tools + json.dumps");
+    expect(
+        s,
+        "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+        "query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        "{\"type\": \"function\", \"function\": {\"name\": \"g\", \"description\": \"Grüße — \\\"quoted\\\"\", "
+        "\"parameters\": {}}}\n"
+        "</tools>\n\nFor each function call, return a json object with function name and arguments within "
+        "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+        "<args-json-object>}\n"
+        "</tool_call><|im_end|>\n<|im_start|>user\ngo<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nSure.\n"
+        "<tool_call>\n{\"name\": \"g\", \"arguments\": {\"city\": \"Zürich\", \"q\": \"a\\\"b\\n\\u0001\", \"n\": 1.5, "
+        "\"m\": 1e-07, \"big\": 1e+16, \"l\": [true, null, false], \"o\": {}}}\n</tool_call>\n<tool_call>\n"
+        "{\"name\": \"h\", \"arguments\": {}}\n</tool_call><|im_end|>\n",
+        "tools + json.dumps");
     free(s);
     /* a user turn that is a wrapped tool response is not a query: the assistant before it
      * keeps its reasoning */
@@ -166,7 +186,8 @@ static void test_qwen3_hand(void)
     char *out = NULL, err[256] = "";
     size_t len;
     CHECK(mq_chat_render(MQ_CHAT_QWEN3, bad, NULL, &o, &out, &len, err, sizeof err) == -EINVAL &&
-          strstr(err, "messages[0].content"), "error: %s", err);
+              strstr(err, "messages[0].content"),
+          "error: %s", err);
     cJSON_Delete(bad);
 }
 
@@ -175,13 +196,17 @@ static void test_chatml_llama3(void)
     const char *msgs = "[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"  hi\\n\"},"
                        "{\"role\":\"assistant\",\"content\":\"<think>kept</think>yo\"}]";
     char *s = render(MQ_CHAT_CHATML, msgs, NULL, 1, -1);
-    expect(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n  hi\n<|im_end|>\n<|im_start|>assistant\n"
-              "<think>kept</think>yo<|im_end|>\n<|im_start|>assistant\n", "chatml");
+    expect(s,
+           "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n  hi\n<|im_end|>\n<|im_start|>assistant\n"
+           "<think>kept</think>yo<|im_end|>\n<|im_start|>assistant\n",
+           "chatml");
     free(s);
     s = render(MQ_CHAT_LLAMA3, msgs, NULL, 1, -1);
-    expect(s, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user"
-              "<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n<think>kept</think>yo"
-              "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "llama3");
+    expect(s,
+           "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user"
+           "<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n<think>kept</think>yo"
+           "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+           "llama3");
     free(s);
     s = render(MQ_CHAT_LLAMA3, "[{\"role\":\"user\",\"content\":\"\\u3000 x\\u00a0\\t\"}]", NULL, 0, -1);
     expect(s, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>", "llama3 unicode trim");
@@ -197,7 +222,8 @@ static void check_append(mq_chat_kind k, const char *before, const char *reply, 
 {
     cJSON *all = cJSON_Parse(before), *nm = cJSON_Parse(newm);
     cJSON_AddItemToArray(all, cJSON_Parse(reply));
-    for (int i = 0; i < cJSON_GetArraySize(nm); i++) cJSON_AddItemToArray(all, cJSON_Duplicate(cJSON_GetArrayItem(nm, i), 1));
+    for (int i = 0; i < cJSON_GetArraySize(nm); i++)
+        cJSON_AddItemToArray(all, cJSON_Duplicate(cJSON_GetArrayItem(nm, i), 1));
     char *alls = cJSON_PrintUnformatted(all);
     char *prompt = render(k, before, tools, 1, -1), *full = render(k, alls, tools, 1, -1);
     mq_chat_opts o = { 1, -1, "<|begin_of_text|>" };
@@ -206,7 +232,8 @@ static void check_append(mq_chat_kind k, const char *before, const char *reply, 
     CHECK(mq_chat_render_append(k, nm, &o, 1, &app, &len, err, sizeof err) == 0, "append: %s", err);
     CHECK(mq_chat_render_append(k, nm, &o, 0, &app0, &len0, err, sizeof err) == 0, "append: %s", err);
     size_t fl = full ? strlen(full) : 0, el = strlen(end_tok);
-    CHECK(full && prompt && !strncmp(full, prompt, strlen(prompt)), "%s: full render does not start with the prompt", what);
+    CHECK(full && prompt && !strncmp(full, prompt, strlen(prompt)), "%s: full render does not start with the prompt",
+          what);
     CHECK(app && fl >= len + el && !strcmp(full + fl - len, app) && !strncmp(full + fl - len - el, end_tok, el),
           "%s: full render does not end with end token + append:\n%s\n---\n%s", what, app, full);
     CHECK(app0 && len0 == len + el && !strncmp(app0, end_tok, el) && !strcmp(app0 + el, app),
@@ -226,8 +253,8 @@ static void test_append(void)
     check_append(MQ_CHAT_QWEN3, "[{\"role\":\"user\",\"content\":\"Weather?\"}]",
                  "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":"
                  "[{\"function\":{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}}]}",
-                 "[{\"role\":\"tool\",\"content\":\"18C\"},{\"role\":\"tool\",\"content\":\"sunny\"}]",
-                 tools, "<|im_end|>", "qwen3 tool follow-up");
+                 "[{\"role\":\"tool\",\"content\":\"18C\"},{\"role\":\"tool\",\"content\":\"sunny\"}]", tools,
+                 "<|im_end|>", "qwen3 tool follow-up");
     check_append(MQ_CHAT_QWEN3, "[{\"role\":\"user\",\"content\":\"q\"}]",
                  "{\"role\":\"assistant\",\"content\":\"<think>\\nr\\n</think>\\n\\n\","
                  "\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}",
@@ -237,13 +264,16 @@ static void test_append(void)
                  "[{\"role\":\"system\",\"content\":\"Now formal.\"},{\"role\":\"user\",\"content\":\"Bye\"},"
                  "{\"role\":\"tool\",\"content\":\"t\"}]",
                  NULL, "<|im_end|>", "qwen3 system + user + tool");
-    check_append(MQ_CHAT_CHATML, "[{\"role\":\"user\",\"content\":\"a\"}]", "{\"role\":\"assistant\",\"content\":\"b\"}",
-                 "[{\"role\":\"user\",\"content\":\"c\"}]", NULL, "<|im_end|>", "chatml");
-    check_append(MQ_CHAT_LLAMA3, "[{\"role\":\"user\",\"content\":\"a\"}]", "{\"role\":\"assistant\",\"content\":\"b\"}",
-                 "[{\"role\":\"user\",\"content\":\"c\"}]", NULL, "<|eot_id|>", "llama3");
+    check_append(MQ_CHAT_CHATML, "[{\"role\":\"user\",\"content\":\"a\"}]",
+                 "{\"role\":\"assistant\",\"content\":\"b\"}", "[{\"role\":\"user\",\"content\":\"c\"}]", NULL,
+                 "<|im_end|>", "chatml");
+    check_append(MQ_CHAT_LLAMA3, "[{\"role\":\"user\",\"content\":\"a\"}]",
+                 "{\"role\":\"assistant\",\"content\":\"b\"}", "[{\"role\":\"user\",\"content\":\"c\"}]", NULL,
+                 "<|eot_id|>", "llama3");
     /* golden: the think case's tail after the assistant's end token is exactly append */
     char *js = harness_read_file(shared_path("golden/chat_template_cases.json"), NULL);
-    if (!js) return;
+    if (!js)
+        return;
     cJSON *root = cJSON_Parse(js);
     const char *want = cJSON_GetObjectItem(cJSON_GetArrayItem(root, 2), "rendered")->valuestring;
     cJSON *nm = cJSON_Parse("[{\"role\":\"user\",\"content\":\"Bye\"}]");
@@ -262,7 +292,9 @@ static void test_append(void)
 
 static void test_json_dumps(void)
 {
-    struct { const char *in, *want; } c[] = {
+    struct {
+        const char *in, *want;
+    } c[] = {
         { "{\"a\":[1,2.5,-0.001,123456789012,1e-5,3.14159,1e300,-2.5e-8]}",
           "{\"a\": [1, 2.5, -0.001, 123456789012, 1e-05, 3.14159, 1e+300, -2.5e-08]}" },
         { "[\"\\u00e9\\u2028\\t\\\\/\\u007f\"]", "[\"é\xE2\x80\xA8\\t\\\\/\x7F\"]" },

@@ -19,7 +19,7 @@
 #include "tests/harness.h"
 
 #define NPOS 80
-#define TOL 2e-2
+#define TOL  2e-2
 
 static void test_doc_nll_matches_single_positions(void)
 {
@@ -29,29 +29,33 @@ static void test_doc_nll_matches_single_positions(void)
     mq_tokenizer *tok = NULL;
     int rc = mq_tok_load_dir(dir, &tok, err, sizeof err);
     CHECK(rc == 0, "tokenizer: %s", err);
-    if (rc) return;
+    if (rc)
+        return;
     eval_corpus c;
     rc = eval_corpus_load(&c, shared_path("corpus/dev.txt"), tok, 20, NPOS, err, sizeof err);
     mq_tok_free(tok);
     CHECK(rc == 0, "corpus: %s", err);
     const eval_doc *d = NULL;
     for (int i = 0; i < c.n && !d; i++)
-        if (c.docs[i].n == NPOS) d = &c.docs[i];
+        if (c.docs[i].n == NPOS)
+            d = &c.docs[i];
     CHECK(d != NULL, "no document of %d tokens", NPOS);
     ev v;
     rc = d ? ev_init(&v, dir, 2, err) : -1;
     CHECK(rc == 0, "model: %s", err);
-    if (rc) goto out;
-    static const int probe[] = {0, 1, 2, 14, 15, 16, 17, 31, 32, 33, 47, 63, 64, NPOS - 2};
+    if (rc)
+        goto out;
+    static const int probe[] = { 0, 1, 2, 14, 15, 16, 17, 31, 32, 33, 47, 63, 64, NPOS - 2 };
     const int np = (int)(sizeof probe / sizeof probe[0]);
     const int *ids = (const int *)d->ids;
     double per_bf[NPOS], per_mx[NPOS], s = 0;
     float *logits = malloc((size_t)v.vocab * sizeof *logits);
     double worst_bf = 0, worst_mx = 0, prompt_route = 0;
     rc = logits ? doc_nll(&v, d, MQ_MODE_BF16, &s, per_bf) : -ENOMEM;
-    if (!rc) rc = doc_nll(&v, d, MQ_MODE_MIXED, &s, per_mx);
+    if (!rc)
+        rc = doc_nll(&v, d, MQ_MODE_MIXED, &s, per_mx);
     CHECK(rc == 0, "doc_nll: %d", rc);
-    mq_kv_seq seq = {v.shared, v.nb};
+    mq_kv_seq seq = { v.shared, v.nb };
     for (int k = 0; k < np && !rc; k++) {
         int p = probe[k];
         /* bf16: the prefix as a prompt */
@@ -64,17 +68,20 @@ static void test_doc_nll_matches_single_positions(void)
             int len = d->n - 2 - p0 < CHUNK ? d->n - 2 - p0 : CHUNK;
             rc = mq_engine_forward(v.e, v.pool, &seq, ids + p0, len, p0, MQ_PREC_FP4, NULL, 0);
         }
-        if (!rc) rc = mq_engine_forward(v.e, v.pool, &seq, ids + p, 1, p, MQ_PREC_BF16, logits, 1);
+        if (!rc)
+            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p, 1, p, MQ_PREC_BF16, logits, 1);
         x = nll_of(logits, v.vocab, ids[p + 1]);
         worst_mx = fmax(worst_mx, fabs(x - per_mx[p]));
         CHECK(!rc && fabs(x - per_mx[p]) < TOL, "mixed, position %d: batched %.5f, single %.5f", p, per_mx[p], x);
         /* mixed with the prefix prefilled on its own (information) */
-        if (!rc) rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_MODE_MIXED, logits);
+        if (!rc)
+            rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_MODE_MIXED, logits);
         prompt_route = fmax(prompt_route, fabs(nll_of(logits, v.vocab, ids[p + 1]) - per_mx[p]));
     }
     CHECK(rc == 0, "forward: %d", rc);
     double spread = 0;
-    for (int p = 0; p < NPOS - 1; p++) spread = fmax(spread, fabs(per_mx[p] - per_bf[p]));
+    for (int p = 0; p < NPOS - 1; p++)
+        spread = fmax(spread, fabs(per_mx[p] - per_bf[p]));
     printf("    worst |batched - single| bf16 %.2e, mixed %.2e nats; mixed vs bf16 up to %.3f nats; "
            "mixed with each prefix prefilled alone moves up to %.3f nats\n",
            worst_bf, worst_mx, spread, prompt_route);
@@ -83,7 +90,8 @@ static void test_doc_nll_matches_single_positions(void)
           per_bf[0]);
     free(logits);
 out:
-    if (d) ev_free(&v);
+    if (d)
+        ev_free(&v);
     eval_corpus_free(&c);
 }
 

@@ -19,12 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SAME_TOL 0.06f
+#define SAME_TOL  0.06f
 #define GEMV_ROWS 8
 /* fp4 vs bf16 over the 512-token golden prompt: measured top-1 0.87, mean KL 0.038 nats;
  * the bounds leave room for kernel changes, not for a broken path (a wrong scale or
  * padding bug gives KL > 1). */
-#define FP4_MIN_TOP1 0.80
+#define FP4_MIN_TOP1    0.80
 #define FP4_MAX_MEAN_KL 0.08
 
 static double now(void)
@@ -42,13 +42,16 @@ static int *golden_ids(int want_len, int *n)
 {
     size_t jl;
     char *js = harness_read_file(shared_path("golden/mq-qwen3-80m/logits.json"), &jl);
-    if (!js) return NULL;
+    if (!js)
+        return NULL;
     cJSON *root = cJSON_ParseWithLength(js, jl);
     int *v = NULL;
     const cJSON *cs;
-    cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases")) {
+    cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases"))
+    {
         const cJSON *a = cJSON_GetObjectItem(cs, "ids");
-        if (cJSON_GetArraySize(a) != want_len) continue;
+        if (cJSON_GetArraySize(a) != want_len)
+            continue;
         *n = want_len;
         v = malloc((size_t)want_len * sizeof *v);
         int i = 0;
@@ -90,8 +93,10 @@ static void test_chunked_prefill(void)
         CHECK(rc == 0, "chunked forward %d", rc);
         float d = gu_max_abs_diff(one, chunked, (size_t)N * V);
         printf("    chunk %3d, block_tokens %2d: max |dlogit| vs single-shot %.5f\n", chunks[c], blocks[c], d);
-        if (chunks[c] > GEMV_ROWS) CHECK(d == 0.0f, "chunk %d: %.5f, want bit-identical", chunks[c], d);
-        else CHECK(d <= SAME_TOL, "chunk %d: %.5f", chunks[c], d);
+        if (chunks[c] > GEMV_ROWS)
+            CHECK(d == 0.0f, "chunk %d: %.5f, want bit-identical", chunks[c], d);
+        else
+            CHECK(d <= SAME_TOL, "chunk %d: %.5f", chunks[c], d);
         gu_kv_free(&kv);
         mq_engine_free(e);
     }
@@ -110,7 +115,9 @@ static void test_chunked_prefill(void)
     gu_kv_free(&kv);
     mq_engine_free(e);
     mq_engine_free(big);
-    free(one); free(chunked); free(lastrow);
+    free(one);
+    free(chunked);
+    free(lastrow);
 }
 
 static void test_decode_batch(void)
@@ -124,13 +131,15 @@ static void test_decode_batch(void)
         float *alone = malloc((size_t)S * V * 4), *batch = malloc((size_t)S * V * 4);
         for (int s = 0; s < S; s++) {
             gu_kv_init(&kv[s], &model->cfg, 8, 64);
-            CHECK(mq_engine_forward(e, pool, &kv[s].seq, ids512 + off[s], len[s], 0, MQ_PREC_BF16, NULL, 0) == 0, "prefill");
+            CHECK(mq_engine_forward(e, pool, &kv[s].seq, ids512 + off[s], len[s], 0, MQ_PREC_BF16, NULL, 0) == 0,
+                  "prefill");
             tok[s] = ids512[off[s] + len[s]];
             pos[s] = len[s];
         }
         /* alone: one sequence at a time (rewrites the same KV position with the same values) */
         for (int s = 0; s < S; s++)
-            CHECK(mq_engine_decode(e, pool, &kv[s].seq, &tok[s], &pos[s], 1, (mq_prec)prec, alone + (size_t)s * V) == 0, "alone");
+            CHECK(mq_engine_decode(e, pool, &kv[s].seq, &tok[s], &pos[s], 1, (mq_prec)prec, alone + (size_t)s * V) == 0,
+                  "alone");
         mq_kv_seq seqs[3] = { kv[0].seq, kv[1].seq, kv[2].seq };
         CHECK(mq_engine_decode(e, pool, seqs, tok, pos, S, (mq_prec)prec, batch) == 0, "batch");
         float d = gu_max_abs_diff(alone, batch, (size_t)S * V);
@@ -139,13 +148,19 @@ static void test_decode_batch(void)
             CHECK(d <= SAME_TOL, "batch vs alone %.5f", d);
         } else { /* FP4: the batch shares one activation global scale */
             for (int s = 0; s < S; s++)
-                CHECK(mq_argmax(alone + (size_t)s * V, V) == mq_argmax(batch + (size_t)s * V, V), "fp4 seq %d top-1", s);
+                CHECK(mq_argmax(alone + (size_t)s * V, V) == mq_argmax(batch + (size_t)s * V, V), "fp4 seq %d top-1",
+                      s);
         }
         /* and the next step continues from the batch's KV */
-        for (int s = 0; s < S; s++) { tok[s] = mq_argmax(batch + (size_t)s * V, V); pos[s]++; }
+        for (int s = 0; s < S; s++) {
+            tok[s] = mq_argmax(batch + (size_t)s * V, V);
+            pos[s]++;
+        }
         CHECK(mq_engine_decode(e, pool, seqs, tok, pos, S, (mq_prec)prec, batch) == 0, "second step");
-        for (int s = 0; s < S; s++) gu_kv_free(&kv[s]);
-        free(alone); free(batch);
+        for (int s = 0; s < S; s++)
+            gu_kv_free(&kv[s]);
+        free(alone);
+        free(batch);
         mq_engine_free(e);
     }
 }
@@ -165,8 +180,12 @@ static void test_mode_rule(void)
     const size_t kvd = (size_t)c->n_kv * c->head_dim;
     mq_engine *e = engine(chunk, 1, bt);
     gu_kv a, b, f, m;
-    gu_kv_init(&a, c, bt, N); gu_kv_init(&b, c, bt, N); gu_kv_init(&f, c, bt, N); gu_kv_init(&m, c, bt, N);
-    float *ref = malloc((size_t)V * 4), *mixed = malloc((size_t)V * 4), *bf = malloc((size_t)V * 4), *fp = malloc((size_t)V * 4);
+    gu_kv_init(&a, c, bt, N);
+    gu_kv_init(&b, c, bt, N);
+    gu_kv_init(&f, c, bt, N);
+    gu_kv_init(&m, c, bt, N);
+    float *ref = malloc((size_t)V * 4), *mixed = malloc((size_t)V * 4), *bf = malloc((size_t)V * 4),
+          *fp = malloc((size_t)V * 4);
     /* the rule spelled out with forward calls: FP4 for 0..n-2, then BF16 for n-1 */
     int rc = 0;
     for (int p = 0; p < N - 1 && !rc; p += chunk) {
@@ -187,7 +206,8 @@ static void test_mode_rule(void)
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < N - 1; p++) {
             kv_rule_same &= !memcmp(kv_k(&m, bt, l, p), kv_k(&a, bt, l, p), kvd * 2);
-            if (p < full) kv_fp4_same &= !memcmp(kv_k(&m, bt, l, p), kv_k(&f, bt, l, p), kvd * 2);
+            if (p < full)
+                kv_fp4_same &= !memcmp(kv_k(&m, bt, l, p), kv_k(&f, bt, l, p), kvd * 2);
             kv_bf16_diff |= memcmp(kv_k(&m, bt, l, p), kv_k(&b, bt, l, p), kvd * 2) != 0;
         }
     CHECK(kv_rule_same, "mixed prompt KV equals the FP4 forward's KV for tokens 0..n-2");
@@ -199,8 +219,14 @@ static void test_mode_rule(void)
     float dm = gu_max_abs_diff(mixed, bf, (size_t)V), df = gu_max_abs_diff(fp, bf, (size_t)V);
     printf("    last-token logits vs bf16 mode: mixed max |d| %.4f, fp4 max |d| %.4f\n", dm, df);
     CHECK(dm > 0 && df > 0, "modes differ");
-    gu_kv_free(&a); gu_kv_free(&b); gu_kv_free(&f); gu_kv_free(&m);
-    free(ref); free(mixed); free(bf); free(fp);
+    gu_kv_free(&a);
+    gu_kv_free(&b);
+    gu_kv_free(&f);
+    gu_kv_free(&m);
+    free(ref);
+    free(mixed);
+    free(bf);
+    free(fp);
     mq_engine_free(e);
 }
 
@@ -225,7 +251,8 @@ static void test_fp4_close_to_bf16(void)
             float *b = lb + (size_t)i * V, *f = lf + (size_t)i * V;
             top1 += mq_argmax(b, V) == mq_argmax(f, V);
             double d = gu_max_abs_diff(b, f, (size_t)V);
-            if (d > maxd) maxd = d;
+            if (d > maxd)
+                maxd = d;
             double lsb = mq_logsumexp(b, V), lsf = mq_logsumexp(f, V), s = 0;
             for (int v = 0; v < V; v++) {
                 double pb = exp(b[v] - lsb);
@@ -245,12 +272,15 @@ static void test_fp4_close_to_bf16(void)
         CHECK(mq_engine_forward(e, pool, &kf.seq, ids512 + p, chunk, p, MQ_PREC_FP4, NULL, 0) == 0, "fp4");
     double t2 = now();
     printf("    prefill, 2 threads, chunk %d: with all-rows logits bf16 %.0f / fp4 %.0f tok/s; "
-           "KV only bf16 %.0f / fp4 %.0f tok/s\n", chunk, N / tb, N / tf, N / (t1 - t0), N / (t2 - t1));
+           "KV only bf16 %.0f / fp4 %.0f tok/s\n",
+           chunk, N / tb, N / tf, N / (t1 - t0), N / (t2 - t1));
     CHECK((double)top1 / N >= FP4_MIN_TOP1, "fp4 top-1 agreement %.3f", (double)top1 / N);
     CHECK(kl / N <= FP4_MAX_MEAN_KL, "fp4 mean KL %.4f", kl / N);
     CHECK(maxd > 0.05, "fp4 really is a different computation");
-    gu_kv_free(&kb); gu_kv_free(&kf);
-    free(lb); free(lf);
+    gu_kv_free(&kb);
+    gu_kv_free(&kf);
+    free(lb);
+    free(lf);
     mq_engine_free(e);
 }
 
@@ -274,16 +304,19 @@ static void write_ct(const char *dir, float static_gx)
     size_t cl;
     char *cj = harness_read_file(shared_path("models/mq-qwen3-80m/config.json"), &cl);
     cJSON *root = cJSON_ParseWithLength(cj, cl);
-    cJSON *q = cJSON_Parse("{\"quant_method\":\"compressed-tensors\",\"format\":\"nvfp4-pack-quantized\","
-                           "\"config_groups\":{\"group_0\":{\"targets\":[\"Linear\"],\"weights\":{\"num_bits\":4,"
-                           "\"type\":\"float\",\"strategy\":\"tensor_group\",\"group_size\":16}}},\"ignore\":[\"lm_head\"]}");
+    cJSON *q =
+        cJSON_Parse("{\"quant_method\":\"compressed-tensors\",\"format\":\"nvfp4-pack-quantized\","
+                    "\"config_groups\":{\"group_0\":{\"targets\":[\"Linear\"],\"weights\":{\"num_bits\":4,"
+                    "\"type\":\"float\",\"strategy\":\"tensor_group\",\"group_size\":16}}},\"ignore\":[\"lm_head\"]}");
     cJSON_AddItemToObject(root, "quantization_config", q);
     char *txt = cJSON_Print(root);
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *fc = fopen(path, "w");
     fputs(txt, fc);
     fclose(fc);
-    free(txt); cJSON_Delete(root); free(cj);
+    free(txt);
+    cJSON_Delete(root);
+    free(cj);
 
     /* tensors: embed + norms as BF16, linears as weight_packed/weight_scale/global scale */
     mq_st_writer *w;
@@ -291,7 +324,7 @@ static void write_ct(const char *dir, float static_gx)
     const int D = c->hidden;
     uint16_t *norms = malloc((size_t)(c->n_layers * (2 * D + 2 * c->head_dim) + D) * 2), *np = norms;
     static const char *ln[7] = { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj" };
+                                 "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj" };
     char nm[256];
     add(w, "model.embed_tokens.weight", MQ_DT_BF16, c->vocab, D, 2, model->embed);
     mq_f32_to_bf16_row(model->final_norm, np, (size_t)D);
@@ -359,7 +392,8 @@ static void test_compressed_tensors_roundtrip(void)
         const mq_fp4_weight *fw = &ct_alone->layers[2].gate.fp4;
         mq_fp4_dequantize_row(fw->codes, fw->scales, fw->k, fw->g, row);
         int dq = 1;
-        for (int i = 0; i < fw->k; i++) dq &= ct_alone->layers[2].gate.bf16.w[i] == mq_f32_to_bf16(row[i]);
+        for (int i = 0; i < fw->k; i++)
+            dq &= ct_alone->layers[2].gate.bf16.w[i] == mq_f32_to_bf16(row[i]);
         CHECK(dq, "BF16 from dequantized NVFP4 when no BF16 folder");
 
         const int V = c->vocab, N = 64;
@@ -376,9 +410,11 @@ static void test_compressed_tensors_roundtrip(void)
             CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, (mq_mode)mode, l1) == 0, "prompt ct");
             CHECK(gu_max_abs_diff(l0, l1, (size_t)V) == 0.0f, "mode %s: compressed-tensors model == quantized at load",
                   mq_mode_name((mq_mode)mode));
-            gu_kv_free(&k0); gu_kv_free(&k1);
+            gu_kv_free(&k0);
+            gu_kv_free(&k1);
         }
-        free(l0); free(l1);
+        free(l0);
+        free(l1);
         mq_engine_free(e0);
         mq_engine_free(e1);
     }
@@ -406,14 +442,18 @@ static void test_compressed_tensors_roundtrip(void)
         float d = gu_max_abs_diff(ld, ls, (size_t)V);
         printf("    fp4 static g_x (amax 64) vs dynamic: last-token max |dlogit| %.3f\n", d);
         CHECK(isfinite(d) && d > 0, "static scale changes the result and stays finite");
-        gu_kv_free(&k0); gu_kv_free(&k1);
-        free(ld); free(ls);
+        gu_kv_free(&k0);
+        gu_kv_free(&k1);
+        free(ld);
+        free(ls);
         mq_engine_free(e0);
         mq_engine_free(e1);
     }
     mq_model_free(st);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir); unlink(path);
-    snprintf(path, sizeof path, "%s/config.json", dir); unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
     rmdir(dir);
 }
 

@@ -31,7 +31,7 @@
 #include "engine/pool.h"
 #include "engine/safetensors.h"
 
-#define BT 16
+#define BT   16
 #define NTOK 200
 
 static char export_bin[PATH_MAX];
@@ -40,11 +40,11 @@ static const char *orig_dir;
 static int32_t prompt[NTOK];
 static int have_prompt;
 
-static const char *lin_name[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+static const char *lin_name[7] = { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                   "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj" };
 static mq_linear *lin_of(mq_layer *L, int j)
 {
-    mq_linear *t[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+    mq_linear *t[7] = { &L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down };
     return t[j];
 }
 
@@ -70,14 +70,17 @@ static int runner_init(runner *r, const mq_model *m, mq_pool *pool)
     char err[MQ_ERR_LEN] = "";
     memset(r, 0, sizeof *r);
     r->pool = pool;
-    mq_engine_opts o = {.max_chunk = NTOK, .max_batch = 1, .block_tokens = BT, .max_context = NTOK};
+    mq_engine_opts o = { .max_chunk = NTOK, .max_batch = 1, .block_tokens = BT, .max_context = NTOK };
     int rc = mq_engine_create(&r->e, m, &o, err);
     CHECK(rc == 0, "engine: %s", err);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     size_t bb = (mq_kv_block_bytes(&m->cfg, BT) + 63) / 64 * 64;
     int nb = (NTOK + BT - 1) / BT;
-    if (posix_memalign((void **)&r->kv, 64, bb * (size_t)nb)) return -ENOMEM;
-    for (int b = 0; b < nb; b++) r->blocks[b] = r->kv + (size_t)b * bb;
+    if (posix_memalign((void **)&r->kv, 64, bb * (size_t)nb))
+        return -ENOMEM;
+    for (int b = 0; b < nb; b++)
+        r->blocks[b] = r->kv + (size_t)b * bb;
     return 0;
 }
 
@@ -89,19 +92,20 @@ static void runner_free(runner *r)
 
 static int run_mode(runner *r, mq_mode mode, float *logits)
 {
-    mq_kv_seq seq = {r->blocks, (NTOK + BT - 1) / BT};
+    mq_kv_seq seq = { r->blocks, (NTOK + BT - 1) / BT };
     return mq_engine_prompt(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, mode, logits);
 }
 
 static int run_all_rows(runner *r, mq_prec prec, float *logits)
 {
-    mq_kv_seq seq = {r->blocks, (NTOK + BT - 1) / BT};
+    mq_kv_seq seq = { r->blocks, (NTOK + BT - 1) / BT };
     return mq_engine_forward(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, prec, logits, NTOK);
 }
 
 static int same_fp4(const mq_fp4_weight *a, const mq_fp4_weight *b)
 {
-    if (a->n != b->n || a->k != b->k || a->kp != b->kp || memcmp(&a->g, &b->g, 4)) return 0;
+    if (a->n != b->n || a->k != b->k || a->kp != b->kp || memcmp(&a->g, &b->g, 4))
+        return 0;
     return !memcmp(a->codes, b->codes, (size_t)a->n * a->kp / 2) &&
            !memcmp(a->scales, b->scales, (size_t)a->n * a->kp / 16);
 }
@@ -130,10 +134,12 @@ static void test_exact_export(void)
     mq_model *mo = NULL, *mx = NULL;
     int rc = mq_model_load(orig_dir, NULL, &mo, err);
     CHECK(rc == 0, "load %s: %s", orig_dir, err);
-    mq_model_opts opts = {.bf16_dir = orig_dir};
-    if (!rc) rc = mq_model_load(dir, &opts, &mx, err);
+    mq_model_opts opts = { .bf16_dir = orig_dir };
+    if (!rc)
+        rc = mq_model_load(dir, &opts, &mx, err);
     CHECK(rc == 0, "load exported %s: %s", dir, err);
-    if (rc) goto out;
+    if (rc)
+        goto out;
     CHECK(mx->cfg.nvfp4_ckpt == 1, "exported config not read as NVFP4");
     int same = 0, bf_same = 0, dyn = 0, total = 0;
     for (int l = 0; l < mo->cfg.n_layers; l++)
@@ -147,7 +153,8 @@ static void test_exact_export(void)
     CHECK(same == total, "%d of %d NVFP4 linears bit-identical to the at-load quantization", same, total);
     CHECK(bf_same == total, "%d of %d BF16 linears identical (taken from bf16_dir)", bf_same, total);
     CHECK(dyn == total, "%d of %d linears without input_global_scale use the dynamic scale", dyn, total);
-    if (!have_prompt) goto out;
+    if (!have_prompt)
+        goto out;
 
     mq_pool *pool = NULL;
     mq_pool_create(&pool, 2, NULL, "t-nvfp4");
@@ -155,7 +162,7 @@ static void test_exact_export(void)
     int vocab = mo->cfg.vocab;
     float *lo = malloc((size_t)vocab * 4), *lx = malloc((size_t)vocab * 4);
     if (pool && lo && lx && !runner_init(&ro, mo, pool) && !runner_init(&rx, mx, pool)) {
-        static const mq_mode modes[3] = {MQ_MODE_BF16, MQ_MODE_MIXED, MQ_MODE_FP4};
+        static const mq_mode modes[3] = { MQ_MODE_BF16, MQ_MODE_MIXED, MQ_MODE_FP4 };
         for (int mi = 0; mi < 3; mi++) {
             int r1 = run_mode(&ro, modes[mi], lo), r2 = run_mode(&rx, modes[mi], lx);
             CHECK(r1 == 0 && r2 == 0, "forward %s: %d %d", mq_mode_name(modes[mi]), r1, r2);
@@ -182,12 +189,15 @@ static void test_calibrated_export(void)
     mq_st *st = NULL;
     int rc = mq_model_load(orig_dir, NULL, &mo, err);
     CHECK(rc == 0, "load %s: %s", orig_dir, err);
-    mq_model_opts opts = {.bf16_dir = orig_dir};
-    if (!rc) rc = mq_model_load(dir, &opts, &mc, err);
+    mq_model_opts opts = { .bf16_dir = orig_dir };
+    if (!rc)
+        rc = mq_model_load(dir, &opts, &mc, err);
     CHECK(rc == 0, "load exported %s: %s", dir, err);
-    if (!rc) rc = mq_st_open(&st, dir, err);
+    if (!rc)
+        rc = mq_st_open(&st, dir, err);
     CHECK(rc == 0, "open exported safetensors: %s", err);
-    if (rc) goto out;
+    if (rc)
+        goto out;
     int fd = open(st->paths[0], O_RDONLY);
     int as_stored = 0, exact_unfused = 0, exact_fused = 0, fused_min = 0, static_g = 0, total = 0;
     int n_unfused = 0, n_fused = 0;
@@ -199,17 +209,21 @@ static void test_calibrated_export(void)
             const mq_fp4_weight *w = &b->fp4;
             total++;
             /* the loader took the stored bytes and scalars */
-            const char *suf[4] = {"weight_packed", "weight_scale", "weight_global_scale", "input_global_scale"};
+            const char *suf[4] = { "weight_packed", "weight_scale", "weight_global_scale", "input_global_scale" };
             int ok = 1;
             for (int s = 0; s < 4 && ok; s++) {
                 snprintf(nm, sizeof nm, "model.layers.%d.%s.%s", l, lin_name[j], suf[s]);
                 const mq_st_tensor *t = mq_st_find(st, nm);
                 uint8_t *buf = t ? malloc(t->bytes) : NULL;
                 ok = buf && pread(fd, buf, t->bytes, (off_t)t->offset) == (ssize_t)t->bytes;
-                if (ok && s == 0) ok = t->bytes == (uint64_t)w->n * w->kp / 2 && !memcmp(buf, w->codes, t->bytes);
-                if (ok && s == 1) ok = t->bytes == (uint64_t)w->n * w->kp / 16 && !memcmp(buf, w->scales, t->bytes);
-                if (ok && s == 2) ok = !memcmp(buf, &w->g, 4);
-                if (ok && s == 3) ok = !memcmp(buf, &b->in_g, 4) && b->in_g > 0;
+                if (ok && s == 0)
+                    ok = t->bytes == (uint64_t)w->n * w->kp / 2 && !memcmp(buf, w->codes, t->bytes);
+                if (ok && s == 1)
+                    ok = t->bytes == (uint64_t)w->n * w->kp / 16 && !memcmp(buf, w->scales, t->bytes);
+                if (ok && s == 2)
+                    ok = !memcmp(buf, &w->g, 4);
+                if (ok && s == 3)
+                    ok = !memcmp(buf, &b->in_g, 4) && b->in_g > 0;
                 free(buf);
             }
             as_stored += ok;
@@ -224,12 +238,14 @@ static void test_calibrated_export(void)
             /* shared g = min over the group of the at-load (per-tensor) g */
             int g0 = j < 3 ? 0 : 4, g1 = j < 3 ? 3 : 6;
             float gmin = INFINITY;
-            for (int o = g0; o < g1; o++) gmin = fminf(gmin, lin_of(Lo, o)->fp4.g);
+            for (int o = g0; o < g1; o++)
+                gmin = fminf(gmin, lin_of(Lo, o)->fp4.g);
             fused_min += w->g == gmin;
             /* the project's quantizer at load, with that g */
             mq_fp4_weight q;
             void *mem = NULL;
-            if (posix_memalign(&mem, 64, mq_fp4_weight_bytes(w->n, w->k))) continue;
+            if (posix_memalign(&mem, 64, mq_fp4_weight_bytes(w->n, w->k)))
+                continue;
             mq_fp4_weight_bind(&q, w->n, w->k, mem);
             q.g = gmin;
             float *row = malloc((size_t)w->k * 4);
@@ -251,10 +267,10 @@ static void test_calibrated_export(void)
     CHECK(exact_unfused == n_unfused, "o/down: %d of %d bit-identical to the at-load quantization", exact_unfused,
           n_unfused);
     CHECK(fused_min == n_fused, "fused: %d of %d carry the minimum g of their group", fused_min, n_fused);
-    CHECK(exact_fused == n_fused, "fused: %d of %d equal to the quantizer run with the shared g", exact_fused,
-          n_fused);
+    CHECK(exact_fused == n_fused, "fused: %d of %d equal to the quantizer run with the shared g", exact_fused, n_fused);
     CHECK(static_g == total, "%d of %d linears have a static activation scale", static_g, total);
-    if (!have_prompt) goto out;
+    if (!have_prompt)
+        goto out;
 
     mq_pool *pool = NULL;
     mq_pool_create(&pool, 2, NULL, "t-nvfp4");
@@ -270,9 +286,9 @@ static void test_calibrated_export(void)
         r1 = run_all_rows(&ro, MQ_PREC_FP4, a);
         r2 = run_all_rows(&rc_, MQ_PREC_FP4, b);
         CHECK(r1 == 0 && r2 == 0, "fp4 forward %d %d", r1, r2);
-        double kl_ckpt = mean_kl(a, b, NTOK, vocab);      /* at-load fp4 vs checkpoint fp4 */
-        double kl_fp4 = mean_kl(ref, a, NTOK, vocab);     /* bf16 vs at-load fp4 */
-        double kl_ck_bf = mean_kl(ref, b, NTOK, vocab);   /* bf16 vs checkpoint fp4 */
+        double kl_ckpt = mean_kl(a, b, NTOK, vocab);    /* at-load fp4 vs checkpoint fp4 */
+        double kl_fp4 = mean_kl(ref, a, NTOK, vocab);   /* bf16 vs at-load fp4 */
+        double kl_ck_bf = mean_kl(ref, b, NTOK, vocab); /* bf16 vs checkpoint fp4 */
         int agree = 0, top_a = 0, top_b = 0;
         for (int r = 0; r < NTOK; r++) {
             int ta = mq_argmax(a + (size_t)r * vocab, vocab), tb = mq_argmax(b + (size_t)r * vocab, vocab);
@@ -289,8 +305,10 @@ static void test_calibrated_export(void)
          * about equally far from bf16, and from each other about as far as the two errors add. */
         CHECK(kl_ck_bf < 1.5 * kl_fp4, "checkpoint NVFP4 further from bf16 than at-load NVFP4: KL %.5f vs %.5f",
               kl_ck_bf, kl_fp4);
-        CHECK(kl_ckpt < 1.5 * (kl_fp4 + kl_ck_bf), "the NVFP4 variants differ by KL %.5f, more than their errors "
-              "to bf16 add up (%.5f + %.5f)", kl_ckpt, kl_fp4, kl_ck_bf);
+        CHECK(kl_ckpt < 1.5 * (kl_fp4 + kl_ck_bf),
+              "the NVFP4 variants differ by KL %.5f, more than their errors "
+              "to bf16 add up (%.5f + %.5f)",
+              kl_ckpt, kl_fp4, kl_ck_bf);
         CHECK(top_b >= top_a - NTOK / 20, "top-1 agreement with bf16: checkpoint %d, at-load %d", top_b, top_a);
         /* mixed mode: BF16 last token over the checkpoint's NVFP4 KV */
         r1 = run_mode(&ro, MQ_MODE_MIXED, a);
@@ -326,10 +344,11 @@ int main(void)
     /* a real prompt: the first corpus document with at least NTOK tokens */
     char err[256] = "";
     mq_tokenizer *tok = NULL;
-    eval_corpus c = {0};
+    eval_corpus c = { 0 };
     int rc = mq_tok_load_dir(orig_dir, &tok, err, sizeof err);
     CHECK(rc == 0, "tokenizer: %s", err);
-    if (!rc) rc = eval_corpus_load(&c, shared_path("corpus/dev.txt"), tok, 40, NTOK, err, sizeof err);
+    if (!rc)
+        rc = eval_corpus_load(&c, shared_path("corpus/dev.txt"), tok, 40, NTOK, err, sizeof err);
     CHECK(rc == 0, "corpus: %s", err);
     for (int i = 0; i < c.n && !have_prompt; i++)
         if (c.docs[i].n >= NTOK) {
@@ -344,6 +363,7 @@ int main(void)
     RUN(test_calibrated_export);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cleanup of %s failed\n", tmpdir);
     return harness_done();
 }

@@ -25,11 +25,11 @@
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
 
-#define CHUNK 256
-#define BT 16
-#define MAX_CTX 2048          /* the longest golden prompt */
+#define CHUNK   256
+#define BT      16
+#define MAX_CTX 2048 /* the longest golden prompt */
 
-static cJSON *golden;         /* logits.json */
+static cJSON *golden; /* logits.json */
 
 static const char *model_dir(void)
 {
@@ -43,18 +43,21 @@ static void test_corpus_rules(void)
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(golden, "perplexity");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(p, "docs"), *t = cJSON_GetObjectItemCaseSensitive(p, "tokens");
     CHECK(cJSON_IsNumber(d) && cJSON_IsNumber(t), "logits.json: perplexity.docs / .tokens missing");
-    if (!cJSON_IsNumber(d) || !cJSON_IsNumber(t)) return;
+    if (!cJSON_IsNumber(d) || !cJSON_IsNumber(t))
+        return;
     char err[MQ_ERR_LEN] = "";
     mq_tokenizer *tok = NULL;
     int rc = mq_tok_load_dir(model_dir(), &tok, err, sizeof err);
     CHECK(rc == 0, "tokenizer: %s", err);
-    if (rc) return;
+    if (rc)
+        return;
     eval_corpus c;
     rc = eval_corpus_load(&c, shared_path("corpus/dev.txt"), tok, d->valueint, EVAL_MAX_TOKENS, err, sizeof err);
     mq_tok_free(tok);
     CHECK(rc == 0 && c.n == d->valueint, "corpus: %d documents (%s)", c.n, err);
     long scored = 0;
-    for (int i = 0; i < c.n; i++) scored += c.docs[i].n - 1;
+    for (int i = 0; i < c.n; i++)
+        scored += c.docs[i].n - 1;
     printf("    %d documents, %ld scored tokens (golden %ld)\n", c.n, scored, (long)t->valuedouble);
     CHECK(scored == (long)t->valuedouble, "%ld scored tokens, golden %ld: the document rules differ", scored,
           (long)t->valuedouble);
@@ -65,10 +68,11 @@ static void test_bf16_perplexity_cases(void)
 {
     const cJSON *cases = cJSON_GetObjectItemCaseSensitive(golden, "cases");
     CHECK(cJSON_IsArray(cases), "logits.json: cases missing");
-    if (!cJSON_IsArray(cases)) return;
+    if (!cJSON_IsArray(cases))
+        return;
     char err[MQ_ERR_LEN] = "";
     mq_model *m = NULL;
-    mq_model_opts mo = {.no_fp4 = 1};
+    mq_model_opts mo = { .no_fp4 = 1 };
     int rc = mq_model_load(model_dir(), &mo, &m, err);
     CHECK(rc == 0, "load: %s", err);
     mq_pool *pool = NULL;
@@ -76,32 +80,38 @@ static void test_bf16_perplexity_cases(void)
     uint8_t *kv = NULL;
     float *logits = NULL;
     int *ids = NULL;
-    if (rc || mq_pool_create(&pool, 2, NULL, "t-ppl")) goto out;
-    mq_engine_opts o = {.max_chunk = CHUNK, .max_batch = 1, .block_tokens = BT, .max_context = MAX_CTX};
+    if (rc || mq_pool_create(&pool, 2, NULL, "t-ppl"))
+        goto out;
+    mq_engine_opts o = { .max_chunk = CHUNK, .max_batch = 1, .block_tokens = BT, .max_context = MAX_CTX };
     rc = mq_engine_create(&e, m, &o, err);
     CHECK(rc == 0, "engine: %s", err);
-    if (rc) goto out;
+    if (rc)
+        goto out;
     int vocab = m->cfg.vocab, nb = MAX_CTX / BT;
     size_t bb = (mq_kv_block_bytes(&m->cfg, BT) + 63) / 64 * 64;
     uint8_t *blocks[MAX_CTX / BT];
     logits = malloc((size_t)CHUNK * vocab * sizeof *logits);
     ids = malloc(MAX_CTX * sizeof *ids);
-    if (!logits || !ids || posix_memalign((void **)&kv, 64, bb * (size_t)nb)) goto out;
-    for (int b = 0; b < nb; b++) blocks[b] = kv + (size_t)b * bb;
-    mq_kv_seq seq = {blocks, nb};
+    if (!logits || !ids || posix_memalign((void **)&kv, 64, bb * (size_t)nb))
+        goto out;
+    for (int b = 0; b < nb; b++)
+        blocks[b] = kv + (size_t)b * bb;
+    mq_kv_seq seq = { blocks, nb };
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     double sum_mq = 0, sum_golden = 0;
     long scored = 0;
     const cJSON *cs;
-    cJSON_ArrayForEach(cs, cases) {
+    cJSON_ArrayForEach(cs, cases)
+    {
         const cJSON *jid = cJSON_GetObjectItemCaseSensitive(cs, "ids");
         const cJSON *jlp = cJSON_GetObjectItemCaseSensitive(cs, "next_logprob");
         int n = cJSON_GetArraySize(jid);
         CHECK(n >= 1 && n <= MAX_CTX && cJSON_GetArraySize(jlp) == n - 1, "case of %d ids, %d log-probs", n,
               cJSON_GetArraySize(jlp));
-        if (n < 1 || n > MAX_CTX || cJSON_GetArraySize(jlp) != n - 1) continue;
+        if (n < 1 || n > MAX_CTX || cJSON_GetArraySize(jlp) != n - 1)
+            continue;
         int i = 0;
         const cJSON *it;
         cJSON_ArrayForEach(it, jid) ids[i++] = it->valueint;

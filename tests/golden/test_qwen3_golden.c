@@ -16,7 +16,7 @@
 #include <cjson/cJSON.h>
 
 #define LAST_LOGITS_MAX_ABS 0.1f
-#define CHUNK 256
+#define CHUNK               256
 
 static mq_model *model;
 static mq_engine *engine;
@@ -38,10 +38,12 @@ static void test_qwen3_bf16_golden(void)
     size_t jl = 0, ll = 0;
     char *js = harness_read_file(shared_path("golden/mq-qwen3-80m/logits.json"), &jl);
     float *last = (float *)harness_read_file(shared_path("golden/mq-qwen3-80m/last_logits.f32"), &ll);
-    if (!js || !last) return;
+    if (!js || !last)
+        return;
     cJSON *root = cJSON_ParseWithLength(js, jl);
     CHECK(root != NULL, "logits.json parses");
-    if (!root) return;
+    if (!root)
+        return;
     const int V = model->cfg.vocab;
     float *logits = malloc((size_t)CHUNK * V * sizeof(float));
     float *step = malloc((size_t)V * sizeof(float));
@@ -50,7 +52,8 @@ static void test_qwen3_bf16_golden(void)
     float worst_last = 0;
     int greedy_same = 0, greedy_explained = 0, ncases = 0;
     const cJSON *cs;
-    cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases")) {
+    cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases"))
+    {
         int n, nam, ng;
         int *ids = json_ints(cJSON_GetObjectItem(cs, "ids"), &n);
         int *am = json_ints(cJSON_GetObjectItem(cs, "argmax"), &nam);
@@ -75,20 +78,24 @@ static void test_qwen3_bf16_golden(void)
                 positions++;
                 argmax_ok += t5[0] == am[p];
                 int in5 = 0;
-                for (int j = 0; j < 5; j++) in5 |= t5[j] == am[p];
-                if (!in5) top5_miss++;
+                for (int j = 0; j < 5; j++)
+                    in5 |= t5[j] == am[p];
+                if (!in5)
+                    top5_miss++;
                 CHECK(in5, "case %d pos %d: golden top-1 %d not in mq's top-5", ncases, p, am[p]);
                 (void)top5;
                 if (p + 1 < n) {
                     double g = cJSON_GetArrayItem(nlps, p)->valuedouble;
                     double d = fabs(gu_logprob(x, V, ids[p + 1]) - g);
                     sum_dlp += d;
-                    if (d > max_dlp) max_dlp = d;
+                    if (d > max_dlp)
+                        max_dlp = d;
                     nlp++;
                 }
                 if (p == n - 1) {
                     float d = gu_max_abs_diff(x, last + off, (size_t)V);
-                    if (!(d <= worst_last)) worst_last = d;
+                    if (!(d <= worst_last))
+                        worst_last = d;
                     memcpy(step, x, (size_t)V * sizeof(float));
                 }
             }
@@ -104,8 +111,8 @@ static void test_qwen3_bf16_golden(void)
                 /* a divergence is acceptable only where mq's top two were nearly tied */
                 int tied = gap < 0.1f && t2[1] == greedy[s];
                 greedy_explained += tied;
-                printf("    case %d: greedy diverges at step %d (mq %d, golden %d, top-2 gap %.4f)\n", ncases, s,
-                       t2[0], greedy[s], gap);
+                printf("    case %d: greedy diverges at step %d (mq %d, golden %d, top-2 gap %.4f)\n", ncases, s, t2[0],
+                       greedy[s], gap);
                 CHECK(gap < 0.1f, "case %d step %d: top-2 gap %.4f >= 0.1", ncases, s, gap);
                 break;
             }
@@ -118,7 +125,9 @@ static void test_qwen3_bf16_golden(void)
                argmax_ok, positions, nlp ? sum_dlp / nlp : 0.0);
         fflush(stdout);
         gu_kv_free(&kv);
-        free(ids); free(am); free(greedy);
+        free(ids);
+        free(am);
+        free(greedy);
         ncases++;
     }
     CHECK(ncases == 7, "7 cases, got %d", ncases);
@@ -132,7 +141,10 @@ static void test_qwen3_bf16_golden(void)
     CHECK(greedy_same >= 5, "greedy32 identical in %d < 5 cases", greedy_same);
     CHECK(worst_last <= LAST_LOGITS_MAX_ABS, "last logits max |diff| %.4f > %.2f", worst_last, LAST_LOGITS_MAX_ABS);
     cJSON_Delete(root);
-    free(js); free(last); free(logits); free(step);
+    free(js);
+    free(last);
+    free(logits);
+    free(step);
     (void)err;
 }
 

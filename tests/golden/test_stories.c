@@ -24,7 +24,8 @@ static void ref_matvec(float *y, const float *x, const uint16_t *w, int n, int k
 {
     for (int i = 0; i < n; i++) {
         double s = 0;
-        for (int j = 0; j < k; j++) s += (double)x[j] * mq_bf16_to_f32(w[(size_t)i * k + j]);
+        for (int j = 0; j < k; j++)
+            s += (double)x[j] * mq_bf16_to_f32(w[(size_t)i * k + j]);
         y[i] = (float)s;
     }
 }
@@ -32,9 +33,11 @@ static void ref_matvec(float *y, const float *x, const uint16_t *w, int n, int k
 static void ref_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 {
     double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
     float r = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+    for (int i = 0; i < n; i++)
+        y[i] = w[i] * (x[i] * r);
 }
 
 /* logits[n_tok, vocab] for tokens at positions 0..n_tok-1 */
@@ -64,25 +67,32 @@ static void ref_forward(const int *tok, int n_tok, float *logits)
                 double mx = -1e30, sum = 0;
                 for (int p = 0; p <= t; p++) {
                     double s = 0;
-                    for (int d = 0; d < hd; d++) s += (double)q[h * hd + d] * kc[((size_t)l * n_tok + p) * kvd + kh * hd + d];
+                    for (int d = 0; d < hd; d++)
+                        s += (double)q[h * hd + d] * kc[((size_t)l * n_tok + p) * kvd + kh * hd + d];
                     sc[p] = (float)(s / sqrt((double)hd));
-                    if (sc[p] > mx) mx = sc[p];
+                    if (sc[p] > mx)
+                        mx = sc[p];
                 }
-                for (int p = 0; p <= t; p++) sum += exp(sc[p] - mx);
+                for (int p = 0; p <= t; p++)
+                    sum += exp(sc[p] - mx);
                 for (int d = 0; d < hd; d++) {
                     double o = 0;
-                    for (int p = 0; p <= t; p++) o += exp(sc[p] - mx) / sum * vc[((size_t)l * n_tok + p) * kvd + kh * hd + d];
+                    for (int p = 0; p <= t; p++)
+                        o += exp(sc[p] - mx) / sum * vc[((size_t)l * n_tok + p) * kvd + kh * hd + d];
                     att[h * hd + d] = (float)o;
                 }
             }
             ref_matvec(tmp, att, L->o.bf16.w, D, qd);
-            for (int i = 0; i < D; i++) x[i] += tmp[i];
+            for (int i = 0; i < D; i++)
+                x[i] += tmp[i];
             ref_rmsnorm(xn, x, L->ffn_norm, D, c->rms_eps);
             ref_matvec(h1, xn, L->gate.bf16.w, F, D);
             ref_matvec(h2, xn, L->up.bf16.w, F, D);
-            for (int i = 0; i < F; i++) h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h2[i];
+            for (int i = 0; i < F; i++)
+                h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h2[i];
             ref_matvec(tmp, h1, L->down.bf16.w, D, F);
-            for (int i = 0; i < D; i++) x[i] += tmp[i];
+            for (int i = 0; i < D; i++)
+                x[i] += tmp[i];
         }
         ref_rmsnorm(xn, x, model->final_norm, D, c->rms_eps);
         ref_matvec(logits + (size_t)t * c->vocab, xn, model->lm_head.w, c->vocab, D);
@@ -110,7 +120,8 @@ static void test_greedy_is_english(void)
     char err[MQ_ERR_LEN];
     mq_tokenizer *tok = NULL;
     CHECK(mq_tok_load_dir(shared_path("models/stories260K"), &tok, err, sizeof err) == 0, "tokenizer: %s", err);
-    if (!tok) return;
+    if (!tok)
+        return;
     int n;
     int *ids = prompt_ids(tok, &n);
     mq_engine *e;
@@ -121,7 +132,8 @@ static void test_greedy_is_english(void)
     const int V = model->cfg.vocab;
     float *logits = malloc((size_t)V * 4);
     int out[GREEDY_TOKENS + 64], nout = 0;
-    for (int i = 0; i < n; i++) out[nout++] = ids[i];
+    for (int i = 0; i < n; i++)
+        out[nout++] = ids[i];
     int rc = mq_engine_prompt(e, pool, &kv.seq, ids, n, 0, MQ_MODE_BF16, logits);
     CHECK(rc == 0, "prompt %d", rc);
     for (int s = 0; s < GREEDY_TOKENS && !rc; s++) {
@@ -140,9 +152,11 @@ static void test_greedy_is_english(void)
     char *copy = text ? strdup(text) : NULL;
     for (char *w = copy ? strtok_r(copy, " \n", &save) : NULL; w; w = strtok_r(NULL, " \n", &save)) {
         size_t l = strlen(w);
-        while (l && ispunct((unsigned char)w[l - 1])) l--;
+        while (l && ispunct((unsigned char)w[l - 1]))
+            l--;
         int ok = l > 0;
-        for (size_t i = 0; i < l; i++) ok &= isalpha((unsigned char)w[i]) || w[i] == '\'';
+        for (size_t i = 0; i < l; i++)
+            ok &= isalpha((unsigned char)w[i]) || w[i] == '\'';
         words++;
         alpha += ok;
     }
@@ -167,7 +181,8 @@ static void test_bf16_vs_fp32(void)
     int toks[48];
     unsigned long long seed = 7;
     toks[0] = 1; /* BOS */
-    for (int i = 1; i < N; i++) toks[i] = 3 + (int)(harness_rand(&seed) % (unsigned)(V - 3));
+    for (int i = 1; i < N; i++)
+        toks[i] = 3 + (int)(harness_rand(&seed) % (unsigned)(V - 3));
     float *ref = malloc((size_t)N * V * 4), *got = malloc((size_t)N * V * 4), *fp4 = malloc((size_t)N * V * 4);
     ref_forward(toks, N, ref);
     mq_engine *e;
@@ -178,7 +193,8 @@ static void test_bf16_vs_fp32(void)
     CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_BF16, got, N) == 0, "forward bf16");
     float d = gu_max_abs_diff(ref, got, (size_t)N * V);
     int agree = 0;
-    for (int t = 0; t < N; t++) agree += mq_argmax(ref + (size_t)t * V, V) == mq_argmax(got + (size_t)t * V, V);
+    for (int t = 0; t < N; t++)
+        agree += mq_argmax(ref + (size_t)t * V, V) == mq_argmax(got + (size_t)t * V, V);
     printf("    stories bf16 vs fp32: max |dlogit| %.4f, argmax agreement %d/%d\n", d, agree, N);
     CHECK(d <= STORIES_MAX_ABS, "max |dlogit| %.4f > %.2f", d, STORIES_MAX_ABS);
     CHECK(agree >= N - 2, "argmax agreement %d/%d", agree, N);
@@ -187,20 +203,24 @@ static void test_bf16_vs_fp32(void)
     CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_FP4, fp4, N) == 0, "forward fp4");
     float dq = gu_max_abs_diff(ref, fp4, (size_t)N * V);
     int agree4 = 0;
-    for (int t = 0; t < N; t++) agree4 += mq_argmax(ref + (size_t)t * V, V) == mq_argmax(fp4 + (size_t)t * V, V);
+    for (int t = 0; t < N; t++)
+        agree4 += mq_argmax(ref + (size_t)t * V, V) == mq_argmax(fp4 + (size_t)t * V, V);
     printf("    stories fp4 vs fp32: max |dlogit| %.4f, argmax agreement %d/%d\n", dq, agree4, N);
     CHECK(isfinite(dq) && dq > 0.01f, "fp4 differs from fp32 (%.4f) and is finite", dq);
     CHECK(agree4 >= N / 2, "fp4 argmax agreement %d/%d", agree4, N);
     gu_kv_free(&kv);
     mq_engine_free(e);
-    free(ref); free(got); free(fp4);
+    free(ref);
+    free(got);
+    free(fp4);
 }
 
 int main(void)
 {
     char err[MQ_ERR_LEN] = "";
     mq_kernels_init();
-    if (mq_model_load(shared_path("models/stories260K"), NULL, &model, err) || mq_pool_create(&pool, 2, NULL, "stories")) {
+    if (mq_model_load(shared_path("models/stories260K"), NULL, &model, err) ||
+        mq_pool_create(&pool, 2, NULL, "stories")) {
         fprintf(stderr, "load: %s\n", err);
         printf("@@ 0 1\n");
         return 1;

@@ -32,7 +32,8 @@ static void test_load(void)
     printf("    qwen3 tokenizer.json loaded in %.3f s\n", t1 - t0);
     rc = mq_tok_load_dir(shared_path("models/stories260K"), &stories, err, sizeof err);
     CHECK(rc == 0, "stories260K load: %d %s", rc, err);
-    if (!qwen || !stories) return;
+    if (!qwen || !stories)
+        return;
     CHECK(mq_tok_vocab_size(qwen) == 151669, "qwen vocab %d", mq_tok_vocab_size(qwen));
     CHECK(mq_tok_find(qwen, "<|im_end|>") == 151645, "im_end");
     CHECK(mq_tok_eos(qwen) == 151645, "qwen eos %d", mq_tok_eos(qwen));
@@ -47,7 +48,8 @@ static void run_cases(mq_tokenizer *tok, const cJSON *cases, const char *name)
 {
     int idx = 0;
     const cJSON *c;
-    cJSON_ArrayForEach(c, cases) {
+    cJSON_ArrayForEach(c, cases)
+    {
         const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
         const char *decoded = cJSON_GetObjectItem(c, "decoded")->valuestring;
         const cJSON *ids = cJSON_GetObjectItem(c, "ids");
@@ -57,12 +59,14 @@ static void run_cases(mq_tokenizer *tok, const cJSON *cases, const char *name)
         int rc = mq_tok_encode(tok, text, strlen(text), MQ_TOK_ADD_SPECIAL, &got, &n, err, sizeof err);
         CHECK(rc == 0, "%s case %d: encode rc %d %s", name, idx, rc, err);
         int same = (int)n == cJSON_GetArraySize(ids);
-        for (size_t i = 0; same && i < n; i++) same = got[i] == cJSON_GetArrayItem(ids, (int)i)->valueint;
+        for (size_t i = 0; same && i < n; i++)
+            same = got[i] == cJSON_GetArrayItem(ids, (int)i)->valueint;
         CHECK(same, "%s case %d (%.30s): ids differ (got %zu ids, want %d)", name, idx, text, n,
               cJSON_GetArraySize(ids));
         if (!same) {
             fprintf(stderr, "      got :");
-            for (size_t i = 0; i < n; i++) fprintf(stderr, " %d", got[i]);
+            for (size_t i = 0; i < n; i++)
+                fprintf(stderr, " %d", got[i]);
             fprintf(stderr, "\n      want:");
             const cJSON *v;
             cJSON_ArrayForEach(v, ids) fprintf(stderr, " %d", v->valueint);
@@ -76,8 +80,8 @@ static void run_cases(mq_tokenizer *tok, const cJSON *cases, const char *name)
         char *txt = NULL;
         size_t tl = 0;
         rc = mq_tok_decode(tok, want, nw, 0, &txt, &tl);
-        CHECK(rc == 0 && tl == strlen(decoded) && !memcmp(txt, decoded, tl),
-              "%s case %d: decoded '%s' want '%s'", name, idx, txt ? txt : "(null)", decoded);
+        CHECK(rc == 0 && tl == strlen(decoded) && !memcmp(txt, decoded, tl), "%s case %d: decoded '%s' want '%s'", name,
+              idx, txt ? txt : "(null)", decoded);
         /* streaming decode of the same ids equals the full decode */
         mq_tok_stream st;
         mq_tok_stream_init(&st, tok, 0, 1);
@@ -94,7 +98,10 @@ static void run_cases(mq_tokenizer *tok, const cJSON *cases, const char *name)
             }
         }
         int k = mq_tok_stream_flush(&st, buf, cap);
-        if (k > 0) { memcpy(acc + al, buf, (size_t)k); al += (size_t)k; }
+        if (k > 0) {
+            memcpy(acc + al, buf, (size_t)k);
+            al += (size_t)k;
+        }
         CHECK(txt && al == tl && !memcmp(acc, txt, tl), "%s case %d: stream != decode", name, idx);
         free(buf);
         free(acc);
@@ -107,9 +114,13 @@ static void run_cases(mq_tokenizer *tok, const cJSON *cases, const char *name)
 
 static void test_golden_qwen3(void)
 {
-    if (!qwen) { CHECK(0, "no qwen tokenizer"); return; }
+    if (!qwen) {
+        CHECK(0, "no qwen tokenizer");
+        return;
+    }
     char *js = harness_read_file(shared_path("golden/tokenizer_cases.json"), NULL);
-    if (!js) return;
+    if (!js)
+        return;
     cJSON *root = cJSON_Parse(js);
     CHECK(root != NULL, "tokenizer_cases.json parses");
     const cJSON *cases = cJSON_GetObjectItem(root, "qwen3");
@@ -119,14 +130,18 @@ static void test_golden_qwen3(void)
      * (loudly) that this is still true, so the test is updated when it arrives. */
     FILE *f = fopen(shared_path("models/smollm2/tokenizer.json"), "rb");
     CHECK(f == NULL, "a SmolLM2 tokenizer.json appeared in shared/: run its golden cases here");
-    if (f) fclose(f);
+    if (f)
+        fclose(f);
     cJSON_Delete(root);
     free(js);
 }
 
 static void test_special_flags(void)
 {
-    if (!qwen) { CHECK(0, "no qwen tokenizer"); return; }
+    if (!qwen) {
+        CHECK(0, "no qwen tokenizer");
+        return;
+    }
     const char *s = "<|im_start|>user\n<think>x</think><|im_end|>";
     int32_t *a = NULL, *b = NULL;
     size_t na = 0, nb = 0;
@@ -135,8 +150,10 @@ static void test_special_flags(void)
     CHECK(na >= 2 && a[0] == 151644 && a[na - 1] == 151645, "specials matched");
     int has_special = 0, has_think = 0;
     for (size_t i = 0; i < nb; i++) {
-        if (b[i] == 151644 || b[i] == 151645) has_special = 1;
-        if (b[i] == 151667) has_think = 1;
+        if (b[i] == 151644 || b[i] == 151645)
+            has_special = 1;
+        if (b[i] == 151667)
+            has_think = 1;
     }
     CHECK(!has_special && has_think, "NO_PARSE_SPECIAL keeps <think> (not special) but not <|im_start|>");
     char *t = NULL;
@@ -160,7 +177,10 @@ static void test_special_flags(void)
 /* NFC: "e" + COMBINING ACUTE must encode like the precomposed "é". */
 static void test_nfc(void)
 {
-    if (!qwen) { CHECK(0, "no qwen tokenizer"); return; }
+    if (!qwen) {
+        CHECK(0, "no qwen tokenizer");
+        return;
+    }
     const char *dec = "caf\x65\xcc\x81", *pre = "caf\xc3\xa9";
     int32_t *a = NULL, *b = NULL;
     size_t na = 0, nb = 0;
@@ -174,8 +194,12 @@ static void test_nfc(void)
 /* Streaming on emoji and CJK whose bytes are split across byte-level tokens. */
 static void test_stream_split_chars(void)
 {
-    if (!qwen) { CHECK(0, "no qwen tokenizer"); return; }
-    const char *texts[] = { "emoji 🤖🚀 and ZWJ 👩‍💻 sequences", "数字和中文混合，漢字とかな", "ŉ ǅ ﬁ ẞ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢" };
+    if (!qwen) {
+        CHECK(0, "no qwen tokenizer");
+        return;
+    }
+    const char *texts[] = { "emoji 🤖🚀 and ZWJ 👩‍💻 sequences", "数字和中文混合，漢字とかな",
+                            "ŉ ǅ ﬁ ẞ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢" };
     for (size_t k = 0; k < sizeof texts / sizeof *texts; k++) {
         int32_t *ids = NULL;
         size_t n = 0;
@@ -188,14 +212,16 @@ static void test_stream_split_chars(void)
         for (size_t i = 0; i < n; i++) {
             int m = mq_tok_stream_push(&st, ids[i], buf, sizeof buf);
             CHECK(m >= 0 && mq_utf8_valid(buf, (size_t)m), "push %zu", i);
-            if (st.n_held) held_once = 1;
+            if (st.n_held)
+                held_once = 1;
             CHECK(!memchr(buf, 0xEF, (size_t)m) || strstr(texts[k], "\xEF"), "no U+FFFD emitted");
             memcpy(acc + al, buf, (size_t)m);
             al += (size_t)m;
         }
         CHECK(mq_tok_stream_flush(&st, buf, sizeof buf) == 0, "nothing left");
         CHECK(al == strlen(texts[k]) && !memcmp(acc, texts[k], al), "stream text");
-        if (k != 1) CHECK(held_once, "case %zu: some token ended inside a character", k);
+        if (k != 1)
+            CHECK(held_once, "case %zu: some token ended inside a character", k);
         free(ids);
     }
     /* a lone lead byte then end of stream: one U+FFFD, as decode does */
@@ -228,8 +254,11 @@ static size_t naive_encode(const char *text, int32_t *out)
     char norm[4096] = "\xE2\x96\x81";
     size_t nl = 3;
     for (const char *p = text; *p; p++) {
-        if (*p == ' ') { memcpy(norm + nl, "\xE2\x96\x81", 3); nl += 3; }
-        else norm[nl++] = *p;
+        if (*p == ' ') {
+            memcpy(norm + nl, "\xE2\x96\x81", 3);
+            nl += 3;
+        } else
+            norm[nl++] = *p;
     }
     norm[nl] = 0;
     static char sym[1024][256];
@@ -245,14 +274,21 @@ static size_t naive_encode(const char *text, int32_t *out)
     for (;;) {
         int best = -1, best_rank = 1 << 30, r = 0;
         const cJSON *m;
-        cJSON_ArrayForEach(m, merges) {
-            if (r >= best_rank) break;
+        cJSON_ArrayForEach(m, merges)
+        {
+            if (r >= best_rank)
+                break;
             const char *a = cJSON_GetArrayItem(m, 0)->valuestring, *b = cJSON_GetArrayItem(m, 1)->valuestring;
             for (int i = 0; i + 1 < ns; i++)
-                if (!strcmp(sym[i], a) && !strcmp(sym[i + 1], b)) { best = i; best_rank = r; break; }
+                if (!strcmp(sym[i], a) && !strcmp(sym[i + 1], b)) {
+                    best = i;
+                    best_rank = r;
+                    break;
+                }
             r++;
         }
-        if (best < 0) break;
+        if (best < 0)
+            break;
         size_t la = strlen(sym[best]), lb = strlen(sym[best + 1]);
         memmove(sym[best] + la, sym[best + 1], lb + 1);
         memmove(sym[best + 1], sym[best + 2], (size_t)(ns - best - 2) * sizeof sym[0]);
@@ -262,7 +298,10 @@ static size_t naive_encode(const char *text, int32_t *out)
     out[n++] = 1; /* <s> */
     for (int i = 0; i < ns; i++) {
         int id = vocab_id(vocab, sym[i]);
-        if (id >= 0) { out[n++] = id; continue; }
+        if (id >= 0) {
+            out[n++] = id;
+            continue;
+        }
         for (const unsigned char *p = (const unsigned char *)sym[i]; *p; p++) {
             char hex[8];
             snprintf(hex, sizeof hex, "<0x%02X>", *p);
@@ -274,9 +313,13 @@ static size_t naive_encode(const char *text, int32_t *out)
 
 static void test_stories(void)
 {
-    if (!stories) { CHECK(0, "no stories tokenizer"); return; }
+    if (!stories) {
+        CHECK(0, "no stories tokenizer");
+        return;
+    }
     char *js = harness_read_file(shared_path("models/stories260K/tokenizer.json"), NULL);
-    if (!js) return;
+    if (!js)
+        return;
     stories_json = cJSON_Parse(js);
     const char *texts[] = {
         "Once upon a time, there was a little girl named Lily.",
@@ -293,8 +336,8 @@ static void test_stories(void)
         int rc = mq_tok_encode(stories, texts[k], strlen(texts[k]), MQ_TOK_ADD_SPECIAL, &ids, &n, err, sizeof err);
         CHECK(rc == 0, "encode: %s", err);
         size_t nr = naive_encode(texts[k], ref);
-        CHECK(n == nr && !memcmp(ids, ref, n * sizeof *ids), "case %zu: heap BPE != naive BPE (%zu vs %zu ids)",
-              k, n, nr);
+        CHECK(n == nr && !memcmp(ids, ref, n * sizeof *ids), "case %zu: heap BPE != naive BPE (%zu vs %zu ids)", k, n,
+              nr);
         CHECK(n > 0 && ids[0] == 1, "BOS first");
         char *t = NULL;
         size_t tl;
@@ -318,12 +361,18 @@ static void test_stories(void)
 /* Encoding speed on the dev corpus (informational, and a guard against quadratic paths). */
 static void test_speed(void)
 {
-    if (!qwen) { CHECK(0, "no qwen tokenizer"); return; }
+    if (!qwen) {
+        CHECK(0, "no qwen tokenizer");
+        return;
+    }
     size_t len = 0;
     char *txt = harness_read_file(shared_path("corpus/dev.txt"), &len);
-    if (!txt) return;
-    if (len > 2000000) len = 2000000;
-    while (len && ((unsigned char)txt[len] & 0xC0) == 0x80) len--;
+    if (!txt)
+        return;
+    if (len > 2000000)
+        len = 2000000;
+    while (len && ((unsigned char)txt[len] & 0xC0) == 0x80)
+        len--;
     int32_t *ids = NULL;
     size_t n = 0;
     double t0 = now_s();
@@ -333,8 +382,7 @@ static void test_speed(void)
     printf("    encoded %zu bytes -> %zu tokens in %.3f s (%.1f MB/s)\n", len, n, t1 - t0, len / (t1 - t0) / 1e6);
     char *back = NULL;
     size_t bl = 0;
-    CHECK(mq_tok_decode(qwen, ids, n, 0, &back, &bl) == 0 && bl == len && !memcmp(back, txt, len),
-          "corpus round trip");
+    CHECK(mq_tok_decode(qwen, ids, n, 0, &back, &bl) == 0 && bl == len && !memcmp(back, txt, len), "corpus round trip");
     /* long runs: 100k spaces and 100k letters stay fast */
     char *run = malloc(100001);
     memset(run, ' ', 100000);

@@ -103,14 +103,14 @@ static inline void spawn_dump_log(const char *log)
 static inline cJSON *admin_call(const char *sock, const char *cmd, long long id)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         if (fd >= 0)
             close(fd);
         return NULL;
     }
-    struct timeval tv = {20, 0};
+    struct timeval tv = { 20, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char req[256];
     if (id)

@@ -19,7 +19,7 @@
 #include "ipc/wire.h"
 
 #define CTX_LIMIT 24576
-#define GEN 24
+#define GEN       24
 
 static char dir[256], client_sock[300], admin_sock[300], logpath[300];
 static pid_t mqd_pid;
@@ -105,10 +105,10 @@ static void test_single_client_reference(void)
         memset(&refs[i], 0, sizeof refs[i]);
         int rc = run_raw(prompts[i], &refs[i]);
         CHECK(rc == 0, "prompt %d: %s", i, mq_strerror(rc));
-        CHECK(refs[i].n == GEN && refs[i].end_reason == MQ_END_LENGTH,
-              "prompt %d: %d tokens, end %d", i, refs[i].n, refs[i].end_reason);
-        CHECK(refs[i].stats.gen_tokens == GEN && refs[i].stats.prompt_tokens > 5,
-              "stats: gen %u prompt %u", refs[i].stats.gen_tokens, refs[i].stats.prompt_tokens);
+        CHECK(refs[i].n == GEN && refs[i].end_reason == MQ_END_LENGTH, "prompt %d: %d tokens, end %d", i, refs[i].n,
+              refs[i].end_reason);
+        CHECK(refs[i].stats.gen_tokens == GEN && refs[i].stats.prompt_tokens > 5, "stats: gen %u prompt %u",
+              refs[i].stats.gen_tokens, refs[i].stats.prompt_tokens);
         printf("    [%d] %.*s\n", i, (int)refs[i].text_len, refs[i].text);
     }
     /* the three continuations differ (the outputs are really per prompt) */
@@ -131,8 +131,7 @@ static void *worker_main(void *arg)
         memset(&w->r, 0, sizeof w->r);
         w->rc = run_raw(prompts[w->idx % NP], &w->r);
         const result *ref = &refs[w->idx % NP];
-        if (!w->rc && (w->r.n != ref->n || memcmp(w->r.ids, ref->ids, sizeof(int32_t) * ref->n) ||
-                       w->r.interleaved))
+        if (!w->rc && (w->r.n != ref->n || memcmp(w->r.ids, ref->ids, sizeof(int32_t) * ref->n) || w->r.interleaved))
             w->mismatches++;
     }
     return NULL;
@@ -171,7 +170,7 @@ static void test_chat_turns_reuse_kv(void)
     CHECK(mq_open_session(c, MQ_MODE_CHAT, &s) == 0, "open chat");
     const char *sys = "You are a helpful assistant.";
     CHECK(mq_send_message(c, s, MQ_ROLE_SYSTEM, sys, strlen(sys), &p, &req) == 0, "system");
-    result r1 = {0}, r2 = {0}, r0 = {0};
+    result r1 = { 0 }, r2 = { 0 }, r0 = { 0 };
     CHECK(collect(c, req, &r0, 10000) == 0 && r0.n == 0, "system message has no answer");
     const char *q1 = "What is the capital of France?";
     CHECK(mq_send_message(c, s, MQ_ROLE_USER, q1, strlen(q1), &p, &req) == 0, "turn 1");
@@ -181,8 +180,8 @@ static void test_chat_turns_reuse_kv(void)
     CHECK(collect(c, req, &r2, 60000) == 0 && r2.n > 0, "turn 2 answer");
     /* turn 2 appends only its message: everything of turn 1 is cached */
     CHECK(r2.stats.cached_tokens >= r1.stats.prompt_tokens + r1.stats.gen_tokens - 1,
-          "turn 2 cached %u tokens, turn 1 had %u prompt + %u generated",
-          r2.stats.cached_tokens, r1.stats.prompt_tokens, r1.stats.gen_tokens);
+          "turn 2 cached %u tokens, turn 1 had %u prompt + %u generated", r2.stats.cached_tokens,
+          r1.stats.prompt_tokens, r1.stats.gen_tokens);
     CHECK(r2.stats.prompt_tokens < 20, "turn 2 sent %u new tokens", r2.stats.prompt_tokens);
     /* a raw prompt on a chat session is refused */
     rc = mq_send_text(c, s, "x", 1, &p, &req);
@@ -218,10 +217,9 @@ static void test_cancel(void)
     rc = mq_cancel(c, req);
     CHECK(rc == -MQ_ENOREQUEST, "cancel after done: %d", rc);
     /* the session is usable again */
-    result r = {0};
+    result r = { 0 };
     greedy(&p, 4);
-    CHECK(mq_send_text(c, s, " And", 4, &p, &req) == 0 && collect(c, req, &r, 30000) == 0 &&
-              r.n == 4,
+    CHECK(mq_send_text(c, s, " And", 4, &p, &req) == 0 && collect(c, req, &r, 30000) == 0 && r.n == 4,
           "session after cancel");
     mq_disconnect(c);
 }
@@ -241,11 +239,11 @@ static void test_event_fd_poll(void)
     greedy(&p, GEN);
     CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
     CHECK(mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req) == 0, "send");
-    result r = {0};
+    result r = { 0 };
     int done = 0, wakeups = 0;
     double t0 = spawn_now();
     while (!done && spawn_now() - t0 < 60) {
-        struct pollfd pf = {efd, POLLIN, 0};
+        struct pollfd pf = { efd, POLLIN, 0 };
         if (poll(&pf, 1, 5000) != 1)
             break;
         wakeups++;
@@ -286,13 +284,12 @@ static void test_slow_reader(void)
         usleep(200 * 1000);
         cJSON *ss = admin_call(admin_sock, "sessions", 0);
         const cJSON *it;
-        cJSON_ArrayForEach(it, cJSON_GetObjectItem(ss, "sessions"))
-            if ((uint64_t)jnum(it, "id", NULL) == s)
-                idle = !strcmp(jstr(it, "state"), "idle");
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(ss, "sessions")) if ((uint64_t)jnum(it, "id", NULL) == s) idle =
+            !strcmp(jstr(it, "state"), "idle");
         cJSON_Delete(ss);
     }
     CHECK(idle, "generation did not finish");
-    result r = {0};
+    result r = { 0 };
     rc = collect(c, req, &r, 10000);
     CHECK(rc == 0, "collect: %s", mq_strerror(rc));
     CHECK(r.n == LONG && r.stats.gen_tokens == LONG && r.end_reason == MQ_END_LENGTH,
@@ -347,8 +344,10 @@ static void test_killed_client_frees_session(void)
     int during = n_sessions(), kv_during = kv_used();
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-    CHECK(during == base_sessions + 1 && kv_during > base_kv, "while streaming: %d sessions, "
-          "%d KV blocks (before %d, %d)", during, kv_during, base_sessions, base_kv);
+    CHECK(during == base_sessions + 1 && kv_during > base_kv,
+          "while streaming: %d sessions, "
+          "%d KV blocks (before %d, %d)",
+          during, kv_during, base_sessions, base_kv);
     double t0 = spawn_now();
     int now = -1, kv = -1;
     while (spawn_now() - t0 < 10) {
@@ -385,16 +384,15 @@ static void test_long_prompt_and_context_limit(void)
     double t0 = spawn_now();
     rc = mq_send_tokens(c, s, ids, N, &p, &req);
     CHECK(rc == 0, "20k tokens: %s", mq_strerror(rc));
-    result r = {0};
+    result r = { 0 };
     if (!rc) {
         /* The whole prompt arrived: the session's history holds it at once. Its prefill
          * (minutes on two cores) is not this test's business: cancel it. */
         cJSON *ss = admin_call(admin_sock, "sessions", 0);
         const cJSON *it;
         int hist = -1;
-        cJSON_ArrayForEach(it, cJSON_GetObjectItem(ss, "sessions"))
-            if ((uint64_t)jnum(it, "id", NULL) == s)
-                hist = (int)jnum(it, "history_tokens", NULL);
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(ss, "sessions")) if ((uint64_t)jnum(it, "id", NULL) == s) hist =
+            (int)jnum(it, "history_tokens", NULL);
         cJSON_Delete(ss);
         CHECK(hist == N, "session history %d tokens after the 20k submit", hist);
         CHECK(mq_cancel(c, req) == 0, "cancel the 20k prefill");
@@ -402,8 +400,7 @@ static void test_long_prompt_and_context_limit(void)
         CHECK(rc == 0, "collect: %s", mq_strerror(rc));
         CHECK(r.stats.prompt_tokens == N, "prompt_tokens %u", r.stats.prompt_tokens);
         CHECK(r.end_reason == MQ_END_CANCELLED, "end %d", r.end_reason);
-        printf("    20000-token prompt through the ring, accepted and cancelled in %.2f s\n",
-               spawn_now() - t0);
+        printf("    20000-token prompt through the ring, accepted and cancelled in %.2f s\n", spawn_now() - t0);
     }
     /* over the limit: a clear error, nothing queued */
     uint64_t s2;
@@ -413,7 +410,7 @@ static void test_long_prompt_and_context_limit(void)
     mq_last_error(c, msg, sizeof msg);
     CHECK(rc == -MQ_ETOOLONG && strstr(msg, "context limit"), "over the limit: %d (%s)", rc, msg);
     /* a token id outside the vocabulary */
-    int32_t bad[2] = {5, 999999999};
+    int32_t bad[2] = { 5, 999999999 };
     rc = mq_send_tokens(c, s2, bad, 2, &p, &req);
     mq_last_error(c, msg, sizeof msg);
     CHECK(rc == -MQ_EBADPROMPT && strstr(msg, "vocabulary"), "bad id: %d (%s)", rc, msg);
@@ -424,13 +421,13 @@ static void test_long_prompt_and_context_limit(void)
 static int raw_connect(void)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", client_sock);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         close(fd);
         return -1;
     }
-    struct timeval tv = {10, 0};
+    struct timeval tv = { 10, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
 }
@@ -446,8 +443,8 @@ static int garbage_closes(const void *bytes, size_t n)
     if (send(fd, bytes, n, 0) == (ssize_t)n) {
         ssize_t k = recv(fd, buf, sizeof buf, 0);
         mq_msg m;
-        if (k > 0 && mq_wire_decode(buf, (size_t)k, &m, NULL, 0) == 0 &&
-            m.type == MQ_MSG_ERROR && m.u.error.code == MQ_ERR_PROTOCOL)
+        if (k > 0 && mq_wire_decode(buf, (size_t)k, &m, NULL, 0) == 0 && m.type == MQ_MSG_ERROR &&
+            m.u.error.code == MQ_ERR_PROTOCOL)
             ok = recv(fd, buf, sizeof buf, 0) == 0;
     }
     close(fd);
@@ -474,7 +471,7 @@ static void test_protocol_garbage(void)
         junk[i] = (uint8_t)(i * 131 + 7);
     CHECK(garbage_closes(junk, sizeof junk), "random bytes");
     /* a valid header with a lying length, and OPEN before HELLO */
-    mq_msg m = {.type = MQ_MSG_OPEN};
+    mq_msg m = { .type = MQ_MSG_OPEN };
     uint8_t buf[MQ_WIRE_MAX_MSG];
     int n = mq_wire_encode(&m, buf, sizeof buf);
     buf[12] = 9;
@@ -486,10 +483,9 @@ static void test_protocol_garbage(void)
     memcpy(big, buf, (size_t)n);
     CHECK(garbage_closes(big, sizeof big), "oversized datagram");
 
-    result r = {0};
+    result r = { 0 };
     CHECK(collect(c, req, &r, 60000) == 0, "stream during garbage");
-    CHECK(r.n == refs[1].n && !memcmp(r.ids, refs[1].ids, sizeof(int32_t) * r.n),
-          "the other client's output changed");
+    CHECK(r.n == refs[1].n && !memcmp(r.ids, refs[1].ids, sizeof(int32_t) * r.n), "the other client's output changed");
     mq_disconnect(c);
 }
 
@@ -545,8 +541,7 @@ static void test_privileges_dropped(void)
     CHECK(!strcmp(proc_status(mqd_pid, "NoNewPrivs", v, sizeof v), "1"), "NoNewPrivs %s", v);
     /* mqctl status works and reports the state */
     cJSON *r = admin_call(admin_sock, "status", 0);
-    CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")) && !strcmp(jstr(r, "state"), "ready"),
-          "admin status");
+    CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")) && !strcmp(jstr(r, "state"), "ready"), "admin status");
     cJSON_Delete(r);
 }
 
@@ -563,37 +558,36 @@ static void test_tools(void)
     char mq[4200], mqctl[4200], out[65536];
     snprintf(mq, sizeof mq, "%s/mq", spawn_build_dir());
     snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
-    char *run[] = {mq, "--socket", client_sock, "--raw", "--greedy", "--max-tokens", "24",
-                   "run", (char *)prompts[0], NULL};
+    char *run[] = { mq,   "--socket", client_sock,        "--raw", "--greedy", "--max-tokens",
+                    "24", "run",      (char *)prompts[0], NULL };
     int rc = run_tool(run, out, sizeof out);
     CHECK(rc == 0, "mq run exit %d: %s", rc, out);
     CHECK(!strncmp(out, refs[0].text, refs[0].text_len), "mq run printed \"%s\"", out);
-    char *js[] = {mq, "--socket", client_sock, "--json", "--greedy", "--max-tokens", "4",
-                  "run", "Hello", NULL};
+    char *js[] = { mq, "--socket", client_sock, "--json", "--greedy", "--max-tokens", "4", "run", "Hello", NULL };
     rc = run_tool(js, out, sizeof out);
     cJSON *o = cJSON_Parse(out);
     CHECK(rc == 0 && o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")) == 4 &&
               !strcmp(jstr(o, "end"), "length"),
           "mq --json: exit %d: %s", rc, out);
     cJSON_Delete(o);
-    char *st[] = {mqctl, "--socket", admin_sock, "status", NULL};
+    char *st[] = { mqctl, "--socket", admin_sock, "status", NULL };
     rc = run_tool(st, out, sizeof out);
-    CHECK(rc == 0 && strstr(out, "state           ready") && strstr(out, "mq-qwen3-80m"),
-          "mqctl status: exit %d: %s", rc, out);
-    char *sj[] = {mqctl, "--socket", admin_sock, "--json", "stats", NULL};
+    CHECK(rc == 0 && strstr(out, "state           ready") && strstr(out, "mq-qwen3-80m"), "mqctl status: exit %d: %s",
+          rc, out);
+    char *sj[] = { mqctl, "--socket", admin_sock, "--json", "stats", NULL };
     rc = run_tool(sj, out, sizeof out);
     o = cJSON_Parse(out);
     CHECK(rc == 0 && o && jnum(o, "kv", "blocks") > 0 && jnum(o, "tokens", "generated") > 0,
           "mqctl --json stats: exit %d: %s", rc, out);
     cJSON_Delete(o);
-    char *cancel[] = {mqctl, "--socket", admin_sock, "cancel", "987654321", NULL};
+    char *cancel[] = { mqctl, "--socket", admin_sock, "cancel", "987654321", NULL };
     rc = run_tool(cancel, out, sizeof out);
     CHECK(rc == 1 && strstr(out, "987654321"), "mqctl cancel unknown: exit %d: %s", rc, out);
-    char *bad[] = {mqctl, "--socket", admin_sock, "frobnicate", NULL};
+    char *bad[] = { mqctl, "--socket", admin_sock, "frobnicate", NULL };
     CHECK(run_tool(bad, out, sizeof out) == 2, "mqctl usage error: %s", out);
-    char *gone[] = {mqctl, "--socket", "/nonexistent/admin.sock", "status", NULL};
+    char *gone[] = { mqctl, "--socket", "/nonexistent/admin.sock", "status", NULL };
     CHECK(run_tool(gone, out, sizeof out) == 3, "mqctl unreachable: %s", out);
-    char *mqgone[] = {mq, "--socket", "/nonexistent/c.sock", "run", "x", NULL};
+    char *mqgone[] = { mq, "--socket", "/nonexistent/c.sock", "run", "x", NULL };
     CHECK(run_tool(mqgone, out, sizeof out) == 3, "mq unreachable: %s", out);
 }
 
@@ -619,11 +613,10 @@ static void test_sigterm_drains(void)
     uint64_t s2;
     rc = mq_open_session(c, MQ_MODE_RAW, &s2);
     CHECK(rc == -MQ_EDRAINING || rc == -EPIPE, "open while draining: %d", rc);
-    result r = {0};
+    result r = { 0 };
     rc = collect(c, req, &r, 30000);
     CHECK(rc == 0, "DONE during drain: %s", mq_strerror(rc));
-    CHECK(r.end_reason == MQ_END_CANCELLED || r.end_reason == MQ_END_SHUTDOWN,
-          "end reason %d", r.end_reason);
+    CHECK(r.end_reason == MQ_END_CANCELLED || r.end_reason == MQ_END_SHUTDOWN, "end reason %d", r.end_reason);
     int st = spawn_wait_exit(mqd_pid, 20);
     CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "mqd exit status %d", st);
     printf("    drained and exited in %.2f s\n", spawn_now() - t0);
@@ -642,11 +635,26 @@ int main(void)
     char bin[4200], ctx[16];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     snprintf(ctx, sizeof ctx, "%d", CTX_LIMIT);
-    char *argv[] = {bin, "--model-dir", (char *)spawn_model(), "--client-socket", client_sock,
-                    "--admin-socket", admin_sock, "--user", "nobody", "--allowed-users", "root",
-                    "--kv-tokens", "40960", "--ctx-tokens", ctx, "--drain-timeout-ms", "1500",
-                    "--token-ring-kib", "4",
-                    NULL};
+    char *argv[] = { bin,
+                     "--model-dir",
+                     (char *)spawn_model(),
+                     "--client-socket",
+                     client_sock,
+                     "--admin-socket",
+                     admin_sock,
+                     "--user",
+                     "nobody",
+                     "--allowed-users",
+                     "root",
+                     "--kv-tokens",
+                     "40960",
+                     "--ctx-tokens",
+                     ctx,
+                     "--drain-timeout-ms",
+                     "1500",
+                     "--token-ring-kib",
+                     "4",
+                     NULL };
     double t0 = spawn_now();
     mqd_pid = spawn(argv, NULL, logpath);
     int ready = spawn_wait_ready(admin_sock, mqd_pid, 120);

@@ -17,7 +17,7 @@
 #include <math.h>
 #include <pwd.h>
 
-#define RESERVE 100 /* 200 MiB: weights (~164 MiB) + a 12 MiB KV segment + slack */
+#define RESERVE   100 /* 200 MiB: weights (~164 MiB) + a 12 MiB KV segment + slack */
 #define KV_TOKENS "1024"
 
 static char dir[256], client_sock[300], admin_sock[300];
@@ -36,7 +36,10 @@ static long read_long(const char *path)
     return v;
 }
 
-static long nr_hugepages(void) { return read_long("/proc/sys/vm/nr_hugepages"); }
+static long nr_hugepages(void)
+{
+    return read_long("/proc/sys/vm/nr_hugepages");
+}
 
 static long meminfo(const char *key)
 {
@@ -98,19 +101,34 @@ static int log_has(const char *log, const char *what)
 }
 
 /* Starts mqd with huge page reservation; as_nobody: the process itself is not root. */
-static pid_t start_mqd_reserve(const char *model, const char *log, int as_nobody,
-                               const char *reserve, const char *huge_mode)
+static pid_t start_mqd_reserve(const char *model, const char *log, int as_nobody, const char *reserve,
+                               const char *huge_mode)
 {
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     unlink(log);
     char res[16];
     snprintf(res, sizeof res, "%s", reserve);
-    char *argv[] = {bin, "--model-dir", (char *)model, "--client-socket", client_sock,
-                    "--admin-socket", admin_sock, "--kv-tokens", KV_TOKENS, "--ctx-tokens",
-                    KV_TOKENS, "--hugepages-reserve", res, "--drain-timeout-ms", "1000",
-                    "--hugepages", (char *)(huge_mode ? huge_mode : "auto"),
-                    "--user", as_nobody ? "" : "nobody", NULL};
+    char *argv[] = { bin,
+                     "--model-dir",
+                     (char *)model,
+                     "--client-socket",
+                     client_sock,
+                     "--admin-socket",
+                     admin_sock,
+                     "--kv-tokens",
+                     KV_TOKENS,
+                     "--ctx-tokens",
+                     KV_TOKENS,
+                     "--hugepages-reserve",
+                     res,
+                     "--drain-timeout-ms",
+                     "1000",
+                     "--hugepages",
+                     (char *)(huge_mode ? huge_mode : "auto"),
+                     "--user",
+                     as_nobody ? "" : "nobody",
+                     NULL };
     if (!as_nobody)
         return spawn(argv, NULL, log);
     pid_t pid = fork();
@@ -182,12 +200,10 @@ static void test_reserve_use_giveback(void)
     double used = jpath(st, "memory", "weights_used", NULL);
     printf("    reserved %.0f, nr_hugepages %ld -> %ld, HugePages_Total %ld Free %ld Rsvd %ld; "
            "weights hugetlb %.1f MiB (thp %.1f, 4k %.1f), KV hugetlb %.1f MiB\n",
-           reserved, before, nr, total, fr, rsvd, w_huge / 1048576, w_thp / 1048576, w_4k / 1048576,
-           kv_huge / 1048576);
+           reserved, before, nr, total, fr, rsvd, w_huge / 1048576, w_thp / 1048576, w_4k / 1048576, kv_huge / 1048576);
     /* 24 GiB and a quiet pool: the kernel gives all 100 pages */
     CHECK(reserved == RESERVE, "mqd reserved %.0f of %d pages", reserved, RESERVE);
-    CHECK(nr == before + (long)reserved, "nr_hugepages %ld, expected %ld + %.0f", nr, before,
-          reserved);
+    CHECK(nr == before + (long)reserved, "nr_hugepages %ld, expected %ld + %.0f", nr, before, reserved);
     CHECK(total >= (long)reserved, "HugePages_Total %ld", total);
     /* held by mqd: weights (~82 pages) + KV segment (6 pages): faulted in (Total - Free)
      * or reserved by mmap and not yet touched (Rsvd, KV blocks nobody wrote yet) */
@@ -195,8 +211,7 @@ static void test_reserve_use_giveback(void)
     CHECK(rsvd >= 0 && total - fr + rsvd >= (long)((w_huge + kv_huge) / (2 << 20)),
           "HugePages Free %ld Rsvd %ld of %ld while weights+KV map %.0f pages", fr, rsvd, total,
           (w_huge + kv_huge) / (2 << 20));
-    CHECK(w_huge >= used && used > 100e6, "weights: %.0f hugetlb bytes for %.0f used", w_huge,
-          used);
+    CHECK(w_huge >= used && used > 100e6, "weights: %.0f hugetlb bytes for %.0f used", w_huge, used);
     CHECK(w_thp == 0 && w_4k == 0, "weights partly on thp (%.0f) / 4k (%.0f)", w_thp, w_4k);
     CHECK(kv_huge >= 12 << 20, "KV segment hugetlb bytes %.0f", kv_huge);
     cJSON_Delete(st);
@@ -206,7 +221,7 @@ static void test_reserve_use_giveback(void)
     char mqctl[4200], out[8192], tlog[320];
     snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
     snprintf(tlog, sizeof tlog, "%s/mqctl.log", dir);
-    char *sargv[] = {mqctl, "--socket", admin_sock, "status", NULL};
+    char *sargv[] = { mqctl, "--socket", admin_sock, "status", NULL };
     int rc = spawn_capture(sargv, tlog, 20, out, sizeof out);
     CHECK(rc == 0, "mqctl status exit %d", rc);
     double mw = 0, mk = 0;
@@ -216,13 +231,11 @@ static void test_reserve_use_giveback(void)
         mw = strtod(wl + strlen("weights mapped: hugetlb "), NULL);
     if (kl)
         mk = strtod(kl + strlen("KV segment: hugetlb "), NULL);
-    CHECK(mw > 100 && mk >= 12, "mqctl status: weights hugetlb %.1f MiB, KV %.1f MiB:\n%s", mw,
-          mk, out);
+    CHECK(mw > 100 && mk >= 12, "mqctl status: weights hugetlb %.1f MiB, KV %.1f MiB:\n%s", mw, mk, out);
 
     stop_mqd();
     /* given back before mqd exited: no waiting */
-    CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(),
-          before);
+    CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(), before);
     CHECK(log_has(log, "gave back 100 page(s)"), "log says the pages were given back");
     if (harness_cur_fail)
         spawn_dump_log(log);
@@ -242,8 +255,7 @@ static void test_sigkill_giveback(void)
     double t0 = spawn_now();
     while (nr_hugepages() != before && spawn_now() - t0 < 5)
         usleep(20 * 1000);
-    CHECK(nr_hugepages() == before, "nr_hugepages %ld 5 s after SIGKILL, was %ld",
-          nr_hugepages(), before);
+    CHECK(nr_hugepages() == before, "nr_hugepages %ld 5 s after SIGKILL, was %ld", nr_hugepages(), before);
     printf("    given back %.0f ms after SIGKILL\n", (spawn_now() - t0) * 1000);
     CHECK(log_has(log, "mqd is gone; gave back 100 page(s)"), "helper logged the give-back");
     unlink(client_sock); /* a killed mqd leaves its sockets */
@@ -266,13 +278,15 @@ static void test_failed_start_giveback(void)
         mqd_pid = 0;
     CHECK(log_has(log, "reserved 100 of 100 page(s)"), "pages were reserved first");
     CHECK(log_has(log, "gave back 100 page(s)"), "and given back");
-    CHECK(nr_hugepages() == before, "nr_hugepages %ld after failed start, was %ld",
-          nr_hugepages(), before);
+    CHECK(nr_hugepages() == before, "nr_hugepages %ld after failed start, was %ld", nr_hugepages(), before);
     if (harness_cur_fail)
         spawn_dump_log(log);
 }
 
-static double pages_of(double bytes) { return ceil(bytes / (2 << 20)); }
+static double pages_of(double bytes)
+{
+    return ceil(bytes / (2 << 20));
+}
 
 /* "auto": as many pages as weights + KV segment need, counted from the model's plan
  * before anything is mapped; the weights then sit in one exactly sized hugetlb mapping. */
@@ -289,29 +303,24 @@ static void test_auto(void)
     double asked = jpath(st, "memory", "hugepages_asked", NULL);
     double used = jpath(st, "memory", "weights_used", NULL);
     double w_huge = jpath(st, "memory", "weights_mapped", "hugetlb");
-    double w_other = jpath(st, "memory", "weights_mapped", "thp") +
-                     jpath(st, "memory", "weights_mapped", "4k");
+    double w_other = jpath(st, "memory", "weights_mapped", "thp") + jpath(st, "memory", "weights_mapped", "4k");
     double kv_huge = jpath(st, "memory", "kv_mapped", "hugetlb");
     double kv_bytes = jpath(st, "kv", "bytes", NULL);
     long nr = nr_hugepages();
     printf("    auto: asked %.0f, reserved %.0f (weights used %.1f MiB -> %.0f pages, KV %.1f "
            "MiB -> %.0f pages), nr_hugepages %ld -> %ld\n",
-           asked, reserved, used / 1048576, pages_of(used), kv_bytes / 1048576,
-           pages_of(kv_bytes), before, nr);
-    CHECK(used > 100e6 && kv_bytes >= 12 << 20, "status: weights %.0f, KV %.0f bytes", used,
+           asked, reserved, used / 1048576, pages_of(used), kv_bytes / 1048576, pages_of(kv_bytes), before, nr);
+    CHECK(used > 100e6 && kv_bytes >= 12 << 20, "status: weights %.0f, KV %.0f bytes", used, kv_bytes);
+    CHECK(asked == pages_of(used) + pages_of(kv_bytes), "asked %.0f pages for %.0f weight + %.0f KV bytes", asked, used,
           kv_bytes);
-    CHECK(asked == pages_of(used) + pages_of(kv_bytes),
-          "asked %.0f pages for %.0f weight + %.0f KV bytes", asked, used, kv_bytes);
-    CHECK(reserved == asked && nr == before + (long)reserved, "reserved %.0f, nr %ld", reserved,
-          nr);
+    CHECK(reserved == asked && nr == before + (long)reserved, "reserved %.0f, nr %ld", reserved, nr);
     CHECK(w_huge == pages_of(used) * (2 << 20) && w_other == 0,
           "weights: hugetlb %.0f bytes (one exact mapping), other %.0f", w_huge, w_other);
     CHECK(kv_huge == kv_bytes, "KV hugetlb %.0f of %.0f bytes", kv_huge, kv_bytes);
     CHECK(log_has(log, "auto: reserved"), "log says what auto reserved");
     cJSON_Delete(st);
     stop_mqd();
-    CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(),
-          before);
+    CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(), before);
     if (harness_cur_fail)
         spawn_dump_log(log);
 }

@@ -21,8 +21,8 @@
 #include "daemon/probes.h"
 
 #define FAULT_BYTES (64u << 20)
-#define PAGE 4096u
-#define SLEEP_MS 300
+#define PAGE        4096u
+#define SLEEP_MS    300
 
 typedef struct seen {
     pid_t tid;
@@ -39,7 +39,7 @@ typedef struct scan {
 static void on_row(pid_t tid, const char *comm, uint64_t off, uint64_t faults, void *ctx)
 {
     scan *s = ctx;
-    seen *all[] = {&s->sleeper, &s->faulter, &s->child, &s->main};
+    seen *all[] = { &s->sleeper, &s->faulter, &s->child, &s->main };
     s->rows++;
     for (int i = 0; i < 4; i++)
         if (all[i]->tid == tid) {
@@ -50,14 +50,17 @@ static void on_row(pid_t tid, const char *comm, uint64_t off, uint64_t faults, v
         }
 }
 
-static pid_t gettid_(void) { return (pid_t)syscall(SYS_gettid); }
+static pid_t gettid_(void)
+{
+    return (pid_t)syscall(SYS_gettid);
+}
 
 static void *sleeper(void *arg)
 {
     pthread_setname_np(pthread_self(), "mq-sleeper");
     *(pid_t *)arg = gettid_();
     for (int i = 0; i < SLEEP_MS / 10; i++) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
         nanosleep(&ts, NULL);
     }
     return NULL;
@@ -68,9 +71,11 @@ static void *faulter(void *arg)
     pthread_setname_np(pthread_self(), "mq-faulter");
     *(pid_t *)arg = gettid_();
     uint8_t *m = mmap(NULL, FAULT_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return NULL;
-    madvise(m, FAULT_BYTES, MADV_NOHUGEPAGE);   /* one fault per 4 KiB page */
-    for (size_t off = 0; off < FAULT_BYTES; off += PAGE) m[off] = (uint8_t)off | 1;
+    if (m == MAP_FAILED)
+        return NULL;
+    madvise(m, FAULT_BYTES, MADV_NOHUGEPAGE); /* one fault per 4 KiB page */
+    for (size_t off = 0; off < FAULT_BYTES; off += PAGE)
+        m[off] = (uint8_t)off | 1;
     munmap(m, FAULT_BYTES);
     return NULL;
 }
@@ -81,16 +86,18 @@ static void test_probes_attribute_to_threads(void)
     mq_probes *p = NULL;
     int rc = mq_probes_start(&p, getpid(), err, sizeof err);
     CHECK(rc == 0, "mq_probes_start failed (%d): %s", rc, err);
-    if (rc) return;
+    if (rc)
+        return;
 
-    scan s = {0};
+    scan s = { 0 };
     s.main.tid = gettid_();
     /* a child process faulting the same way: other tgid, must not show up */
     pid_t child = fork();
     if (child == 0) {
         uint8_t *m = mmap(NULL, FAULT_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m != MAP_FAILED)
-            for (size_t off = 0; off < FAULT_BYTES; off += PAGE) m[off] = 1;
+            for (size_t off = 0; off < FAULT_BYTES; off += PAGE)
+                m[off] = 1;
         _exit(0);
     }
     s.child.tid = child;
@@ -105,9 +112,8 @@ static void test_probes_attribute_to_threads(void)
     CHECK(rc == 0, "mq_probes_read: %d", rc);
     printf("    rows %d; sleeper tid %d '%s' off-CPU %.1f ms, %llu faults; "
            "faulter tid %d '%s' off-CPU %.1f ms, %llu faults\n",
-           s.rows, s.sleeper.tid, s.sleeper.comm, s.sleeper.offcpu_ns / 1e6,
-           (unsigned long long)s.sleeper.faults, s.faulter.tid, s.faulter.comm,
-           s.faulter.offcpu_ns / 1e6, (unsigned long long)s.faulter.faults);
+           s.rows, s.sleeper.tid, s.sleeper.comm, s.sleeper.offcpu_ns / 1e6, (unsigned long long)s.sleeper.faults,
+           s.faulter.tid, s.faulter.comm, s.faulter.offcpu_ns / 1e6, (unsigned long long)s.faulter.faults);
 
     CHECK(s.sleeper.found, "sleeper tid %d not reported", s.sleeper.tid);
     CHECK(s.faulter.found, "faulter tid %d not reported", s.faulter.tid);
@@ -115,14 +121,13 @@ static void test_probes_attribute_to_threads(void)
     CHECK(strcmp(s.sleeper.comm, "mq-sleeper") == 0, "sleeper comm '%s'", s.sleeper.comm);
     CHECK(strcmp(s.faulter.comm, "mq-faulter") == 0, "faulter comm '%s'", s.faulter.comm);
     /* the sleeper slept 30 x 10 ms: at least that long off a CPU */
-    CHECK(s.sleeper.offcpu_ns >= (uint64_t)SLEEP_MS * 1000000u * 95 / 100,
-          "sleeper off-CPU %.1f ms < %d ms slept", s.sleeper.offcpu_ns / 1e6, SLEEP_MS);
-    CHECK(s.sleeper.offcpu_ns < 10ull * 1000000000u, "sleeper off-CPU %.1f ms implausible",
-          s.sleeper.offcpu_ns / 1e6);
+    CHECK(s.sleeper.offcpu_ns >= (uint64_t)SLEEP_MS * 1000000u * 95 / 100, "sleeper off-CPU %.1f ms < %d ms slept",
+          s.sleeper.offcpu_ns / 1e6, SLEEP_MS);
+    CHECK(s.sleeper.offcpu_ns < 10ull * 1000000000u, "sleeper off-CPU %.1f ms implausible", s.sleeper.offcpu_ns / 1e6);
     /* the faulter touched 16384 fresh pages; the sleeper only its stack */
     uint64_t pages = FAULT_BYTES / PAGE;
-    CHECK(s.faulter.faults >= pages, "faulter %llu faults < %llu pages touched",
-          (unsigned long long)s.faulter.faults, (unsigned long long)pages);
+    CHECK(s.faulter.faults >= pages, "faulter %llu faults < %llu pages touched", (unsigned long long)s.faulter.faults,
+          (unsigned long long)pages);
     CHECK(s.faulter.faults < pages + pages / 4, "faulter %llu faults, far more than %llu pages",
           (unsigned long long)s.faulter.faults, (unsigned long long)pages);
     CHECK(s.sleeper.faults < pages / 16, "sleeper has %llu faults", (unsigned long long)s.sleeper.faults);
@@ -146,10 +151,11 @@ static void test_probes_other_process_and_errors(void)
     mq_probes *p = NULL;
     int rc = mq_probes_start(&p, 0x3ffffff0, err, sizeof err);
     CHECK(rc == 0, "start on an idle tgid: %d %s", rc, err);
-    if (rc) return;
-    struct timespec ts = {0, 20 * 1000 * 1000};
+    if (rc)
+        return;
+    struct timespec ts = { 0, 20 * 1000 * 1000 };
     nanosleep(&ts, NULL);
-    scan s = {0};
+    scan s = { 0 };
     mq_probes_read(p, on_row, &s);
     CHECK(s.rows == 0, "%d rows for a process that does not exist", s.rows);
     mq_probes_stop(p);
@@ -157,7 +163,8 @@ static void test_probes_other_process_and_errors(void)
 
     /* without privileges: a negative errno and a reason, no crash (mqd then runs without) */
     int pfd[2];
-    if (pipe(pfd) != 0) return;
+    if (pipe(pfd) != 0)
+        return;
     pid_t c = fork();
     if (c == 0) {
         close(pfd[0]);

@@ -44,7 +44,7 @@ struct rec {
     int err;
     char msg[256];
     mq_req_stats st;
-    mq_sched *s;            /* cancel after cancel_after tokens (0 = never) */
+    mq_sched *s; /* cancel after cancel_after tokens (0 = never) */
     uint64_t sess;
     int cancel_after;
 };
@@ -72,7 +72,8 @@ static void on_token(void *ctx, int32_t id, const char *text, size_t len)
     }
     int cancel = r->cancel_after && r->n == r->cancel_after;
     pthread_mutex_unlock(&r->mu);
-    if (cancel) mq_sched_cancel(r->s, r->sess, MQ_END_CANCEL);
+    if (cancel)
+        mq_sched_cancel(r->s, r->sess, MQ_END_CANCEL);
 }
 
 static void on_done(void *ctx, mq_end_reason why, int err, const char *msg, const mq_req_stats *st)
@@ -95,17 +96,20 @@ static int rec_wait(struct rec *r, double timeout_s)
     dl.tv_sec += (time_t)timeout_s;
     pthread_mutex_lock(&r->mu);
     while (!r->done)
-        if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT) break;
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT)
+            break;
     int d = r->done;
     pthread_mutex_unlock(&r->mu);
     CHECK(d, "request finished within %.0f s", timeout_s);
     return d;
 }
 
-static mq_sink sink_of(struct rec *r) { return (mq_sink){ .ctx = r, .on_token = on_token, .on_done = on_done }; }
+static mq_sink sink_of(struct rec *r)
+{
+    return (mq_sink){ .ctx = r, .on_token = on_token, .on_done = on_done };
+}
 
-static mq_sched *make_sched(mq_sched_mode mode, int kv_blocks, int block_tokens, int chunk,
-                            mq_kv_full_policy pol)
+static mq_sched *make_sched(mq_sched_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
 {
     mq_sched_opts o;
     mq_sched_opts_default(&o);
@@ -162,12 +166,14 @@ static void test_prefix_shared_and_second_turn(void)
 {
     const int BT = 16;
     mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, BT, 64, MQ_KV_FULL_FAIL);
-    if (!s) return;
+    if (!s)
+        return;
     int32_t *sys = NULL, *ua = NULL, *ub = NULL, *u2 = NULL;
     int nsys = make_tokens(SYSTEM, &sys);
     int nua = make_tokens("<|im_start|>user\nList the files in src/.<|im_end|>\n<|im_start|>assistant\n", &ua);
     int nub = make_tokens("<|im_start|>user\nWhat does main.py do?<|im_end|>\n<|im_start|>assistant\n", &ub);
-    int nu2 = make_tokens("<|im_end|>\n<|im_start|>user\nNow open the first one.<|im_end|>\n<|im_start|>assistant\n", &u2);
+    int nu2 =
+        make_tokens("<|im_end|>\n<|im_start|>user\nNow open the first one.<|im_end|>\n<|im_start|>assistant\n", &u2);
     CHECK(nsys > 3 * BT, "system prompt spans several blocks (%d tokens)", nsys);
     int32_t buf[1024];
     uint64_t a, b;
@@ -178,10 +184,13 @@ static void test_prefix_shared_and_second_turn(void)
     int n = cat(buf, sys, nsys, ua, nua);
     submit(s, a, buf, n, 8, &ra);
     rec_wait(&ra, 60);
-    CHECK(ra.why == MQ_END_LENGTH && ra.n == 8, "8 tokens then length: %s n=%d (%s)", mq_end_reason_name(ra.why), ra.n, ra.msg);
+    CHECK(ra.why == MQ_END_LENGTH && ra.n == 8, "8 tokens then length: %s n=%d (%s)", mq_end_reason_name(ra.why), ra.n,
+          ra.msg);
     CHECK(ra.st.prompt_tokens == n && ra.st.cached_tokens == 0 && ra.st.prefilled_tokens == n,
-          "first request: prompt %d cached %d prefilled %d", ra.st.prompt_tokens, ra.st.cached_tokens, ra.st.prefilled_tokens);
-    CHECK(ra.st.ttft_ms > 0 && ra.st.generated_tokens == 8, "stats ttft %.1f gen %d", ra.st.ttft_ms, ra.st.generated_tokens);
+          "first request: prompt %d cached %d prefilled %d", ra.st.prompt_tokens, ra.st.cached_tokens,
+          ra.st.prefilled_tokens);
+    CHECK(ra.st.ttft_ms > 0 && ra.st.generated_tokens == 8, "stats ttft %.1f gen %d", ra.st.ttft_ms,
+          ra.st.generated_tokens);
 
     /* session b shares the system prompt: its full blocks come from the index */
     rec_init(&rb);
@@ -217,7 +226,10 @@ static void test_prefix_shared_and_second_turn(void)
     mq_sched_get_stats(s, &st);
     CHECK(st.kv_used == 0 && st.kv_cached > 0, "after close: used %d cached %d", st.kv_used, st.kv_cached);
     mq_sched_destroy(s);
-    free(sys); free(ua); free(ub); free(u2);
+    free(sys);
+    free(ua);
+    free(ub);
+    free(u2);
 }
 
 /* Two prompts with the same long head arrive together: the head's full blocks are read
@@ -234,16 +246,18 @@ static void test_concurrent_prompts_read_shared_head_once(void)
     int32_t pa[1024], pb[1024];
     int na = cat(pa, sys, nsys, ua, nua), nb = cat(pb, sys, nsys, ub, nub);
     int common = 0;
-    while (common < na && common < nb && pa[common] == pb[common]) common++;
+    while (common < na && common < nb && pa[common] == pb[common])
+        common++;
     const int shared = common / BT * BT;
     CHECK(shared >= 3 * CHUNK, "the common head spans several chunks (%d tokens)", shared);
 
     struct rec solo[2], both[2];
     const int32_t *p[2] = { pa, pb };
     const int n[2] = { na, nb };
-    for (int i = 0; i < 2; i++) {   /* each alone, in a fresh scheduler */
+    for (int i = 0; i < 2; i++) { /* each alone, in a fresh scheduler */
         mq_sched *s = make_sched(MQ_SCHED_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
-        if (!s) return;
+        if (!s)
+            return;
         uint64_t id;
         mq_sched_session_open(s, &id);
         rec_init(&solo[i]);
@@ -252,14 +266,17 @@ static void test_concurrent_prompts_read_shared_head_once(void)
         mq_sched_destroy(s);
     }
     mq_sched *s = make_sched(MQ_SCHED_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
-    if (!s) return;
+    if (!s)
+        return;
     uint64_t ids[2];
     for (int i = 0; i < 2; i++) {
         mq_sched_session_open(s, &ids[i]);
         rec_init(&both[i]);
     }
-    for (int i = 0; i < 2; i++) submit(s, ids[i], p[i], n[i], GEN, &both[i]);
-    for (int i = 0; i < 2; i++) rec_wait(&both[i], 60);
+    for (int i = 0; i < 2; i++)
+        submit(s, ids[i], p[i], n[i], GEN, &both[i]);
+    for (int i = 0; i < 2; i++)
+        rec_wait(&both[i], 60);
     int prefilled = both[0].st.prefilled_tokens + both[1].st.prefilled_tokens;
     int cached = both[0].st.cached_tokens + both[1].st.cached_tokens;
     CHECK(prefilled == na + nb - shared && cached == shared,
@@ -273,7 +290,9 @@ static void test_concurrent_prompts_read_shared_head_once(void)
               solo[i].text);
     }
     mq_sched_destroy(s);
-    free(sys); free(ua); free(ub);
+    free(sys);
+    free(ua);
+    free(ub);
 }
 
 /* Greedy outputs of sessions decoding together equal those of each alone (BF16 mode, so
@@ -281,13 +300,15 @@ static void test_concurrent_prompts_read_shared_head_once(void)
 static void test_batched_equals_solo(void)
 {
     mq_sched *s = make_sched(MQ_SCHED_BF16, 256, 16, 32, MQ_KV_FULL_FAIL);
-    if (!s) return;
+    if (!s)
+        return;
     const char *prompts[3] = { "def fibonacci(n):\n    ", "The old lighthouse keeper looked at the sea and",
                                "import os\nimport sys\n\nclass Config:\n    def __init__(self" };
     int32_t *t[3];
     int nt[3];
     struct rec solo[3], both[3];
-    for (int i = 0; i < 3; i++) nt[i] = make_tokens(prompts[i], &t[i]);
+    for (int i = 0; i < 3; i++)
+        nt[i] = make_tokens(prompts[i], &t[i]);
     for (int i = 0; i < 3; i++) {
         uint64_t id;
         mq_sched_session_open(s, &id);
@@ -297,15 +318,17 @@ static void test_batched_equals_solo(void)
         mq_sched_session_close(s, id);
     }
     mq_sched_destroy(s);
-    s = make_sched(MQ_SCHED_BF16, 256, 16, 32, MQ_KV_FULL_FAIL);   /* fresh: no cached prefixes */
-    if (!s) return;
+    s = make_sched(MQ_SCHED_BF16, 256, 16, 32, MQ_KV_FULL_FAIL); /* fresh: no cached prefixes */
+    if (!s)
+        return;
     uint64_t ids[3];
     for (int i = 0; i < 3; i++) {
         mq_sched_session_open(s, &ids[i]);
         rec_init(&both[i]);
         submit(s, ids[i], t[i], nt[i], 24, &both[i]);
     }
-    for (int i = 0; i < 3; i++) rec_wait(&both[i], 120);
+    for (int i = 0; i < 3; i++)
+        rec_wait(&both[i], 120);
     for (int i = 0; i < 3; i++) {
         CHECK(both[i].n == 24 && solo[i].n == 24, "24 tokens each (%d, %d)", both[i].n, solo[i].n);
         int same = memcmp(both[i].ids, solo[i].ids, 24 * sizeof(int32_t)) == 0;
@@ -319,7 +342,8 @@ static void test_batched_equals_solo(void)
 static void test_cancel_and_errors(void)
 {
     mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
-    if (!s) return;
+    if (!s)
+        return;
     int32_t *t = NULL;
     int n = make_tokens("Once upon a time, in a small village by the river,", &t);
     uint64_t a;
@@ -328,7 +352,7 @@ static void test_cancel_and_errors(void)
     rec_init(&r);
     r.s = s;
     r.sess = a;
-    r.cancel_after = 5;   /* the sink cancels from the decode thread */
+    r.cancel_after = 5; /* the sink cancels from the decode thread */
     submit(s, a, t, n, 500, &r);
     rec_wait(&r, 60);
     CHECK(r.why == MQ_END_CANCEL, "cancelled: %s", mq_end_reason_name(r.why));
@@ -366,11 +390,13 @@ static void test_cancel_and_errors(void)
 static void test_kv_full(void)
 {
     int32_t *t = NULL;
-    int n = make_tokens(SYSTEM, &t);   /* ~100 tokens */
-    if (n > 120) n = 120;
+    int n = make_tokens(SYSTEM, &t); /* ~100 tokens */
+    if (n > 120)
+        n = 120;
     for (int pol = 0; pol < 2; pol++) {
         mq_sched *s = make_sched(MQ_SCHED_MIXED, 12, 16, 64, pol ? MQ_KV_FULL_FAIL : MQ_KV_FULL_WAIT);
-        if (!s) return;
+        if (!s)
+            return;
         uint64_t a, b;
         mq_sched_session_open(s, &a);
         mq_sched_session_open(s, &b);
@@ -380,7 +406,8 @@ static void test_kv_full(void)
         /* a needs ceil((n+40)/16) blocks; b (different tokens) as many: both do not fit */
         submit(s, a, t, n, 40, &ra);
         int32_t *t2 = malloc((size_t)n * sizeof *t2);
-        for (int i = 0; i < n; i++) t2[i] = t[n - 1 - i];
+        for (int i = 0; i < n; i++)
+            t2[i] = t[n - 1 - i];
         submit(s, b, t2, n, 40, &rb);
         rec_wait(&ra, 60);
         rec_wait(&rb, 60);
@@ -413,7 +440,8 @@ static void test_kv_full(void)
 static void test_chunked_prefill_interleaves(void)
 {
     mq_sched *s = make_sched(MQ_SCHED_MIXED, 512, 16, 32, MQ_KV_FULL_FAIL);
-    if (!s) return;
+    if (!s)
+        return;
     int32_t *t = NULL;
     int n = make_tokens("def add(a, b):\n    return a + b\n", &t);
     uint64_t a, b;
@@ -428,7 +456,8 @@ static void test_chunked_prefill_interleaves(void)
         pthread_mutex_lock(&ra.mu);
         int k = ra.n;
         pthread_mutex_unlock(&ra.mu);
-        if (k >= 2) break;
+        if (k >= 2)
+            break;
         struct timespec ts = { 0, 5000000 };
         nanosleep(&ts, NULL);
     }
@@ -444,7 +473,8 @@ static void test_chunked_prefill_interleaves(void)
     rec_wait(&ra, 120);
     double t_b_first = rb.t[0];
     int during = 0;
-    for (int i = 0; i < ra.n && i < MAXTOK; i++) during += ra.t[i] > t_sub && ra.t[i] < t_b_first;
+    for (int i = 0; i < ra.n && i < MAXTOK; i++)
+        during += ra.t[i] > t_sub && ra.t[i] < t_b_first;
     CHECK(nl > 20 * 32, "long prompt: %d tokens = %d chunks", nl, nl / 32);
     CHECK(rb.st.prefilled_tokens == nl, "b prefilled all %d", rb.st.prefilled_tokens);
     CHECK(during >= 3, "a generated %d tokens while b's prompt was read", during);
@@ -457,7 +487,8 @@ static void test_chunked_prefill_interleaves(void)
 static void test_stops_and_drain(void)
 {
     mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
-    if (!s) return;
+    if (!s)
+        return;
     int32_t *t = NULL;
     int n = make_tokens("def main():\n    print(", &t);
     uint64_t a;
@@ -470,7 +501,8 @@ static void test_stops_and_drain(void)
     /* stop at the 4th greedy token (first occurrence) */
     int k = 3;
     for (int i = 0; i < 3; i++)
-        if (r0.ids[i] == r0.ids[3]) k = i;
+        if (r0.ids[i] == r0.ids[3])
+            k = i;
     mq_sched_session_open(s, &a);
     struct rec r1;
     rec_init(&r1);
@@ -485,7 +517,7 @@ static void test_stops_and_drain(void)
 
     /* stop string: a piece of the text the greedy run produced */
     if (r0.n_text >= 4) {
-        char stop[8] = {0};
+        char stop[8] = { 0 };
         size_t off = r0.n_text / 2;
         memcpy(stop, r0.text + off, 2);
         mq_sched_session_open(s, &a);
@@ -498,8 +530,7 @@ static void test_stops_and_drain(void)
         /* the text before the stop string is released, the stop string is not */
         size_t before = (size_t)(strstr(r0.text, stop) - r0.text);
         CHECK(r2.why == MQ_END_STOP_STRING && r2.n_text == before && strncmp(r2.text, r0.text, before) == 0,
-              "stop string \"%s\": %s \"%s\" (greedy text \"%s\")", stop, mq_end_reason_name(r2.why), r2.text,
-              r0.text);
+              "stop string \"%s\": %s \"%s\" (greedy text \"%s\")", stop, mq_end_reason_name(r2.why), r2.text, r0.text);
         mq_sched_session_close(s, a);
     }
 
@@ -520,7 +551,8 @@ static void test_stops_and_drain(void)
     mq_gen_params bad = { .max_tokens = 4, .temperature = 1.0f, .top_p = -1.0f, .min_p = NAN };
     mq_sink sb = sink_of(&rs[0]);
     mq_sched_session_open(s, &a);
-    CHECK(mq_sched_submit(s, a, t, n, &bad, &sb, err, sizeof err) == -EINVAL, "bad sampling parameters refused: %s", err);
+    CHECK(mq_sched_submit(s, a, t, n, &bad, &sb, err, sizeof err) == -EINVAL, "bad sampling parameters refused: %s",
+          err);
 
     /* drain: a running request is cancelled at the timeout, new ones are refused */
     mq_sched_session_open(s, &a);
@@ -542,7 +574,8 @@ static void test_streamed_equals_pread(void)
     mq_model *m2 = NULL;
     int r = mq_model_load(shared_path("models/mq-qwen3-80m"), NULL, &m2, err);
     CHECK(r == 0, "mq_model_load: %s", err);
-    if (r) return;
+    if (r)
+        return;
     mq_pool *pool;
     mq_pool_create(&pool, 1, NULL, "t");
     int32_t *t = NULL;
@@ -556,10 +589,12 @@ static void test_streamed_equals_pread(void)
         CHECK(mq_engine_create(&e, ms[k], &eo, err) == 0, "engine: %s", err);
         size_t bb = mq_kv_block_bytes(&ms[k]->cfg, 16);
         uint8_t *blocks[4];
-        for (int i = 0; i < 4; i++) blocks[i] = aligned_alloc(64, (bb + 63) / 64 * 64);
+        for (int i = 0; i < 4; i++)
+            blocks[i] = aligned_alloc(64, (bb + 63) / 64 * 64);
         mq_kv_seq seq = { blocks, 4 };
         CHECK(mq_engine_prompt(e, pool, &seq, t, n, 0, MQ_MODE_MIXED, ls[k]) == 0, "prompt");
-        for (int i = 0; i < 4; i++) free(blocks[i]);
+        for (int i = 0; i < 4; i++)
+            free(blocks[i]);
         mq_engine_free(e);
     }
     CHECK(memcmp(l1, l2, (size_t)g_model->cfg.vocab * 4) == 0, "streamed and pread models give identical logits");

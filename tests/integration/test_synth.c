@@ -43,7 +43,8 @@ static uint8_t *read_tensor(const mq_st *st, const mq_st_tensor *t)
         free(b);
         b = NULL;
     }
-    if (fd >= 0) close(fd);
+    if (fd >= 0)
+        close(fd);
     return b;
 }
 
@@ -61,13 +62,13 @@ static void test_synth_layouts(void)
     mq_config cfg;
     int rc = mq_config_load(&cfg, one, err);
     CHECK(rc == 0, "config.json: %s", err);
-    if (rc) return;
-    CHECK(cfg.arch == MQ_ARCH_QWEN3 && cfg.hidden == 1024 && cfg.n_layers == 2 && cfg.n_head == 16 &&
-              cfg.n_kv == 8 && cfg.head_dim == 128 && cfg.inter == 3072 && cfg.vocab == 151936 &&
-              cfg.tie_embeddings && cfg.qk_norm && !cfg.qkv_bias,
-          "config: arch %d hidden %d layers %d heads %d/%d hd %d inter %d vocab %d tied %d",
-          cfg.arch, cfg.hidden, cfg.n_layers, cfg.n_head, cfg.n_kv, cfg.head_dim, cfg.inter, cfg.vocab,
-          cfg.tie_embeddings);
+    if (rc)
+        return;
+    CHECK(cfg.arch == MQ_ARCH_QWEN3 && cfg.hidden == 1024 && cfg.n_layers == 2 && cfg.n_head == 16 && cfg.n_kv == 8 &&
+              cfg.head_dim == 128 && cfg.inter == 3072 && cfg.vocab == 151936 && cfg.tie_embeddings && cfg.qk_norm &&
+              !cfg.qkv_bias,
+          "config: arch %d hidden %d layers %d heads %d/%d hd %d inter %d vocab %d tied %d", cfg.arch, cfg.hidden,
+          cfg.n_layers, cfg.n_head, cfg.n_kv, cfg.head_dim, cfg.inter, cfg.vocab, cfg.tie_embeddings);
     CHECK(cfg.rope_theta == 1e6 && fabsf(cfg.rms_eps - 1e-6f) < 1e-12f, "rope %g eps %g", cfg.rope_theta,
           (double)cfg.rms_eps);
 
@@ -76,11 +77,11 @@ static void test_synth_layouts(void)
     CHECK(rc == 0, "open single: %s", err);
     rc |= mq_st_open(&b, sh, err);
     CHECK(rc == 0, "open sharded: %s", err);
-    if (!a || !b) goto out;
+    if (!a || !b)
+        goto out;
     CHECK(a->n_files == 1 && b->n_files == 3, "files: %d and %d", a->n_files, b->n_files);
-    int want = 1 + 2 * 11 + 1;   /* embedding, 11 per layer, final norm (tied: no lm_head) */
-    CHECK(a->n_tensors == want && b->n_tensors == want, "tensors %d / %d, want %d", a->n_tensors,
-          b->n_tensors, want);
+    int want = 1 + 2 * 11 + 1; /* embedding, 11 per layer, final norm (tied: no lm_head) */
+    CHECK(a->n_tensors == want && b->n_tensors == want, "tensors %d / %d, want %d", a->n_tensors, b->n_tensors, want);
 
     const mq_st_tensor *e = mq_st_find(a, "model.embed_tokens.weight");
     CHECK(e && e->dtype == MQ_DT_BF16 && e->ndim == 2 && e->shape[0] == 151936 && e->shape[1] == 1024,
@@ -98,7 +99,8 @@ static void test_synth_layouts(void)
     int same = 0;
     for (int i = 0; i < a->n_tensors; i++) {
         const mq_st_tensor *ta = &a->tensors[i], *tb = mq_st_find(b, ta->name);
-        if (!tb || tb->bytes != ta->bytes) continue;
+        if (!tb || tb->bytes != ta->bytes)
+            continue;
         uint8_t *x = read_tensor(a, ta), *y = read_tensor(b, tb);
         same += x && y && memcmp(x, y, ta->bytes) == 0;
         free(x);
@@ -124,7 +126,8 @@ static void test_synth_layouts(void)
     if (qn) {
         uint16_t *w = (uint16_t *)read_tensor(a, qn);
         int ones = 0;
-        for (int i = 0; w && i < 128; i++) ones += mq_bf16_to_f32(w[i]) == 1.0f;
+        for (int i = 0; w && i < 128; i++)
+            ones += mq_bf16_to_f32(w[i]) == 1.0f;
         CHECK(ones == 128, "q_norm: %d of 128 are 1", ones);
         free(w);
     }
@@ -149,25 +152,28 @@ static void test_synth_layouts(void)
     uint8_t *kv = NULL;
     float *logits = NULL;
     if (!rc && !mq_pool_create(&pool, 2, NULL, "t-synth")) {
-        mq_engine_opts o = {.max_chunk = 16, .max_batch = 1, .block_tokens = 16, .max_context = 16};
+        mq_engine_opts o = { .max_chunk = 16, .max_batch = 1, .block_tokens = 16, .max_context = 16 };
         rc = mq_engine_create(&eng, m, &o, err);
         CHECK(rc == 0, "engine: %s", err);
         size_t bb = (mq_kv_block_bytes(&m->cfg, 16) + 63) / 64 * 64;
         logits = malloc((size_t)16 * m->cfg.vocab * 4);
         if (!rc && logits && !posix_memalign((void **)&kv, 64, bb)) {
-            uint8_t *blocks[1] = {kv};
-            mq_kv_seq seq = {blocks, 1};
+            uint8_t *blocks[1] = { kv };
+            mq_kv_seq seq = { blocks, 1 };
             int toks[16];
-            for (int i = 0; i < 16; i++) toks[i] = 1000 + 977 * i;
+            for (int i = 0; i < 16; i++)
+                toks[i] = 1000 + 977 * i;
             for (int pr = 0; pr < 2; pr++) {
                 rc = mq_engine_forward(eng, pool, &seq, toks, 16, 0, pr ? MQ_PREC_FP4 : MQ_PREC_BF16, logits, 16);
                 CHECK(rc == 0, "forward (%s): %d", pr ? "fp4" : "bf16", rc);
                 int finite = 1;
-                for (size_t i = 0; i < (size_t)16 * m->cfg.vocab; i++) finite &= isfinite(logits[i]) != 0;
+                for (size_t i = 0; i < (size_t)16 * m->cfg.vocab; i++)
+                    finite &= isfinite(logits[i]) != 0;
                 float lse = mq_logsumexp(logits + (size_t)15 * m->cfg.vocab, m->cfg.vocab);
-                float top = logits[(size_t)15 * m->cfg.vocab + mq_argmax(logits + (size_t)15 * m->cfg.vocab, m->cfg.vocab)];
-                printf("    %s: logits finite %d, top-1 probability %.2e (uniform %.2e)\n", pr ? "fp4" : "bf16",
-                       finite, exp(top - lse), 1.0 / m->cfg.vocab);
+                float top =
+                    logits[(size_t)15 * m->cfg.vocab + mq_argmax(logits + (size_t)15 * m->cfg.vocab, m->cfg.vocab)];
+                printf("    %s: logits finite %d, top-1 probability %.2e (uniform %.2e)\n", pr ? "fp4" : "bf16", finite,
+                       exp(top - lse), 1.0 / m->cfg.vocab);
                 CHECK(finite, "non-finite logits (%s)", pr ? "fp4" : "bf16");
                 CHECK(exp(top - lse) < 0.01, "top-1 probability %.3g: activations blew up", exp(top - lse));
             }

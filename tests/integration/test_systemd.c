@@ -27,7 +27,7 @@ static struct {
     note notes[MAX_NOTES];
     int n;
     pthread_mutex_t mu;
-} ns = {.mu = PTHREAD_MUTEX_INITIALIZER};
+} ns = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void *notify_main(void *arg)
 {
@@ -81,10 +81,10 @@ static void test_socket_activation_and_notify(void)
     snprintf(log, sizeof log, "%s/mqd.log", dir);
 
     ns.fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", notify);
     CHECK(bind(ns.fd, (struct sockaddr *)&sa, sizeof sa) == 0, "bind notify socket");
-    struct timeval tv = {0, 200000};
+    struct timeval tv = { 0, 200000 };
     setsockopt(ns.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     pthread_t th;
     pthread_create(&th, NULL, notify_main, NULL);
@@ -96,10 +96,24 @@ static void test_socket_activation_and_notify(void)
     snprintf(e1, sizeof e1, "--setenv=NOTIFY_SOCKET=%s", notify);
     snprintf(e2, sizeof e2, "--setenv=WATCHDOG_USEC=1000000");
     snprintf(e3, sizeof e3, "--setenv=MQ_SHARED=%s", getenv("MQ_SHARED") ? getenv("MQ_SHARED") : "");
-    char *argv[] = {"/usr/bin/systemd-socket-activate", "--seqpacket", l1, l2,
-                    "--fdname=client:admin", e1, e2, e3, mqd, "--model-dir",
-                    (char *)spawn_model(), "--client-socket", own_client, "--admin-socket",
-                    own_admin, "--drain-timeout-ms", "1000", NULL};
+    char *argv[] = { "/usr/bin/systemd-socket-activate",
+                     "--seqpacket",
+                     l1,
+                     l2,
+                     "--fdname=client:admin",
+                     e1,
+                     e2,
+                     e3,
+                     mqd,
+                     "--model-dir",
+                     (char *)spawn_model(),
+                     "--client-socket",
+                     own_client,
+                     "--admin-socket",
+                     own_admin,
+                     "--drain-timeout-ms",
+                     "1000",
+                     NULL };
     pid_t pid = spawn(argv, NULL, log);
     /* the activator binds first; mqd does not run before the first connection */
     double t0 = spawn_now();
@@ -119,10 +133,8 @@ static void test_socket_activation_and_notify(void)
      * datagram yet on a busy machine */
     int i_ready = wait_note(0, "READY=1", 5);
     int i_load = find_note(0, "STATUS=loading");
-    CHECK(i_load >= 0 && i_ready > i_load, "notify order: loading at %d, READY at %d", i_load,
-          i_ready);
-    CHECK(find_note(0, "EXTEND_TIMEOUT_USEC=") >= 0 || i_ready <= i_load + 2,
-          "no EXTEND_TIMEOUT_USEC while loading");
+    CHECK(i_load >= 0 && i_ready > i_load, "notify order: loading at %d, READY at %d", i_load, i_ready);
+    CHECK(find_note(0, "EXTEND_TIMEOUT_USEC=") >= 0 || i_ready <= i_load + 2, "no EXTEND_TIMEOUT_USEC while loading");
     if (i_ready >= 0)
         CHECK(ns.notes[i_ready].t <= t_conn + 0.01, "HELLO answered before READY=1");
     if (!rc) {
@@ -132,9 +144,7 @@ static void test_socket_activation_and_notify(void)
         p.flags |= MQ_PARAM_GREEDY;
         p.max_tokens = 4;
         int n = 0;
-        CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0 &&
-                  mq_send_text(c, s, "Hello", 5, &p, &req) == 0,
-              "request");
+        CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0 && mq_send_text(c, s, "Hello", 5, &p, &req) == 0, "request");
         mq_event ev;
         while (mq_next_event(c, &ev, 30000) == 0 && ev.type == MQ_EVENT_TOKEN)
             n++;
@@ -167,8 +177,7 @@ static void test_socket_activation_and_notify(void)
         kill(mqd_pid, SIGTERM);
     CHECK(wait_note(before, "STOPPING=1", 10) >= 0, "no STOPPING=1");
     int status = spawn_wait_exit(pid, 20);
-    CHECK(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d",
-          status);
+    CHECK(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
     if (c)
         mq_disconnect(c);
     __atomic_store_n(&ns.stop, 1, __ATOMIC_SEQ_CST);
@@ -198,20 +207,18 @@ static void test_check_config(void)
     FILE *f = fopen(cfg, "w");
     fprintf(f, "{\"model_dir\": \"/models/x\", \"mode\": \"fp4\", \"kv_tokens\": 8192}\n");
     fclose(f);
-    char *good[] = {mqd, "--config", cfg, "--chunk-tokens", "64", "--check-config", NULL};
+    char *good[] = { mqd, "--config", cfg, "--chunk-tokens", "64", "--check-config", NULL };
     int rc = run_capture(good, out, sizeof out);
     CHECK(rc == 0, "good config: exit %d: %s", rc, out);
-    CHECK(strstr(out, "\"mode\":\t\"fp4\"") && strstr(out, "\"chunk_tokens\":\t64") &&
-              strstr(out, "configuration OK"),
+    CHECK(strstr(out, "\"mode\":\t\"fp4\"") && strstr(out, "\"chunk_tokens\":\t64") && strstr(out, "configuration OK"),
           "printed config: %s", out);
     f = fopen(cfg, "w");
     fprintf(f, "{\"model_dir\": \"/models/x\", \"kv_block_tokens\": 0}\n");
     fclose(f);
-    char *bad[] = {mqd, "--config", cfg, "--check-config", NULL};
+    char *bad[] = { mqd, "--config", cfg, "--check-config", NULL };
     rc = run_capture(bad, out, sizeof out);
-    CHECK(rc == 2 && strstr(out, "kv_block_tokens") && strstr(out, cfg), "bad config: exit %d: %s",
-          rc, out);
-    char *badflag[] = {mqd, "--mode", "int8", "--model-dir", "/m", "--check-config", NULL};
+    CHECK(rc == 2 && strstr(out, "kv_block_tokens") && strstr(out, cfg), "bad config: exit %d: %s", rc, out);
+    char *badflag[] = { mqd, "--mode", "int8", "--model-dir", "/m", "--check-config", NULL };
     rc = run_capture(badflag, out, sizeof out);
     CHECK(rc == 2 && strstr(out, "mode"), "bad flag: exit %d: %s", rc, out);
 }

@@ -50,27 +50,27 @@
 enum { L_Q, L_K, L_V, L_O, L_GATE, L_UP, L_DOWN, N_LIN };
 static const char *const LIN_NAME[N_LIN] = {
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
 };
 /* which calibration site feeds each linear: the input it multiplies */
 enum { S_ATTN_IN, S_O_IN, S_MLP_IN, S_DOWN_IN, N_SITE };
-static const int LIN_SITE[N_LIN] = {S_ATTN_IN, S_ATTN_IN, S_ATTN_IN, S_O_IN, S_MLP_IN, S_MLP_IN, S_DOWN_IN};
+static const int LIN_SITE[N_LIN] = { S_ATTN_IN, S_ATTN_IN, S_ATTN_IN, S_O_IN, S_MLP_IN, S_MLP_IN, S_DOWN_IN };
 /* fused groups (shared g_w): q/k/v, gate/up */
-static const int LIN_GROUP[N_LIN] = {0, 0, 0, 1, 2, 2, 3};
+static const int LIN_GROUP[N_LIN] = { 0, 0, 0, 1, 2, 2, 3 };
 
 typedef struct lin {
-    const uint16_t *w;       /* [n, k] BF16, in the mmap'ed source */
+    const uint16_t *w; /* [n, k] BF16, in the mmap'ed source */
     int n, k;
-    mq_bf16_weight bw;       /* for the calibration forward */
+    mq_bf16_weight bw; /* for the calibration forward */
     void *aux;
-    float amax, g;           /* tensor amax, exported g_w */
-    uint8_t *codes;          /* [n, k/2] */
-    uint8_t *scales;         /* [n, k/16] */
-    float g_store, in_g;     /* the F32 scalars written */
+    float amax, g;       /* tensor amax, exported g_w */
+    uint8_t *codes;      /* [n, k/2] */
+    uint8_t *scales;     /* [n, k/16] */
+    float g_store, in_g; /* the F32 scalars written */
 } lin;
 
 typedef struct layer {
-    const uint16_t *attn_norm, *ffn_norm, *q_norm, *k_norm;   /* BF16 in the source */
+    const uint16_t *attn_norm, *ffn_norm, *q_norm, *k_norm; /* BF16 in the source */
     lin l[N_LIN];
     float site_amax[N_SITE];
 } layer;
@@ -78,24 +78,30 @@ typedef struct layer {
 typedef struct src {
     mq_config cfg;
     mq_st *st;
-    uint8_t **map;           /* [n_files] */
+    uint8_t **map; /* [n_files] */
     size_t *map_len;
-    const uint16_t *embed;   /* [vocab, hidden] */
+    const uint16_t *embed; /* [vocab, hidden] */
     const uint16_t *final_norm;
     layer *layers;
 } src;
 
-static const void *tensor_ptr(const src *s, const mq_st_tensor *t) { return s->map[t->file] + t->offset; }
+static const void *tensor_ptr(const src *s, const mq_st_tensor *t)
+{
+    return s->map[t->file] + t->offset;
+}
 
 /* Finds a BF16 tensor with the given shape (d1 == 0: 1-D). */
 static int get_bf16(const src *s, const char *name, int64_t d0, int64_t d1, const uint16_t **out, char *err)
 {
     const mq_st_tensor *t = mq_st_find(s->st, name);
-    if (!t) { mq_errf(err, "source checkpoint: tensor %s missing", name); return -ENOENT; }
+    if (!t) {
+        mq_errf(err, "source checkpoint: tensor %s missing", name);
+        return -ENOENT;
+    }
     int ok = t->dtype == MQ_DT_BF16 && t->ndim == (d1 ? 2 : 1) && t->shape[0] == d0 && (!d1 || t->shape[1] == d1);
     if (!ok) {
-        mq_errf(err, "source checkpoint: %s must be BF16 [%lld%s%lld] (dtype %s, %d dims)", name,
-                (long long)d0, d1 ? ", " : "", (long long)d1, mq_dtype_name(t->dtype), t->ndim);
+        mq_errf(err, "source checkpoint: %s must be BF16 [%lld%s%lld] (dtype %s, %d dims)", name, (long long)d0,
+                d1 ? ", " : "", (long long)d1, mq_dtype_name(t->dtype), t->ndim);
         return -EINVAL;
     }
     *out = tensor_ptr(s, t);
@@ -105,17 +111,30 @@ static int get_bf16(const src *s, const char *name, int64_t d0, int64_t d1, cons
 static int src_open(src *s, const char *dir, char *err)
 {
     int rc = mq_config_load(&s->cfg, dir, err);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     const mq_config *c = &s->cfg;
-    if (c->nvfp4_ckpt) { mq_errf(err, "%s is already an NVFP4 checkpoint", dir); return -EINVAL; }
-    if (c->qkv_bias) { mq_errf(err, "%s: q/k/v biases (Qwen2) are not exported", dir); return -ENOTSUP; }
-    if ((rc = mq_st_open(&s->st, dir, err))) return rc;
+    if (c->nvfp4_ckpt) {
+        mq_errf(err, "%s is already an NVFP4 checkpoint", dir);
+        return -EINVAL;
+    }
+    if (c->qkv_bias) {
+        mq_errf(err, "%s: q/k/v biases (Qwen2) are not exported", dir);
+        return -ENOTSUP;
+    }
+    if ((rc = mq_st_open(&s->st, dir, err)))
+        return rc;
     s->map = calloc((size_t)s->st->n_files, sizeof *s->map);
     s->map_len = calloc((size_t)s->st->n_files, sizeof *s->map_len);
-    if (!s->map || !s->map_len) return -ENOMEM;
+    if (!s->map || !s->map_len)
+        return -ENOMEM;
     for (int f = 0; f < s->st->n_files; f++) {
         int fd = open(s->st->paths[f], O_RDONLY | O_CLOEXEC);
-        if (fd < 0) { rc = -errno; mq_errf(err, "%s: %s", s->st->paths[f], strerror(errno)); return rc; }
+        if (fd < 0) {
+            rc = -errno;
+            mq_errf(err, "%s: %s", s->st->paths[f], strerror(errno));
+            return rc;
+        }
         s->map_len[f] = s->st->file_bytes[f];
         s->map[f] = mmap(NULL, s->map_len[f], PROT_READ, MAP_PRIVATE, fd, 0);
         close(fd);
@@ -127,16 +146,21 @@ static int src_open(src *s, const char *dir, char *err)
     }
     char nm[128];
     int H = c->hidden, QD = c->n_head * c->head_dim, KVD = c->n_kv * c->head_dim;
-    if ((rc = get_bf16(s, "model.embed_tokens.weight", c->vocab, H, &s->embed, err))) return rc;
-    if ((rc = get_bf16(s, "model.norm.weight", H, 0, &s->final_norm, err))) return rc;
+    if ((rc = get_bf16(s, "model.embed_tokens.weight", c->vocab, H, &s->embed, err)))
+        return rc;
+    if ((rc = get_bf16(s, "model.norm.weight", H, 0, &s->final_norm, err)))
+        return rc;
     s->layers = calloc((size_t)c->n_layers, sizeof *s->layers);
-    if (!s->layers) return -ENOMEM;
-    const int shp[N_LIN][2] = {{QD, H}, {KVD, H}, {KVD, H}, {H, QD}, {c->inter, H}, {c->inter, H}, {H, c->inter}};
+    if (!s->layers)
+        return -ENOMEM;
+    const int shp[N_LIN][2] = { { QD, H },       { KVD, H },      { KVD, H },     { H, QD },
+                                { c->inter, H }, { c->inter, H }, { H, c->inter } };
     for (int i = 0; i < c->n_layers; i++) {
         layer *L = &s->layers[i];
-#define GET(field, suffix, d0)                                                 \
-        snprintf(nm, sizeof nm, "model.layers.%d.%s", i, suffix);             \
-        if ((rc = get_bf16(s, nm, d0, 0, &L->field, err))) return rc
+#define GET(field, suffix, d0)                                \
+    snprintf(nm, sizeof nm, "model.layers.%d.%s", i, suffix); \
+    if ((rc = get_bf16(s, nm, d0, 0, &L->field, err)))        \
+    return rc
         GET(attn_norm, "input_layernorm.weight", H);
         GET(ffn_norm, "post_attention_layernorm.weight", H);
         if (c->qk_norm) {
@@ -149,13 +173,15 @@ static int src_open(src *s, const char *dir, char *err)
             l->n = shp[j][0];
             l->k = shp[j][1];
             snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", i, LIN_NAME[j]);
-            if ((rc = get_bf16(s, nm, l->n, l->k, &l->w, err))) return rc;
+            if ((rc = get_bf16(s, nm, l->n, l->k, &l->w, err)))
+                return rc;
             if (l->k % MQ_FP4_BLOCK) {
                 mq_errf(err, "%s: K = %d is not a multiple of 16; the packed NVFP4 layout has no padding", nm, l->k);
                 return -ENOTSUP;
             }
             size_t ab = mq_bf16_weight_aux_bytes(l->n, l->k);
-            if (ab && posix_memalign(&l->aux, 64, ab)) return -ENOMEM;
+            if (ab && posix_memalign(&l->aux, 64, ab))
+                return -ENOMEM;
             mq_bf16_weight_bind(&l->bw, l->n, l->k, l->w, l->aux);
             mq_bf16_weight_prepare_rows(&l->bw, 0, l->n);
         }
@@ -174,7 +200,8 @@ static void src_close(src *s)
             }
     free(s->layers);
     for (int f = 0; s->st && s->map && f < s->st->n_files; f++)
-        if (s->map[f]) munmap(s->map[f], s->map_len[f]);
+        if (s->map[f])
+            munmap(s->map[f], s->map_len[f]);
     free(s->map);
     free(s->map_len);
     mq_st_close(s->st);
@@ -195,32 +222,38 @@ static void gemm_part(void *arg, int tid, int nt)
     gemm_job *j = arg;
     int lo, hi;
     mq_pool_split(j->w->n, 16, tid, nt, &lo, &hi);
-    if (lo < hi) mq_gemm_bf16(j->x, j->m, (size_t)j->w->k, j->w, j->y, (size_t)j->w->n, lo, hi);
+    if (lo < hi)
+        mq_gemm_bf16(j->x, j->m, (size_t)j->w->k, j->w, j->y, (size_t)j->w->n, lo, hi);
 }
 
 /* y[m, n] = bf16(x[m, k]) · Wᵀ; records amax of x (the FP32 input) into *amax. */
 static void linear(mq_pool *pool, const lin *l, const float *x, int m, uint16_t *xb, float *y, float *amax)
 {
     float a = mq_amax_f32(x, (size_t)m * (size_t)l->k);
-    if (amax && a > *amax) *amax = a;
+    if (amax && a > *amax)
+        *amax = a;
     mq_f32_to_bf16_row(x, xb, (size_t)m * (size_t)l->k);
-    gemm_job j = {xb, m, &l->bw, y};
+    gemm_job j = { xb, m, &l->bw, y };
     mq_pool_run(pool, gemm_part, &j);
 }
 
-static void bf16_to_f32_vec(const uint16_t *w, float *out, int n) { mq_bf16_to_f32_row(w, out, (size_t)n); }
+static void bf16_to_f32_vec(const uint16_t *w, float *out, int n)
+{
+    mq_bf16_to_f32_row(w, out, (size_t)n);
+}
 
 static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n, layer *layers, char *err)
 {
     const mq_config *c = &s->cfg;
     int H = c->hidden, hd = c->head_dim, nh = c->n_head, nkv = c->n_kv, I = c->inter;
     int QD = nh * hd, KVD = nkv * hd, wide = I > QD ? I : QD;
-    if (wide < H) wide = H;
+    if (wide < H)
+        wide = H;
     size_t nn = (size_t)n;
     float *h = malloc(nn * H * 4), *x = malloc(nn * wide * 4), *q = malloc(nn * QD * 4), *k = malloc(nn * KVD * 4),
           *v = malloc(nn * KVD * 4), *att = malloc(nn * QD * 4), *g = malloc(nn * I * 4), *u = malloc(nn * I * 4),
-          *y = malloc(nn * wide * 4), *normw = malloc((size_t)(H > hd ? H : hd) * 4),
-          *inv = malloc((size_t)hd / 2 * 4), *cs = malloc((size_t)hd * 4), *sc = malloc(nn * 4);
+          *y = malloc(nn * wide * 4), *normw = malloc((size_t)(H > hd ? H : hd) * 4), *inv = malloc((size_t)hd / 2 * 4),
+          *cs = malloc((size_t)hd * 4), *sc = malloc(nn * 4);
     uint16_t *xb = malloc(nn * wide * 2);
     int rc = 0;
     if (!h || !x || !q || !k || !v || !att || !g || !u || !y || !normw || !inv || !cs || !sc || !xb) {
@@ -228,7 +261,11 @@ static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n,
         goto out;
     }
     for (int t = 0; t < n; t++) {
-        if (tok[t] < 0 || tok[t] >= c->vocab) { mq_errf(err, "calibration token %d outside the vocabulary", tok[t]); rc = -EINVAL; goto out; }
+        if (tok[t] < 0 || tok[t] >= c->vocab) {
+            mq_errf(err, "calibration token %d outside the vocabulary", tok[t]);
+            rc = -EINVAL;
+            goto out;
+        }
         bf16_to_f32_vec(s->embed + (size_t)tok[t] * H, h + (size_t)t * H, H);
     }
     mq_rope_inv_freq(inv, hd, c->rope_theta);
@@ -238,7 +275,8 @@ static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n,
         float *am = layers[li].site_amax;
         /* attention: rmsnorm, q/k/v, q/k norm, RoPE, causal GQA softmax, o */
         bf16_to_f32_vec(L->attn_norm, normw, H);
-        for (int t = 0; t < n; t++) mq_rmsnorm(x + (size_t)t * H, h + (size_t)t * H, normw, H, c->rms_eps);
+        for (int t = 0; t < n; t++)
+            mq_rmsnorm(x + (size_t)t * H, h + (size_t)t * H, normw, H, c->rms_eps);
         linear(pool, &L->l[L_Q], x, n, xb, q, &am[S_ATTN_IN]);
         linear(pool, &L->l[L_K], x, n, xb, k, NULL);
         linear(pool, &L->l[L_V], x, n, xb, v, NULL);
@@ -259,7 +297,7 @@ static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n,
             mq_rope(q + (size_t)t * QD, nh, hd, cs, cs + hd / 2);
             mq_rope(k + (size_t)t * KVD, nkv, hd, cs, cs + hd / 2);
         }
-        for (size_t i = 0; i < nn * KVD; i++) {   /* the KV cache is BF16 */
+        for (size_t i = 0; i < nn * KVD; i++) { /* the KV cache is BF16 */
             k[i] = mq_bf16_to_f32(mq_f32_to_bf16(k[i]));
             v[i] = mq_bf16_to_f32(mq_f32_to_bf16(v[i]));
         }
@@ -270,7 +308,8 @@ static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n,
                 for (int j = 0; j <= t; j++) {
                     const float *kk = k + (size_t)j * KVD + (size_t)kvh * hd;
                     float d = 0;
-                    for (int e = 0; e < hd; e++) d += qq[e] * kk[e];
+                    for (int e = 0; e < hd; e++)
+                        d += qq[e] * kk[e];
                     sc[j] = d * scale;
                 }
                 mq_softmax(sc, t + 1);
@@ -278,25 +317,43 @@ static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n,
                 memset(o, 0, (size_t)hd * 4);
                 for (int j = 0; j <= t; j++) {
                     const float *vv = v + (size_t)j * KVD + (size_t)kvh * hd;
-                    for (int e = 0; e < hd; e++) o[e] += sc[j] * vv[e];
+                    for (int e = 0; e < hd; e++)
+                        o[e] += sc[j] * vv[e];
                 }
             }
         linear(pool, &L->l[L_O], att, n, xb, y, &am[S_O_IN]);
         mq_add(h, y, n * H);
         /* SwiGLU MLP */
         bf16_to_f32_vec(L->ffn_norm, normw, H);
-        for (int t = 0; t < n; t++) mq_rmsnorm(x + (size_t)t * H, h + (size_t)t * H, normw, H, c->rms_eps);
+        for (int t = 0; t < n; t++)
+            mq_rmsnorm(x + (size_t)t * H, h + (size_t)t * H, normw, H, c->rms_eps);
         linear(pool, &L->l[L_GATE], x, n, xb, g, &am[S_MLP_IN]);
         linear(pool, &L->l[L_UP], x, n, xb, u, NULL);
         mq_swiglu(g, g, u, n * I);
         linear(pool, &L->l[L_DOWN], g, n, xb, y, &am[S_DOWN_IN]);
         mq_add(h, y, n * H);
         for (int si = 0; si < N_SITE; si++)
-            if (!isfinite(am[si])) { mq_errf(err, "calibration: layer %d activations are not finite", li); rc = -EDOM; goto out; }
+            if (!isfinite(am[si])) {
+                mq_errf(err, "calibration: layer %d activations are not finite", li);
+                rc = -EDOM;
+                goto out;
+            }
     }
 out:
-    free(h); free(x); free(q); free(k); free(v); free(att); free(g); free(u); free(y);
-    free(normw); free(inv); free(cs); free(sc); free(xb);
+    free(h);
+    free(x);
+    free(q);
+    free(k);
+    free(v);
+    free(att);
+    free(g);
+    free(u);
+    free(y);
+    free(normw);
+    free(inv);
+    free(cs);
+    free(sc);
+    free(xb);
     return rc;
 }
 
@@ -306,7 +363,10 @@ static int calibrate(src *s, mq_pool *pool, const char *dir, const char *corpus,
     char tok_err[MQ_TOK_ERR_LEN];
     mq_tokenizer *tok = NULL;
     int rc = mq_tok_load_dir(dir, &tok, tok_err, sizeof tok_err);
-    if (rc) { mq_errf(err, "tokenizer of %s: %s", dir, tok_err); return rc; }
+    if (rc) {
+        mq_errf(err, "tokenizer of %s: %s", dir, tok_err);
+        return rc;
+    }
     FILE *f = fopen(corpus, "rb");
     char *text = NULL;
     long len = 0;
@@ -317,31 +377,50 @@ static int calibrate(src *s, mq_pool *pool, const char *dir, const char *corpus,
         free(text);
         text = NULL;
     }
-    if (f) fclose(f);
-    if (!text) { mq_errf(err, "cannot read calibration text %s", corpus); mq_tok_free(tok); return -EIO; }
+    if (f)
+        fclose(f);
+    if (!text) {
+        mq_errf(err, "cannot read calibration text %s", corpus);
+        mq_tok_free(tok);
+        return -EIO;
+    }
     static const char SEP[] = "<|endoftext|>";
     /* document start offsets */
     int cap = 64, nd = 0;
     char **docs = malloc((size_t)cap * sizeof *docs);
     for (char *p = text; docs && p;) {
         char *e = strstr(p, SEP);
-        if (e) *e = 0;
-        if (nd == cap) { cap *= 2; char **nn = realloc(docs, (size_t)cap * sizeof *nn); if (!nn) break; docs = nn; }
+        if (e)
+            *e = 0;
+        if (nd == cap) {
+            cap *= 2;
+            char **nn = realloc(docs, (size_t)cap * sizeof *nn);
+            if (!nn)
+                break;
+            docs = nn;
+        }
         docs[nd++] = p;
         p = e ? e + sizeof SEP - 1 : NULL;
     }
     int used = 0, tokens = 0;
     for (int d = nd - 1; docs && d >= 0 && used < n_docs && !rc; d--) {
         char *p = docs[d];
-        while (*p && strchr(" \t\r\n", *p)) p++;
+        while (*p && strchr(" \t\r\n", *p))
+            p++;
         size_t l = strlen(p);
-        while (l && strchr(" \t\r\n", p[l - 1])) l--;
-        if (!l) continue;
+        while (l && strchr(" \t\r\n", p[l - 1]))
+            l--;
+        if (!l)
+            continue;
         int32_t *ids = NULL;
         size_t n = 0;
         rc = mq_tok_encode(tok, p, l, 0, &ids, &n, tok_err, sizeof tok_err);
-        if (rc) { mq_errf(err, "tokenizing calibration document %d: %s", d, tok_err); break; }
-        if (n > (size_t)max_tok) n = (size_t)max_tok;
+        if (rc) {
+            mq_errf(err, "tokenizing calibration document %d: %s", d, tok_err);
+            break;
+        }
+        if (n > (size_t)max_tok)
+            n = (size_t)max_tok;
         if (n >= 2) {
             rc = calibrate_seq(s, pool, ids, (int)n, s->layers, err);
             used++;
@@ -349,8 +428,12 @@ static int calibrate(src *s, mq_pool *pool, const char *dir, const char *corpus,
         }
         free(ids);
     }
-    if (!rc && !used) { mq_errf(err, "%s: no calibration document", corpus); rc = -EINVAL; }
-    if (!rc) fprintf(stderr, "mq_nvfp4_export: calibrated on %d documents, %d tokens\n", used, tokens);
+    if (!rc && !used) {
+        mq_errf(err, "%s: no calibration document", corpus);
+        rc = -EINVAL;
+    }
+    if (!rc)
+        fprintf(stderr, "mq_nvfp4_export: calibrated on %d documents, %d tokens\n", used, tokens);
     free(docs);
     free(text);
     mq_tok_free(tok);
@@ -363,29 +446,42 @@ static int quantize_all(src *s, int fuse, int dynamic)
 {
     const mq_config *c = &s->cfg;
     int kmax = c->inter > c->hidden ? c->inter : c->hidden;
-    if (c->n_head * c->head_dim > kmax) kmax = c->n_head * c->head_dim;
+    if (c->n_head * c->head_dim > kmax)
+        kmax = c->n_head * c->head_dim;
     float *row = malloc((size_t)kmax * 4);
-    if (!row) return -ENOMEM;
+    if (!row)
+        return -ENOMEM;
     for (int li = 0; li < c->n_layers; li++) {
         layer *L = &s->layers[li];
-        for (int j = 0; j < N_LIN; j++) L->l[j].amax = mq_amax_bf16(L->l[j].w, (size_t)L->l[j].n * L->l[j].k);
+        for (int j = 0; j < N_LIN; j++)
+            L->l[j].amax = mq_amax_bf16(L->l[j].w, (size_t)L->l[j].n * L->l[j].k);
         for (int j = 0; j < N_LIN; j++) {
             lin *l = &L->l[j];
             float amax = l->amax;
-            if (fuse)   /* min g over the group = g of the group's largest amax */
+            if (fuse) /* min g over the group = g of the group's largest amax */
                 for (int o = 0; o < N_LIN; o++)
-                    if (LIN_GROUP[o] == LIN_GROUP[j] && L->l[o].amax > amax) amax = L->l[o].amax;
-            if (!isfinite(amax)) { free(row); return -EDOM; }
+                    if (LIN_GROUP[o] == LIN_GROUP[j] && L->l[o].amax > amax)
+                        amax = L->l[o].amax;
+            if (!isfinite(amax)) {
+                free(row);
+                return -EDOM;
+            }
             l->g = mq_fp4_global_scale(amax);
             l->g_store = l->g;
             l->in_g = dynamic ? 0.0f : mq_fp4_global_scale(L->site_amax[LIN_SITE[j]]);
             l->codes = malloc((size_t)l->n * (size_t)l->k / 2);
             l->scales = malloc((size_t)l->n * (size_t)l->k / 16);
-            if (!l->codes || !l->scales) { free(row); return -ENOMEM; }
+            if (!l->codes || !l->scales) {
+                free(row);
+                return -ENOMEM;
+            }
             for (int r = 0; r < l->n; r++) {
                 mq_bf16_to_f32_row(l->w + (size_t)r * l->k, row, (size_t)l->k);
                 if (mq_fp4_quantize_row(row, l->k, l->g, l->codes + (size_t)r * l->k / 2,
-                                        l->scales + (size_t)r * l->k / 16)) { free(row); return -EDOM; }
+                                        l->scales + (size_t)r * l->k / 16)) {
+                    free(row);
+                    return -EDOM;
+                }
             }
         }
     }
@@ -396,26 +492,38 @@ static int quantize_all(src *s, int fuse, int dynamic)
 static int write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
-    if (!f) return -errno;
+    if (!f)
+        return -errno;
     int bad = fputs(text, f) < 0;
-    if (fclose(f) != 0 || bad) return -EIO;
+    if (fclose(f) != 0 || bad)
+        return -EIO;
     return 0;
 }
 
 static int copy_file(const char *from, const char *to)
 {
     FILE *in = fopen(from, "rb");
-    if (!in) return -errno;
+    if (!in)
+        return -errno;
     FILE *out = fopen(to, "wb");
-    if (!out) { int e = -errno; fclose(in); return e; }
+    if (!out) {
+        int e = -errno;
+        fclose(in);
+        return e;
+    }
     char buf[1 << 16];
     size_t r;
     int rc = 0;
     while ((r = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, r, out) != r) { rc = -EIO; break; }
-    if (ferror(in)) rc = -EIO;
+        if (fwrite(buf, 1, r, out) != r) {
+            rc = -EIO;
+            break;
+        }
+    if (ferror(in))
+        rc = -EIO;
     fclose(in);
-    if (fclose(out) != 0 && !rc) rc = -EIO;
+    if (fclose(out) != 0 && !rc)
+        rc = -EIO;
     return rc;
 }
 
@@ -424,8 +532,10 @@ static cJSON *quant_scheme(int dynamic_global)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNullToObject(o, "actorder");
     cJSON_AddNullToObject(o, "block_structure");
-    if (dynamic_global < 0) cJSON_AddBoolToObject(o, "dynamic", 0);
-    else cJSON_AddStringToObject(o, "dynamic", dynamic_global ? "true" : "local");
+    if (dynamic_global < 0)
+        cJSON_AddBoolToObject(o, "dynamic", 0);
+    else
+        cJSON_AddStringToObject(o, "dynamic", dynamic_global ? "true" : "local");
     cJSON_AddNumberToObject(o, "group_size", 16);
     cJSON_AddNumberToObject(o, "num_bits", 4);
     cJSON_AddStringToObject(o, "observer", "minmax");
@@ -441,19 +551,31 @@ static int write_config(const char *in_dir, const char *out_dir, int dynamic, ch
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", in_dir);
     FILE *f = fopen(path, "rb");
-    if (!f) { mq_errf(err, "%s: %s", path, strerror(errno)); return -errno; }
+    if (!f) {
+        mq_errf(err, "%s: %s", path, strerror(errno));
+        return -errno;
+    }
     char *txt = NULL;
     size_t cap = 0, len = 0, r;
     char buf[8192];
     while ((r = fread(buf, 1, sizeof buf, f)) > 0) {
-        if (len + r + 1 > cap) { cap = (len + r + 1) * 2; char *n = realloc(txt, cap); if (!n) break; txt = n; }
+        if (len + r + 1 > cap) {
+            cap = (len + r + 1) * 2;
+            char *n = realloc(txt, cap);
+            if (!n)
+                break;
+            txt = n;
+        }
         memcpy(txt + len, buf, r);
         len += r;
     }
     fclose(f);
     cJSON *root = txt ? cJSON_ParseWithLength(txt, len) : NULL;
     free(txt);
-    if (!root) { mq_errf(err, "%s: not JSON", path); return -EINVAL; }
+    if (!root) {
+        mq_errf(err, "%s: not JSON", path);
+        return -EINVAL;
+    }
     cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
     cJSON *q = cJSON_AddObjectToObject(root, "quantization_config");
     cJSON *groups = cJSON_AddObjectToObject(q, "config_groups");
@@ -474,11 +596,13 @@ static int write_config(const char *in_dir, const char *out_dir, int dynamic, ch
     cJSON_AddStringToObject(q, "quantization_status", "compressed");
     char *out = cJSON_Print(root);
     cJSON_Delete(root);
-    if (!out) return -ENOMEM;
+    if (!out)
+        return -ENOMEM;
     snprintf(path, sizeof path, "%s/config.json", out_dir);
     int rc = write_text(path, out);
     free(out);
-    if (rc) mq_errf(err, "%s: %s", path, strerror(-rc));
+    if (rc)
+        mq_errf(err, "%s: %s", path, strerror(-rc));
     return rc;
 }
 
@@ -487,9 +611,10 @@ static int write_weights(const src *s, const char *out_dir, char *err)
     const mq_config *c = &s->cfg;
     mq_st_writer *w = NULL;
     int rc = mq_st_writer_create(&w);
-    if (rc) return rc;
+    if (rc)
+        return rc;
     char nm[160];
-    static const int64_t one[1] = {1};
+    static const int64_t one[1] = { 1 };
     /* every non-linear tensor of the source, as stored (embedding, norms, lm_head) */
     for (int i = 0; i < s->st->n_tensors && !rc; i++) {
         const mq_st_tensor *t = &s->st->tensors[i];
@@ -499,24 +624,29 @@ static int write_weights(const src *s, const char *out_dir, char *err)
             const char *p = strstr(t->name, LIN_NAME[j]);
             is_lin = p && !strcmp(p + ln, ".weight") && !strncmp(t->name, "model.layers.", 13);
         }
-        if (!is_lin) rc = mq_st_writer_add(w, t->name, t->dtype, t->shape, t->ndim, tensor_ptr(s, t), NULL, NULL);
+        if (!is_lin)
+            rc = mq_st_writer_add(w, t->name, t->dtype, t->shape, t->ndim, tensor_ptr(s, t), NULL, NULL);
     }
     for (int li = 0; li < c->n_layers && !rc; li++)
         for (int j = 0; j < N_LIN && !rc; j++) {
             const lin *l = &s->layers[li].l[j];
-            int64_t sp[2] = {l->n, l->k / 2}, ss[2] = {l->n, l->k / MQ_FP4_BLOCK};
+            int64_t sp[2] = { l->n, l->k / 2 }, ss[2] = { l->n, l->k / MQ_FP4_BLOCK };
             snprintf(nm, sizeof nm, "model.layers.%d.%s.weight_packed", li, LIN_NAME[j]);
             rc = mq_st_writer_add(w, nm, MQ_DT_U8, sp, 2, l->codes, NULL, NULL);
             snprintf(nm, sizeof nm, "model.layers.%d.%s.weight_scale", li, LIN_NAME[j]);
-            if (!rc) rc = mq_st_writer_add(w, nm, MQ_DT_F8_E4M3, ss, 2, l->scales, NULL, NULL);
+            if (!rc)
+                rc = mq_st_writer_add(w, nm, MQ_DT_F8_E4M3, ss, 2, l->scales, NULL, NULL);
             snprintf(nm, sizeof nm, "model.layers.%d.%s.weight_global_scale", li, LIN_NAME[j]);
-            if (!rc) rc = mq_st_writer_add(w, nm, MQ_DT_F32, one, 1, &l->g_store, NULL, NULL);
+            if (!rc)
+                rc = mq_st_writer_add(w, nm, MQ_DT_F32, one, 1, &l->g_store, NULL, NULL);
             snprintf(nm, sizeof nm, "model.layers.%d.%s.input_global_scale", li, LIN_NAME[j]);
-            if (!rc && l->in_g > 0) rc = mq_st_writer_add(w, nm, MQ_DT_F32, one, 1, &l->in_g, NULL, NULL);
+            if (!rc && l->in_g > 0)
+                rc = mq_st_writer_add(w, nm, MQ_DT_F32, one, 1, &l->in_g, NULL, NULL);
         }
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
-    if (!rc) rc = mq_st_writer_write(w, path, err);
+    if (!rc)
+        rc = mq_st_writer_write(w, path, err);
     mq_st_writer_free(w);
     return rc;
 }
@@ -533,18 +663,38 @@ int main(int argc, char **argv)
     int docs = 8, max_tok = 512, fuse = 1, dynamic = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--no-fuse")) { fuse = 0; continue; }
-        if (!strcmp(a, "--dynamic")) { dynamic = 1; continue; }
-        if (!v) { usage(); return 2; }
-        if (!strcmp(a, "--in")) in = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--calib")) calib = v;
-        else if (!strcmp(a, "--calib-docs")) docs = atoi(v);
-        else if (!strcmp(a, "--calib-tokens")) max_tok = atoi(v);
-        else { usage(); return 2; }
+        if (!strcmp(a, "--no-fuse")) {
+            fuse = 0;
+            continue;
+        }
+        if (!strcmp(a, "--dynamic")) {
+            dynamic = 1;
+            continue;
+        }
+        if (!v) {
+            usage();
+            return 2;
+        }
+        if (!strcmp(a, "--in"))
+            in = v;
+        else if (!strcmp(a, "--out"))
+            out = v;
+        else if (!strcmp(a, "--calib"))
+            calib = v;
+        else if (!strcmp(a, "--calib-docs"))
+            docs = atoi(v);
+        else if (!strcmp(a, "--calib-tokens"))
+            max_tok = atoi(v);
+        else {
+            usage();
+            return 2;
+        }
         i++;
     }
-    if (!in || !out || docs < 1 || max_tok < 2) { usage(); return 2; }
+    if (!in || !out || docs < 1 || max_tok < 2) {
+        usage();
+        return 2;
+    }
     char calib_default[4096];
     if (!calib) {
         const char *root = getenv("MQ_SHARED");
@@ -553,25 +703,32 @@ int main(int argc, char **argv)
     }
     mq_kernels_init();
     char err[MQ_ERR_LEN] = "";
-    src s = {0};
+    src s = { 0 };
     mq_pool *pool = NULL;
     int rc = src_open(&s, in, err);
-    if (!rc) rc = mq_pool_create(&pool, 2, NULL, "mq-export");
-    if (!rc && !dynamic) rc = calibrate(&s, pool, in, calib, docs, max_tok, err);
-    if (!rc) rc = quantize_all(&s, fuse, dynamic);
+    if (!rc)
+        rc = mq_pool_create(&pool, 2, NULL, "mq-export");
+    if (!rc && !dynamic)
+        rc = calibrate(&s, pool, in, calib, docs, max_tok, err);
+    if (!rc)
+        rc = quantize_all(&s, fuse, dynamic);
     if (!rc && mkdir(out, 0755) != 0 && errno != EEXIST) {
         rc = -errno;
         mq_errf(err, "mkdir %s: %s", out, strerror(errno));
     }
-    if (!rc) rc = write_config(in, out, dynamic, err);
-    if (!rc) rc = write_weights(&s, out, err);
-    static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    if (!rc)
+        rc = write_config(in, out, dynamic, err);
+    if (!rc)
+        rc = write_weights(&s, out, err);
+    static const char *files[] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json" };
     for (int i = 0; i < 3 && !rc; i++) {
         char from[4096], to[4096];
         snprintf(from, sizeof from, "%s/%s", in, files[i]);
         snprintf(to, sizeof to, "%s/%s", out, files[i]);
-        if (access(from, F_OK) != 0 && i == 2) continue;   /* generation_config is optional */
-        if ((rc = copy_file(from, to))) mq_errf(err, "copying %s: %s", from, strerror(-rc));
+        if (access(from, F_OK) != 0 && i == 2)
+            continue; /* generation_config is optional */
+        if ((rc = copy_file(from, to)))
+            mq_errf(err, "copying %s: %s", from, strerror(-rc));
     }
     mq_pool_destroy(pool);
     src_close(&s);
@@ -579,7 +736,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "mq_nvfp4_export: %s\n", *err ? err : strerror(-rc));
         return 1;
     }
-    printf("mq_nvfp4_export: %s -> %s (%s, %s)\n", in, out, fuse ? "fused q/k/v and gate/up global scales" : "per-tensor global scales",
+    printf("mq_nvfp4_export: %s -> %s (%s, %s)\n", in, out,
+           fuse ? "fused q/k/v and gate/up global scales" : "per-tensor global scales",
            dynamic ? "dynamic activation scales" : "static activation scales");
     return 0;
 }

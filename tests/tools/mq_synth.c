@@ -37,23 +37,23 @@
 #include "engine/safetensors.h"
 
 typedef struct shape_def {
-    const char *name;                       /* "0.6b" */
+    const char *name; /* "0.6b" */
     int hidden, layers, n_head, n_kv, head_dim, inter, tied;
 } shape_def;
 
 /* Qwen/Qwen3-*: config.json of the released checkpoints */
 static const shape_def SIZES[] = {
-    {"0.6b", 1024, 28, 16, 8, 128, 3072, 1},
-    {"1.7b", 2048, 28, 16, 8, 128, 6144, 1},
-    {"4b", 2560, 36, 32, 8, 128, 9728, 1},
-    {"8b", 4096, 36, 32, 8, 128, 12288, 0},
+    { "0.6b", 1024, 28, 16, 8, 128, 3072, 1 },
+    { "1.7b", 2048, 28, 16, 8, 128, 6144, 1 },
+    { "4b", 2560, 36, 32, 8, 128, 9728, 1 },
+    { "8b", 4096, 36, 32, 8, 128, 12288, 0 },
 };
-#define QWEN3_VOCAB 151936
+#define QWEN3_VOCAB      151936
 #define QWEN3_ROPE_THETA 1000000.0
-#define QWEN3_EPS 1e-6
-#define QWEN3_MAX_POS 40960
-#define QWEN3_BOS 151643
-#define QWEN3_EOS 151645
+#define QWEN3_EPS        1e-6
+#define QWEN3_MAX_POS    40960
+#define QWEN3_BOS        151643
+#define QWEN3_EOS        151645
 
 /* One tensor to generate: N(0, std) or the constant `one` (norms). */
 typedef struct gen_tensor {
@@ -61,7 +61,7 @@ typedef struct gen_tensor {
     int64_t shape[2];
     int ndim;
     int is_norm;
-    uint64_t key;                           /* seed ^ hash(name) */
+    uint64_t key; /* seed ^ hash(name) */
     uint64_t bytes;
 } gen_tensor;
 
@@ -75,7 +75,8 @@ typedef struct gen_ctx {
 static uint64_t fnv1a(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
     return h;
 }
 
@@ -92,15 +93,15 @@ static inline uint64_t splitmix64(uint64_t x)
  * which a synthetic checkpoint does not need. */
 static inline float gauss_of(uint64_t h)
 {
-    uint32_t s = (uint32_t)(h & 0xffff) + (uint32_t)((h >> 16) & 0xffff) + (uint32_t)((h >> 32) & 0xffff) +
-                 (uint32_t)(h >> 48);
+    uint32_t s =
+        (uint32_t)(h & 0xffff) + (uint32_t)((h >> 16) & 0xffff) + (uint32_t)((h >> 32) & 0xffff) + (uint32_t)(h >> 48);
     return ((float)s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
 }
 
 typedef struct fill_job {
     const gen_tensor *t;
     float std;
-    uint64_t first;                         /* element index of buf[0] */
+    uint64_t first; /* element index of buf[0] */
     uint16_t *buf;
     size_t n;
 } fill_job;
@@ -121,14 +122,15 @@ static void fill_cb(void *ctx, const char *name, uint64_t off, void *buf, size_t
     gen_ctx *g = ctx;
     const gen_tensor *t = NULL;
     for (int i = 0; i < g->n && !t; i++)
-        if (strcmp(g->t[i].name, name) == 0) t = &g->t[i];
-    if (!t) abort();                        /* the writer only asks for tensors we added */
-    fill_job j = {t, g->std, off / 2, buf, len / 2};
+        if (strcmp(g->t[i].name, name) == 0)
+            t = &g->t[i];
+    if (!t)
+        abort(); /* the writer only asks for tensors we added */
+    fill_job j = { t, g->std, off / 2, buf, len / 2 };
     mq_pool_run(g->pool, fill_part, &j);
 }
 
-static int add_tensor(gen_tensor *ts, int *n, uint64_t seed, const char *name, int64_t d0, int64_t d1,
-                      int is_norm)
+static int add_tensor(gen_tensor *ts, int *n, uint64_t seed, const char *name, int64_t d0, int64_t d1, int is_norm)
 {
     gen_tensor *t = &ts[(*n)++];
     snprintf(t->name, sizeof t->name, "%s", name);
@@ -144,33 +146,53 @@ static int add_tensor(gen_tensor *ts, int *n, uint64_t seed, const char *name, i
 static int write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
-    if (!f) return -errno;
+    if (!f)
+        return -errno;
     int bad = fputs(text, f) < 0;
-    if (fclose(f) != 0 || bad) return -EIO;
+    if (fclose(f) != 0 || bad)
+        return -EIO;
     return 0;
 }
 
 static int copy_file(const char *from, const char *to)
 {
     int in = open(from, O_RDONLY | O_CLOEXEC);
-    if (in < 0) return -errno;
+    if (in < 0)
+        return -errno;
     int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (out < 0) { int e = -errno; close(in); return e; }
+    if (out < 0) {
+        int e = -errno;
+        close(in);
+        return e;
+    }
     char buf[1 << 16];
     int rc = 0;
     for (;;) {
         ssize_t r = read(in, buf, sizeof buf);
-        if (r < 0) { if (errno == EINTR) continue; rc = -errno; break; }
-        if (r == 0) break;
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = -errno;
+            break;
+        }
+        if (r == 0)
+            break;
         for (ssize_t o = 0; o < r;) {
             ssize_t w = write(out, buf + o, (size_t)(r - o));
-            if (w < 0) { if (errno == EINTR) continue; rc = -errno; break; }
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                rc = -errno;
+                break;
+            }
             o += w;
         }
-        if (rc) break;
+        if (rc)
+            break;
     }
     close(in);
-    if (close(out) != 0 && !rc) rc = -errno;
+    if (close(out) != 0 && !rc)
+        rc = -errno;
     return rc;
 }
 
@@ -222,29 +244,46 @@ int main(int argc, char **argv)
     float std = 0.02f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) { usage(); return 2; }
-        if (!strcmp(a, "--size")) size = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--shards")) shards = atoi(v);
-        else if (!strcmp(a, "--layers")) layers = atoi(v);
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 0);
-        else if (!strcmp(a, "--std")) std = strtof(v, NULL);
-        else if (!strcmp(a, "--tokenizer-from")) tok_dir = v;
-        else { usage(); return 2; }
+        if (!v) {
+            usage();
+            return 2;
+        }
+        if (!strcmp(a, "--size"))
+            size = v;
+        else if (!strcmp(a, "--out"))
+            out = v;
+        else if (!strcmp(a, "--shards"))
+            shards = atoi(v);
+        else if (!strcmp(a, "--layers"))
+            layers = atoi(v);
+        else if (!strcmp(a, "--seed"))
+            seed = strtoull(v, NULL, 0);
+        else if (!strcmp(a, "--std"))
+            std = strtof(v, NULL);
+        else if (!strcmp(a, "--tokenizer-from"))
+            tok_dir = v;
+        else {
+            usage();
+            return 2;
+        }
         i++;
     }
     const shape_def *s = NULL;
     for (size_t i = 0; size && i < sizeof SIZES / sizeof SIZES[0]; i++) {
         const char *n = size;
-        if (!strncasecmp(n, "qwen3-", 6)) n += 6;
-        if (!strcasecmp(n, SIZES[i].name)) s = &SIZES[i];
+        if (!strncasecmp(n, "qwen3-", 6))
+            n += 6;
+        if (!strcasecmp(n, SIZES[i].name))
+            s = &SIZES[i];
     }
     if (!s || !out || shards < 1 || shards > 999 || layers < 0 || !(std > 0 && std < 1)) {
-        if (size && !s) fprintf(stderr, "mq_synth: unknown --size %s\n", size);
+        if (size && !s)
+            fprintf(stderr, "mq_synth: unknown --size %s\n", size);
         usage();
         return 2;
     }
-    if (!layers) layers = s->layers;
+    if (!layers)
+        layers = s->layers;
     if (mkdir(out, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "mq_synth: mkdir %s: %s\n", out, strerror(errno));
         return 1;
@@ -267,7 +306,7 @@ int main(int argc, char **argv)
         return 1;
     }
     free(cfg);
-    static const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json"};
+    static const char *tok_files[] = { "tokenizer.json", "tokenizer_config.json" };
     for (int i = 0; i < 2; i++) {
         int rc = -ENAMETOOLONG;
         if (snprintf(from, sizeof from, "%s/%s", tok_dir, tok_files[i]) < (int)sizeof from &&
@@ -282,15 +321,16 @@ int main(int argc, char **argv)
     /* ---- the tensor list, in the order HF writes it ---- */
     int max_t = 3 + layers * 11;
     gen_tensor *ts = calloc((size_t)max_t, sizeof *ts);
-    if (!ts) return 1;
+    if (!ts)
+        return 1;
     int n = 0;
     int64_t H = s->hidden, Q = (int64_t)s->n_head * s->head_dim, KV = (int64_t)s->n_kv * s->head_dim;
     char nm[96];
     add_tensor(ts, &n, seed, "model.embed_tokens.weight", QWEN3_VOCAB, H, 0);
     for (int l = 0; l < layers; l++) {
-#define T(suffix, d0, d1, norm)                                              \
-        snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix);           \
-        add_tensor(ts, &n, seed, nm, d0, d1, norm)
+#define T(suffix, d0, d1, norm)                               \
+    snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix); \
+    add_tensor(ts, &n, seed, nm, d0, d1, norm)
         T("input_layernorm.weight", H, 0, 1);
         T("self_attn.q_proj.weight", Q, H, 0);
         T("self_attn.k_proj.weight", KV, H, 0);
@@ -305,13 +345,16 @@ int main(int argc, char **argv)
 #undef T
     }
     add_tensor(ts, &n, seed, "model.norm.weight", H, 0, 1);
-    if (!s->tied) add_tensor(ts, &n, seed, "lm_head.weight", QWEN3_VOCAB, H, 0);
+    if (!s->tied)
+        add_tensor(ts, &n, seed, "lm_head.weight", QWEN3_VOCAB, H, 0);
 
     uint64_t total = 0;
-    for (int i = 0; i < n; i++) total += ts[i].bytes;
-    if (shards > n) shards = n;
+    for (int i = 0; i < n; i++)
+        total += ts[i].bytes;
+    if (shards > n)
+        shards = n;
 
-    gen_ctx g = {ts, n, std, NULL};
+    gen_ctx g = { ts, n, std, NULL };
     int rc = mq_pool_create(&g.pool, 2, NULL, "mq-synth");
     if (rc) {
         fprintf(stderr, "mq_synth: pool: %s\n", strerror(-rc));
@@ -334,32 +377,40 @@ int main(int argc, char **argv)
     int next = 0;
     for (int k = 0; k < shards && !rc; k++) {
         mq_st_writer *w = NULL;
-        if ((rc = mq_st_writer_create(&w))) break;
+        if ((rc = mq_st_writer_create(&w)))
+            break;
         char fname[64];
-        if (shards > 1) snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, shards);
-        else snprintf(fname, sizeof fname, "model.safetensors");
+        if (shards > 1)
+            snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, shards);
+        else
+            snprintf(fname, sizeof fname, "model.safetensors");
         uint64_t cut = total / (uint64_t)shards * (uint64_t)(k + 1);
         int remaining_shards = shards - k - 1;
         int in_shard = 0;
         while (next < n && !rc) {
             /* every shard gets at least one tensor and leaves one for every later shard */
-            if (k + 1 < shards && in_shard && (done >= cut || n - next <= remaining_shards)) break;
+            if (k + 1 < shards && in_shard && (done >= cut || n - next <= remaining_shards))
+                break;
             in_shard++;
             gen_tensor *t = &ts[next++];
             rc = mq_st_writer_add(w, t->name, MQ_DT_BF16, t->shape, t->ndim, NULL, fill_cb, &g);
-            if (!rc && wmap) cJSON_AddStringToObject(wmap, t->name, fname);
+            if (!rc && wmap)
+                cJSON_AddStringToObject(wmap, t->name, fname);
             done += t->bytes;
         }
         snprintf(path, sizeof path, "%s/%s", out, fname);
-        if (!rc) rc = mq_st_writer_write(w, path, err);
+        if (!rc)
+            rc = mq_st_writer_write(w, path, err);
         mq_st_writer_free(w);
-        if (!rc) printf("mq_synth: wrote %s\n", path);
+        if (!rc)
+            printf("mq_synth: wrote %s\n", path);
     }
     if (!rc && index) {
         char *txt = cJSON_Print(index);
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
         rc = txt ? write_text(path, txt) : -ENOMEM;
-        if (rc && snprintf(err, sizeof err, "%s: %s", path, strerror(-rc)) >= (int)sizeof err) err[sizeof err - 1] = 0;
+        if (rc && snprintf(err, sizeof err, "%s: %s", path, strerror(-rc)) >= (int)sizeof err)
+            err[sizeof err - 1] = 0;
         free(txt);
     }
     cJSON_Delete(index);
@@ -371,7 +422,7 @@ int main(int argc, char **argv)
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double sec = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    printf("mq_synth: Qwen3-%s shapes, %d layers, %.2f GB of BF16 weights in %d file(s), %.1f s, %s\n",
-           s->name, layers, (double)total / 1e9, shards, sec, out);
+    printf("mq_synth: Qwen3-%s shapes, %d layers, %.2f GB of BF16 weights in %d file(s), %.1f s, %s\n", s->name, layers,
+           (double)total / 1e9, shards, sec, out);
     return 0;
 }

@@ -15,14 +15,16 @@ static void test_alloc_align_account(void)
     o.allow_hugetlb = 0;
     mq_arena *a = NULL;
     CHECK(mq_arena_create(&a, &o) == 0, "create");
-    if (!a) return;
+    if (!a)
+        return;
     uint8_t *prev_end = NULL;
     size_t total = 0;
     for (int i = 0; i < 50; i++) {
         size_t bytes = 1000 + (size_t)i * 77777, align = (size_t)64 << (i % 7);
         uint8_t *p = mq_arena_alloc(a, bytes, align, "test");
         CHECK(p != NULL, "alloc %zu", bytes);
-        if (!p) break;
+        if (!p)
+            break;
         CHECK(((uintptr_t)p & (align - 1)) == 0, "aligned to %zu", align);
         CHECK(p[0] == 0 && p[bytes - 1] == 0, "zeroed");
         memset(p, 0xab, bytes);
@@ -35,8 +37,10 @@ static void test_alloc_align_account(void)
     size_t mapped = st.mapped[0] + st.mapped[1] + st.mapped[2];
     CHECK(st.used >= total && mapped >= st.used, "used %zu >= %zu, mapped %zu", st.used, total, mapped);
     CHECK(st.mapped[MQ_MEM_HUGETLB] == 0, "hugetlb not allowed -> none");
-    if (mq_thp_available()) CHECK(st.mapped[MQ_MEM_THP] == mapped, "THP enabled -> all thp");
-    else CHECK(st.mapped[MQ_MEM_4K] == mapped, "THP off -> 4k");
+    if (mq_thp_available())
+        CHECK(st.mapped[MQ_MEM_THP] == mapped, "THP enabled -> all thp");
+    else
+        CHECK(st.mapped[MQ_MEM_4K] == mapped, "THP off -> 4k");
     char buf[128];
     mq_arena_describe(a, buf, sizeof buf);
     CHECK(strstr(buf, "MiB") != NULL, "describe: %s", buf);
@@ -62,8 +66,9 @@ static void test_hugetlb_reserved(void)
     long prev = -1;
     long got = mq_hugepages_reserve(2, &prev);
     CHECK(got >= 0, "reserve 2 pages: %ld", got);
-    if (got < 2) {   /* fragmented memory may give fewer: still must not crash */
-        if (got >= 0) mq_hugepages_release(prev);
+    if (got < 2) { /* fragmented memory may give fewer: still must not crash */
+        if (got >= 0)
+            mq_hugepages_release(prev);
         return;
     }
     mq_arena_opts o;
@@ -73,7 +78,8 @@ static void test_hugetlb_reserved(void)
     CHECK(mq_arena_create(&a, &o) == 0, "create");
     uint8_t *p = mq_arena_alloc(a, 1 << 20, 4096, "h");
     CHECK(p != NULL, "alloc");
-    if (p) memset(p, 1, 1 << 20);
+    if (p)
+        memset(p, 1, 1 << 20);
     mq_arena_stats st;
     mq_arena_stats_get(a, &st);
     CHECK(st.mapped[MQ_MEM_HUGETLB] == (2u << 20), "hugetlb mapped %zu", st.mapped[MQ_MEM_HUGETLB]);
@@ -97,18 +103,20 @@ static void test_partial_chunk_trim_giveback(void)
     long got = mq_hugepages_reserve(4, &prev);
     CHECK(got >= 0, "reserve 4 pages: %ld", got);
     if (got < 4) {
-        if (got >= 0) mq_hugepages_release(prev);
+        if (got >= 0)
+            mq_hugepages_release(prev);
         return;
     }
     long free0 = mq_hugepages_free();
     mq_arena_opts o;
     mq_arena_opts_default(&o);
-    o.chunk_bytes = 16 << 20;   /* 8 pages: more than the pool has */
+    o.chunk_bytes = 16 << 20; /* 8 pages: more than the pool has */
     mq_arena *a = NULL;
     CHECK(mq_arena_create(&a, &o) == 0, "create");
     uint8_t *p = mq_arena_alloc(a, 3 << 20, 0, "w");
     CHECK(p != NULL, "alloc");
-    if (p) memset(p, 2, 3 << 20);
+    if (p)
+        memset(p, 2, 3 << 20);
     mq_arena_stats st;
     mq_arena_stats_get(a, &st);
     CHECK(st.mapped[MQ_MEM_HUGETLB] == (size_t)free0 << 21 && st.mapped[MQ_MEM_THP] == 0,

@@ -15,7 +15,9 @@
 #include <math.h>
 #include <string.h>
 
-typedef struct cfg { int n_head, n_kv, hd, bt, pos0, n_tok; } cfg;
+typedef struct cfg {
+    int n_head, n_kv, hd, bt, pos0, n_tok;
+} cfg;
 
 typedef struct cache {
     int nblk;
@@ -42,7 +44,10 @@ static void cache_make(cache *c, const cfg *g, unsigned long long *s)
 
 static void cache_free(cache *c)
 {
-    for (int b = 0; b < c->nblk; b++) { free(c->k[b]); free(c->v[b]); }
+    for (int b = 0; b < c->nblk; b++) {
+        free(c->k[b]);
+        free(c->v[b]);
+    }
     free(c->k);
     free(c->v);
 }
@@ -72,12 +77,17 @@ static void naive(const cfg *g, const cache *c, const float *q, double *out, int
                 sc[p] = d / sqrt((double)hd);
                 mx = fmax(mx, sc[p]);
             }
-            for (int p = 0; p <= last; p++) { sc[p] = exp(sc[p] - mx); sum += sc[p]; }
+            for (int p = 0; p <= last; p++) {
+                sc[p] = exp(sc[p] - mx);
+                sum += sc[p];
+            }
             double *o = out + ((size_t)t * g->n_head + h) * hd;
-            for (int i = 0; i < hd; i++) o[i] = 0;
+            for (int i = 0; i < hd; i++)
+                o[i] = 0;
             for (int p = 0; p <= last; p++) {
                 const uint16_t *v = row(c->v, g, p, kvh);
-                for (int i = 0; i < hd; i++) o[i] += sc[p] / sum * mq_bf16_to_f32(v[i]);
+                for (int i = 0; i < hd; i++)
+                    o[i] += sc[p] / sum * mq_bf16_to_f32(v[i]);
             }
         }
     free(sc);
@@ -91,21 +101,33 @@ static void run_cfg(const cfg *g, unsigned long long seed)
     const size_t n = (size_t)g->n_tok * g->n_head * g->hd;
     float *q = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * n);
     double *want = malloc(sizeof(double) * n), *want_bf = malloc(sizeof(double) * n);
-    for (size_t i = 0; i < n; i++) q[i] = harness_gauss(&s) * 3.0f; /* peaked softmax: mask bugs show */
+    for (size_t i = 0; i < n; i++)
+        q[i] = harness_gauss(&s) * 3.0f; /* peaked softmax: mask bugs show */
     naive(g, &c, q, want, 0);
     naive(g, &c, q, want_bf, 1);
     double vmax = 0;
     for (int b = 0; b < c.nblk; b++)
-        for (size_t i = 0; i < (size_t)g->bt * g->n_kv * g->hd; i++) vmax = fmax(vmax, fabs(mq_bf16_to_f32(c.v[b][i])));
+        for (size_t i = 0; i < (size_t)g->bt * g->n_kv * g->hd; i++)
+            vmax = fmax(vmax, fabs(mq_bf16_to_f32(c.v[b][i])));
     mq_attn_args a = {
-        .q = q, .out = out, .n_tok = g->n_tok, .pos0 = g->pos0, .n_head = g->n_head, .n_kv = g->n_kv,
-        .head_dim = g->hd, .k_blocks = (const uint16_t *const *)c.k, .v_blocks = (const uint16_t *const *)c.v,
-        .block_tokens = g->bt, .scale = 1.0f / sqrtf((float)g->hd),
+        .q = q,
+        .out = out,
+        .n_tok = g->n_tok,
+        .pos0 = g->pos0,
+        .n_head = g->n_head,
+        .n_kv = g->n_kv,
+        .head_dim = g->hd,
+        .k_blocks = (const uint16_t *const *)c.k,
+        .v_blocks = (const uint16_t *const *)c.v,
+        .block_tokens = g->bt,
+        .scale = 1.0f / sqrtf((float)g->hd),
     };
     for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++) {
-        if (!mq_kernels_cpu_has((mq_isa)isa)) continue;
+        if (!mq_kernels_cpu_has((mq_isa)isa))
+            continue;
         mq_kernels_force((mq_isa)isa);
-        for (size_t i = 0; i < n; i++) out[i] = NAN; /* every output must be written */
+        for (size_t i = 0; i < n; i++)
+            out[i] = NAN; /* every output must be written */
         /* two calls splitting the heads inside a kv group (a thread pool's split) */
         const int mid = g->n_head / 2 + (g->n_head > 2 && g->n_head / g->n_kv > 1 ? 1 : 0);
         mq_attention(&a, 0, mid);
@@ -117,46 +139,51 @@ static void run_cfg(const cfg *g, unsigned long long seed)
         size_t at = 0;
         for (size_t i = 0; i < n; i++) {
             double e = fabs(out[i] - ref[i]);
-            if (!(e <= worst)) { worst = e; at = i; }
+            if (!(e <= worst)) {
+                worst = e;
+                at = i;
+            }
         }
-        if (getenv("MQ_TEST_VERBOSE")) printf("    %s %d/%d hd %d bt %d pos0 %d n %d: err %.3g (tol %.3g)\n", mq_isa_name((mq_isa)isa), g->n_head, g->n_kv, g->hd, g->bt, g->pos0, g->n_tok, worst, tol);
+        if (getenv("MQ_TEST_VERBOSE"))
+            printf("    %s %d/%d hd %d bt %d pos0 %d n %d: err %.3g (tol %.3g)\n", mq_isa_name((mq_isa)isa), g->n_head,
+                   g->n_kv, g->hd, g->bt, g->pos0, g->n_tok, worst, tol);
         CHECK(worst <= tol, "%s heads %d/%d hd %d bt %d pos0 %d n_tok %d: max err %g at %zu (tol %g)",
               mq_isa_name((mq_isa)isa), g->n_head, g->n_kv, g->hd, g->bt, g->pos0, g->n_tok, worst, at, tol);
     }
-    free(q); free(out); free(want); free(want_bf);
+    free(q);
+    free(out);
+    free(want);
+    free(want_bf);
     cache_free(&c);
 }
 
 static void test_attention_prefill(void)
 {
     static const cfg cfgs[] = {
-        { 4, 2, 64, 16, 0, 37 },
-        { 8, 1, 128, 1, 5, 40 },     /* GQA 8, one token per block */
-        { 6, 6, 256, 64, 70, 33 },   /* MHA, head_dim 256 */
-        { 16, 8, 128, 16, 100, 70 }, /* Qwen3-1.7B heads, a chunk after 100 cached tokens */
-        { 4, 4, 80, 7, 3, 20 },      /* head_dim not a multiple of 32 */
-        { 2, 1, 96, 3, 0, 70 },
-        { 12, 4, 72, 16, 9, 5 },     /* head_dim 72: the fast paths fall back */
-        { 3, 1, 64, 64, 31, 2 },
-        { 2, 2, 16, 4, 2, 9 },       /* head_dim 16: partial vectors everywhere */
-        { 80, 1, 256, 8, 5, 3 },     /* a kv group larger than a row tile */
-        { 4, 2, 128, 16, 100, 300 }, /* three row tiles of 128 tokens after cached ones */
-        { 8, 2, 64, 7, 45, 150 },    /* GQA 4, head_dim 64: 64 tokens per row tile */
+        { 4, 2, 64, 16, 0, 37 },     { 8, 1, 128, 1, 5, 40 }, /* GQA 8, one token per block */
+        { 6, 6, 256, 64, 70, 33 },                            /* MHA, head_dim 256 */
+        { 16, 8, 128, 16, 100, 70 },                          /* Qwen3-1.7B heads, a chunk after 100 cached tokens */
+        { 4, 4, 80, 7, 3, 20 },                               /* head_dim not a multiple of 32 */
+        { 2, 1, 96, 3, 0, 70 },      { 12, 4, 72, 16, 9, 5 }, /* head_dim 72: the fast paths fall back */
+        { 3, 1, 64, 64, 31, 2 },     { 2, 2, 16, 4, 2, 9 },   /* head_dim 16: partial vectors everywhere */
+        { 80, 1, 256, 8, 5, 3 },                              /* a kv group larger than a row tile */
+        { 4, 2, 128, 16, 100, 300 },                          /* three row tiles of 128 tokens after cached ones */
+        { 8, 2, 64, 7, 45, 150 },                             /* GQA 4, head_dim 64: 64 tokens per row tile */
     };
-    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) run_cfg(&cfgs[i], 100 + i);
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
+        run_cfg(&cfgs[i], 100 + i);
 }
 
 static void test_attention_decode(void)
 {
     static const cfg cfgs[] = {
-        { 16, 8, 128, 16, 300, 1 },
-        { 32, 8, 128, 64, 0, 1 },    /* a single key */
-        { 8, 2, 256, 1, 47, 1 },
-        { 4, 1, 64, 16, 63, 1 },     /* ends exactly on a block edge */
-        { 14, 2, 64, 5, 200, 1 },    /* 7 q-heads per kv-head */
-        { 96, 8, 128, 16, 40, 1 },   /* more heads than a row tile, split inside a group */
+        { 16, 8, 128, 16, 300, 1 }, { 32, 8, 128, 64, 0, 1 }, /* a single key */
+        { 8, 2, 256, 1, 47, 1 },    { 4, 1, 64, 16, 63, 1 },  /* ends exactly on a block edge */
+        { 14, 2, 64, 5, 200, 1 },                             /* 7 q-heads per kv-head */
+        { 96, 8, 128, 16, 40, 1 },                            /* more heads than a row tile, split inside a group */
     };
-    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) run_cfg(&cfgs[i], 200 + i);
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
+        run_cfg(&cfgs[i], 200 + i);
 }
 
 int main(void)

@@ -26,18 +26,15 @@ static void test_full_file(void)
                      "\"watchdog\": false, \"drain_timeout_ms\": 1500,"
                      "\"client_socket\": \"/tmp/x/c.sock\", \"admin_socket\": \"/tmp/x/a.sock\"}";
     CHECK(parse(&c, js, err) == 0, "parse: %s", err);
-    CHECK(!strcmp(c.model_dir, "/m") && c.mode == MQ_CFG_MODE_BF16 && c.prefill_threads == 2,
-          "fields");
-    CHECK(c.on_full == MQ_CFG_ON_FULL_WAIT && c.hugepages == MQ_CFG_HUGE_OFF && !c.watchdog,
-          "enums/bools");
+    CHECK(!strcmp(c.model_dir, "/m") && c.mode == MQ_CFG_MODE_BF16 && c.prefill_threads == 2, "fields");
+    CHECK(c.on_full == MQ_CFG_ON_FULL_WAIT && c.hugepages == MQ_CFG_HUGE_OFF && !c.watchdog, "enums/bools");
     CHECK(!strcmp(c.allowed_users[1], "nobody") && !c.allowed_users[2][0], "list");
     CHECK(mqd_config_validate(&c, err, 512) == 0, "validate: %s", err);
     /* JSON round trip */
     char *out = mqd_config_to_json(&c);
     mqd_config back;
     mqd_config_defaults(&back);
-    CHECK(out && mqd_config_parse_json(&back, out, strlen(out), "out", err, 512) == 0,
-          "reparse: %s", err);
+    CHECK(out && mqd_config_parse_json(&back, out, strlen(out), "out", err, 512) == 0, "reparse: %s", err);
     CHECK(memcmp(&back, &c, sizeof c) == 0, "round trip differs");
     free(out);
 }
@@ -47,17 +44,17 @@ static void test_errors_name_the_field(void)
     static const struct {
         const char *js, *want;
     } cases[] = {
-        {"{\"modle_dir\": \"/m\"}", "unknown field \"modle_dir\""},
-        {"{\"mode\": \"fp8\"}", "mode: \"fp8\" is not one of mixed, bf16, fp4"},
-        {"{\"chunk_tokens\": 8}", "chunk_tokens: 8 is not an integer in [16, 65536]"},
-        {"{\"chunk_tokens\": 100.5}", "chunk_tokens"},
-        {"{\"chunk_tokens\": \"100\"}", "chunk_tokens: must be a number"},
-        {"{\"watchdog\": 1}", "watchdog: must be true or false"},
-        {"{\"allowed_users\": \"root\"}", "allowed_users: must be an array"},
-        {"{\"allowed_groups\": [\"\"]}", "allowed_groups[0]"},
-        {"[1, 2]", "top level must be an object"},
-        {"{\"mode\": ", "not valid JSON"},
-        {"{\"kv-tokens\": 4096}", "unknown field"},
+        { "{\"modle_dir\": \"/m\"}", "unknown field \"modle_dir\"" },
+        { "{\"mode\": \"fp8\"}", "mode: \"fp8\" is not one of mixed, bf16, fp4" },
+        { "{\"chunk_tokens\": 8}", "chunk_tokens: 8 is not an integer in [16, 65536]" },
+        { "{\"chunk_tokens\": 100.5}", "chunk_tokens" },
+        { "{\"chunk_tokens\": \"100\"}", "chunk_tokens: must be a number" },
+        { "{\"watchdog\": 1}", "watchdog: must be true or false" },
+        { "{\"allowed_users\": \"root\"}", "allowed_users: must be an array" },
+        { "{\"allowed_groups\": [\"\"]}", "allowed_groups[0]" },
+        { "[1, 2]", "top level must be an object" },
+        { "{\"mode\": ", "not valid JSON" },
+        { "{\"kv-tokens\": 4096}", "unknown field" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mqd_config c;
@@ -70,25 +67,21 @@ static void test_errors_name_the_field(void)
     mqd_config c;
     char err[512];
     mqd_config_defaults(&c);
-    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "model_dir"),
-          "missing model_dir: %s", err);
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "model_dir"), "missing model_dir: %s",
+          err);
     strcpy(c.model_dir, "/m");
     c.kv_tokens = 1000;
     c.kv_block_tokens = 16;
-    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "kv_tokens"),
-          "kv multiple: %s", err);
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "kv_tokens"), "kv multiple: %s", err);
     c.kv_tokens = 1024;
     strcpy(c.decode_cpus, "0-x");
-    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "decode_cpus"),
-          "cpu list: %s", err);
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "decode_cpus"), "cpu list: %s", err);
     strcpy(c.decode_cpus, "");
     c.prompt_ring_kib = 48;
-    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "prompt_ring_kib"),
-          "ring pow2: %s", err);
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "prompt_ring_kib"), "ring pow2: %s", err);
     c.prompt_ring_kib = 64;
     strcpy(c.admin_socket, c.client_socket);
-    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "admin_socket"),
-          "same sockets: %s", err);
+    CHECK(mqd_config_validate(&c, err, sizeof err) == -EINVAL && strstr(err, "admin_socket"), "same sockets: %s", err);
 }
 
 static void test_flags_override_file(void)
@@ -98,8 +91,8 @@ static void test_flags_override_file(void)
     const char *js = "{\"model_dir\": \"/from/file\", \"kv_tokens\": 4096, \"mode\": \"fp4\"}";
     CHECK(fd >= 0 && write(fd, js, strlen(js)) == (ssize_t)strlen(js), "write");
     close(fd);
-    char *argv[] = {"mqd", "--kv-tokens", "8192", "--config", path, "--model=/from/flag",
-                    "--allowed-users", "root,nobody", "--check-config", NULL};
+    char *argv[] = { "mqd",         "--kv-tokens",    "8192", "--config", path, "--model=/from/flag", "--allowed-users",
+                     "root,nobody", "--check-config", NULL };
     mqd_config c;
     char cpath[4096], err[512] = "";
     int check = 0, help = 0;
@@ -110,13 +103,13 @@ static void test_flags_override_file(void)
     CHECK(c.mode == MQ_CFG_MODE_FP4, "file value kept");
     CHECK(!strcmp(c.allowed_users[0], "root") && !strcmp(c.allowed_users[1], "nobody"), "list");
     CHECK(check == 1 && help == 0, "check flag");
-    char *bad[] = {"mqd", "--kv-tokens", "lots", NULL};
+    char *bad[] = { "mqd", "--kv-tokens", "lots", NULL };
     rc = mqd_config_parse_args(&c, cpath, sizeof cpath, 3, bad, NULL, NULL, err, sizeof err);
     CHECK(rc == -EINVAL && strstr(err, "--kv_tokens"), "bad number: %s", err);
-    char *unk[] = {"mqd", "--frobnicate", "1", NULL};
+    char *unk[] = { "mqd", "--frobnicate", "1", NULL };
     rc = mqd_config_parse_args(&c, cpath, sizeof cpath, 3, unk, NULL, NULL, err, sizeof err);
     CHECK(rc == -ENOENT && strstr(err, "frobnicate"), "unknown flag: %s", err);
-    char *missing[] = {"mqd", "--config", "/nonexistent/mq.json", NULL};
+    char *missing[] = { "mqd", "--config", "/nonexistent/mq.json", NULL };
     rc = mqd_config_parse_args(&c, cpath, sizeof cpath, 3, missing, NULL, NULL, err, sizeof err);
     CHECK(rc == -ENOENT && strstr(err, "/nonexistent/mq.json"), "missing file: %s", err);
     unlink(path);
@@ -128,27 +121,23 @@ static void test_hugepages_reserve_auto(void)
 {
     mqd_config c;
     char err[512] = "";
-    CHECK(parse(&c, "{\"model_dir\": \"/m\", \"hugepages_reserve\": \"auto\"}", err) == 0,
-          "parse: %s", err);
+    CHECK(parse(&c, "{\"model_dir\": \"/m\", \"hugepages_reserve\": \"auto\"}", err) == 0, "parse: %s", err);
     CHECK(c.hugepages_reserve == MQ_CFG_U32_AUTO, "auto: %u", c.hugepages_reserve);
     CHECK(mqd_config_validate(&c, err, 512) == 0, "validate: %s", err);
     char *out = mqd_config_to_json(&c);
     CHECK(out && strstr(out, "\"hugepages_reserve\":\t\"auto\""), "printed: %s", out);
     free(out);
-    CHECK(parse(&c, "{\"hugepages_reserve\": 300}", err) == 0 && c.hugepages_reserve == 300,
-          "number: %s", err);
+    CHECK(parse(&c, "{\"hugepages_reserve\": 300}", err) == 0 && c.hugepages_reserve == 300, "number: %s", err);
     CHECK(parse(&c, "{\"hugepages_reserve\": \"lots\"}", err) == -EINVAL &&
               strstr(err, "hugepages_reserve: must be a number or auto"),
           "bad word: %s", err);
-    CHECK(parse(&c, "{\"kv_tokens\": \"auto\"}", err) == -EINVAL &&
-              strstr(err, "kv_tokens: must be a number"),
+    CHECK(parse(&c, "{\"kv_tokens\": \"auto\"}", err) == -EINVAL && strstr(err, "kv_tokens: must be a number"),
           "auto elsewhere: %s", err);
     mqd_config_defaults(&c);
     CHECK(mqd_config_set(&c, "hugepages-reserve", "auto", err, sizeof err) == 0 &&
               c.hugepages_reserve == MQ_CFG_U32_AUTO,
           "flag: %s", err);
-    CHECK(mqd_config_set(&c, "hugepages-reserve", "12", err, sizeof err) == 0 &&
-              c.hugepages_reserve == 12,
+    CHECK(mqd_config_set(&c, "hugepages-reserve", "12", err, sizeof err) == 0 && c.hugepages_reserve == 12,
           "flag number: %s", err);
 }
 

@@ -86,12 +86,12 @@ static void test_loop(void)
     memset(&s, 0, sizeof s);
     CHECK(mq_evloop_create(&l, 64) == 0, "create");
     CHECK(pipe(s.pipe) == 0, "pipe");
-    int sigs[] = {SIGUSR1};
+    int sigs[] = { SIGUSR1 };
     CHECK(mq_evloop_add_signals(l, sigs, 1, on_sig, &s) == 0, "signals");
     CHECK(mq_evloop_add_fd(l, s.pipe[0], POLLIN, on_read, &s, &s.rd) == 0, "fd");
     CHECK(mq_evloop_add_timer(l, 20, on_tick, &s, &s.timer) == 0, "timer");
     pthread_t th, tw;
-    void *a[2] = {l, &s};
+    void *a[2] = { l, &s };
     pthread_create(&th, NULL, poster, a);
     CHECK(mq_evloop_has_futex(l), "kernel without io_uring FUTEX_WAIT");
     int rc = mq_evloop_futex_wait(l, &s.word, 0, on_futex, &s);
@@ -103,8 +103,7 @@ static void test_loop(void)
     CHECK(s.reads == 3, "reads %d (the handler deleted itself after 3)", s.reads);
     CHECK(s.ticks == 6, "ticks %d", s.ticks);
     CHECK(s.sig == SIGUSR1, "signal %d", s.sig);
-    CHECK(s.futex_hits == 1 && s.futex_res == 0, "futex hits %d res %d", s.futex_hits,
-          s.futex_res);
+    CHECK(s.futex_hits == 1 && s.futex_res == 0, "futex hits %d res %d", s.futex_hits, s.futex_res);
     /* posts may still be queued if the loop stopped first: run once more to drain */
     if (s.posts < 100) {
         mq_evloop_add_timer(l, 50, stop_cb, NULL, NULL);

@@ -19,21 +19,26 @@
 static void *amalloc(size_t n)
 {
     void *p = NULL;
-    if (posix_memalign(&p, 64, n ? n : 64)) return NULL;
+    if (posix_memalign(&p, 64, n ? n : 64))
+        return NULL;
     memset(p, 0, n ? n : 64);
     return p;
 }
 
 static const double e2m1_v[16] = { 0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6 };
 
-static uint8_t code_at(const uint8_t *row, int k) { return (row[k / 2] >> (k & 1 ? 4 : 0)) & 0xf; }
+static uint8_t code_at(const uint8_t *row, int k)
+{
+    return (row[k / 2] >> (k & 1 ? 4 : 0)) & 0xf;
+}
 
 /* A random finite E4M3 scale (no NaN codes), mostly normal, some subnormal and zero. */
 static uint8_t rand_e4m3(unsigned long long *s)
 {
     for (;;) {
         uint8_t b = (uint8_t)(harness_rand(s) >> 56) & 0x7f;
-        if (b == 0x7f) continue;
+        if (b == 0x7f)
+            continue;
         return b;
     }
 }
@@ -43,7 +48,8 @@ static void fill_floats(float *x, size_t n, unsigned long long *s, int dist)
 {
     for (size_t i = 0; i < n; i++) {
         float v = dist == 0 ? harness_gauss(s) : harness_uniform(s);
-        if (dist == 2 && (harness_rand(s) >> 58) == 0) v *= 40.0f; /* ~1/64 outliers */
+        if (dist == 2 && (harness_rand(s) >> 58) == 0)
+            v *= 40.0f; /* ~1/64 outliers */
         x[i] = v;
     }
 }
@@ -56,15 +62,18 @@ typedef struct fp4_case {
 static int build_weight(mq_fp4_weight *w, void **mem, int n, int k, int via_set_rows, unsigned long long *s)
 {
     *mem = amalloc(mq_fp4_weight_bytes(n, k));
-    if (!*mem) return -1;
+    if (!*mem)
+        return -1;
     mq_fp4_weight_bind(w, n, k, *mem);
     const int kp = mq_fp4_pad(k);
     if (via_set_rows) {
         uint8_t *codes = malloc((size_t)n * kp / 2), *scales = malloc((size_t)n * kp / 16);
-        for (size_t i = 0; i < (size_t)n * kp / 2; i++) codes[i] = (uint8_t)(harness_rand(s) >> 56);
-        for (size_t i = 0; i < (size_t)n * kp / 16; i++) scales[i] = rand_e4m3(s);
+        for (size_t i = 0; i < (size_t)n * kp / 2; i++)
+            codes[i] = (uint8_t)(harness_rand(s) >> 56);
+        for (size_t i = 0; i < (size_t)n * kp / 16; i++)
+            scales[i] = rand_e4m3(s);
         w->g = 37.5f;
-        mq_fp4_weight_set_rows(w, codes, scales, 0, n / 2);          /* two pieces */
+        mq_fp4_weight_set_rows(w, codes, scales, 0, n / 2); /* two pieces */
         mq_fp4_weight_set_rows(w, codes + (size_t)(n / 2) * kp / 2, scales + (size_t)(n / 2) * kp / 16, n / 2, n);
         free(codes);
         free(scales);
@@ -81,18 +90,22 @@ static int build_weight(mq_fp4_weight *w, void **mem, int n, int k, int via_set_
 static int build_act(mq_fp4_act *a, void **mem, int m, int k, int raw, unsigned long long *s)
 {
     *mem = amalloc(mq_fp4_act_bytes(m, k));
-    if (!*mem) return -1;
+    if (!*mem)
+        return -1;
     mq_fp4_act_bind(a, m, k, *mem);
     const int kp = a->kp;
     if (raw) { /* codes written directly, then prepared by hand */
         for (int r = 0; r < m; r++) {
             for (int i = 0; i < kp / 2; i++) {
                 uint8_t b = (uint8_t)(harness_rand(s) >> 56);
-                if (2 * i >= k) b = 0; /* padding stays zero */
-                else if (2 * i + 1 >= k) b &= 0x0f;
+                if (2 * i >= k)
+                    b = 0; /* padding stays zero */
+                else if (2 * i + 1 >= k)
+                    b &= 0x0f;
                 a->codes[(size_t)r * kp / 2 + i] = b;
             }
-            for (int b = 0; b < kp / 16; b++) a->scales[(size_t)r * kp / 16 + b] = rand_e4m3(s);
+            for (int b = 0; b < kp / 16; b++)
+                a->scales[(size_t)r * kp / 16 + b] = rand_e4m3(s);
         }
         a->g = 0.75f;
         mq_fp4_act_prepare_rows(a, 0, m);
@@ -115,7 +128,8 @@ static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int 
     double sum = 0, am = 0;
     for (int b = 0; b < nb; b++) {
         double dot = 0;
-        for (int j = 0; j < 16; j++) dot += e2m1_v[code_at(xc, b * 16 + j)] * e2m1_v[code_at(wc, b * 16 + j)];
+        for (int j = 0; j < 16; j++)
+            dot += e2m1_v[code_at(xc, b * 16 + j)] * e2m1_v[code_at(wc, b * 16 + j)];
         double t = (double)alpha * mq_e4m3_to_f32(a->scales[(size_t)m * nb + b]) *
                    mq_e4m3_to_f32(w->scales[(size_t)n * nb + b]) * dot;
         sum += t;
@@ -131,7 +145,8 @@ static void collect_isas(void)
 {
     n_isas = 0;
     for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
-        if (mq_kernels_cpu_has((mq_isa)i)) isas[n_isas++] = i;
+        if (mq_kernels_cpu_has((mq_isa)i))
+            isas[n_isas++] = i;
 }
 
 static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned long long seed)
@@ -147,7 +162,8 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned l
     float *y = malloc((size_t)c.m * ldy * sizeof(float));
     double *want = malloc((size_t)c.m * c.n * sizeof(double)), *mag = malloc((size_t)c.m * c.n * sizeof(double));
     for (int m = 0; m < c.m; m++)
-        for (int n = 0; n < c.n; n++) want[m * c.n + n] = fp4_ref64(&a, &w, m, n, &mag[m * c.n + n]);
+        for (int n = 0; n < c.n; n++)
+            want[m * c.n + n] = fp4_ref64(&a, &w, m, n, &mag[m * c.n + n]);
     const double tol = 1e-6 * sqrt(fmax(1.0, a.kp / 16.0));
     for (int ii = 0; ii < n_isas; ii++) {
         CHECK(mq_kernels_force((mq_isa)isas[ii]) == 0, "force");
@@ -158,14 +174,16 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned l
         int cuts[3][2] = { { 0, c.n }, { c.n / 3, c.n }, { 0, c.n / 3 } };
         for (int r = 0; r < 3; r++) {
             int n0 = cuts[r][0], n1 = cuts[r][1];
-            for (size_t i = 0; i < (size_t)c.m * ldy; i++) y[i] = NAN;
+            for (size_t i = 0; i < (size_t)c.m * ldy; i++)
+                y[i] = NAN;
             mq_gemm_fp4(&a, &w, y, (size_t)ldy, n0, n1);
             int bad = 0;
             for (int m = 0; m < c.m && bad < 5; m++)
                 for (int n = 0; n < ldy && bad < 5; n++) {
                     float v = y[(size_t)m * ldy + n];
                     if (n < n0 || n >= n1) {
-                        CHECK(isnan(v), "%s m=%d n=%d outside [%d,%d) was written", mq_isa_name(isas[ii]), m, n, n0, n1);
+                        CHECK(isnan(v), "%s m=%d n=%d outside [%d,%d) was written", mq_isa_name(isas[ii]), m, n, n0,
+                              n1);
                         bad += !isnan(v);
                         continue;
                     }
@@ -188,7 +206,7 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned l
 static void test_fp4_gemm_shapes(void)
 {
     static const fp4_case cases[] = {
-        { 1, 16, 16 }, { 1, 1, 64 }, { 2, 37, 48 }, { 3, 64, 172 }, { 4, 100, 272 }, { 5, 48, 64 },
+        { 1, 16, 16 },  { 1, 1, 64 },    { 2, 37, 48 },  { 3, 64, 172 },  { 4, 100, 272 }, { 5, 48, 64 },
         { 7, 33, 320 }, { 8, 16, 1040 }, { 9, 70, 176 }, { 17, 50, 528 }, { 6, 130, 96 },
     };
     unsigned long long seed = 0x9e3779b97f4a7c15ULL;
@@ -211,12 +229,16 @@ static void test_fp4_gemm_scale_extremes(void)
         mq_fp4_weight_bind(&w, N, K, wm);
         mq_fp4_act_bind(&a, M, K, am);
         uint8_t *codes = malloc((size_t)N * kp / 2), *scales = malloc((size_t)N * kp / 16);
-        for (int i = 0; i < N * kp / 2; i++) codes[i] = (uint8_t)(harness_rand(&s) >> 56) | 0x77; /* ±6 heavy */
-        for (int i = 0; i < N * kp / 16; i++) scales[i] = pass ? (uint8_t)(1 + i % 7) : 0x7e;
+        for (int i = 0; i < N * kp / 2; i++)
+            codes[i] = (uint8_t)(harness_rand(&s) >> 56) | 0x77; /* ±6 heavy */
+        for (int i = 0; i < N * kp / 16; i++)
+            scales[i] = pass ? (uint8_t)(1 + i % 7) : 0x7e;
         w.g = 3.0f;
         mq_fp4_weight_set_rows(&w, codes, scales, 0, N);
-        for (int i = 0; i < M * kp / 2; i++) a.codes[i] = (uint8_t)(harness_rand(&s) >> 56);
-        for (int i = 0; i < M * kp / 16; i++) a.scales[i] = pass ? 0x7e : (uint8_t)(0x80 | (1 + i % 7));
+        for (int i = 0; i < M * kp / 2; i++)
+            a.codes[i] = (uint8_t)(harness_rand(&s) >> 56);
+        for (int i = 0; i < M * kp / 16; i++)
+            a.scales[i] = pass ? 0x7e : (uint8_t)(0x80 | (1 + i % 7));
         a.g = 0.001f;
         float *y = malloc(sizeof(float) * M * N);
         for (int ii = 0; ii < n_isas; ii++) {
@@ -271,8 +293,10 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
     unsigned long long s = seed;
     const int ldx = K + 5, ldy = N + 2;
     uint16_t *x = malloc(sizeof(uint16_t) * (size_t)M * ldx), *wd = malloc(sizeof(uint16_t) * (size_t)N * K);
-    for (size_t i = 0; i < (size_t)M * ldx; i++) x[i] = mq_f32_to_bf16(harness_gauss(&s));
-    for (size_t i = 0; i < (size_t)N * K; i++) wd[i] = mq_f32_to_bf16(harness_uniform(&s) * 0.1f);
+    for (size_t i = 0; i < (size_t)M * ldx; i++)
+        x[i] = mq_f32_to_bf16(harness_gauss(&s));
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        wd[i] = mq_f32_to_bf16(harness_uniform(&s) * 0.1f);
     double *want = malloc(sizeof(double) * M * N), *mag = malloc(sizeof(double) * M * N);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
@@ -295,7 +319,8 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
         int cuts[3][2] = { { 0, N }, { N / 3, N }, { 0, N / 3 } };
         for (int r = 0; r < 3; r++) {
             int n0 = cuts[r][0], n1 = cuts[r][1], bad = 0;
-            for (size_t i = 0; i < (size_t)M * ldy; i++) y[i] = NAN;
+            for (size_t i = 0; i < (size_t)M * ldy; i++)
+                y[i] = NAN;
             mq_gemm_bf16(x, M, (size_t)ldx, &w, y, (size_t)ldy, n0, n1);
             for (int m = 0; m < M && bad < 5; m++)
                 for (int n = 0; n < ldy && bad < 5; n++) {
@@ -325,14 +350,15 @@ static void test_bf16_gemv(void)
 {
     static const int ks[] = { 1, 7, 32, 33, 100, 172, 600 };
     for (int m = 1; m <= 8; m++)
-        for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) check_bf16_case(m, 13 + 7 * m, ks[i], 1000 + m * 10 + i);
+        for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
+            check_bf16_case(m, 13 + 7 * m, ks[i], 1000 + m * 10 + i);
 }
 
 static void test_bf16_gemm(void)
 {
     static const int shapes[][3] = {
-        { 9, 16, 64 }, { 9, 37, 7 }, { 10, 70, 172 }, { 12, 64, 256 }, { 13, 100, 600 },
-        { 17, 33, 513 }, { 17, 130, 96 }, { 24, 5, 31 },
+        { 9, 16, 64 },    { 9, 37, 7 },    { 10, 70, 172 }, { 12, 64, 256 },
+        { 13, 100, 600 }, { 17, 33, 513 }, { 17, 130, 96 }, { 24, 5, 31 },
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         check_bf16_case(shapes[i][0], shapes[i][1], shapes[i][2], 2000 + i);
@@ -343,7 +369,8 @@ int main(void)
     mq_kernels_init();
     collect_isas();
     printf("  ISAs tested:");
-    for (int i = 0; i < n_isas; i++) printf(" %s", mq_isa_name(isas[i]));
+    for (int i = 0; i < n_isas; i++)
+        printf(" %s", mq_isa_name(isas[i]));
     printf("\n");
     RUN(test_fp4_act_prepare_identical);
     RUN(test_fp4_gemm_shapes);

@@ -21,14 +21,15 @@ static mq_kv_store *make(int n)
 static void test_alloc_free_exhaustion(void)
 {
     mq_kv_store *kv = make(8);
-    if (!kv) return;
+    if (!kv)
+        return;
     int ids[8];
     for (int i = 0; i < 8; i++) {
         ids[i] = mq_kv_alloc(kv, 0);
         CHECK(ids[i] >= 0 && ids[i] < 8, "alloc %d -> %d", i, ids[i]);
         uint8_t *p = mq_kv_block_ptr(kv, ids[i]);
         CHECK(p && ((uintptr_t)p & 63) == 0, "block pointer aligned");
-        memset(p, i + 1, 1000);   /* blocks must not overlap: checked below */
+        memset(p, i + 1, 1000); /* blocks must not overlap: checked below */
     }
     CHECK(mq_kv_alloc(kv, 0) == -ENOSPC, "9th alloc fails with ENOSPC");
     for (int i = 0; i < 8; i++) {
@@ -50,9 +51,11 @@ static void test_alloc_free_exhaustion(void)
 static void test_prefix_share(void)
 {
     mq_kv_store *kv = make(8);
-    if (!kv) return;
+    if (!kv)
+        return;
     int32_t toks[3 * BT];
-    for (int i = 0; i < 3 * BT; i++) toks[i] = 1000 + i;
+    for (int i = 0; i < 3 * BT; i++)
+        toks[i] = 1000 + i;
     uint64_t h[3], parent = MQ_KV_HASH_SEED;
     int blk[3];
     for (int i = 0; i < 3; i++) {
@@ -82,7 +85,10 @@ static void test_prefix_share(void)
     CHECK(mq_kv_publish(kv, dup, MQ_KV_HASH_SEED, h[0], toks) == 0, "duplicate not indexed");
     mq_kv_unref(kv, dup);
     /* both sessions release: blocks become cached (still found), not free */
-    for (int i = 0; i < 3; i++) { mq_kv_unref(kv, blk[i]); mq_kv_unref(kv, blk[i]); }
+    for (int i = 0; i < 3; i++) {
+        mq_kv_unref(kv, blk[i]);
+        mq_kv_unref(kv, blk[i]);
+    }
     mq_kv_stats st;
     mq_kv_stats_get(kv, &st);
     CHECK(st.cached == 3 && st.used == 0 && st.free == 5, "cached %d used %d free %d", st.cached, st.used, st.free);
@@ -90,20 +96,22 @@ static void test_prefix_share(void)
     CHECK(id == blk[0], "cached block found after release");
     mq_kv_unref(kv, id);
     mq_kv_stats_get(kv, &st);
-    CHECK(st.hits == 4 && st.lookups == 6, "hits %llu lookups %llu",
-          (unsigned long long)st.hits, (unsigned long long)st.lookups);
+    CHECK(st.hits == 4 && st.lookups == 6, "hits %llu lookups %llu", (unsigned long long)st.hits,
+          (unsigned long long)st.lookups);
     mq_kv_store_destroy(kv);
 }
 
 static void test_evict_oldest_first(void)
 {
     mq_kv_store *kv = make(4);
-    if (!kv) return;
+    if (!kv)
+        return;
     int32_t toks[4][BT];
     uint64_t h[4];
     int blk[4];
     for (int i = 0; i < 4; i++) {
-        for (int t = 0; t < BT; t++) toks[i][t] = i * 100 + t;
+        for (int t = 0; t < BT; t++)
+            toks[i][t] = i * 100 + t;
         h[i] = mq_kv_prefix_hash(MQ_KV_HASH_SEED, toks[i], BT);
         blk[i] = mq_kv_alloc(kv, 0);
         mq_kv_publish(kv, blk[i], MQ_KV_HASH_SEED, h[i], toks[i]);
@@ -128,13 +136,15 @@ static void test_evict_oldest_first(void)
 static void test_reservations(void)
 {
     mq_kv_store *kv = make(6);
-    if (!kv) return;
+    if (!kv)
+        return;
     CHECK(mq_kv_reserve(kv, 4) == 0, "reserve 4 of 6");
     CHECK(mq_kv_reserve(kv, 3) == -ENOSPC, "3 more do not fit");
     int x = mq_kv_alloc(kv, 0), y = mq_kv_alloc(kv, 0);
     CHECK(x >= 0 && y >= 0, "2 unreserved allocations fit");
     CHECK(mq_kv_alloc(kv, 0) == -ENOSPC, "a 3rd would eat the reservation");
-    for (int i = 0; i < 4; i++) CHECK(mq_kv_alloc(kv, 1) >= 0, "reserved alloc %d", i);
+    for (int i = 0; i < 4; i++)
+        CHECK(mq_kv_alloc(kv, 1) >= 0, "reserved alloc %d", i);
     mq_kv_stats st;
     mq_kv_stats_get(kv, &st);
     CHECK(st.reserved == 0 && st.used == 6, "reserved %d used %d", st.reserved, st.used);
@@ -146,18 +156,21 @@ static void test_reservations(void)
 static void test_lookup_respects_reservations(void)
 {
     mq_kv_store *kv = make(4);
-    if (!kv) return;
+    if (!kv)
+        return;
     int32_t toks[4 * BT];
-    for (int i = 0; i < 4 * BT; i++) toks[i] = 7 + 3 * i;
+    for (int i = 0; i < 4 * BT; i++)
+        toks[i] = 7 + 3 * i;
     uint64_t h[4], parent = MQ_KV_HASH_SEED;
     int blk[4];
-    for (int i = 0; i < 4; i++) {   /* four indexed blocks, then released: all cached */
+    for (int i = 0; i < 4; i++) { /* four indexed blocks, then released: all cached */
         h[i] = mq_kv_prefix_hash(parent, toks + i * BT, BT);
         blk[i] = mq_kv_alloc(kv, 0);
         mq_kv_publish(kv, blk[i], parent, h[i], toks + i * BT);
         parent = h[i];
     }
-    for (int i = 0; i < 4; i++) mq_kv_unref(kv, blk[i]);
+    for (int i = 0; i < 4; i++)
+        mq_kv_unref(kv, blk[i]);
     CHECK(mq_kv_reserve(kv, 3) == 0, "reserve 3 of the 4 cached blocks");
     int id = mq_kv_lookup(kv, MQ_KV_HASH_SEED, h[0], toks);
     CHECK(id == blk[0], "one cached block is spare: found (%d)", id);
@@ -167,7 +180,8 @@ static void test_lookup_respects_reservations(void)
     mq_kv_stats_get(kv, &st);
     CHECK(st.refused == 1 && st.hits == 1, "refused %llu hits %llu", (unsigned long long)st.refused,
           (unsigned long long)st.hits);
-    for (int i = 0; i < 3; i++) CHECK(mq_kv_alloc(kv, 1) >= 0, "reserved alloc %d succeeds", i);
+    for (int i = 0; i < 3; i++)
+        CHECK(mq_kv_alloc(kv, 1) >= 0, "reserved alloc %d succeeds", i);
     mq_kv_store_destroy(kv);
 }
 
@@ -177,8 +191,9 @@ static void test_random_ops(void)
 {
     enum { N = 32, OPS = 20000 };
     mq_kv_store *kv = make(N);
-    if (!kv) return;
-    int owner[N] = {0};   /* model refcount */
+    if (!kv)
+        return;
+    int owner[N] = { 0 }; /* model refcount */
     int held[4 * N], n_held = 0;
     unsigned long long s = 42;
     for (int op = 0; op < OPS; op++) {
@@ -191,7 +206,8 @@ static void test_random_ops(void)
                 held[n_held++] = id;
                 int32_t t[BT] = { id, op, 0, 0 };
                 uint64_t h = mq_kv_prefix_hash(MQ_KV_HASH_SEED, t, BT);
-                if (harness_rand(&s) & 1) mq_kv_publish(kv, id, MQ_KV_HASH_SEED, h, t);
+                if (harness_rand(&s) & 1)
+                    mq_kv_publish(kv, id, MQ_KV_HASH_SEED, h, t);
             }
         } else if (r == 1 && n_held < 4 * N) {
             int id = held[harness_rand(&s) % (unsigned)n_held];
@@ -213,8 +229,8 @@ static void test_random_ops(void)
     }
     mq_kv_stats st;
     mq_kv_stats_get(kv, &st);
-    CHECK(st.used == used && st.used + st.cached + st.free == N, "used %d (model %d) cached %d free %d",
-          st.used, used, st.cached, st.free);
+    CHECK(st.used == used && st.used + st.cached + st.free == N, "used %d (model %d) cached %d free %d", st.used, used,
+          st.cached, st.free);
     mq_kv_store_destroy(kv);
 }
 

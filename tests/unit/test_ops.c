@@ -11,11 +11,15 @@ static int isa_list(mq_isa *out)
 {
     int n = 0;
     for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
-        if (mq_kernels_cpu_has((mq_isa)i)) out[n++] = (mq_isa)i;
+        if (mq_kernels_cpu_has((mq_isa)i))
+            out[n++] = (mq_isa)i;
     return n;
 }
 
-static float ulpf_(float x) { return nextafterf(fabsf(x), INFINITY) - fabsf(x); }
+static float ulpf_(float x)
+{
+    return nextafterf(fabsf(x), INFINITY) - fabsf(x);
+}
 
 static void test_rmsnorm(void)
 {
@@ -26,9 +30,13 @@ static void test_rmsnorm(void)
     for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
         int n = ns[t];
         float *x = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
-        for (int i = 0; i < n; i++) { x[i] = harness_gauss(&s) * 3; w[i] = 1 + harness_uniform(&s) * 0.5f; }
+        for (int i = 0; i < n; i++) {
+            x[i] = harness_gauss(&s) * 3;
+            w[i] = 1 + harness_uniform(&s) * 0.5f;
+        }
         double ss = 0;
-        for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+        for (int i = 0; i < n; i++)
+            ss += (double)x[i] * x[i];
         double r = 1 / sqrt(ss / n + 1e-6);
         for (int k = 0; k < ni; k++) {
             mq_kernels_force(isas[k]);
@@ -44,7 +52,9 @@ static void test_rmsnorm(void)
             CHECK(fabs(y[n - 1] - w[n - 1] * (x[n - 1] * r)) <= 4e-6 * fabs(w[n - 1] * x[n - 1] * r) + 1e-30,
                   "%s rmsnorm in place", mq_isa_name(isas[k]));
         }
-        free(x); free(w); free(y);
+        free(x);
+        free(w);
+        free(y);
     }
     mq_kernels_force(isas[ni - 1]);
 }
@@ -60,7 +70,12 @@ static void test_swiglu(void)
         g[i] = harness_gauss(&s) * (i % 10 == 0 ? 40 : 4);
         u[i] = harness_gauss(&s);
     }
-    g[0] = -200; g[1] = 200; g[2] = 0; g[3] = -88.5f; g[4] = 88.5f; g[5] = -0.0f;
+    g[0] = -200;
+    g[1] = 200;
+    g[2] = 0;
+    g[3] = -88.5f;
+    g[4] = 88.5f;
+    g[5] = -0.0f;
     for (int k = 0; k < ni; k++) {
         mq_kernels_force(isas[k]);
         mq_swiglu(y, g, u, N);
@@ -69,7 +84,9 @@ static void test_swiglu(void)
             double want = (double)g[i] / (1 + exp(-(double)g[i])) * u[i];
             /* a few ulp, or far below anything that matters next to the residual */
             if (!(fabs(y[i] - want) <= 1e-6 * fabs(want) + 1e-30)) {
-                if (bad++ < 3) fprintf(stderr, "    %s swiglu(%g, %g) = %g, want %g\n", mq_isa_name(isas[k]), g[i], u[i], y[i], want);
+                if (bad++ < 3)
+                    fprintf(stderr, "    %s swiglu(%g, %g) = %g, want %g\n", mq_isa_name(isas[k]), g[i], u[i], y[i],
+                            want);
             }
         }
         CHECK(!bad, "%s swiglu: %d off", mq_isa_name(isas[k]), bad);
@@ -96,16 +113,18 @@ static void test_rope_hf(void)
             float inv[128], cs[128], sn[128];
             mq_rope_inv_freq(inv, hd, thetas[ti]);
             for (int i = 0; i < half; i++) {
-                float e = (float)(2 * i) / (float)hd;                   /* arange(..).float() / dim */
+                float e = (float)(2 * i) / (float)hd;                        /* arange(..).float() / dim */
                 float pw = (float)pow((double)(float)thetas[ti], (double)e); /* FP32 pow, ~correctly rounded */
                 float want = 1.0f / pw;
-                CHECK(fabsf(inv[i] - want) <= 2 * ulpf_(want), "inv_freq[%d] hd=%d theta=%g: %a vs %a", i, hd, thetas[ti], inv[i], want);
+                CHECK(fabsf(inv[i] - want) <= 2 * ulpf_(want), "inv_freq[%d] hd=%d theta=%g: %a vs %a", i, hd,
+                      thetas[ti], inv[i], want);
             }
             for (size_t pi = 0; pi < sizeof poss / sizeof poss[0]; pi++) {
                 int pos = poss[pi];
                 mq_rope_cos_sin(inv, hd, pos, cs, sn);
                 float x[2 * 256], y[2 * 256];
-                for (int i = 0; i < 2 * hd; i++) x[i] = harness_gauss(&s);
+                for (int i = 0; i < 2 * hd; i++)
+                    x[i] = harness_gauss(&s);
                 memcpy(y, x, sizeof(float) * 2 * hd);
                 mq_rope(y, 2, hd, cs, sn);
                 for (int h = 0; h < 2; h++)
@@ -115,8 +134,8 @@ static void test_rope_hf(void)
                         double rot = i < half ? -(double)x[h * hd + i + half] : (double)x[h * hd + i - half];
                         double want = x[h * hd + i] * cos(ang) + rot * sin(ang);
                         double mag = fabs(x[h * hd + i]) + fabs(rot);
-                        CHECK(fabs(y[h * hd + i] - want) <= 3e-7 * mag + 1e-30, "rope hd=%d pos=%d i=%d: %g vs %g",
-                              hd, pos, i, y[h * hd + i], want);
+                        CHECK(fabs(y[h * hd + i] - want) <= 3e-7 * mag + 1e-30, "rope hd=%d pos=%d i=%d: %g vs %g", hd,
+                              pos, i, y[h * hd + i], want);
                     }
             }
         }
@@ -127,11 +146,14 @@ static void test_softmax(void)
     enum { N = 5000 };
     static float x[N], y[N];
     unsigned long long s = 9;
-    for (int i = 0; i < N; i++) x[i] = harness_gauss(&s) * 8;
+    for (int i = 0; i < N; i++)
+        x[i] = harness_gauss(&s) * 8;
     x[17] = -INFINITY; /* masked entries are allowed */
     double mx = -INFINITY, sum = 0;
-    for (int i = 0; i < N; i++) mx = fmax(mx, x[i]);
-    for (int i = 0; i < N; i++) sum += exp((double)x[i] - mx);
+    for (int i = 0; i < N; i++)
+        mx = fmax(mx, x[i]);
+    for (int i = 0; i < N; i++)
+        sum += exp((double)x[i] - mx);
     double lse = mx + log(sum);
     memcpy(y, x, sizeof y);
     float got = mq_softmax(y, N);
@@ -155,9 +177,12 @@ static void test_argmax_topk(void)
     enum { N = 3001 };
     static float x[N];
     unsigned long long s = 10;
-    for (int i = 0; i < N; i++) x[i] = (float)(int)(harness_gauss(&s) * 6); /* many ties */
+    for (int i = 0; i < N; i++)
+        x[i] = (float)(int)(harness_gauss(&s) * 6); /* many ties */
     int best = 0;
-    for (int i = 0; i < N; i++) if (x[i] > x[best]) best = i;
+    for (int i = 0; i < N; i++)
+        if (x[i] > x[best])
+            best = i;
     CHECK(mq_argmax(x, N) == best, "argmax");
     const int ks[] = { 0, 1, 5, 40, N, N + 3 };
     for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++) {
@@ -170,9 +195,14 @@ static void test_argmax_topk(void)
         char *used = calloc(N, 1);
         for (int j = 0; j < got; j++) {
             int b = -1;
-            for (int i = 0; i < N; i++) if (!used[i] && (b < 0 || x[i] > x[b])) b = i;
+            for (int i = 0; i < N; i++)
+                if (!used[i] && (b < 0 || x[i] > x[b]))
+                    b = i;
             used[b] = 1;
-            if (idx[j] != b) { CHECK(0, "topk k=%d position %d: %d, want %d", k, j, idx[j], b); break; }
+            if (idx[j] != b) {
+                CHECK(0, "topk k=%d position %d: %d, want %d", k, j, idx[j], b);
+                break;
+            }
         }
         free(used);
         free(idx);
@@ -184,26 +214,40 @@ static void test_sampling_helpers(void)
     float p[64];
     unsigned long long s = 12;
     double tot = 0;
-    for (int i = 0; i < 64; i++) { p[i] = expf(-0.2f * i) * (1 + 0.01f * harness_uniform(&s)); tot += p[i]; }
-    for (int i = 0; i < 64; i++) p[i] = (float)(p[i] / tot);
+    for (int i = 0; i < 64; i++) {
+        p[i] = expf(-0.2f * i) * (1 + 0.01f * harness_uniform(&s));
+        tot += p[i];
+    }
+    for (int i = 0; i < 64; i++)
+        p[i] = (float)(p[i] / tot);
     const float tps[] = { 0.0f, 0.1f, 0.5f, 0.9f, 0.95f, 0.999f, 1.0f, 1.5f };
     for (size_t t = 0; t < sizeof tps / sizeof tps[0]; t++) {
         int want = 64;
         double cum = 0;
-        for (int k = 1; k <= 64; k++) { cum += p[k - 1]; if (cum >= tps[t]) { want = k; break; } }
+        for (int k = 1; k <= 64; k++) {
+            cum += p[k - 1];
+            if (cum >= tps[t]) {
+                want = k;
+                break;
+            }
+        }
         int got = mq_topp(p, 64, tps[t]);
         CHECK(got == want, "topp(%g) = %d, want %d", tps[t], got, want);
         CHECK(got >= 1, "topp keeps one");
         /* the kept set: the tokens before the last reach less than top_p */
         double before = 0;
-        for (int k = 0; k < got - 1; k++) before += p[k];
+        for (int k = 0; k < got - 1; k++)
+            before += p[k];
         CHECK(before < tps[t] || got == 1, "topp(%g) keeps too many", tps[t]);
     }
     const float mps[] = { 0.0f, 0.05f, 0.5f, 1.0f };
     for (size_t t = 0; t < 4; t++) {
         int want = 0;
-        for (int k = 0; k < 64; k++) if (p[k] >= mps[t] * p[0]) want = k + 1;
-        if (want < 1) want = 1;
+        for (int k = 0; k < 64; k++)
+            if (p[k] >= mps[t] * p[0])
+                want = k + 1;
+        if (want < 1)
+            want = 1;
         CHECK(mq_minp(p, 64, mps[t]) == want, "minp(%g) = %d, want %d", mps[t], mq_minp(p, 64, mps[t]), want);
     }
     /* inverse CDF: every u lands on the index whose cumulative interval holds it */
@@ -211,9 +255,11 @@ static void test_sampling_helpers(void)
         double u = (harness_uniform(&s) + 1) * 0.5;
         int got = mq_sample_cdf(p, 64, u);
         double lo = 0;
-        for (int k = 0; k < got; k++) lo += p[k];
+        for (int k = 0; k < got; k++)
+            lo += p[k];
         double total = 0;
-        for (int k = 0; k < 64; k++) total += p[k];
+        for (int k = 0; k < 64; k++)
+            total += p[k];
         CHECK(lo <= u * total && (got == 63 || lo + p[got] > u * total), "cdf(%g) = %d", u, got);
     }
     float q[3] = { 0, 0, 5 };

@@ -20,11 +20,13 @@ static void fn(void *arg, int tid, int nthreads)
     struct ctx *c = arg;
     atomic_fetch_add(&c->hits[tid], 1);
     c->nthreads_seen = nthreads;
-    if (tid == 0 && pthread_equal(pthread_self(), c->caller)) atomic_store(&c->caller_was_tid0, 1);
+    if (tid == 0 && pthread_equal(pthread_self(), c->caller))
+        atomic_store(&c->caller_was_tid0, 1);
     int lo, hi;
     mq_pool_split(1000, 16, tid, nthreads, &lo, &hi);
     long s = 0;
-    for (int i = lo; i < hi; i++) s += i;
+    for (int i = lo; i < hi; i++)
+        s += i;
     atomic_fetch_add(&c->sum, s);
 }
 
@@ -33,12 +35,15 @@ static void test_runs_every_tid(void)
     for (int nt = 1; nt <= 4; nt++) {
         mq_pool *p;
         CHECK(mq_pool_create(&p, nt, NULL, "test") == 0, "create %d", nt);
-        if (!p) continue;
+        if (!p)
+            continue;
         CHECK(mq_pool_threads(p) == nt, "threads");
         struct ctx c = { .caller = pthread_self() };
         const int runs = nt <= 2 ? 2000 : 100; /* many back-to-back runs: races between runs would show */
-        for (int r = 0; r < runs; r++) mq_pool_run(p, fn, &c);
-        for (int t = 0; t < nt; t++) CHECK(c.hits[t] == runs, "tid %d ran %d times", t, (int)c.hits[t]);
+        for (int r = 0; r < runs; r++)
+            mq_pool_run(p, fn, &c);
+        for (int t = 0; t < nt; t++)
+            CHECK(c.hits[t] == runs, "tid %d ran %d times", t, (int)c.hits[t]);
         CHECK(c.sum == (long)runs * 999 * 1000 / 2, "split covers [0,1000) once: %ld", (long)c.sum);
         CHECK(c.caller_was_tid0, "caller runs tid 0");
         CHECK(c.nthreads_seen == nt, "nthreads");

@@ -29,12 +29,16 @@ static uint8_t e4m3_oracle(float x)
 {
     double a = fabs((double)x);
     uint8_t sign = signbit(x) ? 0x80 : 0;
-    if (a >= 448.0) return sign | 0x7e;
+    if (a >= 448.0)
+        return sign | 0x7e;
     int best = 0;
     double bd = INFINITY;
     for (int c = 0; c <= 0x7e; c++) {
         double d = fabs(e4m3_value(c) - a);
-        if (d < bd || (d == bd && (c & 1) == 0)) { bd = d; best = c; }
+        if (d < bd || (d == bd && (c & 1) == 0)) {
+            bd = d;
+            best = c;
+        }
     }
     return sign | (uint8_t)best;
 }
@@ -50,7 +54,10 @@ static uint8_t e2m1_oracle(float x)
     double bd = a >= 6.0 ? -1.0 : INFINITY;
     for (int c = 0; c < 8; c++) {
         double d = fabs(e2m1_tab[c] - a);
-        if (d < bd || (d == bd && (c & 1) == 0)) { bd = d; best = c; }
+        if (d < bd || (d == bd && (c & 1) == 0)) {
+            bd = d;
+            best = c;
+        }
     }
     return (x < 0 ? 8 : 0) | (uint8_t)best;
 }
@@ -59,7 +66,8 @@ static uint8_t e2m1_oracle(float x)
  * the boundary that RNE overflow to infinity is measured against. */
 static double bf16_bits_value(uint32_t u)
 {
-    if ((u & 0x7f800000u) == 0x7f800000u) return (u >> 31 ? -1 : 1) * ldexp(1.0, 128);
+    if ((u & 0x7f800000u) == 0x7f800000u)
+        return (u >> 31 ? -1 : 1) * ldexp(1.0, 128);
     float f;
     memcpy(&f, &u, 4);
     return f;
@@ -70,11 +78,14 @@ static uint16_t bf16_oracle(float x)
 {
     uint32_t u;
     memcpy(&u, &x, 4);
-    if (isnan(x)) return (uint16_t)((u >> 16) | 0x40);
-    if (isinf(x)) return (uint16_t)(u >> 16);
+    if (isnan(x))
+        return (uint16_t)((u >> 16) | 0x40);
+    if (isinf(x))
+        return (uint16_t)(u >> 16);
     uint32_t lo = u & 0xffff0000u, hi = lo + 0x10000u;
     double dl = fabs((double)x - bf16_bits_value(lo)), dh = fabs(bf16_bits_value(hi) - (double)x);
-    if (dl < dh || (dl == dh && ((lo >> 16) & 1) == 0)) return (uint16_t)(lo >> 16);
+    if (dl < dh || (dl == dh && ((lo >> 16) & 1) == 0))
+        return (uint16_t)(lo >> 16);
     return (uint16_t)(hi >> 16);
 }
 
@@ -88,8 +99,10 @@ static int quantize_oracle(const float *x, int k, float g, uint8_t *codes, uint8
         float amax = 0;
         for (int j = 0; j < 16; j++) {
             int i = b * 16 + j;
-            if (i < k && (isnan(x[i]) || isinf(x[i]))) return -EINVAL;
-            if (i < k && fabsf(x[i]) > amax) amax = fabsf(x[i]);
+            if (i < k && (isnan(x[i]) || isinf(x[i])))
+                return -EINVAL;
+            if (i < k && fabsf(x[i]) > amax)
+                amax = fabsf(x[i]);
         }
         volatile float sixth = amax / 6.0f; /* volatile: keep FP32 steps separate */
         volatile float sv = g * sixth;
@@ -128,7 +141,8 @@ static void fill_row(float *x, int k, enum dist d, unsigned long long *s, float 
         case D_GAUSS: x[i] = gs; break;
         case D_HEAVY: /* cubed gaussian plus rare big outliers */
             x[i] = gs * gs * gs;
-            if ((harness_rand(s) & 63) == 0) x[i] *= 300.0f;
+            if ((harness_rand(s) & 63) == 0)
+                x[i] *= 300.0f;
             break;
         case D_TINY: x[i] = u * 1e-6f; break;
         case D_TIES: {
@@ -140,8 +154,10 @@ static void fill_row(float *x, int k, enum dist d, unsigned long long *s, float 
             float v = j == 0 ? 6.0f : e2m1_thresholds[(harness_rand(s) >> 7) % 7];
             v *= sf;
             unsigned r = (unsigned)(harness_rand(s) >> 20);
-            if (j && (r & 3) == 1) v = nextafterf(v, INFINITY);
-            if (j && (r & 3) == 2) v = nextafterf(v, 0);
+            if (j && (r & 3) == 1)
+                v = nextafterf(v, INFINITY);
+            if (j && (r & 3) == 2)
+                v = nextafterf(v, 0);
             x[i] = (r & 4) ? -v : v;
             *g_static = 1.0f; /* g*(amax/6) = sf exactly, os = 1/sf */
             break;
@@ -159,7 +175,8 @@ static int isa_list(mq_isa *out)
 {
     int n = 0;
     for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
-        if (mq_kernels_cpu_has((mq_isa)i)) out[n++] = (mq_isa)i;
+        if (mq_kernels_cpu_has((mq_isa)i))
+            out[n++] = (mq_isa)i;
     return n;
 }
 
@@ -175,11 +192,13 @@ static void test_e4m3_vs_oracle(void)
         for (int p = 0; p < 5; p++)
             for (int sg = 0; sg < 2; sg++) {
                 float v = sg ? -probes[p] : probes[p];
-                CHECK(mq_f32_to_e4m3(v) == e4m3_oracle(v), "e4m3(%a) = %02x, oracle %02x", v,
-                      mq_f32_to_e4m3(v), e4m3_oracle(v));
+                CHECK(mq_f32_to_e4m3(v) == e4m3_oracle(v), "e4m3(%a) = %02x, oracle %02x", v, mq_f32_to_e4m3(v),
+                      e4m3_oracle(v));
             }
     }
-    float edges[] = { 448.0f, 449.0f, 464.0f, 465.0f, 1e30f, INFINITY, 0x1p-10f, 0x1p-11f, 0x1.8p-10f, 0x1p-149f, 0.0f };
+    float edges[] = {
+        448.0f, 449.0f, 464.0f, 465.0f, 1e30f, INFINITY, 0x1p-10f, 0x1p-11f, 0x1.8p-10f, 0x1p-149f, 0.0f
+    };
     for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
         CHECK(mq_f32_to_e4m3(edges[i]) == e4m3_oracle(edges[i]), "e4m3(%a)", edges[i]);
     unsigned long long s = 7;
@@ -198,8 +217,8 @@ static void test_e2m1_vs_oracle(void)
         for (int p = 0; p < 6; p++)
             for (int sg = 0; sg < 2; sg++) {
                 float v = sg ? -probes[p] : probes[p];
-                CHECK(mq_f32_to_e2m1(v) == e2m1_oracle(v), "e2m1(%a) = %x, oracle %x", v,
-                      mq_f32_to_e2m1(v), e2m1_oracle(v));
+                CHECK(mq_f32_to_e2m1(v) == e2m1_oracle(v), "e2m1(%a) = %x, oracle %x", v, mq_f32_to_e2m1(v),
+                      e2m1_oracle(v));
             }
     }
     float edges[] = { 6.0f, 6.5f, 1e20f, INFINITY, -INFINITY, -0.0f, 0x1p-149f, -0x1p-149f };
@@ -220,8 +239,10 @@ static void test_bf16_vs_oracle(void)
     unsigned long long s = 3;
     for (int i = 0; i < 300000; i++) {
         uint32_t u = (uint32_t)(harness_rand(&s) >> 32);
-        if (i & 1) u = (u & 0xffff8000u) | ((i & 2) ? 0x8000u : 0x7fffu); /* near-ties */
-        if ((i & 7) == 4) u &= 0x807fffffu;                                 /* subnormals */
+        if (i & 1)
+            u = (u & 0xffff8000u) | ((i & 2) ? 0x8000u : 0x7fffu); /* near-ties */
+        if ((i & 7) == 4)
+            u &= 0x807fffffu; /* subnormals */
         float x;
         memcpy(&x, &u, 4);
         uint16_t got = mq_f32_to_bf16(x), want = bf16_oracle(x);
@@ -241,7 +262,8 @@ static void test_quantize_ref_vs_oracle(void)
             float gst;
             fill_row(x, k, (enum dist)d, &s, &gst);
             float amax = 0;
-            for (int i = 0; i < k; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+            for (int i = 0; i < k; i++)
+                amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
             float g = gst ? gst : mq_fp4_global_scale(amax);
             int kp = mq_fp4_pad(k);
             int r1 = mq_fp4_quantize_row(x, k, g, c1, s1);
@@ -267,7 +289,10 @@ static void test_quantize_ref_vs_oracle(void)
 
 /* ---- 2. every ISA against the reference ---------------------------------------- */
 
-static void *amalloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
+static void *amalloc(size_t n)
+{
+    return aligned_alloc(64, (n + 63) / 64 * 64);
+}
 
 static void check_act_isas(const float *x, int m, int k, size_t ldx, float g, const char *what)
 {
@@ -277,7 +302,8 @@ static void check_act_isas(const float *x, int m, int k, size_t ldx, float g, co
     uint8_t *want_c = malloc((size_t)m * (size_t)mq_fp4_pad(k)), *want_s = malloc((size_t)m * (size_t)mq_fp4_pad(k));
     int kp = mq_fp4_pad(k), want_rc = 0;
     for (int r = 0; r < m && !want_rc; r++)
-        want_rc = mq_fp4_quantize_row(x + (size_t)r * ldx, k, g, want_c + (size_t)r * kp / 2, want_s + (size_t)r * kp / 16);
+        want_rc =
+            mq_fp4_quantize_row(x + (size_t)r * ldx, k, g, want_c + (size_t)r * kp / 2, want_s + (size_t)r * kp / 16);
     for (int i = 0; i < n; i++) {
         CHECK(mq_kernels_force(isas[i]) == 0, "force %s", mq_isa_name(isas[i]));
         void *mem = amalloc(bytes);
@@ -318,11 +344,13 @@ static void test_amax_bf16_isas(void)
             x[i] = (uint16_t)(((s >> 31) << 15) | (e << 7) | ((s >> 16) & 0x7f));
         }
         int special = t >= 50 && n > 0;
-        if (special) x[(size_t)s % n] = t % 2 ? 0x7f80 : 0xffc1;   /* +Inf or a NaN */
+        if (special)
+            x[(size_t)s % n] = t % 2 ? 0x7f80 : 0xffc1; /* +Inf or a NaN */
         double want = 0;
         for (size_t i = 0; i < n; i++) {
             float v = mq_bf16_to_f32(x[i]);
-            if (fabs((double)v) > want) want = fabs((double)v);
+            if (fabs((double)v) > want)
+                want = fabs((double)v);
         }
         for (int i = 0; i < n_isa; i++) {
             mq_kernels_force(isas[i]);
@@ -348,7 +376,8 @@ static void test_quantize_isas_bitexact(void)
             size_t ld = (size_t)k + 3; /* a row stride that is not the row length */
             float *x = malloc(sizeof(float) * ld * m);
             float gst = 0;
-            for (int r = 0; r < m; r++) fill_row(x + r * ld, k, (enum dist)d, &s, &gst);
+            for (int r = 0; r < m; r++)
+                fill_row(x + r * ld, k, (enum dist)d, &s, &gst);
             float amax = 0;
             for (int r = 0; r < m; r++) {
                 float a = mq_amax_f32(x + r * ld, (size_t)k);
@@ -371,11 +400,13 @@ static void test_weight_quantize_isas(void)
     const int n = 9, k = 172, r0 = 2, r1 = 8;
     unsigned long long s = 4242;
     float *x = malloc(sizeof(float) * n * k);
-    for (int i = 0; i < n * k; i++) x[i] = harness_gauss(&s) * ((i % 29) ? 1.0f : 50.0f);
+    for (int i = 0; i < n * k; i++)
+        x[i] = harness_gauss(&s) * ((i % 29) ? 1.0f : 50.0f);
     const float g = mq_fp4_global_scale(mq_amax_f32(x, (size_t)n * k));
     const int kp = mq_fp4_pad(k);
     uint8_t want_c[9 * 88], want_s[9 * 11];
-    for (int r = r0; r < r1; r++) mq_fp4_quantize_row(x + r * k, k, g, want_c + r * kp / 2, want_s + r * kp / 16);
+    for (int r = r0; r < r1; r++)
+        mq_fp4_quantize_row(x + r * k, k, g, want_c + r * kp / 2, want_s + r * kp / 16);
     mq_isa isas[3];
     int ni = isa_list(isas);
     for (int i = 0; i < ni; i++) {
@@ -388,9 +419,10 @@ static void test_weight_quantize_isas(void)
         w.g = g;
         CHECK(mq_fp4_weight_quantize_rows(&w, x + r0 * k, k, r0, r1) == 0, "%s rc", mq_isa_name(isas[i]));
         CHECK(!memcmp(w.codes + r0 * kp / 2, want_c + r0 * kp / 2, (size_t)(r1 - r0) * kp / 2) &&
-              !memcmp(w.scales + r0 * kp / 16, want_s + r0 * kp / 16, (size_t)(r1 - r0) * kp / 16),
+                  !memcmp(w.scales + r0 * kp / 16, want_s + r0 * kp / 16, (size_t)(r1 - r0) * kp / 16),
               "%s weight rows differ from the reference", mq_isa_name(isas[i]));
-        CHECK(w.codes[0] == 0x5a && w.codes[(size_t)r1 * kp / 2] == 0x5a, "%s wrote outside rows [r0, r1)", mq_isa_name(isas[i]));
+        CHECK(w.codes[0] == 0x5a && w.codes[(size_t)r1 * kp / 2] == 0x5a, "%s wrote outside rows [r0, r1)",
+              mq_isa_name(isas[i]));
         x[r0 * k + 5] = NAN;
         CHECK(mq_fp4_weight_quantize_rows(&w, x + r0 * k, k, r0, r1) == -EINVAL, "%s NaN weight", mq_isa_name(isas[i]));
         x[r0 * k + 5] = 1.0f;
@@ -404,11 +436,13 @@ static void test_weight_quantize_isas(void)
 static void test_quantize_saturation_and_zero(void)
 {
     float x[32] = { 0 };
-    for (int i = 16; i < 32; i++) x[i] = (float)(i - 24) * 100.0f;
+    for (int i = 16; i < 32; i++)
+        x[i] = (float)(i - 24) * 100.0f;
     uint8_t c[16], s[2];
     CHECK(mq_fp4_quantize_row(x, 32, 2688.0f / 8.0f, c, s) == 0, "rc");
     CHECK(s[0] == 0, "all-zero block has scale 0, got %02x", s[0]);
-    for (int i = 0; i < 8; i++) CHECK(c[i] == 0, "all-zero block codes");
+    for (int i = 0; i < 8; i++)
+        CHECK(c[i] == 0, "all-zero block codes");
     CHECK(s[1] == 0x7e, "static scale exceeded: E4M3 saturates at 448, got %02x", s[1]);
     CHECK((c[15] >> 4) == 7 && (c[8] & 15) == 15, "elements saturate at ±6: %02x %02x", c[15], c[8]);
     check_act_isas(x, 1, 32, 32, 2688.0f / 8.0f, "saturation");
@@ -421,7 +455,8 @@ static void test_quantize_rejects_nonfinite(void)
         for (int pos = 0; pos < 172; pos += 37) {
             float x[172];
             unsigned long long s = (unsigned long long)pos + 5;
-            for (int i = 0; i < 172; i++) x[i] = harness_gauss(&s);
+            for (int i = 0; i < 172; i++)
+                x[i] = harness_gauss(&s);
             x[pos] = bad[b];
             uint8_t c[88], sc[11];
             CHECK(mq_fp4_quantize_row(x, 172, 100.0f, c, sc) == -EINVAL, "ref accepts %g at %d", bad[b], pos);
@@ -444,10 +479,14 @@ static void test_rows_isas_bitexact(void)
     unsigned long long s = 77;
     for (int i = 0; i < N; i++) {
         uint32_t u = (uint32_t)(harness_rand(&s) >> 32);
-        if (i % 5 == 1) u = (u & 0xffff8000u) | 0x8000u;  /* ties */
-        if (i % 7 == 2) u &= 0x807fffffu;                 /* subnormals */
-        if (i % 97 == 3) u = 0x7fc00001u | (u & 0x80000000u); /* NaN payloads */
-        if (i % 101 == 4) u = 0x7f800000u;                /* Inf */
+        if (i % 5 == 1)
+            u = (u & 0xffff8000u) | 0x8000u; /* ties */
+        if (i % 7 == 2)
+            u &= 0x807fffffu; /* subnormals */
+        if (i % 97 == 3)
+            u = 0x7fc00001u | (u & 0x80000000u); /* NaN payloads */
+        if (i % 101 == 4)
+            u = 0x7f800000u; /* Inf */
         memcpy(&x[i], &u, 4);
         want[i] = mq_f32_to_bf16(x[i]);
     }
@@ -469,10 +508,12 @@ static void test_rows_isas_bitexact(void)
         }
         CHECK(!bad, "%s bf16_to_f32_row: %d differ", mq_isa_name(isas[k]), bad);
         /* amax: finite data, every length, the maximum placed anywhere */
-        for (int i = 0; i < N; i++) y[i] = harness_gauss(&s);
+        for (int i = 0; i < N; i++)
+            y[i] = harness_gauss(&s);
         for (size_t len = 1; len < 200; len += 7) {
             float ref = 0;
-            for (size_t i = 0; i < len; i++) ref = fabsf(y[i]) > ref ? fabsf(y[i]) : ref;
+            for (size_t i = 0; i < len; i++)
+                ref = fabsf(y[i]) > ref ? fabsf(y[i]) : ref;
             CHECK(mq_amax_f32(y, len) == ref, "%s amax len %zu", mq_isa_name(isas[k]), len);
         }
         y[N - 1] = -1e9f;
@@ -481,7 +522,10 @@ static void test_rows_isas_bitexact(void)
         CHECK(isnan(mq_amax_f32(y, N)), "%s amax with Inf is NaN", mq_isa_name(isas[k]));
     }
     mq_kernels_force(isas[n - 1]);
-    free(x); free(y); free(h); free(want);
+    free(x);
+    free(y);
+    free(h);
+    free(want);
 }
 
 int main(void)

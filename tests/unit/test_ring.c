@@ -64,7 +64,7 @@ static void test_timeouts(void)
     mq_ring_attach_consumer(&c, &ctl, data, 4096);
     CHECK(mq_ring_wait_data(&c, 30) == -ETIMEDOUT, "empty ring times out");
     CHECK(mq_ring_wait_data(&c, 0) == -ETIMEDOUT, "zero timeout polls");
-    uint8_t big[4096] = {0};
+    uint8_t big[4096] = { 0 };
     mq_ring_write(&p, big, 4096);
     mq_ring_publish(&p);
     CHECK(mq_ring_wait_space(&p, 1, 30) == -ETIMEDOUT, "full ring times out");
@@ -83,12 +83,12 @@ static void test_waiter_owns_flag(void)
     mq_ring_ctl_init(&ctl);
     mq_ring_attach_producer(&p, &ctl, data, 64);
     mq_ring_attach_consumer(&c, &ctl, data, 64);
-    uint8_t buf[64] = {0};
+    uint8_t buf[64] = { 0 };
     mq_ring_write(&p, buf, 64);
     mq_ring_publish(&p);
     CHECK(mq_ring_wait_space(&p, 8, 10) == -ETIMEDOUT, "full");
     CHECK(ctl.tail_waiters == 0, "a wait that ended (timeout) leaves no flag behind");
-    ctl.tail_waiters = 1;                 /* a producer announced a wait */
+    ctl.tail_waiters = 1; /* a producer announced a wait */
     mq_ring_consume(&c, 16);
     CHECK(ctl.tail_waiters == 1, "consume woke but did not clear the producer's flag");
     CHECK(mq_ring_wait_space(&p, 8, 10) == 0 && ctl.tail_waiters == 0, "the producer clears it on return");
@@ -178,8 +178,7 @@ static void test_channel_across_processes(void)
     CHECK(rc == 0, "create: %s", err);
     if (rc)
         return;
-    CHECK(mq_chan_create(&(mq_chan){0}, 1000, 8192, 0, err, sizeof err) == -EINVAL,
-          "non power of two accepted");
+    CHECK(mq_chan_create(&(mq_chan){ 0 }, 1000, 8192, 0, err, sizeof err) == -EINVAL, "non power of two accepted");
     /* Sealed: the client cannot shrink it. */
     CHECK(ftruncate(d.fd, 4096) < 0 && errno == EPERM, "memfd not sealed against shrink");
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -194,8 +193,7 @@ static void test_channel_across_processes(void)
             int tl = snprintf(text, sizeof text, "tok%d ", i);
             int n = i < N ? mq_chan_format_token(rec, sizeof rec, 5, i, 0, text, (uint32_t)tl)
                           : mq_chan_format_done(rec, sizeof rec, 5,
-                                                &(mq_chan_done){.end_reason = MQ_CHAN_END_LENGTH,
-                                                                .gen_tokens = N},
+                                                &(mq_chan_done){ .end_reason = MQ_CHAN_END_LENGTH, .gen_tokens = N },
                                                 "fine", 4);
             if (n < 0 || mq_ring_wait_space(&d.token, (uint32_t)n, 5000))
                 _exit(2);
@@ -221,7 +219,7 @@ static void test_channel_across_processes(void)
         } else {
             __atomic_store_n(&c.hdr->token.poll_armed, 1, __ATOMIC_SEQ_CST);
             if (mq_ring_avail(&c.token) == 0) {
-                struct pollfd pf = {efd, POLLIN, 0};
+                struct pollfd pf = { efd, POLLIN, 0 };
                 if (poll(&pf, 1, 5000) != 1) {
                     bad++;
                     break;
@@ -238,8 +236,7 @@ static void test_channel_across_processes(void)
             if (h.type == MQ_REC_TOKEN) {
                 char want[32];
                 int wl = snprintf(want, sizeof want, "tok%d ", seen);
-                if (h.req != 5 || h.token != seen || h.text_len != wl ||
-                    memcmp(rec + sizeof h, want, (size_t)wl))
+                if (h.req != 5 || h.token != seen || h.text_len != wl || memcmp(rec + sizeof h, want, (size_t)wl))
                     bad++;
                 seen++;
             } else {
@@ -260,7 +257,7 @@ static void test_channel_across_processes(void)
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "producer child status %d", st);
     CHECK(bad == 0 && seen == N && done, "bad %d seen %d done %d", bad, seen, done);
     /* A corrupt record (size lies) is refused. */
-    mq_chan_rec h = {13, MQ_REC_TOKEN, 0, 1, 1, 0};
+    mq_chan_rec h = { 13, MQ_REC_TOKEN, 0, 1, 1, 0 };
     d.token.pos = c.token.pos; /* both sides agree after the child's run */
     mq_ring_write(&d.token, &h, sizeof h);
     mq_ring_publish(&d.token);
@@ -271,8 +268,7 @@ static void test_channel_across_processes(void)
     /* A garbage memfd is refused by the client. */
     int fd = memfd_create("junk", 0);
     CHECK(ftruncate(fd, 8192) == 0, "ftruncate");
-    CHECK(mq_chan_map(&c, fd, err, sizeof err) == -EPROTO && strstr(err, "magic"), "junk: %s",
-          err);
+    CHECK(mq_chan_map(&c, fd, err, sizeof err) == -EPROTO && strstr(err, "magic"), "junk: %s", err);
 }
 
 int main(void)

@@ -25,16 +25,20 @@ static void write_raw(const char *path, const char *json, size_t data_bytes, lon
 {
     FILE *f = fopen(path, "wb");
     uint64_t h = hlen_override >= 0 ? (uint64_t)hlen_override : strlen(json);
-    for (int i = 0; i < 8; i++) fputc((int)(h >> (8 * i)) & 0xff, f);
+    for (int i = 0; i < 8; i++)
+        fputc((int)(h >> (8 * i)) & 0xff, f);
     fputs(json, f);
-    for (size_t i = 0; i < data_bytes; i++) fputc(0, f);
+    for (size_t i = 0; i < data_bytes; i++)
+        fputc(0, f);
     fclose(f);
 }
 
 static void fill_seq(void *ctx, const char *name, uint64_t off, void *buf, size_t len)
 {
-    (void)ctx; (void)name;
-    for (size_t i = 0; i < len; i++) ((uint8_t *)buf)[i] = (uint8_t)(off + i);
+    (void)ctx;
+    (void)name;
+    for (size_t i = 0; i < len; i++)
+        ((uint8_t *)buf)[i] = (uint8_t)(off + i);
 }
 
 static void test_roundtrip(void)
@@ -51,7 +55,8 @@ static void test_roundtrip(void)
     mq_st_writer_free(w);
     mq_st *st;
     CHECK(mq_st_open_file(&st, tmp("one.safetensors"), err) == 0, "open: %s", err);
-    if (!st) return;
+    if (!st)
+        return;
     CHECK(st->n_tensors == 3, "3 tensors");
     const mq_st_tensor *ta = mq_st_find(st, "a"), *tb = mq_st_find(st, "b"), *tc = mq_st_find(st, "c");
     CHECK(ta && ta->dtype == MQ_DT_BF16 && ta->ndim == 2 && ta->shape[1] == 3 && ta->bytes == 12, "a");
@@ -70,17 +75,24 @@ static void test_roundtrip(void)
 
 static void test_malformed(void)
 {
-    static const struct { const char *json; size_t data; long hlen; const char *want; } cases[] = {
-        { "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, -1, "\"x\"" },          /* truncated data */
+    static const struct {
+        const char *json;
+        size_t data;
+        long hlen;
+        const char *want;
+    } cases[] = {
+        { "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, -1, "\"x\"" }, /* truncated data */
         { "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 100000, "header length" },
         { "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]", 8, -1, "JSON" },
         { "{\"x\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, -1, "dtype" },
-        { "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, -1, "\"x\"" },          /* shape vs bytes */
+        { "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, -1, "\"x\"" }, /* shape vs bytes */
         { "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-          "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, -1, "overlap" },
+          "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+          12, -1, "overlap" },
         { "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, -1, "data_offsets" },
         { "{\"x\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, -1, "shape" },
-        { "{\"x\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,8]}}", 8, -1, "shape" },
+        { "{\"x\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,8]}}", 8, -1,
+          "shape" },
         { "{\"x\":{\"dtype\":\"F32\"}}", 8, -1, "data_offsets" },
         { "[1,2]", 0, -1, "JSON" },
     };
@@ -130,15 +142,18 @@ static void test_sharded(void)
 
 /* ---- a tiny synthetic model ------------------------------------------------------- */
 
-#define TL 2
-#define TD 32
-#define TH 2
+#define TL  2
+#define TD  32
+#define TH  2
 #define TKV 1
 #define THD 16
-#define TF 40   /* not a multiple of 16: NVFP4 padding */
-#define TV 50
+#define TF  40 /* not a multiple of 16: NVFP4 padding */
+#define TV  50
 
-struct tiny { float *data[64]; int n; };
+struct tiny {
+    float *data[64];
+    int n;
+};
 
 /* Writes config + model.safetensors for a Qwen2 (biases) model; dtype F32 or BF16 for
  * the weights. Values are BF16-representable so both files describe the same model.
@@ -148,9 +163,11 @@ static void write_tiny(const char *d, mq_dtype dt, int break_what)
     char p[256];
     snprintf(p, sizeof p, "%s/config.json", d);
     FILE *f = fopen(p, "w");
-    fprintf(f, "{\"architectures\":[\"Qwen2ForCausalLM\"],\"num_hidden_layers\":%d,\"hidden_size\":%d,"
-               "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"intermediate_size\":%d,\"vocab_size\":%d,"
-               "\"rms_norm_eps\":1e-6,\"rope_theta\":10000.0,\"tie_word_embeddings\":false}", TL, TD, TH, TKV, TF, TV);
+    fprintf(f,
+            "{\"architectures\":[\"Qwen2ForCausalLM\"],\"num_hidden_layers\":%d,\"hidden_size\":%d,"
+            "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"intermediate_size\":%d,\"vocab_size\":%d,"
+            "\"rms_norm_eps\":1e-6,\"rope_theta\":10000.0,\"tie_word_embeddings\":false}",
+            TL, TD, TH, TKV, TF, TV);
     fclose(f);
     mq_st_writer *w;
     mq_st_writer_create(&w);
@@ -159,13 +176,22 @@ static void write_tiny(const char *d, mq_dtype dt, int break_what)
     int nk = 0;
     char nm[128];
     const int qd = TH * THD, kvd = TKV * THD;
-    struct { const char *fmt; int d0, d1; float scale; } ts[] = {
-        { "model.layers.%d.input_layernorm.weight", TD, 0, -1 }, { "model.layers.%d.post_attention_layernorm.weight", TD, 0, -1 },
-        { "model.layers.%d.self_attn.q_proj.weight", qd, TD, 0.2f }, { "model.layers.%d.self_attn.k_proj.weight", kvd, TD, 0.2f },
-        { "model.layers.%d.self_attn.v_proj.weight", kvd, TD, 0.2f }, { "model.layers.%d.self_attn.o_proj.weight", TD, qd, 0.2f },
-        { "model.layers.%d.self_attn.q_proj.bias", qd, 0, 0.1f }, { "model.layers.%d.self_attn.k_proj.bias", kvd, 0, 0.1f },
+    struct {
+        const char *fmt;
+        int d0, d1;
+        float scale;
+    } ts[] = {
+        { "model.layers.%d.input_layernorm.weight", TD, 0, -1 },
+        { "model.layers.%d.post_attention_layernorm.weight", TD, 0, -1 },
+        { "model.layers.%d.self_attn.q_proj.weight", qd, TD, 0.2f },
+        { "model.layers.%d.self_attn.k_proj.weight", kvd, TD, 0.2f },
+        { "model.layers.%d.self_attn.v_proj.weight", kvd, TD, 0.2f },
+        { "model.layers.%d.self_attn.o_proj.weight", TD, qd, 0.2f },
+        { "model.layers.%d.self_attn.q_proj.bias", qd, 0, 0.1f },
+        { "model.layers.%d.self_attn.k_proj.bias", kvd, 0, 0.1f },
         { "model.layers.%d.self_attn.v_proj.bias", kvd, 0, 0.1f },
-        { "model.layers.%d.mlp.gate_proj.weight", TF, TD, 0.2f }, { "model.layers.%d.mlp.up_proj.weight", TF, TD, 0.2f },
+        { "model.layers.%d.mlp.gate_proj.weight", TF, TD, 0.2f },
+        { "model.layers.%d.mlp.up_proj.weight", TF, TD, 0.2f },
         { "model.layers.%d.mlp.down_proj.weight", TD, TF, 0.2f },
     };
     for (int l = -1; l <= TL; l++) {
@@ -173,19 +199,38 @@ static void write_tiny(const char *d, mq_dtype dt, int break_what)
         for (int t = 0; t < nt; t++) {
             int d0, d1;
             float sc;
-            if (l < 0) { snprintf(nm, sizeof nm, t ? "lm_head.weight" : "model.embed_tokens.weight"); d0 = TV; d1 = TD; sc = 1; }
-            else if (l == TL) { if (t) break; snprintf(nm, sizeof nm, "model.norm.weight"); d0 = TD; d1 = 0; sc = -1; }
-            else { snprintf(nm, sizeof nm, ts[t].fmt, l); d0 = ts[t].d0; d1 = ts[t].d1; sc = ts[t].scale; }
+            if (l < 0) {
+                snprintf(nm, sizeof nm, t ? "lm_head.weight" : "model.embed_tokens.weight");
+                d0 = TV;
+                d1 = TD;
+                sc = 1;
+            } else if (l == TL) {
+                if (t)
+                    break;
+                snprintf(nm, sizeof nm, "model.norm.weight");
+                d0 = TD;
+                d1 = 0;
+                sc = -1;
+            } else {
+                snprintf(nm, sizeof nm, ts[t].fmt, l);
+                d0 = ts[t].d0;
+                d1 = ts[t].d1;
+                sc = ts[t].scale;
+            }
             size_t n = (size_t)d0 * (d1 ? d1 : 1);
-            if (break_what == 3 && l == 1 && t == 3) continue;
-            if (break_what == 1 && l == 1 && t == 4) d0 += 1, n += (size_t)(d1 ? d1 : 1);
+            if (break_what == 3 && l == 1 && t == 3)
+                continue;
+            if (break_what == 1 && l == 1 && t == 4)
+                d0 += 1, n += (size_t)(d1 ? d1 : 1);
             mq_dtype tdt = break_what == 2 && l == 0 && t == 2 ? MQ_DT_I32 : dt;
             void *buf = malloc(n * 4);
             for (size_t i = 0; i < n; i++) {
                 float v = sc < 0 ? 1.0f + 0.1f * harness_uniform(&seed) : sc * harness_gauss(&seed);
                 v = mq_bf16_to_f32(mq_f32_to_bf16(v));
-                if (tdt == MQ_DT_BF16) ((uint16_t *)buf)[i] = mq_f32_to_bf16(v);
-                else ((float *)buf)[i] = v;
+                if (tdt == MQ_DT_BF16)
+                    ((uint16_t *)buf)[i] = mq_f32_to_bf16(v);
+                else
+                    ((float *)buf)[i] = v;
             }
             keep[nk++] = buf;
             int64_t sh[2] = { d0, d1 };
@@ -200,7 +245,8 @@ static void write_tiny(const char *d, mq_dtype dt, int break_what)
     snprintf(p, sizeof p, "%s/model.safetensors", d);
     CHECK(mq_st_writer_write(w, p, err) == 0, "write tiny: %s", err);
     mq_st_writer_free(w);
-    for (int i = 0; i < nk; i++) free(keep[i]);
+    for (int i = 0; i < nk; i++)
+        free(keep[i]);
 }
 
 static void tiny_logits(mq_model *m, mq_prec prec, int chunk, float *out /* [12, TV] */)
@@ -211,16 +257,22 @@ static void tiny_logits(mq_model *m, mq_prec prec, int chunk, float *out /* [12,
     mq_engine_opts o = { .max_chunk = chunk, .max_batch = 2, .block_tokens = 4, .max_context = 16 };
     CHECK(mq_engine_create(&e, m, &o, err) == 0, "engine: %s", err);
     CHECK(mq_pool_create(&pool, 2, NULL, "tiny") == 0, "pool");
-    if (!e || !pool) { mq_engine_free(e); mq_pool_destroy(pool); return; }
+    if (!e || !pool) {
+        mq_engine_free(e);
+        mq_pool_destroy(pool);
+        return;
+    }
     uint8_t *blocks[4];
-    for (int b = 0; b < 4; b++) blocks[b] = calloc(1, mq_kv_block_bytes(&m->cfg, 4));
+    for (int b = 0; b < 4; b++)
+        blocks[b] = calloc(1, mq_kv_block_bytes(&m->cfg, 4));
     mq_kv_seq seq = { blocks, 4 };
     const int toks[12] = { 1, 7, 3, 49, 0, 22, 22, 5, 9, 11, 40, 2 };
     for (int p = 0; p < 12; p += chunk) {
         int len = 12 - p < chunk ? 12 - p : chunk;
         CHECK(mq_engine_forward(e, pool, &seq, toks + p, len, p, prec, out + (size_t)p * TV, len) == 0, "forward");
     }
-    for (int b = 0; b < 4; b++) free(blocks[b]);
+    for (int b = 0; b < 4; b++)
+        free(blocks[b]);
     mq_engine_free(e);
     mq_pool_destroy(pool);
 }
@@ -237,26 +289,37 @@ static void test_tiny_model(void)
     mq_model *a = NULL, *b = NULL;
     CHECK(mq_model_load(d32, NULL, &a, err) == 0, "load f32: %s", err);
     CHECK(mq_model_load(d16, NULL, &b, err) == 0, "load bf16: %s", err);
-    if (!a || !b) { mq_model_free(a); mq_model_free(b); return; }
+    if (!a || !b) {
+        mq_model_free(a);
+        mq_model_free(b);
+        return;
+    }
     CHECK(a->layers[0].q.bias && a->layers[1].down.fp4.kp == 48 && a->lm_head.w != a->embed, "qwen2 layout");
     float la[12 * TV], lb[12 * TV], lc[12 * TV];
     tiny_logits(a, MQ_PREC_BF16, 12, la);
     tiny_logits(b, MQ_PREC_BF16, 12, lb);
     int finite = 1;
-    for (int i = 0; i < 12 * TV; i++) finite &= isfinite(la[i]);
+    for (int i = 0; i < 12 * TV; i++)
+        finite &= isfinite(la[i]);
     CHECK(finite, "finite logits");
     CHECK(!memcmp(la, lb, sizeof la), "F32 and BF16 checkpoints of the same values give the same logits");
     tiny_logits(a, MQ_PREC_FP4, 12, lc);
     finite = 1;
-    for (int i = 0; i < 12 * TV; i++) finite &= isfinite(lc[i]);
+    for (int i = 0; i < 12 * TV; i++)
+        finite &= isfinite(lc[i]);
     CHECK(finite && memcmp(la, lc, sizeof la), "FP4 path runs (padded K) and differs");
     tiny_logits(a, MQ_PREC_BF16, 12, lb);
     CHECK(!memcmp(la, lb, sizeof la), "deterministic");
     mq_model_free(a);
     mq_model_free(b);
 
-    static const struct { int brk; const char *want; } bad[] = {
-        { 1, "model.layers.1.self_attn.v_proj.weight" }, { 2, "dtype" }, { 3, "model.layers.1.self_attn.k_proj.weight" },
+    static const struct {
+        int brk;
+        const char *want;
+    } bad[] = {
+        { 1, "model.layers.1.self_attn.v_proj.weight" },
+        { 2, "dtype" },
+        { 3, "model.layers.1.self_attn.k_proj.weight" },
         { 4, "experts" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -268,10 +331,14 @@ static void test_tiny_model(void)
               bad[i].want);
     }
     char p[256];
-    snprintf(p, sizeof p, "%s/model.safetensors", d32); unlink(p);
-    snprintf(p, sizeof p, "%s/config.json", d32); unlink(p);
-    snprintf(p, sizeof p, "%s/model.safetensors", d16); unlink(p);
-    snprintf(p, sizeof p, "%s/config.json", d16); unlink(p);
+    snprintf(p, sizeof p, "%s/model.safetensors", d32);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", d32);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/model.safetensors", d16);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", d16);
+    unlink(p);
     rmdir(d32);
     rmdir(d16);
 }
@@ -280,13 +347,16 @@ int main(void)
 {
     mq_kernels_init();
     snprintf(dir, sizeof dir, "/tmp/mq-st-XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    if (!mkdtemp(dir))
+        return 1;
     RUN(test_roundtrip);
     RUN(test_malformed);
     RUN(test_sharded);
     RUN(test_tiny_model);
-    const char *files[] = { "one.safetensors", "bad.safetensors", "tiny.safetensors", "s1.safetensors", "s2.safetensors" };
-    for (size_t i = 0; i < 5; i++) unlink(tmp(files[i]));
+    const char *files[] = { "one.safetensors", "bad.safetensors", "tiny.safetensors", "s1.safetensors",
+                            "s2.safetensors" };
+    for (size_t i = 0; i < 5; i++)
+        unlink(tmp(files[i]));
     rmdir(dir);
     return harness_done();
 }

@@ -15,7 +15,8 @@ static const double *g_sort_key;
 static int cmp_ref(const void *a, const void *b)
 {
     int i = *(const int *)a, j = *(const int *)b;
-    if (g_sort_key[i] != g_sort_key[j]) return g_sort_key[i] > g_sort_key[j] ? -1 : 1;
+    if (g_sort_key[i] != g_sort_key[j])
+        return g_sort_key[i] > g_sort_key[j] ? -1 : 1;
     return i - j;
 }
 
@@ -25,34 +26,46 @@ static int ref_candidates(const float *logits0, int n, const mq_sampler_params *
                           int *ambiguous)
 {
     double *l = malloc((size_t)n * sizeof *l);
-    for (int i = 0; i < n; i++) l[i] = (double)(logits0[i] / p->temperature); /* FP32 division as the kernel */
-    for (int i = 0; i < n; i++) ids[i] = i;
+    for (int i = 0; i < n; i++)
+        l[i] = (double)(logits0[i] / p->temperature); /* FP32 division as the kernel */
+    for (int i = 0; i < n; i++)
+        ids[i] = i;
     g_sort_key = l;
     qsort(ids, (size_t)n, sizeof *ids, cmp_ref);
     int k = (p->top_k > 0 && p->top_k < n) ? p->top_k : n;
     double z = 0;
-    for (int j = 0; j < k; j++) z += exp(l[ids[j]] - l[ids[0]]);
-    for (int j = 0; j < k; j++) probs[j] = exp(l[ids[j]] - l[ids[0]]) / z;
+    for (int j = 0; j < k; j++)
+        z += exp(l[ids[j]] - l[ids[0]]);
+    for (int j = 0; j < k; j++)
+        probs[j] = exp(l[ids[j]] - l[ids[0]]) / z;
     *ambiguous = 0;
     int keep = k;
     if (p->top_p < 1.0f) {
         double before = 0;
         for (int j = 0; j < k; j++) {
-            if (fabs(before - p->top_p) < 1e-4) *ambiguous = 1;
-            if (before >= p->top_p) { keep = j; break; }
+            if (fabs(before - p->top_p) < 1e-4)
+                *ambiguous = 1;
+            if (before >= p->top_p) {
+                keep = j;
+                break;
+            }
             before += probs[j];
         }
     }
     if (p->min_p > 0.0f) {
         int m = 1;
-        while (m < keep && probs[m] >= p->min_p * probs[0]) m++;
+        while (m < keep && probs[m] >= p->min_p * probs[0])
+            m++;
         for (int j = 0; j < keep; j++)
-            if (fabs(probs[j] - p->min_p * probs[0]) < 1e-5 * probs[0]) *ambiguous = 1;
+            if (fabs(probs[j] - p->min_p * probs[0]) < 1e-5 * probs[0])
+                *ambiguous = 1;
         keep = m;
     }
     double zk = 0;
-    for (int j = 0; j < keep; j++) zk += probs[j];
-    for (int j = 0; j < keep; j++) probs[j] /= zk;
+    for (int j = 0; j < keep; j++)
+        zk += probs[j];
+    for (int j = 0; j < keep; j++)
+        probs[j] /= zk;
     free(l);
     return keep;
 }
@@ -68,17 +81,23 @@ static void test_filters_vs_bruteforce(void)
     int judged = 0, skipped = 0;
     for (int trial = 0; trial < 300; trial++) {
         float scale = 0.5f + 4.0f * (harness_uniform(&seed) + 1.0f);
-        for (int i = 0; i < n; i++) logits[i] = scale * harness_gauss(&seed);
+        for (int i = 0; i < n; i++)
+            logits[i] = scale * harness_gauss(&seed);
         if (trial % 5 == 0) /* ties */
-            for (int i = 0; i < n; i++) logits[i] = roundf(logits[i]);
+            for (int i = 0; i < n; i++)
+                logits[i] = roundf(logits[i]);
         mq_sampler_params p;
         mq_sampler_params_default(&p);
         p.temperature = 0.3f + 1.5f * (harness_uniform(&seed) + 1.0f) / 2.0f;
         int mode = trial % 4;
-        if (mode == 0 || mode == 3) p.top_k = 1 + (int)((harness_uniform(&seed) + 1.0f) * 100.0f);
-        if (mode == 1 || mode == 3) p.top_p = 0.05f + 0.9f * (harness_uniform(&seed) + 1.0f) / 2.0f;
-        if (mode == 2 || (mode == 3 && trial % 8 == 3)) p.min_p = 0.001f + 0.2f * (harness_uniform(&seed) + 1.0f) / 2.0f;
-        if (trial % 10 == 9) p.top_p = 0.999f; /* forces the ranked list to grow */
+        if (mode == 0 || mode == 3)
+            p.top_k = 1 + (int)((harness_uniform(&seed) + 1.0f) * 100.0f);
+        if (mode == 1 || mode == 3)
+            p.top_p = 0.05f + 0.9f * (harness_uniform(&seed) + 1.0f) / 2.0f;
+        if (mode == 2 || (mode == 3 && trial % 8 == 3))
+            p.min_p = 0.001f + 0.2f * (harness_uniform(&seed) + 1.0f) / 2.0f;
+        if (trial % 10 == 9)
+            p.top_p = 0.999f; /* forces the ranked list to grow */
         mq_sampler s;
         CHECK(mq_sampler_init(&s, &p, n) == 0, "init");
         memcpy(work, logits, n * sizeof *work);
@@ -86,7 +105,10 @@ static void test_filters_vs_bruteforce(void)
         int amb;
         int rk = ref_candidates(logits, n, &p, rid, rp, &amb);
         mq_sampler_free(&s);
-        if (amb) { skipped++; continue; }
+        if (amb) {
+            skipped++;
+            continue;
+        }
         judged++;
         int same = gk == rk && !memcmp(gid, rid, (size_t)gk * sizeof *gid);
         CHECK(same, "trial %d (k=%d p=%.3f minp=%.3f T=%.2f): %d vs %d candidates", trial, p.top_k, p.top_p, p.min_p,
@@ -100,7 +122,12 @@ static void test_filters_vs_bruteforce(void)
     }
     printf("    %d trials judged exactly, %d at a threshold within FP noise skipped\n", judged, skipped);
     CHECK(judged > 250, "too many ambiguous trials");
-    free(logits); free(work); free(rid); free(gid); free(rp); free(gp);
+    free(logits);
+    free(work);
+    free(rid);
+    free(gid);
+    free(rp);
+    free(gp);
 }
 
 static void test_seed_reproducible(void)
@@ -108,7 +135,8 @@ static void test_seed_reproducible(void)
     const int n = 1000;
     float *base = malloc(n * sizeof *base), *w = malloc(n * sizeof *w);
     unsigned long long seed = 7;
-    for (int i = 0; i < n; i++) base[i] = 2.0f * harness_gauss(&seed);
+    for (int i = 0; i < n; i++)
+        base[i] = 2.0f * harness_gauss(&seed);
     mq_sampler_params p;
     mq_sampler_params_default(&p);
     p.top_p = 0.95f;
@@ -133,8 +161,11 @@ static void test_seed_reproducible(void)
     }
     CHECK(same_ab, "same seed, same tokens");
     CHECK(!same_ac, "another seed, other tokens");
-    mq_sampler_free(&a); mq_sampler_free(&b); mq_sampler_free(&c);
-    free(base); free(w);
+    mq_sampler_free(&a);
+    mq_sampler_free(&b);
+    mq_sampler_free(&c);
+    free(base);
+    free(w);
 }
 
 static void test_greedy_and_cold(void)
@@ -145,7 +176,8 @@ static void test_greedy_and_cold(void)
     mq_sampler_params p;
     mq_sampler_params_default(&p);
     for (int trial = 0; trial < 50; trial++) {
-        for (int i = 0; i < n; i++) l[i] = 3.0f * harness_gauss(&seed);
+        for (int i = 0; i < n; i++)
+            l[i] = 3.0f * harness_gauss(&seed);
         int am = mq_argmax(l, n);
         p.temperature = 0.0f;
         mq_sampler s;
@@ -156,7 +188,8 @@ static void test_greedy_and_cold(void)
         /* the runner-up is >= 1e-3 below in practice; T = 1e-5 makes it e^-100 likely */
         int top2[2];
         mq_topk(l, n, 2, top2);
-        if (l[top2[0]] - l[top2[1]] < 1e-3f) continue;
+        if (l[top2[0]] - l[top2[1]] < 1e-3f)
+            continue;
         p.temperature = 1e-5f;
         p.seed = (uint64_t)trial;
         CHECK(mq_sampler_init(&s, &p, n) == 0, "init");
@@ -164,7 +197,8 @@ static void test_greedy_and_cold(void)
         CHECK(mq_sampler_sample(&s, w, NULL, 0) == am, "T->0 = greedy");
         mq_sampler_free(&s);
     }
-    free(l); free(w);
+    free(l);
+    free(w);
 }
 
 /* Draw frequencies match the filtered softmax (4.5 sigma per token over 200k draws). */
@@ -172,8 +206,10 @@ static void test_frequencies(void)
 {
     const int n = 12, draws = 200000;
     float l[12] = { 2.0f, 1.5f, 1.4f, 0.3f, 0.0f, -0.5f, -1.0f, 1.0f, 0.9f, -3.0f, 0.2f, 0.1f }, w[12];
-    struct { int top_k; float top_p, min_p, t; } cfg[] = { { 0, 1.0f, 0.0f, 1.0f }, { 5, 1.0f, 0.0f, 0.7f },
-                                                          { 0, 0.8f, 0.0f, 1.3f }, { 0, 1.0f, 0.3f, 1.0f } };
+    struct {
+        int top_k;
+        float top_p, min_p, t;
+    } cfg[] = { { 0, 1.0f, 0.0f, 1.0f }, { 5, 1.0f, 0.0f, 0.7f }, { 0, 0.8f, 0.0f, 1.3f }, { 0, 1.0f, 0.3f, 1.0f } };
     for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
         mq_sampler_params p;
         mq_sampler_params_default(&p);
@@ -186,7 +222,8 @@ static void test_frequencies(void)
         double rp[12];
         int rk = ref_candidates(l, n, &p, rid, rp, &amb);
         double want[12] = { 0 };
-        for (int j = 0; j < rk; j++) want[rid[j]] = rp[j];
+        for (int j = 0; j < rk; j++)
+            want[rid[j]] = rp[j];
         mq_sampler s;
         CHECK(mq_sampler_init(&s, &p, n) == 0, "init");
         int cnt[12] = { 0 };
@@ -198,10 +235,12 @@ static void test_frequencies(void)
         double worst = 0;
         for (int i = 0; i < n; i++) {
             double f = (double)cnt[i] / draws, sd = sqrt(want[i] * (1 - want[i]) / draws);
-            if (want[i] == 0) CHECK(cnt[i] == 0, "cfg %zu: filtered token %d drawn %d times", c, i, cnt[i]);
+            if (want[i] == 0)
+                CHECK(cnt[i] == 0, "cfg %zu: filtered token %d drawn %d times", c, i, cnt[i]);
             else {
                 double z = fabs(f - want[i]) / sd;
-                if (z > worst) worst = z;
+                if (z > worst)
+                    worst = z;
                 CHECK(z < 4.5, "cfg %zu token %d: freq %.4f vs p %.4f (%.1f sigma)", c, i, f, want[i], z);
             }
         }
@@ -226,8 +265,11 @@ static void test_penalties(void)
         float w[6];
         memcpy(w, l, sizeof w);
         int32_t t = mq_sampler_sample(&s, w, hist, 6);
-        float want[6] = { 2.0f / 2 - 0.25f - 0.1f, -1.0f * 2 - 0.25f - 0.3f, 0.5f, 3.0f / 2 - 0.25f - 0.1f, 0.0f, 1.0f };
-        for (int i = 0; i < n; i++) CHECK(fabsf(w[i] - want[i]) < 1e-6f, "round %d logit %d: %g vs %g", round, i, w[i], want[i]);
+        float want[6] = {
+            2.0f / 2 - 0.25f - 0.1f, -1.0f * 2 - 0.25f - 0.3f, 0.5f, 3.0f / 2 - 0.25f - 0.1f, 0.0f, 1.0f
+        };
+        for (int i = 0; i < n; i++)
+            CHECK(fabsf(w[i] - want[i]) < 1e-6f, "round %d logit %d: %g vs %g", round, i, w[i], want[i]);
         CHECK(t == 3, "argmax after penalties: %d", t);
     }
     mq_sampler_free(&s);
@@ -247,7 +289,8 @@ static void test_large_vocab_speed(void)
     const int n = 151936;
     float *l = malloc(n * sizeof *l), *w = malloc(n * sizeof *w);
     unsigned long long seed = 5;
-    for (int i = 0; i < n; i++) l[i] = 2.5f * harness_gauss(&seed);
+    for (int i = 0; i < n; i++)
+        l[i] = 2.5f * harness_gauss(&seed);
     mq_sampler_params p;
     mq_sampler_params_default(&p);
     p.top_p = 0.9f;
@@ -266,9 +309,12 @@ static void test_large_vocab_speed(void)
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
     double ms = ((b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) * 1e-6) / 5;
-    printf("    top-p 0.9 over 151936 gaussian logits (keeps %d): %.2f ms per token (x2: timing includes a second pass)\n", kept, ms);
+    printf(
+        "    top-p 0.9 over 151936 gaussian logits (keeps %d): %.2f ms per token (x2: timing includes a second pass)\n",
+        kept, ms);
     mq_sampler_free(&s);
-    free(l); free(w);
+    free(l);
+    free(w);
 }
 
 /* ---- stop strings ------------------------------------------------------------------ */
@@ -307,13 +353,18 @@ static void test_stop_random(void)
     for (int trial = 0; trial < 2000; trial++) {
         char text[200];
         int n = 1 + (int)(harness_rand(&seed) % 120);
-        for (int i = 0; i < n; i++) text[i] = "abc"[harness_rand(&seed) % 3];
-        if (trial % 3 == 0) { int at = (int)(harness_rand(&seed) % (unsigned)n); memcpy(text + at, "cab\xC3\xA9", at + 5 <= n ? 5 : 0); }
+        for (int i = 0; i < n; i++)
+            text[i] = "abc"[harness_rand(&seed) % 3];
+        if (trial % 3 == 0) {
+            int at = (int)(harness_rand(&seed) % (unsigned)n);
+            memcpy(text + at, "cab\xC3\xA9", at + 5 <= n ? 5 : 0);
+        }
         int ns = 1 + trial % 3;
         size_t first = (size_t)n;
         for (int s = 0; s < ns; s++) {
             const char *m = memmem(text, (size_t)n, strs[s], strlen(strs[s]));
-            if (m && (size_t)(m - text) < first) first = (size_t)(m - text);
+            if (m && (size_t)(m - text) < first)
+                first = (size_t)(m - text);
         }
         mq_stop st;
         mq_stop_init(&st, NULL, 0, strs, ns);
@@ -322,7 +373,8 @@ static void test_stop_random(void)
         int stopped = 0;
         for (int pos = 0; pos < n && !stopped;) {
             int k = 1 + (int)(harness_rand(&seed) % 6);
-            if (pos + k > n) k = n - pos;
+            if (pos + k > n)
+                k = n - pos;
             const char *o;
             size_t ol;
             stopped = mq_stop_feed(&st, text + pos, (size_t)k, &o, &ol);

@@ -14,9 +14,11 @@ static void put_byte_char(char *out, size_t *o, int b)
     for (int x = 0; x < 256; x++) {
         int printable = (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174);
         int c = printable ? x : 256 + n++;
-        if (x == b) cp = c;
+        if (x == b)
+            cp = c;
     }
-    if (cp < 0x80) out[(*o)++] = (char)cp;
+    if (cp < 0x80)
+        out[(*o)++] = (char)cp;
     else {
         out[(*o)++] = (char)(0xC0 | (cp >> 6));
         out[(*o)++] = (char)(0x80 | (cp & 63));
@@ -28,21 +30,25 @@ static char *synthetic_json(const char *pre_tokenizer, const char *extra)
 {
     size_t cap = 1 << 16, o = 0;
     char *s = malloc(cap);
-    o += (size_t)snprintf(s + o, cap - o, "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":300,\"content\":\"<|im_start|>\",\"special\":true}],"
-                                         "\"normalizer\":null,\"pre_tokenizer\":%s,\"post_processor\":null,"
-                                         "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{",
-                          pre_tokenizer);
+    o += (size_t)snprintf(
+        s + o, cap - o,
+        "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":300,\"content\":\"<|im_start|>\",\"special\":true}],"
+        "\"normalizer\":null,\"pre_tokenizer\":%s,\"post_processor\":null,"
+        "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{",
+        pre_tokenizer);
     for (int b = 0; b < 256; b++) {
         s[o++] = '"';
-        if (b == '"' || b == '\\') s[o++] = '\\';
+        if (b == '"' || b == '\\')
+            s[o++] = '\\';
         put_byte_char(s, &o, b);
         o += (size_t)snprintf(s + o, cap - o, "\":%d,", b);
     }
-    o += (size_t)snprintf(s + o, cap - o,
-                          "\"he\":256,\"ll\":257,\"hell\":258,\"hello\":259,\"\xC4\xA0w\":260,\"12\":261,"
-                          "\"or\":262,\"\xC4\xA0wor\":263%s},"
-                          "\"merges\":[\"h e\",\"l l\",\"he ll\",\"hell o\",[\"\xC4\xA0\",\"w\"],\"1 2\",\"o r\",\"\xC4\xA0w or\"]}}",
-                          extra);
+    o += (size_t)snprintf(
+        s + o, cap - o,
+        "\"he\":256,\"ll\":257,\"hell\":258,\"hello\":259,\"\xC4\xA0w\":260,\"12\":261,"
+        "\"or\":262,\"\xC4\xA0wor\":263%s},"
+        "\"merges\":[\"h e\",\"l l\",\"he ll\",\"hell o\",[\"\xC4\xA0\",\"w\"],\"1 2\",\"o r\",\"\xC4\xA0w or\"]}}",
+        extra);
     return s;
 }
 
@@ -52,8 +58,12 @@ static int encode_str(mq_tokenizer *t, const char *s, int32_t *out, size_t max)
     size_t n = 0;
     char err[MQ_TOK_ERR_LEN] = "";
     int rc = mq_tok_encode(t, s, strlen(s), 0, &ids, &n, err, sizeof err);
-    if (rc) { fprintf(stderr, "    encode: %s\n", err); return rc; }
-    if (n > max) n = max;
+    if (rc) {
+        fprintf(stderr, "    encode: %s\n", err);
+        return rc;
+    }
+    if (n > max)
+        n = max;
     memcpy(out, ids, n * sizeof *ids);
     free(ids);
     return (int)n;
@@ -62,14 +72,17 @@ static int encode_str(mq_tokenizer *t, const char *s, int32_t *out, size_t max)
 static void test_gpt2_style(void)
 {
     /* SmolLM2's pre-tokenizer: Digits(individual) then ByteLevel(use_regex=true) */
-    char *js = synthetic_json("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":true},"
-                              "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}]}", "");
+    char *js =
+        synthetic_json("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":true},"
+                       "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}]}",
+                       "");
     mq_tokenizer *t = NULL;
     char err[MQ_TOK_ERR_LEN] = "";
     int rc = mq_tok_load_mem(js, strlen(js), NULL, 0, "synthetic", &t, err, sizeof err);
     CHECK(rc == 0, "load: %s", err);
     free(js);
-    if (!t) return;
+    if (!t)
+        return;
     int32_t ids[64];
     int n = encode_str(t, "hello world 12", ids, 64);
     /* pieces: "hello" " world" " " "1" "2" -> [hello][Ġwor][l][d][Ġ][1][2]: digits are split
@@ -90,7 +103,8 @@ static void test_gpt2_style(void)
     rc = mq_tok_load_mem(js, strlen(js), NULL, 0, "synthetic", &t, err, sizeof err);
     free(js);
     CHECK(rc == 0, "load: %s", err);
-    if (!t) return;
+    if (!t)
+        return;
     n = encode_str(t, "world12", ids, 64); /* add_prefix_space: " world" "12" */
     int32_t want2[] = { 263, 'l', 'd', 261 };
     CHECK(n == 4 && !memcmp(ids, want2, sizeof want2), "prefix space + merged digits (n=%d)", n);
@@ -99,17 +113,19 @@ static void test_gpt2_style(void)
 
 static void test_split_behaviors(void)
 {
-    struct { const char *beh; int invert; const char *want; } cases[] = {
-        { "Isolated", 0, "a|-|b|-|-|c" },
-        { "Removed", 0, "a|b|c" },
-        { "MergedWithPrevious", 0, "a-|b--|c" },
-        { "MergedWithNext", 0, "a|-b|--c" },
-        { "Isolated", 1, "a|-|b|-|-|c" },
+    struct {
+        const char *beh;
+        int invert;
+        const char *want;
+    } cases[] = {
+        { "Isolated", 0, "a|-|b|-|-|c" },    { "Removed", 0, "a|b|c" },        { "MergedWithPrevious", 0, "a-|b--|c" },
+        { "MergedWithNext", 0, "a|-b|--c" }, { "Isolated", 1, "a|-|b|-|-|c" },
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         char pre[256];
-        snprintf(pre, sizeof pre, "{\"type\":\"Split\",\"pattern\":{\"String\":\"-\"},\"behavior\":\"%s\",\"invert\":%s}",
-                 cases[k].beh, cases[k].invert ? "true" : "false");
+        snprintf(pre, sizeof pre,
+                 "{\"type\":\"Split\",\"pattern\":{\"String\":\"-\"},\"behavior\":\"%s\",\"invert\":%s}", cases[k].beh,
+                 cases[k].invert ? "true" : "false");
         /* vocab without merges for '-': each piece is bytes; decode pieces by ids is not enough
          * to see boundaries, so add merged tokens "a-", "-b", "--", "b--", "--c" and check ids */
         char *js = synthetic_json(pre, ",\"a-\":270,\"-b\":271,\"--\":272,\"b--\":273,\"--c\":274");
@@ -122,14 +138,16 @@ static void test_split_behaviors(void)
         char err[MQ_TOK_ERR_LEN] = "";
         CHECK(mq_tok_load_mem(js, strlen(js), NULL, 0, "split", &t, err, sizeof err) == 0, "load %s", err);
         free(js);
-        if (!t) continue;
+        if (!t)
+            continue;
         int32_t ids[32];
         int n = encode_str(t, "a-b--c", ids, 32);
         char got[64] = "";
         for (int i = 0; i < n; i++) {
             size_t l;
             const char *b = mq_tok_token_bytes(t, ids[i], &l);
-            if (i) strcat(got, "|");
+            if (i)
+                strcat(got, "|");
             strncat(got, b, l);
         }
         CHECK(!strcmp(got, cases[k].want), "%s invert=%d: '%s' want '%s'", cases[k].beh, cases[k].invert, got,
@@ -144,14 +162,25 @@ static void test_decode_repair(void)
     mq_tokenizer *t = NULL;
     CHECK(mq_tok_load_mem(js, strlen(js), NULL, 0, "synthetic", &t, NULL, 0) == 0, "load");
     free(js);
-    if (!t) return;
-    struct { int32_t ids[6]; int n; const char *want; } cases[] = {
-        { { 0xE4, 'a' }, 2, "\xEF\xBF\xBD" "a" },                  /* truncated 3-byte char */
-        { { 0xF0, 0x9F, 'a' }, 3, "\xEF\xBF\xBD" "a" },            /* maximal subpart = one FFFD */
-        { { 0xC0, 0x80 }, 2, "\xEF\xBF\xBD\xEF\xBF\xBD" },         /* overlong: two */
+    if (!t)
+        return;
+    struct {
+        int32_t ids[6];
+        int n;
+        const char *want;
+    } cases[] = {
+        { { 0xE4, 'a' },
+          2,
+          "\xEF\xBF\xBD"
+          "a" }, /* truncated 3-byte char */
+        { { 0xF0, 0x9F, 'a' },
+          3,
+          "\xEF\xBF\xBD"
+          "a" },                                                             /* maximal subpart = one FFFD */
+        { { 0xC0, 0x80 }, 2, "\xEF\xBF\xBD\xEF\xBF\xBD" },                   /* overlong: two */
         { { 0xED, 0xA0, 0x80 }, 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD" }, /* surrogate */
-        { { 0xF0, 0x9F, 0xA4, 0x96 }, 4, "\xF0\x9F\xA4\x96" },     /* valid emoji */
-        { { 0xF0, 0x9F, 0xA4 }, 3, "\xEF\xBF\xBD" },               /* incomplete at end */
+        { { 0xF0, 0x9F, 0xA4, 0x96 }, 4, "\xF0\x9F\xA4\x96" },               /* valid emoji */
+        { { 0xF0, 0x9F, 0xA4 }, 3, "\xEF\xBF\xBD" },                         /* incomplete at end */
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         char *txt = NULL;
@@ -186,7 +215,10 @@ static void test_decode_repair(void)
 
 static void test_malformed(void)
 {
-    struct { const char *json; const char *needle; } cases[] = {
+    struct {
+        const char *json;
+        const char *needle;
+    } cases[] = {
         { "[1,2]", "not a JSON object" },
         { "{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "Unigram" },
         { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a\"]}}", "merges[0]" },
@@ -195,7 +227,8 @@ static void test_malformed(void)
         { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-4}}}", "not a valid id" },
         { "{\"normalizer\":{\"type\":\"Lowercase\"},\"model\":{\"type\":\"BPE\",\"vocab\":{}}}", "Lowercase" },
         { "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},"
-          "\"model\":{\"type\":\"BPE\",\"vocab\":{}}}", "does not compile" },
+          "\"model\":{\"type\":\"BPE\",\"vocab\":{}}}",
+          "does not compile" },
         { "{\"added_tokens\":[{\"id\":1}],\"model\":{\"type\":\"BPE\",\"vocab\":{}}}", "added_tokens[0]" },
         { "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0}},\"decoder\":{\"type\":\"WordPiece\"}}", "WordPiece" },
     };
@@ -209,7 +242,8 @@ static void test_malformed(void)
     mq_tokenizer *t = NULL;
     char err[MQ_TOK_ERR_LEN] = "";
     CHECK(mq_tok_load_file("/nonexistent/tokenizer.json", NULL, &t, err, sizeof err) == -ENOENT &&
-          strstr(err, "/nonexistent"), "missing file: %s", err);
+              strstr(err, "/nonexistent"),
+          "missing file: %s", err);
 }
 
 /* Metaspace pre-tokenizer + decoder (Llama/Mistral conversions with legacy=false). */
@@ -220,16 +254,21 @@ static void test_metaspace(void)
         char js[2048];
         snprintf(js, sizeof js,
                  "{\"added_tokens\":[{\"id\":20,\"content\":\"<x>\",\"special\":true}],"
-                 "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"%s\",\"split\":true},"
-                 "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"%s\",\"split\":true},"
-                 "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xE2\x96\x81\":0,\"H\":1,\"e\":2,\"l\":3,\"o\":4,\"w\":5,\"r\":6,\"d\":7,"
+                 "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"%s\","
+                 "\"split\":true},"
+                 "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"%s\","
+                 "\"split\":true},"
+                 "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xE2\x96\x81\":0,\"H\":1,\"e\":2,\"l\":3,\"o\":4,\"w\":5,"
+                 "\"r\":6,\"d\":7,"
                  "\"\xE2\x96\x81H\":8,\"ll\":9,\"\xE2\x96\x81He\":10,\"\xE2\x96\x81Hell\":11,\"\xE2\x96\x81Hello\":12},"
-                 "\"merges\":[\"\xE2\x96\x81 H\",\"l l\",\"\xE2\x96\x81H e\",\"\xE2\x96\x81He ll\",\"\xE2\x96\x81Hell o\"]}}",
+                 "\"merges\":[\"\xE2\x96\x81 H\",\"l l\",\"\xE2\x96\x81H e\",\"\xE2\x96\x81He ll\",\"\xE2\x96\x81Hell "
+                 "o\"]}}",
                  schemes[k], schemes[k]);
         mq_tokenizer *t = NULL;
         char err[MQ_TOK_ERR_LEN] = "";
         CHECK(mq_tok_load_mem(js, strlen(js), NULL, 0, "metaspace", &t, err, sizeof err) == 0, "load: %s", err);
-        if (!t) continue;
+        if (!t)
+            continue;
         int32_t ids[32];
         int n = encode_str(t, "Hello world", ids, 32);
         int32_t want[] = { 12, 0, 5, 4, 6, 3, 7 };

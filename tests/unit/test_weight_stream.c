@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #define FILE_BYTES (3 * 1024 * 1024 + 12345)
-#define NR 40
+#define NR         40
 
 struct fixture {
     char path[64];
@@ -19,15 +19,16 @@ struct fixture {
     mq_ws_read reads[NR];
     uint8_t *dst[NR];
     int ready_count[NR];
-    int bad_when_ready;     /* reads whose bytes were wrong at ready time */
-    int fail_at;            /* ready() fails on this read (-1 = never) */
+    int bad_when_ready; /* reads whose bytes were wrong at ready time */
+    int fail_at;        /* ready() fails on this read (-1 = never) */
 };
 
 static int make_file(struct fixture *f, size_t bytes)
 {
     snprintf(f->path, sizeof f->path, "/tmp/mq_ws_test_%d.bin", (int)getpid());
     int fd = open(f->path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
-    if (fd < 0) return -errno;
+    if (fd < 0)
+        return -errno;
     ssize_t w = write(fd, f->data, bytes);
     close(fd);
     return w == (ssize_t)bytes ? 0 : -EIO;
@@ -39,16 +40,22 @@ static void setup(struct fixture *f, unsigned long long seed)
     f->fail_at = -1;
     f->data = malloc(FILE_BYTES);
     unsigned long long s = seed;
-    for (size_t i = 0; i < FILE_BYTES; i++) f->data[i] = (uint8_t)(harness_rand(&s) >> 32);
+    for (size_t i = 0; i < FILE_BYTES; i++)
+        f->data[i] = (uint8_t)(harness_rand(&s) >> 32);
     CHECK(make_file(f, FILE_BYTES) == 0, "write %s", f->path);
     /* tensors: adjacent runs with odd sizes, a zero-length one, one ending at EOF, and a
      * few overlapping ranges read twice */
     uint64_t off = 7;
     for (int i = 0; i < NR; i++) {
         uint64_t len = (i == 5) ? 0 : (harness_rand(&s) % 150000) + 1;
-        if (i == NR - 1) { off = FILE_BYTES - 4097; len = 4097; }
-        if (i % 9 == 8) off = off > 5000 ? off - 5000 : 0;   /* overlap the previous */
-        if (off + len > FILE_BYTES) len = FILE_BYTES - off;
+        if (i == NR - 1) {
+            off = FILE_BYTES - 4097;
+            len = 4097;
+        }
+        if (i % 9 == 8)
+            off = off > 5000 ? off - 5000 : 0; /* overlap the previous */
+        if (off + len > FILE_BYTES)
+            len = FILE_BYTES - off;
         f->dst[i] = malloc(len + 1);
         memset(f->dst[i], 0xEE, len + 1);
         f->reads[i] = (mq_ws_read){ .file = 0, .offset = off, .bytes = len, .dst = f->dst[i], .what = "t" };
@@ -59,7 +66,8 @@ static void setup(struct fixture *f, unsigned long long seed)
 static void teardown(struct fixture *f)
 {
     unlink(f->path);
-    for (int i = 0; i < NR; i++) free(f->dst[i]);
+    for (int i = 0; i < NR; i++)
+        free(f->dst[i]);
     free(f->data);
 }
 
@@ -119,8 +127,10 @@ static void run_config(mq_ws_direct direct, int helpers, int qd, size_t piece)
     mq_ws_progress_get(&prog, &bd, &bt, &rd, &rt, &rate);
     CHECK(bd == bt && rd == NR && rt == NR && rate > 0, "%s: progress %llu/%llu %llu/%llu", what,
           (unsigned long long)bd, (unsigned long long)bt, (unsigned long long)rd, (unsigned long long)rt);
-    if (direct == MQ_WS_DIRECT_ON) CHECK(res.direct_used == 1 || res.note[0], "%s: direct used or explained", what);
-    if (direct == MQ_WS_DIRECT_OFF) CHECK(res.buffered_used == 1 && res.direct_used == 0, "%s: buffered", what);
+    if (direct == MQ_WS_DIRECT_ON)
+        CHECK(res.direct_used == 1 || res.note[0], "%s: direct used or explained", what);
+    if (direct == MQ_WS_DIRECT_OFF)
+        CHECK(res.buffered_used == 1 && res.direct_used == 0, "%s: buffered", what);
     teardown(&f);
 }
 
@@ -151,7 +161,7 @@ static void test_truncated_file(void)
         mq_ws_opts_default(&o);
         o.direct = d ? MQ_WS_DIRECT_ON : MQ_WS_DIRECT_OFF;
         o.read_bytes = 8192;
-        o.queue_depth = 1;   /* one piece at a time: the first failing read is read 30 */
+        o.queue_depth = 1; /* one piece at a time: the first failing read is read 30 */
         const char *paths[1] = { f.path };
         char err[512] = "";
         int r = mq_ws_run(paths, 1, f.reads, NR, &o, on_ready, &f, NULL, NULL, err, sizeof err);

@@ -29,14 +29,10 @@ static mq_msg sample(unsigned type)
         m.u.hello_ok.max_sessions = 16;
         strcpy(m.u.hello_ok.model, "mq-qwen3-80m");
         break;
-    case MQ_MSG_OPEN:
-        m.u.open.mode = MQ_WIRE_MODE_RAW;
-        break;
+    case MQ_MSG_OPEN: m.u.open.mode = MQ_WIRE_MODE_RAW; break;
     case MQ_MSG_OPENED:
     case MQ_MSG_CLOSE:
-    case MQ_MSG_CLOSED:
-        m.u.opened.session = 0x1122334455667788ull;
-        break;
+    case MQ_MSG_CLOSED: m.u.opened.session = 0x1122334455667788ull; break;
     case MQ_MSG_SUBMIT:
         m.u.submit.session = 7;
         m.u.submit.kind = MQ_WIRE_KIND_MESSAGE;
@@ -53,9 +49,7 @@ static mq_msg sample(unsigned type)
         m.u.submitted.session = 7;
         break;
     case MQ_MSG_CANCEL:
-    case MQ_MSG_CANCELED:
-        m.u.cancel.req = 42;
-        break;
+    case MQ_MSG_CANCELED: m.u.cancel.req = 42; break;
     case MQ_MSG_STATS_REPLY:
         m.u.stats.uptime_ms = 123456789;
         m.u.stats.sessions = 3;
@@ -139,14 +133,12 @@ static void test_header_checks(void)
     buf[12] = 2;
     CHECK(mq_wire_decode(buf, (size_t)n + 1, &d, err, sizeof err) == -EPROTO, "trailing accepted");
     CHECK(mq_wire_decode(buf, 3, &d, err, sizeof err) == -EPROTO, "3 bytes accepted");
-    CHECK(mq_wire_decode(buf, MQ_WIRE_MAX_MSG + 1, &d, err, sizeof err) == -EPROTO,
-          "oversized accepted");
+    CHECK(mq_wire_decode(buf, MQ_WIRE_MAX_MSG + 1, &d, err, sizeof err) == -EPROTO, "oversized accepted");
     /* HELLO from a future version still decodes (negotiation needs it). */
     mq_msg h = sample(MQ_MSG_HELLO);
     h.version = 7;
     n = mq_wire_encode(&h, buf, sizeof buf);
-    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 && d.version == 7,
-          "future HELLO: %s", err);
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 && d.version == 7, "future HELLO: %s", err);
 }
 
 static void set_bad(mq_wire_gen *g, int i)
@@ -170,12 +162,13 @@ static void test_field_bounds(void)
     char err[256];
     mq_msg m = sample(MQ_MSG_OPEN);
     m.u.open.mode = 2;
-    CHECK(encode_decode(&m, err, sizeof err) == -EINVAL && strstr(err, "open.mode"),
-          "mode 2: %s", err);
+    CHECK(encode_decode(&m, err, sizeof err) == -EINVAL && strstr(err, "open.mode"), "mode 2: %s", err);
 
-    static const char *const fields[] = {"max_tokens", "max_tokens", "temperature",
-        "temperature", "top_p", "top_p", "min_p", "top_k", "repeat_penalty", "flags"};
-    struct { const char *field; } cases[10];
+    static const char *const fields[] = { "max_tokens", "max_tokens", "temperature", "temperature",    "top_p",
+                                          "top_p",      "min_p",      "top_k",       "repeat_penalty", "flags" };
+    struct {
+        const char *field;
+    } cases[10];
     for (size_t i = 0; i < 10; i++)
         cases[i].field = fields[i];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -183,8 +176,8 @@ static void test_field_bounds(void)
         set_bad(&m.u.submit.gen, (int)i);
         err[0] = 0;
         int rc = encode_decode(&m, err, sizeof err);
-        CHECK(rc == -EINVAL && strstr(err, cases[i].field), "case %zu (%s): rc %d err '%s'", i,
-              cases[i].field, rc, err);
+        CHECK(rc == -EINVAL && strstr(err, cases[i].field), "case %zu (%s): rc %d err '%s'", i, cases[i].field, rc,
+              err);
     }
     m = sample(MQ_MSG_SUBMIT);
     m.u.submit.kind = MQ_WIRE_KIND_TOKENS;
@@ -206,8 +199,7 @@ static void test_field_bounds(void)
     int n = mq_wire_encode(&m, buf, sizeof buf);
     buf[n - 3] = 0;
     mq_msg d;
-    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EINVAL && strstr(err, "NUL"),
-          "NUL in name: %s", err);
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EINVAL && strstr(err, "NUL"), "NUL in name: %s", err);
     /* A string length pointing past the end. */
     n = mq_wire_encode(&m, buf, sizeof buf);
     buf[MQ_WIRE_HDR_SIZE + 8] = 60; /* name length 60 > bytes present */
