@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #endif
 #include "daemon/probes.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -19,7 +20,6 @@
 
 #include "daemon/probes_shared.h"
 #include "probes.skel.h"
-#include "common/errmsg.h"
 
 #define KERNEL_BTF "/sys/kernel/btf/vmlinux"
 

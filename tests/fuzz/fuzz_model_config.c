@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     mq_config c;
     char err[MQ_ERRMSG_LEN] = "";
-    int rc = mq_config_parse(&c, (const char *)data, size, err);
+    int rc = mq_config_parse(&c, (const char *)data, size, err, sizeof err);
     if (rc) {
         if (!err[0])
             abort();

@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     char err[MQ_ERRMSG_LEN] = "";
     const uint64_t file_bytes = size + extra;
-    int rc = mq_st_parse_header(st, 0, data, size, file_bytes, "fuzz", err);
+    int rc = mq_st_parse_header(st, 0, data, size, file_bytes, "fuzz", err, sizeof err);
     if (rc && !err[0] && rc != -12 /* ENOMEM */)
         abort(); /* every refusal names its cause */
     if (!rc)
