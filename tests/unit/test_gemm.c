@@ -139,15 +139,8 @@ static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int 
     return sum;
 }
 
-static int isas[3], n_isas;
-
-static void collect_isas(void)
-{
-    n_isas = 0;
-    for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
-        if (mq_kernels_cpu_has((mq_isa)i))
-            isas[n_isas++] = i;
-}
+static mq_isa isas[3];
+static int n_isas;
 
 static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned long long seed)
 {
@@ -367,7 +360,7 @@ static void test_bf16_gemm(void)
 int main(void)
 {
     mq_kernels_init();
-    collect_isas();
+    n_isas = harness_isas(isas);
     printf("  ISAs tested:");
     for (int i = 0; i < n_isas; i++)
         printf(" %s", mq_isa_name(isas[i]));
