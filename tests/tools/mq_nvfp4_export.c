@@ -43,6 +43,7 @@
 
 #include "engine/model_config.h"
 #include "kernels/mq_kernels.h"
+#include "tests/tools/fsutil.h"
 #include "engine/pool.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
@@ -489,44 +490,6 @@ static int quantize_all(src *s, int fuse, int dynamic)
     return 0;
 }
 
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -errno;
-    int bad = fputs(text, f) < 0;
-    if (fclose(f) != 0 || bad)
-        return -EIO;
-    return 0;
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb");
-    if (!in)
-        return -errno;
-    FILE *out = fopen(to, "wb");
-    if (!out) {
-        int e = -errno;
-        fclose(in);
-        return e;
-    }
-    char buf[1 << 16];
-    size_t r;
-    int rc = 0;
-    while ((r = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, r, out) != r) {
-            rc = -EIO;
-            break;
-        }
-    if (ferror(in))
-        rc = -EIO;
-    fclose(in);
-    if (fclose(out) != 0 && !rc)
-        rc = -EIO;
-    return rc;
-}
-
 static cJSON *quant_scheme(int dynamic_global)
 {
     cJSON *o = cJSON_CreateObject();
@@ -599,7 +562,7 @@ static int write_config(const char *in_dir, const char *out_dir, int dynamic, ch
     if (!out)
         return -ENOMEM;
     snprintf(path, sizeof path, "%s/config.json", out_dir);
-    int rc = write_text(path, out);
+    int rc = fsutil_write_text(path, out);
     free(out);
     if (rc)
         mq_errf(err, "%s: %s", path, strerror(-rc));
@@ -727,7 +690,7 @@ int main(int argc, char **argv)
         snprintf(to, sizeof to, "%s/%s", out, files[i]);
         if (access(from, F_OK) != 0 && i == 2)
             continue; /* generation_config is optional */
-        if ((rc = copy_file(from, to)))
+        if ((rc = fsutil_copy_file(from, to)))
             mq_errf(err, "copying %s: %s", from, strerror(-rc));
     }
     mq_pool_destroy(pool);
