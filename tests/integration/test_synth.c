@@ -24,6 +24,7 @@
 #include "engine/model_config.h"
 #include "kernels/mq_kernels.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 static char synth_bin[PATH_MAX];
 
@@ -77,13 +78,13 @@ static int have_checkpoints(void)
 /* Both layouts opened; 0 (and a failed CHECK) when they cannot be. */
 static int open_both(mq_st **a, mq_st **b)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     *a = *b = NULL;
     if (!have_checkpoints())
         return 0;
-    int rc = mq_st_open(a, one, err);
+    int rc = mq_st_open(a, one, err, sizeof err);
     CHECK(rc == 0, "open single: %s", err);
-    rc = mq_st_open(b, sh, err);
+    rc = mq_st_open(b, sh, err, sizeof err);
     CHECK(rc == 0, "open sharded: %s", err);
     return *a && *b;
 }
@@ -92,9 +93,9 @@ static void test_synth_config_is_qwen3_0_6b(void)
 {
     if (!have_checkpoints())
         return;
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_config cfg;
-    int rc = mq_config_load(&cfg, one, err);
+    int rc = mq_config_load(&cfg, one, err, sizeof err);
     CHECK(rc == 0, "config.json: %s", err);
     if (rc)
         return;
@@ -206,9 +207,9 @@ static void test_synth_engine_runs_sharded(void)
 {
     if (!have_checkpoints())
         return;
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_model *m = NULL;
-    int rc = mq_model_load(sh, NULL, &m, err);
+    int rc = mq_model_load(sh, NULL, &m, err, sizeof err);
     CHECK(rc == 0, "mq_model_load(sharded synthetic): %s", err);
     mq_pool *pool = NULL;
     mq_engine *eng = NULL;
@@ -216,7 +217,7 @@ static void test_synth_engine_runs_sharded(void)
     float *logits = NULL;
     if (!rc && !mq_pool_create(&pool, 2, NULL, "t-synth")) {
         mq_engine_opts o = { .max_chunk = 16, .max_batch = 1, .block_tokens = 16, .max_context = 16 };
-        rc = mq_engine_create(&eng, m, &o, err);
+        rc = mq_engine_create(&eng, m, &o, err, sizeof err);
         CHECK(rc == 0, "engine: %s", err);
         size_t bb = (mq_kv_block_bytes(&m->cfg, 16) + 63) / 64 * 64;
         logits = malloc((size_t)16 * m->cfg.vocab * 4);

@@ -41,7 +41,7 @@ static void *notify_main(void *arg)
         pthread_mutex_lock(&ns.mu);
         if (ns.n < MAX_NOTES) {
             ns.notes[ns.n].t = spawn_now();
-            snprintf(ns.notes[ns.n].text, sizeof ns.notes[ns.n].text, "%s", buf);
+            snprintf(ns.notes[ns.n].text, sizeof ns.notes[ns.n].text, "%.*s", (int)sizeof ns.notes[ns.n].text - 1, buf);
             ns.n++;
         }
         pthread_mutex_unlock(&ns.mu);
@@ -94,7 +94,7 @@ static void test_activator_binds_and_waits(void)
 
     ns.fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un un = { .sun_family = AF_UNIX };
-    snprintf(un.sun_path, sizeof un.sun_path, "%s", notify);
+    CHECK(snprintf(un.sun_path, sizeof un.sun_path, "%s", notify) < (int)sizeof un.sun_path, "notify path fits");
     CHECK(bind(ns.fd, (struct sockaddr *)&un, sizeof un) == 0, "bind notify socket");
     struct timeval tv = { 0, 200000 };
     setsockopt(ns.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
