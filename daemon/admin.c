@@ -24,9 +24,9 @@
 #include "daemon/probes.h"
 #include "engine/scheduler.h"
 #include "daemon/server.h"
+#include "common/clock.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #define MAX_REQ          65536
 #define MAX_REPLY        (1u << 20)
@@ -91,7 +91,7 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON_AddStringToObject(o, "state", state_name(d->state));
     cJSON_AddNumberToObject(o, "pid", getpid());
     cJSON_AddNumberToObject(o, "uid", getuid());
-    cJSON_AddNumberToObject(o, "uptime_s", (mqd_now_ms() - d->start_ms) / 1000.0);
+    cJSON_AddNumberToObject(o, "uptime_s", (mq_now_ms() - d->start_ms) / 1000.0);
     cJSON *m = cJSON_AddObjectToObject(o, "model");
     cJSON_AddStringToObject(m, "name", d->model_name);
     cJSON_AddStringToObject(m, "dir", d->cfg.model_dir);
@@ -108,7 +108,7 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON_AddNumberToObject(ld, "bytes_done", (double)done);
     cJSON_AddNumberToObject(ld, "bytes_total", (double)total);
     cJSON_AddNumberToObject(ld, "progress", total ? (double)done / total : 0);
-    cJSON_AddNumberToObject(ld, "ms", (double)(d->load_ms ? d->load_ms : mqd_now_ms() - d->load_t0_ms));
+    cJSON_AddNumberToObject(ld, "ms", (double)(d->load_ms ? d->load_ms : mq_now_ms() - d->load_t0_ms));
     cJSON_AddStringToObject(ld, "note", d->load_note);
     cJSON *mem = cJSON_AddObjectToObject(o, "memory");
     if (d->arena) {

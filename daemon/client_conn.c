@@ -20,6 +20,7 @@
  * SPILL_RING_FACTOR ring sizes is cancelled instead of growing memory.
  */
 #define _GNU_SOURCE
+#include "common/errmsg.h"
 #include "ipc/sock.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -39,9 +40,9 @@
 #include "daemon/server.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 #include "engine/tokenizer.h"
 #include "ipc/wire.h"
+#include "common/clock.h"
 
 #define SPILL_RING_FACTOR 4
 #define BUSY_RETRIES      200 /* x BUSY_RETRY_US: at most 40 ms */
@@ -524,15 +525,15 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
         size_t n = len / 4;
         int32_t *v = malloc(n * sizeof *v);
         if (!v)
-            return snprintf(msg, msglen, "out of memory"), MQ_ERR_INTERNAL;
+            return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
         memcpy(v, bytes, n * 4);
         int vocab = mq_tok_vocab_size(d->tok);
         for (size_t i = 0; i < n; i++)
             if (v[i] < 0 || v[i] >= vocab) {
-                snprintf(msg, msglen,
-                         "token id %d at position %zu is outside the vocabulary "
-                         "[0, %d)",
-                         v[i], i, vocab);
+                mq_errmsg(msg, msglen, 0,
+                          "token id %d at position %zu is outside the vocabulary "
+                          "[0, %d)",
+                          v[i], i, vocab);
                 free(v);
                 return MQ_ERR_BAD_PROMPT;
             }
@@ -541,7 +542,7 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
         return 0;
     }
     if (!mq_utf8_valid((const char *)bytes, len)) {
-        snprintf(msg, msglen, "prompt text is not valid UTF-8");
+        mq_errmsg(msg, msglen, 0, "prompt text is not valid UTF-8");
         return MQ_ERR_BAD_PROMPT;
     }
     char terr[MQ_TOK_ERR_LEN];
@@ -549,7 +550,7 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
         unsigned flags = s->turns == 0 ? MQ_TOK_ADD_SPECIAL : 0;
         int rc = mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr);
         if (rc) {
-            snprintf(msg, msglen, "tokenizing the prompt: %s", terr);
+            mq_errmsg(msg, msglen, 0, "tokenizing the prompt: %s", terr);
             return MQ_ERR_BAD_PROMPT;
         }
         return 0;
@@ -563,7 +564,7 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
         cJSON_Delete(msgs);
         cJSON_Delete(one);
         free(content);
-        return snprintf(msg, msglen, "out of memory"), MQ_ERR_INTERNAL;
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
     }
     cJSON_AddStringToObject(one, "role", roles[m->u.submit.role]);
     cJSON_AddStringToObject(one, "content", content);
@@ -580,14 +581,14 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
                                                    &tlen, cerr, sizeof cerr);
     cJSON_Delete(msgs);
     if (rc) {
-        snprintf(msg, msglen, "chat template: %s", cerr);
+        mq_errmsg(msg, msglen, 0, "chat template: %s", cerr);
         return MQ_ERR_BAD_PROMPT;
     }
     /* The rendered text contains the template's special tokens: parse them. */
     rc = mq_tok_encode(d->tok, text, tlen, 0, ids, n_ids, terr, sizeof terr);
     free(text);
     if (rc) {
-        snprintf(msg, msglen, "tokenizing the rendered message: %s", terr);
+        mq_errmsg(msg, msglen, 0, "tokenizing the rendered message: %s", terr);
         return MQ_ERR_BAD_PROMPT;
     }
     return 0;
@@ -761,7 +762,7 @@ static void on_stats(mqd_conn *c, const mq_msg *m)
     mq_sched_get_stats(d->sched, &st);
     mq_msg r = { .type = MQ_MSG_STATS_REPLY };
     mq_wire_stats *w = &r.u.stats;
-    w->uptime_ms = mqd_now_ms() - d->start_ms;
+    w->uptime_ms = mq_now_ms() - d->start_ms;
     w->sessions = (uint32_t)st.sessions;
     w->requests_running = (uint32_t)(st.prefilling + st.decoding);
     w->requests_queued = (uint32_t)st.queued;
@@ -980,17 +981,17 @@ int mqd_client_cancel(mqd *d, uint64_t id, char *msg, size_t msglen)
             settle(s);
             if ((s->running && s->running->id == id) || s->id == id) {
                 if (!s->running) {
-                    snprintf(msg, msglen, "session %llu has no running request", (unsigned long long)s->id);
+                    mq_errmsg(msg, msglen, 0, "session %llu has no running request", (unsigned long long)s->id);
                     return -ENOENT;
                 }
                 uint64_t rid = s->running->id;
                 mq_sched_cancel(d->sched, s->id, MQ_END_CANCEL);
-                snprintf(msg, msglen, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
-                         (unsigned long long)s->id, (int)c->pid);
+                mq_errmsg(msg, msglen, 0, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
+                          (unsigned long long)s->id, (int)c->pid);
                 return 0;
             }
         }
-    snprintf(msg, msglen, "no running request or session with id %llu", (unsigned long long)id);
+    mq_errmsg(msg, msglen, 0, "no running request or session with id %llu", (unsigned long long)id);
     return -ENOENT;
 }
 

@@ -28,9 +28,9 @@
 #include "engine/arena.h"
 #include "daemon/probes.h"
 #include "daemon/server.h"
+#include "common/errmsg.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 
 static int parse_id(const char *s, unsigned *out)
 {
@@ -81,15 +81,13 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     for (int i = 0; i < MQ_CFG_LIST && c->allowed_users[i][0]; i++) {
         gid_t g;
         if (user_id(c->allowed_users[i], &d->allowed_uids[d->n_allowed_uids], &g)) {
-            snprintf(err, errlen, "allowed_users[%d]: no user \"%s\"", i, c->allowed_users[i]);
-            return -ENOENT;
+            return mq_errmsg(err, errlen, -ENOENT, "allowed_users[%d]: no user \"%s\"", i, c->allowed_users[i]);
         }
         d->n_allowed_uids++;
     }
     for (int i = 0; i < MQ_CFG_LIST && c->allowed_groups[i][0]; i++) {
         if (group_id(c->allowed_groups[i], &d->allowed_gids[d->n_allowed_gids])) {
-            snprintf(err, errlen, "allowed_groups[%d]: no group \"%s\"", i, c->allowed_groups[i]);
-            return -ENOENT;
+            return mq_errmsg(err, errlen, -ENOENT, "allowed_groups[%d]: no group \"%s\"", i, c->allowed_groups[i]);
         }
         d->n_allowed_gids++;
     }
@@ -97,16 +95,14 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     d->admin_gid_set = 0;
     if (c->admin_group[0]) {
         if (group_id(c->admin_group, &d->admin_gid)) {
-            snprintf(err, errlen, "admin_group: no group \"%s\"", c->admin_group);
-            return -ENOENT;
+            return mq_errmsg(err, errlen, -ENOENT, "admin_group: no group \"%s\"", c->admin_group);
         }
         d->admin_gid_set = 1;
     }
     d->run_uid = geteuid();
     d->run_gid = getegid();
     if (c->user[0] && user_id(c->user, &d->run_uid, &d->run_gid)) {
-        snprintf(err, errlen, "user: no user \"%s\"", c->user);
-        return -ENOENT;
+        return mq_errmsg(err, errlen, -ENOENT, "user: no user \"%s\"", c->user);
     }
     return 0;
 }
@@ -404,27 +400,24 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
         /* Empty the bounding set while we still hold CAP_SETPCAP. */
         for (int cap = 0; cap <= CAP_LAST_CAP; cap++)
             if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) {
-                snprintf(err, errlen, "dropping capability %d from the bounding set: %s", cap, strerror(errno));
-                return -errno;
+                return mq_errmsg(err, errlen, -errno, "dropping capability %d from the bounding set: %s", cap,
+                                 strerror(errno));
             }
     }
     if (root && d->cfg.user[0] && d->run_uid != 0) {
         gid_t g = d->run_gid;
         if (initgroups(d->cfg.user, g) < 0 && setgroups(1, &g) < 0) {
-            snprintf(err, errlen, "setgroups for user %s: %s", d->cfg.user, strerror(errno));
-            return -errno;
+            return mq_errmsg(err, errlen, -errno, "setgroups for user %s: %s", d->cfg.user, strerror(errno));
         }
         if (setresgid(g, g, g) < 0) {
-            snprintf(err, errlen, "setgid %u: %s", (unsigned)g, strerror(errno));
-            return -errno;
+            return mq_errmsg(err, errlen, -errno, "setgid %u: %s", (unsigned)g, strerror(errno));
         }
         if (setresuid(d->run_uid, d->run_uid, d->run_uid) < 0) {
-            snprintf(err, errlen, "setuid %u (%s): %s", (unsigned)d->run_uid, d->cfg.user, strerror(errno));
-            return -errno;
+            return mq_errmsg(err, errlen, -errno, "setuid %u (%s): %s", (unsigned)d->run_uid, d->cfg.user,
+                             strerror(errno));
         }
         if (setuid(0) == 0) {
-            snprintf(err, errlen, "could regain root after switching to %s", d->cfg.user);
-            return -EPERM;
+            return mq_errmsg(err, errlen, -EPERM, "could regain root after switching to %s", d->cfg.user);
         }
     }
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
@@ -433,13 +426,11 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
         int e = errno;
         if (none)
             cap_free(none);
-        snprintf(err, errlen, "clearing capabilities: %s", strerror(e));
-        return -e;
+        return mq_errmsg(err, errlen, -e, "clearing capabilities: %s", strerror(e));
     }
     cap_free(none);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-        snprintf(err, errlen, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
-        return -errno;
+        return mq_errmsg(err, errlen, -errno, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
     }
     mqd_log("privileges: running as uid %u gid %u, no capabilities, no_new_privs", (unsigned)getuid(),
             (unsigned)getgid());

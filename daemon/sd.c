@@ -21,9 +21,10 @@
 
 #include "engine/scheduler.h"
 #include "daemon/server.h"
+#include "common/errmsg.h"
+#include "common/clock.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #define LOAD_STATUS_MS 1000
 #define EXTEND_USEC    15000000ull /* each STATUS during loading buys 15 s more */
@@ -33,18 +34,17 @@ int mqd_sd_sockets(mqd *d, char *err, size_t errlen)
     char **names = NULL;
     int n = sd_listen_fds_with_names(1, &names);
     if (n < 0) {
-        snprintf(err, errlen, "sd_listen_fds_with_names: %s", strerror(-n));
-        return n;
+        return mq_errmsg(err, errlen, n, "sd_listen_fds_with_names: %s", strerror(-n));
     }
     int rc = 0;
     for (int i = 0; i < n; i++) {
         int fd = SD_LISTEN_FDS_START + i;
         const char *name = names && names[i] ? names[i] : "unknown";
         if (sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0) {
-            snprintf(err, errlen,
-                     "socket-activation fd %d (\"%s\") is not a listening SOCK_SEQPACKET Unix "
-                     "socket (use ListenSequentialPacket=)",
-                     fd, name);
+            mq_errmsg(err, errlen, 0,
+                      "socket-activation fd %d (\"%s\") is not a listening SOCK_SEQPACKET Unix "
+                      "socket (use ListenSequentialPacket=)",
+                      fd, name);
             rc = -EINVAL;
             break;
         }
@@ -56,10 +56,10 @@ int mqd_sd_sockets(mqd *d, char *err, size_t errlen)
             slot = &d->admin_fd;
             from = &d->admin_sd;
         } else {
-            snprintf(err, errlen,
-                     "socket-activation fd %d is named \"%s\"; expected FileDescriptorName="
-                     "client or admin",
-                     fd, name);
+            mq_errmsg(err, errlen, 0,
+                      "socket-activation fd %d is named \"%s\"; expected FileDescriptorName="
+                      "client or admin",
+                      fd, name);
             rc = -EINVAL;
             break;
         }
@@ -101,7 +101,7 @@ static void load_status(mq_evloop *l, void *arg)
     }
     uint64_t done = __atomic_load_n(&d->load_bytes_done, __ATOMIC_RELAXED);
     uint64_t total = __atomic_load_n(&d->load_bytes_total, __ATOMIC_RELAXED);
-    uint64_t ms = mqd_now_ms() - d->load_t0_ms;
+    uint64_t ms = mq_now_ms() - d->load_t0_ms;
     double rate = ms ? done / 1048576.0 / (ms / 1000.0) : 0;
     char phase[64];
     __atomic_thread_fence(__ATOMIC_ACQUIRE);

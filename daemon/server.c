@@ -39,21 +39,15 @@
 #include "daemon/server.h"
 
 /* Messages are cut to their buffers on purpose (they name paths that may be long). */
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 #include "engine/tokenizer.h"
 #include "engine/weight_stream.h"
+#include "common/errmsg.h"
+#include "common/clock.h"
 
 #define CLIENT_SOCKET_MODE 0666 /* access is decided by SO_PEERCRED against the config */
 #define ADMIN_SOCKET_MODE  0660
 #define CTX_DEFAULT_MAX    32768
 #define WARMUP_TIMEOUT_S   120
-
-uint64_t mqd_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 void mqd_log(const char *fmt, ...)
 {
@@ -80,27 +74,24 @@ static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char 
     }
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(path) >= sizeof sa.sun_path) {
-        snprintf(err, errlen, "socket path %s is too long", path);
-        return -ENAMETOOLONG;
+        return mq_errmsg(err, errlen, -ENAMETOOLONG, "socket path %s is too long", path);
     }
     strcpy(sa.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return -errno;
+        return mq_errmsg(err, errlen, -errno, "socket: %s", strerror(errno));
     }
     /* A socket file left by a dead mqd is removed; a live one is not taken over. */
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
         close(fd);
-        snprintf(err, errlen, "%s: another mqd is listening there", path);
-        return -EADDRINUSE;
+        return mq_errmsg(err, errlen, -EADDRINUSE, "%s: another mqd is listening there", path);
     }
     close(fd);
     unlink(path);
     fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(path, mode) < 0 || listen(fd, 128) < 0) {
         int e = errno;
-        snprintf(err, errlen, "binding %s: %s", path, strerror(e));
+        mq_errmsg(err, errlen, 0, "binding %s: %s", path, strerror(e));
         if (fd >= 0)
             close(fd);
         return -e;
@@ -147,8 +138,7 @@ static int warm_up(mqd *d, char *err, size_t errlen)
     uint64_t sid;
     int rc = mq_sched_session_open(d->sched, &sid);
     if (rc) {
-        snprintf(err, errlen, "warm-up: session: %s", strerror(-rc));
-        return rc;
+        return mq_errmsg(err, errlen, rc, "warm-up: session: %s", strerror(-rc));
     }
     int32_t *ids = NULL;
     size_t n = 0;
@@ -156,8 +146,7 @@ static int warm_up(mqd *d, char *err, size_t errlen)
     rc = mq_tok_encode(d->tok, "Hello, world.", 13, MQ_TOK_ADD_SPECIAL, &ids, &n, terr, sizeof terr);
     if (rc) {
         mq_sched_session_close(d->sched, sid);
-        snprintf(err, errlen, "warm-up: tokenizer: %s", terr);
-        return rc;
+        return mq_errmsg(err, errlen, rc, "warm-up: tokenizer: %s", terr);
     }
     warm w = { .done = 0 };
     pthread_mutex_init(&w.mu, NULL);
@@ -169,20 +158,19 @@ static int warm_up(mqd *d, char *err, size_t errlen)
     free(ids);
     if (!rc) {
         struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += WARMUP_TIMEOUT_S;
+        mq_deadline_in(&dl, CLOCK_REALTIME, WARMUP_TIMEOUT_S * 1000);
         pthread_mutex_lock(&w.mu);
         while (!w.done && rc == 0)
             rc = -pthread_cond_timedwait(&w.cv, &w.mu, &dl);
         pthread_mutex_unlock(&w.mu);
         if (rc)
-            snprintf(err, errlen, "warm-up: no answer in %d s", WARMUP_TIMEOUT_S);
+            mq_errmsg(err, errlen, 0, "warm-up: no answer in %d s", WARMUP_TIMEOUT_S);
         else if (w.reason == MQ_END_ERROR) {
             rc = w.err ? w.err : -EIO;
-            snprintf(err, errlen, "warm-up failed: %s", w.msg);
+            mq_errmsg(err, errlen, 0, "warm-up failed: %s", w.msg);
         }
     } else {
-        snprintf(err, errlen, "warm-up: submit: %s", serr[0] ? serr : strerror(-rc));
+        mq_errmsg(err, errlen, 0, "warm-up: submit: %s", serr[0] ? serr : strerror(-rc));
     }
     mq_sched_session_close(d->sched, sid); /* waits for on_done if still running */
     pthread_cond_destroy(&w.cv);
@@ -274,10 +262,10 @@ static void loader_free(void *ctx, void *p, size_t bytes)
 static int loader_ready(void *ctx, int i, char *err, size_t errlen)
 {
     loader *ld = ctx;
-    char e[MQ_ERR_LEN] = "";
-    int rc = mq_model_tensor_ready(ld->model, i, e);
+    char e[MQ_ERRMSG_LEN] = "";
+    int rc = mq_model_tensor_ready(ld->model, i, e, sizeof e);
     if (rc < 0)
-        snprintf(err, errlen, "%s", e);
+        mq_errmsg(err, errlen, 0, "%s", e);
     return rc;
 }
 
@@ -292,20 +280,18 @@ static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_w
     mq_alloc al = { .alloc = loader_alloc, .free = loader_free, .ctx = ld };
     const mq_read *reads = NULL;
     int n_reads = 0;
-    char e[MQ_ERR_LEN] = "";
+    char e[MQ_ERRMSG_LEN] = "";
     mq_model_opts mo = { 0 };
-    int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &ld->model, &reads, &n_reads, e);
+    int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &ld->model, &reads, &n_reads, e, sizeof e);
     if (rc < 0) {
-        snprintf(err, errlen, "%s", e);
-        return rc;
+        return mq_errmsg(err, errlen, rc, "%s", e);
     }
     const char *const *paths = NULL;
     int n_files = mq_model_files(ld->model, &paths);
     mq_ws_read *wr = calloc((size_t)n_reads + 1, sizeof *wr);
     if (!wr) {
         mq_model_free(ld->model);
-        snprintf(err, errlen, "%s: out of memory for %d reads", d->cfg.model_dir, n_reads);
-        return -ENOMEM;
+        return mq_errmsg(err, errlen, -ENOMEM, "%s: out of memory for %d reads", d->cfg.model_dir, n_reads);
     }
     for (int i = 0; i < n_reads; i++)
         wr[i] = (mq_ws_read){ .file = reads[i].file,
@@ -316,9 +302,9 @@ static int load_weights(mqd *d, const mq_ws_opts *wo, mq_ws_progress *prog, mq_w
     rc = mq_ws_run(paths, n_files, wr, n_reads, wo, loader_ready, ld, prog, res, err, errlen);
     free(wr);
     if (rc == 0) {
-        rc = mq_model_finish(ld->model, e);
+        rc = mq_model_finish(ld->model, e, sizeof e);
         if (rc < 0)
-            snprintf(err, errlen, "%s", e);
+            mq_errmsg(err, errlen, 0, "%s", e);
     }
     if (rc < 0) {
         mq_model_free(ld->model);
@@ -371,9 +357,9 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     mq_model *m = NULL;
     const mq_read *reads = NULL;
     int n_reads = 0;
-    char e[MQ_ERR_LEN] = "";
+    char e[MQ_ERRMSG_LEN] = "";
     mq_model_opts mo = { 0 };
-    int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e);
+    int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e, sizeof e);
     if (rc < 0) {
         mqd_log("huge pages: auto: cannot size the model (%s); nothing reserved", e);
         return; /* the real plan reports the same error */
@@ -427,7 +413,7 @@ static void *load_main(void *arg)
     res->d = d;
     char err[512] = "";
     int rc;
-    d->load_t0_ms = mqd_now_ms();
+    d->load_t0_ms = mq_now_ms();
 
     set_phase(d, "weights");
     mq_arena_opts ao;
@@ -484,7 +470,8 @@ static void *load_main(void *arg)
             goto out;
         }
     }
-    snprintf(d->load_note, sizeof d->load_note, "%s%s%s", desc, wres.note[0] ? "; " : "", wres.note);
+    /* a note longer than load_note is cut: it is shown in mqctl status, the log has it whole */
+    snprintf(d->load_note, sizeof d->load_note, "%.120s%s%.120s", desc, wres.note[0] ? "; " : "", wres.note);
     mqd_log("weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB; %s", bd / 1048576.0, wres.seconds,
             wres.seconds > 0 ? bd / 1048576.0 / wres.seconds : 0, d->model->bf16_bytes / 1048576.0,
             d->model->fp4_bytes / 1048576.0, d->load_note);
@@ -546,7 +533,7 @@ static void *load_main(void *arg)
         if (rc)
             goto out;
     }
-    d->load_ms = mqd_now_ms() - d->load_t0_ms;
+    d->load_ms = mq_now_ms() - d->load_t0_ms;
 out:
     res->rc = rc;
     snprintf(res->err, sizeof res->err, "%s", err[0] ? err : strerror(-rc));
@@ -560,7 +547,7 @@ static void load_done(mq_evloop *l, void *arg)
     mqd *d = res->d;
     int rc = res->rc;
     if (rc) {
-        snprintf(d->fail_msg, sizeof d->fail_msg, "loading %s failed: %s", d->cfg.model_dir, res->err);
+        mq_errmsg(d->fail_msg, sizeof d->fail_msg, rc, "loading %s failed: %s", d->cfg.model_dir, res->err);
         free(res);
         mqd_log("%s", d->fail_msg);
         mqd_sd_notify(d, "STATUS=%s\nERRNO=%d", d->fail_msg, -rc);
@@ -586,7 +573,7 @@ static void load_done(mq_evloop *l, void *arg)
     mqd_log("ready: model %s, mode %s, context %d tokens, %llu ms from start, client socket "
             "%s",
             d->model_name, mqd_config_mode_name(d->cfg.mode), d->ctx_limit,
-            (unsigned long long)(mqd_now_ms() - d->start_ms), d->client_sd ? "(from systemd)" : d->cfg.client_socket);
+            (unsigned long long)(mq_now_ms() - d->start_ms), d->client_sd ? "(from systemd)" : d->cfg.client_socket);
     mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), %llu ms load", d->model_name, mqd_config_mode_name(d->cfg.mode),
                   (unsigned long long)d->load_ms);
 }
@@ -642,7 +629,7 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     if (!rc)
         rc = mqd_config_validate(&nc, err, sizeof err);
     if (rc) {
-        snprintf(msg, msglen, "reload refused, configuration unchanged: %s", err);
+        mq_errmsg(msg, msglen, 0, "reload refused, configuration unchanged: %s", err);
         mqd_log("%s", msg);
         mqd_sd_notify(d, "READY=1\nSTATUS=ready (reload refused: %s)", err);
         return rc;
@@ -659,7 +646,7 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     if (rc) {
         d->cfg = old;
         mqd_resolve_ids(d, err, 0);
-        snprintf(msg, msglen, "reload refused, configuration unchanged: %s", err);
+        mq_errmsg(msg, msglen, 0, "reload refused, configuration unchanged: %s", err);
         mqd_sd_notify(d, "READY=1\nSTATUS=ready (reload refused)");
         return rc;
     }
@@ -673,8 +660,8 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
         cmp.chunk_tokens != d->cfg.chunk_tokens || strcmp(cmp.client_socket, d->cfg.client_socket) ||
         cmp.ctx_tokens != d->cfg.ctx_tokens)
         snprintf(restart, sizeof restart, "; model, mode, KV, chunk, context and socket changes need a restart");
-    snprintf(msg, msglen, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
-             path[0] ? path : "(no config file)", restart);
+    mq_errmsg(msg, msglen, 0, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
+              path[0] ? path : "(no config file)", restart);
     mqd_log("%s", msg);
     mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mqd_config_mode_name(d->cfg.mode));
     return 0;
@@ -697,11 +684,12 @@ int mqd_init(mqd *d, char *err, size_t errlen)
 {
     d->client_fd = d->admin_fd = -1;
     d->chat_kind = -1;
-    d->start_ms = mqd_now_ms();
+    d->start_ms = mq_now_ms();
     d->under_systemd = getenv("NOTIFY_SOCKET") != NULL;
     snprintf(d->load_phase, sizeof d->load_phase, "starting");
     const char *base = strrchr(d->cfg.model_dir, '/');
-    snprintf(d->model_name, sizeof d->model_name, "%s", base && base[1] ? base + 1 : d->cfg.model_dir);
+    snprintf(d->model_name, sizeof d->model_name, "%.*s", (int)sizeof d->model_name - 1,
+             base && base[1] ? base + 1 : d->cfg.model_dir);
     int rc = mqd_resolve_ids(d, err, errlen);
     if (rc)
         return rc;
@@ -729,27 +717,23 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         return rc;
     rc = mq_evloop_create(&d->loop, 512);
     if (rc) {
-        snprintf(err, errlen, "io_uring: %s", strerror(-rc));
-        return rc;
+        return mq_errmsg(err, errlen, rc, "io_uring: %s", strerror(-rc));
     }
     static const int sigs[] = { SIGTERM, SIGINT, SIGHUP };
     rc = mq_evloop_add_signals(d->loop, sigs, 3, on_signal, d);
     if (rc) {
-        snprintf(err, errlen, "signalfd: %s", strerror(-rc));
-        return rc;
+        return mq_errmsg(err, errlen, rc, "signalfd: %s", strerror(-rc));
     }
     signal(SIGPIPE, SIG_IGN);
     rc = mq_evloop_add_fd(d->loop, d->admin_fd, POLLIN, mqd_admin_accept, d, &d->admin_ev);
     if (rc) {
-        snprintf(err, errlen, "watching the admin socket: %s", strerror(-rc));
-        return rc;
+        return mq_errmsg(err, errlen, rc, "watching the admin socket: %s", strerror(-rc));
     }
     mqd_sd_start_timers(d);
     mqd_sd_notify(d, "STATUS=loading %s", d->cfg.model_dir);
     rc = pthread_create(&d->load_thread, NULL, load_main, d);
     if (rc) {
-        snprintf(err, errlen, "load thread: %s", strerror(rc));
-        return -rc;
+        return mq_errmsg(err, errlen, -rc, "load thread: %s", strerror(rc));
     }
     d->load_started = 1;
     return 0;

@@ -112,7 +112,6 @@ typedef struct mqd {
     char hp_note[160]; /* what happened to hugepages_reserve, for the log and status */
 } mqd;
 
-uint64_t mqd_now_ms(void);
 void mqd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* server.c */

@@ -98,15 +98,15 @@ typedef struct mq_model_opts {
 /* Step 1. On success *out is a model whose weights are not yet valid, and *reads /
  * *n_reads the reads to perform (owned by the model). 0 or negative errno + err. */
 int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc, mq_model **out,
-                  const mq_read **reads, int *n_reads, char *err);
+                  const mq_read **reads, int *n_reads, char *err, size_t errlen);
 /* The files the reads refer to: n and paths (valid until finish). */
 int mq_model_files(const mq_model *m, const char *const **paths);
 /* Step 2: read i's bytes are in place. Thread-safe for distinct i. */
-int mq_model_tensor_ready(mq_model *m, int i, char *err);
+int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen);
 /* Step 3. Fails if a read was never made ready. */
-int mq_model_finish(mq_model *m, char *err);
+int mq_model_finish(mq_model *m, char *err, size_t errlen);
 /* All three with pread (tests, eval, tools). */
-int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, char *err);
+int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, char *err, size_t errlen);
 void mq_model_free(mq_model *m);
 
 /* Whether the NVFP4 copy exists (it does unless opts.no_fp4). */

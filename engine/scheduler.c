@@ -34,6 +34,8 @@
 #include "engine/pool.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
+#include "common/errmsg.h"
+#include "common/clock.h"
 
 #define SCHED_IDLE_TICK_MS       500 /* drivers bump their progress counter this often when idle */
 #define SCHED_STOP_TAIL          256 /* bytes of generated text kept for stop-string matching */
@@ -114,13 +116,6 @@ struct mq_sched {
     double pf_busy_s, dec_busy_s;
     uint64_t pf_progress, dec_progress; /* atomics */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void mq_sched_opts_default(mq_sched_opts *o)
 {
@@ -310,7 +305,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     }
     ss->req = NULL;
     ss->notifying++;
-    ss->last_used = now_s();
+    ss->last_used = mq_now_s();
     s->tok_prompt += (uint64_t)r->st.prompt_tokens;
     s->tok_cached += (uint64_t)r->st.cached_tokens;
     s->tok_prefilled += (uint64_t)r->st.prefilled_tokens;
@@ -326,7 +321,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
 
 static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err, const char *msg)
 {
-    fill_stats(r, now_s());
+    fill_stats(r, mq_now_s());
     if (r->sink.on_done)
         r->sink.on_done(r->sink.ctx, why, err, msg ? msg : "", &r->st);
     pthread_mutex_lock(&s->mu);
@@ -401,7 +396,7 @@ static int is_stop_id(mq_sched *s, const struct req *r, int32_t id)
 static int accept_token(mq_sched *s, struct req *r, int32_t id)
 {
     struct session *ss = r->ss;
-    double t = now_s();
+    double t = mq_now_s();
     if (!r->emitted_first)
         r->t_first_tok = t;
     r->t_last_tok = t;
@@ -547,7 +542,7 @@ static void *prefill_main(void *arg)
                 q->state = RQ_PREFILL;
                 s->n_queued--;
                 s->n_prefilling++;
-                q->t_first_chunk = now_s();
+                q->t_first_chunk = mq_now_s();
                 r = q;
             } else if (a < 0) {
                 queue_remove(s, q);
@@ -566,12 +561,7 @@ static void *prefill_main(void *arg)
                 r = q;
         if (!r) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            mq_deadline_in(&ts, CLOCK_REALTIME, SCHED_IDLE_TICK_MS);
             pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
             continue;
         }
@@ -598,7 +588,7 @@ static void *prefill_main(void *arg)
         mq_kv_seq seq = { .blocks = ss->ptr, .n_blocks = ss->n_blk };
         pthread_mutex_unlock(&s->mu);
 
-        double t0 = now_s();
+        double t0 = mq_now_s();
         const int *toks = (const int *)ss->hist + pos0;
         if (rc == 0) {
             if (!last) {
@@ -615,7 +605,7 @@ static void *prefill_main(void *arg)
                                        1);
             }
         }
-        double dt = now_s() - t0;
+        double dt = mq_now_s() - t0;
         int end = 0;
         if (rc == 0 && last)
             end = accept_token(s, r, sample(s, r, s->pf_logits));
@@ -698,12 +688,7 @@ static void *decode_main(void *arg)
         }
         if (!s->decoding) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            mq_deadline_in(&ts, CLOCK_REALTIME, SCHED_IDLE_TICK_MS);
             pthread_cond_timedwait(&s->dec_cv, &s->mu, &ts);
             continue;
         }
@@ -735,11 +720,11 @@ static void *decode_main(void *arg)
         }
         pthread_mutex_unlock(&s->mu);
 
-        double t0 = now_s();
+        double t0 = mq_now_s();
         int rc = fail ? fail
                       : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_mode_decode_prec(s->mode),
                                          s->dec_logits);
-        double dt = now_s() - t0;
+        double dt = mq_now_s() - t0;
         for (int i = 0; i < nb; i++)
             ends[i] = rc < 0 ? 0 : accept_token(s, batch[i], sample(s, batch[i], s->dec_logits + (size_t)i * s->vocab));
 
@@ -785,7 +770,7 @@ static void *decode_main(void *arg)
 int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer *tok, const mq_sched_opts *o, char *err,
                     size_t errlen)
 {
-    char e[MQ_ERR_LEN] = "";
+    char e[MQ_ERRMSG_LEN] = "";
     mq_sched *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
@@ -822,7 +807,7 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     s->mode = s->o.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : s->o.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
     int r;
     if (s->mode != MQ_MODE_BF16 && !mq_model_has_fp4(model)) {
-        snprintf(err, errlen, "scheduler: mode %s needs the model's NVFP4 weights", mq_mode_name(s->mode));
+        mq_errmsg(err, errlen, 0, "scheduler: mode %s needs the model's NVFP4 weights", mq_mode_name(s->mode));
         free(s);
         return -EINVAL;
     }
@@ -841,20 +826,18 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
 
     cpu_set_t pf_set, dec_set;
     if (s->o.prefill_cpus && parse_cpus(s->o.prefill_cpus, &pf_set) < 0) {
-        snprintf(err, errlen, "scheduler: bad prefill CPU list \"%s\"", s->o.prefill_cpus);
-        r = -EINVAL;
+        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: bad prefill CPU list \"%s\"", s->o.prefill_cpus);
         goto fail_quiet;
     }
     if (s->o.decode_cpus && parse_cpus(s->o.decode_cpus, &dec_set) < 0) {
-        snprintf(err, errlen, "scheduler: bad decode CPU list \"%s\"", s->o.decode_cpus);
-        r = -EINVAL;
+        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: bad decode CPU list \"%s\"", s->o.decode_cpus);
         goto fail_quiet;
     }
     r = mq_pool_create(&s->pf_pool, s->o.prefill_threads, s->o.prefill_cpus ? &pf_set : NULL, "mq-prefill");
     if (r == 0)
         r = mq_pool_create(&s->dec_pool, s->o.decode_threads, s->o.decode_cpus ? &dec_set : NULL, "mq-decode");
     if (r < 0) {
-        snprintf(err, errlen, "scheduler: creating the worker pools: %s", strerror(-r));
+        mq_errmsg(err, errlen, 0, "scheduler: creating the worker pools: %s", strerror(-r));
         goto fail_quiet;
     }
     mq_engine_opts pe = {
@@ -863,23 +846,21 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     mq_engine_opts de = {
         .max_chunk = 1, .max_batch = s->o.max_batch, .block_tokens = s->o.block_tokens, .max_context = ctx
     };
-    r = mq_engine_create(&s->pf_eng, model, &pe, e);
+    r = mq_engine_create(&s->pf_eng, model, &pe, e, sizeof e);
     if (r == 0)
-        r = mq_engine_create(&s->dec_eng, model, &de, e);
+        r = mq_engine_create(&s->dec_eng, model, &de, e, sizeof e);
     if (r < 0) {
-        snprintf(err, errlen, "scheduler: engine: %s", e);
+        mq_errmsg(err, errlen, 0, "scheduler: engine: %s", e);
         goto fail_quiet;
     }
     s->pf_logits = malloc((size_t)s->vocab * sizeof(float));
     s->dec_logits = malloc((size_t)s->vocab * (size_t)s->o.max_batch * sizeof(float));
     if (!s->pf_logits || !s->dec_logits) {
-        snprintf(err, errlen, "scheduler: out of memory for logits");
-        r = -ENOMEM;
+        r = mq_errmsg(err, errlen, -ENOMEM, "scheduler: out of memory for logits");
         goto fail_quiet;
     }
     if (pthread_create(&s->pf_th, NULL, prefill_main, s) != 0) {
-        snprintf(err, errlen, "scheduler: cannot start the prefill thread");
-        r = -EAGAIN;
+        r = mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the prefill thread");
         goto fail_quiet;
     }
     if (pthread_create(&s->dec_th, NULL, decode_main, s) != 0) {
@@ -888,8 +869,7 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
         pthread_cond_broadcast(&s->pf_cv);
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->pf_th, NULL);
-        snprintf(err, errlen, "scheduler: cannot start the decode thread");
-        r = -EAGAIN;
+        r = mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the decode thread");
         goto fail_quiet;
     }
     pthread_setname_np(s->pf_th, "mq-prefill-drv");
@@ -985,7 +965,7 @@ int mq_sched_session_open(mq_sched *s, uint64_t *id)
         return r;
     }
     ss->id = s->next_id++;
-    ss->last_used = now_s();
+    ss->last_used = mq_now_s();
     ss->next = s->sessions;
     s->sessions = ss;
     s->n_sessions++;
@@ -1043,14 +1023,12 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     }
     err[0] = 0;
     if (n < 0 || (n > 0 && !new_tokens)) {
-        snprintf(err, errlen, "submit: bad token array");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "submit: bad token array");
     }
     for (int i = 0; i < n; i++)
         if (new_tokens[i] < 0 || new_tokens[i] >= s->vocab) {
-            snprintf(err, errlen, "submit: token %d at index %d is outside the vocabulary (%d)", new_tokens[i], i,
-                     s->vocab);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "submit: token %d at index %d is outside the vocabulary (%d)",
+                             new_tokens[i], i, s->vocab);
         }
     struct req *r = calloc(1, sizeof *r);
     if (!r)
@@ -1068,7 +1046,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         if (!gp.stop_strs[i] || !*gp.stop_strs[i])
             continue;
         if (strlen(gp.stop_strs[i]) >= SCHED_STOP_TAIL) {
-            snprintf(err, errlen, "submit: stop string %d longer than %d bytes", i, SCHED_STOP_TAIL - 1);
+            mq_errmsg(err, errlen, 0, "submit: stop string %d longer than %d bytes", i, SCHED_STOP_TAIL - 1);
             for (int j = 0; j < i; j++)
                 free(r->stop[j]);
             free(r);
@@ -1103,13 +1081,13 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         r->has_stop = sr == 0;
     }
     if (sr < 0) {
-        snprintf(err, errlen, "submit: bad sampling parameters or stop strings (%s)", strerror(-sr));
+        mq_errmsg(err, errlen, 0, "submit: bad sampling parameters or stop strings (%s)", strerror(-sr));
         req_free(r);
         return sr;
     }
     if (sink)
         r->sink = *sink;
-    r->t_submit = now_s();
+    r->t_submit = mq_now_s();
     if (s->tok)
         mq_tok_stream_init(&r->ts, s->tok, MQ_TOK_SKIP_SPECIAL, 0);
 
@@ -1119,13 +1097,13 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     int ctx = s->o.context_limit;
     if (s->draining) {
         rc = -ESHUTDOWN;
-        snprintf(err, errlen, "submit: the scheduler is draining");
+        mq_errmsg(err, errlen, 0, "submit: the scheduler is draining");
     } else if (!ss) {
         rc = -ENOENT;
-        snprintf(err, errlen, "submit: unknown session %llu", (unsigned long long)session);
+        mq_errmsg(err, errlen, 0, "submit: unknown session %llu", (unsigned long long)session);
     } else if (ss->req) { /* a finished request still in on_done does not count */
         rc = -EBUSY;
-        snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
+        mq_errmsg(err, errlen, 0, "submit: session %llu already has a request running", (unsigned long long)session);
     } else if (ss->n_hist + n + 1 > ctx) {
         rc = -E2BIG;
         snprintf(err, errlen,
@@ -1134,10 +1112,10 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
                  ss->n_hist, n, ctx);
     } else if (ss->n_hist + n == 0) {
         rc = -EINVAL;
-        snprintf(err, errlen, "submit: empty prompt on an empty session");
+        mq_errmsg(err, errlen, 0, "submit: empty prompt on an empty session");
     } else if (s->n_queued >= s->o.max_queued) {
         rc = -EAGAIN;
-        snprintf(err, errlen, "submit: queue full (%d requests waiting)", s->n_queued);
+        mq_errmsg(err, errlen, 0, "submit: queue full (%d requests waiting)", s->n_queued);
     }
     int limit = 0;
     if (!rc) {
@@ -1146,8 +1124,8 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
             limit = ctx;
         if (blocks_for(s, limit) > s->o.kv_blocks) {
             rc = -ENOSPC;
-            snprintf(err, errlen, "submit: %d tokens need %d KV blocks, the store has %d", limit, blocks_for(s, limit),
-                     s->o.kv_blocks);
+            mq_errmsg(err, errlen, 0, "submit: %d tokens need %d KV blocks, the store has %d", limit,
+                      blocks_for(s, limit), s->o.kv_blocks);
         }
     }
     if (!rc && ss->cap_hist < limit + 1) {
@@ -1243,7 +1221,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
 void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info *i), void *ctx)
 {
     pthread_mutex_lock(&s->mu);
-    double t = now_s();
+    double t = mq_now_s();
     for (struct session *ss = s->sessions; ss; ss = ss->next) {
         mq_session_info in = { .id = ss->id,
                                .history_tokens = ss->n_hist,
@@ -1262,13 +1240,7 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
     pthread_mutex_lock(&s->mu);
     s->draining = 1;
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    mq_deadline_in(&dl, CLOCK_REALTIME, timeout_ms);
     int busy;
     for (;;) {
         busy = 0;

@@ -10,6 +10,7 @@
 
 #include "engine/arena.h"
 #include "engine/model.h"
+#include "common/errmsg.h"
 
 #define STAGING_MAP_MIN MQ_HUGEPAGE_BYTES /* smaller staging buffers come from the heap */
 
@@ -38,33 +39,31 @@ static void load_free(void *ctx, void *p, size_t bytes)
 
 static int load_ready(void *ctx, int i, char *err, size_t errlen)
 {
-    char e[MQ_ERR_LEN] = "";
-    int r = mq_model_tensor_ready((mq_model *)ctx, i, e);
+    char e[MQ_ERRMSG_LEN] = "";
+    int r = mq_model_tensor_ready((mq_model *)ctx, i, e, sizeof e);
     if (r < 0)
-        snprintf(err, errlen, "%s", e);
+        mq_errmsg(err, errlen, 0, "%s", e);
     return r;
 }
 
 int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena, const mq_ws_opts *o,
                      mq_ws_progress *prog, mq_ws_result *res, struct mq_model **out, char *err, size_t errlen)
 {
-    char e[MQ_ERR_LEN] = "";
+    char e[MQ_ERRMSG_LEN] = "";
     mq_alloc al = { .alloc = load_alloc, .free = load_free, .ctx = arena };
     mq_model *m = NULL;
     const mq_read *reads = NULL;
     int n_reads = 0;
-    int r = mq_model_plan(dir, mopts, &al, &m, &reads, &n_reads, e);
+    int r = mq_model_plan(dir, mopts, &al, &m, &reads, &n_reads, e, sizeof e);
     if (r < 0) {
-        snprintf(err, errlen, "%s", e);
-        return r;
+        return mq_errmsg(err, errlen, r, "%s", e);
     }
     const char *const *paths = NULL;
     int n_files = mq_model_files(m, &paths);
     mq_ws_read *wr = calloc((size_t)n_reads + 1, sizeof *wr);
     if (!wr) {
         mq_model_free(m);
-        snprintf(err, errlen, "%s: out of memory for %d reads", dir, n_reads);
-        return -ENOMEM;
+        return mq_errmsg(err, errlen, -ENOMEM, "%s: out of memory for %d reads", dir, n_reads);
     }
     for (int i = 0; i < n_reads; i++)
         wr[i] = (mq_ws_read){ .file = reads[i].file,
@@ -75,9 +74,9 @@ int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct 
     r = mq_ws_run(paths, n_files, wr, n_reads, o, load_ready, m, prog, res, err, errlen);
     free(wr);
     if (r == 0) {
-        r = mq_model_finish(m, e);
+        r = mq_model_finish(m, e, sizeof e);
         if (r < 0)
-            snprintf(err, errlen, "%s", e);
+            mq_errmsg(err, errlen, 0, "%s", e);
     }
     if (r < 0) {
         mq_model_free(m);

@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/errmsg.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -86,7 +88,7 @@ struct mq_arena;
 
 /* mq_model_plan + mq_ws_run (ready = mq_model_tensor_ready) + mq_model_finish, with all
  * weight memory from `arena` (hugepage-backed) and staging buffers mapped separately and
- * unmapped by the model when done. err: MQ_ERR_LEN bytes or more. */
+ * unmapped by the model when done. err: MQ_ERRMSG_LEN bytes or more. */
 int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena, const mq_ws_opts *o,
                      mq_ws_progress *prog, mq_ws_result *res, struct mq_model **out, char *err, size_t errlen);
 

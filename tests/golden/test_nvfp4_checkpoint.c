@@ -30,6 +30,7 @@
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 #define BT   16
 #define NTOK 200
@@ -67,11 +68,11 @@ typedef struct runner {
 
 static int runner_init(runner *r, const mq_model *m, mq_pool *pool)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     memset(r, 0, sizeof *r);
     r->pool = pool;
     mq_engine_opts o = { .max_chunk = NTOK, .max_batch = 1, .block_tokens = BT, .max_context = NTOK };
-    int rc = mq_engine_create(&r->e, m, &o, err);
+    int rc = mq_engine_create(&r->e, m, &o, err, sizeof err);
     CHECK(rc == 0, "engine: %s", err);
     if (rc)
         return rc;
@@ -128,15 +129,15 @@ static double mean_kl(const float *p, const float *q, int rows, int vocab)
 
 static void test_exact_export(void)
 {
-    char dir[PATH_MAX], err[MQ_ERR_LEN] = "";
+    char dir[PATH_MAX], err[MQ_ERRMSG_LEN] = "";
     snprintf(dir, sizeof dir, "%s/exact", tmpdir);
     CHECK(run_export(dir, "--no-fuse --dynamic") == 0, "mq_nvfp4_export --no-fuse --dynamic failed");
     mq_model *mo = NULL, *mx = NULL;
-    int rc = mq_model_load(orig_dir, NULL, &mo, err);
+    int rc = mq_model_load(orig_dir, NULL, &mo, err, sizeof err);
     CHECK(rc == 0, "load %s: %s", orig_dir, err);
     mq_model_opts opts = { .bf16_dir = orig_dir };
     if (!rc)
-        rc = mq_model_load(dir, &opts, &mx, err);
+        rc = mq_model_load(dir, &opts, &mx, err, sizeof err);
     CHECK(rc == 0, "load exported %s: %s", dir, err);
     if (rc)
         goto out;
@@ -182,19 +183,19 @@ out:
 
 static void test_calibrated_export(void)
 {
-    char dir[PATH_MAX], err[MQ_ERR_LEN] = "";
+    char dir[PATH_MAX], err[MQ_ERRMSG_LEN] = "";
     snprintf(dir, sizeof dir, "%s/calibrated", tmpdir);
     CHECK(run_export(dir, "") == 0, "mq_nvfp4_export failed");
     mq_model *mo = NULL, *mc = NULL;
     mq_st *st = NULL;
-    int rc = mq_model_load(orig_dir, NULL, &mo, err);
+    int rc = mq_model_load(orig_dir, NULL, &mo, err, sizeof err);
     CHECK(rc == 0, "load %s: %s", orig_dir, err);
     mq_model_opts opts = { .bf16_dir = orig_dir };
     if (!rc)
-        rc = mq_model_load(dir, &opts, &mc, err);
+        rc = mq_model_load(dir, &opts, &mc, err, sizeof err);
     CHECK(rc == 0, "load exported %s: %s", dir, err);
     if (!rc)
-        rc = mq_st_open(&st, dir, err);
+        rc = mq_st_open(&st, dir, err, sizeof err);
     CHECK(rc == 0, "open exported safetensors: %s", err);
     if (rc)
         goto out;

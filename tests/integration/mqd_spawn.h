@@ -25,8 +25,6 @@
 
 #include "tests/harness.h"
 
-#pragma GCC diagnostic ignored "-Wformat-truncation"
-
 static char spawn_bin[4096];
 
 /* build/ of this test binary (build/tests/integration/test_x -> build). */
@@ -104,7 +102,11 @@ static inline cJSON *admin_call(const char *sock, const char *cmd, long long id)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock) >= (int)sizeof sa.sun_path) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         if (fd >= 0)
             close(fd);

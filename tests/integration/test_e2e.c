@@ -422,7 +422,11 @@ static int raw_connect(void)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", client_sock);
+    if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", client_sock) >= (int)sizeof sa.sun_path) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         close(fd);
         return -1;

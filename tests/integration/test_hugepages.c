@@ -352,8 +352,8 @@ static void test_not_root_skips(void)
     snprintf(nd, sizeof nd, "%s/nobody", dir);
     mkdir(nd, 0777);
     chmod(nd, 0777);
-    snprintf(client_sock, sizeof client_sock, "%s/client.sock", nd);
-    snprintf(admin_sock, sizeof admin_sock, "%s/admin.sock", nd);
+    snprintf(client_sock, sizeof client_sock, "%.200s/client.sock", nd);
+    snprintf(admin_sock, sizeof admin_sock, "%.200s/admin.sock", nd);
     long before = nr_hugepages();
     mqd_pid = start_mqd(spawn_model(), log, 1);
     int ready = spawn_wait_ready(admin_sock, mqd_pid, 60);

@@ -24,6 +24,7 @@
 #include "engine/model_config.h"
 #include "kernels/mq_kernels.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 static char synth_bin[PATH_MAX];
 
@@ -58,9 +59,9 @@ static void test_synth_layouts(void)
     CHECK(run_synth(one, "") == 0, "mq_synth (single file) failed");
     CHECK(run_synth(sh, "--shards 3") == 0, "mq_synth --shards 3 failed");
 
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_config cfg;
-    int rc = mq_config_load(&cfg, one, err);
+    int rc = mq_config_load(&cfg, one, err, sizeof err);
     CHECK(rc == 0, "config.json: %s", err);
     if (rc)
         return;
@@ -73,9 +74,9 @@ static void test_synth_layouts(void)
           (double)cfg.rms_eps);
 
     mq_st *a = NULL, *b = NULL;
-    rc = mq_st_open(&a, one, err);
+    rc = mq_st_open(&a, one, err, sizeof err);
     CHECK(rc == 0, "open single: %s", err);
-    rc |= mq_st_open(&b, sh, err);
+    rc |= mq_st_open(&b, sh, err, sizeof err);
     CHECK(rc == 0, "open sharded: %s", err);
     if (!a || !b)
         goto out;
@@ -145,7 +146,7 @@ static void test_synth_layouts(void)
     /* the engine loads the sharded layout and runs it: finite logits in both precisions,
      * and with N(0, 0.02) weights no token dominates (a near-uniform distribution) */
     mq_model *m = NULL;
-    rc = mq_model_load(sh, NULL, &m, err);
+    rc = mq_model_load(sh, NULL, &m, err, sizeof err);
     CHECK(rc == 0, "mq_model_load(sharded synthetic): %s", err);
     mq_pool *pool = NULL;
     mq_engine *eng = NULL;
@@ -153,7 +154,7 @@ static void test_synth_layouts(void)
     float *logits = NULL;
     if (!rc && !mq_pool_create(&pool, 2, NULL, "t-synth")) {
         mq_engine_opts o = { .max_chunk = 16, .max_batch = 1, .block_tokens = 16, .max_context = 16 };
-        rc = mq_engine_create(&eng, m, &o, err);
+        rc = mq_engine_create(&eng, m, &o, err, sizeof err);
         CHECK(rc == 0, "engine: %s", err);
         size_t bb = (mq_kv_block_bytes(&m->cfg, 16) + 63) / 64 * 64;
         logits = malloc((size_t)16 * m->cfg.vocab * 4);

@@ -41,7 +41,7 @@ static void *notify_main(void *arg)
         pthread_mutex_lock(&ns.mu);
         if (ns.n < MAX_NOTES) {
             ns.notes[ns.n].t = spawn_now();
-            snprintf(ns.notes[ns.n].text, sizeof ns.notes[ns.n].text, "%s", buf);
+            snprintf(ns.notes[ns.n].text, sizeof ns.notes[ns.n].text, "%.*s", (int)sizeof ns.notes[ns.n].text - 1, buf);
             ns.n++;
         }
         pthread_mutex_unlock(&ns.mu);
@@ -82,7 +82,7 @@ static void test_socket_activation_and_notify(void)
 
     ns.fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", notify);
+    CHECK(snprintf(sa.sun_path, sizeof sa.sun_path, "%s", notify) < (int)sizeof sa.sun_path, "notify path fits");
     CHECK(bind(ns.fd, (struct sockaddr *)&sa, sizeof sa) == 0, "bind notify socket");
     struct timeval tv = { 0, 200000 };
     setsockopt(ns.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

@@ -35,6 +35,7 @@
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 typedef struct shape_def {
     const char *name; /* "0.6b" */
@@ -372,7 +373,7 @@ int main(int argc, char **argv)
         cJSON_AddNumberToObject(meta, "total_size", (double)total);
         wmap = cJSON_AddObjectToObject(index, "weight_map");
     }
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     uint64_t done = 0;
     int next = 0;
     for (int k = 0; k < shards && !rc; k++) {
@@ -400,7 +401,7 @@ int main(int argc, char **argv)
         }
         snprintf(path, sizeof path, "%s/%s", out, fname);
         if (!rc)
-            rc = mq_st_writer_write(w, path, err);
+            rc = mq_st_writer_write(w, path, err, sizeof err);
         mq_st_writer_free(w);
         if (!rc)
             printf("mq_synth: wrote %s\n", path);
