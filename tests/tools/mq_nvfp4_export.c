@@ -63,8 +63,7 @@ static const int LIN_GROUP[N_LIN] = { 0, 0, 0, 1, 2, 2, 3 };
 typedef struct lin {
     const uint16_t *w; /* [n, k] BF16, in the mmap'ed source */
     int n, k;
-    mq_bf16_weight bw; /* for the calibration forward */
-    void *aux;
+    mq_bf16_weight bw;   /* for the calibration forward */
     float amax, g;       /* tensor amax, exported g_w */
     uint8_t *codes;      /* [n, k/2] */
     uint8_t *scales;     /* [n, k/16] */
@@ -177,11 +176,7 @@ static int src_open(src *s, const char *dir, char *err, size_t errlen)
                                  "%s: K = %d is not a multiple of 16; the packed NVFP4 layout has no padding", nm,
                                  l->k);
             }
-            size_t ab = mq_bf16_weight_aux_bytes(l->n, l->k);
-            if (ab && posix_memalign(&l->aux, 64, ab))
-                return -ENOMEM;
-            mq_bf16_weight_bind(&l->bw, l->n, l->k, l->w, l->aux);
-            mq_bf16_weight_prepare_rows(&l->bw, 0, l->n);
+            mq_bf16_weight_bind(&l->bw, l->n, l->k, l->w);
         }
     }
     return 0;
@@ -192,7 +187,6 @@ static void src_close(src *s)
     if (s->layers)
         for (int i = 0; i < s->cfg.n_layers; i++)
             for (int j = 0; j < N_LIN; j++) {
-                free(s->layers[i].l[j].aux);
                 free(s->layers[i].l[j].codes);
                 free(s->layers[i].l[j].scales);
             }

@@ -162,7 +162,6 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned l
         CHECK(mq_kernels_force((mq_isa)isas[ii]) == 0, "force");
         /* the prepared aux must not depend on the ISA that prepared it */
         mq_fp4_act_prepare_rows(&a, 0, c.m);
-        mq_fp4_weight_prepare_rows(&w, 0, c.n);
         /* full range, then two sub-ranges split off a multiple of 16 */
         int cuts[3][2] = { { 0, c.n }, { c.n / 3, c.n }, { 0, c.n / 3 } };
         for (int r = 0; r < 3; r++) {
@@ -270,9 +269,9 @@ static void test_fp4_act_prepare_identical(void)
         a1.g = a0.g;
         memset(a1.aux, 0xa5, bytes - (size_t)((uint8_t *)a1.aux - (uint8_t *)m1));
         mq_fp4_act_prepare_rows(&a1, 0, M);
-        CHECK(memcmp(mq_fp4_act_aux_bytes(&a0), mq_fp4_act_aux_bytes(&a1), (size_t)M * a0.kp) == 0,
+        CHECK(memcmp(fp4_act_aux_bytes(&a0), fp4_act_aux_bytes(&a1), (size_t)M * a0.kp) == 0,
               "%s: prepared bytes differ from the scalar form", mq_isa_name(isas[ii]));
-        CHECK(memcmp(mq_fp4_act_aux_sx(&a0), mq_fp4_act_aux_sx(&a1), sizeof(float) * M * (a0.kp / 16)) == 0,
+        CHECK(memcmp(fp4_act_aux_sx(&a0), fp4_act_aux_sx(&a1), sizeof(float) * M * (a0.kp / 16)) == 0,
               "%s: prepared scales differ from the scalar form", mq_isa_name(isas[ii]));
     }
     free(m0);
@@ -305,10 +304,8 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
     float *y = malloc(sizeof(float) * (size_t)M * ldy);
     for (int ii = 0; ii < n_isas; ii++) {
         mq_kernels_force((mq_isa)isas[ii]);
-        void *aux = amalloc(mq_bf16_weight_aux_bytes(N, K));
         mq_bf16_weight w;
-        mq_bf16_weight_bind(&w, N, K, wd, aux);
-        mq_bf16_weight_prepare_rows(&w, 0, N);
+        mq_bf16_weight_bind(&w, N, K, wd);
         int cuts[3][2] = { { 0, N }, { N / 3, N }, { 0, N / 3 } };
         for (int r = 0; r < 3; r++) {
             int n0 = cuts[r][0], n1 = cuts[r][1], bad = 0;
@@ -330,7 +327,6 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
                     bad += !ok;
                 }
         }
-        free(aux);
     }
     free(x);
     free(wd);
