@@ -72,18 +72,31 @@ static void greedy(mq_params *p, uint32_t max_tokens)
     p->max_tokens = max_tokens;
 }
 
+/* A new connection with one session of `mode` and greedy parameters for max_tokens:
+ * 0, or the error of the step that failed (nothing left open). Safe from any thread. */
+static int open_greedy(int mode, uint32_t max_tokens, mq_conn **c, uint64_t *s, mq_params *p)
+{
+    int rc = mq_connect(client_sock, c);
+    if (rc)
+        return rc;
+    greedy(p, max_tokens);
+    rc = mq_open_session(*c, mode, s);
+    if (rc) {
+        mq_disconnect(*c);
+        *c = NULL;
+    }
+    return rc;
+}
+
 static int run_raw(const char *prompt, result *r)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    if (rc)
-        return rc;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, GEN);
-    rc = mq_open_session(c, MQ_MODE_RAW, &s);
-    if (!rc)
-        rc = mq_send_text(c, s, prompt, strlen(prompt), &p, &req);
+    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
+    if (rc)
+        return rc;
+    rc = mq_send_text(c, s, prompt, strlen(prompt), &p, &req);
     if (!rc)
         rc = collect(c, req, r, 60000);
     mq_disconnect(c);
@@ -161,14 +174,12 @@ static void test_concurrent_clients(void)
 static void test_chat_turns_reuse_kv(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect: %s", mq_strerror(rc));
-    if (rc)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, 16);
-    CHECK(mq_open_session(c, MQ_MODE_CHAT, &s) == 0, "open chat");
+    int rc = open_greedy(MQ_MODE_CHAT, 16, &c, &s, &p);
+    CHECK(rc == 0, "connect, open chat: %s", mq_strerror(rc));
+    if (rc)
+        return;
     const char *sys = "You are a helpful assistant.";
     CHECK(mq_send_message(c, s, MQ_ROLE_SYSTEM, sys, strlen(sys), &p, &req) == 0, "system");
     result r1 = { 0 }, r2 = { 0 }, r0 = { 0 };
@@ -193,14 +204,12 @@ static void test_chat_turns_reuse_kv(void)
 static void test_cancel(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
-    if (rc)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, 4000);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    int rc = open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[0], strlen(prompts[0]), &p, &req) == 0, "send");
     int seen = 0, done = 0;
     mq_event ev;
@@ -229,16 +238,14 @@ static void test_cancel(void)
 static void test_event_fd_poll(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
+    uint64_t s, req;
+    mq_params p;
+    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
     if (rc)
         return;
     int efd = mq_event_fd(c);
     CHECK(efd >= 0, "event fd");
-    uint64_t s, req;
-    mq_params p;
-    greedy(&p, GEN);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
     CHECK(mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req) == 0, "send");
     result r = { 0 };
     int done = 0, wakeups = 0;
@@ -267,16 +274,14 @@ static void test_event_fd_poll(void)
  * woken by the client's consumption (io_uring FUTEX_WAIT); nothing is lost. */
 static void test_slow_reader(void)
 {
-    mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
-    if (rc)
-        return;
     enum { LONG = 140 };
+    mq_conn *c;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, LONG);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    int rc = open_greedy(MQ_MODE_RAW, LONG, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[1], strlen(prompts[1]), &p, &req) == 0, "send");
     /* wait (without reading) until mqd has generated everything */
     double t0 = spawn_now();
@@ -326,9 +331,7 @@ static void test_killed_client_frees_session(void)
         mq_conn *c;
         uint64_t s, req;
         mq_params p;
-        greedy(&p, 4000);
-        if (mq_connect(client_sock, &c) || mq_open_session(c, MQ_MODE_RAW, &s) ||
-            mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req))
+        if (open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p) || mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req))
             _exit(1);
         mq_event ev;
         int n = 0;
@@ -365,8 +368,10 @@ static void test_killed_client_frees_session(void)
 static void test_long_prompt_and_context_limit(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
+    uint64_t s, req;
+    mq_params p;
+    int rc = open_greedy(MQ_MODE_RAW, 2, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
     if (rc)
         return;
     mq_server_info info;
@@ -378,10 +383,6 @@ static void test_long_prompt_and_context_limit(void)
     /* ordinary ids (words of the vocabulary), a varied but valid sequence */
     for (int i = 0; i < CTX_LIMIT + 8; i++)
         ids[i] = 1000 + (i * 7919) % 50000;
-    uint64_t s, req;
-    mq_params p;
-    greedy(&p, 2);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
     double t0 = spawn_now();
     rc = mq_send_tokens(c, s, ids, N, &p, &req);
     CHECK(rc == 0, "20k tokens: %s", mq_strerror(rc));
@@ -460,14 +461,12 @@ static void test_protocol_garbage(void)
 {
     /* a client streaming meanwhile must not notice */
     mq_conn *c;
-    int rc0 = mq_connect(client_sock, &c);
-    CHECK(rc0 == 0, "connect");
-    if (rc0)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, GEN);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[1], strlen(prompts[1]), &p, &req) == 0, "send");
 
     CHECK(garbage_closes("hello there, this is not mq", 27), "text garbage");
@@ -654,14 +653,13 @@ static void test_tools(void)
 static void test_sigterm_drains(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
-    if (rc)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, 4000); /* longer than drain_timeout_ms allows: cancelled by the drain */
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    /* longer than drain_timeout_ms allows: cancelled by the drain */
+    int rc = open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[0], strlen(prompts[0]), &p, &req) == 0, "send");
     mq_event ev;
     int toks = 0;
@@ -723,8 +721,7 @@ int main(void)
         spawn_dump_log(logpath);
         if (mqd_pid > 0)
             kill(mqd_pid, SIGKILL);
-        harness_failed++;
-        return harness_done();
+        return harness_done(); /* the failed CHECK above counts */
     }
     printf("  mqd ready in %.2f s\n", spawn_now() - t0);
     RUN(test_privileges_dropped);
