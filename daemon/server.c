@@ -118,7 +118,7 @@ static void warm_token(void *ctx, int32_t id, const char *text, size_t len)
     (void)len;
 }
 
-static void warm_done(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st)
+static void warm_done(void *ctx, mq_sched_end_reason reason, int err, const char *msg, const mq_sched_req_stats *st)
 {
     (void)st;
     warm *w = ctx;
@@ -165,7 +165,7 @@ static int warm_up(mqd *d, char *err, size_t errlen)
         pthread_mutex_unlock(&w.mu);
         if (rc)
             mq_errmsg(err, errlen, 0, "warm-up: no answer in %d s", WARMUP_TIMEOUT_S);
-        else if (w.reason == MQ_END_ERROR) {
+        else if (w.reason == MQ_SCHED_END_ERROR) {
             rc = w.err ? w.err : -EIO;
             mq_errmsg(err, errlen, 0, "warm-up failed: %s", w.msg);
         }
@@ -505,7 +505,7 @@ static void *load_main(void *arg)
     if (d->ctx_limit > (int)d->cfg.kv_tokens)
         d->ctx_limit = (int)d->cfg.kv_tokens;
     so.context_limit = d->ctx_limit;
-    so.mode = (mq_sched_mode)d->cfg.mode;
+    so.mode = d->cfg.mode;
     so.on_kv_full = d->cfg.on_full == MQ_CFG_ON_FULL_WAIT ? MQ_KV_FULL_WAIT : MQ_KV_FULL_FAIL;
     so.kv_hugetlb = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
     d->cfg.prefill_threads = (uint32_t)so.prefill_threads;
@@ -572,9 +572,9 @@ static void load_done(mq_evloop *l, void *arg)
     }
     mqd_log("ready: model %s, mode %s, context %d tokens, %llu ms from start, client socket "
             "%s",
-            d->model_name, mqd_config_mode_name(d->cfg.mode), d->ctx_limit,
+            d->model_name, mq_prec_mode_name(d->cfg.mode), d->ctx_limit,
             (unsigned long long)(mq_now_ms() - d->start_ms), d->client_sd ? "(from systemd)" : d->cfg.client_socket);
-    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), %llu ms load", d->model_name, mqd_config_mode_name(d->cfg.mode),
+    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), %llu ms load", d->model_name, mq_prec_mode_name(d->cfg.mode),
                   (unsigned long long)d->load_ms);
 }
 
@@ -663,7 +663,7 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     mq_errmsg(msg, msglen, 0, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
               path[0] ? path : "(no config file)", restart);
     mqd_log("%s", msg);
-    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mqd_config_mode_name(d->cfg.mode));
+    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mq_prec_mode_name(d->cfg.mode));
     return 0;
 }
 

@@ -55,31 +55,6 @@ struct mq_engine {
     size_t bytes;
 };
 
-const char *mq_mode_name(mq_mode m)
-{
-    switch (m) {
-    case MQ_MODE_MIXED: return "mixed";
-    case MQ_MODE_BF16: return "bf16";
-    case MQ_MODE_FP4: return "fp4";
-    }
-    return "?";
-}
-
-int mq_mode_parse(const char *s, mq_mode *m)
-{
-    for (int i = 0; i <= MQ_MODE_FP4; i++)
-        if (!strcmp(s, mq_mode_name((mq_mode)i))) {
-            *m = (mq_mode)i;
-            return 0;
-        }
-    return -EINVAL;
-}
-
-mq_prec mq_mode_decode_prec(mq_mode m)
-{
-    return m == MQ_MODE_FP4 ? MQ_PREC_FP4 : MQ_PREC_BF16;
-}
-
 size_t mq_kv_block_bytes(const mq_config *cfg, int block_tokens)
 {
     return (size_t)cfg->n_layers * 2 * (size_t)block_tokens * (size_t)cfg->n_kv * (size_t)cfg->head_dim *
@@ -540,21 +515,31 @@ int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const i
     return forward_rows(e, pool, seqs, nseq, e->ones, pos, tokens, prec, logits, 1);
 }
 
-int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
-                     mq_mode mode, float *logits_last)
+int mq_engine_prefill_chunk(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                            mq_prec_mode mode, float *logits_last)
 {
-    if (n < 1)
+    const mq_prec prompt = mq_prec_mode_prompt(mode), last = mq_prec_mode_decode(mode);
+    if (!logits_last)
+        return mq_engine_forward(e, pool, seq, tokens, n, pos0, prompt, NULL, 0);
+    if (prompt == last)
+        return mq_engine_forward(e, pool, seq, tokens, n, pos0, prompt, logits_last, 1);
+    /* mixed: the chunk's tokens but the last in the prompt precision (KV only), then the
+     * prompt's last token alone in the decode precision, with logits */
+    int rc = n > 1 ? mq_engine_forward(e, pool, seq, tokens, n - 1, pos0, prompt, NULL, 0) : 0;
+    if (!rc)
+        rc = mq_engine_forward(e, pool, seq, tokens + n - 1, 1, pos0 + n - 1, last, logits_last, 1);
+    return rc;
+}
+
+int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                     mq_prec_mode mode, float *logits_last)
+{
+    if (n < 1 || !logits_last)
         return -EINVAL;
-    /* mixed: all but the last token in NVFP4 (KV only), the last one in BF16 */
-    const mq_prec body = mode == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
-    const int n_body = mode == MQ_MODE_MIXED ? n - 1 : n;
     int rc = 0;
-    for (int i = 0; i < n_body && !rc; i += e->max_chunk) {
-        const int len = n_body - i < e->max_chunk ? n_body - i : e->max_chunk;
-        const int last = i + len == n_body && mode != MQ_MODE_MIXED;
-        rc = mq_engine_forward(e, pool, seq, tokens + i, len, pos0 + i, body, last ? logits_last : NULL, last);
+    for (int i = 0; i < n && !rc; i += e->max_chunk) {
+        const int len = n - i < e->max_chunk ? n - i : e->max_chunk;
+        rc = mq_engine_prefill_chunk(e, pool, seq, tokens + i, len, pos0 + i, mode, i + len == n ? logits_last : NULL);
     }
-    if (!rc && mode == MQ_MODE_MIXED)
-        rc = mq_engine_forward(e, pool, seq, tokens + n - 1, 1, pos0 + n - 1, MQ_PREC_BF16, logits_last, 1);
     return rc;
 }

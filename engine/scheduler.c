@@ -52,14 +52,14 @@ struct req {
     char *stop[MQ_SCHED_MAX_STOP_STRS];
     mq_sink sink;
     int state;
-    int end_code; /* atomic: 0 or 1 + mq_end_reason requested by cancel */
+    int end_code; /* atomic: 0 or 1 + mq_sched_end_reason requested by cancel */
     int hist0;    /* history length before this request */
     int kv0;      /* session KV before admission */
     int limit;    /* history length at which generation stops */
     int reserved; /* KV blocks still reserved */
     int generated;
     int emitted_first;
-    mq_req_stats st;
+    mq_sched_req_stats st;
     double t_submit, t_first_chunk, t_prefill_busy, t_first_tok, t_last_tok;
     mq_tok_stream ts;
     mq_sampler smp; /* per-request sampling state (engine/sampler.h) */
@@ -91,7 +91,6 @@ struct mq_sched {
     mq_model *model;
     mq_tokenizer *tok;
     int vocab, max_blocks;
-    mq_mode mode;
     mq_kv_store *kv;
     mq_pool *pf_pool, *dec_pool;
     mq_engine *pf_eng, *dec_eng;
@@ -127,20 +126,20 @@ void mq_sched_opts_default(mq_sched_opts *o)
     o->max_queued = 64;
     o->max_sessions = 256;
     o->block_tokens = 64;
-    o->mode = MQ_SCHED_MIXED;
+    o->mode = MQ_PREC_MODE_MIXED;
     o->on_kv_full = MQ_KV_FULL_WAIT;
     o->kv_hugetlb = 1;
 }
 
-const char *mq_end_reason_name(mq_end_reason r)
+const char *mq_sched_end_reason_name(mq_sched_end_reason r)
 {
     switch (r) {
-    case MQ_END_STOP_TOKEN: return "stop_token";
-    case MQ_END_STOP_STRING: return "stop_string";
-    case MQ_END_LENGTH: return "length";
-    case MQ_END_CANCEL: return "cancel";
-    case MQ_END_CLIENT_GONE: return "client_gone";
-    case MQ_END_ERROR: return "error";
+    case MQ_SCHED_END_STOP_TOKEN: return "stop_token";
+    case MQ_SCHED_END_STOP_STRING: return "stop_string";
+    case MQ_SCHED_END_LENGTH: return "length";
+    case MQ_SCHED_END_CANCEL: return "cancel";
+    case MQ_SCHED_END_CLIENT_GONE: return "client_gone";
+    case MQ_SCHED_END_ERROR: return "error";
     }
     return "?";
 }
@@ -291,13 +290,14 @@ static void fill_stats(struct req *r, double t_end)
 
 /* Unlinks a finished request from its session (s->mu held). The caller then calls
  * finish_notify without the lock. */
-static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err)
+static void finish_locked(mq_sched *s, struct req *r, mq_sched_end_reason why, int err)
 {
     struct session *ss = r->ss;
     if (r->reserved)
         mq_kv_unreserve(s->kv, r->reserved);
     r->reserved = 0;
-    if (!r->emitted_first && (why == MQ_END_CANCEL || why == MQ_END_CLIENT_GONE || why == MQ_END_ERROR)) {
+    if (!r->emitted_first &&
+        (why == MQ_SCHED_END_CANCEL || why == MQ_SCHED_END_CLIENT_GONE || why == MQ_SCHED_END_ERROR)) {
         /* nothing was generated: the request leaves the history as it found it */
         ss->n_hist = r->hist0;
         if (ss->n_kv > ss->n_hist)
@@ -310,7 +310,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     s->tok_cached += (uint64_t)r->st.cached_tokens;
     s->tok_prefilled += (uint64_t)r->st.prefilled_tokens;
     s->tok_generated += (uint64_t)r->generated;
-    if (why == MQ_END_ERROR)
+    if (why == MQ_SCHED_END_ERROR)
         s->req_failed++;
     else
         s->req_done++;
@@ -319,7 +319,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     pthread_cond_signal(&s->pf_cv); /* blocks may have freed up for a waiting request */
 }
 
-static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err, const char *msg)
+static void finish_notify(mq_sched *s, struct req *r, mq_sched_end_reason why, int err, const char *msg)
 {
     fill_stats(r, mq_now_s());
     if (r->sink.on_done)
@@ -392,7 +392,7 @@ static int is_stop_id(mq_sched *s, const struct req *r, int32_t id)
 }
 
 /* Appends the sampled token to the history, emits its text and decides whether the
- * request ends: returns 0 to go on, or 1 + mq_end_reason. */
+ * request ends: returns 0 to go on, or 1 + mq_sched_end_reason. */
 static int accept_token(mq_sched *s, struct req *r, int32_t id)
 {
     struct session *ss = r->ss;
@@ -405,9 +405,9 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
     r->emitted_first = 1;
     int end = 0;
     if (is_stop_id(s, r, id))
-        end = 1 + MQ_END_STOP_TOKEN;
+        end = 1 + MQ_SCHED_END_STOP_TOKEN;
     else if (ss->n_hist + 1 >= r->limit)
-        end = 1 + MQ_END_LENGTH;
+        end = 1 + MQ_SCHED_END_LENGTH;
     /* text: the tokenizer's streaming decoder (UTF-8 complete), then the stop-string
      * matcher, which withholds what may be the start of a stop string */
     char buf[1024], out[2048];
@@ -428,7 +428,7 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
         size_t rl = 0;
         int st = len > 0 ? mq_stop_feed(&r->stopper, buf, (size_t)len, &rel, &rl) : 0;
         if (st > 0)
-            end = 1 + MQ_END_STOP_STRING;
+            end = 1 + MQ_SCHED_END_STOP_STRING;
         if (rl > sizeof out)
             rl = sizeof out;
         if (rl)
@@ -500,11 +500,6 @@ static int ensure_blocks(mq_sched *s, struct req *r, int upto)
     return 0;
 }
 
-static mq_prec prefill_prec(mq_mode m)
-{
-    return m == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
-}
-
 static void *prefill_main(void *arg)
 {
     mq_sched *s = arg;
@@ -521,10 +516,10 @@ static void *prefill_main(void *arg)
             }
         if (r) {
             queue_remove(s, r);
-            mq_end_reason why = (mq_end_reason)(r->end_code - 1);
+            mq_sched_end_reason why = (mq_sched_end_reason)(r->end_code - 1);
             finish_locked(s, r, why, 0);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(s, r, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            finish_notify(s, r, why, 0, why == MQ_SCHED_END_CANCEL ? "cancelled" : "client gone");
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -546,9 +541,9 @@ static void *prefill_main(void *arg)
                 r = q;
             } else if (a < 0) {
                 queue_remove(s, q);
-                finish_locked(s, q, MQ_END_ERROR, a);
+                finish_locked(s, q, MQ_SCHED_END_ERROR, a);
                 pthread_mutex_unlock(&s->mu);
-                finish_notify(s, q, MQ_END_ERROR, a, msg);
+                finish_notify(s, q, MQ_SCHED_END_ERROR, a, msg);
                 pthread_mutex_lock(&s->mu);
                 failed = 1;
             }
@@ -590,21 +585,9 @@ static void *prefill_main(void *arg)
 
         double t0 = mq_now_s();
         const int *toks = (const int *)ss->hist + pos0;
-        if (rc == 0) {
-            if (!last) {
-                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), NULL, 0);
-            } else if (s->mode == MQ_MODE_MIXED) {
-                /* mixed: the prompt in NVFP4, its last token in BF16 with logits */
-                if (n > 1)
-                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n - 1, pos0, MQ_PREC_FP4, NULL, 0);
-                if (rc == 0)
-                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks + n - 1, 1, pos0 + n - 1, MQ_PREC_BF16,
-                                           s->pf_logits, 1);
-            } else {
-                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), s->pf_logits,
-                                       1);
-            }
-        }
+        if (rc == 0)
+            rc = mq_engine_prefill_chunk(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, s->o.mode,
+                                         last ? s->pf_logits : NULL);
         double dt = mq_now_s() - t0;
         int end = 0;
         if (rc == 0 && last)
@@ -617,9 +600,9 @@ static void *prefill_main(void *arg)
             snprintf(msg, sizeof msg, "prefill of positions %d..%d failed: %s", pos0, pos0 + n - 1, strerror(-rc));
             truncate_kv(s, ss, pos0);
             queue_remove(s, r);
-            finish_locked(s, r, MQ_END_ERROR, rc);
+            finish_locked(s, r, MQ_SCHED_END_ERROR, rc);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(s, r, MQ_END_ERROR, rc, msg);
+            finish_notify(s, r, MQ_SCHED_END_ERROR, rc, msg);
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -639,7 +622,7 @@ static void *prefill_main(void *arg)
             queue_remove(s, r);
             int cancel = __atomic_load_n(&r->end_code, __ATOMIC_ACQUIRE);
             if (end || cancel) {
-                mq_end_reason why = (mq_end_reason)((end ? end : cancel) - 1);
+                mq_sched_end_reason why = (mq_sched_end_reason)((end ? end : cancel) - 1);
                 finish_locked(s, r, why, 0);
                 pthread_mutex_unlock(&s->mu);
                 finish_notify(s, r, why, 0, "");
@@ -679,10 +662,10 @@ static void *decode_main(void *arg)
             }
         if (c) {
             decode_remove(s, c);
-            mq_end_reason why = (mq_end_reason)(c->end_code - 1);
+            mq_sched_end_reason why = (mq_sched_end_reason)(c->end_code - 1);
             finish_locked(s, c, why, 0);
             pthread_mutex_unlock(&s->mu);
-            finish_notify(s, c, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
+            finish_notify(s, c, why, 0, why == MQ_SCHED_END_CANCEL ? "cancelled" : "client gone");
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -722,7 +705,7 @@ static void *decode_main(void *arg)
 
         double t0 = mq_now_s();
         int rc = fail ? fail
-                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_mode_decode_prec(s->mode),
+                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_prec_mode_decode(s->o.mode),
                                          s->dec_logits);
         double dt = mq_now_s() - t0;
         for (int i = 0; i < nb; i++)
@@ -735,11 +718,11 @@ static void *decode_main(void *arg)
             struct session *ss = r->ss;
             if (rc < 0) {
                 decode_remove(s, r);
-                finish_locked(s, r, MQ_END_ERROR, rc);
+                finish_locked(s, r, MQ_SCHED_END_ERROR, rc);
                 pthread_mutex_unlock(&s->mu);
                 char m[128];
                 snprintf(m, sizeof m, "decode step failed: %s", strerror(-rc));
-                finish_notify(s, r, MQ_END_ERROR, rc, m);
+                finish_notify(s, r, MQ_SCHED_END_ERROR, rc, m);
                 pthread_mutex_lock(&s->mu);
                 continue;
             }
@@ -748,7 +731,7 @@ static void *decode_main(void *arg)
             publish_full_blocks(s, ss);
             if (ends[i]) {
                 decode_remove(s, r);
-                mq_end_reason why = (mq_end_reason)(ends[i] - 1);
+                mq_sched_end_reason why = (mq_sched_end_reason)(ends[i] - 1);
                 finish_locked(s, r, why, 0);
                 pthread_mutex_unlock(&s->mu);
                 finish_notify(s, r, why, 0, "");
@@ -804,10 +787,15 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     s->max_blocks = blocks_for(s, ctx);
     if (s->o.kv_blocks <= 0)
         s->o.kv_blocks = 2 * s->max_blocks;
-    s->mode = s->o.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : s->o.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
     int r;
-    if (s->mode != MQ_MODE_BF16 && !mq_model_has_fp4(model)) {
-        mq_errmsg(err, errlen, 0, "scheduler: mode %s needs the model's NVFP4 weights", mq_mode_name(s->mode));
+    if ((unsigned)s->o.mode >= MQ_PREC_MODE_COUNT) {
+        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: mode %d is not mixed (%d), bf16 (%d) or fp4 (%d)",
+                      (int)s->o.mode, MQ_PREC_MODE_MIXED, MQ_PREC_MODE_BF16, MQ_PREC_MODE_FP4);
+        free(s);
+        return r;
+    }
+    if (s->o.mode != MQ_PREC_MODE_BF16 && !mq_model_has_fp4(model)) {
+        mq_errmsg(err, errlen, 0, "scheduler: mode %s needs the model's NVFP4 weights", mq_prec_mode_name(s->o.mode));
         free(s);
         return -EINVAL;
     }
@@ -902,7 +890,7 @@ void mq_sched_destroy(mq_sched *s)
         s->draining = 1;
         for (struct session *ss = s->sessions; ss; ss = ss->next)
             if (ss->req)
-                __atomic_store_n(&ss->req->end_code, 1 + MQ_END_CANCEL, __ATOMIC_RELEASE);
+                __atomic_store_n(&ss->req->end_code, 1 + MQ_SCHED_END_CANCEL, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
         for (;;) {
@@ -984,7 +972,7 @@ int mq_sched_session_close(mq_sched *s, uint64_t id)
     }
     if (ss->req) {
         int zero = 0;
-        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE,
+        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_SCHED_END_CANCEL, 0, __ATOMIC_RELEASE,
                                     __ATOMIC_RELAXED);
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
@@ -1161,10 +1149,10 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     return 0;
 }
 
-int mq_sched_cancel(mq_sched *s, uint64_t session, mq_end_reason reason)
+int mq_sched_cancel(mq_sched *s, uint64_t session, mq_sched_end_reason reason)
 {
-    if (reason != MQ_END_CLIENT_GONE)
-        reason = MQ_END_CANCEL;
+    if (reason != MQ_SCHED_END_CLIENT_GONE)
+        reason = MQ_SCHED_END_CANCEL;
     pthread_mutex_lock(&s->mu);
     struct session *ss = find_session(s, session);
     if (!ss) {
@@ -1257,7 +1245,7 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
         for (struct session *ss = s->sessions; ss; ss = ss->next)
             if (ss->req) {
                 int zero = 0;
-                __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE,
+                __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_SCHED_END_CANCEL, 0, __ATOMIC_RELEASE,
                                             __ATOMIC_RELAXED);
             }
         pthread_cond_broadcast(&s->pf_cv);

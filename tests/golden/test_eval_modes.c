@@ -52,15 +52,15 @@ static void test_doc_nll_matches_single_positions(void)
     double per_bf[NPOS], per_mx[NPOS], s = 0;
     float *logits = malloc((size_t)v.vocab * sizeof *logits);
     double worst_bf = 0, worst_mx = 0, prompt_route = 0;
-    rc = logits ? doc_nll(&v, d, MQ_MODE_BF16, &s, per_bf) : -ENOMEM;
+    rc = logits ? doc_nll(&v, d, MQ_PREC_MODE_BF16, &s, per_bf) : -ENOMEM;
     if (!rc)
-        rc = doc_nll(&v, d, MQ_MODE_MIXED, &s, per_mx);
+        rc = doc_nll(&v, d, MQ_PREC_MODE_MIXED, &s, per_mx);
     CHECK(rc == 0, "doc_nll: %d", rc);
     mq_kv_seq seq = { v.shared, v.nb };
     for (int k = 0; k < np && !rc; k++) {
         int p = probe[k];
         /* bf16: the prefix as a prompt */
-        rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_MODE_BF16, logits);
+        rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_PREC_MODE_BF16, logits);
         double x = nll_of(logits, v.vocab, ids[p + 1]);
         worst_bf = fmax(worst_bf, fabs(x - per_bf[p]));
         CHECK(!rc && fabs(x - per_bf[p]) < TOL, "bf16, position %d: batched %.5f, prompt %.5f", p, per_bf[p], x);
@@ -76,7 +76,7 @@ static void test_doc_nll_matches_single_positions(void)
         CHECK(!rc && fabs(x - per_mx[p]) < TOL, "mixed, position %d: batched %.5f, single %.5f", p, per_mx[p], x);
         /* mixed with the prefix prefilled on its own (information) */
         if (!rc)
-            rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_MODE_MIXED, logits);
+            rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_PREC_MODE_MIXED, logits);
         prompt_route = fmax(prompt_route, fabs(nll_of(logits, v.vocab, ids[p + 1]) - per_mx[p]));
     }
     CHECK(rc == 0, "forward: %d", rc);

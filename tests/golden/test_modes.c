@@ -189,9 +189,9 @@ static void test_mode_rule(void)
     }
     CHECK(rc == 0, "fp4 body");
     CHECK(mq_engine_forward(e, pool, &a.seq, ids512 + N - 1, 1, N - 1, MQ_PREC_BF16, ref, 1) == 0, "bf16 last");
-    CHECK(mq_engine_prompt(e, pool, &m.seq, ids512, N, 0, MQ_MODE_MIXED, mixed) == 0, "mixed");
-    CHECK(mq_engine_prompt(e, pool, &b.seq, ids512, N, 0, MQ_MODE_BF16, bf) == 0, "bf16");
-    CHECK(mq_engine_prompt(e, pool, &f.seq, ids512, N, 0, MQ_MODE_FP4, fp) == 0, "fp4");
+    CHECK(mq_engine_prompt(e, pool, &m.seq, ids512, N, 0, MQ_PREC_MODE_MIXED, mixed) == 0, "mixed");
+    CHECK(mq_engine_prompt(e, pool, &b.seq, ids512, N, 0, MQ_PREC_MODE_BF16, bf) == 0, "bf16");
+    CHECK(mq_engine_prompt(e, pool, &f.seq, ids512, N, 0, MQ_PREC_MODE_FP4, fp) == 0, "fp4");
     CHECK(gu_max_abs_diff(ref, mixed, (size_t)V) == 0.0f, "mixed == FP4 KV + BF16 last token");
     /* the KV of 0..n-2 is the FP4 one in mixed, the BF16 one in bf16 mode */
     /* (fp4 mode's last chunk holds one token more, so its amax may differ: compare the
@@ -401,10 +401,10 @@ static void test_compressed_tensors_roundtrip(void)
             gu_kv k0, k1;
             gu_kv_init(&k0, c, 16, N);
             gu_kv_init(&k1, c, 16, N);
-            CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, (mq_mode)mode, l0) == 0, "prompt");
-            CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, (mq_mode)mode, l1) == 0, "prompt ct");
+            CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, (mq_prec_mode)mode, l0) == 0, "prompt");
+            CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, (mq_prec_mode)mode, l1) == 0, "prompt ct");
             CHECK(gu_max_abs_diff(l0, l1, (size_t)V) == 0.0f, "mode %s: compressed-tensors model == quantized at load",
-                  mq_mode_name((mq_mode)mode));
+                  mq_prec_mode_name((mq_prec_mode)mode));
             gu_kv_free(&k0);
             gu_kv_free(&k1);
         }
@@ -432,8 +432,8 @@ static void test_compressed_tensors_roundtrip(void)
         gu_kv k0, k1;
         gu_kv_init(&k0, c, 16, N);
         gu_kv_init(&k1, c, 16, N);
-        CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, MQ_MODE_FP4, ld) == 0, "dynamic");
-        CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, MQ_MODE_FP4, ls) == 0, "static");
+        CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, MQ_PREC_MODE_FP4, ld) == 0, "dynamic");
+        CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, MQ_PREC_MODE_FP4, ls) == 0, "static");
         float d = gu_max_abs_diff(ld, ls, (size_t)V);
         printf("    fp4 static g_x (amax 64) vs dynamic: last-token max |dlogit| %.3f\n", d);
         CHECK(isfinite(d) && d > 0, "static scale changes the result and stays finite");

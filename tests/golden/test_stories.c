@@ -135,7 +135,7 @@ static void test_greedy_is_english(void)
     int out[GREEDY_TOKENS + 64], nout = 0;
     for (int i = 0; i < n; i++)
         out[nout++] = ids[i];
-    int rc = mq_engine_prompt(e, pool, &kv.seq, ids, n, 0, MQ_MODE_BF16, logits);
+    int rc = mq_engine_prompt(e, pool, &kv.seq, ids, n, 0, MQ_PREC_MODE_BF16, logits);
     CHECK(rc == 0, "prompt %d", rc);
     for (int s = 0; s < GREEDY_TOKENS && !rc; s++) {
         int t = mq_argmax(logits, V), pos = nout;
