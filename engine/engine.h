@@ -49,14 +49,21 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
 void mq_engine_free(mq_engine *e);
 size_t mq_engine_scratch_bytes(const mq_engine *e);
 
-/* Prefill chunk: tokens[0..n) at positions pos0..pos0+n-1 of seq, in precision prec.
- * Writes K/V of those positions; positions < pos0 must already be in the KV.
- * logits_rows: 0 = none, 1 = the last token's logits in logits[vocab], n = every token's
- * in logits[n, vocab]. Forward with pos0 = 0, c, 2c, ... equals one big forward.
- * 0 or negative errno (-EINVAL: n > max_chunk, a token outside the vocabulary, too few
- * KV blocks; -EDOM: the activations went NaN/Inf). */
+/* Which rows of a forward get logits. */
+typedef enum {
+    MQ_LOGITS_NONE = 0, /* KV only */
+    MQ_LOGITS_LAST = 1, /* the last row of each sequence: logits[nseq, vocab] */
+    MQ_LOGITS_ALL = 2,  /* every row: logits[n, vocab] */
+} mq_logits;
+
+/* Forward of one chunk: tokens[0..n) at positions pos0..pos0+n-1 of seq, every linear in
+ * precision prec. Writes K/V of those positions; positions < pos0 must already be in the
+ * KV. Forward with pos0 = 0, c, 2c, ... equals one big forward (NVFP4: up to the
+ * activation scale, which is taken per call). 0 or negative errno (-EINVAL: n >
+ * max_chunk, a token outside the vocabulary, too few KV blocks, `which` not an
+ * mq_logits; -EDOM: the activations went NaN/Inf). */
 int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
-                      mq_prec prec, float *logits, int logits_rows);
+                      mq_prec prec, float *logits, mq_logits which);
 
 /* Decode step for a batch: sequence s gets tokens[s] at position pos[s] (its KV holds
  * 0..pos[s]-1); logits[nseq, vocab]. The linears run once over the whole batch. */

@@ -115,7 +115,7 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_prec_mode mode, double *s
     if (prompt == last) { /* bf16, fp4: one precision for every position */
         for (int p0 = 0; p0 < n - 1 && !rc; p0 += CHUNK) {
             int len = n - 1 - p0 < CHUNK ? n - 1 - p0 : CHUNK; /* the last token predicts nothing */
-            rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prompt, v->logits, len);
+            rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prompt, v->logits, MQ_LOGITS_ALL);
             for (int r = 0; r < len && !rc; r++) {
                 double x = nll_of(v->logits + (size_t)r * v->vocab, v->vocab, ids[p0 + r + 1]);
                 *sum += x;
@@ -128,7 +128,7 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_prec_mode mode, double *s
     /* mixed: NVFP4 KV for positions 0..n-3 (position p's own KV is always BF16) */
     for (int p0 = 0; p0 < n - 2 && !rc; p0 += CHUNK) {
         int len = n - 2 - p0 < CHUNK ? n - 2 - p0 : CHUNK;
-        rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prompt, NULL, 0);
+        rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prompt, NULL, MQ_LOGITS_NONE);
     }
     mq_kv_seq seqs[BATCH];
     int tok[BATCH], pos[BATCH];
@@ -165,7 +165,7 @@ static inline int cont_logprobs(ev *v, const eval_doc *d, mq_prec_mode mode, flo
     int rc = mq_engine_prompt(v->e, v->pool, &seq, ids, PREFIX, 0, mode, out);
     if (!rc)
         rc = mq_engine_forward(v->e, v->pool, &seq, ids + PREFIX, CONT - 1, PREFIX, mq_prec_mode_decode(mode),
-                               out + v->vocab, CONT - 1);
+                               out + v->vocab, MQ_LOGITS_ALL);
     for (int r = 0; r < CONT && !rc; r++) {
         float *row = out + (size_t)r * v->vocab;
         float lse = mq_logsumexp(row, v->vocab);

@@ -67,10 +67,10 @@ static void test_doc_nll_matches_single_positions(void)
         /* mixed: the document's NVFP4 prefill in the same chunks, then token p in BF16 */
         for (int p0 = 0; p0 < d->n - 2 && !rc; p0 += CHUNK) {
             int len = d->n - 2 - p0 < CHUNK ? d->n - 2 - p0 : CHUNK;
-            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p0, len, p0, MQ_PREC_FP4, NULL, 0);
+            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p0, len, p0, MQ_PREC_FP4, NULL, MQ_LOGITS_NONE);
         }
         if (!rc)
-            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p, 1, p, MQ_PREC_BF16, logits, 1);
+            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p, 1, p, MQ_PREC_BF16, logits, MQ_LOGITS_LAST);
         x = nll_of(logits, v.vocab, ids[p + 1]);
         worst_mx = fmax(worst_mx, fabs(x - per_mx[p]));
         CHECK(!rc && fabs(x - per_mx[p]) < TOL, "mixed, position %d: batched %.5f, single %.5f", p, per_mx[p], x);

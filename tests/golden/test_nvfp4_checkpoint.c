@@ -100,7 +100,7 @@ static int run_mode(runner *r, mq_prec_mode mode, float *logits)
 static int run_all_rows(runner *r, mq_prec prec, float *logits)
 {
     mq_kv_seq seq = { r->blocks, (NTOK + BT - 1) / BT };
-    return mq_engine_forward(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, prec, logits, NTOK);
+    return mq_engine_forward(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, prec, logits, MQ_LOGITS_ALL);
 }
 
 static int same_fp4(const mq_fp4_weight *a, const mq_fp4_weight *b)
