@@ -3,7 +3,7 @@
  * Every checkpoint tensor the model uses becomes one read and one job. A job knows where
  * its bytes land (the final BF16 array when the checkpoint already holds BF16, else a
  * staging buffer) and what to do once they are there (convert, quantize to NVFP4,
- * prepare kernel aux data). NVFP4 checkpoints spread one linear over 3-4 tensors
+ * dequantize to BF16). NVFP4 checkpoints spread one linear over 3-4 tensors
  * (weight_packed, weight_scale, weight_global_scale, input_global_scale); the linear is
  * finished by whichever of its jobs completes last (an atomic count).
  */
@@ -289,11 +289,7 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err, size_t errlen)
             return -ENOMEM;
         ls->bf16_dst = bf;
     }
-    size_t auxb = mq_bf16_weight_aux_bytes(n, k);
-    void *aux = auxb ? xalloc(m, auxb, "weights.bf16.aux", &m->bf16_bytes) : NULL;
-    if (auxb && !aux)
-        return -ENOMEM;
-    mq_bf16_weight_bind(&lin->bf16, n, k, bf, aux);
+    mq_bf16_weight_bind(&lin->bf16, n, k, bf);
 
     if (packed) {
         if (L->no_fp4) {
@@ -445,13 +441,7 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     if (!c->tie_embeddings &&
         (rc = plan_bf16_matrix(m, L->st, 0, "lm_head.weight", c->vocab, c->hidden, JOB_EMBED, &head, &j, err, errlen)))
         goto fail;
-    size_t auxb = mq_bf16_weight_aux_bytes(c->vocab, c->hidden);
-    void *aux = auxb ? xalloc(m, auxb, "weights.bf16.aux", &m->bf16_bytes) : NULL;
-    if (auxb && !aux) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head, aux);
+    mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head);
     if ((rc = check_unused(m, err, errlen)))
         goto fail;
 
@@ -530,7 +520,7 @@ static int quantize_linear(mq_linear *lin, const char *name, char *err, size_t e
     return rc;
 }
 
-/* The last NVFP4 part of a linear arrived: prepare, and dequantize for BF16 if needed. */
+/* The last NVFP4 part of a linear arrived: check g_w, and dequantize for BF16 if needed. */
 static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, size_t errlen)
 {
     mq_linear *lin = ls->lin;
@@ -538,7 +528,6 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, 
     if (!(lin->fp4.g > 0) || !isfinite(lin->fp4.g)) {
         return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\": weight_global_scale must be a positive number", name);
     }
-    mq_fp4_weight_prepare_rows(&lin->fp4, 0, n);
     if (!ls->bf16_dst)
         return 0;
     float *row = malloc((size_t)k * sizeof(float));
@@ -550,7 +539,6 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, 
         mq_f32_to_bf16_row(row, ls->bf16_dst + (size_t)r * k, (size_t)k);
     }
     free(row);
-    mq_bf16_weight_prepare_rows(&lin->bf16, 0, n);
     return 0;
 }
 
@@ -575,11 +563,8 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen)
         if (j->staging)
             for (size_t e = 0; e < j->numel; e++)
                 ((uint16_t *)j->dst)[e] = mq_f32_to_bf16(elem_f32(j->dtype, j->staging, e));
-        if (j->kind == JOB_LINEAR) {
-            mq_bf16_weight_prepare_rows(&j->lin->bf16, 0, j->lin->bf16.n);
-            if (j->quantize)
-                rc = quantize_linear(j->lin, name, err, errlen);
-        }
+        if (j->kind == JOB_LINEAR && j->quantize)
+            rc = quantize_linear(j->lin, name, err, errlen);
         break;
     case JOB_FP4_WGS:
     case JOB_FP4_IGS: {

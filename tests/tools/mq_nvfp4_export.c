@@ -43,6 +43,7 @@
 
 #include "engine/model_config.h"
 #include "kernels/mq_kernels.h"
+#include "tests/tools/fsutil.h"
 #include "engine/pool.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
@@ -62,8 +63,7 @@ static const int LIN_GROUP[N_LIN] = { 0, 0, 0, 1, 2, 2, 3 };
 typedef struct lin {
     const uint16_t *w; /* [n, k] BF16, in the mmap'ed source */
     int n, k;
-    mq_bf16_weight bw; /* for the calibration forward */
-    void *aux;
+    mq_bf16_weight bw;   /* for the calibration forward */
     float amax, g;       /* tensor amax, exported g_w */
     uint8_t *codes;      /* [n, k/2] */
     uint8_t *scales;     /* [n, k/16] */
@@ -176,11 +176,7 @@ static int src_open(src *s, const char *dir, char *err, size_t errlen)
                                  "%s: K = %d is not a multiple of 16; the packed NVFP4 layout has no padding", nm,
                                  l->k);
             }
-            size_t ab = mq_bf16_weight_aux_bytes(l->n, l->k);
-            if (ab && posix_memalign(&l->aux, 64, ab))
-                return -ENOMEM;
-            mq_bf16_weight_bind(&l->bw, l->n, l->k, l->w, l->aux);
-            mq_bf16_weight_prepare_rows(&l->bw, 0, l->n);
+            mq_bf16_weight_bind(&l->bw, l->n, l->k, l->w);
         }
     }
     return 0;
@@ -191,7 +187,6 @@ static void src_close(src *s)
     if (s->layers)
         for (int i = 0; i < s->cfg.n_layers; i++)
             for (int j = 0; j < N_LIN; j++) {
-                free(s->layers[i].l[j].aux);
                 free(s->layers[i].l[j].codes);
                 free(s->layers[i].l[j].scales);
             }
@@ -484,44 +479,6 @@ static int quantize_all(src *s, int fuse, int dynamic)
     return 0;
 }
 
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -errno;
-    int bad = fputs(text, f) < 0;
-    if (fclose(f) != 0 || bad)
-        return -EIO;
-    return 0;
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb");
-    if (!in)
-        return -errno;
-    FILE *out = fopen(to, "wb");
-    if (!out) {
-        int e = -errno;
-        fclose(in);
-        return e;
-    }
-    char buf[1 << 16];
-    size_t r;
-    int rc = 0;
-    while ((r = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, r, out) != r) {
-            rc = -EIO;
-            break;
-        }
-    if (ferror(in))
-        rc = -EIO;
-    fclose(in);
-    if (fclose(out) != 0 && !rc)
-        rc = -EIO;
-    return rc;
-}
-
 static cJSON *quant_scheme(int dynamic_global)
 {
     cJSON *o = cJSON_CreateObject();
@@ -592,7 +549,7 @@ static int write_config(const char *in_dir, const char *out_dir, int dynamic, ch
     if (!out)
         return -ENOMEM;
     snprintf(path, sizeof path, "%s/config.json", out_dir);
-    int rc = write_text(path, out);
+    int rc = fsutil_write_text(path, out);
     free(out);
     if (rc)
         mq_errmsg(err, errlen, 0, "%s: %s", path, strerror(-rc));
@@ -720,7 +677,7 @@ int main(int argc, char **argv)
         snprintf(to, sizeof to, "%s/%s", out, files[i]);
         if (access(from, F_OK) != 0 && i == 2)
             continue; /* generation_config is optional */
-        if ((rc = copy_file(from, to)))
+        if ((rc = fsutil_copy_file(from, to)))
             mq_errmsg(err, sizeof err, 0, "copying %s: %s", from, strerror(-rc));
     }
     mq_pool_destroy(pool);
