@@ -305,7 +305,7 @@ static void cancel_overflowed(mq_evloop *l, void *arg)
 {
     (void)l;
     mqd_req *r = arg; /* alive: its on_done has not run (done is posted after this) */
-    mq_sched_cancel(r->conn->d->sched, r->session, MQ_END_CANCEL);
+    mq_sched_cancel(r->conn->d->sched, r->session, MQ_SCHED_END_CANCEL);
 }
 
 static void sink_token(void *ctx, int32_t id, const char *text, size_t len)
@@ -350,17 +350,17 @@ static uint32_t wire_err_of(int err)
     }
 }
 
-static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st)
+static void sink_done(void *ctx, mq_sched_end_reason reason, int err, const char *msg, const mq_sched_req_stats *st)
 {
     mqd_req *r = ctx;
     mqd_conn *c = r->conn;
     mq_chan_done d = { 0 };
     switch (reason) {
-    case MQ_END_STOP_TOKEN: d.end_reason = MQ_CHAN_END_STOP; break;
-    case MQ_END_STOP_STRING: d.end_reason = MQ_CHAN_END_STOP_STRING; break;
-    case MQ_END_LENGTH: d.end_reason = MQ_CHAN_END_LENGTH; break;
-    case MQ_END_CANCEL:
-    case MQ_END_CLIENT_GONE: d.end_reason = MQ_CHAN_END_CANCEL; break;
+    case MQ_SCHED_END_STOP_TOKEN: d.end_reason = MQ_CHAN_END_STOP; break;
+    case MQ_SCHED_END_STOP_STRING: d.end_reason = MQ_CHAN_END_STOP_STRING; break;
+    case MQ_SCHED_END_LENGTH: d.end_reason = MQ_CHAN_END_LENGTH; break;
+    case MQ_SCHED_END_CANCEL:
+    case MQ_SCHED_END_CLIENT_GONE: d.end_reason = MQ_CHAN_END_CANCEL; break;
     default:
         d.end_reason = err == -ESHUTDOWN ? MQ_CHAN_END_SHUTDOWN : MQ_CHAN_END_ERROR;
         d.error = (int32_t)wire_err_of(err);
@@ -383,7 +383,7 @@ static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
                           ? (uint64_t)((st->generated_tokens - 1) / st->decode_tok_s * 1e6)
                           : 0;
     }
-    r->end_stop = reason == MQ_END_STOP_TOKEN;
+    r->end_stop = reason == MQ_SCHED_END_STOP_TOKEN;
     /* done before the client can see DONE: a SUBMIT that follows it finds the session
      * free (settle()). r and its conn ref live until finish_req, posted last. */
     __atomic_store_n(&r->done, 1, __ATOMIC_SEQ_CST);
@@ -433,7 +433,7 @@ static void finish_req(mq_evloop *l, void *arg)
 static void sess_remove(mqd_conn *c, mqd_sess *s)
 {
     mqd *d = c->d;
-    mq_sched_cancel(d->sched, s->id, MQ_END_CLIENT_GONE);
+    mq_sched_cancel(d->sched, s->id, MQ_SCHED_END_CLIENT_GONE);
     mq_sched_session_close(d->sched, s->id); /* calls on_done of a running request */
     cJSON_Delete(s->pending);
     *s = c->sess[--c->n_sess];
@@ -823,7 +823,7 @@ static void on_cancel(mqd_conn *c, const mq_msg *m)
         mqd_sess *s = &c->sess[i];
         settle(s);
         if (s->running && s->running->id == m->u.cancel.req) {
-            mq_sched_cancel(c->d->sched, s->id, MQ_END_CANCEL);
+            mq_sched_cancel(c->d->sched, s->id, MQ_SCHED_END_CANCEL);
             mq_msg r = { .type = MQ_MSG_CANCELED };
             r.u.canceled.req = m->u.cancel.req;
             send_reply(c, &r, m->seq, NULL, 0);
@@ -1036,7 +1036,7 @@ int mqd_client_cancel(mqd *d, uint64_t id, char *msg, size_t msglen)
                     return -ENOENT;
                 }
                 uint64_t rid = s->running->id;
-                mq_sched_cancel(d->sched, s->id, MQ_END_CANCEL);
+                mq_sched_cancel(d->sched, s->id, MQ_SCHED_END_CANCEL);
                 mq_errmsg(msg, msglen, 0, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
                           (unsigned long long)s->id, (int)c->pid);
                 return 0;
