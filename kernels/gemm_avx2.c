@@ -116,7 +116,6 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
     if (n0 >= n1 || x->m <= 0)
         return;
     const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
-    const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f; /* 1/4: doubled integer products */
     const uint8_t *xbytes = fp4_act_aux_bytes(x);
     const float *xsx = fp4_act_aux_sx(x);
     fp4_panel p __attribute__((aligned(32)));
@@ -148,7 +147,9 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
                     }
                 }
                 const int last = kb0 + nkb == nb;
-                for (int m = 0; m < mr; m++)
+                for (int m = 0; m < mr; m++) {
+                    /* 1/4: doubled integer products */
+                    const float alpha = fp4_row_alpha(x, w, m0 + m, 0.25f);
                     for (int g = 0; g < ng; g++) {
                         __m256 v = last ? _mm256_mul_ps(acc[m][g], _mm256_set1_ps(alpha)) : acc[m][g];
                         /* partial sums live in y between chunks; alpha scales only the total */
@@ -165,6 +166,7 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
                             store_cols(yp, (pg + g) * 8, n0, n1, v, kb0 > 0);
                         }
                     }
+                }
             }
         }
     }

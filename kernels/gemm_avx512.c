@@ -171,7 +171,7 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
 /* One tile: MR activation rows × NG column groups over nkb blocks. */
 AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
                  const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask, int first, int last,
-                 float alpha)
+                 const float *alpha)
 {
     __m512 acc[6][4];
 #pragma GCC unroll 8
@@ -216,7 +216,7 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
         for (int g = 0; g < NG; g++) {
-            __m512 v = last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha)) : acc[m][g];
+            __m512 v = last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha[m])) : acc[m][g];
             _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g], v);
         }
 }
@@ -229,7 +229,7 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
 
 static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
                          const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask, int first, int last,
-                         float alpha)
+                         const float *alpha)
 {
     /* clang-format off */
     switch (mr * 8 + ng) {
@@ -249,8 +249,6 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     if (n0 >= n1 || x->m <= 0)
         return;
     const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
-    /* NVFP4.md's alpha, times the 1/4 of the doubled integer products (exact). */
-    const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f;
     const uint8_t *xbytes = fp4_act_aux_bytes(x);
     const float *xsx = fp4_act_aux_sx(x);
     /* FP4_PANELS panels side by side: each tile's activation bytes, once loaded, serve
@@ -268,6 +266,10 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
                     fp4_pack_group(w, (pg0 + q * FP4_NG + g) * 16, kb0, nkb, &p[q], g);
             for (int m0 = 0; m0 < M; m0 += FP4_MR) {
                 const int mr = M - m0 < FP4_MR ? M - m0 : FP4_MR;
+                /* NVFP4.md's alpha per row, times the 1/4 of the doubled integer products (exact) */
+                float alpha[FP4_MR];
+                for (int m = 0; m < mr; m++)
+                    alpha[m] = fp4_row_alpha(x, w, m0 + m, 0.25f);
                 for (int q = 0; q < FP4_PANELS && ng[q]; q++)
                     fp4_tile_any(mr, ng[q], xbytes + (size_t)m0 * kp + (size_t)kb0 * 16, (size_t)kp,
                                  xsx + (size_t)m0 * nb + kb0, (size_t)nb, &p[q], nkb,
