@@ -18,6 +18,24 @@
  * Full KV blocks are indexed by a hash of their whole token prefix, so sessions that
  * share a prefix (system prompt, tool list) share the blocks (reference counted).
  *
+ * Batch invariance: what a request generates does not depend on the other requests
+ * running (a greedy request gives the tokens it gives alone). The engine keeps each
+ * sequence's numbers independent of the batch (engine.h); the scheduler keeps the KV a
+ * session reads from the index equal to what it would compute itself:
+ * - Chunks: prompts are read in chunks of a fixed grid, [k·chunk_tokens,
+ *   (k+1)·chunk_tokens) of the session's positions (the first chunk of a later turn
+ *   runs to the next grid line), because an NVFP4 chunk's numbers depend on all of its
+ *   tokens (the activation scale is taken per chunk, NVFP4.md).
+ * - Sharing: a session publishes only its shareable prefix, the chunks it read whole,
+ *   on the grid, at the prompt precision, on top of a shareable prefix (in mixed mode the
+ *   prompt's last token and generated tokens are BF16, so they are not); a lookup takes
+ *   only whole published chunks, and only while the session's own KV is all shareable.
+ *   Sessions sharing a system prompt therefore share its whole chunks; the chunk where
+ *   their prompts part is read by each.
+ * Not covered: KV reclaimed from an idle session under memory pressure is recomputed at
+ * its next request as one prompt, which in mixed/fp4 mode computes in NVFP4 what was
+ * decoded in BF16.
+ *
  * Thread rules: every function here may be called from any thread except the sink
  * callbacks; they are not re-entrant into the scheduler for the same session except
  * mq_sched_cancel. Sink callbacks run on the scheduler's driver threads (the first token
@@ -54,7 +72,8 @@ typedef struct mq_sched_opts {
     int decode_threads;       /* threads of the decode pool (>= 1) */
     const char *prefill_cpus; /* CPU list "0-1,3" for the prefill pool, NULL = any */
     const char *decode_cpus;  /* CPU list for the decode pool, NULL = any */
-    int chunk_tokens;         /* prefill chunk; bounds the decode stall (default 256) */
+    int chunk_tokens;         /* prefill chunk, a multiple of block_tokens (rounded down);
+                               * bounds the decode stall (default 256) */
     int max_batch;            /* decoding sessions per batched step (default 16) */
     int max_queued;           /* requests waiting for prefill before submit fails (64) */
     int max_sessions;         /* open sessions (default 256) */
