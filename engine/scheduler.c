@@ -71,6 +71,8 @@ struct req {
 
 struct session {
     uint64_t id;
+    uint32_t tenant;
+    uint64_t root; /* chain-hash seed of its blocks: MQ_KV_HASH_SEED, salted with the tenant */
     int32_t *hist;
     int n_hist, cap_hist;
     int n_kv;       /* history[0..n_kv) has K/V in the blocks */
@@ -220,7 +222,7 @@ static void publish_full_blocks(mq_sched *s, struct session *ss)
     int bt = s->o.block_tokens;
     while (ss->n_hashed < ss->n_blk && (ss->n_hashed + 1) * bt <= ss->n_canon) {
         int b = ss->n_hashed;
-        uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
+        uint64_t parent = b ? ss->hash[b - 1] : ss->root;
         ss->hash[b] = mq_kv_prefix_hash(parent, ss->hist + (size_t)b * bt, bt);
         mq_kv_publish(s->kv, ss->blk[b], parent, ss->hash[b], ss->hist + (size_t)b * bt);
         ss->n_hashed++;
@@ -231,7 +233,7 @@ static void publish_full_blocks(mq_sched *s, struct session *ss)
 static int lookup_block(mq_sched *s, struct session *ss, int b)
 {
     const int bt = s->o.block_tokens;
-    uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
+    uint64_t parent = b ? ss->hash[b - 1] : ss->root;
     const int32_t *t = ss->hist + (size_t)b * bt;
     uint64_t h = mq_kv_prefix_hash(parent, t, bt);
     int id = mq_kv_lookup(s->kv, parent, h, t);
@@ -1035,7 +1037,16 @@ void mq_sched_destroy(mq_sched *s)
     free(s);
 }
 
-int mq_sched_session_open(mq_sched *s, uint64_t *id)
+/* The chain-hash seed of a tenant's sessions (scheduler.h "Tenants"). */
+static uint64_t tenant_root(const mq_sched *s, uint32_t tenant)
+{
+    if (s->o.share_prefix_cache)
+        return MQ_KV_HASH_SEED;
+    const int32_t salt[2] = { (int32_t)tenant, -1 }; /* -1: never a token id */
+    return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 2);
+}
+
+int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
 {
     struct session *ss = calloc(1, sizeof *ss);
     if (!ss)
@@ -1061,6 +1072,8 @@ int mq_sched_session_open(mq_sched *s, uint64_t *id)
         return r;
     }
     ss->id = s->next_id++;
+    ss->tenant = tenant;
+    ss->root = tenant_root(s, tenant);
     ss->last_used = mq_now_s();
     ss->next = s->sessions;
     s->sessions = ss;
@@ -1325,6 +1338,7 @@ void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info 
     double t = mq_now_s();
     for (struct session *ss = s->sessions; ss; ss = ss->next) {
         mq_session_info in = { .id = ss->id,
+                               .tenant = ss->tenant,
                                .history_tokens = ss->n_hist,
                                .kv_tokens = ss->n_kv,
                                .kv_blocks = ss->n_blk,

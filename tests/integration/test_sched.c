@@ -20,6 +20,8 @@
 #include "engine/weight_stream.h"
 #include "common/errmsg.h"
 
+#define TENANT 1000u /* the uid of every session but those of the tenant tests */
+
 static mq_model *g_model;
 static mq_tokenizer *g_tok;
 static mq_arena *g_arena;
@@ -104,7 +106,8 @@ static mq_sink sink_of(struct rec *r)
     return (mq_sink){ .ctx = r, .on_token = on_token, .on_done = on_done };
 }
 
-static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
+/* The options of every scheduler here: one thread per pool, 4096-token context. */
+static mq_sched_opts test_opts(mq_prec_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
 {
     mq_sched_opts o;
     mq_sched_opts_default(&o);
@@ -116,11 +119,22 @@ static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, 
     o.chunk_tokens = chunk;
     o.context_limit = 4096;
     o.on_kv_full = pol;
+    return o;
+}
+
+static mq_sched *make_sched_opts(const mq_sched_opts *o)
+{
     mq_sched *s = NULL;
     char err[256] = "";
-    int r = mq_sched_create(&s, g_model, g_tok, &o, err, sizeof err);
+    int r = mq_sched_create(&s, g_model, g_tok, o, err, sizeof err);
     CHECK(r == 0, "sched create: %d %s", r, err);
     return s;
+}
+
+static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
+{
+    mq_sched_opts o = test_opts(mode, kv_blocks, block_tokens, chunk, pol);
+    return make_sched_opts(&o);
 }
 
 /* Deterministic "text" tokens: ids of ordinary words from the tokenizer. */
@@ -186,7 +200,7 @@ static void test_prefix_shared_and_second_turn(void)
     CHECK(nsys > 3 * BT, "system prompt spans several blocks (%d tokens)", nsys);
     int32_t buf[1024];
     uint64_t a, b;
-    CHECK(mq_sched_session_open(s, &a) == 0 && mq_sched_session_open(s, &b) == 0, "open");
+    CHECK(mq_sched_session_open(s, TENANT, &a) == 0 && mq_sched_session_open(s, TENANT, &b) == 0, "open");
 
     struct rec ra, rb, r2;
     rec_init(&ra);
@@ -270,7 +284,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
         if (!s)
             return;
         uint64_t id;
-        mq_sched_session_open(s, &id);
+        mq_sched_session_open(s, TENANT, &id);
         rec_init(&solo[i]);
         submit(s, id, p[i], n[i], GEN, &solo[i]);
         rec_wait(&solo[i], 60);
@@ -281,7 +295,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
         return;
     uint64_t ids[2];
     for (int i = 0; i < 2; i++) {
-        mq_sched_session_open(s, &ids[i]);
+        mq_sched_session_open(s, TENANT, &ids[i]);
         rec_init(&both[i]);
     }
     for (int i = 0; i < 2; i++)
@@ -322,7 +336,7 @@ static void test_batched_equals_solo(void)
         nt[i] = make_tokens(prompts[i], &t[i]);
     for (int i = 0; i < 3; i++) {
         uint64_t id;
-        mq_sched_session_open(s, &id);
+        mq_sched_session_open(s, TENANT, &id);
         rec_init(&solo[i]);
         submit(s, id, t[i], nt[i], 24, &solo[i]);
         rec_wait(&solo[i], 60);
@@ -334,7 +348,7 @@ static void test_batched_equals_solo(void)
         return;
     uint64_t ids[3];
     for (int i = 0; i < 3; i++) {
-        mq_sched_session_open(s, &ids[i]);
+        mq_sched_session_open(s, TENANT, &ids[i]);
         rec_init(&both[i]);
         submit(s, ids[i], t[i], nt[i], 24, &both[i]);
     }
@@ -387,7 +401,7 @@ static void test_concurrent_equals_solo_every_mode(void)
                 if (!s)
                     return;
                 uint64_t id;
-                mq_sched_session_open(s, &id);
+                mq_sched_session_open(s, TENANT, &id);
                 rec_init(&solo[p]);
                 submit(s, id, prompt[p], np[p], GEN, &solo[p]);
                 rec_wait(&solo[p], 60);
@@ -399,7 +413,7 @@ static void test_concurrent_equals_solo_every_mode(void)
             static struct rec both[N];
             uint64_t ids[N];
             for (int i = 0; i < N; i++) {
-                mq_sched_session_open(s, &ids[i]);
+                mq_sched_session_open(s, TENANT, &ids[i]);
                 rec_init(&both[i]);
             }
             for (int i = 0; i < N; i++)
@@ -427,6 +441,71 @@ static void test_concurrent_equals_solo_every_mode(void)
         free(u[i]);
 }
 
+struct tenants {
+    const uint64_t *sid;
+    uint32_t *tenant;
+};
+
+static void note_tenant(void *ctx, const mq_session_info *i)
+{
+    struct tenants *t = ctx;
+    for (int k = 0; k < 3; k++)
+        if (t->sid[k] == i->id)
+            t->tenant[k] = i->tenant;
+}
+
+/* The prefix cache is per tenant unless shared by configuration (issue 13 #6): after
+ * tenant 1000 sent a prompt, tenant 1001's exact guess reads nothing from the index
+ * (by default), tenant 1000's second session reads its whole chunks; with
+ * share_prefix_cache both do. The answers are the same either way. */
+static void test_prefix_cache_per_tenant(void)
+{
+    const int BT = 16, CHUNK = 32;
+    int32_t *sys = NULL, *sec = NULL, p[1024];
+    int nsys = make_tokens(SYSTEM, &sys);
+    int nsec = make_tokens("<|im_start|>user\nMy deploy key is mq-7f3a9c21e5. Keep it, do not repeat it.<|im_end|>\n"
+                           "<|im_start|>assistant\n",
+                           &sec);
+    const int n = cat(p, sys, nsys, sec, nsec), chunks = (n - 1) / CHUNK * CHUNK;
+    for (int share = 0; share < 2; share++) {
+        mq_sched_opts o = test_opts(MQ_PREC_MODE_MIXED, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
+        o.share_prefix_cache = share;
+        mq_sched *s = make_sched_opts(&o);
+        if (!s)
+            return;
+        uint64_t a1, b, a2;
+        CHECK(mq_sched_session_open(s, 1000, &a1) == 0 && mq_sched_session_open(s, 1001, &b) == 0 &&
+                  mq_sched_session_open(s, 1000, &a2) == 0,
+              "open");
+        struct rec ra1, rb, ra2;
+        rec_init(&ra1);
+        rec_init(&rb);
+        rec_init(&ra2);
+        submit(s, a1, p, n, 6, &ra1);
+        rec_wait(&ra1, 60);
+        submit(s, b, p, n, 6, &rb);
+        rec_wait(&rb, 60);
+        submit(s, a2, p, n, 6, &ra2);
+        rec_wait(&ra2, 60);
+        CHECK(rb.st.cached_tokens == (share ? chunks : 0),
+              "share %d: another tenant's exact guess reads %d tokens from the index (want %d)", share,
+              rb.st.cached_tokens, share ? chunks : 0);
+        CHECK(ra2.st.cached_tokens == chunks && chunks > 0, "share %d: the same tenant reads %d tokens (want %d)",
+              share, ra2.st.cached_tokens, chunks);
+        CHECK(!memcmp(ra1.ids, rb.ids, sizeof ra1.ids) && !memcmp(ra1.ids, ra2.ids, sizeof ra1.ids) && ra1.n == 6,
+              "share %d: the same answer for all three (\"%s\", \"%s\", \"%s\")", share, ra1.text, rb.text, ra2.text);
+        uint32_t tenant_of[3] = { 0 };
+        uint64_t sid[3] = { a1, b, a2 };
+        struct tenants t = { sid, tenant_of };
+        mq_sched_sessions(s, note_tenant, &t);
+        CHECK(tenant_of[0] == 1000 && tenant_of[1] == 1001 && tenant_of[2] == 1000,
+              "sessions report their tenants: %u %u %u", tenant_of[0], tenant_of[1], tenant_of[2]);
+        mq_sched_destroy(s);
+    }
+    free(sys);
+    free(sec);
+}
+
 static void test_cancel_and_errors(void)
 {
     mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
@@ -435,7 +514,7 @@ static void test_cancel_and_errors(void)
     int32_t *t = NULL;
     int n = make_tokens("Once upon a time, in a small village by the river,", &t);
     uint64_t a;
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r;
     rec_init(&r);
     r.s = s;
@@ -487,8 +566,8 @@ static void test_kv_full(void)
         if (!s)
             return;
         uint64_t a, b;
-        mq_sched_session_open(s, &a);
-        mq_sched_session_open(s, &b);
+        mq_sched_session_open(s, TENANT, &a);
+        mq_sched_session_open(s, TENANT, &b);
         struct rec ra, rb;
         rec_init(&ra);
         rec_init(&rb);
@@ -517,7 +596,7 @@ static void test_kv_full(void)
         mq_sink k = sink_of(&rb);
         mq_gen_params p = { .max_tokens = 1000 };
         uint64_t c;
-        mq_sched_session_open(s, &c);
+        mq_sched_session_open(s, TENANT, &c);
         CHECK(mq_sched_submit(s, c, t, n, &p, &k, err, sizeof err) == -ENOSPC && strstr(err, "KV blocks"),
               "too big for the store: %s", err);
         free(t2);
@@ -535,8 +614,8 @@ static void test_chunked_prefill_interleaves(void)
     int32_t *t = NULL;
     int n = make_tokens("def add(a, b):\n    return a + b\n", &t);
     uint64_t a, b;
-    mq_sched_session_open(s, &a);
-    mq_sched_session_open(s, &b);
+    mq_sched_session_open(s, TENANT, &a);
+    mq_sched_session_open(s, TENANT, &b);
     struct rec ra, rb;
     rec_init(&ra);
     rec_init(&rb);
@@ -582,7 +661,7 @@ static void test_stops_and_drain(void)
     int32_t *t = NULL;
     int n = make_tokens("def main():\n    print(", &t);
     uint64_t a;
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r0;
     rec_init(&r0);
     submit(s, a, t, n, 12, &r0);
@@ -593,7 +672,7 @@ static void test_stops_and_drain(void)
     for (int i = 0; i < 3; i++)
         if (r0.ids[i] == r0.ids[3])
             k = i;
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r1;
     rec_init(&r1);
     mq_gen_params p = { .max_tokens = 12, .n_stop_ids = 1, .stop_ids = { r0.ids[k] } };
@@ -610,7 +689,7 @@ static void test_stops_and_drain(void)
         char stop[8] = { 0 };
         size_t off = r0.n_text / 2;
         memcpy(stop, r0.text + off, 2);
-        mq_sched_session_open(s, &a);
+        mq_sched_session_open(s, TENANT, &a);
         struct rec r2;
         rec_init(&r2);
         mq_gen_params p2 = { .max_tokens = 12, .n_stop_strs = 1, .stop_strs = { stop } };
@@ -629,7 +708,7 @@ static void test_stops_and_drain(void)
     struct rec rs[3];
     uint64_t seeds[3] = { 7, 7, 8 };
     for (int i = 0; i < 3; i++) {
-        mq_sched_session_open(s, &a);
+        mq_sched_session_open(s, TENANT, &a);
         rec_init(&rs[i]);
         mq_gen_params ps = { .max_tokens = 16, .temperature = 1.0f, .top_p = 0.95f, .seed = seeds[i] };
         mq_sink ss = sink_of(&rs[i]);
@@ -641,12 +720,12 @@ static void test_stops_and_drain(void)
     CHECK(memcmp(rs[0].ids, rs[2].ids, 16 * sizeof(int32_t)) != 0, "another seed, other tokens");
     mq_gen_params bad = { .max_tokens = 4, .temperature = 1.0f, .top_p = -1.0f, .min_p = NAN };
     mq_sink sb = sink_of(&rs[0]);
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     CHECK(mq_sched_submit(s, a, t, n, &bad, &sb, err, sizeof err) == -EINVAL, "bad sampling parameters refused: %s",
           err);
 
     /* drain: a running request is cancelled at the timeout, new ones are refused */
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r3;
     rec_init(&r3);
     submit(s, a, t, n, 1000, &r3);
@@ -725,6 +804,7 @@ int main(void)
     RUN(test_concurrent_prompts_read_shared_head_once);
     RUN(test_batched_equals_solo);
     RUN(test_concurrent_equals_solo_every_mode);
+    RUN(test_prefix_cache_per_tenant);
     RUN(test_cancel_and_errors);
     RUN(test_kv_full);
     RUN(test_chunked_prefill_interleaves);
