@@ -523,6 +523,8 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         rc = mqd_privs_drop(d, err, errlen);
     if (rc)
         return rc;
+    mqd_refuse_fds(d->client_fd);
+    mqd_refuse_fds(d->admin_fd);
     rc = mq_evloop_create(&d->loop, 512);
     if (rc)
         return mq_errmsg(err, errlen, rc, "io_uring: %s", strerror(-rc));
