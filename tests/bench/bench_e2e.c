@@ -749,7 +749,7 @@ int main(int argc, char **argv)
     if (g_parts & P_LONG) {
         const int GEN = g_quick ? 8 : 24;
         s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 512, NL + GEN + 64);
-        mq_sched_session_open(s, &id);
+        mq_sched_session_open(s, TENANT, &id);
         w_init(&w, GEN + 1);
         run(s, id, prompt, NL, GEN, &w);
         w_wait(&w);
