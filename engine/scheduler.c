@@ -11,10 +11,11 @@
  *
  * KV admission: when a request leaves the queue, the session first extends its KV from
  * the prefix index (whole shareable chunks only, at most up to the last history token,
- * whose logits must be computed), then reserves every block it can still need
- * (history + max_tokens, capped by the context limit). So a running request never meets
- * a full store; a request that cannot reserve waits (after idle sessions' KV is
- * reclaimed, oldest first) or fails, per the configured policy.
+ * whose logits must be computed), then reserves the blocks its prompt and first sampled
+ * token need; a decoding request reserves its next block when its token starts one
+ * (scheduler.h "KV reservations"). A reservation cannot fail halfway: allocations
+ * against it always succeed; what cannot be reserved waits, fails, or makes the largest
+ * holder end (make_room).
  */
 #define _GNU_SOURCE
 #include "engine/scheduler.h"
@@ -53,10 +54,12 @@ struct req {
     mq_sink sink;
     int state;
     int end_code; /* atomic: 0 or 1 + mq_sched_end_reason requested by cancel */
+    int end_err;  /* with MQ_SCHED_END_ERROR asked (to make room): the error and why */
+    char end_msg[160];
     int hist0;    /* history length before this request */
     int kv0;      /* session KV before admission */
     int limit;    /* history length at which generation stops */
-    int reserved; /* KV blocks still reserved */
+    int reserved; /* KV blocks reserved and not allocated yet */
     int generated;
     int emitted_first;
     mq_sched_req_stats st;
@@ -114,7 +117,7 @@ struct mq_sched {
     int rr_decode; /* round-robin start when over max_batch */
 
     /* stats */
-    uint64_t req_done, req_failed, tok_prompt, tok_cached, tok_prefilled, tok_generated;
+    uint64_t req_done, req_failed, req_yielded, tok_prompt, tok_cached, tok_prefilled, tok_generated;
     double pf_busy_s, dec_busy_s;
     uint64_t pf_progress, dec_progress; /* atomics */
 };
@@ -341,7 +344,8 @@ static void finish_locked(mq_sched *s, struct req *r, mq_sched_end_reason why, i
         s->req_done++;
     (void)err;
     pthread_cond_broadcast(&s->done_cv);
-    pthread_cond_signal(&s->pf_cv); /* blocks may have freed up for a waiting request */
+    pthread_cond_signal(&s->pf_cv);  /* blocks may have freed up for a waiting request */
+    pthread_cond_signal(&s->dec_cv); /* or for a decoding one */
 }
 
 static void finish_notify(mq_sched *s, struct req *r, mq_sched_end_reason why, int err, const char *msg)
@@ -367,12 +371,13 @@ static void end_request(mq_sched *s, struct req *r, mq_sched_end_reason why, int
 }
 
 /* Asks a request to end at its driver's next step (the first reason asked wins). */
-static void flag_end(mq_sched *s, struct req *r, mq_sched_end_reason why)
+static int flag_end(mq_sched *s, struct req *r, mq_sched_end_reason why)
 {
     int zero = 0;
-    __atomic_compare_exchange_n(&r->end_code, &zero, 1 + (int)why, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    int set = __atomic_compare_exchange_n(&r->end_code, &zero, 1 + (int)why, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&s->pf_cv);
     pthread_cond_broadcast(&s->dec_cv);
+    return set;
 }
 
 /* Ends the first request of `list` (linked by next) that was asked to end, after
@@ -384,10 +389,65 @@ static int sweep_cancelled(mq_sched *s, struct req *list, void (*unlink)(mq_sche
         if (code) {
             mq_sched_end_reason why = (mq_sched_end_reason)(code - 1);
             unlink(s, q);
-            end_request(s, q, why, 0, why == MQ_SCHED_END_CANCEL ? "cancelled" : "client gone");
+            if (why == MQ_SCHED_END_ERROR)
+                end_request(s, q, why, q->end_err, q->end_msg);
+            else
+                end_request(s, q, why, 0, why == MQ_SCHED_END_CANCEL ? "cancelled" : "client gone");
             return 1;
         }
     }
+    return 0;
+}
+
+/* Blocks a running request holds: its session's and those still reserved for it. */
+static int held_blocks(const struct req *r)
+{
+    return r->ss->n_blk + r->reserved;
+}
+
+/* The running (prefilling or decoding) request that holds the most blocks, and whether
+ * one of them is already asked to end (its blocks are coming back). s->mu held. */
+static struct req *largest_running(mq_sched *s, int *ending)
+{
+    struct req *best = NULL, *lists[2] = { s->queue_head, s->decoding };
+    *ending = 0;
+    for (int i = 0; i < 2; i++)
+        for (struct req *q = lists[i]; q; q = q->next) {
+            if (q->state == RQ_QUEUED)
+                continue;
+            *ending |= __atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE) != 0;
+            if (!best || held_blocks(q) > held_blocks(best))
+                best = q;
+        }
+    return best;
+}
+
+/* When the store cannot give a block: the running request holding the most blocks ends
+ * (its driver ends it at its next step; its session keeps what was generated, and its KV
+ * becomes idle KV that reclaim_idle takes back). Nothing if an end is already pending.
+ * s->mu held. */
+static void make_room(mq_sched *s)
+{
+    int ending;
+    struct req *v = largest_running(s, &ending);
+    if (!v || ending)
+        return;
+    v->end_err = -ENOSPC;
+    snprintf(v->end_msg, sizeof v->end_msg,
+             "KV store full: this request held the most of its %d blocks (%d) and was ended to make room; "
+             "its session keeps the %d tokens generated",
+             s->o.kv_blocks, held_blocks(v), v->generated);
+    if (flag_end(s, v, MQ_SCHED_END_ERROR))
+        s->req_yielded++;
+}
+
+/* One more block reserved for r (its next position starts one): from the store, else
+ * from idle sessions' KV. -ENOSPC if neither has one. s->mu held. */
+static int reserve_next_block(mq_sched *s, struct req *r)
+{
+    if (mq_kv_reserve(s->kv, 1) < 0 && reclaim_idle(s, 1, NULL) < 0)
+        return -ENOSPC;
+    r->reserved++;
     return 0;
 }
 
@@ -555,7 +615,8 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
     if (ss->n_kv >= ss->n_hist)
         truncate_kv(s, ss, ss->n_hist - 1); /* logits need a token */
     lookup_prefix(s, ss);
-    int need = blocks_for(s, r->limit) - ss->n_blk;
+    /* the prompt and the first sampled token's position; decoding reserves the rest */
+    int need = blocks_for(s, ss->n_hist + 1) - ss->n_blk;
     if (need < 0)
         need = 0;
     if (mq_kv_reserve(s->kv, need) < 0 && reclaim_idle(s, need, ss) < 0) {
@@ -784,7 +845,20 @@ static int pick_batch(mq_sched *s, struct batch *b)
         if (!dup)
             b->r[nb++] = q;
     }
-    b->n = nb;
+    /* a request whose token starts a block needs one more reserved; one that cannot get
+     * it skips this step, and the largest holder is asked to make room */
+    int kept = 0, starved = 0;
+    for (int i = 0; i < nb; i++) {
+        struct req *q = b->r[i];
+        if (q->ss->n_blk * s->o.block_tokens < q->ss->n_kv + 1 && q->reserved == 0 && reserve_next_block(s, q) < 0) {
+            starved = 1;
+            continue;
+        }
+        b->r[kept++] = q;
+    }
+    if (starved)
+        make_room(s);
+    nb = b->n = kept;
     int rc = 0;
     for (int i = 0; i < nb; i++) {
         struct session *ss = b->r[i]->ss;
@@ -841,6 +915,10 @@ static void *decode_main(void *arg)
             continue;
         }
         int rc = pick_batch(s, &b);
+        if (rc == 0 && b.n == 0) { /* every one waits for a block: one is being ended */
+            idle_wait(s, &s->dec_cv);
+            continue;
+        }
         pthread_mutex_unlock(&s->mu);
 
         double t0 = mq_now_s();
@@ -1218,12 +1296,16 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
         return mq_errmsg(err, errlen, -EINVAL, "submit: empty prompt on an empty session");
     if (s->n_queued >= s->o.max_queued)
         return mq_errmsg(err, errlen, -EAGAIN, "submit: queue full (%d requests waiting)", s->n_queued);
+    const int store = s->o.kv_blocks * s->o.block_tokens; /* tokens the whole KV store holds */
+    if (ss->n_hist + n + 1 > store)
+        return mq_errmsg(err, errlen, -ENOSPC, "submit: %d history + %d new tokens need %d KV blocks, the store has %d",
+                         ss->n_hist, n, blocks_for(s, ss->n_hist + n + 1), s->o.kv_blocks);
+    /* generation stops at max_tokens, the context limit, or when the session fills the store */
     *limit = ss->n_hist + n + max_tokens;
     if (*limit > ctx)
         *limit = ctx;
-    if (blocks_for(s, *limit) > s->o.kv_blocks)
-        return mq_errmsg(err, errlen, -ENOSPC, "submit: %d tokens need %d KV blocks, the store has %d", *limit,
-                         blocks_for(s, *limit), s->o.kv_blocks);
+    if (*limit > store)
+        *limit = store;
     if (ss->cap_hist < *limit + 1) {
         int32_t *h = realloc(ss->hist, (size_t)(*limit + 1) * sizeof(int32_t));
         if (!h)
@@ -1303,6 +1385,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
     pthread_mutex_lock(&s->mu);
     st->requests_done = s->req_done;
     st->requests_failed = s->req_failed;
+    st->requests_yielded = s->req_yielded;
     st->prompt_tokens = s->tok_prompt;
     st->cached_tokens = s->tok_cached;
     st->prefilled_tokens = s->tok_prefilled;
@@ -1321,6 +1404,8 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
     st->kv_used = ks.used;
     st->kv_cached = ks.cached;
     st->kv_free = ks.free;
+    st->kv_reserved = ks.reserved;
+    st->kv_available = ks.free + ks.cached - ks.reserved;
     st->kv_lookups = ks.lookups;
     st->kv_hits = ks.hits;
     st->kv_evictions = ks.evictions;
@@ -1343,6 +1428,7 @@ void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info 
                                .kv_tokens = ss->n_kv,
                                .kv_blocks = ss->n_blk,
                                .shared_blocks = ss->n_shared,
+                               .reserved_blocks = ss->req ? ss->req->reserved : 0,
                                .busy = ss->req ? ss->req->state : 0,
                                .idle_ms = ss->req ? 0 : (t - ss->last_used) * 1e3 };
         cb(ctx, &in);

@@ -41,6 +41,22 @@
  * its next request as one prompt, which in mixed/fp4 mode computes in NVFP4 what was
  * decoded in BF16.
  *
+ * KV reservations: one request must not be able to lock the store for others. A request
+ * reserves, when it leaves the queue, the blocks its prompt needs and one for its first
+ * sampled token (not max_tokens); a decoding request reserves its next block when its
+ * token starts one. So a request holds what it uses. Idle sessions' KV is taken back,
+ * least recently used first, whenever the store runs short. If that is not enough:
+ * - a queued request waits for running ones to finish (on_kv_full = wait) or fails with
+ *   -ENOSPC (fail, or when nothing runs); requests behind it wait (FIFO);
+ * - a decoding request that needs its next block skips steps, and the running request
+ *   holding the most blocks is ended (MQ_SCHED_END_ERROR, -ENOSPC, "KV store full: ...
+ *   ended to make room"); its session keeps what it generated and its KV becomes idle.
+ *   A request that keeps growing is thus the one that gives way, and queued requests wait
+ *   at most until it needs its next block.
+ * Generation also stops (MQ_SCHED_END_LENGTH) when a session fills the whole store; a
+ * prompt that alone does not fit is refused at submit. Reservations appear in the stats
+ * (kv_reserved, kv_available) and per session (mq_session_info.reserved_blocks).
+ *
  * Thread rules: every function here may be called from any thread except the sink
  * callbacks; they are not re-entrant into the scheduler for the same session except
  * mq_sched_cancel. Sink callbacks run on the scheduler's driver threads (the first token
@@ -175,6 +191,7 @@ int mq_sched_cancel(mq_sched *s, uint64_t session, mq_sched_end_reason reason);
 typedef struct mq_sched_stats {
     /* totals since start */
     uint64_t requests_done, requests_failed;
+    uint64_t requests_yielded; /* ended to make room in a full KV store (also in failed) */
     uint64_t prompt_tokens, cached_tokens, prefilled_tokens, generated_tokens;
     double prefill_tok_s;   /* prefilled tokens / busy prefill time */
     double decode_tok_s;    /* generated tokens / busy decode time */
@@ -182,6 +199,8 @@ typedef struct mq_sched_stats {
     /* now */
     int sessions, queued, prefilling, decoding;
     int kv_blocks, kv_used, kv_cached, kv_free, block_tokens;
+    int kv_reserved;  /* blocks promised to running requests, not allocated yet */
+    int kv_available; /* free + cached - reserved: what a new request can get now */
     uint64_t kv_lookups, kv_hits, kv_evictions, kv_refused; /* prefix index, since start */
     size_t kv_bytes;
     const char *kv_memory; /* "hugetlb", "thp" or "4k" (static string) */
@@ -197,7 +216,8 @@ typedef struct mq_session_info {
     uint64_t id;
     uint32_t tenant;
     int history_tokens, kv_tokens, kv_blocks, shared_blocks;
-    int busy; /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
+    int reserved_blocks; /* of its running request */
+    int busy;            /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
     double idle_ms;
 } mq_session_info;
 

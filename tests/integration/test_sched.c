@@ -553,8 +553,10 @@ static void test_cancel_and_errors(void)
     free(t);
 }
 
-/* KV store of 12 blocks x 16 tokens: a running request holds its reservation; a second
- * one fails (fail policy) or waits and then completes (wait policy). */
+/* KV store of 12 blocks x 16 tokens: a running request holds its prompt's blocks; a
+ * second one whose prompt does not fit beside them fails (fail policy) or waits and then
+ * completes (wait policy); a prompt over the store is refused at submit; max_tokens past
+ * the store ends generation when the session fills it. */
 static void test_kv_full(void)
 {
     int32_t *t = NULL;
@@ -591,18 +593,133 @@ static void test_kv_full(void)
             /* b could only start when a's blocks were reclaimed from the idle session */
             CHECK(rb.t[0] > ra.t[ra.n - 1], "b's first token after a's last");
         }
-        /* more than the whole store: refused at submit */
+        /* a prompt over the whole store: refused at submit */
         char err[256];
         mq_sink k = sink_of(&rb);
-        mq_gen_params p = { .max_tokens = 1000 };
         uint64_t c;
         mq_sched_session_open(s, TENANT, &c);
-        CHECK(mq_sched_submit(s, c, t, n, &p, &k, err, sizeof err) == -ENOSPC && strstr(err, "KV blocks"),
+        int32_t *big = calloc(12 * 16, sizeof *big);
+        CHECK(mq_sched_submit(s, c, big, 12 * 16, NULL, &k, err, sizeof err) == -ENOSPC && strstr(err, "KV blocks"),
               "too big for the store: %s", err);
+        free(big);
+        /* max_tokens past the store: generation stops when the session fills it */
+        struct rec rc;
+        rec_init(&rc);
+        mq_gen_params p = { .max_tokens = 1000 };
+        mq_sink kc = sink_of(&rc);
+        CHECK(mq_sched_submit(s, c, t, n, &p, &kc, err, sizeof err) == 0, "max_tokens past the store: %s", err);
+        rec_wait(&rc, 60);
+        CHECK(rc.why == MQ_SCHED_END_LENGTH && n + rc.n == 12 * 16, "ends at the store's size: %s, %d + %d tokens",
+              mq_sched_end_reason_name(rc.why), n, rc.n);
         free(t2);
         mq_sched_destroy(s);
     }
     free(t);
+}
+
+/* Waits until r has streamed at least n tokens (or ended). */
+static void wait_tokens(struct rec *r, int n, double timeout_s)
+{
+    double t0 = mq_now_s();
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        int k = r->n, d = r->done;
+        pthread_mutex_unlock(&r->mu);
+        if (k >= n || d || mq_now_s() - t0 > timeout_s)
+            break;
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+struct reserved_sum {
+    int blocks, sessions;
+};
+
+static void add_reserved(void *ctx, const mq_session_info *i)
+{
+    struct reserved_sum *r = ctx;
+    r->blocks += i->reserved_blocks;
+    r->sessions++;
+}
+
+/* One request cannot lock the KV store (issue 13 #4). Two requests ask for far more
+ * tokens than the store holds (max_tokens 1000000, store 32 blocks x 16); while they
+ * decode, twelve small requests arrive under the fail policy (a request the store cannot
+ * take fails at once): every one is admitted and completes. Reservations stay small
+ * (a block ahead at most) and are visible in the stats and per session. When the two
+ * have filled the store, the one holding the most blocks is ended with a clear error
+ * and the other runs on to the store's size. */
+static void test_huge_requests_do_not_lock_the_store(void)
+{
+    enum { SMALL = 12, KV = 32, BT = 16 };
+    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, KV, BT, 64, MQ_KV_FULL_FAIL);
+    if (!s)
+        return;
+    int32_t *h[2], *t[SMALL];
+    int nh[2], nt[SMALL];
+    nh[0] = make_tokens("Once upon a time, in a small village by the river,", &h[0]);
+    nh[1] = make_tokens("import os\nimport sys\n\ndef main():\n", &h[1]);
+    uint64_t hs[2], ts[SMALL];
+    struct rec rh[2];
+    static struct rec rt[SMALL];
+    mq_gen_params huge = { .max_tokens = 1000000 };
+    for (int i = 0; i < 2; i++) {
+        mq_sched_session_open(s, TENANT, &hs[i]);
+        rec_init(&rh[i]);
+        mq_sink k = sink_of(&rh[i]);
+        char err[256] = "";
+        CHECK(mq_sched_submit(s, hs[i], h[i], nh[i], &huge, &k, err, sizeof err) == 0, "huge %d: %s", i, err);
+    }
+    for (int i = 0; i < 2; i++)
+        wait_tokens(&rh[i], 4, 60);
+    mq_sched_stats st;
+    mq_sched_get_stats(s, &st);
+    struct reserved_sum rs = { 0, 0 };
+    mq_sched_sessions(s, add_reserved, &rs);
+    CHECK(st.kv_reserved <= 2 && st.kv_reserved == rs.blocks && st.kv_available >= KV - 8,
+          "two huge requests decoding reserve %d blocks (sessions say %d), %d available of %d", st.kv_reserved,
+          rs.blocks, st.kv_available, KV);
+    for (int i = 0; i < SMALL; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "Question %d: what is %d plus %d?", i, i * 7, i + 3);
+        nt[i] = make_tokens(text, &t[i]);
+        mq_sched_session_open(s, 2000 + (uint32_t)i, &ts[i]);
+        rec_init(&rt[i]);
+        submit(s, ts[i], t[i], nt[i], 8, &rt[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < SMALL; i++) {
+        rec_wait(&rt[i], 60);
+        ok += rt[i].why == MQ_SCHED_END_LENGTH && rt[i].n == 8;
+        CHECK(rt[i].why == MQ_SCHED_END_LENGTH && rt[i].n == 8, "small %d: %s after %d tokens (%s)", i,
+              mq_sched_end_reason_name(rt[i].why), rt[i].n, rt[i].msg);
+    }
+    printf("    %d of %d small requests completed beside two requests of max_tokens 1000000\n", ok, SMALL);
+    for (int i = 0; i < 2; i++)
+        rec_wait(&rh[i], 120);
+    int yielded = -1, ran = -1;
+    for (int i = 0; i < 2; i++) {
+        if (rh[i].why == MQ_SCHED_END_ERROR && rh[i].err == -ENOSPC && strstr(rh[i].msg, "to make room"))
+            yielded = i;
+        else if (rh[i].why == MQ_SCHED_END_LENGTH && nh[i] + rh[i].n == KV * BT)
+            ran = i;
+    }
+    CHECK(yielded >= 0 && ran >= 0 && yielded != ran,
+          "one gives way (%s, %d tokens: %s), the other fills the store (%s, %d + %d tokens of %d)",
+          mq_sched_end_reason_name(rh[0].why), rh[0].n, rh[0].msg, mq_sched_end_reason_name(rh[1].why), nh[1], rh[1].n,
+          KV * BT);
+    if (yielded >= 0)
+        CHECK(mq_sched_session_history(s, hs[yielded], NULL, 0) == nh[yielded] + rh[yielded].n,
+              "the session that gave way keeps what it generated");
+    mq_sched_get_stats(s, &st);
+    CHECK(st.requests_yielded == 1 && st.kv_reserved == 0, "stats: %llu yielded, %d reserved",
+          (unsigned long long)st.requests_yielded, st.kv_reserved);
+    mq_sched_destroy(s);
+    for (int i = 0; i < 2; i++)
+        free(h[i]);
+    for (int i = 0; i < SMALL; i++)
+        free(t[i]);
 }
 
 /* A long prompt is read in chunks while another session keeps decoding. */
@@ -807,6 +924,7 @@ int main(void)
     RUN(test_prefix_cache_per_tenant);
     RUN(test_cancel_and_errors);
     RUN(test_kv_full);
+    RUN(test_huge_requests_do_not_lock_the_store);
     RUN(test_chunked_prefill_interleaves);
     RUN(test_stops_and_drain);
     mq_tok_free(g_tok);
