@@ -56,10 +56,11 @@ struct req {
     int end_code; /* atomic: 0 or 1 + mq_sched_end_reason requested by cancel */
     int end_err;  /* with MQ_SCHED_END_ERROR asked (to make room): the error and why */
     char end_msg[160];
-    int hist0;    /* history length before this request */
-    int kv0;      /* session KV before admission */
-    int limit;    /* history length at which generation stops */
-    int reserved; /* KV blocks reserved and not allocated yet */
+    int hist0;          /* history length before this request */
+    int kv0;            /* session KV before admission */
+    int limit;          /* history length at which generation stops */
+    int reserved;       /* KV blocks reserved and not allocated yet */
+    int tenant_waiting; /* queued: its tenant's KV share is full (admit) */
     int generated;
     int emitted_first;
     mq_sched_req_stats st;
@@ -274,6 +275,17 @@ static void lookup_prefix(mq_sched *s, struct session *ss)
     }
 }
 
+/* The least recently used idle session holding KV (of one tenant, if given), or NULL. */
+static struct session *lru_idle(mq_sched *s, const struct session *except, const uint32_t *tenant)
+{
+    struct session *victim = NULL;
+    for (struct session *ss = s->sessions; ss; ss = ss->next)
+        if (ss != except && !ss->req && ss->n_blk > 0 && (!tenant || ss->tenant == *tenant) &&
+            (!victim || ss->last_used < victim->last_used))
+            victim = ss;
+    return victim;
+}
+
 /* Gives back the KV of idle sessions, least recently used first, until `need` blocks
  * can be reserved. Their histories stay: a later turn re-finds its full blocks in the
  * index if they were not evicted meanwhile, and prefills the rest. */
@@ -282,12 +294,46 @@ static int reclaim_idle(mq_sched *s, int need, const struct session *except)
     for (;;) {
         if (mq_kv_reserve(s->kv, need) == 0)
             return 0;
-        struct session *victim = NULL;
-        for (struct session *ss = s->sessions; ss; ss = ss->next)
-            if (ss != except && !ss->req && ss->n_blk > 0 && (!victim || ss->last_used < victim->last_used))
-                victim = ss;
+        struct session *victim = lru_idle(s, except, NULL);
         if (!victim)
             return -ENOSPC;
+        truncate_kv(s, victim, 0);
+    }
+}
+
+/* What a tenant uses now (s->mu held). */
+static mq_tenant_info tenant_usage(const mq_sched *s, uint32_t tenant)
+{
+    mq_tenant_info u = { .tenant = tenant };
+    for (const struct session *ss = s->sessions; ss; ss = ss->next) {
+        if (ss->tenant != tenant)
+            continue;
+        u.sessions++;
+        u.kv_blocks += ss->n_blk;
+        if (ss->req) {
+            u.kv_reserved += ss->req->reserved;
+            if (ss->req->state == RQ_QUEUED)
+                u.queued++;
+            else
+                u.running++;
+        }
+    }
+    return u;
+}
+
+/* Whether the tenant can take `need` more blocks within its share (tenant_kv_blocks),
+ * after giving back the KV of its own idle sessions, least recently used first. */
+static int tenant_fits(mq_sched *s, uint32_t tenant, int need, const struct session *except)
+{
+    if (s->o.tenant_kv_blocks <= 0)
+        return 1;
+    for (;;) {
+        mq_tenant_info u = tenant_usage(s, tenant);
+        if (u.kv_blocks + u.kv_reserved + need <= s->o.tenant_kv_blocks)
+            return 1;
+        struct session *victim = lru_idle(s, except, &tenant);
+        if (!victim)
+            return 0;
         truncate_kv(s, victim, 0);
     }
 }
@@ -405,15 +451,16 @@ static int held_blocks(const struct req *r)
     return r->ss->n_blk + r->reserved;
 }
 
-/* The running (prefilling or decoding) request that holds the most blocks, and whether
- * one of them is already asked to end (its blocks are coming back). s->mu held. */
-static struct req *largest_running(mq_sched *s, int *ending)
+/* The running (prefilling or decoding) request that holds the most blocks (of one
+ * tenant, if given), and whether one of them is already asked to end (its blocks are
+ * coming back). s->mu held. */
+static struct req *largest_running(mq_sched *s, const uint32_t *tenant, int *ending)
 {
     struct req *best = NULL, *lists[2] = { s->queue_head, s->decoding };
     *ending = 0;
     for (int i = 0; i < 2; i++)
         for (struct req *q = lists[i]; q; q = q->next) {
-            if (q->state == RQ_QUEUED)
+            if (q->state == RQ_QUEUED || (tenant && q->ss->tenant != *tenant))
                 continue;
             *ending |= __atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE) != 0;
             if (!best || held_blocks(q) > held_blocks(best))
@@ -422,21 +469,27 @@ static struct req *largest_running(mq_sched *s, int *ending)
     return best;
 }
 
-/* When the store cannot give a block: the running request holding the most blocks ends
- * (its driver ends it at its next step; its session keeps what was generated, and its KV
- * becomes idle KV that reclaim_idle takes back). Nothing if an end is already pending.
- * s->mu held. */
-static void make_room(mq_sched *s)
+/* When the store (or a tenant's share of it, if tenant is given) cannot give a block:
+ * the running request holding the most blocks (of that tenant) ends; its driver ends it
+ * at its next step, its session keeps what was generated, and its KV becomes idle KV
+ * that reclaim_idle takes back. Nothing if such an end is already pending. s->mu held. */
+static void make_room(mq_sched *s, const uint32_t *tenant)
 {
     int ending;
-    struct req *v = largest_running(s, &ending);
+    struct req *v = largest_running(s, tenant, &ending);
     if (!v || ending)
         return;
     v->end_err = -ENOSPC;
-    snprintf(v->end_msg, sizeof v->end_msg,
-             "KV store full: this request held the most of its %d blocks (%d) and was ended to make room; "
-             "its session keeps the %d tokens generated",
-             s->o.kv_blocks, held_blocks(v), v->generated);
+    if (tenant)
+        snprintf(v->end_msg, sizeof v->end_msg,
+                 "KV share of tenant %u full: this request held the most of its %d blocks (%d) and was ended to "
+                 "make room; its session keeps the %d tokens generated",
+                 *tenant, s->o.tenant_kv_blocks, held_blocks(v), v->generated);
+    else
+        snprintf(v->end_msg, sizeof v->end_msg,
+                 "KV store full: this request held the most of its %d blocks (%d) and was ended to make room; "
+                 "its session keeps the %d tokens generated",
+                 s->o.kv_blocks, held_blocks(v), v->generated);
     if (flag_end(s, v, MQ_SCHED_END_ERROR))
         s->req_yielded++;
 }
@@ -607,8 +660,12 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
 
 /* ---- the prefill driver ---- */
 
-/* Admission of the queue's head request: prefix lookup + block reservation.
- * Returns 1 admitted, 0 must wait, -errno failed (message in msg). */
+/* What admit() decided (or a negative errno: the request fails, message in msg). */
+enum { ADMIT_WAIT = 0, ADMIT_OK = 1, ADMIT_TENANT_WAIT = 2 };
+
+/* Admission of a queued request: prefix lookup, then its tenant's share and the store
+ * for the blocks of its prompt and first sampled token. ADMIT_WAIT: the store is short
+ * (requests behind wait too); ADMIT_TENANT_WAIT: its tenant's share is (others may go). */
 static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
 {
     struct session *ss = r->ss;
@@ -619,6 +676,17 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
     int need = blocks_for(s, ss->n_hist + 1) - ss->n_blk;
     if (need < 0)
         need = 0;
+    if (!tenant_fits(s, ss->tenant, need, ss)) {
+        mq_tenant_info u = tenant_usage(s, ss->tenant);
+        if (s->o.on_kv_full == MQ_KV_FULL_FAIL || u.running == 0) {
+            snprintf(msg, msglen,
+                     "KV share of tenant %u full: the request needs %d more blocks of %d tokens, the tenant holds "
+                     "%d of its %d",
+                     ss->tenant, need, s->o.block_tokens, u.kv_blocks + u.kv_reserved, s->o.tenant_kv_blocks);
+            return -ENOSPC;
+        }
+        return ADMIT_TENANT_WAIT; /* the tenant's running requests will give blocks back */
+    }
     if (mq_kv_reserve(s->kv, need) < 0 && reclaim_idle(s, need, ss) < 0) {
         int active = s->n_decoding + s->n_prefilling;
         if (s->o.on_kv_full == MQ_KV_FULL_FAIL || active == 0) {
@@ -630,12 +698,12 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
                      need, s->o.block_tokens, ks.free + ks.cached - ks.reserved, ks.used, ks.reserved);
             return -ENOSPC;
         }
-        return 0; /* wait: running requests will give blocks back */
+        return ADMIT_WAIT; /* running requests will give blocks back */
     }
     r->reserved = need;
     r->kv0 = ss->n_kv;
     r->st.cached_tokens = ss->n_kv;
-    return 1;
+    return ADMIT_OK;
 }
 
 /* Makes sure blocks cover positions [0, upto) (blocks come from the reservation). */
@@ -655,31 +723,48 @@ static int ensure_blocks(mq_sched *s, struct req *r, int upto)
     return 0;
 }
 
-/* The request the prefill driver runs a chunk of next (s->mu held): the queue's first
- * QUEUED request if the KV store admits it (FIFO: nobody overtakes a waiting head), else
- * the first started prefill; NULL: nothing to run now. A head the store can never take
- * ends here with its error, and *again says to look anew (s->mu was dropped). */
+/* Whether an earlier queued request of r's tenant waits for the tenant's share: then r
+ * waits behind it (FIFO within a tenant). */
+static int tenant_waits_ahead(const mq_sched *s, const struct req *r)
+{
+    for (const struct req *q = s->queue_head; q && q != r; q = q->next)
+        if (q->state == RQ_QUEUED && q->tenant_waiting && q->ss->tenant == r->ss->tenant)
+            return 1;
+    return 0;
+}
+
+/* The request the prefill driver runs a chunk of next (s->mu held): the first QUEUED
+ * request the KV store admits, in queue order (nobody overtakes a request waiting for the
+ * store; a request waiting for its tenant's share is passed by other tenants' requests),
+ * else the first started prefill; NULL: nothing to run now. A request that can never be
+ * admitted ends here with its error, and *again says to look anew (s->mu was dropped). */
 static struct req *pick(mq_sched *s, int *again)
 {
     char msg[256];
-    struct req *head = s->queue_head;
-    while (head && head->state != RQ_QUEUED)
-        head = head->next;
-    int a = head ? admit(s, head, msg, sizeof msg) : 0;
-    if (a > 0) {
-        head->state = RQ_PREFILL;
-        s->n_queued--;
-        s->n_prefilling++;
-        head->t_first_chunk = mq_now_s();
-        return head;
+    for (struct req *q = s->queue_head; q; q = q->next) {
+        if (q->state != RQ_QUEUED)
+            continue;
+        if (tenant_waits_ahead(s, q))
+            continue;
+        int a = admit(s, q, msg, sizeof msg);
+        q->tenant_waiting = a == ADMIT_TENANT_WAIT;
+        if (a == ADMIT_OK) {
+            q->state = RQ_PREFILL;
+            s->n_queued--;
+            s->n_prefilling++;
+            q->t_first_chunk = mq_now_s();
+            return q;
+        }
+        if (a < 0) {
+            queue_remove(s, q);
+            end_request(s, q, MQ_SCHED_END_ERROR, a, msg);
+            *again = 1;
+            return NULL;
+        }
+        if (a == ADMIT_WAIT)
+            break;
     }
-    if (a < 0) {
-        queue_remove(s, head);
-        end_request(s, head, MQ_SCHED_END_ERROR, a, msg);
-        *again = 1;
-        return NULL;
-    }
-    for (struct req *q = s->queue_head; q; q = q->next) /* the head waits for blocks, if any */
+    for (struct req *q = s->queue_head; q; q = q->next) /* queued ones wait for blocks, if any */
         if (q->state == RQ_PREFILL)
             return q;
     return NULL;
@@ -850,14 +935,20 @@ static int pick_batch(mq_sched *s, struct batch *b)
     int kept = 0, starved = 0;
     for (int i = 0; i < nb; i++) {
         struct req *q = b->r[i];
-        if (q->ss->n_blk * s->o.block_tokens < q->ss->n_kv + 1 && q->reserved == 0 && reserve_next_block(s, q) < 0) {
-            starved = 1;
-            continue;
+        if (q->ss->n_blk * s->o.block_tokens < q->ss->n_kv + 1 && q->reserved == 0) {
+            if (!tenant_fits(s, q->ss->tenant, 1, NULL)) {
+                make_room(s, &q->ss->tenant);
+                continue;
+            }
+            if (reserve_next_block(s, q) < 0) {
+                starved = 1;
+                continue;
+            }
         }
         b->r[kept++] = q;
     }
     if (starved)
-        make_room(s);
+        make_room(s, NULL);
     nb = b->n = kept;
     int rc = 0;
     for (int i = 0; i < nb; i++) {
@@ -1140,8 +1231,9 @@ int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
         return -ENOMEM;
     }
     pthread_mutex_lock(&s->mu);
-    if (s->n_sessions >= s->o.max_sessions || s->draining) {
-        int r = s->draining ? -ESHUTDOWN : -EMFILE;
+    if (s->n_sessions >= s->o.max_sessions || s->draining ||
+        (s->o.tenant_max_sessions > 0 && tenant_usage(s, tenant).sessions >= s->o.tenant_max_sessions)) {
+        int r = s->draining ? -ESHUTDOWN : s->n_sessions >= s->o.max_sessions ? -EMFILE : -EDQUOT;
         pthread_mutex_unlock(&s->mu);
         free(ss->blk);
         free(ss->ptr);
@@ -1296,6 +1388,12 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
         return mq_errmsg(err, errlen, -EINVAL, "submit: empty prompt on an empty session");
     if (s->n_queued >= s->o.max_queued)
         return mq_errmsg(err, errlen, -EAGAIN, "submit: queue full (%d requests waiting)", s->n_queued);
+    if (s->o.tenant_max_queued > 0) {
+        mq_tenant_info u = tenant_usage(s, ss->tenant);
+        if (u.queued >= s->o.tenant_max_queued)
+            return mq_errmsg(err, errlen, -EAGAIN, "submit: tenant %u has %d requests waiting (its limit)", ss->tenant,
+                             u.queued);
+    }
     const int store = s->o.kv_blocks * s->o.block_tokens; /* tokens the whole KV store holds */
     if (ss->n_hist + n + 1 > store)
         return mq_errmsg(err, errlen, -ENOSPC, "submit: %d history + %d new tokens need %d KV blocks, the store has %d",
@@ -1432,6 +1530,21 @@ void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info 
                                .busy = ss->req ? ss->req->state : 0,
                                .idle_ms = ss->req ? 0 : (t - ss->last_used) * 1e3 };
         cb(ctx, &in);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void mq_sched_tenants(mq_sched *s, void (*cb)(void *ctx, const mq_tenant_info *t), void *ctx)
+{
+    pthread_mutex_lock(&s->mu);
+    for (struct session *ss = s->sessions; ss; ss = ss->next) {
+        int first = 1; /* report each tenant at its first session in the list */
+        for (struct session *p = s->sessions; p != ss && first; p = p->next)
+            first = p->tenant != ss->tenant;
+        if (first) {
+            mq_tenant_info u = tenant_usage(s, ss->tenant);
+            cb(ctx, &u);
+        }
     }
     pthread_mutex_unlock(&s->mu);
 }

@@ -137,6 +137,11 @@ static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, 
     return make_sched_opts(&o);
 }
 
+static int blocks_for_test(int tokens, int block_tokens)
+{
+    return (tokens + block_tokens - 1) / block_tokens;
+}
+
 /* Deterministic "text" tokens: ids of ordinary words from the tokenizer. */
 static int make_tokens(const char *text, int32_t **ids)
 {
@@ -722,6 +727,90 @@ static void test_huge_requests_do_not_lock_the_store(void)
         free(t[i]);
 }
 
+struct tenant_row {
+    uint32_t tenant;
+    mq_tenant_info info;
+};
+
+static void note_tenant_info(void *ctx, const mq_tenant_info *t)
+{
+    struct tenant_row *r = ctx;
+    if (t->tenant == r->tenant)
+        r->info = *t;
+}
+
+/* Per-tenant limits (issue 13: one local user cannot starve the others), tenant 1000
+ * against tenant 1001, with 3 sessions, 1 queued request and 16 KV blocks per tenant in a
+ * store of 64: tenant 1000's fourth session is refused (-EDQUOT), 1001's are not. A
+ * request of 1000's that does not fit beside its own running one waits for it; another
+ * submit of 1000's is then refused (-EAGAIN, its queue share); 1001's request queued
+ * behind 1000's waiting one passes it and completes. 1000's running request grows into
+ * the tenant's share and is ended with a message naming the share (the store itself has
+ * room); then 1000's waiting request runs. */
+static void test_tenant_limits(void)
+{
+    const int BT = 16, SHARE = 16;
+    mq_sched_opts o = test_opts(MQ_PREC_MODE_MIXED, 64, BT, 64, MQ_KV_FULL_WAIT);
+    o.tenant_max_sessions = 3;
+    o.tenant_max_queued = 1;
+    o.tenant_kv_blocks = SHARE;
+    mq_sched *s = make_sched_opts(&o);
+    if (!s)
+        return;
+    uint64_t a[3], extra, x;
+    for (int i = 0; i < 3; i++)
+        CHECK(mq_sched_session_open(s, 1000, &a[i]) == 0, "tenant 1000 session %d", i);
+    CHECK(mq_sched_session_open(s, 1000, &extra) == -EDQUOT, "tenant 1000's fourth session refused");
+    CHECK(mq_sched_session_open(s, 1001, &x) == 0, "tenant 1001 opens");
+    int32_t *sys = NULL, pa[1024], pb[1024];
+    int nsys = make_tokens(SYSTEM, &sys);
+    const int na = cat(pa, sys, nsys, sys, nsys); /* two thirds of the share */
+    for (int i = 0; i < nsys; i++)                /* no block in common with pa */
+        pb[i] = sys[nsys - 1 - i];
+    const int nb = nsys;
+    CHECK(blocks_for_test(na + 1, BT) + blocks_for_test(nb + 1, BT) > SHARE && blocks_for_test(na + 1, BT) < SHARE,
+          "the prompts fit the share alone, not together (%d + %d tokens)", na, nb);
+    struct rec ra, rb, rc, rx;
+    rec_init(&ra);
+    rec_init(&rb);
+    rec_init(&rc);
+    rec_init(&rx);
+    mq_gen_params huge = { .max_tokens = 1000000 };
+    mq_sink ka = sink_of(&ra);
+    char err[256] = "";
+    CHECK(mq_sched_submit(s, a[0], pa, na, &huge, &ka, err, sizeof err) == 0, "a: %s", err);
+    wait_tokens(&ra, 2, 60);
+    submit(s, a[1], pb, nb, 8, &rb); /* waits for a: the tenant's share */
+    mq_sink kc = sink_of(&rc);
+    CHECK(mq_sched_submit(s, a[2], pb, 4, NULL, &kc, err, sizeof err) == -EAGAIN && strstr(err, "tenant 1000"),
+          "tenant 1000's second waiting request refused: %s", err);
+    struct tenant_row tr = { .tenant = 1000 };
+    mq_sched_tenants(s, note_tenant_info, &tr);
+    CHECK(tr.info.sessions == 3 && tr.info.queued == 1 && tr.info.running == 1 &&
+              tr.info.kv_blocks + tr.info.kv_reserved <= SHARE,
+          "tenant 1000: %d sessions, %d queued, %d running, %d + %d blocks", tr.info.sessions, tr.info.queued,
+          tr.info.running, tr.info.kv_blocks, tr.info.kv_reserved);
+    submit(s, x, pb, nb, 8, &rx); /* queued behind 1000's waiting request */
+    rec_wait(&rx, 60);
+    CHECK(rx.why == MQ_SCHED_END_LENGTH && rx.n == 8, "tenant 1001 completes: %s %d (%s)",
+          mq_sched_end_reason_name(rx.why), rx.n, rx.msg);
+    rec_wait(&ra, 120);
+    rec_wait(&rb, 60);
+    CHECK(rx.t[0] < rb.t[0], "tenant 1001's request passed tenant 1000's waiting one");
+    CHECK(ra.why == MQ_SCHED_END_ERROR && ra.err == -ENOSPC && strstr(ra.msg, "tenant 1000") &&
+              na + ra.n <= SHARE * BT + 1,
+          "a grew into its tenant's share and gave way: %s after %d + %d tokens: %s", mq_sched_end_reason_name(ra.why),
+          na, ra.n, ra.msg);
+    CHECK(rb.why == MQ_SCHED_END_LENGTH && rb.n == 8, "then tenant 1000's waiting request runs: %s %d (%s)",
+          mq_sched_end_reason_name(rb.why), rb.n, rb.msg);
+    mq_sched_stats st;
+    mq_sched_get_stats(s, &st);
+    CHECK(st.kv_blocks - st.kv_available > 0 && st.requests_yielded == 1, "stats: %d of %d available, %llu yielded",
+          st.kv_available, st.kv_blocks, (unsigned long long)st.requests_yielded);
+    mq_sched_destroy(s);
+    free(sys);
+}
+
 /* A long prompt is read in chunks while another session keeps decoding. */
 static void test_chunked_prefill_interleaves(void)
 {
@@ -925,6 +1014,7 @@ int main(void)
     RUN(test_cancel_and_errors);
     RUN(test_kv_full);
     RUN(test_huge_requests_do_not_lock_the_store);
+    RUN(test_tenant_limits);
     RUN(test_chunked_prefill_interleaves);
     RUN(test_stops_and_drain);
     mq_tok_free(g_tok);
