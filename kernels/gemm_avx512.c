@@ -1,17 +1,19 @@
 /* kernels/gemm_avx512.c — NVFP4 GEMM on AVX512-VNNI, BF16 GEMM/GEMV on AVX512_BF16.
  *
  * NVFP4 (NVFP4.md's integer route). Activations arrive prepared (layout.c): signed bytes
- * 2a (the block scale's sign folded in), -12·Σ2a per block, and t8 = |s_x|·(1 + j/8).
+ * 2a (the block scale's sign folded in), -12·Σ2a and |s_x| per block, by quads of rows.
  * Weights are read in the packed form of layout.c (unsigned bytes 2w+12 as
  * [16 columns][4 k] per zmm, and each block scale's index form), from w->packed or, without
  * it, from a stack buffer packed per call. Four vpdpbusd (x's 4 bytes broadcast) complete
  * one 16-element block for 16 columns exactly, starting from -12·Σ2a, which removes the
- * weights' +12. Then the scale product s_x·s_w = t8[f_w]·2^e_w comes from a vpermps (the
- * weight scale's mantissa f_w indexes the activation's t8) and a vscalefps by e_w, both
- * exact, and one FMA adds int·s_x·s_w to the FP32 accumulator. Per row, 16 columns and
- * block that is 4 vpdpbusd + 1 FMA + ½ (vpermps) on the two VNNI/FMA pipes: a bound of
- * 4/5.5 = 0.73 of the VNNI peak, against 4/6 for multiplying by s_w and s_x in turn
- * (measurements and the designs compared: docs/design/kernels.md).
+ * weights' +12. Then the scale product s_x·s_w = t8[f_w]·2^e_w, exactly: t8 = |s_x|·(1 +
+ * j/8) for j = 0..7 (one vmulps per row and block, shared by the tile's 3 column groups),
+ * a vpermps picks entry f_w (the weight scale's mantissa) for each column and a vscalefps
+ * by e_w (free) scales it; one FMA adds int·s_x·s_w to the FP32 accumulator. Per row, 16
+ * columns and block that is 4 vpdpbusd + 1 FMA + ½ (vpermps) + ⅓ (vmulps) on the two
+ * VNNI/FMA pipes: a bound of 4/5.83 = 0.69 of the VNNI peak, against 4/6 = 0.67 for
+ * multiplying by s_w and s_x in turn (measurements and the designs compared, among them
+ * a weight-side table of s_w·(1 + f/8): docs/design/kernels.md).
  * A tile is the 4 rows of an activation quad × 3 groups of 16 columns (12 integer and 12
  * FP32 accumulators in registers); loops and cache blocking: gemm_fp4_avx512.
  *
@@ -182,6 +184,8 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
         for (int g = 0; g < NG; g++)
             acc[m][g] =
                 first || m >= mr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
+    const __m512 steps = _mm512_setr_ps(1.0f, 1.125f, 1.25f, 1.375f, 1.5f, 1.625f, 1.75f, 1.875f, 1.0f, 1.125f, 1.25f,
+                                        1.375f, 1.5f, 1.625f, 1.75f, 1.875f);
     for (int b = 0; b < nkb; b++) {
         const fp4_qblock *q = xq + b;
         const uint8_t *pb = pk + (size_t)b * FP4_PACK_BYTES;
@@ -215,7 +219,9 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
             ws[g] = _mm512_load_ps(pb + (size_t)g * gstr + FP4_PACK_SCALE);
 #pragma GCC unroll 8
         for (int m = 0; m < FP4_QUAD; m++) {
-            const __m512 t8 = _mm512_broadcast_f32x8(_mm256_load_ps(q->t8[m]));
+            /* t8 = |s_x|·(1 + j/8), exact; made here rather than stored with the activations,
+             * whose bytes per block it would double (measured slower: x streams from L3) */
+            const __m512 t8 = _mm512_mul_ps(_mm512_set1_ps(q->sx[m]), steps);
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) {
                 const __m512 s = _mm512_scalef_ps(_mm512_permutexvar_ps(_mm512_castps_si512(ws[g]), t8), ws[g]);
@@ -326,14 +332,12 @@ static void fp4_act_prepare_rows_avx512(mq_fp4_act *a, int r0, int r1)
             _mm_storeu_si128((__m128i *)corr, _mm512_castsi512_si128(t));
             __m128i blk[4] = { _mm512_extracti32x4_epi32(v, 0), _mm512_extracti32x4_epi32(v, 1),
                                _mm512_extracti32x4_epi32(v, 2), _mm512_extracti32x4_epi32(v, 3) };
-            const __m256 steps = _mm256_setr_ps(1.0f, 1.125f, 1.25f, 1.375f, 1.5f, 1.625f, 1.75f, 1.875f);
             for (int q = 0; q < nbh; q++) {
                 fp4_qblock *qb = fp4_act_qblock(a, r, b + q);
                 const uint8_t sc = real ? s[b + q] : 0;
                 _mm_store_si128((__m128i *)qb->bytes[l], blk[q]);
                 qb->corr[l] = corr[q];
                 qb->sx[l] = nvfp4_e4m3_decode(sc & 0x7f);
-                _mm256_store_ps(qb->t8[l], _mm256_mul_ps(_mm256_set1_ps(qb->sx[l]), steps)); /* exact */
                 if (l == 0)
                     memset(qb->pad, 0, sizeof qb->pad);
             }

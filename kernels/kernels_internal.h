@@ -75,9 +75,8 @@ typedef struct fp4_qblock {
     int32_t corr[FP4_QUAD];     /* -12·Σ bytes */
     float sx[FP4_QUAD];         /* |s| */
     uint8_t pad[32];
-    float t8[FP4_QUAD][8]; /* |s|·(1 + j/8), j = 0..7: exact */
 } fp4_qblock;
-_Static_assert(sizeof(fp4_qblock) == 256, "four cache lines per quad and block");
+_Static_assert(sizeof(fp4_qblock) == 128, "two cache lines per quad and block");
 
 /* The quad-block holding row r, block b (the row is lane r % FP4_QUAD). */
 static inline fp4_qblock *fp4_act_qblock(const mq_fp4_act *a, int r, int b)
