@@ -44,6 +44,7 @@ typedef struct mq_kernel_table {
     void (*attention)(const mq_attn_args *a, int h0, int h1);
     void (*rmsnorm)(float *y, const float *x, const float *w, int n, float eps);
     void (*swiglu)(float *out, const float *gate, const float *up, int n);
+    int (*argmax)(const float *x, int n);
 } mq_kernel_table;
 
 /* The active table (set once by mq_kernels_init / mq_kernels_force). */

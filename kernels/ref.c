@@ -425,7 +425,7 @@ float mq_softmax(float *x, int n)
     return lse;
 }
 
-int mq_argmax(const float *x, int n)
+static int argmax_ref(const float *x, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -520,4 +520,5 @@ void kernels_fill_ref(mq_kernel_table *t)
     t->attention = attention_ref;
     t->rmsnorm = rmsnorm_ref;
     t->swiglu = swiglu_ref;
+    t->argmax = argmax_ref;
 }
