@@ -92,6 +92,31 @@ static void panel_groups(int pg0, int g1, int n0, int n1, int per_panel, int *ng
         mask[g] = col_mask((pg0 + g) * 16, n0, n1);
 }
 
+/* The next chunk of packed weights, requested into L2 a few lines per tile while the
+ * current chunk is computed: `groups` runs of `lines` 64-byte lines, `gstr` bytes apart,
+ * spread over `tiles` tiles. */
+typedef struct next_chunk {
+    const char *p;
+    size_t gstr;
+    int lines, total, per, done;
+} next_chunk;
+
+static void next_chunk_init(next_chunk *c, const void *p, size_t gstr, int groups, int lines, int tiles)
+{
+    c->p = p;
+    c->gstr = gstr;
+    c->lines = lines;
+    c->total = p ? groups * lines : 0;
+    c->per = (c->total + tiles - 1) / tiles;
+    c->done = 0;
+}
+
+static inline void next_chunk_step(next_chunk *c)
+{
+    for (int e = c->done + c->per; c->done < e && c->done < c->total; c->done++)
+        _mm_prefetch(c->p + (size_t)(c->done / c->lines) * c->gstr + (size_t)(c->done % c->lines) * 64, _MM_HINT_T1);
+}
+
 static inline __mmask32 low_mask32(int n)
 {
     return n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
@@ -271,32 +296,28 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
             panel_groups(pg0, g1, n0, n1, FP4_NG, &ng, mask);
             for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
                 const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
-                const uint8_t *pk = stack, *next = NULL;
+                const uint8_t *pk = stack;
                 size_t gstr = (size_t)KC_BLOCKS * FP4_PACK_BYTES;
-                int lines = 0, pf = 0;
+                next_chunk nc;
+                next_chunk_init(&nc, NULL, 0, 0, 0, 1);
                 if (w->packed) {
                     gstr = (size_t)nb * FP4_PACK_BYTES;
                     pk = w->packed + ((size_t)pg0 * nb + kb0) * FP4_PACK_BYTES;
                     const int nkb0 = kb0 + KC_BLOCKS < nb ? kb0 + KC_BLOCKS : 0;
                     const int npg = nkb0 ? pg0 : pg0 + FP4_NG;
-                    if (npg < g1) {
-                        next = w->packed + ((size_t)npg * nb + nkb0) * FP4_PACK_BYTES;
-                        lines = FP4_NG * (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (FP4_PACK_BYTES / 64);
-                    }
+                    if (npg < g1)
+                        next_chunk_init(&nc, w->packed + ((size_t)npg * nb + nkb0) * FP4_PACK_BYTES, gstr, FP4_NG,
+                                        (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (FP4_PACK_BYTES / 64), nq);
                 } else {
                     for (int g = 0; g < ng; g++)
                         fp4_pack_group(w, (pg0 + g) * 16, kb0, nkb, stack + g * gstr);
                 }
-                const int per = (lines + nq - 1) / nq, per_group = lines / FP4_NG;
                 for (int m0 = mb; m0 < me; m0 += FP4_QUAD) {
                     /* NVFP4.md's alpha per row, times the 1/4 of the doubled integer products (exact) */
                     float alpha[FP4_QUAD];
                     for (int m = 0; m < FP4_QUAD; m++)
                         alpha[m] = m0 + m < M ? fp4_row_alpha(x, w, m0 + m, 0.25f) : 0.0f;
-                    for (int e = pf + per; pf < e && pf < lines; pf++)
-                        _mm_prefetch(
-                            (const char *)(next + (size_t)(pf / per_group) * gstr + (size_t)(pf % per_group) * 64),
-                            _MM_HINT_T1);
+                    next_chunk_step(&nc);
                     fp4_tile_any(ng, fp4_act_qblock(x, m0, kb0), pk, gstr, nkb, y + (size_t)m0 * ldy + (size_t)pg0 * 16,
                                  ldy, M - m0 < FP4_QUAD ? M - m0 : FP4_QUAD, mask, kb0 == 0, kb0 + nkb == nb, alpha);
                 }
@@ -622,17 +643,17 @@ static void bf16_gemm(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
             panel_groups(pg0, g1, n0, n1, BF_NG, &ng, mask);
             for (int k0 = 0; k0 < K; k0 += KC_BF16) {
                 const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
-                const uint32_t *pw = stack, *next = NULL;
+                const uint32_t *pw = stack;
                 size_t gstr = KC_BF16 / 2 * 16; /* uint32s between groups */
-                int lines = 0, pf = 0;
+                next_chunk nc;
+                next_chunk_init(&nc, NULL, 0, 0, 0, 1);
                 if (w->packed) {
                     gstr = (size_t)kp / 2 * 16;
                     pw = (const uint32_t *)w->w + (size_t)pg0 * gstr + (size_t)k0 / 2 * 16;
                     const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg0 : pg0 + BF_NG;
-                    if (npg < g1) {
-                        next = (const uint32_t *)w->w + (size_t)npg * gstr + (size_t)nk0 / 2 * 16;
-                        lines = BF_NG * (K - nk0 < KC_BF16 ? (K - nk0 + 1) / 2 : KC_BF16 / 2);
-                    }
+                    if (npg < g1) /* one 64-byte line per k pair */
+                        next_chunk_init(&nc, (const uint32_t *)w->w + (size_t)npg * gstr + (size_t)nk0 / 2 * 16,
+                                        gstr * 4, BF_NG, K - nk0 < KC_BF16 ? (K - nk0 + 1) / 2 : KC_BF16 / 2, tiles);
                 } else {
                     for (int g = 0; g < ng; g++) {
                         const int c0 = (pg0 + g) * 16;
@@ -640,12 +661,8 @@ static void bf16_gemm(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
                                         stack + (size_t)g * gstr);
                     }
                 }
-                const int per = (lines + tiles - 1) / tiles, per_group = lines / BF_NG;
                 for (int m0 = mb; m0 < me; m0 += BF_MR) {
-                    for (int e = pf + per; pf < e && pf < lines; pf++)
-                        _mm_prefetch(
-                            (const char *)(next + (size_t)(pf / per_group) * gstr + (size_t)(pf % per_group) * 16),
-                            _MM_HINT_T1);
+                    next_chunk_step(&nc);
                     bf16_tile_any(me - m0 < BF_MR ? me - m0 : BF_MR, ng, x + (size_t)m0 * ldx + k0, ldx, pw, gstr, kc,
                                   y + (size_t)m0 * ldy + (size_t)pg0 * 16, ldy, mask, k0 == 0);
                 }
