@@ -40,7 +40,8 @@ typedef struct mqd_admin {
     struct mqd_admin *next;
     int fd;
     mq_ev *ev;
-    int denied; /* not root nor in admin_group: the first request gets `why`, then close */
+    int denied;   /* not root nor in admin_group: the first request gets `why`, then close */
+    int on_spare; /* accepted in the slot of d->admin_spare (privs.h) */
     char why[300];
 } mqd_admin;
 
@@ -368,6 +369,8 @@ static void admin_close(mqd_admin *a)
     mqd *d = a->d;
     mq_evloop_del(d->loop, a->ev);
     close(a->fd);
+    if (a->on_spare)
+        mqd_spare_fd_reserve(&d->admin_spare);
     for (mqd_admin **pp = &d->admins; *pp; pp = &(*pp)->next)
         if (*pp == a) {
             *pp = a->next;
@@ -425,12 +428,20 @@ static void on_admin_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
     free(buf);
 }
 
+static void accept_resume(mq_evloop *l, void *arg)
+{
+    (void)l;
+    mqd *d = arg;
+    mqd_listener_resume(d, d->admin_fd, &d->admin_ev, &d->admin_pause, mqd_admin_accept);
+}
+
 void mqd_admin_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
 {
     (void)events;
     mqd *d = arg;
     mqd_peer p;
-    while (mqd_accept_peer(d, lfd, 1, 0, "admin socket", &p) == 0) {
+    int rc;
+    while ((rc = mqd_accept_peer(d, lfd, 1, 0, "admin socket", &d->admin_spare, &p)) == 0) {
         /* Admin replies are rare and may be large: a blocking send with a timeout keeps
          * them whole (admins are trusted peers, root or admin_group). */
         struct timeval tv = { 2, 0 };
@@ -440,19 +451,29 @@ void mqd_admin_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
         mqd_admin *a = calloc(1, sizeof *a);
         if (!a) {
             close(p.fd);
+            if (p.on_spare)
+                mqd_spare_fd_reserve(&d->admin_spare);
             continue;
         }
         a->d = d;
         a->fd = p.fd;
+        a->on_spare = p.on_spare; /* an operator at the descriptor limit is still served */
         a->denied = !p.allowed;
         snprintf(a->why, sizeof a->why, "permission denied: %s", p.why);
         if (mq_evloop_add_fd(l, p.fd, POLLIN, on_admin_readable, a, &a->ev)) {
             close(p.fd);
+            if (p.on_spare)
+                mqd_spare_fd_reserve(&d->admin_spare);
             free(a);
             continue;
         }
         a->next = d->admins;
         d->admins = a;
+    }
+    if (rc == -EMFILE || rc == -ENFILE) {
+        mqd_log_limited(&d->client_log, LOG_WARNING, "admin socket: %s; accepting again in %d ms", strerror(-rc),
+                        MQD_ACCEPT_PAUSE_MS);
+        mqd_listener_pause(d, &d->admin_ev, &d->admin_pause, accept_resume);
     }
 }
 

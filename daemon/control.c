@@ -1,8 +1,8 @@
 /* daemon/control.c — drain, reload and the signals that ask for them (control.h).
  *
- * Drain: STOPPING=1, the client socket is no longer watched, a thread runs
- * mq_sched_drain (running requests get drain_timeout_ms, then are cut off), then the loop
- * closes every client and stops; mqd exits 0. Reload: the configuration is parsed and
+ * Drain: STOPPING=1; new clients and requests get MQ_ERR_DRAINING at once; a thread runs
+ * mq_sched_drain (running requests get drain_timeout_ms, then are cut off and end as
+ * SHUTDOWN), then the loop closes every client and stops; mqd exits 0. Reload: the configuration is parsed and
  * validated again from the same file and flags; access lists, admin_group,
  * drain_timeout_ms and watchdog change at once, everything else needs a restart (the
  * reply and the log say which).
@@ -59,8 +59,8 @@ void mqd_begin_drain(mqd *d, const char *why)
     d->state = MQD_DRAINING;
     mqd_log(LOG_NOTICE, "%s: draining (up to %u ms), no new requests", why, d->cfg.drain_timeout_ms);
     mqd_sd_notify(d, "STOPPING=1\nSTATUS=draining (%s)", why);
-    mq_evloop_del(d->loop, d->client_ev);
-    d->client_ev = NULL;
+    /* The client socket stays watched: a client arriving now is told MQ_ERR_DRAINING at
+     * its HELLO, at once, instead of waiting in the backlog for a reset. */
     int rc = pthread_create(&d->drain_thread, NULL, drain_main, d);
     if (rc == 0) {
         d->drain_started = 1;

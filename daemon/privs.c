@@ -12,7 +12,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,16 +171,50 @@ void mqd_refuse_fds(int fd)
     setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &no, sizeof no); /* ENOPROTOOPT before 6.16 */
 }
 
-int mqd_accept_peer(const mqd *d, int lfd, int admin, int flags, const char *what, mqd_peer *p)
+void mqd_listener_pause(mqd *d, mq_ev **ev, mq_ev **pause, void (*resume)(mq_evloop *, void *))
+{
+    if (*pause)
+        return;
+    mq_evloop_del(d->loop, *ev);
+    *ev = NULL;
+    if (mq_evloop_add_timer(d->loop, MQD_ACCEPT_PAUSE_MS, resume, d, pause))
+        mqd_log(LOG_ERR, "cannot schedule accepting again: a socket stays unwatched");
+}
+
+void mqd_listener_resume(mqd *d, int lfd, mq_ev **ev, mq_ev **pause, void (*fn)(mq_evloop *, int, uint32_t, void *))
+{
+    mq_evloop_del(d->loop, *pause);
+    *pause = NULL;
+    if (lfd >= 0 && !*ev && mq_evloop_add_fd(d->loop, lfd, POLLIN, fn, d, ev))
+        mqd_log(LOG_ERR, "cannot watch a listening socket again: no new connections on it");
+}
+
+void mqd_spare_fd_reserve(int *spare)
+{
+    if (*spare < 0)
+        *spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+int mqd_accept_peer(mqd *d, int lfd, int admin, int flags, const char *what, int *spare, mqd_peer *p)
 {
     memset(p, 0, sizeof *p);
     p->fd = accept4(lfd, NULL, NULL, flags | SOCK_CLOEXEC);
+    if (p->fd < 0 && (errno == EMFILE || errno == ENFILE) && *spare >= 0) {
+        close(*spare); /* the spare's slot takes this connection */
+        *spare = -1;
+        p->fd = accept4(lfd, NULL, NULL, flags | SOCK_CLOEXEC);
+        if (p->fd >= 0)
+            p->on_spare = 1;
+        else
+            mqd_spare_fd_reserve(spare);
+    }
     if (p->fd < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     mqd_refuse_fds(p->fd); /* the listener's setting covers data sent before the accept */
     p->allowed = peer_allowed(d, p->fd, admin, p);
     if (!p->allowed)
-        mqd_log(LOG_WARNING, "%s: refused pid %d uid %u: %s", what, (int)p->pid, (unsigned)p->uid, p->why);
+        mqd_log_limited(&d->client_log, LOG_WARNING, "%s: refused pid %d uid %u: %s", what, (int)p->pid,
+                        (unsigned)p->uid, p->why);
     return 0;
 }
 

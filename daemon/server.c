@@ -504,7 +504,7 @@ static int bind_own_sockets(mqd *d, char *err, size_t errlen)
 
 int mqd_init(mqd *d, char *err, size_t errlen)
 {
-    d->client_fd = d->admin_fd = -1;
+    d->client_fd = d->admin_fd = d->client_spare = d->admin_spare = -1;
     d->chat_kind = -1;
     d->start_ms = mq_now_ms();
     d->under_systemd = getenv("NOTIFY_SOCKET") != NULL;
@@ -525,6 +525,8 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         return rc;
     mqd_refuse_fds(d->client_fd);
     mqd_refuse_fds(d->admin_fd);
+    mqd_spare_fd_reserve(&d->client_spare); /* privs.h and client_conn.c say why */
+    mqd_spare_fd_reserve(&d->admin_spare);
     rc = mq_evloop_create(&d->loop, 512);
     if (rc)
         return mq_errmsg(err, errlen, rc, "io_uring: %s", strerror(-rc));
@@ -588,6 +590,10 @@ void mqd_fini(mqd *d)
     mq_model_free(d->model); /* frees through the arena: before it */
     mq_arena_destroy(d->arena);
     mq_probes_stop(d->probes);
+    if (d->client_spare >= 0)
+        close(d->client_spare);
+    if (d->admin_spare >= 0)
+        close(d->admin_spare);
     close_listener(d->client_fd, d->client_sd, d->cfg.client_socket);
     close_listener(d->admin_fd, d->admin_sd, d->cfg.admin_socket);
     mq_evloop_destroy(d->loop);
