@@ -48,10 +48,12 @@ static void *drain_main(void *arg)
 void mqd_begin_drain(mqd *d, const char *why)
 {
     if (d->state == MQD_LOADING) {
-        /* Nothing runs yet; stop as soon as the load thread returns. */
+        /* Nothing is served yet: the load thread gives up at its next step (between reads
+         * of the weight stream, between phases) and mqd exits 0. */
         d->state = MQD_STOPPING;
-        mqd_log(LOG_NOTICE, "%s while loading: will stop when the load finishes", why);
-        mqd_sd_notify(d, "STOPPING=1\nSTATUS=stopping after load (%s)", why);
+        __atomic_store_n(&d->load_cancel, 1, __ATOMIC_RELEASE);
+        mqd_log(LOG_NOTICE, "%s while loading: stopping the load", why);
+        mqd_sd_notify(d, "STOPPING=1\nSTATUS=stopping the load (%s)", why);
         return;
     }
     if (d->state != MQD_READY)

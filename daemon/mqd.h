@@ -64,7 +64,8 @@ typedef struct mqd {
     char model_name[64];
     pthread_t load_thread;
     int load_started;
-    int load_rc; /* the load thread's result, read by the loop in load_done */
+    int load_rc;     /* the load thread's result, read by the loop in load_done */
+    int load_cancel; /* atomic: a stop was asked while loading; the load thread gives up */
     char load_err[512];
     /* load progress (written by the load thread with atomics) */
     uint64_t load_bytes_done, load_bytes_total, load_t0_ms, load_ms;

@@ -105,6 +105,14 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     if (c->user[0] && user_id(c->user, &d->run_uid, &d->run_gid)) {
         return mq_errmsg(err, errlen, -ENOENT, "user: no user \"%s\"", c->user);
     }
+    /* Started as root, mqd sets itself up and then serves as `user`. Without one it would
+     * serve local clients as uid 0 (no capabilities, but owner of every root-owned file):
+     * refused, as a daemon that is meant to drop privileges should. "root" is the
+     * deliberate opt-in, and mqd_privs_drop says so loudly. */
+    if (geteuid() == 0 && !c->user[0])
+        return mq_errmsg(err, errlen, -EPERM,
+                         "user: not set, and mqd was started as root: it does not serve clients as uid 0 (set "
+                         "\"user\" to an unprivileged account such as \"mq\"; \"root\" runs as root deliberately)");
     return 0;
 }
 
@@ -486,6 +494,10 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
             return mq_errmsg(err, errlen, -EPERM, "could regain root after switching to %s", d->cfg.user);
         }
     }
+    if (root && d->run_uid == 0)
+        mqd_log(LOG_WARNING, "privileges: running as root because \"user\" is \"root\": a flaw in mqd reachable by a "
+                             "client would act with uid 0 (no capabilities, but the owner of root's files); prefer an "
+                             "unprivileged user");
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     cap_t none = cap_init(); /* all flags clear */
     if (!none || cap_set_proc(none) < 0) {
