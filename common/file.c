@@ -12,10 +12,12 @@
 
 static const char *kind_of(mode_t m)
 {
-    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device"
-                                    : S_ISBLK(m)    ? "a block device"
-                                    : S_ISSOCK(m)   ? "a socket"
-                                                    : "not a file";
+    return S_ISDIR(m)    ? "a directory"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a file";
 }
 
 int mq_open_regular(const char *path, int flags, char *err, size_t errlen)
