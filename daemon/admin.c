@@ -84,6 +84,7 @@ static void add_sched_stats(mqd *d, cJSON *o)
     cJSON_AddNumberToObject(k, "block_tokens", st.block_tokens);
     cJSON_AddNumberToObject(k, "bytes", (double)st.kv_bytes);
     cJSON_AddStringToObject(k, "memory", st.kv_memory ? st.kv_memory : "?");
+    cJSON_AddStringToObject(k, "prefix_cache", d->cfg.share_prefix_cache ? "shared" : "per uid");
     cJSON_AddNumberToObject(k, "occupancy", st.kv_blocks ? (double)st.kv_used / st.kv_blocks : 0);
     cJSON_AddNumberToObject(k, "lookups", (double)st.kv_lookups);
     cJSON_AddNumberToObject(k, "hits", (double)st.kv_hits);
@@ -178,6 +179,7 @@ static void sched_session_cb(void *ctx, const mq_session_info *i)
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)i->id);
+    cJSON_AddNumberToObject(o, "tenant", i->tenant);
     cJSON_AddNumberToObject(o, "history_tokens", i->history_tokens);
     cJSON_AddNumberToObject(o, "kv_tokens", i->kv_tokens);
     cJSON_AddNumberToObject(o, "kv_blocks", i->kv_blocks);

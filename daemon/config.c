@@ -89,6 +89,7 @@ static const field fields[] = {
     U32(drain_timeout_ms, 0, 3600000, "SIGTERM: time running requests get to finish"),
     BOOL(watchdog, "feed the systemd watchdog while both pools make progress"),
     BOOL(warmup, "run one short generation before announcing READY"),
+    BOOL(share_prefix_cache, "let users reuse each other's cached prompt prefixes (default: each uid its own)"),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 

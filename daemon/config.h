@@ -59,8 +59,10 @@ typedef struct mqd_config {
     char admin_group[MQ_CFG_NAME]; /* "" = root only */
     char user[MQ_CFG_NAME];        /* run-as user; required when started as root ("root" = stay) */
     uint32_t drain_timeout_ms;
-    uint32_t watchdog; /* 1: send WATCHDOG=1 when systemd asks for it */
-    uint32_t warmup;   /* 1: one short generation before READY=1 */
+    uint32_t watchdog;           /* 1: send WATCHDOG=1 when systemd asks for it */
+    uint32_t warmup;             /* 1: one short generation before READY=1 */
+    uint32_t share_prefix_cache; /* 1: one prefix cache for every uid; 0: per uid (a cached
+                                  * prompt of one user is no hit, and no timing signal, for another) */
 } mqd_config;
 
 void mqd_config_defaults(mqd_config *c);

@@ -323,6 +323,7 @@ static void sched_opts_from_config(const mqd_config *c, const mq_model *m, mq_sc
     so->mode = c->mode;
     so->on_kv_full = c->on_full == MQ_CFG_ON_FULL_WAIT ? MQ_KV_FULL_WAIT : MQ_KV_FULL_FAIL;
     so->kv_hugetlb = c->hugepages != MQ_CFG_HUGE_OFF;
+    so->share_prefix_cache = (int)c->share_prefix_cache;
 }
 
 /* Phase "scheduler": worker pools and the KV segment. */

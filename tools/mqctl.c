@@ -65,8 +65,9 @@ static void print_stats(const cJSON *r)
            "occupancy %.1f%%, %.1f MiB %s\n",
            num(r, "kv.used"), num(r, "kv.blocks"), num(r, "kv.cached"), num(r, "kv.free"), num(r, "kv.block_tokens"),
            100 * num(r, "kv.occupancy"), mib(num(r, "kv.bytes")), str(r, "kv.memory"));
-    printf("KV index        %.0f lookups, %.0f hits, %.0f evictions, %.0f refused (kept for reservations)\n",
-           num(r, "kv.lookups"), num(r, "kv.hits"), num(r, "kv.evictions"), num(r, "kv.refused"));
+    printf("KV index        %.0f lookups, %.0f hits, %.0f evictions, %.0f refused (kept for reservations); %s\n",
+           num(r, "kv.lookups"), num(r, "kv.hits"), num(r, "kv.evictions"), num(r, "kv.refused"),
+           str(r, "kv.prefix_cache")[0] ? str(r, "kv.prefix_cache") : "?");
     printf("sessions        %.0f\n", num(r, "sessions"));
 }
 

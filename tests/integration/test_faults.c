@@ -709,6 +709,57 @@ static void test_sighup_refused_is_logged(void)
     own_stop(&o);
 }
 
+/* In a child (run_as): one greedy request of a fresh connection on prompt `arg`; writes
+ * the number of prompt tokens mqd found cached, or -1. */
+static void cached_tokens_result(void *arg, char *out, size_t len)
+{
+    const char *prompt = arg;
+    int cached = -1;
+    mq_conn *c;
+    uint64_t s, req;
+    mq_params pr;
+    mq_params_init(&pr);
+    pr.flags |= MQ_PARAM_GREEDY;
+    pr.max_tokens = 1;
+    mq_event ev;
+    if (!mq_connect(client_sock, &c)) {
+        if (!mq_open_session(c, MQ_MODE_RAW, &s) && !mq_send_text(c, s, prompt, strlen(prompt), &pr, &req))
+            while (mq_next_event(c, &ev, 30000) == 0)
+                if (ev.type == MQ_EVENT_DONE) {
+                    cached = (int)ev.stats.cached_tokens;
+                    break;
+                }
+        mq_disconnect(c);
+    }
+    snprintf(out, len, "%d", cached);
+}
+
+static int cached_tokens_of(const char *prompt, uid_t uid)
+{
+    char out[64];
+    return run_as(uid, uid, cached_tokens_result, (void *)prompt, out, sizeof out) ? -1 : atoi(out);
+}
+
+/* Issue 13 #6 as mqd wires it: the session's tenant is the peer's uid, and by default
+ * (share_prefix_cache false) another uid's exact guess of a prompt finds nothing cached,
+ * while the same uid's repeat does. */
+static void test_prefix_cache_per_uid(void)
+{
+    /* longer than a prefill chunk (256 tokens): only whole chunks enter the prefix index */
+    char secret[4096] = "";
+    for (int i = 0; i < 12; i++)
+        snprintf(secret + strlen(secret), sizeof secret - strlen(secret),
+                 "Line %d of the secret: the access code for the vault in building %d is %d-ALPHA-%d. ", i, i + 3,
+                 4417 + i * 37, 2291 + i * 11);
+    int first = cached_tokens_of(secret, HOSTILE_UID);
+    int other = cached_tokens_of(secret, 0);
+    int same = cached_tokens_of(secret, HOSTILE_UID);
+    printf("    cached prompt tokens: owner %d, another uid %d, owner again %d\n", first, other, same);
+    CHECK(first == 0, "first run found %d cached tokens", first);
+    CHECK(other == 0, "another uid found %d of the owner's prompt tokens cached", other);
+    CHECK(same > 0, "the owner's repeat found nothing cached (%d)", same);
+}
+
 /* Last, issue 13 #9: during a drain a new client is told MQ_EDRAINING at once (it used
  * to wait in the backlog until the drain ended, then got ECONNRESET); a request the
  * drain cuts off ends as SHUTDOWN (it used to say CANCELLED); mqd exits 0. */
@@ -796,19 +847,15 @@ int main(void)
                      "--token-ring-kib",
                      "4",
                      NULL };
-    mqd_pid = spawn(argv, NULL, logpath);
-    if (!spawn_wait_ready(admin_sock, mqd_pid, 120)) {
-        spawn_dump_log(logpath);
-        if (mqd_pid > 0)
-            kill(mqd_pid, SIGKILL);
-        CHECK(0, "mqd did not become ready");
+    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+    if (!mqd_pid)
         return harness_done();
-    }
     RUN(test_hostile_wake_fd);
     RUN(test_corrupt_token_ring);
     RUN(test_garbage_log_rate_limited);
     RUN(test_fds_return_after_1000_connections);
     RUN(test_fd_exhaustion_refused_and_recovered);
+    RUN(test_prefix_cache_per_uid);
     RUN(test_drain);
     RUN(test_fifo_in_model_dir);
     RUN(test_sigterm_at_once_stops_the_load);
@@ -816,11 +863,5 @@ int main(void)
     RUN(test_client_socket_file_kept);
     RUN(test_tokenizer_of_another_model_refused);
     RUN(test_sighup_refused_is_logged);
-    if (mqd_pid > 0) {
-        kill(mqd_pid, SIGKILL);
-        waitpid(mqd_pid, NULL, 0);
-    }
-    if (harness_failed)
-        spawn_dump_log(logpath);
-    return harness_done();
+    return spawn_suite_done(mqd_pid, logpath);
 }
