@@ -56,6 +56,34 @@ static const char *state_name(enum mqd_state s)
     }
 }
 
+/* One user's share (the scheduler's tenant = the client's uid). */
+static void tenant_cb(void *ctx, const mq_tenant_info *t)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "uid", t->tenant);
+    cJSON_AddNumberToObject(u, "sessions", t->sessions);
+    cJSON_AddNumberToObject(u, "queued", t->queued);
+    cJSON_AddNumberToObject(u, "running", t->running);
+    cJSON_AddNumberToObject(u, "kv_blocks", t->kv_blocks);
+    cJSON_AddNumberToObject(u, "kv_reserved", t->kv_reserved);
+    cJSON_AddItemToArray(ctx, u);
+}
+
+/* The limits in effect, global and per user (0 = none per user). */
+static void add_limits(mqd *d, cJSON *o)
+{
+    const mqd_config *c = &d->cfg;
+    cJSON *l = cJSON_AddObjectToObject(o, "limits");
+    cJSON_AddNumberToObject(l, "max_sessions", c->max_sessions);
+    cJSON_AddNumberToObject(l, "max_sessions_per_client", c->max_sessions_per_client);
+    cJSON_AddNumberToObject(l, "max_sessions_per_uid", c->max_sessions_per_uid);
+    cJSON_AddNumberToObject(l, "queue_max", c->queue_max);
+    cJSON_AddNumberToObject(l, "queue_max_per_uid", c->queue_max_per_uid);
+    cJSON_AddNumberToObject(l, "kv_blocks", c->kv_tokens / c->kv_block_tokens);
+    cJSON_AddNumberToObject(l, "kv_blocks_per_uid", c->kv_tokens_per_uid / c->kv_block_tokens);
+    cJSON_AddStringToObject(l, "prefix_cache", c->share_prefix_cache ? "shared" : "per uid");
+}
+
 static void add_sched_stats(mqd *d, cJSON *o)
 {
     if (!d->sched)
@@ -84,13 +112,18 @@ static void add_sched_stats(mqd *d, cJSON *o)
     cJSON_AddNumberToObject(k, "block_tokens", st.block_tokens);
     cJSON_AddNumberToObject(k, "bytes", (double)st.kv_bytes);
     cJSON_AddStringToObject(k, "memory", st.kv_memory ? st.kv_memory : "?");
-    cJSON_AddStringToObject(k, "prefix_cache", d->cfg.share_prefix_cache ? "shared" : "per uid");
     cJSON_AddNumberToObject(k, "occupancy", st.kv_blocks ? (double)st.kv_used / st.kv_blocks : 0);
     cJSON_AddNumberToObject(k, "lookups", (double)st.kv_lookups);
     cJSON_AddNumberToObject(k, "hits", (double)st.kv_hits);
     cJSON_AddNumberToObject(k, "evictions", (double)st.kv_evictions);
     cJSON_AddNumberToObject(k, "refused", (double)st.kv_refused);
+    cJSON_AddNumberToObject(k, "reserved", st.kv_reserved);
+    cJSON_AddNumberToObject(k, "available", st.kv_available);
+    cJSON_AddNumberToObject(t, "requests_yielded", (double)st.requests_yielded);
     cJSON_AddNumberToObject(o, "sessions", st.sessions);
+    add_limits(d, o);
+    cJSON *users = cJSON_AddArrayToObject(o, "users");
+    mq_sched_tenants(d->sched, tenant_cb, users);
 }
 
 static void cmd_status(mqd *d, cJSON *o)
@@ -185,6 +218,7 @@ static void sched_session_cb(void *ctx, const mq_session_info *i)
     cJSON_AddNumberToObject(o, "kv_tokens", i->kv_tokens);
     cJSON_AddNumberToObject(o, "kv_blocks", i->kv_blocks);
     cJSON_AddNumberToObject(o, "shared_blocks", i->shared_blocks);
+    cJSON_AddNumberToObject(o, "reserved_blocks", i->reserved_blocks);
     static const char *const busy[] = { "idle", "queued", "prefilling", "decoding" };
     cJSON_AddStringToObject(o, "state", i->busy >= 0 && i->busy < 4 ? busy[i->busy] : "?");
     cJSON_AddNumberToObject(o, "idle_ms", i->idle_ms);

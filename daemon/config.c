@@ -81,6 +81,9 @@ static const field fields[] = {
     U32(max_sessions, 1, 1u << 20, "sessions of all clients"),
     U32(max_sessions_per_client, 1, 1u << 16, "sessions of one connection"),
     U32(queue_max, 1, 1u << 20, "queued requests before new ones are refused"),
+    U32(max_sessions_per_uid, 0, 1u << 20, "sessions of one user, all connections (0 = only max_sessions)"),
+    U32(queue_max_per_uid, 0, 1u << 20, "queued requests of one user (0 = only queue_max)"),
+    U32(kv_tokens_per_uid, 0, 1u << 26, "KV tokens one user's sessions may hold (0 = only kv_tokens)"),
     U32(prompt_ring_kib, 4, 1u << 18, "per-client prompt ring in KiB (power of two)"),
     U32(token_ring_kib, 4, 1u << 18, "per-client token ring in KiB (power of two)"),
     STR(client_socket, "client socket path (when not socket-activated)"),
@@ -366,6 +369,16 @@ int mqd_config_validate(const mqd_config *c, char *err, size_t errlen)
         return mq_errmsg(err, errlen, -EINVAL, "prompt_ring_kib: %u is not a power of two", c->prompt_ring_kib);
     if (c->token_ring_kib & (c->token_ring_kib - 1))
         return mq_errmsg(err, errlen, -EINVAL, "token_ring_kib: %u is not a power of two", c->token_ring_kib);
+    if (c->max_sessions_per_uid > c->max_sessions)
+        return mq_errmsg(err, errlen, -EINVAL, "max_sessions_per_uid: %u is more than max_sessions (%u)",
+                         c->max_sessions_per_uid, c->max_sessions);
+    if (c->queue_max_per_uid > c->queue_max)
+        return mq_errmsg(err, errlen, -EINVAL, "queue_max_per_uid: %u is more than queue_max (%u)",
+                         c->queue_max_per_uid, c->queue_max);
+    if (c->kv_tokens_per_uid > c->kv_tokens || c->kv_tokens_per_uid % c->kv_block_tokens)
+        return mq_errmsg(err, errlen, -EINVAL,
+                         "kv_tokens_per_uid: %u must be at most kv_tokens (%u) and a multiple of kv_block_tokens (%u)",
+                         c->kv_tokens_per_uid, c->kv_tokens, c->kv_block_tokens);
     if (c->max_sessions_per_client > c->max_sessions)
         return mq_errmsg(err, errlen, -EINVAL, "max_sessions_per_client: %u is more than max_sessions (%u)",
                          c->max_sessions_per_client, c->max_sessions);

@@ -52,7 +52,12 @@ typedef struct mqd_config {
     uint32_t io_read_kib;       /* size of one read */
     uint32_t max_sessions;      /* all clients */
     uint32_t max_sessions_per_client;
-    uint32_t queue_max;       /* queued requests before MQ_ERR_LIMIT */
+    uint32_t queue_max; /* queued requests before MQ_ERR_LIMIT */
+    /* per user (the client's uid; 0 = only the global limit): one local user cannot take
+     * every session, queue slot or KV block from the others */
+    uint32_t max_sessions_per_uid;
+    uint32_t queue_max_per_uid;
+    uint32_t kv_tokens_per_uid;
     uint32_t prompt_ring_kib; /* per-client prompt ring (power of two) */
     uint32_t token_ring_kib;  /* per-client token ring (power of two) */
     char client_socket[MQ_CFG_PATH];

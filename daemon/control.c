@@ -78,7 +78,11 @@ static int needs_restart(const mqd_config *now, const mqd_config *next)
 {
     return strcmp(next->model_dir, now->model_dir) || next->mode != now->mode || next->kv_tokens != now->kv_tokens ||
            next->kv_block_tokens != now->kv_block_tokens || next->chunk_tokens != now->chunk_tokens ||
-           strcmp(next->client_socket, now->client_socket) || next->ctx_tokens != now->ctx_tokens;
+           strcmp(next->client_socket, now->client_socket) || next->ctx_tokens != now->ctx_tokens ||
+           next->max_sessions != now->max_sessions || next->queue_max != now->queue_max ||
+           next->max_sessions_per_uid != now->max_sessions_per_uid ||
+           next->queue_max_per_uid != now->queue_max_per_uid || next->kv_tokens_per_uid != now->kv_tokens_per_uid ||
+           next->share_prefix_cache != now->share_prefix_cache;
 }
 
 static int refuse_reload(mqd *d, int rc, const char *err, char *msg, size_t msglen)
@@ -115,7 +119,9 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     }
     mq_errmsg(msg, msglen, 0, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
               path[0] ? path : "(no config file)",
-              needs_restart(&d->cfg, &nc) ? "; model, mode, KV, chunk, context and socket changes need a restart" : "");
+              needs_restart(&d->cfg, &nc)
+                  ? "; model, mode, KV, chunk, context, limits, prefix cache and socket changes need a restart"
+                  : "");
     mqd_log(LOG_NOTICE, "%s", msg);
     mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mq_prec_mode_name(d->cfg.mode));
     return 0;

@@ -329,6 +329,9 @@ static void sched_opts_from_config(const mqd_config *c, const mq_model *m, mq_sc
     so->on_kv_full = c->on_full == MQ_CFG_ON_FULL_WAIT ? MQ_KV_FULL_WAIT : MQ_KV_FULL_FAIL;
     so->kv_hugetlb = c->hugepages != MQ_CFG_HUGE_OFF;
     so->share_prefix_cache = (int)c->share_prefix_cache;
+    so->tenant_max_sessions = (int)c->max_sessions_per_uid;
+    so->tenant_max_queued = (int)c->queue_max_per_uid;
+    so->tenant_kv_blocks = (int)(c->kv_tokens_per_uid / c->kv_block_tokens);
 }
 
 /* Phase "scheduler": worker pools and the KV segment. */

@@ -7,8 +7,13 @@
  *   - #9 one client sending garbage as fast as it can: the log stays a trickle;
  *   - #2 descriptors return to their count after 1000 connections; under ulimit -n 40 a
  *     client is refused with MQ_ELIMIT at once, mqctl still answers, and mqd recovers;
+ *   - #6/#9 the client's uid is its tenant: the prefix cache is per uid, and per-uid limits
+ *     (sessions, queue, KV) hold, shown by mqctl stats;
  *   - #9 a drain: a new client gets MQ_EDRAINING at once, a cut-off request ends as
- *     SHUTDOWN, mqd exits 0.
+ *     SHUTDOWN, mqd exits 0;
+ *   - #3 #8 #10 start-up: FIFOs in the model folder, SIGTERM at once, root without
+ *     "user", a socket path that is a file, a tokenizer of another model, a refused
+ *     SIGHUP.
  * One mqd (started as root, running as nobody, any client allowed) serves the runtime
  * cases; the others start their own.
  */
@@ -760,6 +765,89 @@ static void test_prefix_cache_per_uid(void)
     CHECK(same > 0, "the owner's repeat found nothing cached (%d)", same);
 }
 
+/* Issue 13 #9: one user could take every session (no per-uid limits). With
+ * max_sessions_per_uid 2, uid 4242's third session is refused with MQ_ELIMIT naming the
+ * limit while root still gets one; mqctl stats shows the limits and each user's share. */
+static void test_per_uid_limits(void)
+{
+    own o;
+    const char *extra[] = { "--model-dir",
+                            spawn_model(),
+                            "--user",
+                            "nobody",
+                            "--kv-tokens",
+                            "8192",
+                            "--max-sessions-per-uid",
+                            "2",
+                            "--queue-max-per-uid",
+                            "4",
+                            "--kv-tokens-per-uid",
+                            "2048",
+                            NULL };
+    own_start(&o, "peruid", 0, extra);
+    if (!spawn_wait_ready(o.admin, o.pid, 60)) {
+        CHECK(0, "not ready");
+        spawn_dump_log(o.log);
+        own_stop(&o);
+        return;
+    }
+    int p[2];
+    CHECK(pipe(p) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        char line[700] = "setuid";
+        mq_conn *c;
+        if (!setgroups(0, NULL) && !setgid(HOSTILE_UID) && !setuid(HOSTILE_UID) && !mq_connect(o.client, &c)) {
+            uint64_t s;
+            int r1 = mq_open_session(c, MQ_MODE_RAW, &s), r2 = mq_open_session(c, MQ_MODE_RAW, &s);
+            int r3 = mq_open_session(c, MQ_MODE_RAW, &s);
+            char msg[512];
+            mq_last_error(c, msg, sizeof msg);
+            snprintf(line, sizeof line, "%d %d %d %s", r1, r2, r3, msg);
+        }
+        if (write(p[1], line, strlen(line) + 1) < 0)
+            _exit(1);
+        pause(); /* holds its two sessions until killed */
+        _exit(0);
+    }
+    close(p[1]);
+    char line[700] = "";
+    CHECK(read(p[0], line, sizeof line - 1) > 0, "child result");
+    close(p[0]);
+    char want[64];
+    snprintf(want, sizeof want, "0 0 %d ", -MQ_ELIMIT);
+    CHECK(!strncmp(line, want, strlen(want)) && strstr(line, "uid 4242 has max_sessions_per_uid (2) open"),
+          "uid 4242's sessions: %s", line);
+    mq_conn *c;
+    uint64_t s;
+    CHECK(mq_connect(o.client, &c) == 0 && mq_open_session(c, MQ_MODE_RAW, &s) == 0, "root's session");
+    cJSON *r = admin_call(o.admin, "stats", 0);
+    CHECK(jnum(r, "limits", "max_sessions_per_uid") == 2 && jnum(r, "limits", "kv_blocks_per_uid") == 128,
+          "limits in stats");
+    int found = 0;
+    const cJSON *u;
+    cJSON_ArrayForEach(u, cJSON_GetObjectItem(r, "users")) if (jnum(u, "uid", NULL) == HOSTILE_UID) found =
+        jnum(u, "sessions", NULL) == 2;
+    CHECK(found, "stats do not show uid 4242 with 2 sessions");
+    CHECK(jnum(r, "kv", "reserved") >= 0 && jnum(r, "kv", "available") > 0, "reservations in stats");
+    cJSON_Delete(r);
+    char mqctl[4200], out[8192], tool_log[400];
+    snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
+    snprintf(tool_log, sizeof tool_log, "%s/mqctl.out", o.dir);
+    char *argv[] = { mqctl, "--socket", o.admin, "stats", NULL };
+    int rc = spawn_capture(argv, tool_log, 20, out, sizeof out);
+    CHECK(rc == 0 &&
+              strstr(out, "sessions 256 (64 per connection, 2 per uid), queue 256 (4 per uid), KV blocks 512 "
+                          "(128 per uid)") &&
+              strstr(out, "\n4242 ") && strstr(out, "KV reserved"),
+          "mqctl stats: exit %d: %s", rc, out);
+    mq_disconnect(c);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    own_stop(&o);
+}
+
 /* Last, issue 13 #9: during a drain a new client is told MQ_EDRAINING at once (it used
  * to wait in the backlog until the drain ended, then got ECONNRESET); a request the
  * drain cuts off ends as SHUTDOWN (it used to say CANCELLED); mqd exits 0. */
@@ -856,6 +944,7 @@ int main(void)
     RUN(test_fds_return_after_1000_connections);
     RUN(test_fd_exhaustion_refused_and_recovered);
     RUN(test_prefix_cache_per_uid);
+    RUN(test_per_uid_limits);
     RUN(test_drain);
     RUN(test_fifo_in_model_dir);
     RUN(test_sigterm_at_once_stops_the_load);
