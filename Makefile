@@ -276,6 +276,14 @@ fuzz: $(FUZZ_BINS)
 fuzz-run: fuzz
 	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_BINS)
 
+# make fuzz-long FUZZ_S=600: every target for FUZZ_S seconds (fork mode: a crash is
+# recorded and the run goes on), printing execs and crashes per target and the rows for
+# docs/results.md. Not in `make test` (that keeps its FUZZ_SECONDS per target).
+FUZZ_S ?= 600
+.PHONY: fuzz-long
+fuzz-long: deps fuzz
+	@sh tests/fuzz/long.sh $(FUZZ_BUILD) $(FUZZ_S) $(FUZZ_BINS)
+
 # ---------------------------------------------------------------------------
 # Quality evaluation of the three modes (issue 3): perplexity, continuation NLL, KL and
 # top-1 agreement against bf16. Overridable: make eval MODEL=dir CORPUS=file DOCS=n
