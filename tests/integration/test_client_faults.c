@@ -235,8 +235,7 @@ static void test_corrupt_prompt_ring(void)
     m.u.submit.session = r.session;
     m.u.submit.ring_off = r.ch.prompt.pos - (uint32_t)strlen(text) + 3;
     m.u.submit.len = (uint32_t)strlen(text);
-    CHECK(raw_call(r.fd, &m, -1, &rep, NULL, 0) == 0 && rep.type == MQ_MSG_ERROR &&
-              rep.u.error.code == MQ_ERR_PROTOCOL,
+    CHECK(raw_call(r.fd, &m, -1, &rep, NULL, 0) == 0 && rep.type == MQ_MSG_ERROR && rep.u.error.code == MQ_ERR_PROTOCOL,
           "a wrong ring offset");
     CHECK(closed_by_mqd(r.fd), "connection not closed after a wrong ring offset");
     rawc_close(&r);
@@ -400,9 +399,20 @@ int main(void)
     snprintf(logpath, sizeof logpath, "%s/mqd.log", dir);
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
-    char *argv[] = { bin,           "--model-dir", (char *)spawn_model(), "--client-socket", client_sock,
-                     "--admin-socket", admin_sock,  "--user",              "nobody",          "--kv-tokens",
-                     "16384",       "--token-ring-kib", "4",              NULL };
+    char *argv[] = { bin,
+                     "--model-dir",
+                     (char *)spawn_model(),
+                     "--client-socket",
+                     client_sock,
+                     "--admin-socket",
+                     admin_sock,
+                     "--user",
+                     "nobody",
+                     "--kv-tokens",
+                     "16384",
+                     "--token-ring-kib",
+                     "4",
+                     NULL };
     if (geteuid() != 0)
         argv[7] = NULL; /* not root: mqd runs as this user */
     mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);

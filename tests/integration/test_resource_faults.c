@@ -109,8 +109,8 @@ static void kv_full(const char *policy)
 {
     char name[32];
     snprintf(name, sizeof name, "kvfull-%s", policy);
-    const char *extra[] = { "--model-dir", spawn_model(), "--user",     "nobody", "--kv-tokens", "256",
-                            "--on-full",   policy,        "--warmup",   "false",  NULL };
+    const char *extra[] = { "--model-dir", spawn_model(), "--user",   "nobody", "--kv-tokens", "256",
+                            "--on-full",   policy,        "--warmup", "false",  NULL };
     own o;
     if (!start_ready(&o, name, extra))
         return;
@@ -124,8 +124,12 @@ static void kv_full(const char *policy)
     if (!brc)
         pump(c, all, 2, &b, 0);
     pump(c, all, 2, &a, 0);
-    printf("    on_full %s: a %s after %d tokens; b %s (%s)\n", policy, a.end_reason == MQ_END_LENGTH ? "completed" : "ended",
-           a.tokens, brc ? "refused" : b.end_reason == MQ_END_LENGTH ? "completed" : "failed", b.msg);
+    printf("    on_full %s: a %s after %d tokens; b %s (%s)\n", policy,
+           a.end_reason == MQ_END_LENGTH ? "completed" : "ended", a.tokens,
+           brc                             ? "refused"
+           : b.end_reason == MQ_END_LENGTH ? "completed"
+                                           : "failed",
+           b.msg);
     CHECK(a.done && a.end_reason == MQ_END_LENGTH && a.tokens == 40, "a: end %d, %d tokens", a.end_reason, a.tokens);
     if (!strcmp(policy, "fail")) {
         int failed = brc == -MQ_EKVFULL || (b.done && b.end_reason == MQ_END_FAILED && b.error == -MQ_EKVFULL);
@@ -200,9 +204,19 @@ static void test_per_uid_kv_and_queue(void)
 {
     if (geteuid() != 0)
         SKIP("needs root: the test speaks to mqd as two uids");
-    const char *extra[] = { "--model-dir",         spawn_model(), "--user",    "nobody", "--kv-tokens", "16384",
-                            "--kv-tokens-per-uid", "1024",        "--on-full", "wait",   "--queue-max-per-uid",
-                            "1",                   NULL };
+    const char *extra[] = { "--model-dir",
+                            spawn_model(),
+                            "--user",
+                            "nobody",
+                            "--kv-tokens",
+                            "16384",
+                            "--kv-tokens-per-uid",
+                            "1024",
+                            "--on-full",
+                            "wait",
+                            "--queue-max-per-uid",
+                            "1",
+                            NULL };
     own o;
     if (!start_ready(&o, "peruid", extra))
         return;
@@ -216,8 +230,7 @@ static void test_per_uid_kv_and_queue(void)
     close(p[1]);
     char q = 0;
     struct pollfd pf = { p[0], POLLIN, 0 };
-    CHECK(poll(&pf, 1, 60000) == 1 && read(p[0], &q, 1) == 1 && q == 'q', "uid %d's requests did not start",
-          OTHER_UID);
+    CHECK(poll(&pf, 1, 60000) == 1 && read(p[0], &q, 1) == 1 && q == 'q', "uid %d's requests did not start", OTHER_UID);
     /* root meanwhile: a 900-token request of its own, in its own share */
     mq_conn *c;
     stream r;
@@ -247,8 +260,7 @@ static void test_per_uid_kv_and_queue(void)
            OTHER_UID, res.s1.msg, res.s1.tokens, res.s2.tokens, res.r3_msg, waiting, OTHER_UID);
     char share[64];
     snprintf(share, sizeof share, "KV share of tenant %d full", OTHER_UID);
-    CHECK(res.s1.done && res.s1.end_reason == MQ_END_FAILED && res.s1.error == -MQ_EKVFULL &&
-              strstr(res.s1.msg, share),
+    CHECK(res.s1.done && res.s1.end_reason == MQ_END_FAILED && res.s1.error == -MQ_EKVFULL && strstr(res.s1.msg, share),
           "1st: end %d error %d: %s", res.s1.end_reason, res.s1.error, res.s1.msg);
     /* the last token sampled is not in the KV yet: 1024 positions hold 1025 tokens */
     CHECK(900 + res.s1.tokens <= 1025 && 900 + res.s1.tokens > 1024 - 32, "1st ended at %d tokens of a 1024 share",
@@ -393,8 +405,8 @@ static int one_request_on(const char *sock, mq_conn *c, int *err_out, char *msg,
  * (prlimit on the running mqd would need CAP_SYS_RESOURCE, which root may lack.) */
 static void test_channel_memory_exhausted(void)
 {
-    const char *extra[] = { "--model-dir", spawn_model(), "--user",    "nobody", "--kv-tokens", "4096",
-                            "--prompt-ring-kib", "65536", "--hugepages", "off",  NULL };
+    const char *extra[] = { "--model-dir",       spawn_model(), "--user",      "nobody", "--kv-tokens", "4096",
+                            "--prompt-ring-kib", "65536",       "--hugepages", "off",    NULL };
     if (geteuid() != 0)
         extra[2] = NULL;
     own o;
@@ -449,8 +461,8 @@ static void test_channel_without_huge_pages(void)
 {
     if (geteuid() != 0)
         SKIP("needs root to hold the free huge pages");
-    const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--kv-tokens", "4096",
-                            "--hugepages-reserve", "0", NULL };
+    const char *extra[] = { "--model-dir", spawn_model(),         "--user", "nobody", "--kv-tokens",
+                            "4096",        "--hugepages-reserve", "0",      NULL };
     own o;
     if (!start_ready(&o, "nohuge", extra))
         return;
