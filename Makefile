@@ -8,6 +8,8 @@
 #   daemon/*.c       -> build/libmqd.a (all but main.c) + build/mqd
 #   libclient/*.c    -> build/libmq.so (+ ipc and common objects)
 #   tools/<name>.c   -> build/<name>        (mqctl, mq, ...)
+#   mq-openai/*.c    -> build/libmqopenai.a (all but main.c) + build/mq-openai (HTTP front,
+#                       a client of mqd through libmq only)
 #   tests/*/test_*.c -> build/tests/test_*  (linked with everything)
 #   tests/bench/*.c, tests/tools/*.c -> build/<name>
 #
@@ -41,6 +43,7 @@ ENGINE_SRC  := $(wildcard engine/*.c)
 DAEMON_SRC  := $(filter-out daemon/main.c daemon/%.bpf.c,$(wildcard daemon/*.c))
 CLIENT_SRC  := $(wildcard libclient/*.c)
 TOOL_SRC    := $(wildcard tools/*.c)
+OAI_SRC     := $(filter-out mq-openai/main.c,$(wildcard mq-openai/*.c))
 TEST_SRC    := $(wildcard tests/unit/test_*.c tests/golden/test_*.c tests/integration/test_*.c)
 BENCH_SRC   := $(wildcard tests/bench/*.c tests/tools/*.c)
 
@@ -51,6 +54,7 @@ IPC_OBJ    := $(call obj,$(IPC_SRC))
 ENGINE_OBJ := $(call obj,$(ENGINE_SRC))
 DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+OAI_OBJ    := $(call obj,$(OAI_SRC))
 
 LIBKERNELS := $(BUILD)/libmqkernels.a
 LIBCOMMON  := $(BUILD)/libmqcommon.a
@@ -58,6 +62,9 @@ LIBIPC     := $(BUILD)/libmqipc.a
 LIBENGINE  := $(BUILD)/libmqengine.a
 LIBMQD     := $(BUILD)/libmqd.a
 LIBMQ_SO   := $(BUILD)/libmq.so.1
+LIBOAI     := $(BUILD)/libmqopenai.a
+MQ_OPENAI  := $(if $(wildcard mq-openai/main.c),$(BUILD)/mq-openai)
+OAI_LIBS    = -lmicrohttpd -lcjson -lpthread -lm
 MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -78,7 +85,8 @@ format-check:
 	if [ -n "$$bad" ]; then echo "not formatted (run make format):" $$bad; exit 1; fi
 
 .PHONY: all test test-fast test-asan bench bench-kernels bench-e2e eval run install clean deps fuzz
-all: $(LIBKERNELS) $(LIBCOMMON) $(LIBIPC) $(LIBENGINE) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) $(TESTS) $(BENCHES)
+all: $(LIBKERNELS) $(LIBCOMMON) $(LIBIPC) $(LIBENGINE) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) \
+     $(LIBOAI) $(MQ_OPENAI) $(TESTS) $(BENCHES)
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
@@ -100,6 +108,12 @@ $(LIBENGINE): $(ENGINE_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(LIBMQD): $(DAEMON_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+$(LIBOAI): $(OAI_OBJ)
+	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+
+# mq-openai links libmq only (DESIGN.md: the HTTP front is a client like any other)
+$(BUILD)/mq-openai: $(BUILD)/obj/mq-openai/main.o $(LIBOAI) $(LIBMQ_SO)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) -L$(BUILD) -lmq $(OAI_LIBS) -Wl,-rpath,'$$ORIGIN'
 
 $(BUILD)/mqd: $(BUILD)/obj/daemon/main.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -113,9 +127,9 @@ $(LIBMQ_SO): $(CLIENT_OBJ) $(IPC_OBJ) $(COMMON_OBJ) libclient/libmq.map
 $(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC) $(LIBCOMMON)
 	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lmq $(LIBIPC) $(LIBCOMMON) -lcjson -lpthread -lm -Wl,-rpath,'$$ORIGIN'
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(if $(CLIENT_SRC),$(LIBMQ_SO))
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(LIBOAI) $(if $(CLIENT_SRC),$(LIBMQ_SO))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS) -lmicrohttpd
 
 define bench_rule
 $(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
@@ -218,7 +232,8 @@ FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 10
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS    := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(KERNEL_SRC) $(COMMON_SRC) $(IPC_SRC) $(ENGINE_SRC) $(DAEMON_SRC))
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(KERNEL_SRC) $(COMMON_SRC) $(IPC_SRC) $(ENGINE_SRC) $(DAEMON_SRC) \
+                  $(OAI_SRC) $(CLIENT_SRC))
 FUZZ_CFLAGS   = -std=gnu11 -O1 -g -fno-omit-frame-pointer -fPIC -pthread \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -I.
@@ -241,7 +256,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 $(FUZZ_BUILD)/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libfuzzdeps.a
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS) -lmicrohttpd
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
