@@ -36,8 +36,8 @@ typedef enum {
 
 typedef struct oai_event {
     oai_ev_type type;
-    int index;       /* CALL/ARGS */
-    const char *id;  /* CALL */
+    int index;      /* CALL/ARGS */
+    const char *id; /* CALL */
     const char *text;
     size_t len;
 } oai_event;

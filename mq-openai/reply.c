@@ -99,8 +99,7 @@ char *oai_reply_chat(const oai_reply_ctx *c, const oai_message *m, const char *f
     return print_and_free(o);
 }
 
-char *oai_reply_completion(const oai_reply_ctx *c, const char *text, size_t len, const char *finish,
-                           const oai_usage *u)
+char *oai_reply_completion(const oai_reply_ctx *c, const char *text, size_t len, const char *finish, const oai_usage *u)
 {
     cJSON *o = head(c, 0);
     cJSON *ch = one_choice(o);

@@ -41,8 +41,8 @@ char *oai_reply_completion(const oai_reply_ctx *c, const char *text, size_t len,
                            const oai_usage *u);
 
 /* SSE events ("data: ...\n\n"). */
-char *oai_sse_role(const oai_reply_ctx *c);                      /* chat: the first chunk */
-char *oai_sse_event(const oai_reply_ctx *c, const oai_event *ev); /* one parser event */
+char *oai_sse_role(const oai_reply_ctx *c);                               /* chat: the first chunk */
+char *oai_sse_event(const oai_reply_ctx *c, const oai_event *ev);         /* one parser event */
 char *oai_sse_text(const oai_reply_ctx *c, const char *text, size_t len); /* completions */
 char *oai_sse_finish(const oai_reply_ctx *c, const char *finish);
 char *oai_sse_usage(const oai_reply_ctx *c, const oai_usage *u);

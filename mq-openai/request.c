@@ -191,7 +191,8 @@ static int parse_common(const cJSON *o, oai_request *r, oai_error *err)
     if (rc)
         return rc;
     if (get_str(o, "model", OAI_NAME_MAX, r->model, sizeof r->model, err) < 0 ||
-        get_str(o, "user", OAI_NAME_MAX, r->user, sizeof r->user, err) < 0 || get_bool(o, "stream", &r->stream, err) < 0)
+        get_str(o, "user", OAI_NAME_MAX, r->user, sizeof r->user, err) < 0 ||
+        get_bool(o, "stream", &r->stream, err) < 0)
         return -EINVAL;
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(o, "stream_options");
     if (so && !cJSON_IsNull(so)) {
@@ -441,8 +442,9 @@ static int parse_tools(const cJSON *o, oai_request *r, cJSON *conv, oai_error *e
             const cJSON *fn = cJSON_IsObject(tc) ? cJSON_GetObjectItemCaseSensitive(tc, "function") : NULL;
             const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
             if (!cJSON_IsString(name))
-                return oai_fail(err, 400, BAD, "tool_choice.function.name",
-                                "tool_choice: must be a string or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+                return oai_fail(
+                    err, 400, BAD, "tool_choice.function.name",
+                    "tool_choice: must be a string or {\"type\": \"function\", \"function\": {\"name\": ...}}");
             if (!tool_name_known(tools, name->valuestring))
                 return oai_fail(err, 400, BAD, "tool_choice.function.name",
                                 "tool_choice.function.name: \"%.64s\" is not one of the tools", name->valuestring);

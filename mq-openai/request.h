@@ -25,12 +25,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define OAI_MAX_STOP      4   /* stop strings per request (mqd's scheduler bound) */
-#define OAI_STOP_MAX_LEN  255 /* bytes of one stop string (mqd keeps 256 bytes of tail) */
-#define OAI_NAME_MAX      127 /* model names, session ids, tool names */
-#define OAI_MAX_MESSAGES  4096
-#define OAI_MAX_TOOLS     256
-#define OAI_MAX_TOKENS    (1u << 20) /* what mqd accepts; the context limit cuts it further */
+#define OAI_MAX_STOP        4   /* stop strings per request (mqd's scheduler bound) */
+#define OAI_STOP_MAX_LEN    255 /* bytes of one stop string (mqd keeps 256 bytes of tail) */
+#define OAI_NAME_MAX        127 /* model names, session ids, tool names */
+#define OAI_MAX_MESSAGES    4096
+#define OAI_MAX_TOOLS       256
+#define OAI_MAX_TOKENS      (1u << 20) /* what mqd accepts; the context limit cuts it further */
 #define OAI_MAX_TEMPERATURE 100.0
 
 typedef enum { OAI_CHAT = 0, OAI_COMPLETION = 1 } oai_kind;
@@ -39,9 +39,9 @@ typedef enum { OAI_TOOLS_AUTO = 0, OAI_TOOLS_NONE, OAI_TOOLS_REQUIRED, OAI_TOOLS
 typedef enum { OAI_MODE_DEFAULT = 0, OAI_MODE_MIXED, OAI_MODE_BF16, OAI_MODE_FP4 } oai_mode;
 
 typedef struct oai_error {
-    int status;         /* HTTP status */
-    const char *type;   /* "invalid_request_error", ... (static) */
-    char param[96];     /* offending field, "" if none */
+    int status;       /* HTTP status */
+    const char *type; /* "invalid_request_error", ... (static) */
+    char param[96];   /* offending field, "" if none */
     char message[320];
 } oai_error;
 
@@ -53,10 +53,10 @@ typedef struct oai_request {
     char *payload;
     size_t payload_len;
     /* chat only */
-    int has_tools;          /* tools were given and tool_choice is not "none" */
+    int has_tools; /* tools were given and tool_choice is not "none" */
     oai_tool_choice tool_choice;
-    char *prefix;           /* forced start of the reply ("" if none), part of payload too */
-    int enable_thinking;    /* -1 not given, 0, 1 */
+    char *prefix;        /* forced start of the reply ("" if none), part of payload too */
+    int enable_thinking; /* -1 not given, 0, 1 */
     /* sampling */
     uint32_t max_tokens; /* 0 = not given (mq-openai's default applies) */
     double temperature, top_p, min_p, presence_penalty, frequency_penalty, repetition_penalty;

@@ -21,16 +21,17 @@ static void test_chat_request_fields(void)
 {
     oai_request r;
     oai_error e;
-    const char *body = "{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":\"be brief\"},"
-                       "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]},"
-                       "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"x\",\"type\":\"function\","
-                       "\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\": 1}\"}}]},"
-                       "{\"role\":\"tool\",\"tool_call_id\":\"x\",\"content\":\"42\"}],"
-                       "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{}}}],"
-                       "\"max_tokens\":7,\"max_completion_tokens\":9,\"temperature\":0.5,\"top_p\":0.9,\"top_k\":-1,"
-                       "\"seed\":-1,\"stop\":[\"END\",\"\\n\\n\"],\"stream\":true,\"stream_options\":{\"include_usage\":true},"
-                       "\"chat_template_kwargs\":{\"enable_thinking\":false},\"mq\":{\"mode\":\"fp4\"},\"user\":\"conv-1\","
-                       "\"unknown_field\":{\"ignored\":1}}";
+    const char *body =
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":\"be brief\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"x\",\"type\":\"function\","
+        "\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\": 1}\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"x\",\"content\":\"42\"}],"
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{}}}],"
+        "\"max_tokens\":7,\"max_completion_tokens\":9,\"temperature\":0.5,\"top_p\":0.9,\"top_k\":-1,"
+        "\"seed\":-1,\"stop\":[\"END\",\"\\n\\n\"],\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+        "\"chat_template_kwargs\":{\"enable_thinking\":false},\"mq\":{\"mode\":\"fp4\"},\"user\":\"conv-1\","
+        "\"unknown_field\":{\"ignored\":1}}";
     int rc = parse_chat(body, &r, &e);
     CHECK(rc == 0, "parse: %s", e.message);
     if (rc)
@@ -45,10 +46,11 @@ static void test_chat_request_fields(void)
     CHECK(!strcmp(r.user, "conv-1") && !strcmp(r.model, "m"), "user/model");
     CHECK(r.has_tools && r.tool_choice == OAI_TOOLS_AUTO && !r.prefix[0], "tools auto");
     CHECK(r.enable_thinking == 0, "enable_thinking");
-    const char *want = "{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"a\\nb\"},"
-                       "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
-                       "\"{\\\"a\\\": 1}\"}}]},{\"role\":\"tool\",\"content\":\"42\"}],\"tools\":[{\"type\":\"function\","
-                       "\"function\":{\"name\":\"f\",\"parameters\":{}}}],\"enable_thinking\":false}";
+    const char *want =
+        "{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"a\\nb\"},"
+        "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
+        "\"{\\\"a\\\": 1}\"}}]},{\"role\":\"tool\",\"content\":\"42\"}],\"tools\":[{\"type\":\"function\","
+        "\"function\":{\"name\":\"f\",\"parameters\":{}}}],\"enable_thinking\":false}";
     CHECK(!strcmp(r.payload, want), "payload:\n%s\nwant:\n%s", r.payload, want);
     oai_request_free(&r);
 }
@@ -66,7 +68,8 @@ static void test_chat_request_errors_name_the_field(void)
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}", "logprobs" },
         { "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", "messages[0].role" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"user\"}]}", "messages[1]" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages[0].content[0].type" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+          "messages[0].content[0].type" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"hot\"}", "temperature" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":101}", "temperature" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_p\":0}", "top_p" },
@@ -75,7 +78,8 @@ static void test_chat_request_errors_name_the_field(void)
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"\"]}", "stop[0]" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}", "tool_choice" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":"
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{"
+          "\"name\":"
           "\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}",
           "tool_choice.function.name" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"x\"}]}", "tools[0]" },
@@ -90,8 +94,8 @@ static void test_chat_request_errors_name_the_field(void)
         oai_error e;
         int rc = parse_chat(cases[i].body, &r, &e);
         CHECK(rc == -22 && e.status == 400, "case %zu (%s) accepted", i, cases[i].body);
-        CHECK(!strcmp(e.param, cases[i].param), "case %zu: param \"%s\", want \"%s\" (%s)", i, e.param,
-              cases[i].param, e.message);
+        CHECK(!strcmp(e.param, cases[i].param), "case %zu: param \"%s\", want \"%s\" (%s)", i, e.param, cases[i].param,
+              e.message);
         CHECK(e.message[0] && e.type && !strcmp(e.type, "invalid_request_error"), "case %zu: message", i);
         CHECK(r.payload == NULL, "case %zu: nothing kept", i);
     }
@@ -108,17 +112,19 @@ static void test_tool_choice_prefix(void)
              "\"function\":{\"name\":\"get_weather\"}}}",
              tools);
     CHECK(parse_chat(body, &r, &e) == 0, "%s", e.message);
-    CHECK(r.tool_choice == OAI_TOOLS_NAMED && !strcmp(r.prefix, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "),
+    CHECK(r.tool_choice == OAI_TOOLS_NAMED &&
+              !strcmp(r.prefix, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "),
           "prefix %s", r.prefix);
     CHECK(strstr(r.payload, "\"prefix\":\"<tool_call>\\n{\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": \"}"),
           "payload %s", r.payload);
     oai_request_free(&r);
-    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":\"none\"}", tools);
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":\"none\"}",
+             tools);
     CHECK(parse_chat(body, &r, &e) == 0, "%s", e.message);
     CHECK(!r.has_tools && !strstr(r.payload, "tools"), "none leaves the tools out: %s", r.payload);
     oai_request_free(&r);
-    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":\"required\"}",
-             tools);
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":\"required\"}", tools);
     CHECK(parse_chat(body, &r, &e) == 0, "%s", e.message);
     CHECK(!strcmp(r.prefix, "<tool_call>\n"), "required prefix");
     oai_request_free(&r);
@@ -226,11 +232,11 @@ static void test_json_scanner(void)
         const char *s;
         size_t len;
     } cases[] = {
-        { "{}", 2 },         { "{\"a\": [1, -2.5e3, true, null, \"\\u00e9\"]} x", 40 },
-        { "{\"a\" 1}", 0 },  { "[1,]", 0 },
-        { "01", 1 },         { "\"\\x\"", 0 },
-        { "{\"a\":1", 0 },   { "-", 0 },
-        { "1.", 0 },         { "\"a\nb\"", 0 },
+        { "{}", 2 },        { "{\"a\": [1, -2.5e3, true, null, \"\\u00e9\"]} x", 40 },
+        { "{\"a\" 1}", 0 }, { "[1,]", 0 },
+        { "01", 1 },        { "\"\\x\"", 0 },
+        { "{\"a\":1", 0 },  { "-", 0 },
+        { "1.", 0 },        { "\"a\nb\"", 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = oai_json_value_len(cases[i].s, strlen(cases[i].s));
@@ -316,8 +322,11 @@ static void test_stream_joins_to_message(void)
     cJSON_Delete(s.chunks);
     oai_error e = { .status = 400, .type = "invalid_request_error", .param = "n", .message = "n: only 1" };
     char *er = oai_reply_error(&e);
-    CHECK(!strcmp(er, "{\"error\":{\"message\":\"n: only 1\",\"type\":\"invalid_request_error\",\"param\":\"n\",\"code\":400}}"),
-          "%s", er);
+    CHECK(
+        !strcmp(
+            er,
+            "{\"error\":{\"message\":\"n: only 1\",\"type\":\"invalid_request_error\",\"param\":\"n\",\"code\":400}}"),
+        "%s", er);
     free(er);
     char *fin = oai_sse_finish(&s.c, "stop");
     CHECK(strstr(fin, "\"finish_reason\":\"stop\"") && strstr(fin, "\"delta\":{}"), "%s", fin);
