@@ -64,7 +64,7 @@ LIBMQD     := $(BUILD)/libmqd.a
 LIBMQ_SO   := $(BUILD)/libmq.so.1
 LIBOAI     := $(BUILD)/libmqopenai.a
 MQ_OPENAI  := $(if $(wildcard mq-openai/main.c),$(BUILD)/mq-openai)
-OAI_LIBS    = -lmicrohttpd -lcjson -lpthread -lm
+OAI_LIBS    = -lmicrohttpd -lcjson -lsystemd -lpthread -lm
 MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -112,8 +112,8 @@ $(LIBOAI): $(OAI_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 
 # mq-openai links libmq only (DESIGN.md: the HTTP front is a client like any other)
-$(BUILD)/mq-openai: $(BUILD)/obj/mq-openai/main.o $(LIBOAI) $(LIBMQ_SO)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) -L$(BUILD) -lmq $(OAI_LIBS) -Wl,-rpath,'$$ORIGIN'
+$(BUILD)/mq-openai: $(BUILD)/obj/mq-openai/main.o $(LIBOAI) $(LIBMQ_SO) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) -L$(BUILD) -lmq $(LIBCOMMON) $(OAI_LIBS) -Wl,-rpath,'$$ORIGIN'
 
 $(BUILD)/mqd: $(BUILD)/obj/daemon/main.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)

@@ -75,6 +75,7 @@ typedef struct mqd_conn {
     uid_t uid;
     pid_t pid;
     int hello_done;
+    unsigned version; /* agreed protocol version */
     int denied; /* SO_PEERCRED refused: answer the first message with ERROR, close */
     char deny_msg[256];
     int closing;
@@ -308,6 +309,7 @@ static uint32_t wire_err_of(int err)
     case -EAGAIN: return MQ_ERR_LIMIT;
     case -EBUSY: return MQ_ERR_BUSY;
     case -ENOENT: return MQ_ERR_NO_SESSION;
+    case -EINVAL: return MQ_ERR_BAD_PROMPT;
     default: return MQ_ERR_INTERNAL;
     }
 }
@@ -439,6 +441,7 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
     c->chan_ok = 1;
     c->chan.token.efd = passed_fd;
     c->hello_done = 1;
+    c->version = v;
     mq_msg r = { .type = MQ_MSG_HELLO_OK };
     r.u.hello_ok.version = (uint16_t)v;
     r.u.hello_ok.channel_bytes = (uint32_t)c->chan.bytes;
@@ -512,6 +515,45 @@ static void push_synthetic_done(mqd_conn *c, uint64_t req)
         push_rec(c, rec, (uint32_t)n, 1);
 }
 
+/* MQ_WIRE_KIND_CHAT: {"messages": [...], "tools": [...], "enable_thinking": bool,
+ * "prefix": "..."} -> the ids of the whole rendered conversation with the generation
+ * prompt; 0 or an MQ_ERR code + message naming the field. */
+static unsigned conversation_tokens(mqd *d, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
+                                    size_t msglen)
+{
+    if (d->chat_kind < 0)
+        return snprintf(msg, msglen, "model %s has no chat template mqd knows", d->model_name), MQ_ERR_BAD_PROMPT;
+    cJSON *j = cJSON_ParseWithLength((const char *)bytes, len);
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(j, "tools");
+    const cJSON *think = cJSON_GetObjectItemCaseSensitive(j, "enable_thinking");
+    const cJSON *prefix = cJSON_GetObjectItemCaseSensitive(j, "prefix");
+    unsigned code = MQ_ERR_BAD_PROMPT;
+    if (!cJSON_IsObject(j))
+        snprintf(msg, msglen, "conversation: not a JSON object");
+    else if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
+        snprintf(msg, msglen, "conversation.messages: must be a non-empty array");
+    else if (tools && !cJSON_IsArray(tools) && !cJSON_IsNull(tools))
+        snprintf(msg, msglen, "conversation.tools: must be an array");
+    else if (think && !cJSON_IsBool(think))
+        snprintf(msg, msglen, "conversation.enable_thinking: must be true or false");
+    else if (prefix && !cJSON_IsString(prefix))
+        snprintf(msg, msglen, "conversation.prefix: must be a string");
+    else {
+        mq_chat_opts o = { .add_generation_prompt = 1,
+                           .enable_thinking = think ? cJSON_IsTrue(think) : -1,
+                           .reply_prefix = prefix ? prefix->valuestring : NULL };
+        char cerr[256];
+        int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, tools, &o, 0, 0, ids, n_ids, cerr,
+                                sizeof cerr);
+        code = rc == 0 ? 0 : rc == -ENOMEM ? MQ_ERR_INTERNAL : MQ_ERR_BAD_PROMPT;
+        if (rc)
+            snprintf(msg, msglen, "conversation: %s", cerr);
+    }
+    cJSON_Delete(j);
+    return code;
+}
+
 /* Turns the prompt bytes into the token ids to append; 0 or an MQ_ERR code + message. */
 static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, int32_t **ids,
                              size_t *n_ids, char *msg, size_t msglen)
@@ -554,6 +596,15 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
         }
         return 0;
     }
+    if (m->u.submit.kind == MQ_WIRE_KIND_PROMPT) {
+        /* the whole context (completions): special tokens parsed, BOS as the tokenizer adds it */
+        int rc = mq_tok_encode(d->tok, (const char *)bytes, len, MQ_TOK_ADD_SPECIAL, ids, n_ids, terr, sizeof terr);
+        if (rc)
+            return snprintf(msg, msglen, "tokenizing the prompt: %s", terr), MQ_ERR_BAD_PROMPT;
+        return 0;
+    }
+    if (m->u.submit.kind == MQ_WIRE_KIND_CHAT)
+        return conversation_tokens(d, bytes, len, ids, n_ids, msg, msglen);
     /* A chat message: render what it appends to the conversation. */
     static const char *const roles[] = { "user", "system", "tool" };
     cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
@@ -570,24 +621,14 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
     free(content);
     cJSON_AddItemToArray(msgs, one);
     mq_chat_opts o = { .add_generation_prompt = 1,
-                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0,
-                       .bos_token = NULL };
-    char *text = NULL;
-    size_t tlen = 0;
+                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0 };
     char cerr[256];
-    int rc = s->turns == 0 ? mq_chat_render((mq_chat_kind)d->chat_kind, msgs, NULL, &o, &text, &tlen, cerr, sizeof cerr)
-                           : mq_chat_render_append((mq_chat_kind)d->chat_kind, msgs, &o, s->end_in_session, &text,
-                                                   &tlen, cerr, sizeof cerr);
+    /* message text is tokenized as text: only the template's markup yields special tokens */
+    int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, NULL, &o, s->turns > 0, s->end_in_session, ids,
+                            n_ids, cerr, sizeof cerr);
     cJSON_Delete(msgs);
     if (rc) {
-        snprintf(msg, msglen, "chat template: %s", cerr);
-        return MQ_ERR_BAD_PROMPT;
-    }
-    /* The rendered text contains the template's special tokens: parse them. */
-    rc = mq_tok_encode(d->tok, text, tlen, 0, ids, n_ids, terr, sizeof terr);
-    free(text);
-    if (rc) {
-        snprintf(msg, msglen, "tokenizing the rendered message: %s", terr);
+        snprintf(msg, msglen, "%s", cerr);
         return MQ_ERR_BAD_PROMPT;
     }
     return 0;
@@ -640,6 +681,7 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     }
     int is_msg = m->u.submit.kind == MQ_WIRE_KIND_MESSAGE;
     if (is_msg != (s->mode == MQ_WIRE_MODE_CHAT)) {
+        /* (chat and prompt requests are whole contexts: raw sessions) */
         code = MQ_ERR_BAD_PROMPT;
         snprintf(msg, sizeof msg, "%s sessions take %s", s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
                  s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)" : "text or tokens (mq_send_text/tokens)");
@@ -694,6 +736,16 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     p.repetition_penalty = g->repeat_penalty;
     p.seed = g->seed;
     p.use_eos = 1;
+    p.presence_penalty = g->presence_penalty;
+    p.frequency_penalty = g->frequency_penalty;
+    p.n_stop_strs = g->n_stop;
+    for (int i = 0; i < g->n_stop; i++)
+        p.stop_strs[i] = g->stop[i];
+    p.has_mode = g->precision != MQ_WIRE_PRECISION_DEFAULT;
+    p.mode = g->precision == MQ_WIRE_PRECISION_BF16  ? MQ_SCHED_BF16
+             : g->precision == MQ_WIRE_PRECISION_FP4 ? MQ_SCHED_FP4
+                                                     : MQ_SCHED_MIXED;
+    p.whole_context = (g->flags & MQ_GEN_WHOLE_CONTEXT) || m->u.submit.kind == MQ_WIRE_KIND_CHAT;
     mqd_req *r = calloc(1, sizeof *r);
     if (!r) {
         code = MQ_ERR_INTERNAL;
@@ -759,8 +811,10 @@ static void on_stats(mqd_conn *c, const mq_msg *m)
     mqd *d = c->d;
     mq_sched_stats st;
     mq_sched_get_stats(d->sched, &st);
-    mq_msg r = { .type = MQ_MSG_STATS_REPLY };
+    mq_msg r = { .type = MQ_MSG_STATS_REPLY, .version = m->version };
     mq_wire_stats *w = &r.u.stats;
+    if (m->version >= 2)
+        w->state = d->state == MQD_READY ? MQ_WIRE_STATE_READY : MQ_WIRE_STATE_DRAINING;
     w->uptime_ms = mqd_now_ms() - d->start_ms;
     w->sessions = (uint32_t)st.sessions;
     w->requests_running = (uint32_t)(st.prefilling + st.decoding);

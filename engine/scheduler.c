@@ -51,6 +51,7 @@ struct req {
     mq_sink sink;
     int state;
     int end_code; /* atomic: 0 or 1 + mq_end_reason requested by cancel */
+    mq_mode mode; /* precision of this request */
     int hist0;    /* history length before this request */
     int kv0;      /* session KV before admission */
     int limit;    /* history length at which generation stops */
@@ -78,6 +79,8 @@ struct session {
     int n_blk;
     int n_hashed; /* leading full blocks hashed (and offered to the index) */
     int n_shared; /* blocks obtained from the index */
+    int cow;      /* the last block is a published one cut short: copy it before writing */
+    mq_mode kv_mode; /* the precision the session's KV was computed in */
     struct req *req;
     int notifying; /* finished requests whose on_done has not returned yet */
     double last_used;
@@ -89,6 +92,7 @@ struct mq_sched {
     mq_model *model;
     mq_tokenizer *tok;
     int vocab, max_blocks;
+    size_t block_bytes;
     mq_mode mode;
     mq_kv_store *kv;
     mq_pool *pf_pool, *dec_pool;
@@ -192,17 +196,22 @@ static int blocks_for(const mq_sched *s, int tokens)
     return (tokens + s->o.block_tokens - 1) / s->o.block_tokens;
 }
 
-/* Drops the session's KV beyond n tokens. A full block is shared-immutable once hashed,
- * so cutting inside one drops the whole block (the session re-prefills those tokens). */
+/* Drops the session's KV beyond n tokens. A full block is shared-immutable once hashed:
+ * a cut inside one keeps it for reading and marks it copy-on-write (cow_last_block runs
+ * before the next write), so the session re-prefills nothing it still has. */
 static void truncate_kv(mq_sched *s, struct session *ss, int n)
 {
     int bt = s->o.block_tokens;
     if (n < ss->n_kv)
         ss->n_kv = n;
     int keep = blocks_for(s, ss->n_kv);
-    if (ss->n_kv % bt && keep - 1 < ss->n_hashed) {
-        keep--;
-        ss->n_kv = keep * bt;
+    if (ss->n_blk < keep)
+        keep = ss->n_blk;
+    if (ss->n_kv % bt && keep - 1 < ss->n_hashed && keep <= ss->n_blk) {
+        ss->n_hashed = keep - 1;
+        ss->cow = 1;
+    } else if (ss->n_blk > keep || ss->n_kv % bt == 0) {
+        ss->cow = ss->cow && keep == ss->n_blk;
     }
     while (ss->n_blk > keep) {
         ss->n_blk--;
@@ -215,13 +224,43 @@ static void truncate_kv(mq_sched *s, struct session *ss, int n)
         ss->n_shared = ss->n_blk;
 }
 
+/* Parent hash of block b: the chain starts from a seed per precision, so a prefix is
+ * shared only between requests whose K/V were computed the same way. */
+static uint64_t block_parent(const struct session *ss, int b)
+{
+    return b ? ss->hash[b - 1] : MQ_KV_HASH_SEED + (uint64_t)ss->kv_mode;
+}
+
+/* A cut-short published block becomes the session's own copy before it is written. */
+static int cow_last_block(mq_sched *s, struct req *r)
+{
+    struct session *ss = r->ss;
+    if (!ss->cow || ss->n_blk == 0)
+        return 0;
+    int id = mq_kv_alloc(s->kv, r->reserved > 0);
+    if (id < 0)
+        return id;
+    if (r->reserved > 0)
+        r->reserved--;
+    int b = ss->n_blk - 1;
+    uint8_t *dst = mq_kv_block_ptr(s->kv, id);
+    memcpy(dst, ss->ptr[b], s->block_bytes);
+    mq_kv_unref(s->kv, ss->blk[b]);
+    ss->blk[b] = id;
+    ss->ptr[b] = dst;
+    if (ss->n_shared > b)
+        ss->n_shared = b;
+    ss->cow = 0;
+    return 0;
+}
+
 /* Hashes and publishes the session's newly full blocks. */
 static void publish_full_blocks(mq_sched *s, struct session *ss)
 {
     int bt = s->o.block_tokens;
     while (ss->n_hashed < ss->n_blk && (ss->n_hashed + 1) * bt <= ss->n_kv) {
         int b = ss->n_hashed;
-        uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
+        uint64_t parent = block_parent(ss, b);
         ss->hash[b] = mq_kv_prefix_hash(parent, ss->hist + (size_t)b * bt, bt);
         mq_kv_publish(s->kv, ss->blk[b], parent, ss->hash[b], ss->hist + (size_t)b * bt);
         ss->n_hashed++;
@@ -236,7 +275,7 @@ static void lookup_prefix(mq_sched *s, struct session *ss)
         return;
     while (ss->n_kv + bt <= ss->n_hist - 1 && ss->n_blk < s->max_blocks) {
         int b = ss->n_blk;
-        uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
+        uint64_t parent = block_parent(ss, b);
         const int32_t *t = ss->hist + (size_t)b * bt;
         uint64_t h = mq_kv_prefix_hash(parent, t, bt);
         int id = mq_kv_lookup(s->kv, parent, h, t);
@@ -466,7 +505,7 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
     if (ss->n_kv >= ss->n_hist)
         truncate_kv(s, ss, ss->n_hist - 1); /* logits need a token */
     lookup_prefix(s, ss);
-    int need = blocks_for(s, r->limit) - ss->n_blk;
+    int need = blocks_for(s, r->limit) - ss->n_blk + ss->cow;
     if (need < 0)
         need = 0;
     if (mq_kv_reserve(s->kv, need) < 0 && reclaim_idle(s, need, ss) < 0) {
@@ -594,7 +633,9 @@ static void *prefill_main(void *arg)
         if (n > s->o.chunk_tokens)
             n = s->o.chunk_tokens;
         int last = pos0 + n == ss->n_hist;
-        int rc = ensure_blocks(s, r, pos0 + n);
+        int rc = cow_last_block(s, r);
+        if (rc == 0)
+            rc = ensure_blocks(s, r, pos0 + n);
         mq_kv_seq seq = { .blocks = ss->ptr, .n_blocks = ss->n_blk };
         pthread_mutex_unlock(&s->mu);
 
@@ -602,8 +643,8 @@ static void *prefill_main(void *arg)
         const int *toks = (const int *)ss->hist + pos0;
         if (rc == 0) {
             if (!last) {
-                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), NULL, 0);
-            } else if (s->mode == MQ_MODE_MIXED) {
+                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(r->mode), NULL, 0);
+            } else if (r->mode == MQ_MODE_MIXED) {
                 /* mixed: the prompt in NVFP4, its last token in BF16 with logits */
                 if (n > 1)
                     rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n - 1, pos0, MQ_PREC_FP4, NULL, 0);
@@ -611,7 +652,7 @@ static void *prefill_main(void *arg)
                     rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks + n - 1, 1, pos0 + n - 1, MQ_PREC_BF16,
                                            s->pf_logits, 1);
             } else {
-                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), s->pf_logits,
+                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(r->mode), s->pf_logits,
                                        1);
             }
         }
@@ -707,21 +748,17 @@ static void *decode_main(void *arg)
             pthread_cond_timedwait(&s->dec_cv, &s->mu, &ts);
             continue;
         }
-        /* the batch: every decoding request, rotating the start when over max_batch */
-        int nb = 0, skip = s->n_decoding > mb ? s->rr_decode++ % s->n_decoding : 0;
-        for (struct req *q = s->decoding; q && nb < mb; q = q->next) {
-            if (skip > 0) {
-                skip--;
-                continue;
-            }
-            batch[nb++] = q;
-        }
-        for (struct req *q = s->decoding; q && nb < mb && nb < s->n_decoding; q = q->next) {
-            int dup = 0;
-            for (int i = 0; i < nb; i++)
-                dup |= batch[i] == q;
-            if (!dup)
+        /* the batch: up to max_batch decoding requests of one precision (a step runs one
+         * precision), starting at a rotating position so that nobody waits for long */
+        int nb = 0, start = s->n_decoding > 1 ? s->rr_decode++ % s->n_decoding : 0;
+        struct req *q = s->decoding;
+        for (int i = 0; i < start && q->next; i++)
+            q = q->next;
+        mq_mode step_mode = q->mode;
+        for (int k = 0; k < s->n_decoding && nb < mb; k++) {
+            if (q->mode == step_mode)
                 batch[nb++] = q;
+            q = q->next ? q->next : s->decoding;
         }
         int fail = 0;
         for (int i = 0; i < nb; i++) {
@@ -737,7 +774,7 @@ static void *decode_main(void *arg)
 
         double t0 = now_s();
         int rc = fail ? fail
-                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_mode_decode_prec(s->mode),
+                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_mode_decode_prec(step_mode),
                                          s->dec_logits);
         double dt = now_s() - t0;
         for (int i = 0; i < nb; i++)
@@ -831,7 +868,8 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     pthread_cond_init(&s->dec_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
 
-    mq_kv_store_opts ko = { .block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens),
+    s->block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens);
+    mq_kv_store_opts ko = { .block_bytes = s->block_bytes,
                             .block_tokens = s->o.block_tokens,
                             .n_blocks = s->o.kv_blocks,
                             .allow_hugetlb = s->o.kv_hugetlb };
@@ -1087,9 +1125,10 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     sp.min_p = gp.min_p;
     sp.repetition_penalty = gp.repetition_penalty > 0 ? gp.repetition_penalty : 1;
     sp.presence_penalty = gp.presence_penalty;
+    sp.frequency_penalty = gp.frequency_penalty;
     sp.seed = gp.seed;
     int sr = 0;
-    if (gp.temperature > 0 || sp.repetition_penalty != 1 || sp.presence_penalty != 0) {
+    if (gp.temperature > 0 || sp.repetition_penalty != 1 || sp.presence_penalty != 0 || sp.frequency_penalty != 0) {
         sr = mq_sampler_init(&r->smp, &sp, s->vocab);
         r->has_smp = sr == 0;
     }
@@ -1107,6 +1146,15 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         req_free(r);
         return sr;
     }
+    r->mode = s->mode;
+    if (gp.has_mode)
+        r->mode = gp.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : gp.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
+    if (r->mode != MQ_MODE_BF16 && !mq_model_has_fp4(s->model)) {
+        snprintf(err, errlen, "submit: mode %s needs NVFP4 weights, which this scheduler (mode %s) did not load",
+                 mq_mode_name(r->mode), mq_mode_name(s->mode));
+        req_free(r);
+        return -EINVAL;
+    }
     if (sink)
         r->sink = *sink;
     r->t_submit = now_s();
@@ -1117,6 +1165,15 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     pthread_mutex_lock(&s->mu);
     struct session *ss = find_session(s, session);
     int ctx = s->o.context_limit;
+    /* whole context: keep the common prefix of history and new tokens, append the rest */
+    int keep = ss ? ss->n_hist : 0, whole = n;
+    if (ss && gp.whole_context && !ss->req) {
+        keep = 0;
+        while (keep < ss->n_hist && keep < n && ss->hist[keep] == new_tokens[keep])
+            keep++;
+        new_tokens += keep;
+        n -= keep;
+    }
     if (s->draining) {
         rc = -ESHUTDOWN;
         snprintf(err, errlen, "submit: the scheduler is draining");
@@ -1126,13 +1183,13 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     } else if (ss->req) { /* a finished request still in on_done does not count */
         rc = -EBUSY;
         snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
-    } else if (ss->n_hist + n + 1 > ctx) {
+    } else if (keep + n + 1 > ctx) {
         rc = -E2BIG;
         snprintf(err, errlen,
                  "submit: %d history + %d new tokens leave no room to generate within the "
                  "context limit of %d tokens",
-                 ss->n_hist, n, ctx);
-    } else if (ss->n_hist + n == 0) {
+                 keep, n, ctx);
+    } else if (keep + n == 0) {
         rc = -EINVAL;
         snprintf(err, errlen, "submit: empty prompt on an empty session");
     } else if (s->n_queued >= s->o.max_queued) {
@@ -1141,7 +1198,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     }
     int limit = 0;
     if (!rc) {
-        limit = ss->n_hist + n + gp.max_tokens;
+        limit = keep + n + gp.max_tokens;
         if (limit > ctx)
             limit = ctx;
         if (blocks_for(s, limit) > s->o.kv_blocks) {
@@ -1164,10 +1221,18 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         req_free(r);
         return rc;
     }
+    if (ss->kv_mode != r->mode) {
+        truncate_kv(s, ss, 0);
+        ss->kv_mode = r->mode;
+    }
+    if (keep < ss->n_hist) {
+        ss->n_hist = keep;
+        truncate_kv(s, ss, keep);
+    }
     r->ss = ss;
     r->hist0 = ss->n_hist;
     r->limit = limit;
-    r->st.prompt_tokens = n;
+    r->st.prompt_tokens = gp.whole_context ? whole : n;
     memcpy(ss->hist + ss->n_hist, new_tokens, (size_t)n * sizeof(int32_t));
     ss->n_hist += n;
     ss->req = r;
