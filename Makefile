@@ -132,8 +132,8 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(LIBOAI) $(if $(CLIENT_SRC
 	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS) -lmicrohttpd
 
 define bench_rule
-$(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
-	$$(CC) $$(LDFLAGS) -o $$@ $$< $(ALL_LIBS) $$(LIBS)
+$(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS) $(LIBOAI) $(CLIENT_OBJ)
+	$$(CC) $$(LDFLAGS) -o $$@ $$< $(LIBOAI) $(CLIENT_OBJ) $(ALL_LIBS) $$(LIBS)
 endef
 $(foreach b,$(BENCH_SRC),$(eval $(call bench_rule,$(b))))
 
@@ -265,6 +265,29 @@ fuzz: $(FUZZ_BINS)
 .PHONY: fuzz-run
 fuzz-run: fuzz
 	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+# ---------------------------------------------------------------------------
+# The agent evaluation through the HTTP API (issue 10): every assistant turn of the agent
+# conversations through mq-openai with the official OpenAI client, greedy, in each mode.
+# TASKS=n: the first n conversations (default all). Last lines: agent_acc_bf16,
+# agent_acc_mixed, agent_acc_fp4, agent_match_golden.
+AGENT_MODEL ?= $(MQ_SHARED)/models/mq-agent-45m
+AGENT_DIR   ?= $(MQ_SHARED)/golden/mq-agent-45m
+TASKS       ?=
+.PHONY: eval-agent bench-http
+eval-agent: deps
+	@$(MAKE) --no-print-directory $(MQD) $(BUILD)/mqctl $(BUILD)/mq-openai
+	@sh tests/http/serve.sh $(BUILD) $(AGENT_MODEL) sh -c 'cd tests && node http/eval_agent.mjs \
+	    --base-url "$$MQ_HTTP_URL/v1" --dir "$(AGENT_DIR)" $(if $(TASKS),--tasks $(TASKS))'
+
+# HTTP vs libmq for the same requests (32 concurrent streams) and an agent replay over
+# HTTP with X-Session-Id: http_ttft_overhead_ms_p50, http_tokens_per_s_vs_libmq,
+# http_replay_cached_ratio.
+BENCH_TARGETS += bench-http
+bench-http: deps
+	@$(MAKE) --no-print-directory $(MQD) $(BUILD)/mqctl $(BUILD)/mq-openai $(BUILD)/bench_http
+	@sh tests/http/serve.sh $(BUILD) $(AGENT_MODEL) sh -c '$(BUILD)/bench_http --url "$$MQ_HTTP_URL" \
+	    --socket "$$MQ_CLIENT_SOCKET" --dir "$(AGENT_DIR)"'
 
 # ---------------------------------------------------------------------------
 # Quality evaluation of the three modes (issue 3): perplexity, continuation NLL, KL and

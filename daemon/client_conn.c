@@ -528,6 +528,7 @@ static unsigned conversation_tokens(mqd *d, const uint8_t *bytes, uint32_t len, 
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(j, "tools");
     const cJSON *think = cJSON_GetObjectItemCaseSensitive(j, "enable_thinking");
     const cJSON *prefix = cJSON_GetObjectItemCaseSensitive(j, "prefix");
+    const cJSON *as_gen = cJSON_GetObjectItemCaseSensitive(j, "think_as_generated");
     unsigned code = MQ_ERR_BAD_PROMPT;
     if (!cJSON_IsObject(j))
         snprintf(msg, msglen, "conversation: not a JSON object");
@@ -539,10 +540,13 @@ static unsigned conversation_tokens(mqd *d, const uint8_t *bytes, uint32_t len, 
         snprintf(msg, msglen, "conversation.enable_thinking: must be true or false");
     else if (prefix && !cJSON_IsString(prefix))
         snprintf(msg, msglen, "conversation.prefix: must be a string");
+    else if (as_gen && !cJSON_IsBool(as_gen))
+        snprintf(msg, msglen, "conversation.think_as_generated: must be true or false");
     else {
         mq_chat_opts o = { .add_generation_prompt = 1,
                            .enable_thinking = think ? cJSON_IsTrue(think) : -1,
-                           .reply_prefix = prefix ? prefix->valuestring : NULL };
+                           .reply_prefix = prefix ? prefix->valuestring : NULL,
+                           .think_as_generated = cJSON_IsTrue(as_gen) };
         char cerr[256];
         int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, tools, &o, 0, 0, ids, n_ids, cerr,
                                 sizeof cerr);

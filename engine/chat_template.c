@@ -364,7 +364,8 @@ static int qwen3_tool_calls(sbuf *o, const cJSON *m, int content_nonempty)
 /* Renders messages[from..n) of `all` (an array) as the Qwen3 loop does. last_query is
  * ns.last_query_index over the whole conversation (index into `all`); prev_role is the
  * role before `from` ("" if none) for the tool-grouping rule. */
-static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const char *prev_role, char *err,
+static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const char *prev_role,
+                      const mq_chat_opts *opts, char *err,
                       size_t errlen)
 {
     int n = cJSON_GetArraySize(all);
@@ -416,6 +417,11 @@ static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const
                 sb_data(o, sb, (size_t)(se - sb));
                 sb_puts(o, "\n</think>\n\n");
                 sb_data(o, cl, (size_t)(ce - cl));
+            } else if (opts->think_as_generated && opts->enable_thinking == 0 && re == rb) {
+                /* not the template: the turn as the model generated it, after the
+                 * generation prompt's empty think block (mq_chat_opts) */
+                sb_puts(o, "<|im_start|>assistant\n<think>\n\n</think>\n\n");
+                sb_data(o, cb, (size_t)(ce - cb));
             } else {
                 sb_puts(o, "<|im_start|>assistant\n");
                 sb_data(o, cb, (size_t)(ce - cb));
@@ -512,7 +518,7 @@ static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq
         sb_puts(o, "<|im_end|>\n");
     }
     free(c0.p);
-    int rc = qwen3_loop(o, msgs, 0, qwen3_last_query(msgs, n - 1), "", err, errlen);
+    int rc = qwen3_loop(o, msgs, 0, qwen3_last_query(msgs, n - 1), "", opts, err, errlen);
     if (rc)
         return rc;
     qwen3_gen_prompt(o, opts);
@@ -756,7 +762,7 @@ static int render_append(sbuf *o, mq_chat_kind kind, const cJSON *new_messages, 
             if (!ok)
                 rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
             else
-                rc = qwen3_loop(o, all, 1, qwen3_last_query(all, 0), "assistant", err, errlen);
+                rc = qwen3_loop(o, all, 1, qwen3_last_query(all, 0), "assistant", opts, err, errlen);
             cJSON_Delete(all);
         }
         if (!rc)

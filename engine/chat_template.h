@@ -52,6 +52,12 @@ typedef struct mq_chat_opts {
     /* Text the reply is forced to start with, rendered after the generation prompt as the
      * caller's text (e.g. "<tool_call>\n" for a required tool call); NULL = none. */
     const char *reply_prefix;
+    /* qwen3 with enable_thinking 0, not transformers' rendering: a past assistant turn
+     * without reasoning keeps the empty "<think>\n\n</think>\n\n" that the generation
+     * prompt gave it, so the history renders the tokens the model actually saw and the
+     * next turn reuses the whole reply's KV (QwenLM/Qwen3 issue 1826; measured in
+     * docs/results.md, bench-http). 0 = the template's rendering (the default). */
+    int think_as_generated;
 } mq_chat_opts;
 
 /* Full render of a conversation. tools: a JSON array or NULL. *out is malloc'ed and

@@ -275,7 +275,8 @@ static void handle_event(gen *g, const mq_event *ev)
 
 static oai_usage usage_of(const gen *g)
 {
-    oai_usage u = { g->done.stats.prompt_tokens, g->done.stats.gen_tokens, g->done.stats.cached_tokens };
+    oai_usage u = { g->done.stats.prompt_tokens, g->done.stats.gen_tokens, g->done.stats.cached_tokens,
+                    g->done.stats.queue_us / 1e3, g->done.stats.ttft_us / 1e3 };
     return u;
 }
 

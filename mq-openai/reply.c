@@ -60,6 +60,17 @@ static cJSON *usage(const oai_usage *u)
     return o;
 }
 
+/* the usage object and the "mq" timing extension beside it */
+static void add_usage(cJSON *o, const oai_usage *u)
+{
+    cJSON_AddItemToObject(o, "usage", usage(u));
+    if (u->ttft_ms >= 0) {
+        cJSON *m = cJSON_AddObjectToObject(o, "mq");
+        cJSON_AddNumberToObject(m, "queue_ms", u->queue_ms);
+        cJSON_AddNumberToObject(m, "ttft_ms", u->ttft_ms);
+    }
+}
+
 static cJSON *one_choice(cJSON *o)
 {
     cJSON *arr = cJSON_AddArrayToObject(o, "choices");
@@ -95,7 +106,7 @@ char *oai_reply_chat(const oai_reply_ctx *c, const oai_message *m, const char *f
     }
     cJSON_AddNullToObject(ch, "logprobs");
     cJSON_AddStringToObject(ch, "finish_reason", finish);
-    cJSON_AddItemToObject(o, "usage", usage(u));
+    add_usage(o, u);
     return print_and_free(o);
 }
 
@@ -106,7 +117,7 @@ char *oai_reply_completion(const oai_reply_ctx *c, const char *text, size_t len,
     cJSON_AddItemToObject(ch, "text", str_n(text, len));
     cJSON_AddNullToObject(ch, "logprobs");
     cJSON_AddStringToObject(ch, "finish_reason", finish);
-    cJSON_AddItemToObject(o, "usage", usage(u));
+    add_usage(o, u);
     return print_and_free(o);
 }
 
@@ -187,7 +198,7 @@ char *oai_sse_usage(const oai_reply_ctx *c, const oai_usage *u)
 {
     cJSON *o = head(c, 1);
     cJSON_AddArrayToObject(o, "choices");
-    cJSON_AddItemToObject(o, "usage", usage(u));
+    add_usage(o, u);
     return sse(o);
 }
 

@@ -25,6 +25,9 @@
 
 typedef struct oai_usage {
     uint32_t prompt_tokens, completion_tokens, cached_tokens;
+    /* mqd's own timings, returned as the extension "mq": {"queue_ms", "ttft_ms"} beside
+     * the usage (a client can tell mqd's time from the transport's); < 0 = unknown */
+    double queue_ms, ttft_ms;
 } oai_usage;
 
 /* What every response of one request repeats. */

@@ -170,7 +170,12 @@ static int parse_mode(const cJSON *o, oai_request *r, oai_error *err)
     if (!cJSON_IsObject(mq))
         return oai_fail(err, 400, BAD, "mq", "mq: must be an object such as {\"mode\": \"bf16\"}");
     char m[16];
-    int rc = get_str(mq, "mode", 15, m, sizeof m, err);
+    int rc = get_str(mq, "think_history", 15, m, sizeof m, err);
+    if (rc < 0 || (rc > 0 && strcmp(m, "template") && strcmp(m, "as_generated")))
+        return oai_fail(err, 400, BAD, "mq.think_history", "mq.think_history: must be \"template\" or \"as_generated\"");
+    if (rc > 0)
+        r->think_history = !strcmp(m, "as_generated");
+    rc = get_str(mq, "mode", 15, m, sizeof m, err);
     if (rc < 0)
         return oai_fail(err, 400, BAD, "mq.mode", "mq.mode: must be \"mixed\", \"bf16\", \"fp4\" or \"default\"");
     if (rc == 0)
@@ -493,6 +498,7 @@ int oai_parse_chat(const char *body, size_t len, oai_request *r, oai_error *err)
     memset(r, 0, sizeof *r);
     r->kind = OAI_CHAT;
     r->enable_thinking = -1;
+    r->think_history = -1;
     cJSON *o = parse_object(body, len, err);
     if (!o)
         return -EINVAL;
@@ -514,6 +520,8 @@ int oai_parse_chat(const char *body, size_t len, oai_request *r, oai_error *err)
     }
     if (!rc && r->enable_thinking >= 0)
         cJSON_AddBoolToObject(conv, "enable_thinking", r->enable_thinking);
+    if (!rc && r->think_history == 1)
+        cJSON_AddBoolToObject(conv, "think_as_generated", 1);
     if (!rc)
         rc = finish_payload(r, conv, err);
     cJSON_Delete(conv);
@@ -528,6 +536,7 @@ int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_error
     memset(r, 0, sizeof *r);
     r->kind = OAI_COMPLETION;
     r->enable_thinking = -1;
+    r->think_history = -1;
     cJSON *o = parse_object(body, len, err);
     if (!o)
         return -EINVAL;

@@ -13,6 +13,10 @@
  * parsed for calls), "required" and a named function force the start of the reply
  * (`prefix`: "<tool_call>\n" or "<tool_call>\n{\"name\": \"f\", \"arguments\": "), which
  * the output parser (mq-openai/output.h) is seeded with.
+ * Extensions under "mq": "mode" (mixed, bf16, fp4: the precision of this request) and
+ * "think_history" ("template": past Qwen3 turns rendered as transformers does; or
+ * "as_generated": with the empty think block the model saw, so a pinned conversation
+ * reuses the previous reply's KV — mq_chat_opts.think_as_generated).
  *
  * Who calls it: the HTTP handlers (mq-openai/http.c), the unit test and the fuzz target.
  * Thread rules: pure functions; a request struct belongs to one thread.
@@ -70,6 +74,7 @@ typedef struct oai_request {
     int stream, include_usage;
     int echo; /* completions: echo is refused (400), kept 0 */
     oai_mode mode;
+    int think_history; /* -1 not given (the server's default), 0 template, 1 as generated */
 } oai_request;
 
 /* Parses a body of `len` bytes (not NUL-terminated). On success *out owns its strings

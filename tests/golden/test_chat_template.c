@@ -18,7 +18,7 @@ static mq_tokenizer *qwen;
 static char *render(mq_chat_kind k, const char *msgs_json, const char *tools_json, int gen, int think)
 {
     cJSON *m = cJSON_Parse(msgs_json), *t = tools_json ? cJSON_Parse(tools_json) : NULL;
-    mq_chat_opts o = { gen, think, "<|begin_of_text|>", NULL };
+    mq_chat_opts o = { .add_generation_prompt = gen, .enable_thinking = think, .bos_token = "<|begin_of_text|>" };
     char *out = NULL, err[256] = "";
     size_t len;
     int rc = mq_chat_render(k, m, t, &o, &out, &len, err, sizeof err);
@@ -75,8 +75,8 @@ static void test_golden(void)
     cJSON_ArrayForEach(c, root)
     {
         const cJSON *et = cJSON_GetObjectItem(c, "enable_thinking");
-        mq_chat_opts o = { cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")), et ? cJSON_IsTrue(et) : -1,
-                           NULL, NULL };
+        mq_chat_opts o = { .add_generation_prompt = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")),
+                           .enable_thinking = et ? cJSON_IsTrue(et) : -1 };
         char *out = NULL, err[256] = "";
         size_t len = 0;
         int rc = mq_chat_render(MQ_CHAT_QWEN3, cJSON_GetObjectItem(c, "messages"), cJSON_GetObjectItem(c, "tools"), &o,
@@ -213,6 +213,36 @@ static void test_no_role_injection(void)
     cJSON_Delete(m);
 }
 
+/* think_as_generated: the previous turn's prompt + the reply as generated + <|im_end|> is a
+ * prefix of the next turn's render (so a pinned session keeps all of it); the template's
+ * own rendering breaks the prefix at the reply (QwenLM/Qwen3 issue 1826). */
+static void test_think_as_generated(void)
+{
+    const char *m1 = "[{\"role\":\"user\",\"content\":\"Weather in Paris?\"}]";
+    const char *m2 = "[{\"role\":\"user\",\"content\":\"Weather in Paris?\"},{\"role\":\"assistant\",\"content\":\"\","
+                     "\"tool_calls\":[{\"function\":{\"name\":\"w\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
+                     "{\"role\":\"tool\",\"content\":\"sunny\"}]";
+    const char *reply = "<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>";
+    cJSON *a = cJSON_Parse(m1), *b = cJSON_Parse(m2);
+    char *t1 = NULL, *t2 = NULL, *t3 = NULL, err[256];
+    size_t l1, l2, l3;
+    mq_chat_opts o = { .add_generation_prompt = 1, .enable_thinking = 0, .think_as_generated = 1 };
+    CHECK(mq_chat_render(MQ_CHAT_QWEN3, a, NULL, &o, &t1, &l1, err, sizeof err) == 0, "%s", err);
+    CHECK(mq_chat_render(MQ_CHAT_QWEN3, b, NULL, &o, &t2, &l2, err, sizeof err) == 0, "%s", err);
+    char held[1024];
+    snprintf(held, sizeof held, "%s%s", t1, reply);
+    CHECK(l2 > strlen(held) && !strncmp(t2, held, strlen(held)), "as generated:\n%s\n--- is not a prefix of\n%s", held, t2);
+    o.think_as_generated = 0;
+    CHECK(mq_chat_render(MQ_CHAT_QWEN3, b, NULL, &o, &t3, &l3, err, sizeof err) == 0, "%s", err);
+    CHECK(strncmp(t3, held, strlen(held)) != 0 && !strncmp(t3, t1, l1 - strlen("<think>\n\n</think>\n\n")),
+          "the template's rendering drops the empty think block");
+    free(t1);
+    free(t2);
+    free(t3);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
 static void expect(const char *got, const char *want, const char *what)
 {
     CHECK(got && !strcmp(got, want), "%s:\n--- got\n%s\n--- want\n%s", what, got ? got : "(null)", want);
@@ -294,7 +324,7 @@ static void test_qwen3_hand(void)
     free(s);
     /* errors name the message */
     cJSON *bad = cJSON_Parse("[{\"role\":\"user\",\"content\":5}]");
-    mq_chat_opts o = { 1, -1, NULL, NULL };
+    mq_chat_opts o = { .add_generation_prompt = 1, .enable_thinking = -1 };
     char *out = NULL, err[256] = "";
     size_t len;
     CHECK(mq_chat_render(MQ_CHAT_QWEN3, bad, NULL, &o, &out, &len, err, sizeof err) == -EINVAL &&
@@ -338,7 +368,7 @@ static void check_append(mq_chat_kind k, const char *before, const char *reply, 
         cJSON_AddItemToArray(all, cJSON_Duplicate(cJSON_GetArrayItem(nm, i), 1));
     char *alls = cJSON_PrintUnformatted(all);
     char *prompt = render(k, before, tools, 1, -1), *full = render(k, alls, tools, 1, -1);
-    mq_chat_opts o = { 1, -1, "<|begin_of_text|>", NULL };
+    mq_chat_opts o = { .add_generation_prompt = 1, .enable_thinking = -1, .bos_token = "<|begin_of_text|>" };
     char *app = NULL, *app0 = NULL, err[256] = "";
     size_t len = 0, len0 = 0;
     CHECK(mq_chat_render_append(k, nm, &o, 1, &app, &len, err, sizeof err) == 0, "append: %s", err);
@@ -389,7 +419,7 @@ static void test_append(void)
     cJSON *root = cJSON_Parse(js);
     const char *want = cJSON_GetObjectItem(cJSON_GetArrayItem(root, 2), "rendered")->valuestring;
     cJSON *nm = cJSON_Parse("[{\"role\":\"user\",\"content\":\"Bye\"}]");
-    mq_chat_opts o = { 1, -1, NULL, NULL };
+    mq_chat_opts o = { .add_generation_prompt = 1, .enable_thinking = -1 };
     char *app = NULL, err[256];
     size_t len;
     CHECK(mq_chat_render_append(MQ_CHAT_QWEN3, nm, &o, 1, &app, &len, err, sizeof err) == 0, "append");
@@ -431,6 +461,7 @@ int main(void)
     RUN(test_golden);
     RUN(test_agent_prompts);
     RUN(test_no_role_injection);
+    RUN(test_think_as_generated);
     RUN(test_qwen3_hand);
     RUN(test_chatml_llama3);
     RUN(test_append);

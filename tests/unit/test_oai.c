@@ -305,7 +305,7 @@ static void test_stream_joins_to_message(void)
               !strcmp(args, m.calls[0].args.p) && !strcmp(id, m.calls[0].id),
           "joined: \"%s\" %s %s", content, name, args);
     CHECK(frags == 4, "the name, then argument fragments one per member: %d chunks", frags);
-    oai_usage u = { 10, 5, 4 };
+    oai_usage u = { 10, 5, 4, -1, -1 };
     char *body = oai_reply_chat(&s.c, &m, "tool_calls", &u);
     cJSON *j = cJSON_Parse(body);
     cJSON *msg = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "message");
