@@ -234,7 +234,7 @@ FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS    := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(KERNEL_SRC) $(COMMON_SRC) $(IPC_SRC) $(ENGINE_SRC) $(DAEMON_SRC) \
                   $(OAI_SRC) $(CLIENT_SRC))
-FUZZ_CFLAGS   = -std=gnu11 -O1 -g -fno-omit-frame-pointer -fPIC -pthread \
+FUZZ_CFLAGS   = -std=gnu11 -O1 -g -fno-omit-frame-pointer -fPIC -pthread -Werror=implicit-function-declaration \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -I.
 

@@ -8,6 +8,9 @@
 
 #include <stddef.h>
 
+/* Size of a local message buffer that holds any of mq's one-line messages. */
+#define MQ_ERRMSG_LEN 256
+
 /* Formats into err[errlen] (if err && errlen) and returns rc, so callers can write
  * `return mq_errmsg(err, errlen, -EINVAL, "%s: bad field", path);`. */
 int mq_errmsg(char *err, size_t errlen, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

@@ -20,7 +20,8 @@
  * SPILL_RING_FACTOR ring sizes is cancelled instead of growing memory.
  */
 #define _GNU_SOURCE
-#include "ipc/sock.h"
+#include "daemon/client_conn.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -33,19 +34,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ipc/channel.h"
+#include "common/clock.h"
+#include "common/errmsg.h"
+#include "daemon/log.h"
+#include "daemon/privs.h"
 #include "engine/chat_template.h"
 #include "engine/scheduler.h"
-#include "daemon/server.h"
-
-/* Messages are cut to their buffers on purpose (they name paths that may be long). */
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 #include "engine/tokenizer.h"
+#include "ipc/channel.h"
+#include "ipc/sock.h"
 #include "ipc/wire.h"
 
 #define SPILL_RING_FACTOR 4
-#define BUSY_RETRIES      200 /* x BUSY_RETRY_US: at most 40 ms */
-#define BUSY_RETRY_US     200
 
 typedef struct mqd_req mqd_req;
 
@@ -75,7 +75,6 @@ typedef struct mqd_conn {
     uid_t uid;
     pid_t pid;
     int hello_done;
-    unsigned version; /* agreed protocol version */
     int denied; /* SO_PEERCRED refused: answer the first message with ERROR, close */
     char deny_msg[256];
     int closing;
@@ -441,7 +440,6 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
     c->chan_ok = 1;
     c->chan.token.efd = passed_fd;
     c->hello_done = 1;
-    c->version = v;
     mq_msg r = { .type = MQ_MSG_HELLO_OK };
     r.u.hello_ok.version = (uint16_t)v;
     r.u.hello_ok.channel_bytes = (uint32_t)c->chan.bytes;
@@ -515,14 +513,83 @@ static void push_synthetic_done(mqd_conn *c, uint64_t req)
         push_rec(c, rec, (uint32_t)n, 1);
 }
 
+static void reply_submitted(mqd_conn *c, uint32_t seq, uint64_t req, uint64_t session)
+{
+    mq_msg r = { .type = MQ_MSG_SUBMITTED };
+    r.u.submitted.req = req;
+    r.u.submitted.session = session;
+    send_reply(c, &r, seq, -1);
+}
+
+/* {"role": role, "content": the bytes} for the chat template; NULL when out of memory. */
+static cJSON *chat_message(const char *role, const uint8_t *bytes, uint32_t len)
+{
+    char *content = strndup((const char *)bytes, len);
+    cJSON *one = content ? cJSON_CreateObject() : NULL;
+    if (one && (!cJSON_AddStringToObject(one, "role", role) || !cJSON_AddStringToObject(one, "content", content))) {
+        cJSON_Delete(one);
+        one = NULL;
+    }
+    free(content);
+    return one;
+}
+
+/* Token ids sent as ids: each must be inside the vocabulary. */
+static unsigned ids_from_wire(mqd_conn *c, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
+                              size_t msglen)
+{
+    size_t n = len / 4;
+    int32_t *v = malloc(n ? n * sizeof *v : 1);
+    if (!v)
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
+    memcpy(v, bytes, n * 4);
+    int vocab = mq_tok_vocab_size(c->d->tok);
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 0 || v[i] >= vocab) {
+            mq_errmsg(msg, msglen, 0, "token id %d at position %zu is outside the vocabulary [0, %d)", v[i], i, vocab);
+            free(v);
+            return MQ_ERR_BAD_PROMPT;
+        }
+    *ids = v;
+    *n_ids = n;
+    return 0;
+}
+
+/* A chat message: the ids it appends to the conversation (pending system messages, the
+ * message, the assistant's turn). Message text is tokenized as text: only the template's
+ * markup yields special tokens (mq_chat_encode). */
+static unsigned encode_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, int32_t **ids,
+                               size_t *n_ids, char *msg, size_t msglen)
+{
+    static const char *const roles[] = { "user", "system", "tool" };
+    mqd *d = c->d;
+    cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
+    cJSON *one = chat_message(roles[m->u.submit.role], bytes, m->u.submit.len);
+    if (!msgs || !one) {
+        cJSON_Delete(msgs);
+        cJSON_Delete(one);
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
+    }
+    cJSON_AddItemToArray(msgs, one);
+    mq_chat_opts o = { .add_generation_prompt = 1,
+                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0 };
+    char cerr[256];
+    int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, NULL, &o, s->turns > 0, s->end_in_session, ids,
+                            n_ids, cerr, sizeof cerr);
+    cJSON_Delete(msgs);
+    if (rc)
+        return mq_errmsg(msg, msglen, rc == -ENOMEM ? MQ_ERR_INTERNAL : MQ_ERR_BAD_PROMPT, "%s", cerr);
+    return 0;
+}
+
 /* MQ_WIRE_KIND_CHAT: {"messages": [...], "tools": [...], "enable_thinking": bool,
- * "prefix": "..."} -> the ids of the whole rendered conversation with the generation
- * prompt; 0 or an MQ_ERR code + message naming the field. */
-static unsigned conversation_tokens(mqd *d, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
+ * "prefix": "...", "think_as_generated": bool} -> the ids of the whole rendered
+ * conversation with the generation prompt; 0 or an MQ_ERR code + message naming the field. */
+static unsigned encode_conversation(mqd *d, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
                                     size_t msglen)
 {
     if (d->chat_kind < 0)
-        return snprintf(msg, msglen, "model %s has no chat template mqd knows", d->model_name), MQ_ERR_BAD_PROMPT;
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "model %s has no chat template mqd knows", d->model_name);
     cJSON *j = cJSON_ParseWithLength((const char *)bytes, len);
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(j, "tools");
@@ -531,17 +598,17 @@ static unsigned conversation_tokens(mqd *d, const uint8_t *bytes, uint32_t len, 
     const cJSON *as_gen = cJSON_GetObjectItemCaseSensitive(j, "think_as_generated");
     unsigned code = MQ_ERR_BAD_PROMPT;
     if (!cJSON_IsObject(j))
-        snprintf(msg, msglen, "conversation: not a JSON object");
+        mq_errmsg(msg, msglen, 0, "conversation: not a JSON object");
     else if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
-        snprintf(msg, msglen, "conversation.messages: must be a non-empty array");
+        mq_errmsg(msg, msglen, 0, "conversation.messages: must be a non-empty array");
     else if (tools && !cJSON_IsArray(tools) && !cJSON_IsNull(tools))
-        snprintf(msg, msglen, "conversation.tools: must be an array");
+        mq_errmsg(msg, msglen, 0, "conversation.tools: must be an array");
     else if (think && !cJSON_IsBool(think))
-        snprintf(msg, msglen, "conversation.enable_thinking: must be true or false");
+        mq_errmsg(msg, msglen, 0, "conversation.enable_thinking: must be true or false");
     else if (prefix && !cJSON_IsString(prefix))
-        snprintf(msg, msglen, "conversation.prefix: must be a string");
+        mq_errmsg(msg, msglen, 0, "conversation.prefix: must be a string");
     else if (as_gen && !cJSON_IsBool(as_gen))
-        snprintf(msg, msglen, "conversation.think_as_generated: must be true or false");
+        mq_errmsg(msg, msglen, 0, "conversation.think_as_generated: must be true or false");
     else {
         mq_chat_opts o = { .add_generation_prompt = 1,
                            .enable_thinking = think ? cJSON_IsTrue(think) : -1,
@@ -552,7 +619,7 @@ static unsigned conversation_tokens(mqd *d, const uint8_t *bytes, uint32_t len, 
                                 sizeof cerr);
         code = rc == 0 ? 0 : rc == -ENOMEM ? MQ_ERR_INTERNAL : MQ_ERR_BAD_PROMPT;
         if (rc)
-            snprintf(msg, msglen, "conversation: %s", cerr);
+            mq_errmsg(msg, msglen, 0, "conversation: %s", cerr);
     }
     cJSON_Delete(j);
     return code;
@@ -566,230 +633,175 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
     uint32_t len = m->u.submit.len;
     *ids = NULL;
     *n_ids = 0;
-    if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS) {
-        size_t n = len / 4;
-        int32_t *v = malloc(n * sizeof *v);
-        if (!v)
-            return snprintf(msg, msglen, "out of memory"), MQ_ERR_INTERNAL;
-        memcpy(v, bytes, n * 4);
-        int vocab = mq_tok_vocab_size(d->tok);
-        for (size_t i = 0; i < n; i++)
-            if (v[i] < 0 || v[i] >= vocab) {
-                snprintf(msg, msglen,
-                         "token id %d at position %zu is outside the vocabulary "
-                         "[0, %d)",
-                         v[i], i, vocab);
-                free(v);
-                return MQ_ERR_BAD_PROMPT;
-            }
-        *ids = v;
-        *n_ids = n;
-        return 0;
-    }
-    if (!mq_utf8_valid((const char *)bytes, len)) {
-        snprintf(msg, msglen, "prompt text is not valid UTF-8");
-        return MQ_ERR_BAD_PROMPT;
-    }
+    if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS)
+        return ids_from_wire(c, bytes, len, ids, n_ids, msg, msglen);
+    if (!mq_utf8_valid((const char *)bytes, len))
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "prompt text is not valid UTF-8");
     char terr[MQ_TOK_ERR_LEN];
-    if (m->u.submit.kind == MQ_WIRE_KIND_TEXT) {
-        unsigned flags = s->turns == 0 ? MQ_TOK_ADD_SPECIAL : 0;
-        int rc = mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr);
-        if (rc) {
-            snprintf(msg, msglen, "tokenizing the prompt: %s", terr);
-            return MQ_ERR_BAD_PROMPT;
-        }
-        return 0;
-    }
-    if (m->u.submit.kind == MQ_WIRE_KIND_PROMPT) {
-        /* the whole context (completions): special tokens parsed, BOS as the tokenizer adds it */
-        int rc = mq_tok_encode(d->tok, (const char *)bytes, len, MQ_TOK_ADD_SPECIAL, ids, n_ids, terr, sizeof terr);
-        if (rc)
-            return snprintf(msg, msglen, "tokenizing the prompt: %s", terr), MQ_ERR_BAD_PROMPT;
+    if (m->u.submit.kind == MQ_WIRE_KIND_TEXT || m->u.submit.kind == MQ_WIRE_KIND_PROMPT) {
+        /* TEXT continues a raw session; PROMPT is a whole context (completions endpoints):
+         * the tokenizer's BOS where it adds one, special tokens parsed in both */
+        int whole = m->u.submit.kind == MQ_WIRE_KIND_PROMPT || (m->u.submit.gen.flags & MQ_GEN_WHOLE_CONTEXT);
+        unsigned flags = s->turns == 0 || whole ? MQ_TOK_ADD_SPECIAL : 0;
+        if (mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr))
+            return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "tokenizing the prompt: %s", terr);
         return 0;
     }
     if (m->u.submit.kind == MQ_WIRE_KIND_CHAT)
-        return conversation_tokens(d, bytes, len, ids, n_ids, msg, msglen);
-    /* A chat message: render what it appends to the conversation. */
-    static const char *const roles[] = { "user", "system", "tool" };
-    cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
-    cJSON *one = cJSON_CreateObject();
-    char *content = strndup((const char *)bytes, len);
-    if (!msgs || !one || !content) {
-        cJSON_Delete(msgs);
-        cJSON_Delete(one);
-        free(content);
-        return snprintf(msg, msglen, "out of memory"), MQ_ERR_INTERNAL;
-    }
-    cJSON_AddStringToObject(one, "role", roles[m->u.submit.role]);
-    cJSON_AddStringToObject(one, "content", content);
-    free(content);
-    cJSON_AddItemToArray(msgs, one);
-    mq_chat_opts o = { .add_generation_prompt = 1,
-                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0 };
-    char cerr[256];
-    /* message text is tokenized as text: only the template's markup yields special tokens */
-    int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, NULL, &o, s->turns > 0, s->end_in_session, ids,
-                            n_ids, cerr, sizeof cerr);
-    cJSON_Delete(msgs);
-    if (rc) {
-        snprintf(msg, msglen, "%s", cerr);
-        return MQ_ERR_BAD_PROMPT;
-    }
-    return 0;
+        return encode_conversation(d, bytes, len, ids, n_ids, msg, msglen);
+    return encode_message(c, s, m, bytes, ids, n_ids, msg, msglen);
 }
 
-static void on_submit(mqd_conn *c, const mq_msg *m)
+/* Copies the SUBMIT's prompt bytes out of the prompt ring and hands the ring back to the
+ * client. They must be exactly the next published bytes; otherwise the client broke the
+ * protocol: ERROR, the connection is closed, -EPROTO. */
+static int take_prompt(mqd_conn *c, const mq_msg *m, uint8_t **out)
 {
-    mqd *d = c->d;
     uint32_t len = m->u.submit.len;
     mq_ring *pr = &c->chan.prompt;
-    /* The bytes must be exactly the next ones of the prompt ring, and published. */
     int64_t avail = mq_ring_avail(pr);
     if (m->u.submit.ring_off != pr->pos || len > pr->size || avail < (int64_t)len) {
         send_error(c, m->seq, MQ_ERR_PROTOCOL,
-                   "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt "
-                   "ring (position %u, %lld published)",
+                   "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt ring (position %u, %lld "
+                   "published)",
                    m->u.submit.ring_off, len, avail < 0 ? "valid" : "published", pr->pos, (long long)avail);
         conn_close(c, "bad ring offsets");
-        return;
+        return -EPROTO;
     }
     uint8_t *bytes = malloc(len ? len : 1);
     if (!bytes) {
         send_error(c, m->seq, MQ_ERR_INTERNAL, "out of memory for a %u-byte prompt", len);
-        return;
+        return -ENOMEM;
     }
     mq_ring_peek(pr, 0, bytes, len);
-    mq_ring_consume(pr, len); /* the ring is the client's again */
+    mq_ring_consume(pr, len);
+    *out = bytes;
+    return 0;
+}
 
-    char msg[MQ_WIRE_TEXT_MAX + 1] = "";
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    mqd_sess *s = find_sess(c, m->u.submit.session);
-    unsigned code = 0;
-    if (!s) {
-        code = MQ_ERR_NO_SESSION;
-        snprintf(msg, sizeof msg, "no session %llu on this connection", (unsigned long long)m->u.submit.session);
-        goto out;
-    }
+/* Whether session s may take this SUBMIT now; 0 or an MQ_ERR code + message. */
+static unsigned check_submit(mqd_conn *c, mqd_sess *s, const mq_msg *m, char *msg, size_t msglen)
+{
+    if (!s)
+        return mq_errmsg(msg, msglen, MQ_ERR_NO_SESSION, "no session %llu on this connection",
+                         (unsigned long long)m->u.submit.session);
     settle(s);
-    if (d->state != MQD_READY) {
-        code = MQ_ERR_DRAINING;
-        snprintf(msg, sizeof msg, "mqd is draining; no new requests");
-        goto out;
+    if (c->d->state != MQD_READY)
+        return mq_errmsg(msg, msglen, MQ_ERR_DRAINING, "mqd is draining; no new requests");
+    if (s->running)
+        return mq_errmsg(msg, msglen, MQ_ERR_BUSY, "session %llu is running request %llu", (unsigned long long)s->id,
+                         (unsigned long long)s->running->id);
+    int chat = s->mode == MQ_WIRE_MODE_CHAT;
+    if ((m->u.submit.kind == MQ_WIRE_KIND_MESSAGE) != chat)
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "%s sessions take %s", chat ? "chat" : "raw",
+                         chat ? "messages (mq_send_message)"
+                              : "text, tokens, prompts or conversations (mq_send_text/tokens/prompt/chat)");
+    return 0;
+}
+
+/* A system message does not start a generation: it is kept and rendered with the next
+ * user/tool message. Its request completes at once (SUBMITTED, then DONE). */
+static unsigned stash_system_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, uint64_t req,
+                                     char *msg, size_t msglen)
+{
+    if (!mq_utf8_valid((const char *)bytes, m->u.submit.len))
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "prompt text is not valid UTF-8");
+    if (!s->pending)
+        s->pending = cJSON_CreateArray();
+    cJSON *one = chat_message("system", bytes, m->u.submit.len);
+    if (!s->pending || !one) {
+        cJSON_Delete(one);
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
     }
-    if (s->running) {
-        code = MQ_ERR_BUSY;
-        snprintf(msg, sizeof msg, "session %llu is running request %llu", (unsigned long long)s->id,
-                 (unsigned long long)s->running->id);
-        goto out;
-    }
-    int is_msg = m->u.submit.kind == MQ_WIRE_KIND_MESSAGE;
-    if (is_msg != (s->mode == MQ_WIRE_MODE_CHAT)) {
-        /* (chat and prompt requests are whole contexts: raw sessions) */
-        code = MQ_ERR_BAD_PROMPT;
-        snprintf(msg, sizeof msg, "%s sessions take %s", s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
-                 s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)" : "text or tokens (mq_send_text/tokens)");
-        goto out;
-    }
-    uint64_t req_id = ++d->next_req;
-    if (is_msg && m->u.submit.role == MQ_WIRE_ROLE_SYSTEM) {
-        /* A system message does not start a generation: it is kept and rendered with the
-         * next user/tool message. The request completes at once. */
-        if (!mq_utf8_valid((const char *)bytes, len)) {
-            code = MQ_ERR_BAD_PROMPT;
-            snprintf(msg, sizeof msg, "prompt text is not valid UTF-8");
-            goto out;
-        }
-        if (!s->pending)
-            s->pending = cJSON_CreateArray();
-        cJSON *one = cJSON_CreateObject();
-        char *content = strndup((const char *)bytes, len);
-        if (!s->pending || !one || !content) {
-            cJSON_Delete(one);
-            free(content);
-            code = MQ_ERR_INTERNAL;
-            snprintf(msg, sizeof msg, "out of memory");
-            goto out;
-        }
-        cJSON_AddStringToObject(one, "role", "system");
-        cJSON_AddStringToObject(one, "content", content);
-        free(content);
-        cJSON_AddItemToArray(s->pending, one);
-        mq_msg r = { .type = MQ_MSG_SUBMITTED };
-        r.u.submitted.req = req_id;
-        r.u.submitted.session = s->id;
-        send_reply(c, &r, m->seq, -1);
-        push_synthetic_done(c, req_id);
-        goto out;
-    }
-    code = build_tokens(c, s, m, bytes, &ids, &n_ids, msg, sizeof msg);
-    if (code)
-        goto out;
-    if (n_ids > (size_t)d->ctx_limit) {
-        code = MQ_ERR_TOO_LONG;
-        snprintf(msg, sizeof msg, "prompt of %zu tokens is over the context limit of %d tokens", n_ids, d->ctx_limit);
-        goto out;
-    }
-    const mq_wire_gen *g = &m->u.submit.gen;
-    mq_gen_params p = { 0 };
-    p.max_tokens = (int)g->max_tokens;
-    p.temperature = (g->flags & MQ_GEN_GREEDY) ? 0.0f : g->temperature;
-    p.top_k = (int)g->top_k;
-    p.top_p = g->top_p;
-    p.min_p = g->min_p;
-    p.repetition_penalty = g->repeat_penalty;
-    p.seed = g->seed;
-    p.use_eos = 1;
-    p.presence_penalty = g->presence_penalty;
-    p.frequency_penalty = g->frequency_penalty;
-    p.n_stop_strs = g->n_stop;
+    cJSON_AddItemToArray(s->pending, one);
+    reply_submitted(c, m->seq, req, s->id);
+    push_synthetic_done(c, req);
+    return 0;
+}
+
+static void gen_params_from_wire(const mq_wire_gen *g, mq_gen_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->max_tokens = (int)g->max_tokens;
+    p->temperature = (g->flags & MQ_GEN_GREEDY) ? 0.0f : g->temperature;
+    p->top_k = (int)g->top_k;
+    p->top_p = g->top_p;
+    p->min_p = g->min_p;
+    p->repetition_penalty = g->repeat_penalty;
+    p->seed = g->seed;
+    p->use_eos = 1;
+    p->presence_penalty = g->presence_penalty;
+    p->frequency_penalty = g->frequency_penalty;
+    p->n_stop_strs = g->n_stop;
     for (int i = 0; i < g->n_stop; i++)
-        p.stop_strs[i] = g->stop[i];
-    p.has_mode = g->precision != MQ_WIRE_PRECISION_DEFAULT;
-    p.mode = g->precision == MQ_WIRE_PRECISION_BF16  ? MQ_SCHED_BF16
-             : g->precision == MQ_WIRE_PRECISION_FP4 ? MQ_SCHED_FP4
-                                                     : MQ_SCHED_MIXED;
-    p.whole_context = (g->flags & MQ_GEN_WHOLE_CONTEXT) || m->u.submit.kind == MQ_WIRE_KIND_CHAT;
+        p->stop_strs[i] = g->stop[i]; /* the scheduler copies them */
+    p->has_mode = g->precision != MQ_WIRE_PRECISION_DEFAULT;
+    p->mode = g->precision == MQ_WIRE_PRECISION_BF16  ? MQ_SCHED_BF16
+              : g->precision == MQ_WIRE_PRECISION_FP4 ? MQ_SCHED_FP4
+                                                      : MQ_SCHED_MIXED;
+    p->whole_context = !!(g->flags & MQ_GEN_WHOLE_CONTEXT);
+}
+
+/* Submits ids to the scheduler as request `req` of session s, its tokens streamed by the
+ * sinks; 0 (SUBMITTED sent) or an MQ_ERR code + message. */
+static unsigned start_request(mqd_conn *c, mqd_sess *s, const mq_msg *m, uint64_t req, const int32_t *ids, size_t n_ids,
+                              char *msg, size_t msglen)
+{
+    mqd *d = c->d;
+    if (n_ids > (size_t)d->ctx_limit)
+        return mq_errmsg(msg, msglen, MQ_ERR_TOO_LONG, "prompt of %zu tokens is over the context limit of %d tokens",
+                         n_ids, d->ctx_limit);
+    mq_gen_params p;
+    gen_params_from_wire(&m->u.submit.gen, &p);
+    p.whole_context |= m->u.submit.kind == MQ_WIRE_KIND_CHAT || m->u.submit.kind == MQ_WIRE_KIND_PROMPT;
     mqd_req *r = calloc(1, sizeof *r);
-    if (!r) {
-        code = MQ_ERR_INTERNAL;
-        snprintf(msg, sizeof msg, "out of memory");
-        goto out;
-    }
+    if (!r)
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
     r->conn = c;
-    r->id = req_id;
+    r->id = req;
     r->session = s->id;
-    r->no_special_text = !!(g->flags & MQ_GEN_NO_SPECIAL_TEXT);
+    r->no_special_text = !!(m->u.submit.gen.flags & MQ_GEN_NO_SPECIAL_TEXT);
     conn_ref(c);
     s->running = r;
     mq_sink sink = { .ctx = r, .on_token = sink_token, .on_done = sink_done };
     char serr[256] = "";
     int rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
-    /* The client sees DONE while the previous on_done is still returning; the scheduler
-     * calls the session busy until it has. That window is microseconds: wait it out. */
-    for (int i = 0; rc == -EBUSY && i < BUSY_RETRIES; i++) {
-        usleep(BUSY_RETRY_US);
-        rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
-    }
     if (rc) {
         s->running = NULL;
         free(r);
         conn_unref(c);
-        code = wire_err_of(rc);
-        snprintf(msg, sizeof msg, "%s", serr[0] ? serr : strerror(-rc));
-        goto out;
+        return mq_errmsg(msg, msglen, wire_err_of(rc), "%s", serr[0] ? serr : strerror(-rc));
     }
     s->turns++;
     cJSON_Delete(s->pending);
     s->pending = NULL;
-    mq_msg rep = { .type = MQ_MSG_SUBMITTED };
-    rep.u.submitted.req = req_id;
-    rep.u.submitted.session = s->id;
-    send_reply(c, &rep, m->seq, -1);
-out:
+    reply_submitted(c, m->seq, req, s->id);
+    return 0;
+}
+
+static void on_submit(mqd_conn *c, const mq_msg *m)
+{
+    uint8_t *bytes;
+    if (take_prompt(c, m, &bytes))
+        return;
+    char msg[MQ_WIRE_TEXT_MAX + 1] = "";
+    mqd_sess *s = find_sess(c, m->u.submit.session);
+    unsigned code = check_submit(c, s, m, msg, sizeof msg);
+    if (!code) {
+        uint64_t req = ++c->d->next_req;
+        if (m->u.submit.kind == MQ_WIRE_KIND_MESSAGE && m->u.submit.role == MQ_WIRE_ROLE_SYSTEM) {
+            code = stash_system_message(c, s, m, bytes, req, msg, sizeof msg);
+        } else {
+            int32_t *ids = NULL;
+            size_t n_ids = 0;
+            code = build_tokens(c, s, m, bytes, &ids, &n_ids, msg, sizeof msg);
+            if (!code)
+                code = start_request(c, s, m, req, ids, n_ids, msg, sizeof msg);
+            free(ids);
+        }
+    }
     if (code)
         send_error(c, m->seq, code, "%s", msg);
-    free(ids);
     free(bytes);
 }
 
@@ -817,9 +829,9 @@ static void on_stats(mqd_conn *c, const mq_msg *m)
     mq_sched_get_stats(d->sched, &st);
     mq_msg r = { .type = MQ_MSG_STATS_REPLY, .version = m->version };
     mq_wire_stats *w = &r.u.stats;
-    if (m->version >= 2)
+    if (m->version >= 2) /* for health checks: draining from the moment a drain starts */
         w->state = d->state == MQD_READY ? MQ_WIRE_STATE_READY : MQ_WIRE_STATE_DRAINING;
-    w->uptime_ms = mqd_now_ms() - d->start_ms;
+    w->uptime_ms = mq_now_ms() - d->start_ms;
     w->sessions = (uint32_t)st.sessions;
     w->requests_running = (uint32_t)(st.prefilling + st.decoding);
     w->requests_queued = (uint32_t)st.queued;
@@ -885,35 +897,16 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
     conn_ref(c); /* handlers may close (and drop the socket's ref) */
     while (!c->closing) {
         uint8_t buf[MQ_WIRE_MAX_MSG + 1];
-        union {
-            char b[CMSG_SPACE(sizeof(int) * 4)];
-            struct cmsghdr align;
-        } u;
-        struct iovec iov = { buf, sizeof buf };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
-        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) {
-                if (events & (POLLHUP | POLLERR))
-                    conn_close(c, "hang-up");
-                break;
-            }
-            conn_close(c, "read error");
+        int passed = -1, trunc = 0;
+        ssize_t n = mq_sock_recv(fd, buf, sizeof buf, &passed, 1, MSG_DONTWAIT, &trunc);
+        if (n == -EAGAIN) {
+            if (events & (POLLHUP | POLLERR))
+                conn_close(c, "hang-up");
             break;
         }
-        int passed = -1;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < k; i++) {
-                int pfd;
-                memcpy(&pfd, CMSG_DATA(cm) + i * sizeof(int), sizeof pfd);
-                if (passed < 0)
-                    passed = pfd;
-                else
-                    close(pfd);
-            }
+        if (n < 0) {
+            conn_close(c, "read error");
+            break;
         }
         if (n == 0) {
             if (passed >= 0)
@@ -923,9 +916,8 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
         }
         mq_msg m;
         char err[256];
-        int rc = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
-                     ? (snprintf(err, sizeof err, "datagram over %d bytes", MQ_WIRE_MAX_MSG), -EPROTO)
-                     : mq_wire_decode(buf, (size_t)n, &m, err, sizeof err);
+        int rc = trunc ? mq_errmsg(err, sizeof err, -EPROTO, "datagram over %d bytes", MQ_WIRE_MAX_MSG)
+                       : mq_wire_decode(buf, (size_t)n, &m, err, sizeof err);
         if (rc) {
             if (passed >= 0)
                 close(passed);
@@ -933,7 +925,7 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
             if (n >= 12)
                 memcpy(&seq, buf + 8, 4);
             send_error(c, seq, MQ_ERR_PROTOCOL, "malformed message: %s", err);
-            mqd_log("client pid %d uid %u: malformed message (%s); closing its connection", (int)c->pid,
+            mqd_log(LOG_WARNING, "client pid %d uid %u: malformed message (%s); closing its connection", (int)c->pid,
                     (unsigned)c->uid, err);
             conn_close(c, "protocol error");
             break;
@@ -984,35 +976,27 @@ void mqd_client_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
 {
     (void)events;
     mqd *d = arg;
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-            return;
-        uid_t uid;
-        pid_t pid;
-        char why[256];
+    mqd_peer p;
+    while (mqd_accept_peer(d, lfd, 0, SOCK_NONBLOCK, "client socket", &p) == 0) {
         mqd_conn *c = calloc(1, sizeof *c);
         if (!c) {
-            close(fd);
+            close(p.fd);
             continue;
         }
         c->d = d;
-        c->fd = fd;
+        c->fd = p.fd;
         c->refs = 1;
         c->chan.fd = -1;
         c->chan.token.efd = -1;
+        c->uid = p.uid;
+        c->pid = p.pid;
         pthread_mutex_init(&c->tx_lock, NULL);
-        if (!mqd_peer_allowed(d, fd, 0, &uid, &pid, why, sizeof why)) {
-            /* Answered at its first message: closing now, with the HELLO unread, would
-             * reach the client as ECONNRESET instead of a readable refusal. */
-            c->denied = 1;
-            snprintf(c->deny_msg, sizeof c->deny_msg, "%s", why);
-            mqd_log("client socket: refused pid %d uid %u: %s", (int)pid, (unsigned)uid, why);
-        }
-        c->uid = uid;
-        c->pid = pid;
-        if (mq_evloop_add_fd(l, fd, POLLIN, on_readable, c, &c->ev)) {
-            close(fd);
+        /* A refused peer is answered at its first message: closing now, with the HELLO
+         * unread, would reach the client as ECONNRESET instead of a readable refusal. */
+        c->denied = !p.allowed;
+        snprintf(c->deny_msg, sizeof c->deny_msg, "%s", p.why);
+        if (mq_evloop_add_fd(l, p.fd, POLLIN, on_readable, c, &c->ev)) {
+            close(p.fd);
             conn_unref(c);
             continue;
         }
@@ -1038,17 +1022,17 @@ int mqd_client_cancel(mqd *d, uint64_t id, char *msg, size_t msglen)
             settle(s);
             if ((s->running && s->running->id == id) || s->id == id) {
                 if (!s->running) {
-                    snprintf(msg, msglen, "session %llu has no running request", (unsigned long long)s->id);
+                    mq_errmsg(msg, msglen, 0, "session %llu has no running request", (unsigned long long)s->id);
                     return -ENOENT;
                 }
                 uint64_t rid = s->running->id;
                 mq_sched_cancel(d->sched, s->id, MQ_END_CANCEL);
-                snprintf(msg, msglen, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
-                         (unsigned long long)s->id, (int)c->pid);
+                mq_errmsg(msg, msglen, 0, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
+                          (unsigned long long)s->id, (int)c->pid);
                 return 0;
             }
         }
-    snprintf(msg, msglen, "no running request or session with id %llu", (unsigned long long)id);
+    mq_errmsg(msg, msglen, 0, "no running request or session with id %llu", (unsigned long long)id);
     return -ENOENT;
 }
 

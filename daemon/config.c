@@ -3,7 +3,6 @@
 #include "daemon/config.h"
 
 /* Messages are cut to their buffers on purpose. */
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -468,8 +467,7 @@ int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, in
         if (!strncmp(a, "--config=", 9))
             continue;
         if (strncmp(a, "--", 2)) {
-            snprintf(err, errlen, "unexpected argument \"%s\" (flags are --name value)", a);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "unexpected argument \"%s\" (flags are --name value)", a);
         }
         char key[64];
         const char *val;
@@ -480,8 +478,7 @@ int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, in
         } else {
             snprintf(key, sizeof key, "%s", a + 2);
             if (i + 1 >= argc) {
-                snprintf(err, errlen, "flag %s needs a value", a);
-                return -EINVAL;
+                return mq_errmsg(err, errlen, -EINVAL, "flag %s needs a value", a);
             }
             val = argv[++i];
         }

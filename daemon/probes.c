@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #endif
 #include "daemon/probes.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -37,16 +38,15 @@ static int fail(int rc, char *err, size_t errlen, const char *what)
     const char *hint = "";
     if (rc == -EPERM || rc == -EACCES)
         hint = " (needs CAP_BPF and CAP_PERFMON, or root; load before dropping privileges)";
-    snprintf(err, errlen, "BPF probes: %s: %s%s", what, strerror(-rc), hint);
-    return rc;
+    return mq_errmsg(err, errlen, rc, "BPF probes: %s: %s%s", what, strerror(-rc), hint);
 }
 
 int mq_probes_start(mq_probes **out, pid_t tgid, char *err, size_t errlen)
 {
     *out = NULL;
     if (access(KERNEL_BTF, R_OK) != 0) {
-        snprintf(err, errlen, "BPF probes: kernel has no BTF (%s missing), CO-RE cannot load", KERNEL_BTF);
-        return -ENOTSUP;
+        return mq_errmsg(err, errlen, -ENOTSUP, "BPF probes: kernel has no BTF (%s missing), CO-RE cannot load",
+                         KERNEL_BTF);
     }
     mq_probes *p = calloc(1, sizeof *p);
     if (!p)
@@ -138,8 +138,7 @@ int mq_probes_start(mq_probes **out, pid_t tgid, char *err, size_t errlen)
 {
     (void)tgid;
     *out = NULL;
-    snprintf(err, errlen, "BPF not built (clang, bpftool or kernel BTF were missing at build time)");
-    return -ENOTSUP;
+    return mq_errmsg(err, errlen, -ENOTSUP, "BPF not built (clang, bpftool or kernel BTF were missing at build time)");
 }
 
 int mq_probes_read(mq_probes *p, mq_probes_cb cb, void *ctx)

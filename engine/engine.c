@@ -22,6 +22,7 @@
  * input (a per-thread amax, reduced by the caller between two runs).
  */
 #include "engine/engine.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <math.h>
@@ -98,14 +99,13 @@ static void *scratch(mq_engine *e, size_t bytes)
     return p;
 }
 
-int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opts *o, char *err)
+int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opts *o, char *err, size_t errlen)
 {
     *out = NULL;
     const mq_config *c = &model->cfg;
     if (!o || o->max_chunk < 1 || o->max_batch < 1 || o->block_tokens < 1 || o->max_batch > 65536 ||
         o->max_chunk > (1 << 20)) {
-        mq_errf(err, "engine: max_chunk, max_batch and block_tokens must be >= 1");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "engine: max_chunk, max_batch and block_tokens must be >= 1");
     }
     mq_engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -151,7 +151,7 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
     e->ones = scratch(e, (size_t)o->max_batch * sizeof(int));
     if (!e->x || !e->xn || !e->delta || !e->q || !e->att || !e->k || !e->v || !e->gate || !e->up || !e->xb16 ||
         !e->act_mem || !e->inv_freq || !e->kptr || !e->vptr || !e->row_seq || !e->row_pos || !e->seq_row0 || !e->ones) {
-        mq_errf(err, "engine: out of memory for scratch (%zu bytes so far)", e->bytes);
+        mq_errmsg(err, errlen, 0, "engine: out of memory for scratch (%zu bytes so far)", e->bytes);
         mq_engine_free(e);
         return -ENOMEM;
     }

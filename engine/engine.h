@@ -51,7 +51,7 @@ typedef struct mq_engine_opts {
 
 typedef struct mq_engine mq_engine;
 
-int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opts *opts, char *err);
+int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opts *opts, char *err, size_t errlen);
 void mq_engine_free(mq_engine *e);
 size_t mq_engine_scratch_bytes(const mq_engine *e);
 

@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "engine/kv_store.h"
 #include "engine/arena.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -59,8 +60,7 @@ static size_t round_up(size_t x, size_t a)
 int mq_kv_store_create(mq_kv_store **out, const mq_kv_store_opts *o, char *err, size_t errlen)
 {
     if (!o || o->n_blocks <= 0 || o->block_tokens <= 0 || o->block_bytes == 0) {
-        snprintf(err, errlen, "kv store: n_blocks, block_tokens and block_bytes must be > 0");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "kv store: n_blocks, block_tokens and block_bytes must be > 0");
     }
     mq_kv_store *kv = calloc(1, sizeof *kv);
     if (!kv)
@@ -92,18 +92,18 @@ int mq_kv_store_create(mq_kv_store **out, const mq_kv_store_opts *o, char *err, 
         kv->fd = memfd_create("mq-kv", MFD_CLOEXEC);
         if (kv->fd < 0) {
             r = -errno;
-            snprintf(err, errlen, "kv store: memfd_create: %s", strerror(-r));
+            mq_errmsg(err, errlen, 0, "kv store: memfd_create: %s", strerror(-r));
             goto fail;
         }
         if (ftruncate(kv->fd, (off_t)kv->seg_bytes) < 0) {
             r = -errno;
-            snprintf(err, errlen, "kv store: ftruncate to %zu bytes: %s", kv->seg_bytes, strerror(-r));
+            mq_errmsg(err, errlen, 0, "kv store: ftruncate to %zu bytes: %s", kv->seg_bytes, strerror(-r));
             goto fail;
         }
         void *p = mmap(NULL, kv->seg_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, kv->fd, 0);
         if (p == MAP_FAILED) {
             r = -errno;
-            snprintf(err, errlen, "kv store: mmap of %zu bytes: %s", kv->seg_bytes, strerror(-r));
+            mq_errmsg(err, errlen, 0, "kv store: mmap of %zu bytes: %s", kv->seg_bytes, strerror(-r));
             goto fail;
         }
         kv->seg = p;
@@ -132,7 +132,7 @@ int mq_kv_store_create(mq_kv_store **out, const mq_kv_store_opts *o, char *err, 
     kv->slots = malloc(kv->n_slots * sizeof(int));
     if (!kv->b || !kv->tokens || !kv->free_stack || !kv->slots) {
         r = -ENOMEM;
-        snprintf(err, errlen, "kv store: out of memory for the block table");
+        mq_errmsg(err, errlen, 0, "kv store: out of memory for the block table");
         goto fail;
     }
     for (size_t i = 0; i < kv->n_slots; i++)

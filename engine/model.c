@@ -3,11 +3,12 @@
  * Every checkpoint tensor the model uses becomes one read and one job. A job knows where
  * its bytes land (the final BF16 array when the checkpoint already holds BF16, else a
  * staging buffer) and what to do once they are there (convert, quantize to NVFP4,
- * prepare kernel aux data). NVFP4 checkpoints spread one linear over 3-4 tensors
+ * dequantize to BF16). NVFP4 checkpoints spread one linear over 3-4 tensors
  * (weight_packed, weight_scale, weight_global_scale, input_global_scale); the linear is
  * finished by whichever of its jobs completes last (an atomic count).
  */
 #include "engine/model.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -149,19 +150,19 @@ static void xfree_idx(mq_model *m, int idx)
 
 /* Looks a tensor up and checks dtype (one of `ok`) and shape. */
 static const mq_st_tensor *want(const mq_st *st, const char *name, const mq_dtype *ok, int n_ok, int ndim, int64_t d0,
-                                int64_t d1, char *err)
+                                int64_t d1, char *err, size_t errlen)
 {
     const mq_st_tensor *t = mq_st_find(st, name);
     if (!t) {
-        mq_errf(err, "%s: tensor \"%s\" missing", st->paths[0], name);
+        mq_errmsg(err, errlen, 0, "%s: tensor \"%s\" missing", st->paths[0], name);
         return NULL;
     }
     int good = 0;
     for (int i = 0; i < n_ok; i++)
         good |= t->dtype == ok[i];
     if (!good) {
-        mq_errf(err, "%s: tensor \"%s\": dtype %s not supported here", st->paths[t->file], name,
-                mq_dtype_name(t->dtype));
+        mq_errmsg(err, errlen, 0, "%s: tensor \"%s\": dtype %s not supported here", st->paths[t->file], name,
+                  mq_dtype_name(t->dtype));
         return NULL;
     }
     int64_t d[2] = { d0, d1 };
@@ -172,8 +173,8 @@ static const mq_st_tensor *want(const mq_st *st, const char *name, const mq_dtyp
         char got[128] = "", *p = got;
         for (int i = 0; i < t->ndim && i < 4; i++)
             p += snprintf(p, 24, i ? ", %lld" : "%lld", (long long)t->shape[i]);
-        mq_errf(err, "%s: tensor \"%s\": shape [%s], config needs [%lld%s%.0lld]", st->paths[t->file], name, got,
-                (long long)d0, ndim > 1 ? ", " : "", ndim > 1 ? (long long)d1 : 0LL);
+        mq_errmsg(err, errlen, 0, "%s: tensor \"%s\": shape [%s], config needs [%lld%s%.0lld]", st->paths[t->file],
+                  name, got, (long long)d0, ndim > 1 ? ", " : "", ndim > 1 ? (long long)d1 : 0LL);
         return NULL;
     }
     return t;
@@ -223,9 +224,9 @@ static struct job *add_staged(mq_model *m, const mq_st_tensor *t, int file_base,
 static const mq_dtype DENSE[] = { MQ_DT_BF16, MQ_DT_F16, MQ_DT_F32 };
 
 /* An FP32 vector (norm/bias) of length n. */
-static int plan_vec(mq_model *m, const mq_st *st, const char *name, int n, float **out, char *err)
+static int plan_vec(mq_model *m, const mq_st *st, const char *name, int n, float **out, char *err, size_t errlen)
 {
-    const mq_st_tensor *t = want(st, name, DENSE, 3, 1, n, 0, err);
+    const mq_st_tensor *t = want(st, name, DENSE, 3, 1, n, 0, err, errlen);
     if (!t)
         return -EINVAL;
     if (!(*out = xalloc(m, (size_t)n * sizeof(float), "weights.f32", &m->other_bytes)))
@@ -235,9 +236,9 @@ static int plan_vec(mq_model *m, const mq_st *st, const char *name, int n, float
 
 /* A BF16 [rows, cols] matrix; read in place when stored as BF16. */
 static int plan_bf16_matrix(mq_model *m, const mq_st *st, int file_base, const char *name, int rows, int cols,
-                            job_kind kind, uint16_t **out, struct job **jout, char *err)
+                            job_kind kind, uint16_t **out, struct job **jout, char *err, size_t errlen)
 {
-    const mq_st_tensor *t = want(st, name, DENSE, 3, 2, rows, cols, err);
+    const mq_st_tensor *t = want(st, name, DENSE, 3, 2, rows, cols, err, errlen);
     if (!t)
         return -EINVAL;
     size_t bytes = (size_t)rows * (size_t)cols * 2;
@@ -252,7 +253,7 @@ static int plan_bf16_matrix(mq_model *m, const mq_st *st, int file_base, const c
     return 0;
 }
 
-static int plan_linear(mq_model *m, int layer, int jl, char *err)
+static int plan_linear(mq_model *m, int layer, int jl, char *err, size_t errlen)
 {
     struct mq_load *L = m->load;
     const mq_config *c = &m->cfg;
@@ -279,7 +280,7 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
         int base = packed ? L->st->n_files : 0;
         struct job *j;
         snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", layer, lin_names[jl]);
-        if ((rc = plan_bf16_matrix(m, src, base, nm, n, k, JOB_LINEAR, &bf, &j, err)))
+        if ((rc = plan_bf16_matrix(m, src, base, nm, n, k, JOB_LINEAR, &bf, &j, err, errlen)))
             return rc;
         j->lin = lin;
         j->quantize = !packed && !L->no_fp4;
@@ -288,20 +289,14 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
             return -ENOMEM;
         ls->bf16_dst = bf;
     }
-    size_t auxb = mq_bf16_weight_aux_bytes(n, k);
-    void *aux = auxb ? xalloc(m, auxb, "weights.bf16.aux", &m->bf16_bytes) : NULL;
-    if (auxb && !aux)
-        return -ENOMEM;
-    mq_bf16_weight_bind(&lin->bf16, n, k, bf, aux);
+    mq_bf16_weight_bind(&lin->bf16, n, k, bf);
 
     if (packed) {
         if (L->no_fp4) {
-            mq_errf(err, "%s: NVFP4 checkpoint but the NVFP4 copy was disabled", nm);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "%s: NVFP4 checkpoint but the NVFP4 copy was disabled", nm);
         }
         if (k % MQ_FP4_BLOCK) {
-            mq_errf(err, "%s: NVFP4 checkpoint with K = %d not a multiple of 16", nm, k);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "%s: NVFP4 checkpoint with K = %d not a multiple of 16", nm, k);
         }
         static const mq_dtype U8[] = { MQ_DT_U8 }, E4M3[] = { MQ_DT_F8_E4M3 }, F32[] = { MQ_DT_F32 };
         const struct {
@@ -324,7 +319,8 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
                 lin->in_g = 0;
                 continue;
             } /* dynamic g_x */
-            const mq_st_tensor *t = want(L->st, nm, parts[p].dt, 1, parts[p].ndim, parts[p].d0, parts[p].d1, err);
+            const mq_st_tensor *t =
+                want(L->st, nm, parts[p].dt, 1, parts[p].ndim, parts[p].d0, parts[p].d1, err, errlen);
             if (!t)
                 return -EINVAL;
             struct job *j = parts[p].dst ? add_read(m, t, 0, parts[p].dst) : add_staged(m, t, 0, parts[p].kind, NULL);
@@ -339,7 +335,7 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
     }
     if (c->qkv_bias && jl < 3) {
         snprintf(nm, sizeof nm, "model.layers.%d.%s.bias", layer, lin_names[jl]);
-        if ((rc = plan_vec(m, L->st, nm, n, &lin->bias, err)))
+        if ((rc = plan_vec(m, L->st, nm, n, &lin->bias, err, errlen)))
             return rc;
     }
     return 0;
@@ -347,7 +343,7 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err)
 
 /* Every tensor of the main checkpoint must be one the model uses: an unknown one means
  * an architecture variant we would silently run wrong. */
-static int check_unused(mq_model *m, char *err)
+static int check_unused(mq_model *m, char *err, size_t errlen)
 {
     struct mq_load *L = m->load;
     for (int i = 0; i < L->st->n_tensors; i++) {
@@ -359,15 +355,14 @@ static int check_unused(mq_model *m, char *err)
             continue;
         if (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight"))
             continue;
-        mq_errf(err, "%s: tensor \"%s\" is not part of a %s model", L->st->paths[t->file], t->name,
-                mq_arch_name(m->cfg.arch));
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "%s: tensor \"%s\" is not part of a %s model", L->st->paths[t->file],
+                         t->name, mq_arch_name(m->cfg.arch));
     }
     return 0;
 }
 
 int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc, mq_model **out,
-                  const mq_read **reads, int *n_reads, char *err)
+                  const mq_read **reads, int *n_reads, char *err, size_t errlen)
 {
     static const mq_model_opts none = { 0 };
     if (!opts)
@@ -387,16 +382,15 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     L->alloc = *alloc;
     L->no_fp4 = opts->no_fp4;
     int rc;
-    if ((rc = mq_config_load(&m->cfg, dir, err)))
+    if ((rc = mq_config_load(&m->cfg, dir, err, errlen)))
         goto fail;
     const mq_config *c = &m->cfg;
-    if ((rc = mq_st_open(&L->st, dir, err)))
+    if ((rc = mq_st_open(&L->st, dir, err, errlen)))
         goto fail;
-    if (opts->bf16_dir && (rc = mq_st_open(&L->st_bf16, opts->bf16_dir, err)))
+    if (opts->bf16_dir && (rc = mq_st_open(&L->st_bf16, opts->bf16_dir, err, errlen)))
         goto fail;
     if (opts->bf16_dir && !c->nvfp4_ckpt) {
-        mq_errf(err, "%s: a BF16 folder for decode only pairs with an NVFP4 checkpoint", dir);
-        rc = -EINVAL;
+        rc = mq_errmsg(err, errlen, -EINVAL, "%s: a BF16 folder for decode only pairs with an NVFP4 checkpoint", dir);
         goto fail;
     }
     L->n_files = L->st->n_files + (L->st_bf16 ? L->st_bf16->n_files : 0);
@@ -418,43 +412,37 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
 
     struct job *j;
     if ((rc = plan_bf16_matrix(m, L->st, 0, "model.embed_tokens.weight", c->vocab, c->hidden, JOB_EMBED, &m->embed, &j,
-                               err)))
+                               err, errlen)))
         goto fail;
     for (int l = 0; l < c->n_layers; l++) {
         mq_layer *ly = &m->layers[l];
         char nm[256];
         snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
-        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->attn_norm, err)))
+        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->attn_norm, err, errlen)))
             goto fail;
         snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->ffn_norm, err)))
+        if ((rc = plan_vec(m, L->st, nm, c->hidden, &ly->ffn_norm, err, errlen)))
             goto fail;
         if (c->qk_norm) {
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
-            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->q_norm, err)))
+            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->q_norm, err, errlen)))
                 goto fail;
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
-            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->k_norm, err)))
+            if ((rc = plan_vec(m, L->st, nm, c->head_dim, &ly->k_norm, err, errlen)))
                 goto fail;
         }
         for (int jl = 0; jl < 7; jl++)
-            if ((rc = plan_linear(m, l, jl, err)))
+            if ((rc = plan_linear(m, l, jl, err, errlen)))
                 goto fail;
     }
-    if ((rc = plan_vec(m, L->st, "model.norm.weight", c->hidden, &m->final_norm, err)))
+    if ((rc = plan_vec(m, L->st, "model.norm.weight", c->hidden, &m->final_norm, err, errlen)))
         goto fail;
     uint16_t *head = m->embed;
     if (!c->tie_embeddings &&
-        (rc = plan_bf16_matrix(m, L->st, 0, "lm_head.weight", c->vocab, c->hidden, JOB_EMBED, &head, &j, err)))
+        (rc = plan_bf16_matrix(m, L->st, 0, "lm_head.weight", c->vocab, c->hidden, JOB_EMBED, &head, &j, err, errlen)))
         goto fail;
-    size_t auxb = mq_bf16_weight_aux_bytes(c->vocab, c->hidden);
-    void *aux = auxb ? xalloc(m, auxb, "weights.bf16.aux", &m->bf16_bytes) : NULL;
-    if (auxb && !aux) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head, aux);
-    if ((rc = check_unused(m, err)))
+    mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head);
+    if ((rc = check_unused(m, err, errlen)))
         goto fail;
 
     *out = m;
@@ -463,7 +451,7 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     return 0;
 fail:
     if (rc == -ENOMEM && err && !*err)
-        mq_errf(err, "%s: out of memory while planning the load", dir);
+        mq_errmsg(err, errlen, 0, "%s: out of memory while planning the load", dir);
     mq_model_free(m);
     return rc;
 }
@@ -508,13 +496,12 @@ static float elem_f32(mq_dtype dt, const void *src, size_t i)
 }
 
 /* BF16 → NVFP4 for a whole linear: g from the tensor's amax, rows in chunks. */
-static int quantize_linear(mq_linear *lin, const char *name, char *err)
+static int quantize_linear(mq_linear *lin, const char *name, char *err, size_t errlen)
 {
     const int n = lin->bf16.n, k = lin->bf16.k;
     float amax = mq_amax_bf16(lin->bf16.w, (size_t)n * k);
     if (!isfinite(amax)) {
-        mq_errf(err, "tensor \"%s\": NaN or Inf in the weights", name);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\": NaN or Inf in the weights", name);
     }
     lin->fp4.g = mq_fp4_global_scale(amax);
     enum { CHUNK = 32 };
@@ -529,20 +516,18 @@ static int quantize_linear(mq_linear *lin, const char *name, char *err)
     }
     free(buf);
     if (rc)
-        mq_errf(err, "tensor \"%s\": cannot quantize to NVFP4", name);
+        mq_errmsg(err, errlen, 0, "tensor \"%s\": cannot quantize to NVFP4", name);
     return rc;
 }
 
-/* The last NVFP4 part of a linear arrived: prepare, and dequantize for BF16 if needed. */
-static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err)
+/* The last NVFP4 part of a linear arrived: check g_w, and dequantize for BF16 if needed. */
+static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, size_t errlen)
 {
     mq_linear *lin = ls->lin;
     const int n = lin->fp4.n, k = lin->fp4.k;
     if (!(lin->fp4.g > 0) || !isfinite(lin->fp4.g)) {
-        mq_errf(err, "tensor \"%s\": weight_global_scale must be a positive number", name);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\": weight_global_scale must be a positive number", name);
     }
-    mq_fp4_weight_prepare_rows(&lin->fp4, 0, n);
     if (!ls->bf16_dst)
         return 0;
     float *row = malloc((size_t)k * sizeof(float));
@@ -554,11 +539,10 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err)
         mq_f32_to_bf16_row(row, ls->bf16_dst + (size_t)r * k, (size_t)k);
     }
     free(row);
-    mq_bf16_weight_prepare_rows(&lin->bf16, 0, n);
     return 0;
 }
 
-int mq_model_tensor_ready(mq_model *m, int i, char *err)
+int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen)
 {
     struct mq_load *L = m->load;
     if (!L || L->finished || i < 0 || i >= L->n_reads)
@@ -567,8 +551,7 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err)
     const char *name = L->reads[i].tensor;
     int expect = 0, rc = 0;
     if (!atomic_compare_exchange_strong(&j->done, &expect, 1)) {
-        mq_errf(err, "tensor \"%s\" made ready twice", name);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\" made ready twice", name);
     }
     switch (j->kind) {
     case JOB_VEC:
@@ -580,19 +563,15 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err)
         if (j->staging)
             for (size_t e = 0; e < j->numel; e++)
                 ((uint16_t *)j->dst)[e] = mq_f32_to_bf16(elem_f32(j->dtype, j->staging, e));
-        if (j->kind == JOB_LINEAR) {
-            mq_bf16_weight_prepare_rows(&j->lin->bf16, 0, j->lin->bf16.n);
-            if (j->quantize)
-                rc = quantize_linear(j->lin, name, err);
-        }
+        if (j->kind == JOB_LINEAR && j->quantize)
+            rc = quantize_linear(j->lin, name, err, errlen);
         break;
     case JOB_FP4_WGS:
     case JOB_FP4_IGS: {
         float g;
         memcpy(&g, j->staging, 4);
         if (!(g > 0) || !isfinite(g)) {
-            mq_errf(err, "tensor \"%s\" must be a positive number (got %g)", name, g);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\" must be a positive number (got %g)", name, g);
         }
         if (j->kind == JOB_FP4_WGS)
             j->lin->fp4.g = g;
@@ -608,19 +587,18 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err)
         j->staging = NULL;
     }
     if (!rc && j->ls && atomic_fetch_sub(&j->ls->parts_left, 1) == 1)
-        rc = finish_fp4_linear(j->ls, name, err);
+        rc = finish_fp4_linear(j->ls, name, err, errlen);
     return rc;
 }
 
-int mq_model_finish(mq_model *m, char *err)
+int mq_model_finish(mq_model *m, char *err, size_t errlen)
 {
     struct mq_load *L = m->load;
     if (!L || L->finished)
         return 0;
     for (int i = 0; i < L->n_reads; i++)
         if (!atomic_load(&L->jobs[i].done)) {
-            mq_errf(err, "tensor \"%s\" was never loaded", L->reads[i].tensor);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\" was never loaded", L->reads[i].tensor);
         }
     /* the model keeps only what it owns; the load state goes (allocator kept for free) */
     mq_st_close(L->st);
@@ -664,13 +642,13 @@ static int pread_all(int fd, void *dst, uint64_t bytes, uint64_t off)
     return 0;
 }
 
-int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, char *err)
+int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, char *err, size_t errlen)
 {
     const mq_read *reads;
     int n, rc;
     mq_model *m;
     *out = NULL;
-    if ((rc = mq_model_plan(dir, opts, &mq_alloc_heap, &m, &reads, &n, err)))
+    if ((rc = mq_model_plan(dir, opts, &mq_alloc_heap, &m, &reads, &n, err, errlen)))
         return rc;
     const char *const *paths;
     int nf = mq_model_files(m, &paths);
@@ -684,21 +662,22 @@ int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, ch
     for (int f = 0; f < nf && !rc; f++)
         if ((fds[f] = open(paths[f], O_RDONLY | O_CLOEXEC)) < 0) {
             rc = -errno;
-            mq_errf(err, "%s: %s", paths[f], strerror(-rc));
+            mq_errmsg(err, errlen, 0, "%s: %s", paths[f], strerror(-rc));
         }
     for (int i = 0; i < n && !rc; i++) {
         if ((rc = pread_all(fds[reads[i].file], reads[i].dst, reads[i].bytes, reads[i].offset))) {
-            mq_errf(err, "%s: tensor \"%s\": read failed: %s", paths[reads[i].file], reads[i].tensor, strerror(-rc));
+            mq_errmsg(err, errlen, 0, "%s: tensor \"%s\": read failed: %s", paths[reads[i].file], reads[i].tensor,
+                      strerror(-rc));
             break;
         }
-        rc = mq_model_tensor_ready(m, i, err);
+        rc = mq_model_tensor_ready(m, i, err, errlen);
     }
     for (int f = 0; f < nf; f++)
         if (fds[f] >= 0)
             close(fds[f]);
     free(fds);
     if (!rc)
-        rc = mq_model_finish(m, err);
+        rc = mq_model_finish(m, err, errlen);
     if (rc) {
         mq_model_free(m);
         return rc;

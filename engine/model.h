@@ -1,7 +1,7 @@
 /* engine/model.h — a loaded model: config plus both weight sets.
  *
  * Owns: the weights of one Qwen3 / Qwen2 / Llama model, in the forms the engine runs:
- *   - BF16 linears (decode path; mq_bf16_weight, `aux` prepared by the kernels),
+ *   - BF16 linears (decode path; mq_bf16_weight),
  *   - NVFP4 linears (prefill path; mq_fp4_weight), quantized at load from the BF16
  *     weights per NVFP4.md with g = 2688 / amax(tensor), or taken as stored from a
  *     compressed-tensors nvfp4-pack-quantized checkpoint,
@@ -50,7 +50,7 @@ extern const mq_alloc mq_alloc_heap;
 /* One linear layer Y = X·Wᵀ (+ b) in both precisions. */
 typedef struct mq_linear {
     mq_bf16_weight bf16; /* W [out, in] BF16 */
-    mq_fp4_weight fp4;   /* W [out, in] NVFP4 (codes/scales/aux), fp4.g = g_w */
+    mq_fp4_weight fp4;   /* W [out, in] NVFP4 (codes/scales), fp4.g = g_w */
     float in_g;          /* static activation global scale g_x from the checkpoint; 0 = dynamic */
     float *bias;         /* [out] FP32, Qwen2 q/k/v only, else NULL */
 } mq_linear;
@@ -75,8 +75,8 @@ typedef struct mq_model {
     float *final_norm;      /* [hidden] */
     mq_bf16_weight lm_head; /* [vocab, hidden] BF16; .w == embed when tied */
     mq_layer *layers;       /* [n_layers] */
-    size_t bf16_bytes;      /* BF16 copy: linears + embedding + LM head (+ aux) */
-    size_t fp4_bytes;       /* NVFP4 copy: codes + scales + aux */
+    size_t bf16_bytes;      /* BF16 copy: linears + embedding + LM head */
+    size_t fp4_bytes;       /* NVFP4 copy: codes + scales */
     size_t other_bytes;     /* norms, biases */
     struct mq_load *load;   /* loading state, then the record of allocations */
 } mq_model;
@@ -98,15 +98,15 @@ typedef struct mq_model_opts {
 /* Step 1. On success *out is a model whose weights are not yet valid, and *reads /
  * *n_reads the reads to perform (owned by the model). 0 or negative errno + err. */
 int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc, mq_model **out,
-                  const mq_read **reads, int *n_reads, char *err);
+                  const mq_read **reads, int *n_reads, char *err, size_t errlen);
 /* The files the reads refer to: n and paths (valid until finish). */
 int mq_model_files(const mq_model *m, const char *const **paths);
 /* Step 2: read i's bytes are in place. Thread-safe for distinct i. */
-int mq_model_tensor_ready(mq_model *m, int i, char *err);
+int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen);
 /* Step 3. Fails if a read was never made ready. */
-int mq_model_finish(mq_model *m, char *err);
+int mq_model_finish(mq_model *m, char *err, size_t errlen);
 /* All three with pread (tests, eval, tools). */
-int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, char *err);
+int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, char *err, size_t errlen);
 void mq_model_free(mq_model *m);
 
 /* Whether the NVFP4 copy exists (it does unless opts.no_fp4). */

@@ -1,5 +1,6 @@
 /* engine/model_config.c — config.json → mq_config, refusing what the engine cannot run. */
 #include "engine/model_config.h"
+#include "common/errmsg.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -9,21 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-void mq_errf(char *err, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, MQ_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
-
-#define FAIL(...)                  \
-    do {                           \
-        mq_errf(err, __VA_ARGS__); \
-        rc = -EINVAL;              \
-        goto out;                  \
+#define FAIL(...)                               \
+    do {                                        \
+        mq_errmsg(err, errlen, 0, __VA_ARGS__); \
+        rc = -EINVAL;                           \
+        goto out;                               \
     } while (0)
 
 const char *mq_arch_name(mq_arch a)
@@ -80,49 +71,45 @@ static const char *get_str(const cJSON *o, const char *name)
 }
 
 /* A positive size field that must be present (or defaulted by the caller). */
-static int need_pos(const cJSON *o, const char *name, int *v, int lo, int hi, char *err)
+static int need_pos(const cJSON *o, const char *name, int *v, int lo, int hi, char *err, size_t errlen)
 {
     int r = get_int(o, name, v);
     if (r == 1) {
-        mq_errf(err, "config.json: missing field \"%s\"", name);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "config.json: missing field \"%s\"", name);
     }
     if (r < 0 || *v < lo || *v > hi) {
-        mq_errf(err, "config.json: field \"%s\" must be an integer in [%d, %d]", name, lo, hi);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "config.json: field \"%s\" must be an integer in [%d, %d]", name, lo,
+                         hi);
     }
     return 0;
 }
 
 /* rope: the default rope type only; theta from rope_parameters / rope_scaling / top level. */
-static int parse_rope(mq_config *c, const cJSON *root, char *err)
+static int parse_rope(mq_config *c, const cJSON *root, char *err, size_t errlen)
 {
     static const char *objs[] = { "rope_parameters", "rope_scaling" };
     int found = get_num(root, "rope_theta", &c->rope_theta) == 0;
     if (cJSON_GetObjectItemCaseSensitive(root, "rope_theta") && !found) {
-        mq_errf(err, "config.json: field \"rope_theta\" must be a number");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "config.json: field \"rope_theta\" must be a number");
     }
     for (int i = 0; i < 2; i++) {
         const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, objs[i]);
         if (!o || cJSON_IsNull(o))
             continue;
         if (!cJSON_IsObject(o)) {
-            mq_errf(err, "config.json: field \"%s\" must be an object or null", objs[i]);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "config.json: field \"%s\" must be an object or null", objs[i]);
         }
         const char *type = get_str(o, "rope_type");
         if (!type)
             type = get_str(o, "type");
         if (type && strcmp(type, "default") != 0) {
-            mq_errf(err, "config.json: %s.rope_type \"%s\" is not supported (only \"default\")", objs[i], type);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL,
+                             "config.json: %s.rope_type \"%s\" is not supported (only \"default\")", objs[i], type);
         }
         double t;
         int r = get_num(o, "rope_theta", &t);
         if (r < 0) {
-            mq_errf(err, "config.json: field \"%s.rope_theta\" must be a number", objs[i]);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "config.json: field \"%s.rope_theta\" must be a number", objs[i]);
         }
         if (r == 0) {
             c->rope_theta = t;
@@ -132,35 +119,31 @@ static int parse_rope(mq_config *c, const cJSON *root, char *err)
     if (!found)
         c->rope_theta = 10000.0; /* transformers' default for Llama */
     if (!(c->rope_theta > 1.0)) {
-        mq_errf(err, "config.json: rope_theta %g must be > 1", c->rope_theta);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "config.json: rope_theta %g must be > 1", c->rope_theta);
     }
     return 0;
 }
 
 /* compressed-tensors, nvfp4-pack-quantized, every group W4 float tensor_group 16. */
-static int parse_quant(mq_config *c, const cJSON *q, char *err)
+static int parse_quant(mq_config *c, const cJSON *q, char *err, size_t errlen)
 {
     const char *m = get_str(q, "quant_method");
     if (!m || strcmp(m, "compressed-tensors") != 0) {
-        mq_errf(err,
-                "config.json: quantization_config.quant_method \"%s\" is not supported "
-                "(only compressed-tensors nvfp4-pack-quantized)",
-                m ? m : "(missing)");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL,
+                         "config.json: quantization_config.quant_method \"%s\" is not supported "
+                         "(only compressed-tensors nvfp4-pack-quantized)",
+                         m ? m : "(missing)");
     }
     const char *f = get_str(q, "format");
     if (!f || strcmp(f, "nvfp4-pack-quantized") != 0) {
-        mq_errf(err,
-                "config.json: quantization_config.format \"%s\" is not supported "
-                "(only nvfp4-pack-quantized)",
-                f ? f : "(missing)");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL,
+                         "config.json: quantization_config.format \"%s\" is not supported "
+                         "(only nvfp4-pack-quantized)",
+                         f ? f : "(missing)");
     }
     const cJSON *groups = cJSON_GetObjectItemCaseSensitive(q, "config_groups");
     if (groups && !cJSON_IsObject(groups)) {
-        mq_errf(err, "config.json: quantization_config.config_groups must be an object");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "config.json: quantization_config.config_groups must be an object");
     }
     const cJSON *g;
     cJSON_ArrayForEach(g, groups)
@@ -170,17 +153,15 @@ static int parse_quant(mq_config *c, const cJSON *q, char *err)
         const char *type = get_str(w, "type"), *strat = get_str(w, "strategy");
         if (!cJSON_IsObject(w) || get_int(w, "num_bits", &bits) || bits != 4 || !type || strcmp(type, "float") ||
             !strat || strcmp(strat, "tensor_group") || get_int(w, "group_size", &gs) || gs != 16) {
-            mq_errf(err,
-                    "config.json: quantization_config.config_groups.%s.weights must be "
-                    "num_bits 4, type float, strategy tensor_group, group_size 16",
-                    g->string);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL,
+                             "config.json: quantization_config.config_groups.%s.weights must be "
+                             "num_bits 4, type float, strategy tensor_group, group_size 16",
+                             g->string);
         }
     }
     const cJSON *ign = cJSON_GetObjectItemCaseSensitive(q, "ignore");
     if (ign && !cJSON_IsArray(ign)) {
-        mq_errf(err, "config.json: quantization_config.ignore must be a list");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "config.json: quantization_config.ignore must be a list");
     }
     int n = cJSON_GetArraySize(ign);
     c->fp4_ignore = calloc((size_t)n + 1, sizeof *c->fp4_ignore);
@@ -190,8 +171,7 @@ static int parse_quant(mq_config *c, const cJSON *q, char *err)
     cJSON_ArrayForEach(it, ign)
     {
         if (!cJSON_IsString(it)) {
-            mq_errf(err, "config.json: quantization_config.ignore holds a non-string");
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "config.json: quantization_config.ignore holds a non-string");
         }
         if (!(c->fp4_ignore[c->n_fp4_ignore] = strdup(it->valuestring)))
             return -ENOMEM;
@@ -201,7 +181,7 @@ static int parse_quant(mq_config *c, const cJSON *q, char *err)
     return 0;
 }
 
-int mq_config_parse(mq_config *c, const char *json, size_t len, char *err)
+int mq_config_parse(mq_config *c, const char *json, size_t len, char *err, size_t errlen)
 {
     int rc = 0;
     memset(c, 0, sizeof *c);
@@ -222,11 +202,11 @@ int mq_config_parse(mq_config *c, const char *json, size_t len, char *err)
     else
         FAIL("config.json: architectures \"%s\" is not supported (Qwen3/Qwen2/LlamaForCausalLM)", a0->valuestring);
 
-    if ((rc = need_pos(root, "num_hidden_layers", &c->n_layers, 1, 1024, err)))
+    if ((rc = need_pos(root, "num_hidden_layers", &c->n_layers, 1, 1024, err, errlen)))
         goto out;
-    if ((rc = need_pos(root, "hidden_size", &c->hidden, 1, 1 << 16, err)))
+    if ((rc = need_pos(root, "hidden_size", &c->hidden, 1, 1 << 16, err, errlen)))
         goto out;
-    if ((rc = need_pos(root, "num_attention_heads", &c->n_head, 1, 1024, err)))
+    if ((rc = need_pos(root, "num_attention_heads", &c->n_head, 1, 1024, err, errlen)))
         goto out;
     c->n_kv = c->n_head;
     if (get_int(root, "num_key_value_heads", &c->n_kv) < 0 || c->n_kv < 1 || c->n_kv > c->n_head || c->n_head % c->n_kv)
@@ -243,9 +223,9 @@ int mq_config_parse(mq_config *c, const char *json, size_t len, char *err)
     /* the attention kernel holds a head in registers/stack: at most 256, and even for RoPE */
     if (c->head_dim < 2 || c->head_dim > 256 || c->head_dim % 2)
         FAIL("config.json: head_dim %d not supported (even, 2..256)", c->head_dim);
-    if ((rc = need_pos(root, "intermediate_size", &c->inter, 1, 1 << 20, err)))
+    if ((rc = need_pos(root, "intermediate_size", &c->inter, 1, 1 << 20, err, errlen)))
         goto out;
-    if ((rc = need_pos(root, "vocab_size", &c->vocab, 1, 1 << 24, err)))
+    if ((rc = need_pos(root, "vocab_size", &c->vocab, 1, 1 << 24, err, errlen)))
         goto out;
     c->max_pos = 2048;
     if (get_int(root, "max_position_embeddings", &c->max_pos) < 0 || c->max_pos < 1)
@@ -255,7 +235,7 @@ int mq_config_parse(mq_config *c, const char *json, size_t len, char *err)
     if (get_num(root, "rms_norm_eps", &eps) < 0 || !(eps > 0 && eps < 1) || !((float)eps > 0))
         FAIL("config.json: field \"rms_norm_eps\" must be a number in (0, 1) (and not 0 in FP32)");
     c->rms_eps = (float)eps;
-    if ((rc = parse_rope(c, root, err)))
+    if ((rc = parse_rope(c, root, err, errlen)))
         goto out;
 
     if (get_bool(root, "tie_word_embeddings", &c->tie_embeddings) < 0)
@@ -307,7 +287,7 @@ int mq_config_parse(mq_config *c, const char *json, size_t len, char *err)
     if (q && !cJSON_IsNull(q)) {
         if (!cJSON_IsObject(q))
             FAIL("config.json: field \"quantization_config\" must be an object");
-        if ((rc = parse_quant(c, q, err)))
+        if ((rc = parse_quant(c, q, err, errlen)))
             goto out;
     }
 out:
@@ -317,7 +297,7 @@ out:
     return rc;
 }
 
-int mq_config_load(mq_config *cfg, const char *dir, char *err)
+int mq_config_load(mq_config *cfg, const char *dir, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -325,8 +305,7 @@ int mq_config_load(mq_config *cfg, const char *dir, char *err)
     FILE *f = fopen(path, "rb");
     if (!f) {
         int e = errno;
-        mq_errf(err, "%s: %s", path, strerror(e));
-        return -e;
+        return mq_errmsg(err, errlen, -e, "%s: %s", path, strerror(e));
     }
     char *buf = NULL;
     size_t len = 0, cap = 0;
@@ -335,8 +314,7 @@ int mq_config_load(mq_config *cfg, const char *dir, char *err)
             if (cap > (16u << 20)) {
                 free(buf);
                 fclose(f);
-                mq_errf(err, "%s: larger than 16 MiB", path);
-                return -EFBIG;
+                return mq_errmsg(err, errlen, -EFBIG, "%s: larger than 16 MiB", path);
             }
             char *nb = realloc(buf, cap = cap ? cap * 2 : 4096);
             if (!nb) {
@@ -355,10 +333,9 @@ int mq_config_load(mq_config *cfg, const char *dir, char *err)
     fclose(f);
     if (bad) {
         free(buf);
-        mq_errf(err, "%s: read error", path);
-        return -EIO;
+        return mq_errmsg(err, errlen, -EIO, "%s: read error", path);
     }
-    int rc = mq_config_parse(cfg, buf, len, err);
+    int rc = mq_config_parse(cfg, buf, len, err, errlen);
     free(buf);
     return rc;
 }

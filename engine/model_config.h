@@ -14,11 +14,9 @@
 
 #include <stddef.h>
 
-#define MQ_ERR_LEN 256 /* size of the error buffers passed around daemon/ */
-#define MQ_MAX_EOS 8
+#include "common/errmsg.h"
 
-/* Formats an error message into err (MQ_ERR_LEN bytes, truncated if longer). */
-void mq_errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define MQ_MAX_EOS 8
 
 typedef enum { MQ_ARCH_QWEN3, MQ_ARCH_QWEN2, MQ_ARCH_LLAMA } mq_arch;
 
@@ -47,10 +45,10 @@ typedef struct mq_config {
 } mq_config;
 
 /* Parses config.json text (len bytes, need not be NUL-terminated). 0 or -EINVAL with a
- * message naming the field in err (MQ_ERR_LEN bytes). mq_config_free() releases it. */
-int mq_config_parse(mq_config *cfg, const char *json, size_t len, char *err);
+ * message naming the field in err (MQ_ERRMSG_LEN bytes). mq_config_free() releases it. */
+int mq_config_parse(mq_config *cfg, const char *json, size_t len, char *err, size_t errlen);
 /* Reads and parses <dir>/config.json. */
-int mq_config_load(mq_config *cfg, const char *dir, char *err);
+int mq_config_load(mq_config *cfg, const char *dir, char *err, size_t errlen);
 void mq_config_free(mq_config *cfg);
 const char *mq_arch_name(mq_arch a);
 

@@ -5,6 +5,7 @@
  * then the data; offsets are relative to the first byte after the JSON.
  */
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -66,7 +67,7 @@ static int cmp_offset(const void *a, const void *b)
 }
 
 /* Non-overlap over the whole set (after all files are in): sort by (file, offset). */
-static int check_overlaps(mq_st *st, char *err)
+static int check_overlaps(mq_st *st, char *err, size_t errlen)
 {
     if (st->n_tensors < 2)
         return 0;
@@ -80,8 +81,8 @@ static int check_overlaps(mq_st *st, char *err)
     for (int i = 1; i < st->n_tensors; i++) {
         const mq_st_tensor *a = v[i - 1], *b = v[i];
         if (a->file == b->file && a->offset + a->bytes > b->offset && b->bytes && a->bytes) {
-            mq_errf(err, "%s: tensors \"%.80s\" and \"%.80s\" overlap", st->paths[a->file], a->name, b->name);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s: tensors \"%.80s\" and \"%.80s\" overlap", st->paths[a->file],
+                           a->name, b->name);
             break;
         }
     }
@@ -90,26 +91,24 @@ static int check_overlaps(mq_st *st, char *err)
 }
 
 int mq_st_parse_header(mq_st *st, int file, const uint8_t *buf, size_t buf_len, uint64_t file_bytes, const char *what,
-                       char *err)
+                       char *err, size_t errlen)
 {
     if (buf_len < 8 || file_bytes < 8) {
-        mq_errf(err, "%s: truncated (%llu bytes, no header length)", what, (unsigned long long)file_bytes);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "%s: truncated (%llu bytes, no header length)", what,
+                         (unsigned long long)file_bytes);
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | buf[i];
     if (hlen < 2 || hlen > MQ_ST_HEADER_MAX || hlen > file_bytes - 8 || hlen > buf_len - 8) {
-        mq_errf(err, "%s: header length %llu does not fit the file (%llu bytes)", what, (unsigned long long)hlen,
-                (unsigned long long)file_bytes);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "%s: header length %llu does not fit the file (%llu bytes)", what,
+                         (unsigned long long)hlen, (unsigned long long)file_bytes);
     }
     const uint64_t data0 = 8 + hlen, data_bytes = file_bytes - data0;
     cJSON *root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        mq_errf(err, "%s: header is not a JSON object", what);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "%s: header is not a JSON object", what);
     }
     int n = cJSON_GetArraySize(root), rc = 0;
     mq_st_tensor *nt = realloc(st->tensors, ((size_t)st->n_tensors + (size_t)n + 1) * sizeof *nt);
@@ -130,19 +129,19 @@ int mq_st_parse_header(mq_st *st, int file, const uint8_t *buf, size_t buf_len, 
         mq_st_tensor t = { .file = file };
         if (!cJSON_IsObject(e) || !cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(off) ||
             cJSON_GetArraySize(off) != 2) {
-            mq_errf(err, "%s: tensor \"%.100s\": needs dtype, shape and data_offsets [begin, end]", what, nm);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL,
+                           "%s: tensor \"%.100s\": needs dtype, shape and data_offsets [begin, end]", what, nm);
             break;
         }
         if (dtype_parse(dt->valuestring, &t.dtype)) {
-            mq_errf(err, "%s: tensor \"%.100s\": unknown dtype \"%.20s\"", what, nm, dt->valuestring);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s: tensor \"%.100s\": unknown dtype \"%.20s\"", what, nm,
+                           dt->valuestring);
             break;
         }
         t.ndim = cJSON_GetArraySize(sh);
         if (t.ndim > MQ_ST_MAX_DIMS) {
-            mq_errf(err, "%s: tensor \"%.100s\": %d dimensions (max %d)", what, nm, t.ndim, MQ_ST_MAX_DIMS);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s: tensor \"%.100s\": %d dimensions (max %d)", what, nm, t.ndim,
+                           MQ_ST_MAX_DIMS);
             break;
         }
         /* element count, refusing overflow: each dim < 2^40 and the product < 2^62 */
@@ -164,31 +163,27 @@ int mq_st_parse_header(mq_st *st, int file, const uint8_t *buf, size_t buf_len, 
             }
         }
         if (d < 0) {
-            mq_errf(err, "%s: tensor \"%.100s\": bad shape", what, nm);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s: tensor \"%.100s\": bad shape", what, nm);
             break;
         }
         double b = cJSON_GetArrayItem(off, 0)->valuedouble, en = cJSON_GetArrayItem(off, 1)->valuedouble;
         if (!cJSON_IsNumber(cJSON_GetArrayItem(off, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(off, 1)) || b < 0 ||
             en < b || en > 9.0e18 || b != (double)(uint64_t)b || en != (double)(uint64_t)en) {
-            mq_errf(err, "%s: tensor \"%.100s\": bad data_offsets", what, nm);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s: tensor \"%.100s\": bad data_offsets", what, nm);
             break;
         }
         uint64_t ub = (uint64_t)b, ue = (uint64_t)en;
         t.bytes = ue - ub;
         if ((unsigned __int128)numel * mq_dtype_size(t.dtype) != t.bytes) {
-            mq_errf(err, "%s: tensor \"%.100s\": %llu bytes for shape of %llu %s elements", what, nm,
-                    (unsigned long long)t.bytes, (unsigned long long)numel, dtypes[t.dtype].name);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s: tensor \"%.100s\": %llu bytes for shape of %llu %s elements",
+                           what, nm, (unsigned long long)t.bytes, (unsigned long long)numel, dtypes[t.dtype].name);
             break;
         }
         if (ue > data_bytes) {
-            mq_errf(err,
-                    "%s: tensor \"%.100s\": data [%llu, %llu) beyond the end of the file "
-                    "(%llu data bytes; truncated?)",
-                    what, nm, (unsigned long long)ub, (unsigned long long)ue, (unsigned long long)data_bytes);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL,
+                           "%s: tensor \"%.100s\": data [%llu, %llu) beyond the end of the file "
+                           "(%llu data bytes; truncated?)",
+                           what, nm, (unsigned long long)ub, (unsigned long long)ue, (unsigned long long)data_bytes);
             break;
         }
         t.offset = data0 + ub;
@@ -202,7 +197,7 @@ int mq_st_parse_header(mq_st *st, int file, const uint8_t *buf, size_t buf_len, 
     return rc;
 }
 
-static int add_file(mq_st *st, const char *path, char *err)
+static int add_file(mq_st *st, const char *path, char *err, size_t errlen)
 {
     char **np = realloc(st->paths, ((size_t)st->n_files + 1) * sizeof *np);
     if (!np)
@@ -219,8 +214,7 @@ static int add_file(mq_st *st, const char *path, char *err)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        mq_errf(err, "%s: %s", path, strerror(e));
-        return -e;
+        return mq_errmsg(err, errlen, -e, "%s: %s", path, strerror(e));
     }
     struct stat sb;
     uint8_t lenbuf[8];
@@ -228,23 +222,22 @@ static int add_file(mq_st *st, const char *path, char *err)
     uint8_t *buf = NULL;
     if (fstat(fd, &sb) < 0) {
         rc = -errno;
-        mq_errf(err, "%s: %s", path, strerror(-rc));
+        mq_errmsg(err, errlen, 0, "%s: %s", path, strerror(-rc));
         goto out;
     }
     st->file_bytes[file] = (uint64_t)sb.st_size;
     ssize_t r = pread(fd, lenbuf, 8, 0);
     if (r != 8) {
-        mq_errf(err, "%s: truncated (%lld bytes, no header length)", path, (long long)sb.st_size);
-        rc = -EINVAL;
+        rc = mq_errmsg(err, errlen, -EINVAL, "%s: truncated (%lld bytes, no header length)", path,
+                       (long long)sb.st_size);
         goto out;
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | lenbuf[i];
     if (hlen > MQ_ST_HEADER_MAX || hlen + 8 > (uint64_t)sb.st_size) {
-        mq_errf(err, "%s: header length %llu does not fit the file (%lld bytes; truncated?)", path,
-                (unsigned long long)hlen, (long long)sb.st_size);
-        rc = -EINVAL;
+        rc = mq_errmsg(err, errlen, -EINVAL, "%s: header length %llu does not fit the file (%lld bytes; truncated?)",
+                       path, (unsigned long long)hlen, (long long)sb.st_size);
         goto out;
     }
     if (!(buf = malloc(hlen + 8))) {
@@ -255,42 +248,42 @@ static int add_file(mq_st *st, const char *path, char *err)
     while (got < hlen + 8) {
         r = pread(fd, buf + got, hlen + 8 - got, (off_t)got);
         if (r <= 0) {
-            mq_errf(err, "%s: cannot read the header: %s", path, r < 0 ? strerror(errno) : "short file");
-            rc = r < 0 ? -errno : -EIO;
+            rc = mq_errmsg(err, errlen, r < 0 ? -errno : -EIO, "%s: cannot read the header: %s", path,
+                           r < 0 ? strerror(errno) : "short file");
             goto out;
         }
         got += (size_t)r;
     }
-    rc = mq_st_parse_header(st, file, buf, hlen + 8, (uint64_t)sb.st_size, path, err);
+    rc = mq_st_parse_header(st, file, buf, hlen + 8, (uint64_t)sb.st_size, path, err, errlen);
 out:
     free(buf);
     close(fd);
     return rc;
 }
 
-static void sort_and_check_names(mq_st *st, char *err, int *rc)
+static void sort_and_check_names(mq_st *st, char *err, size_t errlen, int *rc)
 {
     if (*rc)
         return;
     qsort(st->tensors, (size_t)st->n_tensors, sizeof *st->tensors, cmp_name);
     for (int i = 1; i < st->n_tensors; i++)
         if (!strcmp(st->tensors[i - 1].name, st->tensors[i].name)) {
-            mq_errf(err, "tensor \"%.100s\" appears twice (%s, %s)", st->tensors[i].name,
-                    st->paths[st->tensors[i - 1].file], st->paths[st->tensors[i].file]);
+            mq_errmsg(err, errlen, 0, "tensor \"%.100s\" appears twice (%s, %s)", st->tensors[i].name,
+                      st->paths[st->tensors[i - 1].file], st->paths[st->tensors[i].file]);
             *rc = -EINVAL;
             return;
         }
-    *rc = check_overlaps(st, err);
+    *rc = check_overlaps(st, err, errlen);
 }
 
-int mq_st_open_file(mq_st **out, const char *path, char *err)
+int mq_st_open_file(mq_st **out, const char *path, char *err, size_t errlen)
 {
     *out = NULL;
     mq_st *st = calloc(1, sizeof *st);
     if (!st)
         return -ENOMEM;
-    int rc = add_file(st, path, err);
-    sort_and_check_names(st, err, &rc);
+    int rc = add_file(st, path, err, errlen);
+    sort_and_check_names(st, err, errlen, &rc);
     if (rc) {
         mq_st_close(st);
         return rc;
@@ -318,29 +311,27 @@ static char *read_small(const char *path, size_t max, size_t *len)
 
 /* model.safetensors.index.json: {"weight_map": {"tensor": "shard file", ...}}. Every shard
  * named is opened once; every mapped tensor must be in its shard. */
-static int open_index(mq_st *st, const char *dir, const char *ipath, char *err)
+static int open_index(mq_st *st, const char *dir, const char *ipath, char *err, size_t errlen)
 {
     size_t len = 0;
     char *txt = read_small(ipath, 64u << 20, &len);
     if (!txt) {
-        mq_errf(err, "%s: cannot read (missing or > 64 MiB)", ipath);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "%s: cannot read (missing or > 64 MiB)", ipath);
     }
     cJSON *root = cJSON_ParseWithLength(txt, len);
     free(txt);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     int rc = 0;
     if (!cJSON_IsObject(wm)) {
-        mq_errf(err, "%s: no \"weight_map\" object", ipath);
-        rc = -EINVAL;
+        rc = mq_errmsg(err, errlen, -EINVAL, "%s: no \"weight_map\" object", ipath);
         goto out;
     }
     const cJSON *e;
     cJSON_ArrayForEach(e, wm)
     {
         if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || !strcmp(e->valuestring, "..")) {
-            mq_errf(err, "%s: weight_map[\"%.100s\"] must name a file in the folder", ipath, e->string);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s: weight_map[\"%.100s\"] must name a file in the folder", ipath,
+                           e->string);
             goto out;
         }
         char p[4096];
@@ -348,10 +339,10 @@ static int open_index(mq_st *st, const char *dir, const char *ipath, char *err)
         int have = 0;
         for (int f = 0; f < st->n_files; f++)
             have |= !strcmp(st->paths[f], p);
-        if (!have && (rc = add_file(st, p, err)))
+        if (!have && (rc = add_file(st, p, err, errlen)))
             goto out;
     }
-    sort_and_check_names(st, err, &rc);
+    sort_and_check_names(st, err, errlen, &rc);
     if (rc)
         goto out;
     cJSON_ArrayForEach(e, wm)
@@ -360,8 +351,8 @@ static int open_index(mq_st *st, const char *dir, const char *ipath, char *err)
         char p[4096];
         snprintf(p, sizeof p, "%s/%s", dir, e->valuestring);
         if (!t || strcmp(st->paths[t->file], p)) {
-            mq_errf(err, "%s: tensor \"%.100s\" is not in %s", ipath, e->string, e->valuestring);
-            rc = -EINVAL;
+            rc =
+                mq_errmsg(err, errlen, -EINVAL, "%s: tensor \"%.100s\" is not in %s", ipath, e->string, e->valuestring);
             goto out;
         }
     }
@@ -370,7 +361,7 @@ out:
     return rc;
 }
 
-int mq_st_open(mq_st **out, const char *dir, char *err)
+int mq_st_open(mq_st **out, const char *dir, char *err, size_t errlen)
 {
     char p[4096];
     *out = NULL;
@@ -379,7 +370,7 @@ int mq_st_open(mq_st **out, const char *dir, char *err)
         mq_st *st = calloc(1, sizeof *st);
         if (!st)
             return -ENOMEM;
-        int rc = open_index(st, dir, p, err);
+        int rc = open_index(st, dir, p, err, errlen);
         if (rc) {
             mq_st_close(st);
             return rc;
@@ -388,7 +379,7 @@ int mq_st_open(mq_st **out, const char *dir, char *err)
         return 0;
     }
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    return mq_st_open_file(out, p, err);
+    return mq_st_open_file(out, p, err, errlen);
 }
 
 const mq_st_tensor *mq_st_find(const mq_st *st, const char *name)
@@ -490,7 +481,7 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
-int mq_st_writer_write(mq_st_writer *w, const char *path, char *err)
+int mq_st_writer_write(mq_st_writer *w, const char *path, char *err, size_t errlen)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
@@ -551,7 +542,7 @@ out:
     if (fd >= 0 && close(fd) < 0 && !rc)
         rc = -errno;
     if (rc)
-        mq_errf(err, "%s: write failed: %s", path, strerror(-rc));
+        mq_errmsg(err, errlen, 0, "%s: write failed: %s", path, strerror(-rc));
     free(chunk);
     free(hdr);
     return rc;

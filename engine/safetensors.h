@@ -19,7 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/model_config.h" /* MQ_ERR_LEN */
+#include "common/errmsg.h"
+
+#include "engine/model_config.h" /* MQ_ERRMSG_LEN */
 
 typedef enum {
     MQ_DT_BF16,
@@ -63,15 +65,15 @@ size_t mq_dtype_size(mq_dtype d);
 int64_t mq_st_numel(const mq_st_tensor *t);
 
 /* Opens the checkpoint in dir: model.safetensors.index.json if present, else
- * model.safetensors. 0 or a negative errno with a message in err (MQ_ERR_LEN). */
-int mq_st_open(mq_st **out, const char *dir, char *err);
+ * model.safetensors. 0 or a negative errno with a message in err (MQ_ERRMSG_LEN). */
+int mq_st_open(mq_st **out, const char *dir, char *err, size_t errlen);
 /* Opens one .safetensors file. */
-int mq_st_open_file(mq_st **out, const char *path, char *err);
+int mq_st_open_file(mq_st **out, const char *path, char *err, size_t errlen);
 /* Validates one file's header in memory: buf holds at least the 8-byte length and the
  * JSON (buf_len bytes), file_bytes is the whole file's size. Appends the tensors to st
  * with file index `file`. Used by open and by the fuzzer. */
 int mq_st_parse_header(mq_st *st, int file, const uint8_t *buf, size_t buf_len, uint64_t file_bytes, const char *what,
-                       char *err);
+                       char *err, size_t errlen);
 const mq_st_tensor *mq_st_find(const mq_st *st, const char *name);
 void mq_st_close(mq_st *st);
 
@@ -88,7 +90,7 @@ int mq_st_writer_add(mq_st_writer *w, const char *name, mq_dtype dt, const int64
                      mq_st_fill_fn fill, void *fill_ctx);
 /* Writes the file (header with "__metadata__": {"format": "pt"}, then the data in the
  * order added, 8-byte aligned header). 0 or negative errno with err. */
-int mq_st_writer_write(mq_st_writer *w, const char *path, char *err);
+int mq_st_writer_write(mq_st_writer *w, const char *path, char *err, size_t errlen);
 void mq_st_writer_free(mq_st_writer *w);
 
 #endif

@@ -34,6 +34,8 @@
 #include "engine/pool.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
+#include "common/errmsg.h"
+#include "common/clock.h"
 
 #define SCHED_IDLE_TICK_MS       500 /* drivers bump their progress counter this often when idle */
 #define SCHED_STOP_TAIL          256 /* bytes of generated text kept for stop-string matching */
@@ -118,13 +120,6 @@ struct mq_sched {
     double pf_busy_s, dec_busy_s;
     uint64_t pf_progress, dec_progress; /* atomics */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void mq_sched_opts_default(mq_sched_opts *o)
 {
@@ -349,7 +344,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     }
     ss->req = NULL;
     ss->notifying++;
-    ss->last_used = now_s();
+    ss->last_used = mq_now_s();
     s->tok_prompt += (uint64_t)r->st.prompt_tokens;
     s->tok_cached += (uint64_t)r->st.cached_tokens;
     s->tok_prefilled += (uint64_t)r->st.prefilled_tokens;
@@ -365,7 +360,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
 
 static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err, const char *msg)
 {
-    fill_stats(r, now_s());
+    fill_stats(r, mq_now_s());
     if (r->sink.on_done)
         r->sink.on_done(r->sink.ctx, why, err, msg ? msg : "", &r->st);
     pthread_mutex_lock(&s->mu);
@@ -440,7 +435,7 @@ static int is_stop_id(mq_sched *s, const struct req *r, int32_t id)
 static int accept_token(mq_sched *s, struct req *r, int32_t id)
 {
     struct session *ss = r->ss;
-    double t = now_s();
+    double t = mq_now_s();
     if (!r->emitted_first)
         r->t_first_tok = t;
     r->t_last_tok = t;
@@ -586,7 +581,7 @@ static void *prefill_main(void *arg)
                 q->state = RQ_PREFILL;
                 s->n_queued--;
                 s->n_prefilling++;
-                q->t_first_chunk = now_s();
+                q->t_first_chunk = mq_now_s();
                 r = q;
             } else if (a < 0) {
                 queue_remove(s, q);
@@ -605,12 +600,7 @@ static void *prefill_main(void *arg)
                 r = q;
         if (!r) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            mq_deadline_in(&ts, CLOCK_REALTIME, SCHED_IDLE_TICK_MS);
             pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
             continue;
         }
@@ -639,7 +629,7 @@ static void *prefill_main(void *arg)
         mq_kv_seq seq = { .blocks = ss->ptr, .n_blocks = ss->n_blk };
         pthread_mutex_unlock(&s->mu);
 
-        double t0 = now_s();
+        double t0 = mq_now_s();
         const int *toks = (const int *)ss->hist + pos0;
         if (rc == 0) {
             if (!last) {
@@ -656,7 +646,7 @@ static void *prefill_main(void *arg)
                                        1);
             }
         }
-        double dt = now_s() - t0;
+        double dt = mq_now_s() - t0;
         int end = 0;
         if (rc == 0 && last)
             end = accept_token(s, r, sample(s, r, s->pf_logits));
@@ -739,12 +729,7 @@ static void *decode_main(void *arg)
         }
         if (!s->decoding) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += SCHED_IDLE_TICK_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            mq_deadline_in(&ts, CLOCK_REALTIME, SCHED_IDLE_TICK_MS);
             pthread_cond_timedwait(&s->dec_cv, &s->mu, &ts);
             continue;
         }
@@ -772,11 +757,11 @@ static void *decode_main(void *arg)
         }
         pthread_mutex_unlock(&s->mu);
 
-        double t0 = now_s();
+        double t0 = mq_now_s();
         int rc = fail ? fail
                       : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_mode_decode_prec(step_mode),
                                          s->dec_logits);
-        double dt = now_s() - t0;
+        double dt = mq_now_s() - t0;
         for (int i = 0; i < nb; i++)
             ends[i] = rc < 0 ? 0 : accept_token(s, batch[i], sample(s, batch[i], s->dec_logits + (size_t)i * s->vocab));
 
@@ -822,7 +807,7 @@ static void *decode_main(void *arg)
 int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer *tok, const mq_sched_opts *o, char *err,
                     size_t errlen)
 {
-    char e[MQ_ERR_LEN] = "";
+    char e[MQ_ERRMSG_LEN] = "";
     mq_sched *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
@@ -859,7 +844,7 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     s->mode = s->o.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : s->o.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
     int r;
     if (s->mode != MQ_MODE_BF16 && !mq_model_has_fp4(model)) {
-        snprintf(err, errlen, "scheduler: mode %s needs the model's NVFP4 weights", mq_mode_name(s->mode));
+        mq_errmsg(err, errlen, 0, "scheduler: mode %s needs the model's NVFP4 weights", mq_mode_name(s->mode));
         free(s);
         return -EINVAL;
     }
@@ -879,20 +864,18 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
 
     cpu_set_t pf_set, dec_set;
     if (s->o.prefill_cpus && parse_cpus(s->o.prefill_cpus, &pf_set) < 0) {
-        snprintf(err, errlen, "scheduler: bad prefill CPU list \"%s\"", s->o.prefill_cpus);
-        r = -EINVAL;
+        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: bad prefill CPU list \"%s\"", s->o.prefill_cpus);
         goto fail_quiet;
     }
     if (s->o.decode_cpus && parse_cpus(s->o.decode_cpus, &dec_set) < 0) {
-        snprintf(err, errlen, "scheduler: bad decode CPU list \"%s\"", s->o.decode_cpus);
-        r = -EINVAL;
+        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: bad decode CPU list \"%s\"", s->o.decode_cpus);
         goto fail_quiet;
     }
     r = mq_pool_create(&s->pf_pool, s->o.prefill_threads, s->o.prefill_cpus ? &pf_set : NULL, "mq-prefill");
     if (r == 0)
         r = mq_pool_create(&s->dec_pool, s->o.decode_threads, s->o.decode_cpus ? &dec_set : NULL, "mq-decode");
     if (r < 0) {
-        snprintf(err, errlen, "scheduler: creating the worker pools: %s", strerror(-r));
+        mq_errmsg(err, errlen, 0, "scheduler: creating the worker pools: %s", strerror(-r));
         goto fail_quiet;
     }
     mq_engine_opts pe = {
@@ -901,23 +884,21 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     mq_engine_opts de = {
         .max_chunk = 1, .max_batch = s->o.max_batch, .block_tokens = s->o.block_tokens, .max_context = ctx
     };
-    r = mq_engine_create(&s->pf_eng, model, &pe, e);
+    r = mq_engine_create(&s->pf_eng, model, &pe, e, sizeof e);
     if (r == 0)
-        r = mq_engine_create(&s->dec_eng, model, &de, e);
+        r = mq_engine_create(&s->dec_eng, model, &de, e, sizeof e);
     if (r < 0) {
-        snprintf(err, errlen, "scheduler: engine: %s", e);
+        mq_errmsg(err, errlen, 0, "scheduler: engine: %s", e);
         goto fail_quiet;
     }
     s->pf_logits = malloc((size_t)s->vocab * sizeof(float));
     s->dec_logits = malloc((size_t)s->vocab * (size_t)s->o.max_batch * sizeof(float));
     if (!s->pf_logits || !s->dec_logits) {
-        snprintf(err, errlen, "scheduler: out of memory for logits");
-        r = -ENOMEM;
+        r = mq_errmsg(err, errlen, -ENOMEM, "scheduler: out of memory for logits");
         goto fail_quiet;
     }
     if (pthread_create(&s->pf_th, NULL, prefill_main, s) != 0) {
-        snprintf(err, errlen, "scheduler: cannot start the prefill thread");
-        r = -EAGAIN;
+        r = mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the prefill thread");
         goto fail_quiet;
     }
     if (pthread_create(&s->dec_th, NULL, decode_main, s) != 0) {
@@ -926,8 +907,7 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
         pthread_cond_broadcast(&s->pf_cv);
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->pf_th, NULL);
-        snprintf(err, errlen, "scheduler: cannot start the decode thread");
-        r = -EAGAIN;
+        r = mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the decode thread");
         goto fail_quiet;
     }
     pthread_setname_np(s->pf_th, "mq-prefill-drv");
@@ -1023,7 +1003,7 @@ int mq_sched_session_open(mq_sched *s, uint64_t *id)
         return r;
     }
     ss->id = s->next_id++;
-    ss->last_used = now_s();
+    ss->last_used = mq_now_s();
     ss->next = s->sessions;
     s->sessions = ss;
     s->n_sessions++;
@@ -1081,14 +1061,12 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     }
     err[0] = 0;
     if (n < 0 || (n > 0 && !new_tokens)) {
-        snprintf(err, errlen, "submit: bad token array");
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "submit: bad token array");
     }
     for (int i = 0; i < n; i++)
         if (new_tokens[i] < 0 || new_tokens[i] >= s->vocab) {
-            snprintf(err, errlen, "submit: token %d at index %d is outside the vocabulary (%d)", new_tokens[i], i,
-                     s->vocab);
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "submit: token %d at index %d is outside the vocabulary (%d)",
+                             new_tokens[i], i, s->vocab);
         }
     struct req *r = calloc(1, sizeof *r);
     if (!r)
@@ -1106,7 +1084,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         if (!gp.stop_strs[i] || !*gp.stop_strs[i])
             continue;
         if (strlen(gp.stop_strs[i]) >= SCHED_STOP_TAIL) {
-            snprintf(err, errlen, "submit: stop string %d longer than %d bytes", i, SCHED_STOP_TAIL - 1);
+            mq_errmsg(err, errlen, 0, "submit: stop string %d longer than %d bytes", i, SCHED_STOP_TAIL - 1);
             for (int j = 0; j < i; j++)
                 free(r->stop[j]);
             free(r);
@@ -1142,7 +1120,7 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         r->has_stop = sr == 0;
     }
     if (sr < 0) {
-        snprintf(err, errlen, "submit: bad sampling parameters or stop strings (%s)", strerror(-sr));
+        mq_errmsg(err, errlen, 0, "submit: bad sampling parameters or stop strings (%s)", strerror(-sr));
         req_free(r);
         return sr;
     }
@@ -1150,14 +1128,14 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     if (gp.has_mode)
         r->mode = gp.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : gp.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
     if (r->mode != MQ_MODE_BF16 && !mq_model_has_fp4(s->model)) {
-        snprintf(err, errlen, "submit: mode %s needs NVFP4 weights, which this scheduler (mode %s) did not load",
-                 mq_mode_name(r->mode), mq_mode_name(s->mode));
+        mq_errmsg(err, errlen, 0, "submit: mode %s needs NVFP4 weights, which this scheduler (mode %s) did not load",
+                  mq_mode_name(r->mode), mq_mode_name(s->mode));
         req_free(r);
         return -EINVAL;
     }
     if (sink)
         r->sink = *sink;
-    r->t_submit = now_s();
+    r->t_submit = mq_now_s();
     if (s->tok)
         mq_tok_stream_init(&r->ts, s->tok, MQ_TOK_SKIP_SPECIAL, 0);
 
@@ -1176,25 +1154,25 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     }
     if (s->draining) {
         rc = -ESHUTDOWN;
-        snprintf(err, errlen, "submit: the scheduler is draining");
+        mq_errmsg(err, errlen, 0, "submit: the scheduler is draining");
     } else if (!ss) {
         rc = -ENOENT;
-        snprintf(err, errlen, "submit: unknown session %llu", (unsigned long long)session);
+        mq_errmsg(err, errlen, 0, "submit: unknown session %llu", (unsigned long long)session);
     } else if (ss->req) { /* a finished request still in on_done does not count */
         rc = -EBUSY;
-        snprintf(err, errlen, "submit: session %llu already has a request running", (unsigned long long)session);
+        mq_errmsg(err, errlen, 0, "submit: session %llu already has a request running", (unsigned long long)session);
     } else if (keep + n + 1 > ctx) {
         rc = -E2BIG;
-        snprintf(err, errlen,
+        mq_errmsg(err, errlen, 0,
                  "submit: %d history + %d new tokens leave no room to generate within the "
                  "context limit of %d tokens",
                  keep, n, ctx);
     } else if (keep + n == 0) {
         rc = -EINVAL;
-        snprintf(err, errlen, "submit: empty prompt on an empty session");
+        mq_errmsg(err, errlen, 0, "submit: empty prompt on an empty session");
     } else if (s->n_queued >= s->o.max_queued) {
         rc = -EAGAIN;
-        snprintf(err, errlen, "submit: queue full (%d requests waiting)", s->n_queued);
+        mq_errmsg(err, errlen, 0, "submit: queue full (%d requests waiting)", s->n_queued);
     }
     int limit = 0;
     if (!rc) {
@@ -1203,8 +1181,8 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
             limit = ctx;
         if (blocks_for(s, limit) > s->o.kv_blocks) {
             rc = -ENOSPC;
-            snprintf(err, errlen, "submit: %d tokens need %d KV blocks, the store has %d", limit, blocks_for(s, limit),
-                     s->o.kv_blocks);
+            mq_errmsg(err, errlen, 0, "submit: %d tokens need %d KV blocks, the store has %d", limit,
+                      blocks_for(s, limit), s->o.kv_blocks);
         }
     }
     if (!rc && ss->cap_hist < limit + 1) {
@@ -1308,7 +1286,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
 void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info *i), void *ctx)
 {
     pthread_mutex_lock(&s->mu);
-    double t = now_s();
+    double t = mq_now_s();
     for (struct session *ss = s->sessions; ss; ss = ss->next) {
         mq_session_info in = { .id = ss->id,
                                .history_tokens = ss->n_hist,
@@ -1327,13 +1305,7 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
     pthread_mutex_lock(&s->mu);
     s->draining = 1;
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    mq_deadline_in(&dl, CLOCK_REALTIME, timeout_ms);
     int busy;
     for (;;) {
         busy = 0;

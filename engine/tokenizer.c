@@ -1003,7 +1003,7 @@ out:
     cJSON_Delete(root);
     if (rc) {
         if (rc == -ENOMEM && err && errlen)
-            snprintf(err, errlen, "%s: out of memory", name);
+            mq_errmsg(err, errlen, 0, "%s: out of memory", name);
         mq_tok_free(t);
         return rc;
     }

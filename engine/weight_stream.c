@@ -7,6 +7,8 @@
  */
 #define _GNU_SOURCE
 #include "engine/weight_stream.h"
+#include "common/errmsg.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,13 +28,6 @@
 #define WS_DEFAULT_QD   16
 #define WS_DEFAULT_READ ((size_t)4 << 20)
 #define WS_MAX_HELPERS  64
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 #define LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
@@ -60,7 +55,7 @@ void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t 
     if (reads_total)
         *reads_total = LOAD(p->reads_total);
     if (rate_bps) {
-        uint64_t t = (en ? en : now_ns()) - st;
+        uint64_t t = (en ? en : mq_now_ns()) - st;
         *rate_bps = st && t ? bd / (t * 1e-9) : 0;
     }
 }
@@ -192,15 +187,13 @@ static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
         int fd = open(w->paths[f], O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             int e = errno;
-            snprintf(err, errlen, "%s: open: %s", w->paths[f], strerror(e));
-            return -e;
+            return mq_errmsg(err, errlen, -e, "%s: open: %s", w->paths[f], strerror(e));
         }
         struct stat st;
         if (fstat(fd, &st) < 0) {
             int e = errno;
             close(fd);
-            snprintf(err, errlen, "%s: stat: %s", w->paths[f], strerror(e));
-            return -e;
+            return mq_errmsg(err, errlen, -e, "%s: stat: %s", w->paths[f], strerror(e));
         }
         int want = w->o.direct == MQ_WS_DIRECT_ON;
         if (w->o.direct == MQ_WS_DIRECT_AUTO) {
@@ -275,8 +268,7 @@ static int stream(struct ws *w, char *err, size_t errlen)
     struct io_uring ring;
     int r = io_uring_queue_init((unsigned)qd, &ring, 0);
     if (r < 0) {
-        snprintf(err, errlen, "io_uring_queue_init(%d): %s", qd, strerror(-r));
-        return r;
+        return mq_errmsg(err, errlen, r, "io_uring_queue_init(%d): %s", qd, strerror(-r));
     }
     struct slot *slots = calloc((size_t)qd, sizeof *slots);
     uint8_t *bounce = NULL;
@@ -289,8 +281,7 @@ static int stream(struct ws *w, char *err, size_t errlen)
         free(slots);
         free(bounce);
         io_uring_queue_exit(&ring);
-        snprintf(err, errlen, "weight stream: out of memory for %d slots", qd);
-        return -ENOMEM;
+        return mq_errmsg(err, errlen, -ENOMEM, "weight stream: out of memory for %d slots", qd);
     }
 
     struct cursor c = { 0, 0 };
@@ -417,9 +408,8 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
 
     for (int i = 0; i < n_reads; i++) {
         if (reads[i].file < 0 || reads[i].file >= n_files || (!reads[i].dst && reads[i].bytes)) {
-            snprintf(err, errlen, "weight stream: read %d (%s) has a bad file index or no destination", i,
-                     reads[i].what ? reads[i].what : "?");
-            return -EINVAL;
+            return mq_errmsg(err, errlen, -EINVAL, "weight stream: read %d (%s) has a bad file index or no destination",
+                             i, reads[i].what ? reads[i].what : "?");
         }
     }
     uint64_t total = 0;
@@ -430,7 +420,7 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     STORE(prog->reads_total, (uint64_t)n_reads);
     STORE(prog->reads_done, 0);
     STORE(prog->end_ns, 0);
-    STORE(prog->start_ns, now_ns());
+    STORE(prog->start_ns, mq_now_ns());
 
     w.fds = calloc((size_t)n_files + 1, sizeof(int));
     w.direct = calloc((size_t)n_files + 1, sizeof(int));
@@ -442,8 +432,7 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     pthread_t th[WS_MAX_HELPERS];
     int n_th = 0, r = 0;
     if (!w.fds || !w.direct || !w.remaining || !w.q) {
-        snprintf(err, errlen, "weight stream: out of memory");
-        r = -ENOMEM;
+        r = mq_errmsg(err, errlen, -ENOMEM, "weight stream: out of memory");
         goto out;
     }
     for (int i = 0; i < n_reads; i++)
@@ -462,7 +451,7 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     if (w.o.helpers > 0 && n_th == 0)
         w.o.helpers = 0; /* no threads: run ready inline */
 
-    uint64_t t0 = now_ns();
+    uint64_t t0 = mq_now_ns();
     r = stream(&w, err, errlen);
     /* wait for the helpers to drain the ready queue */
     pthread_mutex_lock(&w.mu);
@@ -472,20 +461,19 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     for (int i = 0; i < n_th; i++)
         pthread_join(th[i], NULL);
     n_th = 0;
-    res->seconds = (now_ns() - t0) * 1e-9;
+    res->seconds = (mq_now_ns() - t0) * 1e-9;
     if (r == 0 && w.failed) {
         r = w.failed;
-        snprintf(err, errlen, "%s", w.err);
+        mq_errmsg(err, errlen, 0, "%s", w.err);
     }
     if (r == 0 && LOAD(prog->reads_done) != (uint64_t)n_reads) {
-        snprintf(err, errlen, "weight stream: only %llu of %d reads completed",
-                 (unsigned long long)LOAD(prog->reads_done), n_reads);
-        r = -EIO;
+        r = mq_errmsg(err, errlen, -EIO, "weight stream: only %llu of %d reads completed",
+                      (unsigned long long)LOAD(prog->reads_done), n_reads);
     }
 out:
     for (int i = 0; i < n_th; i++)
         pthread_join(th[i], NULL);
-    STORE(prog->end_ns, now_ns());
+    STORE(prog->end_ns, mq_now_ns());
     if (w.fds)
         for (int f = 0; f < n_files; f++)
             if (w.fds[f] >= 0)

@@ -1,5 +1,6 @@
 /* ipc/ring.c — SPSC byte ring with futex wake-ups (see ring.h). */
 #include "ipc/ring.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -95,25 +96,6 @@ void mq_ring_publish(mq_ring *r)
     }
 }
 
-static int remaining_ms(const struct timespec *deadline)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    long ms = (deadline->tv_sec - now.tv_sec) * 1000 + (deadline->tv_nsec - now.tv_nsec) / 1000000;
-    return ms < 0 ? 0 : (int)ms;
-}
-
-static void deadline_in(struct timespec *d, int timeout_ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, d);
-    d->tv_sec += timeout_ms / 1000;
-    d->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (d->tv_nsec >= 1000000000L) {
-        d->tv_sec++;
-        d->tv_nsec -= 1000000000L;
-    }
-}
-
 /* One wait protocol for both sides. `ready` says whether the wait is over: > 0 yes,
  * 0 not yet, < 0 an error to return. The waiter owns its flag: it sets it before
  * re-checking and clears it when it stops waiting; a waker only reads it. (When the waker
@@ -125,7 +107,7 @@ static int ring_wait(mq_ring *r, uint32_t *word, uint32_t *flag, int64_t (*ready
 {
     struct timespec deadline;
     if (timeout_ms >= 0)
-        deadline_in(&deadline, timeout_ms);
+        mq_deadline_in(&deadline, CLOCK_MONOTONIC, timeout_ms);
     int rc = 0;
     for (;;) {
         int64_t k = ready(r, n);
@@ -138,7 +120,7 @@ static int ring_wait(mq_ring *r, uint32_t *word, uint32_t *flag, int64_t (*ready
         /* Re-check after announcing: the peer may have moved in between. */
         if (ready(r, n) != 0)
             continue;
-        int left = timeout_ms < 0 ? -1 : remaining_ms(&deadline);
+        int left = timeout_ms < 0 ? -1 : mq_ms_until(&deadline, CLOCK_MONOTONIC);
         if (timeout_ms >= 0 && left == 0) {
             rc = -ETIMEDOUT;
             break;

@@ -60,20 +60,7 @@ static inline void transpose8(__m256 r[8])
 static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nkeys)
 {
     const uint16_t *kr[TK], *vr[TK];
-    int b = j0 / a->block_tokens, o = j0 % a->block_tokens;
-    for (int j = 0; j < TK; j++) {
-        if (j0 + j < nkeys) {
-            size_t off = ((size_t)o * a->n_kv + kvh) * a->head_dim;
-            kr[j] = a->k_blocks[b] + off;
-            vr[j] = a->v_blocks[b] + off;
-            if (++o == a->block_tokens) {
-                o = 0;
-                b++;
-            }
-        } else {
-            kr[j] = vr[j] = zero_row;
-        }
-    }
+    attn_kv_rows(a, kvh, j0, TK, nkeys, zero_row, kr, vr);
     for (int d0 = 0; d0 < t->hd; d0 += 8)
         for (int g = 0; g < TK; g += 8) {
             __m256 r[8];
@@ -232,10 +219,10 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
     }
 }
 
-void mq_attention_avx2(const mq_attn_args *a, int h0, int h1)
+void attention_avx2(const mq_attn_args *a, int h0, int h1)
 {
     if (a->head_dim % 16 || a->head_dim > HD_MAX || a->head_dim <= 0) {
-        mq_ref_attention(a, h0, h1);
+        attention_ref(a, h0, h1);
         return;
     }
     tile t;

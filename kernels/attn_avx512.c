@@ -85,20 +85,7 @@ static inline __attribute__((always_inline)) void transpose16(__m512i r[16])
 static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nkeys)
 {
     const uint16_t *kr[TK], *vr[TK];
-    int b = j0 / a->block_tokens, o = j0 % a->block_tokens;
-    for (int j = 0; j < TK; j++) {
-        if (j0 + j < nkeys) {
-            size_t off = ((size_t)o * a->n_kv + kvh) * a->head_dim;
-            kr[j] = a->k_blocks[b] + off;
-            vr[j] = a->v_blocks[b] + off;
-            if (++o == a->block_tokens) {
-                o = 0;
-                b++;
-            }
-        } else {
-            kr[j] = vr[j] = zero_row;
-        }
-    }
+    attn_kv_rows(a, kvh, j0, TK, nkeys, zero_row, kr, vr);
     const int hd = t->hd, ndp = hd / 2;
     for (int dp0 = 0; dp0 < ndp; dp0 += 16) {
         const __mmask16 m = ndp - dp0 >= 16 ? 0xffff : (__mmask16)((1u << (ndp - dp0)) - 1);
@@ -359,10 +346,10 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
     }
 }
 
-void mq_attention_avx512(const mq_attn_args *a, int h0, int h1)
+void attention_avx512(const mq_attn_args *a, int h0, int h1)
 {
     if (a->head_dim % 16 || a->head_dim > HD_MAX || a->head_dim <= 0 || !(a->scale > 0)) {
-        mq_ref_attention(a, h0, h1);
+        attention_ref(a, h0, h1);
         return;
     }
     tile t;

@@ -1,4 +1,5 @@
-/* kernels/dispatch.c — choosing the ISA once, and the public entry points.
+/* kernels/dispatch.c — choosing the ISA once, and the public entry points that go
+ * through the table.
  *
  * The table is filled in layers: the scalar reference first, then each SIMD
  * variant up to the chosen ISA overwrites the slots it implements.
@@ -55,15 +56,14 @@ int mq_kernels_force(mq_isa isa)
         return -ENOTSUP;
     mq_kernel_table t;
     memset(&t, 0, sizeof t);
-    mq_kernels_fill_ref(&t);
-    t.fp4_act_prepare_rows = mq_ref_fp4_act_prepare_rows; /* ref.c predates the slot */
+    kernels_fill_ref(&t);
     if (isa >= MQ_ISA_AVX2) {
-        mq_kernels_fill_gemm_avx2(&t);
-        mq_kernels_fill_ops_avx2(&t);
+        kernels_fill_gemm_avx2(&t);
+        kernels_fill_ops_avx2(&t);
     }
     if (isa >= MQ_ISA_AVX512) {
-        mq_kernels_fill_gemm_avx512(&t);
-        mq_kernels_fill_ops_avx512(&t);
+        kernels_fill_gemm_avx512(&t);
+        kernels_fill_ops_avx512(&t);
     }
     mq_kt = t;
     active_isa = isa;
@@ -136,22 +136,28 @@ void mq_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
     mq_kt.fp4_act_prepare_rows(a, r0, r1);
 }
 
-void mq_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)
+int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, int r0, int r1)
 {
+    /* The active ISA's activation quantizer is bit-exact with mq_fp4_quantize_row (the
+     * specification) and several times faster; a view of rows [r0, r1) lets the weights
+     * loaded from a BF16 checkpoint use it. */
     ENSURE();
-    mq_kt.fp4_weight_prepare_rows(w, r0, r1);
+    mq_fp4_act view = {
+        .m = r1 - r0,
+        .k = w->k,
+        .kp = w->kp,
+        .g = w->g,
+        .codes = w->codes + (size_t)r0 * (w->kp / 2),
+        .scales = w->scales + (size_t)r0 * (w->kp / MQ_FP4_BLOCK),
+        .aux = NULL,
+    };
+    return mq_kt.fp4_act_quantize_rows(&view, src, ld, 0, r1 - r0);
 }
 
 void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
     ENSURE();
     mq_kt.gemm_fp4(x, w, y, ldy, n0, n1);
-}
-
-void mq_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
-{
-    ENSURE();
-    mq_kt.bf16_weight_prepare_rows(w, r0, r1);
 }
 
 void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0, int n1)

@@ -12,24 +12,8 @@
  * The panel is reused by every activation row; a tile of MR rows × NG groups keeps
  * MR·NG integer chains in flight (and as many more through renaming across blocks).
  *
- * Where the time goes (AMD Zen 5 EPYC; `build/bench_pipes` shows the pipe sharing):
- * vpdpbusd issues 2 per cycle with latency 4, on the same two pipes as vmulps and
- * vfmadd231ps (and vpmulld, vdpbf16ps; vpermps takes about half a slot). Loads,
- * broadcasts, register moves, vcvtdq2ps, vaddps, vpaddd, vscalefps, vgetexpps and
- * vpshufd run beside them at no cost. Per row, 16 columns and block the tile issues
- * 4 vpdpbusd + 1 vmulps + 1 vfmadd on those pipes, so it cannot pass 4/6 = 0.67 of the
- * VNNI peak; alone, with everything in L1, it does reach that (≈300 of ≈445 G MAC/s per
- * thread), so MR/NG/panel choices only matter through memory. The whole GEMM at M=512
- * gets ≈0.58-0.61: activation bytes/scales and y rows come from L2 (≈6% each when alone,
- * ≈7% together), the per-call repack costs ≈5%, the rest is column tails and loop
- * overhead. Breaking the 0.67 bound needs the sx·sw product off those two pipes. Tried:
- * a panel holding sw·(1 + f/8) for the 8 mantissas f of sx, so that sx·sw is a load
- * indexed by f plus a vscalefps by sx's exponent and each block costs 4 vpdpbusd + 1 FMA.
- * As a tile it ran 10-20% faster (L1) and 8-11% faster with x and y from L2 (with sx
- * split per tile, one panel of 48 columns), but the 8× larger scale part of the panel
- * (24 KB per 48 columns × 256 k, rewritten per call) cost as much back in the GEMM:
- * bench_kernels showed no gain, so it is not used. Prefetching the next tile's x and y
- * rows, MR/NG of 4/2, 5/2, 6/2, 6/3, 4/4, one panel, KC_BLOCKS 8 or 32: no gain either.
+ * Per row, 16 columns and block the tile issues 4 vpdpbusd + 1 vmulps + 1 vfmadd on the
+ * two pipes they share, so it is bound at 4/6 of the VNNI peak: docs/design/kernels.md.
  *
  * BF16. GEMM (m > 8): a panel of NG groups × 16 columns × KC_BF16 k is repacked into
  * pairs [group][k/2][16][2] (one zmm = 16 columns × one k pair) and multiplied with
@@ -41,6 +25,7 @@
  * one call by column ranges that are not multiples of 16.
  */
 #include "kernels/kernels_internal.h"
+#include "kernels/nvfp4_tables.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -78,20 +63,6 @@ AI void tr16x16(__m512i r[16])
     }
 }
 
-/* 16 E4M3 bytes -> FP32. Normal codes: exponent rebias by bit arithmetic; subnormal
- * (exponent field 0): m·2^-9. The NaN codes (never produced) decode to 480. */
-AI __m512 e4m3x16(__m128i b)
-{
-    __m512i v = _mm512_cvtepu8_epi32(b);
-    __m512i mag = _mm512_and_si512(v, _mm512_set1_epi32(0x7f));
-    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x80)), 24);
-    __m512 normal = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
-    __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), _mm512_set1_ps(0x1p-9f));
-    __mmask16 is_sub = _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(8));
-    __m512 r = _mm512_mask_blend_ps(is_sub, normal, sub);
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
-}
-
 /* 32 code bytes (64 E2M1 codes, low nibble first) -> 64 bytes through a 16-entry LUT. */
 AI __m512i unpack_codes(__m256i c, __m512i lut)
 {
@@ -106,6 +77,19 @@ static __mmask16 col_mask(int c0, int n0, int n1)
     if (hi <= lo)
         return 0;
     return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+/* The column groups of a run of `panels` panels of `per_panel` 16-column groups starting
+ * at group pg0, against groups [pg0, g1) and columns [n0, n1): ng[q] groups in panel q
+ * (0 past the end) and the store mask of each. */
+static void panel_groups(int pg0, int g1, int n0, int n1, int panels, int per_panel, int *ng, __mmask16 *mask)
+{
+    for (int q = 0; q < panels; q++) {
+        const int pg = pg0 + q * per_panel;
+        ng[q] = pg >= g1 ? 0 : g1 - pg < per_panel ? g1 - pg : per_panel;
+        for (int g = 0; g < ng[q]; g++)
+            mask[q * per_panel + g] = col_mask((pg + g) * 16, n0, n1);
+    }
 }
 
 static inline __mmask32 low_mask32(int n)
@@ -134,16 +118,13 @@ typedef struct fp4_panel {
     float sw[FP4_NG][KC_BLOCKS][16];
 } fp4_panel;
 
-static const int8_t e2m1_twice_lut[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
-static const uint8_t e2m1_biased_lut[16] = { 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0 };
-
 /* Repacks weight rows [c0, c0+16) (rows >= n read as zero), blocks [kb0, kb0+nkb). */
 static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4_panel *p, int g)
 {
     const int nb = w->kp / MQ_FP4_BLOCK;
     const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)e2m1_twice_lut));
-    const __m512i twelve = _mm512_set1_epi8(12);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_twice));
+    const __m512i twelve = _mm512_set1_epi8(NVFP4_BIAS);
     for (int i = 0; i < nv; i++) { /* as in bf16_pack_group: this chunk now, the next one early */
         const uint8_t *row = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)kb0 * 8;
         for (int s = 0; s < nkb * 8; s += 64)
@@ -177,7 +158,8 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
     const __mmask16 sm = (__mmask16)((1u << nkb) - 1u);
     for (int i = 0; i < 16; i++) {
         if (i < nv)
-            r[i] = _mm512_castps_si512(e4m3x16(_mm_maskz_loadu_epi8(sm, w->scales + (size_t)(c0 + i) * nb + kb0)));
+            r[i] = _mm512_castps_si512(
+                nvfp4_e4m3_decode16(_mm_maskz_loadu_epi8(sm, w->scales + (size_t)(c0 + i) * nb + kb0)));
         else
             r[i] = _mm512_setzero_si512();
     }
@@ -262,15 +244,15 @@ static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const f
     /* clang-format on */
 }
 
-static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
+static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
     if (n0 >= n1 || x->m <= 0)
         return;
     const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
     /* NVFP4.md's alpha, times the 1/4 of the doubled integer products (exact). */
     const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f;
-    const uint8_t *xbytes = mq_fp4_act_aux_bytes(x);
-    const float *xsx = mq_fp4_act_aux_sx(x);
+    const uint8_t *xbytes = fp4_act_aux_bytes(x);
+    const float *xsx = fp4_act_aux_sx(x);
     /* FP4_PANELS panels side by side: each tile's activation bytes, once loaded, serve
      * FP4_PANELS·48 columns, so the activations stream from L3 fewer times. */
     fp4_panel p[FP4_PANELS] __attribute__((aligned(64)));
@@ -278,12 +260,7 @@ static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     for (int pg0 = g0; pg0 < g1; pg0 += FP4_NG * FP4_PANELS) {
         int ng[FP4_PANELS];
         __mmask16 mask[FP4_PANELS][FP4_NG];
-        for (int q = 0; q < FP4_PANELS; q++) {
-            const int pg = pg0 + q * FP4_NG;
-            ng[q] = pg >= g1 ? 0 : g1 - pg < FP4_NG ? g1 - pg : FP4_NG;
-            for (int g = 0; g < ng[q]; g++)
-                mask[q][g] = col_mask((pg + g) * 16, n0, n1);
-        }
+        panel_groups(pg0, g1, n0, n1, FP4_PANELS, FP4_NG, ng, &mask[0][0]);
         for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
             const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
             for (int q = 0; q < FP4_PANELS; q++)
@@ -301,20 +278,13 @@ static void avx512_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     }
 }
 
-static void avx512_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)
-{
-    (void)w;
-    (void)r0;
-    (void)r1; /* panels are repacked per call (see the top) */
-}
-
-/* Activation aux, byte-identical to mq_ref_fp4_act_prepare_rows. */
-static void avx512_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
+/* Activation aux, byte-identical to fp4_act_prepare_rows_ref. */
+static void fp4_act_prepare_rows_avx512(mq_fp4_act *a, int r0, int r1)
 {
     const int kp = a->kp, nb = kp / MQ_FP4_BLOCK;
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)e2m1_biased_lut));
-    uint8_t *bytes = mq_fp4_act_aux_bytes(a);
-    float *sx = mq_fp4_act_aux_sx(a);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_biased));
+    uint8_t *bytes = fp4_act_aux_bytes(a);
+    float *sx = fp4_act_aux_sx(a);
     for (int r = r0; r < r1; r++) {
         const uint8_t *c = a->codes + (size_t)r * (kp / 2);
         uint8_t *o = bytes + (size_t)r * kp;
@@ -328,7 +298,7 @@ static void avx512_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
         for (int b = 0; b < nb; b += 16) {
             const int n = nb - b < 16 ? nb - b : 16;
             const __mmask16 m = (__mmask16)((1u << n) - 1u);
-            _mm512_mask_storeu_ps(d + b, m, e4m3x16(_mm_maskz_loadu_epi8(m, s + b)));
+            _mm512_mask_storeu_ps(d + b, m, nvfp4_e4m3_decode16(_mm_maskz_loadu_epi8(m, s + b)));
         }
     }
 }
@@ -504,7 +474,7 @@ static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
     /* clang-format on */
 }
 
-static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
+static void gemm_bf16_avx512(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
                              int n0, int n1)
 {
     if (n0 >= n1 || m <= 0)
@@ -520,12 +490,7 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
     for (int pg0 = g0; pg0 < g1; pg0 += span) {
         int ng[BF_PANELS];
         __mmask16 mask[BF_PANELS][BF_NG];
-        for (int q = 0; q < BF_PANELS; q++) {
-            const int pg = pg0 + q * BF_NG;
-            ng[q] = pg >= g1 ? 0 : g1 - pg < BF_NG ? g1 - pg : BF_NG;
-            for (int g = 0; g < ng[q]; g++)
-                mask[q][g] = col_mask((pg + g) * 16, n0, n1);
-        }
+        panel_groups(pg0, g1, n0, n1, BF_PANELS, BF_NG, ng, &mask[0][0]);
         for (int k0 = 0; k0 < K; k0 += KC_BF16) {
             const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
             for (int q = 0; q < BF_PANELS; q++)
@@ -554,18 +519,9 @@ static void avx512_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16
     }
 }
 
-static void avx512_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
+void kernels_fill_gemm_avx512(mq_kernel_table *t)
 {
-    (void)w;
-    (void)r0;
-    (void)r1;
-}
-
-void mq_kernels_fill_gemm_avx512(mq_kernel_table *t)
-{
-    t->gemm_fp4 = avx512_gemm_fp4;
-    t->fp4_weight_prepare_rows = avx512_fp4_weight_prepare_rows;
-    t->fp4_act_prepare_rows = avx512_fp4_act_prepare_rows;
-    t->gemm_bf16 = avx512_gemm_bf16;
-    t->bf16_weight_prepare_rows = avx512_bf16_weight_prepare_rows;
+    t->gemm_fp4 = gemm_fp4_avx512;
+    t->fp4_act_prepare_rows = fp4_act_prepare_rows_avx512;
+    t->gemm_bf16 = gemm_bf16_avx512;
 }

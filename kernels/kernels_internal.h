@@ -1,8 +1,24 @@
-/* kernels/kernels_internal.h — the dispatch table behind mq_kernels.h.
+/* kernels/kernels_internal.h — the dispatch table behind mq_kernels.h, the names of the
+ * ISA variants, and the scalar helpers several variants share. Only kernels/ (and the
+ * kernel tests and benchmarks, which compare variants) include this header.
  *
- * One row per hot kernel; mq_kernels_init() fills it from the ISA variants
- * (ref.c, *_avx2.c, *_avx512.c). A variant may leave a slot NULL: the scalar
- * reference then serves. Only kernels/ includes this header.
+ * Naming, across kernels/:
+ *   mq_<op>        a public entry point, declared in mq_kernels.h. Dispatched ones are a
+ *                  single line through the table in dispatch.c; the rest (codecs, RoPE,
+ *                  softmax, top-k, sampling math) have one scalar implementation, in ref.c.
+ *   <op>_ref       the scalar reference of a dispatched kernel (ref.c): the specification.
+ *   <op>_avx2      the AVX2+FMA variant (*_avx2.c).
+ *   <op>_avx512    the AVX-512 (VNNI, BF16) variant (*_avx512.c).
+ *   Variants are static and reach the table through their file's fill function; the
+ *   few that another file calls (a reference serving a SIMD variant's fallback) are
+ *   declared below. Helpers private to one file carry no ISA suffix: the file says it.
+ *
+ * Files: ref.c (references, scalar-only ops), layout.c (memory layout of the operands;
+ * depends on nothing), gemm_avx2.c / gemm_avx512.c (GEMM, GEMV, activation
+ * preparation), ops_avx2.c / ops_avx512.c (conversions, amax, quantization, norms,
+ * SiLU·mul) with attn_avx2.c / attn_avx512.c (attention), dispatch.c (CPU detection,
+ * the table, the public entry points that need it). nvfp4_tables.h holds the number
+ * tables; ops_simd.h the vector helpers of ops_* and attn_*.
  */
 #ifndef MQ_KERNELS_INTERNAL_H
 #define MQ_KERNELS_INTERNAL_H
@@ -15,43 +31,79 @@ typedef struct mq_kernel_table {
     float (*amax_f32)(const float *x, size_t n);
     float (*amax_bf16)(const uint16_t *x, size_t n);
     int (*fp4_act_quantize_rows)(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
-    void (*fp4_weight_prepare_rows)(mq_fp4_weight *w, int r0, int r1);
+    /* fills mq_fp4_act.aux from codes/scales (layout.c describes it) */
+    void (*fp4_act_prepare_rows)(mq_fp4_act *a, int r0, int r1);
     void (*gemm_fp4)(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
-    void (*bf16_weight_prepare_rows)(mq_bf16_weight *w, int r0, int r1);
     void (*gemm_bf16)(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
                       int n1);
     void (*attention)(const mq_attn_args *a, int h0, int h1);
     void (*rmsnorm)(float *y, const float *x, const float *w, int n, float eps);
     void (*swiglu)(float *out, const float *gate, const float *up, int n);
-    /* gemm module: fills mq_fp4_act.aux (see layout.c); NULL = scalar form */
-    void (*fp4_act_prepare_rows)(mq_fp4_act *a, int r0, int r1);
 } mq_kernel_table;
 
 /* The active table (set once by mq_kernels_init / mq_kernels_force). */
 extern mq_kernel_table mq_kt;
 
-/* Fill the slots a variant implements; leave the others alone. One pair per module
- * so modules can grow independently: gemm_* (GEMM/GEMV, weight preparation) and
- * ops_* (conversions, quantization, attention, norms). */
-void mq_kernels_fill_ref(mq_kernel_table *t);
-void mq_kernels_fill_gemm_avx2(mq_kernel_table *t);
-void mq_kernels_fill_gemm_avx512(mq_kernel_table *t);
-void mq_kernels_fill_ops_avx2(mq_kernel_table *t);
-void mq_kernels_fill_ops_avx512(mq_kernel_table *t);
+/* The table is filled in layers: kernels_fill_ref sets every slot, then each SIMD fill
+ * function up to the chosen ISA overwrites the slots its files implement, so a slot a
+ * variant does not implement keeps the one below it. gemm_* fill gemm_fp4, gemm_bf16
+ * and fp4_act_prepare_rows; ops_* fill the other slots, attention included (the
+ * attention kernels live in attn_*.c). */
+void kernels_fill_ref(mq_kernel_table *t);
+void kernels_fill_gemm_avx2(mq_kernel_table *t);
+void kernels_fill_gemm_avx512(mq_kernel_table *t);
+void kernels_fill_ops_avx2(mq_kernel_table *t);
+void kernels_fill_ops_avx512(mq_kernel_table *t);
 
-/* Scalar references, callable directly by the SIMD variants for tails. */
-int mq_ref_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
-void mq_ref_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
-void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
-                      int n1);
-void mq_ref_attention(const mq_attn_args *a, int h0, int h1);
+/* References that SIMD variants call for shapes they do not handle. */
+void attention_ref(const mq_attn_args *a, int h0, int h1);
 
-/* layout.c: the activation aux (bytes 2·value+12 [m, kp], then FP32 scales [m, kp/16])
- * and its scalar preparation. */
-uint8_t *mq_fp4_act_aux_bytes(const mq_fp4_act *a);
-float *mq_fp4_act_aux_sx(const mq_fp4_act *a);
-void mq_ref_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1);
+/* Attention variants (attn_avx2.c, attn_avx512.c), put into the table by ops_*. */
+void attention_avx2(const mq_attn_args *a, int h0, int h1);
+void attention_avx512(const mq_attn_args *a, int h0, int h1);
+
+/* layout.c: the activation aux (bytes 2·value+12 [m, kp], then FP32 scales [m, kp/16]). */
+uint8_t *fp4_act_aux_bytes(const mq_fp4_act *a);
+float *fp4_act_aux_sx(const mq_fp4_act *a);
 
 #define MQ_ALIGN_UP(x, a) (((x) + (a)-1) / (a) * (a))
+
+/* ---- scalar helpers shared by several variants --------------------------------- */
+
+/* Quantizes rows [r0, r1) of x with one variant's row quantizer (mq_fp4_quantize_row's
+ * contract); stops at the first row that holds NaN/Inf. Inlined, so the call is direct. */
+typedef int (*fp4_quantize_row_fn)(const float *x, int k, float g, uint8_t *codes, uint8_t *scales);
+static inline __attribute__((always_inline)) int fp4_quantize_rows_with(fp4_quantize_row_fn row, mq_fp4_act *a,
+                                                                        const float *x, size_t ldx, int r0, int r1)
+{
+    for (int r = r0; r < r1; r++) {
+        int rc = row(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
+                     a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Where the K and V rows of keys [j0, j0 + n) of kv-head kvh live in the paged cache
+ * (mq_attn_args); keys at or past nkeys get `pad` (a row of zeros) instead. */
+static inline void attn_kv_rows(const mq_attn_args *a, int kvh, int j0, int n, int nkeys, const uint16_t *pad,
+                                const uint16_t **kr, const uint16_t **vr)
+{
+    int b = j0 / a->block_tokens, o = j0 % a->block_tokens;
+    for (int j = 0; j < n; j++) {
+        if (j0 + j < nkeys) {
+            const size_t off = ((size_t)o * a->n_kv + kvh) * a->head_dim;
+            kr[j] = a->k_blocks[b] + off;
+            vr[j] = a->v_blocks[b] + off;
+            if (++o == a->block_tokens) {
+                o = 0;
+                b++;
+            }
+        } else {
+            kr[j] = vr[j] = pad;
+        }
+    }
+}
 
 #endif

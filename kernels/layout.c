@@ -1,12 +1,13 @@
 /* kernels/layout.c — how NVFP4 and BF16 operands are laid out in caller memory.
+ * Depends on nothing but libc: it only computes sizes and binds pointers.
  *
  * Sizes are ISA-independent (the largest any variant needs), so memory can be
  * sized before, and reused after, an ISA change.
  *
- * Weights carry no precomputation: the fast GEMMs repack a panel of weight columns
- * (unpacked int8, or BF16 pairs) into a stack buffer per call and reuse it for every
- * activation row, which costs a few percent at M >= 128 and keeps memory per weight
- * element at its minimum (NVFP4: 0.5 + 1/16 bytes; BF16: the checkpoint's 2 bytes).
+ * Weights are held in their canonical form only: the fast GEMMs repack a panel of
+ * weight columns (unpacked int8, or BF16 pairs) into a stack buffer per call and reuse
+ * it for every activation row, which costs a few percent at M >= 128 and keeps memory
+ * per weight element at its minimum (NVFP4: 0.5 + 1/16 bytes; BF16: the checkpoint's 2).
  *
  * Activations carry an `aux` that mq_fp4_act_prepare_rows() fills from the codes:
  *     bytes  uint8 [m, kp]      2·value(q) + 12, in 0..24 (the unsigned operand of
@@ -50,29 +51,6 @@ void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem)
     w->g = 1.0f;
     w->codes = p;
     w->scales = p + fp4_codes_bytes(n, k);
-    w->aux = NULL; /* no precomputation (see the top of this file) */
-}
-
-int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, int r0, int r1)
-{
-    /* The active ISA's activation quantizer is bit-exact with mq_fp4_quantize_row (the
-     * specification) and several times faster; a view of rows [r0, r1) lets the weights
-     * loaded from a BF16 checkpoint use it. */
-    mq_kernels_init();
-    mq_fp4_act view = {
-        .m = r1 - r0,
-        .k = w->k,
-        .kp = w->kp,
-        .g = w->g,
-        .codes = w->codes + (size_t)r0 * (w->kp / 2),
-        .scales = w->scales + (size_t)r0 * (w->kp / MQ_FP4_BLOCK),
-        .aux = NULL,
-    };
-    int rc = mq_kt.fp4_act_quantize_rows(&view, src, ld, 0, r1 - r0);
-    if (rc)
-        return rc;
-    mq_fp4_weight_prepare_rows(w, r0, r1);
-    return 0;
 }
 
 void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_t *scales, int r0, int r1)
@@ -80,7 +58,6 @@ void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_
     const size_t cb = (size_t)w->kp / 2, sb = (size_t)w->kp / MQ_FP4_BLOCK;
     memcpy(w->codes + (size_t)r0 * cb, codes, (size_t)(r1 - r0) * cb);
     memcpy(w->scales + (size_t)r0 * sb, scales, (size_t)(r1 - r0) * sb);
-    mq_fp4_weight_prepare_rows(w, r0, r1);
 }
 
 size_t mq_fp4_act_bytes(int m, int k)
@@ -100,47 +77,19 @@ void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem)
     a->aux = p + fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k);
 }
 
-uint8_t *mq_fp4_act_aux_bytes(const mq_fp4_act *a)
+uint8_t *fp4_act_aux_bytes(const mq_fp4_act *a)
 {
     return (uint8_t *)a->aux;
 }
 
-float *mq_fp4_act_aux_sx(const mq_fp4_act *a)
+float *fp4_act_aux_sx(const mq_fp4_act *a)
 {
     return (float *)((uint8_t *)a->aux + fp4_act_bytes8(a->m, a->k));
 }
 
-/* Scalar form of the activation preparation (the reference; SIMD variants must match
- * it byte for byte). */
-void mq_ref_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1)
-{
-    static const uint8_t biased[16] = { 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0 };
-    const int kp = a->kp, nb = kp / MQ_FP4_BLOCK;
-    uint8_t *bytes = mq_fp4_act_aux_bytes(a);
-    float *sx = mq_fp4_act_aux_sx(a);
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *c = a->codes + (size_t)r * (kp / 2);
-        uint8_t *o = bytes + (size_t)r * kp;
-        for (int i = 0; i < kp / 2; i++) {
-            o[2 * i] = biased[c[i] & 0xf];
-            o[2 * i + 1] = biased[c[i] >> 4];
-        }
-        for (int b = 0; b < nb; b++)
-            sx[(size_t)r * nb + b] = mq_e4m3_to_f32(a->scales[(size_t)r * nb + b]);
-    }
-}
-
-size_t mq_bf16_weight_aux_bytes(int n, int k)
-{
-    (void)n;
-    (void)k;
-    return 0; /* GEMMs repack panels per call; GEMV reads the row-major rows */
-}
-
-void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data, void *aux)
+void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data)
 {
     w->n = n;
     w->k = k;
     w->w = data;
-    w->aux = aux;
 }

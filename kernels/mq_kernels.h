@@ -67,16 +67,14 @@ int mq_fp4_quantize_row(const float *x, int k, float g, uint8_t *codes, uint8_t 
 /* Inverse: value(q) * float(s_b) / g, for k elements. */
 void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, float g, float *x);
 
-/* An NVFP4 weight matrix W[n, k] prepared for mq_gemm_fp4. Memory is the caller's:
+/* An NVFP4 weight matrix W[n, k] for mq_gemm_fp4. Memory is the caller's:
  * mq_fp4_weight_bytes() says how much, mq_fp4_weight_bind() lays the arrays out in it
- * (64-byte aligned base required). The canonical arrays (codes, scales) are always
- * filled; `aux` holds whatever the fast kernels precompute (block sums, repacking). */
+ * (64-byte aligned base required). The kernels read the canonical arrays directly. */
 typedef struct mq_fp4_weight {
     int n, k, kp;    /* rows, logical K, K padded to a multiple of 16 */
     float g;         /* global scale g_w (a multiplier: 2688 / amax) */
     uint8_t *codes;  /* [n, kp/2]  E2M1, element 2i in the low nibble */
     uint8_t *scales; /* [n, kp/16] E4M3 block scales (already multiplied by g) */
-    void *aux;       /* kernel-private precomputation, laid out by bind */
 } mq_fp4_weight;
 
 size_t mq_fp4_weight_bytes(int n, int k);
@@ -87,8 +85,6 @@ int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, i
 /* Takes rows [r0, r1) already quantized (checkpoint codes/scales, same layout as the
  * canonical arrays but with rows of k/2 and k/16 bytes when k is a multiple of 16). */
 void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_t *scales, int r0, int r1);
-/* Recomputes `aux` for rows [r0, r1) after codes/scales changed (set_rows calls it). */
-void mq_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1);
 
 /* NVFP4 activations X[m, k], quantized at run time. Same memory rules as weights. */
 typedef struct mq_fp4_act {
@@ -118,16 +114,13 @@ void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t l
 
 /* ---- BF16 ---------------------------------------------------------------------- */
 /* A BF16 weight matrix W[n, k]. `w` may point straight into a loaded checkpoint
- * (row-major [n, k]); `aux` is kernel-private (may stay NULL). */
+ * (row-major [n, k]); the kernels read it as it is. */
 typedef struct mq_bf16_weight {
     int n, k;
     const uint16_t *w; /* [n, k] BF16 */
-    void *aux;
 } mq_bf16_weight;
 
-size_t mq_bf16_weight_aux_bytes(int n, int k); /* 0 if the kernels need none */
-void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data, void *aux);
-void mq_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1);
+void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data);
 
 /* Y[m, n0..n1) = X · Wᵀ, X given in BF16 [m, k] (stride ldx elements), FP32 accumulate.
  * m = 1..8 takes the GEMV path (decode). */
@@ -180,7 +173,7 @@ int mq_argmax(const float *x, int n);
 int mq_topk(const float *x, int n, int k, int *idx);
 void mq_add(float *y, const float *x, int n); /* y += x */
 
-/* ---- Sampling math (scalar; the sampler in daemon/ composes these) --------------
+/* ---- Sampling math (scalar; engine/sampler.c composes these) -------------------
  * Probabilities are FP32, sums are taken in FP64 in index order so results do not
  * depend on the ISA. */
 /* x[i] = x[i] / t (division, as transformers' TemperatureLogitsWarper); t > 0. */

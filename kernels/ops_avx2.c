@@ -1,6 +1,6 @@
 /* kernels/ops_avx2.c — AVX2+FMA variants of the ops kernels: BF16 row conversions,
  * amax, NVFP4 activation quantization, RMSNorm, SiLU·mul (attention: attn_avx2.c).
- * Slots left alone fall back to ref.c.
+ * Slots left alone keep the reference (ref.c).
  *
  * Conversions, amax and quantization are bit-exact with ref.c (same FP32 operations in
  * the same order; no FMA where the reference has a separate multiply and add).
@@ -36,7 +36,7 @@ static inline __m128i f32_to_bf16_8(__m256 x)
     return _mm256_castsi256_si128(p);
 }
 
-static void avx2_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
+static void f32_to_bf16_row_avx2(const float *x, uint16_t *y, size_t n)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -45,7 +45,7 @@ static void avx2_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
         y[i] = mq_f32_to_bf16(x[i]);
 }
 
-static void avx2_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
+static void bf16_to_f32_row_avx2(const uint16_t *x, float *y, size_t n)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -58,7 +58,7 @@ static void avx2_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
 
 /* ---- amax: integer max of the magnitude bits (see ops_avx512.c) -------------- */
 
-static float avx2_amax_f32(const float *x, size_t n)
+static float amax_f32_avx2(const float *x, size_t n)
 {
     const __m256i absm = _mm256_set1_epi32(0x7fffffff);
     __m256i m0 = _mm256_setzero_si256(), m1 = m0, m2 = m0, m3 = m0;
@@ -113,7 +113,7 @@ static inline __m128i pack_nibbles_8(__m256i c)
     return _mm256_castsi256_si128(pair);
 }
 
-static int quantize_row_avx2(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
+static int fp4_quantize_row_avx2(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
 {
     if (!(g > 0.0f) || !isfinite(g))
         return -EINVAL;
@@ -143,7 +143,7 @@ static int quantize_row_avx2(const float *x, int k, float g, uint8_t *codes, uin
         const float amax_b = ops_u2f((uint32_t)_mm_cvtsi128_si32(m4));
         const uint8_t s = ops_e4m3_pos(g * (amax_b / 6.0f));
         scales[b] = s;
-        const float sf = ops_e4m3_val(s);
+        const float sf = nvfp4_e4m3_decode(s);
         /* Correctly rounded, as ref.c (the GPU's rcp.approx may differ in the last bit). */
         const float os = sf == 0.0f ? 0.0f : 1.0f / (sf * inv_g);
         const __m256 osv = _mm256_set1_ps(os);
@@ -155,20 +155,14 @@ static int quantize_row_avx2(const float *x, int k, float g, uint8_t *codes, uin
     return 0;
 }
 
-static int avx2_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
+static int fp4_act_quantize_rows_avx2(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
-    for (int r = r0; r < r1; r++) {
-        int rc = quantize_row_avx2(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
-                                   a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return fp4_quantize_rows_with(fp4_quantize_row_avx2, a, x, ldx, r0, r1);
 }
 
 /* ---- RMSNorm, SiLU·mul -------------------------------------------------------- */
 
-static void avx2_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+static void rmsnorm_avx2(float *y, const float *x, const float *w, int n, float eps)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0;
     int i = 0;
@@ -192,7 +186,7 @@ static void avx2_rmsnorm(float *y, const float *x, const float *w, int n, float 
         y[i] = w[i] * (x[i] * rs);
 }
 
-static void avx2_swiglu(float *out, const float *gate, const float *up, int n)
+static void swiglu_avx2(float *out, const float *gate, const float *up, int n)
 {
     const __m256 one = _mm256_set1_ps(1.0f);
     int i = 0;
@@ -208,13 +202,13 @@ static void avx2_swiglu(float *out, const float *gate, const float *up, int n)
     }
 }
 
-void mq_kernels_fill_ops_avx2(mq_kernel_table *t)
+void kernels_fill_ops_avx2(mq_kernel_table *t)
 {
-    t->f32_to_bf16_row = avx2_f32_to_bf16_row;
-    t->bf16_to_f32_row = avx2_bf16_to_f32_row;
-    t->amax_f32 = avx2_amax_f32;
-    t->fp4_act_quantize_rows = avx2_fp4_act_quantize_rows;
-    t->rmsnorm = avx2_rmsnorm;
-    t->swiglu = avx2_swiglu;
-    t->attention = mq_attention_avx2;
+    t->f32_to_bf16_row = f32_to_bf16_row_avx2;
+    t->bf16_to_f32_row = bf16_to_f32_row_avx2;
+    t->amax_f32 = amax_f32_avx2;
+    t->fp4_act_quantize_rows = fp4_act_quantize_rows_avx2;
+    t->rmsnorm = rmsnorm_avx2;
+    t->swiglu = swiglu_avx2;
+    t->attention = attention_avx2;
 }

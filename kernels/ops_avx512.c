@@ -1,6 +1,6 @@
 /* kernels/ops_avx512.c — AVX-512 variants of the ops kernels: BF16 row conversions,
  * amax, NVFP4 activation quantization, RMSNorm, SiLU·mul (attention: attn_avx512.c).
- * Slots left alone fall back to ref.c.
+ * Slots left alone keep the reference (ref.c).
  *
  * Conversions, amax and quantization are bit-exact with ref.c (same FP32 operations in
  * the same order; no FMA where the reference has a separate multiply and add).
@@ -28,7 +28,7 @@ static inline __m256i f32_to_bf16_16(__m512 x)
     return _mm512_cvtepi32_epi16(r);
 }
 
-static void avx512_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
+static void f32_to_bf16_row_avx512(const float *x, uint16_t *y, size_t n)
 {
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -39,7 +39,7 @@ static void avx512_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
     }
 }
 
-static void avx512_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
+static void bf16_to_f32_row_avx512(const uint16_t *x, float *y, size_t n)
 {
     size_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -57,7 +57,7 @@ static void avx512_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
 
 /* For non-negative floats the integer order of the bits is the float order, and
  * NaN/Inf are exactly the magnitudes >= 0x7f800000: one integer max does both jobs. */
-static float avx512_amax_f32(const float *x, size_t n)
+static float amax_f32_avx512(const float *x, size_t n)
 {
     const __m512i absm = _mm512_set1_epi32(0x7fffffff);
     __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
@@ -80,7 +80,7 @@ static float avx512_amax_f32(const float *x, size_t n)
 
 /* The same on BF16 (weights at load time): 32 magnitudes per vector, max as 16-bit
  * integers; NaN/Inf are the magnitudes >= 0x7f80. */
-static float avx512_amax_bf16(const uint16_t *x, size_t n)
+static float amax_bf16_avx512(const uint16_t *x, size_t n)
 {
     const __m512i absm = _mm512_set1_epi16(0x7fff);
     __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
@@ -121,20 +121,12 @@ static inline __m512i e4m3_pos16(__m512 y)
                                  _mm512_set1_epi32(0x7e));
 }
 
-/* Values of E4M3 codes 0..0x7e: ops_e4m3_val, vectorised. */
-static inline __m512 e4m3_val16(__m512i c)
-{
-    const __m512 nv = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(c, 20), _mm512_set1_epi32(120 << 23)));
-    const __m512 sv = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(0x1p-9f));
-    return _mm512_mask_mov_ps(sv, _mm512_cmpge_epi32_mask(c, _mm512_set1_epi32(8)), nv);
-}
-
 #define QCHUNK 256 /* blocks per pass: bounds the stack arrays */
 
 /* One row, NVFP4.md's order; see mq_fp4_quantize_row for the specification. Three
  * passes per chunk of blocks, so no block waits on another's scalar steps: block
  * amaxes; then scales and multipliers 16 blocks per vector; then the codes. */
-static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
+static int fp4_quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, uint8_t *scales)
 {
     if (!(g > 0.0f) || !isfinite(g))
         return -EINVAL;
@@ -162,7 +154,7 @@ static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, u
             const __m512 am = _mm512_maskz_load_ps(m, amax + (b - b0));
             const __m512i s = e4m3_pos16(_mm512_mul_ps(gv, _mm512_div_ps(am, six))); /* divide, then multiply */
             _mm_mask_storeu_epi8(scales + b, m, _mm512_cvtepi32_epi8(s));
-            const __m512 sf = e4m3_val16(s);
+            const __m512 sf = nvfp4_e4m3_decode16_epi32(s);
             /* Correctly rounded, as ref.c (the GPU's rcp.approx may differ in the last bit). */
             const __mmask16 nz = _mm512_cmp_ps_mask(sf, _mm512_setzero_ps(), _CMP_NEQ_OQ);
             _mm512_store_ps(osv + (b - b0), _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), _mm512_mul_ps(sf, inv_g)));
@@ -192,20 +184,14 @@ static int quantize_row_avx512(const float *x, int k, float g, uint8_t *codes, u
     return 0;
 }
 
-static int avx512_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
+static int fp4_act_quantize_rows_avx512(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
-    for (int r = r0; r < r1; r++) {
-        int rc = quantize_row_avx512(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
-                                     a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return fp4_quantize_rows_with(fp4_quantize_row_avx512, a, x, ldx, r0, r1);
 }
 
 /* ---- RMSNorm, SiLU·mul -------------------------------------------------------- */
 
-static void avx512_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+static void rmsnorm_avx512(float *y, const float *x, const float *w, int n, float eps)
 {
     __m512 s0 = _mm512_setzero_ps(), s1 = s0;
     int i = 0;
@@ -228,7 +214,7 @@ static void avx512_rmsnorm(float *y, const float *x, const float *w, int n, floa
     }
 }
 
-static void avx512_swiglu(float *out, const float *gate, const float *up, int n)
+static void swiglu_avx512(float *out, const float *gate, const float *up, int n)
 {
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int i = 0; i < n; i += 16) {
@@ -240,14 +226,14 @@ static void avx512_swiglu(float *out, const float *gate, const float *up, int n)
     }
 }
 
-void mq_kernels_fill_ops_avx512(mq_kernel_table *t)
+void kernels_fill_ops_avx512(mq_kernel_table *t)
 {
-    t->f32_to_bf16_row = avx512_f32_to_bf16_row;
-    t->bf16_to_f32_row = avx512_bf16_to_f32_row;
-    t->amax_f32 = avx512_amax_f32;
-    t->amax_bf16 = avx512_amax_bf16;
-    t->fp4_act_quantize_rows = avx512_fp4_act_quantize_rows;
-    t->rmsnorm = avx512_rmsnorm;
-    t->swiglu = avx512_swiglu;
-    t->attention = mq_attention_avx512;
+    t->f32_to_bf16_row = f32_to_bf16_row_avx512;
+    t->bf16_to_f32_row = bf16_to_f32_row_avx512;
+    t->amax_f32 = amax_f32_avx512;
+    t->amax_bf16 = amax_bf16_avx512;
+    t->fp4_act_quantize_rows = fp4_act_quantize_rows_avx512;
+    t->rmsnorm = rmsnorm_avx512;
+    t->swiglu = swiglu_avx512;
+    t->attention = attention_avx512;
 }

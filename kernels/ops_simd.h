@@ -1,13 +1,13 @@
 /* kernels/ops_simd.h — helpers shared by the ops_* and attn_* SIMD variants.
  *
  * Internal to kernels/: scalar bit tricks that give exactly the results of ref.c's
- * plain codecs (the tests check them against it), and the attention entry points
- * the ops_* fill functions put into the table.
+ * plain codecs (the tests check them against it), and the exp approximations.
  */
 #ifndef MQ_OPS_SIMD_H
 #define MQ_OPS_SIMD_H
 
 #include "kernels/kernels_internal.h"
+#include "kernels/nvfp4_tables.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -39,14 +39,6 @@ static inline uint8_t ops_e4m3_pos(float y)
     uint32_t u = ops_f2u(y);
     u += 0x7ffffu + ((u >> 20) & 1u);
     return (uint8_t)((u >> 20) - (120u << 3));
-}
-
-/* mq_e4m3_to_f32 for codes 0..0x7e. */
-static inline float ops_e4m3_val(uint8_t c)
-{
-    if (c >> 3)
-        return ops_u2f(((uint32_t)c << 20) + (120u << 23));
-    return (float)c * 0x1p-9f;
 }
 
 #ifdef __AVX512F__
@@ -95,9 +87,5 @@ static inline __m256 ops_exp256(__m256 x0)
     return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x0, hi, _CMP_GT_OQ));
 }
 #endif
-
-/* Attention variants (attn_avx512.c, attn_avx2.c). */
-void mq_attention_avx512(const mq_attn_args *a, int h0, int h1);
-void mq_attention_avx2(const mq_attn_args *a, int h0, int h1);
 
 #endif

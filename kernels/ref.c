@@ -1,9 +1,11 @@
-/* kernels/ref.c — scalar reference of every kernel: the specification.
+/* kernels/ref.c — the scalar reference (`<op>_ref`) of every dispatched kernel: the
+ * specification the SIMD variants are tested against; and the public ops that have only
+ * this one implementation (codecs, NVFP4 row quantizer, RoPE, softmax, top-k, sampling).
  *
- * Plain C, written for clarity; the SIMD variants are tested against these.
- * Number formats and operation order: shared/docs/NVFP4.md.
+ * Plain C, written for clarity. Number formats and operation order: shared/docs/NVFP4.md.
  */
 #include "kernels/kernels_internal.h"
+#include "kernels/nvfp4_tables.h"
 
 #include <errno.h>
 #include <math.h>
@@ -70,8 +72,6 @@ float mq_e4m3_to_f32(uint8_t b)
     return (b & 0x80) ? -v : v;
 }
 
-static const float e2m1_values[8] = { 0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f };
-
 /* Thresholds of NVFP4.md: ties go to the even code (mantissa bit 0). */
 uint8_t mq_f32_to_e2m1(float x)
 {
@@ -101,17 +101,17 @@ uint8_t mq_f32_to_e2m1(float x)
 
 float mq_e2m1_to_f32(uint8_t code)
 {
-    float v = e2m1_values[code & 7];
+    float v = nvfp4_e2m1_value[code & 7];
     return (code & 8) ? -v : v;
 }
 
-static void ref_f32_to_bf16_row(const float *x, uint16_t *y, size_t n)
+static void f32_to_bf16_row_ref(const float *x, uint16_t *y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         y[i] = mq_f32_to_bf16(x[i]);
 }
 
-static void ref_bf16_to_f32_row(const uint16_t *x, float *y, size_t n)
+static void bf16_to_f32_row_ref(const uint16_t *x, float *y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         y[i] = mq_bf16_to_f32(x[i]);
@@ -124,7 +124,7 @@ float mq_fp4_global_scale(float amax)
     return amax == 0.0f ? 1.0f : MQ_FP4_GMAX / amax;
 }
 
-static float ref_amax_f32(const float *x, size_t n)
+static float amax_f32_ref(const float *x, size_t n)
 {
     float m = 0.0f;
     for (size_t i = 0; i < n; i++) {
@@ -137,7 +137,7 @@ static float ref_amax_f32(const float *x, size_t n)
     return m;
 }
 
-static float ref_amax_bf16(const uint16_t *x, size_t n)
+static float amax_bf16_ref(const uint16_t *x, size_t n)
 {
     float m = 0.0f;
     for (size_t i = 0; i < n; i++) {
@@ -195,32 +195,35 @@ void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, f
     }
 }
 
-int mq_ref_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
+static int fp4_act_quantize_rows_ref(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1)
 {
+    return fp4_quantize_rows_with(mq_fp4_quantize_row, a, x, ldx, r0, r1);
+}
+
+/* The activation aux (layout.c): the byte form every SIMD variant must produce. */
+static void fp4_act_prepare_rows_ref(mq_fp4_act *a, int r0, int r1)
+{
+    const int kp = a->kp, nb = kp / MQ_FP4_BLOCK;
+    uint8_t *bytes = fp4_act_aux_bytes(a);
+    float *sx = fp4_act_aux_sx(a);
     for (int r = r0; r < r1; r++) {
-        int rc = mq_fp4_quantize_row(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
-                                     a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
-        if (rc)
-            return rc;
+        const uint8_t *c = a->codes + (size_t)r * (kp / 2);
+        uint8_t *o = bytes + (size_t)r * kp;
+        for (int i = 0; i < kp / 2; i++) {
+            o[2 * i] = nvfp4_e2m1_biased[c[i] & 0xf];
+            o[2 * i + 1] = nvfp4_e2m1_biased[c[i] >> 4];
+        }
+        for (int b = 0; b < nb; b++)
+            sx[(size_t)r * nb + b] = mq_e4m3_to_f32(a->scales[(size_t)r * nb + b]);
     }
-    return 0;
 }
 
-static void ref_fp4_weight_prepare_rows(mq_fp4_weight *w, int r0, int r1)
-{
-    (void)w;
-    (void)r0;
-    (void)r1; /* the reference GEMM reads the canonical arrays */
-}
-
-/* Twice the E2M1 value as an integer: 0,1,2,3,4,6,8,12 with sign. */
 static int e2m1_twice(uint8_t code)
 {
-    static const int8_t t[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
-    return t[code & 0xf];
+    return nvfp4_e2m1_twice[code & 0xf];
 }
 
-void mq_ref_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
+static void gemm_fp4_ref(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
     const int nb = x->kp / MQ_FP4_BLOCK;
     const float alpha = (1.0f / x->g) * (1.0f / w->g);
@@ -246,15 +249,8 @@ void mq_ref_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size
 
 /* ---- BF16 GEMM ---------------------------------------------------------------- */
 
-static void ref_bf16_weight_prepare_rows(mq_bf16_weight *w, int r0, int r1)
-{
-    (void)w;
-    (void)r0;
-    (void)r1;
-}
-
-void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
-                      int n1)
+static void gemm_bf16_ref(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                          int n1)
 {
     for (int i = 0; i < m; i++) {
         const uint16_t *xr = x + (size_t)i * ldx;
@@ -270,7 +266,7 @@ void mq_ref_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
 
 /* ---- attention ---------------------------------------------------------------- */
 
-void mq_ref_attention(const mq_attn_args *a, int h0, int h1)
+void attention_ref(const mq_attn_args *a, int h0, int h1)
 {
     const int hd = a->head_dim, group = a->n_head / a->n_kv;
     for (int t = 0; t < a->n_tok; t++) {
@@ -304,7 +300,7 @@ void mq_ref_attention(const mq_attn_args *a, int h0, int h1)
 
 /* ---- small ops ---------------------------------------------------------------- */
 
-static void ref_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+static void rmsnorm_ref(float *y, const float *x, const float *w, int n, float eps)
 {
     float ss = 0.0f;
     for (int i = 0; i < n; i++)
@@ -344,7 +340,7 @@ void mq_rope_cos_sin(const float *inv_freq, int head_dim, int pos, float *cos, f
     }
 }
 
-static void ref_swiglu(float *out, const float *gate, const float *up, int n)
+static void swiglu_ref(float *out, const float *gate, const float *up, int n)
 {
     for (int i = 0; i < n; i++) {
         float g = gate[i];
@@ -454,18 +450,17 @@ int mq_sample_cdf(const float *p, int n, double u)
     return n - 1;
 }
 
-void mq_kernels_fill_ref(mq_kernel_table *t)
+void kernels_fill_ref(mq_kernel_table *t)
 {
-    t->f32_to_bf16_row = ref_f32_to_bf16_row;
-    t->bf16_to_f32_row = ref_bf16_to_f32_row;
-    t->amax_f32 = ref_amax_f32;
-    t->amax_bf16 = ref_amax_bf16;
-    t->fp4_act_quantize_rows = mq_ref_fp4_act_quantize_rows;
-    t->fp4_weight_prepare_rows = ref_fp4_weight_prepare_rows;
-    t->gemm_fp4 = mq_ref_gemm_fp4;
-    t->bf16_weight_prepare_rows = ref_bf16_weight_prepare_rows;
-    t->gemm_bf16 = mq_ref_gemm_bf16;
-    t->attention = mq_ref_attention;
-    t->rmsnorm = ref_rmsnorm;
-    t->swiglu = ref_swiglu;
+    t->f32_to_bf16_row = f32_to_bf16_row_ref;
+    t->bf16_to_f32_row = bf16_to_f32_row_ref;
+    t->amax_f32 = amax_f32_ref;
+    t->amax_bf16 = amax_bf16_ref;
+    t->fp4_act_quantize_rows = fp4_act_quantize_rows_ref;
+    t->fp4_act_prepare_rows = fp4_act_prepare_rows_ref;
+    t->gemm_fp4 = gemm_fp4_ref;
+    t->gemm_bf16 = gemm_bf16_ref;
+    t->attention = attention_ref;
+    t->rmsnorm = rmsnorm_ref;
+    t->swiglu = swiglu_ref;
 }

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "engine/arena.h"
 #include "engine/chat_template.h"
 #include "engine/engine.h"
@@ -54,13 +55,6 @@ static int parse_parts(const char *list)
         parts |= 1 << k;
     }
     return parts;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static void die(const char *fmt, const char *a, const char *b)
@@ -103,7 +97,7 @@ static double time_plain_read(const char *path, size_t *bytes)
     uint8_t *buf = malloc(n);
     if (!buf)
         die("no memory for %s%s", path, "");
-    double t0 = now_s();
+    double t0 = mq_now_s();
     size_t off = 0;
     while (off < n) {
         ssize_t r = read(fd, buf + off, n - off > (8u << 20) ? (8u << 20) : n - off);
@@ -111,7 +105,7 @@ static double time_plain_read(const char *path, size_t *bytes)
             die("read %s: %s", path, r ? strerror(errno) : "EOF");
         off += (size_t)r;
     }
-    double t = now_s() - t0;
+    double t = mq_now_s() - t0;
     close(fd);
     free(buf);
     *bytes = n;
@@ -123,14 +117,14 @@ static double time_mmap_touch(const char *path)
     int fd = open(path, O_RDONLY);
     struct stat st;
     fstat(fd, &st);
-    double t0 = now_s();
+    double t0 = mq_now_s();
     volatile const uint8_t *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED)
         die("mmap %s: %s", path, strerror(errno));
     unsigned sum = 0;
     for (size_t i = 0; i < (size_t)st.st_size; i += 4096)
         sum += p[i];
-    double t = now_s() - t0;
+    double t = mq_now_s() - t0;
     munmap((void *)p, (size_t)st.st_size);
     close(fd);
     (void)sum;
@@ -148,9 +142,9 @@ static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, 
     mq_ws_opts_default(&wo);
     wo.helpers = g_threads;
     mq_model *m = NULL;
-    double t0 = now_s();
+    double t0 = mq_now_s();
     int r = mq_ws_load_model(dir, NULL, *arena, &wo, NULL, res, &m, err, sizeof err);
-    *secs = now_s() - t0;
+    *secs = mq_now_s() - t0;
     if (r < 0)
         die("load %s: %s", dir, err);
     return m;
@@ -190,9 +184,9 @@ static double read_bandwidth(mq_pool *pool)
     struct bw_arg a = { .p = p, .n = bytes / 8 };
     double best = 0;
     for (int k = 0; k < 3; k++) {
-        double t0 = now_s();
+        double t0 = mq_now_s();
         mq_pool_run(pool, bw_fn, &a);
-        double bw = bytes / (now_s() - t0);
+        double bw = bytes / (mq_now_s() - t0);
         if (bw > best)
             best = bw;
     }
@@ -236,7 +230,7 @@ static void w_token(void *ctx, int32_t id, const char *text, size_t len)
     struct waiter *w = ctx;
     pthread_mutex_lock(&w->mu);
     if (w->n < w->cap) {
-        w->t[w->n] = now_s();
+        w->t[w->n] = mq_now_s();
         w->ids[w->n] = id;
     }
     w->n++;
@@ -605,7 +599,7 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
             break;
         usleep(2000);
     }
-    double t_sub = now_s();
+    double t_sub = mq_now_s();
     run(s, b, longp, nlong, 1, &wb);
     w_wait(&wb);
     { /* a's step alone: the median gap before b came; one chunk: b's TTFT / its chunks */
@@ -617,7 +611,7 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
         *alone_ms = k0 ? g0[k0 / 2] : 0;
         *chunk_ms = wb.st.ttft_ms / ((nlong + chunk - 1) / chunk);
     }
-    double t_end = now_s();
+    double t_end = mq_now_s();
     mq_sched_cancel(s, a, MQ_END_CANCEL);
     w_wait(&wa);
     /* gaps between a's tokens during b's prefill (from b's submit to b's first token) */

@@ -310,17 +310,13 @@ static void make_operands(operands *o, int n, int k)
     o->wb_data = xmalloc((size_t)n * k * 2);
     for (size_t i = 0; i < (size_t)n * k; i++)
         o->wb_data[i] = (uint16_t)(0x3c00 + (rnd8() & 0x7f));
-    o->wb.aux = NULL;
-    size_t aux = mq_bf16_weight_aux_bytes(n, k);
-    mq_bf16_weight_bind(&o->wb, n, k, o->wb_data, aux ? xmalloc(aux) : NULL);
-    mq_bf16_weight_prepare_rows(&o->wb, 0, n);
+    mq_bf16_weight_bind(&o->wb, n, k, o->wb_data);
 }
 
 static void free_operands(operands *o)
 {
     free(o->wf_mem);
     free(o->wb_data);
-    free(o->wb.aux);
 }
 
 /* Activation buffers sized for the largest M and K. */

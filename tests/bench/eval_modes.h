@@ -29,6 +29,7 @@
 #include "engine/model.h"
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
+#include "common/errmsg.h"
 
 #define PREFIX       512
 #define CONT         128
@@ -50,21 +51,20 @@ typedef struct ev {
     float *logits;     /* [max(CHUNK, BATCH, CONT), vocab] */
 } ev;
 
-static inline int ev_init(ev *v, const char *dir, int threads, char *err)
+static inline int ev_init(ev *v, const char *dir, int threads, char *err, size_t errlen)
 {
     memset(v, 0, sizeof *v);
-    int rc = mq_model_load(dir, NULL, &v->m, err);
+    int rc = mq_model_load(dir, NULL, &v->m, err, errlen);
     if (rc)
         return rc;
     v->vocab = v->m->cfg.vocab;
     if ((rc = mq_pool_create(&v->pool, threads, NULL, "mq-eval"))) {
-        mq_errf(err, "pool: %s", strerror(-rc));
-        return rc;
+        return mq_errmsg(err, errlen, rc, "pool: %s", strerror(-rc));
     }
     mq_engine_opts o = {
         .max_chunk = CHUNK, .max_batch = BATCH, .block_tokens = BLOCK_TOKENS, .max_context = EVAL_MAX_TOKENS
     };
-    if ((rc = mq_engine_create(&v->e, v->m, &o, err)))
+    if ((rc = mq_engine_create(&v->e, v->m, &o, err, errlen)))
         return rc;
     v->block_bytes = (mq_kv_block_bytes(&v->m->cfg, BLOCK_TOKENS) + 63) / 64 * 64;
     v->nb = (EVAL_MAX_TOKENS + BLOCK_TOKENS - 1) / BLOCK_TOKENS;

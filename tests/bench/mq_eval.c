@@ -32,18 +32,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "tests/bench/eval_modes.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "common/errmsg.h"
 
 /* When $MQ_SHARED/golden/<model folder name>/logits.json exists and covers the same
  * documents, prints transformers' perplexity next to mq's bf16 one. */
@@ -105,7 +100,7 @@ int main(int argc, char **argv)
         return 2;
     }
     mq_kernels_init();
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_tokenizer *tok = NULL;
     int rc = mq_tok_load_dir(model, &tok, err, sizeof err);
     if (rc) {
@@ -113,7 +108,7 @@ int main(int argc, char **argv)
         return 1;
     }
     eval_corpus c;
-    double t0 = now_s();
+    double t0 = mq_now_s();
     rc = eval_corpus_load(&c, corpus, tok, 0, EVAL_MAX_TOKENS, err, sizeof err);
     mq_tok_free(tok);
     if (rc) {
@@ -121,7 +116,7 @@ int main(int argc, char **argv)
         return 1;
     }
     ev v;
-    rc = ev_init(&v, model, threads, err);
+    rc = ev_init(&v, model, threads, err, sizeof err);
     if (rc) {
         fprintf(stderr, "mq_eval: %s: %s\n", model, *err ? err : strerror(-rc));
         ev_free(&v);
@@ -139,11 +134,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < docs; i++)
         scored += c.docs[i].n > 1 ? c.docs[i].n - 1 : 0;
     for (int mi = 0; mi < 3 && !rc; mi++) {
-        double t = now_s();
+        double t = mq_now_s();
         for (int i = 0; i < docs && !rc; i++)
             if (c.docs[i].n > 1)
                 rc = doc_nll(&v, &c.docs[i], MODES[mi], &ppl_sum[mi], NULL);
-        ppl_time[mi] = now_s() - t;
+        ppl_time[mi] = mq_now_s() - t;
         if (rc)
             fprintf(stderr, "mq_eval: perplexity, mode %s: %s\n", mq_mode_name(MODES[mi]), strerror(-rc));
     }
@@ -157,7 +152,7 @@ int main(int argc, char **argv)
         lp[mi] = malloc((size_t)CONT * (size_t)v.vocab * sizeof(float));
     if (!lp[0] || !lp[1] || !lp[2])
         rc = rc ? rc : -ENOMEM;
-    double t = now_s();
+    double t = mq_now_s();
     for (int i = 0; i < c.n && used < n_cont && !rc; i++) {
         const eval_doc *d = &c.docs[i];
         if (d->n < PREFIX + CONT)
@@ -185,7 +180,7 @@ int main(int argc, char **argv)
         cont_tok += CONT;
         used++;
     }
-    cont_time = now_s() - t;
+    cont_time = mq_now_s() - t;
     for (int mi = 0; mi < 3; mi++)
         free(lp[mi]);
     if (rc) {
@@ -205,7 +200,7 @@ int main(int argc, char **argv)
         printf("%-6s | %10.3f | %8.1fs | %12.5f | %12.6f | %11.2f%% |\n", mq_mode_name(MODES[mi]),
                exp(ppl_sum[mi] / (double)scored), ppl_time[mi], nll[mi] / denom, kl[mi] / denom,
                100.0 * (double)agree[mi] / denom);
-    printf("(continuations: %.1f s for all three modes; total %.1f s)\n", cont_time, now_s() - t0);
+    printf("(continuations: %.1f s for all three modes; total %.1f s)\n", cont_time, mq_now_s() - t0);
     golden_compare(model, docs, scored, exp(ppl_sum[0] / (double)scored));
     printf("\n");
     printf("ppl_bf16: %.4f\n", exp(ppl_sum[0] / (double)scored));

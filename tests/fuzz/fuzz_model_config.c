@@ -6,14 +6,15 @@
 #include <stdlib.h>
 
 #include "engine/model_config.h"
+#include "common/errmsg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     mq_config c;
-    char err[MQ_ERR_LEN] = "";
-    int rc = mq_config_parse(&c, (const char *)data, size, err);
+    char err[MQ_ERRMSG_LEN] = "";
+    int rc = mq_config_parse(&c, (const char *)data, size, err, sizeof err);
     if (rc) {
         if (!err[0])
             abort();

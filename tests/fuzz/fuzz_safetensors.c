@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -21,9 +22,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     mq_st *st = calloc(1, sizeof *st);
     if (!st)
         return 0;
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     const uint64_t file_bytes = size + extra;
-    int rc = mq_st_parse_header(st, 0, data, size, file_bytes, "fuzz", err);
+    int rc = mq_st_parse_header(st, 0, data, size, file_bytes, "fuzz", err, sizeof err);
     if (rc && !err[0] && rc != -12 /* ENOMEM */)
         abort(); /* every refusal names its cause */
     if (!rc)

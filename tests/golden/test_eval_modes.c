@@ -17,13 +17,14 @@
 #define _GNU_SOURCE
 #include "tests/bench/eval_modes.h"
 #include "tests/harness.h"
+#include "common/errmsg.h"
 
 #define NPOS 80
 #define TOL  2e-2
 
 static void test_doc_nll_matches_single_positions(void)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     static char dir[4096];
     snprintf(dir, sizeof dir, "%s", shared_path("models/mq-qwen3-80m"));
     mq_tokenizer *tok = NULL;
@@ -41,7 +42,7 @@ static void test_doc_nll_matches_single_positions(void)
             d = &c.docs[i];
     CHECK(d != NULL, "no document of %d tokens", NPOS);
     ev v;
-    rc = d ? ev_init(&v, dir, 2, err) : -1;
+    rc = d ? ev_init(&v, dir, 2, err, sizeof err) : -1;
     CHECK(rc == 0, "model: %s", err);
     if (rc)
         goto out;

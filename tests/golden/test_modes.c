@@ -11,8 +11,10 @@
  * reorders FP32 sums. The BF16 activations rounded from those sums can then differ in
  * their last bit, so "equal" means max |dlogit| <= SAME_TOL (logits span ±20).
  */
+#include "common/clock.h"
 #include "tests/golden/golden_util.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -26,13 +28,6 @@
  * padding bug gives KL > 1). */
 #define FP4_MIN_TOP1    0.80
 #define FP4_MAX_MEAN_KL 0.08
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static mq_model *model;
 static mq_pool *pool;
@@ -65,10 +60,10 @@ static int *golden_ids(int want_len, int *n)
 
 static mq_engine *engine(int chunk, int batch, int bt)
 {
-    char err[MQ_ERR_LEN];
+    char err[MQ_ERRMSG_LEN];
     mq_engine *e = NULL;
     mq_engine_opts o = { .max_chunk = chunk, .max_batch = batch, .block_tokens = bt, .max_context = 1024 };
-    CHECK(mq_engine_create(&e, model, &o, err) == 0, "engine: %s", err);
+    CHECK(mq_engine_create(&e, model, &o, err, sizeof err) == 0, "engine: %s", err);
     return e;
 }
 
@@ -241,12 +236,12 @@ static void test_fp4_close_to_bf16(void)
     double kl = 0, maxd = 0, tb = 0, tf = 0;
     int top1 = 0;
     for (int p = 0; p < N; p += chunk) {
-        double t0 = now();
+        double t0 = mq_now_s();
         CHECK(mq_engine_forward(e, pool, &kb.seq, ids512 + p, chunk, p, MQ_PREC_BF16, lb, chunk) == 0, "bf16");
-        double t1 = now();
+        double t1 = mq_now_s();
         CHECK(mq_engine_forward(e, pool, &kf.seq, ids512 + p, chunk, p, MQ_PREC_FP4, lf, chunk) == 0, "fp4");
         tb += t1 - t0;
-        tf += now() - t1;
+        tf += mq_now_s() - t1;
         for (int i = 0; i < chunk; i++) {
             float *b = lb + (size_t)i * V, *f = lf + (size_t)i * V;
             top1 += mq_argmax(b, V) == mq_argmax(f, V);
@@ -264,13 +259,13 @@ static void test_fp4_close_to_bf16(void)
     printf("    fp4 vs bf16 (512 tokens): top-1 agreement %.4f, mean KL %.4f nats, max |dlogit| %.3f\n",
            (double)top1 / N, kl / N, maxd);
     /* for scale only (the machine is shared): with every row's logits, then KV only */
-    double t0 = now();
+    double t0 = mq_now_s();
     for (int p = 0; p < N; p += chunk)
         CHECK(mq_engine_forward(e, pool, &kb.seq, ids512 + p, chunk, p, MQ_PREC_BF16, NULL, 0) == 0, "bf16");
-    double t1 = now();
+    double t1 = mq_now_s();
     for (int p = 0; p < N; p += chunk)
         CHECK(mq_engine_forward(e, pool, &kf.seq, ids512 + p, chunk, p, MQ_PREC_FP4, NULL, 0) == 0, "fp4");
-    double t2 = now();
+    double t2 = mq_now_s();
     printf("    prefill, 2 threads, chunk %d: with all-rows logits bf16 %.0f / fp4 %.0f tok/s; "
            "KV only bf16 %.0f / fp4 %.0f tok/s\n",
            chunk, N / tb, N / tf, N / (t1 - t0), N / (t2 - t1));
@@ -299,7 +294,7 @@ static void write_ct(const char *dir, float static_gx);
 static void write_ct(const char *dir, float static_gx)
 {
     const mq_config *c = &model->cfg;
-    char path[512], err[MQ_ERR_LEN] = "";
+    char path[512], err[MQ_ERRMSG_LEN] = "";
     /* config.json: the original plus quantization_config */
     size_t cl;
     char *cj = harness_read_file(shared_path("models/mq-qwen3-80m/config.json"), &cl);
@@ -357,7 +352,7 @@ static void write_ct(const char *dir, float static_gx)
         }
     }
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    CHECK(mq_st_writer_write(w, path, err) == 0, "write: %s", err);
+    CHECK(mq_st_writer_write(w, path, err, sizeof err) == 0, "write: %s", err);
     mq_st_writer_free(w);
     free(norms);
 }
@@ -365,7 +360,7 @@ static void write_ct(const char *dir, float static_gx)
 static void test_compressed_tensors_roundtrip(void)
 {
     const mq_config *c = &model->cfg;
-    char dir[] = "/tmp/mq-ct-XXXXXX", path[512], err[MQ_ERR_LEN] = "";
+    char dir[] = "/tmp/mq-ct-XXXXXX", path[512], err[MQ_ERRMSG_LEN] = "";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     write_ct(dir, 0);
 
@@ -375,8 +370,8 @@ static void test_compressed_tensors_roundtrip(void)
     char bdir[512];
     snprintf(bdir, sizeof bdir, "%s", o.bf16_dir);
     o.bf16_dir = bdir;
-    CHECK(mq_model_load(dir, &o, &ct, err) == 0, "load compressed-tensors + bf16: %s", err);
-    CHECK(mq_model_load(dir, NULL, &ct_alone, err) == 0, "load compressed-tensors alone: %s", err);
+    CHECK(mq_model_load(dir, &o, &ct, err, sizeof err) == 0, "load compressed-tensors + bf16: %s", err);
+    CHECK(mq_model_load(dir, NULL, &ct_alone, err, sizeof err) == 0, "load compressed-tensors alone: %s", err);
     if (ct && ct_alone) {
         int same = 1;
         for (int l = 0; l < c->n_layers; l++) {
@@ -398,10 +393,10 @@ static void test_compressed_tensors_roundtrip(void)
 
         const int V = c->vocab, N = 64;
         float *l0 = malloc((size_t)V * 4), *l1 = malloc((size_t)V * 4);
-        char e2[MQ_ERR_LEN];
+        char e2[MQ_ERRMSG_LEN];
         mq_engine *e0 = engine(N, 1, 16), *e1 = NULL;
         mq_engine_opts eo = { .max_chunk = N, .max_batch = 1, .block_tokens = 16, .max_context = 1024 };
-        CHECK(mq_engine_create(&e1, ct, &eo, e2) == 0, "engine ct");
+        CHECK(mq_engine_create(&e1, ct, &eo, e2, sizeof e2) == 0, "engine ct");
         for (int mode = 0; mode < 3; mode++) {
             gu_kv k0, k1;
             gu_kv_init(&k0, c, 16, N);
@@ -426,14 +421,14 @@ static void test_compressed_tensors_roundtrip(void)
     const float gx = 2688.0f / 64.0f;
     write_ct(dir, gx);
     mq_model *st = NULL;
-    CHECK(mq_model_load(dir, &o, &st, err) == 0, "load with static scales: %s", err);
+    CHECK(mq_model_load(dir, &o, &st, err, sizeof err) == 0, "load with static scales: %s", err);
     if (st) {
         CHECK(st->layers[5].down.in_g == gx && st->layers[0].q.in_g == gx, "input_global_scale read");
         const int V = c->vocab, N = 64;
         float *ld = malloc((size_t)V * 4), *ls = malloc((size_t)V * 4);
         mq_engine *e0 = engine(N, 1, 16), *e1 = NULL;
         mq_engine_opts eo = { .max_chunk = N, .max_batch = 1, .block_tokens = 16, .max_context = 1024 };
-        CHECK(mq_engine_create(&e1, st, &eo, err) == 0, "engine static");
+        CHECK(mq_engine_create(&e1, st, &eo, err, sizeof err) == 0, "engine static");
         gu_kv k0, k1;
         gu_kv_init(&k0, c, 16, N);
         gu_kv_init(&k1, c, 16, N);
@@ -459,15 +454,15 @@ static void test_compressed_tensors_roundtrip(void)
 
 int main(void)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_kernels_init();
     ids512 = golden_ids(512, &n512);
-    if (!ids512 || mq_model_load(shared_path("models/mq-qwen3-80m"), NULL, &model, err) ||
-        mq_pool_create(&pool, 2, NULL, "modes")) {
-        fprintf(stderr, "setup: %s\n", err);
-        printf("@@ 0 1\n");
-        return 1;
-    }
+    int rc = !ids512 ? -ENOENT : mq_model_load(shared_path("models/mq-qwen3-80m"), NULL, &model, err, sizeof err);
+    if (!rc)
+        rc = mq_pool_create(&pool, 2, NULL, "modes");
+    CHECK(rc == 0, "set-up (%d): %s", rc, ids512 ? err : "no golden ids");
+    if (rc)
+        return harness_done(); /* counts the failed set-up */
     printf("    model sizes: bf16 %.1f MiB, nvfp4 %.1f MiB, fp32 %.2f MiB\n", model->bf16_bytes / 1048576.0,
            model->fp4_bytes / 1048576.0, model->other_bytes / 1048576.0);
     RUN(test_chunked_prefill);

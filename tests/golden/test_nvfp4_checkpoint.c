@@ -30,6 +30,7 @@
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 #define BT   16
 #define NTOK 200
@@ -67,11 +68,11 @@ typedef struct runner {
 
 static int runner_init(runner *r, const mq_model *m, mq_pool *pool)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     memset(r, 0, sizeof *r);
     r->pool = pool;
     mq_engine_opts o = { .max_chunk = NTOK, .max_batch = 1, .block_tokens = BT, .max_context = NTOK };
-    int rc = mq_engine_create(&r->e, m, &o, err);
+    int rc = mq_engine_create(&r->e, m, &o, err, sizeof err);
     CHECK(rc == 0, "engine: %s", err);
     if (rc)
         return rc;
@@ -128,15 +129,15 @@ static double mean_kl(const float *p, const float *q, int rows, int vocab)
 
 static void test_exact_export(void)
 {
-    char dir[PATH_MAX], err[MQ_ERR_LEN] = "";
+    char dir[PATH_MAX], err[MQ_ERRMSG_LEN] = "";
     snprintf(dir, sizeof dir, "%s/exact", tmpdir);
     CHECK(run_export(dir, "--no-fuse --dynamic") == 0, "mq_nvfp4_export --no-fuse --dynamic failed");
     mq_model *mo = NULL, *mx = NULL;
-    int rc = mq_model_load(orig_dir, NULL, &mo, err);
+    int rc = mq_model_load(orig_dir, NULL, &mo, err, sizeof err);
     CHECK(rc == 0, "load %s: %s", orig_dir, err);
     mq_model_opts opts = { .bf16_dir = orig_dir };
     if (!rc)
-        rc = mq_model_load(dir, &opts, &mx, err);
+        rc = mq_model_load(dir, &opts, &mx, err, sizeof err);
     CHECK(rc == 0, "load exported %s: %s", dir, err);
     if (rc)
         goto out;
@@ -180,40 +181,70 @@ out:
     mq_model_free(mx);
 }
 
-static void test_calibrated_export(void)
+/* The default export (fused g_w, calibrated static activation scales), loaded once by
+ * test_calibrated_export_loads for the cases after it. */
+static struct {
+    mq_model *orig, *ckpt;
+    mq_st *st;
+    mq_pool *pool;
+    runner ro, rc;
+    int loaded, runners;
+    float *ref; /* BF16 logits of every position, original model */
+} cal;
+
+/* Each later case starts here: 0 (and a failed CHECK) when the export did not load. */
+static int cal_ready(int need_runners)
 {
-    char dir[PATH_MAX], err[MQ_ERR_LEN] = "";
+    CHECK(cal.loaded, "no calibrated export (test_calibrated_export_loads failed)");
+    CHECK(!need_runners || cal.runners, "no engines for the calibrated export (no prompt or no memory)");
+    return cal.loaded && (!need_runners || cal.runners);
+}
+
+static void test_calibrated_export_loads(void)
+{
+    char dir[PATH_MAX], err[MQ_ERRMSG_LEN] = "";
     snprintf(dir, sizeof dir, "%s/calibrated", tmpdir);
     CHECK(run_export(dir, "") == 0, "mq_nvfp4_export failed");
-    mq_model *mo = NULL, *mc = NULL;
-    mq_st *st = NULL;
-    int rc = mq_model_load(orig_dir, NULL, &mo, err);
+    int rc = mq_model_load(orig_dir, NULL, &cal.orig, err, sizeof err);
     CHECK(rc == 0, "load %s: %s", orig_dir, err);
     mq_model_opts opts = { .bf16_dir = orig_dir };
     if (!rc)
-        rc = mq_model_load(dir, &opts, &mc, err);
+        rc = mq_model_load(dir, &opts, &cal.ckpt, err, sizeof err);
     CHECK(rc == 0, "load exported %s: %s", dir, err);
     if (!rc)
-        rc = mq_st_open(&st, dir, err);
+        rc = mq_st_open(&cal.st, dir, err, sizeof err);
     CHECK(rc == 0, "open exported safetensors: %s", err);
-    if (rc)
-        goto out;
-    int fd = open(st->paths[0], O_RDONLY);
-    int as_stored = 0, exact_unfused = 0, exact_fused = 0, fused_min = 0, static_g = 0, total = 0;
-    int n_unfused = 0, n_fused = 0;
+    cal.loaded = rc == 0;
+    if (!cal.loaded || !have_prompt)
+        return;
+    mq_pool_create(&cal.pool, 2, NULL, "t-nvfp4");
+    if (cal.pool && !runner_init(&cal.ro, cal.orig, cal.pool)) {
+        if (!runner_init(&cal.rc, cal.ckpt, cal.pool))
+            cal.runners = 1;
+        else
+            runner_free(&cal.ro);
+    }
+}
+
+/* The loader took every linear's stored bytes and scalars, static g_x included. */
+static void test_calibrated_weights_taken_as_stored(void)
+{
+    if (!cal_ready(0))
+        return;
+    int fd = open(cal.st->paths[0], O_RDONLY);
+    CHECK(fd >= 0, "open %s", cal.st->paths[0]);
+    int as_stored = 0, static_g = 0, total = 0;
     char nm[160];
-    for (int l = 0; l < mo->cfg.n_layers; l++) {
-        mq_layer *Lo = &mo->layers[l], *Lc = &mc->layers[l];
+    for (int l = 0; l < cal.orig->cfg.n_layers; l++)
         for (int j = 0; j < 7; j++) {
-            mq_linear *a = lin_of(Lo, j), *b = lin_of(Lc, j);
+            const mq_linear *b = lin_of(&cal.ckpt->layers[l], j);
             const mq_fp4_weight *w = &b->fp4;
             total++;
-            /* the loader took the stored bytes and scalars */
             const char *suf[4] = { "weight_packed", "weight_scale", "weight_global_scale", "input_global_scale" };
-            int ok = 1;
+            int ok = fd >= 0;
             for (int s = 0; s < 4 && ok; s++) {
                 snprintf(nm, sizeof nm, "model.layers.%d.%s.%s", l, lin_name[j], suf[s]);
-                const mq_st_tensor *t = mq_st_find(st, nm);
+                const mq_st_tensor *t = mq_st_find(cal.st, nm);
                 uint8_t *buf = t ? malloc(t->bytes) : NULL;
                 ok = buf && pread(fd, buf, t->bytes, (off_t)t->offset) == (ssize_t)t->bytes;
                 if (ok && s == 0)
@@ -228,20 +259,46 @@ static void test_calibrated_export(void)
             }
             as_stored += ok;
             static_g += b->in_g > 0;
-            int fused = j != 3 && j != 6;
-            if (!fused) {
-                n_unfused++;
-                exact_unfused += same_fp4(&a->fp4, w);
+        }
+    if (fd >= 0)
+        close(fd);
+    printf("    %d linears: %d taken as stored, %d with a static g_x\n", total, as_stored, static_g);
+    CHECK(as_stored == total, "%d of %d linears use the checkpoint's bytes as stored", as_stored, total);
+    CHECK(static_g == total, "%d of %d linears have a static activation scale", static_g, total);
+}
+
+/* o and down have a group of their own: bit-identical to the at-load quantization. */
+static void test_calibrated_unfused_equal_at_load(void)
+{
+    if (!cal_ready(0))
+        return;
+    int exact = 0, n = 0;
+    for (int l = 0; l < cal.orig->cfg.n_layers; l++)
+        for (int j = 3; j < 7; j += 3, n++)
+            exact += same_fp4(&lin_of(&cal.orig->layers[l], j)->fp4, &lin_of(&cal.ckpt->layers[l], j)->fp4);
+    CHECK(exact == n, "o/down: %d of %d bit-identical to the at-load quantization", exact, n);
+}
+
+/* q/k/v and gate/up carry the minimum at-load g of their group and equal the project's
+ * quantizer run at load with that g. */
+static void test_calibrated_fused_share_min_g(void)
+{
+    if (!cal_ready(0))
+        return;
+    int exact = 0, min_g = 0, n = 0;
+    for (int l = 0; l < cal.orig->cfg.n_layers; l++) {
+        mq_layer *Lo = &cal.orig->layers[l], *Lc = &cal.ckpt->layers[l];
+        for (int j = 0; j < 7; j++) {
+            if (j == 3 || j == 6)
                 continue;
-            }
-            n_fused++;
-            /* shared g = min over the group of the at-load (per-tensor) g */
+            n++;
+            const mq_linear *a = lin_of(Lo, j);
+            const mq_fp4_weight *w = &lin_of(Lc, j)->fp4;
             int g0 = j < 3 ? 0 : 4, g1 = j < 3 ? 3 : 6;
             float gmin = INFINITY;
             for (int o = g0; o < g1; o++)
                 gmin = fminf(gmin, lin_of(Lo, o)->fp4.g);
-            fused_min += w->g == gmin;
-            /* the project's quantizer at load, with that g */
+            min_g += w->g == gmin;
             mq_fp4_weight q;
             void *mem = NULL;
             if (posix_memalign(&mem, 64, mq_fp4_weight_bytes(w->n, w->k)))
@@ -254,37 +311,53 @@ static void test_calibrated_export(void)
                 mq_bf16_to_f32_row(a->bf16.w + (size_t)r * w->k, row, (size_t)w->k);
                 qok = mq_fp4_weight_quantize_rows(&q, row, (size_t)w->k, r, r + 1) == 0;
             }
-            exact_fused += qok && same_fp4(&q, w);
+            exact += qok && same_fp4(&q, w);
             free(row);
             free(mem);
         }
     }
-    close(fd);
-    printf("    %d linears: %d taken as stored, %d/%d unfused bit-identical to at-load, %d/%d fused equal "
-           "to the quantizer with the shared g (min of the group: %d), %d with a static g_x\n",
-           total, as_stored, exact_unfused, n_unfused, exact_fused, n_fused, fused_min, static_g);
-    CHECK(as_stored == total, "%d of %d linears use the checkpoint's bytes as stored", as_stored, total);
-    CHECK(exact_unfused == n_unfused, "o/down: %d of %d bit-identical to the at-load quantization", exact_unfused,
-          n_unfused);
-    CHECK(fused_min == n_fused, "fused: %d of %d carry the minimum g of their group", fused_min, n_fused);
-    CHECK(exact_fused == n_fused, "fused: %d of %d equal to the quantizer run with the shared g", exact_fused, n_fused);
-    CHECK(static_g == total, "%d of %d linears have a static activation scale", static_g, total);
-    if (!have_prompt)
-        goto out;
+    printf("    fused: %d/%d carry the minimum g of their group, %d/%d equal the quantizer with it\n", min_g, n, exact,
+           n);
+    CHECK(min_g == n, "fused: %d of %d carry the minimum g of their group", min_g, n);
+    CHECK(exact == n, "fused: %d of %d equal to the quantizer run with the shared g", exact, n);
+}
 
-    mq_pool *pool = NULL;
-    mq_pool_create(&pool, 2, NULL, "t-nvfp4");
-    runner ro, rc_;
-    int vocab = mo->cfg.vocab;
-    float *a = malloc((size_t)NTOK * vocab * 4), *b = malloc((size_t)NTOK * vocab * 4),
-          *ref = malloc((size_t)NTOK * vocab * 4);
-    if (pool && a && b && ref && !runner_init(&ro, mo, pool) && !runner_init(&rc_, mc, pool)) {
-        /* BF16 weights come from bf16_dir: bit-identical BF16 logits */
-        int r1 = run_all_rows(&ro, MQ_PREC_BF16, ref), r2 = run_all_rows(&rc_, MQ_PREC_BF16, b);
-        CHECK(r1 == 0 && r2 == 0 && !memcmp(ref, b, (size_t)NTOK * vocab * 4), "BF16 logits differ (%d %d)", r1, r2);
-        /* NVFP4: calibrated static scales + fused g vs at-load dynamic */
-        r1 = run_all_rows(&ro, MQ_PREC_FP4, a);
-        r2 = run_all_rows(&rc_, MQ_PREC_FP4, b);
+/* BF16 weights come from bf16_dir: every position's BF16 logits are bit-identical. */
+static void test_calibrated_bf16_logits_identical(void)
+{
+    if (!cal_ready(1))
+        return;
+    size_t bytes = (size_t)NTOK * cal.orig->cfg.vocab * 4;
+    cal.ref = malloc(bytes);
+    float *b = malloc(bytes);
+    CHECK(cal.ref && b, "no memory for %zu bytes of logits", bytes);
+    if (cal.ref && b) {
+        int r1 = run_all_rows(&cal.ro, MQ_PREC_BF16, cal.ref), r2 = run_all_rows(&cal.rc, MQ_PREC_BF16, b);
+        CHECK(r1 == 0 && r2 == 0 && !memcmp(cal.ref, b, bytes), "BF16 logits differ (%d %d)", r1, r2);
+        if (r1) {
+            free(cal.ref);
+            cal.ref = NULL;
+        }
+    }
+    free(b);
+}
+
+/* NVFP4 with calibrated static scales and fused g vs at-load dynamic: both approximate
+ * the same BF16 model with independent rounding (per-call vs calibrated activation scale,
+ * per-tensor vs shared g_w), so they sit about equally far from bf16, and from each
+ * other about as far as the two errors add. */
+static void test_calibrated_fp4_as_close_as_at_load(void)
+{
+    if (!cal_ready(1))
+        return;
+    CHECK(cal.ref, "no BF16 reference logits (test_calibrated_bf16_logits_identical failed)");
+    int vocab = cal.orig->cfg.vocab;
+    size_t bytes = (size_t)NTOK * vocab * 4;
+    float *a = malloc(bytes), *b = malloc(bytes);
+    CHECK(a && b, "no memory for %zu bytes of logits", bytes);
+    if (cal.ref && a && b) {
+        const float *ref = cal.ref;
+        int r1 = run_all_rows(&cal.ro, MQ_PREC_FP4, a), r2 = run_all_rows(&cal.rc, MQ_PREC_FP4, b);
         CHECK(r1 == 0 && r2 == 0, "fp4 forward %d %d", r1, r2);
         double kl_ckpt = mean_kl(a, b, NTOK, vocab);    /* at-load fp4 vs checkpoint fp4 */
         double kl_fp4 = mean_kl(ref, a, NTOK, vocab);   /* bf16 vs at-load fp4 */
@@ -300,9 +373,6 @@ static void test_calibrated_export(void)
         printf("    fp4 logits over %d positions: KL(bf16 || at-load) %.5f, KL(bf16 || checkpoint) %.5f, "
                "KL(at-load || checkpoint) %.5f; top-1 = bf16: at-load %d, checkpoint %d; at-load = checkpoint %d\n",
                NTOK, kl_fp4, kl_ck_bf, kl_ckpt, top_a, top_b, agree);
-        /* Both are NVFP4 approximations of the same BF16 model with independent rounding
-         * (per-call vs calibrated activation scale, per-tensor vs shared g_w), so they sit
-         * about equally far from bf16, and from each other about as far as the two errors add. */
         CHECK(kl_ck_bf < 1.5 * kl_fp4, "checkpoint NVFP4 further from bf16 than at-load NVFP4: KL %.5f vs %.5f",
               kl_ck_bf, kl_fp4);
         CHECK(kl_ckpt < 1.5 * (kl_fp4 + kl_ck_bf),
@@ -310,21 +380,38 @@ static void test_calibrated_export(void)
               "to bf16 add up (%.5f + %.5f)",
               kl_ckpt, kl_fp4, kl_ck_bf);
         CHECK(top_b >= top_a - NTOK / 20, "top-1 agreement with bf16: checkpoint %d, at-load %d", top_b, top_a);
-        /* mixed mode: BF16 last token over the checkpoint's NVFP4 KV */
-        r1 = run_mode(&ro, MQ_MODE_MIXED, a);
-        r2 = run_mode(&rc_, MQ_MODE_MIXED, b);
-        CHECK(r1 == 0 && r2 == 0 && mq_argmax(a, vocab) == mq_argmax(b, vocab), "mixed: last-token argmax differs");
-        runner_free(&ro);
-        runner_free(&rc_);
     }
     free(a);
     free(b);
-    free(ref);
-    mq_pool_destroy(pool);
-out:
-    mq_st_close(st);
-    mq_model_free(mo);
-    mq_model_free(mc);
+}
+
+/* mixed mode: the BF16 last token over the checkpoint's NVFP4 KV picks the same token. */
+static void test_calibrated_mixed_last_token(void)
+{
+    if (!cal_ready(1))
+        return;
+    int vocab = cal.orig->cfg.vocab;
+    float *a = malloc((size_t)vocab * 4), *b = malloc((size_t)vocab * 4);
+    CHECK(a && b, "no memory");
+    if (a && b) {
+        int r1 = run_mode(&cal.ro, MQ_MODE_MIXED, a), r2 = run_mode(&cal.rc, MQ_MODE_MIXED, b);
+        CHECK(r1 == 0 && r2 == 0 && mq_argmax(a, vocab) == mq_argmax(b, vocab), "mixed: last-token argmax differs");
+    }
+    free(a);
+    free(b);
+}
+
+static void cal_free(void)
+{
+    if (cal.runners) {
+        runner_free(&cal.ro);
+        runner_free(&cal.rc);
+    }
+    free(cal.ref);
+    mq_pool_destroy(cal.pool);
+    mq_st_close(cal.st);
+    mq_model_free(cal.orig);
+    mq_model_free(cal.ckpt);
 }
 
 int main(void)
@@ -360,7 +447,14 @@ int main(void)
     mq_tok_free(tok);
 
     RUN(test_exact_export);
-    RUN(test_calibrated_export);
+    RUN(test_calibrated_export_loads);
+    RUN(test_calibrated_weights_taken_as_stored);
+    RUN(test_calibrated_unfused_equal_at_load);
+    RUN(test_calibrated_fused_share_min_g);
+    RUN(test_calibrated_bf16_logits_identical);
+    RUN(test_calibrated_fp4_as_close_as_at_load);
+    RUN(test_calibrated_mixed_last_token);
+    cal_free();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)

@@ -24,6 +24,7 @@
 #include "engine/model.h"
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
+#include "common/errmsg.h"
 
 #define CHUNK   256
 #define BT      16
@@ -45,7 +46,7 @@ static void test_corpus_rules(void)
     CHECK(cJSON_IsNumber(d) && cJSON_IsNumber(t), "logits.json: perplexity.docs / .tokens missing");
     if (!cJSON_IsNumber(d) || !cJSON_IsNumber(t))
         return;
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_tokenizer *tok = NULL;
     int rc = mq_tok_load_dir(model_dir(), &tok, err, sizeof err);
     CHECK(rc == 0, "tokenizer: %s", err);
@@ -70,10 +71,10 @@ static void test_bf16_perplexity_cases(void)
     CHECK(cJSON_IsArray(cases), "logits.json: cases missing");
     if (!cJSON_IsArray(cases))
         return;
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_model *m = NULL;
     mq_model_opts mo = { .no_fp4 = 1 };
-    int rc = mq_model_load(model_dir(), &mo, &m, err);
+    int rc = mq_model_load(model_dir(), &mo, &m, err, sizeof err);
     CHECK(rc == 0, "load: %s", err);
     mq_pool *pool = NULL;
     mq_engine *e = NULL;
@@ -83,7 +84,7 @@ static void test_bf16_perplexity_cases(void)
     if (rc || mq_pool_create(&pool, 2, NULL, "t-ppl"))
         goto out;
     mq_engine_opts o = { .max_chunk = CHUNK, .max_batch = 1, .block_tokens = BT, .max_context = MAX_CTX };
-    rc = mq_engine_create(&e, m, &o, err);
+    rc = mq_engine_create(&e, m, &o, err, sizeof err);
     CHECK(rc == 0, "engine: %s", err);
     if (rc)
         goto out;

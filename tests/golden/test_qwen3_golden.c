@@ -12,6 +12,7 @@
  * criterion uses, so a pass means the argmax-level behaviour matches.
  */
 #include "tests/golden/golden_util.h"
+#include "common/errmsg.h"
 
 #include <cjson/cJSON.h>
 
@@ -34,7 +35,7 @@ static int *json_ints(const cJSON *a, int *n)
 
 static void test_qwen3_bf16_golden(void)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     size_t jl = 0, ll = 0;
     char *js = harness_read_file(shared_path("golden/mq-qwen3-80m/logits.json"), &jl);
     float *last = (float *)harness_read_file(shared_path("golden/mq-qwen3-80m/last_logits.f32"), &ll);
@@ -150,10 +151,10 @@ static void test_qwen3_bf16_golden(void)
 
 int main(void)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_kernels_init();
     mq_model_opts o = { .no_fp4 = 1 };
-    int rc = mq_model_load(shared_path("models/mq-qwen3-80m"), &o, &model, err);
+    int rc = mq_model_load(shared_path("models/mq-qwen3-80m"), &o, &model, err, sizeof err);
     if (rc) {
         fprintf(stderr, "load: %s\n", err);
         printf("@@ 0 1\n");
@@ -162,7 +163,7 @@ int main(void)
     printf("    model: bf16 %.1f MiB, fp4 %.1f MiB, isa %s\n", model->bf16_bytes / 1048576.0,
            model->fp4_bytes / 1048576.0, mq_isa_name(mq_kernels_isa()));
     mq_engine_opts eo = { .max_chunk = CHUNK, .max_batch = 1, .block_tokens = 16, .max_context = 4096 };
-    if (mq_engine_create(&engine, model, &eo, err) || mq_pool_create(&pool, 2, NULL, "golden")) {
+    if (mq_engine_create(&engine, model, &eo, err, sizeof err) || mq_pool_create(&pool, 2, NULL, "golden")) {
         fprintf(stderr, "engine: %s\n", err);
         printf("@@ 0 1\n");
         return 1;

@@ -7,6 +7,7 @@
  */
 #include "tests/golden/golden_util.h"
 #include "engine/tokenizer.h"
+#include "common/errmsg.h"
 
 #include <ctype.h>
 
@@ -117,7 +118,7 @@ static int *prompt_ids(mq_tokenizer *tok, int *n)
 
 static void test_greedy_is_english(void)
 {
-    char err[MQ_ERR_LEN];
+    char err[MQ_ERRMSG_LEN];
     mq_tokenizer *tok = NULL;
     CHECK(mq_tok_load_dir(shared_path("models/stories260K"), &tok, err, sizeof err) == 0, "tokenizer: %s", err);
     if (!tok)
@@ -126,7 +127,7 @@ static void test_greedy_is_english(void)
     int *ids = prompt_ids(tok, &n);
     mq_engine *e;
     mq_engine_opts eo = { .max_chunk = 64, .max_batch = 1, .block_tokens = 8, .max_context = 512 };
-    CHECK(mq_engine_create(&e, model, &eo, err) == 0, "engine: %s", err);
+    CHECK(mq_engine_create(&e, model, &eo, err, sizeof err) == 0, "engine: %s", err);
     gu_kv kv;
     gu_kv_init(&kv, &model->cfg, 8, 512);
     const int V = model->cfg.vocab;
@@ -175,7 +176,7 @@ static void test_greedy_is_english(void)
 
 static void test_bf16_vs_fp32(void)
 {
-    char err[MQ_ERR_LEN];
+    char err[MQ_ERRMSG_LEN];
     const mq_config *c = &model->cfg;
     const int V = c->vocab, N = 48;
     int toks[48];
@@ -187,7 +188,7 @@ static void test_bf16_vs_fp32(void)
     ref_forward(toks, N, ref);
     mq_engine *e;
     mq_engine_opts eo = { .max_chunk = N, .max_batch = 1, .block_tokens = 8, .max_context = 64 };
-    CHECK(mq_engine_create(&e, model, &eo, err) == 0, "engine: %s", err);
+    CHECK(mq_engine_create(&e, model, &eo, err, sizeof err) == 0, "engine: %s", err);
     gu_kv kv;
     gu_kv_init(&kv, c, 8, 64);
     CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_BF16, got, N) == 0, "forward bf16");
@@ -217,9 +218,9 @@ static void test_bf16_vs_fp32(void)
 
 int main(void)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_kernels_init();
-    if (mq_model_load(shared_path("models/stories260K"), NULL, &model, err) ||
+    if (mq_model_load(shared_path("models/stories260K"), NULL, &model, err, sizeof err) ||
         mq_pool_create(&pool, 2, NULL, "stories")) {
         fprintf(stderr, "load: %s\n", err);
         printf("@@ 0 1\n");

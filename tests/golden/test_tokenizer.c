@@ -6,6 +6,7 @@
  * on a synthetic vocabulary). stories260K (byte-fallback BPE) is checked against a naive
  * string-level BPE written here from the merges list, and by round trips.
  */
+#include "common/clock.h"
 #include "tests/harness.h"
 #include "engine/tokenizer.h"
 
@@ -15,19 +16,12 @@
 
 static mq_tokenizer *qwen, *stories;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void test_load(void)
 {
     char err[MQ_TOK_ERR_LEN] = "";
-    double t0 = now_s();
+    double t0 = mq_now_s();
     int rc = mq_tok_load_dir(shared_path("models/mq-qwen3-80m"), &qwen, err, sizeof err);
-    double t1 = now_s();
+    double t1 = mq_now_s();
     CHECK(rc == 0, "qwen3 load: %d %s", rc, err);
     printf("    qwen3 tokenizer.json loaded in %.3f s\n", t1 - t0);
     rc = mq_tok_load_dir(shared_path("models/stories260K"), &stories, err, sizeof err);
@@ -375,9 +369,9 @@ static void test_speed(void)
         len--;
     int32_t *ids = NULL;
     size_t n = 0;
-    double t0 = now_s();
+    double t0 = mq_now_s();
     int rc = mq_tok_encode(qwen, txt, len, 0, &ids, &n, NULL, 0);
-    double t1 = now_s();
+    double t1 = mq_now_s();
     CHECK(rc == 0, "encode corpus");
     printf("    encoded %zu bytes -> %zu tokens in %.3f s (%.1f MB/s)\n", len, n, t1 - t0, len / (t1 - t0) / 1e6);
     char *back = NULL;
@@ -389,12 +383,12 @@ static void test_speed(void)
     run[100000] = 0;
     int32_t *r = NULL;
     size_t rn = 0;
-    t0 = now_s();
+    t0 = mq_now_s();
     CHECK(mq_tok_encode(qwen, run, 100000, 0, &r, &rn, NULL, 0) == 0, "spaces");
     free(r);
     memset(run, 'a', 100000);
     CHECK(mq_tok_encode(qwen, run, 100000, 0, &r, &rn, NULL, 0) == 0, "letters");
-    t1 = now_s();
+    t1 = mq_now_s();
     /* a guard against quadratic blow-up, not a speed target (the machine is shared) */
     CHECK(t1 - t0 < 30.0, "long runs took %.2f s", t1 - t0);
     free(r);

@@ -12,6 +12,8 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,8 +26,6 @@
 #include <unistd.h>
 
 #include "tests/harness.h"
-
-#pragma GCC diagnostic ignored "-Wformat-truncation"
 
 static char spawn_bin[4096];
 
@@ -67,9 +67,10 @@ static inline const char *spawn_model(void)
     return p;
 }
 
-/* fork + exec argv[0] with extra environment entries (NAME=VALUE, NULL-terminated);
- * stdout/stderr to log. */
-static inline pid_t spawn(char *const argv[], char *const env_extra[], const char *log)
+/* fork + exec argv[0] with stdout/stderr appended to log, extra environment entries
+ * (NAME=VALUE, NULL-terminated) and, when as_user is not NULL, as that user (no
+ * supplementary groups; exit status 126 if the switch fails). */
+static inline pid_t spawn_as(char *const argv[], char *const env_extra[], const char *log, const char *as_user)
 {
     pid_t pid = fork();
     if (pid == 0) {
@@ -80,11 +81,24 @@ static inline pid_t spawn(char *const argv[], char *const env_extra[], const cha
         }
         for (int i = 0; env_extra && env_extra[i]; i++)
             putenv(env_extra[i]);
+        if (as_user) {
+            struct passwd *pw = getpwnam(as_user);
+            if (!pw || setgroups(0, NULL) < 0 || setregid(pw->pw_gid, pw->pw_gid) < 0 ||
+                setreuid(pw->pw_uid, pw->pw_uid) < 0) {
+                fprintf(stderr, "cannot become %s: %s\n", as_user, pw ? strerror(errno) : "no such user");
+                _exit(126);
+            }
+        }
         execv(argv[0], argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
     return pid;
+}
+
+static inline pid_t spawn(char *const argv[], char *const env_extra[], const char *log)
+{
+    return spawn_as(argv, env_extra, log, NULL);
 }
 
 static inline void spawn_dump_log(const char *log)
@@ -104,7 +118,11 @@ static inline cJSON *admin_call(const char *sock, const char *cmd, long long id)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock) >= (int)sizeof sa.sun_path) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         if (fd >= 0)
             close(fd);

@@ -5,7 +5,8 @@
  *   - cancel; a client SIGKILLed mid-stream has its session and KV blocks freed;
  *   - a 20k-token prompt through the prompt ring; a prompt over the context limit is
  *     refused with a clear error; protocol garbage closes only that connection;
- *   - a client of a uid not in allowed_users is refused;
+ *   - a client of a uid not in allowed_users is refused, so is a peer on the admin socket
+ *     that is not root nor in admin_group; mqd's log lines name their level;
  *   - mqd runs as nobody with no capabilities and no_new_privs (/proc/<pid>/status);
  *   - SIGTERM drains a running request and mqd exits 0.
  * One mqd serves all of it (started as root with --user nobody).
@@ -71,18 +72,31 @@ static void greedy(mq_params *p, uint32_t max_tokens)
     p->max_tokens = max_tokens;
 }
 
+/* A new connection with one session of `mode` and greedy parameters for max_tokens:
+ * 0, or the error of the step that failed (nothing left open). Safe from any thread. */
+static int open_greedy(int mode, uint32_t max_tokens, mq_conn **c, uint64_t *s, mq_params *p)
+{
+    int rc = mq_connect(client_sock, c);
+    if (rc)
+        return rc;
+    greedy(p, max_tokens);
+    rc = mq_open_session(*c, mode, s);
+    if (rc) {
+        mq_disconnect(*c);
+        *c = NULL;
+    }
+    return rc;
+}
+
 static int run_raw(const char *prompt, result *r)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    if (rc)
-        return rc;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, GEN);
-    rc = mq_open_session(c, MQ_MODE_RAW, &s);
-    if (!rc)
-        rc = mq_send_text(c, s, prompt, strlen(prompt), &p, &req);
+    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
+    if (rc)
+        return rc;
+    rc = mq_send_text(c, s, prompt, strlen(prompt), &p, &req);
     if (!rc)
         rc = collect(c, req, r, 60000);
     mq_disconnect(c);
@@ -160,14 +174,12 @@ static void test_concurrent_clients(void)
 static void test_chat_turns_reuse_kv(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect: %s", mq_strerror(rc));
-    if (rc)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, 16);
-    CHECK(mq_open_session(c, MQ_MODE_CHAT, &s) == 0, "open chat");
+    int rc = open_greedy(MQ_MODE_CHAT, 16, &c, &s, &p);
+    CHECK(rc == 0, "connect, open chat: %s", mq_strerror(rc));
+    if (rc)
+        return;
     const char *sys = "You are a helpful assistant.";
     CHECK(mq_send_message(c, s, MQ_ROLE_SYSTEM, sys, strlen(sys), &p, &req) == 0, "system");
     result r1 = { 0 }, r2 = { 0 }, r0 = { 0 };
@@ -192,14 +204,12 @@ static void test_chat_turns_reuse_kv(void)
 static void test_cancel(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
-    if (rc)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, 4000);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    int rc = open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[0], strlen(prompts[0]), &p, &req) == 0, "send");
     int seen = 0, done = 0;
     mq_event ev;
@@ -228,16 +238,14 @@ static void test_cancel(void)
 static void test_event_fd_poll(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
+    uint64_t s, req;
+    mq_params p;
+    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
     if (rc)
         return;
     int efd = mq_event_fd(c);
     CHECK(efd >= 0, "event fd");
-    uint64_t s, req;
-    mq_params p;
-    greedy(&p, GEN);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
     CHECK(mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req) == 0, "send");
     result r = { 0 };
     int done = 0, wakeups = 0;
@@ -266,16 +274,14 @@ static void test_event_fd_poll(void)
  * woken by the client's consumption (io_uring FUTEX_WAIT); nothing is lost. */
 static void test_slow_reader(void)
 {
-    mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
-    if (rc)
-        return;
     enum { LONG = 140 };
+    mq_conn *c;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, LONG);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    int rc = open_greedy(MQ_MODE_RAW, LONG, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[1], strlen(prompts[1]), &p, &req) == 0, "send");
     /* wait (without reading) until mqd has generated everything */
     double t0 = spawn_now();
@@ -325,9 +331,7 @@ static void test_killed_client_frees_session(void)
         mq_conn *c;
         uint64_t s, req;
         mq_params p;
-        greedy(&p, 4000);
-        if (mq_connect(client_sock, &c) || mq_open_session(c, MQ_MODE_RAW, &s) ||
-            mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req))
+        if (open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p) || mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req))
             _exit(1);
         mq_event ev;
         int n = 0;
@@ -364,8 +368,10 @@ static void test_killed_client_frees_session(void)
 static void test_long_prompt_and_context_limit(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
+    uint64_t s, req;
+    mq_params p;
+    int rc = open_greedy(MQ_MODE_RAW, 2, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
     if (rc)
         return;
     mq_server_info info;
@@ -377,10 +383,6 @@ static void test_long_prompt_and_context_limit(void)
     /* ordinary ids (words of the vocabulary), a varied but valid sequence */
     for (int i = 0; i < CTX_LIMIT + 8; i++)
         ids[i] = 1000 + (i * 7919) % 50000;
-    uint64_t s, req;
-    mq_params p;
-    greedy(&p, 2);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
     double t0 = spawn_now();
     rc = mq_send_tokens(c, s, ids, N, &p, &req);
     CHECK(rc == 0, "20k tokens: %s", mq_strerror(rc));
@@ -422,7 +424,11 @@ static int raw_connect(void)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", client_sock);
+    if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", client_sock) >= (int)sizeof sa.sun_path) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         close(fd);
         return -1;
@@ -455,14 +461,12 @@ static void test_protocol_garbage(void)
 {
     /* a client streaming meanwhile must not notice */
     mq_conn *c;
-    int rc0 = mq_connect(client_sock, &c);
-    CHECK(rc0 == 0, "connect");
-    if (rc0)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, GEN);
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[1], strlen(prompts[1]), &p, &req) == 0, "send");
 
     CHECK(garbage_closes("hello there, this is not mq", 27), "text garbage");
@@ -523,6 +527,61 @@ static void test_wrong_uid_refused(void)
     CHECK(rc == 0, "root refused: %s", mq_strerror(rc));
     if (!rc)
         mq_disconnect(c);
+}
+
+/* The admin socket refuses a peer that is neither root nor in admin_group with a readable
+ * answer to its first request (not a reset), and mqd logs the refusal. */
+static void test_admin_refused(void)
+{
+    struct passwd *pw = getpwnam("nobody");
+    CHECK(pw != NULL, "no user nobody");
+    if (!pw)
+        return;
+    int pfd[2];
+    CHECK(pipe(pfd) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pfd[0]);
+        char out[512] = "";
+        if (setgid(pw->pw_gid) == 0 && setuid(pw->pw_uid) == 0) {
+            cJSON *r = admin_call(admin_sock, "status", 0);
+            snprintf(out, sizeof out, "%s|%s", r && cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")) ? "refused" : "?",
+                     jstr(r, "error"));
+            cJSON_Delete(r);
+        }
+        if (write(pfd[1], out, strlen(out)) < 0)
+            _exit(2);
+        _exit(0);
+    }
+    close(pfd[1]);
+    char out[512] = "";
+    ssize_t n = read(pfd[0], out, sizeof out - 1);
+    out[n > 0 ? n : 0] = 0;
+    close(pfd[0]);
+    waitpid(pid, NULL, 0);
+    char want[64];
+    snprintf(want, sizeof want, "refused|permission denied: uid %u is not root", (unsigned)pw->pw_uid);
+    CHECK(!strncmp(out, want, strlen(want)), "nobody on the admin socket: %s", out);
+    cJSON *r = admin_call(admin_sock, "status", 0);
+    CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")), "root still gets answers");
+    cJSON_Delete(r);
+}
+
+/* mqd's log outside the journal: "mqd[pid]: level: message", one line per event. */
+static void test_log_lines(void)
+{
+    char *log = harness_read_file(logpath, NULL);
+    if (!log)
+        return;
+    char want[128];
+    snprintf(want, sizeof want, "mqd[%d]: notice: ready: model mq-qwen3-80m", (int)mqd_pid);
+    CHECK(strstr(log, want), "no \"%s\" line", want);
+    snprintf(want, sizeof want, "mqd[%d]: warning: admin socket: refused pid ", (int)mqd_pid);
+    CHECK(strstr(log, want), "no \"%s\" line", want);
+    snprintf(want, sizeof want, "mqd[%d]: info: loading: weights", (int)mqd_pid);
+    CHECK(strstr(log, want), "no \"%s\" line", want);
+    CHECK(!strstr(log, "<6>") && !strstr(log, "<5>"), "journal prefixes outside the journal");
+    free(log);
 }
 
 static void test_privileges_dropped(void)
@@ -594,14 +653,13 @@ static void test_tools(void)
 static void test_sigterm_drains(void)
 {
     mq_conn *c;
-    int rc = mq_connect(client_sock, &c);
-    CHECK(rc == 0, "connect");
-    if (rc)
-        return;
     uint64_t s, req;
     mq_params p;
-    greedy(&p, 4000); /* longer than drain_timeout_ms allows: cancelled by the drain */
-    CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0, "open");
+    /* longer than drain_timeout_ms allows: cancelled by the drain */
+    int rc = open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc)
+        return;
     CHECK(mq_send_text(c, s, prompts[0], strlen(prompts[0]), &p, &req) == 0, "send");
     mq_event ev;
     int toks = 0;
@@ -663,8 +721,7 @@ int main(void)
         spawn_dump_log(logpath);
         if (mqd_pid > 0)
             kill(mqd_pid, SIGKILL);
-        harness_failed++;
-        return harness_done();
+        return harness_done(); /* the failed CHECK above counts */
     }
     printf("  mqd ready in %.2f s\n", spawn_now() - t0);
     RUN(test_privileges_dropped);
@@ -677,6 +734,8 @@ int main(void)
     RUN(test_killed_client_frees_session);
     RUN(test_protocol_garbage);
     RUN(test_wrong_uid_refused);
+    RUN(test_admin_refused);
+    RUN(test_log_lines);
     RUN(test_long_prompt_and_context_limit);
     RUN(test_tools);
     RUN(test_sigterm_drains);

@@ -188,9 +188,15 @@ static void test_probes_other_process_and_errors(void)
     CHECK(atoi(buf) == -EPERM && strstr(buf, "CAP_BPF"), "unprivileged start: \"%s\", want -EPERM and a hint", buf);
 }
 
-int main(void)
+/* make deps installs clang and bpftool, so a build without the probes is a failure */
+static void test_probes_built(void)
 {
     CHECK(mq_probes_built(), "built without BPF (clang/bpftool/kernel BTF missing at build time)");
+}
+
+int main(void)
+{
+    RUN(test_probes_built);
     RUN(test_probes_attribute_to_threads);
     RUN(test_probes_other_process_and_errors);
     return harness_done();

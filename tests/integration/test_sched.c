@@ -4,6 +4,7 @@
  * wait), chunked prefill interleaved with decoding, immediate errors, stop tokens and
  * strings, drain. */
 #define _GNU_SOURCE
+#include "common/clock.h"
 #include "tests/harness.h"
 
 #include <errno.h>
@@ -17,17 +18,11 @@
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "engine/weight_stream.h"
+#include "common/errmsg.h"
 
 static mq_model *g_model;
 static mq_tokenizer *g_tok;
 static mq_arena *g_arena;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- a sink that records everything ---- */
 #define MAXTOK 1024
@@ -62,7 +57,7 @@ static void on_token(void *ctx, int32_t id, const char *text, size_t len)
     pthread_mutex_lock(&r->mu);
     if (r->n < MAXTOK) {
         r->ids[r->n] = id;
-        r->t[r->n] = now_s();
+        r->t[r->n] = mq_now_s();
     }
     r->n++;
     if (text && r->n_text + len < sizeof r->text) {
@@ -467,7 +462,7 @@ static void test_chunked_prefill_interleaves(void)
     for (int i = 0; i < 40; i++)
         strcat(text, "The quick brown fox jumps over the lazy dog while the cat sleeps near the fire. ");
     int nl = make_tokens(text, &longp);
-    double t_sub = now_s();
+    double t_sub = mq_now_s();
     submit(s, b, longp, nl, 2, &rb);
     rec_wait(&rb, 120);
     rec_wait(&ra, 120);
@@ -570,9 +565,9 @@ static void test_stops_and_drain(void)
 /* The streamed model computes the same logits as the model loaded with pread. */
 static void test_streamed_equals_pread(void)
 {
-    char err[MQ_ERR_LEN];
+    char err[MQ_ERRMSG_LEN];
     mq_model *m2 = NULL;
-    int r = mq_model_load(shared_path("models/mq-qwen3-80m"), NULL, &m2, err);
+    int r = mq_model_load(shared_path("models/mq-qwen3-80m"), NULL, &m2, err, sizeof err);
     CHECK(r == 0, "mq_model_load: %s", err);
     if (r)
         return;
@@ -586,7 +581,7 @@ static void test_streamed_equals_pread(void)
     for (int k = 0; k < 2; k++) {
         mq_engine_opts eo = { .max_chunk = 64, .max_batch = 1, .block_tokens = 16, .max_context = 64 };
         mq_engine *e;
-        CHECK(mq_engine_create(&e, ms[k], &eo, err) == 0, "engine: %s", err);
+        CHECK(mq_engine_create(&e, ms[k], &eo, err, sizeof err) == 0, "engine: %s", err);
         size_t bb = mq_kv_block_bytes(&ms[k]->cfg, 16);
         uint8_t *blocks[4];
         for (int i = 0; i < 4; i++)

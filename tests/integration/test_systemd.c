@@ -5,6 +5,8 @@
  *   - the sd_notify sequence on a notify socket of the test's own (NOTIFY_SOCKET):
  *     STATUS=loading ... (with EXTEND_TIMEOUT_USEC) before READY=1, WATCHDOG=1 while
  *     serving (WATCHDOG_USEC), RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM;
+ *   - with JOURNAL_STREAM naming its stderr, every log line starts with a journald
+ *     priority ("<6>" info, "<5>" notice);
  *   - `mqd --check-config`: exit 0 and the effective config, or exit 2 with a message
  *     naming the field.
  */
@@ -41,7 +43,7 @@ static void *notify_main(void *arg)
         pthread_mutex_lock(&ns.mu);
         if (ns.n < MAX_NOTES) {
             ns.notes[ns.n].t = spawn_now();
-            snprintf(ns.notes[ns.n].text, sizeof ns.notes[ns.n].text, "%s", buf);
+            snprintf(ns.notes[ns.n].text, sizeof ns.notes[ns.n].text, "%.*s", (int)sizeof ns.notes[ns.n].text - 1, buf);
             ns.n++;
         }
         pthread_mutex_unlock(&ns.mu);
@@ -70,29 +72,50 @@ static int wait_note(int from, const char *s, int timeout_s)
     return i;
 }
 
-static void test_socket_activation_and_notify(void)
+/* The activated mqd that the socket-activation cases share, in the order they run. */
+static struct {
+    char client[320], admin[320], own_client[320], own_admin[320], log[320];
+    pid_t activator, mqd;
+    pthread_t collector;
+    int collecting;
+    mq_conn *c;
+    double t_conn;
+    int i_ready;
+} sa;
+
+/* The activator holds both sockets; mqd does not run before the first connection. */
+static void test_activator_binds_and_waits(void)
 {
-    char client[320], admin[320], own_client[320], own_admin[320], notify[320], log[320];
-    snprintf(client, sizeof client, "%s/client.sock", dir);
-    snprintf(admin, sizeof admin, "%s/admin.sock", dir);
-    snprintf(own_client, sizeof own_client, "%s/own/client.sock", dir);
-    snprintf(own_admin, sizeof own_admin, "%s/own/admin.sock", dir);
+    char notify[320];
+    snprintf(sa.client, sizeof sa.client, "%s/client.sock", dir);
+    snprintf(sa.admin, sizeof sa.admin, "%s/admin.sock", dir);
+    snprintf(sa.own_client, sizeof sa.own_client, "%s/own/client.sock", dir);
+    snprintf(sa.own_admin, sizeof sa.own_admin, "%s/own/admin.sock", dir);
     snprintf(notify, sizeof notify, "%s/notify", dir);
-    snprintf(log, sizeof log, "%s/mqd.log", dir);
+    snprintf(sa.log, sizeof sa.log, "%s/mqd.log", dir);
 
     ns.fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", notify);
-    CHECK(bind(ns.fd, (struct sockaddr *)&sa, sizeof sa) == 0, "bind notify socket");
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    CHECK(snprintf(un.sun_path, sizeof un.sun_path, "%s", notify) < (int)sizeof un.sun_path, "notify path fits");
+    CHECK(bind(ns.fd, (struct sockaddr *)&un, sizeof un) == 0, "bind notify socket");
     struct timeval tv = { 0, 200000 };
     setsockopt(ns.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    pthread_t th;
-    pthread_create(&th, NULL, notify_main, NULL);
+    sa.collecting = pthread_create(&sa.collector, NULL, notify_main, NULL) == 0;
+    CHECK(sa.collecting, "notify collector thread");
 
+    /* stderr is "the journal" for mqd: JOURNAL_STREAM names the log file's device:inode */
+    FILE *lf = fopen(sa.log, "w");
+    if (lf)
+        fclose(lf);
+    struct stat lst;
+    CHECK(stat(sa.log, &lst) == 0, "log file");
+    char e4[64];
+    snprintf(e4, sizeof e4, "--setenv=JOURNAL_STREAM=%llu:%llu", (unsigned long long)lst.st_dev,
+             (unsigned long long)lst.st_ino);
     char mqd[4200], l1[400], l2[400], e1[400], e2[400], e3[400];
     snprintf(mqd, sizeof mqd, "%s/mqd", spawn_build_dir());
-    snprintf(l1, sizeof l1, "--listen=%s", client);
-    snprintf(l2, sizeof l2, "--listen=%s", admin);
+    snprintf(l1, sizeof l1, "--listen=%s", sa.client);
+    snprintf(l2, sizeof l2, "--listen=%s", sa.admin);
     snprintf(e1, sizeof e1, "--setenv=NOTIFY_SOCKET=%s", notify);
     snprintf(e2, sizeof e2, "--setenv=WATCHDOG_USEC=1000000");
     snprintf(e3, sizeof e3, "--setenv=MQ_SHARED=%s", getenv("MQ_SHARED") ? getenv("MQ_SHARED") : "");
@@ -104,92 +127,139 @@ static void test_socket_activation_and_notify(void)
                      e1,
                      e2,
                      e3,
+                     e4,
                      mqd,
                      "--model-dir",
                      (char *)spawn_model(),
                      "--client-socket",
-                     own_client,
+                     sa.own_client,
                      "--admin-socket",
-                     own_admin,
+                     sa.own_admin,
                      "--drain-timeout-ms",
                      "1000",
                      NULL };
-    pid_t pid = spawn(argv, NULL, log);
-    /* the activator binds first; mqd does not run before the first connection */
+    sa.activator = spawn(argv, NULL, sa.log);
     double t0 = spawn_now();
     struct stat sb;
-    while (stat(client, &sb) < 0 && spawn_now() - t0 < 10)
+    while (stat(sa.client, &sb) < 0 && spawn_now() - t0 < 10)
         usleep(20 * 1000);
-    CHECK(stat(client, &sb) == 0 && S_ISSOCK(sb.st_mode), "activator did not bind %s", client);
+    CHECK(stat(sa.client, &sb) == 0 && S_ISSOCK(sb.st_mode), "activator did not bind %s", sa.client);
     usleep(300 * 1000);
     CHECK(find_note(0, "STATUS=") < 0, "mqd started before any connection");
+}
 
-    /* The first client triggers the start and waits in the backlog until READY. */
-    mq_conn *c = NULL;
-    int rc = mq_connect(client, &c);
-    double t_conn = spawn_now();
+/* The first client triggers the start and waits in the backlog until READY=1, which
+ * comes after STATUS=loading (with EXTEND_TIMEOUT_USEC while loading). */
+static void test_first_client_waits_for_ready(void)
+{
+    int rc = mq_connect(sa.client, &sa.c);
+    sa.t_conn = spawn_now();
     CHECK(rc == 0, "connect through the activated socket: %s", mq_strerror(rc));
+    if (rc)
+        sa.c = NULL;
     /* mqd sent READY before it answered, but the collector thread may not have read the
      * datagram yet on a busy machine */
-    int i_ready = wait_note(0, "READY=1", 5);
+    sa.i_ready = wait_note(0, "READY=1", 5);
     int i_load = find_note(0, "STATUS=loading");
-    CHECK(i_load >= 0 && i_ready > i_load, "notify order: loading at %d, READY at %d", i_load, i_ready);
-    CHECK(find_note(0, "EXTEND_TIMEOUT_USEC=") >= 0 || i_ready <= i_load + 2, "no EXTEND_TIMEOUT_USEC while loading");
-    if (i_ready >= 0)
-        CHECK(ns.notes[i_ready].t <= t_conn + 0.01, "HELLO answered before READY=1");
-    if (!rc) {
-        uint64_t s, req;
-        mq_params p;
-        mq_params_init(&p);
-        p.flags |= MQ_PARAM_GREEDY;
-        p.max_tokens = 4;
-        int n = 0;
-        CHECK(mq_open_session(c, MQ_MODE_RAW, &s) == 0 && mq_send_text(c, s, "Hello", 5, &p, &req) == 0, "request");
-        mq_event ev;
-        while (mq_next_event(c, &ev, 30000) == 0 && ev.type == MQ_EVENT_TOKEN)
-            n++;
-        CHECK(n == 4, "%d tokens through the activated socket", n);
-    }
-    /* mqd used the passed sockets, not its own paths */
-    CHECK(stat(own_client, &sb) < 0 && stat(own_admin, &sb) < 0, "mqd bound its own sockets");
-    cJSON *st = admin_call(admin, "status", 0);
-    CHECK(st && !strcmp(jstr(st, "state"), "ready"), "admin through the activated socket");
-    pid_t mqd_pid = st ? (pid_t)jnum(st, "pid", NULL) : 0;
-    cJSON_Delete(st);
-    CHECK(mqd_pid > 0, "mqd pid from status");
+    CHECK(i_load >= 0 && sa.i_ready > i_load, "notify order: loading at %d, READY at %d", i_load, sa.i_ready);
+    CHECK(find_note(0, "EXTEND_TIMEOUT_USEC=") >= 0 || sa.i_ready <= i_load + 2,
+          "no EXTEND_TIMEOUT_USEC while loading");
+    if (sa.i_ready >= 0)
+        CHECK(ns.notes[sa.i_ready].t <= sa.t_conn + 0.01, "HELLO answered before READY=1");
+}
 
-    /* watchdog: WATCHDOG_USEC=1s -> WATCHDOG=1 about every 0.5 s while both pools tick */
-    int w1 = wait_note(i_ready > 0 ? i_ready : 0, "WATCHDOG=1", 5);
+static void test_request_through_activated_socket(void)
+{
+    CHECK(sa.c, "no client connection (test_first_client_waits_for_ready failed)");
+    if (!sa.c)
+        return;
+    uint64_t s, req;
+    mq_params p;
+    mq_params_init(&p);
+    p.flags |= MQ_PARAM_GREEDY;
+    p.max_tokens = 4;
+    int n = 0;
+    CHECK(mq_open_session(sa.c, MQ_MODE_RAW, &s) == 0 && mq_send_text(sa.c, s, "Hello", 5, &p, &req) == 0, "request");
+    mq_event ev;
+    while (mq_next_event(sa.c, &ev, 30000) == 0 && ev.type == MQ_EVENT_TOKEN)
+        n++;
+    CHECK(n == 4, "%d tokens through the activated socket", n);
+}
+
+/* mqd used the passed sockets, not its own paths */
+static void test_passed_sockets_used(void)
+{
+    struct stat sb;
+    CHECK(stat(sa.own_client, &sb) < 0 && stat(sa.own_admin, &sb) < 0, "mqd bound its own sockets");
+    cJSON *st = admin_call(sa.admin, "status", 0);
+    CHECK(st && !strcmp(jstr(st, "state"), "ready"), "admin through the activated socket");
+    sa.mqd = st ? (pid_t)jnum(st, "pid", NULL) : 0;
+    cJSON_Delete(st);
+    CHECK(sa.mqd > 0, "mqd pid from status");
+}
+
+/* WATCHDOG_USEC=1s -> WATCHDOG=1 about every 0.5 s while both pools tick */
+static void test_watchdog_repeats(void)
+{
+    int w1 = wait_note(sa.i_ready > 0 ? sa.i_ready : 0, "WATCHDOG=1", 5);
     int w2 = w1 >= 0 ? wait_note(w1 + 1, "WATCHDOG=1", 5) : -1;
     CHECK(w1 >= 0 && w2 > w1, "WATCHDOG=1 not sent repeatedly (%d, %d)", w1, w2);
+}
 
-    /* reload */
+static int have_mqd_pid(void)
+{
+    CHECK(sa.mqd > 0, "no mqd pid (test_passed_sockets_used failed)");
+    return sa.mqd > 0;
+}
+
+static void test_sighup_reloads(void)
+{
+    if (!have_mqd_pid())
+        return;
     int before = ns.n;
-    if (mqd_pid > 0)
-        kill(mqd_pid, SIGHUP);
+    kill(sa.mqd, SIGHUP);
     int r1 = wait_note(before, "RELOADING=1", 10);
     int r2 = r1 >= 0 ? wait_note(r1 + 1, "READY=1", 10) : -1;
     CHECK(r1 >= 0 && r2 > r1, "SIGHUP: RELOADING=1 at %d, READY=1 at %d", r1, r2);
+}
 
-    /* stop */
-    before = ns.n;
-    if (mqd_pid > 0)
-        kill(mqd_pid, SIGTERM);
+static void test_sigterm_stops(void)
+{
+    if (!have_mqd_pid())
+        return;
+    int before = ns.n;
+    kill(sa.mqd, SIGTERM);
     CHECK(wait_note(before, "STOPPING=1", 10) >= 0, "no STOPPING=1");
-    int status = spawn_wait_exit(pid, 20);
+    int status = spawn_wait_exit(sa.activator, 20);
     CHECK(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
-    if (c)
-        mq_disconnect(c);
-    __atomic_store_n(&ns.stop, 1, __ATOMIC_SEQ_CST);
-    pthread_join(th, NULL);
+    /* journald priorities: <6> info, <5> notice, and no "mqd[pid]:" prefix */
+    char *text = harness_read_file(sa.log, NULL);
+    CHECK(text && strstr(text, "\n<6>loading: weights") && strstr(text, "\n<5>ready: model ") && !strstr(text, "mqd["),
+          "log lines without journald priorities");
+    free(text);
+    if (status >= 0)
+        sa.activator = 0;
+}
+
+/* After the socket-activation cases: the notes and mqd's log if any failed. */
+static void socket_activation_end(int show)
+{
+    if (sa.c)
+        mq_disconnect(sa.c);
+    if (sa.collecting) {
+        __atomic_store_n(&ns.stop, 1, __ATOMIC_SEQ_CST);
+        pthread_join(sa.collector, NULL);
+    }
     close(ns.fd);
-    if (harness_cur_fail) {
+    if (show) {
         for (int i = 0; i < ns.n && i < 40; i++)
             fprintf(stderr, "    notify[%d] %s\n", i, ns.notes[i].text);
-        spawn_dump_log(log);
+        spawn_dump_log(sa.log);
     }
-    if (status < 0)
-        kill(pid, SIGKILL);
+    if (sa.activator > 0) {
+        kill(sa.activator, SIGKILL);
+        waitpid(sa.activator, NULL, 0);
+    }
 }
 
 static int run_capture(char *const argv[], char *out, size_t len)
@@ -227,6 +297,13 @@ int main(void)
 {
     spawn_tmpdir(dir, sizeof dir);
     RUN(test_check_config);
-    RUN(test_socket_activation_and_notify);
+    RUN(test_activator_binds_and_waits);
+    RUN(test_first_client_waits_for_ready);
+    RUN(test_request_through_activated_socket);
+    RUN(test_passed_sockets_used);
+    RUN(test_watchdog_repeats);
+    RUN(test_sighup_reloads);
+    RUN(test_sigterm_stops);
+    socket_activation_end(harness_failed > 0);
     return harness_done();
 }

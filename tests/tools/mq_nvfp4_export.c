@@ -43,9 +43,11 @@
 
 #include "engine/model_config.h"
 #include "kernels/mq_kernels.h"
+#include "tests/tools/fsutil.h"
 #include "engine/pool.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
+#include "common/errmsg.h"
 
 enum { L_Q, L_K, L_V, L_O, L_GATE, L_UP, L_DOWN, N_LIN };
 static const char *const LIN_NAME[N_LIN] = {
@@ -61,8 +63,7 @@ static const int LIN_GROUP[N_LIN] = { 0, 0, 0, 1, 2, 2, 3 };
 typedef struct lin {
     const uint16_t *w; /* [n, k] BF16, in the mmap'ed source */
     int n, k;
-    mq_bf16_weight bw; /* for the calibration forward */
-    void *aux;
+    mq_bf16_weight bw;   /* for the calibration forward */
     float amax, g;       /* tensor amax, exported g_w */
     uint8_t *codes;      /* [n, k/2] */
     uint8_t *scales;     /* [n, k/16] */
@@ -91,38 +92,35 @@ static const void *tensor_ptr(const src *s, const mq_st_tensor *t)
 }
 
 /* Finds a BF16 tensor with the given shape (d1 == 0: 1-D). */
-static int get_bf16(const src *s, const char *name, int64_t d0, int64_t d1, const uint16_t **out, char *err)
+static int get_bf16(const src *s, const char *name, int64_t d0, int64_t d1, const uint16_t **out, char *err,
+                    size_t errlen)
 {
     const mq_st_tensor *t = mq_st_find(s->st, name);
     if (!t) {
-        mq_errf(err, "source checkpoint: tensor %s missing", name);
-        return -ENOENT;
+        return mq_errmsg(err, errlen, -ENOENT, "source checkpoint: tensor %s missing", name);
     }
     int ok = t->dtype == MQ_DT_BF16 && t->ndim == (d1 ? 2 : 1) && t->shape[0] == d0 && (!d1 || t->shape[1] == d1);
     if (!ok) {
-        mq_errf(err, "source checkpoint: %s must be BF16 [%lld%s%lld] (dtype %s, %d dims)", name, (long long)d0,
-                d1 ? ", " : "", (long long)d1, mq_dtype_name(t->dtype), t->ndim);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "source checkpoint: %s must be BF16 [%lld%s%lld] (dtype %s, %d dims)",
+                         name, (long long)d0, d1 ? ", " : "", (long long)d1, mq_dtype_name(t->dtype), t->ndim);
     }
     *out = tensor_ptr(s, t);
     return 0;
 }
 
-static int src_open(src *s, const char *dir, char *err)
+static int src_open(src *s, const char *dir, char *err, size_t errlen)
 {
-    int rc = mq_config_load(&s->cfg, dir, err);
+    int rc = mq_config_load(&s->cfg, dir, err, errlen);
     if (rc)
         return rc;
     const mq_config *c = &s->cfg;
     if (c->nvfp4_ckpt) {
-        mq_errf(err, "%s is already an NVFP4 checkpoint", dir);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "%s is already an NVFP4 checkpoint", dir);
     }
     if (c->qkv_bias) {
-        mq_errf(err, "%s: q/k/v biases (Qwen2) are not exported", dir);
-        return -ENOTSUP;
+        return mq_errmsg(err, errlen, -ENOTSUP, "%s: q/k/v biases (Qwen2) are not exported", dir);
     }
-    if ((rc = mq_st_open(&s->st, dir, err)))
+    if ((rc = mq_st_open(&s->st, dir, err, errlen)))
         return rc;
     s->map = calloc((size_t)s->st->n_files, sizeof *s->map);
     s->map_len = calloc((size_t)s->st->n_files, sizeof *s->map_len);
@@ -132,23 +130,21 @@ static int src_open(src *s, const char *dir, char *err)
         int fd = open(s->st->paths[f], O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             rc = -errno;
-            mq_errf(err, "%s: %s", s->st->paths[f], strerror(errno));
-            return rc;
+            return mq_errmsg(err, errlen, rc, "%s: %s", s->st->paths[f], strerror(errno));
         }
         s->map_len[f] = s->st->file_bytes[f];
         s->map[f] = mmap(NULL, s->map_len[f], PROT_READ, MAP_PRIVATE, fd, 0);
         close(fd);
         if (s->map[f] == MAP_FAILED) {
             s->map[f] = NULL;
-            mq_errf(err, "mmap %s: %s", s->st->paths[f], strerror(errno));
-            return -EIO;
+            return mq_errmsg(err, errlen, -EIO, "mmap %s: %s", s->st->paths[f], strerror(errno));
         }
     }
     char nm[128];
     int H = c->hidden, QD = c->n_head * c->head_dim, KVD = c->n_kv * c->head_dim;
-    if ((rc = get_bf16(s, "model.embed_tokens.weight", c->vocab, H, &s->embed, err)))
+    if ((rc = get_bf16(s, "model.embed_tokens.weight", c->vocab, H, &s->embed, err, errlen)))
         return rc;
-    if ((rc = get_bf16(s, "model.norm.weight", H, 0, &s->final_norm, err)))
+    if ((rc = get_bf16(s, "model.norm.weight", H, 0, &s->final_norm, err, errlen)))
         return rc;
     s->layers = calloc((size_t)c->n_layers, sizeof *s->layers);
     if (!s->layers)
@@ -157,9 +153,9 @@ static int src_open(src *s, const char *dir, char *err)
                                 { c->inter, H }, { c->inter, H }, { H, c->inter } };
     for (int i = 0; i < c->n_layers; i++) {
         layer *L = &s->layers[i];
-#define GET(field, suffix, d0)                                \
-    snprintf(nm, sizeof nm, "model.layers.%d.%s", i, suffix); \
-    if ((rc = get_bf16(s, nm, d0, 0, &L->field, err)))        \
+#define GET(field, suffix, d0)                                 \
+    snprintf(nm, sizeof nm, "model.layers.%d.%s", i, suffix);  \
+    if ((rc = get_bf16(s, nm, d0, 0, &L->field, err, errlen))) \
     return rc
         GET(attn_norm, "input_layernorm.weight", H);
         GET(ffn_norm, "post_attention_layernorm.weight", H);
@@ -173,17 +169,14 @@ static int src_open(src *s, const char *dir, char *err)
             l->n = shp[j][0];
             l->k = shp[j][1];
             snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", i, LIN_NAME[j]);
-            if ((rc = get_bf16(s, nm, l->n, l->k, &l->w, err)))
+            if ((rc = get_bf16(s, nm, l->n, l->k, &l->w, err, errlen)))
                 return rc;
             if (l->k % MQ_FP4_BLOCK) {
-                mq_errf(err, "%s: K = %d is not a multiple of 16; the packed NVFP4 layout has no padding", nm, l->k);
-                return -ENOTSUP;
+                return mq_errmsg(err, errlen, -ENOTSUP,
+                                 "%s: K = %d is not a multiple of 16; the packed NVFP4 layout has no padding", nm,
+                                 l->k);
             }
-            size_t ab = mq_bf16_weight_aux_bytes(l->n, l->k);
-            if (ab && posix_memalign(&l->aux, 64, ab))
-                return -ENOMEM;
-            mq_bf16_weight_bind(&l->bw, l->n, l->k, l->w, l->aux);
-            mq_bf16_weight_prepare_rows(&l->bw, 0, l->n);
+            mq_bf16_weight_bind(&l->bw, l->n, l->k, l->w);
         }
     }
     return 0;
@@ -194,7 +187,6 @@ static void src_close(src *s)
     if (s->layers)
         for (int i = 0; i < s->cfg.n_layers; i++)
             for (int j = 0; j < N_LIN; j++) {
-                free(s->layers[i].l[j].aux);
                 free(s->layers[i].l[j].codes);
                 free(s->layers[i].l[j].scales);
             }
@@ -242,7 +234,8 @@ static void bf16_to_f32_vec(const uint16_t *w, float *out, int n)
     mq_bf16_to_f32_row(w, out, (size_t)n);
 }
 
-static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n, layer *layers, char *err)
+static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n, layer *layers, char *err,
+                         size_t errlen)
 {
     const mq_config *c = &s->cfg;
     int H = c->hidden, hd = c->head_dim, nh = c->n_head, nkv = c->n_kv, I = c->inter;
@@ -262,8 +255,7 @@ static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n,
     }
     for (int t = 0; t < n; t++) {
         if (tok[t] < 0 || tok[t] >= c->vocab) {
-            mq_errf(err, "calibration token %d outside the vocabulary", tok[t]);
-            rc = -EINVAL;
+            rc = mq_errmsg(err, errlen, -EINVAL, "calibration token %d outside the vocabulary", tok[t]);
             goto out;
         }
         bf16_to_f32_vec(s->embed + (size_t)tok[t] * H, h + (size_t)t * H, H);
@@ -334,8 +326,7 @@ static int calibrate_seq(const src *s, mq_pool *pool, const int32_t *tok, int n,
         mq_add(h, y, n * H);
         for (int si = 0; si < N_SITE; si++)
             if (!isfinite(am[si])) {
-                mq_errf(err, "calibration: layer %d activations are not finite", li);
-                rc = -EDOM;
+                rc = mq_errmsg(err, errlen, -EDOM, "calibration: layer %d activations are not finite", li);
                 goto out;
             }
     }
@@ -358,14 +349,14 @@ out:
 }
 
 /* The last n_docs documents of the corpus, stripped, tokenized without special tokens. */
-static int calibrate(src *s, mq_pool *pool, const char *dir, const char *corpus, int n_docs, int max_tok, char *err)
+static int calibrate(src *s, mq_pool *pool, const char *dir, const char *corpus, int n_docs, int max_tok, char *err,
+                     size_t errlen)
 {
     char tok_err[MQ_TOK_ERR_LEN];
     mq_tokenizer *tok = NULL;
     int rc = mq_tok_load_dir(dir, &tok, tok_err, sizeof tok_err);
     if (rc) {
-        mq_errf(err, "tokenizer of %s: %s", dir, tok_err);
-        return rc;
+        return mq_errmsg(err, errlen, rc, "tokenizer of %s: %s", dir, tok_err);
     }
     FILE *f = fopen(corpus, "rb");
     char *text = NULL;
@@ -380,7 +371,7 @@ static int calibrate(src *s, mq_pool *pool, const char *dir, const char *corpus,
     if (f)
         fclose(f);
     if (!text) {
-        mq_errf(err, "cannot read calibration text %s", corpus);
+        mq_errmsg(err, errlen, 0, "cannot read calibration text %s", corpus);
         mq_tok_free(tok);
         return -EIO;
     }
@@ -416,21 +407,20 @@ static int calibrate(src *s, mq_pool *pool, const char *dir, const char *corpus,
         size_t n = 0;
         rc = mq_tok_encode(tok, p, l, 0, &ids, &n, tok_err, sizeof tok_err);
         if (rc) {
-            mq_errf(err, "tokenizing calibration document %d: %s", d, tok_err);
+            mq_errmsg(err, errlen, 0, "tokenizing calibration document %d: %s", d, tok_err);
             break;
         }
         if (n > (size_t)max_tok)
             n = (size_t)max_tok;
         if (n >= 2) {
-            rc = calibrate_seq(s, pool, ids, (int)n, s->layers, err);
+            rc = calibrate_seq(s, pool, ids, (int)n, s->layers, err, errlen);
             used++;
             tokens += (int)n;
         }
         free(ids);
     }
     if (!rc && !used) {
-        mq_errf(err, "%s: no calibration document", corpus);
-        rc = -EINVAL;
+        rc = mq_errmsg(err, errlen, -EINVAL, "%s: no calibration document", corpus);
     }
     if (!rc)
         fprintf(stderr, "mq_nvfp4_export: calibrated on %d documents, %d tokens\n", used, tokens);
@@ -489,44 +479,6 @@ static int quantize_all(src *s, int fuse, int dynamic)
     return 0;
 }
 
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -errno;
-    int bad = fputs(text, f) < 0;
-    if (fclose(f) != 0 || bad)
-        return -EIO;
-    return 0;
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb");
-    if (!in)
-        return -errno;
-    FILE *out = fopen(to, "wb");
-    if (!out) {
-        int e = -errno;
-        fclose(in);
-        return e;
-    }
-    char buf[1 << 16];
-    size_t r;
-    int rc = 0;
-    while ((r = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, r, out) != r) {
-            rc = -EIO;
-            break;
-        }
-    if (ferror(in))
-        rc = -EIO;
-    fclose(in);
-    if (fclose(out) != 0 && !rc)
-        rc = -EIO;
-    return rc;
-}
-
 static cJSON *quant_scheme(int dynamic_global)
 {
     cJSON *o = cJSON_CreateObject();
@@ -546,14 +498,13 @@ static cJSON *quant_scheme(int dynamic_global)
     return o;
 }
 
-static int write_config(const char *in_dir, const char *out_dir, int dynamic, char *err)
+static int write_config(const char *in_dir, const char *out_dir, int dynamic, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", in_dir);
     FILE *f = fopen(path, "rb");
     if (!f) {
-        mq_errf(err, "%s: %s", path, strerror(errno));
-        return -errno;
+        return mq_errmsg(err, errlen, -errno, "%s: %s", path, strerror(errno));
     }
     char *txt = NULL;
     size_t cap = 0, len = 0, r;
@@ -573,8 +524,7 @@ static int write_config(const char *in_dir, const char *out_dir, int dynamic, ch
     cJSON *root = txt ? cJSON_ParseWithLength(txt, len) : NULL;
     free(txt);
     if (!root) {
-        mq_errf(err, "%s: not JSON", path);
-        return -EINVAL;
+        return mq_errmsg(err, errlen, -EINVAL, "%s: not JSON", path);
     }
     cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
     cJSON *q = cJSON_AddObjectToObject(root, "quantization_config");
@@ -599,14 +549,14 @@ static int write_config(const char *in_dir, const char *out_dir, int dynamic, ch
     if (!out)
         return -ENOMEM;
     snprintf(path, sizeof path, "%s/config.json", out_dir);
-    int rc = write_text(path, out);
+    int rc = fsutil_write_text(path, out);
     free(out);
     if (rc)
-        mq_errf(err, "%s: %s", path, strerror(-rc));
+        mq_errmsg(err, errlen, 0, "%s: %s", path, strerror(-rc));
     return rc;
 }
 
-static int write_weights(const src *s, const char *out_dir, char *err)
+static int write_weights(const src *s, const char *out_dir, char *err, size_t errlen)
 {
     const mq_config *c = &s->cfg;
     mq_st_writer *w = NULL;
@@ -646,7 +596,7 @@ static int write_weights(const src *s, const char *out_dir, char *err)
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
     if (!rc)
-        rc = mq_st_writer_write(w, path, err);
+        rc = mq_st_writer_write(w, path, err, errlen);
     mq_st_writer_free(w);
     return rc;
 }
@@ -702,24 +652,24 @@ int main(int argc, char **argv)
         calib = calib_default;
     }
     mq_kernels_init();
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     src s = { 0 };
     mq_pool *pool = NULL;
-    int rc = src_open(&s, in, err);
+    int rc = src_open(&s, in, err, sizeof err);
     if (!rc)
         rc = mq_pool_create(&pool, 2, NULL, "mq-export");
     if (!rc && !dynamic)
-        rc = calibrate(&s, pool, in, calib, docs, max_tok, err);
+        rc = calibrate(&s, pool, in, calib, docs, max_tok, err, sizeof err);
     if (!rc)
         rc = quantize_all(&s, fuse, dynamic);
     if (!rc && mkdir(out, 0755) != 0 && errno != EEXIST) {
         rc = -errno;
-        mq_errf(err, "mkdir %s: %s", out, strerror(errno));
+        mq_errmsg(err, sizeof err, 0, "mkdir %s: %s", out, strerror(errno));
     }
     if (!rc)
-        rc = write_config(in, out, dynamic, err);
+        rc = write_config(in, out, dynamic, err, sizeof err);
     if (!rc)
-        rc = write_weights(&s, out, err);
+        rc = write_weights(&s, out, err, sizeof err);
     static const char *files[] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json" };
     for (int i = 0; i < 3 && !rc; i++) {
         char from[4096], to[4096];
@@ -727,8 +677,8 @@ int main(int argc, char **argv)
         snprintf(to, sizeof to, "%s/%s", out, files[i]);
         if (access(from, F_OK) != 0 && i == 2)
             continue; /* generation_config is optional */
-        if ((rc = copy_file(from, to)))
-            mq_errf(err, "copying %s: %s", from, strerror(-rc));
+        if ((rc = fsutil_copy_file(from, to)))
+            mq_errmsg(err, sizeof err, 0, "copying %s: %s", from, strerror(-rc));
     }
     mq_pool_destroy(pool);
     src_close(&s);

@@ -33,8 +33,10 @@
 #include <unistd.h>
 
 #include "kernels/mq_kernels.h"
+#include "tests/tools/fsutil.h"
 #include "engine/pool.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 typedef struct shape_def {
     const char *name; /* "0.6b" */
@@ -143,59 +145,6 @@ static int add_tensor(gen_tensor *ts, int *n, uint64_t seed, const char *name, i
     return 0;
 }
 
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -errno;
-    int bad = fputs(text, f) < 0;
-    if (fclose(f) != 0 || bad)
-        return -EIO;
-    return 0;
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    int in = open(from, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return -errno;
-    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (out < 0) {
-        int e = -errno;
-        close(in);
-        return e;
-    }
-    char buf[1 << 16];
-    int rc = 0;
-    for (;;) {
-        ssize_t r = read(in, buf, sizeof buf);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = -errno;
-            break;
-        }
-        if (r == 0)
-            break;
-        for (ssize_t o = 0; o < r;) {
-            ssize_t w = write(out, buf + o, (size_t)(r - o));
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                rc = -errno;
-                break;
-            }
-            o += w;
-        }
-        if (rc)
-            break;
-    }
-    close(in);
-    if (close(out) != 0 && !rc)
-        rc = -errno;
-    return rc;
-}
-
 static char *config_json(const shape_def *s, int layers)
 {
     cJSON *c = cJSON_CreateObject();
@@ -300,7 +249,7 @@ int main(int argc, char **argv)
     char path[4096], from[4096];
     char *cfg = config_json(s, layers);
     snprintf(path, sizeof path, "%s/config.json", out);
-    if (!cfg || write_text(path, cfg)) {
+    if (!cfg || fsutil_write_text(path, cfg)) {
         fprintf(stderr, "mq_synth: cannot write %s\n", path);
         free(cfg);
         return 1;
@@ -311,7 +260,7 @@ int main(int argc, char **argv)
         int rc = -ENAMETOOLONG;
         if (snprintf(from, sizeof from, "%s/%s", tok_dir, tok_files[i]) < (int)sizeof from &&
             snprintf(path, sizeof path, "%s/%s", out, tok_files[i]) < (int)sizeof path)
-            rc = copy_file(from, path);
+            rc = fsutil_copy_file(from, path);
         if (rc) {
             fprintf(stderr, "mq_synth: copying %s to %s: %s\n", from, path, strerror(-rc));
             return 1;
@@ -372,7 +321,7 @@ int main(int argc, char **argv)
         cJSON_AddNumberToObject(meta, "total_size", (double)total);
         wmap = cJSON_AddObjectToObject(index, "weight_map");
     }
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     uint64_t done = 0;
     int next = 0;
     for (int k = 0; k < shards && !rc; k++) {
@@ -400,7 +349,7 @@ int main(int argc, char **argv)
         }
         snprintf(path, sizeof path, "%s/%s", out, fname);
         if (!rc)
-            rc = mq_st_writer_write(w, path, err);
+            rc = mq_st_writer_write(w, path, err, sizeof err);
         mq_st_writer_free(w);
         if (!rc)
             printf("mq_synth: wrote %s\n", path);
@@ -408,7 +357,7 @@ int main(int argc, char **argv)
     if (!rc && index) {
         char *txt = cJSON_Print(index);
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
-        rc = txt ? write_text(path, txt) : -ENOMEM;
+        rc = txt ? fsutil_write_text(path, txt) : -ENOMEM;
         if (rc && snprintf(err, sizeof err, "%s: %s", path, strerror(-rc)) >= (int)sizeof err)
             err[sizeof err - 1] = 0;
         free(txt);

@@ -9,10 +9,10 @@
 #include "tests/harness.h"
 #include "daemon/config.h"
 
-static int parse(mqd_config *c, const char *js, char *err)
+static int parse(mqd_config *c, const char *js, char *err, size_t errlen)
 {
     mqd_config_defaults(c);
-    return mqd_config_parse_json(c, js, strlen(js), "t.json", err, 512);
+    return mqd_config_parse_json(c, js, strlen(js), "t.json", err, errlen);
 }
 
 static void test_full_file(void)
@@ -25,7 +25,7 @@ static void test_full_file(void)
                      "\"allowed_users\": [\"root\", \"nobody\"], \"admin_group\": \"adm\","
                      "\"watchdog\": false, \"drain_timeout_ms\": 1500,"
                      "\"client_socket\": \"/tmp/x/c.sock\", \"admin_socket\": \"/tmp/x/a.sock\"}";
-    CHECK(parse(&c, js, err) == 0, "parse: %s", err);
+    CHECK(parse(&c, js, err, sizeof err) == 0, "parse: %s", err);
     CHECK(!strcmp(c.model_dir, "/m") && c.mode == MQ_CFG_MODE_BF16 && c.prefill_threads == 2, "fields");
     CHECK(c.on_full == MQ_CFG_ON_FULL_WAIT && c.hugepages == MQ_CFG_HUGE_OFF && !c.watchdog, "enums/bools");
     CHECK(!strcmp(c.allowed_users[1], "nobody") && !c.allowed_users[2][0], "list");
@@ -59,7 +59,7 @@ static void test_errors_name_the_field(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mqd_config c;
         char err[512] = "";
-        int rc = parse(&c, cases[i].js, err);
+        int rc = parse(&c, cases[i].js, err, sizeof err);
         CHECK(rc == -EINVAL && strstr(err, cases[i].want) && !strncmp(err, "t.json: ", 8),
               "case %zu: rc %d, err \"%s\", wanted \"%s\"", i, rc, err, cases[i].want);
     }
@@ -121,17 +121,20 @@ static void test_hugepages_reserve_auto(void)
 {
     mqd_config c;
     char err[512] = "";
-    CHECK(parse(&c, "{\"model_dir\": \"/m\", \"hugepages_reserve\": \"auto\"}", err) == 0, "parse: %s", err);
+    CHECK(parse(&c, "{\"model_dir\": \"/m\", \"hugepages_reserve\": \"auto\"}", err, sizeof err) == 0, "parse: %s",
+          err);
     CHECK(c.hugepages_reserve == MQ_CFG_U32_AUTO, "auto: %u", c.hugepages_reserve);
     CHECK(mqd_config_validate(&c, err, 512) == 0, "validate: %s", err);
     char *out = mqd_config_to_json(&c);
     CHECK(out && strstr(out, "\"hugepages_reserve\":\t\"auto\""), "printed: %s", out);
     free(out);
-    CHECK(parse(&c, "{\"hugepages_reserve\": 300}", err) == 0 && c.hugepages_reserve == 300, "number: %s", err);
-    CHECK(parse(&c, "{\"hugepages_reserve\": \"lots\"}", err) == -EINVAL &&
+    CHECK(parse(&c, "{\"hugepages_reserve\": 300}", err, sizeof err) == 0 && c.hugepages_reserve == 300, "number: %s",
+          err);
+    CHECK(parse(&c, "{\"hugepages_reserve\": \"lots\"}", err, sizeof err) == -EINVAL &&
               strstr(err, "hugepages_reserve: must be a number or auto"),
           "bad word: %s", err);
-    CHECK(parse(&c, "{\"kv_tokens\": \"auto\"}", err) == -EINVAL && strstr(err, "kv_tokens: must be a number"),
+    CHECK(parse(&c, "{\"kv_tokens\": \"auto\"}", err, sizeof err) == -EINVAL &&
+              strstr(err, "kv_tokens: must be a number"),
           "auto elsewhere: %s", err);
     mqd_config_defaults(&c);
     CHECK(mqd_config_set(&c, "hugepages-reserve", "auto", err, sizeof err) == 0 &&

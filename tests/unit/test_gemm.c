@@ -139,15 +139,8 @@ static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int 
     return sum;
 }
 
-static int isas[3], n_isas;
-
-static void collect_isas(void)
-{
-    n_isas = 0;
-    for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
-        if (mq_kernels_cpu_has((mq_isa)i))
-            isas[n_isas++] = i;
-}
+static mq_isa isas[3];
+static int n_isas;
 
 static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned long long seed)
 {
@@ -169,7 +162,6 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned l
         CHECK(mq_kernels_force((mq_isa)isas[ii]) == 0, "force");
         /* the prepared aux must not depend on the ISA that prepared it */
         mq_fp4_act_prepare_rows(&a, 0, c.m);
-        mq_fp4_weight_prepare_rows(&w, 0, c.n);
         /* full range, then two sub-ranges split off a multiple of 16 */
         int cuts[3][2] = { { 0, c.n }, { c.n / 3, c.n }, { 0, c.n / 3 } };
         for (int r = 0; r < 3; r++) {
@@ -277,9 +269,9 @@ static void test_fp4_act_prepare_identical(void)
         a1.g = a0.g;
         memset(a1.aux, 0xa5, bytes - (size_t)((uint8_t *)a1.aux - (uint8_t *)m1));
         mq_fp4_act_prepare_rows(&a1, 0, M);
-        CHECK(memcmp(mq_fp4_act_aux_bytes(&a0), mq_fp4_act_aux_bytes(&a1), (size_t)M * a0.kp) == 0,
+        CHECK(memcmp(fp4_act_aux_bytes(&a0), fp4_act_aux_bytes(&a1), (size_t)M * a0.kp) == 0,
               "%s: prepared bytes differ from the scalar form", mq_isa_name(isas[ii]));
-        CHECK(memcmp(mq_fp4_act_aux_sx(&a0), mq_fp4_act_aux_sx(&a1), sizeof(float) * M * (a0.kp / 16)) == 0,
+        CHECK(memcmp(fp4_act_aux_sx(&a0), fp4_act_aux_sx(&a1), sizeof(float) * M * (a0.kp / 16)) == 0,
               "%s: prepared scales differ from the scalar form", mq_isa_name(isas[ii]));
     }
     free(m0);
@@ -312,10 +304,8 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
     float *y = malloc(sizeof(float) * (size_t)M * ldy);
     for (int ii = 0; ii < n_isas; ii++) {
         mq_kernels_force((mq_isa)isas[ii]);
-        void *aux = amalloc(mq_bf16_weight_aux_bytes(N, K));
         mq_bf16_weight w;
-        mq_bf16_weight_bind(&w, N, K, wd, aux);
-        mq_bf16_weight_prepare_rows(&w, 0, N);
+        mq_bf16_weight_bind(&w, N, K, wd);
         int cuts[3][2] = { { 0, N }, { N / 3, N }, { 0, N / 3 } };
         for (int r = 0; r < 3; r++) {
             int n0 = cuts[r][0], n1 = cuts[r][1], bad = 0;
@@ -337,7 +327,6 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
                     bad += !ok;
                 }
         }
-        free(aux);
     }
     free(x);
     free(wd);
@@ -367,7 +356,7 @@ static void test_bf16_gemm(void)
 int main(void)
 {
     mq_kernels_init();
-    collect_isas();
+    n_isas = harness_isas(isas);
     printf("  ISAs tested:");
     for (int i = 0; i < n_isas; i++)
         printf(" %s", mq_isa_name(isas[i]));

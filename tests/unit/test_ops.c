@@ -7,15 +7,6 @@
 #include <math.h>
 #include <string.h>
 
-static int isa_list(mq_isa *out)
-{
-    int n = 0;
-    for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
-        if (mq_kernels_cpu_has((mq_isa)i))
-            out[n++] = (mq_isa)i;
-    return n;
-}
-
 static float ulpf_(float x)
 {
     return nextafterf(fabsf(x), INFINITY) - fabsf(x);
@@ -24,7 +15,7 @@ static float ulpf_(float x)
 static void test_rmsnorm(void)
 {
     mq_isa isas[3];
-    int ni = isa_list(isas);
+    int ni = harness_isas(isas);
     const int ns[] = { 1, 7, 64, 100, 384, 1027, 2048 };
     unsigned long long s = 5;
     for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
@@ -62,7 +53,7 @@ static void test_rmsnorm(void)
 static void test_swiglu(void)
 {
     mq_isa isas[3];
-    int ni = isa_list(isas);
+    int ni = harness_isas(isas);
     enum { N = 1037 };
     float g[N], u[N], y[N];
     unsigned long long s = 6;

@@ -171,15 +171,6 @@ static void fill_row(float *x, int k, enum dist d, unsigned long long *s, float 
     }
 }
 
-static int isa_list(mq_isa *out)
-{
-    int n = 0;
-    for (int i = MQ_ISA_SCALAR; i <= MQ_ISA_AVX512; i++)
-        if (mq_kernels_cpu_has((mq_isa)i))
-            out[n++] = (mq_isa)i;
-    return n;
-}
-
 /* ---- 1. the reference against the oracle -------------------------------------- */
 
 static void test_e4m3_vs_oracle(void)
@@ -297,7 +288,7 @@ static void *amalloc(size_t n)
 static void check_act_isas(const float *x, int m, int k, size_t ldx, float g, const char *what)
 {
     mq_isa isas[3];
-    int n = isa_list(isas);
+    int n = harness_isas(isas);
     size_t bytes = mq_fp4_act_bytes(m, k);
     uint8_t *want_c = malloc((size_t)m * (size_t)mq_fp4_pad(k)), *want_s = malloc((size_t)m * (size_t)mq_fp4_pad(k));
     int kp = mq_fp4_pad(k), want_rc = 0;
@@ -332,7 +323,7 @@ static void check_act_isas(const float *x, int m, int k, size_t ldx, float g, co
 static void test_amax_bf16_isas(void)
 {
     mq_isa isas[3];
-    int n_isa = isa_list(isas);
+    int n_isa = harness_isas(isas);
     enum { N = 5000 };
     uint16_t *x = malloc(N * sizeof *x);
     uint32_t s = 12345;
@@ -408,7 +399,7 @@ static void test_weight_quantize_isas(void)
     for (int r = r0; r < r1; r++)
         mq_fp4_quantize_row(x + r * k, k, g, want_c + r * kp / 2, want_s + r * kp / 16);
     mq_isa isas[3];
-    int ni = isa_list(isas);
+    int ni = harness_isas(isas);
     for (int i = 0; i < ni; i++) {
         mq_kernels_force(isas[i]);
         size_t bytes = mq_fp4_weight_bytes(n, k);
@@ -472,7 +463,7 @@ static void test_quantize_rejects_nonfinite(void)
 static void test_rows_isas_bitexact(void)
 {
     mq_isa isas[3];
-    int n = isa_list(isas);
+    int n = harness_isas(isas);
     enum { N = 4099 };
     float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
     uint16_t *h = malloc(2 * N), *want = malloc(2 * N);

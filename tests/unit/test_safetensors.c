@@ -4,6 +4,7 @@
 #include "engine/engine.h"
 #include "tests/harness.h"
 #include "engine/safetensors.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <math.h>
@@ -43,7 +44,7 @@ static void fill_seq(void *ctx, const char *name, uint64_t off, void *buf, size_
 
 static void test_roundtrip(void)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_st_writer *w;
     uint16_t a[6] = { 1, 2, 3, 4, 5, 6 };
     float b[3] = { 1.5f, -2.0f, 3.25f };
@@ -51,10 +52,10 @@ static void test_roundtrip(void)
     CHECK(mq_st_writer_add(w, "a", MQ_DT_BF16, (int64_t[]){ 2, 3 }, 2, a, NULL, NULL) == 0, "add a");
     CHECK(mq_st_writer_add(w, "b", MQ_DT_F32, (int64_t[]){ 3 }, 1, b, NULL, NULL) == 0, "add b");
     CHECK(mq_st_writer_add(w, "c", MQ_DT_U8, (int64_t[]){ 5, 100 }, 2, NULL, fill_seq, NULL) == 0, "add c");
-    CHECK(mq_st_writer_write(w, tmp("one.safetensors"), err) == 0, "write %s", err);
+    CHECK(mq_st_writer_write(w, tmp("one.safetensors"), err, sizeof err) == 0, "write %s", err);
     mq_st_writer_free(w);
     mq_st *st;
-    CHECK(mq_st_open_file(&st, tmp("one.safetensors"), err) == 0, "open: %s", err);
+    CHECK(mq_st_open_file(&st, tmp("one.safetensors"), err, sizeof err) == 0, "open: %s", err);
     if (!st)
         return;
     CHECK(st->n_tensors == 3, "3 tensors");
@@ -97,10 +98,10 @@ static void test_malformed(void)
         { "[1,2]", 0, -1, "JSON" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char err[MQ_ERR_LEN] = "";
+        char err[MQ_ERRMSG_LEN] = "";
         mq_st *st = NULL;
         write_raw(tmp("bad.safetensors"), cases[i].json, cases[i].data, cases[i].hlen);
-        int rc = mq_st_open_file(&st, tmp("bad.safetensors"), err);
+        int rc = mq_st_open_file(&st, tmp("bad.safetensors"), err, sizeof err);
         CHECK(rc < 0 && !st && strstr(err, cases[i].want) && strstr(err, "bad.safetensors"),
               "case %zu: rc %d, error \"%s\" should name %s and the file", i, rc, err, cases[i].want);
     }
@@ -108,22 +109,23 @@ static void test_malformed(void)
     FILE *f = fopen(tmp("tiny.safetensors"), "wb");
     fputs("abc", f);
     fclose(f);
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     mq_st *st = NULL;
-    CHECK(mq_st_open_file(&st, tmp("tiny.safetensors"), err) < 0 && strstr(err, "truncated"), "tiny: %s", err);
-    CHECK(mq_st_open_file(&st, tmp("missing.safetensors"), err) == -ENOENT, "missing file");
+    CHECK(mq_st_open_file(&st, tmp("tiny.safetensors"), err, sizeof err) < 0 && strstr(err, "truncated"), "tiny: %s",
+          err);
+    CHECK(mq_st_open_file(&st, tmp("missing.safetensors"), err, sizeof err) == -ENOENT, "missing file");
 }
 
 static void test_sharded(void)
 {
-    char err[MQ_ERR_LEN] = "";
+    char err[MQ_ERRMSG_LEN] = "";
     write_raw(tmp("s1.safetensors"), "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, -1);
     write_raw(tmp("s2.safetensors"), "{\"y\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[0,8]}}", 8, -1);
     FILE *f = fopen(tmp("model.safetensors.index.json"), "w");
     fputs("{\"metadata\":{},\"weight_map\":{\"x\":\"s1.safetensors\",\"y\":\"s2.safetensors\"}}", f);
     fclose(f);
     mq_st *st = NULL;
-    CHECK(mq_st_open(&st, dir, err) == 0, "sharded: %s", err);
+    CHECK(mq_st_open(&st, dir, err, sizeof err) == 0, "sharded: %s", err);
     if (st) {
         const mq_st_tensor *x = mq_st_find(st, "x"), *y = mq_st_find(st, "y");
         CHECK(st->n_files == 2 && x && y && x->file != y->file, "two shards");
@@ -132,11 +134,12 @@ static void test_sharded(void)
     f = fopen(tmp("model.safetensors.index.json"), "w");
     fputs("{\"weight_map\":{\"x\":\"s1.safetensors\",\"z\":\"s2.safetensors\"}}", f);
     fclose(f);
-    CHECK(mq_st_open(&st, dir, err) < 0 && strstr(err, "\"z\""), "index names a tensor its shard lacks: %s", err);
+    CHECK(mq_st_open(&st, dir, err, sizeof err) < 0 && strstr(err, "\"z\""), "index names a tensor its shard lacks: %s",
+          err);
     f = fopen(tmp("model.safetensors.index.json"), "w");
     fputs("{\"weight_map\":{\"x\":\"../etc/passwd\"}}", f);
     fclose(f);
-    CHECK(mq_st_open(&st, dir, err) < 0, "index escaping the folder: %s", err);
+    CHECK(mq_st_open(&st, dir, err, sizeof err) < 0, "index escaping the folder: %s", err);
     unlink(tmp("model.safetensors.index.json"));
 }
 
@@ -241,9 +244,9 @@ static void write_tiny(const char *d, mq_dtype dt, int break_what)
         static float extra[4];
         mq_st_writer_add(w, "model.layers.0.mlp.experts.weight", MQ_DT_F32, (int64_t[]){ 4 }, 1, extra, NULL, NULL);
     }
-    char err[MQ_ERR_LEN];
+    char err[MQ_ERRMSG_LEN];
     snprintf(p, sizeof p, "%s/model.safetensors", d);
-    CHECK(mq_st_writer_write(w, p, err) == 0, "write tiny: %s", err);
+    CHECK(mq_st_writer_write(w, p, err, sizeof err) == 0, "write tiny: %s", err);
     mq_st_writer_free(w);
     for (int i = 0; i < nk; i++)
         free(keep[i]);
@@ -251,11 +254,11 @@ static void write_tiny(const char *d, mq_dtype dt, int break_what)
 
 static void tiny_logits(mq_model *m, mq_prec prec, int chunk, float *out /* [12, TV] */)
 {
-    char err[MQ_ERR_LEN];
+    char err[MQ_ERRMSG_LEN];
     mq_engine *e = NULL;
     mq_pool *pool = NULL;
     mq_engine_opts o = { .max_chunk = chunk, .max_batch = 2, .block_tokens = 4, .max_context = 16 };
-    CHECK(mq_engine_create(&e, m, &o, err) == 0, "engine: %s", err);
+    CHECK(mq_engine_create(&e, m, &o, err, sizeof err) == 0, "engine: %s", err);
     CHECK(mq_pool_create(&pool, 2, NULL, "tiny") == 0, "pool");
     if (!e || !pool) {
         mq_engine_free(e);
@@ -279,7 +282,7 @@ static void tiny_logits(mq_model *m, mq_prec prec, int chunk, float *out /* [12,
 
 static void test_tiny_model(void)
 {
-    char err[MQ_ERR_LEN] = "", d32[128], d16[128];
+    char err[MQ_ERRMSG_LEN] = "", d32[128], d16[128];
     snprintf(d32, sizeof d32, "%s/f32", dir);
     snprintf(d16, sizeof d16, "%s/bf16", dir);
     mkdir(d32, 0755);
@@ -287,8 +290,8 @@ static void test_tiny_model(void)
     write_tiny(d32, MQ_DT_F32, 0);
     write_tiny(d16, MQ_DT_BF16, 0);
     mq_model *a = NULL, *b = NULL;
-    CHECK(mq_model_load(d32, NULL, &a, err) == 0, "load f32: %s", err);
-    CHECK(mq_model_load(d16, NULL, &b, err) == 0, "load bf16: %s", err);
+    CHECK(mq_model_load(d32, NULL, &a, err, sizeof err) == 0, "load f32: %s", err);
+    CHECK(mq_model_load(d16, NULL, &b, err, sizeof err) == 0, "load bf16: %s", err);
     if (!a || !b) {
         mq_model_free(a);
         mq_model_free(b);
@@ -326,7 +329,7 @@ static void test_tiny_model(void)
         write_tiny(d16, MQ_DT_BF16, bad[i].brk);
         mq_model *m = NULL;
         err[0] = 0;
-        int rc = mq_model_load(d16, NULL, &m, err);
+        int rc = mq_model_load(d16, NULL, &m, err, sizeof err);
         CHECK(rc < 0 && !m && strstr(err, bad[i].want), "break %d: rc %d \"%s\" should name %s", bad[i].brk, rc, err,
               bad[i].want);
     }

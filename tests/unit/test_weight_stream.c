@@ -4,6 +4,7 @@
  * and a failing ready callback end with errors naming the file, offset and tensor. */
 #include "tests/harness.h"
 #include "engine/weight_stream.h"
+#include "common/errmsg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -79,8 +80,7 @@ static int on_ready(void *ctx, int i, char *err, size_t errlen)
     if (r->bytes && memcmp(r->dst, f->data + r->offset, r->bytes) != 0)
         __atomic_add_fetch(&f->bad_when_ready, 1, __ATOMIC_RELAXED);
     if (i == f->fail_at) {
-        snprintf(err, errlen, "quantizer refused read %d", i);
-        return -EDOM;
+        return mq_errmsg(err, errlen, -EDOM, "quantizer refused read %d", i);
     }
     return 0;
 }
