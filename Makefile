@@ -199,27 +199,30 @@ endif
 
 # ---------------------------------------------------------------------------
 # make run: deps, build, start mqd on $(MODEL) in the background with its sockets under
-# $(RUN_DIR), wait until it is ready, answer a prompt through `mq run`, leave it running.
+# $(RUN_DIR), wait until it is ready, answer a prompt through `mq run`, start mq-openai on
+# 127.0.0.1:$(HTTP_PORT) and answer a chat request with curl; leave both running.
 MODEL   ?= $(MQ_SHARED)/models/mq-qwen3-80m
 RUN_DIR ?= $(CURDIR)/run
 PROMPT  ?= Write a Python function that returns the sum of a list of numbers.
+HTTP_PORT ?= 8000
 run: deps
-	@$(MAKE) --no-print-directory $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl
-	@sh dist/run.sh "$(MODEL)" "$(RUN_DIR)" "$(CURDIR)/$(BUILD)" "$(PROMPT)"
+	@$(MAKE) --no-print-directory $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl $(BUILD)/mq-openai
+	@sh dist/run.sh "$(MODEL)" "$(RUN_DIR)" "$(CURDIR)/$(BUILD)" "$(PROMPT)" "$(HTTP_PORT)"
 
 # make install: PREFIX (default /usr/local) and DESTDIR honoured.
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
-install: $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl
+install: $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl $(BUILD)/mq-openai
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)/etc/mq
-	install -m 0755 $(MQD) $(BUILD)/mq $(BUILD)/mqctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(MQD) $(BUILD)/mq $(BUILD)/mqctl $(BUILD)/mq-openai $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 $(LIBMQ_SO) $(DESTDIR)$(PREFIX)/lib/libmq.so.1
 	ln -sf libmq.so.1 $(DESTDIR)$(PREFIX)/lib/libmq.so
 	install -m 0644 libclient/mq.h $(DESTDIR)$(PREFIX)/include/mq.h
 	sed 's|@PREFIX@|$(PREFIX)|g' libclient/libmq.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libmq.pc
-	for u in mqd.service mqd.socket mqd-admin.socket; do \
+	for u in mqd.service mqd.socket mqd-admin.socket mq-openai.service mq-openai.socket; do \
 	    sed 's|/usr/local|$(PREFIX)|g' dist/$$u > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u; done
 	[ -e $(DESTDIR)/etc/mq/mqd.json ] || install -m 0644 dist/mqd.json $(DESTDIR)/etc/mq/mqd.json
+	[ -e $(DESTDIR)/etc/mq/mq-openai.json ] || install -m 0644 dist/mq-openai.json $(DESTDIR)/etc/mq/mq-openai.json
 	[ -n "$(DESTDIR)" ] || ldconfig 2>/dev/null || true
 
 # ---------------------------------------------------------------------------

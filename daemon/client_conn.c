@@ -615,8 +615,8 @@ static unsigned encode_conversation(mqd *d, const uint8_t *bytes, uint32_t len, 
                            .reply_prefix = prefix ? prefix->valuestring : NULL,
                            .think_as_generated = cJSON_IsTrue(as_gen) };
         char cerr[256];
-        int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, tools, &o, 0, 0, ids, n_ids, cerr,
-                                sizeof cerr);
+        int rc =
+            mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, tools, &o, 0, 0, ids, n_ids, cerr, sizeof cerr);
         code = rc == 0 ? 0 : rc == -ENOMEM ? MQ_ERR_INTERNAL : MQ_ERR_BAD_PROMPT;
         if (rc)
             mq_errmsg(msg, msglen, 0, "conversation: %s", cerr);

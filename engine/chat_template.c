@@ -365,8 +365,7 @@ static int qwen3_tool_calls(sbuf *o, const cJSON *m, int content_nonempty)
  * ns.last_query_index over the whole conversation (index into `all`); prev_role is the
  * role before `from` ("" if none) for the tool-grouping rule. */
 static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const char *prev_role,
-                      const mq_chat_opts *opts, char *err,
-                      size_t errlen)
+                      const mq_chat_opts *opts, char *err, size_t errlen)
 {
     int n = cJSON_GetArraySize(all);
     const cJSON *m = cJSON_GetArrayItem(all, from);

@@ -79,9 +79,9 @@ struct session {
     uint8_t **ptr;  /* [max_blocks] block memory (the engine's mq_kv_seq) */
     uint64_t *hash; /* [max_blocks] chain hash of each full block */
     int n_blk;
-    int n_hashed; /* leading full blocks hashed (and offered to the index) */
-    int n_shared; /* blocks obtained from the index */
-    int cow;      /* the last block is a published one cut short: copy it before writing */
+    int n_hashed;    /* leading full blocks hashed (and offered to the index) */
+    int n_shared;    /* blocks obtained from the index */
+    int cow;         /* the last block is a published one cut short: copy it before writing */
     mq_mode kv_mode; /* the precision the session's KV was computed in */
     struct req *req;
     int notifying; /* finished requests whose on_done has not returned yet */
@@ -1164,9 +1164,9 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     } else if (keep + n + 1 > ctx) {
         rc = -E2BIG;
         mq_errmsg(err, errlen, 0,
-                 "submit: %d history + %d new tokens leave no room to generate within the "
-                 "context limit of %d tokens",
-                 keep, n, ctx);
+                  "submit: %d history + %d new tokens leave no room to generate within the "
+                  "context limit of %d tokens",
+                  keep, n, ctx);
     } else if (keep + n == 0) {
         rc = -EINVAL;
         mq_errmsg(err, errlen, 0, "submit: empty prompt on an empty session");

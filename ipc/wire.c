@@ -160,7 +160,8 @@ int mq_wire_gen_check(const mq_wire_gen *g, unsigned version, char *err, size_t 
     if (version < 2) {
         if (g->precision || g->n_stop || g->presence_penalty != 0 || g->frequency_penalty != 0)
             return mq_errmsg(err, errlen, -EINVAL,
-                             "gen: precision, stop strings and penalties need protocol version 2 (this is %u)", version);
+                             "gen: precision, stop strings and penalties need protocol version 2 (this is %u)",
+                             version);
         return 0;
     }
     if (g->precision > MQ_WIRE_PRECISION_FP4)
@@ -170,9 +171,8 @@ int mq_wire_gen_check(const mq_wire_gen *g, unsigned version, char *err, size_t 
     const float pens[2] = { g->presence_penalty, g->frequency_penalty };
     for (int i = 0; i < 2; i++)
         if (!isfinite(pens[i]) || fabsf(pens[i]) > MQ_WIRE_PENALTY_MAX)
-            return mq_errmsg(err, errlen, -EINVAL, "gen.%s_penalty: %g not in [-%g, %g]",
-                             i ? "frequency" : "presence", (double)pens[i], (double)MQ_WIRE_PENALTY_MAX,
-                             (double)MQ_WIRE_PENALTY_MAX);
+            return mq_errmsg(err, errlen, -EINVAL, "gen.%s_penalty: %g not in [-%g, %g]", i ? "frequency" : "presence",
+                             (double)pens[i], (double)MQ_WIRE_PENALTY_MAX, (double)MQ_WIRE_PENALTY_MAX);
     for (int i = 0; i < g->n_stop; i++) {
         size_t n = strnlen(g->stop[i], MQ_WIRE_STOP_MAX + 1);
         if (n == 0 || n > MQ_WIRE_STOP_MAX)

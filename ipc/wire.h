@@ -93,7 +93,7 @@ enum mq_wire_kind {
     MQ_WIRE_KIND_TOKENS = 1,  /* little-endian int32 token ids (len multiple of 4) */
     MQ_WIRE_KIND_MESSAGE = 2, /* one chat message, UTF-8 (chat sessions), with `role` */
     /* v2, raw sessions; the prompt is always the session's whole context: */
-    MQ_WIRE_KIND_CHAT = 3, /* JSON {"messages", "tools", "enable_thinking", "prefix"} */
+    MQ_WIRE_KIND_CHAT = 3,   /* JSON {"messages", "tools", "enable_thinking", "prefix"} */
     MQ_WIRE_KIND_PROMPT = 4, /* UTF-8 text in which special tokens are parsed */
 };
 
@@ -148,10 +148,10 @@ typedef struct mq_wire_gen {
     uint64_t seed;
     uint32_t flags; /* MQ_GEN_* */
     /* v2 */
-    uint8_t precision;       /* mq_wire_precision */
-    uint8_t n_stop;          /* 0..MQ_WIRE_MAX_STOP */
-    float presence_penalty;  /* [-MQ_WIRE_PENALTY_MAX, MQ_WIRE_PENALTY_MAX] */
-    float frequency_penalty; /* same */
+    uint8_t precision;                                 /* mq_wire_precision */
+    uint8_t n_stop;                                    /* 0..MQ_WIRE_MAX_STOP */
+    float presence_penalty;                            /* [-MQ_WIRE_PENALTY_MAX, MQ_WIRE_PENALTY_MAX] */
+    float frequency_penalty;                           /* same */
     char stop[MQ_WIRE_MAX_STOP][MQ_WIRE_STOP_MAX + 1]; /* 1..MQ_WIRE_STOP_MAX bytes each */
 } mq_wire_gen;
 

@@ -336,8 +336,8 @@ static int submit(mq_conn *c, uint64_t session, int kind, int role, const void *
             memcpy(g->stop[i], o->stop[i], n + 1);
         }
     }
-    if (m.version < 2 && (kind > MQ_WIRE_KIND_MESSAGE || g->flags & MQ_GEN_WHOLE_CONTEXT || g->precision ||
-                          g->n_stop || g->presence_penalty != 0 || g->frequency_penalty != 0))
+    if (m.version < 2 && (kind > MQ_WIRE_KIND_MESSAGE || g->flags & MQ_GEN_WHOLE_CONTEXT || g->precision || g->n_stop ||
+                          g->presence_penalty != 0 || g->frequency_penalty != 0))
         return set_err(c, -MQ_EVERSION, "mqd speaks protocol version %u; this request needs version 2",
                        c->info.protocol_version);
     char err[200];

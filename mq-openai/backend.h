@@ -24,11 +24,11 @@
 typedef struct oai_backend oai_backend;
 
 typedef struct oai_backend_opts {
-    const char *socket;   /* mqd's client socket; NULL = $MQ_SOCKET or the default */
-    int max_conns;        /* connections = concurrent requests */
-    int max_pinned;       /* pinned conversations kept */
-    int pin_idle_s;       /* a pinned conversation idle this long is closed */
-    int wait_ms;          /* how long a request waits for a free connection (then 429) */
+    const char *socket; /* mqd's client socket; NULL = $MQ_SOCKET or the default */
+    int max_conns;      /* connections = concurrent requests */
+    int max_pinned;     /* pinned conversations kept */
+    int pin_idle_s;     /* a pinned conversation idle this long is closed */
+    int wait_ms;        /* how long a request waits for a free connection (then 429) */
 } oai_backend_opts;
 
 int oai_backend_create(oai_backend **out, const oai_backend_opts *o, char *err, size_t errlen);

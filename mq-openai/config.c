@@ -23,8 +23,14 @@ typedef struct field {
     const char *help;
 } field;
 
-#define STR(n, h) { #n, 1, offsetof(oai_config, n), 0, 0, h }
-#define U32(n, lo, hi, h) { #n, 0, offsetof(oai_config, n), lo, hi, h }
+#define STR(n, h)                               \
+    {                                           \
+#n, 1, offsetof(oai_config, n), 0, 0, h \
+    }
+#define U32(n, lo, hi, h)                         \
+    {                                             \
+#n, 0, offsetof(oai_config, n), lo, hi, h \
+    }
 
 static const field fields[] = {
     STR(listen, "address to listen on, host:port (systemd socket activation overrides it)"),
@@ -121,7 +127,8 @@ static int read_file(const char *path, int must, oai_config *c, char *err, size_
         if (!f)
             rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: unknown setting", where, it->string);
         else if (f->is_str ? !cJSON_IsString(it) : !cJSON_IsNumber(it))
-            rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a %s", where, it->string, f->is_str ? "string" : "number");
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: must be a %s", where, it->string,
+                           f->is_str ? "string" : "number");
         else if (f->is_str)
             rc = set(c, f, it->valuestring, where, err, errlen);
         else {

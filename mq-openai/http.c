@@ -18,11 +18,11 @@
 #include "mq-openai/reply.h"
 #include "mq-openai/request.h"
 
-#define SSE_BLOCK        16384 /* bytes libmicrohttpd asks the stream callback for */
-#define CANCEL_DRAIN_MS  5000  /* a cancelled request's DONE arrives within this */
-#define MQD_CHECK_MS     1000  /* while waiting for tokens, look whether mqd is alive */
-#define MAX_KEYS         256
-#define MAX_KEY_LEN      256
+#define SSE_BLOCK       16384 /* bytes libmicrohttpd asks the stream callback for */
+#define CANCEL_DRAIN_MS 5000  /* a cancelled request's DONE arrives within this */
+#define MQD_CHECK_MS    1000  /* while waiting for tokens, look whether mqd is alive */
+#define MAX_KEYS        256
+#define MAX_KEY_LEN     256
 
 struct oai_server {
     oai_config cfg;
@@ -106,7 +106,8 @@ static int authorized(oai_server *s, struct MHD_Connection *c)
 static enum MHD_Result send_body(struct MHD_Connection *c, int status, const char *type, char *body)
 {
     if (!body)
-        body = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":500}}"),
+        body =
+            strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":500}}"),
         status = 500;
     struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     if (!r) {
@@ -164,9 +165,9 @@ typedef struct gen {
     uint64_t req;
     int running; /* a request is in mqd and its DONE has not been read */
     oai_output out;
-    oai_message msg;  /* non-streaming chat */
-    oai_buf text;     /* non-streaming completion */
-    oai_buf sse;      /* streaming: bytes not yet handed to libmicrohttpd */
+    oai_message msg; /* non-streaming chat */
+    oai_buf text;    /* non-streaming completion */
+    oai_buf sse;     /* streaming: bytes not yet handed to libmicrohttpd */
     size_t sse_off;
     int finished; /* streaming: the last bytes are queued */
     mq_event done;
@@ -360,8 +361,9 @@ static int gen_start(gen *g, const char *session_key, oai_error *e)
     for (int i = 0; i < q->n_stop; i++)
         o.stop[i] = q->stop[i];
     g->t0 = g->t0 ? g->t0 : now_s();
-    rc = q->kind == OAI_CHAT ? mq_send_chat(g->lease.conn, g->lease.session, q->payload, q->payload_len, &p, &o, &g->req)
-                             : mq_send_prompt(g->lease.conn, g->lease.session, q->payload, q->payload_len, &p, &o, &g->req);
+    rc = q->kind == OAI_CHAT
+             ? mq_send_chat(g->lease.conn, g->lease.session, q->payload, q->payload_len, &p, &o, &g->req)
+             : mq_send_prompt(g->lease.conn, g->lease.session, q->payload, q->payload_len, &p, &o, &g->req);
     if (rc) {
         mq_last_error(g->lease.conn, err, sizeof err);
         if (rc == -EPIPE || rc == -ECONNRESET)
@@ -496,8 +498,8 @@ static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_end
     if (g->rq.stream) {
         if (g->rq.kind == OAI_CHAT)
             sse_put(g, oai_sse_role(&g->rc));
-        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_read, g,
-                                                                   stream_free);
+        struct MHD_Response *r =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_read, g, stream_free);
         if (!r) {
             gen_free(g);
             return MHD_NO;

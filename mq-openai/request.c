@@ -172,7 +172,8 @@ static int parse_mode(const cJSON *o, oai_request *r, oai_error *err)
     char m[16];
     int rc = get_str(mq, "think_history", 15, m, sizeof m, err);
     if (rc < 0 || (rc > 0 && strcmp(m, "template") && strcmp(m, "as_generated")))
-        return oai_fail(err, 400, BAD, "mq.think_history", "mq.think_history: must be \"template\" or \"as_generated\"");
+        return oai_fail(err, 400, BAD, "mq.think_history",
+                        "mq.think_history: must be \"template\" or \"as_generated\"");
     if (rc > 0)
         r->think_history = !strcmp(m, "as_generated");
     rc = get_str(mq, "mode", 15, m, sizeof m, err);

@@ -106,7 +106,8 @@ static char *body_of(const cJSON *conv, int turn, int stream, int max_tokens)
 static int http_connect(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in sa = { .sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)port),
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -120,8 +121,8 @@ static int http_connect(void)
 typedef struct http_result {
     int status;
     double server_ttft; /* mqd's own TTFT (the "mq" extension), seconds */
-    double ttft; /* seconds to the first chunk with generated text */
-    int tokens;  /* completion_tokens */
+    double ttft;        /* seconds to the first chunk with generated text */
+    int tokens;         /* completion_tokens */
     int prompt, cached;
     char *body; /* non-streaming */
 } http_result;

@@ -219,9 +219,10 @@ static void test_no_role_injection(void)
 static void test_think_as_generated(void)
 {
     const char *m1 = "[{\"role\":\"user\",\"content\":\"Weather in Paris?\"}]";
-    const char *m2 = "[{\"role\":\"user\",\"content\":\"Weather in Paris?\"},{\"role\":\"assistant\",\"content\":\"\","
-                     "\"tool_calls\":[{\"function\":{\"name\":\"w\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
-                     "{\"role\":\"tool\",\"content\":\"sunny\"}]";
+    const char *m2 =
+        "[{\"role\":\"user\",\"content\":\"Weather in Paris?\"},{\"role\":\"assistant\",\"content\":\"\","
+        "\"tool_calls\":[{\"function\":{\"name\":\"w\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
+        "{\"role\":\"tool\",\"content\":\"sunny\"}]";
     const char *reply = "<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>";
     cJSON *a = cJSON_Parse(m1), *b = cJSON_Parse(m2);
     char *t1 = NULL, *t2 = NULL, *t3 = NULL, err[256];
@@ -231,7 +232,8 @@ static void test_think_as_generated(void)
     CHECK(mq_chat_render(MQ_CHAT_QWEN3, b, NULL, &o, &t2, &l2, err, sizeof err) == 0, "%s", err);
     char held[1024];
     snprintf(held, sizeof held, "%s%s", t1, reply);
-    CHECK(l2 > strlen(held) && !strncmp(t2, held, strlen(held)), "as generated:\n%s\n--- is not a prefix of\n%s", held, t2);
+    CHECK(l2 > strlen(held) && !strncmp(t2, held, strlen(held)), "as generated:\n%s\n--- is not a prefix of\n%s", held,
+          t2);
     o.think_as_generated = 0;
     CHECK(mq_chat_render(MQ_CHAT_QWEN3, b, NULL, &o, &t3, &l3, err, sizeof err) == 0, "%s", err);
     CHECK(strncmp(t3, held, strlen(held)) != 0 && !strncmp(t3, t1, l1 - strlen("<think>\n\n</think>\n\n")),

@@ -267,7 +267,8 @@ static void test_version2(void)
     st.version = 2;
     st.u.stats.state = MQ_WIRE_STATE_DRAINING;
     n = mq_wire_encode(&st, buf, sizeof buf);
-    CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 && d.u.stats.state == MQ_WIRE_STATE_DRAINING,
+    CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 &&
+              d.u.stats.state == MQ_WIRE_STATE_DRAINING,
           "v2 stats: %s", err);
     buf[n - 4] = 7;
     CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EINVAL, "state 7 accepted");
