@@ -228,7 +228,7 @@ static int get_gen_v2(rd *r, mq_wire_gen *g, char *err, size_t errlen)
     if (g->n_stop > MQ_WIRE_MAX_STOP)
         return mq_errmsg(err, errlen, -EINVAL, "gen.n_stop: %u over %d", g->n_stop, MQ_WIRE_MAX_STOP);
     for (int i = 0; i < g->n_stop; i++) {
-        char field[16];
+        char field[32];
         snprintf(field, sizeof field, "gen.stop[%d]", i);
         int rc = get_str(r, g->stop[i], MQ_WIRE_STOP_MAX, field, err, errlen);
         if (rc)

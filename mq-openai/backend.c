@@ -166,6 +166,14 @@ static int pick_free_slot(oai_backend *b)
     return best;
 }
 
+/* Gives slot i back and wakes a waiting request (mu held). */
+static void free_slot(oai_backend *b, int i)
+{
+    b->slots[i].busy = 0;
+    b->busy--;
+    pthread_cond_broadcast(&b->freed);
+}
+
 int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err, size_t errlen)
 {
     memset(l, 0, sizeof *l);
@@ -229,9 +237,7 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
         pthread_mutex_lock(&b->mu);
         if (rc == -EPIPE || rc == -ECONNRESET || rc == -ECONNREFUSED || rc == -ENOENT)
             drop_slot(b, i);
-        s->busy = 0;
-        b->busy--;
-        pthread_cond_broadcast(&b->freed);
+        free_slot(b, i);
         pthread_mutex_unlock(&b->mu);
         l->slot = -1;
         l->conn = NULL;
@@ -261,15 +267,12 @@ void oai_backend_release(oai_backend *b, oai_lease *l)
     if (!l->pinned && !l->broken)
         mq_close_session(l->conn, l->session);
     pthread_mutex_lock(&b->mu);
-    slot *s = &b->slots[l->slot];
     if (l->broken)
         drop_slot(b, l->slot);
     for (int k = 0; l->pinned && k < b->o.max_pinned; k++)
         if (b->pins[k].used && b->pins[k].slot == l->slot && b->pins[k].session == l->session)
             b->pins[k].last_used = now_s();
-    s->busy = 0;
-    b->busy--;
-    pthread_cond_broadcast(&b->freed);
+    free_slot(b, l->slot);
     pthread_mutex_unlock(&b->mu);
     l->slot = -1;
     l->conn = NULL;

@@ -176,21 +176,10 @@ typedef struct gen {
     int aborted;
 } gen;
 
+/* A response cut short by a failed allocation still ends cleanly. */
 static void buf_put(oai_buf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 1024;
-        while (c < b->len + n + 1)
-            c *= 2;
-        char *p = realloc(b->p, c);
-        if (!p)
-            return; /* the response is cut short; the request still ends cleanly */
-        b->p = p;
-        b->cap = c;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
+    (void)oai_buf_add(b, s, n);
 }
 
 static void sse_put(gen *g, char *line)

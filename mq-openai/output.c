@@ -19,7 +19,7 @@ enum { S_START = 0, S_THINK, S_CONTENT, S_CALL };
 
 /* ---- buffers --------------------------------------------------------------------------- */
 
-static int buf_add(oai_buf *b, const char *s, size_t n)
+int oai_buf_add(oai_buf *b, const char *s, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         size_t c = b->cap ? b->cap : 64;
@@ -191,7 +191,7 @@ static void content(oai_output *o, const char *s, size_t n, oai_event_cb cb, voi
     while (end > 0 && is_ws(s[end - 1]))
         end--;
     if (end == 0) {
-        o->oom |= buf_add(&o->ws, s, n) != 0;
+        o->oom |= oai_buf_add(&o->ws, s, n) != 0;
         return;
     }
     /* leading whitespace is dropped right after </think> (template layout) and before
@@ -206,7 +206,7 @@ static void content(oai_output *o, const char *s, size_t n, oai_event_cb cb, voi
     o->drop_ws = 0;
     emit(cb, ctx, OAI_EV_CONTENT, 0, NULL, s + start, end - start);
     o->content_seen = 1;
-    o->oom |= buf_add(&o->ws, s + end, n - end) != 0;
+    o->oom |= oai_buf_add(&o->ws, s + end, n - end) != 0;
 }
 
 /* Length of the longest suffix of s[0..n) that is a proper prefix of tag. */
@@ -327,7 +327,7 @@ static void step(oai_output *o, int final, oai_event_cb cb, void *ctx)
             if (!final)
                 return;
             oai_buf t = { 0 };
-            o->oom |= buf_add(&t, CALL_OPEN, strlen(CALL_OPEN)) || buf_add(&t, h->p, h->len);
+            o->oom |= oai_buf_add(&t, CALL_OPEN, strlen(CALL_OPEN)) || oai_buf_add(&t, h->p, h->len);
             if (t.p)
                 content(o, t.p, t.len, cb, ctx);
             free(t.p);
@@ -338,7 +338,7 @@ static void step(oai_output *o, int final, oai_event_cb cb, void *ctx)
         size_t n = (size_t)(e - h->p);
         if (call(o, h->p, n, cb, ctx)) {
             oai_buf t = { 0 };
-            o->oom |= buf_add(&t, CALL_OPEN, strlen(CALL_OPEN)) || buf_add(&t, h->p, n + strlen(CALL_CLOSE));
+            o->oom |= oai_buf_add(&t, CALL_OPEN, strlen(CALL_OPEN)) || oai_buf_add(&t, h->p, n + strlen(CALL_CLOSE));
             if (t.p)
                 content(o, t.p, t.len, cb, ctx);
             free(t.p);
@@ -359,7 +359,7 @@ void oai_output_init(oai_output *o, int parse_tools, int parse_reasoning, uint64
 
 int oai_output_feed(oai_output *o, const char *text, size_t len, oai_event_cb cb, void *ctx)
 {
-    if (buf_add(&o->hold, text, len)) {
+    if (oai_buf_add(&o->hold, text, len)) {
         o->oom = 1;
         return -ENOMEM;
     }
@@ -370,7 +370,7 @@ int oai_output_feed(oai_output *o, const char *text, size_t len, oai_event_cb cb
 int oai_output_finish(oai_output *o, oai_event_cb cb, void *ctx)
 {
     if (!o->hold.p)
-        buf_add(&o->hold, "", 0);
+        oai_buf_add(&o->hold, "", 0);
     step(o, 1, cb, ctx);
     if (o->n_calls == 0 && o->ws.len && !o->drop_ws)
         emit(cb, ctx, OAI_EV_CONTENT, 0, NULL, o->ws.p, o->ws.len);
@@ -393,20 +393,20 @@ void oai_message_add(void *msg, const oai_event *ev)
     switch (ev->type) {
     case OAI_EV_REASONING:
         m->has_reasoning = 1;
-        m->oom |= buf_add(&m->reasoning, ev->text, ev->len) != 0;
+        m->oom |= oai_buf_add(&m->reasoning, ev->text, ev->len) != 0;
         break;
-    case OAI_EV_CONTENT: m->oom |= buf_add(&m->content, ev->text, ev->len) != 0; break;
+    case OAI_EV_CONTENT: m->oom |= oai_buf_add(&m->content, ev->text, ev->len) != 0; break;
     case OAI_EV_CALL:
         if (ev->index != m->n_calls || m->n_calls >= OAI_OUT_MAX_CALLS)
             return;
         oai_call *c = &m->calls[m->n_calls++];
         snprintf(c->id, sizeof c->id, "%s", ev->id);
         c->name = strndup(ev->text, ev->len);
-        m->oom |= !c->name || buf_add(&c->args, "", 0);
+        m->oom |= !c->name || oai_buf_add(&c->args, "", 0);
         break;
     case OAI_EV_ARGS:
         if (ev->index >= 0 && ev->index < m->n_calls)
-            m->oom |= buf_add(&m->calls[ev->index].args, ev->text, ev->len) != 0;
+            m->oom |= oai_buf_add(&m->calls[ev->index].args, ev->text, ev->len) != 0;
         break;
     }
 }

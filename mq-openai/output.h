@@ -48,6 +48,8 @@ typedef struct oai_buf {
     char *p;
     size_t len, cap;
 } oai_buf;
+/* Appends n bytes (keeps a NUL after them); 0 or -ENOMEM (the buffer is unchanged). */
+int oai_buf_add(oai_buf *b, const char *s, size_t n);
 
 typedef struct oai_output {
     int parse_tools;     /* 0: everything after reasoning is content */

@@ -32,6 +32,7 @@
 #include "engine/chat_template.h"
 #include "libclient/mq.h"
 #include "mq-openai/request.h"
+#include "tests/harness.h"
 
 #define N_STREAMS  32
 #define MAX_TOKENS 64
@@ -47,25 +48,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    if (b)
-        b[n] = 0;
-    fclose(f);
-    return b;
 }
 
 /* The OpenAI body of conversation `conv` up to `turn` (tool-call arguments as the strings
@@ -450,9 +432,9 @@ int main(int argc, char **argv)
     port = atoi(colon + 1);
     char path[4096];
     snprintf(path, sizeof path, "%s/tasks.jsonl", dir);
-    char *tasks = read_all(path);
+    char *tasks = harness_read_file(path, NULL);
     snprintf(path, sizeof path, "%s/golden.json", dir);
-    char *gj = read_all(path);
+    char *gj = harness_read_file(path, NULL);
     if (!tasks || !gj) {
         fprintf(stderr, "bench_http: cannot read %s/tasks.jsonl and golden.json\n", dir);
         return 1;
