@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/errmsg.h"
 
@@ -35,6 +36,7 @@ struct oai_backend {
     int busy;
     pthread_mutex_t ctl_mu; /* the control connection */
     mq_conn *ctl;
+    int connecting; /* a thread is connecting the control connection (ctl_mu) */
     mq_server_info info;
     int have_info;
 };
@@ -71,6 +73,14 @@ void oai_backend_destroy(oai_backend *b)
 {
     if (!b)
         return;
+    for (;;) { /* a connect in flight finishes (or times out) before the backend goes */
+        pthread_mutex_lock(&b->ctl_mu);
+        int busy = b->connecting;
+        pthread_mutex_unlock(&b->ctl_mu);
+        if (!busy)
+            break;
+        usleep(10000);
+    }
     for (int i = 0; i < b->o.max_conns; i++)
         if (b->slots[i].conn)
             mq_disconnect(b->slots[i].conn);
@@ -278,28 +288,58 @@ void oai_backend_release(oai_backend *b, oai_lease *l)
     l->conn = NULL;
 }
 
-int oai_backend_state(oai_backend *b, mq_stats *st)
+/* Connects the control connection off the caller's thread: while mqd loads, it accepts
+ * no client and a connect waits for it, so /health must not. */
+static void *connect_ctl(void *arg)
+{
+    oai_backend *b = arg;
+    mq_conn *c = NULL;
+    if (mq_connect(b->o.socket, &c))
+        c = NULL;
+    if (c) {
+        pthread_mutex_lock(&b->mu);
+        remember_info(b, c);
+        pthread_mutex_unlock(&b->mu);
+    }
+    pthread_mutex_lock(&b->ctl_mu);
+    b->ctl = c;
+    b->connecting = 0;
+    pthread_mutex_unlock(&b->ctl_mu);
+    return NULL;
+}
+
+static int state_once(oai_backend *b, mq_stats *st)
 {
     pthread_mutex_lock(&b->ctl_mu);
-    int rc = -EPIPE;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (!b->ctl) {
-            rc = mq_connect(b->o.socket, &b->ctl);
-            if (rc) {
-                b->ctl = NULL;
-                break;
-            }
-            pthread_mutex_lock(&b->mu);
-            remember_info(b, b->ctl);
-            pthread_mutex_unlock(&b->mu);
-        }
+    int rc = -EAGAIN; /* no connection yet: unavailable, look again at the next call */
+    if (b->ctl) {
         rc = mq_state_get(b->ctl, st);
-        if (rc > 0)
-            break;
-        mq_disconnect(b->ctl); /* mqd restarted or went away: try a fresh connection once */
-        b->ctl = NULL;
+        if (rc < 0) { /* mqd restarted or went away */
+            mq_disconnect(b->ctl);
+            b->ctl = NULL;
+        }
+    }
+    if (!b->ctl && !b->connecting) {
+        pthread_t th;
+        b->connecting = 1;
+        if (pthread_create(&th, NULL, connect_ctl, b) == 0)
+            pthread_detach(th);
+        else
+            b->connecting = 0;
     }
     pthread_mutex_unlock(&b->ctl_mu);
+    return rc;
+}
+
+#define STATE_CONNECT_WAIT_MS 100 /* a fresh connect to a ready mqd takes about a millisecond */
+
+int oai_backend_state(oai_backend *b, mq_stats *st)
+{
+    int rc = state_once(b, st);
+    for (int waited = 0; rc == -EAGAIN && waited < STATE_CONNECT_WAIT_MS; waited += 5) {
+        usleep(5000);
+        rc = state_once(b, st);
+    }
     return rc;
 }
 

@@ -50,7 +50,9 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
 void oai_backend_release(oai_backend *b, oai_lease *l);
 
 /* mqd's state (MQ_STATE_READY / MQ_STATE_DRAINING) and stats through the control
- * connection, or a negative error when mqd does not answer. */
+ * connection, or a negative error when mqd does not answer. It waits at most about 100 ms
+ * for a connect (mqd accepts clients only once loaded, so a connect can wait minutes):
+ * the connect goes on in the background and this returns -EAGAIN. */
 int oai_backend_state(oai_backend *b, mq_stats *st);
 /* mqd's model name and server facts (from the first connection that succeeded). */
 int oai_backend_info(oai_backend *b, mq_server_info *info);

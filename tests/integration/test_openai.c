@@ -52,15 +52,25 @@ static pid_t start_oai(int lfd, const char *extra_flag, const char *extra_val)
     return pid;
 }
 
-static int http_ok(int p)
+/* The status of GET /health ("000": no answer within 5 s). */
+static int health_status(int p, char *out, size_t len)
 {
-    char cmd[256], out[64];
-    snprintf(cmd, sizeof cmd, "http://127.0.0.1:%d/health", p);
-    char *argv[] = { "/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", cmd, NULL };
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/health", p);
+    char *argv[] = { "/usr/bin/curl", "-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url, NULL };
     char log[320];
     snprintf(log, sizeof log, "%s/curl.out", dir);
-    return spawn_capture(argv, log, 10, out, sizeof out) == 0 && !strcmp(out, "200");
+    spawn_capture(argv, log, 10, out, len);
+    return atoi(out);
 }
+
+static int http_ok(int p)
+{
+    char out[64];
+    return health_status(p, out, sizeof out) == 200;
+}
+
+static int health_before_mqd = -1;
 
 static int start_all(void)
 {
@@ -75,6 +85,16 @@ static int start_all(void)
         return 0;
     fprintf(f, "# test keys\nsk-other-key\nsk-test-1234\n");
     fclose(f);
+    /* mq-openai first: until mqd is ready, /health says 503 (at once, not after a timeout) */
+    int l1 = listen_any(&port), l2 = listen_any(&key_port);
+    if (l1 < 0 || l2 < 0)
+        return 0;
+    oai_pid = start_oai(l1, NULL, NULL);
+    char st[64];
+    double t0 = spawn_now();
+    for (int i = 0; i < 50 && (health_before_mqd = health_status(port, st, sizeof st)) == 0; i++)
+        usleep(100 * 1000); /* until it listens */
+    health_before_mqd = spawn_now() - t0 < 6 ? health_before_mqd : -1;
     char bin[4200], model[4096];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     snprintf(model, sizeof model, "%s", shared_path("models/mq-agent-45m"));
@@ -86,10 +106,6 @@ static int start_all(void)
         spawn_dump_log(mqd_log);
         return 0;
     }
-    int l1 = listen_any(&port), l2 = listen_any(&key_port);
-    if (l1 < 0 || l2 < 0)
-        return 0;
-    oai_pid = start_oai(l1, NULL, NULL);
     oai_key_pid = start_oai(l2, "--api-keys-file", keys);
     for (int i = 0; i < 100 && !(http_ok(port) && http_ok(key_port)); i++)
         usleep(100 * 1000);
@@ -98,6 +114,11 @@ static int start_all(void)
         return 0;
     }
     return 1;
+}
+
+static void test_health_503_before_mqd(void)
+{
+    CHECK(health_before_mqd == 503, "GET /health before mqd was ready: %d", health_before_mqd);
 }
 
 static void test_check_config(void)
@@ -169,6 +190,7 @@ int main(void)
         printf("  FAIL could not start mqd and mq-openai (logs in %s)\n", dir);
         harness_failed++;
     } else {
+        RUN(test_health_503_before_mqd);
         RUN(test_check_config);
         run_node_tests();
     }

@@ -624,8 +624,8 @@ static void test_whole_context_and_modes(void)
     rec_init(&r4);
     submit_whole(s, a, ctx, keep + nq, 4, MQ_PREC_MODE_FP4, &r4);
     rec_wait(&r4, 60);
-    CHECK(r4.st.cached_tokens == 0 && r4.why != MQ_SCHED_END_ERROR, "fp4 after bf16: %d cached (%s)", r4.st.cached_tokens,
-          r4.msg);
+    CHECK(r4.st.cached_tokens == 0 && r4.why != MQ_SCHED_END_ERROR, "fp4 after bf16: %d cached (%s)",
+          r4.st.cached_tokens, r4.msg);
     mq_sched_destroy(s);
     /* a cold scheduler computes turn 2 whole: the same tokens as the copied-block run */
     s = make_sched(MQ_PREC_MODE_BF16, 256, 16, 64, MQ_KV_FULL_FAIL);
