@@ -400,12 +400,13 @@ static void test_compressed_tensors_roundtrip(void)
         CHECK(!memcmp(ct->layers[3].up.bf16.w, model->layers[3].up.bf16.w, (size_t)c->inter * c->hidden * 2),
               "BF16 decode weights from the BF16 folder");
         /* alone: BF16 = dequantized NVFP4 */
-        float row[2048];
+        float row[2048], got[2048];
         const mq_fp4_weight *fw = &ct_alone->layers[2].gate.fp4;
         mq_fp4_dequantize_row(fw->codes, fw->scales, fw->k, fw->g, row);
+        mq_bf16_weight_row(&ct_alone->layers[2].gate.bf16, 0, got); /* either layout */
         int dq = 1;
         for (int i = 0; i < fw->k; i++)
-            dq &= ct_alone->layers[2].gate.bf16.w[i] == mq_f32_to_bf16(row[i]);
+            dq &= mq_f32_to_bf16(got[i]) == mq_f32_to_bf16(row[i]);
         CHECK(dq, "BF16 from dequantized NVFP4 when no BF16 folder");
 
         const int V = c->vocab, N = 64;
