@@ -45,6 +45,8 @@ static const field fields[] = {
     U32(default_max_tokens, 1, 1u << 20, "max_tokens when a request gives none"),
     U32(max_sessions, 1, 65536, "conversations pinned by X-Session-Id or user"),
     U32(session_idle_s, 1, 86400 * 7, "seconds a pinned conversation is kept idle"),
+    STR(think_history, "past Qwen3 turns: \"template\" (as transformers renders them) or \"as_generated\" "
+                       "(with the empty think block the model saw: the next turn reuses the whole reply's KV)"),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 
@@ -60,6 +62,7 @@ void oai_config_default(oai_config *c)
     c->default_max_tokens = 1024;
     c->max_sessions = 1024;
     c->session_idle_s = 3600;
+    snprintf(c->think_history, sizeof c->think_history, "template");
 }
 
 static const field *find(const char *name)
@@ -190,6 +193,9 @@ int oai_config_validate(const oai_config *c, char *err, size_t errlen)
     long port = colon ? strtol(colon + 1, &end, 10) : -1;
     if (!colon || colon == c->listen || port < 1 || port > 65535 || *end)
         return mq_errmsg(err, errlen, -EINVAL, "listen: \"%s\" is not host:port", c->listen);
+    if (strcmp(c->think_history, "template") && strcmp(c->think_history, "as_generated"))
+        return mq_errmsg(err, errlen, -EINVAL, "think_history: \"%s\" is not \"template\" or \"as_generated\"",
+                         c->think_history);
     if (c->api_keys_file[0] && access(c->api_keys_file, R_OK))
         return mq_errmsg(err, errlen, -errno, "api_keys_file: %s: %s", c->api_keys_file, strerror(errno));
     return 0;

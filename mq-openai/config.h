@@ -29,6 +29,7 @@ typedef struct oai_config {
     uint32_t default_max_tokens;     /* when the request gives none */
     uint32_t max_sessions;           /* pinned conversations kept */
     uint32_t session_idle_s;         /* a pinned conversation idle this long is closed */
+    char think_history[OAI_CFG_STR]; /* "template" or "as_generated": request.h, mq.think_history */
 } oai_config;
 
 void oai_config_default(oai_config *c);

@@ -450,6 +450,10 @@ static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_end
         free(g);
         return send_error(s, c, ep, &e);
     }
+    if (oai_request_default_think(&g->rq, !strcmp(s->cfg.think_history, "as_generated"))) {
+        gen_free(g);
+        return fail(s, c, ep, 500, "server_error", NULL, "out of memory");
+    }
     mq_server_info info;
     const char *served = s->cfg.model_name[0] ? s->cfg.model_name : "";
     if (!*served && oai_backend_info(s->be, &info) == 0)

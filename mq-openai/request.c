@@ -564,3 +564,23 @@ int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_error
         oai_request_free(r);
     return rc;
 }
+
+int oai_request_default_think(oai_request *r, int as_generated)
+{
+    if (r->kind != OAI_CHAT || r->think_history >= 0 || !as_generated)
+        return 0;
+    cJSON *j = cJSON_ParseWithLength(r->payload, r->payload_len);
+    if (!j || !cJSON_AddBoolToObject(j, "think_as_generated", 1)) {
+        cJSON_Delete(j);
+        return -ENOMEM;
+    }
+    char *p = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!p)
+        return -ENOMEM;
+    free(r->payload);
+    r->payload = p;
+    r->payload_len = strlen(p);
+    r->think_history = 1;
+    return 0;
+}

@@ -81,6 +81,9 @@ typedef struct oai_request {
  * (oai_request_free). On failure *out is empty and *err says why. */
 int oai_parse_chat(const char *body, size_t len, oai_request *out, oai_error *err);
 int oai_parse_completion(const char *body, size_t len, oai_request *out, oai_error *err);
+/* The server's think_history for a chat request that does not choose one (1 = as
+ * generated): updates the payload. 0 or -ENOMEM. */
+int oai_request_default_think(oai_request *r, int as_generated);
 void oai_request_free(oai_request *r);
 
 /* Fills *err; returns -EINVAL (for `return oai_fail(...)`). */

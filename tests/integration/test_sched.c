@@ -147,14 +147,19 @@ static const char *SYSTEM =
     "you are about to do, then call exactly one tool, then wait for its result. Keep answers short and "
     "precise. Never invent file names; list the directory first when unsure.<|im_end|>\n";
 
+static int submit_params(mq_sched *s, uint64_t sess, const int32_t *t, int n, const mq_gen_params *p, struct rec *r)
+{
+    mq_sink k = sink_of(r);
+    char err[256] = "";
+    int rc = mq_sched_submit(s, sess, t, n, p, &k, err, sizeof err);
+    CHECK(rc == 0, "submit: %d %s", rc, err);
+    return rc;
+}
+
 static int submit(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_tokens, struct rec *r)
 {
     mq_gen_params p = { .max_tokens = max_tokens };
-    mq_sink k = sink_of(r);
-    char err[256] = "";
-    int rc = mq_sched_submit(s, sess, t, n, &p, &k, err, sizeof err);
-    CHECK(rc == 0, "submit: %d %s", rc, err);
-    return rc;
+    return submit_params(s, sess, t, n, &p, r);
 }
 
 static void test_prefix_shared_and_second_turn(void)
@@ -566,16 +571,13 @@ static void test_stops_and_drain(void)
     free(t);
 }
 
+/* A whole-context request (mode < 0: the scheduler's). */
 static int submit_whole(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_tokens, int mode, struct rec *r)
 {
     mq_gen_params p = { .max_tokens = max_tokens, .whole_context = 1, .has_mode = mode >= 0 };
     if (mode >= 0)
         p.mode = (mq_prec_mode)mode;
-    mq_sink k = sink_of(r);
-    char err[256] = "";
-    int rc = mq_sched_submit(s, sess, t, n, &p, &k, err, sizeof err);
-    CHECK(rc == 0, "submit: %d %s", rc, err);
-    return rc;
+    return submit_params(s, sess, t, n, &p, r);
 }
 
 /* Whole-context requests (stateless clients): the session keeps its common prefix with the

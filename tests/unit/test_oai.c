@@ -52,6 +52,8 @@ static void test_chat_request_fields(void)
         "\"{\\\"a\\\": 1}\"}}]},{\"role\":\"tool\",\"content\":\"42\"}],\"tools\":[{\"type\":\"function\","
         "\"function\":{\"name\":\"f\",\"parameters\":{}}}],\"enable_thinking\":false}";
     CHECK(!strcmp(r.payload, want), "payload:\n%s\nwant:\n%s", r.payload, want);
+    /* the server's think_history default applies when the request chooses none */
+    CHECK(oai_request_default_think(&r, 1) == 0 && strstr(r.payload, "\"think_as_generated\":true"), "%s", r.payload);
     oai_request_free(&r);
 }
 
