@@ -10,8 +10,8 @@
  * under the lock.
  *
  * KV admission: when a request leaves the queue, the session first extends its KV from
- * the prefix index (full blocks only, at most up to the last history token, whose
- * logits must be computed), then reserves every block it can still need
+ * the prefix index (whole shareable chunks only, at most up to the last history token,
+ * whose logits must be computed), then reserves every block it can still need
  * (history + max_tokens, capped by the context limit). So a running request never meets
  * a full store; a request that cannot reserve waits (after idle sessions' KV is
  * reclaimed, oldest first) or fails, per the configured policy.
@@ -72,16 +72,18 @@ struct req {
 
 struct session {
     uint64_t id;
+    uint32_t tenant;
+    uint64_t root; /* chain-hash seed of its blocks: MQ_KV_HASH_SEED, salted with the tenant */
     int32_t *hist;
     int n_hist, cap_hist;
     int n_kv;       /* history[0..n_kv) has K/V in the blocks */
+    int n_canon;    /* history[0..n_canon) was read as whole chunks of the grid: shareable */
     int *blk;       /* [max_blocks] KV store ids */
     uint8_t **ptr;  /* [max_blocks] block memory (the engine's mq_kv_seq) */
     uint64_t *hash; /* [max_blocks] chain hash of each full block */
     int n_blk;
     int n_hashed;         /* leading full blocks hashed (and offered to the index) */
     int n_shared;         /* blocks obtained from the index */
-    int cow;              /* the last block is a published one cut short: copy it before writing */
     mq_prec_mode kv_mode; /* the precision the session's KV was computed in */
     struct req *req;
     int notifying; /* finished requests whose on_done has not returned yet */
@@ -94,7 +96,6 @@ struct mq_sched {
     mq_model *model;
     mq_tokenizer *tok;
     int vocab, max_blocks;
-    size_t block_bytes;
     mq_kv_store *kv;
     mq_pool *pf_pool, *dec_pool;
     mq_engine *pf_eng, *dec_eng;
@@ -190,22 +191,21 @@ static int blocks_for(const mq_sched *s, int tokens)
     return (tokens + s->o.block_tokens - 1) / s->o.block_tokens;
 }
 
-/* Drops the session's KV beyond n tokens. A full block is shared-immutable once hashed:
- * a cut inside one keeps it for reading and marks it copy-on-write (cow_last_block runs
- * before the next write), so the session re-prefills nothing it still has. */
+/* Drops the session's KV beyond n tokens. Inside the shareable part it cuts at a chunk
+ * boundary, so that the session reads the rest in the same chunks as any other session
+ * would (see "Chunks" in scheduler.h). A full block is shared-immutable once hashed, so
+ * cutting inside one drops the whole block (the session re-prefills those tokens). */
 static void truncate_kv(mq_sched *s, struct session *ss, int n)
 {
     int bt = s->o.block_tokens;
     if (n < ss->n_kv)
         ss->n_kv = n;
+    if (ss->n_kv < ss->n_canon)
+        ss->n_kv = ss->n_canon = ss->n_kv / s->o.chunk_tokens * s->o.chunk_tokens;
     int keep = blocks_for(s, ss->n_kv);
-    if (keep > ss->n_blk)
-        keep = ss->n_blk;
     if (ss->n_kv % bt && keep - 1 < ss->n_hashed) {
-        ss->n_hashed = keep - 1; /* no longer this session's full block */
-        ss->cow = 1;
-    } else if (keep < ss->n_blk) {
-        ss->cow = 0; /* the marked block, if any, goes */
+        keep--;
+        ss->n_kv = keep * bt;
     }
     while (ss->n_blk > keep) {
         ss->n_blk--;
@@ -218,70 +218,58 @@ static void truncate_kv(mq_sched *s, struct session *ss, int n)
         ss->n_shared = ss->n_blk;
 }
 
-/* Parent hash of block b: the chain starts from a seed per precision, so a prefix is
- * shared only between requests whose K/V were computed the same way. */
-static uint64_t block_parent(const struct session *ss, int b)
-{
-    return b ? ss->hash[b - 1] : MQ_KV_HASH_SEED + (uint64_t)ss->kv_mode;
-}
-
-/* A cut-short published block becomes the session's own copy before it is written. */
-static int cow_last_block(mq_sched *s, struct req *r)
-{
-    struct session *ss = r->ss;
-    if (!ss->cow || ss->n_blk == 0)
-        return 0;
-    int id = mq_kv_alloc(s->kv, r->reserved > 0);
-    if (id < 0)
-        return id;
-    if (r->reserved > 0)
-        r->reserved--;
-    int b = ss->n_blk - 1;
-    uint8_t *dst = mq_kv_block_ptr(s->kv, id);
-    memcpy(dst, ss->ptr[b], s->block_bytes);
-    mq_kv_unref(s->kv, ss->blk[b]);
-    ss->blk[b] = id;
-    ss->ptr[b] = dst;
-    if (ss->n_shared > b)
-        ss->n_shared = b;
-    ss->cow = 0;
-    return 0;
-}
-
-/* Hashes and publishes the session's newly full blocks. */
+/* Hashes and publishes the session's newly full blocks of its shareable part. */
 static void publish_full_blocks(mq_sched *s, struct session *ss)
 {
     int bt = s->o.block_tokens;
-    while (ss->n_hashed < ss->n_blk && (ss->n_hashed + 1) * bt <= ss->n_kv) {
+    while (ss->n_hashed < ss->n_blk && (ss->n_hashed + 1) * bt <= ss->n_canon) {
         int b = ss->n_hashed;
-        uint64_t parent = block_parent(ss, b);
+        uint64_t parent = b ? ss->hash[b - 1] : ss->root;
         ss->hash[b] = mq_kv_prefix_hash(parent, ss->hist + (size_t)b * bt, bt);
         mq_kv_publish(s->kv, ss->blk[b], parent, ss->hash[b], ss->hist + (size_t)b * bt);
         ss->n_hashed++;
     }
 }
 
-/* Extends the session's KV with indexed blocks of its history (never the last token). */
+/* Takes block b of the session's history from the index (a reference), or -1. */
+static int lookup_block(mq_sched *s, struct session *ss, int b)
+{
+    const int bt = s->o.block_tokens;
+    uint64_t parent = b ? ss->hash[b - 1] : ss->root;
+    const int32_t *t = ss->hist + (size_t)b * bt;
+    uint64_t h = mq_kv_prefix_hash(parent, t, bt);
+    int id = mq_kv_lookup(s->kv, parent, h, t);
+    if (id < 0)
+        return -1;
+    ss->blk[b] = id;
+    ss->ptr[b] = mq_kv_block_ptr(s->kv, id);
+    ss->hash[b] = h;
+    return id;
+}
+
+/* Extends the session's KV with whole chunks of its history that other sessions
+ * published, never the last token (its logits must be computed), and only while all of
+ * its KV is shareable: a chunk's numbers depend on every token of the chunk (the NVFP4
+ * activation scale) and on the KV before it. */
 static void lookup_prefix(mq_sched *s, struct session *ss)
 {
-    int bt = s->o.block_tokens;
-    if (ss->n_kv % bt || ss->n_hashed != ss->n_blk)
+    const int bt = s->o.block_tokens, cell = s->o.chunk_tokens, per = cell / bt;
+    if (ss->n_kv != ss->n_canon || ss->n_hashed != ss->n_blk)
         return;
-    while (ss->n_kv + bt <= ss->n_hist - 1 && ss->n_blk < s->max_blocks) {
-        int b = ss->n_blk;
-        uint64_t parent = block_parent(ss, b);
-        const int32_t *t = ss->hist + (size_t)b * bt;
-        uint64_t h = mq_kv_prefix_hash(parent, t, bt);
-        int id = mq_kv_lookup(s->kv, parent, h, t);
-        if (id < 0)
-            break;
-        ss->blk[b] = id;
-        ss->ptr[b] = mq_kv_block_ptr(s->kv, id);
-        ss->hash[b] = h;
-        ss->n_blk++;
-        ss->n_hashed++;
-        ss->n_shared++;
-        ss->n_kv += bt;
+    while (ss->n_kv + cell <= ss->n_hist - 1 && ss->n_blk + per <= s->max_blocks) {
+        int got = 0;
+        while (got < per && lookup_block(s, ss, ss->n_blk + got) >= 0)
+            got++;
+        if (got < per) { /* part of a chunk is no use: give it back */
+            while (got > 0)
+                mq_kv_unref(s->kv, ss->blk[ss->n_blk + --got]);
+            return;
+        }
+        ss->n_blk += per;
+        ss->n_hashed += per;
+        ss->n_shared += per;
+        ss->n_kv += cell;
+        ss->n_canon += cell;
     }
 }
 
@@ -569,7 +557,7 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
     if (ss->n_kv >= ss->n_hist)
         truncate_kv(s, ss, ss->n_hist - 1); /* logits need a token */
     lookup_prefix(s, ss);
-    int need = blocks_for(s, r->limit) - ss->n_blk + ss->cow;
+    int need = blocks_for(s, r->limit) - ss->n_blk;
     if (need < 0)
         need = 0;
     if (mq_kv_reserve(s->kv, need) < 0 && reclaim_idle(s, need, ss) < 0) {
@@ -666,11 +654,10 @@ static struct chunk take_chunk(mq_sched *s, struct req *r)
         r->reserved -= found;
     }
     struct chunk c = { .pos0 = ss->n_kv };
-    c.n = ss->n_hist - c.pos0 < s->o.chunk_tokens ? ss->n_hist - c.pos0 : s->o.chunk_tokens;
+    const int grid_end = (c.pos0 / s->o.chunk_tokens + 1) * s->o.chunk_tokens;
+    c.n = (grid_end < ss->n_hist ? grid_end : ss->n_hist) - c.pos0;
     c.last = c.pos0 + c.n == ss->n_hist;
-    c.rc = cow_last_block(s, r);
-    if (c.rc == 0)
-        c.rc = ensure_blocks(s, r, c.pos0 + c.n);
+    c.rc = ensure_blocks(s, r, c.pos0 + c.n);
     c.seq = (mq_kv_seq){ .blocks = ss->ptr, .n_blocks = ss->n_blk };
     return c;
 }
@@ -717,6 +704,11 @@ static void finish_chunk(mq_sched *s, struct req *r, const struct chunk *c)
     }
     ss->n_kv += c->n;
     r->st.prefilled_tokens += c->n;
+    /* a whole chunk of the grid from a shareable start, all at the prompt precision (in
+     * mixed mode the prompt's last token is not), is what any session computes there */
+    if (c->pos0 == ss->n_canon && c->n == s->o.chunk_tokens &&
+        (!c->last || mq_prec_mode_prompt(s->o.mode) == mq_prec_mode_decode(s->o.mode)))
+        ss->n_canon += c->n;
     publish_full_blocks(s, ss);
     if (!c->last) {
         if (r != s->queue_tail) { /* round-robin: the next chunk goes to another prompt being read, if any */
@@ -887,6 +879,9 @@ static void resolve_opts(mq_sched_opts *o, const mq_model *model)
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         if (*fields[i] <= 0)
             *fields[i] = defaults[i];
+    /* chunks are whole blocks, so that a shareable chunk is a run of full blocks */
+    o->chunk_tokens =
+        o->chunk_tokens < o->block_tokens ? o->block_tokens : o->chunk_tokens / o->block_tokens * o->block_tokens;
     const int max_pos = model->cfg.max_pos;
     int ctx = o->context_limit;
     if (ctx <= 0)
@@ -979,8 +974,7 @@ int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer 
     pthread_cond_init(&s->pf_cv, NULL);
     pthread_cond_init(&s->dec_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
-    s->block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens);
-    mq_kv_store_opts ko = { .block_bytes = s->block_bytes,
+    mq_kv_store_opts ko = { .block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens),
                             .block_tokens = s->o.block_tokens,
                             .n_blocks = s->o.kv_blocks,
                             .allow_hugetlb = s->o.kv_hugetlb };
@@ -1043,7 +1037,27 @@ void mq_sched_destroy(mq_sched *s)
     free(s);
 }
 
-int mq_sched_session_open(mq_sched *s, uint64_t *id)
+/* The chain-hash seed of a tenant's sessions (scheduler.h "Tenants"). */
+static uint64_t tenant_root(const mq_sched *s, uint32_t tenant)
+{
+    if (s->o.share_prefix_cache)
+        return MQ_KV_HASH_SEED;
+    const int32_t salt[2] = { (int32_t)tenant, -1 }; /* -1: never a token id */
+    return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 2);
+}
+
+/* The seed of a session's blocks computed in precision m: KV is shared only between
+ * requests that computed it the same way (mixed, the default, keeps the tenant's seed). */
+static uint64_t session_root(const mq_sched *s, uint32_t tenant, mq_prec_mode m)
+{
+    uint64_t root = tenant_root(s, tenant);
+    if (m == MQ_PREC_MODE_MIXED)
+        return root;
+    const int32_t salt[2] = { (int32_t)m, -2 }; /* -2: never a token id */
+    return mq_kv_prefix_hash(root, salt, 2);
+}
+
+int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
 {
     struct session *ss = calloc(1, sizeof *ss);
     if (!ss)
@@ -1069,6 +1083,8 @@ int mq_sched_session_open(mq_sched *s, uint64_t *id)
         return r;
     }
     ss->id = s->next_id++;
+    ss->tenant = tenant;
+    ss->root = session_root(s, tenant, MQ_PREC_MODE_MIXED);
     ss->last_used = mq_now_s();
     ss->next = s->sessions;
     s->sessions = ss;
@@ -1245,6 +1261,7 @@ static void enqueue(mq_sched *s, struct session *ss, struct req *r, int hist, co
     if (ss->kv_mode != r->mode) {
         truncate_kv(s, ss, 0);
         ss->kv_mode = r->mode;
+        ss->root = session_root(s, ss->tenant, r->mode);
     }
     if (hist < ss->n_hist) {
         ss->n_hist = hist;
@@ -1360,6 +1377,7 @@ void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info 
     double t = mq_now_s();
     for (struct session *ss = s->sessions; ss; ss = ss->next) {
         mq_session_info in = { .id = ss->id,
+                               .tenant = ss->tenant,
                                .history_tokens = ss->n_hist,
                                .kv_tokens = ss->n_kv,
                                .kv_blocks = ss->n_blk,

@@ -115,7 +115,6 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
     if (n0 >= n1 || x->m <= 0)
         return;
     const int nb = x->kp / MQ_FP4_BLOCK, M = x->m;
-    const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f; /* 1/4: doubled integer products */
     fp4_panel p __attribute__((aligned(32)));
     const int g0 = n0 / 8, g1 = (n1 + 7) / 8;
     for (int pg = g0; pg < g1; pg += FP4_NG) {
@@ -135,7 +134,8 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
                 else
                     fp4_tile(1, fp4_act_qblock(x, m0, kb0), &p, nkb, acc);
                 const int last = kb0 + nkb == nb;
-                for (int m = 0; m < mr; m++)
+                for (int m = 0; m < mr; m++) {
+                    const float alpha = fp4_row_alpha(x, w, m0 + m, 0.25f); /* 1/4: doubled integer products */
                     for (int g = 0; g < ng; g++) {
                         __m256 v = last ? _mm256_mul_ps(acc[m][g], _mm256_set1_ps(alpha)) : acc[m][g];
                         /* partial sums live in y between chunks; alpha scales only the total */
@@ -152,6 +152,7 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
                             store_cols(yp, (pg + g) * 8, n0, n1, v, kb0 > 0);
                         }
                     }
+                }
             }
         }
     }

@@ -173,7 +173,7 @@ static void fp4_weight_pack_rows_avx512(mq_fp4_weight *w, int r0, int r1)
  * are the weight scale's index form; one FMA. Only the vpermps (half a slot) and the FMA
  * share the two VNNI pipes with the 4 vpdpbusd. */
 AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y, size_t ldy,
-                 int mr, const __mmask16 *mask, int first, int last, float alpha)
+                 int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
     __m512 acc[FP4_QUAD][4];
 #pragma GCC unroll 8
@@ -229,11 +229,11 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
         for (int g = 0; g < NG; g++)
             if (m < mr)
                 _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g],
-                                      last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha)) : acc[m][g]);
+                                      last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha[m])) : acc[m][g]);
 }
 
 static void fp4_tile_any(int ng, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y, size_t ldy,
-                         int mr, const __mmask16 *mask, int first, int last, float alpha)
+                         int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
     switch (ng) {
     case 1: fp4_tile(1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
@@ -254,8 +254,6 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     if (n0 >= n1 || x->m <= 0)
         return;
     const int nb = x->kp / MQ_FP4_BLOCK, M = x->m;
-    /* NVFP4.md's alpha, times the 1/4 of the doubled integer products (exact). */
-    const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f;
     _Alignas(64) uint8_t stack[FP4_NG * KC_BLOCKS * FP4_PACK_BYTES];
     const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
     const int mc = w->packed ? FP4_MC : M; /* repacking once per call beats blocking the rows */
@@ -285,6 +283,10 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
                 }
                 const int per = (lines + nq - 1) / nq, per_group = lines / FP4_NG;
                 for (int m0 = mb; m0 < me; m0 += FP4_QUAD) {
+                    /* NVFP4.md's alpha per row, times the 1/4 of the doubled integer products (exact) */
+                    float alpha[FP4_QUAD];
+                    for (int m = 0; m < FP4_QUAD; m++)
+                        alpha[m] = m0 + m < M ? fp4_row_alpha(x, w, m0 + m, 0.25f) : 0.0f;
                     for (int e = pf + per; pf < e && pf < lines; pf++)
                         _mm_prefetch(
                             (const char *)(next + (size_t)(pf / per_group) * gstr + (size_t)(pf % per_group) * 64),
@@ -520,7 +522,9 @@ static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
 
 /* GEMV on packed weights: MR (1..4) rows of x × one group of 16 weight rows, k pairs in
  * order, so the group is one contiguous stream; U accumulators per row hide the latency
- * of vdpbf16ps when MR is small. */
+ * of vdpbf16ps when MR is small. U is the same for every MR (GEMV_U), so a row is summed
+ * in the same order whatever rows share the call: the engine's batched decode relies on
+ * it to give each sequence the numbers it gets alone. */
 AI void bf16_gemv_group(const int MR, const int U, const uint16_t *x, size_t ldx, const uint32_t *pw, int K, float *y,
                         size_t ldy, __mmask16 mask)
 {
@@ -570,6 +574,8 @@ AI void bf16_gemv_group(const int MR, const int U, const uint16_t *x, size_t ldx
     }
 }
 
+#define GEMV_U 4 /* accumulators per row of the packed GEMV */
+
 /* m <= 4 rows in one pass per group; 5..8 in two passes over the same group (still in L1). */
 static void bf16_gemv_packed(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
                              int n0, int n1)
@@ -583,10 +589,10 @@ static void bf16_gemv_packed(const uint16_t *x, int m, size_t ldx, const mq_bf16
             const uint16_t *xm = x + (size_t)m0 * ldx;
             float *ym = yg + (size_t)m0 * ldy;
             switch (m - m0 < 4 ? m - m0 : 4) {
-            case 1: bf16_gemv_group(1, 4, xm, ldx, pw, K, ym, ldy, mask); break;
-            case 2: bf16_gemv_group(2, 2, xm, ldx, pw, K, ym, ldy, mask); break;
-            case 3: bf16_gemv_group(3, 2, xm, ldx, pw, K, ym, ldy, mask); break;
-            default: bf16_gemv_group(4, 1, xm, ldx, pw, K, ym, ldy, mask); break;
+            case 1: bf16_gemv_group(1, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
+            case 2: bf16_gemv_group(2, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
+            case 3: bf16_gemv_group(3, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
+            default: bf16_gemv_group(4, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
             }
         }
     }

@@ -134,6 +134,19 @@ static inline uint16_t bf16_weight_at(const mq_bf16_weight *w, int r, int k)
 
 /* ---- scalar helpers shared by several variants --------------------------------- */
 
+/* g_x of activation row r (mq_fp4_act.row_g). */
+static inline float fp4_act_row_g(const mq_fp4_act *a, int r)
+{
+    return a->row_g ? a->row_g[r] : a->g;
+}
+
+/* NVFP4.md's alpha of activation row r against w, times `scale` (an exact power of two
+ * for kernels that sum doubled integer products). One formula for every variant. */
+static inline float fp4_row_alpha(const mq_fp4_act *x, const mq_fp4_weight *w, int r, float scale)
+{
+    return (1.0f / fp4_act_row_g(x, r)) * (1.0f / w->g) * scale;
+}
+
 /* Quantizes rows [r0, r1) of x with one variant's row quantizer (mq_fp4_quantize_row's
  * contract); stops at the first row that holds NaN/Inf. Inlined, so the call is direct. */
 typedef int (*fp4_quantize_row_fn)(const float *x, int k, float g, uint8_t *codes, uint8_t *scales);
@@ -141,7 +154,7 @@ static inline __attribute__((always_inline)) int fp4_quantize_rows_with(fp4_quan
                                                                         const float *x, size_t ldx, int r0, int r1)
 {
     for (int r = r0; r < r1; r++) {
-        int rc = row(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
+        int rc = row(x + (size_t)r * ldx, a->k, fp4_act_row_g(a, r), a->codes + (size_t)r * (a->kp / 2),
                      a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
         if (rc)
             return rc;

@@ -90,6 +90,7 @@ void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem)
     a->k = k;
     a->kp = mq_fp4_pad(k);
     a->g = 1.0f;
+    a->row_g = NULL;
     a->codes = p;
     a->scales = p + fp4_codes_bytes(m, k);
     a->aux = p + fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k);

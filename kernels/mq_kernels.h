@@ -100,18 +100,22 @@ void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_
  * time only if every range starts at a multiple of 16 (and ends at one, or at n). */
 void mq_fp4_weight_pack_rows(mq_fp4_weight *w, int r0, int r1);
 
-/* NVFP4 activations X[m, k], quantized at run time. Same memory rules as weights. */
+/* NVFP4 activations X[m, k], quantized at run time. Same memory rules as weights.
+ * row_g (optional, the caller's memory) gives each row its own g_x: rows of different
+ * sequences in one GEMM then keep each sequence's scale, so a row's result does not
+ * depend on the other rows (NVFP4.md's formula per row, alpha = (1/g_x[m])·(1/g_w)). */
 typedef struct mq_fp4_act {
     int m, k, kp;
-    float g;         /* global scale g_x */
-    uint8_t *codes;  /* [m, kp/2] */
-    uint8_t *scales; /* [m, kp/16] */
-    void *aux;       /* kernel-private (the integer operands and scale forms, layout.c) */
+    float g;            /* global scale g_x of every row (when row_g is NULL) */
+    const float *row_g; /* [m] per-row g_x, or NULL (bind sets NULL) */
+    uint8_t *codes;     /* [m, kp/2] */
+    uint8_t *scales;    /* [m, kp/16] */
+    void *aux;          /* kernel-private (the integer operands and scale forms, layout.c) */
 } mq_fp4_act;
 
 size_t mq_fp4_act_bytes(int m, int k);
 void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem);
-/* Quantizes rows [r0, r1) of x (stride ldx) with a->g, set by the caller: dynamic
+/* Quantizes rows [r0, r1) of x (stride ldx) with a->g (or a->row_g[r]), set by the caller: dynamic
  * (mq_fp4_global_scale of the whole input's amax) or static (checkpoint's g_x; blocks
  * beyond it saturate). -EINVAL on NaN/Inf. */
 int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);

@@ -261,8 +261,8 @@ static int e2m1_twice(uint8_t code)
 static void gemm_fp4_ref(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
     const int nb = x->kp / MQ_FP4_BLOCK;
-    const float alpha = (1.0f / x->g) * (1.0f / w->g);
     for (int m = 0; m < x->m; m++) {
+        const float alpha = fp4_row_alpha(x, w, m, 1.0f);
         const uint8_t *xc = x->codes + (size_t)m * (x->kp / 2);
         const uint8_t *xs = x->scales + (size_t)m * nb;
         for (int n = n0; n < n1; n++) {

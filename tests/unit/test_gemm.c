@@ -131,7 +131,7 @@ static int build_act(mq_fp4_act *a, void **mem, int m, int k, int raw, unsigned 
 static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int n, double *mag)
 {
     const int kp = a->kp, nb = kp / 16;
-    const float alpha = (1.0f / a->g) * (1.0f / w->g);
+    const float alpha = (1.0f / (a->row_g ? a->row_g[m] : a->g)) * (1.0f / w->g);
     const uint8_t *xc = a->codes + (size_t)m * kp / 2, *wc = w->codes + (size_t)n * kp / 2;
     double sum = 0, am = 0;
     for (int b = 0; b < nb; b++) {
@@ -265,6 +265,66 @@ static void test_fp4_gemm_scale_extremes(void)
         free(pm);
         free(am);
     }
+}
+
+/* Per-row g_x (mq_fp4_act.row_g): every row, quantized and multiplied inside an M-row
+ * call, is bit-identical to the same row alone with g = its row_g (the property batched
+ * decode of several sequences relies on), on every ISA, packed weights or not; and
+ * FP64-exact as above. */
+static void test_fp4_row_scales(void)
+{
+    unsigned long long s = 4242;
+    const int M = 9, N = 70, K = 528;
+    float *x = malloc(sizeof(float) * M * K), *gs = malloc(sizeof(float) * M);
+    fill_floats(x, (size_t)M * K, &s, 2);
+    for (int m = 0; m < M; m++) { /* rows of very different ranges, as sequences are */
+        for (int k = 0; k < K; k++)
+            x[(size_t)m * K + k] *= (float)(1 << (m % 5)) * 0.37f;
+        gs[m] = mq_fp4_global_scale(mq_amax_f32(x + (size_t)m * K, (size_t)K));
+    }
+    void *am = amalloc(mq_fp4_act_bytes(M, K)), *am1 = amalloc(mq_fp4_act_bytes(1, K));
+    float *y = malloc(sizeof(float) * M * N), *y1 = malloc(sizeof(float) * N);
+    for (int packed = 0; packed < 2; packed++) {
+        mq_kernels_force(MQ_ISA_SCALAR);
+        mq_fp4_weight w;
+        void *wm, *pm = NULL;
+        CHECK(build_weight(&w, &wm, packed ? &pm : NULL, N, K, 0, &s) == 0, "weight build");
+        for (int ii = 0; ii < n_isas; ii++) {
+            mq_kernels_force((mq_isa)isas[ii]);
+            mq_fp4_act a, a1;
+            mq_fp4_act_bind(&a, M, K, am);
+            a.g = 12345.0f; /* must not be used */
+            a.row_g = gs;
+            CHECK(mq_fp4_act_quantize_rows(&a, x, (size_t)K, 0, M) == 0, "quantize");
+            mq_gemm_fp4(&a, &w, y, N, 0, N);
+            for (int m = 0; m < M; m++) {
+                mq_fp4_act_bind(&a1, 1, K, am1);
+                CHECK(a1.row_g == NULL, "bind clears row_g");
+                a1.g = gs[m];
+                CHECK(mq_fp4_act_quantize_rows(&a1, x + (size_t)m * K, (size_t)K, 0, 1) == 0, "quantize one row");
+                CHECK(memcmp(a1.codes, a.codes + (size_t)m * a.kp / 2, (size_t)a.kp / 2) == 0 &&
+                          memcmp(a1.scales, a.scales + (size_t)m * a.kp / 16, (size_t)a.kp / 16) == 0,
+                      "%s row %d: codes with row_g differ from the row quantized alone", mq_isa_name(isas[ii]), m);
+                mq_gemm_fp4(&a1, &w, y1, N, 0, N);
+                CHECK(memcmp(y1, y + (size_t)m * N, sizeof(float) * N) == 0,
+                      "%s%s row %d: GEMM row with row_g differs from the row alone", mq_isa_name(isas[ii]),
+                      packed ? " packed" : "", m);
+                for (int n = 0; n < N; n++) {
+                    double mag, e = fp4_ref64(&a, &w, m, n, &mag);
+                    CHECK(fabs(y[m * N + n] - e) <= 1e-6 * sqrt(a.kp / 16.0) * mag, "%s y[%d,%d]=%g want %g",
+                          mq_isa_name(isas[ii]), m, n, y[m * N + n], e);
+                }
+            }
+        }
+        free(wm);
+        free(pm);
+    }
+    free(x);
+    free(gs);
+    free(y);
+    free(y1);
+    free(am);
+    free(am1);
 }
 
 /* The activation aux is byte-identical whichever ISA prepared it. */
@@ -485,6 +545,7 @@ int main(void)
     RUN(test_fp4_pack_identical);
     RUN(test_fp4_gemm_shapes);
     RUN(test_fp4_gemm_scale_extremes);
+    RUN(test_fp4_row_scales);
     RUN(test_bf16_pack_identical);
     RUN(test_bf16_gemv);
     RUN(test_bf16_gemm);
