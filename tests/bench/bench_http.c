@@ -6,8 +6,9 @@
  *    builds from the same body), then through HTTP/SSE with a minimal client of its own (a
  *    raw socket, so no client library's overhead is counted). Warm KV for both: every
  *    request ran once before. Rounds alternate; per round TTFT p50 and tokens/s.
- *    Prints http_ttft_overhead_ms_p50 (median over rounds of p50 HTTP - p50 libmq) and
- *    http_tokens_per_s_vs_libmq.
+ *    Prints http_ttft_overhead_ms_p50 (median over rounds of the p50 of TTFT beyond mqd's
+ *    own TTFT, HTTP minus libmq), http_tokens_per_s_vs_libmq, and
+ *    http_ttft_overhead_ms_solo_p50 (the same requests one at a time, HTTP - libmq TTFT).
  * 2. Agent replay: 8 conversations turn by turn over HTTP, concurrently, each pinned by
  *    X-Session-Id; cached/prompt tokens from turn 2 on (http_replay_cached_ratio), the
  *    tokens the session held but could not reuse per turn (the Qwen3 empty-think trap:
@@ -494,6 +495,15 @@ int main(int argc, char **argv)
                "tokens/s libmq %.1f, HTTP %.1f\n",
                r + 1, p50 * 1e3, hp50 * 1e3, o50 * 1e3, ho50 * 1e3, tps, htps);
     }
+    /* the same requests one at a time: the transport's own cost, without queueing noise */
+    double solo[N_STREAMS];
+    for (int i = 0; i < n; i++) {
+        double l50, lo, lt, h50, ho, ht;
+        errs += phase(&jobs[i], 1, 0, &l50, &lo, &lt);
+        errs += phase(&jobs[i], 1, 1, &h50, &ho, &ht);
+        solo[i] = (h50 - l50) * 1e3;
+    }
+    qsort(solo, (size_t)n, sizeof solo[0], cmp_d);
     if (errs)
         fprintf(stderr, "bench_http: %d requests failed\n", errs);
     qsort(over, ROUNDS, sizeof over[0], cmp_d);
@@ -506,6 +516,7 @@ int main(int argc, char **argv)
     printf("http_replay_cached_ratio_as_generated: %.4f\n", gr);
     printf("http_replay_lost_tokens_per_turn: %.1f\n", rl);
     printf("http_replay_lost_tokens_per_turn_as_generated: %.1f\n", gl);
+    printf("http_ttft_overhead_ms_solo_p50: %.3f\n", solo[n / 2]);
     printf("http_ttft_overhead_ms_p50: %.3f\n", over[ROUNDS / 2]);
     printf("http_tokens_per_s_vs_libmq: %.3f\n", ratio[ROUNDS / 2]);
     printf("http_replay_cached_ratio: %.4f\n", rr);
