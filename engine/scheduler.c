@@ -853,7 +853,7 @@ static void finish_chunk(mq_sched *s, struct req *r, const struct chunk *c)
     /* a whole chunk of the grid from a shareable start, all at the prompt precision (in
      * mixed mode the prompt's last token is not), is what any session computes there */
     if (c->pos0 == ss->n_canon && c->n == s->o.chunk_tokens &&
-        (!c->last || mq_prec_mode_prompt(s->o.mode) == mq_prec_mode_decode(s->o.mode)))
+        (!c->last || mq_prec_mode_prompt(r->mode) == mq_prec_mode_decode(r->mode)))
         ss->n_canon += c->n;
     publish_full_blocks(s, ss);
     if (!c->last) {
