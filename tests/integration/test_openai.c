@@ -98,9 +98,15 @@ static int start_all(void)
     char bin[4200], model[4096];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     snprintf(model, sizeof model, "%s", shared_path("models/mq-agent-45m"));
-    char *argv[] = { bin,     "--model-dir", model, "--client-socket", csock,   "--admin-socket",
-                     asock,   "--hugepages", "off", "--kv-tokens",     "65536", "--drain-timeout-ms",
-                     "20000", NULL };
+    /* started as root, mqd serves as an unprivileged user (here: nobody) */
+    char *argv[] = { bin,      "--model-dir",
+                     model,    "--client-socket",
+                     csock,    "--admin-socket",
+                     asock,    "--hugepages",
+                     "off",    "--kv-tokens",
+                     "65536",  "--drain-timeout-ms",
+                     "20000",  getuid() == 0 ? "--user" : NULL,
+                     "nobody", NULL };
     mqd_pid = spawn(argv, NULL, mqd_log);
     if (!spawn_wait_ready(asock, mqd_pid, 120)) {
         spawn_dump_log(mqd_log);
