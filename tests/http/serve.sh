@@ -7,9 +7,11 @@
 set -e
 build=$(cd "$1" && pwd); model=$2; shift 2
 dir=$(mktemp -d /tmp/mq-http-XXXXXX)
+as=""
+[ "$(id -u)" = 0 ] && as="--user nobody" # started as root, mqd serves as an unprivileged user
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 "$build/mqd" --model-dir "$model" --client-socket "$dir/client.sock" --admin-socket "$dir/admin.sock" \
-    --hugepages off $MQD_FLAGS > "$dir/mqd.log" 2>&1 &
+    --hugepages off $as $MQD_FLAGS > "$dir/mqd.log" 2>&1 &
 mqd=$!
 i=0
 until "$build/mqctl" --socket "$dir/admin.sock" status 2>/dev/null | grep -q '^state *ready'; do
