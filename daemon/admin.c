@@ -1,10 +1,11 @@
 /* daemon/admin.c — the admin protocol: one JSON object per SOCK_SEQPACKET datagram.
  *
- * Request:  {"cmd": "status" | "sessions" | "stats" | "cancel" | "drain" | "reload" |
- *                   "config" | "top", "id": N (cancel only)}
+ * Request:  {"cmd": one of `commands` below, "id": N (cancel only)}
  * Reply:    {"ok": true, ...command fields...} or {"ok": false, "error": "text"}
  * Peers: root, or members of the configured admin_group (SO_PEERCRED + SO_PEERGROUPS);
- * anyone else gets {"ok": false, "error": "permission denied: ..."} and is disconnected.
+ * anyone else gets {"ok": false, "error": "permission denied: ..."} as the answer to its
+ * first request and is disconnected (answering at accept time, with the request unread,
+ * would reach the peer as ECONNRESET; the client socket does the same).
  * A request that is not a JSON object with a known "cmd" gets an error reply; the
  * connection stays usable. Replies are capped at MAX_REPLY bytes (session lists are
  * truncated with "truncated": true).
@@ -19,14 +20,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/clock.h"
+#include "daemon/admin.h"
+#include "daemon/client_conn.h"
+#include "daemon/control.h"
+#include "daemon/log.h"
+#include "daemon/privs.h"
+#include "daemon/probes.h"
 #include "engine/arena.h"
 #include "engine/model.h"
-#include "daemon/probes.h"
 #include "engine/scheduler.h"
-#include "daemon/server.h"
-#include "common/clock.h"
-
-/* Messages are cut to their buffers on purpose (they name paths that may be long). */
 
 #define MAX_REQ          65536
 #define MAX_REPLY        (1u << 20)
@@ -37,6 +40,8 @@ typedef struct mqd_admin {
     struct mqd_admin *next;
     int fd;
     mq_ev *ev;
+    int denied; /* not root nor in admin_group: the first request gets `why`, then close */
+    char why[300];
 } mqd_admin;
 
 static const char *state_name(enum mqd_state s)
@@ -220,67 +225,120 @@ static void top_cb(pid_t tid, const char *comm, uint64_t offcpu_ns, uint64_t fau
     cJSON_AddItemToArray(ctx, o);
 }
 
+/* ---- commands: each fills the reply object, or returns an error text ------------ */
+typedef struct call {
+    mqd *d;
+    const cJSON *req; /* the request object */
+    cJSON *o;         /* the reply object */
+    char *buf;        /* room for a message (error or reply) */
+    size_t buflen;
+} call;
+
+static const char *loading(const mqd *d)
+{
+    return d->state == MQD_LOADING ? "mqd is still loading the model" : NULL;
+}
+
+static const char *do_status(const call *c)
+{
+    cmd_status(c->d, c->o);
+    return NULL;
+}
+
+static const char *do_stats(const call *c)
+{
+    if (loading(c->d))
+        return loading(c->d);
+    add_sched_stats(c->d, c->o);
+    return NULL;
+}
+
+static const char *do_sessions(const call *c)
+{
+    cmd_sessions(c->d, c->o);
+    return NULL;
+}
+
+static const char *do_config(const call *c)
+{
+    char *js = mqd_config_to_json(&c->d->cfg);
+    cJSON *cfg = js ? cJSON_Parse(js) : NULL;
+    free(js);
+    if (!cfg)
+        return "out of memory";
+    cJSON_AddItemToObject(c->o, "config", cfg);
+    cJSON_AddStringToObject(c->o, "config_file", c->d->config_path);
+    return NULL;
+}
+
+static const char *do_cancel(const call *c)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(c->req, "id");
+    if (!cJSON_IsNumber(id) || id->valuedouble < 1)
+        return "cancel needs a numeric \"id\" (request or session)";
+    if (!c->d->sched)
+        return "mqd is still loading the model";
+    if (mqd_client_cancel(c->d, (uint64_t)id->valuedouble, c->buf, c->buflen))
+        return c->buf;
+    cJSON_AddStringToObject(c->o, "message", c->buf);
+    return NULL;
+}
+
+static const char *do_drain(const call *c)
+{
+    if (loading(c->d))
+        return loading(c->d);
+    mqd_begin_drain(c->d, "mqctl drain");
+    cJSON_AddStringToObject(c->o, "state", state_name(c->d->state));
+    cJSON_AddNumberToObject(c->o, "timeout_ms", c->d->cfg.drain_timeout_ms);
+    return NULL;
+}
+
+static const char *do_reload(const call *c)
+{
+    if (mqd_reload(c->d, c->buf, c->buflen))
+        return c->buf;
+    cJSON_AddStringToObject(c->o, "message", c->buf);
+    return NULL;
+}
+
+static const char *do_top(const call *c)
+{
+    if (!c->d->probes) {
+        snprintf(c->buf, c->buflen, "BPF unavailable: %s", c->d->probes_err[0] ? c->d->probes_err : "not loaded");
+        return c->buf;
+    }
+    cJSON *arr = cJSON_AddArrayToObject(c->o, "threads");
+    int rc = mq_probes_read(c->d->probes, top_cb, arr);
+    if (rc) {
+        snprintf(c->buf, c->buflen, "reading BPF maps: %s", strerror(-rc));
+        return c->buf;
+    }
+    return NULL;
+}
+
+static const struct {
+    const char *name;
+    const char *(*run)(const call *c);
+} commands[] = {
+    { "status", do_status }, { "sessions", do_sessions }, { "stats", do_stats },   { "cancel", do_cancel },
+    { "drain", do_drain },   { "reload", do_reload },     { "config", do_config }, { "top", do_top },
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
 /* Returns NULL on success or an error text. */
 static const char *run_cmd(mqd *d, const cJSON *req, cJSON *o, char *buf, size_t buflen)
 {
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(req, "cmd");
-    if (!cJSON_IsString(c))
+    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(req, "cmd");
+    if (!cJSON_IsString(cmd))
         return "request needs a string field \"cmd\"";
-    const char *cmd = c->valuestring;
-    if (!strcmp(cmd, "status")) {
-        cmd_status(d, o);
-    } else if (!strcmp(cmd, "stats")) {
-        if (d->state == MQD_LOADING)
-            return "mqd is still loading the model";
-        add_sched_stats(d, o);
-    } else if (!strcmp(cmd, "sessions")) {
-        cmd_sessions(d, o);
-    } else if (!strcmp(cmd, "config")) {
-        char *js = mqd_config_to_json(&d->cfg);
-        cJSON *cfg = js ? cJSON_Parse(js) : NULL;
-        free(js);
-        if (!cfg)
-            return "out of memory";
-        cJSON_AddItemToObject(o, "config", cfg);
-        cJSON_AddStringToObject(o, "config_file", d->config_path);
-    } else if (!strcmp(cmd, "cancel")) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 1)
-            return "cancel needs a numeric \"id\" (request or session)";
-        if (!d->sched)
-            return "mqd is still loading the model";
-        if (mqd_client_cancel(d, (uint64_t)id->valuedouble, buf, buflen))
-            return buf;
-        cJSON_AddStringToObject(o, "message", buf);
-    } else if (!strcmp(cmd, "drain")) {
-        if (d->state == MQD_LOADING)
-            return "mqd is still loading the model";
-        mqd_begin_drain(d, "mqctl drain");
-        cJSON_AddStringToObject(o, "state", state_name(d->state));
-        cJSON_AddNumberToObject(o, "timeout_ms", d->cfg.drain_timeout_ms);
-    } else if (!strcmp(cmd, "reload")) {
-        if (mqd_reload(d, buf, buflen))
-            return buf;
-        cJSON_AddStringToObject(o, "message", buf);
-    } else if (!strcmp(cmd, "top")) {
-        if (!d->probes) {
-            snprintf(buf, buflen, "BPF unavailable: %s", d->probes_err[0] ? d->probes_err : "not loaded");
-            return buf;
-        }
-        cJSON *arr = cJSON_AddArrayToObject(o, "threads");
-        int rc = mq_probes_read(d->probes, top_cb, arr);
-        if (rc) {
-            snprintf(buf, buflen, "reading BPF maps: %s", strerror(-rc));
-            return buf;
-        }
-    } else {
-        snprintf(buf, buflen,
-                 "unknown command \"%.64s\" (status, sessions, stats, cancel, drain, "
-                 "reload, config, top)",
-                 cmd);
-        return buf;
-    }
-    return NULL;
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(cmd->valuestring, commands[i].name))
+            return commands[i].run(&(call){ d, req, o, buf, buflen });
+    int n = snprintf(buf, buflen, "unknown command \"%.64s\" (", cmd->valuestring);
+    for (size_t i = 0; i < N_COMMANDS && n > 0 && (size_t)n < buflen; i++)
+        n += snprintf(buf + n, buflen - (size_t)n, "%s%s", commands[i].name, i + 1 < N_COMMANDS ? ", " : ")");
+    return buf;
 }
 
 static void send_json(int fd, cJSON *o)
@@ -300,7 +358,6 @@ static void send_json(int fd, cJSON *o)
             return;
         n = strlen(s);
     }
-    /* Admin replies are rare; a blocking send with a timeout keeps large ones whole. */
     ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
     (void)w;
     free(s);
@@ -341,7 +398,9 @@ static void on_admin_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
         char msg[512];
         const char *err = NULL;
         cJSON *req = NULL;
-        if (n > MAX_REQ)
+        if (a->denied)
+            err = a->why;
+        else if (n > MAX_REQ)
             err = "request over 64 KiB";
         else if (!(req = cJSON_ParseWithLength(buf, (size_t)n)) || !cJSON_IsObject(req))
             err = "request is not a JSON object";
@@ -358,6 +417,10 @@ static void on_admin_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
         }
         send_json(fd, o);
         cJSON_Delete(o);
+        if (a->denied) {
+            admin_close(a);
+            break;
+        }
     }
     free(buf);
 }
@@ -366,38 +429,25 @@ void mqd_admin_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
 {
     (void)events;
     mqd *d = arg;
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            return;
-        uid_t uid;
-        pid_t pid;
-        char why[256];
-        if (!mqd_peer_allowed(d, fd, 1, &uid, &pid, why, sizeof why)) {
-            cJSON *o = cJSON_CreateObject();
-            char msg[300];
-            snprintf(msg, sizeof msg, "permission denied: %s", why);
-            cJSON_AddBoolToObject(o, "ok", 0);
-            cJSON_AddStringToObject(o, "error", msg);
-            send_json(fd, o);
-            cJSON_Delete(o);
-            mqd_log("admin socket: refused pid %d uid %u: %s", (int)pid, (unsigned)uid, why);
-            close(fd);
-            continue;
-        }
+    mqd_peer p;
+    while (mqd_accept_peer(d, lfd, 1, 0, "admin socket", &p) == 0) {
+        /* Admin replies are rare and may be large: a blocking send with a timeout keeps
+         * them whole (admins are trusted peers, root or admin_group). */
         struct timeval tv = { 2, 0 };
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        setsockopt(p.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         int sz = (int)MAX_REPLY + 65536;
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+        setsockopt(p.fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
         mqd_admin *a = calloc(1, sizeof *a);
         if (!a) {
-            close(fd);
+            close(p.fd);
             continue;
         }
         a->d = d;
-        a->fd = fd;
-        if (mq_evloop_add_fd(l, fd, POLLIN, on_admin_readable, a, &a->ev)) {
-            close(fd);
+        a->fd = p.fd;
+        a->denied = !p.allowed;
+        snprintf(a->why, sizeof a->why, "permission denied: %s", p.why);
+        if (mq_evloop_add_fd(l, p.fd, POLLIN, on_admin_readable, a, &a->ev)) {
+            close(p.fd);
             free(a);
             continue;
         }

@@ -20,8 +20,8 @@
  * SPILL_RING_FACTOR ring sizes is cancelled instead of growing memory.
  */
 #define _GNU_SOURCE
-#include "common/errmsg.h"
-#include "ipc/sock.h"
+#include "daemon/client_conn.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,19 +34,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ipc/channel.h"
+#include "common/clock.h"
+#include "common/errmsg.h"
+#include "daemon/log.h"
+#include "daemon/privs.h"
 #include "engine/chat_template.h"
 #include "engine/scheduler.h"
-#include "daemon/server.h"
-
-/* Messages are cut to their buffers on purpose (they name paths that may be long). */
 #include "engine/tokenizer.h"
+#include "ipc/channel.h"
+#include "ipc/sock.h"
 #include "ipc/wire.h"
-#include "common/clock.h"
 
 #define SPILL_RING_FACTOR 4
-#define BUSY_RETRIES      200 /* x BUSY_RETRY_US: at most 40 ms */
-#define BUSY_RETRY_US     200
 
 typedef struct mqd_req mqd_req;
 
@@ -513,6 +512,76 @@ static void push_synthetic_done(mqd_conn *c, uint64_t req)
         push_rec(c, rec, (uint32_t)n, 1);
 }
 
+static void reply_submitted(mqd_conn *c, uint32_t seq, uint64_t req, uint64_t session)
+{
+    mq_msg r = { .type = MQ_MSG_SUBMITTED };
+    r.u.submitted.req = req;
+    r.u.submitted.session = session;
+    send_reply(c, &r, seq, -1);
+}
+
+/* {"role": role, "content": the bytes} for the chat template; NULL when out of memory. */
+static cJSON *chat_message(const char *role, const uint8_t *bytes, uint32_t len)
+{
+    char *content = strndup((const char *)bytes, len);
+    cJSON *one = content ? cJSON_CreateObject() : NULL;
+    if (one && (!cJSON_AddStringToObject(one, "role", role) || !cJSON_AddStringToObject(one, "content", content))) {
+        cJSON_Delete(one);
+        one = NULL;
+    }
+    free(content);
+    return one;
+}
+
+/* Token ids sent as ids: each must be inside the vocabulary. */
+static unsigned ids_from_wire(mqd_conn *c, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
+                              size_t msglen)
+{
+    size_t n = len / 4;
+    int32_t *v = malloc(n ? n * sizeof *v : 1);
+    if (!v)
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
+    memcpy(v, bytes, n * 4);
+    int vocab = mq_tok_vocab_size(c->d->tok);
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 0 || v[i] >= vocab) {
+            mq_errmsg(msg, msglen, 0, "token id %d at position %zu is outside the vocabulary [0, %d)", v[i], i, vocab);
+            free(v);
+            return MQ_ERR_BAD_PROMPT;
+        }
+    *ids = v;
+    *n_ids = n;
+    return 0;
+}
+
+/* A chat message: the text it appends to the conversation (pending system messages, the
+ * message, the assistant's turn). */
+static unsigned render_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, char **text,
+                               size_t *tlen, char *msg, size_t msglen)
+{
+    static const char *const roles[] = { "user", "system", "tool" };
+    mqd *d = c->d;
+    cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
+    cJSON *one = chat_message(roles[m->u.submit.role], bytes, m->u.submit.len);
+    if (!msgs || !one) {
+        cJSON_Delete(msgs);
+        cJSON_Delete(one);
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
+    }
+    cJSON_AddItemToArray(msgs, one);
+    mq_chat_opts o = { .add_generation_prompt = 1,
+                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0,
+                       .bos_token = NULL };
+    char cerr[256];
+    int rc = s->turns == 0 ? mq_chat_render((mq_chat_kind)d->chat_kind, msgs, NULL, &o, text, tlen, cerr, sizeof cerr)
+                           : mq_chat_render_append((mq_chat_kind)d->chat_kind, msgs, &o, s->end_in_session, text, tlen,
+                                                   cerr, sizeof cerr);
+    cJSON_Delete(msgs);
+    if (rc)
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "chat template: %s", cerr);
+    return 0;
+}
+
 /* Turns the prompt bytes into the token ids to append; 0 or an MQ_ERR code + message. */
 static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, int32_t **ids,
                              size_t *n_ids, char *msg, size_t msglen)
@@ -521,220 +590,168 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
     uint32_t len = m->u.submit.len;
     *ids = NULL;
     *n_ids = 0;
-    if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS) {
-        size_t n = len / 4;
-        int32_t *v = malloc(n * sizeof *v);
-        if (!v)
-            return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
-        memcpy(v, bytes, n * 4);
-        int vocab = mq_tok_vocab_size(d->tok);
-        for (size_t i = 0; i < n; i++)
-            if (v[i] < 0 || v[i] >= vocab) {
-                mq_errmsg(msg, msglen, 0,
-                          "token id %d at position %zu is outside the vocabulary "
-                          "[0, %d)",
-                          v[i], i, vocab);
-                free(v);
-                return MQ_ERR_BAD_PROMPT;
-            }
-        *ids = v;
-        *n_ids = n;
-        return 0;
-    }
-    if (!mq_utf8_valid((const char *)bytes, len)) {
-        mq_errmsg(msg, msglen, 0, "prompt text is not valid UTF-8");
-        return MQ_ERR_BAD_PROMPT;
-    }
+    if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS)
+        return ids_from_wire(c, bytes, len, ids, n_ids, msg, msglen);
+    if (!mq_utf8_valid((const char *)bytes, len))
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "prompt text is not valid UTF-8");
     char terr[MQ_TOK_ERR_LEN];
     if (m->u.submit.kind == MQ_WIRE_KIND_TEXT) {
         unsigned flags = s->turns == 0 ? MQ_TOK_ADD_SPECIAL : 0;
-        int rc = mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr);
-        if (rc) {
-            mq_errmsg(msg, msglen, 0, "tokenizing the prompt: %s", terr);
-            return MQ_ERR_BAD_PROMPT;
-        }
+        if (mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr))
+            return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "tokenizing the prompt: %s", terr);
         return 0;
     }
-    /* A chat message: render what it appends to the conversation. */
-    static const char *const roles[] = { "user", "system", "tool" };
-    cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
-    cJSON *one = cJSON_CreateObject();
-    char *content = strndup((const char *)bytes, len);
-    if (!msgs || !one || !content) {
-        cJSON_Delete(msgs);
-        cJSON_Delete(one);
-        free(content);
-        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
-    }
-    cJSON_AddStringToObject(one, "role", roles[m->u.submit.role]);
-    cJSON_AddStringToObject(one, "content", content);
-    free(content);
-    cJSON_AddItemToArray(msgs, one);
-    mq_chat_opts o = { .add_generation_prompt = 1,
-                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0,
-                       .bos_token = NULL };
     char *text = NULL;
     size_t tlen = 0;
-    char cerr[256];
-    int rc = s->turns == 0 ? mq_chat_render((mq_chat_kind)d->chat_kind, msgs, NULL, &o, &text, &tlen, cerr, sizeof cerr)
-                           : mq_chat_render_append((mq_chat_kind)d->chat_kind, msgs, &o, s->end_in_session, &text,
-                                                   &tlen, cerr, sizeof cerr);
-    cJSON_Delete(msgs);
-    if (rc) {
-        mq_errmsg(msg, msglen, 0, "chat template: %s", cerr);
-        return MQ_ERR_BAD_PROMPT;
-    }
+    unsigned code = render_message(c, s, m, bytes, &text, &tlen, msg, msglen);
+    if (code)
+        return code;
     /* The rendered text contains the template's special tokens: parse them. */
-    rc = mq_tok_encode(d->tok, text, tlen, 0, ids, n_ids, terr, sizeof terr);
+    int rc = mq_tok_encode(d->tok, text, tlen, 0, ids, n_ids, terr, sizeof terr);
     free(text);
-    if (rc) {
-        mq_errmsg(msg, msglen, 0, "tokenizing the rendered message: %s", terr);
-        return MQ_ERR_BAD_PROMPT;
-    }
+    if (rc)
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "tokenizing the rendered message: %s", terr);
     return 0;
 }
 
-static void on_submit(mqd_conn *c, const mq_msg *m)
+/* Copies the SUBMIT's prompt bytes out of the prompt ring and hands the ring back to the
+ * client. They must be exactly the next published bytes; otherwise the client broke the
+ * protocol: ERROR, the connection is closed, -EPROTO. */
+static int take_prompt(mqd_conn *c, const mq_msg *m, uint8_t **out)
 {
-    mqd *d = c->d;
     uint32_t len = m->u.submit.len;
     mq_ring *pr = &c->chan.prompt;
-    /* The bytes must be exactly the next ones of the prompt ring, and published. */
     int64_t avail = mq_ring_avail(pr);
     if (m->u.submit.ring_off != pr->pos || len > pr->size || avail < (int64_t)len) {
         send_error(c, m->seq, MQ_ERR_PROTOCOL,
-                   "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt "
-                   "ring (position %u, %lld published)",
+                   "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt ring (position %u, %lld "
+                   "published)",
                    m->u.submit.ring_off, len, avail < 0 ? "valid" : "published", pr->pos, (long long)avail);
         conn_close(c, "bad ring offsets");
-        return;
+        return -EPROTO;
     }
     uint8_t *bytes = malloc(len ? len : 1);
     if (!bytes) {
         send_error(c, m->seq, MQ_ERR_INTERNAL, "out of memory for a %u-byte prompt", len);
-        return;
+        return -ENOMEM;
     }
     mq_ring_peek(pr, 0, bytes, len);
-    mq_ring_consume(pr, len); /* the ring is the client's again */
+    mq_ring_consume(pr, len);
+    *out = bytes;
+    return 0;
+}
 
-    char msg[MQ_WIRE_TEXT_MAX + 1] = "";
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    mqd_sess *s = find_sess(c, m->u.submit.session);
-    unsigned code = 0;
-    if (!s) {
-        code = MQ_ERR_NO_SESSION;
-        snprintf(msg, sizeof msg, "no session %llu on this connection", (unsigned long long)m->u.submit.session);
-        goto out;
-    }
+/* Whether session s may take this SUBMIT now; 0 or an MQ_ERR code + message. */
+static unsigned check_submit(mqd_conn *c, mqd_sess *s, const mq_msg *m, char *msg, size_t msglen)
+{
+    if (!s)
+        return mq_errmsg(msg, msglen, MQ_ERR_NO_SESSION, "no session %llu on this connection",
+                         (unsigned long long)m->u.submit.session);
     settle(s);
-    if (d->state != MQD_READY) {
-        code = MQ_ERR_DRAINING;
-        snprintf(msg, sizeof msg, "mqd is draining; no new requests");
-        goto out;
+    if (c->d->state != MQD_READY)
+        return mq_errmsg(msg, msglen, MQ_ERR_DRAINING, "mqd is draining; no new requests");
+    if (s->running)
+        return mq_errmsg(msg, msglen, MQ_ERR_BUSY, "session %llu is running request %llu", (unsigned long long)s->id,
+                         (unsigned long long)s->running->id);
+    int chat = s->mode == MQ_WIRE_MODE_CHAT;
+    if ((m->u.submit.kind == MQ_WIRE_KIND_MESSAGE) != chat)
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "%s sessions take %s", chat ? "chat" : "raw",
+                         chat ? "messages (mq_send_message)" : "text or tokens (mq_send_text/tokens)");
+    return 0;
+}
+
+/* A system message does not start a generation: it is kept and rendered with the next
+ * user/tool message. Its request completes at once (SUBMITTED, then DONE). */
+static unsigned stash_system_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, uint64_t req,
+                                     char *msg, size_t msglen)
+{
+    if (!mq_utf8_valid((const char *)bytes, m->u.submit.len))
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "prompt text is not valid UTF-8");
+    if (!s->pending)
+        s->pending = cJSON_CreateArray();
+    cJSON *one = chat_message("system", bytes, m->u.submit.len);
+    if (!s->pending || !one) {
+        cJSON_Delete(one);
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
     }
-    if (s->running) {
-        code = MQ_ERR_BUSY;
-        snprintf(msg, sizeof msg, "session %llu is running request %llu", (unsigned long long)s->id,
-                 (unsigned long long)s->running->id);
-        goto out;
-    }
-    int is_msg = m->u.submit.kind == MQ_WIRE_KIND_MESSAGE;
-    if (is_msg != (s->mode == MQ_WIRE_MODE_CHAT)) {
-        code = MQ_ERR_BAD_PROMPT;
-        snprintf(msg, sizeof msg, "%s sessions take %s", s->mode == MQ_WIRE_MODE_CHAT ? "chat" : "raw",
-                 s->mode == MQ_WIRE_MODE_CHAT ? "messages (mq_send_message)" : "text or tokens (mq_send_text/tokens)");
-        goto out;
-    }
-    uint64_t req_id = ++d->next_req;
-    if (is_msg && m->u.submit.role == MQ_WIRE_ROLE_SYSTEM) {
-        /* A system message does not start a generation: it is kept and rendered with the
-         * next user/tool message. The request completes at once. */
-        if (!mq_utf8_valid((const char *)bytes, len)) {
-            code = MQ_ERR_BAD_PROMPT;
-            snprintf(msg, sizeof msg, "prompt text is not valid UTF-8");
-            goto out;
-        }
-        if (!s->pending)
-            s->pending = cJSON_CreateArray();
-        cJSON *one = cJSON_CreateObject();
-        char *content = strndup((const char *)bytes, len);
-        if (!s->pending || !one || !content) {
-            cJSON_Delete(one);
-            free(content);
-            code = MQ_ERR_INTERNAL;
-            snprintf(msg, sizeof msg, "out of memory");
-            goto out;
-        }
-        cJSON_AddStringToObject(one, "role", "system");
-        cJSON_AddStringToObject(one, "content", content);
-        free(content);
-        cJSON_AddItemToArray(s->pending, one);
-        mq_msg r = { .type = MQ_MSG_SUBMITTED };
-        r.u.submitted.req = req_id;
-        r.u.submitted.session = s->id;
-        send_reply(c, &r, m->seq, -1);
-        push_synthetic_done(c, req_id);
-        goto out;
-    }
-    code = build_tokens(c, s, m, bytes, &ids, &n_ids, msg, sizeof msg);
-    if (code)
-        goto out;
-    if (n_ids > (size_t)d->ctx_limit) {
-        code = MQ_ERR_TOO_LONG;
-        snprintf(msg, sizeof msg, "prompt of %zu tokens is over the context limit of %d tokens", n_ids, d->ctx_limit);
-        goto out;
-    }
-    const mq_wire_gen *g = &m->u.submit.gen;
-    mq_gen_params p = { 0 };
-    p.max_tokens = (int)g->max_tokens;
-    p.temperature = (g->flags & MQ_GEN_GREEDY) ? 0.0f : g->temperature;
-    p.top_k = (int)g->top_k;
-    p.top_p = g->top_p;
-    p.min_p = g->min_p;
-    p.repetition_penalty = g->repeat_penalty;
-    p.seed = g->seed;
-    p.use_eos = 1;
+    cJSON_AddItemToArray(s->pending, one);
+    reply_submitted(c, m->seq, req, s->id);
+    push_synthetic_done(c, req);
+    return 0;
+}
+
+static void gen_params_from_wire(const mq_wire_gen *g, mq_gen_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->max_tokens = (int)g->max_tokens;
+    p->temperature = (g->flags & MQ_GEN_GREEDY) ? 0.0f : g->temperature;
+    p->top_k = (int)g->top_k;
+    p->top_p = g->top_p;
+    p->min_p = g->min_p;
+    p->repetition_penalty = g->repeat_penalty;
+    p->seed = g->seed;
+    p->use_eos = 1;
+}
+
+/* Submits ids to the scheduler as request `req` of session s, its tokens streamed by the
+ * sinks; 0 (SUBMITTED sent) or an MQ_ERR code + message. */
+static unsigned start_request(mqd_conn *c, mqd_sess *s, const mq_msg *m, uint64_t req, const int32_t *ids, size_t n_ids,
+                              char *msg, size_t msglen)
+{
+    mqd *d = c->d;
+    if (n_ids > (size_t)d->ctx_limit)
+        return mq_errmsg(msg, msglen, MQ_ERR_TOO_LONG, "prompt of %zu tokens is over the context limit of %d tokens",
+                         n_ids, d->ctx_limit);
+    mq_gen_params p;
+    gen_params_from_wire(&m->u.submit.gen, &p);
     mqd_req *r = calloc(1, sizeof *r);
-    if (!r) {
-        code = MQ_ERR_INTERNAL;
-        snprintf(msg, sizeof msg, "out of memory");
-        goto out;
-    }
+    if (!r)
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
     r->conn = c;
-    r->id = req_id;
+    r->id = req;
     r->session = s->id;
-    r->no_special_text = !!(g->flags & MQ_GEN_NO_SPECIAL_TEXT);
+    r->no_special_text = !!(m->u.submit.gen.flags & MQ_GEN_NO_SPECIAL_TEXT);
     conn_ref(c);
     s->running = r;
     mq_sink sink = { .ctx = r, .on_token = sink_token, .on_done = sink_done };
     char serr[256] = "";
     int rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
-    /* The client sees DONE while the previous on_done is still returning; the scheduler
-     * calls the session busy until it has. That window is microseconds: wait it out. */
-    for (int i = 0; rc == -EBUSY && i < BUSY_RETRIES; i++) {
-        usleep(BUSY_RETRY_US);
-        rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
-    }
     if (rc) {
         s->running = NULL;
         free(r);
         conn_unref(c);
-        code = wire_err_of(rc);
-        snprintf(msg, sizeof msg, "%s", serr[0] ? serr : strerror(-rc));
-        goto out;
+        return mq_errmsg(msg, msglen, wire_err_of(rc), "%s", serr[0] ? serr : strerror(-rc));
     }
     s->turns++;
     cJSON_Delete(s->pending);
     s->pending = NULL;
-    mq_msg rep = { .type = MQ_MSG_SUBMITTED };
-    rep.u.submitted.req = req_id;
-    rep.u.submitted.session = s->id;
-    send_reply(c, &rep, m->seq, -1);
-out:
+    reply_submitted(c, m->seq, req, s->id);
+    return 0;
+}
+
+static void on_submit(mqd_conn *c, const mq_msg *m)
+{
+    uint8_t *bytes;
+    if (take_prompt(c, m, &bytes))
+        return;
+    char msg[MQ_WIRE_TEXT_MAX + 1] = "";
+    mqd_sess *s = find_sess(c, m->u.submit.session);
+    unsigned code = check_submit(c, s, m, msg, sizeof msg);
+    if (!code) {
+        uint64_t req = ++c->d->next_req;
+        if (m->u.submit.kind == MQ_WIRE_KIND_MESSAGE && m->u.submit.role == MQ_WIRE_ROLE_SYSTEM) {
+            code = stash_system_message(c, s, m, bytes, req, msg, sizeof msg);
+        } else {
+            int32_t *ids = NULL;
+            size_t n_ids = 0;
+            code = build_tokens(c, s, m, bytes, &ids, &n_ids, msg, sizeof msg);
+            if (!code)
+                code = start_request(c, s, m, req, ids, n_ids, msg, sizeof msg);
+            free(ids);
+        }
+    }
     if (code)
         send_error(c, m->seq, code, "%s", msg);
-    free(ids);
     free(bytes);
 }
 
@@ -828,35 +845,16 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
     conn_ref(c); /* handlers may close (and drop the socket's ref) */
     while (!c->closing) {
         uint8_t buf[MQ_WIRE_MAX_MSG + 1];
-        union {
-            char b[CMSG_SPACE(sizeof(int) * 4)];
-            struct cmsghdr align;
-        } u;
-        struct iovec iov = { buf, sizeof buf };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
-        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) {
-                if (events & (POLLHUP | POLLERR))
-                    conn_close(c, "hang-up");
-                break;
-            }
-            conn_close(c, "read error");
+        int passed = -1, trunc = 0;
+        ssize_t n = mq_sock_recv(fd, buf, sizeof buf, &passed, 1, MSG_DONTWAIT, &trunc);
+        if (n == -EAGAIN) {
+            if (events & (POLLHUP | POLLERR))
+                conn_close(c, "hang-up");
             break;
         }
-        int passed = -1;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < k; i++) {
-                int pfd;
-                memcpy(&pfd, CMSG_DATA(cm) + i * sizeof(int), sizeof pfd);
-                if (passed < 0)
-                    passed = pfd;
-                else
-                    close(pfd);
-            }
+        if (n < 0) {
+            conn_close(c, "read error");
+            break;
         }
         if (n == 0) {
             if (passed >= 0)
@@ -866,9 +864,8 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
         }
         mq_msg m;
         char err[256];
-        int rc = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
-                     ? (snprintf(err, sizeof err, "datagram over %d bytes", MQ_WIRE_MAX_MSG), -EPROTO)
-                     : mq_wire_decode(buf, (size_t)n, &m, err, sizeof err);
+        int rc = trunc ? mq_errmsg(err, sizeof err, -EPROTO, "datagram over %d bytes", MQ_WIRE_MAX_MSG)
+                       : mq_wire_decode(buf, (size_t)n, &m, err, sizeof err);
         if (rc) {
             if (passed >= 0)
                 close(passed);
@@ -876,7 +873,7 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
             if (n >= 12)
                 memcpy(&seq, buf + 8, 4);
             send_error(c, seq, MQ_ERR_PROTOCOL, "malformed message: %s", err);
-            mqd_log("client pid %d uid %u: malformed message (%s); closing its connection", (int)c->pid,
+            mqd_log(LOG_WARNING, "client pid %d uid %u: malformed message (%s); closing its connection", (int)c->pid,
                     (unsigned)c->uid, err);
             conn_close(c, "protocol error");
             break;
@@ -927,35 +924,27 @@ void mqd_client_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
 {
     (void)events;
     mqd *d = arg;
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-            return;
-        uid_t uid;
-        pid_t pid;
-        char why[256];
+    mqd_peer p;
+    while (mqd_accept_peer(d, lfd, 0, SOCK_NONBLOCK, "client socket", &p) == 0) {
         mqd_conn *c = calloc(1, sizeof *c);
         if (!c) {
-            close(fd);
+            close(p.fd);
             continue;
         }
         c->d = d;
-        c->fd = fd;
+        c->fd = p.fd;
         c->refs = 1;
         c->chan.fd = -1;
         c->chan.token.efd = -1;
+        c->uid = p.uid;
+        c->pid = p.pid;
         pthread_mutex_init(&c->tx_lock, NULL);
-        if (!mqd_peer_allowed(d, fd, 0, &uid, &pid, why, sizeof why)) {
-            /* Answered at its first message: closing now, with the HELLO unread, would
-             * reach the client as ECONNRESET instead of a readable refusal. */
-            c->denied = 1;
-            snprintf(c->deny_msg, sizeof c->deny_msg, "%s", why);
-            mqd_log("client socket: refused pid %d uid %u: %s", (int)pid, (unsigned)uid, why);
-        }
-        c->uid = uid;
-        c->pid = pid;
-        if (mq_evloop_add_fd(l, fd, POLLIN, on_readable, c, &c->ev)) {
-            close(fd);
+        /* A refused peer is answered at its first message: closing now, with the HELLO
+         * unread, would reach the client as ECONNRESET instead of a readable refusal. */
+        c->denied = !p.allowed;
+        snprintf(c->deny_msg, sizeof c->deny_msg, "%s", p.why);
+        if (mq_evloop_add_fd(l, p.fd, POLLIN, on_readable, c, &c->ev)) {
+            close(p.fd);
             conn_unref(c);
             continue;
         }

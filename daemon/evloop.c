@@ -1,4 +1,11 @@
-/* daemon/evloop.c — io_uring event loop (see evloop.h). */
+/* daemon/evloop.c — io_uring event loop (see evloop.h).
+ *
+ * Every registration is one mq_ev, the user_data of its request in the ring. A request
+ * that cannot get a submission slot right away (the ring refused to take more) is not
+ * dropped: the handler waits on the `retry` list and is armed, or its request cancelled,
+ * at the next turn of the loop, which then sleeps at most RETRY_MS; the log says so once
+ * per handler.
+ */
 #define _GNU_SOURCE
 #include "daemon/evloop.h"
 
@@ -13,6 +20,10 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "daemon/log.h"
+
+#define RETRY_MS 10
+
 /* io_uring futex opcodes (Linux 6.7); Debian 12's headers predate them. */
 #define MQ_IORING_OP_FUTEX_WAIT   51
 #define MQ_FUTEX2_SIZE_U32        0x02
@@ -24,14 +35,18 @@ struct mq_ev {
     enum kind kind;
     int fd;
     uint32_t events;
-    mq_ev_fd_fn fd_fn;
-    mq_ev_fn fn;
-    mq_ev_futex_fn futex_fn;
+    union { /* by kind */
+        mq_ev_fd_fn fd;
+        mq_ev_fn timer;
+        mq_ev_futex_fn futex;
+    } cb;
     void *arg;
     struct __kernel_timespec ts;
-    int armed; /* the kernel holds a request with this handler as user_data */
-    int dead;  /* deleted: no more callbacks; freed when !armed */
-    struct mq_ev *next_dead;
+    int armed;  /* the kernel holds a request with this handler as user_data */
+    int dead;   /* deleted: no more callbacks; freed when !armed */
+    int retry;  /* on the retry list: to arm (alive) or to cancel (dead) */
+    int warned; /* the log said once that it waits for a slot */
+    struct mq_ev *next_dead, *next_retry;
 };
 
 typedef struct posted {
@@ -60,6 +75,7 @@ struct mq_evloop {
     mq_ev **all;
     int n_all, cap_all;
     mq_ev *dead;
+    mq_ev *retry; /* waiting for a submission slot */
 };
 
 static struct io_uring_sqe *get_sqe(mq_evloop *l)
@@ -110,6 +126,63 @@ static int arm(mq_evloop *l, mq_ev *ev)
     return 0;
 }
 
+/* Asks the kernel to give a dead handler's request back; -EBUSY without a slot. */
+static int cancel(mq_evloop *l, mq_ev *ev)
+{
+    struct io_uring_sqe *sqe = get_sqe(l);
+    if (!sqe)
+        return -EBUSY;
+    if (ev->kind == EV_TIMER)
+        io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)ev, 0);
+    else if (ev->kind == EV_FD)
+        io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)ev);
+    else
+        io_uring_prep_cancel64(sqe, (__u64)(uintptr_t)ev, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+    return 0;
+}
+
+static const char *kind_name(enum kind k)
+{
+    return k == EV_FD ? "fd handler" : k == EV_TIMER ? "timer" : "futex wait";
+}
+
+/* No slot now: arm (or cancel) at the next turn of the loop. */
+static void retry_later(mq_evloop *l, mq_ev *ev)
+{
+    if (!ev->warned) {
+        ev->warned = 1;
+        mqd_log(LOG_WARNING, "event loop: no submission slot to %s a %s; retrying every %d ms",
+                ev->dead ? "cancel" : "re-arm", kind_name(ev->kind), RETRY_MS);
+    }
+    if (ev->retry)
+        return;
+    ev->retry = 1;
+    ev->next_retry = l->retry;
+    l->retry = ev;
+}
+
+/* Before sleeping: the requests that found no slot earlier. */
+static void run_retries(mq_evloop *l)
+{
+    mq_ev *list = l->retry;
+    l->retry = NULL;
+    while (list) {
+        mq_ev *ev = list;
+        list = ev->next_retry;
+        ev->retry = 0;
+        int rc = 0;
+        if (ev->dead && ev->armed)
+            rc = cancel(l, ev);
+        else if (!ev->dead && !ev->armed)
+            rc = arm(l, ev);
+        if (rc)
+            retry_later(l, ev);
+        else if (ev->warned)
+            mqd_log(LOG_NOTICE, "event loop: a %s got its slot after waiting", kind_name(ev->kind));
+    }
+}
+
 static mq_ev *new_ev(mq_evloop *l, enum kind k, void *arg)
 {
     mq_ev *ev = calloc(1, sizeof *ev);
@@ -132,7 +205,7 @@ int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void
         return -ENOMEM;
     ev->fd = fd;
     ev->events = events;
-    ev->fd_fn = fn;
+    ev->cb.fd = fn;
     int rc = arm(l, ev);
     if (rc) {
         untrack(l, ev);
@@ -149,7 +222,7 @@ int mq_evloop_add_timer(mq_evloop *l, uint32_t interval_ms, mq_ev_fn fn, void *a
     mq_ev *ev = new_ev(l, EV_TIMER, arg);
     if (!ev)
         return -ENOMEM;
-    ev->fn = fn;
+    ev->cb.timer = fn;
     ev->ts.tv_sec = interval_ms / 1000;
     ev->ts.tv_nsec = (long long)(interval_ms % 1000) * 1000000LL;
     int rc = arm(l, ev);
@@ -168,18 +241,8 @@ void mq_evloop_del(mq_evloop *l, mq_ev *ev)
     if (!ev || ev->dead)
         return;
     ev->dead = 1;
-    if (ev->armed) {
-        struct io_uring_sqe *sqe = get_sqe(l);
-        if (sqe) {
-            if (ev->kind == EV_TIMER)
-                io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)ev, 0);
-            else if (ev->kind == EV_FD)
-                io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)ev);
-            else
-                io_uring_prep_cancel64(sqe, (__u64)(uintptr_t)ev, 0);
-            io_uring_sqe_set_data(sqe, NULL);
-        }
-    }
+    if (ev->armed && cancel(l, ev))
+        retry_later(l, ev); /* until then its completions are dropped (dead) */
     ev->next_dead = l->dead;
     l->dead = ev;
 }
@@ -191,7 +254,7 @@ int mq_evloop_futex_wait(mq_evloop *l, uint32_t *word, uint32_t val, mq_ev_futex
     mq_ev *ev = new_ev(l, EV_FUTEX, arg);
     if (!ev)
         return -ENOMEM;
-    ev->futex_fn = fn;
+    ev->cb.futex = fn;
     struct io_uring_sqe *sqe = get_sqe(l);
     if (!sqe) {
         untrack(l, ev);
@@ -263,16 +326,12 @@ int mq_evloop_post(mq_evloop *l, mq_ev_fn fn, void *arg)
     return 0;
 }
 
-static void noop(mq_evloop *l, void *arg)
-{
-    (void)l;
-    (void)arg;
-}
-
 void mq_evloop_stop(mq_evloop *l)
 {
     __atomic_store_n(&l->stop, 1, __ATOMIC_SEQ_CST);
-    mq_evloop_post(l, noop, NULL);
+    uint64_t one = 1; /* wakes the loop; a full counter means it is awake already */
+    ssize_t w = write(l->post_efd, &one, sizeof one);
+    (void)w;
 }
 
 static void on_signalfd(mq_evloop *l, int fd, uint32_t revents, void *arg)
@@ -356,7 +415,7 @@ static void reap_dead(mq_evloop *l)
     mq_ev **pp = &l->dead;
     while (*pp) {
         mq_ev *ev = *pp;
-        if (!ev->armed) {
+        if (!ev->armed && !ev->retry) {
             *pp = ev->next_dead;
             untrack(l, ev);
             free(ev);
@@ -379,34 +438,32 @@ static void dispatch(mq_evloop *l, struct io_uring_cqe *cqe)
         if (ev->dead)
             return;
         if (cqe->res >= 0)
-            ev->fd_fn(l, ev->fd, (uint32_t)cqe->res, ev->arg);
+            ev->cb.fd(l, ev->fd, (uint32_t)cqe->res, ev->arg);
         else if (cqe->res != -ECANCELED)
-            ev->fd_fn(l, ev->fd, POLLERR, ev->arg);
-        if (!ev->dead && !ev->armed && arm(l, ev))
-            ev->fd_fn(l, ev->fd, POLLERR, ev->arg);
-        return;
+            ev->cb.fd(l, ev->fd, POLLERR, ev->arg);
+        break;
     case EV_TIMER:
         ev->armed = 0;
         if (ev->dead)
             return;
         if (cqe->res == -ETIME || cqe->res == 0)
-            ev->fn(l, ev->arg);
-        if (!ev->dead)
-            arm(l, ev);
-        return;
+            ev->cb.timer(l, ev->arg);
+        break;
     case EV_FUTEX:
         ev->armed = 0;
         if (!ev->dead) {
             int res = cqe->res == -EAGAIN ? 0 : (cqe->res > 0 ? 0 : cqe->res);
-            ev->futex_fn(l, res, ev->arg);
+            ev->cb.futex(l, res, ev->arg);
         }
-        if (!ev->dead) {
+        if (!ev->dead) { /* one-shot */
             ev->dead = 1;
             ev->next_dead = l->dead;
             l->dead = ev;
         }
         return;
     }
+    if (!ev->dead && !ev->armed && arm(l, ev))
+        retry_later(l, ev);
 }
 
 int mq_evloop_run(mq_evloop *l)
@@ -414,7 +471,15 @@ int mq_evloop_run(mq_evloop *l)
     while (!__atomic_load_n(&l->stop, __ATOMIC_SEQ_CST)) {
         if (l->before_sleep)
             l->before_sleep(l, l->before_arg);
-        int rc = io_uring_submit_and_wait(&l->ring, 1);
+        run_retries(l);
+        int rc;
+        if (l->retry) {
+            struct __kernel_timespec ts = { 0, RETRY_MS * 1000000LL };
+            struct io_uring_cqe *first;
+            rc = io_uring_submit_and_wait_timeout(&l->ring, &first, 1, &ts, NULL);
+        } else {
+            rc = io_uring_submit_and_wait(&l->ring, 1);
+        }
         if (rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY)
             return rc;
         struct io_uring_cqe *cqe;

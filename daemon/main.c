@@ -1,9 +1,11 @@
 /* daemon/main.c — mqd: parse, set up, run, clean up. Everything lives in one context
- * object (daemon/server.h); this file only sequences it. */
+ * object (daemon/mqd.h); this file only sequences it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/log.h"
+#include "daemon/sd.h"
 #include "daemon/server.h"
 
 static void usage(FILE *out)
@@ -50,7 +52,7 @@ int main(int argc, char **argv)
     d->argv = argv;
     rc = mqd_init(d, err, sizeof err);
     if (rc) {
-        mqd_log("start-up failed: %s", err);
+        mqd_log(LOG_ERR, "start-up failed: %s", err);
         mqd_sd_notify(d, "STATUS=start-up failed: %s\nERRNO=%d", err, rc < 0 ? -rc : rc);
         mqd_fini(d);
         free(d);

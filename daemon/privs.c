@@ -25,12 +25,11 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include "engine/arena.h"
-#include "daemon/probes.h"
-#include "daemon/server.h"
 #include "common/errmsg.h"
-
-/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#include "daemon/log.h"
+#include "daemon/privs.h"
+#include "daemon/probes.h"
+#include "engine/arena.h"
 
 static int parse_id(const char *s, unsigned *out)
 {
@@ -107,18 +106,21 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     return 0;
 }
 
-int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, char *why, size_t whylen)
+/* 1 if the peer of fd may use the client (admin = 0) or the admin socket; else 0 and p->why. */
+static int peer_allowed(const mqd *d, int fd, int admin, mqd_peer *p)
 {
     struct ucred cr;
     socklen_t sl = sizeof cr;
-    *uid = (uid_t)-1;
-    *pid = 0;
+    p->uid = (uid_t)-1;
+    p->gid = (gid_t)-1;
+    p->pid = 0;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &sl) < 0) {
-        snprintf(why, whylen, "SO_PEERCRED: %s", strerror(errno));
+        snprintf(p->why, sizeof p->why, "SO_PEERCRED: %s", strerror(errno));
         return 0;
     }
-    *uid = cr.uid;
-    *pid = cr.pid;
+    p->uid = cr.uid;
+    p->gid = cr.gid;
+    p->pid = cr.pid;
     if (cr.uid == 0 || (!admin && d->any_client))
         return 1;
     gid_t groups[256];
@@ -134,7 +136,7 @@ int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, ch
                 if (groups[i] == d->admin_gid)
                     return 1;
         }
-        snprintf(why, whylen, "uid %u is not root%s%s", (unsigned)cr.uid,
+        snprintf(p->why, sizeof p->why, "uid %u is not root%s%s", (unsigned)cr.uid,
                  d->admin_gid_set ? " and not in admin_group " : "", d->admin_gid_set ? d->cfg.admin_group : "");
         return 0;
     }
@@ -148,7 +150,20 @@ int mqd_peer_allowed(const mqd *d, int fd, int admin, uid_t *uid, pid_t *pid, ch
             if (groups[k] == d->allowed_gids[i])
                 return 1;
     }
-    snprintf(why, whylen, "uid %u gid %u is not in allowed_users/allowed_groups", (unsigned)cr.uid, (unsigned)cr.gid);
+    snprintf(p->why, sizeof p->why, "uid %u gid %u is not in allowed_users/allowed_groups", (unsigned)cr.uid,
+             (unsigned)cr.gid);
+    return 0;
+}
+
+int mqd_accept_peer(const mqd *d, int lfd, int admin, int flags, const char *what, mqd_peer *p)
+{
+    memset(p, 0, sizeof *p);
+    p->fd = accept4(lfd, NULL, NULL, flags | SOCK_CLOEXEC);
+    if (p->fd < 0)
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    p->allowed = peer_allowed(d, p->fd, admin, p);
+    if (!p->allowed)
+        mqd_log(LOG_WARNING, "%s: refused pid %d uid %u: %s", what, (int)p->pid, (unsigned)p->uid, p->why);
     return 0;
 }
 
@@ -215,7 +230,7 @@ static void hp_helper_main(int fd, long added, long cap)
         }
         long now = added > 0 ? mq_hugepages_giveback(added) : mq_hugepages_nr();
         if (n <= 0 && added > 0)
-            mqd_log("huge pages: mqd is gone; gave back %ld page(s): %s", added,
+            mqd_log(LOG_NOTICE, "huge pages: mqd is gone; gave back %ld page(s): %s", added,
                     now < 0 ? strerror((int)-now) : "done");
         int len = snprintf(reply, sizeof reply, "%ld", now);
         send(fd, reply, (size_t)len, MSG_NOSIGNAL);
@@ -318,7 +333,7 @@ static void hugepages_reserve(mqd *d)
             }
         }
     }
-    mqd_log("huge pages: %s", d->hp_note);
+    mqd_log(LOG_INFO, "huge pages: %s", d->hp_note);
 }
 
 long mqd_hugepages_auto(mqd *d, long pages, const char *why)
@@ -344,7 +359,7 @@ long mqd_hugepages_auto(mqd *d, long pages, const char *why)
                  got, pages, got * 2, why, prev, now);
     if (n > 0 && got > 0)
         __atomic_store_n(&d->hp_added, got, __ATOMIC_RELAXED);
-    mqd_log("huge pages: %s", d->hp_note);
+    mqd_log(LOG_INFO, "huge pages: %s", d->hp_note);
     return n < 0 ? (long)n : got;
 }
 
@@ -362,11 +377,11 @@ void mqd_hugepages_giveback(mqd *d)
         if (added <= 0)
             ; /* auto mode that reserved nothing: nothing to say */
         else if (now >= 0)
-            mqd_log("huge pages: gave back %ld page(s), nr_hugepages now %ld", added, now);
+            mqd_log(LOG_INFO, "huge pages: gave back %ld page(s), nr_hugepages now %ld", added, now);
         else
-            mqd_log("huge pages: giving back %ld page(s) failed: %s", added, strerror((int)-now));
+            mqd_log(LOG_ERR, "huge pages: giving back %ld page(s) failed: %s", added, strerror((int)-now));
     } else {
-        mqd_log("huge pages: no answer from the helper (pid %d): %s", (int)d->hp_pid, strerror((int)-n));
+        mqd_log(LOG_ERR, "huge pages: no answer from the helper (pid %d): %s", (int)d->hp_pid, strerror((int)-n));
     }
     d->hp_pid = 0;
     d->hp_fd = -1;
@@ -379,14 +394,14 @@ int mqd_privs_setup(mqd *d, char *err, size_t errlen)
     if (geteuid() == 0) {
         struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
         if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
-            mqd_log("privileges: cannot raise RLIMIT_MEMLOCK: %s", strerror(errno));
+            mqd_log(LOG_WARNING, "privileges: cannot raise RLIMIT_MEMLOCK: %s", strerror(errno));
     }
     hugepages_reserve(d);
     /* BPF needs its capabilities: load before dropping them. */
     int rc = mq_probes_start(&d->probes, getpid(), d->probes_err, sizeof d->probes_err);
     if (rc) {
         d->probes = NULL;
-        mqd_log("BPF probes unavailable: %s", d->probes_err);
+        mqd_log(LOG_NOTICE, "BPF probes unavailable: %s", d->probes_err);
     } else {
         d->probes_err[0] = 0;
     }
@@ -432,7 +447,7 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         return mq_errmsg(err, errlen, -errno, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
     }
-    mqd_log("privileges: running as uid %u gid %u, no capabilities, no_new_privs", (unsigned)getuid(),
+    mqd_log(LOG_INFO, "privileges: running as uid %u gid %u, no capabilities, no_new_privs", (unsigned)getuid(),
             (unsigned)getgid());
     return 0;
 }

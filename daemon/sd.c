@@ -19,12 +19,11 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "engine/scheduler.h"
-#include "daemon/server.h"
-#include "common/errmsg.h"
 #include "common/clock.h"
-
-/* Messages are cut to their buffers on purpose (they name paths that may be long). */
+#include "common/errmsg.h"
+#include "daemon/log.h"
+#include "daemon/sd.h"
+#include "engine/scheduler.h"
 
 #define LOAD_STATUS_MS 1000
 #define EXTEND_USEC    15000000ull /* each STATUS during loading buys 15 s more */
@@ -74,8 +73,8 @@ int mqd_sd_sockets(mqd *d, char *err, size_t errlen)
         free(names);
     }
     if (!rc && n > 0)
-        mqd_log("socket activation: %d socket(s) from systemd (client %s, admin %s)", n, d->client_sd ? "yes" : "no",
-                d->admin_sd ? "yes" : "no");
+        mqd_log(LOG_INFO, "socket activation: %d socket(s) from systemd (client %s, admin %s)", n,
+                d->client_sd ? "yes" : "no", d->admin_sd ? "yes" : "no");
     return rc;
 }
 
@@ -126,21 +125,26 @@ static void watchdog(mq_evloop *l, void *arg)
     if (ok)
         mqd_sd_notify(d, "WATCHDOG=1");
     else
-        mqd_log("watchdog: a worker pool made no progress (prefill %llu, decode %llu); not "
-                "feeding systemd",
+        mqd_log(LOG_WARNING,
+                "watchdog: a worker pool made no progress (prefill %llu, decode %llu); not feeding systemd",
                 (unsigned long long)st.prefill_progress, (unsigned long long)st.decode_progress);
 }
 
-void mqd_sd_start_timers(mqd *d)
+int mqd_sd_start_timers(mqd *d, char *err, size_t errlen)
 {
     if (!d->under_systemd)
-        return;
-    mq_evloop_add_timer(d->loop, LOAD_STATUS_MS, load_status, d, &d->status_ev);
+        return 0;
+    int rc = mq_evloop_add_timer(d->loop, LOAD_STATUS_MS, load_status, d, &d->status_ev);
+    if (rc)
+        return mq_errmsg(err, errlen, rc, "loading STATUS timer: %s", strerror(-rc));
     uint64_t usec = 0;
     if (d->cfg.watchdog && sd_watchdog_enabled(0, &usec) > 0 && usec) {
         d->watchdog_usec = usec;
         uint32_t ms = (uint32_t)(usec / 2000);
-        mq_evloop_add_timer(d->loop, ms ? ms : 1, watchdog, d, &d->watchdog_ev);
-        mqd_log("systemd watchdog every %u ms while both pools make progress", ms);
+        rc = mq_evloop_add_timer(d->loop, ms ? ms : 1, watchdog, d, &d->watchdog_ev);
+        if (rc)
+            return mq_errmsg(err, errlen, rc, "watchdog timer: %s", strerror(-rc));
+        mqd_log(LOG_INFO, "systemd watchdog every %u ms while both pools make progress", ms);
     }
+    return 0;
 }

@@ -1,5 +1,6 @@
 /* engine/weight_load.c — mq_ws_load_model (weight_stream.h): a model folder streamed into
- * the arena. Its own file so the streamer links without the model loader. */
+ * the arena; the one loader that mqd, tests and benchmarks run. Its own file so the
+ * streamer links without the model loader. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -12,28 +13,47 @@
 #include "engine/model.h"
 #include "common/errmsg.h"
 
-#define STAGING_MAP_MIN MQ_HUGEPAGE_BYTES /* smaller staging buffers come from the heap */
+#define STAGING_MAP_MIN MQ_HUGEPAGE_BYTES /* MAPPED: smaller staging buffers come from the heap */
 
-/* Weights go to the arena; staging buffers (freed by the model after conversion) are
- * mapped on their own so their memory really returns. */
-static void *load_alloc(void *ctx, size_t bytes, size_t align, const char *what)
+/* The allocator the model loads through (ctx = the arena). Weights go to the arena;
+ * staging buffers are told apart by their name and come from outside it, by policy. */
+static int is_staging(const char *what)
 {
-    if (what && strncmp(what, "staging", 7) == 0) {
-        if (bytes >= STAGING_MAP_MIN)
-            return mq_mem_map(bytes, 0, 1, NULL);
-        void *p = NULL;
-        return posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, bytes) ? NULL : p;
-    }
-    return mq_arena_alloc((mq_arena *)ctx, bytes, align, what);
+    return what && strncmp(what, "staging", 7) == 0;
 }
 
-static void load_free(void *ctx, void *p, size_t bytes)
+static void *heap_alloc(size_t bytes, size_t align)
+{
+    void *p = NULL;
+    return posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, bytes) ? NULL : p;
+}
+
+static void *alloc_mapped(void *ctx, size_t bytes, size_t align, const char *what)
+{
+    if (!is_staging(what))
+        return mq_arena_alloc((mq_arena *)ctx, bytes, align, what);
+    return bytes >= STAGING_MAP_MIN ? mq_mem_map(bytes, 0, 1, NULL) : heap_alloc(bytes, align);
+}
+
+static void free_mapped(void *ctx, void *p, size_t bytes)
 {
     if (!p || mq_arena_owns((mq_arena *)ctx, p))
         return; /* arena memory lives with the arena */
     if (bytes >= STAGING_MAP_MIN)
         mq_mem_unmap(p, bytes);
     else
+        free(p);
+}
+
+static void *alloc_heap(void *ctx, size_t bytes, size_t align, const char *what)
+{
+    return is_staging(what) ? heap_alloc(bytes, align) : mq_arena_alloc((mq_arena *)ctx, bytes, align, what);
+}
+
+static void free_heap(void *ctx, void *p, size_t bytes)
+{
+    (void)bytes;
+    if (p && !mq_arena_owns((mq_arena *)ctx, p))
         free(p);
 }
 
@@ -50,7 +70,8 @@ int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct 
                      mq_ws_progress *prog, mq_ws_result *res, struct mq_model **out, char *err, size_t errlen)
 {
     char e[MQ_ERRMSG_LEN] = "";
-    mq_alloc al = { .alloc = load_alloc, .free = load_free, .ctx = arena };
+    int heap = o && o->staging == MQ_WS_STAGING_HEAP;
+    mq_alloc al = { .alloc = heap ? alloc_heap : alloc_mapped, .free = heap ? free_heap : free_mapped, .ctx = arena };
     mq_model *m = NULL;
     const mq_read *reads = NULL;
     int n_reads = 0;

@@ -19,7 +19,7 @@
  * Progress: mq_ws_progress is written with atomics by the streamer and may be read at
  * any time from any thread (mqctl status, systemd STATUS=) with mq_ws_progress_get.
  *
- * Who calls it: model loading in mqd (mq_ws_load_model), tests, the benchmark.
+ * Who calls it: mq_ws_load_model, the one model loader of mqd, tests and benchmarks.
  * Thread rules: mq_ws_run blocks its caller until everything was read and made ready
  * (or failed). ready() is called once per read, from the helper threads (or the caller's
  * thread when helpers = 0), concurrently for different reads.
@@ -46,12 +46,20 @@ typedef struct mq_ws_read {
 
 typedef enum { MQ_WS_DIRECT_AUTO = 0, MQ_WS_DIRECT_ON = 1, MQ_WS_DIRECT_OFF = 2 } mq_ws_direct;
 
+/* Where mq_ws_load_model takes the model's staging buffers from (read destinations that
+ * are converted when ready and freed right after; never arena memory):
+ *   MAPPED: buffers of 2 MiB or more get a mapping of their own (THP allowed), so
+ *           freeing one returns its pages to the kernel at once; smaller ones the heap;
+ *   HEAP:   all from the heap (malloc's own mmap threshold decides what returns). */
+typedef enum { MQ_WS_STAGING_MAPPED = 0, MQ_WS_STAGING_HEAP = 1 } mq_ws_staging;
+
 typedef struct mq_ws_opts {
     int queue_depth;   /* pieces in flight (default 16) */
     size_t read_bytes; /* largest piece (default 4 MiB; multiple of 4096) */
     mq_ws_direct direct;
     int helpers;             /* threads running ready() (default 1; 0 = caller's thread) */
     const void *helper_cpus; /* cpu_set_t * for the helpers, or NULL */
+    mq_ws_staging staging;   /* mq_ws_load_model only (default MAPPED) */
 } mq_ws_opts;
 
 void mq_ws_opts_default(mq_ws_opts *o);
@@ -87,8 +95,9 @@ struct mq_model_opts;
 struct mq_arena;
 
 /* mq_model_plan + mq_ws_run (ready = mq_model_tensor_ready) + mq_model_finish, with all
- * weight memory from `arena` (hugepage-backed) and staging buffers mapped separately and
- * unmapped by the model when done. err: MQ_ERRMSG_LEN bytes or more. */
+ * weight memory from `arena` (hugepage-backed) and staging buffers as o->staging says,
+ * freed by the model when done. The arena must outlive the model (the model frees
+ * through it). prog may be NULL. err: MQ_ERRMSG_LEN bytes or more. */
 int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena, const mq_ws_opts *o,
                      mq_ws_progress *prog, mq_ws_result *res, struct mq_model **out, char *err, size_t errlen);
 

@@ -113,43 +113,27 @@ static int send_msg(mq_conn *c, mq_msg *m, int pass_fd)
 static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fd_out)
 {
     uint8_t buf[MQ_WIRE_MAX_MSG + 1];
-    union {
-        char b[CMSG_SPACE(sizeof(int) * 4)];
-        struct cmsghdr align;
-    } u;
     if (fd_out)
         *fd_out = -1;
     for (;;) {
-        struct iovec iov = { buf, sizeof buf };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
-        ssize_t n;
-        do
-            n = recvmsg(c->sock, &mh, MSG_CMSG_CLOEXEC);
-        while (n < 0 && errno == EINTR);
+        int passed = -1;
+        ssize_t n = mq_sock_recv(c->sock, buf, sizeof buf, &passed, 1, 0, NULL);
         if (n < 0) {
-            int e = errno;
-            if (e == EAGAIN)
+            if (n == -EAGAIN)
                 return set_err(c, -ETIMEDOUT, "mqd did not answer within %d s", REPLY_TIMEOUT_S);
             c->dead = 1;
-            return set_err(c, -e, "receiving from mqd: %s", strerror(e));
+            return set_err(c, (int)n, "receiving from mqd: %s", strerror((int)-n));
         }
         if (n == 0) {
             c->dead = 1;
             return set_err(c, -EPIPE, "mqd closed the connection");
         }
-        /* Collect passed descriptors; keep the first, close any extra. */
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < k; i++) {
-                int fd;
-                memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-                if (fd_out && *fd_out < 0)
-                    *fd_out = fd;
-                else
-                    close(fd);
-            }
+        /* Keep the first passed descriptor (mq_sock_recv closed any extra). */
+        if (passed >= 0) {
+            if (fd_out && *fd_out < 0)
+                *fd_out = passed;
+            else
+                close(passed);
         }
         char err[160];
         int rc = mq_wire_decode(buf, (size_t)n, m, err, sizeof err);

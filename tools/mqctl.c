@@ -20,44 +20,28 @@
 #define MAX_REPLY            ((1u << 20) + 65536)
 #define REPLY_TIMEOUT_S      30
 
-static void usage(FILE *f)
+/* The value at "a.b.c" (nested objects), or NULL. */
+static const cJSON *at(const cJSON *o, const char *path)
 {
-    fprintf(f,
-            "usage: mqctl [--socket PATH] [--json] COMMAND\n"
-            "  status       model, mode, state, load progress, memory by kind, pools, queue\n"
-            "  sessions     open sessions with their owner, KV use and state\n"
-            "  stats        token counters, tokens/s per phase, cached ratio, KV occupancy\n"
-            "  cancel ID    cancel a running request (request id or session id)\n"
-            "  drain        finish (or cancel after drain_timeout_ms) running requests, exit\n"
-            "  reload       re-read the configuration file (like SIGHUP)\n"
-            "  config       the configuration in effect\n"
-            "  top          per-thread off-CPU time and page faults (BPF)\n"
-            "socket: --socket, $MQ_ADMIN_SOCKET, or %s\n",
-            DEFAULT_ADMIN_SOCKET);
+    char key[64];
+    const char *dot;
+    while (o && (dot = strchr(path, '.'))) {
+        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
+        o = cJSON_GetObjectItemCaseSensitive(o, key);
+        path = dot + 1;
+    }
+    return o ? cJSON_GetObjectItemCaseSensitive(o, path) : NULL;
 }
 
 static double num(const cJSON *o, const char *path)
 {
-    /* "a.b" walks nested objects */
-    char key[64];
-    const char *dot = strchr(path, '.');
-    if (dot) {
-        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
-        return num(cJSON_GetObjectItemCaseSensitive(o, key), dot + 1);
-    }
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, path);
+    const cJSON *v = at(o, path);
     return cJSON_IsNumber(v) ? v->valuedouble : 0;
 }
 
 static const char *str(const cJSON *o, const char *path)
 {
-    char key[64];
-    const char *dot = strchr(path, '.');
-    if (dot) {
-        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
-        return str(cJSON_GetObjectItemCaseSensitive(o, key), dot + 1);
-    }
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, path);
+    const cJSON *v = at(o, path);
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
@@ -143,6 +127,59 @@ static void print_top(const cJSON *r)
         printf("%-8.0f %-16s %12.1f %10.0f\n", num(t, "tid"), str(t, "name"), num(t, "offcpu_ms"), num(t, "faults"));
 }
 
+static void print_config(const cJSON *r)
+{
+    char *s = cJSON_Print(cJSON_GetObjectItem(r, "config"));
+    printf("%s\n", s ? s : "{}");
+    free(s);
+}
+
+static void print_drain(const cJSON *r)
+{
+    printf("mqd is %s (up to %.0f ms for running requests), then exits\n", str(r, "state"), num(r, "timeout_ms"));
+}
+
+static void print_message(const cJSON *r)
+{
+    printf("%s\n", str(r, "message"));
+}
+
+/* The commands: what mqctl sends ({"cmd": name[, "id": N]}) and how it prints the reply. */
+typedef struct command {
+    const char *name;
+    int takes_id; /* cancel ID */
+    void (*print)(const cJSON *reply);
+    const char *help;
+} command;
+
+static const command commands[] = {
+    { "status", 0, print_status, "model, mode, state, load progress, memory by kind, pools, queue" },
+    { "sessions", 0, print_sessions, "open sessions with their owner, KV use and state" },
+    { "stats", 0, print_stats, "token counters, tokens/s per phase, cached ratio, KV occupancy" },
+    { "cancel", 1, print_message, "cancel a running request (request id or session id)" },
+    { "drain", 0, print_drain, "finish (or cancel after drain_timeout_ms) running requests, exit" },
+    { "reload", 0, print_message, "re-read the configuration file (like SIGHUP)" },
+    { "config", 0, print_config, "the configuration in effect" },
+    { "top", 0, print_top, "per-thread off-CPU time and page faults (BPF)" },
+};
+#define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mqctl [--socket PATH] [--json] COMMAND\n");
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].takes_id ? "cancel ID" : commands[i].name, commands[i].help);
+    fprintf(f, "socket: --socket, $MQ_ADMIN_SOCKET, or %s\n", DEFAULT_ADMIN_SOCKET);
+}
+
+static const command *find_command(const char *name)
+{
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(commands[i].name, name))
+            return &commands[i];
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     const char *sock = getenv("MQ_ADMIN_SOCKET");
@@ -168,19 +205,15 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[i];
-    static const char *const cmds[] = { "status", "sessions", "stats", "cancel", "drain",
-                                        "reload", "config",   "top",   NULL };
-    int known = 0;
-    for (int k = 0; cmds[k]; k++)
-        known |= !strcmp(cmd, cmds[k]);
-    if (!known) {
+    const command *cm = find_command(cmd);
+    if (!cm) {
         fprintf(stderr, "mqctl: unknown command \"%s\"\n", cmd);
         usage(stderr);
         return 2;
     }
     cJSON *req = cJSON_CreateObject();
     cJSON_AddStringToObject(req, "cmd", cmd);
-    if (!strcmp(cmd, "cancel")) {
+    if (cm->takes_id) {
         char *end;
         unsigned long long id = i + 1 < argc ? strtoull(argv[i + 1], &end, 10) : 0;
         if (i + 1 >= argc || !id || *end) {
@@ -236,24 +269,8 @@ int main(int argc, char **argv)
         char *s = cJSON_Print(r);
         printf("%s\n", s ? s : buf);
         free(s);
-    } else if (!ok) {
-        /* printed below */
-    } else if (!strcmp(cmd, "status")) {
-        print_status(r);
-    } else if (!strcmp(cmd, "stats")) {
-        print_stats(r);
-    } else if (!strcmp(cmd, "sessions")) {
-        print_sessions(r);
-    } else if (!strcmp(cmd, "top")) {
-        print_top(r);
-    } else if (!strcmp(cmd, "config")) {
-        char *s = cJSON_Print(cJSON_GetObjectItem(r, "config"));
-        printf("%s\n", s ? s : "{}");
-        free(s);
-    } else if (!strcmp(cmd, "drain")) {
-        printf("mqd is %s (up to %.0f ms for running requests), then exits\n", str(r, "state"), num(r, "timeout_ms"));
-    } else {
-        printf("%s\n", str(r, "message"));
+    } else if (ok) {
+        cm->print(r);
     }
     if (!ok)
         fprintf(stderr, "mqctl: %s: %s\n", cmd, str(r, "error"));

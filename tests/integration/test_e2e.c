@@ -5,7 +5,8 @@
  *   - cancel; a client SIGKILLed mid-stream has its session and KV blocks freed;
  *   - a 20k-token prompt through the prompt ring; a prompt over the context limit is
  *     refused with a clear error; protocol garbage closes only that connection;
- *   - a client of a uid not in allowed_users is refused;
+ *   - a client of a uid not in allowed_users is refused, so is a peer on the admin socket
+ *     that is not root nor in admin_group; mqd's log lines name their level;
  *   - mqd runs as nobody with no capabilities and no_new_privs (/proc/<pid>/status);
  *   - SIGTERM drains a running request and mqd exits 0.
  * One mqd serves all of it (started as root with --user nobody).
@@ -528,6 +529,61 @@ static void test_wrong_uid_refused(void)
         mq_disconnect(c);
 }
 
+/* The admin socket refuses a peer that is neither root nor in admin_group with a readable
+ * answer to its first request (not a reset), and mqd logs the refusal. */
+static void test_admin_refused(void)
+{
+    struct passwd *pw = getpwnam("nobody");
+    CHECK(pw != NULL, "no user nobody");
+    if (!pw)
+        return;
+    int pfd[2];
+    CHECK(pipe(pfd) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pfd[0]);
+        char out[512] = "";
+        if (setgid(pw->pw_gid) == 0 && setuid(pw->pw_uid) == 0) {
+            cJSON *r = admin_call(admin_sock, "status", 0);
+            snprintf(out, sizeof out, "%s|%s", r && cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")) ? "refused" : "?",
+                     jstr(r, "error"));
+            cJSON_Delete(r);
+        }
+        if (write(pfd[1], out, strlen(out)) < 0)
+            _exit(2);
+        _exit(0);
+    }
+    close(pfd[1]);
+    char out[512] = "";
+    ssize_t n = read(pfd[0], out, sizeof out - 1);
+    out[n > 0 ? n : 0] = 0;
+    close(pfd[0]);
+    waitpid(pid, NULL, 0);
+    char want[64];
+    snprintf(want, sizeof want, "refused|permission denied: uid %u is not root", (unsigned)pw->pw_uid);
+    CHECK(!strncmp(out, want, strlen(want)), "nobody on the admin socket: %s", out);
+    cJSON *r = admin_call(admin_sock, "status", 0);
+    CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")), "root still gets answers");
+    cJSON_Delete(r);
+}
+
+/* mqd's log outside the journal: "mqd[pid]: level: message", one line per event. */
+static void test_log_lines(void)
+{
+    char *log = harness_read_file(logpath, NULL);
+    if (!log)
+        return;
+    char want[128];
+    snprintf(want, sizeof want, "mqd[%d]: notice: ready: model mq-qwen3-80m", (int)mqd_pid);
+    CHECK(strstr(log, want), "no \"%s\" line", want);
+    snprintf(want, sizeof want, "mqd[%d]: warning: admin socket: refused pid ", (int)mqd_pid);
+    CHECK(strstr(log, want), "no \"%s\" line", want);
+    snprintf(want, sizeof want, "mqd[%d]: info: loading: weights", (int)mqd_pid);
+    CHECK(strstr(log, want), "no \"%s\" line", want);
+    CHECK(!strstr(log, "<6>") && !strstr(log, "<5>"), "journal prefixes outside the journal");
+    free(log);
+}
+
 static void test_privileges_dropped(void)
 {
     char v[256];
@@ -678,6 +734,8 @@ int main(void)
     RUN(test_killed_client_frees_session);
     RUN(test_protocol_garbage);
     RUN(test_wrong_uid_refused);
+    RUN(test_admin_refused);
+    RUN(test_log_lines);
     RUN(test_long_prompt_and_context_limit);
     RUN(test_tools);
     RUN(test_sigterm_drains);

@@ -5,6 +5,8 @@
  *   - the sd_notify sequence on a notify socket of the test's own (NOTIFY_SOCKET):
  *     STATUS=loading ... (with EXTEND_TIMEOUT_USEC) before READY=1, WATCHDOG=1 while
  *     serving (WATCHDOG_USEC), RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM;
+ *   - with JOURNAL_STREAM naming its stderr, every log line starts with a journald
+ *     priority ("<6>" info, "<5>" notice);
  *   - `mqd --check-config`: exit 0 and the effective config, or exit 2 with a message
  *     naming the field.
  */
@@ -101,6 +103,15 @@ static void test_activator_binds_and_waits(void)
     sa.collecting = pthread_create(&sa.collector, NULL, notify_main, NULL) == 0;
     CHECK(sa.collecting, "notify collector thread");
 
+    /* stderr is "the journal" for mqd: JOURNAL_STREAM names the log file's device:inode */
+    FILE *lf = fopen(sa.log, "w");
+    if (lf)
+        fclose(lf);
+    struct stat lst;
+    CHECK(stat(sa.log, &lst) == 0, "log file");
+    char e4[64];
+    snprintf(e4, sizeof e4, "--setenv=JOURNAL_STREAM=%llu:%llu", (unsigned long long)lst.st_dev,
+             (unsigned long long)lst.st_ino);
     char mqd[4200], l1[400], l2[400], e1[400], e2[400], e3[400];
     snprintf(mqd, sizeof mqd, "%s/mqd", spawn_build_dir());
     snprintf(l1, sizeof l1, "--listen=%s", sa.client);
@@ -116,6 +127,7 @@ static void test_activator_binds_and_waits(void)
                      e1,
                      e2,
                      e3,
+                     e4,
                      mqd,
                      "--model-dir",
                      (char *)spawn_model(),
@@ -220,6 +232,11 @@ static void test_sigterm_stops(void)
     CHECK(wait_note(before, "STOPPING=1", 10) >= 0, "no STOPPING=1");
     int status = spawn_wait_exit(sa.activator, 20);
     CHECK(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    /* journald priorities: <6> info, <5> notice, and no "mqd[pid]:" prefix */
+    char *text = harness_read_file(sa.log, NULL);
+    CHECK(text && strstr(text, "\n<6>loading: weights") && strstr(text, "\n<5>ready: model ") && !strstr(text, "mqd["),
+          "log lines without journald priorities");
+    free(text);
     if (status >= 0)
         sa.activator = 0;
 }
