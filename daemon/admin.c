@@ -100,7 +100,7 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON *m = cJSON_AddObjectToObject(o, "model");
     cJSON_AddStringToObject(m, "name", d->model_name);
     cJSON_AddStringToObject(m, "dir", d->cfg.model_dir);
-    cJSON_AddStringToObject(m, "mode", mqd_config_mode_name(d->cfg.mode));
+    cJSON_AddStringToObject(m, "mode", mq_prec_mode_name(d->cfg.mode));
     cJSON_AddNumberToObject(m, "ctx_limit", d->ctx_limit);
     cJSON *modes = cJSON_AddArrayToObject(m, "modes");
     cJSON_AddItemToArray(modes, cJSON_CreateString("mixed"));

@@ -85,6 +85,7 @@ typedef struct mqd_conn {
     uint8_t *spill;
     size_t spill_len, spill_cap;
     int flush_armed; /* under tx_lock */
+    int corrupt;     /* under tx_lock: the client's token ring tail was impossible */
     mq_ev *flush_timer;
     mqd_sess *sess;
     int n_sess, cap_sess;
@@ -100,10 +101,10 @@ static void conn_unref(mqd_conn *c)
 {
     if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST))
         return;
+    if (c->chan.token.efd >= 0)
+        close(c->chan.token.efd); /* the wake pipe's write end */
     if (c->chan_ok)
         mq_chan_unmap(&c->chan);
-    else if (c->chan.token.efd >= 0)
-        close(c->chan.token.efd);
     pthread_mutex_destroy(&c->tx_lock);
     free(c->spill);
     free(c->sess);
@@ -113,7 +114,7 @@ static void conn_unref(mqd_conn *c)
 /* ---- replies ------------------------------------------------------------------- */
 static void conn_close(mqd_conn *c, const char *why);
 
-static int send_reply(mqd_conn *c, mq_msg *m, uint32_t seq, int pass_fd)
+static int send_reply(mqd_conn *c, mq_msg *m, uint32_t seq, const int *fds, int n_fds)
 {
     uint8_t buf[MQ_WIRE_MAX_MSG];
     m->seq = seq;
@@ -122,7 +123,7 @@ static int send_reply(mqd_conn *c, mq_msg *m, uint32_t seq, int pass_fd)
         return n;
     /* Replies are small and one per request: a full socket buffer means the client does not
      * read its socket at all; it is dropped rather than blocking the loop. */
-    return mq_sock_send(c->fd, buf, (size_t)n, pass_fd, MSG_DONTWAIT);
+    return mq_sock_send(c->fd, buf, (size_t)n, fds, n_fds, MSG_DONTWAIT);
 }
 
 static void send_error(mqd_conn *c, uint32_t seq, unsigned code, const char *fmt, ...)
@@ -135,11 +136,40 @@ static void send_error(mqd_conn *c, uint32_t seq, unsigned code, const char *fmt
     va_start(ap, fmt);
     vsnprintf(m.u.error.text, sizeof m.u.error.text, fmt, ap);
     va_end(ap);
-    send_reply(c, &m, seq, -1);
+    send_reply(c, &m, seq, NULL, 0);
 }
 
 /* ---- token ring writer (any thread) -------------------------------------------- */
 static void arm_flush(mq_evloop *l, void *arg);
+
+/* Loop thread: the client wrote an impossible tail into its token ring's control block. */
+static void close_corrupt(mq_evloop *l, void *arg)
+{
+    (void)l;
+    mqd_conn *c = arg;
+    if (!c->closing) {
+        mqd_log(LOG_WARNING, "client pid %d uid %u: its token ring's tail is impossible; closing its connection",
+                (int)c->pid, (unsigned)c->uid);
+        send_error(c, 0, MQ_ERR_PROTOCOL, "the token ring's control block was overwritten");
+        conn_close(c, "corrupt ring");
+    }
+    conn_unref(c);
+}
+
+/* Free bytes of the token ring, validating what the client published (its tail lives in
+ * memory it can write): -EPROTO once it is impossible, and the connection is closed from
+ * the loop. Caller holds tx_lock. */
+static int64_t ring_space(mqd_conn *c)
+{
+    int64_t space = mq_ring_space(&c->chan.token);
+    if (space < 0 && !c->corrupt) {
+        c->corrupt = 1;
+        conn_ref(c);
+        if (mq_evloop_post(c->d->loop, close_corrupt, c))
+            __atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST); /* never the last ref here */
+    }
+    return space;
+}
 
 /* Copies whole spilled records into the ring; caller holds tx_lock. */
 static void flush_locked(mqd_conn *c)
@@ -149,7 +179,7 @@ static void flush_locked(mqd_conn *c)
     while (off < c->spill_len) {
         mq_chan_rec h;
         memcpy(&h, c->spill + off, sizeof h);
-        int64_t space = mq_ring_space(&c->chan.token);
+        int64_t space = ring_space(c);
         if (space < (int64_t)h.size)
             break;
         mq_ring_write(&c->chan.token, c->spill + off, h.size);
@@ -164,13 +194,18 @@ static void flush_locked(mqd_conn *c)
         mq_ring_publish(&c->chan.token);
 }
 
-/* Returns 0, or -ENOBUFS when the record was dropped (spill limit; `must` records are
- * never dropped). */
+/* Returns 0, -ENOBUFS when the record was dropped (spill limit; `must` records are never
+ * dropped), or -EPROTO when the client corrupted its ring (the connection is closing). */
 static int push_rec(mqd_conn *c, const uint8_t *rec, uint32_t n, int must)
 {
     int rc = 0;
     pthread_mutex_lock(&c->tx_lock);
-    if (c->spill_len == 0 && mq_ring_space(&c->chan.token) >= (int64_t)n) {
+    int64_t space = ring_space(c);
+    if (space < 0) {
+        rc = -EPROTO;
+        goto out;
+    }
+    if (c->spill_len == 0 && space >= (int64_t)n) {
         mq_ring_write(&c->chan.token, rec, n);
         mq_ring_publish(&c->chan.token);
         goto out;
@@ -225,7 +260,7 @@ static void arm_flush(mq_evloop *l, void *arg)
     pthread_mutex_lock(&c->tx_lock);
     if (!c->closing)
         flush_locked(c);
-    if (c->closing || c->spill_len == 0) {
+    if (c->closing || c->corrupt || c->spill_len == 0) {
         c->flush_armed = 0;
         if (c->chan_ok)
             __atomic_store_n(&ctl->tail_waiters, 0, __ATOMIC_SEQ_CST);
@@ -270,7 +305,7 @@ static void cancel_overflowed(mq_evloop *l, void *arg)
 {
     (void)l;
     mqd_req *r = arg; /* alive: its on_done has not run (done is posted after this) */
-    mq_sched_cancel(r->conn->d->sched, r->session, MQ_END_CANCEL);
+    mq_sched_cancel(r->conn->d->sched, r->session, MQ_SCHED_END_CANCEL);
 }
 
 static void sink_token(void *ctx, int32_t id, const char *text, size_t len)
@@ -291,9 +326,12 @@ static void sink_token(void *ctx, int32_t id, const char *text, size_t len)
     int n = mq_chan_format_token(rec, sizeof rec, r->id, id, flags, text, (uint32_t)len);
     if (n < 0)
         return;
-    if (push_rec(c, rec, (uint32_t)n, 0) == -ENOBUFS) {
+    int rc = push_rec(c, rec, (uint32_t)n, 0);
+    if (rc == -ENOBUFS) {
         r->overflow = 1;
         mq_evloop_post(c->d->loop, cancel_overflowed, r);
+    } else if (rc == -EPROTO) {
+        r->overflow = 1; /* nothing more for this ring; the connection is closing */
     }
 }
 
@@ -312,17 +350,17 @@ static uint32_t wire_err_of(int err)
     }
 }
 
-static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st)
+static void sink_done(void *ctx, mq_sched_end_reason reason, int err, const char *msg, const mq_sched_req_stats *st)
 {
     mqd_req *r = ctx;
     mqd_conn *c = r->conn;
     mq_chan_done d = { 0 };
     switch (reason) {
-    case MQ_END_STOP_TOKEN: d.end_reason = MQ_CHAN_END_STOP; break;
-    case MQ_END_STOP_STRING: d.end_reason = MQ_CHAN_END_STOP_STRING; break;
-    case MQ_END_LENGTH: d.end_reason = MQ_CHAN_END_LENGTH; break;
-    case MQ_END_CANCEL:
-    case MQ_END_CLIENT_GONE: d.end_reason = MQ_CHAN_END_CANCEL; break;
+    case MQ_SCHED_END_STOP_TOKEN: d.end_reason = MQ_CHAN_END_STOP; break;
+    case MQ_SCHED_END_STOP_STRING: d.end_reason = MQ_CHAN_END_STOP_STRING; break;
+    case MQ_SCHED_END_LENGTH: d.end_reason = MQ_CHAN_END_LENGTH; break;
+    case MQ_SCHED_END_CANCEL:
+    case MQ_SCHED_END_CLIENT_GONE: d.end_reason = MQ_CHAN_END_CANCEL; break;
     default:
         d.end_reason = err == -ESHUTDOWN ? MQ_CHAN_END_SHUTDOWN : MQ_CHAN_END_ERROR;
         d.error = (int32_t)wire_err_of(err);
@@ -345,7 +383,7 @@ static void sink_done(void *ctx, mq_end_reason reason, int err, const char *msg,
                           ? (uint64_t)((st->generated_tokens - 1) / st->decode_tok_s * 1e6)
                           : 0;
     }
-    r->end_stop = reason == MQ_END_STOP_TOKEN;
+    r->end_stop = reason == MQ_SCHED_END_STOP_TOKEN;
     /* done before the client can see DONE: a SUBMIT that follows it finds the session
      * free (settle()). r and its conn ref live until finish_req, posted last. */
     __atomic_store_n(&r->done, 1, __ATOMIC_SEQ_CST);
@@ -395,13 +433,29 @@ static void finish_req(mq_evloop *l, void *arg)
 static void sess_remove(mqd_conn *c, mqd_sess *s)
 {
     mqd *d = c->d;
-    mq_sched_cancel(d->sched, s->id, MQ_END_CLIENT_GONE);
+    mq_sched_cancel(d->sched, s->id, MQ_SCHED_END_CLIENT_GONE);
     mq_sched_session_close(d->sched, s->id); /* calls on_done of a running request */
     cJSON_Delete(s->pending);
     *s = c->sess[--c->n_sess];
 }
 
 /* ---- request handlers ---------------------------------------------------------- */
+/* The client's wake-up: mqd writes the pipe's write end after publishing tokens while the
+ * client's poll_armed is set; the client polls the read end. mqd alone holds the write
+ * end, so its O_NONBLOCK (a flag of the file description) is mqd's to keep: whatever the
+ * client does to the read end, a full pipe only makes mqd's write return EAGAIN, which
+ * means "already woken". (A descriptor the client passed in would share its flags with
+ * the client's copy: a client could make it blocking and fill it; issue 13 #1.) */
+static int make_wake_pipe(mqd_conn *c, int *read_end, char *err, size_t errlen)
+{
+    int p[2];
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0)
+        return mq_errmsg(err, errlen, -errno, "wake-up pipe: %s", strerror(errno));
+    c->chan.token.efd = p[1];
+    *read_end = p[0];
+    return 0;
+}
+
 static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
 {
     mqd *d = c->d;
@@ -413,31 +467,33 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
         return;
     }
     if (passed_fd >= 0) {
-        /* Only an eventfd is acceptable: mqd writes 8 bytes to it. */
-        char link[64], path[64];
-        snprintf(path, sizeof path, "/proc/self/fd/%d", passed_fd);
-        ssize_t k = readlink(path, link, sizeof link - 1);
-        if (k < 0 || (link[k] = 0, strcmp(link, "anon_inode:[eventfd]"))) {
-            close(passed_fd);
-            send_error(c, m->seq, MQ_ERR_PROTOCOL, "the fd passed with HELLO is not an eventfd");
-            conn_close(c, "bad eventfd");
-            return;
-        }
-        int fl = fcntl(passed_fd, F_GETFL);
-        fcntl(passed_fd, F_SETFL, fl | O_NONBLOCK);
+        close(passed_fd);
+        send_error(c, m->seq, MQ_ERR_PROTOCOL,
+                   "HELLO carries no descriptor: mqd hands out the wake-up fd itself (this libmq is older "
+                   "than mqd)");
+        conn_close(c, "fd with HELLO");
+        return;
+    }
+    if (d->state != MQD_READY) {
+        send_error(c, m->seq, MQ_ERR_DRAINING, "mqd is draining; no new clients");
+        conn_close(c, "draining");
+        return;
     }
     char err[256];
+    int wake = -1;
     int rc = mq_chan_create(&c->chan, d->cfg.prompt_ring_kib * 1024u, d->cfg.token_ring_kib * 1024u,
                             d->cfg.hugepages != MQ_CFG_HUGE_OFF, err, sizeof err);
+    if (!rc) {
+        c->chan_ok = 1;
+        rc = make_wake_pipe(c, &wake, err, sizeof err);
+    }
     if (rc) {
-        if (passed_fd >= 0)
-            close(passed_fd);
-        send_error(c, m->seq, MQ_ERR_INTERNAL, "cannot create the channel: %s", err);
+        mqd_log(LOG_WARNING, "client pid %d uid %u: cannot create its channel: %s", (int)c->pid, (unsigned)c->uid, err);
+        send_error(c, m->seq, rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL,
+                   "cannot create the channel: %s", err);
         conn_close(c, "channel");
         return;
     }
-    c->chan_ok = 1;
-    c->chan.token.efd = passed_fd;
     c->hello_done = 1;
     mq_msg r = { .type = MQ_MSG_HELLO_OK };
     r.u.hello_ok.version = (uint16_t)v;
@@ -446,7 +502,13 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
     r.u.hello_ok.vocab_size = (uint32_t)(d->tok ? mq_tok_vocab_size(d->tok) : 0);
     r.u.hello_ok.max_sessions = d->cfg.max_sessions_per_client;
     snprintf(r.u.hello_ok.model, sizeof r.u.hello_ok.model, "%s", d->model_name);
-    if (send_reply(c, &r, m->seq, c->chan.fd))
+    int fds[2] = { c->chan.fd, wake };
+    rc = send_reply(c, &r, m->seq, fds, 2);
+    /* The client has its copies now; mqd keeps the mapping and the pipe's write end. */
+    close(wake);
+    close(c->chan.fd);
+    c->chan.fd = -1;
+    if (rc)
         conn_close(c, "reply failed");
 }
 
@@ -486,7 +548,7 @@ static void on_open(mqd_conn *c, const mq_msg *m)
     c->sess[c->n_sess++] = (mqd_sess){ .id = id, .mode = m->u.open.mode };
     mq_msg r = { .type = MQ_MSG_OPENED };
     r.u.opened.session = id;
-    send_reply(c, &r, m->seq, -1);
+    send_reply(c, &r, m->seq, NULL, 0);
 }
 
 static void on_close_session(mqd_conn *c, const mq_msg *m)
@@ -500,7 +562,7 @@ static void on_close_session(mqd_conn *c, const mq_msg *m)
     sess_remove(c, s);
     mq_msg r = { .type = MQ_MSG_CLOSED };
     r.u.closed.session = m->u.close.session;
-    send_reply(c, &r, m->seq, -1);
+    send_reply(c, &r, m->seq, NULL, 0);
 }
 
 static void push_synthetic_done(mqd_conn *c, uint64_t req)
@@ -517,7 +579,7 @@ static void reply_submitted(mqd_conn *c, uint32_t seq, uint64_t req, uint64_t se
     mq_msg r = { .type = MQ_MSG_SUBMITTED };
     r.u.submitted.req = req;
     r.u.submitted.session = session;
-    send_reply(c, &r, seq, -1);
+    send_reply(c, &r, seq, NULL, 0);
 }
 
 /* {"role": role, "content": the bytes} for the chat template; NULL when out of memory. */
@@ -761,10 +823,10 @@ static void on_cancel(mqd_conn *c, const mq_msg *m)
         mqd_sess *s = &c->sess[i];
         settle(s);
         if (s->running && s->running->id == m->u.cancel.req) {
-            mq_sched_cancel(c->d->sched, s->id, MQ_END_CANCEL);
+            mq_sched_cancel(c->d->sched, s->id, MQ_SCHED_END_CANCEL);
             mq_msg r = { .type = MQ_MSG_CANCELED };
             r.u.canceled.req = m->u.cancel.req;
-            send_reply(c, &r, m->seq, -1);
+            send_reply(c, &r, m->seq, NULL, 0);
             return;
         }
     }
@@ -793,7 +855,7 @@ static void on_stats(mqd_conn *c, const mq_msg *m)
     w->decode_tokens = st.generated_tokens;
     w->prefill_tps = (float)st.prefill_tok_s;
     w->decode_tps = (float)st.decode_tok_s;
-    send_reply(c, &r, m->seq, -1);
+    send_reply(c, &r, m->seq, NULL, 0);
 }
 
 static void handle(mqd_conn *c, const mq_msg *m, int passed_fd)
@@ -974,7 +1036,7 @@ int mqd_client_cancel(mqd *d, uint64_t id, char *msg, size_t msglen)
                     return -ENOENT;
                 }
                 uint64_t rid = s->running->id;
-                mq_sched_cancel(d->sched, s->id, MQ_END_CANCEL);
+                mq_sched_cancel(d->sched, s->id, MQ_SCHED_END_CANCEL);
                 mq_errmsg(msg, msglen, 0, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
                           (unsigned long long)s->id, (int)c->pid);
                 return 0;

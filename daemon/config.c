@@ -18,7 +18,6 @@
 
 enum ftype { F_STR, F_U32, F_BOOL, F_ENUM, F_LIST };
 
-static const char *const mode_words[] = { "mixed", "bf16", "fp4", NULL };
 static const char *const on_full_words[] = { "wait", "fail", NULL };
 static const char *const huge_words[] = { "auto", "off", "require", NULL };
 
@@ -59,7 +58,7 @@ typedef struct field {
 
 static const field fields[] = {
     STR(model_dir, "model folder (config.json, model.safetensors, tokenizer.json)"),
-    ENUM(mode, mode_words, "mixed = NVFP4 prefill + BF16 decode; bf16; fp4"),
+    ENUM(mode, mq_prec_mode_names, "mixed = NVFP4 prefill + BF16 decode; bf16; fp4"),
     U32(prefill_threads, 0, 1024, "prefill pool threads (0 = CPUs of prefill_cpus)"),
     U32(decode_threads, 0, 1024, "decode pool threads (0 = CPUs of decode_cpus)"),
     STR(prefill_cpus, "CPU list of the prefill pool, e.g. \"0-3\" (\"\" = all)"),
@@ -93,7 +92,7 @@ static const field fields[] = {
 void mqd_config_defaults(mqd_config *c)
 {
     memset(c, 0, sizeof *c);
-    c->mode = MQ_CFG_MODE_MIXED;
+    c->mode = MQ_PREC_MODE_MIXED;
     c->chunk_tokens = 256;
     c->kv_tokens = 65536;
     c->kv_block_tokens = 16;
@@ -111,11 +110,6 @@ void mqd_config_defaults(mqd_config *c)
     c->drain_timeout_ms = 30000;
     c->watchdog = 1;
     c->warmup = 1;
-}
-
-const char *mqd_config_mode_name(uint32_t mode)
-{
-    return mode < 3 ? mode_words[mode] : "?";
 }
 
 static const field *find(const char *key)

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/prec_mode.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -25,13 +27,12 @@ extern "C" {
 #define MQ_CFG_LIST     16          /* entries in allowed_users / allowed_groups */
 #define MQ_CFG_U32_AUTO 0xffffffffu /* a number field given as "auto" (hugepages_reserve) */
 
-enum mq_cfg_mode { MQ_CFG_MODE_MIXED = 0, MQ_CFG_MODE_BF16 = 1, MQ_CFG_MODE_FP4 = 2 };
 enum mq_cfg_on_full { MQ_CFG_ON_FULL_WAIT = 0, MQ_CFG_ON_FULL_FAIL = 1 };
 enum mq_cfg_huge { MQ_CFG_HUGE_AUTO = 0, MQ_CFG_HUGE_OFF = 1, MQ_CFG_HUGE_REQUIRE = 2 };
 
 typedef struct mqd_config {
     char model_dir[MQ_CFG_PATH];
-    uint32_t mode;            /* mq_cfg_mode */
+    uint32_t mode;            /* mq_prec_mode (engine/prec_mode.h) */
     uint32_t prefill_threads; /* 0 = number of CPUs in prefill_cpus (or online CPUs) */
     uint32_t decode_threads;
     char prefill_cpus[MQ_CFG_NAME]; /* "0-3,6" or "" = all */
@@ -87,8 +88,6 @@ char *mqd_config_to_json(const mqd_config *c);
 
 /* Writes the flag/field list with help texts (for mqd --help). */
 void mqd_config_print_help(void *file /* FILE* */);
-
-const char *mqd_config_mode_name(uint32_t mode);
 
 #ifdef __cplusplus
 }

@@ -115,7 +115,7 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
               path[0] ? path : "(no config file)",
               needs_restart(&d->cfg, &nc) ? "; model, mode, KV, chunk, context and socket changes need a restart" : "");
     mqd_log(LOG_NOTICE, "%s", msg);
-    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mqd_config_mode_name(d->cfg.mode));
+    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mq_prec_mode_name(d->cfg.mode));
     return 0;
 }
 

@@ -155,12 +155,27 @@ static int peer_allowed(const mqd *d, int fd, int admin, mqd_peer *p)
     return 0;
 }
 
+/* SO_PASSRIGHTS (Linux 6.16): 0 makes the kernel refuse SCM_RIGHTS sent to this socket
+ * (the sender gets EPERM). Neither socket takes descriptors, and one mqd never receives
+ * it cannot be made to close either: closing the last copy of, say, a TCP socket with
+ * SO_LINGER set blocks the closing thread. Older kernels: mqd closes what arrives. */
+#ifndef SO_PASSRIGHTS
+#define SO_PASSRIGHTS 83
+#endif
+
+void mqd_refuse_fds(int fd)
+{
+    int no = 0;
+    setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &no, sizeof no); /* ENOPROTOOPT before 6.16 */
+}
+
 int mqd_accept_peer(const mqd *d, int lfd, int admin, int flags, const char *what, mqd_peer *p)
 {
     memset(p, 0, sizeof *p);
     p->fd = accept4(lfd, NULL, NULL, flags | SOCK_CLOEXEC);
     if (p->fd < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    mqd_refuse_fds(p->fd); /* the listener's setting covers data sent before the accept */
     p->allowed = peer_allowed(d, p->fd, admin, p);
     if (!p->allowed)
         mqd_log(LOG_WARNING, "%s: refused pid %d uid %u: %s", what, (int)p->pid, (unsigned)p->uid, p->why);

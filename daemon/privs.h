@@ -23,6 +23,10 @@ void mqd_hugepages_giveback(mqd *d);                   /* at exit, after weights
  * mode or without a helper, or -errno. */
 long mqd_hugepages_auto(mqd *d, long pages, const char *why);
 
+/* Makes the kernel refuse descriptors sent to socket fd (SO_PASSRIGHTS = 0; Linux 6.16;
+ * a no-op before). On a listening socket it covers the connections it will accept. */
+void mqd_refuse_fds(int fd);
+
 /* A connection just accepted on the client or the admin socket, and its peer's verdict. */
 typedef struct mqd_peer {
     int fd;

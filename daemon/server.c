@@ -307,7 +307,7 @@ static void sched_opts_from_config(const mqd_config *c, const mq_model *m, mq_sc
     if (ctx > (int)c->kv_tokens)
         ctx = (int)c->kv_tokens;
     so->context_limit = *ctx_limit = ctx;
-    so->mode = (mq_sched_mode)c->mode;
+    so->mode = c->mode;
     so->on_kv_full = c->on_full == MQ_CFG_ON_FULL_WAIT ? MQ_KV_FULL_WAIT : MQ_KV_FULL_FAIL;
     so->kv_hugetlb = c->hugepages != MQ_CFG_HUGE_OFF;
 }
@@ -352,7 +352,7 @@ static void warm_token(void *ctx, int32_t id, const char *text, size_t len)
     (void)len;
 }
 
-static void warm_done(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st)
+static void warm_done(void *ctx, mq_sched_end_reason reason, int err, const char *msg, const mq_sched_req_stats *st)
 {
     (void)st;
     warm *w = ctx;
@@ -398,7 +398,7 @@ static int warm_up(mqd *d, char *err, size_t errlen)
         pthread_mutex_unlock(&w.mu);
         if (rc)
             mq_errmsg(err, errlen, 0, "warm-up: no answer in %d s", WARMUP_TIMEOUT_S);
-        else if (w.reason == MQ_END_ERROR)
+        else if (w.reason == MQ_SCHED_END_ERROR)
             rc = mq_errmsg(err, errlen, w.err ? w.err : -EIO, "warm-up failed: %s", w.msg);
     } else {
         mq_errmsg(err, errlen, 0, "warm-up: submit: %s", serr[0] ? serr : strerror(-rc));
@@ -477,9 +477,9 @@ static void load_done(mq_evloop *l, void *arg)
         return;
     }
     mqd_log(LOG_NOTICE, "ready: model %s, mode %s, context %d tokens, %llu ms from start, client socket %s",
-            d->model_name, mqd_config_mode_name(d->cfg.mode), d->ctx_limit,
+            d->model_name, mq_prec_mode_name(d->cfg.mode), d->ctx_limit,
             (unsigned long long)(mq_now_ms() - d->start_ms), d->client_sd ? "(from systemd)" : d->cfg.client_socket);
-    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), %llu ms load", d->model_name, mqd_config_mode_name(d->cfg.mode),
+    mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), %llu ms load", d->model_name, mq_prec_mode_name(d->cfg.mode),
                   (unsigned long long)d->load_ms);
 }
 
@@ -523,6 +523,8 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         rc = mqd_privs_drop(d, err, errlen);
     if (rc)
         return rc;
+    mqd_refuse_fds(d->client_fd);
+    mqd_refuse_fds(d->admin_fd);
     rc = mq_evloop_create(&d->loop, 512);
     if (rc)
         return mq_errmsg(err, errlen, rc, "io_uring: %s", strerror(-rc));

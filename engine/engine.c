@@ -19,7 +19,10 @@
  * Every step is one mq_pool_run: rows split across threads for norms / RoPE /
  * quantization, columns for the linears, (sequence, head) pairs for attention. The
  * linear's input goes to BF16 (BF16 path) or to NVFP4 with g = 2688/amax over the whole
- * input (a per-thread amax, reduced by the caller between two runs).
+ * input (an amax per row, reduced by the caller between two runs).
+ * Fused steps: a linear's input is made by one "prep" run per row that may first add the
+ * residual (x += delta) or apply SwiGLU, then normalize, then convert; forward_rows names
+ * each one (prep_residual_norm, prep_swiglu, prep_plain) where llama2.c has the loop.
  */
 #include "engine/engine.h"
 #include "common/errmsg.h"
@@ -29,8 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_THREADS 256
-#define COL_ALIGN   16 /* columns per thread slice: whole SIMD vectors */
+#define COL_ALIGN        16 /* columns per thread slice: whole SIMD vectors */
+#define ENGINE_MAX_CHUNK (1 << 20)
+#define ENGINE_MAX_BATCH 65536
 
 struct mq_engine {
     const mq_model *m;
@@ -46,39 +50,14 @@ struct mq_engine {
     uint16_t *xb16;   /* [max_rows, max_k] BF16 copy of a linear's input */
     void *act_mem;    /* NVFP4 activation memory, bound per linear */
     mq_fp4_act act;
-    float *inv_freq;                   /* [head_dim/2] RoPE */
-    float amax_part[MAX_THREADS * 16]; /* per thread, a cache line apart */
-    const uint16_t **kptr, **vptr;     /* [max_batch][max_blocks] block pointers of one layer */
-    int *row_seq, *row_pos;            /* [max_rows] */
-    int *seq_row0;                     /* [max_batch] first row of each sequence */
-    int *ones;                         /* [max_batch] = 1 (decode: one token per sequence) */
+    float *inv_freq;               /* [head_dim/2] RoPE */
+    float *row_amax;               /* [max_rows] max |x| of each row of a linear's input */
+    const uint16_t **kptr, **vptr; /* [max_batch][max_blocks] block pointers of one layer */
+    int *row_seq, *row_pos;        /* [max_rows] */
+    int *seq_row0;                 /* [max_batch] first row of each sequence */
+    int *ones;                     /* [max_batch] = 1 (decode: one token per sequence) */
     size_t bytes;
 };
-
-const char *mq_mode_name(mq_mode m)
-{
-    switch (m) {
-    case MQ_MODE_MIXED: return "mixed";
-    case MQ_MODE_BF16: return "bf16";
-    case MQ_MODE_FP4: return "fp4";
-    }
-    return "?";
-}
-
-int mq_mode_parse(const char *s, mq_mode *m)
-{
-    for (int i = 0; i <= MQ_MODE_FP4; i++)
-        if (!strcmp(s, mq_mode_name((mq_mode)i))) {
-            *m = (mq_mode)i;
-            return 0;
-        }
-    return -EINVAL;
-}
-
-mq_prec mq_mode_decode_prec(mq_mode m)
-{
-    return m == MQ_MODE_FP4 ? MQ_PREC_FP4 : MQ_PREC_BF16;
-}
 
 size_t mq_kv_block_bytes(const mq_config *cfg, int block_tokens)
 {
@@ -103,9 +82,12 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
 {
     *out = NULL;
     const mq_config *c = &model->cfg;
-    if (!o || o->max_chunk < 1 || o->max_batch < 1 || o->block_tokens < 1 || o->max_batch > 65536 ||
-        o->max_chunk > (1 << 20)) {
-        return mq_errmsg(err, errlen, -EINVAL, "engine: max_chunk, max_batch and block_tokens must be >= 1");
+    if (!o || o->max_chunk < 1 || o->max_chunk > ENGINE_MAX_CHUNK || o->max_batch < 1 ||
+        o->max_batch > ENGINE_MAX_BATCH || o->block_tokens < 1) {
+        return mq_errmsg(err, errlen, -EINVAL,
+                         "engine: max_chunk %d (1..%d), max_batch %d (1..%d) or block_tokens %d (>= 1) out of range",
+                         o ? o->max_chunk : 0, ENGINE_MAX_CHUNK, o ? o->max_batch : 0, ENGINE_MAX_BATCH,
+                         o ? o->block_tokens : 0);
     }
     mq_engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -143,6 +125,7 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
     e->xb16 = scratch(e, R * e->max_k * 2);
     e->act_mem = scratch(e, act);
     e->inv_freq = scratch(e, (size_t)c->head_dim / 2 * 4);
+    e->row_amax = scratch(e, R * sizeof(float));
     e->kptr = scratch(e, (size_t)o->max_batch * e->max_blocks * sizeof *e->kptr);
     e->vptr = scratch(e, (size_t)o->max_batch * e->max_blocks * sizeof *e->vptr);
     e->row_seq = scratch(e, R * sizeof(int));
@@ -150,7 +133,8 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
     e->seq_row0 = scratch(e, (size_t)o->max_batch * sizeof(int));
     e->ones = scratch(e, (size_t)o->max_batch * sizeof(int));
     if (!e->x || !e->xn || !e->delta || !e->q || !e->att || !e->k || !e->v || !e->gate || !e->up || !e->xb16 ||
-        !e->act_mem || !e->inv_freq || !e->kptr || !e->vptr || !e->row_seq || !e->row_pos || !e->seq_row0 || !e->ones) {
+        !e->act_mem || !e->inv_freq || !e->row_amax || !e->kptr || !e->vptr || !e->row_seq || !e->row_pos ||
+        !e->seq_row0 || !e->ones) {
         mq_errmsg(err, errlen, 0, "engine: out of memory for scratch (%zu bytes so far)", e->bytes);
         mq_engine_free(e);
         return -ENOMEM;
@@ -166,8 +150,9 @@ void mq_engine_free(mq_engine *e)
 {
     if (!e)
         return;
-    void *ps[] = { e->x,    e->xn,      e->delta,    e->q,    e->att,  e->k,       e->v,       e->gate,     e->up,
-                   e->xb16, e->act_mem, e->inv_freq, e->kptr, e->vptr, e->row_seq, e->row_pos, e->seq_row0, e->ones };
+    void *ps[] = { e->x,    e->xn,      e->delta,   e->q,        e->att,      e->k,        e->v,
+                   e->gate, e->up,      e->xb16,    e->act_mem,  e->inv_freq, e->row_amax, e->kptr,
+                   e->vptr, e->row_seq, e->row_pos, e->seq_row0, e->ones };
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         free(ps[i]);
     free(e);
@@ -180,11 +165,12 @@ size_t mq_engine_scratch_bytes(const mq_engine *e)
 
 /* ---- one step = one pool run ----------------------------------------------------- */
 
-/* What a linear's input must become: BF16 rows, or a partial amax for NVFP4. */
+/* What a linear's input must become: BF16 rows, or NVFP4 (first each row's amax). */
 typedef enum { WANT_BF16, WANT_AMAX } want_t;
 
-/* Rows [0, m): src += delta; src = silu(src) * up; dst = rmsnorm(src) · norm (else
- * dst = src); then dst → BF16 (xb16) or per-thread amax. Each part optional. */
+/* The input of a linear, rows [0, m): src += delta; src = silu(src) * up;
+ * dst = rmsnorm(src) · norm (else dst = src); then dst → BF16 (xb16) or row_amax.
+ * Each part optional; the prep_* constructors below name the combinations used. */
 struct prep_op {
     mq_engine *e;
     int m, dim;
@@ -195,13 +181,31 @@ struct prep_op {
     int bad; /* a thread saw NaN/Inf */
 };
 
+/* dst = rmsnorm(x += delta) · norm: the residual add fused into the norm that follows it
+ * (delta NULL: no add). */
+static struct prep_op prep_residual_norm(int m, int dim, float *x, const float *delta, const float *norm, float *dst)
+{
+    return (struct prep_op){ .m = m, .dim = dim, .src = x, .delta = delta, .norm = norm, .dst = dst };
+}
+
+/* gate = silu(gate) * up: SwiGLU fused into the down projection's input. */
+static struct prep_op prep_swiglu(int m, int dim, float *gate, const float *up)
+{
+    return (struct prep_op){ .m = m, .dim = dim, .src = gate, .up = up, .dst = gate };
+}
+
+/* x as it is (the attention output before o_proj). */
+static struct prep_op prep_plain(int m, int dim, float *x)
+{
+    return (struct prep_op){ .m = m, .dim = dim, .src = x, .dst = x };
+}
+
 static void prep_run(void *arg, int tid, int nt)
 {
     struct prep_op *o = arg;
     mq_engine *e = o->e;
     int r0, r1;
     mq_pool_split(o->m, 1, tid, nt, &r0, &r1);
-    float amax = 0.0f;
     for (int r = r0; r < r1; r++) {
         float *s = o->src + (size_t)r * o->dim, *d = o->dst + (size_t)r * o->dim;
         if (o->delta)
@@ -220,11 +224,9 @@ static void prep_run(void *arg, int tid, int nt)
                 o->bad = 1;
                 a = 0;
             }
-            if (a > amax)
-                amax = a;
+            e->row_amax[r] = a;
         }
     }
-    e->amax_part[tid * 16] = amax;
 }
 
 struct quant_op {
@@ -282,7 +284,7 @@ static void gemm_run(void *arg, int tid, int nt)
 }
 
 /* Runs up to 3 linears on the prepared input `x` [m, k] (prep_run already produced the
- * BF16 copy or the per-thread amax). NVFP4: one quantization per distinct g_x. */
+ * BF16 copy or the row amaxes). NVFP4: one quantization per distinct g_x. */
 static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, int m, int k, const mq_linear *const *lin,
                    float *const *y, int n_lin)
 {
@@ -296,9 +298,9 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
         return 0;
     }
     float amax = 0.0f;
-    for (int t = 0; t < mq_pool_threads(pool); t++)
-        if (e->amax_part[t * 16] > amax)
-            amax = e->amax_part[t * 16];
+    for (int r = 0; r < m; r++)
+        if (e->row_amax[r] > amax)
+            amax = e->row_amax[r];
     const float g_dyn = mq_fp4_global_scale(amax);
     for (int i = 0; i < n_lin;) {
         const float g = lin[i]->in_g > 0 ? lin[i]->in_g : g_dyn;
@@ -322,16 +324,16 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
     return 0;
 }
 
-/* prep + linears: the common "normalize, then project" step. */
-static int project(mq_engine *e, mq_pool *pool, mq_prec prec, struct prep_op *p, const mq_linear *const *lin,
+/* prep + linears: the common "make the input, then project" step. */
+static int project(mq_engine *e, mq_pool *pool, mq_prec prec, struct prep_op p, const mq_linear *const *lin,
                    float *const *y, int n_lin)
 {
-    p->e = e;
-    p->want = prec == MQ_PREC_BF16 ? WANT_BF16 : WANT_AMAX;
-    mq_pool_run(pool, prep_run, p);
-    if (p->bad)
+    p.e = e;
+    p.want = prec == MQ_PREC_BF16 ? WANT_BF16 : WANT_AMAX;
+    mq_pool_run(pool, prep_run, &p);
+    if (p.bad)
         return -EDOM;
-    return linears(e, pool, prec, p->dst, p->m, p->dim, lin, y, n_lin);
+    return linears(e, pool, prec, p.dst, p.m, p.dim, lin, y, n_lin);
 }
 
 /* Per row: q/k RMSNorm per head (Qwen3), RoPE at the row's position, K/V into the cache. */
@@ -409,22 +411,29 @@ static void attn_run(void *arg, int tid, int nt)
     }
 }
 
-/* ---- the forward ------------------------------------------------------------------ */
-
-/* Rows of nseq sequences: sequence s has ntok[s] tokens at positions pos0[s].. .
- * logits_rows: 0 none, 1 the last row of each sequence, else every row. */
-static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int nseq, const int *ntok, const int *pos0,
-                        const int *tokens, mq_prec prec, float *logits, int logits_rows)
+/* Points kptr/vptr at layer l's K and V in every block the sequences use: the attention
+ * kernel takes one pointer per block, and a block holds all layers. */
+static void kv_layer_view(mq_engine *e, const mq_kv_seq *seqs, int nseq, const int *ntok, const int *pos0, int l)
 {
-    const mq_model *md = e->m;
-    const mq_config *c = e->c;
-    const int D = c->hidden, hd = c->head_dim, bt = e->block_tokens;
-    if (mq_pool_threads(pool) > MAX_THREADS)
-        return -EINVAL;
-    if (prec == MQ_PREC_FP4 && !mq_model_has_fp4(md))
-        return -EINVAL;
+    const size_t kvd = (size_t)e->c->n_kv * e->c->head_dim, bt = (size_t)e->block_tokens;
+    const size_t layer_off = (size_t)l * 2 * bt * kvd, v_off = bt * kvd;
+    for (int s = 0; s < nseq; s++) {
+        const int nb = (pos0[s] + ntok[s] + e->block_tokens - 1) / e->block_tokens;
+        const uint16_t **kp = e->kptr + (size_t)s * e->max_blocks, **vp = e->vptr + (size_t)s * e->max_blocks;
+        for (int b = 0; b < nb; b++) {
+            const uint16_t *blk = (const uint16_t *)seqs[s].blocks[b] + layer_off;
+            kp[b] = blk;
+            vp[b] = blk + v_off;
+        }
+    }
+}
 
-    /* rows ↔ (sequence, position); every position must have a KV block */
+/* Rows of the forward: sequence s has ntok[s] tokens at positions pos0[s].. . Fills the
+ * row tables; -EINVAL if a position has no KV block or a token is outside the vocabulary.
+ * Returns the number of rows. */
+static int map_rows(mq_engine *e, const mq_kv_seq *seqs, int nseq, const int *ntok, const int *pos0, const int *tokens)
+{
+    const int bt = e->block_tokens;
     int m = 0;
     for (int s = 0; s < nseq; s++) {
         const int end = pos0[s] + ntok[s];
@@ -437,124 +446,148 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
         }
     }
     for (int r = 0; r < m; r++)
-        if (tokens[r] < 0 || tokens[r] >= c->vocab)
+        if (tokens[r] < 0 || tokens[r] >= e->c->vocab)
             return -EINVAL;
+    return m;
+}
+
+/* LM head on xb16 (the final norm's BF16 rows): every row, or the last row of each
+ * sequence (moved to the front first). */
+static void lm_head(mq_engine *e, mq_pool *pool, int m, int nseq, const int *ntok, float *logits, mq_logits which)
+{
+    const size_t D = (size_t)e->c->hidden;
+    if (which == MQ_LOGITS_LAST) {
+        for (int s = 0; s < nseq; s++) {
+            const int last = e->seq_row0[s] + ntok[s] - 1;
+            if (last != s)
+                memmove(e->xb16 + (size_t)s * D, e->xb16 + (size_t)last * D, D * 2);
+        }
+        m = nseq;
+    }
+    struct mq_linear head = { .bf16 = e->m->lm_head };
+    struct gemm_op g = { e, MQ_PREC_BF16, m, 1, { &head }, { logits } };
+    mq_pool_run(pool, gemm_run, &g);
+}
+
+/* ---- the forward ------------------------------------------------------------------ */
+
+/* The layers over the rows of nseq sequences (sequence s: ntok[s] tokens at positions
+ * pos0[s]..), in the order of the file header; then the logits `which` asks for. */
+static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int nseq, const int *ntok, const int *pos0,
+                        const int *tokens, mq_prec prec, float *logits, mq_logits which)
+{
+    const mq_model *md = e->m;
+    const mq_config *c = e->c;
+    const int D = c->hidden, qd = c->n_head * c->head_dim;
+    if (prec == MQ_PREC_FP4 && !mq_model_has_fp4(md))
+        return -EINVAL;
+    const int m = map_rows(e, seqs, nseq, ntok, pos0, tokens);
+    if (m < 0)
+        return m;
 
     /* embedding: x[r] = embed[token] */
     for (int r = 0; r < m; r++)
         mq_bf16_to_f32_row(md->embed + (size_t)tokens[r] * D, e->x + (size_t)r * D, (size_t)D);
 
     int rc = 0;
-    for (int l = 0; l < c->n_layers && !rc; l++) {
+    for (int l = 0; l < c->n_layers; l++) {
         const mq_layer *L = &md->layers[l];
-        /* attention block: xn = norm(x (+ previous FFN output)); q, k, v */
-        struct prep_op p = {
-            .m = m, .dim = D, .src = e->x, .delta = l ? e->delta : NULL, .norm = L->attn_norm, .dst = e->xn
-        };
+
+        /* attention rmsnorm: xn = rmsnorm(x) · attn_norm (after layer l-1's x += delta) */
         const mq_linear *qkv[3] = { &L->q, &L->k, &L->v };
         float *qkv_out[3] = { e->q, e->k, e->v };
-        if ((rc = project(e, pool, prec, &p, qkv, qkv_out, 3)))
+        struct prep_op attn_in = prep_residual_norm(m, D, e->x, l ? e->delta : NULL, L->attn_norm, e->xn);
+        /* q, k, v = xn · Wq/k/vᵀ */
+        if ((rc = project(e, pool, prec, attn_in, qkv, qkv_out, 3)))
             break;
 
-        /* q/k norm, RoPE, K/V → cache */
+        /* q/k RMSNorm per head, RoPE at each row's position, K/V → cache */
         struct qkv_op qo = { e, L, l, m, seqs };
         mq_pool_run(pool, qkv_run, &qo);
 
-        /* attention over the cache (this layer's slice of each block) */
-        const size_t layer_off = (size_t)l * 2 * bt * c->n_kv * hd, v_off = (size_t)bt * c->n_kv * hd;
-        for (int s = 0; s < nseq; s++) {
-            const int nb = (pos0[s] + ntok[s] + bt - 1) / bt;
-            for (int b = 0; b < nb; b++) {
-                const uint16_t *blk = (const uint16_t *)seqs[s].blocks[b] + layer_off;
-                e->kptr[(size_t)s * e->max_blocks + b] = blk;
-                e->vptr[(size_t)s * e->max_blocks + b] = blk + v_off;
-            }
-        }
+        /* att = softmax(q·Kᵀ/√hd) · V over this layer's slice of the cache */
+        kv_layer_view(e, seqs, nseq, ntok, pos0, l);
         struct attn_op ao = { e, nseq, ntok, pos0 };
         mq_pool_run(pool, attn_run, &ao);
 
-        /* x += att · Woᵀ (the add happens in the next prep) */
-        struct prep_op po = { .m = m, .dim = c->n_head * hd, .src = e->att, .dst = e->att };
+        /* delta = att · Woᵀ */
         const mq_linear *o_lin[1] = { &L->o };
         float *o_out[1] = { e->delta };
-        if ((rc = project(e, pool, prec, &po, o_lin, o_out, 1)))
+        if ((rc = project(e, pool, prec, prep_plain(m, qd, e->att), o_lin, o_out, 1)))
             break;
 
-        /* FFN: xn = norm(x += attn out); gate, up */
-        struct prep_op pf = { .m = m, .dim = D, .src = e->x, .delta = e->delta, .norm = L->ffn_norm, .dst = e->xn };
+        /* residual: x += delta — fused into the FFN's residual_norm just below */
+
+        /* ffn rmsnorm: xn = rmsnorm(x += delta) · ffn_norm; gate, up = xn · Wgate/upᵀ */
         const mq_linear *gu[2] = { &L->gate, &L->up };
         float *gu_out[2] = { e->gate, e->up };
-        if ((rc = project(e, pool, prec, &pf, gu, gu_out, 2)))
+        struct prep_op ffn_in = prep_residual_norm(m, D, e->x, e->delta, L->ffn_norm, e->xn);
+        if ((rc = project(e, pool, prec, ffn_in, gu, gu_out, 2)))
             break;
 
-        /* h = silu(gate) * up; delta = h · Wdownᵀ */
-        struct prep_op pd = { .m = m, .dim = c->inter, .src = e->gate, .up = e->up, .dst = e->gate };
+        /* SwiGLU: h = silu(gate) * up, fused into the down projection's input; delta = h · Wdownᵀ */
         const mq_linear *dn[1] = { &L->down };
         float *dn_out[1] = { e->delta };
-        if ((rc = project(e, pool, prec, &pd, dn, dn_out, 1)))
+        if ((rc = project(e, pool, prec, prep_swiglu(m, c->inter, e->gate, e->up), dn, dn_out, 1)))
             break;
+
+        /* residual: x += delta — fused into the next layer's residual_norm (or the final norm) */
     }
-    if (rc)
+    if (rc || which == MQ_LOGITS_NONE)
         return rc;
 
-    /* x += last FFN output; final norm of the rows that need logits; LM head in BF16 */
-    struct prep_op pl = { .e = e,
-                          .m = m,
-                          .dim = D,
-                          .src = e->x,
-                          .delta = e->delta,
-                          .norm = md->final_norm,
-                          .dst = e->xn,
-                          .want = WANT_BF16 };
-    mq_pool_run(pool, prep_run, &pl);
-    if (!logits_rows)
-        return 0;
-    if (logits_rows == 1 && nseq == 1 && m > 1) {
-        /* only the last row: move its BF16 input to row 0 */
-        memmove(e->xb16, e->xb16 + (size_t)(m - 1) * D, (size_t)D * 2);
-        m = 1;
-    } else if (logits_rows == 1 && nseq > 1) {
-        for (int s = 0; s < nseq; s++)
-            memmove(e->xb16 + (size_t)s * D, e->xb16 + (size_t)(e->seq_row0[s] + ntok[s] - 1) * D, (size_t)D * 2);
-        m = nseq;
-    }
-    struct mq_linear head = { .bf16 = md->lm_head };
-    struct gemm_op g = { e, MQ_PREC_BF16, m, 1, { &head }, { logits } };
-    mq_pool_run(pool, gemm_run, &g);
+    /* final rmsnorm: xn = rmsnorm(x += delta) · final_norm, in BF16 for the LM head */
+    struct prep_op out = prep_residual_norm(m, D, e->x, e->delta, md->final_norm, e->xn);
+    out.e = e;
+    out.want = WANT_BF16;
+    mq_pool_run(pool, prep_run, &out);
+    /* logits = xn · Wheadᵀ (BF16 in every mode) */
+    lm_head(e, pool, m, nseq, ntok, logits, which);
     return 0;
 }
 
 int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
-                      mq_prec prec, float *logits, int logits_rows)
+                      mq_prec prec, float *logits, mq_logits which)
 {
-    if (n < 1 || n > e->max_chunk || (logits_rows != 0 && logits_rows != 1 && logits_rows != n))
+    if (n < 1 || n > e->max_chunk || (which != MQ_LOGITS_NONE && which != MQ_LOGITS_LAST && which != MQ_LOGITS_ALL) ||
+        (which != MQ_LOGITS_NONE && !logits))
         return -EINVAL;
-    return forward_rows(e, pool, seq, 1, &n, &pos0, tokens, prec, logits, logits_rows == n && n > 1 ? n : logits_rows);
+    return forward_rows(e, pool, seq, 1, &n, &pos0, tokens, prec, logits, which);
 }
 
 int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const int *tokens, const int *pos, int nseq,
                      mq_prec prec, float *logits)
 {
-    if (nseq < 1 || nseq > e->max_batch)
+    if (nseq < 1 || nseq > e->max_batch || !logits)
         return -EINVAL;
-    return forward_rows(e, pool, seqs, nseq, e->ones, pos, tokens, prec, logits, 1);
+    return forward_rows(e, pool, seqs, nseq, e->ones, pos, tokens, prec, logits, MQ_LOGITS_LAST);
+}
+
+int mq_engine_prefill_chunk(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                            mq_prec_mode mode, float *logits_last)
+{
+    const mq_prec prompt = mq_prec_mode_prompt(mode), last = mq_prec_mode_decode(mode);
+    if (!logits_last)
+        return mq_engine_forward(e, pool, seq, tokens, n, pos0, prompt, NULL, MQ_LOGITS_NONE);
+    if (prompt == last)
+        return mq_engine_forward(e, pool, seq, tokens, n, pos0, prompt, logits_last, MQ_LOGITS_LAST);
+    /* mixed: the chunk's tokens but the last in the prompt precision (KV only), then the
+     * prompt's last token alone in the decode precision, with logits */
+    int rc = n > 1 ? mq_engine_forward(e, pool, seq, tokens, n - 1, pos0, prompt, NULL, MQ_LOGITS_NONE) : 0;
+    if (!rc)
+        rc = mq_engine_forward(e, pool, seq, tokens + n - 1, 1, pos0 + n - 1, last, logits_last, MQ_LOGITS_LAST);
+    return rc;
 }
 
 int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
-                     mq_mode mode, float *logits_last)
+                     mq_prec_mode mode, float *logits_last)
 {
-    if (n < 1)
+    if (n < 1 || !logits_last)
         return -EINVAL;
-    /* mixed: all but the last token in NVFP4 (KV only), the last one in BF16 */
-    const mq_prec body = mode == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
-    const int n_body = mode == MQ_MODE_MIXED ? n - 1 : n;
     int rc = 0;
-    for (int i = 0; i < n_body && !rc; i += e->max_chunk) {
-        const int len = n_body - i < e->max_chunk ? n_body - i : e->max_chunk;
-        const int last = i + len == n_body && mode != MQ_MODE_MIXED;
-        rc = mq_engine_forward(e, pool, seq, tokens + i, len, pos0 + i, body, last ? logits_last : NULL, last);
+    for (int i = 0; i < n && !rc; i += e->max_chunk) {
+        const int len = n - i < e->max_chunk ? n - i : e->max_chunk;
+        rc = mq_engine_prefill_chunk(e, pool, seq, tokens + i, len, pos0 + i, mode, i + len == n ? logits_last : NULL);
     }
-    if (!rc && mode == MQ_MODE_MIXED)
-        rc = mq_engine_forward(e, pool, seq, tokens + n - 1, 1, pos0 + n - 1, MQ_PREC_BF16, logits_last, 1);
     return rc;
 }

@@ -11,12 +11,12 @@
  * caller (KV store, tests) owns and allocates the blocks and must give enough of them
  * to cover every position written.
  *
- * Precision: MQ_PREC_BF16 runs the BF16 linears (activations rounded to BF16, FP32
- * accumulation), MQ_PREC_FP4 the NVFP4 linears (activations quantized per call with the
- * dynamic global scale 2688/amax, or the checkpoint's static one). Embedding, norms,
- * RoPE, attention, KV and LM head are BF16/FP32 in both (NVFP4.md).
- * Modes (mq_engine_prompt): mixed = tokens 0..n-2 FP4 (KV only), last token BF16 with
- * logits; bf16 = all BF16; fp4 = all FP4. Decode precision per mode: mq_mode_decode_prec.
+ * Precision (engine/prec_mode.h): MQ_PREC_BF16 runs the BF16 linears (activations
+ * rounded to BF16, FP32 accumulation), MQ_PREC_FP4 the NVFP4 linears (activations
+ * quantized per call with the dynamic global scale 2688/amax, or the checkpoint's static
+ * one). Embedding, norms, RoPE, attention, KV and LM head are BF16/FP32 in both (NVFP4.md).
+ * A mode's rule for prompts is applied here, chunk by chunk (mq_engine_prefill_chunk):
+ * the scheduler (mqd), mq_engine_prompt and the tests all run prompts through it.
  */
 #ifndef MQ_ENGINE_ENGINE_H
 #define MQ_ENGINE_ENGINE_H
@@ -26,13 +26,7 @@
 
 #include "engine/model.h"
 #include "engine/pool.h"
-
-typedef enum { MQ_MODE_MIXED, MQ_MODE_BF16, MQ_MODE_FP4 } mq_mode;
-typedef enum { MQ_PREC_BF16, MQ_PREC_FP4 } mq_prec;
-
-const char *mq_mode_name(mq_mode m);
-int mq_mode_parse(const char *s, mq_mode *m); /* "mixed" | "bf16" | "fp4"; -EINVAL */
-mq_prec mq_mode_decode_prec(mq_mode m);       /* fp4 -> FP4, else BF16 */
+#include "engine/prec_mode.h"
 
 /* One sequence's KV: blocks[b] holds positions [b*block_tokens, (b+1)*block_tokens). */
 typedef struct mq_kv_seq {
@@ -55,23 +49,38 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
 void mq_engine_free(mq_engine *e);
 size_t mq_engine_scratch_bytes(const mq_engine *e);
 
-/* Prefill chunk: tokens[0..n) at positions pos0..pos0+n-1 of seq, in precision prec.
- * Writes K/V of those positions; positions < pos0 must already be in the KV.
- * logits_rows: 0 = none, 1 = the last token's logits in logits[vocab], n = every token's
- * in logits[n, vocab]. Forward with pos0 = 0, c, 2c, ... equals one big forward.
- * 0 or negative errno (-EINVAL: n > max_chunk, a token outside the vocabulary, too few
- * KV blocks; -EDOM: the activations went NaN/Inf). */
+/* Which rows of a forward get logits. */
+typedef enum {
+    MQ_LOGITS_NONE = 0, /* KV only */
+    MQ_LOGITS_LAST = 1, /* the last row of each sequence: logits[nseq, vocab] */
+    MQ_LOGITS_ALL = 2,  /* every row: logits[n, vocab] */
+} mq_logits;
+
+/* Forward of one chunk: tokens[0..n) at positions pos0..pos0+n-1 of seq, every linear in
+ * precision prec. Writes K/V of those positions; positions < pos0 must already be in the
+ * KV. Forward with pos0 = 0, c, 2c, ... equals one big forward (NVFP4: up to the
+ * activation scale, which is taken per call). 0 or negative errno (-EINVAL: n >
+ * max_chunk, a token outside the vocabulary, too few KV blocks, `which` not an
+ * mq_logits; -EDOM: the activations went NaN/Inf). */
 int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
-                      mq_prec prec, float *logits, int logits_rows);
+                      mq_prec prec, float *logits, mq_logits which);
 
 /* Decode step for a batch: sequence s gets tokens[s] at position pos[s] (its KV holds
  * 0..pos[s]-1); logits[nseq, vocab]. The linears run once over the whole batch. */
 int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const int *tokens, const int *pos, int nseq,
                      mq_prec prec, float *logits);
 
-/* A whole prompt (or its new part from pos0) under mode's rule, chunked by max_chunk;
- * logits_last[vocab] = the last token's logits (from BF16 in mixed and bf16 modes). */
+/* One chunk of a prompt under mode's rule (prec_mode.h): tokens[0..n) at pos0.. of seq.
+ * logits_last is NULL for a chunk inside the prompt (all of it runs at the prompt
+ * precision, KV only); the chunk that ends the prompt passes where its last token's
+ * logits go, and that token runs at the decode precision (in mixed mode it is a second,
+ * one-row BF16 forward after the NVFP4 rows). n <= max_chunk. */
+int mq_engine_prefill_chunk(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                            mq_prec_mode mode, float *logits_last);
+
+/* A whole prompt (or its new part from pos0) in chunks of max_chunk through
+ * mq_engine_prefill_chunk; logits_last[vocab] (required) = the last token's logits. */
 int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
-                     mq_mode mode, float *logits_last);
+                     mq_prec_mode mode, float *logits_last);
 
 #endif

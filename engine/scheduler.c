@@ -52,14 +52,14 @@ struct req {
     char *stop[MQ_SCHED_MAX_STOP_STRS];
     mq_sink sink;
     int state;
-    int end_code; /* atomic: 0 or 1 + mq_end_reason requested by cancel */
+    int end_code; /* atomic: 0 or 1 + mq_sched_end_reason requested by cancel */
     int hist0;    /* history length before this request */
     int kv0;      /* session KV before admission */
     int limit;    /* history length at which generation stops */
     int reserved; /* KV blocks still reserved */
     int generated;
     int emitted_first;
-    mq_req_stats st;
+    mq_sched_req_stats st;
     double t_submit, t_first_chunk, t_prefill_busy, t_first_tok, t_last_tok;
     mq_tok_stream ts;
     mq_sampler smp; /* per-request sampling state (engine/sampler.h) */
@@ -91,7 +91,6 @@ struct mq_sched {
     mq_model *model;
     mq_tokenizer *tok;
     int vocab, max_blocks;
-    mq_mode mode;
     mq_kv_store *kv;
     mq_pool *pf_pool, *dec_pool;
     mq_engine *pf_eng, *dec_eng;
@@ -127,20 +126,20 @@ void mq_sched_opts_default(mq_sched_opts *o)
     o->max_queued = 64;
     o->max_sessions = 256;
     o->block_tokens = 64;
-    o->mode = MQ_SCHED_MIXED;
+    o->mode = MQ_PREC_MODE_MIXED;
     o->on_kv_full = MQ_KV_FULL_WAIT;
     o->kv_hugetlb = 1;
 }
 
-const char *mq_end_reason_name(mq_end_reason r)
+const char *mq_sched_end_reason_name(mq_sched_end_reason r)
 {
     switch (r) {
-    case MQ_END_STOP_TOKEN: return "stop_token";
-    case MQ_END_STOP_STRING: return "stop_string";
-    case MQ_END_LENGTH: return "length";
-    case MQ_END_CANCEL: return "cancel";
-    case MQ_END_CLIENT_GONE: return "client_gone";
-    case MQ_END_ERROR: return "error";
+    case MQ_SCHED_END_STOP_TOKEN: return "stop_token";
+    case MQ_SCHED_END_STOP_STRING: return "stop_string";
+    case MQ_SCHED_END_LENGTH: return "length";
+    case MQ_SCHED_END_CANCEL: return "cancel";
+    case MQ_SCHED_END_CLIENT_GONE: return "client_gone";
+    case MQ_SCHED_END_ERROR: return "error";
     }
     return "?";
 }
@@ -291,13 +290,14 @@ static void fill_stats(struct req *r, double t_end)
 
 /* Unlinks a finished request from its session (s->mu held). The caller then calls
  * finish_notify without the lock. */
-static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err)
+static void finish_locked(mq_sched *s, struct req *r, mq_sched_end_reason why, int err)
 {
     struct session *ss = r->ss;
     if (r->reserved)
         mq_kv_unreserve(s->kv, r->reserved);
     r->reserved = 0;
-    if (!r->emitted_first && (why == MQ_END_CANCEL || why == MQ_END_CLIENT_GONE || why == MQ_END_ERROR)) {
+    if (!r->emitted_first &&
+        (why == MQ_SCHED_END_CANCEL || why == MQ_SCHED_END_CLIENT_GONE || why == MQ_SCHED_END_ERROR)) {
         /* nothing was generated: the request leaves the history as it found it */
         ss->n_hist = r->hist0;
         if (ss->n_kv > ss->n_hist)
@@ -310,7 +310,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     s->tok_cached += (uint64_t)r->st.cached_tokens;
     s->tok_prefilled += (uint64_t)r->st.prefilled_tokens;
     s->tok_generated += (uint64_t)r->generated;
-    if (why == MQ_END_ERROR)
+    if (why == MQ_SCHED_END_ERROR)
         s->req_failed++;
     else
         s->req_done++;
@@ -319,7 +319,7 @@ static void finish_locked(mq_sched *s, struct req *r, mq_end_reason why, int err
     pthread_cond_signal(&s->pf_cv); /* blocks may have freed up for a waiting request */
 }
 
-static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err, const char *msg)
+static void finish_notify(mq_sched *s, struct req *r, mq_sched_end_reason why, int err, const char *msg)
 {
     fill_stats(r, mq_now_s());
     if (r->sink.on_done)
@@ -329,6 +329,75 @@ static void finish_notify(mq_sched *s, struct req *r, mq_end_reason why, int err
     pthread_cond_broadcast(&s->done_cv);
     pthread_mutex_unlock(&s->mu);
     req_free(r);
+}
+
+/* Ends a request its driver has unlinked: the session and the stats under s->mu, then
+ * on_done without it. Called and returns with s->mu held (dropped in between). */
+static void end_request(mq_sched *s, struct req *r, mq_sched_end_reason why, int err, const char *msg)
+{
+    finish_locked(s, r, why, err);
+    pthread_mutex_unlock(&s->mu);
+    finish_notify(s, r, why, err, msg);
+    pthread_mutex_lock(&s->mu);
+}
+
+/* Asks a request to end at its driver's next step (the first reason asked wins). */
+static void flag_end(mq_sched *s, struct req *r, mq_sched_end_reason why)
+{
+    int zero = 0;
+    __atomic_compare_exchange_n(&r->end_code, &zero, 1 + (int)why, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    pthread_cond_broadcast(&s->pf_cv);
+    pthread_cond_broadcast(&s->dec_cv);
+}
+
+/* Ends the first request of `list` (linked by next) that was asked to end, after
+ * unlinking it; 1 if there was one. Called and returns with s->mu held. */
+static int sweep_cancelled(mq_sched *s, struct req *list, void (*unlink)(mq_sched *, struct req *))
+{
+    for (struct req *q = list; q; q = q->next) {
+        int code = __atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE);
+        if (code) {
+            mq_sched_end_reason why = (mq_sched_end_reason)(code - 1);
+            unlink(s, q);
+            end_request(s, q, why, 0, why == MQ_SCHED_END_CANCEL ? "cancelled" : "client gone");
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A driver with nothing to run sleeps until woken, at most SCHED_IDLE_TICK_MS: its
+ * progress counter must keep moving for the watchdog. */
+static void idle_wait(mq_sched *s, pthread_cond_t *cv)
+{
+    struct timespec ts;
+    mq_deadline_in(&ts, CLOCK_REALTIME, SCHED_IDLE_TICK_MS);
+    pthread_cond_timedwait(cv, &s->mu, &ts);
+}
+
+/* Sessions with a request running (and, with notifying, those whose on_done has not
+ * returned yet). s->mu held. */
+static int busy_sessions(const mq_sched *s, int notifying)
+{
+    int n = 0;
+    for (const struct session *ss = s->sessions; ss; ss = ss->next)
+        n += ss->req != NULL || (notifying && ss->notifying);
+    return n;
+}
+
+/* Asks every running request to end (s->mu held). */
+static void cancel_all(mq_sched *s)
+{
+    for (struct session *ss = s->sessions; ss; ss = ss->next)
+        if (ss->req)
+            flag_end(s, ss->req, MQ_SCHED_END_CANCEL);
+}
+
+/* Waits (s->mu held) until no request runs and no on_done is in flight. */
+static void wait_quiet(mq_sched *s)
+{
+    while (busy_sessions(s, 1))
+        pthread_cond_wait(&s->done_cv, &s->mu);
 }
 
 static void queue_remove(mq_sched *s, struct req *r)
@@ -392,7 +461,7 @@ static int is_stop_id(mq_sched *s, const struct req *r, int32_t id)
 }
 
 /* Appends the sampled token to the history, emits its text and decides whether the
- * request ends: returns 0 to go on, or 1 + mq_end_reason. */
+ * request ends: returns 0 to go on, or 1 + mq_sched_end_reason. */
 static int accept_token(mq_sched *s, struct req *r, int32_t id)
 {
     struct session *ss = r->ss;
@@ -405,9 +474,9 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
     r->emitted_first = 1;
     int end = 0;
     if (is_stop_id(s, r, id))
-        end = 1 + MQ_END_STOP_TOKEN;
+        end = 1 + MQ_SCHED_END_STOP_TOKEN;
     else if (ss->n_hist + 1 >= r->limit)
-        end = 1 + MQ_END_LENGTH;
+        end = 1 + MQ_SCHED_END_LENGTH;
     /* text: the tokenizer's streaming decoder (UTF-8 complete), then the stop-string
      * matcher, which withholds what may be the start of a stop string */
     char buf[1024], out[2048];
@@ -428,7 +497,7 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
         size_t rl = 0;
         int st = len > 0 ? mq_stop_feed(&r->stopper, buf, (size_t)len, &rel, &rl) : 0;
         if (st > 0)
-            end = 1 + MQ_END_STOP_STRING;
+            end = 1 + MQ_SCHED_END_STOP_STRING;
         if (rl > sizeof out)
             rl = sizeof out;
         if (rl)
@@ -500,158 +569,154 @@ static int ensure_blocks(mq_sched *s, struct req *r, int upto)
     return 0;
 }
 
-static mq_prec prefill_prec(mq_mode m)
+/* The request the prefill driver runs a chunk of next (s->mu held): the queue's first
+ * QUEUED request if the KV store admits it (FIFO: nobody overtakes a waiting head), else
+ * the first started prefill; NULL: nothing to run now. A head the store can never take
+ * ends here with its error, and *again says to look anew (s->mu was dropped). */
+static struct req *pick(mq_sched *s, int *again)
 {
-    return m == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
+    char msg[256];
+    struct req *head = s->queue_head;
+    while (head && head->state != RQ_QUEUED)
+        head = head->next;
+    int a = head ? admit(s, head, msg, sizeof msg) : 0;
+    if (a > 0) {
+        head->state = RQ_PREFILL;
+        s->n_queued--;
+        s->n_prefilling++;
+        head->t_first_chunk = mq_now_s();
+        return head;
+    }
+    if (a < 0) {
+        queue_remove(s, head);
+        end_request(s, head, MQ_SCHED_END_ERROR, a, msg);
+        *again = 1;
+        return NULL;
+    }
+    for (struct req *q = s->queue_head; q; q = q->next) /* the head waits for blocks, if any */
+        if (q->state == RQ_PREFILL)
+            return q;
+    return NULL;
 }
 
-static void *prefill_main(void *arg)
+/* One prefill chunk of a request: positions [pos0, pos0 + n) of its session. */
+struct chunk {
+    int pos0, n;
+    int last;  /* the chunk ends the prompt: its last token gives the first sampled token */
+    int rc;    /* 0 or the engine's / block allocation's negative errno */
+    int end;   /* after the first token: 0 or 1 + the reason generation ends */
+    double dt; /* engine time */
+    mq_kv_seq seq;
+};
+
+/* Sizes the request's next chunk and gives it KV blocks (s->mu held). First it takes the
+ * blocks other sessions published since its last chunk: agents that send the same
+ * system prompt at the same time then read it once between them, each chunk by
+ * whichever of them gets to it first. */
+static struct chunk take_chunk(mq_sched *s, struct req *r)
 {
-    mq_sched *s = arg;
-    char msg[256];
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        __atomic_add_fetch(&s->pf_progress, 1, __ATOMIC_RELAXED);
-        /* 1. cancelled requests in the queue end now */
-        struct req *r = NULL;
-        for (struct req *q = s->queue_head; q; q = q->next)
-            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) {
-                r = q;
-                break;
-            }
-        if (r) {
-            queue_remove(s, r);
-            mq_end_reason why = (mq_end_reason)(r->end_code - 1);
-            finish_locked(s, r, why, 0);
-            pthread_mutex_unlock(&s->mu);
-            finish_notify(s, r, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
-            pthread_mutex_lock(&s->mu);
-            continue;
-        }
-        /* 2. pick: admit the first queued request if the store can take it (FIFO:
-         * nobody overtakes a waiting head), else the first started prefill. A prefill
-         * that ran a chunk goes to the queue's tail: long prompts take turns, and a
-         * short prompt arriving meanwhile gets its first chunk at once. */
-        r = NULL;
-        int failed = 0;
-        for (struct req *q = s->queue_head; q; q = q->next) {
-            if (q->state != RQ_QUEUED)
-                continue;
-            int a = admit(s, q, msg, sizeof msg);
-            if (a > 0) {
-                q->state = RQ_PREFILL;
-                s->n_queued--;
-                s->n_prefilling++;
-                q->t_first_chunk = mq_now_s();
-                r = q;
-            } else if (a < 0) {
-                queue_remove(s, q);
-                finish_locked(s, q, MQ_END_ERROR, a);
-                pthread_mutex_unlock(&s->mu);
-                finish_notify(s, q, MQ_END_ERROR, a, msg);
-                pthread_mutex_lock(&s->mu);
-                failed = 1;
-            }
-            break;
-        }
-        if (failed)
-            continue;
-        for (struct req *q = s->queue_head; q && !r; q = q->next)
-            if (q->state == RQ_PREFILL)
-                r = q;
-        if (!r) {
-            struct timespec ts;
-            mq_deadline_in(&ts, CLOCK_REALTIME, SCHED_IDLE_TICK_MS);
-            pthread_cond_timedwait(&s->pf_cv, &s->mu, &ts);
-            continue;
-        }
-        /* 3. one chunk. First take the blocks other sessions published since the last
-         * chunk: agents that send the same system prompt at the same time then read it
-         * once between them, each chunk by whichever of them gets to it first. */
-        struct session *ss = r->ss;
-        int had = ss->n_kv, had_blk = ss->n_blk;
-        lookup_prefix(s, ss);
-        r->st.cached_tokens += ss->n_kv - had;
-        /* each block found replaces one this request reserved to allocate: hand those back,
-         * so that pinning a cached block never eats into another request's reservation */
-        int found = ss->n_blk - had_blk < r->reserved ? ss->n_blk - had_blk : r->reserved;
-        if (found > 0) {
-            mq_kv_unreserve(s->kv, found);
-            r->reserved -= found;
-        }
-        int pos0 = ss->n_kv;
-        int n = ss->n_hist - pos0;
-        if (n > s->o.chunk_tokens)
-            n = s->o.chunk_tokens;
-        int last = pos0 + n == ss->n_hist;
-        int rc = ensure_blocks(s, r, pos0 + n);
-        mq_kv_seq seq = { .blocks = ss->ptr, .n_blocks = ss->n_blk };
-        pthread_mutex_unlock(&s->mu);
+    struct session *ss = r->ss;
+    int had = ss->n_kv, had_blk = ss->n_blk;
+    lookup_prefix(s, ss);
+    r->st.cached_tokens += ss->n_kv - had;
+    /* each block found replaces one this request reserved to allocate: hand those back,
+     * so that pinning a cached block never eats into another request's reservation */
+    int found = ss->n_blk - had_blk < r->reserved ? ss->n_blk - had_blk : r->reserved;
+    if (found > 0) {
+        mq_kv_unreserve(s->kv, found);
+        r->reserved -= found;
+    }
+    struct chunk c = { .pos0 = ss->n_kv };
+    c.n = ss->n_hist - c.pos0 < s->o.chunk_tokens ? ss->n_hist - c.pos0 : s->o.chunk_tokens;
+    c.last = c.pos0 + c.n == ss->n_hist;
+    c.rc = ensure_blocks(s, r, c.pos0 + c.n);
+    c.seq = (mq_kv_seq){ .blocks = ss->ptr, .n_blocks = ss->n_blk };
+    return c;
+}
 
-        double t0 = mq_now_s();
-        const int *toks = (const int *)ss->hist + pos0;
-        if (rc == 0) {
-            if (!last) {
-                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), NULL, 0);
-            } else if (s->mode == MQ_MODE_MIXED) {
-                /* mixed: the prompt in NVFP4, its last token in BF16 with logits */
-                if (n > 1)
-                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n - 1, pos0, MQ_PREC_FP4, NULL, 0);
-                if (rc == 0)
-                    rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks + n - 1, 1, pos0 + n - 1, MQ_PREC_BF16,
-                                           s->pf_logits, 1);
-            } else {
-                rc = mq_engine_forward(s->pf_eng, s->pf_pool, &seq, toks, n, pos0, prefill_prec(s->mode), s->pf_logits,
-                                       1);
-            }
-        }
-        double dt = mq_now_s() - t0;
-        int end = 0;
-        if (rc == 0 && last)
-            end = accept_token(s, r, sample(s, r, s->pf_logits));
+/* The engine on the chunk under the mode's rule and, when it ends the prompt, the first
+ * token. Runs without s->mu: the driver owns the request. */
+static void run_chunk(mq_sched *s, struct req *r, struct chunk *c)
+{
+    const int *toks = (const int *)r->ss->hist + c->pos0;
+    double t0 = mq_now_s();
+    if (c->rc == 0)
+        c->rc = mq_engine_prefill_chunk(s->pf_eng, s->pf_pool, &c->seq, toks, c->n, c->pos0, s->o.mode,
+                                        c->last ? s->pf_logits : NULL);
+    c->dt = mq_now_s() - t0;
+    if (c->rc == 0 && c->last)
+        c->end = accept_token(s, r, sample(s, r, s->pf_logits));
+}
 
-        pthread_mutex_lock(&s->mu);
-        s->pf_busy_s += dt;
-        r->t_prefill_busy += dt;
-        if (rc < 0) {
-            snprintf(msg, sizeof msg, "prefill of positions %d..%d failed: %s", pos0, pos0 + n - 1, strerror(-rc));
-            truncate_kv(s, ss, pos0);
-            queue_remove(s, r);
-            finish_locked(s, r, MQ_END_ERROR, rc);
-            pthread_mutex_unlock(&s->mu);
-            finish_notify(s, r, MQ_END_ERROR, rc, msg);
-            pthread_mutex_lock(&s->mu);
-            continue;
-        }
-        ss->n_kv += n;
-        r->st.prefilled_tokens += n;
-        publish_full_blocks(s, ss);
-        if (!last && r != s->queue_tail) {
-            /* round-robin: the next chunk goes to another prompt being read, if any */
+/* Moves a request whose prompt is read (and first token sampled) to the decode list. */
+static void start_decode(mq_sched *s, struct req *r)
+{
+    r->state = RQ_DECODE;
+    r->next = s->decoding;
+    s->decoding = r;
+    s->n_decoding++;
+    pthread_cond_signal(&s->dec_cv);
+}
+
+/* Publishes the chunk (s->mu held): the session's KV grows, full blocks go to the
+ * index; then the request takes its turn again (round-robin), starts decoding, or ends. */
+static void finish_chunk(mq_sched *s, struct req *r, const struct chunk *c)
+{
+    struct session *ss = r->ss;
+    s->pf_busy_s += c->dt;
+    r->t_prefill_busy += c->dt;
+    if (c->rc < 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "prefill of positions %d..%d failed: %s", c->pos0, c->pos0 + c->n - 1,
+                 strerror(-c->rc));
+        truncate_kv(s, ss, c->pos0);
+        queue_remove(s, r);
+        end_request(s, r, MQ_SCHED_END_ERROR, c->rc, msg);
+        return;
+    }
+    ss->n_kv += c->n;
+    r->st.prefilled_tokens += c->n;
+    publish_full_blocks(s, ss);
+    if (!c->last) {
+        if (r != s->queue_tail) { /* round-robin: the next chunk goes to another prompt being read, if any */
             queue_remove(s, r);
             r->state = RQ_PREFILL;
             s->n_prefilling++;
             s->queue_tail->next = r;
             s->queue_tail = r;
         }
-        if (last) {
-            ss->n_hist++; /* the sampled token */
-            queue_remove(s, r);
-            int cancel = __atomic_load_n(&r->end_code, __ATOMIC_ACQUIRE);
-            if (end || cancel) {
-                mq_end_reason why = (mq_end_reason)((end ? end : cancel) - 1);
-                finish_locked(s, r, why, 0);
-                pthread_mutex_unlock(&s->mu);
-                finish_notify(s, r, why, 0, "");
-                pthread_mutex_lock(&s->mu);
-            } else {
-                r->state = RQ_DECODE;
-                r->next = s->decoding;
-                s->decoding = r;
-                s->n_decoding++;
-                pthread_cond_signal(&s->dec_cv);
-            }
+        return;
+    }
+    ss->n_hist++; /* the sampled token */
+    queue_remove(s, r);
+    int code = c->end ? c->end : __atomic_load_n(&r->end_code, __ATOMIC_ACQUIRE);
+    if (code)
+        end_request(s, r, (mq_sched_end_reason)(code - 1), 0, "");
+    else
+        start_decode(s, r);
+}
+
+static void *prefill_main(void *arg)
+{
+    mq_sched *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        __atomic_add_fetch(&s->pf_progress, 1, __ATOMIC_RELAXED);
+        if (sweep_cancelled(s, s->queue_head, queue_remove))
+            continue;
+        int again = 0;
+        struct req *r = pick(s, &again);
+        if (again)
+            continue;
+        if (!r) {
+            idle_wait(s, &s->pf_cv);
+            continue;
         }
+        struct chunk c = take_chunk(s, r);
+        pthread_mutex_unlock(&s->mu);
+        run_chunk(s, r, &c);
+        pthread_mutex_lock(&s->mu);
+        finish_chunk(s, r, &c);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -659,227 +724,237 @@ static void *prefill_main(void *arg)
 
 /* ---- the decode driver ---- */
 
+/* What one decode step runs: up to max_batch requests, one token each. */
+struct batch {
+    int n;
+    struct req **r;
+    mq_kv_seq *seqs;
+    int *toks, *pos, *ends;
+};
+
+/* Fills the batch with every decoding request, rotating the start when there are more
+ * than max_batch, and gives each its next position's KV block (s->mu held). 0 or the
+ * block allocation's negative errno (which a correct reservation rules out). */
+static int pick_batch(mq_sched *s, struct batch *b)
+{
+    const int mb = s->o.max_batch;
+    int nb = 0, skip = s->n_decoding > mb ? s->rr_decode++ % s->n_decoding : 0;
+    for (struct req *q = s->decoding; q && nb < mb; q = q->next) {
+        if (skip > 0) {
+            skip--;
+            continue;
+        }
+        b->r[nb++] = q;
+    }
+    for (struct req *q = s->decoding; q && nb < mb && nb < s->n_decoding; q = q->next) {
+        int dup = 0;
+        for (int i = 0; i < nb; i++)
+            dup |= b->r[i] == q;
+        if (!dup)
+            b->r[nb++] = q;
+    }
+    b->n = nb;
+    int rc = 0;
+    for (int i = 0; i < nb; i++) {
+        struct session *ss = b->r[i]->ss;
+        int e = ensure_blocks(s, b->r[i], ss->n_kv + 1);
+        if (e < 0)
+            rc = e;
+        b->seqs[i] = (mq_kv_seq){ .blocks = ss->ptr, .n_blocks = ss->n_blk };
+        b->toks[i] = ss->hist[ss->n_kv];
+        b->pos[i] = ss->n_kv;
+    }
+    return rc;
+}
+
+/* Publishes one decode step (s->mu held): each request's KV and history grow by its
+ * token; requests that stopped (or whose step failed, rc < 0) end. */
+static void finish_batch(mq_sched *s, const struct batch *b, int rc)
+{
+    for (int i = 0; i < b->n; i++) {
+        struct req *r = b->r[i];
+        struct session *ss = r->ss;
+        if (rc < 0) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "decode step failed: %s", strerror(-rc));
+            decode_remove(s, r);
+            end_request(s, r, MQ_SCHED_END_ERROR, rc, msg);
+            continue;
+        }
+        ss->n_kv++;
+        ss->n_hist++;
+        publish_full_blocks(s, ss);
+        if (b->ends[i]) {
+            decode_remove(s, r);
+            end_request(s, r, (mq_sched_end_reason)(b->ends[i] - 1), 0, "");
+        }
+    }
+}
+
 static void *decode_main(void *arg)
 {
     mq_sched *s = arg;
-    int mb = s->o.max_batch;
-    struct req **batch = calloc((size_t)mb, sizeof *batch);
-    mq_kv_seq *seqs = calloc((size_t)mb, sizeof *seqs);
-    int *toks = calloc((size_t)mb, sizeof(int)), *pos = calloc((size_t)mb, sizeof(int));
-    int *ends = calloc((size_t)mb, sizeof(int));
+    const size_t mb = (size_t)s->o.max_batch;
+    struct batch b = { .r = calloc(mb, sizeof *b.r),
+                       .seqs = calloc(mb, sizeof *b.seqs),
+                       .toks = calloc(mb, sizeof(int)),
+                       .pos = calloc(mb, sizeof(int)),
+                       .ends = calloc(mb, sizeof(int)) };
     pthread_mutex_lock(&s->mu);
-    while (!s->stop && batch && seqs && toks && pos && ends) {
+    while (!s->stop && b.r && b.seqs && b.toks && b.pos && b.ends) {
         __atomic_add_fetch(&s->dec_progress, 1, __ATOMIC_RELAXED);
-        /* cancelled requests end at this step */
-        struct req *c = NULL;
-        for (struct req *q = s->decoding; q; q = q->next)
-            if (__atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE)) {
-                c = q;
-                break;
-            }
-        if (c) {
-            decode_remove(s, c);
-            mq_end_reason why = (mq_end_reason)(c->end_code - 1);
-            finish_locked(s, c, why, 0);
-            pthread_mutex_unlock(&s->mu);
-            finish_notify(s, c, why, 0, why == MQ_END_CANCEL ? "cancelled" : "client gone");
-            pthread_mutex_lock(&s->mu);
+        if (sweep_cancelled(s, s->decoding, decode_remove))
             continue;
-        }
         if (!s->decoding) {
-            struct timespec ts;
-            mq_deadline_in(&ts, CLOCK_REALTIME, SCHED_IDLE_TICK_MS);
-            pthread_cond_timedwait(&s->dec_cv, &s->mu, &ts);
+            idle_wait(s, &s->dec_cv);
             continue;
         }
-        /* the batch: every decoding request, rotating the start when over max_batch */
-        int nb = 0, skip = s->n_decoding > mb ? s->rr_decode++ % s->n_decoding : 0;
-        for (struct req *q = s->decoding; q && nb < mb; q = q->next) {
-            if (skip > 0) {
-                skip--;
-                continue;
-            }
-            batch[nb++] = q;
-        }
-        for (struct req *q = s->decoding; q && nb < mb && nb < s->n_decoding; q = q->next) {
-            int dup = 0;
-            for (int i = 0; i < nb; i++)
-                dup |= batch[i] == q;
-            if (!dup)
-                batch[nb++] = q;
-        }
-        int fail = 0;
-        for (int i = 0; i < nb; i++) {
-            struct session *ss = batch[i]->ss;
-            int rc = ensure_blocks(s, batch[i], ss->n_kv + 1);
-            if (rc < 0)
-                fail = rc; /* cannot happen with a correct reservation */
-            seqs[i] = (mq_kv_seq){ .blocks = ss->ptr, .n_blocks = ss->n_blk };
-            toks[i] = ss->hist[ss->n_kv];
-            pos[i] = ss->n_kv;
-        }
+        int rc = pick_batch(s, &b);
         pthread_mutex_unlock(&s->mu);
 
         double t0 = mq_now_s();
-        int rc = fail ? fail
-                      : mq_engine_decode(s->dec_eng, s->dec_pool, seqs, toks, pos, nb, mq_mode_decode_prec(s->mode),
-                                         s->dec_logits);
+        if (rc == 0)
+            rc = mq_engine_decode(s->dec_eng, s->dec_pool, b.seqs, b.toks, b.pos, b.n, mq_prec_mode_decode(s->o.mode),
+                                  s->dec_logits);
         double dt = mq_now_s() - t0;
-        for (int i = 0; i < nb; i++)
-            ends[i] = rc < 0 ? 0 : accept_token(s, batch[i], sample(s, batch[i], s->dec_logits + (size_t)i * s->vocab));
+        for (int i = 0; i < b.n; i++)
+            b.ends[i] = rc < 0 ? 0 : accept_token(s, b.r[i], sample(s, b.r[i], s->dec_logits + (size_t)i * s->vocab));
 
         pthread_mutex_lock(&s->mu);
         s->dec_busy_s += dt;
-        for (int i = 0; i < nb; i++) {
-            struct req *r = batch[i];
-            struct session *ss = r->ss;
-            if (rc < 0) {
-                decode_remove(s, r);
-                finish_locked(s, r, MQ_END_ERROR, rc);
-                pthread_mutex_unlock(&s->mu);
-                char m[128];
-                snprintf(m, sizeof m, "decode step failed: %s", strerror(-rc));
-                finish_notify(s, r, MQ_END_ERROR, rc, m);
-                pthread_mutex_lock(&s->mu);
-                continue;
-            }
-            ss->n_kv++;
-            ss->n_hist++;
-            publish_full_blocks(s, ss);
-            if (ends[i]) {
-                decode_remove(s, r);
-                mq_end_reason why = (mq_end_reason)(ends[i] - 1);
-                finish_locked(s, r, why, 0);
-                pthread_mutex_unlock(&s->mu);
-                finish_notify(s, r, why, 0, "");
-                pthread_mutex_lock(&s->mu);
-            }
-        }
+        finish_batch(s, &b, rc);
     }
     pthread_mutex_unlock(&s->mu);
-    free(batch);
-    free(seqs);
-    free(toks);
-    free(pos);
-    free(ends);
+    free(b.r);
+    free(b.seqs);
+    free(b.toks);
+    free(b.pos);
+    free(b.ends);
     return NULL;
 }
 
 /* ---- public API ---- */
 
-int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer *tok, const mq_sched_opts *o, char *err,
-                    size_t errlen)
+/* Fills in defaults (a zero or negative field means default) and the context limit:
+ * the model's, capped at SCHED_MAX_CONTEXT when not given. */
+static void resolve_opts(mq_sched_opts *o, const mq_model *model)
 {
-    char e[MQ_ERRMSG_LEN] = "";
-    mq_sched *s = calloc(1, sizeof *s);
-    if (!s)
-        return -ENOMEM;
     mq_sched_opts d;
     mq_sched_opts_default(&d);
-    s->o = o ? *o : d;
-    if (s->o.prefill_threads <= 0)
-        s->o.prefill_threads = d.prefill_threads;
-    if (s->o.decode_threads <= 0)
-        s->o.decode_threads = d.decode_threads;
-    if (s->o.chunk_tokens <= 0)
-        s->o.chunk_tokens = d.chunk_tokens;
-    if (s->o.max_batch <= 0)
-        s->o.max_batch = d.max_batch;
-    if (s->o.max_queued <= 0)
-        s->o.max_queued = d.max_queued;
-    if (s->o.max_sessions <= 0)
-        s->o.max_sessions = d.max_sessions;
-    if (s->o.block_tokens <= 0)
-        s->o.block_tokens = d.block_tokens;
-    s->model = model;
-    s->tok = tok;
-    s->vocab = model->cfg.vocab;
-    s->next_id = 1;
-    int ctx = s->o.context_limit;
+    int *fields[] = { &o->prefill_threads, &o->decode_threads, &o->chunk_tokens, &o->max_batch,
+                      &o->max_queued,      &o->max_sessions,   &o->block_tokens };
+    const int defaults[] = { d.prefill_threads, d.decode_threads, d.chunk_tokens, d.max_batch,
+                             d.max_queued,      d.max_sessions,   d.block_tokens };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (*fields[i] <= 0)
+            *fields[i] = defaults[i];
+    const int max_pos = model->cfg.max_pos;
+    int ctx = o->context_limit;
     if (ctx <= 0)
-        ctx = model->cfg.max_pos > 0 && model->cfg.max_pos < SCHED_MAX_CONTEXT ? model->cfg.max_pos : SCHED_MAX_CONTEXT;
-    if (model->cfg.max_pos > 0 && ctx > model->cfg.max_pos)
-        ctx = model->cfg.max_pos;
-    s->o.context_limit = ctx;
-    s->max_blocks = blocks_for(s, ctx);
-    if (s->o.kv_blocks <= 0)
-        s->o.kv_blocks = 2 * s->max_blocks;
-    s->mode = s->o.mode == MQ_SCHED_BF16 ? MQ_MODE_BF16 : s->o.mode == MQ_SCHED_FP4 ? MQ_MODE_FP4 : MQ_MODE_MIXED;
-    int r;
-    if (s->mode != MQ_MODE_BF16 && !mq_model_has_fp4(model)) {
-        mq_errmsg(err, errlen, 0, "scheduler: mode %s needs the model's NVFP4 weights", mq_mode_name(s->mode));
-        free(s);
-        return -EINVAL;
-    }
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->pf_cv, NULL);
-    pthread_cond_init(&s->dec_cv, NULL);
-    pthread_cond_init(&s->done_cv, NULL);
+        ctx = max_pos > 0 && max_pos < SCHED_MAX_CONTEXT ? max_pos : SCHED_MAX_CONTEXT;
+    if (max_pos > 0 && ctx > max_pos)
+        ctx = max_pos;
+    o->context_limit = ctx;
+    if (o->kv_blocks <= 0)
+        o->kv_blocks = 2 * ((ctx + o->block_tokens - 1) / o->block_tokens);
+}
 
-    mq_kv_store_opts ko = { .block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens),
-                            .block_tokens = s->o.block_tokens,
-                            .n_blocks = s->o.kv_blocks,
-                            .allow_hugetlb = s->o.kv_hugetlb };
-    r = mq_kv_store_create(&s->kv, &ko, err, errlen);
-    if (r < 0)
-        goto fail_quiet;
-
+/* The two worker pools (pinned to their CPU lists) and an engine for each. */
+static int create_workers(mq_sched *s, char *err, size_t errlen)
+{
+    char e[MQ_ERRMSG_LEN] = "";
     cpu_set_t pf_set, dec_set;
-    if (s->o.prefill_cpus && parse_cpus(s->o.prefill_cpus, &pf_set) < 0) {
-        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: bad prefill CPU list \"%s\"", s->o.prefill_cpus);
-        goto fail_quiet;
-    }
-    if (s->o.decode_cpus && parse_cpus(s->o.decode_cpus, &dec_set) < 0) {
-        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: bad decode CPU list \"%s\"", s->o.decode_cpus);
-        goto fail_quiet;
-    }
-    r = mq_pool_create(&s->pf_pool, s->o.prefill_threads, s->o.prefill_cpus ? &pf_set : NULL, "mq-prefill");
+    if (s->o.prefill_cpus && parse_cpus(s->o.prefill_cpus, &pf_set) < 0)
+        return mq_errmsg(err, errlen, -EINVAL, "scheduler: bad prefill CPU list \"%s\"", s->o.prefill_cpus);
+    if (s->o.decode_cpus && parse_cpus(s->o.decode_cpus, &dec_set) < 0)
+        return mq_errmsg(err, errlen, -EINVAL, "scheduler: bad decode CPU list \"%s\"", s->o.decode_cpus);
+    int r = mq_pool_create(&s->pf_pool, s->o.prefill_threads, s->o.prefill_cpus ? &pf_set : NULL, "mq-prefill");
     if (r == 0)
         r = mq_pool_create(&s->dec_pool, s->o.decode_threads, s->o.decode_cpus ? &dec_set : NULL, "mq-decode");
-    if (r < 0) {
-        mq_errmsg(err, errlen, 0, "scheduler: creating the worker pools: %s", strerror(-r));
-        goto fail_quiet;
-    }
-    mq_engine_opts pe = {
-        .max_chunk = s->o.chunk_tokens, .max_batch = 1, .block_tokens = s->o.block_tokens, .max_context = ctx
-    };
-    mq_engine_opts de = {
-        .max_chunk = 1, .max_batch = s->o.max_batch, .block_tokens = s->o.block_tokens, .max_context = ctx
-    };
-    r = mq_engine_create(&s->pf_eng, model, &pe, e, sizeof e);
+    if (r < 0)
+        return mq_errmsg(err, errlen, r, "scheduler: creating the worker pools: %s", strerror(-r));
+    const int ctx = s->o.context_limit, bt = s->o.block_tokens;
+    mq_engine_opts pe = { .max_chunk = s->o.chunk_tokens, .max_batch = 1, .block_tokens = bt, .max_context = ctx };
+    mq_engine_opts de = { .max_chunk = 1, .max_batch = s->o.max_batch, .block_tokens = bt, .max_context = ctx };
+    r = mq_engine_create(&s->pf_eng, s->model, &pe, e, sizeof e);
     if (r == 0)
-        r = mq_engine_create(&s->dec_eng, model, &de, e, sizeof e);
-    if (r < 0) {
-        mq_errmsg(err, errlen, 0, "scheduler: engine: %s", e);
-        goto fail_quiet;
-    }
+        r = mq_engine_create(&s->dec_eng, s->model, &de, e, sizeof e);
+    if (r < 0)
+        return mq_errmsg(err, errlen, r, "scheduler: engine: %s", e);
     s->pf_logits = malloc((size_t)s->vocab * sizeof(float));
     s->dec_logits = malloc((size_t)s->vocab * (size_t)s->o.max_batch * sizeof(float));
-    if (!s->pf_logits || !s->dec_logits) {
-        r = mq_errmsg(err, errlen, -ENOMEM, "scheduler: out of memory for logits");
-        goto fail_quiet;
-    }
-    if (pthread_create(&s->pf_th, NULL, prefill_main, s) != 0) {
-        r = mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the prefill thread");
-        goto fail_quiet;
-    }
+    if (!s->pf_logits || !s->dec_logits)
+        return mq_errmsg(err, errlen, -ENOMEM, "scheduler: out of memory for logits");
+    return 0;
+}
+
+/* Starts both driver threads, or neither. */
+static int start_drivers(mq_sched *s, char *err, size_t errlen)
+{
+    if (pthread_create(&s->pf_th, NULL, prefill_main, s) != 0)
+        return mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the prefill thread");
     if (pthread_create(&s->dec_th, NULL, decode_main, s) != 0) {
         pthread_mutex_lock(&s->mu);
         s->stop = 1;
         pthread_cond_broadcast(&s->pf_cv);
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->pf_th, NULL);
-        r = mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the decode thread");
-        goto fail_quiet;
+        return mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the decode thread");
     }
     pthread_setname_np(s->pf_th, "mq-prefill-drv");
     pthread_setname_np(s->dec_th, "mq-decode-drv");
     s->threads_started = 1;
+    return 0;
+}
+
+int mq_sched_create(mq_sched **out, struct mq_model *model, struct mq_tokenizer *tok, const mq_sched_opts *o, char *err,
+                    size_t errlen)
+{
+    mq_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    if (o)
+        s->o = *o;
+    else
+        mq_sched_opts_default(&s->o);
+    resolve_opts(&s->o, model);
+    s->model = model;
+    s->tok = tok;
+    s->vocab = model->cfg.vocab;
+    s->next_id = 1;
+    s->max_blocks = blocks_for(s, s->o.context_limit);
+    int r;
+    if ((unsigned)s->o.mode >= MQ_PREC_MODE_COUNT) {
+        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: mode %d is not mixed (%d), bf16 (%d) or fp4 (%d)",
+                      (int)s->o.mode, MQ_PREC_MODE_MIXED, MQ_PREC_MODE_BF16, MQ_PREC_MODE_FP4);
+        free(s);
+        return r;
+    }
+    if (s->o.mode != MQ_PREC_MODE_BF16 && !mq_model_has_fp4(model)) {
+        r = mq_errmsg(err, errlen, -EINVAL, "scheduler: mode %s needs the model's NVFP4 weights",
+                      mq_prec_mode_name(s->o.mode));
+        free(s);
+        return r;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->pf_cv, NULL);
+    pthread_cond_init(&s->dec_cv, NULL);
+    pthread_cond_init(&s->done_cv, NULL);
+    mq_kv_store_opts ko = { .block_bytes = mq_kv_block_bytes(&model->cfg, s->o.block_tokens),
+                            .block_tokens = s->o.block_tokens,
+                            .n_blocks = s->o.kv_blocks,
+                            .allow_hugetlb = s->o.kv_hugetlb };
+    r = mq_kv_store_create(&s->kv, &ko, err, errlen);
+    if (r == 0)
+        r = create_workers(s, err, errlen);
+    if (r == 0)
+        r = start_drivers(s, err, errlen);
+    if (r < 0) {
+        mq_sched_destroy(s);
+        return r;
+    }
     *out = s;
     return 0;
-fail_quiet:
-    mq_sched_destroy(s);
-    return r;
 }
 
 static void free_session(mq_sched *s, struct session *ss)
@@ -900,19 +975,8 @@ void mq_sched_destroy(mq_sched *s)
         /* cancel everything, let the drivers report, then stop them */
         pthread_mutex_lock(&s->mu);
         s->draining = 1;
-        for (struct session *ss = s->sessions; ss; ss = ss->next)
-            if (ss->req)
-                __atomic_store_n(&ss->req->end_code, 1 + MQ_END_CANCEL, __ATOMIC_RELEASE);
-        pthread_cond_broadcast(&s->pf_cv);
-        pthread_cond_broadcast(&s->dec_cv);
-        for (;;) {
-            int busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next)
-                busy |= ss->req != NULL || ss->notifying;
-            if (!busy)
-                break;
-            pthread_cond_wait(&s->done_cv, &s->mu);
-        }
+        cancel_all(s);
+        wait_quiet(s);
         s->stop = 1;
         pthread_cond_broadcast(&s->pf_cv);
         pthread_cond_broadcast(&s->dec_cv);
@@ -982,13 +1046,8 @@ int mq_sched_session_close(mq_sched *s, uint64_t id)
         pthread_mutex_unlock(&s->mu);
         return -ENOENT;
     }
-    if (ss->req) {
-        int zero = 0;
-        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE,
-                                    __ATOMIC_RELAXED);
-        pthread_cond_broadcast(&s->pf_cv);
-        pthread_cond_broadcast(&s->dec_cv);
-    }
+    if (ss->req)
+        flag_end(s, ss->req, MQ_SCHED_END_CANCEL);
     while (ss->req || ss->notifying)
         pthread_cond_wait(&s->done_cv, &s->mu);
     struct session **pp = &s->sessions;
@@ -1013,15 +1072,11 @@ int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap)
     return n;
 }
 
-int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n, const mq_gen_params *p,
-                    const mq_sink *sink, char *err, size_t errlen)
+/* A new request from the caller's parameters: tokens checked against the vocabulary,
+ * defaults filled in, stop strings copied, sampler and stop matcher set up. No lock. */
+static int req_new(mq_sched *s, const int32_t *new_tokens, int n, const mq_gen_params *p, const mq_sink *sink,
+                   struct req **out, char *err, size_t errlen)
 {
-    char dummy[8];
-    if (!err) {
-        err = dummy;
-        errlen = sizeof dummy;
-    }
-    err[0] = 0;
     if (n < 0 || (n > 0 && !new_tokens)) {
         return mq_errmsg(err, errlen, -EINVAL, "submit: bad token array");
     }
@@ -1047,12 +1102,13 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
             continue;
         if (strlen(gp.stop_strs[i]) >= SCHED_STOP_TAIL) {
             mq_errmsg(err, errlen, 0, "submit: stop string %d longer than %d bytes", i, SCHED_STOP_TAIL - 1);
-            for (int j = 0; j < i; j++)
-                free(r->stop[j]);
-            free(r);
+            req_free(r);
             return -EINVAL;
         }
-        r->stop[i] = strdup(gp.stop_strs[i]);
+        if (!(r->stop[i] = strdup(gp.stop_strs[i]))) {
+            req_free(r);
+            return -ENOMEM;
+        }
     }
     for (int i = 0; i < MQ_SCHED_MAX_STOP_STRS; i++)
         gp.stop_strs[i] = NULL;
@@ -1090,58 +1146,52 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     r->t_submit = mq_now_s();
     if (s->tok)
         mq_tok_stream_init(&r->ts, s->tok, MQ_TOK_SKIP_SPECIAL, 0);
+    *out = r;
+    return 0;
+}
 
-    int rc = 0;
-    pthread_mutex_lock(&s->mu);
-    struct session *ss = find_session(s, session);
-    int ctx = s->o.context_limit;
-    if (s->draining) {
-        rc = -ESHUTDOWN;
-        mq_errmsg(err, errlen, 0, "submit: the scheduler is draining");
-    } else if (!ss) {
-        rc = -ENOENT;
-        mq_errmsg(err, errlen, 0, "submit: unknown session %llu", (unsigned long long)session);
-    } else if (ss->req) { /* a finished request still in on_done does not count */
-        rc = -EBUSY;
-        mq_errmsg(err, errlen, 0, "submit: session %llu already has a request running", (unsigned long long)session);
-    } else if (ss->n_hist + n + 1 > ctx) {
-        rc = -E2BIG;
-        snprintf(err, errlen,
-                 "submit: %d history + %d new tokens leave no room to generate within the "
-                 "context limit of %d tokens",
-                 ss->n_hist, n, ctx);
-    } else if (ss->n_hist + n == 0) {
-        rc = -EINVAL;
-        mq_errmsg(err, errlen, 0, "submit: empty prompt on an empty session");
-    } else if (s->n_queued >= s->o.max_queued) {
-        rc = -EAGAIN;
-        mq_errmsg(err, errlen, 0, "submit: queue full (%d requests waiting)", s->n_queued);
-    }
-    int limit = 0;
-    if (!rc) {
-        limit = ss->n_hist + n + gp.max_tokens;
-        if (limit > ctx)
-            limit = ctx;
-        if (blocks_for(s, limit) > s->o.kv_blocks) {
-            rc = -ENOSPC;
-            mq_errmsg(err, errlen, 0, "submit: %d tokens need %d KV blocks, the store has %d", limit,
-                      blocks_for(s, limit), s->o.kv_blocks);
-        }
-    }
-    if (!rc && ss->cap_hist < limit + 1) {
-        int32_t *h = realloc(ss->hist, (size_t)(limit + 1) * sizeof(int32_t));
+/* Checks that the session can take r now (s->mu held): the scheduler accepts work, the
+ * session exists and is idle, the history fits the context and the KV store, the queue
+ * has room. 0 with the session's history capacity grown to r's limit, else an error. */
+static int check_admission(mq_sched *s, struct session *ss, uint64_t session, int n, int max_tokens, int *limit,
+                           char *err, size_t errlen)
+{
+    const int ctx = s->o.context_limit;
+    if (s->draining)
+        return mq_errmsg(err, errlen, -ESHUTDOWN, "submit: the scheduler is draining");
+    if (!ss)
+        return mq_errmsg(err, errlen, -ENOENT, "submit: unknown session %llu", (unsigned long long)session);
+    if (ss->req) /* a finished request still in on_done does not count */
+        return mq_errmsg(err, errlen, -EBUSY, "submit: session %llu already has a request running",
+                         (unsigned long long)session);
+    if (ss->n_hist + n + 1 > ctx)
+        return mq_errmsg(err, errlen, -E2BIG,
+                         "submit: %d history + %d new tokens leave no room to generate within the context limit of "
+                         "%d tokens",
+                         ss->n_hist, n, ctx);
+    if (ss->n_hist + n == 0)
+        return mq_errmsg(err, errlen, -EINVAL, "submit: empty prompt on an empty session");
+    if (s->n_queued >= s->o.max_queued)
+        return mq_errmsg(err, errlen, -EAGAIN, "submit: queue full (%d requests waiting)", s->n_queued);
+    *limit = ss->n_hist + n + max_tokens;
+    if (*limit > ctx)
+        *limit = ctx;
+    if (blocks_for(s, *limit) > s->o.kv_blocks)
+        return mq_errmsg(err, errlen, -ENOSPC, "submit: %d tokens need %d KV blocks, the store has %d", *limit,
+                         blocks_for(s, *limit), s->o.kv_blocks);
+    if (ss->cap_hist < *limit + 1) {
+        int32_t *h = realloc(ss->hist, (size_t)(*limit + 1) * sizeof(int32_t));
         if (!h)
-            rc = -ENOMEM;
-        else {
-            ss->hist = h;
-            ss->cap_hist = limit + 1;
-        }
+            return -ENOMEM;
+        ss->hist = h;
+        ss->cap_hist = *limit + 1;
     }
-    if (rc) {
-        pthread_mutex_unlock(&s->mu);
-        req_free(r);
-        return rc;
-    }
+    return 0;
+}
+
+/* Appends the new tokens to the session's history and queues r for prefill (s->mu held). */
+static void enqueue(mq_sched *s, struct session *ss, struct req *r, const int32_t *new_tokens, int n, int limit)
+{
     r->ss = ss;
     r->hist0 = ss->n_hist;
     r->limit = limit;
@@ -1157,26 +1207,45 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
     s->queue_tail = r;
     s->n_queued++;
     pthread_cond_signal(&s->pf_cv);
-    pthread_mutex_unlock(&s->mu);
-    return 0;
 }
 
-int mq_sched_cancel(mq_sched *s, uint64_t session, mq_end_reason reason)
+int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n, const mq_gen_params *p,
+                    const mq_sink *sink, char *err, size_t errlen)
 {
-    if (reason != MQ_END_CLIENT_GONE)
-        reason = MQ_END_CANCEL;
+    char dummy[8];
+    if (!err) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = 0;
+    struct req *r = NULL;
+    int rc = req_new(s, new_tokens, n, p, sink, &r, err, errlen);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&s->mu);
+    struct session *ss = find_session(s, session);
+    int limit = 0;
+    rc = check_admission(s, ss, session, n, r->p.max_tokens, &limit, err, errlen);
+    if (rc == 0)
+        enqueue(s, ss, r, new_tokens, n, limit);
+    pthread_mutex_unlock(&s->mu);
+    if (rc)
+        req_free(r);
+    return rc;
+}
+
+int mq_sched_cancel(mq_sched *s, uint64_t session, mq_sched_end_reason reason)
+{
+    if (reason != MQ_SCHED_END_CLIENT_GONE)
+        reason = MQ_SCHED_END_CANCEL;
     pthread_mutex_lock(&s->mu);
     struct session *ss = find_session(s, session);
     if (!ss) {
         pthread_mutex_unlock(&s->mu);
         return -ENOENT;
     }
-    if (ss->req) {
-        int zero = 0;
-        __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + (int)reason, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
-        pthread_cond_broadcast(&s->pf_cv);
-        pthread_cond_broadcast(&s->dec_cv);
-    }
+    if (ss->req)
+        flag_end(s, ss->req, reason);
     pthread_mutex_unlock(&s->mu);
     return 0;
 }
@@ -1241,36 +1310,11 @@ int mq_sched_drain(mq_sched *s, int timeout_ms)
     s->draining = 1;
     struct timespec dl;
     mq_deadline_in(&dl, CLOCK_REALTIME, timeout_ms);
-    int busy;
-    for (;;) {
-        busy = 0;
-        for (struct session *ss = s->sessions; ss; ss = ss->next)
-            busy += ss->req != NULL || ss->notifying;
-        if (!busy || pthread_cond_timedwait(&s->done_cv, &s->mu, &dl) == ETIMEDOUT)
-            break;
-    }
-    busy = 0;
-    for (struct session *ss = s->sessions; ss; ss = ss->next)
-        busy += ss->req != NULL;
-    int cancelled = busy;
-    if (busy) {
-        for (struct session *ss = s->sessions; ss; ss = ss->next)
-            if (ss->req) {
-                int zero = 0;
-                __atomic_compare_exchange_n(&ss->req->end_code, &zero, 1 + MQ_END_CANCEL, 0, __ATOMIC_RELEASE,
-                                            __ATOMIC_RELAXED);
-            }
-        pthread_cond_broadcast(&s->pf_cv);
-        pthread_cond_broadcast(&s->dec_cv);
-        for (;;) {
-            busy = 0;
-            for (struct session *ss = s->sessions; ss; ss = ss->next)
-                busy |= ss->req != NULL || ss->notifying;
-            if (!busy)
-                break;
-            pthread_cond_wait(&s->done_cv, &s->mu);
-        }
-    }
+    while (busy_sessions(s, 1) && pthread_cond_timedwait(&s->done_cv, &s->mu, &dl) != ETIMEDOUT)
+        ;
+    int cancelled = busy_sessions(s, 0);
+    cancel_all(s);
+    wait_quiet(s);
     pthread_mutex_unlock(&s->mu);
     return cancelled;
 }

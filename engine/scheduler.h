@@ -35,6 +35,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/prec_mode.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -43,9 +45,6 @@ struct mq_model;     /* engine/model.h */
 struct mq_tokenizer; /* engine/tokenizer.h */
 
 typedef struct mq_sched mq_sched;
-
-/* Precision of the two phases (NVFP4.md): mixed = NVFP4 prefill + BF16 decode. */
-typedef enum { MQ_SCHED_MIXED = 0, MQ_SCHED_BF16 = 1, MQ_SCHED_FP4 = 2 } mq_sched_mode;
 
 /* What to do when the KV store cannot hold a new request. */
 typedef enum { MQ_KV_FULL_WAIT = 0, MQ_KV_FULL_FAIL = 1 } mq_kv_full_policy;
@@ -62,7 +61,7 @@ typedef struct mq_sched_opts {
     int kv_blocks;            /* blocks in the KV segment (default: 2 contexts' worth) */
     int block_tokens;         /* tokens per KV block (default 64) */
     int context_limit;        /* max tokens per session (default: model's max, <= 32768) */
-    mq_sched_mode mode;
+    mq_prec_mode mode;        /* engine/prec_mode.h (default mixed) */
     mq_kv_full_policy on_kv_full;
     int kv_hugetlb; /* 1: try MFD_HUGETLB for the KV segment (default 1) */
 } mq_sched_opts;
@@ -90,17 +89,17 @@ typedef struct mq_gen_params {
 } mq_gen_params;
 
 typedef enum {
-    MQ_END_STOP_TOKEN = 0,
-    MQ_END_STOP_STRING,
-    MQ_END_LENGTH, /* max_tokens or context limit reached */
-    MQ_END_CANCEL,
-    MQ_END_CLIENT_GONE,
-    MQ_END_ERROR, /* err/msg say why (KV full, context limit, shutdown ...) */
-} mq_end_reason;
+    MQ_SCHED_END_STOP_TOKEN = 0,
+    MQ_SCHED_END_STOP_STRING,
+    MQ_SCHED_END_LENGTH, /* max_tokens or context limit reached */
+    MQ_SCHED_END_CANCEL,
+    MQ_SCHED_END_CLIENT_GONE,
+    MQ_SCHED_END_ERROR, /* err/msg say why (KV full, context limit, shutdown ...) */
+} mq_sched_end_reason;
 
-const char *mq_end_reason_name(mq_end_reason r);
+const char *mq_sched_end_reason_name(mq_sched_end_reason r);
 
-typedef struct mq_req_stats {
+typedef struct mq_sched_req_stats {
     int prompt_tokens;    /* tokens the request appended */
     int cached_tokens;    /* history tokens whose K/V was already there (session or index) */
     int prefilled_tokens; /* tokens run through prefill for this request */
@@ -110,21 +109,21 @@ typedef struct mq_req_stats {
     double prefill_tok_s; /* prefilled tokens / prefill time */
     double decode_tok_s;  /* (generated - 1) / time from first to last token */
     double total_ms;
-} mq_req_stats;
+} mq_sched_req_stats;
 
 typedef struct mq_sink {
     void *ctx;
     /* One sampled token; text holds the UTF-8-complete bytes it completes (len may be 0
      * while a character is split across tokens; NULL/0 without a tokenizer). */
     void (*on_token)(void *ctx, int32_t id, const char *text, size_t len);
-    /* The end. err = 0 or a negative errno (MQ_END_ERROR), msg a readable reason. */
-    void (*on_done)(void *ctx, mq_end_reason reason, int err, const char *msg, const mq_req_stats *st);
+    /* The end. err = 0 or a negative errno (MQ_SCHED_END_ERROR), msg a readable reason. */
+    void (*on_done)(void *ctx, mq_sched_end_reason reason, int err, const char *msg, const mq_sched_req_stats *st);
 } mq_sink;
 
 /* Creates the scheduler: KV segment, pools, engines and the two driver threads. */
 int mq_sched_create(mq_sched **s, struct mq_model *model, struct mq_tokenizer *tok, const mq_sched_opts *o, char *err,
                     size_t errlen);
-/* Cancels everything still running (on_done MQ_END_CANCEL), joins threads, frees all. */
+/* Cancels everything still running (on_done MQ_SCHED_END_CANCEL), joins threads, frees all. */
 void mq_sched_destroy(mq_sched *s);
 
 /* Sessions. -EMFILE when max_sessions are open. Closing a session cancels its request
@@ -143,9 +142,9 @@ int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap);
 int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, int n, const mq_gen_params *p,
                     const mq_sink *sink, char *err, size_t errlen);
 
-/* Ends the session's running request at its next step with reason (MQ_END_CANCEL or
- * MQ_END_CLIENT_GONE). -ENOENT unknown session; 0 also if nothing was running. */
-int mq_sched_cancel(mq_sched *s, uint64_t session, mq_end_reason reason);
+/* Ends the session's running request at its next step with reason (MQ_SCHED_END_CANCEL or
+ * MQ_SCHED_END_CLIENT_GONE). -ENOENT unknown session; 0 also if nothing was running. */
+int mq_sched_cancel(mq_sched *s, uint64_t session, mq_sched_end_reason reason);
 
 typedef struct mq_sched_stats {
     /* totals since start */

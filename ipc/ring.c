@@ -92,7 +92,7 @@ void mq_ring_publish(mq_ring *r)
     if (r->efd >= 0 && LOAD(&r->ctl->poll_armed)) {
         uint64_t one = 1;
         ssize_t w = write(r->efd, &one, sizeof one);
-        (void)w; /* EAGAIN = the counter is already non-zero: the reader is notified */
+        (void)w; /* EAGAIN = full: the reader has a wake-up pending already */
     }
 }
 

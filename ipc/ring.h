@@ -15,8 +15,11 @@
  * peer's published position (not FUTEX_PRIVATE: the words are in a MAP_SHARED memfd seen by
  * two processes). The peer, after publishing, FUTEX_WAKEs while the flag is set; only the
  * waiter clears its flag, when it stops waiting. A consumer
- * that uses poll()/epoll instead sets `poll_armed` and hands the producer an eventfd, which
- * the producer writes after each publish. No side ever spins.
+ * that uses poll()/epoll instead sets `poll_armed` and polls a descriptor the producer
+ * writes after each publish (an eventfd, or the read end of a pipe whose write end only
+ * the producer holds: mqd's choice, so that no client can make that write block). The
+ * producer's descriptor must be O_NONBLOCK; a full one means "already woken". No side
+ * ever spins.
  *
  * Thread rules: one producer thread and one consumer thread at a time per ring (callers
  * serialise with their own locks if they have more).
@@ -35,7 +38,7 @@ extern "C" {
 typedef struct mq_ring_ctl {
     uint32_t head;         /* producer's published position */
     uint32_t head_waiters; /* 1: the consumer sleeps on `head` */
-    uint32_t poll_armed;   /* 1: the consumer wants eventfd notifications */
+    uint32_t poll_armed;   /* 1: the consumer wants fd notifications (any non-zero) */
     uint32_t pad0[13];
     uint32_t tail;         /* consumer's published position */
     uint32_t tail_waiters; /* 1: the producer sleeps on `tail` (waits for space) */
@@ -47,7 +50,7 @@ typedef struct mq_ring {
     uint8_t *data; /* [size] */
     uint32_t size; /* power of two */
     uint32_t pos;  /* this side's private position (head if producer, tail if consumer) */
-    int efd;       /* producer side: eventfd to write when poll_armed, or -1 */
+    int efd;       /* producer side: O_NONBLOCK fd to write when poll_armed, or -1 */
 } mq_ring;
 
 /* Zeroes a control block (the creator does it once). */

@@ -7,22 +7,24 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-int mq_sock_send(int fd, const void *buf, size_t len, int pass_fd, int flags)
+int mq_sock_send(int fd, const void *buf, size_t len, const int *fds, int n_fds, int flags)
 {
+    if (n_fds < 0 || n_fds > MQ_SOCK_MAX_FDS)
+        return -EINVAL;
     struct iovec iov = { (void *)buf, len };
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
     union {
-        char b[CMSG_SPACE(sizeof(int))];
+        char b[CMSG_SPACE(sizeof(int) * MQ_SOCK_MAX_FDS)];
         struct cmsghdr align;
     } u;
-    if (pass_fd >= 0) {
+    if (n_fds > 0) {
         mh.msg_control = u.b;
-        mh.msg_controllen = sizeof u.b;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n_fds);
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n_fds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)n_fds);
     }
     ssize_t w;
     do

@@ -18,8 +18,10 @@
  *
  * Conversation:
  *   client                               mqd
- *   HELLO{ver_min,ver_max,name} [+eventfd by SCM_RIGHTS] ->
- *                                    <-  HELLO_OK{version,...} + channel memfd (SCM_RIGHTS)
+ *   HELLO{ver_min,ver_max,name}      ->  (no descriptor: mqd refuses one)
+ *                                    <-  HELLO_OK{version,...} + [channel memfd, wake-up fd]
+ *                                        (SCM_RIGHTS; the wake-up fd is the read end of a
+ *                                        pipe whose write end only mqd holds)
  *   OPEN{mode}                       ->  <- OPENED{session}
  *   SUBMIT{session,kind,role,off,len,gen} -> <- SUBMITTED{req}   (events: token ring)
  *   CANCEL{req}                      ->  <- CANCELED{req}

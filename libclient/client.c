@@ -4,13 +4,13 @@
 #include "libclient/mq.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -92,14 +92,14 @@ void mq_params_init(mq_params *p)
 }
 
 /* ---- socket I/O ------------------------------------------------------------------ */
-static int send_msg(mq_conn *c, mq_msg *m, int pass_fd)
+static int send_msg(mq_conn *c, mq_msg *m)
 {
     uint8_t buf[MQ_WIRE_MAX_MSG];
     m->seq = ++c->seq;
     int n = mq_wire_encode(m, buf, sizeof buf);
     if (n < 0)
         return set_err(c, n, "cannot encode %s", mq_wire_type_name(m->type));
-    int w = mq_sock_send(c->sock, buf, (size_t)n, pass_fd, 0);
+    int w = mq_sock_send(c->sock, buf, (size_t)n, NULL, 0, 0);
     if (w < 0) {
         int e = -w;
         if (e == EPIPE || e == ECONNRESET)
@@ -109,15 +109,13 @@ static int send_msg(mq_conn *c, mq_msg *m, int pass_fd)
     return 0;
 }
 
-/* Receives the reply to the last request; *fd_out (if non-NULL) gets a passed fd or -1. */
-static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fd_out)
+/* Receives the reply to the last request; fds[0..n_fds-1] get the descriptors passed with
+ * it (-1 where none), closed again if the reply is an error. */
+static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fds, int n_fds)
 {
     uint8_t buf[MQ_WIRE_MAX_MSG + 1];
-    if (fd_out)
-        *fd_out = -1;
     for (;;) {
-        int passed = -1;
-        ssize_t n = mq_sock_recv(c->sock, buf, sizeof buf, &passed, 1, 0, NULL);
+        ssize_t n = mq_sock_recv(c->sock, buf, sizeof buf, fds, n_fds, 0, NULL);
         if (n < 0) {
             if (n == -EAGAIN)
                 return set_err(c, -ETIMEDOUT, "mqd did not answer within %d s", REPLY_TIMEOUT_S);
@@ -128,26 +126,21 @@ static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fd_out)
             c->dead = 1;
             return set_err(c, -EPIPE, "mqd closed the connection");
         }
-        /* Keep the first passed descriptor (mq_sock_recv closed any extra). */
-        if (passed >= 0) {
-            if (fd_out && *fd_out < 0)
-                *fd_out = passed;
-            else
-                close(passed);
-        }
         char err[160];
         int rc = mq_wire_decode(buf, (size_t)n, m, err, sizeof err);
         if (rc) {
             c->dead = 1;
             return set_err(c, -EPROTO, "mqd sent a malformed message: %s", err);
         }
+        if ((m->seq != c->seq && m->type != MQ_MSG_ERROR) || m->type == MQ_MSG_ERROR)
+            for (int i = 0; i < n_fds; i++)
+                if (fds[i] >= 0) {
+                    close(fds[i]);
+                    fds[i] = -1;
+                }
         if (m->seq != c->seq && m->type != MQ_MSG_ERROR)
             continue; /* a stale reply to a call that timed out */
         if (m->type == MQ_MSG_ERROR) {
-            if (fd_out && *fd_out >= 0) {
-                close(*fd_out);
-                *fd_out = -1;
-            }
             if (m->u.error.code == MQ_ERR_PROTOCOL || m->u.error.code == MQ_ERR_DENIED ||
                 m->u.error.code == MQ_ERR_VERSION)
                 c->dead = 1;
@@ -168,9 +161,9 @@ static int call(mq_conn *c, mq_msg *m, unsigned want, mq_msg *reply)
 {
     if (c->dead)
         return set_err(c, -EPIPE, "connection to mqd is closed");
-    int rc = send_msg(c, m, -1);
+    int rc = send_msg(c, m);
     if (!rc)
-        rc = recv_reply(c, reply, want, NULL);
+        rc = recv_reply(c, reply, want, NULL, 0);
     return rc;
 }
 
@@ -206,27 +199,27 @@ int mq_connect(const char *socket_path, mq_conn **out)
         rc = -errno;
         goto fail;
     }
-    c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (c->efd < 0) {
-        rc = -errno;
-        goto fail;
-    }
     mq_msg m = { .type = MQ_MSG_HELLO }, r;
     m.u.hello.ver_min = MQ_WIRE_VERSION_MIN;
     m.u.hello.ver_max = MQ_WIRE_VERSION_MAX;
     snprintf(m.u.hello.name, sizeof m.u.hello.name, "libmq/%d", (int)getpid());
-    rc = send_msg(c, &m, c->efd);
-    int memfd = -1;
+    rc = send_msg(c, &m);
+    int fds[2] = { -1, -1 }; /* the channel memfd, the wake-up pipe's read end */
     if (!rc)
-        rc = recv_reply(c, &r, MQ_MSG_HELLO_OK, &memfd);
+        rc = recv_reply(c, &r, MQ_MSG_HELLO_OK, fds, 2);
     if (rc)
         goto fail;
-    if (memfd < 0) {
-        rc = -EPROTO;
+    c->efd = fds[1];
+    if (c->efd >= 0) /* drained with reads that must not block */
+        fcntl(c->efd, F_SETFL, fcntl(c->efd, F_GETFL) | O_NONBLOCK);
+    if (fds[0] < 0 || fds[1] < 0) {
+        if (fds[0] >= 0)
+            close(fds[0]);
+        rc = set_err(c, -EPROTO, "mqd's HELLO_OK lacks the channel or the wake-up descriptor");
         goto fail;
     }
     char err[200];
-    rc = mq_chan_map(&c->chan, memfd, err, sizeof err);
+    rc = mq_chan_map(&c->chan, fds[0], err, sizeof err);
     if (rc)
         goto fail;
     if (c->chan.bytes != r.u.hello_ok.channel_bytes) {
@@ -466,9 +459,10 @@ int mq_next_event(mq_conn *c, mq_event *ev, int timeout_ms)
     int waited = 0;
     for (;;) {
         if (__atomic_load_n(&c->chan.hdr->token.poll_armed, __ATOMIC_RELAXED)) {
-            uint64_t v; /* clear the edge before looking at the ring: no lost wake-up */
-            ssize_t r = read(c->efd, &v, sizeof v);
-            (void)r;
+            /* empty the wake-up pipe before looking at the ring: no lost wake-up */
+            uint8_t drain[256];
+            while (read(c->efd, drain, sizeof drain) == (ssize_t)sizeof drain)
+                ;
         }
         /* rec[] has room for the largest record plus the NUL fill_event adds */
         rc = mq_chan_read_rec(&c->chan.token, c->rec, sizeof c->rec - 1);

@@ -200,9 +200,9 @@ struct waiter {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int done, n;
-    mq_end_reason why;
+    mq_sched_end_reason why;
     char msg[256];
-    mq_req_stats st;
+    mq_sched_req_stats st;
     double *t; /* token times (cap) */
     int cap;
     int32_t *ids;
@@ -236,7 +236,7 @@ static void w_token(void *ctx, int32_t id, const char *text, size_t len)
     w->n++;
     pthread_mutex_unlock(&w->mu);
 }
-static void w_done(void *ctx, mq_end_reason why, int err, const char *msg, const mq_req_stats *st)
+static void w_done(void *ctx, mq_sched_end_reason why, int err, const char *msg, const mq_sched_req_stats *st)
 {
     (void)err;
     struct waiter *w = ctx;
@@ -254,11 +254,11 @@ static void w_wait(struct waiter *w)
     while (!w->done)
         pthread_cond_wait(&w->cv, &w->mu);
     pthread_mutex_unlock(&w->mu);
-    if (w->why == MQ_END_ERROR)
+    if (w->why == MQ_SCHED_END_ERROR)
         die("request failed: %s%s", w->msg, "");
 }
 
-static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_sched_mode mode, int chunk, int ctx)
+static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, int chunk, int ctx)
 {
     mq_sched_opts o;
     mq_sched_opts_default(&o);
@@ -314,7 +314,7 @@ static int32_t *corpus_tokens(mq_tokenizer *tok, int n)
     return ids;
 }
 
-static double prefill_rate(mq_model *m, mq_tokenizer *tok, mq_sched_mode mode, const int32_t *t, int n)
+static double prefill_rate(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, const int32_t *t, int n)
 {
     mq_sched *s = sched_new(m, tok, mode, 512, n + 64);
     uint64_t id;
@@ -520,7 +520,7 @@ static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out,
                          int32_t **turn10_prompt)
 {
     const int TURNS = 10, GEN = 160, CTX = 10240;
-    mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, 256, CTX);
+    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, 256, CTX);
     cJSON *tools = cJSON_Parse(AGENT_TOOLS);
     if (!tools)
         die("tool list: bad JSON%s%s", "", "");
@@ -552,7 +552,7 @@ static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out,
         }
         for (int a = 0; a < 2; a++) {
             w_wait(&w[a]);
-            end_in[a] = w[a].why == MQ_END_STOP_TOKEN;
+            end_in[a] = w[a].why == MQ_SCHED_END_STOP_TOKEN;
             new_tok += w[a].st.prompt_tokens;
             prefilled += w[a].st.prefilled_tokens;
             if (last && a == 0)
@@ -583,7 +583,7 @@ static int cmp_d(const void *a, const void *b)
 static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, int chunk, double *p50,
                                int *gaps_out, double *alone_ms, double *chunk_ms)
 {
-    mq_sched *s = sched_new(m, tok, MQ_SCHED_MIXED, chunk, nlong + 4096);
+    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, chunk, nlong + 4096);
     uint64_t a, b;
     mq_sched_session_open(s, &a);
     mq_sched_session_open(s, &b);
@@ -612,7 +612,7 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
         *chunk_ms = wb.st.ttft_ms / ((nlong + chunk - 1) / chunk);
     }
     double t_end = mq_now_s();
-    mq_sched_cancel(s, a, MQ_END_CANCEL);
+    mq_sched_cancel(s, a, MQ_SCHED_END_CANCEL);
     w_wait(&wa);
     /* gaps between a's tokens during b's prefill (from b's submit to b's first token) */
     double *g = malloc(8192 * sizeof(double));
@@ -708,8 +708,8 @@ int main(int argc, char **argv)
     double pm17 = 0, pb17 = 0;
     if (g_parts & P_PREFILL) {
         printf("\n%-34s %12s %12s %8s\n", "prefill, prompt of tokens", "mixed tok/s", "bf16 tok/s", "ratio");
-        pm17 = prefill_rate(m17, tok, MQ_SCHED_MIXED, prompt, NP);
-        pb17 = prefill_rate(m17, tok, MQ_SCHED_BF16, prompt, NP);
+        pm17 = prefill_rate(m17, tok, MQ_PREC_MODE_MIXED, prompt, NP);
+        pb17 = prefill_rate(m17, tok, MQ_PREC_MODE_BF16, prompt, NP);
         printf("%-29s %4d %12.1f %12.1f %8.2f\n", "Qwen3-1.7B", NP, pm17, pb17, pm17 / pb17);
     }
 
@@ -720,7 +720,7 @@ int main(int argc, char **argv)
         mq_pool_create(&pool, g_threads, NULL, "bw");
         double bw = read_bandwidth(pool);
         mq_pool_destroy(pool);
-        s = sched_new(m17, tok, MQ_SCHED_MIXED, 512, 2048);
+        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 512, 2048);
         mq_sched_session_open(s, &id);
         int GEN = g_quick ? 16 : 48;
         w_init(&w, GEN + 1);
@@ -749,8 +749,8 @@ int main(int argc, char **argv)
         double t06;
         mq_model *m06 = load_streamed(d06, &ar06, &t06, &wres);
         if (g_parts & P_PREFILL) {
-            double pm06 = prefill_rate(m06, tok, MQ_SCHED_MIXED, prompt, NP);
-            double pb06 = prefill_rate(m06, tok, MQ_SCHED_BF16, prompt, NP);
+            double pm06 = prefill_rate(m06, tok, MQ_PREC_MODE_MIXED, prompt, NP);
+            double pb06 = prefill_rate(m06, tok, MQ_PREC_MODE_BF16, prompt, NP);
             printf("\n%-29s %4d %12.1f %12.1f %8.2f\n", "prefill Qwen3-0.6B", NP, pm06, pb06, pm06 / pb06);
         }
         if (g_parts & P_REPLAY) {
@@ -758,7 +758,7 @@ int main(int argc, char **argv)
             int n10 = 0;
             agent_replay(m06, tok, &ro, &n10, &p10);
             /* turn 10 without reuse: a fresh scheduler (empty index) reads the whole prompt */
-            s = sched_new(m06, tok, MQ_SCHED_MIXED, 256, 10240);
+            s = sched_new(m06, tok, MQ_PREC_MODE_MIXED, 256, 10240);
             mq_sched_session_open(s, &id);
             w_init(&w, 4);
             run(s, id, p10, n10, 1, &w);

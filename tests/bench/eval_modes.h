@@ -106,16 +106,16 @@ static inline double nll_of(const float *row, int vocab, int target)
 
 /* Sum of NLL over predicted positions 1..n-1 of one document in one mode; per_pos[i]
  * (optional, n-1 entries) = the NLL of token i+1. */
-static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, double *per_pos)
+static inline int doc_nll(ev *v, const eval_doc *d, mq_prec_mode mode, double *sum, double *per_pos)
 {
     const int *ids = (const int *)d->ids;
     int n = d->n, rc = 0;
     mq_kv_seq seq = { v->shared, v->nb };
-    if (mode != MQ_MODE_MIXED) {
-        mq_prec prec = mode == MQ_MODE_BF16 ? MQ_PREC_BF16 : MQ_PREC_FP4;
+    const mq_prec prompt = mq_prec_mode_prompt(mode), last = mq_prec_mode_decode(mode);
+    if (prompt == last) { /* bf16, fp4: one precision for every position */
         for (int p0 = 0; p0 < n - 1 && !rc; p0 += CHUNK) {
             int len = n - 1 - p0 < CHUNK ? n - 1 - p0 : CHUNK; /* the last token predicts nothing */
-            rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prec, v->logits, len);
+            rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prompt, v->logits, MQ_LOGITS_ALL);
             for (int r = 0; r < len && !rc; r++) {
                 double x = nll_of(v->logits + (size_t)r * v->vocab, v->vocab, ids[p0 + r + 1]);
                 *sum += x;
@@ -128,7 +128,7 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, d
     /* mixed: NVFP4 KV for positions 0..n-3 (position p's own KV is always BF16) */
     for (int p0 = 0; p0 < n - 2 && !rc; p0 += CHUNK) {
         int len = n - 2 - p0 < CHUNK ? n - 2 - p0 : CHUNK;
-        rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, MQ_PREC_FP4, NULL, 0);
+        rc = mq_engine_forward(v->e, v->pool, &seq, ids + p0, len, p0, prompt, NULL, MQ_LOGITS_NONE);
     }
     mq_kv_seq seqs[BATCH];
     int tok[BATCH], pos[BATCH];
@@ -146,7 +146,7 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, d
             tok[s] = ids[p];
             pos[s] = p;
         }
-        rc = mq_engine_decode(v->e, v->pool, seqs, tok, pos, ns, MQ_PREC_BF16, v->logits);
+        rc = mq_engine_decode(v->e, v->pool, seqs, tok, pos, ns, last, v->logits);
         for (int s = 0; s < ns && !rc; s++) {
             double x = nll_of(v->logits + (size_t)s * v->vocab, v->vocab, ids[i0 + s + 1]);
             *sum += x;
@@ -158,14 +158,14 @@ static inline int doc_nll(ev *v, const eval_doc *d, mq_mode mode, double *sum, d
 }
 
 /* Log-probs [CONT, vocab] of tokens P..P+C-1 of one document in one mode. */
-static inline int cont_logprobs(ev *v, const eval_doc *d, mq_mode mode, float *out)
+static inline int cont_logprobs(ev *v, const eval_doc *d, mq_prec_mode mode, float *out)
 {
     const int *ids = (const int *)d->ids;
     mq_kv_seq seq = { v->shared, v->nb };
     int rc = mq_engine_prompt(v->e, v->pool, &seq, ids, PREFIX, 0, mode, out);
     if (!rc)
-        rc = mq_engine_forward(v->e, v->pool, &seq, ids + PREFIX, CONT - 1, PREFIX, mq_mode_decode_prec(mode),
-                               out + v->vocab, CONT - 1);
+        rc = mq_engine_forward(v->e, v->pool, &seq, ids + PREFIX, CONT - 1, PREFIX, mq_prec_mode_decode(mode),
+                               out + v->vocab, MQ_LOGITS_ALL);
     for (int r = 0; r < CONT && !rc; r++) {
         float *row = out + (size_t)r * v->vocab;
         float lse = mq_logsumexp(row, v->vocab);

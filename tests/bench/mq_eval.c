@@ -69,7 +69,7 @@ static void golden_compare(const char *model, int docs, long scored, double ppl)
     cJSON_Delete(root_js);
 }
 
-static const mq_mode MODES[3] = { MQ_MODE_BF16, MQ_MODE_MIXED, MQ_MODE_FP4 };
+static const mq_prec_mode MODES[3] = { MQ_PREC_MODE_BF16, MQ_PREC_MODE_MIXED, MQ_PREC_MODE_FP4 };
 
 int main(int argc, char **argv)
 {
@@ -140,7 +140,7 @@ int main(int argc, char **argv)
                 rc = doc_nll(&v, &c.docs[i], MODES[mi], &ppl_sum[mi], NULL);
         ppl_time[mi] = mq_now_s() - t;
         if (rc)
-            fprintf(stderr, "mq_eval: perplexity, mode %s: %s\n", mq_mode_name(MODES[mi]), strerror(-rc));
+            fprintf(stderr, "mq_eval: perplexity, mode %s: %s\n", mq_prec_mode_name(MODES[mi]), strerror(-rc));
     }
 
     /* ---- continuations ---- */
@@ -197,7 +197,7 @@ int main(int argc, char **argv)
     printf("-------+------------+-----------+--------------+--------------+--------------+---------\n");
     double denom = cont_tok ? (double)cont_tok : 1;
     for (int mi = 0; mi < 3; mi++)
-        printf("%-6s | %10.3f | %8.1fs | %12.5f | %12.6f | %11.2f%% |\n", mq_mode_name(MODES[mi]),
+        printf("%-6s | %10.3f | %8.1fs | %12.5f | %12.6f | %11.2f%% |\n", mq_prec_mode_name(MODES[mi]),
                exp(ppl_sum[mi] / (double)scored), ppl_time[mi], nll[mi] / denom, kl[mi] / denom,
                100.0 * (double)agree[mi] / denom);
     printf("(continuations: %.1f s for all three modes; total %.1f s)\n", cont_time, mq_now_s() - t0);

@@ -52,31 +52,31 @@ static void test_doc_nll_matches_single_positions(void)
     double per_bf[NPOS], per_mx[NPOS], s = 0;
     float *logits = malloc((size_t)v.vocab * sizeof *logits);
     double worst_bf = 0, worst_mx = 0, prompt_route = 0;
-    rc = logits ? doc_nll(&v, d, MQ_MODE_BF16, &s, per_bf) : -ENOMEM;
+    rc = logits ? doc_nll(&v, d, MQ_PREC_MODE_BF16, &s, per_bf) : -ENOMEM;
     if (!rc)
-        rc = doc_nll(&v, d, MQ_MODE_MIXED, &s, per_mx);
+        rc = doc_nll(&v, d, MQ_PREC_MODE_MIXED, &s, per_mx);
     CHECK(rc == 0, "doc_nll: %d", rc);
     mq_kv_seq seq = { v.shared, v.nb };
     for (int k = 0; k < np && !rc; k++) {
         int p = probe[k];
         /* bf16: the prefix as a prompt */
-        rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_MODE_BF16, logits);
+        rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_PREC_MODE_BF16, logits);
         double x = nll_of(logits, v.vocab, ids[p + 1]);
         worst_bf = fmax(worst_bf, fabs(x - per_bf[p]));
         CHECK(!rc && fabs(x - per_bf[p]) < TOL, "bf16, position %d: batched %.5f, prompt %.5f", p, per_bf[p], x);
         /* mixed: the document's NVFP4 prefill in the same chunks, then token p in BF16 */
         for (int p0 = 0; p0 < d->n - 2 && !rc; p0 += CHUNK) {
             int len = d->n - 2 - p0 < CHUNK ? d->n - 2 - p0 : CHUNK;
-            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p0, len, p0, MQ_PREC_FP4, NULL, 0);
+            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p0, len, p0, MQ_PREC_FP4, NULL, MQ_LOGITS_NONE);
         }
         if (!rc)
-            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p, 1, p, MQ_PREC_BF16, logits, 1);
+            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p, 1, p, MQ_PREC_BF16, logits, MQ_LOGITS_LAST);
         x = nll_of(logits, v.vocab, ids[p + 1]);
         worst_mx = fmax(worst_mx, fabs(x - per_mx[p]));
         CHECK(!rc && fabs(x - per_mx[p]) < TOL, "mixed, position %d: batched %.5f, single %.5f", p, per_mx[p], x);
         /* mixed with the prefix prefilled on its own (information) */
         if (!rc)
-            rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_MODE_MIXED, logits);
+            rc = mq_engine_prompt(v.e, v.pool, &seq, ids, p + 1, 0, MQ_PREC_MODE_MIXED, logits);
         prompt_route = fmax(prompt_route, fabs(nll_of(logits, v.vocab, ids[p + 1]) - per_mx[p]));
     }
     CHECK(rc == 0, "forward: %d", rc);

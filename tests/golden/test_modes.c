@@ -74,7 +74,7 @@ static void test_chunked_prefill(void)
     mq_engine *big = engine(N, 1, 16);
     gu_kv kv;
     gu_kv_init(&kv, &model->cfg, 16, N);
-    CHECK(mq_engine_forward(big, pool, &kv.seq, ids512, N, 0, MQ_PREC_BF16, one, N) == 0, "single-shot");
+    CHECK(mq_engine_forward(big, pool, &kv.seq, ids512, N, 0, MQ_PREC_BF16, one, MQ_LOGITS_ALL) == 0, "single-shot");
     gu_kv_free(&kv);
     const int chunks[] = { 1, 5, 32, 100 }, blocks[] = { 3, 4, 16, 7 };
     for (int c = 0; c < 4; c++) {
@@ -83,7 +83,8 @@ static void test_chunked_prefill(void)
         int rc = 0;
         for (int p = 0; p < N && !rc; p += chunks[c]) {
             int len = N - p < chunks[c] ? N - p : chunks[c];
-            rc = mq_engine_forward(e, pool, &kv.seq, ids512 + p, len, p, MQ_PREC_BF16, chunked + (size_t)p * V, len);
+            rc = mq_engine_forward(e, pool, &kv.seq, ids512 + p, len, p, MQ_PREC_BF16, chunked + (size_t)p * V,
+                                   MQ_LOGITS_ALL);
         }
         CHECK(rc == 0, "chunked forward %d", rc);
         float d = gu_max_abs_diff(one, chunked, (size_t)N * V);
@@ -99,14 +100,27 @@ static void test_chunked_prefill(void)
     mq_engine *e = engine(N, 1, 16);
     gu_kv_init(&kv, &model->cfg, 16, N);
     float *lastrow = malloc((size_t)V * 4);
-    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, N, 0, MQ_PREC_BF16, lastrow, 1) == 0, "last row");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, N, 0, MQ_PREC_BF16, lastrow, MQ_LOGITS_LAST) == 0, "last row");
     CHECK(gu_max_abs_diff(lastrow, one + (size_t)(N - 1) * V, (size_t)V) <= SAME_TOL, "logits_rows=1 is the last row");
     CHECK(mq_argmax(lastrow, V) == mq_argmax(one + (size_t)(N - 1) * V, V), "same top-1");
     /* errors: too many tokens, a token outside the vocabulary, too few KV blocks */
     int bad = V;
-    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, N + 1, 0, MQ_PREC_BF16, NULL, 0) == -EINVAL, "n > max_chunk");
-    CHECK(mq_engine_forward(e, pool, &kv.seq, &bad, 1, 0, MQ_PREC_BF16, NULL, 0) == -EINVAL, "token >= vocab");
-    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, 1, N, MQ_PREC_BF16, NULL, 0) == -EINVAL, "beyond the KV");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, N + 1, 0, MQ_PREC_BF16, NULL, MQ_LOGITS_NONE) == -EINVAL,
+          "n > max_chunk");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, &bad, 1, 0, MQ_PREC_BF16, NULL, MQ_LOGITS_NONE) == -EINVAL,
+          "token >= vocab");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, 1, N, MQ_PREC_BF16, NULL, MQ_LOGITS_NONE) == -EINVAL,
+          "beyond the KV");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, 1, 0, MQ_PREC_BF16, lastrow, (mq_logits)N) == -EINVAL,
+          "a row count where an mq_logits belongs");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, ids512, 1, 0, MQ_PREC_BF16, NULL, MQ_LOGITS_LAST) == -EINVAL,
+          "logits wanted, no buffer");
+    mq_engine *bad_e = NULL;
+    char msg[MQ_ERRMSG_LEN] = "";
+    mq_engine_opts bo = { .max_chunk = 1 << 21, .max_batch = 1, .block_tokens = 16 };
+    CHECK(mq_engine_create(&bad_e, model, &bo, msg, sizeof msg) == -EINVAL && !bad_e && strstr(msg, "2097152") &&
+              strstr(msg, "1048576"),
+          "max_chunk over its bound refused, the message names value and bound: %s", msg);
     gu_kv_free(&kv);
     mq_engine_free(e);
     mq_engine_free(big);
@@ -126,7 +140,8 @@ static void test_decode_batch(void)
         float *alone = malloc((size_t)S * V * 4), *batch = malloc((size_t)S * V * 4);
         for (int s = 0; s < S; s++) {
             gu_kv_init(&kv[s], &model->cfg, 8, 64);
-            CHECK(mq_engine_forward(e, pool, &kv[s].seq, ids512 + off[s], len[s], 0, MQ_PREC_BF16, NULL, 0) == 0,
+            CHECK(mq_engine_forward(e, pool, &kv[s].seq, ids512 + off[s], len[s], 0, MQ_PREC_BF16, NULL,
+                                    MQ_LOGITS_NONE) == 0,
                   "prefill");
             tok[s] = ids512[off[s] + len[s]];
             pos[s] = len[s];
@@ -185,13 +200,14 @@ static void test_mode_rule(void)
     int rc = 0;
     for (int p = 0; p < N - 1 && !rc; p += chunk) {
         int len = N - 1 - p < chunk ? N - 1 - p : chunk;
-        rc = mq_engine_forward(e, pool, &a.seq, ids512 + p, len, p, MQ_PREC_FP4, NULL, 0);
+        rc = mq_engine_forward(e, pool, &a.seq, ids512 + p, len, p, MQ_PREC_FP4, NULL, MQ_LOGITS_NONE);
     }
     CHECK(rc == 0, "fp4 body");
-    CHECK(mq_engine_forward(e, pool, &a.seq, ids512 + N - 1, 1, N - 1, MQ_PREC_BF16, ref, 1) == 0, "bf16 last");
-    CHECK(mq_engine_prompt(e, pool, &m.seq, ids512, N, 0, MQ_MODE_MIXED, mixed) == 0, "mixed");
-    CHECK(mq_engine_prompt(e, pool, &b.seq, ids512, N, 0, MQ_MODE_BF16, bf) == 0, "bf16");
-    CHECK(mq_engine_prompt(e, pool, &f.seq, ids512, N, 0, MQ_MODE_FP4, fp) == 0, "fp4");
+    CHECK(mq_engine_forward(e, pool, &a.seq, ids512 + N - 1, 1, N - 1, MQ_PREC_BF16, ref, MQ_LOGITS_LAST) == 0,
+          "bf16 last");
+    CHECK(mq_engine_prompt(e, pool, &m.seq, ids512, N, 0, MQ_PREC_MODE_MIXED, mixed) == 0, "mixed");
+    CHECK(mq_engine_prompt(e, pool, &b.seq, ids512, N, 0, MQ_PREC_MODE_BF16, bf) == 0, "bf16");
+    CHECK(mq_engine_prompt(e, pool, &f.seq, ids512, N, 0, MQ_PREC_MODE_FP4, fp) == 0, "fp4");
     CHECK(gu_max_abs_diff(ref, mixed, (size_t)V) == 0.0f, "mixed == FP4 KV + BF16 last token");
     /* the KV of 0..n-2 is the FP4 one in mixed, the BF16 one in bf16 mode */
     /* (fp4 mode's last chunk holds one token more, so its amax may differ: compare the
@@ -237,9 +253,9 @@ static void test_fp4_close_to_bf16(void)
     int top1 = 0;
     for (int p = 0; p < N; p += chunk) {
         double t0 = mq_now_s();
-        CHECK(mq_engine_forward(e, pool, &kb.seq, ids512 + p, chunk, p, MQ_PREC_BF16, lb, chunk) == 0, "bf16");
+        CHECK(mq_engine_forward(e, pool, &kb.seq, ids512 + p, chunk, p, MQ_PREC_BF16, lb, MQ_LOGITS_ALL) == 0, "bf16");
         double t1 = mq_now_s();
-        CHECK(mq_engine_forward(e, pool, &kf.seq, ids512 + p, chunk, p, MQ_PREC_FP4, lf, chunk) == 0, "fp4");
+        CHECK(mq_engine_forward(e, pool, &kf.seq, ids512 + p, chunk, p, MQ_PREC_FP4, lf, MQ_LOGITS_ALL) == 0, "fp4");
         tb += t1 - t0;
         tf += mq_now_s() - t1;
         for (int i = 0; i < chunk; i++) {
@@ -261,10 +277,11 @@ static void test_fp4_close_to_bf16(void)
     /* for scale only (the machine is shared): with every row's logits, then KV only */
     double t0 = mq_now_s();
     for (int p = 0; p < N; p += chunk)
-        CHECK(mq_engine_forward(e, pool, &kb.seq, ids512 + p, chunk, p, MQ_PREC_BF16, NULL, 0) == 0, "bf16");
+        CHECK(mq_engine_forward(e, pool, &kb.seq, ids512 + p, chunk, p, MQ_PREC_BF16, NULL, MQ_LOGITS_NONE) == 0,
+              "bf16");
     double t1 = mq_now_s();
     for (int p = 0; p < N; p += chunk)
-        CHECK(mq_engine_forward(e, pool, &kf.seq, ids512 + p, chunk, p, MQ_PREC_FP4, NULL, 0) == 0, "fp4");
+        CHECK(mq_engine_forward(e, pool, &kf.seq, ids512 + p, chunk, p, MQ_PREC_FP4, NULL, MQ_LOGITS_NONE) == 0, "fp4");
     double t2 = mq_now_s();
     printf("    prefill, 2 threads, chunk %d: with all-rows logits bf16 %.0f / fp4 %.0f tok/s; "
            "KV only bf16 %.0f / fp4 %.0f tok/s\n",
@@ -401,10 +418,10 @@ static void test_compressed_tensors_roundtrip(void)
             gu_kv k0, k1;
             gu_kv_init(&k0, c, 16, N);
             gu_kv_init(&k1, c, 16, N);
-            CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, (mq_mode)mode, l0) == 0, "prompt");
-            CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, (mq_mode)mode, l1) == 0, "prompt ct");
+            CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, (mq_prec_mode)mode, l0) == 0, "prompt");
+            CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, (mq_prec_mode)mode, l1) == 0, "prompt ct");
             CHECK(gu_max_abs_diff(l0, l1, (size_t)V) == 0.0f, "mode %s: compressed-tensors model == quantized at load",
-                  mq_mode_name((mq_mode)mode));
+                  mq_prec_mode_name((mq_prec_mode)mode));
             gu_kv_free(&k0);
             gu_kv_free(&k1);
         }
@@ -432,8 +449,8 @@ static void test_compressed_tensors_roundtrip(void)
         gu_kv k0, k1;
         gu_kv_init(&k0, c, 16, N);
         gu_kv_init(&k1, c, 16, N);
-        CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, MQ_MODE_FP4, ld) == 0, "dynamic");
-        CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, MQ_MODE_FP4, ls) == 0, "static");
+        CHECK(mq_engine_prompt(e0, pool, &k0.seq, ids512, N, 0, MQ_PREC_MODE_FP4, ld) == 0, "dynamic");
+        CHECK(mq_engine_prompt(e1, pool, &k1.seq, ids512, N, 0, MQ_PREC_MODE_FP4, ls) == 0, "static");
         float d = gu_max_abs_diff(ld, ls, (size_t)V);
         printf("    fp4 static g_x (amax 64) vs dynamic: last-token max |dlogit| %.3f\n", d);
         CHECK(isfinite(d) && d > 0, "static scale changes the result and stays finite");

@@ -91,7 +91,7 @@ static void runner_free(runner *r)
     free(r->kv);
 }
 
-static int run_mode(runner *r, mq_mode mode, float *logits)
+static int run_mode(runner *r, mq_prec_mode mode, float *logits)
 {
     mq_kv_seq seq = { r->blocks, (NTOK + BT - 1) / BT };
     return mq_engine_prompt(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, mode, logits);
@@ -100,7 +100,7 @@ static int run_mode(runner *r, mq_mode mode, float *logits)
 static int run_all_rows(runner *r, mq_prec prec, float *logits)
 {
     mq_kv_seq seq = { r->blocks, (NTOK + BT - 1) / BT };
-    return mq_engine_forward(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, prec, logits, NTOK);
+    return mq_engine_forward(r->e, r->pool, &seq, (const int *)prompt, NTOK, 0, prec, logits, MQ_LOGITS_ALL);
 }
 
 static int same_fp4(const mq_fp4_weight *a, const mq_fp4_weight *b)
@@ -163,12 +163,12 @@ static void test_exact_export(void)
     int vocab = mo->cfg.vocab;
     float *lo = malloc((size_t)vocab * 4), *lx = malloc((size_t)vocab * 4);
     if (pool && lo && lx && !runner_init(&ro, mo, pool) && !runner_init(&rx, mx, pool)) {
-        static const mq_mode modes[3] = { MQ_MODE_BF16, MQ_MODE_MIXED, MQ_MODE_FP4 };
+        static const mq_prec_mode modes[3] = { MQ_PREC_MODE_BF16, MQ_PREC_MODE_MIXED, MQ_PREC_MODE_FP4 };
         for (int mi = 0; mi < 3; mi++) {
             int r1 = run_mode(&ro, modes[mi], lo), r2 = run_mode(&rx, modes[mi], lx);
-            CHECK(r1 == 0 && r2 == 0, "forward %s: %d %d", mq_mode_name(modes[mi]), r1, r2);
+            CHECK(r1 == 0 && r2 == 0, "forward %s: %d %d", mq_prec_mode_name(modes[mi]), r1, r2);
             CHECK(!memcmp(lo, lx, (size_t)vocab * 4), "mode %s: logits of the exported checkpoint differ",
-                  mq_mode_name(modes[mi]));
+                  mq_prec_mode_name(modes[mi]));
         }
         runner_free(&ro);
         runner_free(&rx);
@@ -394,7 +394,7 @@ static void test_calibrated_mixed_last_token(void)
     float *a = malloc((size_t)vocab * 4), *b = malloc((size_t)vocab * 4);
     CHECK(a && b, "no memory");
     if (a && b) {
-        int r1 = run_mode(&cal.ro, MQ_MODE_MIXED, a), r2 = run_mode(&cal.rc, MQ_MODE_MIXED, b);
+        int r1 = run_mode(&cal.ro, MQ_PREC_MODE_MIXED, a), r2 = run_mode(&cal.rc, MQ_PREC_MODE_MIXED, b);
         CHECK(r1 == 0 && r2 == 0 && mq_argmax(a, vocab) == mq_argmax(b, vocab), "mixed: last-token argmax differs");
     }
     free(a);

@@ -119,7 +119,7 @@ static void test_bf16_perplexity_cases(void)
         cJSON_ArrayForEach(it, jlp) sum_golden -= it->valuedouble;
         for (int p0 = 0; p0 < n - 1 && !rc; p0 += CHUNK) {
             int len = n - 1 - p0 < CHUNK ? n - 1 - p0 : CHUNK;
-            rc = mq_engine_forward(e, pool, &seq, ids + p0, len, p0, MQ_PREC_BF16, logits, len);
+            rc = mq_engine_forward(e, pool, &seq, ids + p0, len, p0, MQ_PREC_BF16, logits, MQ_LOGITS_ALL);
             for (int r = 0; r < len && !rc; r++) {
                 const float *row = logits + (size_t)r * vocab;
                 sum_mq += (double)mq_logsumexp(row, vocab) - (double)row[ids[p0 + r + 1]];

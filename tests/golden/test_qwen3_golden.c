@@ -69,7 +69,7 @@ static void test_qwen3_bf16_golden(void)
         CHECK(gu_kv_init(&kv, &model->cfg, 16, n + 40) == 0, "kv");
         for (int c0 = 0; c0 < n; c0 += CHUNK) {
             int len = n - c0 < CHUNK ? n - c0 : CHUNK;
-            int rc = mq_engine_forward(engine, pool, &kv.seq, ids + c0, len, c0, MQ_PREC_BF16, logits, len);
+            int rc = mq_engine_forward(engine, pool, &kv.seq, ids + c0, len, c0, MQ_PREC_BF16, logits, MQ_LOGITS_ALL);
             CHECK(rc == 0, "forward case %d chunk %d: %d", ncases, c0, rc);
             for (int i = 0; i < len; i++) {
                 const int p = c0 + i;

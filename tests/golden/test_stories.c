@@ -135,7 +135,7 @@ static void test_greedy_is_english(void)
     int out[GREEDY_TOKENS + 64], nout = 0;
     for (int i = 0; i < n; i++)
         out[nout++] = ids[i];
-    int rc = mq_engine_prompt(e, pool, &kv.seq, ids, n, 0, MQ_MODE_BF16, logits);
+    int rc = mq_engine_prompt(e, pool, &kv.seq, ids, n, 0, MQ_PREC_MODE_BF16, logits);
     CHECK(rc == 0, "prompt %d", rc);
     for (int s = 0; s < GREEDY_TOKENS && !rc; s++) {
         int t = mq_argmax(logits, V), pos = nout;
@@ -191,7 +191,7 @@ static void test_bf16_vs_fp32(void)
     CHECK(mq_engine_create(&e, model, &eo, err, sizeof err) == 0, "engine: %s", err);
     gu_kv kv;
     gu_kv_init(&kv, c, 8, 64);
-    CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_BF16, got, N) == 0, "forward bf16");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_BF16, got, MQ_LOGITS_ALL) == 0, "forward bf16");
     float d = gu_max_abs_diff(ref, got, (size_t)N * V);
     int agree = 0;
     for (int t = 0; t < N; t++)
@@ -201,7 +201,7 @@ static void test_bf16_vs_fp32(void)
     CHECK(agree >= N - 2, "argmax agreement %d/%d", agree, N);
 
     /* NVFP4 with K = 172 padded to 176: finite, close in distribution, not identical */
-    CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_FP4, fp4, N) == 0, "forward fp4");
+    CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_FP4, fp4, MQ_LOGITS_ALL) == 0, "forward fp4");
     float dq = gu_max_abs_diff(ref, fp4, (size_t)N * V);
     int agree4 = 0;
     for (int t = 0; t < N; t++)

@@ -35,10 +35,10 @@ struct rec {
     char text[8192];
     size_t n_text;
     int done;
-    mq_end_reason why;
+    mq_sched_end_reason why;
     int err;
     char msg[256];
-    mq_req_stats st;
+    mq_sched_req_stats st;
     mq_sched *s; /* cancel after cancel_after tokens (0 = never) */
     uint64_t sess;
     int cancel_after;
@@ -68,10 +68,10 @@ static void on_token(void *ctx, int32_t id, const char *text, size_t len)
     int cancel = r->cancel_after && r->n == r->cancel_after;
     pthread_mutex_unlock(&r->mu);
     if (cancel)
-        mq_sched_cancel(r->s, r->sess, MQ_END_CANCEL);
+        mq_sched_cancel(r->s, r->sess, MQ_SCHED_END_CANCEL);
 }
 
-static void on_done(void *ctx, mq_end_reason why, int err, const char *msg, const mq_req_stats *st)
+static void on_done(void *ctx, mq_sched_end_reason why, int err, const char *msg, const mq_sched_req_stats *st)
 {
     struct rec *r = ctx;
     pthread_mutex_lock(&r->mu);
@@ -104,7 +104,7 @@ static mq_sink sink_of(struct rec *r)
     return (mq_sink){ .ctx = r, .on_token = on_token, .on_done = on_done };
 }
 
-static mq_sched *make_sched(mq_sched_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
+static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
 {
     mq_sched_opts o;
     mq_sched_opts_default(&o);
@@ -160,7 +160,7 @@ static int submit(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_t
 static void test_prefix_shared_and_second_turn(void)
 {
     const int BT = 16;
-    mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, BT, 64, MQ_KV_FULL_FAIL);
+    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 256, BT, 64, MQ_KV_FULL_FAIL);
     if (!s)
         return;
     int32_t *sys = NULL, *ua = NULL, *ub = NULL, *u2 = NULL;
@@ -179,8 +179,8 @@ static void test_prefix_shared_and_second_turn(void)
     int n = cat(buf, sys, nsys, ua, nua);
     submit(s, a, buf, n, 8, &ra);
     rec_wait(&ra, 60);
-    CHECK(ra.why == MQ_END_LENGTH && ra.n == 8, "8 tokens then length: %s n=%d (%s)", mq_end_reason_name(ra.why), ra.n,
-          ra.msg);
+    CHECK(ra.why == MQ_SCHED_END_LENGTH && ra.n == 8, "8 tokens then length: %s n=%d (%s)",
+          mq_sched_end_reason_name(ra.why), ra.n, ra.msg);
     CHECK(ra.st.prompt_tokens == n && ra.st.cached_tokens == 0 && ra.st.prefilled_tokens == n,
           "first request: prompt %d cached %d prefilled %d", ra.st.prompt_tokens, ra.st.cached_tokens,
           ra.st.prefilled_tokens);
@@ -250,7 +250,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
     const int32_t *p[2] = { pa, pb };
     const int n[2] = { na, nb };
     for (int i = 0; i < 2; i++) { /* each alone, in a fresh scheduler */
-        mq_sched *s = make_sched(MQ_SCHED_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
+        mq_sched *s = make_sched(MQ_PREC_MODE_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
         if (!s)
             return;
         uint64_t id;
@@ -260,7 +260,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
         rec_wait(&solo[i], 60);
         mq_sched_destroy(s);
     }
-    mq_sched *s = make_sched(MQ_SCHED_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
+    mq_sched *s = make_sched(MQ_PREC_MODE_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
     if (!s)
         return;
     uint64_t ids[2];
@@ -294,7 +294,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
  * that chunking and batching change nothing but the order of independent work). */
 static void test_batched_equals_solo(void)
 {
-    mq_sched *s = make_sched(MQ_SCHED_BF16, 256, 16, 32, MQ_KV_FULL_FAIL);
+    mq_sched *s = make_sched(MQ_PREC_MODE_BF16, 256, 16, 32, MQ_KV_FULL_FAIL);
     if (!s)
         return;
     const char *prompts[3] = { "def fibonacci(n):\n    ", "The old lighthouse keeper looked at the sea and",
@@ -313,7 +313,7 @@ static void test_batched_equals_solo(void)
         mq_sched_session_close(s, id);
     }
     mq_sched_destroy(s);
-    s = make_sched(MQ_SCHED_BF16, 256, 16, 32, MQ_KV_FULL_FAIL); /* fresh: no cached prefixes */
+    s = make_sched(MQ_PREC_MODE_BF16, 256, 16, 32, MQ_KV_FULL_FAIL); /* fresh: no cached prefixes */
     if (!s)
         return;
     uint64_t ids[3];
@@ -336,7 +336,7 @@ static void test_batched_equals_solo(void)
 
 static void test_cancel_and_errors(void)
 {
-    mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
+    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
     if (!s)
         return;
     int32_t *t = NULL;
@@ -350,7 +350,7 @@ static void test_cancel_and_errors(void)
     r.cancel_after = 5; /* the sink cancels from the decode thread */
     submit(s, a, t, n, 500, &r);
     rec_wait(&r, 60);
-    CHECK(r.why == MQ_END_CANCEL, "cancelled: %s", mq_end_reason_name(r.why));
+    CHECK(r.why == MQ_SCHED_END_CANCEL, "cancelled: %s", mq_sched_end_reason_name(r.why));
     CHECK(r.n >= 5 && r.n <= 7, "cancel takes effect at the next step: %d tokens", r.n);
     CHECK(mq_sched_session_history(s, a, NULL, 0) == n + r.n, "history keeps the generated tokens");
 
@@ -364,7 +364,7 @@ static void test_cancel_and_errors(void)
     CHECK(mq_sched_submit(s, a, big, 5000, NULL, &k, err, sizeof err) == -E2BIG && strstr(err, "context"),
           "over the context limit: %s", err);
     free(big);
-    CHECK(mq_sched_cancel(s, 4242, MQ_END_CANCEL) == -ENOENT, "cancel unknown");
+    CHECK(mq_sched_cancel(s, 4242, MQ_SCHED_END_CANCEL) == -ENOENT, "cancel unknown");
 
     /* busy session */
     struct rec r2, r3;
@@ -373,9 +373,10 @@ static void test_cancel_and_errors(void)
     submit(s, a, t, 4, 40, &r2);
     mq_sink k3 = sink_of(&r3);
     CHECK(mq_sched_submit(s, a, t, 4, NULL, &k3, err, sizeof err) == -EBUSY, "second request on a busy session");
-    CHECK(mq_sched_cancel(s, a, MQ_END_CLIENT_GONE) == 0, "client gone");
+    CHECK(mq_sched_cancel(s, a, MQ_SCHED_END_CLIENT_GONE) == 0, "client gone");
     rec_wait(&r2, 60);
-    CHECK(r2.why == MQ_END_CLIENT_GONE || r2.why == MQ_END_LENGTH, "ends: %s", mq_end_reason_name(r2.why));
+    CHECK(r2.why == MQ_SCHED_END_CLIENT_GONE || r2.why == MQ_SCHED_END_LENGTH, "ends: %s",
+          mq_sched_end_reason_name(r2.why));
     mq_sched_destroy(s);
     free(t);
 }
@@ -389,7 +390,7 @@ static void test_kv_full(void)
     if (n > 120)
         n = 120;
     for (int pol = 0; pol < 2; pol++) {
-        mq_sched *s = make_sched(MQ_SCHED_MIXED, 12, 16, 64, pol ? MQ_KV_FULL_FAIL : MQ_KV_FULL_WAIT);
+        mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 12, 16, 64, pol ? MQ_KV_FULL_FAIL : MQ_KV_FULL_WAIT);
         if (!s)
             return;
         uint64_t a, b;
@@ -406,14 +407,15 @@ static void test_kv_full(void)
         submit(s, b, t2, n, 40, &rb);
         rec_wait(&ra, 60);
         rec_wait(&rb, 60);
-        CHECK(ra.why == MQ_END_LENGTH && ra.n == 40, "a completes (%s, %d)", mq_end_reason_name(ra.why), ra.n);
+        CHECK(ra.why == MQ_SCHED_END_LENGTH && ra.n == 40, "a completes (%s, %d)", mq_sched_end_reason_name(ra.why),
+              ra.n);
         if (pol) {
-            CHECK(rb.why == MQ_END_ERROR && rb.err == -ENOSPC && strstr(rb.msg, "KV store full"),
-                  "fail policy: b gets a clear error: %s %d %s", mq_end_reason_name(rb.why), rb.err, rb.msg);
+            CHECK(rb.why == MQ_SCHED_END_ERROR && rb.err == -ENOSPC && strstr(rb.msg, "KV store full"),
+                  "fail policy: b gets a clear error: %s %d %s", mq_sched_end_reason_name(rb.why), rb.err, rb.msg);
             CHECK(mq_sched_session_history(s, b, NULL, 0) == 0, "failed request left no history");
         } else {
-            CHECK(rb.why == MQ_END_LENGTH && rb.n == 40, "wait policy: b completes after a (%s %s)",
-                  mq_end_reason_name(rb.why), rb.msg);
+            CHECK(rb.why == MQ_SCHED_END_LENGTH && rb.n == 40, "wait policy: b completes after a (%s %s)",
+                  mq_sched_end_reason_name(rb.why), rb.msg);
             /* b could only start when a's blocks were reclaimed from the idle session */
             CHECK(rb.t[0] > ra.t[ra.n - 1], "b's first token after a's last");
         }
@@ -434,7 +436,7 @@ static void test_kv_full(void)
 /* A long prompt is read in chunks while another session keeps decoding. */
 static void test_chunked_prefill_interleaves(void)
 {
-    mq_sched *s = make_sched(MQ_SCHED_MIXED, 512, 16, 32, MQ_KV_FULL_FAIL);
+    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 512, 16, 32, MQ_KV_FULL_FAIL);
     if (!s)
         return;
     int32_t *t = NULL;
@@ -481,7 +483,7 @@ static void test_chunked_prefill_interleaves(void)
 
 static void test_stops_and_drain(void)
 {
-    mq_sched *s = make_sched(MQ_SCHED_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
+    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
     if (!s)
         return;
     int32_t *t = NULL;
@@ -506,8 +508,8 @@ static void test_stops_and_drain(void)
     char err[256];
     CHECK(mq_sched_submit(s, a, t, n, &p, &sk, err, sizeof err) == 0, "submit");
     rec_wait(&r1, 60);
-    CHECK(r1.why == MQ_END_STOP_TOKEN && r1.n == k + 1, "stop token after %d tokens: %s %d", k + 1,
-          mq_end_reason_name(r1.why), r1.n);
+    CHECK(r1.why == MQ_SCHED_END_STOP_TOKEN && r1.n == k + 1, "stop token after %d tokens: %s %d", k + 1,
+          mq_sched_end_reason_name(r1.why), r1.n);
     mq_sched_session_close(s, a);
 
     /* stop string: a piece of the text the greedy run produced */
@@ -524,8 +526,9 @@ static void test_stops_and_drain(void)
         rec_wait(&r2, 60);
         /* the text before the stop string is released, the stop string is not */
         size_t before = (size_t)(strstr(r0.text, stop) - r0.text);
-        CHECK(r2.why == MQ_END_STOP_STRING && r2.n_text == before && strncmp(r2.text, r0.text, before) == 0,
-              "stop string \"%s\": %s \"%s\" (greedy text \"%s\")", stop, mq_end_reason_name(r2.why), r2.text, r0.text);
+        CHECK(r2.why == MQ_SCHED_END_STOP_STRING && r2.n_text == before && strncmp(r2.text, r0.text, before) == 0,
+              "stop string \"%s\": %s \"%s\" (greedy text \"%s\")", stop, mq_sched_end_reason_name(r2.why), r2.text,
+              r0.text);
         mq_sched_session_close(s, a);
     }
 
@@ -555,7 +558,8 @@ static void test_stops_and_drain(void)
     rec_init(&r3);
     submit(s, a, t, n, 1000, &r3);
     int c = mq_sched_drain(s, 300);
-    CHECK(c == 1 && r3.done && r3.why == MQ_END_CANCEL, "drain cancelled 1: %d %s", c, mq_end_reason_name(r3.why));
+    CHECK(c == 1 && r3.done && r3.why == MQ_SCHED_END_CANCEL, "drain cancelled 1: %d %s", c,
+          mq_sched_end_reason_name(r3.why));
     mq_sink s3 = sink_of(&r3);
     CHECK(mq_sched_submit(s, a, t, n, NULL, &s3, err, sizeof err) == -ESHUTDOWN, "refused while draining");
     mq_sched_destroy(s);
@@ -587,7 +591,7 @@ static void test_streamed_equals_pread(void)
         for (int i = 0; i < 4; i++)
             blocks[i] = aligned_alloc(64, (bb + 63) / 64 * 64);
         mq_kv_seq seq = { blocks, 4 };
-        CHECK(mq_engine_prompt(e, pool, &seq, t, n, 0, MQ_MODE_MIXED, ls[k]) == 0, "prompt");
+        CHECK(mq_engine_prompt(e, pool, &seq, t, n, 0, MQ_PREC_MODE_MIXED, ls[k]) == 0, "prompt");
         for (int i = 0; i < 4; i++)
             free(blocks[i]);
         mq_engine_free(e);

@@ -228,7 +228,8 @@ static void test_synth_engine_runs_sharded(void)
             for (int i = 0; i < 16; i++)
                 toks[i] = 1000 + 977 * i;
             for (int pr = 0; pr < 2; pr++) {
-                rc = mq_engine_forward(eng, pool, &seq, toks, 16, 0, pr ? MQ_PREC_FP4 : MQ_PREC_BF16, logits, 16);
+                rc = mq_engine_forward(eng, pool, &seq, toks, 16, 0, pr ? MQ_PREC_FP4 : MQ_PREC_BF16, logits,
+                                       MQ_LOGITS_ALL);
                 CHECK(rc == 0, "forward (%s): %d", pr ? "fp4" : "bf16", rc);
                 int finite = 1;
                 for (size_t i = 0; i < (size_t)16 * m->cfg.vocab; i++)

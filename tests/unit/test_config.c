@@ -26,7 +26,7 @@ static void test_full_file(void)
                      "\"watchdog\": false, \"drain_timeout_ms\": 1500,"
                      "\"client_socket\": \"/tmp/x/c.sock\", \"admin_socket\": \"/tmp/x/a.sock\"}";
     CHECK(parse(&c, js, err, sizeof err) == 0, "parse: %s", err);
-    CHECK(!strcmp(c.model_dir, "/m") && c.mode == MQ_CFG_MODE_BF16 && c.prefill_threads == 2, "fields");
+    CHECK(!strcmp(c.model_dir, "/m") && c.mode == MQ_PREC_MODE_BF16 && c.prefill_threads == 2, "fields");
     CHECK(c.on_full == MQ_CFG_ON_FULL_WAIT && c.hugepages == MQ_CFG_HUGE_OFF && !c.watchdog, "enums/bools");
     CHECK(!strcmp(c.allowed_users[1], "nobody") && !c.allowed_users[2][0], "list");
     CHECK(mqd_config_validate(&c, err, 512) == 0, "validate: %s", err);
@@ -100,7 +100,7 @@ static void test_flags_override_file(void)
     CHECK(rc == 0, "parse: %s", err);
     CHECK(!strcmp(cpath, path), "config path");
     CHECK(c.kv_tokens == 8192 && !strcmp(c.model_dir, "/from/flag"), "flags win");
-    CHECK(c.mode == MQ_CFG_MODE_FP4, "file value kept");
+    CHECK(c.mode == MQ_PREC_MODE_FP4, "file value kept");
     CHECK(!strcmp(c.allowed_users[0], "root") && !strcmp(c.allowed_users[1], "nobody"), "list");
     CHECK(check == 1 && help == 0, "check flag");
     char *bad[] = { "mqd", "--kv-tokens", "lots", NULL };

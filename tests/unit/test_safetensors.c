@@ -272,7 +272,8 @@ static void tiny_logits(mq_model *m, mq_prec prec, int chunk, float *out /* [12,
     const int toks[12] = { 1, 7, 3, 49, 0, 22, 22, 5, 9, 11, 40, 2 };
     for (int p = 0; p < 12; p += chunk) {
         int len = 12 - p < chunk ? 12 - p : chunk;
-        CHECK(mq_engine_forward(e, pool, &seq, toks + p, len, p, prec, out + (size_t)p * TV, len) == 0, "forward");
+        CHECK(mq_engine_forward(e, pool, &seq, toks + p, len, p, prec, out + (size_t)p * TV, MQ_LOGITS_ALL) == 0,
+              "forward");
     }
     for (int b = 0; b < 4; b++)
         free(blocks[b]);
