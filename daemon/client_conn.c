@@ -539,7 +539,7 @@ static void on_open(mqd_conn *c, const mq_msg *m)
         c->cap_sess = cap;
     }
     uint64_t id;
-    int rc = mq_sched_session_open(d->sched, &id);
+    int rc = mq_sched_session_open(d->sched, (uint32_t)c->uid, &id);
     if (rc) {
         send_error(c, m->seq, rc == -EMFILE ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL, "cannot open a session: %s",
                    rc == -EMFILE ? "mqd has max_sessions open" : strerror(-rc));

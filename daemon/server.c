@@ -370,7 +370,7 @@ static void warm_done(void *ctx, mq_sched_end_reason reason, int err, const char
 static int warm_up(mqd *d, char *err, size_t errlen)
 {
     uint64_t sid;
-    int rc = mq_sched_session_open(d->sched, &sid);
+    int rc = mq_sched_session_open(d->sched, (uint32_t)geteuid(), &sid);
     if (rc)
         return mq_errmsg(err, errlen, rc, "warm-up: session: %s", strerror(-rc));
     int32_t *ids = NULL;

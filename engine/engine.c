@@ -18,8 +18,14 @@
  *
  * Every step is one mq_pool_run: rows split across threads for norms / RoPE /
  * quantization, columns for the linears, (sequence, head) pairs for attention. The
- * linear's input goes to BF16 (BF16 path) or to NVFP4 with g = 2688/amax over the whole
- * input (an amax per row, reduced by the caller between two runs).
+ * linear's input goes to BF16 (BF16 path) or to NVFP4 with g = 2688/amax over each
+ * sequence's rows (an amax per row, reduced per sequence between two runs).
+ * Batch invariance: a sequence's numbers never depend on the other sequences of the
+ * forward. NVFP4 takes its dynamic global scale per sequence (a per-row g_x in the
+ * kernels; for one sequence that is NVFP4.md's per-tensor scale of the call), and a
+ * forward over several sequences runs its BF16 GEMMs in row groups that keep the
+ * kernels' GEMV summation order (decode batches of 9 or more rows would otherwise take
+ * the tiled kernel, whose order differs in the last bits).
  * Fused steps: a linear's input is made by one "prep" run per row that may first add the
  * residual (x += delta) or apply SwiGLU, then normalize, then convert; forward_rows names
  * each one (prep_residual_norm, prep_swiglu, prep_plain) where llama2.c has the loop.
@@ -32,9 +38,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define COL_ALIGN        16 /* columns per thread slice: whole SIMD vectors */
-#define ENGINE_MAX_CHUNK (1 << 20)
-#define ENGINE_MAX_BATCH 65536
+#define COL_ALIGN          16 /* columns per thread slice: whole SIMD vectors */
+#define ENGINE_MAX_CHUNK   (1 << 20)
+#define ENGINE_MAX_BATCH   65536
+#define ENGINE_MAX_SCRATCH 32 /* scratch buffers of one engine */
 
 struct mq_engine {
     const mq_model *m;
@@ -52,11 +59,16 @@ struct mq_engine {
     mq_fp4_act act;
     float *inv_freq;               /* [head_dim/2] RoPE */
     float *row_amax;               /* [max_rows] max |x| of each row of a linear's input */
+    float *row_g;                  /* [max_rows] NVFP4 g_x of each row (its sequence's) */
+    float *seq_amax;               /* [max_batch] */
     const uint16_t **kptr, **vptr; /* [max_batch][max_blocks] block pointers of one layer */
     int *row_seq, *row_pos;        /* [max_rows] */
     int *seq_row0;                 /* [max_batch] first row of each sequence */
+    int nseq;                      /* sequences of the forward running now */
     int *ones;                     /* [max_batch] = 1 (decode: one token per sequence) */
     size_t bytes;
+    void *alloc[ENGINE_MAX_SCRATCH]; /* every scratch buffer, for free */
+    int n_alloc, oom;
 };
 
 size_t mq_kv_block_bytes(const mq_config *cfg, int block_tokens)
@@ -67,14 +79,18 @@ size_t mq_kv_block_bytes(const mq_config *cfg, int block_tokens)
 
 /* ---- creation ------------------------------------------------------------------- */
 
+/* A zeroed, 64-byte aligned buffer owned by the engine; on failure NULL and e->oom. */
 static void *scratch(mq_engine *e, size_t bytes)
 {
     bytes = (bytes + 63) / 64 * 64;
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64))
+    if (e->n_alloc == ENGINE_MAX_SCRATCH || posix_memalign(&p, 64, bytes ? bytes : 64)) {
+        e->oom = 1;
         return NULL;
+    }
     memset(p, 0, bytes);
     e->bytes += bytes;
+    e->alloc[e->n_alloc++] = p;
     return p;
 }
 
@@ -126,15 +142,15 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
     e->act_mem = scratch(e, act);
     e->inv_freq = scratch(e, (size_t)c->head_dim / 2 * 4);
     e->row_amax = scratch(e, R * sizeof(float));
+    e->row_g = scratch(e, R * sizeof(float));
+    e->seq_amax = scratch(e, (size_t)o->max_batch * sizeof(float));
     e->kptr = scratch(e, (size_t)o->max_batch * e->max_blocks * sizeof *e->kptr);
     e->vptr = scratch(e, (size_t)o->max_batch * e->max_blocks * sizeof *e->vptr);
     e->row_seq = scratch(e, R * sizeof(int));
     e->row_pos = scratch(e, R * sizeof(int));
     e->seq_row0 = scratch(e, (size_t)o->max_batch * sizeof(int));
     e->ones = scratch(e, (size_t)o->max_batch * sizeof(int));
-    if (!e->x || !e->xn || !e->delta || !e->q || !e->att || !e->k || !e->v || !e->gate || !e->up || !e->xb16 ||
-        !e->act_mem || !e->inv_freq || !e->row_amax || !e->kptr || !e->vptr || !e->row_seq || !e->row_pos ||
-        !e->seq_row0 || !e->ones) {
+    if (e->oom) {
         mq_errmsg(err, errlen, 0, "engine: out of memory for scratch (%zu bytes so far)", e->bytes);
         mq_engine_free(e);
         return -ENOMEM;
@@ -150,11 +166,8 @@ void mq_engine_free(mq_engine *e)
 {
     if (!e)
         return;
-    void *ps[] = { e->x,    e->xn,      e->delta,   e->q,        e->att,      e->k,        e->v,
-                   e->gate, e->up,      e->xb16,    e->act_mem,  e->inv_freq, e->row_amax, e->kptr,
-                   e->vptr, e->row_seq, e->row_pos, e->seq_row0, e->ones };
-    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
-        free(ps[i]);
+    for (int i = 0; i < e->n_alloc; i++)
+        free(e->alloc[i]);
     free(e);
 }
 
@@ -254,6 +267,33 @@ struct gemm_op {
     float *y[3];
 };
 
+#define GEMV_ROWS        8           /* mq_gemm_bf16 takes its GEMV path up to this many rows */
+#define GEMV_STRIP_BYTES (256 << 10) /* weight columns per strip: stay in L2 across row groups */
+
+/* Y[m, a..b) = X · Wᵀ in BF16. With rows of several sequences (e->nseq > 1) and more
+ * than GEMV_ROWS rows, the rows go in groups of GEMV_ROWS over column strips, so every
+ * row is summed in the GEMV order it would have alone (the tiled kernel's differs in the
+ * last bits); the strip is still in L2 for the next group, so W streams once. */
+static void gemm_bf16_cols(const struct gemm_op *o, const mq_bf16_weight *w, float *y, int n, int a, int b)
+{
+    const mq_engine *e = o->e;
+    const size_t k = (size_t)w->k;
+    if (e->nseq == 1 || o->m <= GEMV_ROWS) {
+        mq_gemm_bf16(e->xb16, o->m, k, w, y, (size_t)n, a, b);
+        return;
+    }
+    int strip = (int)(GEMV_STRIP_BYTES / (k * sizeof(uint16_t))) / COL_ALIGN * COL_ALIGN;
+    if (strip < COL_ALIGN)
+        strip = COL_ALIGN;
+    for (int c0 = a; c0 < b; c0 += strip) {
+        const int c1 = b - c0 < strip ? b : c0 + strip;
+        for (int r0 = 0; r0 < o->m; r0 += GEMV_ROWS) {
+            const int rows = o->m - r0 < GEMV_ROWS ? o->m - r0 : GEMV_ROWS;
+            mq_gemm_bf16(e->xb16 + (size_t)r0 * k, rows, k, w, y + (size_t)r0 * n, (size_t)n, c0, c1);
+        }
+    }
+}
+
 static void gemm_run(void *arg, int tid, int nt)
 {
     struct gemm_op *o = arg;
@@ -272,7 +312,7 @@ static void gemm_run(void *arg, int tid, int nt)
             b = n;
         if (a < b) {
             if (o->prec == MQ_PREC_BF16)
-                mq_gemm_bf16(o->e->xb16, o->m, (size_t)L->bf16.k, &L->bf16, o->y[i], (size_t)n, a, b);
+                gemm_bf16_cols(o, &L->bf16, o->y[i], n, a, b);
             else
                 mq_gemm_fp4(&o->e->act, &L->fp4, o->y[i], (size_t)n, a, b);
             if (L->bias)
@@ -283,8 +323,25 @@ static void gemm_run(void *arg, int tid, int nt)
     }
 }
 
+/* NVFP4 dynamic g_x per sequence, from the row amaxes, into row_g. */
+static void seq_global_scales(mq_engine *e, int m)
+{
+    for (int s = 0; s < e->nseq; s++)
+        e->seq_amax[s] = 0.0f;
+    for (int r = 0; r < m; r++) {
+        float *a = &e->seq_amax[e->row_seq[r]];
+        if (e->row_amax[r] > *a)
+            *a = e->row_amax[r];
+    }
+    for (int s = 0; s < e->nseq; s++)
+        e->seq_amax[s] = mq_fp4_global_scale(e->seq_amax[s]);
+    for (int r = 0; r < m; r++)
+        e->row_g[r] = e->seq_amax[e->row_seq[r]];
+}
+
 /* Runs up to 3 linears on the prepared input `x` [m, k] (prep_run already produced the
- * BF16 copy or the row amaxes). NVFP4: one quantization per distinct g_x. */
+ * BF16 copy or the row amaxes). NVFP4: one quantization per run of linears that share
+ * their g_x (the checkpoint's static one, or the dynamic one per sequence). */
 static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, int m, int k, const mq_linear *const *lin,
                    float *const *y, int n_lin)
 {
@@ -297,18 +354,17 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
         mq_pool_run(pool, gemm_run, &g);
         return 0;
     }
-    float amax = 0.0f;
-    for (int r = 0; r < m; r++)
-        if (e->row_amax[r] > amax)
-            amax = e->row_amax[r];
-    const float g_dyn = mq_fp4_global_scale(amax);
+    seq_global_scales(e, m);
     for (int i = 0; i < n_lin;) {
-        const float g = lin[i]->in_g > 0 ? lin[i]->in_g : g_dyn;
+        const float in_g = lin[i]->in_g > 0 ? lin[i]->in_g : 0; /* 0: dynamic */
         int j = i + 1;
-        while (j < n_lin && (lin[j]->in_g > 0 ? lin[j]->in_g : g_dyn) == g)
+        while (j < n_lin && (lin[j]->in_g > 0 ? lin[j]->in_g : 0) == in_g)
             j++;
         mq_fp4_act_bind(&e->act, m, k, e->act_mem);
-        e->act.g = g;
+        if (in_g > 0)
+            e->act.g = in_g;
+        else
+            e->act.row_g = e->row_g;
         struct quant_op qo = { e, x, m, k, 0 };
         mq_pool_run(pool, quant_run, &qo);
         if (qo.bad)
@@ -435,6 +491,7 @@ static int map_rows(mq_engine *e, const mq_kv_seq *seqs, int nseq, const int *nt
 {
     const int bt = e->block_tokens;
     int m = 0;
+    e->nseq = nseq;
     for (int s = 0; s < nseq; s++) {
         const int end = pos0[s] + ntok[s];
         if (ntok[s] < 1 || pos0[s] < 0 || end > e->max_blocks * bt || end > seqs[s].n_blocks * bt)

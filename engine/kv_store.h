@@ -11,7 +11,8 @@
  *   cached  — refcount 0 but indexed: its K/V is still valid for its token prefix and can
  *             be reused by a lookup, or evicted (oldest released first) by an allocation.
  * A block is indexed by the chain hash of its whole token prefix:
- *     h_i = XXH3_64bits_withSeed(tokens of block i, h_{i-1}),  h_{-1} = MQ_KV_HASH_SEED.
+ *     h_i = XXH3_64bits_withSeed(tokens of block i, h_{i-1}),  h_{-1} = the caller's seed
+ * (MQ_KV_HASH_SEED, or derived from it: the scheduler salts it per tenant).
  * Lookups also compare the block's own tokens and the parent hash, so a hit needs a
  * 64-bit collision on the parent's whole prefix to be wrong.
  * Only full blocks are indexed; indexed blocks are never written again (a writer owns

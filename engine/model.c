@@ -3,7 +3,7 @@
  * Every checkpoint tensor the model uses becomes one read and one job. A job knows where
  * its bytes land (the final BF16 array when the checkpoint already holds BF16, else a
  * staging buffer) and what to do once they are there (convert, quantize to NVFP4,
- * dequantize to BF16). NVFP4 checkpoints spread one linear over 3-4 tensors
+ * dequantize to BF16, pack for the kernels). NVFP4 checkpoints spread one linear over 3-4 tensors
  * (weight_packed, weight_scale, weight_global_scale, input_global_scale); the linear is
  * finished by whichever of its jobs completes last (an atomic count).
  */
@@ -66,6 +66,7 @@ struct job {
     mq_linear *lin;       /* JOB_LINEAR, JOB_FP4_* */
     struct lin_state *ls; /* JOB_FP4_* */
     int quantize;         /* JOB_LINEAR: also make the NVFP4 copy */
+    mq_bf16_weight *pack; /* JOB_LINEAR, untied LM head: pack dst in place when done */
     _Atomic int done;
 };
 
@@ -79,6 +80,7 @@ struct mq_load {
     int n_reads, cap;
     struct lin_state *lins; /* [n_layers * 7] */
     int no_fp4;
+    mq_fp4_pack fp4_pack;
     struct {
         void *p;
         size_t bytes;
@@ -234,14 +236,15 @@ static int plan_vec(mq_model *m, const mq_st *st, const char *name, int n, float
     return add_staged(m, t, 0, JOB_VEC, *out) ? 0 : -ENOMEM;
 }
 
-/* A BF16 [rows, cols] matrix; read in place when stored as BF16. */
+/* A BF16 [rows, cols] matrix; read in place when stored as BF16. Room for the packed
+ * layout (mq_kernels.h) too, which the job makes in place when it has `pack`. */
 static int plan_bf16_matrix(mq_model *m, const mq_st *st, int file_base, const char *name, int rows, int cols,
                             job_kind kind, uint16_t **out, struct job **jout, char *err, size_t errlen)
 {
     const mq_st_tensor *t = want(st, name, DENSE, 3, 2, rows, cols, err, errlen);
     if (!t)
         return -EINVAL;
-    size_t bytes = (size_t)rows * (size_t)cols * 2;
+    size_t bytes = mq_bf16_weight_packed_bytes(rows, cols);
     if (!(*out = xalloc(m, bytes, "weights.bf16", &m->bf16_bytes)))
         return -ENOMEM;
     struct job *j = t->dtype == MQ_DT_BF16 ? add_read(m, t, file_base, *out) : add_staged(m, t, file_base, kind, *out);
@@ -284,8 +287,9 @@ static int plan_linear(mq_model *m, int layer, int jl, char *err, size_t errlen)
             return rc;
         j->lin = lin;
         j->quantize = !packed && !L->no_fp4;
+        j->pack = &lin->bf16;
     } else {
-        if (!(bf = xalloc(m, (size_t)n * k * 2, "weights.bf16", &m->bf16_bytes)))
+        if (!(bf = xalloc(m, mq_bf16_weight_packed_bytes(n, k), "weights.bf16", &m->bf16_bytes)))
             return -ENOMEM;
         ls->bf16_dst = bf;
     }
@@ -361,6 +365,50 @@ static int check_unused(mq_model *m, char *err, size_t errlen)
     return 0;
 }
 
+/* MemAvailable from /proc/meminfo in bytes, or 0 if unknown. */
+static size_t mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    unsigned long long kb = 0;
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return (size_t)kb * 1024;
+}
+
+/* The packed NVFP4 copy of every linear, when opts.fp4_pack asks for it (mq_fp4_pack). */
+static int plan_fp4_packed(mq_model *m, char *err, size_t errlen)
+{
+    struct mq_load *L = m->load;
+    const mq_config *c = &m->cfg;
+    if (L->no_fp4 || L->fp4_pack == MQ_FP4_PACK_OFF)
+        return 0;
+    size_t need = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int jl = 0; jl < 7; jl++) {
+            const mq_fp4_weight *w = &layer_lin(&m->layers[l], jl)->fp4;
+            need += mq_fp4_weight_packed_bytes(w->n, w->k);
+        }
+    if (L->fp4_pack == MQ_FP4_PACK_AUTO) {
+        const size_t avail = mem_available(), have = m->bf16_bytes + m->fp4_bytes + m->other_bytes;
+        if (avail == 0 || have + need > avail / 2)
+            return 0;
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        for (int jl = 0; jl < 7; jl++) {
+            mq_fp4_weight *w = &layer_lin(&m->layers[l], jl)->fp4;
+            void *p = xalloc(m, mq_fp4_weight_packed_bytes(w->n, w->k), "weights.fp4.packed", &m->fp4_packed_bytes);
+            if (!p)
+                return mq_errmsg(err, errlen, -ENOMEM, "out of memory for the packed NVFP4 copy (%.1f MiB)",
+                                 need / 1048576.0);
+            mq_fp4_weight_bind_packed(w, p);
+        }
+    return 0;
+}
+
 int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *alloc, mq_model **out,
                   const mq_read **reads, int *n_reads, char *err, size_t errlen)
 {
@@ -381,6 +429,7 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     m->load = L;
     L->alloc = *alloc;
     L->no_fp4 = opts->no_fp4;
+    L->fp4_pack = opts->fp4_pack;
     int rc;
     if ((rc = mq_config_load(&m->cfg, dir, err, errlen)))
         goto fail;
@@ -438,11 +487,14 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     if ((rc = plan_vec(m, L->st, "model.norm.weight", c->hidden, &m->final_norm, err, errlen)))
         goto fail;
     uint16_t *head = m->embed;
-    if (!c->tie_embeddings &&
-        (rc = plan_bf16_matrix(m, L->st, 0, "lm_head.weight", c->vocab, c->hidden, JOB_EMBED, &head, &j, err, errlen)))
-        goto fail;
+    if (!c->tie_embeddings) {
+        if ((rc = plan_bf16_matrix(m, L->st, 0, "lm_head.weight", c->vocab, c->hidden, JOB_EMBED, &head, &j, err,
+                                   errlen)))
+            goto fail;
+        j->pack = &m->lm_head;
+    }
     mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head);
-    if ((rc = check_unused(m, err, errlen)))
+    if ((rc = check_unused(m, err, errlen)) || (rc = plan_fp4_packed(m, err, errlen)))
         goto fail;
 
     *out = m;
@@ -528,6 +580,7 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, 
     if (!(lin->fp4.g > 0) || !isfinite(lin->fp4.g)) {
         return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\": weight_global_scale must be a positive number", name);
     }
+    mq_fp4_weight_pack_rows(&lin->fp4, 0, n);
     if (!ls->bf16_dst)
         return 0;
     float *row = malloc((size_t)k * sizeof(float));
@@ -539,6 +592,11 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, 
         mq_f32_to_bf16_row(row, ls->bf16_dst + (size_t)r * k, (size_t)k);
     }
     free(row);
+    int rc = mq_bf16_weight_pack_in_place(ls->bf16_dst, n, k);
+    if (rc == 0)
+        mq_bf16_weight_bind_packed(&lin->bf16, n, k, ls->bf16_dst);
+    else if (rc != -EINVAL) /* odd K: stays row-major */
+        return mq_errmsg(err, errlen, rc, "tensor \"%s\": out of memory packing it", name);
     return 0;
 }
 
@@ -565,6 +623,16 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen)
                 ((uint16_t *)j->dst)[e] = mq_f32_to_bf16(elem_f32(j->dtype, j->staging, e));
         if (j->kind == JOB_LINEAR && j->quantize)
             rc = quantize_linear(j->lin, name, err, errlen);
+        if (!rc && j->pack) { /* after quantize_linear, which reads the rows */
+            const int n = j->pack->n, k = j->pack->k;
+            rc = mq_bf16_weight_pack_in_place(j->dst, n, k);
+            if (rc == 0)
+                mq_bf16_weight_bind_packed(j->pack, n, k, j->dst);
+            else if (rc == -EINVAL)
+                rc = 0; /* odd K: stays row-major */
+            else
+                mq_errmsg(err, errlen, 0, "tensor \"%s\": out of memory packing it", name);
+        }
         break;
     case JOB_FP4_WGS:
     case JOB_FP4_IGS: {

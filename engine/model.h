@@ -1,11 +1,14 @@
 /* engine/model.h — a loaded model: config plus both weight sets.
  *
  * Owns: the weights of one Qwen3 / Qwen2 / Llama model, in the forms the engine runs:
- *   - BF16 linears (decode path; mq_bf16_weight),
+ *   - BF16 linears (decode path; mq_bf16_weight), packed at load (mq_kernels.h) when K is
+ *     even, else row-major,
  *   - NVFP4 linears (prefill path; mq_fp4_weight), quantized at load from the BF16
  *     weights per NVFP4.md with g = 2688 / amax(tensor), or taken as stored from a
- *     compressed-tensors nvfp4-pack-quantized checkpoint,
- *   - the embedding and LM head in BF16 (the LM head may be the embedding: tied),
+ *     compressed-tensors nvfp4-pack-quantized checkpoint; with the packed copy for the
+ *     AVX-512 GEMM when opts.fp4_pack says so (fp4_packed_bytes, 1.25 bytes per weight),
+ *   - the embedding and LM head in BF16 (the LM head may be the embedding: tied; an
+ *     untied head is packed like the linears, the embedding stays row-major),
  *   - norms (and Qwen2 biases) in FP32.
  * A compressed-tensors checkpoint may be paired with a separate BF16 checkpoint
  * (opts.bf16_dir) for decode, as Mix-Quant pairs Qwen3-8B-NVFP4 with Qwen3-8B; without
@@ -71,14 +74,15 @@ typedef struct mq_layer {
 
 typedef struct mq_model {
     mq_config cfg;
-    uint16_t *embed;        /* [vocab, hidden] BF16 */
-    float *final_norm;      /* [hidden] */
-    mq_bf16_weight lm_head; /* [vocab, hidden] BF16; .w == embed when tied */
-    mq_layer *layers;       /* [n_layers] */
-    size_t bf16_bytes;      /* BF16 copy: linears + embedding + LM head */
-    size_t fp4_bytes;       /* NVFP4 copy: codes + scales */
-    size_t other_bytes;     /* norms, biases */
-    struct mq_load *load;   /* loading state, then the record of allocations */
+    uint16_t *embed;         /* [vocab, hidden] BF16 */
+    float *final_norm;       /* [hidden] */
+    mq_bf16_weight lm_head;  /* [vocab, hidden] BF16; .w == embed when tied */
+    mq_layer *layers;        /* [n_layers] */
+    size_t bf16_bytes;       /* BF16 copy: linears + embedding + LM head */
+    size_t fp4_bytes;        /* NVFP4 copy: codes + scales */
+    size_t fp4_packed_bytes; /* its packed copy for the AVX-512 GEMM, 0 when not made */
+    size_t other_bytes;      /* norms, biases */
+    struct mq_load *load;    /* loading state, then the record of allocations */
 } mq_model;
 
 /* One read the loader must perform: bytes [offset, offset+bytes) of file `file` into dst. */
@@ -90,9 +94,15 @@ typedef struct mq_read {
     const char *tensor; /* the checkpoint tensor's name (for messages) */
 } mq_read;
 
+/* Whether the NVFP4 linears get their packed copy (+1.25 bytes per weight, a faster
+ * prefill GEMM): AUTO makes it when weights and copy together take at most half of the
+ * memory available at plan time (MemAvailable). */
+typedef enum { MQ_FP4_PACK_AUTO = 0, MQ_FP4_PACK_ON = 1, MQ_FP4_PACK_OFF = 2 } mq_fp4_pack;
+
 typedef struct mq_model_opts {
     const char *bf16_dir; /* NVFP4 checkpoint: separate BF16 checkpoint for decode, or NULL */
     int no_fp4;           /* skip the NVFP4 copy (BF16-only tools); fp4 mode then refuses */
+    mq_fp4_pack fp4_pack; /* the packed NVFP4 copy (default AUTO) */
 } mq_model_opts;
 
 /* Step 1. On success *out is a model whose weights are not yet valid, and *reads /

@@ -10,8 +10,8 @@
  * under the lock.
  *
  * KV admission: when a request leaves the queue, the session first extends its KV from
- * the prefix index (full blocks only, at most up to the last history token, whose
- * logits must be computed), then reserves every block it can still need
+ * the prefix index (whole shareable chunks only, at most up to the last history token,
+ * whose logits must be computed), then reserves every block it can still need
  * (history + max_tokens, capped by the context limit). So a running request never meets
  * a full store; a request that cannot reserve waits (after idle sessions' KV is
  * reclaimed, oldest first) or fails, per the configured policy.
@@ -71,9 +71,12 @@ struct req {
 
 struct session {
     uint64_t id;
+    uint32_t tenant;
+    uint64_t root; /* chain-hash seed of its blocks: MQ_KV_HASH_SEED, salted with the tenant */
     int32_t *hist;
     int n_hist, cap_hist;
     int n_kv;       /* history[0..n_kv) has K/V in the blocks */
+    int n_canon;    /* history[0..n_canon) was read as whole chunks of the grid: shareable */
     int *blk;       /* [max_blocks] KV store ids */
     uint8_t **ptr;  /* [max_blocks] block memory (the engine's mq_kv_seq) */
     uint64_t *hash; /* [max_blocks] chain hash of each full block */
@@ -186,13 +189,17 @@ static int blocks_for(const mq_sched *s, int tokens)
     return (tokens + s->o.block_tokens - 1) / s->o.block_tokens;
 }
 
-/* Drops the session's KV beyond n tokens. A full block is shared-immutable once hashed,
- * so cutting inside one drops the whole block (the session re-prefills those tokens). */
+/* Drops the session's KV beyond n tokens. Inside the shareable part it cuts at a chunk
+ * boundary, so that the session reads the rest in the same chunks as any other session
+ * would (see "Chunks" in scheduler.h). A full block is shared-immutable once hashed, so
+ * cutting inside one drops the whole block (the session re-prefills those tokens). */
 static void truncate_kv(mq_sched *s, struct session *ss, int n)
 {
     int bt = s->o.block_tokens;
     if (n < ss->n_kv)
         ss->n_kv = n;
+    if (ss->n_kv < ss->n_canon)
+        ss->n_kv = ss->n_canon = ss->n_kv / s->o.chunk_tokens * s->o.chunk_tokens;
     int keep = blocks_for(s, ss->n_kv);
     if (ss->n_kv % bt && keep - 1 < ss->n_hashed) {
         keep--;
@@ -209,40 +216,58 @@ static void truncate_kv(mq_sched *s, struct session *ss, int n)
         ss->n_shared = ss->n_blk;
 }
 
-/* Hashes and publishes the session's newly full blocks. */
+/* Hashes and publishes the session's newly full blocks of its shareable part. */
 static void publish_full_blocks(mq_sched *s, struct session *ss)
 {
     int bt = s->o.block_tokens;
-    while (ss->n_hashed < ss->n_blk && (ss->n_hashed + 1) * bt <= ss->n_kv) {
+    while (ss->n_hashed < ss->n_blk && (ss->n_hashed + 1) * bt <= ss->n_canon) {
         int b = ss->n_hashed;
-        uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
+        uint64_t parent = b ? ss->hash[b - 1] : ss->root;
         ss->hash[b] = mq_kv_prefix_hash(parent, ss->hist + (size_t)b * bt, bt);
         mq_kv_publish(s->kv, ss->blk[b], parent, ss->hash[b], ss->hist + (size_t)b * bt);
         ss->n_hashed++;
     }
 }
 
-/* Extends the session's KV with indexed blocks of its history (never the last token). */
+/* Takes block b of the session's history from the index (a reference), or -1. */
+static int lookup_block(mq_sched *s, struct session *ss, int b)
+{
+    const int bt = s->o.block_tokens;
+    uint64_t parent = b ? ss->hash[b - 1] : ss->root;
+    const int32_t *t = ss->hist + (size_t)b * bt;
+    uint64_t h = mq_kv_prefix_hash(parent, t, bt);
+    int id = mq_kv_lookup(s->kv, parent, h, t);
+    if (id < 0)
+        return -1;
+    ss->blk[b] = id;
+    ss->ptr[b] = mq_kv_block_ptr(s->kv, id);
+    ss->hash[b] = h;
+    return id;
+}
+
+/* Extends the session's KV with whole chunks of its history that other sessions
+ * published, never the last token (its logits must be computed), and only while all of
+ * its KV is shareable: a chunk's numbers depend on every token of the chunk (the NVFP4
+ * activation scale) and on the KV before it. */
 static void lookup_prefix(mq_sched *s, struct session *ss)
 {
-    int bt = s->o.block_tokens;
-    if (ss->n_kv % bt || ss->n_hashed != ss->n_blk)
+    const int bt = s->o.block_tokens, cell = s->o.chunk_tokens, per = cell / bt;
+    if (ss->n_kv != ss->n_canon || ss->n_hashed != ss->n_blk)
         return;
-    while (ss->n_kv + bt <= ss->n_hist - 1 && ss->n_blk < s->max_blocks) {
-        int b = ss->n_blk;
-        uint64_t parent = b ? ss->hash[b - 1] : MQ_KV_HASH_SEED;
-        const int32_t *t = ss->hist + (size_t)b * bt;
-        uint64_t h = mq_kv_prefix_hash(parent, t, bt);
-        int id = mq_kv_lookup(s->kv, parent, h, t);
-        if (id < 0)
-            break;
-        ss->blk[b] = id;
-        ss->ptr[b] = mq_kv_block_ptr(s->kv, id);
-        ss->hash[b] = h;
-        ss->n_blk++;
-        ss->n_hashed++;
-        ss->n_shared++;
-        ss->n_kv += bt;
+    while (ss->n_kv + cell <= ss->n_hist - 1 && ss->n_blk + per <= s->max_blocks) {
+        int got = 0;
+        while (got < per && lookup_block(s, ss, ss->n_blk + got) >= 0)
+            got++;
+        if (got < per) { /* part of a chunk is no use: give it back */
+            while (got > 0)
+                mq_kv_unref(s->kv, ss->blk[ss->n_blk + --got]);
+            return;
+        }
+        ss->n_blk += per;
+        ss->n_hashed += per;
+        ss->n_shared += per;
+        ss->n_kv += cell;
+        ss->n_canon += cell;
     }
 }
 
@@ -627,7 +652,8 @@ static struct chunk take_chunk(mq_sched *s, struct req *r)
         r->reserved -= found;
     }
     struct chunk c = { .pos0 = ss->n_kv };
-    c.n = ss->n_hist - c.pos0 < s->o.chunk_tokens ? ss->n_hist - c.pos0 : s->o.chunk_tokens;
+    const int grid_end = (c.pos0 / s->o.chunk_tokens + 1) * s->o.chunk_tokens;
+    c.n = (grid_end < ss->n_hist ? grid_end : ss->n_hist) - c.pos0;
     c.last = c.pos0 + c.n == ss->n_hist;
     c.rc = ensure_blocks(s, r, c.pos0 + c.n);
     c.seq = (mq_kv_seq){ .blocks = ss->ptr, .n_blocks = ss->n_blk };
@@ -676,6 +702,11 @@ static void finish_chunk(mq_sched *s, struct req *r, const struct chunk *c)
     }
     ss->n_kv += c->n;
     r->st.prefilled_tokens += c->n;
+    /* a whole chunk of the grid from a shareable start, all at the prompt precision (in
+     * mixed mode the prompt's last token is not), is what any session computes there */
+    if (c->pos0 == ss->n_canon && c->n == s->o.chunk_tokens &&
+        (!c->last || mq_prec_mode_prompt(s->o.mode) == mq_prec_mode_decode(s->o.mode)))
+        ss->n_canon += c->n;
     publish_full_blocks(s, ss);
     if (!c->last) {
         if (r != s->queue_tail) { /* round-robin: the next chunk goes to another prompt being read, if any */
@@ -848,6 +879,9 @@ static void resolve_opts(mq_sched_opts *o, const mq_model *model)
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         if (*fields[i] <= 0)
             *fields[i] = defaults[i];
+    /* chunks are whole blocks, so that a shareable chunk is a run of full blocks */
+    o->chunk_tokens =
+        o->chunk_tokens < o->block_tokens ? o->block_tokens : o->chunk_tokens / o->block_tokens * o->block_tokens;
     const int max_pos = model->cfg.max_pos;
     int ctx = o->context_limit;
     if (ctx <= 0)
@@ -1003,7 +1037,16 @@ void mq_sched_destroy(mq_sched *s)
     free(s);
 }
 
-int mq_sched_session_open(mq_sched *s, uint64_t *id)
+/* The chain-hash seed of a tenant's sessions (scheduler.h "Tenants"). */
+static uint64_t tenant_root(const mq_sched *s, uint32_t tenant)
+{
+    if (s->o.share_prefix_cache)
+        return MQ_KV_HASH_SEED;
+    const int32_t salt[2] = { (int32_t)tenant, -1 }; /* -1: never a token id */
+    return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 2);
+}
+
+int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
 {
     struct session *ss = calloc(1, sizeof *ss);
     if (!ss)
@@ -1029,6 +1072,8 @@ int mq_sched_session_open(mq_sched *s, uint64_t *id)
         return r;
     }
     ss->id = s->next_id++;
+    ss->tenant = tenant;
+    ss->root = tenant_root(s, tenant);
     ss->last_used = mq_now_s();
     ss->next = s->sessions;
     s->sessions = ss;
@@ -1293,6 +1338,7 @@ void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info 
     double t = mq_now_s();
     for (struct session *ss = s->sessions; ss; ss = ss->next) {
         mq_session_info in = { .id = ss->id,
+                               .tenant = ss->tenant,
                                .history_tokens = ss->n_hist,
                                .kv_tokens = ss->n_kv,
                                .kv_blocks = ss->n_blk,

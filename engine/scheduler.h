@@ -17,6 +17,29 @@
  * mq_sched_session_history().
  * Full KV blocks are indexed by a hash of their whole token prefix, so sessions that
  * share a prefix (system prompt, tool list) share the blocks (reference counted).
+ * Tenants: every session belongs to a tenant (mqd: the client's uid). The chain hash of
+ * a session's blocks starts from a seed salted with its tenant (vLLM's cache_salt), so by
+ * default a prefix is shared only between sessions of one tenant: another tenant's exact
+ * guess of a prompt is a miss, and hit counts and timings leak nothing across tenants.
+ * opts.share_prefix_cache = 1 drops the salt (one cache for everybody).
+ *
+ * Batch invariance: what a request generates does not depend on the other requests
+ * running (a greedy request gives the tokens it gives alone). The engine keeps each
+ * sequence's numbers independent of the batch (engine.h); the scheduler keeps the KV a
+ * session reads from the index equal to what it would compute itself:
+ * - Chunks: prompts are read in chunks of a fixed grid, [k·chunk_tokens,
+ *   (k+1)·chunk_tokens) of the session's positions (the first chunk of a later turn
+ *   runs to the next grid line), because an NVFP4 chunk's numbers depend on all of its
+ *   tokens (the activation scale is taken per chunk, NVFP4.md).
+ * - Sharing: a session publishes only its shareable prefix, the chunks it read whole,
+ *   on the grid, at the prompt precision, on top of a shareable prefix (in mixed mode the
+ *   prompt's last token and generated tokens are BF16, so they are not); a lookup takes
+ *   only whole published chunks, and only while the session's own KV is all shareable.
+ *   Sessions sharing a system prompt therefore share its whole chunks; the chunk where
+ *   their prompts part is read by each.
+ * Not covered: KV reclaimed from an idle session under memory pressure is recomputed at
+ * its next request as one prompt, which in mixed/fp4 mode computes in NVFP4 what was
+ * decoded in BF16.
  *
  * Thread rules: every function here may be called from any thread except the sink
  * callbacks; they are not re-entrant into the scheduler for the same session except
@@ -54,7 +77,8 @@ typedef struct mq_sched_opts {
     int decode_threads;       /* threads of the decode pool (>= 1) */
     const char *prefill_cpus; /* CPU list "0-1,3" for the prefill pool, NULL = any */
     const char *decode_cpus;  /* CPU list for the decode pool, NULL = any */
-    int chunk_tokens;         /* prefill chunk; bounds the decode stall (default 256) */
+    int chunk_tokens;         /* prefill chunk, a multiple of block_tokens (rounded down);
+                               * bounds the decode stall (default 256) */
     int max_batch;            /* decoding sessions per batched step (default 16) */
     int max_queued;           /* requests waiting for prefill before submit fails (64) */
     int max_sessions;         /* open sessions (default 256) */
@@ -63,7 +87,8 @@ typedef struct mq_sched_opts {
     int context_limit;        /* max tokens per session (default: model's max, <= 32768) */
     mq_prec_mode mode;        /* engine/prec_mode.h (default mixed) */
     mq_kv_full_policy on_kv_full;
-    int kv_hugetlb; /* 1: try MFD_HUGETLB for the KV segment (default 1) */
+    int kv_hugetlb;         /* 1: try MFD_HUGETLB for the KV segment (default 1) */
+    int share_prefix_cache; /* 1: tenants share prefix-cache entries; 0 (default): per tenant */
 } mq_sched_opts;
 
 /* Fills defaults (zeros above mean "default" too). */
@@ -126,9 +151,10 @@ int mq_sched_create(mq_sched **s, struct mq_model *model, struct mq_tokenizer *t
 /* Cancels everything still running (on_done MQ_SCHED_END_CANCEL), joins threads, frees all. */
 void mq_sched_destroy(mq_sched *s);
 
-/* Sessions. -EMFILE when max_sessions are open. Closing a session cancels its request
- * (on_done is called before close returns) and releases its blocks. */
-int mq_sched_session_open(mq_sched *s, uint64_t *id);
+/* Sessions. tenant: who the session belongs to (mqd: the client's uid); see "Tenants".
+ * -EMFILE when max_sessions are open. Closing a session cancels its request (on_done is
+ * called before close returns) and releases its blocks. */
+int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id);
 int mq_sched_session_close(mq_sched *s, uint64_t id);
 /* Copies up to cap history tokens into buf; returns the history length or -ENOENT. */
 int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap);
@@ -169,6 +195,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st);
 
 typedef struct mq_session_info {
     uint64_t id;
+    uint32_t tenant;
     int history_tokens, kv_tokens, kv_blocks, shared_blocks;
     int busy; /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
     double idle_ms;

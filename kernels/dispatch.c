@@ -151,7 +151,25 @@ int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, i
         .scales = w->scales + (size_t)r0 * (w->kp / MQ_FP4_BLOCK),
         .aux = NULL,
     };
-    return mq_kt.fp4_act_quantize_rows(&view, src, ld, 0, r1 - r0);
+    int rc = mq_kt.fp4_act_quantize_rows(&view, src, ld, 0, r1 - r0);
+    if (rc == 0)
+        mq_fp4_weight_pack_rows(w, r0, r1);
+    return rc;
+}
+
+void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_t *scales, int r0, int r1)
+{
+    const size_t cb = (size_t)w->kp / 2, sb = (size_t)w->kp / MQ_FP4_BLOCK;
+    memcpy(w->codes + (size_t)r0 * cb, codes, (size_t)(r1 - r0) * cb);
+    memcpy(w->scales + (size_t)r0 * sb, scales, (size_t)(r1 - r0) * sb);
+    mq_fp4_weight_pack_rows(w, r0, r1);
+}
+
+void mq_fp4_weight_pack_rows(mq_fp4_weight *w, int r0, int r1)
+{
+    ENSURE();
+    if (w->packed && r0 < r1)
+        mq_kt.fp4_weight_pack_rows(w, r0, r1);
 }
 
 void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
@@ -164,6 +182,29 @@ void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
 {
     ENSURE();
     mq_kt.gemm_bf16(x, m, ldx, w, y, ldy, n0, n1);
+}
+
+void mq_bf16_weight_pack_rows(uint16_t *dst, int n, int k, const uint16_t *src, size_t ld, int r0, int r1)
+{
+    ENSURE();
+    if (r0 < r1)
+        mq_kt.bf16_weight_pack_rows(dst, n, k, src, ld, r0, r1);
+}
+
+int mq_bf16_weight_pack_in_place(uint16_t *data, int n, int k)
+{
+    if (k & 1)
+        return -EINVAL;
+    uint16_t *tmp = malloc((size_t)16 * (size_t)k * sizeof *tmp);
+    if (!tmp)
+        return -ENOMEM;
+    for (int r0 = 0; r0 < n; r0 += 16) { /* group r0/16: rows [r0, r0+16) in both layouts */
+        const int r1 = n - r0 < 16 ? n : r0 + 16;
+        memcpy(tmp, data + (size_t)r0 * k, (size_t)(r1 - r0) * (size_t)k * sizeof *tmp);
+        mq_bf16_weight_pack_rows(data, n, k, tmp, (size_t)k, r0, r1);
+    }
+    free(tmp);
+    return 0;
 }
 
 void mq_attention(const mq_attn_args *a, int h0, int h1)

@@ -2,12 +2,14 @@
  *
  * Same structure as gemm_avx512.c, 8 columns per ymm instead of 16:
  * NVFP4: a panel of NG groups × 8 weight columns × KC_BLOCKS blocks is repacked per call
- * (int8 2w as [group][k/4][8][4], -12·Σ2w and FP32 scales per block and column); the
- * block's 16 products come from vpmaddubsw (u8 2a+12 × s8 2w, pair sums <= 576) summed
- * in int16 over the block (<= 2304, exact) and widened by vpmaddwd; then convert, scale
- * by sw and sx, accumulate in FP32.
- * BF16: GEMM repacks a panel to FP32 [group][k][8] and broadcasts x; GEMV (m <= 8)
- * reads row-major weights once, widening BF16 by a 16-bit shift.
+ * (uint8 2w+12 as [group][k/4][8][4] and FP32 scales per block and column; the packed
+ * form of mq_fp4_weight is AVX-512's and not read here); the block's 16 products come
+ * from vpmaddubsw (u8 2w+12 × s8 2a, pair sums <= 576) summed in int16 over the block
+ * (<= 2304, exact) and widened by vpmaddwd; the activation's -12·Σ2a removes the bias;
+ * then convert, scale by sw and |sx|, accumulate in FP32.
+ * BF16: GEMM repacks a panel to FP32 [group][k][8] (from either weight layout) and
+ * broadcasts x; GEMV (m <= 8) reads the weights once, widening BF16 by a 16-bit shift:
+ * row-major rows, or a packed group of 16 rows as one stream.
  * Columns outside [n0, n1) of y are never written.
  */
 #include "kernels/kernels_internal.h"
@@ -36,13 +38,11 @@ AI void store_cols(float *y, int c0, int n0, int n1, __m256 v, int add)
 
 /* ---- NVFP4 ---------------------------------------------------------------------------- */
 
-#define FP4_MR    4
 #define FP4_NG    2
 #define KC_BLOCKS 16
 
 typedef struct fp4_panel {
-    int8_t wq[FP4_NG][KC_BLOCKS * 4][8][4];
-    int32_t corr[FP4_NG][KC_BLOCKS][8];
+    uint8_t wq[FP4_NG][KC_BLOCKS * 4][8][4]; /* 2w + 12 */
     float sw[FP4_NG][KC_BLOCKS][8];
 } fp4_panel;
 
@@ -52,30 +52,29 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
     for (int c = 0; c < 8; c++) {
         const int row = c0 + c;
         for (int b = 0; b < nkb; b++) {
-            int sum = 0;
             for (int j = 0; j < 4; j++) {
                 for (int e = 0; e < 4; e++) {
-                    int8_t v = 0;
+                    uint8_t code = 0;
                     if (row < w->n) {
                         int k = (kb0 + b) * 16 + j * 4 + e;
-                        v = nvfp4_e2m1_twice[(w->codes[(size_t)row * (w->kp / 2) + k / 2] >> (k & 1 ? 4 : 0)) & 0xf];
+                        code = w->codes[(size_t)row * (w->kp / 2) + k / 2] >> (k & 1 ? 4 : 0);
                     }
-                    p->wq[g][b * 4 + j][c][e] = v;
-                    sum += v;
+                    p->wq[g][b * 4 + j][c][e] = nvfp4_e2m1_biased[code & 0xf];
                 }
             }
-            p->corr[g][b][c] = -NVFP4_BIAS * sum;
             p->sw[g][b][c] = row < w->n ? nvfp4_e4m3_decode(w->scales[(size_t)row * nb + kb0 + b]) : 0.0f;
         }
     }
 }
 
-AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
-                 const fp4_panel *p, int nkb, __m256 acc[FP4_MR][FP4_NG])
+/* The 4 rows of an activation quad (padding rows included) × NG groups over nkb blocks. */
+AI void fp4_tile(const int NG, const fp4_qblock *xq, const fp4_panel *p, int nkb, __m256 acc[FP4_QUAD][FP4_NG])
 {
+    const int MR = FP4_QUAD;
     const __m256i ones = _mm256_set1_epi16(1);
     for (int b = 0; b < nkb; b++) {
-        __m256i s16[FP4_MR][FP4_NG];
+        const fp4_qblock *q = xq + b;
+        __m256i s16[FP4_QUAD][FP4_NG];
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++)
 #pragma GCC unroll 8
@@ -90,20 +89,20 @@ AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, con
 #pragma GCC unroll 8
             for (int m = 0; m < MR; m++) {
                 uint32_t x4;
-                memcpy(&x4, xb + (size_t)m * xstr + b * 16 + j * 4, 4);
+                memcpy(&x4, &q->bytes[m][j * 4], 4);
                 __m256i xv = _mm256_set1_epi32((int)x4);
 #pragma GCC unroll 8
                 for (int g = 0; g < NG; g++)
-                    s16[m][g] = _mm256_add_epi16(s16[m][g], _mm256_maddubs_epi16(xv, wv[g]));
+                    s16[m][g] = _mm256_add_epi16(s16[m][g], _mm256_maddubs_epi16(wv[g], xv));
             }
         }
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
-            __m256 sx = _mm256_set1_ps(xs[(size_t)m * sstr + b]);
+            const __m256 sx = _mm256_set1_ps(q->sx[m]);
+            const __m256i corr = _mm256_set1_epi32(q->corr[m]);
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) {
-                __m256i i32 = _mm256_add_epi32(_mm256_madd_epi16(s16[m][g], ones),
-                                               _mm256_load_si256((const __m256i *)p->corr[g][b]));
+                __m256i i32 = _mm256_add_epi32(_mm256_madd_epi16(s16[m][g], ones), corr);
                 __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(i32), _mm256_load_ps(p->sw[g][b]));
                 acc[m][g] = _mm256_fmadd_ps(t, sx, acc[m][g]);
             }
@@ -115,10 +114,7 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
 {
     if (n0 >= n1 || x->m <= 0)
         return;
-    const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
-    const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f; /* 1/4: doubled integer products */
-    const uint8_t *xbytes = fp4_act_aux_bytes(x);
-    const float *xsx = fp4_act_aux_sx(x);
+    const int nb = x->kp / MQ_FP4_BLOCK, M = x->m;
     fp4_panel p __attribute__((aligned(32)));
     const int g0 = n0 / 8, g1 = (n1 + 7) / 8;
     for (int pg = g0; pg < g1; pg += FP4_NG) {
@@ -127,28 +123,19 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
             const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
             for (int g = 0; g < ng; g++)
                 fp4_pack_group(w, (pg + g) * 8, kb0, nkb, &p, g);
-            for (int m0 = 0; m0 < M; m0 += FP4_MR) {
-                const int mr = M - m0 < FP4_MR ? M - m0 : FP4_MR;
-                __m256 acc[FP4_MR][FP4_NG];
-                for (int m = 0; m < FP4_MR; m++)
+            for (int m0 = 0; m0 < M; m0 += FP4_QUAD) {
+                const int mr = M - m0 < FP4_QUAD ? M - m0 : FP4_QUAD;
+                __m256 acc[FP4_QUAD][FP4_NG];
+                for (int m = 0; m < FP4_QUAD; m++)
                     for (int g = 0; g < FP4_NG; g++)
                         acc[m][g] = _mm256_setzero_ps();
-                const uint8_t *xb = xbytes + (size_t)m0 * kp + (size_t)kb0 * 16;
-                const float *xs = xsx + (size_t)m0 * nb + kb0;
-                if (mr == FP4_MR && ng == FP4_NG) {
-                    fp4_tile(FP4_MR, FP4_NG, xb, (size_t)kp, xs, (size_t)nb, &p, nkb, acc);
-                } else {
-                    for (int m = 0; m < mr; m++) {
-                        const uint8_t *xr = xb + (size_t)m * kp;
-                        const float *sr = xs + (size_t)m * nb;
-                        if (ng == 2)
-                            fp4_tile(1, 2, xr, (size_t)kp, sr, (size_t)nb, &p, nkb, acc + m);
-                        else
-                            fp4_tile(1, 1, xr, (size_t)kp, sr, (size_t)nb, &p, nkb, acc + m);
-                    }
-                }
+                if (ng == FP4_NG)
+                    fp4_tile(FP4_NG, fp4_act_qblock(x, m0, kb0), &p, nkb, acc);
+                else
+                    fp4_tile(1, fp4_act_qblock(x, m0, kb0), &p, nkb, acc);
                 const int last = kb0 + nkb == nb;
-                for (int m = 0; m < mr; m++)
+                for (int m = 0; m < mr; m++) {
+                    const float alpha = fp4_row_alpha(x, w, m0 + m, 0.25f); /* 1/4: doubled integer products */
                     for (int g = 0; g < ng; g++) {
                         __m256 v = last ? _mm256_mul_ps(acc[m][g], _mm256_set1_ps(alpha)) : acc[m][g];
                         /* partial sums live in y between chunks; alpha scales only the total */
@@ -165,6 +152,7 @@ static void gemm_fp4_avx2(const mq_fp4_act *x, const mq_fp4_weight *w, float *y,
                             store_cols(yp, (pg + g) * 8, n0, n1, v, kb0 > 0);
                         }
                     }
+                }
             }
         }
     }
@@ -190,7 +178,7 @@ static void bf16_pack_group(const mq_bf16_weight *w, int c0, int k0, int kc, bf1
     for (int c = 0; c < 8; c++) {
         const int row = c0 + c;
         for (int k = 0; k < kc; k++)
-            p->w[g][k][c] = row < w->n ? mq_bf16_to_f32(w->w[(size_t)row * w->k + k0 + k]) : 0.0f;
+            p->w[g][k][c] = row < w->n ? mq_bf16_to_f32(bf16_weight_at(w, row, k0 + k)) : 0.0f;
     }
 }
 
@@ -264,11 +252,67 @@ AI void bf16_gemv_cols(const int MR, const int NR, const uint16_t *x, size_t ldx
         return;                                                             \
     }
 
+/* GEMV on packed weights: up to 4 rows of x × one group of 16 weight rows. A 64-byte
+ * step holds k pair (2q, 2q+1) of the 16 rows, each row's pair in one 32-bit word: the
+ * low half widened by a shift is k = 2q, the high half masked is k = 2q + 1. */
+AI void bf16_gemv_group(const int MR, const uint16_t *x, size_t ldx, const uint32_t *pw, int K, float *y, size_t ldy,
+                        int c0, int n0, int n1)
+{
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; m++)
+        acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    for (int q = 0; q < (K + 1) / 2; q++) {
+        const int odd = 2 * q + 1 < K;
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i v = _mm256_load_si256((const __m256i *)(pw + (size_t)q * 16 + h * 8));
+            const __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+            const __m256 w1 = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
+#pragma GCC unroll 4
+            for (int m = 0; m < MR; m++) {
+                const uint16_t *xr = x + (size_t)m * ldx + 2 * q;
+                acc[m][h] = _mm256_fmadd_ps(_mm256_set1_ps(mq_bf16_to_f32(xr[0])), w0, acc[m][h]);
+                if (odd)
+                    acc[m][h] = _mm256_fmadd_ps(_mm256_set1_ps(mq_bf16_to_f32(xr[1])), w1, acc[m][h]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; m++)
+        for (int h = 0; h < 2; h++)
+            store_cols(y + (size_t)m * ldy + c0 + h * 8, c0 + h * 8, n0, n1, acc[m][h], 0);
+}
+
+static void bf16_gemv_packed(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
+                             int n0, int n1)
+{
+    const int kp = bf16_kp(w->k);
+    for (int g = n0 / 16; g * 16 < n1; g++) {
+        const uint32_t *pw = (const uint32_t *)w->w + (size_t)g * 8 * (size_t)kp;
+        for (int m0 = 0; m0 < m; m0 += 4) {
+            const uint16_t *xm = x + (size_t)m0 * ldx;
+            float *ym = y + (size_t)m0 * ldy;
+            switch (m - m0 < 4 ? m - m0 : 4) {
+            case 1: bf16_gemv_group(1, xm, ldx, pw, w->k, ym, ldy, g * 16, n0, n1); break;
+            case 2: bf16_gemv_group(2, xm, ldx, pw, w->k, ym, ldy, g * 16, n0, n1); break;
+            case 3: bf16_gemv_group(3, xm, ldx, pw, w->k, ym, ldy, g * 16, n0, n1); break;
+            default: bf16_gemv_group(4, xm, ldx, pw, w->k, ym, ldy, g * 16, n0, n1); break;
+            }
+        }
+    }
+}
+
 static void gemm_bf16_avx2(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
                            int n1)
 {
     if (n0 >= n1 || m <= 0)
         return;
+    if (m <= 8 && w->packed) {
+        bf16_gemv_packed(x, m, ldx, w, y, ldy, n0, n1);
+        return;
+    }
     /* one macro-generated case per line */
     /* clang-format off */
     switch (m) {

@@ -1,25 +1,27 @@
 /* kernels/gemm_avx512.c — NVFP4 GEMM on AVX512-VNNI, BF16 GEMM/GEMV on AVX512_BF16.
  *
- * NVFP4 (NVFP4.md's integer route). Activations arrive prepared (layout.c): unsigned
- * bytes 2a+12 and FP32 block scales. Per call, a panel of NG groups of 16 weight
- * columns and KC_BLOCKS blocks of K is repacked into a stack buffer:
- *     wq    int8  [group][k/4][16 columns][4 k]   signed 2w (one zmm = one k/4 step)
- *     corr  int32 [group][block][16]              -12·Σ2w over the block
- *     sw    FP32  [group][block][16]              E4M3 weight scales
- * so four vpdpbusd (x's 4 bytes broadcast, 16 columns per zmm) complete one 16-element
- * block for 16 columns exactly; the accumulator starts at `corr`, which removes the +12
- * bias. Then one convert, one multiply by sw and one FMA by sx per block and 16 columns.
- * The panel is reused by every activation row; a tile of MR rows × NG groups keeps
- * MR·NG integer chains in flight (and as many more through renaming across blocks).
+ * NVFP4 (NVFP4.md's integer route). Activations arrive prepared (layout.c): signed bytes
+ * 2a (the block scale's sign folded in), -12·Σ2a per block, and t8 = |s_x|·(1 + j/8).
+ * Weights are read in the packed form of layout.c (unsigned bytes 2w+12 as
+ * [16 columns][4 k] per zmm, and each block scale's index form), from w->packed or, without
+ * it, from a stack buffer packed per call. Four vpdpbusd (x's 4 bytes broadcast) complete
+ * one 16-element block for 16 columns exactly, starting from -12·Σ2a, which removes the
+ * weights' +12. Then the scale product s_x·s_w = t8[f_w]·2^e_w comes from a vpermps (the
+ * weight scale's mantissa f_w indexes the activation's t8) and a vscalefps by e_w, both
+ * exact, and one FMA adds int·s_x·s_w to the FP32 accumulator. Per row, 16 columns and
+ * block that is 4 vpdpbusd + 1 FMA + ½ (vpermps) on the two VNNI/FMA pipes: a bound of
+ * 4/5.5 = 0.73 of the VNNI peak, against 4/6 for multiplying by s_w and s_x in turn
+ * (measurements and the designs compared: docs/design/kernels.md).
+ * A tile is the 4 rows of an activation quad × 3 groups of 16 columns (12 integer and 12
+ * FP32 accumulators in registers); loops and cache blocking: gemm_fp4_avx512.
  *
- * Per row, 16 columns and block the tile issues 4 vpdpbusd + 1 vmulps + 1 vfmadd on the
- * two pipes they share, so it is bound at 4/6 of the VNNI peak: docs/design/kernels.md.
- *
- * BF16. GEMM (m > 8): a panel of NG groups × 16 columns × KC_BF16 k is repacked into
- * pairs [group][k/2][16][2] (one zmm = 16 columns × one k pair) and multiplied with
- * vdpbf16ps against x's pair broadcast, MR rows × NG groups of FP32 accumulators.
- * GEMV (m <= 8): weights stay row-major; each weight zmm (32 k of one column) is
- * loaded once and used for all m rows, so W streams from memory exactly once.
+ * BF16. GEMM (m > 8): weights in the packed layout (mq_kernels.h: [group of 16 rows][k
+ * pair][16][2], one zmm = 16 columns × one k pair), read in place or, for row-major
+ * weights, packed per chunk into a stack buffer; multiplied with vdpbf16ps against x's
+ * pair broadcast, 6 rows × 4 groups of FP32 accumulators.
+ * GEMV (m <= 8): packed weights are read one group of 16 rows at a time, k pairs in order
+ * (each thread's share is one contiguous stream); row-major ones a few rows at a time
+ * with every weight zmm used for all m rows. Either way W streams from memory once.
  *
  * y columns outside [n0, n1) are never touched (masked stores), so threads may split
  * one call by column ranges that are not multiples of 16.
@@ -79,17 +81,13 @@ static __mmask16 col_mask(int c0, int n0, int n1)
     return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
 }
 
-/* The column groups of a run of `panels` panels of `per_panel` 16-column groups starting
- * at group pg0, against groups [pg0, g1) and columns [n0, n1): ng[q] groups in panel q
- * (0 past the end) and the store mask of each. */
-static void panel_groups(int pg0, int g1, int n0, int n1, int panels, int per_panel, int *ng, __mmask16 *mask)
+/* The column groups of a panel of up to per_panel 16-column groups starting at group pg0,
+ * against groups [pg0, g1) and columns [n0, n1): *ng groups, and the store mask of each. */
+static void panel_groups(int pg0, int g1, int n0, int n1, int per_panel, int *ng, __mmask16 *mask)
 {
-    for (int q = 0; q < panels; q++) {
-        const int pg = pg0 + q * per_panel;
-        ng[q] = pg >= g1 ? 0 : g1 - pg < per_panel ? g1 - pg : per_panel;
-        for (int g = 0; g < ng[q]; g++)
-            mask[q * per_panel + g] = col_mask((pg + g) * 16, n0, n1);
-    }
+    *ng = g1 - pg0 < per_panel ? g1 - pg0 : per_panel;
+    for (int g = 0; g < *ng; g++)
+        mask[g] = col_mask((pg0 + g) * 16, n0, n1);
 }
 
 static inline __mmask32 low_mask32(int n)
@@ -99,32 +97,25 @@ static inline __mmask32 low_mask32(int n)
 
 /* ---- NVFP4 -------------------------------------------------------------------------- */
 
-#ifndef FP4_MR
-#define FP4_MR 4 /* activation rows per tile */
-#endif
 #ifndef FP4_NG
 #define FP4_NG 3 /* 16-column groups per panel */
 #endif
-#ifndef FP4_PANELS
-#define FP4_PANELS 2 /* panels sharing each pass over the activations */
+#ifndef FP4_MC
+#define FP4_MC 256 /* activation rows per block (a multiple of 4), packed weights */
 #endif
 #ifndef KC_BLOCKS
-#define KC_BLOCKS 16 /* K blocks (of 16) per panel: 256 k */
+#define KC_BLOCKS 16 /* K blocks (of 16) per pass over the activations: 256 k */
 #endif
 
-typedef struct fp4_panel {
-    int8_t wq[FP4_NG][KC_BLOCKS * 4][16][4];
-    int32_t corr[FP4_NG][KC_BLOCKS][16];
-    float sw[FP4_NG][KC_BLOCKS][16];
-} fp4_panel;
-
-/* Repacks weight rows [c0, c0+16) (rows >= n read as zero), blocks [kb0, kb0+nkb). */
-static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4_panel *p, int g)
+/* Packs weight rows [c0, c0+16) (rows >= n as weight 0, scale 0), blocks [kb0, kb0+nkb),
+ * into dst (block b at dst + (b - kb0)·FP4_PACK_BYTES): the packed layout of layout.c,
+ * byte-identical to fp4_weight_pack_rows_ref. */
+static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, uint8_t *dst)
 {
     const int nb = w->kp / MQ_FP4_BLOCK;
     const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_twice));
-    const __m512i twelve = _mm512_set1_epi8(NVFP4_BIAS);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_biased));
+    const __m512i twice_bias = _mm512_set1_epi8(2 * NVFP4_BIAS);
     for (int i = 0; i < nv; i++) { /* as in bf16_pack_group: this chunk now, the next one early */
         const uint8_t *row = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)kb0 * 8;
         for (int s = 0; s < nkb * 8; s += 64)
@@ -133,172 +124,219 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, fp4
             _mm_prefetch((const char *)(row + s), _MM_HINT_T1);
         _mm_prefetch((const char *)(w->scales + (size_t)(c0 + i) * nb + kb0), _MM_HINT_T0);
     }
+    _Alignas(64) uint8_t sc[16][16]; /* [row][block] scale bytes of a run of 16 blocks */
     __m512i r[16];
-    for (int sub = 0; sub * 4 < nkb; sub++) {
-        const int nbh = nkb - sub * 4 < 4 ? nkb - sub * 4 : 4;
-        const __mmask32 lm = low_mask32(nbh * 8);
-        for (int i = 0; i < 16; i++) {
-            if (i < nv) {
-                const uint8_t *src = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)(kb0 + sub * 4) * 8;
-                r[i] = unpack_codes(_mm256_maskz_loadu_epi8(lm, src), lut);
-            } else {
-                r[i] = _mm512_setzero_si512();
+    for (int b0 = 0; b0 < nkb; b0 += 16) {
+        const int nbs = nkb - b0 < 16 ? nkb - b0 : 16;
+        const __mmask16 sm = (__mmask16)((1u << nbs) - 1u);
+        for (int i = 0; i < 16; i++)
+            _mm_store_si128((__m128i *)sc[i],
+                            _mm_maskz_loadu_epi8(i < nv ? sm : 0, w->scales + (size_t)(c0 + i) * nb + kb0 + b0));
+        for (int sub = 0; sub * 4 < nbs; sub++) {
+            const int nbh = nbs - sub * 4 < 4 ? nbs - sub * 4 : 4, bb0 = b0 + sub * 4;
+            const __mmask32 lm = low_mask32(nbh * 8);
+            for (int i = 0; i < 16; i++) {
+                const uint8_t *src = w->codes + (size_t)(c0 + i) * (w->kp / 2) + (size_t)(kb0 + bb0) * 8;
+                __m512i v = unpack_codes(_mm256_maskz_loadu_epi8(i < nv ? lm : 0, src), lut); /* code 0 -> 12 */
+                __mmask64 neg = 0; /* a negative block scale: 24 - byte is the negated weight */
+                for (int q = 0; q < nbh; q++)
+                    if (sc[i][sub * 4 + q] & 0x80)
+                        neg |= (__mmask64)0xffff << (16 * q);
+                r[i] = _mm512_mask_sub_epi8(v, neg, twice_bias, v);
             }
+            tr16x16(r); /* r[4·bb + j]: k-step j of block bb, [16 rows][4 k] */
+            for (int bb = 0; bb < nbh; bb++)
+                for (int j = 0; j < 4; j++)
+                    _mm512_store_si512(dst + (size_t)(bb0 + bb) * FP4_PACK_BYTES + j * 64, r[bb * 4 + j]);
         }
-        tr16x16(r);
-        for (int j = 0; j < nbh * 4; j++)
-            _mm512_store_si512(p->wq[g][sub * 16 + j], r[j]);
-        for (int bb = 0; bb < nbh; bb++) {
-            __m512i c = _mm512_setzero_si512();
-            for (int j = 0; j < 4; j++)
-                c = _mm512_dpbusd_epi32(c, twelve, r[bb * 4 + j]);
-            _mm512_store_si512(p->corr[g][sub * 4 + bb], _mm512_sub_epi32(_mm512_setzero_si512(), c));
+        for (int b = 0; b < nbs; b++) {
+            float *f = (float *)(dst + (size_t)(b0 + b) * FP4_PACK_BYTES + FP4_PACK_SCALE);
+            for (int i = 0; i < 16; i++)
+                f[i] = fp4_scale_index_form(sc[i][b]);
         }
     }
-    const __mmask16 sm = (__mmask16)((1u << nkb) - 1u);
-    for (int i = 0; i < 16; i++) {
-        if (i < nv)
-            r[i] = _mm512_castps_si512(
-                nvfp4_e4m3_decode16(_mm_maskz_loadu_epi8(sm, w->scales + (size_t)(c0 + i) * nb + kb0)));
-        else
-            r[i] = _mm512_setzero_si512();
-    }
-    tr16x16(r);
-    for (int b = 0; b < nkb; b++)
-        _mm512_store_si512(p->sw[g][b], r[b]);
 }
 
-/* One tile: MR activation rows × NG column groups over nkb blocks. */
-AI void fp4_tile(const int MR, const int NG, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
-                 const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask, int first, int last,
-                 float alpha)
+static void fp4_weight_pack_rows_avx512(mq_fp4_weight *w, int r0, int r1)
 {
-    __m512 acc[6][4];
+    const int nb = w->kp / MQ_FP4_BLOCK;
+    for (int g = r0 / 16; g * 16 < r1; g++)
+        for (int kb0 = 0; kb0 < nb; kb0 += 16)
+            fp4_pack_group(w, g * 16, kb0, nb - kb0 < 16 ? nb - kb0 : 16,
+                           w->packed + ((size_t)g * nb + kb0) * FP4_PACK_BYTES);
+}
+
+/* One tile: the 4 activation rows of a quad × NG groups of 16 columns over nkb packed
+ * blocks (group g's first block at pk + g·gstr); rows >= mr are padding, computed but not
+ * stored. Per row, group and block: 4 vpdpbusd from the row's correction; s_x·s_w =
+ * vscalefps(vpermps(f_w, t8_x), e_w), exactly, where t8_x = |s_x|·(1 + j/8) and f_w, e_w
+ * are the weight scale's index form; one FMA. Only the vpermps (half a slot) and the FMA
+ * share the two VNNI pipes with the 4 vpdpbusd. */
+AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y, size_t ldy,
+                 int mr, const __mmask16 *mask, int first, int last, const float *alpha)
+{
+    __m512 acc[FP4_QUAD][4];
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; m++)
+    for (int m = 0; m < FP4_QUAD; m++)
 #pragma GCC unroll 8
         for (int g = 0; g < NG; g++)
-            acc[m][g] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
+            acc[m][g] =
+                first || m >= mr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
     for (int b = 0; b < nkb; b++) {
-        __m512i ia[6][4];
+        const fp4_qblock *q = xq + b;
+        const uint8_t *pb = pk + (size_t)b * FP4_PACK_BYTES;
+        __m512i ia[FP4_QUAD][4];
 #pragma GCC unroll 8
-        for (int m = 0; m < MR; m++)
+        for (int m = 0; m < FP4_QUAD; m++) {
+            const __m512i c = _mm512_set1_epi32(q->corr[m]);
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++)
-                ia[m][g] = _mm512_load_si512(p->corr[g][b]);
+                ia[m][g] = c;
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m512i wv[4];
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++)
-                wv[g] = _mm512_load_si512(p->wq[g][b * 4 + j]);
+                wv[g] = _mm512_load_si512(pb + (size_t)g * gstr + j * 64);
 #pragma GCC unroll 8
-            for (int m = 0; m < MR; m++) {
-                uint32_t x4;
-                memcpy(&x4, xb + (size_t)m * xstr + b * 16 + j * 4, 4);
-                __m512i xv = _mm512_set1_epi32((int)x4);
+            for (int m = 0; m < FP4_QUAD; m++) {
+                int32_t x4;
+                memcpy(&x4, &q->bytes[m][j * 4], 4);
+                const __m512i xv = _mm512_set1_epi32(x4);
 #pragma GCC unroll 8
                 for (int g = 0; g < NG; g++)
-                    ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], xv, wv[g]);
+                    ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], wv[g], xv);
             }
         }
+        __m512 ws[4];
 #pragma GCC unroll 8
-        for (int m = 0; m < MR; m++) {
-            __m512 sx = _mm512_set1_ps(xs[(size_t)m * sstr + b]);
+        for (int g = 0; g < NG; g++)
+            ws[g] = _mm512_load_ps(pb + (size_t)g * gstr + FP4_PACK_SCALE);
+#pragma GCC unroll 8
+        for (int m = 0; m < FP4_QUAD; m++) {
+            const __m512 t8 = _mm512_broadcast_f32x8(_mm256_load_ps(q->t8[m]));
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) {
-                __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(ia[m][g]), _mm512_load_ps(p->sw[g][b]));
-                acc[m][g] = _mm512_fmadd_ps(t, sx, acc[m][g]);
+                const __m512 s = _mm512_scalef_ps(_mm512_permutexvar_ps(_mm512_castps_si512(ws[g]), t8), ws[g]);
+                acc[m][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][g]), s, acc[m][g]);
             }
         }
     }
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; m++)
+    for (int m = 0; m < FP4_QUAD; m++)
 #pragma GCC unroll 8
-        for (int g = 0; g < NG; g++) {
-            __m512 v = last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha)) : acc[m][g];
-            _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g], v);
-        }
+        for (int g = 0; g < NG; g++)
+            if (m < mr)
+                _mm512_mask_storeu_ps(y + (size_t)m * ldy + g * 16, mask[g],
+                                      last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha[m])) : acc[m][g]);
 }
 
-#define FP4_TILE_CASE(MR, NG)                                                               \
-    case (MR)*8 + (NG):                                                                     \
-        if ((MR) <= FP4_MR && (NG) <= FP4_NG)                                               \
-            fp4_tile(MR, NG, xb, xstr, xs, sstr, p, nkb, y, ldy, mask, first, last, alpha); \
-        break;
-
-static void fp4_tile_any(int mr, int ng, const uint8_t *xb, size_t xstr, const float *xs, size_t sstr,
-                         const fp4_panel *p, int nkb, float *y, size_t ldy, const __mmask16 *mask, int first, int last,
-                         float alpha)
+static void fp4_tile_any(int ng, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y, size_t ldy,
+                         int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
-    /* clang-format off */
-    switch (mr * 8 + ng) {
-    FP4_TILE_CASE(1, 1) FP4_TILE_CASE(1, 2) FP4_TILE_CASE(1, 3) FP4_TILE_CASE(1, 4)
-    FP4_TILE_CASE(2, 1) FP4_TILE_CASE(2, 2) FP4_TILE_CASE(2, 3) FP4_TILE_CASE(2, 4)
-    FP4_TILE_CASE(3, 1) FP4_TILE_CASE(3, 2) FP4_TILE_CASE(3, 3) FP4_TILE_CASE(3, 4)
-    FP4_TILE_CASE(4, 1) FP4_TILE_CASE(4, 2) FP4_TILE_CASE(4, 3) FP4_TILE_CASE(4, 4)
-    FP4_TILE_CASE(5, 1) FP4_TILE_CASE(5, 2) FP4_TILE_CASE(5, 3) FP4_TILE_CASE(5, 4)
-    FP4_TILE_CASE(6, 1) FP4_TILE_CASE(6, 2) FP4_TILE_CASE(6, 3) FP4_TILE_CASE(6, 4)
+    switch (ng) {
+    case 1: fp4_tile(1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    case 2: fp4_tile(2, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    case 3: fp4_tile(3, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
     default: break;
     }
-    /* clang-format on */
 }
 
+/* Loops, outermost first: rows in blocks of FP4_MC (packed weights only), so a block's
+ * activations stay in L2 while every panel of weights passes over them; panels of FP4_NG
+ * groups of 16 columns; chunks of KC_BLOCKS blocks of K, a panel's chunk (24 KB) staying
+ * in L1 while every quad of rows passes over it; quads. With w->packed the tiles read the
+ * packed weights in place (and the next chunk is requested into L2 meanwhile); without,
+ * each chunk is packed into a stack buffer first (the same bytes), once per call. */
 static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
     if (n0 >= n1 || x->m <= 0)
         return;
-    const int kp = x->kp, nb = kp / MQ_FP4_BLOCK, M = x->m;
-    /* NVFP4.md's alpha, times the 1/4 of the doubled integer products (exact). */
-    const float alpha = (1.0f / x->g) * (1.0f / w->g) * 0.25f;
-    const uint8_t *xbytes = fp4_act_aux_bytes(x);
-    const float *xsx = fp4_act_aux_sx(x);
-    /* FP4_PANELS panels side by side: each tile's activation bytes, once loaded, serve
-     * FP4_PANELS·48 columns, so the activations stream from L3 fewer times. */
-    fp4_panel p[FP4_PANELS] __attribute__((aligned(64)));
+    const int nb = x->kp / MQ_FP4_BLOCK, M = x->m;
+    _Alignas(64) uint8_t stack[FP4_NG * KC_BLOCKS * FP4_PACK_BYTES];
     const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
-    for (int pg0 = g0; pg0 < g1; pg0 += FP4_NG * FP4_PANELS) {
-        int ng[FP4_PANELS];
-        __mmask16 mask[FP4_PANELS][FP4_NG];
-        panel_groups(pg0, g1, n0, n1, FP4_PANELS, FP4_NG, ng, &mask[0][0]);
-        for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
-            const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
-            for (int q = 0; q < FP4_PANELS; q++)
-                for (int g = 0; g < ng[q]; g++)
-                    fp4_pack_group(w, (pg0 + q * FP4_NG + g) * 16, kb0, nkb, &p[q], g);
-            for (int m0 = 0; m0 < M; m0 += FP4_MR) {
-                const int mr = M - m0 < FP4_MR ? M - m0 : FP4_MR;
-                for (int q = 0; q < FP4_PANELS && ng[q]; q++)
-                    fp4_tile_any(mr, ng[q], xbytes + (size_t)m0 * kp + (size_t)kb0 * 16, (size_t)kp,
-                                 xsx + (size_t)m0 * nb + kb0, (size_t)nb, &p[q], nkb,
-                                 y + (size_t)m0 * ldy + (size_t)(pg0 + q * FP4_NG) * 16, ldy, mask[q], kb0 == 0,
-                                 kb0 + nkb == nb, alpha);
+    const int mc = w->packed ? FP4_MC : M; /* repacking once per call beats blocking the rows */
+    for (int mb = 0; mb < M; mb += mc) {
+        const int me = M - mb < mc ? M : mb + mc, nq = (me - mb + FP4_QUAD - 1) / FP4_QUAD;
+        for (int pg0 = g0; pg0 < g1; pg0 += FP4_NG) {
+            int ng;
+            __mmask16 mask[FP4_NG];
+            panel_groups(pg0, g1, n0, n1, FP4_NG, &ng, mask);
+            for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
+                const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
+                const uint8_t *pk = stack, *next = NULL;
+                size_t gstr = (size_t)KC_BLOCKS * FP4_PACK_BYTES;
+                int lines = 0, pf = 0;
+                if (w->packed) {
+                    gstr = (size_t)nb * FP4_PACK_BYTES;
+                    pk = w->packed + ((size_t)pg0 * nb + kb0) * FP4_PACK_BYTES;
+                    const int nkb0 = kb0 + KC_BLOCKS < nb ? kb0 + KC_BLOCKS : 0;
+                    const int npg = nkb0 ? pg0 : pg0 + FP4_NG;
+                    if (npg < g1) {
+                        next = w->packed + ((size_t)npg * nb + nkb0) * FP4_PACK_BYTES;
+                        lines = FP4_NG * (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (FP4_PACK_BYTES / 64);
+                    }
+                } else {
+                    for (int g = 0; g < ng; g++)
+                        fp4_pack_group(w, (pg0 + g) * 16, kb0, nkb, stack + g * gstr);
+                }
+                const int per = (lines + nq - 1) / nq, per_group = lines / FP4_NG;
+                for (int m0 = mb; m0 < me; m0 += FP4_QUAD) {
+                    /* NVFP4.md's alpha per row, times the 1/4 of the doubled integer products (exact) */
+                    float alpha[FP4_QUAD];
+                    for (int m = 0; m < FP4_QUAD; m++)
+                        alpha[m] = m0 + m < M ? fp4_row_alpha(x, w, m0 + m, 0.25f) : 0.0f;
+                    for (int e = pf + per; pf < e && pf < lines; pf++)
+                        _mm_prefetch(
+                            (const char *)(next + (size_t)(pf / per_group) * gstr + (size_t)(pf % per_group) * 64),
+                            _MM_HINT_T1);
+                    fp4_tile_any(ng, fp4_act_qblock(x, m0, kb0), pk, gstr, nkb, y + (size_t)m0 * ldy + (size_t)pg0 * 16,
+                                 ldy, M - m0 < FP4_QUAD ? M - m0 : FP4_QUAD, mask, kb0 == 0, kb0 + nkb == nb, alpha);
+                }
             }
         }
     }
 }
 
-/* Activation aux, byte-identical to fp4_act_prepare_rows_ref. */
+/* Activation aux, byte-identical to fp4_act_prepare_rows_ref (padding rows included). */
 static void fp4_act_prepare_rows_avx512(mq_fp4_act *a, int r0, int r1)
 {
     const int kp = a->kp, nb = kp / MQ_FP4_BLOCK;
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_biased));
-    uint8_t *bytes = fp4_act_aux_bytes(a);
-    float *sx = fp4_act_aux_sx(a);
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *c = a->codes + (size_t)r * (kp / 2);
-        uint8_t *o = bytes + (size_t)r * kp;
-        for (int i = 0; i < kp / 2; i += 32) {
-            const int n = kp / 2 - i < 32 ? kp / 2 - i : 32;
-            __m512i v = unpack_codes(_mm256_maskz_loadu_epi8(low_mask32(n), c + i), lut);
-            _mm512_mask_storeu_epi8(o + 2 * i, n >= 32 ? ~(__mmask64)0 : (((__mmask64)1 << (2 * n)) - 1), v);
-        }
-        const uint8_t *s = a->scales + (size_t)r * nb;
-        float *d = sx + (size_t)r * nb;
-        for (int b = 0; b < nb; b += 16) {
-            const int n = nb - b < 16 ? nb - b : 16;
-            const __mmask16 m = (__mmask16)((1u << n) - 1u);
-            _mm512_mask_storeu_ps(d + b, m, nvfp4_e4m3_decode16(_mm_maskz_loadu_epi8(m, s + b)));
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_twice));
+    const __m512i ones = _mm512_set1_epi8(1);
+    const int rend = r1 == a->m ? (r1 + FP4_QUAD - 1) / FP4_QUAD * FP4_QUAD : r1;
+    for (int r = r0; r < rend; r++) {
+        const int real = r < a->m, l = r % FP4_QUAD;
+        const uint8_t *c = a->codes + (size_t)(real ? r : 0) * (kp / 2), *s = a->scales + (size_t)(real ? r : 0) * nb;
+        for (int b = 0; b < nb; b += 4) { /* 4 blocks: 32 code bytes, 64 elements */
+            const int nbh = nb - b < 4 ? nb - b : 4;
+            __m512i v = unpack_codes(_mm256_maskz_loadu_epi8(real ? low_mask32(nbh * 8) : 0, c + b * 8), lut);
+            __mmask64 neg = 0;
+            for (int q = 0; q < nbh && real; q++)
+                if (s[b + q] & 0x80)
+                    neg |= (__mmask64)0xffff << (16 * q);
+            v = _mm512_mask_sub_epi8(v, neg, _mm512_setzero_si512(), v);
+            /* Σ bytes per block: dword sums, then the 4 dwords of each 128-bit lane */
+            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, v);
+            t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));
+            t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_CDAB));
+            t = _mm512_mullo_epi32(_mm512_maskz_compress_epi32(0x1111, t), _mm512_set1_epi32(-NVFP4_BIAS));
+            int32_t corr[4];
+            _mm_storeu_si128((__m128i *)corr, _mm512_castsi512_si128(t));
+            __m128i blk[4] = { _mm512_extracti32x4_epi32(v, 0), _mm512_extracti32x4_epi32(v, 1),
+                               _mm512_extracti32x4_epi32(v, 2), _mm512_extracti32x4_epi32(v, 3) };
+            const __m256 steps = _mm256_setr_ps(1.0f, 1.125f, 1.25f, 1.375f, 1.5f, 1.625f, 1.75f, 1.875f);
+            for (int q = 0; q < nbh; q++) {
+                fp4_qblock *qb = fp4_act_qblock(a, r, b + q);
+                const uint8_t sc = real ? s[b + q] : 0;
+                _mm_store_si128((__m128i *)qb->bytes[l], blk[q]);
+                qb->corr[l] = corr[q];
+                qb->sx[l] = nvfp4_e4m3_decode(sc & 0x7f);
+                _mm256_store_ps(qb->t8[l], _mm256_mul_ps(_mm256_set1_ps(qb->sx[l]), steps)); /* exact */
+                if (l == 0)
+                    memset(qb->pad, 0, sizeof qb->pad);
+            }
         }
     }
 }
@@ -308,35 +346,42 @@ static void fp4_act_prepare_rows_avx512(mq_fp4_act *a, int r0, int r1)
 #define BF_MR 6 /* rows per GEMM tile */
 #define BF_NG 4 /* 16-column groups per panel */
 #ifndef KC_BF16
-#define KC_BF16 256 /* k per panel (even) */
+#define KC_BF16 256 /* k per chunk (even) */
 #endif
-#ifndef BF_PANELS
-#define BF_PANELS 1 /* panels sharing each pass over x (2 measured slower) */
+#ifndef BF_MC
+#define BF_MC 192 /* x rows per block (a multiple of BF_MR), packed weights */
 #endif
 
-typedef struct bf16_panel {
-    uint32_t w[BF_NG][KC_BF16 / 2][16]; /* [group][k pair][column] = two BF16 */
-} bf16_panel;
-
-/* Repacks rows [c0, c0+16) (rows >= n read as zero), k in [k0, k0+kc), odd k padded with 0. */
-static void bf16_pack_group(const mq_bf16_weight *w, int c0, int k0, int kc, bf16_panel *p, int g)
+/* Writes rows [c0, c0+16) of row-major W (row r at src + (r - c0)·ld; rows >= nv read as
+ * zero), k in [k0, k0+kc), as packed k pairs at dst ([kc/2 rounded up][16] uint32; an odd
+ * k's partner is 0). */
+static void bf16_pack_group(const uint16_t *src, size_t ld, int nv, int k0, int kc, uint32_t *dst)
 {
-    const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
     __m512i r[16];
     for (int s = 0; s < kc; s += 32) {
         const int len = kc - s < 32 ? kc - s : 32;
         const __mmask32 lm = low_mask32(len);
         for (int i = 0; i < 16; i++)
-            r[i] =
-                i < nv ? _mm512_maskz_loadu_epi16(lm, w->w + (size_t)(c0 + i) * w->k + k0 + s) : _mm512_setzero_si512();
+            r[i] = _mm512_maskz_loadu_epi16(i < nv ? lm : 0, src + (size_t)i * ld + k0 + s);
         tr16x16(r);
         for (int j = 0; j < (len + 1) / 2; j++)
-            _mm512_store_si512(p->w[g][s / 2 + j], r[j]);
+            _mm512_store_si512(dst + (size_t)(s / 2 + j) * 16, r[j]);
     }
 }
 
-AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, const bf16_panel *p, int kc, float *y,
-                  size_t ldy, const __mmask16 *mask, int first)
+static void bf16_weight_pack_rows_avx512(uint16_t *dst, int n, int k, const uint16_t *src, size_t ld, int r0, int r1)
+{
+    const int kp = bf16_kp(k), rend = r1 == n ? (n + 15) / 16 * 16 : r1;
+    for (int g = r0 / 16; g * 16 < rend; g++) {
+        const int c0 = g * 16, nv = (r1 < c0 + 16 ? r1 : c0 + 16) - c0;
+        bf16_pack_group(src + (size_t)(c0 - r0) * ld, ld, nv, 0, k, (uint32_t *)(dst + (size_t)g * 16 * (size_t)kp));
+    }
+}
+
+/* MR rows of x × NG groups over kc k (np = kc/2 pairs of packed weights from pw, group g
+ * at pw + g·gstr uint32s); an odd kc ends with x's last element alone. */
+AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, const uint32_t *pw, size_t gstr, int kc,
+                  float *y, size_t ldy, const __mmask16 *mask, int first)
 {
     __m512 acc[BF_MR][BF_NG];
 #pragma GCC unroll 8
@@ -349,7 +394,7 @@ AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, con
         __m512i wv[BF_NG];
 #pragma GCC unroll 8
         for (int g = 0; g < NG; g++)
-            wv[g] = _mm512_load_si512(p->w[g][q]);
+            wv[g] = _mm512_load_si512(pw + (size_t)g * gstr + (size_t)q * 16);
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             uint32_t x2;
@@ -366,7 +411,8 @@ AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, con
             __m512i xv = _mm512_set1_epi32((int)x[(size_t)m * ldx + kc - 1]);
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++)
-                acc[m][g] = _mm512_dpbf16_ps(acc[m][g], (__m512bh)xv, (__m512bh)_mm512_load_si512(p->w[g][np]));
+                acc[m][g] = _mm512_dpbf16_ps(acc[m][g], (__m512bh)xv,
+                                             (__m512bh)_mm512_load_si512(pw + (size_t)g * gstr + (size_t)np * 16));
         }
     }
 #pragma GCC unroll 8
@@ -377,10 +423,10 @@ AI void bf16_tile(const int MR, const int NG, const uint16_t *x, size_t ldx, con
 }
 
 #define BF_TILE_CASE(MR, NG) \
-    case (MR)*8 + (NG): bf16_tile(MR, NG, x, ldx, p, kc, y, ldy, mask, first); break;
+    case (MR)*8 + (NG): bf16_tile(MR, NG, x, ldx, pw, gstr, kc, y, ldy, mask, first); break;
 
-static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const bf16_panel *p, int kc, float *y,
-                          size_t ldy, const __mmask16 *mask, int first)
+static void bf16_tile_any(int mr, int ng, const uint16_t *x, size_t ldx, const uint32_t *pw, size_t gstr, int kc,
+                          float *y, size_t ldy, const __mmask16 *mask, int first)
 {
     /* clang-format off */
     switch (mr * 8 + ng) {
@@ -474,54 +520,154 @@ static void bf16_gemv(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
     /* clang-format on */
 }
 
-static void gemm_bf16_avx512(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
+/* GEMV on packed weights: MR (1..4) rows of x × one group of 16 weight rows, k pairs in
+ * order, so the group is one contiguous stream; U accumulators per row hide the latency
+ * of vdpbf16ps when MR is small. U is the same for every MR (GEMV_U), so a row is summed
+ * in the same order whatever rows share the call: the engine's batched decode relies on
+ * it to give each sequence the numbers it gets alone. */
+AI void bf16_gemv_group(const int MR, const int U, const uint16_t *x, size_t ldx, const uint32_t *pw, int K, float *y,
+                        size_t ldy, __mmask16 mask)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 4
+        for (int u = 0; u < U; u++)
+            acc[m][u] = _mm512_setzero_ps();
+    const int np = K / 2;
+    int q = 0;
+    for (; q + U <= np; q += U) {
+        _mm_prefetch((const char *)(pw + (size_t)q * 16 + GEMV_PREFETCH), _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int u = 0; u < U; u++) {
+            const __m512i wv = _mm512_load_si512(pw + (size_t)(q + u) * 16);
+#pragma GCC unroll 4
+            for (int m = 0; m < MR; m++) {
+                uint32_t x2;
+                memcpy(&x2, x + (size_t)m * ldx + 2 * (q + u), 4);
+                acc[m][u] = _mm512_dpbf16_ps(acc[m][u], (__m512bh)_mm512_set1_epi32((int)x2), (__m512bh)wv);
+            }
+        }
+    }
+    for (; q < np; q++) {
+        const __m512i wv = _mm512_load_si512(pw + (size_t)q * 16);
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; m++) {
+            uint32_t x2;
+            memcpy(&x2, x + (size_t)m * ldx + 2 * q, 4);
+            acc[m][0] = _mm512_dpbf16_ps(acc[m][0], (__m512bh)_mm512_set1_epi32((int)x2), (__m512bh)wv);
+        }
+    }
+    if (K & 1) {
+        const __m512i wv = _mm512_load_si512(pw + (size_t)np * 16);
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; m++)
+            acc[m][0] =
+                _mm512_dpbf16_ps(acc[m][0], (__m512bh)_mm512_set1_epi32((int)x[(size_t)m * ldx + K - 1]), (__m512bh)wv);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; m++) {
+#pragma GCC unroll 4
+        for (int u = 1; u < U; u++)
+            acc[m][0] = _mm512_add_ps(acc[m][0], acc[m][u]);
+        _mm512_mask_storeu_ps(y + (size_t)m * ldy, mask, acc[m][0]);
+    }
+}
+
+#define GEMV_U 4 /* accumulators per row of the packed GEMV */
+
+/* m <= 4 rows in one pass per group; 5..8 in two passes over the same group (still in L1). */
+static void bf16_gemv_packed(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
                              int n0, int n1)
 {
-    if (n0 >= n1 || m <= 0)
-        return;
-    if (m <= 8) {
-        bf16_gemv(x, m, ldx, w, y, ldy, n0, n1);
-        return;
-    }
-    const int K = w->k;
-    /* BF_PANELS panels side by side share each tile's pass over x (see the NVFP4 GEMM). */
-    bf16_panel p[BF_PANELS] __attribute__((aligned(64)));
-    const int g0 = n0 / 16, g1 = (n1 + 15) / 16, span = BF_NG * BF_PANELS;
-    for (int pg0 = g0; pg0 < g1; pg0 += span) {
-        int ng[BF_PANELS];
-        __mmask16 mask[BF_PANELS][BF_NG];
-        panel_groups(pg0, g1, n0, n1, BF_PANELS, BF_NG, ng, &mask[0][0]);
-        for (int k0 = 0; k0 < K; k0 += KC_BF16) {
-            const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
-            for (int q = 0; q < BF_PANELS; q++)
-                for (int g = 0; g < ng[q]; g++)
-                    bf16_pack_group(w, (pg0 + q * BF_NG + g) * 16, k0, kc, &p[q], g);
-            /* The next chunk is up to 128 row pieces: too many streams for the hardware
-             * prefetcher, so the tiles below request its lines a few at a time. */
-            const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg0 : pg0 + span;
-            const int nkc = K - nk0 < KC_BF16 ? K - nk0 : KC_BF16;
-            const int lines_per_row = (nkc + 31) / 32, n_lines = npg < g1 ? 16 * span * lines_per_row : 0;
-            const int tiles = (m + BF_MR - 1) / BF_MR, per_tile = (n_lines + tiles - 1) / tiles;
-            int pf = 0;
-            for (int m0 = 0; m0 < m; m0 += BF_MR) {
-                const int mr = m - m0 < BF_MR ? m - m0 : BF_MR;
-                for (int e = pf + per_tile; pf < e && pf < n_lines; pf++) {
-                    const int row = npg * 16 + pf / lines_per_row;
-                    if (row < w->n)
-                        _mm_prefetch((const char *)(w->w + (size_t)row * K + nk0 + (pf % lines_per_row) * 32),
-                                     _MM_HINT_T1);
-                }
-                for (int q = 0; q < BF_PANELS && ng[q]; q++)
-                    bf16_tile_any(mr, ng[q], x + (size_t)m0 * ldx + k0, ldx, &p[q], kc,
-                                  y + (size_t)m0 * ldy + (size_t)(pg0 + q * BF_NG) * 16, ldy, mask[q], k0 == 0);
+    const int K = w->k, kp = bf16_kp(K);
+    for (int g = n0 / 16; g * 16 < n1; g++) {
+        const uint32_t *pw = (const uint32_t *)w->w + (size_t)g * 8 * (size_t)kp;
+        const __mmask16 mask = col_mask(g * 16, n0, n1);
+        float *yg = y + (size_t)g * 16;
+        for (int m0 = 0; m0 < m; m0 += 4) {
+            const uint16_t *xm = x + (size_t)m0 * ldx;
+            float *ym = yg + (size_t)m0 * ldy;
+            switch (m - m0 < 4 ? m - m0 : 4) {
+            case 1: bf16_gemv_group(1, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
+            case 2: bf16_gemv_group(2, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
+            case 3: bf16_gemv_group(3, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
+            default: bf16_gemv_group(4, GEMV_U, xm, ldx, pw, K, ym, ldy, mask); break;
             }
         }
     }
 }
 
+/* GEMM, m > 8. Loops, outermost first: x rows in blocks of BF_MC (packed weights only),
+ * panels of BF_NG groups, chunks of KC_BF16 k (a panel's chunk, 32 KB, stays in L1 while
+ * every tile of BF_MR rows passes over it), tiles. Packed weights are read in place, the
+ * next chunk requested into L2 meanwhile; row-major ones are packed per chunk into a
+ * stack buffer. */
+static void bf16_gemm(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                      int n1)
+{
+    const int K = w->k, kp = bf16_kp(K);
+    _Alignas(64) uint32_t stack[BF_NG * KC_BF16 / 2 * 16];
+    const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
+    const int mc = w->packed ? BF_MC : m;
+    for (int mb = 0; mb < m; mb += mc) {
+        const int me = m - mb < mc ? m : mb + mc, tiles = (me - mb + BF_MR - 1) / BF_MR;
+        for (int pg0 = g0; pg0 < g1; pg0 += BF_NG) {
+            int ng;
+            __mmask16 mask[BF_NG];
+            panel_groups(pg0, g1, n0, n1, BF_NG, &ng, mask);
+            for (int k0 = 0; k0 < K; k0 += KC_BF16) {
+                const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
+                const uint32_t *pw = stack, *next = NULL;
+                size_t gstr = KC_BF16 / 2 * 16; /* uint32s between groups */
+                int lines = 0, pf = 0;
+                if (w->packed) {
+                    gstr = (size_t)kp / 2 * 16;
+                    pw = (const uint32_t *)w->w + (size_t)pg0 * gstr + (size_t)k0 / 2 * 16;
+                    const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg0 : pg0 + BF_NG;
+                    if (npg < g1) {
+                        next = (const uint32_t *)w->w + (size_t)npg * gstr + (size_t)nk0 / 2 * 16;
+                        lines = BF_NG * (K - nk0 < KC_BF16 ? (K - nk0 + 1) / 2 : KC_BF16 / 2);
+                    }
+                } else {
+                    for (int g = 0; g < ng; g++) {
+                        const int c0 = (pg0 + g) * 16;
+                        bf16_pack_group(w->w + (size_t)c0 * K, (size_t)K, w->n - c0 < 16 ? w->n - c0 : 16, k0, kc,
+                                        stack + (size_t)g * gstr);
+                    }
+                }
+                const int per = (lines + tiles - 1) / tiles, per_group = lines / BF_NG;
+                for (int m0 = mb; m0 < me; m0 += BF_MR) {
+                    for (int e = pf + per; pf < e && pf < lines; pf++)
+                        _mm_prefetch(
+                            (const char *)(next + (size_t)(pf / per_group) * gstr + (size_t)(pf % per_group) * 16),
+                            _MM_HINT_T1);
+                    bf16_tile_any(me - m0 < BF_MR ? me - m0 : BF_MR, ng, x + (size_t)m0 * ldx + k0, ldx, pw, gstr, kc,
+                                  y + (size_t)m0 * ldy + (size_t)pg0 * 16, ldy, mask, k0 == 0);
+                }
+            }
+        }
+    }
+}
+
+static void gemm_bf16_avx512(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy,
+                             int n0, int n1)
+{
+    if (n0 >= n1 || m <= 0)
+        return;
+    if (m > 8)
+        bf16_gemm(x, m, ldx, w, y, ldy, n0, n1);
+    else if (w->packed)
+        bf16_gemv_packed(x, m, ldx, w, y, ldy, n0, n1);
+    else
+        bf16_gemv(x, m, ldx, w, y, ldy, n0, n1);
+}
+
 void kernels_fill_gemm_avx512(mq_kernel_table *t)
 {
     t->gemm_fp4 = gemm_fp4_avx512;
+    t->fp4_weight_pack_rows = fp4_weight_pack_rows_avx512;
     t->fp4_act_prepare_rows = fp4_act_prepare_rows_avx512;
     t->gemm_bf16 = gemm_bf16_avx512;
+    t->bf16_weight_pack_rows = bf16_weight_pack_rows_avx512;
 }

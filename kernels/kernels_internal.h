@@ -25,6 +25,8 @@
 
 #include "kernels/mq_kernels.h"
 
+#include <string.h>
+
 typedef struct mq_kernel_table {
     void (*f32_to_bf16_row)(const float *x, uint16_t *y, size_t n);
     void (*bf16_to_f32_row)(const uint16_t *x, float *y, size_t n);
@@ -33,9 +35,12 @@ typedef struct mq_kernel_table {
     int (*fp4_act_quantize_rows)(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
     /* fills mq_fp4_act.aux from codes/scales (layout.c describes it) */
     void (*fp4_act_prepare_rows)(mq_fp4_act *a, int r0, int r1);
+    /* fills mq_fp4_weight.packed for rows [r0, r1) (w->packed != NULL) */
+    void (*fp4_weight_pack_rows)(mq_fp4_weight *w, int r0, int r1);
     void (*gemm_fp4)(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
     void (*gemm_bf16)(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
                       int n1);
+    void (*bf16_weight_pack_rows)(uint16_t *dst, int n, int k, const uint16_t *src, size_t ld, int r0, int r1);
     void (*attention)(const mq_attn_args *a, int h0, int h1);
     void (*rmsnorm)(float *y, const float *x, const float *w, int n, float eps);
     void (*swiglu)(float *out, const float *gate, const float *up, int n);
@@ -46,9 +51,9 @@ extern mq_kernel_table mq_kt;
 
 /* The table is filled in layers: kernels_fill_ref sets every slot, then each SIMD fill
  * function up to the chosen ISA overwrites the slots its files implement, so a slot a
- * variant does not implement keeps the one below it. gemm_* fill gemm_fp4, gemm_bf16
- * and fp4_act_prepare_rows; ops_* fill the other slots, attention included (the
- * attention kernels live in attn_*.c). */
+ * variant does not implement keeps the one below it. gemm_* fill the GEMMs, the
+ * activation preparation and the weight packing; ops_* fill the other slots, attention
+ * included (the attention kernels live in attn_*.c). */
 void kernels_fill_ref(mq_kernel_table *t);
 void kernels_fill_gemm_avx2(mq_kernel_table *t);
 void kernels_fill_gemm_avx512(mq_kernel_table *t);
@@ -62,13 +67,85 @@ void attention_ref(const mq_attn_args *a, int h0, int h1);
 void attention_avx2(const mq_attn_args *a, int h0, int h1);
 void attention_avx512(const mq_attn_args *a, int h0, int h1);
 
-/* layout.c: the activation aux (bytes 2·value+12 [m, kp], then FP32 scales [m, kp/16]). */
-uint8_t *fp4_act_aux_bytes(const mq_fp4_act *a);
-float *fp4_act_aux_sx(const mq_fp4_act *a);
+/* layout.c: the activation aux and the packed weight block (layout.c describes both).
+ * The aux interleaves rows by quads: one fp4_qblock per 4 rows and 16-element block. */
+#define FP4_QUAD 4
+typedef struct fp4_qblock {
+    int8_t bytes[FP4_QUAD][16]; /* 2·value·sign(s) */
+    int32_t corr[FP4_QUAD];     /* -12·Σ bytes */
+    float sx[FP4_QUAD];         /* |s| */
+    uint8_t pad[32];
+    float t8[FP4_QUAD][8]; /* |s|·(1 + j/8), j = 0..7: exact */
+} fp4_qblock;
+_Static_assert(sizeof(fp4_qblock) == 256, "four cache lines per quad and block");
+
+/* The quad-block holding row r, block b (the row is lane r % FP4_QUAD). */
+static inline fp4_qblock *fp4_act_qblock(const mq_fp4_act *a, int r, int b)
+{
+    return (fp4_qblock *)a->aux + (size_t)(r / FP4_QUAD) * (size_t)(a->kp / MQ_FP4_BLOCK) + b;
+}
+
+#define FP4_PACK_BYTES 320 /* per 16 rows × 16 k: 256 weight bytes, 64 bytes of scale forms */
+#define FP4_PACK_SCALE 256 /* offset of the scale forms in a packed block */
+
+/* The index form of a weight block scale s (E4M3 byte): |s| = 2^e·(1 + f/8), f in 0..7
+ * (subnormals m·2^-9 renormalised: m = 3 is 1.5·2^-8), as one float whose floor is e
+ * (the vscalefps exponent; -200 for s = 0, which scales anything to 0) and whose low 3
+ * bits are f (the vpermps index into the activation's t8). e + 0.5 has at least 14 zero
+ * low bits, so adding f moves it by a few ulp and keeps its floor. */
+static inline float fp4_scale_index_form(uint8_t s)
+{
+    const uint8_t c = s & 0x7f;
+    int f = 0, e = -200;
+    if (c >= 8) {
+        f = c & 7;
+        e = (c >> 3) - 7;
+    } else if (c) {
+        const int t = c >= 4 ? 2 : c >= 2 ? 1 : 0; /* floor(log2 c) */
+        f = ((c << 3) >> t) - 8;
+        e = t - 9;
+    }
+    const float v = (float)e + 0.5f;
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u |= (uint32_t)f;
+    float r;
+    memcpy(&r, &u, 4);
+    return r;
+}
 
 #define MQ_ALIGN_UP(x, a) (((x) + (a)-1) / (a) * (a))
 
+/* Packed BF16 weights (mq_kernels.h): k rounded up to even, and the index of (r, k). */
+static inline int bf16_kp(int k)
+{
+    return (k + 1) & ~1;
+}
+static inline size_t bf16_packed_index(int r, int k, int kp)
+{
+    return ((size_t)(r / 16) * (size_t)(kp / 2) + (size_t)(k / 2)) * 32 + (size_t)(r % 16) * 2 + (size_t)(k & 1);
+}
+
+/* Element (r, k) of a BF16 weight in either layout. */
+static inline uint16_t bf16_weight_at(const mq_bf16_weight *w, int r, int k)
+{
+    return w->packed ? w->w[bf16_packed_index(r, k, bf16_kp(w->k))] : w->w[(size_t)r * w->k + k];
+}
+
 /* ---- scalar helpers shared by several variants --------------------------------- */
+
+/* g_x of activation row r (mq_fp4_act.row_g). */
+static inline float fp4_act_row_g(const mq_fp4_act *a, int r)
+{
+    return a->row_g ? a->row_g[r] : a->g;
+}
+
+/* NVFP4.md's alpha of activation row r against w, times `scale` (an exact power of two
+ * for kernels that sum doubled integer products). One formula for every variant. */
+static inline float fp4_row_alpha(const mq_fp4_act *x, const mq_fp4_weight *w, int r, float scale)
+{
+    return (1.0f / fp4_act_row_g(x, r)) * (1.0f / w->g) * scale;
+}
 
 /* Quantizes rows [r0, r1) of x with one variant's row quantizer (mq_fp4_quantize_row's
  * contract); stops at the first row that holds NaN/Inf. Inlined, so the call is direct. */
@@ -77,7 +154,7 @@ static inline __attribute__((always_inline)) int fp4_quantize_rows_with(fp4_quan
                                                                         const float *x, size_t ldx, int r0, int r1)
 {
     for (int r = r0; r < r1; r++) {
-        int rc = row(x + (size_t)r * ldx, a->k, a->g, a->codes + (size_t)r * (a->kp / 2),
+        int rc = row(x + (size_t)r * ldx, a->k, fp4_act_row_g(a, r), a->codes + (size_t)r * (a->kp / 2),
                      a->scales + (size_t)r * (a->kp / MQ_FP4_BLOCK));
         if (rc)
             return rc;

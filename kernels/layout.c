@@ -4,15 +4,33 @@
  * Sizes are ISA-independent (the largest any variant needs), so memory can be
  * sized before, and reused after, an ISA change.
  *
- * Weights are held in their canonical form only: the fast GEMMs repack a panel of
- * weight columns (unpacked int8, or BF16 pairs) into a stack buffer per call and reuse
- * it for every activation row, which costs a few percent at M >= 128 and keeps memory
- * per weight element at its minimum (NVFP4: 0.5 + 1/16 bytes; BF16: the checkpoint's 2).
+ * NVFP4 weights: the canonical codes and scales, and optionally (`packed`) the form the
+ * AVX-512 GEMM's tile reads, built once by mq_fp4_weight_pack_rows. Per group g of 16
+ * weight rows (GEMM columns) and block b of 16 k, FP4_PACK_BYTES = 320 bytes at
+ * ((g·nb + b)·320):
+ *     [0, 256)    uint8 [4 k-steps][16 rows][4 k]  2·value(w) + 12, in 0..24: the
+ *                 unsigned operand of vpdpbusd, one zmm per k-step; a row whose block
+ *                 scale is negative holds 24 - that, the negated weight
+ *     [256, 320)  float [16 rows]  |s_w| in index form (fp4_scale_index_form): floor =
+ *                 the exponent e, low 3 bits = the mantissa f of |s_w| = 2^e·(1 + f/8)
+ * Rows past n pack as weight 0 (byte 12) with scale 0. Without `packed` the AVX-512 GEMM
+ * packs each chunk of weights into a stack buffer per call.
  *
- * Activations carry an `aux` that mq_fp4_act_prepare_rows() fills from the codes:
- *     bytes  uint8 [m, kp]      2·value(q) + 12, in 0..24 (the unsigned operand of
- *                               vpdpbusd / vpmaddubsw; see NVFP4.md's integer route)
- *     sx     float [m, kp/16]   the E4M3 block scales as FP32
+ * BF16 weights: row-major, or packed ([ceil(n/16)][kp/2][16][2], mq_kernels.h); the
+ * element (r, k) of a packed matrix is at bf16_packed_index(r, k, kp).
+ *
+ * Activations carry an `aux` that mq_fp4_act_prepare_rows() fills from codes/scales:
+ * rows by quads (4 rows; the last quad padded with rows of zeros), one 256-byte
+ * fp4_qblock per quad and block b, at ((r/4)·nb + b)·256, so that a GEMM tile of 4 rows
+ * reads its operands and scales for a block from 4 consecutive lines:
+ *     bytes  int8  [4][16]  2·value(q)·sign(s_b): the signed operand of vpdpbusd /
+ *                           vpmaddubsw, the sign of the block scale folded in
+ *     corr   int32 [4]      -12·Σ bytes over the block: removes the +12 of the weights'
+ *                           unsigned form (NVFP4.md's integer route)
+ *     sx     float [4]      |s_b| as FP32
+ *     (32 bytes of zeros)
+ *     t8     float [4][8]   |s_b|·(1 + j/8) for j = 0..7, exact in FP32 (8-bit
+ *                           significands): s_x·s_w is t8[f_w]·2^e_w, exactly
  */
 #include "kernels/kernels_internal.h"
 
@@ -28,13 +46,9 @@ static size_t fp4_scales_bytes(int rows, int k)
 {
     return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK), LINE);
 }
-static size_t fp4_act_bytes8(int rows, int k)
+static size_t fp4_act_aux_bytes(int rows, int k)
 {
-    return MQ_ALIGN_UP((size_t)rows * mq_fp4_pad(k), LINE);
-}
-static size_t fp4_act_sx_bytes(int rows, int k)
-{
-    return MQ_ALIGN_UP((size_t)rows * (mq_fp4_pad(k) / MQ_FP4_BLOCK) * 4, LINE);
+    return (size_t)((rows + FP4_QUAD - 1) / FP4_QUAD) * (size_t)(mq_fp4_pad(k) / MQ_FP4_BLOCK) * sizeof(fp4_qblock);
 }
 
 size_t mq_fp4_weight_bytes(int n, int k)
@@ -51,18 +65,22 @@ void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem)
     w->g = 1.0f;
     w->codes = p;
     w->scales = p + fp4_codes_bytes(n, k);
+    w->packed = NULL;
 }
 
-void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_t *scales, int r0, int r1)
+size_t mq_fp4_weight_packed_bytes(int n, int k)
 {
-    const size_t cb = (size_t)w->kp / 2, sb = (size_t)w->kp / MQ_FP4_BLOCK;
-    memcpy(w->codes + (size_t)r0 * cb, codes, (size_t)(r1 - r0) * cb);
-    memcpy(w->scales + (size_t)r0 * sb, scales, (size_t)(r1 - r0) * sb);
+    return (size_t)((n + 15) / 16) * (size_t)(mq_fp4_pad(k) / MQ_FP4_BLOCK) * FP4_PACK_BYTES;
+}
+
+void mq_fp4_weight_bind_packed(mq_fp4_weight *w, void *mem)
+{
+    w->packed = mem;
 }
 
 size_t mq_fp4_act_bytes(int m, int k)
 {
-    return fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k) + fp4_act_bytes8(m, k) + fp4_act_sx_bytes(m, k);
+    return fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k) + fp4_act_aux_bytes(m, k);
 }
 
 void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem)
@@ -72,24 +90,27 @@ void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem)
     a->k = k;
     a->kp = mq_fp4_pad(k);
     a->g = 1.0f;
+    a->row_g = NULL;
     a->codes = p;
     a->scales = p + fp4_codes_bytes(m, k);
     a->aux = p + fp4_codes_bytes(m, k) + fp4_scales_bytes(m, k);
-}
-
-uint8_t *fp4_act_aux_bytes(const mq_fp4_act *a)
-{
-    return (uint8_t *)a->aux;
-}
-
-float *fp4_act_aux_sx(const mq_fp4_act *a)
-{
-    return (float *)((uint8_t *)a->aux + fp4_act_bytes8(a->m, a->k));
 }
 
 void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data)
 {
     w->n = n;
     w->k = k;
+    w->packed = 0;
     w->w = data;
+}
+
+size_t mq_bf16_weight_packed_bytes(int n, int k)
+{
+    return (size_t)((n + 15) / 16) * 16 * (size_t)bf16_kp(k) * 2;
+}
+
+void mq_bf16_weight_bind_packed(mq_bf16_weight *w, int n, int k, const uint16_t *data)
+{
+    mq_bf16_weight_bind(w, n, k, data);
+    w->packed = 1;
 }

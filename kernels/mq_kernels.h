@@ -69,35 +69,53 @@ void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, f
 
 /* An NVFP4 weight matrix W[n, k] for mq_gemm_fp4. Memory is the caller's:
  * mq_fp4_weight_bytes() says how much, mq_fp4_weight_bind() lays the arrays out in it
- * (64-byte aligned base required). The kernels read the canonical arrays directly. */
+ * (64-byte aligned base required). The canonical arrays (codes, scales) always hold the
+ * weights. Optionally the weights also carry a packed copy for the AVX-512 GEMM: the
+ * panel layout its tile reads plus an exact table of scale products (layout.c), 2 bytes
+ * per weight on top of the canonical 0.5625; without it, that GEMM repacks panels per
+ * call and runs slower (docs/design/kernels.md has the figures). */
 typedef struct mq_fp4_weight {
     int n, k, kp;    /* rows, logical K, K padded to a multiple of 16 */
     float g;         /* global scale g_w (a multiplier: 2688 / amax) */
     uint8_t *codes;  /* [n, kp/2]  E2M1, element 2i in the low nibble */
     uint8_t *scales; /* [n, kp/16] E4M3 block scales (already multiplied by g) */
+    uint8_t *packed; /* NULL, or mq_fp4_weight_packed_bytes() of kernel-private panels */
 } mq_fp4_weight;
 
 size_t mq_fp4_weight_bytes(int n, int k);
 void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem);
+/* The packed copy: its size, and attaching it (64-byte aligned) to a bound weight before
+ * its rows are set, so that quantize_rows/set_rows/pack_rows fill it too. */
+size_t mq_fp4_weight_packed_bytes(int n, int k);
+void mq_fp4_weight_bind_packed(mq_fp4_weight *w, void *mem);
 /* Quantizes rows [r0, r1) of src (row stride ld floats) with w->g, which the caller set
  * beforehand from the whole tensor's amax. -EINVAL on NaN/Inf. */
 int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, int r0, int r1);
 /* Takes rows [r0, r1) already quantized (checkpoint codes/scales, same layout as the
  * canonical arrays but with rows of k/2 and k/16 bytes when k is a multiple of 16). */
 void mq_fp4_weight_set_rows(mq_fp4_weight *w, const uint8_t *codes, const uint8_t *scales, int r0, int r1);
+/* Fills the packed copy (if any) for rows [r0, r1) from the canonical arrays: call it after
+ * writing codes/scales some other way (quantize_rows and set_rows call it for you).
+ * Packing works on groups of 16 rows: calls on disjoint row ranges may run at the same
+ * time only if every range starts at a multiple of 16 (and ends at one, or at n). */
+void mq_fp4_weight_pack_rows(mq_fp4_weight *w, int r0, int r1);
 
-/* NVFP4 activations X[m, k], quantized at run time. Same memory rules as weights. */
+/* NVFP4 activations X[m, k], quantized at run time. Same memory rules as weights.
+ * row_g (optional, the caller's memory) gives each row its own g_x: rows of different
+ * sequences in one GEMM then keep each sequence's scale, so a row's result does not
+ * depend on the other rows (NVFP4.md's formula per row, alpha = (1/g_x[m])·(1/g_w)). */
 typedef struct mq_fp4_act {
     int m, k, kp;
-    float g;         /* global scale g_x */
-    uint8_t *codes;  /* [m, kp/2] */
-    uint8_t *scales; /* [m, kp/16] */
-    void *aux;       /* kernel-private (e.g. VNNI byte layout) */
+    float g;            /* global scale g_x of every row (when row_g is NULL) */
+    const float *row_g; /* [m] per-row g_x, or NULL (bind sets NULL) */
+    uint8_t *codes;     /* [m, kp/2] */
+    uint8_t *scales;    /* [m, kp/16] */
+    void *aux;          /* kernel-private (the integer operands and scale forms, layout.c) */
 } mq_fp4_act;
 
 size_t mq_fp4_act_bytes(int m, int k);
 void mq_fp4_act_bind(mq_fp4_act *a, int m, int k, void *mem);
-/* Quantizes rows [r0, r1) of x (stride ldx) with a->g, set by the caller: dynamic
+/* Quantizes rows [r0, r1) of x (stride ldx) with a->g (or a->row_g[r]), set by the caller: dynamic
  * (mq_fp4_global_scale of the whole input's amax) or static (checkpoint's g_x; blocks
  * beyond it saturate). -EINVAL on NaN/Inf. */
 int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, int r1);
@@ -108,19 +126,40 @@ int mq_fp4_act_quantize_rows(mq_fp4_act *a, const float *x, size_t ldx, int r0, 
 void mq_fp4_act_prepare_rows(mq_fp4_act *a, int r0, int r1);
 
 /* Y[m, n0..n1) = X · Wᵀ per NVFP4.md's GEMM formula, FP32 out (row stride ldy).
- * The SIMD GEMMs (this and mq_gemm_bf16) repack weight panels on the stack: give calling
- * threads at least 64 KB of stack beyond their own use (they take about 40 KB). */
+ * The SIMD GEMMs (this and mq_gemm_bf16) pack weight panels of weights without their
+ * packed form on the stack: give calling threads at least 64 KB of stack beyond their own
+ * use (they take about 40 KB). */
 void mq_gemm_fp4(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
 
 /* ---- BF16 ---------------------------------------------------------------------- */
-/* A BF16 weight matrix W[n, k]. `w` may point straight into a loaded checkpoint
- * (row-major [n, k]); the kernels read it as it is. */
+/* A BF16 weight matrix W[n, k] in one of two layouts:
+ *   row-major  [n, k], e.g. straight from a checkpoint;
+ *   packed     rows in groups of 16 and k in pairs: [ceil(n/16)][kp/2][16 rows][2] with
+ *              kp = k rounded up to even, zeros in the pad rows and the pad column. The
+ *              same bytes as row-major (plus the pad), in the order the AVX-512 GEMM's tile
+ *              and GEMV read them: each thread's share of a GEMV is one contiguous stream.
+ * Both work on every ISA; packed is the fast one on AVX-512. */
 typedef struct mq_bf16_weight {
     int n, k;
-    const uint16_t *w; /* [n, k] BF16 */
+    int packed;        /* 0: row-major, 1: packed */
+    const uint16_t *w; /* the elements, in the layout above */
 } mq_bf16_weight;
 
-void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data);
+void mq_bf16_weight_bind(mq_bf16_weight *w, int n, int k, const uint16_t *data); /* row-major */
+size_t mq_bf16_weight_packed_bytes(int n, int k);
+void mq_bf16_weight_bind_packed(mq_bf16_weight *w, int n, int k, const uint16_t *data);
+/* Writes rows [r0, r1) of a packed [n, k] matrix at dst from row-major rows (row r at
+ * src + (r - r0)·ld). Works on groups of 16 rows: calls on disjoint row ranges may run at
+ * the same time if every range starts at a multiple of 16; the call that ends at n also
+ * zeroes the pad rows. */
+void mq_bf16_weight_pack_rows(uint16_t *dst, int n, int k, const uint16_t *src, size_t ld, int r0, int r1);
+/* Packs a row-major [n, k] matrix into the packed layout in place: data must hold
+ * mq_bf16_weight_packed_bytes(n, k) (the rows first). Groups of 16 rows occupy the same
+ * bytes in both layouts when k is even; -EINVAL when k is odd (keep it row-major then),
+ * -ENOMEM without 32·k bytes of scratch. */
+int mq_bf16_weight_pack_in_place(uint16_t *data, int n, int k);
+/* Row r of W as FP32, either layout (a packed weight's rows, for tests and tools). */
+void mq_bf16_weight_row(const mq_bf16_weight *w, int r, float *out);
 
 /* Y[m, n0..n1) = X · Wᵀ, X given in BF16 [m, k] (stride ldx elements), FP32 accumulate.
  * m = 1..8 takes the GEMV path (decode). */

@@ -200,22 +200,57 @@ static int fp4_act_quantize_rows_ref(mq_fp4_act *a, const float *x, size_t ldx, 
     return fp4_quantize_rows_with(mq_fp4_quantize_row, a, x, ldx, r0, r1);
 }
 
-/* The activation aux (layout.c): the byte form every SIMD variant must produce. */
+/* The activation aux (layout.c): the bytes every SIMD variant must produce. */
 static void fp4_act_prepare_rows_ref(mq_fp4_act *a, int r0, int r1)
 {
     const int kp = a->kp, nb = kp / MQ_FP4_BLOCK;
-    uint8_t *bytes = fp4_act_aux_bytes(a);
-    float *sx = fp4_act_aux_sx(a);
-    for (int r = r0; r < r1; r++) {
+    /* the call that ends at m also fills the padding rows of the last quad */
+    const int rend = r1 == a->m ? (r1 + FP4_QUAD - 1) / FP4_QUAD * FP4_QUAD : r1;
+    for (int r = r0; r < rend; r++) {
         const uint8_t *c = a->codes + (size_t)r * (kp / 2);
-        uint8_t *o = bytes + (size_t)r * kp;
-        for (int i = 0; i < kp / 2; i++) {
-            o[2 * i] = nvfp4_e2m1_biased[c[i] & 0xf];
-            o[2 * i + 1] = nvfp4_e2m1_biased[c[i] >> 4];
+        for (int b = 0; b < nb; b++) {
+            fp4_qblock *q = fp4_act_qblock(a, r, b);
+            const int l = r % FP4_QUAD;
+            const uint8_t s = r < a->m ? a->scales[(size_t)r * nb + b] : 0;
+            const int sign = s & 0x80 ? -1 : 1;
+            int32_t sum = 0;
+            for (int e = 0; e < MQ_FP4_BLOCK; e++) {
+                const int k = b * MQ_FP4_BLOCK + e;
+                const uint8_t code = r < a->m ? c[k / 2] >> (k & 1 ? 4 : 0) : 0;
+                q->bytes[l][e] = (int8_t)(sign * nvfp4_e2m1_twice[code & 0xf]);
+                sum += q->bytes[l][e];
+            }
+            q->corr[l] = -NVFP4_BIAS * sum;
+            q->sx[l] = mq_e4m3_to_f32(s & 0x7f);
+            for (int j = 0; j < 8; j++)
+                q->t8[l][j] = q->sx[l] * (1.0f + (float)j / 8);
+            if (l == 0)
+                memset(q->pad, 0, sizeof q->pad);
         }
-        for (int b = 0; b < nb; b++)
-            sx[(size_t)r * nb + b] = mq_e4m3_to_f32(a->scales[(size_t)r * nb + b]);
     }
+}
+
+/* The packed weight form (layout.c), from the canonical arrays. */
+static void fp4_weight_pack_rows_ref(mq_fp4_weight *w, int r0, int r1)
+{
+    const int nb = w->kp / MQ_FP4_BLOCK;
+    for (int g = r0 / 16; g * 16 < r1; g++)
+        for (int b = 0; b < nb; b++) {
+            uint8_t *d = w->packed + ((size_t)g * nb + b) * FP4_PACK_BYTES;
+            for (int i = 0; i < 16; i++) {
+                const int row = g * 16 + i;
+                const uint8_t s = row < w->n ? w->scales[(size_t)row * nb + b] : 0;
+                for (int e = 0; e < MQ_FP4_BLOCK; e++) { /* k-step e/4, row i, k e%4 */
+                    const int k = b * MQ_FP4_BLOCK + e;
+                    const uint8_t code =
+                        row < w->n ? w->codes[(size_t)row * (w->kp / 2) + k / 2] >> (k & 1 ? 4 : 0) : 0;
+                    const uint8_t v = nvfp4_e2m1_biased[code & 0xf];
+                    d[(e / 4) * 64 + i * 4 + e % 4] = s & 0x80 ? 2 * NVFP4_BIAS - v : v; /* sign of s folded in */
+                }
+                const float form = fp4_scale_index_form(s);
+                memcpy(d + FP4_PACK_SCALE + i * 4, &form, 4);
+            }
+        }
 }
 
 static int e2m1_twice(uint8_t code)
@@ -226,8 +261,8 @@ static int e2m1_twice(uint8_t code)
 static void gemm_fp4_ref(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
 {
     const int nb = x->kp / MQ_FP4_BLOCK;
-    const float alpha = (1.0f / x->g) * (1.0f / w->g);
     for (int m = 0; m < x->m; m++) {
+        const float alpha = fp4_row_alpha(x, w, m, 1.0f);
         const uint8_t *xc = x->codes + (size_t)m * (x->kp / 2);
         const uint8_t *xs = x->scales + (size_t)m * nb;
         for (int n = n0; n < n1; n++) {
@@ -255,13 +290,26 @@ static void gemm_bf16_ref(const uint16_t *x, int m, size_t ldx, const mq_bf16_we
     for (int i = 0; i < m; i++) {
         const uint16_t *xr = x + (size_t)i * ldx;
         for (int n = n0; n < n1; n++) {
-            const uint16_t *wr = w->w + (size_t)n * w->k;
             float acc = 0.0f;
             for (int k = 0; k < w->k; k++)
-                acc += mq_bf16_to_f32(xr[k]) * mq_bf16_to_f32(wr[k]);
+                acc += mq_bf16_to_f32(xr[k]) * mq_bf16_to_f32(bf16_weight_at(w, n, k));
             y[(size_t)i * ldy + n] = acc;
         }
     }
+}
+
+static void bf16_weight_pack_rows_ref(uint16_t *dst, int n, int k, const uint16_t *src, size_t ld, int r0, int r1)
+{
+    const int kp = bf16_kp(k), rend = r1 == n ? (n + 15) / 16 * 16 : r1;
+    for (int r = r0; r < rend; r++)
+        for (int c = 0; c < kp; c++)
+            dst[bf16_packed_index(r, c, kp)] = r < n && c < k ? src[(size_t)(r - r0) * ld + c] : 0;
+}
+
+void mq_bf16_weight_row(const mq_bf16_weight *w, int r, float *out)
+{
+    for (int k = 0; k < w->k; k++)
+        out[k] = mq_bf16_to_f32(bf16_weight_at(w, r, k));
 }
 
 /* ---- attention ---------------------------------------------------------------- */
@@ -458,8 +506,10 @@ void kernels_fill_ref(mq_kernel_table *t)
     t->amax_bf16 = amax_bf16_ref;
     t->fp4_act_quantize_rows = fp4_act_quantize_rows_ref;
     t->fp4_act_prepare_rows = fp4_act_prepare_rows_ref;
+    t->fp4_weight_pack_rows = fp4_weight_pack_rows_ref;
     t->gemm_fp4 = gemm_fp4_ref;
     t->gemm_bf16 = gemm_bf16_ref;
+    t->bf16_weight_pack_rows = bf16_weight_pack_rows_ref;
     t->attention = attention_ref;
     t->rmsnorm = rmsnorm_ref;
     t->swiglu = swiglu_ref;

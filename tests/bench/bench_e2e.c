@@ -34,6 +34,8 @@
 #include "engine/tokenizer.h"
 #include "engine/weight_stream.h"
 
+#define TENANT 0u /* every session of the benchmark belongs to one tenant */
+
 static int g_threads = 2;
 static int g_quick;
 enum { P_LOAD = 1, P_PREFILL = 2, P_DECODE = 4, P_REPLAY = 8, P_STALL = 16, P_ALL = 31 };
@@ -324,14 +326,14 @@ static double prefill_rate(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, co
      * steady state. Its prompt starts elsewhere in t, so no KV block is shared. */
     int nw = n < 128 ? n / 2 : 64;
     if (nw > 0) {
-        mq_sched_session_open(s, &id);
+        mq_sched_session_open(s, TENANT, &id);
         w_init(&w, 4);
         run(s, id, t + n - nw, nw, 1, &w);
         w_wait(&w);
         w_free(&w);
         mq_sched_session_close(s, id);
     }
-    mq_sched_session_open(s, &id);
+    mq_sched_session_open(s, TENANT, &id);
     w_init(&w, 4);
     run(s, id, t, n, 1, &w);
     w_wait(&w);
@@ -529,7 +531,7 @@ static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out,
     int end_in[2] = { 0, 0 };
     long new_tok = 0, prefilled = 0;
     for (int a = 0; a < 2; a++)
-        mq_sched_session_open(s, &sess[a]);
+        mq_sched_session_open(s, TENANT, &sess[a]);
     for (int turn = 0; turn < TURNS; turn++) {
         struct waiter w[2];
         int32_t *ids[2];
@@ -585,8 +587,8 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
 {
     mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, chunk, nlong + 4096);
     uint64_t a, b;
-    mq_sched_session_open(s, &a);
-    mq_sched_session_open(s, &b);
+    mq_sched_session_open(s, TENANT, &a);
+    mq_sched_session_open(s, TENANT, &b);
     struct waiter wa, wb;
     w_init(&wa, 8192);
     w_init(&wb, 4);
@@ -721,7 +723,7 @@ int main(int argc, char **argv)
         double bw = read_bandwidth(pool);
         mq_pool_destroy(pool);
         s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 512, 2048);
-        mq_sched_session_open(s, &id);
+        mq_sched_session_open(s, TENANT, &id);
         int GEN = g_quick ? 16 : 48;
         w_init(&w, GEN + 1);
         run(s, id, prompt, 128, GEN, &w);
@@ -759,7 +761,7 @@ int main(int argc, char **argv)
             agent_replay(m06, tok, &ro, &n10, &p10);
             /* turn 10 without reuse: a fresh scheduler (empty index) reads the whole prompt */
             s = sched_new(m06, tok, MQ_PREC_MODE_MIXED, 256, 10240);
-            mq_sched_session_open(s, &id);
+            mq_sched_session_open(s, TENANT, &id);
             w_init(&w, 4);
             run(s, id, p10, n10, 1, &w);
             w_wait(&w);

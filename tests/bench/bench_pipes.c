@@ -72,8 +72,9 @@ __attribute__((target("avx512f"))) static void run(void)
     double base = 0;
     printf("per iteration: 12 vpdpbusd + the extras named   time   extra  VNNI rate\n");
     __asm__ volatile("vpternlogd $0xff, %%zmm0, %%zmm0, %%zmm0\n\tvpabsb %%zmm0, %%zmm1\n\t"
-                     "vmovaps %%zmm1, %%zmm2\n\tvmovaps %%zmm1, %%zmm3" ::
-                         : "xmm0", "xmm1", "xmm2", "xmm3");
+                     "vmovaps %%zmm1, %%zmm2\n\tvmovaps %%zmm1, %%zmm3\n\t"
+                     "movl $0xaaaaaaaa, %%eax\n\tkmovd %%eax, %%k1" ::
+                         : "xmm0", "xmm1", "xmm2", "xmm3", "eax", "k1");
     CASE("(none)", 12, V12)
     CASE("+4 vpbroadcastd m32 +3 zmm loads", 12,
          V12 "vpbroadcastd (%0),%%zmm24\n\tvpbroadcastd 4(%0),%%zmm25\n\t"
@@ -95,6 +96,42 @@ __attribute__((target("avx512f"))) static void run(void)
          V12 "vpshufd $0,%%zmm2,%%zmm24\n\tvpshufd $0x55,%%zmm2,%%zmm25\n\t"
              "vpshufd $0xaa,%%zmm2,%%zmm26\n\tvpshufd $0xff,%%zmm2,%%zmm27\n\t")
     CASE("+4 vpermps", 12, V12 X4("vpermps"))
+    CASE("+4 vpshufb", 12, V12 X4("vpshufb"))
+    CASE("+4 vpermb", 12, V12 X4("vpermb"))
+    CASE("+4 vpermw", 12, V12 X4("vpermw"))
+    CASE("+4 vpunpcklwd", 12, V12 X4("vpunpcklwd"))
+    CASE("+8 vpandd", 12, V12 X8("vpandd"))
+    CASE("+4 vpslld $16", 12,
+         V12 "vpslld $16,%%zmm2,%%zmm24\n\tvpslld $16,%%zmm2,%%zmm25\n\t"
+             "vpslld $16,%%zmm2,%%zmm26\n\tvpslld $16,%%zmm2,%%zmm27\n\t")
+    CASE("+4 vpsrlw $4", 12,
+         V12 "vpsrlw $4,%%zmm2,%%zmm24\n\tvpsrlw $4,%%zmm2,%%zmm25\n\t"
+             "vpsrlw $4,%%zmm2,%%zmm26\n\tvpsrlw $4,%%zmm2,%%zmm27\n\t")
+    CASE("+4 vpmovzxwd", 12,
+         V12 "vpmovzxwd %%ymm2,%%zmm24\n\tvpmovzxwd %%ymm2,%%zmm25\n\t"
+             "vpmovzxwd %%ymm2,%%zmm26\n\tvpmovzxwd %%ymm2,%%zmm27\n\t")
+    CASE("+4 vpmovzxwd m256", 12,
+         V12 "vpmovzxwd (%0),%%zmm24\n\tvpmovzxwd 32(%0),%%zmm25\n\t"
+             "vpmovzxwd 64(%0),%%zmm26\n\tvpmovzxwd 96(%0),%%zmm27\n\t")
+    CASE("+4 vpmovzxbw", 12,
+         V12 "vpmovzxbw %%ymm2,%%zmm24\n\tvpmovzxbw %%ymm2,%%zmm25\n\t"
+             "vpmovzxbw %%ymm2,%%zmm26\n\tvpmovzxbw %%ymm2,%%zmm27\n\t")
+    CASE("+4 vpbroadcastd xmm", 12,
+         V12 "vpbroadcastd %%xmm2,%%zmm24\n\tvpbroadcastd %%xmm2,%%zmm25\n\t"
+             "vpbroadcastd %%xmm2,%%zmm26\n\tvpbroadcastd %%xmm2,%%zmm27\n\t")
+    CASE("+4 vmovdqu16 m512 {k}{z} (odd words)", 12,
+         V12 "vmovdqu16 (%0),%%zmm24%{%%k1%}%{z%}\n\tvmovdqu16 62(%0),%%zmm25%{%%k1%}%{z%}\n\t"
+             "vmovdqu16 128(%0),%%zmm26%{%%k1%}%{z%}\n\tvmovdqu16 190(%0),%%zmm27%{%%k1%}%{z%}\n\t")
+    CASE("+4 vscalefps m32bcst", 12,
+         V12 "vscalefps (%0)%{1to16%},%%zmm2,%%zmm24\n\tvscalefps 4(%0)%{1to16%},%%zmm2,%%zmm25\n\t"
+             "vscalefps 8(%0)%{1to16%},%%zmm2,%%zmm26\n\tvscalefps 12(%0)%{1to16%},%%zmm2,%%zmm27\n\t")
+    CASE("+4 vpsllvd", 12, V12 X4("vpsllvd"))
+    CASE("+4 vprold $16", 12,
+         V12 "vprold $16,%%zmm2,%%zmm24\n\tvprold $16,%%zmm2,%%zmm25\n\t"
+             "vprold $16,%%zmm2,%%zmm26\n\tvprold $16,%%zmm2,%%zmm27\n\t")
+    CASE("+4 vpdpbusd m32bcst", 16,
+         V12 "vpdpbusd (%0)%{1to16%},%%zmm2,%%zmm24\n\tvpdpbusd 4(%0)%{1to16%},%%zmm2,%%zmm25\n\t"
+             "vpdpbusd 8(%0)%{1to16%},%%zmm2,%%zmm26\n\tvpdpbusd 12(%0)%{1to16%},%%zmm2,%%zmm27\n\t")
     CASE("+4 vmulps", 12, V12 X4("vmulps"))
     CASE("+4 vfmadd231ps", 12, V12 X4("vfmadd231ps"))
     CASE("+4 vpmulld", 12, V12 X4("vpmulld"))

@@ -308,7 +308,7 @@ static void test_calibrated_fused_share_min_g(void)
             float *row = malloc((size_t)w->k * 4);
             int qok = row != NULL;
             for (int r = 0; r < w->n && qok; r++) {
-                mq_bf16_to_f32_row(a->bf16.w + (size_t)r * w->k, row, (size_t)w->k);
+                mq_bf16_weight_row(&a->bf16, r, row); /* either layout */
                 qok = mq_fp4_weight_quantize_rows(&q, row, (size_t)w->k, r, r + 1) == 0;
             }
             exact += qok && same_fp4(&q, w);

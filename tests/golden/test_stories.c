@@ -21,14 +21,17 @@ static mq_pool *pool;
 
 /* ---- a plain FP32 forward (the reference) -------------------------------------- */
 
-static void ref_matvec(float *y, const float *x, const uint16_t *w, int n, int k)
+static void ref_matvec(float *y, const float *x, const mq_bf16_weight *w, int n, int k)
 {
-    for (int i = 0; i < n; i++) {
+    float *row = malloc((size_t)k * sizeof *row);
+    for (int i = 0; i < n && row; i++) {
+        mq_bf16_weight_row(w, i, row); /* either layout */
         double s = 0;
         for (int j = 0; j < k; j++)
-            s += (double)x[j] * mq_bf16_to_f32(w[(size_t)i * k + j]);
+            s += (double)x[j] * row[j];
         y[i] = (float)s;
     }
+    free(row);
 }
 
 static void ref_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
@@ -56,9 +59,9 @@ static void ref_forward(const int *tok, int n_tok, float *logits)
         for (int l = 0; l < c->n_layers; l++) {
             const mq_layer *L = &model->layers[l];
             ref_rmsnorm(xn, x, L->attn_norm, D, c->rms_eps);
-            ref_matvec(q, xn, L->q.bf16.w, qd, D);
-            ref_matvec(k, xn, L->k.bf16.w, kvd, D);
-            ref_matvec(v, xn, L->v.bf16.w, kvd, D);
+            ref_matvec(q, xn, &L->q.bf16, qd, D);
+            ref_matvec(k, xn, &L->k.bf16, kvd, D);
+            ref_matvec(v, xn, &L->v.bf16, kvd, D);
             mq_rope(q, c->n_head, hd, cs, sn);
             mq_rope(k, c->n_kv, hd, cs, sn);
             memcpy(kc + ((size_t)l * n_tok + t) * kvd, k, (size_t)kvd * 4);
@@ -83,20 +86,20 @@ static void ref_forward(const int *tok, int n_tok, float *logits)
                     att[h * hd + d] = (float)o;
                 }
             }
-            ref_matvec(tmp, att, L->o.bf16.w, D, qd);
+            ref_matvec(tmp, att, &L->o.bf16, D, qd);
             for (int i = 0; i < D; i++)
                 x[i] += tmp[i];
             ref_rmsnorm(xn, x, L->ffn_norm, D, c->rms_eps);
-            ref_matvec(h1, xn, L->gate.bf16.w, F, D);
-            ref_matvec(h2, xn, L->up.bf16.w, F, D);
+            ref_matvec(h1, xn, &L->gate.bf16, F, D);
+            ref_matvec(h2, xn, &L->up.bf16, F, D);
             for (int i = 0; i < F; i++)
                 h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h2[i];
-            ref_matvec(tmp, h1, L->down.bf16.w, D, F);
+            ref_matvec(tmp, h1, &L->down.bf16, D, F);
             for (int i = 0; i < D; i++)
                 x[i] += tmp[i];
         }
         ref_rmsnorm(xn, x, model->final_norm, D, c->rms_eps);
-        ref_matvec(logits + (size_t)t * c->vocab, xn, model->lm_head.w, c->vocab, D);
+        ref_matvec(logits + (size_t)t * c->vocab, xn, &model->lm_head, c->vocab, D);
     }
     free(kc);
     free(vc);

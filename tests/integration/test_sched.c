@@ -20,6 +20,8 @@
 #include "engine/weight_stream.h"
 #include "common/errmsg.h"
 
+#define TENANT 1000u /* the uid of every session but those of the tenant tests */
+
 static mq_model *g_model;
 static mq_tokenizer *g_tok;
 static mq_arena *g_arena;
@@ -104,7 +106,8 @@ static mq_sink sink_of(struct rec *r)
     return (mq_sink){ .ctx = r, .on_token = on_token, .on_done = on_done };
 }
 
-static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
+/* The options of every scheduler here: one thread per pool, 4096-token context. */
+static mq_sched_opts test_opts(mq_prec_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
 {
     mq_sched_opts o;
     mq_sched_opts_default(&o);
@@ -116,11 +119,22 @@ static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, 
     o.chunk_tokens = chunk;
     o.context_limit = 4096;
     o.on_kv_full = pol;
+    return o;
+}
+
+static mq_sched *make_sched_opts(const mq_sched_opts *o)
+{
     mq_sched *s = NULL;
     char err[256] = "";
-    int r = mq_sched_create(&s, g_model, g_tok, &o, err, sizeof err);
+    int r = mq_sched_create(&s, g_model, g_tok, o, err, sizeof err);
     CHECK(r == 0, "sched create: %d %s", r, err);
     return s;
+}
+
+static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, int chunk, mq_kv_full_policy pol)
+{
+    mq_sched_opts o = test_opts(mode, kv_blocks, block_tokens, chunk, pol);
+    return make_sched_opts(&o);
 }
 
 /* Deterministic "text" tokens: ids of ordinary words from the tokenizer. */
@@ -157,10 +171,24 @@ static int submit(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_t
     return rc;
 }
 
+/* Tokens a session with prompt b can take from the index after a session read prompt a
+ * (mixed mode, scheduler.h "Sharing"): whole chunks of their common head that a read
+ * before its last token and b does not need for its own last token. */
+static int shareable_head(const int32_t *a, int na, const int32_t *b, int nb, int chunk)
+{
+    int common = 0;
+    while (common < na && common < nb && a[common] == b[common])
+        common++;
+    int lim = common < na - 1 ? common : na - 1;
+    if (lim > nb - 1)
+        lim = nb - 1;
+    return lim / chunk * chunk;
+}
+
 static void test_prefix_shared_and_second_turn(void)
 {
-    const int BT = 16;
-    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 256, BT, 64, MQ_KV_FULL_FAIL);
+    const int BT = 16, CHUNK = 64;
+    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
     if (!s)
         return;
     int32_t *sys = NULL, *ua = NULL, *ub = NULL, *u2 = NULL;
@@ -172,7 +200,7 @@ static void test_prefix_shared_and_second_turn(void)
     CHECK(nsys > 3 * BT, "system prompt spans several blocks (%d tokens)", nsys);
     int32_t buf[1024];
     uint64_t a, b;
-    CHECK(mq_sched_session_open(s, &a) == 0 && mq_sched_session_open(s, &b) == 0, "open");
+    CHECK(mq_sched_session_open(s, TENANT, &a) == 0 && mq_sched_session_open(s, TENANT, &b) == 0, "open");
 
     struct rec ra, rb, r2;
     rec_init(&ra);
@@ -187,14 +215,16 @@ static void test_prefix_shared_and_second_turn(void)
     CHECK(ra.st.ttft_ms > 0 && ra.st.generated_tokens == 8, "stats ttft %.1f gen %d", ra.st.ttft_ms,
           ra.st.generated_tokens);
 
-    /* session b shares the system prompt: its full blocks come from the index */
+    /* session b shares the system prompt: its whole chunks come from the index */
     rec_init(&rb);
+    int32_t pa[1024];
+    int na = cat(pa, sys, nsys, ua, nua);
     n = cat(buf, sys, nsys, ub, nub);
     submit(s, b, buf, n, 4, &rb);
     rec_wait(&rb, 60);
-    int shared = nsys / BT * BT;
-    CHECK(rb.st.cached_tokens >= shared && rb.st.cached_tokens % BT == 0,
-          "session b reuses the system prompt: cached %d, want >= %d", rb.st.cached_tokens, shared);
+    int shared = shareable_head(pa, na, buf, n, CHUNK);
+    CHECK(shared >= CHUNK && rb.st.cached_tokens == shared,
+          "session b reuses the system prompt's whole chunks: cached %d, want %d", rb.st.cached_tokens, shared);
     CHECK(rb.st.prefilled_tokens == n - rb.st.cached_tokens, "b prefilled %d = %d - %d", rb.st.prefilled_tokens, n,
           rb.st.cached_tokens);
 
@@ -243,7 +273,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
     int common = 0;
     while (common < na && common < nb && pa[common] == pb[common])
         common++;
-    const int shared = common / BT * BT;
+    const int shared = shareable_head(pa, na, pb, nb, CHUNK);
     CHECK(shared >= 3 * CHUNK, "the common head spans several chunks (%d tokens)", shared);
 
     struct rec solo[2], both[2];
@@ -254,7 +284,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
         if (!s)
             return;
         uint64_t id;
-        mq_sched_session_open(s, &id);
+        mq_sched_session_open(s, TENANT, &id);
         rec_init(&solo[i]);
         submit(s, id, p[i], n[i], GEN, &solo[i]);
         rec_wait(&solo[i], 60);
@@ -265,7 +295,7 @@ static void test_concurrent_prompts_read_shared_head_once(void)
         return;
     uint64_t ids[2];
     for (int i = 0; i < 2; i++) {
-        mq_sched_session_open(s, &ids[i]);
+        mq_sched_session_open(s, TENANT, &ids[i]);
         rec_init(&both[i]);
     }
     for (int i = 0; i < 2; i++)
@@ -306,7 +336,7 @@ static void test_batched_equals_solo(void)
         nt[i] = make_tokens(prompts[i], &t[i]);
     for (int i = 0; i < 3; i++) {
         uint64_t id;
-        mq_sched_session_open(s, &id);
+        mq_sched_session_open(s, TENANT, &id);
         rec_init(&solo[i]);
         submit(s, id, t[i], nt[i], 24, &solo[i]);
         rec_wait(&solo[i], 60);
@@ -318,7 +348,7 @@ static void test_batched_equals_solo(void)
         return;
     uint64_t ids[3];
     for (int i = 0; i < 3; i++) {
-        mq_sched_session_open(s, &ids[i]);
+        mq_sched_session_open(s, TENANT, &ids[i]);
         rec_init(&both[i]);
         submit(s, ids[i], t[i], nt[i], 24, &both[i]);
     }
@@ -334,6 +364,148 @@ static void test_batched_equals_solo(void)
     mq_sched_destroy(s);
 }
 
+/* Outputs do not depend on who else is running (issue 13 #5), in every mode: ten
+ * sessions sending one prompt at once (they read each other's chunks from the index as
+ * they are published) and three sending other prompts, two of which share its system
+ * prompt, each get exactly the greedy tokens their prompt gets alone; the thirteen decode
+ * together, past the kernels' 8-row GEMV path. Two chunk sizes: mqd's default (256: the
+ * prompts fit in one chunk, whose blocks used to be taken in part) and 48 (whole chunks
+ * are shared). */
+static void test_concurrent_equals_solo_every_mode(void)
+{
+    enum { SAME = 10, N = SAME + 3, GEN = 24 };
+    const int BT = 16;
+    int32_t *sys = NULL, *u[3] = { NULL }, *lone = NULL;
+    int nsys = make_tokens(SYSTEM, &sys), nu[3];
+    nu[0] = make_tokens("<|im_start|>user\nWrite a function that reverses a list.<|im_end|>\n<|im_start|>assistant\n",
+                        &u[0]);
+    nu[1] = make_tokens("<|im_start|>user\nList the files in src/.<|im_end|>\n<|im_start|>assistant\n", &u[1]);
+    nu[2] = make_tokens("<|im_start|>user\nWhat does main.py do?<|im_end|>\n<|im_start|>assistant\n", &u[2]);
+    int nlone = make_tokens("The old lighthouse keeper looked at the sea and", &lone);
+    static int32_t prompt[4][1024];
+    int np[4];
+    for (int i = 0; i < 3; i++)
+        np[i] = cat(prompt[i], sys, nsys, u[i], nu[i]);
+    np[3] = cat(prompt[3], lone, nlone, NULL, 0);
+    int which[N]; /* the prompt of each concurrent session */
+    for (int i = 0; i < N; i++)
+        which[i] = i < SAME ? 0 : i - SAME + 1;
+    static const mq_prec_mode modes[3] = { MQ_PREC_MODE_MIXED, MQ_PREC_MODE_BF16, MQ_PREC_MODE_FP4 };
+    static const int chunks[2] = { 256, 48 };
+    for (int ci = 0; ci < 2; ci++)
+        for (int mi = 0; mi < 3; mi++) {
+            const int chunk = chunks[ci];
+            struct rec solo[4];
+            for (int p = 0; p < 4; p++) { /* each prompt alone, in a fresh scheduler */
+                mq_sched *s = make_sched(modes[mi], 256, BT, chunk, MQ_KV_FULL_FAIL);
+                if (!s)
+                    return;
+                uint64_t id;
+                mq_sched_session_open(s, TENANT, &id);
+                rec_init(&solo[p]);
+                submit(s, id, prompt[p], np[p], GEN, &solo[p]);
+                rec_wait(&solo[p], 60);
+                mq_sched_destroy(s);
+            }
+            mq_sched *s = make_sched(modes[mi], 256, BT, chunk, MQ_KV_FULL_FAIL);
+            if (!s)
+                return;
+            static struct rec both[N];
+            uint64_t ids[N];
+            for (int i = 0; i < N; i++) {
+                mq_sched_session_open(s, TENANT, &ids[i]);
+                rec_init(&both[i]);
+            }
+            for (int i = 0; i < N; i++)
+                submit(s, ids[i], prompt[which[i]], np[which[i]], GEN, &both[i]);
+            int equal = 0, cached = 0;
+            for (int i = 0; i < N; i++) {
+                rec_wait(&both[i], 120);
+                const struct rec *want = &solo[which[i]];
+                int same = both[i].n == GEN && want->n == GEN && !memcmp(both[i].ids, want->ids, GEN * sizeof(int32_t));
+                CHECK(same, "%s, chunk %d: session %d (prompt %d) differs from its prompt alone: \"%s\" vs \"%s\"",
+                      mq_prec_mode_name(modes[mi]), chunk, i, which[i], both[i].text, want->text);
+                equal += same;
+                cached += both[i].st.cached_tokens;
+            }
+            printf("    %s, chunk %3d: %d of %d concurrent sessions equal to their prompt alone (%d tokens read "
+                   "from the index)\n",
+                   mq_prec_mode_name(modes[mi]), chunk, equal, N, cached);
+            CHECK(chunk > np[0] || cached > 0, "%s: the concurrent sessions shared no chunk: no lookup was tested",
+                  mq_prec_mode_name(modes[mi]));
+            mq_sched_destroy(s);
+        }
+    free(sys);
+    free(lone);
+    for (int i = 0; i < 3; i++)
+        free(u[i]);
+}
+
+struct tenants {
+    const uint64_t *sid;
+    uint32_t *tenant;
+};
+
+static void note_tenant(void *ctx, const mq_session_info *i)
+{
+    struct tenants *t = ctx;
+    for (int k = 0; k < 3; k++)
+        if (t->sid[k] == i->id)
+            t->tenant[k] = i->tenant;
+}
+
+/* The prefix cache is per tenant unless shared by configuration (issue 13 #6): after
+ * tenant 1000 sent a prompt, tenant 1001's exact guess reads nothing from the index
+ * (by default), tenant 1000's second session reads its whole chunks; with
+ * share_prefix_cache both do. The answers are the same either way. */
+static void test_prefix_cache_per_tenant(void)
+{
+    const int BT = 16, CHUNK = 32;
+    int32_t *sys = NULL, *sec = NULL, p[1024];
+    int nsys = make_tokens(SYSTEM, &sys);
+    int nsec = make_tokens("<|im_start|>user\nMy deploy key is mq-7f3a9c21e5. Keep it, do not repeat it.<|im_end|>\n"
+                           "<|im_start|>assistant\n",
+                           &sec);
+    const int n = cat(p, sys, nsys, sec, nsec), chunks = (n - 1) / CHUNK * CHUNK;
+    for (int share = 0; share < 2; share++) {
+        mq_sched_opts o = test_opts(MQ_PREC_MODE_MIXED, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
+        o.share_prefix_cache = share;
+        mq_sched *s = make_sched_opts(&o);
+        if (!s)
+            return;
+        uint64_t a1, b, a2;
+        CHECK(mq_sched_session_open(s, 1000, &a1) == 0 && mq_sched_session_open(s, 1001, &b) == 0 &&
+                  mq_sched_session_open(s, 1000, &a2) == 0,
+              "open");
+        struct rec ra1, rb, ra2;
+        rec_init(&ra1);
+        rec_init(&rb);
+        rec_init(&ra2);
+        submit(s, a1, p, n, 6, &ra1);
+        rec_wait(&ra1, 60);
+        submit(s, b, p, n, 6, &rb);
+        rec_wait(&rb, 60);
+        submit(s, a2, p, n, 6, &ra2);
+        rec_wait(&ra2, 60);
+        CHECK(rb.st.cached_tokens == (share ? chunks : 0),
+              "share %d: another tenant's exact guess reads %d tokens from the index (want %d)", share,
+              rb.st.cached_tokens, share ? chunks : 0);
+        CHECK(ra2.st.cached_tokens == chunks && chunks > 0, "share %d: the same tenant reads %d tokens (want %d)",
+              share, ra2.st.cached_tokens, chunks);
+        CHECK(!memcmp(ra1.ids, rb.ids, sizeof ra1.ids) && !memcmp(ra1.ids, ra2.ids, sizeof ra1.ids) && ra1.n == 6,
+              "share %d: the same answer for all three (\"%s\", \"%s\", \"%s\")", share, ra1.text, rb.text, ra2.text);
+        uint32_t tenant_of[3] = { 0 };
+        uint64_t sid[3] = { a1, b, a2 };
+        struct tenants t = { sid, tenant_of };
+        mq_sched_sessions(s, note_tenant, &t);
+        CHECK(tenant_of[0] == 1000 && tenant_of[1] == 1001 && tenant_of[2] == 1000,
+              "sessions report their tenants: %u %u %u", tenant_of[0], tenant_of[1], tenant_of[2]);
+        mq_sched_destroy(s);
+    }
+    free(sys);
+    free(sec);
+}
+
 static void test_cancel_and_errors(void)
 {
     mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, 256, 16, 64, MQ_KV_FULL_FAIL);
@@ -342,7 +514,7 @@ static void test_cancel_and_errors(void)
     int32_t *t = NULL;
     int n = make_tokens("Once upon a time, in a small village by the river,", &t);
     uint64_t a;
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r;
     rec_init(&r);
     r.s = s;
@@ -394,8 +566,8 @@ static void test_kv_full(void)
         if (!s)
             return;
         uint64_t a, b;
-        mq_sched_session_open(s, &a);
-        mq_sched_session_open(s, &b);
+        mq_sched_session_open(s, TENANT, &a);
+        mq_sched_session_open(s, TENANT, &b);
         struct rec ra, rb;
         rec_init(&ra);
         rec_init(&rb);
@@ -424,7 +596,7 @@ static void test_kv_full(void)
         mq_sink k = sink_of(&rb);
         mq_gen_params p = { .max_tokens = 1000 };
         uint64_t c;
-        mq_sched_session_open(s, &c);
+        mq_sched_session_open(s, TENANT, &c);
         CHECK(mq_sched_submit(s, c, t, n, &p, &k, err, sizeof err) == -ENOSPC && strstr(err, "KV blocks"),
               "too big for the store: %s", err);
         free(t2);
@@ -442,8 +614,8 @@ static void test_chunked_prefill_interleaves(void)
     int32_t *t = NULL;
     int n = make_tokens("def add(a, b):\n    return a + b\n", &t);
     uint64_t a, b;
-    mq_sched_session_open(s, &a);
-    mq_sched_session_open(s, &b);
+    mq_sched_session_open(s, TENANT, &a);
+    mq_sched_session_open(s, TENANT, &b);
     struct rec ra, rb;
     rec_init(&ra);
     rec_init(&rb);
@@ -489,7 +661,7 @@ static void test_stops_and_drain(void)
     int32_t *t = NULL;
     int n = make_tokens("def main():\n    print(", &t);
     uint64_t a;
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r0;
     rec_init(&r0);
     submit(s, a, t, n, 12, &r0);
@@ -500,7 +672,7 @@ static void test_stops_and_drain(void)
     for (int i = 0; i < 3; i++)
         if (r0.ids[i] == r0.ids[3])
             k = i;
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r1;
     rec_init(&r1);
     mq_gen_params p = { .max_tokens = 12, .n_stop_ids = 1, .stop_ids = { r0.ids[k] } };
@@ -517,7 +689,7 @@ static void test_stops_and_drain(void)
         char stop[8] = { 0 };
         size_t off = r0.n_text / 2;
         memcpy(stop, r0.text + off, 2);
-        mq_sched_session_open(s, &a);
+        mq_sched_session_open(s, TENANT, &a);
         struct rec r2;
         rec_init(&r2);
         mq_gen_params p2 = { .max_tokens = 12, .n_stop_strs = 1, .stop_strs = { stop } };
@@ -536,7 +708,7 @@ static void test_stops_and_drain(void)
     struct rec rs[3];
     uint64_t seeds[3] = { 7, 7, 8 };
     for (int i = 0; i < 3; i++) {
-        mq_sched_session_open(s, &a);
+        mq_sched_session_open(s, TENANT, &a);
         rec_init(&rs[i]);
         mq_gen_params ps = { .max_tokens = 16, .temperature = 1.0f, .top_p = 0.95f, .seed = seeds[i] };
         mq_sink ss = sink_of(&rs[i]);
@@ -548,12 +720,12 @@ static void test_stops_and_drain(void)
     CHECK(memcmp(rs[0].ids, rs[2].ids, 16 * sizeof(int32_t)) != 0, "another seed, other tokens");
     mq_gen_params bad = { .max_tokens = 4, .temperature = 1.0f, .top_p = -1.0f, .min_p = NAN };
     mq_sink sb = sink_of(&rs[0]);
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     CHECK(mq_sched_submit(s, a, t, n, &bad, &sb, err, sizeof err) == -EINVAL, "bad sampling parameters refused: %s",
           err);
 
     /* drain: a running request is cancelled at the timeout, new ones are refused */
-    mq_sched_session_open(s, &a);
+    mq_sched_session_open(s, TENANT, &a);
     struct rec r3;
     rec_init(&r3);
     submit(s, a, t, n, 1000, &r3);
@@ -631,6 +803,8 @@ int main(void)
     RUN(test_prefix_shared_and_second_turn);
     RUN(test_concurrent_prompts_read_shared_head_once);
     RUN(test_batched_equals_solo);
+    RUN(test_concurrent_equals_solo_every_mode);
+    RUN(test_prefix_cache_per_tenant);
     RUN(test_cancel_and_errors);
     RUN(test_kv_full);
     RUN(test_chunked_prefill_interleaves);

@@ -5,7 +5,8 @@
  * scales; a kernel must agree to FP32 rounding: |y - y64| <= 1e-6·sqrt(K/16)·Σ_b|term_b|.
  * BF16: Σ_k x·w in FP64 from the BF16 operands; FP32 accumulation error allowed
  * 1e-6·sqrt(K)·Σ|x·w| (products of BF16 are exact in FP32).
- * Shapes cover K not a multiple of 64 (and K = 172 padded to 176), K spanning several
+ * NVFP4 runs with and without the packed weight copy (whose bytes must not depend on the
+ * ISA that packed them). Shapes cover K not a multiple of 64 (and K = 172 padded to 176), K spanning several
  * panels, odd K (BF16), N not a multiple of 16, M = 1..9 and 17, and column sub-ranges
  * [n0, n1) whose outside must stay untouched.
  */
@@ -13,6 +14,7 @@
 #include "kernels/mq_kernels.h"
 #include "kernels/kernels_internal.h" /* the activation aux layout, to compare it byte for byte */
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -58,13 +60,19 @@ typedef struct fp4_case {
     int m, n, k;
 } fp4_case;
 
-/* Builds weights either by quantizing floats or from raw codes/scales (set_rows). */
-static int build_weight(mq_fp4_weight *w, void **mem, int n, int k, int via_set_rows, unsigned long long *s)
+/* Builds weights either by quantizing floats or from raw codes/scales (set_rows), with
+ * the packed copy (*pmem) or without (pmem NULL). */
+static int build_weight(mq_fp4_weight *w, void **mem, void **pmem, int n, int k, int via_set_rows,
+                        unsigned long long *s)
 {
     *mem = amalloc(mq_fp4_weight_bytes(n, k));
     if (!*mem)
         return -1;
     mq_fp4_weight_bind(w, n, k, *mem);
+    if (pmem) {
+        *pmem = amalloc(mq_fp4_weight_packed_bytes(n, k));
+        mq_fp4_weight_bind_packed(w, *pmem);
+    }
     const int kp = mq_fp4_pad(k);
     if (via_set_rows) {
         uint8_t *codes = malloc((size_t)n * kp / 2), *scales = malloc((size_t)n * kp / 16);
@@ -123,7 +131,7 @@ static int build_act(mq_fp4_act *a, void **mem, int m, int k, int raw, unsigned 
 static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int n, double *mag)
 {
     const int kp = a->kp, nb = kp / 16;
-    const float alpha = (1.0f / a->g) * (1.0f / w->g);
+    const float alpha = (1.0f / (a->row_g ? a->row_g[m] : a->g)) * (1.0f / w->g);
     const uint8_t *xc = a->codes + (size_t)m * kp / 2, *wc = w->codes + (size_t)n * kp / 2;
     double sum = 0, am = 0;
     for (int b = 0; b < nb; b++) {
@@ -142,14 +150,14 @@ static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int 
 static mq_isa isas[3];
 static int n_isas;
 
-static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned long long seed)
+static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int packed, unsigned long long seed)
 {
     unsigned long long s = seed;
     mq_fp4_weight w;
     mq_fp4_act a;
-    void *wm, *am;
+    void *wm, *am, *pm = NULL;
     mq_kernels_force(MQ_ISA_SCALAR); /* build once; every ISA must read the same operands */
-    CHECK(build_weight(&w, &wm, c.n, c.k, via_set_rows, &s) == 0, "weight build");
+    CHECK(build_weight(&w, &wm, packed ? &pm : NULL, c.n, c.k, via_set_rows, &s) == 0, "weight build");
     CHECK(build_act(&a, &am, c.m, c.k, raw_act, &s) == 0, "act build");
     const int ldy = c.n + 3;
     float *y = malloc((size_t)c.m * ldy * sizeof(float));
@@ -181,9 +189,9 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned l
                     }
                     double e = want[m * c.n + n], lim = tol * mag[m * c.n + n];
                     int ok = fabs((double)v - e) <= lim;
-                    CHECK(ok, "%s M=%d N=%d K=%d%s%s [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
+                    CHECK(ok, "%s M=%d N=%d K=%d%s%s%s [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
                           mq_isa_name(isas[ii]), c.m, c.n, c.k, via_set_rows ? " set_rows" : "",
-                          raw_act ? " raw_act" : "", n0, n1, m, n, v, e, fabs(v - e), lim);
+                          raw_act ? " raw_act" : "", packed ? " packed" : "", n0, n1, m, n, v, e, fabs(v - e), lim);
                     bad += !ok;
                 }
         }
@@ -192,45 +200,51 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, unsigned l
     free(want);
     free(mag);
     free(wm);
+    free(pm);
     free(am);
 }
 
 static void test_fp4_gemm_shapes(void)
 {
     static const fp4_case cases[] = {
-        { 1, 16, 16 },  { 1, 1, 64 },    { 2, 37, 48 },  { 3, 64, 172 },  { 4, 100, 272 }, { 5, 48, 64 },
-        { 7, 33, 320 }, { 8, 16, 1040 }, { 9, 70, 176 }, { 17, 50, 528 }, { 6, 130, 96 },
+        { 1, 16, 16 },  { 1, 1, 64 },     { 2, 37, 48 },   { 3, 64, 172 }, { 4, 100, 272 },
+        { 5, 48, 64 },  { 7, 33, 320 },   { 8, 16, 1040 }, { 9, 70, 176 }, { 17, 50, 528 },
+        { 6, 130, 96 }, { 301, 40, 288 }, /* more rows than one row block of the packed GEMM (256) */
     };
     unsigned long long seed = 0x9e3779b97f4a7c15ULL;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        check_fp4_case(cases[i], 0, 0, seed + i);
-        check_fp4_case(cases[i], 1, (int)(i & 1), seed + 100 + i);
+        check_fp4_case(cases[i], 0, 0, 0, seed + i);
+        check_fp4_case(cases[i], 1, (int)(i & 1), 0, seed + 100 + i);
+        check_fp4_case(cases[i], (int)(i & 1), 0, 1, seed + 200 + i);
+        check_fp4_case(cases[i], 1, 1, 1, seed + 300 + i);
     }
 }
 
 /* Extreme scales: E4M3 max (448) and subnormal block scales on both sides. */
 static void test_fp4_gemm_scale_extremes(void)
 {
-    for (int pass = 0; pass < 2; pass++) {
-        unsigned long long s = 77 + pass;
+    for (int pass = 0; pass < 4; pass++) {
+        unsigned long long s = 77 + pass / 2;
         const int M = 5, N = 40, K = 96, kp = 96;
         mq_kernels_force(MQ_ISA_SCALAR);
         void *wm = amalloc(mq_fp4_weight_bytes(N, K)), *am = amalloc(mq_fp4_act_bytes(M, K));
+        void *pm = pass & 1 ? amalloc(mq_fp4_weight_packed_bytes(N, K)) : NULL;
         mq_fp4_weight w;
         mq_fp4_act a;
         mq_fp4_weight_bind(&w, N, K, wm);
+        mq_fp4_weight_bind_packed(&w, pm);
         mq_fp4_act_bind(&a, M, K, am);
         uint8_t *codes = malloc((size_t)N * kp / 2), *scales = malloc((size_t)N * kp / 16);
         for (int i = 0; i < N * kp / 2; i++)
             codes[i] = (uint8_t)(harness_rand(&s) >> 56) | 0x77; /* ±6 heavy */
         for (int i = 0; i < N * kp / 16; i++)
-            scales[i] = pass ? (uint8_t)(1 + i % 7) : 0x7e;
+            scales[i] = pass / 2 ? (uint8_t)(1 + i % 7) : 0x7e;
         w.g = 3.0f;
         mq_fp4_weight_set_rows(&w, codes, scales, 0, N);
         for (int i = 0; i < M * kp / 2; i++)
             a.codes[i] = (uint8_t)(harness_rand(&s) >> 56);
         for (int i = 0; i < M * kp / 16; i++)
-            a.scales[i] = pass ? 0x7e : (uint8_t)(0x80 | (1 + i % 7));
+            a.scales[i] = pass / 2 ? 0x7e : (uint8_t)(0x80 | (i % 8)); /* subnormal, negative, zero */
         a.g = 0.001f;
         float *y = malloc(sizeof(float) * M * N);
         for (int ii = 0; ii < n_isas; ii++) {
@@ -248,8 +262,69 @@ static void test_fp4_gemm_scale_extremes(void)
         free(codes);
         free(scales);
         free(wm);
+        free(pm);
         free(am);
     }
+}
+
+/* Per-row g_x (mq_fp4_act.row_g): every row, quantized and multiplied inside an M-row
+ * call, is bit-identical to the same row alone with g = its row_g (the property batched
+ * decode of several sequences relies on), on every ISA, packed weights or not; and
+ * FP64-exact as above. */
+static void test_fp4_row_scales(void)
+{
+    unsigned long long s = 4242;
+    const int M = 9, N = 70, K = 528;
+    float *x = malloc(sizeof(float) * M * K), *gs = malloc(sizeof(float) * M);
+    fill_floats(x, (size_t)M * K, &s, 2);
+    for (int m = 0; m < M; m++) { /* rows of very different ranges, as sequences are */
+        for (int k = 0; k < K; k++)
+            x[(size_t)m * K + k] *= (float)(1 << (m % 5)) * 0.37f;
+        gs[m] = mq_fp4_global_scale(mq_amax_f32(x + (size_t)m * K, (size_t)K));
+    }
+    void *am = amalloc(mq_fp4_act_bytes(M, K)), *am1 = amalloc(mq_fp4_act_bytes(1, K));
+    float *y = malloc(sizeof(float) * M * N), *y1 = malloc(sizeof(float) * N);
+    for (int packed = 0; packed < 2; packed++) {
+        mq_kernels_force(MQ_ISA_SCALAR);
+        mq_fp4_weight w;
+        void *wm, *pm = NULL;
+        CHECK(build_weight(&w, &wm, packed ? &pm : NULL, N, K, 0, &s) == 0, "weight build");
+        for (int ii = 0; ii < n_isas; ii++) {
+            mq_kernels_force((mq_isa)isas[ii]);
+            mq_fp4_act a, a1;
+            mq_fp4_act_bind(&a, M, K, am);
+            a.g = 12345.0f; /* must not be used */
+            a.row_g = gs;
+            CHECK(mq_fp4_act_quantize_rows(&a, x, (size_t)K, 0, M) == 0, "quantize");
+            mq_gemm_fp4(&a, &w, y, N, 0, N);
+            for (int m = 0; m < M; m++) {
+                mq_fp4_act_bind(&a1, 1, K, am1);
+                CHECK(a1.row_g == NULL, "bind clears row_g");
+                a1.g = gs[m];
+                CHECK(mq_fp4_act_quantize_rows(&a1, x + (size_t)m * K, (size_t)K, 0, 1) == 0, "quantize one row");
+                CHECK(memcmp(a1.codes, a.codes + (size_t)m * a.kp / 2, (size_t)a.kp / 2) == 0 &&
+                          memcmp(a1.scales, a.scales + (size_t)m * a.kp / 16, (size_t)a.kp / 16) == 0,
+                      "%s row %d: codes with row_g differ from the row quantized alone", mq_isa_name(isas[ii]), m);
+                mq_gemm_fp4(&a1, &w, y1, N, 0, N);
+                CHECK(memcmp(y1, y + (size_t)m * N, sizeof(float) * N) == 0,
+                      "%s%s row %d: GEMM row with row_g differs from the row alone", mq_isa_name(isas[ii]),
+                      packed ? " packed" : "", m);
+                for (int n = 0; n < N; n++) {
+                    double mag, e = fp4_ref64(&a, &w, m, n, &mag);
+                    CHECK(fabs(y[m * N + n] - e) <= 1e-6 * sqrt(a.kp / 16.0) * mag, "%s y[%d,%d]=%g want %g",
+                          mq_isa_name(isas[ii]), m, n, y[m * N + n], e);
+                }
+            }
+        }
+        free(wm);
+        free(pm);
+    }
+    free(x);
+    free(gs);
+    free(y);
+    free(y1);
+    free(am);
+    free(am1);
 }
 
 /* The activation aux is byte-identical whichever ISA prepared it. */
@@ -269,19 +344,62 @@ static void test_fp4_act_prepare_identical(void)
         a1.g = a0.g;
         memset(a1.aux, 0xa5, bytes - (size_t)((uint8_t *)a1.aux - (uint8_t *)m1));
         mq_fp4_act_prepare_rows(&a1, 0, M);
-        CHECK(memcmp(fp4_act_aux_bytes(&a0), fp4_act_aux_bytes(&a1), (size_t)M * a0.kp) == 0,
-              "%s: prepared bytes differ from the scalar form", mq_isa_name(isas[ii]));
-        CHECK(memcmp(fp4_act_aux_sx(&a0), fp4_act_aux_sx(&a1), sizeof(float) * M * (a0.kp / 16)) == 0,
-              "%s: prepared scales differ from the scalar form", mq_isa_name(isas[ii]));
+        const size_t aux = (size_t)(M + FP4_QUAD - 1) / FP4_QUAD * (a0.kp / 16) * sizeof(fp4_qblock);
+        CHECK(memcmp(a0.aux, a1.aux, aux) == 0, "%s: prepared aux differs from the scalar form", mq_isa_name(isas[ii]));
     }
     free(m0);
     free(m1);
+}
+
+/* The packed weight copy is byte-identical whichever ISA packed it, and packing groups
+ * of rows one call at a time gives the same bytes as one call over all rows. */
+static void test_fp4_pack_identical(void)
+{
+    unsigned long long s = 11;
+    const int N = 53, K = 600; /* 4 groups, the last one partial; 38 blocks (chunks of 16 + tail) */
+    mq_kernels_force(MQ_ISA_SCALAR);
+    mq_fp4_weight w;
+    void *wm, *pm;
+    CHECK(build_weight(&w, &wm, &pm, N, K, 1, &s) == 0, "weight build");
+    const size_t pb = mq_fp4_weight_packed_bytes(N, K);
+    uint8_t *want = malloc(pb);
+    memcpy(want, pm, pb);
+    for (int ii = 0; ii < n_isas; ii++) {
+        mq_kernels_force((mq_isa)isas[ii]);
+        memset(pm, 0xa5, pb);
+        mq_fp4_weight_pack_rows(&w, 0, 16);
+        mq_fp4_weight_pack_rows(&w, 16, N);
+        CHECK(memcmp(want, pm, pb) == 0, "%s: packed weights differ from the scalar packing", mq_isa_name(isas[ii]));
+    }
+    free(want);
+    free(wm);
+    free(pm);
+}
+
+/* Every E4M3 scale's index form is exact: 2^floor(v)·(1 + (bits & 7)/8) is the decoded
+ * magnitude; zero gives an exponent that scales any table entry to 0. */
+static void test_fp4_scale_index_form(void)
+{
+    for (int c = 0; c < 256; c++) {
+        if ((c & 0x7f) == 0x7f)
+            continue; /* NaN codes: never produced */
+        const float v = fp4_scale_index_form((uint8_t)c);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        const int f = (int)(u & 7);
+        const double mag = fabs((double)mq_e4m3_to_f32((uint8_t)c));
+        if ((c & 0x7f) == 0)
+            CHECK(floorf(v) <= -149 - 12, "code %#x: exponent %g does not zero", c, floorf(v));
+        else
+            CHECK(ldexp(1.0 + f / 8.0, (int)floorf(v)) == mag, "code %#x: 2^%g·(1+%d/8) != %g", c, floorf(v), f, mag);
+    }
 }
 
 /* ---- BF16 ------------------------------------------------------------------------- */
 
 static void check_bf16_case(int M, int N, int K, unsigned long long seed)
 {
+    uint16_t *packed = amalloc(mq_bf16_weight_packed_bytes(N, K));
     unsigned long long s = seed;
     const int ldx = K + 5, ldy = N + 2;
     uint16_t *x = malloc(sizeof(uint16_t) * (size_t)M * ldx), *wd = malloc(sizeof(uint16_t) * (size_t)N * K);
@@ -302,10 +420,18 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
             mag[m * N + n] = b;
         }
     float *y = malloc(sizeof(float) * (size_t)M * ldy);
-    for (int ii = 0; ii < n_isas; ii++) {
+    for (int iv = 0; iv < 2 * n_isas; iv++) {
+        const int ii = iv / 2, pk = iv & 1;
         mq_kernels_force((mq_isa)isas[ii]);
         mq_bf16_weight w;
-        mq_bf16_weight_bind(&w, N, K, wd);
+        if (pk) { /* packed in two calls, the second ending at N */
+            memset(packed, 0xa5, mq_bf16_weight_packed_bytes(N, K));
+            mq_bf16_weight_pack_rows(packed, N, K, wd, (size_t)K, 0, N / 32 * 16);
+            mq_bf16_weight_pack_rows(packed, N, K, wd + (size_t)(N / 32 * 16) * K, (size_t)K, N / 32 * 16, N);
+            mq_bf16_weight_bind_packed(&w, N, K, packed);
+        } else {
+            mq_bf16_weight_bind(&w, N, K, wd);
+        }
         int cuts[3][2] = { { 0, N }, { N / 3, N }, { 0, N / 3 } };
         for (int r = 0; r < 3; r++) {
             int n0 = cuts[r][0], n1 = cuts[r][1], bad = 0;
@@ -322,17 +448,70 @@ static void check_bf16_case(int M, int N, int K, unsigned long long seed)
                     }
                     double e = want[m * N + n], lim = 1e-6 * sqrt((double)K) * mag[m * N + n] + 1e-30;
                     int ok = fabs(v - e) <= lim;
-                    CHECK(ok, "%s M=%d N=%d K=%d [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
-                          mq_isa_name(isas[ii]), M, N, K, n0, n1, m, n, v, e, fabs(v - e), lim);
+                    CHECK(ok, "%s%s M=%d N=%d K=%d [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
+                          mq_isa_name(isas[ii]), pk ? " packed" : "", M, N, K, n0, n1, m, n, v, e, fabs(v - e), lim);
                     bad += !ok;
                 }
         }
     }
     free(x);
     free(wd);
+    free(packed);
     free(want);
     free(mag);
     free(y);
+}
+
+/* The packed BF16 form is the same whichever ISA wrote it, pads included, and
+ * mq_bf16_weight_row reads back every row of either layout. */
+static void test_bf16_pack_identical(void)
+{
+    unsigned long long s = 21;
+    const int N = 37, K = 71;
+    uint16_t *wd = malloc(sizeof(uint16_t) * N * K);
+    for (int i = 0; i < N * K; i++)
+        wd[i] = mq_f32_to_bf16(harness_gauss(&s));
+    const size_t pb = mq_bf16_weight_packed_bytes(N, K);
+    uint16_t *want = amalloc(pb), *got = amalloc(pb);
+    mq_kernels_force(MQ_ISA_SCALAR);
+    memset(want, 0xa5, pb);
+    mq_bf16_weight_pack_rows(want, N, K, wd, (size_t)K, 0, N);
+    for (int ii = 0; ii < n_isas; ii++) {
+        mq_kernels_force((mq_isa)isas[ii]);
+        memset(got, 0x5a, pb);
+        mq_bf16_weight_pack_rows(got, N, K, wd, (size_t)K, 0, 16);
+        mq_bf16_weight_pack_rows(got, N, K, wd + 16 * K, (size_t)K, 16, N);
+        CHECK(memcmp(want, got, pb) == 0, "%s: packed BF16 differs from the scalar packing", mq_isa_name(isas[ii]));
+    }
+    mq_bf16_weight wp, wr;
+    mq_bf16_weight_bind_packed(&wp, N, K, want);
+    mq_bf16_weight_bind(&wr, N, K, wd);
+    float *a = malloc(sizeof(float) * K), *b = malloc(sizeof(float) * K);
+    int bad = 0;
+    for (int r = 0; r < N; r++) {
+        mq_bf16_weight_row(&wp, r, a);
+        mq_bf16_weight_row(&wr, r, b);
+        for (int k = 0; k < K; k++)
+            bad += a[k] != mq_bf16_to_f32(wd[(size_t)r * K + k]) || b[k] != a[k];
+    }
+    CHECK(bad == 0, "%d elements read back wrong", bad);
+    /* in place: odd K refused; even K gives pack_rows' bytes */
+    CHECK(mq_bf16_weight_pack_in_place(got, N, K) == -EINVAL, "in-place packing with odd K");
+    const int K2 = 72;
+    const size_t pb2 = mq_bf16_weight_packed_bytes(N, K2);
+    uint16_t *w2 = amalloc(pb2), *want2 = amalloc(pb2);
+    for (int i = 0; i < N * K2; i++)
+        w2[i] = mq_f32_to_bf16(harness_gauss(&s));
+    mq_bf16_weight_pack_rows(want2, N, K2, w2, (size_t)K2, 0, N);
+    memset((uint8_t *)w2 + (size_t)N * K2 * 2, 0xa5, pb2 - (size_t)N * K2 * 2);
+    CHECK(mq_bf16_weight_pack_in_place(w2, N, K2) == 0 && memcmp(w2, want2, pb2) == 0, "in-place packing differs");
+    free(w2);
+    free(want2);
+    free(a);
+    free(b);
+    free(wd);
+    free(want);
+    free(got);
 }
 
 static void test_bf16_gemv(void)
@@ -346,8 +525,8 @@ static void test_bf16_gemv(void)
 static void test_bf16_gemm(void)
 {
     static const int shapes[][3] = {
-        { 9, 16, 64 },    { 9, 37, 7 },    { 10, 70, 172 }, { 12, 64, 256 },
-        { 13, 100, 600 }, { 17, 33, 513 }, { 17, 130, 96 }, { 24, 5, 31 },
+        { 9, 16, 64 },   { 9, 37, 7 },    { 10, 70, 172 }, { 12, 64, 256 },  { 13, 100, 600 },
+        { 17, 33, 513 }, { 17, 130, 96 }, { 24, 5, 31 },   { 200, 40, 101 }, /* more rows than one row block of the packed GEMM (192) */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         check_bf16_case(shapes[i][0], shapes[i][1], shapes[i][2], 2000 + i);
@@ -362,8 +541,12 @@ int main(void)
         printf(" %s", mq_isa_name(isas[i]));
     printf("\n");
     RUN(test_fp4_act_prepare_identical);
+    RUN(test_fp4_scale_index_form);
+    RUN(test_fp4_pack_identical);
     RUN(test_fp4_gemm_shapes);
     RUN(test_fp4_gemm_scale_extremes);
+    RUN(test_fp4_row_scales);
+    RUN(test_bf16_pack_identical);
     RUN(test_bf16_gemv);
     RUN(test_bf16_gemm);
     return harness_done();
