@@ -127,6 +127,7 @@ static void cmd_status(mqd *d, cJSON *o)
     if (d->model && d->state != MQD_LOADING) {
         cJSON_AddNumberToObject(mem, "weights_bf16", (double)d->model->bf16_bytes);
         cJSON_AddNumberToObject(mem, "weights_fp4", (double)d->model->fp4_bytes);
+        cJSON_AddNumberToObject(mem, "weights_fp4_packed", (double)d->model->fp4_packed_bytes);
         cJSON_AddNumberToObject(mem, "weights_other", (double)d->model->other_bytes);
     }
     if (d->sched) {

@@ -541,8 +541,11 @@ static void on_open(mqd_conn *c, const mq_msg *m)
     uint64_t id;
     int rc = mq_sched_session_open(d->sched, (uint32_t)c->uid, &id);
     if (rc) {
-        send_error(c, m->seq, rc == -EMFILE ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL, "cannot open a session: %s",
-                   rc == -EMFILE ? "mqd has max_sessions open" : strerror(-rc));
+        send_error(c, m->seq, rc == -EMFILE || rc == -EDQUOT ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL,
+                   "cannot open a session: %s",
+                   rc == -EMFILE   ? "mqd has max_sessions open"
+                   : rc == -EDQUOT ? "this uid has its per-user sessions open"
+                                   : strerror(-rc));
         return;
     }
     c->sess[c->n_sess++] = (mqd_sess){ .id = id, .mode = m->u.open.mode };

@@ -29,6 +29,8 @@ extern "C" {
 
 enum mq_cfg_on_full { MQ_CFG_ON_FULL_WAIT = 0, MQ_CFG_ON_FULL_FAIL = 1 };
 enum mq_cfg_huge { MQ_CFG_HUGE_AUTO = 0, MQ_CFG_HUGE_OFF = 1, MQ_CFG_HUGE_REQUIRE = 2 };
+/* the same values as mq_fp4_pack (engine/model.h) */
+enum mq_cfg_fp4_pack { MQ_CFG_FP4_PACK_AUTO = 0, MQ_CFG_FP4_PACK_ON = 1, MQ_CFG_FP4_PACK_OFF = 2 };
 
 typedef struct mqd_config {
     char model_dir[MQ_CFG_PATH];
@@ -42,6 +44,7 @@ typedef struct mqd_config {
     uint32_t kv_tokens;         /* KV store capacity in tokens (all sessions) */
     uint32_t kv_block_tokens;   /* tokens per KV block */
     uint32_t on_full;           /* mq_cfg_on_full */
+    uint32_t fp4_pack;          /* mq_cfg_fp4_pack */
     uint32_t hugepages;         /* mq_cfg_huge */
     uint32_t hugepages_reserve; /* 2 MiB pages mqd reserves when started as root; 0 = none;
                                 * MQ_CFG_U32_AUTO ("auto") = what weights + KV need */

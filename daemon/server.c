@@ -99,6 +99,10 @@ static void set_phase(mqd *d, const char *phase)
     mqd_log(LOG_INFO, "loading: %s", phase);
 }
 
+_Static_assert(MQ_CFG_FP4_PACK_AUTO == (int)MQ_FP4_PACK_AUTO && MQ_CFG_FP4_PACK_ON == (int)MQ_FP4_PACK_ON &&
+                   MQ_CFG_FP4_PACK_OFF == (int)MQ_FP4_PACK_OFF,
+               "fp4_pack: config words and mq_fp4_pack agree");
+
 /* hugepages_reserve = "auto": weights + KV segment, counted before mapping them.
  * A dry run of mq_model_plan (headers only) with an allocator that hands out untouched
  * MAP_NORESERVE memory and adds up what the arena would hold (same 64-byte alignment, one
@@ -143,7 +147,7 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     const mq_read *reads = NULL;
     int n_reads = 0;
     char e[MQ_ERRMSG_LEN] = "";
-    mq_model_opts mo = { 0 };
+    mq_model_opts mo = { .fp4_pack = (mq_fp4_pack)d->cfg.fp4_pack };
     int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e, sizeof e);
     if (rc < 0) {
         mqd_log(LOG_WARNING, "huge pages: auto: cannot size the model (%s); nothing reserved", e);
@@ -226,7 +230,8 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     memset(&wres, 0, sizeof wres);
     ws_watch watch = { .d = d, .prog = &prog };
     int watching = pthread_create(&watch.th, NULL, ws_watch_main, &watch) == 0;
-    rc = mq_ws_load_model(d->cfg.model_dir, NULL, d->arena, &wo, &prog, &wres, &d->model, err, errlen);
+    const mq_model_opts mo = { .fp4_pack = (mq_fp4_pack)d->cfg.fp4_pack };
+    rc = mq_ws_load_model(d->cfg.model_dir, &mo, d->arena, &wo, &prog, &wres, &d->model, err, errlen);
     if (watching) {
         __atomic_store_n(&watch.stop, 1, __ATOMIC_SEQ_CST);
         pthread_join(watch.th, NULL);
@@ -245,9 +250,9 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     /* a note longer than load_note is cut: it is shown in mqctl status, the log has it whole */
     snprintf(d->load_note, sizeof d->load_note, "%.120s%s%.120s", desc, wres.note[0] ? "; " : "", wres.note);
     double mb = __atomic_load_n(&d->load_bytes_done, __ATOMIC_RELAXED) / 1048576.0;
-    mqd_log(LOG_INFO, "weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB; %s", mb, wres.seconds,
-            wres.seconds > 0 ? mb / wres.seconds : 0, d->model->bf16_bytes / 1048576.0, d->model->fp4_bytes / 1048576.0,
-            d->load_note);
+    mqd_log(LOG_INFO, "weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB (+%.1f MiB packed); %s",
+            mb, wres.seconds, wres.seconds > 0 ? mb / wres.seconds : 0, d->model->bf16_bytes / 1048576.0,
+            d->model->fp4_bytes / 1048576.0, d->model->fp4_packed_bytes / 1048576.0, d->load_note);
     return 0;
 }
 

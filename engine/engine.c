@@ -542,9 +542,9 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
     if (m < 0)
         return m;
 
-    /* embedding: x[r] = embed[token] */
+    /* embedding: x[r] = embed[token] (either layout: packed when it is the LM head too) */
     for (int r = 0; r < m; r++)
-        mq_bf16_to_f32_row(md->embed + (size_t)tokens[r] * D, e->x + (size_t)r * D, (size_t)D);
+        mq_bf16_weight_row(&md->embed, tokens[r], e->x + (size_t)r * D);
 
     int rc = 0;
     for (int l = 0; l < c->n_layers; l++) {

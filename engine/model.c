@@ -460,9 +460,13 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     }
 
     struct job *j;
-    if ((rc = plan_bf16_matrix(m, L->st, 0, "model.embed_tokens.weight", c->vocab, c->hidden, JOB_EMBED, &m->embed, &j,
+    uint16_t *embed = NULL;
+    if ((rc = plan_bf16_matrix(m, L->st, 0, "model.embed_tokens.weight", c->vocab, c->hidden, JOB_EMBED, &embed, &j,
                                err, errlen)))
         goto fail;
+    mq_bf16_weight_bind(&m->embed, c->vocab, c->hidden, embed);
+    if (c->tie_embeddings)
+        j->pack = &m->embed; /* it is the LM head too */
     for (int l = 0; l < c->n_layers; l++) {
         mq_layer *ly = &m->layers[l];
         char nm[256];
@@ -486,14 +490,14 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     }
     if ((rc = plan_vec(m, L->st, "model.norm.weight", c->hidden, &m->final_norm, err, errlen)))
         goto fail;
-    uint16_t *head = m->embed;
     if (!c->tie_embeddings) {
+        uint16_t *head = NULL;
         if ((rc = plan_bf16_matrix(m, L->st, 0, "lm_head.weight", c->vocab, c->hidden, JOB_EMBED, &head, &j, err,
                                    errlen)))
             goto fail;
+        mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head);
         j->pack = &m->lm_head;
     }
-    mq_bf16_weight_bind(&m->lm_head, c->vocab, c->hidden, head);
     if ((rc = check_unused(m, err, errlen)) || (rc = plan_fp4_packed(m, err, errlen)))
         goto fail;
 
@@ -668,6 +672,8 @@ int mq_model_finish(mq_model *m, char *err, size_t errlen)
         if (!atomic_load(&L->jobs[i].done)) {
             return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\" was never loaded", L->reads[i].tensor);
         }
+    if (m->cfg.tie_embeddings)
+        m->lm_head = m->embed; /* as its job left it: packed */
     /* the model keeps only what it owns; the load state goes (allocator kept for free) */
     mq_st_close(L->st);
     mq_st_close(L->st_bf16);

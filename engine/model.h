@@ -7,8 +7,8 @@
  *     weights per NVFP4.md with g = 2688 / amax(tensor), or taken as stored from a
  *     compressed-tensors nvfp4-pack-quantized checkpoint; with the packed copy for the
  *     AVX-512 GEMM when opts.fp4_pack says so (fp4_packed_bytes, 1.25 bytes per weight),
- *   - the embedding and LM head in BF16 (the LM head may be the embedding: tied; an
- *     untied head is packed like the linears, the embedding stays row-major),
+ *   - the embedding and LM head in BF16, packed like the linears except an untied
+ *     embedding (only looked up, row by row: mq_bf16_weight_row reads either layout),
  *   - norms (and Qwen2 biases) in FP32.
  * A compressed-tensors checkpoint may be paired with a separate BF16 checkpoint
  * (opts.bf16_dir) for decode, as Mix-Quant pairs Qwen3-8B-NVFP4 with Qwen3-8B; without
@@ -74,9 +74,9 @@ typedef struct mq_layer {
 
 typedef struct mq_model {
     mq_config cfg;
-    uint16_t *embed;         /* [vocab, hidden] BF16 */
+    mq_bf16_weight embed;    /* [vocab, hidden] BF16; packed when it is the LM head too (tied) */
     float *final_norm;       /* [hidden] */
-    mq_bf16_weight lm_head;  /* [vocab, hidden] BF16; .w == embed when tied */
+    mq_bf16_weight lm_head;  /* [vocab, hidden] BF16; the same as embed when tied */
     mq_layer *layers;        /* [n_layers] */
     size_t bf16_bytes;       /* BF16 copy: linears + embedding + LM head */
     size_t fp4_bytes;        /* NVFP4 copy: codes + scales */

@@ -11,10 +11,11 @@
  *
  * KV admission: when a request leaves the queue, the session first extends its KV from
  * the prefix index (whole shareable chunks only, at most up to the last history token,
- * whose logits must be computed), then reserves every block it can still need
- * (history + max_tokens, capped by the context limit). So a running request never meets
- * a full store; a request that cannot reserve waits (after idle sessions' KV is
- * reclaimed, oldest first) or fails, per the configured policy.
+ * whose logits must be computed), then reserves the blocks its prompt and first sampled
+ * token need; a decoding request reserves its next block when its token starts one
+ * (scheduler.h "KV reservations"). A reservation cannot fail halfway: allocations
+ * against it always succeed; what cannot be reserved waits, fails, or makes the largest
+ * holder end (make_room).
  */
 #define _GNU_SOURCE
 #include "engine/scheduler.h"
@@ -53,10 +54,13 @@ struct req {
     mq_sink sink;
     int state;
     int end_code; /* atomic: 0 or 1 + mq_sched_end_reason requested by cancel */
-    int hist0;    /* history length before this request */
-    int kv0;      /* session KV before admission */
-    int limit;    /* history length at which generation stops */
-    int reserved; /* KV blocks still reserved */
+    int end_err;  /* with MQ_SCHED_END_ERROR asked (to make room): the error and why */
+    char end_msg[160];
+    int hist0;          /* history length before this request */
+    int kv0;            /* session KV before admission */
+    int limit;          /* history length at which generation stops */
+    int reserved;       /* KV blocks reserved and not allocated yet */
+    int tenant_waiting; /* queued: its tenant's KV share is full (admit) */
     int generated;
     int emitted_first;
     mq_sched_req_stats st;
@@ -114,7 +118,7 @@ struct mq_sched {
     int rr_decode; /* round-robin start when over max_batch */
 
     /* stats */
-    uint64_t req_done, req_failed, tok_prompt, tok_cached, tok_prefilled, tok_generated;
+    uint64_t req_done, req_failed, req_yielded, tok_prompt, tok_cached, tok_prefilled, tok_generated;
     double pf_busy_s, dec_busy_s;
     uint64_t pf_progress, dec_progress; /* atomics */
 };
@@ -271,6 +275,17 @@ static void lookup_prefix(mq_sched *s, struct session *ss)
     }
 }
 
+/* The least recently used idle session holding KV (of one tenant, if given), or NULL. */
+static struct session *lru_idle(mq_sched *s, const struct session *except, const uint32_t *tenant)
+{
+    struct session *victim = NULL;
+    for (struct session *ss = s->sessions; ss; ss = ss->next)
+        if (ss != except && !ss->req && ss->n_blk > 0 && (!tenant || ss->tenant == *tenant) &&
+            (!victim || ss->last_used < victim->last_used))
+            victim = ss;
+    return victim;
+}
+
 /* Gives back the KV of idle sessions, least recently used first, until `need` blocks
  * can be reserved. Their histories stay: a later turn re-finds its full blocks in the
  * index if they were not evicted meanwhile, and prefills the rest. */
@@ -279,12 +294,46 @@ static int reclaim_idle(mq_sched *s, int need, const struct session *except)
     for (;;) {
         if (mq_kv_reserve(s->kv, need) == 0)
             return 0;
-        struct session *victim = NULL;
-        for (struct session *ss = s->sessions; ss; ss = ss->next)
-            if (ss != except && !ss->req && ss->n_blk > 0 && (!victim || ss->last_used < victim->last_used))
-                victim = ss;
+        struct session *victim = lru_idle(s, except, NULL);
         if (!victim)
             return -ENOSPC;
+        truncate_kv(s, victim, 0);
+    }
+}
+
+/* What a tenant uses now (s->mu held). */
+static mq_tenant_info tenant_usage(const mq_sched *s, uint32_t tenant)
+{
+    mq_tenant_info u = { .tenant = tenant };
+    for (const struct session *ss = s->sessions; ss; ss = ss->next) {
+        if (ss->tenant != tenant)
+            continue;
+        u.sessions++;
+        u.kv_blocks += ss->n_blk;
+        if (ss->req) {
+            u.kv_reserved += ss->req->reserved;
+            if (ss->req->state == RQ_QUEUED)
+                u.queued++;
+            else
+                u.running++;
+        }
+    }
+    return u;
+}
+
+/* Whether the tenant can take `need` more blocks within its share (tenant_kv_blocks),
+ * after giving back the KV of its own idle sessions, least recently used first. */
+static int tenant_fits(mq_sched *s, uint32_t tenant, int need, const struct session *except)
+{
+    if (s->o.tenant_kv_blocks <= 0)
+        return 1;
+    for (;;) {
+        mq_tenant_info u = tenant_usage(s, tenant);
+        if (u.kv_blocks + u.kv_reserved + need <= s->o.tenant_kv_blocks)
+            return 1;
+        struct session *victim = lru_idle(s, except, &tenant);
+        if (!victim)
+            return 0;
         truncate_kv(s, victim, 0);
     }
 }
@@ -341,7 +390,8 @@ static void finish_locked(mq_sched *s, struct req *r, mq_sched_end_reason why, i
         s->req_done++;
     (void)err;
     pthread_cond_broadcast(&s->done_cv);
-    pthread_cond_signal(&s->pf_cv); /* blocks may have freed up for a waiting request */
+    pthread_cond_signal(&s->pf_cv);  /* blocks may have freed up for a waiting request */
+    pthread_cond_signal(&s->dec_cv); /* or for a decoding one */
 }
 
 static void finish_notify(mq_sched *s, struct req *r, mq_sched_end_reason why, int err, const char *msg)
@@ -367,12 +417,13 @@ static void end_request(mq_sched *s, struct req *r, mq_sched_end_reason why, int
 }
 
 /* Asks a request to end at its driver's next step (the first reason asked wins). */
-static void flag_end(mq_sched *s, struct req *r, mq_sched_end_reason why)
+static int flag_end(mq_sched *s, struct req *r, mq_sched_end_reason why)
 {
     int zero = 0;
-    __atomic_compare_exchange_n(&r->end_code, &zero, 1 + (int)why, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    int set = __atomic_compare_exchange_n(&r->end_code, &zero, 1 + (int)why, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&s->pf_cv);
     pthread_cond_broadcast(&s->dec_cv);
+    return set;
 }
 
 /* Ends the first request of `list` (linked by next) that was asked to end, after
@@ -384,10 +435,72 @@ static int sweep_cancelled(mq_sched *s, struct req *list, void (*unlink)(mq_sche
         if (code) {
             mq_sched_end_reason why = (mq_sched_end_reason)(code - 1);
             unlink(s, q);
-            end_request(s, q, why, 0, why == MQ_SCHED_END_CANCEL ? "cancelled" : "client gone");
+            if (why == MQ_SCHED_END_ERROR)
+                end_request(s, q, why, q->end_err, q->end_msg);
+            else
+                end_request(s, q, why, 0, why == MQ_SCHED_END_CANCEL ? "cancelled" : "client gone");
             return 1;
         }
     }
+    return 0;
+}
+
+/* Blocks a running request holds: its session's and those still reserved for it. */
+static int held_blocks(const struct req *r)
+{
+    return r->ss->n_blk + r->reserved;
+}
+
+/* The running (prefilling or decoding) request that holds the most blocks (of one
+ * tenant, if given), and whether one of them is already asked to end (its blocks are
+ * coming back). s->mu held. */
+static struct req *largest_running(mq_sched *s, const uint32_t *tenant, int *ending)
+{
+    struct req *best = NULL, *lists[2] = { s->queue_head, s->decoding };
+    *ending = 0;
+    for (int i = 0; i < 2; i++)
+        for (struct req *q = lists[i]; q; q = q->next) {
+            if (q->state == RQ_QUEUED || (tenant && q->ss->tenant != *tenant))
+                continue;
+            *ending |= __atomic_load_n(&q->end_code, __ATOMIC_ACQUIRE) != 0;
+            if (!best || held_blocks(q) > held_blocks(best))
+                best = q;
+        }
+    return best;
+}
+
+/* When the store (or a tenant's share of it, if tenant is given) cannot give a block:
+ * the running request holding the most blocks (of that tenant) ends; its driver ends it
+ * at its next step, its session keeps what was generated, and its KV becomes idle KV
+ * that reclaim_idle takes back. Nothing if such an end is already pending. s->mu held. */
+static void make_room(mq_sched *s, const uint32_t *tenant)
+{
+    int ending;
+    struct req *v = largest_running(s, tenant, &ending);
+    if (!v || ending)
+        return;
+    v->end_err = -ENOSPC;
+    if (tenant)
+        snprintf(v->end_msg, sizeof v->end_msg,
+                 "KV share of tenant %u full: this request held the most of its %d blocks (%d) and was ended to "
+                 "make room; its session keeps the %d tokens generated",
+                 *tenant, s->o.tenant_kv_blocks, held_blocks(v), v->generated);
+    else
+        snprintf(v->end_msg, sizeof v->end_msg,
+                 "KV store full: this request held the most of its %d blocks (%d) and was ended to make room; "
+                 "its session keeps the %d tokens generated",
+                 s->o.kv_blocks, held_blocks(v), v->generated);
+    if (flag_end(s, v, MQ_SCHED_END_ERROR))
+        s->req_yielded++;
+}
+
+/* One more block reserved for r (its next position starts one): from the store, else
+ * from idle sessions' KV. -ENOSPC if neither has one. s->mu held. */
+static int reserve_next_block(mq_sched *s, struct req *r)
+{
+    if (mq_kv_reserve(s->kv, 1) < 0 && reclaim_idle(s, 1, NULL) < 0)
+        return -ENOSPC;
+    r->reserved++;
     return 0;
 }
 
@@ -547,17 +660,33 @@ static int accept_token(mq_sched *s, struct req *r, int32_t id)
 
 /* ---- the prefill driver ---- */
 
-/* Admission of the queue's head request: prefix lookup + block reservation.
- * Returns 1 admitted, 0 must wait, -errno failed (message in msg). */
+/* What admit() decided (or a negative errno: the request fails, message in msg). */
+enum { ADMIT_WAIT = 0, ADMIT_OK = 1, ADMIT_TENANT_WAIT = 2 };
+
+/* Admission of a queued request: prefix lookup, then its tenant's share and the store
+ * for the blocks of its prompt and first sampled token. ADMIT_WAIT: the store is short
+ * (requests behind wait too); ADMIT_TENANT_WAIT: its tenant's share is (others may go). */
 static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
 {
     struct session *ss = r->ss;
     if (ss->n_kv >= ss->n_hist)
         truncate_kv(s, ss, ss->n_hist - 1); /* logits need a token */
     lookup_prefix(s, ss);
-    int need = blocks_for(s, r->limit) - ss->n_blk;
+    /* the prompt and the first sampled token's position; decoding reserves the rest */
+    int need = blocks_for(s, ss->n_hist + 1) - ss->n_blk;
     if (need < 0)
         need = 0;
+    if (!tenant_fits(s, ss->tenant, need, ss)) {
+        mq_tenant_info u = tenant_usage(s, ss->tenant);
+        if (s->o.on_kv_full == MQ_KV_FULL_FAIL || u.running == 0) {
+            snprintf(msg, msglen,
+                     "KV share of tenant %u full: the request needs %d more blocks of %d tokens, the tenant holds "
+                     "%d of its %d",
+                     ss->tenant, need, s->o.block_tokens, u.kv_blocks + u.kv_reserved, s->o.tenant_kv_blocks);
+            return -ENOSPC;
+        }
+        return ADMIT_TENANT_WAIT; /* the tenant's running requests will give blocks back */
+    }
     if (mq_kv_reserve(s->kv, need) < 0 && reclaim_idle(s, need, ss) < 0) {
         int active = s->n_decoding + s->n_prefilling;
         if (s->o.on_kv_full == MQ_KV_FULL_FAIL || active == 0) {
@@ -569,12 +698,12 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
                      need, s->o.block_tokens, ks.free + ks.cached - ks.reserved, ks.used, ks.reserved);
             return -ENOSPC;
         }
-        return 0; /* wait: running requests will give blocks back */
+        return ADMIT_WAIT; /* running requests will give blocks back */
     }
     r->reserved = need;
     r->kv0 = ss->n_kv;
     r->st.cached_tokens = ss->n_kv;
-    return 1;
+    return ADMIT_OK;
 }
 
 /* Makes sure blocks cover positions [0, upto) (blocks come from the reservation). */
@@ -594,31 +723,48 @@ static int ensure_blocks(mq_sched *s, struct req *r, int upto)
     return 0;
 }
 
-/* The request the prefill driver runs a chunk of next (s->mu held): the queue's first
- * QUEUED request if the KV store admits it (FIFO: nobody overtakes a waiting head), else
- * the first started prefill; NULL: nothing to run now. A head the store can never take
- * ends here with its error, and *again says to look anew (s->mu was dropped). */
+/* Whether an earlier queued request of r's tenant waits for the tenant's share: then r
+ * waits behind it (FIFO within a tenant). */
+static int tenant_waits_ahead(const mq_sched *s, const struct req *r)
+{
+    for (const struct req *q = s->queue_head; q && q != r; q = q->next)
+        if (q->state == RQ_QUEUED && q->tenant_waiting && q->ss->tenant == r->ss->tenant)
+            return 1;
+    return 0;
+}
+
+/* The request the prefill driver runs a chunk of next (s->mu held): the first QUEUED
+ * request the KV store admits, in queue order (nobody overtakes a request waiting for the
+ * store; a request waiting for its tenant's share is passed by other tenants' requests),
+ * else the first started prefill; NULL: nothing to run now. A request that can never be
+ * admitted ends here with its error, and *again says to look anew (s->mu was dropped). */
 static struct req *pick(mq_sched *s, int *again)
 {
     char msg[256];
-    struct req *head = s->queue_head;
-    while (head && head->state != RQ_QUEUED)
-        head = head->next;
-    int a = head ? admit(s, head, msg, sizeof msg) : 0;
-    if (a > 0) {
-        head->state = RQ_PREFILL;
-        s->n_queued--;
-        s->n_prefilling++;
-        head->t_first_chunk = mq_now_s();
-        return head;
+    for (struct req *q = s->queue_head; q; q = q->next) {
+        if (q->state != RQ_QUEUED)
+            continue;
+        if (tenant_waits_ahead(s, q))
+            continue;
+        int a = admit(s, q, msg, sizeof msg);
+        q->tenant_waiting = a == ADMIT_TENANT_WAIT;
+        if (a == ADMIT_OK) {
+            q->state = RQ_PREFILL;
+            s->n_queued--;
+            s->n_prefilling++;
+            q->t_first_chunk = mq_now_s();
+            return q;
+        }
+        if (a < 0) {
+            queue_remove(s, q);
+            end_request(s, q, MQ_SCHED_END_ERROR, a, msg);
+            *again = 1;
+            return NULL;
+        }
+        if (a == ADMIT_WAIT)
+            break;
     }
-    if (a < 0) {
-        queue_remove(s, head);
-        end_request(s, head, MQ_SCHED_END_ERROR, a, msg);
-        *again = 1;
-        return NULL;
-    }
-    for (struct req *q = s->queue_head; q; q = q->next) /* the head waits for blocks, if any */
+    for (struct req *q = s->queue_head; q; q = q->next) /* queued ones wait for blocks, if any */
         if (q->state == RQ_PREFILL)
             return q;
     return NULL;
@@ -784,7 +930,26 @@ static int pick_batch(mq_sched *s, struct batch *b)
         if (!dup)
             b->r[nb++] = q;
     }
-    b->n = nb;
+    /* a request whose token starts a block needs one more reserved; one that cannot get
+     * it skips this step, and the largest holder is asked to make room */
+    int kept = 0, starved = 0;
+    for (int i = 0; i < nb; i++) {
+        struct req *q = b->r[i];
+        if (q->ss->n_blk * s->o.block_tokens < q->ss->n_kv + 1 && q->reserved == 0) {
+            if (!tenant_fits(s, q->ss->tenant, 1, NULL)) {
+                make_room(s, &q->ss->tenant);
+                continue;
+            }
+            if (reserve_next_block(s, q) < 0) {
+                starved = 1;
+                continue;
+            }
+        }
+        b->r[kept++] = q;
+    }
+    if (starved)
+        make_room(s, NULL);
+    nb = b->n = kept;
     int rc = 0;
     for (int i = 0; i < nb; i++) {
         struct session *ss = b->r[i]->ss;
@@ -841,6 +1006,10 @@ static void *decode_main(void *arg)
             continue;
         }
         int rc = pick_batch(s, &b);
+        if (rc == 0 && b.n == 0) { /* every one waits for a block: one is being ended */
+            idle_wait(s, &s->dec_cv);
+            continue;
+        }
         pthread_mutex_unlock(&s->mu);
 
         double t0 = mq_now_s();
@@ -1062,8 +1231,9 @@ int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
         return -ENOMEM;
     }
     pthread_mutex_lock(&s->mu);
-    if (s->n_sessions >= s->o.max_sessions || s->draining) {
-        int r = s->draining ? -ESHUTDOWN : -EMFILE;
+    if (s->n_sessions >= s->o.max_sessions || s->draining ||
+        (s->o.tenant_max_sessions > 0 && tenant_usage(s, tenant).sessions >= s->o.tenant_max_sessions)) {
+        int r = s->draining ? -ESHUTDOWN : s->n_sessions >= s->o.max_sessions ? -EMFILE : -EDQUOT;
         pthread_mutex_unlock(&s->mu);
         free(ss->blk);
         free(ss->ptr);
@@ -1218,12 +1388,22 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
         return mq_errmsg(err, errlen, -EINVAL, "submit: empty prompt on an empty session");
     if (s->n_queued >= s->o.max_queued)
         return mq_errmsg(err, errlen, -EAGAIN, "submit: queue full (%d requests waiting)", s->n_queued);
+    if (s->o.tenant_max_queued > 0) {
+        mq_tenant_info u = tenant_usage(s, ss->tenant);
+        if (u.queued >= s->o.tenant_max_queued)
+            return mq_errmsg(err, errlen, -EAGAIN, "submit: tenant %u has %d requests waiting (its limit)", ss->tenant,
+                             u.queued);
+    }
+    const int store = s->o.kv_blocks * s->o.block_tokens; /* tokens the whole KV store holds */
+    if (ss->n_hist + n + 1 > store)
+        return mq_errmsg(err, errlen, -ENOSPC, "submit: %d history + %d new tokens need %d KV blocks, the store has %d",
+                         ss->n_hist, n, blocks_for(s, ss->n_hist + n + 1), s->o.kv_blocks);
+    /* generation stops at max_tokens, the context limit, or when the session fills the store */
     *limit = ss->n_hist + n + max_tokens;
     if (*limit > ctx)
         *limit = ctx;
-    if (blocks_for(s, *limit) > s->o.kv_blocks)
-        return mq_errmsg(err, errlen, -ENOSPC, "submit: %d tokens need %d KV blocks, the store has %d", *limit,
-                         blocks_for(s, *limit), s->o.kv_blocks);
+    if (*limit > store)
+        *limit = store;
     if (ss->cap_hist < *limit + 1) {
         int32_t *h = realloc(ss->hist, (size_t)(*limit + 1) * sizeof(int32_t));
         if (!h)
@@ -1303,6 +1483,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
     pthread_mutex_lock(&s->mu);
     st->requests_done = s->req_done;
     st->requests_failed = s->req_failed;
+    st->requests_yielded = s->req_yielded;
     st->prompt_tokens = s->tok_prompt;
     st->cached_tokens = s->tok_cached;
     st->prefilled_tokens = s->tok_prefilled;
@@ -1321,6 +1502,8 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st)
     st->kv_used = ks.used;
     st->kv_cached = ks.cached;
     st->kv_free = ks.free;
+    st->kv_reserved = ks.reserved;
+    st->kv_available = ks.free + ks.cached - ks.reserved;
     st->kv_lookups = ks.lookups;
     st->kv_hits = ks.hits;
     st->kv_evictions = ks.evictions;
@@ -1343,9 +1526,25 @@ void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info 
                                .kv_tokens = ss->n_kv,
                                .kv_blocks = ss->n_blk,
                                .shared_blocks = ss->n_shared,
+                               .reserved_blocks = ss->req ? ss->req->reserved : 0,
                                .busy = ss->req ? ss->req->state : 0,
                                .idle_ms = ss->req ? 0 : (t - ss->last_used) * 1e3 };
         cb(ctx, &in);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void mq_sched_tenants(mq_sched *s, void (*cb)(void *ctx, const mq_tenant_info *t), void *ctx)
+{
+    pthread_mutex_lock(&s->mu);
+    for (struct session *ss = s->sessions; ss; ss = ss->next) {
+        int first = 1; /* report each tenant at its first session in the list */
+        for (struct session *p = s->sessions; p != ss && first; p = p->next)
+            first = p->tenant != ss->tenant;
+        if (first) {
+            mq_tenant_info u = tenant_usage(s, ss->tenant);
+            cb(ctx, &u);
+        }
     }
     pthread_mutex_unlock(&s->mu);
 }

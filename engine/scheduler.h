@@ -22,6 +22,14 @@
  * default a prefix is shared only between sessions of one tenant: another tenant's exact
  * guess of a prompt is a miss, and hit counts and timings leak nothing across tenants.
  * opts.share_prefix_cache = 1 drops the salt (one cache for everybody).
+ * Per-tenant limits keep one local user from starving the others: open sessions
+ * (tenant_max_sessions: session_open returns -EDQUOT), requests waiting for prefill
+ * (tenant_max_queued: submit returns -EAGAIN) and KV blocks (tenant_kv_blocks: the
+ * blocks its sessions hold, a shared block counting in each, plus its reservations). A
+ * queued request over its tenant's KV share waits for the tenant's own requests (or
+ * fails with -ENOSPC under the fail policy, or when none runs) without holding up other
+ * tenants' requests queued behind it; a decoding request that would pass it makes the
+ * tenant's largest holder give way, as for a full store ("KV reservations").
  *
  * Batch invariance: what a request generates does not depend on the other requests
  * running (a greedy request gives the tokens it gives alone). The engine keeps each
@@ -40,6 +48,22 @@
  * Not covered: KV reclaimed from an idle session under memory pressure is recomputed at
  * its next request as one prompt, which in mixed/fp4 mode computes in NVFP4 what was
  * decoded in BF16.
+ *
+ * KV reservations: one request must not be able to lock the store for others. A request
+ * reserves, when it leaves the queue, the blocks its prompt needs and one for its first
+ * sampled token (not max_tokens); a decoding request reserves its next block when its
+ * token starts one. So a request holds what it uses. Idle sessions' KV is taken back,
+ * least recently used first, whenever the store runs short. If that is not enough:
+ * - a queued request waits for running ones to finish (on_kv_full = wait) or fails with
+ *   -ENOSPC (fail, or when nothing runs); requests behind it wait (FIFO);
+ * - a decoding request that needs its next block skips steps, and the running request
+ *   holding the most blocks is ended (MQ_SCHED_END_ERROR, -ENOSPC, "KV store full: ...
+ *   ended to make room"); its session keeps what it generated and its KV becomes idle.
+ *   A request that keeps growing is thus the one that gives way, and queued requests wait
+ *   at most until it needs its next block.
+ * Generation also stops (MQ_SCHED_END_LENGTH) when a session fills the whole store; a
+ * prompt that alone does not fit is refused at submit. Reservations appear in the stats
+ * (kv_reserved, kv_available) and per session (mq_session_info.reserved_blocks).
  *
  * Thread rules: every function here may be called from any thread except the sink
  * callbacks; they are not re-entrant into the scheduler for the same session except
@@ -89,6 +113,10 @@ typedef struct mq_sched_opts {
     mq_kv_full_policy on_kv_full;
     int kv_hugetlb;         /* 1: try MFD_HUGETLB for the KV segment (default 1) */
     int share_prefix_cache; /* 1: tenants share prefix-cache entries; 0 (default): per tenant */
+    /* per tenant ("Tenants"; 0 = only the global limit above applies) */
+    int tenant_max_sessions; /* open sessions */
+    int tenant_max_queued;   /* requests waiting for prefill */
+    int tenant_kv_blocks;    /* KV blocks its sessions hold plus its reservations */
 } mq_sched_opts;
 
 /* Fills defaults (zeros above mean "default" too). */
@@ -152,8 +180,9 @@ int mq_sched_create(mq_sched **s, struct mq_model *model, struct mq_tokenizer *t
 void mq_sched_destroy(mq_sched *s);
 
 /* Sessions. tenant: who the session belongs to (mqd: the client's uid); see "Tenants".
- * -EMFILE when max_sessions are open. Closing a session cancels its request (on_done is
- * called before close returns) and releases its blocks. */
+ * -EMFILE when max_sessions are open, -EDQUOT when the tenant has tenant_max_sessions.
+ * Closing a session cancels its request (on_done is called before close returns) and
+ * releases its blocks. */
 int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id);
 int mq_sched_session_close(mq_sched *s, uint64_t id);
 /* Copies up to cap history tokens into buf; returns the history length or -ENOENT. */
@@ -161,7 +190,8 @@ int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap);
 
 /* Appends new_tokens (n >= 0; n may be 0 to continue generating) and queues a request.
  * Immediate errors (nothing queued, sink not called): -ENOENT unknown session, -EBUSY the
- * session already has a request, -EAGAIN queue full, -E2BIG history over the context
+ * session already has a request, -EAGAIN queue full (or the tenant's share of it),
+ * -E2BIG history over the context
  * limit, -ENOSPC KV store can never hold it (or is full with the fail policy),
  * -ESHUTDOWN draining. err/errlen (may be NULL) get a message. On success the sink gets
  * tokens and exactly one on_done. */
@@ -175,6 +205,7 @@ int mq_sched_cancel(mq_sched *s, uint64_t session, mq_sched_end_reason reason);
 typedef struct mq_sched_stats {
     /* totals since start */
     uint64_t requests_done, requests_failed;
+    uint64_t requests_yielded; /* ended to make room in a full KV store (also in failed) */
     uint64_t prompt_tokens, cached_tokens, prefilled_tokens, generated_tokens;
     double prefill_tok_s;   /* prefilled tokens / busy prefill time */
     double decode_tok_s;    /* generated tokens / busy decode time */
@@ -182,6 +213,8 @@ typedef struct mq_sched_stats {
     /* now */
     int sessions, queued, prefilling, decoding;
     int kv_blocks, kv_used, kv_cached, kv_free, block_tokens;
+    int kv_reserved;  /* blocks promised to running requests, not allocated yet */
+    int kv_available; /* free + cached - reserved: what a new request can get now */
     uint64_t kv_lookups, kv_hits, kv_evictions, kv_refused; /* prefix index, since start */
     size_t kv_bytes;
     const char *kv_memory; /* "hugetlb", "thp" or "4k" (static string) */
@@ -197,12 +230,24 @@ typedef struct mq_session_info {
     uint64_t id;
     uint32_t tenant;
     int history_tokens, kv_tokens, kv_blocks, shared_blocks;
-    int busy; /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
+    int reserved_blocks; /* of its running request */
+    int busy;            /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
     double idle_ms;
 } mq_session_info;
 
 /* Calls cb once per open session (under the scheduler's lock: cb must not call back). */
 void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info *i), void *ctx);
+
+typedef struct mq_tenant_info {
+    uint32_t tenant;
+    int sessions;
+    int queued, running; /* requests waiting for prefill; prefilling or decoding */
+    int kv_blocks;       /* held by its sessions (a shared block counts in each) */
+    int kv_reserved;     /* reserved for its running requests */
+} mq_tenant_info;
+
+/* Calls cb once per tenant with an open session (same rules as mq_sched_sessions). */
+void mq_sched_tenants(mq_sched *s, void (*cb)(void *ctx, const mq_tenant_info *t), void *ctx);
 
 /* Stops accepting requests (-ESHUTDOWN), waits up to timeout_ms for running and queued
  * requests to finish, then cancels the rest and waits for their on_done. Returns 0 if all

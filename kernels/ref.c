@@ -308,8 +308,17 @@ static void bf16_weight_pack_rows_ref(uint16_t *dst, int n, int k, const uint16_
 
 void mq_bf16_weight_row(const mq_bf16_weight *w, int r, float *out)
 {
-    for (int k = 0; k < w->k; k++)
-        out[k] = mq_bf16_to_f32(bf16_weight_at(w, r, k));
+    if (!w->packed) {
+        bf16_to_f32_row_ref(w->w + (size_t)r * w->k, out, (size_t)w->k);
+        return;
+    }
+    /* packed: the row's k pairs are 4 bytes every 64 */
+    const uint16_t *p = w->w + bf16_packed_index(r, 0, bf16_kp(w->k));
+    for (int k = 0; k < w->k; k += 2, p += 32) {
+        out[k] = mq_bf16_to_f32(p[0]);
+        if (k + 1 < w->k)
+            out[k + 1] = mq_bf16_to_f32(p[1]);
+    }
 }
 
 /* ---- attention ---------------------------------------------------------------- */

@@ -343,7 +343,14 @@ static void write_ct(const char *dir, float static_gx)
     static const char *ln[7] = { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                  "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj" };
     char nm[256];
-    add(w, "model.embed_tokens.weight", MQ_DT_BF16, c->vocab, D, 2, model->embed);
+    uint16_t *embed = malloc((size_t)c->vocab * D * 2); /* row-major, whatever the model's layout */
+    float *erow = malloc((size_t)D * sizeof *erow);
+    for (int r = 0; r < c->vocab; r++) {
+        mq_bf16_weight_row(&model->embed, r, erow);
+        mq_f32_to_bf16_row(erow, embed + (size_t)r * D, (size_t)D);
+    }
+    free(erow);
+    add(w, "model.embed_tokens.weight", MQ_DT_BF16, c->vocab, D, 2, embed);
     mq_f32_to_bf16_row(model->final_norm, np, (size_t)D);
     add(w, "model.norm.weight", MQ_DT_BF16, D, 0, 1, np);
     np += D;
@@ -377,6 +384,7 @@ static void write_ct(const char *dir, float static_gx)
     CHECK(mq_st_writer_write(w, path, err, sizeof err) == 0, "write: %s", err);
     mq_st_writer_free(w);
     free(norms);
+    free(embed);
 }
 
 static void test_compressed_tensors_roundtrip(void)

@@ -54,7 +54,7 @@ static void ref_forward(const int *tok, int n_tok, float *logits)
     float inv[128], cs[128], sn[128], sc[1024];
     mq_rope_inv_freq(inv, hd, c->rope_theta);
     for (int t = 0; t < n_tok; t++) {
-        mq_bf16_to_f32_row(model->embed + (size_t)tok[t] * D, x, (size_t)D);
+        mq_bf16_weight_row(&model->embed, tok[t], x); /* either layout */
         mq_rope_cos_sin(inv, hd, t, cs, sn);
         for (int l = 0; l < c->n_layers; l++) {
             const mq_layer *L = &model->layers[l];

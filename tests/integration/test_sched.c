@@ -137,6 +137,11 @@ static mq_sched *make_sched(mq_prec_mode mode, int kv_blocks, int block_tokens, 
     return make_sched_opts(&o);
 }
 
+static int blocks_for_test(int tokens, int block_tokens)
+{
+    return (tokens + block_tokens - 1) / block_tokens;
+}
+
 /* Deterministic "text" tokens: ids of ordinary words from the tokenizer. */
 static int make_tokens(const char *text, int32_t **ids)
 {
@@ -553,8 +558,10 @@ static void test_cancel_and_errors(void)
     free(t);
 }
 
-/* KV store of 12 blocks x 16 tokens: a running request holds its reservation; a second
- * one fails (fail policy) or waits and then completes (wait policy). */
+/* KV store of 12 blocks x 16 tokens: a running request holds its prompt's blocks; a
+ * second one whose prompt does not fit beside them fails (fail policy) or waits and then
+ * completes (wait policy); a prompt over the store is refused at submit; max_tokens past
+ * the store ends generation when the session fills it. */
 static void test_kv_full(void)
 {
     int32_t *t = NULL;
@@ -591,18 +598,217 @@ static void test_kv_full(void)
             /* b could only start when a's blocks were reclaimed from the idle session */
             CHECK(rb.t[0] > ra.t[ra.n - 1], "b's first token after a's last");
         }
-        /* more than the whole store: refused at submit */
+        /* a prompt over the whole store: refused at submit */
         char err[256];
         mq_sink k = sink_of(&rb);
-        mq_gen_params p = { .max_tokens = 1000 };
         uint64_t c;
         mq_sched_session_open(s, TENANT, &c);
-        CHECK(mq_sched_submit(s, c, t, n, &p, &k, err, sizeof err) == -ENOSPC && strstr(err, "KV blocks"),
+        int32_t *big = calloc(12 * 16, sizeof *big);
+        CHECK(mq_sched_submit(s, c, big, 12 * 16, NULL, &k, err, sizeof err) == -ENOSPC && strstr(err, "KV blocks"),
               "too big for the store: %s", err);
+        free(big);
+        /* max_tokens past the store: generation stops when the session fills it */
+        struct rec rc;
+        rec_init(&rc);
+        mq_gen_params p = { .max_tokens = 1000 };
+        mq_sink kc = sink_of(&rc);
+        CHECK(mq_sched_submit(s, c, t, n, &p, &kc, err, sizeof err) == 0, "max_tokens past the store: %s", err);
+        rec_wait(&rc, 60);
+        CHECK(rc.why == MQ_SCHED_END_LENGTH && n + rc.n == 12 * 16, "ends at the store's size: %s, %d + %d tokens",
+              mq_sched_end_reason_name(rc.why), n, rc.n);
         free(t2);
         mq_sched_destroy(s);
     }
     free(t);
+}
+
+/* Waits until r has streamed at least n tokens (or ended). */
+static void wait_tokens(struct rec *r, int n, double timeout_s)
+{
+    double t0 = mq_now_s();
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        int k = r->n, d = r->done;
+        pthread_mutex_unlock(&r->mu);
+        if (k >= n || d || mq_now_s() - t0 > timeout_s)
+            break;
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+struct reserved_sum {
+    int blocks, sessions;
+};
+
+static void add_reserved(void *ctx, const mq_session_info *i)
+{
+    struct reserved_sum *r = ctx;
+    r->blocks += i->reserved_blocks;
+    r->sessions++;
+}
+
+/* One request cannot lock the KV store (issue 13 #4). Two requests ask for far more
+ * tokens than the store holds (max_tokens 1000000, store 32 blocks x 16); while they
+ * decode, twelve small requests arrive under the fail policy (a request the store cannot
+ * take fails at once): every one is admitted and completes. Reservations stay small
+ * (a block ahead at most) and are visible in the stats and per session. When the two
+ * have filled the store, the one holding the most blocks is ended with a clear error
+ * and the other runs on to the store's size. */
+static void test_huge_requests_do_not_lock_the_store(void)
+{
+    enum { SMALL = 12, KV = 32, BT = 16 };
+    mq_sched *s = make_sched(MQ_PREC_MODE_MIXED, KV, BT, 64, MQ_KV_FULL_FAIL);
+    if (!s)
+        return;
+    int32_t *h[2], *t[SMALL];
+    int nh[2], nt[SMALL];
+    nh[0] = make_tokens("Once upon a time, in a small village by the river,", &h[0]);
+    nh[1] = make_tokens("import os\nimport sys\n\ndef main():\n", &h[1]);
+    uint64_t hs[2], ts[SMALL];
+    struct rec rh[2];
+    static struct rec rt[SMALL];
+    mq_gen_params huge = { .max_tokens = 1000000 };
+    for (int i = 0; i < 2; i++) {
+        mq_sched_session_open(s, TENANT, &hs[i]);
+        rec_init(&rh[i]);
+        mq_sink k = sink_of(&rh[i]);
+        char err[256] = "";
+        CHECK(mq_sched_submit(s, hs[i], h[i], nh[i], &huge, &k, err, sizeof err) == 0, "huge %d: %s", i, err);
+    }
+    for (int i = 0; i < 2; i++)
+        wait_tokens(&rh[i], 4, 60);
+    mq_sched_stats st;
+    mq_sched_get_stats(s, &st);
+    struct reserved_sum rs = { 0, 0 };
+    mq_sched_sessions(s, add_reserved, &rs);
+    CHECK(st.kv_reserved <= 2 && st.kv_reserved == rs.blocks && st.kv_available >= KV - 8,
+          "two huge requests decoding reserve %d blocks (sessions say %d), %d available of %d", st.kv_reserved,
+          rs.blocks, st.kv_available, KV);
+    for (int i = 0; i < SMALL; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "Question %d: what is %d plus %d?", i, i * 7, i + 3);
+        nt[i] = make_tokens(text, &t[i]);
+        mq_sched_session_open(s, 2000 + (uint32_t)i, &ts[i]);
+        rec_init(&rt[i]);
+        submit(s, ts[i], t[i], nt[i], 8, &rt[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < SMALL; i++) {
+        rec_wait(&rt[i], 60);
+        ok += rt[i].why == MQ_SCHED_END_LENGTH && rt[i].n == 8;
+        CHECK(rt[i].why == MQ_SCHED_END_LENGTH && rt[i].n == 8, "small %d: %s after %d tokens (%s)", i,
+              mq_sched_end_reason_name(rt[i].why), rt[i].n, rt[i].msg);
+    }
+    printf("    %d of %d small requests completed beside two requests of max_tokens 1000000\n", ok, SMALL);
+    for (int i = 0; i < 2; i++)
+        rec_wait(&rh[i], 120);
+    int yielded = -1, ran = -1;
+    for (int i = 0; i < 2; i++) {
+        if (rh[i].why == MQ_SCHED_END_ERROR && rh[i].err == -ENOSPC && strstr(rh[i].msg, "to make room"))
+            yielded = i;
+        else if (rh[i].why == MQ_SCHED_END_LENGTH && nh[i] + rh[i].n == KV * BT)
+            ran = i;
+    }
+    CHECK(yielded >= 0 && ran >= 0 && yielded != ran,
+          "one gives way (%s, %d tokens: %s), the other fills the store (%s, %d + %d tokens of %d)",
+          mq_sched_end_reason_name(rh[0].why), rh[0].n, rh[0].msg, mq_sched_end_reason_name(rh[1].why), nh[1], rh[1].n,
+          KV * BT);
+    if (yielded >= 0)
+        CHECK(mq_sched_session_history(s, hs[yielded], NULL, 0) == nh[yielded] + rh[yielded].n,
+              "the session that gave way keeps what it generated");
+    mq_sched_get_stats(s, &st);
+    CHECK(st.requests_yielded == 1 && st.kv_reserved == 0, "stats: %llu yielded, %d reserved",
+          (unsigned long long)st.requests_yielded, st.kv_reserved);
+    mq_sched_destroy(s);
+    for (int i = 0; i < 2; i++)
+        free(h[i]);
+    for (int i = 0; i < SMALL; i++)
+        free(t[i]);
+}
+
+struct tenant_row {
+    uint32_t tenant;
+    mq_tenant_info info;
+};
+
+static void note_tenant_info(void *ctx, const mq_tenant_info *t)
+{
+    struct tenant_row *r = ctx;
+    if (t->tenant == r->tenant)
+        r->info = *t;
+}
+
+/* Per-tenant limits (issue 13: one local user cannot starve the others), tenant 1000
+ * against tenant 1001, with 3 sessions, 1 queued request and 16 KV blocks per tenant in a
+ * store of 64: tenant 1000's fourth session is refused (-EDQUOT), 1001's are not. A
+ * request of 1000's that does not fit beside its own running one waits for it; another
+ * submit of 1000's is then refused (-EAGAIN, its queue share); 1001's request queued
+ * behind 1000's waiting one passes it and completes. 1000's running request grows into
+ * the tenant's share and is ended with a message naming the share (the store itself has
+ * room); then 1000's waiting request runs. */
+static void test_tenant_limits(void)
+{
+    const int BT = 16, SHARE = 16;
+    mq_sched_opts o = test_opts(MQ_PREC_MODE_MIXED, 64, BT, 64, MQ_KV_FULL_WAIT);
+    o.tenant_max_sessions = 3;
+    o.tenant_max_queued = 1;
+    o.tenant_kv_blocks = SHARE;
+    mq_sched *s = make_sched_opts(&o);
+    if (!s)
+        return;
+    uint64_t a[3], extra, x;
+    for (int i = 0; i < 3; i++)
+        CHECK(mq_sched_session_open(s, 1000, &a[i]) == 0, "tenant 1000 session %d", i);
+    CHECK(mq_sched_session_open(s, 1000, &extra) == -EDQUOT, "tenant 1000's fourth session refused");
+    CHECK(mq_sched_session_open(s, 1001, &x) == 0, "tenant 1001 opens");
+    int32_t *sys = NULL, pa[1024], pb[1024];
+    int nsys = make_tokens(SYSTEM, &sys);
+    const int na = cat(pa, sys, nsys, sys, nsys); /* two thirds of the share */
+    for (int i = 0; i < nsys; i++)                /* no block in common with pa */
+        pb[i] = sys[nsys - 1 - i];
+    const int nb = nsys;
+    CHECK(blocks_for_test(na + 1, BT) + blocks_for_test(nb + 1, BT) > SHARE && blocks_for_test(na + 1, BT) < SHARE,
+          "the prompts fit the share alone, not together (%d + %d tokens)", na, nb);
+    struct rec ra, rb, rc, rx;
+    rec_init(&ra);
+    rec_init(&rb);
+    rec_init(&rc);
+    rec_init(&rx);
+    mq_gen_params huge = { .max_tokens = 1000000 };
+    mq_sink ka = sink_of(&ra);
+    char err[256] = "";
+    CHECK(mq_sched_submit(s, a[0], pa, na, &huge, &ka, err, sizeof err) == 0, "a: %s", err);
+    wait_tokens(&ra, 2, 60);
+    submit(s, a[1], pb, nb, 8, &rb); /* waits for a: the tenant's share */
+    mq_sink kc = sink_of(&rc);
+    CHECK(mq_sched_submit(s, a[2], pb, 4, NULL, &kc, err, sizeof err) == -EAGAIN && strstr(err, "tenant 1000"),
+          "tenant 1000's second waiting request refused: %s", err);
+    struct tenant_row tr = { .tenant = 1000 };
+    mq_sched_tenants(s, note_tenant_info, &tr);
+    CHECK(tr.info.sessions == 3 && tr.info.queued == 1 && tr.info.running == 1 &&
+              tr.info.kv_blocks + tr.info.kv_reserved <= SHARE,
+          "tenant 1000: %d sessions, %d queued, %d running, %d + %d blocks", tr.info.sessions, tr.info.queued,
+          tr.info.running, tr.info.kv_blocks, tr.info.kv_reserved);
+    submit(s, x, pb, nb, 8, &rx); /* queued behind 1000's waiting request */
+    rec_wait(&rx, 60);
+    CHECK(rx.why == MQ_SCHED_END_LENGTH && rx.n == 8, "tenant 1001 completes: %s %d (%s)",
+          mq_sched_end_reason_name(rx.why), rx.n, rx.msg);
+    rec_wait(&ra, 120);
+    rec_wait(&rb, 60);
+    CHECK(rx.t[0] < rb.t[0], "tenant 1001's request passed tenant 1000's waiting one");
+    CHECK(ra.why == MQ_SCHED_END_ERROR && ra.err == -ENOSPC && strstr(ra.msg, "tenant 1000") &&
+              na + ra.n <= SHARE * BT + 1,
+          "a grew into its tenant's share and gave way: %s after %d + %d tokens: %s", mq_sched_end_reason_name(ra.why),
+          na, ra.n, ra.msg);
+    CHECK(rb.why == MQ_SCHED_END_LENGTH && rb.n == 8, "then tenant 1000's waiting request runs: %s %d (%s)",
+          mq_sched_end_reason_name(rb.why), rb.n, rb.msg);
+    mq_sched_stats st;
+    mq_sched_get_stats(s, &st);
+    CHECK(st.kv_blocks - st.kv_available > 0 && st.requests_yielded == 1, "stats: %d of %d available, %llu yielded",
+          st.kv_available, st.kv_blocks, (unsigned long long)st.requests_yielded);
+    mq_sched_destroy(s);
+    free(sys);
 }
 
 /* A long prompt is read in chunks while another session keeps decoding. */
@@ -807,6 +1013,8 @@ int main(void)
     RUN(test_prefix_cache_per_tenant);
     RUN(test_cancel_and_errors);
     RUN(test_kv_full);
+    RUN(test_huge_requests_do_not_lock_the_store);
+    RUN(test_tenant_limits);
     RUN(test_chunked_prefill_interleaves);
     RUN(test_stops_and_drain);
     mq_tok_free(g_tok);

@@ -115,6 +115,21 @@ static void test_flags_override_file(void)
     unlink(path);
 }
 
+/* fp4_pack: auto by default, on/off in the file and as a flag, any other word refused. */
+static void test_fp4_pack(void)
+{
+    mqd_config c;
+    char err[512] = "";
+    mqd_config_defaults(&c);
+    CHECK(c.fp4_pack == MQ_CFG_FP4_PACK_AUTO, "default %u", c.fp4_pack);
+    CHECK(parse(&c, "{\"fp4_pack\": \"off\"}", err, sizeof err) == 0 && c.fp4_pack == MQ_CFG_FP4_PACK_OFF, "off: %s",
+          err);
+    CHECK(mqd_config_set(&c, "fp4-pack", "on", err, sizeof err) == 0 && c.fp4_pack == MQ_CFG_FP4_PACK_ON, "flag: %s",
+          err);
+    CHECK(parse(&c, "{\"fp4_pack\": \"sometimes\"}", err, sizeof err) == -EINVAL && strstr(err, "fp4_pack"),
+          "bad word: %s", err);
+}
+
 /* hugepages_reserve takes a page count or "auto" (weights + KV), in the file and as a flag,
  * and prints back as it was given; other number fields do not take "auto". */
 static void test_hugepages_reserve_auto(void)
@@ -150,5 +165,6 @@ int main(void)
     RUN(test_errors_name_the_field);
     RUN(test_flags_override_file);
     RUN(test_hugepages_reserve_auto);
+    RUN(test_fp4_pack);
     return harness_done();
 }

@@ -298,7 +298,7 @@ static void test_tiny_model(void)
         mq_model_free(b);
         return;
     }
-    CHECK(a->layers[0].q.bias && a->layers[1].down.fp4.kp == 48 && a->lm_head.w != a->embed, "qwen2 layout");
+    CHECK(a->layers[0].q.bias && a->layers[1].down.fp4.kp == 48 && a->lm_head.w != a->embed.w, "qwen2 layout");
     float la[12 * TV], lb[12 * TV], lc[12 * TV];
     tiny_logits(a, MQ_PREC_BF16, 12, la);
     tiny_logits(b, MQ_PREC_BF16, 12, lb);
