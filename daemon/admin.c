@@ -40,7 +40,8 @@ typedef struct mqd_admin {
     struct mqd_admin *next;
     int fd;
     mq_ev *ev;
-    int denied; /* not root nor in admin_group: the first request gets `why`, then close */
+    int denied;   /* not root nor in admin_group: the first request gets `why`, then close */
+    int on_spare; /* accepted in the slot of d->admin_spare (privs.h) */
     char why[300];
 } mqd_admin;
 
@@ -53,6 +54,34 @@ static const char *state_name(enum mqd_state s)
     case MQD_STOPPING: return "stopping";
     default: return "failed";
     }
+}
+
+/* One user's share (the scheduler's tenant = the client's uid). */
+static void tenant_cb(void *ctx, const mq_tenant_info *t)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "uid", t->tenant);
+    cJSON_AddNumberToObject(u, "sessions", t->sessions);
+    cJSON_AddNumberToObject(u, "queued", t->queued);
+    cJSON_AddNumberToObject(u, "running", t->running);
+    cJSON_AddNumberToObject(u, "kv_blocks", t->kv_blocks);
+    cJSON_AddNumberToObject(u, "kv_reserved", t->kv_reserved);
+    cJSON_AddItemToArray(ctx, u);
+}
+
+/* The limits in effect, global and per user (0 = none per user). */
+static void add_limits(mqd *d, cJSON *o)
+{
+    const mqd_config *c = &d->cfg;
+    cJSON *l = cJSON_AddObjectToObject(o, "limits");
+    cJSON_AddNumberToObject(l, "max_sessions", c->max_sessions);
+    cJSON_AddNumberToObject(l, "max_sessions_per_client", c->max_sessions_per_client);
+    cJSON_AddNumberToObject(l, "max_sessions_per_uid", c->max_sessions_per_uid);
+    cJSON_AddNumberToObject(l, "queue_max", c->queue_max);
+    cJSON_AddNumberToObject(l, "queue_max_per_uid", c->queue_max_per_uid);
+    cJSON_AddNumberToObject(l, "kv_blocks", c->kv_tokens / c->kv_block_tokens);
+    cJSON_AddNumberToObject(l, "kv_blocks_per_uid", c->kv_tokens_per_uid / c->kv_block_tokens);
+    cJSON_AddStringToObject(l, "prefix_cache", c->share_prefix_cache ? "shared" : "per uid");
 }
 
 static void add_sched_stats(mqd *d, cJSON *o)
@@ -88,7 +117,13 @@ static void add_sched_stats(mqd *d, cJSON *o)
     cJSON_AddNumberToObject(k, "hits", (double)st.kv_hits);
     cJSON_AddNumberToObject(k, "evictions", (double)st.kv_evictions);
     cJSON_AddNumberToObject(k, "refused", (double)st.kv_refused);
+    cJSON_AddNumberToObject(k, "reserved", st.kv_reserved);
+    cJSON_AddNumberToObject(k, "available", st.kv_available);
+    cJSON_AddNumberToObject(t, "requests_yielded", (double)st.requests_yielded);
     cJSON_AddNumberToObject(o, "sessions", st.sessions);
+    add_limits(d, o);
+    cJSON *users = cJSON_AddArrayToObject(o, "users");
+    mq_sched_tenants(d->sched, tenant_cb, users);
 }
 
 static void cmd_status(mqd *d, cJSON *o)
@@ -178,10 +213,12 @@ static void sched_session_cb(void *ctx, const mq_session_info *i)
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)i->id);
+    cJSON_AddNumberToObject(o, "tenant", i->tenant);
     cJSON_AddNumberToObject(o, "history_tokens", i->history_tokens);
     cJSON_AddNumberToObject(o, "kv_tokens", i->kv_tokens);
     cJSON_AddNumberToObject(o, "kv_blocks", i->kv_blocks);
     cJSON_AddNumberToObject(o, "shared_blocks", i->shared_blocks);
+    cJSON_AddNumberToObject(o, "reserved_blocks", i->reserved_blocks);
     static const char *const busy[] = { "idle", "queued", "prefilling", "decoding" };
     cJSON_AddStringToObject(o, "state", i->busy >= 0 && i->busy < 4 ? busy[i->busy] : "?");
     cJSON_AddNumberToObject(o, "idle_ms", i->idle_ms);
@@ -369,6 +406,8 @@ static void admin_close(mqd_admin *a)
     mqd *d = a->d;
     mq_evloop_del(d->loop, a->ev);
     close(a->fd);
+    if (a->on_spare)
+        mqd_spare_fd_reserve(&d->admin_spare);
     for (mqd_admin **pp = &d->admins; *pp; pp = &(*pp)->next)
         if (*pp == a) {
             *pp = a->next;
@@ -426,12 +465,20 @@ static void on_admin_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
     free(buf);
 }
 
+static void accept_resume(mq_evloop *l, void *arg)
+{
+    (void)l;
+    mqd *d = arg;
+    mqd_listener_resume(d, d->admin_fd, &d->admin_ev, &d->admin_pause, mqd_admin_accept);
+}
+
 void mqd_admin_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
 {
     (void)events;
     mqd *d = arg;
     mqd_peer p;
-    while (mqd_accept_peer(d, lfd, 1, 0, "admin socket", &p) == 0) {
+    int rc;
+    while ((rc = mqd_accept_peer(d, lfd, 1, 0, "admin socket", &d->admin_spare, &p)) == 0) {
         /* Admin replies are rare and may be large: a blocking send with a timeout keeps
          * them whole (admins are trusted peers, root or admin_group). */
         struct timeval tv = { 2, 0 };
@@ -441,19 +488,29 @@ void mqd_admin_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
         mqd_admin *a = calloc(1, sizeof *a);
         if (!a) {
             close(p.fd);
+            if (p.on_spare)
+                mqd_spare_fd_reserve(&d->admin_spare);
             continue;
         }
         a->d = d;
         a->fd = p.fd;
+        a->on_spare = p.on_spare; /* an operator at the descriptor limit is still served */
         a->denied = !p.allowed;
         snprintf(a->why, sizeof a->why, "permission denied: %s", p.why);
         if (mq_evloop_add_fd(l, p.fd, POLLIN, on_admin_readable, a, &a->ev)) {
             close(p.fd);
+            if (p.on_spare)
+                mqd_spare_fd_reserve(&d->admin_spare);
             free(a);
             continue;
         }
         a->next = d->admins;
         d->admins = a;
+    }
+    if (rc == -EMFILE || rc == -ENFILE) {
+        mqd_log_limited(&d->client_log, LOG_WARNING, "admin socket: %s; accepting again in %d ms", strerror(-rc),
+                        MQD_ACCEPT_PAUSE_MS);
+        mqd_listener_pause(d, &d->admin_ev, &d->admin_pause, accept_resume);
     }
 }
 

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,9 +63,10 @@ struct mqd_req {
     struct mqd_conn *conn;
     uint64_t id, session;
     int no_special_text;
-    int overflow; /* driver thread only */
-    int end_stop; /* set before done */
-    int done;     /* atomic: on_done ran */
+    int overflow;     /* driver thread only */
+    int cancel_asked; /* atomic: the client, mqctl or the spill limit cancelled it */
+    int end_stop;     /* set before done */
+    int done;         /* atomic: on_done ran */
 };
 
 typedef struct mqd_conn {
@@ -75,8 +77,10 @@ typedef struct mqd_conn {
     uid_t uid;
     pid_t pid;
     int hello_done;
-    int denied; /* SO_PEERCRED refused: answer the first message with ERROR, close */
+    int denied;         /* answer the first message with ERROR(deny_code, deny_msg), close */
+    unsigned deny_code; /* MQ_ERR_DENIED (SO_PEERCRED refused) or MQ_ERR_LIMIT (no fds) */
     char deny_msg[256];
+    int holds_spare; /* accepted in the slot of d->client_spare (privs.h) */
     int closing;
     int refs; /* atomic */
     mq_chan chan;
@@ -148,8 +152,9 @@ static void close_corrupt(mq_evloop *l, void *arg)
     (void)l;
     mqd_conn *c = arg;
     if (!c->closing) {
-        mqd_log(LOG_WARNING, "client pid %d uid %u: its token ring's tail is impossible; closing its connection",
-                (int)c->pid, (unsigned)c->uid);
+        mqd_log_limited(&c->d->client_log, LOG_WARNING,
+                        "client pid %d uid %u: its token ring's tail is impossible; closing its connection",
+                        (int)c->pid, (unsigned)c->uid);
         send_error(c, 0, MQ_ERR_PROTOCOL, "the token ring's control block was overwritten");
         conn_close(c, "corrupt ring");
     }
@@ -300,12 +305,20 @@ static void flush_timer_cb(mq_evloop *l, void *arg)
     arm_flush(l, c);
 }
 
+/* Loop thread, r still running. The scheduler reports every cancel as CANCEL; the ones
+ * asked here are the client's (or mqctl's); any other is the drain's (sink_done). */
+static void cancel_request(mqd *d, mqd_req *r)
+{
+    __atomic_store_n(&r->cancel_asked, 1, __ATOMIC_SEQ_CST);
+    mq_sched_cancel(d->sched, r->session, MQ_SCHED_END_CANCEL);
+}
+
 /* ---- sinks (driver threads) ---------------------------------------------------- */
 static void cancel_overflowed(mq_evloop *l, void *arg)
 {
     (void)l;
     mqd_req *r = arg; /* alive: its on_done has not run (done is posted after this) */
-    mq_sched_cancel(r->conn->d->sched, r->session, MQ_SCHED_END_CANCEL);
+    cancel_request(r->conn->d, r);
 }
 
 static void sink_token(void *ctx, int32_t id, const char *text, size_t len)
@@ -360,6 +373,15 @@ static void sink_done(void *ctx, mq_sched_end_reason reason, int err, const char
     case MQ_SCHED_END_STOP_STRING: d.end_reason = MQ_CHAN_END_STOP_STRING; break;
     case MQ_SCHED_END_LENGTH: d.end_reason = MQ_CHAN_END_LENGTH; break;
     case MQ_SCHED_END_CANCEL:
+        if (__atomic_load_n(&r->cancel_asked, __ATOMIC_SEQ_CST)) {
+            d.end_reason = MQ_CHAN_END_CANCEL;
+            break;
+        }
+        /* nobody here asked: the drain cut it off (drain_timeout_ms) */
+        d.end_reason = MQ_CHAN_END_SHUTDOWN;
+        d.error = MQ_ERR_DRAINING;
+        msg = "mqd is shutting down: the request did not finish within drain_timeout_ms";
+        break;
     case MQ_SCHED_END_CLIENT_GONE: d.end_reason = MQ_CHAN_END_CANCEL; break;
     default:
         d.end_reason = err == -ESHUTDOWN ? MQ_CHAN_END_SHUTDOWN : MQ_CHAN_END_ERROR;
@@ -488,7 +510,8 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
         rc = make_wake_pipe(c, &wake, err, sizeof err);
     }
     if (rc) {
-        mqd_log(LOG_WARNING, "client pid %d uid %u: cannot create its channel: %s", (int)c->pid, (unsigned)c->uid, err);
+        mqd_log_limited(&d->client_log, LOG_WARNING, "client pid %d uid %u: cannot create its channel: %s", (int)c->pid,
+                        (unsigned)c->uid, err);
         send_error(c, m->seq, rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL,
                    "cannot create the channel: %s", err);
         conn_close(c, "channel");
@@ -541,11 +564,14 @@ static void on_open(mqd_conn *c, const mq_msg *m)
     uint64_t id;
     int rc = mq_sched_session_open(d->sched, (uint32_t)c->uid, &id);
     if (rc) {
-        send_error(c, m->seq, rc == -EMFILE || rc == -EDQUOT ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL,
-                   "cannot open a session: %s",
-                   rc == -EMFILE   ? "mqd has max_sessions open"
-                   : rc == -EDQUOT ? "this uid has its per-user sessions open"
-                                   : strerror(-rc));
+        if (rc == -EMFILE)
+            send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: mqd has max_sessions (%u) open",
+                       d->cfg.max_sessions);
+        else if (rc == -EDQUOT)
+            send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: uid %u has max_sessions_per_uid (%u) open",
+                       (unsigned)c->uid, d->cfg.max_sessions_per_uid);
+        else
+            send_error(c, m->seq, MQ_ERR_INTERNAL, "cannot open a session: %s", strerror(-rc));
         return;
     }
     c->sess[c->n_sess++] = (mqd_sess){ .id = id, .mode = m->u.open.mode };
@@ -826,7 +852,7 @@ static void on_cancel(mqd_conn *c, const mq_msg *m)
         mqd_sess *s = &c->sess[i];
         settle(s);
         if (s->running && s->running->id == m->u.cancel.req) {
-            mq_sched_cancel(c->d->sched, s->id, MQ_SCHED_END_CANCEL);
+            cancel_request(c->d, s->running);
             mq_msg r = { .type = MQ_MSG_CANCELED };
             r.u.canceled.req = m->u.cancel.req;
             send_reply(c, &r, m->seq, NULL, 0);
@@ -866,7 +892,7 @@ static void handle(mqd_conn *c, const mq_msg *m, int passed_fd)
     if (c->denied) {
         if (passed_fd >= 0)
             close(passed_fd);
-        send_error(c, m->seq, MQ_ERR_DENIED, "%s", c->deny_msg);
+        send_error(c, m->seq, c->deny_code, "%s", c->deny_msg);
         conn_close(c, "denied");
         return;
     }
@@ -938,8 +964,9 @@ static void on_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
             if (n >= 12)
                 memcpy(&seq, buf + 8, 4);
             send_error(c, seq, MQ_ERR_PROTOCOL, "malformed message: %s", err);
-            mqd_log(LOG_WARNING, "client pid %d uid %u: malformed message (%s); closing its connection", (int)c->pid,
-                    (unsigned)c->uid, err);
+            mqd_log_limited(&c->d->client_log, LOG_WARNING,
+                            "client pid %d uid %u: malformed message (%s); closing its connection", (int)c->pid,
+                            (unsigned)c->uid, err);
             conn_close(c, "protocol error");
             break;
         }
@@ -959,6 +986,8 @@ static void conn_close(mqd_conn *c, const char *why)
     mq_evloop_del(d->loop, c->ev);
     close(c->fd);
     c->fd = -1;
+    if (c->holds_spare)
+        mqd_spare_fd_reserve(&d->client_spare);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -985,39 +1014,89 @@ static void conn_close(mqd_conn *c, const char *why)
     conn_unref(c);
 }
 
+/* ---- accepting, and running out of descriptors -------------------------------------
+ * At RLIMIT_NOFILE a waiting client gets the slot of mqd's spare descriptor and is
+ * answered at its first message with ERROR(MQ_ERR_LIMIT), like a refused peer; the slot
+ * returns to the spare when it closes. While the spare is in use accepting pauses
+ * (mqd_listener_pause), so the loop does not spin on a socket it cannot accept from. A
+ * client that got in but finds no descriptor for its channel gets the same error at
+ * HELLO. Both are logged (rate-limited); mqd carries on once descriptors free up. */
+static mqd_conn *conn_new(mqd *d, const mqd_peer *p)
+{
+    mqd_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->d = d;
+    c->fd = p->fd;
+    c->refs = 1;
+    c->chan.fd = -1;
+    c->chan.token.efd = -1;
+    c->uid = p->uid;
+    c->pid = p->pid;
+    pthread_mutex_init(&c->tx_lock, NULL);
+    /* A refused peer is answered at its first message: closing now, with the HELLO
+     * unread, would reach the client as ECONNRESET instead of a readable refusal. */
+    c->denied = !p->allowed;
+    c->deny_code = MQ_ERR_DENIED;
+    snprintf(c->deny_msg, sizeof c->deny_msg, "%s", p->why);
+    if (mq_evloop_add_fd(d->loop, p->fd, POLLIN, on_readable, c, &c->ev)) {
+        close(p->fd);
+        c->fd = -1;
+        conn_unref(c);
+        return NULL;
+    }
+    c->next = d->conns;
+    if (d->conns)
+        d->conns->prev = c;
+    d->conns = c;
+    d->n_conns++;
+    return c;
+}
+
+static void accept_resume(mq_evloop *l, void *arg)
+{
+    (void)l;
+    mqd *d = arg;
+    int open = d->state == MQD_READY || d->state == MQD_DRAINING;
+    mqd_listener_resume(d, open ? d->client_fd : -1, &d->client_ev, &d->client_pause, mqd_client_accept);
+}
+
+static void log_out_of_fds(mqd *d, int rc)
+{
+    struct rlimit rl = { 0, 0 };
+    getrlimit(RLIMIT_NOFILE, &rl);
+    mqd_log_limited(&d->client_log, LOG_WARNING,
+                    "client socket: %s (RLIMIT_NOFILE %llu, %d clients connected); new clients are refused until "
+                    "descriptors free up",
+                    strerror(-rc), (unsigned long long)rl.rlim_cur, d->n_conns);
+}
+
 void mqd_client_accept(mq_evloop *l, int lfd, uint32_t events, void *arg)
 {
+    (void)l;
     (void)events;
     mqd *d = arg;
     mqd_peer p;
-    while (mqd_accept_peer(d, lfd, 0, SOCK_NONBLOCK, "client socket", &p) == 0) {
-        mqd_conn *c = calloc(1, sizeof *c);
-        if (!c) {
-            close(p.fd);
-            continue;
+    int rc;
+    while ((rc = mqd_accept_peer(d, lfd, 0, SOCK_NONBLOCK, "client socket", &d->client_spare, &p)) == 0) {
+        if (p.on_spare) {
+            log_out_of_fds(d, -EMFILE);
+            snprintf(p.why, sizeof p.why, "mqd has no file descriptor left for a new client; try again later");
+            p.allowed = 0;
         }
-        c->d = d;
-        c->fd = p.fd;
-        c->refs = 1;
-        c->chan.fd = -1;
-        c->chan.token.efd = -1;
-        c->uid = p.uid;
-        c->pid = p.pid;
-        pthread_mutex_init(&c->tx_lock, NULL);
-        /* A refused peer is answered at its first message: closing now, with the HELLO
-         * unread, would reach the client as ECONNRESET instead of a readable refusal. */
-        c->denied = !p.allowed;
-        snprintf(c->deny_msg, sizeof c->deny_msg, "%s", p.why);
-        if (mq_evloop_add_fd(l, p.fd, POLLIN, on_readable, c, &c->ev)) {
-            close(p.fd);
-            conn_unref(c);
-            continue;
+        mqd_conn *c = conn_new(d, &p);
+        if (c && p.on_spare) {
+            c->holds_spare = 1;
+            c->deny_code = MQ_ERR_LIMIT;
+        } else if (!c) {
+            mqd_log(LOG_ERR, "client socket: no memory for a connection; dropped pid %d", (int)p.pid);
+            if (p.on_spare)
+                mqd_spare_fd_reserve(&d->client_spare);
         }
-        c->next = d->conns;
-        if (d->conns)
-            d->conns->prev = c;
-        d->conns = c;
-        d->n_conns++;
+    }
+    if (rc == -EMFILE || rc == -ENFILE) {
+        log_out_of_fds(d, rc);
+        mqd_listener_pause(d, &d->client_ev, &d->client_pause, accept_resume);
     }
 }
 
@@ -1039,7 +1118,7 @@ int mqd_client_cancel(mqd *d, uint64_t id, char *msg, size_t msglen)
                     return -ENOENT;
                 }
                 uint64_t rid = s->running->id;
-                mq_sched_cancel(d->sched, s->id, MQ_SCHED_END_CANCEL);
+                cancel_request(d, s->running);
                 mq_errmsg(msg, msglen, 0, "cancelled request %llu of session %llu (pid %d)", (unsigned long long)rid,
                           (unsigned long long)s->id, (int)c->pid);
                 return 0;

@@ -1,5 +1,7 @@
 /* daemon/config.c — table-driven config: JSON file, flags, validation (see config.h). */
+#define _GNU_SOURCE
 #include "common/errmsg.h"
+#include "common/file.h"
 #include "daemon/config.h"
 
 /* Messages are cut to their buffers on purpose. */
@@ -7,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +81,9 @@ static const field fields[] = {
     U32(max_sessions, 1, 1u << 20, "sessions of all clients"),
     U32(max_sessions_per_client, 1, 1u << 16, "sessions of one connection"),
     U32(queue_max, 1, 1u << 20, "queued requests before new ones are refused"),
+    U32(max_sessions_per_uid, 0, 1u << 20, "sessions of one user, all connections (0 = only max_sessions)"),
+    U32(queue_max_per_uid, 0, 1u << 20, "queued requests of one user (0 = only queue_max)"),
+    U32(kv_tokens_per_uid, 0, 1u << 26, "KV tokens one user's sessions may hold (0 = only kv_tokens)"),
     U32(prompt_ring_kib, 4, 1u << 18, "per-client prompt ring in KiB (power of two)"),
     U32(token_ring_kib, 4, 1u << 18, "per-client token ring in KiB (power of two)"),
     STR(client_socket, "client socket path (when not socket-activated)"),
@@ -85,10 +91,11 @@ static const field fields[] = {
     LIST(allowed_users, "users allowed on the client socket (empty = everyone)"),
     LIST(allowed_groups, "groups allowed on the client socket (empty = everyone)"),
     STR(admin_group, "group allowed on the admin socket besides root"),
-    STR(user, "user to run as after set-up when started as root"),
+    STR(user, "user to serve as after set-up; required when started as root (\"root\" = stay root, loudly)"),
     U32(drain_timeout_ms, 0, 3600000, "SIGTERM: time running requests get to finish"),
     BOOL(watchdog, "feed the systemd watchdog while both pools make progress"),
     BOOL(warmup, "run one short generation before announcing READY"),
+    BOOL(share_prefix_cache, "let users reuse each other's cached prompt prefixes (default: each uid its own)"),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 
@@ -362,6 +369,16 @@ int mqd_config_validate(const mqd_config *c, char *err, size_t errlen)
         return mq_errmsg(err, errlen, -EINVAL, "prompt_ring_kib: %u is not a power of two", c->prompt_ring_kib);
     if (c->token_ring_kib & (c->token_ring_kib - 1))
         return mq_errmsg(err, errlen, -EINVAL, "token_ring_kib: %u is not a power of two", c->token_ring_kib);
+    if (c->max_sessions_per_uid > c->max_sessions)
+        return mq_errmsg(err, errlen, -EINVAL, "max_sessions_per_uid: %u is more than max_sessions (%u)",
+                         c->max_sessions_per_uid, c->max_sessions);
+    if (c->queue_max_per_uid > c->queue_max)
+        return mq_errmsg(err, errlen, -EINVAL, "queue_max_per_uid: %u is more than queue_max (%u)",
+                         c->queue_max_per_uid, c->queue_max);
+    if (c->kv_tokens_per_uid > c->kv_tokens || c->kv_tokens_per_uid % c->kv_block_tokens)
+        return mq_errmsg(err, errlen, -EINVAL,
+                         "kv_tokens_per_uid: %u must be at most kv_tokens (%u) and a multiple of kv_block_tokens (%u)",
+                         c->kv_tokens_per_uid, c->kv_tokens, c->kv_block_tokens);
     if (c->max_sessions_per_client > c->max_sessions)
         return mq_errmsg(err, errlen, -EINVAL, "max_sessions_per_client: %u is more than max_sessions (%u)",
                          c->max_sessions_per_client, c->max_sessions);
@@ -374,6 +391,86 @@ int mqd_config_validate(const mqd_config *c, char *err, size_t errlen)
     if (!strcmp(c->client_socket, c->admin_socket))
         return mq_errmsg(err, errlen, -EINVAL, "admin_socket: same path as client_socket");
     return 0;
+}
+
+/* ---- checks against this machine -------------------------------------------------- */
+/* The CPUs this process may run on, as a list for messages ("0-1"). */
+static void cpu_set_text(const cpu_set_t *set, char *buf, size_t len)
+{
+    buf[0] = 0;
+    size_t n = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < len; c++) {
+        if (!CPU_ISSET(c, set))
+            continue;
+        int e = c;
+        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, set))
+            e++;
+        n += (size_t)snprintf(buf + n, len - n, e > c ? "%s%d-%d" : "%s%d", n ? "," : "", c, e);
+        c = e;
+    }
+}
+
+/* A pool's CPU list within the CPUs of this process, and its thread count within that
+ * list: more compute threads than CPUs only contend for them. */
+static int check_pool(const char *name, const char *list, uint32_t threads, const cpu_set_t *avail, char *err,
+                      size_t errlen)
+{
+    char have[128];
+    cpu_set_text(avail, have, sizeof have);
+    int n = 0;
+    for (const char *s = list; *s;) {
+        char *end;
+        long a = strtol(s, &end, 10), b = a;
+        if (*end == '-')
+            b = strtol(end + 1, &end, 10);
+        for (long c = a; c <= b; c++) {
+            if (c >= CPU_SETSIZE || !CPU_ISSET((int)c, avail))
+                return mq_errmsg(err, errlen, -EINVAL, "%s_cpus: CPU %ld is not one mqd may run on here (%s)", name, c,
+                                 have);
+            n++;
+        }
+        s = *end == ',' ? end + 1 : end;
+    }
+    if (!n)
+        n = CPU_COUNT(avail);
+    if (threads > (uint32_t)n)
+        return mq_errmsg(err, errlen, -EINVAL, "%s_threads: %u threads for %d CPU(s) (%s); at most %d", name, threads,
+                         n, list[0] ? list : have, n);
+    return 0;
+}
+
+int mqd_config_check_host(const mqd_config *c, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(c->model_dir, &st) < 0)
+        return mq_errmsg(err, errlen, -errno, "model_dir: %s: %s", c->model_dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return mq_errmsg(err, errlen, -ENOTDIR, "model_dir: %s is not a directory", c->model_dir);
+    /* the files start-up reads, each a regular file (a FIFO would block the load) */
+    static const char *const need[] = { "config.json", "tokenizer.json" };
+    static const char *const maybe[] = { "tokenizer_config.json", "model.safetensors.index.json", "model.safetensors" };
+    char path[MQ_CFG_PATH + 64], e[MQ_ERRMSG_LEN];
+    for (size_t i = 0; i < sizeof need / sizeof need[0] + sizeof maybe / sizeof maybe[0]; i++) {
+        int required = i < sizeof need / sizeof need[0];
+        const char *name = required ? need[i] : maybe[i - sizeof need / sizeof need[0]];
+        snprintf(path, sizeof path, "%s/%s", c->model_dir, name);
+        if (!required && lstat(path, &st) < 0)
+            continue;
+        int fd = mq_open_regular(path, 0, e, sizeof e);
+        if (fd < 0)
+            return mq_errmsg(err, errlen, fd, "model_dir: %s", e);
+        close(fd);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", c->model_dir);
+    char index[MQ_CFG_PATH + 64];
+    snprintf(index, sizeof index, "%s/model.safetensors.index.json", c->model_dir);
+    if (lstat(path, &st) < 0 && lstat(index, &st) < 0)
+        return mq_errmsg(err, errlen, -ENOENT, "model_dir: %s has no model.safetensors (nor its index)", c->model_dir);
+    cpu_set_t avail;
+    if (sched_getaffinity(0, sizeof avail, &avail) < 0)
+        return mq_errmsg(err, errlen, -errno, "sched_getaffinity: %s", strerror(errno));
+    int rc = check_pool("prefill", c->prefill_cpus, c->prefill_threads, &avail, err, errlen);
+    return rc ? rc : check_pool("decode", c->decode_cpus, c->decode_threads, &avail, err, errlen);
 }
 
 char *mqd_config_to_json(const mqd_config *c)

@@ -52,7 +52,12 @@ typedef struct mqd_config {
     uint32_t io_read_kib;       /* size of one read */
     uint32_t max_sessions;      /* all clients */
     uint32_t max_sessions_per_client;
-    uint32_t queue_max;       /* queued requests before MQ_ERR_LIMIT */
+    uint32_t queue_max; /* queued requests before MQ_ERR_LIMIT */
+    /* per user (the client's uid; 0 = only the global limit): one local user cannot take
+     * every session, queue slot or KV block from the others */
+    uint32_t max_sessions_per_uid;
+    uint32_t queue_max_per_uid;
+    uint32_t kv_tokens_per_uid;
     uint32_t prompt_ring_kib; /* per-client prompt ring (power of two) */
     uint32_t token_ring_kib;  /* per-client token ring (power of two) */
     char client_socket[MQ_CFG_PATH];
@@ -60,10 +65,12 @@ typedef struct mqd_config {
     char allowed_users[MQ_CFG_LIST][MQ_CFG_NAME]; /* "" ends; none = everyone */
     char allowed_groups[MQ_CFG_LIST][MQ_CFG_NAME];
     char admin_group[MQ_CFG_NAME]; /* "" = root only */
-    char user[MQ_CFG_NAME];        /* run-as user when started as root; "" = stay */
+    char user[MQ_CFG_NAME];        /* run-as user; required when started as root ("root" = stay) */
     uint32_t drain_timeout_ms;
-    uint32_t watchdog; /* 1: send WATCHDOG=1 when systemd asks for it */
-    uint32_t warmup;   /* 1: one short generation before READY=1 */
+    uint32_t watchdog;           /* 1: send WATCHDOG=1 when systemd asks for it */
+    uint32_t warmup;             /* 1: one short generation before READY=1 */
+    uint32_t share_prefix_cache; /* 1: one prefix cache for every uid; 0: per uid (a cached
+                                  * prompt of one user is no hit, and no timing signal, for another) */
 } mqd_config;
 
 void mqd_config_defaults(mqd_config *c);
@@ -84,6 +91,13 @@ int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, in
 
 /* Cross-field checks (model_dir present, block size divides, ring sizes, ...). */
 int mqd_config_validate(const mqd_config *c, char *err, size_t errlen);
+
+/* Checks against this machine what start-up would otherwise refuse later: model_dir a
+ * folder holding config.json, tokenizer.json and model.safetensors (or its index), each
+ * a regular file; the CPU lists within the CPUs this process may run on; pool threads
+ * within their CPUs. Users and groups are privs.c's (mqd_resolve_ids). Start-up and
+ * `mqd --check-config` both run it; the message names the field. */
+int mqd_config_check_host(const mqd_config *c, char *err, size_t errlen);
 
 /* The whole configuration as a JSON object text (malloc'ed), for `mqctl config` and
  * `mqd --check-config`. NULL on ENOMEM. */

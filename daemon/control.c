@@ -1,8 +1,8 @@
 /* daemon/control.c — drain, reload and the signals that ask for them (control.h).
  *
- * Drain: STOPPING=1, the client socket is no longer watched, a thread runs
- * mq_sched_drain (running requests get drain_timeout_ms, then are cut off), then the loop
- * closes every client and stops; mqd exits 0. Reload: the configuration is parsed and
+ * Drain: STOPPING=1; new clients and requests get MQ_ERR_DRAINING at once; a thread runs
+ * mq_sched_drain (running requests get drain_timeout_ms, then are cut off and end as
+ * SHUTDOWN), then the loop closes every client and stops; mqd exits 0. Reload: the configuration is parsed and
  * validated again from the same file and flags; access lists, admin_group,
  * drain_timeout_ms and watchdog change at once, everything else needs a restart (the
  * reply and the log say which).
@@ -48,10 +48,12 @@ static void *drain_main(void *arg)
 void mqd_begin_drain(mqd *d, const char *why)
 {
     if (d->state == MQD_LOADING) {
-        /* Nothing runs yet; stop as soon as the load thread returns. */
+        /* Nothing is served yet: the load thread gives up at its next step (between reads
+         * of the weight stream, between phases) and mqd exits 0. */
         d->state = MQD_STOPPING;
-        mqd_log(LOG_NOTICE, "%s while loading: will stop when the load finishes", why);
-        mqd_sd_notify(d, "STOPPING=1\nSTATUS=stopping after load (%s)", why);
+        __atomic_store_n(&d->load_cancel, 1, __ATOMIC_RELEASE);
+        mqd_log(LOG_NOTICE, "%s while loading: stopping the load", why);
+        mqd_sd_notify(d, "STOPPING=1\nSTATUS=stopping the load (%s)", why);
         return;
     }
     if (d->state != MQD_READY)
@@ -59,8 +61,8 @@ void mqd_begin_drain(mqd *d, const char *why)
     d->state = MQD_DRAINING;
     mqd_log(LOG_NOTICE, "%s: draining (up to %u ms), no new requests", why, d->cfg.drain_timeout_ms);
     mqd_sd_notify(d, "STOPPING=1\nSTATUS=draining (%s)", why);
-    mq_evloop_del(d->loop, d->client_ev);
-    d->client_ev = NULL;
+    /* The client socket stays watched: a client arriving now is told MQ_ERR_DRAINING at
+     * its HELLO, at once, instead of waiting in the backlog for a reset. */
     int rc = pthread_create(&d->drain_thread, NULL, drain_main, d);
     if (rc == 0) {
         d->drain_started = 1;
@@ -76,7 +78,11 @@ static int needs_restart(const mqd_config *now, const mqd_config *next)
 {
     return strcmp(next->model_dir, now->model_dir) || next->mode != now->mode || next->kv_tokens != now->kv_tokens ||
            next->kv_block_tokens != now->kv_block_tokens || next->chunk_tokens != now->chunk_tokens ||
-           strcmp(next->client_socket, now->client_socket) || next->ctx_tokens != now->ctx_tokens;
+           strcmp(next->client_socket, now->client_socket) || next->ctx_tokens != now->ctx_tokens ||
+           next->max_sessions != now->max_sessions || next->queue_max != now->queue_max ||
+           next->max_sessions_per_uid != now->max_sessions_per_uid ||
+           next->queue_max_per_uid != now->queue_max_per_uid || next->kv_tokens_per_uid != now->kv_tokens_per_uid ||
+           next->share_prefix_cache != now->share_prefix_cache;
 }
 
 static int refuse_reload(mqd *d, int rc, const char *err, char *msg, size_t msglen)
@@ -113,7 +119,9 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     }
     mq_errmsg(msg, msglen, 0, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
               path[0] ? path : "(no config file)",
-              needs_restart(&d->cfg, &nc) ? "; model, mode, KV, chunk, context and socket changes need a restart" : "");
+              needs_restart(&d->cfg, &nc)
+                  ? "; model, mode, KV, chunk, context, limits, prefix cache and socket changes need a restart"
+                  : "");
     mqd_log(LOG_NOTICE, "%s", msg);
     mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mq_prec_mode_name(d->cfg.mode));
     return 0;

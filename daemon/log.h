@@ -12,8 +12,23 @@
 #ifndef MQ_DAEMON_LOG_H
 #define MQ_DAEMON_LOG_H
 
+#include <stdint.h>
 #include <syslog.h>
 
 void mqd_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Lines a client can cause (garbage, refusals, exhausted limits) go through a limiter so
+ * one client cannot flood the journal: at most MQD_LOG_BURST lines per
+ * MQD_LOG_INTERVAL_MS window; the first line of the next window that gets through says
+ * how many were dropped. A limiter is used by one thread (mqd's: the event loop). */
+#define MQD_LOG_BURST       20
+#define MQD_LOG_INTERVAL_MS 10000
+typedef struct mqd_ratelimit {
+    uint64_t window_ms; /* start of the current window */
+    int lines;          /* logged in it */
+    long dropped;       /* not logged since the last line that got through */
+} mqd_ratelimit;
+
+void mqd_log_limited(mqd_ratelimit *rl, int prio, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

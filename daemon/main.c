@@ -1,10 +1,12 @@
 /* daemon/main.c — mqd: parse, set up, run, clean up. Everything lives in one context
  * object (daemon/mqd.h); this file only sequences it. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon/log.h"
+#include "daemon/privs.h"
 #include "daemon/sd.h"
 #include "daemon/server.h"
 
@@ -21,6 +23,14 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    /* From the first instruction on, a stop request waits for the event loop's signalfd
+     * (control.c) instead of killing mqd half set up (exit status 143). */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGHUP);
+    sigprocmask(SIG_BLOCK, &stop, NULL);
     mqd *d = calloc(1, sizeof *d);
     if (!d)
         return 1;
@@ -41,6 +51,15 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check) {
+        /* what start-up would refuse on this machine, as this user (mqd_init runs the same) */
+        rc = mqd_config_check_host(&d->cfg, err, sizeof err);
+        if (!rc)
+            rc = mqd_resolve_ids(d, err, sizeof err);
+        if (rc) {
+            fprintf(stderr, "mqd: configuration error: %s\n", err);
+            free(d);
+            return 2;
+        }
         char *js = mqd_config_to_json(&d->cfg);
         printf("%s\n", js ? js : "{}");
         fprintf(stderr, "mqd: configuration OK%s%s\n", d->config_path[0] ? ": " : "", d->config_path);

@@ -29,6 +29,7 @@
 
 #include "daemon/config.h"
 #include "daemon/evloop.h"
+#include "daemon/log.h"
 
 struct mq_model;
 struct mq_tokenizer;
@@ -63,7 +64,8 @@ typedef struct mqd {
     char model_name[64];
     pthread_t load_thread;
     int load_started;
-    int load_rc; /* the load thread's result, read by the loop in load_done */
+    int load_rc;     /* the load thread's result, read by the loop in load_done */
+    int load_cancel; /* atomic: a stop was asked while loading; the load thread gives up */
     char load_err[512];
     /* load progress (written by the load thread with atomics) */
     uint64_t load_bytes_done, load_bytes_total, load_t0_ms, load_ms;
@@ -74,10 +76,13 @@ typedef struct mqd {
     int client_fd, admin_fd;
     int client_sd, admin_sd;
     mq_ev *client_ev, *admin_ev;
-    struct mqd_conn *conns; /* doubly linked list of client connections */
+    mq_ev *client_pause, *admin_pause; /* accepting paused at the descriptor limit */
+    int client_spare, admin_spare;     /* /dev/null each: a slot to answer one peer at that limit */
+    struct mqd_conn *conns;            /* doubly linked list of client connections */
     int n_conns;
     struct mqd_admin *admins;
     uint64_t next_req;
+    mqd_ratelimit client_log; /* lines clients can cause (log.h) */
 
     /* access control, resolved from names at start-up / reload */
     uid_t allowed_uids[MQD_MAX_IDS];

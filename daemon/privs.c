@@ -12,7 +12,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +105,14 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     if (c->user[0] && user_id(c->user, &d->run_uid, &d->run_gid)) {
         return mq_errmsg(err, errlen, -ENOENT, "user: no user \"%s\"", c->user);
     }
+    /* Started as root, mqd sets itself up and then serves as `user`. Without one it would
+     * serve local clients as uid 0 (no capabilities, but owner of every root-owned file):
+     * refused, as a daemon that is meant to drop privileges should. "root" is the
+     * deliberate opt-in, and mqd_privs_drop says so loudly. */
+    if (geteuid() == 0 && !c->user[0])
+        return mq_errmsg(err, errlen, -EPERM,
+                         "user: not set, and mqd was started as root: it does not serve clients as uid 0 (set "
+                         "\"user\" to an unprivileged account such as \"mq\"; \"root\" runs as root deliberately)");
     return 0;
 }
 
@@ -169,16 +179,50 @@ void mqd_refuse_fds(int fd)
     setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &no, sizeof no); /* ENOPROTOOPT before 6.16 */
 }
 
-int mqd_accept_peer(const mqd *d, int lfd, int admin, int flags, const char *what, mqd_peer *p)
+void mqd_listener_pause(mqd *d, mq_ev **ev, mq_ev **pause, void (*resume)(mq_evloop *, void *))
+{
+    if (*pause)
+        return;
+    mq_evloop_del(d->loop, *ev);
+    *ev = NULL;
+    if (mq_evloop_add_timer(d->loop, MQD_ACCEPT_PAUSE_MS, resume, d, pause))
+        mqd_log(LOG_ERR, "cannot schedule accepting again: a socket stays unwatched");
+}
+
+void mqd_listener_resume(mqd *d, int lfd, mq_ev **ev, mq_ev **pause, void (*fn)(mq_evloop *, int, uint32_t, void *))
+{
+    mq_evloop_del(d->loop, *pause);
+    *pause = NULL;
+    if (lfd >= 0 && !*ev && mq_evloop_add_fd(d->loop, lfd, POLLIN, fn, d, ev))
+        mqd_log(LOG_ERR, "cannot watch a listening socket again: no new connections on it");
+}
+
+void mqd_spare_fd_reserve(int *spare)
+{
+    if (*spare < 0)
+        *spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+int mqd_accept_peer(mqd *d, int lfd, int admin, int flags, const char *what, int *spare, mqd_peer *p)
 {
     memset(p, 0, sizeof *p);
     p->fd = accept4(lfd, NULL, NULL, flags | SOCK_CLOEXEC);
+    if (p->fd < 0 && (errno == EMFILE || errno == ENFILE) && *spare >= 0) {
+        close(*spare); /* the spare's slot takes this connection */
+        *spare = -1;
+        p->fd = accept4(lfd, NULL, NULL, flags | SOCK_CLOEXEC);
+        if (p->fd >= 0)
+            p->on_spare = 1;
+        else
+            mqd_spare_fd_reserve(spare);
+    }
     if (p->fd < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     mqd_refuse_fds(p->fd); /* the listener's setting covers data sent before the accept */
     p->allowed = peer_allowed(d, p->fd, admin, p);
     if (!p->allowed)
-        mqd_log(LOG_WARNING, "%s: refused pid %d uid %u: %s", what, (int)p->pid, (unsigned)p->uid, p->why);
+        mqd_log_limited(&d->client_log, LOG_WARNING, "%s: refused pid %d uid %u: %s", what, (int)p->pid,
+                        (unsigned)p->uid, p->why);
     return 0;
 }
 
@@ -450,6 +494,10 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
             return mq_errmsg(err, errlen, -EPERM, "could regain root after switching to %s", d->cfg.user);
         }
     }
+    if (root && d->run_uid == 0)
+        mqd_log(LOG_WARNING, "privileges: running as root because \"user\" is \"root\": a flaw in mqd reachable by a "
+                             "client would act with uid 0 (no capabilities, but the owner of root's files); prefer an "
+                             "unprivileged user");
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     cap_t none = cap_init(); /* all flags clear */
     if (!none || cap_set_proc(none) < 0) {

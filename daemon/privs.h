@@ -34,13 +34,27 @@ typedef struct mqd_peer {
     gid_t gid;
     pid_t pid;
     int allowed;   /* 0: answer the first message with `why`, then close */
+    int on_spare;  /* accepted in the slot of the socket's spare descriptor (below) */
     char why[256]; /* the refusal, naming the uid and the rule */
 } mqd_peer;
 
 /* Accepts one pending connection on listening socket lfd (close-on-exec; accept4 flags
  * add e.g. SOCK_NONBLOCK) and checks the peer against the access lists (admin = 1: root
- * or admin_group). A refusal is logged here, naming the socket (`what`). 0, -EAGAIN when
- * nothing is pending, or another -errno of accept4. */
-int mqd_accept_peer(const mqd *d, int lfd, int admin, int flags, const char *what, mqd_peer *p);
+ * or admin_group). A refusal is logged here (rate-limited: d->client_log), naming the
+ * socket (`what`). At the descriptor limit (EMFILE/ENFILE) the socket's spare descriptor
+ * (*spare, /dev/null) is given up for this one connection (on_spare = 1): the caller
+ * answers it (a client: refused with MQ_ERR_LIMIT; an admin: served) and takes the spare
+ * back with mqd_spare_fd_reserve when it closes. 0, -EAGAIN when nothing is pending, or
+ * another -errno of accept4 (-EMFILE: out of descriptors, spare in use). */
+int mqd_accept_peer(mqd *d, int lfd, int admin, int flags, const char *what, int *spare, mqd_peer *p);
+void mqd_spare_fd_reserve(int *spare);
+
+/* At RLIMIT_NOFILE accept4 fails while the connection stays queued, so the listening
+ * socket stays readable and its handler would run in a loop: the handler pauses its
+ * listener (*ev deleted) and a timer calls `resume` (arg d) MQD_ACCEPT_PAUSE_MS later,
+ * which calls mqd_listener_resume to watch lfd again with fn (lfd < 0: stay unwatched). */
+#define MQD_ACCEPT_PAUSE_MS 100
+void mqd_listener_pause(mqd *d, mq_ev **ev, mq_ev **pause, void (*resume)(mq_evloop *, void *));
+void mqd_listener_resume(mqd *d, int lfd, mq_ev **ev, mq_ev **pause, void (*fn)(mq_evloop *, int, uint32_t, void *));
 
 #endif

@@ -52,7 +52,9 @@
 #define PROGRESS_MS        100 /* load progress copied for the status surfaces this often */
 
 /* ---- sockets ------------------------------------------------------------------- */
-static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char *err, size_t errlen)
+/* Binds `field`'s socket path. A socket file left by a dead mqd is removed; a live mqd's
+ * is not taken over, and nothing that is not a socket is ever removed. */
+static int bind_socket(mqd *d, const char *field, const char *path, mode_t mode, gid_t group, char *err, size_t errlen)
 {
     char dir[MQ_CFG_PATH];
     snprintf(dir, sizeof dir, "%s", path);
@@ -68,13 +70,16 @@ static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char 
     if (strlen(path) >= sizeof sa.sun_path)
         return mq_errmsg(err, errlen, -ENAMETOOLONG, "socket path %s is too long", path);
     strcpy(sa.sun_path, path);
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+        return mq_errmsg(err, errlen, -EEXIST, "%s: %s exists and is not a socket; mqd does not remove it", field,
+                         path);
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return mq_errmsg(err, errlen, -errno, "socket: %s", strerror(errno));
-    /* A socket file left by a dead mqd is removed; a live one is not taken over. */
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
         close(fd);
-        return mq_errmsg(err, errlen, -EADDRINUSE, "%s: another mqd is listening there", path);
+        return mq_errmsg(err, errlen, -EADDRINUSE, "%s: %s: another mqd is listening there", field, path);
     }
     close(fd);
     unlink(path);
@@ -84,7 +89,7 @@ static int bind_socket(mqd *d, const char *path, mode_t mode, gid_t group, char 
         int e = errno;
         if (fd >= 0)
             close(fd);
-        return mq_errmsg(err, errlen, -e, "binding %s: %s", path, strerror(e));
+        return mq_errmsg(err, errlen, -e, "%s: binding %s: %s", field, path, strerror(e));
     }
     if (geteuid() == 0 && chown(path, d->run_uid, group) < 0)
         mqd_log(LOG_WARNING, "chown %s: %s", path, strerror(errno));
@@ -224,6 +229,7 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     mq_ws_opts_default(&wo);
     wo.queue_depth = (int)d->cfg.io_depth;
     wo.read_bytes = ((size_t)d->cfg.io_read_kib * 1024 + 4095) / 4096 * 4096;
+    wo.cancel = &d->load_cancel;
     mq_ws_progress prog;
     memset(&prog, 0, sizeof prog);
     mq_ws_result wres;
@@ -262,6 +268,13 @@ static int load_tokenizer(mqd *d, char *err, size_t errlen)
     int rc = mq_tok_load_dir(d->cfg.model_dir, &d->tok, err, errlen);
     if (rc)
         return rc;
+    /* every id the tokenizer can produce must be a row of the embedding and the LM head */
+    int ids = mq_tok_vocab_size(d->tok);
+    if (ids > d->model->cfg.vocab)
+        return mq_errmsg(err, errlen, -EINVAL,
+                         "%s/tokenizer.json: ids up to %d do not fit the model (config.json vocab_size %d): a "
+                         "tokenizer of another model?",
+                         d->cfg.model_dir, ids - 1, d->model->cfg.vocab);
     mq_chat_kind kind;
     char cerr[256];
     if (mq_chat_detect(mq_tok_chat_template(d->tok), &kind, cerr, sizeof cerr) == 0)
@@ -315,6 +328,10 @@ static void sched_opts_from_config(const mqd_config *c, const mq_model *m, mq_sc
     so->mode = c->mode;
     so->on_kv_full = c->on_full == MQ_CFG_ON_FULL_WAIT ? MQ_KV_FULL_WAIT : MQ_KV_FULL_FAIL;
     so->kv_hugetlb = c->hugepages != MQ_CFG_HUGE_OFF;
+    so->share_prefix_cache = (int)c->share_prefix_cache;
+    so->tenant_max_sessions = (int)c->max_sessions_per_uid;
+    so->tenant_max_queued = (int)c->queue_max_per_uid;
+    so->tenant_kv_blocks = (int)(c->kv_tokens_per_uid / c->kv_block_tokens);
 }
 
 /* Phase "scheduler": worker pools and the KV segment. */
@@ -416,6 +433,14 @@ static int warm_up(mqd *d, char *err, size_t errlen)
 
 static void load_done(mq_evloop *l, void *arg);
 
+/* Between phases: a stop asked meanwhile (SIGTERM while loading) ends the load. */
+static int stopped(mqd *d, char *err, size_t errlen)
+{
+    if (!__atomic_load_n(&d->load_cancel, __ATOMIC_ACQUIRE))
+        return 0;
+    return mq_errmsg(err, errlen, -ECANCELED, "stopped while loading (%s)", d->load_phase);
+}
+
 static void *load_main(void *arg)
 {
     mqd *d = arg;
@@ -424,15 +449,15 @@ static void *load_main(void *arg)
     d->load_t0_ms = mq_now_ms();
     set_phase(d, "weights");
     int rc = load_weights(d, err, errlen);
-    if (!rc) {
+    if (!rc && !(rc = stopped(d, err, errlen))) {
         set_phase(d, "tokenizer");
         rc = load_tokenizer(d, err, errlen);
     }
-    if (!rc) {
+    if (!rc && !(rc = stopped(d, err, errlen))) {
         set_phase(d, "scheduler");
         rc = load_scheduler(d, err, errlen);
     }
-    if (!rc && d->cfg.warmup) {
+    if (!rc && !(rc = stopped(d, err, errlen)) && d->cfg.warmup) {
         set_phase(d, "warm-up");
         rc = warm_up(d, err, errlen);
     }
@@ -464,17 +489,19 @@ static void load_done(mq_evloop *l, void *arg)
 {
     mqd *d = arg;
     int rc = d->load_rc;
+    if (d->state == MQD_STOPPING && (rc == 0 || rc == -ECANCELED)) {
+        /* asked to stop while loading: nobody was served, nothing to drain */
+        mqd_log(LOG_NOTICE, "stopped while loading (%s); exiting", rc ? d->load_phase : "the load had just finished");
+        d->exit_code = 0;
+        mq_evloop_stop(l);
+        return;
+    }
     if (rc) {
         mq_errmsg(d->fail_msg, sizeof d->fail_msg, 0, "loading %s failed: %s", d->cfg.model_dir, d->load_err);
         fail(d, rc);
         return;
     }
-    int pending_stop = d->state == MQD_STOPPING;
     d->state = MQD_READY;
-    if (pending_stop) {
-        mqd_begin_drain(d, "signal during load");
-        return;
-    }
     rc = mq_evloop_add_fd(l, d->client_fd, POLLIN, mqd_client_accept, d, &d->client_ev);
     if (rc) {
         mq_errmsg(d->fail_msg, sizeof d->fail_msg, 0, "cannot watch the client socket: %s", strerror(-rc));
@@ -492,14 +519,14 @@ static void load_done(mq_evloop *l, void *arg)
 static int bind_own_sockets(mqd *d, char *err, size_t errlen)
 {
     if (d->client_fd < 0) {
-        int fd = bind_socket(d, d->cfg.client_socket, CLIENT_SOCKET_MODE, d->run_gid, err, errlen);
+        int fd = bind_socket(d, "client_socket", d->cfg.client_socket, CLIENT_SOCKET_MODE, d->run_gid, err, errlen);
         if (fd < 0)
             return fd;
         d->client_fd = fd;
     }
     if (d->admin_fd < 0) {
         gid_t g = d->admin_gid_set ? d->admin_gid : d->run_gid;
-        int fd = bind_socket(d, d->cfg.admin_socket, ADMIN_SOCKET_MODE, g, err, errlen);
+        int fd = bind_socket(d, "admin_socket", d->cfg.admin_socket, ADMIN_SOCKET_MODE, g, err, errlen);
         if (fd < 0)
             return fd;
         d->admin_fd = fd;
@@ -509,7 +536,7 @@ static int bind_own_sockets(mqd *d, char *err, size_t errlen)
 
 int mqd_init(mqd *d, char *err, size_t errlen)
 {
-    d->client_fd = d->admin_fd = -1;
+    d->client_fd = d->admin_fd = d->client_spare = d->admin_spare = -1;
     d->chat_kind = -1;
     d->start_ms = mq_now_ms();
     d->under_systemd = getenv("NOTIFY_SOCKET") != NULL;
@@ -517,7 +544,9 @@ int mqd_init(mqd *d, char *err, size_t errlen)
     const char *base = strrchr(d->cfg.model_dir, '/');
     snprintf(d->model_name, sizeof d->model_name, "%.*s", (int)sizeof d->model_name - 1,
              base && base[1] ? base + 1 : d->cfg.model_dir);
-    int rc = mqd_resolve_ids(d, err, errlen);
+    int rc = mqd_config_check_host(&d->cfg, err, errlen);
+    if (!rc)
+        rc = mqd_resolve_ids(d, err, errlen);
     if (!rc)
         rc = mqd_sd_sockets(d, err, errlen);
     if (!rc)
@@ -530,6 +559,8 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         return rc;
     mqd_refuse_fds(d->client_fd);
     mqd_refuse_fds(d->admin_fd);
+    mqd_spare_fd_reserve(&d->client_spare); /* privs.h and client_conn.c say why */
+    mqd_spare_fd_reserve(&d->admin_spare);
     rc = mq_evloop_create(&d->loop, 512);
     if (rc)
         return mq_errmsg(err, errlen, rc, "io_uring: %s", strerror(-rc));
@@ -593,6 +624,10 @@ void mqd_fini(mqd *d)
     mq_model_free(d->model); /* frees through the arena: before it */
     mq_arena_destroy(d->arena);
     mq_probes_stop(d->probes);
+    if (d->client_spare >= 0)
+        close(d->client_spare);
+    if (d->admin_spare >= 0)
+        close(d->admin_spare);
     close_listener(d->client_fd, d->client_sd, d->cfg.client_socket);
     close_listener(d->admin_fd, d->admin_sd, d->cfg.admin_socket);
     mq_evloop_destroy(d->loop);

@@ -14,7 +14,11 @@ if "$build/mqctl" --socket "$admin" status >/dev/null 2>&1; then
     echo "mqd already running (admin socket $admin)"
 else
     echo "starting mqd on $model (log: $log)"
-    nohup "$build/mqd" --model-dir "$model" --client-socket "$client" --admin-socket "$admin" \
+    # Started as root, mqd wants a user to serve as (it refuses uid 0 without one).
+    as=""
+    if [ "$(id -u)" = 0 ]; then as="--user nobody"; fi
+    # shellcheck disable=SC2086 # $as is empty or two words
+    nohup "$build/mqd" --model-dir "$model" --client-socket "$client" --admin-socket "$admin" $as \
         > "$log" 2>&1 < /dev/null &
     echo $! > "$rundir/mqd.pid"
     i=0

@@ -9,6 +9,7 @@
  */
 #include "engine/model.h"
 #include "common/errmsg.h"
+#include "common/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -734,10 +735,8 @@ int mq_model_load(const char *dir, const mq_model_opts *opts, mq_model **out, ch
     for (int f = 0; f < nf; f++)
         fds[f] = -1;
     for (int f = 0; f < nf && !rc; f++)
-        if ((fds[f] = open(paths[f], O_RDONLY | O_CLOEXEC)) < 0) {
-            rc = -errno;
-            mq_errmsg(err, errlen, 0, "%s: %s", paths[f], strerror(-rc));
-        }
+        if ((fds[f] = mq_open_regular(paths[f], 0, err, errlen)) < 0)
+            rc = fds[f];
     for (int i = 0; i < n && !rc; i++) {
         if ((rc = pread_all(fds[reads[i].file], reads[i].dst, reads[i].bytes, reads[i].offset))) {
             mq_errmsg(err, errlen, 0, "%s: tensor \"%s\": read failed: %s", paths[reads[i].file], reads[i].tensor,

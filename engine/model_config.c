@@ -1,6 +1,7 @@
 /* engine/model_config.c — config.json → mq_config, refusing what the engine cannot run. */
 #include "engine/model_config.h"
 #include "common/errmsg.h"
+#include "common/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -302,11 +303,9 @@ int mq_config_load(mq_config *cfg, const char *dir, char *err, size_t errlen)
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     memset(cfg, 0, sizeof *cfg);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        return mq_errmsg(err, errlen, -e, "%s: %s", path, strerror(e));
-    }
+    FILE *f = mq_fopen_regular(path, err, errlen);
+    if (!f)
+        return -errno;
     char *buf = NULL;
     size_t len = 0, cap = 0;
     for (;;) {

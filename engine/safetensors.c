@@ -6,6 +6,7 @@
  */
 #include "engine/safetensors.h"
 #include "common/errmsg.h"
+#include "common/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -211,11 +212,9 @@ static int add_file(mq_st *st, const char *path, char *err, size_t errlen)
         return -ENOMEM;
     int file = st->n_files++;
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        return mq_errmsg(err, errlen, -e, "%s: %s", path, strerror(e));
-    }
+    int fd = mq_open_regular(path, 0, err, errlen);
+    if (fd < 0)
+        return fd;
     struct stat sb;
     uint8_t lenbuf[8];
     int rc = 0;
@@ -294,7 +293,7 @@ int mq_st_open_file(mq_st **out, const char *path, char *err, size_t errlen)
 
 static char *read_small(const char *path, size_t max, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = mq_fopen_regular(path, NULL, 0);
     if (!f)
         return NULL;
     char *b = malloc(max + 1);

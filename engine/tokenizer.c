@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "common/errmsg.h"
+#include "common/file.h"
 #include "engine/tokenizer.h"
 #include "engine/tokenizer_internal.h"
 
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <utf8proc.h>
@@ -1013,9 +1015,9 @@ out:
 
 static int read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = mq_fopen_regular(path, err, errlen);
     if (!f)
-        return mq_errmsg(err, errlen, -errno, "%s: %s", path, strerror(errno));
+        return -errno;
     int rc = 0;
     if (fseek(f, 0, SEEK_END) == 0) {
         long n = ftell(f);
@@ -1065,10 +1067,8 @@ int mq_tok_load_dir(const char *dir, mq_tokenizer **out, char *err, size_t errle
     char jp[4096], cp[4096];
     snprintf(jp, sizeof jp, "%s/tokenizer.json", dir);
     snprintf(cp, sizeof cp, "%s/tokenizer_config.json", dir);
-    FILE *f = fopen(cp, "rb");
-    if (f)
-        fclose(f);
-    return mq_tok_load_file(jp, f ? cp : NULL, out, err, errlen);
+    int have_cp = access(cp, F_OK) == 0; /* read_file refuses what is not a regular file */
+    return mq_tok_load_file(jp, have_cp ? cp : NULL, out, err, errlen);
 }
 
 void mq_tok_free(mq_tokenizer *t)

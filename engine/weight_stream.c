@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "engine/weight_stream.h"
 #include "common/errmsg.h"
+#include "common/file.h"
 #include "common/clock.h"
 
 #include <errno.h>
@@ -184,11 +185,9 @@ static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
     for (int f = 0; f < n_files; f++)
         w->fds[f] = -1;
     for (int f = 0; f < n_files; f++) {
-        int fd = open(w->paths[f], O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            int e = errno;
-            return mq_errmsg(err, errlen, -e, "%s: open: %s", w->paths[f], strerror(e));
-        }
+        int fd = mq_open_regular(w->paths[f], 0, err, errlen);
+        if (fd < 0)
+            return fd;
         struct stat st;
         if (fstat(fd, &st) < 0) {
             int e = errno;
@@ -201,7 +200,7 @@ static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
             want = c >= 0 && c < 0.5;
         }
         if (want) {
-            int dfd = open(w->paths[f], O_RDONLY | O_CLOEXEC | O_DIRECT);
+            int dfd = mq_open_regular(w->paths[f], O_DIRECT, NULL, 0);
             if (dfd >= 0) {
                 close(fd);
                 fd = dfd;
@@ -209,7 +208,7 @@ static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
             } else {
                 size_t l = strlen(w->res->note);
                 snprintf(w->res->note + l, sizeof w->res->note - l, "%sO_DIRECT refused on %s (%s): buffered reads",
-                         l ? "; " : "", w->paths[f], strerror(errno));
+                         l ? "; " : "", w->paths[f], strerror(-dfd));
             }
         }
         if (w->direct[f])
@@ -291,6 +290,10 @@ static int stream(struct ws *w, char *err, size_t errlen)
         c.pos = win_lo(w, &w->reads[c.read]);
     int inflight = 0;
     while (!ws_failed(w) && (inflight > 0 || c.read < w->n_reads)) {
+        if (w->o.cancel && __atomic_load_n(w->o.cancel, __ATOMIC_ACQUIRE)) {
+            ws_fail(w, -ECANCELED, "loading stopped: cancelled");
+            break;
+        }
         /* fill every free slot */
         for (int i = 0; i < qd && c.read < w->n_reads; i++) {
             struct slot *s = &slots[i];

@@ -21,7 +21,8 @@
  *
  * Who calls it: mq_ws_load_model, the one model loader of mqd, tests and benchmarks.
  * Thread rules: mq_ws_run blocks its caller until everything was read and made ready
- * (or failed). ready() is called once per read, from the helper threads (or the caller's
+ * (or failed, or another thread set *o->cancel: checked between completions, so a stop
+ * takes at most one read's time). ready() is called once per read, from the helper threads (or the caller's
  * thread when helpers = 0), concurrently for different reads.
  */
 #ifndef MQ_WEIGHT_STREAM_H
@@ -60,6 +61,7 @@ typedef struct mq_ws_opts {
     int helpers;             /* threads running ready() (default 1; 0 = caller's thread) */
     const void *helper_cpus; /* cpu_set_t * for the helpers, or NULL */
     mq_ws_staging staging;   /* mq_ws_load_model only (default MAPPED) */
+    const int *cancel;       /* non-zero (atomic, any thread) stops the stream: -ECANCELED */
 } mq_ws_opts;
 
 void mq_ws_opts_default(mq_ws_opts *o);

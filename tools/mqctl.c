@@ -50,6 +50,37 @@ static double mib(double b)
     return b / 1048576.0;
 }
 
+/* "64 per uid" or "none per uid" */
+static const char *per_uid(double v, char *buf, size_t len)
+{
+    if (v > 0)
+        snprintf(buf, len, "%.0f per uid", v);
+    else
+        snprintf(buf, len, "none per uid");
+    return buf;
+}
+
+static void print_limits(const cJSON *r)
+{
+    char a[32], b[32], c[32];
+    printf("limits          sessions %.0f (%.0f per connection, %s), queue %.0f (%s), KV blocks %.0f (%s)\n",
+           num(r, "limits.max_sessions"), num(r, "limits.max_sessions_per_client"),
+           per_uid(num(r, "limits.max_sessions_per_uid"), a, sizeof a), num(r, "limits.queue_max"),
+           per_uid(num(r, "limits.queue_max_per_uid"), b, sizeof b), num(r, "limits.kv_blocks"),
+           per_uid(num(r, "limits.kv_blocks_per_uid"), c, sizeof c));
+}
+
+static void print_users(const cJSON *r)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(r, "users");
+    if (!cJSON_GetArraySize(arr))
+        return;
+    printf("%-8s %8s %8s %8s %8s %8s\n", "UID", "SESSIONS", "QUEUED", "RUNNING", "KV_BLK", "KV_RSV");
+    const cJSON *u;
+    cJSON_ArrayForEach(u, arr) printf("%-8.0f %8.0f %8.0f %8.0f %8.0f %8.0f\n", num(u, "uid"), num(u, "sessions"),
+                                      num(u, "queued"), num(u, "running"), num(u, "kv_blocks"), num(u, "kv_reserved"));
+}
+
 static void print_stats(const cJSON *r)
 {
     printf("requests        %.0f done, %.0f failed\n", num(r, "tokens.requests_done"),
@@ -65,9 +96,15 @@ static void print_stats(const cJSON *r)
            "occupancy %.1f%%, %.1f MiB %s\n",
            num(r, "kv.used"), num(r, "kv.blocks"), num(r, "kv.cached"), num(r, "kv.free"), num(r, "kv.block_tokens"),
            100 * num(r, "kv.occupancy"), mib(num(r, "kv.bytes")), str(r, "kv.memory"));
-    printf("KV index        %.0f lookups, %.0f hits, %.0f evictions, %.0f refused (kept for reservations)\n",
-           num(r, "kv.lookups"), num(r, "kv.hits"), num(r, "kv.evictions"), num(r, "kv.refused"));
+    printf("KV reserved     %.0f blocks promised to running requests; %.0f available to a new one; %.0f "
+           "request(s) ended to make room\n",
+           num(r, "kv.reserved"), num(r, "kv.available"), num(r, "tokens.requests_yielded"));
+    printf("KV index        %.0f lookups, %.0f hits, %.0f evictions, %.0f refused (kept for reservations); %s\n",
+           num(r, "kv.lookups"), num(r, "kv.hits"), num(r, "kv.evictions"), num(r, "kv.refused"),
+           str(r, "limits.prefix_cache"));
     printf("sessions        %.0f\n", num(r, "sessions"));
+    print_limits(r);
+    print_users(r);
 }
 
 static void print_status(const cJSON *r)
@@ -105,15 +142,15 @@ static void print_status(const cJSON *r)
 static void print_sessions(const cJSON *r)
 {
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(r, "sessions");
-    printf("%-8s %-5s %-8s %-6s %-10s %9s %9s %7s %7s %9s\n", "SESSION", "MODE", "PID", "UID", "STATE", "REQUEST",
-           "HISTORY", "KV_BLK", "SHARED", "IDLE_MS");
+    printf("%-8s %-5s %-8s %-6s %-10s %9s %9s %7s %7s %7s %9s\n", "SESSION", "MODE", "PID", "UID", "STATE", "REQUEST",
+           "HISTORY", "KV_BLK", "SHARED", "KV_RSV", "IDLE_MS");
     const cJSON *s;
     cJSON_ArrayForEach(s, arr)
     {
-        printf("%-8.0f %-5s %-8.0f %-6.0f %-10s %9.0f %9.0f %7.0f %7.0f %9.0f\n", num(s, "id"),
+        printf("%-8.0f %-5s %-8.0f %-6.0f %-10s %9.0f %9.0f %7.0f %7.0f %7.0f %9.0f\n", num(s, "id"),
                str(s, "mode")[0] ? str(s, "mode") : "-", num(s, "pid"), num(s, "uid"), str(s, "state"),
                num(s, "request"), num(s, "history_tokens"), num(s, "kv_blocks"), num(s, "shared_blocks"),
-               num(s, "idle_ms"));
+               num(s, "reserved_blocks"), num(s, "idle_ms"));
     }
     if (cJSON_IsTrue(cJSON_GetObjectItem(r, "truncated")))
         printf("(list truncated)\n");

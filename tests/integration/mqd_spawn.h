@@ -231,4 +231,64 @@ static inline const char *proc_status(pid_t pid, const char *key, char *out, siz
     return out;
 }
 
+/* Runs fn(arg, out, len) in a child that has become uid:gid (no supplementary groups) and
+ * hands back what it wrote into out (NUL-terminated). 0, or -1 when the child could not
+ * switch or did not answer (out then says why). */
+static inline int run_as(uid_t uid, gid_t gid, void (*fn)(void *arg, char *out, size_t len), void *arg, char *out,
+                         size_t len)
+{
+    int p[2];
+    if (pipe(p))
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        char buf[4096] = "";
+        if (setgroups(0, NULL) || setgid(gid) || setuid(uid))
+            snprintf(buf, sizeof buf, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
+        else
+            fn(arg, buf, sizeof buf);
+        ssize_t w = write(p[1], buf, strlen(buf));
+        _exit(w < 0);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < len && (k = read(p[0], out + n, len - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = 0;
+    close(p[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 && strncmp(out, "cannot become", 13) ? 0 : -1;
+}
+
+/* Starts argv (an mqd) with its output in log and waits until its admin socket says
+ * ready; the pid, or 0 after a failed CHECK (the log printed, the process killed). */
+static inline pid_t spawn_mqd_ready(char *const argv[], const char *log, const char *admin, int timeout_s)
+{
+    pid_t pid = spawn(argv, NULL, log);
+    if (spawn_wait_ready(admin, pid, timeout_s))
+        return pid;
+    CHECK(0, "mqd did not become ready");
+    spawn_dump_log(log);
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    return 0;
+}
+
+/* The end of a suite: mqd killed if it still runs, its log printed if anything failed. */
+static inline int spawn_suite_done(pid_t pid, const char *log)
+{
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    if (harness_failed)
+        spawn_dump_log(log);
+    return harness_done();
+}
+
 #endif

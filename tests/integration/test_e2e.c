@@ -493,33 +493,25 @@ static void test_protocol_garbage(void)
     mq_disconnect(c);
 }
 
+static void connect_result(void *arg, char *out, size_t len)
+{
+    (void)arg;
+    mq_conn *c = NULL;
+    int rc = mq_connect(client_sock, &c);
+    if (!rc)
+        mq_disconnect(c);
+    snprintf(out, len, "%d", rc);
+}
+
 static void test_wrong_uid_refused(void)
 {
     struct passwd *pw = getpwnam("nobody");
     CHECK(pw != NULL, "no user nobody");
     if (!pw)
         return;
-    int pfd[2];
-    CHECK(pipe(pfd) == 0, "pipe");
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(pfd[0]);
-        int rc = -1;
-        if (setgid(pw->pw_gid) == 0 && setuid(pw->pw_uid) == 0) {
-            mq_conn *c = NULL;
-            rc = mq_connect(client_sock, &c);
-            if (!rc)
-                mq_disconnect(c);
-        }
-        if (write(pfd[1], &rc, sizeof rc) != sizeof rc)
-            _exit(2);
-        _exit(0);
-    }
-    close(pfd[1]);
-    int rc = 0;
-    CHECK(read(pfd[0], &rc, sizeof rc) == sizeof rc, "child result");
-    close(pfd[0]);
-    waitpid(pid, NULL, 0);
+    char out[64];
+    CHECK(run_as(pw->pw_uid, pw->pw_gid, connect_result, NULL, out, sizeof out) == 0, "as nobody: %s", out);
+    int rc = atoi(out);
     CHECK(rc == -MQ_EDENIED, "uid nobody got %d (%s), expected MQ_EDENIED", rc, mq_strerror(rc));
     /* root (allowed) still gets in */
     mq_conn *c;
@@ -527,6 +519,14 @@ static void test_wrong_uid_refused(void)
     CHECK(rc == 0, "root refused: %s", mq_strerror(rc));
     if (!rc)
         mq_disconnect(c);
+}
+
+static void admin_status_result(void *arg, char *out, size_t len)
+{
+    (void)arg;
+    cJSON *r = admin_call(admin_sock, "status", 0);
+    snprintf(out, len, "%s|%s", r && cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")) ? "refused" : "?", jstr(r, "error"));
+    cJSON_Delete(r);
 }
 
 /* The admin socket refuses a peer that is neither root nor in admin_group with a readable
@@ -537,28 +537,8 @@ static void test_admin_refused(void)
     CHECK(pw != NULL, "no user nobody");
     if (!pw)
         return;
-    int pfd[2];
-    CHECK(pipe(pfd) == 0, "pipe");
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(pfd[0]);
-        char out[512] = "";
-        if (setgid(pw->pw_gid) == 0 && setuid(pw->pw_uid) == 0) {
-            cJSON *r = admin_call(admin_sock, "status", 0);
-            snprintf(out, sizeof out, "%s|%s", r && cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")) ? "refused" : "?",
-                     jstr(r, "error"));
-            cJSON_Delete(r);
-        }
-        if (write(pfd[1], out, strlen(out)) < 0)
-            _exit(2);
-        _exit(0);
-    }
-    close(pfd[1]);
-    char out[512] = "";
-    ssize_t n = read(pfd[0], out, sizeof out - 1);
-    out[n > 0 ? n : 0] = 0;
-    close(pfd[0]);
-    waitpid(pid, NULL, 0);
+    char out[512];
+    CHECK(run_as(pw->pw_uid, pw->pw_gid, admin_status_result, NULL, out, sizeof out) == 0, "as nobody: %s", out);
     char want[64];
     snprintf(want, sizeof want, "refused|permission denied: uid %u is not root", (unsigned)pw->pw_uid);
     CHECK(!strncmp(out, want, strlen(want)), "nobody on the admin socket: %s", out);
@@ -674,7 +654,7 @@ static void test_sigterm_drains(void)
     result r = { 0 };
     rc = collect(c, req, &r, 30000);
     CHECK(rc == 0, "DONE during drain: %s", mq_strerror(rc));
-    CHECK(r.end_reason == MQ_END_CANCELLED || r.end_reason == MQ_END_SHUTDOWN, "end reason %d", r.end_reason);
+    CHECK(r.end_reason == MQ_END_SHUTDOWN, "end reason %d", r.end_reason);
     int st = spawn_wait_exit(mqd_pid, 20);
     CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "mqd exit status %d", st);
     printf("    drained and exited in %.2f s\n", spawn_now() - t0);
@@ -714,15 +694,9 @@ int main(void)
                      "4",
                      NULL };
     double t0 = spawn_now();
-    mqd_pid = spawn(argv, NULL, logpath);
-    int ready = spawn_wait_ready(admin_sock, mqd_pid, 120);
-    CHECK(ready, "mqd did not become ready");
-    if (!ready) {
-        spawn_dump_log(logpath);
-        if (mqd_pid > 0)
-            kill(mqd_pid, SIGKILL);
-        return harness_done(); /* the failed CHECK above counts */
-    }
+    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+    if (!mqd_pid)
+        return harness_done(); /* the failed CHECK counts */
     printf("  mqd ready in %.2f s\n", spawn_now() - t0);
     RUN(test_privileges_dropped);
     RUN(test_single_client_reference);
@@ -739,11 +713,5 @@ int main(void)
     RUN(test_long_prompt_and_context_limit);
     RUN(test_tools);
     RUN(test_sigterm_drains);
-    if (mqd_pid > 0) {
-        kill(mqd_pid, SIGKILL);
-        waitpid(mqd_pid, NULL, 0);
-    }
-    if (harness_failed)
-        spawn_dump_log(logpath);
-    return harness_done();
+    return spawn_suite_done(mqd_pid, logpath);
 }

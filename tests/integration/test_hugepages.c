@@ -255,6 +255,18 @@ static void test_failed_start_giveback(void)
     snprintf(log, sizeof log, "%s/mqd-fail.log", dir);
     snprintf(empty, sizeof empty, "%s/no-model", dir);
     mkdir(empty, 0755);
+    /* files that pass the start-up checks (regular files) but do not load: the failure
+     * comes after the pages were reserved */
+    static const char *const files[] = { "config.json", "tokenizer.json", "model.safetensors" };
+    for (int i = 0; i < 3; i++) {
+        char p[400];
+        snprintf(p, sizeof p, "%s/%s", empty, files[i]);
+        FILE *f = fopen(p, "w");
+        if (f) {
+            fputs("{}", f);
+            fclose(f);
+        }
+    }
     long before = nr_hugepages();
     mqd_pid = start_mqd(empty, log, 0);
     int ws = spawn_wait_exit(mqd_pid, 30);

@@ -155,7 +155,8 @@ static int make_tokens(const char *text, int32_t **ids)
 static int cat(int32_t *dst, const int32_t *a, int na, const int32_t *b, int nb)
 {
     memcpy(dst, a, (size_t)na * sizeof *a);
-    memcpy(dst + na, b, (size_t)nb * sizeof *b);
+    if (nb > 0)
+        memcpy(dst + na, b, (size_t)nb * sizeof *b);
     return na + nb;
 }
 

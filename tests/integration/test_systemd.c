@@ -8,7 +8,8 @@
  *   - with JOURNAL_STREAM naming its stderr, every log line starts with a journald
  *     priority ("<6>" info, "<5>" notice);
  *   - `mqd --check-config`: exit 0 and the effective config, or exit 2 with a message
- *     naming the field.
+ *     naming the field, also for what only this machine can tell (users, groups, CPUs,
+ *     thread counts, the model folder).
  */
 #include <pthread.h>
 
@@ -135,6 +136,8 @@ static void test_activator_binds_and_waits(void)
                      sa.own_client,
                      "--admin-socket",
                      sa.own_admin,
+                     "--user", /* root: it has to reach the test's root-owned notify socket */
+                     "root",
                      "--drain-timeout-ms",
                      "1000",
                      NULL };
@@ -275,7 +278,8 @@ static void test_check_config(void)
     snprintf(mqd, sizeof mqd, "%s/mqd", spawn_build_dir());
     snprintf(cfg, sizeof cfg, "%s/mqd.json", dir);
     FILE *f = fopen(cfg, "w");
-    fprintf(f, "{\"model_dir\": \"/models/x\", \"mode\": \"fp4\", \"kv_tokens\": 8192}\n");
+    fprintf(f, "{\"model_dir\": \"%s\", \"mode\": \"fp4\", \"kv_tokens\": 8192, \"user\": \"nobody\"}\n",
+            spawn_model());
     fclose(f);
     char *good[] = { mqd, "--config", cfg, "--chunk-tokens", "64", "--check-config", NULL };
     int rc = run_capture(good, out, sizeof out);
@@ -293,10 +297,38 @@ static void test_check_config(void)
     CHECK(rc == 2 && strstr(out, "mode"), "bad flag: exit %d: %s", rc, out);
 }
 
+/* Issue 13 #10: what start-up refuses, --check-config refuses too, naming the field
+ * (it said OK to all of these, and start-up then failed with a message naming none). */
+static void test_check_config_knows_this_machine(void)
+{
+    char mqd[4200], out[8192];
+    snprintf(mqd, sizeof mqd, "%s/mqd", spawn_build_dir());
+    const char *model = spawn_model();
+    static const struct {
+        const char *flag, *value, *says;
+    } cases[] = {
+        { "--user", "no-such-user-mq", "user: no user \"no-such-user-mq\"" },
+        { "--allowed-groups", "no-such-group-mq", "allowed_groups[0]: no group \"no-such-group-mq\"" },
+        { "--admin-group", "no-such-group-mq", "admin_group: no group \"no-such-group-mq\"" },
+        { "--prefill-cpus", "0-999", "prefill_cpus: CPU " },
+        { "--prefill-threads", "1024", "prefill_threads: 1024 threads for " },
+        { "--decode-threads", "1024", "decode_threads: 1024 threads for " },
+        { "--model-dir", "/nonexistent/mq-model", "model_dir: /nonexistent/mq-model: No such file or directory" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *argv[] = { mqd,      "--model-dir",         (char *)model,          "--user",
+                         "nobody", (char *)cases[i].flag, (char *)cases[i].value, "--check-config",
+                         NULL };
+        int rc = run_capture(argv, out, sizeof out);
+        CHECK(rc == 2 && strstr(out, cases[i].says), "%s %s: exit %d: %s", cases[i].flag, cases[i].value, rc, out);
+    }
+}
+
 int main(void)
 {
     spawn_tmpdir(dir, sizeof dir);
     RUN(test_check_config);
+    RUN(test_check_config_knows_this_machine);
     RUN(test_activator_binds_and_waits);
     RUN(test_first_client_waits_for_ready);
     RUN(test_request_through_activated_socket);

@@ -1,13 +1,15 @@
 /* Weight streaming: every byte streamed equals pread of the same range, for buffered and
  * O_DIRECT reads, with and without helper threads, tiny pieces and queue depths; each read
- * is made ready exactly once, after its bytes arrived; a truncated file, a missing file
- * and a failing ready callback end with errors naming the file, offset and tensor. */
+ * is made ready exactly once, after its bytes arrived; a truncated file, a missing file,
+ * a FIFO and a failing ready callback end with errors naming the file, offset and tensor;
+ * a cancel flag stops the stream. */
 #include "tests/harness.h"
 #include "engine/weight_stream.h"
 #include "common/errmsg.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -22,6 +24,8 @@ struct fixture {
     int ready_count[NR];
     int bad_when_ready; /* reads whose bytes were wrong at ready time */
     int fail_at;        /* ready() fails on this read (-1 = never) */
+    int cancel_at;      /* ready() of this read sets `cancel` (-1 = never) */
+    int cancel;
 };
 
 static int make_file(struct fixture *f, size_t bytes)
@@ -39,6 +43,7 @@ static void setup(struct fixture *f, unsigned long long seed)
 {
     memset(f, 0, sizeof *f);
     f->fail_at = -1;
+    f->cancel_at = -1;
     f->data = malloc(FILE_BYTES);
     unsigned long long s = seed;
     for (size_t i = 0; i < FILE_BYTES; i++)
@@ -82,6 +87,8 @@ static int on_ready(void *ctx, int i, char *err, size_t errlen)
     if (i == f->fail_at) {
         return mq_errmsg(err, errlen, -EDOM, "quantizer refused read %d", i);
     }
+    if (i == f->cancel_at)
+        __atomic_store_n(&f->cancel, 1, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -202,11 +209,61 @@ static void test_missing_file_and_ready_error(void)
     teardown(&f);
 }
 
+/* A FIFO in place of a weights file would block the open forever: refused, naming it. */
+static void test_fifo_refused(void)
+{
+    struct fixture f;
+    setup(&f, 7);
+    char fifo[64];
+    snprintf(fifo, sizeof fifo, "/tmp/mq_ws_fifo_%d", (int)getpid());
+    unlink(fifo);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo");
+    alarm(20); /* the old code blocked in open(): fail instead of hanging the suite */
+    const char *paths[1] = { fifo };
+    char err[512] = "";
+    int r = mq_ws_run(paths, 1, f.reads, NR, NULL, on_ready, &f, NULL, NULL, err, sizeof err);
+    alarm(0);
+    CHECK(r == -EINVAL && strstr(err, fifo) && strstr(err, "not a regular file (a FIFO)"), "fifo: %d %s", r, err);
+    unlink(fifo);
+    teardown(&f);
+}
+
+/* *o.cancel stops the stream (mqd sets it from the event loop on SIGTERM while loading):
+ * set mid-stream by a ready callback on the caller's thread, or before the stream starts. */
+static void test_cancel_stops_the_stream(void)
+{
+    for (int before = 0; before < 2; before++) {
+        struct fixture f;
+        setup(&f, 11);
+        f.cancel_at = before ? -1 : 3;
+        f.cancel = before;
+        mq_ws_opts o;
+        mq_ws_opts_default(&o);
+        o.helpers = 0; /* ready() on this thread: the cancel is set before the next piece */
+        o.queue_depth = 1;
+        o.read_bytes = 4096; /* hundreds of pieces after read 3 */
+        o.cancel = &f.cancel;
+        const char *paths[1] = { f.path };
+        char err[512] = "";
+        int r = mq_ws_run(paths, 1, f.reads, NR, &o, on_ready, &f, NULL, NULL, err, sizeof err);
+        int made_ready = 0;
+        for (int i = 0; i < NR; i++)
+            made_ready += f.ready_count[i];
+        CHECK(r == -ECANCELED && strstr(err, "cancelled"), "cancel %s: %d %s", before ? "before" : "mid-stream", r,
+              err);
+        CHECK(made_ready <= (before ? 1 : 6), "cancel %s: %d reads made ready", before ? "before" : "mid-stream",
+              made_ready);
+        teardown(&f);
+    }
+}
+
 int main(void)
 {
     RUN(test_buffered_matches_pread);
     RUN(test_direct_matches_pread);
     RUN(test_truncated_file);
     RUN(test_missing_file_and_ready_error);
+    RUN(test_fifo_refused);
+    RUN(test_cancel_stops_the_stream);
     return harness_done();
 }
