@@ -218,6 +218,10 @@ install: $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl $(BUILD)/mq-openai
 	install -m 0755 $(LIBMQ_SO) $(DESTDIR)$(PREFIX)/lib/libmq.so.1
 	ln -sf libmq.so.1 $(DESTDIR)$(PREFIX)/lib/libmq.so
 	install -m 0644 libclient/mq.h $(DESTDIR)$(PREFIX)/include/mq.h
+	install -d $(DESTDIR)$(PREFIX)/share/doc/mq/docs/design
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/mq/
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/mq/docs/
+	install -m 0644 docs/design/*.md $(DESTDIR)$(PREFIX)/share/doc/mq/docs/design/
 	sed 's|@PREFIX@|$(PREFIX)|g' libclient/libmq.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libmq.pc
 	for u in mqd.service mqd.socket mqd-admin.socket mq-openai.service mq-openai.socket; do \
 	    sed 's|/usr/local|$(PREFIX)|g' dist/$$u > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u; done

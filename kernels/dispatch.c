@@ -222,3 +222,8 @@ void mq_swiglu(float *out, const float *gate, const float *up, int n)
     ENSURE();
     mq_kt.swiglu(out, gate, up, n);
 }
+int mq_argmax(const float *x, int n)
+{
+    ENSURE();
+    return mq_kt.argmax(x, n);
+}

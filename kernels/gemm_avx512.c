@@ -1,17 +1,19 @@
 /* kernels/gemm_avx512.c — NVFP4 GEMM on AVX512-VNNI, BF16 GEMM/GEMV on AVX512_BF16.
  *
  * NVFP4 (NVFP4.md's integer route). Activations arrive prepared (layout.c): signed bytes
- * 2a (the block scale's sign folded in), -12·Σ2a per block, and t8 = |s_x|·(1 + j/8).
+ * 2a (the block scale's sign folded in), -12·Σ2a and |s_x| per block, by quads of rows.
  * Weights are read in the packed form of layout.c (unsigned bytes 2w+12 as
  * [16 columns][4 k] per zmm, and each block scale's index form), from w->packed or, without
  * it, from a stack buffer packed per call. Four vpdpbusd (x's 4 bytes broadcast) complete
  * one 16-element block for 16 columns exactly, starting from -12·Σ2a, which removes the
- * weights' +12. Then the scale product s_x·s_w = t8[f_w]·2^e_w comes from a vpermps (the
- * weight scale's mantissa f_w indexes the activation's t8) and a vscalefps by e_w, both
- * exact, and one FMA adds int·s_x·s_w to the FP32 accumulator. Per row, 16 columns and
- * block that is 4 vpdpbusd + 1 FMA + ½ (vpermps) on the two VNNI/FMA pipes: a bound of
- * 4/5.5 = 0.73 of the VNNI peak, against 4/6 for multiplying by s_w and s_x in turn
- * (measurements and the designs compared: docs/design/kernels.md).
+ * weights' +12. Then the scale product s_x·s_w = t8[f_w]·2^e_w, exactly: t8 = |s_x|·(1 +
+ * j/8) for j = 0..7 (one vmulps per row and block, shared by the tile's 3 column groups),
+ * a vpermps picks entry f_w (the weight scale's mantissa) for each column and a vscalefps
+ * by e_w (free) scales it; one FMA adds int·s_x·s_w to the FP32 accumulator. Per row, 16
+ * columns and block that is 4 vpdpbusd + 1 FMA + ½ (vpermps) + ⅓ (vmulps) on the two
+ * VNNI/FMA pipes: a bound of 4/5.83 = 0.69 of the VNNI peak, against 4/6 = 0.67 for
+ * multiplying by s_w and s_x in turn (measurements and the designs compared, among them
+ * a weight-side table of s_w·(1 + f/8): docs/design/kernels.md).
  * A tile is the 4 rows of an activation quad × 3 groups of 16 columns (12 integer and 12
  * FP32 accumulators in registers); loops and cache blocking: gemm_fp4_avx512.
  *
@@ -88,6 +90,31 @@ static void panel_groups(int pg0, int g1, int n0, int n1, int per_panel, int *ng
     *ng = g1 - pg0 < per_panel ? g1 - pg0 : per_panel;
     for (int g = 0; g < *ng; g++)
         mask[g] = col_mask((pg0 + g) * 16, n0, n1);
+}
+
+/* The next chunk of packed weights, requested into L2 a few lines per tile while the
+ * current chunk is computed: `groups` runs of `lines` 64-byte lines, `gstr` bytes apart,
+ * spread over `tiles` tiles. */
+typedef struct next_chunk {
+    const char *p;
+    size_t gstr;
+    int lines, total, per, done;
+} next_chunk;
+
+static void next_chunk_init(next_chunk *c, const void *p, size_t gstr, int groups, int lines, int tiles)
+{
+    c->p = p;
+    c->gstr = gstr;
+    c->lines = lines;
+    c->total = p ? groups * lines : 0;
+    c->per = (c->total + tiles - 1) / tiles;
+    c->done = 0;
+}
+
+static inline void next_chunk_step(next_chunk *c)
+{
+    for (int e = c->done + c->per; c->done < e && c->done < c->total; c->done++)
+        _mm_prefetch(c->p + (size_t)(c->done / c->lines) * c->gstr + (size_t)(c->done % c->lines) * 64, _MM_HINT_T1);
 }
 
 static inline __mmask32 low_mask32(int n)
@@ -182,6 +209,8 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
         for (int g = 0; g < NG; g++)
             acc[m][g] =
                 first || m >= mr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[g], y + (size_t)m * ldy + g * 16);
+    const __m512 steps = _mm512_setr_ps(1.0f, 1.125f, 1.25f, 1.375f, 1.5f, 1.625f, 1.75f, 1.875f, 1.0f, 1.125f, 1.25f,
+                                        1.375f, 1.5f, 1.625f, 1.75f, 1.875f);
     for (int b = 0; b < nkb; b++) {
         const fp4_qblock *q = xq + b;
         const uint8_t *pb = pk + (size_t)b * FP4_PACK_BYTES;
@@ -215,7 +244,9 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
             ws[g] = _mm512_load_ps(pb + (size_t)g * gstr + FP4_PACK_SCALE);
 #pragma GCC unroll 8
         for (int m = 0; m < FP4_QUAD; m++) {
-            const __m512 t8 = _mm512_broadcast_f32x8(_mm256_load_ps(q->t8[m]));
+            /* t8 = |s_x|·(1 + j/8), exact; made here rather than stored with the activations,
+             * whose bytes per block it would double (measured slower: x streams from L3) */
+            const __m512 t8 = _mm512_mul_ps(_mm512_set1_ps(q->sx[m]), steps);
 #pragma GCC unroll 8
             for (int g = 0; g < NG; g++) {
                 const __m512 s = _mm512_scalef_ps(_mm512_permutexvar_ps(_mm512_castps_si512(ws[g]), t8), ws[g]);
@@ -265,32 +296,28 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
             panel_groups(pg0, g1, n0, n1, FP4_NG, &ng, mask);
             for (int kb0 = 0; kb0 < nb; kb0 += KC_BLOCKS) {
                 const int nkb = nb - kb0 < KC_BLOCKS ? nb - kb0 : KC_BLOCKS;
-                const uint8_t *pk = stack, *next = NULL;
+                const uint8_t *pk = stack;
                 size_t gstr = (size_t)KC_BLOCKS * FP4_PACK_BYTES;
-                int lines = 0, pf = 0;
+                next_chunk nc;
+                next_chunk_init(&nc, NULL, 0, 0, 0, 1);
                 if (w->packed) {
                     gstr = (size_t)nb * FP4_PACK_BYTES;
                     pk = w->packed + ((size_t)pg0 * nb + kb0) * FP4_PACK_BYTES;
                     const int nkb0 = kb0 + KC_BLOCKS < nb ? kb0 + KC_BLOCKS : 0;
                     const int npg = nkb0 ? pg0 : pg0 + FP4_NG;
-                    if (npg < g1) {
-                        next = w->packed + ((size_t)npg * nb + nkb0) * FP4_PACK_BYTES;
-                        lines = FP4_NG * (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (FP4_PACK_BYTES / 64);
-                    }
+                    if (npg < g1)
+                        next_chunk_init(&nc, w->packed + ((size_t)npg * nb + nkb0) * FP4_PACK_BYTES, gstr, FP4_NG,
+                                        (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (FP4_PACK_BYTES / 64), nq);
                 } else {
                     for (int g = 0; g < ng; g++)
                         fp4_pack_group(w, (pg0 + g) * 16, kb0, nkb, stack + g * gstr);
                 }
-                const int per = (lines + nq - 1) / nq, per_group = lines / FP4_NG;
                 for (int m0 = mb; m0 < me; m0 += FP4_QUAD) {
                     /* NVFP4.md's alpha per row, times the 1/4 of the doubled integer products (exact) */
                     float alpha[FP4_QUAD];
                     for (int m = 0; m < FP4_QUAD; m++)
                         alpha[m] = m0 + m < M ? fp4_row_alpha(x, w, m0 + m, 0.25f) : 0.0f;
-                    for (int e = pf + per; pf < e && pf < lines; pf++)
-                        _mm_prefetch(
-                            (const char *)(next + (size_t)(pf / per_group) * gstr + (size_t)(pf % per_group) * 64),
-                            _MM_HINT_T1);
+                    next_chunk_step(&nc);
                     fp4_tile_any(ng, fp4_act_qblock(x, m0, kb0), pk, gstr, nkb, y + (size_t)m0 * ldy + (size_t)pg0 * 16,
                                  ldy, M - m0 < FP4_QUAD ? M - m0 : FP4_QUAD, mask, kb0 == 0, kb0 + nkb == nb, alpha);
                 }
@@ -326,14 +353,12 @@ static void fp4_act_prepare_rows_avx512(mq_fp4_act *a, int r0, int r1)
             _mm_storeu_si128((__m128i *)corr, _mm512_castsi512_si128(t));
             __m128i blk[4] = { _mm512_extracti32x4_epi32(v, 0), _mm512_extracti32x4_epi32(v, 1),
                                _mm512_extracti32x4_epi32(v, 2), _mm512_extracti32x4_epi32(v, 3) };
-            const __m256 steps = _mm256_setr_ps(1.0f, 1.125f, 1.25f, 1.375f, 1.5f, 1.625f, 1.75f, 1.875f);
             for (int q = 0; q < nbh; q++) {
                 fp4_qblock *qb = fp4_act_qblock(a, r, b + q);
                 const uint8_t sc = real ? s[b + q] : 0;
                 _mm_store_si128((__m128i *)qb->bytes[l], blk[q]);
                 qb->corr[l] = corr[q];
                 qb->sx[l] = nvfp4_e4m3_decode(sc & 0x7f);
-                _mm256_store_ps(qb->t8[l], _mm256_mul_ps(_mm256_set1_ps(qb->sx[l]), steps)); /* exact */
                 if (l == 0)
                     memset(qb->pad, 0, sizeof qb->pad);
             }
@@ -618,17 +643,17 @@ static void bf16_gemm(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
             panel_groups(pg0, g1, n0, n1, BF_NG, &ng, mask);
             for (int k0 = 0; k0 < K; k0 += KC_BF16) {
                 const int kc = K - k0 < KC_BF16 ? K - k0 : KC_BF16;
-                const uint32_t *pw = stack, *next = NULL;
+                const uint32_t *pw = stack;
                 size_t gstr = KC_BF16 / 2 * 16; /* uint32s between groups */
-                int lines = 0, pf = 0;
+                next_chunk nc;
+                next_chunk_init(&nc, NULL, 0, 0, 0, 1);
                 if (w->packed) {
                     gstr = (size_t)kp / 2 * 16;
                     pw = (const uint32_t *)w->w + (size_t)pg0 * gstr + (size_t)k0 / 2 * 16;
                     const int nk0 = k0 + KC_BF16 < K ? k0 + KC_BF16 : 0, npg = nk0 ? pg0 : pg0 + BF_NG;
-                    if (npg < g1) {
-                        next = (const uint32_t *)w->w + (size_t)npg * gstr + (size_t)nk0 / 2 * 16;
-                        lines = BF_NG * (K - nk0 < KC_BF16 ? (K - nk0 + 1) / 2 : KC_BF16 / 2);
-                    }
+                    if (npg < g1) /* one 64-byte line per k pair */
+                        next_chunk_init(&nc, (const uint32_t *)w->w + (size_t)npg * gstr + (size_t)nk0 / 2 * 16,
+                                        gstr * 4, BF_NG, K - nk0 < KC_BF16 ? (K - nk0 + 1) / 2 : KC_BF16 / 2, tiles);
                 } else {
                     for (int g = 0; g < ng; g++) {
                         const int c0 = (pg0 + g) * 16;
@@ -636,12 +661,8 @@ static void bf16_gemm(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight
                                         stack + (size_t)g * gstr);
                     }
                 }
-                const int per = (lines + tiles - 1) / tiles, per_group = lines / BF_NG;
                 for (int m0 = mb; m0 < me; m0 += BF_MR) {
-                    for (int e = pf + per; pf < e && pf < lines; pf++)
-                        _mm_prefetch(
-                            (const char *)(next + (size_t)(pf / per_group) * gstr + (size_t)(pf % per_group) * 16),
-                            _MM_HINT_T1);
+                    next_chunk_step(&nc);
                     bf16_tile_any(me - m0 < BF_MR ? me - m0 : BF_MR, ng, x + (size_t)m0 * ldx + k0, ldx, pw, gstr, kc,
                                   y + (size_t)m0 * ldy + (size_t)pg0 * 16, ldy, mask, k0 == 0);
                 }

@@ -44,6 +44,7 @@ typedef struct mq_kernel_table {
     void (*attention)(const mq_attn_args *a, int h0, int h1);
     void (*rmsnorm)(float *y, const float *x, const float *w, int n, float eps);
     void (*swiglu)(float *out, const float *gate, const float *up, int n);
+    int (*argmax)(const float *x, int n);
 } mq_kernel_table;
 
 /* The active table (set once by mq_kernels_init / mq_kernels_force). */
@@ -75,9 +76,8 @@ typedef struct fp4_qblock {
     int32_t corr[FP4_QUAD];     /* -12·Σ bytes */
     float sx[FP4_QUAD];         /* |s| */
     uint8_t pad[32];
-    float t8[FP4_QUAD][8]; /* |s|·(1 + j/8), j = 0..7: exact */
 } fp4_qblock;
-_Static_assert(sizeof(fp4_qblock) == 256, "four cache lines per quad and block");
+_Static_assert(sizeof(fp4_qblock) == 128, "two cache lines per quad and block");
 
 /* The quad-block holding row r, block b (the row is lane r % FP4_QUAD). */
 static inline fp4_qblock *fp4_act_qblock(const mq_fp4_act *a, int r, int b)

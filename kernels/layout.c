@@ -20,17 +20,16 @@
  * element (r, k) of a packed matrix is at bf16_packed_index(r, k, kp).
  *
  * Activations carry an `aux` that mq_fp4_act_prepare_rows() fills from codes/scales:
- * rows by quads (4 rows; the last quad padded with rows of zeros), one 256-byte
- * fp4_qblock per quad and block b, at ((r/4)·nb + b)·256, so that a GEMM tile of 4 rows
- * reads its operands and scales for a block from 4 consecutive lines:
+ * rows by quads (4 rows; the last quad padded with rows of zeros), one 128-byte
+ * fp4_qblock per quad and block b, at ((r/4)·nb + b)·128, so that a GEMM tile of 4 rows
+ * reads its operands and scales for a block from 2 consecutive lines:
  *     bytes  int8  [4][16]  2·value(q)·sign(s_b): the signed operand of vpdpbusd /
  *                           vpmaddubsw, the sign of the block scale folded in
  *     corr   int32 [4]      -12·Σ bytes over the block: removes the +12 of the weights'
  *                           unsigned form (NVFP4.md's integer route)
- *     sx     float [4]      |s_b| as FP32
+ *     sx     float [4]      |s_b| as FP32 (the GEMM makes t8 = |s_b|·(1 + j/8), j = 0..7,
+ *                           exact in FP32, and s_x·s_w = t8[f_w]·2^e_w, exactly)
  *     (32 bytes of zeros)
- *     t8     float [4][8]   |s_b|·(1 + j/8) for j = 0..7, exact in FP32 (8-bit
- *                           significands): s_x·s_w is t8[f_w]·2^e_w, exactly
  */
 #include "kernels/kernels_internal.h"
 

@@ -226,6 +226,34 @@ static void swiglu_avx512(float *out, const float *gate, const float *up, int n)
     }
 }
 
+/* argmax_ref's answer (the first index of the largest value, NaNs never larger, index 0
+ * when x[0] is NaN) in two passes: the largest value, then its first index. vmaxps(x, m)
+ * returns m when x is NaN, so NaNs never enter the maximum. */
+static int argmax_avx512(const float *x, int n)
+{
+    if (n <= 0 || x[0] != x[0])
+        return 0;
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        m0 = _mm512_max_ps(_mm512_loadu_ps(x + i), m0);
+        m1 = _mm512_max_ps(_mm512_loadu_ps(x + i + 16), m1);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        m0 = _mm512_mask_max_ps(m0, k, _mm512_maskz_loadu_ps(k, x + i), m0);
+    }
+    const float best = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    const __m512 bv = _mm512_set1_ps(best);
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 eq = _mm512_mask_cmp_ps_mask(k, _mm512_maskz_loadu_ps(k, x + i), bv, _CMP_EQ_OQ);
+        if (eq)
+            return i + __builtin_ctz(eq);
+    }
+    return 0; /* every element NaN but x[0]: impossible, x[0] is not NaN */
+}
+
 void kernels_fill_ops_avx512(mq_kernel_table *t)
 {
     t->f32_to_bf16_row = f32_to_bf16_row_avx512;
@@ -235,5 +263,6 @@ void kernels_fill_ops_avx512(mq_kernel_table *t)
     t->fp4_act_quantize_rows = fp4_act_quantize_rows_avx512;
     t->rmsnorm = rmsnorm_avx512;
     t->swiglu = swiglu_avx512;
+    t->argmax = argmax_avx512;
     t->attention = attention_avx512;
 }

@@ -222,8 +222,6 @@ static void fp4_act_prepare_rows_ref(mq_fp4_act *a, int r0, int r1)
             }
             q->corr[l] = -NVFP4_BIAS * sum;
             q->sx[l] = mq_e4m3_to_f32(s & 0x7f);
-            for (int j = 0; j < 8; j++)
-                q->t8[l][j] = q->sx[l] * (1.0f + (float)j / 8);
             if (l == 0)
                 memset(q->pad, 0, sizeof q->pad);
         }
@@ -427,7 +425,7 @@ float mq_softmax(float *x, int n)
     return lse;
 }
 
-int mq_argmax(const float *x, int n)
+static int argmax_ref(const float *x, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -522,4 +520,5 @@ void kernels_fill_ref(mq_kernel_table *t)
     t->attention = attention_ref;
     t->rmsnorm = rmsnorm_ref;
     t->swiglu = swiglu_ref;
+    t->argmax = argmax_ref;
 }

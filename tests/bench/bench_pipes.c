@@ -129,6 +129,15 @@ __attribute__((target("avx512f"))) static void run(void)
     CASE("+4 vprold $16", 12,
          V12 "vprold $16,%%zmm2,%%zmm24\n\tvprold $16,%%zmm2,%%zmm25\n\t"
              "vprold $16,%%zmm2,%%zmm26\n\tvprold $16,%%zmm2,%%zmm27\n\t")
+    CASE("+4 vbroadcasti32x4 m128", 12,
+         V12 "vbroadcasti32x4 (%0),%%zmm24\n\tvbroadcasti32x4 16(%0),%%zmm25\n\t"
+             "vbroadcasti32x4 32(%0),%%zmm26\n\tvbroadcasti32x4 48(%0),%%zmm27\n\t")
+    CASE("+4 vbroadcastf32x8 m256", 12,
+         V12 "vbroadcastf32x8 (%0),%%zmm24\n\tvbroadcastf32x8 32(%0),%%zmm25\n\t"
+             "vbroadcastf32x8 64(%0),%%zmm26\n\tvbroadcastf32x8 96(%0),%%zmm27\n\t")
+    CASE("+4 vblendmps {k}", 12,
+         V12 "vblendmps %%zmm2,%%zmm3,%%zmm24%{%%k1%}\n\tvblendmps %%zmm2,%%zmm3,%%zmm25%{%%k1%}\n\t"
+             "vblendmps %%zmm2,%%zmm3,%%zmm26%{%%k1%}\n\tvblendmps %%zmm2,%%zmm3,%%zmm27%{%%k1%}\n\t")
     CASE("+4 vpdpbusd m32bcst", 16,
          V12 "vpdpbusd (%0)%{1to16%},%%zmm2,%%zmm24\n\tvpdpbusd 4(%0)%{1to16%},%%zmm2,%%zmm25\n\t"
              "vpdpbusd 8(%0)%{1to16%},%%zmm2,%%zmm26\n\tvpdpbusd 12(%0)%{1to16%},%%zmm2,%%zmm27\n\t")

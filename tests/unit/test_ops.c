@@ -174,7 +174,34 @@ static void test_argmax_topk(void)
     for (int i = 0; i < N; i++)
         if (x[i] > x[best])
             best = i;
-    CHECK(mq_argmax(x, N) == best, "argmax");
+    mq_isa isas[3];
+    const int ni = harness_isas(isas);
+    /* every ISA: the first of tied maxima, at every length (vector tails), NaNs never the
+     * largest (but index 0 if x[0] is NaN), -0 and +0 equal, all -inf */
+    static float z[70];
+    for (int k = 0; k < ni; k++) {
+        mq_kernels_force(isas[k]);
+        CHECK(mq_argmax(x, N) == best, "%s argmax", mq_isa_name(isas[k]));
+        int bad = 0;
+        for (int n = 1; n <= 70; n++) {
+            for (int i = 0; i < n; i++)
+                z[i] = (float)((i * 37) % 11);
+            z[(n * 5) % n] = NAN;
+            z[(n * 3) % n] = (n & 1) ? -0.0f : 0.0f;
+            int want = 0;
+            for (int i = 1; i < n; i++)
+                if (z[i] > z[want])
+                    want = i;
+            bad += mq_argmax(z, n) != want;
+        }
+        for (int i = 0; i < 70; i++)
+            z[i] = -INFINITY;
+        bad += mq_argmax(z, 70) != 0;
+        z[0] = NAN;
+        z[9] = 5.0f;
+        bad += mq_argmax(z, 70) != 0;
+        CHECK(bad == 0, "%s argmax: %d cases differ from the scalar rule", mq_isa_name(isas[k]), bad);
+    }
     const int ks[] = { 0, 1, 5, 40, N, N + 3 };
     for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++) {
         int k = ks[t];
