@@ -8,6 +8,8 @@
 #   daemon/*.c       -> build/libmqd.a (all but main.c) + build/mqd
 #   libclient/*.c    -> build/libmq.so (+ ipc and common objects)
 #   tools/<name>.c   -> build/<name>        (mqctl, mq, ...)
+#   mq-openai/*.c    -> build/libmqopenai.a (all but main.c) + build/mq-openai (HTTP front,
+#                       a client of mqd through libmq only)
 #   tests/*/test_*.c -> build/tests/test_*  (linked with everything)
 #   tests/bench/*.c, tests/tools/*.c -> build/<name>
 #
@@ -47,6 +49,7 @@ ENGINE_SRC  := $(wildcard engine/*.c)
 DAEMON_SRC  := $(filter-out daemon/main.c daemon/%.bpf.c,$(wildcard daemon/*.c))
 CLIENT_SRC  := $(wildcard libclient/*.c)
 TOOL_SRC    := $(wildcard tools/*.c)
+OAI_SRC     := $(filter-out mq-openai/main.c,$(wildcard mq-openai/*.c))
 TEST_SRC    := $(wildcard tests/unit/test_*.c tests/golden/test_*.c tests/integration/test_*.c)
 BENCH_SRC   := $(wildcard tests/bench/*.c tests/tools/*.c)
 
@@ -57,6 +60,7 @@ IPC_OBJ    := $(call obj,$(IPC_SRC))
 ENGINE_OBJ := $(call obj,$(ENGINE_SRC))
 DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+OAI_OBJ    := $(call obj,$(OAI_SRC))
 
 LIBKERNELS := $(BUILD)/libmqkernels.a
 LIBCOMMON  := $(BUILD)/libmqcommon.a
@@ -64,6 +68,9 @@ LIBIPC     := $(BUILD)/libmqipc.a
 LIBENGINE  := $(BUILD)/libmqengine.a
 LIBMQD     := $(BUILD)/libmqd.a
 LIBMQ_SO   := $(BUILD)/libmq.so.1
+LIBOAI     := $(BUILD)/libmqopenai.a
+MQ_OPENAI  := $(if $(wildcard mq-openai/main.c),$(BUILD)/mq-openai)
+OAI_LIBS    = -lmicrohttpd -lcjson -lsystemd -lpthread -lm
 MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -84,7 +91,8 @@ format-check:
 	if [ -n "$$bad" ]; then echo "not formatted (run make format):" $$bad; exit 1; fi
 
 .PHONY: all test test-fast test-asan bench bench-kernels bench-e2e eval run install clean deps fuzz
-all: $(LIBKERNELS) $(LIBCOMMON) $(LIBIPC) $(LIBENGINE) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) $(TESTS) $(BENCHES)
+all: $(LIBKERNELS) $(LIBCOMMON) $(LIBIPC) $(LIBENGINE) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) \
+     $(LIBOAI) $(MQ_OPENAI) $(TESTS) $(BENCHES)
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
@@ -106,6 +114,12 @@ $(LIBENGINE): $(ENGINE_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(LIBMQD): $(DAEMON_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+$(LIBOAI): $(OAI_OBJ)
+	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
+
+# mq-openai links libmq only (DESIGN.md: the HTTP front is a client like any other)
+$(BUILD)/mq-openai: $(BUILD)/obj/mq-openai/main.o $(LIBOAI) $(LIBMQ_SO) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) -L$(BUILD) -lmq $(LIBCOMMON) $(OAI_LIBS) -Wl,-rpath,'$$ORIGIN'
 
 $(BUILD)/mqd: $(BUILD)/obj/daemon/main.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -119,13 +133,13 @@ $(LIBMQ_SO): $(CLIENT_OBJ) $(IPC_OBJ) $(COMMON_OBJ) libclient/libmq.map
 $(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC) $(LIBCOMMON)
 	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lmq $(LIBIPC) $(LIBCOMMON) -lcjson -lpthread -lm -Wl,-rpath,'$$ORIGIN'
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(if $(CLIENT_SRC),$(LIBMQ_SO))
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(LIBOAI) $(if $(CLIENT_SRC),$(LIBMQ_SO))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS) -lmicrohttpd
 
 define bench_rule
-$(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
-	$$(CC) $$(LDFLAGS) -o $$@ $$< $(ALL_LIBS) $$(LIBS)
+$(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS) $(LIBOAI) $(CLIENT_OBJ)
+	$$(CC) $$(LDFLAGS) -o $$@ $$< $(LIBOAI) $(CLIENT_OBJ) $(ALL_LIBS) $$(LIBS)
 endef
 $(foreach b,$(BENCH_SRC),$(eval $(call bench_rule,$(b))))
 
@@ -210,27 +224,34 @@ endif
 
 # ---------------------------------------------------------------------------
 # make run: deps, build, start mqd on $(MODEL) in the background with its sockets under
-# $(RUN_DIR), wait until it is ready, answer a prompt through `mq run`, leave it running.
+# $(RUN_DIR), wait until it is ready, answer a prompt through `mq run`, start mq-openai on
+# 127.0.0.1:$(HTTP_PORT) and answer a chat request with curl; leave both running.
 MODEL   ?= $(MQ_SHARED)/models/mq-qwen3-80m
 RUN_DIR ?= $(CURDIR)/run
 PROMPT  ?= Write a Python function that returns the sum of a list of numbers.
+HTTP_PORT ?= 8000
 run: deps
-	@$(MAKE) --no-print-directory $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl
-	@sh dist/run.sh "$(MODEL)" "$(RUN_DIR)" "$(CURDIR)/$(BUILD)" "$(PROMPT)"
+	@$(MAKE) --no-print-directory $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl $(BUILD)/mq-openai
+	@sh dist/run.sh "$(MODEL)" "$(RUN_DIR)" "$(CURDIR)/$(BUILD)" "$(PROMPT)" "$(HTTP_PORT)"
 
 # make install: PREFIX (default /usr/local) and DESTDIR honoured.
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
-install: $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl
+install: $(MQD) $(LIBMQ_SO) $(BUILD)/mq $(BUILD)/mqctl $(BUILD)/mq-openai
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)/etc/mq
-	install -m 0755 $(MQD) $(BUILD)/mq $(BUILD)/mqctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(MQD) $(BUILD)/mq $(BUILD)/mqctl $(BUILD)/mq-openai $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 $(LIBMQ_SO) $(DESTDIR)$(PREFIX)/lib/libmq.so.1
 	ln -sf libmq.so.1 $(DESTDIR)$(PREFIX)/lib/libmq.so
 	install -m 0644 libclient/mq.h $(DESTDIR)$(PREFIX)/include/mq.h
+	install -d $(DESTDIR)$(PREFIX)/share/doc/mq/docs/design
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/mq/
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/mq/docs/
+	install -m 0644 docs/design/*.md $(DESTDIR)$(PREFIX)/share/doc/mq/docs/design/
 	sed 's|@PREFIX@|$(PREFIX)|g' libclient/libmq.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libmq.pc
-	for u in mqd.service mqd.socket mqd-admin.socket; do \
+	for u in mqd.service mqd.socket mqd-admin.socket mq-openai.service mq-openai.socket; do \
 	    sed 's|/usr/local|$(PREFIX)|g' dist/$$u > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u; done
 	[ -e $(DESTDIR)/etc/mq/mqd.json ] || install -m 0644 dist/mqd.json $(DESTDIR)/etc/mq/mqd.json
+	[ -e $(DESTDIR)/etc/mq/mq-openai.json ] || install -m 0644 dist/mq-openai.json $(DESTDIR)/etc/mq/mq-openai.json
 	[ -n "$(DESTDIR)" ] || ldconfig 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
@@ -243,7 +264,8 @@ FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 10
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS    := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(KERNEL_SRC) $(COMMON_SRC) $(IPC_SRC) $(ENGINE_SRC) $(DAEMON_SRC))
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(KERNEL_SRC) $(COMMON_SRC) $(IPC_SRC) $(ENGINE_SRC) $(DAEMON_SRC) \
+                  $(OAI_SRC) $(CLIENT_SRC))
 FUZZ_CFLAGS   = -std=gnu11 -O1 -g -fno-omit-frame-pointer -fPIC -pthread -Werror=implicit-function-declaration \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -I.
@@ -266,7 +288,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 $(FUZZ_BUILD)/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libfuzzdeps.a
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS) -lmicrohttpd
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
@@ -283,6 +305,29 @@ FUZZ_S ?= 600
 .PHONY: fuzz-long
 fuzz-long: deps fuzz
 	@sh tests/fuzz/long.sh $(FUZZ_BUILD) $(FUZZ_S) $(FUZZ_BINS)
+
+# ---------------------------------------------------------------------------
+# The agent evaluation through the HTTP API (issue 10): every assistant turn of the agent
+# conversations through mq-openai with the official OpenAI client, greedy, in each mode.
+# TASKS=n: the first n conversations (default all). Last lines: agent_acc_bf16,
+# agent_acc_mixed, agent_acc_fp4, agent_match_golden.
+AGENT_MODEL ?= $(MQ_SHARED)/models/mq-agent-45m
+AGENT_DIR   ?= $(MQ_SHARED)/golden/mq-agent-45m
+TASKS       ?=
+.PHONY: eval-agent bench-http
+eval-agent: deps
+	@$(MAKE) --no-print-directory $(MQD) $(BUILD)/mqctl $(BUILD)/mq-openai
+	@sh tests/http/serve.sh $(BUILD) $(AGENT_MODEL) sh -c 'cd tests && node http/eval_agent.mjs \
+	    --base-url "$$MQ_HTTP_URL/v1" --dir "$(AGENT_DIR)" $(if $(TASKS),--tasks $(TASKS))'
+
+# HTTP vs libmq for the same requests (32 concurrent streams) and an agent replay over
+# HTTP with X-Session-Id: http_ttft_overhead_ms_p50, http_tokens_per_s_vs_libmq,
+# http_replay_cached_ratio.
+BENCH_TARGETS += bench-http
+bench-http: deps
+	@$(MAKE) --no-print-directory $(MQD) $(BUILD)/mqctl $(BUILD)/mq-openai $(BUILD)/bench_http
+	@sh tests/http/serve.sh $(BUILD) $(AGENT_MODEL) sh -c '$(BUILD)/bench_http --url "$$MQ_HTTP_URL" \
+	    --socket "$$MQ_CLIENT_SOCKET" --dir "$(AGENT_DIR)"'
 
 # ---------------------------------------------------------------------------
 # Quality evaluation of the three modes (issue 3): perplexity, continuation NLL, KL and

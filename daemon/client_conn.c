@@ -359,6 +359,7 @@ static uint32_t wire_err_of(int err)
     case -EAGAIN: return MQ_ERR_LIMIT;
     case -EBUSY: return MQ_ERR_BUSY;
     case -ENOENT: return MQ_ERR_NO_SESSION;
+    case -EINVAL: return MQ_ERR_BAD_PROMPT;
     default: return MQ_ERR_INTERNAL;
     }
 }
@@ -645,10 +646,11 @@ static unsigned ids_from_wire(mqd_conn *c, const uint8_t *bytes, uint32_t len, i
     return 0;
 }
 
-/* A chat message: the text it appends to the conversation (pending system messages, the
- * message, the assistant's turn). */
-static unsigned render_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, char **text,
-                               size_t *tlen, char *msg, size_t msglen)
+/* A chat message: the ids it appends to the conversation (pending system messages, the
+ * message, the assistant's turn). Message text is tokenized as text: only the template's
+ * markup yields special tokens (mq_chat_encode). */
+static unsigned encode_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, int32_t **ids,
+                               size_t *n_ids, char *msg, size_t msglen)
 {
     static const char *const roles[] = { "user", "system", "tool" };
     mqd *d = c->d;
@@ -661,16 +663,57 @@ static unsigned render_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const 
     }
     cJSON_AddItemToArray(msgs, one);
     mq_chat_opts o = { .add_generation_prompt = 1,
-                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0,
-                       .bos_token = NULL };
+                       .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0 };
     char cerr[256];
-    int rc = s->turns == 0 ? mq_chat_render((mq_chat_kind)d->chat_kind, msgs, NULL, &o, text, tlen, cerr, sizeof cerr)
-                           : mq_chat_render_append((mq_chat_kind)d->chat_kind, msgs, &o, s->end_in_session, text, tlen,
-                                                   cerr, sizeof cerr);
+    int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, NULL, &o, s->turns > 0, s->end_in_session, ids,
+                            n_ids, cerr, sizeof cerr);
     cJSON_Delete(msgs);
     if (rc)
-        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "chat template: %s", cerr);
+        return mq_errmsg(msg, msglen, rc == -ENOMEM ? MQ_ERR_INTERNAL : MQ_ERR_BAD_PROMPT, "%s", cerr);
     return 0;
+}
+
+/* MQ_WIRE_KIND_CHAT: {"messages": [...], "tools": [...], "enable_thinking": bool,
+ * "prefix": "...", "think_as_generated": bool} -> the ids of the whole rendered
+ * conversation with the generation prompt; 0 or an MQ_ERR code + message naming the field. */
+static unsigned encode_conversation(mqd *d, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
+                                    size_t msglen)
+{
+    if (d->chat_kind < 0)
+        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "model %s has no chat template mqd knows", d->model_name);
+    cJSON *j = cJSON_ParseWithLength((const char *)bytes, len);
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(j, "tools");
+    const cJSON *think = cJSON_GetObjectItemCaseSensitive(j, "enable_thinking");
+    const cJSON *prefix = cJSON_GetObjectItemCaseSensitive(j, "prefix");
+    const cJSON *as_gen = cJSON_GetObjectItemCaseSensitive(j, "think_as_generated");
+    unsigned code = MQ_ERR_BAD_PROMPT;
+    if (!cJSON_IsObject(j))
+        mq_errmsg(msg, msglen, 0, "conversation: not a JSON object");
+    else if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
+        mq_errmsg(msg, msglen, 0, "conversation.messages: must be a non-empty array");
+    else if (tools && !cJSON_IsArray(tools) && !cJSON_IsNull(tools))
+        mq_errmsg(msg, msglen, 0, "conversation.tools: must be an array");
+    else if (think && !cJSON_IsBool(think))
+        mq_errmsg(msg, msglen, 0, "conversation.enable_thinking: must be true or false");
+    else if (prefix && !cJSON_IsString(prefix))
+        mq_errmsg(msg, msglen, 0, "conversation.prefix: must be a string");
+    else if (as_gen && !cJSON_IsBool(as_gen))
+        mq_errmsg(msg, msglen, 0, "conversation.think_as_generated: must be true or false");
+    else {
+        mq_chat_opts o = { .add_generation_prompt = 1,
+                           .enable_thinking = think ? cJSON_IsTrue(think) : -1,
+                           .reply_prefix = prefix ? prefix->valuestring : NULL,
+                           .think_as_generated = cJSON_IsTrue(as_gen) };
+        char cerr[256];
+        int rc =
+            mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, tools, &o, 0, 0, ids, n_ids, cerr, sizeof cerr);
+        code = rc == 0 ? 0 : rc == -ENOMEM ? MQ_ERR_INTERNAL : MQ_ERR_BAD_PROMPT;
+        if (rc)
+            mq_errmsg(msg, msglen, 0, "conversation: %s", cerr);
+    }
+    cJSON_Delete(j);
+    return code;
 }
 
 /* Turns the prompt bytes into the token ids to append; 0 or an MQ_ERR code + message. */
@@ -686,23 +729,18 @@ static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const ui
     if (!mq_utf8_valid((const char *)bytes, len))
         return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "prompt text is not valid UTF-8");
     char terr[MQ_TOK_ERR_LEN];
-    if (m->u.submit.kind == MQ_WIRE_KIND_TEXT) {
-        unsigned flags = s->turns == 0 ? MQ_TOK_ADD_SPECIAL : 0;
+    if (m->u.submit.kind == MQ_WIRE_KIND_TEXT || m->u.submit.kind == MQ_WIRE_KIND_PROMPT) {
+        /* TEXT continues a raw session; PROMPT is a whole context (completions endpoints):
+         * the tokenizer's BOS where it adds one, special tokens parsed in both */
+        int whole = m->u.submit.kind == MQ_WIRE_KIND_PROMPT || (m->u.submit.gen.flags & MQ_GEN_WHOLE_CONTEXT);
+        unsigned flags = s->turns == 0 || whole ? MQ_TOK_ADD_SPECIAL : 0;
         if (mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr))
             return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "tokenizing the prompt: %s", terr);
         return 0;
     }
-    char *text = NULL;
-    size_t tlen = 0;
-    unsigned code = render_message(c, s, m, bytes, &text, &tlen, msg, msglen);
-    if (code)
-        return code;
-    /* The rendered text contains the template's special tokens: parse them. */
-    int rc = mq_tok_encode(d->tok, text, tlen, 0, ids, n_ids, terr, sizeof terr);
-    free(text);
-    if (rc)
-        return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "tokenizing the rendered message: %s", terr);
-    return 0;
+    if (m->u.submit.kind == MQ_WIRE_KIND_CHAT)
+        return encode_conversation(d, bytes, len, ids, n_ids, msg, msglen);
+    return encode_message(c, s, m, bytes, ids, n_ids, msg, msglen);
 }
 
 /* Copies the SUBMIT's prompt bytes out of the prompt ring and hands the ring back to the
@@ -751,7 +789,8 @@ static unsigned check_submit(mqd_conn *c, mqd_sess *s, const mq_msg *m, char *ms
     int chat = s->mode == MQ_WIRE_MODE_CHAT;
     if ((m->u.submit.kind == MQ_WIRE_KIND_MESSAGE) != chat)
         return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "%s sessions take %s", chat ? "chat" : "raw",
-                         chat ? "messages (mq_send_message)" : "text or tokens (mq_send_text/tokens)");
+                         chat ? "messages (mq_send_message)"
+                              : "text, tokens, prompts or conversations (mq_send_text/tokens/prompt/chat)");
     return 0;
 }
 
@@ -786,6 +825,16 @@ static void gen_params_from_wire(const mq_wire_gen *g, mq_gen_params *p)
     p->repetition_penalty = g->repeat_penalty;
     p->seed = g->seed;
     p->use_eos = 1;
+    p->presence_penalty = g->presence_penalty;
+    p->frequency_penalty = g->frequency_penalty;
+    p->n_stop_strs = g->n_stop;
+    for (int i = 0; i < g->n_stop; i++)
+        p->stop_strs[i] = g->stop[i]; /* the scheduler copies them */
+    p->has_mode = g->precision != MQ_WIRE_PRECISION_DEFAULT;
+    p->mode = g->precision == MQ_WIRE_PRECISION_BF16  ? MQ_PREC_MODE_BF16
+              : g->precision == MQ_WIRE_PRECISION_FP4 ? MQ_PREC_MODE_FP4
+                                                      : MQ_PREC_MODE_MIXED;
+    p->whole_context = !!(g->flags & MQ_GEN_WHOLE_CONTEXT);
 }
 
 /* Submits ids to the scheduler as request `req` of session s, its tokens streamed by the
@@ -799,6 +848,7 @@ static unsigned start_request(mqd_conn *c, mqd_sess *s, const mq_msg *m, uint64_
                          n_ids, d->ctx_limit);
     mq_gen_params p;
     gen_params_from_wire(&m->u.submit.gen, &p);
+    p.whole_context |= m->u.submit.kind == MQ_WIRE_KIND_CHAT || m->u.submit.kind == MQ_WIRE_KIND_PROMPT;
     mqd_req *r = calloc(1, sizeof *r);
     if (!r)
         return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
@@ -872,8 +922,10 @@ static void on_stats(mqd_conn *c, const mq_msg *m)
     mqd *d = c->d;
     mq_sched_stats st;
     mq_sched_get_stats(d->sched, &st);
-    mq_msg r = { .type = MQ_MSG_STATS_REPLY };
+    mq_msg r = { .type = MQ_MSG_STATS_REPLY, .version = m->version };
     mq_wire_stats *w = &r.u.stats;
+    if (m->version >= 2) /* for health checks: draining from the moment a drain starts */
+        w->state = d->state == MQD_READY ? MQ_WIRE_STATE_READY : MQ_WIRE_STATE_DRAINING;
     w->uptime_ms = mq_now_ms() - d->start_ms;
     w->sessions = (uint32_t)st.sessions;
     w->requests_running = (uint32_t)(st.prefilling + st.decoding);

@@ -1,9 +1,11 @@
 #!/bin/sh
-# dist/run.sh MODEL RUN_DIR BUILD_DIR PROMPT — the body of `make run`.
+# dist/run.sh MODEL RUN_DIR BUILD_DIR PROMPT [HTTP_PORT] — the body of `make run`.
 # Starts mqd in the background (unless one already answers on RUN_DIR), waits until it is
-# ready, asks one question through `mq run` with streaming output and leaves mqd running.
+# ready, asks one question through `mq run` with streaming output, starts mq-openai (the
+# OpenAI-compatible HTTP server) on 127.0.0.1:HTTP_PORT, asks one chat question with curl
+# and leaves both running.
 set -e
-model=$1; rundir=$2; build=$3; prompt=$4
+model=$1; rundir=$2; build=$3; prompt=$4; port=${5:-8000}
 client="$rundir/client.sock"; admin="$rundir/admin.sock"; log="$rundir/mqd.log"
 mkdir -p "$rundir"
 if [ ! -f "$model/config.json" ]; then
@@ -41,7 +43,28 @@ echo
 echo "> $prompt"
 "$build/mq" --socket "$client" --stats --max-tokens 128 run "$prompt"
 echo
+if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+    echo "mq-openai already answers on 127.0.0.1:$port"
+else
+    echo "starting mq-openai on 127.0.0.1:$port (log: $rundir/mq-openai.log)"
+    nohup "$build/mq-openai" --mqd-socket "$client" --listen "127.0.0.1:$port" \
+        > "$rundir/mq-openai.log" 2>&1 < /dev/null &
+    echo $! > "$rundir/mq-openai.pid"
+    i=0
+    until curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -gt 50 ]; then echo "mq-openai did not answer; see $rundir/mq-openai.log" >&2; exit 1; fi
+        sleep 0.1
+    done
+fi
+req='{"messages": [{"role": "user", "content": "'"$prompt"'"}], "max_tokens": 128, "temperature": 0,
+      "chat_template_kwargs": {"enable_thinking": false}}'
+echo "\$ curl http://127.0.0.1:$port/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\", ...}]}'"
+curl -s "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' -d "$req"
+echo
+echo
 echo "mqd is running (pid $(cat "$rundir/mqd.pid" 2>/dev/null || echo '?')), log $log"
+echo "mq-openai is running (pid $(cat "$rundir/mq-openai.pid" 2>/dev/null || echo '?')): OPENAI_BASE_URL=http://127.0.0.1:$port/v1"
 echo "  ask:    $build/mq --socket $client run \"your prompt\"    (or: MQ_SOCKET=$client $build/mq chat)"
 echo "  admin:  $build/mqctl --socket $admin status | sessions | stats | top"
-echo "  stop:   $build/mqctl --socket $admin drain    (or: kill \$(cat $rundir/mqd.pid))"
+echo "  stop:   $build/mqctl --socket $admin drain    (or: kill \$(cat $rundir/mqd.pid));  kill \$(cat $rundir/mq-openai.pid)"

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "common/errmsg.h"
 #include "engine/chat_template.h"
+#include "engine/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -20,6 +21,8 @@ typedef struct sbuf {
     char *p;
     size_t len, cap;
     int oom;
+    mq_tok_span *data; /* ranges of p that came from the caller's data, ascending */
+    size_t n_data, cap_data;
 } sbuf;
 
 static void sb_add(sbuf *b, const char *s, size_t n)
@@ -46,6 +49,38 @@ static void sb_add(sbuf *b, const char *s, size_t n)
 static void sb_puts(sbuf *b, const char *s)
 {
     sb_add(b, s, strlen(s));
+}
+
+/* Caller's data (message text, names, tool definitions, arguments): appended like
+ * template text, but its range is recorded so that the tokenizer does not turn special
+ * token strings in it into special tokens (no role injection through content). */
+static void sb_data(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom || n == 0)
+        return;
+    if (b->n_data && b->data[b->n_data - 1].off + b->data[b->n_data - 1].len == b->len) {
+        b->data[b->n_data - 1].len += n;
+    } else {
+        if (b->n_data == b->cap_data) {
+            size_t c = b->cap_data ? 2 * b->cap_data : 16;
+            mq_tok_span *q = realloc(b->data, c * sizeof *q);
+            if (!q) {
+                b->oom = 1;
+                return;
+            }
+            b->data = q;
+            b->cap_data = c;
+        }
+        b->data[b->n_data++] = (mq_tok_span){ b->len, n };
+    }
+    sb_add(b, s, n);
+}
+
+static void sb_free(sbuf *b)
+{
+    free(b->p);
+    free(b->data);
+    memset(b, 0, sizeof *b);
 }
 
 /* ---- Python json.dumps ----------------------------------------------------------------- */
@@ -310,15 +345,15 @@ static int qwen3_tool_calls(sbuf *o, const cJSON *m, int content_nonempty)
         const cJSON *args = cJSON_GetObjectItemCaseSensitive(call, "arguments");
         sb_puts(o, "<tool_call>\n{\"name\": \"");
         if (cJSON_IsString(name))
-            sb_puts(o, name->valuestring);
+            sb_data(o, name->valuestring, strlen(name->valuestring));
         sb_puts(o, "\", \"arguments\": ");
         if (cJSON_IsString(args))
-            sb_puts(o, args->valuestring); /* already JSON text */
+            sb_data(o, args->valuestring, strlen(args->valuestring)); /* already JSON text */
         else if (args) {
             char *j = mq_chat_json_dumps(args);
             if (!j)
                 return -ENOMEM;
-            sb_puts(o, j);
+            sb_data(o, j, strlen(j));
             free(j);
         }
         sb_puts(o, "}\n</tool_call>");
@@ -329,8 +364,8 @@ static int qwen3_tool_calls(sbuf *o, const cJSON *m, int content_nonempty)
 /* Renders messages[from..n) of `all` (an array) as the Qwen3 loop does. last_query is
  * ns.last_query_index over the whole conversation (index into `all`); prev_role is the
  * role before `from` ("" if none) for the tool-grouping rule. */
-static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const char *prev_role, char *err,
-                      size_t errlen)
+static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const char *prev_role,
+                      const mq_chat_opts *opts, char *err, size_t errlen)
 {
     int n = cJSON_GetArraySize(all);
     const cJSON *m = cJSON_GetArrayItem(all, from);
@@ -346,7 +381,7 @@ static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const
             sb_puts(o, "<|im_start|>");
             sb_puts(o, role);
             sb_puts(o, "\n");
-            sb_add(o, c.p, c.len);
+            sb_data(o, c.p, c.len);
             sb_puts(o, "<|im_end|>\n");
         } else if (!strcmp(role, "assistant")) {
             const char *cb = c.p, *ce = c.p + c.len; /* content */
@@ -378,12 +413,17 @@ static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const
                 const char *cl = cb;
                 lstrip_nl(&cl, ce);
                 sb_puts(o, "<|im_start|>assistant\n<think>\n");
-                sb_add(o, sb, (size_t)(se - sb));
+                sb_data(o, sb, (size_t)(se - sb));
                 sb_puts(o, "\n</think>\n\n");
-                sb_add(o, cl, (size_t)(ce - cl));
+                sb_data(o, cl, (size_t)(ce - cl));
+            } else if (opts->think_as_generated && opts->enable_thinking == 0 && re == rb) {
+                /* not the template: the turn as the model generated it, after the
+                 * generation prompt's empty think block (mq_chat_opts) */
+                sb_puts(o, "<|im_start|>assistant\n<think>\n\n</think>\n\n");
+                sb_data(o, cb, (size_t)(ce - cb));
             } else {
                 sb_puts(o, "<|im_start|>assistant\n");
-                sb_add(o, cb, (size_t)(ce - cb));
+                sb_data(o, cb, (size_t)(ce - cb));
             }
             if (qwen3_tool_calls(o, m, ce > cb)) {
                 free(c.p);
@@ -395,7 +435,7 @@ static int qwen3_loop(sbuf *o, const cJSON *all, int from, int last_query, const
             if (i == 0 || strcmp(before, "tool"))
                 sb_puts(o, "<|im_start|>user");
             sb_puts(o, "\n<tool_response>\n");
-            sb_add(o, c.p, c.len);
+            sb_data(o, c.p, c.len);
             sb_puts(o, "\n</tool_response>");
             if (is_last || strcmp(role_of(m->next), "tool"))
                 sb_puts(o, "<|im_end|>\n");
@@ -451,7 +491,7 @@ static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq
     if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) { /* {%- if tools %} */
         sb_puts(o, "<|im_start|>system\n");
         if (first_system) {
-            sb_add(o, c0.p, c0.len);
+            sb_data(o, c0.p, c0.len);
             sb_puts(o, "\n\n");
         }
         sb_puts(o, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -465,7 +505,7 @@ static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq
                 return -ENOMEM;
             }
             sb_puts(o, "\n");
-            sb_puts(o, j);
+            sb_data(o, j, strlen(j));
             free(j);
         }
         sb_puts(o, "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
@@ -473,11 +513,11 @@ static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq
                    "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n");
     } else if (first_system) {
         sb_puts(o, "<|im_start|>system\n");
-        sb_add(o, c0.p, c0.len);
+        sb_data(o, c0.p, c0.len);
         sb_puts(o, "<|im_end|>\n");
     }
     free(c0.p);
-    int rc = qwen3_loop(o, msgs, 0, qwen3_last_query(msgs, n - 1), "", err, errlen);
+    int rc = qwen3_loop(o, msgs, 0, qwen3_last_query(msgs, n - 1), "", opts, err, errlen);
     if (rc)
         return rc;
     qwen3_gen_prompt(o, opts);
@@ -498,9 +538,9 @@ static int render_chatml_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
             return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i);
         }
         sb_puts(o, "<|im_start|>");
-        sb_puts(o, role_of(m));
+        sb_data(o, role_of(m), strlen(role_of(m)));
         sb_puts(o, "\n");
-        sb_add(o, c.p, c.len);
+        sb_data(o, c.p, c.len);
         sb_puts(o, "<|im_end|>\n");
         free(c.p);
         i++;
@@ -564,9 +604,9 @@ static int render_llama3_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
         const char *a = c.p, *b = c.p + c.len;
         py_strip(&a, &b); /* message['content'] | trim */
         sb_puts(o, "<|start_header_id|>");
-        sb_puts(o, role_of(m));
+        sb_data(o, role_of(m), strlen(role_of(m)));
         sb_puts(o, "<|end_header_id|>\n\n");
-        sb_add(o, a, (size_t)(b - a));
+        sb_data(o, a, (size_t)(b - a));
         sb_puts(o, "<|eot_id|>");
         free(c.p);
         i++;
@@ -632,6 +672,8 @@ int mq_chat_detect(const char *t, mq_chat_kind *kind, char *err, size_t errlen)
 
 static int finish(sbuf *o, int rc, char **out, size_t *len, char *err, size_t errlen)
 {
+    *out = NULL;
+    *len = 0;
     if ((!rc && o->oom) || rc == -ENOMEM)
         rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
     if (rc) {
@@ -651,12 +693,9 @@ static int finish(sbuf *o, int rc, char **out, size_t *len, char *err, size_t er
     return 0;
 }
 
-int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts, char **out,
-                   size_t *len, char *err, size_t errlen)
+static int render_full(sbuf *o, mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts,
+                       char *err, size_t errlen)
 {
-    sbuf o = { 0 };
-    *out = NULL;
-    *len = 0;
     int rc = check_messages(messages, err, errlen);
     if (rc)
         return rc;
@@ -666,38 +705,35 @@ int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools,
     case MQ_CHAT_QWEN3:
         if (cJSON_GetArraySize(messages) == 0)
             return mq_errmsg(err, errlen, -EINVAL, "chat: qwen3 needs at least one message");
-        rc = render_qwen3(&o, messages, tools, opts, err, errlen);
+        rc = render_qwen3(o, messages, tools, opts, err, errlen);
         break;
     case MQ_CHAT_CHATML:
-        rc = render_chatml_msgs(&o, messages, err, errlen);
+        rc = render_chatml_msgs(o, messages, err, errlen);
         if (!rc && opts->add_generation_prompt)
-            sb_puts(&o, "<|im_start|>assistant\n");
+            sb_puts(o, "<|im_start|>assistant\n");
         break;
     case MQ_CHAT_LLAMA3:
         if (opts->bos_token)
-            sb_puts(&o, opts->bos_token);
-        rc = render_llama3_msgs(&o, messages, err, errlen);
+            sb_puts(o, opts->bos_token);
+        rc = render_llama3_msgs(o, messages, err, errlen);
         if (!rc && opts->add_generation_prompt)
-            sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+            sb_puts(o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     default: rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }
-    return finish(&o, rc, out, len, err, errlen);
+    return rc;
 }
 
-int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq_chat_opts *opts,
-                          int end_token_in_session, char **out, size_t *len, char *err, size_t errlen)
+static int render_append(sbuf *o, mq_chat_kind kind, const cJSON *new_messages, const mq_chat_opts *opts,
+                         int end_token_in_session, char *err, size_t errlen)
 {
-    sbuf o = { 0 };
-    *out = NULL;
-    *len = 0;
     int rc = check_messages(new_messages, err, errlen);
     if (rc)
         return rc;
     switch (kind) {
     case MQ_CHAT_QWEN3:
         /* the assistant turn ends "<|im_end|>\n"; generation stopped at <|im_end|> */
-        sb_puts(&o, end_token_in_session ? "\n" : "<|im_end|>\n");
+        sb_puts(o, end_token_in_session ? "\n" : "<|im_end|>\n");
         /* index 1.. of a virtual conversation whose message 0 is the previous assistant
          * reply: a system message here is not "loop.first", tool grouping sees the
          * assistant before, and last_query_index is the last new user query (or before
@@ -725,26 +761,75 @@ int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq
             if (!ok)
                 rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
             else
-                rc = qwen3_loop(&o, all, 1, qwen3_last_query(all, 0), "assistant", err, errlen);
+                rc = qwen3_loop(o, all, 1, qwen3_last_query(all, 0), "assistant", opts, err, errlen);
             cJSON_Delete(all);
         }
         if (!rc)
-            qwen3_gen_prompt(&o, opts);
+            qwen3_gen_prompt(o, opts);
         break;
     case MQ_CHAT_CHATML:
-        sb_puts(&o, end_token_in_session ? "\n" : "<|im_end|>\n");
-        rc = render_chatml_msgs(&o, new_messages, err, errlen);
+        sb_puts(o, end_token_in_session ? "\n" : "<|im_end|>\n");
+        rc = render_chatml_msgs(o, new_messages, err, errlen);
         if (!rc && opts->add_generation_prompt)
-            sb_puts(&o, "<|im_start|>assistant\n");
+            sb_puts(o, "<|im_start|>assistant\n");
         break;
     case MQ_CHAT_LLAMA3:
         if (!end_token_in_session)
-            sb_puts(&o, "<|eot_id|>");
-        rc = render_llama3_msgs(&o, new_messages, err, errlen);
+            sb_puts(o, "<|eot_id|>");
+        rc = render_llama3_msgs(o, new_messages, err, errlen);
         if (!rc && opts->add_generation_prompt)
-            sb_puts(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+            sb_puts(o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     default: rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }
+    return rc;
+}
+
+/* The reply's forced start (mq_chat_opts.reply_prefix) is the caller's text. */
+static int render(sbuf *o, mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts,
+                  int append, int end_token_in_session, char *err, size_t errlen)
+{
+    int rc = append ? render_append(o, kind, messages, opts, end_token_in_session, err, errlen)
+                    : render_full(o, kind, messages, tools, opts, err, errlen);
+    if (!rc && opts->reply_prefix && opts->add_generation_prompt)
+        sb_data(o, opts->reply_prefix, strlen(opts->reply_prefix));
+    return rc;
+}
+
+int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools, const mq_chat_opts *opts, char **out,
+                   size_t *len, char *err, size_t errlen)
+{
+    sbuf o = { 0 };
+    int rc = render(&o, kind, messages, tools, opts, 0, 0, err, errlen);
+    free(o.data);
     return finish(&o, rc, out, len, err, errlen);
+}
+
+int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq_chat_opts *opts,
+                          int end_token_in_session, char **out, size_t *len, char *err, size_t errlen)
+{
+    sbuf o = { 0 };
+    int rc = render(&o, kind, new_messages, NULL, opts, 1, end_token_in_session, err, errlen);
+    free(o.data);
+    return finish(&o, rc, out, len, err, errlen);
+}
+
+int mq_chat_encode(const mq_tokenizer *tok, mq_chat_kind kind, const cJSON *messages, const cJSON *tools,
+                   const mq_chat_opts *opts, int append, int end_token_in_session, int32_t **ids, size_t *n, char *err,
+                   size_t errlen)
+{
+    *ids = NULL;
+    *n = 0;
+    sbuf o = { 0 };
+    int rc = render(&o, kind, messages, tools, opts, append, end_token_in_session, err, errlen);
+    if (!rc && o.oom)
+        rc = mq_errmsg(err, errlen, -ENOMEM, "chat: out of memory");
+    if (!rc) {
+        char terr[MQ_TOK_ERR_LEN];
+        rc = mq_tok_encode_spans(tok, o.p ? o.p : "", o.len, 0, o.data, o.n_data, ids, n, terr, sizeof terr);
+        if (rc)
+            mq_errmsg(err, errlen, rc, "chat: tokenizing the rendered prompt: %s", terr);
+    }
+    sb_free(&o);
+    return rc;
 }

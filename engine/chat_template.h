@@ -25,6 +25,9 @@
 #define MQ_ENGINE_CHAT_TEMPLATE_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "engine/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,6 +49,15 @@ typedef struct mq_chat_opts {
     int add_generation_prompt;
     int enable_thinking;   /* qwen3: -1 = not given (default: thinking), 0 = false, 1 = true */
     const char *bos_token; /* llama3: prepended text, e.g. "<|begin_of_text|>"; NULL = "" */
+    /* Text the reply is forced to start with, rendered after the generation prompt as the
+     * caller's text (e.g. "<tool_call>\n" for a required tool call); NULL = none. */
+    const char *reply_prefix;
+    /* qwen3 with enable_thinking 0, not transformers' rendering: a past assistant turn
+     * without reasoning keeps the empty "<think>\n\n</think>\n\n" that the generation
+     * prompt gave it, so the history renders the tokens the model actually saw and the
+     * next turn reuses the whole reply's KV (QwenLM/Qwen3 issue 1826; measured in
+     * docs/results.md, bench-http). 0 = the template's rendering (the default). */
+    int think_as_generated;
 } mq_chat_opts;
 
 /* Full render of a conversation. tools: a JSON array or NULL. *out is malloc'ed and
@@ -70,6 +82,19 @@ int mq_chat_render(mq_chat_kind kind, const cJSON *messages, const cJSON *tools,
  * for no gain. */
 int mq_chat_render_append(mq_chat_kind kind, const cJSON *new_messages, const mq_chat_opts *opts,
                           int end_token_in_session, char **out, size_t *len, char *err, size_t errlen);
+
+/* Render + tokenize, the way mqd turns a conversation into prompt ids: the template's
+ * own markup is tokenized with its special tokens, while the caller's data (message
+ * content, reasoning, names, tool definitions, tool-call arguments, reply_prefix) is
+ * tokenized as text: "<|im_end|>" or "<|im_start|>system" inside a message stays text
+ * and cannot open a turn (role injection). Added tokens that are not special (Qwen3's
+ * <think>, <tool_call>) are matched everywhere, as transformers does. For conversations
+ * whose content holds no special-token strings the ids equal the tokenization of the
+ * rendered text (the golden chat cases). append = 0: mq_chat_render(messages, tools);
+ * append = 1: mq_chat_render_append(messages, end_token_in_session). *ids is malloc'ed. */
+int mq_chat_encode(const mq_tokenizer *tok, mq_chat_kind kind, const cJSON *messages, const cJSON *tools,
+                   const mq_chat_opts *opts, int append, int end_token_in_session, int32_t **ids, size_t *n, char *err,
+                   size_t errlen);
 
 /* Python json.dumps(v, ensure_ascii=False) of a cJSON value, malloc'ed. Integral numbers
  * are written as integers (cJSON does not keep "1.0" vs "1"); others as Python's repr. */

@@ -56,6 +56,7 @@ struct req {
     int end_code; /* atomic: 0 or 1 + mq_sched_end_reason requested by cancel */
     int end_err;  /* with MQ_SCHED_END_ERROR asked (to make room): the error and why */
     char end_msg[160];
+    mq_prec_mode mode;  /* precision of this request */
     int hist0;          /* history length before this request */
     int kv0;            /* session KV before admission */
     int limit;          /* history length at which generation stops */
@@ -85,8 +86,9 @@ struct session {
     uint8_t **ptr;  /* [max_blocks] block memory (the engine's mq_kv_seq) */
     uint64_t *hash; /* [max_blocks] chain hash of each full block */
     int n_blk;
-    int n_hashed; /* leading full blocks hashed (and offered to the index) */
-    int n_shared; /* blocks obtained from the index */
+    int n_hashed;         /* leading full blocks hashed (and offered to the index) */
+    int n_shared;         /* blocks obtained from the index */
+    mq_prec_mode kv_mode; /* the precision the session's KV was computed in */
     struct req *req;
     int notifying; /* finished requests whose on_done has not returned yet */
     double last_used;
@@ -813,7 +815,7 @@ static void run_chunk(mq_sched *s, struct req *r, struct chunk *c)
     const int *toks = (const int *)r->ss->hist + c->pos0;
     double t0 = mq_now_s();
     if (c->rc == 0)
-        c->rc = mq_engine_prefill_chunk(s->pf_eng, s->pf_pool, &c->seq, toks, c->n, c->pos0, s->o.mode,
+        c->rc = mq_engine_prefill_chunk(s->pf_eng, s->pf_pool, &c->seq, toks, c->n, c->pos0, r->mode,
                                         c->last ? s->pf_logits : NULL);
     c->dt = mq_now_s() - t0;
     if (c->rc == 0 && c->last)
@@ -851,7 +853,7 @@ static void finish_chunk(mq_sched *s, struct req *r, const struct chunk *c)
     /* a whole chunk of the grid from a shareable start, all at the prompt precision (in
      * mixed mode the prompt's last token is not), is what any session computes there */
     if (c->pos0 == ss->n_canon && c->n == s->o.chunk_tokens &&
-        (!c->last || mq_prec_mode_prompt(s->o.mode) == mq_prec_mode_decode(s->o.mode)))
+        (!c->last || mq_prec_mode_prompt(r->mode) == mq_prec_mode_decode(r->mode)))
         ss->n_canon += c->n;
     publish_full_blocks(s, ss);
     if (!c->last) {
@@ -904,31 +906,29 @@ static void *prefill_main(void *arg)
 /* What one decode step runs: up to max_batch requests, one token each. */
 struct batch {
     int n;
+    mq_prec_mode mode; /* the step's precision */
     struct req **r;
     mq_kv_seq *seqs;
     int *toks, *pos, *ends;
 };
 
-/* Fills the batch with every decoding request, rotating the start when there are more
- * than max_batch, and gives each its next position's KV block (s->mu held). 0 or the
+/* Fills the batch with up to max_batch decoding requests of one precision, and gives each
+ * its next position's KV block (s->mu held). 0 or the
  * block allocation's negative errno (which a correct reservation rules out). */
 static int pick_batch(mq_sched *s, struct batch *b)
 {
+    /* one precision per step: the requests of the precision of the request at a rotating
+     * start, so that every precision and every request gets its turn */
     const int mb = s->o.max_batch;
-    int nb = 0, skip = s->n_decoding > mb ? s->rr_decode++ % s->n_decoding : 0;
-    for (struct req *q = s->decoding; q && nb < mb; q = q->next) {
-        if (skip > 0) {
-            skip--;
-            continue;
-        }
-        b->r[nb++] = q;
-    }
-    for (struct req *q = s->decoding; q && nb < mb && nb < s->n_decoding; q = q->next) {
-        int dup = 0;
-        for (int i = 0; i < nb; i++)
-            dup |= b->r[i] == q;
-        if (!dup)
+    int nb = 0, start = s->n_decoding > 1 ? s->rr_decode++ % s->n_decoding : 0;
+    struct req *q = s->decoding;
+    for (int i = 0; i < start && q->next; i++)
+        q = q->next;
+    b->mode = q->mode;
+    for (int k = 0; k < s->n_decoding && nb < mb; k++) {
+        if (q->mode == b->mode)
             b->r[nb++] = q;
+        q = q->next ? q->next : s->decoding;
     }
     /* a request whose token starts a block needs one more reserved; one that cannot get
      * it skips this step, and the largest holder is asked to make room */
@@ -1014,7 +1014,7 @@ static void *decode_main(void *arg)
 
         double t0 = mq_now_s();
         if (rc == 0)
-            rc = mq_engine_decode(s->dec_eng, s->dec_pool, b.seqs, b.toks, b.pos, b.n, mq_prec_mode_decode(s->o.mode),
+            rc = mq_engine_decode(s->dec_eng, s->dec_pool, b.seqs, b.toks, b.pos, b.n, mq_prec_mode_decode(b.mode),
                                   s->dec_logits);
         double dt = mq_now_s() - t0;
         for (int i = 0; i < b.n; i++)
@@ -1215,6 +1215,17 @@ static uint64_t tenant_root(const mq_sched *s, uint32_t tenant)
     return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 2);
 }
 
+/* The seed of a session's blocks computed in precision m: KV is shared only between
+ * requests that computed it the same way (mixed, the default, keeps the tenant's seed). */
+static uint64_t session_root(const mq_sched *s, uint32_t tenant, mq_prec_mode m)
+{
+    uint64_t root = tenant_root(s, tenant);
+    if (m == MQ_PREC_MODE_MIXED)
+        return root;
+    const int32_t salt[2] = { (int32_t)m, -2 }; /* -2: never a token id */
+    return mq_kv_prefix_hash(root, salt, 2);
+}
+
 int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
 {
     struct session *ss = calloc(1, sizeof *ss);
@@ -1243,7 +1254,7 @@ int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
     }
     ss->id = s->next_id++;
     ss->tenant = tenant;
-    ss->root = tenant_root(s, tenant);
+    ss->root = session_root(s, tenant, MQ_PREC_MODE_MIXED);
     ss->last_used = mq_now_s();
     ss->next = s->sessions;
     s->sessions = ss;
@@ -1336,9 +1347,10 @@ static int req_new(mq_sched *s, const int32_t *new_tokens, int n, const mq_gen_p
     sp.min_p = gp.min_p;
     sp.repetition_penalty = gp.repetition_penalty > 0 ? gp.repetition_penalty : 1;
     sp.presence_penalty = gp.presence_penalty;
+    sp.frequency_penalty = gp.frequency_penalty;
     sp.seed = gp.seed;
     int sr = 0;
-    if (gp.temperature > 0 || sp.repetition_penalty != 1 || sp.presence_penalty != 0) {
+    if (gp.temperature > 0 || sp.repetition_penalty != 1 || sp.presence_penalty != 0 || sp.frequency_penalty != 0) {
         sr = mq_sampler_init(&r->smp, &sp, s->vocab);
         r->has_smp = sr == 0;
     }
@@ -1356,6 +1368,13 @@ static int req_new(mq_sched *s, const int32_t *new_tokens, int n, const mq_gen_p
         req_free(r);
         return sr;
     }
+    r->mode = gp.has_mode ? gp.mode : s->o.mode;
+    if ((unsigned)r->mode >= MQ_PREC_MODE_COUNT || (r->mode != MQ_PREC_MODE_BF16 && !mq_model_has_fp4(s->model))) {
+        mq_errmsg(err, errlen, 0, "submit: mode %d (%s) is unknown or needs NVFP4 weights this scheduler did not load",
+                  (int)r->mode, mq_prec_mode_name(r->mode));
+        req_free(r);
+        return -EINVAL;
+    }
     if (sink)
         r->sink = *sink;
     r->t_submit = mq_now_s();
@@ -1368,8 +1387,8 @@ static int req_new(mq_sched *s, const int32_t *new_tokens, int n, const mq_gen_p
 /* Checks that the session can take r now (s->mu held): the scheduler accepts work, the
  * session exists and is idle, the history fits the context and the KV store, the queue
  * has room. 0 with the session's history capacity grown to r's limit, else an error. */
-static int check_admission(mq_sched *s, struct session *ss, uint64_t session, int n, int max_tokens, int *limit,
-                           char *err, size_t errlen)
+static int check_admission(mq_sched *s, struct session *ss, uint64_t session, int hist, int n, int max_tokens,
+                           int *limit, char *err, size_t errlen)
 {
     const int ctx = s->o.context_limit;
     if (s->draining)
@@ -1379,12 +1398,12 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
     if (ss->req) /* a finished request still in on_done does not count */
         return mq_errmsg(err, errlen, -EBUSY, "submit: session %llu already has a request running",
                          (unsigned long long)session);
-    if (ss->n_hist + n + 1 > ctx)
+    if (hist + n + 1 > ctx)
         return mq_errmsg(err, errlen, -E2BIG,
                          "submit: %d history + %d new tokens leave no room to generate within the context limit of "
                          "%d tokens",
-                         ss->n_hist, n, ctx);
-    if (ss->n_hist + n == 0)
+                         hist, n, ctx);
+    if (hist + n == 0)
         return mq_errmsg(err, errlen, -EINVAL, "submit: empty prompt on an empty session");
     if (s->n_queued >= s->o.max_queued)
         return mq_errmsg(err, errlen, -EAGAIN, "submit: queue full (%d requests waiting)", s->n_queued);
@@ -1395,11 +1414,11 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
                              u.queued);
     }
     const int store = s->o.kv_blocks * s->o.block_tokens; /* tokens the whole KV store holds */
-    if (ss->n_hist + n + 1 > store)
+    if (hist + n + 1 > store)
         return mq_errmsg(err, errlen, -ENOSPC, "submit: %d history + %d new tokens need %d KV blocks, the store has %d",
-                         ss->n_hist, n, blocks_for(s, ss->n_hist + n + 1), s->o.kv_blocks);
+                         hist, n, blocks_for(s, hist + n + 1), s->o.kv_blocks);
     /* generation stops at max_tokens, the context limit, or when the session fills the store */
-    *limit = ss->n_hist + n + max_tokens;
+    *limit = hist + n + max_tokens;
     if (*limit > ctx)
         *limit = ctx;
     if (*limit > store)
@@ -1414,13 +1433,24 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
     return 0;
 }
 
-/* Appends the new tokens to the session's history and queues r for prefill (s->mu held). */
-static void enqueue(mq_sched *s, struct session *ss, struct req *r, const int32_t *new_tokens, int n, int limit)
+/* Cuts the history to `hist` tokens, appends the new tokens and queues r for prefill
+ * (s->mu held). A request in another precision than the session's KV starts its KV anew. */
+static void enqueue(mq_sched *s, struct session *ss, struct req *r, int hist, const int32_t *new_tokens, int n,
+                    int limit)
 {
+    if (ss->kv_mode != r->mode) {
+        truncate_kv(s, ss, 0);
+        ss->kv_mode = r->mode;
+        ss->root = session_root(s, ss->tenant, r->mode);
+    }
+    if (hist < ss->n_hist) {
+        ss->n_hist = hist;
+        truncate_kv(s, ss, hist);
+    }
     r->ss = ss;
     r->hist0 = ss->n_hist;
     r->limit = limit;
-    r->st.prompt_tokens = n;
+    r->st.prompt_tokens = r->p.whole_context ? hist + n : n;
     memcpy(ss->hist + ss->n_hist, new_tokens, (size_t)n * sizeof(int32_t));
     ss->n_hist += n;
     ss->req = r;
@@ -1449,10 +1479,19 @@ int mq_sched_submit(mq_sched *s, uint64_t session, const int32_t *new_tokens, in
         return rc;
     pthread_mutex_lock(&s->mu);
     struct session *ss = find_session(s, session);
+    /* whole context: keep the common prefix of the history and the new tokens */
+    int hist = ss ? ss->n_hist : 0;
+    if (ss && r->p.whole_context && !ss->req) {
+        hist = 0;
+        while (hist < ss->n_hist && hist < n && ss->hist[hist] == new_tokens[hist])
+            hist++;
+        new_tokens += hist;
+        n -= hist;
+    }
     int limit = 0;
-    rc = check_admission(s, ss, session, n, r->p.max_tokens, &limit, err, errlen);
+    rc = check_admission(s, ss, session, hist, n, r->p.max_tokens, &limit, err, errlen);
     if (rc == 0)
-        enqueue(s, ss, r, new_tokens, n, limit);
+        enqueue(s, ss, r, hist, new_tokens, n, limit);
     pthread_mutex_unlock(&s->mu);
     if (rc)
         req_free(r);

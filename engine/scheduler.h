@@ -139,6 +139,17 @@ typedef struct mq_gen_params {
     int n_stop_strs;
     const char *stop_strs[MQ_SCHED_MAX_STOP_STRS]; /* copied at submit; matched on text */
     int use_eos;                                   /* 1: the tokenizer's EOS/end-of-turn ids also stop */
+    float frequency_penalty;                       /* 0 = off */
+    /* Precision of this request; has_mode 0 = the scheduler's mode. A session's KV is
+     * kept per mode: a request in another mode than the session's last one recomputes
+     * the context (and shares prefix blocks only with requests of its own mode). */
+    int has_mode;
+    mq_prec_mode mode;
+    /* 1: new_tokens is the session's whole context, not an addition: the history is cut
+     * to its longest common prefix with new_tokens (KV kept token by token: a cut inside
+     * a shared block copies it) and the rest is appended. prompt_tokens then counts the
+     * whole context. */
+    int whole_context;
 } mq_gen_params;
 
 typedef enum {

@@ -64,6 +64,15 @@ enum {
  * NULL when *n == 0 is allowed). Invalid UTF-8 is -EILSEQ. */
 int mq_tok_encode(const mq_tokenizer *tok, const char *text, size_t len, unsigned flags, int32_t **ids, size_t *n,
                   char *err, size_t errlen);
+/* A byte range [off, off + len) of a text. */
+typedef struct mq_tok_span {
+    size_t off, len;
+} mq_tok_span;
+/* As mq_tok_encode, but special added tokens are matched only where they lie wholly
+ * outside the `plain` ranges (ascending, non-overlapping): text inside them is tokenized
+ * as with MQ_TOK_NO_PARSE_SPECIAL, the rest with special tokens parsed. */
+int mq_tok_encode_spans(const mq_tokenizer *tok, const char *text, size_t len, unsigned flags, const mq_tok_span *plain,
+                        size_t n_plain, int32_t **ids, size_t *n, char *err, size_t errlen);
 /* Appends to a caller-grown array (ids, n, cap: realloc storage). */
 int mq_tok_encode_append(const mq_tokenizer *tok, const char *text, size_t len, unsigned flags, int32_t **ids,
                          size_t *n, size_t *cap, char *err, size_t errlen);

@@ -570,8 +570,8 @@ static int encode_segment(const tok_t *t, scratch *s, const char *p, size_t n, i
     return 0;
 }
 
-int mq_tok_encode_append(const mq_tokenizer *t, const char *text, size_t len, unsigned flags, int32_t **ids, size_t *n,
-                         size_t *cap, char *err, size_t errlen)
+static int encode_append(const mq_tokenizer *t, const char *text, size_t len, unsigned flags, const mq_tok_span *plain,
+                         size_t n_plain, int32_t **ids, size_t *n, size_t *cap, char *err, size_t errlen)
 {
     if (len && !text)
         return -EINVAL;
@@ -585,14 +585,16 @@ int mq_tok_encode_append(const mq_tokenizer *t, const char *text, size_t len, un
     if (flags & MQ_TOK_ADD_SPECIAL)
         for (int i = 0; i < t->n_pre_ids && !rc; i++)
             rc = ids_push(ids, n, cap, t->pre_ids[i]);
-    size_t seg = 0, pos = 0;
+    size_t seg = 0, pos = 0, sp = 0;
     while (!rc && pos < len) {
         int32_t hit = -1;
         size_t hit_len = 0;
+        while (sp < n_plain && plain[sp].off + plain[sp].len <= pos)
+            sp++; /* plain[sp] is the first range that ends after pos */
         if (t->first_byte[(uint8_t)text[pos]]) {
             for (int i = 0; i < t->n_added; i++) { /* longest first: the first hit wins */
                 const tok_added *a = &t->added[i];
-                if (a->special && (flags & MQ_TOK_NO_PARSE_SPECIAL))
+                if (a->special && ((flags & MQ_TOK_NO_PARSE_SPECIAL) || (sp < n_plain && plain[sp].off < pos + a->len)))
                     continue;
                 if (a->len <= len - pos && !memcmp(text + pos, t->arena + t->tokens[a->id].off, a->len)) {
                     hit = a->id;
@@ -629,13 +631,34 @@ int mq_tok_encode_append(const mq_tokenizer *t, const char *text, size_t len, un
     return rc;
 }
 
+int mq_tok_encode_append(const mq_tokenizer *t, const char *text, size_t len, unsigned flags, int32_t **ids, size_t *n,
+                         size_t *cap, char *err, size_t errlen)
+{
+    return encode_append(t, text, len, flags, NULL, 0, ids, n, cap, err, errlen);
+}
+
+int mq_tok_encode_spans(const mq_tokenizer *t, const char *text, size_t len, unsigned flags, const mq_tok_span *plain,
+                        size_t n_plain, int32_t **ids, size_t *n, char *err, size_t errlen)
+{
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 0;
+    int rc = encode_append(t, text, len, flags, plain, n_plain, ids, n, &cap, err, errlen);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
 int mq_tok_encode(const mq_tokenizer *t, const char *text, size_t len, unsigned flags, int32_t **ids, size_t *n,
                   char *err, size_t errlen)
 {
     *ids = NULL;
     *n = 0;
     size_t cap = 0;
-    int rc = mq_tok_encode_append(t, text, len, flags, ids, n, &cap, err, errlen);
+    int rc = encode_append(t, text, len, flags, NULL, 0, ids, n, &cap, err, errlen);
     if (rc) {
         free(*ids);
         *ids = NULL;

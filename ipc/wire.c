@@ -133,7 +133,7 @@ void mq_wire_gen_default(mq_wire_gen *g)
     g->flags = 0;
 }
 
-int mq_wire_gen_check(const mq_wire_gen *g, char *err, size_t errlen)
+int mq_wire_gen_check(const mq_wire_gen *g, unsigned version, char *err, size_t errlen)
 {
     if (g->max_tokens < 1 || g->max_tokens > MQ_WIRE_MAX_TOKENS_LIMIT)
         return mq_errmsg(err, errlen, -EINVAL, "gen.max_tokens: %u not in [1, %u]", g->max_tokens,
@@ -151,9 +151,33 @@ int mq_wire_gen_check(const mq_wire_gen *g, char *err, size_t errlen)
         (g->repeat_penalty != 0 && (g->repeat_penalty < 0.125f || g->repeat_penalty > 8)))
         return mq_errmsg(err, errlen, -EINVAL, "gen.repeat_penalty: %g not 0 or in [0.125, 8]",
                          (double)g->repeat_penalty);
-    const uint32_t known = MQ_GEN_GREEDY | MQ_GEN_ENABLE_THINKING | MQ_GEN_NO_SPECIAL_TEXT;
+    uint32_t known = MQ_GEN_GREEDY | MQ_GEN_ENABLE_THINKING | MQ_GEN_NO_SPECIAL_TEXT;
+    if (version >= 2)
+        known |= MQ_GEN_WHOLE_CONTEXT;
     if (g->flags & ~known)
-        return mq_errmsg(err, errlen, -EINVAL, "gen.flags: unknown bits 0x%x", g->flags & ~known);
+        return mq_errmsg(err, errlen, -EINVAL, "gen.flags: bits 0x%x unknown in protocol version %u", g->flags & ~known,
+                         version);
+    if (version < 2) {
+        if (g->precision || g->n_stop || g->presence_penalty != 0 || g->frequency_penalty != 0)
+            return mq_errmsg(err, errlen, -EINVAL,
+                             "gen: precision, stop strings and penalties need protocol version 2 (this is %u)",
+                             version);
+        return 0;
+    }
+    if (g->precision > MQ_WIRE_PRECISION_FP4)
+        return mq_errmsg(err, errlen, -EINVAL, "gen.precision: %u is not 0..3", g->precision);
+    if (g->n_stop > MQ_WIRE_MAX_STOP)
+        return mq_errmsg(err, errlen, -EINVAL, "gen.n_stop: %u over %d", g->n_stop, MQ_WIRE_MAX_STOP);
+    const float pens[2] = { g->presence_penalty, g->frequency_penalty };
+    for (int i = 0; i < 2; i++)
+        if (!isfinite(pens[i]) || fabsf(pens[i]) > MQ_WIRE_PENALTY_MAX)
+            return mq_errmsg(err, errlen, -EINVAL, "gen.%s_penalty: %g not in [-%g, %g]", i ? "frequency" : "presence",
+                             (double)pens[i], (double)MQ_WIRE_PENALTY_MAX, (double)MQ_WIRE_PENALTY_MAX);
+    for (int i = 0; i < g->n_stop; i++) {
+        size_t n = strnlen(g->stop[i], MQ_WIRE_STOP_MAX + 1);
+        if (n == 0 || n > MQ_WIRE_STOP_MAX)
+            return mq_errmsg(err, errlen, -EINVAL, "gen.stop[%d]: must be 1..%d bytes", i, MQ_WIRE_STOP_MAX);
+    }
     return 0;
 }
 
@@ -168,6 +192,17 @@ static void put_gen(wr *w, const mq_wire_gen *g)
     put_u64(w, g->seed);
     put_u32(w, g->flags);
 }
+/* The v2 tail of SUBMIT. */
+static void put_gen_v2(wr *w, const mq_wire_gen *g)
+{
+    put_u8(w, g->precision);
+    put_u8(w, g->n_stop);
+    put_u16(w, 0);
+    put_f32(w, g->presence_penalty);
+    put_f32(w, g->frequency_penalty);
+    for (int i = 0; i < g->n_stop && i < MQ_WIRE_MAX_STOP; i++)
+        put_str(w, g->stop[i]);
+}
 static void get_gen(rd *r, mq_wire_gen *g)
 {
     g->max_tokens = get_u32(r);
@@ -178,6 +213,28 @@ static void get_gen(rd *r, mq_wire_gen *g)
     g->repeat_penalty = get_f32(r);
     g->seed = get_u64(r);
     g->flags = get_u32(r);
+}
+static int get_gen_v2(rd *r, mq_wire_gen *g, char *err, size_t errlen)
+{
+    g->precision = get_u8(r);
+    g->n_stop = get_u8(r);
+    uint16_t reserved = get_u16(r);
+    g->presence_penalty = get_f32(r);
+    g->frequency_penalty = get_f32(r);
+    if (r->short_read)
+        return 0;
+    if (reserved)
+        return mq_errmsg(err, errlen, -EINVAL, "submit.reserved2: %u, must be 0", reserved);
+    if (g->n_stop > MQ_WIRE_MAX_STOP)
+        return mq_errmsg(err, errlen, -EINVAL, "gen.n_stop: %u over %d", g->n_stop, MQ_WIRE_MAX_STOP);
+    for (int i = 0; i < g->n_stop; i++) {
+        char field[32];
+        snprintf(field, sizeof field, "gen.stop[%d]", i);
+        int rc = get_str(r, g->stop[i], MQ_WIRE_STOP_MAX, field, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 static void put_stats(wr *w, const mq_wire_stats *s)
@@ -197,6 +254,12 @@ static void put_stats(wr *w, const mq_wire_stats *s)
     put_f32(w, s->prefill_tps);
     put_f32(w, s->decode_tps);
 }
+static void put_stats_v2(wr *w, const mq_wire_stats *s)
+{
+    put_u8(w, s->state);
+    put_u8(w, 0);
+    put_u16(w, 0);
+}
 static void get_stats(rd *r, mq_wire_stats *s)
 {
     s->uptime_ms = get_u64(r);
@@ -214,6 +277,17 @@ static void get_stats(rd *r, mq_wire_stats *s)
     s->prefill_tps = get_f32(r);
     s->decode_tps = get_f32(r);
 }
+static int get_stats_v2(rd *r, mq_wire_stats *s, char *err, size_t errlen)
+{
+    s->state = get_u8(r);
+    uint8_t r1 = get_u8(r);
+    uint16_t r2 = get_u16(r);
+    if (!r->short_read && (r1 || r2))
+        return mq_errmsg(err, errlen, -EINVAL, "stats.reserved: must be 0");
+    if (!r->short_read && s->state != MQ_WIRE_STATE_READY && s->state != MQ_WIRE_STATE_DRAINING)
+        return mq_errmsg(err, errlen, -EINVAL, "stats.state: %u is neither ready (1) nor draining (2)", s->state);
+    return 0;
+}
 
 /* ---- encode -------------------------------------------------------------------- */
 int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
@@ -223,7 +297,8 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
     wr w = { buf, 0, cap, 0 };
     put_u32(&w, MQ_WIRE_MAGIC);
     put_u16(&w, m->type);
-    put_u16(&w, m->version ? m->version : 1);
+    unsigned version = m->version ? m->version : 1;
+    put_u16(&w, (uint16_t)version);
     put_u32(&w, m->seq);
     put_u32(&w, 0); /* payload length, patched below */
     switch (m->type) {
@@ -257,7 +332,15 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
         put_u16(&w, 0);
         put_u32(&w, m->u.submit.ring_off);
         put_u32(&w, m->u.submit.len);
+        if (version < 2 && (m->u.submit.kind > MQ_WIRE_KIND_MESSAGE || m->u.submit.gen.precision ||
+                            m->u.submit.gen.n_stop || m->u.submit.gen.presence_penalty != 0 ||
+                            m->u.submit.gen.frequency_penalty != 0 || (m->u.submit.gen.flags & MQ_GEN_WHOLE_CONTEXT)))
+            return -EINVAL; /* v2 fields a v1 message cannot carry */
+        if (m->u.submit.gen.n_stop > MQ_WIRE_MAX_STOP)
+            return -EINVAL;
         put_gen(&w, &m->u.submit.gen);
+        if (version >= 2)
+            put_gen_v2(&w, &m->u.submit.gen);
         break;
     case MQ_MSG_SUBMITTED:
         put_u64(&w, m->u.submitted.req);
@@ -266,7 +349,13 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
     case MQ_MSG_CANCEL:
     case MQ_MSG_CANCELED: put_u64(&w, m->u.cancel.req); break;
     case MQ_MSG_STATS: break;
-    case MQ_MSG_STATS_REPLY: put_stats(&w, &m->u.stats); break;
+    case MQ_MSG_STATS_REPLY:
+        put_stats(&w, &m->u.stats);
+        if (version >= 2)
+            put_stats_v2(&w, &m->u.stats);
+        else if (m->u.stats.state)
+            return -EINVAL;
+        break;
     case MQ_MSG_ERROR:
         if (strnlen(m->u.error.text, MQ_WIRE_TEXT_MAX + 1) > MQ_WIRE_TEXT_MAX)
             return -EINVAL;
@@ -346,12 +435,16 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
         m->u.submit.ring_off = get_u32(&r);
         m->u.submit.len = get_u32(&r);
         get_gen(&r, &m->u.submit.gen);
-        if (r.short_read)
+        if (m->version >= 2)
+            rc = get_gen_v2(&r, &m->u.submit.gen, err, errlen);
+        if (r.short_read || rc)
             break;
+        unsigned max_kind = m->version >= 2 ? MQ_WIRE_KIND_PROMPT : MQ_WIRE_KIND_MESSAGE;
         if (reserved)
             rc = mq_errmsg(err, errlen, -EINVAL, "submit.reserved: %u, must be 0", reserved);
-        else if (m->u.submit.kind > MQ_WIRE_KIND_MESSAGE)
-            rc = mq_errmsg(err, errlen, -EINVAL, "submit.kind: unknown kind %u", m->u.submit.kind);
+        else if (m->u.submit.kind > max_kind)
+            rc = mq_errmsg(err, errlen, -EINVAL, "submit.kind: unknown kind %u in protocol version %u",
+                           m->u.submit.kind, m->version);
         else if (m->u.submit.role > MQ_WIRE_ROLE_TOOL)
             rc = mq_errmsg(err, errlen, -EINVAL, "submit.role: unknown role %u", m->u.submit.role);
         else if (m->u.submit.kind != MQ_WIRE_KIND_MESSAGE && m->u.submit.role != MQ_WIRE_ROLE_USER)
@@ -362,7 +455,7 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
             rc = mq_errmsg(err, errlen, -EINVAL, "submit.len: %u bytes of token ids is not a multiple of 4",
                            m->u.submit.len);
         else
-            rc = mq_wire_gen_check(&m->u.submit.gen, err, errlen);
+            rc = mq_wire_gen_check(&m->u.submit.gen, m->version, err, errlen);
         break;
     }
     case MQ_MSG_SUBMITTED:
@@ -372,7 +465,11 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
     case MQ_MSG_CANCEL:
     case MQ_MSG_CANCELED: m->u.cancel.req = get_u64(&r); break;
     case MQ_MSG_STATS: break;
-    case MQ_MSG_STATS_REPLY: get_stats(&r, &m->u.stats); break;
+    case MQ_MSG_STATS_REPLY:
+        get_stats(&r, &m->u.stats);
+        if (m->version >= 2)
+            rc = get_stats_v2(&r, &m->u.stats, err, errlen);
+        break;
     case MQ_MSG_ERROR:
         m->u.error.code = get_u32(&r);
         rc = get_str(&r, m->u.error.text, MQ_WIRE_TEXT_MAX, "error.text", err, errlen);

@@ -31,7 +31,14 @@
  * is answered by ERROR and the connection is closed; nobody else is affected.
  *
  * Versioning: a client offers [ver_min, ver_max]; mqd picks the highest version it also
- * speaks, or answers ERROR(MQ_ERR_VERSION). Version 1 is the only one so far.
+ * speaks, or answers ERROR(MQ_ERR_VERSION); every later message carries that version in
+ * its header and has that version's layout.
+ *   1: the first protocol.
+ *   2: SUBMIT grows a tail (precision, stop strings, presence/frequency penalty), the
+ *      kinds CHAT (a whole OpenAI-style conversation, rendered and tokenized by mqd) and
+ *      PROMPT (text whose special tokens are parsed) and the flag MQ_GEN_WHOLE_CONTEXT;
+ *      STATS_REPLY grows mqd's state (ready / draining) for health checks.
+ * A v2 field that a v1 message cannot carry makes the encoder fail (-EINVAL).
  *
  * Thread rules: all functions are re-entrant.
  */
@@ -47,9 +54,9 @@ extern "C" {
 
 #define MQ_WIRE_MAGIC       0x3157514du /* "MQW1" read as a little-endian u32 */
 #define MQ_WIRE_VERSION_MIN 1
-#define MQ_WIRE_VERSION_MAX 1
+#define MQ_WIRE_VERSION_MAX 2
 #define MQ_WIRE_HDR_SIZE    16
-#define MQ_WIRE_MAX_MSG     1024 /* bytes of one datagram, header included */
+#define MQ_WIRE_MAX_MSG     2048 /* bytes of one datagram, header included */
 
 #define MQ_WIRE_NAME_MAX 63  /* client or model name, bytes */
 #define MQ_WIRE_TEXT_MAX 511 /* error text, bytes */
@@ -58,6 +65,9 @@ extern "C" {
 #define MQ_WIRE_MAX_TOKENS_LIMIT (1u << 20)
 #define MQ_WIRE_TEMPERATURE_MAX  100.0f
 #define MQ_WIRE_TOP_K_MAX        1000000u
+#define MQ_WIRE_PENALTY_MAX      2.0f /* |presence_penalty|, |frequency_penalty| (OpenAI's range) */
+#define MQ_WIRE_MAX_STOP         4    /* stop strings per request */
+#define MQ_WIRE_STOP_MAX         255  /* bytes of one stop string */
 
 enum mq_msg_type {
     MQ_MSG_HELLO = 1,
@@ -84,7 +94,21 @@ enum mq_wire_kind {
     MQ_WIRE_KIND_TEXT = 0,    /* raw UTF-8 text, tokenized by mqd (raw sessions) */
     MQ_WIRE_KIND_TOKENS = 1,  /* little-endian int32 token ids (len multiple of 4) */
     MQ_WIRE_KIND_MESSAGE = 2, /* one chat message, UTF-8 (chat sessions), with `role` */
+    /* v2, raw sessions; the prompt is always the session's whole context: */
+    MQ_WIRE_KIND_CHAT = 3,   /* JSON {"messages", "tools", "enable_thinking", "prefix"} */
+    MQ_WIRE_KIND_PROMPT = 4, /* UTF-8 text in which special tokens are parsed */
 };
+
+/* Precision of one request (v2); DEFAULT = the daemon's configured mode. */
+enum mq_wire_precision {
+    MQ_WIRE_PRECISION_DEFAULT = 0,
+    MQ_WIRE_PRECISION_MIXED = 1,
+    MQ_WIRE_PRECISION_BF16 = 2,
+    MQ_WIRE_PRECISION_FP4 = 3,
+};
+
+/* mqd's state in STATS_REPLY (v2). */
+enum mq_wire_state { MQ_WIRE_STATE_READY = 1, MQ_WIRE_STATE_DRAINING = 2 };
 
 enum mq_wire_role { MQ_WIRE_ROLE_USER = 0, MQ_WIRE_ROLE_SYSTEM = 1, MQ_WIRE_ROLE_TOOL = 2 };
 
@@ -110,6 +134,10 @@ enum {
     MQ_GEN_GREEDY = 1u << 0,          /* argmax, ignore sampling fields */
     MQ_GEN_ENABLE_THINKING = 1u << 1, /* chat template's enable_thinking */
     MQ_GEN_NO_SPECIAL_TEXT = 1u << 2, /* do not stream text of special tokens */
+    /* v2: the prompt is the session's whole context, not an addition to it: mqd keeps the
+     * longest common prefix of the session's tokens and the new ones and computes the
+     * rest (stateless clients resending a conversation reuse its KV token by token). */
+    MQ_GEN_WHOLE_CONTEXT = 1u << 3,
 };
 
 typedef struct mq_wire_gen {
@@ -121,6 +149,12 @@ typedef struct mq_wire_gen {
     float repeat_penalty; /* 0 = off, else [1/8 .. 8] */
     uint64_t seed;
     uint32_t flags; /* MQ_GEN_* */
+    /* v2 */
+    uint8_t precision;                                 /* mq_wire_precision */
+    uint8_t n_stop;                                    /* 0..MQ_WIRE_MAX_STOP */
+    float presence_penalty;                            /* [-MQ_WIRE_PENALTY_MAX, MQ_WIRE_PENALTY_MAX] */
+    float frequency_penalty;                           /* same */
+    char stop[MQ_WIRE_MAX_STOP][MQ_WIRE_STOP_MAX + 1]; /* 1..MQ_WIRE_STOP_MAX bytes each */
 } mq_wire_gen;
 
 typedef struct mq_wire_stats {
@@ -138,6 +172,7 @@ typedef struct mq_wire_stats {
     uint64_t decode_tokens;
     float prefill_tps; /* recent tokens/s of the prefill pool */
     float decode_tps;
+    uint8_t state; /* v2: mq_wire_state */
 } mq_wire_stats;
 
 typedef struct mq_msg {
@@ -195,9 +230,9 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap);
  * the field. Never reads outside [buf, buf+len). */
 int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t errlen);
 
-/* Checks a generation-parameter block against the limits above (used by the decoder and by
- * libmq before sending). */
-int mq_wire_gen_check(const mq_wire_gen *g, char *err, size_t errlen);
+/* Checks a generation-parameter block against the limits of protocol `version` (used by
+ * the decoder and by libmq before sending). */
+int mq_wire_gen_check(const mq_wire_gen *g, unsigned version, char *err, size_t errlen);
 void mq_wire_gen_default(mq_wire_gen *g);
 
 /* Name of a message type / error code, for logs ("SUBMIT", "MQ_ERR_BUSY"); never NULL. */

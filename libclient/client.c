@@ -288,7 +288,7 @@ int mq_close_session(mq_conn *c, uint64_t session)
 }
 
 static int submit(mq_conn *c, uint64_t session, int kind, int role, const void *bytes, size_t len, const mq_params *p,
-                  uint64_t *req)
+                  const mq_request_opts *o, uint64_t *req)
 {
     mq_params def;
     if (!p) {
@@ -296,6 +296,7 @@ static int submit(mq_conn *c, uint64_t session, int kind, int role, const void *
         p = &def;
     }
     mq_msg m = { .type = MQ_MSG_SUBMIT }, r;
+    m.version = (uint16_t)c->info.protocol_version;
     m.u.submit.session = session;
     m.u.submit.kind = (uint8_t)kind;
     m.u.submit.role = (uint8_t)role;
@@ -308,8 +309,32 @@ static int submit(mq_conn *c, uint64_t session, int kind, int role, const void *
     g->repeat_penalty = p->repeat_penalty;
     g->seed = p->seed;
     g->flags = p->flags;
+    if (o) {
+        if (o->precision < MQ_PRECISION_DEFAULT || o->precision > MQ_PRECISION_FP4)
+            return set_err(c, -EINVAL, "precision %d is not one of MQ_PRECISION_*", o->precision);
+        if (o->flags & ~(unsigned)MQ_REQ_WHOLE_CONTEXT)
+            return set_err(c, -EINVAL, "request flags 0x%x unknown", o->flags);
+        if (o->n_stop < 0 || o->n_stop > MQ_MAX_STOP)
+            return set_err(c, -EINVAL, "n_stop %d is not 0..%d", o->n_stop, MQ_MAX_STOP);
+        g->precision = (uint8_t)o->precision;
+        if (o->flags & MQ_REQ_WHOLE_CONTEXT)
+            g->flags |= MQ_GEN_WHOLE_CONTEXT;
+        g->presence_penalty = o->presence_penalty;
+        g->frequency_penalty = o->frequency_penalty;
+        g->n_stop = (uint8_t)o->n_stop;
+        for (int i = 0; i < o->n_stop; i++) {
+            size_t n = o->stop[i] ? strlen(o->stop[i]) : 0;
+            if (n == 0 || n > MQ_STOP_MAX_LEN)
+                return set_err(c, -EINVAL, "stop[%d] must be 1..%d bytes", i, MQ_STOP_MAX_LEN);
+            memcpy(g->stop[i], o->stop[i], n + 1);
+        }
+    }
+    if (m.version < 2 && (kind > MQ_WIRE_KIND_MESSAGE || g->flags & MQ_GEN_WHOLE_CONTEXT || g->precision || g->n_stop ||
+                          g->presence_penalty != 0 || g->frequency_penalty != 0))
+        return set_err(c, -MQ_EVERSION, "mqd speaks protocol version %u; this request needs version 2",
+                       c->info.protocol_version);
     char err[200];
-    if (mq_wire_gen_check(g, err, sizeof err))
+    if (mq_wire_gen_check(g, m.version, err, sizeof err))
         return set_err(c, -EINVAL, "%s", err);
     if (len == 0)
         return set_err(c, -EINVAL, "empty prompt");
@@ -347,19 +372,35 @@ out:
 int mq_send_message(mq_conn *c, uint64_t session, int role, const char *text, size_t len, const mq_params *p,
                     uint64_t *req)
 {
-    return submit(c, session, MQ_WIRE_KIND_MESSAGE, role, text, len, p, req);
+    return submit(c, session, MQ_WIRE_KIND_MESSAGE, role, text, len, p, NULL, req);
 }
 
 int mq_send_text(mq_conn *c, uint64_t session, const char *text, size_t len, const mq_params *p, uint64_t *req)
 {
-    return submit(c, session, MQ_WIRE_KIND_TEXT, MQ_ROLE_USER, text, len, p, req);
+    return submit(c, session, MQ_WIRE_KIND_TEXT, MQ_ROLE_USER, text, len, p, NULL, req);
 }
 
 int mq_send_tokens(mq_conn *c, uint64_t session, const int32_t *ids, size_t n, const mq_params *p, uint64_t *req)
 {
     if (n > SIZE_MAX / 4)
         return set_err(c, -EINVAL, "too many token ids");
-    return submit(c, session, MQ_WIRE_KIND_TOKENS, MQ_ROLE_USER, ids, n * 4, p, req);
+    return submit(c, session, MQ_WIRE_KIND_TOKENS, MQ_ROLE_USER, ids, n * 4, p, NULL, req);
+}
+
+int mq_send_chat(mq_conn *c, uint64_t session, const char *json, size_t len, const mq_params *p,
+                 const mq_request_opts *o, uint64_t *req)
+{
+    mq_request_opts whole = { 0 };
+    if (o)
+        whole = *o;
+    whole.flags |= MQ_REQ_WHOLE_CONTEXT;
+    return submit(c, session, MQ_WIRE_KIND_CHAT, MQ_ROLE_USER, json, len, p, &whole, req);
+}
+
+int mq_send_prompt(mq_conn *c, uint64_t session, const char *text, size_t len, const mq_params *p,
+                   const mq_request_opts *o, uint64_t *req)
+{
+    return submit(c, session, MQ_WIRE_KIND_PROMPT, MQ_ROLE_USER, text, len, p, o, req);
 }
 
 int mq_cancel(mq_conn *c, uint64_t req)
@@ -372,15 +413,20 @@ int mq_cancel(mq_conn *c, uint64_t req)
     return rc;
 }
 
-int mq_stats_get(mq_conn *c, mq_stats *out)
+/* STATS in the agreed version: *state gets mqd's state (READY for a v1 reply). */
+static int stats_call(mq_conn *c, mq_stats *out, int *state)
 {
     mq_msg m = { .type = MQ_MSG_STATS }, r;
+    m.version = (uint16_t)c->info.protocol_version;
     pthread_mutex_lock(&c->lock);
     int rc = call(c, &m, MQ_MSG_STATS_REPLY, &r);
     pthread_mutex_unlock(&c->lock);
     if (rc)
         return rc;
     const mq_wire_stats *s = &r.u.stats;
+    *state = s->state ? s->state : MQ_STATE_READY;
+    if (!out)
+        return 0;
     out->uptime_ms = s->uptime_ms;
     out->sessions = s->sessions;
     out->requests_running = s->requests_running;
@@ -396,6 +442,19 @@ int mq_stats_get(mq_conn *c, mq_stats *out)
     out->prefill_tps = s->prefill_tps;
     out->decode_tps = s->decode_tps;
     return 0;
+}
+
+int mq_stats_get(mq_conn *c, mq_stats *out)
+{
+    int state;
+    return stats_call(c, out, &state);
+}
+
+int mq_state_get(mq_conn *c, mq_stats *out)
+{
+    int state;
+    int rc = stats_call(c, out, &state);
+    return rc ? rc : state;
 }
 
 /* ---- events ---------------------------------------------------------------------- */

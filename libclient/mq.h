@@ -24,6 +24,12 @@
  * the next message continues the same conversation, so only new tokens are computed.
  * Raw sessions take plain text or token ids and continue them.
  *
+ * Stateless clients (an OpenAI-style HTTP front, an agent that resends its conversation
+ * every turn) use raw sessions with mq_send_chat() or mq_send_prompt(): each call sends the
+ * whole context; with MQ_REQ_WHOLE_CONTEXT mqd keeps the longest common token prefix of
+ * what the session already holds and computes only the rest. These need protocol version
+ * 2 (mqd of the same release); mq_server_info.protocol_version says what was agreed.
+ *
  * Transport: prompts go through a shared-memory ring (a prompt of 100k tokens never
  * crosses the socket); tokens come back through a second ring. Waiting for tokens sleeps
  * on a futex, or, for event loops, poll the fd of mq_event_fd().
@@ -125,6 +131,45 @@ int mq_send_tokens(mq_conn *c, uint64_t session, const int32_t *ids, size_t n, c
 /* Asks mqd to stop a request; its MQ_EVENT_DONE (end_reason MQ_END_CANCELLED) follows. */
 int mq_cancel(mq_conn *c, uint64_t req);
 
+/* ---- version 2: whole-context requests, precision, stop strings ------------------- */
+enum mq_precision {
+    MQ_PRECISION_DEFAULT = 0, /* the daemon's configured mode */
+    MQ_PRECISION_MIXED = 1,   /* NVFP4 prefill, BF16 decode */
+    MQ_PRECISION_BF16 = 2,
+    MQ_PRECISION_FP4 = 3,
+};
+#define MQ_MAX_STOP     4   /* stop strings per request */
+#define MQ_STOP_MAX_LEN 255 /* bytes of one */
+
+/* What a request asks for beyond mq_params. Zero-initialised = nothing extra. */
+typedef struct mq_request_opts {
+    int precision;                 /* mq_precision */
+    unsigned flags;                /* MQ_REQ_* */
+    float presence_penalty;        /* [-2, 2], 0 = off (OpenAI's meaning) */
+    float frequency_penalty;       /* [-2, 2], 0 = off */
+    int n_stop;                    /* 0..MQ_MAX_STOP */
+    const char *stop[MQ_MAX_STOP]; /* generation ends at the first occurrence (1..255 bytes) */
+} mq_request_opts;
+
+enum {
+    /* The prompt is the session's whole context, not an addition to it (see above). The
+     * request's DONE stats then count the whole prompt in prompt_tokens and what mqd did
+     * not compute in cached_tokens. */
+    MQ_REQ_WHOLE_CONTEXT = 1u << 0,
+};
+
+/* Raw sessions: a whole conversation as JSON, rendered by mqd's chat template and
+ * tokenized there (message content as text: special-token strings in it stay text):
+ *     {"messages": [{"role", "content", "tool_calls", "reasoning_content"}...],
+ *      "tools": [...], "enable_thinking": false, "prefix": "<tool_call>\n"}
+ * `prefix` (optional) is text the reply is forced to start with. Always whole-context. */
+int mq_send_chat(mq_conn *c, uint64_t session, const char *json, size_t len, const mq_params *p,
+                 const mq_request_opts *o, uint64_t *req);
+/* Raw sessions: UTF-8 text in which special tokens (<|im_start|>...) are parsed, as the
+ * completions endpoints of OpenAI-style servers do. */
+int mq_send_prompt(mq_conn *c, uint64_t session, const char *text, size_t len, const mq_params *p,
+                   const mq_request_opts *o, uint64_t *req);
+
 /* ---- events ----------------------------------------------------------------------- */
 enum mq_event_type { MQ_EVENT_TOKEN = 1, MQ_EVENT_DONE = 2 };
 enum mq_end {
@@ -174,6 +219,12 @@ typedef struct mq_stats {
     float prefill_tps, decode_tps;
 } mq_stats;
 int mq_stats_get(mq_conn *c, mq_stats *out);
+
+/* mqd's state, for health checks: MQ_STATE_READY or MQ_STATE_DRAINING (no new requests;
+ * running ones finish), or a negative error (-EPIPE: mqd went away). `out` (may be NULL)
+ * gets the stats of the same reply. A protocol-1 mqd answers READY while it answers. */
+enum mq_state { MQ_STATE_READY = 1, MQ_STATE_DRAINING = 2 };
+int mq_state_get(mq_conn *c, mq_stats *out);
 
 /* ---- errors ---------------------------------------------------------------------- */
 /* A sentence for any return value of this library (negative errno or -MQ_E*). */

@@ -12,8 +12,7 @@
  * threads split the N columns, as the daemon's pools do). Every figure is the best of
  * several repetitions, because other jobs share the machine.
  *
- * The last four lines are single numbers (see README, "Kernels and how to read
- * `make bench-kernels`"):
+ * The last four lines are single numbers (docs/design/kernels.md says how to read them):
  *   fp4_gemm_vs_bf16_gemm_m512   NVFP4 / BF16 GEMM MAC rate, Qwen3-1.7B linears, M=512, 2 threads
  *   fp4_gemm_vs_vnni_ceiling     NVFP4 GEMM MAC rate / VNNI ceiling (same shapes)
  *   bf16_gemm_vs_bf16_ceiling    BF16 GEMM MAC rate / BF16 ceiling (same shapes)

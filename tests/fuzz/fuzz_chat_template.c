@@ -17,7 +17,9 @@ static void render_all(const cJSON *msgs, const cJSON *tools)
 {
     for (int kind = 0; kind < 3; kind++) {
         for (int gen = 0; gen < 2; gen++) {
-            mq_chat_opts o = { gen, gen ? 0 : -1, "<|begin_of_text|>" };
+            mq_chat_opts o = { .add_generation_prompt = gen,
+                               .enable_thinking = gen ? 0 : -1,
+                               .bos_token = "<|begin_of_text|>" };
             char *out = NULL, err[256] = "";
             size_t len = 0;
             int rc = mq_chat_render((mq_chat_kind)kind, msgs, tools, &o, &out, &len, err, sizeof err);

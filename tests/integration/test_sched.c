@@ -177,14 +177,19 @@ static const char *SYSTEM =
     "you are about to do, then call exactly one tool, then wait for its result. Keep answers short and "
     "precise. Never invent file names; list the directory first when unsure.<|im_end|>\n";
 
+static int submit_params(mq_sched *s, uint64_t sess, const int32_t *t, int n, const mq_gen_params *p, struct rec *r)
+{
+    mq_sink k = sink_of(r);
+    char err[256] = "";
+    int rc = mq_sched_submit(s, sess, t, n, p, &k, err, sizeof err);
+    CHECK(rc == 0, "submit: %d %s", rc, err);
+    return rc;
+}
+
 static int submit(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_tokens, struct rec *r)
 {
     mq_gen_params p = { .max_tokens = max_tokens };
-    mq_sink k = sink_of(r);
-    char err[256] = "";
-    int rc = mq_sched_submit(s, sess, t, n, &p, &k, err, sizeof err);
-    CHECK(rc == 0, "submit: %d %s", rc, err);
-    return rc;
+    return submit_params(s, sess, t, n, &p, r);
 }
 
 /* Tokens a session with prompt b can take from the index after a session read prompt a
@@ -956,6 +961,84 @@ static void test_stops_and_drain(void)
     free(t);
 }
 
+/* A whole-context request (mode < 0: the scheduler's). */
+static int submit_whole(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_tokens, int mode, struct rec *r)
+{
+    mq_gen_params p = { .max_tokens = max_tokens, .whole_context = 1, .has_mode = mode >= 0 };
+    if (mode >= 0)
+        p.mode = (mq_prec_mode)mode;
+    return submit_params(s, sess, t, n, &p, r);
+}
+
+/* Whole-context requests (stateless clients): the session keeps its common prefix with the
+ * new context token by token where the cut is past its shareable chunks (a reply), the
+ * blocks it published stay intact for others, and outputs equal a cold run's. A request
+ * in another precision does not reuse KV computed in the session's or the index's other
+ * one. */
+static void test_whole_context_and_modes(void)
+{
+    mq_sched *s = make_sched(MQ_PREC_MODE_BF16, 256, 16, 64, MQ_KV_FULL_FAIL);
+    if (!s)
+        return;
+    int32_t *sys = NULL, *q2 = NULL;
+    int ns = make_tokens(SYSTEM, &sys), nq = make_tokens("<|im_start|>user\nAnd now in Rust?<|im_end|>\n", &q2);
+    uint64_t a, b;
+    mq_sched_session_open(s, TENANT, &a);
+    struct rec r1;
+    rec_init(&r1);
+    submit_whole(s, a, sys, ns, 8, -1, &r1);
+    rec_wait(&r1, 60);
+    CHECK(r1.st.prompt_tokens == ns && r1.st.cached_tokens == 0, "turn 1: prompt %d cached %d", r1.st.prompt_tokens,
+          r1.st.cached_tokens);
+    /* turn 2 keeps the system prompt and 3 tokens of the reply: a cut inside a block */
+    int keep = ns + 3;
+    CHECK(keep % 16 != 0 && keep / 64 * 64 <= ns, "the cut is inside a block, after the shareable chunks");
+    int32_t *ctx = malloc((size_t)(keep + nq) * sizeof *ctx);
+    memcpy(ctx, sys, (size_t)ns * sizeof *ctx);
+    memcpy(ctx + ns, r1.ids, 3 * sizeof *ctx);
+    memcpy(ctx + keep, q2, (size_t)nq * sizeof *ctx);
+    struct rec r2;
+    rec_init(&r2);
+    submit_whole(s, a, ctx, keep + nq, 12, -1, &r2);
+    rec_wait(&r2, 60);
+    CHECK(r2.st.prompt_tokens == keep + nq && r2.st.cached_tokens == keep && r2.st.prefilled_tokens == nq,
+          "turn 2: prompt %d cached %d prefilled %d (want %d %d %d)", r2.st.prompt_tokens, r2.st.cached_tokens,
+          r2.st.prefilled_tokens, keep + nq, keep, nq);
+    /* the blocks turn 1 published are intact: turn 1 again on a new session */
+    mq_sched_session_open(s, TENANT, &b);
+    struct rec r3;
+    rec_init(&r3);
+    submit_whole(s, b, sys, ns, 8, -1, &r3);
+    rec_wait(&r3, 60);
+    CHECK(r3.st.cached_tokens == (ns - 1) / 64 * 64, "turn 1 again: %d cached (whole chunks of 64)",
+          r3.st.cached_tokens);
+    CHECK(r3.n == r1.n && !memcmp(r3.ids, r1.ids, (size_t)r1.n * sizeof(int32_t)), "turn 1 again: same output");
+    /* another precision recomputes: nothing of the bf16 KV is reused */
+    struct rec r4;
+    rec_init(&r4);
+    submit_whole(s, a, ctx, keep + nq, 4, MQ_PREC_MODE_FP4, &r4);
+    rec_wait(&r4, 60);
+    CHECK(r4.st.cached_tokens == 0 && r4.why != MQ_SCHED_END_ERROR, "fp4 after bf16: %d cached (%s)",
+          r4.st.cached_tokens, r4.msg);
+    mq_sched_destroy(s);
+    /* a cold scheduler computes turn 2 whole: the same tokens as the copied-block run */
+    s = make_sched(MQ_PREC_MODE_BF16, 256, 16, 64, MQ_KV_FULL_FAIL);
+    if (s) {
+        uint64_t c;
+        mq_sched_session_open(s, TENANT, &c);
+        struct rec r5;
+        rec_init(&r5);
+        submit_whole(s, c, ctx, keep + nq, 12, -1, &r5);
+        rec_wait(&r5, 60);
+        CHECK(r5.st.cached_tokens == 0 && r5.n == r2.n && !memcmp(r5.ids, r2.ids, (size_t)r2.n * sizeof(int32_t)),
+              "turn 2 cold equals turn 2 on the kept KV: \"%s\" vs \"%s\"", r5.text, r2.text);
+        mq_sched_destroy(s);
+    }
+    free(ctx);
+    free(sys);
+    free(q2);
+}
+
 /* The streamed model computes the same logits as the model loaded with pread. */
 static void test_streamed_equals_pread(void)
 {
@@ -1021,6 +1104,7 @@ int main(void)
     RUN(test_prefix_shared_and_second_turn);
     RUN(test_concurrent_prompts_read_shared_head_once);
     RUN(test_batched_equals_solo);
+    RUN(test_whole_context_and_modes);
     RUN(test_concurrent_equals_solo_every_mode);
     RUN(test_prefix_cache_per_tenant);
     RUN(test_cancel_and_errors);

@@ -209,6 +209,73 @@ static void test_field_bounds(void)
     CHECK(mq_wire_encode(&m, buf, 20) == -ENOSPC, "small buffer");
 }
 
+/* Version 2: SUBMIT's tail (precision, stops, penalties, CHAT/PROMPT kinds, whole
+ * context) and STATS_REPLY's state round-trip in v2 and are refused where v1 cannot carry
+ * them; every strict prefix of a v2 message is refused. */
+static void test_version2(void)
+{
+    mq_msg m = sample(MQ_MSG_SUBMIT), d;
+    m.version = 2;
+    m.u.submit.kind = MQ_WIRE_KIND_CHAT;
+    m.u.submit.role = MQ_WIRE_ROLE_USER;
+    mq_wire_gen *g = &m.u.submit.gen;
+    g->precision = MQ_WIRE_PRECISION_FP4;
+    g->flags |= MQ_GEN_WHOLE_CONTEXT;
+    g->presence_penalty = -1.5f;
+    g->frequency_penalty = 0.5f;
+    g->n_stop = MQ_WIRE_MAX_STOP;
+    for (int i = 0; i < MQ_WIRE_MAX_STOP; i++)
+        memset(g->stop[i], 'a' + i, MQ_WIRE_STOP_MAX); /* the longest: still one datagram */
+    uint8_t buf[MQ_WIRE_MAX_MSG];
+    char err[256] = "";
+    int n = mq_wire_encode(&m, buf, sizeof buf);
+    CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0, "v2 submit: %d %s", n, err);
+    CHECK(memcmp(&m, &d, sizeof m) == 0, "v2 submit differs after a round trip");
+    int bad = 0;
+    for (int k = MQ_WIRE_HDR_SIZE; k < n; k++) {
+        uint8_t cut[MQ_WIRE_MAX_MSG];
+        memcpy(cut, buf, (size_t)k);
+        uint32_t pl = (uint32_t)(k - MQ_WIRE_HDR_SIZE);
+        memcpy(cut + 12, &pl, 4);
+        bad += mq_wire_decode(cut, (size_t)k, &d, NULL, 0) == 0;
+    }
+    CHECK(bad == 0, "%d truncated v2 submits decoded", bad);
+    /* bounds */
+    mq_msg b = m;
+    b.u.submit.gen.precision = 4;
+    CHECK(encode_decode(&b, err, sizeof err) == -EINVAL && strstr(err, "precision"), "precision 4: %s", err);
+    b = m;
+    b.u.submit.gen.presence_penalty = 2.5f;
+    CHECK(encode_decode(&b, err, sizeof err) == -EINVAL && strstr(err, "presence"), "penalty 2.5: %s", err);
+    b = m;
+    b.u.submit.gen.stop[1][0] = 0;
+    CHECK(encode_decode(&b, err, sizeof err) == -EINVAL && strstr(err, "stop[1]"), "empty stop: %s", err);
+    /* v1 cannot carry any of it */
+    b = m;
+    b.version = 1;
+    CHECK(mq_wire_encode(&b, buf, sizeof buf) == -EINVAL, "v2 fields encoded as v1");
+    b = sample(MQ_MSG_SUBMIT);
+    b.u.submit.role = MQ_WIRE_ROLE_USER;
+    b.u.submit.kind = MQ_WIRE_KIND_PROMPT;
+    CHECK(mq_wire_encode(&b, buf, sizeof buf) == -EINVAL, "PROMPT kind encoded as v1");
+    b.u.submit.kind = MQ_WIRE_KIND_TEXT;
+    n = mq_wire_encode(&b, buf, sizeof buf);
+    buf[MQ_WIRE_HDR_SIZE + 8] = MQ_WIRE_KIND_CHAT; /* a v1 message naming a v2 kind */
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EINVAL && strstr(err, "submit.kind"), "%s", err);
+    /* STATS_REPLY state */
+    mq_msg st = sample(MQ_MSG_STATS_REPLY);
+    st.version = 2;
+    st.u.stats.state = MQ_WIRE_STATE_DRAINING;
+    n = mq_wire_encode(&st, buf, sizeof buf);
+    CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 &&
+              d.u.stats.state == MQ_WIRE_STATE_DRAINING,
+          "v2 stats: %s", err);
+    buf[n - 4] = 7;
+    CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EINVAL, "state 7 accepted");
+    st.version = 1;
+    CHECK(mq_wire_encode(&st, buf, sizeof buf) == -EINVAL, "state encoded in v1");
+}
+
 /* Random corruption of valid messages: decode must return 0 or a negative errno, and the
  * decoded strings are always NUL-terminated within their fields. */
 static void test_random_corruption(void)
@@ -251,6 +318,7 @@ int main(void)
     RUN(test_round_trip_every_type);
     RUN(test_header_checks);
     RUN(test_field_bounds);
+    RUN(test_version2);
     RUN(test_random_corruption);
     RUN(test_names);
     return harness_done();

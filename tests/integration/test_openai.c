@@ -1,0 +1,218 @@
+/* tests/integration/test_openai.c — mq-openai end to end with the official OpenAI client.
+ *
+ * Starts mqd on the agent model (shared/models/mq-agent-45m) and two mq-openai servers on
+ * loopback ports handed over as systemd sockets (LISTEN_FDS, which tests socket
+ * activation too): one open, one with an API-key file. Then runs tests/http/openai.test.mjs
+ * with Node's test runner (the `openai` npm package from tests/node_modules, installed by
+ * `make test`) and counts each Node test as one test here. Also checks --check-config.
+ */
+#include "tests/integration/mqd_spawn.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+static char dir[256], csock[300], asock[300], mqd_log[300], oai_log[300], keys[300];
+static pid_t mqd_pid = -1, oai_pid = -1, oai_key_pid = -1;
+static int port, key_port;
+
+/* A loopback listening socket on a free port. */
+static int listen_any(int *port_out)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t sl = sizeof sa;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 128) ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl))
+        return -1;
+    *port_out = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* mq-openai with `lfd` as its systemd socket (fd 3, LISTEN_FDS=1, LISTEN_PID=its pid). */
+static pid_t start_oai(int lfd, const char *extra_flag, const char *extra_val)
+{
+    char bin[4200];
+    snprintf(bin, sizeof bin, "%s/mq-openai", spawn_build_dir());
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(oai_log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        dup2(lfd, 3);
+        char pidbuf[32];
+        snprintf(pidbuf, sizeof pidbuf, "%d", (int)getpid());
+        setenv("LISTEN_FDS", "1", 1);
+        setenv("LISTEN_PID", pidbuf, 1);
+        char *argv[] = { bin, "--mqd-socket", csock, "--queue-wait-ms", "2000", (char *)extra_flag, (char *)extra_val,
+                         NULL };
+        execv(bin, argv);
+        _exit(127);
+    }
+    close(lfd);
+    return pid;
+}
+
+/* The status of GET /health ("000": no answer within 5 s). */
+static int health_status(int p, char *out, size_t len)
+{
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/health", p);
+    char *argv[] = { "/usr/bin/curl", "-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url, NULL };
+    char log[320];
+    snprintf(log, sizeof log, "%s/curl.out", dir);
+    spawn_capture(argv, log, 10, out, len);
+    return atoi(out);
+}
+
+static int http_ok(int p)
+{
+    char out[64];
+    return health_status(p, out, sizeof out) == 200;
+}
+
+static int health_before_mqd = -1;
+
+static int start_all(void)
+{
+    spawn_tmpdir(dir, sizeof dir);
+    snprintf(csock, sizeof csock, "%s/client.sock", dir);
+    snprintf(asock, sizeof asock, "%s/admin.sock", dir);
+    snprintf(mqd_log, sizeof mqd_log, "%s/mqd.log", dir);
+    snprintf(oai_log, sizeof oai_log, "%s/mq-openai.log", dir);
+    snprintf(keys, sizeof keys, "%s/keys", dir);
+    FILE *f = fopen(keys, "w");
+    if (!f)
+        return 0;
+    fprintf(f, "# test keys\nsk-other-key\nsk-test-1234\n");
+    fclose(f);
+    /* mq-openai first: until mqd is ready, /health says 503 (at once, not after a timeout) */
+    int l1 = listen_any(&port), l2 = listen_any(&key_port);
+    if (l1 < 0 || l2 < 0)
+        return 0;
+    oai_pid = start_oai(l1, NULL, NULL);
+    char st[64];
+    double t0 = spawn_now();
+    for (int i = 0; i < 50 && (health_before_mqd = health_status(port, st, sizeof st)) == 0; i++)
+        usleep(100 * 1000); /* until it listens */
+    health_before_mqd = spawn_now() - t0 < 6 ? health_before_mqd : -1;
+    char bin[4200], model[4096];
+    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
+    snprintf(model, sizeof model, "%s", shared_path("models/mq-agent-45m"));
+    /* started as root, mqd serves as an unprivileged user (here: nobody) */
+    char *argv[] = { bin,      "--model-dir",
+                     model,    "--client-socket",
+                     csock,    "--admin-socket",
+                     asock,    "--hugepages",
+                     "off",    "--kv-tokens",
+                     "65536",  "--drain-timeout-ms",
+                     "20000",  getuid() == 0 ? "--user" : NULL,
+                     "nobody", NULL };
+    mqd_pid = spawn(argv, NULL, mqd_log);
+    if (!spawn_wait_ready(asock, mqd_pid, 120)) {
+        spawn_dump_log(mqd_log);
+        return 0;
+    }
+    oai_key_pid = start_oai(l2, "--api-keys-file", keys);
+    for (int i = 0; i < 100 && !(http_ok(port) && http_ok(key_port)); i++)
+        usleep(100 * 1000);
+    if (!http_ok(port) || !http_ok(key_port)) {
+        spawn_dump_log(oai_log);
+        return 0;
+    }
+    return 1;
+}
+
+static void test_health_503_before_mqd(void)
+{
+    CHECK(health_before_mqd == 503, "GET /health before mqd was ready: %d", health_before_mqd);
+}
+
+static void test_check_config(void)
+{
+    char bin[4200], out[1024], log[320];
+    snprintf(bin, sizeof bin, "%s/mq-openai", spawn_build_dir());
+    snprintf(log, sizeof log, "%s/check.out", dir);
+    char *ok[] = { bin, "--check-config", "--listen", "127.0.0.1:9", NULL };
+    CHECK(spawn_capture(ok, log, 10, out, sizeof out) == 0 && strstr(out, "configuration OK"), "check: %s", out);
+    char *bad[] = { bin, "--check-config", "--max-requests", "0", NULL };
+    CHECK(spawn_capture(bad, log, 10, out, sizeof out) == 2 && strstr(out, "max_requests"), "bad: %s", out);
+    char *nokeys[] = { bin, "--check-config", "--api-keys-file", "/nonexistent/keys", NULL };
+    CHECK(spawn_capture(nokeys, log, 10, out, sizeof out) == 2 && strstr(out, "api_keys_file"), "keys: %s", out);
+    char *badlisten[] = { bin, "--check-config", "--listen", "localhost", NULL };
+    CHECK(spawn_capture(badlisten, log, 10, out, sizeof out) == 2 && strstr(out, "listen"), "listen: %s", out);
+}
+
+/* Runs the Node tests; each becomes one result line here. */
+static void run_node_tests(void)
+{
+    char url[64], kurl[64], mqctl[4200];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    snprintf(kurl, sizeof kurl, "http://127.0.0.1:%d", key_port);
+    snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
+    setenv("MQ_HTTP_URL", url, 1);
+    setenv("MQ_HTTP_KEY_URL", kurl, 1);
+    setenv("MQ_HTTP_KEY", "sk-test-1234", 1);
+    setenv("MQ_ADMIN_SOCKET", asock, 1);
+    setenv("MQ_MQCTL", mqctl, 1);
+    const char *shared = getenv("MQ_SHARED");
+    char abs_shared[4096];
+    if (!realpath(shared && *shared ? shared : "../shared", abs_shared))
+        snprintf(abs_shared, sizeof abs_shared, "%s", shared ? shared : "../shared");
+    setenv("MQ_SHARED", abs_shared, 1);
+    /* tests/ holds package.json and node_modules; the test file is relative to it */
+    FILE *p = popen("cd tests && node --test --test-reporter=tap http/openai.test.mjs 2>&1", "r");
+    CHECK(p != NULL, "cannot run node");
+    if (!p)
+        return;
+    char line[4096];
+    int ran = 0;
+    while (fgets(line, sizeof line, p)) {
+        if (!strncmp(line, "ok ", 3) || !strncmp(line, "not ok ", 7)) {
+            int ok = line[0] == 'o';
+            const char *name = strstr(line, " - ");
+            printf("  %s node: %s", ok ? "ok  " : "FAIL", name ? name + 3 : line);
+            if (ok)
+                harness_passed++;
+            else
+                harness_failed++;
+            ran++;
+        } else if (line[0] == ' ' || line[0] == '#') {
+            if (strstr(line, "error:") || strstr(line, "expected") || strstr(line, "actual") ||
+                strstr(line, "message") || strstr(line, "# fail") || strstr(line, "# pass"))
+                fputs(line, stdout);
+        } else
+            fputs(line, stdout);
+    }
+    int st = pclose(p);
+    if (ran == 0) {
+        printf("  FAIL node ran no test (exit %d): is `npm ci` done in tests/?\n", st);
+        harness_failed++;
+    }
+}
+
+int main(void)
+{
+    if (!start_all()) {
+        printf("  FAIL could not start mqd and mq-openai (logs in %s)\n", dir);
+        harness_failed++;
+    } else {
+        RUN(test_health_503_before_mqd);
+        RUN(test_check_config);
+        run_node_tests();
+    }
+    if (oai_pid > 0)
+        kill(oai_pid, SIGTERM);
+    if (oai_key_pid > 0)
+        kill(oai_key_pid, SIGTERM);
+    if (mqd_pid > 0) {
+        kill(mqd_pid, SIGTERM);
+        spawn_wait_exit(mqd_pid, 30);
+    }
+    spawn_wait_exit(oai_pid, 10);
+    spawn_wait_exit(oai_key_pid, 10);
+    if (harness_failed) {
+        spawn_dump_log(oai_log);
+        spawn_dump_log(mqd_log);
+    }
+    return harness_done();
+}
