@@ -39,7 +39,7 @@ endif
 CFLAGS  += $(CFLAGS_BASE)
 AVX2_FLAGS   = -mavx2 -mfma -mf16c
 AVX512_FLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
-LIBS    = -luring -lbpf -lcap -lcjson -lsystemd -lpcre2-8 -lxxhash -lutf8proc -lm -lpthread
+LIBS    = -luring -lbpf -lcap -lseccomp -lcjson -lsystemd -lpcre2-8 -lxxhash -lutf8proc -lm -lpthread
 LDFLAGS += $(LDFLAGS_SAN)
 
 KERNEL_SRC  := $(wildcard kernels/*.c)

@@ -133,6 +133,8 @@ static void print_status(const cJSON *r)
            str(r, "pools.decode.cpus"));
     printf("clients         %.0f\n", num(r, "clients"));
     printf("bpf             %s\n", str(r, "bpf"));
+    printf("seccomp         %s, %.0f call(s) refused%s%s\n", str(r, "seccomp.mode"), num(r, "seccomp.refused"),
+           str(r, "seccomp.last_refused")[0] ? ", the last: " : "", str(r, "seccomp.last_refused"));
     if (cJSON_GetObjectItem(r, "kv"))
         print_stats(r);
     if (str(r, "error")[0])

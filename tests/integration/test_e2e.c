@@ -578,6 +578,7 @@ static void test_privileges_dropped(void)
     CHECK(!strcmp(proc_status(mqd_pid, "CapBnd", v, sizeof v), "0000000000000000"), "CapBnd %s", v);
     CHECK(!strcmp(proc_status(mqd_pid, "CapAmb", v, sizeof v), "0000000000000000"), "CapAmb %s", v);
     CHECK(!strcmp(proc_status(mqd_pid, "NoNewPrivs", v, sizeof v), "1"), "NoNewPrivs %s", v);
+    CHECK(!strcmp(proc_status(mqd_pid, "Seccomp", v, sizeof v), "2"), "Seccomp %s (2 = a filter)", v);
     /* mqctl status works and reports the state */
     cJSON *r = admin_call(admin_sock, "status", 0);
     CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")) && !strcmp(jstr(r, "state"), "ready"), "admin status");
@@ -628,6 +629,12 @@ static void test_tools(void)
     CHECK(run_tool(gone, out, sizeof out) == 3, "mqctl unreachable: %s", out);
     char *mqgone[] = { mq, "--socket", "/nonexistent/c.sock", "run", "x", NULL };
     CHECK(run_tool(mqgone, out, sizeof out) == 3, "mq unreachable: %s", out);
+}
+
+/* Everything the suite made mqd do stayed within its system-call allow-list. */
+static void test_seccomp_refused_nothing(void)
+{
+    spawn_check_no_seccomp_refusal(admin_sock);
 }
 
 static void test_sigterm_drains(void)
@@ -712,6 +719,7 @@ int main(void)
     RUN(test_log_lines);
     RUN(test_long_prompt_and_context_limit);
     RUN(test_tools);
+    RUN(test_seccomp_refused_nothing);
     RUN(test_sigterm_drains);
     return spawn_suite_done(mqd_pid, logpath);
 }
