@@ -411,4 +411,67 @@ static inline int spawn_suite_done(pid_t pid, const char *log)
     return harness_done();
 }
 
+/* ---- an mqd of a test's own (start-up cases, other limits) ---------------------------- */
+typedef struct own {
+    char dir[300], client[340], admin[340], log[340];
+    pid_t pid;
+} own;
+
+/* Starts mqd with the given extra flags (NULL-terminated) in a fresh directory
+ * base/name, through /bin/sh so that a shell command `sh_prefix` (e.g. "ulimit -n 40; ")
+ * can lower a limit first (lowering needs no privilege; changing another process's
+ * limit later would need CAP_SYS_RESOURCE). No wait. */
+static inline void own_start_sh(own *o, const char *base, const char *name, const char *sh_prefix,
+                                const char *const *extra)
+{
+    snprintf(o->dir, sizeof o->dir, "%s/%s", base, name);
+    mkdir(o->dir, 0755);
+    snprintf(o->client, sizeof o->client, "%s/client.sock", o->dir);
+    snprintf(o->admin, sizeof o->admin, "%s/admin.sock", o->dir);
+    snprintf(o->log, sizeof o->log, "%s/mqd.log", o->dir);
+    char cmd[8192];
+    int n = snprintf(cmd, sizeof cmd, "%sexec %s/mqd --client-socket %s --admin-socket %s", sh_prefix ? sh_prefix : "",
+                     spawn_build_dir(), o->client, o->admin);
+    for (int i = 0; extra[i] && n > 0 && (size_t)n < sizeof cmd; i++)
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", extra[i]);
+    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    o->pid = spawn(argv, NULL, o->log);
+}
+
+/* The same with RLIMIT_NOFILE lowered to ulimit_n first when > 0. */
+static inline void own_start(own *o, const char *base, const char *name, int ulimit_n, const char *const *extra)
+{
+    char lim[32] = "";
+    if (ulimit_n)
+        snprintf(lim, sizeof lim, "ulimit -n %d; ", ulimit_n);
+    own_start_sh(o, base, name, lim, extra);
+}
+
+static inline void own_stop(own *o)
+{
+    if (o->pid > 0) {
+        kill(o->pid, SIGKILL);
+        waitpid(o->pid, NULL, 0);
+        o->pid = 0;
+    }
+}
+
+/* Waits up to timeout_s for an own mqd to exit; its exit status (-1: still running, killed). */
+static inline int own_exit(own *o, int timeout_s)
+{
+    int st = spawn_wait_exit(o->pid, timeout_s);
+    if (st < 0)
+        own_stop(o);
+    o->pid = 0;
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static inline int own_log_has(own *o, const char *what)
+{
+    char *log = harness_read_file(o->log, NULL);
+    int has = log && strstr(log, what);
+    free(log);
+    return has;
+}
+
 #endif
