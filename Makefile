@@ -348,6 +348,17 @@ bench-http: deps
 	    --socket "$$MQ_CLIENT_SOCKET" --dir "$(AGENT_DIR)"'
 
 # ---------------------------------------------------------------------------
+# Several mq hosts behind HAProxy (issue 12): two mqd + mq-openai pairs on loopback and
+# HAProxy run from dist/haproxy/mq.cfg, agent replays through it with the official OpenAI
+# client, a drain. tests/integration/test_cluster.c; part of `make test` (about half a
+# minute), this target runs it alone. Prints cluster_cached_ratio_session_hash and
+# cluster_cached_ratio_round_robin.
+.PHONY: test-cluster
+test-cluster: deps
+	@$(MAKE) --no-print-directory $(MQD) $(BUILD)/mqctl $(BUILD)/mq-openai $(BUILD)/tests/integration/test_cluster
+	@MQ_TEST_FILTER=test_cluster sh tests/run.sh $(BUILD)
+
+# ---------------------------------------------------------------------------
 # Quality evaluation of the three modes (issue 3): perplexity, continuation NLL, KL and
 # top-1 agreement against bf16. Overridable: make eval MODEL=dir CORPUS=file DOCS=n
 # (MODEL defaults to mq-qwen3-80m, set with `make run` above)
