@@ -225,11 +225,11 @@ static const command *find_command(const char *name)
 
 /* Options anywhere (getopt_long permutes: `mqctl status --json`), then the command and
  * its id for cancel. 0, 1 when --help was asked, or 2 (usage error; said on stderr). */
-static int parse_args(int argc, char **argv, const char **sock, int *json, const command **cm,
-                      unsigned long long *id)
+static int parse_args(int argc, char **argv, const char **sock, int *json, const command **cm, unsigned long long *id)
 {
-    static const struct option lo[] = { { "socket", 1, 0, 's' }, { "json", 0, 0, 'j' }, { "help", 0, 0, 'h' },
-                                        { 0, 0, 0, 0 } };
+    static const struct option lo[] = {
+        { "socket", 1, 0, 's' }, { "json", 0, 0, 'j' }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 }
+    };
     int ch;
     opterr = 0; /* our own messages */
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -238,8 +238,8 @@ static int parse_args(int argc, char **argv, const char **sock, int *json, const
         case 'j': *json = 1; break;
         case 'h': return 1;
         default:
-            fprintf(stderr, "mqctl: %s option %s\n", ch == ':' || optopt == 's' ? "a value is missing for the" : "unknown",
-                    argv[optind - 1]);
+            fprintf(stderr, "mqctl: %s option %s\n",
+                    ch == ':' || optopt == 's' ? "a value is missing for the" : "unknown", argv[optind - 1]);
             return 2;
         }
     }

@@ -248,14 +248,8 @@ static void test_per_uid_kv_and_queue(void)
     cJSON_Delete(st);
     mq_disconnect(c);
     static uid_result res;
-    size_t n = 0;
-    ssize_t k;
-    while (n < sizeof res && poll(&pf, 1, 120000) == 1 && (k = read(p[0], (char *)&res + n, sizeof res - n)) > 0)
-        n += (size_t)k;
-    close(p[0]);
-    int wst = 0;
-    waitpid(pid, &wst, 0);
-    CHECK(n == sizeof res && WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "uid %d's child: status %d", OTHER_UID, wst);
+    int wst;
+    CHECK(spawn_child_result(pid, p[0], &res, sizeof res, 120000, &wst), "uid %d's child: status %d", OTHER_UID, wst);
     printf("    uid %d: 1st request \"%s\" after %d tokens; 2nd waited, %d tokens; 3rd \"%s\"; root served while %d "
            "of uid %d's waited\n",
            OTHER_UID, res.s1.msg, res.s1.tokens, res.s2.tokens, res.r3_msg, waiting, OTHER_UID);
