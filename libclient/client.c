@@ -168,7 +168,8 @@ static int call(mq_conn *c, mq_msg *m, unsigned want, mq_msg *reply)
 }
 
 /* ---- connect --------------------------------------------------------------------- */
-int mq_connect(const char *socket_path, mq_conn **out)
+/* timeout_ms bounds the connect and the HELLO reply; later calls wait REPLY_TIMEOUT_S. */
+static int connect_within(const char *socket_path, int timeout_ms, mq_conn **out)
 {
     *out = NULL;
     if (!socket_path || !*socket_path)
@@ -194,9 +195,12 @@ int mq_connect(const char *socket_path, mq_conn **out)
         goto fail;
     }
     struct timeval tv = { REPLY_TIMEOUT_S, 0 };
-    setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const struct timeval hello_tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+    /* a connect to a full listen queue blocks until the send timeout */
+    setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &hello_tv, sizeof hello_tv);
+    setsockopt(c->sock, SOL_SOCKET, SO_SNDTIMEO, &hello_tv, sizeof hello_tv);
     if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        rc = -errno;
+        rc = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT : -errno;
         goto fail;
     }
     mq_msg m = { .type = MQ_MSG_HELLO }, r;
@@ -207,8 +211,12 @@ int mq_connect(const char *socket_path, mq_conn **out)
     int fds[2] = { -1, -1 }; /* the channel memfd, the wake-up pipe's read end */
     if (!rc)
         rc = recv_reply(c, &r, MQ_MSG_HELLO_OK, fds, 2);
+    if (rc == -ETIMEDOUT) /* mqd accepts clients once its model is loaded */
+        rc = set_err(c, -ETIMEDOUT, "mqd did not answer within %d ms (still loading?)", timeout_ms);
     if (rc)
         goto fail;
+    setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->sock, SOL_SOCKET, SO_SNDTIMEO, &(struct timeval){ 0, 0 }, sizeof(struct timeval));
     c->efd = fds[1];
     if (c->efd >= 0) /* drained with reads that must not block */
         fcntl(c->efd, F_SETFL, fcntl(c->efd, F_GETFL) | O_NONBLOCK);
@@ -238,6 +246,19 @@ int mq_connect(const char *socket_path, mq_conn **out)
 fail:
     mq_disconnect(c);
     return rc;
+}
+
+int mq_connect(const char *socket_path, mq_conn **out)
+{
+    return connect_within(socket_path, REPLY_TIMEOUT_S * 1000, out);
+}
+
+int mq_connect_timeout(const char *socket_path, int timeout_ms, mq_conn **out)
+{
+    *out = NULL;
+    if (timeout_ms < 1)
+        return -EINVAL;
+    return connect_within(socket_path, timeout_ms, out);
 }
 
 void mq_disconnect(mq_conn *c)

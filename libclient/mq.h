@@ -100,6 +100,10 @@ void mq_params_init(mq_params *p);
 /* Connects to mqd at `socket_path` (NULL: $MQ_SOCKET, else MQ_DEFAULT_SOCKET), negotiates
  * the protocol version and maps the shared-memory channel. */
 int mq_connect(const char *socket_path, mq_conn **out);
+/* The same, giving up after timeout_ms (-ETIMEDOUT) when mqd does not answer: mqd accepts
+ * clients only once its model is loaded, and until then mq_connect waits (up to 300 s).
+ * Health checks and servers in front of mqd answer "not ready" instead. libmq 1.2. */
+int mq_connect_timeout(const char *socket_path, int timeout_ms, mq_conn **out);
 /* Closes the connection. mqd cancels its running requests and closes its sessions. */
 void mq_disconnect(mq_conn *c);
 

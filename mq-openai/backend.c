@@ -11,7 +11,8 @@
 
 #include "common/errmsg.h"
 
-#define KEY_MAX 128
+#define KEY_MAX            128
+#define CONNECT_TIMEOUT_MS 2000 /* a pool connection to a ready mqd takes about a millisecond */
 
 typedef struct pin {
     char key[KEY_MAX];
@@ -184,6 +185,51 @@ static void free_slot(oai_backend *b, int i)
     pthread_cond_broadcast(&b->freed);
 }
 
+static void kick_ctl(oai_backend *b);
+
+/* Whether mqd answered on the control connection; if not, one is being made in the
+ * background. While mqd loads it accepts no client: a connect would wait in its listen
+ * queue, so a request answers 503 at once instead. */
+static int mqd_up(oai_backend *b)
+{
+    pthread_mutex_lock(&b->ctl_mu);
+    int up = b->ctl != NULL;
+    if (!up)
+        kick_ctl(b);
+    pthread_mutex_unlock(&b->ctl_mu);
+    return up;
+}
+
+void oai_backend_lost(oai_backend *b)
+{
+    pthread_mutex_lock(&b->ctl_mu);
+    if (b->ctl) {
+        mq_disconnect(b->ctl);
+        b->ctl = NULL;
+    }
+    kick_ctl(b);
+    pthread_mutex_unlock(&b->ctl_mu);
+}
+
+/* Connects slot i's connection (the caller holds the slot). */
+static int connect_slot(oai_backend *b, slot *s, char *err, size_t errlen)
+{
+    if (!mqd_up(b))
+        return mq_errmsg(err, errlen, -ENOTCONN,
+                         "mqd is not ready (loading its model, or not running); retry in a few seconds");
+    int rc = mq_connect_timeout(b->o.socket, CONNECT_TIMEOUT_MS, &s->conn);
+    if (rc) {
+        s->conn = NULL;
+        oai_backend_lost(b); /* requests now fail at once until mqd answers again */
+        return mq_errmsg(err, errlen, rc == -ETIMEDOUT ? -ENOTCONN : rc, "cannot connect to mqd: %s%s", mq_strerror(rc),
+                         rc == -ETIMEDOUT ? " (restarting or loading?)" : "");
+    }
+    pthread_mutex_lock(&b->mu);
+    remember_info(b, s->conn);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
 int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err, size_t errlen)
 {
     memset(l, 0, sizeof *l);
@@ -219,15 +265,7 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
     b->busy++;
     pthread_mutex_unlock(&b->mu);
 
-    int rc = 0;
-    if (!s->conn) {
-        rc = mq_connect(b->o.socket, &s->conn);
-        if (rc) {
-            s->conn = NULL;
-            mq_errmsg(err, errlen, rc, "cannot connect to mqd: %s", mq_strerror(rc));
-        } else
-            remember_info(b, s->conn);
-    }
+    int rc = s->conn ? 0 : connect_slot(b, s, err, errlen);
     l->slot = i;
     l->conn = s->conn;
     if (!rc && p) {
@@ -244,11 +282,14 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
         }
     }
     if (rc) {
+        int gone = rc == -EPIPE || rc == -ECONNRESET || rc == -ECONNREFUSED || rc == -ENOENT;
         pthread_mutex_lock(&b->mu);
-        if (rc == -EPIPE || rc == -ECONNRESET || rc == -ECONNREFUSED || rc == -ENOENT)
+        if (gone)
             drop_slot(b, i);
         free_slot(b, i);
         pthread_mutex_unlock(&b->mu);
+        if (gone)
+            oai_backend_lost(b);
         l->slot = -1;
         l->conn = NULL;
         return rc;
@@ -284,6 +325,8 @@ void oai_backend_release(oai_backend *b, oai_lease *l)
             b->pins[k].last_used = now_s();
     free_slot(b, l->slot);
     pthread_mutex_unlock(&b->mu);
+    if (l->gone)
+        oai_backend_lost(b);
     l->slot = -1;
     l->conn = NULL;
 }
@@ -308,6 +351,19 @@ static void *connect_ctl(void *arg)
     return NULL;
 }
 
+/* Starts connecting the control connection unless that is under way (ctl_mu held). */
+static void kick_ctl(oai_backend *b)
+{
+    if (b->ctl || b->connecting)
+        return;
+    pthread_t th;
+    b->connecting = 1;
+    if (pthread_create(&th, NULL, connect_ctl, b) == 0)
+        pthread_detach(th);
+    else
+        b->connecting = 0;
+}
+
 static int state_once(oai_backend *b, mq_stats *st)
 {
     pthread_mutex_lock(&b->ctl_mu);
@@ -319,14 +375,7 @@ static int state_once(oai_backend *b, mq_stats *st)
             b->ctl = NULL;
         }
     }
-    if (!b->ctl && !b->connecting) {
-        pthread_t th;
-        b->connecting = 1;
-        if (pthread_create(&th, NULL, connect_ctl, b) == 0)
-            pthread_detach(th);
-        else
-            b->connecting = 0;
-    }
+    kick_ctl(b);
     pthread_mutex_unlock(&b->ctl_mu);
     return rc;
 }

@@ -23,6 +23,7 @@
 #define MQD_CHECK_MS    1000  /* while waiting for tokens, look whether mqd is alive */
 #define MAX_KEYS        256
 #define MAX_KEY_LEN     256
+#define RETRY_AFTER_S   "2" /* 429 and 503: when to try again (a load takes seconds) */
 
 struct oai_server {
     oai_config cfg;
@@ -115,6 +116,8 @@ static enum MHD_Result send_body(struct MHD_Connection *c, int status, const cha
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (status == 429 || status == 503) /* busy, loading, draining: clients and balancers back off */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, RETRY_AFTER_S);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     return ret;
@@ -144,6 +147,8 @@ static void mq_error(oai_error *e, int rc, const char *msg)
     case EAGAIN: oai_fail(e, 429, "rate_limit_error", NULL, "%s", msg); break;
     case MQ_EDRAINING:
     case MQ_EKVFULL:
+    case ENOTCONN:
+    case ETIMEDOUT:
     case EPIPE:
     case ECONNREFUSED:
     case ECONNRESET:
@@ -356,7 +361,7 @@ static int gen_start(gen *g, const char *session_key, oai_error *e)
     if (rc) {
         mq_last_error(g->lease.conn, err, sizeof err);
         if (rc == -EPIPE || rc == -ECONNRESET)
-            g->lease.broken = 1;
+            g->lease.broken = g->lease.gone = 1;
         mq_error(e, rc, err);
         oai_backend_release(s->be, &g->lease);
         return rc;
@@ -406,6 +411,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         }
         if (rc) {
             g->lease.broken = 1;
+            g->lease.gone = rc == -EPIPE;
             g->running = 0;
             oai_error e;
             mq_error(&e, rc, "mqd went away during the request");
@@ -516,6 +522,7 @@ static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_end
         }
         if (rc) {
             g->lease.broken = 1;
+            g->lease.gone = rc == -EPIPE;
             g->running = 0;
             mq_error(&e, rc, "mqd went away during the request");
             gen_free(g);

@@ -233,6 +233,11 @@ test('/health is 503 while mqd drains; the running stream still finishes', async
     const r = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
                                                             body: JSON.stringify({ messages: [{ role: 'user', content: 'x' }] }) });
     assert.equal(r.status, 503, 'new requests are refused while draining');
+    assert.ok(Number(r.headers.get('retry-after')) > 0, 'with Retry-After');
+    const j = await r.json();
+    assert.equal(j.error.code, 503);
+    assert.equal(j.error.type, 'service_unavailable');
+    assert.match(j.error.message, /drain|shutting down/);
     let finish;
     for (let x = await it.next(); !x.done; x = await it.next())
         if (x.value.choices[0]?.finish_reason) finish = x.value.choices[0].finish_reason;
