@@ -76,7 +76,7 @@ struct req {
 
 struct session {
     uint64_t id;
-    uint32_t tenant;
+    uint64_t tenant;
     uint64_t root; /* chain-hash seed of its blocks: MQ_KV_HASH_SEED, salted with the tenant */
     int32_t *hist;
     int n_hist, cap_hist;
@@ -278,7 +278,7 @@ static void lookup_prefix(mq_sched *s, struct session *ss)
 }
 
 /* The least recently used idle session holding KV (of one tenant, if given), or NULL. */
-static struct session *lru_idle(mq_sched *s, const struct session *except, const uint32_t *tenant)
+static struct session *lru_idle(mq_sched *s, const struct session *except, const uint64_t *tenant)
 {
     struct session *victim = NULL;
     for (struct session *ss = s->sessions; ss; ss = ss->next)
@@ -304,7 +304,7 @@ static int reclaim_idle(mq_sched *s, int need, const struct session *except)
 }
 
 /* What a tenant uses now (s->mu held). */
-static mq_tenant_info tenant_usage(const mq_sched *s, uint32_t tenant)
+static mq_tenant_info tenant_usage(const mq_sched *s, uint64_t tenant)
 {
     mq_tenant_info u = { .tenant = tenant };
     for (const struct session *ss = s->sessions; ss; ss = ss->next) {
@@ -325,7 +325,7 @@ static mq_tenant_info tenant_usage(const mq_sched *s, uint32_t tenant)
 
 /* Whether the tenant can take `need` more blocks within its share (tenant_kv_blocks),
  * after giving back the KV of its own idle sessions, least recently used first. */
-static int tenant_fits(mq_sched *s, uint32_t tenant, int need, const struct session *except)
+static int tenant_fits(mq_sched *s, uint64_t tenant, int need, const struct session *except)
 {
     if (s->o.tenant_kv_blocks <= 0)
         return 1;
@@ -456,7 +456,7 @@ static int held_blocks(const struct req *r)
 /* The running (prefilling or decoding) request that holds the most blocks (of one
  * tenant, if given), and whether one of them is already asked to end (its blocks are
  * coming back). s->mu held. */
-static struct req *largest_running(mq_sched *s, const uint32_t *tenant, int *ending)
+static struct req *largest_running(mq_sched *s, const uint64_t *tenant, int *ending)
 {
     struct req *best = NULL, *lists[2] = { s->queue_head, s->decoding };
     *ending = 0;
@@ -475,7 +475,7 @@ static struct req *largest_running(mq_sched *s, const uint32_t *tenant, int *end
  * the running request holding the most blocks (of that tenant) ends; its driver ends it
  * at its next step, its session keeps what was generated, and its KV becomes idle KV
  * that reclaim_idle takes back. Nothing if such an end is already pending. s->mu held. */
-static void make_room(mq_sched *s, const uint32_t *tenant)
+static void make_room(mq_sched *s, const uint64_t *tenant)
 {
     int ending;
     struct req *v = largest_running(s, tenant, &ending);
@@ -484,9 +484,9 @@ static void make_room(mq_sched *s, const uint32_t *tenant)
     v->end_err = -ENOSPC;
     if (tenant)
         snprintf(v->end_msg, sizeof v->end_msg,
-                 "KV share of tenant %u full: this request held the most of its %d blocks (%d) and was ended to "
+                 "KV share of tenant %llu full: this request held the most of its %d blocks (%d) and was ended to "
                  "make room; its session keeps the %d tokens generated",
-                 *tenant, s->o.tenant_kv_blocks, held_blocks(v), v->generated);
+                 (unsigned long long)*tenant, s->o.tenant_kv_blocks, held_blocks(v), v->generated);
     else
         snprintf(v->end_msg, sizeof v->end_msg,
                  "KV store full: this request held the most of its %d blocks (%d) and was ended to make room; "
@@ -682,9 +682,10 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
         mq_tenant_info u = tenant_usage(s, ss->tenant);
         if (s->o.on_kv_full == MQ_KV_FULL_FAIL || u.running == 0) {
             snprintf(msg, msglen,
-                     "KV share of tenant %u full: the request needs %d more blocks of %d tokens, the tenant holds "
+                     "KV share of tenant %llu full: the request needs %d more blocks of %d tokens, the tenant holds "
                      "%d of its %d",
-                     ss->tenant, need, s->o.block_tokens, u.kv_blocks + u.kv_reserved, s->o.tenant_kv_blocks);
+                     (unsigned long long)ss->tenant, need, s->o.block_tokens, u.kv_blocks + u.kv_reserved,
+                     s->o.tenant_kv_blocks);
             return -ENOSPC;
         }
         return ADMIT_TENANT_WAIT; /* the tenant's running requests will give blocks back */
@@ -1207,17 +1208,17 @@ void mq_sched_destroy(mq_sched *s)
 }
 
 /* The chain-hash seed of a tenant's sessions (scheduler.h "Tenants"). */
-static uint64_t tenant_root(const mq_sched *s, uint32_t tenant)
+static uint64_t tenant_root(const mq_sched *s, uint64_t tenant)
 {
     if (s->o.share_prefix_cache)
         return MQ_KV_HASH_SEED;
-    const int32_t salt[2] = { (int32_t)tenant, -1 }; /* -1: never a token id */
-    return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 2);
+    const int32_t salt[3] = { (int32_t)(uint32_t)tenant, (int32_t)(uint32_t)(tenant >> 32), -1 }; /* -1: no token */
+    return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 3);
 }
 
 /* The seed of a session's blocks computed in precision m: KV is shared only between
  * requests that computed it the same way (mixed, the default, keeps the tenant's seed). */
-static uint64_t session_root(const mq_sched *s, uint32_t tenant, mq_prec_mode m)
+static uint64_t session_root(const mq_sched *s, uint64_t tenant, mq_prec_mode m)
 {
     uint64_t root = tenant_root(s, tenant);
     if (m == MQ_PREC_MODE_MIXED)
@@ -1226,7 +1227,7 @@ static uint64_t session_root(const mq_sched *s, uint32_t tenant, mq_prec_mode m)
     return mq_kv_prefix_hash(root, salt, 2);
 }
 
-int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
+int mq_sched_session_open(mq_sched *s, uint64_t tenant, uint64_t *id)
 {
     struct session *ss = calloc(1, sizeof *ss);
     if (!ss)
@@ -1410,8 +1411,8 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
     if (s->o.tenant_max_queued > 0) {
         mq_tenant_info u = tenant_usage(s, ss->tenant);
         if (u.queued >= s->o.tenant_max_queued)
-            return mq_errmsg(err, errlen, -EAGAIN, "submit: tenant %u has %d requests waiting (its limit)", ss->tenant,
-                             u.queued);
+            return mq_errmsg(err, errlen, -EAGAIN, "submit: tenant %llu has %d requests waiting (its limit)",
+                             (unsigned long long)ss->tenant, u.queued);
     }
     const int store = s->o.kv_blocks * s->o.block_tokens; /* tokens the whole KV store holds */
     if (hist + n + 1 > store)

@@ -17,7 +17,9 @@
  * mq_sched_session_history().
  * Full KV blocks are indexed by a hash of their whole token prefix, so sessions that
  * share a prefix (system prompt, tool list) share the blocks (reference counted).
- * Tenants: every session belongs to a tenant (mqd: the client's uid). The chain hash of
+ * Tenants: every session belongs to a tenant (mqd: the client's uid, or a tenant named by
+ * a front it trusts, e.g. one per API key of mq-openai: mqd keeps them apart by value,
+ * daemon/tenants.h). The chain hash of
  * a session's blocks starts from a seed salted with its tenant (vLLM's cache_salt), so by
  * default a prefix is shared only between sessions of one tenant: another tenant's exact
  * guess of a prompt is a miss, and hit counts and timings leak nothing across tenants.
@@ -194,7 +196,7 @@ void mq_sched_destroy(mq_sched *s);
  * -EMFILE when max_sessions are open, -EDQUOT when the tenant has tenant_max_sessions.
  * Closing a session cancels its request (on_done is called before close returns) and
  * releases its blocks. */
-int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id);
+int mq_sched_session_open(mq_sched *s, uint64_t tenant, uint64_t *id);
 int mq_sched_session_close(mq_sched *s, uint64_t id);
 /* Copies up to cap history tokens into buf; returns the history length or -ENOENT. */
 int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap);
@@ -239,7 +241,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st);
 
 typedef struct mq_session_info {
     uint64_t id;
-    uint32_t tenant;
+    uint64_t tenant;
     int history_tokens, kv_tokens, kv_blocks, shared_blocks;
     int reserved_blocks; /* of its running request */
     int busy;            /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
@@ -250,7 +252,7 @@ typedef struct mq_session_info {
 void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info *i), void *ctx);
 
 typedef struct mq_tenant_info {
-    uint32_t tenant;
+    uint64_t tenant;
     int sessions;
     int queued, running; /* requests waiting for prefill; prefilling or decoding */
     int kv_blocks;       /* held by its sessions (a shared block counts in each) */
