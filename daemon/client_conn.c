@@ -43,6 +43,7 @@
 #include "daemon/log.h"
 #include "daemon/prep.h"
 #include "daemon/privs.h"
+#include "daemon/tenants.h"
 #include "engine/chat_template.h"
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
@@ -83,6 +84,7 @@ typedef struct mqd_conn {
     int fd;
     mq_ev *ev;
     uid_t uid;
+    gid_t gid;
     pid_t pid;
     int hello_done;
     int denied;         /* answer the first message with ERROR(deny_code, deny_msg), close */
@@ -553,6 +555,31 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
         conn_close(c, "reply failed");
 }
 
+/* OPEN naming a tenant (protocol 3): only a trusted front may (tenants.h); 1 with *tenant
+ * set, or 0 when answered with an error. */
+static int open_tenant(mqd_conn *c, const mq_msg *m, uint64_t *tenant)
+{
+    mqd *d = c->d;
+    if (!mqd_peer_is_front(d, c->fd, c->uid, c->gid)) {
+        mqd_log_limited(&d->client_log, LOG_WARNING,
+                        "client pid %d uid %u: refused a session for tenant %s: not in trusted_fronts or "
+                        "trusted_front_groups",
+                        (int)c->pid, (unsigned)c->uid, m->u.open.tenant);
+        send_error(c, m->seq, MQ_ERR_NOT_TRUSTED,
+                   "uid %u may not open sessions for tenant %s: only clients in mqd's trusted_fronts or "
+                   "trusted_front_groups name tenants",
+                   (unsigned)c->uid, m->u.open.tenant);
+        return 0;
+    }
+    int rc = mqd_tenant_id(d, m->u.open.tenant, tenant);
+    if (rc) {
+        send_error(c, m->seq, rc == -ENOSPC ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL, "cannot open a session for tenant %s: %s",
+                   m->u.open.tenant, rc == -ENOSPC ? "mqd knows its most tenant names already" : strerror(-rc));
+        return 0;
+    }
+    return 1;
+}
+
 static void on_open(mqd_conn *c, const mq_msg *m)
 {
     mqd *d = c->d;
@@ -579,15 +606,23 @@ static void on_open(mqd_conn *c, const mq_msg *m)
         c->sess = p;
         c->cap_sess = cap;
     }
+    uint64_t tenant = c->uid;
+    if (m->u.open.tenant[0] && !open_tenant(c, m, &tenant))
+        return;
     uint64_t id;
-    int rc = mq_sched_session_open(d->sched, (uint32_t)c->uid, &id);
+    int rc = mq_sched_session_open(d->sched, tenant, &id);
     if (rc) {
+        char who[96];
+        if (m->u.open.tenant[0])
+            snprintf(who, sizeof who, "tenant %s", m->u.open.tenant);
+        else
+            snprintf(who, sizeof who, "uid %u", (unsigned)c->uid);
         if (rc == -EMFILE)
             send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: mqd has max_sessions (%u) open",
                        d->cfg.max_sessions);
         else if (rc == -EDQUOT)
-            send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: uid %u has max_sessions_per_uid (%u) open",
-                       (unsigned)c->uid, d->cfg.max_sessions_per_uid);
+            send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: %s has max_sessions_per_uid (%u) open", who,
+                       d->cfg.max_sessions_per_uid);
         else
             send_error(c, m->seq, MQ_ERR_INTERNAL, "cannot open a session: %s", strerror(-rc));
         return;
@@ -1199,6 +1234,7 @@ static mqd_conn *conn_new(mqd *d, const mqd_peer *p)
     c->chan.fd = -1;
     c->chan.token.efd = -1;
     c->uid = p->uid;
+    c->gid = p->gid;
     c->pid = p->pid;
     pthread_mutex_init(&c->tx_lock, NULL);
     /* A refused peer is answered at its first message: closing now, with the HELLO

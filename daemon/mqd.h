@@ -11,8 +11,9 @@
  *   control.c      drain, reload, signals                          -> client_conn, sd, privs
  *   admin.c        admin protocol: JSON (cJSON) on its own socket  -> control, client_conn,
  *                                                                    privs
- *   client_conn.c  client protocol (ipc/wire.h), channels, sinks   -> privs, prep
+ *   client_conn.c  client protocol (ipc/wire.h), channels, sinks   -> privs, prep, tenants
  *   prep.c         workers that prepare prompts off the loop
+ *   tenants.c      the tenant names trusted fronts open sessions for
  *   sd.c           systemd: named socket fds, sd_notify, watchdog
  *   privs.c        privileged set-up, dropping privileges, peer checks
  *   evloop.c, config.c, probes.c, log.c: leaves; every module logs through log.c.
@@ -41,6 +42,7 @@ struct mq_arena;
 struct mqd_conn;
 struct mqd_admin;
 struct mqd_prep;
+struct mqd_tenants;
 
 enum mqd_state { MQD_LOADING = 0, MQD_READY, MQD_DRAINING, MQD_STOPPING, MQD_FAILED };
 
@@ -86,13 +88,18 @@ typedef struct mqd {
     int n_conns;
     struct mqd_admin *admins;
     uint64_t next_req;
-    mqd_ratelimit client_log; /* lines clients can cause (log.h) */
+    mqd_ratelimit client_log;    /* lines clients can cause (log.h) */
+    struct mqd_tenants *tenants; /* names trusted fronts gave (tenants.h) */
 
     /* access control, resolved from names at start-up / reload */
     uid_t allowed_uids[MQD_MAX_IDS];
     int n_allowed_uids;
     gid_t allowed_gids[MQD_MAX_IDS];
     int n_allowed_gids;
+    uid_t front_uids[MQD_MAX_IDS]; /* trusted_fronts */
+    int n_front_uids;
+    gid_t front_gids[MQD_MAX_IDS]; /* trusted_front_groups */
+    int n_front_gids;
     int any_client; /* no user/group lists: everyone who can open the socket */
     gid_t admin_gid;
     int admin_gid_set;

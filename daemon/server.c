@@ -38,6 +38,7 @@
 #include "daemon/privs.h"
 #include "daemon/probes.h"
 #include "daemon/sd.h"
+#include "daemon/tenants.h"
 #include "engine/arena.h"
 #include "engine/chat_template.h"
 #include "engine/engine.h"
@@ -632,6 +633,7 @@ void mqd_fini(mqd *d)
             mq_evloop_run_posted(d->loop);
     }
     mq_tok_free(d->tok);
+    mqd_tenants_free(d);
     mq_model_free(d->model); /* frees through the arena: before it */
     mq_arena_destroy(d->arena);
     mq_probes_stop(d->probes);

@@ -18,7 +18,8 @@
 #include "ipc/channel.h"
 #include "ipc/wire.h"
 
-_Static_assert((int)MQ_EPROTOCOL == (int)MQ_ERR_PROTOCOL && (int)MQ_EKVFULL == (int)MQ_ERR_KV_FULL,
+_Static_assert((int)MQ_EPROTOCOL == (int)MQ_ERR_PROTOCOL && (int)MQ_EKVFULL == (int)MQ_ERR_KV_FULL &&
+                   (int)MQ_ENOTTRUSTED == (int)MQ_ERR_NOT_TRUSTED,
                "public error codes mirror the wire codes");
 _Static_assert((int)MQ_END_CANCELLED == (int)MQ_CHAN_END_CANCEL && (int)MQ_END_SHUTDOWN == (int)MQ_CHAN_END_SHUTDOWN,
                "end reasons");
@@ -69,7 +70,7 @@ const char *mq_strerror(int err)
 {
     if (err < 0)
         err = -err;
-    if (err >= MQ_ERR_PROTOCOL && err <= MQ_ERR_KV_FULL)
+    if (err >= MQ_ERR_PROTOCOL && err <= MQ_ERR_NOT_TRUSTED)
         return mq_wire_err_text((unsigned)err);
     if (err == 0)
         return "success";
@@ -286,10 +287,25 @@ int mq_server_info_get(mq_conn *c, mq_server_info *info)
 /* ---- sessions and requests ------------------------------------------------------- */
 int mq_open_session(mq_conn *c, int mode, uint64_t *session)
 {
+    return mq_open_tenant_session(c, mode, NULL, session);
+}
+
+int mq_open_tenant_session(mq_conn *c, int mode, const char *tenant, uint64_t *session)
+{
     if (mode != MQ_MODE_CHAT && mode != MQ_MODE_RAW)
         return set_err(c, -EINVAL, "mode %d is neither MQ_MODE_CHAT nor MQ_MODE_RAW", mode);
     mq_msg m = { .type = MQ_MSG_OPEN }, r;
     m.u.open.mode = (uint8_t)mode;
+    if (tenant && *tenant) {
+        char err[160];
+        if (mq_wire_tenant_check(tenant, err, sizeof err))
+            return set_err(c, -EINVAL, "tenant \"%.80s\": %s", tenant, err);
+        if (c->info.protocol_version < 3)
+            return set_err(c, -MQ_EVERSION, "mqd speaks protocol version %u; a tenant needs version 3",
+                           c->info.protocol_version);
+        m.version = 3;
+        strcpy(m.u.open.tenant, tenant);
+    }
     pthread_mutex_lock(&c->lock);
     int rc = call(c, &m, MQ_MSG_OPENED, &r);
     pthread_mutex_unlock(&c->lock);
