@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include "common/errmsg.h"
+#include "mq-openai/keys.h"
 
 #define KEY_MAX            128
 #define CONNECT_TIMEOUT_MS 2000 /* a pool connection to a ready mqd takes about a millisecond */
 
 typedef struct pin {
+    char tenant[OAI_TENANT_MAX + 1];
     char key[KEY_MAX];
     int slot;
     uint64_t session;
@@ -115,10 +117,10 @@ static void drop_slot(oai_backend *b, int i)
     b->slots[i].n_pins = 0;
 }
 
-static pin *find_pin(oai_backend *b, const char *key)
+static pin *find_pin(oai_backend *b, const char *tenant, const char *key)
 {
     for (int k = 0; k < b->o.max_pinned; k++)
-        if (b->pins[k].used && !strcmp(b->pins[k].key, key))
+        if (b->pins[k].used && !strcmp(b->pins[k].key, key) && !strcmp(b->pins[k].tenant, tenant))
             return &b->pins[k];
     return NULL;
 }
@@ -230,9 +232,11 @@ static int connect_slot(oai_backend *b, slot *s, char *err, size_t errlen)
     return 0;
 }
 
-int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err, size_t errlen)
+int oai_backend_acquire(oai_backend *b, const char *tenant, const char *key, oai_lease *l, char *err, size_t errlen)
 {
     memset(l, 0, sizeof *l);
+    if (!tenant)
+        tenant = "";
     l->slot = -1;
     int keyed = key && *key;
     struct timespec dl;
@@ -248,7 +252,7 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
     pin *p = NULL;
     int i = -1;
     for (;;) {
-        p = keyed ? find_pin(b, key) : NULL;
+        p = keyed ? find_pin(b, tenant, key) : NULL;
         i = p ? p->slot : pick_free_slot(b);
         if (i >= 0 && !b->slots[i].busy)
             break;
@@ -274,7 +278,7 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
         return 0;
     }
     if (!rc) {
-        rc = mq_open_session(s->conn, MQ_MODE_RAW, &l->session);
+        rc = mq_open_tenant_session(s->conn, MQ_MODE_RAW, tenant, &l->session);
         if (rc) {
             char m[256];
             mq_last_error(s->conn, m, sizeof m);
@@ -296,8 +300,9 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
     }
     if (keyed) {
         pthread_mutex_lock(&b->mu);
-        pin *np = find_pin(b, key) ? NULL : new_pin(b);
+        pin *np = find_pin(b, tenant, key) ? NULL : new_pin(b);
         if (np) {
+            snprintf(np->tenant, sizeof np->tenant, "%s", tenant);
             snprintf(np->key, sizeof np->key, "%s", key);
             np->slot = i;
             np->session = l->session;

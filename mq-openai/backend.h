@@ -3,7 +3,7 @@
  *
  * Owns: up to `max_conns` libmq connections, each used by one HTTP request at a time (the
  * request thread reads its events directly: no dispatcher, no hand-off); the table of
- * pinned conversations (X-Session-Id or `user` -> an mq session on one connection, kept
+ * pinned conversations ((tenant, X-Session-Id or `user`) -> an mq session on one connection, kept
  * between requests so the next turn reuses the session's KV token by token, idle ones
  * closed least recently used first); and one control connection for /health and /metrics.
  * A connection that fails (mqd restarted) is dropped with its sessions and reopened on
@@ -45,12 +45,15 @@ typedef struct oai_lease {
     int gone;   /* ... because mqd went away (-EPIPE): see oai_backend_lost */
 } oai_lease;
 
-/* Takes a connection and a session: the pinned one of `key` (NULL/"" = none: a fresh
- * session, closed at release). Returns 0, -EAGAIN (all connections busy for wait_ms),
+/* Takes a connection and a session of `tenant` ("" = mq-openai's own uid; else a tenant
+ * named to mqd, which must list mq-openai in trusted_fronts: -MQ_ENOTTRUSTED otherwise):
+ * the tenant's pinned one of `key` (NULL/"" = none: a fresh session, closed at release).
+ * A pinned conversation belongs to its tenant: another tenant's same key is another
+ * conversation. Returns 0, -EAGAIN (all connections busy for wait_ms),
  * -ENOTCONN (mqd is not ready: loading, restarting or not running; answered at once, a
  * request never waits for a load), -EPIPE / -ECONNREFUSED (mqd unreachable) or another
  * libmq error; err names it. */
-int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err, size_t errlen);
+int oai_backend_acquire(oai_backend *b, const char *tenant, const char *key, oai_lease *l, char *err, size_t errlen);
 void oai_backend_release(oai_backend *b, oai_lease *l);
 /* mqd went away (a call failed with -EPIPE): until it answers again, requests that need a
  * new connection get -ENOTCONN at once. */

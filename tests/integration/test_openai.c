@@ -137,7 +137,8 @@ static int start_all(void)
     FILE *f = fopen(keys, "w");
     if (!f)
         return 0;
-    fprintf(f, "# test keys\nsk-other-key\nsk-test-1234\n");
+    /* two keys of tenant team-a, one of its own tenant (named from its hash) */
+    fprintf(f, "# test keys\nsk-other-key\nsk-test-1234 team-a\nsk-team-a-2\tteam-a\n");
     fclose(f);
     /* mq-openai first: until mqd is ready, /health says 503 (at once, not after a timeout) */
     int l1 = listen_any(&port), l2 = listen_any(&key_port);
@@ -155,13 +156,17 @@ static int start_all(void)
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     snprintf(model, sizeof model, "%s", shared_path("models/mq-agent-45m"));
     /* started as root, mqd serves as an unprivileged user (here: nobody) */
+    /* mq-openai (this test's uid) may name tenants: one per API key */
+    char front[32];
+    snprintf(front, sizeof front, "%u", (unsigned)getuid());
     char *argv[] = { bin,      "--model-dir",
                      model,    "--client-socket",
                      csock,    "--admin-socket",
                      asock,    "--hugepages",
                      "off",    "--kv-tokens",
                      "65536",  "--drain-timeout-ms",
-                     "20000",  getuid() == 0 ? "--user" : NULL,
+                     "20000",  "--trusted-fronts",
+                     front,    getuid() == 0 ? "--user" : NULL,
                      "nobody", NULL };
     mqd_pid = spawn(argv, NULL, mqd_log);
     /* While mqd loads, its client socket exists but nothing accepts on it: a connect waits
@@ -234,6 +239,8 @@ static void run_node_tests(void)
     setenv("MQ_HTTP_URL", url, 1);
     setenv("MQ_HTTP_KEY_URL", kurl, 1);
     setenv("MQ_HTTP_KEY", "sk-test-1234", 1);
+    setenv("MQ_HTTP_KEY_MATE", "sk-team-a-2", 1);
+    setenv("MQ_HTTP_KEY_OTHER", "sk-other-key", 1);
     setenv("MQ_ADMIN_SOCKET", asock, 1);
     setenv("MQ_MQCTL", mqctl, 1);
     const char *shared = getenv("MQ_SHARED");
