@@ -59,8 +59,7 @@ static int parse_line(oai_keys *k, char *line, const char *name, int lineno, cha
     t += strspn(t, " \t\r");
     size_t tl = strcspn(t, " \t\r");
     if (t[tl + strspn(t + tl, " \t\r")])
-        return mq_errmsg(err, errlen, -EINVAL, "api_keys_file: %s:%d: more than a key and a tenant name", name,
-                         lineno);
+        return mq_errmsg(err, errlen, -EINVAL, "api_keys_file: %s:%d: more than a key and a tenant name", name, lineno);
     if (kl > OAI_KEY_MAX_LEN)
         return mq_errmsg(err, errlen, -EINVAL, "api_keys_file: %s:%d: key longer than %d bytes", name, lineno,
                          OAI_KEY_MAX_LEN);
@@ -75,8 +74,8 @@ static int parse_line(oai_keys *k, char *line, const char *name, int lineno, cha
     if (tl)
         snprintf(k->tenant[k->n], sizeof k->tenant[k->n], "%s", t);
     else if (default_tenant(p, k->tenant[k->n], sizeof k->tenant[k->n]))
-        return mq_errmsg(err, errlen, -ENOSYS, "api_keys_file: %s:%d: crypt(3) has no SHA-256-crypt for the tenant name",
-                         name, lineno);
+        return mq_errmsg(err, errlen, -ENOSYS,
+                         "api_keys_file: %s:%d: crypt(3) has no SHA-256-crypt for the tenant name", name, lineno);
     if (!(k->key[k->n] = strdup(p)))
         return mq_errmsg(err, errlen, -ENOMEM, "api_keys_file: out of memory");
     k->len[k->n++] = kl;

@@ -28,8 +28,8 @@ static int start(own_mqd *m, const char *name, const char *const *extra)
     char bin[4200], model[4096];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     snprintf(model, sizeof model, "%s", shared_path("models/mq-agent-45m"));
-    char *argv[40] = { bin,  "--model-dir", model, "--client-socket", m->client, "--admin-socket", m->admin,
-                       "--hugepages", "off", "--kv-tokens", "16384" };
+    char *argv[40] = { bin,      "--model-dir", model, "--client-socket", m->client, "--admin-socket",
+                       m->admin, "--hugepages", "off", "--kv-tokens",     "16384" };
     int n = 11;
     if (getuid() == 0) {
         argv[n++] = "--user";
