@@ -10,7 +10,8 @@
  * under the lock.
  *
  * KV admission: when a request leaves the queue, the session first extends its KV from
- * the prefix index (whole shareable chunks only, at most up to the last history token,
+ * the prefix index (whole shareable units only: chunks under NVFP4, blocks in bf16; at
+ * most up to the last history token,
  * whose logits must be computed), then reserves the blocks its prompt and first sampled
  * token need; a decoding request reserves its next block when its token starts one
  * (scheduler.h "KV reservations"). A reservation cannot fail halfway: allocations
@@ -195,17 +196,27 @@ static int blocks_for(const mq_sched *s, int tokens)
     return (tokens + s->o.block_tokens - 1) / s->o.block_tokens;
 }
 
-/* Drops the session's KV beyond n tokens. Inside the shareable part it cuts at a chunk
- * boundary, so that the session reads the rest in the same chunks as any other session
- * would (see "Chunks" in scheduler.h). A full block is shared-immutable once hashed, so
- * cutting inside one drops the whole block (the session re-prefills those tokens). */
+/* The unit in which a session's prompt KV is the same whoever computed it ("Batch
+ * invariance" in scheduler.h): any run of prompt rows in bf16 (the engine sums them alike
+ * at every chunk length), whole chunks of the grid when NVFP4 computes them (a chunk's
+ * activation scale depends on all of its tokens). */
+static int canon_unit(const mq_sched *s, mq_prec_mode m)
+{
+    return m == MQ_PREC_MODE_BF16 ? 1 : s->o.chunk_tokens;
+}
+
+/* Drops the session's KV beyond n tokens. Inside the shareable part it cuts at a unit of
+ * it (canon_unit: a chunk boundary under NVFP4), so that the session reads the rest as any
+ * other session would (see "Chunks" in scheduler.h). A full block is shared-immutable once
+ * hashed, so cutting inside one drops the whole block (the session re-prefills those
+ * tokens). */
 static void truncate_kv(mq_sched *s, struct session *ss, int n)
 {
-    int bt = s->o.block_tokens;
+    int bt = s->o.block_tokens, unit = canon_unit(s, ss->kv_mode);
     if (n < ss->n_kv)
         ss->n_kv = n;
     if (ss->n_kv < ss->n_canon)
-        ss->n_kv = ss->n_canon = ss->n_kv / s->o.chunk_tokens * s->o.chunk_tokens;
+        ss->n_kv = ss->n_canon = ss->n_kv / unit * unit;
     int keep = blocks_for(s, ss->n_kv);
     if (ss->n_kv % bt && keep - 1 < ss->n_hashed) {
         keep--;
@@ -251,13 +262,14 @@ static int lookup_block(mq_sched *s, struct session *ss, int b)
     return id;
 }
 
-/* Extends the session's KV with whole chunks of its history that other sessions
- * published, never the last token (its logits must be computed), and only while all of
- * its KV is shareable: a chunk's numbers depend on every token of the chunk (the NVFP4
- * activation scale) and on the KV before it. */
+/* Extends the session's KV with what other sessions published of its history, never the
+ * last token (its logits must be computed), and only while all of its KV is shareable:
+ * whole blocks in bf16, whole chunks under NVFP4 (a chunk's numbers depend on every token
+ * of the chunk, the activation scale, and on the KV before it). */
 static void lookup_prefix(mq_sched *s, struct session *ss)
 {
-    const int bt = s->o.block_tokens, cell = s->o.chunk_tokens, per = cell / bt;
+    const int bt = s->o.block_tokens, unit = canon_unit(s, ss->kv_mode);
+    const int cell = unit > bt ? unit : bt, per = cell / bt;
     if (ss->n_kv != ss->n_canon || ss->n_hashed != ss->n_blk)
         return;
     while (ss->n_kv + cell <= ss->n_hist - 1 && ss->n_blk + per <= s->max_blocks) {
@@ -851,9 +863,10 @@ static void finish_chunk(mq_sched *s, struct req *r, const struct chunk *c)
     }
     ss->n_kv += c->n;
     r->st.prefilled_tokens += c->n;
-    /* a whole chunk of the grid from a shareable start, all at the prompt precision (in
-     * mixed mode the prompt's last token is not), is what any session computes there */
-    if (c->pos0 == ss->n_canon && c->n == s->o.chunk_tokens &&
+    /* a whole unit from a shareable start (canon_unit: any run of bf16 prompt rows, a whole
+     * chunk of the grid under NVFP4), all at the prompt precision (in mixed mode the
+     * prompt's last token is not), is what any session computes there */
+    if (c->pos0 == ss->n_canon && c->n % canon_unit(s, r->mode) == 0 &&
         (!c->last || mq_prec_mode_prompt(r->mode) == mq_prec_mode_decode(r->mode)))
         ss->n_canon += c->n;
     publish_full_blocks(s, ss);

@@ -41,12 +41,18 @@
  *   (k+1)·chunk_tokens) of the session's positions (the first chunk of a later turn
  *   runs to the next grid line), because an NVFP4 chunk's numbers depend on all of its
  *   tokens (the activation scale is taken per chunk, NVFP4.md).
- * - Sharing: a session publishes only its shareable prefix, the chunks it read whole,
- *   on the grid, at the prompt precision, on top of a shareable prefix (in mixed mode the
- *   prompt's last token and generated tokens are BF16, so they are not); a lookup takes
- *   only whole published chunks, and only while the session's own KV is all shareable.
- *   Sessions sharing a system prompt therefore share its whole chunks; the chunk where
- *   their prompts part is read by each.
+ * - Sharing: a session publishes only its shareable prefix, the part of its prompt that
+ *   any session computes alike, on top of a shareable prefix: under NVFP4 (mixed, fp4)
+ *   the chunks it read whole, on the grid, at the prompt precision (in mixed mode the
+ *   prompt's last token and generated tokens are BF16, so they are not); in bf16 every
+ *   prompt token (the engine sums prompt rows alike at any chunk length, engine.h), but
+ *   no generated one (decode steps sum in another order). A lookup takes whole published
+ *   chunks (NVFP4) or whole published blocks (bf16), and only while the session's own KV
+ *   is all shareable. Sessions sharing a system prompt therefore share its whole chunks;
+ *   the chunk where their prompts part is read by each (in bf16: all of their common
+ *   head's whole blocks are shared). A stateless client that resends a conversation
+ *   thus reuses the previous turn's prompt up to the last whole block in bf16, up to the
+ *   last whole chunk under NVFP4.
  * Not covered: KV reclaimed from an idle session under memory pressure is recomputed at
  * its next request as one prompt, which in mixed/fp4 mode computes in NVFP4 what was
  * decoded in BF16.
