@@ -30,6 +30,12 @@ ifeq ($(SAN),1)
 CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS_SAN  = -fsanitize=address,undefined
 endif
+# SAN=thread: ThreadSanitizer (make test-tsan). GCC 12's TSan instrumentation makes
+# -Wmaybe-uninitialized report variables every path sets (tokenizer_encode.c's `nl`, `pc`).
+ifeq ($(SAN),thread)
+CFLAGS_BASE += -fsanitize=thread -fno-omit-frame-pointer -Wno-maybe-uninitialized
+LDFLAGS_SAN  = -fsanitize=thread
+endif
 CFLAGS  += $(CFLAGS_BASE)
 AVX2_FLAGS   = -mavx2 -mfma -mf16c
 AVX512_FLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
@@ -157,6 +163,25 @@ asan-tests: $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c
 test-fast: all
 	@sh tests/run.sh build
 
+# ThreadSanitizer (not in `make test`: it runs the model ~15x slower). The threaded tests
+# (rings, pools, event loop, KV store, scheduler) and mqd itself (test_e2e and test_faults
+# start build-tsan/mqd) are built with -fsanitize=thread; every process writes its reports
+# to build-tsan/tsan/ (mqd runs as nobody: the folder is world-writable), and any report
+# fails the run, whatever the tests said. No suppressions.
+TSAN_TESTS = unit/test_ring unit/test_pool unit/test_evloop unit/test_kv_store \
+             integration/test_sched integration/test_e2e integration/test_faults
+.PHONY: test-tsan
+test-tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build-tsan SAN=thread OPT=-O1 build-tsan/mqd build-tsan/mqctl \
+	    build-tsan/mq $(addprefix build-tsan/tests/,$(TSAN_TESTS))
+	@rm -rf build-tsan/tsan && mkdir -p build-tsan/tsan && chmod 1777 build-tsan/tsan
+	@TSAN_OPTIONS="log_path=$(CURDIR)/build-tsan/tsan/report second_deadlock_stack=1" MQ_TEST_TIME_SCALE=10 \
+	    sh tests/run.sh build-tsan; rc=$$?; \
+	if ls build-tsan/tsan/report.* >/dev/null 2>&1; then \
+	    echo "ThreadSanitizer reports:"; cat build-tsan/tsan/report.*; \
+	    grep -h '^SUMMARY' build-tsan/tsan/report.* | sort | uniq -c; exit 1; fi; \
+	echo "tsan: no reports"; exit $$rc
+
 bench-kernels: deps all
 	$(BUILD)/bench_kernels
 
@@ -172,7 +197,7 @@ bench:
 	@for t in $(BENCH_TARGETS); do $(MAKE) --no-print-directory $$t || exit 1; done
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz build-tsan
 
 # ---------------------------------------------------------------------------
 # BPF probes (daemon/probes.bpf.c -> libbpf skeleton included by daemon/probes.c).
@@ -273,6 +298,14 @@ fuzz: $(FUZZ_BINS)
 fuzz-run: fuzz
 	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_BINS)
 
+# make fuzz-long FUZZ_S=600: every target for FUZZ_S seconds (fork mode: a crash is
+# recorded and the run goes on), printing execs and crashes per target and the rows for
+# docs/results.md. Not in `make test` (that keeps its FUZZ_SECONDS per target).
+FUZZ_S ?= 600
+.PHONY: fuzz-long
+fuzz-long: deps fuzz
+	@sh tests/fuzz/long.sh $(FUZZ_BUILD) $(FUZZ_S) $(FUZZ_BINS)
+
 # ---------------------------------------------------------------------------
 # The agent evaluation through the HTTP API (issue 10): every assistant turn of the agent
 # conversations through mq-openai with the official OpenAI client, greedy, in each mode.
@@ -295,6 +328,17 @@ bench-http: deps
 	@$(MAKE) --no-print-directory $(MQD) $(BUILD)/mqctl $(BUILD)/mq-openai $(BUILD)/bench_http
 	@sh tests/http/serve.sh $(BUILD) $(AGENT_MODEL) sh -c '$(BUILD)/bench_http --url "$$MQ_HTTP_URL" \
 	    --socket "$$MQ_CLIENT_SOCKET" --dir "$(AGENT_DIR)"'
+
+# ---------------------------------------------------------------------------
+# Several mq hosts behind HAProxy (issue 12): two mqd + mq-openai pairs on loopback and
+# HAProxy run from dist/haproxy/mq.cfg, agent replays through it with the official OpenAI
+# client, a drain. tests/integration/test_cluster.c; part of `make test` (about half a
+# minute), this target runs it alone. Prints cluster_cached_ratio_session_hash and
+# cluster_cached_ratio_round_robin.
+.PHONY: test-cluster
+test-cluster: deps
+	@$(MAKE) --no-print-directory $(MQD) $(BUILD)/mqctl $(BUILD)/mq-openai $(BUILD)/tests/integration/test_cluster
+	@MQ_TEST_FILTER=test_cluster sh tests/run.sh $(BUILD)
 
 # ---------------------------------------------------------------------------
 # Quality evaluation of the three modes (issue 3): perplexity, continuation NLL, KL and

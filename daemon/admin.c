@@ -98,7 +98,7 @@ static void add_limits(mqd *d, cJSON *o)
 
 static void add_sched_stats(mqd *d, cJSON *o)
 {
-    if (!d->sched)
+    if (!mqd_sched(d))
         return;
     mq_sched_stats st;
     mq_sched_get_stats(d->sched, &st);
@@ -148,7 +148,7 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON_AddStringToObject(m, "name", d->model_name);
     cJSON_AddStringToObject(m, "dir", d->cfg.model_dir);
     cJSON_AddStringToObject(m, "mode", mq_prec_mode_name(d->cfg.mode));
-    cJSON_AddNumberToObject(m, "ctx_limit", d->ctx_limit);
+    cJSON_AddNumberToObject(m, "ctx_limit", d->loaded ? d->ctx_limit : 0);
     cJSON *modes = cJSON_AddArrayToObject(m, "modes");
     cJSON_AddItemToArray(modes, cJSON_CreateString("mixed"));
     cJSON_AddItemToArray(modes, cJSON_CreateString("bf16"));
@@ -156,28 +156,29 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON *ld = cJSON_AddObjectToObject(o, "load");
     uint64_t done = __atomic_load_n(&d->load_bytes_done, __ATOMIC_RELAXED);
     uint64_t total = __atomic_load_n(&d->load_bytes_total, __ATOMIC_RELAXED);
-    cJSON_AddStringToObject(ld, "phase", d->state == MQD_LOADING ? d->load_phase : "done");
+    cJSON_AddStringToObject(ld, "phase", d->loaded ? "done" : mqd_load_phase(d));
     cJSON_AddNumberToObject(ld, "bytes_done", (double)done);
     cJSON_AddNumberToObject(ld, "bytes_total", (double)total);
     cJSON_AddNumberToObject(ld, "progress", total ? (double)done / total : 0);
-    cJSON_AddNumberToObject(ld, "ms", (double)(d->load_ms ? d->load_ms : mq_now_ms() - d->load_t0_ms));
-    cJSON_AddStringToObject(ld, "note", d->load_note);
+    cJSON_AddNumberToObject(ld, "ms", (double)(d->loaded ? d->load_ms : mq_now_ms() - d->load_t0_ms));
+    cJSON_AddStringToObject(ld, "note", d->loaded ? d->load_note : "");
     cJSON *mem = cJSON_AddObjectToObject(o, "memory");
-    if (d->arena) {
+    mq_arena *arena = __atomic_load_n(&d->arena, __ATOMIC_ACQUIRE); /* published while loading */
+    if (arena) {
         mq_arena_stats as;
-        mq_arena_stats_get(d->arena, &as);
+        mq_arena_stats_get(arena, &as);
         cJSON *w = cJSON_AddObjectToObject(mem, "weights_mapped");
         for (int k = 0; k < MQ_MEM_KINDS; k++)
             cJSON_AddNumberToObject(w, mq_mem_kind_name((mq_mem_kind)k), (double)as.mapped[k]);
         cJSON_AddNumberToObject(mem, "weights_used", (double)as.used);
     }
-    if (d->model && d->state != MQD_LOADING) {
+    if (d->loaded && d->model) {
         cJSON_AddNumberToObject(mem, "weights_bf16", (double)d->model->bf16_bytes);
         cJSON_AddNumberToObject(mem, "weights_fp4", (double)d->model->fp4_bytes);
         cJSON_AddNumberToObject(mem, "weights_fp4_packed", (double)d->model->fp4_packed_bytes);
         cJSON_AddNumberToObject(mem, "weights_other", (double)d->model->other_bytes);
     }
-    if (d->sched) {
+    if (mqd_sched(d)) {
         /* the KV segment is one mapping of one kind; same shape as weights_mapped */
         mq_sched_stats ks;
         mq_sched_get_stats(d->sched, &ks);
@@ -262,7 +263,7 @@ static void owner_cb(void *ctx, const mqd_session_view *v)
 static void cmd_sessions(mqd *d, cJSON *o)
 {
     rows r = { d, cJSON_AddArrayToObject(o, "sessions"), 0, 0 };
-    if (d->sched)
+    if (mqd_sched(d))
         mq_sched_sessions(d->sched, sched_session_cb, &r);
     mqd_client_sessions(d, owner_cb, r.arr);
     if (r.truncated)
@@ -330,7 +331,7 @@ static const char *do_cancel(const call *c)
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(c->req, "id");
     if (!cJSON_IsNumber(id) || id->valuedouble < 1)
         return "cancel needs a numeric \"id\" (request or session)";
-    if (!c->d->sched)
+    if (!mqd_sched(c->d))
         return "mqd is still loading the model";
     if (mqd_client_cancel(c->d, (uint64_t)id->valuedouble, c->buf, c->buflen))
         return c->buf;

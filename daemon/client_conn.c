@@ -821,10 +821,14 @@ static int take_prompt(mqd_conn *c, const mq_msg *m, uint8_t **out)
     mq_ring *pr = &c->chan.prompt;
     int64_t avail = mq_ring_avail(pr);
     if (m->u.submit.ring_off != pr->pos || len > pr->size || avail < (int64_t)len) {
-        send_error(c, m->seq, MQ_ERR_PROTOCOL,
-                   "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt ring (position %u, %lld "
-                   "published)",
-                   m->u.submit.ring_off, len, avail < 0 ? "valid" : "published", pr->pos, (long long)avail);
+        char why[200];
+        snprintf(why, sizeof why,
+                 "submit.ring_off/len: %u/%u do not name the next %s bytes of the prompt ring (position %u, %lld "
+                 "published)",
+                 m->u.submit.ring_off, len, avail < 0 ? "valid" : "published", pr->pos, (long long)avail);
+        send_error(c, m->seq, MQ_ERR_PROTOCOL, "%s", why);
+        mqd_log_limited(&c->d->client_log, LOG_WARNING, "client pid %d uid %u: %s; closing its connection", (int)c->pid,
+                        (unsigned)c->uid, why);
         conn_close(c, "bad ring offsets");
         return -EPROTO;
     }

@@ -162,7 +162,9 @@ static int set_word(mqd_config *c, const field *f, const char *v, const char *wh
 
 static int set_u32(mqd_config *c, const field *f, double v, const char *where, char *err, size_t errlen)
 {
-    if (v != (double)(long long)v || v < f->min || v > f->max)
+    /* the range first: converting a double outside long long's range (1e309, inf, NaN)
+     * to an integer is undefined */
+    if (!(v >= f->min && v <= f->max) || v != (double)(uint32_t)v)
         return mq_errmsg(err, errlen, -EINVAL, "%s%s: %g is not an integer in [%u, %u]", where, f->name, v, f->min,
                          f->max);
     *(uint32_t *)((char *)c + f->off) = (uint32_t)v;
@@ -199,10 +201,16 @@ int mqd_config_parse_json(mqd_config *c, const char *text, size_t len, const cha
         rc = mq_errmsg(err, errlen, -EINVAL, "%sthe top level must be an object", where);
         goto out;
     }
+    unsigned char seen[N_FIELDS] = { 0 };
     for (cJSON *it = root->child; it && !rc; it = it->next) {
         const field *f = it->string ? find(it->string) : NULL;
         if (!f || strchr(it->string, '-')) {
             rc = mq_errmsg(err, errlen, -EINVAL, "%sunknown field \"%.64s\"", where, it->string ? it->string : "");
+            break;
+        }
+        /* a field given twice is ambiguous (JSON leaves it open; cJSON keeps both) */
+        if (seen[f - fields]++) {
+            rc = mq_errmsg(err, errlen, -EINVAL, "%s%s: given twice", where, f->name);
             break;
         }
         switch (f->t) {

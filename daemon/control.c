@@ -36,7 +36,7 @@ static void drain_done(mq_evloop *l, void *arg)
 static void *drain_main(void *arg)
 {
     mqd *d = arg;
-    int n = mq_sched_drain(d->sched, (int)d->cfg.drain_timeout_ms);
+    int n = mq_sched_drain(d->sched, (int)d->drain_timeout_ms);
     d->drain_cancelled = n > 0 ? n : 0;
     if (mq_evloop_post(d->loop, drain_done, d)) {
         mqd_log(LOG_ERR, "drain finished but the event loop cannot be told (out of memory); exiting");
@@ -59,6 +59,7 @@ void mqd_begin_drain(mqd *d, const char *why)
     if (d->state != MQD_READY)
         return;
     d->state = MQD_DRAINING;
+    d->drain_timeout_ms = d->cfg.drain_timeout_ms;
     mqd_log(LOG_NOTICE, "%s: draining (up to %u ms), no new requests", why, d->cfg.drain_timeout_ms);
     mqd_sd_notify(d, "STOPPING=1\nSTATUS=draining (%s)", why);
     /* The client socket stays watched: a client arriving now is told MQ_ERR_DRAINING at
@@ -95,9 +96,14 @@ static int refuse_reload(mqd *d, int rc, const char *err, char *msg, size_t msgl
 
 int mqd_reload(mqd *d, char *msg, size_t msglen)
 {
-    mqd_sd_notify(d, "RELOADING=1\nSTATUS=reloading configuration");
     mqd_config nc;
     char path[MQ_CFG_PATH], err[512];
+    if (!d->loaded) { /* the load thread reads cfg until it hands the model over */
+        mq_errmsg(msg, msglen, 0, "reload refused: mqd is still loading the model; send it again when it is ready");
+        mqd_log(LOG_WARNING, "%s", msg);
+        return -EBUSY;
+    }
+    mqd_sd_notify(d, "RELOADING=1\nSTATUS=reloading configuration");
     int rc = mqd_config_parse_args(&nc, path, sizeof path, d->argc, d->argv, NULL, NULL, err, sizeof err);
     if (!rc)
         rc = mqd_config_validate(&nc, err, sizeof err);

@@ -59,7 +59,11 @@ typedef struct mqd {
     int exit_code;
     char fail_msg[512];
 
-    /* model side (owned; created by the load thread, read-only afterwards) */
+    /* model side (owned; created by the load thread, read-only afterwards). The loop thread
+     * reads these only once `loaded` is set (load_done, posted by the load thread after
+     * its last write); while loading, status shows the progress atomics below and the
+     * arena, whose pointer is published with a release store. */
+    int loaded;
     struct mq_arena *arena;
     struct mq_model *model;
     struct mq_tokenizer *tok;
@@ -73,9 +77,13 @@ typedef struct mqd {
     int load_rc;     /* the load thread's result, read by the loop in load_done */
     int load_cancel; /* atomic: a stop was asked while loading; the load thread gives up */
     char load_err[512];
-    /* load progress (written by the load thread with atomics) */
+    int load_threads[2]; /* prefill, decode threads resolved by the load thread; load_done
+                            copies them into cfg (status shows them) */
+    /* load progress: bytes and phase are atomics (the phase is a string literal);
+     * load_t0_ms is set before the load thread starts; load_ms and load_note are the
+     * load thread's, read once `loaded` is set */
     uint64_t load_bytes_done, load_bytes_total, load_t0_ms, load_ms;
-    char load_phase[64];
+    const char *load_phase;
     char load_note[256];
 
     /* sockets: -1 when absent; *_sd = 1 if received from systemd (not ours to unlink) */
@@ -114,6 +122,7 @@ typedef struct mqd {
 
     /* drain */
     pthread_t drain_thread;
+    unsigned drain_timeout_ms; /* cfg.drain_timeout_ms when the drain began (a reload may change cfg) */
     int drain_started;
     int drain_cancelled;
 
@@ -128,5 +137,17 @@ typedef struct mqd {
     long hp_asked, hp_added;
     char hp_note[160]; /* what happened to hugepages_reserve, for the log and status */
 } mqd;
+
+/* The load phase ("starting", "weights", ...), from any thread. */
+static inline const char *mqd_load_phase(const mqd *d)
+{
+    return __atomic_load_n(&d->load_phase, __ATOMIC_ACQUIRE);
+}
+
+/* The scheduler once the load handed it over (load_done), else NULL: loop thread only. */
+static inline struct mq_sched *mqd_sched(const mqd *d)
+{
+    return d->loaded ? d->sched : NULL;
+}
 
 #endif

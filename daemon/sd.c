@@ -102,18 +102,15 @@ static void load_status(mq_evloop *l, void *arg)
     uint64_t total = __atomic_load_n(&d->load_bytes_total, __ATOMIC_RELAXED);
     uint64_t ms = mq_now_ms() - d->load_t0_ms;
     double rate = ms ? done / 1048576.0 / (ms / 1000.0) : 0;
-    char phase[64];
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    snprintf(phase, sizeof phase, "%s", d->load_phase);
-    mqd_sd_notify(d, "STATUS=loading %s: %.0f/%.0f MiB (%.0f MiB/s)\nEXTEND_TIMEOUT_USEC=%llu", phase, done / 1048576.0,
-                  total / 1048576.0, rate, (unsigned long long)EXTEND_USEC);
+    mqd_sd_notify(d, "STATUS=loading %s: %.0f/%.0f MiB (%.0f MiB/s)\nEXTEND_TIMEOUT_USEC=%llu", mqd_load_phase(d),
+                  done / 1048576.0, total / 1048576.0, rate, (unsigned long long)EXTEND_USEC);
 }
 
 static void watchdog(mq_evloop *l, void *arg)
 {
     (void)l;
     mqd *d = arg;
-    if (d->state == MQD_LOADING || !d->sched)
+    if (d->state == MQD_LOADING || !mqd_sched(d))
         return;
     mq_sched_stats st;
     mq_sched_get_stats(d->sched, &st);

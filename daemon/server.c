@@ -100,10 +100,10 @@ static int bind_socket(mqd *d, const char *field, const char *path, mode_t mode,
 }
 
 /* ---- the load thread: one function per phase ------------------------------------ */
+/* phase: a string literal (the loop thread reads the pointer, mqd_load_phase) */
 static void set_phase(mqd *d, const char *phase)
 {
-    snprintf(d->load_phase, sizeof d->load_phase, "%s", phase);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&d->load_phase, phase, __ATOMIC_RELEASE);
     mqd_log(LOG_INFO, "loading: %s", phase);
 }
 
@@ -222,9 +222,11 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     ao.allow_thp = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
     size_t planned = 0;
     reserve_auto(d, &planned);
-    int rc = mq_arena_create(&d->arena, &ao);
+    mq_arena *arena;
+    int rc = mq_arena_create(&arena, &ao);
     if (rc)
         return mq_errmsg(err, errlen, rc, "arena: %s", strerror(-rc));
+    __atomic_store_n(&d->arena, arena, __ATOMIC_RELEASE); /* status reads it while loading */
     /* the whole model in one mapping, from the pages just reserved for it */
     if (planned && mq_arena_reserve(d->arena, planned) < 0)
         mqd_log(LOG_WARNING, "huge pages: auto: mapping %zu bytes up front failed; chunks instead", planned);
@@ -342,8 +344,8 @@ static int load_scheduler(mqd *d, char *err, size_t errlen)
 {
     mq_sched_opts so;
     sched_opts_from_config(&d->cfg, d->model, &so, &d->ctx_limit);
-    d->cfg.prefill_threads = (uint32_t)so.prefill_threads; /* resolved, shown by status */
-    d->cfg.decode_threads = (uint32_t)so.decode_threads;
+    d->load_threads[0] = so.prefill_threads; /* resolved; load_done shows them in cfg */
+    d->load_threads[1] = so.decode_threads;
     int rc = mq_sched_create(&d->sched, d->model, d->tok, &so, err, errlen);
     if (rc)
         return rc;
@@ -449,7 +451,6 @@ static void *load_main(void *arg)
     mqd *d = arg;
     char *err = d->load_err;
     size_t errlen = sizeof d->load_err;
-    d->load_t0_ms = mq_now_ms();
     set_phase(d, "weights");
     int rc = load_weights(d, err, errlen);
     if (!rc && !(rc = stopped(d, err, errlen))) {
@@ -492,9 +493,15 @@ static void load_done(mq_evloop *l, void *arg)
 {
     mqd *d = arg;
     int rc = d->load_rc;
+    d->loaded = 1;
+    if (d->load_threads[0] > 0) {
+        d->cfg.prefill_threads = (uint32_t)d->load_threads[0];
+        d->cfg.decode_threads = (uint32_t)d->load_threads[1];
+    }
     if (d->state == MQD_STOPPING && (rc == 0 || rc == -ECANCELED)) {
         /* asked to stop while loading: nobody was served, nothing to drain */
-        mqd_log(LOG_NOTICE, "stopped while loading (%s); exiting", rc ? d->load_phase : "the load had just finished");
+        mqd_log(LOG_NOTICE, "stopped while loading (%s); exiting",
+                rc ? mqd_load_phase(d) : "the load had just finished");
         d->exit_code = 0;
         mq_evloop_stop(l);
         return;
@@ -550,7 +557,7 @@ int mqd_init(mqd *d, char *err, size_t errlen)
     d->chat_kind = -1;
     d->start_ms = mq_now_ms();
     d->under_systemd = getenv("NOTIFY_SOCKET") != NULL;
-    snprintf(d->load_phase, sizeof d->load_phase, "starting");
+    d->load_phase = "starting";
     const char *base = strrchr(d->cfg.model_dir, '/');
     snprintf(d->model_name, sizeof d->model_name, "%.*s", (int)sizeof d->model_name - 1,
              base && base[1] ? base + 1 : d->cfg.model_dir);
@@ -585,6 +592,7 @@ int mqd_init(mqd *d, char *err, size_t errlen)
     if (rc)
         return rc;
     mqd_sd_notify(d, "STATUS=loading %s", d->cfg.model_dir);
+    d->load_t0_ms = mq_now_ms();
     rc = pthread_create(&d->load_thread, NULL, load_main, d);
     if (rc)
         return mq_errmsg(err, errlen, -rc, "load thread: %s", strerror(rc));

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import OpenAI from 'openai';
+import { abortAfter, joinStream } from './chat_stream.mjs';
 
 const base = process.env.MQ_HTTP_URL;
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
@@ -59,22 +60,7 @@ async function agentLoop(stream, headers = {}) {
         } else {
             const s = await client.chat.completions.create({ ...req, stream: true, stream_options: { include_usage: true } },
                                                            { headers });
-            msg = { role: 'assistant', content: '', tool_calls: [] };
-            for await (const ch of s) {
-                if (ch.usage) usage = ch.usage;
-                const c = ch.choices[0];
-                if (!c) continue;
-                if (c.finish_reason) finish = c.finish_reason;
-                if (c.delta.content) msg.content += c.delta.content;
-                for (const t of c.delta.tool_calls ?? []) {
-                    const cur = (msg.tool_calls[t.index] ??= { id: '', type: 'function', function: { name: '', arguments: '' } });
-                    if (t.id) cur.id = t.id;
-                    if (t.function?.name) cur.function.name += t.function.name;
-                    if (t.function?.arguments) cur.function.arguments += t.function.arguments;
-                }
-            }
-            if (!msg.tool_calls.length) delete msg.tool_calls;
-            if (!msg.content) msg.content = null;
+            ({ msg, finish, usage } = await joinStream(s));
         }
         turns.push({ msg, finish, usage });
         if (turn === 0) {
@@ -149,20 +135,7 @@ test('per-request mode extension', async () => {
 test('an aborted stream frees its request (mqctl stats)', async () => {
     await waitIdle(5000);
     const before = mqctl('stats');
-    const ac = new AbortController();
-    const s = await client.chat.completions.create(
-        // temperature 5: nearly uniform sampling, so the end-of-turn token practically never comes
-        { messages: [{ role: 'user', content: 'Write a very long story about a lighthouse keeper.' }], max_tokens: 4000,
-          temperature: 5, stream: true, chat_template_kwargs: { enable_thinking: false } },
-        { signal: ac.signal });
-    let n = 0;
-    try {
-        for await (const ch of s) // the client library ends the iteration quietly on abort
-            if (ch.choices[0]?.delta?.content && ++n === 3) ac.abort();
-    } catch (e) {
-        assert.equal(e.name, 'AbortError');
-    }
-    assert.equal(n, 3, 'the stream was aborted while it ran');
+    assert.equal(await abortAfter(client, 3), 3, 'the stream was aborted while it ran');
     let st = await waitIdle(3000);
     assert.equal(st.queue.decoding + st.queue.prefilling + st.queue.queued, 0, JSON.stringify(st.queue));
     assert.ok(st.tokens.generated - before.tokens.generated < 1000, 'generation stopped long before max_tokens');

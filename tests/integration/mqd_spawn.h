@@ -1,5 +1,6 @@
-/* tests/integration/mqd_spawn.h — starting a real mqd for integration tests, talking to
- * its admin socket, and reading /proc. Header-only (each test program includes it once).
+/* tests/integration/mqd_spawn.h — starting a real mqd (and the programs around it:
+ * mq-openai, HAProxy, Node tests) for integration tests, talking to its admin socket and
+ * over loopback HTTP, and reading /proc. Header-only (each test program includes it once).
  *
  * mqd is the binary of the same build directory as the test (found from /proc/self/exe),
  * started with the real model $MQ_SHARED/models/mq-qwen3-80m; its stderr goes to
@@ -12,7 +13,9 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -68,9 +71,12 @@ static inline const char *spawn_model(void)
 }
 
 /* fork + exec argv[0] with stdout/stderr appended to log, extra environment entries
- * (NAME=VALUE, NULL-terminated) and, when as_user is not NULL, as that user (no
- * supplementary groups; exit status 126 if the switch fails). */
-static inline pid_t spawn_as(char *const argv[], char *const env_extra[], const char *log, const char *as_user)
+ * (NAME=VALUE, NULL-terminated), the n_fds descriptors of fds as 3, 4, ... with
+ * LISTEN_FDS=n_fds and LISTEN_PID (systemd's socket hand-over; HAProxy takes them as
+ * `bind fd@3`), and, when as_user is not NULL, as that user (no supplementary groups; exit
+ * status 126 if the switch fails). */
+static inline pid_t spawn_fds(char *const argv[], char *const env_extra[], const char *log, const char *as_user,
+                              const int *fds, int n_fds)
 {
     pid_t pid = fork();
     if (pid == 0) {
@@ -78,6 +84,18 @@ static inline pid_t spawn_as(char *const argv[], char *const env_extra[], const 
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
+        }
+        int high[16];
+        for (int i = 0; i < n_fds && i < 16; i++) /* out of the way first: fds may hold 3, 4, ... */
+            high[i] = fcntl(fds[i], F_DUPFD, 64);
+        for (int i = 0; i < n_fds && i < 16; i++)
+            dup2(high[i], 3 + i);
+        if (n_fds > 0) {
+            char n[16], me[32];
+            snprintf(n, sizeof n, "%d", n_fds);
+            snprintf(me, sizeof me, "%d", (int)getpid());
+            setenv("LISTEN_FDS", n, 1);
+            setenv("LISTEN_PID", me, 1);
         }
         for (int i = 0; env_extra && env_extra[i]; i++)
             putenv(env_extra[i]);
@@ -96,9 +114,111 @@ static inline pid_t spawn_as(char *const argv[], char *const env_extra[], const 
     return pid;
 }
 
+static inline pid_t spawn_as(char *const argv[], char *const env_extra[], const char *log, const char *as_user)
+{
+    return spawn_fds(argv, env_extra, log, as_user, NULL, 0);
+}
+
 static inline pid_t spawn(char *const argv[], char *const env_extra[], const char *log)
 {
     return spawn_as(argv, env_extra, log, NULL);
+}
+
+/* A loopback TCP socket listening on a free port (for a server the test starts: it gets
+ * the socket itself, so no other program can take the port meanwhile); -1 on failure. */
+static inline int spawn_listen_loopback(int *port_out)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t sl = sizeof sa;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 128) ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl)) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    *port_out = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* GET http://127.0.0.1:<port><path> (HTTP/1.0, 5 s at most); the status, 0 when nothing
+ * answered. The body (NUL-terminated, cut at len - 1 bytes) goes to body if not NULL. */
+static inline int spawn_http_get(int port, const char *path, char *body, size_t len)
+{
+    if (body && len)
+        body[0] = 0;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET,
+                              .sin_port = htons(port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct timeval tv = { 5, 0 };
+    char req[512], buf[1 << 16];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) ||
+        connect(fd, (struct sockaddr *)&sa, sizeof sa) || send(fd, req, n, MSG_NOSIGNAL) != n) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    size_t got = 0;
+    ssize_t k;
+    while (got + 1 < sizeof buf && (k = recv(fd, buf + got, sizeof buf - 1 - got, 0)) > 0)
+        got += (size_t)k;
+    close(fd);
+    buf[got] = 0;
+    int status = 0;
+    if (sscanf(buf, "HTTP/%*s %d", &status) != 1)
+        return 0;
+    const char *b = strstr(buf, "\r\n\r\n");
+    if (body && len && b)
+        snprintf(body, len, "%s", b + 4);
+    return status;
+}
+
+/* Runs tests/<file> with Node's test runner (from tests/, where package.json and
+ * node_modules are; MQ_SHARED made absolute for it) and counts each Node test as one test
+ * here. Comment lines of the form
+ * "# name: value" (a figure a test printed) or "# note: ..." are printed without the "# ";
+ * the lines of a failure's diagnosis too. */
+static inline void spawn_node_tests(const char *file)
+{
+    const char *shared = getenv("MQ_SHARED");
+    char abs_shared[4096], cmd[512];
+    if (!realpath(shared && *shared ? shared : "../shared", abs_shared))
+        snprintf(abs_shared, sizeof abs_shared, "%s", shared ? shared : "../shared");
+    setenv("MQ_SHARED", abs_shared, 1);
+    snprintf(cmd, sizeof cmd, "cd tests && node --test --test-reporter=tap %s 2>&1", file);
+    FILE *p = popen(cmd, "r");
+    CHECK(p != NULL, "cannot run node");
+    if (!p)
+        return;
+    char line[4096], name[128];
+    double value;
+    int ran = 0;
+    while (fgets(line, sizeof line, p)) {
+        if (!strncmp(line, "ok ", 3) || !strncmp(line, "not ok ", 7)) {
+            int ok = line[0] == 'o';
+            const char *title = strstr(line, " - ");
+            printf("  %s node: %s", ok ? "ok  " : "FAIL", title ? title + 3 : line);
+            if (ok)
+                harness_passed++;
+            else
+                harness_failed++;
+            ran++;
+        } else if (sscanf(line, "# %127[a-z0-9_]: %lf", name, &value) == 2 || !strncmp(line, "# note: ", 8)) {
+            fputs(line + 2, stdout);
+        } else if (line[0] == ' ' || line[0] == '#') {
+            if (strstr(line, "error:") || strstr(line, "expected") || strstr(line, "actual") ||
+                strstr(line, "message") || strstr(line, "# fail") || strstr(line, "# pass"))
+                fputs(line, stdout);
+        } else
+            fputs(line, stdout);
+    }
+    int st = pclose(p);
+    if (ran == 0) {
+        printf("  FAIL node ran no test (exit %d): is `npm ci` done in tests/?\n", st);
+        harness_failed++;
+    }
 }
 
 static inline void spawn_dump_log(const char *log)
@@ -289,6 +409,69 @@ static inline int spawn_suite_done(pid_t pid, const char *log)
     if (harness_failed)
         spawn_dump_log(log);
     return harness_done();
+}
+
+/* ---- an mqd of a test's own (start-up cases, other limits) ---------------------------- */
+typedef struct own {
+    char dir[300], client[340], admin[340], log[340];
+    pid_t pid;
+} own;
+
+/* Starts mqd with the given extra flags (NULL-terminated) in a fresh directory
+ * base/name, through /bin/sh so that a shell command `sh_prefix` (e.g. "ulimit -n 40; ")
+ * can lower a limit first (lowering needs no privilege; changing another process's
+ * limit later would need CAP_SYS_RESOURCE). No wait. */
+static inline void own_start_sh(own *o, const char *base, const char *name, const char *sh_prefix,
+                                const char *const *extra)
+{
+    snprintf(o->dir, sizeof o->dir, "%s/%s", base, name);
+    mkdir(o->dir, 0755);
+    snprintf(o->client, sizeof o->client, "%s/client.sock", o->dir);
+    snprintf(o->admin, sizeof o->admin, "%s/admin.sock", o->dir);
+    snprintf(o->log, sizeof o->log, "%s/mqd.log", o->dir);
+    char cmd[8192];
+    int n = snprintf(cmd, sizeof cmd, "%sexec %s/mqd --client-socket %s --admin-socket %s", sh_prefix ? sh_prefix : "",
+                     spawn_build_dir(), o->client, o->admin);
+    for (int i = 0; extra[i] && n > 0 && (size_t)n < sizeof cmd; i++)
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", extra[i]);
+    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    o->pid = spawn(argv, NULL, o->log);
+}
+
+/* The same with RLIMIT_NOFILE lowered to ulimit_n first when > 0. */
+static inline void own_start(own *o, const char *base, const char *name, int ulimit_n, const char *const *extra)
+{
+    char lim[32] = "";
+    if (ulimit_n)
+        snprintf(lim, sizeof lim, "ulimit -n %d; ", ulimit_n);
+    own_start_sh(o, base, name, lim, extra);
+}
+
+static inline void own_stop(own *o)
+{
+    if (o->pid > 0) {
+        kill(o->pid, SIGKILL);
+        waitpid(o->pid, NULL, 0);
+        o->pid = 0;
+    }
+}
+
+/* Waits up to timeout_s for an own mqd to exit; its exit status (-1: still running, killed). */
+static inline int own_exit(own *o, int timeout_s)
+{
+    int st = spawn_wait_exit(o->pid, timeout_s);
+    if (st < 0)
+        own_stop(o);
+    o->pid = 0;
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static inline int own_log_has(own *o, const char *what)
+{
+    char *log = harness_read_file(o->log, NULL);
+    int has = log && strstr(log, what);
+    free(log);
+    return has;
 }
 
 #endif

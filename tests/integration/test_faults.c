@@ -30,6 +30,7 @@
 #include "ipc/wire.h"
 #include "libclient/mq.h"
 #include "tests/integration/mqd_spawn.h"
+#include "tests/integration/raw_client.h"
 
 #define HOSTILE_UID 4242 /* neither root nor mqd's user: an ordinary local user */
 
@@ -70,49 +71,6 @@ static double status_answers(void)
     return ok ? spawn_now() - t0 : -1;
 }
 
-static int raw_connect(void)
-{
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", client_sock) >= (int)sizeof sa.sun_path)
-        return -1;
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    struct timeval tv = { 10, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-}
-
-/* Sends m (with pass_fd if >= 0) and reads one reply into r with up to n_fds fds.
- * 0, -1 (no reply), or the negative errno of the send. */
-static int raw_call(int fd, mq_msg *m, int pass_fd, mq_msg *r, int *fds, int n_fds)
-{
-    static uint32_t seq;
-    uint8_t buf[MQ_WIRE_MAX_MSG + 1];
-    m->seq = ++seq;
-    int n = mq_wire_encode(m, buf, sizeof buf);
-    if (n < 0)
-        return -1;
-    int rc = mq_sock_send(fd, buf, (size_t)n, &pass_fd, pass_fd >= 0, 0);
-    if (rc)
-        return rc;
-    ssize_t k = mq_sock_recv(fd, buf, sizeof buf, fds, n_fds, 0, NULL);
-    if (k <= 0 || mq_wire_decode(buf, (size_t)k, r, NULL, 0))
-        return -1;
-    return 0;
-}
-
-static void hello(mq_msg *m)
-{
-    *m = (mq_msg){ .type = MQ_MSG_HELLO };
-    m->u.hello.ver_min = MQ_WIRE_VERSION_MIN;
-    m->u.hello.ver_max = MQ_WIRE_VERSION_MAX;
-    snprintf(m->u.hello.name, sizeof m->u.hello.name, "test_faults");
-}
-
 /* Descriptors of process pid whose /proc link starts with `kind` ("" = all). */
 static int count_fds(pid_t pid, const char *kind)
 {
@@ -136,41 +94,6 @@ static int count_fds(pid_t pid, const char *kind)
     return n;
 }
 
-/* On a fresh connection's HELLO_OK descriptors: maps the channel, optionally arms poll
- * wake-ups (and makes the client's end of the wake-up pipe as bad as it can), opens a
- * raw session and starts a greedy generation of max_tokens. 0 or the failing step. */
-static int raw_start(int fd, int fds[2], mq_chan *ch, uint32_t max_tokens, int arm_poll)
-{
-    char err[256];
-    if (mq_chan_map(ch, fds[0], err, sizeof err))
-        return 1;
-    if (arm_poll) {
-        fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) & ~O_NONBLOCK);
-        fcntl(fds[1], F_SETPIPE_SZ, 4096);
-        __atomic_store_n(&ch->hdr->token.poll_armed, 1, __ATOMIC_SEQ_CST);
-    }
-    mq_msg m = { .type = MQ_MSG_OPEN }, r;
-    m.u.open.mode = MQ_WIRE_MODE_RAW;
-    if (raw_call(fd, &m, -1, &r, NULL, 0) || r.type != MQ_MSG_OPENED)
-        return 2;
-    uint64_t session = r.u.opened.session;
-    const char *prompt = "Once upon a time";
-    uint32_t off = ch->prompt.pos;
-    mq_ring_write(&ch->prompt, prompt, (uint32_t)strlen(prompt));
-    mq_ring_publish(&ch->prompt);
-    m = (mq_msg){ .type = MQ_MSG_SUBMIT };
-    m.u.submit.session = session;
-    m.u.submit.kind = MQ_WIRE_KIND_TEXT;
-    m.u.submit.ring_off = off;
-    m.u.submit.len = (uint32_t)strlen(prompt);
-    mq_wire_gen_default(&m.u.submit.gen);
-    m.u.submit.gen.flags |= MQ_GEN_GREEDY;
-    m.u.submit.gen.max_tokens = max_tokens;
-    if (raw_call(fd, &m, -1, &r, NULL, 0) || r.type != MQ_MSG_SUBMITTED)
-        return 3;
-    return 0;
-}
-
 /* ---- the hostile client (issue 13 #1) ------------------------------------------- */
 /* In a child, as HOSTILE_UID. The attack of the finding: HELLO with an eventfd that the
  * client then makes blocking and fills to the brim (file status flags are shared by every
@@ -185,7 +108,7 @@ static void hostile_main(int ready)
 {
     if (setgroups(0, NULL) || setgid(HOSTILE_UID) || setuid(HOSTILE_UID))
         _exit(10);
-    int fd = raw_connect();
+    int fd = raw_connect(client_sock);
     if (fd < 0)
         _exit(11);
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -194,7 +117,7 @@ static void hostile_main(int ready)
     if (write(efd, &full, 8) != 8)
         _exit(12);
     mq_msg m, r;
-    hello(&m);
+    raw_hello(&m, "test_faults");
     int fds[2];
     int rc = raw_call(fd, &m, efd, &r, fds, 2);
     int refused = rc == -EPERM || (rc == 0 && r.type == MQ_MSG_ERROR);
@@ -203,8 +126,8 @@ static void hostile_main(int ready)
     if (write(ready, "r", 1) != 1)
         _exit(14);
     close(fd);
-    fd = raw_connect();
-    hello(&m);
+    fd = raw_connect(client_sock);
+    raw_hello(&m, "test_faults");
     if (fd < 0 || raw_call(fd, &m, -1, &r, fds, 2) || r.type != MQ_MSG_HELLO_OK || fds[0] < 0 || fds[1] < 0)
         _exit(15);
     mq_chan ch;
@@ -262,9 +185,9 @@ static void test_hostile_wake_fd(void)
  * connection (ERROR, then end of file), with a log line; nobody else notices. */
 static void test_corrupt_token_ring(void)
 {
-    int fd = raw_connect();
+    int fd = raw_connect(client_sock);
     mq_msg m, r;
-    hello(&m);
+    raw_hello(&m, "test_faults");
     int fds[2] = { -1, -1 };
     CHECK(fd >= 0 && raw_call(fd, &m, -1, &r, fds, 2) == 0 && r.type == MQ_MSG_HELLO_OK, "hello");
     mq_chan ch;
@@ -330,7 +253,7 @@ static void test_garbage_log_rate_limited(void)
     int sent = 0;
     double t0 = spawn_now();
     while (spawn_now() - t0 < 3) {
-        int fd = raw_connect();
+        int fd = raw_connect(client_sock);
         if (fd < 0)
             break;
         uint8_t buf[64];
@@ -347,7 +270,7 @@ static void test_garbage_log_rate_limited(void)
     CHECK(lines >= 1 && lines <= 40, "%d log lines for %d garbage messages", lines, sent);
     /* after the window, the next such line reports what was dropped */
     usleep((unsigned)((10.5 - (spawn_now() - t0)) * 1e6));
-    int fd = raw_connect();
+    int fd = raw_connect(client_sock);
     CHECK(fd >= 0 && send(fd, "garbage once more", 17, 0) == 17, "one more");
     uint8_t buf[64];
     if (fd >= 0 && recv(fd, buf, sizeof buf, 0) <= 0)
@@ -394,42 +317,6 @@ static void test_fds_return_after_1000_connections(void)
 }
 
 /* ---- mqds of their own (start-up cases and limits) -------------------------------- */
-typedef struct own {
-    char dir[300], client[340], admin[340], log[340];
-    pid_t pid;
-} own;
-
-/* Starts mqd on the test model with the given extra flags (NULL-terminated) in a fresh
- * directory under dir, through /bin/sh so that `ulimit_n` > 0 can lower RLIMIT_NOFILE
- * first (lowering needs no privilege; raising another process's limit would need
- * CAP_SYS_RESOURCE). No wait. */
-static void own_start(own *o, const char *name, int ulimit_n, const char *const *extra)
-{
-    snprintf(o->dir, sizeof o->dir, "%s/%s", dir, name);
-    mkdir(o->dir, 0755);
-    snprintf(o->client, sizeof o->client, "%s/client.sock", o->dir);
-    snprintf(o->admin, sizeof o->admin, "%s/admin.sock", o->dir);
-    snprintf(o->log, sizeof o->log, "%s/mqd.log", o->dir);
-    char cmd[8192], lim[32] = "";
-    if (ulimit_n)
-        snprintf(lim, sizeof lim, "ulimit -n %d; ", ulimit_n);
-    int n = snprintf(cmd, sizeof cmd, "%sexec %s/mqd --client-socket %s --admin-socket %s", lim, spawn_build_dir(),
-                     o->client, o->admin);
-    for (int i = 0; extra[i] && n > 0 && (size_t)n < sizeof cmd; i++)
-        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", extra[i]);
-    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
-    o->pid = spawn(argv, NULL, o->log);
-}
-
-static void own_stop(own *o)
-{
-    if (o->pid > 0) {
-        kill(o->pid, SIGKILL);
-        waitpid(o->pid, NULL, 0);
-        o->pid = 0;
-    }
-}
-
 /* Issue 13 #2 under a small RLIMIT_NOFILE (the finding: ~1000 cycles under ulimit -n
  * 1024 and every later client was refused, silently, for good): a client that finds mqd
  * out of descriptors is refused with MQ_ELIMIT at once (not left hanging), the log says
@@ -438,7 +325,7 @@ static void test_fd_exhaustion_refused_and_recovered(void)
 {
     own o;
     const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--kv-tokens", "16384", NULL };
-    own_start(&o, "fds", 40, extra);
+    own_start(&o, dir, "fds", 40, extra);
     int ready = spawn_wait_ready(o.admin, o.pid, 120);
     CHECK(ready, "mqd under ulimit -n 40 did not start");
     if (!ready) {
@@ -504,24 +391,6 @@ static void test_fd_exhaustion_refused_and_recovered(void)
     own_stop(&o);
 }
 
-/* Waits up to timeout_s for an own mqd to exit; its exit status (-1: still running, killed). */
-static int own_exit(own *o, int timeout_s)
-{
-    int st = spawn_wait_exit(o->pid, timeout_s);
-    if (st < 0)
-        own_stop(o);
-    o->pid = 0;
-    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int own_log_has(own *o, const char *what)
-{
-    char *log = harness_read_file(o->log, NULL);
-    int has = log && strstr(log, what);
-    free(log);
-    return has;
-}
-
 /* A model folder under dir/name whose files are links to `from`'s, except those listed
  * in `swap` (NULL-terminated "file=source" pairs: source "fifo" makes a FIFO). */
 static void model_dir_of(char *out, size_t len, const char *name, const char *from, const char *const *swap)
@@ -562,7 +431,7 @@ static void test_fifo_in_model_dir(void)
         model_dir_of(mdir, sizeof mdir, name, spawn_model(), sw);
         own o;
         const char *extra[] = { "--model-dir", mdir, "--user", "nobody", "--kv-tokens", "4096", NULL };
-        own_start(&o, name, 0, extra);
+        own_start(&o, dir, name, 0, extra);
         int rc = own_exit(&o, 20);
         char want[600];
         snprintf(want, sizeof want, "model_dir: %s/%s: not a regular file (a FIFO)", mdir, files[i]);
@@ -594,7 +463,7 @@ static void test_sigterm_at_once_stops_the_load(void)
 {
     own o;
     const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--kv-tokens", "4096", NULL };
-    own_start(&o, "early", 0, extra);
+    own_start(&o, dir, "early", 0, extra);
     char exe[64], link[4096];
     snprintf(exe, sizeof exe, "/proc/%d/exe", (int)o.pid);
     int execd = 0;
@@ -629,15 +498,15 @@ static void test_root_without_user_refused(void)
 {
     own o;
     const char *extra[] = { "--model-dir", spawn_model(), "--kv-tokens", "4096", NULL };
-    own_start(&o, "rootnouser", 0, extra);
+    own_start(&o, dir, "rootnouser", 0, extra);
     int rc = own_exit(&o, 20);
     CHECK(rc == 1 && own_log_has(&o, "user: not set, and mqd was started as root"), "no user as root: exit %d", rc);
     const char *check[] = { "--model-dir", spawn_model(), "--check-config", NULL };
-    own_start(&o, "rootnouser-check", 0, check);
+    own_start(&o, dir, "rootnouser-check", 0, check);
     rc = own_exit(&o, 20);
     CHECK(rc == 2 && own_log_has(&o, "user: not set"), "--check-config: exit %d", rc);
     const char *asroot[] = { "--model-dir", spawn_model(), "--user", "root", "--kv-tokens", "4096", NULL };
-    own_start(&o, "root", 0, asroot);
+    own_start(&o, dir, "root", 0, asroot);
     CHECK(spawn_wait_ready(o.admin, o.pid, 60), "\"user\": \"root\" did not start");
     CHECK(own_log_has(&o, "warning: privileges: running as root because \"user\" is \"root\""), "no loud warning");
     own_stop(&o);
@@ -654,7 +523,7 @@ static void test_client_socket_file_kept(void)
     own o;
     /* the later --client-socket wins over own_start's */
     const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--client-socket", path, NULL };
-    own_start(&o, "sockfile", 0, extra);
+    own_start(&o, dir, "sockfile", 0, extra);
     int rc = own_exit(&o, 20);
     char *text = harness_read_file(path, NULL);
     CHECK(text && !strcmp(text, "do not delete\n"), "the file was removed or changed");
@@ -675,7 +544,7 @@ static void test_tokenizer_of_another_model_refused(void)
     model_dir_of(mdir, sizeof mdir, "vocab", stories, sw);
     own o;
     const char *extra[] = { "--model-dir", mdir, "--user", "nobody", "--kv-tokens", "4096", NULL };
-    own_start(&o, "vocab", 0, extra);
+    own_start(&o, dir, "vocab", 0, extra);
     int rc = own_exit(&o, 60);
     CHECK(rc == 1 &&
               own_log_has(&o, "tokenizer.json: ids up to 151668 do not fit the model (config.json vocab_size 512)"),
@@ -694,7 +563,7 @@ static void test_sighup_refused_is_logged(void)
     fclose(f);
     own o;
     const char *extra[] = { "--config", cfg, NULL };
-    own_start(&o, "reload", 0, extra);
+    own_start(&o, dir, "reload", 0, extra);
     CHECK(spawn_wait_ready(o.admin, o.pid, 60), "not ready");
     f = fopen(cfg, "w");
     fprintf(f,
@@ -784,7 +653,7 @@ static void test_per_uid_limits(void)
                             "--kv-tokens-per-uid",
                             "2048",
                             NULL };
-    own_start(&o, "peruid", 0, extra);
+    own_start(&o, dir, "peruid", 0, extra);
     if (!spawn_wait_ready(o.admin, o.pid, 60)) {
         CHECK(0, "not ready");
         spawn_dump_log(o.log);

@@ -9,46 +9,19 @@
  */
 #include "tests/integration/mqd_spawn.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
 static char dir[256], csock[300], asock[300], mqd_log[300], oai_log[300], keys[300];
 static pid_t mqd_pid = -1, oai_pid = -1, oai_key_pid = -1;
 static int port, key_port;
-
-/* A loopback listening socket on a free port. */
-static int listen_any(int *port_out)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t sl = sizeof sa;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 128) ||
-        getsockname(fd, (struct sockaddr *)&sa, &sl))
-        return -1;
-    *port_out = ntohs(sa.sin_port);
-    return fd;
-}
 
 /* mq-openai with `lfd` as its systemd socket (fd 3, LISTEN_FDS=1, LISTEN_PID=its pid). */
 static pid_t start_oai(int lfd, const char *extra_flag, const char *extra_val)
 {
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/mq-openai", spawn_build_dir());
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(oai_log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        dup2(lfd, 3);
-        char pidbuf[32];
-        snprintf(pidbuf, sizeof pidbuf, "%d", (int)getpid());
-        setenv("LISTEN_FDS", "1", 1);
-        setenv("LISTEN_PID", pidbuf, 1);
-        char *argv[] = { bin, "--mqd-socket", csock, "--queue-wait-ms", "2000", (char *)extra_flag, (char *)extra_val,
-                         NULL };
-        execv(bin, argv);
-        _exit(127);
-    }
+    char *argv[] = {
+        bin, "--mqd-socket", csock, "--queue-wait-ms", "2000", (char *)extra_flag, (char *)extra_val, NULL
+    };
+    pid_t pid = spawn_fds(argv, NULL, oai_log, NULL, &lfd, 1);
     close(lfd);
     return pid;
 }
@@ -141,7 +114,7 @@ static int start_all(void)
     fprintf(f, "# test keys\nsk-other-key\nsk-test-1234 team-a\nsk-team-a-2\tteam-a\n");
     fclose(f);
     /* mq-openai first: until mqd is ready, /health says 503 (at once, not after a timeout) */
-    int l1 = listen_any(&port), l2 = listen_any(&key_port);
+    int l1 = spawn_listen_loopback(&port), l2 = spawn_listen_loopback(&key_port);
     if (l1 < 0 || l2 < 0)
         return 0;
     /* the open server is told the model name, so a request needs nothing from mqd but a
@@ -243,40 +216,7 @@ static void run_node_tests(void)
     setenv("MQ_HTTP_KEY_OTHER", "sk-other-key", 1);
     setenv("MQ_ADMIN_SOCKET", asock, 1);
     setenv("MQ_MQCTL", mqctl, 1);
-    const char *shared = getenv("MQ_SHARED");
-    char abs_shared[4096];
-    if (!realpath(shared && *shared ? shared : "../shared", abs_shared))
-        snprintf(abs_shared, sizeof abs_shared, "%s", shared ? shared : "../shared");
-    setenv("MQ_SHARED", abs_shared, 1);
-    /* tests/ holds package.json and node_modules; the test file is relative to it */
-    FILE *p = popen("cd tests && node --test --test-reporter=tap http/openai.test.mjs 2>&1", "r");
-    CHECK(p != NULL, "cannot run node");
-    if (!p)
-        return;
-    char line[4096];
-    int ran = 0;
-    while (fgets(line, sizeof line, p)) {
-        if (!strncmp(line, "ok ", 3) || !strncmp(line, "not ok ", 7)) {
-            int ok = line[0] == 'o';
-            const char *name = strstr(line, " - ");
-            printf("  %s node: %s", ok ? "ok  " : "FAIL", name ? name + 3 : line);
-            if (ok)
-                harness_passed++;
-            else
-                harness_failed++;
-            ran++;
-        } else if (line[0] == ' ' || line[0] == '#') {
-            if (strstr(line, "error:") || strstr(line, "expected") || strstr(line, "actual") ||
-                strstr(line, "message") || strstr(line, "# fail") || strstr(line, "# pass"))
-                fputs(line, stdout);
-        } else
-            fputs(line, stdout);
-    }
-    int st = pclose(p);
-    if (ran == 0) {
-        printf("  FAIL node ran no test (exit %d): is `npm ci` done in tests/?\n", st);
-        harness_failed++;
-    }
+    spawn_node_tests("http/openai.test.mjs");
 }
 
 int main(void)

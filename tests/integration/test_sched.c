@@ -86,8 +86,18 @@ static void on_done(void *ctx, mq_sched_end_reason why, int err, const char *msg
     pthread_mutex_unlock(&r->mu);
 }
 
+/* Timeouts are for a plain build; sanitizer builds run the model several times slower
+ * (make test-tsan sets MQ_TEST_TIME_SCALE=10). */
+static double time_scale(void)
+{
+    const char *s = getenv("MQ_TEST_TIME_SCALE");
+    double v = s ? atof(s) : 1;
+    return v >= 1 ? v : 1;
+}
+
 static int rec_wait(struct rec *r, double timeout_s)
 {
+    timeout_s *= time_scale();
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += (time_t)timeout_s;
@@ -686,6 +696,7 @@ static void test_kv_full(void)
 /* Waits until r has streamed at least n tokens (or ended). */
 static void wait_tokens(struct rec *r, int n, double timeout_s)
 {
+    timeout_s *= time_scale();
     double t0 = mq_now_s();
     for (;;) {
         pthread_mutex_lock(&r->mu);

@@ -57,39 +57,85 @@ static void test_alloc_align_account(void)
     mq_arena_destroy(a);
 }
 
+/* The hugetlb pool is shared with every other process on the machine (other tests, other
+ * mqd instances): free pages come and go while these tests run. So the tests never
+ * assume the pool is empty or still holds what it held a moment ago: a request "bigger
+ * than the pool" is sized from HugePages_Total plus a margin, a mapping that should be
+ * hugetlb is retried when another process took the pages first, and pages are given back
+ * with mq_hugepages_giveback (relative), never by writing an old nr_hugepages back. */
+#define POOL_MARGIN 64 /* pages: what others could add to nr_hugepages while a test runs */
+
+/* Reserves `pages` more hugetlb pages; the number added (may be fewer), or -errno. */
+static long reserve(long pages)
+{
+    long prev = -1;
+    return mq_hugepages_reserve(pages, &prev);
+}
+
+/* Makes an arena with chunk `chunk` and allocates `bytes` from it; retries (up to 5
+ * times, re-reserving `pages`) while the first mapping is not hugetlb because other
+ * processes took the free pages between the reservation and the mapping. *added sums
+ * the pages reserved. NULL when no attempt got hugetlb. */
+static mq_arena *hugetlb_arena(size_t chunk, size_t bytes, long pages, long *added, uint8_t **p)
+{
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if (attempt) {
+            long got = reserve(pages);
+            if (got > 0)
+                *added += got;
+        }
+        mq_arena_opts o;
+        mq_arena_opts_default(&o);
+        o.chunk_bytes = chunk;
+        mq_arena *a = NULL;
+        if (mq_arena_create(&a, &o) != 0)
+            return NULL;
+        *p = mq_arena_alloc(a, bytes, 4096, "h");
+        mq_arena_stats st;
+        mq_arena_stats_get(a, &st);
+        if (*p && st.mapped[MQ_MEM_HUGETLB] > 0)
+            return a;
+        mq_arena_destroy(a);
+        usleep(100 * 1000);
+    }
+    return NULL;
+}
+
 static void test_hugetlb_reserved(void)
 {
     if (geteuid() != 0) {
         CHECK(mq_hugepages_reserve(2, NULL) == -EPERM, "non-root reservation refused");
         return;
     }
-    long prev = -1;
-    long got = mq_hugepages_reserve(2, &prev);
-    CHECK(got >= 0, "reserve 2 pages: %ld", got);
-    if (got < 2) { /* fragmented memory may give fewer: still must not crash */
-        if (got >= 0)
-            mq_hugepages_release(prev);
+    long added = reserve(2);
+    CHECK(added >= 0, "reserve 2 pages: %ld", added);
+    if (added < 2) { /* fragmented memory may give fewer: still must not crash */
+        if (added > 0)
+            mq_hugepages_giveback(added);
         return;
     }
-    mq_arena_opts o;
-    mq_arena_opts_default(&o);
-    o.chunk_bytes = 2 << 20;
-    mq_arena *a = NULL;
-    CHECK(mq_arena_create(&a, &o) == 0, "create");
-    uint8_t *p = mq_arena_alloc(a, 1 << 20, 4096, "h");
-    CHECK(p != NULL, "alloc");
-    if (p)
-        memset(p, 1, 1 << 20);
+    uint8_t *p = NULL;
+    mq_arena *a = hugetlb_arena(2 << 20, 1 << 20, 2, &added, &p);
+    CHECK(a != NULL, "a 2 MiB chunk with 2 pages reserved is hugetlb-backed (5 attempts)");
+    if (!a) {
+        mq_hugepages_giveback(added);
+        return;
+    }
+    memset(p, 1, 1 << 20);
     mq_arena_stats st;
     mq_arena_stats_get(a, &st);
     CHECK(st.mapped[MQ_MEM_HUGETLB] == (2u << 20), "hugetlb mapped %zu", st.mapped[MQ_MEM_HUGETLB]);
-    /* a bigger request than the free pool falls back instead of failing */
-    uint8_t *q = mq_arena_alloc(a, 8 << 20, 0, "big");
-    CHECK(q != NULL, "fallback alloc");
+    /* a bigger request than the pool itself falls back instead of failing */
+    long total = mq_meminfo_kib("HugePages_Total");
+    size_t big = (size_t)(total + POOL_MARGIN) << 21;
+    uint8_t *q = mq_arena_alloc(a, big, 0, "big");
+    CHECK(q != NULL, "fallback alloc of %zu bytes", big);
     mq_arena_stats_get(a, &st);
-    CHECK(st.mapped[MQ_MEM_THP] + st.mapped[MQ_MEM_4K] >= (8u << 20), "fallback kind accounted");
+    CHECK(st.mapped[MQ_MEM_THP] + st.mapped[MQ_MEM_4K] >= big && st.mapped[MQ_MEM_HUGETLB] == (2u << 20),
+          "fallback kind accounted: %zu thp + %zu 4k, %zu hugetlb", st.mapped[MQ_MEM_THP], st.mapped[MQ_MEM_4K],
+          st.mapped[MQ_MEM_HUGETLB]);
     mq_arena_destroy(a);
-    CHECK(mq_hugepages_release(prev) == 0, "release");
+    CHECK(mq_hugepages_giveback(added) >= 0, "give back %ld pages", added);
 }
 
 /* A reservation smaller than a chunk is used (the mapping shrinks to the free pages),
@@ -99,47 +145,46 @@ static void test_partial_chunk_trim_giveback(void)
 {
     if (geteuid() != 0)
         return; /* covered by test_hugetlb_reserved's EPERM check */
-    long prev = -1;
-    long got = mq_hugepages_reserve(4, &prev);
-    CHECK(got >= 0, "reserve 4 pages: %ld", got);
-    if (got < 4) {
-        if (got >= 0)
-            mq_hugepages_release(prev);
+    long added = reserve(4);
+    CHECK(added >= 0, "reserve 4 pages: %ld", added);
+    if (added < 4) {
+        if (added > 0)
+            mq_hugepages_giveback(added);
         return;
     }
-    long free0 = mq_hugepages_free();
-    mq_arena_opts o;
-    mq_arena_opts_default(&o);
-    o.chunk_bytes = 16 << 20; /* 8 pages: more than the pool has */
-    mq_arena *a = NULL;
-    CHECK(mq_arena_create(&a, &o) == 0, "create");
-    uint8_t *p = mq_arena_alloc(a, 3 << 20, 0, "w");
-    CHECK(p != NULL, "alloc");
-    if (p)
-        memset(p, 2, 3 << 20);
+    /* a chunk bigger than the whole pool: the mapping can only be what was free */
+    size_t chunk = (size_t)(mq_meminfo_kib("HugePages_Total") + POOL_MARGIN) << 21;
+    uint8_t *p = NULL;
+    mq_arena *a = hugetlb_arena(chunk, 3 << 20, 4, &added, &p);
+    CHECK(a != NULL, "3 MiB from a chunk bigger than the pool, 4 pages reserved: hugetlb (5 attempts)");
+    if (!a) {
+        mq_hugepages_giveback(added);
+        return;
+    }
+    memset(p, 2, 3 << 20);
     mq_arena_stats st;
     mq_arena_stats_get(a, &st);
-    CHECK(st.mapped[MQ_MEM_HUGETLB] == (size_t)free0 << 21 && st.mapped[MQ_MEM_THP] == 0,
-          "hugetlb mapped %zu for %ld free pages", st.mapped[MQ_MEM_HUGETLB], free0);
+    size_t mapped = st.mapped[MQ_MEM_HUGETLB];
+    CHECK(mapped >= (4u << 20) && mapped < chunk && st.mapped[MQ_MEM_THP] == 0 && st.mapped[MQ_MEM_4K] == 0,
+          "hugetlb mapped %zu (the free pages, at least 2, less than the chunk %zu)", mapped, chunk);
     size_t freed = mq_arena_trim(a);
     mq_arena_stats_get(a, &st);
-    CHECK(st.mapped[MQ_MEM_HUGETLB] == (4u << 20) && freed == ((size_t)free0 << 21) - (4u << 20),
-          "after trim %zu mapped, %zu freed", st.mapped[MQ_MEM_HUGETLB], freed);
-    CHECK(mq_hugepages_free() == free0 - 2, "free pages after trim %ld", mq_hugepages_free());
-    CHECK(p && p[(3 << 20) - 1] == 2 && mq_arena_owns(a, p + (3 << 20) - 1), "data kept");
+    CHECK(st.mapped[MQ_MEM_HUGETLB] == (4u << 20) && freed == mapped - (4u << 20), "after trim %zu mapped, %zu freed",
+          st.mapped[MQ_MEM_HUGETLB], freed);
+    CHECK(p[(3 << 20) - 1] == 2 && mq_arena_owns(a, p + (3 << 20) - 1), "data kept");
+    CHECK(!mq_arena_owns(a, p + (4 << 20)), "the trimmed tail is no longer the arena's");
     mq_arena_destroy(a);
     /* someone else adds a page meanwhile: giving back keeps it */
     long nr = mq_hugepages_nr();
-    CHECK(nr == prev + 4, "nr_hugepages %ld, expected %ld", nr, prev + 4);
     FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
     if (f) {
         fprintf(f, "%ld\n", nr + 1);
         fclose(f);
     }
-    long after = mq_hugepages_giveback(4);
-    CHECK(after == prev + 1, "after give-back %ld, expected %ld", after, prev + 1);
+    long after = mq_hugepages_giveback(added);
+    CHECK(after == nr + 1 - added, "after give-back %ld, expected %ld", after, nr + 1 - added);
     CHECK(mq_hugepages_giveback(0) == -EINVAL, "nothing to give back");
-    CHECK(mq_hugepages_release(prev) == 0, "release");
+    CHECK(mq_hugepages_giveback(1) >= 0, "the page 'someone else' added given back too");
 }
 
 int main(void)

@@ -55,6 +55,12 @@ static void test_errors_name_the_field(void)
         { "[1, 2]", "top level must be an object" },
         { "{\"mode\": ", "not valid JSON" },
         { "{\"kv-tokens\": 4096}", "unknown field" },
+        /* found by fuzz_config: out of long long's range, converting was undefined */
+        { "{\"chunk_tokens\": 1e309}", "chunk_tokens: inf is not an integer" },
+        { "{\"chunk_tokens\": -1e300}", "chunk_tokens" },
+        { "{\"chunk_tokens\": 4294967552}", "chunk_tokens" },
+        /* found by fuzz_config: the last of two values won, silently */
+        { "{\"user\": \"root\", \"kv_tokens\": 4096, \"user\": \"mq\"}", "user: given twice" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mqd_config c;

@@ -12,14 +12,14 @@ struct ctx {
     _Atomic long sum;
     pthread_t caller;
     _Atomic int caller_was_tid0;
-    int nthreads_seen;
+    _Atomic int nthreads_seen; /* every tid writes it (the same value) */
 };
 
 static void fn(void *arg, int tid, int nthreads)
 {
     struct ctx *c = arg;
     atomic_fetch_add(&c->hits[tid], 1);
-    c->nthreads_seen = nthreads;
+    atomic_store(&c->nthreads_seen, nthreads);
     if (tid == 0 && pthread_equal(pthread_self(), c->caller))
         atomic_store(&c->caller_was_tid0, 1);
     int lo, hi;

@@ -1,0 +1,518 @@
+/* tests/integration/test_resource_faults.c — mqd when a resource runs out or the operator
+ * errs (issue 13, "Faults" and "Hardening"), each with an mqd of its own:
+ *   - a full KV store: with on_full "fail" the request that does not fit ends with
+ *     MQ_EKVFULL and a message that says so; with "wait" it waits for the running one and
+ *     then completes;
+ *   - per-uid limits with two uids: uid 4242's running request grows into its KV share
+ *     and is ended naming the share, its next request waits for room in the share, a
+ *     third is refused (its queue share) — while root's requests are served;
+ *   - SIGHUP with a broken configuration (bad JSON, a bad value) keeps the old one, logs
+ *     why, and a good one afterwards is applied; SIGHUP while loading is refused, logged;
+ *   - no memory for a client's channel (mqd's address space limited with prlimit): that
+ *     client is refused with MQ_ELIMIT saying why, a connected client keeps working, and
+ *     clients get in again once memory is back; no free huge pages: channels fall back to
+ *     ordinary shared memory.
+ */
+#define _GNU_SOURCE
+#include <poll.h>
+#include <sys/resource.h>
+
+#include "engine/arena.h"
+#include "libclient/mq.h"
+#include "tests/integration/mqd_spawn.h"
+
+#define OTHER_UID 4242 /* an ordinary local user besides root */
+
+static char dir[256];
+
+/* n token ids from a simple deterministic sequence (valid ids of the Qwen3 vocabulary);
+ * different `salt`s give prompts that share no prefix. */
+static int32_t *ids_of(int n, int salt)
+{
+    int32_t *t = malloc((size_t)n * sizeof *t);
+    for (int i = 0; i < n; i++)
+        t[i] = 1000 + (int32_t)((i * 7919 + salt * 104729) % 40000);
+    return t;
+}
+
+typedef struct stream {
+    mq_conn *c;
+    uint64_t session, req;
+    int tokens, done, end_reason, error, submit_rc;
+    double t_first, t_done;
+    char msg[300];
+} stream;
+
+/* Opens a session on c and submits n ids (salt) as a greedy request of max_tokens. */
+static int stream_start(stream *s, mq_conn *c, int n, int salt, int max_tokens)
+{
+    memset(s, 0, sizeof *s);
+    s->c = c;
+    mq_params p;
+    mq_params_init(&p);
+    p.flags |= MQ_PARAM_GREEDY;
+    p.max_tokens = (uint32_t)max_tokens;
+    int32_t *t = ids_of(n, salt);
+    int rc = mq_open_session(c, MQ_MODE_RAW, &s->session);
+    if (!rc)
+        rc = mq_send_tokens(c, s->session, t, (size_t)n, &p, &s->req);
+    free(t);
+    s->submit_rc = rc;
+    if (rc)
+        mq_last_error(c, s->msg, sizeof s->msg);
+    return rc;
+}
+
+/* Reads c's events into whichever of the streams they belong to, until `until` is done
+ * (or for `max_tokens_of_until` tokens of it when > 0). 0 or an mq_next_event error. */
+static int pump(mq_conn *c, stream **all, int n, stream *until, int tokens_of_until)
+{
+    while (!until->done && !(tokens_of_until > 0 && until->tokens >= tokens_of_until)) {
+        mq_event ev;
+        int rc = mq_next_event(c, &ev, 60000);
+        if (rc)
+            return rc;
+        for (int i = 0; i < n; i++) {
+            stream *s = all[i];
+            if (s->submit_rc || s->req != ev.req)
+                continue;
+            if (ev.type == MQ_EVENT_TOKEN) {
+                if (!s->tokens++)
+                    s->t_first = spawn_now();
+                continue;
+            }
+            s->done = 1;
+            s->t_done = spawn_now();
+            s->end_reason = ev.end_reason;
+            s->error = ev.error;
+            snprintf(s->msg, sizeof s->msg, "%.*s", (int)ev.text_len, ev.text);
+        }
+    }
+    return 0;
+}
+
+static int start_ready(own *o, const char *name, const char *const *extra)
+{
+    own_start(o, dir, name, 0, extra);
+    if (spawn_wait_ready(o->admin, o->pid, 120))
+        return 1;
+    CHECK(0, "%s: mqd did not become ready", name);
+    spawn_dump_log(o->log);
+    own_stop(o);
+    return 0;
+}
+
+/* ---- a full KV store ------------------------------------------------------------- */
+/* A store of 16 blocks of 16 tokens; two prompts of 150 tokens need 10 blocks each at
+ * admission: both do not fit. */
+static void kv_full(const char *policy)
+{
+    char name[32];
+    snprintf(name, sizeof name, "kvfull-%s", policy);
+    const char *extra[] = { "--model-dir", spawn_model(), "--user",   "nobody", "--kv-tokens", "256",
+                            "--on-full",   policy,        "--warmup", "false",  NULL };
+    own o;
+    if (!start_ready(&o, name, extra))
+        return;
+    mq_conn *c;
+    CHECK(mq_connect(o.client, &c) == 0, "connect");
+    stream a, b;
+    CHECK(stream_start(&a, c, 150, 1, 40) == 0, "a: %s", a.msg);
+    stream *all[] = { &a, &b };
+    pump(c, all, 1, &a, 1); /* a holds its blocks */
+    int brc = stream_start(&b, c, 150, 2, 40);
+    if (!brc)
+        pump(c, all, 2, &b, 0);
+    pump(c, all, 2, &a, 0);
+    printf("    on_full %s: a %s after %d tokens; b %s (%s)\n", policy,
+           a.end_reason == MQ_END_LENGTH ? "completed" : "ended", a.tokens,
+           brc                             ? "refused"
+           : b.end_reason == MQ_END_LENGTH ? "completed"
+                                           : "failed",
+           b.msg);
+    CHECK(a.done && a.end_reason == MQ_END_LENGTH && a.tokens == 40, "a: end %d, %d tokens", a.end_reason, a.tokens);
+    if (!strcmp(policy, "fail")) {
+        int failed = brc == -MQ_EKVFULL || (b.done && b.end_reason == MQ_END_FAILED && b.error == -MQ_EKVFULL);
+        CHECK(failed && strstr(b.msg, "KV store full"), "b: submit %d, end %d, error %d: %s", brc, b.end_reason,
+              b.error, b.msg);
+    } else {
+        CHECK(!brc && b.done && b.end_reason == MQ_END_LENGTH && b.tokens == 40, "b: submit %d, end %d, %d tokens: %s",
+              brc, b.end_reason, b.tokens, b.msg);
+        CHECK(b.t_first > a.t_done, "b's first token came before a was done: it did not wait");
+    }
+    mq_disconnect(c);
+    cJSON *r = NULL;
+    for (int i = 0; i < 50 && (!r || jnum(r, "kv", "used") != 0); i++) {
+        cJSON_Delete(r);
+        usleep(100 * 1000);
+        r = admin_call(o.admin, "stats", 0);
+    }
+    CHECK(jnum(r, "kv", "used") == 0 && jnum(r, "sessions", NULL) == 0, "KV blocks in use after the clients left");
+    cJSON_Delete(r);
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
+    own_stop(&o);
+}
+
+static void test_kv_full_fail(void)
+{
+    kv_full("fail");
+}
+
+static void test_kv_full_wait(void)
+{
+    kv_full("wait");
+}
+
+/* ---- per-uid limits, two uids ---------------------------------------------------- */
+/* The other uid's part, in a child: a 900-token request that grows into the uid's share
+ * of 64 blocks (1024 tokens); once it streams, a 200-token request that does not fit
+ * beside it (it waits: on_full "wait"), then a third that finds the uid's one queue place
+ * taken. Tells the parent "q" after the refusal, then writes its three results. */
+typedef struct uid_result {
+    int r3_rc;
+    char r3_msg[300];
+    stream s1, s2;
+} uid_result;
+
+static void other_uid_main(const char *sock, int out)
+{
+    static uid_result res;
+    if (setgroups(0, NULL) || setgid(OTHER_UID) || setuid(OTHER_UID))
+        _exit(10);
+    mq_conn *c;
+    if (mq_connect(sock, &c))
+        _exit(11);
+    stream s3;
+    stream *all[] = { &res.s1, &res.s2 };
+    if (stream_start(&res.s1, c, 900, 11, 400) || pump(c, all, 1, &res.s1, 1))
+        _exit(12);
+    if (stream_start(&res.s2, c, 200, 12, 16))
+        _exit(13);
+    usleep(200 * 1000); /* s2 has reached the driver: it waits for room in the share */
+    res.r3_rc = stream_start(&s3, c, 50, 13, 4);
+    snprintf(res.r3_msg, sizeof res.r3_msg, "%s", s3.msg);
+    if (write(out, "q", 1) != 1)
+        _exit(14);
+    pump(c, all, 2, &res.s1, 0);
+    pump(c, all, 2, &res.s2, 0);
+    res.s1.c = res.s2.c = NULL;
+    _exit(write(out, &res, sizeof res) == (ssize_t)sizeof res ? 0 : 15);
+}
+
+static void test_per_uid_kv_and_queue(void)
+{
+    if (geteuid() != 0)
+        SKIP("needs root: the test speaks to mqd as two uids");
+    const char *extra[] = { "--model-dir",
+                            spawn_model(),
+                            "--user",
+                            "nobody",
+                            "--kv-tokens",
+                            "16384",
+                            "--kv-tokens-per-uid",
+                            "1024",
+                            "--on-full",
+                            "wait",
+                            "--queue-max-per-uid",
+                            "1",
+                            NULL };
+    own o;
+    if (!start_ready(&o, "peruid", extra))
+        return;
+    int p[2];
+    CHECK(pipe(p) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        other_uid_main(o.client, p[1]);
+    }
+    close(p[1]);
+    char q = 0;
+    struct pollfd pf = { p[0], POLLIN, 0 };
+    CHECK(poll(&pf, 1, 60000) == 1 && read(p[0], &q, 1) == 1 && q == 'q', "uid %d's requests did not start", OTHER_UID);
+    /* root meanwhile: a 900-token request of its own, in its own share */
+    mq_conn *c;
+    stream r;
+    stream *all[] = { &r };
+    CHECK(mq_connect(o.client, &c) == 0 && stream_start(&r, c, 900, 21, 16) == 0, "root's request: %s", r.msg);
+    pump(c, all, 1, &r, 0);
+    CHECK(r.done && r.end_reason == MQ_END_LENGTH && r.tokens == 16, "root's request: end %d, %d tokens: %s",
+          r.end_reason, r.tokens, r.msg);
+    cJSON *st = admin_call(o.admin, "stats", 0);
+    int waiting = 0;
+    const cJSON *u;
+    cJSON_ArrayForEach(u, cJSON_GetObjectItem(st, "users")) if (jnum(u, "uid", NULL) == OTHER_UID) waiting =
+        (int)jnum(u, "queued", NULL);
+    cJSON_Delete(st);
+    mq_disconnect(c);
+    static uid_result res;
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof res && poll(&pf, 1, 120000) == 1 && (k = read(p[0], (char *)&res + n, sizeof res - n)) > 0)
+        n += (size_t)k;
+    close(p[0]);
+    int wst = 0;
+    waitpid(pid, &wst, 0);
+    CHECK(n == sizeof res && WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "uid %d's child: status %d", OTHER_UID, wst);
+    printf("    uid %d: 1st request \"%s\" after %d tokens; 2nd waited, %d tokens; 3rd \"%s\"; root served while %d "
+           "of uid %d's waited\n",
+           OTHER_UID, res.s1.msg, res.s1.tokens, res.s2.tokens, res.r3_msg, waiting, OTHER_UID);
+    char share[64];
+    snprintf(share, sizeof share, "KV share of tenant %d full", OTHER_UID);
+    CHECK(res.s1.done && res.s1.end_reason == MQ_END_FAILED && res.s1.error == -MQ_EKVFULL && strstr(res.s1.msg, share),
+          "1st: end %d error %d: %s", res.s1.end_reason, res.s1.error, res.s1.msg);
+    /* the last token sampled is not in the KV yet: 1024 positions hold 1025 tokens */
+    CHECK(900 + res.s1.tokens <= 1025 && 900 + res.s1.tokens > 1024 - 32, "1st ended at %d tokens of a 1024 share",
+          900 + res.s1.tokens);
+    CHECK(res.s2.done && res.s2.end_reason == MQ_END_LENGTH && res.s2.tokens == 16 && res.s2.t_first > res.s1.t_done,
+          "2nd: end %d, %d tokens, %s the 1st ended", res.s2.end_reason, res.s2.tokens,
+          res.s2.t_first > res.s1.t_done ? "after" : "BEFORE");
+    CHECK(res.r3_rc == -MQ_ELIMIT && strstr(res.r3_msg, "requests waiting"), "3rd: %d (%s)", res.r3_rc, res.r3_msg);
+    CHECK(waiting == 1, "stats showed %d requests of uid %d waiting while root was served", waiting, OTHER_UID);
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
+    own_stop(&o);
+}
+
+/* ---- SIGHUP -------------------------------------------------------------------- */
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static int wait_log(own *o, const char *what, int timeout_s)
+{
+    for (double t0 = spawn_now(); spawn_now() - t0 < timeout_s; usleep(50 * 1000))
+        if (own_log_has(o, what))
+            return 1;
+    return 0;
+}
+
+static double config_value(own *o, const char *key)
+{
+    cJSON *r = admin_call(o->admin, "config", 0);
+    double v = jnum(cJSON_GetObjectItem(r, "config"), key, NULL);
+    cJSON_Delete(r);
+    return v;
+}
+
+static void test_sighup_broken_config_kept(void)
+{
+    char cfg[400], good[1024], text[1200];
+    snprintf(cfg, sizeof cfg, "%s/hup.json", dir);
+    snprintf(good, sizeof good, "\"model_dir\": \"%s\", \"user\": \"nobody\", \"kv_tokens\": 4096", spawn_model());
+    snprintf(text, sizeof text, "{%s, \"drain_timeout_ms\": 1111}\n", good);
+    write_file(cfg, text);
+    const char *extra[] = { "--config", cfg, NULL };
+    own o;
+    if (!start_ready(&o, "hup", extra))
+        return;
+    /* not JSON */
+    snprintf(text, sizeof text, "{%s, \"drain_timeout_ms\": 2222,,\n", good);
+    write_file(cfg, text);
+    kill(o.pid, SIGHUP);
+    CHECK(wait_log(&o, "reload refused, configuration unchanged: ", 10), "no log line for the broken JSON");
+    CHECK(config_value(&o, "drain_timeout_ms") == 1111, "drain_timeout_ms %.0f after a refused reload",
+          config_value(&o, "drain_timeout_ms"));
+    /* JSON, but a value out of its range */
+    snprintf(text, sizeof text, "{%s, \"drain_timeout_ms\": -5}\n", good);
+    write_file(cfg, text);
+    kill(o.pid, SIGHUP);
+    CHECK(wait_log(&o, "drain_timeout_ms", 10) && config_value(&o, "drain_timeout_ms") == 1111,
+          "a bad drain_timeout_ms: not named in the log, or applied");
+    cJSON *r = admin_call(o.admin, "status", 0);
+    CHECK(r && !strcmp(jstr(r, "state"), "ready"), "not ready after the refused reloads");
+    cJSON_Delete(r);
+    /* a good one is applied */
+    snprintf(text, sizeof text, "{%s, \"drain_timeout_ms\": 3333}\n", good);
+    write_file(cfg, text);
+    kill(o.pid, SIGHUP);
+    int applied = 0;
+    for (double t0 = spawn_now(); !applied && spawn_now() - t0 < 10; usleep(50 * 1000))
+        applied = config_value(&o, "drain_timeout_ms") == 3333;
+    CHECK(applied && own_log_has(&o, "reloaded "), "the good configuration was not applied");
+    char *lines = harness_read_file(o.log, NULL);
+    for (char *l = lines ? strtok(lines, "\n") : NULL; l; l = strtok(NULL, "\n"))
+        if (strstr(l, "reload"))
+            printf("    | %s\n", l);
+    free(lines);
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
+    own_stop(&o);
+}
+
+/* SIGHUP as soon as mqd handles signals (it is then loading): refused and logged, since
+ * the load thread reads the configuration; mqd still gets ready. */
+static void test_sighup_while_loading(void)
+{
+    const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--kv-tokens", "4096", NULL };
+    own o;
+    own_start(&o, dir, "hupload", 0, extra);
+    int loading = 0;
+    for (double t0 = spawn_now(); !loading && spawn_now() - t0 < 20; usleep(2000)) {
+        cJSON *r = admin_call(o.admin, "status", 0);
+        loading = r && !strcmp(jstr(r, "state"), "loading");
+        cJSON_Delete(r);
+    }
+    if (loading)
+        kill(o.pid, SIGHUP);
+    CHECK(spawn_wait_ready(o.admin, o.pid, 120), "not ready after a SIGHUP while loading");
+    int refused = own_log_has(&o, "reload refused: mqd is still loading the model");
+    /* a SIGHUP that arrived after the load is a normal reload, logged after "ready" */
+    int after_ready = wait_log(&o, "notice: ready", 1) && !refused && own_log_has(&o, "reloaded ");
+    own_stop(&o);
+    if (!loading || (!refused && after_ready))
+        SKIP("the load was over before the SIGHUP reached mqd (nothing to check)");
+    CHECK(refused, "a SIGHUP during the load was not refused with a log line");
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
+}
+
+/* ---- memory for channels -------------------------------------------------------- */
+static int one_request_on(const char *sock, mq_conn *c, int *err_out, char *msg, size_t msglen)
+{
+    mq_conn *own_c = NULL;
+    int rc = 0;
+    if (!c) {
+        rc = mq_connect(sock, &own_c);
+        if (rc) {
+            *err_out = rc;
+            snprintf(msg, msglen, "%s", mq_strerror(rc));
+            return -1;
+        }
+        c = own_c;
+    }
+    stream s;
+    stream *all[] = { &s };
+    rc = stream_start(&s, c, 20, 31, 8);
+    if (!rc)
+        rc = pump(c, all, 1, &s, 0);
+    if (own_c)
+        mq_disconnect(own_c);
+    *err_out = rc;
+    snprintf(msg, msglen, "%s", s.msg);
+    return !rc && s.done && s.end_reason == MQ_END_LENGTH && s.tokens == 8 ? 0 : -1;
+}
+
+/* mqd's address space limited (ulimit -v) to what it maps once ready plus room for one
+ * client's channel (64 MiB of prompt ring): the second client is refused with MQ_ELIMIT
+ * saying why, the first keeps working, and when the first has gone a new one gets in.
+ * (prlimit on the running mqd would need CAP_SYS_RESOURCE, which root may lack.) */
+static void test_channel_memory_exhausted(void)
+{
+    const char *extra[] = { "--model-dir",       spawn_model(), "--user",      "nobody", "--kv-tokens", "4096",
+                            "--prompt-ring-kib", "65536",       "--hugepages", "off",    NULL };
+    if (geteuid() != 0)
+        extra[2] = NULL;
+    own o;
+    if (!start_ready(&o, "memory-probe", extra))
+        return;
+    char vm[512];
+    long vmsize_kb = strtol(proc_status(o.pid, "VmSize", vm, sizeof vm), NULL, 10);
+    own_stop(&o);
+    CHECK(vmsize_kb > 0, "VmSize of a ready mqd: %s", vm);
+    char lim[64];
+    snprintf(lim, sizeof lim, "ulimit -v %ld; ", vmsize_kb + 96 * 1024); /* one 65 MiB channel fits */
+    own_start_sh(&o, dir, "memory", lim, extra);
+    if (!spawn_wait_ready(o.admin, o.pid, 120)) {
+        CHECK(0, "mqd did not become ready under %s", lim);
+        spawn_dump_log(o.log);
+        own_stop(&o);
+        return;
+    }
+    mq_conn *first = NULL, *second = NULL;
+    int rc1 = mq_connect(o.client, &first);
+    CHECK(rc1 == 0, "the first client: %s", mq_strerror(rc1));
+    int rc2 = mq_connect(o.client, &second);
+    printf("    with room for one channel: first client %s, second %s\n", mq_strerror(rc1), mq_strerror(rc2));
+    CHECK(rc2 == -MQ_ELIMIT, "the second client: %d (%s)", rc2, mq_strerror(rc2));
+    if (!rc2)
+        mq_disconnect(second);
+    char msg[300] = "";
+    int err = 0;
+    if (!rc1)
+        CHECK(one_request_on(o.client, first, &err, msg, sizeof msg) == 0, "the first client's request: %s (%s)",
+              mq_strerror(err), msg);
+    CHECK(own_log_has(&o, "cannot create its channel"), "no log line for the refused channel");
+    if (!rc1)
+        mq_disconnect(first);
+    int back = 0;
+    for (int i = 0; i < 50 && !back; i++) {
+        usleep(100 * 1000); /* mqd unmaps the first channel when it sees the hang-up */
+        back = one_request_on(o.client, NULL, &err, msg, sizeof msg) == 0;
+    }
+    CHECK(back, "a new client once the first has gone: %s (%s)", mq_strerror(err), msg);
+    cJSON *r = admin_call(o.admin, "status", 0);
+    CHECK(r && !strcmp(jstr(r, "state"), "ready"), "mqd not ready afterwards");
+    cJSON_Delete(r);
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
+    own_stop(&o);
+}
+
+/* No free huge pages (the test maps every free one itself): a client's channel is made of
+ * ordinary shared memory and works; with pages free again it may be hugetlb-backed. */
+static void test_channel_without_huge_pages(void)
+{
+    if (geteuid() != 0)
+        SKIP("needs root to hold the free huge pages");
+    const char *extra[] = { "--model-dir", spawn_model(),         "--user", "nobody", "--kv-tokens",
+                            "4096",        "--hugepages-reserve", "0",      NULL };
+    own o;
+    if (!start_ready(&o, "nohuge", extra))
+        return;
+    long added = mq_hugepages_reserve(2, NULL); /* at least two pages exist to be taken */
+    long fr = mq_hugepages_free();
+    size_t held = fr > 0 ? (size_t)fr << 21 : 0;
+    mq_mem_kind kind = MQ_MEM_4K;
+    void *hold = held ? mq_mem_map(held, 1, 0, &kind) : NULL;
+    if (hold && kind != MQ_MEM_HUGETLB) {
+        mq_mem_unmap(hold, held);
+        hold = NULL;
+    }
+    if (hold)
+        memset(hold, 1, held);
+    long free_now = mq_hugepages_free();
+    mq_conn *c;
+    int rc = mq_connect(o.client, &c);
+    mq_server_info info = { 0 };
+    if (!rc)
+        mq_server_info_get(c, &info);
+    int err = 0;
+    char msg[300] = "";
+    CHECK(!rc && one_request_on(o.client, c, &err, msg, sizeof msg) == 0, "a client with no huge page free: %s %s",
+          mq_strerror(rc ? rc : err), msg);
+    printf("    %ld huge pages free when the client came: its channel %s\n", free_now,
+           info.hugetlb ? "hugetlb" : "ordinary shared memory");
+    if (free_now == 0)
+        CHECK(!info.hugetlb, "a hugetlb channel with no page free");
+    if (!rc)
+        mq_disconnect(c);
+    if (hold)
+        mq_mem_unmap(hold, held);
+    if (added > 0)
+        mq_hugepages_giveback(added);
+    CHECK(one_request_on(o.client, NULL, &err, msg, sizeof msg) == 0, "a client after the pages came back: %s %s",
+          mq_strerror(err), msg);
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
+    own_stop(&o);
+}
+
+int main(void)
+{
+    spawn_tmpdir(dir, sizeof dir);
+    RUN(test_kv_full_fail);
+    RUN(test_kv_full_wait);
+    RUN(test_per_uid_kv_and_queue);
+    RUN(test_sighup_broken_config_kept);
+    RUN(test_sighup_while_loading);
+    RUN(test_channel_memory_exhausted);
+    RUN(test_channel_without_huge_pages);
+    return harness_done();
+}
