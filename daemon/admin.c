@@ -26,8 +26,9 @@
 #include "daemon/control.h"
 #include "daemon/log.h"
 #include "daemon/privs.h"
-#include "daemon/tenants.h"
 #include "daemon/probes.h"
+#include "daemon/seccomp.h"
+#include "daemon/tenants.h"
 #include "engine/arena.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
@@ -205,6 +206,13 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON_AddStringToObject(dp, "cpus", d->cfg.decode_cpus[0] ? d->cfg.decode_cpus : "all");
     cJSON_AddNumberToObject(o, "clients", d->n_conns);
     cJSON_AddStringToObject(o, "bpf", d->probes ? "loaded" : d->probes_err);
+    cJSON *sc = cJSON_AddObjectToObject(o, "seccomp");
+    static const char *const sc_modes[] = { "on", "kill", "off" };
+    cJSON_AddStringToObject(sc, "mode", sc_modes[d->cfg.seccomp <= MQ_CFG_SECCOMP_OFF ? d->cfg.seccomp : 0]);
+    int last = -1;
+    cJSON_AddNumberToObject(sc, "refused", (double)mqd_seccomp_refused(&last));
+    char name[64] = "";
+    cJSON_AddStringToObject(sc, "last_refused", last >= 0 ? mqd_seccomp_name(last, name, sizeof name) : "");
     if (d->state != MQD_LOADING)
         add_sched_stats(d, o);
     if (d->fail_msg[0])

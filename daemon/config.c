@@ -24,6 +24,7 @@ enum ftype { F_STR, F_U32, F_BOOL, F_ENUM, F_LIST };
 static const char *const on_full_words[] = { "wait", "fail", NULL };
 static const char *const huge_words[] = { "auto", "off", "require", NULL };
 static const char *const fp4_pack_words[] = { "auto", "on", "off", NULL };
+static const char *const seccomp_words[] = { "on", "kill", "off", NULL };
 
 typedef struct field {
     const char *name;
@@ -98,6 +99,8 @@ static const field fields[] = {
     BOOL(watchdog, "feed the systemd watchdog while both pools make progress"),
     BOOL(warmup, "run one short generation before announcing READY"),
     BOOL(share_prefix_cache, "let users reuse each other's cached prompt prefixes (default: each uid its own)"),
+    ENUM(seccomp, seccomp_words,
+         "system calls outside mqd's list: on = fail with EPERM and are logged, kill = kill mqd, off = allowed"),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 

@@ -31,6 +31,8 @@ enum mq_cfg_on_full { MQ_CFG_ON_FULL_WAIT = 0, MQ_CFG_ON_FULL_FAIL = 1 };
 enum mq_cfg_huge { MQ_CFG_HUGE_AUTO = 0, MQ_CFG_HUGE_OFF = 1, MQ_CFG_HUGE_REQUIRE = 2 };
 /* the same values as mq_fp4_pack (engine/model.h) */
 enum mq_cfg_fp4_pack { MQ_CFG_FP4_PACK_AUTO = 0, MQ_CFG_FP4_PACK_ON = 1, MQ_CFG_FP4_PACK_OFF = 2 };
+/* the same values as mqd_seccomp_mode (daemon/seccomp.h) */
+enum mq_cfg_seccomp { MQ_CFG_SECCOMP_ON = 0, MQ_CFG_SECCOMP_KILL = 1, MQ_CFG_SECCOMP_OFF = 2 };
 
 typedef struct mqd_config {
     char model_dir[MQ_CFG_PATH];
@@ -75,6 +77,7 @@ typedef struct mqd_config {
     uint32_t warmup;             /* 1: one short generation before READY=1 */
     uint32_t share_prefix_cache; /* 1: one prefix cache for every uid; 0: per uid (a cached
                                   * prompt of one user is no hit, and no timing signal, for another) */
+    uint32_t seccomp;            /* mq_cfg_seccomp: the system-call allow-list after the drop */
 } mqd_config;
 
 void mqd_config_defaults(mqd_config *c);

@@ -6,8 +6,9 @@
  * CAP_PERFMON), (4) binds its sockets (server.c), then mqd_privs_drop(): empties the
  * capability bounding set, switches groups, gid and uid to the configured user, clears
  * every remaining capability (permitted, effective, inheritable, ambient) and sets
- * no_new_privs. After that nothing it execs or does can regain privileges;
- * /proc/<pid>/status shows CapEff/CapPrm/CapBnd 0 and NoNewPrivs 1 (tests check it).
+ * no_new_privs, then installs the system-call allow-list (seccomp.h). After that nothing it
+ * execs or does can regain privileges; /proc/<pid>/status shows CapEff/CapPrm/CapBnd 0,
+ * NoNewPrivs 1 and Seccomp 2 (tests check it).
  * Peer checks (SO_PEERCRED, SO_PEERGROUPS) for both sockets live here too.
  */
 #define _GNU_SOURCE
@@ -31,7 +32,12 @@
 #include "daemon/log.h"
 #include "daemon/privs.h"
 #include "daemon/probes.h"
+#include "daemon/seccomp.h"
 #include "engine/arena.h"
+
+_Static_assert(MQ_CFG_SECCOMP_ON == (int)MQD_SECCOMP_ON && MQ_CFG_SECCOMP_KILL == (int)MQD_SECCOMP_KILL &&
+                   MQ_CFG_SECCOMP_OFF == (int)MQD_SECCOMP_OFF,
+               "seccomp: config words and mqd_seccomp_mode agree");
 
 static int parse_id(const char *s, unsigned *out)
 {
@@ -545,7 +551,12 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         return mq_errmsg(err, errlen, -errno, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
     }
-    mqd_log(LOG_INFO, "privileges: running as uid %u gid %u, no capabilities, no_new_privs", (unsigned)getuid(),
-            (unsigned)getgid());
+    int rc = mqd_seccomp_install((enum mqd_seccomp_mode)d->cfg.seccomp, d->probes != NULL, err, errlen);
+    if (rc)
+        return rc;
+    static const char *const seccomp_desc[] = { "seccomp allow-list (refusals: EPERM, logged)",
+                                                "seccomp allow-list (refusals kill mqd)", "no seccomp filter" };
+    mqd_log(LOG_INFO, "privileges: running as uid %u gid %u, no capabilities, no_new_privs, %s", (unsigned)getuid(),
+            (unsigned)getgid(), seccomp_desc[d->cfg.seccomp <= MQ_CFG_SECCOMP_OFF ? d->cfg.seccomp : 0]);
     return 0;
 }

@@ -696,6 +696,7 @@ static void test_privileges_dropped(void)
     CHECK(!strcmp(proc_status(mqd_pid, "CapBnd", v, sizeof v), "0000000000000000"), "CapBnd %s", v);
     CHECK(!strcmp(proc_status(mqd_pid, "CapAmb", v, sizeof v), "0000000000000000"), "CapAmb %s", v);
     CHECK(!strcmp(proc_status(mqd_pid, "NoNewPrivs", v, sizeof v), "1"), "NoNewPrivs %s", v);
+    CHECK(!strcmp(proc_status(mqd_pid, "Seccomp", v, sizeof v), "2"), "Seccomp %s (2 = a filter)", v);
     /* mqctl status works and reports the state */
     cJSON *r = admin_call(admin_sock, "status", 0);
     CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")) && !strcmp(jstr(r, "state"), "ready"), "admin status");
@@ -746,6 +747,55 @@ static void test_tools(void)
     CHECK(run_tool(gone, out, sizeof out) == 3, "mqctl unreachable: %s", out);
     char *mqgone[] = { mq, "--socket", "/nonexistent/c.sock", "run", "x", NULL };
     CHECK(run_tool(mqgone, out, sizeof out) == 3, "mq unreachable: %s", out);
+}
+
+/* Options after the command, as git and systemctl take them; an unknown option or a word
+ * too many is a usage error (exit 2, usage on stderr), never silently ignored. */
+static void test_tools_arguments(void)
+{
+    char mq[4200], mqctl[4200], out[65536];
+    snprintf(mq, sizeof mq, "%s/mq", spawn_build_dir());
+    snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
+    char *after[] = { mqctl, "status", "--json", "--socket", admin_sock, NULL };
+    int rc = run_tool(after, out, sizeof out);
+    cJSON *o = cJSON_Parse(out);
+    CHECK(rc == 0 && o && !strcmp(jstr(o, "state"), "ready"), "mqctl status --json --socket: exit %d: %.200s", rc, out);
+    cJSON_Delete(o);
+    char *cancel_json[] = { mqctl, "--socket", admin_sock, "cancel", "987654321", "--json", NULL };
+    rc = run_tool(cancel_json, out, sizeof out); /* mqd's JSON reply on stdout, the error on stderr */
+    CHECK(rc == 1 && strstr(out, "\"ok\":\tfalse") && strstr(out, "987654321"),
+          "mqctl cancel ID --json: exit %d: %.200s", rc, out);
+    /* the words after "mqctl --socket PATH", and what the error names */
+    static const char *const bad_ctl[][4] = { { "status", "--bogus", NULL, "--bogus" },
+                                              { "status", "extra", NULL, "\"extra\"" },
+                                              { "cancel", "5", "6", "\"6\"" },
+                                              { "status", "--socket", NULL, "--socket" } };
+    for (int i = 0; i < 4; i++) {
+        char *argv[] = {
+            mqctl, "--socket", admin_sock, (char *)bad_ctl[i][0], (char *)bad_ctl[i][1], (char *)bad_ctl[i][2], NULL
+        };
+        rc = run_tool(argv, out, sizeof out);
+        CHECK(rc == 2 && strstr(out, "usage: mqctl") && strstr(out, bad_ctl[i][3]), "mqctl %s %s: exit %d: %.300s",
+              bad_ctl[i][0], bad_ctl[i][1], rc, out);
+    }
+    char *mq_after[] = { mq, "run", "Hello", "--greedy", "--max-tokens", "4", "--json", "--socket", client_sock, NULL };
+    rc = run_tool(mq_after, out, sizeof out);
+    o = cJSON_Parse(out);
+    CHECK(rc == 0 && o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")) == 4,
+          "mq run with options after the prompt: exit %d: %.200s", rc, out);
+    cJSON_Delete(o);
+    char *mq_bogus[] = { mq, "--socket", client_sock, "stats", "--bogus", NULL };
+    rc = run_tool(mq_bogus, out, sizeof out);
+    CHECK(rc == 2 && strstr(out, "usage: mq") && strstr(out, "--bogus"), "mq stats --bogus: exit %d: %.300s", rc, out);
+    char *mq_extra[] = { mq, "--socket", client_sock, "stats", "extra", NULL };
+    rc = run_tool(mq_extra, out, sizeof out);
+    CHECK(rc == 2 && strstr(out, "usage: mq") && strstr(out, "extra"), "mq stats extra: exit %d: %.300s", rc, out);
+}
+
+/* Everything the suite made mqd do stayed within its system-call allow-list. */
+static void test_seccomp_refused_nothing(void)
+{
+    spawn_check_no_seccomp_refusal(admin_sock);
 }
 
 static void test_sigterm_drains(void)
@@ -832,6 +882,8 @@ int main(void)
     RUN(test_loop_free_while_a_prompt_is_prepared);
     RUN(test_hangup_while_a_prompt_is_prepared);
     RUN(test_tools);
+    RUN(test_tools_arguments);
+    RUN(test_seccomp_refused_nothing);
     RUN(test_sigterm_drains);
     return spawn_suite_done(mqd_pid, logpath);
 }
