@@ -70,7 +70,7 @@ LIBMQD     := $(BUILD)/libmqd.a
 LIBMQ_SO   := $(BUILD)/libmq.so.1
 LIBOAI     := $(BUILD)/libmqopenai.a
 MQ_OPENAI  := $(if $(wildcard mq-openai/main.c),$(BUILD)/mq-openai)
-OAI_LIBS    = -lmicrohttpd -lcjson -lsystemd -lpthread -lm
+OAI_LIBS    = -lmicrohttpd -lcjson -lsystemd -lcrypt -lpthread -lm
 MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -135,7 +135,7 @@ $(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC) $(LIBCOMMON)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(LIBOAI) $(if $(CLIENT_SRC),$(LIBMQ_SO))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS) -lmicrohttpd
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS) -lmicrohttpd -lcrypt
 
 define bench_rule
 $(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS) $(LIBOAI) $(CLIENT_OBJ)
@@ -306,7 +306,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 $(FUZZ_BUILD)/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libfuzzdeps.a
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS) -lmicrohttpd
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS) -lmicrohttpd -lcrypt
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 

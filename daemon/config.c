@@ -91,6 +91,8 @@ static const field fields[] = {
     STR(admin_socket, "admin socket path (when not socket-activated)"),
     LIST(allowed_users, "users allowed on the client socket (empty = everyone)"),
     LIST(allowed_groups, "groups allowed on the client socket (empty = everyone)"),
+    LIST(trusted_fronts, "users whose sessions may name a tenant (fronts such as mq-openai; empty = nobody)"),
+    LIST(trusted_front_groups, "groups whose members' sessions may name a tenant (empty = nobody)"),
     STR(admin_group, "group allowed on the admin socket besides root"),
     STR(user, "user to serve as after set-up; required when started as root (\"root\" = stay root, loudly)"),
     U32(drain_timeout_ms, 0, 3600000, "SIGTERM: time running requests get to finish"),

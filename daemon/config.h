@@ -66,6 +66,10 @@ typedef struct mqd_config {
     char admin_socket[MQ_CFG_PATH];
     char allowed_users[MQ_CFG_LIST][MQ_CFG_NAME]; /* "" ends; none = everyone */
     char allowed_groups[MQ_CFG_LIST][MQ_CFG_NAME];
+    /* clients that may open sessions for a tenant they name (a front such as mq-openai
+     * serving many users through one connection); "" ends; none = nobody */
+    char trusted_fronts[MQ_CFG_LIST][MQ_CFG_NAME];
+    char trusted_front_groups[MQ_CFG_LIST][MQ_CFG_NAME];
     char admin_group[MQ_CFG_NAME]; /* "" = root only */
     char user[MQ_CFG_NAME];        /* run-as user; required when started as root ("root" = stay) */
     uint32_t drain_timeout_ms;

@@ -112,6 +112,8 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     mqd_config old = d->cfg;
     memcpy(d->cfg.allowed_users, nc.allowed_users, sizeof nc.allowed_users);
     memcpy(d->cfg.allowed_groups, nc.allowed_groups, sizeof nc.allowed_groups);
+    memcpy(d->cfg.trusted_fronts, nc.trusted_fronts, sizeof nc.trusted_fronts);
+    memcpy(d->cfg.trusted_front_groups, nc.trusted_front_groups, sizeof nc.trusted_front_groups);
     memcpy(d->cfg.admin_group, nc.admin_group, sizeof nc.admin_group);
     d->cfg.drain_timeout_ms = nc.drain_timeout_ms;
     d->cfg.watchdog = nc.watchdog;

@@ -99,6 +99,19 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
         d->n_allowed_gids++;
     }
     d->any_client = d->n_allowed_uids == 0 && d->n_allowed_gids == 0;
+    d->n_front_uids = d->n_front_gids = 0;
+    for (int i = 0; i < MQ_CFG_LIST && c->trusted_fronts[i][0]; i++) {
+        gid_t g;
+        if (user_id(c->trusted_fronts[i], &d->front_uids[d->n_front_uids], &g))
+            return mq_errmsg(err, errlen, -ENOENT, "trusted_fronts[%d]: no user \"%s\"", i, c->trusted_fronts[i]);
+        d->n_front_uids++;
+    }
+    for (int i = 0; i < MQ_CFG_LIST && c->trusted_front_groups[i][0]; i++) {
+        if (group_id(c->trusted_front_groups[i], &d->front_gids[d->n_front_gids]))
+            return mq_errmsg(err, errlen, -ENOENT, "trusted_front_groups[%d]: no group \"%s\"", i,
+                             c->trusted_front_groups[i]);
+        d->n_front_gids++;
+    }
     d->admin_gid_set = 0;
     if (c->admin_group[0]) {
         if (group_id(c->admin_group, &d->admin_gid)) {
@@ -168,6 +181,28 @@ static int peer_allowed(const mqd *d, int fd, int admin, mqd_peer *p)
     }
     snprintf(p->why, sizeof p->why, "uid %u gid %u is not in allowed_users/allowed_groups", (unsigned)cr.uid,
              (unsigned)cr.gid);
+    return 0;
+}
+
+int mqd_peer_is_front(const mqd *d, int fd, uid_t uid, gid_t gid)
+{
+    for (int i = 0; i < d->n_front_uids; i++)
+        if (d->front_uids[i] == uid)
+            return 1;
+    if (d->n_front_gids == 0)
+        return 0;
+    gid_t groups[256];
+    socklen_t gl = sizeof groups;
+    int ng = 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0)
+        ng = (int)(gl / sizeof(gid_t));
+    for (int i = 0; i < d->n_front_gids; i++) {
+        if (d->front_gids[i] == gid)
+            return 1;
+        for (int k = 0; k < ng; k++)
+            if (groups[k] == d->front_gids[i])
+                return 1;
+    }
     return 0;
 }
 

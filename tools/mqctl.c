@@ -78,10 +78,18 @@ static void print_users(const cJSON *r)
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(r, "users");
     if (!cJSON_GetArraySize(arr))
         return;
-    printf("%-8s %8s %8s %8s %8s %8s\n", "UID", "SESSIONS", "QUEUED", "RUNNING", "KV_BLK", "KV_RSV");
+    printf("%-16s %8s %8s %8s %8s %8s\n", "UID/TENANT", "SESSIONS", "QUEUED", "RUNNING", "KV_BLK", "KV_RSV");
     const cJSON *u;
-    cJSON_ArrayForEach(u, arr) printf("%-8.0f %8.0f %8.0f %8.0f %8.0f %8.0f\n", num(u, "uid"), num(u, "sessions"),
-                                      num(u, "queued"), num(u, "running"), num(u, "kv_blocks"), num(u, "kv_reserved"));
+    cJSON_ArrayForEach(u, arr)
+    {
+        char who[32];
+        if (str(u, "tenant_name")[0]) /* named by a trusted front (mq-openai's API keys) */
+            snprintf(who, sizeof who, "%.16s", str(u, "tenant_name"));
+        else
+            snprintf(who, sizeof who, "%.0f", num(u, "uid"));
+        printf("%-16s %8.0f %8.0f %8.0f %8.0f %8.0f\n", who, num(u, "sessions"), num(u, "queued"), num(u, "running"),
+               num(u, "kv_blocks"), num(u, "kv_reserved"));
+    }
 }
 
 static void print_stats(const cJSON *r)
