@@ -162,7 +162,7 @@ static void test_mq_json_everywhere(void)
 }
 
 typedef struct bad_case {
-    const char *line; /* the words after the tool ("S" stands for the socket flag) */
+    const char *line;  /* the words after the tool ("S" stands for the socket flag) */
     const char *names; /* what the error line must name */
 } bad_case;
 
@@ -249,8 +249,8 @@ static void test_help(void)
     snprintf(line, sizeof line, "--socket %s --greedy --max-tokens 2 --json run -- -x", client_sock);
     run_words(mq, line, NULL, &r);
     cJSON *o = cJSON_Parse(r.out);
-    CHECK(r.rc == 0 && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")) == 2, "mq %s: %d %.200s %.200s", line,
-          r.rc, r.out, r.err);
+    CHECK(r.rc == 0 && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")) == 2, "mq %s: %d %.200s %.200s", line, r.rc,
+          r.out, r.err);
     cJSON_Delete(o);
 }
 
@@ -264,8 +264,18 @@ int main(void)
     snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
-    char *argv[] = { bin,          "--model-dir", (char *)spawn_model(), "--client-socket", client_sock,
-                     "--admin-socket", admin_sock, "--kv-tokens",     "4096", "--user", "nobody", NULL };
+    char *argv[] = { bin,
+                     "--model-dir",
+                     (char *)spawn_model(),
+                     "--client-socket",
+                     client_sock,
+                     "--admin-socket",
+                     admin_sock,
+                     "--kv-tokens",
+                     "4096",
+                     "--user",
+                     "nobody",
+                     NULL };
     if (geteuid() != 0)
         argv[9] = NULL; /* not root: mqd runs as this user */
     mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
