@@ -9,7 +9,8 @@
  *   1. mqd starts in a fresh folder (as root it serves as nobody). Sixteen prompts are cut
  *      from corpus/dev.txt, from 10 to 8000 tokens; each is answered greedily ALONE (one
  *      request on the whole daemon): the references.
- *   2. A short warm-up round of every client, then mqd's RSS is the baseline.
+ *   2. A warm-up of every client, a tenth of the run (libmq, then HTTP with --openai), then
+ *      mqd's RSS is the baseline.
  *   3. The main run: each client makes --requests requests, one session per request, a
  *      random prompt each time; per request: greedy (compared token for token with the
  *      prompt's reference: a difference is "mixed"), sampled (seeded), cancelled after
@@ -1376,13 +1377,25 @@ int main(int argc, char **argv)
         pmax = s.ref[p].prompt_tokens > pmax ? s.ref[p].prompt_tokens : pmax;
     }
     printf("soak_prompt_tokens: %u..%u (%d prompts)\n", pmin, pmax, NPROMPT);
-    /* 2. warm-up round, then the baseline */
-    tally warm = { 0 };
-    run_clients(&s, 2, &warm, client_main);
+    /* 2. warm-up: a tenth of each half's run (at least 2 requests per client), the same
+     * mix, so mqd's allocator reaches its working set for 64 clients before the baseline
+     * (2 requests per client did not: the RSS then rose ~14 MB once, the same after 1280
+     * requests as after 12800) */
+    tally warm = { 0 }, hwarm = { 0 };
+    int oai_up = 0;
+    run_clients(&s, s.requests / 10 > 2 ? s.requests / 10 : 2, &warm, client_main);
+    if (s.openai) {
+        oai_up = !start_openai(&s) && http_healthy(&s, 60);
+        if (oai_up)
+            run_clients(&s, s.http_requests / 10 > 2 ? s.http_requests / 10 : 2, &hwarm, http_client_main);
+    }
     int sessions = 0;
     long leaked = kv_left(&s, &sessions);
     long rss0 = proc_kb(s.mqd_pid, "VmRSS"), kv0 = kv_resident_kb(s.mqd_pid);
     long anon0 = proc_kb(s.mqd_pid, "RssAnon"), shmem0 = proc_kb(s.mqd_pid, "RssShmem");
+    char trace[256]; /* mqd's anonymous RSS after each phase: a plateau is the allocator's
+                        high-water mark, a climb with the request count a leak */
+    int tl = snprintf(trace, sizeof trace, "warm-up %ld", anon0);
     /* 3. the main run through libmq */
     double t0 = now_s();
     tally t = { 0 };
@@ -1390,15 +1403,18 @@ int main(int argc, char **argv)
     double main_s = now_s() - t0;
     leaked = kv_left(&s, &sessions);
     print_half("soak", &t, kind_name, main_s, leaked, sessions);
+    tl += snprintf(trace + tl, sizeof trace - (size_t)tl, ", libmq run %ld", proc_kb(s.mqd_pid, "RssAnon"));
     int bad = rc || t.lost || warm.lost || t.mixed || leaked || sessions;
     /* 4. slow readers */
     bad |= slowdown_line(&s, "soak_slow_reader_slowdown", slow_client);
+    tl += snprintf(trace + tl, sizeof trace - (size_t)tl, ", slow readers %ld", proc_kb(s.mqd_pid, "RssAnon"));
     /* 5. the HTTP half: the same through mq-openai */
     int oai_status = 0;
     if (s.openai) {
         tally ht = { 0 };
-        if (start_openai(&s) || !http_healthy(&s, 60)) {
-            fprintf(stderr, "mq_soak: mq-openai did not answer /health with 200; its log: %s\n", s.oai_log);
+        if (!oai_up || hwarm.lost) {
+            fprintf(stderr, "mq_soak: %s; mq-openai's log: %s\n",
+                    oai_up ? "the HTTP warm-up lost requests" : "mq-openai did not answer /health with 200", s.oai_log);
             bad = 1;
         } else {
             t0 = now_s();
@@ -1406,6 +1422,7 @@ int main(int argc, char **argv)
             double http_s = now_s() - t0;
             long hleaked = kv_left(&s, &sessions);
             print_half("soak_http", &ht, hkind_name, http_s, hleaked, sessions);
+            tl += snprintf(trace + tl, sizeof trace - (size_t)tl, ", HTTP run %ld", proc_kb(s.mqd_pid, "RssAnon"));
             bad |= rc || ht.lost || ht.mixed || hleaked;
             bad |= slowdown_line(&s, "soak_http_slow_reader_slowdown", slow_http_client);
         }
@@ -1421,6 +1438,7 @@ int main(int argc, char **argv)
            "after every phase; VmRSS %ld -> %ld kB: anonymous %ld -> %ld, shared %ld -> %ld, of which KV %ld -> "
            "%ld)\n",
            growth, rss0 - kv0, rss1 - kv1, rss0, rss1, anon0, anon1, shmem0, shmem1, kv0, kv1);
+    printf("soak_rss_anon_kb: %s, the end %ld\n", trace, anon1);
     printf("soak_kv_blocks_leaked: %ld (after every phase; sessions left %d)\n", leaked, sessions);
     cJSON *status = mqctl_json(&s, "status");
     double refused = jnum(cJSON_GetObjectItemCaseSensitive(status, "seccomp"), "refused", NULL);
