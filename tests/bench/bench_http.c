@@ -266,13 +266,9 @@ static void *run_libmq(job *j)
         return NULL;
     }
     mq_params p;
-    mq_params_init(&p); /* as mq-openai sets them for this body (http.c gen_start) */
-    p.max_tokens = MAX_TOKENS;
-    p.temperature = 0;
-    p.top_p = 1;
-    p.top_k = 0;
-    p.flags = MQ_PARAM_NO_SPECIAL_TEXT | MQ_PARAM_GREEDY;
-    mq_request_opts o = { .flags = MQ_REQ_WHOLE_CONTEXT };
+    mq_request_opts o;
+    /* what mq-openai sends for this body (its max_tokens is given: no server default) */
+    oai_request_params(&j->rq, MAX_TOKENS, &p, &o);
     pthread_barrier_wait(j->go);
     double t0 = now_s();
     if (mq_open_session(c, MQ_MODE_RAW, &s) || mq_send_chat(c, s, j->rq.payload, j->rq.payload_len, &p, &o, &req))
