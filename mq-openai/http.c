@@ -362,6 +362,11 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
             continue;
         }
         handle_event(g, &ev);
+        /* the events already in the ring go out in the same write: a stream that fell
+         * behind (a busy machine) catches up with one send and one client wake-up */
+        while (g->running && g->sse.len < max && mq_next_event(g->lease.conn, &ev, 0) == 0)
+            if (ev.req == g->req)
+                handle_event(g, &ev);
         if (!g->running)
             stream_finish(g);
     }
