@@ -8,9 +8,11 @@
  *    - libmq: one connection per stream, made before the clock starts (mq-openai keeps its
  *      pool connections too); the clock runs from mq_open_session to the first token
  *      event with text. The payload and parameters are exactly what mq-openai derives
- *      from the HTTP body (oai_parse_chat, oai_request_default_think, the same mq_params).
- *    - HTTP: one TCP connection per stream, made before the clock starts; the clock runs
- *      from writing the POST to the first SSE chunk with generated content. mq-openai
+ *      from the HTTP body (oai_parse_chat, oai_request_default_think, oai_request_params).
+ *    - HTTP: one TCP connection per stream, made and served once (GET /health, kept
+ *      alive: mq-openai has accepted it and its thread waits, as a client's pooled
+ *      connection does) before the clock starts; the clock runs from writing the POST to
+ *      the first SSE chunk with generated content. mq-openai
  *      parses the body, takes a pool connection, opens the session and sends the same
  *      SUBMIT; per token it parses the output for tool calls and writes an SSE chunk.
  *      The client is a raw socket that looks for the first content chunk with a string
@@ -116,6 +118,31 @@ static int http_connect(void)
         return -1;
     }
     return fd;
+}
+
+/* Makes fd a connection mq-openai is serving, as libmq's mq_connect finishes its HELLO
+ * before the clock starts: a GET /health on it (kept alive) is answered in full, so the
+ * server has accepted it and its connection thread waits for the next request. */
+static int http_warm(int fd)
+{
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1))
+        return -EIO;
+    char buf[2048];
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            return -EIO;
+        len += (size_t)n;
+        buf[len] = 0;
+        char *e = strstr(buf, "\r\n\r\n");
+        char *cl = strcasestr(buf, "\r\nContent-Length:");
+        if (e && cl && cl < e && len >= (size_t)(e + 4 - buf) + strtoul(cl + 17, NULL, 10))
+            return atoi(buf + 9) == 200 ? 0 : -EPROTO;
+        if (len == sizeof buf - 1)
+            return -EPROTO;
+    }
 }
 
 typedef struct http_result {
@@ -291,6 +318,10 @@ static void *run_libmq(job *j)
 static void *run_http(job *j)
 {
     int fd = http_connect();
+    if (fd >= 0 && http_warm(fd)) {
+        close(fd);
+        fd = -1;
+    }
     pthread_barrier_wait(j->go);
     http_result r = { 0 };
     double t0 = now_s();
