@@ -457,6 +457,20 @@ static void run_replay(int pinned, const char *mode, const int *ids, double *rat
     *lost = t ? (double)l / t : 0;
 }
 
+/* The 1-minute load average, printed beside the figures: on a shared machine it says how
+ * far to trust them (the two phases of a round run seconds apart). */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
 int main(int argc, char **argv)
 {
     const char *url = NULL, *dir = NULL;
@@ -529,6 +543,7 @@ int main(int argc, char **argv)
         }
         n++;
     }
+    double load0 = loadavg();
     double p50, tps, hp50, htps, o50, ho50;
     int errs = phase(jobs, n, 1, &hp50, &ho50, &htps) + phase(jobs, n, 0, &p50, &o50, &tps); /* warm both */
     double over[ROUNDS], ratio[ROUNDS];
@@ -555,6 +570,8 @@ int main(int argc, char **argv)
     qsort(over, ROUNDS, sizeof over[0], cmp_d);
     qsort(ratio, ROUNDS, sizeof ratio[0], cmp_d);
 
+    printf("# load average (1 min) on %ld CPUs: %.2f before the 32-stream rounds, %.2f after\n",
+           sysconf(_SC_NPROCESSORS_ONLN), load0, loadavg());
     printf("# replay: %d conversations (turns 2..): X-Session-Id: cached %.4f, %.1f held tokens lost per turn; "
            "with think_history as_generated: cached %.4f, %.1f lost; without a session: cached %.4f (bf16), "
            "%.4f (mixed)\n",
