@@ -847,31 +847,23 @@ int main(void)
     snprintf(client_sock, sizeof client_sock, "%s/run/client.sock", dir);
     snprintf(admin_sock, sizeof admin_sock, "%s/run/admin.sock", dir);
     snprintf(logpath, sizeof logpath, "%s/mqd.log", dir);
-    char bin[4200], ctx[16];
-    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
+    char ctx[16];
     snprintf(ctx, sizeof ctx, "%d", CTX_LIMIT);
-    char *argv[] = { bin,
-                     "--model-dir",
-                     (char *)spawn_model(),
-                     "--client-socket",
-                     client_sock,
-                     "--admin-socket",
-                     admin_sock,
-                     "--user",
-                     "nobody",
-                     "--allowed-users",
-                     "root",
-                     "--kv-tokens",
-                     "40960",
-                     "--ctx-tokens",
-                     ctx,
-                     "--drain-timeout-ms",
-                     "1500",
-                     "--token-ring-kib",
-                     "4",
-                     NULL };
+    const char *extra[] = { "--user",
+                            "nobody",
+                            "--allowed-users",
+                            "root",
+                            "--kv-tokens",
+                            "40960",
+                            "--ctx-tokens",
+                            ctx,
+                            "--drain-timeout-ms",
+                            "1500",
+                            "--token-ring-kib",
+                            "4",
+                            NULL };
     double t0 = spawn_now();
-    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+    mqd_pid = spawn_suite_mqd(client_sock, admin_sock, logpath, extra);
     if (!mqd_pid)
         return harness_done(); /* the failed CHECK counts */
     printf("  mqd ready in %.2f s\n", spawn_now() - t0);

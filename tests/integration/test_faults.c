@@ -792,25 +792,9 @@ int main(void)
     snprintf(client_sock, sizeof client_sock, "%s/run/client.sock", dir);
     snprintf(admin_sock, sizeof admin_sock, "%s/run/admin.sock", dir);
     snprintf(logpath, sizeof logpath, "%s/mqd.log", dir);
-    char bin[4200];
-    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
-    char *argv[] = { bin,
-                     "--model-dir",
-                     (char *)spawn_model(),
-                     "--client-socket",
-                     client_sock,
-                     "--admin-socket",
-                     admin_sock,
-                     "--user",
-                     "nobody",
-                     "--kv-tokens",
-                     "16384",
-                     "--drain-timeout-ms",
-                     "1500",
-                     "--token-ring-kib",
-                     "4",
-                     NULL };
-    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+    const char *extra[] = { "--user", "nobody",           "--kv-tokens", "16384", "--drain-timeout-ms",
+                            "1500",   "--token-ring-kib", "4",           NULL };
+    mqd_pid = spawn_suite_mqd(client_sock, admin_sock, logpath, extra);
     if (!mqd_pid)
         return harness_done();
     RUN(test_hostile_wake_fd);
