@@ -181,6 +181,15 @@ static inline char *harness_read_file(const char *path, size_t *len)
     return p;
 }
 
+/* How many times `what` occurs in text (a log, a reply), not overlapping. */
+static inline int harness_count(const char *text, const char *what)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
+        n++;
+    return n;
+}
+
 /* The ISAs this CPU runs, scalar first (every kernel test covers each of them). */
 static inline int harness_isas(mq_isa out[MQ_ISA_AVX512 + 1])
 {

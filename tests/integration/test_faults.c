@@ -237,14 +237,6 @@ static long log_size(void)
     return stat(logpath, &st) == 0 ? (long)st.st_size : 0;
 }
 
-static int count_lines_with(const char *text, const char *what)
-{
-    int n = 0;
-    for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
-        n++;
-    return n;
-}
-
 /* One client sending garbage as fast as it can (issue 13 #9: 68 000 log lines in 5 s):
  * the log takes at most a burst of lines per window, then says how many it dropped. */
 static void test_garbage_log_rate_limited(void)
@@ -262,7 +254,7 @@ static void test_garbage_log_rate_limited(void)
         close(fd);
     }
     char *log = log_from(from);
-    int lines = log ? count_lines_with(log, "malformed message") : -1;
+    int lines = log ? harness_count(log, "malformed message") : -1;
     free(log);
     printf("    %d garbage connections in 3 s, %d log lines\n", sent, lines);
     CHECK(sent > 200, "only %d garbage connections", sent);
