@@ -421,12 +421,13 @@ static void qkv_run(void *arg, int tid, int nt)
         mq_rope_cos_sin(e->inv_freq, hd, pos, cos, sin);
         mq_rope(q, c->n_head, hd, cos, sin);
         mq_rope(k, c->n_kv, hd, cos, sin);
-        uint16_t *blk = (uint16_t *)o->seqs[e->row_seq[r]].blocks[pos / bt];
-        size_t layer_off = (size_t)o->layer * 2 * bt * kvd;
-        uint16_t *kc = blk + layer_off + (size_t)(pos % bt) * kvd;
-        uint16_t *vc = kc + (size_t)bt * kvd;
-        mq_f32_to_bf16_row(k, kc, (size_t)kvd);
-        mq_f32_to_bf16_row(v, vc, (size_t)kvd);
+        /* the layer's K, then V, of the block: head-major [n_kv][bt][hd] */
+        uint16_t *kc = (uint16_t *)o->seqs[e->row_seq[r]].blocks[pos / bt] + (size_t)o->layer * 2 * bt * kvd +
+                       (size_t)(pos % bt) * hd;
+        for (int h = 0; h < c->n_kv; h++) {
+            mq_f32_to_bf16_row(k + h * hd, kc + (size_t)h * bt * hd, (size_t)hd);
+            mq_f32_to_bf16_row(v + h * hd, kc + (size_t)bt * kvd + (size_t)h * bt * hd, (size_t)hd);
+        }
     }
 }
 

@@ -54,7 +54,7 @@ static void cache_free(cache *c)
 
 static const uint16_t *row(uint16_t **blocks, const cfg *g, int p, int kvh)
 {
-    return blocks[p / g->bt] + ((size_t)(p % g->bt) * g->n_kv + kvh) * g->hd;
+    return blocks[p / g->bt] + ((size_t)kvh * g->bt + (size_t)(p % g->bt)) * g->hd; /* head-major */
 }
 
 /* FP64 causal GQA attention; q_bf16 rounds Q to BF16 first. */
@@ -177,10 +177,13 @@ static void test_attention_prefill(void)
 static void test_attention_decode(void)
 {
     static const cfg cfgs[] = {
-        { 16, 8, 128, 16, 300, 1 }, { 32, 8, 128, 64, 0, 1 }, /* a single key */
-        { 8, 2, 256, 1, 47, 1 },    { 4, 1, 64, 16, 63, 1 },  /* ends exactly on a block edge */
-        { 14, 2, 64, 5, 200, 1 },                             /* 7 q-heads per kv-head */
-        { 96, 8, 128, 16, 40, 1 },                            /* more heads than a row tile, split inside a group */
+        { 16, 8, 128, 16, 300, 1 },  { 32, 8, 128, 64, 0, 1 }, /* a single key */
+        { 8, 2, 256, 1, 47, 1 },     { 4, 1, 64, 16, 63, 1 },  /* ends exactly on a block edge */
+        { 14, 2, 64, 5, 200, 1 },                              /* 7 q-heads per kv-head */
+        { 96, 8, 128, 16, 40, 1 },                             /* more heads than a row tile, split inside a group */
+        { 16, 8, 128, 64, 1000, 1 },                           /* Qwen3-1.7B heads: key tiles inside 64-token blocks */
+        { 8, 2, 64, 32, 500, 1 },    { 12, 4, 128, 64, 130, 1 }, /* head_dim 64; 3 q-heads per kv-head */
+        { 32, 4, 128, 64, 300, 1 },  { 8, 4, 80, 64, 200, 1 },   /* 8 q-heads per kv-head; head_dim 80 */
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
         run_cfg(&cfgs[i], 200 + i);
