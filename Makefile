@@ -39,7 +39,7 @@ endif
 CFLAGS  += $(CFLAGS_BASE)
 AVX2_FLAGS   = -mavx2 -mfma -mf16c
 AVX512_FLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c
-LIBS    = -luring -lbpf -lcap -lcjson -lsystemd -lpcre2-8 -lxxhash -lutf8proc -lm -lpthread
+LIBS    = -luring -lbpf -lcap -lseccomp -lcjson -lsystemd -lpcre2-8 -lxxhash -lutf8proc -lm -lpthread
 LDFLAGS += $(LDFLAGS_SAN)
 
 KERNEL_SRC  := $(wildcard kernels/*.c)
@@ -70,7 +70,7 @@ LIBMQD     := $(BUILD)/libmqd.a
 LIBMQ_SO   := $(BUILD)/libmq.so.1
 LIBOAI     := $(BUILD)/libmqopenai.a
 MQ_OPENAI  := $(if $(wildcard mq-openai/main.c),$(BUILD)/mq-openai)
-OAI_LIBS    = -lmicrohttpd -lcjson -lsystemd -lpthread -lm
+OAI_LIBS    = -lmicrohttpd -lcjson -lsystemd -lcrypt -lpthread -lm
 MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -92,7 +92,7 @@ format-check:
 
 .PHONY: all test test-fast test-asan bench bench-kernels bench-e2e eval run install clean deps fuzz
 all: $(LIBKERNELS) $(LIBCOMMON) $(LIBIPC) $(LIBENGINE) $(LIBMQD) $(MQD) $(if $(CLIENT_SRC),$(LIBMQ_SO)) $(TOOLS) \
-     $(LIBOAI) $(MQ_OPENAI) $(TESTS) $(BENCHES)
+     $(LIBOAI) $(MQ_OPENAI) $(TESTS) $(BENCHES) $(BUILD)/mq_soak
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
@@ -135,7 +135,7 @@ $(BUILD)/%: $(BUILD)/obj/tools/%.o $(LIBMQ_SO) $(LIBIPC) $(LIBCOMMON)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS) $(LIBOAI) $(if $(CLIENT_SRC),$(LIBMQ_SO))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS) -lmicrohttpd
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBOAI) $(if $(CLIENT_SRC),$(CLIENT_OBJ)) $(ALL_LIBS) $(LIBS) -lmicrohttpd -lcrypt
 
 define bench_rule
 $(BUILD)/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS) $(LIBOAI) $(CLIENT_OBJ)
@@ -223,6 +223,24 @@ $(info mq: clang, bpftool or $(KERNEL_BTF) missing: building the BPF probes fall
 endif
 
 # ---------------------------------------------------------------------------
+# make soak (minutes; not in `make test`): 64 clients x 100 requests through libmq, then
+# 64 x 100 through mq-openai, against one mqd on SOAK_MODEL — prompts of 10 to 8000
+# tokens, greedy (each compared with its prompt answered alone) and sampled, cancels,
+# dropped connections, readers that stop, clients SIGKILLed (HTTP: reset) mid-stream —
+# and the slow readers' cost to the others; prints the soak_* figures
+# (tests/soak/mq_soak.c says what each is) and fails on a bound missed.
+SOAK_MODEL    ?= $(MQ_SHARED)/models/mq-agent-45m
+SOAK_CLIENTS  ?= 64
+SOAK_REQUESTS ?= 100
+$(BUILD)/mq_soak: $(BUILD)/obj/tests/soak/mq_soak.o $(LIBMQ_SO)
+	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lmq -lcjson -lpthread -lm -Wl,-rpath,'$$ORIGIN'
+.PHONY: soak
+soak: deps
+	@$(MAKE) --no-print-directory $(MQD) $(MQ_OPENAI) $(BUILD)/mqctl $(BUILD)/mq_soak
+	$(BUILD)/mq_soak --mqd $(MQD) --mqctl $(BUILD)/mqctl --model $(SOAK_MODEL) \
+	    $(if $(MQ_OPENAI),--openai $(MQ_OPENAI)) --clients $(SOAK_CLIENTS) --requests $(SOAK_REQUESTS)
+
+# ---------------------------------------------------------------------------
 # make run: deps, build, start mqd on $(MODEL) in the background with its sockets under
 # $(RUN_DIR), wait until it is ready, answer a prompt through `mq run`, start mq-openai on
 # 127.0.0.1:$(HTTP_PORT) and answer a chat request with curl; leave both running.
@@ -288,7 +306,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 $(FUZZ_BUILD)/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
 	@mkdir -p $(dir $@); rm -f $@; ar rcs $@ $^
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libfuzzdeps.a
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS) -lmicrohttpd
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libfuzzdeps.a $(LIBS) -lmicrohttpd -lcrypt
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 

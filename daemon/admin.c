@@ -27,6 +27,8 @@
 #include "daemon/log.h"
 #include "daemon/privs.h"
 #include "daemon/probes.h"
+#include "daemon/seccomp.h"
+#include "daemon/tenants.h"
 #include "engine/arena.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
@@ -56,17 +58,28 @@ static const char *state_name(enum mqd_state s)
     }
 }
 
-/* One user's share (the scheduler's tenant = the client's uid). */
+struct users {
+    const mqd *d;
+    cJSON *arr;
+};
+
+/* One user's share (the scheduler's tenant: the client's uid, or a tenant named by a
+ * trusted front, daemon/tenants.h). */
 static void tenant_cb(void *ctx, const mq_tenant_info *t)
 {
+    struct users *us = ctx;
     cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "uid", t->tenant);
+    const char *name = mqd_tenant_name(us->d, t->tenant);
+    if (name)
+        cJSON_AddStringToObject(u, "tenant_name", name);
+    else
+        cJSON_AddNumberToObject(u, "uid", (double)t->tenant);
     cJSON_AddNumberToObject(u, "sessions", t->sessions);
     cJSON_AddNumberToObject(u, "queued", t->queued);
     cJSON_AddNumberToObject(u, "running", t->running);
     cJSON_AddNumberToObject(u, "kv_blocks", t->kv_blocks);
     cJSON_AddNumberToObject(u, "kv_reserved", t->kv_reserved);
-    cJSON_AddItemToArray(ctx, u);
+    cJSON_AddItemToArray(us->arr, u);
 }
 
 /* The limits in effect, global and per user (0 = none per user). */
@@ -122,8 +135,8 @@ static void add_sched_stats(mqd *d, cJSON *o)
     cJSON_AddNumberToObject(t, "requests_yielded", (double)st.requests_yielded);
     cJSON_AddNumberToObject(o, "sessions", st.sessions);
     add_limits(d, o);
-    cJSON *users = cJSON_AddArrayToObject(o, "users");
-    mq_sched_tenants(d->sched, tenant_cb, users);
+    struct users us = { d, cJSON_AddArrayToObject(o, "users") };
+    mq_sched_tenants(d->sched, tenant_cb, &us);
 }
 
 static void cmd_status(mqd *d, cJSON *o)
@@ -193,6 +206,13 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON_AddStringToObject(dp, "cpus", d->cfg.decode_cpus[0] ? d->cfg.decode_cpus : "all");
     cJSON_AddNumberToObject(o, "clients", d->n_conns);
     cJSON_AddStringToObject(o, "bpf", d->probes ? "loaded" : d->probes_err);
+    cJSON *sc = cJSON_AddObjectToObject(o, "seccomp");
+    static const char *const sc_modes[] = { "on", "kill", "off" };
+    cJSON_AddStringToObject(sc, "mode", sc_modes[d->cfg.seccomp <= MQ_CFG_SECCOMP_OFF ? d->cfg.seccomp : 0]);
+    int last = -1;
+    cJSON_AddNumberToObject(sc, "refused", (double)mqd_seccomp_refused(&last));
+    char name[64] = "";
+    cJSON_AddStringToObject(sc, "last_refused", last >= 0 ? mqd_seccomp_name(last, name, sizeof name) : "");
     if (d->state != MQD_LOADING)
         add_sched_stats(d, o);
     if (d->fail_msg[0])
@@ -200,6 +220,7 @@ static void cmd_status(mqd *d, cJSON *o)
 }
 
 typedef struct {
+    const mqd *d;
     cJSON *arr;
     int n;
     int truncated;
@@ -214,7 +235,10 @@ static void sched_session_cb(void *ctx, const mq_session_info *i)
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)i->id);
-    cJSON_AddNumberToObject(o, "tenant", i->tenant);
+    cJSON_AddNumberToObject(o, "tenant", (double)i->tenant);
+    const char *name = mqd_tenant_name(r->d, i->tenant);
+    if (name)
+        cJSON_AddStringToObject(o, "tenant_name", name);
     cJSON_AddNumberToObject(o, "history_tokens", i->history_tokens);
     cJSON_AddNumberToObject(o, "kv_tokens", i->kv_tokens);
     cJSON_AddNumberToObject(o, "kv_blocks", i->kv_blocks);
@@ -246,7 +270,7 @@ static void owner_cb(void *ctx, const mqd_session_view *v)
 
 static void cmd_sessions(mqd *d, cJSON *o)
 {
-    rows r = { cJSON_AddArrayToObject(o, "sessions"), 0, 0 };
+    rows r = { d, cJSON_AddArrayToObject(o, "sessions"), 0, 0 };
     if (mqd_sched(d))
         mq_sched_sessions(d->sched, sched_session_cb, &r);
     mqd_client_sessions(d, owner_cb, r.arr);

@@ -8,11 +8,14 @@
  * A message that does not decode gets ERROR(MQ_ERR_PROTOCOL) and closes this connection
  * only.
  *
- * Threads: the sink callbacks (on_token/on_done) run on the scheduler's driver threads.
- * They touch only the channel's token ring and the spill buffer, under conn->tx_lock, and
- * hand everything else to the loop with mq_evloop_post(). The connection is reference
- * counted (one ref for the open socket, one per unfinished request, one per pending
- * flush), so the channel stays mapped until the last callback is over.
+ * Threads: a SUBMIT is answered by a prep worker's result (daemon/prep.h): the worker
+ * renders and tokenizes the prompt from a copy of what it needs and queues the request in
+ * the scheduler; the loop only copies the prompt out of the ring and answers. The sink
+ * callbacks (on_token/on_done) run on the scheduler's driver threads. They touch only the
+ * channel's token ring and the spill buffer, under conn->tx_lock, and hand everything
+ * else to the loop with mq_evloop_post(). The connection is reference counted (one ref for
+ * the open socket, one per unfinished request, one per prompt in preparation, one per
+ * pending flush), so the channel stays mapped until the last callback is over.
  *
  * Back-pressure: when the client does not read and its token ring is full, records go to
  * a bounded spill buffer; the loop then waits (io_uring FUTEX_WAIT) on the ring's tail word
@@ -38,7 +41,9 @@
 #include "common/clock.h"
 #include "common/errmsg.h"
 #include "daemon/log.h"
+#include "daemon/prep.h"
 #include "daemon/privs.h"
+#include "daemon/tenants.h"
 #include "engine/chat_template.h"
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
@@ -57,6 +62,7 @@ typedef struct mqd_sess {
     int end_in_session; /* the last reply ended with the end-of-turn token */
     cJSON *pending;     /* chat: system messages waiting for the next user/tool message */
     mqd_req *running;
+    int preparing; /* its SUBMIT is with a prep worker (not answered yet) */
 } mqd_sess;
 
 struct mqd_req {
@@ -67,6 +73,9 @@ struct mqd_req {
     int cancel_asked; /* atomic: the client, mqctl or the spill limit cancelled it */
     int end_stop;     /* set before done */
     int done;         /* atomic: on_done ran */
+    int holders;      /* loop thread: its prep job and its end (finish_req); the last frees it */
+    double t_recv;    /* the SUBMIT's arrival (mq_now_s) */
+    double prep_s;    /* arrival -> the scheduler queued it: counted in queue and TTFT */
 };
 
 typedef struct mqd_conn {
@@ -75,6 +84,7 @@ typedef struct mqd_conn {
     int fd;
     mq_ev *ev;
     uid_t uid;
+    gid_t gid;
     pid_t pid;
     int hello_done;
     int denied;         /* answer the first message with ERROR(deny_code, deny_msg), close */
@@ -399,8 +409,9 @@ static void sink_done(void *ctx, mq_sched_end_reason reason, int err, const char
         d.cached_tokens = (uint32_t)st->cached_tokens;
         d.prefilled_tokens = (uint32_t)st->prefilled_tokens;
         d.gen_tokens = (uint32_t)st->generated_tokens;
-        d.queue_us = (uint64_t)(st->queue_ms * 1000);
-        d.ttft_us = (uint64_t)(st->ttft_ms * 1000);
+        /* from the SUBMIT's arrival: its rendering and tokenizing are mqd's time too */
+        d.queue_us = (uint64_t)((st->queue_ms / 1e3 + r->prep_s) * 1e6);
+        d.ttft_us = st->ttft_ms > 0 ? (uint64_t)((st->ttft_ms / 1e3 + r->prep_s) * 1e6) : 0;
         d.prefill_us = st->prefill_tok_s > 0 ? (uint64_t)(st->prefilled_tokens / st->prefill_tok_s * 1e6) : 0;
         d.decode_us = st->decode_tok_s > 0 && st->generated_tokens > 1
                           ? (uint64_t)((st->generated_tokens - 1) / st->decode_tok_s * 1e6)
@@ -439,18 +450,26 @@ static void settle(mqd_sess *s)
     }
 }
 
+/* Drops one holder of r (loop thread); the last frees it and its connection reference. */
+static void req_release(mqd_req *r)
+{
+    if (--r->holders)
+        return;
+    mqd_conn *c = r->conn;
+    free(r);
+    conn_unref(c);
+}
+
 static void finish_req(mq_evloop *l, void *arg)
 {
     (void)l;
     mqd_req *r = arg;
-    mqd_conn *c = r->conn;
-    mqd_sess *s = find_sess(c, r->session);
+    mqd_sess *s = find_sess(r->conn, r->session);
     if (s && s->running == r) {
         s->end_in_session = r->end_stop;
         s->running = NULL;
     }
-    free(r);
-    conn_unref(c);
+    req_release(r);
 }
 
 static void sess_remove(mqd_conn *c, mqd_sess *s)
@@ -536,6 +555,31 @@ static void on_hello(mqd_conn *c, const mq_msg *m, int passed_fd)
         conn_close(c, "reply failed");
 }
 
+/* OPEN naming a tenant (protocol 3): only a trusted front may (tenants.h); 1 with *tenant
+ * set, or 0 when answered with an error. */
+static int open_tenant(mqd_conn *c, const mq_msg *m, uint64_t *tenant)
+{
+    mqd *d = c->d;
+    if (!mqd_peer_is_front(d, c->fd, c->uid, c->gid)) {
+        mqd_log_limited(&d->client_log, LOG_WARNING,
+                        "client pid %d uid %u: refused a session for tenant %s: not in trusted_fronts or "
+                        "trusted_front_groups",
+                        (int)c->pid, (unsigned)c->uid, m->u.open.tenant);
+        send_error(c, m->seq, MQ_ERR_NOT_TRUSTED,
+                   "uid %u may not open sessions for tenant %s: only clients in mqd's trusted_fronts or "
+                   "trusted_front_groups name tenants",
+                   (unsigned)c->uid, m->u.open.tenant);
+        return 0;
+    }
+    int rc = mqd_tenant_id(d, m->u.open.tenant, tenant);
+    if (rc) {
+        send_error(c, m->seq, rc == -ENOSPC ? MQ_ERR_LIMIT : MQ_ERR_INTERNAL, "cannot open a session for tenant %s: %s",
+                   m->u.open.tenant, rc == -ENOSPC ? "mqd knows its most tenant names already" : strerror(-rc));
+        return 0;
+    }
+    return 1;
+}
+
 static void on_open(mqd_conn *c, const mq_msg *m)
 {
     mqd *d = c->d;
@@ -562,15 +606,23 @@ static void on_open(mqd_conn *c, const mq_msg *m)
         c->sess = p;
         c->cap_sess = cap;
     }
+    uint64_t tenant = c->uid;
+    if (m->u.open.tenant[0] && !open_tenant(c, m, &tenant))
+        return;
     uint64_t id;
-    int rc = mq_sched_session_open(d->sched, (uint32_t)c->uid, &id);
+    int rc = mq_sched_session_open(d->sched, tenant, &id);
     if (rc) {
+        char who[96];
+        if (m->u.open.tenant[0])
+            snprintf(who, sizeof who, "tenant %s", m->u.open.tenant);
+        else
+            snprintf(who, sizeof who, "uid %u", (unsigned)c->uid);
         if (rc == -EMFILE)
             send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: mqd has max_sessions (%u) open",
                        d->cfg.max_sessions);
         else if (rc == -EDQUOT)
-            send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: uid %u has max_sessions_per_uid (%u) open",
-                       (unsigned)c->uid, d->cfg.max_sessions_per_uid);
+            send_error(c, m->seq, MQ_ERR_LIMIT, "cannot open a session: %s has max_sessions_per_uid (%u) open", who,
+                       d->cfg.max_sessions_per_uid);
         else
             send_error(c, m->seq, MQ_ERR_INTERNAL, "cannot open a session: %s", strerror(-rc));
         return;
@@ -625,8 +677,26 @@ static cJSON *chat_message(const char *role, const uint8_t *bytes, uint32_t len)
     return one;
 }
 
+/* A SUBMIT being prepared off the loop (prep.h): a worker renders and tokenizes its prompt
+ * and queues it in the scheduler; the loop answers it (prep_done). The session is busy
+ * meanwhile (running = r, preparing = 1); chat sessions hand over a copy of what the
+ * worker needs of their state. */
+typedef struct submit_job {
+    mqd_prep_job job;
+    mqd_conn *c; /* a reference of its own */
+    mqd_req *r;
+    uint64_t session, req;
+    mq_msg m;       /* the SUBMIT */
+    uint8_t *bytes; /* its prompt, m.u.submit.len bytes */
+    cJSON *pending; /* chat sessions: system messages to render before the message */
+    int turns, end_in_session;
+    int queued;    /* worker: r went to the scheduler */
+    unsigned code; /* worker: 0 or the MQ_ERR of the answer, with msg */
+    char msg[MQ_WIRE_TEXT_MAX + 1];
+} submit_job;
+
 /* Token ids sent as ids: each must be inside the vocabulary. */
-static unsigned ids_from_wire(mqd_conn *c, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
+static unsigned ids_from_wire(const mqd *d, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
                               size_t msglen)
 {
     size_t n = len / 4;
@@ -634,7 +704,7 @@ static unsigned ids_from_wire(mqd_conn *c, const uint8_t *bytes, uint32_t len, i
     if (!v)
         return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
     memcpy(v, bytes, n * 4);
-    int vocab = mq_tok_vocab_size(c->d->tok);
+    int vocab = mq_tok_vocab_size(d->tok);
     for (size_t i = 0; i < n; i++)
         if (v[i] < 0 || v[i] >= vocab) {
             mq_errmsg(msg, msglen, 0, "token id %d at position %zu is outside the vocabulary [0, %d)", v[i], i, vocab);
@@ -649,13 +719,13 @@ static unsigned ids_from_wire(mqd_conn *c, const uint8_t *bytes, uint32_t len, i
 /* A chat message: the ids it appends to the conversation (pending system messages, the
  * message, the assistant's turn). Message text is tokenized as text: only the template's
  * markup yields special tokens (mq_chat_encode). */
-static unsigned encode_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, int32_t **ids,
-                               size_t *n_ids, char *msg, size_t msglen)
+static unsigned encode_message(const mqd *d, const submit_job *j, int32_t **ids, size_t *n_ids, char *msg,
+                               size_t msglen)
 {
     static const char *const roles[] = { "user", "system", "tool" };
-    mqd *d = c->d;
-    cJSON *msgs = s->pending ? cJSON_Duplicate(s->pending, 1) : cJSON_CreateArray();
-    cJSON *one = chat_message(roles[m->u.submit.role], bytes, m->u.submit.len);
+    const mq_msg *m = &j->m;
+    cJSON *msgs = j->pending ? cJSON_Duplicate(j->pending, 1) : cJSON_CreateArray();
+    cJSON *one = chat_message(roles[m->u.submit.role], j->bytes, m->u.submit.len);
     if (!msgs || !one) {
         cJSON_Delete(msgs);
         cJSON_Delete(one);
@@ -665,7 +735,7 @@ static unsigned encode_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const 
     mq_chat_opts o = { .add_generation_prompt = 1,
                        .enable_thinking = (m->u.submit.gen.flags & MQ_GEN_ENABLE_THINKING) ? 1 : 0 };
     char cerr[256];
-    int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, NULL, &o, s->turns > 0, s->end_in_session, ids,
+    int rc = mq_chat_encode(d->tok, (mq_chat_kind)d->chat_kind, msgs, NULL, &o, j->turns > 0, j->end_in_session, ids,
                             n_ids, cerr, sizeof cerr);
     cJSON_Delete(msgs);
     if (rc)
@@ -676,8 +746,8 @@ static unsigned encode_message(mqd_conn *c, mqd_sess *s, const mq_msg *m, const 
 /* MQ_WIRE_KIND_CHAT: {"messages": [...], "tools": [...], "enable_thinking": bool,
  * "prefix": "...", "think_as_generated": bool} -> the ids of the whole rendered
  * conversation with the generation prompt; 0 or an MQ_ERR code + message naming the field. */
-static unsigned encode_conversation(mqd *d, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids, char *msg,
-                                    size_t msglen)
+static unsigned encode_conversation(const mqd *d, const uint8_t *bytes, uint32_t len, int32_t **ids, size_t *n_ids,
+                                    char *msg, size_t msglen)
 {
     if (d->chat_kind < 0)
         return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "model %s has no chat template mqd knows", d->model_name);
@@ -717,30 +787,29 @@ static unsigned encode_conversation(mqd *d, const uint8_t *bytes, uint32_t len, 
 }
 
 /* Turns the prompt bytes into the token ids to append; 0 or an MQ_ERR code + message. */
-static unsigned build_tokens(mqd_conn *c, mqd_sess *s, const mq_msg *m, const uint8_t *bytes, int32_t **ids,
-                             size_t *n_ids, char *msg, size_t msglen)
+static unsigned build_tokens(const mqd *d, const submit_job *j, int32_t **ids, size_t *n_ids, char *msg, size_t msglen)
 {
-    mqd *d = c->d;
+    const mq_msg *m = &j->m;
     uint32_t len = m->u.submit.len;
     *ids = NULL;
     *n_ids = 0;
     if (m->u.submit.kind == MQ_WIRE_KIND_TOKENS)
-        return ids_from_wire(c, bytes, len, ids, n_ids, msg, msglen);
-    if (!mq_utf8_valid((const char *)bytes, len))
+        return ids_from_wire(d, j->bytes, len, ids, n_ids, msg, msglen);
+    if (!mq_utf8_valid((const char *)j->bytes, len))
         return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "prompt text is not valid UTF-8");
     char terr[MQ_TOK_ERR_LEN];
     if (m->u.submit.kind == MQ_WIRE_KIND_TEXT || m->u.submit.kind == MQ_WIRE_KIND_PROMPT) {
         /* TEXT continues a raw session; PROMPT is a whole context (completions endpoints):
          * the tokenizer's BOS where it adds one, special tokens parsed in both */
         int whole = m->u.submit.kind == MQ_WIRE_KIND_PROMPT || (m->u.submit.gen.flags & MQ_GEN_WHOLE_CONTEXT);
-        unsigned flags = s->turns == 0 || whole ? MQ_TOK_ADD_SPECIAL : 0;
-        if (mq_tok_encode(d->tok, (const char *)bytes, len, flags, ids, n_ids, terr, sizeof terr))
+        unsigned flags = j->turns == 0 || whole ? MQ_TOK_ADD_SPECIAL : 0;
+        if (mq_tok_encode(d->tok, (const char *)j->bytes, len, flags, ids, n_ids, terr, sizeof terr))
             return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "tokenizing the prompt: %s", terr);
         return 0;
     }
     if (m->u.submit.kind == MQ_WIRE_KIND_CHAT)
-        return encode_conversation(d, bytes, len, ids, n_ids, msg, msglen);
-    return encode_message(c, s, m, bytes, ids, n_ids, msg, msglen);
+        return encode_conversation(d, j->bytes, len, ids, n_ids, msg, msglen);
+    return encode_message(d, j, ids, n_ids, msg, msglen);
 }
 
 /* Copies the SUBMIT's prompt bytes out of the prompt ring and hands the ring back to the
@@ -786,6 +855,9 @@ static unsigned check_submit(mqd_conn *c, mqd_sess *s, const mq_msg *m, char *ms
     if (s->running)
         return mq_errmsg(msg, msglen, MQ_ERR_BUSY, "session %llu is running request %llu", (unsigned long long)s->id,
                          (unsigned long long)s->running->id);
+    if (s->preparing) /* its request ended already, but its SUBMIT is not answered yet */
+        return mq_errmsg(msg, msglen, MQ_ERR_BUSY, "session %llu: the previous request is not answered yet",
+                         (unsigned long long)s->id);
     int chat = s->mode == MQ_WIRE_MODE_CHAT;
     if ((m->u.submit.kind == MQ_WIRE_KIND_MESSAGE) != chat)
         return mq_errmsg(msg, msglen, MQ_ERR_BAD_PROMPT, "%s sessions take %s", chat ? "chat" : "raw",
@@ -837,40 +909,124 @@ static void gen_params_from_wire(const mq_wire_gen *g, mq_gen_params *p)
     p->whole_context = !!(g->flags & MQ_GEN_WHOLE_CONTEXT);
 }
 
-/* Submits ids to the scheduler as request `req` of session s, its tokens streamed by the
- * sinks; 0 (SUBMITTED sent) or an MQ_ERR code + message. */
-static unsigned start_request(mqd_conn *c, mqd_sess *s, const mq_msg *m, uint64_t req, const int32_t *ids, size_t n_ids,
-                              char *msg, size_t msglen)
+/* Worker: queues the job's ids in the scheduler as its request, its tokens streamed by the
+ * sinks; 0 or an MQ_ERR code + message. Once queued, r may end (and finish_req run) at
+ * any time; it stays allocated until prep_done, which holds it too. */
+static unsigned queue_request(const mqd *d, submit_job *j, const int32_t *ids, size_t n_ids, char *msg, size_t msglen)
 {
-    mqd *d = c->d;
+    const mq_msg *m = &j->m;
+    mqd_req *r = j->r;
     if (n_ids > (size_t)d->ctx_limit)
         return mq_errmsg(msg, msglen, MQ_ERR_TOO_LONG, "prompt of %zu tokens is over the context limit of %d tokens",
                          n_ids, d->ctx_limit);
     mq_gen_params p;
     gen_params_from_wire(&m->u.submit.gen, &p);
     p.whole_context |= m->u.submit.kind == MQ_WIRE_KIND_CHAT || m->u.submit.kind == MQ_WIRE_KIND_PROMPT;
-    mqd_req *r = calloc(1, sizeof *r);
-    if (!r)
-        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
-    r->conn = c;
-    r->id = req;
-    r->session = s->id;
-    r->no_special_text = !!(m->u.submit.gen.flags & MQ_GEN_NO_SPECIAL_TEXT);
-    conn_ref(c);
-    s->running = r;
     mq_sink sink = { .ctx = r, .on_token = sink_token, .on_done = sink_done };
     char serr[256] = "";
-    int rc = mq_sched_submit(d->sched, s->id, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
-    if (rc) {
-        s->running = NULL;
-        free(r);
-        conn_unref(c);
+    r->prep_s = mq_now_s() - r->t_recv;
+    int rc = mq_sched_submit(d->sched, j->session, ids, (int)n_ids, &p, &sink, serr, sizeof serr);
+    if (rc)
         return mq_errmsg(msg, msglen, wire_err_of(rc), "%s", serr[0] ? serr : strerror(-rc));
+    j->queued = 1;
+    /* a cancel that came while the prompt was prepared found nothing in the scheduler:
+     * the loop sets cancel_asked before it asks the scheduler, so one of them sees the other */
+    if (__atomic_load_n(&r->cancel_asked, __ATOMIC_SEQ_CST))
+        mq_sched_cancel(d->sched, j->session, MQ_SCHED_END_CANCEL);
+    return 0;
+}
+
+static void prep_run(mqd_prep_job *job)
+{
+    submit_job *j = (submit_job *)job;
+    const mqd *d = j->c->d;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    j->code = build_tokens(d, j, &ids, &n_ids, j->msg, sizeof j->msg);
+    if (!j->code)
+        j->code = queue_request(d, j, ids, n_ids, j->msg, sizeof j->msg);
+    free(ids);
+}
+
+static void submit_job_free(submit_job *j)
+{
+    cJSON_Delete(j->pending);
+    free(j->bytes);
+    free(j);
+}
+
+/* Loop thread: answers the SUBMIT with the worker's result. */
+static void prep_done(mq_evloop *l, void *arg)
+{
+    (void)l;
+    submit_job *j = arg;
+    mqd_conn *c = j->c;
+    mqd_req *r = j->r;
+    mqd_sess *s = find_sess(c, j->session); /* NULL: closed meanwhile */
+    if (s)
+        s->preparing = 0;
+    if (j->queued) {
+        if (s) {
+            s->turns++;
+            cJSON_Delete(s->pending);
+            s->pending = NULL;
+        }
+        if (!c->closing)
+            reply_submitted(c, j->m.seq, j->req, j->session);
+        req_release(r);
+    } else {
+        if (s && s->running == r)
+            s->running = NULL;
+        if (!c->closing)
+            send_error(c, j->m.seq, j->code, "%s", j->msg);
+        r->holders = 1; /* the scheduler never had it */
+        req_release(r);
     }
-    s->turns++;
-    cJSON_Delete(s->pending);
-    s->pending = NULL;
-    reply_submitted(c, m->seq, req, s->id);
+    submit_job_free(j);
+    conn_unref(c);
+}
+
+/* Hands the SUBMIT to a prep worker (it owns *bytes from then on); 0 or an MQ_ERR code +
+ * message. */
+static unsigned prepare(mqd_conn *c, mqd_sess *s, const mq_msg *m, uint64_t req, uint8_t **bytes, char *msg,
+                        size_t msglen)
+{
+    submit_job *j = calloc(1, sizeof *j);
+    mqd_req *r = calloc(1, sizeof *r);
+    cJSON *pending = s->pending ? cJSON_Duplicate(s->pending, 1) : NULL;
+    if (!j || !r || (s->pending && !pending)) {
+        free(j);
+        free(r);
+        cJSON_Delete(pending);
+        return mq_errmsg(msg, msglen, MQ_ERR_INTERNAL, "out of memory");
+    }
+    *r = (mqd_req){ .conn = c,
+                    .id = req,
+                    .session = s->id,
+                    .no_special_text = !!(m->u.submit.gen.flags & MQ_GEN_NO_SPECIAL_TEXT),
+                    .holders = 2,
+                    .t_recv = mq_now_s() };
+    *j = (submit_job){ .job = { .run = prep_run, .done = prep_done },
+                       .c = c,
+                       .r = r,
+                       .session = s->id,
+                       .req = req,
+                       .m = *m,
+                       .bytes = *bytes,
+                       .pending = pending,
+                       .turns = s->turns,
+                       .end_in_session = s->end_in_session };
+    if (!c->d->prep || mqd_prep_push(c->d->prep, &j->job)) {
+        j->bytes = NULL;
+        submit_job_free(j);
+        free(r);
+        return mq_errmsg(msg, msglen, MQ_ERR_DRAINING, "mqd is shutting down");
+    }
+    conn_ref(c); /* the job's */
+    conn_ref(c); /* r's, until its last holder lets go */
+    *bytes = NULL;
+    s->running = r;
+    s->preparing = 1;
     return 0;
 }
 
@@ -884,16 +1040,10 @@ static void on_submit(mqd_conn *c, const mq_msg *m)
     unsigned code = check_submit(c, s, m, msg, sizeof msg);
     if (!code) {
         uint64_t req = ++c->d->next_req;
-        if (m->u.submit.kind == MQ_WIRE_KIND_MESSAGE && m->u.submit.role == MQ_WIRE_ROLE_SYSTEM) {
+        if (m->u.submit.kind == MQ_WIRE_KIND_MESSAGE && m->u.submit.role == MQ_WIRE_ROLE_SYSTEM)
             code = stash_system_message(c, s, m, bytes, req, msg, sizeof msg);
-        } else {
-            int32_t *ids = NULL;
-            size_t n_ids = 0;
-            code = build_tokens(c, s, m, bytes, &ids, &n_ids, msg, sizeof msg);
-            if (!code)
-                code = start_request(c, s, m, req, ids, n_ids, msg, sizeof msg);
-            free(ids);
-        }
+        else
+            code = prepare(c, s, m, req, &bytes, msg, sizeof msg);
     }
     if (code)
         send_error(c, m->seq, code, "%s", msg);
@@ -1088,6 +1238,7 @@ static mqd_conn *conn_new(mqd *d, const mqd_peer *p)
     c->chan.fd = -1;
     c->chan.token.efd = -1;
     c->uid = p->uid;
+    c->gid = p->gid;
     c->pid = p->pid;
     pthread_mutex_init(&c->tx_lock, NULL);
     /* A refused peer is answered at its first message: closing now, with the HELLO

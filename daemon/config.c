@@ -24,6 +24,7 @@ enum ftype { F_STR, F_U32, F_BOOL, F_ENUM, F_LIST };
 static const char *const on_full_words[] = { "wait", "fail", NULL };
 static const char *const huge_words[] = { "auto", "off", "require", NULL };
 static const char *const fp4_pack_words[] = { "auto", "on", "off", NULL };
+static const char *const seccomp_words[] = { "on", "kill", "off", NULL };
 
 typedef struct field {
     const char *name;
@@ -90,12 +91,16 @@ static const field fields[] = {
     STR(admin_socket, "admin socket path (when not socket-activated)"),
     LIST(allowed_users, "users allowed on the client socket (empty = everyone)"),
     LIST(allowed_groups, "groups allowed on the client socket (empty = everyone)"),
+    LIST(trusted_fronts, "users whose sessions may name a tenant (fronts such as mq-openai; empty = nobody)"),
+    LIST(trusted_front_groups, "groups whose members' sessions may name a tenant (empty = nobody)"),
     STR(admin_group, "group allowed on the admin socket besides root"),
     STR(user, "user to serve as after set-up; required when started as root (\"root\" = stay root, loudly)"),
     U32(drain_timeout_ms, 0, 3600000, "SIGTERM: time running requests get to finish"),
     BOOL(watchdog, "feed the systemd watchdog while both pools make progress"),
     BOOL(warmup, "run one short generation before announcing READY"),
     BOOL(share_prefix_cache, "let users reuse each other's cached prompt prefixes (default: each uid its own)"),
+    ENUM(seccomp, seccomp_words,
+         "system calls outside mqd's list: on = fail with EPERM and are logged, kill = kill mqd, off = allowed"),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 

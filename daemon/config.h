@@ -31,6 +31,8 @@ enum mq_cfg_on_full { MQ_CFG_ON_FULL_WAIT = 0, MQ_CFG_ON_FULL_FAIL = 1 };
 enum mq_cfg_huge { MQ_CFG_HUGE_AUTO = 0, MQ_CFG_HUGE_OFF = 1, MQ_CFG_HUGE_REQUIRE = 2 };
 /* the same values as mq_fp4_pack (engine/model.h) */
 enum mq_cfg_fp4_pack { MQ_CFG_FP4_PACK_AUTO = 0, MQ_CFG_FP4_PACK_ON = 1, MQ_CFG_FP4_PACK_OFF = 2 };
+/* the same values as mqd_seccomp_mode (daemon/seccomp.h) */
+enum mq_cfg_seccomp { MQ_CFG_SECCOMP_ON = 0, MQ_CFG_SECCOMP_KILL = 1, MQ_CFG_SECCOMP_OFF = 2 };
 
 typedef struct mqd_config {
     char model_dir[MQ_CFG_PATH];
@@ -64,6 +66,10 @@ typedef struct mqd_config {
     char admin_socket[MQ_CFG_PATH];
     char allowed_users[MQ_CFG_LIST][MQ_CFG_NAME]; /* "" ends; none = everyone */
     char allowed_groups[MQ_CFG_LIST][MQ_CFG_NAME];
+    /* clients that may open sessions for a tenant they name (a front such as mq-openai
+     * serving many users through one connection); "" ends; none = nobody */
+    char trusted_fronts[MQ_CFG_LIST][MQ_CFG_NAME];
+    char trusted_front_groups[MQ_CFG_LIST][MQ_CFG_NAME];
     char admin_group[MQ_CFG_NAME]; /* "" = root only */
     char user[MQ_CFG_NAME];        /* run-as user; required when started as root ("root" = stay) */
     uint32_t drain_timeout_ms;
@@ -71,6 +77,7 @@ typedef struct mqd_config {
     uint32_t warmup;             /* 1: one short generation before READY=1 */
     uint32_t share_prefix_cache; /* 1: one prefix cache for every uid; 0: per uid (a cached
                                   * prompt of one user is no hit, and no timing signal, for another) */
+    uint32_t seccomp;            /* mq_cfg_seccomp: the system-call allow-list after the drop */
 } mqd_config;
 
 void mqd_config_defaults(mqd_config *c);

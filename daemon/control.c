@@ -83,7 +83,7 @@ static int needs_restart(const mqd_config *now, const mqd_config *next)
            next->max_sessions != now->max_sessions || next->queue_max != now->queue_max ||
            next->max_sessions_per_uid != now->max_sessions_per_uid ||
            next->queue_max_per_uid != now->queue_max_per_uid || next->kv_tokens_per_uid != now->kv_tokens_per_uid ||
-           next->share_prefix_cache != now->share_prefix_cache;
+           next->share_prefix_cache != now->share_prefix_cache || next->seccomp != now->seccomp;
 }
 
 static int refuse_reload(mqd *d, int rc, const char *err, char *msg, size_t msglen)
@@ -112,6 +112,8 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     mqd_config old = d->cfg;
     memcpy(d->cfg.allowed_users, nc.allowed_users, sizeof nc.allowed_users);
     memcpy(d->cfg.allowed_groups, nc.allowed_groups, sizeof nc.allowed_groups);
+    memcpy(d->cfg.trusted_fronts, nc.trusted_fronts, sizeof nc.trusted_fronts);
+    memcpy(d->cfg.trusted_front_groups, nc.trusted_front_groups, sizeof nc.trusted_front_groups);
     memcpy(d->cfg.admin_group, nc.admin_group, sizeof nc.admin_group);
     d->cfg.drain_timeout_ms = nc.drain_timeout_ms;
     d->cfg.watchdog = nc.watchdog;
@@ -126,7 +128,8 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
     mq_errmsg(msg, msglen, 0, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
               path[0] ? path : "(no config file)",
               needs_restart(&d->cfg, &nc)
-                  ? "; model, mode, KV, chunk, context, limits, prefix cache and socket changes need a restart"
+                  ? "; model, mode, KV, chunk, context, limits, prefix cache, socket and seccomp changes need a "
+                    "restart"
                   : "");
     mqd_log(LOG_NOTICE, "%s", msg);
     mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mq_prec_mode_name(d->cfg.mode));

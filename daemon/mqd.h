@@ -11,14 +11,17 @@
  *   control.c      drain, reload, signals                          -> client_conn, sd, privs
  *   admin.c        admin protocol: JSON (cJSON) on its own socket  -> control, client_conn,
  *                                                                    privs
- *   client_conn.c  client protocol (ipc/wire.h), channels, sinks   -> privs
+ *   client_conn.c  client protocol (ipc/wire.h), channels, sinks   -> privs, prep, tenants
+ *   prep.c         workers that prepare prompts off the loop
+ *   tenants.c      the tenant names trusted fronts open sessions for
  *   sd.c           systemd: named socket fds, sd_notify, watchdog
  *   privs.c        privileged set-up, dropping privileges, peer checks
  *   evloop.c, config.c, probes.c, log.c: leaves; every module logs through log.c.
  *
  * Thread rules: everything here runs on the event loop thread, except the scheduler's sink
  * callbacks (client_conn.c says what they touch: the channel under its tx lock, and
- * mq_evloop_post) and the load/drain threads (they post their results to the loop).
+ * mq_evloop_post), the prep workers (prep.h) and the load/drain threads (they post their
+ * results to the loop).
  */
 #ifndef MQ_DAEMON_MQD_H
 #define MQ_DAEMON_MQD_H
@@ -38,6 +41,8 @@ struct mq_probes;
 struct mq_arena;
 struct mqd_conn;
 struct mqd_admin;
+struct mqd_prep;
+struct mqd_tenants;
 
 enum mqd_state { MQD_LOADING = 0, MQD_READY, MQD_DRAINING, MQD_STOPPING, MQD_FAILED };
 
@@ -63,7 +68,8 @@ typedef struct mqd {
     struct mq_model *model;
     struct mq_tokenizer *tok;
     struct mq_sched *sched;
-    int chat_kind; /* mq_chat_kind, -1 = the model has no known chat template */
+    struct mqd_prep *prep; /* prompt-preparation workers (prep.h), from READY on */
+    int chat_kind;         /* mq_chat_kind, -1 = the model has no known chat template */
     int ctx_limit;
     char model_name[64];
     pthread_t load_thread;
@@ -90,13 +96,18 @@ typedef struct mqd {
     int n_conns;
     struct mqd_admin *admins;
     uint64_t next_req;
-    mqd_ratelimit client_log; /* lines clients can cause (log.h) */
+    mqd_ratelimit client_log;    /* lines clients can cause (log.h) */
+    struct mqd_tenants *tenants; /* names trusted fronts gave (tenants.h) */
 
     /* access control, resolved from names at start-up / reload */
     uid_t allowed_uids[MQD_MAX_IDS];
     int n_allowed_uids;
     gid_t allowed_gids[MQD_MAX_IDS];
     int n_allowed_gids;
+    uid_t front_uids[MQD_MAX_IDS]; /* trusted_fronts */
+    int n_front_uids;
+    gid_t front_gids[MQD_MAX_IDS]; /* trusted_front_groups */
+    int n_front_gids;
     int any_client; /* no user/group lists: everyone who can open the socket */
     gid_t admin_gid;
     int admin_gid_set;

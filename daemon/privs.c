@@ -6,8 +6,9 @@
  * CAP_PERFMON), (4) binds its sockets (server.c), then mqd_privs_drop(): empties the
  * capability bounding set, switches groups, gid and uid to the configured user, clears
  * every remaining capability (permitted, effective, inheritable, ambient) and sets
- * no_new_privs. After that nothing it execs or does can regain privileges;
- * /proc/<pid>/status shows CapEff/CapPrm/CapBnd 0 and NoNewPrivs 1 (tests check it).
+ * no_new_privs, then installs the system-call allow-list (seccomp.h). After that nothing it
+ * execs or does can regain privileges; /proc/<pid>/status shows CapEff/CapPrm/CapBnd 0,
+ * NoNewPrivs 1 and Seccomp 2 (tests check it).
  * Peer checks (SO_PEERCRED, SO_PEERGROUPS) for both sockets live here too.
  */
 #define _GNU_SOURCE
@@ -31,7 +32,12 @@
 #include "daemon/log.h"
 #include "daemon/privs.h"
 #include "daemon/probes.h"
+#include "daemon/seccomp.h"
 #include "engine/arena.h"
+
+_Static_assert(MQ_CFG_SECCOMP_ON == (int)MQD_SECCOMP_ON && MQ_CFG_SECCOMP_KILL == (int)MQD_SECCOMP_KILL &&
+                   MQ_CFG_SECCOMP_OFF == (int)MQD_SECCOMP_OFF,
+               "seccomp: config words and mqd_seccomp_mode agree");
 
 static int parse_id(const char *s, unsigned *out)
 {
@@ -93,6 +99,19 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
         d->n_allowed_gids++;
     }
     d->any_client = d->n_allowed_uids == 0 && d->n_allowed_gids == 0;
+    d->n_front_uids = d->n_front_gids = 0;
+    for (int i = 0; i < MQ_CFG_LIST && c->trusted_fronts[i][0]; i++) {
+        gid_t g;
+        if (user_id(c->trusted_fronts[i], &d->front_uids[d->n_front_uids], &g))
+            return mq_errmsg(err, errlen, -ENOENT, "trusted_fronts[%d]: no user \"%s\"", i, c->trusted_fronts[i]);
+        d->n_front_uids++;
+    }
+    for (int i = 0; i < MQ_CFG_LIST && c->trusted_front_groups[i][0]; i++) {
+        if (group_id(c->trusted_front_groups[i], &d->front_gids[d->n_front_gids]))
+            return mq_errmsg(err, errlen, -ENOENT, "trusted_front_groups[%d]: no group \"%s\"", i,
+                             c->trusted_front_groups[i]);
+        d->n_front_gids++;
+    }
     d->admin_gid_set = 0;
     if (c->admin_group[0]) {
         if (group_id(c->admin_group, &d->admin_gid)) {
@@ -162,6 +181,28 @@ static int peer_allowed(const mqd *d, int fd, int admin, mqd_peer *p)
     }
     snprintf(p->why, sizeof p->why, "uid %u gid %u is not in allowed_users/allowed_groups", (unsigned)cr.uid,
              (unsigned)cr.gid);
+    return 0;
+}
+
+int mqd_peer_is_front(const mqd *d, int fd, uid_t uid, gid_t gid)
+{
+    for (int i = 0; i < d->n_front_uids; i++)
+        if (d->front_uids[i] == uid)
+            return 1;
+    if (d->n_front_gids == 0)
+        return 0;
+    gid_t groups[256];
+    socklen_t gl = sizeof groups;
+    int ng = 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0)
+        ng = (int)(gl / sizeof(gid_t));
+    for (int i = 0; i < d->n_front_gids; i++) {
+        if (d->front_gids[i] == gid)
+            return 1;
+        for (int k = 0; k < ng; k++)
+            if (groups[k] == d->front_gids[i])
+                return 1;
+    }
     return 0;
 }
 
@@ -510,7 +551,12 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         return mq_errmsg(err, errlen, -errno, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
     }
-    mqd_log(LOG_INFO, "privileges: running as uid %u gid %u, no capabilities, no_new_privs", (unsigned)getuid(),
-            (unsigned)getgid());
+    int rc = mqd_seccomp_install((enum mqd_seccomp_mode)d->cfg.seccomp, d->probes != NULL, err, errlen);
+    if (rc)
+        return rc;
+    static const char *const seccomp_desc[] = { "seccomp allow-list (refusals: EPERM, logged)",
+                                                "seccomp allow-list (refusals kill mqd)", "no seccomp filter" };
+    mqd_log(LOG_INFO, "privileges: running as uid %u gid %u, no capabilities, no_new_privs, %s", (unsigned)getuid(),
+            (unsigned)getgid(), seccomp_desc[d->cfg.seccomp <= MQ_CFG_SECCOMP_OFF ? d->cfg.seccomp : 0]);
     return 0;
 }

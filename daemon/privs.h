@@ -13,8 +13,13 @@
 
 #include "daemon/mqd.h"
 
-/* User and group names of the configuration to ids (access lists, admin_group, user). */
+/* User and group names of the configuration to ids (access lists, trusted fronts,
+ * admin_group, user). */
 int mqd_resolve_ids(mqd *d, char *err, size_t errlen);
+/* 1 if the peer of client connection fd (uid, primary gid) is in trusted_fronts or one of
+ * its groups in trusted_front_groups: it may open sessions for tenants it names. Root is
+ * no exception (a front is trusted by configuration only). */
+int mqd_peer_is_front(const mqd *d, int fd, uid_t uid, gid_t gid);
 int mqd_privs_setup(mqd *d, char *err, size_t errlen); /* as root: limits, hugepages, BPF */
 int mqd_privs_drop(mqd *d, char *err, size_t errlen);  /* user, groups, caps, no_new_privs */
 void mqd_hugepages_giveback(mqd *d);                   /* at exit, after weights and KV are unmapped */

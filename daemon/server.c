@@ -5,7 +5,8 @@
  *   huge page reservation with its give-back helper, BPF) -> bind own sockets -> drop
  *   privileges -> event loop + signals (blocked before any other thread exists, so every
  *   thread inherits the mask) -> load thread (weights via io_uring into the arena,
- *   tokenizer, scheduler, warm-up) -> READY=1 and only then accept on the client socket.
+ *   tokenizer, scheduler, warm-up) -> prompt-preparation workers -> READY=1 and only then
+ *   accept on the client socket.
  *   The admin socket is served during the load so `mqctl status` can show its progress.
  * Shutdown (control.c): SIGTERM/SIGINT/`mqctl drain` -> STOPPING=1, stop accepting, drain
  * thread -> close clients -> stop the loop; then mqd_fini frees everything and gives the
@@ -33,9 +34,11 @@
 #include "daemon/client_conn.h"
 #include "daemon/control.h"
 #include "daemon/log.h"
+#include "daemon/prep.h"
 #include "daemon/privs.h"
 #include "daemon/probes.h"
 #include "daemon/sd.h"
+#include "daemon/tenants.h"
 #include "engine/arena.h"
 #include "engine/chat_template.h"
 #include "engine/engine.h"
@@ -508,6 +511,13 @@ static void load_done(mq_evloop *l, void *arg)
         fail(d, rc);
         return;
     }
+    char perr[256];
+    rc = mqd_prep_start(&d->prep, l, MQD_PREP_THREADS, perr, sizeof perr);
+    if (rc) {
+        mq_errmsg(d->fail_msg, sizeof d->fail_msg, 0, "%s", perr);
+        fail(d, rc);
+        return;
+    }
     d->state = MQD_READY;
     rc = mq_evloop_add_fd(l, d->client_fd, POLLIN, mqd_client_accept, d, &d->client_ev);
     if (rc) {
@@ -616,6 +626,8 @@ void mqd_fini(mqd *d)
         pthread_join(d->load_thread, NULL);
     if (d->drain_started)
         pthread_join(d->drain_thread, NULL);
+    mqd_prep_stop(d->prep); /* prompts in preparation are queued; their answers are posted */
+    d->prep = NULL;
     if (d->loop) {
         mq_evloop_run_posted(d->loop); /* e.g. load_done of a load that just finished */
         mqd_client_close_all(d);
@@ -629,6 +641,7 @@ void mqd_fini(mqd *d)
             mq_evloop_run_posted(d->loop);
     }
     mq_tok_free(d->tok);
+    mqd_tenants_free(d);
     mq_model_free(d->model); /* frees through the arena: before it */
     mq_arena_destroy(d->arena);
     mq_probes_stop(d->probes);

@@ -3,8 +3,9 @@
 # Called by `make deps` (and so by `make test` / `make run`).
 set -e
 PKGS="gcc make pkg-config clang-format liburing-dev libbpf-dev libcap-dev libcjson-dev libsystemd-dev \
-libpcre2-dev libxxhash-dev libutf8proc-dev libmicrohttpd-dev curl clang llvm libclang-rt-14-dev bpftool systemd \
-haproxy"
+libpcre2-dev libxxhash-dev libutf8proc-dev libmicrohttpd-dev libcrypt-dev libseccomp-dev curl clang llvm \
+libclang-rt-14-dev bpftool \
+systemd haproxy"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 missing=""

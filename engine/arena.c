@@ -68,7 +68,13 @@ static long meminfo_value(const char *key)
 
 long mq_hugepages_free(void)
 {
-    return meminfo_value("HugePages_Free");
+    /* HugePages_Free counts pages that mappings have reserved but not touched yet (a
+     * hugetlb KV segment's unused blocks): those cannot back a new mapping */
+    long fr = meminfo_value("HugePages_Free");
+    long rsvd = meminfo_value("HugePages_Rsvd");
+    if (fr < 0)
+        return fr;
+    return rsvd > 0 ? (fr > rsvd ? fr - rsvd : 0) : fr;
 }
 long mq_meminfo_kib(const char *key)
 {

@@ -35,7 +35,8 @@ void *mq_mem_map(size_t bytes, int allow_hugetlb, int allow_thp, mq_mem_kind *ki
 void mq_mem_unmap(void *p, size_t bytes);
 /* 1 if THP is enabled as "always" or "madvise" (anonymous memory). */
 int mq_thp_available(void);
-/* Free 2 MiB hugetlb pages right now (from /proc/meminfo), or -errno. */
+/* 2 MiB hugetlb pages a new mapping can get right now: HugePages_Free less
+ * HugePages_Rsvd (/proc/meminfo), or -errno. */
 long mq_hugepages_free(void);
 /* A /proc/meminfo value ("MemTotal": kB; "HugePages_Free": pages), or -errno. */
 long mq_meminfo_kib(const char *key);

@@ -70,6 +70,8 @@ struct mq_engine {
     int *row_seq, *row_pos;        /* [max_rows] */
     int *seq_row0;                 /* [max_batch] first row of each sequence */
     int nseq;                      /* sequences of the forward running now */
+    int rows_tiled;                /* the forward running now computes prompt rows: BF16 layer linears in the
+                     * tiled order at any row count (see mq_engine_forward) */
     int *ones;                     /* [max_batch] = 1 (decode: one token per sequence) */
     size_t bytes;
     void *alloc[ENGINE_MAX_SCRATCH]; /* every scratch buffer, for free */
@@ -330,6 +332,7 @@ struct gemm_op {
     int m, n_lin;
     const mq_linear *lin[3];
     float *y[3];
+    int tiled; /* BF16 in the tiled order at any m (prompt rows of a layer) */
 };
 
 #define GEMV_ROWS        8           /* mq_gemm_bf16 takes its GEMV path up to this many rows */
@@ -343,6 +346,10 @@ static void gemm_bf16_cols(const struct gemm_op *o, const mq_bf16_weight *w, flo
 {
     const mq_engine *e = o->e;
     const size_t k = (size_t)w->k;
+    if (o->tiled) {
+        mq_gemm_bf16_tiled(e->xb16, o->m, k, w, y, (size_t)n, a, b);
+        return;
+    }
     if (e->nseq == 1 || o->m <= GEMV_ROWS) {
         mq_gemm_bf16(e->xb16, o->m, k, w, y, (size_t)n, a, b);
         return;
@@ -412,7 +419,7 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
                    float *const *y, int n_lin, struct post *post)
 {
     if (prec == MQ_PREC_BF16) {
-        struct gemm_op g = { e, prec, m, n_lin, { 0 }, { 0 } };
+        struct gemm_op g = { e, prec, m, n_lin, { 0 }, { 0 }, e->rows_tiled };
         for (int i = 0; i < n_lin; i++) {
             g.lin[i] = lin[i];
             g.y[i] = y[i];
@@ -435,7 +442,7 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
         mq_pool_run(pool, quant_run, &qo);
         if (qo.bad)
             return -EDOM;
-        struct gemm_op go = { e, prec, m, j - i, { 0 }, { 0 } };
+        struct gemm_op go = { e, prec, m, j - i, { 0 }, { 0 }, 0 };
         for (int t = i; t < j; t++) {
             go.lin[t - i] = lin[t];
             go.y[t - i] = y[t];
@@ -578,7 +585,9 @@ static void lm_head(mq_engine *e, mq_pool *pool, int m, int nseq, const int *nto
         m = nseq;
     }
     struct mq_linear head = { .bf16 = e->m->lm_head };
-    struct gemm_op g = { e, MQ_PREC_BF16, m, 1, { &head }, { logits } };
+    /* a prompt's every row in the tiled order, so its logits too do not depend on the
+     * chunking; one row per sequence (the last) in the GEMV's, the quick one for a row */
+    struct gemm_op g = { e, MQ_PREC_BF16, m, 1, { &head }, { logits }, e->rows_tiled && which == MQ_LOGITS_ALL };
     mq_pool_run(pool, gemm_run, &g);
 }
 
@@ -685,13 +694,23 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
     return 0;
 }
 
-int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
-                      mq_prec prec, float *logits, mq_logits which)
+/* One sequence's rows; tiled: BF16 layer linears in the GEMM's order at any row count. */
+static int forward_one(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                       mq_prec prec, float *logits, mq_logits which, int tiled)
 {
     if (n < 1 || n > e->max_chunk || (which != MQ_LOGITS_NONE && which != MQ_LOGITS_LAST && which != MQ_LOGITS_ALL) ||
         (which != MQ_LOGITS_NONE && !logits))
         return -EINVAL;
-    return forward_rows(e, pool, seq, 1, &n, &pos0, tokens, prec, logits, which);
+    e->rows_tiled = tiled;
+    int rc = forward_rows(e, pool, seq, 1, &n, &pos0, tokens, prec, logits, which);
+    e->rows_tiled = 0;
+    return rc;
+}
+
+int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
+                      mq_prec prec, float *logits, mq_logits which)
+{
+    return forward_one(e, pool, seq, tokens, n, pos0, prec, logits, which, 1);
 }
 
 int mq_engine_decode(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, const int *tokens, const int *pos, int nseq,
@@ -711,10 +730,11 @@ int mq_engine_prefill_chunk(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, c
     if (prompt == last)
         return mq_engine_forward(e, pool, seq, tokens, n, pos0, prompt, logits_last, MQ_LOGITS_LAST);
     /* mixed: the chunk's tokens but the last in the prompt precision (KV only), then the
-     * prompt's last token alone in the decode precision, with logits */
+     * prompt's last token alone in the decode precision, with logits (summed as decode
+     * steps are: the GEMV's order, a quarter of the tiled GEMM's time for one row) */
     int rc = n > 1 ? mq_engine_forward(e, pool, seq, tokens, n - 1, pos0, prompt, NULL, MQ_LOGITS_NONE) : 0;
     if (!rc)
-        rc = mq_engine_forward(e, pool, seq, tokens + n - 1, 1, pos0 + n - 1, last, logits_last, MQ_LOGITS_LAST);
+        rc = forward_one(e, pool, seq, tokens + n - 1, 1, pos0 + n - 1, last, logits_last, MQ_LOGITS_LAST, 0);
     return rc;
 }
 

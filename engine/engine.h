@@ -60,7 +60,11 @@ typedef enum {
 /* Forward of one chunk: tokens[0..n) at positions pos0..pos0+n-1 of seq, every linear in
  * precision prec. Writes K/V of those positions; positions < pos0 must already be in the
  * KV. Forward with pos0 = 0, c, 2c, ... equals one big forward (NVFP4: up to the
- * activation scale, which is taken per call). 0 or negative errno (-EINVAL: n >
+ * activation scale, which is taken per call). In BF16 it equals it bit for bit at any
+ * split, 1-row chunks included: the layer linears take the tiled GEMM's summation order
+ * at every row count (mq_gemm_bf16_tiled), so a position's K/V depends only on the tokens
+ * up to it; decode steps (mq_engine_decode) sum in the GEMV's order, which differs in the
+ * last bits. 0 or negative errno (-EINVAL: n >
  * max_chunk, a token outside the vocabulary, too few KV blocks, `which` not an
  * mq_logits; -EDOM: the activations went NaN/Inf). */
 int mq_engine_forward(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,

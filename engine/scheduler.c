@@ -10,7 +10,8 @@
  * under the lock.
  *
  * KV admission: when a request leaves the queue, the session first extends its KV from
- * the prefix index (whole shareable chunks only, at most up to the last history token,
+ * the prefix index (whole shareable units only: chunks under NVFP4, blocks in bf16; at
+ * most up to the last history token,
  * whose logits must be computed), then reserves the blocks its prompt and first sampled
  * token need; a decoding request reserves its next block when its token starts one
  * (scheduler.h "KV reservations"). A reservation cannot fail halfway: allocations
@@ -76,7 +77,7 @@ struct req {
 
 struct session {
     uint64_t id;
-    uint32_t tenant;
+    uint64_t tenant;
     uint64_t root; /* chain-hash seed of its blocks: MQ_KV_HASH_SEED, salted with the tenant */
     int32_t *hist;
     int n_hist, cap_hist;
@@ -195,17 +196,27 @@ static int blocks_for(const mq_sched *s, int tokens)
     return (tokens + s->o.block_tokens - 1) / s->o.block_tokens;
 }
 
-/* Drops the session's KV beyond n tokens. Inside the shareable part it cuts at a chunk
- * boundary, so that the session reads the rest in the same chunks as any other session
- * would (see "Chunks" in scheduler.h). A full block is shared-immutable once hashed, so
- * cutting inside one drops the whole block (the session re-prefills those tokens). */
+/* The unit in which a session's prompt KV is the same whoever computed it ("Batch
+ * invariance" in scheduler.h): any run of prompt rows in bf16 (the engine sums them alike
+ * at every chunk length), whole chunks of the grid when NVFP4 computes them (a chunk's
+ * activation scale depends on all of its tokens). */
+static int canon_unit(const mq_sched *s, mq_prec_mode m)
+{
+    return m == MQ_PREC_MODE_BF16 ? 1 : s->o.chunk_tokens;
+}
+
+/* Drops the session's KV beyond n tokens. Inside the shareable part it cuts at a unit of
+ * it (canon_unit: a chunk boundary under NVFP4), so that the session reads the rest as any
+ * other session would (see "Chunks" in scheduler.h). A full block is shared-immutable once
+ * hashed, so cutting inside one drops the whole block (the session re-prefills those
+ * tokens). */
 static void truncate_kv(mq_sched *s, struct session *ss, int n)
 {
-    int bt = s->o.block_tokens;
+    int bt = s->o.block_tokens, unit = canon_unit(s, ss->kv_mode);
     if (n < ss->n_kv)
         ss->n_kv = n;
     if (ss->n_kv < ss->n_canon)
-        ss->n_kv = ss->n_canon = ss->n_kv / s->o.chunk_tokens * s->o.chunk_tokens;
+        ss->n_kv = ss->n_canon = ss->n_kv / unit * unit;
     int keep = blocks_for(s, ss->n_kv);
     if (ss->n_kv % bt && keep - 1 < ss->n_hashed) {
         keep--;
@@ -251,13 +262,14 @@ static int lookup_block(mq_sched *s, struct session *ss, int b)
     return id;
 }
 
-/* Extends the session's KV with whole chunks of its history that other sessions
- * published, never the last token (its logits must be computed), and only while all of
- * its KV is shareable: a chunk's numbers depend on every token of the chunk (the NVFP4
- * activation scale) and on the KV before it. */
+/* Extends the session's KV with what other sessions published of its history, never the
+ * last token (its logits must be computed), and only while all of its KV is shareable:
+ * whole blocks in bf16, whole chunks under NVFP4 (a chunk's numbers depend on every token
+ * of the chunk, the activation scale, and on the KV before it). */
 static void lookup_prefix(mq_sched *s, struct session *ss)
 {
-    const int bt = s->o.block_tokens, cell = s->o.chunk_tokens, per = cell / bt;
+    const int bt = s->o.block_tokens, unit = canon_unit(s, ss->kv_mode);
+    const int cell = unit > bt ? unit : bt, per = cell / bt;
     if (ss->n_kv != ss->n_canon || ss->n_hashed != ss->n_blk)
         return;
     while (ss->n_kv + cell <= ss->n_hist - 1 && ss->n_blk + per <= s->max_blocks) {
@@ -278,7 +290,7 @@ static void lookup_prefix(mq_sched *s, struct session *ss)
 }
 
 /* The least recently used idle session holding KV (of one tenant, if given), or NULL. */
-static struct session *lru_idle(mq_sched *s, const struct session *except, const uint32_t *tenant)
+static struct session *lru_idle(mq_sched *s, const struct session *except, const uint64_t *tenant)
 {
     struct session *victim = NULL;
     for (struct session *ss = s->sessions; ss; ss = ss->next)
@@ -304,7 +316,7 @@ static int reclaim_idle(mq_sched *s, int need, const struct session *except)
 }
 
 /* What a tenant uses now (s->mu held). */
-static mq_tenant_info tenant_usage(const mq_sched *s, uint32_t tenant)
+static mq_tenant_info tenant_usage(const mq_sched *s, uint64_t tenant)
 {
     mq_tenant_info u = { .tenant = tenant };
     for (const struct session *ss = s->sessions; ss; ss = ss->next) {
@@ -325,7 +337,7 @@ static mq_tenant_info tenant_usage(const mq_sched *s, uint32_t tenant)
 
 /* Whether the tenant can take `need` more blocks within its share (tenant_kv_blocks),
  * after giving back the KV of its own idle sessions, least recently used first. */
-static int tenant_fits(mq_sched *s, uint32_t tenant, int need, const struct session *except)
+static int tenant_fits(mq_sched *s, uint64_t tenant, int need, const struct session *except)
 {
     if (s->o.tenant_kv_blocks <= 0)
         return 1;
@@ -456,7 +468,7 @@ static int held_blocks(const struct req *r)
 /* The running (prefilling or decoding) request that holds the most blocks (of one
  * tenant, if given), and whether one of them is already asked to end (its blocks are
  * coming back). s->mu held. */
-static struct req *largest_running(mq_sched *s, const uint32_t *tenant, int *ending)
+static struct req *largest_running(mq_sched *s, const uint64_t *tenant, int *ending)
 {
     struct req *best = NULL, *lists[2] = { s->queue_head, s->decoding };
     *ending = 0;
@@ -475,7 +487,7 @@ static struct req *largest_running(mq_sched *s, const uint32_t *tenant, int *end
  * the running request holding the most blocks (of that tenant) ends; its driver ends it
  * at its next step, its session keeps what was generated, and its KV becomes idle KV
  * that reclaim_idle takes back. Nothing if such an end is already pending. s->mu held. */
-static void make_room(mq_sched *s, const uint32_t *tenant)
+static void make_room(mq_sched *s, const uint64_t *tenant)
 {
     int ending;
     struct req *v = largest_running(s, tenant, &ending);
@@ -484,9 +496,9 @@ static void make_room(mq_sched *s, const uint32_t *tenant)
     v->end_err = -ENOSPC;
     if (tenant)
         snprintf(v->end_msg, sizeof v->end_msg,
-                 "KV share of tenant %u full: this request held the most of its %d blocks (%d) and was ended to "
+                 "KV share of tenant %llu full: this request held the most of its %d blocks (%d) and was ended to "
                  "make room; its session keeps the %d tokens generated",
-                 *tenant, s->o.tenant_kv_blocks, held_blocks(v), v->generated);
+                 (unsigned long long)*tenant, s->o.tenant_kv_blocks, held_blocks(v), v->generated);
     else
         snprintf(v->end_msg, sizeof v->end_msg,
                  "KV store full: this request held the most of its %d blocks (%d) and was ended to make room; "
@@ -682,9 +694,10 @@ static int admit(mq_sched *s, struct req *r, char *msg, size_t msglen)
         mq_tenant_info u = tenant_usage(s, ss->tenant);
         if (s->o.on_kv_full == MQ_KV_FULL_FAIL || u.running == 0) {
             snprintf(msg, msglen,
-                     "KV share of tenant %u full: the request needs %d more blocks of %d tokens, the tenant holds "
+                     "KV share of tenant %llu full: the request needs %d more blocks of %d tokens, the tenant holds "
                      "%d of its %d",
-                     ss->tenant, need, s->o.block_tokens, u.kv_blocks + u.kv_reserved, s->o.tenant_kv_blocks);
+                     (unsigned long long)ss->tenant, need, s->o.block_tokens, u.kv_blocks + u.kv_reserved,
+                     s->o.tenant_kv_blocks);
             return -ENOSPC;
         }
         return ADMIT_TENANT_WAIT; /* the tenant's running requests will give blocks back */
@@ -850,9 +863,10 @@ static void finish_chunk(mq_sched *s, struct req *r, const struct chunk *c)
     }
     ss->n_kv += c->n;
     r->st.prefilled_tokens += c->n;
-    /* a whole chunk of the grid from a shareable start, all at the prompt precision (in
-     * mixed mode the prompt's last token is not), is what any session computes there */
-    if (c->pos0 == ss->n_canon && c->n == s->o.chunk_tokens &&
+    /* a whole unit from a shareable start (canon_unit: any run of bf16 prompt rows, a whole
+     * chunk of the grid under NVFP4), all at the prompt precision (in mixed mode the
+     * prompt's last token is not), is what any session computes there */
+    if (c->pos0 == ss->n_canon && c->n % canon_unit(s, r->mode) == 0 &&
         (!c->last || mq_prec_mode_prompt(r->mode) == mq_prec_mode_decode(r->mode)))
         ss->n_canon += c->n;
     publish_full_blocks(s, ss);
@@ -1207,17 +1221,17 @@ void mq_sched_destroy(mq_sched *s)
 }
 
 /* The chain-hash seed of a tenant's sessions (scheduler.h "Tenants"). */
-static uint64_t tenant_root(const mq_sched *s, uint32_t tenant)
+static uint64_t tenant_root(const mq_sched *s, uint64_t tenant)
 {
     if (s->o.share_prefix_cache)
         return MQ_KV_HASH_SEED;
-    const int32_t salt[2] = { (int32_t)tenant, -1 }; /* -1: never a token id */
-    return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 2);
+    const int32_t salt[3] = { (int32_t)(uint32_t)tenant, (int32_t)(uint32_t)(tenant >> 32), -1 }; /* -1: no token */
+    return mq_kv_prefix_hash(MQ_KV_HASH_SEED, salt, 3);
 }
 
 /* The seed of a session's blocks computed in precision m: KV is shared only between
  * requests that computed it the same way (mixed, the default, keeps the tenant's seed). */
-static uint64_t session_root(const mq_sched *s, uint32_t tenant, mq_prec_mode m)
+static uint64_t session_root(const mq_sched *s, uint64_t tenant, mq_prec_mode m)
 {
     uint64_t root = tenant_root(s, tenant);
     if (m == MQ_PREC_MODE_MIXED)
@@ -1226,7 +1240,7 @@ static uint64_t session_root(const mq_sched *s, uint32_t tenant, mq_prec_mode m)
     return mq_kv_prefix_hash(root, salt, 2);
 }
 
-int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id)
+int mq_sched_session_open(mq_sched *s, uint64_t tenant, uint64_t *id)
 {
     struct session *ss = calloc(1, sizeof *ss);
     if (!ss)
@@ -1410,8 +1424,8 @@ static int check_admission(mq_sched *s, struct session *ss, uint64_t session, in
     if (s->o.tenant_max_queued > 0) {
         mq_tenant_info u = tenant_usage(s, ss->tenant);
         if (u.queued >= s->o.tenant_max_queued)
-            return mq_errmsg(err, errlen, -EAGAIN, "submit: tenant %u has %d requests waiting (its limit)", ss->tenant,
-                             u.queued);
+            return mq_errmsg(err, errlen, -EAGAIN, "submit: tenant %llu has %d requests waiting (its limit)",
+                             (unsigned long long)ss->tenant, u.queued);
     }
     const int store = s->o.kv_blocks * s->o.block_tokens; /* tokens the whole KV store holds */
     if (hist + n + 1 > store)

@@ -17,7 +17,9 @@
  * mq_sched_session_history().
  * Full KV blocks are indexed by a hash of their whole token prefix, so sessions that
  * share a prefix (system prompt, tool list) share the blocks (reference counted).
- * Tenants: every session belongs to a tenant (mqd: the client's uid). The chain hash of
+ * Tenants: every session belongs to a tenant (mqd: the client's uid, or a tenant named by
+ * a front it trusts, e.g. one per API key of mq-openai: mqd keeps them apart by value,
+ * daemon/tenants.h). The chain hash of
  * a session's blocks starts from a seed salted with its tenant (vLLM's cache_salt), so by
  * default a prefix is shared only between sessions of one tenant: another tenant's exact
  * guess of a prompt is a miss, and hit counts and timings leak nothing across tenants.
@@ -39,12 +41,18 @@
  *   (k+1)·chunk_tokens) of the session's positions (the first chunk of a later turn
  *   runs to the next grid line), because an NVFP4 chunk's numbers depend on all of its
  *   tokens (the activation scale is taken per chunk, NVFP4.md).
- * - Sharing: a session publishes only its shareable prefix, the chunks it read whole,
- *   on the grid, at the prompt precision, on top of a shareable prefix (in mixed mode the
- *   prompt's last token and generated tokens are BF16, so they are not); a lookup takes
- *   only whole published chunks, and only while the session's own KV is all shareable.
- *   Sessions sharing a system prompt therefore share its whole chunks; the chunk where
- *   their prompts part is read by each.
+ * - Sharing: a session publishes only its shareable prefix, the part of its prompt that
+ *   any session computes alike, on top of a shareable prefix: under NVFP4 (mixed, fp4)
+ *   the chunks it read whole, on the grid, at the prompt precision (in mixed mode the
+ *   prompt's last token and generated tokens are BF16, so they are not); in bf16 every
+ *   prompt token (the engine sums prompt rows alike at any chunk length, engine.h), but
+ *   no generated one (decode steps sum in another order). A lookup takes whole published
+ *   chunks (NVFP4) or whole published blocks (bf16), and only while the session's own KV
+ *   is all shareable. Sessions sharing a system prompt therefore share its whole chunks;
+ *   the chunk where their prompts part is read by each (in bf16: all of their common
+ *   head's whole blocks are shared). A stateless client that resends a conversation
+ *   thus reuses the previous turn's prompt up to the last whole block in bf16, up to the
+ *   last whole chunk under NVFP4.
  * Not covered: KV reclaimed from an idle session under memory pressure is recomputed at
  * its next request as one prompt, which in mixed/fp4 mode computes in NVFP4 what was
  * decoded in BF16.
@@ -194,7 +202,7 @@ void mq_sched_destroy(mq_sched *s);
  * -EMFILE when max_sessions are open, -EDQUOT when the tenant has tenant_max_sessions.
  * Closing a session cancels its request (on_done is called before close returns) and
  * releases its blocks. */
-int mq_sched_session_open(mq_sched *s, uint32_t tenant, uint64_t *id);
+int mq_sched_session_open(mq_sched *s, uint64_t tenant, uint64_t *id);
 int mq_sched_session_close(mq_sched *s, uint64_t id);
 /* Copies up to cap history tokens into buf; returns the history length or -ENOENT. */
 int mq_sched_session_history(mq_sched *s, uint64_t id, int32_t *buf, int cap);
@@ -239,7 +247,7 @@ void mq_sched_get_stats(mq_sched *s, mq_sched_stats *st);
 
 typedef struct mq_session_info {
     uint64_t id;
-    uint32_t tenant;
+    uint64_t tenant;
     int history_tokens, kv_tokens, kv_blocks, shared_blocks;
     int reserved_blocks; /* of its running request */
     int busy;            /* 0 idle, 1 queued, 2 prefilling, 3 decoding */
@@ -250,7 +258,7 @@ typedef struct mq_session_info {
 void mq_sched_sessions(mq_sched *s, void (*cb)(void *ctx, const mq_session_info *i), void *ctx);
 
 typedef struct mq_tenant_info {
-    uint32_t tenant;
+    uint64_t tenant;
     int sessions;
     int queued, running; /* requests waiting for prefill; prefilling or decoding */
     int kv_blocks;       /* held by its sessions (a shared block counts in each) */

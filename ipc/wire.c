@@ -289,6 +289,19 @@ static int get_stats_v2(rd *r, mq_wire_stats *s, char *err, size_t errlen)
     return 0;
 }
 
+int mq_wire_tenant_check(const char *name, char *err, size_t errlen)
+{
+    size_t n = strnlen(name, MQ_WIRE_TENANT_MAX + 1);
+    if (n > MQ_WIRE_TENANT_MAX)
+        return mq_errmsg(err, errlen, -EINVAL, "open.tenant: longer than %d bytes", MQ_WIRE_TENANT_MAX);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)name[i] < 0x21 || (unsigned char)name[i] > 0x7e)
+            return mq_errmsg(err, errlen, -EINVAL,
+                             "open.tenant: byte %zu is 0x%02x; a tenant name is printable ASCII without spaces", i,
+                             (unsigned char)name[i]);
+    return 0;
+}
+
 /* ---- encode -------------------------------------------------------------------- */
 int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
 {
@@ -321,7 +334,15 @@ int mq_wire_encode(const mq_msg *m, uint8_t *buf, size_t cap)
         put_u32(&w, m->u.hello_ok.max_sessions);
         put_str(&w, m->u.hello_ok.model);
         break;
-    case MQ_MSG_OPEN: put_u8(&w, m->u.open.mode); break;
+    case MQ_MSG_OPEN:
+        put_u8(&w, m->u.open.mode);
+        if (version >= 3) {
+            if (mq_wire_tenant_check(m->u.open.tenant, NULL, 0))
+                return -EINVAL;
+            put_str(&w, m->u.open.tenant);
+        } else if (m->u.open.tenant[0])
+            return -EINVAL; /* a tenant needs protocol version 3 */
+        break;
     case MQ_MSG_OPENED:
     case MQ_MSG_CLOSE:
     case MQ_MSG_CLOSED: put_u64(&w, m->u.opened.session); break;
@@ -423,6 +444,11 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
         m->u.open.mode = get_u8(&r);
         if (!r.short_read && m->u.open.mode > MQ_WIRE_MODE_RAW)
             rc = mq_errmsg(err, errlen, -EINVAL, "open.mode: %u is neither chat (0) nor raw (1)", m->u.open.mode);
+        if (!rc && m->version >= 3) {
+            rc = get_str(&r, m->u.open.tenant, MQ_WIRE_TENANT_MAX, "open.tenant", err, errlen);
+            if (!rc)
+                rc = mq_wire_tenant_check(m->u.open.tenant, err, errlen);
+        }
         break;
     case MQ_MSG_OPENED:
     case MQ_MSG_CLOSE:
@@ -514,6 +540,8 @@ static const struct {
     { MQ_ERR_DRAINING, "MQ_ERR_DRAINING", "mqd is draining or shutting down" },
     { MQ_ERR_INTERNAL, "MQ_ERR_INTERNAL", "internal error in mqd" },
     { MQ_ERR_KV_FULL, "MQ_ERR_KV_FULL", "KV store full" },
+    { MQ_ERR_NOT_TRUSTED, "MQ_ERR_NOT_TRUSTED",
+      "this client may not open sessions for other tenants (trusted_fronts)" },
 };
 
 const char *mq_wire_err_name(unsigned code)

@@ -22,7 +22,7 @@
  *                                    <-  HELLO_OK{version,...} + [channel memfd, wake-up fd]
  *                                        (SCM_RIGHTS; the wake-up fd is the read end of a
  *                                        pipe whose write end only mqd holds)
- *   OPEN{mode}                       ->  <- OPENED{session}
+ *   OPEN{mode[,tenant]}              ->  <- OPENED{session}
  *   SUBMIT{session,kind,role,off,len,gen} -> <- SUBMITTED{req}   (events: token ring)
  *   CANCEL{req}                      ->  <- CANCELED{req}
  *   STATS{}                          ->  <- STATS_REPLY{...}
@@ -38,6 +38,11 @@
  *      kinds CHAT (a whole OpenAI-style conversation, rendered and tokenized by mqd) and
  *      PROMPT (text whose special tokens are parsed) and the flag MQ_GEN_WHOLE_CONTEXT;
  *      STATS_REPLY grows mqd's state (ready / draining) for health checks.
+ *   3: OPEN grows a tenant name (u16 length + 0..MQ_WIRE_TENANT_MAX bytes of printable
+ *      ASCII, no space): a front that serves many users (mq-openai, one tenant per API
+ *      key) opens the session for one of them. "" = the peer's own uid. mqd takes a name
+ *      only from a peer in its trusted_fronts (else ERROR(MQ_ERR_NOT_TRUSTED)); the
+ *      session's prefix cache and limits are then that tenant's.
  * A v2 field that a v1 message cannot carry makes the encoder fail (-EINVAL).
  *
  * Thread rules: all functions are re-entrant.
@@ -54,12 +59,13 @@ extern "C" {
 
 #define MQ_WIRE_MAGIC       0x3157514du /* "MQW1" read as a little-endian u32 */
 #define MQ_WIRE_VERSION_MIN 1
-#define MQ_WIRE_VERSION_MAX 2
+#define MQ_WIRE_VERSION_MAX 3
 #define MQ_WIRE_HDR_SIZE    16
 #define MQ_WIRE_MAX_MSG     2048 /* bytes of one datagram, header included */
 
-#define MQ_WIRE_NAME_MAX 63  /* client or model name, bytes */
-#define MQ_WIRE_TEXT_MAX 511 /* error text, bytes */
+#define MQ_WIRE_NAME_MAX   63  /* client or model name, bytes */
+#define MQ_WIRE_TEXT_MAX   511 /* error text, bytes */
+#define MQ_WIRE_TENANT_MAX 63  /* tenant name, bytes (v3) */
 
 /* Limits of generation parameters: the decoder refuses anything outside. */
 #define MQ_WIRE_MAX_TOKENS_LIMIT (1u << 20)
@@ -115,18 +121,19 @@ enum mq_wire_role { MQ_WIRE_ROLE_USER = 0, MQ_WIRE_ROLE_SYSTEM = 1, MQ_WIRE_ROLE
 /* Error codes (positive on the wire; libmq returns them negated as -MQ_ERR_x). Values
  * start at 1000 so they never collide with errno values. */
 enum mq_wire_err {
-    MQ_ERR_PROTOCOL = 1000,   /* malformed message; the connection is closed */
-    MQ_ERR_VERSION = 1001,    /* no common protocol version */
-    MQ_ERR_DENIED = 1002,     /* peer credentials not allowed */
-    MQ_ERR_NO_SESSION = 1003, /* unknown session id (or not this connection's) */
-    MQ_ERR_NO_REQUEST = 1004, /* unknown request id */
-    MQ_ERR_BUSY = 1005,       /* a request is already running on this session */
-    MQ_ERR_TOO_LONG = 1006,   /* prompt over the context limit or the ring */
-    MQ_ERR_LIMIT = 1007,      /* too many sessions / queue full */
-    MQ_ERR_BAD_PROMPT = 1008, /* prompt bytes invalid (UTF-8, token ids, mode mismatch) */
-    MQ_ERR_DRAINING = 1009,   /* mqd is shutting down or draining */
-    MQ_ERR_INTERNAL = 1010,   /* anything else inside mqd; see the text */
-    MQ_ERR_KV_FULL = 1011,    /* KV store exhausted */
+    MQ_ERR_PROTOCOL = 1000,    /* malformed message; the connection is closed */
+    MQ_ERR_VERSION = 1001,     /* no common protocol version */
+    MQ_ERR_DENIED = 1002,      /* peer credentials not allowed */
+    MQ_ERR_NO_SESSION = 1003,  /* unknown session id (or not this connection's) */
+    MQ_ERR_NO_REQUEST = 1004,  /* unknown request id */
+    MQ_ERR_BUSY = 1005,        /* a request is already running on this session */
+    MQ_ERR_TOO_LONG = 1006,    /* prompt over the context limit or the ring */
+    MQ_ERR_LIMIT = 1007,       /* too many sessions / queue full */
+    MQ_ERR_BAD_PROMPT = 1008,  /* prompt bytes invalid (UTF-8, token ids, mode mismatch) */
+    MQ_ERR_DRAINING = 1009,    /* mqd is shutting down or draining */
+    MQ_ERR_INTERNAL = 1010,    /* anything else inside mqd; see the text */
+    MQ_ERR_KV_FULL = 1011,     /* KV store exhausted */
+    MQ_ERR_NOT_TRUSTED = 1012, /* v3: a tenant named by a peer not in trusted_fronts */
 };
 
 /* Flags of mq_wire_gen.flags. */
@@ -195,6 +202,7 @@ typedef struct mq_msg {
         } hello_ok;
         struct {
             uint8_t mode;
+            char tenant[MQ_WIRE_TENANT_MAX + 1]; /* v3; "" = the peer's uid */
         } open;
         struct {
             uint64_t session;
@@ -234,6 +242,10 @@ int mq_wire_decode(const uint8_t *buf, size_t len, mq_msg *m, char *err, size_t 
  * the decoder and by libmq before sending). */
 int mq_wire_gen_check(const mq_wire_gen *g, unsigned version, char *err, size_t errlen);
 void mq_wire_gen_default(mq_wire_gen *g);
+
+/* A tenant name (OPEN, v3): 0..MQ_WIRE_TENANT_MAX bytes of printable ASCII without
+ * spaces; -EINVAL with a message naming the byte otherwise. */
+int mq_wire_tenant_check(const char *name, char *err, size_t errlen);
 
 /* Name of a message type / error code, for logs ("SUBMIT", "MQ_ERR_BUSY"); never NULL. */
 const char *mq_wire_type_name(unsigned type);

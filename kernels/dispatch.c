@@ -184,6 +184,13 @@ void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w,
     mq_kt.gemm_bf16(x, m, ldx, w, y, ldy, n0, n1);
 }
 
+void mq_gemm_bf16_tiled(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                        int n1)
+{
+    ENSURE();
+    mq_kt.gemm_bf16_tiled(x, m, ldx, w, y, ldy, n0, n1);
+}
+
 void mq_bf16_weight_pack_rows(uint16_t *dst, int n, int k, const uint16_t *src, size_t ld, int r0, int r1)
 {
     ENSURE();

@@ -304,29 +304,12 @@ static void bf16_gemv_packed(const uint16_t *x, int m, size_t ldx, const mq_bf16
     }
 }
 
-static void gemm_bf16_avx2(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
-                           int n1)
+/* The tiled GEMM, for any m: each row's sum in the same order whatever the tile's height. */
+static void bf16_gemm_tiled(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                            int n1)
 {
     if (n0 >= n1 || m <= 0)
         return;
-    if (m <= 8 && w->packed) {
-        bf16_gemv_packed(x, m, ldx, w, y, ldy, n0, n1);
-        return;
-    }
-    /* one macro-generated case per line */
-    /* clang-format off */
-    switch (m) {
-    GEMV_CASE(1)
-    GEMV_CASE(2)
-    GEMV_CASE(3)
-    GEMV_CASE(4)
-    GEMV_CASE(5)
-    GEMV_CASE(6)
-    GEMV_CASE(7)
-    GEMV_CASE(8)
-    default: break;
-    }
-    /* clang-format on */
     const int K = w->k;
     bf16_panel p __attribute__((aligned(32)));
     const int g0 = n0 / 8, g1 = (n1 + 7) / 8;
@@ -357,9 +340,36 @@ static void gemm_bf16_avx2(const uint16_t *x, int m, size_t ldx, const mq_bf16_w
     }
 }
 
+static void gemm_bf16_avx2(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                           int n1)
+{
+    if (n0 >= n1 || m <= 0)
+        return;
+    if (m <= 8 && w->packed) {
+        bf16_gemv_packed(x, m, ldx, w, y, ldy, n0, n1);
+        return;
+    }
+    /* one macro-generated case per line */
+    /* clang-format off */
+    switch (m) {
+    GEMV_CASE(1)
+    GEMV_CASE(2)
+    GEMV_CASE(3)
+    GEMV_CASE(4)
+    GEMV_CASE(5)
+    GEMV_CASE(6)
+    GEMV_CASE(7)
+    GEMV_CASE(8)
+    default: break;
+    }
+    /* clang-format on */
+    bf16_gemm_tiled(x, m, ldx, w, y, ldy, n0, n1);
+}
+
 void kernels_fill_gemm_avx2(mq_kernel_table *t)
 {
     t->gemm_fp4 = gemm_fp4_avx2;
     t->gemm_bf16 = gemm_bf16_avx2;
+    t->gemm_bf16_tiled = bf16_gemm_tiled;
     /* fp4_act_prepare_rows: the reference (ref.c) serves */
 }

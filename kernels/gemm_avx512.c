@@ -623,7 +623,8 @@ static void bf16_gemv_packed(const uint16_t *x, int m, size_t ldx, const mq_bf16
     }
 }
 
-/* GEMM, m > 8. Loops, outermost first: x rows in blocks of BF_MC (packed weights only),
+/* GEMM, m > 8 (and any m for mq_gemm_bf16_tiled: a row is summed the same way in a tile
+ * of any height). Loops, outermost first: x rows in blocks of BF_MC (packed weights only),
  * panels of BF_NG groups, chunks of KC_BF16 k (a panel's chunk, 32 KB, stays in L1 while
  * every tile of BF_MR rows passes over it), tiles. Packed weights are read in place, the
  * next chunk requested into L2 meanwhile; row-major ones are packed per chunk into a
@@ -690,5 +691,6 @@ void kernels_fill_gemm_avx512(mq_kernel_table *t)
     t->fp4_weight_pack_rows = fp4_weight_pack_rows_avx512;
     t->fp4_act_prepare_rows = fp4_act_prepare_rows_avx512;
     t->gemm_bf16 = gemm_bf16_avx512;
+    t->gemm_bf16_tiled = bf16_gemm;
     t->bf16_weight_pack_rows = bf16_weight_pack_rows_avx512;
 }

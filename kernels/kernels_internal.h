@@ -40,6 +40,9 @@ typedef struct mq_kernel_table {
     void (*gemm_fp4)(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1);
     void (*gemm_bf16)(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
                       int n1);
+    /* the GEMM's (tiled) summation order at every m, 1 included: mq_gemm_bf16_tiled */
+    void (*gemm_bf16_tiled)(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                            int n1);
     void (*bf16_weight_pack_rows)(uint16_t *dst, int n, int k, const uint16_t *src, size_t ld, int r0, int r1);
     void (*attention)(const mq_attn_args *a, int h0, int h1);
     void (*rmsnorm)(float *y, const float *x, const float *w, int n, float eps);

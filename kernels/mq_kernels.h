@@ -164,6 +164,11 @@ void mq_bf16_weight_row(const mq_bf16_weight *w, int r, float *out);
 /* Y[m, n0..n1) = X · Wᵀ, X given in BF16 [m, k] (stride ldx elements), FP32 accumulate.
  * m = 1..8 takes the GEMV path (decode). */
 void mq_gemm_bf16(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0, int n1);
+/* The same in the GEMM's summation order at every m, 1..8 included: a row's result does
+ * not depend on how many rows are computed with it (prompt chunks of any length give the
+ * same numbers; the GEMV's order differs from it in the last bits). */
+void mq_gemm_bf16_tiled(const uint16_t *x, int m, size_t ldx, const mq_bf16_weight *w, float *y, size_t ldy, int n0,
+                        int n1);
 
 /* ---- Attention ----------------------------------------------------------------- */
 /* Causal grouped-query attention over a paged BF16 KV cache.

@@ -516,6 +516,7 @@ void kernels_fill_ref(mq_kernel_table *t)
     t->fp4_weight_pack_rows = fp4_weight_pack_rows_ref;
     t->gemm_fp4 = gemm_fp4_ref;
     t->gemm_bf16 = gemm_bf16_ref;
+    t->gemm_bf16_tiled = gemm_bf16_ref; /* one order for every m already */
     t->bf16_weight_pack_rows = bf16_weight_pack_rows_ref;
     t->attention = attention_ref;
     t->rmsnorm = rmsnorm_ref;

@@ -18,7 +18,8 @@
 #include "ipc/channel.h"
 #include "ipc/wire.h"
 
-_Static_assert((int)MQ_EPROTOCOL == (int)MQ_ERR_PROTOCOL && (int)MQ_EKVFULL == (int)MQ_ERR_KV_FULL,
+_Static_assert((int)MQ_EPROTOCOL == (int)MQ_ERR_PROTOCOL && (int)MQ_EKVFULL == (int)MQ_ERR_KV_FULL &&
+                   (int)MQ_ENOTTRUSTED == (int)MQ_ERR_NOT_TRUSTED,
                "public error codes mirror the wire codes");
 _Static_assert((int)MQ_END_CANCELLED == (int)MQ_CHAN_END_CANCEL && (int)MQ_END_SHUTDOWN == (int)MQ_CHAN_END_SHUTDOWN,
                "end reasons");
@@ -69,7 +70,7 @@ const char *mq_strerror(int err)
 {
     if (err < 0)
         err = -err;
-    if (err >= MQ_ERR_PROTOCOL && err <= MQ_ERR_KV_FULL)
+    if (err >= MQ_ERR_PROTOCOL && err <= MQ_ERR_NOT_TRUSTED)
         return mq_wire_err_text((unsigned)err);
     if (err == 0)
         return "success";
@@ -168,7 +169,8 @@ static int call(mq_conn *c, mq_msg *m, unsigned want, mq_msg *reply)
 }
 
 /* ---- connect --------------------------------------------------------------------- */
-int mq_connect(const char *socket_path, mq_conn **out)
+/* timeout_ms bounds the connect and the HELLO reply; later calls wait REPLY_TIMEOUT_S. */
+static int connect_within(const char *socket_path, int timeout_ms, mq_conn **out)
 {
     *out = NULL;
     if (!socket_path || !*socket_path)
@@ -194,9 +196,12 @@ int mq_connect(const char *socket_path, mq_conn **out)
         goto fail;
     }
     struct timeval tv = { REPLY_TIMEOUT_S, 0 };
-    setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const struct timeval hello_tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+    /* a connect to a full listen queue blocks until the send timeout */
+    setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &hello_tv, sizeof hello_tv);
+    setsockopt(c->sock, SOL_SOCKET, SO_SNDTIMEO, &hello_tv, sizeof hello_tv);
     if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        rc = -errno;
+        rc = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT : -errno;
         goto fail;
     }
     mq_msg m = { .type = MQ_MSG_HELLO }, r;
@@ -207,8 +212,12 @@ int mq_connect(const char *socket_path, mq_conn **out)
     int fds[2] = { -1, -1 }; /* the channel memfd, the wake-up pipe's read end */
     if (!rc)
         rc = recv_reply(c, &r, MQ_MSG_HELLO_OK, fds, 2);
+    if (rc == -ETIMEDOUT) /* mqd accepts clients once its model is loaded */
+        rc = set_err(c, -ETIMEDOUT, "mqd did not answer within %d ms (still loading?)", timeout_ms);
     if (rc)
         goto fail;
+    setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->sock, SOL_SOCKET, SO_SNDTIMEO, &(struct timeval){ 0, 0 }, sizeof(struct timeval));
     c->efd = fds[1];
     if (c->efd >= 0) /* drained with reads that must not block */
         fcntl(c->efd, F_SETFL, fcntl(c->efd, F_GETFL) | O_NONBLOCK);
@@ -240,6 +249,19 @@ fail:
     return rc;
 }
 
+int mq_connect(const char *socket_path, mq_conn **out)
+{
+    return connect_within(socket_path, REPLY_TIMEOUT_S * 1000, out);
+}
+
+int mq_connect_timeout(const char *socket_path, int timeout_ms, mq_conn **out)
+{
+    *out = NULL;
+    if (timeout_ms < 1)
+        return -EINVAL;
+    return connect_within(socket_path, timeout_ms, out);
+}
+
 void mq_disconnect(mq_conn *c)
 {
     if (!c)
@@ -265,10 +287,25 @@ int mq_server_info_get(mq_conn *c, mq_server_info *info)
 /* ---- sessions and requests ------------------------------------------------------- */
 int mq_open_session(mq_conn *c, int mode, uint64_t *session)
 {
+    return mq_open_tenant_session(c, mode, NULL, session);
+}
+
+int mq_open_tenant_session(mq_conn *c, int mode, const char *tenant, uint64_t *session)
+{
     if (mode != MQ_MODE_CHAT && mode != MQ_MODE_RAW)
         return set_err(c, -EINVAL, "mode %d is neither MQ_MODE_CHAT nor MQ_MODE_RAW", mode);
     mq_msg m = { .type = MQ_MSG_OPEN }, r;
     m.u.open.mode = (uint8_t)mode;
+    if (tenant && *tenant) {
+        char err[160];
+        if (mq_wire_tenant_check(tenant, err, sizeof err))
+            return set_err(c, -EINVAL, "tenant \"%.80s\": %s", tenant, err);
+        if (c->info.protocol_version < 3)
+            return set_err(c, -MQ_EVERSION, "mqd speaks protocol version %u; a tenant needs version 3",
+                           c->info.protocol_version);
+        m.version = 3;
+        strcpy(m.u.open.tenant, tenant);
+    }
     pthread_mutex_lock(&c->lock);
     int rc = call(c, &m, MQ_MSG_OPENED, &r);
     pthread_mutex_unlock(&c->lock);

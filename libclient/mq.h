@@ -59,18 +59,19 @@ typedef struct mq_conn mq_conn;
 
 /* Errors reported by mqd (returned negated). */
 enum {
-    MQ_EPROTOCOL = 1000,  /* malformed protocol message (the connection is closed) */
-    MQ_EVERSION = 1001,   /* no common protocol version */
-    MQ_EDENIED = 1002,    /* this user/group may not use mqd */
-    MQ_ENOSESSION = 1003, /* unknown session */
-    MQ_ENOREQUEST = 1004, /* unknown or finished request */
-    MQ_EBUSY = 1005,      /* a request is already running on this session */
-    MQ_ETOOLONG = 1006,   /* prompt over the context limit (or the prompt ring) */
-    MQ_ELIMIT = 1007,     /* too many sessions, or the queue is full */
-    MQ_EBADPROMPT = 1008, /* invalid UTF-8 / token id / message kind for the session mode */
-    MQ_EDRAINING = 1009,  /* mqd is shutting down */
-    MQ_EINTERNAL = 1010,  /* internal error in mqd */
-    MQ_EKVFULL = 1011,    /* the KV store is full */
+    MQ_EPROTOCOL = 1000,   /* malformed protocol message (the connection is closed) */
+    MQ_EVERSION = 1001,    /* no common protocol version */
+    MQ_EDENIED = 1002,     /* this user/group may not use mqd */
+    MQ_ENOSESSION = 1003,  /* unknown session */
+    MQ_ENOREQUEST = 1004,  /* unknown or finished request */
+    MQ_EBUSY = 1005,       /* a request is already running on this session */
+    MQ_ETOOLONG = 1006,    /* prompt over the context limit (or the prompt ring) */
+    MQ_ELIMIT = 1007,      /* too many sessions, or the queue is full */
+    MQ_EBADPROMPT = 1008,  /* invalid UTF-8 / token id / message kind for the session mode */
+    MQ_EDRAINING = 1009,   /* mqd is shutting down */
+    MQ_EINTERNAL = 1010,   /* internal error in mqd */
+    MQ_EKVFULL = 1011,     /* the KV store is full */
+    MQ_ENOTTRUSTED = 1012, /* a tenant named by a client not in mqd's trusted_fronts */
 };
 
 enum mq_mode { MQ_MODE_CHAT = 0, MQ_MODE_RAW = 1 };
@@ -100,6 +101,10 @@ void mq_params_init(mq_params *p);
 /* Connects to mqd at `socket_path` (NULL: $MQ_SOCKET, else MQ_DEFAULT_SOCKET), negotiates
  * the protocol version and maps the shared-memory channel. */
 int mq_connect(const char *socket_path, mq_conn **out);
+/* The same, giving up after timeout_ms (-ETIMEDOUT) when mqd does not answer: mqd accepts
+ * clients only once its model is loaded, and until then mq_connect waits (up to 300 s).
+ * Health checks and servers in front of mqd answer "not ready" instead. libmq 1.2. */
+int mq_connect_timeout(const char *socket_path, int timeout_ms, mq_conn **out);
 /* Closes the connection. mqd cancels its running requests and closes its sessions. */
 void mq_disconnect(mq_conn *c);
 
@@ -117,6 +122,14 @@ int mq_server_info_get(mq_conn *c, mq_server_info *info);
 
 /* ---- sessions ------------------------------------------------------------------- */
 int mq_open_session(mq_conn *c, int mode, uint64_t *session);
+/* Opens a session for `tenant` (protocol 3, libmq 1.2): a front serving many users (an
+ * HTTP server with one tenant per API key) keeps them apart in mqd as local users are:
+ * each tenant has its own prefix cache (unless mqd shares it) and its own share of the
+ * per-user limits. The name: 1..63 bytes of printable ASCII, no spaces; NULL or "" = the
+ * connection's own uid (mq_open_session). mqd takes it only from a client in its
+ * trusted_fronts / trusted_front_groups: -MQ_ENOTTRUSTED otherwise (the connection stays
+ * usable); -MQ_EVERSION from an mqd older than protocol 3. */
+int mq_open_tenant_session(mq_conn *c, int mode, const char *tenant, uint64_t *session);
 /* Closes a session (cancelling its running request) and frees its context in mqd. */
 int mq_close_session(mq_conn *c, uint64_t session);
 

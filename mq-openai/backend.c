@@ -10,10 +10,13 @@
 #include <unistd.h>
 
 #include "common/errmsg.h"
+#include "mq-openai/keys.h"
 
-#define KEY_MAX 128
+#define KEY_MAX            128
+#define CONNECT_TIMEOUT_MS 2000 /* a pool connection to a ready mqd takes about a millisecond */
 
 typedef struct pin {
+    char tenant[OAI_TENANT_MAX + 1];
     char key[KEY_MAX];
     int slot;
     uint64_t session;
@@ -114,10 +117,10 @@ static void drop_slot(oai_backend *b, int i)
     b->slots[i].n_pins = 0;
 }
 
-static pin *find_pin(oai_backend *b, const char *key)
+static pin *find_pin(oai_backend *b, const char *tenant, const char *key)
 {
     for (int k = 0; k < b->o.max_pinned; k++)
-        if (b->pins[k].used && !strcmp(b->pins[k].key, key))
+        if (b->pins[k].used && !strcmp(b->pins[k].key, key) && !strcmp(b->pins[k].tenant, tenant))
             return &b->pins[k];
     return NULL;
 }
@@ -184,9 +187,56 @@ static void free_slot(oai_backend *b, int i)
     pthread_cond_broadcast(&b->freed);
 }
 
-int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err, size_t errlen)
+static void kick_ctl(oai_backend *b);
+
+/* Whether mqd answered on the control connection; if not, one is being made in the
+ * background. While mqd loads it accepts no client: a connect would wait in its listen
+ * queue, so a request answers 503 at once instead. */
+static int mqd_up(oai_backend *b)
+{
+    pthread_mutex_lock(&b->ctl_mu);
+    int up = b->ctl != NULL;
+    if (!up)
+        kick_ctl(b);
+    pthread_mutex_unlock(&b->ctl_mu);
+    return up;
+}
+
+void oai_backend_lost(oai_backend *b)
+{
+    pthread_mutex_lock(&b->ctl_mu);
+    if (b->ctl) {
+        mq_disconnect(b->ctl);
+        b->ctl = NULL;
+    }
+    kick_ctl(b);
+    pthread_mutex_unlock(&b->ctl_mu);
+}
+
+/* Connects slot i's connection (the caller holds the slot). */
+static int connect_slot(oai_backend *b, slot *s, char *err, size_t errlen)
+{
+    if (!mqd_up(b))
+        return mq_errmsg(err, errlen, -ENOTCONN,
+                         "mqd is not ready (loading its model, or not running); retry in a few seconds");
+    int rc = mq_connect_timeout(b->o.socket, CONNECT_TIMEOUT_MS, &s->conn);
+    if (rc) {
+        s->conn = NULL;
+        oai_backend_lost(b); /* requests now fail at once until mqd answers again */
+        return mq_errmsg(err, errlen, rc == -ETIMEDOUT ? -ENOTCONN : rc, "cannot connect to mqd: %s%s", mq_strerror(rc),
+                         rc == -ETIMEDOUT ? " (restarting or loading?)" : "");
+    }
+    pthread_mutex_lock(&b->mu);
+    remember_info(b, s->conn);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+int oai_backend_acquire(oai_backend *b, const char *tenant, const char *key, oai_lease *l, char *err, size_t errlen)
 {
     memset(l, 0, sizeof *l);
+    if (!tenant)
+        tenant = "";
     l->slot = -1;
     int keyed = key && *key;
     struct timespec dl;
@@ -202,7 +252,7 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
     pin *p = NULL;
     int i = -1;
     for (;;) {
-        p = keyed ? find_pin(b, key) : NULL;
+        p = keyed ? find_pin(b, tenant, key) : NULL;
         i = p ? p->slot : pick_free_slot(b);
         if (i >= 0 && !b->slots[i].busy)
             break;
@@ -219,15 +269,7 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
     b->busy++;
     pthread_mutex_unlock(&b->mu);
 
-    int rc = 0;
-    if (!s->conn) {
-        rc = mq_connect(b->o.socket, &s->conn);
-        if (rc) {
-            s->conn = NULL;
-            mq_errmsg(err, errlen, rc, "cannot connect to mqd: %s", mq_strerror(rc));
-        } else
-            remember_info(b, s->conn);
-    }
+    int rc = s->conn ? 0 : connect_slot(b, s, err, errlen);
     l->slot = i;
     l->conn = s->conn;
     if (!rc && p) {
@@ -236,7 +278,7 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
         return 0;
     }
     if (!rc) {
-        rc = mq_open_session(s->conn, MQ_MODE_RAW, &l->session);
+        rc = mq_open_tenant_session(s->conn, MQ_MODE_RAW, tenant, &l->session);
         if (rc) {
             char m[256];
             mq_last_error(s->conn, m, sizeof m);
@@ -244,19 +286,23 @@ int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err
         }
     }
     if (rc) {
+        int gone = rc == -EPIPE || rc == -ECONNRESET || rc == -ECONNREFUSED || rc == -ENOENT;
         pthread_mutex_lock(&b->mu);
-        if (rc == -EPIPE || rc == -ECONNRESET || rc == -ECONNREFUSED || rc == -ENOENT)
+        if (gone)
             drop_slot(b, i);
         free_slot(b, i);
         pthread_mutex_unlock(&b->mu);
+        if (gone)
+            oai_backend_lost(b);
         l->slot = -1;
         l->conn = NULL;
         return rc;
     }
     if (keyed) {
         pthread_mutex_lock(&b->mu);
-        pin *np = find_pin(b, key) ? NULL : new_pin(b);
+        pin *np = find_pin(b, tenant, key) ? NULL : new_pin(b);
         if (np) {
+            snprintf(np->tenant, sizeof np->tenant, "%s", tenant);
             snprintf(np->key, sizeof np->key, "%s", key);
             np->slot = i;
             np->session = l->session;
@@ -284,6 +330,8 @@ void oai_backend_release(oai_backend *b, oai_lease *l)
             b->pins[k].last_used = now_s();
     free_slot(b, l->slot);
     pthread_mutex_unlock(&b->mu);
+    if (l->gone)
+        oai_backend_lost(b);
     l->slot = -1;
     l->conn = NULL;
 }
@@ -308,6 +356,19 @@ static void *connect_ctl(void *arg)
     return NULL;
 }
 
+/* Starts connecting the control connection unless that is under way (ctl_mu held). */
+static void kick_ctl(oai_backend *b)
+{
+    if (b->ctl || b->connecting)
+        return;
+    pthread_t th;
+    b->connecting = 1;
+    if (pthread_create(&th, NULL, connect_ctl, b) == 0)
+        pthread_detach(th);
+    else
+        b->connecting = 0;
+}
+
 static int state_once(oai_backend *b, mq_stats *st)
 {
     pthread_mutex_lock(&b->ctl_mu);
@@ -319,14 +380,7 @@ static int state_once(oai_backend *b, mq_stats *st)
             b->ctl = NULL;
         }
     }
-    if (!b->ctl && !b->connecting) {
-        pthread_t th;
-        b->connecting = 1;
-        if (pthread_create(&th, NULL, connect_ctl, b) == 0)
-            pthread_detach(th);
-        else
-            b->connecting = 0;
-    }
+    kick_ctl(b);
     pthread_mutex_unlock(&b->ctl_mu);
     return rc;
 }

@@ -3,11 +3,12 @@
  *
  * Owns: up to `max_conns` libmq connections, each used by one HTTP request at a time (the
  * request thread reads its events directly: no dispatcher, no hand-off); the table of
- * pinned conversations (X-Session-Id or `user` -> an mq session on one connection, kept
+ * pinned conversations ((tenant, X-Session-Id or `user`) -> an mq session on one connection, kept
  * between requests so the next turn reuses the session's KV token by token, idle ones
  * closed least recently used first); and one control connection for /health and /metrics.
  * A connection that fails (mqd restarted) is dropped with its sessions and reopened on
- * next use.
+ * next use, once the control connection says mqd answers again: while mqd loads (it
+ * accepts clients only when ready) requests are refused at once, never left waiting.
  *
  * Who calls it: the HTTP handlers (one thread per HTTP connection). Thread rules: every
  * function may be called from any thread; a lease is used by one thread at a time.
@@ -41,13 +42,22 @@ typedef struct oai_lease {
     int slot;   /* internal */
     int pinned; /* the session stays open after the request */
     int broken; /* set by the caller when the connection failed */
+    int gone;   /* ... because mqd went away (-EPIPE): see oai_backend_lost */
 } oai_lease;
 
-/* Takes a connection and a session: the pinned one of `key` (NULL/"" = none: a fresh
- * session, closed at release). Returns 0, -EAGAIN (all connections busy for wait_ms),
- * -EPIPE / -ECONNREFUSED (mqd unreachable) or another libmq error; err names it. */
-int oai_backend_acquire(oai_backend *b, const char *key, oai_lease *l, char *err, size_t errlen);
+/* Takes a connection and a session of `tenant` ("" = mq-openai's own uid; else a tenant
+ * named to mqd, which must list mq-openai in trusted_fronts: -MQ_ENOTTRUSTED otherwise):
+ * the tenant's pinned one of `key` (NULL/"" = none: a fresh session, closed at release).
+ * A pinned conversation belongs to its tenant: another tenant's same key is another
+ * conversation. Returns 0, -EAGAIN (all connections busy for wait_ms),
+ * -ENOTCONN (mqd is not ready: loading, restarting or not running; answered at once, a
+ * request never waits for a load), -EPIPE / -ECONNREFUSED (mqd unreachable) or another
+ * libmq error; err names it. */
+int oai_backend_acquire(oai_backend *b, const char *tenant, const char *key, oai_lease *l, char *err, size_t errlen);
 void oai_backend_release(oai_backend *b, oai_lease *l);
+/* mqd went away (a call failed with -EPIPE): until it answers again, requests that need a
+ * new connection get -ENOTCONN at once. */
+void oai_backend_lost(oai_backend *b);
 
 /* mqd's state (MQ_STATE_READY / MQ_STATE_DRAINING) and stats through the control
  * connection, or a negative error when mqd does not answer. It waits at most about 100 ms

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/errmsg.h"
+#include "mq-openai/keys.h"
 
 #define DEFAULT_PATH     "/etc/mq/mq-openai.json"
 #define MAX_CONFIG_BYTES (1u << 20)
@@ -36,7 +37,7 @@ static const field fields[] = {
     STR(listen, "address to listen on, host:port (systemd socket activation overrides it)"),
     STR(mqd_socket, "mqd's client socket (\"\" = $MQ_SOCKET or /run/mq/client.sock)"),
     STR(model_name, "model id served and accepted (\"\" = mqd's model name)"),
-    STR(api_keys_file, "file with one API key per line; \"\" = no authentication"),
+    STR(api_keys_file, "file with one API key per line, a tenant name beside it optional; \"\" = no authentication"),
     U32(max_body_kib, 1, 1u << 20, "largest request body in KiB (larger: 413)"),
     U32(max_connections, 1, 65536, "HTTP connections at once"),
     U32(idle_timeout_s, 1, 86400, "seconds an idle HTTP connection is kept"),
@@ -196,9 +197,10 @@ int oai_config_validate(const oai_config *c, char *err, size_t errlen)
     if (strcmp(c->think_history, "template") && strcmp(c->think_history, "as_generated"))
         return mq_errmsg(err, errlen, -EINVAL, "think_history: \"%s\" is not \"template\" or \"as_generated\"",
                          c->think_history);
-    if (c->api_keys_file[0] && access(c->api_keys_file, R_OK))
-        return mq_errmsg(err, errlen, -errno, "api_keys_file: %s: %s", c->api_keys_file, strerror(errno));
-    return 0;
+    oai_keys *k = NULL;
+    int rc = oai_keys_load(&k, c->api_keys_file, err, errlen); /* readable, and every line a key [tenant] */
+    oai_keys_free(k);
+    return rc;
 }
 
 void oai_config_usage(FILE *f)

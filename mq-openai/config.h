@@ -3,7 +3,8 @@
  * Owns: the settings, their defaults and bounds, and their one-line help. Every setting
  * can be given in the file (--config, default /etc/mq/mq-openai.json if it exists) and as
  * a flag (--listen 127.0.0.1:8000, underscores or dashes); flags win. An unknown key or
- * flag, a value out of bounds or an unreadable api_keys_file is an error that names it.
+ * flag, a value out of bounds or an unreadable or malformed api_keys_file is an error that
+ * names it.
  *
  * Who calls it: main.c (start-up, --check-config), tests. Thread rules: none (start-up).
  */
@@ -20,7 +21,7 @@ typedef struct oai_config {
     char listen[OAI_CFG_STR];        /* host:port, ignored under socket activation */
     char mqd_socket[OAI_CFG_STR];    /* mqd's client socket ("" = $MQ_SOCKET or default) */
     char model_name[OAI_CFG_STR];    /* the model id served ("" = mqd's model name) */
-    char api_keys_file[OAI_CFG_STR]; /* one key per line ("" = no authentication) */
+    char api_keys_file[OAI_CFG_STR]; /* a key [and its tenant] per line, keys.h ("" = none) */
     uint32_t max_body_kib;           /* request bodies larger are refused (413) */
     uint32_t max_connections;        /* HTTP connections at once */
     uint32_t idle_timeout_s;         /* an HTTP connection idle this long is closed */

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "common/errmsg.h"
+#include "mq-openai/keys.h"
 #include "mq-openai/output.h"
 #include "mq-openai/reply.h"
 #include "mq-openai/request.h"
@@ -21,17 +22,14 @@
 #define SSE_BLOCK       16384 /* bytes libmicrohttpd asks the stream callback for */
 #define CANCEL_DRAIN_MS 5000  /* a cancelled request's DONE arrives within this */
 #define MQD_CHECK_MS    1000  /* while waiting for tokens, look whether mqd is alive */
-#define MAX_KEYS        256
-#define MAX_KEY_LEN     256
+#define RETRY_AFTER_S   "2"   /* 429 and 503: when to try again (a load takes seconds) */
 
 struct oai_server {
     oai_config cfg;
     oai_backend *be;
     oai_metrics m;
     struct MHD_Daemon *mhd;
-    char *keys[MAX_KEYS];
-    size_t key_len[MAX_KEYS];
-    int n_keys;
+    oai_keys *keys; /* NULL: no authentication */
     long long started;
     uint64_t next_id; /* atomic */
 };
@@ -45,60 +43,20 @@ static double now_s(void)
 
 /* ---- authentication ------------------------------------------------------------------ */
 
-int oai_key_matches(const char *const *keys, const size_t *lens, int n, const char *key, size_t len)
-{
-    /* every key is compared over its whole length, whatever matched before */
-    int any = 0;
-    for (int i = 0; i < n; i++) {
-        unsigned char diff = (unsigned char)(lens[i] != len);
-        for (size_t k = 0; k < lens[i]; k++)
-            diff |= (unsigned char)(keys[i][k] ^ (k < len ? key[k] : 0));
-        any |= diff == 0;
-    }
-    return any;
-}
+#define NO_KEYS      (-1) /* no api_keys_file: every request is mq-openai's own tenant */
+#define UNAUTHORIZED (-2)
 
-static int load_keys(oai_server *s, char *err, size_t errlen)
+/* The index of the request's key, NO_KEYS or UNAUTHORIZED. */
+static int key_of(oai_server *s, struct MHD_Connection *c)
 {
-    if (!s->cfg.api_keys_file[0])
-        return 0;
-    FILE *f = fopen(s->cfg.api_keys_file, "r");
-    if (!f)
-        return mq_errmsg(err, errlen, -errno, "api_keys_file: %s: %s", s->cfg.api_keys_file, strerror(errno));
-    char line[MAX_KEY_LEN + 2];
-    int rc = 0, lineno = 0;
-    while (!rc && fgets(line, sizeof line, f)) {
-        lineno++;
-        size_t n = strlen(line);
-        if (n == sizeof line - 1 && line[n - 1] != '\n')
-            rc = mq_errmsg(err, errlen, -EINVAL, "api_keys_file: %s:%d: key longer than %d bytes", s->cfg.api_keys_file,
-                           lineno, MAX_KEY_LEN);
-        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' || line[n - 1] == '\t'))
-            line[--n] = 0;
-        if (rc || n == 0 || line[0] == '#')
-            continue;
-        if (s->n_keys == MAX_KEYS)
-            rc = mq_errmsg(err, errlen, -EINVAL, "api_keys_file: more than %d keys", MAX_KEYS);
-        else {
-            s->keys[s->n_keys] = strdup(line);
-            s->key_len[s->n_keys++] = n;
-        }
-    }
-    fclose(f);
-    if (!rc && s->n_keys == 0)
-        rc = mq_errmsg(err, errlen, -EINVAL, "api_keys_file: %s holds no key", s->cfg.api_keys_file);
-    return rc;
-}
-
-static int authorized(oai_server *s, struct MHD_Connection *c)
-{
-    if (!s->n_keys)
-        return 1;
+    if (!s->keys)
+        return NO_KEYS;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncasecmp(h, "Bearer ", 7))
-        return 0;
+        return UNAUTHORIZED;
     const char *k = h + 7;
-    return oai_key_matches((const char *const *)s->keys, s->key_len, s->n_keys, k, strnlen(k, MAX_KEY_LEN + 1));
+    int i = oai_keys_find(s->keys, k, strnlen(k, OAI_KEY_MAX_LEN + 1));
+    return i >= 0 ? i : UNAUTHORIZED;
 }
 
 /* ---- responses --------------------------------------------------------------------------- */
@@ -115,6 +73,8 @@ static enum MHD_Result send_body(struct MHD_Connection *c, int status, const cha
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (status == 429 || status == 503) /* busy, loading, draining: clients and balancers back off */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, RETRY_AFTER_S);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     return ret;
@@ -144,6 +104,8 @@ static void mq_error(oai_error *e, int rc, const char *msg)
     case EAGAIN: oai_fail(e, 429, "rate_limit_error", NULL, "%s", msg); break;
     case MQ_EDRAINING:
     case MQ_EKVFULL:
+    case ENOTCONN:
+    case ETIMEDOUT:
     case EPIPE:
     case ECONNREFUSED:
     case ECONNRESET:
@@ -320,11 +282,11 @@ static void gen_free(gen *g)
 }
 
 /* Sends the request to mqd; on failure *e says why. */
-static int gen_start(gen *g, const char *session_key, oai_error *e)
+static int gen_start(gen *g, const char *tenant, const char *session_key, oai_error *e)
 {
     oai_server *s = g->s;
     char err[512];
-    int rc = oai_backend_acquire(s->be, session_key, &g->lease, err, sizeof err);
+    int rc = oai_backend_acquire(s->be, tenant, session_key, &g->lease, err, sizeof err);
     if (rc) {
         mq_error(e, rc, err);
         return rc;
@@ -356,7 +318,7 @@ static int gen_start(gen *g, const char *session_key, oai_error *e)
     if (rc) {
         mq_last_error(g->lease.conn, err, sizeof err);
         if (rc == -EPIPE || rc == -ECONNRESET)
-            g->lease.broken = 1;
+            g->lease.broken = g->lease.gone = 1;
         mq_error(e, rc, err);
         oai_backend_release(s->be, &g->lease);
         return rc;
@@ -406,6 +368,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         }
         if (rc) {
             g->lease.broken = 1;
+            g->lease.gone = rc == -EPIPE;
             g->running = 0;
             oai_error e;
             mq_error(&e, rc, "mqd went away during the request");
@@ -433,8 +396,8 @@ static void stream_free(void *cls)
 
 /* ---- the generation endpoints ------------------------------------------------------------- */
 
-static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_endpoint ep, const char *body, size_t len,
-                                double t0)
+static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_endpoint ep, const char *tenant,
+                                const char *body, size_t len, double t0)
 {
     gen *g = calloc(1, sizeof *g);
     if (!g)
@@ -484,7 +447,7 @@ static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_end
         gen_free(g);
         return fail(s, c, ep, 400, "invalid_request_error", "X-Session-Id", "X-Session-Id: longer than 127 bytes");
     }
-    if (gen_start(g, key, &e)) {
+    if (gen_start(g, tenant, key, &e)) {
         gen_free(g);
         return send_error(s, c, ep, &e);
     }
@@ -516,6 +479,7 @@ static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_end
         }
         if (rc) {
             g->lease.broken = 1;
+            g->lease.gone = rc == -EPIPE;
             g->running = 0;
             mq_error(&e, rc, "mqd went away during the request");
             gen_free(g);
@@ -636,7 +600,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     int known = ep != OAI_EP_OTHER || !strcmp(url, "/v1/models");
     if (!known)
         return fail(s, c, ep, 404, "NotFoundError", NULL, "no such endpoint");
-    if (!authorized(s, c))
+    int key = key_of(s, c);
+    if (key == UNAUTHORIZED)
         return fail(s, c, ep, 401, "authentication_error", NULL,
                     "a valid API key is required (Authorization: Bearer <key>)");
     if (ep == OAI_EP_OTHER)
@@ -648,7 +613,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(m, sizeof m, "request body over %u KiB", s->cfg.max_body_kib);
         return fail(s, c, ep, 413, "invalid_request_error", NULL, m);
     }
-    return generate(s, c, ep, u->p ? u->p : "", u->len, u->t0);
+    return generate(s, c, ep, key >= 0 ? oai_keys_tenant(s->keys, key) : "", u->p ? u->p : "", u->len, u->t0);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
@@ -673,7 +638,7 @@ int oai_server_start(oai_server **out, const oai_config *cfg, int listen_fd, cha
         return mq_errmsg(err, errlen, -ENOMEM, "out of memory");
     s->cfg = *cfg;
     s->started = (long long)time(NULL);
-    int rc = load_keys(s, err, errlen);
+    int rc = oai_keys_load(&s->keys, cfg->api_keys_file, err, errlen);
     oai_backend_opts bo = { .socket = cfg->mqd_socket[0] ? cfg->mqd_socket : NULL,
                             .max_conns = (int)cfg->max_requests,
                             .max_pinned = (int)cfg->max_sessions,
@@ -737,7 +702,6 @@ void oai_server_stop(oai_server *s)
     if (s->mhd)
         MHD_stop_daemon(s->mhd);
     oai_backend_destroy(s->be);
-    for (int i = 0; i < s->n_keys; i++)
-        free(s->keys[i]);
+    oai_keys_free(s->keys);
     free(s);
 }

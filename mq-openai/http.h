@@ -28,8 +28,4 @@ typedef struct oai_server oai_server;
 int oai_server_start(oai_server **out, const oai_config *cfg, int listen_fd, char *err, size_t errlen);
 void oai_server_stop(oai_server *s);
 
-/* Constant-time comparison of a presented key with the configured ones: 1 if it matches
- * one of them. Exposed for the unit test. */
-int oai_key_matches(const char *const *keys, const size_t *lens, int n, const char *key, size_t len);
-
 #endif

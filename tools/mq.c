@@ -3,6 +3,8 @@
  *   mq run "prompt"      one chat message (or raw text with --raw), answer streamed
  *   mq chat              interactive: every line is a user message on one session
  *   mq stats             mqd's counters
+ * Options go before or after the command (`mq run "hi" --json`); `--` ends them (a prompt
+ * that starts with "-"); an unknown option or a word too many is a usage error.
  * Exit codes: 0 success, 1 the request failed (mqd's message on stderr), 2 usage,
  * 3 cannot reach mqd.
  */
@@ -343,6 +345,11 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "run") && optind + 1 >= argc) {
         fprintf(stderr, "mq: run needs a prompt: mq run \"...\"\n");
+        return 2;
+    }
+    if (strcmp(cmd, "run") && optind + 1 < argc) {
+        fprintf(stderr, "mq: %s takes no argument, not \"%s\"\n", cmd, argv[optind + 1]);
+        usage(stderr);
         return 2;
     }
     struct sigaction sa = { .sa_handler = on_sigint };

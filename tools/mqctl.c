@@ -2,6 +2,8 @@
  *
  *   mqctl [--socket PATH] [--json] status | sessions | stats | cancel ID | drain | reload |
  *                                   config | top
+ * Options go before or after the command (`mqctl status --json`, as git and systemctl take
+ * them); an unknown option or a word too many is a usage error.
  * Human-readable tables by default, mqd's JSON reply with --json.
  * Exit codes: 0 success, 1 mqd refused or the command failed (message on stderr),
  * 2 usage, 3 cannot reach mqd or its reply was not understood.
@@ -9,6 +11,7 @@
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,10 +78,18 @@ static void print_users(const cJSON *r)
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(r, "users");
     if (!cJSON_GetArraySize(arr))
         return;
-    printf("%-8s %8s %8s %8s %8s %8s\n", "UID", "SESSIONS", "QUEUED", "RUNNING", "KV_BLK", "KV_RSV");
+    printf("%-16s %8s %8s %8s %8s %8s\n", "UID/TENANT", "SESSIONS", "QUEUED", "RUNNING", "KV_BLK", "KV_RSV");
     const cJSON *u;
-    cJSON_ArrayForEach(u, arr) printf("%-8.0f %8.0f %8.0f %8.0f %8.0f %8.0f\n", num(u, "uid"), num(u, "sessions"),
-                                      num(u, "queued"), num(u, "running"), num(u, "kv_blocks"), num(u, "kv_reserved"));
+    cJSON_ArrayForEach(u, arr)
+    {
+        char who[32];
+        if (str(u, "tenant_name")[0]) /* named by a trusted front (mq-openai's API keys) */
+            snprintf(who, sizeof who, "%.16s", str(u, "tenant_name"));
+        else
+            snprintf(who, sizeof who, "%.0f", num(u, "uid"));
+        printf("%-16s %8.0f %8.0f %8.0f %8.0f %8.0f\n", who, num(u, "sessions"), num(u, "queued"), num(u, "running"),
+               num(u, "kv_blocks"), num(u, "kv_reserved"));
+    }
 }
 
 static void print_stats(const cJSON *r)
@@ -133,6 +144,8 @@ static void print_status(const cJSON *r)
            str(r, "pools.decode.cpus"));
     printf("clients         %.0f\n", num(r, "clients"));
     printf("bpf             %s\n", str(r, "bpf"));
+    printf("seccomp         %s, %.0f call(s) refused%s%s\n", str(r, "seccomp.mode"), num(r, "seccomp.refused"),
+           str(r, "seccomp.last_refused")[0] ? ", the last: " : "", str(r, "seccomp.last_refused"));
     if (cJSON_GetObjectItem(r, "kv"))
         print_stats(r);
     if (str(r, "error")[0])
@@ -204,7 +217,7 @@ static const command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mqctl [--socket PATH] [--json] COMMAND\n");
+    fprintf(f, "usage: mqctl [--socket PATH] [--json] COMMAND (options also after it)\n");
     for (int i = 0; i < N_COMMANDS; i++)
         fprintf(f, "  %-12s %s\n", commands[i].takes_id ? "cancel ID" : commands[i].name, commands[i].help);
     fprintf(f, "socket: --socket, $MQ_ADMIN_SOCKET, or %s\n", DEFAULT_ADMIN_SOCKET);
@@ -218,49 +231,68 @@ static const command *find_command(const char *name)
     return NULL;
 }
 
+/* Options anywhere (getopt_long permutes: `mqctl status --json`), then the command and
+ * its id for cancel. 0, 1 when --help was asked, or 2 (usage error; said on stderr). */
+static int parse_args(int argc, char **argv, const char **sock, int *json, const command **cm, unsigned long long *id)
+{
+    static const struct option lo[] = {
+        { "socket", 1, 0, 's' }, { "json", 0, 0, 'j' }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    int ch;
+    opterr = 0; /* our own messages */
+    while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (ch) {
+        case 's': *sock = optarg; break;
+        case 'j': *json = 1; break;
+        case 'h': return 1;
+        default:
+            fprintf(stderr, "mqctl: %s option %s\n",
+                    ch == ':' || optopt == 's' ? "a value is missing for the" : "unknown", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "mqctl: no command\n");
+        return 2;
+    }
+    *cm = find_command(argv[optind]);
+    if (!*cm) {
+        fprintf(stderr, "mqctl: unknown command \"%s\"\n", argv[optind]);
+        return 2;
+    }
+    int words = (*cm)->takes_id ? 2 : 1;
+    if ((*cm)->takes_id) {
+        char *end = NULL;
+        *id = optind + 1 < argc ? strtoull(argv[optind + 1], &end, 10) : 0;
+        if (!*id || *end) {
+            fprintf(stderr, "mqctl: cancel needs a request or session id\n");
+            return 2;
+        }
+    }
+    if (argc - optind > words) {
+        fprintf(stderr, "mqctl: %s takes %s, not \"%s\"\n", (*cm)->name, (*cm)->takes_id ? "one id" : "no argument",
+                argv[optind + words]);
+        return 2;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *sock = getenv("MQ_ADMIN_SOCKET");
-    int json = 0, i = 1;
-    for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
-        if (!strcmp(argv[i], "--json"))
-            json = 1;
-        else if (!strcmp(argv[i], "--socket") && i + 1 < argc)
-            sock = argv[++i];
-        else if (!strncmp(argv[i], "--socket=", 9))
-            sock = argv[i] + 9;
-        else if (!strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "mqctl: unknown option %s\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
+    int json = 0;
+    const command *cm = NULL;
+    unsigned long long id = 0;
+    int prc = parse_args(argc, argv, &sock, &json, &cm, &id);
+    if (prc) {
+        usage(prc == 1 ? stdout : stderr);
+        return prc == 1 ? 0 : 2;
     }
-    if (i >= argc) {
-        usage(stderr);
-        return 2;
-    }
-    const char *cmd = argv[i];
-    const command *cm = find_command(cmd);
-    if (!cm) {
-        fprintf(stderr, "mqctl: unknown command \"%s\"\n", cmd);
-        usage(stderr);
-        return 2;
-    }
+    const char *cmd = cm->name;
     cJSON *req = cJSON_CreateObject();
     cJSON_AddStringToObject(req, "cmd", cmd);
-    if (cm->takes_id) {
-        char *end;
-        unsigned long long id = i + 1 < argc ? strtoull(argv[i + 1], &end, 10) : 0;
-        if (i + 1 >= argc || !id || *end) {
-            fprintf(stderr, "mqctl: cancel needs a request or session id\n");
-            cJSON_Delete(req);
-            return 2;
-        }
+    if (cm->takes_id)
         cJSON_AddNumberToObject(req, "id", (double)id);
-    }
     if (!sock || !*sock)
         sock = DEFAULT_ADMIN_SOCKET;
     struct sockaddr_un sa = { .sun_family = AF_UNIX };

@@ -2,18 +2,35 @@
  * requests, and an agent replay over HTTP.
  *
  * 1. 32 concurrent streaming requests (answer turns of the agent conversations, greedy,
- *    64 tokens), first through libmq (mq_send_chat with exactly the payload mq-openai
- *    builds from the same body), then through HTTP/SSE with a minimal client of its own (a
- *    raw socket, so no client library's overhead is counted). Warm KV for both: every
- *    request ran once before. Rounds alternate; per round TTFT p50 and tokens/s.
- *    Prints http_ttft_overhead_ms_p50 (median over rounds of the p50 of TTFT beyond mqd's
- *    own TTFT, HTTP minus libmq), http_tokens_per_s_vs_libmq, and
- *    http_ttft_overhead_ms_solo_p50 (the same requests one at a time, HTTP - libmq TTFT).
+ *    64 tokens), one round through each side, rounds alternating. Both sides make mqd do
+ *    the same work for a request: open a raw session, SUBMIT the same conversation JSON
+ *    (mq_send_chat), stream 64 tokens, close the session.
+ *    - libmq: one connection per stream, made before the clock starts (mq-openai keeps its
+ *      pool connections too); the clock runs from mq_open_session to the first token
+ *      event with text. The payload and parameters are exactly what mq-openai derives
+ *      from the HTTP body (oai_parse_chat, oai_request_default_think, the same mq_params).
+ *    - HTTP: one TCP connection per stream, made before the clock starts; the clock runs
+ *      from writing the POST to the first SSE chunk with generated content. mq-openai
+ *      parses the body, takes a pool connection, opens the session and sends the same
+ *      SUBMIT; per token it parses the output for tool calls and writes an SSE chunk.
+ *      The client is a raw socket that looks for the first content chunk with a string
+ *      search and parses JSON only for the final usage chunk, so neither a client
+ *      library's nor the bench's own per-chunk parsing is counted against mq-openai.
+ *    Warm KV for both: every request ran once before. Per round: TTFT p50, and the p50 of
+ *    TTFT beyond mqd's own TTFT (mqd's TTFT counts from the SUBMIT's arrival, so what is
+ *    left is the transport: libmq's socket and rings, or HTTP + mq-openai + libmq); tokens
+ *    per second of the whole round. Prints http_ttft_overhead_ms_p50 (median over rounds
+ *    of that p50, HTTP minus libmq), http_tokens_per_s_vs_libmq (median of the ratios),
+ *    and http_ttft_overhead_ms_solo_p50 (the same requests one at a time, HTTP - libmq
+ *    TTFT).
  * 2. Agent replay: 8 conversations turn by turn over HTTP, concurrently, each pinned by
  *    X-Session-Id; cached/prompt tokens from turn 2 on (http_replay_cached_ratio), the
  *    tokens the session held but could not reuse per turn (the Qwen3 empty-think trap:
  *    http_replay_lost_tokens_per_turn), and the same replay without a session id
- *    (prefix index only).
+ *    (prefix index only): in bf16 (http_replay_cached_ratio_stateless; the index shares
+ *    whole blocks of a bf16 prompt) and in mixed, the default (..._stateless_mixed; whole
+ *    chunks of the NVFP4 grid only). Each replay runs in a precision of its own or before
+ *    the others of its precision: the index is kept per precision, so none warms another.
  * Usage: bench_http --url http://127.0.0.1:PORT --socket CLIENT_SOCK --dir golden/mq-agent-45m
  */
 #define _GNU_SOURCE
@@ -37,7 +54,7 @@
 
 #define N_STREAMS  32
 #define MAX_TOKENS 64
-#define ROUNDS     5
+#define ROUNDS     9 /* the medians settle on a machine that others use too */
 #define N_REPLAY   8
 
 static int port;
@@ -189,12 +206,13 @@ static int http_post(int fd, const char *body, const char *session, int stream, 
                 break;
             *e = 0;
             char *d = strstr(out + scan, "data: ");
-            if (d && strcmp(d + 6, "[DONE]")) {
+            /* the first chunk with generated text: mq-openai writes "content":"..." (or a
+             * tool call's "arguments") into a delta; role and finish chunks have neither */
+            if (d && !r->ttft &&
+                ((strstr(d, "\"content\":\"") && !strstr(d, "\"content\":\"\"")) || strstr(d, "\"tool_calls\"")))
+                r->ttft = now_s() - t0;
+            if (d && strcmp(d + 6, "[DONE]") && strstr(d, "\"usage\"")) { /* only the usage chunk is parsed */
                 cJSON *j = cJSON_Parse(d + 6);
-                cJSON *delta = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "delta");
-                cJSON *c = cJSON_GetObjectItem(delta, "content");
-                if (!r->ttft && ((cJSON_IsString(c) && c->valuestring[0]) || cJSON_GetObjectItem(delta, "tool_calls")))
-                    r->ttft = now_s() - t0;
                 cJSON *u = cJSON_GetObjectItem(j, "usage");
                 cJSON *mq = cJSON_GetObjectItem(j, "mq");
                 if (cJSON_IsObject(mq))
@@ -241,14 +259,14 @@ typedef struct job {
 static void *run_libmq(job *j)
 {
     mq_conn *c;
-    uint64_t s, req;
-    if (mq_connect(sock_path, &c) || mq_open_session(c, MQ_MODE_RAW, &s)) {
+    uint64_t s = 0, req;
+    if (mq_connect(sock_path, &c)) {
         j->err = 1;
         pthread_barrier_wait(j->go);
         return NULL;
     }
     mq_params p;
-    mq_params_init(&p); /* as mq-openai sets them for this body */
+    mq_params_init(&p); /* as mq-openai sets them for this body (http.c gen_start) */
     p.max_tokens = MAX_TOKENS;
     p.temperature = 0;
     p.top_p = 1;
@@ -257,7 +275,7 @@ static void *run_libmq(job *j)
     mq_request_opts o = { .flags = MQ_REQ_WHOLE_CONTEXT };
     pthread_barrier_wait(j->go);
     double t0 = now_s();
-    if (mq_send_chat(c, s, j->rq.payload, j->rq.payload_len, &p, &o, &req))
+    if (mq_open_session(c, MQ_MODE_RAW, &s) || mq_send_chat(c, s, j->rq.payload, j->rq.payload_len, &p, &o, &req))
         j->err = 1;
     mq_event ev;
     while (!j->err && mq_next_event(c, &ev, 60000) == 0) {
@@ -343,7 +361,8 @@ static int phase(job *jobs, int n, int http, double *p50, double *over50, double
 
 typedef struct replay {
     int conv;
-    int pinned; /* 0 stateless, 1 X-Session-Id, 2 X-Session-Id + think_history as_generated */
+    int pinned;       /* 0 stateless, 1 X-Session-Id, 2 X-Session-Id + think_history as_generated */
+    const char *mode; /* the request's precision */
     long prompt, cached, lost;
     int turns;
     int err;
@@ -352,10 +371,7 @@ typedef struct replay {
 static void *replay_main(void *arg)
 {
     replay *rp = arg;
-    /* each replay in its own precision: the prefix index is kept per precision, so one
-     * replay's blocks do not warm the other's */
-    static const char *const modes[] = { "bf16", "mixed", "fp4" };
-    const char *mode = modes[rp->pinned];
+    const char *mode = rp->mode;
     const char *think = rp->pinned == 2 ? ",\"think_history\":\"as_generated\"" : "";
     const cJSON *conv = cJSON_GetArrayItem(convs, rp->conv);
     char key[64];
@@ -391,12 +407,12 @@ static void *replay_main(void *arg)
     return NULL;
 }
 
-static void run_replay(int pinned, const int *ids, double *ratio, double *lost)
+static void run_replay(int pinned, const char *mode, const int *ids, double *ratio, double *lost)
 {
     replay rp[N_REPLAY];
     pthread_t th[N_REPLAY];
     for (int i = 0; i < N_REPLAY; i++) {
-        rp[i] = (replay){ .conv = ids[i], .pinned = pinned };
+        rp[i] = (replay){ .conv = ids[i], .pinned = pinned, .mode = mode };
         pthread_create(&th[i], NULL, replay_main, &rp[i]);
     }
     long p = 0, c = 0, l = 0, t = 0, e = 0;
@@ -460,10 +476,11 @@ int main(int argc, char **argv)
         }
         ids[i] = best;
     }
-    double rr, rl, sr, sl, gr, gl;
-    run_replay(1, ids, &rr, &rl);
-    run_replay(0, ids, &sr, &sl);
-    run_replay(2, ids, &gr, &gl);
+    double rr, rl, sr, sl, gr, gl, mr, ml;
+    run_replay(0, "mixed", ids, &mr, &ml); /* first: the pinned replay below is mixed too */
+    run_replay(1, "mixed", ids, &rr, &rl);
+    run_replay(0, "bf16", ids, &sr, &sl);
+    run_replay(2, "fp4", ids, &gr, &gl);
 
     /* 32 answer turns (text replies stream token by token) */
     job jobs[N_STREAMS];
@@ -477,7 +494,9 @@ int main(int argc, char **argv)
         j->body = body_of(cJSON_GetArrayItem(convs, cJSON_GetObjectItem(c, "conv")->valueint),
                           cJSON_GetObjectItem(c, "turn")->valueint, 1, MAX_TOKENS);
         oai_error e;
-        if (oai_parse_chat(j->body, strlen(j->body), &j->rq, &e)) {
+        /* mq-openai's payload: the parsed body, with its server default of think_history
+         * (serve.sh runs it with the default, "template") */
+        if (oai_parse_chat(j->body, strlen(j->body), &j->rq, &e) || oai_request_default_think(&j->rq, 0)) {
             fprintf(stderr, "bench_http: %s\n", e.message);
             return 1;
         }
@@ -510,9 +529,11 @@ int main(int argc, char **argv)
     qsort(ratio, ROUNDS, sizeof ratio[0], cmp_d);
 
     printf("# replay: %d conversations (turns 2..): X-Session-Id: cached %.4f, %.1f held tokens lost per turn; "
-           "with think_history as_generated: cached %.4f, %.1f lost; without a session: cached %.4f\n",
-           N_REPLAY, rr, rl, gr, gl, sr);
+           "with think_history as_generated: cached %.4f, %.1f lost; without a session: cached %.4f (bf16), "
+           "%.4f (mixed)\n",
+           N_REPLAY, rr, rl, gr, gl, sr, mr);
     printf("http_replay_cached_ratio_stateless: %.4f\n", sr);
+    printf("http_replay_cached_ratio_stateless_mixed: %.4f\n", mr);
     printf("http_replay_cached_ratio_as_generated: %.4f\n", gr);
     printf("http_replay_lost_tokens_per_turn: %.1f\n", rl);
     printf("http_replay_lost_tokens_per_turn_as_generated: %.1f\n", gl);

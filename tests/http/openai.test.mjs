@@ -2,7 +2,8 @@
 // against a real mqd serving the agent model (shared/models/mq-agent-45m).
 // Started by tests/integration/test_openai.c, which sets:
 //   MQ_HTTP_URL      http://127.0.0.1:<port>  (mq-openai, no API keys)
-//   MQ_HTTP_KEY_URL  a second mq-openai that requires MQ_HTTP_KEY
+//   MQ_HTTP_KEY_URL  a second mq-openai that requires an API key: MQ_HTTP_KEY and
+//                    MQ_HTTP_KEY_MATE (both of tenant team-a), MQ_HTTP_KEY_OTHER (its own)
 //   MQ_ADMIN_SOCKET  mqd's admin socket, MQ_MQCTL the mqctl binary
 // The tests run in order; the last one drains mqd.
 import { test } from 'node:test';
@@ -184,6 +185,31 @@ test('API keys: 401 without the key, 200 with it', async () => {
     assert.equal((await fetch(`${keyUrl}/health`)).status, 200, '/health needs no key');
 });
 
+test('API keys are tenants: another tenant\'s exact guess of a prompt is no cache hit', async () => {
+    const as = (key) => new OpenAI({ baseURL: `${process.env.MQ_HTTP_KEY_URL}/v1`, apiKey: key, maxRetries: 0 });
+    const secret = (tag) => Array.from({ length: 12 }, (_, i) =>
+        `Line ${i} of ${tag}: the vault code in building ${i + 3} is ${4417 + i * 37}-ALPHA-${2291 + i * 11}.`).join(' ');
+    const ask = async (key, text, headers = {}) => (await as(key).chat.completions.create(
+        { messages: [{ role: 'user', content: text }], max_tokens: 1, temperature: 0 }, { headers })).usage;
+    const cached = (u) => u.prompt_tokens_details.cached_tokens;
+    const owner = await ask(process.env.MQ_HTTP_KEY, secret('the secret'));
+    const other = await ask(process.env.MQ_HTTP_KEY_OTHER, secret('the secret'));
+    const mate = await ask(process.env.MQ_HTTP_KEY_MATE, secret('the secret'));
+    assert.ok(owner.prompt_tokens > 256, `a prompt longer than a prefill chunk: ${owner.prompt_tokens}`);
+    assert.equal(cached(owner), 0, 'first request');
+    assert.equal(cached(other), 0, 'another tenant\'s exact guess');
+    assert.ok(cached(mate) > 0, `the same tenant (another of its keys) reuses the prefix: ${JSON.stringify(mate)}`);
+    // a conversation id belongs to its tenant: the same X-Session-Id of another tenant is
+    // another conversation, whose session holds nothing of the first one's
+    const h = { 'X-Session-Id': 'conv-shared-id' };
+    await ask(process.env.MQ_HTTP_KEY_OTHER, secret('the other secret'), h);
+    const guess = await ask(process.env.MQ_HTTP_KEY_MATE, secret('the other secret'), h);
+    assert.equal(cached(guess), 0, 'a pinned conversation of another tenant');
+    const st = mqctl('stats');
+    assert.ok(st.users.some((u) => u.tenant_name === 'team-a'), JSON.stringify(st.users));
+    assert.ok(st.users.some((u) => /^key-[A-Za-z0-9./]{16}$/.test(u.tenant_name ?? '')), JSON.stringify(st.users));
+});
+
 test('/metrics exports the router gauges', async () => {
     const m = await (await fetch(`${base}/metrics`)).text();
     assert.match(m, /^vllm:num_requests_waiting\{model_name="mq-agent-45m"\} \d+$/m);
@@ -206,6 +232,11 @@ test('/health is 503 while mqd drains; the running stream still finishes', async
     const r = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
                                                             body: JSON.stringify({ messages: [{ role: 'user', content: 'x' }] }) });
     assert.equal(r.status, 503, 'new requests are refused while draining');
+    assert.ok(Number(r.headers.get('retry-after')) > 0, 'with Retry-After');
+    const j = await r.json();
+    assert.equal(j.error.code, 503);
+    assert.equal(j.error.type, 'service_unavailable');
+    assert.match(j.error.message, /drain|shutting down/);
     let finish;
     for (let x = await it.next(); !x.done; x = await it.next())
         if (x.value.choices[0]?.finish_reason) finish = x.value.choices[0].finish_reason;

@@ -282,6 +282,17 @@ static inline const char *jstr(const cJSON *o, const char *a)
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
+/* Fails the running test when mqd's seccomp filter refused a system call so far (mqctl
+ * status): whatever the test made mqd do stayed within its allow-list. */
+static inline void spawn_check_no_seccomp_refusal(const char *admin)
+{
+    cJSON *r = admin_call(admin, "status", 0);
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(r, "seccomp");
+    double n = jnum(sc, "refused", NULL);
+    CHECK(n == 0, "mqd's seccomp filter refused %.0f call(s), the last %s", n, jstr(sc, "last_refused"));
+    cJSON_Delete(r);
+}
+
 /* Polls the admin socket until state is "ready" (1), the process died (0) or timeout. */
 static inline int spawn_wait_ready(const char *admin, pid_t pid, int timeout_s)
 {

@@ -391,6 +391,12 @@ static void test_killed_during_prefill(void)
     CHECK(answer_of(prompt_a, GEN, &a) == 0 && same(&a, &ref_a), "another client afterwards");
 }
 
+/* Everything these clients made mqd do stayed within its system-call allow-list. */
+static void test_seccomp_refused_nothing(void)
+{
+    spawn_check_no_seccomp_refusal(admin_sock);
+}
+
 int main(void)
 {
     spawn_tmpdir(dir, sizeof dir);
@@ -423,5 +429,6 @@ int main(void)
     RUN(test_corrupt_prompt_ring);
     RUN(test_sigstop_sigcont);
     RUN(test_killed_during_prefill);
+    RUN(test_seccomp_refused_nothing);
     return spawn_suite_done(mqd_pid, logpath);
 }

@@ -5,6 +5,8 @@
  *   - cancel; a client SIGKILLed mid-stream has its session and KV blocks freed;
  *   - a 20k-token prompt through the prompt ring; a prompt over the context limit is
  *     refused with a clear error; protocol garbage closes only that connection;
+ *   - prompts are prepared off the event loop: other clients are answered meanwhile, and
+ *     a client that hangs up during the preparation leaks nothing;
  *   - a client of a uid not in allowed_users is refused, so is a peer on the admin socket
  *     that is not root nor in admin_group; mqd's log lines name their level;
  *   - mqd runs as nobody with no capabilities and no_new_privs (/proc/<pid>/status);
@@ -420,6 +422,122 @@ static void test_long_prompt_and_context_limit(void)
     mq_disconnect(c);
 }
 
+/* A prompt that takes mqd long to tokenize (about 512 KB of varied words: far over the
+ * context limit, which is found only once it is tokenized). */
+static char *long_text(size_t *len)
+{
+    enum { BYTES = 512 * 1024 };
+    static const char *const words[] = { "lighthouse", "keeper", "sea", "storm", "lamp", "ship", "night", "rock" };
+    char *t = malloc(BYTES + 32);
+    size_t n = 0;
+    for (unsigned i = 0; n < BYTES; i++)
+        n += (size_t)sprintf(t + n, "%s%u ", words[(i * 2654435761u) >> 29], i % 997);
+    *len = n;
+    return t;
+}
+
+typedef struct slow_send {
+    mq_conn *c;
+    uint64_t s;
+    const char *text;
+    size_t len;
+    int rc;
+    int done; /* atomic */
+} slow_send;
+
+static void *slow_send_main(void *arg)
+{
+    slow_send *a = arg;
+    mq_params p;
+    greedy(&p, 1);
+    uint64_t req;
+    a->rc = mq_send_text(a->c, a->s, a->text, a->len, &p, &req);
+    __atomic_store_n(&a->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+/* Rendering and tokenizing happen off mqd's event loop (daemon/prep.h): while one client's
+ * huge prompt is tokenized, another client's requests are answered. */
+static void test_loop_free_while_a_prompt_is_prepared(void)
+{
+    mq_conn *b;
+    int rc = mq_connect(client_sock, &b);
+    CHECK(rc == 0, "connect: %s", mq_strerror(rc));
+    if (rc)
+        return;
+    slow_send a = { 0 };
+    mq_params p;
+    rc = open_greedy(MQ_MODE_RAW, 1, &a.c, &a.s, &p);
+    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    if (rc) {
+        mq_disconnect(b);
+        return;
+    }
+    a.text = long_text(&a.len);
+    pthread_t th;
+    double t0 = spawn_now();
+    pthread_create(&th, NULL, slow_send_main, &a);
+    int answered = 0;
+    while (!__atomic_load_n(&a.done, __ATOMIC_SEQ_CST) && spawn_now() - t0 < 30) {
+        mq_stats st;
+        if (mq_stats_get(b, &st) == 0 && !__atomic_load_n(&a.done, __ATOMIC_SEQ_CST))
+            answered++;
+    }
+    pthread_join(th, NULL);
+    double dt = spawn_now() - t0;
+    char msg[600];
+    mq_last_error(a.c, msg, sizeof msg);
+    printf("    a %zu-byte prompt answered in %.0f ms; meanwhile another client's STATS answered %d times\n", a.len,
+           dt * 1e3, answered);
+    CHECK(a.rc == -MQ_ETOOLONG && strstr(msg, "context limit"), "huge prompt: %d (%s)", a.rc, msg);
+    CHECK(answered >= 20, "only %d STATS answered while the huge prompt was prepared (%.0f ms)", answered, dt * 1e3);
+    free((char *)a.text);
+    mq_disconnect(a.c);
+    mq_disconnect(b);
+}
+
+/* A client that hangs up while its SUBMIT is prepared: the worker's result finds the
+ * connection gone; nothing leaks and mqd goes on serving. */
+static void test_hangup_while_a_prompt_is_prepared(void)
+{
+    int base_sessions = n_sessions(), base_kv = kv_used();
+    size_t len;
+    char *text = long_text(&len);
+    int pfd[2];
+    CHECK(pipe(pfd) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        mq_conn *c;
+        uint64_t s, req;
+        mq_params p;
+        if (open_greedy(MQ_MODE_RAW, 4, &c, &s, &p) || write(pfd[1], "x", 1) != 1)
+            _exit(1);
+        mq_send_text(c, s, text, len, &p, &req);
+        _exit(0);
+    }
+    close(pfd[1]);
+    char x;
+    CHECK(read(pfd[0], &x, 1) == 1, "the child did not connect");
+    close(pfd[0]);
+    usleep(20 * 1000); /* its SUBMIT is with a prep worker by now */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    free(text);
+    int now = -1, kv = -1;
+    for (double t0 = spawn_now(); spawn_now() - t0 < 10; usleep(50 * 1000)) {
+        now = n_sessions();
+        kv = kv_used();
+        if (now == base_sessions && kv <= base_kv)
+            break;
+    }
+    CHECK(now == base_sessions, "sessions after the hang-up: %d, before %d", now, base_sessions);
+    CHECK(kv <= base_kv, "KV blocks in use after the hang-up: %d, before %d", kv, base_kv);
+    result r = { 0 };
+    int rc = run_raw(prompts[0], &r);
+    CHECK(rc == 0 && r.n == refs[0].n && !memcmp(r.ids, refs[0].ids, sizeof(int32_t) * (size_t)r.n),
+          "a request after the hang-up: %s", mq_strerror(rc));
+}
+
 static int raw_connect(void)
 {
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -578,6 +696,7 @@ static void test_privileges_dropped(void)
     CHECK(!strcmp(proc_status(mqd_pid, "CapBnd", v, sizeof v), "0000000000000000"), "CapBnd %s", v);
     CHECK(!strcmp(proc_status(mqd_pid, "CapAmb", v, sizeof v), "0000000000000000"), "CapAmb %s", v);
     CHECK(!strcmp(proc_status(mqd_pid, "NoNewPrivs", v, sizeof v), "1"), "NoNewPrivs %s", v);
+    CHECK(!strcmp(proc_status(mqd_pid, "Seccomp", v, sizeof v), "2"), "Seccomp %s (2 = a filter)", v);
     /* mqctl status works and reports the state */
     cJSON *r = admin_call(admin_sock, "status", 0);
     CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")) && !strcmp(jstr(r, "state"), "ready"), "admin status");
@@ -628,6 +747,55 @@ static void test_tools(void)
     CHECK(run_tool(gone, out, sizeof out) == 3, "mqctl unreachable: %s", out);
     char *mqgone[] = { mq, "--socket", "/nonexistent/c.sock", "run", "x", NULL };
     CHECK(run_tool(mqgone, out, sizeof out) == 3, "mq unreachable: %s", out);
+}
+
+/* Options after the command, as git and systemctl take them; an unknown option or a word
+ * too many is a usage error (exit 2, usage on stderr), never silently ignored. */
+static void test_tools_arguments(void)
+{
+    char mq[4200], mqctl[4200], out[65536];
+    snprintf(mq, sizeof mq, "%s/mq", spawn_build_dir());
+    snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
+    char *after[] = { mqctl, "status", "--json", "--socket", admin_sock, NULL };
+    int rc = run_tool(after, out, sizeof out);
+    cJSON *o = cJSON_Parse(out);
+    CHECK(rc == 0 && o && !strcmp(jstr(o, "state"), "ready"), "mqctl status --json --socket: exit %d: %.200s", rc, out);
+    cJSON_Delete(o);
+    char *cancel_json[] = { mqctl, "--socket", admin_sock, "cancel", "987654321", "--json", NULL };
+    rc = run_tool(cancel_json, out, sizeof out); /* mqd's JSON reply on stdout, the error on stderr */
+    CHECK(rc == 1 && strstr(out, "\"ok\":\tfalse") && strstr(out, "987654321"),
+          "mqctl cancel ID --json: exit %d: %.200s", rc, out);
+    /* the words after "mqctl --socket PATH", and what the error names */
+    static const char *const bad_ctl[][4] = { { "status", "--bogus", NULL, "--bogus" },
+                                              { "status", "extra", NULL, "\"extra\"" },
+                                              { "cancel", "5", "6", "\"6\"" },
+                                              { "status", "--socket", NULL, "--socket" } };
+    for (int i = 0; i < 4; i++) {
+        char *argv[] = {
+            mqctl, "--socket", admin_sock, (char *)bad_ctl[i][0], (char *)bad_ctl[i][1], (char *)bad_ctl[i][2], NULL
+        };
+        rc = run_tool(argv, out, sizeof out);
+        CHECK(rc == 2 && strstr(out, "usage: mqctl") && strstr(out, bad_ctl[i][3]), "mqctl %s %s: exit %d: %.300s",
+              bad_ctl[i][0], bad_ctl[i][1], rc, out);
+    }
+    char *mq_after[] = { mq, "run", "Hello", "--greedy", "--max-tokens", "4", "--json", "--socket", client_sock, NULL };
+    rc = run_tool(mq_after, out, sizeof out);
+    o = cJSON_Parse(out);
+    CHECK(rc == 0 && o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")) == 4,
+          "mq run with options after the prompt: exit %d: %.200s", rc, out);
+    cJSON_Delete(o);
+    char *mq_bogus[] = { mq, "--socket", client_sock, "stats", "--bogus", NULL };
+    rc = run_tool(mq_bogus, out, sizeof out);
+    CHECK(rc == 2 && strstr(out, "usage: mq") && strstr(out, "--bogus"), "mq stats --bogus: exit %d: %.300s", rc, out);
+    char *mq_extra[] = { mq, "--socket", client_sock, "stats", "extra", NULL };
+    rc = run_tool(mq_extra, out, sizeof out);
+    CHECK(rc == 2 && strstr(out, "usage: mq") && strstr(out, "extra"), "mq stats extra: exit %d: %.300s", rc, out);
+}
+
+/* Everything the suite made mqd do stayed within its system-call allow-list. */
+static void test_seccomp_refused_nothing(void)
+{
+    spawn_check_no_seccomp_refusal(admin_sock);
 }
 
 static void test_sigterm_drains(void)
@@ -711,7 +879,11 @@ int main(void)
     RUN(test_admin_refused);
     RUN(test_log_lines);
     RUN(test_long_prompt_and_context_limit);
+    RUN(test_loop_free_while_a_prompt_is_prepared);
+    RUN(test_hangup_while_a_prompt_is_prepared);
     RUN(test_tools);
+    RUN(test_tools_arguments);
+    RUN(test_seccomp_refused_nothing);
     RUN(test_sigterm_drains);
     return spawn_suite_done(mqd_pid, logpath);
 }

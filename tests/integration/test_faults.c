@@ -717,6 +717,12 @@ static void test_per_uid_limits(void)
     own_stop(&o);
 }
 
+/* Everything the hostile clients made mqd do stayed within its system-call allow-list. */
+static void test_seccomp_refused_nothing(void)
+{
+    spawn_check_no_seccomp_refusal(admin_sock);
+}
+
 /* Last, issue 13 #9: during a drain a new client is told MQ_EDRAINING at once (it used
  * to wait in the backlog until the drain ended, then got ECONNRESET); a request the
  * drain cuts off ends as SHUTDOWN (it used to say CANCELLED); mqd exits 0. */
@@ -814,6 +820,7 @@ int main(void)
     RUN(test_fd_exhaustion_refused_and_recovered);
     RUN(test_prefix_cache_per_uid);
     RUN(test_per_uid_limits);
+    RUN(test_seccomp_refused_nothing);
     RUN(test_drain);
     RUN(test_fifo_in_model_dir);
     RUN(test_sigterm_at_once_stops_the_load);

@@ -11,6 +11,7 @@
  *   - not root (mqd started as nobody): nothing is reserved and the status says why.
  * The test puts nr_hugepages back to its starting value itself if anything goes wrong.
  */
+#include "engine/arena.h"
 #include "tests/integration/mqd_spawn.h"
 
 #include <math.h>
@@ -327,7 +328,16 @@ static void test_require_without_pages_fails(void)
 {
     char log[320];
     snprintf(log, sizeof log, "%s/mqd-require.log", dir);
-    long before = nr_hugepages(), fr = meminfo("HugePages_Free");
+    /* the pool is shared: pages other processes left free would let mqd start, so the
+     * test takes every free page itself while mqd starts */
+    long fr = mq_hugepages_free();
+    size_t held = fr > 0 ? (size_t)fr << 21 : 0;
+    mq_mem_kind kind = MQ_MEM_4K;
+    void *hold = held ? mq_mem_map(held, 1, 0, &kind) : NULL;
+    if (hold && kind == MQ_MEM_HUGETLB)
+        memset(hold, 0, held);
+    long before = nr_hugepages();
+    fr = mq_hugepages_free();
     CHECK(fr >= 0 && fr < 82, "this test needs fewer than 82 free huge pages, %ld free", fr);
     mqd_pid = start_mqd_reserve(spawn_model(), log, 0, "0", "require");
     int ws = spawn_wait_exit(mqd_pid, 30);
@@ -336,6 +346,8 @@ static void test_require_without_pages_fails(void)
         mqd_pid = 0;
     CHECK(log_has(log, "hugepages is \"require\" but the weights got"), "log says why");
     CHECK(nr_hugepages() == before, "nr_hugepages %ld, was %ld", nr_hugepages(), before);
+    if (hold)
+        mq_mem_unmap(hold, held);
     if (harness_cur_fail)
         spawn_dump_log(log);
 }

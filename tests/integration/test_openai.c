@@ -4,7 +4,8 @@
  * loopback ports handed over as systemd sockets (LISTEN_FDS, which tests socket
  * activation too): one open, one with an API-key file. Then runs tests/http/openai.test.mjs
  * with Node's test runner (the `openai` npm package from tests/node_modules, installed by
- * `make test`) and counts each Node test as one test here. Also checks --check-config.
+ * `make test`) and counts each Node test as one test here. Also checks --check-config,
+ * and that requests sent while mqd is still loading are answered 503 at once.
  */
 #include "tests/integration/mqd_spawn.h"
 
@@ -45,6 +46,59 @@ static int http_ok(int p)
 
 static int health_before_mqd = -1;
 
+/* A POST while mqd loads: status, seconds to the answer, whether it had Retry-After and
+ * an OpenAI error body, and whether mqd was still loading when it came. */
+typedef struct loading_answer {
+    int status, retry_after, error_json, still_loading;
+    double seconds;
+    char out[512];
+} loading_answer;
+static loading_answer while_loading[2];
+
+static int log_has(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+static void post_while_loading(const char *path, const char *body, loading_answer *a)
+{
+    char url[256], head[320], out[320], log[320];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    snprintf(head, sizeof head, "%s/loading.head", dir);
+    snprintf(out, sizeof out, "%s/loading.body", dir);
+    snprintf(log, sizeof log, "%s/curl.out", dir);
+    char *argv[] = { "/usr/bin/curl",
+                     "-s",
+                     "--max-time",
+                     "30",
+                     "-D",
+                     head,
+                     "-o",
+                     out,
+                     "-w",
+                     "%{http_code}",
+                     "-H",
+                     "Content-Type: application/json",
+                     "-d",
+                     (char *)body,
+                     url,
+                     NULL };
+    double t0 = spawn_now();
+    spawn_capture(argv, log, 40, a->out, sizeof a->out);
+    a->seconds = spawn_now() - t0;
+    a->status = atoi(a->out);
+    a->retry_after = log_has(head, "Retry-After: ");
+    a->error_json = log_has(out, "\"type\":\"service_unavailable\"") && log_has(out, "\"code\":503");
+    a->still_loading = !log_has(mqd_log, "ready: model");
+}
+
 static int start_all(void)
 {
     spawn_tmpdir(dir, sizeof dir);
@@ -56,13 +110,16 @@ static int start_all(void)
     FILE *f = fopen(keys, "w");
     if (!f)
         return 0;
-    fprintf(f, "# test keys\nsk-other-key\nsk-test-1234\n");
+    /* two keys of tenant team-a, one of its own tenant (named from its hash) */
+    fprintf(f, "# test keys\nsk-other-key\nsk-test-1234 team-a\nsk-team-a-2\tteam-a\n");
     fclose(f);
     /* mq-openai first: until mqd is ready, /health says 503 (at once, not after a timeout) */
     int l1 = spawn_listen_loopback(&port), l2 = spawn_listen_loopback(&key_port);
     if (l1 < 0 || l2 < 0)
         return 0;
-    oai_pid = start_oai(l1, NULL, NULL);
+    /* the open server is told the model name, so a request needs nothing from mqd but a
+     * connection (the keyed one learns the name from mqd) */
+    oai_pid = start_oai(l1, "--model-name", "mq-agent-45m");
     char st[64];
     double t0 = spawn_now();
     for (int i = 0; i < 50 && (health_before_mqd = health_status(port, st, sizeof st)) == 0; i++)
@@ -72,15 +129,30 @@ static int start_all(void)
     snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
     snprintf(model, sizeof model, "%s", shared_path("models/mq-agent-45m"));
     /* started as root, mqd serves as an unprivileged user (here: nobody) */
+    /* mq-openai (this test's uid) may name tenants: one per API key */
+    char front[32];
+    snprintf(front, sizeof front, "%u", (unsigned)getuid());
     char *argv[] = { bin,      "--model-dir",
                      model,    "--client-socket",
                      csock,    "--admin-socket",
                      asock,    "--hugepages",
                      "off",    "--kv-tokens",
                      "65536",  "--drain-timeout-ms",
-                     "20000",  getuid() == 0 ? "--user" : NULL,
+                     "20000",  "--trusted-fronts",
+                     front,    getuid() == 0 ? "--user" : NULL,
                      "nobody", NULL };
     mqd_pid = spawn(argv, NULL, mqd_log);
+    /* While mqd loads, its client socket exists but nothing accepts on it: a connect waits
+     * in the listen queue. Keep it there (SIGSTOP as soon as the socket is bound; the load
+     * takes longer than that) and ask mq-openai for completions: 503 at once. */
+    struct stat sst;
+    for (double t = spawn_now(); stat(csock, &sst) != 0 && spawn_now() - t < 30;)
+        usleep(1000);
+    kill(mqd_pid, SIGSTOP);
+    post_while_loading("/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}",
+                       &while_loading[0]);
+    post_while_loading("/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":2}", &while_loading[1]);
+    kill(mqd_pid, SIGCONT);
     if (!spawn_wait_ready(asock, mqd_pid, 120)) {
         spawn_dump_log(mqd_log);
         return 0;
@@ -98,6 +170,21 @@ static int start_all(void)
 static void test_health_503_before_mqd(void)
 {
     CHECK(health_before_mqd == 503, "GET /health before mqd was ready: %d", health_before_mqd);
+}
+
+/* A request that comes while mqd loads is refused at once (mq-openai does not wait in a
+ * connect to a mqd that accepts nobody yet), OpenAI-style, with Retry-After. */
+static void test_503_at_once_while_mqd_loads(void)
+{
+    for (int i = 0; i < 2; i++) {
+        const loading_answer *a = &while_loading[i];
+        CHECK(a->still_loading, "request %d: mqd was ready already: the load was not caught", i);
+        CHECK(a->status == 503, "request %d while loading: status %d (%s)", i, a->status, a->out);
+        CHECK(a->seconds < 2, "request %d while loading: answered after %.2f s", i, a->seconds);
+        CHECK(a->retry_after && a->error_json, "request %d: Retry-After %d, OpenAI error JSON %d", i, a->retry_after,
+              a->error_json);
+        printf("    while loading: %d in %.0f ms\n", a->status, a->seconds * 1e3);
+    }
 }
 
 static void test_check_config(void)
@@ -125,6 +212,8 @@ static void run_node_tests(void)
     setenv("MQ_HTTP_URL", url, 1);
     setenv("MQ_HTTP_KEY_URL", kurl, 1);
     setenv("MQ_HTTP_KEY", "sk-test-1234", 1);
+    setenv("MQ_HTTP_KEY_MATE", "sk-team-a-2", 1);
+    setenv("MQ_HTTP_KEY_OTHER", "sk-other-key", 1);
     setenv("MQ_ADMIN_SOCKET", asock, 1);
     setenv("MQ_MQCTL", mqctl, 1);
     spawn_node_tests("http/openai.test.mjs");
@@ -137,6 +226,7 @@ int main(void)
         harness_failed++;
     } else {
         RUN(test_health_503_before_mqd);
+        RUN(test_503_at_once_while_mqd_loads);
         RUN(test_check_config);
         run_node_tests();
     }

@@ -149,6 +149,7 @@ static void kv_full(const char *policy)
     }
     CHECK(jnum(r, "kv", "used") == 0 && jnum(r, "sessions", NULL) == 0, "KV blocks in use after the clients left");
     cJSON_Delete(r);
+    spawn_check_no_seccomp_refusal(o.admin);
     if (harness_cur_fail)
         spawn_dump_log(o.log);
     own_stop(&o);
@@ -270,6 +271,7 @@ static void test_per_uid_kv_and_queue(void)
           res.s2.t_first > res.s1.t_done ? "after" : "BEFORE");
     CHECK(res.r3_rc == -MQ_ELIMIT && strstr(res.r3_msg, "requests waiting"), "3rd: %d (%s)", res.r3_rc, res.r3_msg);
     CHECK(waiting == 1, "stats showed %d requests of uid %d waiting while root was served", waiting, OTHER_UID);
+    spawn_check_no_seccomp_refusal(o.admin);
     if (harness_cur_fail)
         spawn_dump_log(o.log);
     own_stop(&o);
@@ -341,6 +343,7 @@ static void test_sighup_broken_config_kept(void)
         if (strstr(l, "reload"))
             printf("    | %s\n", l);
     free(lines);
+    spawn_check_no_seccomp_refusal(o.admin);
     if (harness_cur_fail)
         spawn_dump_log(o.log);
     own_stop(&o);
@@ -450,6 +453,7 @@ static void test_channel_memory_exhausted(void)
     cJSON *r = admin_call(o.admin, "status", 0);
     CHECK(r && !strcmp(jstr(r, "state"), "ready"), "mqd not ready afterwards");
     cJSON_Delete(r);
+    spawn_check_no_seccomp_refusal(o.admin);
     if (harness_cur_fail)
         spawn_dump_log(o.log);
     own_stop(&o);
@@ -499,6 +503,7 @@ static void test_channel_without_huge_pages(void)
         mq_hugepages_giveback(added);
     CHECK(one_request_on(o.client, NULL, &err, msg, sizeof msg) == 0, "a client after the pages came back: %s %s",
           mq_strerror(err), msg);
+    spawn_check_no_seccomp_refusal(o.admin);
     if (harness_cur_fail)
         spawn_dump_log(o.log);
     own_stop(&o);

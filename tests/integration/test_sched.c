@@ -462,6 +462,61 @@ static void test_concurrent_equals_solo_every_mode(void)
         free(u[i]);
 }
 
+/* Stateless reuse (scheduler.h "Sharing"): in bf16 a session takes every whole block of
+ * its head that another session read as a prompt, whatever the chunk grid (prompt rows
+ * are summed alike at any chunk length), and still answers as it does alone; under NVFP4
+ * (mixed) only whole chunks are shared. */
+static void test_bf16_shares_blocks_inside_a_chunk(void)
+{
+    int32_t *sys = NULL, *u[2] = { NULL, NULL };
+    int nsys = make_tokens(SYSTEM, &sys);
+    int nu0 = make_tokens("<|im_start|>user\nWrite a function that reverses a list.<|im_end|>\n<|im_start|>assistant\n",
+                          &u[0]);
+    int nu1 = make_tokens("<|im_start|>user\nList the files in src/.<|im_end|>\n<|im_start|>assistant\n", &u[1]);
+    static int32_t a[1024], b[1024];
+    int na = cat(a, sys, nsys, u[0], nu0), nb = cat(b, sys, nsys, u[1], nu1);
+    static const mq_prec_mode modes[2] = { MQ_PREC_MODE_BF16, MQ_PREC_MODE_MIXED };
+    for (int mi = 0; mi < 2; mi++) {
+        const int chunk = 256, bt = 16, unit = modes[mi] == MQ_PREC_MODE_BF16 ? bt : chunk;
+        struct rec alone, first, second;
+        mq_sched *s = make_sched(modes[mi], 256, bt, chunk, MQ_KV_FULL_FAIL);
+        if (!s)
+            break;
+        uint64_t id;
+        mq_sched_session_open(s, TENANT, &id);
+        rec_init(&alone);
+        submit(s, id, b, nb, 16, &alone);
+        rec_wait(&alone, 60);
+        mq_sched_destroy(s);
+        s = make_sched(modes[mi], 256, bt, chunk, MQ_KV_FULL_FAIL);
+        if (!s)
+            break;
+        uint64_t ia, ib;
+        mq_sched_session_open(s, TENANT, &ia);
+        mq_sched_session_open(s, TENANT, &ib);
+        rec_init(&first);
+        rec_init(&second);
+        submit(s, ia, a, na, 8, &first);
+        rec_wait(&first, 60);
+        submit(s, ib, b, nb, 16, &second);
+        rec_wait(&second, 60);
+        const int want = shareable_head(a, na, b, nb, unit);
+        printf("    %s: %d prompt tokens, %d of them read from the index (chunk %d, blocks of %d)\n",
+               mq_prec_mode_name(modes[mi]), nb, second.st.cached_tokens, chunk, bt);
+        CHECK(second.st.cached_tokens == want, "%s: %d cached, want %d", mq_prec_mode_name(modes[mi]),
+              second.st.cached_tokens, want);
+        CHECK(modes[mi] != MQ_PREC_MODE_BF16 || (want > 0 && want < chunk), "bf16: %d is not inside the first chunk",
+              want);
+        CHECK(second.n == alone.n && !memcmp(second.ids, alone.ids, (size_t)alone.n * sizeof(int32_t)),
+              "%s: the session that read the index answers \"%s\", alone \"%s\"", mq_prec_mode_name(modes[mi]),
+              second.text, alone.text);
+        mq_sched_destroy(s);
+    }
+    free(sys);
+    free(u[0]);
+    free(u[1]);
+}
+
 struct tenants {
     const uint64_t *sid;
     uint32_t *tenant;
@@ -1010,7 +1065,7 @@ static void test_whole_context_and_modes(void)
     rec_init(&r3);
     submit_whole(s, b, sys, ns, 8, -1, &r3);
     rec_wait(&r3, 60);
-    CHECK(r3.st.cached_tokens == (ns - 1) / 64 * 64, "turn 1 again: %d cached (whole chunks of 64)",
+    CHECK(r3.st.cached_tokens == (ns - 1) / 16 * 16, "turn 1 again: %d cached (whole blocks of 16: bf16)",
           r3.st.cached_tokens);
     CHECK(r3.n == r1.n && !memcmp(r3.ids, r1.ids, (size_t)r1.n * sizeof(int32_t)), "turn 1 again: same output");
     /* another precision recomputes: nothing of the bf16 KV is reused */
@@ -1106,6 +1161,7 @@ int main(void)
     RUN(test_batched_equals_solo);
     RUN(test_whole_context_and_modes);
     RUN(test_concurrent_equals_solo_every_mode);
+    RUN(test_bf16_shares_blocks_inside_a_chunk);
     RUN(test_prefix_cache_per_tenant);
     RUN(test_cancel_and_errors);
     RUN(test_kv_full);

@@ -9,7 +9,10 @@
  *     priority ("<6>" info, "<5>" notice);
  *   - `mqd --check-config`: exit 0 and the effective config, or exit 2 with a message
  *     naming the field, also for what only this machine can tell (users, groups, CPUs,
- *     thread counts, the model folder).
+ *     thread counts, the model folder);
+ *   - the shipped units' sandboxes: `systemd-analyze security --offline=true` scores
+ *     dist/mqd.service and dist/mq-openai.service at most 2.0 (printed; skipped where
+ *     systemd-analyze is missing).
  */
 #include <pthread.h>
 
@@ -272,6 +275,37 @@ static int run_capture(char *const argv[], char *out, size_t len)
     return spawn_capture(argv, log, 20, out, len);
 }
 
+/* The exposure score of dist/<unit> by systemd-analyze (0 best, 10 worst), or -1; the
+ * tool's complaints about the file (unknown keys, bad values) land in `complaints`. */
+static double unit_exposure(const char *unit, char *complaints, size_t len)
+{
+    char path[4200], out[16384];
+    snprintf(path, sizeof path, "%s/../dist/%s", spawn_build_dir(), unit);
+    char *argv[] = { "/usr/bin/systemd-analyze", "security", "--offline=true", "--no-pager", path, NULL };
+    run_capture(argv, out, sizeof out);
+    complaints[0] = 0;
+    for (char *l = strtok(out, "\n"); l; l = strtok(NULL, "\n"))
+        if (strstr(l, "Unknown") || strstr(l, "Failed to parse") || strstr(l, "ignoring"))
+            snprintf(complaints + strlen(complaints), len - strlen(complaints), "%s; ", l);
+        else if (strstr(l, "Overall exposure level for "))
+            return atof(strrchr(l, ':') + 1);
+    return -1;
+}
+
+static void test_units_sandboxed(void)
+{
+    if (access("/usr/bin/systemd-analyze", X_OK))
+        SKIP("systemd-analyze is not installed (Debian package systemd)");
+    static const char *const units[] = { "mqd.service", "mq-openai.service" };
+    for (int i = 0; i < 2; i++) {
+        char complaints[2048];
+        double score = unit_exposure(units[i], complaints, sizeof complaints);
+        printf("    systemd-analyze security --offline=true dist/%s: %.1f\n", units[i], score);
+        CHECK(score >= 0 && score <= 2.0, "dist/%s: exposure %.1f (at most 2.0)", units[i], score);
+        CHECK(!complaints[0], "dist/%s: %s", units[i], complaints);
+    }
+}
+
 static void test_check_config(void)
 {
     char mqd[4200], cfg[320], out[8192];
@@ -327,6 +361,7 @@ static void test_check_config_knows_this_machine(void)
 int main(void)
 {
     spawn_tmpdir(dir, sizeof dir);
+    RUN(test_units_sandboxed);
     RUN(test_check_config);
     RUN(test_check_config_knows_this_machine);
     RUN(test_activator_binds_and_waits);

@@ -514,6 +514,49 @@ static void test_bf16_pack_identical(void)
     free(got);
 }
 
+/* mq_gemm_bf16_tiled: a row's result is the same bits whether it is computed alone or with
+ * 1..40 other rows (packed and row-major weights, every ISA), equal to mq_gemm_bf16's
+ * above 8 rows (the same GEMM), and within the FP64 bound of check_bf16_case. */
+static void test_bf16_tiled_rows_independent(void)
+{
+    const int M = 41, N = 67, K = 300;
+    unsigned long long s = 77;
+    uint16_t *x = malloc(sizeof(uint16_t) * M * K), *wd = malloc(sizeof(uint16_t) * N * K);
+    for (int i = 0; i < M * K; i++)
+        x[i] = mq_f32_to_bf16(harness_gauss(&s));
+    for (int i = 0; i < N * K; i++)
+        wd[i] = mq_f32_to_bf16(harness_uniform(&s) * 0.1f);
+    uint16_t *packed = amalloc(mq_bf16_weight_packed_bytes(N, K));
+    mq_bf16_weight_pack_rows(packed, N, K, wd, (size_t)K, 0, N);
+    float *all = malloc(sizeof(float) * M * N), *part = malloc(sizeof(float) * M * N);
+    for (int iv = 0; iv < 2 * n_isas; iv++) {
+        const int ii = iv / 2, pk = iv & 1;
+        mq_kernels_force((mq_isa)isas[ii]);
+        mq_bf16_weight w;
+        if (pk)
+            mq_bf16_weight_bind_packed(&w, N, K, packed);
+        else
+            mq_bf16_weight_bind(&w, N, K, wd);
+        mq_gemm_bf16_tiled(x, M, (size_t)K, &w, all, (size_t)N, 0, N);
+        int diff = 0;
+        for (int m = 1; m <= 20; m++) /* rows [r0, r0+m) on their own, from a few starts */
+            for (int r0 = 0; r0 + m <= M; r0 += 7) {
+                mq_gemm_bf16_tiled(x + (size_t)r0 * K, m, (size_t)K, &w, part, (size_t)N, 0, N);
+                diff += memcmp(part, all + (size_t)r0 * N, sizeof(float) * (size_t)m * N) != 0;
+            }
+        CHECK(diff == 0, "%s%s: %d row groups computed alone differ from the same rows among %d", mq_isa_name(isas[ii]),
+              pk ? " packed" : "", diff, M);
+        mq_gemm_bf16(x, M, (size_t)K, &w, part, (size_t)N, 0, N);
+        CHECK(!memcmp(part, all, sizeof(float) * M * N), "%s%s: the tiled order differs from mq_gemm_bf16 at m=%d",
+              mq_isa_name(isas[ii]), pk ? " packed" : "", M);
+    }
+    free(x);
+    free(wd);
+    free(packed);
+    free(all);
+    free(part);
+}
+
 static void test_bf16_gemv(void)
 {
     static const int ks[] = { 1, 7, 32, 33, 100, 172, 600 };
@@ -549,5 +592,6 @@ int main(void)
     RUN(test_bf16_pack_identical);
     RUN(test_bf16_gemv);
     RUN(test_bf16_gemm);
+    RUN(test_bf16_tiled_rows_independent);
     return harness_done();
 }

@@ -1,11 +1,14 @@
-/* tests/unit/test_oai.c — mq-openai's request parser, output (tool-call) parser and SSE
- * writer, checked against hand-written OpenAI bodies and Qwen3 outputs. */
+/* tests/unit/test_oai.c — mq-openai's request parser, output (tool-call) parser, SSE
+ * writer and API-key file, checked against hand-written OpenAI bodies, Qwen3 outputs and
+ * key files. */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "mq-openai/keys.h"
 #include "mq-openai/output.h"
 #include "mq-openai/reply.h"
 #include "mq-openai/request.h"
@@ -335,6 +338,56 @@ static void test_stream_joins_to_message(void)
     free(fin);
 }
 
+/* The API-key file: a key per line, a tenant name beside it optional; a key without one is
+ * a tenant of its own, named from a hash that does not give the key away. */
+static void test_api_keys_and_tenants(void)
+{
+    oai_keys *k;
+    char err[256] = "";
+    const char *text = "# keys\n"
+                       "sk-alpha-1111   team-a\n"
+                       "\n"
+                       "  sk-beta-2222\tteam-a  \r\n"
+                       "sk-gamma-3333\n"
+                       "sk-delta-4444\n";
+    int rc = oai_keys_parse(&k, text, "keys", err, sizeof err);
+    CHECK(rc == 0 && oai_keys_count(k) == 4, "parse: %d %s", rc, err);
+    if (rc)
+        return;
+    CHECK(oai_keys_find(k, "sk-alpha-1111", 13) == 0 && oai_keys_find(k, "sk-beta-2222", 12) == 1 &&
+              oai_keys_find(k, "sk-delta-4444", 13) == 3,
+          "find");
+    CHECK(oai_keys_find(k, "sk-alpha-111", 12) == -1 && oai_keys_find(k, "sk-alpha-11112", 14) == -1 &&
+              oai_keys_find(k, "team-a", 6) == -1 && oai_keys_find(k, "", 0) == -1,
+          "a prefix, a longer key, a tenant name or nothing is no key");
+    CHECK(!strcmp(oai_keys_tenant(k, 0), "team-a") && !strcmp(oai_keys_tenant(k, 1), "team-a"), "named tenants");
+    const char *g = oai_keys_tenant(k, 2), *d = oai_keys_tenant(k, 3);
+    CHECK(!strncmp(g, "key-", 4) && strlen(g) == 20 && strcmp(g, d) && !strstr(g, "gamma") && !strstr(g, "3333"),
+          "default tenants: %s, %s", g, d);
+    CHECK(strspn(g, OAI_TENANT_CHARS "/") == strlen(g), "default tenant characters: %s", g);
+    char again[32];
+    snprintf(again, sizeof again, "%s", g);
+    oai_keys_free(k);
+    CHECK(oai_keys_parse(&k, "sk-gamma-3333\n", "keys", err, sizeof err) == 0 && !strcmp(oai_keys_tenant(k, 0), again),
+          "the default tenant of a key is stable");
+    oai_keys_free(k);
+    static const char *const bad[][2] = {
+        { "sk-1 team a\n", ":1: more than a key" },
+        { "# nothing\n\n", "holds no key" },
+        { "sk-1\nsk-2 t\xc3\xa9\n", ":2: tenant name" },
+        { "sk-1 tenant:with:colons\n", ":1: tenant name" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        rc = oai_keys_parse(&k, bad[i][0], "keys", err, sizeof err);
+        CHECK(rc == -EINVAL && strstr(err, bad[i][1]) && !strstr(err, "sk-1"), "bad file %zu: %d %s", i, rc, err);
+    }
+    char longkey[400];
+    memset(longkey, 'k', 300);
+    longkey[300] = 0;
+    rc = oai_keys_parse(&k, longkey, "keys", err, sizeof err);
+    CHECK(rc == -EINVAL && strstr(err, "longer than 256"), "a 300-byte key: %s", err);
+}
+
 int main(void)
 {
     RUN(test_chat_request_fields);
@@ -346,5 +399,6 @@ int main(void)
     RUN(test_output_reasoning_and_content);
     RUN(test_json_scanner);
     RUN(test_stream_joins_to_message);
+    RUN(test_api_keys_and_tenants);
     return harness_done();
 }

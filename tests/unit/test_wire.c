@@ -276,6 +276,74 @@ static void test_version2(void)
     CHECK(mq_wire_encode(&st, buf, sizeof buf) == -EINVAL, "state encoded in v1");
 }
 
+/* Version 3: OPEN names a tenant (printable ASCII, no space, at most 63 bytes). */
+static void test_version3(void)
+{
+    mq_msg m = sample(MQ_MSG_OPEN), d;
+    m.version = 3;
+    strcpy(m.u.open.tenant, "key-team_a@example.com");
+    uint8_t buf[MQ_WIRE_MAX_MSG];
+    char err[256] = "";
+    int n = mq_wire_encode(&m, buf, sizeof buf);
+    CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 &&
+              !strcmp(d.u.open.tenant, m.u.open.tenant),
+          "v3 open: %d %s", n, err);
+    CHECK(memcmp(&m, &d, sizeof m) == 0, "v3 open differs after a round trip");
+    int bad = 0;
+    for (int k = MQ_WIRE_HDR_SIZE; k < n; k++) {
+        uint8_t cut[MQ_WIRE_MAX_MSG];
+        memcpy(cut, buf, (size_t)k);
+        uint32_t pl = (uint32_t)(k - MQ_WIRE_HDR_SIZE);
+        memcpy(cut + 12, &pl, 4);
+        bad += mq_wire_decode(cut, (size_t)k, &d, NULL, 0) == 0;
+    }
+    CHECK(bad == 0, "%d truncated v3 opens decoded", bad);
+    /* "" is the peer's own uid */
+    mq_msg e = sample(MQ_MSG_OPEN);
+    e.version = 3;
+    n = mq_wire_encode(&e, buf, sizeof buf);
+    CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0 && d.u.open.tenant[0] == 0, "empty: %s",
+          err);
+    /* bytes that are not a name: refused by the encoder, and by the decoder naming the byte */
+    const char *bads[] = { "two words", "tab\there", "nl\n", "\x7f", "caf\xc3\xa9" };
+    for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
+        mq_msg b = m;
+        strcpy(b.u.open.tenant, bads[i]);
+        CHECK(mq_wire_encode(&b, buf, sizeof buf) == -EINVAL, "tenant %zu encoded", i);
+        /* the same bytes forged on the wire */
+        mq_msg ok = m;
+        memset(ok.u.open.tenant, 'x', strlen(bads[i]));
+        ok.u.open.tenant[strlen(bads[i])] = 0;
+        n = mq_wire_encode(&ok, buf, sizeof buf);
+        memcpy(buf + MQ_WIRE_HDR_SIZE + 3, bads[i], strlen(bads[i]));
+        CHECK(mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == -EINVAL && strstr(err, "open.tenant: byte"),
+              "forged tenant %zu: %s", i, err);
+    }
+    mq_msg lng = m;
+    memset(lng.u.open.tenant, 'a', MQ_WIRE_TENANT_MAX);
+    lng.u.open.tenant[MQ_WIRE_TENANT_MAX] = 0;
+    n = mq_wire_encode(&lng, buf, sizeof buf);
+    CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0, "63 bytes: %s", err);
+    /* a length of 64 announced (and carried) */
+    uint8_t big[MQ_WIRE_MAX_MSG];
+    memcpy(big, buf, (size_t)n);
+    big[MQ_WIRE_HDR_SIZE + 1] = MQ_WIRE_TENANT_MAX + 1;
+    big[n] = 'a';
+    uint32_t pl = (uint32_t)(n + 1 - MQ_WIRE_HDR_SIZE);
+    memcpy(big + 12, &pl, 4);
+    CHECK(mq_wire_decode(big, (size_t)n + 1, &d, err, sizeof err) == -EINVAL && strstr(err, "open.tenant"),
+          "64 bytes: %s", err);
+    /* versions 1 and 2 cannot carry a tenant; their OPEN is one byte */
+    mq_msg v2 = m;
+    v2.version = 2;
+    CHECK(mq_wire_encode(&v2, buf, sizeof buf) == -EINVAL, "tenant encoded as v2");
+    v2.u.open.tenant[0] = 0;
+    CHECK(mq_wire_encode(&v2, buf, sizeof buf) == MQ_WIRE_HDR_SIZE + 1, "v2 open is one byte");
+    CHECK(!strcmp(mq_wire_err_name(MQ_ERR_NOT_TRUSTED), "MQ_ERR_NOT_TRUSTED") &&
+              strstr(mq_wire_err_text(MQ_ERR_NOT_TRUSTED), "trusted_fronts"),
+          "MQ_ERR_NOT_TRUSTED names");
+}
+
 /* Random corruption of valid messages: decode must return 0 or a negative errno, and the
  * decoded strings are always NUL-terminated within their fields. */
 static void test_random_corruption(void)
@@ -319,6 +387,7 @@ int main(void)
     RUN(test_header_checks);
     RUN(test_field_bounds);
     RUN(test_version2);
+    RUN(test_version3);
     RUN(test_random_corruption);
     RUN(test_names);
     return harness_done();
