@@ -524,6 +524,7 @@ static void attn_run(void *arg, int tid, int nt)
             .v_blocks = e->vptr + (size_t)s * e->max_blocks,
             .block_tokens = e->block_tokens,
             .scale = 1.0f / sqrtf((float)hd),
+            .prompt = e->rows_tiled,
         };
         mq_attention(&a, k0 * group, k1 * group);
         i0 += k1 - k0;

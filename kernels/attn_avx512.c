@@ -517,7 +517,7 @@ void attention_avx512(const mq_attn_args *a, int h0, int h1)
     const int group = a->n_head / a->n_kv;
     const int rows =
         ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) < ROWS_MAX ? ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) : ROWS_MAX;
-    if (a->n_tok == 1) {
+    if (a->n_tok == 1 && !a->prompt) {
         attend_decode(&t, a, h0, h1, rows);
         return;
     }

@@ -179,7 +179,10 @@ void mq_gemm_bf16_tiled(const uint16_t *x, int m, size_t ldx, const mq_bf16_weig
  * reads some kv-heads streams whole runs; with the heads of a position adjacent, two
  * threads would each read every other kilobyte, which halves the memory bandwidth).
  * Head h uses kv_head = h / (n_head / n_kv). head_dim <= 256.
- * The prefill variant is tiled (online softmax, no score matrix); n_tok == 1 is decode. */
+ * The prefill variant is tiled (online softmax, no score matrix); n_tok == 1 without
+ * `prompt` is decode, which AVX-512 sums in another FP32 order (scores from K rows in
+ * place). `prompt` = 1 says the rows are prompt rows: they take the prefill path at any
+ * n_tok, so a prompt row's bits do not depend on the length of the chunk it came in. */
 typedef struct mq_attn_args {
     const float *q; /* [n_tok, n_head, head_dim] */
     float *out;     /* [n_tok, n_head, head_dim] */
@@ -189,6 +192,7 @@ typedef struct mq_attn_args {
     const uint16_t *const *v_blocks;
     int block_tokens;
     float scale; /* usually 1/sqrt(head_dim) */
+    int prompt;  /* 1: prompt rows, the prefill path even when n_tok == 1 */
 } mq_attn_args;
 
 /* Computes query heads [h0, h1) for every query token.
