@@ -117,15 +117,21 @@ static int read_file(const char *path, int must, oai_config *c, char *err, size_
     fclose(fp);
     if (!buf)
         return mq_errmsg(err, errlen, -ENOMEM, "%s: out of memory", path);
-    cJSON *j = cJSON_ParseWithLength(buf, n);
+    int rc = oai_config_parse_json(c, buf, n, path, err, errlen);
     free(buf);
+    return rc;
+}
+
+int oai_config_parse_json(oai_config *c, const char *text, size_t len, const char *name, char *err, size_t errlen)
+{
+    cJSON *j = cJSON_ParseWithLength(text, len);
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
-        return mq_errmsg(err, errlen, -EINVAL, "%s: not a JSON object", path);
+        return mq_errmsg(err, errlen, -EINVAL, "%s: not a JSON object", name);
     }
     int rc = 0;
     char where[300];
-    snprintf(where, sizeof where, "%s: ", path);
+    snprintf(where, sizeof where, "%s: ", name);
     for (const cJSON *it = j->child; it && !rc; it = it->next) {
         const field *f = find(it->string);
         if (!f)

@@ -37,6 +37,9 @@ void oai_config_default(oai_config *c);
 /* Reads the file (--config or the default path) and then the flags of argv (argv[0] is
  * the program). *check gets 1 for --check-config, *help 1 for --help. */
 int oai_config_parse(oai_config *c, int argc, char **argv, int *check, int *help, char *err, size_t errlen);
+/* Applies a JSON object's settings (the config file's text; `name` stands for the file
+ * in messages) on top of *c. For oai_config_parse and the fuzz target. */
+int oai_config_parse_json(oai_config *c, const char *text, size_t len, const char *name, char *err, size_t errlen);
 /* Checks what needs the file system (the keys file). */
 int oai_config_validate(const oai_config *c, char *err, size_t errlen);
 void oai_config_usage(FILE *f);

@@ -4,7 +4,9 @@
  *   mq chat              interactive: every line is a user message on one session
  *   mq stats             mqd's counters
  * Options go before or after the command (`mq run "hi" --json`); `--` ends them (a prompt
- * that starts with "-"); an unknown option or a word too many is a usage error.
+ * that starts with "-"). An unknown option, a word too many (the prompt is one argument:
+ * quote it) or an option the command does not use (`mq stats --greedy`, `--system` with
+ * `--raw`) is a usage error: a script's mistake is said, never silently ignored.
  * Exit codes: 0 success, 1 the request failed (mqd's message on stderr), 2 usage,
  * 3 cannot reach mqd.
  */
@@ -19,12 +21,14 @@
 #include <unistd.h>
 
 #include "libclient/mq.h"
+#include "tools/cli.h"
 
 typedef struct opts {
     const char *socket;
     int json, raw, quiet, stats;
     const char *system;
     mq_params p;
+    const char *gen_opt; /* the first option given that only run/chat use (for the error) */
 } opts;
 
 static volatile sig_atomic_t interrupted;
@@ -37,7 +41,7 @@ static void on_sigint(int s)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: mq [options] run \"prompt\" | chat | stats\n"
+            "usage: mq [options] run \"prompt\" | chat | stats   (options also after the command)\n"
             "  --socket PATH        mqd client socket (default $MQ_SOCKET or %s)\n"
             "  --json               print one JSON object per answer (text, tokens, stats)\n"
             "  --raw                raw text session (no chat template)\n"
@@ -245,7 +249,8 @@ static int num(const char *s, double lo, double hi, const char *flag, double *ou
     errno = 0;
     double v = strtod(s, &end);
     if (!*s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "mq: %s: \"%s\" is not a number in [%g, %g]\n", flag, s, lo, hi);
+        fprintf(stderr, "mq: %s: \"%s\" is not a number in [%.15g, %.15g]\n", flag, s, lo, hi);
+        usage(stderr);
         return -1;
     }
     *out = v;
@@ -282,9 +287,12 @@ int main(int argc, char **argv)
                                         { "seed", 1, 0, O_SEED },      { "greedy", 0, 0, O_GREEDY },
                                         { "think", 0, 0, O_THINK },    { "stats", 0, 0, O_STATS },
                                         { "help", 0, 0, O_HELP },      { 0, 0, 0, 0 } };
-    int ch;
+    int ch, li;
     double v;
-    while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+    opterr = 0; /* our own messages, naming the option */
+    while ((li = -1, ch = getopt_long(argc, argv, "h", lo, &li)) != -1) {
+        if (li >= 0 && ch != O_SOCK && ch != O_JSON && ch != O_HELP && !o.gen_opt)
+            o.gen_opt = lo[li].name;
         switch (ch) {
         case O_SOCK: o.socket = optarg; break;
         case O_JSON: o.json = 1; break;
@@ -330,7 +338,10 @@ int main(int argc, char **argv)
         case O_STATS: o.stats = 1; break;
         case O_HELP:
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default:
+            cli_bad_option("mq", lo, argv);
+            usage(stderr);
+            return 2;
         }
     }
     if (optind >= argc) {
@@ -345,10 +356,23 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "run") && optind + 1 >= argc) {
         fprintf(stderr, "mq: run needs a prompt: mq run \"...\"\n");
+        usage(stderr);
         return 2;
     }
-    if (strcmp(cmd, "run") && optind + 1 < argc) {
-        fprintf(stderr, "mq: %s takes no argument, not \"%s\"\n", cmd, argv[optind + 1]);
+    int words = !strcmp(cmd, "run") ? 2 : 1;
+    if (argc - optind > words) {
+        fprintf(stderr, "mq: %s takes %s, not \"%s\"%s\n", cmd, words == 2 ? "one prompt" : "no argument",
+                argv[optind + words], words == 2 ? " (quote the prompt)" : "");
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(cmd, "stats") && o.gen_opt) {
+        fprintf(stderr, "mq: stats does not use --%s\n", o.gen_opt);
+        usage(stderr);
+        return 2;
+    }
+    if (o.raw && o.system) {
+        fprintf(stderr, "mq: --system needs a chat session, not --raw\n");
         usage(stderr);
         return 2;
     }
@@ -368,28 +392,12 @@ int main(int argc, char **argv)
     } else if (!strcmp(cmd, "chat")) {
         code = cmd_chat(c, &o);
     } else {
-        /* all remaining words form the prompt */
-        size_t len = 0;
-        for (int i = optind + 1; i < argc; i++)
-            len += strlen(argv[i]) + 1;
-        char *prompt = malloc(len + 1);
-        if (!prompt) {
-            mq_disconnect(c);
-            return 1;
-        }
-        prompt[0] = 0;
-        for (int i = optind + 1; i < argc; i++) {
-            if (i > optind + 1)
-                strcat(prompt, " ");
-            strcat(prompt, argv[i]);
-        }
         uint64_t s;
         code = open_session(c, &o, &s);
         if (!code) {
-            code = ask(c, s, &o, prompt);
+            code = ask(c, s, &o, argv[optind + 1]);
             mq_close_session(c, s);
         }
-        free(prompt);
     }
     mq_disconnect(c);
     return code;

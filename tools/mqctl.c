@@ -19,6 +19,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "tools/cli.h"
+
 #define DEFAULT_ADMIN_SOCKET "/run/mq/admin.sock"
 #define MAX_REPLY            ((1u << 20) + 65536)
 #define REPLY_TIMEOUT_S      30
@@ -245,10 +247,7 @@ static int parse_args(int argc, char **argv, const char **sock, int *json, const
         case 's': *sock = optarg; break;
         case 'j': *json = 1; break;
         case 'h': return 1;
-        default:
-            fprintf(stderr, "mqctl: %s option %s\n",
-                    ch == ':' || optopt == 's' ? "a value is missing for the" : "unknown", argv[optind - 1]);
-            return 2;
+        default: cli_bad_option("mqctl", lo, argv); return 2;
         }
     }
     if (optind >= argc) {

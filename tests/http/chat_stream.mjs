@@ -37,8 +37,13 @@ export async function abortAfter(client, n, headers = {}) {
         { headers, signal: ac.signal });
     let seen = 0;
     try {
-        for await (const ch of s) // the client library ends the iteration quietly on abort
-            if (ch.choices[0]?.delta?.content && ++seen === n) ac.abort();
+        // leave at once: chunks already buffered (a loaded machine delivers many per read)
+        // would otherwise still be counted after the abort
+        for await (const ch of s)
+            if (ch.choices[0]?.delta?.content && ++seen === n) {
+                ac.abort();
+                break;
+            }
     } catch (e) {
         if (e.name !== 'AbortError') throw e;
     }

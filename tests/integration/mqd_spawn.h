@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <grp.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -420,6 +421,22 @@ static inline int spawn_suite_done(pid_t pid, const char *log)
     if (harness_failed)
         spawn_dump_log(log);
     return harness_done();
+}
+
+/* Reads a child's result of exactly len bytes from fd (waiting up to timeout_ms for each
+ * part), closes fd and reaps the child. 1 when all len bytes came and the child exited 0;
+ * *status gets its wait status. */
+static inline int spawn_child_result(pid_t pid, int fd, void *buf, size_t len, int timeout_ms, int *status)
+{
+    size_t n = 0;
+    ssize_t k;
+    struct pollfd pf = { fd, POLLIN, 0 };
+    while (n < len && poll(&pf, 1, timeout_ms) == 1 && (k = read(fd, (char *)buf + n, len - n)) > 0)
+        n += (size_t)k;
+    close(fd);
+    *status = 0;
+    waitpid(pid, status, 0);
+    return n == len && WIFEXITED(*status) && WEXITSTATUS(*status) == 0;
 }
 
 /* ---- an mqd of a test's own (start-up cases, other limits) ---------------------------- */

@@ -334,14 +334,8 @@ static void test_sigstop_sigcont(void)
     kill(pid, SIGCONT);
     static answer got;
     memset(&got, 0, sizeof got);
-    size_t n = 0;
-    ssize_t k;
-    while (n < sizeof got && poll(&pf, 1, 60000) == 1 && (k = read(p[0], (char *)&got + n, sizeof got - n)) > 0)
-        n += (size_t)k;
-    close(p[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    CHECK(n == sizeof got && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child's result (status %d)", st);
+    int st;
+    CHECK(spawn_child_result(pid, p[0], &got, sizeof got, 60000, &st), "the child's result (status %d)", st);
     int n_cmp = ref_b.n < got.n ? ref_b.n : got.n;
     CHECK(got.done && got.n == ref_b.n && !memcmp(got.ids, ref_b.ids, sizeof(int32_t) * (size_t)n_cmp),
           "after SIGCONT: %d tokens (alone: %d), %s", got.n, ref_b.n,

@@ -168,15 +168,16 @@ static void test_kv_full_wait(void)
 /* ---- per-uid limits, two uids ---------------------------------------------------- */
 /* The other uid's part, in a child: a 900-token request that grows into the uid's share
  * of 64 blocks (1024 tokens); once it streams, a 200-token request that does not fit
- * beside it (it waits: on_full "wait"), then a third that finds the uid's one queue place
- * taken. Tells the parent "q" after the refusal, then writes its three results. */
+ * beside it (it waits: on_full "wait"). Tells the parent "2" and waits for its "g" (the
+ * parent saw that request waiting), then sends a third that finds the uid's one queue
+ * place taken. Tells the parent "q" after the refusal, then writes its three results. */
 typedef struct uid_result {
     int r3_rc;
     char r3_msg[300];
     stream s1, s2;
 } uid_result;
 
-static void other_uid_main(const char *sock, int out)
+static void other_uid_main(const char *sock, int out, int in)
 {
     static uid_result res;
     if (setgroups(0, NULL) || setgid(OTHER_UID) || setuid(OTHER_UID))
@@ -190,7 +191,9 @@ static void other_uid_main(const char *sock, int out)
         _exit(12);
     if (stream_start(&res.s2, c, 200, 12, 16))
         _exit(13);
-    usleep(200 * 1000); /* s2 has reached the driver: it waits for room in the share */
+    char g = 0;
+    if (write(out, "2", 1) != 1 || read(in, &g, 1) != 1 || g != 'g')
+        _exit(14);
     res.r3_rc = stream_start(&s3, c, 50, 13, 4);
     snprintf(res.r3_msg, sizeof res.r3_msg, "%s", s3.msg);
     if (write(out, "q", 1) != 1)
@@ -199,6 +202,18 @@ static void other_uid_main(const char *sock, int out)
     pump(c, all, 2, &res.s2, 0);
     res.s1.c = res.s2.c = NULL;
     _exit(write(out, &res, sizeof res) == (ssize_t)sizeof res ? 0 : 15);
+}
+
+/* uid's requests waiting in mqd's scheduler (mqctl stats' per-uid table); -1 if none shown */
+static int uid_queued(const char *admin, int uid)
+{
+    cJSON *st = admin_call(admin, "stats", 0);
+    int queued = -1;
+    const cJSON *u;
+    cJSON_ArrayForEach(u, cJSON_GetObjectItem(st, "users")) if (jnum(u, "uid", NULL) == uid) queued =
+        (int)jnum(u, "queued", NULL);
+    cJSON_Delete(st);
+    return queued;
 }
 
 static void test_per_uid_kv_and_queue(void)
@@ -221,17 +236,29 @@ static void test_per_uid_kv_and_queue(void)
     own o;
     if (!start_ready(&o, "peruid", extra))
         return;
-    int p[2];
-    CHECK(pipe(p) == 0, "pipe");
+    int p[2], g[2];
+    CHECK(pipe(p) == 0 && pipe(g) == 0, "pipe");
     pid_t pid = fork();
     if (pid == 0) {
         close(p[0]);
-        other_uid_main(o.client, p[1]);
+        close(g[1]);
+        other_uid_main(o.client, p[1], g[0]);
     }
     close(p[1]);
+    close(g[0]);
     char q = 0;
     struct pollfd pf = { p[0], POLLIN, 0 };
-    CHECK(poll(&pf, 1, 60000) == 1 && read(p[0], &q, 1) == 1 && q == 'q', "uid %d's requests did not start", OTHER_UID);
+    CHECK(poll(&pf, 1, 60000) == 1 && read(p[0], &q, 1) == 1 && q == '2', "uid %d's requests did not start", OTHER_UID);
+    /* the 2nd request reached the scheduler and waits for room in the uid's share (a state
+     * waited for, however slow the machine: its 1st request keeps its share full for
+     * another ~120 tokens) */
+    int waiting = 0;
+    for (double t0 = spawn_now(); spawn_now() - t0 < 60 && (waiting = uid_queued(o.admin, OTHER_UID)) != 1;)
+        usleep(10 * 1000);
+    CHECK(write(g[1], "g", 1) == 1, "pipe");
+    close(g[1]);
+    CHECK(poll(&pf, 1, 60000) == 1 && read(p[0], &q, 1) == 1 && q == 'q', "uid %d's 3rd request was not sent",
+          OTHER_UID);
     /* root meanwhile: a 900-token request of its own, in its own share */
     mq_conn *c;
     stream r;
@@ -240,24 +267,12 @@ static void test_per_uid_kv_and_queue(void)
     pump(c, all, 1, &r, 0);
     CHECK(r.done && r.end_reason == MQ_END_LENGTH && r.tokens == 16, "root's request: end %d, %d tokens: %s",
           r.end_reason, r.tokens, r.msg);
-    cJSON *st = admin_call(o.admin, "stats", 0);
-    int waiting = 0;
-    const cJSON *u;
-    cJSON_ArrayForEach(u, cJSON_GetObjectItem(st, "users")) if (jnum(u, "uid", NULL) == OTHER_UID) waiting =
-        (int)jnum(u, "queued", NULL);
-    cJSON_Delete(st);
     mq_disconnect(c);
     static uid_result res;
-    size_t n = 0;
-    ssize_t k;
-    while (n < sizeof res && poll(&pf, 1, 120000) == 1 && (k = read(p[0], (char *)&res + n, sizeof res - n)) > 0)
-        n += (size_t)k;
-    close(p[0]);
-    int wst = 0;
-    waitpid(pid, &wst, 0);
-    CHECK(n == sizeof res && WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "uid %d's child: status %d", OTHER_UID, wst);
-    printf("    uid %d: 1st request \"%s\" after %d tokens; 2nd waited, %d tokens; 3rd \"%s\"; root served while %d "
-           "of uid %d's waited\n",
+    int wst;
+    CHECK(spawn_child_result(pid, p[0], &res, sizeof res, 120000, &wst), "uid %d's child: status %d", OTHER_UID, wst);
+    printf("    uid %d: 1st request \"%s\" after %d tokens; 2nd waited, %d tokens; 3rd \"%s\"; root served after %d "
+           "of uid %d's was seen waiting\n",
            OTHER_UID, res.s1.msg, res.s1.tokens, res.s2.tokens, res.r3_msg, waiting, OTHER_UID);
     char share[64];
     snprintf(share, sizeof share, "KV share of tenant %d full", OTHER_UID);
@@ -270,7 +285,7 @@ static void test_per_uid_kv_and_queue(void)
           "2nd: end %d, %d tokens, %s the 1st ended", res.s2.end_reason, res.s2.tokens,
           res.s2.t_first > res.s1.t_done ? "after" : "BEFORE");
     CHECK(res.r3_rc == -MQ_ELIMIT && strstr(res.r3_msg, "requests waiting"), "3rd: %d (%s)", res.r3_rc, res.r3_msg);
-    CHECK(waiting == 1, "stats showed %d requests of uid %d waiting while root was served", waiting, OTHER_UID);
+    CHECK(waiting == 1, "stats showed %d requests of uid %d waiting (want 1) in 60 s", waiting, OTHER_UID);
     spawn_check_no_seccomp_refusal(o.admin);
     if (harness_cur_fail)
         spawn_dump_log(o.log);

@@ -72,6 +72,8 @@ typedef struct ref_answer {
 typedef struct soak {
     const char *mqd, *mqctl, *model, *openai; /* openai: mq-openai's binary, NULL = no HTTP half */
     int clients, requests, gen, http_requests;
+    const char *mqd_args[32]; /* --mqd-arg: appended to mqd's command line */
+    int n_mqd_args;
     int http_port;
     pid_t oai_pid;
     char oai_log[300];
@@ -223,28 +225,33 @@ static int start_mqd(soak *s)
     /* KV for 64 concurrent contexts of ~2k tokens and the prompts' cached blocks; a full
      * store waits (the soak counts losses, not KV pressure); a 16 KiB token ring fills
      * within ~500 tokens, so the stalled readers really spill. */
-    char *argv[] = { (char *)s->mqd,
-                     "--model-dir",
-                     (char *)s->model,
-                     "--client-socket",
-                     s->client_sock,
-                     "--admin-socket",
-                     s->admin_sock,
-                     "--kv-tokens",
-                     "196608",
-                     "--on-full",
-                     "wait",
-                     "--max-sessions",
-                     "512",
-                     "--queue-max",
-                     "512",
-                     "--token-ring-kib",
-                     "16",
-                     "--drain-timeout-ms",
-                     "5000",
-                     geteuid() == 0 ? "--user" : NULL,
-                     "nobody",
-                     NULL };
+    char *argv[64] = { (char *)s->mqd,
+                       "--model-dir",
+                       (char *)s->model,
+                       "--client-socket",
+                       s->client_sock,
+                       "--admin-socket",
+                       s->admin_sock,
+                       "--kv-tokens",
+                       "196608",
+                       "--on-full",
+                       "wait",
+                       "--max-sessions",
+                       "512",
+                       "--queue-max",
+                       "512",
+                       "--token-ring-kib",
+                       "16",
+                       "--drain-timeout-ms",
+                       "5000" };
+    int n = 19;
+    if (geteuid() == 0) {
+        argv[n++] = "--user";
+        argv[n++] = "nobody";
+    }
+    for (int i = 0; i < s->n_mqd_args && n < 63; i++) /* --mqd-arg: experiments (e.g. --seccomp off) */
+        argv[n++] = (char *)s->mqd_args[i];
+    argv[n] = NULL;
     pid_t pid = fork();
     if (pid < 0)
         return -errno;
@@ -1126,17 +1133,17 @@ static int settle(soak *s)
 static void usage(void)
 {
     fprintf(stderr, "usage: mq_soak --mqd PATH --mqctl PATH --model DIR [--openai PATH] [--clients N] [--requests N] "
-                    "[--http-requests N] [--gen N] [--seed N]\n");
+                    "[--http-requests N] [--gen N] [--seed N] [--mqd-arg ARG]...\n");
     exit(2);
 }
 
 static void parse_args(soak *s, int argc, char **argv)
 {
-    static const struct option opts[] = { { "mqd", 1, 0, 'd' },           { "mqctl", 1, 0, 'c' },
-                                          { "model", 1, 0, 'm' },         { "clients", 1, 0, 'n' },
-                                          { "requests", 1, 0, 'r' },      { "gen", 1, 0, 'g' },
-                                          { "seed", 1, 0, 's' },          { "openai", 1, 0, 'o' },
-                                          { "http-requests", 1, 0, 'h' }, { 0, 0, 0, 0 } };
+    static const struct option opts[] = {
+        { "mqd", 1, 0, 'd' },           { "mqctl", 1, 0, 'c' },   { "model", 1, 0, 'm' }, { "clients", 1, 0, 'n' },
+        { "requests", 1, 0, 'r' },      { "gen", 1, 0, 'g' },     { "seed", 1, 0, 's' },  { "openai", 1, 0, 'o' },
+        { "http-requests", 1, 0, 'h' }, { "mqd-arg", 1, 0, 'a' }, { 0, 0, 0, 0 }
+    };
     s->clients = 64;
     s->requests = 100;
     s->gen = 24;
@@ -1154,6 +1161,10 @@ static void parse_args(soak *s, int argc, char **argv)
         case 's': s->seed = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'o': s->openai = optarg; break;
         case 'h': s->http_requests = atoi(optarg); break;
+        case 'a':
+            if (s->n_mqd_args < 32)
+                s->mqd_args[s->n_mqd_args++] = optarg;
+            break;
         default: usage();
         }
     }
@@ -1272,6 +1283,7 @@ int main(int argc, char **argv)
     int sessions = 0;
     long leaked = kv_left(&s, &sessions);
     long rss0 = proc_kb(s.mqd_pid, "VmRSS"), kv0 = kv_resident_kb(s.mqd_pid);
+    long anon0 = proc_kb(s.mqd_pid, "RssAnon"), shmem0 = proc_kb(s.mqd_pid, "RssShmem");
     /* 3. the main run through libmq */
     double t0 = now_s();
     tally t = { 0 };
@@ -1313,10 +1325,12 @@ int main(int argc, char **argv)
     /* 6. what is left behind: mqd's memory after everything */
     leaked = kv_left(&s, &sessions);
     long rss1 = proc_kb(s.mqd_pid, "VmRSS"), kv1 = kv_resident_kb(s.mqd_pid);
+    long anon1 = proc_kb(s.mqd_pid, "RssAnon"), shmem1 = proc_kb(s.mqd_pid, "RssShmem");
     double growth = rss0 > kv0 ? 100.0 * ((rss1 - kv1) - (rss0 - kv0)) / (rss0 - kv0) : -1;
     printf("soak_rss_growth_pct: %.2f (VmRSS less the KV segment's resident pages: %ld kB after warm-up, %ld kB "
-           "after every phase; VmRSS %ld -> %ld kB, of which KV %ld -> %ld kB)\n",
-           growth, rss0 - kv0, rss1 - kv1, rss0, rss1, kv0, kv1);
+           "after every phase; VmRSS %ld -> %ld kB: anonymous %ld -> %ld, shared %ld -> %ld, of which KV %ld -> "
+           "%ld)\n",
+           growth, rss0 - kv0, rss1 - kv1, rss0, rss1, anon0, anon1, shmem0, shmem1, kv0, kv1);
     printf("soak_kv_blocks_leaked: %ld (after every phase; sessions left %d)\n", leaked, sessions);
     cJSON *status = mqctl_json(&s, "status");
     double refused = jnum(cJSON_GetObjectItemCaseSensitive(status, "seccomp"), "refused", NULL);
