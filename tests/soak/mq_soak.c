@@ -199,26 +199,45 @@ static long proc_kb(pid_t pid, const char *key)
     return v;
 }
 
-/* kB of mqd's KV segment that is resident (the memfd "mq-kv" in /proc/<pid>/smaps): its
+/* kB of mqd's KV segment that is resident: the memfd "mq-kv" in /proc/<pid>/smaps, or,
+ * when the segment is anonymous memory (THP or 4k when no huge page was free), the one
+ * mapping of kv_bytes (mqctl stats kv.bytes, up to a huge page more for alignment). Its
  * pages are touched the first time a block is used, which is growth but not a leak. */
-static long kv_resident_kb(pid_t pid)
+static long kv_resident_kb(pid_t pid, double kv_bytes)
 {
     char path[64], line[512];
     snprintf(path, sizeof path, "/proc/%d/smaps", (int)pid);
     FILE *f = fopen(path, "r");
-    long kb = 0;
-    int in_kv = 0;
+    long memfd_kb = 0, sized_kb = 0;
+    int in_kv = 0, in_sized = 0;
     while (f && fgets(line, sizeof line, f)) {
         /* a mapping's first line starts with its address (lowercase hex), its fields with
          * a capitalised name ("Rss:") */
-        if ((line[0] >= '0' && line[0] <= '9') || (line[0] >= 'a' && line[0] <= 'f'))
+        if ((line[0] >= '0' && line[0] <= '9') || (line[0] >= 'a' && line[0] <= 'f')) {
+            unsigned long lo = 0, hi = 0;
+            sscanf(line, "%lx-%lx", &lo, &hi);
+            double len = (double)(hi - lo);
             in_kv = strstr(line, "memfd:mq-kv") != NULL;
-        else if (in_kv && !strncmp(line, "Rss:", 4))
-            kb += strtol(line + 4, NULL, 10);
+            in_sized = !in_kv && kv_bytes > 0 && len >= kv_bytes && len <= kv_bytes + (2 << 20);
+        } else if (!strncmp(line, "Rss:", 4)) {
+            if (in_kv)
+                memfd_kb += strtol(line + 4, NULL, 10);
+            else if (in_sized)
+                sized_kb += strtol(line + 4, NULL, 10);
+        }
     }
     if (f)
         fclose(f);
-    return kb;
+    return memfd_kb ? memfd_kb : sized_kb;
+}
+
+/* mqd's KV segment in bytes (mqctl --json stats), 0 if not known */
+static double kv_bytes_of(soak *s)
+{
+    cJSON *st = mqctl_json(s, "stats");
+    double b = jnum(st, "kv", "bytes");
+    cJSON_Delete(st);
+    return b > 0 ? b : 0;
 }
 
 static int start_mqd(soak *s)
@@ -1391,7 +1410,8 @@ int main(int argc, char **argv)
     }
     int sessions = 0;
     long leaked = kv_left(&s, &sessions);
-    long rss0 = proc_kb(s.mqd_pid, "VmRSS"), kv0 = kv_resident_kb(s.mqd_pid);
+    double kv_bytes = kv_bytes_of(&s);
+    long rss0 = proc_kb(s.mqd_pid, "VmRSS"), kv0 = kv_resident_kb(s.mqd_pid, kv_bytes);
     long anon0 = proc_kb(s.mqd_pid, "RssAnon"), shmem0 = proc_kb(s.mqd_pid, "RssShmem");
     char trace[256]; /* mqd's anonymous RSS after each phase: a plateau is the allocator's
                         high-water mark, a climb with the request count a leak */
@@ -1431,7 +1451,7 @@ int main(int argc, char **argv)
     }
     /* 6. what is left behind: mqd's memory after everything */
     leaked = kv_left(&s, &sessions);
-    long rss1 = proc_kb(s.mqd_pid, "VmRSS"), kv1 = kv_resident_kb(s.mqd_pid);
+    long rss1 = proc_kb(s.mqd_pid, "VmRSS"), kv1 = kv_resident_kb(s.mqd_pid, kv_bytes);
     long anon1 = proc_kb(s.mqd_pid, "RssAnon"), shmem1 = proc_kb(s.mqd_pid, "RssShmem");
     double growth = rss0 > kv0 ? 100.0 * ((rss1 - kv1) - (rss0 - kv0)) / (rss0 - kv0) : -1;
     printf("soak_rss_growth_pct: %.2f (VmRSS less the KV segment's resident pages: %ld kB after warm-up, %ld kB "
