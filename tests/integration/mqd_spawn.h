@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "tests/harness.h"
+#include "common/clock.h"
 
 static char spawn_bin[4096];
 
@@ -50,9 +51,7 @@ static inline const char *spawn_build_dir(void)
 
 static inline double spawn_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
+    return mq_now_s();
 }
 
 /* A fresh directory everyone can traverse (mqd may run as nobody). */
