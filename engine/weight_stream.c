@@ -182,8 +182,6 @@ static double cached_fraction(int fd, uint64_t size)
 
 static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
 {
-    for (int f = 0; f < n_files; f++)
-        w->fds[f] = -1;
     for (int f = 0; f < n_files; f++) {
         int fd = mq_open_regular(w->paths[f], 0, err, errlen);
         if (fd < 0)
@@ -425,7 +423,10 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     STORE(prog->end_ns, 0);
     STORE(prog->start_ns, mq_now_ns());
 
-    w.fds = calloc((size_t)n_files + 1, sizeof(int));
+    w.fds = malloc(((size_t)n_files + 1) * sizeof(int));
+    if (w.fds) /* -1 = not open: the clean-up below closes only what open_files opened */
+        for (int f = 0; f < n_files; f++)
+            w.fds[f] = -1;
     w.direct = calloc((size_t)n_files + 1, sizeof(int));
     w.remaining = malloc(((size_t)n_reads + 1) * sizeof(uint64_t));
     w.q = malloc(((size_t)n_reads + 1) * sizeof(int));

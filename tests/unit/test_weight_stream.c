@@ -9,9 +9,21 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <unistd.h>
+
+/* test_alloc_failure_closes_nothing needs a failed malloc to return NULL, as glibc's does */
+#ifdef __SANITIZE_ADDRESS__
+const char *__asan_default_options(void);
+const char *__asan_default_options(void)
+{
+    return "allocator_may_return_null=1";
+}
+#endif
 
 #define FILE_BYTES (3 * 1024 * 1024 + 12345)
 #define NR         40
@@ -257,6 +269,50 @@ static void test_cancel_stops_the_stream(void)
     }
 }
 
+/* An allocation that fails after the file table was allocated must close no descriptor
+ * the stream did not open (the file table's unset entries once were 0: stdin, closed
+ * n_files times). In a child under an address-space limit that lets the small tables
+ * through and refuses the per-read table of 16M reads (128 MiB); the reads are zero
+ * pages (valid: no bytes, no destination), so they cost no memory. */
+static void test_alloc_failure_closes_nothing(void)
+{
+    const int n_reads = 16 << 20;
+    size_t bytes = (size_t)n_reads * sizeof(mq_ws_read);
+    mq_ws_read *reads = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(reads != MAP_FAILED, "mmap %zu bytes", bytes);
+    if (reads == MAP_FAILED)
+        return;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int p[2];
+        if (pipe(p) < 0 || dup2(p[0], 0) < 0)
+            _exit(3);
+        unsigned long pages = 0;
+        FILE *st = fopen("/proc/self/statm", "r");
+        if (!st || fscanf(st, "%lu", &pages) != 1)
+            _exit(3);
+        fclose(st);
+        size_t vm = pages * (size_t)sysconf(_SC_PAGESIZE);
+        struct rlimit rl = { vm + (64u << 20), vm + (64u << 20) };
+        if (setrlimit(RLIMIT_AS, &rl) < 0)
+            _exit(3);
+        const char *paths[3] = { "/dev/null", "/dev/null", "/dev/null" };
+        char err[256] = "";
+        int r = mq_ws_run(paths, 3, reads, n_reads, NULL, NULL, NULL, NULL, NULL, err, sizeof err);
+        if (r != -ENOMEM)
+            _exit(4);
+        _exit(fcntl(0, F_GETFD) < 0 ? 5 : 0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 3, "child set-up failed (status %#x)", status);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 4, "the per-read table's allocation did not fail as planned");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 5, "fd 0 was closed by the clean-up of a failed allocation");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    munmap(reads, bytes);
+}
+
 int main(void)
 {
     RUN(test_buffered_matches_pread);
@@ -265,5 +321,6 @@ int main(void)
     RUN(test_missing_file_and_ready_error);
     RUN(test_fifo_refused);
     RUN(test_cancel_stops_the_stream);
+    RUN(test_alloc_failure_closes_nothing);
     return harness_done();
 }
