@@ -30,9 +30,10 @@
 #define WS_DEFAULT_READ ((size_t)4 << 20)
 #define WS_MAX_HELPERS  64
 
-#define LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
-#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
-#define ADD(x, v)   __atomic_add_fetch(&(x), (v), __ATOMIC_RELAXED)
+/* progress counters: read by other threads only for display, so no ordering */
+#define RELAXED_LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define RELAXED_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define RELAXED_ADD(x, v)   __atomic_add_fetch(&(x), (v), __ATOMIC_RELAXED)
 
 void mq_ws_opts_default(mq_ws_opts *o)
 {
@@ -46,15 +47,15 @@ void mq_ws_opts_default(mq_ws_opts *o)
 void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t *bytes_total, uint64_t *reads_done,
                         uint64_t *reads_total, double *rate_bps)
 {
-    uint64_t bd = LOAD(p->bytes_done), st = LOAD(p->start_ns), en = LOAD(p->end_ns);
+    uint64_t bd = RELAXED_LOAD(p->bytes_done), st = RELAXED_LOAD(p->start_ns), en = RELAXED_LOAD(p->end_ns);
     if (bytes_done)
         *bytes_done = bd;
     if (bytes_total)
-        *bytes_total = LOAD(p->bytes_total);
+        *bytes_total = RELAXED_LOAD(p->bytes_total);
     if (reads_done)
-        *reads_done = LOAD(p->reads_done);
+        *reads_done = RELAXED_LOAD(p->reads_done);
     if (reads_total)
-        *reads_total = LOAD(p->reads_total);
+        *reads_total = RELAXED_LOAD(p->reads_total);
     if (rate_bps) {
         uint64_t t = (en ? en : mq_now_ns()) - st;
         *rate_bps = st && t ? bd / (t * 1e-9) : 0;
@@ -120,7 +121,7 @@ static void run_ready(struct ws *w, int i)
                 w->paths[rd->file], (unsigned long long)rd->offset, strerror(-r));
         return;
     }
-    ADD(w->prog->reads_done, 1);
+    RELAXED_ADD(w->prog->reads_done, 1);
 }
 
 static void *helper_main(void *arg)
@@ -253,7 +254,7 @@ static void piece_done(struct ws *w, struct slot *s)
     uint64_t n = hi > lo ? hi - lo : 0;
     if (w->direct[r->file] && n)
         memcpy((uint8_t *)r->dst + (lo - r->offset), s->buf + (lo - s->off), n);
-    ADD(w->prog->bytes_done, n);
+    RELAXED_ADD(w->prog->bytes_done, n);
     w->remaining[s->read] -= n;
     if (w->remaining[s->read] == 0)
         deliver(w, s->read);
@@ -416,12 +417,12 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     uint64_t total = 0;
     for (int i = 0; i < n_reads; i++)
         total += reads[i].bytes;
-    STORE(prog->bytes_total, total);
-    STORE(prog->bytes_done, 0);
-    STORE(prog->reads_total, (uint64_t)n_reads);
-    STORE(prog->reads_done, 0);
-    STORE(prog->end_ns, 0);
-    STORE(prog->start_ns, mq_now_ns());
+    RELAXED_STORE(prog->bytes_total, total);
+    RELAXED_STORE(prog->bytes_done, 0);
+    RELAXED_STORE(prog->reads_total, (uint64_t)n_reads);
+    RELAXED_STORE(prog->reads_done, 0);
+    RELAXED_STORE(prog->end_ns, 0);
+    RELAXED_STORE(prog->start_ns, mq_now_ns());
 
     w.fds = malloc(((size_t)n_files + 1) * sizeof(int));
     if (w.fds) /* -1 = not open: the clean-up below closes only what open_files opened */
@@ -470,14 +471,14 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
         r = w.failed;
         mq_errmsg(err, errlen, 0, "%s", w.err);
     }
-    if (r == 0 && LOAD(prog->reads_done) != (uint64_t)n_reads) {
+    if (r == 0 && RELAXED_LOAD(prog->reads_done) != (uint64_t)n_reads) {
         r = mq_errmsg(err, errlen, -EIO, "weight stream: only %llu of %d reads completed",
-                      (unsigned long long)LOAD(prog->reads_done), n_reads);
+                      (unsigned long long)RELAXED_LOAD(prog->reads_done), n_reads);
     }
 out:
     for (int i = 0; i < n_th; i++)
         pthread_join(th[i], NULL);
-    STORE(prog->end_ns, mq_now_ns());
+    RELAXED_STORE(prog->end_ns, mq_now_ns());
     if (w.fds)
         for (int f = 0; f < n_files; f++)
             if (w.fds[f] >= 0)
