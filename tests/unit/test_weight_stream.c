@@ -269,6 +269,22 @@ static void test_cancel_stops_the_stream(void)
     }
 }
 
+/* Caps this process's address space at what it maps now plus `room` bytes. */
+static int limit_address_space(size_t room)
+{
+    unsigned long pages = 0;
+    FILE *st = fopen("/proc/self/statm", "r");
+    if (!st)
+        return -1;
+    int n = fscanf(st, "%lu", &pages);
+    fclose(st);
+    if (n != 1)
+        return -1;
+    size_t vm = pages * (size_t)sysconf(_SC_PAGESIZE);
+    struct rlimit rl = { vm + room, vm + room };
+    return setrlimit(RLIMIT_AS, &rl);
+}
+
 /* An allocation that fails after the file table was allocated must close no descriptor
  * the stream did not open (the file table's unset entries once were 0: stdin, closed
  * n_files times). In a child under an address-space limit that lets the small tables
@@ -288,14 +304,7 @@ static void test_alloc_failure_closes_nothing(void)
         int p[2];
         if (pipe(p) < 0 || dup2(p[0], 0) < 0)
             _exit(3);
-        unsigned long pages = 0;
-        FILE *st = fopen("/proc/self/statm", "r");
-        if (!st || fscanf(st, "%lu", &pages) != 1)
-            _exit(3);
-        fclose(st);
-        size_t vm = pages * (size_t)sysconf(_SC_PAGESIZE);
-        struct rlimit rl = { vm + (64u << 20), vm + (64u << 20) };
-        if (setrlimit(RLIMIT_AS, &rl) < 0)
+        if (limit_address_space(64u << 20) < 0)
             _exit(3);
         const char *paths[3] = { "/dev/null", "/dev/null", "/dev/null" };
         char err[256] = "";
@@ -313,6 +322,46 @@ static void test_alloc_failure_closes_nothing(void)
     munmap(reads, bytes);
 }
 
+/* A quantize thread that cannot be started (no room for its 8 MiB stack) costs speed,
+ * not the load: the reads are made ready on the caller's thread, and the result's note
+ * says so (mqd logs the note with the load figures). */
+static void test_helper_start_failure_noted(void)
+{
+    struct fixture f;
+    setup(&f, 13);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (limit_address_space(2u << 20) < 0)
+            _exit(3);
+        mq_ws_opts o;
+        mq_ws_opts_default(&o);
+        o.direct = MQ_WS_DIRECT_OFF;
+        o.helpers = 16; /* more than glibc's cache of stacks the earlier tests' threads left */
+        mq_ws_result res;
+        const char *paths[1] = { f.path };
+        char err[256] = "";
+        int r = mq_ws_run(paths, 1, f.reads, NR, &o, on_ready, &f, NULL, &res, err, sizeof err);
+        if (r != 0) {
+            fprintf(stderr, "    child: %d %s\n", r, err);
+            _exit(4);
+        }
+        for (int i = 0; i < NR; i++)
+            if (f.ready_count[i] != 1)
+                _exit(5);
+        if (!strstr(res.note, " of 16 quantize threads (pthread_create: ")) {
+            fprintf(stderr, "    child: note \"%s\"\n", res.note);
+            _exit(6);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "child status %#x (3 set-up, 4 load failed, 5 reads not made ready, 6 no note)", status);
+    teardown(&f);
+}
+
 int main(void)
 {
     RUN(test_buffered_matches_pread);
@@ -322,5 +371,6 @@ int main(void)
     RUN(test_fifo_refused);
     RUN(test_cancel_stops_the_stream);
     RUN(test_alloc_failure_closes_nothing);
+    RUN(test_helper_start_failure_noted);
     return harness_done();
 }
