@@ -23,8 +23,13 @@ enum ftype { F_STR, F_U32, F_BOOL, F_ENUM, F_LIST };
 
 static const char *const on_full_words[] = { "wait", "fail", NULL };
 static const char *const huge_words[] = { "auto", "off", "require", NULL };
-static const char *const fp4_pack_words[] = { "auto", "on", "off", NULL };
-static const char *const seccomp_words[] = { "on", "kill", "off", NULL };
+/* an enum field's words: indexed by the enum's values, which the field stores */
+static const char *const fp4_pack_words[] = {
+    [MQ_FP4_PACK_AUTO] = "auto", [MQ_FP4_PACK_ON] = "on", [MQ_FP4_PACK_OFF] = "off", NULL
+};
+static const char *const seccomp_words[] = {
+    [MQD_SECCOMP_ON] = "on", [MQD_SECCOMP_KILL] = "kill", [MQD_SECCOMP_OFF] = "off", NULL
+};
 
 typedef struct field {
     const char *name;
@@ -52,9 +57,12 @@ typedef struct field {
     {                                                               \
 #n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h, NULL \
     }
-#define ENUM(n, w, h)                                            \
-    {                                                            \
-#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h, NULL \
+/* an enum field is written as an unsigned int (GCC's type for enums without negative
+ * values); the array size fails to compile for an enum of another size */
+#define ENUM_SIZE(n) sizeof(char[sizeof(((mqd_config *)0)->n) == sizeof(unsigned) ? sizeof(unsigned) : -1])
+#define ENUM(n, w, h)                                                       \
+    {                                                                       \
+#n, F_ENUM, offsetof(mqd_config, n), ENUM_SIZE(n), 0, 0, w, h, NULL \
     }
 #define LIST(n, h)                                                  \
     {                                                               \

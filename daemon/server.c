@@ -107,10 +107,6 @@ static void set_phase(mqd *d, const char *phase)
     mqd_log(LOG_INFO, "loading: %s", phase);
 }
 
-_Static_assert(MQ_CFG_FP4_PACK_AUTO == (int)MQ_FP4_PACK_AUTO && MQ_CFG_FP4_PACK_ON == (int)MQ_FP4_PACK_ON &&
-                   MQ_CFG_FP4_PACK_OFF == (int)MQ_FP4_PACK_OFF,
-               "fp4_pack: config words and mq_fp4_pack agree");
-
 /* hugepages_reserve = "auto": weights + KV segment, counted before mapping them.
  * A dry run of mq_model_plan (headers only) with an allocator that hands out untouched
  * MAP_NORESERVE memory and adds up what the arena would hold (same 64-byte alignment, one
@@ -155,7 +151,7 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     const mq_read *reads = NULL;
     int n_reads = 0;
     char e[MQ_ERRMSG_LEN] = "";
-    mq_model_opts mo = { .fp4_pack = (mq_fp4_pack)d->cfg.fp4_pack };
+    mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack };
     int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e, sizeof e);
     if (rc < 0) {
         mqd_log(LOG_WARNING, "huge pages: auto: cannot size the model (%s); nothing reserved", e);
@@ -241,7 +237,7 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     memset(&wres, 0, sizeof wres);
     ws_watch watch = { .d = d, .prog = &prog };
     int watching = pthread_create(&watch.th, NULL, ws_watch_main, &watch) == 0;
-    const mq_model_opts mo = { .fp4_pack = (mq_fp4_pack)d->cfg.fp4_pack };
+    const mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack };
     rc = mq_ws_load_model(d->cfg.model_dir, &mo, d->arena, &wo, &prog, &wres, &d->model, err, errlen);
     if (watching) {
         __atomic_store_n(&watch.stop, 1, __ATOMIC_SEQ_CST);

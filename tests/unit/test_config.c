@@ -127,11 +127,9 @@ static void test_fp4_pack(void)
     mqd_config c;
     char err[512] = "";
     mqd_config_defaults(&c);
-    CHECK(c.fp4_pack == MQ_CFG_FP4_PACK_AUTO, "default %u", c.fp4_pack);
-    CHECK(parse(&c, "{\"fp4_pack\": \"off\"}", err, sizeof err) == 0 && c.fp4_pack == MQ_CFG_FP4_PACK_OFF, "off: %s",
-          err);
-    CHECK(mqd_config_set(&c, "fp4-pack", "on", err, sizeof err) == 0 && c.fp4_pack == MQ_CFG_FP4_PACK_ON, "flag: %s",
-          err);
+    CHECK(c.fp4_pack == MQ_FP4_PACK_AUTO, "default %u", c.fp4_pack);
+    CHECK(parse(&c, "{\"fp4_pack\": \"off\"}", err, sizeof err) == 0 && c.fp4_pack == MQ_FP4_PACK_OFF, "off: %s", err);
+    CHECK(mqd_config_set(&c, "fp4-pack", "on", err, sizeof err) == 0 && c.fp4_pack == MQ_FP4_PACK_ON, "flag: %s", err);
     CHECK(parse(&c, "{\"fp4_pack\": \"sometimes\"}", err, sizeof err) == -EINVAL && strstr(err, "fp4_pack"),
           "bad word: %s", err);
 }
