@@ -3,6 +3,7 @@
 #include "common/errmsg.h"
 #include "common/file.h"
 #include "daemon/config.h"
+#include "engine/weight_stream.h"
 
 /* Messages are cut to their buffers on purpose. */
 
@@ -121,8 +122,10 @@ void mqd_config_defaults(mqd_config *c)
     c->kv_block_tokens = 16;
     c->on_full = MQ_CFG_ON_FULL_FAIL;
     c->hugepages = MQ_CFG_HUGE_AUTO;
-    c->io_depth = 8;
-    c->io_read_kib = 1024;
+    mq_ws_opts wo; /* the weight stream's defaults are the one place for these two */
+    mq_ws_opts_default(&wo);
+    c->io_depth = (uint32_t)wo.queue_depth;
+    c->io_read_kib = (uint32_t)(wo.read_bytes / 1024);
     c->max_sessions = 256;
     c->max_sessions_per_client = 64;
     c->queue_max = 256;

@@ -209,13 +209,22 @@ static int check_weights_memory(mqd *d, const char *desc, char *err, size_t errl
                      desc, mq_hugepages_free());
 }
 
+void mqd_load_opts_from_config(const mqd_config *c, mq_arena_opts *ao, mq_ws_opts *wo)
+{
+    mq_arena_opts_default(ao);
+    ao->allow_hugetlb = c->hugepages != MQ_CFG_HUGE_OFF;
+    ao->allow_thp = c->hugepages != MQ_CFG_HUGE_OFF;
+    mq_ws_opts_default(wo);
+    wo->queue_depth = (int)c->io_depth;
+    wo->read_bytes = ((size_t)c->io_read_kib * 1024 + 4095) / 4096 * 4096;
+}
+
 /* Phase "weights": the arena, then mq_ws_load_model (the loader tests and benchmarks run). */
 static int load_weights(mqd *d, char *err, size_t errlen)
 {
     mq_arena_opts ao;
-    mq_arena_opts_default(&ao);
-    ao.allow_hugetlb = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
-    ao.allow_thp = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
+    mq_ws_opts wo;
+    mqd_load_opts_from_config(&d->cfg, &ao, &wo);
     size_t planned = 0;
     reserve_auto(d, &planned);
     mq_arena *arena;
@@ -226,10 +235,6 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     /* the whole model in one mapping, from the pages just reserved for it */
     if (planned && mq_arena_reserve(d->arena, planned) < 0)
         mqd_log(LOG_WARNING, "huge pages: auto: mapping %zu bytes up front failed; chunks instead", planned);
-    mq_ws_opts wo;
-    mq_ws_opts_default(&wo);
-    wo.queue_depth = (int)d->cfg.io_depth;
-    wo.read_bytes = ((size_t)d->cfg.io_read_kib * 1024 + 4095) / 4096 * 4096;
     wo.cancel = &d->load_cancel;
     mq_ws_progress prog;
     memset(&prog, 0, sizeof prog);

@@ -25,9 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WS_ALIGN        4096u /* O_DIRECT alignment (covers 512 and 4K sectors) */
-#define WS_DEFAULT_QD   16
-#define WS_DEFAULT_READ ((size_t)4 << 20)
+#define WS_ALIGN 4096u /* O_DIRECT alignment (covers 512 and 4K sectors) */
+/* mqd's io_depth and io_read_kib defaults (daemon/config.c takes them from here) */
+#define WS_DEFAULT_QD   8
+#define WS_DEFAULT_READ ((size_t)1 << 20)
 #define WS_MAX_HELPERS  64
 
 /* progress counters: read by other threads only for display, so no ordering */
