@@ -94,6 +94,12 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
 int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc, char *const *argv,
                           int *check_only, int *help, char *err, size_t errlen);
 
+/* Reload: copies next's live fields (the table in config.c says which) into *now, their
+ * names into `applied` (", "-separated), and returns how many other fields differ (their
+ * values stay: they need a restart), the first max_restart of their names in restart[]. */
+int mqd_config_apply_live(mqd_config *now, const mqd_config *next, const char **restart, int max_restart, char *applied,
+                          size_t applied_len);
+
 /* Cross-field checks (model_dir present, block size divides, ring sizes, ...). */
 int mqd_config_validate(const mqd_config *c, char *err, size_t errlen);
 
