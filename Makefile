@@ -74,7 +74,6 @@ OAI_LIBS    = -lmicrohttpd -lcjson -lsystemd -lcrypt -lpthread -lm
 MQD        := $(if $(wildcard daemon/main.c),$(BUILD)/mqd)
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-BENCHES    := $(patsubst %.c,$(BUILD)/%,$(notdir $(BENCH_SRC)))
 BENCHES    := $(addprefix $(BUILD)/,$(basename $(notdir $(BENCH_SRC))))
 
 ALL_LIBS = $(LIBMQD) $(LIBENGINE) $(LIBKERNELS) $(LIBIPC) $(LIBCOMMON)
@@ -150,10 +149,11 @@ deps:
 	@sh dist/install-deps.sh
 
 # The suite: optimised build runs every test; the ASan+UBSan build runs tests/unit.
+ASAN_BUILD = $(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 asan-tests
 test: deps
 	@$(MAKE) --no-print-directory format-check
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 asan-tests
+	@$(ASAN_BUILD)
 	@$(MAKE) --no-print-directory fuzz-run
 	@sh tests/run.sh build build-asan
 
@@ -162,6 +162,11 @@ asan-tests: $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c
 
 test-fast: all
 	@sh tests/run.sh build
+
+# The ASan+UBSan half of `make test` alone: tests/unit built into build-asan/ and run.
+test-asan: deps
+	@$(ASAN_BUILD)
+	@sh tests/run.sh build-asan
 
 # ThreadSanitizer (not in `make test`: it runs the model ~15x slower). The threaded tests
 # (rings, pools, event loop, KV store, scheduler) and mqd itself (test_e2e and test_faults

@@ -192,14 +192,9 @@ static mq_ev *new_ev(mq_evloop *l, enum kind k, void *arg)
     return ev;
 }
 
-int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void *arg, mq_ev **out)
+/* Arms a new event; on failure it is forgotten and freed, and *out is untouched. */
+static int start_ev(mq_evloop *l, mq_ev *ev, mq_ev **out)
 {
-    mq_ev *ev = new_ev(l, EV_FD, arg);
-    if (!ev)
-        return -ENOMEM;
-    ev->fd = fd;
-    ev->events = events;
-    ev->cb.fd = fn;
     int rc = arm(l, ev);
     if (rc) {
         untrack(l, ev);
@@ -211,6 +206,17 @@ int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void
     return 0;
 }
 
+int mq_evloop_add_fd(mq_evloop *l, int fd, uint32_t events, mq_ev_fd_fn fn, void *arg, mq_ev **out)
+{
+    mq_ev *ev = new_ev(l, EV_FD, arg);
+    if (!ev)
+        return -ENOMEM;
+    ev->fd = fd;
+    ev->events = events;
+    ev->cb.fd = fn;
+    return start_ev(l, ev, out);
+}
+
 int mq_evloop_add_timer(mq_evloop *l, uint32_t interval_ms, mq_ev_fn fn, void *arg, mq_ev **out)
 {
     mq_ev *ev = new_ev(l, EV_TIMER, arg);
@@ -219,15 +225,7 @@ int mq_evloop_add_timer(mq_evloop *l, uint32_t interval_ms, mq_ev_fn fn, void *a
     ev->cb.timer = fn;
     ev->ts.tv_sec = interval_ms / 1000;
     ev->ts.tv_nsec = (long long)(interval_ms % 1000) * 1000000LL;
-    int rc = arm(l, ev);
-    if (rc) {
-        untrack(l, ev);
-        free(ev);
-        return rc;
-    }
-    if (out)
-        *out = ev;
-    return 0;
+    return start_ev(l, ev, out);
 }
 
 void mq_evloop_del(mq_evloop *l, mq_ev *ev)

@@ -131,6 +131,27 @@ int mqd_resolve_ids(mqd *d, char *err, size_t errlen)
     return 0;
 }
 
+/* Whether the peer on fd (primary group gid) is in one of gids[0..n): by its primary
+ * group or a supplementary one (SO_PEERGROUPS). */
+static int peer_in_groups(int fd, gid_t gid, const gid_t *gids, int n)
+{
+    if (n == 0)
+        return 0;
+    gid_t groups[256];
+    socklen_t gl = sizeof groups;
+    int ng = 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0)
+        ng = (int)(gl / sizeof(gid_t));
+    for (int i = 0; i < n; i++) {
+        if (gids[i] == gid)
+            return 1;
+        for (int k = 0; k < ng; k++)
+            if (groups[k] == gids[i])
+                return 1;
+    }
+    return 0;
+}
+
 /* 1 if the peer of fd may use the client (admin = 0) or the admin socket; else 0 and p->why. */
 static int peer_allowed(const mqd *d, int fd, int admin, mqd_peer *p)
 {
@@ -148,19 +169,9 @@ static int peer_allowed(const mqd *d, int fd, int admin, mqd_peer *p)
     p->pid = cr.pid;
     if (cr.uid == 0 || (!admin && d->any_client))
         return 1;
-    gid_t groups[256];
-    socklen_t gl = sizeof groups;
-    int ng = 0;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0)
-        ng = (int)(gl / sizeof(gid_t));
     if (admin) {
-        if (d->admin_gid_set) {
-            if (cr.gid == d->admin_gid)
-                return 1;
-            for (int i = 0; i < ng; i++)
-                if (groups[i] == d->admin_gid)
-                    return 1;
-        }
+        if (d->admin_gid_set && peer_in_groups(fd, cr.gid, &d->admin_gid, 1))
+            return 1;
         snprintf(p->why, sizeof p->why, "uid %u is not root%s%s", (unsigned)cr.uid,
                  d->admin_gid_set ? " and not in admin_group " : "", d->admin_gid_set ? d->cfg.admin_group : "");
         return 0;
@@ -168,13 +179,8 @@ static int peer_allowed(const mqd *d, int fd, int admin, mqd_peer *p)
     for (int i = 0; i < d->n_allowed_uids; i++)
         if (d->allowed_uids[i] == cr.uid)
             return 1;
-    for (int i = 0; i < d->n_allowed_gids; i++) {
-        if (d->allowed_gids[i] == cr.gid)
-            return 1;
-        for (int k = 0; k < ng; k++)
-            if (groups[k] == d->allowed_gids[i])
-                return 1;
-    }
+    if (peer_in_groups(fd, cr.gid, d->allowed_gids, d->n_allowed_gids))
+        return 1;
     snprintf(p->why, sizeof p->why, "uid %u gid %u is not in allowed_users/allowed_groups", (unsigned)cr.uid,
              (unsigned)cr.gid);
     return 0;
@@ -185,21 +191,7 @@ int mqd_peer_is_front(const mqd *d, int fd, uid_t uid, gid_t gid)
     for (int i = 0; i < d->n_front_uids; i++)
         if (d->front_uids[i] == uid)
             return 1;
-    if (d->n_front_gids == 0)
-        return 0;
-    gid_t groups[256];
-    socklen_t gl = sizeof groups;
-    int ng = 0;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0)
-        ng = (int)(gl / sizeof(gid_t));
-    for (int i = 0; i < d->n_front_gids; i++) {
-        if (d->front_gids[i] == gid)
-            return 1;
-        for (int k = 0; k < ng; k++)
-            if (groups[k] == d->front_gids[i])
-                return 1;
-    }
-    return 0;
+    return peer_in_groups(fd, gid, d->front_gids, d->n_front_gids);
 }
 
 /* SO_PASSRIGHTS (Linux 6.16): 0 makes the kernel refuse SCM_RIGHTS sent to this socket

@@ -526,28 +526,6 @@ static int render_qwen3(sbuf *o, const cJSON *msgs, const cJSON *tools, const mq
 
 /* ---- ChatML and Llama-3 -------------------------------------------------------------------- */
 
-static int render_chatml_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errlen)
-{
-    int i = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs)
-    {
-        sbuf c = { 0 };
-        if (content_of(m, &c)) {
-            free(c.p);
-            return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i);
-        }
-        sb_puts(o, "<|im_start|>");
-        sb_data(o, role_of(m), strlen(role_of(m)));
-        sb_puts(o, "\n");
-        sb_data(o, c.p, c.len);
-        sb_puts(o, "<|im_end|>\n");
-        free(c.p);
-        i++;
-    }
-    return o->oom ? -ENOMEM : 0;
-}
-
 /* Python str.isspace() code points, for Jinja's trim (= str.strip()). */
 static int py_space(uint32_t cp)
 {
@@ -590,7 +568,19 @@ static void py_strip(const char **a, const char **b)
     }
 }
 
-static int render_llama3_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errlen)
+/* ChatML and Llama-3 frame every message the same way and differ only in the strings:
+ * open + role + mid + content + close, with Llama-3 trimming the content. */
+typedef struct frame {
+    const char *open, *mid, *close;
+    const char *gen_prompt; /* add_generation_prompt */
+    int trim;               /* message['content'] | trim */
+} frame;
+
+static const frame chatml = { "<|im_start|>", "\n", "<|im_end|>\n", "<|im_start|>assistant\n", 0 };
+static const frame llama3 = { "<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>",
+                              "<|start_header_id|>assistant<|end_header_id|>\n\n", 1 };
+
+static int render_framed(sbuf *o, const frame *f, const cJSON *msgs, const mq_chat_opts *opts, char *err, size_t errlen)
 {
     int i = 0;
     const cJSON *m;
@@ -602,15 +592,18 @@ static int render_llama3_msgs(sbuf *o, const cJSON *msgs, char *err, size_t errl
             return mq_errmsg(err, errlen, -EINVAL, "chat: messages[%d].content", i);
         }
         const char *a = c.p, *b = c.p + c.len;
-        py_strip(&a, &b); /* message['content'] | trim */
-        sb_puts(o, "<|start_header_id|>");
+        if (f->trim)
+            py_strip(&a, &b);
+        sb_puts(o, f->open);
         sb_data(o, role_of(m), strlen(role_of(m)));
-        sb_puts(o, "<|end_header_id|>\n\n");
+        sb_puts(o, f->mid);
         sb_data(o, a, (size_t)(b - a));
-        sb_puts(o, "<|eot_id|>");
+        sb_puts(o, f->close);
         free(c.p);
         i++;
     }
+    if (opts->add_generation_prompt)
+        sb_puts(o, f->gen_prompt);
     return o->oom ? -ENOMEM : 0;
 }
 
@@ -707,17 +700,11 @@ static int render_full(sbuf *o, mq_chat_kind kind, const cJSON *messages, const 
             return mq_errmsg(err, errlen, -EINVAL, "chat: qwen3 needs at least one message");
         rc = render_qwen3(o, messages, tools, opts, err, errlen);
         break;
-    case MQ_CHAT_CHATML:
-        rc = render_chatml_msgs(o, messages, err, errlen);
-        if (!rc && opts->add_generation_prompt)
-            sb_puts(o, "<|im_start|>assistant\n");
-        break;
+    case MQ_CHAT_CHATML: rc = render_framed(o, &chatml, messages, opts, err, errlen); break;
     case MQ_CHAT_LLAMA3:
         if (opts->bos_token)
             sb_puts(o, opts->bos_token);
-        rc = render_llama3_msgs(o, messages, err, errlen);
-        if (!rc && opts->add_generation_prompt)
-            sb_puts(o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        rc = render_framed(o, &llama3, messages, opts, err, errlen);
         break;
     default: rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }
@@ -769,16 +756,12 @@ static int render_append(sbuf *o, mq_chat_kind kind, const cJSON *new_messages, 
         break;
     case MQ_CHAT_CHATML:
         sb_puts(o, end_token_in_session ? "\n" : "<|im_end|>\n");
-        rc = render_chatml_msgs(o, new_messages, err, errlen);
-        if (!rc && opts->add_generation_prompt)
-            sb_puts(o, "<|im_start|>assistant\n");
+        rc = render_framed(o, &chatml, new_messages, opts, err, errlen);
         break;
     case MQ_CHAT_LLAMA3:
         if (!end_token_in_session)
             sb_puts(o, "<|eot_id|>");
-        rc = render_llama3_msgs(o, new_messages, err, errlen);
-        if (!rc && opts->add_generation_prompt)
-            sb_puts(o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        rc = render_framed(o, &llama3, new_messages, opts, err, errlen);
         break;
     default: rc = mq_errmsg(err, errlen, -ENOTSUP, "chat: unknown template kind %d", (int)kind);
     }

@@ -191,6 +191,16 @@ static struct session *find_session(mq_sched *s, uint64_t id)
     return NULL;
 }
 
+/* The session `id` with s->mu held, or NULL with s->mu not held. */
+static struct session *lock_session(mq_sched *s, uint64_t id)
+{
+    pthread_mutex_lock(&s->mu);
+    struct session *ss = find_session(s, id);
+    if (!ss)
+        pthread_mutex_unlock(&s->mu);
+    return ss;
+}
+
 static int blocks_for(const mq_sched *s, int tokens)
 {
     return (tokens + s->o.block_tokens - 1) / s->o.block_tokens;
@@ -1280,12 +1290,9 @@ int mq_sched_session_open(mq_sched *s, uint64_t tenant, uint64_t *id)
 
 int mq_sched_session_close(mq_sched *s, uint64_t id)
 {
-    pthread_mutex_lock(&s->mu);
-    struct session *ss = find_session(s, id);
-    if (!ss) {
-        pthread_mutex_unlock(&s->mu);
+    struct session *ss = lock_session(s, id);
+    if (!ss)
         return -ENOENT;
-    }
     if (ss->req)
         flag_end(s, ss->req, MQ_SCHED_END_CANCEL);
     while (ss->req || ss->notifying)
@@ -1516,12 +1523,9 @@ int mq_sched_cancel(mq_sched *s, uint64_t session, mq_sched_end_reason reason)
 {
     if (reason != MQ_SCHED_END_CLIENT_GONE)
         reason = MQ_SCHED_END_CANCEL;
-    pthread_mutex_lock(&s->mu);
-    struct session *ss = find_session(s, session);
-    if (!ss) {
-        pthread_mutex_unlock(&s->mu);
+    struct session *ss = lock_session(s, session);
+    if (!ss)
         return -ENOENT;
-    }
     if (ss->req)
         flag_end(s, ss->req, reason);
     pthread_mutex_unlock(&s->mu);

@@ -321,28 +321,44 @@ static const char *config_token(const cJSON *cfg, const char *key)
     return NULL;
 }
 
+/* ---- loading: the pipeline's components ------------------------------------------------- */
+
+/* tokenizer.json's normalizer, pre_tokenizer, decoder and post_processor share one form:
+ * null (none), an object with a "type", or {"type": "Sequence", "<list>": [...]} of them,
+ * nested. A step reads one object of a known type. */
+typedef int (*component_step)(tok_t *t, const cJSON *o, const char *type, const char *name, char *err, size_t errlen);
+typedef struct component {
+    const char *what; /* its key in tokenizer.json */
+    const char *list; /* a Sequence's list */
+    component_step step;
+} component;
+
+static int load_component(tok_t *t, const component *c, const cJSON *o, const char *name, char *err, size_t errlen)
+{
+    if (!o || cJSON_IsNull(o))
+        return 0;
+    const char *type = jstr(o, "type");
+    if (!type)
+        return mq_errmsg(err, errlen, -EINVAL, "%s: %s without \"type\"", name, c->what);
+    if (strcmp(type, "Sequence"))
+        return c->step(t, o, type, name, err, errlen);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, c->list);
+    if (!cJSON_IsArray(list))
+        return mq_errmsg(err, errlen, -EINVAL, "%s: %s Sequence without \"%s\"", name, c->what, c->list);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, list)
+    {
+        int rc = load_component(t, c, it, name, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- loading: normalizer ------------------------------------------------------------------ */
 
-static int load_normalizer(tok_t *t, const cJSON *n, const char *name, char *err, size_t errlen)
+static int normalizer_step(tok_t *t, const cJSON *n, const char *type, const char *name, char *err, size_t errlen)
 {
-    if (!n || cJSON_IsNull(n))
-        return 0;
-    const char *type = jstr(n, "type");
-    if (!type)
-        return mq_errmsg(err, errlen, -EINVAL, "%s: normalizer without \"type\"", name);
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers");
-        if (!cJSON_IsArray(list))
-            return mq_errmsg(err, errlen, -EINVAL, "%s: normalizer Sequence without \"normalizers\"", name);
-        const cJSON *it;
-        cJSON_ArrayForEach(it, list)
-        {
-            int rc = load_normalizer(t, it, name, err, errlen);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
     if (t->n_norm >= TOK_MAX_OPS)
         return mq_errmsg(err, errlen, -E2BIG, "%s: more than %d normalizers", name, TOK_MAX_OPS);
     tok_norm *op = &t->norm[t->n_norm];
@@ -410,26 +426,8 @@ static int compile_regex(tok_pre *op, const char *pat, int literal, const char *
     return 0;
 }
 
-static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_t errlen)
+static int pre_tokenizer_step(tok_t *t, const cJSON *p, const char *type, const char *name, char *err, size_t errlen)
 {
-    if (!p || cJSON_IsNull(p))
-        return 0;
-    const char *type = jstr(p, "type");
-    if (!type)
-        return mq_errmsg(err, errlen, -EINVAL, "%s: pre_tokenizer without \"type\"", name);
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers");
-        if (!cJSON_IsArray(list))
-            return mq_errmsg(err, errlen, -EINVAL, "%s: pre_tokenizer Sequence without \"pretokenizers\"", name);
-        const cJSON *it;
-        cJSON_ArrayForEach(it, list)
-        {
-            int rc = load_pre(t, it, name, err, errlen);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
     if (t->n_pre >= TOK_MAX_OPS)
         return mq_errmsg(err, errlen, -E2BIG, "%s: more than %d pre_tokenizers", name, TOK_MAX_OPS);
     tok_pre *op = &t->pre[t->n_pre];
@@ -504,26 +502,8 @@ static int load_pre(tok_t *t, const cJSON *p, const char *name, char *err, size_
 
 /* ---- loading: decoder ---------------------------------------------------------------------- */
 
-static int load_decoder(tok_t *t, const cJSON *d, const char *name, char *err, size_t errlen)
+static int decoder_step(tok_t *t, const cJSON *d, const char *type, const char *name, char *err, size_t errlen)
 {
-    if (!d || cJSON_IsNull(d))
-        return 0;
-    const char *type = jstr(d, "type");
-    if (!type)
-        return mq_errmsg(err, errlen, -EINVAL, "%s: decoder without \"type\"", name);
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders");
-        const cJSON *it;
-        if (!cJSON_IsArray(list))
-            return mq_errmsg(err, errlen, -EINVAL, "%s: decoder Sequence without \"decoders\"", name);
-        cJSON_ArrayForEach(it, list)
-        {
-            int rc = load_decoder(t, it, name, err, errlen);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
     if (!strcmp(type, "ByteLevel")) {
         t->byte_level = 1;
         return 0;
@@ -571,26 +551,8 @@ static int load_decoder(tok_t *t, const cJSON *d, const char *name, char *err, s
 
 /* ---- loading: post-processor (BOS / EOS around a single sequence) ---------------------------- */
 
-static int load_post(tok_t *t, const cJSON *p, const char *name, char *err, size_t errlen)
+static int post_processor_step(tok_t *t, const cJSON *p, const char *type, const char *name, char *err, size_t errlen)
 {
-    if (!p || cJSON_IsNull(p))
-        return 0;
-    const char *type = jstr(p, "type");
-    if (!type)
-        return mq_errmsg(err, errlen, -EINVAL, "%s: post_processor without \"type\"", name);
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "processors");
-        const cJSON *it;
-        if (!cJSON_IsArray(list))
-            return mq_errmsg(err, errlen, -EINVAL, "%s: post_processor Sequence without \"processors\"", name);
-        cJSON_ArrayForEach(it, list)
-        {
-            int rc = load_post(t, it, name, err, errlen);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
     if (!strcmp(type, "ByteLevel"))
         return 0; /* offsets only */
     if (!strcmp(type, "TemplateProcessing")) {
@@ -632,6 +594,14 @@ static int load_post(tok_t *t, const cJSON *p, const char *name, char *err, size
     }
     return mq_errmsg(err, errlen, -ENOTSUP, "%s: unsupported post_processor type \"%s\"", name, type);
 }
+
+/* in this order: pre_tokenizer and decoder tell whether vocab keys are byte-level */
+static const component components[] = {
+    { "normalizer", "normalizers", normalizer_step },
+    { "pre_tokenizer", "pretokenizers", pre_tokenizer_step },
+    { "decoder", "decoders", decoder_step },
+    { "post_processor", "processors", post_processor_step },
+};
 
 /* ---- loading: model ------------------------------------------------------------------------ */
 
@@ -949,15 +919,11 @@ int mq_tok_load_mem(const char *json, size_t len, const char *config_json, size_
         rc = mq_errmsg(err, errlen, -EINVAL, "%s: no \"model\" object", name);
         goto out;
     }
-    /* pre_tokenizer and decoder first: they tell whether vocab keys are byte-level */
-    if ((rc = load_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), name, err, errlen)))
-        goto out;
-    if ((rc = load_pre(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), name, err, errlen)))
-        goto out;
-    if ((rc = load_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), name, err, errlen)))
-        goto out;
-    if ((rc = load_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), name, err, errlen)))
-        goto out;
+    /* the components before the model (components[]) */
+    for (size_t i = 0; i < sizeof components / sizeof components[0]; i++)
+        if ((rc = load_component(t, &components[i], cJSON_GetObjectItemCaseSensitive(root, components[i].what), name,
+                                 err, errlen)))
+            goto out;
     if ((rc = load_model(t, model, name, err, errlen)))
         goto out;
     if ((rc = load_added(t, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), name, err, errlen)))

@@ -157,7 +157,7 @@ static int recv_reply(mq_conn *c, mq_msg *m, unsigned want_type, int *fds, int n
     }
 }
 
-/* One request/reply under the connection lock. */
+/* One request/reply; the caller holds the connection lock. */
 static int call(mq_conn *c, mq_msg *m, unsigned want, mq_msg *reply)
 {
     if (c->dead)
@@ -165,6 +165,15 @@ static int call(mq_conn *c, mq_msg *m, unsigned want, mq_msg *reply)
     int rc = send_msg(c, m);
     if (!rc)
         rc = recv_reply(c, reply, want, NULL, 0);
+    return rc;
+}
+
+/* call() for callers that do not hold the connection lock. */
+static int locked_call(mq_conn *c, mq_msg *m, unsigned want, mq_msg *reply)
+{
+    pthread_mutex_lock(&c->lock);
+    int rc = call(c, m, want, reply);
+    pthread_mutex_unlock(&c->lock);
     return rc;
 }
 
@@ -306,9 +315,7 @@ int mq_open_tenant_session(mq_conn *c, int mode, const char *tenant, uint64_t *s
         m.version = 3;
         strcpy(m.u.open.tenant, tenant);
     }
-    pthread_mutex_lock(&c->lock);
-    int rc = call(c, &m, MQ_MSG_OPENED, &r);
-    pthread_mutex_unlock(&c->lock);
+    int rc = locked_call(c, &m, MQ_MSG_OPENED, &r);
     if (!rc)
         *session = r.u.opened.session;
     return rc;
@@ -318,9 +325,7 @@ int mq_close_session(mq_conn *c, uint64_t session)
 {
     mq_msg m = { .type = MQ_MSG_CLOSE }, r;
     m.u.close.session = session;
-    pthread_mutex_lock(&c->lock);
-    int rc = call(c, &m, MQ_MSG_CLOSED, &r);
-    pthread_mutex_unlock(&c->lock);
+    int rc = locked_call(c, &m, MQ_MSG_CLOSED, &r);
     return rc;
 }
 
@@ -444,9 +449,7 @@ int mq_cancel(mq_conn *c, uint64_t req)
 {
     mq_msg m = { .type = MQ_MSG_CANCEL }, r;
     m.u.cancel.req = req;
-    pthread_mutex_lock(&c->lock);
-    int rc = call(c, &m, MQ_MSG_CANCELED, &r);
-    pthread_mutex_unlock(&c->lock);
+    int rc = locked_call(c, &m, MQ_MSG_CANCELED, &r);
     return rc;
 }
 
@@ -455,9 +458,7 @@ static int stats_call(mq_conn *c, mq_stats *out, int *state)
 {
     mq_msg m = { .type = MQ_MSG_STATS }, r;
     m.version = (uint16_t)c->info.protocol_version;
-    pthread_mutex_lock(&c->lock);
-    int rc = call(c, &m, MQ_MSG_STATS_REPLY, &r);
-    pthread_mutex_unlock(&c->lock);
+    int rc = locked_call(c, &m, MQ_MSG_STATS_REPLY, &r);
     if (rc)
         return rc;
     const mq_wire_stats *s = &r.u.stats;

@@ -23,11 +23,14 @@
 #ifndef MQ_TESTS_HARNESS_H
 #define MQ_TESTS_HARNESS_H
 
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "kernels/mq_kernels.h"
 
@@ -179,6 +182,42 @@ static inline char *harness_read_file(const char *path, size_t *len)
             *len = (size_t)n;
     }
     return p;
+}
+
+/* How many times `what` occurs in text (a log, a reply), not overlapping. */
+static inline int harness_count(const char *text, const char *what)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
+        n++;
+    return n;
+}
+
+/* Removes path and, for a directory, everything under it (links are removed, never
+ * followed): a test's scratch directory. 0, or -1 if anything stayed. */
+static inline int harness_rm_rf(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode))
+        return unlink(path);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char sub[4096];
+        if (snprintf(sub, sizeof sub, "%s/%s", path, e->d_name) >= (int)sizeof sub)
+            rc = -1;
+        else
+            rc |= harness_rm_rf(sub);
+    }
+    closedir(d);
+    return rmdir(path) < 0 || rc ? -1 : 0;
 }
 
 /* The ISAs this CPU runs, scalar first (every kernel test covers each of them). */

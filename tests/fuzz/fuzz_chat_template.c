@@ -13,6 +13,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* An accepted render is one NUL-free string of len bytes; a refusal says why and
+ * returns nothing. */
+static void check_render(int rc, char *out, size_t len, const char *err)
+{
+    if (rc == 0) {
+        if (!out || strlen(out) != len)
+            abort();
+        free(out);
+    } else if (!err[0] || out)
+        abort();
+}
+
 static void render_all(const cJSON *msgs, const cJSON *tools)
 {
     for (int kind = 0; kind < 3; kind++) {
@@ -23,20 +35,10 @@ static void render_all(const cJSON *msgs, const cJSON *tools)
             char *out = NULL, err[256] = "";
             size_t len = 0;
             int rc = mq_chat_render((mq_chat_kind)kind, msgs, tools, &o, &out, &len, err, sizeof err);
-            if (rc == 0) {
-                if (!out || strlen(out) != len)
-                    abort();
-                free(out);
-            } else if (!err[0] || out)
-                abort();
+            check_render(rc, out, len, err);
             err[0] = 0;
             rc = mq_chat_render_append((mq_chat_kind)kind, msgs, &o, gen, &out, &len, err, sizeof err);
-            if (rc == 0) {
-                if (!out || strlen(out) != len)
-                    abort();
-                free(out);
-            } else if (!err[0] || out)
-                abort();
+            check_render(rc, out, len, err);
         }
     }
 }

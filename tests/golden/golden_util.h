@@ -53,6 +53,15 @@ static inline float gu_max_abs_diff(const float *a, const float *b, size_t n)
     return d;
 }
 
+/* In how many of `rows` rows of V logits a and b have the same argmax. */
+static inline int gu_argmax_agree(const float *a, const float *b, int rows, int V)
+{
+    int agree = 0;
+    for (int t = 0; t < rows; t++)
+        agree += mq_argmax(a + (size_t)t * V, V) == mq_argmax(b + (size_t)t * V, V);
+    return agree;
+}
+
 /* log-prob of token t under logits x[n] */
 static inline double gu_logprob(const float *x, int n, int t)
 {

@@ -389,7 +389,7 @@ static void write_ct(const char *dir, float static_gx)
 static void test_compressed_tensors_roundtrip(void)
 {
     const mq_config *c = &model->cfg;
-    char dir[] = "/tmp/mq-ct-XXXXXX", path[512], err[MQ_ERRMSG_LEN] = "";
+    char dir[] = "/tmp/mq-ct-XXXXXX", err[MQ_ERRMSG_LEN] = "";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     write_ct(dir, 0);
 
@@ -475,11 +475,7 @@ static void test_compressed_tensors_roundtrip(void)
         mq_engine_free(e1);
     }
     mq_model_free(st);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    rmdir(dir);
+    harness_rm_rf(dir);
 }
 
 int main(void)

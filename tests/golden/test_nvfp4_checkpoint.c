@@ -17,7 +17,6 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <sys/wait.h>
@@ -26,6 +25,7 @@
 #include "tests/bench/eval_corpus.h"
 #include "engine/engine.h"
 #include "tests/harness.h"
+#include "tests/integration/mqd_spawn.h" /* spawn_build_dir */
 #include "engine/model.h"
 #include "kernels/mq_kernels.h"
 #include "engine/pool.h"
@@ -35,7 +35,7 @@
 #define BT   16
 #define NTOK 200
 
-static char export_bin[PATH_MAX];
+static char export_bin[PATH_MAX + 32];
 static char tmpdir[64];
 static const char *orig_dir;
 static int32_t prompt[NTOK];
@@ -416,10 +416,7 @@ static void cal_free(void)
 
 int main(void)
 {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    self[n > 0 ? n : 0] = 0;
-    snprintf(export_bin, sizeof export_bin, "%s/../../mq_nvfp4_export", dirname(self));
+    snprintf(export_bin, sizeof export_bin, "%s/mq_nvfp4_export", spawn_build_dir());
     CHECK(access(export_bin, X_OK) == 0, "%s not built", export_bin);
     mq_kernels_init();
     static char orig[PATH_MAX];
@@ -455,9 +452,7 @@ int main(void)
     RUN(test_calibrated_fp4_as_close_as_at_load);
     RUN(test_calibrated_mixed_last_token);
     cal_free();
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
+    if (harness_rm_rf(tmpdir) != 0)
         fprintf(stderr, "cleanup of %s failed\n", tmpdir);
     return harness_done();
 }

@@ -196,9 +196,7 @@ static void test_bf16_vs_fp32(void)
     gu_kv_init(&kv, c, 8, 64);
     CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_BF16, got, MQ_LOGITS_ALL) == 0, "forward bf16");
     float d = gu_max_abs_diff(ref, got, (size_t)N * V);
-    int agree = 0;
-    for (int t = 0; t < N; t++)
-        agree += mq_argmax(ref + (size_t)t * V, V) == mq_argmax(got + (size_t)t * V, V);
+    int agree = gu_argmax_agree(ref, got, N, V);
     printf("    stories bf16 vs fp32: max |dlogit| %.4f, argmax agreement %d/%d\n", d, agree, N);
     CHECK(d <= STORIES_MAX_ABS, "max |dlogit| %.4f > %.2f", d, STORIES_MAX_ABS);
     CHECK(agree >= N - 2, "argmax agreement %d/%d", agree, N);
@@ -206,9 +204,7 @@ static void test_bf16_vs_fp32(void)
     /* NVFP4 with K = 172 padded to 176: finite, close in distribution, not identical */
     CHECK(mq_engine_forward(e, pool, &kv.seq, toks, N, 0, MQ_PREC_FP4, fp4, MQ_LOGITS_ALL) == 0, "forward fp4");
     float dq = gu_max_abs_diff(ref, fp4, (size_t)N * V);
-    int agree4 = 0;
-    for (int t = 0; t < N; t++)
-        agree4 += mq_argmax(ref + (size_t)t * V, V) == mq_argmax(fp4 + (size_t)t * V, V);
+    int agree4 = gu_argmax_agree(ref, fp4, N, V);
     printf("    stories fp4 vs fp32: max |dlogit| %.4f, argmax agreement %d/%d\n", dq, agree4, N);
     CHECK(isfinite(dq) && dq > 0.01f, "fp4 differs from fp32 (%.4f) and is finite", dq);
     CHECK(agree4 >= N / 2, "fp4 argmax agreement %d/%d", agree4, N);

@@ -411,6 +411,29 @@ static inline pid_t spawn_mqd_ready(char *const argv[], const char *log, const c
     return 0;
 }
 
+/* The suite's mqd: build/mqd on spawn_model() with the given sockets, then the `extra`
+ * flags (NULL-terminated, at most 48); started with spawn_mqd_ready (120 s). */
+static inline pid_t spawn_suite_mqd(const char *client_sock, const char *admin_sock, const char *log,
+                                    const char *const *extra)
+{
+    char bin[4200];
+    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
+    char *argv[56] = {
+        bin,
+        "--model-dir",
+        (char *)spawn_model(),
+        "--client-socket",
+        (char *)client_sock,
+        "--admin-socket",
+        (char *)admin_sock,
+    };
+    int n = 7;
+    for (int i = 0; extra[i] && n < 55; i++)
+        argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    return spawn_mqd_ready(argv, log, admin_sock, 120);
+}
+
 /* The end of a suite: mqd killed if it still runs, its log printed if anything failed. */
 static inline int spawn_suite_done(pid_t pid, const char *log)
 {

@@ -262,23 +262,10 @@ int main(void)
     snprintf(logpath, sizeof logpath, "%s/mqd.log", dir);
     snprintf(mq, sizeof mq, "%s/mq", spawn_build_dir());
     snprintf(mqctl, sizeof mqctl, "%s/mqctl", spawn_build_dir());
-    char bin[4200];
-    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
-    char *argv[] = { bin,
-                     "--model-dir",
-                     (char *)spawn_model(),
-                     "--client-socket",
-                     client_sock,
-                     "--admin-socket",
-                     admin_sock,
-                     "--kv-tokens",
-                     "4096",
-                     "--user",
-                     "nobody",
-                     NULL };
+    const char *extra[] = { "--kv-tokens", "4096", "--user", "nobody", NULL };
     if (geteuid() != 0)
-        argv[9] = NULL; /* not root: mqd runs as this user */
-    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+        extra[2] = NULL; /* not root: mqd runs as this user */
+    mqd_pid = spawn_suite_mqd(client_sock, admin_sock, logpath, extra);
     if (!mqd_pid)
         return harness_done();
     RUN(test_mqctl_json_everywhere);

@@ -397,25 +397,10 @@ int main(void)
     snprintf(client_sock, sizeof client_sock, "%s/client.sock", dir);
     snprintf(admin_sock, sizeof admin_sock, "%s/admin.sock", dir);
     snprintf(logpath, sizeof logpath, "%s/mqd.log", dir);
-    char bin[4200];
-    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
-    char *argv[] = { bin,
-                     "--model-dir",
-                     (char *)spawn_model(),
-                     "--client-socket",
-                     client_sock,
-                     "--admin-socket",
-                     admin_sock,
-                     "--user",
-                     "nobody",
-                     "--kv-tokens",
-                     "16384",
-                     "--token-ring-kib",
-                     "4",
-                     NULL };
+    const char *extra[] = { "--kv-tokens", "16384", "--token-ring-kib", "4", "--user", "nobody", NULL };
     if (geteuid() != 0)
-        argv[7] = NULL; /* not root: mqd runs as this user */
-    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+        extra[4] = NULL; /* not root: mqd runs as this user */
+    mqd_pid = spawn_suite_mqd(client_sock, admin_sock, logpath, extra);
     if (!mqd_pid)
         return harness_done();
     RUN(test_references);

@@ -14,7 +14,6 @@
  */
 #include "tests/integration/mqd_spawn.h"
 
-#include <ftw.h>
 #include <sched.h>
 
 #define N_HOSTS      2
@@ -248,12 +247,6 @@ static void run_node_tests(void)
     spawn_node_tests("http/cluster.test.mjs");
 }
 
-static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static int start_all(void)
 {
     static const char *const paths[] = { "/usr/sbin/haproxy", "/usr/local/sbin/haproxy" };
@@ -310,6 +303,6 @@ int main(void)
         for (int k = 0; k < N_LB; k++)
             spawn_dump_log(lbs[k].log);
     } else if (dir[0])
-        nftw(dir, remove_one, 8, FTW_DEPTH | FTW_PHYS);
+        harness_rm_rf(dir);
     return harness_done();
 }

@@ -90,17 +90,30 @@ static int open_greedy(int mode, uint32_t max_tokens, mq_conn **c, uint64_t *s, 
     return rc;
 }
 
+/* open_greedy on a raw session, then prompt sent as request *req: 0, or the error of the
+ * step that failed (nothing left open). Safe from any thread. */
+static int start_raw(uint32_t max_tokens, const char *prompt, mq_conn **c, uint64_t *s, mq_params *p, uint64_t *req)
+{
+    int rc = open_greedy(MQ_MODE_RAW, max_tokens, c, s, p);
+    if (rc)
+        return rc;
+    rc = mq_send_text(*c, *s, prompt, strlen(prompt), p, req);
+    if (rc) {
+        mq_disconnect(*c);
+        *c = NULL;
+    }
+    return rc;
+}
+
 static int run_raw(const char *prompt, result *r)
 {
     mq_conn *c;
     uint64_t s, req;
     mq_params p;
-    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
+    int rc = start_raw(GEN, prompt, &c, &s, &p, &req);
     if (rc)
         return rc;
-    rc = mq_send_text(c, s, prompt, strlen(prompt), &p, &req);
-    if (!rc)
-        rc = collect(c, req, r, 60000);
+    rc = collect(c, req, r, 60000);
     mq_disconnect(c);
     return rc;
 }
@@ -208,11 +221,10 @@ static void test_cancel(void)
     mq_conn *c;
     uint64_t s, req;
     mq_params p;
-    int rc = open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p);
-    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    int rc = start_raw(4000, prompts[0], &c, &s, &p, &req);
+    CHECK(rc == 0, "connect, open, send: %s", mq_strerror(rc));
     if (rc)
         return;
-    CHECK(mq_send_text(c, s, prompts[0], strlen(prompts[0]), &p, &req) == 0, "send");
     int seen = 0, done = 0;
     mq_event ev;
     while (!done && mq_next_event(c, &ev, 30000) == 0) {
@@ -280,11 +292,10 @@ static void test_slow_reader(void)
     mq_conn *c;
     uint64_t s, req;
     mq_params p;
-    int rc = open_greedy(MQ_MODE_RAW, LONG, &c, &s, &p);
-    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    int rc = start_raw(LONG, prompts[1], &c, &s, &p, &req);
+    CHECK(rc == 0, "connect, open, send: %s", mq_strerror(rc));
     if (rc)
         return;
-    CHECK(mq_send_text(c, s, prompts[1], strlen(prompts[1]), &p, &req) == 0, "send");
     /* wait (without reading) until mqd has generated everything */
     double t0 = spawn_now();
     int idle = 0;
@@ -333,7 +344,7 @@ static void test_killed_client_frees_session(void)
         mq_conn *c;
         uint64_t s, req;
         mq_params p;
-        if (open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p) || mq_send_text(c, s, prompts[2], strlen(prompts[2]), &p, &req))
+        if (start_raw(4000, prompts[2], &c, &s, &p, &req))
             _exit(1);
         mq_event ev;
         int n = 0;
@@ -581,11 +592,10 @@ static void test_protocol_garbage(void)
     mq_conn *c;
     uint64_t s, req;
     mq_params p;
-    int rc = open_greedy(MQ_MODE_RAW, GEN, &c, &s, &p);
-    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    int rc = start_raw(GEN, prompts[1], &c, &s, &p, &req);
+    CHECK(rc == 0, "connect, open, send: %s", mq_strerror(rc));
     if (rc)
         return;
-    CHECK(mq_send_text(c, s, prompts[1], strlen(prompts[1]), &p, &req) == 0, "send");
 
     CHECK(garbage_closes("hello there, this is not mq", 27), "text garbage");
     uint8_t junk[600];
@@ -804,11 +814,10 @@ static void test_sigterm_drains(void)
     uint64_t s, req;
     mq_params p;
     /* longer than drain_timeout_ms allows: cancelled by the drain */
-    int rc = open_greedy(MQ_MODE_RAW, 4000, &c, &s, &p);
-    CHECK(rc == 0, "connect, open: %s", mq_strerror(rc));
+    int rc = start_raw(4000, prompts[0], &c, &s, &p, &req);
+    CHECK(rc == 0, "connect, open, send: %s", mq_strerror(rc));
     if (rc)
         return;
-    CHECK(mq_send_text(c, s, prompts[0], strlen(prompts[0]), &p, &req) == 0, "send");
     mq_event ev;
     int toks = 0;
     while (toks < 3 && mq_next_event(c, &ev, 30000) == 0)
@@ -838,31 +847,23 @@ int main(void)
     snprintf(client_sock, sizeof client_sock, "%s/run/client.sock", dir);
     snprintf(admin_sock, sizeof admin_sock, "%s/run/admin.sock", dir);
     snprintf(logpath, sizeof logpath, "%s/mqd.log", dir);
-    char bin[4200], ctx[16];
-    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
+    char ctx[16];
     snprintf(ctx, sizeof ctx, "%d", CTX_LIMIT);
-    char *argv[] = { bin,
-                     "--model-dir",
-                     (char *)spawn_model(),
-                     "--client-socket",
-                     client_sock,
-                     "--admin-socket",
-                     admin_sock,
-                     "--user",
-                     "nobody",
-                     "--allowed-users",
-                     "root",
-                     "--kv-tokens",
-                     "40960",
-                     "--ctx-tokens",
-                     ctx,
-                     "--drain-timeout-ms",
-                     "1500",
-                     "--token-ring-kib",
-                     "4",
-                     NULL };
+    const char *extra[] = { "--user",
+                            "nobody",
+                            "--allowed-users",
+                            "root",
+                            "--kv-tokens",
+                            "40960",
+                            "--ctx-tokens",
+                            ctx,
+                            "--drain-timeout-ms",
+                            "1500",
+                            "--token-ring-kib",
+                            "4",
+                            NULL };
     double t0 = spawn_now();
-    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+    mqd_pid = spawn_suite_mqd(client_sock, admin_sock, logpath, extra);
     if (!mqd_pid)
         return harness_done(); /* the failed CHECK counts */
     printf("  mqd ready in %.2f s\n", spawn_now() - t0);

@@ -237,14 +237,6 @@ static long log_size(void)
     return stat(logpath, &st) == 0 ? (long)st.st_size : 0;
 }
 
-static int count_lines_with(const char *text, const char *what)
-{
-    int n = 0;
-    for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
-        n++;
-    return n;
-}
-
 /* One client sending garbage as fast as it can (issue 13 #9: 68 000 log lines in 5 s):
  * the log takes at most a burst of lines per window, then says how many it dropped. */
 static void test_garbage_log_rate_limited(void)
@@ -262,7 +254,7 @@ static void test_garbage_log_rate_limited(void)
         close(fd);
     }
     char *log = log_from(from);
-    int lines = log ? count_lines_with(log, "malformed message") : -1;
+    int lines = log ? harness_count(log, "malformed message") : -1;
     free(log);
     printf("    %d garbage connections in 3 s, %d log lines\n", sent, lines);
     CHECK(sent > 200, "only %d garbage connections", sent);
@@ -824,25 +816,9 @@ int main(void)
     snprintf(client_sock, sizeof client_sock, "%s/run/client.sock", dir);
     snprintf(admin_sock, sizeof admin_sock, "%s/run/admin.sock", dir);
     snprintf(logpath, sizeof logpath, "%s/mqd.log", dir);
-    char bin[4200];
-    snprintf(bin, sizeof bin, "%s/mqd", spawn_build_dir());
-    char *argv[] = { bin,
-                     "--model-dir",
-                     (char *)spawn_model(),
-                     "--client-socket",
-                     client_sock,
-                     "--admin-socket",
-                     admin_sock,
-                     "--user",
-                     "nobody",
-                     "--kv-tokens",
-                     "16384",
-                     "--drain-timeout-ms",
-                     "1500",
-                     "--token-ring-kib",
-                     "4",
-                     NULL };
-    mqd_pid = spawn_mqd_ready(argv, logpath, admin_sock, 120);
+    const char *extra[] = { "--user", "nobody",           "--kv-tokens", "16384", "--drain-timeout-ms",
+                            "1500",   "--token-ring-kib", "4",           NULL };
+    mqd_pid = spawn_suite_mqd(client_sock, admin_sock, logpath, extra);
     if (!mqd_pid)
         return harness_done();
     RUN(test_hostile_wake_fd);

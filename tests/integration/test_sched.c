@@ -195,6 +195,31 @@ static int submit(mq_sched *s, uint64_t sess, const int32_t *t, int n, int max_t
 /* Tokens a session with prompt b can take from the index after a session read prompt a
  * (mixed mode, scheduler.h "Sharing"): whole chunks of their common head that a read
  * before its last token and b does not need for its own last token. */
+/* One request on a new session of s: max_tokens greedy tokens of t[0..n) into r, waited
+ * for (60 s). The session's id. */
+static uint64_t run_one(mq_sched *s, const int32_t *t, int n, int max_tokens, struct rec *r)
+{
+    uint64_t id;
+    mq_sched_session_open(s, TENANT, &id);
+    rec_init(r);
+    submit(s, id, t, n, max_tokens, r);
+    rec_wait(r, 60);
+    return id;
+}
+
+/* The reference run: run_one alone in a fresh scheduler (mode, 256 KV blocks of
+ * block_tokens, chunk). 0, or -1 when the scheduler did not start (a failed CHECK). */
+static int run_alone(mq_prec_mode mode, int block_tokens, int chunk, const int32_t *t, int n, int max_tokens,
+                     struct rec *r)
+{
+    mq_sched *s = make_sched(mode, 256, block_tokens, chunk, MQ_KV_FULL_FAIL);
+    if (!s)
+        return -1;
+    run_one(s, t, n, max_tokens, r);
+    mq_sched_destroy(s);
+    return 0;
+}
+
 static int shareable_head(const int32_t *a, int na, const int32_t *b, int nb, int chunk)
 {
     int common = 0;
@@ -300,17 +325,9 @@ static void test_concurrent_prompts_read_shared_head_once(void)
     struct rec solo[2], both[2];
     const int32_t *p[2] = { pa, pb };
     const int n[2] = { na, nb };
-    for (int i = 0; i < 2; i++) { /* each alone, in a fresh scheduler */
-        mq_sched *s = make_sched(MQ_PREC_MODE_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
-        if (!s)
+    for (int i = 0; i < 2; i++)
+        if (run_alone(MQ_PREC_MODE_BF16, BT, CHUNK, p[i], n[i], GEN, &solo[i]))
             return;
-        uint64_t id;
-        mq_sched_session_open(s, TENANT, &id);
-        rec_init(&solo[i]);
-        submit(s, id, p[i], n[i], GEN, &solo[i]);
-        rec_wait(&solo[i], 60);
-        mq_sched_destroy(s);
-    }
     mq_sched *s = make_sched(MQ_PREC_MODE_BF16, 256, BT, CHUNK, MQ_KV_FULL_FAIL);
     if (!s)
         return;
@@ -355,14 +372,8 @@ static void test_batched_equals_solo(void)
     struct rec solo[3], both[3];
     for (int i = 0; i < 3; i++)
         nt[i] = make_tokens(prompts[i], &t[i]);
-    for (int i = 0; i < 3; i++) {
-        uint64_t id;
-        mq_sched_session_open(s, TENANT, &id);
-        rec_init(&solo[i]);
-        submit(s, id, t[i], nt[i], 24, &solo[i]);
-        rec_wait(&solo[i], 60);
-        mq_sched_session_close(s, id);
-    }
+    for (int i = 0; i < 3; i++)
+        mq_sched_session_close(s, run_one(s, t[i], nt[i], 24, &solo[i]));
     mq_sched_destroy(s);
     s = make_sched(MQ_PREC_MODE_BF16, 256, 16, 32, MQ_KV_FULL_FAIL); /* fresh: no cached prefixes */
     if (!s)
@@ -417,17 +428,9 @@ static void test_concurrent_equals_solo_every_mode(void)
         for (int mi = 0; mi < 3; mi++) {
             const int chunk = chunks[ci];
             struct rec solo[4];
-            for (int p = 0; p < 4; p++) { /* each prompt alone, in a fresh scheduler */
-                mq_sched *s = make_sched(modes[mi], 256, BT, chunk, MQ_KV_FULL_FAIL);
-                if (!s)
+            for (int p = 0; p < 4; p++)
+                if (run_alone(modes[mi], BT, chunk, prompt[p], np[p], GEN, &solo[p]))
                     return;
-                uint64_t id;
-                mq_sched_session_open(s, TENANT, &id);
-                rec_init(&solo[p]);
-                submit(s, id, prompt[p], np[p], GEN, &solo[p]);
-                rec_wait(&solo[p], 60);
-                mq_sched_destroy(s);
-            }
             mq_sched *s = make_sched(modes[mi], 256, BT, chunk, MQ_KV_FULL_FAIL);
             if (!s)
                 return;
@@ -479,16 +482,9 @@ static void test_bf16_shares_blocks_inside_a_chunk(void)
     for (int mi = 0; mi < 2; mi++) {
         const int chunk = 256, bt = 16, unit = modes[mi] == MQ_PREC_MODE_BF16 ? bt : chunk;
         struct rec alone, first, second;
-        mq_sched *s = make_sched(modes[mi], 256, bt, chunk, MQ_KV_FULL_FAIL);
-        if (!s)
+        if (run_alone(modes[mi], bt, chunk, b, nb, 16, &alone))
             break;
-        uint64_t id;
-        mq_sched_session_open(s, TENANT, &id);
-        rec_init(&alone);
-        submit(s, id, b, nb, 16, &alone);
-        rec_wait(&alone, 60);
-        mq_sched_destroy(s);
-        s = make_sched(modes[mi], 256, bt, chunk, MQ_KV_FULL_FAIL);
+        mq_sched *s = make_sched(modes[mi], 256, bt, chunk, MQ_KV_FULL_FAIL);
         if (!s)
             break;
         uint64_t ia, ib;
@@ -938,12 +934,8 @@ static void test_stops_and_drain(void)
         return;
     int32_t *t = NULL;
     int n = make_tokens("def main():\n    print(", &t);
-    uint64_t a;
-    mq_sched_session_open(s, TENANT, &a);
     struct rec r0;
-    rec_init(&r0);
-    submit(s, a, t, n, 12, &r0);
-    rec_wait(&r0, 60);
+    uint64_t a = run_one(s, t, n, 12, &r0);
     mq_sched_session_close(s, a);
     /* stop at the 4th greedy token (first occurrence) */
     int k = 3;

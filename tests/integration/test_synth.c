@@ -11,7 +11,6 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <sys/wait.h>
@@ -19,6 +18,7 @@
 
 #include "engine/engine.h"
 #include "tests/harness.h"
+#include "tests/integration/mqd_spawn.h" /* spawn_build_dir */
 #include "engine/model.h"
 #include "engine/pool.h"
 #include "engine/model_config.h"
@@ -26,7 +26,7 @@
 #include "engine/safetensors.h"
 #include "common/errmsg.h"
 
-static char synth_bin[PATH_MAX];
+static char synth_bin[PATH_MAX + 32];
 
 static int run_synth(const char *out, const char *extra)
 {
@@ -262,11 +262,7 @@ static void test_synth_refuses_bad_args(void)
 
 int main(void)
 {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    self[n > 0 ? n : 0] = 0;
-    /* build/tests/integration/test_synth -> build/mq_synth */
-    snprintf(synth_bin, sizeof synth_bin, "%s/../../mq_synth", dirname(self));
+    snprintf(synth_bin, sizeof synth_bin, "%s/mq_synth", spawn_build_dir());
     CHECK(access(synth_bin, X_OK) == 0, "%s not built", synth_bin);
     mq_kernels_init();
     RUN(test_synth_writes_both_layouts);
@@ -277,10 +273,7 @@ int main(void)
     RUN(test_synth_tokenizer_is_the_real_one);
     RUN(test_synth_engine_runs_sharded);
     RUN(test_synth_refuses_bad_args);
-    if (made) {
-        char cmd[PATH_MAX + 16];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
-        CHECK(system(cmd) == 0, "clean-up of %s", tmpl);
-    }
+    if (made)
+        CHECK(harness_rm_rf(tmpl) == 0, "clean-up of %s", tmpl);
     return harness_done();
 }

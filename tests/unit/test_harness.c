@@ -285,8 +285,6 @@ int main(int argc, char **argv)
     RUN(test_skip_in_test);
     RUN(test_skip_outside_run);
     RUN(test_run_sh_totals);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    CHECK(system(cmd) == 0, "clean-up of %s", tmp);
+    CHECK(harness_rm_rf(tmp) == 0, "clean-up of %s", tmp);
     return harness_done();
 }

@@ -17,6 +17,14 @@
 #include "tests/harness.h"
 #include "ipc/ring.h"
 
+/* A producer and a consumer on one fresh ring of `size` bytes. */
+static void ring_pair(mq_ring_ctl *ctl, uint8_t *data, uint32_t size, mq_ring *p, mq_ring *c)
+{
+    mq_ring_ctl_init(ctl);
+    CHECK(mq_ring_attach_producer(p, ctl, data, size) == 0, "attach the producer (%u bytes)", size);
+    CHECK(mq_ring_attach_consumer(c, ctl, data, size) == 0, "attach the consumer (%u bytes)", size);
+}
+
 static void test_wrap_around(void)
 {
     static mq_ring_ctl ctl;
@@ -24,8 +32,7 @@ static void test_wrap_around(void)
     mq_ring p, c;
     mq_ring_ctl_init(&ctl);
     CHECK(mq_ring_attach_producer(&p, &ctl, data, 48) == -EINVAL, "size 48 accepted");
-    CHECK(mq_ring_attach_producer(&p, &ctl, data, 64) == 0, "attach p");
-    CHECK(mq_ring_attach_consumer(&c, &ctl, data, 64) == 0, "attach c");
+    ring_pair(&ctl, data, sizeof data, &p, &c);
     uint8_t out[64], in[64];
     unsigned next = 0, expect = 0;
     for (int round = 0; round < 1000; round++) {
@@ -59,9 +66,7 @@ static void test_timeouts(void)
     static mq_ring_ctl ctl;
     static uint8_t data[4096];
     mq_ring p, c;
-    mq_ring_ctl_init(&ctl);
-    mq_ring_attach_producer(&p, &ctl, data, 4096);
-    mq_ring_attach_consumer(&c, &ctl, data, 4096);
+    ring_pair(&ctl, data, sizeof data, &p, &c);
     CHECK(mq_ring_wait_data(&c, 30) == -ETIMEDOUT, "empty ring times out");
     CHECK(mq_ring_wait_data(&c, 0) == -ETIMEDOUT, "zero timeout polls");
     uint8_t big[4096] = { 0 };
@@ -80,9 +85,7 @@ static void test_waiter_owns_flag(void)
     static mq_ring_ctl ctl;
     static uint8_t data[64];
     mq_ring p, c;
-    mq_ring_ctl_init(&ctl);
-    mq_ring_attach_producer(&p, &ctl, data, 64);
-    mq_ring_attach_consumer(&c, &ctl, data, 64);
+    ring_pair(&ctl, data, sizeof data, &p, &c);
     uint8_t buf[64] = { 0 };
     mq_ring_write(&p, buf, 64);
     mq_ring_publish(&p);
@@ -141,9 +144,7 @@ static void test_threads_futex(void)
     static uint8_t data[4096];
     static struct stream s;
     memset(&s, 0, sizeof s);
-    mq_ring_ctl_init(&ctl);
-    mq_ring_attach_producer(&s.p, &ctl, data, sizeof data);
-    mq_ring_attach_consumer(&s.c, &ctl, data, sizeof data);
+    ring_pair(&ctl, data, sizeof data, &s.p, &s.c);
     s.total = 8u << 20;
     pthread_t th;
     pthread_create(&th, NULL, producer, &s);

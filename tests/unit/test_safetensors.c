@@ -334,17 +334,8 @@ static void test_tiny_model(void)
         CHECK(rc < 0 && !m && strstr(err, bad[i].want), "break %d: rc %d \"%s\" should name %s", bad[i].brk, rc, err,
               bad[i].want);
     }
-    char p[256];
-    snprintf(p, sizeof p, "%s/model.safetensors", d32);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/config.json", d32);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/model.safetensors", d16);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/config.json", d16);
-    unlink(p);
-    rmdir(d32);
-    rmdir(d16);
+    harness_rm_rf(d32);
+    harness_rm_rf(d16);
 }
 
 int main(void)
@@ -357,10 +348,6 @@ int main(void)
     RUN(test_malformed);
     RUN(test_sharded);
     RUN(test_tiny_model);
-    const char *files[] = { "one.safetensors", "bad.safetensors", "tiny.safetensors", "s1.safetensors",
-                            "s2.safetensors" };
-    for (size_t i = 0; i < 5; i++)
-        unlink(tmp(files[i]));
-    rmdir(dir);
+    harness_rm_rf(dir);
     return harness_done();
 }

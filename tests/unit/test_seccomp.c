@@ -103,14 +103,6 @@ static int run(enum mqd_seccomp_mode mode, result *r, char *log, size_t loglen)
     return st;
 }
 
-static int count(const char *text, const char *what)
-{
-    int n = 0;
-    for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
-        n++;
-    return n;
-}
-
 static void test_on_refuses_logs_and_counts(void)
 {
     result r;
@@ -127,7 +119,7 @@ static void test_on_refuses_logs_and_counts(void)
     char name[64];
     CHECK(r.refused == 6 && r.last == SYS_prlimit64, "refused %llu, last %d (%s)", r.refused, r.last,
           mqd_seccomp_name(r.last, name, sizeof name));
-    CHECK(count(log, "warning: seccomp: refused system call ") == 6, "log:\n%s", log);
+    CHECK(harness_count(log, "warning: seccomp: refused system call ") == 6, "log:\n%s", log);
     CHECK(!strcmp(mqd_seccomp_name(SYS_ptrace, name, sizeof name), "ptrace"), "name of ptrace: %s", name);
     printf("    %s", log);
 #endif

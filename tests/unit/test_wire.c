@@ -65,6 +65,26 @@ static mq_msg sample(unsigned type)
     return m;
 }
 
+/* How many strict prefixes of the n encoded bytes in buf decode (each must be refused as a
+ * protocol error). A prefix longer than the header gets its payload length patched so only
+ * the content is short: that exercises each field's bounds check, not just the header's. */
+static int prefixes_decoded(const uint8_t *buf, int n)
+{
+    int bad = 0;
+    for (int k = 0; k < n; k++) {
+        uint8_t cut[MQ_WIRE_MAX_MSG];
+        memcpy(cut, buf, (size_t)k);
+        if (k >= MQ_WIRE_HDR_SIZE) {
+            uint32_t pl = (uint32_t)(k - MQ_WIRE_HDR_SIZE);
+            memcpy(cut + 12, &pl, 4);
+        }
+        mq_msg d;
+        char err[256];
+        bad += mq_wire_decode(cut, (size_t)k, &d, err, sizeof err) == 0;
+    }
+    return bad;
+}
+
 static void test_round_trip_every_type(void)
 {
     for (unsigned t = 1; t < MQ_MSG_TYPE_COUNT; t++) {
@@ -79,21 +99,8 @@ static void test_round_trip_every_type(void)
         CHECK(rc == 0, "%s: decode %d (%s)", mq_wire_type_name(t), rc, err);
         m.version = 1; /* encode fills the default version */
         CHECK(memcmp(&m, &d, sizeof m) == 0, "%s: decoded message differs", mq_wire_type_name(t));
-        /* Every strict prefix is refused as a protocol error. */
-        int bad = 0;
-        for (int k = 0; k < n; k++) {
-            /* patch the payload length so only the content is short (exercises each
-             * field's bounds check, not just the header check) */
-            uint8_t cut[MQ_WIRE_MAX_MSG];
-            memcpy(cut, buf, (size_t)k);
-            if (k >= MQ_WIRE_HDR_SIZE) {
-                uint32_t pl = (uint32_t)(k - MQ_WIRE_HDR_SIZE);
-                memcpy(cut + 12, &pl, 4);
-            }
-            if (mq_wire_decode(cut, (size_t)k, &d, err, sizeof err) == 0)
-                bad++;
-        }
         /* STATS has an empty payload; its only full prefix is itself. */
+        int bad = prefixes_decoded(buf, n);
         CHECK(bad == 0, "%s: %d truncated forms decoded", mq_wire_type_name(t), bad);
     }
 }
@@ -231,14 +238,7 @@ static void test_version2(void)
     int n = mq_wire_encode(&m, buf, sizeof buf);
     CHECK(n > 0 && mq_wire_decode(buf, (size_t)n, &d, err, sizeof err) == 0, "v2 submit: %d %s", n, err);
     CHECK(memcmp(&m, &d, sizeof m) == 0, "v2 submit differs after a round trip");
-    int bad = 0;
-    for (int k = MQ_WIRE_HDR_SIZE; k < n; k++) {
-        uint8_t cut[MQ_WIRE_MAX_MSG];
-        memcpy(cut, buf, (size_t)k);
-        uint32_t pl = (uint32_t)(k - MQ_WIRE_HDR_SIZE);
-        memcpy(cut + 12, &pl, 4);
-        bad += mq_wire_decode(cut, (size_t)k, &d, NULL, 0) == 0;
-    }
+    int bad = prefixes_decoded(buf, n);
     CHECK(bad == 0, "%d truncated v2 submits decoded", bad);
     /* bounds */
     mq_msg b = m;
@@ -289,14 +289,7 @@ static void test_version3(void)
               !strcmp(d.u.open.tenant, m.u.open.tenant),
           "v3 open: %d %s", n, err);
     CHECK(memcmp(&m, &d, sizeof m) == 0, "v3 open differs after a round trip");
-    int bad = 0;
-    for (int k = MQ_WIRE_HDR_SIZE; k < n; k++) {
-        uint8_t cut[MQ_WIRE_MAX_MSG];
-        memcpy(cut, buf, (size_t)k);
-        uint32_t pl = (uint32_t)(k - MQ_WIRE_HDR_SIZE);
-        memcpy(cut + 12, &pl, 4);
-        bad += mq_wire_decode(cut, (size_t)k, &d, NULL, 0) == 0;
-    }
+    int bad = prefixes_decoded(buf, n);
     CHECK(bad == 0, "%d truncated v3 opens decoded", bad);
     /* "" is the peer's own uid */
     mq_msg e = sample(MQ_MSG_OPEN);
