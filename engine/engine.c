@@ -16,9 +16,12 @@
  *   x += h · Wdownᵀ
  * then xn = rmsnorm(x) · final_norm and logits = xn · Wheadᵀ [rows, vocab].
  *
- * Every step is one mq_pool_run: rows split across threads for norms / RoPE /
- * quantization, columns for the linears, (sequence, head) pairs for attention. The
- * linear's input goes to BF16 (BF16 path) or to NVFP4 with g = 2688/amax over each
+ * The linears split their columns across the pool's threads, attention its (sequence,
+ * kv-head) pairs (each kv-head's keys read by one thread). The small steps between them
+ * (norms, RoPE and the KV write, SwiGLU, the conversion of a linear's input) run over
+ * the rows: with few rows (a decode step) as the epilogue of the run before them, by one
+ * thread (mq_pool_run_then: no hand-off of their own), else as a pool run split by rows.
+ * The linear's input goes to BF16 (BF16 path) or to NVFP4 with g = 2688/amax over each
  * sequence's rows (an amax per row, reduced per sequence between two runs).
  * Batch invariance: a sequence's numbers never depend on the other sequences of the
  * forward. NVFP4 takes its dynamic global scale per sequence (a per-row g_x in the
@@ -26,9 +29,10 @@
  * forward over several sequences runs its BF16 GEMMs in row groups that keep the
  * kernels' GEMV summation order (decode batches of 9 or more rows would otherwise take
  * the tiled kernel, whose order differs in the last bits).
- * Fused steps: a linear's input is made by one "prep" run per row that may first add the
- * residual (x += delta) or apply SwiGLU, then normalize, then convert; forward_rows names
- * each one (prep_residual_norm, prep_swiglu, prep_plain) where llama2.c has the loop.
+ * Fused steps: a linear's input is made by one "prep" step per row that may first add
+ * the residual (x += delta) or apply SwiGLU, then normalize, then convert; forward_rows
+ * names each one (prep_residual_norm, prep_swiglu, prep_plain) where llama2.c has the
+ * loop. RoPE's cos/sin of each row are computed once per forward (layer 0) into a table.
  */
 #include "engine/engine.h"
 #include "common/errmsg.h"
@@ -58,6 +62,7 @@ struct mq_engine {
     void *act_mem;    /* NVFP4 activation memory, bound per linear */
     mq_fp4_act act;
     float *inv_freq;               /* [head_dim/2] RoPE */
+    float *rope;                   /* [max_rows][head_dim] cos, then sin, at each row's position */
     float *row_amax;               /* [max_rows] max |x| of each row of a linear's input */
     float *row_g;                  /* [max_rows] NVFP4 g_x of each row (its sequence's) */
     float *seq_amax;               /* [max_batch] */
@@ -143,6 +148,7 @@ int mq_engine_create(mq_engine **out, const mq_model *model, const mq_engine_opt
     e->xb16 = scratch(e, R * e->max_k * 2);
     e->act_mem = scratch(e, act);
     e->inv_freq = scratch(e, (size_t)c->head_dim / 2 * 4);
+    e->rope = scratch(e, R * c->head_dim * 4);
     e->row_amax = scratch(e, R * sizeof(float));
     e->row_g = scratch(e, R * sizeof(float));
     e->seq_amax = scratch(e, (size_t)o->max_batch * sizeof(float));
@@ -178,7 +184,47 @@ size_t mq_engine_scratch_bytes(const mq_engine *e)
     return e->bytes;
 }
 
-/* ---- one step = one pool run ----------------------------------------------------- */
+/* ---- steps: pool runs, and the small steps between them -------------------------- */
+
+/* A small step over the rows of the forward (a norm, RoPE and the KV write, ...): its
+ * row function. With few rows (a decode batch) it is the epilogue of the run before it,
+ * done by one thread (the others would only wait); with more, a run of its own split by
+ * rows. Either way every row gets the same arithmetic. */
+#define EPILOGUE_ROWS 8
+
+struct post {
+    void (*rows)(void *arg, int r0, int r1);
+    void *arg;
+    int m;
+};
+
+static void post_all(void *p)
+{
+    struct post *q = p;
+    q->rows(q->arg, 0, q->m);
+}
+
+static void post_split(void *p, int tid, int nt)
+{
+    struct post *q = p;
+    int r0, r1;
+    mq_pool_split(q->m, 1, tid, nt, &r0, &r1);
+    if (r0 < r1)
+        q->rows(q->arg, r0, r1);
+}
+
+/* fn over the pool, then `post` (NULL: nothing) over the rows. */
+static void run_then(mq_pool *pool, mq_pool_fn fn, void *arg, struct post *post)
+{
+    if (!post)
+        mq_pool_run(pool, fn, arg);
+    else if (post->m <= EPILOGUE_ROWS)
+        mq_pool_run_then(pool, fn, arg, post_all, post);
+    else {
+        mq_pool_run(pool, fn, arg);
+        mq_pool_run(pool, post_split, post);
+    }
+}
 
 /* What a linear's input must become: BF16 rows, or NVFP4 (first each row's amax). */
 typedef enum { WANT_BF16, WANT_AMAX } want_t;
@@ -193,34 +239,48 @@ struct prep_op {
     const float *delta, *up, *norm;
     float *dst;
     want_t want;
-    int bad; /* a thread saw NaN/Inf */
+    int bad; /* a row held NaN/Inf */
 };
 
 /* dst = rmsnorm(x += delta) · norm: the residual add fused into the norm that follows it
  * (delta NULL: no add). */
-static struct prep_op prep_residual_norm(int m, int dim, float *x, const float *delta, const float *norm, float *dst)
+static struct prep_op prep_residual_norm(mq_engine *e, mq_prec prec, int m, int dim, float *x, const float *delta,
+                                         const float *norm, float *dst)
 {
-    return (struct prep_op){ .m = m, .dim = dim, .src = x, .delta = delta, .norm = norm, .dst = dst };
+    return (struct prep_op){ .e = e,
+                             .m = m,
+                             .dim = dim,
+                             .src = x,
+                             .delta = delta,
+                             .norm = norm,
+                             .dst = dst,
+                             .want = prec == MQ_PREC_BF16 ? WANT_BF16 : WANT_AMAX };
 }
 
 /* gate = silu(gate) * up: SwiGLU fused into the down projection's input. */
-static struct prep_op prep_swiglu(int m, int dim, float *gate, const float *up)
+static struct prep_op prep_swiglu(mq_engine *e, mq_prec prec, int m, int dim, float *gate, const float *up)
 {
-    return (struct prep_op){ .m = m, .dim = dim, .src = gate, .up = up, .dst = gate };
+    return (struct prep_op){ .e = e,
+                             .m = m,
+                             .dim = dim,
+                             .src = gate,
+                             .up = up,
+                             .dst = gate,
+                             .want = prec == MQ_PREC_BF16 ? WANT_BF16 : WANT_AMAX };
 }
 
 /* x as it is (the attention output before o_proj). */
-static struct prep_op prep_plain(int m, int dim, float *x)
+static struct prep_op prep_plain(mq_engine *e, mq_prec prec, int m, int dim, float *x)
 {
-    return (struct prep_op){ .m = m, .dim = dim, .src = x, .dst = x };
+    return (struct prep_op){
+        .e = e, .m = m, .dim = dim, .src = x, .dst = x, .want = prec == MQ_PREC_BF16 ? WANT_BF16 : WANT_AMAX
+    };
 }
 
-static void prep_run(void *arg, int tid, int nt)
+static void prep_rows(void *arg, int r0, int r1)
 {
     struct prep_op *o = arg;
     mq_engine *e = o->e;
-    int r0, r1;
-    mq_pool_split(o->m, 1, tid, nt, &r0, &r1);
     for (int r = r0; r < r1; r++) {
         float *s = o->src + (size_t)r * o->dim, *d = o->dst + (size_t)r * o->dim;
         if (o->delta)
@@ -242,6 +302,11 @@ static void prep_run(void *arg, int tid, int nt)
             e->row_amax[r] = a;
         }
     }
+}
+
+static struct post prep_post(struct prep_op *p)
+{
+    return (struct post){ prep_rows, p, p->m };
 }
 
 struct quant_op {
@@ -346,11 +411,12 @@ static void seq_global_scales(mq_engine *e, int m)
         e->row_g[r] = e->seq_amax[e->row_seq[r]];
 }
 
-/* Runs up to 3 linears on the prepared input `x` [m, k] (prep_run already produced the
- * BF16 copy or the row amaxes). NVFP4: one quantization per run of linears that share
- * their g_x (the checkpoint's static one, or the dynamic one per sequence). */
+/* Runs up to 3 linears on the prepared input `x` [m, k] (the step before produced the
+ * BF16 copy or the row amaxes), then `post`. NVFP4: one quantization per run of
+ * linears that share their g_x (the checkpoint's static one, or the dynamic one per
+ * sequence). */
 static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, int m, int k, const mq_linear *const *lin,
-                   float *const *y, int n_lin)
+                   float *const *y, int n_lin, struct post *post)
 {
     if (prec == MQ_PREC_BF16) {
         struct gemm_op g = { e, prec, m, n_lin, { 0 }, { 0 }, e->rows_tiled };
@@ -358,7 +424,7 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
             g.lin[i] = lin[i];
             g.y[i] = y[i];
         }
-        mq_pool_run(pool, gemm_run, &g);
+        run_then(pool, gemm_run, &g, post);
         return 0;
     }
     seq_global_scales(e, m);
@@ -381,25 +447,14 @@ static int linears(mq_engine *e, mq_pool *pool, mq_prec prec, const float *x, in
             go.lin[t - i] = lin[t];
             go.y[t - i] = y[t];
         }
-        mq_pool_run(pool, gemm_run, &go);
+        run_then(pool, gemm_run, &go, j == n_lin ? post : NULL);
         i = j;
     }
     return 0;
 }
 
-/* prep + linears: the common "make the input, then project" step. */
-static int project(mq_engine *e, mq_pool *pool, mq_prec prec, struct prep_op p, const mq_linear *const *lin,
-                   float *const *y, int n_lin)
-{
-    p.e = e;
-    p.want = prec == MQ_PREC_BF16 ? WANT_BF16 : WANT_AMAX;
-    mq_pool_run(pool, prep_run, &p);
-    if (p.bad)
-        return -EDOM;
-    return linears(e, pool, prec, p.dst, p.m, p.dim, lin, y, n_lin);
-}
-
-/* Per row: q/k RMSNorm per head (Qwen3), RoPE at the row's position, K/V into the cache. */
+/* Per row: q/k RMSNorm per head (Qwen3), RoPE at the row's position, K/V into the cache.
+ * Layer 0 also fills the row's RoPE table, which later layers read. */
 struct qkv_op {
     mq_engine *e;
     const mq_layer *L;
@@ -407,15 +462,12 @@ struct qkv_op {
     const mq_kv_seq *seqs;
 };
 
-static void qkv_run(void *arg, int tid, int nt)
+static void qkv_rows(void *arg, int r0, int r1)
 {
     struct qkv_op *o = arg;
     mq_engine *e = o->e;
     const mq_config *c = e->c;
     const int hd = c->head_dim, qd = c->n_head * hd, kvd = c->n_kv * hd, bt = e->block_tokens;
-    float cos[128], sin[128]; /* head_dim <= 256 (config check) */
-    int r0, r1;
-    mq_pool_split(o->m, 1, tid, nt, &r0, &r1);
     for (int r = r0; r < r1; r++) {
         float *q = e->q + (size_t)r * qd, *k = e->k + (size_t)r * kvd, *v = e->v + (size_t)r * kvd;
         if (o->L->q_norm) {
@@ -425,19 +477,23 @@ static void qkv_run(void *arg, int tid, int nt)
                 mq_rmsnorm(k + h * hd, k + h * hd, o->L->k_norm, hd, c->rms_eps);
         }
         const int pos = e->row_pos[r];
-        mq_rope_cos_sin(e->inv_freq, hd, pos, cos, sin);
+        float *cos = e->rope + (size_t)r * hd, *sin = cos + hd / 2;
+        if (o->layer == 0)
+            mq_rope_cos_sin(e->inv_freq, hd, pos, cos, sin);
         mq_rope(q, c->n_head, hd, cos, sin);
         mq_rope(k, c->n_kv, hd, cos, sin);
-        uint16_t *blk = (uint16_t *)o->seqs[e->row_seq[r]].blocks[pos / bt];
-        size_t layer_off = (size_t)o->layer * 2 * bt * kvd;
-        uint16_t *kc = blk + layer_off + (size_t)(pos % bt) * kvd;
-        uint16_t *vc = kc + (size_t)bt * kvd;
-        mq_f32_to_bf16_row(k, kc, (size_t)kvd);
-        mq_f32_to_bf16_row(v, vc, (size_t)kvd);
+        /* the layer's K, then V, of the block: head-major [n_kv][bt][hd] */
+        uint16_t *kc = (uint16_t *)o->seqs[e->row_seq[r]].blocks[pos / bt] + (size_t)o->layer * 2 * bt * kvd +
+                       (size_t)(pos % bt) * hd;
+        for (int h = 0; h < c->n_kv; h++) {
+            mq_f32_to_bf16_row(k + h * hd, kc + (size_t)h * bt * hd, (size_t)hd);
+            mq_f32_to_bf16_row(v + h * hd, kc + (size_t)bt * kvd + (size_t)h * bt * hd, (size_t)hd);
+        }
     }
 }
 
-/* Attention: work items are (sequence, head) pairs. */
+/* Attention: work items are (sequence, kv-head) pairs, each with its group of q-heads, so
+ * a kv-head's keys are read by one thread, as whole runs (engine.h: head-major blocks). */
 struct attn_op {
     mq_engine *e;
     int nseq;
@@ -449,12 +505,12 @@ static void attn_run(void *arg, int tid, int nt)
     struct attn_op *o = arg;
     mq_engine *e = o->e;
     const mq_config *c = e->c;
-    const int nh = c->n_head, hd = c->head_dim;
+    const int nh = c->n_head, nkv = c->n_kv, hd = c->head_dim, group = nh / nkv;
     int i0, i1;
-    mq_pool_split(o->nseq * nh, 1, tid, nt, &i0, &i1);
+    mq_pool_split(o->nseq * nkv, 1, tid, nt, &i0, &i1);
     while (i0 < i1) {
-        const int s = i0 / nh, h0 = i0 % nh;
-        const int h1 = (i1 - s * nh) < nh ? i1 - s * nh : nh;
+        const int s = i0 / nkv, k0 = i0 % nkv;
+        const int k1 = (i1 - s * nkv) < nkv ? i1 - s * nkv : nkv;
         const size_t row = (size_t)e->seq_row0[s] * nh * hd;
         mq_attn_args a = {
             .q = e->q + row,
@@ -462,15 +518,16 @@ static void attn_run(void *arg, int tid, int nt)
             .n_tok = o->ntok[s],
             .pos0 = o->pos0[s],
             .n_head = nh,
-            .n_kv = c->n_kv,
+            .n_kv = nkv,
             .head_dim = hd,
             .k_blocks = e->kptr + (size_t)s * e->max_blocks,
             .v_blocks = e->vptr + (size_t)s * e->max_blocks,
             .block_tokens = e->block_tokens,
             .scale = 1.0f / sqrtf((float)hd),
+            .prompt = e->rows_tiled,
         };
-        mq_attention(&a, h0, h1);
-        i0 += h1 - h0;
+        mq_attention(&a, k0 * group, k1 * group);
+        i0 += k1 - k0;
     }
 }
 
@@ -538,7 +595,8 @@ static void lm_head(mq_engine *e, mq_pool *pool, int m, int nseq, const int *nto
 /* ---- the forward ------------------------------------------------------------------ */
 
 /* The layers over the rows of nseq sequences (sequence s: ntok[s] tokens at positions
- * pos0[s]..), in the order of the file header; then the logits `which` asks for. */
+ * pos0[s]..), in the order of the file header; then the logits `which` asks for.
+ * Each linear's input is made by the step after the run before it (run_then). */
 static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int nseq, const int *ntok, const int *pos0,
                         const int *tokens, mq_prec prec, float *logits, mq_logits which)
 {
@@ -555,58 +613,83 @@ static int forward_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seqs, int 
     for (int r = 0; r < m; r++)
         mq_bf16_weight_row(&md->embed, tokens[r], e->x + (size_t)r * D);
 
+    /* attention rmsnorm of layer 0: xn = rmsnorm(x) · attn_norm */
+    struct prep_op in = prep_residual_norm(e, prec, m, D, e->x, NULL, md->layers[0].attn_norm, e->xn);
+    struct post in_post = prep_post(&in);
+    if (m <= EPILOGUE_ROWS)
+        post_all(&in_post);
+    else
+        mq_pool_run(pool, post_split, &in_post);
+    if (in.bad)
+        return -EDOM;
+
     int rc = 0;
-    for (int l = 0; l < c->n_layers; l++) {
+    struct prep_op out = { 0 };
+    for (int l = 0; l < c->n_layers && !rc; l++) {
         const mq_layer *L = &md->layers[l];
 
-        /* attention rmsnorm: xn = rmsnorm(x) · attn_norm (after layer l-1's x += delta) */
+        /* q, k, v = xn · Wq/k/vᵀ; then per row q/k RMSNorm per head, RoPE, K/V → cache */
         const mq_linear *qkv[3] = { &L->q, &L->k, &L->v };
         float *qkv_out[3] = { e->q, e->k, e->v };
-        struct prep_op attn_in = prep_residual_norm(m, D, e->x, l ? e->delta : NULL, L->attn_norm, e->xn);
-        /* q, k, v = xn · Wq/k/vᵀ */
-        if ((rc = project(e, pool, prec, attn_in, qkv, qkv_out, 3)))
+        struct qkv_op qo = { e, L, l, m, seqs };
+        struct post qkv_post = { qkv_rows, &qo, m };
+        if ((rc = linears(e, pool, prec, e->xn, m, D, qkv, qkv_out, 3, &qkv_post)))
             break;
 
-        /* q/k RMSNorm per head, RoPE at each row's position, K/V → cache */
-        struct qkv_op qo = { e, L, l, m, seqs };
-        mq_pool_run(pool, qkv_run, &qo);
-
-        /* att = softmax(q·Kᵀ/√hd) · V over this layer's slice of the cache */
+        /* att = softmax(q·Kᵀ/√hd) · V over this layer's slice of the cache; then o_proj's input */
         kv_layer_view(e, seqs, nseq, ntok, pos0, l);
         struct attn_op ao = { e, nseq, ntok, pos0 };
-        mq_pool_run(pool, attn_run, &ao);
+        struct prep_op o_in = prep_plain(e, prec, m, qd, e->att);
+        struct post o_post = prep_post(&o_in);
+        run_then(pool, attn_run, &ao, &o_post);
+        if (o_in.bad) {
+            rc = -EDOM;
+            break;
+        }
 
-        /* delta = att · Woᵀ */
+        /* delta = att · Woᵀ; then the residual x += delta, fused into the FFN's norm:
+         * xn = rmsnorm(x += delta) · ffn_norm */
         const mq_linear *o_lin[1] = { &L->o };
         float *o_out[1] = { e->delta };
-        if ((rc = project(e, pool, prec, prep_plain(m, qd, e->att), o_lin, o_out, 1)))
+        struct prep_op ffn_in = prep_residual_norm(e, prec, m, D, e->x, e->delta, L->ffn_norm, e->xn);
+        struct post ffn_post = prep_post(&ffn_in);
+        if ((rc = linears(e, pool, prec, e->att, m, qd, o_lin, o_out, 1, &ffn_post)))
             break;
+        if (ffn_in.bad) {
+            rc = -EDOM;
+            break;
+        }
 
-        /* residual: x += delta — fused into the FFN's residual_norm just below */
-
-        /* ffn rmsnorm: xn = rmsnorm(x += delta) · ffn_norm; gate, up = xn · Wgate/upᵀ */
+        /* gate, up = xn · Wgate/upᵀ; then SwiGLU h = silu(gate) * up, the down projection's input */
         const mq_linear *gu[2] = { &L->gate, &L->up };
         float *gu_out[2] = { e->gate, e->up };
-        struct prep_op ffn_in = prep_residual_norm(m, D, e->x, e->delta, L->ffn_norm, e->xn);
-        if ((rc = project(e, pool, prec, ffn_in, gu, gu_out, 2)))
+        struct prep_op dn_in = prep_swiglu(e, prec, m, c->inter, e->gate, e->up);
+        struct post dn_post = prep_post(&dn_in);
+        if ((rc = linears(e, pool, prec, e->xn, m, D, gu, gu_out, 2, &dn_post)))
             break;
+        if (dn_in.bad) {
+            rc = -EDOM;
+            break;
+        }
 
-        /* SwiGLU: h = silu(gate) * up, fused into the down projection's input; delta = h · Wdownᵀ */
+        /* delta = h · Wdownᵀ; then the residual x += delta, fused into the next layer's
+         * attention norm, or the final norm (in BF16: the LM head's input) */
         const mq_linear *dn[1] = { &L->down };
         float *dn_out[1] = { e->delta };
-        if ((rc = project(e, pool, prec, prep_swiglu(m, c->inter, e->gate, e->up), dn, dn_out, 1)))
+        const int last = l == c->n_layers - 1;
+        if (!last)
+            out = prep_residual_norm(e, prec, m, D, e->x, e->delta, md->layers[l + 1].attn_norm, e->xn);
+        else
+            out = prep_residual_norm(e, MQ_PREC_BF16, m, D, e->x, e->delta, md->final_norm, e->xn);
+        struct post out_post = prep_post(&out);
+        if ((rc = linears(e, pool, prec, e->gate, m, c->inter, dn, dn_out, 1,
+                          last && which == MQ_LOGITS_NONE ? NULL : &out_post)))
             break;
-
-        /* residual: x += delta — fused into the next layer's residual_norm (or the final norm) */
+        if (out.bad)
+            rc = -EDOM;
     }
     if (rc || which == MQ_LOGITS_NONE)
         return rc;
-
-    /* final rmsnorm: xn = rmsnorm(x += delta) · final_norm, in BF16 for the LM head */
-    struct prep_op out = prep_residual_norm(m, D, e->x, e->delta, md->final_norm, e->xn);
-    out.e = e;
-    out.want = WANT_BF16;
-    mq_pool_run(pool, prep_run, &out);
     /* logits = xn · Wheadᵀ (BF16 in every mode) */
     lm_head(e, pool, m, nseq, ntok, logits, which);
     return 0;

@@ -6,7 +6,8 @@
  * at a time (the pool's owner). The model is shared, read-only.
  *
  * KV cache: paged. A block holds `block_tokens` positions of every layer:
- *     block = for l in layers: K [block_tokens, n_kv, head_dim] BF16, then V (same shape)
+ *     block = for l in layers: K [n_kv, block_tokens, head_dim] BF16, then V (same shape)
+ * (head-major, as mq_attention reads it: a kv-head's keys of a block are contiguous)
  * (mq_kv_block_bytes gives its size). A sequence is an array of block pointers; the
  * caller (KV store, tests) owns and allocates the blocks and must give enough of them
  * to cover every position written.

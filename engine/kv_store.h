@@ -1,9 +1,10 @@
 /* engine/kv_store.h — the KV segment: fixed-size blocks of tokens (all layers' K and V)
- * in one memfd, shared between sessions through a prefix index.
+ * in one mapping, shared between sessions through a prefix index.
  *
- * Owns: the segment (memfd, MFD_HUGETLB when hugetlb pages are free, else THP when the
- * kernel allows it for shmem, else 4K pages), the block table (reference counts), the
- * prefix index and the eviction order.
+ * Owns: the segment (a memfd with MFD_HUGETLB when hugetlb pages are free; else, when
+ * the kernel gives shmem no THP but anonymous memory may have it, anonymous memory with
+ * THP; else a memfd, with THP if shmem allows it, or 4K pages), the block table
+ * (reference counts), the prefix index and the eviction order.
  *
  * Block states:
  *   free    — never used or released without an index entry;
@@ -50,7 +51,7 @@ int mq_kv_store_create(mq_kv_store **kv, const mq_kv_store_opts *o, char *err, s
 void mq_kv_store_destroy(mq_kv_store *kv);
 
 uint8_t *mq_kv_block_ptr(mq_kv_store *kv, int id); /* 64-byte aligned */
-int mq_kv_store_fd(mq_kv_store *kv);               /* the memfd */
+int mq_kv_store_fd(mq_kv_store *kv);               /* the memfd, or -1 (anonymous memory) */
 
 /* Chain hash of one block of block_tokens ids after a prefix whose hash is parent. */
 uint64_t mq_kv_prefix_hash(uint64_t parent, const int32_t *tokens, int block_tokens);

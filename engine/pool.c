@@ -1,9 +1,10 @@
 /* engine/pool.c — persistent worker threads, generation counter + futex.
  *
- * One run: the caller publishes (fn, arg), bumps `gen` and wakes the workers; each
- * worker sees the new generation, runs fn, and decrements `pending`; the one that brings
- * it to zero wakes the caller. Spinning first keeps the wake-up latency of back-to-back
- * kernel calls (a forward pass makes hundreds) in the microsecond range.
+ * One run: the caller publishes (fn, arg, then), bumps `gen` and wakes the workers; every
+ * thread, the caller included, runs fn and decrements `pending`; the one that brings it
+ * to zero runs `then` and, if it is a worker, publishes the run's generation in `done`
+ * and wakes the caller. Spinning first keeps the wake-up latency of back-to-back kernel
+ * calls (a forward pass makes hundreds) in the microsecond range.
  */
 #include "engine/pool.h"
 
@@ -29,8 +30,11 @@ struct mq_pool {
     pthread_t *threads;
     mq_pool_fn fn;
     void *arg;
+    void (*then)(void *);
+    void *then_arg;
     _Atomic uint32_t gen;     /* bumped once per run (futex word for the workers) */
-    _Atomic uint32_t pending; /* workers still running this run (futex word for the caller) */
+    _Atomic uint32_t pending; /* threads (caller included) still running fn this run */
+    _Atomic uint32_t done;    /* gen of the last run a worker finished (futex word for the caller) */
     _Atomic int stop;
     _Atomic uint64_t runs;
     struct worker {
@@ -68,8 +72,12 @@ static void *worker_main(void *v)
         if (atomic_load_explicit(&p->stop, memory_order_acquire))
             return NULL;
         p->fn(p->arg, w->tid, p->nthreads);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1)
-            futex(&p->pending, FUTEX_WAKE_PRIVATE, 1);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            if (p->then)
+                p->then(p->then_arg);
+            atomic_store_explicit(&p->done, g, memory_order_release);
+            futex(&p->done, FUTEX_WAKE_PRIVATE, 1);
+        }
     }
 }
 
@@ -127,28 +135,43 @@ int mq_pool_create(mq_pool **out, int nthreads, const cpu_set_t *cpus, const cha
     return 0;
 }
 
-void mq_pool_run(mq_pool *p, mq_pool_fn fn, void *arg)
+void mq_pool_run_then(mq_pool *p, mq_pool_fn fn, void *arg, void (*then)(void *), void *then_arg)
 {
-    if (p->nthreads > 1) {
-        p->fn = fn;
-        p->arg = arg;
-        atomic_store_explicit(&p->pending, (uint32_t)(p->nthreads - 1), memory_order_relaxed);
-        atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-        futex(&p->gen, FUTEX_WAKE_PRIVATE, INT32_MAX);
+    if (p->nthreads == 1) {
+        fn(arg, 0, 1);
+        if (then)
+            then(then_arg);
+        atomic_fetch_add_explicit(&p->runs, 1, memory_order_release);
+        return;
     }
+    p->fn = fn;
+    p->arg = arg;
+    p->then = then;
+    p->then_arg = then_arg;
+    atomic_store_explicit(&p->pending, (uint32_t)p->nthreads, memory_order_relaxed);
+    const uint32_t g = atomic_fetch_add_explicit(&p->gen, 1, memory_order_release) + 1;
+    futex(&p->gen, FUTEX_WAKE_PRIVATE, INT32_MAX);
     fn(arg, 0, p->nthreads);
-    if (p->nthreads > 1) {
-        uint32_t left;
+    if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+        if (then)
+            then(then_arg); /* the workers are done: the caller is the last */
+    } else {
+        uint32_t d;
         int spins = 0;
-        while ((left = atomic_load_explicit(&p->pending, memory_order_acquire)) != 0) {
+        while ((d = atomic_load_explicit(&p->done, memory_order_acquire)) != g) {
             if (++spins < POOL_SPIN) {
                 cpu_relax();
                 continue;
             }
-            futex(&p->pending, FUTEX_WAIT_PRIVATE, left);
+            futex(&p->done, FUTEX_WAIT_PRIVATE, d);
         }
     }
     atomic_fetch_add_explicit(&p->runs, 1, memory_order_release);
+}
+
+void mq_pool_run(mq_pool *p, mq_pool_fn fn, void *arg)
+{
+    mq_pool_run_then(p, fn, arg, NULL, NULL);
 }
 
 int mq_pool_threads(const mq_pool *p)

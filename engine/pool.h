@@ -11,6 +11,11 @@
  * (the pool's owner: the prefill or the decode loop); fn must not call mq_pool_run on
  * the same pool.
  *
+ * A run may carry an epilogue (mq_pool_run_then): `then` runs once, after every fn call
+ * of the run returned, on whichever thread finished last, before mq_pool_run_then
+ * returns. Work that depends on the whole run and is too small to split (the next step
+ * of a decode: a norm of one row) then costs no hand-off of its own.
+ *
  * Waiting: workers spin briefly on the run generation, then sleep on a futex; the caller
  * likewise spins, then futex-waits for the last worker. mq_pool_run allocates nothing.
  *
@@ -35,6 +40,8 @@ typedef void (*mq_pool_fn)(void *arg, int tid, int nthreads);
 int mq_pool_create(mq_pool **out, int nthreads, const cpu_set_t *cpus, const char *name);
 /* Runs fn(arg, tid, nthreads) on every tid; blocks until all returned. */
 void mq_pool_run(mq_pool *p, mq_pool_fn fn, void *arg);
+/* The same, then then(then_arg) once on the thread that finished fn last (then may be NULL). */
+void mq_pool_run_then(mq_pool *p, mq_pool_fn fn, void *arg, void (*then)(void *), void *then_arg);
 int mq_pool_threads(const mq_pool *p);
 /* Number of mq_pool_run calls completed so far (for the watchdog). */
 uint64_t mq_pool_runs(const mq_pool *p);

@@ -32,8 +32,8 @@
 #endif
 #define ROW_FLOATS 32768 /* rows * head_dim cap: O (128 KiB) and Q stay in L2 */
 #define HD_MAX     256
-#ifndef PREFETCH_TILES_FEW_ROWS
-#define PREFETCH_TILES_FEW_ROWS 8
+#ifndef PREFETCH_TILES
+#define PREFETCH_TILES 2 /* key tiles asked for ahead of the one computing (prefill) */
 #endif
 
 typedef struct tile {
@@ -109,25 +109,24 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
     }
 }
 
-/* Asks for keys [j0, j0+TK) while the current tile computes: K/V rows of one kv-head
- * are n_kv*head_dim apart, too sparse for the hardware prefetcher to follow. */
+/* Asks for keys [j0, j0+TK) of kv-heads [kv0, kv1) while the current tile computes: per
+ * block and kv-head one contiguous run of K and one of V. */
 static void prefetch_kv_tile(const mq_attn_args *a, int kv0, int kv1, int j0, int nkeys)
 {
-    if (j0 >= nkeys)
-        return;
-    const size_t bytes = (size_t)(kv1 - kv0) * a->head_dim * 2; /* kv-heads [kv0, kv1) are adjacent */
-    int b = j0 / a->block_tokens, o = j0 % a->block_tokens;     /* one division per tile */
-    for (int j = j0; j < j0 + TK && j < nkeys; j++) {
-        const size_t off = ((size_t)o * a->n_kv + kv0) * a->head_dim;
-        const char *k = (const char *)(a->k_blocks[b] + off), *v = (const char *)(a->v_blocks[b] + off);
-        for (size_t c = 0; c < bytes; c += 64) {
-            _mm_prefetch(k + c, _MM_HINT_T0);
-            _mm_prefetch(v + c, _MM_HINT_T0);
+    const int j1 = j0 + TK < nkeys ? j0 + TK : nkeys;
+    for (int j = j0; j < j1;) {
+        const int b = j / a->block_tokens, o = j % a->block_tokens;
+        const int n = a->block_tokens - o < j1 - j ? a->block_tokens - o : j1 - j;
+        const size_t bytes = (size_t)n * a->head_dim * 2;
+        for (int kvh = kv0; kvh < kv1; kvh++) {
+            const char *k = (const char *)(a->k_blocks[b] + attn_kv_off(a, o, kvh));
+            const char *v = (const char *)(a->v_blocks[b] + attn_kv_off(a, o, kvh));
+            for (size_t c = 0; c < bytes; c += 64) {
+                _mm_prefetch(k + c, _MM_HINT_T0);
+                _mm_prefetch(v + c, _MM_HINT_T0);
+            }
         }
-        if (++o == a->block_tokens) {
-            o = 0;
-            b++;
-        }
+        j += n;
     }
 }
 
@@ -245,15 +244,11 @@ static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
     }
 }
 
-/* Rows = heads [hs, hs+nh) × tokens [t0, t0+nt), row index (token - t0) * nh + head.
- * With nt == 1 (decode) the heads may span several kv-heads: each key tile is then read
- * for all of them in turn, so the cache is walked in address order (the kv-heads of a
- * position are adjacent) and the hardware prefetchers can follow. With nt > 1 all
- * heads share one kv-head. */
-static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, int nt)
+/* Starts a tile of rows = heads [hs, hs+nh) × tokens [t0, t0+nt), row index
+ * (token - t0) * nh + head: Q in BF16 (zero past head_dim), running max, sums and output
+ * cleared. Returns the number of keys the rows see. */
+static int tile_begin(tile *t, const mq_attn_args *a, int hs, int nh, int t0, int nt)
 {
-    const int group = a->n_head / a->n_kv;
-    const int kv0 = hs / group, kv1 = (hs + nh - 1) / group + 1;
     const int hd = a->head_dim;
     t->nrows = nh * nt;
     t->hd = hd;
@@ -262,11 +257,9 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
     for (int r = 0; r < t->nrows; r++) {
         const int tok = t0 + r / nh, h = hs + r % nh;
         const float *q = a->q + ((size_t)tok * a->n_head + h) * hd;
-        for (int d = 0; d < hd; d += 16) {
-            const __mmask16 m = hd - d >= 16 ? 0xffff : (__mmask16)((1u << (hd - d)) - 1);
-            _mm256_mask_storeu_epi16((uint16_t *)(t->q + (size_t)r * t->hdp / 2) + d, m,
-                                     (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, q + d)));
-        }
+        for (int d = 0; d < t->hdp; d += 16) /* hd is a multiple of 16 */
+            _mm256_store_si256((__m256i *)((uint16_t *)(t->q + (size_t)r * t->hdp / 2) + d),
+                               (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(d < hd ? 0xffff : 0, q + d)));
         t->limit[r] = a->pos0 + tok;
         t->m[r] = -INFINITY;
         _mm512_store_ps(t->l[r], _mm512_setzero_ps());
@@ -275,47 +268,14 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
         if (t->limit[r] + 1 > nkeys)
             nkeys = t->limit[r] + 1;
     }
-    /* few rows (decode) make a tile quick, so ask for keys further ahead */
-    const int ahead = t->nrows <= 8 ? PREFETCH_TILES_FEW_ROWS : 2;
-    for (int j = 0; j < ahead; j++)
-        prefetch_kv_tile(a, kv0, kv1, j * TK, nkeys);
-    for (int j0 = 0; j0 < nkeys; j0 += TK) {
-        prefetch_kv_tile(a, kv0, kv1, j0 + ahead * TK, nkeys);
-        for (int kvh = kv0; kvh < kv1; kvh++) {
-            /* this kv-head's rows: all of them, or (decode) its heads within [hs, hs+nh) */
-            int ra = nt > 1 ? 0 : (kvh * group > hs ? kvh * group : hs) - hs;
-            const int rb = nt > 1 ? t->nrows : ((kvh + 1) * group < hs + nh ? (kvh + 1) * group : hs + nh) - hs;
-            /* rows are token-major and a row sees keys up to pos0 + its token: rows whose
-             * tokens lie before this key tile are the leading ones; they skip it whole */
-            if (nt > 1 && j0 > a->pos0 + t0) {
-                const int first = (j0 - a->pos0 - t0) * nh;
-                if (first > ra)
-                    ra = first < rb ? first : rb;
-            }
-            if (ra >= rb)
-                continue;
-            load_kv_tile(t, a, kvh, j0, nkeys);
-            int r = ra;
-            for (; r + 8 <= rb; r += 8)
-                qk_rows(t, r, 8);
-            for (; r + 4 <= rb; r += 4)
-                qk_rows(t, r, 4);
-            for (; r + 2 <= rb; r += 2)
-                qk_rows(t, r, 2);
-            for (; r < rb; r++)
-                qk_rows(t, r, 1);
-            softmax_tile(t, j0, a->scale, ra, rb);
-            for (r = ra; r + 8 <= rb; r += 8)
-                pv_rows(t, r, 8);
-            for (; r + 4 <= rb; r += 4)
-                pv_rows(t, r, 4);
-            for (; r + 2 <= rb; r += 2)
-                pv_rows(t, r, 2);
-            for (; r < rb; r++)
-                pv_rows(t, r, 1);
-        }
-    }
-    /* un-permute: within 32 dims, lo lane l holds dim 8(l/4) + l%4, hi lane l dim 8(l/4) + 4 + l%4 */
+    return nkeys;
+}
+
+/* Ends a tile begun by tile_begin: out = O / l, dims un-permuted. */
+static void tile_end(tile *t, const mq_attn_args *a, int hs, int nh, int t0)
+{
+    const int hd = a->head_dim;
+    /* within 32 dims, lo lane l holds dim 8(l/4) + l%4, hi lane l dim 8(l/4) + 4 + l%4 */
     __m512i idx0, idx1;
     {
         int i0[16], i1[16];
@@ -346,6 +306,207 @@ static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, 
     }
 }
 
+/* Rows = heads [hs, hs+nh) (all of one kv-head) × tokens [t0, t0+nt): every key tile
+ * is transposed once into kt/vi and serves all rows (prefill). */
+static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, int nt)
+{
+    const int kvh = hs / (a->n_head / a->n_kv);
+    const int nkeys = tile_begin(t, a, hs, nh, t0, nt);
+    for (int j = 0; j < PREFETCH_TILES; j++)
+        prefetch_kv_tile(a, kvh, kvh + 1, j * TK, nkeys);
+    for (int j0 = 0; j0 < nkeys; j0 += TK) {
+        prefetch_kv_tile(a, kvh, kvh + 1, j0 + PREFETCH_TILES * TK, nkeys);
+        /* rows are token-major and a row sees keys up to pos0 + its token: rows whose
+         * tokens lie before this key tile are the leading ones; they skip it whole */
+        int ra = 0;
+        const int rb = t->nrows;
+        if (j0 > a->pos0 + t0) {
+            const int first = (j0 - a->pos0 - t0) * nh;
+            ra = first < rb ? first : rb;
+        }
+        if (ra >= rb)
+            continue;
+        load_kv_tile(t, a, kvh, j0, nkeys);
+        int r = ra;
+        for (; r + 8 <= rb; r += 8)
+            qk_rows(t, r, 8);
+        for (; r + 4 <= rb; r += 4)
+            qk_rows(t, r, 4);
+        for (; r + 2 <= rb; r += 2)
+            qk_rows(t, r, 2);
+        for (; r < rb; r++)
+            qk_rows(t, r, 1);
+        softmax_tile(t, j0, a->scale, ra, rb);
+        for (r = ra; r + 8 <= rb; r += 8)
+            pv_rows(t, r, 8);
+        for (; r + 4 <= rb; r += 4)
+            pv_rows(t, r, 4);
+        for (; r + 2 <= rb; r += 2)
+            pv_rows(t, r, 2);
+        for (; r < rb; r++)
+            pv_rows(t, r, 1);
+    }
+    tile_end(t, a, hs, nh, t0);
+}
+
+/* 16 vectors -> one whose lane j is the sum of a[j]'s lanes (a transpose folded into
+ * adds: 30 shuffles and 15 adds where 16 horizontal sums take 64 and more). */
+static inline __attribute__((always_inline)) __m512 hsum16(const __m512 a[16])
+{
+    __m512 x[8], y[4], z[2];
+    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) /* per 128 bits: (a0+a2, b0+b2, a1+a3, b1+b3) */
+        x[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) /* per 128 bits: the sums of 4 vectors there */
+        y[k] = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x[2 * k]), _mm512_castps_pd(x[2 * k + 1]))),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x[2 * k]), _mm512_castps_pd(x[2 * k + 1]))));
+    _Pragma("GCC unroll 2") for (int k = 0; k < 2; k++) /* pairs of 128-bit blocks folded */
+        z[k] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * k], y[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(y[2 * k], y[2 * k + 1], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xdd));
+}
+
+/* Row j of a decode key tile: with a contiguous run (base != NULL, rows ld apart: a
+ * kv-head's keys inside one block) from the base, so a constant head_dim turns every
+ * address into base + displacement; else through the row pointers (tiles that cross a
+ * block or run past the last key). */
+#define DEC_ROW(base, ld, rows, j) ((base) ? (base) + (size_t)(j) * (ld) : (rows)[j])
+
+/* Decode scores of row r against 16 keys (K rows j0.. of the tile): s[j] = Q_bf16 · K_j
+ * in FP32, from the K rows in place (no transpose). NC = chunks of 32 dims. */
+static inline __attribute__((always_inline)) void qk_decode16(const tile *t, int r, const uint16_t *kb, int ld,
+                                                              const uint16_t *const *kr, float *s, const int NC,
+                                                              const __mmask32 tail)
+{
+    const uint16_t *q = (const uint16_t *)(t->q + (size_t)r * t->hdp / 2);
+    __m512 acc[16];
+    _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+    _Pragma("GCC unroll 8") for (int c = 0; c < NC; c++)
+    {
+        const __mmask32 m = c == NC - 1 ? tail : 0xffffffffu;
+        const __m512bh qc = (__m512bh)_mm512_load_si512(q + 32 * c);
+        _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) acc[j] =
+            _mm512_dpbf16_ps(acc[j], qc, (__m512bh)_mm512_maskz_loadu_epi16(m, DEC_ROW(kb, ld, kr, j) + 32 * c));
+    }
+    _mm512_store_ps(s, hsum16(acc));
+}
+
+/* O[rows r..r+NR) = O * corr + P · V for a key tile whose V rows are read in place, in
+ * the same pairs and order as pv_rows on vi. Chunks of 32 dims go CG at a time with
+ * every key pair, so 2·NR·CG accumulators run side by side. */
+static inline __attribute__((always_inline)) void pv_decode(tile *t, int r, const uint16_t *vb, int ld,
+                                                            const uint16_t *const *vr, const int NR, const int NC,
+                                                            const int CG, const __mmask32 tail)
+{
+    for (int c0 = 0; c0 < NC; c0 += CG) {
+        __m512 lo[8][4], hi[8][4];
+        _Pragma("GCC unroll 8") for (int i = 0; i < NR; i++)
+        {
+            const __m512 cr = _mm512_set1_ps(t->corr[r + i]);
+            _Pragma("GCC unroll 4") for (int c = 0; c < CG; c++)
+            {
+                const float *o = t->o + (size_t)(r + i) * t->hdp + 32 * (c0 + c);
+                lo[i][c] = _mm512_mul_ps(_mm512_load_ps(o), cr);
+                hi[i][c] = _mm512_mul_ps(_mm512_load_ps(o + 16), cr);
+            }
+        }
+        for (int jp = 0; jp < TK / 2; jp++) {
+            __m512bh pp[8];
+            _Pragma("GCC unroll 8") for (int i = 0; i < NR; i++) pp[i] =
+                (__m512bh)_mm512_set1_epi32((int)t->p[r + i][jp]);
+            _Pragma("GCC unroll 4") for (int c = 0; c < CG; c++)
+            {
+                const __mmask32 m = c0 + c == NC - 1 ? tail : 0xffffffffu;
+                const __m512i v0 = _mm512_maskz_loadu_epi16(m, DEC_ROW(vb, ld, vr, 2 * jp) + 32 * (c0 + c));
+                const __m512i v1 = _mm512_maskz_loadu_epi16(m, DEC_ROW(vb, ld, vr, 2 * jp + 1) + 32 * (c0 + c));
+                const __m512bh b0 = (__m512bh)_mm512_unpacklo_epi16(v0, v1);
+                const __m512bh b1 = (__m512bh)_mm512_unpackhi_epi16(v0, v1);
+                _Pragma("GCC unroll 8") for (int i = 0; i < NR; i++)
+                {
+                    lo[i][c] = _mm512_dpbf16_ps(lo[i][c], pp[i], b0);
+                    hi[i][c] = _mm512_dpbf16_ps(hi[i][c], pp[i], b1);
+                }
+            }
+        }
+        _Pragma("GCC unroll 8") for (int i = 0; i < NR; i++) _Pragma("GCC unroll 4") for (int c = 0; c < CG; c++)
+        {
+            float *o = t->o + (size_t)(r + i) * t->hdp + 32 * (c0 + c);
+            _mm512_store_ps(o, lo[i][c]);
+            _mm512_store_ps(o + 16, hi[i][c]);
+        }
+    }
+}
+
+/* One key tile [j0, j0+TK) of kv-head kvh for its rows [ra, rb) of the tile (decode).
+ * HD is the head_dim when the caller knows it at compile time (addresses become
+ * displacements), else 0. */
+static inline __attribute__((always_inline)) void decode_keys(tile *t, const mq_attn_args *a, int kvh, int j0,
+                                                              int nkeys, int ra, int rb, const int HD)
+{
+    const int hd = HD ? HD : t->hd, nc = (hd + 31) / 32;
+    const __mmask32 tail = hd % 32 ? 0xffffu : 0xffffffffu; /* hd is a multiple of 16 */
+    const uint16_t *kr[TK], *vr[TK], *kb = NULL, *vb = NULL;
+    const int o = j0 % a->block_tokens;
+    if (HD && o + TK <= a->block_tokens && j0 + TK <= nkeys) { /* one contiguous run */
+        kb = a->k_blocks[j0 / a->block_tokens] + attn_kv_off(a, o, kvh);
+        vb = a->v_blocks[j0 / a->block_tokens] + attn_kv_off(a, o, kvh);
+    } else {
+        attn_kv_rows(a, kvh, j0, TK, nkeys, zero_row, kr, vr);
+    }
+    for (int r = ra; r < rb; r++) {
+        qk_decode16(t, r, kb, hd, kr, t->s[r], HD ? (HD + 31) / 32 : nc, tail);
+        if (j0 + 16 < nkeys)
+            qk_decode16(t, r, kb ? kb + 16 * hd : NULL, hd, kr + 16, t->s[r] + 16, HD ? (HD + 31) / 32 : nc, tail);
+    }
+    softmax_tile(t, j0, a->scale, ra, rb);
+    int r = ra;
+    if (HD) {
+        const int NC = (HD + 31) / 32;
+        for (; r + 4 <= rb; r += 4)
+            pv_decode(t, r, vb, hd, vr, 4, NC, 1, tail);
+        for (; r + 2 <= rb; r += 2)
+            pv_decode(t, r, vb, hd, vr, 2, NC, NC < 4 ? NC : 4, tail);
+        for (; r < rb; r++)
+            pv_decode(t, r, vb, hd, vr, 1, NC, NC < 4 ? NC : 4, tail);
+    } else {
+        for (; r + 4 <= rb; r += 4)
+            pv_decode(t, r, vb, hd, vr, 4, nc, 1, tail);
+        for (; r < rb; r++)
+            pv_decode(t, r, vb, hd, vr, 1, nc, 1, tail);
+    }
+}
+
+static inline __attribute__((always_inline)) void decode_tile(tile *t, const mq_attn_args *a, int kvh, int j0,
+                                                              int nkeys, int ra, int rb)
+{
+    if (a->head_dim == 128)
+        decode_keys(t, a, kvh, j0, nkeys, ra, rb, 128);
+    else if (a->head_dim == 64)
+        decode_keys(t, a, kvh, j0, nkeys, ra, rb, 64);
+    else
+        decode_keys(t, a, kvh, j0, nkeys, ra, rb, 0);
+}
+
+/* Decode (one query token): per kv-head, its heads within [h0, h1) walk that kv-head's
+ * keys, which are one contiguous run per block (mq_attn_args). Few rows share a key tile
+ * here, so the scores come from the K rows in place (qk_decode16) and PV reads V in
+ * place: no transposes, and enough independent accumulators that the kernel streams the
+ * cache about twice as fast as the prefill path would. */
+static void attend_decode(tile *t, const mq_attn_args *a, int h0, int h1, int rows)
+{
+    const int group = a->n_head / a->n_kv;
+    for (int h = h0; h < h1;) {
+        const int kvh = h / group;
+        int he = (kvh + 1) * group < h1 ? (kvh + 1) * group : h1;
+        he = he - h < rows ? he : h + rows;
+        const int nkeys = tile_begin(t, a, h, he - h, 0, 1);
+        for (int j0 = 0; j0 < nkeys; j0 += TK)
+            decode_tile(t, a, kvh, j0, nkeys, 0, he - h);
+        tile_end(t, a, h, he - h, 0);
+        h = he;
+    }
+}
+
 void attention_avx512(const mq_attn_args *a, int h0, int h1)
 {
     if (a->head_dim % 16 || a->head_dim > HD_MAX || a->head_dim <= 0 || !(a->scale > 0)) {
@@ -356,9 +517,8 @@ void attention_avx512(const mq_attn_args *a, int h0, int h1)
     const int group = a->n_head / a->n_kv;
     const int rows =
         ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) < ROWS_MAX ? ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) : ROWS_MAX;
-    if (a->n_tok == 1) { /* decode: all heads of the range in one walk over the cache */
-        for (int hs = h0; hs < h1; hs += rows)
-            attend_tile(&t, a, hs, h1 - hs < rows ? h1 - hs : rows, 0, 1);
+    if (a->n_tok == 1 && !a->prompt) {
+        attend_decode(&t, a, h0, h1, rows);
         return;
     }
     for (int h = h0; h < h1;) {

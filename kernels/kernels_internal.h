@@ -165,6 +165,13 @@ static inline __attribute__((always_inline)) int fp4_quantize_rows_with(fp4_quan
     return 0;
 }
 
+/* The offset of key o of a block (o < block_tokens) of kv-head kvh from the block's
+ * pointer (mq_attn_args: head-major blocks, [n_kv][block_tokens][head_dim]). */
+static inline size_t attn_kv_off(const mq_attn_args *a, int o, int kvh)
+{
+    return ((size_t)kvh * (size_t)a->block_tokens + (size_t)o) * (size_t)a->head_dim;
+}
+
 /* Where the K and V rows of keys [j0, j0 + n) of kv-head kvh live in the paged cache
  * (mq_attn_args); keys at or past nkeys get `pad` (a row of zeros) instead. */
 static inline void attn_kv_rows(const mq_attn_args *a, int kvh, int j0, int n, int nkeys, const uint16_t *pad,
@@ -173,7 +180,7 @@ static inline void attn_kv_rows(const mq_attn_args *a, int kvh, int j0, int n, i
     int b = j0 / a->block_tokens, o = j0 % a->block_tokens;
     for (int j = 0; j < n; j++) {
         if (j0 + j < nkeys) {
-            const size_t off = ((size_t)o * a->n_kv + kvh) * a->head_dim;
+            const size_t off = attn_kv_off(a, o, kvh);
             kr[j] = a->k_blocks[b] + off;
             vr[j] = a->v_blocks[b] + off;
             if (++o == a->block_tokens) {

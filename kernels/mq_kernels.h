@@ -173,19 +173,26 @@ void mq_gemm_bf16_tiled(const uint16_t *x, int m, size_t ldx, const mq_bf16_weig
 /* ---- Attention ----------------------------------------------------------------- */
 /* Causal grouped-query attention over a paged BF16 KV cache.
  * Query token i (0 <= i < n_tok) sits at absolute position pos0 + i and attends to
- * positions 0 .. pos0 + i. Position p's K row lives in
- *     k_blocks[p / block_tokens] + ((p % block_tokens) * n_kv + kv_head) * head_dim
- * (V likewise). Head h uses kv_head = h / (n_head / n_kv). head_dim <= 256.
- * The prefill variant is tiled (online softmax, no score matrix); n_tok == 1 is decode. */
+ * positions 0 .. pos0 + i. Blocks are head-major: position p's K row lives in
+ *     k_blocks[p / block_tokens] + (kv_head * block_tokens + p % block_tokens) * head_dim
+ * (V likewise), so one kv-head's keys of a block are one contiguous run (a thread that
+ * reads some kv-heads streams whole runs; with the heads of a position adjacent, two
+ * threads would each read every other kilobyte, which halves the memory bandwidth).
+ * Head h uses kv_head = h / (n_head / n_kv). head_dim <= 256.
+ * The prefill variant is tiled (online softmax, no score matrix); n_tok == 1 without
+ * `prompt` is decode, which AVX-512 sums in another FP32 order (scores from K rows in
+ * place). `prompt` = 1 says the rows are prompt rows: they take the prefill path at any
+ * n_tok, so a prompt row's bits do not depend on the length of the chunk it came in. */
 typedef struct mq_attn_args {
     const float *q; /* [n_tok, n_head, head_dim] */
     float *out;     /* [n_tok, n_head, head_dim] */
     int n_tok, pos0;
     int n_head, n_kv, head_dim;
-    const uint16_t *const *k_blocks; /* per block: [block_tokens, n_kv, head_dim] BF16 */
+    const uint16_t *const *k_blocks; /* per block: [n_kv, block_tokens, head_dim] BF16 */
     const uint16_t *const *v_blocks;
     int block_tokens;
     float scale; /* usually 1/sqrt(head_dim) */
+    int prompt;  /* 1: prompt rows, the prefill path even when n_tok == 1 */
 } mq_attn_args;
 
 /* Computes query heads [h0, h1) for every query token.

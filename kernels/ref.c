@@ -333,7 +333,7 @@ void attention_ref(const mq_attn_args *a, int h0, int h1)
             float acc[256] = { 0 };
             float mx = -INFINITY, l = 0.0f;
             for (int p = 0; p <= last; p++) { /* online softmax, one key at a time */
-                size_t off = ((size_t)(p % a->block_tokens) * a->n_kv + kvh) * hd;
+                size_t off = attn_kv_off(a, p % a->block_tokens, kvh);
                 const uint16_t *kr = a->k_blocks[p / a->block_tokens] + off;
                 const uint16_t *vr = a->v_blocks[p / a->block_tokens] + off;
                 float s = 0.0f;

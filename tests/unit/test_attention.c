@@ -54,7 +54,7 @@ static void cache_free(cache *c)
 
 static const uint16_t *row(uint16_t **blocks, const cfg *g, int p, int kvh)
 {
-    return blocks[p / g->bt] + ((size_t)(p % g->bt) * g->n_kv + kvh) * g->hd;
+    return blocks[p / g->bt] + ((size_t)kvh * g->bt + (size_t)(p % g->bt)) * g->hd; /* head-major */
 }
 
 /* FP64 causal GQA attention; q_bf16 rounds Q to BF16 first. */
@@ -177,13 +177,60 @@ static void test_attention_prefill(void)
 static void test_attention_decode(void)
 {
     static const cfg cfgs[] = {
-        { 16, 8, 128, 16, 300, 1 }, { 32, 8, 128, 64, 0, 1 }, /* a single key */
-        { 8, 2, 256, 1, 47, 1 },    { 4, 1, 64, 16, 63, 1 },  /* ends exactly on a block edge */
-        { 14, 2, 64, 5, 200, 1 },                             /* 7 q-heads per kv-head */
-        { 96, 8, 128, 16, 40, 1 },                            /* more heads than a row tile, split inside a group */
+        { 16, 8, 128, 16, 300, 1 },  { 32, 8, 128, 64, 0, 1 }, /* a single key */
+        { 8, 2, 256, 1, 47, 1 },     { 4, 1, 64, 16, 63, 1 },  /* ends exactly on a block edge */
+        { 14, 2, 64, 5, 200, 1 },                              /* 7 q-heads per kv-head */
+        { 96, 8, 128, 16, 40, 1 },                             /* more heads than a row tile, split inside a group */
+        { 16, 8, 128, 64, 1000, 1 },                           /* Qwen3-1.7B heads: key tiles inside 64-token blocks */
+        { 8, 2, 64, 32, 500, 1 },    { 12, 4, 128, 64, 130, 1 }, /* head_dim 64; 3 q-heads per kv-head */
+        { 32, 4, 128, 64, 300, 1 },  { 8, 4, 80, 64, 200, 1 },   /* 8 q-heads per kv-head; head_dim 80 */
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
         run_cfg(&cfgs[i], 200 + i);
+}
+
+/* Prompt rows (a->prompt) give the same bits whatever the chunk: a row computed alone
+ * (n_tok 1 at its position) equals that row of a call over the whole chunk, on every
+ * ISA (the engine's chunked prefill relies on it). */
+static void test_prompt_rows_chunk_invariant(void)
+{
+    const cfg g = { 16, 8, 128, 64, 90, 6 };
+    unsigned long long s = 300;
+    cache c;
+    cache_make(&c, &g, &s);
+    const size_t row_n = (size_t)g.n_head * g.hd, n = (size_t)g.n_tok * row_n;
+    float *q = malloc(sizeof(float) * n), *all = malloc(sizeof(float) * n), *one = malloc(sizeof(float) * row_n);
+    for (size_t i = 0; i < n; i++)
+        q[i] = harness_gauss(&s) * 3.0f;
+    mq_attn_args a = { .q = q,
+                       .out = all,
+                       .n_tok = g.n_tok,
+                       .pos0 = g.pos0,
+                       .n_head = g.n_head,
+                       .n_kv = g.n_kv,
+                       .head_dim = g.hd,
+                       .k_blocks = (const uint16_t *const *)c.k,
+                       .v_blocks = (const uint16_t *const *)c.v,
+                       .block_tokens = g.bt,
+                       .scale = 1.0f / sqrtf((float)g.hd),
+                       .prompt = 1 };
+    for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++) {
+        if (!mq_kernels_cpu_has((mq_isa)isa))
+            continue;
+        mq_kernels_force((mq_isa)isa);
+        a.q = q, a.out = all, a.n_tok = g.n_tok, a.pos0 = g.pos0;
+        mq_attention(&a, 0, g.n_head);
+        for (int t = 0; t < g.n_tok; t++) {
+            a.q = q + t * row_n, a.out = one, a.n_tok = 1, a.pos0 = g.pos0 + t;
+            mq_attention(&a, 0, g.n_head);
+            CHECK(!memcmp(one, all + t * row_n, row_n * sizeof(float)), "%s: prompt row %d alone differs",
+                  mq_isa_name((mq_isa)isa), t);
+        }
+    }
+    free(q);
+    free(all);
+    free(one);
+    cache_free(&c);
 }
 
 int main(void)
@@ -191,5 +238,6 @@ int main(void)
     mq_kernels_init();
     RUN(test_attention_prefill);
     RUN(test_attention_decode);
+    RUN(test_prompt_rows_chunk_invariant);
     return harness_done();
 }

@@ -1,4 +1,5 @@
-/* The pool runs every tid exactly once per run, the caller as tid 0, and counts runs. */
+/* The pool runs every tid exactly once per run, the caller as tid 0, and counts runs; a
+ * run's epilogue runs once, after every tid of the run, before the call returns. */
 #define _GNU_SOURCE
 #include "tests/harness.h"
 #include "engine/pool.h"
@@ -52,6 +53,55 @@ static void test_runs_every_tid(void)
     }
 }
 
+/* Each tid writes its slot (plain stores); the epilogue sums the slots, so it must see
+ * every tid's store of this run, and the caller must see the epilogue's result. */
+struct then_ctx {
+    long slot[8];
+    long total;
+    _Atomic int thens;
+};
+
+static void fill(void *arg, int tid, int nthreads)
+{
+    struct then_ctx *c = arg;
+    if (tid == nthreads - 1)
+        for (volatile int i = 0; i < 2000; i++) /* the last tid often finishes last */
+            ;
+    c->slot[tid] += tid + 1;
+}
+
+static void sum_slots(void *arg)
+{
+    struct then_ctx *c = arg;
+    atomic_fetch_add(&c->thens, 1);
+    c->total = 0;
+    for (int t = 0; t < 8; t++)
+        c->total += c->slot[t];
+}
+
+static void test_epilogue(void)
+{
+    for (int nt = 1; nt <= 4; nt++) {
+        mq_pool *p;
+        CHECK(mq_pool_create(&p, nt, NULL, "then") == 0, "create %d", nt);
+        if (!p)
+            continue;
+        struct then_ctx c = { 0 };
+        int bad = 0;
+        const int runs = 2000;
+        for (int r = 1; r <= runs; r++) {
+            mq_pool_run_then(p, fill, &c, sum_slots, &c);
+            bad += c.total != (long)r * nt * (nt + 1) / 2;
+            if (r % 3 == 0)
+                mq_pool_run(p, fill, &(struct then_ctx){ 0 }); /* runs without one in between */
+        }
+        CHECK(bad == 0, "%d threads: the epilogue missed a tid's work in %d of %d runs", nt, bad, runs);
+        CHECK(c.thens == runs, "%d threads: epilogue ran %d times for %d runs", nt, (int)c.thens, runs);
+        CHECK(mq_pool_runs(p) == (uint64_t)(runs + runs / 3), "every run counted");
+        mq_pool_destroy(p);
+    }
+}
+
 static void test_split(void)
 {
     /* slices are aligned, ordered, disjoint and cover [0, n) */
@@ -88,5 +138,6 @@ int main(void)
     RUN(test_split);
     RUN(test_runs_every_tid);
     RUN(test_pinned);
+    RUN(test_epilogue);
     return harness_done();
 }
