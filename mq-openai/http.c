@@ -293,24 +293,8 @@ static int gen_start(gen *g, const char *tenant, const char *session_key, oai_er
     }
     const oai_request *q = &g->rq;
     mq_params p;
-    mq_params_init(&p);
-    p.max_tokens = q->max_tokens ? q->max_tokens : s->cfg.default_max_tokens;
-    p.temperature = q->has_temperature ? (float)q->temperature : 1.0f; /* OpenAI's defaults */
-    p.top_p = q->has_top_p ? (float)q->top_p : 1.0f;
-    p.top_k = q->top_k;
-    p.min_p = (float)q->min_p;
-    p.repeat_penalty = q->repetition_penalty == 1 ? 0 : (float)q->repetition_penalty;
-    p.seed = q->has_seed ? q->seed : 0;
-    p.flags = MQ_PARAM_NO_SPECIAL_TEXT | (p.temperature == 0 ? MQ_PARAM_GREEDY : 0);
-    if (q->enable_thinking == 1)
-        p.flags |= MQ_PARAM_ENABLE_THINKING;
-    mq_request_opts o = { .precision = (int)q->mode,
-                          .flags = MQ_REQ_WHOLE_CONTEXT,
-                          .presence_penalty = (float)q->presence_penalty,
-                          .frequency_penalty = (float)q->frequency_penalty,
-                          .n_stop = q->n_stop };
-    for (int i = 0; i < q->n_stop; i++)
-        o.stop[i] = q->stop[i];
+    mq_request_opts o;
+    oai_request_params(q, s->cfg.default_max_tokens, &p, &o);
     g->t0 = g->t0 ? g->t0 : now_s();
     rc = q->kind == OAI_CHAT
              ? mq_send_chat(g->lease.conn, g->lease.session, q->payload, q->payload_len, &p, &o, &g->req)
@@ -378,6 +362,11 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
             continue;
         }
         handle_event(g, &ev);
+        /* the events already in the ring go out in the same write: a stream that fell
+         * behind (a busy machine) catches up with one send and one client wake-up */
+        while (g->running && g->sse.len < max && mq_next_event(g->lease.conn, &ev, 0) == 0)
+            if (ev.req == g->req)
+                handle_event(g, &ev);
         if (!g->running)
             stream_finish(g);
     }

@@ -584,3 +584,30 @@ int oai_request_default_think(oai_request *r, int as_generated)
     r->think_history = 1;
     return 0;
 }
+
+_Static_assert((int)OAI_MODE_MIXED == MQ_PRECISION_MIXED && (int)OAI_MODE_BF16 == MQ_PRECISION_BF16 &&
+                   (int)OAI_MODE_FP4 == MQ_PRECISION_FP4 && (int)OAI_MODE_DEFAULT == MQ_PRECISION_DEFAULT,
+               "oai_mode is sent as mq_precision");
+
+void oai_request_params(const oai_request *q, uint32_t default_max_tokens, mq_params *p, mq_request_opts *o)
+{
+    mq_params_init(p);
+    p->max_tokens = q->max_tokens ? q->max_tokens : default_max_tokens;
+    p->temperature = q->has_temperature ? (float)q->temperature : 1.0f;
+    p->top_p = q->has_top_p ? (float)q->top_p : 1.0f;
+    p->top_k = q->top_k;
+    p->min_p = (float)q->min_p;
+    p->repeat_penalty = q->repetition_penalty == 1 ? 0 : (float)q->repetition_penalty;
+    p->seed = q->has_seed ? q->seed : 0;
+    p->flags = MQ_PARAM_NO_SPECIAL_TEXT | (p->temperature == 0 ? MQ_PARAM_GREEDY : 0);
+    if (q->enable_thinking == 1)
+        p->flags |= MQ_PARAM_ENABLE_THINKING;
+    memset(o, 0, sizeof *o);
+    o->precision = (int)q->mode;
+    o->flags = MQ_REQ_WHOLE_CONTEXT;
+    o->presence_penalty = (float)q->presence_penalty;
+    o->frequency_penalty = (float)q->frequency_penalty;
+    o->n_stop = q->n_stop;
+    for (int i = 0; i < q->n_stop && i < MQ_MAX_STOP; i++)
+        o->stop[i] = q->stop[i];
+}

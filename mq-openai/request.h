@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "libclient/mq.h"
+
 #define OAI_MAX_STOP        4   /* stop strings per request (mqd's scheduler bound) */
 #define OAI_STOP_MAX_LEN    255 /* bytes of one stop string (mqd keeps 256 bytes of tail) */
 #define OAI_NAME_MAX        127 /* model names, session ids, tool names */
@@ -85,6 +87,13 @@ int oai_parse_completion(const char *body, size_t len, oai_request *out, oai_err
  * generated): updates the payload. 0 or -ENOMEM. */
 int oai_request_default_think(oai_request *r, int as_generated);
 void oai_request_free(oai_request *r);
+/* What mqd is sent beside the payload: the sampling parameters and the request options,
+ * with OpenAI's defaults where the body gives none (temperature 1, top_p 1, no top_k) and
+ * default_max_tokens when it gives no max_tokens. temperature 0 is greedy; the text of
+ * special tokens is not streamed; the payload is the session's whole context. *o points
+ * into *q (the stop strings): q outlives the send. For http.c and the bench's libmq
+ * baseline, which must send mqd the same request. */
+void oai_request_params(const oai_request *q, uint32_t default_max_tokens, mq_params *p, mq_request_opts *o);
 
 /* Fills *err; returns -EINVAL (for `return oai_fail(...)`). */
 int oai_fail(oai_error *err, int status, const char *type, const char *param, const char *fmt, ...)

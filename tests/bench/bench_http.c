@@ -8,9 +8,11 @@
  *    - libmq: one connection per stream, made before the clock starts (mq-openai keeps its
  *      pool connections too); the clock runs from mq_open_session to the first token
  *      event with text. The payload and parameters are exactly what mq-openai derives
- *      from the HTTP body (oai_parse_chat, oai_request_default_think, the same mq_params).
- *    - HTTP: one TCP connection per stream, made before the clock starts; the clock runs
- *      from writing the POST to the first SSE chunk with generated content. mq-openai
+ *      from the HTTP body (oai_parse_chat, oai_request_default_think, oai_request_params).
+ *    - HTTP: one TCP connection per stream, made and served once (GET /health, kept
+ *      alive: mq-openai has accepted it and its thread waits, as a client's pooled
+ *      connection does) before the clock starts; the clock runs from writing the POST to
+ *      the first SSE chunk with generated content. mq-openai
  *      parses the body, takes a pool connection, opens the session and sends the same
  *      SUBMIT; per token it parses the output for tool calls and writes an SSE chunk.
  *      The client is a raw socket that looks for the first content chunk with a string
@@ -116,6 +118,31 @@ static int http_connect(void)
         return -1;
     }
     return fd;
+}
+
+/* Makes fd a connection mq-openai is serving, as libmq's mq_connect finishes its HELLO
+ * before the clock starts: a GET /health on it (kept alive) is answered in full, so the
+ * server has accepted it and its connection thread waits for the next request. */
+static int http_warm(int fd)
+{
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1))
+        return -EIO;
+    char buf[2048];
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            return -EIO;
+        len += (size_t)n;
+        buf[len] = 0;
+        char *e = strstr(buf, "\r\n\r\n");
+        char *cl = strcasestr(buf, "\r\nContent-Length:");
+        if (e && cl && cl < e && len >= (size_t)(e + 4 - buf) + strtoul(cl + 17, NULL, 10))
+            return atoi(buf + 9) == 200 ? 0 : -EPROTO;
+        if (len == sizeof buf - 1)
+            return -EPROTO;
+    }
 }
 
 typedef struct http_result {
@@ -266,13 +293,9 @@ static void *run_libmq(job *j)
         return NULL;
     }
     mq_params p;
-    mq_params_init(&p); /* as mq-openai sets them for this body (http.c gen_start) */
-    p.max_tokens = MAX_TOKENS;
-    p.temperature = 0;
-    p.top_p = 1;
-    p.top_k = 0;
-    p.flags = MQ_PARAM_NO_SPECIAL_TEXT | MQ_PARAM_GREEDY;
-    mq_request_opts o = { .flags = MQ_REQ_WHOLE_CONTEXT };
+    mq_request_opts o;
+    /* what mq-openai sends for this body (its max_tokens is given: no server default) */
+    oai_request_params(&j->rq, MAX_TOKENS, &p, &o);
     pthread_barrier_wait(j->go);
     double t0 = now_s();
     if (mq_open_session(c, MQ_MODE_RAW, &s) || mq_send_chat(c, s, j->rq.payload, j->rq.payload_len, &p, &o, &req))
@@ -295,6 +318,10 @@ static void *run_libmq(job *j)
 static void *run_http(job *j)
 {
     int fd = http_connect();
+    if (fd >= 0 && http_warm(fd)) {
+        close(fd);
+        fd = -1;
+    }
     pthread_barrier_wait(j->go);
     http_result r = { 0 };
     double t0 = now_s();
@@ -430,6 +457,20 @@ static void run_replay(int pinned, const char *mode, const int *ids, double *rat
     *lost = t ? (double)l / t : 0;
 }
 
+/* The 1-minute load average, printed beside the figures: on a shared machine it says how
+ * far to trust them (the two phases of a round run seconds apart). */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
 int main(int argc, char **argv)
 {
     const char *url = NULL, *dir = NULL;
@@ -502,6 +543,7 @@ int main(int argc, char **argv)
         }
         n++;
     }
+    double load0 = loadavg();
     double p50, tps, hp50, htps, o50, ho50;
     int errs = phase(jobs, n, 1, &hp50, &ho50, &htps) + phase(jobs, n, 0, &p50, &o50, &tps); /* warm both */
     double over[ROUNDS], ratio[ROUNDS];
@@ -528,6 +570,8 @@ int main(int argc, char **argv)
     qsort(over, ROUNDS, sizeof over[0], cmp_d);
     qsort(ratio, ROUNDS, sizeof ratio[0], cmp_d);
 
+    printf("# load average (1 min) on %ld CPUs: %.2f before the 32-stream rounds, %.2f after\n",
+           sysconf(_SC_NPROCESSORS_ONLN), load0, loadavg());
     printf("# replay: %d conversations (turns 2..): X-Session-Id: cached %.4f, %.1f held tokens lost per turn; "
            "with think_history as_generated: cached %.4f, %.1f lost; without a session: cached %.4f (bf16), "
            "%.4f (mixed)\n",

@@ -3,7 +3,8 @@
 // Started by tests/integration/test_openai.c, which sets:
 //   MQ_HTTP_URL      http://127.0.0.1:<port>  (mq-openai, no API keys)
 //   MQ_HTTP_KEY_URL  a second mq-openai that requires an API key: MQ_HTTP_KEY and
-//                    MQ_HTTP_KEY_MATE (both of tenant team-a), MQ_HTTP_KEY_OTHER (its own)
+//                    MQ_HTTP_KEY_MATE (both of tenant team-a), MQ_HTTP_KEY_OTHER (its own);
+//                    it runs with queue_wait_ms 0 (busy: 429 at once)
 //   MQ_ADMIN_SOCKET  mqd's admin socket, MQ_MQCTL the mqctl binary
 // The tests run in order; the last one drains mqd.
 import { test } from 'node:test';
@@ -208,6 +209,31 @@ test('API keys are tenants: another tenant\'s exact guess of a prompt is no cach
     const st = mqctl('stats');
     assert.ok(st.users.some((u) => u.tenant_name === 'team-a'), JSON.stringify(st.users));
     assert.ok(st.users.some((u) => /^key-[A-Za-z0-9./]{16}$/.test(u.tenant_name ?? '')), JSON.stringify(st.users));
+});
+
+test('a conversation already answering gets 429 with Retry-After; its stream goes on', async () => {
+    const keyUrl = process.env.MQ_HTTP_KEY_URL;
+    const as = new OpenAI({ baseURL: `${keyUrl}/v1`, apiKey: process.env.MQ_HTTP_KEY, maxRetries: 0 });
+    const headers = { 'X-Session-Id': 'conv-busy-429' };
+    const s = await as.chat.completions.create(
+        { messages: [{ role: 'user', content: 'Tell me about the weather in Paris.' }], max_tokens: 60, temperature: 0,
+          stream: true, chat_template_kwargs: { enable_thinking: false } }, { headers });
+    const it = s[Symbol.asyncIterator]();
+    await it.next(); // the role chunk: the request is in mqd, its answer not yet begun
+    const r = await fetch(`${keyUrl}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${process.env.MQ_HTTP_KEY}`, ...headers },
+        body: JSON.stringify({ messages: [{ role: 'user', content: 'x' }], max_tokens: 1 }) });
+    assert.equal(r.status, 429);
+    assert.ok(Number(r.headers.get('retry-after')) > 0, 'with Retry-After');
+    const j = await r.json();
+    assert.equal(j.error.code, 429);
+    assert.equal(j.error.type, 'rate_limit_error');
+    assert.match(j.error.message, /conv-busy-429.*one at a time/);
+    let finish;
+    for (let x = await it.next(); !x.done; x = await it.next())
+        if (x.value.choices[0]?.finish_reason) finish = x.value.choices[0].finish_reason;
+    assert.ok(finish === 'stop' || finish === 'length', `the first stream finished: ${finish}`);
 });
 
 test('/metrics exports the router gauges', async () => {

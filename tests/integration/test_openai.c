@@ -2,7 +2,7 @@
  *
  * Starts mqd on the agent model (shared/models/mq-agent-45m) and two mq-openai servers on
  * loopback ports handed over as systemd sockets (LISTEN_FDS, which tests socket
- * activation too): one open, one with an API-key file. Then runs tests/http/openai.test.mjs
+ * activation too): one open, one with an API-key file (and no wait for a busy slot). Then runs tests/http/openai.test.mjs
  * with Node's test runner (the `openai` npm package from tests/node_modules, installed by
  * `make test`) and counts each Node test as one test here. Also checks --check-config,
  * and that requests sent while mqd is still loading are answered 503 at once.
@@ -14,12 +14,12 @@ static pid_t mqd_pid = -1, oai_pid = -1, oai_key_pid = -1;
 static int port, key_port;
 
 /* mq-openai with `lfd` as its systemd socket (fd 3, LISTEN_FDS=1, LISTEN_PID=its pid). */
-static pid_t start_oai(int lfd, const char *extra_flag, const char *extra_val)
+static pid_t start_oai(int lfd, const char *wait_ms, const char *extra_flag, const char *extra_val)
 {
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/mq-openai", spawn_build_dir());
     char *argv[] = {
-        bin, "--mqd-socket", csock, "--queue-wait-ms", "2000", (char *)extra_flag, (char *)extra_val, NULL
+        bin, "--mqd-socket", csock, "--queue-wait-ms", (char *)wait_ms, (char *)extra_flag, (char *)extra_val, NULL
     };
     pid_t pid = spawn_fds(argv, NULL, oai_log, NULL, &lfd, 1);
     close(lfd);
@@ -119,7 +119,7 @@ static int start_all(void)
         return 0;
     /* the open server is told the model name, so a request needs nothing from mqd but a
      * connection (the keyed one learns the name from mqd) */
-    oai_pid = start_oai(l1, "--model-name", "mq-agent-45m");
+    oai_pid = start_oai(l1, "2000", "--model-name", "mq-agent-45m");
     char st[64];
     double t0 = spawn_now();
     for (int i = 0; i < 50 && (health_before_mqd = health_status(port, st, sizeof st)) == 0; i++)
@@ -157,7 +157,8 @@ static int start_all(void)
         spawn_dump_log(mqd_log);
         return 0;
     }
-    oai_key_pid = start_oai(l2, "--api-keys-file", keys);
+    /* the keyed server does not wait for a busy slot: 429 at once (openai.test.mjs) */
+    oai_key_pid = start_oai(l2, "0", "--api-keys-file", keys);
     for (int i = 0; i < 100 && !(http_ok(port) && http_ok(key_port)); i++)
         usleep(100 * 1000);
     if (!http_ok(port) || !http_ok(key_port)) {

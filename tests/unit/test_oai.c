@@ -135,6 +135,48 @@ static void test_tool_choice_prefix(void)
     oai_request_free(&r);
 }
 
+/* What mqd is sent for a body: every sampling field lands in its mq_params /
+ * mq_request_opts slot, and a body that gives none gets OpenAI's defaults. */
+static void test_request_params(void)
+{
+    oai_request r;
+    oai_error e;
+    mq_params p;
+    mq_request_opts o;
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":33,\"temperature\":0.25,"
+                       "\"top_p\":0.5,\"top_k\":7,\"min_p\":0.125,\"seed\":99,\"presence_penalty\":1.5,"
+                       "\"frequency_penalty\":-0.5,\"repetition_penalty\":1.25,\"stop\":[\"A\",\"BC\"],"
+                       "\"chat_template_kwargs\":{\"enable_thinking\":true},\"mq\":{\"mode\":\"bf16\"}}";
+    CHECK(parse_chat(body, &r, &e) == 0, "%s", e.message);
+    oai_request_params(&r, 512, &p, &o);
+    CHECK(p.max_tokens == 33 && p.temperature == 0.25f && p.top_p == 0.5f && p.top_k == 7 && p.min_p == 0.125f &&
+              p.seed == 99 && p.repeat_penalty == 1.25f,
+          "sampling: %u %g %g %u %g %llu %g", p.max_tokens, p.temperature, p.top_p, p.top_k, p.min_p,
+          (unsigned long long)p.seed, p.repeat_penalty);
+    CHECK(p.flags == (MQ_PARAM_NO_SPECIAL_TEXT | MQ_PARAM_ENABLE_THINKING), "flags %#x", p.flags);
+    CHECK(o.precision == MQ_PRECISION_BF16 && o.flags == MQ_REQ_WHOLE_CONTEXT && o.presence_penalty == 1.5f &&
+              o.frequency_penalty == -0.5f,
+          "opts: %d %#x %g %g", o.precision, o.flags, o.presence_penalty, o.frequency_penalty);
+    CHECK(o.n_stop == 2 && !strcmp(o.stop[0], "A") && !strcmp(o.stop[1], "BC"), "stop");
+    oai_request_free(&r);
+    /* nothing given: OpenAI's defaults (temperature 1, top_p 1), the server's max_tokens */
+    CHECK(parse_chat("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &r, &e) == 0, "%s", e.message);
+    oai_request_params(&r, 512, &p, &o);
+    CHECK(p.max_tokens == 512 && p.temperature == 1 && p.top_p == 1 && p.top_k == 0 && p.min_p == 0 &&
+              p.repeat_penalty == 0 && p.seed == 0 && p.flags == MQ_PARAM_NO_SPECIAL_TEXT,
+          "defaults: %u %g %g %u %g %#x", p.max_tokens, p.temperature, p.top_p, p.top_k, p.repeat_penalty, p.flags);
+    CHECK(o.precision == MQ_PRECISION_DEFAULT && o.n_stop == 0 && o.presence_penalty == 0, "default opts");
+    oai_request_free(&r);
+    /* temperature 0 is greedy; repetition_penalty 1 is off */
+    CHECK(parse_chat("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":0,"
+                     "\"repetition_penalty\":1}",
+                     &r, &e) == 0,
+          "%s", e.message);
+    oai_request_params(&r, 512, &p, &o);
+    CHECK((p.flags & MQ_PARAM_GREEDY) && p.repeat_penalty == 0, "greedy %#x, repeat %g", p.flags, p.repeat_penalty);
+    oai_request_free(&r);
+}
+
 static void test_completion_request(void)
 {
     oai_request r;
@@ -393,6 +435,7 @@ int main(void)
     RUN(test_chat_request_fields);
     RUN(test_chat_request_errors_name_the_field);
     RUN(test_tool_choice_prefix);
+    RUN(test_request_params);
     RUN(test_completion_request);
     RUN(test_output_tool_calls);
     RUN(test_output_malformed_call_is_content);
