@@ -184,6 +184,17 @@ static inline char *harness_read_file(const char *path, size_t *len)
     return p;
 }
 
+/* n zeroed bytes aligned to 64 (a cache line, an AVX-512 vector), rounded up to a whole
+ * line; NULL if out of memory. free() releases it. */
+static inline void *harness_alloc64(size_t n)
+{
+    size_t len = n ? (n + 63) / 64 * 64 : 64;
+    void *p = aligned_alloc(64, len);
+    if (p)
+        memset(p, 0, len);
+    return p;
+}
+
 /* How many times `what` occurs in text (a log, a reply), not overlapping. */
 static inline int harness_count(const char *text, const char *what)
 {

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "tests/harness.h"
+#include "common/clock.h"
 
 static char spawn_bin[4096];
 
@@ -50,9 +51,7 @@ static inline const char *spawn_build_dir(void)
 
 static inline double spawn_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
+    return mq_now_s();
 }
 
 /* A fresh directory everyone can traverse (mqd may run as nobody). */
@@ -434,6 +433,16 @@ static inline pid_t spawn_suite_mqd(const char *client_sock, const char *admin_s
     return spawn_mqd_ready(argv, log, admin_sock, 120);
 }
 
+/* Whether the file log (an mqd's output) holds `what`; a log that cannot be read is a
+ * failure too. */
+static inline int spawn_log_has(const char *log, const char *what)
+{
+    char *text = harness_read_file(log, NULL);
+    int has = text && strstr(text, what);
+    free(text);
+    return has;
+}
+
 /* The end of a suite: mqd killed if it still runs, its log printed if anything failed. */
 static inline int spawn_suite_done(pid_t pid, const char *log)
 {
@@ -519,10 +528,7 @@ static inline int own_exit(own *o, int timeout_s)
 
 static inline int own_log_has(own *o, const char *what)
 {
-    char *log = harness_read_file(o->log, NULL);
-    int has = log && strstr(log, what);
-    free(log);
-    return has;
+    return spawn_log_has(o->log, what);
 }
 
 #endif

@@ -89,14 +89,6 @@ static int released(int timeout_s)
     return 0;
 }
 
-static int log_has(const char *what)
-{
-    char *log = harness_read_file(logpath, NULL);
-    int r = log && strstr(log, what);
-    free(log);
-    return r;
-}
-
 static answer ref_a, ref_b;
 
 static void test_references(void)
@@ -239,8 +231,8 @@ static void test_corrupt_prompt_ring(void)
           "a wrong ring offset");
     CHECK(closed_by_mqd(r.fd), "connection not closed after a wrong ring offset");
     rawc_close(&r);
-    CHECK(log_has("do not name the next valid bytes of the prompt ring") &&
-              log_has("do not name the next published bytes of the prompt ring"),
+    CHECK(spawn_log_has(logpath, "do not name the next valid bytes of the prompt ring") &&
+              spawn_log_has(logpath, "do not name the next published bytes of the prompt ring"),
           "no log lines for the bad ring words and offsets");
 
     /* bad bytes in a well-formed submit: that request is refused, the connection lives */

@@ -80,27 +80,6 @@ static void restore(void)
     }
 }
 
-static double jpath(const cJSON *o, const char *a, const char *b, const char *c)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
-    if (b)
-        v = cJSON_GetObjectItemCaseSensitive(v, b);
-    if (c)
-        v = cJSON_GetObjectItemCaseSensitive(v, c);
-    return cJSON_IsNumber(v) ? v->valuedouble : -1;
-}
-
-static int log_has(const char *log, const char *what)
-{
-    static char buf[1 << 16];
-    FILE *f = fopen(log, "r");
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    buf[n] = 0;
-    if (f)
-        fclose(f);
-    return strstr(buf, what) != NULL;
-}
-
 /* Starts mqd with huge page reservation; as_nobody: the process itself is not root. */
 static pid_t start_mqd_reserve(const char *model, const char *log, int as_nobody, const char *reserve,
                                const char *huge_mode)
@@ -176,14 +155,15 @@ static void test_reserve_use_giveback(void)
         return;
     cJSON *st = admin_call(admin_sock, "status", 0);
     CHECK(st != NULL, "status");
-    double reserved = jpath(st, "memory", "hugepages_reserved", NULL);
+    double reserved = jnum(st, "memory", "hugepages_reserved");
     long nr = nr_hugepages(), total = meminfo("HugePages_Total"), fr = meminfo("HugePages_Free");
     long rsvd = meminfo("HugePages_Rsvd");
-    double w_huge = jpath(st, "memory", "weights_mapped", "hugetlb");
-    double w_thp = jpath(st, "memory", "weights_mapped", "thp");
-    double w_4k = jpath(st, "memory", "weights_mapped", "4k");
-    double kv_huge = jpath(st, "memory", "kv_mapped", "hugetlb");
-    double used = jpath(st, "memory", "weights_used", NULL);
+    const cJSON *mem = cJSON_GetObjectItem(st, "memory");
+    double w_huge = jnum(mem, "weights_mapped", "hugetlb");
+    double w_thp = jnum(mem, "weights_mapped", "thp");
+    double w_4k = jnum(mem, "weights_mapped", "4k");
+    double kv_huge = jnum(mem, "kv_mapped", "hugetlb");
+    double used = jnum(st, "memory", "weights_used");
     printf("    reserved %.0f, nr_hugepages %ld -> %ld, HugePages_Total %ld Free %ld Rsvd %ld; "
            "weights hugetlb %.1f MiB (thp %.1f, 4k %.1f), KV hugetlb %.1f MiB\n",
            reserved, before, nr, total, fr, rsvd, w_huge / 1048576, w_thp / 1048576, w_4k / 1048576, kv_huge / 1048576);
@@ -201,7 +181,7 @@ static void test_reserve_use_giveback(void)
     CHECK(w_thp == 0 && w_4k == 0, "weights partly on thp (%.0f) / 4k (%.0f)", w_thp, w_4k);
     CHECK(kv_huge >= 12 << 20, "KV segment hugetlb bytes %.0f", kv_huge);
     cJSON_Delete(st);
-    CHECK(log_has(log, "kv: segment 12.0 MiB hugetlb"), "log names the KV segment's pages");
+    CHECK(spawn_log_has(log, "kv: segment 12.0 MiB hugetlb"), "log names the KV segment's pages");
 
     /* the same through the operator's tool */
     char mqctl[4200], out[8192], tlog[320];
@@ -222,7 +202,7 @@ static void test_reserve_use_giveback(void)
     stop_mqd();
     /* given back before mqd exited: no waiting */
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(), before);
-    CHECK(log_has(log, "gave back " RESERVE_S " page(s)"), "log says the pages were given back");
+    CHECK(spawn_log_has(log, "gave back " RESERVE_S " page(s)"), "log says the pages were given back");
     if (harness_cur_fail)
         spawn_dump_log(log);
 }
@@ -243,7 +223,7 @@ static void test_sigkill_giveback(void)
         usleep(20 * 1000);
     CHECK(nr_hugepages() == before, "nr_hugepages %ld 5 s after SIGKILL, was %ld", nr_hugepages(), before);
     printf("    given back %.0f ms after SIGKILL\n", (spawn_now() - t0) * 1000);
-    CHECK(log_has(log, "mqd is gone; gave back " RESERVE_S " page(s)"), "helper logged the give-back");
+    CHECK(spawn_log_has(log, "mqd is gone; gave back " RESERVE_S " page(s)"), "helper logged the give-back");
     unlink(client_sock); /* a killed mqd leaves its sockets */
     unlink(admin_sock);
     if (harness_cur_fail)
@@ -274,8 +254,8 @@ static void test_failed_start_giveback(void)
     CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "exit status %d", ws);
     if (ws >= 0)
         mqd_pid = 0;
-    CHECK(log_has(log, "reserved " RESERVE_S " of " RESERVE_S " page(s)"), "pages were reserved first");
-    CHECK(log_has(log, "gave back " RESERVE_S " page(s)"), "and given back");
+    CHECK(spawn_log_has(log, "reserved " RESERVE_S " of " RESERVE_S " page(s)"), "pages were reserved first");
+    CHECK(spawn_log_has(log, "gave back " RESERVE_S " page(s)"), "and given back");
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after failed start, was %ld", nr_hugepages(), before);
     if (harness_cur_fail)
         spawn_dump_log(log);
@@ -297,13 +277,14 @@ static void test_auto(void)
     if (!start_ready(log, 0, "auto", "require"))
         return;
     cJSON *st = admin_call(admin_sock, "status", 0);
-    double reserved = jpath(st, "memory", "hugepages_reserved", NULL);
-    double asked = jpath(st, "memory", "hugepages_asked", NULL);
-    double used = jpath(st, "memory", "weights_used", NULL);
-    double w_huge = jpath(st, "memory", "weights_mapped", "hugetlb");
-    double w_other = jpath(st, "memory", "weights_mapped", "thp") + jpath(st, "memory", "weights_mapped", "4k");
-    double kv_huge = jpath(st, "memory", "kv_mapped", "hugetlb");
-    double kv_bytes = jpath(st, "kv", "bytes", NULL);
+    double reserved = jnum(st, "memory", "hugepages_reserved");
+    double asked = jnum(st, "memory", "hugepages_asked");
+    double used = jnum(st, "memory", "weights_used");
+    const cJSON *mem = cJSON_GetObjectItem(st, "memory");
+    double w_huge = jnum(mem, "weights_mapped", "hugetlb");
+    double w_other = jnum(mem, "weights_mapped", "thp") + jnum(mem, "weights_mapped", "4k");
+    double kv_huge = jnum(mem, "kv_mapped", "hugetlb");
+    double kv_bytes = jnum(st, "kv", "bytes");
     long nr = nr_hugepages();
     printf("    auto: asked %.0f, reserved %.0f (weights used %.1f MiB -> %.0f pages, KV %.1f "
            "MiB -> %.0f pages), nr_hugepages %ld -> %ld\n",
@@ -315,7 +296,7 @@ static void test_auto(void)
     CHECK(w_huge == pages_of(used) * (2 << 20) && w_other == 0,
           "weights: hugetlb %.0f bytes (one exact mapping), other %.0f", w_huge, w_other);
     CHECK(kv_huge == kv_bytes, "KV hugetlb %.0f of %.0f bytes", kv_huge, kv_bytes);
-    CHECK(log_has(log, "auto: reserved"), "log says what auto reserved");
+    CHECK(spawn_log_has(log, "auto: reserved"), "log says what auto reserved");
     cJSON_Delete(st);
     stop_mqd();
     CHECK(nr_hugepages() == before, "nr_hugepages %ld after exit, was %ld", nr_hugepages(), before);
@@ -344,7 +325,7 @@ static void test_require_without_pages_fails(void)
     CHECK(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "exit status %d", ws);
     if (ws >= 0)
         mqd_pid = 0;
-    CHECK(log_has(log, "hugepages is \"require\" but the weights got"), "log says why");
+    CHECK(spawn_log_has(log, "hugepages is \"require\" but the weights got"), "log says why");
     CHECK(nr_hugepages() == before, "nr_hugepages %ld, was %ld", nr_hugepages(), before);
     if (hold)
         mq_mem_unmap(hold, held);
@@ -374,13 +355,12 @@ static void test_not_root_skips(void)
     cJSON *st = admin_call(admin_sock, "status", 0);
     const cJSON *mem = cJSON_GetObjectItemCaseSensitive(st, "memory");
     const char *note = jstr(mem, "hugepages_note");
-    CHECK(jpath(st, "memory", "hugepages_reserved", NULL) == 0 &&
-              jpath(st, "memory", "hugepages_asked", NULL) == RESERVE,
-          "status: reserved %.0f asked %.0f", jpath(st, "memory", "hugepages_reserved", NULL),
-          jpath(st, "memory", "hugepages_asked", NULL));
+    CHECK(jnum(st, "memory", "hugepages_reserved") == 0 && jnum(st, "memory", "hugepages_asked") == RESERVE,
+          "status: reserved %.0f asked %.0f", jnum(st, "memory", "hugepages_reserved"),
+          jnum(st, "memory", "hugepages_asked"));
     CHECK(strstr(note, "skipped: not root") != NULL, "note: %s", note);
     CHECK(nr_hugepages() == before, "nr_hugepages changed to %ld", nr_hugepages());
-    CHECK(log_has(log, "skipped: not root"), "log says why nothing was reserved");
+    CHECK(spawn_log_has(log, "skipped: not root"), "log says why nothing was reserved");
     cJSON_Delete(st);
     stop_mqd();
     if (harness_cur_fail)

@@ -5,7 +5,8 @@
  * activation too): one open, one with an API-key file (and no wait for a busy slot). Then runs tests/http/openai.test.mjs
  * with Node's test runner (the `openai` npm package from tests/node_modules, installed by
  * `make test`) and counts each Node test as one test here. Also checks --check-config,
- * and that requests sent while mqd is still loading are answered 503 at once.
+ * that requests sent while mqd is still loading are answered 503 at once, and that
+ * max_connections and idle_timeout_s hold.
  */
 #include "tests/integration/mqd_spawn.h"
 
@@ -203,6 +204,121 @@ static void test_check_config(void)
     CHECK(spawn_capture(badlisten, log, 10, out, sizeof out) == 2 && strstr(out, "listen"), "listen: %s", out);
 }
 
+/* A TCP connection to 127.0.0.1:p, -1 on failure. */
+static int tcp_to(int p)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(p), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* GET /health on fd, kept alive: the status, 0 when the server closed the connection or
+ * did not answer within 5 s. */
+static int get_kept(int fd)
+{
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof req - 1))
+        return 0;
+    char buf[2048];
+    size_t len = 0;
+    for (;;) {
+        struct pollfd pf = { fd, POLLIN, 0 };
+        if (poll(&pf, 1, 5000) != 1)
+            return 0;
+        ssize_t n = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (n <= 0)
+            return 0;
+        len += (size_t)n;
+        buf[len] = 0;
+        const char *e = strstr(buf, "\r\n\r\n"), *cl = strcasestr(buf, "\r\nContent-Length:");
+        int status = 0;
+        if (e && cl && cl < e && len >= (size_t)(e + 4 - buf) + strtoul(cl + 17, NULL, 10))
+            return sscanf(buf, "HTTP/%*s %d", &status) == 1 ? status : 0;
+        if (len == sizeof buf - 1)
+            return 0;
+    }
+}
+
+/* When the server closed fd (spawn_now() time; the bytes it sent are read and dropped),
+ * or -1 if it is still open after max_s seconds. */
+static double closed_at(int fd, double max_s)
+{
+    double until = spawn_now() + max_s;
+    for (;;) {
+        int left = (int)((until - spawn_now()) * 1e3);
+        struct pollfd pf = { fd, POLLIN, 0 };
+        if (left <= 0 || poll(&pf, 1, left) != 1)
+            return -1;
+        char b[512];
+        if (recv(fd, b, sizeof b, 0) <= 0)
+            return spawn_now();
+    }
+}
+
+/* max_connections and idle_timeout_s hold: with two connections open to a server of
+ * max_connections 2, a third one gets no answer; an idle connection is closed after
+ * idle_timeout_s; then the server takes connections again. */
+static void test_connection_limits(void)
+{
+    int lp, lfd = spawn_listen_loopback(&lp);
+    char bin[4200], log[320];
+    snprintf(bin, sizeof bin, "%s/mq-openai", spawn_build_dir());
+    snprintf(log, sizeof log, "%s/mq-openai-limits.log", dir);
+    char *argv[] = {
+        bin, "--mqd-socket", csock, "--model-name", "mq-agent-45m", "--max-connections", "2", "--idle-timeout-s", "2",
+        NULL
+    };
+    CHECK(lfd >= 0, "no loopback socket");
+    if (lfd < 0)
+        return;
+    pid_t pid = spawn_fds(argv, NULL, log, NULL, &lfd, 1);
+    close(lfd);
+    int up = 0;
+    for (int i = 0; i < 50 && !up; i++) {
+        up = spawn_http_get(lp, "/health", NULL, 0) == 200;
+        if (!up)
+            usleep(100 * 1000);
+    }
+    CHECK(up, "the limited mq-openai did not answer /health");
+    int a = tcp_to(lp), b = tcp_to(lp);
+    int sa = a >= 0 ? get_kept(a) : 0;
+    double ta = spawn_now();
+    int sb = b >= 0 ? get_kept(b) : 0;
+    CHECK(sa == 200 && sb == 200, "two kept-alive connections: %d %d", sa, sb);
+    int c = tcp_to(lp);
+    int sc = c >= 0 ? get_kept(c) : 0;
+    CHECK(sc == 0, "a third connection beyond max_connections 2 was answered: %d", sc);
+    double closed = a >= 0 ? closed_at(a, 15) : -1;
+    CHECK(
+        closed > 0 && closed - ta >= 1.5 &&
+                closed -
+                    ta<10, "the idle connection was closed %.1f s after its answer (idle_timeout_s 2; -1: not at all)",
+                       closed> 0
+            ? closed - ta
+            : -1);
+    if (b >= 0)
+        closed_at(b, 15);
+    if (c >= 0)
+        close(c);
+    int again = 0;
+    for (int i = 0; i < 30 && !again; i++) {
+        again = spawn_http_get(lp, "/health", NULL, 0) == 200;
+        if (!again)
+            usleep(100 * 1000);
+    }
+    CHECK(again, "no answer once the idle connections were closed");
+    if (a >= 0)
+        close(a);
+    if (b >= 0)
+        close(b);
+    kill(pid, SIGTERM);
+    spawn_wait_exit(pid, 10);
+}
+
 /* Runs the Node tests; each becomes one result line here. */
 static void run_node_tests(void)
 {
@@ -229,6 +345,7 @@ int main(void)
         RUN(test_health_503_before_mqd);
         RUN(test_503_at_once_while_mqd_loads);
         RUN(test_check_config);
+        RUN(test_connection_limits); /* before the Node tests: their last one drains mqd */
         run_node_tests();
     }
     if (oai_pid > 0)

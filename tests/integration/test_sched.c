@@ -99,8 +99,7 @@ static int rec_wait(struct rec *r, double timeout_s)
 {
     timeout_s *= time_scale();
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += (time_t)timeout_s;
+    mq_deadline_in(&dl, CLOCK_REALTIME, (int64_t)timeout_s * 1000);
     pthread_mutex_lock(&r->mu);
     while (!r->done)
         if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT)

@@ -18,15 +18,6 @@
 #include <math.h>
 #include <stdint.h>
 
-static void *amalloc(size_t n)
-{
-    void *p = NULL;
-    if (posix_memalign(&p, 64, n ? n : 64))
-        return NULL;
-    memset(p, 0, n ? n : 64);
-    return p;
-}
-
 static const double e2m1_v[16] = { 0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6 };
 
 static uint8_t code_at(const uint8_t *row, int k)
@@ -65,12 +56,12 @@ typedef struct fp4_case {
 static int build_weight(mq_fp4_weight *w, void **mem, void **pmem, int n, int k, int via_set_rows,
                         unsigned long long *s)
 {
-    *mem = amalloc(mq_fp4_weight_bytes(n, k));
+    *mem = harness_alloc64(mq_fp4_weight_bytes(n, k));
     if (!*mem)
         return -1;
     mq_fp4_weight_bind(w, n, k, *mem);
     if (pmem) {
-        *pmem = amalloc(mq_fp4_weight_packed_bytes(n, k));
+        *pmem = harness_alloc64(mq_fp4_weight_packed_bytes(n, k));
         mq_fp4_weight_bind_packed(w, *pmem);
     }
     const int kp = mq_fp4_pad(k);
@@ -97,7 +88,7 @@ static int build_weight(mq_fp4_weight *w, void **mem, void **pmem, int n, int k,
 
 static int build_act(mq_fp4_act *a, void **mem, int m, int k, int raw, unsigned long long *s)
 {
-    *mem = amalloc(mq_fp4_act_bytes(m, k));
+    *mem = harness_alloc64(mq_fp4_act_bytes(m, k));
     if (!*mem)
         return -1;
     mq_fp4_act_bind(a, m, k, *mem);
@@ -227,8 +218,8 @@ static void test_fp4_gemm_scale_extremes(void)
         unsigned long long s = 77 + pass / 2;
         const int M = 5, N = 40, K = 96, kp = 96;
         mq_kernels_force(MQ_ISA_SCALAR);
-        void *wm = amalloc(mq_fp4_weight_bytes(N, K)), *am = amalloc(mq_fp4_act_bytes(M, K));
-        void *pm = pass & 1 ? amalloc(mq_fp4_weight_packed_bytes(N, K)) : NULL;
+        void *wm = harness_alloc64(mq_fp4_weight_bytes(N, K)), *am = harness_alloc64(mq_fp4_act_bytes(M, K));
+        void *pm = pass & 1 ? harness_alloc64(mq_fp4_weight_packed_bytes(N, K)) : NULL;
         mq_fp4_weight w;
         mq_fp4_act a;
         mq_fp4_weight_bind(&w, N, K, wm);
@@ -282,7 +273,7 @@ static void test_fp4_row_scales(void)
             x[(size_t)m * K + k] *= (float)(1 << (m % 5)) * 0.37f;
         gs[m] = mq_fp4_global_scale(mq_amax_f32(x + (size_t)m * K, (size_t)K));
     }
-    void *am = amalloc(mq_fp4_act_bytes(M, K)), *am1 = amalloc(mq_fp4_act_bytes(1, K));
+    void *am = harness_alloc64(mq_fp4_act_bytes(M, K)), *am1 = harness_alloc64(mq_fp4_act_bytes(1, K));
     float *y = malloc(sizeof(float) * M * N), *y1 = malloc(sizeof(float) * N);
     for (int packed = 0; packed < 2; packed++) {
         mq_kernels_force(MQ_ISA_SCALAR);
@@ -333,7 +324,7 @@ static void test_fp4_act_prepare_identical(void)
     unsigned long long s = 5;
     const int M = 3, K = 200;
     size_t bytes = mq_fp4_act_bytes(M, K);
-    void *m0 = NULL, *m1 = amalloc(bytes);
+    void *m0 = NULL, *m1 = harness_alloc64(bytes);
     mq_fp4_act a0, a1;
     mq_kernels_force(MQ_ISA_SCALAR);
     build_act(&a0, &m0, M, K, 1, &s);
@@ -399,7 +390,7 @@ static void test_fp4_scale_index_form(void)
 
 static void check_bf16_case(int M, int N, int K, unsigned long long seed)
 {
-    uint16_t *packed = amalloc(mq_bf16_weight_packed_bytes(N, K));
+    uint16_t *packed = harness_alloc64(mq_bf16_weight_packed_bytes(N, K));
     unsigned long long s = seed;
     const int ldx = K + 5, ldy = N + 2;
     uint16_t *x = malloc(sizeof(uint16_t) * (size_t)M * ldx), *wd = malloc(sizeof(uint16_t) * (size_t)N * K);
@@ -472,7 +463,7 @@ static void test_bf16_pack_identical(void)
     for (int i = 0; i < N * K; i++)
         wd[i] = mq_f32_to_bf16(harness_gauss(&s));
     const size_t pb = mq_bf16_weight_packed_bytes(N, K);
-    uint16_t *want = amalloc(pb), *got = amalloc(pb);
+    uint16_t *want = harness_alloc64(pb), *got = harness_alloc64(pb);
     mq_kernels_force(MQ_ISA_SCALAR);
     memset(want, 0xa5, pb);
     mq_bf16_weight_pack_rows(want, N, K, wd, (size_t)K, 0, N);
@@ -499,7 +490,7 @@ static void test_bf16_pack_identical(void)
     CHECK(mq_bf16_weight_pack_in_place(got, N, K) == -EINVAL, "in-place packing with odd K");
     const int K2 = 72;
     const size_t pb2 = mq_bf16_weight_packed_bytes(N, K2);
-    uint16_t *w2 = amalloc(pb2), *want2 = amalloc(pb2);
+    uint16_t *w2 = harness_alloc64(pb2), *want2 = harness_alloc64(pb2);
     for (int i = 0; i < N * K2; i++)
         w2[i] = mq_f32_to_bf16(harness_gauss(&s));
     mq_bf16_weight_pack_rows(want2, N, K2, w2, (size_t)K2, 0, N);
@@ -526,7 +517,7 @@ static void test_bf16_tiled_rows_independent(void)
         x[i] = mq_f32_to_bf16(harness_gauss(&s));
     for (int i = 0; i < N * K; i++)
         wd[i] = mq_f32_to_bf16(harness_uniform(&s) * 0.1f);
-    uint16_t *packed = amalloc(mq_bf16_weight_packed_bytes(N, K));
+    uint16_t *packed = harness_alloc64(mq_bf16_weight_packed_bytes(N, K));
     mq_bf16_weight_pack_rows(packed, N, K, wd, (size_t)K, 0, N);
     float *all = malloc(sizeof(float) * M * N), *part = malloc(sizeof(float) * M * N);
     for (int iv = 0; iv < 2 * n_isas; iv++) {

@@ -280,11 +280,6 @@ static void test_quantize_ref_vs_oracle(void)
 
 /* ---- 2. every ISA against the reference ---------------------------------------- */
 
-static void *amalloc(size_t n)
-{
-    return aligned_alloc(64, (n + 63) / 64 * 64);
-}
-
 static void check_act_isas(const float *x, int m, int k, size_t ldx, float g, const char *what)
 {
     mq_isa isas[3];
@@ -297,7 +292,7 @@ static void check_act_isas(const float *x, int m, int k, size_t ldx, float g, co
             mq_fp4_quantize_row(x + (size_t)r * ldx, k, g, want_c + (size_t)r * kp / 2, want_s + (size_t)r * kp / 16);
     for (int i = 0; i < n; i++) {
         CHECK(mq_kernels_force(isas[i]) == 0, "force %s", mq_isa_name(isas[i]));
-        void *mem = amalloc(bytes);
+        void *mem = harness_alloc64(bytes);
         memset(mem, 0xa5, bytes); /* poison: every byte must be written */
         mq_fp4_act a;
         mq_fp4_act_bind(&a, m, k, mem);
@@ -403,7 +398,7 @@ static void test_weight_quantize_isas(void)
     for (int i = 0; i < ni; i++) {
         mq_kernels_force(isas[i]);
         size_t bytes = mq_fp4_weight_bytes(n, k);
-        void *mem = amalloc(bytes);
+        void *mem = harness_alloc64(bytes);
         memset(mem, 0x5a, bytes);
         mq_fp4_weight w;
         mq_fp4_weight_bind(&w, n, k, mem);
