@@ -12,7 +12,9 @@
  *    - HTTP: one TCP connection per stream, made and served once (GET /health, kept
  *      alive: mq-openai has accepted it and its thread waits, as a client's pooled
  *      connection does) before the clock starts; the clock runs from writing the POST to
- *      the first SSE chunk with generated content. mq-openai
+ *      the first SSE chunk with generated content. The POST goes out in one write (head
+ *      and body), as curl and Node's http client send a small request and as libmq sends
+ *      a SUBMIT in one message. mq-openai
  *      parses the body, takes a pool connection, opens the session and sends the same
  *      SUBMIT; per token it parses the output for tool calls and writes an SSE chunk.
  *      The client is a raw socket that looks for the first content chunk with a string
@@ -46,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -163,7 +166,9 @@ static int http_post(int fd, const char *body, const char *session, int stream, 
                       "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       "Connection: close\r\nContent-Length: %zu\r\n%s%s%s\r\n",
                       strlen(body), session ? "X-Session-Id: " : "", session ? session : "", session ? "\r\n" : "");
-    if (write(fd, head, (size_t)hl) != hl || write(fd, body, strlen(body)) != (ssize_t)strlen(body))
+    /* one write, as libmq sends a SUBMIT in one message: the server wakes once for it */
+    struct iovec iov[2] = { { head, (size_t)hl }, { (void *)body, strlen(body) } };
+    if (writev(fd, iov, 2) != (ssize_t)(iov[0].iov_len + iov[1].iov_len))
         return -EIO;
     size_t cap = 1 << 16, len = 0, dec = 0, chunk_left = 0, crlf_left = 0;
     char *buf = malloc(cap);
