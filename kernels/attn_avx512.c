@@ -33,7 +33,7 @@
 #define ROW_FLOATS 32768 /* rows * head_dim cap: O (128 KiB) and Q stay in L2 */
 #define HD_MAX     256
 #ifndef PREFETCH_TILES
-#define PREFETCH_TILES 2 /* key tiles asked for ahead of the one computing (prefill) */
+#define PREFETCH_TILES 2 /* key tiles asked for ahead of the one computing */
 #endif
 
 typedef struct tile {
@@ -491,7 +491,10 @@ static inline __attribute__((always_inline)) void decode_tile(tile *t, const mq_
  * keys, which are one contiguous run per block (mq_attn_args). Few rows share a key tile
  * here, so the scores come from the K rows in place (qk_decode16) and PV reads V in
  * place: no transposes, and enough independent accumulators that the kernel streams the
- * cache about twice as fast as the prefill path would. */
+ * cache about twice as fast as the prefill path would. The K and V runs of the tile
+ * PREFETCH_TILES ahead are asked for while a tile computes: a tile is a serial chain
+ * (scores, softmax, PV) longer than the out-of-order window, so without it every tile
+ * starts with a wait on memory. */
 static void attend_decode(tile *t, const mq_attn_args *a, int h0, int h1, int rows)
 {
     const int group = a->n_head / a->n_kv;
@@ -500,8 +503,12 @@ static void attend_decode(tile *t, const mq_attn_args *a, int h0, int h1, int ro
         int he = (kvh + 1) * group < h1 ? (kvh + 1) * group : h1;
         he = he - h < rows ? he : h + rows;
         const int nkeys = tile_begin(t, a, h, he - h, 0, 1);
-        for (int j0 = 0; j0 < nkeys; j0 += TK)
+        for (int j = 0; j < PREFETCH_TILES; j++)
+            prefetch_kv_tile(a, kvh, kvh + 1, j * TK, nkeys);
+        for (int j0 = 0; j0 < nkeys; j0 += TK) {
+            prefetch_kv_tile(a, kvh, kvh + 1, j0 + PREFETCH_TILES * TK, nkeys);
             decode_tile(t, a, kvh, j0, nkeys, 0, he - h);
+        }
         tile_end(t, a, h, he - h, 0);
         h = he;
     }

@@ -41,22 +41,32 @@ static inline uint8_t ops_e4m3_pos(float y)
     return (uint8_t)((u >> 20) - (120u << 3));
 }
 
+/* e^x, about 1 ulp: Cody-Waite reduction by ln2 (x = n·ln2 + r, ln2 split in a high part
+ * exact in FP32 and a low part), degree-7 polynomial (Taylor terms tuned as in Cephes'
+ * expf: p(r) = P0·r^5 + ... + P5, e^r ≈ p(r)·r² + r + 1), then 2^n. One set of constants
+ * for both widths. */
+#define OPS_EXP_LOG2E  1.44269504f
+#define OPS_EXP_LN2_HI 0.693359375f
+#define OPS_EXP_LN2_LO -2.12194440e-4f
+#define OPS_EXP_P(i)               \
+    ((i) == 0   ? 1.9875691500e-4f \
+     : (i) == 1 ? 1.3981999507e-3f \
+     : (i) == 2 ? 8.3334519073e-3f \
+     : (i) == 3 ? 4.1665795894e-2f \
+     : (i) == 4 ? 1.6666665459e-1f \
+                : 5.0000001201e-1f)
+
 #ifdef __AVX512F__
-/* e^x, about 1 ulp: Cody-Waite reduction by ln2, degree-7 polynomial (Taylor terms
- * tuned as in Cephes' expf), scalef for 2^n (gives 0 and Inf at the ends). */
+/* ops_exp512: scalef for 2^n (gives 0 and Inf at the ends). */
 static inline __m512 ops_exp512(__m512 x)
 {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(OPS_EXP_LOG2E)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(OPS_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(OPS_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(OPS_EXP_P(0));
+    _Pragma("GCC unroll 8") for (int i = 1; i < 6; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(OPS_EXP_P(i)));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
@@ -71,15 +81,11 @@ static inline __m256 ops_exp256(__m256 x0)
     const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
     __m256 x = _mm256_min_ps(_mm256_max_ps(x0, lo), hi);
     const __m256 n =
-        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(OPS_EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(OPS_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(OPS_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(OPS_EXP_P(0));
+    _Pragma("GCC unroll 8") for (int i = 1; i < 6; i++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(OPS_EXP_P(i)));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));

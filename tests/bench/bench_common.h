@@ -1,4 +1,4 @@
-/* tests/bench/bench_common.h — what the end-to-end benchmarks (bench_e2e, bench_decode)
+/* tests/bench/bench_common.h — what the benchmarks (bench_e2e, bench_decode, bench_kernels)
  * share: busy time and the read bandwidth of memory.
  *
  * Busy time: bench_cpu_s() is the CPU time of the whole process. Over a stretch where

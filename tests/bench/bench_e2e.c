@@ -8,7 +8,8 @@
  * tokenizer) are written by build/mq_synth into DIR (default build/models) the first time
  * and reused after. Every figure of one run comes from the same process, so ratios are
  * comparable even on a busy machine. The last lines are the ones scripts read:
- *   load_vs_read_ratio, prefill_mixed_vs_bf16, decode_vs_bandwidth, prefill_mixed_vs_bf16_8k,
+ *   load_vs_read_ratio (+ load_/read_first_touch_share: the part of each that is the
+ *   kernel zeroing the fresh pages they fill), prefill_mixed_vs_bf16, decode_vs_bandwidth, prefill_mixed_vs_bf16_8k,
  *   decode_8k_vs_bandwidth, agent_replay_prefill_ratio, agent_replay_ttft_speedup,
  *   decode_stall_ms_p99
  * The long-context section ("long") reads an 8192-token prompt in mixed and in bf16 mode
@@ -100,7 +101,10 @@ static void ensure_model(const char *root, const char *size, char *dir, size_t l
 
 /* ---- loading ---- */
 
-static double time_plain_read(const char *path, size_t *bytes)
+/* read() of the whole file into a fresh buffer (the pages are first touched by the
+ * copy, as the loader's are), or, with touched, into a buffer whose pages exist already
+ * (the copy alone). */
+static double time_plain_read(const char *path, size_t *bytes, int touched)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
@@ -108,9 +112,11 @@ static double time_plain_read(const char *path, size_t *bytes)
     struct stat st;
     fstat(fd, &st);
     size_t n = (size_t)st.st_size;
-    uint8_t *buf = malloc(n);
+    uint8_t *buf = mq_mem_map(n, 0, 1, NULL); /* as the arena's memory: fresh, THP */
     if (!buf)
         die("no memory for %s%s", path, "");
+    if (touched)
+        memset(buf, 0, n);
     double t0 = mq_now_s();
     size_t off = 0;
     while (off < n) {
@@ -121,9 +127,30 @@ static double time_plain_read(const char *path, size_t *bytes)
     }
     double t = mq_now_s() - t0;
     close(fd);
-    free(buf);
+    mq_mem_unmap(buf, n);
     *bytes = n;
     return t;
+}
+
+/* Seconds per byte to fault in fresh anonymous memory (transparent huge pages, as the
+ * arena's): the kernel zeroes every page on first touch, so memory a load fills costs
+ * this on top of the copy. Best of 2 passes over 1 GiB. */
+static double first_touch_s_per_byte(void)
+{
+    const size_t n = (size_t)1 << 30;
+    double best = 1e30;
+    for (int k = 0; k < 2; k++) {
+        uint8_t *p = mq_mem_map(n, 0, 1, NULL);
+        if (!p)
+            die("cannot map 1 GiB%s%s", "", "");
+        double t0 = mq_now_s();
+        for (size_t i = 0; i < n; i += 4096)
+            p[i] = 1;
+        double t = mq_now_s() - t0;
+        best = t < best ? t : best;
+        mq_mem_unmap(p, n);
+    }
+    return best / (double)n;
 }
 
 static double time_mmap_touch(const char *path)
@@ -145,7 +172,8 @@ static double time_mmap_touch(const char *path)
     return t;
 }
 
-static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, mq_ws_result *res)
+static mq_model *load_streamed_opts(const char *dir, const mq_model_opts *mo, mq_arena **arena, double *secs,
+                                    mq_ws_result *res)
 {
     char err[512];
     mqd_config cfg; /* mqd's default load: its options, made where mqd makes them */
@@ -156,11 +184,16 @@ static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, 
     mq_arena_create(arena, &ao);
     mq_model *m = NULL;
     double t0 = mq_now_s();
-    int r = mq_ws_load_model(dir, NULL, *arena, &wo, NULL, res, &m, err, sizeof err);
+    int r = mq_ws_load_model(dir, mo, *arena, &wo, NULL, res, &m, err, sizeof err);
     *secs = mq_now_s() - t0;
     if (r < 0)
         die("load %s: %s", dir, err);
     return m;
+}
+
+static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, mq_ws_result *res)
+{
+    return load_streamed_opts(dir, NULL, arena, secs, res);
 }
 
 /* ---- memory bandwidth (2 threads, 1 GiB, best of 3) ---- */
@@ -663,20 +696,32 @@ int main(int argc, char **argv)
     printf("bench_e2e: %d threads, ISA %s, models in %s\n", g_threads, mq_isa_name(mq_kernels_isa()), root);
 
     /* 1. loading the 1.7B checkpoint, warm page cache */
-    double t_load = 0, t_read = 0;
+    double t_load = 0, t_read = 0, load_touch_share = 0, read_touch_share = 0, cpu_load = 0, cpu_read = 0;
     mq_ws_result wres;
     mq_arena *ar17 = NULL;
     mq_model *m17 = NULL;
     if (g_parts & (P_LOAD | P_PREFILL | P_DECODE | P_LONG)) {
         snprintf(path, sizeof path, "%s/model.safetensors", d17);
         size_t fbytes;
-        double t_mmap = 0;
+        double t_mmap = 0, t_copy = 0, touch = 0, t_bf16 = 0;
         if (g_parts & P_LOAD) {
-            time_plain_read(path, &fbytes); /* warm the cache */
-            t_read = time_plain_read(path, &fbytes);
+            time_plain_read(path, &fbytes, 0); /* warm the cache */
+            const double c0 = bench_cpu_s();
+            t_read = time_plain_read(path, &fbytes, 0);
+            cpu_read = bench_cpu_s() - c0;
+            t_copy = time_plain_read(path, &fbytes, 1);
             t_mmap = time_mmap_touch(path);
+            touch = first_touch_s_per_byte();
+            /* the same load without the NVFP4 copies: it fills as many bytes as read() */
+            mq_model_opts bo = { .no_fp4 = 1 };
+            mq_arena *ab = NULL;
+            mq_ws_result br;
+            mq_model_free(load_streamed_opts(d17, &bo, &ab, &t_bf16, &br));
+            mq_arena_destroy(ab);
         }
+        const double c0 = bench_cpu_s();
         m17 = load_streamed(d17, &ar17, &t_load, &wres);
+        cpu_load = bench_cpu_s() - c0;
         if (g_parts & P_LOAD) {
             char mem[256];
             mq_arena_describe(ar17, mem, sizeof mem);
@@ -684,9 +729,20 @@ int main(int argc, char **argv)
             printf("%-34s %10.3f %10.2f\n", "plain read()", t_read, fbytes / t_read / 1e9);
             printf("%-34s %10.3f %10.2f\n", "mmap + touch every page", t_mmap, fbytes / t_mmap / 1e9);
             printf("%-34s %10.3f %10.2f\n", "mq load (io_uring + NVFP4 quant)", t_load, fbytes / t_load / 1e9);
-            printf("  file %.2f GB; BF16 copy %.2f GB, NVFP4 copy %.2f GB; memory: %s; %s%s\n", fbytes / 1e9,
-                   m17->bf16_bytes / 1e9, m17->fp4_bytes / 1e9, mem, wres.direct_used ? "O_DIRECT" : "buffered",
-                   wres.note[0] ? wres.note : "");
+            printf("%-34s %10.3f %10.2f\n", "read() into touched memory", t_copy, fbytes / t_copy / 1e9);
+            printf("%-34s %10.3f %10.2f\n", "mq load, BF16 copy only", t_bf16, fbytes / t_bf16 / 1e9);
+            printf("  CPU time (every thread of the process, kernel included): plain read() %.3f s, mq load %.3f s "
+                   "(%.2fx)\n",
+                   cpu_read, cpu_load, cpu_load / cpu_read);
+            const double filled = (double)(m17->bf16_bytes + m17->fp4_bytes + m17->fp4_packed_bytes);
+            printf("  file %.2f GB; BF16 copy %.2f GB, NVFP4 copy %.2f GB (+ packed %.2f GB); memory: %s; %s%s\n",
+                   fbytes / 1e9, m17->bf16_bytes / 1e9, m17->fp4_bytes / 1e9, m17->fp4_packed_bytes / 1e9, mem,
+                   wres.direct_used ? "O_DIRECT" : "buffered", wres.note[0] ? wres.note : "");
+            printf("  first touch of fresh memory %.2f GB/s: the load fills %.2f GB (%.3f s of it), plain read() %.2f "
+                   "GB (%.3f s)\n",
+                   1e-9 / touch, filled / 1e9, filled * touch, fbytes / 1e9, fbytes * touch);
+            load_touch_share = filled * touch / t_load;
+            read_touch_share = fbytes * touch / t_read;
         }
     }
 
@@ -824,8 +880,12 @@ int main(int argc, char **argv)
     free(p10);
 
     printf("\n");
-    if (g_parts & P_LOAD)
+    if (g_parts & P_LOAD) {
         printf("load_vs_read_ratio: %.3f\n", t_load / t_read); /* mmap+touch: in the table */
+        /* how much of each is the kernel zeroing fresh pages (first touch), not the copy */
+        printf("load_first_touch_share: %.3f\n", load_touch_share);
+        printf("read_first_touch_share: %.3f\n", read_touch_share);
+    }
     if (g_parts & P_PREFILL)
         printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);
     if (g_parts & P_DECODE)

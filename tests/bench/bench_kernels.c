@@ -21,6 +21,7 @@
  * MQ_BENCH_QUICK=1 runs only the shapes the four lines need.
  */
 #include "kernels/mq_kernels.h"
+#include "tests/bench/bench_common.h"
 
 #include <immintrin.h>
 #include <pthread.h>
@@ -173,21 +174,11 @@ typedef struct read_arg {
     double sink[MAX_THREADS];
 } read_arg;
 
-__attribute__((target("avx512f"))) static void read_job(int t, int nt, void *p)
+static void read_job(int t, int nt, void *p)
 {
     read_arg *a = p;
-    size_t per = a->bytes / (size_t)nt / 64 * 64;
-    const __m512i *v = (const __m512i *)(a->buf + per * (size_t)t);
-    size_t n = per / 64;
-    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-    for (size_t i = 0; i + 4 <= n; i += 4) {
-        s0 = _mm512_xor_si512(s0, _mm512_load_si512(v + i));
-        s1 = _mm512_xor_si512(s1, _mm512_load_si512(v + i + 1));
-        s2 = _mm512_xor_si512(s2, _mm512_load_si512(v + i + 2));
-        s3 = _mm512_xor_si512(s3, _mm512_load_si512(v + i + 3));
-    }
-    s0 = _mm512_xor_si512(_mm512_xor_si512(s0, s1), _mm512_xor_si512(s2, s3));
-    a->sink[t] = (double)_mm512_reduce_add_epi64(s0);
+    size_t per = a->bytes / (size_t)nt / 256 * 256;
+    a->sink[t] = (double)bench_bw_avx512(a->buf + per * (size_t)t, per); /* bench_common.h */
 }
 
 typedef struct ceilings {
