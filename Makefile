@@ -323,11 +323,13 @@ fuzz-run: fuzz
 
 # make fuzz-long FUZZ_S=600: every target for FUZZ_S seconds (fork mode: a crash is
 # recorded and the run goes on), printing execs and crashes per target and the rows for
-# docs/results.md. Not in `make test` (that keeps its FUZZ_SECONDS per target).
+# docs/results.md; FUZZ_PAR=2 runs two targets at a time (half the wall time; each gets
+# the CPU that is left). Not in `make test` (that keeps its FUZZ_SECONDS per target).
 FUZZ_S ?= 600
+FUZZ_PAR ?= 1
 .PHONY: fuzz-long
 fuzz-long: deps fuzz
-	@sh tests/fuzz/long.sh $(FUZZ_BUILD) $(FUZZ_S) $(FUZZ_BINS)
+	@FUZZ_PAR=$(FUZZ_PAR) sh tests/fuzz/long.sh $(FUZZ_BUILD) $(FUZZ_S) $(FUZZ_BINS)
 
 # ---------------------------------------------------------------------------
 # The agent evaluation through the HTTP API (issue 10): every assistant turn of the agent

@@ -6,14 +6,18 @@
 # (shared with make fuzz-run), seeded by tests/fuzz/corpus/<name>/, with the dictionary
 # tests/fuzz/<name>.dict when there is one; failing inputs are kept
 # as <build-dir>/long-<name>/crash-*, leak-*, timeout-*, oom-*.
+# FUZZ_PAR=n runs n targets at a time (each still gets <seconds> of wall time; on a
+# shared machine each then gets less CPU, which its execs show).
 # Prints one line per target:
 #     fuzz_long <name> seconds=<s> execs=<n> crashes=<c> timeouts=<t> ooms=<o> cov=<edges> corpus=<files>
 # and a table row per target for docs/results.md. Exits 1 if any target had a failure.
 dir=$1; secs=$2; shift 2
+targets="$*"
 jobs=${FUZZ_JOBS:-1}
-bad=""
-rows=""
-for f in "$@"; do
+par=${FUZZ_PAR:-1}
+# one target: its result line into $dir/long-<name>/result
+one() {
+    f=$1
     name=$(basename "$f")
     out="$dir/long-$name"
     rm -rf "$out"
@@ -37,15 +41,37 @@ for f in "$@"; do
     [ "${crashes:-0}" -lt "$files" ] && crashes=$files
     corpus=$(ls "$dir/corpus/$name" | wc -l)
     if [ -z "$execs" ]; then
-        echo "fuzz_long $name FAILED to run (exit $rc, log $log)"
-        tail -20 "$log"
+        echo "FAILED $name $rc" > "$out/result"
+        return
+    fi
+    echo "OK $name $execs ${crashes:-0} ${timeouts:-0} ${ooms:-0} $cov $corpus" > "$out/result"
+}
+# in batches of $par (POSIX sh has no wait -n; every target runs for the same time)
+set -- "$@"
+while [ $# -gt 0 ]; do
+    i=0
+    while [ $i -lt "$par" ] && [ $# -gt 0 ]; do
+        one "$1" &
+        shift; i=$((i + 1))
+    done
+    wait
+done
+bad=""
+rows=""
+for f in $targets; do
+    name=$(basename "$f")
+    set -- $(cat "$dir/long-$name/result" 2>/dev/null || echo "FAILED $name none")
+    if [ "$1" = FAILED ]; then
+        echo "fuzz_long $name FAILED to run (exit $3, log $dir/long-$name/log)"
+        tail -20 "$dir/long-$name/log"
         bad="$bad $name"
         continue
     fi
-    echo "fuzz_long $name seconds=$secs execs=$execs crashes=${crashes:-0} timeouts=${timeouts:-0} ooms=${ooms:-0} cov=$cov corpus=$corpus"
-    [ "${crashes:-0}" -gt 0 ] || [ "${timeouts:-0}" -gt 0 ] || [ "${ooms:-0}" -gt 0 ] && bad="$bad $name"
+    execs=$3; crashes=$4; timeouts=$5; ooms=$6; cov=$7; corpus=$8
+    echo "fuzz_long $name seconds=$secs execs=$execs crashes=$crashes timeouts=$timeouts ooms=$ooms cov=$cov corpus=$corpus"
+    [ "$crashes" -gt 0 ] || [ "$timeouts" -gt 0 ] || [ "$ooms" -gt 0 ] && bad="$bad $name"
     rows="$rows
-| $name | $secs | $execs | ${crashes:-0} | ${timeouts:-0} | ${ooms:-0} | $cov | $corpus |"
+| $name | $secs | $execs | $crashes | $timeouts | $ooms | $cov | $corpus |"
 done
 echo "results rows (target | seconds | execs | crashes | timeouts | ooms | edges covered | corpus files):$rows"
 [ -z "$bad" ] || { echo "fuzz targets with failures:$bad (inputs in $dir/long-<name>/)"; exit 1; }

@@ -49,6 +49,16 @@ static inline const char *spawn_build_dir(void)
     return spawn_bin;
 }
 
+/* How much slower than a plain build this run is allowed to be: MQ_TEST_TIME_SCALE
+ * (make test-tsan sets 10: the model and even the start of a process run several times
+ * slower under ThreadSanitizer), at least 1. */
+static inline double spawn_time_scale(void)
+{
+    const char *s = getenv("MQ_TEST_TIME_SCALE");
+    double v = s ? atof(s) : 1;
+    return v >= 1 ? v : 1;
+}
+
 static inline double spawn_now(void)
 {
     return mq_now_s();

@@ -9,7 +9,8 @@
  *   1. mqd starts in a fresh folder (as root it serves as nobody). Sixteen prompts are cut
  *      from corpus/dev.txt, from 10 to 8000 tokens; each is answered greedily ALONE (one
  *      request on the whole daemon): the references.
- *   2. A short warm-up round of every client, then mqd's RSS is the baseline.
+ *   2. A warm-up of every client, a tenth of the run (libmq, then HTTP with --openai), then
+ *      mqd's RSS is the baseline.
  *   3. The main run: each client makes --requests requests, one session per request, a
  *      random prompt each time; per request: greedy (compared token for token with the
  *      prompt's reference: a difference is "mixed"), sampled (seeded), cancelled after
@@ -20,11 +21,16 @@
  *      length/stop, or cancelled where asked); anything else is "lost".
  *   4. Slow readers' cost to the others: 8 clients stream greedy answers beside 4 clients
  *      with long answers that either read at full speed or do not read at all; the ratio
- *      of the 8 clients' time per token (stalled / reading, two rounds each, alternated).
- *   5. After every client has gone: KV blocks still in use or reserved (mqctl --json
+ *      of the 8 clients' time per token (stalled / reading), the median over 6 pairs of
+ *      rounds (the order alternating: a shared machine's other work moves single rounds).
+ *   5. With --openai: the main run's mix through mq-openai's /v1/completions (greedy answers
+ *      compared with the solo libmq text), then the slow-reader rounds over HTTP (a
+ *      stalled reader's TCP window closes).
+ *   6. After every client has gone: KV blocks still in use or reserved (mqctl --json
  *      stats: leaked), sessions left, RSS against the baseline.
  * Figures: soak_requests, soak_lost (0), soak_mixed (0), soak_rss_growth_pct (<= 5),
- * soak_kv_blocks_leaked (0), soak_p99_ttft_ms, soak_slow_reader_slowdown (<= 1.1).
+ * soak_kv_blocks_leaked (0), soak_p99_ttft_ms, soak_slow_reader_slowdown (<= 1.1); the
+ * HTTP half's soak_http_* lines the same.
  */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
@@ -50,11 +56,13 @@
 
 #include "libclient/mq.h"
 
-#define NPROMPT        16
-#define MAX_GEN        2048
-#define EVENT_WAIT_MS  180000 /* no event for 3 minutes: the request is lost */
-#define RSS_BOUND_PCT  5.0
-#define SLOWDOWN_BOUND 1.1
+#define NPROMPT         16
+#define MAX_GEN         2048
+#define EVENT_WAIT_MS   180000 /* no event for 3 minutes: the request is lost */
+#define RSS_BOUND_PCT   5.0
+#define SLOWDOWN_BOUND  1.1
+#define SLOW_PAIRS      6   /* rounds with readers read / stalled, for the slowdown's median */
+#define MEASURED_TOKENS 160 /* the measured clients' answers in those rounds */
 
 /* Prompt lengths in tokens (about 4.3 characters of the corpus per token). */
 static const int prompt_tokens_goal[NPROMPT] = { 10,   16,   30,   60,   100,  200,  350,  600,
@@ -191,26 +199,45 @@ static long proc_kb(pid_t pid, const char *key)
     return v;
 }
 
-/* kB of mqd's KV segment that is resident (the memfd "mq-kv" in /proc/<pid>/smaps): its
+/* kB of mqd's KV segment that is resident: the memfd "mq-kv" in /proc/<pid>/smaps, or,
+ * when the segment is anonymous memory (THP or 4k when no huge page was free), the one
+ * mapping of kv_bytes (mqctl stats kv.bytes, up to a huge page more for alignment). Its
  * pages are touched the first time a block is used, which is growth but not a leak. */
-static long kv_resident_kb(pid_t pid)
+static long kv_resident_kb(pid_t pid, double kv_bytes)
 {
     char path[64], line[512];
     snprintf(path, sizeof path, "/proc/%d/smaps", (int)pid);
     FILE *f = fopen(path, "r");
-    long kb = 0;
-    int in_kv = 0;
+    long memfd_kb = 0, sized_kb = 0;
+    int in_kv = 0, in_sized = 0;
     while (f && fgets(line, sizeof line, f)) {
         /* a mapping's first line starts with its address (lowercase hex), its fields with
          * a capitalised name ("Rss:") */
-        if ((line[0] >= '0' && line[0] <= '9') || (line[0] >= 'a' && line[0] <= 'f'))
+        if ((line[0] >= '0' && line[0] <= '9') || (line[0] >= 'a' && line[0] <= 'f')) {
+            unsigned long lo = 0, hi = 0;
+            sscanf(line, "%lx-%lx", &lo, &hi);
+            double len = (double)(hi - lo);
             in_kv = strstr(line, "memfd:mq-kv") != NULL;
-        else if (in_kv && !strncmp(line, "Rss:", 4))
-            kb += strtol(line + 4, NULL, 10);
+            in_sized = !in_kv && kv_bytes > 0 && len >= kv_bytes && len <= kv_bytes + (2 << 20);
+        } else if (!strncmp(line, "Rss:", 4)) {
+            if (in_kv)
+                memfd_kb += strtol(line + 4, NULL, 10);
+            else if (in_sized)
+                sized_kb += strtol(line + 4, NULL, 10);
+        }
     }
     if (f)
         fclose(f);
-    return kb;
+    return memfd_kb ? memfd_kb : sized_kb;
+}
+
+/* mqd's KV segment in bytes (mqctl --json stats), 0 if not known */
+static double kv_bytes_of(soak *s)
+{
+    cJSON *st = mqctl_json(s, "stats");
+    double b = jnum(st, "kv", "bytes");
+    cJSON_Delete(st);
+    return b > 0 ? b : 0;
 }
 
 static int start_mqd(soak *s)
@@ -735,10 +762,14 @@ static int h_line(hconn *h, char *out, size_t cap, int timeout_ms)
 }
 
 /* Sends a POST of body to path; reads the status line and headers. */
-static int h_post(hconn *h, int port, const char *path, const char *body)
+/* rcvbuf > 0: the socket's receive buffer (set before connect, so the window is small:
+ * a reader that stops reading pushes back on mq-openai within a few KiB). */
+static int h_post(hconn *h, int port, const char *path, const char *body, int rcvbuf)
 {
     memset(h, 0, sizeof *h);
     h->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (h->fd >= 0 && rcvbuf > 0)
+        setsockopt(h->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     struct sockaddr_in sa = { .sin_family = AF_INET,
                               .sin_port = htons((uint16_t)port),
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -818,6 +849,7 @@ typedef struct http_outcome {
     char finish[32];
     double ttft_ms;
     char err[200];
+    volatile int *stop; /* read_sse returns once *stop is set (NULL: never) */
 } http_outcome;
 
 static void add_text(http_outcome *o, const cJSON *choice)
@@ -850,7 +882,11 @@ static int read_sse(hconn *h, http_outcome *o, double t0, int stop_after_text, i
     size_t ll = 0;
     char buf[4096];
     for (;;) {
-        int n = h_body(h, buf, sizeof buf, EVENT_WAIT_MS);
+        if (o->stop && *o->stop)
+            return 0;
+        int n = h_body(h, buf, sizeof buf, o->stop ? 50 : EVENT_WAIT_MS);
+        if (n == -ETIMEDOUT && o->stop)
+            continue;
         if (n < 0)
             return n;
         if (n == 0)
@@ -951,7 +987,7 @@ static void http_request(client *cl, int kind, int p)
     memset(&o, 0, sizeof o);
     o.ttft_ms = -1;
     double t0 = now_s();
-    int rc = h_post(&h, s->http_port, "/v1/completions", body);
+    int rc = h_post(&h, s->http_port, "/v1/completions", body, 0);
     free(body);
     int pieces = 0;
     if (!rc && h.status != 200)
@@ -1037,6 +1073,7 @@ static void *http_client_main(void *arg)
 typedef struct slow_arg {
     soak *s;
     int prompt, max_tokens, stall; /* stall: do not read until `release` */
+    int other;                     /* a long answer beside the measured: dropped at `release` */
     volatile int *release;
     double per_token_s;
     int tokens, ok;
@@ -1058,7 +1095,12 @@ static void *slow_client(void *arg)
         if (a->stall)
             while (!*a->release)
                 usleep(10000);
-        if (!read_events(c, req, t0, &o, 0) && o.done && o.n > 1) {
+        if (a->other) { /* read (or not) until the measured ones are done, then hang up */
+            mq_event ev;
+            int rc;
+            while (!*a->release && ((rc = mq_next_event(c, &ev, 50)) == 0 || rc == -ETIMEDOUT))
+                ;
+        } else if (!read_events(c, req, t0, &o, 0) && o.done && o.n > 1) {
             a->per_token_s = (o.t_last - o.t_first) / (o.n - 1);
             a->tokens = o.n;
             a->ok = 1;
@@ -1068,21 +1110,24 @@ static void *slow_client(void *arg)
     return NULL;
 }
 
-/* Seconds per token of 8 measured clients beside 4 long answers (stall: not read). */
-static double measured_round(soak *s, int stall)
+/* Seconds per token of 8 measured clients beside 4 long answers (stall: not read, until
+ * the measured ones are done; then both kinds hang up, which cancels them); fn:
+ * slow_client (libmq) or slow_http_client (mq-openai). */
+static double measured_round(soak *s, int stall, void *(*fn)(void *))
 {
     enum { MEASURED = 8, OTHERS = 4 };
     volatile int release = 0;
     slow_arg m[MEASURED], o[OTHERS];
     pthread_t tm[MEASURED], to[OTHERS];
     for (int i = 0; i < OTHERS; i++) {
-        o[i] = (slow_arg){ .s = s, .prompt = 2 + i, .max_tokens = 1200, .stall = stall, .release = &release };
-        pthread_create(&to[i], NULL, slow_client, &o[i]);
+        o[i] =
+            (slow_arg){ .s = s, .prompt = 2 + i, .max_tokens = 1200, .stall = stall, .other = 1, .release = &release };
+        pthread_create(&to[i], NULL, fn, &o[i]);
     }
     usleep(300 * 1000); /* the long answers are decoding */
     for (int i = 0; i < MEASURED; i++) {
-        m[i] = (slow_arg){ .s = s, .prompt = i, .max_tokens = 96, .release = &release };
-        pthread_create(&tm[i], NULL, slow_client, &m[i]);
+        m[i] = (slow_arg){ .s = s, .prompt = i, .max_tokens = MEASURED_TOKENS, .release = &release };
+        pthread_create(&tm[i], NULL, fn, &m[i]);
     }
     double sum = 0;
     int n = 0;
@@ -1099,6 +1144,48 @@ static double measured_round(soak *s, int stall)
     return n == MEASURED ? sum / n : -1;
 }
 
+/* The same through mq-openai: streamed greedy completions; a stalled one reads nothing
+ * (a 4 KiB receive buffer: its TCP window closes after a few dozen tokens) until the
+ * measured ones are done. */
+static void *slow_http_client(void *arg)
+{
+    slow_arg *a = arg;
+    static __thread hconn h;
+    static __thread http_outcome o;
+    memset(&o, 0, sizeof o);
+    o.ttft_ms = -1;
+    cJSON *b = cJSON_CreateObject();
+    const char *base = strrchr(a->s->model, '/');
+    cJSON_AddStringToObject(b, "model", base ? base + 1 : a->s->model);
+    cJSON_AddItemToObject(b, "prompt", cJSON_CreateString(a->s->prompt[a->prompt]));
+    cJSON_AddNumberToObject(b, "max_tokens", a->max_tokens);
+    cJSON_AddNumberToObject(b, "temperature", 0);
+    cJSON_AddTrueToObject(b, "stream");
+    char *body = cJSON_PrintUnformatted(b);
+    cJSON_Delete(b);
+    double t0 = now_s();
+    int pieces = 0;
+    int rc = h_post(&h, a->s->http_port, "/v1/completions", body, a->stall ? 4096 : 0);
+    free(body);
+    if (!rc && h.status == 200) {
+        if (a->stall)
+            while (!*a->release)
+                usleep(10000);
+        if (a->other)
+            o.stop = a->release; /* then the socket is closed: mq-openai cancels */
+        rc = read_sse(&h, &o, t0, 0, &pieces);
+        double t_end = now_s();
+        if (!rc && o.done && pieces > 1 && o.ttft_ms >= 0) {
+            a->per_token_s = (t_end - (t0 + o.ttft_ms / 1e3)) / (pieces - 1);
+            a->tokens = pieces;
+            a->ok = 1;
+        }
+    }
+    if (h.fd >= 0)
+        close(h.fd);
+    return NULL;
+}
+
 /* ---- main -------------------------------------------------------------------------- */
 static int cmp_double(const void *a, const void *b)
 {
@@ -1113,6 +1200,38 @@ static double percentile(double *v, long n, double q)
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     long i = (long)ceil(q * n) - 1;
     return v[i < 0 ? 0 : i >= n ? n - 1 : i];
+}
+
+/* Prints name: the slow readers' slowdown, the median over SLOW_PAIRS pairs of rounds
+ * (one with the long answers read, one with them stalled, the order alternating) of the
+ * pair's ratio, so a burst of other work on a shared machine moves one pair, not the
+ * figure; 1 when it could not be measured or misses SLOWDOWN_BOUND. */
+static int slowdown_line(soak *s, const char *name, void *(*fn)(void *))
+{
+    double ratio[SLOW_PAIRS], fast = 0, slow = 0;
+    char each[SLOW_PAIRS * 8 + 1] = "";
+    int ok = 1;
+    for (int r = 0; r < SLOW_PAIRS; r++) {
+        double a, b;
+        if (r % 2 == 0) {
+            a = measured_round(s, 0, fn);
+            b = measured_round(s, 1, fn);
+        } else {
+            b = measured_round(s, 1, fn);
+            a = measured_round(s, 0, fn);
+        }
+        ok &= a > 0 && b > 0;
+        ratio[r] = a > 0 ? b / a : -1;
+        fast += a;
+        slow += b;
+        snprintf(each + strlen(each), sizeof each - strlen(each), "%s%.2f", r ? " " : "", ratio[r]);
+    }
+    qsort(ratio, SLOW_PAIRS, sizeof ratio[0], cmp_double);
+    double slowdown = ok ? (ratio[(SLOW_PAIRS - 1) / 2] + ratio[SLOW_PAIRS / 2]) / 2 : -1;
+    printf("%s: %.3f (median of %d pairs: %s; mean %.2f vs %.2f ms per token)\n", name, slowdown, SLOW_PAIRS, each,
+           slow / SLOW_PAIRS * 1e3, fast / SLOW_PAIRS * 1e3);
+    fflush(stdout);
+    return !(slowdown > 0 && slowdown <= SLOWDOWN_BOUND);
 }
 
 /* Waits until mqd has no session left (clients gone); the sessions still there. */
@@ -1277,13 +1396,26 @@ int main(int argc, char **argv)
         pmax = s.ref[p].prompt_tokens > pmax ? s.ref[p].prompt_tokens : pmax;
     }
     printf("soak_prompt_tokens: %u..%u (%d prompts)\n", pmin, pmax, NPROMPT);
-    /* 2. warm-up round, then the baseline */
-    tally warm = { 0 };
-    run_clients(&s, 2, &warm, client_main);
+    /* 2. warm-up: a tenth of each half's run (at least 2 requests per client), the same
+     * mix, so mqd's allocator reaches its working set for 64 clients before the baseline
+     * (2 requests per client did not: the RSS then rose ~14 MB once, the same after 1280
+     * requests as after 12800) */
+    tally warm = { 0 }, hwarm = { 0 };
+    int oai_up = 0;
+    run_clients(&s, s.requests / 10 > 2 ? s.requests / 10 : 2, &warm, client_main);
+    if (s.openai) {
+        oai_up = !start_openai(&s) && http_healthy(&s, 60);
+        if (oai_up)
+            run_clients(&s, s.http_requests / 10 > 2 ? s.http_requests / 10 : 2, &hwarm, http_client_main);
+    }
     int sessions = 0;
     long leaked = kv_left(&s, &sessions);
-    long rss0 = proc_kb(s.mqd_pid, "VmRSS"), kv0 = kv_resident_kb(s.mqd_pid);
+    double kv_bytes = kv_bytes_of(&s);
+    long rss0 = proc_kb(s.mqd_pid, "VmRSS"), kv0 = kv_resident_kb(s.mqd_pid, kv_bytes);
     long anon0 = proc_kb(s.mqd_pid, "RssAnon"), shmem0 = proc_kb(s.mqd_pid, "RssShmem");
+    char trace[256]; /* mqd's anonymous RSS after each phase: a plateau is the allocator's
+                        high-water mark, a climb with the request count a leak */
+    int tl = snprintf(trace, sizeof trace, "warm-up %ld", anon0);
     /* 3. the main run through libmq */
     double t0 = now_s();
     tally t = { 0 };
@@ -1291,25 +1423,18 @@ int main(int argc, char **argv)
     double main_s = now_s() - t0;
     leaked = kv_left(&s, &sessions);
     print_half("soak", &t, kind_name, main_s, leaked, sessions);
+    tl += snprintf(trace + tl, sizeof trace - (size_t)tl, ", libmq run %ld", proc_kb(s.mqd_pid, "RssAnon"));
     int bad = rc || t.lost || warm.lost || t.mixed || leaked || sessions;
     /* 4. slow readers */
-    double fast = 0, slow = 0;
-    int rounds_ok = 1;
-    for (int r = 0; r < 2; r++) {
-        double a = measured_round(&s, 0), b = measured_round(&s, 1);
-        rounds_ok &= a > 0 && b > 0;
-        fast += a;
-        slow += b;
-    }
-    double slowdown = rounds_ok && fast > 0 ? slow / fast : -1;
-    printf("soak_slow_reader_slowdown: %.3f (%.2f vs %.2f ms per token)\n", slowdown, slow / 2 * 1e3, fast / 2 * 1e3);
-    bad |= !(slowdown > 0 && slowdown <= SLOWDOWN_BOUND);
+    bad |= slowdown_line(&s, "soak_slow_reader_slowdown", slow_client);
+    tl += snprintf(trace + tl, sizeof trace - (size_t)tl, ", slow readers %ld", proc_kb(s.mqd_pid, "RssAnon"));
     /* 5. the HTTP half: the same through mq-openai */
     int oai_status = 0;
     if (s.openai) {
         tally ht = { 0 };
-        if (start_openai(&s) || !http_healthy(&s, 60)) {
-            fprintf(stderr, "mq_soak: mq-openai did not answer /health with 200; its log: %s\n", s.oai_log);
+        if (!oai_up || hwarm.lost) {
+            fprintf(stderr, "mq_soak: %s; mq-openai's log: %s\n",
+                    oai_up ? "the HTTP warm-up lost requests" : "mq-openai did not answer /health with 200", s.oai_log);
             bad = 1;
         } else {
             t0 = now_s();
@@ -1317,20 +1442,23 @@ int main(int argc, char **argv)
             double http_s = now_s() - t0;
             long hleaked = kv_left(&s, &sessions);
             print_half("soak_http", &ht, hkind_name, http_s, hleaked, sessions);
+            tl += snprintf(trace + tl, sizeof trace - (size_t)tl, ", HTTP run %ld", proc_kb(s.mqd_pid, "RssAnon"));
             bad |= rc || ht.lost || ht.mixed || hleaked;
+            bad |= slowdown_line(&s, "soak_http_slow_reader_slowdown", slow_http_client);
         }
         stop(s.oai_pid, &oai_status);
         bad |= !WIFEXITED(oai_status) || WEXITSTATUS(oai_status) != 0;
     }
     /* 6. what is left behind: mqd's memory after everything */
     leaked = kv_left(&s, &sessions);
-    long rss1 = proc_kb(s.mqd_pid, "VmRSS"), kv1 = kv_resident_kb(s.mqd_pid);
+    long rss1 = proc_kb(s.mqd_pid, "VmRSS"), kv1 = kv_resident_kb(s.mqd_pid, kv_bytes);
     long anon1 = proc_kb(s.mqd_pid, "RssAnon"), shmem1 = proc_kb(s.mqd_pid, "RssShmem");
     double growth = rss0 > kv0 ? 100.0 * ((rss1 - kv1) - (rss0 - kv0)) / (rss0 - kv0) : -1;
     printf("soak_rss_growth_pct: %.2f (VmRSS less the KV segment's resident pages: %ld kB after warm-up, %ld kB "
            "after every phase; VmRSS %ld -> %ld kB: anonymous %ld -> %ld, shared %ld -> %ld, of which KV %ld -> "
            "%ld)\n",
            growth, rss0 - kv0, rss1 - kv1, rss0, rss1, anon0, anon1, shmem0, shmem1, kv0, kv1);
+    printf("soak_rss_anon_kb: %s, the end %ld\n", trace, anon1);
     printf("soak_kv_blocks_leaked: %ld (after every phase; sessions left %d)\n", leaked, sessions);
     cJSON *status = mqctl_json(&s, "status");
     double refused = jnum(cJSON_GetObjectItemCaseSensitive(status, "seccomp"), "refused", NULL);
