@@ -1,6 +1,7 @@
 /* common/errmsg.h — the one way mq code reports an error to a caller's message buffer.
  *
- * Convention across daemon/ and ipc/: a function returns 0 or a negative errno and, when
+ * Convention across common/, ipc/, engine/, daemon/ and mq-openai/: a function returns 0
+ * or a negative errno and, when
  * given a buffer, writes one line naming the file, field or peer at fault. Thread-safe.
  */
 #ifndef MQ_COMMON_ERRMSG_H

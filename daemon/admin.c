@@ -208,7 +208,7 @@ static void cmd_status(mqd *d, cJSON *o)
     cJSON_AddStringToObject(o, "bpf", d->probes ? "loaded" : d->probes_err);
     cJSON *sc = cJSON_AddObjectToObject(o, "seccomp");
     static const char *const sc_modes[] = { "on", "kill", "off" };
-    cJSON_AddStringToObject(sc, "mode", sc_modes[d->cfg.seccomp <= MQ_CFG_SECCOMP_OFF ? d->cfg.seccomp : 0]);
+    cJSON_AddStringToObject(sc, "mode", sc_modes[d->cfg.seccomp <= MQD_SECCOMP_OFF ? d->cfg.seccomp : 0]);
     int last = -1;
     cJSON_AddNumberToObject(sc, "refused", (double)mqd_seccomp_refused(&last));
     char name[64] = "";

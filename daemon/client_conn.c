@@ -76,6 +76,9 @@ struct mqd_req {
     int holders;      /* loop thread: its prep job and its end (finish_req); the last frees it */
     double t_recv;    /* the SUBMIT's arrival (mq_now_s) */
     double prep_s;    /* arrival -> the scheduler queued it: counted in queue and TTFT */
+    /* the loop calls the driver thread posts for it: embedded, so posting cannot fail
+     * (a lost finish_req would leave the session running and leak r and its conn) */
+    mq_ev_post post_cancel, post_finish;
 };
 
 typedef struct mqd_conn {
@@ -352,7 +355,7 @@ static void sink_token(void *ctx, int32_t id, const char *text, size_t len)
     int rc = push_rec(c, rec, (uint32_t)n, 0);
     if (rc == -ENOBUFS) {
         r->overflow = 1;
-        mq_evloop_post(c->d->loop, cancel_overflowed, r);
+        mq_evloop_post_node(c->d->loop, &r->post_cancel, cancel_overflowed, r);
     } else if (rc == -EPROTO) {
         r->overflow = 1; /* nothing more for this ring; the connection is closing */
     }
@@ -428,7 +431,7 @@ static void sink_done(void *ctx, mq_sched_end_reason reason, int err, const char
     int n = mq_chan_format_done(rec, sizeof rec, r->id, &d, msg, (uint32_t)ml);
     if (n > 0)
         push_rec(c, rec, (uint32_t)n, 1);
-    mq_evloop_post(c->d->loop, finish_req, r);
+    mq_evloop_post_node(c->d->loop, &r->post_finish, finish_req, r);
 }
 
 /* ---- sessions ------------------------------------------------------------------ */

@@ -3,6 +3,7 @@
 #include "common/errmsg.h"
 #include "common/file.h"
 #include "daemon/config.h"
+#include "engine/weight_stream.h"
 
 /* Messages are cut to their buffers on purpose. */
 
@@ -23,8 +24,13 @@ enum ftype { F_STR, F_U32, F_BOOL, F_ENUM, F_LIST };
 
 static const char *const on_full_words[] = { "wait", "fail", NULL };
 static const char *const huge_words[] = { "auto", "off", "require", NULL };
-static const char *const fp4_pack_words[] = { "auto", "on", "off", NULL };
-static const char *const seccomp_words[] = { "on", "kill", "off", NULL };
+/* an enum field's words: indexed by the enum's values, which the field stores */
+static const char *const fp4_pack_words[] = {
+    [MQ_FP4_PACK_AUTO] = "auto", [MQ_FP4_PACK_ON] = "on", [MQ_FP4_PACK_OFF] = "off", NULL
+};
+static const char *const seccomp_words[] = {
+    [MQD_SECCOMP_ON] = "on", [MQD_SECCOMP_KILL] = "kill", [MQD_SECCOMP_OFF] = "off", NULL
+};
 
 typedef struct field {
     const char *name;
@@ -34,31 +40,39 @@ typedef struct field {
     const char *const *words;
     const char *help;
     const char *auto_word; /* F_U32: this string stands for MQ_CFG_U32_AUTO */
+    int live;              /* a reload applies it to the running mqd; other fields need a restart */
 } field;
 
-#define STR(n, h)                                                                             \
+/* A field's macro takes LIVE as an optional last argument: a reload applies the field.
+ * (0 + __VA_ARGS__ + 0) is 0 without it (unary plus) and 1 with it. */
+#define LIVE 1
+
+#define STR(n, h, ...)                                                                                               \
+    {                                                                                                                \
+#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h, NULL, (0 + __VA_ARGS__ + 0) \
+    }
+#define U32(n, lo, hi, h, ...)                                                              \
+    {                                                                                       \
+#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, NULL, (0 + __VA_ARGS__ + 0) \
+    }
+#define U32_AUTO(n, lo, hi, h, ...)                                                           \
     {                                                                                         \
-#n, F_STR, offsetof(mqd_config, n), sizeof(((mqd_config *)0)->n), 0, 0, NULL, h, NULL \
+#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, "auto", (0 + __VA_ARGS__ + 0) \
     }
-#define U32(n, lo, hi, h)                                            \
-    {                                                                \
-#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, NULL \
+#define BOOL(n, h, ...)                                                                    \
+    {                                                                                      \
+#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h, NULL, (0 + __VA_ARGS__ + 0) \
     }
-#define U32_AUTO(n, lo, hi, h)                                         \
-    {                                                                  \
-#n, F_U32, offsetof(mqd_config, n), 4, lo, hi, NULL, h, "auto" \
+/* an enum field is written as an unsigned int (GCC's type for enums without negative
+ * values); the array size fails to compile for an enum of another size */
+#define ENUM_SIZE(n) sizeof(char[sizeof(((mqd_config *)0)->n) == sizeof(unsigned) ? sizeof(unsigned) : -1])
+#define ENUM(n, w, h, ...)                                                                         \
+    {                                                                                              \
+#n, F_ENUM, offsetof(mqd_config, n), ENUM_SIZE(n), 0, 0, w, h, NULL, (0 + __VA_ARGS__ + 0) \
     }
-#define BOOL(n, h)                                                  \
-    {                                                               \
-#n, F_BOOL, offsetof(mqd_config, n), 4, 0, 1, NULL, h, NULL \
-    }
-#define ENUM(n, w, h)                                            \
-    {                                                            \
-#n, F_ENUM, offsetof(mqd_config, n), 4, 0, 0, w, h, NULL \
-    }
-#define LIST(n, h)                                                  \
-    {                                                               \
-#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h, NULL \
+#define LIST(n, h, ...)                                                                    \
+    {                                                                                      \
+#n, F_LIST, offsetof(mqd_config, n), 0, 0, 0, NULL, h, NULL, (0 + __VA_ARGS__ + 0) \
     }
 
 static const field fields[] = {
@@ -89,14 +103,14 @@ static const field fields[] = {
     U32(token_ring_kib, 4, 1u << 18, "per-client token ring in KiB (power of two)"),
     STR(client_socket, "client socket path (when not socket-activated)"),
     STR(admin_socket, "admin socket path (when not socket-activated)"),
-    LIST(allowed_users, "users allowed on the client socket (empty = everyone)"),
-    LIST(allowed_groups, "groups allowed on the client socket (empty = everyone)"),
-    LIST(trusted_fronts, "users whose sessions may name a tenant (fronts such as mq-openai; empty = nobody)"),
-    LIST(trusted_front_groups, "groups whose members' sessions may name a tenant (empty = nobody)"),
-    STR(admin_group, "group allowed on the admin socket besides root"),
+    LIST(allowed_users, "users allowed on the client socket (empty = everyone)", LIVE),
+    LIST(allowed_groups, "groups allowed on the client socket (empty = everyone)", LIVE),
+    LIST(trusted_fronts, "users whose sessions may name a tenant (fronts such as mq-openai; empty = nobody)", LIVE),
+    LIST(trusted_front_groups, "groups whose members' sessions may name a tenant (empty = nobody)", LIVE),
+    STR(admin_group, "group allowed on the admin socket besides root", LIVE),
     STR(user, "user to serve as after set-up; required when started as root (\"root\" = stay root, loudly)"),
-    U32(drain_timeout_ms, 0, 3600000, "SIGTERM: time running requests get to finish"),
-    BOOL(watchdog, "feed the systemd watchdog while both pools make progress"),
+    U32(drain_timeout_ms, 0, 3600000, "SIGTERM: time running requests get to finish", LIVE),
+    BOOL(watchdog, "feed the systemd watchdog while both pools make progress", LIVE),
     BOOL(warmup, "run one short generation before announcing READY"),
     BOOL(share_prefix_cache, "let users reuse each other's cached prompt prefixes (default: each uid its own)"),
     ENUM(seccomp, seccomp_words,
@@ -113,8 +127,10 @@ void mqd_config_defaults(mqd_config *c)
     c->kv_block_tokens = 16;
     c->on_full = MQ_CFG_ON_FULL_FAIL;
     c->hugepages = MQ_CFG_HUGE_AUTO;
-    c->io_depth = 8;
-    c->io_read_kib = 1024;
+    mq_ws_opts wo; /* the weight stream's defaults are the one place for these two */
+    mq_ws_opts_default(&wo);
+    c->io_depth = (uint32_t)wo.queue_depth;
+    c->io_read_kib = (uint32_t)(wo.read_bytes / 1024);
     c->max_sessions = 256;
     c->max_sessions_per_client = 64;
     c->queue_max = 256;
@@ -125,6 +141,51 @@ void mqd_config_defaults(mqd_config *c)
     c->drain_timeout_ms = 30000;
     c->watchdog = 1;
     c->warmup = 1;
+}
+
+/* Whether field f holds the same value in a and b (strings and lists up to their end). */
+static int field_equal(const field *f, const mqd_config *a, const mqd_config *b)
+{
+    const char *pa = (const char *)a + f->off, *pb = (const char *)b + f->off;
+    switch (f->t) {
+    case F_STR: return !strcmp(pa, pb);
+    case F_LIST:
+        for (int i = 0; i < MQ_CFG_LIST; i++, pa += MQ_CFG_NAME, pb += MQ_CFG_NAME) {
+            if (strcmp(pa, pb))
+                return 0;
+            if (!pa[0])
+                return 1;
+        }
+        return 1;
+    default: return !memcmp(pa, pb, f->size);
+    }
+}
+
+static void field_copy(const field *f, mqd_config *to, const mqd_config *from)
+{
+    size_t n = f->t == F_LIST ? (size_t)MQ_CFG_LIST * MQ_CFG_NAME : f->size;
+    memcpy((char *)to + f->off, (const char *)from + f->off, n);
+}
+
+int mqd_config_apply_live(mqd_config *now, const mqd_config *next, const char **restart, int max_restart, char *applied,
+                          size_t applied_len)
+{
+    int n = 0;
+    if (applied_len)
+        applied[0] = 0;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const field *f = &fields[i];
+        if (f->live) {
+            field_copy(f, now, next);
+            size_t l = strlen(applied);
+            snprintf(applied + l, applied_len - l, "%s%s", l ? ", " : "", f->name);
+        } else if (!field_equal(f, now, next)) {
+            if (n < max_restart)
+                restart[n] = f->name;
+            n++;
+        }
+    }
+    return n;
 }
 
 static const field *find(const char *key)

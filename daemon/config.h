@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "daemon/seccomp.h"
+#include "engine/model.h"
 #include "engine/prec_mode.h"
 
 #ifdef __cplusplus
@@ -29,24 +31,20 @@ extern "C" {
 
 enum mq_cfg_on_full { MQ_CFG_ON_FULL_WAIT = 0, MQ_CFG_ON_FULL_FAIL = 1 };
 enum mq_cfg_huge { MQ_CFG_HUGE_AUTO = 0, MQ_CFG_HUGE_OFF = 1, MQ_CFG_HUGE_REQUIRE = 2 };
-/* the same values as mq_fp4_pack (engine/model.h) */
-enum mq_cfg_fp4_pack { MQ_CFG_FP4_PACK_AUTO = 0, MQ_CFG_FP4_PACK_ON = 1, MQ_CFG_FP4_PACK_OFF = 2 };
-/* the same values as mqd_seccomp_mode (daemon/seccomp.h) */
-enum mq_cfg_seccomp { MQ_CFG_SECCOMP_ON = 0, MQ_CFG_SECCOMP_KILL = 1, MQ_CFG_SECCOMP_OFF = 2 };
 
 typedef struct mqd_config {
     char model_dir[MQ_CFG_PATH];
-    uint32_t mode;            /* mq_prec_mode (engine/prec_mode.h) */
+    mq_prec_mode mode;
     uint32_t prefill_threads; /* 0 = number of CPUs in prefill_cpus (or online CPUs) */
     uint32_t decode_threads;
     char prefill_cpus[MQ_CFG_NAME]; /* "0-3,6" or "" = all */
     char decode_cpus[MQ_CFG_NAME];
-    uint32_t chunk_tokens;      /* prefill chunk: bounds the decode stall */
-    uint32_t ctx_tokens;        /* per-session context limit; 0 = the model's */
-    uint32_t kv_tokens;         /* KV store capacity in tokens (all sessions) */
-    uint32_t kv_block_tokens;   /* tokens per KV block */
-    uint32_t on_full;           /* mq_cfg_on_full */
-    uint32_t fp4_pack;          /* mq_cfg_fp4_pack */
+    uint32_t chunk_tokens;    /* prefill chunk: bounds the decode stall */
+    uint32_t ctx_tokens;      /* per-session context limit; 0 = the model's */
+    uint32_t kv_tokens;       /* KV store capacity in tokens (all sessions) */
+    uint32_t kv_block_tokens; /* tokens per KV block */
+    uint32_t on_full;         /* mq_cfg_on_full */
+    mq_fp4_pack fp4_pack;
     uint32_t hugepages;         /* mq_cfg_huge */
     uint32_t hugepages_reserve; /* 2 MiB pages mqd reserves when started as root; 0 = none;
                                 * MQ_CFG_U32_AUTO ("auto") = what weights + KV need */
@@ -73,11 +71,11 @@ typedef struct mqd_config {
     char admin_group[MQ_CFG_NAME]; /* "" = root only */
     char user[MQ_CFG_NAME];        /* run-as user; required when started as root ("root" = stay) */
     uint32_t drain_timeout_ms;
-    uint32_t watchdog;           /* 1: send WATCHDOG=1 when systemd asks for it */
-    uint32_t warmup;             /* 1: one short generation before READY=1 */
-    uint32_t share_prefix_cache; /* 1: one prefix cache for every uid; 0: per uid (a cached
+    uint32_t watchdog;             /* 1: send WATCHDOG=1 when systemd asks for it */
+    uint32_t warmup;               /* 1: one short generation before READY=1 */
+    uint32_t share_prefix_cache;   /* 1: one prefix cache for every uid; 0: per uid (a cached
                                   * prompt of one user is no hit, and no timing signal, for another) */
-    uint32_t seccomp;            /* mq_cfg_seccomp: the system-call allow-list after the drop */
+    enum mqd_seccomp_mode seccomp; /* the system-call allow-list after the drop */
 } mqd_config;
 
 void mqd_config_defaults(mqd_config *c);
@@ -95,6 +93,12 @@ int mqd_config_set(mqd_config *c, const char *key, const char *value, char *err,
  * (may be NULL) report --check-config / --help. */
 int mqd_config_parse_args(mqd_config *cfg, char *config_path, size_t pathlen, int argc, char *const *argv,
                           int *check_only, int *help, char *err, size_t errlen);
+
+/* Reload: copies next's live fields (the table in config.c says which) into *now, their
+ * names into `applied` (", "-separated), and returns how many other fields differ (their
+ * values stay: they need a restart), the first max_restart of their names in restart[]. */
+int mqd_config_apply_live(mqd_config *now, const mqd_config *next, const char **restart, int max_restart, char *applied,
+                          size_t applied_len);
 
 /* Cross-field checks (model_dir present, block size divides, ring sizes, ...). */
 int mqd_config_validate(const mqd_config *c, char *err, size_t errlen);

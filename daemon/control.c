@@ -3,9 +3,9 @@
  * Drain: STOPPING=1; new clients and requests get MQ_ERR_DRAINING at once; a thread runs
  * mq_sched_drain (running requests get drain_timeout_ms, then are cut off and end as
  * SHUTDOWN), then the loop closes every client and stops; mqd exits 0. Reload: the configuration is parsed and
- * validated again from the same file and flags; access lists, admin_group,
- * drain_timeout_ms and watchdog change at once, everything else needs a restart (the
- * reply and the log say which).
+ * validated again from the same file and flags; the fields config.c's table marks LIVE
+ * (access lists, admin_group, drain_timeout_ms, watchdog) change at once, and every
+ * other field that changed is named in the reply and the log as needing a restart.
  */
 #define _GNU_SOURCE
 #include "daemon/control.h"
@@ -74,18 +74,6 @@ void mqd_begin_drain(mqd *d, const char *why)
 }
 
 /* ---- reload -------------------------------------------------------------------- */
-/* Fields a running mqd cannot change: a restart takes them. */
-static int needs_restart(const mqd_config *now, const mqd_config *next)
-{
-    return strcmp(next->model_dir, now->model_dir) || next->mode != now->mode || next->kv_tokens != now->kv_tokens ||
-           next->kv_block_tokens != now->kv_block_tokens || next->chunk_tokens != now->chunk_tokens ||
-           strcmp(next->client_socket, now->client_socket) || next->ctx_tokens != now->ctx_tokens ||
-           next->max_sessions != now->max_sessions || next->queue_max != now->queue_max ||
-           next->max_sessions_per_uid != now->max_sessions_per_uid ||
-           next->queue_max_per_uid != now->queue_max_per_uid || next->kv_tokens_per_uid != now->kv_tokens_per_uid ||
-           next->share_prefix_cache != now->share_prefix_cache || next->seccomp != now->seccomp;
-}
-
 static int refuse_reload(mqd *d, int rc, const char *err, char *msg, size_t msglen)
 {
     mq_errmsg(msg, msglen, 0, "reload refused, configuration unchanged: %s", err);
@@ -93,6 +81,8 @@ static int refuse_reload(mqd *d, int rc, const char *err, char *msg, size_t msgl
     mqd_sd_notify(d, "READY=1\nSTATUS=ready (reload refused: %s)", err);
     return rc;
 }
+
+#define RESTART_MAX 64 /* more than mqd_config has fields */
 
 int mqd_reload(mqd *d, char *msg, size_t msglen)
 {
@@ -109,14 +99,16 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
         rc = mqd_config_validate(&nc, err, sizeof err);
     if (rc)
         return refuse_reload(d, rc, err, msg, msglen);
+    /* load_done keeps the resolved pool sizes in cfg: "0 = as many as CPUs" over the same
+     * CPU list is the same size, no change */
+    if (!nc.prefill_threads && !strcmp(nc.prefill_cpus, d->cfg.prefill_cpus))
+        nc.prefill_threads = d->cfg.prefill_threads;
+    if (!nc.decode_threads && !strcmp(nc.decode_cpus, d->cfg.decode_cpus))
+        nc.decode_threads = d->cfg.decode_threads;
     mqd_config old = d->cfg;
-    memcpy(d->cfg.allowed_users, nc.allowed_users, sizeof nc.allowed_users);
-    memcpy(d->cfg.allowed_groups, nc.allowed_groups, sizeof nc.allowed_groups);
-    memcpy(d->cfg.trusted_fronts, nc.trusted_fronts, sizeof nc.trusted_fronts);
-    memcpy(d->cfg.trusted_front_groups, nc.trusted_front_groups, sizeof nc.trusted_front_groups);
-    memcpy(d->cfg.admin_group, nc.admin_group, sizeof nc.admin_group);
-    d->cfg.drain_timeout_ms = nc.drain_timeout_ms;
-    d->cfg.watchdog = nc.watchdog;
+    const char *restart[RESTART_MAX];
+    char applied[256];
+    int n_restart = mqd_config_apply_live(&d->cfg, &nc, restart, RESTART_MAX, applied, sizeof applied);
     rc = mqd_resolve_ids(d, err, sizeof err);
     if (rc) {
         d->cfg = old;
@@ -125,12 +117,14 @@ int mqd_reload(mqd *d, char *msg, size_t msglen)
             mqd_log(LOG_ERR, "reload: the previous access lists no longer resolve either: %s", again);
         return refuse_reload(d, rc, err, msg, msglen);
     }
-    mq_errmsg(msg, msglen, 0, "reloaded %s: access lists, admin_group, drain_timeout_ms, watchdog%s",
-              path[0] ? path : "(no config file)",
-              needs_restart(&d->cfg, &nc)
-                  ? "; model, mode, KV, chunk, context, limits, prefix cache, socket and seccomp changes need a "
-                    "restart"
-                  : "");
+    /* the reply names every field that changed without effect (it may be cut at msglen;
+     * the log has one line per field) */
+    mq_errmsg(msg, msglen, 0, "reloaded %s: %s applied", path[0] ? path : "(no config file)", applied);
+    for (int i = 0; i < n_restart && i < RESTART_MAX; i++) {
+        mqd_log(LOG_WARNING, "reload: field %s changed: needs a restart (not applied)", restart[i]);
+        size_t l = strlen(msg);
+        snprintf(msg + l, msglen - l, "; field %s changed: needs a restart", restart[i]);
+    }
     mqd_log(LOG_NOTICE, "%s", msg);
     mqd_sd_notify(d, "READY=1\nSTATUS=ready: %s (%s), reloaded", d->model_name, mq_prec_mode_name(d->cfg.mode));
     return 0;

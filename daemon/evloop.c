@@ -49,12 +49,6 @@ struct mq_ev {
     struct mq_ev *next_dead, *next_retry;
 };
 
-typedef struct posted {
-    mq_ev_fn fn;
-    void *arg;
-    struct posted *next;
-} posted;
-
 struct mq_evloop {
     struct io_uring ring;
     int stop;
@@ -63,7 +57,7 @@ struct mq_evloop {
     void *before_arg;
     /* posted calls */
     pthread_mutex_t post_lock;
-    posted *post_head, *post_tail;
+    mq_ev_post *post_head, *post_tail;
     int post_efd;
     mq_ev *post_ev;
     /* signals */
@@ -290,27 +284,27 @@ int mq_evloop_run_posted(mq_evloop *l)
 {
     int n = 0;
     pthread_mutex_lock(&l->post_lock);
-    posted *p = l->post_head;
+    mq_ev_post *p = l->post_head;
     l->post_head = l->post_tail = NULL;
     pthread_mutex_unlock(&l->post_lock);
     while (p) {
-        posted *nx = p->next;
+        mq_ev_post *nx = p->next; /* fn may free an embedded node, or post it again */
+        int owned = p->owned;
         p->fn(l, p->arg);
-        free(p);
+        if (owned)
+            free(p);
         p = nx;
         n++;
     }
     return n;
 }
 
-int mq_evloop_post(mq_evloop *l, mq_ev_fn fn, void *arg)
+static void post_enqueue(mq_evloop *l, mq_ev_post *p, mq_ev_fn fn, void *arg, int owned)
 {
-    posted *p = malloc(sizeof *p);
-    if (!p)
-        return -ENOMEM;
     p->fn = fn;
     p->arg = arg;
     p->next = NULL;
+    p->owned = owned;
     pthread_mutex_lock(&l->post_lock);
     if (l->post_tail)
         l->post_tail->next = p;
@@ -321,7 +315,20 @@ int mq_evloop_post(mq_evloop *l, mq_ev_fn fn, void *arg)
     uint64_t one = 1;
     ssize_t w = write(l->post_efd, &one, sizeof one);
     (void)w;
+}
+
+int mq_evloop_post(mq_evloop *l, mq_ev_fn fn, void *arg)
+{
+    mq_ev_post *p = malloc(sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    post_enqueue(l, p, fn, arg, 1);
     return 0;
+}
+
+void mq_evloop_post_node(mq_evloop *l, mq_ev_post *node, mq_ev_fn fn, void *arg)
+{
+    post_enqueue(l, node, fn, arg, 0);
 }
 
 void mq_evloop_stop(mq_evloop *l)
@@ -501,10 +508,11 @@ void mq_evloop_destroy(mq_evloop *l)
     for (int i = 0; i < l->n_all; i++)
         free(l->all[i]);
     free(l->all);
-    posted *p = l->post_head;
+    mq_ev_post *p = l->post_head; /* calls that never ran: free only the loop's own nodes */
     while (p) {
-        posted *n = p->next;
-        free(p);
+        mq_ev_post *n = p->next;
+        if (p->owned)
+            free(p);
         p = n;
     }
     if (l->post_efd >= 0)

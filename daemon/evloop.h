@@ -56,6 +56,18 @@ int mq_evloop_has_futex(const mq_evloop *l);
 
 /* Any thread: runs fn(arg) on the loop thread soon. -ENOMEM only. */
 int mq_evloop_post(mq_evloop *l, mq_ev_fn fn, void *arg);
+
+/* A posted call whose node lives in the caller's object (embed one per call that must
+ * not be lost, e.g. a request's end): posting it allocates nothing, so it cannot fail.
+ * The node must stay valid until fn has run, and is not posted again before that.
+ * Posted calls of both kinds run in the order they were posted. */
+typedef struct mq_ev_post {
+    mq_ev_fn fn;
+    void *arg;
+    struct mq_ev_post *next;
+    int owned; /* mq_evloop_post's own node: freed once fn ran */
+} mq_ev_post;
+void mq_evloop_post_node(mq_evloop *l, mq_ev_post *node, mq_ev_fn fn, void *arg);
 void mq_evloop_set_before_sleep(mq_evloop *l, mq_ev_fn fn, void *arg);
 /* Runs the calls posted so far on the calling thread (shutdown: let on_done's follow-ups
  * run after the loop stopped). Returns how many ran. */

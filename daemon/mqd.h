@@ -4,19 +4,24 @@
  * event loop, model, tokenizer, scheduler, listening sockets, client and admin
  * connections, systemd state, BPF probes). There is no other mutable global state.
  *
- * Modules (one file each, each with its own header; the call graph is a DAG):
- *   main.c         parse, set up, run, clean up                    -> server
+ * Modules (one file each, each with its own header; the call graph is a DAG; every module
+ * may call log.c and evloop.c, which are not listed):
+ *   main.c         parse, set up, run, clean up                    -> server, config, privs, sd
  *   server.c       init/run/fini and the load thread              -> admin, client_conn,
- *                                                                    control, sd, privs
- *   control.c      drain, reload, signals                          -> client_conn, sd, privs
+ *                                                                    control, sd, privs, prep,
+ *                                                                    probes, tenants, config
  *   admin.c        admin protocol: JSON (cJSON) on its own socket  -> control, client_conn,
- *                                                                    privs
+ *                                                                    privs, probes, seccomp,
+ *                                                                    tenants, config
+ *   control.c      drain, reload, signals                          -> client_conn, sd, privs,
+ *                                                                    config
  *   client_conn.c  client protocol (ipc/wire.h), channels, sinks   -> privs, prep, tenants
+ *   privs.c        privileged set-up, dropping privileges, peer checks -> probes, seccomp
  *   prep.c         workers that prepare prompts off the loop
- *   tenants.c      the tenant names trusted fronts open sessions for
  *   sd.c           systemd: named socket fds, sd_notify, watchdog
- *   privs.c        privileged set-up, dropping privileges, peer checks
- *   evloop.c, config.c, probes.c, log.c: leaves; every module logs through log.c.
+ *   tenants.c      the tenant names trusted fronts open sessions for
+ *   seccomp.c      the system-call allow-list installed after the privilege drop
+ *   evloop.c, config.c, probes.c, log.c: leaves.
  *
  * Thread rules: everything here runs on the event loop thread, except the scheduler's sink
  * callbacks (client_conn.c says what they touch: the channel under its tx lock, and

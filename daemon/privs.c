@@ -35,10 +35,6 @@
 #include "daemon/seccomp.h"
 #include "engine/arena.h"
 
-_Static_assert(MQ_CFG_SECCOMP_ON == (int)MQD_SECCOMP_ON && MQ_CFG_SECCOMP_KILL == (int)MQD_SECCOMP_KILL &&
-                   MQ_CFG_SECCOMP_OFF == (int)MQD_SECCOMP_OFF,
-               "seccomp: config words and mqd_seccomp_mode agree");
-
 static int parse_id(const char *s, unsigned *out)
 {
     char *end;
@@ -543,12 +539,12 @@ int mqd_privs_drop(mqd *d, char *err, size_t errlen)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         return mq_errmsg(err, errlen, -errno, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
     }
-    int rc = mqd_seccomp_install((enum mqd_seccomp_mode)d->cfg.seccomp, d->probes != NULL, err, errlen);
+    int rc = mqd_seccomp_install(d->cfg.seccomp, d->probes != NULL, err, errlen);
     if (rc)
         return rc;
     static const char *const seccomp_desc[] = { "seccomp allow-list (refusals: EPERM, logged)",
                                                 "seccomp allow-list (refusals kill mqd)", "no seccomp filter" };
     mqd_log(LOG_INFO, "privileges: running as uid %u gid %u, no capabilities, no_new_privs, %s", (unsigned)getuid(),
-            (unsigned)getgid(), seccomp_desc[d->cfg.seccomp <= MQ_CFG_SECCOMP_OFF ? d->cfg.seccomp : 0]);
+            (unsigned)getgid(), seccomp_desc[d->cfg.seccomp <= MQD_SECCOMP_OFF ? d->cfg.seccomp : 0]);
     return 0;
 }

@@ -107,10 +107,6 @@ static void set_phase(mqd *d, const char *phase)
     mqd_log(LOG_INFO, "loading: %s", phase);
 }
 
-_Static_assert(MQ_CFG_FP4_PACK_AUTO == (int)MQ_FP4_PACK_AUTO && MQ_CFG_FP4_PACK_ON == (int)MQ_FP4_PACK_ON &&
-                   MQ_CFG_FP4_PACK_OFF == (int)MQ_FP4_PACK_OFF,
-               "fp4_pack: config words and mq_fp4_pack agree");
-
 /* hugepages_reserve = "auto": weights + KV segment, counted before mapping them.
  * A dry run of mq_model_plan (headers only) with an allocator that hands out untouched
  * MAP_NORESERVE memory and adds up what the arena would hold (same 64-byte alignment, one
@@ -155,7 +151,7 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     const mq_read *reads = NULL;
     int n_reads = 0;
     char e[MQ_ERRMSG_LEN] = "";
-    mq_model_opts mo = { .fp4_pack = (mq_fp4_pack)d->cfg.fp4_pack };
+    mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack };
     int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e, sizeof e);
     if (rc < 0) {
         mqd_log(LOG_WARNING, "huge pages: auto: cannot size the model (%s); nothing reserved", e);
@@ -213,13 +209,22 @@ static int check_weights_memory(mqd *d, const char *desc, char *err, size_t errl
                      desc, mq_hugepages_free());
 }
 
+void mqd_load_opts_from_config(const mqd_config *c, mq_arena_opts *ao, mq_ws_opts *wo)
+{
+    mq_arena_opts_default(ao);
+    ao->allow_hugetlb = c->hugepages != MQ_CFG_HUGE_OFF;
+    ao->allow_thp = c->hugepages != MQ_CFG_HUGE_OFF;
+    mq_ws_opts_default(wo);
+    wo->queue_depth = (int)c->io_depth;
+    wo->read_bytes = ((size_t)c->io_read_kib * 1024 + 4095) / 4096 * 4096;
+}
+
 /* Phase "weights": the arena, then mq_ws_load_model (the loader tests and benchmarks run). */
 static int load_weights(mqd *d, char *err, size_t errlen)
 {
     mq_arena_opts ao;
-    mq_arena_opts_default(&ao);
-    ao.allow_hugetlb = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
-    ao.allow_thp = d->cfg.hugepages != MQ_CFG_HUGE_OFF;
+    mq_ws_opts wo;
+    mqd_load_opts_from_config(&d->cfg, &ao, &wo);
     size_t planned = 0;
     reserve_auto(d, &planned);
     mq_arena *arena;
@@ -230,10 +235,6 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     /* the whole model in one mapping, from the pages just reserved for it */
     if (planned && mq_arena_reserve(d->arena, planned) < 0)
         mqd_log(LOG_WARNING, "huge pages: auto: mapping %zu bytes up front failed; chunks instead", planned);
-    mq_ws_opts wo;
-    mq_ws_opts_default(&wo);
-    wo.queue_depth = (int)d->cfg.io_depth;
-    wo.read_bytes = ((size_t)d->cfg.io_read_kib * 1024 + 4095) / 4096 * 4096;
     wo.cancel = &d->load_cancel;
     mq_ws_progress prog;
     memset(&prog, 0, sizeof prog);
@@ -241,7 +242,7 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     memset(&wres, 0, sizeof wres);
     ws_watch watch = { .d = d, .prog = &prog };
     int watching = pthread_create(&watch.th, NULL, ws_watch_main, &watch) == 0;
-    const mq_model_opts mo = { .fp4_pack = (mq_fp4_pack)d->cfg.fp4_pack };
+    const mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack };
     rc = mq_ws_load_model(d->cfg.model_dir, &mo, d->arena, &wo, &prog, &wres, &d->model, err, errlen);
     if (watching) {
         __atomic_store_n(&watch.stop, 1, __ATOMIC_SEQ_CST);

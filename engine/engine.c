@@ -751,3 +751,61 @@ int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const in
     }
     return rc;
 }
+
+/* The rows of mq_engine_score_positions when the mode's precisions differ: each position
+ * a one-row decode-precision step (the GEMV's order, as mq_engine_prefill_chunk runs a
+ * prompt's last token; a decode batch is batch-invariant) on a view of seq whose block
+ * holding the position is a private copy. */
+static int score_last_rows(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, uint8_t *const *spare, int n_spare,
+                           const int *tokens, int n, mq_prec prec, float *logits, mq_engine_rows_fn rows, void *ctx)
+{
+    const int batch = n_spare < e->max_batch ? n_spare : e->max_batch, nb = seq->n_blocks;
+    const size_t bb = mq_kv_block_bytes(e->c, e->block_tokens);
+    uint8_t **lists = malloc((size_t)batch * (size_t)nb * sizeof *lists);
+    mq_kv_seq *views = malloc((size_t)batch * sizeof *views);
+    int *pos = malloc((size_t)batch * sizeof *pos), rc = lists && views && pos ? 0 : -ENOMEM;
+    for (int i0 = 0; i0 < n - 1 && !rc; i0 += batch) {
+        const int ns = n - 1 - i0 < batch ? n - 1 - i0 : batch;
+        for (int s = 0; s < ns; s++) {
+            const int p = i0 + s, b = p / e->block_tokens;
+            uint8_t **bl = lists + (size_t)s * (size_t)nb;
+            memcpy(bl, seq->blocks, (size_t)b * sizeof *bl);
+            memcpy(spare[s], seq->blocks[b], bb); /* positions < p of block b */
+            bl[b] = spare[s];
+            views[s] = (mq_kv_seq){ bl, b + 1 };
+            pos[s] = p;
+        }
+        rc = mq_engine_decode(e, pool, views, tokens + i0, pos, ns, prec, logits);
+        if (!rc)
+            rc = rows(ctx, i0, ns, logits);
+    }
+    free(lists);
+    free(views);
+    free(pos);
+    return rc;
+}
+
+int mq_engine_score_positions(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, uint8_t *const *spare, int n_spare,
+                              const int *tokens, int n, mq_prec_mode mode, float *logits, mq_engine_rows_fn rows,
+                              void *ctx)
+{
+    const mq_prec prompt = mq_prec_mode_prompt(mode), last = mq_prec_mode_decode(mode);
+    if (n < 2 || !logits || !rows || (prompt != last && (!spare || n_spare < 1)))
+        return -EINVAL;
+    int rc = 0;
+    if (prompt == last) { /* every row at the one precision; the last token predicts nothing */
+        for (int p0 = 0; p0 < n - 1 && !rc; p0 += e->max_chunk) {
+            const int len = n - 1 - p0 < e->max_chunk ? n - 1 - p0 : e->max_chunk;
+            rc = mq_engine_forward(e, pool, seq, tokens + p0, len, p0, prompt, logits, MQ_LOGITS_ALL);
+            if (!rc)
+                rc = rows(ctx, p0, len, logits);
+        }
+        return rc;
+    }
+    /* the prompt part (position i's own KV is written by its row) */
+    for (int p0 = 0; p0 < n - 2 && !rc; p0 += e->max_chunk) {
+        const int len = n - 2 - p0 < e->max_chunk ? n - 2 - p0 : e->max_chunk;
+        rc = mq_engine_prefill_chunk(e, pool, seq, tokens + p0, len, p0, mode, NULL);
+    }
+    return rc ? rc : score_last_rows(e, pool, seq, spare, n_spare, tokens, n, last, logits, rows, ctx);
+}

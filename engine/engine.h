@@ -88,4 +88,21 @@ int mq_engine_prefill_chunk(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, c
 int mq_engine_prompt(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, const int *tokens, int n, int pos0,
                      mq_prec_mode mode, float *logits_last);
 
+/* Teacher-forced scoring (make eval): for every position i in [0, n-1), the logits of
+ * token i as the last token of the prompt tokens[0..i] under mode's rule, all positions
+ * at once. The prompt part is one prefill of tokens[0..n-2) in chunks of max_chunk
+ * (mq_engine_prefill_chunk, KV only), so a position's KV differs from a prefill of its
+ * own prefix only by NVFP4's per-call activation scale. When the mode's precisions
+ * differ (mixed), row i is the prompt's last token at the decode precision over that KV,
+ * max_batch positions per decode step; it writes its own position's K/V into a copy of
+ * the block holding it, one of spare[0..n_spare) (mq_kv_block_bytes each; n_spare >= 1;
+ * seq's blocks stay as the prefill left them). Otherwise every row runs at the one
+ * precision in chunks of max_chunk. rows(ctx, pos0, m, logits[m, vocab]) gets positions
+ * pos0..pos0+m-1 in order (m <= max(max_chunk, max_batch) rows: the size of logits);
+ * its negative return stops the scoring and is returned. seq covers positions 0..n-1. */
+typedef int (*mq_engine_rows_fn)(void *ctx, int pos0, int m, const float *logits);
+int mq_engine_score_positions(mq_engine *e, mq_pool *pool, const mq_kv_seq *seq, uint8_t *const *spare, int n_spare,
+                              const int *tokens, int n, mq_prec_mode mode, float *logits, mq_engine_rows_fn rows,
+                              void *ctx);
+
 #endif

@@ -25,14 +25,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WS_ALIGN        4096u /* O_DIRECT alignment (covers 512 and 4K sectors) */
-#define WS_DEFAULT_QD   16
-#define WS_DEFAULT_READ ((size_t)4 << 20)
+#define WS_ALIGN 4096u /* O_DIRECT alignment (covers 512 and 4K sectors) */
+/* mqd's io_depth and io_read_kib defaults (daemon/config.c takes them from here) */
+#define WS_DEFAULT_QD   8
+#define WS_DEFAULT_READ ((size_t)1 << 20)
 #define WS_MAX_HELPERS  64
 
-#define LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
-#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
-#define ADD(x, v)   __atomic_add_fetch(&(x), (v), __ATOMIC_RELAXED)
+/* progress counters: read by other threads only for display, so no ordering */
+#define RELAXED_LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define RELAXED_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define RELAXED_ADD(x, v)   __atomic_add_fetch(&(x), (v), __ATOMIC_RELAXED)
 
 void mq_ws_opts_default(mq_ws_opts *o)
 {
@@ -46,15 +48,15 @@ void mq_ws_opts_default(mq_ws_opts *o)
 void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t *bytes_total, uint64_t *reads_done,
                         uint64_t *reads_total, double *rate_bps)
 {
-    uint64_t bd = LOAD(p->bytes_done), st = LOAD(p->start_ns), en = LOAD(p->end_ns);
+    uint64_t bd = RELAXED_LOAD(p->bytes_done), st = RELAXED_LOAD(p->start_ns), en = RELAXED_LOAD(p->end_ns);
     if (bytes_done)
         *bytes_done = bd;
     if (bytes_total)
-        *bytes_total = LOAD(p->bytes_total);
+        *bytes_total = RELAXED_LOAD(p->bytes_total);
     if (reads_done)
-        *reads_done = LOAD(p->reads_done);
+        *reads_done = RELAXED_LOAD(p->reads_done);
     if (reads_total)
-        *reads_total = LOAD(p->reads_total);
+        *reads_total = RELAXED_LOAD(p->reads_total);
     if (rate_bps) {
         uint64_t t = (en ? en : mq_now_ns()) - st;
         *rate_bps = st && t ? bd / (t * 1e-9) : 0;
@@ -120,7 +122,7 @@ static void run_ready(struct ws *w, int i)
                 w->paths[rd->file], (unsigned long long)rd->offset, strerror(-r));
         return;
     }
-    ADD(w->prog->reads_done, 1);
+    RELAXED_ADD(w->prog->reads_done, 1);
 }
 
 static void *helper_main(void *arg)
@@ -180,10 +182,23 @@ static double cached_fraction(int fd, uint64_t size)
     return f;
 }
 
+/* Appends "; what" to the result's note (what the caller logs beside the figures). */
+static void note_add(mq_ws_result *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note_add(mq_ws_result *res, const char *fmt, ...)
+{
+    size_t l = strlen(res->note);
+    if (l && l + 2 < sizeof res->note) {
+        memcpy(res->note + l, "; ", 3);
+        l += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(res->note + l, sizeof res->note - l, fmt, ap);
+    va_end(ap);
+}
+
 static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
 {
-    for (int f = 0; f < n_files; f++)
-        w->fds[f] = -1;
     for (int f = 0; f < n_files; f++) {
         int fd = mq_open_regular(w->paths[f], 0, err, errlen);
         if (fd < 0)
@@ -206,9 +221,7 @@ static int open_files(struct ws *w, int n_files, char *err, size_t errlen)
                 fd = dfd;
                 w->direct[f] = 1;
             } else {
-                size_t l = strlen(w->res->note);
-                snprintf(w->res->note + l, sizeof w->res->note - l, "%sO_DIRECT refused on %s (%s): buffered reads",
-                         l ? "; " : "", w->paths[f], strerror(-dfd));
+                note_add(w->res, "O_DIRECT refused on %s (%s): buffered reads", w->paths[f], strerror(-dfd));
             }
         }
         if (w->direct[f])
@@ -255,7 +268,7 @@ static void piece_done(struct ws *w, struct slot *s)
     uint64_t n = hi > lo ? hi - lo : 0;
     if (w->direct[r->file] && n)
         memcpy((uint8_t *)r->dst + (lo - r->offset), s->buf + (lo - s->off), n);
-    ADD(w->prog->bytes_done, n);
+    RELAXED_ADD(w->prog->bytes_done, n);
     w->remaining[s->read] -= n;
     if (w->remaining[s->read] == 0)
         deliver(w, s->read);
@@ -376,13 +389,127 @@ static int stream(struct ws *w, char *err, size_t errlen)
     return 0;
 }
 
+/* The caller's options with defaults and bounds applied. */
+static void ws_opts_normalize(mq_ws_opts *o, const mq_ws_opts *given)
+{
+    if (given)
+        *o = *given;
+    else
+        mq_ws_opts_default(o);
+    mq_ws_opts def;
+    mq_ws_opts_default(&def);
+    if (o->queue_depth <= 0)
+        o->queue_depth = def.queue_depth;
+    if (o->read_bytes < WS_ALIGN)
+        o->read_bytes = def.read_bytes;
+    o->read_bytes = o->read_bytes / WS_ALIGN * WS_ALIGN;
+    if (o->read_bytes > (1u << 30))
+        o->read_bytes = 1u << 30;
+    if (o->helpers > WS_MAX_HELPERS)
+        o->helpers = WS_MAX_HELPERS;
+}
+
+static int ws_validate_reads(const mq_ws_read *reads, int n_reads, int n_files, char *err, size_t errlen)
+{
+    for (int i = 0; i < n_reads; i++)
+        if (reads[i].file < 0 || reads[i].file >= n_files || (!reads[i].dst && reads[i].bytes))
+            return mq_errmsg(err, errlen, -EINVAL, "weight stream: read %d (%s) has a bad file index or no destination",
+                             i, reads[i].what ? reads[i].what : "?");
+    return 0;
+}
+
+static void ws_progress_start(mq_ws_progress *prog, const mq_ws_read *reads, int n_reads)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < n_reads; i++)
+        total += reads[i].bytes;
+    RELAXED_STORE(prog->bytes_total, total);
+    RELAXED_STORE(prog->bytes_done, 0);
+    RELAXED_STORE(prog->reads_total, (uint64_t)n_reads);
+    RELAXED_STORE(prog->reads_done, 0);
+    RELAXED_STORE(prog->end_ns, 0);
+    RELAXED_STORE(prog->start_ns, mq_now_ns());
+}
+
+/* The per-file and per-read tables; every fd entry is -1 (not open) until open_files. */
+static int ws_alloc(struct ws *w, int n_files, char *err, size_t errlen)
+{
+    w->fds = malloc(((size_t)n_files + 1) * sizeof(int));
+    if (w->fds)
+        for (int f = 0; f < n_files; f++)
+            w->fds[f] = -1;
+    w->direct = calloc((size_t)n_files + 1, sizeof(int));
+    w->remaining = malloc(((size_t)w->n_reads + 1) * sizeof(uint64_t));
+    w->q = malloc(((size_t)w->n_reads + 1) * sizeof(int));
+    if (!w->fds || !w->direct || !w->remaining || !w->q)
+        return mq_errmsg(err, errlen, -ENOMEM, "weight stream: out of memory for %d files, %d reads", n_files,
+                         w->n_reads);
+    for (int i = 0; i < w->n_reads; i++)
+        w->remaining[i] = w->reads[i].bytes;
+    return 0;
+}
+
+static void ws_free(struct ws *w, int n_files)
+{
+    if (w->fds)
+        for (int f = 0; f < n_files; f++)
+            if (w->fds[f] >= 0)
+                close(w->fds[f]);
+    free(w->fds);
+    free(w->direct);
+    free(w->remaining);
+    free(w->q);
+}
+
+/* Starts the helper threads that run ready(); returns how many run. A thread that cannot
+ * be started is said in the result's note: the load goes on with fewer (none: ready()
+ * runs on the caller's thread). */
+static int ws_start_helpers(struct ws *w, pthread_t *th)
+{
+    int n_th = 0;
+    for (int i = 0; i < w->o.helpers; i++) {
+        int rc = pthread_create(&th[n_th], NULL, helper_main, w);
+        if (rc != 0) {
+            note_add(w->res, "%d of %d quantize threads (pthread_create: %s)", n_th, w->o.helpers, strerror(rc));
+            break;
+        }
+        if (w->o.helper_cpus)
+            pthread_setaffinity_np(th[n_th], sizeof(cpu_set_t), (const cpu_set_t *)w->o.helper_cpus);
+        pthread_setname_np(th[n_th], "mq-quantize");
+        n_th++;
+    }
+    if (w->o.helpers > 0 && n_th == 0)
+        w->o.helpers = 0; /* no threads: run ready inline */
+    return n_th;
+}
+
+/* Lets the helpers drain the ready queue, joins them, and turns what failed into r. */
+static int ws_finish(struct ws *w, pthread_t *th, int n_th, int r, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&w->mu);
+    w->q_closed = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    for (int i = 0; i < n_th; i++)
+        pthread_join(th[i], NULL);
+    if (r == 0 && w->failed) {
+        r = w->failed;
+        mq_errmsg(err, errlen, 0, "%s", w->err);
+    }
+    uint64_t done = RELAXED_LOAD(w->prog->reads_done);
+    if (r == 0 && done != (uint64_t)w->n_reads)
+        r = mq_errmsg(err, errlen, -EIO, "weight stream: only %llu of %d reads completed", (unsigned long long)done,
+                      w->n_reads);
+    return r;
+}
+
 int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, int n_reads, const mq_ws_opts *o,
               mq_ws_ready_fn ready, void *ctx, mq_ws_progress *prog, mq_ws_result *res, char *err, size_t errlen)
 {
-    static char dummy_err[8];
+    char local_err[MQ_ERRMSG_LEN];
     if (!err) {
-        err = dummy_err;
-        errlen = sizeof dummy_err;
+        err = local_err;
+        errlen = sizeof local_err;
     }
     err[0] = 0;
     mq_ws_progress lprog;
@@ -395,96 +522,27 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
     struct ws w = {
         .reads = reads, .n_reads = n_reads, .paths = paths, .ready = ready, .ctx = ctx, .prog = prog, .res = res
     };
-    if (o)
-        w.o = *o;
-    else
-        mq_ws_opts_default(&w.o);
-    if (w.o.queue_depth <= 0)
-        w.o.queue_depth = WS_DEFAULT_QD;
-    if (w.o.read_bytes < WS_ALIGN)
-        w.o.read_bytes = WS_DEFAULT_READ;
-    w.o.read_bytes = w.o.read_bytes / WS_ALIGN * WS_ALIGN;
-    if (w.o.read_bytes > (1u << 30))
-        w.o.read_bytes = 1u << 30;
-    if (w.o.helpers > WS_MAX_HELPERS)
-        w.o.helpers = WS_MAX_HELPERS;
-
-    for (int i = 0; i < n_reads; i++) {
-        if (reads[i].file < 0 || reads[i].file >= n_files || (!reads[i].dst && reads[i].bytes)) {
-            return mq_errmsg(err, errlen, -EINVAL, "weight stream: read %d (%s) has a bad file index or no destination",
-                             i, reads[i].what ? reads[i].what : "?");
-        }
-    }
-    uint64_t total = 0;
-    for (int i = 0; i < n_reads; i++)
-        total += reads[i].bytes;
-    STORE(prog->bytes_total, total);
-    STORE(prog->bytes_done, 0);
-    STORE(prog->reads_total, (uint64_t)n_reads);
-    STORE(prog->reads_done, 0);
-    STORE(prog->end_ns, 0);
-    STORE(prog->start_ns, mq_now_ns());
-
-    w.fds = calloc((size_t)n_files + 1, sizeof(int));
-    w.direct = calloc((size_t)n_files + 1, sizeof(int));
-    w.remaining = malloc(((size_t)n_reads + 1) * sizeof(uint64_t));
-    w.q = malloc(((size_t)n_reads + 1) * sizeof(int));
+    ws_opts_normalize(&w.o, o);
+    int r = ws_validate_reads(reads, n_reads, n_files, err, errlen);
+    if (r < 0)
+        return r;
+    ws_progress_start(prog, reads, n_reads);
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
     pthread_cond_init(&w.done_cv, NULL);
-    pthread_t th[WS_MAX_HELPERS];
-    int n_th = 0, r = 0;
-    if (!w.fds || !w.direct || !w.remaining || !w.q) {
-        r = mq_errmsg(err, errlen, -ENOMEM, "weight stream: out of memory");
-        goto out;
+    r = ws_alloc(&w, n_files, err, errlen);
+    if (r == 0)
+        r = open_files(&w, n_files, err, errlen);
+    if (r == 0) {
+        pthread_t th[WS_MAX_HELPERS];
+        int n_th = ws_start_helpers(&w, th);
+        uint64_t t0 = mq_now_ns();
+        r = stream(&w, err, errlen);
+        r = ws_finish(&w, th, n_th, r, err, errlen);
+        res->seconds = (mq_now_ns() - t0) * 1e-9;
     }
-    for (int i = 0; i < n_reads; i++)
-        w.remaining[i] = reads[i].bytes;
-    r = open_files(&w, n_files, err, errlen);
-    if (r < 0)
-        goto out;
-    for (int i = 0; i < w.o.helpers; i++) {
-        if (pthread_create(&th[n_th], NULL, helper_main, &w) != 0)
-            break;
-        if (w.o.helper_cpus)
-            pthread_setaffinity_np(th[n_th], sizeof(cpu_set_t), (const cpu_set_t *)w.o.helper_cpus);
-        pthread_setname_np(th[n_th], "mq-quantize");
-        n_th++;
-    }
-    if (w.o.helpers > 0 && n_th == 0)
-        w.o.helpers = 0; /* no threads: run ready inline */
-
-    uint64_t t0 = mq_now_ns();
-    r = stream(&w, err, errlen);
-    /* wait for the helpers to drain the ready queue */
-    pthread_mutex_lock(&w.mu);
-    w.q_closed = 1;
-    pthread_cond_broadcast(&w.cv);
-    pthread_mutex_unlock(&w.mu);
-    for (int i = 0; i < n_th; i++)
-        pthread_join(th[i], NULL);
-    n_th = 0;
-    res->seconds = (mq_now_ns() - t0) * 1e-9;
-    if (r == 0 && w.failed) {
-        r = w.failed;
-        mq_errmsg(err, errlen, 0, "%s", w.err);
-    }
-    if (r == 0 && LOAD(prog->reads_done) != (uint64_t)n_reads) {
-        r = mq_errmsg(err, errlen, -EIO, "weight stream: only %llu of %d reads completed",
-                      (unsigned long long)LOAD(prog->reads_done), n_reads);
-    }
-out:
-    for (int i = 0; i < n_th; i++)
-        pthread_join(th[i], NULL);
-    STORE(prog->end_ns, mq_now_ns());
-    if (w.fds)
-        for (int f = 0; f < n_files; f++)
-            if (w.fds[f] >= 0)
-                close(w.fds[f]);
-    free(w.fds);
-    free(w.direct);
-    free(w.remaining);
-    free(w.q);
+    RELAXED_STORE(prog->end_ns, mq_now_ns());
+    ws_free(&w, n_files);
     pthread_mutex_destroy(&w.mu);
     pthread_cond_destroy(&w.cv);
     pthread_cond_destroy(&w.done_cv);

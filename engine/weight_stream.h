@@ -55,8 +55,8 @@ typedef enum { MQ_WS_DIRECT_AUTO = 0, MQ_WS_DIRECT_ON = 1, MQ_WS_DIRECT_OFF = 2 
 typedef enum { MQ_WS_STAGING_MAPPED = 0, MQ_WS_STAGING_HEAP = 1 } mq_ws_staging;
 
 typedef struct mq_ws_opts {
-    int queue_depth;   /* pieces in flight (default 16) */
-    size_t read_bytes; /* largest piece (default 4 MiB; multiple of 4096) */
+    int queue_depth;   /* pieces in flight (default 8) */
+    size_t read_bytes; /* largest piece (default 1 MiB; multiple of 4096) */
     mq_ws_direct direct;
     int helpers;             /* threads running ready() (default 1; 0 = caller's thread) */
     const void *helper_cpus; /* cpu_set_t * for the helpers, or NULL */

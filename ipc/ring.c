@@ -10,8 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LOAD(p)     __atomic_load_n((p), __ATOMIC_SEQ_CST)
-#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+/* ring positions and waiter flags are shared with another process: sequentially consistent */
+#define SC_LOAD(p)     __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define SC_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
 
 int mq_futex_wait(uint32_t *word, uint32_t expected, int timeout_ms)
 {
@@ -54,7 +55,7 @@ int mq_ring_attach_producer(mq_ring *r, mq_ring_ctl *ctl, void *data, uint32_t s
 {
     int rc = attach(r, ctl, data, size);
     if (!rc)
-        r->pos = LOAD(&ctl->head);
+        r->pos = SC_LOAD(&ctl->head);
     return rc;
 }
 
@@ -62,14 +63,14 @@ int mq_ring_attach_consumer(mq_ring *r, mq_ring_ctl *ctl, void *data, uint32_t s
 {
     int rc = attach(r, ctl, data, size);
     if (!rc)
-        r->pos = LOAD(&ctl->tail);
+        r->pos = SC_LOAD(&ctl->tail);
     return rc;
 }
 
 /* ---- producer ------------------------------------------------------------------ */
 int64_t mq_ring_space(const mq_ring *r)
 {
-    uint32_t used = r->pos - LOAD(&r->ctl->tail);
+    uint32_t used = r->pos - SC_LOAD(&r->ctl->tail);
     if (used > r->size)
         return -EPROTO;
     return (int64_t)(r->size - used);
@@ -86,10 +87,10 @@ void mq_ring_write(mq_ring *r, const void *src, uint32_t n)
 
 void mq_ring_publish(mq_ring *r)
 {
-    STORE(&r->ctl->head, r->pos);
-    if (LOAD(&r->ctl->head_waiters))
+    SC_STORE(&r->ctl->head, r->pos);
+    if (SC_LOAD(&r->ctl->head_waiters))
         mq_futex_wake(&r->ctl->head);
-    if (r->efd >= 0 && LOAD(&r->ctl->poll_armed)) {
+    if (r->efd >= 0 && SC_LOAD(&r->ctl->poll_armed)) {
         uint64_t one = 1;
         ssize_t w = write(r->efd, &one, sizeof one);
         (void)w; /* EAGAIN = full: the reader has a wake-up pending already */
@@ -115,8 +116,8 @@ static int ring_wait(mq_ring *r, uint32_t *word, uint32_t *flag, int64_t (*ready
             rc = k < 0 ? (int)k : 0;
             break;
         }
-        uint32_t seen = LOAD(word);
-        STORE(flag, 1);
+        uint32_t seen = SC_LOAD(word);
+        SC_STORE(flag, 1);
         /* Re-check after announcing: the peer may have moved in between. */
         if (ready(r, n) != 0)
             continue;
@@ -129,8 +130,8 @@ static int ring_wait(mq_ring *r, uint32_t *word, uint32_t *flag, int64_t (*ready
         if (rc && rc != -ETIMEDOUT && (rc != -EINTR || eintr_returns))
             break;
     }
-    if (LOAD(flag))
-        STORE(flag, 0);
+    if (SC_LOAD(flag))
+        SC_STORE(flag, 0);
     return rc;
 }
 
@@ -150,7 +151,7 @@ int mq_ring_wait_space(mq_ring *r, uint32_t n, int timeout_ms)
 /* ---- consumer ------------------------------------------------------------------ */
 int64_t mq_ring_avail(const mq_ring *r)
 {
-    uint32_t avail = LOAD(&r->ctl->head) - r->pos;
+    uint32_t avail = SC_LOAD(&r->ctl->head) - r->pos;
     if (avail > r->size)
         return -EPROTO;
     return avail;
@@ -167,8 +168,8 @@ void mq_ring_peek(const mq_ring *r, uint32_t off, void *dst, uint32_t n)
 void mq_ring_consume(mq_ring *r, uint32_t n)
 {
     r->pos += n;
-    STORE(&r->ctl->tail, r->pos);
-    if (LOAD(&r->ctl->tail_waiters))
+    SC_STORE(&r->ctl->tail, r->pos);
+    if (SC_LOAD(&r->ctl->tail_waiters))
         mq_futex_wake(&r->ctl->tail);
 }
 

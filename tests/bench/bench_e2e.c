@@ -35,6 +35,8 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "daemon/config.h"
+#include "daemon/server.h"
 #include "engine/arena.h"
 #include "engine/chat_template.h"
 #include "engine/engine.h"
@@ -174,13 +176,12 @@ static mq_model *load_streamed_opts(const char *dir, const mq_model_opts *mo, mq
                                     mq_ws_result *res)
 {
     char err[512];
+    mqd_config cfg; /* mqd's default load: its options, made where mqd makes them */
+    mqd_config_defaults(&cfg);
     mq_arena_opts ao;
-    mq_arena_opts_default(&ao);
-    ao.chunk_bytes = (size_t)1 << 30;
-    mq_arena_create(arena, &ao);
     mq_ws_opts wo;
-    mq_ws_opts_default(&wo);
-    wo.helpers = g_threads;
+    mqd_load_opts_from_config(&cfg, &ao, &wo);
+    mq_arena_create(arena, &ao);
     mq_model *m = NULL;
     double t0 = mq_now_s();
     int r = mq_ws_load_model(dir, mo, *arena, &wo, NULL, res, &m, err, sizeof err);

@@ -1,17 +1,17 @@
 /* tests/golden/test_eval_modes.c — the scoring method of mq_eval (tests/bench/eval_modes.h).
  *
- * doc_nll() scores every position of a document at once; these checks recompute single
+ * doc_nll() (mq_engine_score_positions) scores every position of a document at once; these checks recompute single
  * positions the plain way, on mq-qwen3-80m and the first corpus document of >= 80 tokens,
  * at positions around KV block edges (16-token blocks):
  *   - bf16: mq_engine_prompt() on the prefix 0..p (a fresh prefill per position) must give
  *     the same NLL for token p+1, up to the difference between the LM head's orders for
  *     all rows (tiled) and for the last row alone (GEMV) (measured ~3e-6 nats; bound 2e-2).
  *     An indexing error (wrong position, wrong target) costs nats.
- *   - mixed: the same NVFP4 prefill of the document (same chunks), then ONE BF16 token at
- *     position p on top of it (mq_engine_decode of one sequence: the mixed rule's last
- *     token is summed as a decode step) must match the batched decode over shared NVFP4
- *     blocks + private block copies bit for bit: a decode batch is batch-invariant
- *     (engine.h), each row summed as it would be alone.
+ *   - mixed: the same prompt-part prefill of the document (same chunks), then token p as
+ *     a one-token chunk that ends the prompt (mq_engine_prefill_chunk, the rule the
+ *     scheduler runs: BF16, summed as a decode step) must match the batched decode over
+ *     shared NVFP4 blocks + private block copies bit for bit: a decode batch is
+ *     batch-invariant (engine.h), each row summed as it would be alone.
  * Also printed, not asserted: how far the mixed NLL moves when the prefix 0..p-1 is
  * prefilled on its own (mq_engine_prompt): the dynamic NVFP4 activation scale is taken per
  * GEMM call (NVFP4.md), so NVFP4 KV depends on which tokens share the call.
@@ -66,13 +66,14 @@ static void test_doc_nll_matches_single_positions(void)
         double x = nll_of(logits, v.vocab, ids[p + 1]);
         worst_bf = fmax(worst_bf, fabs(x - per_bf[p]));
         CHECK(!rc && fabs(x - per_bf[p]) < TOL, "bf16, position %d: batched %.5f, prompt %.5f", p, per_bf[p], x);
-        /* mixed: the document's NVFP4 prefill in the same chunks, then token p in BF16 */
+        /* mixed: the document's prompt part in the same chunks, then token p as the
+         * prompt's last token (mq_engine_prefill_chunk: the rule mqd runs) */
         for (int p0 = 0; p0 < d->n - 2 && !rc; p0 += CHUNK) {
             int len = d->n - 2 - p0 < CHUNK ? d->n - 2 - p0 : CHUNK;
-            rc = mq_engine_forward(v.e, v.pool, &seq, ids + p0, len, p0, MQ_PREC_FP4, NULL, MQ_LOGITS_NONE);
+            rc = mq_engine_prefill_chunk(v.e, v.pool, &seq, ids + p0, len, p0, MQ_PREC_MODE_MIXED, NULL);
         }
         if (!rc)
-            rc = mq_engine_decode(v.e, v.pool, &seq, ids + p, &p, 1, MQ_PREC_BF16, logits);
+            rc = mq_engine_prefill_chunk(v.e, v.pool, &seq, ids + p, 1, p, MQ_PREC_MODE_MIXED, logits);
         x = nll_of(logits, v.vocab, ids[p + 1]);
         worst_mx = fmax(worst_mx, fabs(x - per_mx[p]));
         CHECK(!rc && x == per_mx[p], "mixed, position %d: batched %.9f, single %.9f", p, per_mx[p], x);

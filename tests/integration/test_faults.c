@@ -546,7 +546,9 @@ static void test_tokenizer_of_another_model_refused(void)
         spawn_dump_log(o.log);
 }
 
-/* Issue 13 #10: a SIGHUP refused for an unknown user was not logged. */
+/* Issue 13 #10: a SIGHUP refused for an unknown user was not logged. Then a SIGHUP that
+ * changes fields a running mqd cannot take names each of them, in the log and in the
+ * reload reply, and applies the live one. */
 static void test_sighup_refused_is_logged(void)
 {
     char cfg[400];
@@ -573,6 +575,36 @@ static void test_sighup_refused_is_logged(void)
     cJSON *r = admin_call(o.admin, "status", 0);
     CHECK(r && !strcmp(jstr(r, "state"), "ready"), "still ready after the refused reload");
     cJSON_Delete(r);
+    /* a reload changing a live field and two restart-only ones (a reload once said
+     * "reloaded" for these and nothing else) */
+    f = fopen(cfg, "w");
+    fprintf(f,
+            "{\"model_dir\": \"%s\", \"user\": \"nobody\", \"kv_tokens\": 4096, \"drain_timeout_ms\": 1234, "
+            "\"io_depth\": 4, \"prompt_ring_kib\": 512}\n",
+            spawn_model());
+    fclose(f);
+    kill(o.pid, SIGHUP);
+    seen = 0;
+    for (double t0 = spawn_now(); !seen && spawn_now() - t0 < 10; usleep(50 * 1000))
+        seen = own_log_has(&o, "reload: field prompt_ring_kib changed: needs a restart");
+    CHECK(seen && own_log_has(&o, "reload: field io_depth changed: needs a restart"),
+          "no log line for the restart-only fields io_depth, prompt_ring_kib");
+    CHECK(!own_log_has(&o, "field drain_timeout_ms changed") && !own_log_has(&o, "field prefill_threads changed") &&
+              !own_log_has(&o, "field kv_tokens changed"),
+          "a live or unchanged field reported as needing a restart");
+    r = admin_call(o.admin, "reload", 0);
+    const char *m = r ? jstr(r, "message") : "";
+    CHECK(strstr(m, "; field io_depth changed: needs a restart; field prompt_ring_kib changed: needs a restart"),
+          "the reload reply does not name them: %s", m);
+    cJSON_Delete(r);
+    r = admin_call(o.admin, "config", 0);
+    cJSON *conf = r ? cJSON_GetObjectItem(r, "config") : NULL;
+    CHECK(jnum(conf, "drain_timeout_ms", NULL) == 1234 && jnum(conf, "io_depth", NULL) == 8,
+          "drain_timeout_ms %.0f (applied: 1234), io_depth %.0f (not applied: 8)", jnum(conf, "drain_timeout_ms", NULL),
+          jnum(conf, "io_depth", NULL));
+    cJSON_Delete(r);
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
     own_stop(&o);
 }
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "daemon/config.h"
+#include "daemon/server.h"
 #include "tests/harness.h"
 #include "daemon/config.h"
 
@@ -121,17 +122,42 @@ static void test_flags_override_file(void)
     unlink(path);
 }
 
+/* The load options mqd runs (and bench_e2e measures): mqd's defaults are the weight
+ * stream's and the arena's own, and the io fields reach the stream (a read size rounded
+ * up to whole 4 KiB pages). */
+static void test_load_opts(void)
+{
+    mqd_config c;
+    mqd_config_defaults(&c);
+    mq_arena_opts ao, ao_def;
+    mq_ws_opts wo, wo_def;
+    mqd_load_opts_from_config(&c, &ao, &wo);
+    mq_arena_opts_default(&ao_def);
+    mq_ws_opts_default(&wo_def);
+    CHECK(wo.queue_depth == wo_def.queue_depth && wo.read_bytes == wo_def.read_bytes && wo.helpers == wo_def.helpers,
+          "defaults: depth %d vs %d, read %zu vs %zu, helpers %d vs %d", wo.queue_depth, wo_def.queue_depth,
+          wo.read_bytes, wo_def.read_bytes, wo.helpers, wo_def.helpers);
+    CHECK(ao.chunk_bytes == ao_def.chunk_bytes && ao.allow_hugetlb && ao.allow_thp, "arena: chunk %zu vs %zu",
+          ao.chunk_bytes, ao_def.chunk_bytes);
+    char err[256] = "";
+    CHECK(mqd_config_set(&c, "io-depth", "3", err, sizeof err) == 0 &&
+              mqd_config_set(&c, "io-read-kib", "5", err, sizeof err) == 0 &&
+              mqd_config_set(&c, "hugepages", "off", err, sizeof err) == 0,
+          "set: %s", err);
+    mqd_load_opts_from_config(&c, &ao, &wo);
+    CHECK(wo.queue_depth == 3 && wo.read_bytes == 8192, "io fields: depth %d, read %zu", wo.queue_depth, wo.read_bytes);
+    CHECK(!ao.allow_hugetlb && !ao.allow_thp, "hugepages off reaches the arena");
+}
+
 /* fp4_pack: auto by default, on/off in the file and as a flag, any other word refused. */
 static void test_fp4_pack(void)
 {
     mqd_config c;
     char err[512] = "";
     mqd_config_defaults(&c);
-    CHECK(c.fp4_pack == MQ_CFG_FP4_PACK_AUTO, "default %u", c.fp4_pack);
-    CHECK(parse(&c, "{\"fp4_pack\": \"off\"}", err, sizeof err) == 0 && c.fp4_pack == MQ_CFG_FP4_PACK_OFF, "off: %s",
-          err);
-    CHECK(mqd_config_set(&c, "fp4-pack", "on", err, sizeof err) == 0 && c.fp4_pack == MQ_CFG_FP4_PACK_ON, "flag: %s",
-          err);
+    CHECK(c.fp4_pack == MQ_FP4_PACK_AUTO, "default %u", c.fp4_pack);
+    CHECK(parse(&c, "{\"fp4_pack\": \"off\"}", err, sizeof err) == 0 && c.fp4_pack == MQ_FP4_PACK_OFF, "off: %s", err);
+    CHECK(mqd_config_set(&c, "fp4-pack", "on", err, sizeof err) == 0 && c.fp4_pack == MQ_FP4_PACK_ON, "flag: %s", err);
     CHECK(parse(&c, "{\"fp4_pack\": \"sometimes\"}", err, sizeof err) == -EINVAL && strstr(err, "fp4_pack"),
           "bad word: %s", err);
 }
@@ -172,5 +198,6 @@ int main(void)
     RUN(test_flags_override_file);
     RUN(test_hugepages_reserve_auto);
     RUN(test_fp4_pack);
+    RUN(test_load_opts);
     return harness_done();
 }

@@ -115,8 +115,54 @@ static void test_loop(void)
     close(s.pipe[1]);
 }
 
+/* Posted nodes embedded in the caller's objects (a request's end must not be lost to
+ * ENOMEM): they run in posting order with mq_evloop_post's calls, fn may free the object
+ * that holds its node, and a loop destroyed with nodes still queued frees none of them
+ * (ASan reports a free of memory the loop did not allocate). */
+struct job {
+    mq_ev_post node;
+    int id, *order, *n;
+};
+static void on_job(mq_evloop *l, void *arg)
+{
+    struct job *j = arg;
+    (void)l;
+    j->order[(*j->n)++] = j->id;
+    free(j); /* as finish_req frees its request */
+}
+static void on_plain(mq_evloop *l, void *arg)
+{
+    struct job *j = arg; /* a template: id and counters, not freed */
+    (void)l;
+    j->order[(*j->n)++] = -1;
+}
+static void test_post_node(void)
+{
+    mq_evloop *l;
+    CHECK(mq_evloop_create(&l, 64) == 0, "create");
+    int order[8], n = 0;
+    struct job plain = { .id = -1, .order = order, .n = &n };
+    for (int i = 0; i < 6; i++) {
+        struct job *j = malloc(sizeof *j);
+        *j = (struct job){ .id = i, .order = order, .n = &n };
+        mq_evloop_post_node(l, &j->node, on_job, j);
+        if (i == 2)
+            CHECK(mq_evloop_post(l, on_plain, &plain) == 0, "post");
+    }
+    CHECK(mq_evloop_run_posted(l) == 7, "ran %d", n);
+    static const int want[7] = { 0, 1, 2, -1, 3, 4, 5 };
+    CHECK(n == 7 && !memcmp(order, want, sizeof want), "order %d %d %d %d %d %d %d", order[0], order[1], order[2],
+          order[3], order[4], order[5], order[6]);
+    struct job kept = { .id = 9, .order = order, .n = &n }; /* still queued at destroy */
+    mq_evloop_post_node(l, &kept.node, on_plain, &kept);
+    CHECK(mq_evloop_post(l, on_plain, &plain) == 0, "post");
+    mq_evloop_destroy(l);
+    CHECK(n == 7, "a destroyed loop runs nothing (%d)", n);
+}
+
 int main(void)
 {
     RUN(test_loop);
+    RUN(test_post_node);
     return harness_done();
 }

@@ -9,9 +9,21 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <unistd.h>
+
+/* test_alloc_failure_closes_nothing needs a failed malloc to return NULL, as glibc's does */
+#ifdef __SANITIZE_ADDRESS__
+const char *__asan_default_options(void);
+const char *__asan_default_options(void)
+{
+    return "allocator_may_return_null=1";
+}
+#endif
 
 #define FILE_BYTES (3 * 1024 * 1024 + 12345)
 #define NR         40
@@ -257,6 +269,99 @@ static void test_cancel_stops_the_stream(void)
     }
 }
 
+/* Caps this process's address space at what it maps now plus `room` bytes. */
+static int limit_address_space(size_t room)
+{
+    unsigned long pages = 0;
+    FILE *st = fopen("/proc/self/statm", "r");
+    if (!st)
+        return -1;
+    int n = fscanf(st, "%lu", &pages);
+    fclose(st);
+    if (n != 1)
+        return -1;
+    size_t vm = pages * (size_t)sysconf(_SC_PAGESIZE);
+    struct rlimit rl = { vm + room, vm + room };
+    return setrlimit(RLIMIT_AS, &rl);
+}
+
+/* An allocation that fails after the file table was allocated must close no descriptor
+ * the stream did not open (the file table's unset entries once were 0: stdin, closed
+ * n_files times). In a child under an address-space limit that lets the small tables
+ * through and refuses the per-read table of 16M reads (128 MiB); the reads are zero
+ * pages (valid: no bytes, no destination), so they cost no memory. */
+static void test_alloc_failure_closes_nothing(void)
+{
+    const int n_reads = 16 << 20;
+    size_t bytes = (size_t)n_reads * sizeof(mq_ws_read);
+    mq_ws_read *reads = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(reads != MAP_FAILED, "mmap %zu bytes", bytes);
+    if (reads == MAP_FAILED)
+        return;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int p[2];
+        if (pipe(p) < 0 || dup2(p[0], 0) < 0)
+            _exit(3);
+        if (limit_address_space(64u << 20) < 0)
+            _exit(3);
+        const char *paths[3] = { "/dev/null", "/dev/null", "/dev/null" };
+        char err[256] = "";
+        int r = mq_ws_run(paths, 3, reads, n_reads, NULL, NULL, NULL, NULL, NULL, err, sizeof err);
+        if (r != -ENOMEM)
+            _exit(4);
+        _exit(fcntl(0, F_GETFD) < 0 ? 5 : 0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 3, "child set-up failed (status %#x)", status);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 4, "the per-read table's allocation did not fail as planned");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 5, "fd 0 was closed by the clean-up of a failed allocation");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    munmap(reads, bytes);
+}
+
+/* A quantize thread that cannot be started (no room for its 8 MiB stack) costs speed,
+ * not the load: the reads are made ready on the caller's thread, and the result's note
+ * says so (mqd logs the note with the load figures). */
+static void test_helper_start_failure_noted(void)
+{
+    struct fixture f;
+    setup(&f, 13);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (limit_address_space(2u << 20) < 0)
+            _exit(3);
+        mq_ws_opts o;
+        mq_ws_opts_default(&o);
+        o.direct = MQ_WS_DIRECT_OFF;
+        o.helpers = 16; /* more than glibc's cache of stacks the earlier tests' threads left */
+        mq_ws_result res;
+        const char *paths[1] = { f.path };
+        char err[256] = "";
+        int r = mq_ws_run(paths, 1, f.reads, NR, &o, on_ready, &f, NULL, &res, err, sizeof err);
+        if (r != 0) {
+            fprintf(stderr, "    child: %d %s\n", r, err);
+            _exit(4);
+        }
+        for (int i = 0; i < NR; i++)
+            if (f.ready_count[i] != 1)
+                _exit(5);
+        if (!strstr(res.note, " of 16 quantize threads (pthread_create: ")) {
+            fprintf(stderr, "    child: note \"%s\"\n", res.note);
+            _exit(6);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "child status %#x (3 set-up, 4 load failed, 5 reads not made ready, 6 no note)", status);
+    teardown(&f);
+}
+
 int main(void)
 {
     RUN(test_buffered_matches_pread);
@@ -265,5 +370,7 @@ int main(void)
     RUN(test_missing_file_and_ready_error);
     RUN(test_fifo_refused);
     RUN(test_cancel_stops_the_stream);
+    RUN(test_alloc_failure_closes_nothing);
+    RUN(test_helper_start_failure_noted);
     return harness_done();
 }
