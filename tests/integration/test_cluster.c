@@ -285,10 +285,9 @@ int main(void)
     signal(SIGALRM, on_signal);
     alarm(TIME_LIMIT_S);
     double t0 = spawn_now();
-    if (!start_all()) {
-        printf("  FAIL could not start the hosts and HAProxy (logs in %s)\n", dir);
-        harness_failed++;
-    } else {
+    int started = start_all();
+    CHECK(started, "could not start the hosts and HAProxy (logs in %s)", dir);
+    if (started) {
         printf("  hosts and balancers up in %.1f s\n", spawn_now() - t0);
         RUN(test_health_checks);
         run_node_tests();

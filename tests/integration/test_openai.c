@@ -338,10 +338,9 @@ static void run_node_tests(void)
 
 int main(void)
 {
-    if (!start_all()) {
-        printf("  FAIL could not start mqd and mq-openai (logs in %s)\n", dir);
-        harness_failed++;
-    } else {
+    int started = start_all();
+    CHECK(started, "could not start mqd and mq-openai (logs in %s)", dir);
+    if (started) {
         RUN(test_health_503_before_mqd);
         RUN(test_503_at_once_while_mqd_loads);
         RUN(test_check_config);
