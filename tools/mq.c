@@ -257,11 +257,10 @@ static int num(const char *s, double lo, double hi, const char *flag, double *ou
     return 0;
 }
 
-int main(int argc, char **argv)
+/* Options, into *o: -1 when main goes on, else the exit status (0 for --help, 2 for a
+ * usage error, said on stderr). */
+static int parse_options(int argc, char **argv, opts *o)
 {
-    opts o = { 0 };
-    mq_params_init(&o.p);
-    o.p.flags |= MQ_PARAM_NO_SPECIAL_TEXT;
     enum {
         O_SOCK = 256,
         O_JSON,
@@ -291,51 +290,51 @@ int main(int argc, char **argv)
     double v;
     opterr = 0; /* our own messages, naming the option */
     while ((li = -1, ch = getopt_long(argc, argv, "h", lo, &li)) != -1) {
-        if (li >= 0 && ch != O_SOCK && ch != O_JSON && ch != O_HELP && !o.gen_opt)
-            o.gen_opt = lo[li].name;
+        if (li >= 0 && ch != O_SOCK && ch != O_JSON && ch != O_HELP && !o->gen_opt)
+            o->gen_opt = lo[li].name;
         switch (ch) {
-        case O_SOCK: o.socket = optarg; break;
-        case O_JSON: o.json = 1; break;
-        case O_RAW: o.raw = 1; break;
-        case O_SYS: o.system = optarg; break;
+        case O_SOCK: o->socket = optarg; break;
+        case O_JSON: o->json = 1; break;
+        case O_RAW: o->raw = 1; break;
+        case O_SYS: o->system = optarg; break;
         case O_MAX:
             if (num(optarg, 1, 1 << 20, "--max-tokens", &v))
                 return 2;
-            o.p.max_tokens = (uint32_t)v;
+            o->p.max_tokens = (uint32_t)v;
             break;
         case O_TEMP:
             if (num(optarg, 0, 100, "--temperature", &v))
                 return 2;
-            o.p.temperature = (float)v;
+            o->p.temperature = (float)v;
             break;
         case O_TOPK:
             if (num(optarg, 0, 1000000, "--top-k", &v))
                 return 2;
-            o.p.top_k = (uint32_t)v;
+            o->p.top_k = (uint32_t)v;
             break;
         case O_TOPP:
             if (num(optarg, 1e-6, 1, "--top-p", &v))
                 return 2;
-            o.p.top_p = (float)v;
+            o->p.top_p = (float)v;
             break;
         case O_MINP:
             if (num(optarg, 0, 0.999999, "--min-p", &v))
                 return 2;
-            o.p.min_p = (float)v;
+            o->p.min_p = (float)v;
             break;
         case O_REP:
             if (num(optarg, 0, 8, "--repeat-penalty", &v))
                 return 2;
-            o.p.repeat_penalty = (float)v;
+            o->p.repeat_penalty = (float)v;
             break;
         case O_SEED:
             if (num(optarg, 0, 1.8e19, "--seed", &v))
                 return 2;
-            o.p.seed = (uint64_t)v;
+            o->p.seed = (uint64_t)v;
             break;
-        case O_GREEDY: o.p.flags |= MQ_PARAM_GREEDY; break;
-        case O_THINK: o.p.flags |= MQ_PARAM_ENABLE_THINKING; break;
-        case O_STATS: o.stats = 1; break;
+        case O_GREEDY: o->p.flags |= MQ_PARAM_GREEDY; break;
+        case O_THINK: o->p.flags |= MQ_PARAM_ENABLE_THINKING; break;
+        case O_STATS: o->stats = 1; break;
         case O_HELP:
         case 'h': usage(stdout); return 0;
         default:
@@ -344,6 +343,12 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    return -1;
+}
+
+/* The command word and its arguments, after the options: 0, or 2 with usage printed. */
+static int check_command(int argc, char **argv, const opts *o)
+{
     if (optind >= argc) {
         usage(stderr);
         return 2;
@@ -366,39 +371,60 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (!strcmp(cmd, "stats") && o.gen_opt) {
-        fprintf(stderr, "mq: stats does not use --%s\n", o.gen_opt);
+    if (!strcmp(cmd, "stats") && o->gen_opt) {
+        fprintf(stderr, "mq: stats does not use --%s\n", o->gen_opt);
         usage(stderr);
         return 2;
     }
-    if (o.raw && o.system) {
+    if (o->raw && o->system) {
         fprintf(stderr, "mq: --system needs a chat session, not --raw\n");
         usage(stderr);
         return 2;
     }
+    return 0;
+}
+
+/* Connects to mqd and runs cmd ("run" with its prompt, "chat" or "stats"). */
+static int run_command(const char *cmd, const char *prompt, opts *o)
+{
     struct sigaction sa = { .sa_handler = on_sigint };
     sigaction(SIGINT, &sa, NULL);
     mq_conn *c;
-    int rc = mq_connect(o.socket, &c);
+    int rc = mq_connect(o->socket, &c);
     if (rc) {
-        const char *path = o.socket ? o.socket : getenv("MQ_SOCKET");
+        const char *path = o->socket ? o->socket : getenv("MQ_SOCKET");
         fprintf(stderr, "mq: cannot connect to mqd at %s: %s\n", path && *path ? path : MQ_DEFAULT_SOCKET,
                 mq_strerror(rc));
         return 3;
     }
     int code;
     if (!strcmp(cmd, "stats")) {
-        code = cmd_stats(c, &o);
+        code = cmd_stats(c, o);
     } else if (!strcmp(cmd, "chat")) {
-        code = cmd_chat(c, &o);
+        code = cmd_chat(c, o);
     } else {
         uint64_t s;
-        code = open_session(c, &o, &s);
+        code = open_session(c, o, &s);
         if (!code) {
-            code = ask(c, s, &o, argv[optind + 1]);
+            code = ask(c, s, o, prompt);
             mq_close_session(c, s);
         }
     }
     mq_disconnect(c);
     return code;
+}
+
+int main(int argc, char **argv)
+{
+    opts o = { 0 };
+    mq_params_init(&o.p);
+    o.p.flags |= MQ_PARAM_NO_SPECIAL_TEXT;
+    int rc = parse_options(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    rc = check_command(argc, argv, &o);
+    if (rc)
+        return rc;
+    const char *cmd = argv[optind];
+    return run_command(cmd, !strcmp(cmd, "run") ? argv[optind + 1] : NULL, &o);
 }
