@@ -204,6 +204,18 @@ static inline int harness_count(const char *text, const char *what)
     return n;
 }
 
+/* Reads fd until end of file or until buf (len >= 1 bytes) is full less its NUL
+ * terminator, which it writes: a child's output through a pipe. Returns the bytes read. */
+static inline size_t harness_read_all(int fd, char *buf, size_t len)
+{
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < len && (k = read(fd, buf + n, len - 1 - n)) > 0)
+        n += (size_t)k;
+    buf[n] = 0;
+    return n;
+}
+
 /* Removes path and, for a directory, everything under it (links are removed, never
  * followed): a test's scratch directory. 0, or -1 if anything stayed. */
 static inline int harness_rm_rf(const char *path)

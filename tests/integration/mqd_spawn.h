@@ -397,11 +397,7 @@ static inline int run_as(uid_t uid, gid_t gid, void (*fn)(void *arg, char *out, 
         _exit(w < 0);
     }
     close(p[1]);
-    size_t n = 0;
-    ssize_t k;
-    while (n + 1 < len && (k = read(p[0], out + n, len - 1 - n)) > 0)
-        n += (size_t)k;
-    out[n] = 0;
+    harness_read_all(p[0], out, len);
     close(p[0]);
     int st = 0;
     waitpid(pid, &st, 0);

@@ -89,11 +89,7 @@ static int run(enum mqd_seccomp_mode mode, result *r, char *log, size_t loglen)
     close(l[1]);
     memset(r, 0, sizeof *r);
     ssize_t n = read(p[0], r, sizeof *r);
-    size_t got = 0;
-    ssize_t k;
-    while (got + 1 < loglen && (k = read(l[0], log + got, loglen - 1 - got)) > 0)
-        got += (size_t)k;
-    log[got] = 0;
+    harness_read_all(l[0], log, loglen);
     close(p[0]);
     close(l[0]);
     int st = 0;
