@@ -116,6 +116,10 @@ static inline pid_t spawn_fds(char *const argv[], char *const env_extra[], const
                 fprintf(stderr, "cannot become %s: %s\n", as_user, pw ? strerror(errno) : "no such user");
                 _exit(126);
             }
+            /* the checkout may be private (mktemp -d is 0700): the other user gets a
+             * working directory it may enter, and every path it is given is absolute */
+            if (chdir("/") < 0)
+                _exit(126);
         }
         execv(argv[0], argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
