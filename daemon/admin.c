@@ -337,11 +337,15 @@ static const char *do_config(const call *c)
 static const char *do_cancel(const call *c)
 {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(c->req, "id");
-    if (!cJSON_IsNumber(id) || id->valuedouble < 1)
-        return "cancel needs a numeric \"id\" (request or session)";
+    /* ids are counters mqd hands out: whole numbers from 1, exact in a double up to 2^53
+     * (a larger or fractional one names nothing; converting 1e309 would be undefined) */
+    if (!cJSON_IsNumber(id) || !(id->valuedouble >= 1 && id->valuedouble <= 9007199254740992.0) ||
+        (double)(uint64_t)id->valuedouble != id->valuedouble)
+        return "cancel needs a whole-number \"id\" from 1 to 2^53 (request or session)";
+    uint64_t n = (uint64_t)id->valuedouble;
     if (!mqd_sched(c->d))
         return "mqd is still loading the model";
-    if (mqd_client_cancel(c->d, (uint64_t)id->valuedouble, c->buf, c->buflen))
+    if (mqd_client_cancel(c->d, n, c->buf, c->buflen))
         return c->buf;
     cJSON_AddStringToObject(c->o, "message", c->buf);
     return NULL;
