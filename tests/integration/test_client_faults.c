@@ -35,6 +35,12 @@ typedef struct answer {
     char msg[256];
 } answer;
 
+/* A wait bound in ms, stretched under a slower build (MQ_TEST_TIME_SCALE: TSan) */
+static int ms(int base)
+{
+    return (int)(base * spawn_time_scale());
+}
+
 /* A greedy request of max_tokens on prompt, read to its DONE on a fresh connection. */
 static int answer_of(const char *prompt, int max_tokens, answer *a)
 {
@@ -52,7 +58,7 @@ static int answer_of(const char *prompt, int max_tokens, answer *a)
     if (!rc)
         rc = mq_send_text(c, s, prompt, strlen(prompt), &p, &req);
     mq_event ev;
-    while (!rc && !a->done && (rc = mq_next_event(c, &ev, 60000)) == 0) {
+    while (!rc && !a->done && (rc = mq_next_event(c, &ev, ms(60000))) == 0) {
         if (ev.type == MQ_EVENT_TOKEN) {
             if (a->n < 1024)
                 a->ids[a->n++] = ev.token;
@@ -83,7 +89,7 @@ static double stat_of(const char *group, const char *key)
 /* Waits until mqd holds no session and no KV block in use; 1 when it does. */
 static int released(int timeout_s)
 {
-    for (double t0 = spawn_now(); spawn_now() - t0 < timeout_s; usleep(100 * 1000))
+    for (double t0 = spawn_now(); spawn_now() - t0 < timeout_s * spawn_time_scale(); usleep(100 * 1000))
         if (stat_of("sessions", NULL) == 0 && stat_of("kv", "used") == 0)
             return 1;
     return 0;
@@ -133,14 +139,14 @@ static void test_never_reads(void)
           mq_strerror(b.rc), b.a.n, same(&b.a, &ref_a) ? "equal to" : "NOT equal to");
     /* its request ends by itself, without it reading a byte */
     int ended = 0;
-    for (double t0 = spawn_now(); !ended && spawn_now() - t0 < 60; usleep(100 * 1000))
+    for (double t0 = spawn_now(); !ended && spawn_now() - t0 < 60 * spawn_time_scale(); usleep(100 * 1000))
         ended = stat_of("queue", "decoding") == 0 && stat_of("queue", "prefilling") == 0;
-    CHECK(ended, "the unread request still runs after 60 s");
+    CHECK(ended, "the unread request still runs after %.0f s", 60 * spawn_time_scale());
     /* now it reads: what fitted, then DONE with the reason */
     int tokens = 0, done = 0, end = -1, err = 0;
     char msg[256] = "";
     mq_event ev;
-    while (!done && mq_next_event(c, &ev, 10000) == 0) {
+    while (!done && mq_next_event(c, &ev, ms(10000)) == 0) {
         if (ev.type == MQ_EVENT_TOKEN) {
             tokens++;
             continue;
@@ -159,7 +165,7 @@ static void test_never_reads(void)
     int n = 0;
     done = 0;
     CHECK(mq_send_text(c, s, " And", 4, &p, &req) == 0, "a new request after the cancelled one");
-    while (!done && mq_next_event(c, &ev, 30000) == 0)
+    while (!done && mq_next_event(c, &ev, ms(30000)) == 0)
         n += ev.type == MQ_EVENT_TOKEN, done = ev.type == MQ_EVENT_DONE;
     CHECK(done && n == 4, "%d tokens of the next request", n);
     mq_disconnect(c);
@@ -285,7 +291,7 @@ static void stopped_child(int out)
     if (mq_open_session(c, MQ_MODE_RAW, &s) || mq_send_text(c, s, prompt_b, strlen(prompt_b), &p, &req))
         _exit(3);
     mq_event ev;
-    while (!a.done && mq_next_event(c, &ev, 60000) == 0) {
+    while (!a.done && mq_next_event(c, &ev, ms(60000)) == 0) {
         if (ev.type == MQ_EVENT_TOKEN) {
             a.ids[a.n++] = ev.token;
             if (a.n == 10 && write(out, "go", 2) != 2)
@@ -311,7 +317,7 @@ static void test_sigstop_sigcont(void)
     close(p[1]);
     char go[2];
     struct pollfd pf = { p[0], POLLIN, 0 };
-    CHECK(poll(&pf, 1, 60000) == 1 && read(p[0], go, 2) == 2, "the child did not stream");
+    CHECK(poll(&pf, 1, ms(60000)) == 1 && read(p[0], go, 2) == 2, "the child did not stream");
     kill(pid, SIGSTOP);
     double t0 = spawn_now();
     /* stopped: its ring fills; everyone else goes on */
@@ -327,7 +333,7 @@ static void test_sigstop_sigcont(void)
     static answer got;
     memset(&got, 0, sizeof got);
     int st;
-    CHECK(spawn_child_result(pid, p[0], &got, sizeof got, 60000, &st), "the child's result (status %d)", st);
+    CHECK(spawn_child_result(pid, p[0], &got, sizeof got, ms(60000), &st), "the child's result (status %d)", st);
     int n_cmp = ref_b.n < got.n ? ref_b.n : got.n;
     CHECK(got.done && got.n == ref_b.n && !memcmp(got.ids, ref_b.ids, sizeof(int32_t) * (size_t)n_cmp),
           "after SIGCONT: %d tokens (alone: %d), %s", got.n, ref_b.n,
@@ -367,7 +373,7 @@ static void test_killed_during_prefill(void)
     CHECK(read(p[0], &ch, 1) == 1, "the child did not submit");
     close(p[0]);
     int prefilling = 0;
-    for (double t0 = spawn_now(); !prefilling && spawn_now() - t0 < 20; usleep(20 * 1000))
+    for (double t0 = spawn_now(); !prefilling && spawn_now() - t0 < 20 * spawn_time_scale(); usleep(20 * 1000))
         prefilling = stat_of("queue", "prefilling") > 0 || stat_of("queue", "queued") > 0;
     CHECK(prefilling, "the long prompt was never seen queued or prefilling");
     kill(pid, SIGKILL);
