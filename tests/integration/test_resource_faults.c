@@ -544,6 +544,10 @@ static int one_request_on(const char *sock, mq_conn *c, int *err_out, char *msg,
  * (prlimit on the running mqd would need CAP_SYS_RESOURCE, which root may lack.) */
 static void test_channel_memory_exhausted(void)
 {
+#ifdef __SANITIZE_THREAD__
+    SKIP("ThreadSanitizer build: its mqd needs an unlimited address space for TSan's shadow memory (ulimit -v "
+         "stops it before main)");
+#endif
     const char *extra[] = { "--model-dir",       spawn_model(), "--user",      "nobody", "--kv-tokens", "4096",
                             "--prompt-ring-kib", "65536",       "--hugepages", "off",    NULL };
     if (geteuid() != 0)
