@@ -169,12 +169,14 @@ test-asan: deps
 	@sh tests/run.sh build-asan
 
 # ThreadSanitizer (not in `make test`: it runs the model ~15x slower). The threaded tests
-# (rings, pools, event loop, KV store, scheduler) and mqd itself (test_e2e and test_faults
-# start build-tsan/mqd) are built with -fsanitize=thread; every process writes its reports
-# to build-tsan/tsan/ (mqd runs as nobody: the folder is world-writable), and any report
-# fails the run, whatever the tests said. No suppressions.
+# (rings, pools, event loop, KV store, scheduler) and mqd itself (test_e2e, test_faults,
+# test_client_faults and test_resource_faults start build-tsan/mqd) are built with
+# -fsanitize=thread; every process writes its reports to build-tsan/tsan/ (mqd runs as
+# nobody: the folder is world-writable), and any report fails the run, whatever the tests
+# said. No suppressions. Waits in the tests scale with MQ_TEST_TIME_SCALE=10.
 TSAN_TESTS = unit/test_ring unit/test_pool unit/test_evloop unit/test_kv_store \
-             integration/test_sched integration/test_e2e integration/test_faults
+             integration/test_sched integration/test_e2e integration/test_faults \
+             integration/test_client_faults integration/test_resource_faults
 .PHONY: test-tsan
 test-tsan: deps
 	@$(MAKE) --no-print-directory BUILD=build-tsan SAN=thread OPT=-O1 build-tsan/mqd build-tsan/mqctl \
