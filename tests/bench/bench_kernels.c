@@ -7,7 +7,8 @@
  *   bf16   vdpbf16ps zmm: 32 BF16 MACs per instruction
  *   read   streaming 512-bit loads over a buffer far larger than the caches
  * Then mq_gemm_fp4 (prepared activations; the activation quantization is timed
- * separately as `q+prep`) and mq_gemm_bf16 at the q/k/v/o/gate/up/down (N, K) of
+ * separately as `q+prep`; weights with the packed copy in its table form, what mqd runs
+ * when memory allows, and in the summary also in its index form and without one) and mq_gemm_bf16 at the q/k/v/o/gate/up/down (N, K) of
  * Qwen3-0.6B, -1.7B and -4B for M = 1, 8, 128, 512, 2048, with 1 and 2 threads (the
  * threads split the N columns, as the daemon's pools do). Every figure is the best of
  * several repetitions, because other jobs share the machine.
@@ -509,7 +510,7 @@ int main(void)
     memset(A.y, 0, sizeof(float) * (size_t)maxM * maxN);
 
     if (!quick) {
-        printf("\nGMAC/s = M·N·K / time; fp4: packed weights, repack: without the packed copy; bf16 GB/s =\n"
+        printf("\nGMAC/s = M·N·K / time; fp4: packed weights (table form), repack: without a packed copy; bf16 GB/s =\n"
                "BF16 weight bytes / time (meaningful for small M); q+prep = quantizing and preparing the\n"
                "M×K activations (mq_fp4_act_quantize_rows)\n");
         printf("%-5s %-5s %6s %6s %5s %3s %10s %10s %10s %9s %10s %9s\n", "model", "layer", "N", "K", "M", "thr",
