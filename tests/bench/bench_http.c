@@ -478,7 +478,8 @@ static double loadavg(void)
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL, *dir = NULL;
+    const char *url = NULL, *dir = NULL, *side = NULL;
+    int rounds = ROUNDS;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--url"))
             url = argv[i + 1];
@@ -486,6 +487,10 @@ int main(int argc, char **argv)
             sock_path = argv[i + 1];
         else if (!strcmp(argv[i], "--dir"))
             dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--side")) /* diagnosis: only this side's 32-stream rounds */
+            side = argv[i + 1];
+        else if (!strcmp(argv[i], "--rounds"))
+            rounds = atoi(argv[i + 1]);
     }
     const char *colon = url ? strrchr(url, ':') : NULL;
     if (!colon || !sock_path || !dir) {
@@ -522,11 +527,13 @@ int main(int argc, char **argv)
         }
         ids[i] = best;
     }
-    double rr, rl, sr, sl, gr, gl, mr, ml;
-    run_replay(0, "mixed", ids, &mr, &ml); /* first: the pinned replay below is mixed too */
-    run_replay(1, "mixed", ids, &rr, &rl);
-    run_replay(0, "bf16", ids, &sr, &sl);
-    run_replay(2, "fp4", ids, &gr, &gl);
+    double rr = 0, rl = 0, sr = 0, sl = 0, gr = 0, gl = 0, mr = 0, ml = 0;
+    if (!side) {
+        run_replay(0, "mixed", ids, &mr, &ml); /* first: the pinned replay below is mixed too */
+        run_replay(1, "mixed", ids, &rr, &rl);
+        run_replay(0, "bf16", ids, &sr, &sl);
+        run_replay(2, "fp4", ids, &gr, &gl);
+    }
 
     /* 32 answer turns (text replies stream token by token) */
     job jobs[N_STREAMS];
@@ -547,6 +554,16 @@ int main(int argc, char **argv)
             return 1;
         }
         n++;
+    }
+    if (side) { /* diagnosis (perf stat -p on mqd and mq-openai): one side's rounds only */
+        int http = !strcmp(side, "http"), errs = 0;
+        double p50, o50, tps;
+        for (int r = 0; r < rounds; r++) {
+            errs += phase(jobs, n, http, &p50, &o50, &tps);
+            printf("# %s round %d: TTFT p50 %.2f ms (beyond mqd's %.3f ms), tokens/s %.1f\n", side, r + 1, p50 * 1e3,
+                   o50 * 1e3, tps);
+        }
+        return errs ? 1 : 0;
     }
     double load0 = loadavg();
     double p50, tps, hp50, htps, o50, ho50;
