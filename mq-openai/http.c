@@ -10,11 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common/errmsg.h"
 #include "mq-openai/keys.h"
@@ -26,11 +23,6 @@
 #define CANCEL_DRAIN_MS 5000  /* a cancelled request's DONE arrives within this */
 #define MQD_CHECK_MS    1000  /* while waiting for tokens, look whether mqd is alive */
 #define RETRY_AFTER_S   "2"   /* 429 and 503: when to try again (a load takes seconds) */
-#define WORKER_IDLE_S   30    /* an idle worker thread exits after this */
-#define PUMP_EVENTS     64    /* epoll events the pump takes per wake-up */
-
-typedef struct upload upload;
-typedef struct gen gen;
 
 struct oai_server {
     oai_config cfg;
@@ -40,25 +32,6 @@ struct oai_server {
     oai_keys *keys; /* NULL: no authentication */
     long long started;
     uint64_t next_id; /* atomic */
-    int stopping;     /* atomic */
-
-    /* workers: requests that wait for mqd run here, never on libmicrohttpd's thread */
-    pthread_mutex_t job_mu;
-    pthread_cond_t job_cv;  /* a job was queued, or stop */
-    pthread_cond_t job_end; /* a worker exited, or a job answered */
-    upload *job_head, *job_tail;
-    int workers, idle_workers, unanswered; /* unanswered: jobs whose connection is suspended */
-    int mu_ok;
-
-    /* the pump: one thread that reads every stream's mqd events and wakes libmicrohttpd */
-    int epfd, wakefd;
-    pthread_t pump;
-    int pump_running;
-    pthread_mutex_t pump_mu;
-    pthread_cond_t pump_cv;
-    uint64_t epoch; /* pump iterations done (pump_mu) */
-    int pump_stop;  /* pump_mu */
-    gen *streams;   /* live streams (job_mu), for stop */
 };
 
 static double now_s(void)
@@ -143,13 +116,7 @@ static void mq_error(oai_error *e, int rc, const char *msg)
 
 /* ---- one generation ---------------------------------------------------------------------- */
 
-/* A descriptor the pump watches for a stream. */
-typedef struct watch {
-    gen *g;
-    int client; /* 0: the mqd connection's event fd, 1: the client's socket */
-} watch;
-
-struct gen {
+typedef struct gen {
     oai_server *s;
     struct MHD_Connection *mc;
     int cfd; /* the client's socket */
@@ -162,25 +129,14 @@ struct gen {
     oai_output out;
     oai_message msg; /* non-streaming chat */
     oai_buf text;    /* non-streaming completion */
+    oai_buf sse;     /* streaming: bytes not yet handed to libmicrohttpd */
+    size_t sse_off;
+    int finished; /* streaming: the last bytes are queued */
     mq_event done;
     char done_msg[512];
     double t0, t_first, t_last;
     int aborted;
-
-    /* streaming; mu guards what the pump, libmicrohttpd's thread and the worker share */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int mu_ok;
-    oai_buf sse; /* bytes not yet handed to libmicrohttpd */
-    size_t sse_off;
-    int finished;            /* the last bytes are queued */
-    int suspended;           /* libmicrohttpd waits for this stream's bytes (the connection is suspended) */
-    int ended;               /* libmicrohttpd is done with the stream (response destroyed) */
-    int dead;                /* the pump must not touch it any more */
-    int watch_ev, watch_cli; /* registered in the pump's epoll */
-    watch w_ev, w_cli;
-    gen *next_stream, *prev_stream; /* s->streams (job_mu) */
-};
+} gen;
 
 /* A response cut short by a failed allocation still ends cleanly. */
 static void buf_put(oai_buf *b, const char *s, size_t n)
@@ -218,8 +174,6 @@ static int next_event(gen *g, mq_event *ev, int watch_client)
         }
         if (rc != -ETIMEDOUT)
             return rc;
-        if (__atomic_load_n(&g->s->stopping, __ATOMIC_RELAXED))
-            return -ECONNABORTED;
         struct pollfd pf[2] = { { mq_event_fd(g->lease.conn), POLLIN, 0 }, { g->cfd, POLLRDHUP, 0 } };
         int n = poll(pf, watch_client && g->cfd >= 0 ? 2 : 1, MQD_CHECK_MS);
         if (n > 0 && (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR)))
@@ -324,10 +278,6 @@ static void gen_free(gen *g)
     oai_message_free(&g->msg);
     free(g->text.p);
     free(g->sse.p);
-    if (g->mu_ok) {
-        pthread_mutex_destroy(&g->mu);
-        pthread_cond_destroy(&g->cv);
-    }
     free(g);
 }
 
@@ -367,13 +317,6 @@ static int gen_start(gen *g, const char *tenant, const char *session_key, oai_er
 }
 
 /* ---- streaming ----------------------------------------------------------------------------- */
-/* A stream's bytes are made by the pump, one thread for every stream: it waits on the
- * event fds of the streams' mqd connections, turns every event already there into SSE
- * chunks and resumes the suspended HTTP connections; libmicrohttpd's thread then writes
- * each connection's chunks in one send. A decode step of a batch of streams costs one
- * wake-up of each thread, not one per stream. While a stream is suspended the pump also
- * watches its client socket (libmicrohttpd does not), so a client that hangs up is seen
- * at once; its worker then cancels the request in mqd. */
 
 static void stream_finish(gen *g)
 {
@@ -391,275 +334,77 @@ static void stream_finish(gen *g)
     g->finished = 1;
 }
 
-static int pump_watch(gen *g, watch *w, int fd, uint32_t events)
-{
-    struct epoll_event ev = { .events = events, .data.ptr = w };
-    return epoll_ctl(g->s->epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
-}
-
-static void pump_unwatch(gen *g, int *watched, int fd)
-{
-    if (*watched)
-        epoll_ctl(g->s->epfd, EPOLL_CTL_DEL, fd, NULL);
-    *watched = 0;
-}
-
-/* Resumes libmicrohttpd on the stream when it has something to do (g->mu held). */
-static void stream_wake(gen *g)
-{
-    if (!g->suspended || (g->sse_off == g->sse.len && !g->finished && !g->aborted))
-        return;
-    pump_unwatch(g, &g->watch_cli, g->cfd);
-    g->suspended = 0;
-    MHD_resume_connection(g->mc);
-}
-
-/* The pump: the stream's mqd connection has events (g->mu held). */
-static void pump_events(gen *g, uint32_t revents)
-{
-    mq_event ev;
-    int rc = 0;
-    while (g->running && (rc = mq_next_event(g->lease.conn, &ev, 0)) == 0)
-        if (ev.req == g->req)
-            handle_event(g, &ev);
-    if (g->running && rc == -ETIMEDOUT && (revents & (EPOLLHUP | EPOLLERR)))
-        rc = -EPIPE; /* mqd closed its end of the wake-up pipe: it is gone */
-    if (g->running && rc != -ETIMEDOUT) {
-        g->lease.broken = 1;
-        g->lease.gone = rc == -EPIPE;
-        g->running = 0;
-        oai_error e;
-        mq_error(&e, rc, "mqd went away during the request");
-        sse_put(g, oai_sse_error(&e));
-        buf_put(&g->sse, OAI_SSE_DONE, strlen(OAI_SSE_DONE));
-        g->finished = 1;
-    } else if (!g->running && !g->finished)
-        stream_finish(g);
-    if (!g->running) /* later events on the connection are not this stream's */
-        pump_unwatch(g, &g->watch_ev, mq_event_fd(g->lease.conn));
-    stream_wake(g);
-}
-
-static void *pump_main(void *arg)
-{
-    oai_server *s = arg;
-    struct epoll_event evs[PUMP_EVENTS];
-    for (;;) {
-        int n = epoll_wait(s->epfd, evs, PUMP_EVENTS, -1);
-        for (int i = 0; i < n; i++) {
-            watch *w = evs[i].data.ptr;
-            if (!w) {
-                uint64_t v;
-                ssize_t r = read(s->wakefd, &v, sizeof v);
-                (void)r; /* a wake-up only: the loop below counts the iteration */
-                continue;
-            }
-            gen *g = w->g;
-            pthread_mutex_lock(&g->mu);
-            if (g->dead) {
-            } else if (!w->client) {
-                pump_events(g, evs[i].events);
-            } else if (g->suspended) { /* the client hung up while it waited */
-                g->aborted = 1;
-                __atomic_add_fetch(&s->m.aborted, 1, __ATOMIC_RELAXED);
-                stream_wake(g);
-            }
-            pthread_mutex_unlock(&g->mu);
-        }
-        pthread_mutex_lock(&s->pump_mu);
-        s->epoch++;
-        pthread_cond_broadcast(&s->pump_cv);
-        int stop = s->pump_stop;
-        pthread_mutex_unlock(&s->pump_mu);
-        if (stop)
-            return NULL;
-    }
-}
-
-static void pump_kick(oai_server *s)
-{
-    uint64_t one = 1;
-    ssize_t w = write(s->wakefd, &one, sizeof one);
-    (void)w; /* an eventfd only fails when its counter is full: the pump is being woken */
-}
-
-/* Takes the stream out of the pump: when this returns, the pump neither holds nor will
- * see it (an epoll batch taken before the removal is finished). */
-static void pump_forget(gen *g)
-{
-    oai_server *s = g->s;
-    pthread_mutex_lock(&g->mu);
-    g->dead = 1;
-    pump_unwatch(g, &g->watch_ev, g->lease.conn ? mq_event_fd(g->lease.conn) : -1);
-    pump_unwatch(g, &g->watch_cli, g->cfd);
-    pthread_mutex_unlock(&g->mu);
-    pthread_mutex_lock(&s->pump_mu);
-    uint64_t e0 = s->epoch;
-    pthread_mutex_unlock(&s->pump_mu);
-    pump_kick(s);
-    pthread_mutex_lock(&s->pump_mu);
-    while (s->epoch == e0 && s->pump_running)
-        pthread_cond_wait(&s->pump_cv, &s->pump_mu);
-    pthread_mutex_unlock(&s->pump_mu);
-}
-
-/* libmicrohttpd's thread: the next bytes of the stream, or a suspend until there are. */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
     gen *g = cls;
-    pthread_mutex_lock(&g->mu);
-    ssize_t ret;
-    if (g->sse_off < g->sse.len) {
-        size_t n = g->sse.len - g->sse_off;
-        if (n > max)
-            n = max;
-        memcpy(buf, g->sse.p + g->sse_off, n);
-        g->sse_off += n;
-        if (g->sse_off == g->sse.len)
-            g->sse.len = g->sse_off = 0;
-        ret = (ssize_t)n;
-    } else if (g->aborted || __atomic_load_n(&g->s->stopping, __ATOMIC_RELAXED)) {
-        ret = MHD_CONTENT_READER_END_WITH_ERROR;
-    } else if (g->finished) {
-        ret = MHD_CONTENT_READER_END_OF_STREAM;
-    } else {
-        if (g->cfd >= 0 && pump_watch(g, &g->w_cli, g->cfd, EPOLLRDHUP) == 0)
-            g->watch_cli = 1;
-        g->suspended = 1;
-        MHD_suspend_connection(g->mc);
-        ret = 0;
+    while (g->sse_off == g->sse.len) {
+        g->sse.len = g->sse_off = 0;
+        if (g->finished)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        mq_event ev;
+        int rc = next_event(g, &ev, 1);
+        if (rc == -ECONNABORTED) {
+            g->aborted = 1;
+            __atomic_add_fetch(&g->s->m.aborted, 1, __ATOMIC_RELAXED);
+            stop_request(g);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (rc) {
+            g->lease.broken = 1;
+            g->lease.gone = rc == -EPIPE;
+            g->running = 0;
+            oai_error e;
+            mq_error(&e, rc, "mqd went away during the request");
+            sse_put(g, oai_sse_error(&e));
+            buf_put(&g->sse, OAI_SSE_DONE, strlen(OAI_SSE_DONE));
+            g->finished = 1;
+            continue;
+        }
+        handle_event(g, &ev);
+        /* the events already in the ring go out in the same write: a stream that fell
+         * behind (a busy machine) catches up with one send and one client wake-up */
+        while (g->running && g->sse.len < max && mq_next_event(g->lease.conn, &ev, 0) == 0)
+            if (ev.req == g->req)
+                handle_event(g, &ev);
+        if (!g->running)
+            stream_finish(g);
     }
-    pthread_mutex_unlock(&g->mu);
-    return ret;
+    size_t n = g->sse.len - g->sse_off;
+    if (n > max)
+        n = max;
+    memcpy(buf, g->sse.p + g->sse_off, n);
+    g->sse_off += n;
+    return (ssize_t)n;
 }
 
-/* libmicrohttpd is done with the stream; its worker cleans up. */
-static void stream_end(void *cls)
+static void stream_free(void *cls)
 {
-    gen *g = cls;
-    pthread_mutex_lock(&g->mu);
-    g->ended = 1;
-    pthread_cond_signal(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-}
-
-/* The worker of a stream, once its first bytes are ready: hands it to the pump, answers
- * the HTTP request, then waits until libmicrohttpd is done with it and cleans up (cancels
- * a request still running, gives the mqd connection back). */
-static void stream_run(gen *g)
-{
-    oai_server *s = g->s;
-    pthread_mutex_lock(&g->mu);
-    int rc = pump_watch(g, &g->w_ev, mq_event_fd(g->lease.conn), EPOLLIN);
-    if (rc == 0) {
-        g->watch_ev = 1;
-        /* events published before the connection asked for fd wake-ups (mq_event_fd) made
-         * no wake-up: read what is there now */
-        pump_events(g, 0);
-    } else { /* cannot wait for its tokens: end it with an error chunk */
-        oai_error e;
-        oai_fail(&e, 500, "server_error", NULL, "epoll: %s", strerror(-rc));
-        sse_put(g, oai_sse_error(&e));
-        buf_put(&g->sse, OAI_SSE_DONE, strlen(OAI_SSE_DONE));
-        g->finished = 1;
-    }
-    while (!g->ended)
-        pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-    pump_forget(g);
-    pthread_mutex_lock(&s->job_mu);
-    if (g->prev_stream)
-        g->prev_stream->next_stream = g->next_stream;
-    else
-        s->streams = g->next_stream;
-    if (g->next_stream)
-        g->next_stream->prev_stream = g->prev_stream;
-    pthread_mutex_unlock(&s->job_mu);
-    gen_free(g);
-}
-
-/* ---- requests handed to workers ------------------------------------------------------------ */
-
-enum route { R_NONE, R_HEALTH, R_METRICS, R_MODELS, R_GENERATE };
-
-/* One HTTP request on a connection (libmicrohttpd's per-request pointer). */
-struct upload {
-    char *p;
-    size_t len, cap;
-    int too_large;
-    double t0;
-    /* handed to a worker: the connection is suspended until the answer is ready */
-    oai_server *s;
-    struct MHD_Connection *mc;
-    enum route route;
-    oai_endpoint ep;
-    const char *tenant;
-    char session_key[129];
-    int cfd;
-    int answered;      /* the worker's answer is below */
-    int status;        /* ... a body to send (body NULL: out of memory) */
-    const char *ctype; /* ... of the body */
-    char *body;
-    gen *stream; /* ... or a stream to start; owned by the request until its response exists */
-    int hang_up; /* ... or nothing: the client went away */
-    upload *next_job;
-};
-
-static void answer(upload *u, int status, const char *ctype, char *body)
-{
-    u->status = status;
-    u->ctype = ctype;
-    u->body = body;
-}
-
-static void answer_error(upload *u, const oai_error *e)
-{
-    oai_metrics_request(&u->s->m, u->ep, e->status);
-    answer(u, e->status, "application/json", oai_reply_error(e));
-}
-
-static void answer_fail(upload *u, int status, const char *type, const char *param, const char *msg)
-{
-    oai_error e;
-    oai_fail(&e, status, type, param, "%s", msg);
-    answer_error(u, &e);
+    gen_free(cls);
 }
 
 /* ---- the generation endpoints ------------------------------------------------------------- */
 
-/* A worker: parse, send to mqd, and run a non-streaming request to its end; a streaming
- * one is left in u->stream with its first bytes. */
-static void generate(upload *u)
+static enum MHD_Result generate(oai_server *s, struct MHD_Connection *c, oai_endpoint ep, const char *tenant,
+                                const char *body, size_t len, double t0)
 {
-    oai_server *s = u->s;
-    oai_endpoint ep = u->ep;
-    const char *body = u->p ? u->p : "";
     gen *g = calloc(1, sizeof *g);
-    if (!g) {
-        answer_fail(u, 500, "server_error", NULL, "out of memory");
-        return;
-    }
+    if (!g)
+        return fail(s, c, ep, 500, "server_error", NULL, "out of memory");
     g->s = s;
-    g->mc = u->mc;
+    g->mc = c;
     g->ep = ep;
-    g->t0 = u->t0;
-    g->cfd = u->cfd;
+    g->t0 = t0;
     g->lease.slot = -1;
-    g->w_ev = (watch){ g, 0 };
-    g->w_cli = (watch){ g, 1 };
     oai_error e;
-    int rc =
-        ep == OAI_EP_CHAT ? oai_parse_chat(body, u->len, &g->rq, &e) : oai_parse_completion(body, u->len, &g->rq, &e);
+    int rc = ep == OAI_EP_CHAT ? oai_parse_chat(body, len, &g->rq, &e) : oai_parse_completion(body, len, &g->rq, &e);
     if (rc) {
         free(g);
-        answer_error(u, &e);
-        return;
+        return send_error(s, c, ep, &e);
     }
     if (oai_request_default_think(&g->rq, !strcmp(s->cfg.think_history, "as_generated"))) {
         gen_free(g);
-        answer_fail(u, 500, "server_error", NULL, "out of memory");
-        return;
+        return fail(s, c, ep, 500, "server_error", NULL, "out of memory");
     }
     mq_server_info info;
     const char *served = s->cfg.model_name[0] ? s->cfg.model_name : "";
@@ -667,15 +412,13 @@ static void generate(upload *u)
         served = info.model;
     if (!*served) {
         gen_free(g);
-        answer_fail(u, 503, "service_unavailable", NULL, "mqd is not reachable");
-        return;
+        return fail(s, c, ep, 503, "service_unavailable", NULL, "mqd is not reachable");
     }
     if (g->rq.model[0] && strcmp(g->rq.model, served)) {
         char m[400];
         snprintf(m, sizeof m, "The model `%.127s` does not exist (this server serves `%.127s`).", g->rq.model, served);
         gen_free(g);
-        answer_fail(u, 404, "NotFoundError", "model", m);
-        return;
+        return fail(s, c, ep, 404, "NotFoundError", "model", m);
     }
     if (!g->rq.model[0]) /* the name mqd gave lives in a local: keep a copy */
         snprintf(g->rq.model, sizeof g->rq.model, "%.127s", served);
@@ -684,46 +427,44 @@ static void generate(upload *u)
     snprintf(g->rc.id, sizeof g->rc.id, "%s-%llu", ep == OAI_EP_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)__atomic_add_fetch(&s->next_id, 1, __ATOMIC_RELAXED));
     g->rc.created = (long long)time(NULL);
-    const char *key = u->session_key[0] ? u->session_key : g->rq.user;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    g->cfd = ci ? ci->connect_fd : -1;
+    const char *key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Session-Id");
+    if (!key || !*key)
+        key = g->rq.user;
     if (strlen(key) > 127) {
         gen_free(g);
-        answer_fail(u, 400, "invalid_request_error", "X-Session-Id", "X-Session-Id: longer than 127 bytes");
-        return;
+        return fail(s, c, ep, 400, "invalid_request_error", "X-Session-Id", "X-Session-Id: longer than 127 bytes");
     }
-    if (gen_start(g, u->tenant, key, &e)) {
+    if (gen_start(g, tenant, key, &e)) {
         gen_free(g);
-        answer_error(u, &e);
-        return;
+        return send_error(s, c, ep, &e);
     }
     if (g->rq.stream) {
-        if (pthread_mutex_init(&g->mu, NULL) == 0 && pthread_cond_init(&g->cv, NULL) == 0)
-            g->mu_ok = 1;
-        else {
-            gen_free(g);
-            answer_fail(u, 500, "server_error", NULL, "out of memory");
-            return;
-        }
         if (g->rq.kind == OAI_CHAT)
             sse_put(g, oai_sse_role(&g->rc));
-        pthread_mutex_lock(&s->job_mu);
-        g->next_stream = s->streams;
-        if (s->streams)
-            s->streams->prev_stream = g;
-        s->streams = g;
-        pthread_mutex_unlock(&s->job_mu);
+        struct MHD_Response *r =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_read, g, stream_free);
+        if (!r) {
+            gen_free(g);
+            return MHD_NO;
+        }
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(r, "X-Accel-Buffering", "no"); /* proxies must not buffer SSE */
         oai_metrics_request(&s->m, ep, 200);
-        u->stream = g;
-        return;
+        enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return ret;
     }
-    /* not streaming: run to the end here (the connection waits, suspended) */
+    /* not streaming: run to the end here (this is the connection's own thread) */
     while (g->running) {
         mq_event ev;
         rc = next_event(g, &ev, 1);
         if (rc == -ECONNABORTED) {
             __atomic_add_fetch(&s->m.aborted, 1, __ATOMIC_RELAXED);
             gen_free(g);
-            u->hang_up = 1; /* nobody to answer */
-            return;
+            return MHD_NO; /* nobody to answer */
         }
         if (rc) {
             g->lease.broken = 1;
@@ -731,40 +472,37 @@ static void generate(upload *u)
             g->running = 0;
             mq_error(&e, rc, "mqd went away during the request");
             gen_free(g);
-            answer_error(u, &e);
-            return;
+            return send_error(s, c, ep, &e);
         }
         handle_event(g, &ev);
     }
     if (done_error(g, &e)) {
         gen_free(g);
-        answer_error(u, &e);
-        return;
+        return send_error(s, c, ep, &e);
     }
-    oai_usage us = usage_of(g);
+    oai_usage u = usage_of(g);
     char *body_out = g->rq.kind == OAI_CHAT
-                         ? oai_reply_chat(&g->rc, &g->msg, finish_reason(g, g->msg.n_calls), &us)
-                         : oai_reply_completion(&g->rc, g->text.p, g->text.len, finish_reason(g, 0), &us);
+                         ? oai_reply_chat(&g->rc, &g->msg, finish_reason(g, g->msg.n_calls), &u)
+                         : oai_reply_completion(&g->rc, g->text.p, g->text.len, finish_reason(g, 0), &u);
     gen_free(g);
     oai_metrics_request(&s->m, ep, 200);
-    answer(u, 200, "application/json", body_out);
+    return send_body(c, 200, "application/json", body_out);
 }
 
 /* ---- the other endpoints ----------------------------------------------------------------- */
 
-static void health(upload *u)
+static enum MHD_Result health(oai_server *s, struct MHD_Connection *c)
 {
     mq_stats st;
-    int state = oai_backend_state(u->s->be, &st);
+    int state = oai_backend_state(s->be, &st);
     const char *body = state == MQ_STATE_READY      ? "{\"status\":\"ok\"}"
                        : state == MQ_STATE_DRAINING ? "{\"status\":\"draining\"}"
                                                     : "{\"status\":\"unavailable\",\"reason\":\"mqd does not answer\"}";
-    answer(u, state == MQ_STATE_READY ? 200 : 503, "application/json", strdup(body));
+    return send_body(c, state == MQ_STATE_READY ? 200 : 503, "application/json", strdup(body));
 }
 
-static void metrics(upload *u)
+static enum MHD_Result metrics(oai_server *s, struct MHD_Connection *c)
 {
-    oai_server *s = u->s;
     mq_stats st;
     memset(&st, 0, sizeof st);
     oai_gauges g = { .state = oai_backend_state(s->be, &st) };
@@ -777,135 +515,29 @@ static void metrics(upload *u)
     const char *model = s->cfg.model_name[0] ? s->cfg.model_name : "";
     if (!*model && oai_backend_info(s->be, &info) == 0)
         model = info.model;
-    answer(u, 200, "text/plain; version=0.0.4", oai_metrics_render(&s->m, model, &g));
+    return send_body(c, 200, "text/plain; version=0.0.4", oai_metrics_render(&s->m, model, &g));
 }
 
-static void models(upload *u)
+static enum MHD_Result models(oai_server *s, struct MHD_Connection *c)
 {
-    oai_server *s = u->s;
     mq_server_info info;
     const char *model = s->cfg.model_name[0] ? s->cfg.model_name : "";
     if (!*model && oai_backend_info(s->be, &info) == 0)
         model = info.model;
-    if (!*model) {
-        answer_fail(u, 503, "service_unavailable", NULL, "mqd is not reachable");
-        return;
-    }
+    if (!*model)
+        return fail(s, c, OAI_EP_OTHER, 503, "service_unavailable", NULL, "mqd is not reachable");
     oai_metrics_request(&s->m, OAI_EP_OTHER, 200);
-    answer(u, 200, "application/json", oai_reply_models(model, s->started));
-}
-
-/* ---- workers ------------------------------------------------------------------------------ */
-/* A request's wait for mqd (a free connection, OPEN and SUBMIT round trips, a whole
- * non-streaming generation, the control connection of /health) happens on a worker, so
- * libmicrohttpd's one thread never blocks. Idle workers are kept a while and reused. */
-
-static void run_job(upload *u)
-{
-    oai_server *s = u->s;
-    switch (u->route) {
-    case R_HEALTH: health(u); break;
-    case R_METRICS: metrics(u); break;
-    case R_MODELS: models(u); break;
-    default: generate(u); break;
-    }
-    gen *stream = u->stream;
-    struct MHD_Connection *mc = u->mc;
-    pthread_mutex_lock(&s->job_mu);
-    u->answered = 1;
-    s->unanswered--;
-    pthread_cond_broadcast(&s->job_end);
-    pthread_mutex_unlock(&s->job_mu);
-    MHD_resume_connection(mc); /* u may be gone from here on */
-    if (stream)
-        stream_run(stream);
-}
-
-static void *worker_main(void *arg)
-{
-    oai_server *s = arg;
-    pthread_mutex_lock(&s->job_mu);
-    for (;;) {
-        while (!s->job_head && !s->stopping) {
-            struct timespec dl;
-            clock_gettime(CLOCK_REALTIME, &dl);
-            dl.tv_sec += WORKER_IDLE_S;
-            s->idle_workers++;
-            int rc = pthread_cond_timedwait(&s->job_cv, &s->job_mu, &dl);
-            s->idle_workers--;
-            if (rc == ETIMEDOUT && !s->job_head)
-                break;
-        }
-        upload *u = s->job_head;
-        if (!u)
-            break;
-        s->job_head = u->next_job;
-        if (!s->job_head)
-            s->job_tail = NULL;
-        pthread_mutex_unlock(&s->job_mu);
-        run_job(u);
-        pthread_mutex_lock(&s->job_mu);
-    }
-    s->workers--;
-    pthread_cond_broadcast(&s->job_end);
-    pthread_mutex_unlock(&s->job_mu);
-    return NULL;
-}
-
-/* Suspends the connection and queues its request for a worker. */
-static int submit_job(oai_server *s, upload *u)
-{
-    pthread_mutex_lock(&s->job_mu);
-    if (!s->idle_workers) {
-        pthread_t th;
-        pthread_attr_t a;
-        pthread_attr_init(&a);
-        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&th, &a, worker_main, s);
-        pthread_attr_destroy(&a);
-        if (rc && !s->workers) {
-            pthread_mutex_unlock(&s->job_mu);
-            return -rc;
-        }
-        if (!rc)
-            s->workers++;
-    }
-    u->next_job = NULL;
-    if (s->job_tail)
-        s->job_tail->next_job = u;
-    else
-        s->job_head = u;
-    s->job_tail = u;
-    s->unanswered++;
-    MHD_suspend_connection(u->mc);
-    pthread_cond_signal(&s->job_cv);
-    pthread_mutex_unlock(&s->job_mu);
-    return 0;
+    return send_body(c, 200, "application/json", oai_reply_models(model, s->started));
 }
 
 /* ---- libmicrohttpd callbacks ------------------------------------------------------------------ */
 
-static enum MHD_Result send_answer(oai_server *s, struct MHD_Connection *c, upload *u)
-{
-    if (u->hang_up)
-        return MHD_NO;
-    gen *g = u->stream;
-    if (!g)
-        return send_body(c, u->status, u->ctype, u->body);
-    u->stream = NULL; /* from here on the response owns it (stream_end) */
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_read, g, stream_end);
-    if (!r) {
-        stream_end(g);
-        return MHD_NO;
-    }
-    (void)s;
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    MHD_add_response_header(r, "X-Accel-Buffering", "no"); /* proxies must not buffer SSE */
-    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
-    MHD_destroy_response(r);
-    return ret;
-}
+typedef struct upload {
+    char *p;
+    size_t len, cap;
+    int too_large;
+    double t0;
+} upload;
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *data, size_t *data_size, void **con_cls)
@@ -918,20 +550,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!u)
             return MHD_NO;
         u->t0 = now_s();
-        u->cfd = -1;
         *con_cls = u;
         return MHD_YES;
     }
-    if (u->answered) { /* resumed: the worker's answer */
-        u->answered = 0;
-        u->route = R_NONE;
-        enum MHD_Result ret = send_answer(s, c, u);
-        u->body = NULL;
-        return ret;
-    }
-    if (u->route != R_NONE)
-        return MHD_YES; /* a worker has it */
-    if (*data_size) {   /* body bytes: keep them, up to the limit */
+    if (*data_size) { /* body bytes: keep them, up to the limit */
         size_t limit = (size_t)s->cfg.max_body_kib * 1024;
         if (!u->too_large && u->len + *data_size > limit) {
             u->too_large = 1;
@@ -956,58 +578,31 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *data_size = 0;
         return MHD_YES;
     }
-    if (__atomic_load_n(&s->stopping, __ATOMIC_RELAXED))
-        return fail(s, c, OAI_EP_OTHER, 503, "service_unavailable", NULL, "mq-openai is stopping");
     int post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
     oai_endpoint ep = !strcmp(url, "/v1/chat/completions") ? OAI_EP_CHAT
                       : !strcmp(url, "/v1/completions")    ? OAI_EP_COMPLETIONS
                                                            : OAI_EP_OTHER;
-    enum route route = R_NONE;
-    if (!strcmp(url, "/health")) {
-        if (!get)
-            return fail(s, c, ep, 405, "invalid_request_error", NULL, "use GET");
-        route = R_HEALTH;
-    } else if (!strcmp(url, "/metrics")) {
-        if (!get)
-            return fail(s, c, ep, 405, "invalid_request_error", NULL, "use GET");
-        route = R_METRICS;
-    } else {
-        int known = ep != OAI_EP_OTHER || !strcmp(url, "/v1/models");
-        if (!known)
-            return fail(s, c, ep, 404, "NotFoundError", NULL, "no such endpoint");
-        int key = key_of(s, c);
-        if (key == UNAUTHORIZED)
-            return fail(s, c, ep, 401, "authentication_error", NULL,
-                        "a valid API key is required (Authorization: Bearer <key>)");
-        if (ep == OAI_EP_OTHER) {
-            if (!get)
-                return fail(s, c, ep, 405, "invalid_request_error", NULL, "use GET");
-            route = R_MODELS;
-        } else {
-            if (!post)
-                return fail(s, c, ep, 405, "invalid_request_error", NULL, "use POST");
-            if (u->too_large) {
-                char m[128];
-                snprintf(m, sizeof m, "request body over %u KiB", s->cfg.max_body_kib);
-                return fail(s, c, ep, 413, "invalid_request_error", NULL, m);
-            }
-            route = R_GENERATE;
-            u->tenant = key >= 0 ? oai_keys_tenant(s->keys, key) : "";
-            const char *sk = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Session-Id");
-            snprintf(u->session_key, sizeof u->session_key, "%s", sk ? sk : "");
-            const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-            u->cfd = ci ? ci->connect_fd : -1;
-        }
+    if (!strcmp(url, "/health"))
+        return get ? health(s, c) : fail(s, c, ep, 405, "invalid_request_error", NULL, "use GET");
+    if (!strcmp(url, "/metrics"))
+        return get ? metrics(s, c) : fail(s, c, ep, 405, "invalid_request_error", NULL, "use GET");
+    int known = ep != OAI_EP_OTHER || !strcmp(url, "/v1/models");
+    if (!known)
+        return fail(s, c, ep, 404, "NotFoundError", NULL, "no such endpoint");
+    int key = key_of(s, c);
+    if (key == UNAUTHORIZED)
+        return fail(s, c, ep, 401, "authentication_error", NULL,
+                    "a valid API key is required (Authorization: Bearer <key>)");
+    if (ep == OAI_EP_OTHER)
+        return get ? models(s, c) : fail(s, c, ep, 405, "invalid_request_error", NULL, "use GET");
+    if (!post)
+        return fail(s, c, ep, 405, "invalid_request_error", NULL, "use POST");
+    if (u->too_large) {
+        char m[128];
+        snprintf(m, sizeof m, "request body over %u KiB", s->cfg.max_body_kib);
+        return fail(s, c, ep, 413, "invalid_request_error", NULL, m);
     }
-    u->s = s;
-    u->mc = c;
-    u->ep = ep;
-    u->route = route;
-    if (submit_job(s, u)) {
-        u->route = R_NONE;
-        return fail(s, c, ep, 503, "service_unavailable", NULL, "mq-openai cannot start a thread");
-    }
-    return MHD_YES;
+    return generate(s, c, ep, key >= 0 ? oai_keys_tenant(s->keys, key) : "", u->p ? u->p : "", u->len, u->t0);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
@@ -1017,56 +612,13 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     (void)toe;
     upload *u = *con_cls;
     if (u) {
-        if (u->stream) /* answered, but the connection closed before the stream's response existed */
-            stream_end(u->stream);
-        free(u->body);
         free(u->p);
         free(u);
         *con_cls = NULL;
     }
 }
+
 /* ---- start and stop ------------------------------------------------------------------------ */
-
-static int pump_start(oai_server *s, char *err, size_t errlen)
-{
-    if (pthread_mutex_init(&s->job_mu, NULL) || pthread_cond_init(&s->job_cv, NULL) ||
-        pthread_cond_init(&s->job_end, NULL) || pthread_mutex_init(&s->pump_mu, NULL) ||
-        pthread_cond_init(&s->pump_cv, NULL))
-        return mq_errmsg(err, errlen, -ENOMEM, "out of memory");
-    s->mu_ok = 1;
-    s->epfd = epoll_create1(EPOLL_CLOEXEC);
-    s->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
-    if (s->epfd < 0 || s->wakefd < 0 || epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->wakefd, &ev))
-        return mq_errmsg(err, errlen, -errno, "epoll: %s", strerror(errno));
-    int rc = pthread_create(&s->pump, NULL, pump_main, s);
-    if (rc)
-        return mq_errmsg(err, errlen, -rc, "cannot start a thread: %s", strerror(rc));
-    s->pump_running = 1;
-    return 0;
-}
-
-static void pump_stop(oai_server *s)
-{
-    if (s->pump_running) {
-        pthread_mutex_lock(&s->pump_mu);
-        s->pump_stop = 1;
-        pthread_mutex_unlock(&s->pump_mu);
-        pump_kick(s);
-        pthread_join(s->pump, NULL);
-    }
-    if (s->epfd >= 0)
-        close(s->epfd);
-    if (s->wakefd >= 0)
-        close(s->wakefd);
-    if (s->mu_ok) {
-        pthread_mutex_destroy(&s->job_mu);
-        pthread_cond_destroy(&s->job_cv);
-        pthread_cond_destroy(&s->job_end);
-        pthread_mutex_destroy(&s->pump_mu);
-        pthread_cond_destroy(&s->pump_cv);
-    }
-}
 
 int oai_server_start(oai_server **out, const oai_config *cfg, int listen_fd, char *err, size_t errlen)
 {
@@ -1075,10 +627,7 @@ int oai_server_start(oai_server **out, const oai_config *cfg, int listen_fd, cha
         return mq_errmsg(err, errlen, -ENOMEM, "out of memory");
     s->cfg = *cfg;
     s->started = (long long)time(NULL);
-    s->epfd = s->wakefd = -1;
-    int rc = pump_start(s, err, errlen);
-    if (!rc)
-        rc = oai_keys_load(&s->keys, cfg->api_keys_file, err, errlen);
+    int rc = oai_keys_load(&s->keys, cfg->api_keys_file, err, errlen);
     oai_backend_opts bo = { .socket = cfg->mqd_socket[0] ? cfg->mqd_socket : NULL,
                             .max_conns = (int)cfg->max_requests,
                             .max_pinned = (int)cfg->max_sessions,
@@ -1113,10 +662,8 @@ int oai_server_start(oai_server **out, const oai_config *cfg, int listen_fd, cha
         oai_server_stop(s);
         return rc;
     }
-    /* one thread for every connection (epoll); requests that wait for mqd run on workers
-     * and their connections are suspended meanwhile */
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
-                     (sl && sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+                     MHD_USE_ERROR_LOG | (sl && sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     size_t mem = 64 * 1024; /* per connection: headers and the read buffer, not the body */
     if (listen_fd >= 0)
         s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_LISTEN_SOCKET, listen_fd,
@@ -1141,32 +688,8 @@ void oai_server_stop(oai_server *s)
 {
     if (!s)
         return;
-    __atomic_store_n(&s->stopping, 1, __ATOMIC_RELAXED);
-    if (s->mu_ok) {
-        /* libmicrohttpd must not stop with a connection suspended: wait for the workers'
-         * answers (a non-streaming request sees `stopping` within MQD_CHECK_MS), and
-         * wake every stream that waits for tokens (it ends with an error) */
-        pthread_mutex_lock(&s->job_mu);
-        while (s->unanswered)
-            pthread_cond_wait(&s->job_end, &s->job_mu);
-        for (gen *g = s->streams; g; g = g->next_stream) {
-            pthread_mutex_lock(&g->mu);
-            g->aborted = 1;
-            stream_wake(g);
-            pthread_mutex_unlock(&g->mu);
-        }
-        pthread_mutex_unlock(&s->job_mu);
-    }
     if (s->mhd)
-        MHD_stop_daemon(s->mhd); /* ends every stream: their workers clean up and exit */
-    if (s->mu_ok) {
-        pthread_mutex_lock(&s->job_mu);
-        pthread_cond_broadcast(&s->job_cv);
-        while (s->workers)
-            pthread_cond_wait(&s->job_end, &s->job_mu);
-        pthread_mutex_unlock(&s->job_mu);
-    }
-    pump_stop(s);
+        MHD_stop_daemon(s->mhd);
     oai_backend_destroy(s->be);
     oai_keys_free(s->keys);
     free(s);
