@@ -177,6 +177,10 @@ static void cmd_status(mqd *d, cJSON *o)
         cJSON_AddNumberToObject(mem, "weights_bf16", (double)d->model->bf16_bytes);
         cJSON_AddNumberToObject(mem, "weights_fp4", (double)d->model->fp4_bytes);
         cJSON_AddNumberToObject(mem, "weights_fp4_packed", (double)d->model->fp4_packed_bytes);
+        cJSON_AddStringToObject(mem, "weights_fp4_packed_form",
+                                !d->model->fp4_packed_bytes ? "none"
+                                : d->model->fp4_table       ? "table"
+                                                            : "index");
         cJSON_AddNumberToObject(mem, "weights_other", (double)d->model->other_bytes);
     }
     if (mqd_sched(d)) {
