@@ -253,6 +253,11 @@ static int call(oai_output *o, const char *s, size_t n, oai_event_cb cb, void *c
     if (cJSON_IsString(args)) {
         at = args->valuestring;
         alen = strlen(at);
+        /* clients parse "arguments" as JSON: a string that is not one JSON value is no call */
+        if (oai_json_value_len(at, alen) != alen) {
+            cJSON_Delete(j);
+            return -1;
+        }
     }
     int idx = o->n_calls++;
     char id[48];

@@ -237,7 +237,8 @@ static void test_output_malformed_call_is_content(void)
         "<tool_call>\n{\"arguments\": {}}\n</tool_call>",
         "<tool_call>\n[1, 2]\n</tool_call>",
         "<tool_call>\n{\"name\": \"f\", \"arguments\": [1]}\n</tool_call>",
-        "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}", /* never closed */
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{x\"}\n</tool_call>", /* a string that is not JSON */
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}",           /* never closed */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         oai_message m;
