@@ -18,8 +18,8 @@
  * these figures come from) the first touch of such memory costs ~0.5 GB/s against ~10
  * warm, for seconds after it was freed; so which phase met which state decided the ratio.
  * Each timed phase therefore runs right after the memory it fills was touched and freed
- * (warm_memory), the phases alternate over 3 rounds, and the table shows the median and
- * the spread of each. What cold memory costs is the machine's, not mq's, and is shown on
+ * (warm_memory), the phases alternate over 3 rounds, and the table shows the best and the
+ * spread of each (the ratio is of the best times). What cold memory costs is the machine's, not mq's, and is shown on
  * its own line: load_cold_first_touch_gbps is the first touch of the first memory the
  * section fills (3.4 GB), in whatever state the machine left it (~0.5 when the host had
  * taken it back; warm when something freed memory seconds before), and the table says
@@ -225,22 +225,20 @@ static double warm_memory(size_t bytes)
     return t;
 }
 
-static int cmp_dbl(const void *a, const void *b)
+static double best(const double *v, int n)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    double b = v[0];
+    for (int i = 1; i < n; i++)
+        b = v[i] < b ? v[i] : b;
+    return b;
 }
 
 #define LOAD_ROUNDS 3
 
 /* The load section (see the header): LOAD_ROUNDS rounds of every phase, each phase right
- * after warming the memory it fills; medians reported. Returns the last full load. */
+ * after warming the memory it fills; the best of each reported (other processes only add
+ * time: a round that met cold memory or a busy CPU shows in the spread). Returns the last
+ * full load. */
 static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17, mq_ws_result *wres, double *t_load,
                               double *t_read, double *load_touch_share, double *read_touch_share, double *cold_gbps)
 {
@@ -286,13 +284,13 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
         }
         snprintf(spread[i], sizeof spread[i], "%.3f-%.3f", lo, hi);
     }
-    *t_read = median(rd, LOAD_ROUNDS);
-    *t_load = median(ld, LOAD_ROUNDS);
-    const double t_mmap = median(mm, LOAD_ROUNDS), t_copy = median(cp, LOAD_ROUNDS), t_bf16 = median(bf, LOAD_ROUNDS);
+    *t_read = best(rd, LOAD_ROUNDS);
+    *t_load = best(ld, LOAD_ROUNDS);
+    const double t_mmap = best(mm, LOAD_ROUNDS), t_copy = best(cp, LOAD_ROUNDS), t_bf16 = best(bf, LOAD_ROUNDS);
     const double touch = first_touch_s_per_byte();
     mq_arena_describe(*ar17, mem, sizeof mem);
-    printf("\n%-34s %10s %10s %14s   (median of %d rounds, each phase on warm memory)\n", "load Qwen3-1.7B (synthetic)",
-           "seconds", "GB/s", "min-max", LOAD_ROUNDS);
+    printf("\n%-34s %10s %10s %14s   (best of %d rounds, each phase on warm memory)\n", "load Qwen3-1.7B (synthetic)",
+           "seconds", "GB/s", "spread", LOAD_ROUNDS);
     printf("%-34s %10.3f %10.2f %14s\n", "plain read()", *t_read, fbytes / *t_read / 1e9, spread[0]);
     printf("%-34s %10.3f %10.2f %14s\n", "mmap + touch every page", t_mmap, fbytes / t_mmap / 1e9, spread[1]);
     printf("%-34s %10.3f %10.2f %14s\n", "mq load (io_uring + NVFP4 quant)", *t_load, fbytes / *t_load / 1e9,
