@@ -145,6 +145,22 @@ static double time_plain_read(const char *path, size_t *bytes, int touched)
     return t;
 }
 
+/* Faults in `bytes` of fresh anonymous memory (THP, as the arena's) and frees it, so the
+ * phase timed right after takes warm pages (the header says why); returns the seconds
+ * the touch took. */
+static double warm_memory(size_t bytes)
+{
+    uint8_t *p = mq_mem_map(bytes, 0, 1, NULL);
+    if (!p)
+        die("cannot map %s%s for warming", "", "memory");
+    double t0 = mq_now_s();
+    for (size_t i = 0; i < bytes; i += 4096)
+        p[i] = 1;
+    double t = mq_now_s() - t0;
+    mq_mem_unmap(p, bytes);
+    return t;
+}
+
 /* Seconds per byte to fault in fresh anonymous memory (transparent huge pages, as the
  * arena's): the kernel zeroes every page on first touch, so memory a load fills costs
  * this on top of the copy. Best of 2 passes over 1 GiB. */
@@ -153,15 +169,8 @@ static double first_touch_s_per_byte(void)
     const size_t n = (size_t)1 << 30;
     double best = 1e30;
     for (int k = 0; k < 2; k++) {
-        uint8_t *p = mq_mem_map(n, 0, 1, NULL);
-        if (!p)
-            die("cannot map 1 GiB%s%s", "", "");
-        double t0 = mq_now_s();
-        for (size_t i = 0; i < n; i += 4096)
-            p[i] = 1;
-        double t = mq_now_s() - t0;
+        double t = warm_memory(n);
         best = t < best ? t : best;
-        mq_mem_unmap(p, n);
     }
     return best / (double)n;
 }
@@ -207,22 +216,6 @@ static mq_model *load_streamed_opts(const char *dir, const mq_model_opts *mo, mq
 static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, mq_ws_result *res)
 {
     return load_streamed_opts(dir, NULL, arena, secs, res);
-}
-
-/* Faults in `bytes` of fresh anonymous memory (THP, as the arena's) and frees it, so the
- * phase timed right after takes warm pages (the header says why); returns the seconds
- * the touch took. */
-static double warm_memory(size_t bytes)
-{
-    uint8_t *p = mq_mem_map(bytes, 0, 1, NULL);
-    if (!p)
-        die("cannot map %s%s for warming", "", "memory");
-    double t0 = mq_now_s();
-    for (size_t i = 0; i < bytes; i += 4096)
-        p[i] = 1;
-    double t = mq_now_s() - t0;
-    mq_mem_unmap(p, bytes);
-    return t;
 }
 
 static double best(const double *v, int n)
