@@ -217,8 +217,6 @@ void mqd_load_opts_from_config(const mqd_config *c, mq_arena_opts *ao, mq_ws_opt
     mq_ws_opts_default(wo);
     wo->queue_depth = (int)c->io_depth;
     wo->read_bytes = ((size_t)c->io_read_kib * 1024 + 4095) / 4096 * 4096;
-    /* the prefill pool's CPUs are idle while the weights load: all of them convert */
-    wo->helpers = MQ_WS_HELPERS_PER_CPU;
 }
 
 /* Phase "weights": the arena, then mq_ws_load_model (the loader tests and benchmarks run). */

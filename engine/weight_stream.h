@@ -65,8 +65,8 @@ typedef struct mq_ws_opts {
     int queue_depth;   /* pieces in flight (default 8) */
     size_t read_bytes; /* largest piece (default 1 MiB; multiple of 4096) */
     mq_ws_direct direct;
-    int helpers;             /* threads running ready() (default 1; 0 = caller's thread;
-                                MQ_WS_HELPERS_PER_CPU: one per CPU, as mqd) */
+    int helpers;             /* threads running ready(): 0 = the caller's thread; default
+                                MQ_WS_HELPERS_PER_CPU (one per CPU) */
     const void *helper_cpus; /* cpu_set_t * for the helpers, or NULL */
     mq_ws_staging staging;   /* mq_ws_load_model only (default MAPPED) */
     const int *cancel;       /* non-zero (atomic, any thread) stops the stream: -ECANCELED */
