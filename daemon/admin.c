@@ -177,6 +177,10 @@ static void cmd_status(mqd *d, cJSON *o)
         cJSON_AddNumberToObject(mem, "weights_bf16", (double)d->model->bf16_bytes);
         cJSON_AddNumberToObject(mem, "weights_fp4", (double)d->model->fp4_bytes);
         cJSON_AddNumberToObject(mem, "weights_fp4_packed", (double)d->model->fp4_packed_bytes);
+        cJSON_AddStringToObject(mem, "weights_fp4_packed_form",
+                                !d->model->fp4_packed_bytes ? "none"
+                                : d->model->fp4_table       ? "table"
+                                                            : "index");
         cJSON_AddNumberToObject(mem, "weights_other", (double)d->model->other_bytes);
     }
     if (mqd_sched(d)) {
@@ -337,11 +341,15 @@ static const char *do_config(const call *c)
 static const char *do_cancel(const call *c)
 {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(c->req, "id");
-    if (!cJSON_IsNumber(id) || id->valuedouble < 1)
-        return "cancel needs a numeric \"id\" (request or session)";
+    /* ids are counters mqd hands out: whole numbers from 1, exact in a double up to 2^53
+     * (a larger or fractional one names nothing; converting 1e309 would be undefined) */
+    if (!cJSON_IsNumber(id) || !(id->valuedouble >= 1 && id->valuedouble <= 9007199254740992.0) ||
+        (double)(uint64_t)id->valuedouble != id->valuedouble)
+        return "cancel needs a whole-number \"id\" from 1 to 2^53 (request or session)";
+    uint64_t n = (uint64_t)id->valuedouble;
     if (!mqd_sched(c->d))
         return "mqd is still loading the model";
-    if (mqd_client_cancel(c->d, (uint64_t)id->valuedouble, c->buf, c->buflen))
+    if (mqd_client_cancel(c->d, n, c->buf, c->buflen))
         return c->buf;
     cJSON_AddStringToObject(c->o, "message", c->buf);
     return NULL;
@@ -441,6 +449,36 @@ static void admin_close(mqd_admin *a)
     free(a);
 }
 
+cJSON *mqd_admin_reply(mqd *d, const char *req, size_t n, const char *denied)
+{
+    char msg[512];
+    const char *err = NULL;
+    cJSON *o = cJSON_CreateObject(), *j = NULL;
+    if (!o)
+        return NULL;
+    if (denied)
+        err = denied;
+    else if (n > MAX_REQ)
+        err = "request over 64 KiB";
+    else if (!(j = cJSON_ParseWithLength(req, n)) || !cJSON_IsObject(j))
+        err = "request is not a JSON object";
+    else
+        err = run_cmd(d, j, o, msg, sizeof msg);
+    cJSON_Delete(j);
+    if (err) {
+        cJSON_Delete(o);
+        o = cJSON_CreateObject();
+        if (o && (!cJSON_AddBoolToObject(o, "ok", 0) || !cJSON_AddStringToObject(o, "error", err))) {
+            cJSON_Delete(o);
+            o = NULL;
+        }
+    } else if (!cJSON_AddBoolToObject(o, "ok", 1)) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    return o;
+}
+
 static void on_admin_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
 {
     (void)l;
@@ -459,30 +497,11 @@ static void on_admin_readable(mq_evloop *l, int fd, uint32_t events, void *arg)
             admin_close(a);
             break;
         }
-        cJSON *o = cJSON_CreateObject();
-        char msg[512];
-        const char *err = NULL;
-        cJSON *req = NULL;
-        if (a->denied)
-            err = a->why;
-        else if (n > MAX_REQ)
-            err = "request over 64 KiB";
-        else if (!(req = cJSON_ParseWithLength(buf, (size_t)n)) || !cJSON_IsObject(req))
-            err = "request is not a JSON object";
-        else
-            err = run_cmd(a->d, req, o, msg, sizeof msg);
-        cJSON_Delete(req);
-        if (err) {
-            cJSON_Delete(o);
-            o = cJSON_CreateObject();
-            cJSON_AddBoolToObject(o, "ok", 0);
-            cJSON_AddStringToObject(o, "error", err);
-        } else {
-            cJSON_AddBoolToObject(o, "ok", 1);
-        }
-        send_json(fd, o);
+        cJSON *o = mqd_admin_reply(a->d, buf, (size_t)n, a->denied ? a->why : NULL);
+        if (o)
+            send_json(fd, o);
         cJSON_Delete(o);
-        if (a->denied) {
+        if (a->denied || !o) { /* no memory for a reply: the peer sees the hang-up */
             admin_close(a);
             break;
         }

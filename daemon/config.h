@@ -45,6 +45,7 @@ typedef struct mqd_config {
     uint32_t kv_block_tokens; /* tokens per KV block */
     uint32_t on_full;         /* mq_cfg_on_full */
     mq_fp4_pack fp4_pack;
+    mq_fp4_pack fp4_table;      /* the packed copy's table form (auto/on/off, mq_fp4_pack) */
     uint32_t hugepages;         /* mq_cfg_huge */
     uint32_t hugepages_reserve; /* 2 MiB pages mqd reserves when started as root; 0 = none;
                                 * MQ_CFG_U32_AUTO ("auto") = what weights + KV need */

@@ -151,7 +151,7 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     const mq_read *reads = NULL;
     int n_reads = 0;
     char e[MQ_ERRMSG_LEN] = "";
-    mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack };
+    mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack, .fp4_table = d->cfg.fp4_table };
     int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e, sizeof e);
     if (rc < 0) {
         mqd_log(LOG_WARNING, "huge pages: auto: cannot size the model (%s); nothing reserved", e);
@@ -242,7 +242,7 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     memset(&wres, 0, sizeof wres);
     ws_watch watch = { .d = d, .prog = &prog };
     int watching = pthread_create(&watch.th, NULL, ws_watch_main, &watch) == 0;
-    const mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack };
+    const mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack, .fp4_table = d->cfg.fp4_table };
     rc = mq_ws_load_model(d->cfg.model_dir, &mo, d->arena, &wo, &prog, &wres, &d->model, err, errlen);
     if (watching) {
         __atomic_store_n(&watch.stop, 1, __ATOMIC_SEQ_CST);

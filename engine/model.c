@@ -85,7 +85,7 @@ struct mq_load {
     int n_reads, cap;
     struct lin_state *lins; /* [n_layers * 7] */
     int no_fp4;
-    mq_fp4_pack fp4_pack;
+    mq_fp4_pack fp4_pack, fp4_table;
     struct {
         void *p;
         size_t bytes;
@@ -384,33 +384,45 @@ static size_t mem_available(void)
     return (size_t)kb * 1024;
 }
 
-/* The packed NVFP4 copy of every linear, when opts.fp4_pack asks for it (mq_fp4_pack). */
+/* The packed NVFP4 copy of every linear, when opts.fp4_pack asks for it, in the table form
+ * when opts.fp4_table does (mq_fp4_pack). */
 static int plan_fp4_packed(mq_model *m, char *err, size_t errlen)
 {
     struct mq_load *L = m->load;
     const mq_config *c = &m->cfg;
     if (L->no_fp4 || L->fp4_pack == MQ_FP4_PACK_OFF)
         return 0;
-    size_t need = 0;
+    size_t need = 0, need_table = 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int jl = 0; jl < 7; jl++) {
             const mq_fp4_weight *w = &layer_lin(&m->layers[l], jl)->fp4;
             need += mq_fp4_weight_packed_bytes(w->n, w->k);
+            need_table += mq_fp4_weight_table_bytes(w->n, w->k);
         }
-    if (L->fp4_pack == MQ_FP4_PACK_AUTO) {
-        const size_t avail = mem_available(), have = m->bf16_bytes + m->fp4_bytes + m->other_bytes;
-        if (avail == 0 || have + need > avail / 2)
-            return 0;
-    }
+    const size_t have = m->bf16_bytes + m->fp4_bytes + m->other_bytes;
+    size_t avail = 0;
+    if (L->fp4_pack == MQ_FP4_PACK_AUTO || L->fp4_table == MQ_FP4_PACK_AUTO)
+        avail = mem_available();
+    const int table =
+        L->fp4_table == MQ_FP4_PACK_ON || (L->fp4_table == MQ_FP4_PACK_AUTO && avail && have + need_table <= avail / 2);
+    if (table)
+        need = need_table;
+    else if (L->fp4_pack == MQ_FP4_PACK_AUTO && (avail == 0 || have + need > avail / 2))
+        return 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int jl = 0; jl < 7; jl++) {
             mq_fp4_weight *w = &layer_lin(&m->layers[l], jl)->fp4;
-            void *p = xalloc(m, mq_fp4_weight_packed_bytes(w->n, w->k), "weights.fp4.packed", &m->fp4_packed_bytes);
+            const size_t bytes = table ? mq_fp4_weight_table_bytes(w->n, w->k) : mq_fp4_weight_packed_bytes(w->n, w->k);
+            void *p = xalloc(m, bytes, "weights.fp4.packed", &m->fp4_packed_bytes);
             if (!p)
                 return mq_errmsg(err, errlen, -ENOMEM, "out of memory for the packed NVFP4 copy (%.1f MiB)",
                                  need / 1048576.0);
-            mq_fp4_weight_bind_packed(w, p);
+            if (table)
+                mq_fp4_weight_bind_table(w, p);
+            else
+                mq_fp4_weight_bind_packed(w, p);
         }
+    m->fp4_table = table;
     return 0;
 }
 
@@ -435,6 +447,7 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     L->alloc = *alloc;
     L->no_fp4 = opts->no_fp4;
     L->fp4_pack = opts->fp4_pack;
+    L->fp4_table = opts->fp4_table;
     int rc;
     if ((rc = mq_config_load(&m->cfg, dir, err, errlen)))
         goto fail;

@@ -6,7 +6,9 @@
  *   - NVFP4 linears (prefill path; mq_fp4_weight), quantized at load from the BF16
  *     weights per NVFP4.md with g = 2688 / amax(tensor), or taken as stored from a
  *     compressed-tensors nvfp4-pack-quantized checkpoint; with the packed copy for the
- *     AVX-512 GEMM when opts.fp4_pack says so (fp4_packed_bytes, 1.25 bytes per weight),
+ *     AVX-512 GEMM when opts.fp4_pack says so (fp4_packed_bytes), in its table form when
+ *     opts.fp4_table says so (3 bytes per weight, fp4_table = 1) or else its index form
+ *     (1.25 bytes per weight),
  *   - the embedding and LM head in BF16, packed like the linears except an untied
  *     embedding (only looked up, row by row: mq_bf16_weight_row reads either layout),
  *   - norms (and Qwen2 biases) in FP32.
@@ -83,6 +85,7 @@ typedef struct mq_model {
     size_t bf16_bytes;       /* BF16 copy: linears + embedding + LM head */
     size_t fp4_bytes;        /* NVFP4 copy: codes + scales */
     size_t fp4_packed_bytes; /* its packed copy for the AVX-512 GEMM, 0 when not made */
+    int fp4_table;           /* 1: that copy is in the table form (mq_fp4_weight_bind_table) */
     size_t other_bytes;      /* norms, biases */
     struct mq_load *load;    /* loading state, then the record of allocations */
 } mq_model;
@@ -98,13 +101,17 @@ typedef struct mq_read {
 
 /* Whether the NVFP4 linears get their packed copy (+1.25 bytes per weight, a faster
  * prefill GEMM): AUTO makes it when weights and copy together take at most half of the
- * memory available at plan time (MemAvailable). */
+ * memory available at plan time (MemAvailable). The same words say whether that copy
+ * takes the table form (+3 bytes per weight, a faster GEMM still:
+ * docs/design/kernels.md): AUTO when weights and table copy fit in that half, ON whenever
+ * a packed copy is made, OFF never. */
 typedef enum { MQ_FP4_PACK_AUTO = 0, MQ_FP4_PACK_ON = 1, MQ_FP4_PACK_OFF = 2 } mq_fp4_pack;
 
 typedef struct mq_model_opts {
-    const char *bf16_dir; /* NVFP4 checkpoint: separate BF16 checkpoint for decode, or NULL */
-    int no_fp4;           /* skip the NVFP4 copy (BF16-only tools); fp4 mode then refuses */
-    mq_fp4_pack fp4_pack; /* the packed NVFP4 copy (default AUTO) */
+    const char *bf16_dir;  /* NVFP4 checkpoint: separate BF16 checkpoint for decode, or NULL */
+    int no_fp4;            /* skip the NVFP4 copy (BF16-only tools); fp4 mode then refuses */
+    mq_fp4_pack fp4_pack;  /* the packed NVFP4 copy (default AUTO) */
+    mq_fp4_pack fp4_table; /* its table form (default AUTO) */
 } mq_model_opts;
 
 /* Step 1. On success *out is a model whose weights are not yet valid, and *reads /

@@ -1,19 +1,23 @@
 /* kernels/gemm_avx512.c — NVFP4 GEMM on AVX512-VNNI, BF16 GEMM/GEMV on AVX512_BF16.
  *
  * NVFP4 (NVFP4.md's integer route). Activations arrive prepared (layout.c): signed bytes
- * 2a (the block scale's sign folded in), -12·Σ2a and |s_x| per block, by quads of rows.
- * Weights are read in the packed form of layout.c (unsigned bytes 2w+12 as
- * [16 columns][4 k] per zmm, and each block scale's index form), from w->packed or, without
- * it, from a stack buffer packed per call. Four vpdpbusd (x's 4 bytes broadcast) complete
- * one 16-element block for 16 columns exactly, starting from -12·Σ2a, which removes the
- * weights' +12. Then the scale product s_x·s_w = t8[f_w]·2^e_w, exactly: t8 = |s_x|·(1 +
- * j/8) for j = 0..7 (one vmulps per row and block, shared by the tile's 3 column groups),
- * a vpermps picks entry f_w (the weight scale's mantissa) for each column and a vscalefps
- * by e_w (free) scales it; one FMA adds int·s_x·s_w to the FP32 accumulator. Per row, 16
- * columns and block that is 4 vpdpbusd + 1 FMA + ½ (vpermps) + ⅓ (vmulps) on the two
- * VNNI/FMA pipes: a bound of 4/5.83 = 0.69 of the VNNI peak, against 4/6 = 0.67 for
- * multiplying by s_w and s_x in turn (measurements and the designs compared, among them
- * a weight-side table of s_w·(1 + f/8): docs/design/kernels.md).
+ * 2a (the block scale's sign folded in), -12·Σ2a, |s_x| and its split 2^e·(1 + f/8) per
+ * block, by quads of rows. Weights are read in a packed form of layout.c (unsigned bytes
+ * 2w+12 as [16 columns][4 k] per zmm, then per block either each scale's index form or
+ * the table of its 8 products s_w·(1 + f/8)), from w->packed or, without it, from a stack
+ * buffer packed per call (index form). Four vpdpbusd (x's 4 bytes broadcast) complete one
+ * 16-element block for 16 columns exactly, starting from -12·Σ2a, which removes the
+ * weights' +12. Then the scale product s_x·s_w, exactly, and one FMA adds int·s_x·s_w to
+ * the FP32 accumulator:
+ *   - table form: a load of row f_x of the block's table (16 columns) and a vscalefps by
+ *     e_x, both beside the VNNI/FMA pipes: per row, 16 columns and block 4 vpdpbusd + 1
+ *     FMA on those pipes, a bound of 0.8 of the VNNI peak;
+ *   - index form: t8 = |s_x|·(1 + j/8) for j = 0..7 (one vmulps per row and block, shared
+ *     by the tile's 3 column groups), a vpermps picks entry f_w for each column and a
+ *     vscalefps by e_w scales it: 4 vpdpbusd + 1 FMA + ½ (vpermps) + ⅓ (vmulps), a bound
+ *     of 4/5.83 = 0.69.
+ * Both forms form the same exact product and sum in the same order, so they give the same
+ * bits. Measurements and the designs compared: docs/design/kernels.md.
  * A tile is the 4 rows of an activation quad × 3 groups of 16 columns (12 integer and 12
  * FP32 accumulators in registers); loops and cache blocking: gemm_fp4_avx512.
  *
@@ -130,15 +134,21 @@ static inline __mmask32 low_mask32(int n)
 #ifndef FP4_MC
 #define FP4_MC 256 /* activation rows per block (a multiple of 4), packed weights */
 #endif
+#ifndef FP4_MC_TABLE
+#define FP4_MC_TABLE \
+    512 /* the same for the table form: its panels are 2.4 times larger, fewer passes measured faster */
+#endif
 #ifndef KC_BLOCKS
 #define KC_BLOCKS 16 /* K blocks (of 16) per pass over the activations: 256 k */
 #endif
 
 /* Packs weight rows [c0, c0+16) (rows >= n as weight 0, scale 0), blocks [kb0, kb0+nkb),
- * into dst (block b at dst + (b - kb0)·FP4_PACK_BYTES): the packed layout of layout.c,
+ * into dst (block b at dst + (b - kb0)·bs): the packed layout of layout.c, in the table
+ * form if `table` (bs = FP4_TABLE_BYTES) or the index form (bs = FP4_PACK_BYTES),
  * byte-identical to fp4_weight_pack_rows_ref. */
-static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, uint8_t *dst)
+static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, int table, uint8_t *dst)
 {
+    const size_t bs = table ? FP4_TABLE_BYTES : FP4_PACK_BYTES;
     const int nb = w->kp / MQ_FP4_BLOCK;
     const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
     const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_biased));
@@ -174,12 +184,20 @@ static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, uin
             tr16x16(r); /* r[4·bb + j]: k-step j of block bb, [16 rows][4 k] */
             for (int bb = 0; bb < nbh; bb++)
                 for (int j = 0; j < 4; j++)
-                    _mm512_store_si512(dst + (size_t)(bb0 + bb) * FP4_PACK_BYTES + j * 64, r[bb * 4 + j]);
+                    _mm512_store_si512(dst + (size_t)(bb0 + bb) * bs + j * 64, r[bb * 4 + j]);
         }
         for (int b = 0; b < nbs; b++) {
-            float *f = (float *)(dst + (size_t)(b0 + b) * FP4_PACK_BYTES + FP4_PACK_SCALE);
-            for (int i = 0; i < 16; i++)
-                f[i] = fp4_scale_index_form(sc[i][b]);
+            float *f = (float *)(dst + (size_t)(b0 + b) * bs + FP4_PACK_SCALE);
+            if (table) {
+                for (int i = 0; i < 16; i++)
+                    f[i] = nvfp4_e4m3_decode(sc[i][b] & 0x7f);
+                const __m512 s1 = _mm512_load_ps(f);
+                for (int j = 7; j >= 0; j--) /* fp4_table_entry: exact */
+                    _mm512_store_ps(f + 16 * j, _mm512_mul_ps(s1, _mm512_set1_ps(1.0f + 0.125f * (float)j)));
+            } else {
+                for (int i = 0; i < 16; i++)
+                    f[i] = fp4_scale_index_form(sc[i][b]);
+            }
         }
     }
 }
@@ -189,19 +207,20 @@ static void fp4_weight_pack_rows_avx512(mq_fp4_weight *w, int r0, int r1)
     const int nb = w->kp / MQ_FP4_BLOCK;
     for (int g = r0 / 16; g * 16 < r1; g++)
         for (int kb0 = 0; kb0 < nb; kb0 += 16)
-            fp4_pack_group(w, g * 16, kb0, nb - kb0 < 16 ? nb - kb0 : 16,
-                           w->packed + ((size_t)g * nb + kb0) * FP4_PACK_BYTES);
+            fp4_pack_group(w, g * 16, kb0, nb - kb0 < 16 ? nb - kb0 : 16, w->table,
+                           w->packed + ((size_t)g * nb + kb0) * (w->table ? FP4_TABLE_BYTES : FP4_PACK_BYTES));
 }
 
 /* One tile: the 4 activation rows of a quad × NG groups of 16 columns over nkb packed
- * blocks (group g's first block at pk + g·gstr); rows >= mr are padding, computed but not
- * stored. Per row, group and block: 4 vpdpbusd from the row's correction; s_x·s_w =
- * vscalefps(vpermps(f_w, t8_x), e_w), exactly, where t8_x = |s_x|·(1 + j/8) and f_w, e_w
- * are the weight scale's index form; one FMA. Only the vpermps (half a slot) and the FMA
- * share the two VNNI pipes with the 4 vpdpbusd. */
-AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y, size_t ldy,
-                 int mr, const __mmask16 *mask, int first, int last, const float *alpha)
+ * blocks (group g's first block at pk + g·gstr; T: the table form); rows >= mr are
+ * padding, computed but not stored. Per row, group and block: 4 vpdpbusd from the row's
+ * correction; s_x·s_w exactly, as vscalefps(table row f_x, e_x) (T) or as
+ * vscalefps(vpermps(f_w, t8_x), e_w) where t8_x = |s_x|·(1 + j/8) and f_w, e_w are the
+ * weight scale's index form; one FMA. */
+AI void fp4_tile(const int NG, const int T, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y,
+                 size_t ldy, int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
+    const size_t bs = T ? FP4_TABLE_BYTES : FP4_PACK_BYTES;
     __m512 acc[FP4_QUAD][4];
 #pragma GCC unroll 8
     for (int m = 0; m < FP4_QUAD; m++)
@@ -213,7 +232,7 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
                                         1.375f, 1.5f, 1.625f, 1.75f, 1.875f);
     for (int b = 0; b < nkb; b++) {
         const fp4_qblock *q = xq + b;
-        const uint8_t *pb = pk + (size_t)b * FP4_PACK_BYTES;
+        const uint8_t *pb = pk + (size_t)b * bs;
         __m512i ia[FP4_QUAD][4];
 #pragma GCC unroll 8
         for (int m = 0; m < FP4_QUAD; m++) {
@@ -237,6 +256,20 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
                 for (int g = 0; g < NG; g++)
                     ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], wv[g], xv);
             }
+        }
+        if (T) {
+#pragma GCC unroll 8
+            for (int m = 0; m < FP4_QUAD; m++) {
+                /* row f_x of each column's table, times 2^e_x: s_x·s_w exactly */
+                const uint8_t *tr = pb + FP4_PACK_SCALE + q->sf[m];
+                const __m512 ex = _mm512_set1_ps(q->se[m]);
+#pragma GCC unroll 8
+                for (int g = 0; g < NG; g++) {
+                    const __m512 s = _mm512_scalef_ps(_mm512_load_ps(tr + (size_t)g * gstr), ex);
+                    acc[m][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][g]), s, acc[m][g]);
+                }
+            }
+            continue;
         }
         __m512 ws[4];
 #pragma GCC unroll 8
@@ -263,21 +296,25 @@ AI void fp4_tile(const int NG, const fp4_qblock *xq, const uint8_t *pk, size_t g
                                       last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha[m])) : acc[m][g]);
 }
 
-static void fp4_tile_any(int ng, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y, size_t ldy,
-                         int mr, const __mmask16 *mask, int first, int last, const float *alpha)
+static void fp4_tile_any(int ng, int table, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y,
+                         size_t ldy, int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
-    switch (ng) {
-    case 1: fp4_tile(1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
-    case 2: fp4_tile(2, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
-    case 3: fp4_tile(3, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    switch (ng * 2 + table) {
+    case 2: fp4_tile(1, 0, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    case 3: fp4_tile(1, 1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    case 4: fp4_tile(2, 0, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    case 5: fp4_tile(2, 1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    case 6: fp4_tile(3, 0, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    case 7: fp4_tile(3, 1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
     default: break;
     }
 }
 
-/* Loops, outermost first: rows in blocks of FP4_MC (packed weights only), so a block's
- * activations stay in L2 while every panel of weights passes over them; panels of FP4_NG
- * groups of 16 columns; chunks of KC_BLOCKS blocks of K, a panel's chunk (24 KB) staying
- * in L1 while every quad of rows passes over it; quads. With w->packed the tiles read the
+/* Loops, outermost first: rows in blocks of FP4_MC (FP4_MC_TABLE for the table form;
+ * packed weights only), so a block's activations stay in cache while every panel of
+ * weights passes over them; panels of FP4_NG groups of 16 columns; chunks of KC_BLOCKS
+ * blocks of K, a panel's chunk (15 KB, 36 KB in the table form) staying in L1 while every
+ * quad of rows passes over it; quads. With w->packed the tiles read the
  * packed weights in place (and the next chunk is requested into L2 meanwhile); without,
  * each chunk is packed into a stack buffer first (the same bytes), once per call. */
 static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *y, size_t ldy, int n0, int n1)
@@ -287,7 +324,9 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     const int nb = x->kp / MQ_FP4_BLOCK, M = x->m;
     _Alignas(64) uint8_t stack[FP4_NG * KC_BLOCKS * FP4_PACK_BYTES];
     const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
-    const int mc = w->packed ? FP4_MC : M; /* repacking once per call beats blocking the rows */
+    const int table = w->packed && w->table;
+    const int mc = !w->packed ? M : table ? FP4_MC_TABLE : FP4_MC; /* repacking once per call beats blocking the rows */
+    const size_t bs = table ? FP4_TABLE_BYTES : FP4_PACK_BYTES;
     for (int mb = 0; mb < M; mb += mc) {
         const int me = M - mb < mc ? M : mb + mc, nq = (me - mb + FP4_QUAD - 1) / FP4_QUAD;
         for (int pg0 = g0; pg0 < g1; pg0 += FP4_NG) {
@@ -301,16 +340,16 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
                 next_chunk nc;
                 next_chunk_init(&nc, NULL, 0, 0, 0, 1);
                 if (w->packed) {
-                    gstr = (size_t)nb * FP4_PACK_BYTES;
-                    pk = w->packed + ((size_t)pg0 * nb + kb0) * FP4_PACK_BYTES;
+                    gstr = (size_t)nb * bs;
+                    pk = w->packed + ((size_t)pg0 * nb + kb0) * bs;
                     const int nkb0 = kb0 + KC_BLOCKS < nb ? kb0 + KC_BLOCKS : 0;
                     const int npg = nkb0 ? pg0 : pg0 + FP4_NG;
                     if (npg < g1)
-                        next_chunk_init(&nc, w->packed + ((size_t)npg * nb + nkb0) * FP4_PACK_BYTES, gstr, FP4_NG,
-                                        (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (FP4_PACK_BYTES / 64), nq);
+                        next_chunk_init(&nc, w->packed + ((size_t)npg * nb + nkb0) * bs, gstr, FP4_NG,
+                                        (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (int)(bs / 64), nq);
                 } else {
                     for (int g = 0; g < ng; g++)
-                        fp4_pack_group(w, (pg0 + g) * 16, kb0, nkb, stack + g * gstr);
+                        fp4_pack_group(w, (pg0 + g) * 16, kb0, nkb, 0, stack + g * gstr);
                 }
                 for (int m0 = mb; m0 < me; m0 += FP4_QUAD) {
                     /* NVFP4.md's alpha per row, times the 1/4 of the doubled integer products (exact) */
@@ -318,8 +357,9 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
                     for (int m = 0; m < FP4_QUAD; m++)
                         alpha[m] = m0 + m < M ? fp4_row_alpha(x, w, m0 + m, 0.25f) : 0.0f;
                     next_chunk_step(&nc);
-                    fp4_tile_any(ng, fp4_act_qblock(x, m0, kb0), pk, gstr, nkb, y + (size_t)m0 * ldy + (size_t)pg0 * 16,
-                                 ldy, M - m0 < FP4_QUAD ? M - m0 : FP4_QUAD, mask, kb0 == 0, kb0 + nkb == nb, alpha);
+                    fp4_tile_any(ng, table, fp4_act_qblock(x, m0, kb0), pk, gstr, nkb,
+                                 y + (size_t)m0 * ldy + (size_t)pg0 * 16, ldy, M - m0 < FP4_QUAD ? M - m0 : FP4_QUAD,
+                                 mask, kb0 == 0, kb0 + nkb == nb, alpha);
                 }
             }
         }
@@ -358,9 +398,7 @@ static void fp4_act_prepare_rows_avx512(mq_fp4_act *a, int r0, int r1)
                 const uint8_t sc = real ? s[b + q] : 0;
                 _mm_store_si128((__m128i *)qb->bytes[l], blk[q]);
                 qb->corr[l] = corr[q];
-                qb->sx[l] = nvfp4_e4m3_decode(sc & 0x7f);
-                if (l == 0)
-                    memset(qb->pad, 0, sizeof qb->pad);
+                fp4_qblock_set_scale(qb, l, sc, nvfp4_e4m3_decode(sc & 0x7f));
             }
         }
     }

@@ -78,7 +78,8 @@ typedef struct fp4_qblock {
     int8_t bytes[FP4_QUAD][16]; /* 2·value·sign(s) */
     int32_t corr[FP4_QUAD];     /* -12·Σ bytes */
     float sx[FP4_QUAD];         /* |s| */
-    uint8_t pad[32];
+    int32_t sf[FP4_QUAD];       /* 64·f of |s| = 2^e·(1 + f/8): the row of a weight table */
+    float se[FP4_QUAD];         /* e (-200 for s = 0) */
 } fp4_qblock;
 _Static_assert(sizeof(fp4_qblock) == 128, "two cache lines per quad and block");
 
@@ -88,26 +89,37 @@ static inline fp4_qblock *fp4_act_qblock(const mq_fp4_act *a, int r, int b)
     return (fp4_qblock *)a->aux + (size_t)(r / FP4_QUAD) * (size_t)(a->kp / MQ_FP4_BLOCK) + b;
 }
 
-#define FP4_PACK_BYTES 320 /* per 16 rows × 16 k: 256 weight bytes, 64 bytes of scale forms */
-#define FP4_PACK_SCALE 256 /* offset of the scale forms in a packed block */
+#define FP4_PACK_BYTES  320 /* per 16 rows × 16 k: 256 weight bytes, 64 bytes of scale forms */
+#define FP4_PACK_SCALE  256 /* offset of the scale forms (or the table) in a packed block */
+#define FP4_TABLE_BYTES 768 /* the same with a table: 256 weight bytes, float [8][16] */
 
-/* The index form of a weight block scale s (E4M3 byte): |s| = 2^e·(1 + f/8), f in 0..7
- * (subnormals m·2^-9 renormalised: m = 3 is 1.5·2^-8), as one float whose floor is e
+/* |s| of an E4M3 byte s as 2^e·(1 + f/8), f in 0..7, exactly: subnormals m·2^-9 are
+ * renormalised (m = 3 is 1.5·2^-8); s = 0 gives e = -200, which vscalefps turns into 0
+ * for anything it scales. */
+static inline void fp4_scale_split(uint8_t s, int *e, int *f)
+{
+    const uint8_t c = s & 0x7f;
+    *f = 0;
+    *e = -200;
+    if (c >= 8) {
+        *f = c & 7;
+        *e = (c >> 3) - 7;
+    } else if (c) {
+        const int t = c >= 4 ? 2 : c >= 2 ? 1 : 0; /* floor(log2 c) */
+        *f = ((c << 3) >> t) - 8;
+        *e = t - 9;
+    }
+}
+
+/* The index form of a weight block scale s (E4M3 byte): |s| = 2^e·(1 + f/8)
+ * (fp4_scale_split), as one float whose floor is e
  * (the vscalefps exponent; -200 for s = 0, which scales anything to 0) and whose low 3
  * bits are f (the vpermps index into the activation's t8). e + 0.5 has at least 14 zero
  * low bits, so adding f moves it by a few ulp and keeps its floor. */
 static inline float fp4_scale_index_form(uint8_t s)
 {
-    const uint8_t c = s & 0x7f;
-    int f = 0, e = -200;
-    if (c >= 8) {
-        f = c & 7;
-        e = (c >> 3) - 7;
-    } else if (c) {
-        const int t = c >= 4 ? 2 : c >= 2 ? 1 : 0; /* floor(log2 c) */
-        f = ((c << 3) >> t) - 8;
-        e = t - 9;
-    }
+    int e, f;
+    fp4_scale_split(s, &e, &f);
     const float v = (float)e + 0.5f;
     uint32_t u;
     memcpy(&u, &v, 4);
@@ -115,6 +127,24 @@ static inline float fp4_scale_index_form(uint8_t s)
     float r;
     memcpy(&r, &u, 4);
     return r;
+}
+
+/* Row l of an activation quad-block gets the scale forms of its block scale s (E4M3 byte,
+ * the sign is folded into the bytes): |s| as FP32 (mq_e4m3_to_f32), and its split. */
+static inline void fp4_qblock_set_scale(fp4_qblock *q, int l, uint8_t s, float abs_s)
+{
+    int e, f;
+    fp4_scale_split(s, &e, &f);
+    q->sx[l] = abs_s;
+    q->sf[l] = 64 * f;
+    q->se[l] = (float)e;
+}
+
+/* Entry f of a weight block scale's table: |s_w|·(1 + f/8), exact in FP32 (abs_s =
+ * |s_w|, at most 4 significant bits, times a 4-bit significand). */
+static inline float fp4_table_entry(float abs_s, int f)
+{
+    return abs_s * (1.0f + 0.125f * (float)f);
 }
 
 #define MQ_ALIGN_UP(x, a) (((x) + (a)-1) / (a) * (a))

@@ -13,8 +13,13 @@
  *                 scale is negative holds 24 - that, the negated weight
  *     [256, 320)  float [16 rows]  |s_w| in index form (fp4_scale_index_form): floor =
  *                 the exponent e, low 3 bits = the mantissa f of |s_w| = 2^e·(1 + f/8)
+ * The table form (`table`) has FP4_TABLE_BYTES = 768 bytes per group and block, at
+ * ((g·nb + b)·768): the same 256 weight bytes, then
+ *     [256, 768)  float [8 f][16 rows]  |s_w|·(1 + f/8), exact (two 4-bit significands):
+ *                 row f is s_w times the significand of an activation scale 2^e·(1 + f/8),
+ *                 so s_x·s_w = vscalefps(row f, e) exactly, e and 64·f from the aux
  * Rows past n pack as weight 0 (byte 12) with scale 0. Without `packed` the AVX-512 GEMM
- * packs each chunk of weights into a stack buffer per call.
+ * packs each chunk of weights into a stack buffer per call (index form).
  *
  * BF16 weights: row-major, or packed ([ceil(n/16)][kp/2][16][2], mq_kernels.h); the
  * element (r, k) of a packed matrix is at bf16_packed_index(r, k, kp).
@@ -29,7 +34,9 @@
  *                           unsigned form (NVFP4.md's integer route)
  *     sx     float [4]      |s_b| as FP32 (the GEMM makes t8 = |s_b|·(1 + j/8), j = 0..7,
  *                           exact in FP32, and s_x·s_w = t8[f_w]·2^e_w, exactly)
- *     (32 bytes of zeros)
+ *     sf     int32 [4]      64·f and
+ *     se     float [4]      e of |s_b| = 2^e·(1 + f/8) (fp4_scale_split): a weight table's
+ *                           row and the exponent that scales it
  */
 #include "kernels/kernels_internal.h"
 
@@ -65,6 +72,7 @@ void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem)
     w->codes = p;
     w->scales = p + fp4_codes_bytes(n, k);
     w->packed = NULL;
+    w->table = 0;
 }
 
 size_t mq_fp4_weight_packed_bytes(int n, int k)
@@ -75,6 +83,18 @@ size_t mq_fp4_weight_packed_bytes(int n, int k)
 void mq_fp4_weight_bind_packed(mq_fp4_weight *w, void *mem)
 {
     w->packed = mem;
+    w->table = 0;
+}
+
+size_t mq_fp4_weight_table_bytes(int n, int k)
+{
+    return (size_t)((n + 15) / 16) * (size_t)(mq_fp4_pad(k) / MQ_FP4_BLOCK) * FP4_TABLE_BYTES;
+}
+
+void mq_fp4_weight_bind_table(mq_fp4_weight *w, void *mem)
+{
+    w->packed = mem;
+    w->table = mem != NULL;
 }
 
 size_t mq_fp4_act_bytes(int m, int k)

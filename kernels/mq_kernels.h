@@ -70,16 +70,19 @@ void mq_fp4_dequantize_row(const uint8_t *codes, const uint8_t *scales, int k, f
 /* An NVFP4 weight matrix W[n, k] for mq_gemm_fp4. Memory is the caller's:
  * mq_fp4_weight_bytes() says how much, mq_fp4_weight_bind() lays the arrays out in it
  * (64-byte aligned base required). The canonical arrays (codes, scales) always hold the
- * weights. Optionally the weights also carry a packed copy for the AVX-512 GEMM: the
- * panel layout its tile reads plus an exact table of scale products (layout.c), 2 bytes
- * per weight on top of the canonical 0.5625; without it, that GEMM repacks panels per
- * call and runs slower (docs/design/kernels.md has the figures). */
+ * weights. Optionally the weights also carry a packed copy for the AVX-512 GEMM, the
+ * panel layout its tile reads (layout.c), in one of two forms: with each block scale in
+ * an index form (1.25 bytes per weight on top of the canonical 0.5625), or with the
+ * exact table of the 8 products s_w·(1 + f/8) per block scale (3 bytes per weight),
+ * which saves the tile the scale product's vpermps. Without a packed copy that GEMM
+ * repacks panels per call and runs slower (docs/design/kernels.md has the figures). */
 typedef struct mq_fp4_weight {
     int n, k, kp;    /* rows, logical K, K padded to a multiple of 16 */
     float g;         /* global scale g_w (a multiplier: 2688 / amax) */
     uint8_t *codes;  /* [n, kp/2]  E2M1, element 2i in the low nibble */
     uint8_t *scales; /* [n, kp/16] E4M3 block scales (already multiplied by g) */
-    uint8_t *packed; /* NULL, or mq_fp4_weight_packed_bytes() of kernel-private panels */
+    uint8_t *packed; /* NULL, or the packed copy: kernel-private panels */
+    int table;       /* 1: packed is the table form (mq_fp4_weight_bind_table) */
 } mq_fp4_weight;
 
 size_t mq_fp4_weight_bytes(int n, int k);
@@ -88,6 +91,9 @@ void mq_fp4_weight_bind(mq_fp4_weight *w, int n, int k, void *mem);
  * its rows are set, so that quantize_rows/set_rows/pack_rows fill it too. */
 size_t mq_fp4_weight_packed_bytes(int n, int k);
 void mq_fp4_weight_bind_packed(mq_fp4_weight *w, void *mem);
+/* The same for the table form of the packed copy (NULL mem: no packed copy). */
+size_t mq_fp4_weight_table_bytes(int n, int k);
+void mq_fp4_weight_bind_table(mq_fp4_weight *w, void *mem);
 /* Quantizes rows [r0, r1) of src (row stride ld floats) with w->g, which the caller set
  * beforehand from the whole tensor's amax. -EINVAL on NaN/Inf. */
 int mq_fp4_weight_quantize_rows(mq_fp4_weight *w, const float *src, size_t ld, int r0, int r1);

@@ -221,9 +221,7 @@ static void fp4_act_prepare_rows_ref(mq_fp4_act *a, int r0, int r1)
                 sum += q->bytes[l][e];
             }
             q->corr[l] = -NVFP4_BIAS * sum;
-            q->sx[l] = mq_e4m3_to_f32(s & 0x7f);
-            if (l == 0)
-                memset(q->pad, 0, sizeof q->pad);
+            fp4_qblock_set_scale(q, l, s, mq_e4m3_to_f32(s & 0x7f));
         }
     }
 }
@@ -234,7 +232,7 @@ static void fp4_weight_pack_rows_ref(mq_fp4_weight *w, int r0, int r1)
     const int nb = w->kp / MQ_FP4_BLOCK;
     for (int g = r0 / 16; g * 16 < r1; g++)
         for (int b = 0; b < nb; b++) {
-            uint8_t *d = w->packed + ((size_t)g * nb + b) * FP4_PACK_BYTES;
+            uint8_t *d = w->packed + ((size_t)g * nb + b) * (w->table ? FP4_TABLE_BYTES : FP4_PACK_BYTES);
             for (int i = 0; i < 16; i++) {
                 const int row = g * 16 + i;
                 const uint8_t s = row < w->n ? w->scales[(size_t)row * nb + b] : 0;
@@ -245,8 +243,15 @@ static void fp4_weight_pack_rows_ref(mq_fp4_weight *w, int r0, int r1)
                     const uint8_t v = nvfp4_e2m1_biased[code & 0xf];
                     d[(e / 4) * 64 + i * 4 + e % 4] = s & 0x80 ? 2 * NVFP4_BIAS - v : v; /* sign of s folded in */
                 }
-                const float form = fp4_scale_index_form(s);
-                memcpy(d + FP4_PACK_SCALE + i * 4, &form, 4);
+                if (w->table)
+                    for (int f = 0; f < 8; f++) {
+                        const float t = fp4_table_entry(mq_e4m3_to_f32(s & 0x7f), f);
+                        memcpy(d + FP4_PACK_SCALE + f * 64 + i * 4, &t, 4);
+                    }
+                else {
+                    const float form = fp4_scale_index_form(s);
+                    memcpy(d + FP4_PACK_SCALE + i * 4, &form, 4);
+                }
             }
         }
 }

@@ -129,9 +129,10 @@ static void print_status(const cJSON *r)
     printf("load            %s: %.1f / %.1f MiB (%.0f%%), %.0f ms%s%s\n", str(r, "load.phase"),
            mib(num(r, "load.bytes_done")), mib(num(r, "load.bytes_total")), 100 * num(r, "load.progress"),
            num(r, "load.ms"), str(r, "load.note")[0] ? "; " : "", str(r, "load.note"));
-    printf("memory          weights BF16 %.1f MiB, NVFP4 %.1f MiB (+ packed copy %.1f MiB), other %.1f MiB\n",
+    printf("memory          weights BF16 %.1f MiB, NVFP4 %.1f MiB (+ packed copy %.1f MiB, form %s), other %.1f MiB\n",
            mib(num(r, "memory.weights_bf16")), mib(num(r, "memory.weights_fp4")),
-           mib(num(r, "memory.weights_fp4_packed")), mib(num(r, "memory.weights_other")));
+           mib(num(r, "memory.weights_fp4_packed")), str(r, "memory.weights_fp4_packed_form"),
+           mib(num(r, "memory.weights_other")));
     printf("                weights mapped: hugetlb %.1f MiB, thp %.1f MiB, 4k %.1f MiB\n",
            mib(num(r, "memory.weights_mapped.hugetlb")), mib(num(r, "memory.weights_mapped.thp")),
            mib(num(r, "memory.weights_mapped.4k")));

@@ -3,6 +3,7 @@
  * an agent replay with KV reuse, and the decode stall while a long prompt is read.
  *
  *   build/bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,long,replay,stall]
+ *                   [--fp4-table auto|on|off]  (the packed NVFP4 copy's form, mq_model_opts)
  *
  * Synthetic Qwen3-0.6B and -1.7B checkpoints (random BF16 weights, the real shapes and
  * tokenizer) are written by build/mq_synth into DIR (default build/models) the first time
@@ -213,9 +214,11 @@ static mq_model *load_streamed_opts(const char *dir, const mq_model_opts *mo, mq
     return m;
 }
 
+static mq_model_opts g_mo; /* the model options of the main loads (--fp4-table) */
+
 static mq_model *load_streamed(const char *dir, mq_arena **arena, double *secs, mq_ws_result *res)
 {
-    return load_streamed_opts(dir, NULL, arena, secs, res);
+    return load_streamed_opts(dir, &g_mo, arena, secs, res);
 }
 
 static double best(const double *v, int n)
@@ -792,10 +795,15 @@ int main(int argc, char **argv)
             g_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             g_quick = 1;
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {
+        else if (!strcmp(argv[i], "--fp4-table") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
+                die("--fp4-table: '%s' is not auto, on or off%s", v, "");
+            g_mo.fp4_table = !strcmp(v, "on") ? MQ_FP4_PACK_ON : !strcmp(v, "off") ? MQ_FP4_PACK_OFF : MQ_FP4_PACK_AUTO;
+        } else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {
         } else
             die("usage: bench_e2e [--models DIR] [--threads N] [--quick] "
-                "[--only load,prefill,decode,long,replay,stall]%s%s",
+                "[--only load,prefill,decode,long,replay,stall] [--fp4-table auto|on|off]%s%s",
                 "", "");
     }
     setvbuf(stdout, NULL, _IOLBF, 0); // progress is visible when piped
@@ -831,7 +839,11 @@ int main(int argc, char **argv)
     int NP = g_quick ? 512 : 2048;
     double pm17 = 0, pb17 = 0;
     if (g_parts & P_PREFILL) {
-        printf("\n%-34s %12s %12s %8s\n", "prefill, prompt of tokens", "mixed tok/s", "bf16 tok/s", "ratio");
+        printf("\nNVFP4 packed copy: %.2f GB, %s form\n", m17->fp4_packed_bytes / 1e9,
+               !m17->fp4_packed_bytes ? "no"
+               : m17->fp4_table       ? "table"
+                                      : "index");
+        printf("%-34s %12s %12s %8s\n", "prefill, prompt of tokens", "mixed tok/s", "bf16 tok/s", "ratio");
         for (int round = 0; round < 2; round++) {
             const double pm = prefill_rate(m17, tok, MQ_PREC_MODE_MIXED, prompt, NP);
             const double pb = prefill_rate(m17, tok, MQ_PREC_MODE_BF16, prompt, NP);

@@ -7,7 +7,8 @@
  *   bf16   vdpbf16ps zmm: 32 BF16 MACs per instruction
  *   read   streaming 512-bit loads over a buffer far larger than the caches
  * Then mq_gemm_fp4 (prepared activations; the activation quantization is timed
- * separately as `q+prep`) and mq_gemm_bf16 at the q/k/v/o/gate/up/down (N, K) of
+ * separately as `q+prep`; weights with the packed copy in its table form, what mqd runs
+ * when memory allows, and in the summary also in its index form and without one) and mq_gemm_bf16 at the q/k/v/o/gate/up/down (N, K) of
  * Qwen3-0.6B, -1.7B and -4B for M = 1, 8, 128, 512, 2048, with 1 and 2 threads (the
  * threads split the N columns, as the daemon's pools do). Every figure is the best of
  * several repetitions, because other jobs share the machine.
@@ -283,9 +284,10 @@ static unsigned rnd8(void)
 /* Operands for one shape: random codes and finite E4M3 scales (speed does not depend on
  * values), BF16 weights from a fixed pool. */
 typedef struct operands {
-    mq_fp4_weight wf;  /* with the packed copy (what mqd runs when memory allows) */
-    mq_fp4_weight wfr; /* the same canonical arrays without it (per-call repacking) */
-    void *wf_mem, *wf_packed;
+    mq_fp4_weight wf;  /* with the packed copy, table form (what mqd runs when memory allows) */
+    mq_fp4_weight wfi; /* the same with the index-form packed copy */
+    mq_fp4_weight wfr; /* the same canonical arrays without either (per-call repacking) */
+    void *wf_mem, *wf_packed, *wf_table;
     mq_bf16_weight wb;
     uint16_t *wb_data;
 } operands;
@@ -294,8 +296,9 @@ static void make_operands(operands *o, int n, int k)
 {
     o->wf_mem = xmalloc(mq_fp4_weight_bytes(n, k));
     o->wf_packed = xmalloc(mq_fp4_weight_packed_bytes(n, k));
+    o->wf_table = xmalloc(mq_fp4_weight_table_bytes(n, k));
     mq_fp4_weight_bind(&o->wf, n, k, o->wf_mem);
-    mq_fp4_weight_bind_packed(&o->wf, o->wf_packed);
+    mq_fp4_weight_bind_table(&o->wf, o->wf_table);
     o->wf.g = 100.0f;
     size_t cb = (size_t)n * o->wf.kp / 2, sb = (size_t)n * o->wf.kp / 16;
     uint8_t *codes = xmalloc(cb), *scales = xmalloc(sb);
@@ -304,8 +307,11 @@ static void make_operands(operands *o, int n, int k)
     for (size_t i = 0; i < sb; i++)
         scales[i] = (uint8_t)(0x30 + rnd8() % 0x20);
     mq_fp4_weight_set_rows(&o->wf, codes, scales, 0, n);
+    o->wfi = o->wf;
+    mq_fp4_weight_bind_packed(&o->wfi, o->wf_packed);
+    mq_fp4_weight_pack_rows(&o->wfi, 0, n);
     o->wfr = o->wf;
-    o->wfr.packed = NULL;
+    mq_fp4_weight_bind_packed(&o->wfr, NULL);
     free(codes);
     free(scales);
     uint16_t *rows = xmalloc((size_t)n * k * 2);
@@ -321,6 +327,7 @@ static void free_operands(operands *o)
 {
     free(o->wf_mem);
     free(o->wf_packed);
+    free(o->wf_table);
     free(o->wb_data);
 }
 
@@ -351,14 +358,15 @@ static int reps_for(double macs)
 }
 
 typedef struct result {
-    double fp4, fp4r, bf16, quant;      /* wall seconds, best of reps (fp4r: without the packed copy) */
-    double fp4_cpu, fp4r_cpu, bf16_cpu; /* busy seconds (see team_run), best of reps */
+    double fp4, fp4i, fp4r, bf16, quant;          /* wall seconds, best of reps (fp4: table form, fp4i:
+                                                     index form, fp4r: without a packed copy) */
+    double fp4_cpu, fp4i_cpu, fp4r_cpu, bf16_cpu; /* busy seconds (see team_run), best of reps */
 } result;
 
 static result time_shape(const operands *o, acts *A, int m, int nt, int reps)
 {
     const int n = o->wf.n, k = o->wf.k;
-    result r = { 1e30, 1e30, 1e30, 1e30, 1e30, 1e30, 1e30 };
+    result r = { 1e30, 1e30, 1e30, 1e30, 1e30, 1e30, 1e30, 1e30, 1e30 };
     mq_fp4_act xa;
     mq_fp4_act_bind(&xa, m, k, A->xa_mem);
     xa.g = mq_fp4_global_scale(8.0f);
@@ -378,7 +386,14 @@ static result time_shape(const operands *o, acts *A, int m, int nt, int reps)
         ga.wf = &o->wfr;
         double c_fp4r = team_run(nt, gemm_job, &ga);
         double t4 = now();
+        ga.wf = &o->wfi;
+        double c_fp4i = team_run(nt, gemm_job, &ga);
+        double t5 = now();
         ga.wf = &o->wf;
+        if (c_fp4i < r.fp4i_cpu)
+            r.fp4i_cpu = c_fp4i;
+        if (t5 - t4 < r.fp4i)
+            r.fp4i = t5 - t4;
         if (c_fp4r < r.fp4r_cpu)
             r.fp4r_cpu = c_fp4r;
         if (t4 - t3 < r.fp4r)
@@ -403,7 +418,7 @@ static result time_shape(const operands *o, acts *A, int m, int nt, int reps)
 typedef struct summary {
     ceilings c, c_cpu;                               /* [2]: 2 threads, wall and busy time */
     double fp4[7], bf16[7], fp4_cpu[7], bf16_cpu[7]; /* 1.7B linears, M=512: best seconds */
-    double fp4r_cpu[7];                              /* the same without the packed copy */
+    double fp4r_cpu[7], fp4i_cpu[7];                 /* the same without a packed copy, index form */
     double gemv, gemv_cpu;                           /* 4B layer, M=1: best seconds */
 } summary;
 
@@ -441,6 +456,7 @@ static void summary_round(summary *sm, const operands *l17, const operands *l4, 
         keep_min(&sm->bf16[i], res.bf16);
         keep_min(&sm->fp4_cpu[i], res.fp4_cpu);
         keep_min(&sm->fp4r_cpu[i], res.fp4r_cpu);
+        keep_min(&sm->fp4i_cpu[i], res.fp4i_cpu);
         keep_min(&sm->bf16_cpu[i], res.bf16_cpu);
     }
     double busy = 0;
@@ -494,7 +510,7 @@ int main(void)
     memset(A.y, 0, sizeof(float) * (size_t)maxM * maxN);
 
     if (!quick) {
-        printf("\nGMAC/s = M·N·K / time; fp4: packed weights, repack: without the packed copy; bf16 GB/s =\n"
+        printf("\nGMAC/s = M·N·K / time; fp4: packed weights (table form), repack: without a packed copy; bf16 GB/s =\n"
                "BF16 weight bytes / time (meaningful for small M); q+prep = quantizing and preparing the\n"
                "M×K activations (mq_fp4_act_quantize_rows)\n");
         printf("%-5s %-5s %6s %6s %5s %3s %10s %10s %10s %9s %10s %9s\n", "model", "layer", "N", "K", "M", "thr",
@@ -531,18 +547,19 @@ int main(void)
     summary sm;
     memset(&sm, 0, sizeof sm);
     for (int i = 0; i < 7; i++)
-        sm.fp4[i] = sm.bf16[i] = sm.fp4_cpu[i] = sm.fp4r_cpu[i] = sm.bf16_cpu[i] = 1e30;
+        sm.fp4[i] = sm.bf16[i] = sm.fp4_cpu[i] = sm.fp4r_cpu[i] = sm.fp4i_cpu[i] = sm.bf16_cpu[i] = 1e30;
     sm.gemv = sm.gemv_cpu = 1e30;
     const int rounds = quick ? 4 : 6;
     for (int r = 0; r < rounds; r++)
         summary_round(&sm, l17, l4, &A, rbuf, read_bytes);
-    double macs = 0, tf = 0, tb = 0, tfc = 0, tfrc = 0, tbc = 0, gbytes = 0;
+    double macs = 0, tf = 0, tb = 0, tfc = 0, tfrc = 0, tfic = 0, tbc = 0, gbytes = 0;
     for (int i = 0; i < 7; i++) {
         macs += (double)512 * l17[i].wb.n * l17[i].wb.k;
         tf += sm.fp4[i];
         tb += sm.bf16[i];
         tfc += sm.fp4_cpu[i];
         tfrc += sm.fp4r_cpu[i];
+        tfic += sm.fp4i_cpu[i];
         tbc += sm.bf16_cpu[i];
         gbytes += (double)l4[i].wb.n * l4[i].wb.k * 2;
     }
@@ -555,6 +572,7 @@ int main(void)
     printf("  BF16 ceiling             G MAC/s  %8.1f | %8.1f\n", sm.c.bf16[2] * 1e-9, sm.c_cpu.bf16[2] * 1e-9);
     printf("  read bandwidth           GB/s     %8.1f | %8.1f\n", sm.c.read[2] * 1e-9, sm.c_cpu.read[2] * 1e-9);
     printf("  1.7B linears M=512 NVFP4 G MAC/s  %8.1f | %8.1f\n", macs / tf * 1e-9, macs / tfc * 1e-9);
+    printf("  ... index-form copy      G MAC/s           | %8.1f\n", macs / tfic * 1e-9);
     printf("  ... without packed copy  G MAC/s           | %8.1f\n", macs / tfrc * 1e-9);
     printf("  1.7B linears M=512 BF16  G MAC/s  %8.1f | %8.1f\n", macs / tb * 1e-9, macs / tbc * 1e-9);
     printf("  4B layer GEMV M=1 (%.0f MB) GB/s %8.1f | %8.1f\n", gbytes * 1e-6, gbytes / sm.gemv * 1e-9,

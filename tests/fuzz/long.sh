@@ -4,7 +4,8 @@
 # out-of-memory inputs recorded and skipped (-ignore_crashes etc.), so one bad input does
 # not end the run and every distinct failure is counted. Corpus: <build-dir>/corpus/<name>/
 # (shared with make fuzz-run), seeded by tests/fuzz/corpus/<name>/, with the dictionary
-# tests/fuzz/<name>.dict when there is one; failing inputs are kept
+# tests/fuzz/<name>.dict when there is one and the flags in tests/fuzz/<name>.options;
+# failing inputs are kept
 # as <build-dir>/long-<name>/crash-*, leak-*, timeout-*, oom-*.
 # FUZZ_PAR=n runs n targets at a time (each still gets <seconds> of wall time; on a
 # shared machine each then gets less CPU, which its execs show).
@@ -26,8 +27,10 @@ one() {
     [ -d "tests/fuzz/corpus/$name" ] && seeds="tests/fuzz/corpus/$name"
     dict=""
     [ -f "tests/fuzz/$name.dict" ] && dict="-dict=tests/fuzz/$name.dict"
+    opts=""
+    [ -f "tests/fuzz/$name.options" ] && opts=$(cat "tests/fuzz/$name.options")
     log="$out/log"
-    "$f" $dict -fork="$jobs" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -max_total_time="$secs" -timeout=10 \
+    "$f" $dict $opts -fork="$jobs" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -max_total_time="$secs" -timeout=10 \
         -rss_limit_mb=4096 -artifact_prefix="$out/" "$dir/corpus/$name" $seeds > "$log" 2>&1
     rc=$?
     # fork mode's status lines: "#<execs>: cov: .. corp: .. exec/s: .. oom/timeout/crash: o/t/c time: .."

@@ -7,14 +7,17 @@
  *     and is ended naming the share, its next request waits for room in the share, a
  *     third is refused (its queue share) — while root's requests are served;
  *   - SIGHUP with a broken configuration (bad JSON, a bad value) keeps the old one, logs
- *     why, and a good one afterwards is applied; SIGHUP while loading is refused, logged;
+ *     why, and a good one afterwards is applied; SIGHUP while loading (the load held at
+ *     its first read by a fanotify permission mark) is refused, logged;
  *   - no memory for a client's channel (mqd's address space limited with prlimit): that
  *     client is refused with MQ_ELIMIT saying why, a connected client keeps working, and
  *     clients get in again once memory is back; no free huge pages: channels fall back to
  *     ordinary shared memory.
  */
 #define _GNU_SOURCE
+#include <limits.h>
 #include <poll.h>
+#include <sys/fanotify.h>
 #include <sys/resource.h>
 
 #include "engine/arena.h"
@@ -364,31 +367,149 @@ static void test_sighup_broken_config_kept(void)
     own_stop(&o);
 }
 
-/* SIGHUP as soon as mqd handles signals (it is then loading): refused and logged, since
- * the load thread reads the configuration; mqd still gets ready. */
+/* A model folder that is spawn_model() but for config.json, the first file the load thread
+ * reads (mqd's main thread only opens it): a copy of its own, so that a fanotify mark on
+ * it touches no other reader of the shared model. Every other file is a symbolic link.
+ * 0, or -1 with a failed CHECK. */
+static int gated_model(char *out, size_t len)
+{
+    char src[PATH_MAX];
+    if (!realpath(spawn_model(), src)) {
+        CHECK(0, "%s: %s", spawn_model(), strerror(errno));
+        return -1;
+    }
+    snprintf(out, len, "%s/gated-model", dir);
+    mkdir(out, 0755);
+    static const char *const linked[] = { "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                          "generation_config.json" };
+    char from[PATH_MAX + 64], to[PATH_MAX + 64];
+    for (size_t i = 0; i < sizeof linked / sizeof linked[0]; i++) {
+        snprintf(from, sizeof from, "%s/%s", src, linked[i]);
+        snprintf(to, sizeof to, "%s/%s", out, linked[i]);
+        if (access(from, F_OK) == 0 && symlink(from, to) < 0 && errno != EEXIST) {
+            CHECK(0, "symlink %s: %s", to, strerror(errno));
+            return -1;
+        }
+    }
+    snprintf(from, sizeof from, "%s/config.json", src);
+    snprintf(to, sizeof to, "%s/config.json", out);
+    size_t n = 0;
+    char *text = harness_read_file(from, &n);
+    FILE *f = text ? fopen(to, "w") : NULL;
+    int ok = f && fwrite(text, 1, n, f) == n;
+    if (f)
+        ok &= fclose(f) == 0;
+    free(text);
+    CHECK(ok, "copying %s to %s", from, to);
+    return ok ? 0 : -1;
+}
+
+static void allow(int fan, const struct fanotify_event_metadata *m)
+{
+    if (m->mask & FAN_ALL_PERM_EVENTS) {
+        struct fanotify_response r = { .fd = m->fd, .response = FAN_ALLOW };
+        if (write(fan, &r, sizeof r) != sizeof r)
+            fprintf(stderr, "    fanotify answer: %s\n", strerror(errno));
+    }
+    if (m->fd >= 0)
+        close(m->fd);
+}
+
+/* Waits up to timeout_s for a read of the marked file by process pid; reads by anyone
+ * else are allowed at once. 1 with *held = the pending event (answer it with allow()). */
+static int wait_read_by(int fan, pid_t pid, struct fanotify_event_metadata *held, double timeout_s)
+{
+    for (double t0 = spawn_now(); spawn_now() - t0 < timeout_s;) {
+        struct pollfd pf = { fan, POLLIN, 0 };
+        if (poll(&pf, 1, 100) != 1)
+            continue;
+        char buf[4096] __attribute__((aligned(8)));
+        ssize_t len = read(fan, buf, sizeof buf);
+        int found = 0;
+        for (struct fanotify_event_metadata *m = (void *)buf; len > 0 && FAN_EVENT_OK(m, len);
+             m = FAN_EVENT_NEXT(m, len)) {
+            if (!found && m->pid == pid && (m->mask & FAN_ACCESS_PERM)) {
+                *held = *m;
+                found = 1;
+            } else {
+                allow(fan, m);
+            }
+        }
+        if (found)
+            return 1;
+    }
+    return 0;
+}
+
+/* SIGHUP while mqd is loading: refused with a log line (the load thread reads the
+ * configuration), and mqd still gets ready; a SIGHUP once ready is applied. The load is
+ * held, not raced: config.json of the model carries a fanotify permission mark, so the
+ * load thread's first read of it waits until the test answers — after the SIGHUP has been
+ * answered. */
 static void test_sighup_while_loading(void)
 {
-    const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--kv-tokens", "4096", NULL };
+    int fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, O_RDONLY | O_LARGEFILE);
+    if (fan < 0 && errno == EPERM)
+        SKIP("fanotify permission events need CAP_SYS_ADMIN; without them the load cannot be held");
+    if (fan < 0 && errno == EINVAL)
+        SKIP("kernel without fanotify permission events (CONFIG_FANOTIFY_ACCESS_PERMISSIONS)");
+    CHECK(fan >= 0, "fanotify_init: %s", strerror(errno));
+    char model[300], config[340];
+    if (fan < 0 || gated_model(model, sizeof model) < 0) {
+        if (fan >= 0)
+            close(fan);
+        return;
+    }
+    snprintf(config, sizeof config, "%s/config.json", model);
+    if (fanotify_mark(fan, FAN_MARK_ADD, FAN_ACCESS_PERM, AT_FDCWD, config) < 0) {
+        CHECK(0, "fanotify_mark %s: %s", config, strerror(errno));
+        close(fan);
+        return;
+    }
+    const char *extra[] = { "--model-dir", model, "--user", "nobody", "--kv-tokens", "4096", NULL };
     own o;
     own_start(&o, dir, "hupload", 0, extra);
+    double scale = spawn_time_scale();
+    struct fanotify_event_metadata held;
+    int holding = wait_read_by(fan, o.pid, &held, 60 * scale);
+    CHECK(holding, "mqd did not read %s within %.0f s", config, 60 * scale);
+    /* mqd answers the admin socket from its loop thread, which has every signal blocked
+     * (signalfd): SIGHUP is safe to send once it answers */
     int loading = 0;
-    for (double t0 = spawn_now(); !loading && spawn_now() - t0 < 20; usleep(2000)) {
+    char phase[64] = "";
+    double t_held = spawn_now();
+    for (double t0 = spawn_now(); holding && !loading && spawn_now() - t0 < 20 * scale; usleep(10 * 1000)) {
         cJSON *r = admin_call(o.admin, "status", 0);
         loading = r && !strcmp(jstr(r, "state"), "loading");
+        if (loading)
+            snprintf(phase, sizeof phase, "%s", jstr(cJSON_GetObjectItem(r, "load"), "phase"));
         cJSON_Delete(r);
     }
-    if (loading)
+    CHECK(!holding || loading, "state is not \"loading\" while the load thread waits for config.json");
+    int refused = 0;
+    if (loading) {
         kill(o.pid, SIGHUP);
+        refused = wait_log(&o, "reload refused: mqd is still loading the model", (int)(10 * scale));
+        CHECK(refused, "a SIGHUP during the load was not refused with a log line");
+        cJSON *r = admin_call(o.admin, "status", 0);
+        CHECK(r && !strcmp(jstr(r, "state"), "loading"), "state %s after the refused SIGHUP (the load is held)",
+              r ? jstr(r, "state") : "(no answer)");
+        cJSON_Delete(r);
+    }
+    if (holding) {
+        printf("    load held in phase \"%s\" for %.2f s: the SIGHUP %s\n", phase, spawn_now() - t_held,
+               refused ? "was refused" : "was not refused");
+        allow(fan, &held);
+    }
+    close(fan); /* answers anything still pending with "allow" */
     CHECK(spawn_wait_ready(o.admin, o.pid, 120), "not ready after a SIGHUP while loading");
-    int refused = own_log_has(&o, "reload refused: mqd is still loading the model");
-    /* a SIGHUP that arrived after the load is a normal reload, logged after "ready" */
-    int after_ready = wait_log(&o, "notice: ready", 1) && !refused && own_log_has(&o, "reloaded ");
-    own_stop(&o);
-    if (!loading || (!refused && after_ready))
-        SKIP("the load was over before the SIGHUP reached mqd (nothing to check)");
-    CHECK(refused, "a SIGHUP during the load was not refused with a log line");
+    CHECK(!own_log_has(&o, "reloaded "), "the SIGHUP sent while loading was applied");
+    kill(o.pid, SIGHUP);
+    CHECK(wait_log(&o, "reloaded ", (int)(10 * scale)), "a SIGHUP once ready was not applied");
+    spawn_check_no_seccomp_refusal(o.admin);
     if (harness_cur_fail)
         spawn_dump_log(o.log);
+    own_stop(&o);
 }
 
 /* ---- memory for channels -------------------------------------------------------- */

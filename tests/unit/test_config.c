@@ -158,6 +158,13 @@ static void test_fp4_pack(void)
     CHECK(c.fp4_pack == MQ_FP4_PACK_AUTO, "default %u", c.fp4_pack);
     CHECK(parse(&c, "{\"fp4_pack\": \"off\"}", err, sizeof err) == 0 && c.fp4_pack == MQ_FP4_PACK_OFF, "off: %s", err);
     CHECK(mqd_config_set(&c, "fp4-pack", "on", err, sizeof err) == 0 && c.fp4_pack == MQ_FP4_PACK_ON, "flag: %s", err);
+    CHECK(c.fp4_table == MQ_FP4_PACK_AUTO, "table default %u", c.fp4_table);
+    CHECK(parse(&c, "{\"fp4_table\": \"on\"}", err, sizeof err) == 0 && c.fp4_table == MQ_FP4_PACK_ON, "table on: %s",
+          err);
+    CHECK(mqd_config_set(&c, "fp4-table", "off", err, sizeof err) == 0 && c.fp4_table == MQ_FP4_PACK_OFF,
+          "table flag: %s", err);
+    CHECK(parse(&c, "{\"fp4_table\": \"maybe\"}", err, sizeof err) == -EINVAL && strstr(err, "fp4_table"),
+          "table refused: %s", err);
     CHECK(parse(&c, "{\"fp4_pack\": \"sometimes\"}", err, sizeof err) == -EINVAL && strstr(err, "fp4_pack"),
           "bad word: %s", err);
 }

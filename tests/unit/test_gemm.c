@@ -5,8 +5,9 @@
  * scales; a kernel must agree to FP32 rounding: |y - y64| <= 1e-6·sqrt(K/16)·Σ_b|term_b|.
  * BF16: Σ_k x·w in FP64 from the BF16 operands; FP32 accumulation error allowed
  * 1e-6·sqrt(K)·Σ|x·w| (products of BF16 are exact in FP32).
- * NVFP4 runs with and without the packed weight copy (whose bytes must not depend on the
- * ISA that packed them). Shapes cover K not a multiple of 64 (and K = 172 padded to 176), K spanning several
+ * NVFP4 runs without the packed weight copy and with it in either form, index or table
+ * (whose bytes must not depend on the ISA that packed them, and whose results are
+ * bit-identical to each other: the same exact scale products, summed in the same order). Shapes cover K not a multiple of 64 (and K = 172 padded to 176), K spanning several
  * panels, odd K (BF16), N not a multiple of 16, M = 1..9 and 17, and column sub-ranges
  * [n0, n1) whose outside must stay untouched.
  */
@@ -51,18 +52,26 @@ typedef struct fp4_case {
     int m, n, k;
 } fp4_case;
 
+/* The forms of the packed copy a weight is built with. */
+enum { PK_NONE, PK_INDEX, PK_TABLE };
+static const char *const pk_name[] = { "", " packed", " table" };
+
 /* Builds weights either by quantizing floats or from raw codes/scales (set_rows), with
- * the packed copy (*pmem) or without (pmem NULL). */
-static int build_weight(mq_fp4_weight *w, void **mem, void **pmem, int n, int k, int via_set_rows,
+ * the packed copy of form pk in *pmem (NULL for PK_NONE). */
+static int build_weight(mq_fp4_weight *w, void **mem, void **pmem, int pk, int n, int k, int via_set_rows,
                         unsigned long long *s)
 {
     *mem = harness_alloc64(mq_fp4_weight_bytes(n, k));
+    *pmem = NULL;
     if (!*mem)
         return -1;
     mq_fp4_weight_bind(w, n, k, *mem);
-    if (pmem) {
+    if (pk == PK_INDEX) {
         *pmem = harness_alloc64(mq_fp4_weight_packed_bytes(n, k));
         mq_fp4_weight_bind_packed(w, *pmem);
+    } else if (pk == PK_TABLE) {
+        *pmem = harness_alloc64(mq_fp4_weight_table_bytes(n, k));
+        mq_fp4_weight_bind_table(w, *pmem);
     }
     const int kp = mq_fp4_pad(k);
     if (via_set_rows) {
@@ -141,14 +150,14 @@ static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int 
 static mq_isa isas[3];
 static int n_isas;
 
-static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int packed, unsigned long long seed)
+static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int pk, unsigned long long seed)
 {
     unsigned long long s = seed;
     mq_fp4_weight w;
     mq_fp4_act a;
-    void *wm, *am, *pm = NULL;
+    void *wm, *am, *pm;
     mq_kernels_force(MQ_ISA_SCALAR); /* build once; every ISA must read the same operands */
-    CHECK(build_weight(&w, &wm, packed ? &pm : NULL, c.n, c.k, via_set_rows, &s) == 0, "weight build");
+    CHECK(build_weight(&w, &wm, &pm, pk, c.n, c.k, via_set_rows, &s) == 0, "weight build");
     CHECK(build_act(&a, &am, c.m, c.k, raw_act, &s) == 0, "act build");
     const int ldy = c.n + 3;
     float *y = malloc((size_t)c.m * ldy * sizeof(float));
@@ -182,7 +191,7 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int packed
                     int ok = fabs((double)v - e) <= lim;
                     CHECK(ok, "%s M=%d N=%d K=%d%s%s%s [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
                           mq_isa_name(isas[ii]), c.m, c.n, c.k, via_set_rows ? " set_rows" : "",
-                          raw_act ? " raw_act" : "", packed ? " packed" : "", n0, n1, m, n, v, e, fabs(v - e), lim);
+                          raw_act ? " raw_act" : "", pk_name[pk], n0, n1, m, n, v, e, fabs(v - e), lim);
                     bad += !ok;
                 }
         }
@@ -204,38 +213,45 @@ static void test_fp4_gemm_shapes(void)
     };
     unsigned long long seed = 0x9e3779b97f4a7c15ULL;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        check_fp4_case(cases[i], 0, 0, 0, seed + i);
-        check_fp4_case(cases[i], 1, (int)(i & 1), 0, seed + 100 + i);
-        check_fp4_case(cases[i], (int)(i & 1), 0, 1, seed + 200 + i);
-        check_fp4_case(cases[i], 1, 1, 1, seed + 300 + i);
+        check_fp4_case(cases[i], 0, 0, PK_NONE, seed + i);
+        check_fp4_case(cases[i], 1, (int)(i & 1), PK_NONE, seed + 100 + i);
+        check_fp4_case(cases[i], (int)(i & 1), 0, PK_INDEX, seed + 200 + i);
+        check_fp4_case(cases[i], 1, 1, PK_INDEX, seed + 300 + i);
+        check_fp4_case(cases[i], (int)(i & 1), 0, PK_TABLE, seed + 400 + i);
+        check_fp4_case(cases[i], 1, 1, PK_TABLE, seed + 500 + i);
     }
 }
 
 /* Extreme scales: E4M3 max (448) and subnormal block scales on both sides. */
 static void test_fp4_gemm_scale_extremes(void)
 {
-    for (int pass = 0; pass < 4; pass++) {
-        unsigned long long s = 77 + pass / 2;
-        const int M = 5, N = 40, K = 96, kp = 96;
+    for (int pass = 0; pass < 6; pass++) {
+        unsigned long long s = 77 + pass / 3;
+        const int M = 5, N = 40, K = 96, kp = 96, pk = pass % 3;
         mq_kernels_force(MQ_ISA_SCALAR);
         void *wm = harness_alloc64(mq_fp4_weight_bytes(N, K)), *am = harness_alloc64(mq_fp4_act_bytes(M, K));
-        void *pm = pass & 1 ? harness_alloc64(mq_fp4_weight_packed_bytes(N, K)) : NULL;
+        void *pm = pk == PK_TABLE   ? harness_alloc64(mq_fp4_weight_table_bytes(N, K))
+                   : pk == PK_INDEX ? harness_alloc64(mq_fp4_weight_packed_bytes(N, K))
+                                    : NULL;
         mq_fp4_weight w;
         mq_fp4_act a;
         mq_fp4_weight_bind(&w, N, K, wm);
-        mq_fp4_weight_bind_packed(&w, pm);
+        if (pk == PK_TABLE)
+            mq_fp4_weight_bind_table(&w, pm);
+        else
+            mq_fp4_weight_bind_packed(&w, pm);
         mq_fp4_act_bind(&a, M, K, am);
         uint8_t *codes = malloc((size_t)N * kp / 2), *scales = malloc((size_t)N * kp / 16);
         for (int i = 0; i < N * kp / 2; i++)
             codes[i] = (uint8_t)(harness_rand(&s) >> 56) | 0x77; /* ±6 heavy */
         for (int i = 0; i < N * kp / 16; i++)
-            scales[i] = pass / 2 ? (uint8_t)(1 + i % 7) : 0x7e;
+            scales[i] = pass / 3 ? (uint8_t)(1 + i % 7) : 0x7e;
         w.g = 3.0f;
         mq_fp4_weight_set_rows(&w, codes, scales, 0, N);
         for (int i = 0; i < M * kp / 2; i++)
             a.codes[i] = (uint8_t)(harness_rand(&s) >> 56);
         for (int i = 0; i < M * kp / 16; i++)
-            a.scales[i] = pass / 2 ? 0x7e : (uint8_t)(0x80 | (i % 8)); /* subnormal, negative, zero */
+            a.scales[i] = pass / 3 ? 0x7e : (uint8_t)(0x80 | (i % 8)); /* subnormal, negative, zero */
         a.g = 0.001f;
         float *y = malloc(sizeof(float) * M * N);
         for (int ii = 0; ii < n_isas; ii++) {
@@ -275,11 +291,11 @@ static void test_fp4_row_scales(void)
     }
     void *am = harness_alloc64(mq_fp4_act_bytes(M, K)), *am1 = harness_alloc64(mq_fp4_act_bytes(1, K));
     float *y = malloc(sizeof(float) * M * N), *y1 = malloc(sizeof(float) * N);
-    for (int packed = 0; packed < 2; packed++) {
+    for (int pk = PK_NONE; pk <= PK_TABLE; pk++) {
         mq_kernels_force(MQ_ISA_SCALAR);
         mq_fp4_weight w;
-        void *wm, *pm = NULL;
-        CHECK(build_weight(&w, &wm, packed ? &pm : NULL, N, K, 0, &s) == 0, "weight build");
+        void *wm, *pm;
+        CHECK(build_weight(&w, &wm, &pm, pk, N, K, 0, &s) == 0, "weight build");
         for (int ii = 0; ii < n_isas; ii++) {
             mq_kernels_force((mq_isa)isas[ii]);
             mq_fp4_act a, a1;
@@ -298,8 +314,8 @@ static void test_fp4_row_scales(void)
                       "%s row %d: codes with row_g differ from the row quantized alone", mq_isa_name(isas[ii]), m);
                 mq_gemm_fp4(&a1, &w, y1, N, 0, N);
                 CHECK(memcmp(y1, y + (size_t)m * N, sizeof(float) * N) == 0,
-                      "%s%s row %d: GEMM row with row_g differs from the row alone", mq_isa_name(isas[ii]),
-                      packed ? " packed" : "", m);
+                      "%s%s row %d: GEMM row with row_g differs from the row alone", mq_isa_name(isas[ii]), pk_name[pk],
+                      m);
                 for (int n = 0; n < N; n++) {
                     double mag, e = fp4_ref64(&a, &w, m, n, &mag);
                     CHECK(fabs(y[m * N + n] - e) <= 1e-6 * sqrt(a.kp / 16.0) * mag, "%s y[%d,%d]=%g want %g",
@@ -342,29 +358,33 @@ static void test_fp4_act_prepare_identical(void)
     free(m1);
 }
 
-/* The packed weight copy is byte-identical whichever ISA packed it, and packing groups
- * of rows one call at a time gives the same bytes as one call over all rows. */
+/* The packed weight copy (either form) is byte-identical whichever ISA packed it, and
+ * packing groups of rows one call at a time gives the same bytes as one call over all
+ * rows. */
 static void test_fp4_pack_identical(void)
 {
-    unsigned long long s = 11;
-    const int N = 53, K = 600; /* 4 groups, the last one partial; 38 blocks (chunks of 16 + tail) */
-    mq_kernels_force(MQ_ISA_SCALAR);
-    mq_fp4_weight w;
-    void *wm, *pm;
-    CHECK(build_weight(&w, &wm, &pm, N, K, 1, &s) == 0, "weight build");
-    const size_t pb = mq_fp4_weight_packed_bytes(N, K);
-    uint8_t *want = malloc(pb);
-    memcpy(want, pm, pb);
-    for (int ii = 0; ii < n_isas; ii++) {
-        mq_kernels_force((mq_isa)isas[ii]);
-        memset(pm, 0xa5, pb);
-        mq_fp4_weight_pack_rows(&w, 0, 16);
-        mq_fp4_weight_pack_rows(&w, 16, N);
-        CHECK(memcmp(want, pm, pb) == 0, "%s: packed weights differ from the scalar packing", mq_isa_name(isas[ii]));
+    for (int pk = PK_INDEX; pk <= PK_TABLE; pk++) {
+        unsigned long long s = 11;
+        const int N = 53, K = 600; /* 4 groups, the last one partial; 38 blocks (chunks of 16 + tail) */
+        mq_kernels_force(MQ_ISA_SCALAR);
+        mq_fp4_weight w;
+        void *wm, *pm;
+        CHECK(build_weight(&w, &wm, &pm, pk, N, K, 1, &s) == 0, "weight build");
+        const size_t pb = pk == PK_TABLE ? mq_fp4_weight_table_bytes(N, K) : mq_fp4_weight_packed_bytes(N, K);
+        uint8_t *want = malloc(pb);
+        memcpy(want, pm, pb);
+        for (int ii = 0; ii < n_isas; ii++) {
+            mq_kernels_force((mq_isa)isas[ii]);
+            memset(pm, 0xa5, pb);
+            mq_fp4_weight_pack_rows(&w, 0, 16);
+            mq_fp4_weight_pack_rows(&w, 16, N);
+            CHECK(memcmp(want, pm, pb) == 0, "%s%s: packed weights differ from the scalar packing",
+                  mq_isa_name(isas[ii]), pk_name[pk]);
+        }
+        free(want);
+        free(wm);
+        free(pm);
     }
-    free(want);
-    free(wm);
-    free(pm);
 }
 
 /* Every E4M3 scale's index form is exact: 2^floor(v)·(1 + (bits & 7)/8) is the decoded
@@ -383,6 +403,71 @@ static void test_fp4_scale_index_form(void)
             CHECK(floorf(v) <= -149 - 12, "code %#x: exponent %g does not zero", c, floorf(v));
         else
             CHECK(ldexp(1.0 + f / 8.0, (int)floorf(v)) == mag, "code %#x: 2^%g·(1+%d/8) != %g", c, floorf(v), f, mag);
+    }
+}
+
+/* The table form's scale product is exact: for every pair of E4M3 magnitudes (normal,
+ * subnormal, zero), entry f_x of the weight scale's table scaled by 2^e_x (the
+ * activation's split, as the aux carries it) is s_x·s_w, and the entries survive the
+ * BF16-free FP32 table unchanged. */
+static void test_fp4_table_products(void)
+{
+    for (int cw = 0; cw < 127; cw++) {
+        const float sw = mq_e4m3_to_f32((uint8_t)cw);
+        for (int j = 0; j < 8; j++)
+            CHECK((double)fp4_table_entry(sw, j) == (double)sw * (1.0 + j / 8.0), "code %#x entry %d inexact", cw, j);
+        for (int cx = 0; cx < 127; cx++) {
+            fp4_qblock q;
+            fp4_qblock_set_scale(&q, 1, (uint8_t)(cx | 0x80), mq_e4m3_to_f32((uint8_t)cx));
+            const double want = (double)sw * mq_e4m3_to_f32((uint8_t)cx);
+            const double got = ldexpf(fp4_table_entry(sw, q.sf[1] / 64), (int)q.se[1]);
+            CHECK(got == want && q.sf[1] % 64 == 0 && q.sx[1] == mq_e4m3_to_f32((uint8_t)cx),
+                  "s_w %#x s_x %#x: table product %g != %g", cw, cx, got, want);
+        }
+    }
+}
+
+/* The table form gives the same bits as the index form (the same exact s_x·s_w, the same
+ * order of FP32 sums) on every ISA, with column tails, sub-ranges and activation scales
+ * that are subnormal, negative or zero (raw activations draw every E4M3 code). */
+static void test_fp4_table_identical(void)
+{
+    static const fp4_case cases[] = { { 9, 53, 600 }, { 301, 40, 288 }, { 5, 7, 176 } };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const fp4_case c = cases[i];
+        unsigned long long s = 909 + i;
+        mq_fp4_weight wt, wi;
+        mq_fp4_act a;
+        void *wm, *pt, *am;
+        mq_kernels_force(MQ_ISA_SCALAR);
+        CHECK(build_weight(&wt, &wm, &pt, PK_TABLE, c.n, c.k, 1, &s) == 0, "weight build");
+        CHECK(build_act(&a, &am, c.m, c.k, 1, &s) == 0, "act build");
+        void *pi = harness_alloc64(mq_fp4_weight_packed_bytes(c.n, c.k));
+        wi = wt;
+        mq_fp4_weight_bind_packed(&wi, pi);
+        mq_fp4_weight_pack_rows(&wi, 0, c.n);
+        const size_t ny = (size_t)c.m * c.n;
+        float *yt = malloc(sizeof(float) * ny), *yi = malloc(sizeof(float) * ny);
+        for (int ii = 0; ii < n_isas; ii++) {
+            mq_kernels_force((mq_isa)isas[ii]);
+            mq_fp4_act_prepare_rows(&a, 0, c.m);
+            const int cuts[2][2] = { { 0, c.n }, { c.n > 5 ? 5 : 0, c.n - 1 } };
+            for (int r = 0; r < 2; r++) {
+                memset(yt, 0, sizeof(float) * ny);
+                memset(yi, 0, sizeof(float) * ny);
+                mq_gemm_fp4(&a, &wt, yt, (size_t)c.n, cuts[r][0], cuts[r][1]);
+                mq_gemm_fp4(&a, &wi, yi, (size_t)c.n, cuts[r][0], cuts[r][1]);
+                CHECK(memcmp(yt, yi, sizeof(float) * ny) == 0,
+                      "%s M=%d N=%d K=%d [%d,%d): table and index forms differ", mq_isa_name(isas[ii]), c.m, c.n, c.k,
+                      cuts[r][0], cuts[r][1]);
+            }
+        }
+        free(yt);
+        free(yi);
+        free(wm);
+        free(pt);
+        free(pi);
+        free(am);
     }
 }
 
@@ -577,6 +662,8 @@ int main(void)
     RUN(test_fp4_act_prepare_identical);
     RUN(test_fp4_scale_index_form);
     RUN(test_fp4_pack_identical);
+    RUN(test_fp4_table_products);
+    RUN(test_fp4_table_identical);
     RUN(test_fp4_gemm_shapes);
     RUN(test_fp4_gemm_scale_extremes);
     RUN(test_fp4_row_scales);
