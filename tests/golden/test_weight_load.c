@@ -3,7 +3,8 @@
  *  - every linear's NVFP4 copy: g = mq_fp4_global_scale(amax of the tensor), and codes and
  *    scales of each row equal to mq_fp4_quantize_row (the scalar form of NVFP4.md) of the
  *    checkpoint's row;
- *  - the packed NVFP4 copy equal to mq_fp4_weight_pack_rows of those codes and scales;
+ *  - the packed NVFP4 copy, in its index and in its table form, equal to
+ *    mq_fp4_weight_pack_rows of those codes and scales;
  *  - every BF16 matrix (linears, embedding) equal, byte for byte, to the checkpoint's rows
  *    put in the packed layout by mq_bf16_weight_pack_rows, pad included, and some rows
  *    read back through mq_bf16_weight_row (the scalar reader of the layout) equal to the
@@ -102,17 +103,21 @@ static int fp4_matches(const mq_fp4_weight *w, const uint16_t *rows)
         for (int c = 0; c < k; c++)
             x[c] = mq_bf16_to_f32(rows[(size_t)r * k + c]);
         uint8_t *codes = ref.codes + (size_t)r * (kp / 2), *scales = ref.scales + (size_t)r * (kp / MQ_FP4_BLOCK);
-        ok = mq_fp4_quantize_row(x, k, g, codes, scales) == 0 && !memcmp(codes, w->codes + (size_t)r * (kp / 2), kp / 2) &&
+        ok = mq_fp4_quantize_row(x, k, g, codes, scales) == 0 &&
+             !memcmp(codes, w->codes + (size_t)r * (kp / 2), kp / 2) &&
              !memcmp(scales, w->scales + (size_t)r * (kp / MQ_FP4_BLOCK), kp / MQ_FP4_BLOCK);
     }
     void *packed = NULL;
     if (ok && w->packed) {
-        size_t pb = mq_fp4_weight_packed_bytes(n, k);
+        size_t pb = w->table ? mq_fp4_weight_table_bytes(n, k) : mq_fp4_weight_packed_bytes(n, k);
         packed = zalloc64(pb);
         ok = packed != NULL;
         if (ok) {
             ref.g = g;
-            mq_fp4_weight_bind_packed(&ref, packed);
+            if (w->table)
+                mq_fp4_weight_bind_table(&ref, packed);
+            else
+                mq_fp4_weight_bind_packed(&ref, packed);
             mq_fp4_weight_pack_rows(&ref, 0, n);
             ok = memcmp(packed, w->packed, pb) == 0;
         }
@@ -154,8 +159,8 @@ static void check_model(const mq_model *m, const char *label)
             free(rows);
         }
     }
-    CHECK(lins == m->cfg.n_layers * 7 && packed == lins, "%s: %d of %d linears with both packed copies", label,
-          packed, lins);
+    CHECK(lins == m->cfg.n_layers * 7 && packed == lins, "%s: %d of %d linears with both packed copies", label, packed,
+          lins);
     CHECK(bad_bf16 == 0, "%s: %d linears' BF16 copies differ", label, bad_bf16);
     CHECK(bad_fp4 == 0, "%s: %d linears' NVFP4 copies differ", label, bad_fp4);
     mq_st_close(st);
@@ -166,7 +171,7 @@ static void test_streamed_load_matches_specification(void)
     if (access(model_dir(), R_OK) != 0)
         SKIP("%s not readable (MQ_SHARED)", model_dir());
     const int helpers[3] = { 0, 1, 2 };
-    for (int h = 0; h < 3; h++) {
+    for (int h = 0; h < 3; h++) { /* the packed copy's index form, then (2 helpers) its table form */
         mq_arena_opts ao;
         mq_arena_opts_default(&ao);
         mq_arena *arena = NULL;
@@ -176,12 +181,15 @@ static void test_streamed_load_matches_specification(void)
         wo.helpers = helpers[h];
         wo.read_bytes = 64 << 10; /* many pieces per tensor */
         wo.queue_depth = 4;
-        const mq_model_opts mo = { .fp4_pack = MQ_FP4_PACK_ON };
+        const mq_model_opts mo = { .fp4_pack = MQ_FP4_PACK_ON,
+                                   .fp4_table = helpers[h] == 2 ? MQ_FP4_PACK_ON : MQ_FP4_PACK_OFF };
         mq_model *m = NULL;
         char err[MQ_ERRMSG_LEN] = "", label[64];
         int rc = mq_ws_load_model(model_dir(), &mo, arena, &wo, NULL, NULL, &m, err, sizeof err);
         CHECK(rc == 0, "mq_ws_load_model with %d helpers: %s", helpers[h], err);
-        snprintf(label, sizeof label, "mq_ws_load_model, %d helpers", helpers[h]);
+        snprintf(label, sizeof label, "mq_ws_load_model, %d helpers, %s form", helpers[h],
+                 helpers[h] == 2 ? "table" : "index");
+        CHECK(!m || m->fp4_table == (helpers[h] == 2), "%s: fp4_table %d", label, m->fp4_table);
         if (m)
             check_model(m, label);
         mq_model_free(m);
