@@ -35,7 +35,13 @@
  *    whole blocks of a bf16 prompt) and in mixed, the default (..._stateless_mixed; whole
  *    chunks of the NVFP4 grid only). Each replay runs in a precision of its own or before
  *    the others of its precision: the index is kept per precision, so none warms another.
+ * 3. Where the time goes: with MQD_PID and MQ_OPENAI_PID (serve.sh sets them), a comment
+ *    line gives the CPU per generated token of the 32-stream rounds: mqd's in each side's
+ *    rounds, mq-openai's, and this client's own threads per side. On 2 CPUs whatever the
+ *    HTTP path spends per token is taken from mqd's decode threads.
  * Usage: bench_http --url http://127.0.0.1:PORT --socket CLIENT_SOCK --dir golden/mq-agent-45m
+ *        [--side http|libmq --rounds N]  (diagnosis: only that side's 32-stream rounds, no
+ *        figures; for perf stat -p / perf record on mqd or mq-openai while they run)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -47,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -352,9 +359,44 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* CPU time of the 32-stream rounds, per side (the figures' explanation: on 2 CPUs what the
+ * HTTP path spends per token is taken from mqd). mqd's and mq-openai's pids come from
+ * serve.sh (MQD_PID, MQ_OPENAI_PID); /proc/<pid>/stat counts exited threads too. */
+typedef struct cpu_use {
+    double mqd_ms, oai_ms, client_ms;
+    long tokens;
+} cpu_use;
+
+static int mqd_pid, oai_pid;
+
+static double proc_cpu_ms(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = pid > 0 ? fopen(path, "r") : NULL;
+    if (!f)
+        return 0;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the fields after the command name */
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) * 1e3 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_ms(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
 /* One phase: all jobs at once; p50 TTFT (s), p50 of TTFT beyond mqd's own TTFT (the
- * transport's share, s) and tokens/s. */
-static int phase(job *jobs, int n, int http, double *p50, double *over50, double *tps)
+ * transport's share, s) and tokens/s; its CPU time is added to *cpu (NULL: not counted). */
+static int phase(job *jobs, int n, int http, double *p50, double *over50, double *tps, cpu_use *cpu)
 {
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, (unsigned)n + 1);
@@ -369,9 +411,15 @@ static int phase(job *jobs, int n, int http, double *p50, double *over50, double
     }
     pthread_barrier_wait(&go);
     double t0 = now_s();
+    double c_mqd = proc_cpu_ms(mqd_pid), c_oai = proc_cpu_ms(oai_pid), c_self = self_cpu_ms();
     for (int i = 0; i < n; i++)
         pthread_join(th[i], NULL);
     double wall = now_s() - t0;
+    if (cpu) {
+        cpu->mqd_ms += proc_cpu_ms(mqd_pid) - c_mqd;
+        cpu->oai_ms += proc_cpu_ms(oai_pid) - c_oai;
+        cpu->client_ms += self_cpu_ms() - c_self;
+    }
     pthread_barrier_destroy(&go);
     double t[N_STREAMS], o[N_STREAMS];
     int toks = 0, errs = 0;
@@ -386,6 +434,8 @@ static int phase(job *jobs, int n, int http, double *p50, double *over50, double
     *p50 = t[n / 2];
     *over50 = o[n / 2];
     *tps = toks / wall;
+    if (cpu)
+        cpu->tokens += toks;
     return errs;
 }
 
@@ -478,7 +528,8 @@ static double loadavg(void)
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL, *dir = NULL;
+    const char *url = NULL, *dir = NULL, *side = NULL;
+    int rounds = ROUNDS;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--url"))
             url = argv[i + 1];
@@ -486,6 +537,10 @@ int main(int argc, char **argv)
             sock_path = argv[i + 1];
         else if (!strcmp(argv[i], "--dir"))
             dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--side")) /* diagnosis: only this side's 32-stream rounds */
+            side = argv[i + 1];
+        else if (!strcmp(argv[i], "--rounds"))
+            rounds = atoi(argv[i + 1]);
     }
     const char *colon = url ? strrchr(url, ':') : NULL;
     if (!colon || !sock_path || !dir) {
@@ -493,6 +548,8 @@ int main(int argc, char **argv)
         return 2;
     }
     port = atoi(colon + 1);
+    mqd_pid = getenv("MQD_PID") ? atoi(getenv("MQD_PID")) : 0;
+    oai_pid = getenv("MQ_OPENAI_PID") ? atoi(getenv("MQ_OPENAI_PID")) : 0;
     char path[4096];
     snprintf(path, sizeof path, "%s/tasks.jsonl", dir);
     char *tasks = harness_read_file(path, NULL);
@@ -522,11 +579,13 @@ int main(int argc, char **argv)
         }
         ids[i] = best;
     }
-    double rr, rl, sr, sl, gr, gl, mr, ml;
-    run_replay(0, "mixed", ids, &mr, &ml); /* first: the pinned replay below is mixed too */
-    run_replay(1, "mixed", ids, &rr, &rl);
-    run_replay(0, "bf16", ids, &sr, &sl);
-    run_replay(2, "fp4", ids, &gr, &gl);
+    double rr = 0, rl = 0, sr = 0, sl = 0, gr = 0, gl = 0, mr = 0, ml = 0;
+    if (!side) {
+        run_replay(0, "mixed", ids, &mr, &ml); /* first: the pinned replay below is mixed too */
+        run_replay(1, "mixed", ids, &rr, &rl);
+        run_replay(0, "bf16", ids, &sr, &sl);
+        run_replay(2, "fp4", ids, &gr, &gl);
+    }
 
     /* 32 answer turns (text replies stream token by token) */
     job jobs[N_STREAMS];
@@ -548,13 +607,24 @@ int main(int argc, char **argv)
         }
         n++;
     }
+    if (side) { /* diagnosis (perf stat -p on mqd and mq-openai): one side's rounds only */
+        int http = !strcmp(side, "http"), errs = 0;
+        double p50, o50, tps;
+        for (int r = 0; r < rounds; r++) {
+            errs += phase(jobs, n, http, &p50, &o50, &tps, NULL);
+            printf("# %s round %d: TTFT p50 %.2f ms (beyond mqd's %.3f ms), tokens/s %.1f\n", side, r + 1, p50 * 1e3,
+                   o50 * 1e3, tps);
+        }
+        return errs ? 1 : 0;
+    }
     double load0 = loadavg();
     double p50, tps, hp50, htps, o50, ho50;
-    int errs = phase(jobs, n, 1, &hp50, &ho50, &htps) + phase(jobs, n, 0, &p50, &o50, &tps); /* warm both */
+    int errs = phase(jobs, n, 1, &hp50, &ho50, &htps, NULL) + phase(jobs, n, 0, &p50, &o50, &tps, NULL); /* warm */
     double over[ROUNDS], ratio[ROUNDS];
+    cpu_use cpu_mq = { 0 }, cpu_http = { 0 };
     for (int r = 0; r < ROUNDS; r++) {
-        errs += phase(jobs, n, 0, &p50, &o50, &tps);
-        errs += phase(jobs, n, 1, &hp50, &ho50, &htps);
+        errs += phase(jobs, n, 0, &p50, &o50, &tps, &cpu_mq);
+        errs += phase(jobs, n, 1, &hp50, &ho50, &htps, &cpu_http);
         over[r] = (ho50 - o50) * 1e3;
         ratio[r] = htps / tps;
         printf("# round %d: TTFT p50 libmq %.2f ms, HTTP %.2f ms (beyond mqd's own TTFT: libmq %.3f ms, HTTP %.3f ms); "
@@ -565,8 +635,8 @@ int main(int argc, char **argv)
     double solo[N_STREAMS];
     for (int i = 0; i < n; i++) {
         double l50, lo, lt, h50, ho, ht;
-        errs += phase(&jobs[i], 1, 0, &l50, &lo, &lt);
-        errs += phase(&jobs[i], 1, 1, &h50, &ho, &ht);
+        errs += phase(&jobs[i], 1, 0, &l50, &lo, &lt, NULL);
+        errs += phase(&jobs[i], 1, 1, &h50, &ho, &ht, NULL);
         solo[i] = (h50 - l50) * 1e3;
     }
     qsort(solo, (size_t)n, sizeof solo[0], cmp_d);
@@ -577,6 +647,12 @@ int main(int argc, char **argv)
 
     printf("# load average (1 min) on %ld CPUs: %.2f before the 32-stream rounds, %.2f after\n",
            sysconf(_SC_NPROCESSORS_ONLN), load0, loadavg());
+    if (mqd_pid && cpu_mq.tokens && cpu_http.tokens) /* us of CPU per generated token, 32-stream rounds */
+        printf("# CPU per token (us): mqd %.0f (libmq rounds) %.0f (HTTP rounds); mq-openai %.1f; bench client "
+               "%.1f (libmq) %.1f (HTTP)\n",
+               cpu_mq.mqd_ms * 1e3 / cpu_mq.tokens, cpu_http.mqd_ms * 1e3 / cpu_http.tokens,
+               cpu_http.oai_ms * 1e3 / cpu_http.tokens, cpu_mq.client_ms * 1e3 / cpu_mq.tokens,
+               cpu_http.client_ms * 1e3 / cpu_http.tokens);
     printf("# replay: %d conversations (turns 2..): X-Session-Id: cached %.4f, %.1f held tokens lost per turn; "
            "with think_history as_generated: cached %.4f, %.1f lost; without a session: cached %.4f (bf16), "
            "%.4f (mixed)\n",

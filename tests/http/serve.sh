@@ -1,7 +1,7 @@
 #!/bin/sh
 # tests/http/serve.sh BUILD MODEL CMD... — starts mqd on MODEL and mq-openai on a free
 # loopback port (sockets and logs in a fresh folder under /tmp), runs CMD with
-#   MQ_HTTP_URL (http://127.0.0.1:PORT), MQ_CLIENT_SOCKET, MQ_ADMIN_SOCKET, MQ_BUILD
+#   MQ_HTTP_URL (http://127.0.0.1:PORT), MQ_CLIENT_SOCKET, MQ_ADMIN_SOCKET, MQ_BUILD, MQD_PID, MQ_OPENAI_PID
 # in its environment, stops both and exits with CMD's status. Used by `make eval-agent`
 # and `make bench-http`. MQD_FLAGS adds flags to mqd.
 set -e
@@ -30,7 +30,7 @@ until curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
     sleep 0.1
 done
 set +e
-MQ_HTTP_URL="http://127.0.0.1:$port" MQ_CLIENT_SOCKET="$dir/client.sock" MQ_ADMIN_SOCKET="$dir/admin.sock" \
+MQ_HTTP_URL="http://127.0.0.1:$port" MQ_CLIENT_SOCKET="$dir/client.sock" MQ_ADMIN_SOCKET="$dir/admin.sock" MQD_PID=$mqd MQ_OPENAI_PID=$oai \
     MQ_BUILD="$build" "$@"
 rc=$?
 kill $oai 2>/dev/null
