@@ -69,6 +69,10 @@ struct job {
     int quantize;         /* JOB_LINEAR: also make the NVFP4 copy */
     mq_bf16_weight *pack; /* JOB_LINEAR, untied LM head: pack dst in place when done */
     _Atomic int done;
+    /* JOB_LINEAR with quantize, read in place: amax of the pieces seen so far (float bits:
+     * non-negative, so ordered as integers, NaN above all) and the bytes they cover */
+    _Atomic uint32_t amax_bits;
+    _Atomic uint64_t amax_bytes;
 };
 
 struct mq_load {
@@ -565,26 +569,44 @@ static float elem_f32(mq_dtype dt, const void *src, size_t i)
     }
 }
 
-/* BF16 → NVFP4 for a whole linear: g from the tensor's amax, rows in chunks. */
-static int quantize_linear(mq_linear *lin, const char *name, char *err, size_t errlen)
+/* BF16 → NVFP4 for a whole linear, g from the tensor's amax (amax_known: from the pieces,
+ * else a pass over w), then one pass over groups of
+ * 16 rows: each group is copied once into a small buffer (it stays in L1/L2) and from
+ * there converted to FP32 and quantized, and, when `pack` is set, written back in place
+ * in the packed BF16 layout (mq_kernels.h: a group occupies the same bytes in both
+ * layouts when k is even). The bytes are those of quantizing all rows and then
+ * mq_bf16_weight_pack_in_place: rows are quantized independently and packing works on
+ * groups of 16. *packed tells whether the BF16 rows were packed (not when k is odd). */
+static int quantize_linear(mq_linear *lin, uint16_t *w, const float *amax_known, int pack, int *packed,
+                           const char *name, char *err, size_t errlen)
 {
     const int n = lin->bf16.n, k = lin->bf16.k;
-    float amax = mq_amax_bf16(lin->bf16.w, (size_t)n * k);
+    float amax = amax_known ? *amax_known : mq_amax_bf16(w, (size_t)n * k);
     if (!isfinite(amax)) {
         return mq_errmsg(err, errlen, -EINVAL, "tensor \"%s\": NaN or Inf in the weights", name);
     }
     lin->fp4.g = mq_fp4_global_scale(amax);
-    enum { CHUNK = 32 };
-    float *buf = malloc((size_t)CHUNK * k * sizeof(float));
-    if (!buf)
-        return -ENOMEM;
+    enum { G = 16 };
+    *packed = pack && !(k & 1);
+    float *buf = malloc((size_t)G * k * sizeof(float));
+    uint16_t *grp = malloc((size_t)G * k * sizeof(uint16_t));
+    if (!buf || !grp) {
+        free(buf);
+        free(grp);
+        return mq_errmsg(err, errlen, -ENOMEM, "tensor \"%s\": out of memory quantizing it", name);
+    }
     int rc = 0;
-    for (int r0 = 0; r0 < n && !rc; r0 += CHUNK) {
-        int r1 = r0 + CHUNK < n ? r0 + CHUNK : n;
-        mq_bf16_to_f32_row(lin->bf16.w + (size_t)r0 * k, buf, (size_t)(r1 - r0) * k);
+    for (int r0 = 0; r0 < n && !rc; r0 += G) {
+        const int r1 = r0 + G < n ? r0 + G : n;
+        const size_t e = (size_t)(r1 - r0) * k;
+        memcpy(grp, w + (size_t)r0 * k, e * sizeof *grp);
+        mq_bf16_to_f32_row(grp, buf, e);
         rc = mq_fp4_weight_quantize_rows(&lin->fp4, buf, (size_t)k, r0, r1);
+        if (!rc && *packed)
+            mq_bf16_weight_pack_rows(w, n, k, grp, (size_t)k, r0, r1);
     }
     free(buf);
+    free(grp);
     if (rc)
         mq_errmsg(err, errlen, 0, "tensor \"%s\": cannot quantize to NVFP4", name);
     return rc;
@@ -618,6 +640,24 @@ static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, 
     return 0;
 }
 
+void mq_model_piece_arrived(mq_model *m, int i, uint64_t off, uint64_t bytes)
+{
+    struct mq_load *L = m->load;
+    if (!L || L->finished || i < 0 || i >= L->n_reads)
+        return;
+    struct job *j = &L->jobs[i];
+    /* whole BF16 elements only: a piece boundary inside one would lose it (ready then
+     * takes the amax itself, as the bytes covered fall short) */
+    if (j->kind != JOB_LINEAR || !j->quantize || j->staging || ((L->reads[i].offset | off | bytes) & 1))
+        return;
+    const float a = mq_amax_bf16((const uint16_t *)j->dst + off / 2, (size_t)(bytes / 2));
+    uint32_t bits, cur = atomic_load_explicit(&j->amax_bits, memory_order_relaxed);
+    memcpy(&bits, &a, sizeof bits);
+    while (bits > cur && !atomic_compare_exchange_weak(&j->amax_bits, &cur, bits)) {
+    }
+    atomic_fetch_add(&j->amax_bytes, bytes);
+}
+
 int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen)
 {
     struct mq_load *L = m->load;
@@ -639,9 +679,16 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen)
         if (j->staging)
             for (size_t e = 0; e < j->numel; e++)
                 ((uint16_t *)j->dst)[e] = mq_f32_to_bf16(elem_f32(j->dtype, j->staging, e));
-        if (j->kind == JOB_LINEAR && j->quantize)
-            rc = quantize_linear(j->lin, name, err, errlen);
-        if (!rc && j->pack) { /* after quantize_linear, which reads the rows */
+        if (j->kind == JOB_LINEAR && j->quantize) {
+            int packed = 0;
+            float amax;
+            const uint32_t bits = atomic_load(&j->amax_bits);
+            memcpy(&amax, &bits, sizeof amax);
+            const int known = !j->staging && atomic_load(&j->amax_bytes) == L->reads[i].bytes;
+            rc = quantize_linear(j->lin, j->dst, known ? &amax : NULL, j->pack != NULL, &packed, name, err, errlen);
+            if (!rc && packed)
+                mq_bf16_weight_bind_packed(j->pack, j->pack->n, j->pack->k, j->dst);
+        } else if (j->pack) {
             const int n = j->pack->n, k = j->pack->k;
             rc = mq_bf16_weight_pack_in_place(j->dst, n, k);
             if (rc == 0)

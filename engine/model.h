@@ -22,6 +22,8 @@
  *      the caller's allocator, and returns the list of reads (file, offset, length, dst).
  *   2. mq_model_tensor_ready(m, i): after read i's bytes arrived: converts / quantizes
  *      what depends on it. Callable from several threads at once for different reads.
+ *      (mq_model_piece_arrived, optional, lets a streaming loader hand over work on
+ *      each piece while it is hot.)
  *   3. mq_model_finish(): checks that every read was made ready; frees staging memory.
  * mq_model_load() does all three with pread (tests, eval, tools).
  *
@@ -120,6 +122,11 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
 int mq_model_files(const mq_model *m, const char *const **paths);
 /* Step 2: read i's bytes are in place. Thread-safe for distinct i. */
 int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen);
+/* Optional, before step 2: bytes [off, off + bytes) of read i have arrived (the loader's
+ * streaming thread, while they are in its cache). The model takes what it can from them
+ * now (the amax of a BF16 linear it quantizes), so that ready() need not read them again
+ * for it; one thread per read at a time, pieces in any order. */
+void mq_model_piece_arrived(mq_model *m, int i, uint64_t off, uint64_t bytes);
 /* Step 3. Fails if a read was never made ready. */
 int mq_model_finish(mq_model *m, char *err, size_t errlen);
 /* All three with pread (tests, eval, tools). */

@@ -66,6 +66,11 @@ static int load_ready(void *ctx, int i, char *err, size_t errlen)
     return r;
 }
 
+static void load_piece(void *ctx, int i, uint64_t off, uint64_t bytes)
+{
+    mq_model_piece_arrived((mq_model *)ctx, i, off, bytes);
+}
+
 int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct mq_arena *arena, const mq_ws_opts *o,
                      mq_ws_progress *prog, mq_ws_result *res, struct mq_model **out, char *err, size_t errlen)
 {
@@ -92,7 +97,13 @@ int mq_ws_load_model(const char *dir, const struct mq_model_opts *mopts, struct 
                               .bytes = reads[i].bytes,
                               .dst = reads[i].dst,
                               .what = reads[i].tensor };
-    r = mq_ws_run(paths, n_files, wr, n_reads, o, load_ready, m, prog, res, err, errlen);
+    mq_ws_opts wo;
+    if (o)
+        wo = *o;
+    else
+        mq_ws_opts_default(&wo);
+    wo.piece = load_piece;
+    r = mq_ws_run(paths, n_files, wr, n_reads, &wo, load_ready, m, prog, res, err, errlen);
     free(wr);
     if (r == 0) {
         r = mq_model_finish(m, e, sizeof e);

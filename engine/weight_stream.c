@@ -42,7 +42,7 @@ void mq_ws_opts_default(mq_ws_opts *o)
     o->queue_depth = WS_DEFAULT_QD;
     o->read_bytes = WS_DEFAULT_READ;
     o->direct = MQ_WS_DIRECT_AUTO;
-    o->helpers = 1;
+    o->helpers = MQ_WS_HELPERS_PER_CPU; /* the prefill pool's CPUs idle while weights load */
 }
 
 void mq_ws_progress_get(const mq_ws_progress *p, uint64_t *bytes_done, uint64_t *bytes_total, uint64_t *reads_done,
@@ -268,6 +268,8 @@ static void piece_done(struct ws *w, struct slot *s)
     uint64_t n = hi > lo ? hi - lo : 0;
     if (w->direct[r->file] && n)
         memcpy((uint8_t *)r->dst + (lo - r->offset), s->buf + (lo - s->off), n);
+    if (w->o.piece && n)
+        w->o.piece(w->ctx, s->read, lo - r->offset, n);
     RELAXED_ADD(w->prog->bytes_done, n);
     w->remaining[s->read] -= n;
     if (w->remaining[s->read] == 0)
@@ -405,6 +407,10 @@ static void ws_opts_normalize(mq_ws_opts *o, const mq_ws_opts *given)
     o->read_bytes = o->read_bytes / WS_ALIGN * WS_ALIGN;
     if (o->read_bytes > (1u << 30))
         o->read_bytes = 1u << 30;
+    if (o->helpers < 0) { /* MQ_WS_HELPERS_PER_CPU */
+        cpu_set_t cs;
+        o->helpers = sched_getaffinity(0, sizeof cs, &cs) == 0 ? CPU_COUNT(&cs) : 1;
+    }
     if (o->helpers > WS_MAX_HELPERS)
         o->helpers = WS_MAX_HELPERS;
 }

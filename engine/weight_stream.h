@@ -23,7 +23,8 @@
  * Thread rules: mq_ws_run blocks its caller until everything was read and made ready
  * (or failed, or another thread set *o->cancel: checked between completions, so a stop
  * takes at most one read's time). ready() is called once per read, from the helper threads (or the caller's
- * thread when helpers = 0), concurrently for different reads.
+ * thread when helpers = 0), concurrently for different reads; piece(), when given, on the
+ * streaming thread (the caller's) for each piece, before that read's ready().
  */
 #ifndef MQ_WEIGHT_STREAM_H
 #define MQ_WEIGHT_STREAM_H
@@ -54,14 +55,25 @@ typedef enum { MQ_WS_DIRECT_AUTO = 0, MQ_WS_DIRECT_ON = 1, MQ_WS_DIRECT_OFF = 2 
  *   HEAP:   all from the heap (malloc's own mmap threshold decides what returns). */
 typedef enum { MQ_WS_STAGING_MAPPED = 0, MQ_WS_STAGING_HEAP = 1 } mq_ws_staging;
 
+/* Pieces of read i, bytes [off, off + bytes) of it, have arrived (see mq_ws_opts.piece). */
+typedef void (*mq_ws_piece_fn)(void *ctx, int i, uint64_t off, uint64_t bytes);
+
+/* helpers: one per CPU the calling thread may run on (sched_getaffinity) */
+#define MQ_WS_HELPERS_PER_CPU (-1)
+
 typedef struct mq_ws_opts {
     int queue_depth;   /* pieces in flight (default 8) */
     size_t read_bytes; /* largest piece (default 1 MiB; multiple of 4096) */
     mq_ws_direct direct;
-    int helpers;             /* threads running ready() (default 1; 0 = caller's thread) */
+    int helpers;             /* threads running ready(): 0 = the caller's thread; default
+                                MQ_WS_HELPERS_PER_CPU (one per CPU) */
     const void *helper_cpus; /* cpu_set_t * for the helpers, or NULL */
     mq_ws_staging staging;   /* mq_ws_load_model only (default MAPPED) */
     const int *cancel;       /* non-zero (atomic, any thread) stops the stream: -ECANCELED */
+    /* Optional: called on the streaming thread as each piece lands in its destination
+     * (the bytes are then in that thread's cache), before the read is handed to ready();
+     * for light work on hot bytes (mq_ws_load_model: a tensor's amax). May be NULL. */
+    mq_ws_piece_fn piece;
 } mq_ws_opts;
 
 void mq_ws_opts_default(mq_ws_opts *o);
