@@ -8,6 +8,7 @@
 
 #include <cpuid.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,14 +68,18 @@ int mq_kernels_force(mq_isa isa)
     }
     mq_kt = t;
     active_isa = isa;
-    initialised = 1;
+    /* release: a thread that sees initialised (ENSURE's acquire) sees the table */
+    __atomic_store_n(&initialised, 1, __ATOMIC_RELEASE);
     return 0;
 }
 
-mq_isa mq_kernels_init(void)
+/* Once per process, whichever thread calls a kernel first (the loader's threads may
+ * start together); an ISA forced before (tests) is kept. */
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static void init_from_env(void)
 {
-    if (initialised)
-        return active_isa;
+    if (__atomic_load_n(&initialised, __ATOMIC_ACQUIRE))
+        return;
     mq_isa want = MQ_ISA_AVX512;
     const char *env = getenv("MQ_ISA");
     if (env && !strcmp(env, "scalar"))
@@ -84,6 +89,11 @@ mq_isa mq_kernels_init(void)
     while (want > MQ_ISA_SCALAR && !mq_kernels_cpu_has(want))
         want--;
     mq_kernels_force(want);
+}
+
+mq_isa mq_kernels_init(void)
+{
+    pthread_once(&init_once, init_from_env);
     return active_isa;
 }
 
@@ -92,10 +102,10 @@ mq_isa mq_kernels_isa(void)
     return active_isa;
 }
 
-#define ENSURE()               \
-    do {                       \
-        if (!initialised)      \
-            mq_kernels_init(); \
+#define ENSURE()                                              \
+    do {                                                      \
+        if (!__atomic_load_n(&initialised, __ATOMIC_ACQUIRE)) \
+            mq_kernels_init();                                \
     } while (0)
 
 /* ---- public entry points: one line each through the table -------------------- */
