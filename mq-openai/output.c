@@ -219,13 +219,22 @@ static size_t partial_tag(const char *s, size_t n, const char *tag)
     return 0;
 }
 
+/* Whether s[0, n) is one JSON object with nothing but white space around it; [*a, *b)
+ * is then the object. A tool call's body and a string "arguments" must both be one. */
+static int one_object(const char *s, size_t n, size_t *a, size_t *b)
+{
+    *a = skip_ws(s, n, 0);
+    *b = n;
+    while (*b > *a && is_ws(s[*b - 1]))
+        (*b)--;
+    return *a < *b && s[*a] == '{' && scan_value(s, *b, *a, 0) == *b;
+}
+
 /* A tool call body -> CALL + ARGS events; 0, or -1 when it is not a call. */
 static int call(oai_output *o, const char *s, size_t n, oai_event_cb cb, void *ctx)
 {
-    size_t a = skip_ws(s, n, 0), b = n;
-    while (b > a && is_ws(s[b - 1]))
-        b--;
-    if (o->n_calls >= OAI_OUT_MAX_CALLS || a >= b || s[a] != '{' || scan_value(s, b, a, 0) != b)
+    size_t a, b, x, y;
+    if (o->n_calls >= OAI_OUT_MAX_CALLS || !one_object(s, n, &a, &b))
         return -1;
     cJSON *j = cJSON_ParseWithLength(s + a, b - a);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
@@ -253,8 +262,9 @@ static int call(oai_output *o, const char *s, size_t n, oai_event_cb cb, void *c
     if (cJSON_IsString(args)) {
         at = args->valuestring;
         alen = strlen(at);
-        /* clients parse "arguments" as JSON: a string that is not one JSON value is no call */
-        if (oai_json_value_len(at, alen) != alen) {
+        /* clients parse "arguments" as a JSON object (as a direct "arguments" must be one):
+         * a string that is not one, white space around it aside, makes no call */
+        if (!one_object(at, alen, &x, &y)) {
             cJSON_Delete(j);
             return -1;
         }

@@ -237,8 +237,11 @@ static void test_output_malformed_call_is_content(void)
         "<tool_call>\n{\"arguments\": {}}\n</tool_call>",
         "<tool_call>\n[1, 2]\n</tool_call>",
         "<tool_call>\n{\"name\": \"f\", \"arguments\": [1]}\n</tool_call>",
-        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{x\"}\n</tool_call>", /* a string that is not JSON */
-        "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}",           /* never closed */
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{x\"}\n</tool_call>",    /* a string that is not JSON */
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"\"}\n</tool_call>",      /* an empty string */
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"[1]\"}\n</tool_call>",   /* JSON, not an object */
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{} {}\"}\n</tool_call>", /* two values */
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}",              /* never closed */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         oai_message m;
@@ -271,6 +274,10 @@ static void test_output_reasoning_and_content(void)
     /* arguments given as a JSON string are the string's value */
     run_output("<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call>", 4, 1, &m, &calls);
     CHECK(calls == 1 && !strcmp(m.calls[0].args.p, "{\"a\": 1}"), "string args %s", m.calls[0].args.p);
+    oai_message_free(&m);
+    /* white space around the object in the string is still one JSON object: a call */
+    run_output("<tool_call>{\"name\": \"f\", \"arguments\": \" {\\\"a\\\": 1}\\n\"}</tool_call>", 4, 1, &m, &calls);
+    CHECK(calls == 1 && !strcmp(m.calls[0].args.p, " {\"a\": 1}\n"), "padded string args \"%s\"", m.calls[0].args.p);
     oai_message_free(&m);
 }
 
