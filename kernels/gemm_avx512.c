@@ -148,7 +148,7 @@ static inline __mmask32 low_mask32(int n)
  * byte-identical to fp4_weight_pack_rows_ref. */
 static void fp4_pack_group(const mq_fp4_weight *w, int c0, int kb0, int nkb, int table, uint8_t *dst)
 {
-    const size_t bs = table ? FP4_TABLE_BYTES : FP4_PACK_BYTES;
+    const size_t bs = FP4_BLOCK_BYTES(table);
     const int nb = w->kp / MQ_FP4_BLOCK;
     const int nv = w->n - c0 < 16 ? w->n - c0 : 16;
     const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nvfp4_e2m1_biased));
@@ -208,7 +208,7 @@ static void fp4_weight_pack_rows_avx512(mq_fp4_weight *w, int r0, int r1)
     for (int g = r0 / 16; g * 16 < r1; g++)
         for (int kb0 = 0; kb0 < nb; kb0 += 16)
             fp4_pack_group(w, g * 16, kb0, nb - kb0 < 16 ? nb - kb0 : 16, w->table,
-                           w->packed + ((size_t)g * nb + kb0) * (w->table ? FP4_TABLE_BYTES : FP4_PACK_BYTES));
+                           w->packed + ((size_t)g * nb + kb0) * FP4_BLOCK_BYTES(w->table));
 }
 
 /* One tile: the 4 activation rows of a quad × NG groups of 16 columns over nkb packed
@@ -220,7 +220,7 @@ static void fp4_weight_pack_rows_avx512(mq_fp4_weight *w, int r0, int r1)
 AI void fp4_tile(const int NG, const int T, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y,
                  size_t ldy, int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
-    const size_t bs = T ? FP4_TABLE_BYTES : FP4_PACK_BYTES;
+    const size_t bs = FP4_BLOCK_BYTES(T);
     __m512 acc[FP4_QUAD][4];
 #pragma GCC unroll 8
     for (int m = 0; m < FP4_QUAD; m++)
@@ -326,7 +326,7 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
     const int table = w->packed && w->table;
     const int mc = !w->packed ? M : table ? FP4_MC_TABLE : FP4_MC; /* repacking once per call beats blocking the rows */
-    const size_t bs = table ? FP4_TABLE_BYTES : FP4_PACK_BYTES;
+    const size_t bs = FP4_BLOCK_BYTES(table);
     for (int mb = 0; mb < M; mb += mc) {
         const int me = M - mb < mc ? M : mb + mc, nq = (me - mb + FP4_QUAD - 1) / FP4_QUAD;
         for (int pg0 = g0; pg0 < g1; pg0 += FP4_NG) {

@@ -92,6 +92,8 @@ static inline fp4_qblock *fp4_act_qblock(const mq_fp4_act *a, int r, int b)
 #define FP4_PACK_BYTES  320 /* per 16 rows × 16 k: 256 weight bytes, 64 bytes of scale forms */
 #define FP4_PACK_SCALE  256 /* offset of the scale forms (or the table) in a packed block */
 #define FP4_TABLE_BYTES 768 /* the same with a table: 256 weight bytes, float [8][16] */
+/* bytes of one packed 16 × 16 block in the table form (table != 0) or the index form */
+#define FP4_BLOCK_BYTES(table) ((table) ? FP4_TABLE_BYTES : FP4_PACK_BYTES)
 
 /* |s| of an E4M3 byte s as 2^e·(1 + f/8), f in 0..7, exactly: subnormals m·2^-9 are
  * renormalised (m = 3 is 1.5·2^-8); s = 0 gives e = -200, which vscalefps turns into 0

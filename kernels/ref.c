@@ -232,7 +232,7 @@ static void fp4_weight_pack_rows_ref(mq_fp4_weight *w, int r0, int r1)
     const int nb = w->kp / MQ_FP4_BLOCK;
     for (int g = r0 / 16; g * 16 < r1; g++)
         for (int b = 0; b < nb; b++) {
-            uint8_t *d = w->packed + ((size_t)g * nb + b) * (w->table ? FP4_TABLE_BYTES : FP4_PACK_BYTES);
+            uint8_t *d = w->packed + ((size_t)g * nb + b) * FP4_BLOCK_BYTES(w->table);
             for (int i = 0; i < 16; i++) {
                 const int row = g * 16 + i;
                 const uint8_t s = row < w->n ? w->scales[(size_t)row * nb + b] : 0;
