@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,7 +145,9 @@ int oai_config_parse_json(oai_config *c, const char *text, size_t len, const cha
         else {
             char v[32];
             snprintf(v, sizeof v, "%.0f", it->valuedouble);
-            rc = it->valuedouble != (double)(long long)it->valuedouble
+            /* floor, not a cast: converting a double outside long long's range is undefined;
+             * an integral value too large is refused by set() */
+            rc = it->valuedouble != floor(it->valuedouble)
                      ? mq_errmsg(err, errlen, -EINVAL, "%s%s: must be an integer", where, it->string)
                      : set(c, f, v, where, err, errlen);
         }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mq-openai/config.h"
 #include "mq-openai/keys.h"
 #include "mq-openai/output.h"
 #include "mq-openai/reply.h"
@@ -438,6 +439,33 @@ static void test_api_keys_and_tenants(void)
     CHECK(rc == -EINVAL && strstr(err, "longer than 256"), "a 300-byte key: %s", err);
 }
 
+/* Numeric settings in the config file: integers in bounds are taken; a fraction, a value
+ * out of bounds and one beyond any integer type (its conversion would be undefined) are
+ * refused, naming the setting. */
+static void test_config_numbers(void)
+{
+    static const struct {
+        const char *json, *msg; /* msg NULL: accepted */
+    } cases[] = {
+        { "{\"max_requests\": 7}", NULL },
+        { "{\"max_requests\": 2.5}", "max_requests: must be an integer" },
+        { "{\"max_requests\": 0}", "max_requests" },
+        { "{\"max_requests\": 6.6e121}", "max_requests" },
+        { "{\"max_requests\": -1e300}", "max_requests" },
+        { "{\"max_requests\": 1e999}", "max_requests" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        oai_config c;
+        oai_config_default(&c);
+        char err[256] = "";
+        const int rc = oai_config_parse_json(&c, cases[i].json, strlen(cases[i].json), "cfg", err, sizeof err);
+        if (!cases[i].msg)
+            CHECK(rc == 0 && c.max_requests == 7, "case %zu: rc %d, max_requests %u (%s)", i, rc, c.max_requests, err);
+        else
+            CHECK(rc < 0 && strstr(err, cases[i].msg), "case %zu: rc %d, \"%s\"", i, rc, err);
+    }
+}
+
 int main(void)
 {
     RUN(test_chat_request_fields);
@@ -451,5 +479,6 @@ int main(void)
     RUN(test_json_scanner);
     RUN(test_stream_joins_to_message);
     RUN(test_api_keys_and_tenants);
+    RUN(test_config_numbers);
     return harness_done();
 }
