@@ -4,6 +4,7 @@
  *
  *   build/bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,long,replay,stall]
  *                   [--fp4-table auto|on|off]  (the packed NVFP4 copy's form, mq_model_opts)
+ *                   [--chunk N]  (prompt chunk in tokens; default mqd's chunk_tokens default)
  *
  * Synthetic Qwen3-0.6B and -1.7B checkpoints (random BF16 weights, the real shapes and
  * tokenizer) are written by build/mq_synth into DIR (default build/models) the first time
@@ -65,6 +66,7 @@
 
 static int g_threads = 2;
 static int g_quick;
+static int g_chunk; /* prompt chunk in tokens: mqd's default chunk_tokens unless --chunk */
 enum { P_LOAD = 1, P_PREFILL = 2, P_DECODE = 4, P_LONG = 8, P_REPLAY = 16, P_STALL = 32, P_ALL = 63 };
 static int g_parts = P_ALL; /* --only: the sections to run */
 
@@ -390,14 +392,14 @@ static void w_wait(struct waiter *w)
         die("request failed: %s%s", w->msg, "");
 }
 
-static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, int chunk, int ctx)
+static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, int ctx)
 {
     mq_sched_opts o;
     mq_sched_opts_default(&o);
     o.prefill_threads = g_threads;
     o.decode_threads = g_threads;
     o.mode = mode;
-    o.chunk_tokens = chunk;
+    o.chunk_tokens = g_chunk;
     o.context_limit = ctx;
     o.kv_blocks = 3 * ((ctx + 63) / 64);
     mq_sched *s = NULL;
@@ -472,7 +474,7 @@ static int32_t *corpus_tokens(mq_tokenizer *tok, int n)
 
 static double prefill_rate(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, const int32_t *t, int n)
 {
-    mq_sched *s = sched_new(m, tok, mode, 512, n + 64);
+    mq_sched *s = sched_new(m, tok, mode, n + 64);
     uint64_t id;
     struct waiter w;
     /* Warm-up, as mqd does before READY: the first forward after a load pays one-time
@@ -676,7 +678,7 @@ static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out,
                          int32_t **turn10_prompt)
 {
     const int TURNS = 10, GEN = 160, CTX = 10240;
-    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, 256, CTX);
+    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, CTX);
     cJSON *tools = cJSON_Parse(AGENT_TOOLS);
     if (!tools)
         die("tool list: bad JSON%s%s", "", "");
@@ -736,10 +738,11 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, int chunk, double *p50,
+static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, double *p50,
                                int *gaps_out, double *alone_ms, double *chunk_ms)
 {
-    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, chunk, nlong + 4096);
+    const int chunk = g_chunk;
+    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, nlong + 4096);
     uint64_t a, b;
     mq_sched_session_open(s, TENANT, &a);
     mq_sched_session_open(s, TENANT, &b);
@@ -803,6 +806,9 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
 int main(int argc, char **argv)
 {
     const char *root = "build/models";
+    mqd_config defaults; /* the chunk every scheduler here reads prompts in is mqd's */
+    mqd_config_defaults(&defaults);
+    g_chunk = (int)defaults.chunk_tokens;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--models") && i + 1 < argc)
             root = argv[++i];
@@ -815,10 +821,11 @@ int main(int argc, char **argv)
             if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
                 die("--fp4-table: '%s' is not auto, on or off%s", v, "");
             g_mo.fp4_table = !strcmp(v, "on") ? MQ_FP4_PACK_ON : !strcmp(v, "off") ? MQ_FP4_PACK_OFF : MQ_FP4_PACK_AUTO;
+        } else if (!strcmp(argv[i], "--chunk") && i + 1 < argc && (g_chunk = atoi(argv[++i])) >= 16) {
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {
         } else
             die("usage: bench_e2e [--models DIR] [--threads N] [--quick] "
-                "[--only load,prefill,decode,long,replay,stall] [--fp4-table auto|on|off]%s%s",
+                "[--only load,prefill,decode,long,replay,stall] [--fp4-table auto|on|off] [--chunk N>=16]%s%s",
                 "", "");
     }
     setvbuf(stdout, NULL, _IOLBF, 0); // progress is visible when piped
@@ -826,7 +833,8 @@ int main(int argc, char **argv)
     char d06[1100], d17[1100], path[1200];
     ensure_model(root, "0.6b", d06, sizeof d06);
     ensure_model(root, "1.7b", d17, sizeof d17);
-    printf("bench_e2e: %d threads, ISA %s, models in %s\n", g_threads, mq_isa_name(mq_kernels_isa()), root);
+    printf("bench_e2e: %d threads, ISA %s, models in %s, prompts in chunks of %d tokens\n", g_threads,
+           mq_isa_name(mq_kernels_isa()), root, g_chunk);
 
     /* 1. loading the 1.7B checkpoint, warm page cache, every phase on warm memory */
     double t_load = 0, t_read = 0, load_touch_share = 0, read_touch_share = 0, cold_gbps = 0;
@@ -873,7 +881,7 @@ int main(int argc, char **argv)
      * best of passes against the fastest step, measured back to back in this process. */
     double dec_ratio = 0, bw = 0, dec_step = 0, dec_mean = 0, dec_bytes = 0;
     if (g_parts & P_DECODE) {
-        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 512, 2048);
+        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 2048);
         mq_sched_session_open(s, TENANT, &id);
         int GEN = g_quick ? 16 : 48;
         w_init(&w, GEN + 1);
@@ -895,7 +903,7 @@ int main(int argc, char **argv)
     double pm8 = 0, pb8 = 0, long_step = 0, long_mean = 0, long_bytes = 0, bw8 = 0;
     if (g_parts & P_LONG) {
         const int GEN = g_quick ? 8 : 24;
-        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 512, NL + GEN + 64);
+        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, NL + GEN + 64);
         mq_sched_session_open(s, TENANT, &id);
         w_init(&w, GEN + 1);
         double bw0 = read_bandwidth();
@@ -949,7 +957,7 @@ int main(int argc, char **argv)
             int n10 = 0;
             agent_replay(m06, tok, &ro, &n10, &p10);
             /* turn 10 without reuse: a fresh scheduler (empty index) reads the whole prompt */
-            s = sched_new(m06, tok, MQ_PREC_MODE_MIXED, 256, 10240);
+            s = sched_new(m06, tok, MQ_PREC_MODE_MIXED, 10240);
             mq_sched_session_open(s, TENANT, &id);
             w_init(&w, 4);
             run(s, id, p10, n10, 1, &w);
@@ -961,10 +969,10 @@ int main(int argc, char **argv)
                    ttft_cold);
         }
         if (g_parts & P_STALL) {
-            int NL = g_quick ? 2048 : 8192, CH = 256;
+            int NL = g_quick ? 2048 : 8192, CH = g_chunk;
             double p50 = 0, alone = 0, chunk_ms = 0;
             int ng = 0;
-            stall = decode_stall_p99(m06, tok, prompt, NL, CH, &p50, &ng, &alone, &chunk_ms);
+            stall = decode_stall_p99(m06, tok, prompt, NL, &p50, &ng, &alone, &chunk_ms);
             printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n",
                    NL, CH);
             printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms; a step alone %.1f ms, one chunk %.1f ms "
