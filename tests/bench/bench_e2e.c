@@ -11,7 +11,9 @@
  * and reused after. Every figure of one run comes from the same process, so ratios are
  * comparable even on a busy machine. The last lines are the ones scripts read:
  *   load_vs_read_ratio (+ load_/read_first_touch_share: the part of each that is the
- *   kernel zeroing the fresh pages they fill, load_cold_first_touch_gbps: see below),
+ *   kernel zeroing the fresh pages they fill, load_cold_first_touch_gbps: see below;
+ *   load_cpu_s, load_bf16_only_cpu_s, read_cpu_s: CPU seconds of every thread of the
+ *   last round's load, BF16-only load and read(), the bound of each on n CPUs being /n),
  *   prefill_mixed_vs_bf16, decode_vs_bandwidth, prefill_mixed_vs_bf16_8k,
  *   decode_8k_vs_bandwidth, agent_replay_prefill_ratio, agent_replay_ttft_speedup,
  *   decode_stall_ms_p99
@@ -253,7 +255,8 @@ static double best(const double *v, int n)
  * time: a round that met cold memory or a busy CPU shows in the spread). Returns the last
  * full load. */
 static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17, mq_ws_result *wres, double *t_load,
-                              double *t_read, double *load_touch_share, double *read_touch_share, double *cold_gbps)
+                              double *t_read, double *load_touch_share, double *read_touch_share, double *cold_gbps,
+                              double *load_cpu, double *bf16_cpu, double *read_cpu)
 {
     size_t fbytes;
     time_plain_read(path, &fbytes, 0); /* warm the page cache */
@@ -262,6 +265,7 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
     const size_t fill_full = planned_fill(d17) + fbytes / 16;
     double rd[LOAD_ROUNDS], cp[LOAD_ROUNDS], mm[LOAD_ROUNDS], ld[LOAD_ROUNDS], bf[LOAD_ROUNDS];
     double cpu_read = 0, cpu_load = 0;
+    mq_ws_result br;
     mq_model *m = NULL;
     for (int r = 0; r < LOAD_ROUNDS; r++) {
         if (m) {
@@ -279,7 +283,6 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
         warm_memory(fbytes + fbytes / 16);
         mq_model_opts bo = { .no_fp4 = 1 };
         mq_arena *ab = NULL;
-        mq_ws_result br;
         mq_model_free(load_streamed_opts(d17, &bo, &ab, &bf[r], &br));
         mq_arena_destroy(ab);
         warm_memory(fill_full);
@@ -313,6 +316,14 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
     printf("  CPU time of the last round (every thread of the process, kernel included): plain read() %.3f s, mq load "
            "%.3f s (%.2fx)\n",
            cpu_read, cpu_load, cpu_load / cpu_read);
+    printf("  CPU seconds of the last round's loads: streaming thread / quantize helpers / whole process (the rest "
+           "is io_uring's kernel workers: the copy from the page cache): mq load %.3f / %.3f / %.3f, BF16 copy only "
+           "%.3f / %.3f / %.3f\n",
+           wres->cpu_stream_s, wres->cpu_helpers_s, wres->cpu_process_s, br.cpu_stream_s, br.cpu_helpers_s,
+           br.cpu_process_s);
+    *load_cpu = wres->cpu_process_s;
+    *bf16_cpu = br.cpu_process_s;
+    *read_cpu = cpu_read;
     const double filled = (double)(m->bf16_bytes + m->fp4_bytes + m->fp4_packed_bytes);
     printf("  file %.2f GB; BF16 copy %.2f GB, NVFP4 copy %.2f GB (+ packed %.2f GB); memory: %s; %s%s\n", fbytes / 1e9,
            m->bf16_bytes / 1e9, m->fp4_bytes / 1e9, m->fp4_packed_bytes / 1e9, mem,
@@ -837,13 +848,15 @@ int main(int argc, char **argv)
            mq_isa_name(mq_kernels_isa()), root, g_chunk);
 
     /* 1. loading the 1.7B checkpoint, warm page cache, every phase on warm memory */
-    double t_load = 0, t_read = 0, load_touch_share = 0, read_touch_share = 0, cold_gbps = 0;
+    double t_load = 0, t_read = 0, load_touch_share = 0, read_touch_share = 0, cold_gbps = 0, load_cpu = 0,
+           bf16_cpu = 0, read_cpu = 0;
     mq_ws_result wres;
     mq_arena *ar17 = NULL;
     mq_model *m17 = NULL;
     if (g_parts & P_LOAD) {
         snprintf(path, sizeof path, "%s/model.safetensors", d17);
-        m17 = load_section(path, d17, &ar17, &wres, &t_load, &t_read, &load_touch_share, &read_touch_share, &cold_gbps);
+        m17 = load_section(path, d17, &ar17, &wres, &t_load, &t_read, &load_touch_share, &read_touch_share, &cold_gbps,
+                           &load_cpu, &bf16_cpu, &read_cpu);
     } else if (g_parts & (P_PREFILL | P_DECODE | P_LONG)) {
         double t;
         m17 = load_streamed(d17, &ar17, &t, &wres);
@@ -993,6 +1006,10 @@ int main(int argc, char **argv)
         printf("load_first_touch_share: %.3f\n", load_touch_share);
         printf("read_first_touch_share: %.3f\n", read_touch_share);
         printf("load_cold_first_touch_gbps: %.2f\n", cold_gbps); /* the machine's, not mq's */
+        /* CPU seconds (every thread): the load's bound on n CPUs is cpu / n seconds */
+        printf("load_cpu_s: %.3f\n", load_cpu);
+        printf("load_bf16_only_cpu_s: %.3f\n", bf16_cpu);
+        printf("read_cpu_s: %.3f\n", read_cpu);
     }
     if (g_parts & P_PREFILL)
         printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);
