@@ -12,11 +12,16 @@
  *   - table form: a load of row f_x of the block's table (16 columns) and a vscalefps by
  *     e_x, both beside the VNNI/FMA pipes: per row, 16 columns and block 4 vpdpbusd + 1
  *     FMA on those pipes, a bound of 0.8 of the VNNI peak;
+ *   - table form, few rows (at most fp4_row0_max_rows, kernels_internal.h): only the weight
+ *     bytes and row 0 of each table (= |s_w|) are read, 320 of the block's 768 bytes, and
+ *     s_x·s_w = |s_w|·|s_x| is one vmulps (two 4-bit significands: exact): 4 vpdpbusd + 1
+ *     vmulps + 1 FMA, a bound of 0.67, but with few rows per chunk the tile waits for
+ *     weight bytes, not for the pipes;
  *   - index form: t8 = |s_x|·(1 + j/8) for j = 0..7 (one vmulps per row and block, shared
  *     by the tile's 3 column groups), a vpermps picks entry f_w for each column and a
  *     vscalefps by e_w scales it: 4 vpdpbusd + 1 FMA + ½ (vpermps) + ⅓ (vmulps), a bound
  *     of 4/5.83 = 0.69.
- * Both forms form the same exact product and sum in the same order, so they give the same
+ * All three form the same exact product and sum in the same order, so they give the same
  * bits. Measurements and the designs compared: docs/design/kernels.md.
  * A tile is the 4 rows of an activation quad × 3 groups of 16 columns (12 integer and 12
  * FP32 accumulators in registers); loops and cache blocking: gemm_fp4_avx512.
@@ -101,8 +106,8 @@ static void panel_groups(int pg0, int g1, int n0, int n1, int per_panel, int *ng
  * spread over `tiles` tiles. */
 typedef struct next_chunk {
     const char *p;
-    size_t gstr;
-    int lines, total, per, done;
+    size_t gstr, bstr;
+    int lines, total, per, done, blines;
 } next_chunk;
 
 static void next_chunk_init(next_chunk *c, const void *p, size_t gstr, int groups, int lines, int tiles)
@@ -113,12 +118,29 @@ static void next_chunk_init(next_chunk *c, const void *p, size_t gstr, int group
     c->total = p ? groups * lines : 0;
     c->per = (c->total + tiles - 1) / tiles;
     c->done = 0;
+    c->blines = lines; /* one run per group */
+    c->bstr = 0;
+}
+
+/* Only the first `used` of every `per_block` lines of each run (blocks bstr bytes apart):
+ * the lines a tile that skips part of each block reads. */
+static void next_chunk_blocks(next_chunk *c, int used, int per_block, size_t bstr, int tiles)
+{
+    c->lines = c->lines / per_block * used;
+    c->total = c->p ? c->total / per_block * used : 0;
+    c->per = (c->total + tiles - 1) / tiles;
+    c->blines = used;
+    c->bstr = bstr;
 }
 
 static inline void next_chunk_step(next_chunk *c)
 {
-    for (int e = c->done + c->per; c->done < e && c->done < c->total; c->done++)
-        _mm_prefetch(c->p + (size_t)(c->done / c->lines) * c->gstr + (size_t)(c->done % c->lines) * 64, _MM_HINT_T1);
+    for (int e = c->done + c->per; c->done < e && c->done < c->total; c->done++) {
+        const int l = c->done % c->lines;
+        _mm_prefetch(c->p + (size_t)(c->done / c->lines) * c->gstr + (size_t)(l / c->blines) * c->bstr +
+                         (size_t)(l % c->blines) * 64,
+                     _MM_HINT_T1);
+    }
 }
 
 static inline __mmask32 low_mask32(int n)
@@ -211,12 +233,18 @@ static void fp4_weight_pack_rows_avx512(mq_fp4_weight *w, int r0, int r1)
                            w->packed + ((size_t)g * nb + kb0) * FP4_BLOCK_BYTES(w->table));
 }
 
+/* How a tile forms s_x·s_w, exactly in each case (so all give the same bits): */
+enum {
+    FP4_INDEX = 0, /* index form: vscalefps(vpermps(f_w, t8_x), e_w), t8_x = |s_x|·(1 + j/8) */
+    FP4_TABLE = 1, /* table form: vscalefps(table row f_x, e_x) */
+    FP4_ROW0 = 2,  /* table form, row 0 only (= |s_w|): |s_w|·|s_x|, one vmulps (two 4-bit
+                      significands: exact); reads 320 of the block's 768 bytes */
+};
+
 /* One tile: the 4 activation rows of a quad × NG groups of 16 columns over nkb packed
- * blocks (group g's first block at pk + g·gstr; T: the table form); rows >= mr are
- * padding, computed but not stored. Per row, group and block: 4 vpdpbusd from the row's
- * correction; s_x·s_w exactly, as vscalefps(table row f_x, e_x) (T) or as
- * vscalefps(vpermps(f_w, t8_x), e_w) where t8_x = |s_x|·(1 + j/8) and f_w, e_w are the
- * weight scale's index form; one FMA. */
+ * blocks (group g's first block at pk + g·gstr; T: FP4_INDEX, FP4_TABLE or FP4_ROW0);
+ * rows >= mr are padding, computed but not stored. Per row, group and block: 4 vpdpbusd
+ * from the row's correction; s_x·s_w exactly (T says how); one FMA. */
 AI void fp4_tile(const int NG, const int T, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y,
                  size_t ldy, int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
@@ -257,7 +285,21 @@ AI void fp4_tile(const int NG, const int T, const fp4_qblock *xq, const uint8_t 
                     ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], wv[g], xv);
             }
         }
-        if (T) {
+        if (T == FP4_ROW0) {
+            __m512 ws[4];
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++)
+                ws[g] = _mm512_load_ps(pb + (size_t)g * gstr + FP4_PACK_SCALE);
+#pragma GCC unroll 8
+            for (int m = 0; m < FP4_QUAD; m++) {
+                const __m512 sx = _mm512_set1_ps(q->sx[m]);
+#pragma GCC unroll 8
+                for (int g = 0; g < NG; g++)
+                    acc[m][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][g]), _mm512_mul_ps(ws[g], sx), acc[m][g]);
+            }
+            continue;
+        }
+        if (T == FP4_TABLE) {
 #pragma GCC unroll 8
             for (int m = 0; m < FP4_QUAD; m++) {
                 /* row f_x of each column's table, times 2^e_x: s_x·s_w exactly */
@@ -296,18 +338,20 @@ AI void fp4_tile(const int NG, const int T, const fp4_qblock *xq, const uint8_t 
                                       last ? _mm512_mul_ps(acc[m][g], _mm512_set1_ps(alpha[m])) : acc[m][g]);
 }
 
-static void fp4_tile_any(int ng, int table, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y,
+#define FP4_TILE_CASE(NG, T) \
+    case (NG)*4 + (T): fp4_tile(NG, T, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+
+static void fp4_tile_any(int ng, int form, const fp4_qblock *xq, const uint8_t *pk, size_t gstr, int nkb, float *y,
                          size_t ldy, int mr, const __mmask16 *mask, int first, int last, const float *alpha)
 {
-    switch (ng * 2 + table) {
-    case 2: fp4_tile(1, 0, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
-    case 3: fp4_tile(1, 1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
-    case 4: fp4_tile(2, 0, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
-    case 5: fp4_tile(2, 1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
-    case 6: fp4_tile(3, 0, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
-    case 7: fp4_tile(3, 1, xq, pk, gstr, nkb, y, ldy, mr, mask, first, last, alpha); break;
+    /* clang-format off */
+    switch (ng * 4 + form) {
+    FP4_TILE_CASE(1, FP4_INDEX) FP4_TILE_CASE(1, FP4_TABLE) FP4_TILE_CASE(1, FP4_ROW0)
+    FP4_TILE_CASE(2, FP4_INDEX) FP4_TILE_CASE(2, FP4_TABLE) FP4_TILE_CASE(2, FP4_ROW0)
+    FP4_TILE_CASE(3, FP4_INDEX) FP4_TILE_CASE(3, FP4_TABLE) FP4_TILE_CASE(3, FP4_ROW0)
     default: break;
     }
+    /* clang-format on */
 }
 
 /* Loops, outermost first: rows in blocks of FP4_MC (FP4_MC_TABLE for the table form;
@@ -325,6 +369,7 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
     _Alignas(64) uint8_t stack[FP4_NG * KC_BLOCKS * FP4_PACK_BYTES];
     const int g0 = n0 / 16, g1 = (n1 + 15) / 16;
     const int table = w->packed && w->table;
+    const int form = !table ? FP4_INDEX : M <= fp4_row0_max_rows ? FP4_ROW0 : FP4_TABLE;
     const int mc = !w->packed ? M : table ? FP4_MC_TABLE : FP4_MC; /* repacking once per call beats blocking the rows */
     const size_t bs = FP4_BLOCK_BYTES(table);
     for (int mb = 0; mb < M; mb += mc) {
@@ -347,6 +392,8 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
                     if (npg < g1)
                         next_chunk_init(&nc, w->packed + ((size_t)npg * nb + nkb0) * bs, gstr, FP4_NG,
                                         (nb - nkb0 < KC_BLOCKS ? nb - nkb0 : KC_BLOCKS) * (int)(bs / 64), nq);
+                    if (form == FP4_ROW0) /* the weight bytes and row 0 */
+                        next_chunk_blocks(&nc, FP4_PACK_BYTES / 64, (int)(bs / 64), bs, nq);
                 } else {
                     for (int g = 0; g < ng; g++)
                         fp4_pack_group(w, (pg0 + g) * 16, kb0, nkb, 0, stack + g * gstr);
@@ -357,7 +404,7 @@ static void gemm_fp4_avx512(const mq_fp4_act *x, const mq_fp4_weight *w, float *
                     for (int m = 0; m < FP4_QUAD; m++)
                         alpha[m] = m0 + m < M ? fp4_row_alpha(x, w, m0 + m, 0.25f) : 0.0f;
                     next_chunk_step(&nc);
-                    fp4_tile_any(ng, table, fp4_act_qblock(x, m0, kb0), pk, gstr, nkb,
+                    fp4_tile_any(ng, form, fp4_act_qblock(x, m0, kb0), pk, gstr, nkb,
                                  y + (size_t)m0 * ldy + (size_t)pg0 * 16, ldy, M - m0 < FP4_QUAD ? M - m0 : FP4_QUAD,
                                  mask, kb0 == 0, kb0 + nkb == nb, alpha);
                 }

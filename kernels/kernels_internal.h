@@ -53,6 +53,12 @@ typedef struct mq_kernel_table {
 /* The active table (set once by mq_kernels_init / mq_kernels_force). */
 extern mq_kernel_table mq_kt;
 
+/* A call of the AVX-512 GEMM on table-form weights with at most this many activation rows
+ * reads only row 0 of each block's table (|s_w|) and forms s_x·s_w with a vmulps: the
+ * same bits, 320 bytes per block read instead of 768 (docs/design/kernels.md). Set in
+ * dispatch.c from measurements; tests and benchmarks change it to run either path. */
+extern int fp4_row0_max_rows;
+
 /* The table is filled in layers: kernels_fill_ref sets every slot, then each SIMD fill
  * function up to the chosen ISA overwrites the slots its files implement, so a slot a
  * variant does not implement keeps the one below it. gemm_* fill the GEMMs, the

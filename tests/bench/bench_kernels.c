@@ -13,18 +13,27 @@
  * threads split the N columns, as the daemon's pools do). Every figure is the best of
  * several repetitions, because other jobs share the machine.
  *
- * The last four lines are single numbers (docs/design/kernels.md says how to read them):
+ * The last five lines are single numbers (docs/design/kernels.md says how to read them):
  *   fp4_gemm_vs_bf16_gemm_m512   NVFP4 / BF16 GEMM MAC rate, Qwen3-1.7B linears, M=512, 2 threads
  *   fp4_gemm_vs_vnni_ceiling     NVFP4 GEMM MAC rate / VNNI ceiling (same shapes)
  *   bf16_gemm_vs_bf16_ceiling    BF16 GEMM MAC rate / BF16 ceiling (same shapes)
  *   bf16_gemv_vs_bandwidth       BF16 GEMV weight bytes/s / read bandwidth, all Qwen3-4B
  *                                linears of one layer in turn (200 MB, so from DRAM), M=1
- * MQ_BENCH_QUICK=1 runs only the shapes the four lines need.
+ *   fp4_gemm_m16_table_vs_index  NVFP4 GEMM MAC rate with the table-form copy (read as mqd
+ *                                reads it at 16 rows) / with the index-form copy, Qwen3-1.7B
+ *                                linears, M=16, 2 threads
+ * MQ_BENCH_QUICK=1 runs only the shapes the five lines need.
+ * `bench_kernels fp4-forms` instead compares the ways the NVFP4 GEMM reads its packed copy
+ * (the whole table, its row 0 only, the index form) at the shapes docs/design/kernels.md
+ * quotes, and over M = 4..512 on the Qwen3-1.7B linears (the figures behind
+ * fp4_row0_max_rows).
  */
+#include "kernels/kernels_internal.h" /* fp4_row0_max_rows: the forms' paths */
 #include "kernels/mq_kernels.h"
 #include "tests/bench/bench_common.h"
 
 #include <immintrin.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -469,10 +478,116 @@ static void summary_round(summary *sm, const operands *l17, const operands *l4, 
     keep_min(&sm->gemv_cpu, busy);
 }
 
-int main(void)
+/* ---- the packed NVFP4 forms side by side (`fp4-forms`, and the small-M closing line) --- */
+
+/* How the GEMM reads table-form weights for a variant: FV_AUTO as mqd runs it (row 0 only
+ * up to fp4_row0_max_rows rows), FV_TABLE the whole table, FV_ROW0 row 0 only; FV_INDEX
+ * reads the index-form copy. */
+enum { FV_AUTO, FV_TABLE, FV_ROW0, FV_INDEX, FV_N };
+
+/* Busy seconds of one pass of mq_gemm_fp4 over the linears ops[0..nops) at m rows, nt
+ * threads, in variant v: the activations of each linear are quantized first (not timed). */
+static double fp4_forms_pass(const operands *ops, int nops, acts *A, int m, int nt, int v)
+{
+    const int keep = fp4_row0_max_rows;
+    fp4_row0_max_rows = v == FV_TABLE ? 0 : v == FV_ROW0 ? INT_MAX : keep;
+    double busy = 0;
+    for (int i = 0; i < nops; i++) {
+        mq_fp4_act xa;
+        mq_fp4_act_bind(&xa, m, ops[i].wf.k, A->xa_mem);
+        xa.g = mq_fp4_global_scale(8.0f);
+        quant_arg qa = { &xa, A->xf };
+        team_run(nt, quant_job, &qa);
+        gemm_arg ga = {
+            .fmt = 0, .xa = &xa, .wf = v == FV_INDEX ? &ops[i].wfi : &ops[i].wf, .m = m, .n = ops[i].wf.n, .y = A->y
+        };
+        busy += team_run(nt, gemm_job, &ga);
+    }
+    fp4_row0_max_rows = keep;
+    return busy;
+}
+
+/* G MAC/s (busy time) of each variant in vs[0..nv) over ops at m rows: `rounds` rounds
+ * that run the variants in turn, each `reps` passes in a row (so small weights are
+ * cached, as when one call repeats), best pass of all. */
+static void fp4_forms_rates(const operands *ops, int nops, acts *A, int m, int nt, const int *vs, int nv, int rounds,
+                            int reps, double *rate)
+{
+    double macs = 0, best[FV_N];
+    for (int i = 0; i < nops; i++)
+        macs += (double)m * ops[i].wf.n * ops[i].wf.k;
+    for (int j = 0; j < nv; j++)
+        best[j] = 1e30;
+    for (int r = 0; r < rounds; r++)
+        for (int j = 0; j < nv; j++)
+            for (int p = 0; p < reps; p++)
+                keep_min(&best[j], fp4_forms_pass(ops, nops, A, m, nt, vs[j]));
+    for (int j = 0; j < nv; j++)
+        rate[j] = macs / best[j] * 1e-9;
+}
+
+/* `build/bench_kernels fp4-forms`: the packed forms at the shapes docs/design/kernels.md
+ * compares them on (one thread), then a sweep of M over the Qwen3-1.7B linears (2 threads,
+ * weights from DRAM) that sets fp4_row0_max_rows. */
+static void fp4_forms(acts *A)
+{
+    static const struct {
+        int m, n, k;
+        const char *where;
+    } sh[] = {
+        { 64, 48, 256, "one chunk, L1" },
+        { 256, 96, 256, "2 chunks, L1/L2" },
+        { 256, 192, 256, "4 chunks, L2" },
+        { 256, 768, 256, "16 chunks, L2" },
+        { 256, 6144, 256, "DRAM" },
+        { 512, 48, 256, "one chunk, L1" },
+        { 16, 48, 2048, "4 tiles per chunk, L2" },
+        { 512, 48, 2048, "x from L3, w from L2" },
+    };
+    static const int all[] = { FV_TABLE, FV_ROW0, FV_INDEX };
+    printf("\nNVFP4 packed forms, 1 thread, busy time, G MAC/s (best pass; 4 rounds of variants in turn,\n"
+           "5 passes each): table = whole table, row 0 = the same memory read as |s_w| only, index = index form\n");
+    printf("%5s %5s %5s  %-22s %8s %8s %8s\n", "M", "N", "K", "where the weights are", "table", "row 0", "index");
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
+        operands o;
+        make_operands(&o, sh[i].n, sh[i].k);
+        double r[3];
+        fp4_forms_rates(&o, 1, A, sh[i].m, 1, all, 3, 4, 5, r);
+        printf("%5d %5d %5d  %-22s %8.1f %8.1f %8.1f\n", sh[i].m, sh[i].n, sh[i].k, sh[i].where, r[0], r[1], r[2]);
+        fflush(stdout);
+        free_operands(&o);
+    }
+    shape l[7];
+    qwen3_shapes(l, "1.7B", 2048, 16, 8, 128, 6144);
+    operands ops[7];
+    for (int i = 0; i < 7; i++)
+        make_operands(&ops[i], l[i].n, l[i].k);
+    static const int Ms[] = { 4, 8, 16, 32, 64, 128, 192, 256, 320, 384, 512 };
+    for (int nt = 1; nt <= MAX_THREADS; nt++) {
+        printf("\nQwen3-1.7B linears (all seven in turn, weights from DRAM), %d thread%s, busy time, G MAC/s\n"
+               "(best of 4 rounds of variants in turn, 2 passes each; row0_max_rows = %d)\n",
+               nt, nt > 1 ? "s" : "", fp4_row0_max_rows);
+        printf("%5s %8s %8s %8s %12s %12s\n", "M", "table", "row 0", "index", "row 0/table", "index/table");
+        for (size_t i = 0; i < sizeof Ms / sizeof Ms[0]; i++) {
+            double r[3];
+            fp4_forms_rates(ops, 7, A, Ms[i], nt, all, 3, 4, 2, r);
+            printf("%5d %8.1f %8.1f %8.1f %12.3f %12.3f\n", Ms[i], r[0], r[1], r[2], r[1] / r[0], r[2] / r[0]);
+            fflush(stdout);
+        }
+    }
+    for (int i = 0; i < 7; i++)
+        free_operands(&ops[i]);
+}
+
+int main(int argc, char **argv)
 {
     mq_kernels_init();
     const int quick = getenv("MQ_BENCH_QUICK") && *getenv("MQ_BENCH_QUICK") == '1';
+    const int forms = argc > 1 && !strcmp(argv[1], "fp4-forms");
+    if (argc > 1 && !forms) {
+        fprintf(stderr, "usage: bench_kernels [fp4-forms]\n");
+        return 2;
+    }
     printf("bench_kernels: ISA %s, %d threads max, %d accumulator chains per thread\n", mq_isa_name(mq_kernels_isa()),
            MAX_THREADS, CHAINS);
     if (!mq_kernels_cpu_has(MQ_ISA_AVX512)) {
@@ -485,11 +600,13 @@ int main(void)
     memset(rbuf, 1, read_bytes);
     ceilings c;
     memset(&c, 0, sizeof c);
-    measure_ceilings(&c, rbuf, read_bytes);
-    printf("\nceilings (best of repetitions)      1 thread     2 threads\n");
-    printf("  int8 VNNI  G MAC/s              %9.1f     %9.1f\n", c.vnni[1] * 1e-9, c.vnni[2] * 1e-9);
-    printf("  BF16 dot   G MAC/s              %9.1f     %9.1f\n", c.bf16[1] * 1e-9, c.bf16[2] * 1e-9);
-    printf("  DRAM read  GB/s                 %9.1f     %9.1f\n", c.read[1] * 1e-9, c.read[2] * 1e-9);
+    if (!forms) {
+        measure_ceilings(&c, rbuf, read_bytes);
+        printf("\nceilings (best of repetitions)      1 thread     2 threads\n");
+        printf("  int8 VNNI  G MAC/s              %9.1f     %9.1f\n", c.vnni[1] * 1e-9, c.vnni[2] * 1e-9);
+        printf("  BF16 dot   G MAC/s              %9.1f     %9.1f\n", c.bf16[1] * 1e-9, c.bf16[2] * 1e-9);
+        printf("  DRAM read  GB/s                 %9.1f     %9.1f\n", c.read[1] * 1e-9, c.read[2] * 1e-9);
+    }
 
     shape sh[21];
     int ns = 0;
@@ -509,6 +626,16 @@ int main(void)
     }
     memset(A.y, 0, sizeof(float) * (size_t)maxM * maxN);
 
+    if (forms) {
+        fp4_forms(&A);
+        free(rbuf);
+        free(A.xf);
+        free(A.xb);
+        free(A.xa_mem);
+        free(A.y);
+        team_stop();
+        return 0;
+    }
     if (!quick) {
         printf("\nGMAC/s = M·N·K / time; fp4: packed weights (table form), repack: without a packed copy; bf16 GB/s =\n"
                "BF16 weight bytes / time (meaningful for small M); q+prep = quantizing and preparing the\n"
@@ -552,6 +679,10 @@ int main(void)
     const int rounds = quick ? 4 : 6;
     for (int r = 0; r < rounds; r++)
         summary_round(&sm, l17, l4, &A, rbuf, read_bytes);
+    /* a short prompt's rows: the table form as mqd runs it against the index form */
+    static const int m16[2] = { FV_AUTO, FV_INDEX };
+    double r16[2];
+    fp4_forms_rates(l17, 7, &A, 16, 2, m16, 2, rounds, 2, r16);
     double macs = 0, tf = 0, tb = 0, tfc = 0, tfrc = 0, tfic = 0, tbc = 0, gbytes = 0;
     for (int i = 0; i < 7; i++) {
         macs += (double)512 * l17[i].wb.n * l17[i].wb.k;
@@ -575,6 +706,7 @@ int main(void)
     printf("  ... index-form copy      G MAC/s           | %8.1f\n", macs / tfic * 1e-9);
     printf("  ... without packed copy  G MAC/s           | %8.1f\n", macs / tfrc * 1e-9);
     printf("  1.7B linears M=512 BF16  G MAC/s  %8.1f | %8.1f\n", macs / tb * 1e-9, macs / tbc * 1e-9);
+    printf("  1.7B linears M=16 NVFP4  G MAC/s           | %8.1f (index form %.1f)\n", r16[0], r16[1]);
     printf("  4B layer GEMV M=1 (%.0f MB) GB/s %8.1f | %8.1f\n", gbytes * 1e-6, gbytes / sm.gemv * 1e-9,
            gbytes / sm.gemv_cpu * 1e-9);
     printf("  ratios by wall clock: %.3f %.3f %.3f %.3f (the closing lines use busy time)\n\n", tb / tf,
@@ -591,5 +723,6 @@ int main(void)
     printf("fp4_gemm_vs_vnni_ceiling: %.3f\n", macs / tfc / sm.c_cpu.vnni[2]);
     printf("bf16_gemm_vs_bf16_ceiling: %.3f\n", macs / tbc / sm.c_cpu.bf16[2]);
     printf("bf16_gemv_vs_bandwidth: %.3f\n", gbytes / sm.gemv_cpu / sm.c_cpu.read[2]);
+    printf("fp4_gemm_m16_table_vs_index: %.3f\n", r16[0] / r16[1]);
     return 0;
 }

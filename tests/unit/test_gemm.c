@@ -16,6 +16,7 @@
 #include "kernels/kernels_internal.h" /* the activation aux layout, to compare it byte for byte */
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -149,6 +150,7 @@ static double fp4_ref64(const mq_fp4_act *a, const mq_fp4_weight *w, int m, int 
 
 static mq_isa isas[3];
 static int n_isas;
+static int row0_default; /* fp4_row0_max_rows as mq_gemm_fp4 runs it */
 
 static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int pk, unsigned long long seed)
 {
@@ -166,7 +168,11 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int pk, un
         for (int n = 0; n < c.n; n++)
             want[m * c.n + n] = fp4_ref64(&a, &w, m, n, &mag[m * c.n + n]);
     const double tol = 1e-6 * sqrt(fmax(1.0, a.kp / 16.0));
-    for (int ii = 0; ii < n_isas; ii++) {
+    for (int iv = 0; iv < 2 * n_isas; iv++) {
+        const int ii = iv / 2, row0 = iv & 1; /* the table form: whole tables, then row 0 only */
+        if (row0 && pk != PK_TABLE)
+            continue;
+        fp4_row0_max_rows = row0 ? INT_MAX : 0;
         CHECK(mq_kernels_force((mq_isa)isas[ii]) == 0, "force");
         /* the prepared aux must not depend on the ISA that prepared it */
         mq_fp4_act_prepare_rows(&a, 0, c.m);
@@ -189,13 +195,15 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int pk, un
                     }
                     double e = want[m * c.n + n], lim = tol * mag[m * c.n + n];
                     int ok = fabs((double)v - e) <= lim;
-                    CHECK(ok, "%s M=%d N=%d K=%d%s%s%s [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
+                    CHECK(ok, "%s M=%d N=%d K=%d%s%s%s%s [%d,%d) y[%d,%d]=%.9g want %.9g (|err| %.3g > %.3g)",
                           mq_isa_name(isas[ii]), c.m, c.n, c.k, via_set_rows ? " set_rows" : "",
-                          raw_act ? " raw_act" : "", pk_name[pk], n0, n1, m, n, v, e, fabs(v - e), lim);
+                          raw_act ? " raw_act" : "", pk_name[pk], row0 ? " row 0" : "", n0, n1, m, n, v, e, fabs(v - e),
+                          lim);
                     bad += !ok;
                 }
         }
     }
+    fp4_row0_max_rows = row0_default;
     free(y);
     free(want);
     free(mag);
@@ -207,9 +215,10 @@ static void check_fp4_case(fp4_case c, int via_set_rows, int raw_act, int pk, un
 static void test_fp4_gemm_shapes(void)
 {
     static const fp4_case cases[] = {
-        { 1, 16, 16 },  { 1, 1, 64 },     { 2, 37, 48 },   { 3, 64, 172 }, { 4, 100, 272 },
-        { 5, 48, 64 },  { 7, 33, 320 },   { 8, 16, 1040 }, { 9, 70, 176 }, { 17, 50, 528 },
-        { 6, 130, 96 }, { 301, 40, 288 }, /* more rows than one row block of the packed GEMM (256) */
+        { 1, 16, 16 },   { 1, 1, 64 },     { 2, 37, 48 },   { 3, 64, 172 }, { 4, 100, 272 },
+        { 5, 48, 64 },   { 7, 33, 320 },   { 8, 16, 1040 }, { 9, 70, 176 }, { 17, 50, 528 },
+        { 6, 130, 96 },  { 301, 40, 288 }, /* more rows than one row block of the index form (256) */
+        { 517, 37, 96 }, { 1030, 21, 64 }, /* more than one (and two) of the table form's (512) */
     };
     unsigned long long seed = 0x9e3779b97f4a7c15ULL;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -427,12 +436,16 @@ static void test_fp4_table_products(void)
     }
 }
 
-/* The table form gives the same bits as the index form (the same exact s_x·s_w, the same
- * order of FP32 sums) on every ISA, with column tails, sub-ranges and activation scales
- * that are subnormal, negative or zero (raw activations draw every E4M3 code). */
+/* The table form, read whole or as row 0 only, gives the same bits as the index form (the
+ * same exact s_x·s_w, the same order of FP32 sums) on every ISA, with column tails,
+ * sub-ranges, more rows than a row block of either form, and activation scales that are
+ * subnormal, negative or zero (raw activations draw every finite E4M3 code). Only the
+ * AVX-512 GEMM reads the packed copy: without AVX-512 the test has nothing to compare. */
 static void test_fp4_table_identical(void)
 {
-    static const fp4_case cases[] = { { 9, 53, 600 }, { 301, 40, 288 }, { 5, 7, 176 } };
+    if (!mq_kernels_cpu_has(MQ_ISA_AVX512))
+        SKIP("this CPU has no AVX-512 VNNI/BF16: no GEMM here reads the packed copy");
+    static const fp4_case cases[] = { { 9, 53, 600 }, { 301, 40, 288 }, { 5, 7, 176 }, { 517, 37, 96 } };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const fp4_case c = cases[i];
         unsigned long long s = 909 + i;
@@ -448,8 +461,10 @@ static void test_fp4_table_identical(void)
         mq_fp4_weight_pack_rows(&wi, 0, c.n);
         const size_t ny = (size_t)c.m * c.n;
         float *yt = malloc(sizeof(float) * ny), *yi = malloc(sizeof(float) * ny);
-        for (int ii = 0; ii < n_isas; ii++) {
+        for (int iv = 0; iv < 2 * n_isas; iv++) {
+            const int ii = iv / 2, row0 = iv & 1;
             mq_kernels_force((mq_isa)isas[ii]);
+            fp4_row0_max_rows = row0 ? INT_MAX : 0;
             mq_fp4_act_prepare_rows(&a, 0, c.m);
             const int cuts[2][2] = { { 0, c.n }, { c.n > 5 ? 5 : 0, c.n - 1 } };
             for (int r = 0; r < 2; r++) {
@@ -458,10 +473,11 @@ static void test_fp4_table_identical(void)
                 mq_gemm_fp4(&a, &wt, yt, (size_t)c.n, cuts[r][0], cuts[r][1]);
                 mq_gemm_fp4(&a, &wi, yi, (size_t)c.n, cuts[r][0], cuts[r][1]);
                 CHECK(memcmp(yt, yi, sizeof(float) * ny) == 0,
-                      "%s M=%d N=%d K=%d [%d,%d): table and index forms differ", mq_isa_name(isas[ii]), c.m, c.n, c.k,
-                      cuts[r][0], cuts[r][1]);
+                      "%s M=%d N=%d K=%d [%d,%d): table form (%s) and index form differ", mq_isa_name(isas[ii]), c.m,
+                      c.n, c.k, cuts[r][0], cuts[r][1], row0 ? "row 0" : "whole");
             }
         }
+        fp4_row0_max_rows = row0_default;
         free(yt);
         free(yi);
         free(wm);
@@ -655,6 +671,7 @@ int main(void)
 {
     mq_kernels_init();
     n_isas = harness_isas(isas);
+    row0_default = fp4_row0_max_rows;
     printf("  ISAs tested:");
     for (int i = 0; i < n_isas; i++)
         printf(" %s", mq_isa_name(isas[i]));
