@@ -138,9 +138,22 @@ static size_t pages_of(size_t bytes)
     return (bytes + MQ_HUGEPAGE_BYTES - 1) / MQ_HUGEPAGE_BYTES;
 }
 
+/* The model options of configuration c. The packed copy's plan counts the free huge
+ * pages the arena will take weights from as memory the load may use. */
+static void model_opts_from_config(const mqd_config *c, mq_model_opts *mo)
+{
+    memset(mo, 0, sizeof *mo);
+    mo->fp4_pack = c->fp4_pack;
+    mo->fp4_table = c->fp4_table;
+    const long free_pages = c->hugepages != MQ_CFG_HUGE_OFF ? mq_hugepages_free() : 0;
+    mo->hugetlb_free = free_pages > 0 ? (size_t)free_pages * MQ_HUGEPAGE_BYTES : 0;
+}
+
 /* Reserves what weights + KV need (auto mode); the weights' bytes in *arena_bytes (0 when
- * not measured). Failures only cost the huge pages: the load goes on. */
-static void reserve_auto(mqd *d, size_t *arena_bytes)
+ * not measured). The packed copy this plan counted pages for is the one the load makes:
+ * *mo gets its outcome (ON/OFF), since the load's own plan, after the reservation, would
+ * weigh the memory differently. Failures only cost the huge pages: the load goes on. */
+static void reserve_auto(mqd *d, mq_model_opts *mo, size_t *arena_bytes)
 {
     *arena_bytes = 0;
     if (d->cfg.hugepages_reserve != MQ_CFG_U32_AUTO || d->hp_pid <= 0)
@@ -151,8 +164,7 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     const mq_read *reads = NULL;
     int n_reads = 0;
     char e[MQ_ERRMSG_LEN] = "";
-    mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack, .fp4_table = d->cfg.fp4_table };
-    int rc = mq_model_plan(d->cfg.model_dir, &mo, &al, &m, &reads, &n_reads, e, sizeof e);
+    int rc = mq_model_plan(d->cfg.model_dir, mo, &al, &m, &reads, &n_reads, e, sizeof e);
     if (rc < 0) {
         mqd_log(LOG_WARNING, "huge pages: auto: cannot size the model (%s); nothing reserved", e);
         return; /* the real plan reports the same error */
@@ -160,6 +172,8 @@ static void reserve_auto(mqd *d, size_t *arena_bytes)
     int blocks = (int)(d->cfg.kv_tokens / d->cfg.kv_block_tokens);
     size_t stride = (mq_kv_block_bytes(&m->cfg, (int)d->cfg.kv_block_tokens) + 63) / 64 * 64;
     size_t kv = stride * (size_t)blocks;
+    mo->fp4_pack = m->fp4_packed_bytes ? MQ_FP4_PACK_ON : MQ_FP4_PACK_OFF;
+    mo->fp4_table = m->fp4_table ? MQ_FP4_PACK_ON : MQ_FP4_PACK_OFF;
     mq_model_free(m);
     char why[96];
     snprintf(why, sizeof why, "weights %.1f MiB + KV segment %.1f MiB", ms.arena_bytes / 1048576.0, kv / 1048576.0);
@@ -225,8 +239,10 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     mq_arena_opts ao;
     mq_ws_opts wo;
     mqd_load_opts_from_config(&d->cfg, &ao, &wo);
+    mq_model_opts mo;
+    model_opts_from_config(&d->cfg, &mo);
     size_t planned = 0;
-    reserve_auto(d, &planned);
+    reserve_auto(d, &mo, &planned);
     mq_arena *arena;
     int rc = mq_arena_create(&arena, &ao);
     if (rc)
@@ -242,7 +258,6 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     memset(&wres, 0, sizeof wres);
     ws_watch watch = { .d = d, .prog = &prog };
     int watching = pthread_create(&watch.th, NULL, ws_watch_main, &watch) == 0;
-    const mq_model_opts mo = { .fp4_pack = d->cfg.fp4_pack, .fp4_table = d->cfg.fp4_table };
     rc = mq_ws_load_model(d->cfg.model_dir, &mo, d->arena, &wo, &prog, &wres, &d->model, err, errlen);
     if (watching) {
         __atomic_store_n(&watch.stop, 1, __ATOMIC_SEQ_CST);
@@ -262,9 +277,16 @@ static int load_weights(mqd *d, char *err, size_t errlen)
     /* a note longer than load_note is cut: it is shown in mqctl status, the log has it whole */
     snprintf(d->load_note, sizeof d->load_note, "%.120s%s%.120s", desc, wres.note[0] ? "; " : "", wres.note);
     double mb = __atomic_load_n(&d->load_bytes_done, __ATOMIC_RELAXED) / 1048576.0;
-    mqd_log(LOG_INFO, "weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB (+%.1f MiB packed); %s",
-            mb, wres.seconds, wres.seconds > 0 ? mb / wres.seconds : 0, d->model->bf16_bytes / 1048576.0,
-            d->model->fp4_bytes / 1048576.0, d->model->fp4_packed_bytes / 1048576.0, d->load_note);
+    const mq_model *m = d->model;
+    mqd_log(LOG_INFO,
+            "weights: %.1f MiB in %.2f s (%.0f MiB/s); BF16 %.1f MiB, NVFP4 %.1f MiB (+%.1f MiB packed, %s form); "
+            "amax of %d quantized linears taken as the pieces arrived, %d by a pass after; %s",
+            mb, wres.seconds, wres.seconds > 0 ? mb / wres.seconds : 0, m->bf16_bytes / 1048576.0,
+            m->fp4_bytes / 1048576.0, m->fp4_packed_bytes / 1048576.0,
+            !m->fp4_packed_bytes ? "no"
+            : m->fp4_table       ? "table"
+                                 : "index",
+            m->amax_from_pieces, m->amax_from_pass, d->load_note);
     return 0;
 }
 

@@ -86,6 +86,7 @@ struct mq_load {
     struct lin_state *lins; /* [n_layers * 7] */
     int no_fp4;
     mq_fp4_pack fp4_pack, fp4_table;
+    size_t hugetlb_free; /* opts.hugetlb_free */
     struct {
         void *p;
         size_t bytes;
@@ -384,31 +385,44 @@ static size_t mem_available(void)
     return (size_t)kb * 1024;
 }
 
-/* The packed NVFP4 copy of every linear, when opts.fp4_pack asks for it, in the table form
- * when opts.fp4_table does (mq_fp4_pack). */
+mq_fp4_form mq_fp4_form_plan(mq_fp4_pack pack, mq_fp4_pack table, size_t have, size_t index_bytes, size_t table_bytes,
+                             size_t mem_available, size_t hugetlb_free)
+{
+    if (pack == MQ_FP4_PACK_OFF)
+        return MQ_FP4_FORM_NONE;
+    /* half of MemAvailable leaves room for the page cache and other processes; the free
+     * huge pages serve nothing but mappings like the arena's */
+    const size_t half = mem_available / 2 + hugetlb_free;
+    const int table_fits = half && have + table_bytes <= half, index_fits = half && have + index_bytes <= half;
+    const int use_table = table == MQ_FP4_PACK_ON || (table == MQ_FP4_PACK_AUTO && table_fits);
+    if (pack == MQ_FP4_PACK_ON)
+        return use_table ? MQ_FP4_FORM_TABLE : MQ_FP4_FORM_INDEX;
+    if (use_table)
+        return table_fits ? MQ_FP4_FORM_TABLE : MQ_FP4_FORM_NONE;
+    return index_fits ? MQ_FP4_FORM_INDEX : MQ_FP4_FORM_NONE;
+}
+
+/* The packed NVFP4 copy of every linear, in the form mq_fp4_form_plan gives. */
 static int plan_fp4_packed(mq_model *m, char *err, size_t errlen)
 {
     struct mq_load *L = m->load;
     const mq_config *c = &m->cfg;
     if (L->no_fp4 || L->fp4_pack == MQ_FP4_PACK_OFF)
         return 0;
-    size_t need = 0, need_table = 0;
+    size_t need_index = 0, need_table = 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int jl = 0; jl < 7; jl++) {
             const mq_fp4_weight *w = &layer_lin(&m->layers[l], jl)->fp4;
-            need += mq_fp4_weight_packed_bytes(w->n, w->k);
+            need_index += mq_fp4_weight_packed_bytes(w->n, w->k);
             need_table += mq_fp4_weight_table_bytes(w->n, w->k);
         }
     const size_t have = m->bf16_bytes + m->fp4_bytes + m->other_bytes;
-    size_t avail = 0;
-    if (L->fp4_pack == MQ_FP4_PACK_AUTO || L->fp4_table == MQ_FP4_PACK_AUTO)
-        avail = mem_available();
-    const int table =
-        L->fp4_table == MQ_FP4_PACK_ON || (L->fp4_table == MQ_FP4_PACK_AUTO && avail && have + need_table <= avail / 2);
-    if (table)
-        need = need_table;
-    else if (L->fp4_pack == MQ_FP4_PACK_AUTO && (avail == 0 || have + need > avail / 2))
+    const int asks_memory = L->fp4_pack == MQ_FP4_PACK_AUTO || L->fp4_table == MQ_FP4_PACK_AUTO;
+    const mq_fp4_form form = mq_fp4_form_plan(L->fp4_pack, L->fp4_table, have, need_index, need_table,
+                                              asks_memory ? mem_available() : 0, L->hugetlb_free);
+    if (form == MQ_FP4_FORM_NONE)
         return 0;
+    const int table = form == MQ_FP4_FORM_TABLE;
     for (int l = 0; l < c->n_layers; l++)
         for (int jl = 0; jl < 7; jl++) {
             mq_fp4_weight *w = &layer_lin(&m->layers[l], jl)->fp4;
@@ -416,7 +430,7 @@ static int plan_fp4_packed(mq_model *m, char *err, size_t errlen)
             void *p = xalloc(m, bytes, "weights.fp4.packed", &m->fp4_packed_bytes);
             if (!p)
                 return mq_errmsg(err, errlen, -ENOMEM, "out of memory for the packed NVFP4 copy (%.1f MiB)",
-                                 need / 1048576.0);
+                                 (table ? need_table : need_index) / 1048576.0);
             if (table)
                 mq_fp4_weight_bind_table(w, p);
             else
@@ -448,6 +462,7 @@ int mq_model_plan(const char *dir, const mq_model_opts *opts, const mq_alloc *al
     L->no_fp4 = opts->no_fp4;
     L->fp4_pack = opts->fp4_pack;
     L->fp4_table = opts->fp4_table;
+    L->hugetlb_free = opts->hugetlb_free;
     int rc;
     if ((rc = mq_config_load(&m->cfg, dir, err, errlen)))
         goto fail;
@@ -612,6 +627,20 @@ static int quantize_linear(mq_linear *lin, uint16_t *w, const float *amax_known,
     return rc;
 }
 
+/* E4M3 has one NaN per sign (0x7f, 0xff) and no infinity: a NaN block scale would make
+ * its 16 weights NaN in one kernel and something else in another, so the checkpoint is
+ * refused, naming the first such block. */
+static int check_block_scales(const uint8_t *scales, uint64_t bytes, int k, const char *name, char *err, size_t errlen)
+{
+    const uint64_t per_row = (uint64_t)k / MQ_FP4_BLOCK;
+    for (uint64_t b = 0; b < bytes; b++)
+        if ((scales[b] & 0x7f) == 0x7f)
+            return mq_errmsg(err, errlen, -EINVAL,
+                             "tensor \"%s\": block scale 0x%02x (row %llu, block %llu) is an E4M3 NaN", name, scales[b],
+                             (unsigned long long)(b / per_row), (unsigned long long)(b % per_row));
+    return 0;
+}
+
 /* The last NVFP4 part of a linear arrived: check g_w, and dequantize for BF16 if needed. */
 static int finish_fp4_linear(struct lin_state *ls, const char *name, char *err, size_t errlen)
 {
@@ -685,6 +714,7 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen)
             const uint32_t bits = atomic_load(&j->amax_bits);
             memcpy(&amax, &bits, sizeof amax);
             const int known = !j->staging && atomic_load(&j->amax_bytes) == L->reads[i].bytes;
+            __atomic_fetch_add(known ? &m->amax_from_pieces : &m->amax_from_pass, 1, __ATOMIC_RELAXED);
             rc = quantize_linear(j->lin, j->dst, known ? &amax : NULL, j->pack != NULL, &packed, name, err, errlen);
             if (!rc && packed)
                 mq_bf16_weight_bind_packed(j->pack, j->pack->n, j->pack->k, j->dst);
@@ -712,8 +742,10 @@ int mq_model_tensor_ready(mq_model *m, int i, char *err, size_t errlen)
             j->lin->in_g = g;
         break;
     }
-    case JOB_FP4_CODES:
-    case JOB_FP4_SCALES: break;
+    case JOB_FP4_CODES: break;
+    case JOB_FP4_SCALES:
+        rc = check_block_scales(L->reads[i].dst, L->reads[i].bytes, j->lin->fp4.k, name, err, errlen);
+        break;
     }
     if (j->staging) {
         xfree_idx(m, j->staging_idx);

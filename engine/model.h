@@ -5,10 +5,10 @@
  *     even, else row-major,
  *   - NVFP4 linears (prefill path; mq_fp4_weight), quantized at load from the BF16
  *     weights per NVFP4.md with g = 2688 / amax(tensor), or taken as stored from a
- *     compressed-tensors nvfp4-pack-quantized checkpoint; with the packed copy for the
- *     AVX-512 GEMM when opts.fp4_pack says so (fp4_packed_bytes), in its table form when
- *     opts.fp4_table says so (3 bytes per weight, fp4_table = 1) or else its index form
- *     (1.25 bytes per weight),
+ *     compressed-tensors nvfp4-pack-quantized checkpoint (E4M3 NaN block scales are
+ *     refused); with the packed copy for the AVX-512 GEMM in the form mq_fp4_form_plan
+ *     gives for opts.fp4_pack / fp4_table (fp4_packed_bytes; table form: 3 bytes per
+ *     weight, fp4_table = 1; index form: 1.25 bytes per weight),
  *   - the embedding and LM head in BF16, packed like the linears except an untied
  *     embedding (only looked up, row by row: mq_bf16_weight_row reads either layout),
  *   - norms (and Qwen2 biases) in FP32.
@@ -86,8 +86,13 @@ typedef struct mq_model {
     size_t fp4_bytes;        /* NVFP4 copy: codes + scales */
     size_t fp4_packed_bytes; /* its packed copy for the AVX-512 GEMM, 0 when not made */
     int fp4_table;           /* 1: that copy is in the table form (mq_fp4_weight_bind_table) */
-    size_t other_bytes;      /* norms, biases */
-    struct mq_load *load;    /* loading state, then the record of allocations */
+    /* Linears quantized at load, by where their tensor amax (g_w) came from: the pieces
+     * as the loader streamed them in (mq_model_piece_arrived: no second pass over the
+     * tensor) or a pass over the whole tensor once it arrived (pread loads, staged
+     * dtypes, pieces that did not cover it). */
+    int amax_from_pieces, amax_from_pass;
+    size_t other_bytes;   /* norms, biases */
+    struct mq_load *load; /* loading state, then the record of allocations */
 } mq_model;
 
 /* One read the loader must perform: bytes [offset, offset+bytes) of file `file` into dst. */
@@ -100,18 +105,31 @@ typedef struct mq_read {
 } mq_read;
 
 /* Whether the NVFP4 linears get their packed copy (+1.25 bytes per weight, a faster
- * prefill GEMM): AUTO makes it when weights and copy together take at most half of the
- * memory available at plan time (MemAvailable). The same words say whether that copy
- * takes the table form (+3 bytes per weight, a faster GEMM still:
- * docs/design/kernels.md): AUTO when weights and table copy fit in that half, ON whenever
- * a packed copy is made, OFF never. */
+ * prefill GEMM) and in which form (mq_fp4_form_plan says how AUTO decides): fp4_pack ON
+ * makes it, OFF never, AUTO when memory allows; fp4_table ON takes the table form (+3
+ * bytes per weight, a faster GEMM still: docs/design/kernels.md) whenever the copy is
+ * made, OFF the index form, AUTO the table form when memory allows. */
 typedef enum { MQ_FP4_PACK_AUTO = 0, MQ_FP4_PACK_ON = 1, MQ_FP4_PACK_OFF = 2 } mq_fp4_pack;
+
+typedef enum { MQ_FP4_FORM_NONE = 0, MQ_FP4_FORM_INDEX = 1, MQ_FP4_FORM_TABLE = 2 } mq_fp4_form;
+
+/* The one rule for the packed copy (mq_model_plan applies it; mqd's huge-page
+ * reservation sizes its pages with the same plan and hands its outcome to the load).
+ * have: bytes of the model without the copy; index_bytes / table_bytes: the copy in each
+ * form. "Memory allows" = have plus the copy in that form fit in half of mem_available
+ * (MemAvailable) plus hugetlb_free, the free huge pages the weights' allocator takes
+ * memory from (the kernel does not count them in MemAvailable, and they serve nothing
+ * else, so all of them count). Both 0 = unknown: memory never allows. AUTO/AUTO: the table form if it fits, else the
+ * index form if it fits, else none; AUTO/ON: the table form if it fits, else none. */
+mq_fp4_form mq_fp4_form_plan(mq_fp4_pack pack, mq_fp4_pack table, size_t have, size_t index_bytes, size_t table_bytes,
+                             size_t mem_available, size_t hugetlb_free);
 
 typedef struct mq_model_opts {
     const char *bf16_dir;  /* NVFP4 checkpoint: separate BF16 checkpoint for decode, or NULL */
     int no_fp4;            /* skip the NVFP4 copy (BF16-only tools); fp4 mode then refuses */
     mq_fp4_pack fp4_pack;  /* the packed NVFP4 copy (default AUTO) */
     mq_fp4_pack fp4_table; /* its table form (default AUTO) */
+    size_t hugetlb_free;   /* bytes of free huge pages the allocator places weights in (mq_fp4_form_plan) */
 } mq_model_opts;
 
 /* Step 1. On success *out is a model whose weights are not yet valid, and *reads /

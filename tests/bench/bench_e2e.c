@@ -4,13 +4,16 @@
  *
  *   build/bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,long,replay,stall]
  *                   [--fp4-table auto|on|off]  (the packed NVFP4 copy's form, mq_model_opts)
+ *                   [--chunk N]  (prompt chunk in tokens; default mqd's chunk_tokens default)
  *
  * Synthetic Qwen3-0.6B and -1.7B checkpoints (random BF16 weights, the real shapes and
  * tokenizer) are written by build/mq_synth into DIR (default build/models) the first time
  * and reused after. Every figure of one run comes from the same process, so ratios are
  * comparable even on a busy machine. The last lines are the ones scripts read:
  *   load_vs_read_ratio (+ load_/read_first_touch_share: the part of each that is the
- *   kernel zeroing the fresh pages they fill, load_cold_first_touch_gbps: see below),
+ *   kernel zeroing the fresh pages they fill, load_cold_first_touch_gbps: see below;
+ *   load_cpu_s, load_bf16_only_cpu_s, read_cpu_s: CPU seconds of every thread of the
+ *   last round's load, BF16-only load and read(), the bound of each on n CPUs being /n),
  *   prefill_mixed_vs_bf16, decode_vs_bandwidth, prefill_mixed_vs_bf16_8k,
  *   decode_8k_vs_bandwidth, agent_replay_prefill_ratio, agent_replay_ttft_speedup,
  *   decode_stall_ms_p99
@@ -65,6 +68,7 @@
 
 static int g_threads = 2;
 static int g_quick;
+static int g_chunk; /* prompt chunk in tokens: mqd's default chunk_tokens unless --chunk */
 enum { P_LOAD = 1, P_PREFILL = 2, P_DECODE = 4, P_LONG = 8, P_REPLAY = 16, P_STALL = 32, P_ALL = 63 };
 static int g_parts = P_ALL; /* --only: the sections to run */
 
@@ -251,7 +255,8 @@ static double best(const double *v, int n)
  * time: a round that met cold memory or a busy CPU shows in the spread). Returns the last
  * full load. */
 static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17, mq_ws_result *wres, double *t_load,
-                              double *t_read, double *load_touch_share, double *read_touch_share, double *cold_gbps)
+                              double *t_read, double *load_touch_share, double *read_touch_share, double *cold_gbps,
+                              double *load_cpu, double *bf16_cpu, double *read_cpu)
 {
     size_t fbytes;
     time_plain_read(path, &fbytes, 0); /* warm the page cache */
@@ -260,6 +265,7 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
     const size_t fill_full = planned_fill(d17) + fbytes / 16;
     double rd[LOAD_ROUNDS], cp[LOAD_ROUNDS], mm[LOAD_ROUNDS], ld[LOAD_ROUNDS], bf[LOAD_ROUNDS];
     double cpu_read = 0, cpu_load = 0;
+    mq_ws_result br;
     mq_model *m = NULL;
     for (int r = 0; r < LOAD_ROUNDS; r++) {
         if (m) {
@@ -277,7 +283,6 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
         warm_memory(fbytes + fbytes / 16);
         mq_model_opts bo = { .no_fp4 = 1 };
         mq_arena *ab = NULL;
-        mq_ws_result br;
         mq_model_free(load_streamed_opts(d17, &bo, &ab, &bf[r], &br));
         mq_arena_destroy(ab);
         warm_memory(fill_full);
@@ -311,6 +316,14 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
     printf("  CPU time of the last round (every thread of the process, kernel included): plain read() %.3f s, mq load "
            "%.3f s (%.2fx)\n",
            cpu_read, cpu_load, cpu_load / cpu_read);
+    printf("  CPU seconds of the last round's loads: streaming thread / quantize helpers / whole process (the rest "
+           "is io_uring's kernel workers: the copy from the page cache): mq load %.3f / %.3f / %.3f, BF16 copy only "
+           "%.3f / %.3f / %.3f\n",
+           wres->cpu_stream_s, wres->cpu_helpers_s, wres->cpu_process_s, br.cpu_stream_s, br.cpu_helpers_s,
+           br.cpu_process_s);
+    *load_cpu = wres->cpu_process_s;
+    *bf16_cpu = br.cpu_process_s;
+    *read_cpu = cpu_read;
     const double filled = (double)(m->bf16_bytes + m->fp4_bytes + m->fp4_packed_bytes);
     printf("  file %.2f GB; BF16 copy %.2f GB, NVFP4 copy %.2f GB (+ packed %.2f GB); memory: %s; %s%s\n", fbytes / 1e9,
            m->bf16_bytes / 1e9, m->fp4_bytes / 1e9, m->fp4_packed_bytes / 1e9, mem,
@@ -390,14 +403,14 @@ static void w_wait(struct waiter *w)
         die("request failed: %s%s", w->msg, "");
 }
 
-static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, int chunk, int ctx)
+static mq_sched *sched_new(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, int ctx)
 {
     mq_sched_opts o;
     mq_sched_opts_default(&o);
     o.prefill_threads = g_threads;
     o.decode_threads = g_threads;
     o.mode = mode;
-    o.chunk_tokens = chunk;
+    o.chunk_tokens = g_chunk;
     o.context_limit = ctx;
     o.kv_blocks = 3 * ((ctx + 63) / 64);
     mq_sched *s = NULL;
@@ -472,7 +485,7 @@ static int32_t *corpus_tokens(mq_tokenizer *tok, int n)
 
 static double prefill_rate(mq_model *m, mq_tokenizer *tok, mq_prec_mode mode, const int32_t *t, int n)
 {
-    mq_sched *s = sched_new(m, tok, mode, 512, n + 64);
+    mq_sched *s = sched_new(m, tok, mode, n + 64);
     uint64_t id;
     struct waiter w;
     /* Warm-up, as mqd does before READY: the first forward after a load pays one-time
@@ -676,7 +689,7 @@ static void agent_replay(mq_model *m, mq_tokenizer *tok, struct replay_out *out,
                          int32_t **turn10_prompt)
 {
     const int TURNS = 10, GEN = 160, CTX = 10240;
-    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, 256, CTX);
+    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, CTX);
     cJSON *tools = cJSON_Parse(AGENT_TOOLS);
     if (!tools)
         die("tool list: bad JSON%s%s", "", "");
@@ -736,10 +749,11 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, int chunk, double *p50,
+static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *longp, int nlong, double *p50,
                                int *gaps_out, double *alone_ms, double *chunk_ms)
 {
-    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, chunk, nlong + 4096);
+    const int chunk = g_chunk;
+    mq_sched *s = sched_new(m, tok, MQ_PREC_MODE_MIXED, nlong + 4096);
     uint64_t a, b;
     mq_sched_session_open(s, TENANT, &a);
     mq_sched_session_open(s, TENANT, &b);
@@ -803,6 +817,9 @@ static double decode_stall_p99(mq_model *m, mq_tokenizer *tok, const int32_t *lo
 int main(int argc, char **argv)
 {
     const char *root = "build/models";
+    mqd_config defaults; /* the chunk every scheduler here reads prompts in is mqd's */
+    mqd_config_defaults(&defaults);
+    g_chunk = (int)defaults.chunk_tokens;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--models") && i + 1 < argc)
             root = argv[++i];
@@ -815,10 +832,11 @@ int main(int argc, char **argv)
             if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
                 die("--fp4-table: '%s' is not auto, on or off%s", v, "");
             g_mo.fp4_table = !strcmp(v, "on") ? MQ_FP4_PACK_ON : !strcmp(v, "off") ? MQ_FP4_PACK_OFF : MQ_FP4_PACK_AUTO;
+        } else if (!strcmp(argv[i], "--chunk") && i + 1 < argc && (g_chunk = atoi(argv[++i])) >= 16) {
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {
         } else
             die("usage: bench_e2e [--models DIR] [--threads N] [--quick] "
-                "[--only load,prefill,decode,long,replay,stall] [--fp4-table auto|on|off]%s%s",
+                "[--only load,prefill,decode,long,replay,stall] [--fp4-table auto|on|off] [--chunk N>=16]%s%s",
                 "", "");
     }
     setvbuf(stdout, NULL, _IOLBF, 0); // progress is visible when piped
@@ -826,16 +844,19 @@ int main(int argc, char **argv)
     char d06[1100], d17[1100], path[1200];
     ensure_model(root, "0.6b", d06, sizeof d06);
     ensure_model(root, "1.7b", d17, sizeof d17);
-    printf("bench_e2e: %d threads, ISA %s, models in %s\n", g_threads, mq_isa_name(mq_kernels_isa()), root);
+    printf("bench_e2e: %d threads, ISA %s, models in %s, prompts in chunks of %d tokens\n", g_threads,
+           mq_isa_name(mq_kernels_isa()), root, g_chunk);
 
     /* 1. loading the 1.7B checkpoint, warm page cache, every phase on warm memory */
-    double t_load = 0, t_read = 0, load_touch_share = 0, read_touch_share = 0, cold_gbps = 0;
+    double t_load = 0, t_read = 0, load_touch_share = 0, read_touch_share = 0, cold_gbps = 0, load_cpu = 0,
+           bf16_cpu = 0, read_cpu = 0;
     mq_ws_result wres;
     mq_arena *ar17 = NULL;
     mq_model *m17 = NULL;
     if (g_parts & P_LOAD) {
         snprintf(path, sizeof path, "%s/model.safetensors", d17);
-        m17 = load_section(path, d17, &ar17, &wres, &t_load, &t_read, &load_touch_share, &read_touch_share, &cold_gbps);
+        m17 = load_section(path, d17, &ar17, &wres, &t_load, &t_read, &load_touch_share, &read_touch_share, &cold_gbps,
+                           &load_cpu, &bf16_cpu, &read_cpu);
     } else if (g_parts & (P_PREFILL | P_DECODE | P_LONG)) {
         double t;
         m17 = load_streamed(d17, &ar17, &t, &wres);
@@ -873,7 +894,7 @@ int main(int argc, char **argv)
      * best of passes against the fastest step, measured back to back in this process. */
     double dec_ratio = 0, bw = 0, dec_step = 0, dec_mean = 0, dec_bytes = 0;
     if (g_parts & P_DECODE) {
-        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 512, 2048);
+        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 2048);
         mq_sched_session_open(s, TENANT, &id);
         int GEN = g_quick ? 16 : 48;
         w_init(&w, GEN + 1);
@@ -895,7 +916,7 @@ int main(int argc, char **argv)
     double pm8 = 0, pb8 = 0, long_step = 0, long_mean = 0, long_bytes = 0, bw8 = 0;
     if (g_parts & P_LONG) {
         const int GEN = g_quick ? 8 : 24;
-        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, 512, NL + GEN + 64);
+        s = sched_new(m17, tok, MQ_PREC_MODE_MIXED, NL + GEN + 64);
         mq_sched_session_open(s, TENANT, &id);
         w_init(&w, GEN + 1);
         double bw0 = read_bandwidth();
@@ -949,7 +970,7 @@ int main(int argc, char **argv)
             int n10 = 0;
             agent_replay(m06, tok, &ro, &n10, &p10);
             /* turn 10 without reuse: a fresh scheduler (empty index) reads the whole prompt */
-            s = sched_new(m06, tok, MQ_PREC_MODE_MIXED, 256, 10240);
+            s = sched_new(m06, tok, MQ_PREC_MODE_MIXED, 10240);
             mq_sched_session_open(s, TENANT, &id);
             w_init(&w, 4);
             run(s, id, p10, n10, 1, &w);
@@ -961,10 +982,10 @@ int main(int argc, char **argv)
                    ttft_cold);
         }
         if (g_parts & P_STALL) {
-            int NL = g_quick ? 2048 : 8192, CH = 256;
+            int NL = g_quick ? 2048 : 8192, CH = g_chunk;
             double p50 = 0, alone = 0, chunk_ms = 0;
             int ng = 0;
-            stall = decode_stall_p99(m06, tok, prompt, NL, CH, &p50, &ng, &alone, &chunk_ms);
+            stall = decode_stall_p99(m06, tok, prompt, NL, &p50, &ng, &alone, &chunk_ms);
             printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n",
                    NL, CH);
             printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms; a step alone %.1f ms, one chunk %.1f ms "
@@ -985,6 +1006,10 @@ int main(int argc, char **argv)
         printf("load_first_touch_share: %.3f\n", load_touch_share);
         printf("read_first_touch_share: %.3f\n", read_touch_share);
         printf("load_cold_first_touch_gbps: %.2f\n", cold_gbps); /* the machine's, not mq's */
+        /* CPU seconds (every thread): the load's bound on n CPUs is cpu / n seconds */
+        printf("load_cpu_s: %.3f\n", load_cpu);
+        printf("load_bf16_only_cpu_s: %.3f\n", bf16_cpu);
+        printf("read_cpu_s: %.3f\n", read_cpu);
     }
     if (g_parts & P_PREFILL)
         printf("prefill_mixed_vs_bf16: %.3f\n", pm17 / pb17);

@@ -14,6 +14,8 @@
  *      for bit; q/k/v/gate/up equal the project's quantizer run at load with the shared g_w;
  *      BF16 logits are bit-identical to the original model's; the fp4-mode logits are as
  *      close to bf16 as the at-load fp4 ones (KL within 1.5x, top-1 agreement within 5%).
+ * 3. an export with one block scale set to an E4M3 NaN (0x7f, then 0xff): both loaders
+ *    refuse it, naming the tensor and the block.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -23,7 +25,9 @@
 #include <unistd.h>
 
 #include "tests/bench/eval_corpus.h"
+#include "engine/arena.h"
 #include "engine/engine.h"
+#include "engine/weight_stream.h"
 #include "tests/harness.h"
 #include "tests/integration/mqd_spawn.h" /* spawn_build_dir */
 #include "engine/model.h"
@@ -414,6 +418,60 @@ static void cal_free(void)
     mq_model_free(cal.ckpt);
 }
 
+/* Byte `at` of tensor `name` of the checkpoint in dir set to v. */
+static int poke_tensor(const char *dir, const char *name, uint64_t at, uint8_t v)
+{
+    char err[MQ_ERRMSG_LEN];
+    mq_st *st = NULL;
+    if (mq_st_open(&st, dir, err, sizeof err) < 0)
+        return -1;
+    const mq_st_tensor *t = mq_st_find(st, name);
+    int fd = t && at < t->bytes ? open(st->paths[t->file], O_WRONLY | O_CLOEXEC) : -1;
+    int rc = fd >= 0 && pwrite(fd, &v, 1, (off_t)(t->offset + at)) == 1 ? 0 : -1;
+    if (fd >= 0)
+        close(fd);
+    mq_st_close(st);
+    return rc;
+}
+
+static void test_nan_block_scale_refused(void)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/nan-scale", tmpdir);
+    CHECK(run_export(dir, "--no-fuse --dynamic") == 0, "mq_nvfp4_export --no-fuse --dynamic failed");
+    const char *tensor = "model.layers.1.mlp.down_proj.weight_scale";
+    static const uint8_t nan[2] = { 0x7f, 0xff };
+    for (int v = 0; v < 2; v++) {
+        /* row 3, block 2 of down_proj (k = intermediate size) */
+        mq_config c;
+        char err[MQ_ERRMSG_LEN] = "", want[96];
+        CHECK(mq_config_load(&c, dir, err, sizeof err) == 0, "%s", err);
+        const uint64_t at = 3 * (uint64_t)(c.inter / 16) + 2;
+        mq_config_free(&c);
+        CHECK(poke_tensor(dir, tensor, at, nan[v]) == 0, "cannot write the NaN scale into %s", dir);
+        snprintf(want, sizeof want, "block scale 0x%02x (row 3, block 2) is an E4M3 NaN", nan[v]);
+        mq_model_opts opts = { .bf16_dir = orig_dir };
+        mq_model *m = NULL;
+        int rc = mq_model_load(dir, &opts, &m, err, sizeof err);
+        CHECK(rc == -EINVAL && !m && strstr(err, tensor) && strstr(err, want),
+              "pread load of a NaN block scale 0x%02x: rc %d, \"%s\"", nan[v], rc, err);
+        mq_model_free(m);
+        m = NULL;
+        mq_arena_opts ao;
+        mq_arena_opts_default(&ao);
+        mq_arena *arena = NULL;
+        CHECK(mq_arena_create(&arena, &ao) == 0, "arena");
+        mq_ws_opts wo;
+        mq_ws_opts_default(&wo);
+        err[0] = 0;
+        rc = arena ? mq_ws_load_model(dir, &opts, arena, &wo, NULL, NULL, &m, err, sizeof err) : -1;
+        CHECK(rc == -EINVAL && !m && strstr(err, tensor) && strstr(err, want),
+              "streamed load of a NaN block scale 0x%02x: rc %d, \"%s\"", nan[v], rc, err);
+        mq_model_free(m);
+        mq_arena_destroy(arena);
+    }
+}
+
 int main(void)
 {
     snprintf(export_bin, sizeof export_bin, "%s/mq_nvfp4_export", spawn_build_dir());
@@ -452,6 +510,7 @@ int main(void)
     RUN(test_calibrated_fp4_as_close_as_at_load);
     RUN(test_calibrated_mixed_last_token);
     cal_free();
+    RUN(test_nan_block_scale_refused);
     if (harness_rm_rf(tmpdir) != 0)
         fprintf(stderr, "cleanup of %s failed\n", tmpdir);
     return harness_done();

@@ -9,7 +9,10 @@
  *    put in the packed layout by mq_bf16_weight_pack_rows, pad included, and some rows
  *    read back through mq_bf16_weight_row (the scalar reader of the layout) equal to the
  *    checkpoint's values.
- * With 0, 1 and 2 helper threads and small reads, so tensors arrive in many pieces. */
+ * With 0, 1 and 2 helper threads and small reads, so tensors arrive in many pieces; the
+ * streamed load takes every tensor amax from the pieces as they arrive (no second pass),
+ * the pread load by a pass (mq_model.amax_from_pieces / amax_from_pass).
+ * Also the packed copy's plan (mq_fp4_form_plan) on given memory figures. */
 #define _GNU_SOURCE
 #include "engine/arena.h"
 #include "engine/model.h"
@@ -190,6 +193,10 @@ static void test_streamed_load_matches_specification(void)
         snprintf(label, sizeof label, "mq_ws_load_model, %d helpers, %s form", helpers[h],
                  helpers[h] == 2 ? "table" : "index");
         CHECK(!m || m->fp4_table == (helpers[h] == 2), "%s: fp4_table %d", label, m->fp4_table);
+        const int lins = m ? m->cfg.n_layers * 7 : 0;
+        CHECK(!m || (m->amax_from_pieces == lins && m->amax_from_pass == 0),
+              "%s: amax of %d linears from the pieces, %d by a pass (want %d, 0)", label, m->amax_from_pieces,
+              m->amax_from_pass, lins);
         if (m)
             check_model(m, label);
         mq_model_free(m);
@@ -205,14 +212,56 @@ static void test_pread_load_matches_specification(void)
     mq_model *m = NULL;
     char err[MQ_ERRMSG_LEN] = "";
     CHECK(mq_model_load(model_dir(), &mo, &m, err, sizeof err) == 0, "mq_model_load: %s", err);
+    CHECK(!m || (m->amax_from_pass == m->cfg.n_layers * 7 && m->amax_from_pieces == 0),
+          "mq_model_load: amax of %d linears by a pass, %d from pieces (it has no pieces)", m->amax_from_pass,
+          m->amax_from_pieces);
     if (m)
         check_model(m, "mq_model_load");
     mq_model_free(m);
 }
 
+/* The packed copy's plan: G = 1 GiB, a model of 3 G without the copy, 1.25 G (index) or
+ * 3 G (table) with it. */
+static void test_fp4_form_plan(void)
+{
+    const size_t G = (size_t)1 << 30, have = 3 * G, ix = G + G / 4, tb = 3 * G;
+    const mq_fp4_pack A = MQ_FP4_PACK_AUTO, ON = MQ_FP4_PACK_ON, OFF = MQ_FP4_PACK_OFF;
+    struct {
+        mq_fp4_pack pack, table;
+        size_t avail, huge;
+        mq_fp4_form want;
+        const char *why;
+    } c[] = {
+        { A, A, 12 * G, 0, MQ_FP4_FORM_TABLE, "auto/auto: weights + table fit in half" },
+        { A, A, 9 * G, 0, MQ_FP4_FORM_INDEX, "auto/auto: only the index form fits" },
+        { A, A, 8 * G, 0, MQ_FP4_FORM_NONE, "auto/auto: no form fits" },
+        { A, A, 0, 0, MQ_FP4_FORM_NONE, "auto/auto: memory unknown" },
+        /* mqd's hugetlb pool (hugepages_reserve, nr_hugepages) is not in MemAvailable and
+         * serves nothing else: all of it counts */
+        { A, A, 2 * G, 5 * G, MQ_FP4_FORM_TABLE, "auto/auto: free huge pages count" },
+        { A, A, 2 * G, 3 * G + G / 2, MQ_FP4_FORM_INDEX, "auto/auto: free huge pages count for the index form" },
+        { A, A, 2 * G, 3 * G, MQ_FP4_FORM_NONE, "auto/auto: free huge pages too few" },
+        /* table on: the form whenever the copy is made; whether it is, fp4_pack says */
+        { A, ON, 8 * G, 0, MQ_FP4_FORM_NONE, "auto/on: the table form does not fit" },
+        { A, ON, 9 * G, 0, MQ_FP4_FORM_NONE, "auto/on: only the index form fits" },
+        { A, ON, 12 * G, 0, MQ_FP4_FORM_TABLE, "auto/on: the table form fits" },
+        { ON, ON, 0, 0, MQ_FP4_FORM_TABLE, "on/on" },
+        { ON, A, 9 * G, 0, MQ_FP4_FORM_INDEX, "on/auto: the table form does not fit" },
+        { ON, A, 0, 0, MQ_FP4_FORM_INDEX, "on/auto: memory unknown" },
+        { ON, OFF, 100 * G, 0, MQ_FP4_FORM_INDEX, "on/off" },
+        { A, OFF, 12 * G, 0, MQ_FP4_FORM_INDEX, "auto/off" },
+        { OFF, ON, 100 * G, 0, MQ_FP4_FORM_NONE, "off/on" },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+        const mq_fp4_form got = mq_fp4_form_plan(c[i].pack, c[i].table, have, ix, tb, c[i].avail, c[i].huge);
+        CHECK(got == c[i].want, "%s: form %d, want %d", c[i].why, (int)got, (int)c[i].want);
+    }
+}
+
 int main(void)
 {
     mq_kernels_init();
+    RUN(test_fp4_form_plan);
     RUN(test_streamed_load_matches_specification);
     RUN(test_pread_load_matches_specification);
     return harness_done();
