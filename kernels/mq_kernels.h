@@ -208,7 +208,7 @@ typedef struct mq_attn_args {
 /* Computes query heads [h0, h1) for every query token.
  * Numerics: scalar and AVX2 are FP32 throughout; AVX-512 rounds Q and the softmax
  * weights to BF16 for vdpbf16ps (FP32 accumulation and softmax), ~2^-9 of max|v|.
- * Uses about 290 KiB of stack (the tile buffers) and no heap. Threads splitting one
+ * Uses about 550 KiB of stack (the tile buffers) and no heap. Threads splitting one
  * call should split heads at kv-group boundaries when they can (each kv-head's K/V
  * is then read by one thread only). */
 void mq_attention(const mq_attn_args *a, int h0, int h1);
