@@ -43,6 +43,7 @@
 #include "engine/chat_template.h"
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "engine/pool.h"
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "engine/weight_stream.h"
@@ -616,7 +617,11 @@ int mqd_init(mqd *d, char *err, size_t errlen)
         return rc;
     mqd_sd_notify(d, "STATUS=loading %s", d->cfg.model_dir);
     d->load_t0_ms = mq_now_ms();
-    rc = pthread_create(&d->load_thread, NULL, load_main, d);
+    pthread_attr_t attr;
+    if ((rc = mq_compute_thread_attr(&attr)))
+        return mq_errmsg(err, errlen, rc, "load thread: %s", strerror(-rc));
+    rc = pthread_create(&d->load_thread, &attr, load_main, d);
+    pthread_attr_destroy(&attr);
     if (rc)
         return mq_errmsg(err, errlen, -rc, "load thread: %s", strerror(rc));
     d->load_started = 1;

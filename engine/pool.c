@@ -92,6 +92,19 @@ void mq_pool_split(int n, int align, int tid, int nthreads, int *lo, int *hi)
     *hi = (int)(h < n ? h : n);
 }
 
+int mq_compute_thread_attr(pthread_attr_t *attr)
+{
+    int rc = pthread_attr_init(attr);
+    if (rc)
+        return -rc;
+    size_t cur = 0;
+    if (pthread_attr_getstacksize(attr, &cur) || cur < MQ_COMPUTE_STACK_BYTES)
+        rc = pthread_attr_setstacksize(attr, MQ_COMPUTE_STACK_BYTES);
+    if (rc)
+        pthread_attr_destroy(attr);
+    return -rc;
+}
+
 int mq_pool_create(mq_pool **out, int nthreads, const cpu_set_t *cpus, const char *name)
 {
     *out = NULL;
@@ -112,7 +125,8 @@ int mq_pool_create(mq_pool **out, int nthreads, const cpu_set_t *cpus, const cha
     int started = 1, rc = 0;
     for (int t = 1; t < nthreads; t++) {
         pthread_attr_t attr;
-        pthread_attr_init(&attr);
+        if ((rc = mq_compute_thread_attr(&attr)))
+            break;
         if (cpus)
             pthread_attr_setaffinity_np(&attr, sizeof *cpus, cpus);
         p->workers[t] = (struct worker){ p, t };

@@ -28,6 +28,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 
@@ -47,6 +48,16 @@ int mq_pool_threads(const mq_pool *p);
 uint64_t mq_pool_runs(const mq_pool *p);
 /* Stops and joins the threads. NULL is fine. */
 void mq_pool_destroy(mq_pool *p);
+
+/* Initialises *attr for a thread that runs kernels (the pools' threads, the prefill and
+ * decode drivers, the loader's threads): a stack of at least MQ_COMPUTE_STACK_BYTES,
+ * whatever RLIMIT_STACK (ulimit -s, systemd's LimitSTACK=) says. The kernels keep their
+ * tiles on the stack (mq_kernels.h: the AVX-512 prefill attention about 550 KiB), and
+ * glibc sizes a new thread's stack from RLIMIT_STACK: under a small limit the first
+ * prompt would overflow it. The process's default is kept when it is larger.
+ * Returns 0 or a negative errno; pthread_attr_destroy(attr) when done. */
+#define MQ_COMPUTE_STACK_BYTES ((size_t)4 << 20)
+int mq_compute_thread_attr(pthread_attr_t *attr);
 
 /* [*lo, *hi) = the tid-th of nthreads near-equal slices of [0, n), each (except the
  * last) a multiple of `align` (>= 1) so that SIMD kernels get whole vectors. */

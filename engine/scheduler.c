@@ -1118,9 +1118,17 @@ static int create_workers(mq_sched *s, char *err, size_t errlen)
 /* Starts both driver threads, or neither. */
 static int start_drivers(mq_sched *s, char *err, size_t errlen)
 {
-    if (pthread_create(&s->pf_th, NULL, prefill_main, s) != 0)
+    pthread_attr_t attr;
+    int rc = mq_compute_thread_attr(&attr);
+    if (rc)
+        return mq_errmsg(err, errlen, rc, "scheduler: thread attributes: %s", strerror(-rc));
+    if (pthread_create(&s->pf_th, &attr, prefill_main, s) != 0) {
+        pthread_attr_destroy(&attr);
         return mq_errmsg(err, errlen, -EAGAIN, "scheduler: cannot start the prefill thread");
-    if (pthread_create(&s->dec_th, NULL, decode_main, s) != 0) {
+    }
+    rc = pthread_create(&s->dec_th, &attr, decode_main, s);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
         pthread_mutex_lock(&s->mu);
         s->stop = 1;
         pthread_cond_broadcast(&s->pf_cv);

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "engine/weight_stream.h"
+#include "engine/pool.h"
 #include "common/errmsg.h"
 #include "common/file.h"
 #include "common/clock.h"
@@ -482,7 +483,12 @@ static int ws_start_helpers(struct ws *w, pthread_t *th)
 {
     int n_th = 0;
     for (int i = 0; i < w->o.helpers; i++) {
-        int rc = pthread_create(&th[n_th], NULL, helper_main, w);
+        pthread_attr_t attr;
+        int rc = -mq_compute_thread_attr(&attr);
+        if (rc == 0) {
+            rc = pthread_create(&th[n_th], &attr, helper_main, w);
+            pthread_attr_destroy(&attr);
+        }
         if (rc != 0) {
             note_add(w->res, "%d of %d quantize threads (pthread_create: %s)", n_th, w->o.helpers, strerror(rc));
             break;

@@ -2,9 +2,16 @@
  *
  * Flash-style: one kv-head at a time, a tile of query rows (the group's q-heads × a
  * block of query tokens, up to ROWS_MAX rows) walks the keys in tiles of TK = 32 with an
- * online softmax; no score matrix, no allocation (all buffers on the stack, about 290 KiB).
+ * online softmax; no score matrix, no allocation (all buffers on the stack, about 550 KiB).
  * K and V are read once per kv-head and row tile, so decode (n_tok == 1) streams the
  * cache once for all q-heads of the group.
+ *
+ * Prefill takes the key tiles KT at a time: for each tile in turn, the scores of 8 rows
+ * at a time go from the vdpbf16ps accumulators straight into the online softmax (no
+ * score buffer), then one PV pass adds the KT tiles into O while O is in registers (one
+ * load and store of O per KT tiles; the rescale by corr is skipped when no row of the
+ * group raised its max, x·1 being x). Each output element sees the same FP32 operations
+ * in the same order as with one tile at a time.
  *
  * Numerics of this fast path (the scalar reference in ref.c is FP32 throughout):
  *  - Q is rounded to BF16 for QKᵀ (vdpbf16ps, FP32 accumulation);
@@ -26,27 +33,27 @@
 #include <immintrin.h>
 #include <math.h>
 
-#define TK 32 /* keys per tile */
-#ifndef ROWS_MAX
-#define ROWS_MAX 256 /* query rows per tile: each K/V tile load serves this many */
-#endif
-#define ROW_FLOATS 32768 /* rows * head_dim cap: O (128 KiB) and Q stay in L2 */
-#define HD_MAX     256
-#ifndef PREFETCH_TILES
-#define PREFETCH_TILES 2 /* key tiles asked for ahead of the one computing */
-#endif
+#define TK       32  /* keys per tile */
+#define ROWS_MAX 512 /* query rows per tile: each K/V tile load serves this many */
+/* rows * head_dim cap: O (256 KiB) and Q (128 KiB) stay in L2 (1 MiB on Zen 5); 256
+ * rows (half the K/V loads and transposes of a row less) measured 4-5% slower */
+#define ROW_FLOATS     65536
+#define HD_MAX         256
+#define KT             2  /* key tiles per PV pass: O stays in registers across them */
+#define DEC_ROWS       64 /* decode rows per tile (q-heads of one kv-head) */
+#define PREFETCH_TILES 2  /* key tiles asked for ahead of the one computing */
 
 typedef struct tile {
     int nrows, hd, hdp; /* rows, head_dim, head_dim rounded up to 32 */
-    float m[ROWS_MAX], corr[ROWS_MAX];
-    _Alignas(64) float l[ROWS_MAX][16];        /* softmax denominators, 16 partial sums */
-    int limit[ROWS_MAX];                       /* last key position row r may see */
-    _Alignas(64) uint32_t q[ROW_FLOATS / 2];   /* [rows][hdp/2] BF16 Q, as pairs */
-    _Alignas(64) float o[ROW_FLOATS];          /* [rows][hdp], permuted dims */
-    _Alignas(64) float s[ROWS_MAX][TK];        /* scores of one key tile */
-    _Alignas(64) uint32_t p[ROWS_MAX][TK / 2]; /* BF16 probabilities, as pairs */
+    float m[ROWS_MAX], corr[KT][ROWS_MAX];
+    _Alignas(64) float l[ROWS_MAX][16];            /* softmax denominators, 16 partial sums */
+    int limit[ROWS_MAX];                           /* last key position row r may see */
+    _Alignas(64) uint32_t q[ROW_FLOATS / 2];       /* [rows][hdp/2] BF16 Q, as pairs */
+    _Alignas(64) float o[ROW_FLOATS];              /* [rows][hdp], permuted dims */
+    _Alignas(64) float s[DEC_ROWS][TK];            /* decode: scores of one key tile */
+    _Alignas(64) uint32_t p[KT][ROWS_MAX][TK / 2]; /* BF16 probabilities, as pairs */
     _Alignas(64) uint32_t kt[HD_MAX / 2][TK];
-    _Alignas(64) uint16_t vi[HD_MAX / 32][TK / 2][2][32];
+    _Alignas(64) uint16_t vi[KT][HD_MAX / 32][TK / 2][2][32];
 } tile;
 
 static const uint16_t zero_row[HD_MAX]; /* stands in for keys past the end of a tile */
@@ -81,8 +88,9 @@ static inline __attribute__((always_inline)) void transpose16(__m512i r[16])
     }
 }
 
-/* Loads keys [j0, j0+TK) of kv-head kvh into t->kt and t->vi (zeros past nkeys). */
-static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nkeys)
+/* Loads keys [j0, j0+TK) of kv-head kvh into t->kt and slot k of t->vi (zeros past
+ * nkeys). */
+static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nkeys, int k)
 {
     const uint16_t *kr[TK], *vr[TK];
     attn_kv_rows(a, kvh, j0, TK, nkeys, zero_row, kr, vr);
@@ -103,8 +111,8 @@ static void load_kv_tile(tile *t, const mq_attn_args *a, int kvh, int j0, int nk
         for (int jp = 0; jp < TK / 2; jp++) {
             __m512i v0 = _mm512_maskz_loadu_epi16(m, vr[2 * jp] + 32 * c);
             __m512i v1 = _mm512_maskz_loadu_epi16(m, vr[2 * jp + 1] + 32 * c);
-            _mm512_store_si512(t->vi[c][jp][0], _mm512_unpacklo_epi16(v0, v1));
-            _mm512_store_si512(t->vi[c][jp][1], _mm512_unpackhi_epi16(v0, v1));
+            _mm512_store_si512(t->vi[k][c][jp][0], _mm512_unpacklo_epi16(v0, v1));
+            _mm512_store_si512(t->vi[k][c][jp][1], _mm512_unpackhi_epi16(v0, v1));
         }
     }
 }
@@ -130,8 +138,61 @@ static void prefetch_kv_tile(const mq_attn_args *a, int kv0, int kv1, int j0, in
     }
 }
 
-/* Scores of rows [r, r+NR) against the key tile: s = (Q_bf16 · K_bf16) in FP32. */
-static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const int NR)
+/* Online softmax of key tile j0 for rows [r, r+NR), whose scores (raw Q·K) are in
+ * sc2[2i] (keys j0..j0+15) and sc2[2i+1] (j0+16..j0+31): updates m and l, writes corr and
+ * the BF16 p into slot k. Every row sees key j0 (callers pass no other rows).
+ * m is the running max of the raw scores (scale > 0, so it is also the max of the scaled
+ * ones) and p = exp(s·scale − m·scale) in one FMA. Scores past a row's limit are masked
+ * to -inf; the max only grows, so the horizontal reduction runs only when a score of the
+ * tile passes it (rare once a long context has been seen). The rescale factors
+ * exp((m_old − m_new)·scale) of the NR rows take one vector. l is kept as 16 partial sums
+ * per row of the BF16-rounded weights PV uses (one vdpbf16ps against ones), reduced
+ * once at the end. Every operation is lane-wise per row, so a row's bits do not depend
+ * on which rows share the call. */
+static inline __attribute__((always_inline)) void softmax_rows(tile *t, __m512 *sc2, int r, const int NR, int j0,
+                                                               float scale, int k)
+{
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3f80);
+    float mold[8];
+    _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+    {
+        const int lim = t->limit[r + i] - j0; /* keys j <= lim are visible */
+        if (lim < TK - 1) {
+            const __m512i lv = _mm512_set1_epi32(lim);
+            sc2[2 * i] = _mm512_mask_mov_ps(sc2[2 * i], _mm512_cmpgt_epi32_mask(lane, lv), ninf);
+            sc2[2 * i + 1] = _mm512_mask_mov_ps(
+                sc2[2 * i + 1], _mm512_cmpgt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16)), lv), ninf);
+        }
+        mold[i] = t->m[r + i];
+        const __m512 mx = _mm512_max_ps(sc2[2 * i], sc2[2 * i + 1]);
+        if (_mm512_cmp_ps_mask(mx, _mm512_set1_ps(t->m[r + i]), _CMP_GT_OQ))
+            t->m[r + i] = _mm512_reduce_max_ps(mx);
+    }
+    /* every row sees key 0 in its first tile, so m_new is finite: m_old = -inf gives
+     * corr 0 there */
+    float *corr = t->corr[k] + r;
+    const __mmask16 mk = (__mmask16)((1u << NR) - 1);
+    const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, mold), _mm512_maskz_loadu_ps(mk, t->m + r));
+    _mm512_mask_storeu_ps(corr, mk, ops_exp512(_mm512_mul_ps(d, sc)));
+    _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+    {
+        const __m512 nm = _mm512_set1_ps(-t->m[r + i] * scale);
+        const __m512 p0 = ops_exp512(_mm512_fmadd_ps(sc2[2 * i], sc, nm));
+        const __m512 p1 = ops_exp512(_mm512_fmadd_ps(sc2[2 * i + 1], sc, nm));
+        const __m512bh pb = _mm512_cvtne2ps_pbh(p1, p0);
+        _mm512_store_si512(t->p[k][r + i], (__m512i)pb);
+        /* the denominator sums the BF16-rounded weights that PV uses */
+        const __m512 l = _mm512_mul_ps(_mm512_load_ps(t->l[r + i]), _mm512_set1_ps(corr[i]));
+        _mm512_store_ps(t->l[r + i], _mm512_dpbf16_ps(l, pb, ones));
+    }
+}
+
+/* Scores of rows [r, r+NR) against the key tile j0 in t->kt, s = (Q_bf16 · K_bf16) in
+ * FP32, and their softmax straight from the registers (into slot k). */
+static inline __attribute__((always_inline)) void qk_softmax_rows(tile *t, int r, const int NR, int j0, float scale,
+                                                                  int k)
 {
     __m512 acc[2 * 8];
     _Pragma("GCC unroll 16") for (int i = 0; i < 2 * NR; i++) acc[i] = _mm512_setzero_ps();
@@ -147,35 +208,57 @@ static inline __attribute__((always_inline)) void qk_rows(tile *t, int r, const 
             acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], qq, k1);
         }
     }
-    _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
-    {
-        _mm512_store_ps(&t->s[r + i][0], acc[2 * i]);
-        _mm512_store_ps(&t->s[r + i][16], acc[2 * i + 1]);
-    }
+    softmax_rows(t, acc, r, NR, j0, scale, k);
 }
 
-/* O[rows r..r+NR) = O * corr + P · V for the key tile (permuted dims). */
-static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const int NR)
+/* Softmax of decode rows [r, r+NR) from their scores in t->s. */
+static inline __attribute__((always_inline)) void softmax_decode(tile *t, int r, const int NR, int j0, float scale)
 {
+    __m512 sc2[2 * 8];
+    _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+    {
+        sc2[2 * i] = _mm512_load_ps(&t->s[r + i][0]);
+        sc2[2 * i + 1] = _mm512_load_ps(&t->s[r + i][16]);
+    }
+    softmax_rows(t, sc2, r, NR, j0, scale, 0);
+}
+
+/* O[rows r..r+NR) = O * corr_k + P_k · V_k for the key tiles k = 0..nk-1 in turn
+ * (permuted dims): O is loaded and stored once per 32 dims for all of them. */
+static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const int NR, int nk)
+{
+    /* bit k: some row's max rose in tile k (corr != 1); x·1 = x, so the others skip it */
+    unsigned rescale = 0;
+    for (int k = 0; k < nk; k++)
+        for (int i = 0; i < NR; i++)
+            rescale |= (unsigned)(t->corr[k][r + i] != 1.0f) << k;
     for (int c = 0; c < t->hdp / 32; c++) {
         __m512 lo[8], hi[8];
-        const uint32_t *p32[8];
         _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
         {
-            float *o = t->o + (size_t)(r + i) * t->hdp + 32 * c;
-            const __m512 cr = _mm512_set1_ps(t->corr[r + i]);
-            lo[i] = _mm512_mul_ps(_mm512_load_ps(o), cr);
-            hi[i] = _mm512_mul_ps(_mm512_load_ps(o + 16), cr);
-            p32[i] = t->p[r + i];
+            const float *o = t->o + (size_t)(r + i) * t->hdp + 32 * c;
+            lo[i] = _mm512_load_ps(o);
+            hi[i] = _mm512_load_ps(o + 16);
         }
-        for (int jp = 0; jp < TK / 2; jp++) {
-            const __m512bh b0 = (__m512bh)_mm512_load_si512(t->vi[c][jp][0]);
-            const __m512bh b1 = (__m512bh)_mm512_load_si512(t->vi[c][jp][1]);
-            _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
-            {
-                const __m512bh pp = (__m512bh)_mm512_set1_epi32((int)p32[i][jp]);
-                lo[i] = _mm512_dpbf16_ps(lo[i], pp, b0);
-                hi[i] = _mm512_dpbf16_ps(hi[i], pp, b1);
+        for (int k = 0; k < nk; k++) {
+            const uint32_t *p32 = t->p[k][r];
+            if (rescale >> k & 1) {
+                _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+                {
+                    const __m512 cr = _mm512_set1_ps(t->corr[k][r + i]);
+                    lo[i] = _mm512_mul_ps(lo[i], cr);
+                    hi[i] = _mm512_mul_ps(hi[i], cr);
+                }
+            }
+            for (int jp = 0; jp < TK / 2; jp++) {
+                const __m512bh b0 = (__m512bh)_mm512_load_si512(t->vi[k][c][jp][0]);
+                const __m512bh b1 = (__m512bh)_mm512_load_si512(t->vi[k][c][jp][1]);
+                _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
+                {
+                    const __m512bh pp = (__m512bh)_mm512_set1_epi32((int)p32[i * (TK / 2) + jp]);
+                    lo[i] = _mm512_dpbf16_ps(lo[i], pp, b0);
+                    hi[i] = _mm512_dpbf16_ps(hi[i], pp, b1);
+                }
             }
         }
         _Pragma("GCC unroll 16") for (int i = 0; i < NR; i++)
@@ -184,63 +267,6 @@ static inline __attribute__((always_inline)) void pv_rows(tile *t, int r, const 
             _mm512_store_ps(o, lo[i]);
             _mm512_store_ps(o + 16, hi[i]);
         }
-    }
-}
-
-/* Online softmax of one key tile for every row: updates m, l, corr; writes BF16 p.
- * m is the running max of the raw scores (scale > 0, so it is also the max of the scaled
- * ones) and p = exp(s·scale − m·scale) in one FMA. Pass 1 masks the scores past a row's
- * limit and raises m; the max only grows, so the horizontal reduction runs only when a
- * score of the tile passes it (rare once a long context has been seen). The rescale
- * factors exp((m_old − m_new)·scale) are then computed 16 rows per vector; pass 2 makes
- * the probabilities. l is kept as 16 partial sums per row of the BF16-rounded weights PV
- * uses (one vdpbf16ps against ones), reduced once at the end. */
-static void softmax_tile(tile *t, int j0, float scale, int r0, int r1)
-{
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
-    const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3f80);
-    float mold[ROWS_MAX];
-    for (int r = r0; r < r1; r++) {
-        const int lim = t->limit[r] - j0; /* keys j <= lim are visible */
-        mold[r] = t->m[r];
-        if (lim < 0)
-            continue; /* the whole tile is in this row's future */
-        __m512 s0 = _mm512_load_ps(&t->s[r][0]);
-        __m512 s1 = _mm512_load_ps(&t->s[r][16]);
-        if (lim < TK - 1) {
-            const __m512i lv = _mm512_set1_epi32(lim);
-            s0 = _mm512_mask_mov_ps(s0, _mm512_cmpgt_epi32_mask(lane, lv), ninf);
-            s1 = _mm512_mask_mov_ps(s1, _mm512_cmpgt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16)), lv),
-                                    ninf);
-            _mm512_store_ps(&t->s[r][0], s0);
-            _mm512_store_ps(&t->s[r][16], s1);
-        }
-        const __m512 mx = _mm512_max_ps(s0, s1);
-        if (_mm512_cmp_ps_mask(mx, _mm512_set1_ps(t->m[r]), _CMP_GT_OQ))
-            t->m[r] = _mm512_reduce_max_ps(mx);
-    }
-    for (int r = r0; r < r1; r += 16) { /* corr = exp((m_old - m_new)·scale); m_old = -inf gives 0 */
-        const __mmask16 k = r1 - r >= 16 ? 0xffff : (__mmask16)((1u << (r1 - r)) - 1);
-        const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, mold + r), _mm512_maskz_loadu_ps(k, t->m + r));
-        /* every row sees key 0 in the first tile, so m_new is finite: d is -inf (corr 0)
-         * there, and 0 for rows whose keys all lie in the future (corr set to 1 below) */
-        _mm512_mask_storeu_ps(t->corr + r, k, ops_exp512(_mm512_mul_ps(d, sc)));
-    }
-    for (int r = r0; r < r1; r++) {
-        if (t->limit[r] < j0) {
-            t->corr[r] = 1.0f;
-            _mm512_store_si512(t->p[r], _mm512_setzero_si512());
-            continue;
-        }
-        const __m512 nm = _mm512_set1_ps(-t->m[r] * scale);
-        const __m512 p0 = ops_exp512(_mm512_fmadd_ps(_mm512_load_ps(&t->s[r][0]), sc, nm));
-        const __m512 p1 = ops_exp512(_mm512_fmadd_ps(_mm512_load_ps(&t->s[r][16]), sc, nm));
-        const __m512bh pb = _mm512_cvtne2ps_pbh(p1, p0);
-        _mm512_store_si512(t->p[r], (__m512i)pb);
-        /* the denominator sums the BF16-rounded weights that PV uses */
-        const __m512 l = _mm512_mul_ps(_mm512_load_ps(t->l[r]), _mm512_set1_ps(t->corr[r]));
-        _mm512_store_ps(t->l[r], _mm512_dpbf16_ps(l, pb, ones));
     }
 }
 
@@ -307,44 +333,60 @@ static void tile_end(tile *t, const mq_attn_args *a, int hs, int nh, int t0)
 }
 
 /* Rows = heads [hs, hs+nh) (all of one kv-head) × tokens [t0, t0+nt): every key tile
- * is transposed once into kt/vi and serves all rows (prefill). */
+ * is transposed once into kt/vi and serves all rows (prefill). Key tiles go KT at a
+ * time: scores and softmax of each in turn (m, l and corr_k as one tile at a time
+ * would leave them), then one PV pass over the KT tiles, so every O element sees the
+ * same operations in the same order as with one tile per pass. */
 static void attend_tile(tile *t, const mq_attn_args *a, int hs, int nh, int t0, int nt)
 {
     const int kvh = hs / (a->n_head / a->n_kv);
     const int nkeys = tile_begin(t, a, hs, nh, t0, nt);
+    const int rb = t->nrows;
     for (int j = 0; j < PREFETCH_TILES; j++)
         prefetch_kv_tile(a, kvh, kvh + 1, j * TK, nkeys);
-    for (int j0 = 0; j0 < nkeys; j0 += TK) {
-        prefetch_kv_tile(a, kvh, kvh + 1, j0 + PREFETCH_TILES * TK, nkeys);
-        /* rows are token-major and a row sees keys up to pos0 + its token: rows whose
-         * tokens lie before this key tile are the leading ones; they skip it whole */
-        int ra = 0;
-        const int rb = t->nrows;
-        if (j0 > a->pos0 + t0) {
-            const int first = (j0 - a->pos0 - t0) * nh;
-            ra = first < rb ? first : rb;
+    for (int jg = 0; jg < nkeys; jg += KT * TK) {
+        int ra[KT + 1], nk = 0;
+        for (; nk < KT && jg + nk * TK < nkeys; nk++) {
+            const int j0 = jg + nk * TK;
+            /* rows are token-major and a row sees keys up to pos0 + its token: rows whose
+             * tokens lie before this key tile are the leading ones; they skip it whole */
+            int r0 = 0;
+            if (j0 > a->pos0 + t0) {
+                const int first = (j0 - a->pos0 - t0) * nh;
+                r0 = first < rb ? first : rb;
+            }
+            if (r0 >= rb)
+                break;
+            ra[nk] = r0;
+            prefetch_kv_tile(a, kvh, kvh + 1, j0 + PREFETCH_TILES * TK, nkeys);
+            load_kv_tile(t, a, kvh, j0, nkeys, nk);
+            int r = r0;
+            for (; r + 8 <= rb; r += 8) {
+                if (r + 64 >= rb && r + 56 < rb)
+                    prefetch_kv_tile(a, kvh, kvh + 1, j0 + TK, nkeys);
+                qk_softmax_rows(t, r, 8, j0, a->scale, nk);
+            }
+            for (; r + 4 <= rb; r += 4)
+                qk_softmax_rows(t, r, 4, j0, a->scale, nk);
+            for (; r + 2 <= rb; r += 2)
+                qk_softmax_rows(t, r, 2, j0, a->scale, nk);
+            for (; r < rb; r++)
+                qk_softmax_rows(t, r, 1, j0, a->scale, nk);
         }
-        if (ra >= rb)
-            continue;
-        load_kv_tile(t, a, kvh, j0, nkeys);
-        int r = ra;
-        for (; r + 8 <= rb; r += 8)
-            qk_rows(t, r, 8);
-        for (; r + 4 <= rb; r += 4)
-            qk_rows(t, r, 4);
-        for (; r + 2 <= rb; r += 2)
-            qk_rows(t, r, 2);
-        for (; r < rb; r++)
-            qk_rows(t, r, 1);
-        softmax_tile(t, j0, a->scale, ra, rb);
-        for (r = ra; r + 8 <= rb; r += 8)
-            pv_rows(t, r, 8);
-        for (; r + 4 <= rb; r += 4)
-            pv_rows(t, r, 4);
-        for (; r + 2 <= rb; r += 2)
-            pv_rows(t, r, 2);
-        for (; r < rb; r++)
-            pv_rows(t, r, 1);
+        ra[nk] = rb;
+        /* rows [ra[k], ra[k+1]) see key tiles 0..k of the group */
+        for (int k = 0; k < nk; k++) {
+            int r = ra[k];
+            const int re = ra[k + 1];
+            for (; r + 8 <= re; r += 8)
+                pv_rows(t, r, 8, k + 1);
+            for (; r + 4 <= re; r += 4)
+                pv_rows(t, r, 4, k + 1);
+            for (; r + 2 <= re; r += 2)
+                pv_rows(t, r, 2, k + 1);
+            for (; r < re; r++)
+                pv_rows(t, r, 1, k + 1);
+        }
     }
     tile_end(t, a, hs, nh, t0);
 }
@@ -402,7 +444,7 @@ static inline __attribute__((always_inline)) void pv_decode(tile *t, int r, cons
         __m512 lo[8][4], hi[8][4];
         _Pragma("GCC unroll 8") for (int i = 0; i < NR; i++)
         {
-            const __m512 cr = _mm512_set1_ps(t->corr[r + i]);
+            const __m512 cr = _mm512_set1_ps(t->corr[0][r + i]);
             _Pragma("GCC unroll 4") for (int c = 0; c < CG; c++)
             {
                 const float *o = t->o + (size_t)(r + i) * t->hdp + 32 * (c0 + c);
@@ -413,7 +455,7 @@ static inline __attribute__((always_inline)) void pv_decode(tile *t, int r, cons
         for (int jp = 0; jp < TK / 2; jp++) {
             __m512bh pp[8];
             _Pragma("GCC unroll 8") for (int i = 0; i < NR; i++) pp[i] =
-                (__m512bh)_mm512_set1_epi32((int)t->p[r + i][jp]);
+                (__m512bh)_mm512_set1_epi32((int)t->p[0][r + i][jp]);
             _Pragma("GCC unroll 4") for (int c = 0; c < CG; c++)
             {
                 const __mmask32 m = c0 + c == NC - 1 ? tail : 0xffffffffu;
@@ -458,8 +500,14 @@ static inline __attribute__((always_inline)) void decode_keys(tile *t, const mq_
         if (j0 + 16 < nkeys)
             qk_decode16(t, r, kb ? kb + 16 * hd : NULL, hd, kr + 16, t->s[r] + 16, HD ? (HD + 31) / 32 : nc, tail);
     }
-    softmax_tile(t, j0, a->scale, ra, rb);
     int r = ra;
+    for (; r + 8 <= rb; r += 8)
+        softmax_decode(t, r, 8, j0, a->scale);
+    for (; r + 2 <= rb; r += 2)
+        softmax_decode(t, r, 2, j0, a->scale);
+    for (; r < rb; r++)
+        softmax_decode(t, r, 1, j0, a->scale);
+    r = ra;
     if (HD) {
         const int NC = (HD + 31) / 32;
         for (; r + 4 <= rb; r += 4)
@@ -525,7 +573,7 @@ void attention_avx512(const mq_attn_args *a, int h0, int h1)
     const int rows =
         ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) < ROWS_MAX ? ROW_FLOATS / ((a->head_dim + 31) / 32 * 32) : ROWS_MAX;
     if (a->n_tok == 1 && !a->prompt) {
-        attend_decode(&t, a, h0, h1, rows);
+        attend_decode(&t, a, h0, h1, rows < DEC_ROWS ? rows : DEC_ROWS);
         return;
     }
     for (int h = h0; h < h1;) {

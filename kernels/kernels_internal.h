@@ -25,6 +25,7 @@
 
 #include "kernels/mq_kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct mq_kernel_table {
@@ -101,9 +102,17 @@ static inline fp4_qblock *fp4_act_qblock(const mq_fp4_act *a, int r, int b)
 /* bytes of one packed 16 × 16 block in the table form (table != 0) or the index form */
 #define FP4_BLOCK_BYTES(table) ((table) ? FP4_TABLE_BYTES : FP4_PACK_BYTES)
 
+/* An E4M3 NaN code (S.1111.111). NVFP4.md: a NaN block scale is invalid data (loaders
+ * refuse it: mq_e4m3_find_nan); the kernels decode it as mq_e4m3_to_f32 does, to NaN, in
+ * every form below, so each output it reaches is NaN whatever the ISA or packed form. */
+static inline int fp4_scale_is_nan(uint8_t s)
+{
+    return (s & 0x7f) == 0x7f;
+}
+
 /* |s| of an E4M3 byte s as 2^e·(1 + f/8), f in 0..7, exactly: subnormals m·2^-9 are
  * renormalised (m = 3 is 1.5·2^-8); s = 0 gives e = -200, which vscalefps turns into 0
- * for anything it scales. */
+ * for anything it scales. Not for NaN codes (the callers below handle them first). */
 static inline void fp4_scale_split(uint8_t s, int *e, int *f)
 {
     const uint8_t c = s & 0x7f;
@@ -123,9 +132,12 @@ static inline void fp4_scale_split(uint8_t s, int *e, int *f)
  * (fp4_scale_split), as one float whose floor is e
  * (the vscalefps exponent; -200 for s = 0, which scales anything to 0) and whose low 3
  * bits are f (the vpermps index into the activation's t8). e + 0.5 has at least 14 zero
- * low bits, so adding f moves it by a few ulp and keeps its floor. */
+ * low bits, so adding f moves it by a few ulp and keeps its floor. A NaN code gives NaN:
+ * vscalefps by NaN is NaN. */
 static inline float fp4_scale_index_form(uint8_t s)
 {
+    if (fp4_scale_is_nan(s))
+        return NAN;
     int e, f;
     fp4_scale_split(s, &e, &f);
     const float v = (float)e + 0.5f;
@@ -138,14 +150,16 @@ static inline float fp4_scale_index_form(uint8_t s)
 }
 
 /* Row l of an activation quad-block gets the scale forms of its block scale s (E4M3 byte,
- * the sign is folded into the bytes): |s| as FP32 (mq_e4m3_to_f32), and its split. */
+ * the sign is folded into the bytes): |s| as FP32 (mq_e4m3_to_f32), and its split (for a
+ * NaN code row 0 and the exponent NaN, which vscalefps turns into NaN). */
 static inline void fp4_qblock_set_scale(fp4_qblock *q, int l, uint8_t s, float abs_s)
 {
-    int e, f;
-    fp4_scale_split(s, &e, &f);
+    int e = 0, f = 0;
+    if (!fp4_scale_is_nan(s))
+        fp4_scale_split(s, &e, &f);
     q->sx[l] = abs_s;
     q->sf[l] = 64 * f;
-    q->se[l] = (float)e;
+    q->se[l] = fp4_scale_is_nan(s) ? NAN : (float)e;
 }
 
 /* Entry f of a weight block scale's table: |s_w|·(1 + f/8), exact in FP32 (abs_s =

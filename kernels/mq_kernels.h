@@ -38,7 +38,11 @@ const char *mq_isa_name(mq_isa isa);
 uint16_t mq_f32_to_bf16(float x); /* round to nearest even; NaN stays NaN */
 float mq_bf16_to_f32(uint16_t h);
 uint8_t mq_f32_to_e4m3(float x); /* E4M3 "fn": RNE, saturating to ±448, never NaN */
-float mq_e4m3_to_f32(uint8_t b);
+float mq_e4m3_to_f32(uint8_t b); /* the NaN codes 0x7f/0xff give ±NaN */
+/* The index of the first E4M3 NaN code (0x7f or 0xff) in b[0, n), or n if there is none.
+ * NVFP4.md: a NaN block scale is invalid data; every kernel decodes it to NaN, so a loader
+ * refuses such a checkpoint rather than serve NaN outputs. */
+size_t mq_e4m3_find_nan(const uint8_t *b, size_t n);
 uint8_t mq_f32_to_e2m1(float x);    /* 4-bit code, RNE ties-to-even, saturating ±6 */
 float mq_e2m1_to_f32(uint8_t code); /* low 4 bits used */
 
@@ -204,7 +208,7 @@ typedef struct mq_attn_args {
 /* Computes query heads [h0, h1) for every query token.
  * Numerics: scalar and AVX2 are FP32 throughout; AVX-512 rounds Q and the softmax
  * weights to BF16 for vdpbf16ps (FP32 accumulation and softmax), ~2^-9 of max|v|.
- * Uses about 290 KiB of stack (the tile buffers) and no heap. Threads splitting one
+ * Uses about 550 KiB of stack (the tile buffers) and no heap. Threads splitting one
  * call should split heads at kv-group boundaries when they can (each kv-head's K/V
  * is then read by one thread only). */
 void mq_attention(const mq_attn_args *a, int h0, int h1);

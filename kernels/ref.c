@@ -72,6 +72,22 @@ float mq_e4m3_to_f32(uint8_t b)
     return (b & 0x80) ? -v : v;
 }
 
+size_t mq_e4m3_find_nan(const uint8_t *b, size_t n)
+{
+    const uint64_t low7 = 0x7f7f7f7f7f7f7f7fULL, ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* (byte & 0x7f) + 1 reaches bit 7 only from 0x7f; no carries out */
+        uint64_t u;
+        memcpy(&u, b + i, 8);
+        if (((u & low7) + ones) & high)
+            break;
+    }
+    for (; i < n; i++)
+        if ((b[i] & 0x7f) == 0x7f)
+            return i;
+    return n;
+}
+
 /* Thresholds of NVFP4.md: ties go to the even code (mantissa bit 0). */
 uint8_t mq_f32_to_e2m1(float x)
 {

@@ -599,6 +599,34 @@ static void test_channel_memory_exhausted(void)
     own_stop(&o);
 }
 
+/* mqd under a small stack limit (ulimit -s 256; systemd's LimitSTACK= likewise): threads
+ * that run kernels get their own stack size (mq_compute_thread_attr), so the warm-up and
+ * a prompt run instead of overflowing a 256 KiB thread stack. */
+static void test_small_stack_limit(void)
+{
+    const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--kv-tokens", "4096", NULL };
+    if (geteuid() != 0)
+        extra[2] = NULL;
+    own o;
+    own_start_sh(&o, dir, "stack", "ulimit -s 256; ", extra);
+    if (!spawn_wait_ready(o.admin, o.pid, 120)) {
+        CHECK(0, "mqd did not become ready under ulimit -s 256");
+        spawn_dump_log(o.log);
+        own_stop(&o);
+        return;
+    }
+    char msg[300] = "";
+    int err = 0;
+    CHECK(one_request_on(o.client, NULL, &err, msg, sizeof msg) == 0, "a request under ulimit -s 256: %s (%s)",
+          mq_strerror(err), msg);
+    cJSON *r = admin_call(o.admin, "status", 0);
+    CHECK(r && !strcmp(jstr(r, "state"), "ready"), "mqd not ready afterwards");
+    cJSON_Delete(r);
+    if (harness_cur_fail)
+        spawn_dump_log(o.log);
+    own_stop(&o);
+}
+
 /* No free huge pages (the test maps every free one itself): a client's channel is made of
  * ordinary shared memory and works; with pages free again it may be hugetlb-backed. */
 static void test_channel_without_huge_pages(void)
@@ -659,5 +687,6 @@ int main(void)
     RUN(test_sighup_while_loading);
     RUN(test_channel_memory_exhausted);
     RUN(test_channel_without_huge_pages);
+    RUN(test_small_stack_limit);
     return harness_done();
 }

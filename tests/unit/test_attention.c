@@ -167,8 +167,8 @@ static void test_attention_prefill(void)
         { 2, 1, 96, 3, 0, 70 },      { 12, 4, 72, 16, 9, 5 }, /* head_dim 72: the fast paths fall back */
         { 3, 1, 64, 64, 31, 2 },     { 2, 2, 16, 4, 2, 9 },   /* head_dim 16: partial vectors everywhere */
         { 80, 1, 256, 8, 5, 3 },                              /* a kv group larger than a row tile */
-        { 4, 2, 128, 16, 100, 300 },                          /* three row tiles of 128 tokens after cached ones */
-        { 8, 2, 64, 7, 45, 150 },                             /* GQA 4, head_dim 64: 64 tokens per row tile */
+        { 4, 2, 128, 16, 100, 600 },                          /* three row tiles of 256 tokens after cached ones */
+        { 8, 2, 64, 7, 45, 150 },                             /* GQA 4, head_dim 64: 128 tokens per row tile */
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
         run_cfg(&cfgs[i], 100 + i);

@@ -14,6 +14,7 @@
 #include "tests/harness.h"
 #include "kernels/mq_kernels.h"
 #include "kernels/kernels_internal.h" /* the activation aux layout, to compare it byte for byte */
+#include "kernels/nvfp4_tables.h"     /* nvfp4_e4m3_decode, against the definition */
 
 #include <errno.h>
 #include <limits.h>
@@ -401,9 +402,11 @@ static void test_fp4_pack_identical(void)
 static void test_fp4_scale_index_form(void)
 {
     for (int c = 0; c < 256; c++) {
-        if ((c & 0x7f) == 0x7f)
-            continue; /* NaN codes: never produced */
         const float v = fp4_scale_index_form((uint8_t)c);
+        if ((c & 0x7f) == 0x7f) {
+            CHECK(isnan(v), "NaN code %#x: index form %g is not NaN", c, v);
+            continue;
+        }
         uint32_t u;
         memcpy(&u, &v, 4);
         const int f = (int)(u & 7);
@@ -485,6 +488,115 @@ static void test_fp4_table_identical(void)
         free(pi);
         free(am);
     }
+}
+
+/* E4M3 NaN block scales (0x7f, 0xff; NVFP4.md: invalid data, which loaders refuse with
+ * mq_e4m3_find_nan) follow one rule everywhere: they decode to NaN (mq_e4m3_to_f32). Over
+ * all 256 scale codes, on each ISA: the packed copy in either form is the scalar packer's
+ * bytes, the activation aux the scalar preparation's, and every GEMM path (no copy, the
+ * index form, the table form whole and as row 0) gives NaN exactly where the scalar
+ * reference GEMM does (the rows and columns with a NaN scale) and the reference's finite
+ * values elsewhere, to its FP32 rounding. */
+static void test_fp4_nan_scales(void)
+{
+    const int N = 37, K = 256 + 40, M = 6; /* 16 + 3 blocks per row, a partial group */
+    const int kp = mq_fp4_pad(K), nb = kp / 16;
+    for (int c = 0; c < 256; c++) { /* the SIMD files' decoder is the definition's, bit for bit */
+        const float d = nvfp4_e4m3_decode((uint8_t)c), r = mq_e4m3_to_f32((uint8_t)c);
+        CHECK(memcmp(&d, &r, 4) == 0, "code %#x: nvfp4_e4m3_decode %g, mq_e4m3_to_f32 %g", c, d, r);
+    }
+    unsigned long long s = 2718;
+    uint8_t *codes = malloc((size_t)N * kp / 2), *scales = malloc((size_t)N * nb);
+    for (size_t i = 0; i < (size_t)N * kp / 2; i++)
+        codes[i] = (uint8_t)(harness_rand(&s) >> 56);
+    for (int i = 0; i < N * nb; i++) /* rows 0..15: every code once in blocks 0..15 */
+        scales[i] = i / nb < 16 && i % nb < 16 ? (uint8_t)(i / nb * 16 + i % nb) : rand_e4m3(&s);
+    scales[20 * nb + 17] = 0xff; /* and two rows past the first group */
+    scales[33 * nb + 3] = 0x7f;
+    CHECK(mq_e4m3_find_nan(scales, (size_t)N * nb) == (size_t)(7 * nb + 15), "first NaN code at %zu, want %d",
+          mq_e4m3_find_nan(scales, (size_t)N * nb), 7 * nb + 15);
+    CHECK(mq_e4m3_find_nan(scales + 16 * nb, (size_t)(N - 16) * nb) == (size_t)(4 * nb + 17),
+          "NaN code past the first group");
+    CHECK(mq_e4m3_find_nan(scales + 33 * nb + 4, (size_t)(N - 33) * nb - 4) == (size_t)(N - 33) * nb - 4,
+          "no NaN code found where there is none");
+    void *wm = harness_alloc64(mq_fp4_weight_bytes(N, K)), *am = harness_alloc64(mq_fp4_act_bytes(M, K));
+    void *pi = harness_alloc64(mq_fp4_weight_packed_bytes(N, K)),
+         *pt = harness_alloc64(mq_fp4_weight_table_bytes(N, K));
+    const size_t pib = mq_fp4_weight_packed_bytes(N, K), ptb = mq_fp4_weight_table_bytes(N, K);
+    uint8_t *want_i = malloc(pib), *want_t = malloc(ptb);
+    mq_fp4_weight w, wi, wt;
+    mq_fp4_act a;
+    mq_kernels_force(MQ_ISA_SCALAR);
+    mq_fp4_weight_bind(&w, N, K, wm);
+    w.g = 2.0f;
+    mq_fp4_weight_set_rows(&w, codes, scales, 0, N);
+    wi = w;
+    mq_fp4_weight_bind_packed(&wi, pi);
+    mq_fp4_weight_pack_rows(&wi, 0, N);
+    memcpy(want_i, pi, pib);
+    wt = w;
+    mq_fp4_weight_bind_table(&wt, pt);
+    mq_fp4_weight_pack_rows(&wt, 0, N);
+    memcpy(want_t, pt, ptb);
+    mq_fp4_act_bind(&a, M, K, am);
+    for (int r = 0; r < M; r++) {
+        for (int i = 0; i < kp / 2; i++)
+            a.codes[(size_t)r * kp / 2 + i] = 2 * i >= K ? 0 : (uint8_t)(harness_rand(&s) >> 56);
+        for (int b = 0; b < nb; b++) /* row 1: every code in turn over blocks; the others finite */
+            a.scales[(size_t)r * nb + b] = r == 1 ? (uint8_t)(b * 16 + 15) : rand_e4m3(&s);
+    }
+    a.g = 0.5f;
+    mq_fp4_act_prepare_rows(&a, 0, M);
+    const size_t auxb = (size_t)(M + FP4_QUAD - 1) / FP4_QUAD * nb * sizeof(fp4_qblock);
+    uint8_t *want_aux = malloc(auxb);
+    memcpy(want_aux, a.aux, auxb);
+    float *want = malloc(sizeof(float) * M * N), *y = malloc(sizeof(float) * M * N);
+    mq_gemm_fp4(&a, &w, want, N, 0, N); /* the scalar reference */
+    int nan_rows = 0;
+    for (int n = 0; n < N; n++)
+        nan_rows += isnan(want[0 * N + n]);
+    CHECK(nan_rows == 4 && isnan(want[0 * N + 33]) && isnan(want[1 * N + 30]),
+          "reference: %d NaN columns in row 0, want 4 (weight rows 7, 15, 20, 33)", nan_rows);
+    for (int ii = 0; ii < n_isas; ii++) {
+        mq_kernels_force((mq_isa)isas[ii]);
+        memset(pi, 0xa5, pib);
+        memset(pt, 0xa5, ptb);
+        mq_fp4_weight_pack_rows(&wi, 0, N);
+        mq_fp4_weight_pack_rows(&wt, 0, N);
+        CHECK(memcmp(pi, want_i, pib) == 0, "%s: index form with NaN scales differs from the scalar packing",
+              mq_isa_name(isas[ii]));
+        CHECK(memcmp(pt, want_t, ptb) == 0, "%s: table form with NaN scales differs from the scalar packing",
+              mq_isa_name(isas[ii]));
+        memset(a.aux, 0x5a, auxb);
+        mq_fp4_act_prepare_rows(&a, 0, M);
+        CHECK(memcmp(a.aux, want_aux, auxb) == 0, "%s: aux with NaN scales differs from the scalar preparation",
+              mq_isa_name(isas[ii]));
+        for (int path = 0; path < 4; path++) {
+            const mq_fp4_weight *wp = path == 0 ? &w : path == 1 ? &wi : &wt;
+            fp4_row0_max_rows = path == 3 ? INT_MAX : 0;
+            mq_gemm_fp4(&a, wp, y, N, 0, N);
+            int bad = 0;
+            for (int i = 0; i < M * N; i++) {
+                double mag, e = isnan(want[i]) ? 0 : fp4_ref64(&a, &w, i / N, i % N, &mag);
+                bad += isnan(y[i]) != isnan(want[i]) ||
+                       (!isnan(want[i]) && fabs((double)y[i] - e) > 1e-6 * sqrt(nb) * mag);
+            }
+            CHECK(bad == 0, "%s path %d: %d outputs disagree with the reference's NaN pattern or values",
+                  mq_isa_name(isas[ii]), path, bad);
+        }
+        fp4_row0_max_rows = row0_default;
+    }
+    free(codes);
+    free(scales);
+    free(wm);
+    free(am);
+    free(pi);
+    free(pt);
+    free(want_i);
+    free(want_t);
+    free(want_aux);
+    free(want);
+    free(y);
 }
 
 /* ---- BF16 ------------------------------------------------------------------------- */
@@ -684,6 +796,7 @@ int main(void)
     RUN(test_fp4_gemm_shapes);
     RUN(test_fp4_gemm_scale_extremes);
     RUN(test_fp4_row_scales);
+    RUN(test_fp4_nan_scales);
     RUN(test_bf16_pack_identical);
     RUN(test_bf16_gemv);
     RUN(test_bf16_gemm);
