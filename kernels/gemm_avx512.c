@@ -285,20 +285,6 @@ AI void fp4_tile(const int NG, const int T, const fp4_qblock *xq, const uint8_t 
                     ia[m][g] = _mm512_dpbusd_epi32(ia[m][g], wv[g], xv);
             }
         }
-        if (T == FP4_ROW0) {
-            __m512 ws[4];
-#pragma GCC unroll 8
-            for (int g = 0; g < NG; g++)
-                ws[g] = _mm512_load_ps(pb + (size_t)g * gstr + FP4_PACK_SCALE);
-#pragma GCC unroll 8
-            for (int m = 0; m < FP4_QUAD; m++) {
-                const __m512 sx = _mm512_set1_ps(q->sx[m]);
-#pragma GCC unroll 8
-                for (int g = 0; g < NG; g++)
-                    acc[m][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][g]), _mm512_mul_ps(ws[g], sx), acc[m][g]);
-            }
-            continue;
-        }
         if (T == FP4_TABLE) {
 #pragma GCC unroll 8
             for (int m = 0; m < FP4_QUAD; m++) {
@@ -313,10 +299,20 @@ AI void fp4_tile(const int NG, const int T, const fp4_qblock *xq, const uint8_t 
             }
             continue;
         }
-        __m512 ws[4];
+        __m512 ws[4]; /* row 0 of each table (|s_w|, FP4_ROW0), or the index forms */
 #pragma GCC unroll 8
         for (int g = 0; g < NG; g++)
             ws[g] = _mm512_load_ps(pb + (size_t)g * gstr + FP4_PACK_SCALE);
+        if (T == FP4_ROW0) {
+#pragma GCC unroll 8
+            for (int m = 0; m < FP4_QUAD; m++) {
+                const __m512 sx = _mm512_set1_ps(q->sx[m]);
+#pragma GCC unroll 8
+                for (int g = 0; g < NG; g++)
+                    acc[m][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][g]), _mm512_mul_ps(ws[g], sx), acc[m][g]);
+            }
+            continue;
+        }
 #pragma GCC unroll 8
         for (int m = 0; m < FP4_QUAD; m++) {
             /* t8 = |s_x|·(1 + j/8), exact; made here rather than stored with the activations,

@@ -579,6 +579,17 @@ static void fp4_forms(acts *A)
         free_operands(&ops[i]);
 }
 
+/* Frees the read buffer and the activations, and stops the thread team. */
+static void release(uint8_t *rbuf, acts *A)
+{
+    free(rbuf);
+    free(A->xf);
+    free(A->xb);
+    free(A->xa_mem);
+    free(A->y);
+    team_stop();
+}
+
 int main(int argc, char **argv)
 {
     mq_kernels_init();
@@ -628,12 +639,7 @@ int main(int argc, char **argv)
 
     if (forms) {
         fp4_forms(&A);
-        free(rbuf);
-        free(A.xf);
-        free(A.xb);
-        free(A.xa_mem);
-        free(A.y);
-        team_stop();
+        release(rbuf, &A);
         return 0;
     }
     if (!quick) {
@@ -712,12 +718,7 @@ int main(int argc, char **argv)
     printf("  ratios by wall clock: %.3f %.3f %.3f %.3f (the closing lines use busy time)\n\n", tb / tf,
            macs / tf / sm.c.vnni[2], macs / tb / sm.c.bf16[2], gbytes / sm.gemv / sm.c.read[2]);
 
-    free(rbuf);
-    free(A.xf);
-    free(A.xb);
-    free(A.xa_mem);
-    free(A.y);
-    team_stop();
+    release(rbuf, &A);
 
     printf("fp4_gemm_vs_bf16_gemm_m512: %.3f\n", tbc / tfc);
     printf("fp4_gemm_vs_vnni_ceiling: %.3f\n", macs / tfc / sm.c_cpu.vnni[2]);
