@@ -632,12 +632,11 @@ static int quantize_linear(mq_linear *lin, uint16_t *w, const float *amax_known,
  * refused, naming the first such block. */
 static int check_block_scales(const uint8_t *scales, uint64_t bytes, int k, const char *name, char *err, size_t errlen)
 {
-    const uint64_t per_row = (uint64_t)k / MQ_FP4_BLOCK;
-    for (uint64_t b = 0; b < bytes; b++)
-        if ((scales[b] & 0x7f) == 0x7f)
-            return mq_errmsg(err, errlen, -EINVAL,
-                             "tensor \"%s\": block scale 0x%02x (row %llu, block %llu) is an E4M3 NaN", name, scales[b],
-                             (unsigned long long)(b / per_row), (unsigned long long)(b % per_row));
+    const uint64_t per_row = (uint64_t)k / MQ_FP4_BLOCK, b = mq_e4m3_find_nan(scales, (size_t)bytes);
+    if (b < bytes)
+        return mq_errmsg(err, errlen, -EINVAL,
+                         "tensor \"%s\": block scale 0x%02x (row %llu, block %llu) is an E4M3 NaN", name, scales[b],
+                         (unsigned long long)(b / per_row), (unsigned long long)(b % per_row));
     return 0;
 }
 
