@@ -485,12 +485,14 @@ static int ws_start_helpers(struct ws *w, pthread_t *th)
     for (int i = 0; i < w->o.helpers; i++) {
         pthread_attr_t attr;
         int rc = -mq_compute_thread_attr(&attr);
+        const char *what = "thread attributes";
         if (rc == 0) {
+            what = "pthread_create";
             rc = pthread_create(&th[n_th], &attr, helper_main, w);
             pthread_attr_destroy(&attr);
         }
         if (rc != 0) {
-            note_add(w->res, "%d of %d quantize threads (pthread_create: %s)", n_th, w->o.helpers, strerror(rc));
+            note_add(w->res, "%d of %d quantize threads (%s: %s)", n_th, w->o.helpers, what, strerror(rc));
             break;
         }
         if (w->o.helper_cpus)

@@ -96,8 +96,8 @@ typedef struct mq_ws_result {
     /* CPU seconds of the run: the streaming thread (submits, piece hook, ready() when
      * there are no helpers), the helpers (ready(): conversion, quantization, packing,
      * first touch of what they fill), and the whole process (with io_uring's kernel
-     * workers, which do buffered reads' copies and the first touch of their pages, and
-     * whatever else the process ran meanwhile) */
+     * workers, if a read was punted to them: a buffered read of cached bytes is copied
+     * inline by the streaming thread, and whatever else the process ran meanwhile) */
     double cpu_stream_s, cpu_helpers_s, cpu_process_s;
     char note[256]; /* "O_DIRECT refused by the file system on X; buffered" etc. */
 } mq_ws_result;

@@ -335,7 +335,8 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
            "%.3f s (%.2fx)\n",
            cpu_read, cpu_load, cpu_load / cpu_read);
     printf("  CPU seconds of the last round's loads: streaming thread / quantize helpers / whole process (the rest "
-           "is io_uring's kernel workers: the copy from the page cache): mq load %.3f / %.3f / %.3f, BF16 copy only "
+           "is io_uring's kernel workers, if any: cached buffered reads are copied inline by the streaming thread): mq "
+           "load %.3f / %.3f / %.3f, BF16 copy only "
            "%.3f / %.3f / %.3f\n",
            wres->cpu_stream_s, wres->cpu_helpers_s, wres->cpu_process_s, br.cpu_stream_s, br.cpu_helpers_s,
            br.cpu_process_s);

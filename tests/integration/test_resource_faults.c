@@ -601,7 +601,9 @@ static void test_channel_memory_exhausted(void)
 
 /* mqd under a small stack limit (ulimit -s 256; systemd's LimitSTACK= likewise): threads
  * that run kernels get their own stack size (mq_compute_thread_attr), so the warm-up and
- * a prompt run instead of overflowing a 256 KiB thread stack. */
+ * a prompt run instead of overflowing a 256 KiB thread stack. It tells the difference
+ * where the AVX-512 attention runs (about 550 KiB of stack tiles); elsewhere the kernels
+ * fit in 256 KiB and it only checks that mqd works under such a limit. */
 static void test_small_stack_limit(void)
 {
     const char *extra[] = { "--model-dir", spawn_model(), "--user", "nobody", "--kv-tokens", "4096", NULL };
