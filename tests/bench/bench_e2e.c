@@ -4,7 +4,8 @@
  *
  *   build/bench_e2e [--models DIR] [--threads N] [--quick] [--only load,prefill,decode,long,replay,stall]
  *                   [--fp4-table auto|on|off]  (the packed NVFP4 copy's form, mq_model_opts)
- *                   [--chunk N]  (prompt chunk in tokens; default mqd's chunk_tokens default)
+ *                   [--chunk N[,M...]]  (prompt chunks in tokens, default mqd's chunk_tokens default;
+ *                   several: the prefill and stall sections run each, interleaved)
  *
  * Synthetic Qwen3-0.6B and -1.7B checkpoints (random BF16 weights, the real shapes and
  * tokenizer) are written by build/mq_synth into DIR (default build/models) the first time
@@ -68,7 +69,24 @@
 
 static int g_threads = 2;
 static int g_quick;
-static int g_chunk; /* prompt chunk in tokens: mqd's default chunk_tokens unless --chunk */
+static int g_chunk; /* prompt chunk in tokens of the schedulers made now (sched_new) */
+/* --chunk N[,M...]: the chunks the prefill and stall sections compare, interleaved in this
+ * process (default: mqd's default chunk_tokens alone); closing lines are the first's */
+static int g_chunks[4], g_nchunks;
+
+static int parse_chunks(const char *list)
+{
+    char *end;
+    g_nchunks = 0;
+    do {
+        long v = strtol(list, &end, 10);
+        if (end == list || v < 16 || v > 65536 || g_nchunks == 4 || (*end && *end != ','))
+            return -1;
+        g_chunks[g_nchunks++] = (int)v;
+        list = end + 1;
+    } while (*end == ',');
+    return 0;
+}
 enum { P_LOAD = 1, P_PREFILL = 2, P_DECODE = 4, P_LONG = 8, P_REPLAY = 16, P_STALL = 32, P_ALL = 63 };
 static int g_parts = P_ALL; /* --only: the sections to run */
 
@@ -819,7 +837,8 @@ int main(int argc, char **argv)
     const char *root = "build/models";
     mqd_config defaults; /* the chunk every scheduler here reads prompts in is mqd's */
     mqd_config_defaults(&defaults);
-    g_chunk = (int)defaults.chunk_tokens;
+    g_chunks[0] = (int)defaults.chunk_tokens;
+    g_nchunks = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--models") && i + 1 < argc)
             root = argv[++i];
@@ -832,13 +851,14 @@ int main(int argc, char **argv)
             if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
                 die("--fp4-table: '%s' is not auto, on or off%s", v, "");
             g_mo.fp4_table = !strcmp(v, "on") ? MQ_FP4_PACK_ON : !strcmp(v, "off") ? MQ_FP4_PACK_OFF : MQ_FP4_PACK_AUTO;
-        } else if (!strcmp(argv[i], "--chunk") && i + 1 < argc && (g_chunk = atoi(argv[++i])) >= 16) {
+        } else if (!strcmp(argv[i], "--chunk") && i + 1 < argc && parse_chunks(argv[++i]) == 0) {
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc && (g_parts = parse_parts(argv[++i])) > 0) {
         } else
             die("usage: bench_e2e [--models DIR] [--threads N] [--quick] "
-                "[--only load,prefill,decode,long,replay,stall] [--fp4-table auto|on|off] [--chunk N>=16]%s%s",
+                "[--only load,prefill,decode,long,replay,stall] [--fp4-table auto|on|off] [--chunk N[,M...]]%s%s",
                 "", "");
     }
+    g_chunk = g_chunks[0];
     setvbuf(stdout, NULL, _IOLBF, 0); // progress is visible when piped
     mq_kernels_init();
     char d06[1100], d17[1100], path[1200];
@@ -880,13 +900,23 @@ int main(int argc, char **argv)
                : m17->fp4_table       ? "table"
                                       : "index");
         printf("%-34s %12s %12s %8s\n", "prefill, prompt of tokens", "mixed tok/s", "bf16 tok/s", "ratio");
-        for (int round = 0; round < 2; round++) {
-            const double pm = prefill_rate(m17, tok, MQ_PREC_MODE_MIXED, prompt, NP);
-            const double pb = prefill_rate(m17, tok, MQ_PREC_MODE_BF16, prompt, NP);
-            pm17 = pm > pm17 ? pm : pm17;
-            pb17 = pb > pb17 ? pb : pb17;
+        double pm[4] = { 0 }, pb[4] = { 0 };
+        for (int round = 0; round < 2; round++)
+            for (int c = 0; c < g_nchunks; c++) {
+                g_chunk = g_chunks[c];
+                const double m = prefill_rate(m17, tok, MQ_PREC_MODE_MIXED, prompt, NP);
+                const double b = prefill_rate(m17, tok, MQ_PREC_MODE_BF16, prompt, NP);
+                pm[c] = m > pm[c] ? m : pm[c];
+                pb[c] = b > pb[c] ? b : pb[c];
+            }
+        g_chunk = g_chunks[0];
+        pm17 = pm[0];
+        pb17 = pb[0];
+        for (int c = 0; c < g_nchunks; c++) {
+            char what[64];
+            snprintf(what, sizeof what, "Qwen3-1.7B, chunks of %d", g_chunks[c]);
+            printf("%-29s %4d %12.1f %12.1f %8.2f\n", what, NP, pm[c], pb[c], pm[c] / pb[c]);
         }
-        printf("%-29s %4d %12.1f %12.1f %8.2f\n", "Qwen3-1.7B", NP, pm17, pb17, pm17 / pb17);
     }
 
     /* 3. decode vs bandwidth (1.7B, one session). Each decode run sits between two
@@ -981,13 +1011,14 @@ int main(int argc, char **argv)
             printf("  turn 10 prompt %d tokens: TTFT %.1f ms with reuse, %.1f ms without\n", n10, ro.ttft_last,
                    ttft_cold);
         }
-        if (g_parts & P_STALL) {
-            int NL = g_quick ? 2048 : 8192, CH = g_chunk;
+        for (int c = g_nchunks - 1; c >= 0 && (g_parts & P_STALL); c--) { /* the first chunk's last */
+            const int NL = g_quick ? 2048 : 8192;
             double p50 = 0, alone = 0, chunk_ms = 0;
             int ng = 0;
+            g_chunk = g_chunks[c];
             stall = decode_stall_p99(m06, tok, prompt, NL, &p50, &ng, &alone, &chunk_ms);
             printf("\ndecode stall, Qwen3-0.6B: one session decoding while a %d-token prompt is read in chunks of %d\n",
-                   NL, CH);
+                   NL, g_chunk);
             printf("  %d gaps between tokens: p50 %.1f ms, p99 %.1f ms; a step alone %.1f ms, one chunk %.1f ms "
                    "on average (the prompt's TTFT / its chunks)\n",
                    ng, p50, stall, alone, chunk_ms);
