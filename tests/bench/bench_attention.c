@@ -1,12 +1,13 @@
 /* bench_attention — causal attention speed at Qwen3-1.7B head shapes (16 q-heads,
  * 8 kv-heads, head_dim 128), one thread, every ISA this CPU has.
  *
- *   build/bench_attention [n_ctx [isa]]      (default 8192, every ISA)
+ *   build/bench_attention [n_ctx [isa [chunk]]]   (default 8192, every ISA, 256)
  *
  * Prints, per ISA: prefill of an n_ctx-token prompt through one layer's attention
- * (processed as the engine does, in chunks of 512 tokens at growing pos0; the scalar
- * and AVX2 paths time the last chunk only and scale by the causal work ratio), and one
- * decode step at position n_ctx. Times are the thread's CPU time. The closing lines are single numbers for scripts:
+ * (processed as the engine does, in chunks of `chunk` tokens at growing pos0: 256 is
+ * mqd's default chunk_tokens; the scalar and AVX2 paths time the last chunk only and
+ * scale by the causal work ratio), and one decode step at position n_ctx. Times are the
+ * thread's CPU time. The closing lines are single numbers for scripts:
  *   attn_prefill_tok_s_<isa>: tokens/s of one layer's attention over the whole prompt
  */
 #include "kernels/mq_kernels.h"
@@ -30,7 +31,7 @@ static double now(void)
 int main(int argc, char **argv)
 {
     const int n_ctx = argc > 1 ? atoi(argv[1]) : 8192;
-    const int n_head = 16, n_kv = 8, hd = 128, bt = 64, chunk = 512;
+    const int n_head = 16, n_kv = 8, hd = 128, bt = 64, chunk = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 256;
     const int nblk = (n_ctx + 1 + bt - 1) / bt;
     uint16_t **kb = malloc(sizeof *kb * nblk), **vb = malloc(sizeof *vb * nblk);
     unsigned long long s = 88172645463325252ULL;
@@ -64,8 +65,8 @@ int main(int argc, char **argv)
                        .block_tokens = bt,
                        .scale = 1.0f / sqrtf((float)hd) };
     double tok_s[3] = { 0 };
-    printf("attention, Qwen3-1.7B heads (%d q, %d kv, head_dim %d), %d-token prompt, 1 thread\n", n_head, n_kv, hd,
-           n_ctx);
+    printf("attention, Qwen3-1.7B heads (%d q, %d kv, head_dim %d), %d-token prompt in %d-token chunks, 1 thread\n",
+           n_head, n_kv, hd, n_ctx, chunk);
     printf("%-8s %12s %12s %10s %12s %12s\n", "isa", "prefill s", "tokens/s", "G MAC/s", "decode ms", "decode GB/s");
     for (int isa = MQ_ISA_SCALAR; isa <= MQ_ISA_AVX512; isa++) {
         if (argc > 2 && strcmp(argv[2], mq_isa_name((mq_isa)isa)))
