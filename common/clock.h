@@ -1,6 +1,7 @@
 /* common/clock.h — clocks and deadlines, one copy for every folder.
  *
  * mq_now_*: CLOCK_MONOTONIC (durations, rates, timeouts measured by mq itself).
+ * mq_thread_cpu_s / mq_process_cpu_s: CPU time (the loader's and the benchmarks' costs).
  * mq_deadline_in: an absolute deadline `timeout_ms` from now on the given clock; use
  * CLOCK_REALTIME for pthread_cond_timedwait (default condition variables) and
  * CLOCK_MONOTONIC for everything else. Thread-safe, no state.
@@ -29,6 +30,22 @@ static inline uint64_t mq_now_ms(void)
 static inline double mq_now_s(void)
 {
     return (double)mq_now_ns() * 1e-9;
+}
+
+/* CPU seconds used so far by the calling thread / by the whole process (every thread,
+ * kernel time included): what a computation cost, whatever else ran on the CPUs. */
+static inline double mq_thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline double mq_process_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static inline void mq_deadline_in(struct timespec *d, clockid_t clk, int64_t timeout_ms)

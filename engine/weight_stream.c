@@ -93,12 +93,6 @@ struct ws {
     double helpers_cpu_s; /* CPU time of the helpers that have exited (under mu) */
 };
 
-static double cpu_s(clockid_t clock)
-{
-    struct timespec ts;
-    return clock_gettime(clock, &ts) == 0 ? (double)ts.tv_sec + ts.tv_nsec * 1e-9 : 0;
-}
-
 static void ws_fail(struct ws *w, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void ws_fail(struct ws *w, int code, const char *fmt, ...)
 {
@@ -151,7 +145,7 @@ static void *helper_main(void *arg)
         if (w->q_head == w->q_tail && !w->q_busy)
             pthread_cond_broadcast(&w->done_cv);
     }
-    w->helpers_cpu_s += cpu_s(CLOCK_THREAD_CPUTIME_ID); /* a helper lives for one run */
+    w->helpers_cpu_s += mq_thread_cpu_s(); /* a helper lives for one run */
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
@@ -557,15 +551,15 @@ int mq_ws_run(const char *const *paths, int n_files, const mq_ws_read *reads, in
         r = open_files(&w, n_files, err, errlen);
     if (r == 0) {
         pthread_t th[WS_MAX_HELPERS];
-        const double p0 = cpu_s(CLOCK_PROCESS_CPUTIME_ID), s0 = cpu_s(CLOCK_THREAD_CPUTIME_ID);
+        const double p0 = mq_process_cpu_s(), s0 = mq_thread_cpu_s();
         int n_th = ws_start_helpers(&w, th);
         uint64_t t0 = mq_now_ns();
         r = stream(&w, err, errlen);
         r = ws_finish(&w, th, n_th, r, err, errlen);
         res->seconds = (mq_now_ns() - t0) * 1e-9;
-        res->cpu_stream_s = cpu_s(CLOCK_THREAD_CPUTIME_ID) - s0;
+        res->cpu_stream_s = mq_thread_cpu_s() - s0;
         res->cpu_helpers_s = w.helpers_cpu_s;
-        res->cpu_process_s = cpu_s(CLOCK_PROCESS_CPUTIME_ID) - p0;
+        res->cpu_process_s = mq_process_cpu_s() - p0;
     }
     RELAXED_STORE(prog->end_ns, mq_now_ns());
     ws_free(&w, n_files);

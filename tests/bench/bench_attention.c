@@ -10,6 +10,7 @@
  * thread's CPU time. The closing lines are single numbers for scripts:
  *   attn_prefill_tok_s_<isa>: tokens/s of one layer's attention over the whole prompt
  */
+#include "common/clock.h"
 #include "kernels/mq_kernels.h"
 
 #include <math.h>
@@ -19,14 +20,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
-/* Thread CPU time: other programs share the 2 cores, and this counts only our own
- * cycles (caches and memory bandwidth are still shared). */
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+/* Times are thread CPU time (mq_thread_cpu_s): other programs share the 2 cores, and it
+ * counts only our own cycles (caches and memory bandwidth are still shared). */
 
 int main(int argc, char **argv)
 {
@@ -88,18 +83,18 @@ int main(int argc, char **argv)
             work_done += (double)n * p0 + (double)n * (n + 1) / 2;
             a.pos0 = p0;
             a.n_tok = n;
-            double t0 = now();
+            double t0 = mq_thread_cpu_s();
             mq_attention(&a, 0, n_head);
-            t += now() - t0;
+            t += mq_thread_cpu_s() - t0;
         }
         double total = t * work_all / work_done;
         a.pos0 = n_ctx;
         a.n_tok = 1;
         double best = 1e9;
         for (int r = 0; r < 5; r++) {
-            double t0 = now();
+            double t0 = mq_thread_cpu_s();
             mq_attention(&a, 0, n_head);
-            double d = now() - t0;
+            double d = mq_thread_cpu_s() - t0;
             best = d < best ? d : best;
         }
         double kv_bytes = 2.0 * (n_ctx + 1) * n_kv * hd * 2;

@@ -1,7 +1,7 @@
 /* tests/bench/bench_common.h — what the benchmarks (bench_e2e, bench_decode, bench_kernels)
  * share: busy time and the read bandwidth of memory.
  *
- * Busy time: bench_cpu_s() is the CPU time of the whole process. Over a stretch where
+ * Busy time: mq_process_cpu_s() is the CPU time of the whole process. Over a stretch where
  * only one pool of n threads works (each busy or spinning), CPU time / n is the time the
  * stretch takes while it has the CPUs; time other jobs took the CPUs away does not count
  * (memory bandwidth is still shared with them). On a quiet machine it equals the wall
@@ -30,13 +30,6 @@
 #include "kernels/mq_kernels.h"
 
 #define BENCH_BW_BYTES ((size_t)1 << 30)
-
-static inline double bench_cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 struct bench_bw {
     const uint8_t *p;
@@ -108,10 +101,10 @@ static inline double bench_read_bandwidth(mq_pool *pool, int reps, double *busy)
     struct bench_bw a = { .p = p, .bytes = BENCH_BW_BYTES, .isa = (int)mq_kernels_isa() };
     double best = 0, best_busy = 0;
     for (int k = 0; k < reps; k++) {
-        double t0 = mq_now_s(), c0 = bench_cpu_s();
+        double t0 = mq_now_s(), c0 = mq_process_cpu_s();
         mq_pool_run(pool, bench_bw_fn, &a);
         double bw = (double)BENCH_BW_BYTES / (mq_now_s() - t0);
-        double bb = (double)BENCH_BW_BYTES / ((bench_cpu_s() - c0) / mq_pool_threads(pool));
+        double bb = (double)BENCH_BW_BYTES / ((mq_process_cpu_s() - c0) / mq_pool_threads(pool));
         best = bw > best ? bw : best;
         best_busy = bb > best_busy ? bb : best_busy;
     }

@@ -233,16 +233,16 @@ int main(int argc, char **argv)
         double t[3] = { 1e9, 1e9, 1e9 }, b[3] = { 1e9, 1e9, 1e9 }; /* step, linears, attention */
         for (int k = 0; k < g_steps; k++) {
             int tok = 1000 + k, pos = ctx;
-            double w0 = mq_now_s(), c0 = bench_cpu_s();
+            double w0 = mq_now_s(), c0 = mq_process_cpu_s();
             if (mq_engine_decode(e, pool, &seq, &tok, &pos, 1, MQ_PREC_BF16, logits))
                 die("decode", "failed");
             volatile int pick = mq_argmax(logits, c->vocab);
             (void)pick;
-            double w1 = mq_now_s(), c1 = bench_cpu_s();
+            double w1 = mq_now_s(), c1 = mq_process_cpu_s();
             linears(pool, m, xb, y);
-            double w2 = mq_now_s(), c2 = bench_cpu_s();
+            double w2 = mq_now_s(), c2 = mq_process_cpu_s();
             attention_all(pool, c, blocks, ctx, q, att, kp, vp);
-            double w3 = mq_now_s(), c3 = bench_cpu_s();
+            double w3 = mq_now_s(), c3 = mq_process_cpu_s();
             if (k) { /* the first round warms caches and pages */
                 const double dw[3] = { w1 - w0, w2 - w1, w3 - w2 }, dc[3] = { c1 - c0, c2 - c1, c3 - c2 };
                 for (int i = 0; i < 3; i++) {

@@ -292,9 +292,9 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
             m = NULL;
         }
         warm_memory(fbytes);
-        double c0 = bench_cpu_s();
+        double c0 = mq_process_cpu_s();
         rd[r] = time_plain_read(path, &fbytes, 0);
-        cpu_read = bench_cpu_s() - c0;
+        cpu_read = mq_process_cpu_s() - c0;
         cp[r] = time_plain_read(path, &fbytes, 1);
         mm[r] = time_mmap_touch(path);
         /* the same load without the NVFP4 copies: it fills as many bytes as read() */
@@ -304,9 +304,9 @@ static mq_model *load_section(const char *path, const char *d17, mq_arena **ar17
         mq_model_free(load_streamed_opts(d17, &bo, &ab, &bf[r], &br));
         mq_arena_destroy(ab);
         warm_memory(fill_full);
-        c0 = bench_cpu_s();
+        c0 = mq_process_cpu_s();
         m = load_streamed(d17, ar17, &ld[r], wres);
-        cpu_load = bench_cpu_s() - c0;
+        cpu_load = mq_process_cpu_s() - c0;
     }
     char mem[256], spread[5][32];
     double *all[5] = { rd, mm, ld, cp, bf };

@@ -45,13 +45,6 @@
 #define CHAINS      24
 #define MAX_THREADS 2
 
-static double cpu_now(void) /* this thread's CPU time: excludes time preempted by other jobs */
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static double now(void)
 {
     struct timespec ts;
@@ -82,9 +75,9 @@ static void *team_main(void *p)
         if (T.quit)
             return NULL;
         if (t < T.nt) {
-            double c0 = cpu_now();
+            double c0 = mq_thread_cpu_s();
             T.fn(t, T.nt, T.arg);
-            T.cpu[t] = cpu_now() - c0;
+            T.cpu[t] = mq_thread_cpu_s() - c0;
         }
         pthread_barrier_wait(&T.done);
     }
@@ -105,9 +98,9 @@ static double team_run(int nt, job_fn fn, void *arg)
     T.arg = arg;
     T.nt = nt;
     pthread_barrier_wait(&T.start);
-    double c0 = cpu_now();
+    double c0 = mq_thread_cpu_s();
     fn(0, nt, arg);
-    T.cpu[0] = cpu_now() - c0;
+    T.cpu[0] = mq_thread_cpu_s() - c0;
     pthread_barrier_wait(&T.done);
     double m = 0;
     for (int t = 0; t < nt; t++)

@@ -6,29 +6,23 @@
  *
  * Times are the thread's CPU time (other programs share the cores), best of 5.
  */
+#include "common/clock.h"
 #include "kernels/kernels_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-#define BEST_OF(expr, out)                     \
-    do {                                       \
-        double best_ = 1e30;                   \
-        for (int rep_ = 0; rep_ < 5; rep_++) { \
-            double t0_ = now();                \
-            expr;                              \
-            double d_ = now() - t0_;           \
-            best_ = d_ < best_ ? d_ : best_;   \
-        }                                      \
-        out = best_;                           \
+#define BEST_OF(expr, out)                       \
+    do {                                         \
+        double best_ = 1e30;                     \
+        for (int rep_ = 0; rep_ < 5; rep_++) {   \
+            double t0_ = mq_thread_cpu_s();      \
+            expr;                                \
+            double d_ = mq_thread_cpu_s() - t0_; \
+            best_ = d_ < best_ ? d_ : best_;     \
+        }                                        \
+        out = best_;                             \
     } while (0)
 
 int main(void)
