@@ -90,9 +90,8 @@ static const field fields[] = {
     ENUM(fp4_pack, fp4_pack_words,
          "packed NVFP4 copy for a faster prefill, +1.25 bytes per weight: auto (when memory allows), on, off"),
     ENUM(fp4_table, fp4_pack_words,
-         "that copy's form: table (+3 bytes per weight; faster only for chunks over 256 tokens) when auto and memory "
-         "allows "
-         "or on, else index"),
+         "that copy's form: table (+3 bytes per weight; faster only for chunks over 256 tokens) "
+         "when auto and memory allows or on, else index"),
     ENUM(hugepages, huge_words, "huge pages for weights and KV: auto, off, require (start fails without)"),
     U32_AUTO(hugepages_reserve, 0, 1u << 20, "2 MiB pages to reserve when started as root (auto = weights + KV)"),
     U32(io_depth, 1, 256, "weight reads in flight"),

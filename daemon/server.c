@@ -140,7 +140,8 @@ static size_t pages_of(size_t bytes)
 }
 
 /* The model options of configuration c. The packed copy's plan counts the free huge
- * pages the arena will take weights from as memory the load may use. */
+ * pages the arena will take weights from as memory the load may use (all of them: the
+ * KV segment, made later, falls back to ordinary pages for what the weights took). */
 static void model_opts_from_config(const mqd_config *c, mq_model_opts *mo)
 {
     memset(mo, 0, sizeof *mo);

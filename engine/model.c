@@ -391,7 +391,8 @@ mq_fp4_form mq_fp4_form_plan(mq_fp4_pack pack, mq_fp4_pack table, size_t have, s
     if (pack == MQ_FP4_PACK_OFF)
         return MQ_FP4_FORM_NONE;
     /* half of MemAvailable leaves room for the page cache and other processes; the free
-     * huge pages serve nothing but mappings like the arena's */
+     * huge pages count in full: the weights are placed first and take them before the KV
+     * segment does (which then falls back to ordinary pages) */
     const size_t half = mem_available / 2 + hugetlb_free;
     const int table_fits = half && have + table_bytes <= half, index_fits = half && have + index_bytes <= half;
     const int use_table = table == MQ_FP4_PACK_ON || (table == MQ_FP4_PACK_AUTO && table_fits);

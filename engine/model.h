@@ -107,7 +107,7 @@ typedef struct mq_read {
 /* Whether the NVFP4 linears get their packed copy (+1.25 bytes per weight, a faster
  * prefill GEMM) and in which form (mq_fp4_form_plan says how AUTO decides): fp4_pack ON
  * makes it, OFF never, AUTO when memory allows; fp4_table ON takes the table form (+3
- * bytes per weight, a faster GEMM still: docs/design/kernels.md) whenever the copy is
+ * bytes per weight, a faster GEMM for calls over 256 rows: docs/design/kernels.md) whenever the copy is
  * made, OFF the index form, AUTO the table form when memory allows. */
 typedef enum { MQ_FP4_PACK_AUTO = 0, MQ_FP4_PACK_ON = 1, MQ_FP4_PACK_OFF = 2 } mq_fp4_pack;
 
@@ -118,9 +118,10 @@ typedef enum { MQ_FP4_FORM_NONE = 0, MQ_FP4_FORM_INDEX = 1, MQ_FP4_FORM_TABLE = 
  * have: bytes of the model without the copy; index_bytes / table_bytes: the copy in each
  * form. "Memory allows" = have plus the copy in that form fit in half of mem_available
  * (MemAvailable) plus hugetlb_free, the free huge pages the weights' allocator takes
- * memory from (the kernel does not count them in MemAvailable, and they serve nothing
- * else, so all of them count). Both 0 = unknown: memory never allows. AUTO/AUTO: the table form if it fits, else the
- * index form if it fits, else none; AUTO/ON: the table form if it fits, else none. */
+ * memory from (the kernel does not count them in MemAvailable; all of them count, though
+ * the KV segment, made after the weights, would otherwise take some: it then falls back
+ * to ordinary pages). Both 0 = unknown: memory never allows. AUTO/AUTO: the table form
+ * if it fits, else the index form if it fits, else none; AUTO/ON: the table form if it fits, else none. */
 mq_fp4_form mq_fp4_form_plan(mq_fp4_pack pack, mq_fp4_pack table, size_t have, size_t index_bytes, size_t table_bytes,
                              size_t mem_available, size_t hugetlb_free);
 

@@ -83,7 +83,7 @@ size_t mq_e4m3_find_nan(const uint8_t *b, size_t n)
             break;
     }
     for (; i < n; i++)
-        if ((b[i] & 0x7f) == 0x7f)
+        if (fp4_scale_is_nan(b[i]))
             return i;
     return n;
 }
